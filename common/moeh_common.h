@@ -1,0 +1,90 @@
+/* moeh_common.h - errors, logging and small helpers shared by every moeh library.
+ *
+ * Conventions (see docs/architecture.md):
+ *  - fallible functions return 0 or a negative errno-style code; moeh_strerror() names it;
+ *  - functions that can say *why* something failed also take a moeh_err_t *, filled with a
+ *    message a user can act on (file, line, field, what was expected);
+ *  - bugs abort through MOEH_ASSERT with file:line; library code never calls exit(). */
+#ifndef MOEH_COMMON_H
+#define MOEH_COMMON_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define MOEH_ERRMSG_MAX 512
+
+/* A human-readable reason attached to a failing call. Zero-initialise before use. */
+typedef struct {
+    char msg[MOEH_ERRMSG_MAX];
+} moeh_err_t;
+
+/* Formats into err->msg (if err is non-NULL) and returns rc, so callers can write
+ * `return moeh_errf(err, -EINVAL, "...")`. */
+int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Static description of a negative errno-style code. */
+const char *moeh_strerror(int rc);
+
+/* ---- logging ----------------------------------------------------------------------------
+ * One process-wide sink, configured in main() before any thread starts and never after;
+ * libraries only call moeh_log(). Never log keys, raw updates or patient-level values. */
+typedef enum { MOEH_LOG_DEBUG = 0, MOEH_LOG_INFO, MOEH_LOG_WARN, MOEH_LOG_ERROR } moeh_log_level_t;
+typedef void (*moeh_log_fn)(void *ud, moeh_log_level_t lvl, const char *msg);
+
+void moeh_log_configure(moeh_log_level_t min_level, const char *prefix, moeh_log_fn fn, void *ud);
+moeh_log_level_t moeh_log_level(void);
+void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parses "debug", "info", "warn", "error"; -EINVAL otherwise. */
+int moeh_log_parse_level(const char *s, moeh_log_level_t *out);
+
+#define moeh_log(lvl, ...)                                                                         \
+    do {                                                                                           \
+        if ((lvl) >= moeh_log_level())                                                             \
+            moeh_log_emit((lvl), __VA_ARGS__);                                                     \
+    } while (0)
+#define MOEH_DEBUG(...) moeh_log(MOEH_LOG_DEBUG, __VA_ARGS__)
+#define MOEH_INFO(...) moeh_log(MOEH_LOG_INFO, __VA_ARGS__)
+#define MOEH_WARN(...) moeh_log(MOEH_LOG_WARN, __VA_ARGS__)
+#define MOEH_ERROR(...) moeh_log(MOEH_LOG_ERROR, __VA_ARGS__)
+
+/* Always-on assertion for programming errors: prints file:line and aborts. */
+#define MOEH_ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            moeh_assert_fail(#cond, __FILE__, __LINE__);                                           \
+    } while (0)
+_Noreturn void moeh_assert_fail(const char *expr, const char *file, int line);
+
+/* Milliseconds on CLOCK_MONOTONIC. */
+int64_t moeh_now_ms(void);
+
+/* Allocation that aborts on failure is *not* offered: callers check and return -ENOMEM. */
+
+/* ---- files ------------------------------------------------------------------------------ */
+/* Writes len bytes to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory.
+ * 0 or a negative errno code (message in err). */
+int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_err_t *err);
+/* Reads a whole file (at most max_len bytes) into a malloc'd buffer the caller frees.
+ * A trailing NUL is added (not counted in *len_out). */
+int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len_out,
+                       moeh_err_t *err);
+/* mkdir -p; 0 if it exists already as a directory. */
+int moeh_mkdir_p(const char *path, moeh_err_t *err);
+/* Joins dir and name into out (cap bytes); -ENAMETOOLONG if it does not fit. */
+int moeh_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* ---- deterministic random numbers (splitmix64 seeding xoshiro256**) --------------------- */
+typedef struct {
+    uint64_t s[4];
+} moeh_rng_t;
+void moeh_rng_seed(moeh_rng_t *r, uint64_t seed);
+uint64_t moeh_rng_u64(moeh_rng_t *r);
+double moeh_rng_uniform(moeh_rng_t *r); /* [0, 1) */
+double moeh_rng_normal(moeh_rng_t *r);  /* N(0, 1) */
+
+#endif

@@ -1,0 +1,49 @@
+/* main.c - moeh-sim: the researcher's entry point (dispatches to subcommands). */
+#include "sim_commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} cmd_t;
+
+static const cmd_t k_cmds[] = {
+    {"run", moeh_sim_cmd_run, "run a whole federation on this machine (the default command)"},
+    {"toy", moeh_sim_cmd_toy, "write a small synthetic tabular dataset split into sites"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moeh-sim [COMMAND] [OPTIONS]\n\n"
+               "Simulates a federation of hospitals on one machine.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
+        fprintf(f, "  %-8s %s\n", k_cmds[i].name, k_cmds[i].help);
+    fprintf(f, "\nWith no command, runs `moeh-sim run` with its defaults.\n"
+               "`moeh-sim COMMAND --help` describes each command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || argv[1][0] == '-') {
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+            usage(stdout);
+            return 0;
+        }
+        if (argc >= 2 && !strcmp(argv[1], "--version")) {
+            printf("moeh-sim %s\n", MOEH_VERSION);
+            return 0;
+        }
+        /* options without a command go to `run` */
+        argv[0] = "run";
+        return moeh_sim_cmd_run(argc, argv);
+    }
+    for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
+        if (!strcmp(argv[1], k_cmds[i].name))
+            return k_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moeh-sim: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

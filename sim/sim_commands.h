@@ -1,0 +1,10 @@
+/* sim_commands.h - the subcommands of moeh-sim. Each takes (argc, argv) with argv[0] = the
+ * subcommand name, prints its own --help, and returns a process exit code (0 ok, 1 runtime
+ * failure, 2 usage error). To add one: declare it here and add a row to k_cmds in main.c. */
+#ifndef MOEH_SIM_COMMANDS_H
+#define MOEH_SIM_COMMANDS_H
+
+int moeh_sim_cmd_toy(int argc, char **argv);   /* toy.c: small synthetic tabular dataset */
+int moeh_sim_cmd_run(int argc, char **argv);   /* run.c: a whole federation on loopback */
+
+#endif

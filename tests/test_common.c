@@ -1,0 +1,136 @@
+/* test_common.c - npy round trips and rejection, atomic writes, RNG determinism. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "moeh_common.h"
+#include "npy.h"
+
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <math.h>
+
+static char g_dir[256];
+
+static int setup(void **state)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_common_XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd);
+}
+
+static void test_npy_roundtrip(void **state)
+{
+    char path[512];
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/a.npy", g_dir);
+    float data[6] = {1, -2, 3.5f, 4, 5, 6e-7f};
+    size_t shape[2] = {2, 3};
+    assert_int_equal(moeh_npy_write(path, MOEH_DT_F32, 2, shape, data, &err), 0);
+    moeh_npy_t a;
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 2, &a, &err), 0);
+    assert_int_equal(a.shape[0], 2);
+    assert_int_equal(a.shape[1], 3);
+    assert_memory_equal(a.data, data, sizeof data);
+    moeh_npy_free(&a);
+
+    /* 1-D u8, and the header is 64-byte aligned as numpy writes it */
+    uint8_t b[5] = {0, 1, 2, 3, 255};
+    size_t s1[1] = {5};
+    assert_int_equal(moeh_npy_write(path, MOEH_DT_U8, 1, s1, b, &err), 0);
+    char *raw;
+    size_t len;
+    assert_int_equal(moeh_file_read_all(path, 1 << 20, &raw, &len, &err), 0);
+    assert_int_equal((len - 5) % 64, 0);
+    assert_non_null(strstr(raw + 10, "'shape': (5,)"));
+    free(raw);
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_U8, 1, &a, &err), 0);
+    assert_memory_equal(a.data, b, 5);
+    moeh_npy_free(&a);
+
+    /* wrong dtype and wrong rank are reported with the file name */
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 1, &a, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "dtype |u1, expected <f4"));
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_U8, 2, &a, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "rank 1, expected 2"));
+}
+
+static void test_npy_rejects_truncated(void **state)
+{
+    char path[512];
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/t.npy", g_dir);
+    float data[4] = {1, 2, 3, 4};
+    size_t shape[1] = {4};
+    assert_int_equal(moeh_npy_write(path, MOEH_DT_F32, 1, shape, data, &err), 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(truncate(path, st.st_size - 6), 0); /* cut into the data */
+    moeh_npy_t a;
+    assert_int_equal(moeh_npy_read(path, -1, 0, &a, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "need 16"));
+    assert_int_equal(moeh_file_write_atomic(path, "garbage!!!!!", 12, &err), 0);
+    assert_int_equal(moeh_npy_read(path, -1, 0, &a, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "bad magic"));
+}
+
+static void test_atomic_write_replaces(void **state)
+{
+    char path[512];
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/f.txt", g_dir);
+    assert_int_equal(moeh_file_write_atomic(path, "one", 3, &err), 0);
+    assert_int_equal(moeh_file_write_atomic(path, "second", 6, &err), 0);
+    char *buf;
+    size_t len;
+    assert_int_equal(moeh_file_read_all(path, 100, &buf, &len, &err), 0);
+    assert_int_equal(len, 6);
+    assert_string_equal(buf, "second");
+    free(buf);
+    assert_int_equal(moeh_file_read_all(path, 3, &buf, &len, &err), -EFBIG);
+    /* no temporary file is left behind */
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    assert_int_not_equal(access(tmp, F_OK), 0);
+    /* a directory that does not exist is an error with the path in it */
+    snprintf(path, sizeof path, "%s/no/such/dir/f", g_dir);
+    assert_int_equal(moeh_file_write_atomic(path, "x", 1, &err), -ENOENT);
+    assert_non_null(strstr(err.msg, "no/such/dir"));
+}
+
+static void test_rng(void **state)
+{
+    moeh_rng_t a, b;
+    moeh_rng_seed(&a, 42);
+    moeh_rng_seed(&b, 42);
+    double sum = 0, sq = 0;
+    for (int i = 0; i < 100000; i++) {
+        assert_true(moeh_rng_u64(&a) == moeh_rng_u64(&b));
+        double z = moeh_rng_normal(&a);
+        (void)moeh_rng_normal(&b);
+        sum += z;
+        sq += z * z;
+    }
+    assert_true(fabs(sum / 100000) < 0.02);
+    assert_true(fabs(sq / 100000 - 1.0) < 0.02);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_npy_roundtrip),
+        cmocka_unit_test(test_npy_rejects_truncated),
+        cmocka_unit_test(test_atomic_write_replaces),
+        cmocka_unit_test(test_rng),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

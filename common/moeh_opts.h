@@ -1,0 +1,37 @@
+/* moeh_opts.h - command-line and INI options from one table.
+ *
+ * Every option is a long flag (--name VALUE, or --name for booleans) and the same key in an
+ * INI file given with --config FILE (any section; flags override the file). --help prints the
+ * table; --version the version. Values are checked (numbers fully parsed and in range) and
+ * errors say which flag or file:line and what was expected. */
+#ifndef MOEH_OPTS_H
+#define MOEH_OPTS_H
+
+#include "moeh_common.h"
+
+typedef enum { MOEH_OPT_STR, MOEH_OPT_U32, MOEH_OPT_U64, MOEH_OPT_F32, MOEH_OPT_BOOL } moeh_opt_type_t;
+
+typedef struct {
+    const char *name;  /* without the leading "--"; also the INI key */
+    moeh_opt_type_t type;
+    void *ptr;         /* const char **, uint32_t *, uint64_t *, float *, int * */
+    const char *help;  /* one line; the default is printed after it */
+} moeh_opt_t;
+
+typedef struct {
+    const char *prog;     /* e.g. "moeh-coordinator" */
+    const char *synopsis; /* printed first by --help */
+    const moeh_opt_t *opts;
+    size_t n_opts;
+    char **owned; /* strings this parser allocated (INI values) */
+    size_t n_owned, cap_owned;
+} moeh_opts_t;
+
+/* Parses argv (argv[0] is skipped). Returns 0 when parsed, 1 when --help or --version was
+ * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused. */
+int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err);
+void moeh_opts_print_help(const moeh_opts_t *o, FILE *f);
+/* Frees strings taken from a --config file (after this, option strings from it dangle). */
+void moeh_opts_free(moeh_opts_t *o);
+
+#endif

@@ -1,0 +1,211 @@
+/* opts.c - one table for flags and INI keys (see moeh_opts.h). */
+#include "moeh_opts.h"
+
+#include <ini.h>
+#include <math.h>
+#include <string.h>
+
+static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
+{
+    for (size_t i = 0; i < o->n_opts; i++)
+        if (strcmp(o->opts[i].name, name) == 0)
+            return &o->opts[i];
+    return NULL;
+}
+
+static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int from_file,
+                     char *why, size_t why_len)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (opt->type) {
+    case MOEH_OPT_STR: {
+        const char *v = val;
+        if (from_file) {
+            if (o->n_owned == o->cap_owned) {
+                size_t cap = o->cap_owned ? 2 * o->cap_owned : 8;
+                char **n = realloc(o->owned, cap * sizeof *n);
+                if (!n)
+                    return snprintf(why, why_len, "out of memory"), -ENOMEM;
+                o->owned = n;
+                o->cap_owned = cap;
+            }
+            char *d = strdup(val);
+            if (!d)
+                return snprintf(why, why_len, "out of memory"), -ENOMEM;
+            o->owned[o->n_owned++] = d;
+            v = d;
+        }
+        *(const char **)opt->ptr = v;
+        return 0;
+    }
+    case MOEH_OPT_U32:
+    case MOEH_OPT_U64: {
+        if (val[0] == '-')
+            goto bad_num;
+        unsigned long long x = strtoull(val, &end, 10);
+        if (errno || end == val || *end || (opt->type == MOEH_OPT_U32 && x > UINT32_MAX))
+            goto bad_num;
+        if (opt->type == MOEH_OPT_U32)
+            *(uint32_t *)opt->ptr = (uint32_t)x;
+        else
+            *(uint64_t *)opt->ptr = x;
+        return 0;
+    bad_num:
+        snprintf(why, why_len, "'%s' is not a non-negative integer%s", val,
+                 opt->type == MOEH_OPT_U32 ? " below 2^32" : "");
+        return -EINVAL;
+    }
+    case MOEH_OPT_F32: {
+        float x = strtof(val, &end);
+        if (errno || end == val || *end || !isfinite(x)) {
+            snprintf(why, why_len, "'%s' is not a finite number", val);
+            return -EINVAL;
+        }
+        *(float *)opt->ptr = x;
+        return 0;
+    }
+    case MOEH_OPT_BOOL:
+        if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) {
+            *(int *)opt->ptr = 1;
+        } else if (!strcmp(val, "0") || !strcmp(val, "false") || !strcmp(val, "no")) {
+            *(int *)opt->ptr = 0;
+        } else {
+            snprintf(why, why_len, "'%s' is not a boolean (true/false/1/0/yes/no)", val);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    return -EINVAL;
+}
+
+typedef struct {
+    moeh_opts_t *o;
+    char why[256];
+} ini_ctx_t;
+
+static int opts_ini_handler(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx_t *c = user;
+    const moeh_opt_t *opt = find(c->o, name);
+    if (!opt || !strcmp(name, "config")) {
+        snprintf(c->why, sizeof c->why, "unknown option '%s' (see %s --help)", name, c->o->prog);
+        return 0;
+    }
+    char why[200];
+    if (set_value(c->o, opt, value, 1, why, sizeof why) != 0) {
+        snprintf(c->why, sizeof c->why, "%s: %s", name, why);
+        return 0;
+    }
+    return 1;
+}
+
+void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
+{
+    fprintf(f, "%s\n\noptions (each may also be set as 'name = value' in a --config INI file):\n",
+            o->synopsis);
+    for (size_t i = 0; i < o->n_opts; i++) {
+        const moeh_opt_t *opt = &o->opts[i];
+        char flag[64], def[96] = "";
+        static const char *meta[] = {"STR", "N", "N", "X", ""};
+        snprintf(flag, sizeof flag, "--%s %s", opt->name, meta[opt->type]);
+        switch (opt->type) {
+        case MOEH_OPT_STR:
+            if (*(const char **)opt->ptr)
+                snprintf(def, sizeof def, " (default: %s)", *(const char **)opt->ptr);
+            break;
+        case MOEH_OPT_U32:
+            snprintf(def, sizeof def, " (default: %u)", *(uint32_t *)opt->ptr);
+            break;
+        case MOEH_OPT_U64:
+            snprintf(def, sizeof def, " (default: %llu)",
+                     (unsigned long long)*(uint64_t *)opt->ptr);
+            break;
+        case MOEH_OPT_F32:
+            snprintf(def, sizeof def, " (default: %g)", (double)*(float *)opt->ptr);
+            break;
+        case MOEH_OPT_BOOL:
+            break;
+        }
+        fprintf(f, "  %-26s %s%s\n", flag, opt->help, def);
+    }
+    fprintf(f, "  %-26s %s\n  %-26s %s\n  %-26s %s\n", "--config FILE",
+            "read options from an INI file first", "--help", "print this help and exit",
+            "--version", "print the version and exit");
+}
+
+int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
+{
+    /* Pass 1: --help, --version, --config (so that flags override the file). */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            moeh_opts_print_help(o, stdout);
+            return 1;
+        }
+        if (!strcmp(argv[i], "--version")) {
+            printf("%s %s\n", o->prog, MOEH_VERSION);
+            return 1;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") != 0)
+            continue;
+        if (i + 1 >= argc)
+            return moeh_errf(err, -EINVAL, "--config needs a file name");
+        ini_ctx_t c = {.o = o};
+        int line = ini_parse(argv[i + 1], opts_ini_handler, &c);
+        if (line < 0)
+            return moeh_errf(err, -EINVAL, "%s: cannot open config file", argv[i + 1]);
+        if (line > 0)
+            return moeh_errf(err, -EINVAL, "%s:%d: %s", argv[i + 1], line,
+                             c.why[0] ? c.why : "syntax error (expected 'name = value')");
+    }
+    /* Pass 2: flags. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0)
+            return moeh_errf(err, -EINVAL, "unexpected argument '%s' (see %s --help)", a,
+                             o->prog);
+        const char *name = a + 2, *val = NULL;
+        char buf[64];
+        const char *eq = strchr(name, '=');
+        if (eq) { /* --name=value */
+            size_t l = (size_t)(eq - name);
+            if (l >= sizeof buf)
+                return moeh_errf(err, -EINVAL, "unknown option '%s'", a);
+            memcpy(buf, name, l);
+            buf[l] = '\0';
+            name = buf;
+            val = eq + 1;
+        }
+        if (!strcmp(name, "config")) {
+            i += val ? 0 : 1;
+            continue;
+        }
+        const moeh_opt_t *opt = find(o, name);
+        if (!opt)
+            return moeh_errf(err, -EINVAL, "unknown option '%s' (see %s --help)", a, o->prog);
+        if (opt->type == MOEH_OPT_BOOL && !val) {
+            *(int *)opt->ptr = 1;
+            continue;
+        }
+        if (!val) {
+            if (i + 1 >= argc)
+                return moeh_errf(err, -EINVAL, "--%s needs a value", name);
+            val = argv[++i];
+        }
+        char why[200];
+        if (set_value(o, opt, val, 0, why, sizeof why) != 0)
+            return moeh_errf(err, -EINVAL, "--%s: %s", name, why);
+    }
+    return 0;
+}
+
+void moeh_opts_free(moeh_opts_t *o)
+{
+    for (size_t i = 0; i < o->n_owned; i++)
+        free(o->owned[i]);
+    free(o->owned);
+    o->owned = NULL;
+    o->n_owned = o->cap_owned = 0;
+}

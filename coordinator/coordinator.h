@@ -1,0 +1,50 @@
+/* coordinator.h - moeh-coordinator as a library: admission, the round state machine (train
+ * phase then evaluation phase per round, each with a deadline and a quorum), per-group FedAvg,
+ * federated evaluation from summed score histograms, heartbeats, metrics.jsonl.
+ *
+ * One thread owns the ROUTER socket and all state; a second thread (keys.h) answers ZAP
+ * requests. moeh_coord_run() returns when the run is over, fails, or *stop becomes non-zero. */
+#ifndef MOEH_COORDINATOR_H
+#define MOEH_COORDINATOR_H
+
+#include "moeh_common.h"
+
+#include <signal.h>
+
+typedef struct {
+    const char *bind;          /* e.g. tcp://127.0.0.1:(star) for any port, or tcp://(star):7400 */
+    const char *registry_path; /* site registry (required unless insecure) */
+    const char *key_path;      /* the coordinator's .key file (required unless insecure) */
+    int insecure;              /* plaintext, no admission control: unit tests only */
+
+    uint32_t rounds;
+    uint32_t min_sites;       /* quorum: a phase closes with >= this many replies */
+    uint32_t wait_sites;      /* start as soon as this many sites joined (0: registry size) */
+    uint32_t start_timeout_ms; /* ...or after this long with >= min_sites */
+    uint32_t phase_deadline_ms;
+    uint32_t max_retries;      /* a phase without quorum is retried this many times */
+    uint32_t heartbeat_ms;
+    uint32_t heartbeat_timeout_ms; /* a silent site is considered gone after this */
+
+    /* model (the MLP until MoE-Health lands); n_in 0 = taken from the first site's data */
+    uint32_t n_in, n_hidden, n_tasks;
+    uint64_t seed;
+
+    /* local training, sent to sites every round */
+    uint32_t local_epochs, batch_size;
+    float lr, weight_decay, clip;
+    uint32_t eval_bins;
+
+    const char *out_dir;   /* metrics.jsonl, model.npy, config.json go here */
+    int ready_fd;          /* if >= 0: the bound endpoint and '\n' are written here */
+    int print_table;       /* print one line per round on stdout */
+} moeh_coord_cfg_t;
+
+/* Defaults for every field (bind all interfaces on port 7400, 5 rounds, quorum 1, ...). */
+void moeh_coord_cfg_defaults(moeh_coord_cfg_t *cfg);
+
+/* Runs a whole federation. 0 when every round completed; a negative code with err->msg
+ * otherwise (-ETIMEDOUT: not enough sites; -EINTR: stopped by *stop). */
+int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err);
+
+#endif

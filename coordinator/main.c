@@ -1,0 +1,96 @@
+/* main.c - moeh-coordinator: options, signals, then moeh_coord_run(). */
+#include "coordinator.h"
+
+#include "moeh_opts.h"
+
+#include <signal.h>
+#include <string.h>
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+int main(int argc, char **argv)
+{
+    moeh_coord_cfg_t cfg;
+    moeh_coord_cfg_defaults(&cfg);
+    uint32_t ready_fd = UINT32_MAX;
+    int table = 1;
+    const char *log_level = "info";
+    const moeh_opt_t opts[] = {
+        {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
+        {"registry", MOEH_OPT_STR, &cfg.registry_path, "site registry: [sites] ID = PUBLIC_KEY"},
+        {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
+        {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
+         "no encryption and no admission control (tests only)"},
+        {"rounds", MOEH_OPT_U32, &cfg.rounds, "federated rounds to run"},
+        {"min-sites", MOEH_OPT_U32, &cfg.min_sites, "quorum: replies a phase needs to close"},
+        {"wait-sites", MOEH_OPT_U32, &cfg.wait_sites,
+         "start once this many sites joined (0: every registered site)"},
+        {"start-timeout-ms", MOEH_OPT_U32, &cfg.start_timeout_ms,
+         "...or after this long with a quorum"},
+        {"deadline-ms", MOEH_OPT_U32, &cfg.phase_deadline_ms, "deadline of each phase"},
+        {"max-retries", MOEH_OPT_U32, &cfg.max_retries, "retries of a phase without quorum"},
+        {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
+        {"heartbeat-timeout-ms", MOEH_OPT_U32, &cfg.heartbeat_timeout_ms,
+         "a silent site is gone after this"},
+        {"n-in", MOEH_OPT_U32, &cfg.n_in, "model input width (0: from the first site)"},
+        {"hidden", MOEH_OPT_U32, &cfg.n_hidden, "hidden width of the model"},
+        {"tasks", MOEH_OPT_U32, &cfg.n_tasks, "number of prediction tasks"},
+        {"seed", MOEH_OPT_U64, &cfg.seed, "seed of the initial model and local shuffling"},
+        {"local-epochs", MOEH_OPT_U32, &cfg.local_epochs, "local epochs per round"},
+        {"batch-size", MOEH_OPT_U32, &cfg.batch_size, "local minibatch size"},
+        {"lr", MOEH_OPT_F32, &cfg.lr, "local AdamW learning rate"},
+        {"weight-decay", MOEH_OPT_F32, &cfg.weight_decay, "local AdamW weight decay"},
+        {"clip", MOEH_OPT_F32, &cfg.clip, "local gradient-norm clip (0: off)"},
+        {"eval-bins", MOEH_OPT_U32, &cfg.eval_bins, "score histogram bins for federated AUROC"},
+        {"out", MOEH_OPT_STR, &cfg.out_dir, "directory for metrics.jsonl, config.json, model.npy"},
+        {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout (default on)"},
+        {"ready-fd", MOEH_OPT_U32, &ready_fd,
+         "write the bound endpoint to this file descriptor once listening"},
+        {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
+    };
+    moeh_opts_t o = {.prog = "moeh-coordinator",
+                     .synopsis = "usage: moeh-coordinator [OPTIONS]\n\n"
+                                 "Runs federated training: admits the sites listed in the "
+                                 "registry (CURVE keys),\nruns the rounds, aggregates, evaluates "
+                                 "and writes metrics.jsonl.",
+                     .opts = opts,
+                     .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_err_t err = {0};
+    int rc = moeh_opts_parse(&o, argc, argv, &err);
+    if (rc == 1)
+        return 0;
+    if (rc) {
+        fprintf(stderr, "moeh-coordinator: %s\n", err.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    moeh_log_level_t lvl;
+    if (moeh_log_parse_level(log_level, &lvl)) {
+        fprintf(stderr, "moeh-coordinator: --log-level: '%s' is not debug, info, warn or error\n",
+                log_level);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    moeh_log_configure(lvl, "coordinator", NULL, NULL);
+    cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
+    cfg.print_table = table;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = moeh_coord_run(&cfg, &g_stop, &err);
+    moeh_opts_free(&o);
+    if (rc) {
+        MOEH_ERROR("%s", err.msg);
+        return rc == -EINTR ? 130 : 1;
+    }
+    return 0;
+}

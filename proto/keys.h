@@ -1,0 +1,73 @@
+/* keys.h - CURVE key pairs and files, the coordinator's site registry, socket security set-up
+ * and the ZAP handler that admits only registered public keys.
+ *
+ * Files (INI syntax, read with inih; errors name file and line):
+ *   NAME.key   (mode 0600)  public-key = <Z85>  secret-key = <Z85>
+ *   NAME.pub                public-key = <Z85>
+ *   registry                [sites]  SITE_ID = <Z85 public key>   (one line per admitted site)
+ * Secret keys live in sodium_malloc'd memory and are wiped when freed. */
+#ifndef MOEH_KEYS_H
+#define MOEH_KEYS_H
+
+#include "moeh_common.h"
+
+#define MOEH_Z85_KEY_LEN 40
+
+typedef struct {
+    char public_z85[MOEH_Z85_KEY_LEN + 1];
+    char secret_z85[MOEH_Z85_KEY_LEN + 1];
+} moeh_keypair_t;
+
+/* libsodium must be initialised once per process: 0 or -EIO. */
+int moeh_crypto_init(void);
+
+/* New key pair in secure memory. Caller owns *out: moeh_keypair_destroy(&kp). */
+int moeh_keypair_generate(moeh_keypair_t **out);
+void moeh_keypair_destroy(moeh_keypair_t **self_p);
+/* Writes BASE.key (0600) and BASE.pub, each atomically. */
+int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *err);
+/* Reads a .key file (public + secret). */
+int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err);
+/* Reads the public key of a .pub or .key file into out (MOEH_Z85_KEY_LEN + 1 bytes). */
+int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err);
+/* 1 if s is a Z85 encoding of a 32-byte key. */
+int moeh_z85_key_valid(const char *s);
+
+/* ---- the site registry --------------------------------------------------------------- */
+typedef struct {
+    char site_id[65];
+    uint8_t key[32];
+} moeh_registry_entry_t;
+
+typedef struct {
+    size_t n;
+    moeh_registry_entry_t *entries;
+} moeh_registry_t;
+
+/* Loads a registry file; duplicate ids or keys, bad ids or keys are errors with file:line.
+ * Caller frees with moeh_registry_free. */
+int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err);
+void moeh_registry_free(moeh_registry_t *r);
+/* The site id registered for a 32-byte public key, or NULL. */
+const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]);
+
+/* ---- sockets --------------------------------------------------------------------------- */
+/* Server side: CURVE server with kp; the ZAP domain "moeh". */
+int moeh_curve_server(void *sock, const moeh_keypair_t *kp);
+/* Client side: own kp and the server's public key (pinned). */
+int moeh_curve_client(void *sock, const moeh_keypair_t *kp, const char *server_public_z85);
+
+/* ---- ZAP admission ------------------------------------------------------------------- */
+typedef struct moeh_zap moeh_zap_t;
+/* Starts the ZAP handler thread on ctx, taking ownership of *reg (it is moved, *reg is
+ * zeroed). Must be started before any CURVE server socket binds. */
+int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out);
+/* Replaces the registry (e.g. on SIGHUP); takes ownership of *reg. Thread-safe. */
+void moeh_zap_replace_registry(moeh_zap_t *z, moeh_registry_t *reg);
+/* Copies the registered id of key into out (65 bytes); 0 or -ENOENT. Thread-safe. */
+int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out);
+/* Number of connections refused so far. */
+uint64_t moeh_zap_refused(moeh_zap_t *z);
+void moeh_zap_stop(moeh_zap_t **self_p);
+
+#endif

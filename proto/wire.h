@@ -1,0 +1,96 @@
+/* wire.h - the one decoding layer for everything that arrives over ZeroMQ, and the matching
+ * encoder.
+ *
+ * A message is [routing id (ROUTER side only)] [Envelope] [raw frame]*. moeh_wire_decode()
+ * caps the header size before unpacking, checks the protocol version, the type/body match,
+ * every count, length and enum, the number, names, dtypes and sizes of the raw frames against
+ * what was negotiated (moeh_wire_limits_t), and that every float is finite. It is pure: on bad
+ * input it returns a negative code with a message and touches nothing else. Session checks
+ * (round ids, model versions, who may send what) belong to the coordinator and agent. */
+#ifndef MOEH_WIRE_H
+#define MOEH_WIRE_H
+
+#include "moeh.pb-c.h"
+#include "moeh_common.h"
+
+#define MOEH_PROTOCOL_VERSION 1u
+#define MOEH_MAX_HEADER_BYTES (64u * 1024u)
+#define MOEH_MAX_FRAMES 4u
+#define MOEH_MAX_PARTS (MOEH_MAX_FRAMES + 2u) /* routing id + envelope + frames */
+#define MOEH_MAX_PARAMS (1u << 28)            /* 1 GiB of float32 */
+#define MOEH_MAX_STRING 1024u
+#define MOEH_SITE_ID_MAX 64u
+
+/* What the receiver has negotiated. Zero fields mean "not negotiated yet": any message that
+ * would need them (tensors, per-group weights, histograms) is refused. */
+typedef struct {
+    uint64_t n_params;
+    uint32_t n_groups;
+    uint32_t n_tasks;
+    uint32_t eval_bins;
+} moeh_wire_limits_t;
+
+/* A raw frame: borrowed bytes. */
+typedef struct {
+    const void *data;
+    size_t len;
+} moeh_iov_t;
+
+/* A tensor frame to send: name, dtype, element count and bytes (borrowed). */
+typedef struct {
+    const char *name;
+    Moeh__DType dtype;
+    const void *data;
+    uint64_t count;
+} moeh_frame_t;
+
+/* A decoded message. env and the frames stay valid until moeh_msg_clear(). */
+typedef struct {
+    Moeh__Envelope *env;
+    size_t n_frames;
+    moeh_iov_t frames[MOEH_MAX_FRAMES];
+    char peer[MOEH_SITE_ID_MAX + 1]; /* ZAP-authenticated site id ("" if none) */
+    uint8_t routing_id[256];
+    size_t routing_id_len;
+    /* owned ZeroMQ message parts backing the frames (opaque to users) */
+    void *parts_storage;
+} moeh_msg_t;
+
+/* Pure validation of one message: header bytes + raw frames. On success *out owns a freshly
+ * unpacked Envelope (free with moeh__envelope__free_unpacked(env, NULL)). On failure returns
+ * -EMSGSIZE (too big), -EPROTO (wrong protocol version), -EBADMSG (anything malformed) or
+ * -ERANGE (a non-finite float), with err->msg saying which field and what was expected. */
+int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,
+                     const moeh_iov_t *frames, size_t n_frames, Moeh__Envelope **out,
+                     moeh_err_t *err);
+
+/* Packs env (its protocol_version and frames are filled in here from `frames`) into a
+ * malloc'd buffer the caller frees. 0 or -ENOMEM / -EMSGSIZE. */
+int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
+                   uint8_t **buf_out, size_t *len_out);
+
+/* Sends [routing_id]? envelope frames... on sock. 0 or a negative code (-EAGAIN if it would
+ * block past the socket's send timeout, -EHOSTUNREACH if a ROUTER peer is gone). */
+int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
+                   Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames);
+
+/* Receives one whole multipart message (non-blocking: -EAGAIN if none is ready) and decodes
+ * it. With_routing_id is set on ROUTER sockets. A message with too many parts is drained and
+ * refused. On a decode failure the routing id and peer are still filled in (so the caller can
+ * reply with an Error) and the code is returned; msg must be cleared in every case. */
+int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim,
+                   moeh_msg_t *msg, moeh_err_t *err);
+void moeh_msg_clear(moeh_msg_t *msg);
+
+/* Convenience: send an Error / Bye / Heartbeat with no frames. */
+int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
+                         const char *message);
+int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,
+                          const char *text, uint64_t seq);
+
+const char *moeh_msg_type_name(int type);
+
+/* Site ids: 1..64 characters from [A-Za-z0-9._-]. */
+int moeh_site_id_valid(const char *s);
+
+#endif

@@ -1,0 +1,27 @@
+/* localfed.h - building blocks of a federation on one machine: key files and registry,
+ * starting the coordinator (reading back its endpoint) and the agents as real processes.
+ * Used by `moeh-sim run` and by the multi-process tests. */
+#ifndef MOEH_LOCALFED_H
+#define MOEH_LOCALFED_H
+
+#include "proc.h"
+
+/* Writes DIR/coordinator.{key,pub}, DIR/site-K.{key,pub} for K = 1..n_sites and
+ * DIR/registry.ini admitting those sites. */
+int moeh_localfed_keys(const char *dir, unsigned n_sites, moeh_err_t *err);
+
+/* Starts BIN_DIR/moeh-coordinator bound to tcp://127.0.0.1:(any port) with the extra
+ * arguments (NULL-terminated, may be NULL), stderr to log_path and stdout to out_path
+ * (NULL: inherited), and waits up to 10 s for the endpoint it bound (written to endpoint). */
+int moeh_localfed_start_coordinator(moeh_proc_t *p, const char *bin_dir, char *const extra[],
+                                    const char *out_path, const char *log_path, char *endpoint,
+                                    size_t cap, moeh_err_t *err);
+
+/* Starts BIN_DIR/moeh-site-agent for site_id on dataset, connecting to endpoint; with keys
+ * (key_path, server_pub) or, if key_path is NULL, --insecure. Extra args may be NULL. */
+int moeh_localfed_start_agent(moeh_proc_t *p, const char *bin_dir, const char *endpoint,
+                              const char *site_id, const char *dataset, const char *key_path,
+                              const char *server_pub, char *const extra[], const char *log_path,
+                              moeh_err_t *err);
+
+#endif

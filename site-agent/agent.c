@@ -410,6 +410,12 @@ static void handle_messages(agent_t *a)
         case MOEH__MSG_TYPE__ROUND_START:
             if (!a->welcomed)
                 break;
+            if (a->cfg->fault_kill_round &&
+                m.env->round_start->round == a->cfg->fault_kill_round &&
+                m.env->round_start->task == MOEH__ROUND_TASK__TRAIN) {
+                MOEH_WARN("fault injection: killing myself in round %u", a->cfg->fault_kill_round);
+                raise(SIGKILL);
+            }
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m.frames[0]);
             else

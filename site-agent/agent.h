@@ -22,6 +22,8 @@ typedef struct {
     uint32_t silence_timeout_ms; /* coordinator silent this long: reconnect */
     uint32_t backoff_max_ms;
     uint32_t give_up_ms;       /* never welcomed after this long: fail (0 = never) */
+    uint32_t fault_kill_round; /* fault injection for tests: SIGKILL itself on receiving the
+                                * RoundStart{TRAIN} of this round (0 = off) */
 } moeh_agent_cfg_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);

@@ -31,6 +31,8 @@ int main(int argc, char **argv)
         {"backoff-max-ms", MOEH_OPT_U32, &cfg.backoff_max_ms, "longest wait between reconnects"},
         {"give-up-ms", MOEH_OPT_U32, &cfg.give_up_ms,
          "fail if not admitted within this long (0: keep trying)"},
+        {"fault-kill-round", MOEH_OPT_U32, &cfg.fault_kill_round,
+         "TESTS ONLY: SIGKILL this process when round N starts (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
     moeh_opts_t o = {.prog = "moeh-site-agent",

@@ -1,0 +1,266 @@
+/* test_federation.c - multi-process tests: the real moeh-coordinator and moeh-site-agent
+ * binaries over CURVE on 127.0.0.1 (port chosen by the kernel and read back).
+ *  - a full run: every round completes with all sites and the training loss falls;
+ *  - an agent is SIGKILLed when round 3 starts: the run completes with the quorum of 2;
+ *  - an agent with an unregistered key, and one claiming another site's id, are refused and
+ *    the run that follows is unaffected.
+ * Every process is reaped in teardown, also when an assertion fails; each test works in its
+ * own temporary directory, removed afterwards. No sleeps: waits are on pidfds and pipes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "keys.h"
+#include "localfed.h"
+#include "toy.h"
+
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <string.h>
+
+#define N_SITES 3
+#define MAX_PROCS 8
+
+typedef struct {
+    char dir[256], data[300], keys[300], logs[300], out[300];
+    char bin[2048];
+    moeh_proc_t procs[MAX_PROCS];
+    size_t n_procs;
+    char endpoint[256];
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    moeh_err_t err = {0};
+    snprintf(f->dir, sizeof f->dir, "/tmp/moeh_test_fed_XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->data, sizeof f->data, "%s/data", f->dir);
+    snprintf(f->keys, sizeof f->keys, "%s/keys", f->dir);
+    snprintf(f->logs, sizeof f->logs, "%s/logs", f->dir);
+    snprintf(f->out, sizeof f->out, "%s/out", f->dir);
+    const char *bin = getenv("MOEH_BIN_DIR");
+    snprintf(f->bin, sizeof f->bin, "%s", bin ? bin : "./bin");
+    moeh_toy_cfg_t tc = {.n_samples = 1800, .n_features = 8, .n_sites = N_SITES, .seed = 5};
+    if (moeh_mkdir_p(f->logs, &err) || moeh_toy_generate(&tc, f->data, &err) ||
+        moeh_localfed_keys(f->keys, N_SITES, &err)) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    for (size_t i = 0; i < f->n_procs; i++)
+        moeh_proc_stop(&f->procs[i], 2000);
+    if (getenv("MOEH_KEEP_TEST_DIR") == NULL) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+        if (system(cmd) != 0)
+            return -1;
+    } else {
+        fprintf(stderr, "kept %s\n", f->dir);
+    }
+    free(f);
+    return 0;
+}
+
+static moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const char *min_sites)
+{
+    char reg[400], key[400], log[400];
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    char *args[] = {"--registry", reg, "--key", key, "--rounds", (char *)rounds,
+                    "--min-sites", (char *)min_sites, "--wait-sites", "3",
+                    "--out", f->out, "--heartbeat-ms", "200", "--heartbeat-timeout-ms", "1500",
+                    "--deadline-ms", "20000", "--start-timeout-ms", "30000",
+                    "--local-epochs", "2", "--lr", "0.003", "--table=false", NULL};
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    moeh_err_t err = {0};
+    int rc = moeh_localfed_start_coordinator(p, f->bin, args, NULL, log, f->endpoint,
+                                             sizeof f->endpoint, &err);
+    if (rc)
+        print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return p;
+}
+
+/* Starts an agent claiming site_id with the key file of key_site (so that the two may differ). */
+static moeh_proc_t *start_agent(fixture_t *f, const char *site_id, const char *data_site,
+                                const char *key_site, char *const extra[])
+{
+    char ds[400], key[400], pub[400], log[400];
+    snprintf(ds, sizeof ds, "%s/%s", f->data, data_site);
+    snprintf(key, sizeof key, "%s/%s.key", f->keys, key_site);
+    snprintf(pub, sizeof pub, "%s/coordinator.pub", f->keys);
+    snprintf(log, sizeof log, "%s/%s-as-%s.log", f->logs, key_site, site_id);
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    moeh_err_t err = {0};
+    int rc = moeh_localfed_start_agent(p, f->bin, f->endpoint, site_id, ds, key, pub, extra, log,
+                                       &err);
+    if (rc)
+        print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return p;
+}
+
+typedef struct {
+    int n_eval;
+    int sites[64];
+    double train_loss[64];
+    double auroc_mean[64];
+    int n_gone;
+} metrics_t;
+
+static void read_metrics(const fixture_t *f, metrics_t *m)
+{
+    char path[400], line[8192];
+    memset(m, 0, sizeof *m);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->out);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        assert_non_null(ev);
+        if (!strcmp(ev, "eval") && m->n_eval < 64) {
+            int r = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "round"));
+            assert_int_equal(r, m->n_eval + 1); /* rounds in order, none skipped */
+            m->sites[m->n_eval] = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "sites"));
+            m->train_loss[m->n_eval] =
+                cJSON_GetNumberValue(cJSON_GetObjectItem(j, "train_loss"));
+            m->auroc_mean[m->n_eval] =
+                cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_mean"));
+            m->n_eval++;
+        } else if (!strcmp(ev, "site_gone")) {
+            m->n_gone++;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+}
+
+static void wait_exit(moeh_proc_t *p, int timeout_ms, int want_code)
+{
+    int rc = moeh_proc_wait(p, timeout_ms);
+    if (rc)
+        print_error("%s did not exit within %d ms\n", p->name, timeout_ms);
+    assert_int_equal(rc, 0);
+    if (moeh_proc_exit_code(p) != want_code)
+        print_error("%s exited with %d, expected %d\n", p->name, moeh_proc_exit_code(p),
+                    want_code);
+    assert_int_equal(moeh_proc_exit_code(p), want_code);
+}
+
+static void test_full_run_loss_falls(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *c = start_coordinator(f, "6", "3");
+    moeh_proc_t *a[N_SITES];
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, NULL);
+    }
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0); /* agents leave on the coordinator's bye */
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 6);
+    for (int r = 0; r < 6; r++)
+        assert_int_equal(m.sites[r], N_SITES);
+    assert_true(m.train_loss[5] < m.train_loss[0] - 0.01);
+    assert_true(m.auroc_mean[5] > 0.6); /* the toy tasks are learnable */
+    assert_int_equal(m.n_gone, 0);
+}
+
+static void test_killed_agent_quorum_completes(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *c = start_coordinator(f, "5", "2");
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-round", "3", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
+    }
+    wait_exit(a[2], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[1], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 5);
+    assert_int_equal(m.sites[0], 3);
+    assert_int_equal(m.sites[1], 3);
+    for (int r = 2; r < 5; r++)
+        assert_int_equal(m.sites[r], 2);
+    assert_int_equal(m.n_gone, 1);
+}
+
+static void test_unregistered_key_refused(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    /* a key pair the registry does not know */
+    moeh_keypair_t *kp = NULL;
+    char base[400];
+    snprintf(base, sizeof base, "%s/rogue", f->keys);
+    assert_int_equal(moeh_keypair_generate(&kp), 0);
+    assert_int_equal(moeh_keypair_write(kp, base, &err), 0);
+    moeh_keypair_destroy(&kp);
+
+    moeh_proc_t *c = start_coordinator(f, "3", "3");
+    /* refused at the CURVE handshake by the ZAP handler: exits 3 with a clear message */
+    moeh_proc_t *rogue = start_agent(f, "site-1", "site-1", "rogue", NULL);
+    wait_exit(rogue, 20000, 3);
+    /* a registered key claiming another site's id: refused at hello, exits 3 */
+    moeh_proc_t *liar = start_agent(f, "site-1", "site-2", "site-2", NULL);
+    wait_exit(liar, 20000, 3);
+    /* the run itself is unaffected */
+    moeh_proc_t *a[N_SITES];
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, NULL);
+    }
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(m.sites[r], N_SITES);
+    /* the logs say why */
+    char path[400], *log = NULL;
+    size_t len;
+    snprintf(path, sizeof path, "%s/rogue-as-site-1.log", f->logs);
+    assert_int_equal(moeh_file_read_all(path, 1 << 20, &log, &len, &err), 0);
+    assert_non_null(strstr(log, "refused this site's key"));
+    free(log);
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_int_equal(moeh_file_read_all(path, 1 << 22, &log, &len, &err), 0);
+    assert_non_null(strstr(log, "is not in the site registry"));
+    assert_non_null(strstr(log, "does not match the id registered for your key"));
+    free(log);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_full_run_loss_falls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_killed_agent_quorum_completes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unregistered_key_refused, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -684,6 +684,9 @@ static void teardown(coord_t *c)
             if (c->sites[i].admitted)
                 moeh_wire_send_simple(c->router, c->sites[i].rid, c->sites[i].rid_len,
                                       MOEH__MSG_TYPE__BYE, "run finished", 0);
+        /* let the byes go out (linger was 0 so that nothing else blocks), at most 1 s */
+        int linger = 1000;
+        zmq_setsockopt(c->router, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(c->router);
     }
     moeh_zap_stop(&c->zap);

@@ -425,11 +425,15 @@ static void handle_messages(agent_t *a)
             break;
         case MOEH__MSG_TYPE__ERROR: {
             const Moeh__Error *e = m.env->error;
-            MOEH_WARN("coordinator says: %s", e->message);
             if (e->code == -EPERM) { /* it does not know us (e.g. it restarted): join again */
+                MOEH_INFO("the coordinator does not know this site (did it restart?); joining "
+                          "again");
                 a->welcomed = 0;
                 send_hello(a);
-            } else if (!a->welcomed && (e->code == -EACCES || e->code == -EINVAL)) {
+                break;
+            }
+            MOEH_WARN("coordinator says: %s", e->message);
+            if (!a->welcomed && (e->code == -EACCES || e->code == -EINVAL)) {
                 set_fatal(a, e->code, "the coordinator refused this site: %s", e->message);
             }
             break;
@@ -528,8 +532,11 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     if (a.fatal_rc) {
         rc = moeh_errf(err, a.fatal_rc, "%s", a.fatal.msg);
     } else if (*stop && !a.done) {
-        if (a.sock)
+        if (a.sock) {
             moeh_wire_send_simple(a.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "site agent stopped", 0);
+            int linger = 1000; /* let the bye go out, at most 1 s */
+            zmq_setsockopt(a.sock, ZMQ_LINGER, &linger, sizeof linger);
+        }
         rc = moeh_errf(err, -EINTR, "stopped by a signal");
     } else {
         rc = 0;

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #define N_SITES 3
-#define MAX_PROCS 8
+#define MAX_PROCS 12
 
 typedef struct {
     char dir[256], data[300], keys[300], logs[300], out[300];
@@ -70,17 +70,29 @@ static int teardown(void **state)
     return 0;
 }
 
-static moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const char *min_sites)
+/* Starts the coordinator; bind may be NULL (any port) and wait_sites defaults to "3". */
+static moeh_proc_t *start_coordinator_ex(fixture_t *f, const char *rounds, const char *min_sites,
+                                         const char *wait_sites, const char *bind,
+                                         const char *log_name)
 {
     char reg[400], key[400], log[400];
     snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
     snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    char *args[] = {"--registry", reg, "--key", key, "--rounds", (char *)rounds,
-                    "--min-sites", (char *)min_sites, "--wait-sites", "3",
-                    "--out", f->out, "--heartbeat-ms", "200", "--heartbeat-timeout-ms", "1500",
-                    "--deadline-ms", "20000", "--start-timeout-ms", "30000",
-                    "--local-epochs", "2", "--lr", "0.003", "--table=false", NULL};
+    snprintf(log, sizeof log, "%s/%s", f->logs, log_name);
+    char *args[40] = {"--registry", reg, "--key", key, "--rounds", (char *)rounds,
+                      "--min-sites", (char *)min_sites, "--wait-sites", (char *)wait_sites,
+                      "--out", f->out, "--heartbeat-ms", "200", "--heartbeat-timeout-ms", "1500",
+                      "--deadline-ms", "20000", "--start-timeout-ms", "30000",
+                      "--max-retries", "1", "--local-epochs", "2", "--lr", "0.003",
+                      "--table=false"};
+    int n = 0;
+    while (args[n])
+        n++;
+    if (bind) {
+        args[n++] = "--bind";
+        args[n++] = (char *)bind;
+    }
+    args[n] = NULL;
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
     int rc = moeh_localfed_start_coordinator(p, f->bin, args, NULL, log, f->endpoint,
@@ -89,6 +101,11 @@ static moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const ch
         print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;
+}
+
+static moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const char *min_sites)
+{
+    return start_coordinator_ex(f, rounds, min_sites, "3", NULL, "coordinator.log");
 }
 
 /* Starts an agent claiming site_id with the key file of key_site (so that the two may differ). */
@@ -255,12 +272,121 @@ static void test_unregistered_key_refused(void **state)
     free(log);
 }
 
+
+static int file_contains(const char *path, const char *needle)
+{
+    char *buf = NULL;
+    size_t len;
+    moeh_err_t err = {0};
+    if (moeh_file_read_all(path, 1 << 22, &buf, &len, &err) != 0)
+        return 0;
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}
+
+/* Waits (at most 20 s, else the test fails) until the coordinator logged that every site
+ * joined. The log is the only signal a waiting coordinator gives, so this polls the file in
+ * 20 ms steps, waiting on the coordinator's pidfd in between (and so failing fast if it died). */
+static void wait_all_joined(const fixture_t *f, moeh_proc_t *c, const char *log_name)
+{
+    char path[400], needle[64];
+    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
+    int64_t end = moeh_now_ms() + 20000;
+    for (int k = 1; k <= N_SITES; k++) {
+        snprintf(needle, sizeof needle, "site site-%d joined", k);
+        while (!file_contains(path, needle)) {
+            assert_true(moeh_now_ms() < end);
+            assert_int_equal(moeh_proc_wait(c, 20), -ETIMEDOUT); /* still running */
+        }
+    }
+}
+
+/* Without a quorum the phase is retried, then the run fails with a message naming the round,
+ * and the surviving agents are told to leave. */
+static void test_no_quorum_fails_clearly(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *c = start_coordinator(f, "4", "3");
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-round", "2", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 0 ? kill_at : NULL);
+    }
+    wait_exit(a[0], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 1);
+    wait_exit(a[1], 10000, 0);
+    wait_exit(a[2], 10000, 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "round 2 train phase: 2 of the 3 sites needed replied"));
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 1);
+}
+
+/* The coordinator is killed before the run starts and a new one is started on the same
+ * endpoint: the agents notice, join the new coordinator, and the run completes. */
+static void test_agents_survive_coordinator_restart(void **state)
+{
+    fixture_t *f = *state;
+    /* waits for 4 sites, so with 3 agents it never starts */
+    moeh_proc_t *c1 = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-1.log");
+    char endpoint[256];
+    snprintf(endpoint, sizeof endpoint, "%s", f->endpoint);
+    char *fast[] = {"--silence-timeout-ms", "1500", "--backoff-max-ms", "1000", NULL};
+    moeh_proc_t *a[N_SITES];
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, fast);
+    }
+    wait_all_joined(f, c1, "coordinator-1.log");
+    moeh_proc_signal(c1, SIGKILL);
+    wait_exit(c1, 10000, 128 + SIGKILL);
+    moeh_proc_t *c2 = start_coordinator_ex(f, "3", "3", "3", endpoint, "coordinator-2.log");
+    assert_string_equal(f->endpoint, endpoint);
+    wait_exit(c2, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(m.sites[r], N_SITES);
+}
+
+/* SIGTERM stops the coordinator promptly; it says bye and the agents leave cleanly. */
+static void test_sigterm_clean_shutdown(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator.log");
+    moeh_proc_t *a[N_SITES];
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, NULL);
+    }
+    wait_all_joined(f, c, "coordinator.log");
+    moeh_proc_signal(c, SIGTERM);
+    int64_t t0 = moeh_now_ms();
+    wait_exit(c, 5000, 130);
+    assert_true(moeh_now_ms() - t0 < 2000);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 5000, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_full_run_loss_falls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_agent_quorum_completes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unregistered_key_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_quorum_fails_clearly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agents_survive_coordinator_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_clean_shutdown, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -77,16 +77,12 @@ static const char *dict_value(const char *hdr, const char *key)
     return p;
 }
 
-int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t *out,
-                  moeh_err_t *err)
+int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype,
+                   size_t want_ndim, moeh_npy_t *out, moeh_err_t *err)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    int rc;
+    const char *buf = data;
+    int rc = -EBADMSG;
     memset(out, 0, sizeof *out);
-    if ((rc = moeh_file_read_all(path, (size_t)1 << 36, &buf, &len, err)) != 0)
-        return rc;
-    rc = -EBADMSG;
     if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
         moeh_errf(err, rc, "%s: not a .npy file (bad magic)", path);
         goto out;
@@ -185,6 +181,18 @@ int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t
     out->ndim = ndim;
     rc = 0;
 out:
+    return rc;
+}
+
+int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t *out,
+                  moeh_err_t *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    memset(out, 0, sizeof *out);
+    int rc = moeh_file_read_all(path, (size_t)1 << 36, &buf, &len, err);
+    if (rc == 0)
+        rc = moeh_npy_parse(buf, len, path, want_dtype, want_ndim, out, err);
     free(buf);
     return rc;
 }

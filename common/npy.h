@@ -38,5 +38,8 @@ int moeh_npy_write(const char *path, moeh_dtype_t dt, size_t ndim, const size_t 
 int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t *out,
                   moeh_err_t *err);
 void moeh_npy_free(moeh_npy_t *a);
+/* The same validation on bytes in memory; path only names the source in messages. */
+int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype,
+                   size_t want_ndim, moeh_npy_t *out, moeh_err_t *err);
 
 #endif

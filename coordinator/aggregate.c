@@ -1,5 +1,7 @@
-/* aggregate.c - per-group FedAvg running sum (see aggregate.h). */
+/* aggregate.c - per-group FedAvg running fixed-point sum (see aggregate.h). */
 #include "aggregate.h"
+
+#include "quant.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -9,7 +11,7 @@ int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const s
                      const size_t *group_len)
 {
     memset(a, 0, sizeof *a);
-    if (n_groups == 0 || n_groups > 32)
+    if (n_groups == 0 || n_groups > MOEH_AGG_MAX_GROUPS)
         return -EINVAL;
     size_t next = 0;
     for (size_t g = 0; g < n_groups; g++) {
@@ -23,7 +25,7 @@ int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const s
         return -EINVAL;
     a->n_params = n_params;
     a->n_groups = n_groups;
-    a->sum = calloc(n_params ? n_params : 1, sizeof(double));
+    a->sum = calloc(n_params + n_groups, sizeof(uint32_t));
     return a->sum ? 0 : -ENOMEM;
 }
 
@@ -35,34 +37,38 @@ void moeh_fedavg_free(moeh_fedavg_t *a)
 
 void moeh_fedavg_reset(moeh_fedavg_t *a)
 {
-    memset(a->sum, 0, a->n_params * sizeof(double));
-    memset(a->wsum, 0, sizeof a->wsum);
+    memset(a->sum, 0, (a->n_params + a->n_groups) * sizeof(uint32_t));
     a->n_updates = 0;
 }
 
-void moeh_fedavg_add(moeh_fedavg_t *a, const void *wdelta, const double *weights)
+void moeh_fedavg_add(moeh_fedavg_t *a, const void *words)
 {
-    const unsigned char *p = wdelta;
-    double *restrict s = a->sum;
-    for (size_t i = 0; i < a->n_params; i++) {
-        float x;
+    const unsigned char *p = words;
+    uint32_t *restrict s = a->sum;
+    size_t n = a->n_params + a->n_groups;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x;
         memcpy(&x, p + 4 * i, 4);
-        s[i] += x;
+        s[i] += x; /* mod 2^32 */
     }
-    for (size_t g = 0; g < a->n_groups; g++)
-        a->wsum[g] += weights[g];
     a->n_updates++;
 }
 
-size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta)
+uint32_t moeh_fedavg_weight(const moeh_fedavg_t *a, size_t g)
+{
+    return a->sum[a->n_params + g];
+}
+
+size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale)
 {
     size_t updated = 0;
     for (size_t g = 0; g < a->n_groups; g++) {
-        if (!(a->wsum[g] > 0))
+        uint32_t w = moeh_fedavg_weight(a, g);
+        if (w == 0)
             continue; /* no site trained this group: keep it */
-        double inv = 1.0 / a->wsum[g];
+        double inv = 1.0 / (scale * (double)w);
         for (size_t i = a->group_off[g]; i < a->group_off[g] + a->group_len[g]; i++)
-            theta[i] = (float)((double)theta[i] + a->sum[i] * inv);
+            theta[i] = (float)((double)theta[i] + (double)moeh_quant_signed(a->sum[i]) * inv);
         updated++;
     }
     return updated;

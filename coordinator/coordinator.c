@@ -12,10 +12,12 @@
 #include "coordinator.h"
 
 #include "aggregate.h"
+#include "checkpoint.h"
 #include "keys.h"
 #include "moeh_hist.h"
 #include "moeh_mlp.h"
 #include "npy.h"
+#include "quant.h"
 #include "wire.h"
 
 #include <cjson/cJSON.h>
@@ -61,8 +63,12 @@ typedef struct {
     uint32_t wait_target; /* start as soon as this many sites joined */
     int64_t phase_deadline, wait_start, round_t0, last_hb;
     double round_train_loss; /* sample-weighted mean over the sites that replied */
+    double w_cap, w_used;    /* bound on this round's total weight, and weight admitted */
+    double quant_scale;      /* fixed-point scale of this round's updates */
     uint32_t round_train_sites;
     FILE *metrics;
+    int table_header_done;
+    char ckpt_path[4096];
     const char *task_names[16];
     char task_buf[16][16];
 } coord_t;
@@ -88,6 +94,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->lr = 1e-3f;
     c->weight_decay = 1e-4f;
     c->clip = 5.0f;
+    c->delta_clip = 1.0f;
     c->eval_bins = 1000;
     c->out_dir = ".";
     c->ready_fd = -1;
@@ -179,6 +186,8 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.weight_decay = cfg->weight_decay;
     rc.clip = cfg->clip;
     rc.seed = cfg->seed * 1000003u + c->round;
+    rc.delta_clip = cfg->delta_clip;
+    rc.quant_scale = c->quant_scale;
     rs.round = c->round;
     rs.model_version = c->model_version;
     rs.task = c->phase == PH_TRAIN ? MOEH__ROUND_TASK__TRAIN : MOEH__ROUND_TASK__EVALUATE;
@@ -196,6 +205,7 @@ static void send_round_start(coord_t *c, site_t *s)
 
 static void open_phase(coord_t *c, phase_t ph)
 {
+    const moeh_coord_cfg_t *cfg = c->cfg;
     c->phase = ph;
     c->phase_deadline = moeh_now_ms() + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
@@ -203,6 +213,15 @@ static void open_phase(coord_t *c, phase_t ph)
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
         c->round_train_sites = 0;
+        /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
+        c->w_used = 0;
+        for (size_t i = 0; i < c->n_sites; i++)
+            if (c->sites[i].admitted)
+                c->w_used += (double)c->sites[i].n_train;
+        c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
+        if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
+            c->w_cap = 4294967295.0;
+        c->quant_scale = moeh_quant_scale(cfg->delta_clip, c->w_cap);
     } else {
         memset(c->hist, 0,
                (size_t)c->cfg->n_tasks * 2 * c->cfg->eval_bins * sizeof(uint64_t));
@@ -297,6 +316,11 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
         return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
     if ((c->phase == PH_TRAIN || c->phase == PH_EVAL) && !s->replied) {
+        if (c->phase == PH_TRAIN && !s->participant) {
+            if (c->w_used + (double)s->n_train > c->w_cap)
+                return; /* its weight does not fit this round's fixed-point range: next one */
+            c->w_used += (double)s->n_train;
+        }
         if (!s->participant)
             c->n_participants++;
         s->participant = 1;
@@ -332,7 +356,33 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     const Moeh__Update *u = m->env->update;
     if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version))
         return;
-    moeh_fedavg_add(&c->agg, m->frames[0].data, u->group_weights);
+    /* Without secure aggregation every word can be checked against the site's declared
+     * weight, so a broken or hostile site cannot push the sum out of range. */
+    const uint8_t *words = m->frames[0].data;
+    char what[160];
+    for (size_t g = 0; g < c->p->n_groups; g++) {
+        uint32_t w;
+        memcpy(&w, words + 4 * (c->p->n + g), 4);
+        if (w > s->n_train) {
+            snprintf(what, sizeof what, "update: group %zu weight %u exceeds the %llu training "
+                                        "samples this site declared",
+                     g, w, (unsigned long long)s->n_train);
+            reply_error(c, m, -ERANGE, what, s->id);
+            return;
+        }
+        double bound = c->quant_scale * (double)w * c->cfg->delta_clip + 1.0;
+        for (size_t i = c->p->group_off[g]; i < c->p->group_off[g] + c->p->group_len[g]; i++) {
+            uint32_t q;
+            memcpy(&q, words + 4 * i, 4);
+            if (fabs((double)moeh_quant_signed(q)) > bound) {
+                snprintf(what, sizeof what, "update: word %zu is outside the range its group's "
+                                            "weight and the delta clip allow", i);
+                reply_error(c, m, -ERANGE, what, s->id);
+                return;
+            }
+        }
+    }
+    moeh_fedavg_add(&c->agg, words);
     s->replied = 1;
     s->train_loss = u->train_loss;
     s->n_samples = u->n_samples;
@@ -423,7 +473,7 @@ static const char *task_name(coord_t *c, uint32_t t)
 
 static void finish_train(coord_t *c)
 {
-    size_t updated = moeh_fedavg_apply(&c->agg, c->p->w);
+    size_t updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
     c->model_version++;
     double loss = 0;
     uint64_t ns = 0;
@@ -473,7 +523,8 @@ static void finish_eval(coord_t *c)
         fflush(c->metrics);
     }
     if (cfg->print_table) {
-        if (c->round == 1) {
+        if (!c->table_header_done) {
+            c->table_header_done = 1;
             printf("%5s %7s %10s %10s", "round", "sites", "train_loss", "test_loss");
             for (uint32_t t = 0; t < cfg->n_tasks && t < 4; t++)
                 printf(" %11s", task_name(c, t));
@@ -489,6 +540,60 @@ static void finish_eval(coord_t *c)
     }
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f",
               c->round, c->n_replied, c->round_train_loss, eval_loss, mean);
+}
+
+/* Writes the state that --resume needs, atomically. Failing to is fatal: the run promised it. */
+static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
+{
+    moeh_ckpt_t k = {.round = c->round, .model_version = c->model_version,
+                     .spec_hash = c->spec_hash, .n_in = c->n_in, .n_hidden = c->cfg->n_hidden,
+                     .n_tasks = c->cfg->n_tasks, .seed = c->cfg->seed, .n_params = c->p->n,
+                     .n_groups = c->p->n_groups, .n_arrays = 1};
+    snprintf(k.names[0], sizeof k.names[0], "params");
+    k.arrays[0] = c->p->w;
+    moeh_err_t err = {0};
+    int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
+    if (rc)
+        moeh_errf(fatal, rc, "cannot write the checkpoint: %s", err.msg);
+    return rc;
+}
+
+/* Restores the model and round counter from the checkpoint (--resume). */
+static int load_checkpoint(coord_t *c, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    moeh_ckpt_t k;
+    int rc = moeh_ckpt_load(c->ckpt_path, &k, err);
+    if (rc)
+        return rc;
+    float *params = moeh_ckpt_array(&k, "params");
+    if (!params) {
+        rc = moeh_errf(err, -EBADMSG, "%s: no params array", c->ckpt_path);
+        goto out;
+    }
+    if (k.n_hidden != cfg->n_hidden || k.n_tasks != cfg->n_tasks || k.seed != cfg->seed ||
+        (cfg->n_in && k.n_in != cfg->n_in)) {
+        rc = moeh_errf(err, -EINVAL,
+                       "%s was made with n_in %u, hidden %u, tasks %u, seed %llu; this run has "
+                       "n_in %u, hidden %u, tasks %u, seed %llu",
+                       c->ckpt_path, k.n_in, k.n_hidden, k.n_tasks, (unsigned long long)k.seed,
+                       cfg->n_in, cfg->n_hidden, cfg->n_tasks, (unsigned long long)cfg->seed);
+        goto out;
+    }
+    if ((rc = create_model(c, k.n_in, err)))
+        goto out;
+    if (c->spec_hash != k.spec_hash || c->p->n != k.n_params) {
+        rc = moeh_errf(err, -EINVAL, "%s: the model layout differs from this build's", c->ckpt_path);
+        goto out;
+    }
+    memcpy(c->p->w, params, k.n_params * sizeof(float));
+    c->round = k.round;
+    c->model_version = k.model_version;
+    MOEH_INFO("resuming after round %u (model version %llu) from %s", k.round,
+              (unsigned long long)k.model_version, c->ckpt_path);
+out:
+    moeh_ckpt_free(&k);
+    return rc;
 }
 
 /* Closes the current phase if it is complete or past its deadline. Sets fatal on failure. */
@@ -524,6 +629,12 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         open_phase(c, PH_EVAL);
     } else {
         finish_eval(c);
+        if (save_checkpoint(c, fatal) != 0)
+            return;
+        if (cfg->fault_kill_after_round && c->round == cfg->fault_kill_after_round) {
+            MOEH_WARN("fault injection: killing myself after round %u", c->round);
+            raise(SIGKILL);
+        }
         if (c->round == cfg->rounds) {
             c->phase = PH_DONE;
         } else {
@@ -582,6 +693,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "lr", k->lr);
     cJSON_AddNumberToObject(j, "weight_decay", k->weight_decay);
     cJSON_AddNumberToObject(j, "clip", k->clip);
+    cJSON_AddNumberToObject(j, "delta_clip", k->delta_clip);
     cJSON_AddNumberToObject(j, "eval_bins", k->eval_bins);
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
@@ -600,10 +712,11 @@ static int setup(coord_t *c, moeh_err_t *err)
     int rc;
     char path[4096];
     if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks == 0 || cfg->n_tasks > 16 ||
-        cfg->eval_bins < 2 || cfg->eval_bins > 100000 || cfg->heartbeat_ms < 10)
+        cfg->eval_bins < 2 || cfg->eval_bins > 100000 || cfg->heartbeat_ms < 10 ||
+        !(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL, "invalid configuration: rounds, min_sites and n_tasks "
                                        "(<= 16) must be > 0, eval_bins 2..100000, "
-                                       "heartbeat_ms >= 10");
+                                       "heartbeat_ms >= 10, delta_clip > 0");
     static const char *names3[] = {"mortality", "los7", "readmit30"};
     for (uint32_t t = 0; t < cfg->n_tasks; t++) {
         if (cfg->n_tasks == 3)
@@ -616,8 +729,12 @@ static int setup(coord_t *c, moeh_err_t *err)
         return rc;
     if ((rc = write_config(c, err)))
         return rc;
+    if (moeh_path_join(c->ckpt_path, sizeof c->ckpt_path, cfg->out_dir, "checkpoint.moeh"))
+        return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
+    if (cfg->resume && (rc = load_checkpoint(c, err)))
+        return rc;
     moeh_path_join(path, sizeof path, cfg->out_dir, "metrics.jsonl");
-    if (!(c->metrics = fopen(path, "w")))
+    if (!(c->metrics = fopen(path, cfg->resume ? "a" : "w")))
         return moeh_errf(err, -errno, "%s: cannot create: %s", path, strerror(errno));
     if (!(c->sites = calloc(MAX_SITES, sizeof *c->sites)))
         return moeh_errf(err, -ENOMEM, "out of memory");
@@ -725,8 +842,12 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         if (c.phase == PH_WAIT) {
             uint32_t n = n_admitted(&c);
             int64_t waited = moeh_now_ms() - c.wait_start;
+            if (c.round >= cfg->rounds) { /* resumed a run that had finished */
+                c.phase = PH_DONE;
+                break;
+            }
             if (n >= c.wait_target || (waited >= cfg->start_timeout_ms && n >= cfg->min_sites)) {
-                c.round = 1;
+                c.round++;
                 c.round_t0 = moeh_now_ms();
                 open_phase(&c, PH_TRAIN);
             } else if (waited >= cfg->start_timeout_ms) {

@@ -33,11 +33,14 @@ typedef struct {
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;
     float lr, weight_decay, clip;
+    float delta_clip;      /* per-parameter clip of update deltas (fixed-point range) */
     uint32_t eval_bins;
 
     const char *out_dir;   /* metrics.jsonl, model.npy, config.json go here */
     int ready_fd;          /* if >= 0: the bound endpoint and '\n' are written here */
     int print_table;       /* print one line per round on stdout */
+    int resume;            /* continue from out_dir/checkpoint.moeh */
+    uint32_t fault_kill_after_round; /* tests only: SIGKILL itself after checkpointing round N */
 } moeh_coord_cfg_t;
 
 /* Defaults for every field (bind all interfaces on port 7400, 5 rounds, quorum 1, ...). */

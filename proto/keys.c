@@ -99,10 +99,13 @@ static int keyfile_handler(void *user, const char *section, const char *name, co
     return 1;
 }
 
-static int read_keyfile(const char *path, moeh_keypair_t *kp, int need_secret, moeh_err_t *err)
+/* Parses a key file from path, or from text if it is non-NULL (path then only names it). */
+static int read_keyfile(const char *path, const char *text, moeh_keypair_t *kp, int need_secret,
+                        moeh_err_t *err)
 {
     keyfile_ctx_t c = {.kp = kp};
-    int line = ini_parse(path, keyfile_handler, &c);
+    int line = text ? ini_parse_string(text, keyfile_handler, &c)
+                    : ini_parse(path, keyfile_handler, &c);
     if (line < 0)
         return moeh_errf(err, -ENOENT, "%s: cannot open key file", path);
     if (line > 0)
@@ -114,12 +117,27 @@ static int read_keyfile(const char *path, moeh_keypair_t *kp, int need_secret, m
     return 0;
 }
 
+int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out,
+                       moeh_err_t *err)
+{
+    moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
+    if (!kp)
+        return moeh_errf(err, -ENOMEM, "out of memory");
+    int rc = read_keyfile(name, text, kp, 1, err);
+    if (rc) {
+        sodium_free(kp);
+        return rc;
+    }
+    *out = kp;
+    return 0;
+}
+
 int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err)
 {
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
     if (!kp)
         return moeh_errf(err, -ENOMEM, "out of memory");
-    int rc = read_keyfile(path, kp, 1, err);
+    int rc = read_keyfile(path, NULL, kp, 1, err);
     if (rc) {
         sodium_free(kp);
         return rc;
@@ -136,7 +154,7 @@ int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err)
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
     if (!kp)
         return moeh_errf(err, -ENOMEM, "out of memory");
-    int rc = read_keyfile(path, kp, 0, err);
+    int rc = read_keyfile(path, NULL, kp, 0, err);
     if (!rc)
         memcpy(out, kp->public_z85, MOEH_Z85_KEY_LEN + 1);
     sodium_free(kp);
@@ -194,19 +212,32 @@ static int registry_handler(void *user, const char *section, const char *name, c
     return 1;
 }
 
-int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err)
+static int registry_finish(int line, const char *name, reg_ctx_t *c, moeh_registry_t *out,
+                           moeh_err_t *err)
 {
-    memset(out, 0, sizeof *out);
-    reg_ctx_t c = {.r = out};
-    int line = ini_parse(path, registry_handler, &c);
     if (line < 0)
-        return moeh_errf(err, -ENOENT, "%s: cannot open site registry", path);
+        return moeh_errf(err, -ENOENT, "%s: cannot open site registry", name);
     if (line > 0) {
-        moeh_errf(err, -EINVAL, "%s:%d: %s", path, line, c.what[0] ? c.what : "syntax error");
+        moeh_errf(err, -EINVAL, "%s:%d: %s", name, line, c->what[0] ? c->what : "syntax error");
         moeh_registry_free(out);
         return -EINVAL;
     }
     return 0;
+}
+
+int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err)
+{
+    memset(out, 0, sizeof *out);
+    reg_ctx_t c = {.r = out};
+    return registry_finish(ini_parse(path, registry_handler, &c), path, &c, out, err);
+}
+
+int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out,
+                        moeh_err_t *err)
+{
+    memset(out, 0, sizeof *out);
+    reg_ctx_t c = {.r = out};
+    return registry_finish(ini_parse_string(text, registry_handler, &c), name, &c, out, err);
 }
 
 void moeh_registry_free(moeh_registry_t *r)

@@ -147,6 +147,13 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (!(c->lr > 0 && c->lr <= 10) || c->weight_decay < 0 || c->clip < 0)
             return moeh_errf(err, -EBADMSG, "round_start.config: lr in (0, 10], weight_decay "
                                             ">= 0 and clip >= 0 expected");
+        if ((rc = fin(c->delta_clip, "round_start.config.delta_clip", err)) ||
+            (rc = fin(c->quant_scale, "round_start.config.quant_scale", err)))
+            return rc;
+        if (!(c->delta_clip > 0) || !(c->quant_scale > 0) ||
+            c->quant_scale * c->delta_clip > 2147483647.0)
+            return moeh_errf(err, -EBADMSG, "round_start.config: delta_clip > 0 and quant_scale "
+                                            "> 0 with quant_scale * delta_clip < 2^31 expected");
         if ((rc = expect_frame(e, frames, n_frames, "params", MOEH__DTYPE__F32, lim->n_params,
                                err)))
             return rc;
@@ -154,21 +161,14 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     }
     case MOEH__MSG_TYPE__UPDATE: {
         const Moeh__Update *u = e->update;
-        if (lim->n_groups == 0 || u->n_group_weights != lim->n_groups)
-            return moeh_errf(err, -EBADMSG, "update.group_weights: %zu entries, expected %u",
-                             u->n_group_weights, lim->n_groups);
-        for (size_t g = 0; g < u->n_group_weights; g++) {
-            if ((rc = fin(u->group_weights[g], "update.group_weights", err)))
-                return rc;
-            if (u->group_weights[g] < 0)
-                return moeh_errf(err, -EBADMSG, "update.group_weights[%zu]: negative", g);
-        }
         if ((rc = fin(u->train_loss, "update.train_loss", err)))
             return rc;
-        if ((rc = expect_frame(e, frames, n_frames, "delta", MOEH__DTYPE__F32, lim->n_params,
-                               err)))
-            return rc;
-        return check_finite_f32(&frames[0], "update.delta", err);
+        if (u->train_loss < 0)
+            return moeh_errf(err, -EBADMSG, "update.train_loss: negative");
+        if (lim->n_groups == 0)
+            return moeh_errf(err, -EBADMSG, "update: before the model was negotiated");
+        return expect_frame(e, frames, n_frames, "update", MOEH__DTYPE__U32,
+                            lim->n_params ? lim->n_params + lim->n_groups : 0, err);
     }
     case MOEH__MSG_TYPE__EVAL_RESULT: {
         const Moeh__EvalResult *r = e->eval_result;

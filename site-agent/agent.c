@@ -11,6 +11,7 @@
 #include "local_data.h"
 #include "moeh_hist.h"
 #include "moeh_mlp.h"
+#include "quant.h"
 #include "wire.h"
 
 #include <math.h>
@@ -30,7 +31,8 @@ typedef struct {
     moeh_params_t *p;
     moeh_mlp_cfg_t mcfg;
     uint64_t spec_hash;
-    float *global, *wdelta;
+    float *global, *delta;
+    uint32_t *upd; /* the update words: n_params + n_groups */
     uint32_t *hist;
     float *bx, *by;
     uint8_t *bm;
@@ -185,11 +187,13 @@ static int ensure_model(agent_t *a, const Moeh__ModelSpec *ms, size_t batch)
         return 0;
     moeh_mlp_destroy(&a->model);
     free(a->global);
-    free(a->wdelta);
+    free(a->delta);
+    free(a->upd);
     free(a->bx);
     free(a->by);
     free(a->bm);
-    a->global = a->wdelta = a->bx = a->by = NULL;
+    a->upd = NULL;
+    a->global = a->delta = a->bx = a->by = NULL;
     a->bm = NULL;
     a->mcfg = (moeh_mlp_cfg_t){.n_in = ms->n_in, .n_hidden = ms->n_hidden,
                                .n_tasks = ms->n_tasks, .max_batch = batch, .seed = ms->seed};
@@ -199,11 +203,12 @@ static int ensure_model(agent_t *a, const Moeh__ModelSpec *ms, size_t batch)
     a->p = moeh_mlp_params(a->model);
     a->spec_hash = moeh_params_spec_hash(a->p);
     a->global = malloc(a->p->n * sizeof(float));
-    a->wdelta = malloc(a->p->n * sizeof(float));
+    a->delta = malloc(a->p->n * sizeof(float));
+    a->upd = malloc((a->p->n + a->p->n_groups) * sizeof(uint32_t));
     a->bx = malloc(batch * ms->n_in * sizeof(float));
     a->by = malloc(batch * ms->n_tasks * sizeof(float));
     a->bm = malloc(batch * ms->n_tasks);
-    if (!a->global || !a->wdelta || !a->bx || !a->by || !a->bm)
+    if (!a->global || !a->delta || !a->upd || !a->bx || !a->by || !a->bm)
         return -ENOMEM;
     return 0;
 }
@@ -307,19 +312,18 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *para
             service(a);
         }
     }
-    /* Every group of the tabular model is trained by every local sample. */
-    double weights[MOEH_MAX_GROUPS];
+    /* Every group of the tabular model is trained by every local sample: w_g = n. */
+    for (size_t i = 0; i < p->n; i++)
+        a->delta[i] = p->w[i] - a->global[i];
     for (size_t g = 0; g < p->n_groups; g++) {
-        weights[g] = (double)n;
-        for (size_t i = p->group_off[g]; i < p->group_off[g] + p->group_len[g]; i++)
-            a->wdelta[i] = (float)n * (p->w[i] - a->global[i]);
+        moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
+                          rc->delta_clip, (double)n, rc->quant_scale);
+        a->upd[p->n + g] = (uint32_t)n;
     }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Update u = MOEH__UPDATE__INIT;
     u.round = rs->round;
     u.model_version = rs->model_version;
-    u.n_group_weights = p->n_groups;
-    u.group_weights = weights;
     /* mean BCE per task and step, comparable with the evaluation loss per label */
     u.train_loss = steps ? loss_sum / steps / (double)a->data.n_tasks : 0.0;
     u.n_samples = n;
@@ -327,8 +331,8 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *para
     env.type = MOEH__MSG_TYPE__UPDATE;
     env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
     env.update = &u;
-    moeh_frame_t f = {.name = "delta", .dtype = MOEH__DTYPE__F32, .data = a->wdelta,
-                      .count = p->n};
+    moeh_frame_t f = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd,
+                      .count = p->n + p->n_groups};
     int rc2 = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc2)
         MOEH_WARN("round %u: could not send the update: %s", rs->round, moeh_strerror(rc2));
@@ -549,7 +553,8 @@ out:
     moeh_local_data_free(&a.data);
     moeh_mlp_destroy(&a.model);
     free(a.global);
-    free(a.wdelta);
+    free(a.delta);
+    free(a.upd);
     free(a.hist);
     free(a.bx);
     free(a.by);

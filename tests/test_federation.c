@@ -71,9 +71,10 @@ static int teardown(void **state)
 }
 
 /* Starts the coordinator; bind may be NULL (any port) and wait_sites defaults to "3". */
-static moeh_proc_t *start_coordinator_ex(fixture_t *f, const char *rounds, const char *min_sites,
-                                         const char *wait_sites, const char *bind,
-                                         const char *log_name)
+static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds,
+                                          const char *min_sites, const char *wait_sites,
+                                          const char *bind, const char *log_name,
+                                          char *const more[])
 {
     char reg[400], key[400], log[400];
     snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
@@ -92,6 +93,8 @@ static moeh_proc_t *start_coordinator_ex(fixture_t *f, const char *rounds, const
         args[n++] = "--bind";
         args[n++] = (char *)bind;
     }
+    for (int i = 0; more && more[i] && n < 38; i++)
+        args[n++] = more[i];
     args[n] = NULL;
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
@@ -101,6 +104,13 @@ static moeh_proc_t *start_coordinator_ex(fixture_t *f, const char *rounds, const
         print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;
+}
+
+static moeh_proc_t *start_coordinator_ex(fixture_t *f, const char *rounds, const char *min_sites,
+                                         const char *wait_sites, const char *bind,
+                                         const char *log_name)
+{
+    return start_coordinator_ex2(f, rounds, min_sites, wait_sites, bind, log_name, NULL);
 }
 
 static moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const char *min_sites)
@@ -378,8 +388,93 @@ static void test_sigterm_clean_shutdown(void **state)
         wait_exit(a[k], 5000, 0);
 }
 
+static void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[])
+{
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, extra);
+    }
+}
+
+/* The coordinator is SIGKILLed right after checkpointing round 2 and restarted with --resume
+ * on the same endpoint; the agents rejoin, and the final model equals, bit for bit, that of an
+ * uninterrupted run with the same seeds. */
+static void test_resume_is_bit_exact(void **state)
+{
+    fixture_t *f = *state;
+    char out_a[300], out_b[300], path[500];
+    moeh_proc_t *a[N_SITES];
+    moeh_err_t err = {0};
+    char *fast[] = {"--silence-timeout-ms", "1500", "--backoff-max-ms", "1000", NULL};
+
+    snprintf(out_a, sizeof out_a, "%s/uninterrupted", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_a);
+    moeh_proc_t *c = start_coordinator_ex(f, "4", "3", "3", NULL, "coordinator-a.log");
+    start_all_agents(f, a, fast);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+
+    snprintf(out_b, sizeof out_b, "%s/resumed", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_b);
+    char *crash[] = {"--fault-kill-after-round", "2", NULL};
+    moeh_proc_t *c1 = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator-b1.log", crash);
+    char endpoint[256];
+    snprintf(endpoint, sizeof endpoint, "%s", f->endpoint);
+    start_all_agents(f, a, fast);
+    wait_exit(c1, 60000, 128 + SIGKILL);
+    char *resume[] = {"--resume", NULL};
+    moeh_proc_t *c2 =
+        start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-b2.log", resume);
+    wait_exit(c2, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+
+    metrics_t m;
+    read_metrics(f, &m); /* rounds 1-2 from the first process, 3-4 appended by the second */
+    assert_int_equal(m.n_eval, 4);
+    snprintf(path, sizeof path, "%s/coordinator-b2.log", f->logs);
+    assert_true(file_contains(path, "resuming after round 2"));
+
+    char *ma = NULL, *mb = NULL;
+    size_t la, lb;
+    snprintf(path, sizeof path, "%s/model.npy", out_a);
+    assert_int_equal(moeh_file_read_all(path, 1 << 24, &ma, &la, &err), 0);
+    snprintf(path, sizeof path, "%s/model.npy", out_b);
+    assert_int_equal(moeh_file_read_all(path, 1 << 24, &mb, &lb, &err), 0);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ma, mb, la);
+    free(ma);
+    free(mb);
+}
+
+/* A damaged checkpoint is refused with a clear message instead of resuming from garbage. */
+static void test_resume_refuses_damaged_checkpoint(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    char path[500];
+    assert_int_equal(moeh_mkdir_p(f->out, &err), 0);
+    snprintf(path, sizeof path, "%s/checkpoint.moeh", f->out);
+    assert_int_equal(moeh_file_write_atomic(path, "MOEHCKPT\1\0\0\0garbage-garbage-garbage", 31,
+                                            &err), 0);
+    char exe[2100], reg[400], key[400], log[400];
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    char *argv[] = {exe, "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
+                    "--out", f->out, "--resume", NULL};
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
+    wait_exit(p, 10000, 1);
+    assert_true(file_contains(log, "checkpoint.moeh: checksum mismatch"));
+}
+
 int main(void)
 {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_full_run_loss_falls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_agent_quorum_completes, setup, teardown),
@@ -387,6 +482,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_quorum_fails_clearly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agents_survive_coordinator_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_clean_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_is_bit_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_refuses_damaged_checkpoint, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,177 @@
+/* checkpoint.c - atomic coordinator checkpoints (see checkpoint.h). */
+#include "checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <string.h>
+#include <xxhash.h>
+
+#define MAGIC "MOEHCKPT"
+
+int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
+{
+    int rc = -ENOMEM;
+    char *hdr = NULL, hash[17];
+    uint8_t *buf = NULL;
+    cJSON *j = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    if (!j || !arr) {
+        cJSON_Delete(arr);
+        goto out;
+    }
+    snprintf(hash, sizeof hash, "%016" PRIx64, c->spec_hash);
+    cJSON_AddNumberToObject(j, "round", c->round);
+    cJSON_AddNumberToObject(j, "model_version", (double)c->model_version);
+    cJSON_AddStringToObject(j, "spec_hash", hash);
+    cJSON_AddNumberToObject(j, "n_in", c->n_in);
+    cJSON_AddNumberToObject(j, "n_hidden", c->n_hidden);
+    cJSON_AddNumberToObject(j, "n_tasks", c->n_tasks);
+    cJSON_AddNumberToObject(j, "seed", (double)c->seed);
+    cJSON_AddNumberToObject(j, "n_params", (double)c->n_params);
+    cJSON_AddNumberToObject(j, "n_groups", (double)c->n_groups);
+    for (size_t i = 0; i < c->n_arrays; i++) {
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddStringToObject(a, "name", c->names[i]);
+        cJSON_AddNumberToObject(a, "count", (double)c->n_params);
+        cJSON_AddItemToArray(arr, a);
+    }
+    cJSON_AddItemToObject(j, "arrays", arr);
+    if (!(hdr = cJSON_PrintUnformatted(j)))
+        goto out;
+    uint32_t version = 1, hlen = (uint32_t)strlen(hdr);
+    size_t body = 16 + hlen + c->n_arrays * c->n_params * sizeof(float);
+    if (!(buf = malloc(body + 8)))
+        goto out;
+    memcpy(buf, MAGIC, 8);
+    memcpy(buf + 8, &version, 4);
+    memcpy(buf + 12, &hlen, 4);
+    memcpy(buf + 16, hdr, hlen);
+    size_t off = 16 + hlen;
+    for (size_t i = 0; i < c->n_arrays; i++) {
+        memcpy(buf + off, c->arrays[i], c->n_params * sizeof(float));
+        off += c->n_params * sizeof(float);
+    }
+    uint64_t h = XXH64(buf, body, 0);
+    memcpy(buf + body, &h, 8);
+    rc = moeh_file_write_atomic(path, buf, body + 8, err);
+out:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "%s: out of memory", path);
+    cJSON_Delete(j);
+    free(hdr);
+    free(buf);
+    return rc;
+}
+
+static int get_num(const cJSON *j, const char *key, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0)
+        return -1;
+    *out = v->valuedouble;
+    return 0;
+}
+
+int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    cJSON *j = NULL;
+    memset(c, 0, sizeof *c);
+    int rc = moeh_file_read_all(path, (size_t)1 << 34, &buf, &len, err);
+    if (rc)
+        return rc;
+    rc = -EBADMSG;
+    uint32_t version, hlen;
+    if (len < 24 || memcmp(buf, MAGIC, 8) != 0) {
+        moeh_errf(err, rc, "%s: not a moeh checkpoint", path);
+        goto out;
+    }
+    uint64_t h, want;
+    memcpy(&want, buf + len - 8, 8);
+    h = XXH64(buf, len - 8, 0);
+    if (h != want) {
+        moeh_errf(err, rc, "%s: checksum mismatch (the file is damaged)", path);
+        goto out;
+    }
+    memcpy(&version, buf + 8, 4);
+    memcpy(&hlen, buf + 12, 4);
+    if (version != 1) {
+        moeh_errf(err, rc, "%s: checkpoint version %u, this moeh reads version 1", path, version);
+        goto out;
+    }
+    if ((size_t)hlen > len - 24) {
+        moeh_errf(err, rc, "%s: truncated (header)", path);
+        goto out;
+    }
+    char save = buf[16 + hlen];
+    buf[16 + hlen] = '\0';
+    j = cJSON_Parse(buf + 16);
+    buf[16 + hlen] = save;
+    double round, mv, n_in, n_hidden, n_tasks, seed, n_params, n_groups;
+    const char *hash = j ? cJSON_GetStringValue(cJSON_GetObjectItem(j, "spec_hash")) : NULL;
+    const cJSON *arr = j ? cJSON_GetObjectItem(j, "arrays") : NULL;
+    if (!j || !hash || !cJSON_IsArray(arr) || get_num(j, "round", &round) ||
+        get_num(j, "model_version", &mv) || get_num(j, "n_in", &n_in) ||
+        get_num(j, "n_hidden", &n_hidden) || get_num(j, "n_tasks", &n_tasks) ||
+        get_num(j, "seed", &seed) || get_num(j, "n_params", &n_params) ||
+        get_num(j, "n_groups", &n_groups)) {
+        moeh_errf(err, rc, "%s: header lacks a field or has a wrong type", path);
+        goto out;
+    }
+    c->round = (uint32_t)round;
+    c->model_version = (uint64_t)mv;
+    c->spec_hash = strtoull(hash, NULL, 16);
+    c->n_in = (uint32_t)n_in;
+    c->n_hidden = (uint32_t)n_hidden;
+    c->n_tasks = (uint32_t)n_tasks;
+    c->seed = (uint64_t)seed;
+    c->n_params = (size_t)n_params;
+    c->n_groups = (size_t)n_groups;
+    size_t na = (size_t)cJSON_GetArraySize(arr);
+    if (na > MOEH_CKPT_MAX_ARRAYS ||
+        16 + hlen + na * c->n_params * sizeof(float) + 8 != len) {
+        moeh_errf(err, rc, "%s: %zu arrays of %zu floats do not match the file size", path, na,
+                  c->n_params);
+        goto out;
+    }
+    size_t off = 16 + hlen;
+    for (size_t i = 0; i < na; i++) {
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(arr,
+                                                                                         (int)i),
+                                                                     "name"));
+        if (!name || strlen(name) >= sizeof c->names[i]) {
+            moeh_errf(err, rc, "%s: array %zu has no valid name", path, i);
+            goto out;
+        }
+        snprintf(c->names[i], sizeof c->names[i], "%s", name);
+        if (!(c->arrays[i] = malloc(c->n_params * sizeof(float) + 1))) {
+            rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+            goto out;
+        }
+        memcpy(c->arrays[i], buf + off, c->n_params * sizeof(float));
+        off += c->n_params * sizeof(float);
+        c->n_arrays++;
+    }
+    rc = 0;
+out:
+    if (rc)
+        moeh_ckpt_free(c);
+    cJSON_Delete(j);
+    free(buf);
+    return rc;
+}
+
+void moeh_ckpt_free(moeh_ckpt_t *c)
+{
+    for (size_t i = 0; i < c->n_arrays; i++)
+        free(c->arrays[i]);
+    memset(c, 0, sizeof *c);
+}
+
+float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_arrays; i++)
+        if (strcmp(c->names[i], name) == 0)
+            return c->arrays[i];
+    return NULL;
+}

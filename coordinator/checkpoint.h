@@ -1,0 +1,39 @@
+/* checkpoint.h - the coordinator's durable state, written atomically after every round
+ * (temp file, fsync, rename, fsync of the directory) and read back by --resume.
+ *
+ * File layout (little-endian):
+ *   "MOEHCKPT"  u32 version (1)  u32 header length H
+ *   H bytes of JSON: round, model_version, spec_hash (hex), n_params, n_groups, the model
+ *     configuration, and the arrays that follow (name, count)
+ *   the arrays, float32 each, in the order listed
+ *   u64 xxhash64 of everything before it
+ * Loading checks the magic, version, sizes, checksum and that the JSON agrees with the array
+ * bytes, and says what is wrong. */
+#ifndef MOEH_CHECKPOINT_H
+#define MOEH_CHECKPOINT_H
+
+#include "moeh_common.h"
+
+#define MOEH_CKPT_MAX_ARRAYS 4
+
+typedef struct {
+    uint32_t round;          /* last completed round */
+    uint64_t model_version;
+    uint64_t spec_hash;
+    uint32_t n_in, n_hidden, n_tasks;
+    uint64_t seed;
+    size_t n_params, n_groups;
+    size_t n_arrays;
+    char names[MOEH_CKPT_MAX_ARRAYS][32];
+    float *arrays[MOEH_CKPT_MAX_ARRAYS]; /* each n_params floats; borrowed when saving,
+                                            malloc'd (caller frees) when loading */
+} moeh_ckpt_t;
+
+int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err);
+/* On success *c owns its arrays: moeh_ckpt_free(c). */
+int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err);
+void moeh_ckpt_free(moeh_ckpt_t *c);
+/* The array with that name, or NULL. */
+float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name);
+
+#endif

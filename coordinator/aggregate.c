@@ -1,6 +1,7 @@
 /* aggregate.c - per-group FedAvg running fixed-point sum (see aggregate.h). */
 #include "aggregate.h"
 
+#include "moeh_common.h"
 #include "quant.h"
 
 #include <errno.h>
@@ -15,7 +16,7 @@ int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const s
         return -EINVAL;
     size_t next = 0;
     for (size_t g = 0; g < n_groups; g++) {
-        if (group_off[g] != next)
+        if (group_off[g] != next || group_len[g] > n_params - next)
             return -EINVAL;
         next += group_len[g];
         a->group_off[g] = group_off[g];
@@ -61,6 +62,7 @@ uint32_t moeh_fedavg_weight(const moeh_fedavg_t *a, size_t g)
 
 size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale)
 {
+    MOEH_ASSERT(scale > 0);
     size_t updated = 0;
     for (size_t g = 0; g < a->n_groups; g++) {
         uint32_t w = moeh_fedavg_weight(a, g);

@@ -74,6 +74,8 @@ typedef struct {
 static int keyfile_handler(void *user, const char *section, const char *name, const char *value)
 {
     keyfile_ctx_t *c = user;
+    if (c->bad_what) /* inih goes on after an error and reports the first one's line */
+        return 0;
     if (section[0] != '\0') {
         c->bad_what = "unexpected [section]";
         return 0;
@@ -170,6 +172,8 @@ typedef struct {
 static int registry_handler(void *user, const char *section, const char *name, const char *value)
 {
     reg_ctx_t *c = user;
+    if (c->what[0]) /* inih goes on after an error and reports the first one's line */
+        return 0;
     if (strcmp(section, "sites") != 0) {
         snprintf(c->what, sizeof c->what, "entries must be under [sites]");
         return 0;

@@ -16,7 +16,8 @@
 double moeh_quant_scale(double clip, double w_total);
 
 /* out[i] = round(scale * w * clamp(delta[i], -clip, clip)), as uint32 two's complement.
- * The caller guarantees scale * w * clip < 2^31. */
+ * The caller guarantees scale * w * clip < 2^31 and that every delta is finite (a NaN is
+ * encoded as 0 rather than left to lrint's undefined result). */
 void moeh_quant_encode(uint32_t *restrict out, const float *restrict delta, size_t n, float clip,
                        double w, double scale);
 

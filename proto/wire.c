@@ -16,8 +16,8 @@ const char *moeh_msg_type_name(int type)
 int moeh_site_id_valid(const char *s)
 {
     size_t n = strlen(s);
-    if (n == 0 || n > MOEH_SITE_ID_MAX)
-        return 0;
+    if (n == 0 || n > MOEH_SITE_ID_MAX || s[0] == '.' || s[0] == '-')
+        return 0; /* ids name files and log lines: no ".", "..", or option-like ids */
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -214,6 +214,35 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     return 0;
 }
 
+/* 1 if m or any message inside it carries fields this protocol version does not define.
+ * v1 is strict: a new field means a new protocol version, so unknown fields are refused (this
+ * also closes protobuf-c's acceptance of odd encodings such as field number 0). */
+static int has_unknown_fields(const ProtobufCMessage *m, int depth)
+{
+    if (!m)
+        return 0;
+    if (m->n_unknown_fields || depth > 8)
+        return 1;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++)
+                if (has_unknown_fields(arr[k], depth + 1))
+                    return 1;
+        } else if (has_unknown_fields(*(ProtobufCMessage *const *)(base + f->offset),
+                                      depth + 1)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,
                      const moeh_iov_t *frames, size_t n_frames, Moeh__Envelope **out,
                      moeh_err_t *err)
@@ -231,6 +260,11 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                          MOEH_MAX_FRAMES);
     if (!(e = moeh__envelope__unpack(NULL, hdr_len, hdr))) {
         rc = moeh_errf(err, -EBADMSG, "header is not a valid moeh.Envelope");
+        goto fail;
+    }
+    if (has_unknown_fields(&e->base, 0)) {
+        rc = moeh_errf(err, -EBADMSG, "header carries fields protocol version %u does not define",
+                       MOEH_PROTOCOL_VERSION);
         goto fail;
     }
     if (e->protocol_version != MOEH_PROTOCOL_VERSION) {
@@ -438,6 +472,8 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     if (too_many)
         return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_MAX_PARTS);
     size_t nf = ps->n - first - 1;
+    if (nf > MOEH_MAX_FRAMES)
+        return moeh_errf(err, -EMSGSIZE, "%zu tensor frames, limit %u", nf, MOEH_MAX_FRAMES);
     for (size_t i = 0; i < nf; i++) {
         msg->frames[i].data = zmq_msg_data(&ps->parts[first + 1 + i]);
         msg->frames[i].len = zmq_msg_size(&ps->parts[first + 1 + i]);

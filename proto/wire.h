@@ -65,7 +65,8 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                      moeh_err_t *err);
 
 /* Packs env (its protocol_version and frames are filled in here from `frames`) into a
- * malloc'd buffer the caller frees. 0 or -ENOMEM / -EMSGSIZE. */
+ * malloc'd buffer the caller frees. 0, -EINVAL (more than MOEH_MAX_FRAMES frames), -ENOMEM
+ * or -EMSGSIZE (header over MOEH_MAX_HEADER_BYTES). */
 int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
                    uint8_t **buf_out, size_t *len_out);
 
@@ -90,7 +91,7 @@ int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__
 
 const char *moeh_msg_type_name(int type);
 
-/* Site ids: 1..64 characters from [A-Za-z0-9._-]. */
+/* Site ids: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */
 int moeh_site_id_valid(const char *s);
 
 #endif

@@ -313,8 +313,15 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *para
         }
     }
     /* Every group of the tabular model is trained by every local sample: w_g = n. */
-    for (size_t i = 0; i < p->n; i++)
+    for (size_t i = 0; i < p->n; i++) {
         a->delta[i] = p->w[i] - a->global[i];
+        if (!isfinite(a->delta[i])) {
+            MOEH_ERROR("round %u: local training diverged (non-finite parameters); no update "
+                       "is sent", rs->round);
+            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training diverged");
+            return;
+        }
+    }
     for (size_t g = 0; g < p->n_groups; g++) {
         moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
                           rc->delta_clip, (double)n, rc->quant_scale);

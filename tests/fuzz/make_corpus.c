@@ -1,0 +1,153 @@
+/* make_corpus.c - writes the fuzzers' seed corpus: one valid message of every type in the
+ * fuzz_input.h layout, valid .npy files, a registry and a key file. Run once to regenerate
+ * tests/fuzz/corpus/ (see docs/security.md):  make_corpus tests/fuzz/corpus */
+#include "fuzz_input.h"
+#include "keys.h"
+#include "npy.h"
+
+#include <string.h>
+
+static void put(const char *dir, const char *sub, const char *name, const void *d, size_t n)
+{
+    char path[1024];
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/%s", dir, sub);
+    MOEH_ASSERT(moeh_mkdir_p(path, &err) == 0);
+    snprintf(path, sizeof path, "%s/%s/%s", dir, sub, name);
+    MOEH_ASSERT(moeh_file_write_atomic(path, d, n, &err) == 0);
+}
+
+/* Encodes env + frames in the fuzz layout and writes it as wire/NAME. */
+static void put_msg(const char *dir, const char *name, Moeh__Envelope *env,
+                    const moeh_frame_t *frames, size_t nf)
+{
+    uint8_t *hdr = NULL, out[8192];
+    size_t hlen = 0, pos = 1;
+    MOEH_ASSERT(moeh_wire_pack(env, frames, nf, &hdr, &hlen) == 0);
+    out[0] = (uint8_t)nf;
+    for (size_t i = 0; i < nf; i++) {
+        size_t l = frames[i].count * 4;
+        out[pos++] = (uint8_t)(l & 0xff);
+        out[pos++] = (uint8_t)(l >> 8);
+    }
+    for (size_t i = 0; i < nf; i++) {
+        memcpy(out + pos, frames[i].data, frames[i].count * 4);
+        pos += frames[i].count * 4;
+    }
+    memcpy(out + pos, hdr, hlen);
+    pos += hlen;
+    free(hdr);
+    put(dir, "wire", name, out, pos);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: make_corpus DIR\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    const moeh_wire_limits_t *L = &k_fuzz_limits;
+    float params[16];
+    for (int i = 0; i < 16; i++)
+        params[i] = 0.25f * (float)(i - 8);
+    uint32_t update[18] = {1, 2, 3, 0xffffffffu, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 40};
+    uint32_t hist[3 * 2 * 8] = {0};
+    hist[0] = 2, hist[9] = 3, hist[20] = 1;
+
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Hello h = MOEH__HELLO__INIT;
+    Moeh__ComboCount cc = MOEH__COMBO_COUNT__INIT, *ccp = &cc;
+    h.site_id = "site-1", h.n_train = 40, h.n_eval = 10, h.n_features = 16;
+    cc.combo = 7, cc.count = 50, h.n_combos = 1, h.combos = &ccp;
+    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
+    put_msg(dir, "hello", &env, NULL, 0);
+
+    Moeh__Envelope e2 = MOEH__ENVELOPE__INIT;
+    Moeh__Welcome w = MOEH__WELCOME__INIT;
+    Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
+    ms.kind = "mlp", ms.n_in = 4, ms.n_hidden = 2, ms.n_tasks = 3, ms.n_params = L->n_params;
+    ms.n_groups = L->n_groups, ms.spec_hash = 42;
+    w.site_id = "site-1", w.model = &ms, w.heartbeat_ms = 1000, w.eval_bins = L->eval_bins;
+    e2.type = MOEH__MSG_TYPE__WELCOME, e2.body_case = MOEH__ENVELOPE__BODY_WELCOME;
+    e2.welcome = &w;
+    put_msg(dir, "welcome", &e2, NULL, 0);
+
+    Moeh__Envelope e3 = MOEH__ENVELOPE__INIT;
+    Moeh__RoundStart rs = MOEH__ROUND_START__INIT;
+    Moeh__RoundConfig rc = MOEH__ROUND_CONFIG__INIT;
+    rc.local_epochs = 1, rc.batch_size = 8, rc.lr = 0.01f, rc.clip = 1.0f;
+    rc.delta_clip = 1.0f, rc.quant_scale = 65536.0;
+    rs.round = 1, rs.model_version = 0, rs.task = MOEH__ROUND_TASK__TRAIN, rs.deadline_ms = 1000;
+    rs.config = &rc;
+    e3.type = MOEH__MSG_TYPE__ROUND_START, e3.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
+    e3.round_start = &rs;
+    moeh_frame_t fp = {.name = "params", .dtype = MOEH__DTYPE__F32, .data = params,
+                       .count = L->n_params};
+    put_msg(dir, "round_start", &e3, &fp, 1);
+
+    Moeh__Envelope e4 = MOEH__ENVELOPE__INIT;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    u.round = 1, u.model_version = 0, u.train_loss = 0.5, u.n_samples = 40, u.steps = 5;
+    e4.type = MOEH__MSG_TYPE__UPDATE, e4.body_case = MOEH__ENVELOPE__BODY_UPDATE, e4.update = &u;
+    moeh_frame_t fu = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = update,
+                       .count = L->n_params + L->n_groups};
+    put_msg(dir, "update", &e4, &fu, 1);
+
+    Moeh__Envelope e5 = MOEH__ENVELOPE__INIT;
+    Moeh__EvalResult ev = MOEH__EVAL_RESULT__INIT;
+    ev.round = 1, ev.model_version = 1, ev.loss_sum = 3.0, ev.n_labels = 6, ev.n_tasks = 3;
+    ev.n_bins = L->eval_bins;
+    e5.type = MOEH__MSG_TYPE__EVAL_RESULT, e5.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
+    e5.eval_result = &ev;
+    moeh_frame_t fh = {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = 48};
+    put_msg(dir, "eval_result", &e5, &fh, 1);
+
+    Moeh__Envelope e6 = MOEH__ENVELOPE__INIT;
+    Moeh__Error er = MOEH__ERROR__INIT;
+    er.code = -22, er.message = "bad things";
+    e6.type = MOEH__MSG_TYPE__ERROR, e6.body_case = MOEH__ENVELOPE__BODY_ERROR, e6.error = &er;
+    put_msg(dir, "error", &e6, NULL, 0);
+    Moeh__Envelope e7 = MOEH__ENVELOPE__INIT;
+    Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
+    hb.seq = 7;
+    e7.type = MOEH__MSG_TYPE__HEARTBEAT, e7.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
+    e7.heartbeat = &hb;
+    put_msg(dir, "heartbeat", &e7, NULL, 0);
+    Moeh__Envelope e8 = MOEH__ENVELOPE__INIT;
+    Moeh__Bye by = MOEH__BYE__INIT;
+    by.reason = "done";
+    e8.type = MOEH__MSG_TYPE__BYE, e8.body_case = MOEH__ENVELOPE__BODY_BYE, e8.bye = &by;
+    put_msg(dir, "bye", &e8, NULL, 0);
+
+    /* .npy seeds, written through the real writer then copied into the corpus */
+    char path[1024];
+    moeh_err_t err = {0};
+    size_t s2[2] = {2, 3}, s1[1] = {5};
+    uint8_t b[5] = {0, 1, 2, 1, 0};
+    snprintf(path, sizeof path, "%s/a.npy.tmp", dir);
+    char *buf;
+    size_t len;
+    MOEH_ASSERT(moeh_npy_write(path, MOEH_DT_F32, 2, s2, params, &err) == 0);
+    MOEH_ASSERT(moeh_file_read_all(path, 1 << 20, &buf, &len, &err) == 0);
+    put(dir, "npy", "f32_2x3", buf, len);
+    free(buf);
+    MOEH_ASSERT(moeh_npy_write(path, MOEH_DT_U8, 1, s1, b, &err) == 0);
+    MOEH_ASSERT(moeh_file_read_all(path, 1 << 20, &buf, &len, &err) == 0);
+    put(dir, "npy", "u8_5", buf, len);
+    free(buf);
+    remove(path);
+
+    /* registry (byte 0 even) and key file (byte 0 odd) seeds */
+    moeh_keypair_t *kp = NULL;
+    MOEH_ASSERT(moeh_crypto_init() == 0 && moeh_keypair_generate(&kp) == 0);
+    char text[512];
+    int n = snprintf(text, sizeof text, "%c# registry\n[sites]\nsite-1 = %s\n", 0,
+                     kp->public_z85);
+    put(dir, "keys", "registry", text, (size_t)n);
+    n = snprintf(text, sizeof text, "%cpublic-key = %s\nsecret-key = %s\n", 1, kp->public_z85,
+                 kp->secret_z85);
+    put(dir, "keys", "keyfile", text, (size_t)n);
+    moeh_keypair_destroy(&kp);
+    return 0;
+}

@@ -1,0 +1,2 @@
+# Tests of model/ (layers, MoE-Health, PyTorch reference, metrics, checkpoints).
+moeh_add_test(test_layers SOURCES test_layers.c LIBS moeh_model)

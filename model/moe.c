@@ -475,6 +475,10 @@ const float *moeh_moe_last_gate(const moeh_moe_t *m)
 {
     return m->w;
 }
+const float *moeh_moe_last_logits(const moeh_moe_t *m)
+{
+    return m->logits;
+}
 const char *moeh_moe_last_error(const moeh_moe_t *m)
 {
     return m->err;

@@ -99,6 +99,8 @@ int moeh_moe_loss(moeh_moe_t *m, const moeh_batch_t *b, double *loss);
 int moeh_moe_predict(moeh_moe_t *m, const moeh_batch_t *b, float *probs);
 /* Mixture weights (B,n_experts) of the last forward pass (valid until the next call). */
 const float *moeh_moe_last_gate(const moeh_moe_t *m);
+/* Logits (B,n_tasks) of the last forward pass (valid until the next call). */
+const float *moeh_moe_last_logits(const moeh_moe_t *m);
 const char *moeh_moe_last_error(const moeh_moe_t *m);
 
 /* Zeroes the gradients: dense tensors plus only the embedding-bag rows touched since the

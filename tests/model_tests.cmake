@@ -1,3 +1,4 @@
 # Tests of model/ (layers, MoE-Health, PyTorch reference, metrics, checkpoints).
 moeh_add_test(test_layers SOURCES test_layers.c LIBS moeh_model)
 moeh_add_test(test_moe SOURCES test_moe.c LIBS moeh_model)
+moeh_add_test(test_torch_ref SOURCES test_torch_ref.c LIBS moeh_model)

@@ -2,3 +2,4 @@
 moeh_add_test(test_layers SOURCES test_layers.c LIBS moeh_model)
 moeh_add_test(test_moe SOURCES test_moe.c LIBS moeh_model)
 moeh_add_test(test_torch_ref SOURCES test_torch_ref.c LIBS moeh_model)
+moeh_add_test(test_moe_learn SOURCES test_moe_learn.c LIBS moeh_model)

@@ -130,6 +130,7 @@ int main(int argc, char **argv)
         }
         moeh_moe_adamw_step(m, &ac, ++step);
     }
+    moeh_moe_profile_reset(m);
     /* best of 3 repetitions of `steps` steps */
     double best = 1e9;
     for (int rep = 0; rep < 3; rep++) {
@@ -144,6 +145,12 @@ int main(int argc, char **argv)
     double c_sps = B / best, flops = step_flops(&cfg), gf = flops / best / 1e9;
     double sg = sgemm_gflops();
     printf("C      : %.2f ms/step, %.0f samples/s, loss %.4f\n", best * 1e3, c_sps, loss);
+    const char *const *pn;
+    const double *pt = moeh_moe_profile(m, &pn);
+    printf("phases :");
+    for (int i = 0; i < MOEH_PROF_N; i++)
+        printf(" %s %.1f", pn[i], pt[i] * 1e3 / (3.0 * steps));
+    printf(" (ms/step)\n");
     printf("FLOPs  : %.2f GFLOP/step (matmul/conv), achieved %.1f GFLOP/s\n", flops / 1e9, gf);
     printf("sgemm  : %.1f GFLOP/s (1024^3, same threads) -> step at %.0f%% of sgemm\n", sg,
            100.0 * gf / sg);

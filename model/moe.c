@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     size_t in_dim;
@@ -43,6 +44,7 @@ struct moeh_moe {
     int grp_enc[MOEH_N_MODALITIES], grp_missing, grp_gate, grp_heads;
     uint64_t group_samples[MOEH_MAX_GROUPS];
     moeh_rng_t rng; /* dropout */
+    double prof[MOEH_PROF_N]; /* seconds per phase, accumulated (moeh_moe_profile) */
     char err[MOEH_ERRMSG_MAX];
 
     /* ---- workspace (arena) ---- */
@@ -70,6 +72,19 @@ struct moeh_moe {
     uint8_t *sel;
     float *comb, *dcomb, *logits, *dlogits;
 };
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#define PROF(m, i, stmt)                                                                          \
+    do {                                                                                          \
+        double t0_ = mono_s();                                                                    \
+        stmt;                                                                                     \
+        (m)->prof[i] += mono_s() - t0_;                                                           \
+    } while (0)
 
 /* ---- small helpers --------------------------------------------------------------------------- */
 static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -244,7 +259,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
         m->hh = TAKEF(a, B * 3 * d);
         m->cat = TAKEF(a, B * 2 * d);
         m->dxi = TAKEF(a, B * T * 3 * d);
-        m->dhh = TAKEF(a, B * 3 * d);
+        m->dhh = TAKEF(a, T * B * 3 * d);
         m->dh = TAKEF(a, B * d);
         m->dcat = TAKEF(a, B * 2 * d);
         m->ds1 = TAKEF(a, B * d);
@@ -664,10 +679,15 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b)
         size_t s = m->side[l], oc = c->cnn_ch[l];
         moeh_conv3x3_forward(m->a[l], m->col[l], in, moeh_params_w(p, m->im_cw[l]),
                              moeh_params_w(p, m->im_cb[l]), n, s, s, cin, oc);
-        moeh_relu_forward(m->a[l], m->a[l], n * s * s * oc);
         if (l < 2) {
+            /* relu(maxpool(x)) == maxpool(relu(x)) with the same gradient (the max is
+             * monotone); pooling first runs the ReLU on a quarter of the data */
+            size_t np = n * s * s / 4 * oc;
             moeh_maxpool2_forward(m->pl[l], m->arg[l], m->a[l], n, s, s, oc);
+            moeh_relu_forward(m->pl[l], m->pl[l], np);
             in = m->pl[l];
+        } else {
+            moeh_relu_forward(m->a[l], m->a[l], n * s * s * oc);
         }
         cin = oc;
     }
@@ -695,9 +715,9 @@ static void img_backward(moeh_moe_t *m, float *denc)
                          m->gp, moeh_params_w(p, m->im_w), n, c3, d);
     memset(m->da[2], 0, n * s3 * s3 * c3 * sizeof(float));
     moeh_gap_backward(m->da[2], m->dgp, n, s3 * s3, c3);
+    relu_mask(m->da[2], m->a[2], n * s3 * s3 * c3);
     for (int l = 2; l >= 0; l--) {
         size_t s = m->side[l], oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
-        relu_mask(m->da[l], m->a[l], n * s * s * oc);
         float *dinp = NULL;
         if (l > 0) {
             dinp = m->dpl[l - 1];
@@ -708,8 +728,8 @@ static void img_backward(moeh_moe_t *m, float *denc)
                               moeh_params_w(p, m->im_cw[l]), n, s, s, cin, oc);
         if (l > 0) {
             size_t sp = m->side[l - 1];
-            memset(m->da[l - 1], 0, n * sp * sp * cin * sizeof(float));
-            moeh_maxpool2_backward(m->da[l - 1], dinp, m->arg[l - 1], n, sp, sp, cin);
+            relu_mask(dinp, m->pl[l - 1], n * s * s * cin);
+            moeh_maxpool2_backward_set(m->da[l - 1], dinp, m->arg[l - 1], n, sp, sp, cin);
         }
     }
 }
@@ -764,12 +784,14 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         }
         m->combo[i] = moeh_combo_index(b->avail + i * 3);
     }
+    double t_mix = mono_s();
     if (m->n_idx[0])
-        ehr_forward(m, b);
+        PROF(m, 0, ehr_forward(m, b));
     if (m->n_idx[1])
-        notes_forward(m, b);
+        PROF(m, 1, notes_forward(m, b));
     if (m->n_idx[2])
-        img_forward(m, b);
+        PROF(m, 2, img_forward(m, b));
+    t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
     size_t pz = 0, az = m->n_used * d;
     for (int k = 0; k < 3; k++) {
@@ -843,6 +865,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         }
     moeh_linear_forward(m->logits, m->comb, moeh_params_w(p, m->h_w), moeh_params_w(p, m->h_b), B,
                         d, Tk);
+    m->prof[3] += mono_s() - t_mix;
     if (!need_loss)
         return 0;
     float pw[MOEH_MAX_TASKS];
@@ -892,6 +915,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
     const moeh_moe_cfg_t *c = &m->cfg;
     moeh_params_t *p = &m->p;
     size_t B = b->B, d = c->d_emb, dh = c->d_hidden, E = m->n_exp, Dz = m->Dz, Tk = c->n_tasks;
+    double t_mix = mono_s();
     /* heads: dcomb (B,d) = dlogits @ Wh */
     memset(m->dcomb, 0, B * d * sizeof(float));
     moeh_linear_backward(m->dcomb, moeh_params_g(p, m->h_w), moeh_params_g(p, m->h_b), m->dlogits,
@@ -970,6 +994,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         moeh_linear_backward(m->dz, moeh_params_g(p, m->g_w1), moeh_params_g(p, m->g_b1), m->dgh,
                              m->z, moeh_params_w(p, m->g_w1), B, Dz, dh);
     }
+    m->prof[4] += mono_s() - t_mix;
     /* dz -> missingness embeddings and encoders */
     size_t pz = 0;
     for (int k = 0; k < 3; k++) {
@@ -990,11 +1015,11 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         if (m->n_idx[k] == 0)
             continue;
         if (k == 0)
-            ehr_backward(m, m->denc);
+            PROF(m, 5, ehr_backward(m, m->denc));
         else if (k == 1)
-            notes_backward(m, b, m->denc);
+            PROF(m, 6, notes_backward(m, b, m->denc));
         else
-            img_backward(m, m->denc);
+            PROF(m, 7, img_backward(m, m->denc));
     }
 }
 
@@ -1066,6 +1091,7 @@ void moeh_moe_zero_grad(moeh_moe_t *m)
 void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step)
 {
     MOEH_ASSERT(step >= 1);
+    double t_opt = mono_s();
     moeh_params_t *p = &m->p;
     float bc1 = 1.0f - powf(c->beta1, (float)step), bc2 = 1.0f - powf(c->beta2, (float)step);
     int sparse = (m->used & 2) && m->cfg.note_buckets;
@@ -1088,6 +1114,23 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
             adamw_range(p, c, bc1, bc2, scale, eo + (size_t)m->rows[r] * d, d);
     }
     moeh_moe_zero_grad(m);
+    m->prof[8] += mono_s() - t_opt;
+}
+
+static const char *const PROF_NAMES[MOEH_PROF_N] = {
+    "ehr_fwd", "notes_fwd", "img_fwd", "mix_fwd", "mix_bwd",
+    "ehr_bwd", "notes_bwd", "img_bwd", "adamw"};
+
+const double *moeh_moe_profile(const moeh_moe_t *m, const char *const **names)
+{
+    if (names)
+        *names = PROF_NAMES;
+    return m->prof;
+}
+
+void moeh_moe_profile_reset(moeh_moe_t *m)
+{
+    memset(m->prof, 0, sizeof m->prof);
 }
 
 float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total,

@@ -123,6 +123,13 @@ float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t tota
 const uint64_t *moeh_moe_group_samples(const moeh_moe_t *m);
 void moeh_moe_reset_group_samples(moeh_moe_t *m);
 
+/* Wall-clock seconds spent per phase since the last reset (MOEH_PROF_N entries, named by
+ * *names): encoders forward, experts+gate+heads forward, their backward, encoders backward,
+ * optimiser. For benchmarks and docs/performance.md. */
+#define MOEH_PROF_N 9
+const double *moeh_moe_profile(const moeh_moe_t *m, const char *const **names);
+void moeh_moe_profile_reset(moeh_moe_t *m);
+
 /* Combination index c - 1 (0..6) of a row's availability, -1 when nothing is available. */
 static inline int moeh_combo_index(const uint8_t *avail3)
 {

@@ -56,7 +56,7 @@ void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict ga
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H);
 /* Backward from dhT (B,H), the gradient of the final hidden state. dx (B,T,I) may be NULL.
- * Scratch: dxi (B*T,3H), dhh (B,3H), dh (B,H) (dh is overwritten, dhT is not). */
+ * Scratch: dxi (B*T,3H), dhh (T,B,3H), dh (B,H) (dh is overwritten, dhT is not). */
 void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
                        float *restrict dbih, float *restrict dbhh, float *restrict dxi,
                        float *restrict dhh, float *restrict dh, const float *restrict dhT,
@@ -104,6 +104,10 @@ void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const flo
 /* dinp (B,H,W,C) += dout routed to the argmax. */
 void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
                             const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C);
+/* dinp (B,H,W,C) = dout routed to the argmax, 0 elsewhere (*sets*, so no zeroing pass). */
+void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
+                                const uint8_t *restrict arg, size_t B, size_t H, size_t W,
+                                size_t C);
 /* out (B,C) = mean over H*W of inp (B,HW,C). */
 void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW,
                       size_t C);

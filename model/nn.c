@@ -102,6 +102,33 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
 }
 
 /* ---- GRU ------------------------------------------------------------------------------- */
+/* exp(x) for the GRU gates, branch-free so that the gate loop vectorises: x = n ln2 + f with
+ * n = round(x / ln2) (the 1.5 * 2^23 trick rounds to nearest), e^f by its degree-6 Taylor
+ * polynomial on |f| <= ln2/2 (relative error < 2e-7), 2^n through the exponent bits.
+ * x is clamped to [-87, 88] so the result stays a normal finite float. */
+static inline float vexpf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float t = x * 1.44269504088896341f;
+    float r = (t + 12582912.0f) - 12582912.0f;
+    float f = x - r * 0.693145751953125f - r * 1.428606765330187e-06f;
+    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 +
+                                                                     f * (1.0f / 720))))));
+    int32_t bits = ((int32_t)r + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+static inline float vsigmoid(float x)
+{
+    return 1.0f / (1.0f + vexpf(-x));
+}
+static inline float vtanh(float x)
+{
+    return 2.0f / (1.0f + vexpf(-2.0f * x)) - 1.0f;
+}
+
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
                       float *restrict hh, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
@@ -120,10 +147,10 @@ void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict ga
             const float *xr = xi + (b * T + t) * G, *hr = hh + b * G, *hb = h + b * H;
             float *g = gt + b * 4 * H, *ho = hn_out + b * H;
             for (size_t j = 0; j < H; j++) {
-                float r = moeh_sigmoid(xr[j] + hr[j]);
-                float z = moeh_sigmoid(xr[H + j] + hr[H + j]);
+                float r = vsigmoid(xr[j] + hr[j]);
+                float z = vsigmoid(xr[H + j] + hr[H + j]);
                 float hn = hr[2 * H + j];
-                float n = tanhf(xr[2 * H + j] + r * hn);
+                float n = vtanh(xr[2 * H + j] + r * hn);
                 g[j] = r;
                 g[H + j] = z;
                 g[2 * H + j] = n;
@@ -145,9 +172,10 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
     memcpy(dh, dhT, B * H * sizeof(float));
     for (size_t t = T; t-- > 0;) {
         const float *h = hs + t * B * H, *gt = gates + t * B * 4 * H;
+        float *dht = dhh + t * B * G;
         for (size_t b = 0; b < B; b++) {
             const float *g = gt + b * 4 * H, *hb = h + b * H;
-            float *dhb = dh + b * H, *dxr = dxi + (b * T + t) * G, *dhr = dhh + b * G;
+            float *dhb = dh + b * H, *dxr = dxi + (b * T + t) * G, *dhr = dht + b * G;
             for (size_t j = 0; j < H; j++) {
                 float r = g[j], z = g[H + j], n = g[2 * H + j], hn = g[3 * H + j];
                 float d = dhb[j];
@@ -164,9 +192,12 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
                 dhb[j] = d * z; /* direct path h -> h' */
             }
         }
-        /* dh (B,H) += dhh (B,3H) @ whh (3H,H); dwhh (3H,H) += dhh^T @ h; dbhh += sums */
-        moeh_linear_backward(dh, dwhh, dbhh, dhh, h, whh, B, H, G);
+        /* dh (B,H) += dhh_t (B,3H) @ whh (3H,H); the weight gradient waits for all steps */
+        moeh_linear_backward(dh, NULL, NULL, dht, h, whh, B, H, G);
     }
+    /* dwhh (3H,H) += dhh^T (3H,T*B) @ hs[0..T) (T*B,H) and dbhh += sums: one sgemm for all
+     * steps instead of T small ones */
+    moeh_linear_backward(NULL, dwhh, dbhh, dhh, hs, whh, T * B, H, G);
     /* dx (B*T,I) += dxi @ wih; dwih (3H,I) += dxi^T @ x; dbih += sums */
     moeh_linear_backward(dx, dwih, dbih, dxi, x, wih, B * T, In, G);
 }
@@ -217,6 +248,8 @@ void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_
 }
 
 /* ---- conv 3x3 ---------------------------------------------------------------------------- */
+/* Rows of the 3x3 neighbourhood are copied with plain loops (C is often 1..32, where a
+ * memcpy call per tap costs more than the copy). */
 void moeh_im2col3x3(float *restrict col, const float *restrict inp, size_t B, size_t H, size_t W,
                     size_t C)
 {
@@ -230,11 +263,14 @@ void moeh_im2col3x3(float *restrict col, const float *restrict inp, size_t B, si
                     for (size_t kx = 0; kx < 3; kx++) {
                         long ix = (long)x + (long)kx - 1;
                         float *dst = c + (ky * 3 + kx) * C;
-                        if (iy < 0 || iy >= (long)H || ix < 0 || ix >= (long)W)
-                            memset(dst, 0, C * sizeof(float));
-                        else
-                            memcpy(dst, inp + ((b * H + (size_t)iy) * W + (size_t)ix) * C,
-                                   C * sizeof(float));
+                        if (iy < 0 || iy >= (long)H || ix < 0 || ix >= (long)W) {
+                            for (size_t ci = 0; ci < C; ci++)
+                                dst[ci] = 0.0f;
+                        } else {
+                            const float *src = inp + ((b * H + (size_t)iy) * W + (size_t)ix) * C;
+                            for (size_t ci = 0; ci < C; ci++)
+                                dst[ci] = src[ci];
+                        }
                     }
                 }
             }
@@ -243,21 +279,23 @@ void moeh_im2col3x3(float *restrict col, const float *restrict inp, size_t B, si
 void moeh_col2im3x3_add(float *restrict dinp, const float *restrict dcol, size_t B, size_t H,
                         size_t W, size_t C)
 {
+    /* gather form: each input pixel sums the (up to) 9 columns that read it, so every dinp
+     * element is written once (no read-modify-write races between taps) */
     size_t K = 9 * C;
     for (size_t b = 0; b < B; b++)
-        for (size_t y = 0; y < H; y++)
-            for (size_t x = 0; x < W; x++) {
-                const float *c = dcol + ((b * H + y) * W + x) * K;
+        for (size_t iy = 0; iy < H; iy++)
+            for (size_t ix = 0; ix < W; ix++) {
+                float *dst = dinp + ((b * H + iy) * W + ix) * C;
                 for (size_t ky = 0; ky < 3; ky++) {
-                    long iy = (long)y + (long)ky - 1;
-                    if (iy < 0 || iy >= (long)H)
+                    long y = (long)iy - (long)ky + 1; /* output row that used tap ky here */
+                    if (y < 0 || y >= (long)H)
                         continue;
                     for (size_t kx = 0; kx < 3; kx++) {
-                        long ix = (long)x + (long)kx - 1;
-                        if (ix < 0 || ix >= (long)W)
+                        long x = (long)ix - (long)kx + 1;
+                        if (x < 0 || x >= (long)W)
                             continue;
-                        float *dst = dinp + ((b * H + (size_t)iy) * W + (size_t)ix) * C;
-                        const float *src = c + (ky * 3 + kx) * C;
+                        const float *src =
+                            dcol + ((b * H + (size_t)y) * W + (size_t)x) * K + (ky * 3 + kx) * C;
                         for (size_t ci = 0; ci < C; ci++)
                             dst[ci] += src[ci];
                     }
@@ -299,14 +337,37 @@ void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const flo
             for (size_t x = 0; x < Wo; x++) {
                 float *o = out + ((b * Ho + y) * Wo + x) * C;
                 uint8_t *a = arg + ((b * Ho + y) * Wo + x) * C;
-                for (size_t k = 0; k < 4; k++) {
-                    const float *src =
-                        inp + ((b * H + 2 * y + k / 2) * W + 2 * x + k % 2) * C;
-                    for (size_t c = 0; c < C; c++)
-                        if (k == 0 || src[c] > o[c]) {
-                            o[c] = src[c];
-                            a[c] = (uint8_t)k;
-                        }
+                const float *s0 = inp + ((b * H + 2 * y) * W + 2 * x) * C, *s1 = s0 + C,
+                            *s2 = s0 + W * C, *s3 = s2 + C;
+                for (size_t c = 0; c < C; c++) {
+                    float m = s0[c];
+                    uint8_t k = 0;
+                    k = s1[c] > m ? 1 : k, m = s1[c] > m ? s1[c] : m;
+                    k = s2[c] > m ? 2 : k, m = s2[c] > m ? s2[c] : m;
+                    k = s3[c] > m ? 3 : k, m = s3[c] > m ? s3[c] : m;
+                    o[c] = m;
+                    a[c] = k;
+                }
+            }
+}
+
+void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
+                                const uint8_t *restrict arg, size_t B, size_t H, size_t W,
+                                size_t C)
+{
+    size_t Ho = H / 2, Wo = W / 2;
+    for (size_t b = 0; b < B; b++)
+        for (size_t y = 0; y < Ho; y++)
+            for (size_t x = 0; x < Wo; x++) {
+                const float *d = dout + ((b * Ho + y) * Wo + x) * C;
+                const uint8_t *a = arg + ((b * Ho + y) * Wo + x) * C;
+                float *t0 = dinp + ((b * H + 2 * y) * W + 2 * x) * C, *t1 = t0 + C,
+                      *t2 = t0 + W * C, *t3 = t2 + C;
+                for (size_t c = 0; c < C; c++) {
+                    t0[c] = a[c] == 0 ? d[c] : 0.0f;
+                    t1[c] = a[c] == 1 ? d[c] : 0.0f;
+                    t2[c] = a[c] == 2 ? d[c] : 0.0f;
+                    t3[c] = a[c] == 3 ? d[c] : 0.0f;
                 }
             }
 }

@@ -15,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef SYNTH_TOKENS
+#define SYNTH_TOKENS 24 /* hashed uni/bi-gram ids per note */
+#endif
+
 typedef struct {
     size_t N, Fs, F, T, S, n_tasks, Dn, Di, tokens_per_note;
     float *static_x, *ts_value, *ts_mask, *ts_delta, *note_vec, *img_vec, *y, *u;
@@ -44,7 +48,7 @@ static inline int synth_make(synth_t *s, const moeh_moe_cfg_t *cfg, size_t N,
 {
     memset(s, 0, sizeof *s);
     s->N = N, s->Fs = cfg->n_static, s->F = cfg->n_vars, s->T = cfg->n_steps;
-    s->S = cfg->img_size, s->n_tasks = cfg->n_tasks, s->tokens_per_note = 24;
+    s->S = cfg->img_size, s->n_tasks = cfg->n_tasks, s->tokens_per_note = SYNTH_TOKENS;
     s->Dn = cfg->note_buckets ? 0 : cfg->note_dim;
     s->Di = cfg->img_size ? 0 : cfg->img_dim;
     size_t TF = s->T * s->F, K = s->tokens_per_note, SS = s->S * s->S;

@@ -172,7 +172,7 @@ static void test_gru_grad(void **state)
     float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H],
         xi[B * T * G], gates[T * B * 4 * H], hh[B * G], R[B * H];
     float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0},
-          dbhh[G] = {0}, dxi[B * T * G], dhh[B * G], dh[B * H];
+          dbhh[G] = {0}, dxi[B * T * G], dhh[T * B * G], dh[B * H];
     moeh_rng_t r;
     moeh_rng_seed(&r, 5);
     fill_normal(x, sizeof x / 4, &r, 1), fill_normal(wih, sizeof wih / 4, &r, 0.5f);

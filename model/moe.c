@@ -61,7 +61,8 @@ struct moeh_moe {
     uint32_t *rows;
     size_t n_rows;
     /* image */
-    float *x0, *col[3], *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol, *dgp;
+    float *x0, *col, *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol, *dgp;
+    size_t chunk[3]; /* images per im2col chunk of conv layer l (col stays in cache) */
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
     /* fusion, experts, gate, heads */
@@ -282,7 +283,13 @@ static void layout(moeh_moe_t *m, arena_t *a)
             for (int l = 0; l < 3; l++) {
                 size_t s = S >> l, hw = s * s;
                 m->side[l] = s;
-                m->col[l] = TAKEF(a, B * hw * 9 * cin);
+                /* ~1 MiB of columns per chunk: im2col, the sgemms and col2im of a chunk run
+                 * in cache, and backward recomputes the columns instead of keeping them */
+                size_t per = hw * 9 * cin, ch = (1u << 18) / per;
+                ch = ch < 1 ? 1 : (ch > B ? B : ch);
+                m->chunk[l] = ch;
+                if (ch * per > maxcol)
+                    maxcol = ch * per;
                 m->a[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 m->da[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 if (l < 2) {
@@ -290,10 +297,9 @@ static void layout(moeh_moe_t *m, arena_t *a)
                     m->dpl[l] = TAKEF(a, B * hw / 4 * c->cnn_ch[l]);
                     m->arg[l] = take(a, B * hw / 4 * c->cnn_ch[l]);
                 }
-                if (l > 0 && B * hw * 9 * cin > maxcol)
-                    maxcol = B * hw * 9 * cin;
                 cin = c->cnn_ch[l];
             }
+            m->col = TAKEF(a, maxcol);
             m->dcol = TAKEF(a, maxcol);
             m->gp = TAKEF(a, B * c->cnn_ch[2]);
             m->dgp = TAKEF(a, B * c->cnn_ch[2]);
@@ -676,9 +682,13 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b)
     const float *in = m->x0;
     size_t cin = 1;
     for (int l = 0; l < 3; l++) {
-        size_t s = m->side[l], oc = c->cnn_ch[l];
-        moeh_conv3x3_forward(m->a[l], m->col[l], in, moeh_params_w(p, m->im_cw[l]),
-                             moeh_params_w(p, m->im_cb[l]), n, s, s, cin, oc);
+        size_t s = m->side[l], oc = c->cnn_ch[l], hw = s * s;
+        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
+            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
+            moeh_conv3x3_forward(m->a[l] + j0 * hw * oc, m->col, in + j0 * hw * cin,
+                                 moeh_params_w(p, m->im_cw[l]), moeh_params_w(p, m->im_cb[l]), nc,
+                                 s, s, cin, oc);
+        }
         if (l < 2) {
             /* relu(maxpool(x)) == maxpool(relu(x)) with the same gradient (the max is
              * monotone); pooling first runs the ReLU on a quarter of the data */
@@ -717,19 +727,24 @@ static void img_backward(moeh_moe_t *m, float *denc)
     moeh_gap_backward(m->da[2], m->dgp, n, s3 * s3, c3);
     relu_mask(m->da[2], m->a[2], n * s3 * s3 * c3);
     for (int l = 2; l >= 0; l--) {
-        size_t s = m->side[l], oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
-        float *dinp = NULL;
-        if (l > 0) {
-            dinp = m->dpl[l - 1];
-            memset(dinp, 0, n * s * s * cin * sizeof(float));
+        size_t s = m->side[l], hw = s * s, oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
+        const float *in = l ? m->pl[l - 1] : m->x0;
+        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
+            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
+            float *dinp = NULL;
+            if (l > 0) {
+                dinp = m->dpl[l - 1] + j0 * hw * cin;
+                memset(dinp, 0, nc * hw * cin * sizeof(float));
+            }
+            moeh_im2col3x3(m->col, in + j0 * hw * cin, nc, s, s, cin);
+            moeh_conv3x3_backward(dinp, m->dcol, moeh_params_g(p, m->im_cw[l]),
+                                  moeh_params_g(p, m->im_cb[l]), m->da[l] + j0 * hw * oc, m->col,
+                                  moeh_params_w(p, m->im_cw[l]), nc, s, s, cin, oc);
         }
-        moeh_conv3x3_backward(dinp, m->dcol, moeh_params_g(p, m->im_cw[l]),
-                              moeh_params_g(p, m->im_cb[l]), m->da[l], m->col[l],
-                              moeh_params_w(p, m->im_cw[l]), n, s, s, cin, oc);
         if (l > 0) {
             size_t sp = m->side[l - 1];
-            relu_mask(dinp, m->pl[l - 1], n * s * s * cin);
-            moeh_maxpool2_backward_set(m->da[l - 1], dinp, m->arg[l - 1], n, sp, sp, cin);
+            relu_mask(m->dpl[l - 1], m->pl[l - 1], n * hw * cin);
+            moeh_maxpool2_backward_set(m->da[l - 1], m->dpl[l - 1], m->arg[l - 1], n, sp, sp, cin);
         }
     }
 }
@@ -1048,26 +1063,68 @@ int moeh_moe_predict(moeh_moe_t *m, const moeh_batch_t *b, float *probs)
 }
 
 /* ---- optimiser --------------------------------------------------------------------------------- */
+/* AdamW on [off, off+len), gradients scaled by `scale`, then the gradient is zeroed (fused so
+ * the optimiser reads g once). */
 static void adamw_range(moeh_params_t *p, const moeh_adamw_cfg_t *c, float bc1, float bc2,
                         float scale, size_t off, size_t len)
 {
     float *restrict w = p->w + off, *restrict mm = p->m + off, *restrict v = p->v + off;
-    const float *restrict g = p->g + off;
+    float *restrict g = p->g + off;
     float b1 = c->beta1, b2 = c->beta2, lr = c->lr, wd = c->weight_decay, eps = c->eps;
+    float ib1 = 1.0f / bc1, ib2 = 1.0f / bc2;
     for (size_t i = 0; i < len; i++) {
         float gi = g[i] * scale;
         mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
         v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-        w[i] -= lr * ((mm[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * w[i]);
+        w[i] -= lr * ((mm[i] * ib1) / (sqrtf(v[i] * ib2) + eps) + wd * w[i]);
+        g[i] = 0.0f;
     }
 }
 
-static double sumsq(const float *g, size_t n)
+/* Sum of squares with 8 independent float lanes (vectorisable without reassociation flags),
+ * folded into double per 4096-element block. */
+static double sumsq(const float *restrict g, size_t n)
 {
     double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)g[i] * g[i];
+    for (size_t i0 = 0; i0 < n; i0 += 4096) {
+        size_t i1 = i0 + 4096 < n ? i0 + 4096 : n, i = i0;
+        float acc[8] = {0};
+        for (; i + 8 <= i1; i += 8)
+            for (int k = 0; k < 8; k++)
+                acc[k] += g[i + k] * g[i + k];
+        for (; i < i1; i++)
+            acc[0] += g[i] * g[i];
+        for (int k = 0; k < 8; k++)
+            s += acc[k];
+    }
     return s;
+}
+
+/* Calls fn(m, row) for every embedding-bag row touched since the last reset: from the list
+ * when few, by scanning the flags in row order when many (sequential memory access). */
+#define FOR_TOUCHED_ROWS(m, row, body)                                                            \
+    do {                                                                                          \
+        if ((m)->n_rows * 16 < (m)->cfg.note_buckets) {                                           \
+            for (size_t i_ = 0; i_ < (m)->n_rows; i_++) {                                         \
+                size_t row = (m)->rows[i_];                                                       \
+                body;                                                                             \
+            }                                                                                     \
+        } else {                                                                                  \
+            for (size_t row = 0; row < (m)->cfg.note_buckets; row++)                              \
+                if ((m)->touched[row]) {                                                          \
+                    body;                                                                         \
+                }                                                                                 \
+        }                                                                                         \
+    } while (0)
+
+static void clear_touched(moeh_moe_t *m)
+{
+    if (m->n_rows * 16 < m->cfg.note_buckets)
+        for (size_t r = 0; r < m->n_rows; r++)
+            m->touched[m->rows[r]] = 0;
+    else
+        memset(m->touched, 0, m->cfg.note_buckets);
+    m->n_rows = 0;
 }
 
 void moeh_moe_zero_grad(moeh_moe_t *m)
@@ -1081,11 +1138,8 @@ void moeh_moe_zero_grad(moeh_moe_t *m)
     size_t eo = ev->offset, en = ev->numel, d = m->cfg.d_emb;
     memset(p->g, 0, eo * sizeof(float));
     memset(p->g + eo + en, 0, (p->n - eo - en) * sizeof(float));
-    for (size_t r = 0; r < m->n_rows; r++) {
-        memset(p->g + eo + (size_t)m->rows[r] * d, 0, d * sizeof(float));
-        m->touched[m->rows[r]] = 0;
-    }
-    m->n_rows = 0;
+    FOR_TOUCHED_ROWS(m, row, memset(p->g + eo + row * d, 0, d * sizeof(float)));
+    clear_touched(m);
 }
 
 void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step)
@@ -1101,8 +1155,8 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
     float scale = 1.0f;
     if (c->clip > 0) {
         double ss = sumsq(p->g, eo) + (sparse ? sumsq(p->g + eo + en, p->n - eo - en) : 0);
-        for (size_t r = 0; sparse && r < m->n_rows; r++)
-            ss += sumsq(p->g + eo + (size_t)m->rows[r] * d, d);
+        if (sparse)
+            FOR_TOUCHED_ROWS(m, row, ss += sumsq(p->g + eo + row * d, d));
         double norm = sqrt(ss);
         if (norm > c->clip)
             scale = (float)(c->clip / norm);
@@ -1110,10 +1164,9 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
     adamw_range(p, c, bc1, bc2, scale, 0, eo);
     if (sparse) {
         adamw_range(p, c, bc1, bc2, scale, eo + en, p->n - eo - en);
-        for (size_t r = 0; r < m->n_rows; r++)
-            adamw_range(p, c, bc1, bc2, scale, eo + (size_t)m->rows[r] * d, d);
+        FOR_TOUCHED_ROWS(m, row, adamw_range(p, c, bc1, bc2, scale, eo + row * d, d));
+        clear_touched(m);
     }
-    moeh_moe_zero_grad(m);
     m->prof[8] += mono_s() - t_opt;
 }
 

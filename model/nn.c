@@ -250,30 +250,63 @@ void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_
 /* ---- conv 3x3 ---------------------------------------------------------------------------- */
 /* Rows of the 3x3 neighbourhood are copied with plain loops (C is often 1..32, where a
  * memcpy call per tap costs more than the copy). */
+static void im2col_pixel(float *restrict c, const float *restrict inp, size_t b, size_t y,
+                         size_t x, size_t H, size_t W, size_t C)
+{
+    for (size_t ky = 0; ky < 3; ky++) {
+        long iy = (long)y + (long)ky - 1;
+        for (size_t kx = 0; kx < 3; kx++) {
+            long ix = (long)x + (long)kx - 1;
+            float *dst = c + (ky * 3 + kx) * C;
+            if (iy < 0 || iy >= (long)H || ix < 0 || ix >= (long)W) {
+                for (size_t ci = 0; ci < C; ci++)
+                    dst[ci] = 0.0f;
+            } else {
+                const float *src = inp + ((b * H + (size_t)iy) * W + (size_t)ix) * C;
+                for (size_t ci = 0; ci < C; ci++)
+                    dst[ci] = src[ci];
+            }
+        }
+    }
+}
+
+/* Border pixels take the general path; interior pixels copy three rows of 3C contiguous floats
+ * without bounds checks (and C == 1 gets its own unrolled loop). */
 void moeh_im2col3x3(float *restrict col, const float *restrict inp, size_t B, size_t H, size_t W,
                     size_t C)
 {
-    size_t K = 9 * C;
+    size_t K = 9 * C, R = 3 * C;
     for (size_t b = 0; b < B; b++)
-        for (size_t y = 0; y < H; y++)
-            for (size_t x = 0; x < W; x++) {
-                float *c = col + ((b * H + y) * W + x) * K;
-                for (size_t ky = 0; ky < 3; ky++) {
-                    long iy = (long)y + (long)ky - 1;
-                    for (size_t kx = 0; kx < 3; kx++) {
-                        long ix = (long)x + (long)kx - 1;
-                        float *dst = c + (ky * 3 + kx) * C;
-                        if (iy < 0 || iy >= (long)H || ix < 0 || ix >= (long)W) {
-                            for (size_t ci = 0; ci < C; ci++)
-                                dst[ci] = 0.0f;
-                        } else {
-                            const float *src = inp + ((b * H + (size_t)iy) * W + (size_t)ix) * C;
-                            for (size_t ci = 0; ci < C; ci++)
-                                dst[ci] = src[ci];
-                        }
-                    }
-                }
+        for (size_t y = 0; y < H; y++) {
+            float *crow = col + (b * H + y) * W * K;
+            if (y == 0 || y + 1 == H || W < 3) {
+                for (size_t x = 0; x < W; x++)
+                    im2col_pixel(crow + x * K, inp, b, y, x, H, W, C);
+                continue;
             }
+            im2col_pixel(crow, inp, b, y, 0, H, W, C);
+            im2col_pixel(crow + (W - 1) * K, inp, b, y, W - 1, H, W, C);
+            const float *r0 = inp + (b * H + y - 1) * W * C, *r1 = r0 + W * C, *r2 = r1 + W * C;
+            if (C == 1) {
+                for (size_t x = 1; x + 1 < W; x++) {
+                    float *c = crow + x * 9;
+                    c[0] = r0[x - 1], c[1] = r0[x], c[2] = r0[x + 1];
+                    c[3] = r1[x - 1], c[4] = r1[x], c[5] = r1[x + 1];
+                    c[6] = r2[x - 1], c[7] = r2[x], c[8] = r2[x + 1];
+                }
+                continue;
+            }
+            for (size_t x = 1; x + 1 < W; x++) {
+                float *c = crow + x * K;
+                const float *s0 = r0 + (x - 1) * C, *s1 = r1 + (x - 1) * C, *s2 = r2 + (x - 1) * C;
+                for (size_t i = 0; i < R; i++)
+                    c[i] = s0[i];
+                for (size_t i = 0; i < R; i++)
+                    c[R + i] = s1[i];
+                for (size_t i = 0; i < R; i++)
+                    c[2 * R + i] = s2[i];
+            }
+        }
 }
 
 void moeh_col2im3x3_add(float *restrict dinp, const float *restrict dcol, size_t B, size_t H,

@@ -50,7 +50,8 @@ static double model_loss(void *c_)
 /* Central differences over every parameter (up to 300 per tensor, spread evenly), loss in
  * double from a float32 forward: eps = 1e-3, |num - g| <= 2e-2 (|num| + |g|) + 2e-4; ReLU and
  * max-pool kinks fall back to a one-sided difference (at most 10% of entries per tensor). */
-static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label)
+static void gradcheck_model_n(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label,
+                              size_t max_checks)
 {
     moeh_moe_t *m = NULL;
     moeh_err_t err = {{0}};
@@ -71,7 +72,7 @@ static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *
     assert_int_equal(moeh_moe_loss(m, &c.b, &l2), 0);
     assert_true(fabs(l1 - l2) < 1e-9 && isfinite(l1));
     gc_opts_t o = {.eps = 1e-3, .rtol = 2e-2, .atol = 2e-4, .max_kink_frac = 0.1,
-                   .max_checks = 300};
+                   .max_checks = max_checks};
     int fails = 0;
     for (size_t v = 0; v < p->n_views; v++) {
         char name[160];
@@ -82,6 +83,22 @@ static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *
     assert_int_equal(fails, 0);
     synth_free(&s);
     moeh_moe_destroy(&m);
+}
+
+static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label)
+{
+    gradcheck_model_n(cfg, phase, label, 300);
+}
+
+/* 64x64 images with channel counts that make every conv layer run in several im2col chunks
+ * (conv1 7+3 images, conv2 one image at a time, conv3 two), so chunked forward and the
+ * recomputed columns in backward are checked too. 40 entries per tensor. */
+static void test_grad_cnn_chunked(void **state)
+{
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_UNI_IMG, 0);
+    c.img_size = 64;
+    c.cnn_ch[0] = 16, c.cnn_ch[1] = 40, c.cnn_ch[2] = 8;
+    gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn64", 40);
 }
 
 static void test_grad_moe_joint(void **state)
@@ -214,6 +231,7 @@ int main(void)
         cmocka_unit_test(test_grad_moe_warmup),
         cmocka_unit_test(test_grad_moe_precomputed),
         cmocka_unit_test(test_grad_baselines),
+        cmocka_unit_test(test_grad_cnn_chunked),
         cmocka_unit_test(test_groups_counts_and_sparse_zero),
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_deterministic_and_lazy),

@@ -340,9 +340,16 @@ void moeh_conv3x3_forward(float *restrict out, float *restrict col, const float 
                           const float *restrict w, const float *restrict b, size_t B, size_t H,
                           size_t W, size_t C, size_t OC)
 {
+    size_t N = B * H * W;
     moeh_im2col3x3(col, inp, B, H, W, C);
-    /* out (BHW,OC) = col (BHW,9C) @ w^T (9C,OC) + b */
-    moeh_linear_forward(out, col, w, b, B * H * W, 9 * C, OC);
+    /* out (N,OC) = b broadcast (a loop: rows are short, a memcpy call per row costs more) */
+    if (b)
+        for (size_t i = 0; i < N; i++)
+            for (size_t o = 0; o < OC; o++)
+                out[i * OC + o] = b[o];
+    /* out (N,OC) += col (N,9C) @ w^T (9C,OC) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)(9 * C), 1.0f, col,
+                (int)(9 * C), w, (int)(9 * C), b ? 1.0f : 0.0f, out, (int)OC);
 }
 
 void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *restrict dw,
@@ -384,6 +391,21 @@ void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const flo
             }
 }
 
+/* One output pixel's gradient into the four input pixels of its window (a helper with restrict
+ * parameters, so that gcc vectorises the channel loop). */
+static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restrict t2,
+                           float *restrict t3, const float *restrict d, const uint8_t *restrict a,
+                           size_t C)
+{
+    for (size_t c = 0; c < C; c++) { /* products with 0/1, not selects: gcc 12 vectorises these */
+        float dv = d[c], k = (float)a[c];
+        t0[c] = dv * (float)(k == 0.0f);
+        t1[c] = dv * (float)(k == 1.0f);
+        t2[c] = dv * (float)(k == 2.0f);
+        t3[c] = dv * (float)(k == 3.0f);
+    }
+}
+
 void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
                                 const uint8_t *restrict arg, size_t B, size_t H, size_t W,
                                 size_t C)
@@ -392,16 +414,9 @@ void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout
     for (size_t b = 0; b < B; b++)
         for (size_t y = 0; y < Ho; y++)
             for (size_t x = 0; x < Wo; x++) {
-                const float *d = dout + ((b * Ho + y) * Wo + x) * C;
-                const uint8_t *a = arg + ((b * Ho + y) * Wo + x) * C;
-                float *t0 = dinp + ((b * H + 2 * y) * W + 2 * x) * C, *t1 = t0 + C,
-                      *t2 = t0 + W * C, *t3 = t2 + C;
-                for (size_t c = 0; c < C; c++) {
-                    t0[c] = a[c] == 0 ? d[c] : 0.0f;
-                    t1[c] = a[c] == 1 ? d[c] : 0.0f;
-                    t2[c] = a[c] == 2 ? d[c] : 0.0f;
-                    t3[c] = a[c] == 3 ? d[c] : 0.0f;
-                }
+                size_t o = ((b * Ho + y) * Wo + x) * C;
+                float *t0 = dinp + ((b * H + 2 * y) * W + 2 * x) * C;
+                pool_bwd_pixel(t0, t0 + C, t0 + W * C, t0 + W * C + C, dout + o, arg + o, C);
             }
 }
 

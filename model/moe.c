@@ -34,6 +34,8 @@ struct moeh_moe {
     size_t n_used, Dz, n_exp;
     expert_t ex[MOEH_MAX_EXPERTS];
     int has_gate;
+    int early;                    /* early fusion: z is built from the inputs, no encoders */
+    size_t eo_note, eo_img;       /* early fusion: column offsets of notes and image in z */
     moeh_phase_t phase;
     /* view indices */
     int ehr_sw, ehr_sb, gru_wih, gru_whh, gru_bih, gru_bhh, ehr_fw, ehr_fb;
@@ -168,6 +170,11 @@ static int declare(moeh_moe_t *m)
         if ((rc = add(m, &(idx), name, group, d0, d1)) != 0)                                      \
             return rc;                                                                            \
     } while (0)
+    if (m->early) {
+        if (c->note_buckets)
+            ADD(m->nt_emb, "notes.embed.weight", "encoder_notes", c->note_buckets, d);
+        goto experts;
+    }
     if (m->used & 1) {
         ADD(m->ehr_sw, "ehr.static.weight", "encoder_ehr", d, c->n_static);
         ADD(m->ehr_sb, "ehr.static.bias", "encoder_ehr", d, 0);
@@ -210,6 +217,7 @@ static int declare(moeh_moe_t *m)
     for (int k = 0; k < MOEH_N_MODALITIES; k++)
         if (m->used & (1 << k))
             ADD(m->miss[k], mn[k], "missing", d, 0);
+experts:
     for (size_t k = 0; k < m->n_exp; k++) {
         char g[32], n1[64], n2[64], n3[64], n4[64];
         snprintf(g, sizeof g, "expert_%zu", k);
@@ -250,7 +258,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
     m->emb = TAKEF(a, 3 * B * d);
     m->demb = TAKEF(a, 3 * B * d);
     m->denc = TAKEF(a, B * d);
-    if (m->used & 1) {
+    if ((m->used & 1) && !m->early) {
         m->xs = TAKEF(a, B * c->n_static);
         m->s1 = TAKEF(a, B * d);
         m->tsx = TAKEF(a, B * T * 3 * F);
@@ -276,7 +284,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
             m->nv = TAKEF(a, B * c->note_dim);
         }
     }
-    if (m->used & 4) {
+    if ((m->used & 4) && !m->early) {
         if (c->img_size) {
             size_t S = c->img_size, cin = 1, maxcol = 0;
             m->x0 = TAKEF(a, B * S * S);
@@ -388,6 +396,12 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
     case MOEH_ARCH_UNI_EHR: used = 1; break;
     case MOEH_ARCH_UNI_NOTES: used = 2; break;
     case MOEH_ARCH_UNI_IMG: used = 4; break;
+    case MOEH_ARCH_EARLY:
+        used = 7;
+        if (c->img_size % 8)
+            return moeh_errf(err, -EINVAL, "model config: early fusion pools images to 8x8, "
+                                           "img_size must be a multiple of 8");
+        break;
     default: return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
     }
     if ((used & 1) && (!c->n_static || !c->n_vars || !c->n_steps))
@@ -410,6 +424,14 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
     m->used = used;
     m->n_used = mods_count(used);
     m->Dz = m->n_used * (c->d_emb + 1);
+    if (c->arch == MOEH_ARCH_EARLY) {
+        /* [static | mean value, mean mask, mean delta over the hours | note bag or vector |
+         *  image pooled to 8x8 or vector | availability] */
+        m->early = 1;
+        m->eo_note = c->n_static + 3 * c->n_vars;
+        m->eo_img = m->eo_note + (c->note_buckets ? c->d_emb : c->note_dim);
+        m->Dz = m->eo_img + (c->img_size ? 64 : c->img_dim) + 3;
+    }
     switch (c->arch) {
     case MOEH_ARCH_MOE:
         m->n_exp = 7;
@@ -426,7 +448,7 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
         expert_t *e = &m->ex[k];
         e->mods = c->arch == MOEH_ARCH_LATE ? (uint8_t)(1u << k) : used;
         e->restricted = e->mods != used;
-        e->in_dim = mods_count(e->mods) * (c->d_emb + 1);
+        e->in_dim = m->early ? m->Dz : mods_count(e->mods) * (c->d_emb + 1);
     }
     moeh_params_init(&m->p);
     int rc = declare(m);
@@ -778,6 +800,51 @@ static void gather_cols(moeh_moe_t *m, float *zk, float *z, uint8_t mods, size_t
     }
 }
 
+/* Early fusion input (see moeh_moe_create): absent modalities are zeros, flagged by the
+ * availability columns. */
+static void early_build(moeh_moe_t *m, const moeh_batch_t *b)
+{
+    const moeh_moe_cfg_t *c = &m->cfg;
+    size_t B = b->B, Dz = m->Dz, Fs = c->n_static, F = c->n_vars, T = c->n_steps, d = c->d_emb;
+    memset(m->z, 0, B * Dz * sizeof(float));
+    for (size_t i = 0; i < B; i++) {
+        float *row = m->z + i * Dz;
+        if (b->avail[i * 3]) {
+            memcpy(row, b->static_x + i * Fs, Fs * sizeof(float));
+            float *mv = row + Fs, *mm = mv + F, *md = mm + F;
+            for (size_t t = 0; t < T; t++)
+                for (size_t f = 0; f < F; f++) {
+                    size_t q = (i * T + t) * F + f;
+                    mv[f] += b->ts_value[q] / (float)T;
+                    mm[f] += b->ts_mask[q] / (float)T;
+                    md[f] += b->ts_delta[q] / (float)T;
+                }
+        }
+        if (b->avail[i * 3 + 1]) {
+            if (c->note_buckets)
+                moeh_embbag_forward(row + m->eo_note, moeh_params_w(&m->p, m->nt_emb),
+                                    b->note_off + i, b->note_ids, 1, d);
+            else
+                memcpy(row + m->eo_note, b->note_vec + i * c->note_dim,
+                       c->note_dim * sizeof(float));
+        }
+        if (b->avail[i * 3 + 2]) {
+            float *px = row + m->eo_img;
+            if (c->img_size) { /* 8x8 block means of the pixels / 255 */
+                size_t S = c->img_size, k = S / 8;
+                const uint8_t *im = b->img + i * S * S;
+                for (size_t y = 0; y < S; y++)
+                    for (size_t x = 0; x < S; x++)
+                        px[(y / k) * 8 + x / k] += (float)im[y * S + x] / (255.0f * (float)(k * k));
+            } else {
+                memcpy(px, b->img_vec + i * c->img_dim, c->img_dim * sizeof(float));
+            }
+        }
+        for (int k = 0; k < 3; k++)
+            row[Dz - 3 + (size_t)k] = m->availf[i * 3 + (size_t)k];
+    }
+}
+
 /* ---- forward ------------------------------------------------------------------------------------ */
 /* train: dropout on, counts group samples. Returns the loss through *loss when labels are
  * given (need_loss). */
@@ -800,6 +867,10 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         m->combo[i] = moeh_combo_index(b->avail + i * 3);
     }
     double t_mix = mono_s();
+    if (m->early) {
+        early_build(m, b);
+        goto experts;
+    }
     if (m->n_idx[0])
         PROF(m, 0, ehr_forward(m, b));
     if (m->n_idx[1])
@@ -826,7 +897,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         pz += d;
         az++;
     }
-    /* experts */
+experts:
     for (size_t k = 0; k < E; k++) {
         const expert_t *e = &m->ex[k];
         const float *in = m->z;
@@ -904,7 +975,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
     }
     if (train) {
         for (int k = 0; k < 3; k++)
-            if (m->used & (1 << k))
+            if ((m->used & (1 << k)) && m->grp_enc[k] >= 0)
                 m->group_samples[m->grp_enc[k]] += m->n_idx[k];
         uint64_t nmiss = 0;
         for (size_t i = 0; i < B; i++)
@@ -913,7 +984,8 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
                     nmiss++;
                     break;
                 }
-        m->group_samples[m->grp_missing] += nmiss;
+        if (m->grp_missing >= 0)
+            m->group_samples[m->grp_missing] += nmiss;
         for (size_t k = 0; k < E; k++)
             for (size_t i = 0; i < B; i++)
                 m->group_samples[m->ex[k].group] += m->w[i * E + k] != 0.0f;
@@ -1010,6 +1082,15 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
                              m->z, moeh_params_w(p, m->g_w1), B, Dz, dh);
     }
     m->prof[4] += mono_s() - t_mix;
+    if (m->early) {
+        if ((m->used & 2) && m->cfg.note_buckets)
+            for (size_t i = 0; i < B; i++)
+                if (b->avail[i * 3 + 1])
+                    moeh_embbag_backward(moeh_params_g(p, m->nt_emb), m->touched, m->rows,
+                                         &m->n_rows, m->dz + i * Dz + m->eo_note,
+                                         b->note_off + i, b->note_ids, 1, d);
+        return;
+    }
     /* dz -> missingness embeddings and encoders */
     size_t pz = 0;
     for (int k = 0; k < 3; k++) {

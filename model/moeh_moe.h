@@ -27,6 +27,7 @@ typedef enum {
     MOEH_ARCH_UNI_IMG,
     MOEH_ARCH_JOINT,    /* joint fusion: concatenated embeddings, one expert, end to end */
     MOEH_ARCH_LATE,     /* late fusion: one expert per modality, mean of the available logits */
+    MOEH_ARCH_EARLY,    /* early fusion: one MLP over concatenated raw-input summaries */
 } moeh_arch_t;
 
 typedef struct {

@@ -1,6 +1,6 @@
 /* test_moe.c - MoE-Health as a whole: finite-difference gradient check of every parameter for
  * each architecture and phase (MoE warm-up and joint, dense and top-k; unimodal, joint and
- * late fusion; hashed notes and CNN images as well as precomputed vectors), group sample
+ * late and early fusion; hashed notes and CNN images as well as precomputed vectors), group sample
  * counts, sparse gradient reset, validation messages, the LR schedule, determinism. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -126,6 +126,9 @@ static void test_grad_baselines(void **state)
     gradcheck_model(small_cfg(MOEH_ARCH_UNI_IMG, 0), MOEH_PHASE_JOINT, "uni_img");
     gradcheck_model(small_cfg(MOEH_ARCH_JOINT, 0), MOEH_PHASE_JOINT, "joint");
     gradcheck_model(small_cfg(MOEH_ARCH_LATE, 1), MOEH_PHASE_JOINT, "late");
+    gradcheck_model(small_cfg(MOEH_ARCH_LATE, 0), MOEH_PHASE_JOINT, "late_raw");
+    gradcheck_model(small_cfg(MOEH_ARCH_EARLY, 0), MOEH_PHASE_JOINT, "early");
+    gradcheck_model(small_cfg(MOEH_ARCH_EARLY, 1), MOEH_PHASE_JOINT, "early_pre");
 }
 
 static void test_groups_counts_and_sparse_zero(void **state)

@@ -8,7 +8,9 @@
  * ~0.1 (seed 1: MoE 0.80, EHR 0.70, notes 0.65, image 0.59; another seed 0.79 / 0.68 / 0.63 / 0.66)
  * and the test asks for 0.04, which leaves room for seed-to-seed variation but fails if
  * fusion does not work at all. Joint and late fusion must also be within 0.05 of MoE (they see
- * the same information). Small widths keep the test around a second of CPU. */
+ * the same information). Early fusion is trained and printed but not asserted against: on this
+ * problem its input summaries (series means, note bag, 8x8 pooled image) already expose the
+ * latent factors (measured 0.81). Small widths keep the test around two seconds of CPU. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -90,11 +92,13 @@ static void test_moe_beats_unimodal(void **state)
     synth_t tr, te;
     assert_int_equal(synth_make(&tr, &cfg, N_TRAIN, pa, 1.5, 1), 0);
     assert_int_equal(synth_make(&te, &cfg, N_TEST, pa, 1.5, 2), 0);
-    static const moeh_arch_t archs[] = {MOEH_ARCH_MOE,      MOEH_ARCH_UNI_EHR, MOEH_ARCH_UNI_NOTES,
-                                        MOEH_ARCH_UNI_IMG, MOEH_ARCH_JOINT,   MOEH_ARCH_LATE};
-    static const char *names[] = {"moe", "uni_ehr", "uni_notes", "uni_img", "joint", "late"};
-    double auc[6], first[6], last[6];
-    for (int a = 0; a < 6; a++) {
+    static const moeh_arch_t archs[] = {MOEH_ARCH_MOE,     MOEH_ARCH_UNI_EHR, MOEH_ARCH_UNI_NOTES,
+                                        MOEH_ARCH_UNI_IMG, MOEH_ARCH_JOINT,   MOEH_ARCH_LATE,
+                                        MOEH_ARCH_EARLY};
+    static const char *names[] = {"moe",   "uni_ehr", "uni_notes", "uni_img",
+                                  "joint", "late",    "early"};
+    double auc[7], first[7], last[7];
+    for (int a = 0; a < 7; a++) {
         auc[a] = train_eval(archs[a], &tr, &te, &first[a], &last[a]);
         print_message("%-10s test AUROC %.4f  train loss %.4f -> %.4f\n", names[a], auc[a],
                       first[a], last[a]);

@@ -1,0 +1,553 @@
+/* nn.c - GELU, layer norm, dropout, GRU, embedding bag, 3x3 conv via im2col + sgemm, pooling,
+ * gate and load balance (see moeh_nn.h). Nothing here allocates. */
+#include "moeh_nn.h"
+
+#include "layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- GELU (tanh approximation) --------------------------------------------------------- */
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+
+void moeh_gelu_forward(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void moeh_gelu_backward(float *restrict dinp, const float *restrict dout,
+                        const float *restrict inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_K * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+    }
+}
+
+/* ---- layer norm ------------------------------------------------------------------------ */
+void moeh_layernorm_forward(float *restrict out, float *restrict mean, float *restrict rstd,
+                            const float *restrict inp, const float *restrict gamma,
+                            const float *restrict beta, size_t N, size_t C, float eps)
+{
+    for (size_t i = 0; i < N; i++) {
+        const float *x = inp + i * C;
+        double s = 0, ss = 0;
+        for (size_t c = 0; c < C; c++)
+            s += x[c];
+        double mu = s / (double)C;
+        for (size_t c = 0; c < C; c++)
+            ss += (x[c] - mu) * (x[c] - mu);
+        float rs = (float)(1.0 / sqrt(ss / (double)C + eps));
+        mean[i] = (float)mu;
+        rstd[i] = rs;
+        for (size_t c = 0; c < C; c++)
+            out[i * C + c] = ((x[c] - (float)mu) * rs) * gamma[c] + beta[c];
+    }
+}
+
+void moeh_layernorm_backward(float *restrict dinp, float *restrict dgamma, float *restrict dbeta,
+                             const float *restrict dout, const float *restrict inp,
+                             const float *restrict mean, const float *restrict rstd,
+                             const float *restrict gamma, size_t N, size_t C)
+{
+    for (size_t i = 0; i < N; i++) {
+        const float *x = inp + i * C, *dy = dout + i * C;
+        float mu = mean[i], rs = rstd[i];
+        /* dxhat = dy * gamma; dx = rs * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+        float m1 = 0, m2 = 0;
+        for (size_t c = 0; c < C; c++) {
+            float xh = (x[c] - mu) * rs, dxh = dy[c] * gamma[c];
+            m1 += dxh;
+            m2 += dxh * xh;
+            if (dgamma)
+                dgamma[c] += dy[c] * xh;
+            if (dbeta)
+                dbeta[c] += dy[c];
+        }
+        m1 /= (float)C;
+        m2 /= (float)C;
+        if (dinp)
+            for (size_t c = 0; c < C; c++) {
+                float xh = (x[c] - mu) * rs;
+                dinp[i * C + c] += rs * (dy[c] * gamma[c] - m1 - xh * m2);
+            }
+    }
+}
+
+/* ---- dropout --------------------------------------------------------------------------- */
+void moeh_dropout_forward(float *out, uint8_t *restrict keep, const float *inp, float p, size_t n,
+                          moeh_rng_t *rng)
+{
+    float s = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++) {
+        keep[i] = moeh_rng_uniform(rng) >= p;
+        out[i] = keep[i] ? inp[i] * s : 0.0f;
+    }
+}
+
+void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
+                           const uint8_t *restrict keep, float p, size_t n)
+{
+    float s = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++)
+        if (keep[i])
+            dinp[i] += dout[i] * s;
+}
+
+/* ---- GRU ------------------------------------------------------------------------------- */
+/* exp(x) for the GRU gates, branch-free so that the gate loop vectorises: x = n ln2 + f with
+ * n = round(x / ln2) (the 1.5 * 2^23 trick rounds to nearest), e^f by its degree-6 Taylor
+ * polynomial on |f| <= ln2/2 (relative error < 2e-7), 2^n through the exponent bits.
+ * x is clamped to [-87, 88] so the result stays a normal finite float. */
+static inline float vexpf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float t = x * 1.44269504088896341f;
+    float r = (t + 12582912.0f) - 12582912.0f;
+    float f = x - r * 0.693145751953125f - r * 1.428606765330187e-06f;
+    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 +
+                                                                     f * (1.0f / 720))))));
+    int32_t bits = ((int32_t)r + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+static inline float vsigmoid(float x)
+{
+    return 1.0f / (1.0f + vexpf(-x));
+}
+static inline float vtanh(float x)
+{
+    return 2.0f / (1.0f + vexpf(-2.0f * x)) - 1.0f;
+}
+
+void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
+                      float *restrict hh, const float *restrict x, const float *restrict wih,
+                      const float *restrict whh, const float *restrict bih,
+                      const float *restrict bhh, size_t B, size_t T, size_t In, size_t H)
+{
+    size_t G = 3 * H;
+    /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih */
+    moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
+    memset(hs, 0, B * H * sizeof(float));
+    for (size_t t = 0; t < T; t++) {
+        const float *h = hs + t * B * H;
+        float *hn_out = hs + (t + 1) * B * H, *gt = gates + t * B * 4 * H;
+        /* hh (B,3H) = h (B,H) @ whh^T + bhh */
+        moeh_linear_forward(hh, h, whh, bhh, B, H, G);
+        for (size_t b = 0; b < B; b++) {
+            const float *xr = xi + (b * T + t) * G, *hr = hh + b * G, *hb = h + b * H;
+            float *g = gt + b * 4 * H, *ho = hn_out + b * H;
+            for (size_t j = 0; j < H; j++) {
+                float r = vsigmoid(xr[j] + hr[j]);
+                float z = vsigmoid(xr[H + j] + hr[H + j]);
+                float hn = hr[2 * H + j];
+                float n = vtanh(xr[2 * H + j] + r * hn);
+                g[j] = r;
+                g[H + j] = z;
+                g[2 * H + j] = n;
+                g[3 * H + j] = hn;
+                ho[j] = (1.0f - z) * n + z * hb[j];
+            }
+        }
+    }
+}
+
+void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
+                       float *restrict dbih, float *restrict dbhh, float *restrict dxi,
+                       float *restrict dhh, float *restrict dh, const float *restrict dhT,
+                       const float *restrict x, const float *restrict wih,
+                       const float *restrict whh, const float *restrict hs,
+                       const float *restrict gates, size_t B, size_t T, size_t In, size_t H)
+{
+    size_t G = 3 * H;
+    memcpy(dh, dhT, B * H * sizeof(float));
+    for (size_t t = T; t-- > 0;) {
+        const float *h = hs + t * B * H, *gt = gates + t * B * 4 * H;
+        float *dht = dhh + t * B * G;
+        for (size_t b = 0; b < B; b++) {
+            const float *g = gt + b * 4 * H, *hb = h + b * H;
+            float *dhb = dh + b * H, *dxr = dxi + (b * T + t) * G, *dhr = dht + b * G;
+            for (size_t j = 0; j < H; j++) {
+                float r = g[j], z = g[H + j], n = g[2 * H + j], hn = g[3 * H + j];
+                float d = dhb[j];
+                float dn = d * (1.0f - z), dz = d * (hb[j] - n);
+                float dnp = dn * (1.0f - n * n);
+                float drp = dnp * hn * r * (1.0f - r);
+                float dzp = dz * z * (1.0f - z);
+                dxr[j] = drp;
+                dxr[H + j] = dzp;
+                dxr[2 * H + j] = dnp;
+                dhr[j] = drp;
+                dhr[H + j] = dzp;
+                dhr[2 * H + j] = dnp * r;
+                dhb[j] = d * z; /* direct path h -> h' */
+            }
+        }
+        /* dh (B,H) += dhh_t (B,3H) @ whh (3H,H); the weight gradient waits for all steps */
+        moeh_linear_backward(dh, NULL, NULL, dht, h, whh, B, H, G);
+    }
+    /* dwhh (3H,H) += dhh^T (3H,T*B) @ hs[0..T) (T*B,H) and dbhh += sums: one sgemm for all
+     * steps instead of T small ones */
+    moeh_linear_backward(NULL, dwhh, dbhh, dhh, hs, whh, T * B, H, G);
+    /* dx (B*T,I) += dxi @ wih; dwih (3H,I) += dxi^T @ x; dbih += sums */
+    moeh_linear_backward(dx, dwih, dbih, dxi, x, wih, B * T, In, G);
+}
+
+/* ---- embedding bag --------------------------------------------------------------------- */
+void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
+                         const uint32_t *restrict ids, size_t B, size_t D)
+{
+    for (size_t b = 0; b < B; b++) {
+        float *o = out + b * D;
+        memset(o, 0, D * sizeof(float));
+        uint64_t n = off[b + 1] - off[b];
+        if (n == 0)
+            continue;
+        for (uint64_t j = off[b]; j < off[b + 1]; j++) {
+            const float *e = E + (size_t)ids[j] * D;
+            for (size_t d = 0; d < D; d++)
+                o[d] += e[d];
+        }
+        float s = 1.0f / (float)n;
+        for (size_t d = 0; d < D; d++)
+            o[d] *= s;
+    }
+}
+
+void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
+                          size_t *restrict n_rows, const float *restrict dout,
+                          const uint64_t *restrict off, const uint32_t *restrict ids, size_t B,
+                          size_t D)
+{
+    for (size_t b = 0; b < B; b++) {
+        uint64_t n = off[b + 1] - off[b];
+        if (n == 0)
+            continue;
+        float s = 1.0f / (float)n;
+        const float *g = dout + b * D;
+        for (uint64_t j = off[b]; j < off[b + 1]; j++) {
+            uint32_t id = ids[j];
+            if (!touched[id]) {
+                touched[id] = 1;
+                rows[(*n_rows)++] = id;
+            }
+            float *de = dE + (size_t)id * D;
+            for (size_t d = 0; d < D; d++)
+                de[d] += g[d] * s;
+        }
+    }
+}
+
+/* ---- conv 3x3 ---------------------------------------------------------------------------- */
+/* Rows of the 3x3 neighbourhood are copied with plain loops (C is often 1..32, where a
+ * memcpy call per tap costs more than the copy). */
+static void im2col_pixel(float *restrict c, const float *restrict inp, size_t b, size_t y,
+                         size_t x, size_t H, size_t W, size_t C)
+{
+    for (size_t ky = 0; ky < 3; ky++) {
+        long iy = (long)y + (long)ky - 1;
+        for (size_t kx = 0; kx < 3; kx++) {
+            long ix = (long)x + (long)kx - 1;
+            float *dst = c + (ky * 3 + kx) * C;
+            if (iy < 0 || iy >= (long)H || ix < 0 || ix >= (long)W) {
+                for (size_t ci = 0; ci < C; ci++)
+                    dst[ci] = 0.0f;
+            } else {
+                const float *src = inp + ((b * H + (size_t)iy) * W + (size_t)ix) * C;
+                for (size_t ci = 0; ci < C; ci++)
+                    dst[ci] = src[ci];
+            }
+        }
+    }
+}
+
+/* Border pixels take the general path; interior pixels copy three rows of 3C contiguous floats
+ * without bounds checks (and C == 1 gets its own unrolled loop). */
+void moeh_im2col3x3(float *restrict col, const float *restrict inp, size_t B, size_t H, size_t W,
+                    size_t C)
+{
+    size_t K = 9 * C, R = 3 * C;
+    for (size_t b = 0; b < B; b++)
+        for (size_t y = 0; y < H; y++) {
+            float *crow = col + (b * H + y) * W * K;
+            if (y == 0 || y + 1 == H || W < 3) {
+                for (size_t x = 0; x < W; x++)
+                    im2col_pixel(crow + x * K, inp, b, y, x, H, W, C);
+                continue;
+            }
+            im2col_pixel(crow, inp, b, y, 0, H, W, C);
+            im2col_pixel(crow + (W - 1) * K, inp, b, y, W - 1, H, W, C);
+            const float *r0 = inp + (b * H + y - 1) * W * C, *r1 = r0 + W * C, *r2 = r1 + W * C;
+            if (C == 1) {
+                for (size_t x = 1; x + 1 < W; x++) {
+                    float *c = crow + x * 9;
+                    c[0] = r0[x - 1], c[1] = r0[x], c[2] = r0[x + 1];
+                    c[3] = r1[x - 1], c[4] = r1[x], c[5] = r1[x + 1];
+                    c[6] = r2[x - 1], c[7] = r2[x], c[8] = r2[x + 1];
+                }
+                continue;
+            }
+            for (size_t x = 1; x + 1 < W; x++) {
+                float *c = crow + x * K;
+                const float *s0 = r0 + (x - 1) * C, *s1 = r1 + (x - 1) * C, *s2 = r2 + (x - 1) * C;
+                for (size_t i = 0; i < R; i++)
+                    c[i] = s0[i];
+                for (size_t i = 0; i < R; i++)
+                    c[R + i] = s1[i];
+                for (size_t i = 0; i < R; i++)
+                    c[2 * R + i] = s2[i];
+            }
+        }
+}
+
+void moeh_col2im3x3_add(float *restrict dinp, const float *restrict dcol, size_t B, size_t H,
+                        size_t W, size_t C)
+{
+    /* gather form: each input pixel sums the (up to) 9 columns that read it, so every dinp
+     * element is written once (no read-modify-write races between taps) */
+    size_t K = 9 * C;
+    for (size_t b = 0; b < B; b++)
+        for (size_t iy = 0; iy < H; iy++)
+            for (size_t ix = 0; ix < W; ix++) {
+                float *dst = dinp + ((b * H + iy) * W + ix) * C;
+                for (size_t ky = 0; ky < 3; ky++) {
+                    long y = (long)iy - (long)ky + 1; /* output row that used tap ky here */
+                    if (y < 0 || y >= (long)H)
+                        continue;
+                    for (size_t kx = 0; kx < 3; kx++) {
+                        long x = (long)ix - (long)kx + 1;
+                        if (x < 0 || x >= (long)W)
+                            continue;
+                        const float *src =
+                            dcol + ((b * H + (size_t)y) * W + (size_t)x) * K + (ky * 3 + kx) * C;
+                        for (size_t ci = 0; ci < C; ci++)
+                            dst[ci] += src[ci];
+                    }
+                }
+            }
+}
+
+void moeh_conv3x3_forward(float *restrict out, float *restrict col, const float *restrict inp,
+                          const float *restrict w, const float *restrict b, size_t B, size_t H,
+                          size_t W, size_t C, size_t OC)
+{
+    size_t N = B * H * W;
+    moeh_im2col3x3(col, inp, B, H, W, C);
+    /* out (N,OC) = b broadcast (a loop: rows are short, a memcpy call per row costs more) */
+    if (b)
+        for (size_t i = 0; i < N; i++)
+            for (size_t o = 0; o < OC; o++)
+                out[i * OC + o] = b[o];
+    /* out (N,OC) += col (N,9C) @ w^T (9C,OC) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)(9 * C), 1.0f, col,
+                (int)(9 * C), w, (int)(9 * C), b ? 1.0f : 0.0f, out, (int)OC);
+}
+
+void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *restrict dw,
+                           float *restrict db, const float *restrict dout,
+                           const float *restrict col, const float *restrict w, size_t B, size_t H,
+                           size_t W, size_t C, size_t OC)
+{
+    size_t N = B * H * W, K = 9 * C;
+    moeh_linear_backward(NULL, dw, db, dout, col, w, N, K, OC);
+    if (dinp) {
+        /* dcol (N,K) = dout (N,OC) @ w (OC,K) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)K, (int)OC, 1.0f, dout,
+                    (int)OC, w, (int)K, 0.0f, dcol, (int)K);
+        moeh_col2im3x3_add(dinp, dcol, B, H, W, C);
+    }
+}
+
+/* ---- pooling ----------------------------------------------------------------------------- */
+void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
+                           size_t B, size_t H, size_t W, size_t C)
+{
+    size_t Ho = H / 2, Wo = W / 2;
+    for (size_t b = 0; b < B; b++)
+        for (size_t y = 0; y < Ho; y++)
+            for (size_t x = 0; x < Wo; x++) {
+                float *o = out + ((b * Ho + y) * Wo + x) * C;
+                uint8_t *a = arg + ((b * Ho + y) * Wo + x) * C;
+                const float *s0 = inp + ((b * H + 2 * y) * W + 2 * x) * C, *s1 = s0 + C,
+                            *s2 = s0 + W * C, *s3 = s2 + C;
+                for (size_t c = 0; c < C; c++) {
+                    float m = s0[c];
+                    uint8_t k = 0;
+                    k = s1[c] > m ? 1 : k, m = s1[c] > m ? s1[c] : m;
+                    k = s2[c] > m ? 2 : k, m = s2[c] > m ? s2[c] : m;
+                    k = s3[c] > m ? 3 : k, m = s3[c] > m ? s3[c] : m;
+                    o[c] = m;
+                    a[c] = k;
+                }
+            }
+}
+
+/* One output pixel's gradient into the four input pixels of its window (a helper with restrict
+ * parameters, so that gcc vectorises the channel loop). */
+static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restrict t2,
+                           float *restrict t3, const float *restrict d, const uint8_t *restrict a,
+                           size_t C)
+{
+    for (size_t c = 0; c < C; c++) { /* products with 0/1, not selects: gcc 12 vectorises these */
+        float dv = d[c], k = (float)a[c];
+        t0[c] = dv * (float)(k == 0.0f);
+        t1[c] = dv * (float)(k == 1.0f);
+        t2[c] = dv * (float)(k == 2.0f);
+        t3[c] = dv * (float)(k == 3.0f);
+    }
+}
+
+void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
+                                const uint8_t *restrict arg, size_t B, size_t H, size_t W,
+                                size_t C)
+{
+    size_t Ho = H / 2, Wo = W / 2;
+    for (size_t b = 0; b < B; b++)
+        for (size_t y = 0; y < Ho; y++)
+            for (size_t x = 0; x < Wo; x++) {
+                size_t o = ((b * Ho + y) * Wo + x) * C;
+                float *t0 = dinp + ((b * H + 2 * y) * W + 2 * x) * C;
+                pool_bwd_pixel(t0, t0 + C, t0 + W * C, t0 + W * C + C, dout + o, arg + o, C);
+            }
+}
+
+void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
+                            const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C)
+{
+    size_t Ho = H / 2, Wo = W / 2;
+    for (size_t b = 0; b < B; b++)
+        for (size_t y = 0; y < Ho; y++)
+            for (size_t x = 0; x < Wo; x++) {
+                const float *d = dout + ((b * Ho + y) * Wo + x) * C;
+                const uint8_t *a = arg + ((b * Ho + y) * Wo + x) * C;
+                for (size_t c = 0; c < C; c++) {
+                    size_t k = a[c];
+                    dinp[((b * H + 2 * y + k / 2) * W + 2 * x + k % 2) * C + c] += d[c];
+                }
+            }
+}
+
+void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW,
+                      size_t C)
+{
+    for (size_t b = 0; b < B; b++) {
+        float *o = out + b * C;
+        memset(o, 0, C * sizeof(float));
+        for (size_t i = 0; i < HW; i++)
+            for (size_t c = 0; c < C; c++)
+                o[c] += inp[(b * HW + i) * C + c];
+        for (size_t c = 0; c < C; c++)
+            o[c] /= (float)HW;
+    }
+}
+
+void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
+                       size_t C)
+{
+    for (size_t b = 0; b < B; b++)
+        for (size_t i = 0; i < HW; i++)
+            for (size_t c = 0; c < C; c++)
+                dinp[(b * HW + i) * C + c] += dout[b * C + c] / (float)HW;
+}
+
+/* ---- gate -------------------------------------------------------------------------------- */
+void moeh_gate_forward(float *restrict w, float *restrict probs, uint8_t *restrict sel,
+                       const float *restrict logits, size_t B, size_t K, size_t top_k,
+                       float temp)
+{
+    for (size_t b = 0; b < B; b++) {
+        const float *l = logits + b * K;
+        float *p = probs + b * K, *wb = w + b * K;
+        uint8_t *s = sel + b * K;
+        float mx = l[0];
+        for (size_t k = 1; k < K; k++)
+            mx = l[k] > mx ? l[k] : mx;
+        double sum = 0;
+        for (size_t k = 0; k < K; k++) {
+            p[k] = expf((l[k] - mx) / temp);
+            sum += p[k];
+        }
+        for (size_t k = 0; k < K; k++)
+            p[k] = (float)(p[k] / sum);
+        if (top_k == 0 || top_k >= K) {
+            memcpy(wb, p, K * sizeof(float));
+            memset(s, 1, K);
+            continue;
+        }
+        memset(s, 0, K);
+        double ssel = 0;
+        for (size_t i = 0; i < top_k; i++) {
+            size_t best = K;
+            for (size_t k = 0; k < K; k++)
+                if (!s[k] && (best == K || p[k] > p[best]))
+                    best = k;
+            s[best] = 1;
+            ssel += p[best];
+        }
+        for (size_t k = 0; k < K; k++)
+            wb[k] = s[k] ? (float)(p[k] / ssel) : 0.0f;
+    }
+}
+
+void moeh_gate_backward(float *restrict dlogits, const float *restrict dw,
+                        const float *restrict dprobs, const float *restrict w,
+                        const float *restrict probs, const uint8_t *restrict sel, size_t B,
+                        size_t K, float temp)
+{
+    for (size_t b = 0; b < B; b++) {
+        float *dl = dlogits + b * K;
+        if (dw) { /* w = softmax over the selected logits / temp */
+            const float *wb = w + b * K, *dwb = dw + b * K;
+            const uint8_t *s = sel + b * K;
+            double dot = 0;
+            for (size_t k = 0; k < K; k++)
+                if (s[k])
+                    dot += (double)wb[k] * dwb[k];
+            for (size_t k = 0; k < K; k++)
+                if (s[k])
+                    dl[k] += (float)(wb[k] * (dwb[k] - dot) / temp);
+        }
+        if (dprobs) {
+            const float *p = probs + b * K, *dp = dprobs + b * K;
+            double dot = 0;
+            for (size_t k = 0; k < K; k++)
+                dot += (double)p[k] * dp[k];
+            for (size_t k = 0; k < K; k++)
+                dl[k] += (float)(p[k] * (dp[k] - dot) / temp);
+        }
+    }
+}
+
+double moeh_load_balance(float *restrict dprobs, const float *restrict probs,
+                         const uint8_t *restrict sel, size_t B, size_t K, float scale)
+{
+    double f[64] = {0}, P[64] = {0}, nsel = 0;
+    MOEH_ASSERT(K <= 64);
+    for (size_t b = 0; b < B; b++)
+        for (size_t k = 0; k < K; k++) {
+            f[k] += sel[b * K + k];
+            nsel += sel[b * K + k];
+            P[k] += probs[b * K + k];
+        }
+    double L = 0;
+    for (size_t k = 0; k < K; k++) {
+        f[k] = nsel > 0 ? f[k] / nsel : 0;
+        P[k] /= (double)B;
+        L += f[k] * P[k];
+    }
+    L *= (double)K;
+    if (dprobs)
+        for (size_t b = 0; b < B; b++)
+            for (size_t k = 0; k < K; k++)
+                dprobs[b * K + k] += (float)(scale * (double)K * f[k] / (double)B);
+    return scale * L;
+}

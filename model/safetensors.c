@@ -1,0 +1,349 @@
+/* safetensors.c - safetensors checkpoints of a parameter store and of MoE-Health
+ * (see moeh_safetensors.h). Little-endian hosts only (asserted at save/load). */
+#include "moeh_safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#define ST_MAX_HEADER (64u << 20)
+
+static int little_endian(void)
+{
+    uint16_t x = 1;
+    return *(uint8_t *)&x == 1;
+}
+
+int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *const *meta_keys,
+                          const char *const *meta_vals, size_t n_meta, moeh_err_t *err)
+{
+    MOEH_ASSERT(little_endian());
+    if (!p->finalized)
+        return moeh_errf(err, -EINVAL, "safetensors: parameter store not finalized");
+    int rc = -ENOMEM;
+    char *hdr = NULL, *buf = NULL;
+    cJSON *root = cJSON_CreateObject();
+    if (!root)
+        goto out;
+    if (n_meta) {
+        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+        if (!meta)
+            goto out;
+        for (size_t i = 0; i < n_meta; i++)
+            if (!cJSON_AddStringToObject(meta, meta_keys[i], meta_vals[i]))
+                goto out;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < p->n_views; i++) {
+        const moeh_param_view_t *v = &p->views[i];
+        cJSON *t = cJSON_AddObjectToObject(root, v->name);
+        cJSON *shape = t ? cJSON_AddArrayToObject(t, "shape") : NULL;
+        cJSON *offs = shape ? cJSON_AddArrayToObject(t, "data_offsets") : NULL;
+        if (!offs || !cJSON_AddStringToObject(t, "dtype", "F32"))
+            goto out;
+        for (size_t d = 0; d < v->ndim; d++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)v->shape[d]));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + v->numel * 4)));
+        off += v->numel * 4;
+    }
+    if (!(hdr = cJSON_PrintUnformatted(root)))
+        goto out;
+    size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* spaces pad to 8 bytes */
+    size_t total = 8 + padded + off;
+    if (!(buf = malloc(total)))
+        goto out;
+    uint64_t h64 = padded;
+    memcpy(buf, &h64, 8);
+    memcpy(buf + 8, hdr, hl);
+    memset(buf + 8 + hl, ' ', padded - hl);
+    char *data = buf + 8 + padded;
+    for (size_t i = 0; i < p->n_views; i++) { /* in view order, as the offsets above */
+        const moeh_param_view_t *v = &p->views[i];
+        memcpy(data, p->w + v->offset, v->numel * 4);
+        data += v->numel * 4;
+    }
+    rc = moeh_file_write_atomic(path, buf, total, err);
+out:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "safetensors: out of memory writing %s", path);
+    cJSON_Delete(root);
+    free(hdr);
+    free(buf);
+    return rc;
+}
+
+/* Appends to a bounded message. */
+static void add_msg(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void add_msg(char *msg, size_t cap, const char *fmt, ...)
+{
+    size_t l = strlen(msg);
+    if (l + 1 >= cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + l, cap - l, fmt, ap);
+    va_end(ap);
+}
+
+int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, moeh_err_t *err)
+{
+    MOEH_ASSERT(little_endian());
+    if (meta_json)
+        *meta_json = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    size_t max = 8 + ST_MAX_HEADER + p->n * 4 + 1;
+    int rc = moeh_file_read_all(path, max, &buf, &len, err);
+    if (rc)
+        return rc;
+    cJSON *root = NULL;
+    size_t *off0 = NULL;
+    char diff[MOEH_ERRMSG_MAX] = "";
+    size_t ndiff = 0;
+    rc = -EINVAL;
+    uint64_t hl;
+    if (len < 8) {
+        moeh_errf(err, rc, "%s: not a safetensors file (%zu bytes)", path, len);
+        goto out;
+    }
+    memcpy(&hl, buf, 8);
+    if (hl > ST_MAX_HEADER || hl > len - 8) {
+        moeh_errf(err, rc, "%s: header length %" PRIu64 " exceeds the file (%zu bytes)", path, hl,
+                  len);
+        goto out;
+    }
+    char save = buf[8 + hl];
+    buf[8 + hl] = 0;
+    root = cJSON_ParseWithLength(buf + 8, (size_t)hl);
+    buf[8 + hl] = save;
+    if (!root || !cJSON_IsObject(root)) {
+        moeh_errf(err, rc, "%s: header is not a JSON object", path);
+        goto out;
+    }
+    const char *data = buf + 8 + hl;
+    size_t dlen = len - 8 - (size_t)hl;
+    if (!(off0 = calloc(p->n_views ? p->n_views : 1, sizeof *off0))) {
+        rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    uint8_t *seen = (uint8_t *)calloc(p->n_views ? p->n_views : 1, 1);
+    if (!seen) {
+        rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    for (cJSON *t = root->child; t; t = t->next) {
+        if (strcmp(t->string, "__metadata__") == 0)
+            continue;
+        int vi = moeh_params_find(p, t->string);
+        if (vi < 0) {
+            add_msg(diff, sizeof diff, "%sunexpected tensor %s", ndiff++ ? "; " : "", t->string);
+            continue;
+        }
+        const moeh_param_view_t *v = &p->views[vi];
+        cJSON *dt = cJSON_GetObjectItemCaseSensitive(t, "dtype");
+        cJSON *sh = cJSON_GetObjectItemCaseSensitive(t, "shape");
+        cJSON *of = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
+        if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(of) ||
+            cJSON_GetArraySize(of) != 2) {
+            add_msg(diff, sizeof diff, "%s%s: malformed entry", ndiff++ ? "; " : "", t->string);
+            continue;
+        }
+        if (strcmp(dt->valuestring, "F32") != 0) {
+            add_msg(diff, sizeof diff, "%s%s: dtype %s, expected F32", ndiff++ ? "; " : "",
+                    t->string, dt->valuestring);
+            continue;
+        }
+        int same = (size_t)cJSON_GetArraySize(sh) == v->ndim;
+        for (size_t d = 0; same && d < v->ndim; d++)
+            same = cJSON_GetArrayItem(sh, (int)d)->valuedouble == (double)v->shape[d];
+        if (!same) {
+            char fs[96] = "", ms[96] = "";
+            for (int d = 0; d < cJSON_GetArraySize(sh); d++)
+                add_msg(fs, sizeof fs, "%s%.0f", d ? "," : "", cJSON_GetArrayItem(sh, d)->valuedouble);
+            for (size_t d = 0; d < v->ndim; d++)
+                add_msg(ms, sizeof ms, "%s%zu", d ? "," : "", v->shape[d]);
+            add_msg(diff, sizeof diff, "%s%s: shape [%s] in file, [%s] in model",
+                    ndiff++ ? "; " : "", t->string, fs, ms);
+            continue;
+        }
+        double b0 = cJSON_GetArrayItem(of, 0)->valuedouble,
+               b1 = cJSON_GetArrayItem(of, 1)->valuedouble;
+        if (b0 < 0 || b1 < b0 || b1 > (double)dlen || b1 - b0 != (double)(v->numel * 4)) {
+            add_msg(diff, sizeof diff, "%s%s: data_offsets [%.0f,%.0f] invalid (data %zu bytes)",
+                    ndiff++ ? "; " : "", t->string, b0, b1, dlen);
+            continue;
+        }
+        off0[vi] = (size_t)b0;
+        seen[vi] = 1;
+    }
+    for (size_t i = 0; i < p->n_views; i++)
+        if (!seen[i])
+            add_msg(diff, sizeof diff, "%smissing tensor %s", ndiff++ ? "; " : "",
+                    p->views[i].name);
+    /* values must be finite before anything touches the model */
+    for (size_t i = 0; i < p->n_views && !ndiff; i++) {
+        const float *src = (const float *)(const void *)(data + off0[i]);
+        float x;
+        for (size_t j = 0; j < p->views[i].numel; j++) {
+            memcpy(&x, src + j, 4);
+            if (!isfinite(x)) {
+                add_msg(diff, sizeof diff, "%s[%zu] is not finite", p->views[i].name, j);
+                ndiff++;
+                break;
+            }
+        }
+    }
+    free(seen);
+    if (ndiff) {
+        moeh_errf(err, -EINVAL, "%s: %zu difference(s) from the model: %s", path, ndiff, diff);
+        goto out;
+    }
+    for (size_t i = 0; i < p->n_views; i++)
+        memcpy(p->w + p->views[i].offset, data + off0[i], p->views[i].numel * 4);
+    if (meta_json) {
+        cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
+        if (meta && !(*meta_json = cJSON_PrintUnformatted(meta))) {
+            rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    cJSON_Delete(root);
+    free(off0);
+    free(buf);
+    return rc;
+}
+
+/* ---- model config <-> JSON ------------------------------------------------------------------ */
+/* fields that define the model (compared on load) */
+#define CFG_MODEL_FIELDS(X)                                                                       \
+    X(d_emb) X(d_hidden) X(n_static) X(n_vars) X(n_steps) X(note_buckets) X(note_dim)             \
+    X(img_size) X(img_dim) X(n_tasks) X(top_k)
+/* plus the workspace size, stored but free to differ */
+#define CFG_SIZE_FIELDS(X) CFG_MODEL_FIELDS(X) X(max_batch)
+#define CFG_FLOAT_FIELDS(X) X(temperature) X(lambda_lb) X(gate_sup) X(dropout)
+
+char *moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddNumberToObject(o, "arch", (double)c->arch);
+#define ADD_SIZE(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
+#define ADD_FLOAT(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
+    CFG_SIZE_FIELDS(ADD_SIZE)
+    CFG_FLOAT_FIELDS(ADD_FLOAT)
+    cJSON *ch = cJSON_AddArrayToObject(o, "cnn_ch");
+    for (int i = 0; ch && i < 3; i++)
+        cJSON_AddItemToArray(ch, cJSON_CreateNumber((double)c->cnn_ch[i]));
+    cJSON *pw = cJSON_AddArrayToObject(o, "pos_weight");
+    for (size_t i = 0; pw && i < c->n_tasks && i < MOEH_MAX_TASKS; i++)
+        cJSON_AddItemToArray(pw, cJSON_CreateNumber((double)c->pos_weight[i]));
+    char seed[32];
+    snprintf(seed, sizeof seed, "%" PRIu64, c->seed);
+    cJSON_AddStringToObject(o, "seed", seed);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
+{
+    cJSON *o = cJSON_Parse(json);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return moeh_errf(err, -EINVAL, "model config: not a JSON object");
+    }
+    memset(c, 0, sizeof *c);
+    int rc = 0;
+    cJSON *it;
+#define GET_NUM(f, dst)                                                                           \
+    if (!rc) {                                                                                    \
+        it = cJSON_GetObjectItemCaseSensitive(o, #f);                                             \
+        if (!cJSON_IsNumber(it))                                                                  \
+            rc = moeh_errf(err, -EINVAL, "model config: field %s missing or not a number", #f);   \
+        else                                                                                      \
+            dst = it->valuedouble;                                                                \
+    }
+    double arch = 0;
+    GET_NUM(arch, arch)
+    c->arch = (moeh_arch_t)(int)arch;
+#define GET_SIZE(f) GET_NUM(f, c->f)
+#define GET_FLOAT(f) GET_NUM(f, c->f)
+    CFG_SIZE_FIELDS(GET_SIZE)
+    CFG_FLOAT_FIELDS(GET_FLOAT)
+    cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "cnn_ch");
+    for (int i = 0; !rc && i < 3; i++) {
+        cJSON *x = cJSON_GetArrayItem(ch, i);
+        if (!cJSON_IsNumber(x))
+            rc = moeh_errf(err, -EINVAL, "model config: cnn_ch must hold 3 numbers");
+        else
+            c->cnn_ch[i] = (size_t)x->valuedouble;
+    }
+    cJSON *pw = cJSON_GetObjectItemCaseSensitive(o, "pos_weight");
+    for (int i = 0; !rc && i < cJSON_GetArraySize(pw) && i < MOEH_MAX_TASKS; i++)
+        c->pos_weight[i] = (float)cJSON_GetArrayItem(pw, i)->valuedouble;
+    it = cJSON_GetObjectItemCaseSensitive(o, "seed");
+    if (!rc && cJSON_IsString(it))
+        c->seed = strtoull(it->valuestring, NULL, 10);
+    cJSON_Delete(o);
+    return rc;
+}
+
+int moeh_moe_save(moeh_moe_t *m, const char *path, moeh_err_t *err)
+{
+    char *cfg = moeh_moe_cfg_to_json(moeh_moe_cfg(m));
+    if (!cfg)
+        return moeh_errf(err, -ENOMEM, "out of memory");
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016" PRIx64, moeh_params_spec_hash(moeh_moe_params(m)));
+    const char *keys[] = {"format", "moeh_config", "moeh_spec_hash"};
+    const char *vals[] = {"pt", cfg, hash};
+    int rc = moeh_safetensors_save(moeh_moe_params(m), path, keys, vals, 3, err);
+    free(cfg);
+    return rc;
+}
+
+int moeh_moe_load(moeh_moe_t *m, const char *path, moeh_err_t *err)
+{
+    moeh_params_t *p = moeh_moe_params(m);
+    /* load into a scratch copy first so that a config mismatch leaves m untouched */
+    float *keep = malloc(p->n * sizeof(float));
+    if (!keep)
+        return moeh_errf(err, -ENOMEM, "out of memory");
+    memcpy(keep, p->w, p->n * sizeof(float));
+    char *meta = NULL;
+    int rc = moeh_safetensors_load(p, path, &meta, err);
+    if (rc == 0 && meta) {
+        cJSON *mo = cJSON_Parse(meta);
+        cJSON *cs = cJSON_GetObjectItemCaseSensitive(mo, "moeh_config");
+        moeh_moe_cfg_t fc;
+        if (cJSON_IsString(cs) && moeh_moe_cfg_from_json(cs->valuestring, &fc, err) == 0) {
+            const moeh_moe_cfg_t *c = moeh_moe_cfg(m);
+            char diff[MOEH_ERRMSG_MAX] = "";
+#define CMP(f)                                                                                    \
+    if (fc.f != c->f)                                                                             \
+        add_msg(diff, sizeof diff, " %s (file %g, model %g)", #f, (double)fc.f, (double)c->f);
+            CMP(arch)
+            CFG_MODEL_FIELDS(CMP)
+            CFG_FLOAT_FIELDS(CMP)
+            for (int i = 0; i < 3; i++)
+                CMP(cnn_ch[i])
+            if (diff[0]) {
+                rc = moeh_errf(err, -EINVAL, "%s: model config differs:%s", path, diff);
+                memcpy(p->w, keep, p->n * sizeof(float));
+            }
+        } else if (cJSON_IsString(cs)) {
+            rc = -EINVAL; /* err says why the stored config does not parse */
+            memcpy(p->w, keep, p->n * sizeof(float));
+        }
+        cJSON_Delete(mo);
+    }
+    free(meta);
+    free(keep);
+    return rc;
+}

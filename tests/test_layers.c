@@ -1,0 +1,420 @@
+/* test_layers.c - finite-difference gradient checks for every kernel in moeh_nn.h and
+ * layers.h, plus hand-value checks of the forward passes where a hand value is easy
+ * (pooling, gate, load balance, embedding bag).
+ *
+ * Each check uses the scalar loss L = sum(out * R) for a fixed random R, so the analytic
+ * gradient comes from backward with dout = R. Tolerances are stated at each check; smooth
+ * layers use eps = 1e-2 (truncation O(eps^2) ~ 1e-4 relative) and rtol 1e-2, atol 1e-4. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "gradcheck.h"
+#include "layers.h"
+#include "moeh_nn.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const gc_opts_t SMOOTH = {.eps = 1e-2, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0,
+                                 .max_checks = 400};
+static const gc_opts_t KINKY = {.eps = 1e-3, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0.1,
+                                .max_checks = 400};
+
+static void fill_normal(float *x, size_t n, moeh_rng_t *r, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = s * (float)moeh_rng_normal(r);
+}
+
+static double dot_d(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* ---- linear ------------------------------------------------------------------------------ */
+typedef struct {
+    float *x, *w, *b, *out, *R;
+    size_t B, C, OC;
+} lin_ctx;
+static double lin_loss(void *c_)
+{
+    lin_ctx *c = c_;
+    moeh_linear_forward(c->out, c->x, c->w, c->b, c->B, c->C, c->OC);
+    return dot_d(c->out, c->R, c->B * c->OC);
+}
+static void test_linear_grad(void **state)
+{
+    enum { B = 5, C = 7, OC = 4 };
+    float x[B * C], w[OC * C], b[OC], out[B * OC], R[B * OC], dx[B * C] = {0}, dw[OC * C] = {0},
+                                                                db[OC] = {0};
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 1);
+    fill_normal(x, B * C, &r, 1), fill_normal(w, OC * C, &r, 0.5f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, B * OC, &r, 1);
+    lin_ctx c = {x, w, b, out, R, B, C, OC};
+    lin_loss(&c);
+    moeh_linear_backward(dx, dw, db, R, x, w, B, C, OC);
+    assert_int_equal(gc_check("linear.x", x, dx, B * C, lin_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("linear.w", w, dw, OC * C, lin_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("linear.b", b, db, OC, lin_loss, &c, SMOOTH), 0);
+}
+
+/* ---- relu / gelu --------------------------------------------------------------------------- */
+typedef struct {
+    float *x, *out, *R;
+    size_t n;
+    int gelu;
+} act_ctx;
+static double act_loss(void *c_)
+{
+    act_ctx *c = c_;
+    if (c->gelu)
+        moeh_gelu_forward(c->out, c->x, c->n);
+    else
+        moeh_relu_forward(c->out, c->x, c->n);
+    return dot_d(c->out, c->R, c->n);
+}
+static void test_activations_grad(void **state)
+{
+    enum { N = 64 };
+    float x[N], out[N], R[N], dx[N];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 2);
+    fill_normal(x, N, &r, 2), fill_normal(R, N, &r, 1);
+    act_ctx c = {x, out, R, N, 1};
+    memset(dx, 0, sizeof dx);
+    act_loss(&c);
+    moeh_gelu_backward(dx, R, x, N);
+    assert_int_equal(gc_check("gelu.x", x, dx, N, act_loss, &c, SMOOTH), 0);
+    /* gelu(1) with the tanh form: 0.5 * (1 + tanh(sqrt(2/pi) * 1.044715)) = 0.841192 */
+    float one = 1.0f, g1;
+    moeh_gelu_forward(&g1, &one, 1);
+    assert_true(fabsf(g1 - 0.841192f) < 1e-5f);
+    c.gelu = 0;
+    memset(dx, 0, sizeof dx);
+    act_loss(&c);
+    moeh_relu_backward(dx, R, out, N);
+    assert_int_equal(gc_check("relu.x", x, dx, N, act_loss, &c, KINKY), 0);
+}
+
+/* ---- layer norm ---------------------------------------------------------------------------- */
+typedef struct {
+    float *x, *gm, *bt, *out, *mean, *rstd, *R;
+    size_t N, C;
+} ln_ctx;
+static double ln_loss(void *c_)
+{
+    ln_ctx *c = c_;
+    moeh_layernorm_forward(c->out, c->mean, c->rstd, c->x, c->gm, c->bt, c->N, c->C, 1e-5f);
+    return dot_d(c->out, c->R, c->N * c->C);
+}
+static void test_layernorm_grad(void **state)
+{
+    enum { N = 4, C = 9 };
+    float x[N * C], gm[C], bt[C], out[N * C], mean[N], rstd[N], R[N * C];
+    float dx[N * C] = {0}, dg[C] = {0}, db[C] = {0};
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 3);
+    fill_normal(x, N * C, &r, 2), fill_normal(gm, C, &r, 1), fill_normal(bt, C, &r, 1);
+    fill_normal(R, N * C, &r, 1);
+    ln_ctx c = {x, gm, bt, out, mean, rstd, R, N, C};
+    ln_loss(&c);
+    moeh_layernorm_backward(dx, dg, db, R, x, mean, rstd, gm, N, C);
+    assert_int_equal(gc_check("ln.x", x, dx, N * C, ln_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("ln.gamma", gm, dg, C, ln_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("ln.beta", bt, db, C, ln_loss, &c, SMOOTH), 0);
+}
+
+/* ---- dropout (mask fixed after the first draw) ------------------------------------------- */
+static void test_dropout(void **state)
+{
+    enum { N = 4000 };
+    static float x[N], out[N], dx[N], ones[N];
+    static uint8_t keep[N];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 4);
+    for (size_t i = 0; i < N; i++)
+        x[i] = 1.0f, ones[i] = 1.0f, dx[i] = 0;
+    moeh_dropout_forward(out, keep, x, 0.25f, N, &r);
+    size_t kept = 0;
+    for (size_t i = 0; i < N; i++) {
+        kept += keep[i];
+        assert_true(out[i] == (keep[i] ? 1.0f / 0.75f : 0.0f));
+    }
+    /* 3000 expected, sd ~27: 6 sd */
+    assert_true(kept > 2840 && kept < 3160);
+    moeh_dropout_backward(dx, ones, keep, 0.25f, N);
+    for (size_t i = 0; i < N; i++) /* linear in x for a fixed mask: d out/d x = keep/(1-p) */
+        assert_true(dx[i] == out[i]);
+}
+
+/* ---- GRU ----------------------------------------------------------------------------------- */
+typedef struct {
+    float *x, *wih, *whh, *bih, *bhh, *hs, *xi, *gates, *hh, *R;
+    size_t B, T, I, H;
+} gru_ctx;
+static double gru_loss(void *c_)
+{
+    gru_ctx *c = c_;
+    moeh_gru_forward(c->hs, c->xi, c->gates, c->hh, c->x, c->wih, c->whh, c->bih, c->bhh, c->B,
+                     c->T, c->I, c->H);
+    return dot_d(c->hs + c->T * c->B * c->H, c->R, c->B * c->H);
+}
+static void test_gru_grad(void **state)
+{
+    enum { B = 3, T = 6, I = 4, H = 5, G = 15 };
+    float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H],
+        xi[B * T * G], gates[T * B * 4 * H], hh[B * G], R[B * H];
+    float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0},
+          dbhh[G] = {0}, dxi[B * T * G], dhh[T * B * G], dh[B * H];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 5);
+    fill_normal(x, sizeof x / 4, &r, 1), fill_normal(wih, sizeof wih / 4, &r, 0.5f);
+    fill_normal(whh, sizeof whh / 4, &r, 0.5f), fill_normal(bih, G, &r, 0.3f);
+    fill_normal(bhh, G, &r, 0.3f), fill_normal(R, B * H, &r, 1);
+    gru_ctx c = {x, wih, whh, bih, bhh, hs, xi, gates, hh, R, B, T, I, H};
+    gru_loss(&c);
+    moeh_gru_backward(dx, dwih, dwhh, dbih, dbhh, dxi, dhh, dh, R, x, wih, whh, hs, gates, B, T, I,
+                      H);
+    assert_int_equal(gc_check("gru.x", x, dx, B * T * I, gru_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("gru.wih", wih, dwih, G * I, gru_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("gru.whh", whh, dwhh, G * H, gru_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("gru.bih", bih, dbih, G, gru_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("gru.bhh", bhh, dbhh, G, gru_loss, &c, SMOOTH), 0);
+}
+
+/* ---- embedding bag --------------------------------------------------------------------------- */
+typedef struct {
+    float *E, *out, *R;
+    const uint64_t *off;
+    const uint32_t *ids;
+    size_t B, D;
+} eb_ctx;
+static double eb_loss(void *c_)
+{
+    eb_ctx *c = c_;
+    moeh_embbag_forward(c->out, c->E, c->off, c->ids, c->B, c->D);
+    return dot_d(c->out, c->R, c->B * c->D);
+}
+static void test_embbag(void **state)
+{
+    enum { V = 10, D = 3, B = 3 };
+    /* offsets start at 2 (a slice of a bigger CSR); bag 1 is empty; id 4 appears twice */
+    uint64_t off[B + 1] = {2, 5, 5, 7};
+    uint32_t ids[7] = {99, 99, 4, 1, 4, 7, 1};
+    float E[V * D], out[B * D], R[B * D], dE[V * D] = {0};
+    uint8_t touched[V] = {0};
+    uint32_t rows[V];
+    size_t n_rows = 0;
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 6);
+    fill_normal(E, V * D, &r, 1), fill_normal(R, B * D, &r, 1);
+    eb_ctx c = {E, out, R, off, ids, B, D};
+    eb_loss(&c);
+    for (size_t d = 0; d < D; d++) {
+        assert_true(fabsf(out[d] - (2 * E[4 * D + d] + E[1 * D + d]) / 3) < 1e-6f);
+        assert_true(out[D + d] == 0.0f);
+    }
+    moeh_embbag_backward(dE, touched, rows, &n_rows, R, off, ids, B, D);
+    assert_int_equal(n_rows, 3); /* rows 4, 1, 7 in first-touch order */
+    assert_int_equal(rows[0], 4);
+    assert_int_equal(rows[1], 1);
+    assert_int_equal(rows[2], 7);
+    assert_int_equal(touched[0], 0);
+    assert_int_equal(gc_check("embbag.E", E, dE, V * D, eb_loss, &c, SMOOTH), 0);
+}
+
+/* ---- conv 3x3 -------------------------------------------------------------------------------- */
+typedef struct {
+    float *x, *w, *b, *out, *col, *R;
+    size_t B, H, W, C, OC;
+} cv_ctx;
+static double cv_loss(void *c_)
+{
+    cv_ctx *c = c_;
+    moeh_conv3x3_forward(c->out, c->col, c->x, c->w, c->b, c->B, c->H, c->W, c->C, c->OC);
+    return dot_d(c->out, c->R, c->B * c->H * c->W * c->OC);
+}
+static void test_conv_grad(void **state)
+{
+    enum { B = 2, H = 5, W = 4, C = 3, OC = 4, N = B * H * W };
+    float x[N * C], w[OC * 9 * C], b[OC], out[N * OC], col[N * 9 * C], R[N * OC];
+    float dx[N * C] = {0}, dw[OC * 9 * C] = {0}, db[OC] = {0}, dcol[N * 9 * C];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 7);
+    fill_normal(x, N * C, &r, 1), fill_normal(w, OC * 9 * C, &r, 0.3f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, N * OC, &r, 1);
+    cv_ctx c = {x, w, b, out, col, R, B, H, W, C, OC};
+    cv_loss(&c);
+    /* direct convolution at one interior and one corner pixel */
+    for (size_t pix = 0; pix < 2; pix++) {
+        size_t bb = pix, y = pix ? 0 : 2, xx = pix ? 3 : 1;
+        for (size_t o = 0; o < OC; o++) {
+            double s = b[o];
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++) {
+                    long iy = (long)y + ky - 1, ix = (long)xx + kx - 1;
+                    if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                        continue;
+                    for (size_t ci = 0; ci < C; ci++)
+                        s += w[((o * 3 + (size_t)ky) * 3 + (size_t)kx) * C + ci] *
+                             x[((bb * H + (size_t)iy) * W + (size_t)ix) * C + ci];
+                }
+            assert_true(fabs(out[((bb * H + y) * W + xx) * OC + o] - s) < 1e-5);
+        }
+    }
+    moeh_conv3x3_backward(dx, dcol, dw, db, R, col, w, B, H, W, C, OC);
+    assert_int_equal(gc_check("conv.x", x, dx, N * C, cv_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("conv.w", w, dw, OC * 9 * C, cv_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("conv.b", b, db, OC, cv_loss, &c, SMOOTH), 0);
+}
+
+/* ---- pooling --------------------------------------------------------------------------------- */
+typedef struct {
+    float *x, *out, *R;
+    uint8_t *arg;
+    size_t B, H, W, C;
+    int gap;
+} pool_ctx;
+static double pool_loss(void *c_)
+{
+    pool_ctx *c = c_;
+    if (c->gap) {
+        moeh_gap_forward(c->out, c->x, c->B, c->H * c->W, c->C);
+        return dot_d(c->out, c->R, c->B * c->C);
+    }
+    moeh_maxpool2_forward(c->out, c->arg, c->x, c->B, c->H, c->W, c->C);
+    return dot_d(c->out, c->R, c->B * c->H * c->W * c->C / 4);
+}
+static void test_pool(void **state)
+{
+    enum { B = 2, H = 4, W = 6, C = 3, N = B * H * W * C };
+    float x[N], out[N], R[N], dx[N] = {0};
+    uint8_t arg[N];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 8);
+    /* distinct values so no max ties within eps */
+    for (size_t i = 0; i < N; i++)
+        x[i] = (float)((i * 37) % N) * 0.1f;
+    fill_normal(R, N, &r, 1);
+    pool_ctx c = {x, out, R, arg, B, H, W, C, 0};
+    pool_loss(&c);
+    /* hand value: window (b=0, y=0, x=0, c=0) covers pixels (0,0),(0,1),(1,0),(1,1) */
+    float m = fmaxf(fmaxf(x[0], x[C]), fmaxf(x[W * C], x[W * C + C]));
+    assert_true(out[0] == m);
+    moeh_maxpool2_backward(dx, R, arg, B, H, W, C);
+    assert_int_equal(gc_check("maxpool.x", x, dx, N, pool_loss, &c, KINKY), 0);
+    c.gap = 1;
+    memset(dx, 0, sizeof dx);
+    pool_loss(&c);
+    double s = 0;
+    for (size_t i = 0; i < H * W; i++)
+        s += x[i * C + 1];
+    assert_true(fabs(out[1] - s / (H * W)) < 1e-5);
+    moeh_gap_backward(dx, R, B, H * W, C);
+    assert_int_equal(gc_check("gap.x", x, dx, N, pool_loss, &c, SMOOTH), 0);
+}
+
+/* ---- gate + load balance --------------------------------------------------------------------- */
+typedef struct {
+    float *l, *w, *p, *Rw, *Rp;
+    uint8_t *sel;
+    size_t B, K, top_k;
+    float temp, lb;
+} gate_ctx;
+static double gate_loss(void *c_)
+{
+    gate_ctx *c = c_;
+    moeh_gate_forward(c->w, c->p, c->sel, c->l, c->B, c->K, c->top_k, c->temp);
+    return dot_d(c->w, c->Rw, c->B * c->K) + dot_d(c->p, c->Rp, c->B * c->K) +
+           moeh_load_balance(NULL, c->p, c->sel, c->B, c->K, c->lb);
+}
+static void test_gate_grad(void **state)
+{
+    enum { B = 4, K = 7 };
+    float l[B * K], w[B * K], p[B * K], Rw[B * K], Rp[B * K], dl[B * K], dp[B * K];
+    uint8_t sel[B * K];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 9);
+    fill_normal(l, B * K, &r, 1.5f), fill_normal(Rw, B * K, &r, 1), fill_normal(Rp, B * K, &r, 1);
+    for (size_t top_k = 0; top_k <= 2; top_k += 2) {
+        gate_ctx c = {l, w, p, Rw, Rp, sel, B, K, top_k, 0.7f, 0.3f};
+        gate_loss(&c);
+        memset(dl, 0, sizeof dl);
+        memcpy(dp, Rp, sizeof dp);
+        moeh_load_balance(dp, p, sel, B, K, 0.3f);
+        moeh_gate_backward(dl, Rw, dp, w, p, sel, B, K, 0.7f);
+        /* the top-k set and f_k change only at kinks; eps 1e-3 stays clear of them here */
+        gc_opts_t o = SMOOTH;
+        o.eps = 1e-3;
+        o.rtol = 2e-2;
+        assert_int_equal(gc_check(top_k ? "gate_top2.logits" : "gate.logits", l, dl, B * K,
+                                  gate_loss, &c, o),
+                         0);
+        for (size_t b = 0; b < B; b++) {
+            double sw = 0, sp = 0;
+            size_t ns = 0;
+            for (size_t k = 0; k < K; k++)
+                sw += w[b * K + k], sp += p[b * K + k], ns += sel[b * K + k];
+            assert_true(fabs(sw - 1) < 1e-5 && fabs(sp - 1) < 1e-5);
+            assert_int_equal(ns, top_k ? top_k : K);
+        }
+    }
+    /* hand values: logits (0, ln 3) at temp 1 -> probs (1/4, 3/4); top-1 -> w = (0, 1) */
+    float l2[2] = {0.0f, logf(3.0f)}, w2[2], p2[2];
+    uint8_t s2[2];
+    moeh_gate_forward(w2, p2, s2, l2, 1, 2, 1, 1.0f);
+    assert_true(fabsf(p2[0] - 0.25f) < 1e-6f && w2[0] == 0.0f && fabsf(w2[1] - 1) < 1e-6f);
+    /* load balance: uniform probs and one-hot balanced routing give exactly 1 */
+    float pu[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    uint8_t su[4] = {1, 0, 0, 1};
+    assert_true(fabs(moeh_load_balance(NULL, pu, su, 2, 2, 1.0f) - 1.0) < 1e-12);
+    /* all routed to expert 0 with probs (0.9, 0.1): K * (1 * 0.9) = 1.8 */
+    float pc[4] = {0.9f, 0.1f, 0.9f, 0.1f};
+    uint8_t sc[4] = {1, 0, 1, 0};
+    assert_true(fabs(moeh_load_balance(NULL, pc, sc, 2, 2, 1.0f) - 1.8) < 1e-6);
+}
+
+/* ---- masked BCE ------------------------------------------------------------------------------ */
+typedef struct {
+    float *z, *y, *pw;
+    uint8_t *m;
+    size_t B, T;
+} bce_ctx;
+static double bce_loss(void *c_)
+{
+    bce_ctx *c = c_;
+    return moeh_bce_masked(NULL, c->z, c->y, c->m, c->pw, c->B, c->T);
+}
+static void test_bce_grad(void **state)
+{
+    enum { B = 6, T = 3 };
+    float z[B * T], y[B * T], pw[T] = {2.0f, 1.0f, 0.5f}, dz[B * T];
+    uint8_t m[B * T];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 10);
+    fill_normal(z, B * T, &r, 2);
+    for (size_t i = 0; i < B * T; i++)
+        y[i] = moeh_rng_uniform(&r) < 0.5, m[i] = moeh_rng_uniform(&r) < 0.7;
+    bce_ctx c = {z, y, pw, m, B, T};
+    moeh_bce_masked(dz, z, y, m, pw, B, T);
+    assert_int_equal(gc_check("bce.logits", z, dz, B * T, bce_loss, &c, SMOOTH), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear_grad),  cmocka_unit_test(test_activations_grad),
+        cmocka_unit_test(test_layernorm_grad), cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_gru_grad),     cmocka_unit_test(test_embbag),
+        cmocka_unit_test(test_conv_grad),    cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_gate_grad),    cmocka_unit_test(test_bce_grad),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -107,7 +107,7 @@ static ssize_t src_produce(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err
         int zrc = isal_inflate(&r->zs);
         size_t used = (size_t)(r->zs.next_in - (r->in + r->in_pos));
         size_t out = (size_t)(r->zs.next_out - ((uint8_t *)dst + produced));
-        if (zrc != ISAL_DECOMP_OK)
+        if (zrc < 0)
             return moeh_errf(err, -EBADMSG, "%s: corrupt gzip data (isal %d)", r->path, zrc);
         if (r->zs.block_state == ISAL_BLOCK_FINISH)
             r->z_done = true;

@@ -1,3 +1,4 @@
 # Tests of the dataset library (sim/data.cmake): CSV reader, dataset format, extraction,
 # synthetic MIMIC-IV round trip, site splits.
 moeh_add_test(test_csv SOURCES test_csv.c LIBS moeh_data)
+moeh_add_test(test_dataset SOURCES test_dataset.c LIBS moeh_data)

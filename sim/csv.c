@@ -389,7 +389,9 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
 #endif
     }
     r->line = 1;
-    rc = next_raw(r, err);
+    do /* blank lines before the header are skipped */
+        rc = next_raw(r, err);
+    while (rc == 1 && r->nf == 1 && r->f[0].len == 0);
     if (rc < 0)
         goto fail;
     if (rc == 0) {
@@ -415,6 +417,44 @@ nomem:
 fail:
     moeh_csv_close(&r);
     return rc;
+}
+
+int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t **out,
+                      moeh_err_t *err)
+{
+    *out = NULL;
+    int rc;
+    moeh_csv_t *r = calloc(1, sizeof *r);
+    if (!r || !(r->buf = malloc(len + 1))) {
+        free(r);
+        return moeh_errf(err, -ENOMEM, "%s: out of memory", name);
+    }
+    r->fd = -1;
+    snprintf(r->path, sizeof r->path, "%s", name);
+    memcpy(r->buf, data, len);
+    r->cap = len ? len : 1, r->end = len, r->eof = true, r->line = 1, r->bytes_in = len;
+    do
+        rc = next_raw(r, err);
+    while (rc == 1 && r->nf == 1 && r->f[0].len == 0);
+    if (rc <= 0) {
+        if (rc == 0)
+            rc = moeh_errf(err, -EBADMSG, "%s: empty, expected a header row", name);
+        moeh_csv_close(&r);
+        return rc;
+    }
+    r->ncols = r->nf;
+    if (!(r->names = calloc(r->ncols, sizeof *r->names))) {
+        moeh_csv_close(&r);
+        return moeh_errf(err, -ENOMEM, "%s: out of memory", name);
+    }
+    for (size_t i = 0; i < r->ncols; i++) {
+        if (!(r->names[i] = strndup(r->f[i].p, r->f[i].len))) {
+            moeh_csv_close(&r);
+            return moeh_errf(err, -ENOMEM, "%s: out of memory", name);
+        }
+    }
+    *out = r;
+    return 0;
 }
 
 void moeh_csv_close(moeh_csv_t **self_p)

@@ -27,6 +27,9 @@ typedef struct {
 /* Opens path and reads its header row. 0, -ENOENT (file missing), -EBADMSG (no header, bad
  * gzip) or -ENOMEM; message in err. On success the caller owns *out: moeh_csv_close(&r). */
 int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err);
+/* The same over an in-memory CSV text (copied; name is used in messages). */
+int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t **out,
+                      moeh_err_t *err);
 void moeh_csv_close(moeh_csv_t **self_p); /* NULL-safe, sets *self_p = NULL */
 
 /* Reads the next row. Returns 1 with a row, 0 at end of file, -EBADMSG for a malformed row

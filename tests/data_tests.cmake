@@ -2,3 +2,4 @@
 # synthetic MIMIC-IV round trip, site splits.
 moeh_add_test(test_csv SOURCES test_csv.c LIBS moeh_data)
 moeh_add_test(test_dataset SOURCES test_dataset.c LIBS moeh_data)
+moeh_add_test(test_extract SOURCES test_extract.c LIBS moeh_data PkgConfig::ZLIB)

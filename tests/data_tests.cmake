@@ -3,3 +3,4 @@
 moeh_add_test(test_csv SOURCES test_csv.c LIBS moeh_data)
 moeh_add_test(test_dataset SOURCES test_dataset.c LIBS moeh_data)
 moeh_add_test(test_extract SOURCES test_extract.c LIBS moeh_data PkgConfig::ZLIB)
+moeh_add_test(test_synth SOURCES test_synth.c LIBS moeh_data PkgConfig::XXHASH)

@@ -11,7 +11,8 @@ set(MOEH_DATA_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/dataset.c
     ${CMAKE_CURRENT_LIST_DIR}/extract.c
     ${CMAKE_CURRENT_LIST_DIR}/image.c
-    ${CMAKE_CURRENT_LIST_DIR}/synth.c)
+    ${CMAKE_CURRENT_LIST_DIR}/synth.c
+    ${CMAKE_CURRENT_LIST_DIR}/split.c)
 add_library(moeh_data STATIC ${MOEH_DATA_SOURCES})
 target_include_directories(moeh_data PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_compile_definitions(moeh_data PRIVATE MOEH_HAVE_ISAL=1)

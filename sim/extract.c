@@ -784,6 +784,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
         c->st->used_rows++;
     }
     progress(r, what, rows, t_start, &t_last, true);
+    c->st->event_bytes += moeh_csv_bytes(r);
     if (lab)
         c->st->lab_rows = rows;
     else

@@ -64,6 +64,7 @@ typedef struct {
     size_t positives[MOEH_DS_TASKS], labelled[MOEH_DS_TASKS];
     size_t avail[MOEH_DS_MODS];
     uint64_t chart_rows, lab_rows, used_rows, out_of_range, malformed;
+    uint64_t event_bytes; /* uncompressed bytes of chartevents + labevents read */
     bool have_vitals, have_labs, have_notes, have_cxr;
 } moeh_extract_stats_t;
 

@@ -270,7 +270,7 @@ typedef struct {
     size_t n_adms;
     int32_t *cohort; /* adms index per cohort row */
     size_t n;
-    float *sum;
+    float *sum; /* hourly sums: the dataset's ts_value, turned into means in place */
     uint16_t *cnt;
     int32_t *lut_chart, *lut_lab; /* itemid -> varmap row or -1 */
     size_t lut_chart_n, lut_lab_n;
@@ -1183,9 +1183,9 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     if ((rc = build_luts(&c, err)))
         goto out;
     size_t cells = c.n * MOEH_DS_T * c.vm.n_vars;
-    c.sum = calloc(cells ? cells : 1, sizeof *c.sum);
+    c.sum = c.ds->ts_value; /* zeroed by moeh_dataset_create */
     c.cnt = calloc(cells ? cells : 1, sizeof *c.cnt);
-    if (!c.sum || !c.cnt) {
+    if (!c.cnt) {
         rc = moeh_errf(err, -ENOMEM, "out of memory for %zu hourly cells", cells);
         goto out;
     }
@@ -1229,7 +1229,6 @@ out:
     free(c.pats);
     free(c.adms);
     free(c.cohort);
-    free(c.sum);
     free(c.cnt);
     free(c.lut_chart);
     free(c.lut_lab);

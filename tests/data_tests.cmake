@@ -6,3 +6,5 @@ moeh_add_test(test_extract SOURCES test_extract.c LIBS moeh_data PkgConfig::ZLIB
 moeh_add_test(test_synth SOURCES test_synth.c LIBS moeh_data PkgConfig::XXHASH)
 moeh_add_test(test_split SOURCES test_split.c LIBS moeh_data)
 moeh_add_test(test_image SOURCES test_image.c LIBS moeh_data PkgConfig::TURBOJPEG PkgConfig::PNG)
+moeh_add_test(test_data_cli SOURCES test_data_cli.c LIBS moeh_common)
+add_dependencies(test_data_cli moeh-sim-data)

@@ -499,24 +499,37 @@ out:
     return rc;
 }
 
-static const adm_t *g_sort_adms; /* only during qsort in build_cohort (single-threaded) */
+/* Sort records carry their keys, so no comparison needs outside state. */
+typedef struct {
+    int64_t subject, key2, hadm;
+    int32_t idx;
+} sort_rec_t;
 
-static int cmp_subject_admit(const void *x, const void *y)
+static int cmp_rec(const void *x, const void *y)
 {
-    const adm_t *a = &g_sort_adms[*(const int32_t *)x], *b = &g_sort_adms[*(const int32_t *)y];
+    const sort_rec_t *a = x, *b = y;
     if (a->subject != b->subject)
         return a->subject < b->subject ? -1 : 1;
-    if (a->admit != b->admit)
-        return a->admit < b->admit ? -1 : 1;
+    if (a->key2 != b->key2)
+        return a->key2 < b->key2 ? -1 : 1;
     return a->hadm < b->hadm ? -1 : a->hadm > b->hadm;
 }
 
-static int cmp_subject_hadm(const void *x, const void *y)
+/* Sorts idx[0..n) (indices into adms) by (subject, admittime or nothing, hadm). */
+static int sort_adms(const adm_t *adms, int32_t *idx, size_t n, bool by_admit)
 {
-    const adm_t *a = &g_sort_adms[*(const int32_t *)x], *b = &g_sort_adms[*(const int32_t *)y];
-    if (a->subject != b->subject)
-        return a->subject < b->subject ? -1 : 1;
-    return a->hadm < b->hadm ? -1 : a->hadm > b->hadm;
+    sort_rec_t *r = malloc((n + 1) * sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const adm_t *a = &adms[idx[i]];
+        r[i] = (sort_rec_t){a->subject, by_admit ? a->admit : 0, a->hadm, idx[i]};
+    }
+    qsort(r, n, sizeof *r, cmp_rec);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = r[i].idx;
+    free(r);
+    return 0;
 }
 
 /* Selects the cohort, computes labels and static features, allocates the dataset. */
@@ -530,8 +543,8 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
         goto out;
     for (size_t i = 0; i < c->n_adms; i++)
         order[i] = (int32_t)i;
-    g_sort_adms = c->adms;
-    qsort(order, c->n_adms, sizeof *order, cmp_subject_admit);
+    if (sort_adms(c->adms, order, c->n_adms, true))
+        goto out;
     for (size_t k = 0; k < c->n_adms; k++) {
         const adm_t *a = &c->adms[order[k]];
         next_admit[order[k]] = (k + 1 < c->n_adms && c->adms[order[k + 1]].subject == a->subject)
@@ -562,7 +575,8 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
     }
     if (missing_pat)
         MOEH_WARN("%zu ICU admissions have no row in patients: left out", missing_pat);
-    qsort(c->cohort, c->n, sizeof *c->cohort, cmp_subject_hadm);
+    if (sort_adms(c->adms, c->cohort, c->n, false))
+        goto out;
     c->st->cohort = c->n;
     if ((rc = moeh_dataset_create(c->n, F_STATIC, c->vm.n_vars, c->o->img_size, &c->ds, err)))
         goto out;

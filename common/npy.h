@@ -42,4 +42,22 @@ void moeh_npy_free(moeh_npy_t *a);
 int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype,
                    size_t want_ndim, moeh_npy_t *out, moeh_err_t *err);
 
+/* A read-only memory map of a .npy file: data points into the mapping (page-aligned file,
+ * data at the header offset, which numpy pads to a multiple of 64 bytes). */
+typedef struct {
+    moeh_dtype_t dtype;
+    size_t ndim;
+    size_t shape[MOEH_NPY_MAX_DIMS];
+    const void *data;
+    size_t nbytes; /* numel * dtype size */
+    void *map;     /* the whole mapping; owned, released by moeh_npy_unmap() */
+    size_t map_len;
+} moeh_npy_map_t;
+
+/* Maps path read-only and checks it as moeh_npy_read() does (same errors). The caller
+ * releases it with moeh_npy_unmap() (NULL-safe, idempotent). */
+int moeh_npy_map(const char *path, int want_dtype, size_t want_ndim, moeh_npy_map_t *out,
+                 moeh_err_t *err);
+void moeh_npy_unmap(moeh_npy_map_t *m);
+
 #endif

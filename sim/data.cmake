@@ -1,0 +1,42 @@
+# sim/data.cmake - the dataset library (moeh_data): streaming gzip CSV, the dataset format
+# (writer + mmap reader with validation), MIMIC-IV cohort extraction, the synthetic MIMIC-IV
+# generator and site splits; plus the sources of `moeh-sim extract|synth|split`.
+# Inflate uses ISA-L's igzip (several times zlib's speed on this machine); JPEG via TurboJPEG
+# (scaled decoding), PNG via libpng.
+moeh_require(ISAL libisal libisal-dev)
+moeh_require(TURBOJPEG libturbojpeg libturbojpeg0-dev)
+moeh_require(PNG libpng libpng-dev)
+set(MOEH_DATA_SOURCES
+    ${CMAKE_CURRENT_LIST_DIR}/csv.c
+    ${CMAKE_CURRENT_LIST_DIR}/dataset.c
+    ${CMAKE_CURRENT_LIST_DIR}/extract.c
+    ${CMAKE_CURRENT_LIST_DIR}/image.c
+    ${CMAKE_CURRENT_LIST_DIR}/synth.c
+    ${CMAKE_CURRENT_LIST_DIR}/split.c)
+add_library(moeh_data STATIC ${MOEH_DATA_SOURCES})
+target_include_directories(moeh_data PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+target_compile_definitions(moeh_data PRIVATE MOEH_HAVE_ISAL=1)
+target_link_libraries(moeh_data PUBLIC moeh_common PkgConfig::ZLIB PkgConfig::ISAL
+                      PkgConfig::TURBOJPEG PkgConfig::PNG PkgConfig::XXHASH PkgConfig::CJSON)
+
+# The shipped variable map is embedded in the library (sim/variables.csv -> a byte array).
+set(MOEH_VARMAP_C ${CMAKE_CURRENT_BINARY_DIR}/varmap_embed.c)
+add_custom_command(OUTPUT ${MOEH_VARMAP_C}
+    COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_CURRENT_LIST_DIR}/variables.csv -DOUT=${MOEH_VARMAP_C}
+            -P ${CMAKE_CURRENT_LIST_DIR}/embed.cmake
+    DEPENDS ${CMAKE_CURRENT_LIST_DIR}/variables.csv ${CMAKE_CURRENT_LIST_DIR}/embed.cmake
+    COMMENT "Embedding sim/variables.csv")
+target_sources(moeh_data PRIVATE ${MOEH_VARMAP_C})
+
+# The subcommands, reached through moeh-sim (sim/main.c) ...
+list(APPEND MOEH_SIM_CMD_SOURCES
+    ${CMAKE_CURRENT_LIST_DIR}/cmd_extract.c
+    ${CMAKE_CURRENT_LIST_DIR}/cmd_synth.c
+    ${CMAKE_CURRENT_LIST_DIR}/cmd_split.c)
+list(APPEND MOEH_SIM_CMD_LIBS moeh_data)
+# ... and, until moeh-sim is built in this branch, through a temporary moeh-sim-data.
+add_executable(moeh-sim-data ${CMAKE_CURRENT_LIST_DIR}/data_main.c
+               ${CMAKE_CURRENT_LIST_DIR}/cmd_extract.c ${CMAKE_CURRENT_LIST_DIR}/cmd_synth.c
+               ${CMAKE_CURRENT_LIST_DIR}/cmd_split.c)
+target_link_libraries(moeh-sim-data PRIVATE moeh_data)
+set_target_properties(moeh-sim-data PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)

@@ -1,0 +1,132 @@
+/* test_data_cli.c - the data subcommands through the binary (moeh-sim-data, in MOEH_BIN_DIR):
+ * --help and usage errors (exit 0 / 2), synth -> extract (with notes and CXR) -> split, the
+ * demo's "vital signs are absent" warning, and a readable error for a missing directory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "moeh_common.h"
+
+#include <stdbool.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_dir[256], g_bin[1024];
+
+static int setup(void **state)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_cli_XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    const char *b = getenv("MOEH_BIN_DIR");
+    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim-data", b ? b : "bin");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd);
+}
+
+/* runs "BIN args > DIR/out 2>&1" and returns the exit status */
+static int run(const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/out' 2>&1", g_bin, args, g_dir);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool out_has(const char *s)
+{
+    char p[512], *txt;
+    size_t len;
+    moeh_err_t err = {0};
+    snprintf(p, sizeof p, "%s/out", g_dir);
+    if (moeh_file_read_all(p, 1 << 24, &txt, &len, &err))
+        return false;
+    bool r = strstr(txt, s) != NULL;
+    if (!r)
+        fprintf(stderr, "output lacks '%s':\n%s\n", s, txt);
+    free(txt);
+    return r;
+}
+
+static void test_help_and_usage(void **state)
+{
+    const char *cmds[] = {"extract", "synth", "split"};
+    for (int i = 0; i < 3; i++) {
+        char a[64];
+        snprintf(a, sizeof a, "%s --help", cmds[i]);
+        assert_int_equal(run(a), 0);
+        assert_true(out_has("usage: moeh-sim"));
+        snprintf(a, sizeof a, "%s --bogus", cmds[i]);
+        assert_int_equal(run(a), 2);
+        assert_int_equal(run(cmds[i]), 2); /* required options missing */
+    }
+    assert_int_equal(run("split --dataset x --out y --sites A:0"), 2);
+    assert_true(out_has("share of 'A' must be a number > 0"));
+}
+
+static void test_pipeline(void **state)
+{
+    char a[2048];
+    snprintf(a, sizeof a, "synth --admissions 150 --seed 3 --image-px 96 --out '%s/db'", g_dir);
+    assert_int_equal(run(a), 0);
+    assert_true(out_has("cohort 150"));
+    assert_true(out_has("oracle AUROC"));
+    snprintf(a, sizeof a,
+             "extract --mimic '%s/db/mimic' --note '%s/db/note' --cxr '%s/db/cxr' --out '%s/ds'",
+             g_dir, g_dir, g_dir, g_dir);
+    assert_int_equal(run(a), 0);
+    assert_true(out_has("cohort 150 admissions"));
+    snprintf(a, sizeof a,
+             "split --dataset '%s/ds' --sites A:0.6:ehr+notes+img,B:0.4:ehr --alpha 1 "
+             "--out '%s/sites'",
+             g_dir, g_dir);
+    assert_int_equal(run(a), 0);
+    assert_true(out_has("site\tmodalities"));
+    assert_true(out_has("\nB\tehr\t"));
+    /* a missing directory is an error naming the file */
+    snprintf(a, sizeof a, "extract --mimic '%s/nowhere' --out '%s/x'", g_dir, g_dir);
+    assert_int_equal(run(a), 1);
+    assert_true(out_has("nowhere/hosp/patients.csv.gz: No such file"));
+    /* a corrupted array is refused by split with the array named */
+    char p[600];
+    snprintf(p, sizeof p, "%s/ds/labels.npy", g_dir);
+    FILE *f = fopen(p, "r+b");
+    assert_non_null(f);
+    fseek(f, -1, SEEK_END);
+    fputc(0x3f, f);
+    fclose(f);
+    snprintf(a, sizeof a, "split --dataset '%s/ds' --sites careunit --out '%s/s2'", g_dir, g_dir);
+    assert_int_equal(run(a), 1);
+    assert_true(out_has("array 'labels'"));
+}
+
+static void test_demo_warning(void **state)
+{
+    const char *demo = getenv("MOEH_DEMO_DIR");
+    demo = demo ? demo : "/work/shared/data/mimic-iv-demo";
+    char a[2048];
+    snprintf(a, sizeof a, "%s/hosp/patients.csv.gz", demo);
+    if (access(a, R_OK))
+        skip();
+    snprintf(a, sizeof a, "extract --mimic '%s' --out '%s/demo'", demo, g_dir);
+    assert_int_equal(run(a), 0);
+    assert_true(out_has("chartevents.csv.gz is missing: vital signs are absent"));
+    assert_true(out_has("cohort 123 admissions (97 subjects)"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_help_and_usage),
+        cmocka_unit_test(test_pipeline),
+        cmocka_unit_test(test_demo_warning),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,186 @@
+/* test_dataset.c - the dataset directory: write + mmap open round trip, subset, and that
+ * corrupt, reshaped, retyped or missing arrays are refused with a message naming the array. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "moeh_dataset.h"
+#include "npy.h"
+
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+static char g_dir[256];
+
+static int setup(void **state)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_dataset_XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd);
+}
+
+static moeh_dataset_t *make(size_t n)
+{
+    moeh_dataset_t *ds;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_dataset_create(n, 2, 3, 8, &ds, &err), 0);
+    const char *sn[] = {"age", "sex_female"}, *tn[] = {"hr", "sbp", "creat"},
+               *tu[] = {"bpm", "mmHg", "mg/dL"};
+    assert_int_equal(moeh_dataset_set_names(ds, sn, tn, tu, &err), 0);
+    int32_t tok[64];
+    size_t nt = 0;
+    for (size_t i = 0; i < n; i++) {
+        ds->ids[2 * i] = 100 + (int64_t)i / 2;
+        ds->ids[2 * i + 1] = 2000 + (int64_t)i;
+        ds->static_x[2 * i] = 40.0f + (float)i;
+        for (size_t k = 0; k < 48 * 3; k++) {
+            ds->ts_value[i * 144 + k] = k % 5 ? (float)k : NAN;
+            ds->ts_mask[i * 144 + k] = (float)(k % 2);
+            ds->ts_delta[i * 144 + k] = (float)(k % 7);
+        }
+        for (int t = 0; t < 3; t++) {
+            ds->labels[3 * i + t] = (float)((i + (size_t)t) % 2);
+            ds->label_mask[3 * i + t] = 1;
+            ds->avail[3 * i + t] = (uint8_t)((i >> t) & 1);
+        }
+        ds->note_offsets[i] = (int64_t)nt;
+        for (size_t k = 0; k < i % 4; k++)
+            tok[nt++] = (int32_t)(i * 10 + k);
+        ds->images[i * 64 + i % 64] = 200;
+        ds->split[i] = (uint8_t)(i % 3);
+    }
+    ds->note_offsets[n] = (int64_t)nt;
+    assert_int_equal(moeh_dataset_set_tokens(ds, tok, nt, &err), 0);
+    ds->extra = cJSON_CreateObject();
+    cJSON_AddStringToObject(ds->extra, "source", "unit test");
+    return ds;
+}
+
+static void write_ok(const char *sub, moeh_dataset_t *ds, char *out)
+{
+    moeh_err_t err = {0};
+    sprintf(out, "%s/%s", g_dir, sub);
+    assert_int_equal(moeh_dataset_write(ds, out, &err), 0);
+}
+
+static void test_roundtrip(void **state)
+{
+    moeh_dataset_t *ds = make(10), *rd = NULL;
+    char dir[512];
+    moeh_err_t err = {0};
+    write_ok("rt", ds, dir);
+    int rc = moeh_dataset_open(dir, true, &rd, &err);
+    if (rc)
+        fail_msg("%s", err.msg);
+    assert_int_equal(rd->n, 10);
+    assert_int_equal(rd->f_ts, 3);
+    assert_int_equal(rd->n_tokens, ds->n_tokens);
+    assert_string_equal(rd->ts_names[2], "creat");
+    assert_string_equal(rd->ts_units[1], "mmHg");
+    assert_string_equal(rd->static_names[1], "sex_female");
+    assert_memory_equal(rd->ids, ds->ids, 20 * 8);
+    assert_memory_equal(rd->ts_value, ds->ts_value, 10 * 144 * 4); /* NaN bits too */
+    assert_memory_equal(rd->note_tokens, ds->note_tokens, ds->n_tokens * 4);
+    assert_memory_equal(rd->images, ds->images, 640);
+    assert_string_equal(cJSON_GetObjectItem(rd->extra, "source")->valuestring, "unit test");
+    /* the arrays are mapped: 64-byte aligned as numpy writes them */
+    assert_int_equal((uintptr_t)rd->ts_value % 64, 0);
+
+    size_t idx[3] = {7, 2, 5}, combo[8];
+    moeh_dataset_t *sub;
+    assert_int_equal(moeh_dataset_subset(rd, idx, 3, 1u | 4u, &sub, &err), 0);
+    assert_int_equal(sub->n, 3);
+    assert_int_equal(sub->ids[1], 2007);
+    assert_int_equal(sub->n_tokens, 0); /* notes dropped */
+    for (int j = 0; j < 3; j++)
+        assert_int_equal(sub->avail[3 * j + 1], 0);
+    assert_int_equal(sub->avail[0 * 3 + 0], 1);
+    assert_int_equal(sub->images[64 * 0 + 7], 200);
+    moeh_dataset_combo_counts(sub, combo);
+    assert_int_equal(combo[0] + combo[1] + combo[4] + combo[5], 3); /* never notes */
+    write_ok("sub", sub, dir);
+    moeh_dataset_free(&sub);
+    assert_int_equal(moeh_dataset_open(dir, true, &sub, &err), 0);
+    moeh_dataset_free(&sub);
+    moeh_dataset_free(&rd);
+    moeh_dataset_free(&ds);
+    assert_null(ds);
+    moeh_dataset_free(&ds); /* NULL-safe */
+}
+
+static void expect_open_error(const char *dir, const char *a, const char *b)
+{
+    moeh_dataset_t *rd = NULL;
+    moeh_err_t err = {0};
+    assert_int_not_equal(moeh_dataset_open(dir, true, &rd, &err), 0);
+    assert_null(rd);
+    if (!strstr(err.msg, a) || (b && !strstr(err.msg, b)))
+        fail_msg("error '%s' lacks '%s' / '%s'", err.msg, a, b ? b : "");
+}
+
+static void test_rejects(void **state)
+{
+    moeh_dataset_t *ds = make(6);
+    char dir[512], p[600];
+    moeh_err_t err = {0};
+
+    /* one flipped byte in the data of ts_delta */
+    write_ok("flip", ds, dir);
+    snprintf(p, sizeof p, "%s/ts_delta.npy", dir);
+    FILE *f = fopen(p, "r+b");
+    assert_non_null(f);
+    fseek(f, -5, SEEK_END);
+    fputc(0x7f, f);
+    fclose(f);
+    expect_open_error(dir, "'ts_delta'", "checksum mismatch");
+
+    /* labels rewritten with one task too few */
+    write_ok("shape", ds, dir);
+    snprintf(p, sizeof p, "%s/labels.npy", dir);
+    size_t s2[2] = {6, 2};
+    assert_int_equal(moeh_npy_write(p, MOEH_DT_F32, 2, s2, ds->labels, &err), 0);
+    expect_open_error(dir, "'labels'", "shape (6,2)");
+
+    /* avail as int32 */
+    write_ok("dtype", ds, dir);
+    snprintf(p, sizeof p, "%s/avail.npy", dir);
+    int32_t av[18] = {0};
+    size_t s3[2] = {6, 3};
+    assert_int_equal(moeh_npy_write(p, MOEH_DT_I32, 2, s3, av, &err), 0);
+    expect_open_error(dir, "'avail'", "dtype <i4, expected |u1");
+
+    /* a missing array */
+    write_ok("missing", ds, dir);
+    snprintf(p, sizeof p, "%s/images.npy", dir);
+    assert_int_equal(unlink(p), 0);
+    expect_open_error(dir, "'images'", "images.npy");
+
+    /* a value out of its domain with a consistent checksum */
+    ds->split[4] = 7;
+    write_ok("domain", ds, dir);
+    expect_open_error(dir, "split.npy", "element 4 is 7");
+    ds->split[4] = 0;
+
+    /* no meta.json */
+    snprintf(dir, sizeof dir, "%s/nothing", g_dir);
+    expect_open_error(dir, "meta.json", NULL);
+    moeh_dataset_free(&ds);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_rejects),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

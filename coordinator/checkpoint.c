@@ -22,23 +22,21 @@ int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "round", c->round);
     cJSON_AddNumberToObject(j, "model_version", (double)c->model_version);
     cJSON_AddStringToObject(j, "spec_hash", hash);
-    cJSON_AddNumberToObject(j, "n_in", c->n_in);
-    cJSON_AddNumberToObject(j, "n_hidden", c->n_hidden);
-    cJSON_AddNumberToObject(j, "n_tasks", c->n_tasks);
-    cJSON_AddNumberToObject(j, "seed", (double)c->seed);
     cJSON_AddNumberToObject(j, "n_params", (double)c->n_params);
     cJSON_AddNumberToObject(j, "n_groups", (double)c->n_groups);
     for (size_t i = 0; i < c->n_arrays; i++) {
         cJSON *a = cJSON_CreateObject();
         cJSON_AddStringToObject(a, "name", c->names[i]);
-        cJSON_AddNumberToObject(a, "count", (double)c->n_params);
+        cJSON_AddNumberToObject(a, "count", (double)c->counts[i]);
         cJSON_AddItemToArray(arr, a);
     }
     cJSON_AddItemToObject(j, "arrays", arr);
     if (!(hdr = cJSON_PrintUnformatted(j)))
         goto out;
     uint32_t version = 1, hlen = (uint32_t)strlen(hdr);
-    size_t body = 16 + hlen + c->n_arrays * c->n_params * sizeof(float);
+    size_t body = 16 + hlen;
+    for (size_t i = 0; i < c->n_arrays; i++)
+        body += c->counts[i] * sizeof(float);
     if (!(buf = malloc(body + 8)))
         goto out;
     memcpy(buf, MAGIC, 8);
@@ -47,8 +45,8 @@ int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
     memcpy(buf + 16, hdr, hlen);
     size_t off = 16 + hlen;
     for (size_t i = 0; i < c->n_arrays; i++) {
-        memcpy(buf + off, c->arrays[i], c->n_params * sizeof(float));
-        off += c->n_params * sizeof(float);
+        memcpy(buf + off, c->arrays[i], c->counts[i] * sizeof(float));
+        off += c->counts[i] * sizeof(float);
     }
     uint64_t h = XXH64(buf, body, 0);
     memcpy(buf + body, &h, 8);
@@ -107,13 +105,11 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     buf[16 + hlen] = '\0';
     j = cJSON_Parse(buf + 16);
     buf[16 + hlen] = save;
-    double round, mv, n_in, n_hidden, n_tasks, seed, n_params, n_groups;
+    double round, mv, n_params, n_groups;
     const char *hash = j ? cJSON_GetStringValue(cJSON_GetObjectItem(j, "spec_hash")) : NULL;
     const cJSON *arr = j ? cJSON_GetObjectItem(j, "arrays") : NULL;
     if (!j || !hash || !cJSON_IsArray(arr) || get_num(j, "round", &round) ||
-        get_num(j, "model_version", &mv) || get_num(j, "n_in", &n_in) ||
-        get_num(j, "n_hidden", &n_hidden) || get_num(j, "n_tasks", &n_tasks) ||
-        get_num(j, "seed", &seed) || get_num(j, "n_params", &n_params) ||
+        get_num(j, "model_version", &mv) || get_num(j, "n_params", &n_params) ||
         get_num(j, "n_groups", &n_groups)) {
         moeh_errf(err, rc, "%s: header lacks a field or has a wrong type", path);
         goto out;
@@ -121,35 +117,38 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     c->round = (uint32_t)round;
     c->model_version = (uint64_t)mv;
     c->spec_hash = strtoull(hash, NULL, 16);
-    c->n_in = (uint32_t)n_in;
-    c->n_hidden = (uint32_t)n_hidden;
-    c->n_tasks = (uint32_t)n_tasks;
-    c->seed = (uint64_t)seed;
     c->n_params = (size_t)n_params;
     c->n_groups = (size_t)n_groups;
-    size_t na = (size_t)cJSON_GetArraySize(arr);
-    if (na > MOEH_CKPT_MAX_ARRAYS ||
-        16 + hlen + na * c->n_params * sizeof(float) + 8 != len) {
-        moeh_errf(err, rc, "%s: %zu arrays of %zu floats do not match the file size", path, na,
-                  c->n_params);
+    size_t na = (size_t)cJSON_GetArraySize(arr), off = 16 + hlen, need = off + 8;
+    if (na > MOEH_CKPT_MAX_ARRAYS) {
+        moeh_errf(err, rc, "%s: %zu arrays, at most %d", path, na, MOEH_CKPT_MAX_ARRAYS);
         goto out;
     }
-    size_t off = 16 + hlen;
     for (size_t i = 0; i < na; i++) {
-        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(arr,
-                                                                                         (int)i),
-                                                                     "name"));
-        if (!name || strlen(name) >= sizeof c->names[i]) {
-            moeh_errf(err, rc, "%s: array %zu has no valid name", path, i);
+        const cJSON *a = cJSON_GetArrayItem(arr, (int)i);
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(a, "name"));
+        double cnt;
+        if (!name || strlen(name) >= sizeof c->names[i] || get_num(a, "count", &cnt) ||
+            cnt > (double)(1ull << 32)) {
+            moeh_errf(err, rc, "%s: array %zu has no valid name or count", path, i);
             goto out;
         }
         snprintf(c->names[i], sizeof c->names[i], "%s", name);
-        if (!(c->arrays[i] = malloc(c->n_params * sizeof(float) + 1))) {
+        c->counts[i] = (size_t)cnt;
+        need += c->counts[i] * sizeof(float);
+    }
+    if (need != len) {
+        moeh_errf(err, rc, "%s: the arrays listed need %zu bytes, the file has %zu", path, need,
+                  len);
+        goto out;
+    }
+    for (size_t i = 0; i < na; i++) {
+        if (!(c->arrays[i] = malloc(c->counts[i] * sizeof(float) + 1))) {
             rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
             goto out;
         }
-        memcpy(c->arrays[i], buf + off, c->n_params * sizeof(float));
-        off += c->n_params * sizeof(float);
+        memcpy(c->arrays[i], buf + off, c->counts[i] * sizeof(float));
+        off += c->counts[i] * sizeof(float);
         c->n_arrays++;
     }
     rc = 0;
@@ -168,10 +167,10 @@ void moeh_ckpt_free(moeh_ckpt_t *c)
     memset(c, 0, sizeof *c);
 }
 
-float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name)
+float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count)
 {
     for (size_t i = 0; i < c->n_arrays; i++)
-        if (strcmp(c->names[i], name) == 0)
+        if (strcmp(c->names[i], name) == 0 && c->counts[i] == count)
             return c->arrays[i];
     return NULL;
 }

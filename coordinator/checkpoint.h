@@ -3,8 +3,8 @@
  *
  * File layout (little-endian):
  *   "MOEHCKPT"  u32 version (1)  u32 header length H
- *   H bytes of JSON: round, model_version, spec_hash (hex), n_params, n_groups, the model
- *     configuration, and the arrays that follow (name, count)
+ *   H bytes of JSON: round, model_version, spec_hash (hex), n_params, n_groups and the
+ *     arrays that follow (name, count)
  *   the arrays, float32 each, in the order listed
  *   u64 xxhash64 of everything before it
  * Loading checks the magic, version, sizes, checksum and that the JSON agrees with the array
@@ -20,20 +20,19 @@ typedef struct {
     uint32_t round;          /* last completed round */
     uint64_t model_version;
     uint64_t spec_hash;
-    uint32_t n_in, n_hidden, n_tasks;
-    uint64_t seed;
     size_t n_params, n_groups;
     size_t n_arrays;
     char names[MOEH_CKPT_MAX_ARRAYS][32];
-    float *arrays[MOEH_CKPT_MAX_ARRAYS]; /* each n_params floats; borrowed when saving,
-                                            malloc'd (caller frees) when loading */
+    size_t counts[MOEH_CKPT_MAX_ARRAYS];
+    float *arrays[MOEH_CKPT_MAX_ARRAYS]; /* borrowed when saving, malloc'd (caller frees) when
+                                            loading */
 } moeh_ckpt_t;
 
 int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err);
 /* On success *c owns its arrays: moeh_ckpt_free(c). */
 int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err);
 void moeh_ckpt_free(moeh_ckpt_t *c);
-/* The array with that name, or NULL. */
-float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name);
+/* The array with that name and count, or NULL. */
+float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count);
 
 #endif

@@ -1,7 +1,8 @@
 /* coordinator.c - the coordinator's state machine (see coordinator.h and
  * docs/architecture.md for the messages of one round in order).
  *
- * Phases: WAIT (sites join) -> for each round: TRAIN (RoundStart{TRAIN} + params to every
+ * Phases: WAIT (sites join) -> STATS (once: sums for the normalisation statistics) -> for
+ * each round: TRAIN (RoundStart{TRAIN} + params to every
  * admitted site; Updates folded into a running per-group FedAvg sum) -> EVAL (RoundStart
  * {EVALUATE} with the new model; score histograms summed) -> next round or DONE.
  * A phase closes when every live participant replied or at its deadline; it needs min_sites
@@ -15,7 +16,7 @@
 #include "checkpoint.h"
 #include "keys.h"
 #include "moeh_hist.h"
-#include "moeh_mlp.h"
+#include "moeh_moe.h"
 #include "npy.h"
 #include "quant.h"
 #include "wire.h"
@@ -40,7 +41,7 @@ typedef struct {
     uint64_t n_samples;
 } site_t;
 
-typedef enum { PH_WAIT, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
+typedef enum { PH_WAIT, PH_STATS, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
 
 typedef struct {
     const moeh_coord_cfg_t *cfg;
@@ -49,13 +50,20 @@ typedef struct {
     moeh_keypair_t *kp;
     site_t *sites;
     size_t n_sites;
-    uint32_t n_in;
-    moeh_mlp_t *model;
+    moeh_moe_t *model;
+    moeh_moe_cfg_t mcfg;
     moeh_params_t *p;
+    uint32_t n_norm, n_experts;
+    float *norm;       /* (2, n_norm): means then standard deviations */
+    int have_norm;
+    double *stats_sum; /* (n_norm, 3) summed over sites */
+    float *gate_sum;   /* (7, n_experts) summed over sites */
+    uint64_t combo_rows[MOEH_WIRE_COMBOS];
+    double last_auroc[MOEH_WIRE_SLICES][8]; /* of the last evaluation, per slice and task */
     uint64_t spec_hash, model_version, hb_seq;
     moeh_wire_limits_t lim;
     moeh_fedavg_t agg;
-    uint64_t *hist; /* (n_tasks, 2, bins) summed over sites */
+    uint64_t *hist; /* (8 slices, n_tasks, 2, bins) summed over sites */
     double eval_loss_sum;
     uint64_t eval_n_labels;
     phase_t phase;
@@ -85,12 +93,20 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->max_retries = 2;
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
-    c->n_in = 0;
-    c->n_hidden = 32;
+    c->arch = MOEH_ARCH_MOE;
+    c->d_emb = 128;
+    c->d_hidden = 128;
+    c->note_buckets = 1u << 16;
+    c->top_k = 0;
+    c->temperature = 1.0f;
+    c->lambda_lb = 0.01f;
+    c->gate_sup = 1.0f;
     c->n_tasks = 3;
     c->seed = 1;
+    c->warmup_rounds = 1;
+    c->prox_mu = 0.0f;
     c->local_epochs = 1;
-    c->batch_size = 64;
+    c->batch_size = 32;
     c->lr = 1e-3f;
     c->weight_decay = 1e-4f;
     c->clip = 5.0f;
@@ -125,6 +141,15 @@ static uint32_t n_admitted(const coord_t *c)
     return n;
 }
 
+/* Writes ,"key":value to a metrics line; JSON has no NaN, so a missing value is null. */
+static void jnum(FILE *f, const char *key, double v)
+{
+    if (isfinite(v))
+        fprintf(f, ",\"%s\":%.6f", key, v);
+    else
+        fprintf(f, ",\"%s\":null", key);
+}
+
 static void site_gone(coord_t *c, site_t *s, const char *why)
 {
     if (!s->admitted)
@@ -150,27 +175,54 @@ static int send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_
     return rc;
 }
 
-static int create_model(coord_t *c, uint32_t n_in, moeh_err_t *err)
+/* Builds the model from the configuration and the sites' data shapes. */
+static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
+                        uint32_t img_size, moeh_err_t *err)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    moeh_mlp_cfg_t mc = {.n_in = n_in, .n_hidden = cfg->n_hidden, .n_tasks = cfg->n_tasks,
-                         .max_batch = 1, .seed = cfg->seed};
-    int rc = moeh_mlp_create(&mc, &c->model);
+    moeh_moe_cfg_t mc = moeh_moe_defaults(n_static, n_vars);
+    mc.arch = (moeh_arch_t)cfg->arch;
+    mc.d_emb = cfg->d_emb;
+    mc.d_hidden = cfg->d_hidden;
+    mc.n_steps = n_steps;
+    mc.note_buckets = cfg->note_buckets;
+    mc.img_size = img_size;
+    mc.n_tasks = cfg->n_tasks;
+    mc.top_k = cfg->top_k;
+    mc.temperature = cfg->temperature;
+    mc.lambda_lb = cfg->lambda_lb;
+    mc.gate_sup = cfg->gate_sup;
+    mc.max_batch = cfg->batch_size;
+    mc.seed = cfg->seed;
+    moeh_err_t e2 = {0};
+    int rc = moeh_moe_create(&mc, &c->model, &e2);
     if (rc)
-        return moeh_errf(err, rc, "cannot create the model: %s", moeh_strerror(rc));
-    c->p = moeh_mlp_params(c->model);
-    c->n_in = n_in;
+        return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
+    c->mcfg = mc;
+    c->p = moeh_moe_params(c->model);
     c->spec_hash = moeh_params_spec_hash(c->p);
+    c->n_norm = n_static + n_vars;
+    c->quant_scale = 1.0; /* replaced when a training phase opens; any valid value before */
+    c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
     c->lim = (moeh_wire_limits_t){.n_params = c->p->n, .n_groups = (uint32_t)c->p->n_groups,
-                                  .n_tasks = cfg->n_tasks, .eval_bins = cfg->eval_bins};
+                                  .n_tasks = cfg->n_tasks, .eval_bins = cfg->eval_bins,
+                                  .n_norm = c->n_norm, .n_experts = c->n_experts};
     if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off,
                                c->p->group_len)))
         return moeh_errf(err, rc, "cannot allocate the aggregation buffer");
-    c->hist = calloc((size_t)cfg->n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
-    if (!c->hist)
+    c->hist = calloc((size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins,
+                     sizeof(uint64_t));
+    c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
+    c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
+    c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(float));
+    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum)
         return moeh_errf(err, -ENOMEM, "out of memory");
-    MOEH_INFO("model: mlp %u -> %u -> %u -> %u tasks, %zu parameters in %zu groups", n_in,
-              cfg->n_hidden, cfg->n_hidden, cfg->n_tasks, c->p->n, c->p->n_groups);
+    for (uint32_t i = 0; i < c->n_norm; i++)
+        c->norm[c->n_norm + i] = 1.0f;
+    MOEH_INFO("model: %s, %zu parameters in %zu groups (%u static features, %u hourly "
+              "variables x %u h, %u x %u images)",
+              mc.arch == MOEH_ARCH_MOE ? "MoE-Health" : "baseline", c->p->n, c->p->n_groups,
+              n_static, n_vars, n_steps, img_size, img_size);
     return 0;
 }
 
@@ -190,7 +242,11 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.quant_scale = c->quant_scale;
     rs.round = c->round;
     rs.model_version = c->model_version;
-    rs.task = c->phase == PH_TRAIN ? MOEH__ROUND_TASK__TRAIN : MOEH__ROUND_TASK__EVALUATE;
+    rs.task = c->phase == PH_TRAIN  ? MOEH__ROUND_TASK__TRAIN
+              : c->phase == PH_EVAL ? MOEH__ROUND_TASK__EVALUATE
+                                    : MOEH__ROUND_TASK__STATS;
+    rc.warmup = c->round <= cfg->warmup_rounds;
+    rc.prox_mu = cfg->prox_mu;
     int64_t left = c->phase_deadline - moeh_now_ms();
     rs.deadline_ms = left > 1 ? (uint32_t)left : 1;
     rs.config = &rc;
@@ -198,9 +254,11 @@ static void send_round_start(coord_t *c, site_t *s)
     env.type = MOEH__MSG_TYPE__ROUND_START;
     env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     env.round_start = &rs;
-    moeh_frame_t f = {.name = "params", .dtype = MOEH__DTYPE__F32, .data = c->p->w,
-                      .count = c->p->n};
-    send_to(c, s, &env, &f, 1);
+    moeh_frame_t f[2] = {{.name = "params", .dtype = MOEH__DTYPE__F32, .data = c->p->w,
+                          .count = c->p->n},
+                         {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = c->norm,
+                          .count = 2 * (uint64_t)c->n_norm}};
+    send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
 }
 
 static void open_phase(coord_t *c, phase_t ph)
@@ -222,11 +280,15 @@ static void open_phase(coord_t *c, phase_t ph)
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
         c->quant_scale = moeh_quant_scale(cfg->delta_clip, c->w_cap);
-    } else {
+    } else if (ph == PH_EVAL) {
         memset(c->hist, 0,
-               (size_t)c->cfg->n_tasks * 2 * c->cfg->eval_bins * sizeof(uint64_t));
+               (size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins * sizeof(uint64_t));
+        memset(c->gate_sum, 0, (size_t)MOEH_WIRE_COMBOS * c->n_experts * sizeof(float));
+        memset(c->combo_rows, 0, sizeof c->combo_rows);
         c->eval_loss_sum = 0;
         c->eval_n_labels = 0;
+    } else {
+        memset(c->stats_sum, 0, 3 * (size_t)c->n_norm * sizeof(double));
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
@@ -235,7 +297,7 @@ static void open_phase(coord_t *c, phase_t ph)
         c->n_participants += s->participant != 0;
     }
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
-              ph == PH_TRAIN ? "train" : "eval", c->n_participants,
+              ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics", c->n_participants,
               (unsigned long long)c->model_version);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].participant)
@@ -262,15 +324,16 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
         reply_error(c, m, -EACCES, what, m->peer[0] ? m->peer : "an unauthenticated peer");
         return;
     }
-    if (!c->model) {
-        uint32_t n_in = cfg->n_in ? cfg->n_in : h->n_features;
-        if (create_model(c, n_in, fatal) != 0)
-            return;
-    }
-    if (h->n_features != c->n_in) {
+    if (!c->model && create_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size,
+                                  fatal) != 0)
+        return;
+    if (h->n_features != c->mcfg.n_static || h->n_vars != c->mcfg.n_vars ||
+        h->n_steps != c->mcfg.n_steps || h->img_size != c->mcfg.img_size) {
         snprintf(what, sizeof what,
-                 "your dataset has %u features per sample; this federation's model expects %u",
-                 h->n_features, c->n_in);
+                 "your dataset has %u static features, %u hourly variables x %u h and %u px "
+                 "images; this federation's model expects %zu, %zu x %zu and %zu",
+                 h->n_features, h->n_vars, h->n_steps, h->img_size, c->mcfg.n_static,
+                 c->mcfg.n_vars, c->mcfg.n_steps, c->mcfg.img_size);
         reply_error(c, m, -EINVAL, what, h->site_id);
         return;
     }
@@ -297,11 +360,28 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;
     Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
-    ms.kind = "mlp";
-    ms.n_in = c->n_in;
-    ms.n_hidden = cfg->n_hidden;
-    ms.n_tasks = cfg->n_tasks;
-    ms.seed = cfg->seed;
+    const moeh_moe_cfg_t *mc = &c->mcfg;
+    uint32_t ch[3] = {(uint32_t)mc->cnn_ch[0], (uint32_t)mc->cnn_ch[1], (uint32_t)mc->cnn_ch[2]};
+    ms.kind = "moe-health";
+    ms.arch = (uint32_t)mc->arch;
+    ms.n_static = (uint32_t)mc->n_static;
+    ms.d_emb = (uint32_t)mc->d_emb;
+    ms.d_hidden = (uint32_t)mc->d_hidden;
+    ms.n_vars = (uint32_t)mc->n_vars;
+    ms.n_steps = (uint32_t)mc->n_steps;
+    ms.note_buckets = (uint32_t)mc->note_buckets;
+    ms.img_size = (uint32_t)mc->img_size;
+    ms.n_cnn_ch = 3;
+    ms.cnn_ch = ch;
+    ms.top_k = (uint32_t)mc->top_k;
+    ms.temperature = mc->temperature;
+    ms.lambda_lb = mc->lambda_lb;
+    ms.gate_sup = mc->gate_sup;
+    ms.n_experts = c->n_experts;
+    ms.max_batch = (uint32_t)mc->max_batch;
+    ms.n_norm = c->n_norm;
+    ms.n_tasks = (uint32_t)mc->n_tasks;
+    ms.seed = mc->seed;
     ms.spec_hash = c->spec_hash;
     ms.n_params = c->p->n;
     ms.n_groups = (uint32_t)c->p->n_groups;
@@ -315,7 +395,7 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     if (send_to(c, s, &env, NULL, 0) != 0)
         return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
-    if ((c->phase == PH_TRAIN || c->phase == PH_EVAL) && !s->replied) {
+    if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_STATS) && !s->replied) {
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + (double)s->n_train > c->w_cap)
                 return; /* its weight does not fit this round's fixed-point range: next one */
@@ -390,13 +470,23 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     c->round_train_loss += u->train_loss * (double)u->n_samples;
     c->round_train_sites++;
     if (c->metrics) {
-        fprintf(c->metrics,
-                "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\",\"train_loss\":%.6f,"
-                "\"n_samples\":%llu,\"steps\":%u}\n",
-                c->round, s->id, u->train_loss, (unsigned long long)u->n_samples, u->steps);
+        fprintf(c->metrics, "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\"", c->round,
+                s->id);
+        jnum(c->metrics, "train_loss", u->train_loss);
+        fprintf(c->metrics, ",\"n_samples\":%llu,\"steps\":%u}\n",
+                (unsigned long long)u->n_samples, u->steps);
         fflush(c->metrics);
     }
     MOEH_DEBUG("round %u: update from %s (loss %.4f)", c->round, s->id, u->train_loss);
+}
+
+/* AUROC of task t in slice sl of a (slices, tasks, 2, bins) histogram of 32- or 64-bit counts
+ * (the caller passes 64-bit; a site's own 32-bit histogram is widened first). */
+static double slice_auroc(const uint64_t *hist, uint32_t n_tasks, uint32_t bins, size_t sl,
+                          uint32_t t)
+{
+    const uint64_t *neg = hist + ((sl * n_tasks + t) * 2) * (size_t)bins;
+    return moeh_hist_auroc(neg, neg + bins, bins);
 }
 
 static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
@@ -404,15 +494,56 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
     const Moeh__EvalResult *r = m->env->eval_result;
     if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version))
         return;
+    const uint32_t T = c->cfg->n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
-    size_t n = (size_t)r->n_tasks * 2 * r->n_bins;
+    size_t per_slice = (size_t)T * 2 * nb, n = MOEH_WIRE_SLICES * per_slice;
+    /* this site's own AUROC per task (slice 0), before its counts join the sum */
+    uint64_t *own = malloc(per_slice * sizeof(uint64_t));
     for (size_t i = 0; i < n; i++) {
         uint32_t v;
         memcpy(&v, p + 4 * i, 4);
         c->hist[i] += v;
+        if (own && i < per_slice)
+            own[i] = v;
     }
+    const uint8_t *g = m->frames[1].data;
+    for (size_t i = 0; i < (size_t)MOEH_WIRE_COMBOS * c->n_experts; i++) {
+        float x;
+        memcpy(&x, g + 4 * i, 4);
+        c->gate_sum[i] += x;
+    }
+    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++)
+        c->combo_rows[k] += r->combo_rows[k];
     c->eval_loss_sum += r->loss_sum;
     c->eval_n_labels += r->n_labels;
+    s->replied = 1;
+    c->n_replied++;
+    if (own && c->metrics) {
+        fprintf(c->metrics, "{\"event\":\"site_eval\",\"round\":%u,\"site\":\"%s\"", c->round,
+                s->id);
+        jnum(c->metrics, "test_loss", r->n_labels ? r->loss_sum / (double)r->n_labels : NAN);
+        for (uint32_t t = 0; t < T; t++) {
+            char key[32];
+            snprintf(key, sizeof key, "auroc_%s", c->task_names[t]);
+            jnum(c->metrics, key, slice_auroc(own, T, nb, 0, t));
+        }
+        fprintf(c->metrics, "}\n");
+        fflush(c->metrics);
+    }
+    free(own);
+}
+
+static void handle_stats(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__StatsResult *r = m->env->stats_result;
+    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version))
+        return;
+    const uint8_t *p = m->frames[0].data;
+    for (size_t i = 0; i < 3 * (size_t)c->n_norm; i++) {
+        double x;
+        memcpy(&x, p + 8 * i, 8);
+        c->stats_sum[i] += x;
+    }
     s->replied = 1;
     c->n_replied++;
 }
@@ -450,6 +581,9 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
             case MOEH__MSG_TYPE__EVAL_RESULT:
                 handle_eval(c, &m, s);
                 break;
+            case MOEH__MSG_TYPE__STATS_RESULT:
+                handle_stats(c, &m, s);
+                break;
             case MOEH__MSG_TYPE__ERROR:
                 MOEH_WARN("site %s reports: %s", s->id, m.env->error->message);
                 break;
@@ -466,11 +600,6 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
     }
 }
 
-static const char *task_name(coord_t *c, uint32_t t)
-{
-    return c->task_names[t];
-}
-
 static void finish_train(coord_t *c)
 {
     size_t updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
@@ -483,11 +612,35 @@ static void finish_train(coord_t *c)
     loss = ns ? c->round_train_loss / (double)ns : NAN;
     c->round_train_loss = loss;
     if (c->metrics) {
-        fprintf(c->metrics,
-                "{\"event\":\"train\",\"round\":%u,\"sites\":%u,\"participants\":%u,"
-                "\"train_loss\":%.6f,\"groups_updated\":%zu,\"model_version\":%llu}\n",
-                c->round, c->n_replied, c->n_participants, loss, updated,
+        fprintf(c->metrics, "{\"event\":\"train\",\"round\":%u,\"sites\":%u,\"participants\":%u",
+                c->round, c->n_replied, c->n_participants);
+        jnum(c->metrics, "train_loss", loss);
+        fprintf(c->metrics, ",\"groups_updated\":%zu,\"model_version\":%llu}\n", updated,
                 (unsigned long long)c->model_version);
+        fflush(c->metrics);
+    }
+}
+
+static const char *k_combo_names[MOEH_WIRE_COMBOS] = {"E", "N", "EN", "I", "EI", "NI", "ENI"};
+
+static void finish_stats(coord_t *c)
+{
+    size_t n = c->n_norm;
+    double *st = c->stats_sum;
+    for (size_t i = 0; i < n; i++) {
+        double cnt = st[3 * i], mean = 0, var = 1;
+        if (cnt > 0) {
+            mean = st[3 * i + 1] / cnt;
+            var = st[3 * i + 2] / cnt - mean * mean;
+        }
+        c->norm[i] = (float)mean;
+        c->norm[n + i] = (float)fmax(sqrt(fmax(var, 0.0)), 1e-3);
+    }
+    c->have_norm = 1;
+    MOEH_INFO("normalisation statistics from %u sites over %zu features", c->n_replied, n);
+    if (c->metrics) {
+        fprintf(c->metrics, "{\"event\":\"stats\",\"sites\":%u,\"features\":%zu}\n",
+                c->n_replied, n);
         fflush(c->metrics);
     }
 }
@@ -495,62 +648,122 @@ static void finish_train(coord_t *c)
 static void finish_eval(coord_t *c)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    double auroc[16], mean = 0;
+    const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
+    double mean = 0;
     int n_ok = 0;
-    for (uint32_t t = 0; t < cfg->n_tasks; t++) {
-        const uint64_t *neg = c->hist + (size_t)t * 2 * cfg->eval_bins;
-        auroc[t] = moeh_hist_auroc(neg, neg + cfg->eval_bins, cfg->eval_bins);
-        if (!isnan(auroc[t])) {
-            mean += auroc[t];
+    for (size_t sl = 0; sl < MOEH_WIRE_SLICES; sl++)
+        for (uint32_t t = 0; t < T; t++)
+            c->last_auroc[sl][t] = slice_auroc(c->hist, T, nb, sl, t);
+    for (uint32_t t = 0; t < T; t++)
+        if (!isnan(c->last_auroc[0][t])) {
+            mean += c->last_auroc[0][t];
             n_ok++;
         }
-    }
     mean = n_ok ? mean / n_ok : NAN;
     double eval_loss = c->eval_n_labels ? c->eval_loss_sum / (double)c->eval_n_labels : NAN;
     double secs = (double)(moeh_now_ms() - c->round_t0) / 1000.0;
     if (c->metrics) {
-        fprintf(c->metrics,
-                "{\"event\":\"eval\",\"round\":%u,\"sites\":%u,\"train_loss\":%.6f,"
-                "\"test_loss\":%.6f,\"auroc_mean\":%.6f,\"seconds\":%.3f",
-                c->round, c->n_replied, c->round_train_loss, eval_loss, mean, secs);
-        for (uint32_t t = 0; t < cfg->n_tasks; t++)
-            fprintf(c->metrics, ",\"auroc_%s\":%.6f", task_name(c, t), auroc[t]);
-        fprintf(c->metrics, "}\n");
-        for (uint32_t t = 0; t < cfg->n_tasks; t++)
-            fprintf(c->metrics,
-                    "{\"event\":\"task\",\"round\":%u,\"task\":\"%s\",\"auroc\":%.6f}\n", c->round,
-                    task_name(c, t), auroc[t]);
-        fflush(c->metrics);
+        FILE *f = c->metrics;
+        char key[32];
+        fprintf(f, "{\"event\":\"eval\",\"round\":%u,\"sites\":%u", c->round, c->n_replied);
+        jnum(f, "train_loss", c->round_train_loss);
+        jnum(f, "test_loss", eval_loss);
+        jnum(f, "auroc_mean", mean);
+        jnum(f, "seconds", secs);
+        for (uint32_t t = 0; t < T; t++) {
+            snprintf(key, sizeof key, "auroc_%s", c->task_names[t]);
+            jnum(f, key, c->last_auroc[0][t]);
+        }
+        fprintf(f, "}\n");
+        for (uint32_t t = 0; t < T; t++) {
+            fprintf(f, "{\"event\":\"task\",\"round\":%u,\"task\":\"%s\"", c->round,
+                    c->task_names[t]);
+            jnum(f, "auroc", c->last_auroc[0][t]);
+            for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++) {
+                snprintf(key, sizeof key, "auroc_%s", k_combo_names[k]);
+                jnum(f, key, c->last_auroc[k + 1][t]);
+            }
+            fprintf(f, "}\n");
+        }
+        /* mean gate weight per expert for each modality combination */
+        fprintf(f, "{\"event\":\"gate\",\"round\":%u", c->round);
+        for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++) {
+            fprintf(f, ",\"%s\":{\"rows\":%llu,\"weights\":[", k_combo_names[k],
+                    (unsigned long long)c->combo_rows[k]);
+            for (uint32_t e = 0; e < c->n_experts; e++)
+                fprintf(f, "%s%.4f", e ? "," : "",
+                        c->combo_rows[k] ? c->gate_sum[k * c->n_experts + e] /
+                                               (double)c->combo_rows[k]
+                                         : 0.0);
+            fprintf(f, "]}");
+        }
+        fprintf(f, "}\n");
+        fflush(f);
     }
     if (cfg->print_table) {
         if (!c->table_header_done) {
             c->table_header_done = 1;
             printf("%5s %7s %10s %10s", "round", "sites", "train_loss", "test_loss");
-            for (uint32_t t = 0; t < cfg->n_tasks && t < 4; t++)
-                printf(" %11s", task_name(c, t));
+            for (uint32_t t = 0; t < T && t < 4; t++)
+                printf(" %11s", c->task_names[t]);
             printf(" %10s %7s\n", "auroc_mean", "time_s");
         }
         char sites[32];
         snprintf(sites, sizeof sites, "%u/%u", c->n_replied, c->n_participants);
         printf("%5u %7s %10.4f %10.4f", c->round, sites, c->round_train_loss, eval_loss);
-        for (uint32_t t = 0; t < cfg->n_tasks && t < 4; t++)
-            printf(" %11.4f", auroc[t]);
-        printf(" %10.4f %7.3f\n", mean, secs);
+        for (uint32_t t = 0; t < T && t < 4; t++)
+            printf(" %11.4f", c->last_auroc[0][t]);
+        printf(" %10.4f %7.2f\n", mean, secs);
         fflush(stdout);
     }
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f",
               c->round, c->n_replied, c->round_train_loss, eval_loss, mean);
 }
 
+/* The final table: test AUROC per task, overall and per modality combination. */
+static void print_final_table(const coord_t *c)
+{
+    const uint32_t T = c->cfg->n_tasks;
+    printf("\ntest AUROC of the final model, per modality combination "
+           "(E = EHR, N = notes, I = image; n = test rows):\n");
+    printf("%-6s %7s", "combo", "n");
+    for (uint32_t t = 0; t < T && t < 4; t++)
+        printf(" %11s", c->task_names[t]);
+    printf("\n");
+    for (size_t sl = 0; sl < MOEH_WIRE_SLICES; sl++) {
+        uint64_t rows = 0;
+        if (sl == 0)
+            for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++)
+                rows += c->combo_rows[k];
+        else
+            rows = c->combo_rows[sl - 1];
+        if (sl > 0 && rows == 0)
+            continue;
+        printf("%-6s %7llu", sl == 0 ? "all" : k_combo_names[sl - 1], (unsigned long long)rows);
+        for (uint32_t t = 0; t < T && t < 4; t++) {
+            if (isnan(c->last_auroc[sl][t]))
+                printf(" %11s", "-");
+            else
+                printf(" %11.4f", c->last_auroc[sl][t]);
+        }
+        printf("\n");
+    }
+    fflush(stdout);
+}
+
 /* Writes the state that --resume needs, atomically. Failing to is fatal: the run promised it. */
 static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
 {
+    float shape[4] = {(float)c->mcfg.n_static, (float)c->mcfg.n_vars, (float)c->mcfg.n_steps,
+                      (float)c->mcfg.img_size};
     moeh_ckpt_t k = {.round = c->round, .model_version = c->model_version,
-                     .spec_hash = c->spec_hash, .n_in = c->n_in, .n_hidden = c->cfg->n_hidden,
-                     .n_tasks = c->cfg->n_tasks, .seed = c->cfg->seed, .n_params = c->p->n,
-                     .n_groups = c->p->n_groups, .n_arrays = 1};
+                     .spec_hash = c->spec_hash, .n_params = c->p->n,
+                     .n_groups = c->p->n_groups, .n_arrays = 3,
+                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4},
+                     .arrays = {c->p->w, c->norm, shape}};
     snprintf(k.names[0], sizeof k.names[0], "params");
-    k.arrays[0] = c->p->w;
+    snprintf(k.names[1], sizeof k.names[1], "norm");
+    snprintf(k.names[2], sizeof k.names[2], "data_shape");
     moeh_err_t err = {0};
     int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
     if (rc)
@@ -558,35 +771,34 @@ static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
     return rc;
 }
 
-/* Restores the model and round counter from the checkpoint (--resume). */
+/* Restores the model, the normalisation and the round counter (--resume). The model is
+ * rebuilt from this run's configuration and the stored data shapes; the layout hash must
+ * match the stored one, so a checkpoint never loads into a different architecture. */
 static int load_checkpoint(coord_t *c, moeh_err_t *err)
 {
-    const moeh_coord_cfg_t *cfg = c->cfg;
     moeh_ckpt_t k;
     int rc = moeh_ckpt_load(c->ckpt_path, &k, err);
     if (rc)
         return rc;
-    float *params = moeh_ckpt_array(&k, "params");
-    if (!params) {
-        rc = moeh_errf(err, -EBADMSG, "%s: no params array", c->ckpt_path);
+    float *shape = moeh_ckpt_array(&k, "data_shape", 4);
+    if (!shape) {
+        rc = moeh_errf(err, -EBADMSG, "%s: no data_shape array", c->ckpt_path);
         goto out;
     }
-    if (k.n_hidden != cfg->n_hidden || k.n_tasks != cfg->n_tasks || k.seed != cfg->seed ||
-        (cfg->n_in && k.n_in != cfg->n_in)) {
-        rc = moeh_errf(err, -EINVAL,
-                       "%s was made with n_in %u, hidden %u, tasks %u, seed %llu; this run has "
-                       "n_in %u, hidden %u, tasks %u, seed %llu",
-                       c->ckpt_path, k.n_in, k.n_hidden, k.n_tasks, (unsigned long long)k.seed,
-                       cfg->n_in, cfg->n_hidden, cfg->n_tasks, (unsigned long long)cfg->seed);
+    if ((rc = create_model(c, (uint32_t)shape[0], (uint32_t)shape[1], (uint32_t)shape[2],
+                           (uint32_t)shape[3], err)))
+        goto out;
+    float *params = moeh_ckpt_array(&k, "params", c->p->n),
+          *norm = moeh_ckpt_array(&k, "norm", 2 * (size_t)c->n_norm);
+    if (c->spec_hash != k.spec_hash || !params || !norm) {
+        rc = moeh_errf(err, -EINVAL, "%s: the model layout differs from this run's "
+                                     "configuration (architecture, widths or buckets changed?)",
+                       c->ckpt_path);
         goto out;
     }
-    if ((rc = create_model(c, k.n_in, err)))
-        goto out;
-    if (c->spec_hash != k.spec_hash || c->p->n != k.n_params) {
-        rc = moeh_errf(err, -EINVAL, "%s: the model layout differs from this build's", c->ckpt_path);
-        goto out;
-    }
-    memcpy(c->p->w, params, k.n_params * sizeof(float));
+    memcpy(c->p->w, params, c->p->n * sizeof(float));
+    memcpy(c->norm, norm, 2 * (size_t)c->n_norm * sizeof(float));
+    c->have_norm = 1;
     c->round = k.round;
     c->model_version = k.model_version;
     MOEH_INFO("resuming after round %u (model version %llu) from %s", k.round,
@@ -606,7 +818,7 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
     if (pending > 0 && now < c->phase_deadline)
         return;
-    const char *name = c->phase == PH_TRAIN ? "train" : "eval";
+    const char *name = c->phase == PH_TRAIN ? "train" : c->phase == PH_EVAL ? "eval" : "statistics";
     if (c->n_replied < cfg->min_sites) {
         if (++c->retries > cfg->max_retries) {
             moeh_errf(fatal, -ETIMEDOUT,
@@ -624,7 +836,12 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         MOEH_WARN("round %u %s phase: deadline passed, closing with %u of %u sites", c->round,
                   name, c->n_replied, c->n_participants);
     c->retries = 0;
-    if (c->phase == PH_TRAIN) {
+    if (c->phase == PH_STATS) {
+        finish_stats(c);
+        c->round++;
+        c->round_t0 = moeh_now_ms();
+        open_phase(c, PH_TRAIN);
+    } else if (c->phase == PH_TRAIN) {
         finish_train(c);
         open_phase(c, PH_EVAL);
     } else {
@@ -684,10 +901,18 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "max_retries", k->max_retries);
     cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
-    cJSON_AddNumberToObject(j, "n_in", k->n_in);
-    cJSON_AddNumberToObject(j, "n_hidden", k->n_hidden);
+    cJSON_AddNumberToObject(j, "arch", k->arch);
+    cJSON_AddNumberToObject(j, "d_emb", k->d_emb);
+    cJSON_AddNumberToObject(j, "d_hidden", k->d_hidden);
+    cJSON_AddNumberToObject(j, "note_buckets", k->note_buckets);
+    cJSON_AddNumberToObject(j, "top_k", k->top_k);
+    cJSON_AddNumberToObject(j, "temperature", k->temperature);
+    cJSON_AddNumberToObject(j, "lambda_lb", k->lambda_lb);
+    cJSON_AddNumberToObject(j, "gate_sup", k->gate_sup);
     cJSON_AddNumberToObject(j, "n_tasks", k->n_tasks);
     cJSON_AddNumberToObject(j, "seed", (double)k->seed);
+    cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);
+    cJSON_AddNumberToObject(j, "prox_mu", k->prox_mu);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -711,11 +936,12 @@ static int setup(coord_t *c, moeh_err_t *err)
     const moeh_coord_cfg_t *cfg = c->cfg;
     int rc;
     char path[4096];
-    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks == 0 || cfg->n_tasks > 16 ||
+    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks != 3 || cfg->arch > 6 ||
+        cfg->batch_size == 0 || cfg->prox_mu < 0 ||
         cfg->eval_bins < 2 || cfg->eval_bins > 100000 || cfg->heartbeat_ms < 10 ||
         !(cfg->delta_clip > 0))
-        return moeh_errf(err, -EINVAL, "invalid configuration: rounds, min_sites and n_tasks "
-                                       "(<= 16) must be > 0, eval_bins 2..100000, "
+        return moeh_errf(err, -EINVAL, "invalid configuration: rounds, min_sites and batch_size "
+                                       "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
                                        "heartbeat_ms >= 10, delta_clip > 0");
     static const char *names3[] = {"mortality", "los7", "readmit30"};
     for (uint32_t t = 0; t < cfg->n_tasks; t++) {
@@ -813,8 +1039,11 @@ static void teardown(coord_t *c)
     if (c->metrics)
         fclose(c->metrics);
     moeh_fedavg_free(&c->agg);
-    moeh_mlp_destroy(&c->model);
+    moeh_moe_destroy(&c->model);
     free(c->hist);
+    free(c->norm);
+    free(c->stats_sum);
+    free(c->gate_sum);
     free(c->sites);
 }
 
@@ -847,9 +1076,13 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
                 break;
             }
             if (n >= c.wait_target || (waited >= cfg->start_timeout_ms && n >= cfg->min_sites)) {
-                c.round++;
-                c.round_t0 = moeh_now_ms();
-                open_phase(&c, PH_TRAIN);
+                if (!c.have_norm) {
+                    open_phase(&c, PH_STATS);
+                } else {
+                    c.round++;
+                    c.round_t0 = moeh_now_ms();
+                    open_phase(&c, PH_TRAIN);
+                }
             } else if (waited >= cfg->start_timeout_ms) {
                 rc = moeh_errf(err, -ETIMEDOUT,
                                "only %u of the %u sites needed joined within %.0f s "
@@ -876,6 +1109,8 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     moeh_path_join(path, sizeof path, cfg->out_dir, "model.npy");
     if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c.p->w, err)))
         goto out;
+    if (cfg->print_table && c.table_header_done)
+        print_final_table(&c);
     MOEH_INFO("all %u rounds done; model written to %s", cfg->rounds, path);
     rc = 0;
 out:

@@ -26,9 +26,15 @@ typedef struct {
     uint32_t heartbeat_ms;
     uint32_t heartbeat_timeout_ms; /* a silent site is considered gone after this */
 
-    /* model (the MLP until MoE-Health lands); n_in 0 = taken from the first site's data */
-    uint32_t n_in, n_hidden, n_tasks;
+    /* model: MoE-Health or a baseline (model/moeh_moe.h); the data shapes (static features,
+     * hourly variables, hours, image size) come from the sites, which must agree */
+    uint32_t arch; /* moeh_arch_t */
+    uint32_t d_emb, d_hidden, note_buckets, top_k;
+    float temperature, lambda_lb, gate_sup;
+    uint32_t n_tasks; /* 3: mortality, LOS > 7 d, 30-day readmission */
     uint64_t seed;
+    uint32_t warmup_rounds; /* expert-specialisation rounds before joint training */
+    float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

@@ -5,12 +5,13 @@
 #include <string.h>
 #include <zmq.h>
 
-static const char *k_type_names[] = {"unspecified", "hello",     "welcome", "round_start", "update",
-                                     "eval_result", "heartbeat", "error",   "bye"};
+static const char *k_type_names[] = {"unspecified", "hello",     "welcome", "round_start",
+                                     "update",      "eval_result", "heartbeat", "error",
+                                     "bye",         "stats_result"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= 8) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= 9) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -29,7 +30,7 @@ int moeh_site_id_valid(const char *s)
 
 static size_t dtype_size(int dt)
 {
-    return dt == MOEH__DTYPE__F32 || dt == MOEH__DTYPE__U32 ? 4 : 0;
+    return dt == MOEH__DTYPE__F32 || dt == MOEH__DTYPE__U32 ? 4 : dt == MOEH__DTYPE__F64 ? 8 : 0;
 }
 
 static int check_string(const char *s, size_t max, const char *field, moeh_err_t *err)
@@ -39,24 +40,57 @@ static int check_string(const char *s, size_t max, const char *field, moeh_err_t
     return 0;
 }
 
-/* The single raw frame a message type must carry: its name, dtype and element count. */
+/* A tensor frame a message type must carry: its name, dtype and element count. */
+typedef struct {
+    const char *name;
+    int dtype;
+    uint64_t count;
+} frame_spec_t;
+
+/* The frames must be exactly `want`, in order. A count of 0 means "not negotiated yet". */
+static int expect_frames(const Moeh__Envelope *e, size_t n_frames, const frame_spec_t *want,
+                         size_t n_want, moeh_err_t *err)
+{
+    if (n_frames != n_want || e->n_frames != n_want)
+        return moeh_errf(err, -EBADMSG, "%s: expected %zu tensor frames ('%s'%s), got %zu",
+                         moeh_msg_type_name(e->type), n_want, want[0].name,
+                         n_want > 1 ? ", ..." : "", n_frames);
+    for (size_t i = 0; i < n_want; i++) {
+        const Moeh__FrameDesc *d = e->frames[i];
+        if (strcmp(d->name, want[i].name) != 0 || (int)d->dtype != want[i].dtype)
+            return moeh_errf(err, -EBADMSG,
+                             "%s: frame %zu is '%s' (dtype %d), expected '%s' (dtype %d)",
+                             moeh_msg_type_name(e->type), i, d->name, (int)d->dtype, want[i].name,
+                             want[i].dtype);
+        if (want[i].count == 0)
+            return moeh_errf(err, -EBADMSG, "%s: tensor frame before the model was negotiated",
+                             moeh_msg_type_name(e->type));
+        if (d->count != want[i].count)
+            return moeh_errf(err, -EBADMSG, "%s: frame '%s' has %llu elements, expected %llu",
+                             moeh_msg_type_name(e->type), want[i].name,
+                             (unsigned long long)d->count, (unsigned long long)want[i].count);
+    }
+    return 0;
+}
+
 static int expect_frame(const Moeh__Envelope *e, const moeh_iov_t *frames, size_t n_frames,
                         const char *name, int dtype, uint64_t count, moeh_err_t *err)
 {
-    if (n_frames != 1 || e->n_frames != 1)
-        return moeh_errf(err, -EBADMSG, "%s: expected 1 tensor frame '%s', got %zu",
-                         moeh_msg_type_name(e->type), name, n_frames);
-    const Moeh__FrameDesc *d = e->frames[0];
-    if (strcmp(d->name, name) != 0 || (int)d->dtype != dtype)
-        return moeh_errf(err, -EBADMSG, "%s: frame 0 is '%s' (dtype %d), expected '%s' (dtype %d)",
-                         moeh_msg_type_name(e->type), d->name, (int)d->dtype, name, dtype);
-    if (count == 0)
-        return moeh_errf(err, -EBADMSG, "%s: tensor frame before the model was negotiated",
-                         moeh_msg_type_name(e->type));
-    if (d->count != count)
-        return moeh_errf(err, -EBADMSG, "%s: frame '%s' has %llu elements, expected %llu",
-                         moeh_msg_type_name(e->type), name, (unsigned long long)d->count,
-                         (unsigned long long)count);
+    (void)frames;
+    frame_spec_t w = {name, dtype, count};
+    return expect_frames(e, n_frames, &w, 1, err);
+}
+
+static int check_finite_f64(const moeh_iov_t *f, const char *what, moeh_err_t *err)
+{
+    size_t n = f->len / 8;
+    const uint8_t *p = f->data;
+    for (size_t i = 0; i < n; i++) {
+        double x;
+        memcpy(&x, p + 8 * i, 8);
+        if (!isfinite(x))
+            return moeh_errf(err, -ERANGE, "%s: element %zu is not finite", what, i);
+    }
     return 0;
 }
 
@@ -92,6 +126,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (h->n_features == 0 || h->n_features > (1u << 20))
             return moeh_errf(err, -EBADMSG, "hello.n_features: %u, expected 1..%u",
                              h->n_features, 1u << 20);
+        if (h->n_vars > 4096 || h->n_steps > 1000 || h->img_size > 1024)
+            return moeh_errf(err, -EBADMSG, "hello: n_vars <= 4096, n_steps <= 1000 and "
+                                            "img_size <= 1024 expected");
         if (h->n_combos > 7)
             return moeh_errf(err, -EBADMSG, "hello.combos: %zu entries, expected <= 7",
                              h->n_combos);
@@ -110,10 +147,23 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG, "welcome.model: missing");
         if ((rc = check_string(m->kind, 32, "welcome.model.kind", err)))
             return rc;
-        if (m->n_in == 0 || m->n_in > (1u << 20) || m->n_hidden == 0 || m->n_hidden > 65536 ||
-            m->n_tasks == 0 || m->n_tasks > 16)
-            return moeh_errf(err, -EBADMSG, "welcome.model: sizes out of range "
-                                            "(n_in 1..2^20, n_hidden 1..65536, n_tasks 1..16)");
+        if (m->n_static > (1u << 20) || m->d_emb == 0 || m->d_emb > 65536 || m->d_hidden == 0 ||
+            m->d_hidden > 65536 || m->n_vars > 4096 || m->n_steps == 0 || m->n_steps > 1000 ||
+            m->note_buckets > (1u << 24) || m->img_size > 1024 || m->n_tasks == 0 ||
+            m->n_tasks > 8 || m->top_k > 7 || m->n_experts == 0 || m->n_experts > 7 ||
+            m->max_batch == 0 || m->max_batch > 65536 || m->n_norm > (1u << 21) ||
+            (m->n_cnn_ch != 0 && m->n_cnn_ch != 3))
+            return moeh_errf(err, -EBADMSG, "welcome.model: a size is out of range");
+        for (size_t i = 0; i < m->n_cnn_ch; i++)
+            if (m->cnn_ch[i] == 0 || m->cnn_ch[i] > 1024)
+                return moeh_errf(err, -EBADMSG, "welcome.model.cnn_ch[%zu]: expected 1..1024", i);
+        if ((rc = fin(m->temperature, "welcome.model.temperature", err)) ||
+            (rc = fin(m->lambda_lb, "welcome.model.lambda_lb", err)) ||
+            (rc = fin(m->gate_sup, "welcome.model.gate_sup", err)))
+            return rc;
+        if (!(m->temperature > 0) || m->lambda_lb < 0 || m->gate_sup < 0)
+            return moeh_errf(err, -EBADMSG, "welcome.model: temperature > 0, lambda_lb >= 0 and "
+                                            "gate_sup >= 0 expected");
         if (m->n_params == 0 || m->n_params > MOEH_MAX_PARAMS || m->n_groups == 0 ||
             m->n_groups > 32)
             return moeh_errf(err, -EBADMSG, "welcome.model: n_params 1..2^28 and n_groups "
@@ -129,8 +179,10 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     case MOEH__MSG_TYPE__ROUND_START: {
         const Moeh__RoundStart *r = e->round_start;
         const Moeh__RoundConfig *c = r->config;
-        if (r->task != MOEH__ROUND_TASK__TRAIN && r->task != MOEH__ROUND_TASK__EVALUATE)
-            return moeh_errf(err, -EBADMSG, "round_start.task: %d, expected TRAIN or EVALUATE",
+        if (r->task != MOEH__ROUND_TASK__TRAIN && r->task != MOEH__ROUND_TASK__EVALUATE &&
+            r->task != MOEH__ROUND_TASK__STATS)
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.task: %d, expected TRAIN, EVALUATE or STATS",
                              (int)r->task);
         if (!c)
             return moeh_errf(err, -EBADMSG, "round_start.config: missing");
@@ -142,11 +194,12 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                                             "batch_size 1..65536 expected");
         if ((rc = fin(c->lr, "round_start.config.lr", err)) ||
             (rc = fin(c->weight_decay, "round_start.config.weight_decay", err)) ||
-            (rc = fin(c->clip, "round_start.config.clip", err)))
+            (rc = fin(c->clip, "round_start.config.clip", err)) ||
+            (rc = fin(c->prox_mu, "round_start.config.prox_mu", err)))
             return rc;
-        if (!(c->lr > 0 && c->lr <= 10) || c->weight_decay < 0 || c->clip < 0)
-            return moeh_errf(err, -EBADMSG, "round_start.config: lr in (0, 10], weight_decay "
-                                            ">= 0 and clip >= 0 expected");
+        if (!(c->lr > 0 && c->lr <= 10) || c->weight_decay < 0 || c->clip < 0 || c->prox_mu < 0)
+            return moeh_errf(err, -EBADMSG, "round_start.config: lr in (0, 10], weight_decay, "
+                                            "clip and prox_mu >= 0 expected");
         if ((rc = fin(c->delta_clip, "round_start.config.delta_clip", err)) ||
             (rc = fin(c->quant_scale, "round_start.config.quant_scale", err)))
             return rc;
@@ -154,10 +207,25 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             c->quant_scale * c->delta_clip > 2147483647.0)
             return moeh_errf(err, -EBADMSG, "round_start.config: delta_clip > 0 and quant_scale "
                                             "> 0 with quant_scale * delta_clip < 2^31 expected");
-        if ((rc = expect_frame(e, frames, n_frames, "params", MOEH__DTYPE__F32, lim->n_params,
-                               err)))
+        if (r->task == MOEH__ROUND_TASK__STATS)
+            break; /* no frames */
+        frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
+                                {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
+        if (lim->n_norm == 0)
+            want[1].count = 0;
+        if ((rc = expect_frames(e, n_frames, want, 2, err)) ||
+            (rc = check_finite_f32(&frames[0], "round_start.params", err)) ||
+            (rc = check_finite_f32(&frames[1], "round_start.norm", err)))
             return rc;
-        return check_finite_f32(&frames[0], "round_start.params", err);
+        const uint8_t *np = frames[1].data;
+        for (size_t i = lim->n_norm; i < 2 * (size_t)lim->n_norm; i++) {
+            float sd;
+            memcpy(&sd, np + 4 * i, 4);
+            if (!(sd > 0))
+                return moeh_errf(err, -EBADMSG, "round_start.norm: standard deviation %zu is "
+                                                "not positive", i - lim->n_norm);
+        }
+        return 0;
     }
     case MOEH__MSG_TYPE__UPDATE: {
         const Moeh__Update *u = e->update;
@@ -175,24 +243,58 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (lim->n_tasks == 0 || r->n_tasks != lim->n_tasks || r->n_bins != lim->eval_bins)
             return moeh_errf(err, -EBADMSG, "eval_result: %u tasks x %u bins, expected %u x %u",
                              r->n_tasks, r->n_bins, lim->n_tasks, lim->eval_bins);
+        if (r->n_combo_rows != MOEH_WIRE_COMBOS)
+            return moeh_errf(err, -EBADMSG, "eval_result.combo_rows: %zu entries, expected %u",
+                             r->n_combo_rows, MOEH_WIRE_COMBOS);
         if ((rc = fin(r->loss_sum, "eval_result.loss_sum", err)))
             return rc;
         if (r->loss_sum < 0)
             return moeh_errf(err, -EBADMSG, "eval_result.loss_sum: negative");
-        uint64_t count = (uint64_t)r->n_tasks * 2 * r->n_bins;
-        if ((rc = expect_frame(e, frames, n_frames, "hist", MOEH__DTYPE__U32, count, err)))
+        uint64_t per_slice = (uint64_t)r->n_tasks * 2 * r->n_bins;
+        frame_spec_t want[2] = {
+            {"hist", MOEH__DTYPE__U32, MOEH_WIRE_SLICES * per_slice},
+            {"gate", MOEH__DTYPE__F32, (uint64_t)MOEH_WIRE_COMBOS * lim->n_experts}};
+        if ((rc = expect_frames(e, n_frames, want, 2, err)) ||
+            (rc = check_finite_f32(&frames[1], "eval_result.gate", err)))
             return rc;
-        uint64_t total = 0;
+        uint64_t total = 0, in_combos = 0;
         const uint8_t *p = frames[0].data;
-        for (uint64_t i = 0; i < count; i++) {
+        for (uint64_t i = 0; i < MOEH_WIRE_SLICES * per_slice; i++) {
             uint32_t v;
             memcpy(&v, p + 4 * i, 4);
-            total += v;
+            if (i < per_slice)
+                total += v;
+            else
+                in_combos += v;
         }
-        if (total != r->n_labels)
-            return moeh_errf(err, -EBADMSG, "eval_result: histogram holds %llu labels, "
-                                            "n_labels says %llu",
-                             (unsigned long long)total, (unsigned long long)r->n_labels);
+        if (total != r->n_labels || in_combos > r->n_labels)
+            return moeh_errf(err, -EBADMSG, "eval_result: histograms hold %llu labels (%llu in "
+                                            "combinations), n_labels says %llu",
+                             (unsigned long long)total, (unsigned long long)in_combos,
+                             (unsigned long long)r->n_labels);
+        const uint8_t *g = frames[1].data;
+        for (size_t i = 0; i < frames[1].len / 4; i++) {
+            float x;
+            memcpy(&x, g + 4 * i, 4);
+            if (x < 0)
+                return moeh_errf(err, -EBADMSG, "eval_result.gate: element %zu is negative", i);
+        }
+        return 0;
+    }
+    case MOEH__MSG_TYPE__STATS_RESULT: {
+        if ((rc = expect_frame(e, frames, n_frames, "stats", MOEH__DTYPE__F64,
+                               3 * (uint64_t)lim->n_norm, err)) ||
+            (rc = check_finite_f64(&frames[0], "stats_result.stats", err)))
+            return rc;
+        const uint8_t *p = frames[0].data;
+        for (size_t i = 0; i < lim->n_norm; i++) {
+            double cnt, sq;
+            memcpy(&cnt, p + 8 * (3 * i), 8);
+            memcpy(&sq, p + 8 * (3 * i + 2), 8);
+            if (cnt < 0 || sq < 0)
+                return moeh_errf(err, -EBADMSG, "stats_result: feature %zu has a negative count "
+                                                "or sum of squares", i);
+        }
         return 0;
     }
     case MOEH__MSG_TYPE__HEARTBEAT:
@@ -272,7 +374,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__BYE) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__STATS_RESULT) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

@@ -28,7 +28,13 @@ typedef struct {
     uint32_t n_groups;
     uint32_t n_tasks;
     uint32_t eval_bins;
+    uint32_t n_norm;    /* normalisation features (static + hourly variables) */
+    uint32_t n_experts; /* columns of the gate sums */
 } moeh_wire_limits_t;
+
+/* Combinations of the three modalities, and evaluation slices (all rows + each combination). */
+#define MOEH_WIRE_COMBOS 7u
+#define MOEH_WIRE_SLICES 8u
 
 /* A raw frame: borrowed bytes. */
 typedef struct {

@@ -2,11 +2,13 @@
 #include "localfed.h"
 
 #include "keys.h"
+#include "wire.h"
 
 #include <string.h>
 #include <unistd.h>
 
-int moeh_localfed_keys(const char *dir, unsigned n_sites, moeh_err_t *err)
+int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites,
+                       moeh_err_t *err)
 {
     int rc;
     char base[4096];
@@ -15,12 +17,16 @@ int moeh_localfed_keys(const char *dir, unsigned n_sites, moeh_err_t *err)
         return moeh_errf(err, rc, "libsodium failed to initialise");
     if ((rc = moeh_mkdir_p(dir, err)))
         return rc;
-    size_t cap = 64 + (size_t)n_sites * 128, len = 0;
+    size_t cap = 64 + n_sites * 128, len = 0;
     char *reg = malloc(cap);
     if (!reg)
         return moeh_errf(err, -ENOMEM, "out of memory");
     len += (size_t)snprintf(reg, cap, "# moeh site registry: SITE_ID = public key\n[sites]\n");
-    for (unsigned k = 0; k <= n_sites; k++) {
+    for (size_t k = 0; k <= n_sites; k++) {
+        if (k > 0 && !moeh_site_id_valid(names[k - 1])) {
+            rc = moeh_errf(err, -EINVAL, "site name '%s' is not a valid site id", names[k - 1]);
+            goto out;
+        }
         if ((rc = moeh_keypair_generate(&kp))) {
             moeh_errf(err, rc, "key generation failed: %s", moeh_strerror(rc));
             goto out;
@@ -28,11 +34,12 @@ int moeh_localfed_keys(const char *dir, unsigned n_sites, moeh_err_t *err)
         if (k == 0)
             snprintf(base, sizeof base, "%s/coordinator", dir);
         else
-            snprintf(base, sizeof base, "%s/site-%u", dir, k);
+            snprintf(base, sizeof base, "%s/%s", dir, names[k - 1]);
         if ((rc = moeh_keypair_write(kp, base, err)))
             goto out;
         if (k > 0)
-            len += (size_t)snprintf(reg + len, cap - len, "site-%u = %s\n", k, kp->public_z85);
+            len += (size_t)snprintf(reg + len, cap - len, "%s = %s\n", names[k - 1],
+                                    kp->public_z85);
         moeh_keypair_destroy(&kp);
     }
     snprintf(base, sizeof base, "%s/registry.ini", dir);

@@ -6,9 +6,10 @@
 
 #include "proc.h"
 
-/* Writes DIR/coordinator.{key,pub}, DIR/site-K.{key,pub} for K = 1..n_sites and
+/* Writes DIR/coordinator.{key,pub}, DIR/NAME.{key,pub} for every site name and
  * DIR/registry.ini admitting those sites. */
-int moeh_localfed_keys(const char *dir, unsigned n_sites, moeh_err_t *err);
+int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites,
+                       moeh_err_t *err);
 
 /* Starts BIN_DIR/moeh-coordinator bound to tcp://127.0.0.1:(any port) with the extra
  * arguments (NULL-terminated, may be NULL), stderr to log_path and stdout to out_path

@@ -12,7 +12,6 @@ typedef struct {
 
 static const cmd_t k_cmds[] = {
     {"run", moeh_sim_cmd_run, "run a whole federation on this machine (the default command)"},
-    {"toy", moeh_sim_cmd_toy, "write a small synthetic tabular dataset split into sites"},
     {"synth", moeh_sim_cmd_synth, "write a synthetic MIMIC-IV (raw tables, notes, CXR, truth)"},
     {"extract", moeh_sim_cmd_extract, "extract the cohort from MIMIC-IV into a dataset"},
     {"split", moeh_sim_cmd_split, "split a dataset into sites (whole subjects per site)"},

@@ -1,9 +1,11 @@
 /* run.c - `moeh-sim run`: a whole federation on this machine, as real processes over
- * loopback with CURVE: data -> keys -> coordinator -> agents -> round table -> clean exit. */
+ * loopback with CURVE: synthetic MIMIC-IV -> extract -> split into sites with different
+ * modality mixes -> keys and registry -> coordinator + one agent per site -> round table ->
+ * final table per task and modality combination -> every process stopped. */
 #include "localfed.h"
 #include "moeh_opts.h"
+#include "moeh_split.h"
 #include "sim_commands.h"
-#include "toy.h"
 
 #include <signal.h>
 #include <string.h>
@@ -16,26 +18,46 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
+#define DEFAULT_SITES "site-1:0.25:ehr,site-2:0.25:ehr+notes,site-3:0.25:ehr+img,site-4:0.25:ehr+notes+img"
+
+/* Runs a moeh-sim subcommand in this process with the given arguments. */
+static int sub(int (*fn)(int, char **), char **argv)
+{
+    int argc = 0;
+    while (argv[argc])
+        argc++;
+    return fn(argc, argv);
+}
+
 int moeh_sim_cmd_run(int argc, char **argv)
 {
-    const char *out = "moeh-run", *bin_dir_opt = NULL;
-    uint32_t sites = 3, rounds = 10, samples = 3000, features = 16, min_sites = 2, epochs = 2;
-    uint32_t hidden = 32, batch = 64, timeout_s = 600;
-    float lr = 3e-3f;
+    const char *out = "moeh-run", *bin_dir_opt = NULL, *sites_spec = DEFAULT_SITES;
+    const char *data_opt = NULL;
+    uint32_t admissions = 3000, rounds = 8, min_sites = 0, epochs = 1, batch = 32;
+    uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 1, timeout_s = 1200;
+    uint32_t arch = 0;
+    float lr = 2e-3f, prox_mu = 0.0f;
     uint64_t seed = 1;
     int insecure = 0;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
-        {"sites", MOEH_OPT_U32, &sites, "number of simulated hospitals"},
+        {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
+        {"sites", MOEH_OPT_STR, &sites_spec,
+         "sites as NAME:SHARE:MODALITIES,... (moeh-sim split --help)"},
+        {"data", MOEH_OPT_STR, &data_opt,
+         "use this directory of site datasets (from moeh-sim split) instead of making one"},
         {"rounds", MOEH_OPT_U32, &rounds, "federated rounds"},
-        {"samples", MOEH_OPT_U32, &samples, "synthetic samples in all"},
-        {"features", MOEH_OPT_U32, &features, "features per sample"},
-        {"min-sites", MOEH_OPT_U32, &min_sites, "quorum per round"},
+        {"warmup-rounds", MOEH_OPT_U32, &warmup, "expert-specialisation rounds first"},
+        {"min-sites", MOEH_OPT_U32, &min_sites, "quorum per round (0: all but one)"},
         {"local-epochs", MOEH_OPT_U32, &epochs, "local epochs per round"},
-        {"hidden", MOEH_OPT_U32, &hidden, "hidden width of the model"},
         {"batch-size", MOEH_OPT_U32, &batch, "local minibatch size"},
         {"lr", MOEH_OPT_F32, &lr, "local learning rate"},
-        {"seed", MOEH_OPT_U64, &seed, "seed of data, model and shuffling"},
+        {"prox-mu", MOEH_OPT_F32, &prox_mu, "FedProx proximal weight (0: FedAvg)"},
+        {"arch", MOEH_OPT_U32, &arch, "0 MoE-Health; 1-3 unimodal; 4 joint, 5 late, 6 early"},
+        {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
+        {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
+        {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
+        {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -43,30 +65,39 @@ int moeh_sim_cmd_run(int argc, char **argv)
     };
     moeh_opts_t o = {.prog = "moeh-sim run",
                      .synopsis = "usage: moeh-sim run [OPTIONS]\n\nRuns a whole federation on "
-                                 "this machine: writes a synthetic cohort split into sites,\n"
-                                 "makes CURVE keys and a site registry, starts moeh-coordinator "
-                                 "and one moeh-site-agent\nper site as separate processes on "
-                                 "127.0.0.1, prints one line per round and stops them all.",
+                                 "this machine: writes a synthetic MIMIC-IV, extracts the cohort,\n"
+                                 "splits it into hospitals with different modality mixes, makes "
+                                 "CURVE keys and a site\nregistry, starts moeh-coordinator and one "
+                                 "moeh-site-agent per site as separate processes\non 127.0.0.1, "
+                                 "prints one line per round and a final table per task and "
+                                 "modality\ncombination, and stops them all.",
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
+    moeh_split_opts_t so;
+    moeh_split_opts_default(&so);
     int rc = moeh_opts_parse(&o, argc, argv, &err);
     if (rc == 1)
         return 0;
-    if (rc == 0 && (sites == 0 || sites > 64 || min_sites == 0 || min_sites > sites))
-        rc = moeh_errf(&err, -EINVAL, "need 1 <= --min-sites <= --sites <= 64");
+    if (rc == 0 && strlen(out) > 1024)
+        rc = moeh_errf(&err, -EINVAL, "--out path is too long");
+    if (rc == 0)
+        rc = moeh_split_parse_sites(sites_spec, &so, &err);
+    if (rc == 0 && so.by_careunit)
+        rc = moeh_errf(&err, -EINVAL, "--sites careunit is not supported by run; name the sites");
+    if (rc == 0 && min_sites == 0)
+        min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
+    if (rc == 0 && min_sites > so.n_sites)
+        rc = moeh_errf(&err, -EINVAL, "--min-sites %u exceeds the %zu sites", min_sites,
+                       so.n_sites);
     if (rc) {
         fprintf(stderr, "moeh-sim run: %s\n", err.msg);
         moeh_opts_free(&o);
         return 2;
     }
     moeh_log_configure(MOEH_LOG_INFO, "moeh-sim", NULL, NULL);
-    char bin_dir[2048], data_dir[1100], key_dir[1100], log_dir[1100], path[4096];
-    if (strlen(out) > 1024) {
-        fprintf(stderr, "moeh-sim run: --out path is too long\n");
-        moeh_opts_free(&o);
-        return 2;
-    }
+    char bin_dir[2048], raw_dir[1100], ds_dir[1100], sites_dir[1100], key_dir[1100],
+        log_dir[1100], path[4096];
     if (bin_dir_opt)
         snprintf(bin_dir, sizeof bin_dir, "%s", bin_dir_opt);
     else if (moeh_self_dir(bin_dir, sizeof bin_dir) != 0) {
@@ -74,44 +105,94 @@ int moeh_sim_cmd_run(int argc, char **argv)
         moeh_opts_free(&o);
         return 1;
     }
-    snprintf(data_dir, sizeof data_dir, "%s/data", out);
+    snprintf(raw_dir, sizeof raw_dir, "%s/mimic-synth", out);
+    snprintf(ds_dir, sizeof ds_dir, "%s/cohort", out);
+    snprintf(sites_dir, sizeof sites_dir, "%s", data_opt ? data_opt : "");
+    if (!data_opt)
+        snprintf(sites_dir, sizeof sites_dir, "%s/sites", out);
     snprintf(key_dir, sizeof key_dir, "%s/keys", out);
     snprintf(log_dir, sizeof log_dir, "%s/logs", out);
 
-    moeh_proc_t coord = {0}, agents[64];
+    size_t n_sites = so.n_sites;
+    moeh_proc_t coord = {0}, agents[MOEH_MAX_SITES];
     memset(agents, 0, sizeof agents);
+    const char *names[MOEH_MAX_SITES];
+    for (size_t k = 0; k < n_sites; k++)
+        names[k] = so.sites[k].name;
     int exit_code = 1;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-
-    printf("moeh-sim run: %u sites, %u rounds, %u synthetic samples; working in %s/\n", sites,
-           rounds, samples, out);
-    moeh_toy_cfg_t tc = {.n_samples = samples, .n_features = features, .n_sites = sites,
-                         .seed = seed};
-    if ((rc = moeh_mkdir_p(log_dir, &err)) || (rc = moeh_toy_generate(&tc, data_dir, &err)) ||
-        (rc = (insecure ? 0 : moeh_localfed_keys(key_dir, sites, &err))))
+    int64_t t0 = moeh_now_ms();
+    if ((rc = moeh_mkdir_p(log_dir, &err)))
         goto out;
-    char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_hidden[16], a_batch[16], a_lr[32],
-        a_seed[32], a_reg[4096], a_key[4096], endpoint[256];
+
+    char a_adm[16], a_seed[32], mimic[1200], note[1200], cxr[1200];
+    snprintf(a_adm, sizeof a_adm, "%u", admissions);
+    snprintf(a_seed, sizeof a_seed, "%llu", (unsigned long long)seed);
+    if (!data_opt) {
+        printf("== 1/4 synthetic MIMIC-IV: %u admissions -> %s\n", admissions, raw_dir);
+        fflush(stdout);
+        char *s_args[] = {"synth", "--admissions", a_adm, "--seed", a_seed, "--out", raw_dir,
+                          NULL};
+        if (sub(moeh_sim_cmd_synth, s_args) != 0) {
+            rc = moeh_errf(&err, -EIO, "synth failed");
+            goto out;
+        }
+        printf("== 2/4 extract the cohort -> %s\n", ds_dir);
+        fflush(stdout);
+        snprintf(mimic, sizeof mimic, "%s/mimic", raw_dir);
+        snprintf(note, sizeof note, "%s/note", raw_dir);
+        snprintf(cxr, sizeof cxr, "%s/cxr", raw_dir);
+        char *e_args[] = {"extract", "--mimic", mimic, "--note", note, "--cxr", cxr,
+                          "--out", ds_dir, NULL};
+        if (sub(moeh_sim_cmd_extract, e_args) != 0) {
+            rc = moeh_errf(&err, -EIO, "extract failed");
+            goto out;
+        }
+        printf("== 3/4 split into %zu sites -> %s\n", n_sites, sites_dir);
+        fflush(stdout);
+        char *p_args[] = {"split", "--dataset", ds_dir, "--sites", (char *)sites_spec, "--seed",
+                          a_seed, "--out", sites_dir, NULL};
+        if (sub(moeh_sim_cmd_split, p_args) != 0) {
+            rc = moeh_errf(&err, -EIO, "split failed");
+            goto out;
+        }
+    }
+    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s\n", n_sites,
+           rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE");
+    fflush(stdout);
+    if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err)))
+        goto out;
+    char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],
+        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32],
+        endpoint[256];
     snprintf(a_rounds, sizeof a_rounds, "%u", rounds);
     snprintf(a_min, sizeof a_min, "%u", min_sites);
-    snprintf(a_wait, sizeof a_wait, "%u", sites);
+    snprintf(a_wait, sizeof a_wait, "%zu", n_sites);
     snprintf(a_ep, sizeof a_ep, "%u", epochs);
-    snprintf(a_hidden, sizeof a_hidden, "%u", hidden);
     snprintf(a_batch, sizeof a_batch, "%u", batch);
     snprintf(a_lr, sizeof a_lr, "%g", (double)lr);
-    snprintf(a_seed, sizeof a_seed, "%llu", (unsigned long long)seed);
+    snprintf(a_mu, sizeof a_mu, "%g", (double)prox_mu);
+    snprintf(a_warm, sizeof a_warm, "%u", warmup);
+    snprintf(a_arch, sizeof a_arch, "%u", arch);
+    snprintf(a_emb, sizeof a_emb, "%u", d_emb);
+    snprintf(a_hid, sizeof a_hid, "%u", d_hidden);
+    snprintf(a_buck, sizeof a_buck, "%u", buckets);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
-    char *cargs[40] = {"--rounds", a_rounds, "--min-sites", a_min, "--wait-sites", a_wait,
-                       "--local-epochs", a_ep, "--hidden", a_hidden, "--batch-size", a_batch,
-                       "--lr", a_lr, "--seed", a_seed, "--out", (char *)out,
-                       "--start-timeout-ms", "30000", "--deadline-ms", "60000",
-                       "--heartbeat-ms", "500", "--heartbeat-timeout-ms", "5000"};
-    int nc = 26;
+    char *cargs[64] = {"--rounds", a_rounds, "--min-sites", a_min, "--wait-sites", a_wait,
+                       "--local-epochs", a_ep, "--batch-size", a_batch, "--lr", a_lr,
+                       "--prox-mu", a_mu, "--warmup-rounds", a_warm, "--arch", a_arch,
+                       "--d-emb", a_emb, "--d-hidden", a_hid, "--note-buckets", a_buck,
+                       "--seed", a_seed, "--out", (char *)out,
+                       "--start-timeout-ms", "60000", "--deadline-ms", "600000",
+                       "--heartbeat-ms", "1000", "--heartbeat-timeout-ms", "15000"};
+    int nc = 0;
+    while (cargs[nc])
+        nc++;
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {
@@ -126,14 +207,14 @@ int moeh_sim_cmd_run(int argc, char **argv)
                                               sizeof endpoint, &err)))
         goto out;
     printf("coordinator listening on %s (logs in %s/)\n", endpoint, log_dir);
-    for (uint32_t k = 0; k < sites; k++) {
-        char id[32], ds[4096], key[4096], pub[4096], log[4096];
-        snprintf(id, sizeof id, "site-%u", k + 1);
-        snprintf(ds, sizeof ds, "%s/%s", data_dir, id);
-        snprintf(key, sizeof key, "%s/%s.key", key_dir, id);
+    fflush(stdout);
+    for (size_t k = 0; k < n_sites; k++) {
+        char ds[2200], key[1300], pub[1300], log[1300];
+        snprintf(ds, sizeof ds, "%s/%s", sites_dir, names[k]);
+        snprintf(key, sizeof key, "%s/%s.key", key_dir, names[k]);
         snprintf(pub, sizeof pub, "%s/coordinator.pub", key_dir);
-        snprintf(log, sizeof log, "%s/%s.log", log_dir, id);
-        if ((rc = moeh_localfed_start_agent(&agents[k], bin_dir, endpoint, id, ds,
+        snprintf(log, sizeof log, "%s/%s.log", log_dir, names[k]);
+        if ((rc = moeh_localfed_start_agent(&agents[k], bin_dir, endpoint, names[k], ds,
                                             insecure ? NULL : key, pub, NULL, log, &err)))
             goto out;
     }
@@ -154,9 +235,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
                        cc, log_dir);
         goto out;
     }
-    /* The coordinator said bye to every site; give them a moment to leave on their own. */
+    /* The coordinator said bye to every site; they leave on their own. */
     int bad_agents = 0;
-    for (uint32_t k = 0; k < sites; k++) {
+    for (size_t k = 0; k < n_sites; k++) {
         if (moeh_proc_wait(&agents[k], 10000) == -ETIMEDOUT) {
             moeh_proc_stop(&agents[k], 2000);
             bad_agents++;
@@ -165,13 +246,14 @@ int moeh_sim_cmd_run(int argc, char **argv)
         }
     }
     if (bad_agents)
-        fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/site-*.log\n",
+        fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/*.log\n",
                 bad_agents, log_dir);
-    printf("done: metrics in %s/metrics.jsonl, model in %s/model.npy\n", out, out);
+    printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy\n",
+           (double)(moeh_now_ms() - t0) / 1000.0, out, out);
     exit_code = bad_agents ? 1 : 0;
 out:
     moeh_proc_stop(&coord, 5000);
-    for (uint32_t k = 0; k < sites; k++)
+    for (size_t k = 0; k < n_sites; k++)
         moeh_proc_stop(&agents[k], 5000);
     if (rc)
         fprintf(stderr, "moeh-sim run: %s\n", err.msg);

@@ -7,18 +7,14 @@
 #include "agent.h"
 
 #include "keys.h"
-#include "layers.h"
-#include "local_data.h"
-#include "moeh_hist.h"
-#include "moeh_mlp.h"
 #include "quant.h"
+#include "trainer.h"
 #include "wire.h"
 
 #include <math.h>
 #include <string.h>
 #include <zmq.h>
 
-#define EVAL_BATCH 256u
 
 typedef struct {
     const moeh_agent_cfg_t *cfg;
@@ -26,17 +22,14 @@ typedef struct {
     unsigned mon_seq;
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_local_data_t data;
-    moeh_mlp_t *model;
-    moeh_params_t *p;
-    moeh_mlp_cfg_t mcfg;
+    /* what this site holds (read once at start to introduce itself) */
+    size_t n_static, n_vars, n_steps, img_size, n_train, n_test, combos[8];
+    moeh_trainer_t *trainer; /* built on Welcome, from the coordinator's model spec */
     uint64_t spec_hash;
-    float *global, *delta;
-    uint32_t *upd; /* the update words: n_params + n_groups */
-    uint32_t *hist;
-    float *bx, *by;
-    uint8_t *bm;
-    size_t *order;
+    float *global, *delta, *norm;
+    uint32_t *upd;   /* update words: n_params + n_groups */
+    uint32_t *hist;  /* evaluation histograms */
+    float *gate_sum;
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
     uint32_t hb_ms, eval_bins;
@@ -56,12 +49,17 @@ void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
     c->give_up_ms = 0;
 }
 
-static void set_fatal(agent_t *a, int rc, const char *fmt, const char *arg)
+/* Records the first fatal error (printf-style message); the loop stops at the next turn. */
+static void set_fatal(agent_t *a, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
 {
     if (a->fatal_rc)
         return;
     a->fatal_rc = rc;
-    snprintf(a->fatal.msg, sizeof a->fatal.msg, fmt, arg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->fatal.msg, sizeof a->fatal.msg, fmt, ap);
+    va_end(ap);
 }
 
 static void close_socket(agent_t *a)
@@ -82,15 +80,26 @@ static int send_hello(agent_t *a)
 {
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Hello h = MOEH__HELLO__INIT;
-    Moeh__ComboCount cc = MOEH__COMBO_COUNT__INIT, *ccp = &cc;
+    Moeh__ComboCount cc[7], *ccp[7];
+    size_t nc = 0;
+    for (uint32_t c = 1; c <= 7; c++) {
+        if (!a->combos[c])
+            continue;
+        moeh__combo_count__init(&cc[nc]);
+        cc[nc].combo = c;
+        cc[nc].count = a->combos[c];
+        ccp[nc] = &cc[nc];
+        nc++;
+    }
     h.site_id = (char *)a->cfg->site_id;
-    h.n_train = a->data.n_train;
-    h.n_eval = a->data.n_test;
-    h.n_features = (uint32_t)a->data.n_features;
-    cc.combo = 1; /* EHR only: the tabular model sees one modality */
-    cc.count = a->data.n;
-    h.n_combos = 1;
-    h.combos = &ccp;
+    h.n_train = a->n_train;
+    h.n_eval = a->n_test;
+    h.n_features = (uint32_t)a->n_static;
+    h.n_vars = (uint32_t)a->n_vars;
+    h.n_steps = (uint32_t)a->n_steps;
+    h.img_size = (uint32_t)a->img_size;
+    h.n_combos = nc;
+    h.combos = ccp;
     env.type = MOEH__MSG_TYPE__HELLO;
     env.body_case = MOEH__ENVELOPE__BODY_HELLO;
     env.hello = &h;
@@ -180,161 +189,186 @@ static void service(agent_t *a)
     }
 }
 
-static int ensure_model(agent_t *a, const Moeh__ModelSpec *ms, size_t batch)
+static void free_model(agent_t *a)
 {
-    if (a->model && a->mcfg.n_in == ms->n_in && a->mcfg.n_hidden == ms->n_hidden &&
-        a->mcfg.n_tasks == ms->n_tasks && a->mcfg.max_batch >= batch)
-        return 0;
-    moeh_mlp_destroy(&a->model);
+    moeh_trainer_destroy(&a->trainer);
     free(a->global);
     free(a->delta);
+    free(a->norm);
     free(a->upd);
-    free(a->bx);
-    free(a->by);
-    free(a->bm);
-    a->upd = NULL;
-    a->global = a->delta = a->bx = a->by = NULL;
-    a->bm = NULL;
-    a->mcfg = (moeh_mlp_cfg_t){.n_in = ms->n_in, .n_hidden = ms->n_hidden,
-                               .n_tasks = ms->n_tasks, .max_batch = batch, .seed = ms->seed};
-    int rc = moeh_mlp_create(&a->mcfg, &a->model);
-    if (rc)
+    free(a->hist);
+    free(a->gate_sum);
+    a->global = a->delta = a->norm = a->gate_sum = NULL;
+    a->upd = a->hist = NULL;
+}
+
+/* Builds the trainer for the coordinator's model spec (the dataset is opened again: the
+ * trainer owns it). 0 or a negative code with a message in a->fatal. */
+static int build_model(agent_t *a, const Moeh__Welcome *w)
+{
+    const Moeh__ModelSpec *ms = w->model;
+    moeh_err_t err = {0};
+    moeh_dataset_t *ds = NULL;
+    free_model(a);
+    moeh_moe_cfg_t mc = moeh_moe_defaults(ms->n_static, ms->n_vars);
+    mc.arch = (moeh_arch_t)ms->arch;
+    mc.d_emb = ms->d_emb;
+    mc.d_hidden = ms->d_hidden;
+    mc.n_steps = ms->n_steps;
+    mc.note_buckets = ms->note_buckets;
+    mc.img_size = ms->img_size;
+    if (ms->n_cnn_ch == 3)
+        for (int i = 0; i < 3; i++)
+            mc.cnn_ch[i] = ms->cnn_ch[i];
+    mc.n_tasks = ms->n_tasks;
+    mc.top_k = ms->top_k;
+    mc.temperature = ms->temperature;
+    mc.lambda_lb = ms->lambda_lb;
+    mc.gate_sup = ms->gate_sup;
+    mc.max_batch = ms->max_batch;
+    mc.seed = ms->seed;
+    int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);
+    if (!rc)
+        rc = moeh_trainer_create(&ds, &mc, &a->trainer, &err);
+    moeh_dataset_free(&ds);
+    if (rc) {
+        set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
         return rc;
-    a->p = moeh_mlp_params(a->model);
-    a->spec_hash = moeh_params_spec_hash(a->p);
-    a->global = malloc(a->p->n * sizeof(float));
-    a->delta = malloc(a->p->n * sizeof(float));
-    a->upd = malloc((a->p->n + a->p->n_groups) * sizeof(uint32_t));
-    a->bx = malloc(batch * ms->n_in * sizeof(float));
-    a->by = malloc(batch * ms->n_tasks * sizeof(float));
-    a->bm = malloc(batch * ms->n_tasks);
-    if (!a->global || !a->delta || !a->upd || !a->bx || !a->by || !a->bm)
+    }
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    a->spec_hash = moeh_params_spec_hash(p);
+    if (a->spec_hash != ms->spec_hash || p->n != ms->n_params || p->n_groups != ms->n_groups ||
+        moeh_moe_n_experts(moeh_trainer_model(a->trainer)) != ms->n_experts ||
+        moeh_trainer_n_norm(a->trainer) != ms->n_norm) {
+        set_fatal(a, -EPROTO, "%s", "the coordinator's model layout differs from this agent's "
+                                    "(different moeh versions?)");
+        return -EPROTO;
+    }
+    size_t slices = (size_t)MOEH_EVAL_SLICES * ms->n_tasks * 2 * w->eval_bins;
+    a->global = malloc(p->n * sizeof(float));
+    a->delta = malloc(p->n * sizeof(float));
+    a->norm = malloc(2 * (size_t)ms->n_norm * sizeof(float) + 1);
+    a->upd = malloc((p->n + p->n_groups) * sizeof(uint32_t));
+    a->hist = malloc(slices * sizeof(uint32_t));
+    a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
+    if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->gate_sum) {
+        set_fatal(a, -ENOMEM, "%s", "out of memory");
         return -ENOMEM;
+    }
     return 0;
 }
 
 static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
 {
     const Moeh__ModelSpec *ms = w->model;
-    if (strcmp(w->site_id, a->cfg->site_id) != 0 || strcmp(ms->kind, "mlp") != 0) {
+    if (strcmp(w->site_id, a->cfg->site_id) != 0 || strcmp(ms->kind, "moe-health") != 0) {
         set_fatal(a, -EPROTO, "the coordinator welcomed us with another site id or a model kind "
                               "this agent does not know (%s)",
                   ms->kind);
         return;
     }
-    if (ms->n_in != a->data.n_features || ms->n_tasks != a->data.n_tasks) {
-        set_fatal(a, -EINVAL, "the federation's model does not fit this site's dataset %s",
-                  a->cfg->dataset_dir);
-        return;
+    if (!a->trainer || a->spec_hash != ms->spec_hash || a->eval_bins != w->eval_bins) {
+        a->eval_bins = w->eval_bins;
+        if (build_model(a, w) != 0)
+            return;
     }
-    size_t batch = a->model ? a->mcfg.max_batch : EVAL_BATCH;
-    int rc = ensure_model(a, ms, batch);
-    if (rc) {
-        set_fatal(a, rc, "cannot create the model: %s", moeh_strerror(rc));
-        return;
-    }
-    if (a->spec_hash != ms->spec_hash || a->p->n != ms->n_params ||
-        a->p->n_groups != ms->n_groups) {
-        set_fatal(a, -EPROTO, "%s", "the coordinator's model layout differs from this agent's "
-                                    "(different moeh versions?)");
-        return;
-    }
-    free(a->hist);
-    a->eval_bins = w->eval_bins;
-    a->hist = calloc((size_t)ms->n_tasks * 2 * w->eval_bins, sizeof(uint32_t));
-    if (!a->hist) {
-        set_fatal(a, -ENOMEM, "%s", "out of memory");
-        return;
-    }
-    a->lim = (moeh_wire_limits_t){.n_params = a->p->n, .n_groups = (uint32_t)a->p->n_groups,
-                                  .n_tasks = ms->n_tasks, .eval_bins = w->eval_bins};
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    a->lim = (moeh_wire_limits_t){.n_params = p->n, .n_groups = (uint32_t)p->n_groups,
+                                  .n_tasks = ms->n_tasks, .eval_bins = w->eval_bins,
+                                  .n_norm = ms->n_norm, .n_experts = ms->n_experts};
     a->hb_ms = w->heartbeat_ms;
     a->welcomed = a->ever_welcomed = 1;
     a->backoff_ms = 0;
-    MOEH_INFO("admitted as %s: %zu parameters in %zu groups", w->site_id, a->p->n,
-              a->p->n_groups);
+    MOEH_INFO("admitted as %s: %zu parameters in %zu groups", w->site_id, p->n, p->n_groups);
 }
 
-static void gather(agent_t *a, const size_t *rows, size_t B)
+static void service_cb(void *ctx)
 {
-    const moeh_local_data_t *d = &a->data;
-    for (size_t b = 0; b < B; b++) {
-        size_t r = rows[b];
-        memcpy(a->bx + b * d->n_features, d->x + r * d->n_features, d->n_features * sizeof(float));
-        memcpy(a->by + b * d->n_tasks, d->y + r * d->n_tasks, d->n_tasks * sizeof(float));
-        memcpy(a->bm + b * d->n_tasks, d->mask + r * d->n_tasks, d->n_tasks);
-    }
+    service(ctx);
 }
 
-static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *params)
+/* Loads the global parameters and normalisation of a TRAIN or EVALUATE round. */
+static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
 {
-    const Moeh__RoundConfig *rc = rs->config;
-    moeh_params_t *p;
-    Moeh__ModelSpec ms = {.n_in = a->mcfg.n_in, .n_hidden = a->mcfg.n_hidden,
-                          .n_tasks = a->mcfg.n_tasks, .seed = a->mcfg.seed};
-    size_t B = rc->batch_size;
-    int err = ensure_model(a, &ms, B > EVAL_BATCH ? B : EVAL_BATCH);
-    if (err) {
-        set_fatal(a, err, "cannot allocate the training workspace: %s", moeh_strerror(err));
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    size_t nn = moeh_trainer_n_norm(a->trainer);
+    memcpy(p->w, m->frames[0].data, p->n * sizeof(float));
+    memcpy(a->norm, m->frames[1].data, 2 * nn * sizeof(float));
+    moeh_trainer_set_norm(a->trainer, a->norm, a->norm + nn);
+    return p;
+}
+
+static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
+{
+    size_t nn = moeh_trainer_n_norm(a->trainer);
+    double *st = malloc(3 * nn * sizeof(double) + 1);
+    if (!st) {
+        set_fatal(a, -ENOMEM, "%s", "out of memory");
         return;
     }
-    p = a->p;
-    memcpy(p->w, params->data, p->n * sizeof(float));
+    moeh_trainer_local_stats(a->trainer, st);
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__StatsResult r = MOEH__STATS_RESULT__INIT;
+    r.round = rs->round;
+    r.n_rows = moeh_trainer_rows(a->trainer, MOEH_SPLIT_TRAIN);
+    env.type = MOEH__MSG_TYPE__STATS_RESULT;
+    env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    env.stats_result = &r;
+    moeh_frame_t f = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * nn};
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
+    if (rc)
+        MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
+    free(st);
+}
+
+static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
+{
+    const Moeh__RoundConfig *rc = rs->config;
+    moeh_params_t *p = load_round(a, m);
     memcpy(a->global, p->w, p->n * sizeof(float));
     moeh_adamw_reset(p);
-    moeh_adamw_cfg_t ac = moeh_adamw_defaults();
-    ac.lr = rc->lr;
-    ac.weight_decay = rc->weight_decay;
-    ac.clip = rc->clip;
-    size_t n = 0;
-    for (size_t i = 0; i < a->data.n; i++)
-        if (a->data.split[i] == 0)
-            a->order[n++] = i;
-    moeh_rng_t rng;
-    moeh_rng_seed(&rng, rc->seed ^ a->seed_salt);
-    double loss_sum = 0;
-    uint32_t steps = 0;
-    for (uint32_t e = 0; e < rc->local_epochs && n > 0; e++) {
-        for (size_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
-            size_t j = (size_t)(moeh_rng_u64(&rng) % (i + 1));
-            size_t t = a->order[i];
-            a->order[i] = a->order[j];
-            a->order[j] = t;
-        }
-        for (size_t s = 0; s < n; s += B) {
-            size_t bs = n - s < B ? n - s : B;
-            gather(a, a->order + s, bs);
-            double loss;
-            moeh_params_zero_grad(p);
-            moeh_mlp_loss_backward(a->model, a->bx, a->by, a->bm, bs, &loss);
-            moeh_adamw_step(p, &ac, ++steps);
-            loss_sum += loss;
-            service(a);
-        }
-    }
-    /* Every group of the tabular model is trained by every local sample: w_g = n. */
-    for (size_t i = 0; i < p->n; i++) {
+    moeh_train_cfg_t tc = {.epochs = rc->local_epochs,
+                           .batch_size = rc->batch_size,
+                           .adamw = moeh_adamw_defaults(),
+                           .phase = rc->warmup ? MOEH_PHASE_WARMUP : MOEH_PHASE_JOINT,
+                           .prox_mu = rc->prox_mu,
+                           .seed = rc->seed ^ a->seed_salt,
+                           .service = service_cb,
+                           .service_ctx = a};
+    tc.adamw.lr = rc->lr;
+    tc.adamw.weight_decay = rc->weight_decay;
+    tc.adamw.clip = rc->clip;
+    moeh_train_result_t res;
+    moeh_err_t err = {0};
+    int e = moeh_trainer_train(a->trainer, &tc, &res, &err);
+    for (size_t i = 0; !e && i < p->n; i++) {
         a->delta[i] = p->w[i] - a->global[i];
-        if (!isfinite(a->delta[i])) {
-            MOEH_ERROR("round %u: local training diverged (non-finite parameters); no update "
-                       "is sent", rs->round);
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training diverged");
-            return;
-        }
+        if (!isfinite(a->delta[i]))
+            e = moeh_errf(&err, -ERANGE, "non-finite parameters after training");
     }
+    if (e) {
+        MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round,
+                   err.msg);
+        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
+        return;
+    }
+    /* Each group's delta is weighted by the samples that trained it; 0 leaves it out. */
     for (size_t g = 0; g < p->n_groups; g++) {
+        uint64_t w = res.group_samples[g];
+        if (w > a->n_train) /* a group is trained at most once per row per epoch */
+            w = a->n_train;
         moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
-                          rc->delta_clip, (double)n, rc->quant_scale);
-        a->upd[p->n + g] = (uint32_t)n;
+                          rc->delta_clip, (double)w, rc->quant_scale);
+        a->upd[p->n + g] = (uint32_t)w;
     }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Update u = MOEH__UPDATE__INIT;
     u.round = rs->round;
     u.model_version = rs->model_version;
     /* mean BCE per task and step, comparable with the evaluation loss per label */
-    u.train_loss = steps ? loss_sum / steps / (double)a->data.n_tasks : 0.0;
-    u.n_samples = n;
-    u.steps = steps;
+    u.train_loss = res.steps ? res.mean_loss / 3.0 : 0.0;
+    u.n_samples = res.samples;
+    u.steps = res.steps;
     env.type = MOEH__MSG_TYPE__UPDATE;
     env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
     env.update = &u;
@@ -344,56 +378,41 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *para
     if (rc2)
         MOEH_WARN("round %u: could not send the update: %s", rs->round, moeh_strerror(rc2));
     else
-        MOEH_INFO("round %u: trained %u steps on %zu samples, mean loss %.4f", rs->round, steps,
-                  n, u.train_loss);
+        MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
+                  rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples,
+                  u.train_loss);
 }
 
-static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_iov_t *params)
+static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
-    moeh_params_t *p = a->p;
-    const moeh_local_data_t *d = &a->data;
-    size_t T = d->n_tasks, nb = a->eval_bins;
-    memcpy(p->w, params->data, p->n * sizeof(float));
-    memset(a->hist, 0, T * 2 * nb * sizeof(uint32_t));
-    double loss_sum = 0;
-    uint64_t n_labels = 0;
-    size_t n = 0;
-    for (size_t i = 0; i < d->n; i++)
-        if (d->split[i] == 2)
-            a->order[n++] = i;
-    for (size_t s = 0; s < n; s += a->mcfg.max_batch) {
-        size_t bs = n - s < a->mcfg.max_batch ? n - s : a->mcfg.max_batch;
-        gather(a, a->order + s, bs);
-        const float *logits;
-        moeh_mlp_forward(a->model, a->bx, bs, &logits);
-        for (size_t b = 0; b < bs; b++)
-            for (size_t t = 0; t < T; t++) {
-                if (!a->bm[b * T + t])
-                    continue;
-                float z = logits[b * T + t];
-                int y = a->by[b * T + t] > 0.5f;
-                size_t bin = moeh_hist_bin(moeh_sigmoid(z), nb);
-                a->hist[(t * 2 + (size_t)y) * nb + bin]++;
-                /* BCE with logits, stable */
-                loss_sum += fmax(z, 0.0) - z * y + log1p(exp(-fabs((double)z)));
-                n_labels++;
-            }
-        service(a);
+    load_round(a, m);
+    moeh_eval_sums_t es = {.hist = a->hist, .gate_sum = a->gate_sum};
+    moeh_err_t err = {0};
+    if (moeh_trainer_evaluate(a->trainer, MOEH_SPLIT_TEST, a->eval_bins, &es, service_cb, a,
+                              &err) != 0) {
+        MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
+        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation failed");
+        return;
     }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
     r.round = rs->round;
     r.model_version = rs->model_version;
-    r.loss_sum = loss_sum;
-    r.n_labels = n_labels;
-    r.n_tasks = (uint32_t)T;
-    r.n_bins = (uint32_t)nb;
+    r.loss_sum = es.loss_sum;
+    r.n_labels = es.n_labels;
+    r.n_tasks = a->lim.n_tasks;
+    r.n_bins = a->eval_bins;
+    r.n_combo_rows = MOEH_N_COMBOS;
+    r.combo_rows = es.combo_rows;
     env.type = MOEH__MSG_TYPE__EVAL_RESULT;
     env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
     env.eval_result = &r;
-    moeh_frame_t f = {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = a->hist,
-                      .count = T * 2 * nb};
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
+    moeh_frame_t f[2] = {
+        {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = a->hist,
+         .count = (uint64_t)MOEH_EVAL_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
+        {.name = "gate", .dtype = MOEH__DTYPE__F32, .data = a->gate_sum,
+         .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, 2);
     if (rc)
         MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
 }
@@ -410,7 +429,11 @@ static void handle_messages(agent_t *a)
         }
         a->last_rx = moeh_now_ms();
         if (rc) {
+            /* say so: a refused RoundStart would otherwise only show as a missed deadline */
             MOEH_WARN("dropped a message from the coordinator: %s", err.msg);
+            char what[MOEH_ERRMSG_MAX + 32];
+            snprintf(what, sizeof what, "message refused: %s", err.msg);
+            moeh_wire_send_error(a->sock, NULL, 0, rc, what);
             moeh_msg_clear(&m);
             continue;
         }
@@ -428,9 +451,11 @@ static void handle_messages(agent_t *a)
                 raise(SIGKILL);
             }
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
-                train(a, m.env->round_start, &m.frames[0]);
+                train(a, m.env->round_start, &m);
+            else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE)
+                evaluate(a, m.env->round_start, &m);
             else
-                evaluate(a, m.env->round_start, &m.frames[0]);
+                send_stats(a, m.env->round_start);
             break;
         case MOEH__MSG_TYPE__HEARTBEAT:
             break;
@@ -474,11 +499,18 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         rc = moeh_errf(err, -EINVAL, "--dataset is required");
         goto out;
     }
-    if ((rc = moeh_local_data_load(cfg->dataset_dir, &a.data, err)))
-        goto out;
-    if (!(a.order = malloc(a.data.n * sizeof(size_t)))) {
-        rc = moeh_errf(err, -ENOMEM, "out of memory");
-        goto out;
+    {
+        moeh_dataset_t *ds = NULL; /* read once to introduce the site; checksums verified */
+        if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err)))
+            goto out;
+        a.n_static = ds->f_static, a.n_vars = ds->f_ts, a.n_steps = ds->t;
+        a.img_size = ds->img_size;
+        for (size_t i = 0; i < ds->n; i++) {
+            a.n_train += ds->split[i] == MOEH_SPLIT_TRAIN;
+            a.n_test += ds->split[i] == MOEH_SPLIT_TEST;
+        }
+        moeh_dataset_combo_counts(ds, a.combos);
+        moeh_dataset_free(&ds);
     }
     for (const char *s = cfg->site_id; *s; s++) /* FNV-1a: per-site shuffling */
         a.seed_salt = (a.seed_salt ^ (uint8_t)*s) * 0x100000001b3ULL;
@@ -496,10 +528,10 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
         goto out;
     }
-    MOEH_INFO("site %s: %zu samples (%zu train, %zu val, %zu test), %zu features; "
-              "connecting to %s",
-              cfg->site_id, a.data.n, a.data.n_train, a.data.n_val, a.data.n_test,
-              a.data.n_features, cfg->connect);
+    MOEH_INFO("site %s: %zu train and %zu test admissions (EHR only %zu, with notes %zu, with "
+              "images %zu, all three %zu); connecting to %s",
+              cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5],
+              a.combos[7], cfg->connect);
     a.start = moeh_now_ms();
     int64_t reconnect_at = 0;
     if ((rc = open_socket(&a, err)))
@@ -557,15 +589,6 @@ out:
     if (a.zctx)
         zmq_ctx_term(a.zctx);
     moeh_keypair_destroy(&a.kp);
-    moeh_local_data_free(&a.data);
-    moeh_mlp_destroy(&a.model);
-    free(a.global);
-    free(a.delta);
-    free(a.upd);
-    free(a.hist);
-    free(a.bx);
-    free(a.by);
-    free(a.bm);
-    free(a.order);
+    free_model(&a);
     return rc;
 }

@@ -22,9 +22,13 @@
 #define N_GROUPS 2
 #define N_TASKS 3
 #define N_BINS 4
-#define N_HIST (N_TASKS * 2 * N_BINS)
+#define N_NORM 3
+#define N_EXPERTS 2
+#define N_SLICE (N_TASKS * 2 * N_BINS)
+#define N_HIST (MOEH_WIRE_SLICES * N_SLICE)
+#define N_GATE (MOEH_WIRE_COMBOS * N_EXPERTS)
 
-static const moeh_wire_limits_t k_lim = {N_PARAMS, N_GROUPS, N_TASKS, N_BINS};
+static const moeh_wire_limits_t k_lim = {N_PARAMS, N_GROUPS, N_TASKS, N_BINS, N_NORM, N_EXPERTS};
 
 /* One message under construction: the envelope, every possible body and the frame data. */
 typedef struct {
@@ -43,7 +47,13 @@ typedef struct {
     Moeh__Error er;
     Moeh__Bye bye;
     float f32[N_PARAMS + 2];
-    uint32_t hist[N_TASKS * 2 * (N_BINS + 1)];
+    uint32_t hist[N_HIST + N_SLICE];
+    float norm[2 * N_NORM + 2];
+    float gate[N_GATE + 2];
+    uint32_t combo_rows[MOEH_WIRE_COMBOS + 1];
+    Moeh__StatsResult st;
+    double stats[3 * N_NORM + 3];
+    uint32_t cnn_ch[3];
     moeh_frame_t frames[MOEH_MAX_FRAMES + 1];
     size_t n_frames;
 } msg_t;
@@ -64,8 +74,15 @@ static void msg_init(msg_t *m)
     moeh__heartbeat__init(&m->hb);
     moeh__error__init(&m->er);
     moeh__bye__init(&m->bye);
+    moeh__stats_result__init(&m->st);
     for (size_t i = 0; i < N_PARAMS + 2; i++)
         m->f32[i] = 0.25f * (float)i - 1.0f;
+    for (size_t i = 0; i < 2 * N_NORM + 2; i++) /* means, then positive deviations */
+        m->norm[i] = i < N_NORM ? 0.5f * (float)i : 1.0f + (float)i;
+    for (size_t i = 0; i < N_GATE + 2; i++)
+        m->gate[i] = 0.125f * (float)(i % 8);
+    for (size_t i = 0; i < 3 * N_NORM + 3; i++)
+        m->stats[i] = (double)(i + 1);
 }
 
 static void mk_hello(msg_t *m)
@@ -75,6 +92,9 @@ static void mk_hello(msg_t *m)
     m->hello.n_train = 1234;
     m->hello.n_eval = 56;
     m->hello.n_features = 17;
+    m->hello.n_vars = 30;
+    m->hello.n_steps = 48;
+    m->hello.img_size = 64;
     m->combo[0].combo = 1;
     m->combo[0].count = 1000;
     m->combo[1].combo = 7;
@@ -92,9 +112,23 @@ static void mk_hello(msg_t *m)
 static void mk_welcome(msg_t *m)
 {
     msg_init(m);
-    m->spec.kind = "mlp";
-    m->spec.n_in = 17;
-    m->spec.n_hidden = 8;
+    m->spec.kind = "moe-health";
+    m->spec.n_static = 17;
+    m->spec.d_hidden = 8;
+    m->spec.d_emb = 8;
+    m->spec.n_vars = 30;
+    m->spec.n_steps = 48;
+    m->spec.note_buckets = 1024;
+    m->spec.img_size = 64;
+    m->cnn_ch[0] = 4, m->cnn_ch[1] = 8, m->cnn_ch[2] = 16;
+    m->spec.n_cnn_ch = 3;
+    m->spec.cnn_ch = m->cnn_ch;
+    m->spec.temperature = 1.0f;
+    m->spec.lambda_lb = 0.01f;
+    m->spec.gate_sup = 1.0f;
+    m->spec.n_experts = 7;
+    m->spec.max_batch = 32;
+    m->spec.n_norm = 47;
     m->spec.n_tasks = N_TASKS;
     m->spec.seed = 99;
     m->spec.spec_hash = 0xdeadbeefcafef00dull;
@@ -130,7 +164,8 @@ static void mk_round_start(msg_t *m)
     m->env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     m->env.round_start = &m->rs;
     m->frames[0] = (moeh_frame_t){"params", MOEH__DTYPE__F32, m->f32, N_PARAMS};
-    m->n_frames = 1;
+    m->frames[1] = (moeh_frame_t){"norm", MOEH__DTYPE__F32, m->norm, 2 * N_NORM};
+    m->n_frames = 2;
 }
 
 static void mk_update(msg_t *m)
@@ -156,20 +191,39 @@ static void mk_eval_result(msg_t *m)
 {
     msg_init(m);
     uint64_t total = 0;
-    for (uint32_t i = 0; i < N_HIST; i++) {
+    for (uint32_t i = 0; i < N_SLICE; i++) { /* slice 0: every row */
         m->hist[i] = (i * 7u) % 5u;
         total += m->hist[i];
     }
+    for (uint32_t i = 0; i < N_SLICE; i++) /* the same rows, all of combination 7 */
+        m->hist[7 * N_SLICE + i] = m->hist[i];
+    for (uint32_t k = 0; k < MOEH_WIRE_COMBOS; k++)
+        m->combo_rows[k] = k == 6 ? 9 : 0;
     m->ev.round = 3;
     m->ev.model_version = 8;
     m->ev.loss_sum = 12.5;
     m->ev.n_labels = total;
     m->ev.n_tasks = N_TASKS;
     m->ev.n_bins = N_BINS;
+    m->ev.n_combo_rows = MOEH_WIRE_COMBOS;
+    m->ev.combo_rows = m->combo_rows;
     m->env.type = MOEH__MSG_TYPE__EVAL_RESULT;
     m->env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
     m->env.eval_result = &m->ev;
     m->frames[0] = (moeh_frame_t){"hist", MOEH__DTYPE__U32, m->hist, N_HIST};
+    m->frames[1] = (moeh_frame_t){"gate", MOEH__DTYPE__F32, m->gate, N_GATE};
+    m->n_frames = 2;
+}
+
+static void mk_stats_result(msg_t *m)
+{
+    msg_init(m);
+    m->st.round = 0;
+    m->st.n_rows = 321;
+    m->env.type = MOEH__MSG_TYPE__STATS_RESULT;
+    m->env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    m->env.stats_result = &m->st;
+    m->frames[0] = (moeh_frame_t){"stats", MOEH__DTYPE__F64, m->stats, 3 * N_NORM};
     m->n_frames = 1;
 }
 
@@ -203,12 +257,13 @@ static void mk_bye(msg_t *m)
 
 typedef void (*mk_fn)(msg_t *m);
 static const mk_fn k_makers[] = {mk_hello,     mk_welcome,   mk_round_start, mk_update,
-                                 mk_eval_result, mk_heartbeat, mk_error,       mk_bye};
+                                 mk_eval_result, mk_heartbeat, mk_error,       mk_bye,
+                                 mk_stats_result};
 #define N_MAKERS (sizeof k_makers / sizeof k_makers[0])
 
 static size_t frame_bytes(const moeh_frame_t *f)
 {
-    return (size_t)f->count * 4;
+    return (size_t)f->count * (f->dtype == MOEH__DTYPE__F64 ? 8 : 4);
 }
 
 /* Packs m (asserting success) into a malloc'd header and fills iov from m's frames. */
@@ -319,9 +374,9 @@ static void test_roundtrip_welcome(void **state)
     assert_int_equal(w->heartbeat_ms, 500);
     assert_int_equal(w->eval_bins, N_BINS);
     assert_non_null(w->model);
-    assert_string_equal(w->model->kind, "mlp");
-    assert_int_equal(w->model->n_in, 17);
-    assert_int_equal(w->model->n_hidden, 8);
+    assert_string_equal(w->model->kind, "moe-health");
+    assert_int_equal(w->model->n_static, 17);
+    assert_int_equal(w->model->d_hidden, 8);
     assert_int_equal(w->model->n_tasks, N_TASKS);
     assert_int_equal(w->model->seed, 99);
     assert_true(w->model->spec_hash == 0xdeadbeefcafef00dull);
@@ -330,7 +385,7 @@ static void test_roundtrip_welcome(void **state)
     moeh__envelope__free_unpacked(e, NULL);
 
     /* a welcome arrives before anything is negotiated: zero limits must accept it */
-    moeh_wire_limits_t none = {0, 0, 0, 0};
+    moeh_wire_limits_t none = {0};
     check_accept(&m, &none);
 }
 
@@ -355,14 +410,36 @@ static void test_roundtrip_round_start(void **state)
     assert_true(r->config->weight_decay == 1e-4f);
     assert_true(r->config->clip == 5.0f);
     assert_int_equal(r->config->seed, 7);
-    assert_int_equal(e->n_frames, 1);
+    assert_int_equal(e->n_frames, 2);
     assert_string_equal(e->frames[0]->name, "params");
     assert_int_equal(e->frames[0]->dtype, MOEH__DTYPE__F32);
     assert_int_equal(e->frames[0]->count, N_PARAMS);
+    assert_string_equal(e->frames[1]->name, "norm");
+    assert_int_equal(e->frames[1]->count, 2 * N_NORM);
     moeh__envelope__free_unpacked(e, NULL);
 
     m.rs.task = MOEH__ROUND_TASK__EVALUATE;
     check_accept(&m, &k_lim);
+    /* STATS asks for sums and carries no tensor */
+    m.rs.task = MOEH__ROUND_TASK__STATS;
+    m.n_frames = 0;
+    check_accept(&m, &k_lim);
+}
+
+static void test_roundtrip_stats_result(void **state)
+{
+    msg_t m;
+    mk_stats_result(&m);
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->type, MOEH__MSG_TYPE__STATS_RESULT);
+    assert_int_equal(e->stats_result->n_rows, 321);
+    assert_int_equal(e->n_frames, 1);
+    assert_string_equal(e->frames[0]->name, "stats");
+    assert_int_equal(e->frames[0]->dtype, MOEH__DTYPE__F64);
+    assert_int_equal(e->frames[0]->count, 3 * N_NORM);
+    moeh__envelope__free_unpacked(e, NULL);
 }
 
 static void test_roundtrip_update(void **state)
@@ -397,15 +474,15 @@ static void test_unaligned_frame(void **state)
     memcpy(raw + 1, m.f32, 4 * N_PARAMS);
     uint8_t *hdr;
     size_t len;
-    moeh_iov_t iov[1];
+    moeh_iov_t iov[2];
     pack_msg(&m, &hdr, &len, iov);
     iov[0].data = raw + 1;
-    assert_int_equal(moeh_wire_decode(&k_lim, hdr, len, iov, 1, &e, &err), 0);
+    assert_int_equal(moeh_wire_decode(&k_lim, hdr, len, iov, 2, &e, &err), 0);
     moeh__envelope__free_unpacked(e, NULL);
     /* ...and a NaN at an odd address is still seen */
     float nan = NAN;
     memcpy(raw + 1 + 4 * 9, &nan, 4);
-    check_reject_raw(&k_lim, hdr, len, iov, 1, -ERANGE, "element 9");
+    check_reject_raw(&k_lim, hdr, len, iov, 2, -ERANGE, "element 9");
     free(hdr);
 }
 
@@ -425,10 +502,14 @@ static void test_roundtrip_eval_result(void **state)
     assert_true(r->n_labels > 0);
     assert_int_equal(r->n_tasks, N_TASKS);
     assert_int_equal(r->n_bins, N_BINS);
-    assert_int_equal(e->n_frames, 1);
+    assert_int_equal(r->n_combo_rows, MOEH_WIRE_COMBOS);
+    assert_int_equal(r->combo_rows[6], 9);
+    assert_int_equal(e->n_frames, 2);
     assert_string_equal(e->frames[0]->name, "hist");
     assert_int_equal(e->frames[0]->dtype, MOEH__DTYPE__U32);
     assert_int_equal(e->frames[0]->count, N_HIST);
+    assert_string_equal(e->frames[1]->name, "gate");
+    assert_int_equal(e->frames[1]->count, N_GATE);
     moeh__envelope__free_unpacked(e, NULL);
 }
 
@@ -458,7 +539,7 @@ static void test_roundtrip_simple(void **state)
     moeh__envelope__free_unpacked(e, NULL);
 
     /* these need no negotiation */
-    moeh_wire_limits_t none = {0, 0, 0, 0};
+    moeh_wire_limits_t none = {0};
     mk_heartbeat(&m);
     check_accept(&m, &none);
     mk_hello(&m);
@@ -590,8 +671,8 @@ static void test_type_body_mismatch(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "bye: body missing");
 
     mk_heartbeat(&m);
-    m.env.type = (Moeh__MsgType)9;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 9");
+    m.env.type = (Moeh__MsgType)10;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 10");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -671,13 +752,13 @@ static void test_frame_count_mismatch(void **state)
     mk_round_start(&m);
     uint8_t *hdr;
     size_t len;
-    moeh_iov_t iov[2];
+    moeh_iov_t iov[3];
     pack_msg(&m, &hdr, &len, iov);
-    /* header describes 1 frame, none arrived */
-    check_reject_raw(&k_lim, hdr, len, iov, 0, -EBADMSG, "header describes 1 tensor frames, 0");
-    /* header describes 1 frame, 2 arrived */
-    iov[1] = iov[0];
-    check_reject_raw(&k_lim, hdr, len, iov, 2, -EBADMSG, "header describes 1 tensor frames, 2");
+    /* header describes 2 frames, none arrived */
+    check_reject_raw(&k_lim, hdr, len, iov, 0, -EBADMSG, "header describes 2 tensor frames, 0");
+    /* header describes 2 frames, 3 arrived */
+    iov[2] = iov[1];
+    check_reject_raw(&k_lim, hdr, len, iov, 3, -EBADMSG, "header describes 2 tensor frames, 3");
     free(hdr);
 
     /* header describes no frame, one arrived */
@@ -686,8 +767,8 @@ static void test_frame_count_mismatch(void **state)
     pack_msg(&m, &hdr, &len, iov);
     iov[0] = (moeh_iov_t){m.f32, 4 * N_PARAMS};
     check_reject_raw(&k_lim, hdr, len, iov, 1, -EBADMSG, "header describes 0 tensor frames, 1");
-    /* and none at all where round_start needs one */
-    check_reject_raw(&k_lim, hdr, len, iov, 0, -EBADMSG, "expected 1 tensor frame 'params'");
+    /* and none at all where round_start needs params and norm */
+    check_reject_raw(&k_lim, hdr, len, iov, 0, -EBADMSG, "expected 2 tensor frames ('params'");
     free(hdr);
 }
 
@@ -697,14 +778,14 @@ static void test_frame_byte_length(void **state)
     mk_round_start(&m);
     uint8_t *hdr;
     size_t len;
-    moeh_iov_t iov[1];
+    moeh_iov_t iov[2];
     pack_msg(&m, &hdr, &len, iov);
     iov[0].len = 4 * N_PARAMS - 1;
-    check_reject_raw(&k_lim, hdr, len, iov, 1, -EBADMSG, "frames[0] 'params'");
+    check_reject_raw(&k_lim, hdr, len, iov, 2, -EBADMSG, "frames[0] 'params'");
     iov[0].len = 4 * N_PARAMS + 4;
-    check_reject_raw(&k_lim, hdr, len, iov, 1, -EBADMSG, "frames[0] 'params'");
+    check_reject_raw(&k_lim, hdr, len, iov, 2, -EBADMSG, "frames[0] 'params'");
     iov[0].len = 0;
-    check_reject_raw(&k_lim, hdr, len, iov, 1, -EBADMSG, "frames[0] 'params'");
+    check_reject_raw(&k_lim, hdr, len, iov, 2, -EBADMSG, "frames[0] 'params'");
     free(hdr);
 
     /* dtype unspecified has no element size */
@@ -719,13 +800,13 @@ static void test_frame_byte_length(void **state)
 
 static void test_tensor_before_negotiation(void **state)
 {
-    moeh_wire_limits_t none = {0, 0, 0, 0};
+    moeh_wire_limits_t none = {0};
     msg_t m;
     mk_round_start(&m);
     check_reject(&m, &none, -EBADMSG, "before the model was negotiated");
     mk_update(&m);
     check_reject(&m, &none, -EBADMSG, "update: before the model was negotiated");
-    moeh_wire_limits_t groups_only = {0, N_GROUPS, 0, 0};
+    moeh_wire_limits_t groups_only = {0, N_GROUPS, 0, 0, 0, 0};
     check_reject(&m, &groups_only, -EBADMSG, "before the model was negotiated");
     mk_eval_result(&m);
     check_reject(&m, &none, -EBADMSG, "eval_result");
@@ -746,7 +827,7 @@ static void test_frame_count_name_dtype(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "'update' has 13 elements, expected 12");
     mk_eval_result(&m);
     m.frames[0].count = N_HIST - 1;
-    check_reject(&m, &k_lim, -EBADMSG, "'hist' has 23 elements, expected 24");
+    check_reject(&m, &k_lim, -EBADMSG, "'hist' has 191 elements, expected 192");
 
     /* wrong name */
     mk_round_start(&m);
@@ -820,7 +901,7 @@ static void test_update_checks(void **state)
     /* the frame must be present */
     mk_update(&m);
     m.n_frames = 0;
-    check_reject(&m, &k_lim, -EBADMSG, "expected 1 tensor frame 'update'");
+    check_reject(&m, &k_lim, -EBADMSG, "expected 1 tensor frames ('update')");
 }
 
 static void test_eval_result_checks(void **state)
@@ -852,7 +933,7 @@ static void test_eval_result_checks(void **state)
     m.hist[0] = 0xffffffffu;
     m.hist[1] = 0xffffffffu;
     uint64_t total = 0;
-    for (size_t i = 0; i < N_HIST; i++)
+    for (size_t i = 0; i < N_SLICE; i++) /* n_labels counts slice 0 (every row) */
         total += m.hist[i];
     m.ev.n_labels = total;
     check_accept(&m, &k_lim);
@@ -915,8 +996,11 @@ static void test_round_start_checks(void **state)
     m.rs.task = MOEH__ROUND_TASK__TASK_UNSPECIFIED;
     check_reject(&m, &k_lim, -EBADMSG, "round_start.task");
     mk_round_start(&m);
-    m.rs.task = (Moeh__RoundTask)3;
+    m.rs.task = (Moeh__RoundTask)4;
     check_reject(&m, &k_lim, -EBADMSG, "round_start.task");
+    mk_round_start(&m);
+    m.rs.task = MOEH__ROUND_TASK__STATS; /* STATS carries no tensor */
+    check_reject(&m, &k_lim, -EBADMSG, "expected none");
     mk_round_start(&m);
     m.rs.config = NULL;
     check_reject(&m, &k_lim, -EBADMSG, "round_start.config: missing");
@@ -1016,7 +1100,8 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__EVAL_RESULT), "eval_result");
     assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__BYE), "bye");
     assert_string_equal(moeh_msg_type_name(0), "unspecified");
-    assert_string_equal(moeh_msg_type_name(9), "unknown");
+    assert_string_equal(moeh_msg_type_name(9), "stats_result");
+    assert_string_equal(moeh_msg_type_name(10), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));
@@ -1098,8 +1183,9 @@ static void test_zmq_pair(void **state)
     assert_non_null(msg.env);
     assert_int_equal(msg.env->type, MOEH__MSG_TYPE__ROUND_START);
     assert_int_equal(msg.env->round_start->round, 3);
-    assert_int_equal(msg.n_frames, 1);
+    assert_int_equal(msg.n_frames, 2);
     assert_int_equal(msg.frames[0].len, 4 * N_PARAMS);
+    assert_memory_equal(msg.frames[1].data, m.norm, 4 * 2 * N_NORM);
     assert_memory_equal(msg.frames[0].data, m.f32, 4 * N_PARAMS);
     assert_string_equal(msg.peer, ""); /* no CURVE */
     moeh_msg_clear(&msg);
@@ -1241,7 +1327,7 @@ static void test_zmq_router(void **state)
     wait_readable(z.a);
     assert_int_equal(moeh_wire_recv(z.a, 0, &k_lim, &msg, &err), 0);
     assert_int_equal(msg.env->type, MOEH__MSG_TYPE__ROUND_START);
-    assert_int_equal(msg.n_frames, 1);
+    assert_int_equal(msg.n_frames, 2);
     assert_memory_equal(msg.frames[0].data, m.f32, 4 * N_PARAMS);
     moeh_msg_clear(&msg);
 
@@ -1283,6 +1369,67 @@ static void test_zmq_router(void **state)
     zpair_close(&z);
 }
 
+/* The MoE-Health fields: normalisation, statistics, gate sums, combination slices, spec. */
+static void test_moe_field_checks(void **state)
+{
+    msg_t m;
+    mk_round_start(&m);
+    m.norm[N_NORM + 1] = 0.0f; /* a standard deviation must be positive */
+    check_reject(&m, &k_lim, -EBADMSG, "round_start.norm: standard deviation 1");
+    mk_round_start(&m);
+    m.norm[0] = NAN;
+    check_reject(&m, &k_lim, -ERANGE, "round_start.norm");
+    mk_round_start(&m);
+    m.frames[1].count = 2 * N_NORM - 1;
+    check_reject(&m, &k_lim, -EBADMSG, "'norm' has 5 elements, expected 6");
+    mk_round_start(&m);
+    m.cfg.prox_mu = -1.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "prox_mu");
+
+    mk_stats_result(&m);
+    m.stats[3] = -1.0; /* feature 1's count */
+    check_reject(&m, &k_lim, -EBADMSG, "feature 1");
+    mk_stats_result(&m);
+    m.stats[2] = INFINITY;
+    check_reject(&m, &k_lim, -ERANGE, "stats_result.stats");
+    mk_stats_result(&m);
+    moeh_wire_limits_t no_norm = k_lim;
+    no_norm.n_norm = 0; /* before the model is known */
+    check_reject(&m, &no_norm, -EBADMSG, "before the model was negotiated");
+
+    mk_eval_result(&m);
+    m.gate[3] = -0.5f;
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result.gate: element 3");
+    mk_eval_result(&m);
+    m.gate[0] = NAN;
+    check_reject(&m, &k_lim, -ERANGE, "eval_result.gate");
+    mk_eval_result(&m);
+    m.ev.n_combo_rows = MOEH_WIRE_COMBOS - 1;
+    check_reject(&m, &k_lim, -EBADMSG, "combo_rows");
+    mk_eval_result(&m);
+    m.hist[2 * N_SLICE] += 1000; /* more labels in the combinations than in all rows */
+    check_reject(&m, &k_lim, -EBADMSG, "in combinations");
+    mk_eval_result(&m);
+    m.frames[1].count = N_GATE + 1;
+    check_reject(&m, &k_lim, -EBADMSG, "'gate' has 15 elements, expected 14");
+
+    mk_welcome(&m);
+    m.spec.temperature = 0.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "temperature");
+    mk_welcome(&m);
+    m.spec.n_cnn_ch = 2;
+    check_reject(&m, &k_lim, -EBADMSG, "welcome.model");
+    mk_welcome(&m);
+    m.cnn_ch[1] = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "cnn_ch[1]");
+    mk_welcome(&m);
+    m.spec.n_experts = 8;
+    check_reject(&m, &k_lim, -EBADMSG, "welcome.model");
+    mk_hello(&m);
+    m.hello.n_steps = 1001;
+    check_reject(&m, &k_lim, -EBADMSG, "n_steps");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1292,6 +1439,8 @@ int main(void)
         cmocka_unit_test(test_roundtrip_update),
         cmocka_unit_test(test_unaligned_frame),
         cmocka_unit_test(test_roundtrip_eval_result),
+        cmocka_unit_test(test_roundtrip_stats_result),
+        cmocka_unit_test(test_moe_field_checks),
         cmocka_unit_test(test_roundtrip_simple),
         cmocka_unit_test(test_truncated_headers),
         cmocka_unit_test(test_empty_and_oversized_header),

@@ -13,7 +13,7 @@
 
 /* The limits every wire fuzzer and seed uses. */
 static const moeh_wire_limits_t k_fuzz_limits = {
-    .n_params = 16, .n_groups = 2, .n_tasks = 3, .eval_bins = 8};
+    .n_params = 16, .n_groups = 2, .n_tasks = 3, .eval_bins = 8, .n_norm = 4, .n_experts = 7};
 
 typedef struct {
     moeh_iov_t frames[FUZZ_MAX_FRAMES];

@@ -21,18 +21,19 @@ static void put(const char *dir, const char *sub, const char *name, const void *
 static void put_msg(const char *dir, const char *name, Moeh__Envelope *env,
                     const moeh_frame_t *frames, size_t nf)
 {
-    uint8_t *hdr = NULL, out[8192];
+    uint8_t *hdr = NULL, out[16384];
     size_t hlen = 0, pos = 1;
     MOEH_ASSERT(moeh_wire_pack(env, frames, nf, &hdr, &hlen) == 0);
     out[0] = (uint8_t)nf;
     for (size_t i = 0; i < nf; i++) {
-        size_t l = frames[i].count * 4;
+        size_t l = frames[i].count * (frames[i].dtype == MOEH__DTYPE__F64 ? 8 : 4);
         out[pos++] = (uint8_t)(l & 0xff);
         out[pos++] = (uint8_t)(l >> 8);
     }
     for (size_t i = 0; i < nf; i++) {
-        memcpy(out + pos, frames[i].data, frames[i].count * 4);
-        pos += frames[i].count * 4;
+        size_t l = frames[i].count * (frames[i].dtype == MOEH__DTYPE__F64 ? 8 : 4);
+        memcpy(out + pos, frames[i].data, l);
+        pos += l;
     }
     memcpy(out + pos, hdr, hlen);
     pos += hlen;
@@ -52,13 +53,19 @@ int main(int argc, char **argv)
     for (int i = 0; i < 16; i++)
         params[i] = 0.25f * (float)(i - 8);
     uint32_t update[18] = {1, 2, 3, 0xffffffffu, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 40, 40};
-    uint32_t hist[3 * 2 * 8] = {0};
-    hist[0] = 2, hist[9] = 3, hist[20] = 1;
+    uint32_t hist[8 * 3 * 2 * 8] = {0};
+    hist[0] = 2, hist[9] = 3, hist[20] = 1; /* slice 0: every row */
+    hist[48 * 7 + 9] = 3;                   /* slice 7: combination EHR + notes + image */
+    float norm[8] = {0, 1, 2, 3, 1, 1, 2, 0.5f}, gate[7 * 7] = {0};
+    gate[6 * 7 + 6] = 3.0f;
+    uint32_t combo_rows[7] = {0, 0, 0, 0, 0, 0, 3};
+    double stats[12] = {10, 5, 7, 0, 0, 0, 3, 3, 3, 1, 2, 4};
 
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Hello h = MOEH__HELLO__INIT;
     Moeh__ComboCount cc = MOEH__COMBO_COUNT__INIT, *ccp = &cc;
-    h.site_id = "site-1", h.n_train = 40, h.n_eval = 10, h.n_features = 16;
+    h.site_id = "site-1", h.n_train = 40, h.n_eval = 10, h.n_features = 2;
+    h.n_vars = 2, h.n_steps = 48, h.img_size = 64;
     cc.combo = 7, cc.count = 50, h.n_combos = 1, h.combos = &ccp;
     env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
     put_msg(dir, "hello", &env, NULL, 0);
@@ -66,8 +73,12 @@ int main(int argc, char **argv)
     Moeh__Envelope e2 = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;
     Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
-    ms.kind = "mlp", ms.n_in = 4, ms.n_hidden = 2, ms.n_tasks = 3, ms.n_params = L->n_params;
-    ms.n_groups = L->n_groups, ms.spec_hash = 42;
+    uint32_t ch[3] = {4, 8, 16};
+    ms.kind = "moe-health", ms.n_static = 2, ms.d_hidden = 8, ms.d_emb = 8, ms.n_tasks = 3;
+    ms.n_vars = 2, ms.n_steps = 48, ms.note_buckets = 256, ms.img_size = 64;
+    ms.n_cnn_ch = 3, ms.cnn_ch = ch, ms.temperature = 1.0f, ms.lambda_lb = 0.01f;
+    ms.gate_sup = 1.0f, ms.n_experts = 7, ms.max_batch = 16, ms.n_norm = L->n_norm;
+    ms.n_params = L->n_params, ms.n_groups = L->n_groups, ms.spec_hash = 42;
     w.site_id = "site-1", w.model = &ms, w.heartbeat_ms = 1000, w.eval_bins = L->eval_bins;
     e2.type = MOEH__MSG_TYPE__WELCOME, e2.body_case = MOEH__ENVELOPE__BODY_WELCOME;
     e2.welcome = &w;
@@ -82,9 +93,13 @@ int main(int argc, char **argv)
     rs.config = &rc;
     e3.type = MOEH__MSG_TYPE__ROUND_START, e3.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     e3.round_start = &rs;
-    moeh_frame_t fp = {.name = "params", .dtype = MOEH__DTYPE__F32, .data = params,
-                       .count = L->n_params};
-    put_msg(dir, "round_start", &e3, &fp, 1);
+    moeh_frame_t fp[2] = {{.name = "params", .dtype = MOEH__DTYPE__F32, .data = params,
+                           .count = L->n_params},
+                          {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = norm,
+                           .count = 2 * L->n_norm}};
+    put_msg(dir, "round_start", &e3, fp, 2);
+    rs.task = MOEH__ROUND_TASK__STATS;
+    put_msg(dir, "round_start_stats", &e3, NULL, 0);
 
     Moeh__Envelope e4 = MOEH__ENVELOPE__INIT;
     Moeh__Update u = MOEH__UPDATE__INIT;
@@ -98,10 +113,21 @@ int main(int argc, char **argv)
     Moeh__EvalResult ev = MOEH__EVAL_RESULT__INIT;
     ev.round = 1, ev.model_version = 1, ev.loss_sum = 3.0, ev.n_labels = 6, ev.n_tasks = 3;
     ev.n_bins = L->eval_bins;
+    ev.n_combo_rows = 7, ev.combo_rows = combo_rows;
     e5.type = MOEH__MSG_TYPE__EVAL_RESULT, e5.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
     e5.eval_result = &ev;
-    moeh_frame_t fh = {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = 48};
-    put_msg(dir, "eval_result", &e5, &fh, 1);
+    moeh_frame_t fh[2] = {
+        {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = 8 * 48},
+        {.name = "gate", .dtype = MOEH__DTYPE__F32, .data = gate, .count = 7 * 7}};
+    put_msg(dir, "eval_result", &e5, fh, 2);
+
+    Moeh__Envelope e9 = MOEH__ENVELOPE__INIT;
+    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
+    sr.n_rows = 10;
+    e9.type = MOEH__MSG_TYPE__STATS_RESULT, e9.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    e9.stats_result = &sr;
+    moeh_frame_t fs = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = stats, .count = 12};
+    put_msg(dir, "stats_result", &e9, &fs, 1);
 
     Moeh__Envelope e6 = MOEH__ENVELOPE__INIT;
     Moeh__Error er = MOEH__ERROR__INIT;

@@ -101,6 +101,7 @@ int main(int argc, char **argv)
         no_torch |= strcmp(argv[i], "--no-torch") == 0;
     moeh_moe_cfg_t cfg = moeh_moe_defaults(F_STATIC, F_VARS);
     cfg.max_batch = B;
+    cfg.threads = getenv("MOEH_THREADS") ? atoi(getenv("MOEH_THREADS")) : 1;
     moeh_moe_t *m = NULL;
     moeh_err_t err = {{0}};
     if (moeh_moe_create(&cfg, &m, &err)) {
@@ -118,9 +119,9 @@ int main(int argc, char **argv)
     ac.clip = 1.0f;
     const char *obt = getenv("OPENBLAS_NUM_THREADS");
     printf("MoE-Health train step: batch %d, d=%zu, T=%zu, F=%d, H=%zu, image %zux%zu, "
-           "%zu params, OPENBLAS_NUM_THREADS=%s\n",
+           "%zu params, OPENBLAS_NUM_THREADS=%s, MOEH_THREADS=%d\n",
            B, cfg.d_emb, cfg.n_steps, F_VARS, cfg.note_buckets, cfg.img_size, cfg.img_size,
-           moeh_moe_params(m)->n, obt ? obt : "(unset)");
+           moeh_moe_params(m)->n, obt ? obt : "(unset)", cfg.threads);
     double loss;
     uint64_t step = 0;
     for (int i = 0; i < 3; i++) { /* warm-up */

@@ -54,7 +54,7 @@ struct moeh_moe {
     size_t *idx[MOEH_N_MODALITIES], n_idx[MOEH_N_MODALITIES];
     int *combo;
     float *availf;
-    float *enc[MOEH_N_MODALITIES], *emb, *demb, *denc;
+    float *enc[MOEH_N_MODALITIES], *emb, *demb, *denc[MOEH_N_MODALITIES];
     /* EHR */
     float *xs, *s1, *tsx, *hs, *xi, *gates, *hh, *cat, *dxi, *dhh, *dh, *dcat, *ds1, *dhT;
     /* notes */
@@ -257,7 +257,8 @@ static void layout(moeh_moe_t *m, arena_t *a)
     m->availf = TAKEF(a, B * 3);
     m->emb = TAKEF(a, 3 * B * d);
     m->demb = TAKEF(a, 3 * B * d);
-    m->denc = TAKEF(a, B * d);
+    for (int k = 0; k < MOEH_N_MODALITIES; k++)
+        m->denc[k] = TAKEF(a, B * d);
     if ((m->used & 1) && !m->early) {
         m->xs = TAKEF(a, B * c->n_static);
         m->s1 = TAKEF(a, B * d);
@@ -871,12 +872,23 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         early_build(m, b);
         goto experts;
     }
-    if (m->n_idx[0])
-        PROF(m, 0, ehr_forward(m, b));
-    if (m->n_idx[1])
-        PROF(m, 1, notes_forward(m, b));
-    if (m->n_idx[2])
-        PROF(m, 2, img_forward(m, b));
+    /* with cfg.threads >= 2 the image encoder runs beside the EHR and notes encoders (they
+     * touch disjoint parameters, gradients and buffers) */
+#pragma omp parallel sections num_threads(2) if (c->threads >= 2 && m->n_idx[2])
+    {
+#pragma omp section
+        {
+            if (m->n_idx[0])
+                PROF(m, 0, ehr_forward(m, b));
+            if (m->n_idx[1])
+                PROF(m, 1, notes_forward(m, b));
+        }
+#pragma omp section
+        {
+            if (m->n_idx[2])
+                PROF(m, 2, img_forward(m, b));
+        }
+    }
     t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
     size_t pz = 0, az = m->n_used * d;
@@ -1101,21 +1113,28 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         for (size_t i = 0; i < B; i++) {
             const float *src = m->dz + i * Dz + pz;
             if (j < m->n_idx[k] && m->idx[k][j] == i) {
-                memcpy(m->denc + (j++) * d, src, d * sizeof(float));
+                memcpy(m->denc[k] + (j++) * d, src, d * sizeof(float));
             } else {
                 for (size_t q = 0; q < d; q++)
                     dmiss[q] += src[q];
             }
         }
         pz += d;
-        if (m->n_idx[k] == 0)
-            continue;
-        if (k == 0)
-            PROF(m, 5, ehr_backward(m, m->denc));
-        else if (k == 1)
-            PROF(m, 6, notes_backward(m, b, m->denc));
-        else
-            PROF(m, 7, img_backward(m, m->denc));
+    }
+#pragma omp parallel sections num_threads(2) if (c->threads >= 2 && m->n_idx[2])
+    {
+#pragma omp section
+        {
+            if (m->n_idx[0])
+                PROF(m, 5, ehr_backward(m, m->denc[0]));
+            if (m->n_idx[1])
+                PROF(m, 6, notes_backward(m, b, m->denc[1]));
+        }
+#pragma omp section
+        {
+            if (m->n_idx[2])
+                PROF(m, 7, img_backward(m, m->denc[2]));
+        }
     }
 }
 

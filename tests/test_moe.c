@@ -101,6 +101,15 @@ static void test_grad_cnn_chunked(void **state)
     gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn64", 40);
 }
 
+/* 128x128 images: the same code path at the other supported size; a few entries checked. */
+static void test_grad_cnn_128(void **state)
+{
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_UNI_IMG, 0);
+    c.img_size = 128;
+    c.cnn_ch[0] = 4, c.cnn_ch[1] = 6, c.cnn_ch[2] = 8;
+    gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn128", 12);
+}
+
 static void test_grad_moe_joint(void **state)
 {
     gradcheck_model(small_cfg(MOEH_ARCH_MOE, 0), MOEH_PHASE_JOINT, "moe");
@@ -260,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_grad_moe_precomputed),
         cmocka_unit_test(test_grad_baselines),
         cmocka_unit_test(test_grad_cnn_chunked),
+        cmocka_unit_test(test_grad_cnn_128),
         cmocka_unit_test(test_groups_counts_and_sparse_zero),
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_deterministic_and_lazy),

@@ -292,9 +292,9 @@ static void layout(moeh_moe_t *m, arena_t *a)
             for (int l = 0; l < 3; l++) {
                 size_t s = S >> l, hw = s * s;
                 m->side[l] = s;
-                /* ~1 MiB of columns per chunk: im2col, the sgemms and col2im of a chunk run
+                /* ~256 KiB of columns per chunk (at least one image): im2col, the sgemms and col2im run
                  * in cache, and backward recomputes the columns instead of keeping them */
-                size_t per = hw * 9 * cin, ch = (1u << 18) / per;
+                size_t per = hw * 9 * cin, ch = (1u << 16) / per;
                 ch = ch < 1 ? 1 : (ch > B ? B : ch);
                 m->chunk[l] = ch;
                 if (ch * per > maxcol)

@@ -91,7 +91,7 @@ static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *
 }
 
 /* 64x64 images with channel counts that make every conv layer run in several im2col chunks
- * (conv1 7+3 images, conv2 one image at a time, conv3 two), so chunked forward and the
+ * (one image per chunk at these sizes), so chunked forward and the
  * recomputed columns in backward are checked too. 40 entries per tensor. */
 static void test_grad_cnn_chunked(void **state)
 {

@@ -873,21 +873,28 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         goto experts;
     }
     /* with cfg.threads >= 2 the image encoder runs beside the EHR and notes encoders (they
-     * touch disjoint parameters, gradients and buffers) */
-#pragma omp parallel sections num_threads(2) if (c->threads >= 2 && m->n_idx[2])
-    {
-#pragma omp section
+     * touch disjoint parameters, gradients and buffers); the serial path never enters libgomp
+     * (whose team set-up may allocate) */
+    if (c->threads >= 2 && m->n_idx[2] && (m->n_idx[0] || m->n_idx[1])) {
+#pragma omp parallel sections num_threads(2)
         {
-            if (m->n_idx[0])
-                PROF(m, 0, ehr_forward(m, b));
-            if (m->n_idx[1])
-                PROF(m, 1, notes_forward(m, b));
-        }
 #pragma omp section
-        {
-            if (m->n_idx[2])
-                PROF(m, 2, img_forward(m, b));
+            {
+                if (m->n_idx[0])
+                    PROF(m, 0, ehr_forward(m, b));
+                if (m->n_idx[1])
+                    PROF(m, 1, notes_forward(m, b));
+            }
+#pragma omp section
+            PROF(m, 2, img_forward(m, b));
         }
+    } else {
+        if (m->n_idx[0])
+            PROF(m, 0, ehr_forward(m, b));
+        if (m->n_idx[1])
+            PROF(m, 1, notes_forward(m, b));
+        if (m->n_idx[2])
+            PROF(m, 2, img_forward(m, b));
     }
     t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
@@ -1121,20 +1128,26 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         }
         pz += d;
     }
-#pragma omp parallel sections num_threads(2) if (c->threads >= 2 && m->n_idx[2])
-    {
-#pragma omp section
+    if (c->threads >= 2 && m->n_idx[2] && (m->n_idx[0] || m->n_idx[1])) {
+#pragma omp parallel sections num_threads(2)
         {
-            if (m->n_idx[0])
-                PROF(m, 5, ehr_backward(m, m->denc[0]));
-            if (m->n_idx[1])
-                PROF(m, 6, notes_backward(m, b, m->denc[1]));
-        }
 #pragma omp section
-        {
-            if (m->n_idx[2])
-                PROF(m, 7, img_backward(m, m->denc[2]));
+            {
+                if (m->n_idx[0])
+                    PROF(m, 5, ehr_backward(m, m->denc[0]));
+                if (m->n_idx[1])
+                    PROF(m, 6, notes_backward(m, b, m->denc[1]));
+            }
+#pragma omp section
+            PROF(m, 7, img_backward(m, m->denc[2]));
         }
+    } else {
+        if (m->n_idx[0])
+            PROF(m, 5, ehr_backward(m, m->denc[0]));
+        if (m->n_idx[1])
+            PROF(m, 6, notes_backward(m, b, m->denc[1]));
+        if (m->n_idx[2])
+            PROF(m, 7, img_backward(m, m->denc[2]));
     }
 }
 

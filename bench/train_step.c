@@ -144,7 +144,14 @@ int main(int argc, char **argv)
         best = t < best ? t : best;
     }
     double c_sps = B / best, flops = step_flops(&cfg), gf = flops / best / 1e9;
-    double sg = sgemm_gflops();
+    /* the step's cores: OpenBLAS threads, or the model's two workers with MOEH_THREADS=2 */
+    int blas_thr = openblas_get_num_threads();
+    int cores = cfg.threads > blas_thr ? cfg.threads : blas_thr;
+    openblas_set_num_threads(1);
+    double sg1 = sgemm_gflops();
+    openblas_set_num_threads(cores);
+    double sg = cores > 1 ? sgemm_gflops() : sg1;
+    openblas_set_num_threads(blas_thr);
     printf("C      : %.2f ms/step, %.0f samples/s, loss %.4f\n", best * 1e3, c_sps, loss);
     const char *const *pn;
     const double *pt = moeh_moe_profile(m, &pn);
@@ -153,8 +160,9 @@ int main(int argc, char **argv)
         printf(" %s %.1f", pn[i], pt[i] * 1e3 / (3.0 * steps));
     printf(" (ms/step)\n");
     printf("FLOPs  : %.2f GFLOP/step (matmul/conv), achieved %.1f GFLOP/s\n", flops / 1e9, gf);
-    printf("sgemm  : %.1f GFLOP/s (1024^3, same threads) -> step at %.0f%% of sgemm\n", sg,
-           100.0 * gf / sg);
+    printf("sgemm  : %.1f GFLOP/s on 1 core, %.1f GFLOP/s on %d (1024^3) -> step at %.0f%% of "
+           "sgemm on the %d core(s) it used\n",
+           sg1, sg, cores, 100.0 * gf / sg, cores);
     if (!no_torch) {
         double t1 = run_torch("OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=1", "1", steps);
         double td = run_torch("", "default", steps);

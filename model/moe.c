@@ -63,7 +63,8 @@ struct moeh_moe {
     uint32_t *rows;
     size_t n_rows;
     /* image */
-    float *x0, *col, *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol, *dgp;
+    float *x0, *col[2], *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol[2], *dgp;
+    float *gimg; /* private encoder_img gradients of the second image worker (threads >= 2) */
     size_t chunk[3]; /* images per im2col chunk of conv layer l (col stays in cache) */
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
@@ -308,13 +309,17 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 }
                 cin = c->cnn_ch[l];
             }
-            m->col = TAKEF(a, maxcol);
-            m->dcol = TAKEF(a, maxcol);
+            for (int w = 0; w < 2; w++) { /* one scratch pair per image worker */
+                m->col[w] = TAKEF(a, maxcol);
+                m->dcol[w] = TAKEF(a, maxcol);
+            }
             m->gp = TAKEF(a, B * c->cnn_ch[2]);
             m->dgp = TAKEF(a, B * c->cnn_ch[2]);
         } else {
             m->iv = TAKEF(a, B * c->img_dim);
         }
+        int gi = moeh_params_group_index(&m->p, "encoder_img");
+        m->gimg = TAKEF(a, gi >= 0 ? m->p.group_len[gi] : 0);
     }
     m->z = TAKEF(a, B * m->Dz);
     m->dz = TAKEF(a, B * m->Dz);
@@ -681,93 +686,129 @@ static void notes_backward(moeh_moe_t *m, const moeh_batch_t *b, float *denc)
     }
 }
 
-static void img_forward(moeh_moe_t *m, const moeh_batch_t *b)
+/* Gradient of encoder_img view vi for worker slot: slot 0 writes into the store, slot 1 into a
+ * private copy of the group (summed in by img_merge_grads), so two threads can run the image
+ * encoder on disjoint images. */
+static float *img_grad(moeh_moe_t *m, int slot, int vi)
+{
+    if (slot == 0)
+        return moeh_params_g(&m->p, vi);
+    return m->gimg + (m->p.views[vi].offset - m->p.group_off[m->grp_enc[2]]);
+}
+
+static void img_merge_grads(moeh_moe_t *m)
+{
+    moeh_params_t *p = &m->p;
+    size_t off = p->group_off[m->grp_enc[2]], len = p->group_len[m->grp_enc[2]];
+    for (size_t i = 0; i < len; i++) {
+        p->g[off + i] += m->gimg[i];
+        m->gimg[i] = 0.0f;
+    }
+}
+
+/* Image encoder forward on the gathered images [j0, j1) using scratch slot `slot`. */
+static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t j1, int slot)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
-    size_t n = m->n_idx[2], d = c->d_emb;
+    size_t n = j1 - j0, d = c->d_emb;
+    if (n == 0)
+        return;
+    float *enc = m->enc[2] + j0 * d;
     if (!c->img_size) {
         size_t fin = c->img_dim;
-        for (size_t j = 0; j < n; j++)
+        for (size_t j = j0; j < j1; j++)
             memcpy(m->iv + j * fin, b->img_vec + m->idx[2][j] * fin, fin * sizeof(float));
-        moeh_linear_forward(m->enc[2], m->iv, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b),
-                            n, fin, d);
-        moeh_relu_forward(m->enc[2], m->enc[2], n * d);
+        moeh_linear_forward(enc, m->iv + j0 * fin, moeh_params_w(p, m->im_w),
+                            moeh_params_w(p, m->im_b), n, fin, d);
+        moeh_relu_forward(enc, enc, n * d);
         return;
     }
     size_t S = c->img_size, SS = S * S;
-    for (size_t j = 0; j < n; j++) {
+    for (size_t j = j0; j < j1; j++) {
         const uint8_t *src = b->img + m->idx[2][j] * SS;
         float *dst = m->x0 + j * SS;
         for (size_t i = 0; i < SS; i++)
             dst[i] = (float)src[i] * (1.0f / 255.0f);
     }
-    const float *in = m->x0;
+    const float *in = m->x0 + j0 * SS;
     size_t cin = 1;
     for (int l = 0; l < 3; l++) {
         size_t s = m->side[l], oc = c->cnn_ch[l], hw = s * s;
-        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
-            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
-            moeh_conv3x3_forward(m->a[l] + j0 * hw * oc, m->col, in + j0 * hw * cin,
+        float *al = m->a[l] + j0 * hw * oc;
+        for (size_t q = 0; q < n; q += m->chunk[l]) {
+            size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
+            moeh_conv3x3_forward(al + q * hw * oc, m->col[slot], in + q * hw * cin,
                                  moeh_params_w(p, m->im_cw[l]), moeh_params_w(p, m->im_cb[l]), nc,
                                  s, s, cin, oc);
         }
         if (l < 2) {
             /* relu(maxpool(x)) == maxpool(relu(x)) with the same gradient (the max is
              * monotone); pooling first runs the ReLU on a quarter of the data */
-            size_t np = n * s * s / 4 * oc;
-            moeh_maxpool2_forward(m->pl[l], m->arg[l], m->a[l], n, s, s, oc);
-            moeh_relu_forward(m->pl[l], m->pl[l], np);
-            in = m->pl[l];
+            size_t per = hw / 4 * oc;
+            float *pl = m->pl[l] + j0 * per;
+            moeh_maxpool2_forward(pl, m->arg[l] + j0 * per, al, n, s, s, oc);
+            moeh_relu_forward(pl, pl, n * per);
+            in = pl;
         } else {
-            moeh_relu_forward(m->a[l], m->a[l], n * s * s * oc);
+            moeh_relu_forward(al, al, n * hw * oc);
         }
         cin = oc;
     }
-    size_t s3 = m->side[2];
-    moeh_gap_forward(m->gp, m->a[2], n, s3 * s3, c->cnn_ch[2]);
-    moeh_linear_forward(m->enc[2], m->gp, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b), n,
-                        c->cnn_ch[2], d);
-    moeh_relu_forward(m->enc[2], m->enc[2], n * d);
+    size_t s3 = m->side[2], c3 = c->cnn_ch[2];
+    float *gp = m->gp + j0 * c3;
+    moeh_gap_forward(gp, m->a[2] + j0 * s3 * s3 * c3, n, s3 * s3, c3);
+    moeh_linear_forward(enc, gp, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b), n, c3, d);
+    moeh_relu_forward(enc, enc, n * d);
 }
 
-static void img_backward(moeh_moe_t *m, float *denc)
+/* Image encoder backward on images [j0, j1); denc (n_img,d) is the gradient of the encoder
+ * output for all gathered images (rows j0..j1 are consumed). */
+static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, int slot)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
-    moeh_params_t *p = &m->p;
-    size_t n = m->n_idx[2], d = c->d_emb;
-    relu_mask(denc, m->enc[2], n * d);
+    const moeh_params_t *p = &m->p;
+    size_t n = j1 - j0, d = c->d_emb;
+    if (n == 0)
+        return;
+    float *denc = denc_all + j0 * d;
+    relu_mask(denc, m->enc[2] + j0 * d, n * d);
     if (!c->img_size) {
-        moeh_linear_backward(NULL, moeh_params_g(p, m->im_w), moeh_params_g(p, m->im_b), denc,
-                             m->iv, moeh_params_w(p, m->im_w), n, c->img_dim, d);
+        moeh_linear_backward(NULL, img_grad(m, slot, m->im_w), img_grad(m, slot, m->im_b), denc,
+                             m->iv + j0 * c->img_dim, moeh_params_w(p, m->im_w), n, c->img_dim,
+                             d);
         return;
     }
     size_t c3 = c->cnn_ch[2], s3 = m->side[2];
-    memset(m->dgp, 0, n * c3 * sizeof(float));
-    moeh_linear_backward(m->dgp, moeh_params_g(p, m->im_w), moeh_params_g(p, m->im_b), denc,
-                         m->gp, moeh_params_w(p, m->im_w), n, c3, d);
-    memset(m->da[2], 0, n * s3 * s3 * c3 * sizeof(float));
-    moeh_gap_backward(m->da[2], m->dgp, n, s3 * s3, c3);
-    relu_mask(m->da[2], m->a[2], n * s3 * s3 * c3);
+    float *dgp = m->dgp + j0 * c3, *da2 = m->da[2] + j0 * s3 * s3 * c3;
+    memset(dgp, 0, n * c3 * sizeof(float));
+    moeh_linear_backward(dgp, img_grad(m, slot, m->im_w), img_grad(m, slot, m->im_b), denc,
+                         m->gp + j0 * c3, moeh_params_w(p, m->im_w), n, c3, d);
+    memset(da2, 0, n * s3 * s3 * c3 * sizeof(float));
+    moeh_gap_backward(da2, dgp, n, s3 * s3, c3);
+    relu_mask(da2, m->a[2] + j0 * s3 * s3 * c3, n * s3 * s3 * c3);
+    size_t S = c->img_size;
     for (int l = 2; l >= 0; l--) {
         size_t s = m->side[l], hw = s * s, oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
-        const float *in = l ? m->pl[l - 1] : m->x0;
-        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
-            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
+        const float *in = l ? m->pl[l - 1] + j0 * hw * cin : m->x0 + j0 * S * S;
+        float *dpl = l ? m->dpl[l - 1] + j0 * hw * cin : NULL, *dal = m->da[l] + j0 * hw * oc;
+        for (size_t q = 0; q < n; q += m->chunk[l]) {
+            size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
             float *dinp = NULL;
             if (l > 0) {
-                dinp = m->dpl[l - 1] + j0 * hw * cin;
+                dinp = dpl + q * hw * cin;
                 memset(dinp, 0, nc * hw * cin * sizeof(float));
             }
-            moeh_im2col3x3(m->col, in + j0 * hw * cin, nc, s, s, cin);
-            moeh_conv3x3_backward(dinp, m->dcol, moeh_params_g(p, m->im_cw[l]),
-                                  moeh_params_g(p, m->im_cb[l]), m->da[l] + j0 * hw * oc, m->col,
+            moeh_im2col3x3(m->col[slot], in + q * hw * cin, nc, s, s, cin);
+            moeh_conv3x3_backward(dinp, m->dcol[slot], img_grad(m, slot, m->im_cw[l]),
+                                  img_grad(m, slot, m->im_cb[l]), dal + q * hw * oc, m->col[slot],
                                   moeh_params_w(p, m->im_cw[l]), nc, s, s, cin, oc);
         }
         if (l > 0) {
             size_t sp = m->side[l - 1];
-            relu_mask(m->dpl[l - 1], m->pl[l - 1], n * hw * cin);
-            moeh_maxpool2_backward_set(m->da[l - 1], m->dpl[l - 1], m->arg[l - 1], n, sp, sp, cin);
+            relu_mask(dpl, m->pl[l - 1] + j0 * hw * cin, n * hw * cin);
+            moeh_maxpool2_backward_set(m->da[l - 1] + j0 * sp * sp * cin, dpl,
+                                       m->arg[l - 1] + j0 * hw * cin, n, sp, sp, cin);
         }
     }
 }
@@ -875,7 +916,11 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
     /* with cfg.threads >= 2 the image encoder runs beside the EHR and notes encoders (they
      * touch disjoint parameters, gradients and buffers); the serial path never enters libgomp
      * (whose team set-up may allocate) */
-    if (c->threads >= 2 && m->n_idx[2] && (m->n_idx[0] || m->n_idx[1])) {
+    size_t ni = m->n_idx[2];
+    if (c->threads >= 2 && ni >= 2) {
+        /* worker 0: EHR + notes + the first quarter of the images; worker 1: the rest
+         * (the image encoder is ~2/3 of the forward time) */
+        size_t split = (m->n_idx[0] || m->n_idx[1]) ? ni / 4 : ni / 2;
 #pragma omp parallel sections num_threads(2)
         {
 #pragma omp section
@@ -884,17 +929,18 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
                     PROF(m, 0, ehr_forward(m, b));
                 if (m->n_idx[1])
                     PROF(m, 1, notes_forward(m, b));
+                img_forward(m, b, 0, split, 0);
             }
 #pragma omp section
-            PROF(m, 2, img_forward(m, b));
+            PROF(m, 2, img_forward(m, b, split, ni, 1));
         }
     } else {
         if (m->n_idx[0])
             PROF(m, 0, ehr_forward(m, b));
         if (m->n_idx[1])
             PROF(m, 1, notes_forward(m, b));
-        if (m->n_idx[2])
-            PROF(m, 2, img_forward(m, b));
+        if (ni)
+            PROF(m, 2, img_forward(m, b, 0, ni, 0));
     }
     t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
@@ -1128,7 +1174,11 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         }
         pz += d;
     }
-    if (c->threads >= 2 && m->n_idx[2] && (m->n_idx[0] || m->n_idx[1])) {
+    size_t ni = m->n_idx[2];
+    if (c->threads >= 2 && ni >= 2) {
+        /* worker 0: EHR + notes + the first third of the images; worker 1: the rest, into a
+         * private copy of the image gradients that is summed in afterwards */
+        size_t split = (m->n_idx[0] || m->n_idx[1]) ? ni / 3 : ni / 2;
 #pragma omp parallel sections num_threads(2)
         {
 #pragma omp section
@@ -1137,17 +1187,19 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
                     PROF(m, 5, ehr_backward(m, m->denc[0]));
                 if (m->n_idx[1])
                     PROF(m, 6, notes_backward(m, b, m->denc[1]));
+                img_backward(m, m->denc[2], 0, split, 0);
             }
 #pragma omp section
-            PROF(m, 7, img_backward(m, m->denc[2]));
+            PROF(m, 7, img_backward(m, m->denc[2], split, ni, 1));
         }
+        img_merge_grads(m);
     } else {
         if (m->n_idx[0])
             PROF(m, 5, ehr_backward(m, m->denc[0]));
         if (m->n_idx[1])
             PROF(m, 6, notes_backward(m, b, m->denc[1]));
-        if (m->n_idx[2])
-            PROF(m, 7, img_backward(m, m->denc[2]));
+        if (ni)
+            PROF(m, 7, img_backward(m, m->denc[2], 0, ni, 0));
     }
 }
 
@@ -1255,6 +1307,26 @@ void moeh_moe_zero_grad(moeh_moe_t *m)
     clear_touched(m);
 }
 
+/* Touched embedding rows with index in [lo, hi): sum of squares of their gradients. */
+static double rows_sumsq(moeh_moe_t *m, size_t eo, size_t lo, size_t hi)
+{
+    const float *g = m->p.g + eo;
+    size_t d = m->cfg.d_emb;
+    double ss = 0;
+    FOR_TOUCHED_ROWS(m, row, if (row >= lo && row < hi) ss += sumsq(g + row * d, d));
+    return ss;
+}
+
+/* AdamW on the touched embedding rows with index in [lo, hi). */
+static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2,
+                       float scale, size_t eo, size_t lo, size_t hi)
+{
+    size_t d = m->cfg.d_emb;
+    FOR_TOUCHED_ROWS(m, row,
+                     if (row >= lo && row < hi) adamw_range(&m->p, c, bc1, bc2, scale,
+                                                            eo + row * d, d));
+}
+
 void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step)
 {
     MOEH_ASSERT(step >= 1);
@@ -1262,24 +1334,54 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
     moeh_params_t *p = &m->p;
     float bc1 = 1.0f - powf(c->beta1, (float)step), bc2 = 1.0f - powf(c->beta2, (float)step);
     int sparse = (m->used & 2) && m->cfg.note_buckets;
-    size_t eo = p->n, en = 0, d = m->cfg.d_emb;
+    size_t eo = p->n, en = 0, V = sparse ? m->cfg.note_buckets : 0;
     if (sparse)
         eo = p->views[m->nt_emb].offset, en = p->views[m->nt_emb].numel;
+    size_t tail = p->n - eo - en; /* dense floats after the embedding table */
+    /* with threads >= 2: worker 0 takes the dense tensors and the first third of the rows,
+     * worker 1 the other two thirds (partial sums added in a fixed order: deterministic) */
+    int par = m->cfg.threads >= 2 && sparse;
+    size_t cut = V / 3;
     float scale = 1.0f;
     if (c->clip > 0) {
-        double ss = sumsq(p->g, eo) + (sparse ? sumsq(p->g + eo + en, p->n - eo - en) : 0);
-        if (sparse)
-            FOR_TOUCHED_ROWS(m, row, ss += sumsq(p->g + eo + row * d, d));
-        double norm = sqrt(ss);
+        double s0 = 0, s1 = 0;
+        if (par) {
+#pragma omp parallel sections num_threads(2)
+            {
+#pragma omp section
+                s0 = sumsq(p->g, eo) + sumsq(p->g + eo + en, tail) + rows_sumsq(m, eo, 0, cut);
+#pragma omp section
+                s1 = rows_sumsq(m, eo, cut, V);
+            }
+        } else {
+            s0 = sumsq(p->g, eo) + (sparse ? sumsq(p->g + eo + en, tail) : 0) +
+                 (sparse ? rows_sumsq(m, eo, 0, V) : 0);
+        }
+        double norm = sqrt(s0 + s1);
         if (norm > c->clip)
             scale = (float)(c->clip / norm);
     }
-    adamw_range(p, c, bc1, bc2, scale, 0, eo);
-    if (sparse) {
-        adamw_range(p, c, bc1, bc2, scale, eo + en, p->n - eo - en);
-        FOR_TOUCHED_ROWS(m, row, adamw_range(p, c, bc1, bc2, scale, eo + row * d, d));
-        clear_touched(m);
+    if (par) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            {
+                adamw_range(p, c, bc1, bc2, scale, 0, eo);
+                adamw_range(p, c, bc1, bc2, scale, eo + en, tail);
+                rows_adamw(m, c, bc1, bc2, scale, eo, 0, cut);
+            }
+#pragma omp section
+            rows_adamw(m, c, bc1, bc2, scale, eo, cut, V);
+        }
+    } else {
+        adamw_range(p, c, bc1, bc2, scale, 0, eo);
+        if (sparse) {
+            adamw_range(p, c, bc1, bc2, scale, eo + en, tail);
+            rows_adamw(m, c, bc1, bc2, scale, eo, 0, V);
+        }
     }
+    if (sparse)
+        clear_touched(m);
     m->prof[8] += mono_s() - t_opt;
 }
 

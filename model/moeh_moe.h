@@ -50,8 +50,9 @@ typedef struct {
     float dropout;       /* dropout on the expert hidden layers while training (0) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;    /* workspace rows (64) */
-    int threads;         /* >= 2: the image encoder runs beside the others (OpenMP); 0/1 serial.
-                          * Results are identical either way. Use OPENBLAS_NUM_THREADS=1 then. */
+    int threads;         /* >= 2: two OpenMP workers split the encoders' images and the AdamW
+                          * step (results equal serial up to float summation order, and are
+                          * deterministic); use OPENBLAS_NUM_THREADS=1 then. 0/1: serial. */
     uint64_t seed;       /* initialisation and dropout */
 } moeh_moe_cfg_t;
 

@@ -34,18 +34,18 @@ static double step_flops(const moeh_moe_cfg_t *c)
     double F3 = 3.0 * (double)c->n_vars, Fs = (double)c->n_static, S = (double)c->img_size;
     double c1 = (double)c->cnn_ch[0], c2 = (double)c->cnn_ch[1], c3 = (double)c->cnn_ch[2];
     double Dz = 3 * d + 3, E = 7, f = 0;
-    f += 2 * (2 * b * Fs * d);                            /* static MLP: fwd + dW */
-    f += 2 * (2 * b * T * F3 * 3 * d);                    /* GRU input projection */
-    f += 3 * (2 * b * T * d * 3 * d);                     /* GRU recurrence */
-    f += 3 * (2 * b * 2 * d * d);                         /* EHR fuse */
-    f += 3 * (2 * b * d * d);                             /* notes projection */
-    f += 2 * (2 * b * S * S * 9 * c1);                    /* conv1: fwd + dW */
-    f += 3 * (2 * b * (S / 2) * (S / 2) * 9 * c1 * c2);   /* conv2 */
-    f += 3 * (2 * b * (S / 4) * (S / 4) * 9 * c2 * c3);   /* conv3 */
-    f += 3 * (2 * b * c3 * d);                            /* image projection */
-    f += E * 3 * (2 * b * Dz * dh + 2 * b * dh * d);      /* experts */
-    f += 3 * (2 * b * Dz * dh + 2 * b * dh * E);          /* gate */
-    f += 3 * (2 * b * d * (double)c->n_tasks);            /* heads */
+    f += 2 * (2 * b * Fs * d);                          /* static MLP: fwd + dW */
+    f += 2 * (2 * b * T * F3 * 3 * d);                  /* GRU input projection */
+    f += 3 * (2 * b * T * d * 3 * d);                   /* GRU recurrence */
+    f += 3 * (2 * b * 2 * d * d);                       /* EHR fuse */
+    f += 3 * (2 * b * d * d);                           /* notes projection */
+    f += 2 * (2 * b * S * S * 9 * c1);                  /* conv1: fwd + dW */
+    f += 3 * (2 * b * (S / 2) * (S / 2) * 9 * c1 * c2); /* conv2 */
+    f += 3 * (2 * b * (S / 4) * (S / 4) * 9 * c2 * c3); /* conv3 */
+    f += 3 * (2 * b * c3 * d);                          /* image projection */
+    f += E * 3 * (2 * b * Dz * dh + 2 * b * dh * d);    /* experts */
+    f += 3 * (2 * b * Dz * dh + 2 * b * dh * E);        /* gate */
+    f += 3 * (2 * b * d * (double)c->n_tasks);          /* heads */
     return f;
 }
 
@@ -55,17 +55,15 @@ static double sgemm_gflops(void)
     const int n = 1024;
     float *a = malloc((size_t)n * n * 4), *bb = malloc((size_t)n * n * 4),
           *c = malloc((size_t)n * n * 4);
-    if (!a || !bb || !c)
-        return 0;
+    if (!a || !bb || !c) return 0;
     for (size_t i = 0; i < (size_t)n * n; i++)
         a[i] = (float)(i % 7) * 0.1f, bb[i] = (float)(i % 5) * 0.1f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c,
-                n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c, n);
     double best = 1e9;
     for (int r = 0; r < 5; r++) {
         double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f,
-                    c, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c,
+                    n);
         double t = now_s() - t0;
         best = t < best ? t : best;
     }
@@ -81,8 +79,7 @@ static double run_torch(const char *env, const char *threads, int steps)
     snprintf(cmd, sizeof cmd, "%s %s %s/bench/train_step.py --batch %d --steps %d --threads %s",
              env, py, MOEH_SOURCE_DIR, B, steps, threads);
     FILE *f = popen(cmd, "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     char line[512];
     double sps = 0;
     while (fgets(line, sizeof line, f)) {

@@ -34,8 +34,8 @@ struct moeh_moe {
     size_t n_used, Dz, n_exp;
     expert_t ex[MOEH_MAX_EXPERTS];
     int has_gate;
-    int early;                    /* early fusion: z is built from the inputs, no encoders */
-    size_t eo_note, eo_img;       /* early fusion: column offsets of notes and image in z */
+    int early;              /* early fusion: z is built from the inputs, no encoders */
+    size_t eo_note, eo_img; /* early fusion: column offsets of notes and image in z */
     moeh_phase_t phase;
     /* view indices */
     int ehr_sw, ehr_sb, gru_wih, gru_whh, gru_bih, gru_bhh, ehr_fw, ehr_fb;
@@ -45,7 +45,7 @@ struct moeh_moe {
     int g_w1, g_b1, g_w2, g_b2, h_w, h_b;
     int grp_enc[MOEH_N_MODALITIES], grp_missing, grp_gate, grp_heads;
     uint64_t group_samples[MOEH_MAX_GROUPS];
-    moeh_rng_t rng; /* dropout */
+    moeh_rng_t rng;           /* dropout */
     double prof[MOEH_PROF_N]; /* seconds per phase, accumulated (moeh_moe_profile) */
     char err[MOEH_ERRMSG_MAX];
 
@@ -64,7 +64,7 @@ struct moeh_moe {
     size_t n_rows;
     /* image */
     float *x0, *col[2], *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol[2], *dgp;
-    float *gimg; /* private encoder_img gradients of the second image worker (threads >= 2) */
+    float *gimg;     /* private encoder_img gradients of the second image worker (threads >= 2) */
     size_t chunk[3]; /* images per im2col chunk of conv layer l (col stays in cache) */
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
@@ -83,15 +83,16 @@ static double mono_s(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
-#define PROF(m, i, stmt)                                                                          \
-    do {                                                                                          \
-        double t0_ = mono_s();                                                                    \
-        stmt;                                                                                     \
-        (m)->prof[i] += mono_s() - t0_;                                                           \
+#define PROF(m, i, stmt)                                                                           \
+    do {                                                                                           \
+        double t0_ = mono_s();                                                                     \
+        stmt;                                                                                      \
+        (m)->prof[i] += mono_s() - t0_;                                                            \
     } while (0)
 
 /* ---- small helpers --------------------------------------------------------------------------- */
-static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...)
 {
     va_list ap;
@@ -117,8 +118,7 @@ static void *take(arena_t *a, size_t bytes)
 static void relu_mask(float *restrict d, const float *restrict out, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (out[i] <= 0)
-            d[i] = 0;
+        if (out[i] <= 0) d[i] = 0;
 }
 
 static size_t mods_count(uint8_t mods)
@@ -150,13 +150,13 @@ moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars)
     return c;
 }
 
-/* ---- construction ----------------------------------------------------------------------------- */
+/* ---- construction -----------------------------------------------------------------------------
+ */
 static int add(moeh_moe_t *m, int *idx, const char *name, const char *group, size_t d0, size_t d1)
 {
     size_t shape[2] = {d0, d1};
     int rc = moeh_params_add(&m->p, name, group, d1 ? 2 : 1, shape);
-    if (rc < 0)
-        return set_err(m, rc, "cannot declare parameter %s", name);
+    if (rc < 0) return set_err(m, rc, "cannot declare parameter %s", name);
     *idx = rc;
     return 0;
 }
@@ -166,10 +166,9 @@ static int declare(moeh_moe_t *m)
     const moeh_moe_cfg_t *c = &m->cfg;
     size_t d = c->d_emb, dh = c->d_hidden;
     int rc = 0;
-#define ADD(idx, name, group, d0, d1)                                                             \
-    do {                                                                                          \
-        if ((rc = add(m, &(idx), name, group, d0, d1)) != 0)                                      \
-            return rc;                                                                            \
+#define ADD(idx, name, group, d0, d1)                                                              \
+    do {                                                                                           \
+        if ((rc = add(m, &(idx), name, group, d0, d1)) != 0) return rc;                            \
     } while (0)
     if (m->early) {
         if (c->note_buckets)
@@ -189,22 +188,19 @@ static int declare(moeh_moe_t *m)
     if (m->used & 2) {
         if (c->note_buckets)
             ADD(m->nt_emb, "notes.embed.weight", "encoder_notes", c->note_buckets, d);
-        ADD(m->nt_w, "notes.proj.weight", "encoder_notes", d,
-            c->note_buckets ? d : c->note_dim);
+        ADD(m->nt_w, "notes.proj.weight", "encoder_notes", d, c->note_buckets ? d : c->note_dim);
         ADD(m->nt_b, "notes.proj.bias", "encoder_notes", d, 0);
     }
     if (m->used & 4) {
         size_t fin = c->img_dim;
         if (c->img_size) {
-            static const char *wn[3] = {"img.conv1.weight", "img.conv2.weight",
-                                        "img.conv3.weight"};
+            static const char *wn[3] = {"img.conv1.weight", "img.conv2.weight", "img.conv3.weight"};
             static const char *bn[3] = {"img.conv1.bias", "img.conv2.bias", "img.conv3.bias"};
             size_t cin = 1;
             for (int l = 0; l < 3; l++) {
                 size_t shape[4] = {c->cnn_ch[l], 3, 3, cin};
                 rc = moeh_params_add(&m->p, wn[l], "encoder_img", 4, shape);
-                if (rc < 0)
-                    return set_err(m, rc, "cannot declare %s", wn[l]);
+                if (rc < 0) return set_err(m, rc, "cannot declare %s", wn[l]);
                 m->im_cw[l] = rc;
                 ADD(m->im_cb[l], bn[l], "encoder_img", c->cnn_ch[l], 0);
                 cin = c->cnn_ch[l];
@@ -216,8 +212,7 @@ static int declare(moeh_moe_t *m)
     }
     static const char *mn[3] = {"missing.ehr", "missing.notes", "missing.img"};
     for (int k = 0; k < MOEH_N_MODALITIES; k++)
-        if (m->used & (1 << k))
-            ADD(m->miss[k], mn[k], "missing", d, 0);
+        if (m->used & (1 << k)) ADD(m->miss[k], mn[k], "missing", d, 0);
 experts:
     for (size_t k = 0; k < m->n_exp; k++) {
         char g[32], n1[64], n2[64], n3[64], n4[64];
@@ -293,13 +288,12 @@ static void layout(moeh_moe_t *m, arena_t *a)
             for (int l = 0; l < 3; l++) {
                 size_t s = S >> l, hw = s * s;
                 m->side[l] = s;
-                /* ~256 KiB of columns per chunk (at least one image): im2col, the sgemms and col2im run
-                 * in cache, and backward recomputes the columns instead of keeping them */
+                /* ~256 KiB of columns per chunk (at least one image): im2col, the sgemms and col2im
+                 * run in cache, and backward recomputes the columns instead of keeping them */
                 size_t per = hw * 9 * cin, ch = (1u << 16) / per;
                 ch = ch < 1 ? 1 : (ch > B ? B : ch);
                 m->chunk[l] = ch;
-                if (ch * per > maxcol)
-                    maxcol = ch * per;
+                if (ch * per > maxcol) maxcol = ch * per;
                 m->a[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 m->da[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 if (l < 2) {
@@ -325,8 +319,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
     m->dz = TAKEF(a, B * m->Dz);
     size_t maxin = m->Dz;
     for (size_t k = 0; k < E; k++) {
-        if (m->ex[k].restricted)
-            m->zk[k] = TAKEF(a, B * m->ex[k].in_dim);
+        if (m->ex[k].restricted) m->zk[k] = TAKEF(a, B * m->ex[k].in_dim);
         m->h[k] = TAKEF(a, B * dh);
         m->o[k] = TAKEF(a, B * d);
         m->keep[k] = take(a, B * dh);
@@ -389,43 +382,55 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
 {
     *out = NULL;
     const moeh_moe_cfg_t *c = cfg;
-    if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS ||
-        !c->max_batch || c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1)
-        return moeh_errf(err, -EINVAL, "model config: d_emb, d_hidden, max_batch must be > 0, "
-                                       "n_tasks in 1..%d, temperature > 0, dropout in [0,1)",
+    if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS || !c->max_batch ||
+        c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1)
+        return moeh_errf(err, -EINVAL,
+                         "model config: d_emb, d_hidden, max_batch must be > 0, "
+                         "n_tasks in 1..%d, temperature > 0, dropout in [0,1)",
                          MOEH_MAX_TASKS);
     uint8_t used;
     switch (c->arch) {
     case MOEH_ARCH_MOE:
     case MOEH_ARCH_JOINT:
-    case MOEH_ARCH_LATE: used = 7; break;
-    case MOEH_ARCH_UNI_EHR: used = 1; break;
-    case MOEH_ARCH_UNI_NOTES: used = 2; break;
-    case MOEH_ARCH_UNI_IMG: used = 4; break;
+    case MOEH_ARCH_LATE:
+        used = 7;
+        break;
+    case MOEH_ARCH_UNI_EHR:
+        used = 1;
+        break;
+    case MOEH_ARCH_UNI_NOTES:
+        used = 2;
+        break;
+    case MOEH_ARCH_UNI_IMG:
+        used = 4;
+        break;
     case MOEH_ARCH_EARLY:
         used = 7;
         if (c->img_size % 8)
-            return moeh_errf(err, -EINVAL, "model config: early fusion pools images to 8x8, "
-                                           "img_size must be a multiple of 8");
+            return moeh_errf(err, -EINVAL,
+                             "model config: early fusion pools images to 8x8, "
+                             "img_size must be a multiple of 8");
         break;
-    default: return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
+    default:
+        return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
     }
     if ((used & 1) && (!c->n_static || !c->n_vars || !c->n_steps))
-        return moeh_errf(err, -EINVAL, "model config: the EHR encoder needs n_static, n_vars "
-                                       "and n_steps > 0");
+        return moeh_errf(err, -EINVAL,
+                         "model config: the EHR encoder needs n_static, n_vars "
+                         "and n_steps > 0");
     if ((used & 2) && !c->note_buckets && !c->note_dim)
         return moeh_errf(err, -EINVAL, "model config: notes need note_buckets or note_dim");
     if ((used & 2) && c->note_buckets > (1ull << 32))
         return moeh_errf(err, -EINVAL, "model config: note_buckets must fit in 32 bits");
-    if ((used & 4) && c->img_size && (c->img_size % 4 || !c->cnn_ch[0] || !c->cnn_ch[1] ||
-                                      !c->cnn_ch[2]))
-        return moeh_errf(err, -EINVAL, "model config: img_size must be a multiple of 4 "
-                                       "(64 or 128) and cnn_ch > 0");
+    if ((used & 4) && c->img_size &&
+        (c->img_size % 4 || !c->cnn_ch[0] || !c->cnn_ch[1] || !c->cnn_ch[2]))
+        return moeh_errf(err, -EINVAL,
+                         "model config: img_size must be a multiple of 4 "
+                         "(64 or 128) and cnn_ch > 0");
     if ((used & 4) && !c->img_size && !c->img_dim)
         return moeh_errf(err, -EINVAL, "model config: images need img_size or img_dim");
     moeh_moe_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return -ENOMEM;
+    if (!m) return -ENOMEM;
     m->cfg = *c;
     m->used = used;
     m->n_used = mods_count(used);
@@ -447,8 +452,12 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
             return moeh_errf(err, -EINVAL, "model config: top_k must be <= 7");
         }
         break;
-    case MOEH_ARCH_LATE: m->n_exp = 3; break;
-    default: m->n_exp = 1; break;
+    case MOEH_ARCH_LATE:
+        m->n_exp = 3;
+        break;
+    default:
+        m->n_exp = 1;
+        break;
     }
     for (size_t k = 0; k < m->n_exp; k++) {
         expert_t *e = &m->ex[k];
@@ -462,13 +471,11 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
         moeh_errf(err, rc, "%s", m->err);
         goto fail;
     }
-    if ((rc = moeh_params_finalize(&m->p)) != 0)
-        goto fail;
+    if ((rc = moeh_params_finalize(&m->p)) != 0) goto fail;
     arena_t a = {NULL, 0};
     layout(m, &a);
     rc = -ENOMEM;
-    if (!(m->arena = aligned_alloc(64, (a.off + 63) & ~(size_t)63)))
-        goto fail;
+    if (!(m->arena = aligned_alloc(64, (a.off + 63) & ~(size_t)63))) goto fail;
     memset(m->arena, 0, a.off);
     a = (arena_t){m->arena, 0};
     layout(m, &a);
@@ -495,8 +502,7 @@ fail:
 
 void moeh_moe_destroy(moeh_moe_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_moe_t *m = *self_p;
     moeh_params_free(&m->p);
     free(m->arena);
@@ -541,14 +547,14 @@ void moeh_moe_reset_group_samples(moeh_moe_t *m)
     memset(m->group_samples, 0, sizeof m->group_samples);
 }
 
-/* ---- batch validation --------------------------------------------------------------------------- */
+/* ---- batch validation ---------------------------------------------------------------------------
+ */
 static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
     if (b->B == 0 || b->B > c->max_batch)
         return set_err(m, -EINVAL, "batch: B = %zu, expected 1..%zu", b->B, c->max_batch);
-    if (!b->avail)
-        return set_err(m, -EINVAL, "batch: avail is NULL");
+    if (!b->avail) return set_err(m, -EINVAL, "batch: avail is NULL");
     if (need_labels && (!b->y || !b->y_mask))
         return set_err(m, -EINVAL, "batch: labels or label mask missing");
     size_t have[3] = {0, 0, 0};
@@ -559,16 +565,14 @@ static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
                                b->avail[i * 3 + k]);
             have[k] += b->avail[i * 3 + k];
         }
-    if ((m->used & 1) && have[0] &&
-        (!b->static_x || !b->ts_value || !b->ts_mask || !b->ts_delta))
+    if ((m->used & 1) && have[0] && (!b->static_x || !b->ts_value || !b->ts_mask || !b->ts_delta))
         return set_err(m, -EINVAL, "batch: EHR rows present but static/ts arrays are NULL");
     if ((m->used & 2) && have[1]) {
         if (c->note_buckets) {
             if (!b->note_off || !b->note_ids)
                 return set_err(m, -EINVAL, "batch: note rows present but note_off/ids NULL");
             for (size_t i = 0; i < b->B; i++) {
-                if (!b->avail[i * 3 + 1])
-                    continue;
+                if (!b->avail[i * 3 + 1]) continue;
                 if (b->note_off[i + 1] < b->note_off[i])
                     return set_err(m, -EINVAL, "batch: note_off decreases at row %zu", i);
                 for (uint64_t j = b->note_off[i]; j < b->note_off[i + 1]; j++)
@@ -580,12 +584,14 @@ static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
             return set_err(m, -EINVAL, "batch: note rows present but note_vec is NULL");
         }
     }
-    if ((m->used & 4) && have[2] && !(c->img_size ? (const void *)b->img : (const void *)b->img_vec))
+    if ((m->used & 4) && have[2] &&
+        !(c->img_size ? (const void *)b->img : (const void *)b->img_vec))
         return set_err(m, -EINVAL, "batch: image rows present but the image array is NULL");
     return 0;
 }
 
-/* ---- encoders ------------------------------------------------------------------------------------ */
+/* ---- encoders
+ * ------------------------------------------------------------------------------------ */
 static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
@@ -603,8 +609,8 @@ static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
         }
     }
     /* s1 (n,d) = relu(xs @ Ws^T + bs) */
-    moeh_linear_forward(m->s1, m->xs, moeh_params_w(p, m->ehr_sw), moeh_params_w(p, m->ehr_sb),
-                        n, Fs, d);
+    moeh_linear_forward(m->s1, m->xs, moeh_params_w(p, m->ehr_sw), moeh_params_w(p, m->ehr_sb), n,
+                        Fs, d);
     moeh_relu_forward(m->s1, m->s1, n * d);
     moeh_gru_forward(m->hs, m->xi, m->gates, m->hh, m->tsx, moeh_params_w(p, m->gru_wih),
                      moeh_params_w(p, m->gru_whh), moeh_params_w(p, m->gru_bih),
@@ -615,8 +621,8 @@ static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
         memcpy(m->cat + j * 2 * d + d, hT + j * d, d * sizeof(float));
     }
     /* enc (n,d) = relu(cat (n,2d) @ Wf^T + bf) */
-    moeh_linear_forward(m->enc[0], m->cat, moeh_params_w(p, m->ehr_fw),
-                        moeh_params_w(p, m->ehr_fb), n, 2 * d, d);
+    moeh_linear_forward(m->enc[0], m->cat, moeh_params_w(p, m->ehr_fw), moeh_params_w(p, m->ehr_fb),
+                        n, 2 * d, d);
     moeh_relu_forward(m->enc[0], m->enc[0], n * d);
 }
 
@@ -661,8 +667,8 @@ static void notes_forward(moeh_moe_t *m, const moeh_batch_t *b)
             memcpy(m->nv + j * fin, b->note_vec + m->idx[1][j] * fin, fin * sizeof(float));
         in = m->nv;
     }
-    moeh_linear_forward(m->enc[1], in, moeh_params_w(p, m->nt_w), moeh_params_w(p, m->nt_b), n,
-                        fin, d);
+    moeh_linear_forward(m->enc[1], in, moeh_params_w(p, m->nt_w), moeh_params_w(p, m->nt_b), n, fin,
+                        d);
     moeh_relu_forward(m->enc[1], m->enc[1], n * d);
 }
 
@@ -691,8 +697,7 @@ static void notes_backward(moeh_moe_t *m, const moeh_batch_t *b, float *denc)
  * encoder on disjoint images. */
 static float *img_grad(moeh_moe_t *m, int slot, int vi)
 {
-    if (slot == 0)
-        return moeh_params_g(&m->p, vi);
+    if (slot == 0) return moeh_params_g(&m->p, vi);
     return m->gimg + (m->p.views[vi].offset - m->p.group_off[m->grp_enc[2]]);
 }
 
@@ -712,8 +717,7 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t 
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
     size_t n = j1 - j0, d = c->d_emb;
-    if (n == 0)
-        return;
+    if (n == 0) return;
     float *enc = m->enc[2] + j0 * d;
     if (!c->img_size) {
         size_t fin = c->img_dim;
@@ -769,14 +773,12 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
     size_t n = j1 - j0, d = c->d_emb;
-    if (n == 0)
-        return;
+    if (n == 0) return;
     float *denc = denc_all + j0 * d;
     relu_mask(denc, m->enc[2] + j0 * d, n * d);
     if (!c->img_size) {
         moeh_linear_backward(NULL, img_grad(m, slot, m->im_w), img_grad(m, slot, m->im_b), denc,
-                             m->iv + j0 * c->img_dim, moeh_params_w(p, m->im_w), n, c->img_dim,
-                             d);
+                             m->iv + j0 * c->img_dim, moeh_params_w(p, m->im_w), n, c->img_dim, d);
         return;
     }
     size_t c3 = c->cnn_ch[2], s3 = m->side[2];
@@ -822,8 +824,7 @@ static void gather_cols(moeh_moe_t *m, float *zk, float *z, uint8_t mods, size_t
     for (size_t i = 0; i < B; i++) {
         size_t pz = 0, pk = 0, az = m->n_used * d, ak = nk * d;
         for (int k = 0; k < 3; k++) {
-            if (!(m->used & (1 << k)))
-                continue;
+            if (!(m->used & (1 << k))) continue;
             if (mods & (1 << k)) {
                 float *zr = z + i * Dz, *kr = zk + i * in;
                 if (dir > 0) {
@@ -887,14 +888,14 @@ static void early_build(moeh_moe_t *m, const moeh_batch_t *b)
     }
 }
 
-/* ---- forward ------------------------------------------------------------------------------------ */
+/* ---- forward ------------------------------------------------------------------------------------
+ */
 /* train: dropout on, counts group samples. Returns the loss through *loss when labels are
  * given (need_loss). */
 static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_loss, double *loss)
 {
     int rc = validate(m, b, need_loss);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
     size_t B = b->B, d = c->d_emb, dh = c->d_hidden, E = m->n_exp, Dz = m->Dz, Tk = c->n_tasks;
@@ -903,8 +904,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
     for (size_t i = 0; i < B; i++) {
         for (int k = 0; k < 3; k++) {
             m->availf[i * 3 + k] = b->avail[i * 3 + k];
-            if (b->avail[i * 3 + k] && (m->used & (1 << k)))
-                m->idx[k][m->n_idx[k]++] = i;
+            if (b->avail[i * 3 + k] && (m->used & (1 << k))) m->idx[k][m->n_idx[k]++] = i;
         }
         m->combo[i] = moeh_combo_index(b->avail + i * 3);
     }
@@ -925,36 +925,29 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         {
 #pragma omp section
             {
-                if (m->n_idx[0])
-                    PROF(m, 0, ehr_forward(m, b));
-                if (m->n_idx[1])
-                    PROF(m, 1, notes_forward(m, b));
+                if (m->n_idx[0]) PROF(m, 0, ehr_forward(m, b));
+                if (m->n_idx[1]) PROF(m, 1, notes_forward(m, b));
                 img_forward(m, b, 0, split, 0);
             }
 #pragma omp section
             PROF(m, 2, img_forward(m, b, split, ni, 1));
         }
     } else {
-        if (m->n_idx[0])
-            PROF(m, 0, ehr_forward(m, b));
-        if (m->n_idx[1])
-            PROF(m, 1, notes_forward(m, b));
-        if (ni)
-            PROF(m, 2, img_forward(m, b, 0, ni, 0));
+        if (m->n_idx[0]) PROF(m, 0, ehr_forward(m, b));
+        if (m->n_idx[1]) PROF(m, 1, notes_forward(m, b));
+        if (ni) PROF(m, 2, img_forward(m, b, 0, ni, 0));
     }
     t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
     size_t pz = 0, az = m->n_used * d;
     for (int k = 0; k < 3; k++) {
-        if (!(m->used & (1 << k)))
-            continue;
+        if (!(m->used & (1 << k))) continue;
         float *emb = m->emb + (size_t)k * B * d;
         const float *miss = moeh_params_w(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
             const float *src = miss;
-            if (j < m->n_idx[k] && m->idx[k][j] == i)
-                src = m->enc[k] + (j++) * d;
+            if (j < m->n_idx[k] && m->idx[k][j] == i) src = m->enc[k] + (j++) * d;
             memcpy(emb + i * d, src, d * sizeof(float));
             memcpy(m->z + i * Dz + pz, src, d * sizeof(float));
             m->z[i * Dz + az] = m->availf[i * 3 + k];
@@ -983,8 +976,8 @@ experts:
         moeh_linear_forward(m->gh, m->z, moeh_params_w(p, m->g_w1), moeh_params_w(p, m->g_b1), B,
                             Dz, dh);
         moeh_relu_forward(m->gh, m->gh, B * dh);
-        moeh_linear_forward(m->glog, m->gh, moeh_params_w(p, m->g_w2), moeh_params_w(p, m->g_b2),
-                            B, dh, E);
+        moeh_linear_forward(m->glog, m->gh, moeh_params_w(p, m->g_w2), moeh_params_w(p, m->g_b2), B,
+                            dh, E);
         moeh_gate_forward(m->gw, m->probs, m->sel, m->glog, B, E, c->top_k, c->temperature);
         memcpy(m->w, m->gw, B * E * sizeof(float));
         if (m->phase == MOEH_PHASE_WARMUP)
@@ -1007,8 +1000,7 @@ experts:
     for (size_t k = 0; k < E; k++)
         for (size_t i = 0; i < B; i++) {
             float wk = m->w[i * E + k];
-            if (wk == 0.0f)
-                continue;
+            if (wk == 0.0f) continue;
             const float *ok = m->o[k] + i * d;
             float *cb = m->comb + i * d;
             for (size_t j = 0; j < d; j++)
@@ -1017,8 +1009,7 @@ experts:
     moeh_linear_forward(m->logits, m->comb, moeh_params_w(p, m->h_w), moeh_params_w(p, m->h_b), B,
                         d, Tk);
     m->prof[3] += mono_s() - t_mix;
-    if (!need_loss)
-        return 0;
+    if (!need_loss) return 0;
     float pw[MOEH_MAX_TASKS];
     for (size_t t = 0; t < Tk; t++)
         pw[t] = c->pos_weight[t] > 0 ? c->pos_weight[t] : 1.0f;
@@ -1032,8 +1023,7 @@ experts:
                     ce -= log(fmax((double)m->probs[i * E + (size_t)m->combo[i]], 1e-30));
                     ns++;
                 }
-            if (ns)
-                L += c->gate_sup * ce / (double)ns;
+            if (ns) L += c->gate_sup * ce / (double)ns;
         } else if (c->lambda_lb > 0) {
             L += moeh_load_balance(NULL, m->probs, m->sel, B, E, c->lambda_lb);
         }
@@ -1049,13 +1039,11 @@ experts:
                     nmiss++;
                     break;
                 }
-        if (m->grp_missing >= 0)
-            m->group_samples[m->grp_missing] += nmiss;
+        if (m->grp_missing >= 0) m->group_samples[m->grp_missing] += nmiss;
         for (size_t k = 0; k < E; k++)
             for (size_t i = 0; i < B; i++)
                 m->group_samples[m->ex[k].group] += m->w[i * E + k] != 0.0f;
-        if (m->has_gate)
-            m->group_samples[m->grp_gate] += B;
+        if (m->has_gate) m->group_samples[m->grp_gate] += B;
         m->group_samples[m->grp_heads] += B;
     }
     *loss = L;
@@ -1089,8 +1077,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             m->dw[i * E + k] = (float)s;
             any |= wk != 0.0f;
         }
-        if (!any)
-            continue; /* no row routed here: the expert's gradient is exactly zero */
+        if (!any) continue; /* no row routed here: the expert's gradient is exactly zero */
         memset(m->dhk, 0, B * dh * sizeof(float));
         moeh_linear_backward(m->dhk, moeh_params_g(p, e->w2), moeh_params_g(p, e->b2), m->dok,
                              m->h[k], moeh_params_w(p, e->w2), B, dh, d);
@@ -1119,8 +1106,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             for (size_t i = 0; i < B; i++)
                 ns += m->combo[i] >= 0;
             for (size_t i = 0; i < B; i++) {
-                if (m->combo[i] < 0)
-                    continue;
+                if (m->combo[i] < 0) continue;
                 /* d/dlogits of -log p_c with p = softmax(l / temp): (p - onehot) / temp */
                 for (size_t k = 0; k < E; k++)
                     m->dglog[i * E + k] +=
@@ -1152,15 +1138,14 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             for (size_t i = 0; i < B; i++)
                 if (b->avail[i * 3 + 1])
                     moeh_embbag_backward(moeh_params_g(p, m->nt_emb), m->touched, m->rows,
-                                         &m->n_rows, m->dz + i * Dz + m->eo_note,
-                                         b->note_off + i, b->note_ids, 1, d);
+                                         &m->n_rows, m->dz + i * Dz + m->eo_note, b->note_off + i,
+                                         b->note_ids, 1, d);
         return;
     }
     /* dz -> missingness embeddings and encoders */
     size_t pz = 0;
     for (int k = 0; k < 3; k++) {
-        if (!(m->used & (1 << k)))
-            continue;
+        if (!(m->used & (1 << k))) continue;
         float *dmiss = moeh_params_g(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
@@ -1183,10 +1168,8 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         {
 #pragma omp section
             {
-                if (m->n_idx[0])
-                    PROF(m, 5, ehr_backward(m, m->denc[0]));
-                if (m->n_idx[1])
-                    PROF(m, 6, notes_backward(m, b, m->denc[1]));
+                if (m->n_idx[0]) PROF(m, 5, ehr_backward(m, m->denc[0]));
+                if (m->n_idx[1]) PROF(m, 6, notes_backward(m, b, m->denc[1]));
                 img_backward(m, m->denc[2], 0, split, 0);
             }
 #pragma omp section
@@ -1194,20 +1177,16 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
         }
         img_merge_grads(m);
     } else {
-        if (m->n_idx[0])
-            PROF(m, 5, ehr_backward(m, m->denc[0]));
-        if (m->n_idx[1])
-            PROF(m, 6, notes_backward(m, b, m->denc[1]));
-        if (ni)
-            PROF(m, 7, img_backward(m, m->denc[2], 0, ni, 0));
+        if (m->n_idx[0]) PROF(m, 5, ehr_backward(m, m->denc[0]));
+        if (m->n_idx[1]) PROF(m, 6, notes_backward(m, b, m->denc[1]));
+        if (ni) PROF(m, 7, img_backward(m, m->denc[2], 0, ni, 0));
     }
 }
 
 int moeh_moe_loss_backward(moeh_moe_t *m, const moeh_batch_t *b, double *loss)
 {
     int rc = forward(m, b, 1, 1, loss);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     backward(m, b, 1);
     return 0;
 }
@@ -1220,14 +1199,14 @@ int moeh_moe_loss(moeh_moe_t *m, const moeh_batch_t *b, double *loss)
 int moeh_moe_predict(moeh_moe_t *m, const moeh_batch_t *b, float *probs)
 {
     int rc = forward(m, b, 0, 0, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (size_t i = 0; i < b->B * m->cfg.n_tasks; i++)
         probs[i] = moeh_sigmoid(m->logits[i]);
     return 0;
 }
 
-/* ---- optimiser --------------------------------------------------------------------------------- */
+/* ---- optimiser ---------------------------------------------------------------------------------
+ */
 /* AdamW on [off, off+len), gradients scaled by `scale`, then the gradient is zeroed (fused so
  * the optimiser reads g once). */
 static void adamw_range(moeh_params_t *p, const moeh_adamw_cfg_t *c, float bc1, float bc2,
@@ -1267,19 +1246,19 @@ static double sumsq(const float *restrict g, size_t n)
 
 /* Calls fn(m, row) for every embedding-bag row touched since the last reset: from the list
  * when few, by scanning the flags in row order when many (sequential memory access). */
-#define FOR_TOUCHED_ROWS(m, row, body)                                                            \
-    do {                                                                                          \
-        if ((m)->n_rows * 16 < (m)->cfg.note_buckets) {                                           \
-            for (size_t i_ = 0; i_ < (m)->n_rows; i_++) {                                         \
-                size_t row = (m)->rows[i_];                                                       \
-                body;                                                                             \
-            }                                                                                     \
-        } else {                                                                                  \
-            for (size_t row = 0; row < (m)->cfg.note_buckets; row++)                              \
-                if ((m)->touched[row]) {                                                          \
-                    body;                                                                         \
-                }                                                                                 \
-        }                                                                                         \
+#define FOR_TOUCHED_ROWS(m, row, body)                                                             \
+    do {                                                                                           \
+        if ((m)->n_rows * 16 < (m)->cfg.note_buckets) {                                            \
+            for (size_t i_ = 0; i_ < (m)->n_rows; i_++) {                                          \
+                size_t row = (m)->rows[i_];                                                        \
+                body;                                                                              \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (size_t row = 0; row < (m)->cfg.note_buckets; row++)                               \
+                if ((m)->touched[row]) {                                                           \
+                    body;                                                                          \
+                }                                                                                  \
+        }                                                                                          \
     } while (0)
 
 static void clear_touched(moeh_moe_t *m)
@@ -1318,13 +1297,12 @@ static double rows_sumsq(moeh_moe_t *m, size_t eo, size_t lo, size_t hi)
 }
 
 /* AdamW on the touched embedding rows with index in [lo, hi). */
-static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2,
-                       float scale, size_t eo, size_t lo, size_t hi)
+static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2, float scale,
+                       size_t eo, size_t lo, size_t hi)
 {
     size_t d = m->cfg.d_emb;
-    FOR_TOUCHED_ROWS(m, row,
-                     if (row >= lo && row < hi) adamw_range(&m->p, c, bc1, bc2, scale,
-                                                            eo + row * d, d));
+    FOR_TOUCHED_ROWS(
+        m, row, if (row >= lo && row < hi) adamw_range(&m->p, c, bc1, bc2, scale, eo + row * d, d));
 }
 
 void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step)
@@ -1335,8 +1313,7 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
     float bc1 = 1.0f - powf(c->beta1, (float)step), bc2 = 1.0f - powf(c->beta2, (float)step);
     int sparse = (m->used & 2) && m->cfg.note_buckets;
     size_t eo = p->n, en = 0, V = sparse ? m->cfg.note_buckets : 0;
-    if (sparse)
-        eo = p->views[m->nt_emb].offset, en = p->views[m->nt_emb].numel;
+    if (sparse) eo = p->views[m->nt_emb].offset, en = p->views[m->nt_emb].numel;
     size_t tail = p->n - eo - en; /* dense floats after the embedding table */
     /* with threads >= 2: worker 0 takes the dense tensors and the first third of the rows,
      * worker 1 the other two thirds (partial sums added in a fixed order: deterministic) */
@@ -1358,8 +1335,7 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
                  (sparse ? rows_sumsq(m, eo, 0, V) : 0);
         }
         double norm = sqrt(s0 + s1);
-        if (norm > c->clip)
-            scale = (float)(c->clip / norm);
+        if (norm > c->clip) scale = (float)(c->clip / norm);
     }
     if (par) {
 #pragma omp parallel sections num_threads(2)
@@ -1380,19 +1356,17 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
             rows_adamw(m, c, bc1, bc2, scale, eo, 0, V);
         }
     }
-    if (sparse)
-        clear_touched(m);
+    if (sparse) clear_touched(m);
     m->prof[8] += mono_s() - t_opt;
 }
 
-static const char *const PROF_NAMES[MOEH_PROF_N] = {
-    "ehr_fwd", "notes_fwd", "img_fwd", "mix_fwd", "mix_bwd",
-    "ehr_bwd", "notes_bwd", "img_bwd", "adamw"};
+static const char *const PROF_NAMES[MOEH_PROF_N] = {"ehr_fwd",   "notes_fwd", "img_fwd",
+                                                    "mix_fwd",   "mix_bwd",   "ehr_bwd",
+                                                    "notes_bwd", "img_bwd",   "adamw"};
 
 const double *moeh_moe_profile(const moeh_moe_t *m, const char *const **names)
 {
-    if (names)
-        *names = PROF_NAMES;
+    if (names) *names = PROF_NAMES;
     return m->prof;
 }
 
@@ -1401,13 +1375,10 @@ void moeh_moe_profile_reset(moeh_moe_t *m)
     memset(m->prof, 0, sizeof m->prof);
 }
 
-float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total,
-                       float min_ratio)
+float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total, float min_ratio)
 {
-    if (warmup && step <= warmup)
-        return base * (float)step / (float)warmup;
-    if (step >= total || total <= warmup)
-        return base * min_ratio;
+    if (warmup && step <= warmup) return base * (float)step / (float)warmup;
+    if (step >= total || total <= warmup) return base * min_ratio;
     double t = (double)(step - warmup) / (double)(total - warmup);
     return (float)(base * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + cos(M_PI * t))));
 }

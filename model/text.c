@@ -34,16 +34,14 @@ size_t moeh_text_hash_ngrams(uint32_t *ids, size_t cap, const char *text, size_t
             }
         gram[0] = '1', gram[1] = ':';
         memcpy(gram + 2, cur, nc);
-        if (total < cap)
-            ids[total] = hash_gram(gram, 2 + nc, buckets);
+        if (total < cap) ids[total] = hash_gram(gram, 2 + nc, buckets);
         total++;
         if (have_prev) {
             gram[0] = '2';
             memcpy(gram + 2, prev, np);
             gram[2 + np] = ' ';
             memcpy(gram + 3 + np, cur, nc);
-            if (total < cap)
-                ids[total] = hash_gram(gram, 3 + np + nc, buckets);
+            if (total < cap) ids[total] = hash_gram(gram, 3 + np + nc, buckets);
             total++;
         }
         memcpy(prev, cur, nc);

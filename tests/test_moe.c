@@ -71,8 +71,8 @@ static void gradcheck_model_n(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char
     assert_int_equal(moeh_moe_loss_backward(m, &c.b, &l1), 0);
     assert_int_equal(moeh_moe_loss(m, &c.b, &l2), 0);
     assert_true(fabs(l1 - l2) < 1e-9 && isfinite(l1));
-    gc_opts_t o = {.eps = 1e-3, .rtol = 2e-2, .atol = 2e-4, .max_kink_frac = 0.1,
-                   .max_checks = max_checks};
+    gc_opts_t o = {
+        .eps = 1e-3, .rtol = 2e-2, .atol = 2e-4, .max_kink_frac = 0.1, .max_checks = max_checks};
     int fails = 0;
     for (size_t v = 0; v < p->n_views; v++) {
         char name[160];
@@ -167,7 +167,8 @@ static void test_groups_counts_and_sparse_zero(void **state)
     assert_int_equal(cnt[moeh_params_group_index(p, "expert_0")], 0);
     assert_int_equal(cnt[moeh_params_group_index(p, "gate")], 10);
     /* untrained groups have exactly zero gradient */
-    for (const char *gname = "expert_0"; gname; gname = strcmp(gname, "expert_0") ? NULL : "encoder_img") {
+    for (const char *gname = "expert_0"; gname;
+         gname = strcmp(gname, "expert_0") ? NULL : "encoder_img") {
         int g = moeh_params_group_index(p, gname);
         for (size_t i = 0; i < p->group_len[g]; i++)
             assert_true(p->g[p->group_off[g] + i] == 0.0f);

@@ -35,8 +35,7 @@ static volatile size_t n_alloc, n_alloc_libs;
 
 static void count(const void *ret)
 {
-    if (!counting)
-        return;
+    if (!counting) return;
     if ((const char *)ret >= &__executable_start && (const char *)ret < &etext)
         n_alloc++;
     else
@@ -96,7 +95,8 @@ static void test_step_allocates_nothing(void **state)
         assert_int_equal(rc, 0);
     }
     print_message("allocations during 3 training steps: %zu in moeh code, %zu inside shared "
-                  "libraries (OpenBLAS)\n", (size_t)n_alloc, (size_t)n_alloc_libs);
+                  "libraries (OpenBLAS)\n",
+                  (size_t)n_alloc, (size_t)n_alloc_libs);
     assert_int_equal(n_alloc, 0);
     synth_free(&s);
     moeh_moe_destroy(&m);

@@ -22,9 +22,15 @@ static void test_ngrams(void **state)
     size_t n = moeh_text_hash_ngrams(ids, 16, t, strlen(t), 1000);
     /* tokens: no, acute, cardio, pulmonary, process -> 5 unigrams + 4 bigrams */
     assert_int_equal(n, 9);
-    const char *grams[9] = {"1:no",     "1:acute",          "2:no acute",
-                            "1:cardio", "2:acute cardio",   "1:pulmonary",
-                            "2:cardio pulmonary", "1:process", "2:pulmonary process"};
+    const char *grams[9] = {"1:no",
+                            "1:acute",
+                            "2:no acute",
+                            "1:cardio",
+                            "2:acute cardio",
+                            "1:pulmonary",
+                            "2:cardio pulmonary",
+                            "1:process",
+                            "2:pulmonary process"};
     for (int i = 0; i < 9; i++)
         assert_int_equal(ids[i], h(grams[i], 1000));
     /* truncated output still reports the full count */

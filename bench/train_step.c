@@ -163,10 +163,15 @@ int main(int argc, char **argv)
     if (!no_torch) {
         double t1 = run_torch("OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=1", "1", steps);
         double td = run_torch("", "default", steps);
-        printf("torch (threads 1, OPENBLAS_NUM_THREADS=2): %.0f samples/s -> C is %.2fx\n", t1,
-               t1 > 0 ? c_sps / t1 : 0);
-        printf("torch (default threads)                   : %.0f samples/s -> C is %.2fx\n", td,
-               td > 0 ? c_sps / td : 0);
+        if (t1 <= 0 || td <= 0) {
+            printf("torch: no result (is torch installed for %s? set MOEH_PYTHON)\n",
+                   getenv("MOEH_PYTHON") ? getenv("MOEH_PYTHON") : "/usr/bin/python3");
+        } else {
+            printf("torch (threads 1, OPENBLAS_NUM_THREADS=2): %.0f samples/s -> C is %.2fx\n", t1,
+                   c_sps / t1);
+            printf("torch (default threads)                   : %.0f samples/s -> C is %.2fx\n", td,
+                   c_sps / td);
+        }
     }
     synth_free(&s);
     moeh_moe_destroy(&m);

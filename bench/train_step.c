@@ -34,18 +34,18 @@ static double step_flops(const moeh_moe_cfg_t *c)
     double F3 = 3.0 * (double)c->n_vars, Fs = (double)c->n_static, S = (double)c->img_size;
     double c1 = (double)c->cnn_ch[0], c2 = (double)c->cnn_ch[1], c3 = (double)c->cnn_ch[2];
     double Dz = 3 * d + 3, E = 7, f = 0;
-    f += 2 * (2 * b * Fs * d);                            /* static MLP: fwd + dW */
-    f += 2 * (2 * b * T * F3 * 3 * d);                    /* GRU input projection */
-    f += 3 * (2 * b * T * d * 3 * d);                     /* GRU recurrence */
-    f += 3 * (2 * b * 2 * d * d);                         /* EHR fuse */
-    f += 3 * (2 * b * d * d);                             /* notes projection */
-    f += 2 * (2 * b * S * S * 9 * c1);                    /* conv1: fwd + dW */
-    f += 3 * (2 * b * (S / 2) * (S / 2) * 9 * c1 * c2);   /* conv2 */
-    f += 3 * (2 * b * (S / 4) * (S / 4) * 9 * c2 * c3);   /* conv3 */
-    f += 3 * (2 * b * c3 * d);                            /* image projection */
-    f += E * 3 * (2 * b * Dz * dh + 2 * b * dh * d);      /* experts */
-    f += 3 * (2 * b * Dz * dh + 2 * b * dh * E);          /* gate */
-    f += 3 * (2 * b * d * (double)c->n_tasks);            /* heads */
+    f += 2 * (2 * b * Fs * d);                          /* static MLP: fwd + dW */
+    f += 2 * (2 * b * T * F3 * 3 * d);                  /* GRU input projection */
+    f += 3 * (2 * b * T * d * 3 * d);                   /* GRU recurrence */
+    f += 3 * (2 * b * 2 * d * d);                       /* EHR fuse */
+    f += 3 * (2 * b * d * d);                           /* notes projection */
+    f += 2 * (2 * b * S * S * 9 * c1);                  /* conv1: fwd + dW */
+    f += 3 * (2 * b * (S / 2) * (S / 2) * 9 * c1 * c2); /* conv2 */
+    f += 3 * (2 * b * (S / 4) * (S / 4) * 9 * c2 * c3); /* conv3 */
+    f += 3 * (2 * b * c3 * d);                          /* image projection */
+    f += E * 3 * (2 * b * Dz * dh + 2 * b * dh * d);    /* experts */
+    f += 3 * (2 * b * Dz * dh + 2 * b * dh * E);        /* gate */
+    f += 3 * (2 * b * d * (double)c->n_tasks);          /* heads */
     return f;
 }
 
@@ -55,17 +55,15 @@ static double sgemm_gflops(void)
     const int n = 1024;
     float *a = malloc((size_t)n * n * 4), *bb = malloc((size_t)n * n * 4),
           *c = malloc((size_t)n * n * 4);
-    if (!a || !bb || !c)
-        return 0;
+    if (!a || !bb || !c) return 0;
     for (size_t i = 0; i < (size_t)n * n; i++)
         a[i] = (float)(i % 7) * 0.1f, bb[i] = (float)(i % 5) * 0.1f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c,
-                n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c, n);
     double best = 1e9;
     for (int r = 0; r < 5; r++) {
         double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f,
-                    c, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, bb, n, 0.0f, c,
+                    n);
         double t = now_s() - t0;
         best = t < best ? t : best;
     }
@@ -81,8 +79,7 @@ static double run_torch(const char *env, const char *threads, int steps)
     snprintf(cmd, sizeof cmd, "%s %s %s/bench/train_step.py --batch %d --steps %d --threads %s",
              env, py, MOEH_SOURCE_DIR, B, steps, threads);
     FILE *f = popen(cmd, "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     char line[512];
     double sps = 0;
     while (fgets(line, sizeof line, f)) {
@@ -101,6 +98,7 @@ int main(int argc, char **argv)
         no_torch |= strcmp(argv[i], "--no-torch") == 0;
     moeh_moe_cfg_t cfg = moeh_moe_defaults(F_STATIC, F_VARS);
     cfg.max_batch = B;
+    cfg.threads = getenv("MOEH_THREADS") ? atoi(getenv("MOEH_THREADS")) : 1;
     moeh_moe_t *m = NULL;
     moeh_err_t err = {{0}};
     if (moeh_moe_create(&cfg, &m, &err)) {
@@ -118,9 +116,9 @@ int main(int argc, char **argv)
     ac.clip = 1.0f;
     const char *obt = getenv("OPENBLAS_NUM_THREADS");
     printf("MoE-Health train step: batch %d, d=%zu, T=%zu, F=%d, H=%zu, image %zux%zu, "
-           "%zu params, OPENBLAS_NUM_THREADS=%s\n",
+           "%zu params, OPENBLAS_NUM_THREADS=%s, MOEH_THREADS=%d\n",
            B, cfg.d_emb, cfg.n_steps, F_VARS, cfg.note_buckets, cfg.img_size, cfg.img_size,
-           moeh_moe_params(m)->n, obt ? obt : "(unset)");
+           moeh_moe_params(m)->n, obt ? obt : "(unset)", cfg.threads);
     double loss;
     uint64_t step = 0;
     for (int i = 0; i < 3; i++) { /* warm-up */
@@ -143,7 +141,14 @@ int main(int argc, char **argv)
         best = t < best ? t : best;
     }
     double c_sps = B / best, flops = step_flops(&cfg), gf = flops / best / 1e9;
-    double sg = sgemm_gflops();
+    /* the step's cores: OpenBLAS threads, or the model's two workers with MOEH_THREADS=2 */
+    int blas_thr = openblas_get_num_threads();
+    int cores = cfg.threads > blas_thr ? cfg.threads : blas_thr;
+    openblas_set_num_threads(1);
+    double sg1 = sgemm_gflops();
+    openblas_set_num_threads(cores);
+    double sg = cores > 1 ? sgemm_gflops() : sg1;
+    openblas_set_num_threads(blas_thr);
     printf("C      : %.2f ms/step, %.0f samples/s, loss %.4f\n", best * 1e3, c_sps, loss);
     const char *const *pn;
     const double *pt = moeh_moe_profile(m, &pn);
@@ -152,15 +157,21 @@ int main(int argc, char **argv)
         printf(" %s %.1f", pn[i], pt[i] * 1e3 / (3.0 * steps));
     printf(" (ms/step)\n");
     printf("FLOPs  : %.2f GFLOP/step (matmul/conv), achieved %.1f GFLOP/s\n", flops / 1e9, gf);
-    printf("sgemm  : %.1f GFLOP/s (1024^3, same threads) -> step at %.0f%% of sgemm\n", sg,
-           100.0 * gf / sg);
+    printf("sgemm  : %.1f GFLOP/s on 1 core, %.1f GFLOP/s on %d (1024^3) -> step at %.0f%% of "
+           "sgemm on the %d core(s) it used\n",
+           sg1, sg, cores, 100.0 * gf / sg, cores);
     if (!no_torch) {
         double t1 = run_torch("OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=1", "1", steps);
         double td = run_torch("", "default", steps);
-        printf("torch (threads 1, OPENBLAS_NUM_THREADS=2): %.0f samples/s -> C is %.2fx\n", t1,
-               t1 > 0 ? c_sps / t1 : 0);
-        printf("torch (default threads)                   : %.0f samples/s -> C is %.2fx\n", td,
-               td > 0 ? c_sps / td : 0);
+        if (t1 <= 0 || td <= 0) {
+            printf("torch: no result (is torch installed for %s? set MOEH_PYTHON)\n",
+                   getenv("MOEH_PYTHON") ? getenv("MOEH_PYTHON") : "/usr/bin/python3");
+        } else {
+            printf("torch (threads 1, OPENBLAS_NUM_THREADS=2): %.0f samples/s -> C is %.2fx\n", t1,
+                   c_sps / t1);
+            printf("torch (default threads)                   : %.0f samples/s -> C is %.2fx\n", td,
+                   c_sps / td);
+        }
     }
     synth_free(&s);
     moeh_moe_destroy(&m);

@@ -23,12 +23,10 @@ static sy_t *collect(const float *score, const float *label, const uint8_t *mask
                      size_t stride, size_t *m, size_t *npos)
 {
     sy_t *v = malloc((n ? n : 1) * sizeof *v);
-    if (!v)
-        return NULL;
+    if (!v) return NULL;
     size_t k = 0, p = 0;
     for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i * stride])
-            continue;
+        if (mask && !mask[i * stride]) continue;
         v[k].s = score[i * stride];
         v[k].y = label[i * stride] > 0.5f;
         p += v[k].y;
@@ -71,11 +69,9 @@ double moeh_auprc(const float *score, const float *label, const uint8_t *mask, s
 {
     size_t m, npos;
     sy_t *v = collect(score, label, mask, n, stride, &m, &npos);
-    if (!v)
-        return NAN;
+    if (!v) return NAN;
     double ap = NAN, f1, thr;
-    if (npos > 0)
-        sweep(v, m, npos, &ap, &f1, &thr);
+    if (npos > 0) sweep(v, m, npos, &ap, &f1, &thr);
     free(v);
     return ap;
 }
@@ -85,15 +81,13 @@ double moeh_f1_at(const float *score, const float *label, const uint8_t *mask, s
 {
     double tp = 0, fp = 0, fn = 0;
     for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i * stride])
-            continue;
+        if (mask && !mask[i * stride]) continue;
         int y = label[i * stride] > 0.5f, p = score[i * stride] >= thr;
         tp += y && p;
         fp += !y && p;
         fn += y && !p;
     }
-    if (tp + fn == 0)
-        return NAN;
+    if (tp + fn == 0) return NAN;
     return tp > 0 ? 2 * tp / (2 * tp + fp + fn) : 0.0;
 }
 
@@ -102,13 +96,11 @@ int moeh_bin_metrics(moeh_bin_metrics_t *out, const float *score, const float *l
 {
     size_t m, npos;
     sy_t *v = collect(score, label, mask, n, stride, &m, &npos);
-    if (!v)
-        return -ENOMEM;
+    if (!v) return -ENOMEM;
     out->n = m;
     out->n_pos = npos;
     out->auprc = out->f1_best = out->thr_best = NAN;
-    if (npos > 0)
-        sweep(v, m, npos, &out->auprc, &out->f1_best, &out->thr_best);
+    if (npos > 0) sweep(v, m, npos, &out->auprc, &out->f1_best, &out->thr_best);
     free(v);
     out->auroc = moeh_auroc(score, label, mask, n, stride);
     out->f1_05 = moeh_f1_at(score, label, mask, n, stride, 0.5f);
@@ -119,11 +111,9 @@ int moeh_metrics_report(moeh_bin_metrics_t *per_task, moeh_bin_metrics_t *overal
                         moeh_bin_metrics_t *per_combo, const float *probs, const float *y,
                         const uint8_t *y_mask, const uint8_t *avail, size_t N, size_t T)
 {
-    if (!T || !probs || !y)
-        return -EINVAL;
+    if (!T || !probs || !y) return -EINVAL;
     uint8_t *mk = malloc((N ? N : 1) * T);
-    if (!mk)
-        return -ENOMEM;
+    if (!mk) return -ENOMEM;
     int rc = 0;
     memset(overall, 0, sizeof *overall);
     double sum[4] = {0}, cnt[4] = {0};
@@ -132,8 +122,7 @@ int moeh_metrics_report(moeh_bin_metrics_t *per_task, moeh_bin_metrics_t *overal
         const double f[4] = {per_task[t].auroc, per_task[t].auprc, per_task[t].f1_05,
                              per_task[t].f1_best};
         for (int k = 0; k < 4; k++)
-            if (!isnan(f[k]))
-                sum[k] += f[k], cnt[k]++;
+            if (!isnan(f[k])) sum[k] += f[k], cnt[k]++;
         overall->n += per_task[t].n;
         overall->n_pos += per_task[t].n_pos;
     }
@@ -144,8 +133,8 @@ int moeh_metrics_report(moeh_bin_metrics_t *per_task, moeh_bin_metrics_t *overal
     overall->thr_best = NAN; /* a threshold per task; no meaningful mean */
     for (size_t c = 0; c < 8 && avail && per_combo && !rc; c++) {
         for (size_t i = 0; i < N; i++) {
-            size_t ci = (avail[i * 3] != 0) + 2u * (avail[i * 3 + 1] != 0) +
-                        4u * (avail[i * 3 + 2] != 0);
+            size_t ci =
+                (avail[i * 3] != 0) + 2u * (avail[i * 3 + 1] != 0) + 4u * (avail[i * 3 + 2] != 0);
             for (size_t t = 0; t < T; t++)
                 mk[i * T + t] = ci == c && (!y_mask || y_mask[i * T + t]);
         }

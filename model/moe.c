@@ -34,8 +34,8 @@ struct moeh_moe {
     size_t n_used, Dz, n_exp;
     expert_t ex[MOEH_MAX_EXPERTS];
     int has_gate;
-    int early;                    /* early fusion: z is built from the inputs, no encoders */
-    size_t eo_note, eo_img;       /* early fusion: column offsets of notes and image in z */
+    int early;              /* early fusion: z is built from the inputs, no encoders */
+    size_t eo_note, eo_img; /* early fusion: column offsets of notes and image in z */
     moeh_phase_t phase;
     /* view indices */
     int ehr_sw, ehr_sb, gru_wih, gru_whh, gru_bih, gru_bhh, ehr_fw, ehr_fb;
@@ -45,7 +45,7 @@ struct moeh_moe {
     int g_w1, g_b1, g_w2, g_b2, h_w, h_b;
     int grp_enc[MOEH_N_MODALITIES], grp_missing, grp_gate, grp_heads;
     uint64_t group_samples[MOEH_MAX_GROUPS];
-    moeh_rng_t rng; /* dropout */
+    moeh_rng_t rng;           /* dropout */
     double prof[MOEH_PROF_N]; /* seconds per phase, accumulated (moeh_moe_profile) */
     char err[MOEH_ERRMSG_MAX];
 
@@ -54,7 +54,7 @@ struct moeh_moe {
     size_t *idx[MOEH_N_MODALITIES], n_idx[MOEH_N_MODALITIES];
     int *combo;
     float *availf;
-    float *enc[MOEH_N_MODALITIES], *emb, *demb, *denc;
+    float *enc[MOEH_N_MODALITIES], *emb, *demb, *denc[MOEH_N_MODALITIES];
     /* EHR */
     float *xs, *s1, *tsx, *hs, *xi, *gates, *hh, *cat, *dxi, *dhh, *dh, *dcat, *ds1, *dhT;
     /* notes */
@@ -63,7 +63,8 @@ struct moeh_moe {
     uint32_t *rows;
     size_t n_rows;
     /* image */
-    float *x0, *col, *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol, *dgp;
+    float *x0, *col[2], *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol[2], *dgp;
+    float *gimg;     /* private encoder_img gradients of the second image worker (threads >= 2) */
     size_t chunk[3]; /* images per im2col chunk of conv layer l (col stays in cache) */
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
@@ -82,15 +83,16 @@ static double mono_s(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
-#define PROF(m, i, stmt)                                                                          \
-    do {                                                                                          \
-        double t0_ = mono_s();                                                                    \
-        stmt;                                                                                     \
-        (m)->prof[i] += mono_s() - t0_;                                                           \
+#define PROF(m, i, stmt)                                                                           \
+    do {                                                                                           \
+        double t0_ = mono_s();                                                                     \
+        stmt;                                                                                      \
+        (m)->prof[i] += mono_s() - t0_;                                                            \
     } while (0)
 
 /* ---- small helpers --------------------------------------------------------------------------- */
-static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int set_err(moeh_moe_t *m, int rc, const char *fmt, ...)
 {
     va_list ap;
@@ -116,8 +118,7 @@ static void *take(arena_t *a, size_t bytes)
 static void relu_mask(float *restrict d, const float *restrict out, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (out[i] <= 0)
-            d[i] = 0;
+        if (out[i] <= 0) d[i] = 0;
 }
 
 static size_t mods_count(uint8_t mods)
@@ -149,13 +150,13 @@ moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars)
     return c;
 }
 
-/* ---- construction ----------------------------------------------------------------------------- */
+/* ---- construction -----------------------------------------------------------------------------
+ */
 static int add(moeh_moe_t *m, int *idx, const char *name, const char *group, size_t d0, size_t d1)
 {
     size_t shape[2] = {d0, d1};
     int rc = moeh_params_add(&m->p, name, group, d1 ? 2 : 1, shape);
-    if (rc < 0)
-        return set_err(m, rc, "cannot declare parameter %s", name);
+    if (rc < 0) return set_err(m, rc, "cannot declare parameter %s", name);
     *idx = rc;
     return 0;
 }
@@ -165,10 +166,9 @@ static int declare(moeh_moe_t *m)
     const moeh_moe_cfg_t *c = &m->cfg;
     size_t d = c->d_emb, dh = c->d_hidden;
     int rc = 0;
-#define ADD(idx, name, group, d0, d1)                                                             \
-    do {                                                                                          \
-        if ((rc = add(m, &(idx), name, group, d0, d1)) != 0)                                      \
-            return rc;                                                                            \
+#define ADD(idx, name, group, d0, d1)                                                              \
+    do {                                                                                           \
+        if ((rc = add(m, &(idx), name, group, d0, d1)) != 0) return rc;                            \
     } while (0)
     if (m->early) {
         if (c->note_buckets)
@@ -188,22 +188,19 @@ static int declare(moeh_moe_t *m)
     if (m->used & 2) {
         if (c->note_buckets)
             ADD(m->nt_emb, "notes.embed.weight", "encoder_notes", c->note_buckets, d);
-        ADD(m->nt_w, "notes.proj.weight", "encoder_notes", d,
-            c->note_buckets ? d : c->note_dim);
+        ADD(m->nt_w, "notes.proj.weight", "encoder_notes", d, c->note_buckets ? d : c->note_dim);
         ADD(m->nt_b, "notes.proj.bias", "encoder_notes", d, 0);
     }
     if (m->used & 4) {
         size_t fin = c->img_dim;
         if (c->img_size) {
-            static const char *wn[3] = {"img.conv1.weight", "img.conv2.weight",
-                                        "img.conv3.weight"};
+            static const char *wn[3] = {"img.conv1.weight", "img.conv2.weight", "img.conv3.weight"};
             static const char *bn[3] = {"img.conv1.bias", "img.conv2.bias", "img.conv3.bias"};
             size_t cin = 1;
             for (int l = 0; l < 3; l++) {
                 size_t shape[4] = {c->cnn_ch[l], 3, 3, cin};
                 rc = moeh_params_add(&m->p, wn[l], "encoder_img", 4, shape);
-                if (rc < 0)
-                    return set_err(m, rc, "cannot declare %s", wn[l]);
+                if (rc < 0) return set_err(m, rc, "cannot declare %s", wn[l]);
                 m->im_cw[l] = rc;
                 ADD(m->im_cb[l], bn[l], "encoder_img", c->cnn_ch[l], 0);
                 cin = c->cnn_ch[l];
@@ -215,8 +212,7 @@ static int declare(moeh_moe_t *m)
     }
     static const char *mn[3] = {"missing.ehr", "missing.notes", "missing.img"};
     for (int k = 0; k < MOEH_N_MODALITIES; k++)
-        if (m->used & (1 << k))
-            ADD(m->miss[k], mn[k], "missing", d, 0);
+        if (m->used & (1 << k)) ADD(m->miss[k], mn[k], "missing", d, 0);
 experts:
     for (size_t k = 0; k < m->n_exp; k++) {
         char g[32], n1[64], n2[64], n3[64], n4[64];
@@ -257,7 +253,8 @@ static void layout(moeh_moe_t *m, arena_t *a)
     m->availf = TAKEF(a, B * 3);
     m->emb = TAKEF(a, 3 * B * d);
     m->demb = TAKEF(a, 3 * B * d);
-    m->denc = TAKEF(a, B * d);
+    for (int k = 0; k < MOEH_N_MODALITIES; k++)
+        m->denc[k] = TAKEF(a, B * d);
     if ((m->used & 1) && !m->early) {
         m->xs = TAKEF(a, B * c->n_static);
         m->s1 = TAKEF(a, B * d);
@@ -291,13 +288,12 @@ static void layout(moeh_moe_t *m, arena_t *a)
             for (int l = 0; l < 3; l++) {
                 size_t s = S >> l, hw = s * s;
                 m->side[l] = s;
-                /* ~1 MiB of columns per chunk: im2col, the sgemms and col2im of a chunk run
-                 * in cache, and backward recomputes the columns instead of keeping them */
-                size_t per = hw * 9 * cin, ch = (1u << 18) / per;
+                /* ~256 KiB of columns per chunk (at least one image): im2col, the sgemms and col2im
+                 * run in cache, and backward recomputes the columns instead of keeping them */
+                size_t per = hw * 9 * cin, ch = (1u << 16) / per;
                 ch = ch < 1 ? 1 : (ch > B ? B : ch);
                 m->chunk[l] = ch;
-                if (ch * per > maxcol)
-                    maxcol = ch * per;
+                if (ch * per > maxcol) maxcol = ch * per;
                 m->a[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 m->da[l] = TAKEF(a, B * hw * c->cnn_ch[l]);
                 if (l < 2) {
@@ -307,20 +303,23 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 }
                 cin = c->cnn_ch[l];
             }
-            m->col = TAKEF(a, maxcol);
-            m->dcol = TAKEF(a, maxcol);
+            for (int w = 0; w < 2; w++) { /* one scratch pair per image worker */
+                m->col[w] = TAKEF(a, maxcol);
+                m->dcol[w] = TAKEF(a, maxcol);
+            }
             m->gp = TAKEF(a, B * c->cnn_ch[2]);
             m->dgp = TAKEF(a, B * c->cnn_ch[2]);
         } else {
             m->iv = TAKEF(a, B * c->img_dim);
         }
+        int gi = moeh_params_group_index(&m->p, "encoder_img");
+        m->gimg = TAKEF(a, gi >= 0 ? m->p.group_len[gi] : 0);
     }
     m->z = TAKEF(a, B * m->Dz);
     m->dz = TAKEF(a, B * m->Dz);
     size_t maxin = m->Dz;
     for (size_t k = 0; k < E; k++) {
-        if (m->ex[k].restricted)
-            m->zk[k] = TAKEF(a, B * m->ex[k].in_dim);
+        if (m->ex[k].restricted) m->zk[k] = TAKEF(a, B * m->ex[k].in_dim);
         m->h[k] = TAKEF(a, B * dh);
         m->o[k] = TAKEF(a, B * d);
         m->keep[k] = take(a, B * dh);
@@ -383,43 +382,55 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
 {
     *out = NULL;
     const moeh_moe_cfg_t *c = cfg;
-    if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS ||
-        !c->max_batch || c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1)
-        return moeh_errf(err, -EINVAL, "model config: d_emb, d_hidden, max_batch must be > 0, "
-                                       "n_tasks in 1..%d, temperature > 0, dropout in [0,1)",
+    if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS || !c->max_batch ||
+        c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1)
+        return moeh_errf(err, -EINVAL,
+                         "model config: d_emb, d_hidden, max_batch must be > 0, "
+                         "n_tasks in 1..%d, temperature > 0, dropout in [0,1)",
                          MOEH_MAX_TASKS);
     uint8_t used;
     switch (c->arch) {
     case MOEH_ARCH_MOE:
     case MOEH_ARCH_JOINT:
-    case MOEH_ARCH_LATE: used = 7; break;
-    case MOEH_ARCH_UNI_EHR: used = 1; break;
-    case MOEH_ARCH_UNI_NOTES: used = 2; break;
-    case MOEH_ARCH_UNI_IMG: used = 4; break;
+    case MOEH_ARCH_LATE:
+        used = 7;
+        break;
+    case MOEH_ARCH_UNI_EHR:
+        used = 1;
+        break;
+    case MOEH_ARCH_UNI_NOTES:
+        used = 2;
+        break;
+    case MOEH_ARCH_UNI_IMG:
+        used = 4;
+        break;
     case MOEH_ARCH_EARLY:
         used = 7;
         if (c->img_size % 8)
-            return moeh_errf(err, -EINVAL, "model config: early fusion pools images to 8x8, "
-                                           "img_size must be a multiple of 8");
+            return moeh_errf(err, -EINVAL,
+                             "model config: early fusion pools images to 8x8, "
+                             "img_size must be a multiple of 8");
         break;
-    default: return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
+    default:
+        return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
     }
     if ((used & 1) && (!c->n_static || !c->n_vars || !c->n_steps))
-        return moeh_errf(err, -EINVAL, "model config: the EHR encoder needs n_static, n_vars "
-                                       "and n_steps > 0");
+        return moeh_errf(err, -EINVAL,
+                         "model config: the EHR encoder needs n_static, n_vars "
+                         "and n_steps > 0");
     if ((used & 2) && !c->note_buckets && !c->note_dim)
         return moeh_errf(err, -EINVAL, "model config: notes need note_buckets or note_dim");
     if ((used & 2) && c->note_buckets > (1ull << 32))
         return moeh_errf(err, -EINVAL, "model config: note_buckets must fit in 32 bits");
-    if ((used & 4) && c->img_size && (c->img_size % 4 || !c->cnn_ch[0] || !c->cnn_ch[1] ||
-                                      !c->cnn_ch[2]))
-        return moeh_errf(err, -EINVAL, "model config: img_size must be a multiple of 4 "
-                                       "(64 or 128) and cnn_ch > 0");
+    if ((used & 4) && c->img_size &&
+        (c->img_size % 4 || !c->cnn_ch[0] || !c->cnn_ch[1] || !c->cnn_ch[2]))
+        return moeh_errf(err, -EINVAL,
+                         "model config: img_size must be a multiple of 4 "
+                         "(64 or 128) and cnn_ch > 0");
     if ((used & 4) && !c->img_size && !c->img_dim)
         return moeh_errf(err, -EINVAL, "model config: images need img_size or img_dim");
     moeh_moe_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return -ENOMEM;
+    if (!m) return -ENOMEM;
     m->cfg = *c;
     m->used = used;
     m->n_used = mods_count(used);
@@ -441,8 +452,12 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
             return moeh_errf(err, -EINVAL, "model config: top_k must be <= 7");
         }
         break;
-    case MOEH_ARCH_LATE: m->n_exp = 3; break;
-    default: m->n_exp = 1; break;
+    case MOEH_ARCH_LATE:
+        m->n_exp = 3;
+        break;
+    default:
+        m->n_exp = 1;
+        break;
     }
     for (size_t k = 0; k < m->n_exp; k++) {
         expert_t *e = &m->ex[k];
@@ -456,13 +471,11 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
         moeh_errf(err, rc, "%s", m->err);
         goto fail;
     }
-    if ((rc = moeh_params_finalize(&m->p)) != 0)
-        goto fail;
+    if ((rc = moeh_params_finalize(&m->p)) != 0) goto fail;
     arena_t a = {NULL, 0};
     layout(m, &a);
     rc = -ENOMEM;
-    if (!(m->arena = aligned_alloc(64, (a.off + 63) & ~(size_t)63)))
-        goto fail;
+    if (!(m->arena = aligned_alloc(64, (a.off + 63) & ~(size_t)63))) goto fail;
     memset(m->arena, 0, a.off);
     a = (arena_t){m->arena, 0};
     layout(m, &a);
@@ -489,8 +502,7 @@ fail:
 
 void moeh_moe_destroy(moeh_moe_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_moe_t *m = *self_p;
     moeh_params_free(&m->p);
     free(m->arena);
@@ -535,14 +547,14 @@ void moeh_moe_reset_group_samples(moeh_moe_t *m)
     memset(m->group_samples, 0, sizeof m->group_samples);
 }
 
-/* ---- batch validation --------------------------------------------------------------------------- */
+/* ---- batch validation ---------------------------------------------------------------------------
+ */
 static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
     if (b->B == 0 || b->B > c->max_batch)
         return set_err(m, -EINVAL, "batch: B = %zu, expected 1..%zu", b->B, c->max_batch);
-    if (!b->avail)
-        return set_err(m, -EINVAL, "batch: avail is NULL");
+    if (!b->avail) return set_err(m, -EINVAL, "batch: avail is NULL");
     if (need_labels && (!b->y || !b->y_mask))
         return set_err(m, -EINVAL, "batch: labels or label mask missing");
     size_t have[3] = {0, 0, 0};
@@ -553,16 +565,14 @@ static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
                                b->avail[i * 3 + k]);
             have[k] += b->avail[i * 3 + k];
         }
-    if ((m->used & 1) && have[0] &&
-        (!b->static_x || !b->ts_value || !b->ts_mask || !b->ts_delta))
+    if ((m->used & 1) && have[0] && (!b->static_x || !b->ts_value || !b->ts_mask || !b->ts_delta))
         return set_err(m, -EINVAL, "batch: EHR rows present but static/ts arrays are NULL");
     if ((m->used & 2) && have[1]) {
         if (c->note_buckets) {
             if (!b->note_off || !b->note_ids)
                 return set_err(m, -EINVAL, "batch: note rows present but note_off/ids NULL");
             for (size_t i = 0; i < b->B; i++) {
-                if (!b->avail[i * 3 + 1])
-                    continue;
+                if (!b->avail[i * 3 + 1]) continue;
                 if (b->note_off[i + 1] < b->note_off[i])
                     return set_err(m, -EINVAL, "batch: note_off decreases at row %zu", i);
                 for (uint64_t j = b->note_off[i]; j < b->note_off[i + 1]; j++)
@@ -574,12 +584,14 @@ static int validate(moeh_moe_t *m, const moeh_batch_t *b, int need_labels)
             return set_err(m, -EINVAL, "batch: note rows present but note_vec is NULL");
         }
     }
-    if ((m->used & 4) && have[2] && !(c->img_size ? (const void *)b->img : (const void *)b->img_vec))
+    if ((m->used & 4) && have[2] &&
+        !(c->img_size ? (const void *)b->img : (const void *)b->img_vec))
         return set_err(m, -EINVAL, "batch: image rows present but the image array is NULL");
     return 0;
 }
 
-/* ---- encoders ------------------------------------------------------------------------------------ */
+/* ---- encoders
+ * ------------------------------------------------------------------------------------ */
 static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
@@ -597,8 +609,8 @@ static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
         }
     }
     /* s1 (n,d) = relu(xs @ Ws^T + bs) */
-    moeh_linear_forward(m->s1, m->xs, moeh_params_w(p, m->ehr_sw), moeh_params_w(p, m->ehr_sb),
-                        n, Fs, d);
+    moeh_linear_forward(m->s1, m->xs, moeh_params_w(p, m->ehr_sw), moeh_params_w(p, m->ehr_sb), n,
+                        Fs, d);
     moeh_relu_forward(m->s1, m->s1, n * d);
     moeh_gru_forward(m->hs, m->xi, m->gates, m->hh, m->tsx, moeh_params_w(p, m->gru_wih),
                      moeh_params_w(p, m->gru_whh), moeh_params_w(p, m->gru_bih),
@@ -609,8 +621,8 @@ static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
         memcpy(m->cat + j * 2 * d + d, hT + j * d, d * sizeof(float));
     }
     /* enc (n,d) = relu(cat (n,2d) @ Wf^T + bf) */
-    moeh_linear_forward(m->enc[0], m->cat, moeh_params_w(p, m->ehr_fw),
-                        moeh_params_w(p, m->ehr_fb), n, 2 * d, d);
+    moeh_linear_forward(m->enc[0], m->cat, moeh_params_w(p, m->ehr_fw), moeh_params_w(p, m->ehr_fb),
+                        n, 2 * d, d);
     moeh_relu_forward(m->enc[0], m->enc[0], n * d);
 }
 
@@ -655,8 +667,8 @@ static void notes_forward(moeh_moe_t *m, const moeh_batch_t *b)
             memcpy(m->nv + j * fin, b->note_vec + m->idx[1][j] * fin, fin * sizeof(float));
         in = m->nv;
     }
-    moeh_linear_forward(m->enc[1], in, moeh_params_w(p, m->nt_w), moeh_params_w(p, m->nt_b), n,
-                        fin, d);
+    moeh_linear_forward(m->enc[1], in, moeh_params_w(p, m->nt_w), moeh_params_w(p, m->nt_b), n, fin,
+                        d);
     moeh_relu_forward(m->enc[1], m->enc[1], n * d);
 }
 
@@ -680,93 +692,125 @@ static void notes_backward(moeh_moe_t *m, const moeh_batch_t *b, float *denc)
     }
 }
 
-static void img_forward(moeh_moe_t *m, const moeh_batch_t *b)
+/* Gradient of encoder_img view vi for worker slot: slot 0 writes into the store, slot 1 into a
+ * private copy of the group (summed in by img_merge_grads), so two threads can run the image
+ * encoder on disjoint images. */
+static float *img_grad(moeh_moe_t *m, int slot, int vi)
+{
+    if (slot == 0) return moeh_params_g(&m->p, vi);
+    return m->gimg + (m->p.views[vi].offset - m->p.group_off[m->grp_enc[2]]);
+}
+
+static void img_merge_grads(moeh_moe_t *m)
+{
+    moeh_params_t *p = &m->p;
+    size_t off = p->group_off[m->grp_enc[2]], len = p->group_len[m->grp_enc[2]];
+    for (size_t i = 0; i < len; i++) {
+        p->g[off + i] += m->gimg[i];
+        m->gimg[i] = 0.0f;
+    }
+}
+
+/* Image encoder forward on the gathered images [j0, j1) using scratch slot `slot`. */
+static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t j1, int slot)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
-    size_t n = m->n_idx[2], d = c->d_emb;
+    size_t n = j1 - j0, d = c->d_emb;
+    if (n == 0) return;
+    float *enc = m->enc[2] + j0 * d;
     if (!c->img_size) {
         size_t fin = c->img_dim;
-        for (size_t j = 0; j < n; j++)
+        for (size_t j = j0; j < j1; j++)
             memcpy(m->iv + j * fin, b->img_vec + m->idx[2][j] * fin, fin * sizeof(float));
-        moeh_linear_forward(m->enc[2], m->iv, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b),
-                            n, fin, d);
-        moeh_relu_forward(m->enc[2], m->enc[2], n * d);
+        moeh_linear_forward(enc, m->iv + j0 * fin, moeh_params_w(p, m->im_w),
+                            moeh_params_w(p, m->im_b), n, fin, d);
+        moeh_relu_forward(enc, enc, n * d);
         return;
     }
     size_t S = c->img_size, SS = S * S;
-    for (size_t j = 0; j < n; j++) {
+    for (size_t j = j0; j < j1; j++) {
         const uint8_t *src = b->img + m->idx[2][j] * SS;
         float *dst = m->x0 + j * SS;
         for (size_t i = 0; i < SS; i++)
             dst[i] = (float)src[i] * (1.0f / 255.0f);
     }
-    const float *in = m->x0;
+    const float *in = m->x0 + j0 * SS;
     size_t cin = 1;
     for (int l = 0; l < 3; l++) {
         size_t s = m->side[l], oc = c->cnn_ch[l], hw = s * s;
-        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
-            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
-            moeh_conv3x3_forward(m->a[l] + j0 * hw * oc, m->col, in + j0 * hw * cin,
+        float *al = m->a[l] + j0 * hw * oc;
+        for (size_t q = 0; q < n; q += m->chunk[l]) {
+            size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
+            moeh_conv3x3_forward(al + q * hw * oc, m->col[slot], in + q * hw * cin,
                                  moeh_params_w(p, m->im_cw[l]), moeh_params_w(p, m->im_cb[l]), nc,
                                  s, s, cin, oc);
         }
         if (l < 2) {
             /* relu(maxpool(x)) == maxpool(relu(x)) with the same gradient (the max is
              * monotone); pooling first runs the ReLU on a quarter of the data */
-            size_t np = n * s * s / 4 * oc;
-            moeh_maxpool2_forward(m->pl[l], m->arg[l], m->a[l], n, s, s, oc);
-            moeh_relu_forward(m->pl[l], m->pl[l], np);
-            in = m->pl[l];
+            size_t per = hw / 4 * oc;
+            float *pl = m->pl[l] + j0 * per;
+            moeh_maxpool2_forward(pl, m->arg[l] + j0 * per, al, n, s, s, oc);
+            moeh_relu_forward(pl, pl, n * per);
+            in = pl;
         } else {
-            moeh_relu_forward(m->a[l], m->a[l], n * s * s * oc);
+            moeh_relu_forward(al, al, n * hw * oc);
         }
         cin = oc;
     }
-    size_t s3 = m->side[2];
-    moeh_gap_forward(m->gp, m->a[2], n, s3 * s3, c->cnn_ch[2]);
-    moeh_linear_forward(m->enc[2], m->gp, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b), n,
-                        c->cnn_ch[2], d);
-    moeh_relu_forward(m->enc[2], m->enc[2], n * d);
+    size_t s3 = m->side[2], c3 = c->cnn_ch[2];
+    float *gp = m->gp + j0 * c3;
+    moeh_gap_forward(gp, m->a[2] + j0 * s3 * s3 * c3, n, s3 * s3, c3);
+    moeh_linear_forward(enc, gp, moeh_params_w(p, m->im_w), moeh_params_w(p, m->im_b), n, c3, d);
+    moeh_relu_forward(enc, enc, n * d);
 }
 
-static void img_backward(moeh_moe_t *m, float *denc)
+/* Image encoder backward on images [j0, j1); denc (n_img,d) is the gradient of the encoder
+ * output for all gathered images (rows j0..j1 are consumed). */
+static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, int slot)
 {
     const moeh_moe_cfg_t *c = &m->cfg;
-    moeh_params_t *p = &m->p;
-    size_t n = m->n_idx[2], d = c->d_emb;
-    relu_mask(denc, m->enc[2], n * d);
+    const moeh_params_t *p = &m->p;
+    size_t n = j1 - j0, d = c->d_emb;
+    if (n == 0) return;
+    float *denc = denc_all + j0 * d;
+    relu_mask(denc, m->enc[2] + j0 * d, n * d);
     if (!c->img_size) {
-        moeh_linear_backward(NULL, moeh_params_g(p, m->im_w), moeh_params_g(p, m->im_b), denc,
-                             m->iv, moeh_params_w(p, m->im_w), n, c->img_dim, d);
+        moeh_linear_backward(NULL, img_grad(m, slot, m->im_w), img_grad(m, slot, m->im_b), denc,
+                             m->iv + j0 * c->img_dim, moeh_params_w(p, m->im_w), n, c->img_dim, d);
         return;
     }
     size_t c3 = c->cnn_ch[2], s3 = m->side[2];
-    memset(m->dgp, 0, n * c3 * sizeof(float));
-    moeh_linear_backward(m->dgp, moeh_params_g(p, m->im_w), moeh_params_g(p, m->im_b), denc,
-                         m->gp, moeh_params_w(p, m->im_w), n, c3, d);
-    memset(m->da[2], 0, n * s3 * s3 * c3 * sizeof(float));
-    moeh_gap_backward(m->da[2], m->dgp, n, s3 * s3, c3);
-    relu_mask(m->da[2], m->a[2], n * s3 * s3 * c3);
+    float *dgp = m->dgp + j0 * c3, *da2 = m->da[2] + j0 * s3 * s3 * c3;
+    memset(dgp, 0, n * c3 * sizeof(float));
+    moeh_linear_backward(dgp, img_grad(m, slot, m->im_w), img_grad(m, slot, m->im_b), denc,
+                         m->gp + j0 * c3, moeh_params_w(p, m->im_w), n, c3, d);
+    memset(da2, 0, n * s3 * s3 * c3 * sizeof(float));
+    moeh_gap_backward(da2, dgp, n, s3 * s3, c3);
+    relu_mask(da2, m->a[2] + j0 * s3 * s3 * c3, n * s3 * s3 * c3);
+    size_t S = c->img_size;
     for (int l = 2; l >= 0; l--) {
         size_t s = m->side[l], hw = s * s, oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
-        const float *in = l ? m->pl[l - 1] : m->x0;
-        for (size_t j0 = 0; j0 < n; j0 += m->chunk[l]) {
-            size_t nc = n - j0 < m->chunk[l] ? n - j0 : m->chunk[l];
+        const float *in = l ? m->pl[l - 1] + j0 * hw * cin : m->x0 + j0 * S * S;
+        float *dpl = l ? m->dpl[l - 1] + j0 * hw * cin : NULL, *dal = m->da[l] + j0 * hw * oc;
+        for (size_t q = 0; q < n; q += m->chunk[l]) {
+            size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
             float *dinp = NULL;
             if (l > 0) {
-                dinp = m->dpl[l - 1] + j0 * hw * cin;
+                dinp = dpl + q * hw * cin;
                 memset(dinp, 0, nc * hw * cin * sizeof(float));
             }
-            moeh_im2col3x3(m->col, in + j0 * hw * cin, nc, s, s, cin);
-            moeh_conv3x3_backward(dinp, m->dcol, moeh_params_g(p, m->im_cw[l]),
-                                  moeh_params_g(p, m->im_cb[l]), m->da[l] + j0 * hw * oc, m->col,
+            moeh_im2col3x3(m->col[slot], in + q * hw * cin, nc, s, s, cin);
+            moeh_conv3x3_backward(dinp, m->dcol[slot], img_grad(m, slot, m->im_cw[l]),
+                                  img_grad(m, slot, m->im_cb[l]), dal + q * hw * oc, m->col[slot],
                                   moeh_params_w(p, m->im_cw[l]), nc, s, s, cin, oc);
         }
         if (l > 0) {
             size_t sp = m->side[l - 1];
-            relu_mask(m->dpl[l - 1], m->pl[l - 1], n * hw * cin);
-            moeh_maxpool2_backward_set(m->da[l - 1], m->dpl[l - 1], m->arg[l - 1], n, sp, sp, cin);
+            relu_mask(dpl, m->pl[l - 1] + j0 * hw * cin, n * hw * cin);
+            moeh_maxpool2_backward_set(m->da[l - 1] + j0 * sp * sp * cin, dpl,
+                                       m->arg[l - 1] + j0 * hw * cin, n, sp, sp, cin);
         }
     }
 }
@@ -780,8 +824,7 @@ static void gather_cols(moeh_moe_t *m, float *zk, float *z, uint8_t mods, size_t
     for (size_t i = 0; i < B; i++) {
         size_t pz = 0, pk = 0, az = m->n_used * d, ak = nk * d;
         for (int k = 0; k < 3; k++) {
-            if (!(m->used & (1 << k)))
-                continue;
+            if (!(m->used & (1 << k))) continue;
             if (mods & (1 << k)) {
                 float *zr = z + i * Dz, *kr = zk + i * in;
                 if (dir > 0) {
@@ -845,14 +888,14 @@ static void early_build(moeh_moe_t *m, const moeh_batch_t *b)
     }
 }
 
-/* ---- forward ------------------------------------------------------------------------------------ */
+/* ---- forward ------------------------------------------------------------------------------------
+ */
 /* train: dropout on, counts group samples. Returns the loss through *loss when labels are
  * given (need_loss). */
 static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_loss, double *loss)
 {
     int rc = validate(m, b, need_loss);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const moeh_moe_cfg_t *c = &m->cfg;
     const moeh_params_t *p = &m->p;
     size_t B = b->B, d = c->d_emb, dh = c->d_hidden, E = m->n_exp, Dz = m->Dz, Tk = c->n_tasks;
@@ -861,8 +904,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
     for (size_t i = 0; i < B; i++) {
         for (int k = 0; k < 3; k++) {
             m->availf[i * 3 + k] = b->avail[i * 3 + k];
-            if (b->avail[i * 3 + k] && (m->used & (1 << k)))
-                m->idx[k][m->n_idx[k]++] = i;
+            if (b->avail[i * 3 + k] && (m->used & (1 << k))) m->idx[k][m->n_idx[k]++] = i;
         }
         m->combo[i] = moeh_combo_index(b->avail + i * 3);
     }
@@ -871,25 +913,41 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
         early_build(m, b);
         goto experts;
     }
-    if (m->n_idx[0])
-        PROF(m, 0, ehr_forward(m, b));
-    if (m->n_idx[1])
-        PROF(m, 1, notes_forward(m, b));
-    if (m->n_idx[2])
-        PROF(m, 2, img_forward(m, b));
+    /* with cfg.threads >= 2 the image encoder runs beside the EHR and notes encoders (they
+     * touch disjoint parameters, gradients and buffers); the serial path never enters libgomp
+     * (whose team set-up may allocate) */
+    size_t ni = m->n_idx[2];
+    if (c->threads >= 2 && ni >= 2) {
+        /* worker 0: EHR + notes + the first quarter of the images; worker 1: the rest
+         * (the image encoder is ~2/3 of the forward time) */
+        size_t split = (m->n_idx[0] || m->n_idx[1]) ? ni / 4 : ni / 2;
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            {
+                if (m->n_idx[0]) PROF(m, 0, ehr_forward(m, b));
+                if (m->n_idx[1]) PROF(m, 1, notes_forward(m, b));
+                img_forward(m, b, 0, split, 0);
+            }
+#pragma omp section
+            PROF(m, 2, img_forward(m, b, split, ni, 1));
+        }
+    } else {
+        if (m->n_idx[0]) PROF(m, 0, ehr_forward(m, b));
+        if (m->n_idx[1]) PROF(m, 1, notes_forward(m, b));
+        if (ni) PROF(m, 2, img_forward(m, b, 0, ni, 0));
+    }
     t_mix = mono_s();
     /* emb[k] (B,d): encoder output or the missingness embedding; z (B,Dz) */
     size_t pz = 0, az = m->n_used * d;
     for (int k = 0; k < 3; k++) {
-        if (!(m->used & (1 << k)))
-            continue;
+        if (!(m->used & (1 << k))) continue;
         float *emb = m->emb + (size_t)k * B * d;
         const float *miss = moeh_params_w(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
             const float *src = miss;
-            if (j < m->n_idx[k] && m->idx[k][j] == i)
-                src = m->enc[k] + (j++) * d;
+            if (j < m->n_idx[k] && m->idx[k][j] == i) src = m->enc[k] + (j++) * d;
             memcpy(emb + i * d, src, d * sizeof(float));
             memcpy(m->z + i * Dz + pz, src, d * sizeof(float));
             m->z[i * Dz + az] = m->availf[i * 3 + k];
@@ -918,8 +976,8 @@ experts:
         moeh_linear_forward(m->gh, m->z, moeh_params_w(p, m->g_w1), moeh_params_w(p, m->g_b1), B,
                             Dz, dh);
         moeh_relu_forward(m->gh, m->gh, B * dh);
-        moeh_linear_forward(m->glog, m->gh, moeh_params_w(p, m->g_w2), moeh_params_w(p, m->g_b2),
-                            B, dh, E);
+        moeh_linear_forward(m->glog, m->gh, moeh_params_w(p, m->g_w2), moeh_params_w(p, m->g_b2), B,
+                            dh, E);
         moeh_gate_forward(m->gw, m->probs, m->sel, m->glog, B, E, c->top_k, c->temperature);
         memcpy(m->w, m->gw, B * E * sizeof(float));
         if (m->phase == MOEH_PHASE_WARMUP)
@@ -942,8 +1000,7 @@ experts:
     for (size_t k = 0; k < E; k++)
         for (size_t i = 0; i < B; i++) {
             float wk = m->w[i * E + k];
-            if (wk == 0.0f)
-                continue;
+            if (wk == 0.0f) continue;
             const float *ok = m->o[k] + i * d;
             float *cb = m->comb + i * d;
             for (size_t j = 0; j < d; j++)
@@ -952,8 +1009,7 @@ experts:
     moeh_linear_forward(m->logits, m->comb, moeh_params_w(p, m->h_w), moeh_params_w(p, m->h_b), B,
                         d, Tk);
     m->prof[3] += mono_s() - t_mix;
-    if (!need_loss)
-        return 0;
+    if (!need_loss) return 0;
     float pw[MOEH_MAX_TASKS];
     for (size_t t = 0; t < Tk; t++)
         pw[t] = c->pos_weight[t] > 0 ? c->pos_weight[t] : 1.0f;
@@ -967,8 +1023,7 @@ experts:
                     ce -= log(fmax((double)m->probs[i * E + (size_t)m->combo[i]], 1e-30));
                     ns++;
                 }
-            if (ns)
-                L += c->gate_sup * ce / (double)ns;
+            if (ns) L += c->gate_sup * ce / (double)ns;
         } else if (c->lambda_lb > 0) {
             L += moeh_load_balance(NULL, m->probs, m->sel, B, E, c->lambda_lb);
         }
@@ -984,13 +1039,11 @@ experts:
                     nmiss++;
                     break;
                 }
-        if (m->grp_missing >= 0)
-            m->group_samples[m->grp_missing] += nmiss;
+        if (m->grp_missing >= 0) m->group_samples[m->grp_missing] += nmiss;
         for (size_t k = 0; k < E; k++)
             for (size_t i = 0; i < B; i++)
                 m->group_samples[m->ex[k].group] += m->w[i * E + k] != 0.0f;
-        if (m->has_gate)
-            m->group_samples[m->grp_gate] += B;
+        if (m->has_gate) m->group_samples[m->grp_gate] += B;
         m->group_samples[m->grp_heads] += B;
     }
     *loss = L;
@@ -1024,8 +1077,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             m->dw[i * E + k] = (float)s;
             any |= wk != 0.0f;
         }
-        if (!any)
-            continue; /* no row routed here: the expert's gradient is exactly zero */
+        if (!any) continue; /* no row routed here: the expert's gradient is exactly zero */
         memset(m->dhk, 0, B * dh * sizeof(float));
         moeh_linear_backward(m->dhk, moeh_params_g(p, e->w2), moeh_params_g(p, e->b2), m->dok,
                              m->h[k], moeh_params_w(p, e->w2), B, dh, d);
@@ -1054,8 +1106,7 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             for (size_t i = 0; i < B; i++)
                 ns += m->combo[i] >= 0;
             for (size_t i = 0; i < B; i++) {
-                if (m->combo[i] < 0)
-                    continue;
+                if (m->combo[i] < 0) continue;
                 /* d/dlogits of -log p_c with p = softmax(l / temp): (p - onehot) / temp */
                 for (size_t k = 0; k < E; k++)
                     m->dglog[i * E + k] +=
@@ -1087,43 +1138,55 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
             for (size_t i = 0; i < B; i++)
                 if (b->avail[i * 3 + 1])
                     moeh_embbag_backward(moeh_params_g(p, m->nt_emb), m->touched, m->rows,
-                                         &m->n_rows, m->dz + i * Dz + m->eo_note,
-                                         b->note_off + i, b->note_ids, 1, d);
+                                         &m->n_rows, m->dz + i * Dz + m->eo_note, b->note_off + i,
+                                         b->note_ids, 1, d);
         return;
     }
     /* dz -> missingness embeddings and encoders */
     size_t pz = 0;
     for (int k = 0; k < 3; k++) {
-        if (!(m->used & (1 << k)))
-            continue;
+        if (!(m->used & (1 << k))) continue;
         float *dmiss = moeh_params_g(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
             const float *src = m->dz + i * Dz + pz;
             if (j < m->n_idx[k] && m->idx[k][j] == i) {
-                memcpy(m->denc + (j++) * d, src, d * sizeof(float));
+                memcpy(m->denc[k] + (j++) * d, src, d * sizeof(float));
             } else {
                 for (size_t q = 0; q < d; q++)
                     dmiss[q] += src[q];
             }
         }
         pz += d;
-        if (m->n_idx[k] == 0)
-            continue;
-        if (k == 0)
-            PROF(m, 5, ehr_backward(m, m->denc));
-        else if (k == 1)
-            PROF(m, 6, notes_backward(m, b, m->denc));
-        else
-            PROF(m, 7, img_backward(m, m->denc));
+    }
+    size_t ni = m->n_idx[2];
+    if (c->threads >= 2 && ni >= 2) {
+        /* worker 0: EHR + notes + the first third of the images; worker 1: the rest, into a
+         * private copy of the image gradients that is summed in afterwards */
+        size_t split = (m->n_idx[0] || m->n_idx[1]) ? ni / 3 : ni / 2;
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            {
+                if (m->n_idx[0]) PROF(m, 5, ehr_backward(m, m->denc[0]));
+                if (m->n_idx[1]) PROF(m, 6, notes_backward(m, b, m->denc[1]));
+                img_backward(m, m->denc[2], 0, split, 0);
+            }
+#pragma omp section
+            PROF(m, 7, img_backward(m, m->denc[2], split, ni, 1));
+        }
+        img_merge_grads(m);
+    } else {
+        if (m->n_idx[0]) PROF(m, 5, ehr_backward(m, m->denc[0]));
+        if (m->n_idx[1]) PROF(m, 6, notes_backward(m, b, m->denc[1]));
+        if (ni) PROF(m, 7, img_backward(m, m->denc[2], 0, ni, 0));
     }
 }
 
 int moeh_moe_loss_backward(moeh_moe_t *m, const moeh_batch_t *b, double *loss)
 {
     int rc = forward(m, b, 1, 1, loss);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     backward(m, b, 1);
     return 0;
 }
@@ -1136,14 +1199,14 @@ int moeh_moe_loss(moeh_moe_t *m, const moeh_batch_t *b, double *loss)
 int moeh_moe_predict(moeh_moe_t *m, const moeh_batch_t *b, float *probs)
 {
     int rc = forward(m, b, 0, 0, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (size_t i = 0; i < b->B * m->cfg.n_tasks; i++)
         probs[i] = moeh_sigmoid(m->logits[i]);
     return 0;
 }
 
-/* ---- optimiser --------------------------------------------------------------------------------- */
+/* ---- optimiser ---------------------------------------------------------------------------------
+ */
 /* AdamW on [off, off+len), gradients scaled by `scale`, then the gradient is zeroed (fused so
  * the optimiser reads g once). */
 static void adamw_range(moeh_params_t *p, const moeh_adamw_cfg_t *c, float bc1, float bc2,
@@ -1183,19 +1246,19 @@ static double sumsq(const float *restrict g, size_t n)
 
 /* Calls fn(m, row) for every embedding-bag row touched since the last reset: from the list
  * when few, by scanning the flags in row order when many (sequential memory access). */
-#define FOR_TOUCHED_ROWS(m, row, body)                                                            \
-    do {                                                                                          \
-        if ((m)->n_rows * 16 < (m)->cfg.note_buckets) {                                           \
-            for (size_t i_ = 0; i_ < (m)->n_rows; i_++) {                                         \
-                size_t row = (m)->rows[i_];                                                       \
-                body;                                                                             \
-            }                                                                                     \
-        } else {                                                                                  \
-            for (size_t row = 0; row < (m)->cfg.note_buckets; row++)                              \
-                if ((m)->touched[row]) {                                                          \
-                    body;                                                                         \
-                }                                                                                 \
-        }                                                                                         \
+#define FOR_TOUCHED_ROWS(m, row, body)                                                             \
+    do {                                                                                           \
+        if ((m)->n_rows * 16 < (m)->cfg.note_buckets) {                                            \
+            for (size_t i_ = 0; i_ < (m)->n_rows; i_++) {                                          \
+                size_t row = (m)->rows[i_];                                                        \
+                body;                                                                              \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (size_t row = 0; row < (m)->cfg.note_buckets; row++)                               \
+                if ((m)->touched[row]) {                                                           \
+                    body;                                                                          \
+                }                                                                                  \
+        }                                                                                          \
     } while (0)
 
 static void clear_touched(moeh_moe_t *m)
@@ -1223,6 +1286,25 @@ void moeh_moe_zero_grad(moeh_moe_t *m)
     clear_touched(m);
 }
 
+/* Touched embedding rows with index in [lo, hi): sum of squares of their gradients. */
+static double rows_sumsq(moeh_moe_t *m, size_t eo, size_t lo, size_t hi)
+{
+    const float *g = m->p.g + eo;
+    size_t d = m->cfg.d_emb;
+    double ss = 0;
+    FOR_TOUCHED_ROWS(m, row, if (row >= lo && row < hi) ss += sumsq(g + row * d, d));
+    return ss;
+}
+
+/* AdamW on the touched embedding rows with index in [lo, hi). */
+static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2, float scale,
+                       size_t eo, size_t lo, size_t hi)
+{
+    size_t d = m->cfg.d_emb;
+    FOR_TOUCHED_ROWS(
+        m, row, if (row >= lo && row < hi) adamw_range(&m->p, c, bc1, bc2, scale, eo + row * d, d));
+}
+
 void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step)
 {
     MOEH_ASSERT(step >= 1);
@@ -1230,35 +1312,61 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *c, uint64_t step
     moeh_params_t *p = &m->p;
     float bc1 = 1.0f - powf(c->beta1, (float)step), bc2 = 1.0f - powf(c->beta2, (float)step);
     int sparse = (m->used & 2) && m->cfg.note_buckets;
-    size_t eo = p->n, en = 0, d = m->cfg.d_emb;
-    if (sparse)
-        eo = p->views[m->nt_emb].offset, en = p->views[m->nt_emb].numel;
+    size_t eo = p->n, en = 0, V = sparse ? m->cfg.note_buckets : 0;
+    if (sparse) eo = p->views[m->nt_emb].offset, en = p->views[m->nt_emb].numel;
+    size_t tail = p->n - eo - en; /* dense floats after the embedding table */
+    /* with threads >= 2: worker 0 takes the dense tensors and the first third of the rows,
+     * worker 1 the other two thirds (partial sums added in a fixed order: deterministic) */
+    int par = m->cfg.threads >= 2 && sparse;
+    size_t cut = V / 3;
     float scale = 1.0f;
     if (c->clip > 0) {
-        double ss = sumsq(p->g, eo) + (sparse ? sumsq(p->g + eo + en, p->n - eo - en) : 0);
-        if (sparse)
-            FOR_TOUCHED_ROWS(m, row, ss += sumsq(p->g + eo + row * d, d));
-        double norm = sqrt(ss);
-        if (norm > c->clip)
-            scale = (float)(c->clip / norm);
+        double s0 = 0, s1 = 0;
+        if (par) {
+#pragma omp parallel sections num_threads(2)
+            {
+#pragma omp section
+                s0 = sumsq(p->g, eo) + sumsq(p->g + eo + en, tail) + rows_sumsq(m, eo, 0, cut);
+#pragma omp section
+                s1 = rows_sumsq(m, eo, cut, V);
+            }
+        } else {
+            s0 = sumsq(p->g, eo) + (sparse ? sumsq(p->g + eo + en, tail) : 0) +
+                 (sparse ? rows_sumsq(m, eo, 0, V) : 0);
+        }
+        double norm = sqrt(s0 + s1);
+        if (norm > c->clip) scale = (float)(c->clip / norm);
     }
-    adamw_range(p, c, bc1, bc2, scale, 0, eo);
-    if (sparse) {
-        adamw_range(p, c, bc1, bc2, scale, eo + en, p->n - eo - en);
-        FOR_TOUCHED_ROWS(m, row, adamw_range(p, c, bc1, bc2, scale, eo + row * d, d));
-        clear_touched(m);
+    if (par) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            {
+                adamw_range(p, c, bc1, bc2, scale, 0, eo);
+                adamw_range(p, c, bc1, bc2, scale, eo + en, tail);
+                rows_adamw(m, c, bc1, bc2, scale, eo, 0, cut);
+            }
+#pragma omp section
+            rows_adamw(m, c, bc1, bc2, scale, eo, cut, V);
+        }
+    } else {
+        adamw_range(p, c, bc1, bc2, scale, 0, eo);
+        if (sparse) {
+            adamw_range(p, c, bc1, bc2, scale, eo + en, tail);
+            rows_adamw(m, c, bc1, bc2, scale, eo, 0, V);
+        }
     }
+    if (sparse) clear_touched(m);
     m->prof[8] += mono_s() - t_opt;
 }
 
-static const char *const PROF_NAMES[MOEH_PROF_N] = {
-    "ehr_fwd", "notes_fwd", "img_fwd", "mix_fwd", "mix_bwd",
-    "ehr_bwd", "notes_bwd", "img_bwd", "adamw"};
+static const char *const PROF_NAMES[MOEH_PROF_N] = {"ehr_fwd",   "notes_fwd", "img_fwd",
+                                                    "mix_fwd",   "mix_bwd",   "ehr_bwd",
+                                                    "notes_bwd", "img_bwd",   "adamw"};
 
 const double *moeh_moe_profile(const moeh_moe_t *m, const char *const **names)
 {
-    if (names)
-        *names = PROF_NAMES;
+    if (names) *names = PROF_NAMES;
     return m->prof;
 }
 
@@ -1267,13 +1375,10 @@ void moeh_moe_profile_reset(moeh_moe_t *m)
     memset(m->prof, 0, sizeof m->prof);
 }
 
-float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total,
-                       float min_ratio)
+float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total, float min_ratio)
 {
-    if (warmup && step <= warmup)
-        return base * (float)step / (float)warmup;
-    if (step >= total || total <= warmup)
-        return base * min_ratio;
+    if (warmup && step <= warmup) return base * (float)step / (float)warmup;
+    if (step >= total || total <= warmup) return base * min_ratio;
     double t = (double)(step - warmup) / (double)(total - warmup);
     return (float)(base * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + cos(M_PI * t))));
 }

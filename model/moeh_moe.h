@@ -21,13 +21,13 @@
 #define MOEH_MAX_TASKS 8
 
 typedef enum {
-    MOEH_ARCH_MOE = 0,  /* MoE-Health: 7 experts + learned gate */
-    MOEH_ARCH_UNI_EHR,  /* unimodal baselines: one encoder, one expert */
+    MOEH_ARCH_MOE = 0, /* MoE-Health: 7 experts + learned gate */
+    MOEH_ARCH_UNI_EHR, /* unimodal baselines: one encoder, one expert */
     MOEH_ARCH_UNI_NOTES,
     MOEH_ARCH_UNI_IMG,
-    MOEH_ARCH_JOINT,    /* joint fusion: concatenated embeddings, one expert, end to end */
-    MOEH_ARCH_LATE,     /* late fusion: one expert per modality, mean of the available logits */
-    MOEH_ARCH_EARLY,    /* early fusion: one MLP over concatenated raw-input summaries */
+    MOEH_ARCH_JOINT, /* joint fusion: concatenated embeddings, one expert, end to end */
+    MOEH_ARCH_LATE,  /* late fusion: one expert per modality, mean of the available logits */
+    MOEH_ARCH_EARLY, /* early fusion: one MLP over concatenated raw-input summaries */
 } moeh_arch_t;
 
 typedef struct {
@@ -49,8 +49,11 @@ typedef struct {
     float gate_sup;      /* weight of the gate supervision loss during warm-up (1) */
     float dropout;       /* dropout on the expert hidden layers while training (0) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
-    size_t max_batch;    /* workspace rows (64) */
-    uint64_t seed;       /* initialisation and dropout */
+    size_t max_batch;                 /* workspace rows (64) */
+    int threads;   /* >= 2: two OpenMP workers split the encoders' images and the AdamW
+                    * step (results equal serial up to float summation order, and are
+                    * deterministic); use OPENBLAS_NUM_THREADS=1 then. 0/1: serial. */
+    uint64_t seed; /* initialisation and dropout */
 } moeh_moe_cfg_t;
 
 /* The defaults of DESIGN section 4 for the given data shapes. */
@@ -114,8 +117,7 @@ void moeh_moe_adamw_step(moeh_moe_t *m, const moeh_adamw_cfg_t *cfg, uint64_t st
 
 /* Linear warm-up over `warmup` steps to base, then cosine decay to min_ratio x base at
  * `total` (step is 1-based; constant min after total). */
-float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total,
-                       float min_ratio);
+float moeh_lr_schedule(float base, uint64_t step, uint64_t warmup, uint64_t total, float min_ratio);
 
 /* Samples that trained each parameter group since the last reset, indexed like
  * params->group_names (n = params->n_groups): encoders count rows that have the modality,

@@ -20,8 +20,8 @@
  * only if the backward pass gets the original input from elsewhere. */
 void moeh_gelu_forward(float *out, const float *inp, size_t n);
 /* dinp (n) += dout * gelu'(inp). */
-void moeh_gelu_backward(float *restrict dinp, const float *restrict dout,
-                        const float *restrict inp, size_t n);
+void moeh_gelu_backward(float *restrict dinp, const float *restrict dout, const float *restrict inp,
+                        size_t n);
 
 /* ---- layer norm ------------------------------------------------------------------------ */
 /* out (N,C) = (inp - mean) * rstd * gamma + beta over the last axis; mean, rstd (N) are saved
@@ -120,8 +120,7 @@ void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t 
  * ties) are selected and w (B,K) = probs renormalised over them (0 elsewhere); otherwise
  * w = probs and every expert is selected. sel (B,K) is 0/1. */
 void moeh_gate_forward(float *restrict w, float *restrict probs, uint8_t *restrict sel,
-                       const float *restrict logits, size_t B, size_t K, size_t top_k,
-                       float temp);
+                       const float *restrict logits, size_t B, size_t K, size_t top_k, float temp);
 /* dlogits (B,K) += gradient through w (from dw, may be NULL) and through probs (from dprobs,
  * may be NULL). */
 void moeh_gate_backward(float *restrict dlogits, const float *restrict dw,

@@ -19,8 +19,8 @@ void moeh_gelu_forward(float *out, const float *inp, size_t n)
     }
 }
 
-void moeh_gelu_backward(float *restrict dinp, const float *restrict dout,
-                        const float *restrict inp, size_t n)
+void moeh_gelu_backward(float *restrict dinp, const float *restrict dout, const float *restrict inp,
+                        size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -66,10 +66,8 @@ void moeh_layernorm_backward(float *restrict dinp, float *restrict dgamma, float
             float xh = (x[c] - mu) * rs, dxh = dy[c] * gamma[c];
             m1 += dxh;
             m2 += dxh * xh;
-            if (dgamma)
-                dgamma[c] += dy[c] * xh;
-            if (dbeta)
-                dbeta[c] += dy[c];
+            if (dgamma) dgamma[c] += dy[c] * xh;
+            if (dbeta) dbeta[c] += dy[c];
         }
         m1 /= (float)C;
         m2 /= (float)C;
@@ -97,8 +95,7 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
 {
     float s = 1.0f / (1.0f - p);
     for (size_t i = 0; i < n; i++)
-        if (keep[i])
-            dinp[i] += dout[i] * s;
+        if (keep[i]) dinp[i] += dout[i] * s;
 }
 
 /* ---- GRU ------------------------------------------------------------------------------- */
@@ -113,8 +110,10 @@ static inline float vexpf(float x)
     float t = x * 1.44269504088896341f;
     float r = (t + 12582912.0f) - 12582912.0f;
     float f = x - r * 0.693145751953125f - r * 1.428606765330187e-06f;
-    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 +
-                                                                     f * (1.0f / 720))))));
+    float p =
+        1.0f +
+        f * (1.0f +
+             f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
     int32_t bits = ((int32_t)r + 127) << 23;
     float sc;
     memcpy(&sc, &bits, sizeof sc);
@@ -210,8 +209,7 @@ void moeh_embbag_forward(float *restrict out, const float *restrict E, const uin
         float *o = out + b * D;
         memset(o, 0, D * sizeof(float));
         uint64_t n = off[b + 1] - off[b];
-        if (n == 0)
-            continue;
+        if (n == 0) continue;
         for (uint64_t j = off[b]; j < off[b + 1]; j++) {
             const float *e = E + (size_t)ids[j] * D;
             for (size_t d = 0; d < D; d++)
@@ -230,8 +228,7 @@ void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_
 {
     for (size_t b = 0; b < B; b++) {
         uint64_t n = off[b + 1] - off[b];
-        if (n == 0)
-            continue;
+        if (n == 0) continue;
         float s = 1.0f / (float)n;
         const float *g = dout + b * D;
         for (uint64_t j = off[b]; j < off[b + 1]; j++) {
@@ -250,8 +247,8 @@ void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_
 /* ---- conv 3x3 ---------------------------------------------------------------------------- */
 /* Rows of the 3x3 neighbourhood are copied with plain loops (C is often 1..32, where a
  * memcpy call per tap costs more than the copy). */
-static void im2col_pixel(float *restrict c, const float *restrict inp, size_t b, size_t y,
-                         size_t x, size_t H, size_t W, size_t C)
+static void im2col_pixel(float *restrict c, const float *restrict inp, size_t b, size_t y, size_t x,
+                         size_t H, size_t W, size_t C)
 {
     for (size_t ky = 0; ky < 3; ky++) {
         long iy = (long)y + (long)ky - 1;
@@ -321,12 +318,10 @@ void moeh_col2im3x3_add(float *restrict dinp, const float *restrict dcol, size_t
                 float *dst = dinp + ((b * H + iy) * W + ix) * C;
                 for (size_t ky = 0; ky < 3; ky++) {
                     long y = (long)iy - (long)ky + 1; /* output row that used tap ky here */
-                    if (y < 0 || y >= (long)H)
-                        continue;
+                    if (y < 0 || y >= (long)H) continue;
                     for (size_t kx = 0; kx < 3; kx++) {
                         long x = (long)ix - (long)kx + 1;
-                        if (x < 0 || x >= (long)W)
-                            continue;
+                        if (x < 0 || x >= (long)W) continue;
                         const float *src =
                             dcol + ((b * H + (size_t)y) * W + (size_t)x) * K + (ky * 3 + kx) * C;
                         for (size_t ci = 0; ci < C; ci++)
@@ -407,8 +402,7 @@ static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restri
 }
 
 void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
-                                const uint8_t *restrict arg, size_t B, size_t H, size_t W,
-                                size_t C)
+                                const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
     for (size_t b = 0; b < B; b++)
@@ -436,8 +430,7 @@ void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
             }
 }
 
-void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW,
-                      size_t C)
+void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
 {
     for (size_t b = 0; b < B; b++) {
         float *o = out + b * C;
@@ -461,8 +454,7 @@ void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t 
 
 /* ---- gate -------------------------------------------------------------------------------- */
 void moeh_gate_forward(float *restrict w, float *restrict probs, uint8_t *restrict sel,
-                       const float *restrict logits, size_t B, size_t K, size_t top_k,
-                       float temp)
+                       const float *restrict logits, size_t B, size_t K, size_t top_k, float temp)
 {
     for (size_t b = 0; b < B; b++) {
         const float *l = logits + b * K;
@@ -488,8 +480,7 @@ void moeh_gate_forward(float *restrict w, float *restrict probs, uint8_t *restri
         for (size_t i = 0; i < top_k; i++) {
             size_t best = K;
             for (size_t k = 0; k < K; k++)
-                if (!s[k] && (best == K || p[k] > p[best]))
-                    best = k;
+                if (!s[k] && (best == K || p[k] > p[best])) best = k;
             s[best] = 1;
             ssel += p[best];
         }
@@ -510,11 +501,9 @@ void moeh_gate_backward(float *restrict dlogits, const float *restrict dw,
             const uint8_t *s = sel + b * K;
             double dot = 0;
             for (size_t k = 0; k < K; k++)
-                if (s[k])
-                    dot += (double)wb[k] * dwb[k];
+                if (s[k]) dot += (double)wb[k] * dwb[k];
             for (size_t k = 0; k < K; k++)
-                if (s[k])
-                    dl[k] += (float)(wb[k] * (dwb[k] - dot) / temp);
+                if (s[k]) dl[k] += (float)(wb[k] * (dwb[k] - dot) / temp);
         }
         if (dprobs) {
             const float *p = probs + b * K, *dp = dprobs + b * K;

@@ -20,20 +20,16 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
                           const char *const *meta_vals, size_t n_meta, moeh_err_t *err)
 {
     MOEH_ASSERT(little_endian());
-    if (!p->finalized)
-        return moeh_errf(err, -EINVAL, "safetensors: parameter store not finalized");
+    if (!p->finalized) return moeh_errf(err, -EINVAL, "safetensors: parameter store not finalized");
     int rc = -ENOMEM;
     char *hdr = NULL, *buf = NULL;
     cJSON *root = cJSON_CreateObject();
-    if (!root)
-        goto out;
+    if (!root) goto out;
     if (n_meta) {
         cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-        if (!meta)
-            goto out;
+        if (!meta) goto out;
         for (size_t i = 0; i < n_meta; i++)
-            if (!cJSON_AddStringToObject(meta, meta_keys[i], meta_vals[i]))
-                goto out;
+            if (!cJSON_AddStringToObject(meta, meta_keys[i], meta_vals[i])) goto out;
     }
     size_t off = 0;
     for (size_t i = 0; i < p->n_views; i++) {
@@ -41,20 +37,17 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
         cJSON *t = cJSON_AddObjectToObject(root, v->name);
         cJSON *shape = t ? cJSON_AddArrayToObject(t, "shape") : NULL;
         cJSON *offs = shape ? cJSON_AddArrayToObject(t, "data_offsets") : NULL;
-        if (!offs || !cJSON_AddStringToObject(t, "dtype", "F32"))
-            goto out;
+        if (!offs || !cJSON_AddStringToObject(t, "dtype", "F32")) goto out;
         for (size_t d = 0; d < v->ndim; d++)
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)v->shape[d]));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + v->numel * 4)));
         off += v->numel * 4;
     }
-    if (!(hdr = cJSON_PrintUnformatted(root)))
-        goto out;
+    if (!(hdr = cJSON_PrintUnformatted(root))) goto out;
     size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* spaces pad to 8 bytes */
     size_t total = 8 + padded + off;
-    if (!(buf = malloc(total)))
-        goto out;
+    if (!(buf = malloc(total))) goto out;
     uint64_t h64 = padded;
     memcpy(buf, &h64, 8);
     memcpy(buf + 8, hdr, hl);
@@ -67,8 +60,7 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
     }
     rc = moeh_file_write_atomic(path, buf, total, err);
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "safetensors: out of memory writing %s", path);
+    if (rc == -ENOMEM) moeh_errf(err, rc, "safetensors: out of memory writing %s", path);
     cJSON_Delete(root);
     free(hdr);
     free(buf);
@@ -76,12 +68,12 @@ out:
 }
 
 /* Appends to a bounded message. */
-static void add_msg(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void add_msg(char *msg, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void add_msg(char *msg, size_t cap, const char *fmt, ...)
 {
     size_t l = strlen(msg);
-    if (l + 1 >= cap)
-        return;
+    if (l + 1 >= cap) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg + l, cap - l, fmt, ap);
@@ -91,14 +83,12 @@ static void add_msg(char *msg, size_t cap, const char *fmt, ...)
 int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, moeh_err_t *err)
 {
     MOEH_ASSERT(little_endian());
-    if (meta_json)
-        *meta_json = NULL;
+    if (meta_json) *meta_json = NULL;
     char *buf = NULL;
     size_t len = 0;
     size_t max = 8 + ST_MAX_HEADER + p->n * 4 + 1;
     int rc = moeh_file_read_all(path, max, &buf, &len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     cJSON *root = NULL;
     size_t *off0 = NULL;
     char diff[MOEH_ERRMSG_MAX] = "";
@@ -135,8 +125,7 @@ int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, 
         goto out;
     }
     for (cJSON *t = root->child; t; t = t->next) {
-        if (strcmp(t->string, "__metadata__") == 0)
-            continue;
+        if (strcmp(t->string, "__metadata__") == 0) continue;
         int vi = moeh_params_find(p, t->string);
         if (vi < 0) {
             add_msg(diff, sizeof diff, "%sunexpected tensor %s", ndiff++ ? "; " : "", t->string);
@@ -162,7 +151,8 @@ int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, 
         if (!same) {
             char fs[96] = "", ms[96] = "";
             for (int d = 0; d < cJSON_GetArraySize(sh); d++)
-                add_msg(fs, sizeof fs, "%s%.0f", d ? "," : "", cJSON_GetArrayItem(sh, d)->valuedouble);
+                add_msg(fs, sizeof fs, "%s%.0f", d ? "," : "",
+                        cJSON_GetArrayItem(sh, d)->valuedouble);
             for (size_t d = 0; d < v->ndim; d++)
                 add_msg(ms, sizeof ms, "%s%zu", d ? "," : "", v->shape[d]);
             add_msg(diff, sizeof diff, "%s%s: shape [%s] in file, [%s] in model",
@@ -220,9 +210,10 @@ out:
 
 /* ---- model config <-> JSON ------------------------------------------------------------------ */
 /* fields that define the model (compared on load) */
-#define CFG_MODEL_FIELDS(X)                                                                       \
-    X(d_emb) X(d_hidden) X(n_static) X(n_vars) X(n_steps) X(note_buckets) X(note_dim)             \
-    X(img_size) X(img_dim) X(n_tasks) X(top_k)
+#define CFG_MODEL_FIELDS(X)                                                                        \
+    X(d_emb)                                                                                       \
+    X(d_hidden) X(n_static) X(n_vars) X(n_steps) X(note_buckets) X(note_dim) X(img_size)           \
+        X(img_dim) X(n_tasks) X(top_k)
 /* plus the workspace size, stored but free to differ */
 #define CFG_SIZE_FIELDS(X) CFG_MODEL_FIELDS(X) X(max_batch)
 #define CFG_FLOAT_FIELDS(X) X(temperature) X(lambda_lb) X(gate_sup) X(dropout)
@@ -230,8 +221,7 @@ out:
 char *moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c)
 {
     cJSON *o = cJSON_CreateObject();
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     cJSON_AddNumberToObject(o, "arch", (double)c->arch);
 #define ADD_SIZE(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
 #define ADD_FLOAT(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
@@ -261,13 +251,13 @@ int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
     memset(c, 0, sizeof *c);
     int rc = 0;
     cJSON *it;
-#define GET_NUM(f, dst)                                                                           \
-    if (!rc) {                                                                                    \
-        it = cJSON_GetObjectItemCaseSensitive(o, #f);                                             \
-        if (!cJSON_IsNumber(it))                                                                  \
-            rc = moeh_errf(err, -EINVAL, "model config: field %s missing or not a number", #f);   \
-        else                                                                                      \
-            dst = it->valuedouble;                                                                \
+#define GET_NUM(f, dst)                                                                            \
+    if (!rc) {                                                                                     \
+        it = cJSON_GetObjectItemCaseSensitive(o, #f);                                              \
+        if (!cJSON_IsNumber(it))                                                                   \
+            rc = moeh_errf(err, -EINVAL, "model config: field %s missing or not a number", #f);    \
+        else                                                                                       \
+            dst = it->valuedouble;                                                                 \
     }
     double arch = 0;
     GET_NUM(arch, arch)
@@ -288,8 +278,7 @@ int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
     for (int i = 0; !rc && i < cJSON_GetArraySize(pw) && i < MOEH_MAX_TASKS; i++)
         c->pos_weight[i] = (float)cJSON_GetArrayItem(pw, i)->valuedouble;
     it = cJSON_GetObjectItemCaseSensitive(o, "seed");
-    if (!rc && cJSON_IsString(it))
-        c->seed = strtoull(it->valuestring, NULL, 10);
+    if (!rc && cJSON_IsString(it)) c->seed = strtoull(it->valuestring, NULL, 10);
     cJSON_Delete(o);
     return rc;
 }
@@ -297,8 +286,7 @@ int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
 int moeh_moe_save(moeh_moe_t *m, const char *path, moeh_err_t *err)
 {
     char *cfg = moeh_moe_cfg_to_json(moeh_moe_cfg(m));
-    if (!cfg)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!cfg) return moeh_errf(err, -ENOMEM, "out of memory");
     char hash[32];
     snprintf(hash, sizeof hash, "%016" PRIx64, moeh_params_spec_hash(moeh_moe_params(m)));
     const char *keys[] = {"format", "moeh_config", "moeh_spec_hash"};
@@ -313,8 +301,7 @@ int moeh_moe_load(moeh_moe_t *m, const char *path, moeh_err_t *err)
     moeh_params_t *p = moeh_moe_params(m);
     /* load into a scratch copy first so that a config mismatch leaves m untouched */
     float *keep = malloc(p->n * sizeof(float));
-    if (!keep)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!keep) return moeh_errf(err, -ENOMEM, "out of memory");
     memcpy(keep, p->w, p->n * sizeof(float));
     char *meta = NULL;
     int rc = moeh_safetensors_load(p, path, &meta, err);
@@ -325,8 +312,8 @@ int moeh_moe_load(moeh_moe_t *m, const char *path, moeh_err_t *err)
         if (cJSON_IsString(cs) && moeh_moe_cfg_from_json(cs->valuestring, &fc, err) == 0) {
             const moeh_moe_cfg_t *c = moeh_moe_cfg(m);
             char diff[MOEH_ERRMSG_MAX] = "";
-#define CMP(f)                                                                                    \
-    if (fc.f != c->f)                                                                             \
+#define CMP(f)                                                                                     \
+    if (fc.f != c->f)                                                                              \
         add_msg(diff, sizeof diff, " %s (file %g, model %g)", #f, (double)fc.f, (double)c->f);
             CMP(arch)
             CFG_MODEL_FIELDS(CMP)

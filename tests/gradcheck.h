@@ -40,8 +40,7 @@ static inline int gc_check(const char *name, float *x, const float *g, size_t n,
         double err = fabs(num - an) / (fabs(num) + fabs(an) + o.atol / o.rtol);
         checked++;
         if (fabs(num - an) <= o.rtol * (fabs(num) + fabs(an)) + o.atol) {
-            if (err > worst)
-                worst = err;
+            if (err > worst) worst = err;
             continue;
         }
         double l0 = loss(ctx);
@@ -53,8 +52,9 @@ static inline int gc_check(const char *name, float *x, const float *g, size_t n,
             continue;
         }
         if (fails < 5)
-            fprintf(stderr, "gradcheck %s[%zu]: numeric %.7g analytic %.7g (left %.7g right %.7g)\n",
-                    name, i, num, an, left, right);
+            fprintf(stderr,
+                    "gradcheck %s[%zu]: numeric %.7g analytic %.7g (left %.7g right %.7g)\n", name,
+                    i, num, an, left, right);
         fails++;
     }
     if ((double)kinked > o.max_kink_frac * (double)checked + 1) {

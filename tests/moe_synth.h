@@ -88,8 +88,7 @@ static inline int synth_make(synth_t *s, const moeh_moe_cfg_t *cfg, size_t N,
         }
         /* EHR: static[0] ~ u0, hourly variable 0 drifts with u0, observed 60% of hours */
         for (size_t f = 0; f < s->Fs; f++)
-            s->static_x[i * s->Fs + f] =
-                (float)((f == 0 ? u[0] : 0.0) + 0.7 * moeh_rng_normal(&r));
+            s->static_x[i * s->Fs + f] = (float)((f == 0 ? u[0] : 0.0) + 0.7 * moeh_rng_normal(&r));
         for (size_t f = 0; f < s->F; f++) {
             float last = 0, since = 0;
             for (size_t t = 0; t < s->T; t++) {
@@ -109,8 +108,7 @@ static inline int synth_make(synth_t *s, const moeh_moe_cfg_t *cfg, size_t N,
         double pp = synth_sig(2.0 * u[1]);
         for (size_t j = 0; j < K; j++) {
             uint64_t x = moeh_rng_u64(&r) % (H / 2 ? H / 2 : 1);
-            s->note_ids[i * K + j] =
-                (uint32_t)(moeh_rng_uniform(&r) < pp ? x : (H / 2 + x) % H);
+            s->note_ids[i * K + j] = (uint32_t)(moeh_rng_uniform(&r) < pp ? x : (H / 2 + x) % H);
         }
         for (size_t j = 0; j < s->Dn; j++)
             s->note_vec[i * s->Dn + j] = (float)((j == 0 ? u[1] : 0.0) + moeh_rng_normal(&r));

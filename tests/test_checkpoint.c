@@ -91,8 +91,7 @@ static void expect_refused(moeh_moe_t *m, const char *path, const char *needle)
     memcpy(before, p->w, p->n * 4);
     moeh_err_t err = {{0}};
     assert_int_equal(moeh_moe_load(m, path, &err), -EINVAL);
-    if (!strstr(err.msg, needle))
-        print_message("message '%s' lacks '%s'\n", err.msg, needle);
+    if (!strstr(err.msg, needle)) print_message("message '%s' lacks '%s'\n", err.msg, needle);
     assert_non_null(strstr(err.msg, needle));
     assert_memory_equal(before, p->w, p->n * 4);
     free(before);

@@ -18,10 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const gc_opts_t SMOOTH = {.eps = 1e-2, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0,
-                                 .max_checks = 400};
-static const gc_opts_t KINKY = {.eps = 1e-3, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0.1,
-                                .max_checks = 400};
+static const gc_opts_t SMOOTH = {
+    .eps = 1e-2, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0, .max_checks = 400};
+static const gc_opts_t KINKY = {
+    .eps = 1e-3, .rtol = 1e-2, .atol = 1e-4, .max_kink_frac = 0.1, .max_checks = 400};
 
 static void fill_normal(float *x, size_t n, moeh_rng_t *r, float s)
 {
@@ -52,7 +52,7 @@ static void test_linear_grad(void **state)
 {
     enum { B = 5, C = 7, OC = 4 };
     float x[B * C], w[OC * C], b[OC], out[B * OC], R[B * OC], dx[B * C] = {0}, dw[OC * C] = {0},
-                                                                db[OC] = {0};
+                                                                     db[OC] = {0};
     moeh_rng_t r;
     moeh_rng_seed(&r, 1);
     fill_normal(x, B * C, &r, 1), fill_normal(w, OC * C, &r, 0.5f), fill_normal(b, OC, &r, 1);
@@ -169,10 +169,10 @@ static double gru_loss(void *c_)
 static void test_gru_grad(void **state)
 {
     enum { B = 3, T = 6, I = 4, H = 5, G = 15 };
-    float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H],
-        xi[B * T * G], gates[T * B * 4 * H], hh[B * G], R[B * H];
-    float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0},
-          dbhh[G] = {0}, dxi[B * T * G], dhh[T * B * G], dh[B * H];
+    float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H], xi[B * T * G],
+        gates[T * B * 4 * H], hh[B * G], R[B * H];
+    float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0}, dbhh[G] = {0},
+                     dxi[B * T * G], dhh[T * B * G], dh[B * H];
     moeh_rng_t r;
     moeh_rng_seed(&r, 5);
     fill_normal(x, sizeof x / 4, &r, 1), fill_normal(wih, sizeof wih / 4, &r, 0.5f);
@@ -260,8 +260,7 @@ static void test_conv_grad(void **state)
             for (int ky = 0; ky < 3; ky++)
                 for (int kx = 0; kx < 3; kx++) {
                     long iy = (long)y + ky - 1, ix = (long)xx + kx - 1;
-                    if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                        continue;
+                    if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
                     for (size_t ci = 0; ci < C; ci++)
                         s += w[((o * 3 + (size_t)ky) * 3 + (size_t)kx) * C + ci] *
                              x[((bb * H + (size_t)iy) * W + (size_t)ix) * C + ci];
@@ -354,9 +353,9 @@ static void test_gate_grad(void **state)
         gc_opts_t o = SMOOTH;
         o.eps = 1e-3;
         o.rtol = 2e-2;
-        assert_int_equal(gc_check(top_k ? "gate_top2.logits" : "gate.logits", l, dl, B * K,
-                                  gate_loss, &c, o),
-                         0);
+        assert_int_equal(
+            gc_check(top_k ? "gate_top2.logits" : "gate.logits", l, dl, B * K, gate_loss, &c, o),
+            0);
         for (size_t b = 0; b < B; b++) {
             double sw = 0, sp = 0;
             size_t ns = 0;
@@ -410,11 +409,11 @@ static void test_bce_grad(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear_grad),  cmocka_unit_test(test_activations_grad),
+        cmocka_unit_test(test_linear_grad),    cmocka_unit_test(test_activations_grad),
         cmocka_unit_test(test_layernorm_grad), cmocka_unit_test(test_dropout),
-        cmocka_unit_test(test_gru_grad),     cmocka_unit_test(test_embbag),
-        cmocka_unit_test(test_conv_grad),    cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_gate_grad),    cmocka_unit_test(test_bce_grad),
+        cmocka_unit_test(test_gru_grad),       cmocka_unit_test(test_embbag),
+        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_gate_grad),      cmocka_unit_test(test_bce_grad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,7 +34,8 @@ static void test_auprc_f1_hand(void **state)
     assert_true(fabs(moeh_auprc(s2, y2, NULL, 3, 1) - (0.25 + 1.0 / 3)) < 1e-12);
     /* no positives: undefined */
     float y0[3] = {0, 0, 0};
-    assert_true(isnan(moeh_auprc(s2, y0, NULL, 3, 1)) && isnan(moeh_f1_at(s2, y0, NULL, 3, 1, .5f)));
+    assert_true(isnan(moeh_auprc(s2, y0, NULL, 3, 1)) &&
+                isnan(moeh_f1_at(s2, y0, NULL, 3, 1, .5f)));
 }
 
 /* Brute force AP: mean over positives of the precision at that positive's score threshold
@@ -52,13 +53,11 @@ static void test_auprc_brute_force(void **state)
     double ap = 0;
     int npos = 0;
     for (int i = 0; i < N; i++) {
-        if (!y[i])
-            continue;
+        if (!y[i]) continue;
         npos++;
         int tp = 0, pp = 0;
         for (int j = 0; j < N; j++)
-            if (s[j] >= s[i])
-                pp++, tp += y[j] > 0.5f;
+            if (s[j] >= s[i]) pp++, tp += y[j] > 0.5f;
         ap += (double)tp / pp;
     }
     ap /= npos;

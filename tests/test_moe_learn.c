@@ -57,8 +57,8 @@ static double train_eval(moeh_arch_t arch, const synth_t *tr, const synth_t *te,
     uint64_t step = 0;
     for (int ep = 0; ep < EPOCHS; ep++) {
         /* MoE: the first two epochs are the expert-specialisation warm-up */
-        moeh_moe_set_phase(m, arch == MOEH_ARCH_MOE && ep < 2 ? MOEH_PHASE_WARMUP
-                                                              : MOEH_PHASE_JOINT);
+        moeh_moe_set_phase(m,
+                           arch == MOEH_ARCH_MOE && ep < 2 ? MOEH_PHASE_WARMUP : MOEH_PHASE_JOINT);
         double sum = 0;
         for (size_t i = 0; i < steps_per_epoch; i++) {
             moeh_batch_t b = synth_batch(tr, i * BATCH, BATCH);
@@ -69,8 +69,7 @@ static double train_eval(moeh_arch_t arch, const synth_t *tr, const synth_t *te,
             ac.lr = moeh_lr_schedule(5e-3f, step, steps_per_epoch / 2, total, 0.1f);
             moeh_moe_adamw_step(m, &ac, step);
         }
-        if (ep == 0)
-            *first = sum / (double)steps_per_epoch;
+        if (ep == 0) *first = sum / (double)steps_per_epoch;
         *last = sum / (double)steps_per_epoch;
     }
     static float probs[N_TEST * 3];

@@ -45,8 +45,7 @@ static int fx_load(fixture_t *f, const char *path)
         return -1;
     }
     const char *p = f->buf, *end = f->buf + len;
-    if (len < 12 || memcmp(p, "MOEHFIX1", 8) != 0)
-        return -1;
+    if (len < 12 || memcmp(p, "MOEHFIX1", 8) != 0) return -1;
     uint32_t count;
     memcpy(&count, p + 8, 4);
     p += 12;
@@ -54,20 +53,17 @@ static int fx_load(fixture_t *f, const char *path)
     for (uint32_t i = 0; i < count && f->n < 512; i++) {
         fx_tensor_t *t = &f->t[f->n++];
         uint32_t nl;
-        if (end - p < 4)
-            return -1;
+        if (end - p < 4) return -1;
         memcpy(&nl, p, 4);
         p += 4;
-        if (nl >= sizeof t->name || end - p < (long)nl + 8)
-            return -1;
+        if (nl >= sizeof t->name || end - p < (long)nl + 8) return -1;
         memcpy(t->name, p, nl);
         t->name[nl] = 0;
         p += nl;
         memcpy(&t->dtype, p, 4);
         memcpy(&t->ndim, p + 4, 4);
         p += 8;
-        if (t->dtype > 4 || t->ndim > 4 || end - p < (long)(8 * t->ndim))
-            return -1;
+        if (t->dtype > 4 || t->ndim > 4 || end - p < (long)(8 * t->ndim)) return -1;
         t->numel = 1;
         for (uint32_t d = 0; d < t->ndim; d++) {
             memcpy(&t->dims[d], p, 8);
@@ -75,12 +71,10 @@ static int fx_load(fixture_t *f, const char *path)
             t->numel *= t->dims[d];
         }
         size_t bytes = t->numel * DT_SIZE[t->dtype];
-        if ((size_t)(end - p) < bytes)
-            return -1;
-        /* copied out: in the file the arrays are packed and so not aligned for their type */
+        if ((size_t)(end - p) < bytes) return -1;
+        /* the file packs tensors without alignment: copy each into its own (aligned) block */
         void *copy = malloc(bytes ? bytes : 1);
-        if (!copy)
-            return -1;
+        if (!copy) return -1;
         memcpy(copy, p, bytes);
         t->data = copy;
         p += bytes;
@@ -93,8 +87,7 @@ static const fx_tensor_t *fx_get(const fixture_t *f, const char *prefix, const c
     char full[160];
     snprintf(full, sizeof full, "%s%s", prefix, name);
     for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->t[i].name, full) == 0)
-            return &f->t[i];
+        if (strcmp(f->t[i].name, full) == 0) return &f->t[i];
     fail_msg("fixture has no tensor %s", full);
     return NULL;
 }
@@ -161,8 +154,8 @@ static void run_case(const fixture_t *f, const char *pre)
     print_message("%s loss C %.8f torch %.8f\n", pre, loss, tl);
     assert_true(fabs(loss - tl) <= 1e-4 * fabs(tl));
     size_t B = b.B, E = moeh_moe_n_experts(m);
-    double e = rel_err_f64(moeh_moe_last_logits(m), fx_get(f, pre, "logits")->data,
-                           B * cfg.n_tasks);
+    double e =
+        rel_err_f64(moeh_moe_last_logits(m), fx_get(f, pre, "logits")->data, B * cfg.n_tasks);
     assert_true(e <= 1e-4);
     e = rel_err_f64(moeh_moe_last_gate(m), fx_get(f, pre, "gate")->data, B * E);
     assert_true(e <= 1e-4);
@@ -172,8 +165,7 @@ static void run_case(const fixture_t *f, const char *pre)
         snprintf(nm, sizeof nm, "g.%s", p->views[v].name);
         const fx_tensor_t *t = fx_get(f, pre, nm);
         e = rel_err_f64(p->g + p->views[v].offset, t->data, t->numel);
-        if (e > 1e-4)
-            print_message("%s%s: relative error %.3g\n", pre, nm, e);
+        if (e > 1e-4) print_message("%s%s: relative error %.3g\n", pre, nm, e);
         assert_true(e <= 1e-4);
         worst = fmax(worst, e);
     }

@@ -408,7 +408,7 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         r->names[i][r->f[i].len] = '\0';
     }
     /* a UTF-8 byte order mark before the first name is not part of it */
-    if (r->ncols && !memcmp(r->names[0], "\xef\xbb\xbf", 3))
+    if (r->ncols && !strncmp(r->names[0], "\xef\xbb\xbf", 3))
         memmove(r->names[0], r->names[0] + 3, strlen(r->names[0]) - 2);
     *out = r;
     return 0;

@@ -11,6 +11,7 @@ Recomputes from the raw MIMIC-IV tables, without sharing code with the C extract
   - the same for every chartevents variable (all unobserved when the table is absent),
 and compares them with ids.npy, labels.npy, label_mask.npy, ts_value.npy and ts_mask.npy.
 Prints the cohort counts; exits 1 on any difference."""
+import ast
 import csv
 import datetime as dt
 import gzip
@@ -38,7 +39,7 @@ def load_npy(path):
         hlen, off = struct.unpack("<H", raw[8:10])[0], 10
     else:
         hlen, off = struct.unpack("<I", raw[8:12])[0], 12
-    hdr = eval(raw[off:off + hlen].decode("latin1"))  # a Python dict literal by the format
+    hdr = ast.literal_eval(raw[off:off + hlen].decode("latin1"))  # a dict literal by the format
     shape, descr = hdr["shape"], hdr["descr"]
     code = {"<f4": "f", "|u1": "B", "<i4": "i", "<i8": "q"}[descr]
     n = 1

@@ -501,16 +501,16 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
 #endif
     r->cap = CSV_BUF_INIT;
     if (!(r->buf = malloc(r->cap + 1)))
-        goto nomem;
+        goto fail; /* rc is -ENOMEM */
     if (r->gz) {
         if (!(r->in = malloc(CSV_IN_SIZE)))
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
 #ifdef MOEH_HAVE_ISAL
         isal_inflate_init(&r->zs);
         r->zs.crc_flag = ISAL_GZIP;
 #else
         if (inflateInit2(&r->zs, 15 + 16) != Z_OK)
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
 #endif
         if ((rc = pipe_start(r, err)) != 0)
             goto fail;
@@ -526,11 +526,12 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         goto fail;
     }
     r->ncols = r->nf;
+    rc = -ENOMEM;
     if (!(r->names = calloc(r->ncols, sizeof *r->names)))
-        goto nomem;
+        goto fail;
     for (size_t i = 0; i < r->ncols; i++) {
         if (!(r->names[i] = malloc(r->f[i].len + 1)))
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
         memcpy(r->names[i], r->f[i].p, r->f[i].len);
         r->names[i][r->f[i].len] = '\0';
     }
@@ -539,9 +540,9 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         memmove(r->names[0], r->names[0] + 3, strlen(r->names[0]) - 2);
     *out = r;
     return 0;
-nomem:
-    rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
 fail:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "%s: out of memory", path);
     moeh_csv_close(&r);
     return rc;
 }

@@ -16,7 +16,6 @@ import csv
 import datetime as dt
 import gzip
 import json
-import math
 import os
 import struct
 import sys

@@ -311,6 +311,8 @@ static int push_field(moeh_csv_t *r, const char *p, size_t len, size_t soff, moe
 
 static int scratch_append(moeh_csv_t *r, const char *p, size_t n, moeh_err_t *err)
 {
+    if (n == 0)
+        return 0;
     if (r->slen + n > r->scap) {
         size_t nc = r->scap ? r->scap : 4096;
         while (nc < r->slen + n)
@@ -431,7 +433,7 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
     }
     for (size_t i = 0; i < r->nf; i++)
         if (r->soff[i] != SIZE_MAX)
-            r->f[i].p = r->scratch + r->soff[i];
+            r->f[i].p = r->scratch ? r->scratch + r->soff[i] : "";
     r->row_line = r->line;
     r->line += lines + 1;
     return ROW_OK;

@@ -1,6 +1,7 @@
-/* test_data_cli.c - the data subcommands through the binary in MOEH_BIN_DIR
- * (moeh-sim-data, or moeh-sim once that is built here) --help and usage errors (exit 0 / 2), synth -> extract (with notes and CXR) -> split, the
- * demo's "vital signs are absent" warning, and a readable error for a missing directory. */
+/* test_data_cli.c - the data subcommands through the binary in MOEH_BIN_DIR (moeh-sim-data,
+ * or moeh-sim once that is built here): --help and usage errors (exit 0 / 2), synth ->
+ * extract (with notes and CXR) -> split, the demo's "vital signs are absent" warning, and
+ * readable errors for a missing directory and a corrupted array. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

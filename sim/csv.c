@@ -1,7 +1,8 @@
 /* csv.c - streaming gzip CSV reader (see moeh_csv.h).
  *
- * Two layers: a byte source (plain read(2), or read(2) + inflate, multi-member aware) that
- * fills one growable buffer, and a row parser over that buffer. A row is parsed in place;
+ * Two layers: a byte source (plain read(2), or read(2) + ISA-L inflate, multi-member aware,
+ * running in a producer thread that fills a ring of blocks) that fills one growable buffer,
+ * and a row parser over that buffer. A row is parsed in place;
  * if it runs past the end of the buffered bytes, the partial row is moved to the front, more
  * bytes are read, and the row is parsed again from its start (so field views never point
  * into memory that moved). Unquoted fields point into the buffer; quoted fields are

@@ -123,9 +123,8 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     size_t n = ds->n, n_subj = 0, cu_first = 0, cu_count = 0;
     size_t *start = malloc((n + 1) * sizeof *start), *order = malloc((n + 1) * sizeof *order);
     int *stratum = malloc((n + 1) * sizeof *stratum);
-    uint32_t *subj_site = malloc((n + 1) * sizeof *subj_site);
     double *have = NULL, *target = NULL;
-    if (!start || !order || !stratum || !subj_site)
+    if (!start || !order || !stratum)
         goto out; /* rc is -ENOMEM */
     /* subjects are runs of equal ids[:,0] (rows are sorted by subject) */
     for (size_t i = 0; i < n; i++) {
@@ -267,7 +266,6 @@ out:
     free(start);
     free(order);
     free(stratum);
-    free(subj_site);
     free(have);
     free(target);
     return rc;

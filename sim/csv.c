@@ -1,7 +1,8 @@
 /* csv.c - streaming gzip CSV reader (see moeh_csv.h).
  *
- * Two layers: a byte source (plain read(2), or read(2) + inflate, multi-member aware) that
- * fills one growable buffer, and a row parser over that buffer. A row is parsed in place;
+ * Two layers: a byte source (plain read(2), or read(2) + ISA-L inflate, multi-member aware,
+ * running in a producer thread that fills a ring of blocks) that fills one growable buffer,
+ * and a row parser over that buffer. A row is parsed in place;
  * if it runs past the end of the buffered bytes, the partial row is moved to the front, more
  * bytes are read, and the row is parsed again from its start (so field views never point
  * into memory that moved). Unquoted fields point into the buffer; quoted fields are
@@ -10,6 +11,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,6 +22,24 @@
 
 #define CSV_BUF_INIT ((size_t)4 << 20)
 #define CSV_IN_SIZE ((size_t)1 << 20)
+#define CSV_NBLK 4                  /* inflated blocks in flight between the two threads */
+#define CSV_BLK ((size_t)4 << 20)
+
+/* A gzip input is inflated by a producer thread into a ring of blocks while the caller's
+ * thread parses, so inflate and parsing overlap on two cores. Only the producer touches the
+ * inflate state; the ring is guarded by mu. */
+typedef struct {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *blk[CSV_NBLK];
+    size_t len[CSV_NBLK];
+    bool full[CSV_NBLK];
+    size_t head, tail, off; /* consumer block, producer block, consumer offset in head */
+    bool stop, done, started;
+    int rc;
+    moeh_err_t err;
+} csv_pipe_t;
 
 struct moeh_csv {
     char path[PATH_MAX];
@@ -37,6 +57,7 @@ struct moeh_csv {
     char *buf;
     size_t cap, pos, end;
     bool eof; /* the source has no more bytes */
+    csv_pipe_t pipe;
 
     char *scratch;
     size_t scap, slen;
@@ -133,6 +154,110 @@ static ssize_t src_produce(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err
     return (ssize_t)produced;
 }
 
+static void *producer(void *arg)
+{
+    moeh_csv_t *r = arg;
+    csv_pipe_t *q = &r->pipe;
+    for (;;) {
+        pthread_mutex_lock(&q->mu);
+        while (q->full[q->tail] && !q->stop)
+            pthread_cond_wait(&q->cv, &q->mu);
+        bool stop = q->stop;
+        size_t t = q->tail;
+        pthread_mutex_unlock(&q->mu);
+        if (stop)
+            break;
+        moeh_err_t e = {0};
+        ssize_t n = src_produce(r, q->blk[t], CSV_BLK, &e);
+        pthread_mutex_lock(&q->mu);
+        if (n < 0) {
+            q->rc = (int)n;
+            q->err = e;
+            q->done = true;
+        } else {
+            q->len[t] = (size_t)n;
+            q->full[t] = true;
+            q->tail = (t + 1) % CSV_NBLK;
+            q->done = n == 0;
+        }
+        bool done = q->done;
+        pthread_cond_broadcast(&q->cv);
+        pthread_mutex_unlock(&q->mu);
+        if (done)
+            break;
+    }
+    return NULL;
+}
+
+/* Consumer side: copies up to cap inflated bytes to dst. Bytes copied, 0 at the end, <0 on
+ * an inflate error (message in err). */
+static ssize_t pipe_read(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err)
+{
+    csv_pipe_t *q = &r->pipe;
+    pthread_mutex_lock(&q->mu);
+    while (!q->full[q->head] && !q->done)
+        pthread_cond_wait(&q->cv, &q->mu);
+    if (!q->full[q->head]) {
+        int rc = q->rc;
+        if (rc < 0)
+            *err = q->err;
+        pthread_mutex_unlock(&q->mu);
+        return rc;
+    }
+    size_t h = q->head, len = q->len[h], off = q->off;
+    pthread_mutex_unlock(&q->mu);
+    if (len == 0)
+        return 0; /* the end-of-input block stays in place */
+    size_t k = len - off < cap ? len - off : cap;
+    memcpy(dst, q->blk[h] + off, k); /* the producer does not touch a full block */
+    pthread_mutex_lock(&q->mu);
+    q->off += k;
+    if (q->off == len) {
+        q->full[h] = false;
+        q->off = 0;
+        q->head = (h + 1) % CSV_NBLK;
+        pthread_cond_broadcast(&q->cv);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return (ssize_t)k;
+}
+
+static int pipe_start(moeh_csv_t *r, moeh_err_t *err)
+{
+    csv_pipe_t *q = &r->pipe;
+    for (int i = 0; i < CSV_NBLK; i++)
+        if (!(q->blk[i] = malloc(CSV_BLK)))
+            return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
+    if (pthread_mutex_init(&q->mu, NULL) || pthread_cond_init(&q->cv, NULL))
+        return moeh_errf(err, -ENOMEM, "%s: cannot create a mutex", r->path);
+    if (pthread_create(&q->th, NULL, producer, r) != 0) {
+        pthread_cond_destroy(&q->cv);
+        pthread_mutex_destroy(&q->mu);
+        return moeh_errf(err, -EAGAIN, "%s: cannot start the inflate thread", r->path);
+    }
+    q->started = true;
+    return 0;
+}
+
+static void pipe_stop(moeh_csv_t *r)
+{
+    csv_pipe_t *q = &r->pipe;
+    if (q->started) {
+        pthread_mutex_lock(&q->mu);
+        q->stop = true;
+        pthread_cond_broadcast(&q->cv);
+        pthread_mutex_unlock(&q->mu);
+        pthread_join(q->th, NULL);
+        pthread_cond_destroy(&q->cv);
+        pthread_mutex_destroy(&q->mu);
+        q->started = false;
+    }
+    for (int i = 0; i < CSV_NBLK; i++) {
+        free(q->blk[i]);
+        q->blk[i] = NULL;
+    }
+}
+
 /* Keeps buf[pos,end), moves it to the front and appends more bytes (growing the buffer if it
  * is full). 1 if bytes were added, 0 at end of input, <0 on error. */
 static int fill(moeh_csv_t *r, moeh_err_t *err)
@@ -150,7 +275,8 @@ static int fill(moeh_csv_t *r, moeh_err_t *err)
             return moeh_errf(err, -ENOMEM, "%s: out of memory for a %zu-byte row", r->path, ncap);
         r->buf = nb, r->cap = ncap;
     }
-    ssize_t n = src_produce(r, r->buf + r->end, r->cap - r->end, err);
+    ssize_t n = r->pipe.started ? pipe_read(r, r->buf + r->end, r->cap - r->end, err)
+                                : src_produce(r, r->buf + r->end, r->cap - r->end, err);
     if (n < 0)
         return (int)n;
     if (n == 0) {
@@ -186,6 +312,8 @@ static int push_field(moeh_csv_t *r, const char *p, size_t len, size_t soff, moe
 
 static int scratch_append(moeh_csv_t *r, const char *p, size_t n, moeh_err_t *err)
 {
+    if (n == 0)
+        return 0;
     if (r->slen + n > r->scap) {
         size_t nc = r->scap ? r->scap : 4096;
         while (nc < r->slen + n)
@@ -306,7 +434,7 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
     }
     for (size_t i = 0; i < r->nf; i++)
         if (r->soff[i] != SIZE_MAX)
-            r->f[i].p = r->scratch + r->soff[i];
+            r->f[i].p = r->scratch ? r->scratch + r->soff[i] : "";
     r->row_line = r->line;
     r->line += lines + 1;
     return ROW_OK;
@@ -376,17 +504,19 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
 #endif
     r->cap = CSV_BUF_INIT;
     if (!(r->buf = malloc(r->cap + 1)))
-        goto nomem;
+        goto fail; /* rc is -ENOMEM */
     if (r->gz) {
         if (!(r->in = malloc(CSV_IN_SIZE)))
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
 #ifdef MOEH_HAVE_ISAL
         isal_inflate_init(&r->zs);
         r->zs.crc_flag = ISAL_GZIP;
 #else
         if (inflateInit2(&r->zs, 15 + 16) != Z_OK)
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
 #endif
+        if ((rc = pipe_start(r, err)) != 0)
+            goto fail;
     }
     r->line = 1;
     do /* blank lines before the header are skipped */
@@ -399,11 +529,12 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         goto fail;
     }
     r->ncols = r->nf;
+    rc = -ENOMEM;
     if (!(r->names = calloc(r->ncols, sizeof *r->names)))
-        goto nomem;
+        goto fail;
     for (size_t i = 0; i < r->ncols; i++) {
         if (!(r->names[i] = malloc(r->f[i].len + 1)))
-            goto nomem;
+            goto fail; /* rc is -ENOMEM */
         memcpy(r->names[i], r->f[i].p, r->f[i].len);
         r->names[i][r->f[i].len] = '\0';
     }
@@ -412,9 +543,9 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         memmove(r->names[0], r->names[0] + 3, strlen(r->names[0]) - 2);
     *out = r;
     return 0;
-nomem:
-    rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
 fail:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "%s: out of memory", path);
     moeh_csv_close(&r);
     return rc;
 }
@@ -462,6 +593,7 @@ void moeh_csv_close(moeh_csv_t **self_p)
     if (!self_p || !*self_p)
         return;
     moeh_csv_t *r = *self_p;
+    pipe_stop(r); /* before the inflate state goes */
     if (r->gz && r->in) {
 #ifndef MOEH_HAVE_ISAL
         inflateEnd(&r->zs);

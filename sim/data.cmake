@@ -16,7 +16,8 @@ set(MOEH_DATA_SOURCES
 add_library(moeh_data STATIC ${MOEH_DATA_SOURCES})
 target_include_directories(moeh_data PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_compile_definitions(moeh_data PRIVATE MOEH_HAVE_ISAL=1)
-target_link_libraries(moeh_data PUBLIC moeh_common PkgConfig::ZLIB PkgConfig::ISAL
+find_package(Threads REQUIRED)
+target_link_libraries(moeh_data PUBLIC moeh_common Threads::Threads PkgConfig::ZLIB PkgConfig::ISAL
                       PkgConfig::TURBOJPEG PkgConfig::PNG PkgConfig::XXHASH PkgConfig::CJSON)
 
 # The shipped variable map is embedded in the library (sim/variables.csv -> a byte array).

@@ -192,7 +192,7 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
         return rc;
     rc = -ENOMEM;
     if (!(meta = cJSON_CreateObject()))
-        goto nomem;
+        goto out; /* rc is -ENOMEM */
     cJSON_AddStringToObject(meta, "schema", "moeh-dataset");
     cJSON_AddNumberToObject(meta, "schema_version", MOEH_DS_SCHEMA_VERSION);
     cJSON_AddNumberToObject(meta, "n", (double)ds->n);
@@ -236,17 +236,18 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
         for (cJSON *it = ds->extra->child; it; it = it->next)
             if (!cJSON_GetObjectItemCaseSensitive(meta, it->string))
                 cJSON_AddItemToObject(meta, it->string, cJSON_Duplicate(it, 1));
-    if (!(txt = cJSON_Print(meta)))
-        goto nomem;
+    if (!(txt = cJSON_Print(meta))) {
+        rc = -ENOMEM;
+        goto out;
+    }
     if ((rc = moeh_path_join(path, sizeof path, dir, "meta.json")) != 0) {
         rc = moeh_errf(err, rc, "%s: path too long", dir);
         goto out;
     }
     rc = moeh_file_write_atomic(path, txt, strlen(txt), err);
-    goto out;
-nomem:
-    rc = moeh_errf(err, -ENOMEM, "%s: out of memory writing meta.json", dir);
 out:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "%s: out of memory writing meta.json", dir);
     free(txt);
     cJSON_Delete(meta);
     return rc;

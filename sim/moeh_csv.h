@@ -8,7 +8,8 @@
  *
  * Errors carry "file:line:column" where line is the 1-based physical line on which the row
  * starts and column the 1-based field number (header name in parentheses when known).
- * Not thread-safe; one reader per thread. */
+ * A reader is used by one thread at a time; a gzip reader runs its own inflate thread
+ * (joined by moeh_csv_close). */
 #ifndef MOEH_CSV_H
 #define MOEH_CSV_H
 

@@ -38,7 +38,4 @@ void moeh_synth_opts_default(moeh_synth_opts_t *o);
 int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st,
                moeh_err_t *err);
 
-/* AUROC of scores against 0/1 labels (ties count one half); NAN if a class is empty. */
-double moeh_auroc(const double *score, const uint8_t *label, size_t n);
-
 #endif

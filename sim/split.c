@@ -123,10 +123,9 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     size_t n = ds->n, n_subj = 0, cu_first = 0, cu_count = 0;
     size_t *start = malloc((n + 1) * sizeof *start), *order = malloc((n + 1) * sizeof *order);
     int *stratum = malloc((n + 1) * sizeof *stratum);
-    uint32_t *subj_site = malloc((n + 1) * sizeof *subj_site);
     double *have = NULL, *target = NULL;
-    if (!start || !order || !stratum || !subj_site)
-        goto nomem;
+    if (!start || !order || !stratum)
+        goto out; /* rc is -ENOMEM */
     /* subjects are runs of equal ids[:,0] (rows are sorted by subject) */
     for (size_t i = 0; i < n; i++) {
         if (i && ds->ids[2 * i] < ds->ids[2 * (i - 1)]) {
@@ -200,7 +199,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     have = calloc((size_t)n_strata * K, sizeof *have);
     target = calloc((size_t)n_strata * K, sizeof *target);
     if (!have || !target)
-        goto nomem;
+        goto out; /* rc is -ENOMEM */
     moeh_rng_t r;
     moeh_rng_seed(&r, o->seed ^ 0x73706c6974ull);
     /* target admissions per (stratum, site) */
@@ -261,14 +260,12 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
             site_of[i] = (uint32_t)best;
     }
     rc = 0;
-    goto out;
-nomem:
-    rc = moeh_errf(err, -ENOMEM, "split: out of memory");
 out:
+    if (rc == -ENOMEM)
+        moeh_errf(err, rc, "split: out of memory");
     free(start);
     free(order);
     free(stratum);
-    free(subj_site);
     free(have);
     free(target);
     return rc;

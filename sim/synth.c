@@ -789,7 +789,9 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
     return 0;
 }
 
-double moeh_auroc(const double *score, const uint8_t *label, size_t n)
+/* AUROC of scores against 0/1 labels (ties count one half); NAN if a class is empty. Kept
+ * here rather than using model/'s so that the data library does not depend on the model. */
+static double oracle_auroc(const double *score, const uint8_t *label, size_t n)
 {
     /* Mann-Whitney U: sort by score, average ranks over ties */
     size_t *idx = malloc((n + 1) * sizeof *idx), npos = 0, nneg = 0;
@@ -935,7 +937,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                 g.st->positives[k] += g.label[3 * i + (size_t)k];
             }
         g.st->labelled[k] = m;
-        g.st->oracle_auroc[k] = moeh_auroc(sc, lb, m);
+        g.st->oracle_auroc[k] = oracle_auroc(sc, lb, m);
     }
     pathf(d, sizeof d, "%s/truth.json", dir);
     char js[2048];

@@ -7,14 +7,15 @@ Recomputes from the raw MIMIC-IV tables, without sharing code with the C extract
   - the cohort of docs/data.md (ICU admission, adult, in hospital and alive at t0 + 48 h),
   - its three labels and label masks,
   - the hourly means and masks of every labevents variable in the variable map,
-  - that every chartevents variable is unobserved when icu/chartevents.csv.gz is absent,
+    (a lab row without hadm_id goes to the subject's admission whose window contains it),
+  - the same for every chartevents variable (all unobserved when the table is absent),
 and compares them with ids.npy, labels.npy, label_mask.npy, ts_value.npy and ts_mask.npy.
 Prints the cohort counts; exits 1 on any difference."""
+import ast
 import csv
 import datetime as dt
 import gzip
 import json
-import math
 import os
 import struct
 import sys
@@ -37,7 +38,7 @@ def load_npy(path):
         hlen, off = struct.unpack("<H", raw[8:10])[0], 10
     else:
         hlen, off = struct.unpack("<I", raw[8:12])[0], 12
-    hdr = eval(raw[off:off + hlen].decode("latin1"))  # a Python dict literal by the format
+    hdr = ast.literal_eval(raw[off:off + hlen].decode("latin1"))  # a dict literal by the format
     shape, descr = hdr["shape"], hdr["descr"]
     code = {"<f4": "f", "|u1": "B", "<i4": "i", "<i8": "q"}[descr]
     n = 1
@@ -116,64 +117,61 @@ def main():
         meta = json.load(f)
     names = [v["name"] for v in meta["ts_features"]]
     F = len(names)
-    lab_items, chart_vars = {}, set()
+    items = {"labevents": {}, "chartevents": {}}
     with open(varfile, newline="") as f:
         for r in csv.DictReader(x for x in f if not x.startswith("#")):
-            if r["table"] == "labevents":
-                lab_items[r["itemid"]] = (names.index(r["name"]), float(r["mul"]), float(r["add"]),
-                                          float(r["lo"]), float(r["hi"]))
-            else:
-                chart_vars.add(names.index(r["name"]))
+            items[r["table"]][r["itemid"]] = (names.index(r["name"]), float(r["mul"]),
+                                              float(r["add"]), float(r["lo"]), float(r["hi"]))
     idx = {k: i for i, k in enumerate(keys)}
     by_subj_rows = {}
     for k in keys:
         by_subj_rows.setdefault(k[0], []).append(k)
     acc = {}
-    labpath = os.path.join(mimic, "hosp", "labevents.csv.gz")
-    for r in rows(labpath):
-        it = lab_items.get(r["itemid"])
-        if it is None or r["valuenum"] == "":
+    present = {}
+    for table, sub in (("labevents", "hosp"), ("chartevents", "icu")):
+        path = os.path.join(mimic, sub, table + ".csv.gz")
+        present[table] = os.path.exists(path)
+        if not present[table]:
             continue
-        t = ts(r["charttime"])
-        cands = [(int(r["subject_id"]), int(r["hadm_id"]))] if r["hadm_id"] else \
-            by_subj_rows.get(int(r["subject_id"]), [])
-        for k in cands:
-            if k not in cohort:
+        for r in rows(path):
+            it = items[table].get(r["itemid"])
+            if it is None or r["valuenum"] == "":
                 continue
-            d = (t - cohort[k][0]).total_seconds()
-            if 0 <= d < 48 * 3600:
-                v = float(r["valuenum"]) * it[1] + it[2]
-                if it[3] <= v <= it[4]:
-                    s = acc.setdefault((idx[k], int(d // 3600), it[0]), [0.0, 0])
-                    s[0] += v
-                    s[1] += 1
-                break
+            t = ts(r["charttime"])
+            cands = [(int(r["subject_id"]), int(r["hadm_id"]))] if r["hadm_id"] else \
+                by_subj_rows.get(int(r["subject_id"]), [])
+            for k in cands:
+                if k not in cohort:
+                    continue
+                d = (t - cohort[k][0]).total_seconds()
+                if 0 <= d < 48 * 3600:
+                    v = float(r["valuenum"]) * it[1] + it[2]
+                    if it[3] <= v <= it[4]:
+                        s = acc.setdefault((idx[k], int(d // 3600), it[0]), [0.0, 0])
+                        s[0] += v
+                        s[1] += 1
+                    break
     _, val = load_npy(os.path.join(ds, "ts_value.npy"))
     _, msk = load_npy(os.path.join(ds, "ts_mask.npy"))
-    lab_vars = {v[0] for v in lab_items.values()}
-    n_obs = 0
+    n_obs = {"labevents": 0, "chartevents": 0}
     if not fails:
-        for i in range(len(keys)):
-            for h in range(48):
-                for v in lab_vars:
-                    c = (i * 48 + h) * F + v
-                    want = acc.get((i, h, v))
-                    if (msk[c] == 1.0) != (want is not None):
-                        fails.append("mask of %s hour %d %s: C %g, Python %s" % (
-                            keys[i], h, names[v], msk[c], want))
-                    elif want is not None:
-                        n_obs += 1
-                        m = want[0] / want[1]
-                        if abs(val[c] - m) > 1e-4 * max(1.0, abs(m)):
-                            fails.append("value of %s hour %d %s: C %g, Python %g" % (
-                                keys[i], h, names[v], val[c], m))
-    if not os.path.exists(os.path.join(mimic, "icu", "chartevents.csv.gz")):
-        for i in range(len(keys)):
-            for h in range(48):
-                for v in chart_vars:
-                    if msk[(i * 48 + h) * F + v] != 0:
-                        fails.append("vital %s observed without chartevents" % names[v])
-                        break
+        for table in ("labevents", "chartevents"):
+            tvars = {v[0] for v in items[table].values()}
+            for i in range(len(keys)):
+                for h in range(48):
+                    for v in tvars:
+                        c = (i * 48 + h) * F + v
+                        want = acc.get((i, h, v))
+                        if (msk[c] == 1.0) != (want is not None):
+                            fails.append("%s: mask of %s hour %d %s: C %g, Python %s" % (
+                                table, keys[i], h, names[v], msk[c], want))
+                        elif want is not None:
+                            n_obs[table] += 1
+                            m = want[0] / want[1]
+                            if abs(val[c] - m) > 1e-4 * max(1.0, abs(m)):
+                                fails.append("%s: value of %s hour %d %s: C %g, Python %g" % (
+                                    table, keys[i], h, names[v], val[c], m))
+    n_obs_lab, n_obs_chart = n_obs["labevents"], n_obs["chartevents"]
 
     pos = [sum(cohort[k][1][t] for k in keys) for t in range(3)]
     lab_n = [sum(cohort[k][2][t] for k in keys) for t in range(3)]
@@ -181,7 +179,8 @@ def main():
         len(adms), n_icu, n_adult, len(keys), len({k[0] for k in keys})))
     print("mortality %d/%d, los>7d %d/%d, readmit30 %d/%d (positive/labelled)" % (
         pos[0], lab_n[0], pos[1], lab_n[1], pos[2], lab_n[2]))
-    print("lab hourly cells observed: %d (compared value by value)" % n_obs)
+    print("hourly cells observed and compared value by value: labs %d, vitals %d%s" % (
+        n_obs_lab, n_obs_chart, "" if present["chartevents"] else " (no chartevents: all unobserved, checked)"))
     for f_ in fails[:20]:
         print("MISMATCH:", f_)
     if fails:

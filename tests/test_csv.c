@@ -8,6 +8,7 @@
 
 #include "moeh_csv.h"
 
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -152,6 +153,109 @@ static void test_long_rows_and_refill(void **state)
     moeh_csv_close(&r);
 }
 
+/* Random tables (empty, plain, comma, quote, newline fields; random quoting of plain fields;
+ * LF or CRLF; a BOM) over 10 MB, so rows straddle buffer refills and gzip members. */
+static void test_random_roundtrip(void **state)
+{
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 42);
+    const size_t C = 5, R = 120000;
+    size_t cap = (size_t)64 << 20, len = 0, fcap = R * C;
+    char *s = malloc(cap), *want = malloc((size_t)48 << 20);
+    size_t *wofs = malloc((fcap + 1) * sizeof *wofs), wl = 0;
+    assert_true(s && want && wofs);
+    len += (size_t)sprintf(s, "\xef\xbb\xbf" "c0,c1,c2,c3,c4\n");
+    static const char *const pieces[] = {"a", "bc", ",", "\"", "\n", "x y", "123", "-4.5"};
+    for (size_t i = 0; i < R; i++) {
+        bool crlf = moeh_rng_uniform(&r) < 0.3;
+        for (size_t c = 0; c < C; c++) {
+            char f[64];
+            size_t fl = 0, np = (size_t)(moeh_rng_u64(&r) % 5);
+            bool special = false;
+            for (size_t k = 0; k < np; k++) {
+                const char *pc = pieces[moeh_rng_u64(&r) % 8];
+                special |= strpbrk(pc, ",\"\n") != NULL;
+                fl += (size_t)sprintf(f + fl, "%s", pc);
+            }
+            wofs[i * C + c] = wl;
+            memcpy(want + wl, f, fl);
+            wl += fl;
+            bool quote = special || moeh_rng_uniform(&r) < 0.1;
+            if (quote)
+                s[len++] = '"';
+            for (size_t k = 0; k < fl; k++) {
+                if (f[k] == '"')
+                    s[len++] = '"';
+                s[len++] = f[k];
+            }
+            if (quote)
+                s[len++] = '"';
+            if (c + 1 < C)
+                s[len++] = ',';
+        }
+        if (crlf)
+            s[len++] = '\r';
+        s[len++] = '\n';
+    }
+    wofs[R * C] = wl;
+    char p[512];
+    snprintf(p, sizeof p, "%s/random.csv.gz", g_dir);
+    write_gz(p, s, len, 7);
+    moeh_err_t err = {0};
+    moeh_csv_t *rd;
+    assert_int_equal(moeh_csv_open(p, &rd, &err), 0);
+    assert_int_equal(moeh_csv_col(rd, "c0"), 0); /* the BOM is not part of the name */
+    for (size_t i = 0; i < R; i++) {
+        int rc = moeh_csv_next(rd, &err);
+        if (rc != 1)
+            fail_msg("row %zu: %d %s", i, rc, err.msg);
+        for (size_t c = 0; c < C; c++) {
+            moeh_csv_field_t f = moeh_csv_field(rd, c);
+            size_t wlen = wofs[i * C + c + 1] - wofs[i * C + c];
+            if (f.len != wlen || memcmp(f.p, want + wofs[i * C + c], wlen))
+                fail_msg("row %zu col %zu differs", i, c);
+        }
+    }
+    assert_int_equal(moeh_csv_next(rd, &err), 0);
+    assert_true(moeh_csv_bytes(rd) == (uint64_t)len);
+    moeh_csv_close(&rd);
+    free(s);
+    free(want);
+    free(wofs);
+}
+
+/* Garbage in: random mixes of the characters that matter never crash the reader, and every
+ * error names the file (run under ASan in CI). */
+static void test_garbage(void **state)
+{
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 7);
+    static const char alphabet[] = ",\"\n\ra1";
+    char p[512], buf[3000];
+    snprintf(p, sizeof p, "%s/garbage.csv", g_dir);
+    for (int it = 0; it < 300; it++) {
+        size_t n = (size_t)(moeh_rng_u64(&r) % sizeof buf);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = alphabet[moeh_rng_u64(&r) % (sizeof alphabet - 1)];
+        write_plain(p, buf, n);
+        moeh_err_t err = {0};
+        moeh_csv_t *rd;
+        int rc = moeh_csv_open(p, &rd, &err);
+        if (rc) {
+            assert_non_null(strstr(err.msg, "garbage.csv"));
+            continue;
+        }
+        for (int k = 0; k < 5000 && (rc = moeh_csv_next(rd, &err)) != 0; k++) {
+            if (rc < 0)
+                assert_non_null(strstr(err.msg, "garbage.csv:"));
+            else
+                for (size_t c = 0; c < moeh_csv_ncols(rd); c++)
+                    (void)moeh_csv_field(rd, c);
+        }
+        moeh_csv_close(&rd);
+    }
+}
+
 static void test_errors(void **state)
 {
     char p[512];
@@ -233,7 +337,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quoting_plain_and_gzip),
         cmocka_unit_test(test_long_rows_and_refill),
+        cmocka_unit_test(test_random_roundtrip),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_parsers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -10,6 +10,7 @@
 #include "moeh_extract.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -200,6 +201,84 @@ static void test_tiny(void **state)
     assert_non_null(strstr(err.msg, "icustays.csv.gz"));
 }
 
+/* Notes and chest X-rays on the tiny database: window selection, hadm-less notes, the latest
+ * AP/PA image, a lateral view and an out-of-window study ignored, a real NIH PNG accepted
+ * where the .jpg is missing, and a missing image file leaving the modality absent. */
+static void test_tiny_notes_cxr(void **state)
+{
+    char root[512], d[700], p[900];
+    moeh_err_t err = {0};
+    snprintf(root, sizeof root, "%s/tiny2", g_dir);
+    make_tiny(root, false);
+    snprintf(d, sizeof d, "%s/note/note", root);
+    assert_int_equal(moeh_mkdir_p(d, &err), 0);
+    write_gz(d, "radiology.csv.gz",
+             "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text\n"
+             "1-RR-2,1,,RR,2,2150-01-02 09:00:00,,\"Second: effusion, \"\"small\"\".\"\n"
+             "1-RR-1,1,100,RR,1,2150-01-01 11:00:00,,\"FINDINGS:\nLungs clear.\"\n"
+             "1-RR-3,1,100,RR,3,2150-01-04 09:00:00,,Too late\n"
+             "2-RR-1,2,200,RR,1,2150-01-01 01:00:00,,Before t0\n");
+    const char *png = "/work/shared/data/cxr-sample/images_256/00000003_000.png";
+    const char *e = getenv("MOEH_CXR_SAMPLE_DIR");
+    char pngb[600];
+    if (e) {
+        snprintf(pngb, sizeof pngb, "%s/images_256/00000003_000.png", e);
+        png = pngb;
+    }
+    bool have_png = access(png, R_OK) == 0;
+    snprintf(d, sizeof d, "%s/cxr", root);
+    assert_int_equal(moeh_mkdir_p(d, &err), 0);
+    write_gz(d, "mimic-cxr-2.0.0-metadata.csv.gz",
+             "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,"
+             "Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,"
+             "ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning\n"
+             "old,1,7,CHEST,PA,256,256,21500101,90000.0,x,postero-anterior,Erect\n"
+             "aa,1,8,CHEST,AP,256,256,21500102,80000.5,x,antero-posterior,Erect\n"
+             "lat,1,8,CHEST,LATERAL,256,256,21500102,235959.0,x,lateral,Erect\n"
+             "gone,2,9,CHEST,AP,256,256,21500101,120000.0,x,antero-posterior,Erect\n");
+    snprintf(d, sizeof d, "%s/cxr/files/p00/p1/s8", root);
+    assert_int_equal(moeh_mkdir_p(d, &err), 0);
+    if (have_png) {
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s/aa.png'", png, d);
+        assert_int_equal(system(cmd), 0);
+    }
+    moeh_extract_opts_t o;
+    moeh_extract_opts_default(&o);
+    o.mimic_dir = root;
+    snprintf(d, sizeof d, "%s/note", root);
+    snprintf(p, sizeof p, "%s/cxr", root);
+    o.note_dir = d, o.cxr_dir = p;
+    moeh_dataset_t *ds = NULL;
+    moeh_extract_stats_t st;
+    int rc = moeh_extract(&o, &ds, &st, &err);
+    if (rc)
+        fail_msg("%s", err.msg);
+    assert_true(st.have_notes && st.have_cxr);
+    /* 100: notes 1 then 2 (charttime order), not 3; 200: none */
+    int32_t *tok = NULL;
+    size_t n = 0, cap = 0;
+    const char *t1 = "FINDINGS:\nLungs clear.", *t2 = "Second: effusion, \"small\".";
+    assert_int_equal(moeh_tokenize(t1, strlen(t1), &tok, &n, &cap), 0);
+    assert_int_equal(moeh_tokenize(t2, strlen(t2), &tok, &n, &cap), 0);
+    assert_int_equal(n, 6);
+    assert_int_equal(ds->note_offsets[1] - ds->note_offsets[0], 6);
+    assert_memory_equal(ds->note_tokens, tok, 6 * sizeof *tok);
+    assert_int_equal(tok[0], moeh_token_id("findings", 8));
+    free(tok);
+    assert_int_equal(ds->avail[1], 1);
+    assert_int_equal(ds->avail[3 + 1], 0);
+    /* images: 100 gets study 8 (the PNG) when the sample is there; 200's file is missing */
+    assert_int_equal(ds->avail[2], have_png);
+    assert_int_equal(ds->avail[3 + 2], 0);
+    if (have_png) {
+        uint8_t want[64 * 64];
+        assert_int_equal(moeh_image_load_gray(png, 64, want, &err), 0);
+        assert_memory_equal(ds->images, want, sizeof want);
+    }
+    moeh_dataset_free(&ds);
+}
+
 static void test_varmap(void **state)
 {
     moeh_varmap_t m;
@@ -230,6 +309,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_demo),
         cmocka_unit_test(test_tiny),
+        cmocka_unit_test(test_tiny_notes_cxr),
         cmocka_unit_test(test_varmap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

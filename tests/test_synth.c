@@ -1,7 +1,8 @@
 /* test_synth.c - the synthetic MIMIC-IV: extracting it gives back exactly the cohort, labels,
  * label masks and modality availability that the generator intended (truth.csv); the
  * generator is deterministic per seed; the lab binning agrees with tests/check_cohort.py;
- * the oracle AUROC is reported; each modality carries its latent signal. */
+ * the oracle AUROC is reported; each modality carries its latent signal (vitals h, labs k,
+ * image m, notes n). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,7 +36,7 @@ static int teardown(void **state)
 typedef struct {
     int64_t subj, hadm;
     int lab[3], notes, cxr;
-    double lung, onc;
+    double lung, onc, hemo, renal;
 } truth_t;
 
 static size_t read_truth(const char *dir, truth_t *out, size_t cap)
@@ -47,7 +48,8 @@ static size_t read_truth(const char *dir, truth_t *out, size_t cap)
     assert_int_equal(moeh_csv_open(p, &r, &err), 0);
     int c_in = moeh_csv_col(r, "in_cohort"), c_l0 = moeh_csv_col(r, "label_mortality"),
         c_n = moeh_csv_col(r, "has_notes"), c_x = moeh_csv_col(r, "has_cxr"),
-        c_m = moeh_csv_col(r, "lung"), c_o = moeh_csv_col(r, "notes_only");
+        c_m = moeh_csv_col(r, "lung"), c_o = moeh_csv_col(r, "notes_only"),
+        c_h = moeh_csv_col(r, "hemodynamic"), c_k = moeh_csv_col(r, "renal");
     size_t n = 0;
     while (moeh_csv_next(r, &err) == 1) {
         if (!moeh_csv_eq(moeh_csv_field(r, (size_t)c_in), "1"))
@@ -67,6 +69,8 @@ static size_t read_truth(const char *dir, truth_t *out, size_t cap)
         t->cxr = (int)v;
         assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_m), &t->lung), 0);
         assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_o), &t->onc), 0);
+        assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_h), &t->hemo), 0);
+        assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_k), &t->renal), 0);
     }
     moeh_csv_close(&r);
     return n;
@@ -177,6 +181,27 @@ static void test_roundtrip(void **state)
             lo++, hits_lo += hit;
     }
     assert_true(hi > 5 && hits_hi * 2 > hi && hits_lo == 0);
+
+    /* vitals carry h (heart rate), labs carry k (creatinine): mean over observed hours */
+    size_t F = ds->f_ts, v_hr = F, v_cr = F;
+    for (size_t v = 0; v < F; v++) {
+        v_hr = strcmp(ds->ts_names[v], "hr") ? v_hr : v;
+        v_cr = strcmp(ds->ts_names[v], "creatinine") ? v_cr : v;
+    }
+    assert_true(v_hr < F && v_cr < F);
+    double acc[2][2] = {{0, 0}, {0, 0}}, cnt[2][2] = {{0, 0}, {0, 0}};
+    for (size_t i = 0; i < nt; i++)
+        for (size_t t = 0; t < 48; t++) {
+            size_t k = (i * 48 + t) * F;
+            int gh = tr[i].hemo > 1 ? 1 : tr[i].hemo < -1 ? 0 : -1;
+            int gk = tr[i].renal > 1 ? 1 : tr[i].renal < -1 ? 0 : -1;
+            if (gh >= 0 && ds->ts_mask[k + v_hr] == 1)
+                acc[0][gh] += ds->ts_value[k + v_hr], cnt[0][gh]++;
+            if (gk >= 0 && ds->ts_mask[k + v_cr] == 1)
+                acc[1][gk] += ds->ts_value[k + v_cr], cnt[1][gk]++;
+        }
+    assert_true(acc[0][1] / cnt[0][1] > acc[0][0] / cnt[0][0] + 20); /* about 13 bpm per sd */
+    assert_true(acc[1][1] / cnt[1][1] > 2 * acc[1][0] / cnt[1][0]);  /* exp(0.5 k) */
 
     snprintf(out, sizeof out, "%s/ds", g_dir);
     assert_int_equal(moeh_dataset_write(ds, out, &err), 0);

@@ -29,15 +29,9 @@ add_custom_command(OUTPUT ${MOEH_VARMAP_C}
     COMMENT "Embedding sim/variables.csv")
 target_sources(moeh_data PRIVATE ${MOEH_VARMAP_C})
 
-# The subcommands, reached through moeh-sim (sim/main.c) ...
+# The subcommands, reached through moeh-sim (sim/main.c).
 list(APPEND MOEH_SIM_CMD_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/cmd_extract.c
     ${CMAKE_CURRENT_LIST_DIR}/cmd_synth.c
     ${CMAKE_CURRENT_LIST_DIR}/cmd_split.c)
 list(APPEND MOEH_SIM_CMD_LIBS moeh_data)
-# ... and, until moeh-sim is built in this branch, through a temporary moeh-sim-data.
-add_executable(moeh-sim-data ${CMAKE_CURRENT_LIST_DIR}/data_main.c
-               ${CMAKE_CURRENT_LIST_DIR}/cmd_extract.c ${CMAKE_CURRENT_LIST_DIR}/cmd_synth.c
-               ${CMAKE_CURRENT_LIST_DIR}/cmd_split.c)
-target_link_libraries(moeh-sim-data PRIVATE moeh_data)
-set_target_properties(moeh-sim-data PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)

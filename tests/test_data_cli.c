@@ -1,5 +1,4 @@
-/* test_data_cli.c - the data subcommands through the binary in MOEH_BIN_DIR (moeh-sim-data,
- * or moeh-sim once that is built here): --help and usage errors (exit 0 / 2), synth ->
+/* test_data_cli.c - the data subcommands through moeh-sim in MOEH_BIN_DIR: --help and usage errors (exit 0 / 2), synth ->
  * extract (with notes and CXR) -> split, the demo's "vital signs are absent" warning, and
  * readable errors for a missing directory and a corrupted array. */
 #include <setjmp.h>
@@ -20,11 +19,8 @@ static int setup(void **state)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_cli_XXXXXX");
     assert_non_null(mkdtemp(g_dir));
-    /* the temporary moeh-sim-data while it exists, else moeh-sim (same subcommands) */
     const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim-data", b ? b : "bin");
-    if (access(g_bin, X_OK) != 0)
-        snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
+    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
     return 0;
 }
 

@@ -5,6 +5,7 @@
 #include "quant.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,4 +75,66 @@ size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale)
         updated++;
     }
     return updated;
+}
+
+size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta,
+                              uint8_t *updated)
+{
+    MOEH_ASSERT(scale > 0);
+    size_t n_up = 0;
+    for (size_t g = 0; g < a->n_groups; g++) {
+        uint32_t w = moeh_fedavg_weight(a, g);
+        size_t lo = a->group_off[g], hi = lo + a->group_len[g];
+        updated[g] = w != 0;
+        if (w == 0) {
+            memset(delta + lo, 0, (hi - lo) * sizeof(float));
+            continue;
+        }
+        double inv = 1.0 / (scale * (double)w);
+        for (size_t i = lo; i < hi; i++)
+            delta[i] = (float)((double)moeh_quant_signed(a->sum[i]) * inv);
+        n_up++;
+    }
+    return n_up;
+}
+
+int moeh_strategy_parse(const char *s, moeh_strategy_t *out)
+{
+    static const char *names[] = {"fedavg", "fedadam", "fedyogi"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = (moeh_strategy_t)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+const char *moeh_strategy_name(moeh_strategy_t k)
+{
+    return k == MOEH_STRATEGY_FEDADAM ? "fedadam" : k == MOEH_STRATEGY_FEDYOGI ? "fedyogi"
+                                                                                : "fedavg";
+}
+
+void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, float *theta,
+                          float *m, float *v, const float *delta, const uint8_t *updated)
+{
+    for (size_t g = 0; g < a->n_groups; g++) {
+        if (!updated[g])
+            continue;
+        size_t lo = a->group_off[g], hi = lo + a->group_len[g];
+        if (o->kind == MOEH_STRATEGY_FEDAVG) {
+            for (size_t i = lo; i < hi; i++)
+                theta[i] += delta[i];
+            continue;
+        }
+        for (size_t i = lo; i < hi; i++) {
+            float d = delta[i], d2 = d * d;
+            m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * d;
+            if (o->kind == MOEH_STRATEGY_FEDADAM)
+                v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * d2;
+            else /* Yogi: v moves toward d^2 by at most (1 - b2) d^2 */
+                v[i] -= (1.0f - o->beta2) * d2 * (v[i] > d2 ? 1.0f : v[i] < d2 ? -1.0f : 0.0f);
+            theta[i] += o->lr * m[i] / (sqrtf(v[i]) + o->tau);
+        }
+    }
 }

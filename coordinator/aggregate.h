@@ -34,5 +34,28 @@ uint32_t moeh_fedavg_weight(const moeh_fedavg_t *a, size_t g);
 /* theta += per-group weighted mean delta, for the scale the updates were encoded with.
  * Returns the number of groups updated. */
 size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale);
+/* The per-group weighted mean delta itself (the server's pseudo-gradient, negated): delta
+ * (n_params) is set for groups some site trained (updated[g] = 1) and 0 elsewhere
+ * (updated[g] = 0). Returns the number of groups updated. */
+size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta,
+                              uint8_t *updated);
+
+/* Server optimisers of Reddi et al., "Adaptive Federated Optimization" (ICLR 2021), applied
+ * to the mean delta D of the groups some site trained (other groups and their moments are
+ * left alone):  m = b1 m + (1 - b1) D;
+ *   FedAdam: v = b2 v + (1 - b2) D^2;   FedYogi: v = v - (1 - b2) D^2 sign(v - D^2);
+ *   theta += lr m / (sqrt(v) + tau).  FedAvg is theta += D. */
+typedef enum { MOEH_STRATEGY_FEDAVG = 0, MOEH_STRATEGY_FEDADAM, MOEH_STRATEGY_FEDYOGI } moeh_strategy_t;
+typedef struct {
+    moeh_strategy_t kind;
+    float lr, beta1, beta2, tau;
+} moeh_server_opt_t;
+/* Parses "fedavg", "fedadam" or "fedyogi"; -EINVAL otherwise. */
+int moeh_strategy_parse(const char *s, moeh_strategy_t *out);
+const char *moeh_strategy_name(moeh_strategy_t k);
+/* One server step over the groups of a; m and v (n_params each) are the server moments
+ * (zero at the start; unused for FedAvg, may be NULL then). */
+void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, float *theta,
+                          float *m, float *v, const float *delta, const uint8_t *updated);
 
 #endif

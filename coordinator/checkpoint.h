@@ -14,7 +14,7 @@
 
 #include "moeh_common.h"
 
-#define MOEH_CKPT_MAX_ARRAYS 4
+#define MOEH_CKPT_MAX_ARRAYS 8
 
 typedef struct {
     uint32_t round;          /* last completed round */

@@ -63,6 +63,9 @@ typedef struct {
     uint64_t spec_hash, model_version, hb_seq;
     moeh_wire_limits_t lim;
     moeh_fedavg_t agg;
+    moeh_server_opt_t sopt;
+    float *delta, *sm, *sv;       /* mean delta and server moments (adaptive strategies) */
+    uint8_t updated[MOEH_AGG_MAX_GROUPS];
     uint64_t *hist; /* (8 slices, n_tasks, 2, bins) summed over sites */
     double eval_loss_sum;
     uint64_t eval_n_labels;
@@ -105,6 +108,11 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->seed = 1;
     c->warmup_rounds = 1;
     c->prox_mu = 0.0f;
+    c->strategy = "fedavg";
+    c->server_lr = 0.01f;
+    c->server_beta1 = 0.9f;
+    c->server_beta2 = 0.99f;
+    c->server_tau = 1e-3f;
     c->local_epochs = 1;
     c->batch_size = 32;
     c->lr = 1e-3f;
@@ -217,6 +225,13 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(float));
     if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum)
         return moeh_errf(err, -ENOMEM, "out of memory");
+    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) {
+        c->delta = calloc(c->p->n, sizeof(float));
+        c->sm = calloc(c->p->n, sizeof(float));
+        c->sv = calloc(c->p->n, sizeof(float));
+        if (!c->delta || !c->sm || !c->sv)
+            return moeh_errf(err, -ENOMEM, "out of memory for the server optimiser");
+    }
     for (uint32_t i = 0; i < c->n_norm; i++)
         c->norm[c->n_norm + i] = 1.0f;
     MOEH_INFO("model: %s, %zu parameters in %zu groups (%u static features, %u hourly "
@@ -602,7 +617,13 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
 
 static void finish_train(coord_t *c)
 {
-    size_t updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
+    size_t updated;
+    if (c->sopt.kind == MOEH_STRATEGY_FEDAVG) {
+        updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
+    } else {
+        updated = moeh_fedavg_mean_delta(&c->agg, c->quant_scale, c->delta, c->updated);
+        moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);
+    }
     c->model_version++;
     double loss = 0;
     uint64_t ns = 0;
@@ -759,11 +780,16 @@ static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
     moeh_ckpt_t k = {.round = c->round, .model_version = c->model_version,
                      .spec_hash = c->spec_hash, .n_params = c->p->n,
                      .n_groups = c->p->n_groups, .n_arrays = 3,
-                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4},
-                     .arrays = {c->p->w, c->norm, shape}};
+                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4, c->p->n, c->p->n},
+                     .arrays = {c->p->w, c->norm, shape, c->sm, c->sv}};
     snprintf(k.names[0], sizeof k.names[0], "params");
     snprintf(k.names[1], sizeof k.names[1], "norm");
     snprintf(k.names[2], sizeof k.names[2], "data_shape");
+    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) { /* the server moments, for exact resume */
+        snprintf(k.names[3], sizeof k.names[3], "server_m");
+        snprintf(k.names[4], sizeof k.names[4], "server_v");
+        k.n_arrays = 5;
+    }
     moeh_err_t err = {0};
     int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
     if (rc)
@@ -795,6 +821,18 @@ static int load_checkpoint(coord_t *c, moeh_err_t *err)
                                      "configuration (architecture, widths or buckets changed?)",
                        c->ckpt_path);
         goto out;
+    }
+    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) {
+        float *sm = moeh_ckpt_array(&k, "server_m", c->p->n),
+              *sv = moeh_ckpt_array(&k, "server_v", c->p->n);
+        if (!sm || !sv) {
+            rc = moeh_errf(err, -EINVAL, "%s has no server moments: it was written by a %s run, "
+                                         "this one is %s",
+                           c->ckpt_path, "fedavg", moeh_strategy_name(c->sopt.kind));
+            goto out;
+        }
+        memcpy(c->sm, sm, c->p->n * sizeof(float));
+        memcpy(c->sv, sv, c->p->n * sizeof(float));
     }
     memcpy(c->p->w, params, c->p->n * sizeof(float));
     memcpy(c->norm, norm, 2 * (size_t)c->n_norm * sizeof(float));
@@ -913,6 +951,11 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "seed", (double)k->seed);
     cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);
     cJSON_AddNumberToObject(j, "prox_mu", k->prox_mu);
+    cJSON_AddStringToObject(j, "strategy", k->strategy);
+    cJSON_AddNumberToObject(j, "server_lr", k->server_lr);
+    cJSON_AddNumberToObject(j, "server_beta1", k->server_beta1);
+    cJSON_AddNumberToObject(j, "server_beta2", k->server_beta2);
+    cJSON_AddNumberToObject(j, "server_tau", k->server_tau);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -943,6 +986,16 @@ static int setup(coord_t *c, moeh_err_t *err)
         return moeh_errf(err, -EINVAL, "invalid configuration: rounds, min_sites and batch_size "
                                        "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
                                        "heartbeat_ms >= 10, delta_clip > 0");
+    c->sopt = (moeh_server_opt_t){.lr = cfg->server_lr, .beta1 = cfg->server_beta1,
+                                  .beta2 = cfg->server_beta2, .tau = cfg->server_tau};
+    if (moeh_strategy_parse(cfg->strategy, &c->sopt.kind) != 0)
+        return moeh_errf(err, -EINVAL, "--strategy '%s': expected fedavg, fedadam or fedyogi",
+                         cfg->strategy);
+    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG &&
+        !(cfg->server_lr > 0 && cfg->server_beta1 >= 0 && cfg->server_beta1 < 1 &&
+          cfg->server_beta2 >= 0 && cfg->server_beta2 < 1 && cfg->server_tau > 0))
+        return moeh_errf(err, -EINVAL, "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
+                                       "expected");
     static const char *names3[] = {"mortality", "los7", "readmit30"};
     for (uint32_t t = 0; t < cfg->n_tasks; t++) {
         if (cfg->n_tasks == 3)
@@ -1044,6 +1097,9 @@ static void teardown(coord_t *c)
     free(c->norm);
     free(c->stats_sum);
     free(c->gate_sum);
+    free(c->delta);
+    free(c->sm);
+    free(c->sv);
     free(c->sites);
 }
 

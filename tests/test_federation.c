@@ -464,9 +464,8 @@ static void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[])
 /* The coordinator is SIGKILLed right after checkpointing round 2 and restarted with --resume
  * on the same endpoint; the agents rejoin, and the final model equals, bit for bit, that of an
  * uninterrupted run with the same seeds. */
-static void test_resume_is_bit_exact(void **state)
+static void resume_is_bit_exact(fixture_t *f, const char *strategy)
 {
-    fixture_t *f = *state;
     char out_a[300], out_b[300], path[500];
     moeh_proc_t *a[N_SITES];
     moeh_err_t err = {0};
@@ -474,7 +473,8 @@ static void test_resume_is_bit_exact(void **state)
 
     snprintf(out_a, sizeof out_a, "%s/uninterrupted", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_a);
-    moeh_proc_t *c = start_coordinator_ex(f, "4", "3", "3", NULL, "coordinator-a.log");
+    char *strat[] = {"--strategy", (char *)strategy, NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator-a.log", strat);
     start_all_agents(f, a, fast);
     wait_exit(c, 60000, 0);
     for (int k = 0; k < N_SITES; k++)
@@ -482,13 +482,13 @@ static void test_resume_is_bit_exact(void **state)
 
     snprintf(out_b, sizeof out_b, "%s/resumed", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
-    char *crash[] = {"--fault-kill-after-round", "2", NULL};
+    char *crash[] = {"--fault-kill-after-round", "2", "--strategy", (char *)strategy, NULL};
     moeh_proc_t *c1 = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator-b1.log", crash);
     char endpoint[256];
     snprintf(endpoint, sizeof endpoint, "%s", f->endpoint);
     start_all_agents(f, a, fast);
     wait_exit(c1, 60000, 128 + SIGKILL);
-    char *resume[] = {"--resume", NULL};
+    char *resume[] = {"--resume", "--strategy", (char *)strategy, NULL};
     moeh_proc_t *c2 =
         start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-b2.log", resume);
     wait_exit(c2, 60000, 0);
@@ -511,6 +511,17 @@ static void test_resume_is_bit_exact(void **state)
     assert_memory_equal(ma, mb, la);
     free(ma);
     free(mb);
+}
+
+static void test_resume_is_bit_exact(void **state)
+{
+    resume_is_bit_exact(*state, "fedavg");
+}
+
+/* The same with FedAdam: the server's moments are part of the checkpoint. */
+static void test_resume_is_bit_exact_fedadam(void **state)
+{
+    resume_is_bit_exact(*state, "fedadam");
 }
 
 /* A damaged checkpoint is refused with a clear message instead of resuming from garbage. */
@@ -547,6 +558,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_agents_survive_coordinator_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_clean_shutdown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_is_bit_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_is_bit_exact_fedadam, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_refuses_damaged_checkpoint, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -332,6 +332,11 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     const Moeh__Hello *h = m->env->hello;
     const moeh_coord_cfg_t *cfg = c->cfg;
     char what[256];
+    if (!cfg->insecure && !moeh_zap_has_site(c->zap, m->peer)) {
+        /* an old connection of a site whose key was revoked since it authenticated */
+        reply_error(c, m, -EACCES, "this site's key is no longer in the registry", m->peer);
+        return;
+    }
     if (!cfg->insecure && strcmp(h->site_id, m->peer) != 0) {
         snprintf(what, sizeof what,
                  "site id '%s' does not match the id registered for your key ('%s')",
@@ -846,6 +851,30 @@ out:
     return rc;
 }
 
+/* Re-reads the registry (SIGHUP): added keys are admitted from now on; sites whose key was
+ * removed are told and dropped at once, also on connections they already hold. A registry
+ * that does not load leaves the current one in force. */
+static void reload_registry(coord_t *c)
+{
+    moeh_registry_t reg;
+    moeh_err_t err = {0};
+    if (moeh_registry_load(c->cfg->registry_path, &reg, &err) != 0) {
+        MOEH_ERROR("registry not reloaded, the current one stays in force: %s", err.msg);
+        return;
+    }
+    size_t n = reg.n;
+    moeh_zap_replace_registry(c->zap, &reg);
+    MOEH_INFO("registry reloaded from %s: %zu sites", c->cfg->registry_path, n);
+    for (size_t i = 0; i < c->n_sites; i++) {
+        site_t *s = &c->sites[i];
+        if (!s->admitted || moeh_zap_has_site(c->zap, s->id))
+            continue;
+        moeh_wire_send_error(c->router, s->rid, s->rid_len, -EACCES,
+                             "this site's key was revoked");
+        site_gone(c, s, "key revoked");
+    }
+}
+
 /* Closes the current phase if it is complete or past its deadline. Sets fatal on failure. */
 static void step_phase(coord_t *c, moeh_err_t *fatal)
 {
@@ -1119,6 +1148,11 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         if (zmq_poll(&it, 1, 50) < 0 && zmq_errno() != EINTR) {
             rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
             goto out;
+        }
+        if (cfg->reload && *cfg->reload) {
+            *cfg->reload = 0;
+            if (c.zap)
+                reload_registry(&c);
         }
         handle_message(&c, &fatal);
         if (fatal.msg[0])

@@ -48,6 +48,7 @@ typedef struct {
     int ready_fd;          /* if >= 0: the bound endpoint and '\n' are written here */
     int print_table;       /* print one line per round on stdout */
     int resume;            /* continue from out_dir/checkpoint.moeh */
+    volatile sig_atomic_t *reload; /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
     uint32_t fault_kill_after_round; /* tests only: SIGKILL itself after checkpointing round N */
 } moeh_coord_cfg_t;
 

@@ -6,12 +6,14 @@
 #include <signal.h>
 #include <string.h>
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop, g_reload;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    g_stop = 1;
+    if (sig == SIGHUP)
+        g_reload = 1;
+    else
+        g_stop = 1;
 }
 
 int main(int argc, char **argv)
@@ -78,7 +80,9 @@ int main(int argc, char **argv)
                      .synopsis = "usage: moeh-coordinator [OPTIONS]\n\n"
                                  "Runs federated training: admits the sites listed in the "
                                  "registry (CURVE keys),\nruns the rounds, aggregates, evaluates "
-                                 "and writes metrics.jsonl.",
+                                 "and writes metrics.jsonl. SIGHUP re-reads the registry\n"
+                                 "(added sites are admitted, removed ones dropped at once); "
+                                 "SIGINT/SIGTERM stop cleanly.",
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
@@ -105,7 +109,9 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* re-read the site registry */
     signal(SIGPIPE, SIG_IGN);
+    cfg.reload = &g_reload;
     rc = moeh_coord_run(&cfg, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {

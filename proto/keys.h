@@ -72,6 +72,10 @@ int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out);
 void moeh_zap_replace_registry(moeh_zap_t *z, moeh_registry_t *reg);
 /* Copies the registered id of key into out (65 bytes); 0 or -ENOENT. Thread-safe. */
 int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out);
+/* 1 if a site with that id is in the current registry. Thread-safe. */
+int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
+/* Number of sites in the current registry. Thread-safe. */
+size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */
 uint64_t moeh_zap_refused(moeh_zap_t *z);
 void moeh_zap_stop(moeh_zap_t **self_p);

@@ -147,6 +147,24 @@ int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out)
     return id ? 0 : -ENOENT;
 }
 
+int moeh_zap_has_site(moeh_zap_t *z, const char *site_id)
+{
+    int found = 0;
+    pthread_mutex_lock(&z->lock);
+    for (size_t i = 0; i < z->reg.n && !found; i++)
+        found = strcmp(z->reg.entries[i].site_id, site_id) == 0;
+    pthread_mutex_unlock(&z->lock);
+    return found;
+}
+
+size_t moeh_zap_n_sites(moeh_zap_t *z)
+{
+    pthread_mutex_lock(&z->lock);
+    size_t n = z->reg.n;
+    pthread_mutex_unlock(&z->lock);
+    return n;
+}
+
 uint64_t moeh_zap_refused(moeh_zap_t *z)
 {
     return atomic_load(&z->refused);

@@ -469,7 +469,7 @@ static void handle_messages(agent_t *a)
                 break;
             }
             MOEH_WARN("coordinator says: %s", e->message);
-            if (!a->welcomed && (e->code == -EACCES || e->code == -EINVAL)) {
+            if (e->code == -EACCES || (!a->welcomed && e->code == -EINVAL)) {
                 set_fatal(a, e->code, "the coordinator refused this site: %s", e->message);
             }
             break;

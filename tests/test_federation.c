@@ -547,6 +547,87 @@ static void test_resume_refuses_damaged_checkpoint(void **state)
     assert_true(file_contains(log, "checkpoint.moeh: checksum mismatch"));
 }
 
+/* Rewrites the test's registry to admit exactly the given sites (by their public keys). */
+static void write_registry(const fixture_t *f, const char *const *sites, size_t n)
+{
+    char text[4096], path[400], pub[MOEH_Z85_KEY_LEN + 1];
+    moeh_err_t err = {0};
+    size_t len = (size_t)snprintf(text, sizeof text, "[sites]\n");
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s.pub", f->keys, sites[i]);
+        assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
+        len += (size_t)snprintf(text + len, sizeof text - len, "%s = %s\n", sites[i], pub);
+    }
+    snprintf(path, sizeof path, "%s/registry.ini", f->keys);
+    assert_int_equal(moeh_file_write_atomic(path, text, len, &err), 0);
+}
+
+/* Waits (at most 20 s) until the log contains needle `count` times; fails if p exits. */
+static void wait_log(const fixture_t *f, moeh_proc_t *p, const char *log_name,
+                     const char *needle)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
+    int64_t end = moeh_now_ms() + 20000;
+    while (!file_contains(path, needle)) {
+        assert_true(moeh_now_ms() < end);
+        assert_int_equal(moeh_proc_wait(p, 20), -ETIMEDOUT);
+    }
+}
+
+/* A site whose key is added to the registry is admitted after SIGHUP, without a restart. */
+static void test_sighup_admits_added_key(void **state)
+{
+    fixture_t *f = *state;
+    const char *two[] = {"site-1", "site-2"}, *three[] = {"site-1", "site-2", "site-3"};
+    write_registry(f, two, 2);
+    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator.log");
+    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
+    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
+    moeh_proc_t *a3 = start_agent(f, "site-3", "site-3", "site-3", NULL);
+    wait_exit(a3, 20000, 3); /* not registered yet */
+    write_registry(f, three, 3);
+    moeh_proc_signal(c, SIGHUP);
+    wait_log(f, c, "coordinator.log", "registry reloaded");
+    a3 = start_agent(f, "site-3", "site-3", "site-3", NULL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a1, 10000, 0);
+    wait_exit(a2, 10000, 0);
+    wait_exit(a3, 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(m.sites[r], 3);
+}
+
+/* A site whose key is removed is dropped at once on SIGHUP (its agent stops with exit 3),
+ * and the run goes on with the others. */
+static void test_sighup_revokes_removed_key(void **state)
+{
+    fixture_t *f = *state;
+    const char *two[] = {"site-1", "site-2"};
+    moeh_proc_t *c = start_coordinator_ex(f, "12", "2", "3", NULL, "coordinator.log");
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+    wait_log(f, c, "coordinator.log", "round 2 done");
+    write_registry(f, two, 2);
+    moeh_proc_signal(c, SIGHUP);
+    wait_exit(a[2], 20000, 3);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[1], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 12);
+    assert_int_equal(m.sites[0], 3);
+    assert_int_equal(m.sites[11], 2);
+    assert_int_equal(m.n_gone, 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "key revoked"));
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -560,6 +641,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_is_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_is_bit_exact_fedadam, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_refuses_damaged_checkpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_admits_added_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_revokes_removed_key, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

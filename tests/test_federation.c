@@ -14,13 +14,16 @@
 #include <cmocka.h>
 
 #include "keys.h"
+#include "wire.h"
 #include "localfed.h"
 #include "moeh_extract.h"
 #include "moeh_split.h"
 #include "moeh_synth.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <signal.h>
+#include <zmq.h>
 #include <string.h>
 
 #define N_SITES 3
@@ -628,6 +631,215 @@ static void test_sighup_revokes_removed_key(void **state)
     assert_true(file_contains(path, "key revoked"));
 }
 
+/* ---- a hostile admitted site -------------------------------------------------------------- */
+
+typedef struct {
+    void *ctx, *sock;
+    moeh_wire_limits_t lim;
+} rogue_t;
+
+/* Waits up to 10 s for the next message that is not a heartbeat; returns its decode code. */
+static int rogue_next(rogue_t *r, moeh_msg_t *m)
+{
+    int64_t end = moeh_now_ms() + 10000;
+    for (;;) {
+        zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+        assert_true(moeh_now_ms() < end);
+        zmq_poll(&it, 1, 100);
+        moeh_err_t err = {0};
+        int rc = moeh_wire_recv(r->sock, 0, &r->lim, m, &err);
+        if (rc == -EAGAIN) {
+            moeh_msg_clear(m);
+            continue;
+        }
+        if (rc == 0 && m->env->type == MOEH__MSG_TYPE__HEARTBEAT) {
+            moeh_msg_clear(m);
+            continue;
+        }
+        return rc;
+    }
+}
+
+/* Sends raw parts and expects an Error reply with `code`. */
+static void rogue_expect_error(rogue_t *r, const void *hdr, size_t len, const moeh_iov_t *frames,
+                               size_t nf, int code)
+{
+    assert_true(zmq_send(r->sock, hdr, len, nf ? ZMQ_SNDMORE : 0) >= 0);
+    for (size_t i = 0; i < nf; i++)
+        assert_true(zmq_send(r->sock, frames[i].data, frames[i].len,
+                             i + 1 < nf ? ZMQ_SNDMORE : 0) >= 0);
+    moeh_msg_t m;
+    assert_int_equal(rogue_next(r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__ERROR);
+    if (m.env->error->code != code)
+        print_error("expected error %d, got %d: %s\n", code, m.env->error->code,
+                    m.env->error->message);
+    assert_int_equal(m.env->error->code, code);
+    moeh_msg_clear(&m);
+}
+
+static void rogue_send(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf,
+                       int expect_code)
+{
+    uint8_t *hdr;
+    size_t len;
+    assert_int_equal(moeh_wire_pack(env, f, nf, &hdr, &len), 0);
+    moeh_iov_t iov[4];
+    for (size_t i = 0; i < nf; i++)
+        iov[i] = (moeh_iov_t){f[i].data, f[i].count * (f[i].dtype == MOEH__DTYPE__F64 ? 8 : 4)};
+    if (expect_code)
+        rogue_expect_error(r, hdr, len, iov, nf, expect_code);
+    else
+        assert_true(moeh_wire_send(r->sock, NULL, 0, env, f, nf) == 0);
+    free(hdr);
+}
+
+/* The hostile site: joins with no training data, then sends everything wrong it can. */
+static void rogue_attack(fixture_t *f, const char *endpoint)
+{
+    rogue_t r = {0};
+    moeh_err_t err = {0};
+    char path[400], pub[MOEH_Z85_KEY_LEN + 1];
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
+    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
+    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
+    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
+    r.ctx = zmq_ctx_new();
+    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(moeh_curve_client(r.sock, kp, pub), 0);
+    assert_int_equal(zmq_connect(r.sock, endpoint), 0);
+    moeh_keypair_destroy(&kp);
+
+    /* hello with the real data shapes but no training rows */
+    moeh_dataset_t *ds = NULL;
+    snprintf(path, sizeof path, "%s/site-1", f->data);
+    assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Hello h = MOEH__HELLO__INIT;
+    h.site_id = "site-x";
+    h.n_features = (uint32_t)ds->f_static, h.n_vars = (uint32_t)ds->f_ts;
+    h.n_steps = (uint32_t)ds->t, h.img_size = (uint32_t)ds->img_size;
+    moeh_dataset_free(&ds);
+    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
+    uint8_t *hello_hdr;
+    size_t hello_len;
+    assert_int_equal(moeh_wire_pack(&env, NULL, 0, &hello_hdr, &hello_len), 0);
+    rogue_send(&r, &env, NULL, 0, 0);
+    moeh_msg_t m;
+    assert_int_equal(rogue_next(&r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
+    const Moeh__ModelSpec *ms = m.env->welcome->model;
+    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params, .n_groups = ms->n_groups,
+                                 .n_tasks = ms->n_tasks, .eval_bins = m.env->welcome->eval_bins,
+                                 .n_norm = ms->n_norm, .n_experts = ms->n_experts};
+    moeh_msg_clear(&m);
+    /* the statistics phase starts once all four joined */
+    assert_int_equal(rogue_next(&r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__ROUND_START);
+    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
+    moeh_msg_clear(&m);
+
+    /* 1. oversized header */
+    size_t big = MOEH_MAX_HEADER_BYTES + 1;
+    uint8_t *junk = calloc(1, big);
+    rogue_expect_error(&r, junk, big, NULL, 0, -EMSGSIZE);
+    free(junk);
+    /* 2. truncated header */
+    rogue_expect_error(&r, hello_hdr, hello_len / 2, NULL, 0, -EBADMSG);
+    free(hello_hdr);
+    /* 3. another protocol version */
+    Moeh__Envelope bye = MOEH__ENVELOPE__INIT;
+    Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
+    bye.type = MOEH__MSG_TYPE__HEARTBEAT, bye.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
+    bye.heartbeat = &hb;
+    bye.protocol_version = 2;
+    uint8_t vbuf[64];
+    size_t vlen = moeh__envelope__pack(&bye, vbuf);
+    rogue_expect_error(&r, vbuf, vlen, NULL, 0, -EPROTO);
+    /* 4. NaN and 5. wrong shape in the statistics */
+    size_t nst = 3 * (size_t)r.lim.n_norm;
+    double *st = calloc(nst, sizeof(double));
+    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
+    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
+    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    se.stats_result = &sr;
+    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
+    st[4] = NAN;
+    rogue_send(&r, &se, &sf, 1, -ERANGE);
+    st[4] = 0;
+    sf.count = nst - 3;
+    rogue_send(&r, &se, &sf, 1, -EBADMSG);
+    sf.count = nst;
+    /* 6. out of order: an update while statistics are being collected */
+    size_t nw = r.lim.n_params + r.lim.n_groups;
+    uint32_t *words = calloc(nw, sizeof(uint32_t));
+    Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    ue.type = MOEH__MSG_TYPE__UPDATE, ue.body_case = MOEH__ENVELOPE__BODY_UPDATE, ue.update = &u;
+    moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
+    rogue_send(&r, &ue, &uf, 1, -ESTALE);
+    free(words);
+    /* 7. replayed: all-zero statistics are taken once (they add nothing); the copy is refused */
+    rogue_send(&r, &se, &sf, 1, 0);
+    rogue_send(&r, &se, &sf, 1, -ESTALE);
+    free(st);
+    /* leave, so that the phases do not wait for this site */
+    assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "done", 0), 0);
+    linger = 1000;
+    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(r.sock);
+    zmq_ctx_term(r.ctx);
+}
+
+/* A hostile admitted site gets an error for every bad message; the coordinator keeps running
+ * and the final model is bit for bit that of the same run without it. */
+static void test_hostile_site_changes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    char out_a[300], out_b[300], path[500];
+    moeh_proc_t *a[N_SITES];
+    moeh_err_t err = {0};
+    snprintf(out_a, sizeof out_a, "%s/clean", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_a);
+    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator-a.log");
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-x", f->keys);
+    assert_int_equal(moeh_keypair_generate(&kp), 0);
+    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
+    moeh_keypair_destroy(&kp);
+    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
+    write_registry(f, four, 4);
+    snprintf(out_b, sizeof out_b, "%s/attacked", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_b);
+    c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-b.log");
+    start_all_agents(f, a, NULL);
+    rogue_attack(f, f->endpoint);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
+    assert_true(file_contains(path, "refused a message from site-x"));
+
+    char *ma = NULL, *mb = NULL;
+    size_t la, lb;
+    snprintf(path, sizeof path, "%s/model.npy", out_a);
+    assert_int_equal(moeh_file_read_all(path, 1 << 26, &ma, &la, &err), 0);
+    snprintf(path, sizeof path, "%s/model.npy", out_b);
+    assert_int_equal(moeh_file_read_all(path, 1 << 26, &mb, &lb, &err), 0);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ma, mb, la);
+    free(ma);
+    free(mb);
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -643,6 +855,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resume_refuses_damaged_checkpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_admits_added_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_revokes_removed_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -16,6 +16,8 @@
 #include "keys.h"
 #include "wire.h"
 #include "localfed.h"
+#include "moeh_moe.h"
+#include "npy.h"
 #include "moeh_extract.h"
 #include "moeh_split.h"
 #include "moeh_synth.h"
@@ -840,6 +842,51 @@ static void test_hostile_site_changes_nothing(void **state)
     free(mb);
 }
 
+/* Per-group aggregation end to end: with only the EHR-only and EHR + notes sites, no site
+ * trains the image encoder, so it leaves the federation bit for bit as initialised, while the
+ * notes encoder (trained by one site) and the gate (trained by both) change. */
+static void test_untrained_group_unchanged(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    moeh_proc_t *c = start_coordinator_ex(f, "2", "2", "2", NULL, "coordinator.log");
+    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
+    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a1, 10000, 0);
+    wait_exit(a2, 10000, 0);
+
+    /* the initial model, built as the coordinator builds it (start_coordinator_ex's flags) */
+    moeh_dataset_t *ds = NULL;
+    char path[500];
+    snprintf(path, sizeof path, "%s/site-1", f->data);
+    assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
+    moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
+    mc.n_steps = ds->t, mc.img_size = ds->img_size;
+    mc.d_emb = 16, mc.d_hidden = 16, mc.note_buckets = 1024, mc.max_batch = 32, mc.seed = 1;
+    moeh_dataset_free(&ds);
+    moeh_moe_t *init = NULL;
+    assert_int_equal(moeh_moe_create(&mc, &init, &err), 0);
+    const moeh_params_t *p = moeh_moe_params(init);
+
+    moeh_npy_t final;
+    snprintf(path, sizeof path, "%s/model.npy", f->out);
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 1, &final, &err), 0);
+    assert_int_equal(final.shape[0], p->n); /* same layout as the coordinator's */
+    const float *w = final.data;
+    int gi = moeh_params_group_index(p, "encoder_img"), gn = moeh_params_group_index(p, "encoder_notes"),
+        gg = moeh_params_group_index(p, "gate");
+    assert_true(gi >= 0 && gn >= 0 && gg >= 0);
+    assert_memory_equal(w + p->group_off[gi], p->w + p->group_off[gi],
+                        p->group_len[gi] * sizeof(float));
+    assert_memory_not_equal(w + p->group_off[gn], p->w + p->group_off[gn],
+                            p->group_len[gn] * sizeof(float));
+    assert_memory_not_equal(w + p->group_off[gg], p->w + p->group_off[gg],
+                            p->group_len[gg] * sizeof(float));
+    moeh_npy_free(&final);
+    moeh_moe_destroy(&init);
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -856,6 +903,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sighup_admits_added_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_revokes_removed_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

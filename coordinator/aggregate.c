@@ -100,8 +100,8 @@ size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta
 
 int moeh_strategy_parse(const char *s, moeh_strategy_t *out)
 {
-    static const char *names[] = {"fedavg", "fedadam", "fedyogi"};
-    for (int i = 0; i < 3; i++)
+    static const char *names[] = {"fedavg", "fedadam", "fedyogi", "trimmed"};
+    for (int i = 0; i < 4; i++)
         if (strcmp(s, names[i]) == 0) {
             *out = (moeh_strategy_t)i;
             return 0;
@@ -111,8 +111,10 @@ int moeh_strategy_parse(const char *s, moeh_strategy_t *out)
 
 const char *moeh_strategy_name(moeh_strategy_t k)
 {
-    return k == MOEH_STRATEGY_FEDADAM ? "fedadam" : k == MOEH_STRATEGY_FEDYOGI ? "fedyogi"
-                                                                                : "fedavg";
+    return k == MOEH_STRATEGY_FEDADAM   ? "fedadam"
+           : k == MOEH_STRATEGY_FEDYOGI ? "fedyogi"
+           : k == MOEH_STRATEGY_TRIMMED ? "trimmed"
+                                        : "fedavg";
 }
 
 void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, float *theta,
@@ -137,4 +139,40 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
             theta[i] += o->lr * m[i] / (sqrtf(v[i]) + o->tau);
         }
     }
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float *deltas,
+                          const uint32_t *weights, size_t S, double trim, float *scratch)
+{
+    size_t n = layout->n_params, G = layout->n_groups, n_up = 0;
+    for (size_t g = 0; g < G; g++) {
+        size_t m = 0;
+        for (size_t s = 0; s < S; s++)
+            m += weights[s * G + g] > 0;
+        if (m == 0)
+            continue;
+        size_t k = (size_t)(trim * (double)m);
+        if (2 * k >= m)
+            k = (m - 1) / 2;
+        for (size_t i = layout->group_off[g]; i < layout->group_off[g] + layout->group_len[g];
+             i++) {
+            size_t j = 0;
+            for (size_t s = 0; s < S; s++)
+                if (weights[s * G + g] > 0)
+                    scratch[j++] = deltas[s * n + i];
+            qsort(scratch, m, sizeof(float), cmp_float);
+            double sum = 0;
+            for (size_t q = k; q < m - k; q++)
+                sum += scratch[q];
+            theta[i] = (float)((double)theta[i] + sum / (double)(m - 2 * k));
+        }
+        n_up++;
+    }
+    return n_up;
 }

@@ -45,12 +45,17 @@ size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta
  * left alone):  m = b1 m + (1 - b1) D;
  *   FedAdam: v = b2 v + (1 - b2) D^2;   FedYogi: v = v - (1 - b2) D^2 sign(v - D^2);
  *   theta += lr m / (sqrt(v) + tau).  FedAvg is theta += D. */
-typedef enum { MOEH_STRATEGY_FEDAVG = 0, MOEH_STRATEGY_FEDADAM, MOEH_STRATEGY_FEDYOGI } moeh_strategy_t;
+typedef enum {
+    MOEH_STRATEGY_FEDAVG = 0,
+    MOEH_STRATEGY_FEDADAM,
+    MOEH_STRATEGY_FEDYOGI,
+    MOEH_STRATEGY_TRIMMED /* coordinate-wise trimmed mean of the sites' deltas (robust) */
+} moeh_strategy_t;
 typedef struct {
     moeh_strategy_t kind;
     float lr, beta1, beta2, tau;
 } moeh_server_opt_t;
-/* Parses "fedavg", "fedadam" or "fedyogi"; -EINVAL otherwise. */
+/* Parses "fedavg", "fedadam", "fedyogi" or "trimmed"; -EINVAL otherwise. */
 int moeh_strategy_parse(const char *s, moeh_strategy_t *out);
 const char *moeh_strategy_name(moeh_strategy_t k);
 /* One server step over the groups of a; m and v (n_params each) are the server moments
@@ -59,3 +64,12 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
                           float *m, float *v, const float *delta, const uint8_t *updated);
 
 #endif
+
+/* Coordinate-wise trimmed mean (Yin et al., ICML 2018), the robust option where secure
+ * aggregation is off (it needs each site's update, so memory is O(sites x parameters)):
+ * for each parameter of group g, the deltas of the S_g sites that trained g (weights[s][g] > 0)
+ * are sorted, floor(trim * S_g) are dropped at each end (at least one value is kept), and the
+ * unweighted mean of the rest is added to theta. deltas is (S, n_params), weights (S, n_groups),
+ * scratch holds S floats. Returns the number of groups updated. */
+size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float *deltas,
+                          const uint32_t *weights, size_t S, double trim, float *scratch);

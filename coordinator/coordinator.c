@@ -65,6 +65,9 @@ typedef struct {
     moeh_fedavg_t agg;
     moeh_server_opt_t sopt;
     float *delta, *sm, *sv;       /* mean delta and server moments (adaptive strategies) */
+    float *site_delta, *scratch;  /* trimmed mean: each site's decoded delta, (slots, n) */
+    uint32_t *site_w;             /* trimmed mean: each site's group weights, (slots, G) */
+    size_t n_slots, cap_slots;
     uint8_t updated[MOEH_AGG_MAX_GROUPS];
     uint64_t *hist; /* (8 slices, n_tasks, 2, bins) summed over sites */
     double eval_loss_sum;
@@ -113,6 +116,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->server_beta1 = 0.9f;
     c->server_beta2 = 0.99f;
     c->server_tau = 1e-3f;
+    c->trim = 0.2f;
     c->local_epochs = 1;
     c->batch_size = 32;
     c->lr = 1e-3f;
@@ -225,7 +229,7 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(float));
     if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum)
         return moeh_errf(err, -ENOMEM, "out of memory");
-    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) {
+    if (c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) {
         c->delta = calloc(c->p->n, sizeof(float));
         c->sm = calloc(c->p->n, sizeof(float));
         c->sv = calloc(c->p->n, sizeof(float));
@@ -291,6 +295,23 @@ static void open_phase(coord_t *c, phase_t ph)
         for (size_t i = 0; i < c->n_sites; i++)
             if (c->sites[i].admitted)
                 c->w_used += (double)c->sites[i].n_train;
+        c->n_slots = 0;
+        if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->cap_slots < c->n_sites + 8) {
+            size_t cap = c->n_sites + 8; /* room for late joiners */
+            float *d = realloc(c->site_delta, cap * c->p->n * sizeof(float));
+            if (d)
+                c->site_delta = d;
+            uint32_t *w = d ? realloc(c->site_w, cap * c->p->n_groups * sizeof(uint32_t)) : NULL;
+            if (w)
+                c->site_w = w;
+            float *sc = w ? realloc(c->scratch, cap * sizeof(float)) : NULL;
+            if (sc) {
+                c->scratch = sc;
+                c->cap_slots = cap;
+            } else {
+                MOEH_ERROR("out of memory for the trimmed mean of %zu sites", cap);
+            }
+        }
         c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
@@ -419,6 +440,8 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + (double)s->n_train > c->w_cap)
                 return; /* its weight does not fit this round's fixed-point range: next one */
+            if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->n_participants >= c->cap_slots)
+                return; /* no slot left for its update this round */
             c->w_used += (double)s->n_train;
         }
         if (!s->participant)
@@ -481,6 +504,27 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
                 return;
             }
         }
+    }
+    if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
+        if (c->n_slots >= c->cap_slots) {
+            reply_error(c, m, -ENOSPC, "no room for this update in this round", s->id);
+            return;
+        }
+        /* keep this site's own delta: the trimmed mean needs every site's value */
+        size_t G = c->p->n_groups;
+        float *d = c->site_delta + c->n_slots * c->p->n;
+        uint32_t *w = c->site_w + c->n_slots * G;
+        for (size_t g = 0; g < G; g++) {
+            memcpy(&w[g], words + 4 * (c->p->n + g), 4);
+            double inv = w[g] ? 1.0 / (c->quant_scale * (double)w[g]) : 0.0;
+            for (size_t i = c->p->group_off[g]; i < c->p->group_off[g] + c->p->group_len[g];
+                 i++) {
+                uint32_t q;
+                memcpy(&q, words + 4 * i, 4);
+                d[i] = (float)((double)moeh_quant_signed(q) * inv);
+            }
+        }
+        c->n_slots++;
     }
     moeh_fedavg_add(&c->agg, words);
     s->replied = 1;
@@ -625,6 +669,9 @@ static void finish_train(coord_t *c)
     size_t updated;
     if (c->sopt.kind == MOEH_STRATEGY_FEDAVG) {
         updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
+    } else if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
+        updated = moeh_trimmed_apply(&c->agg, c->p->w, c->site_delta, c->site_w, c->n_slots,
+                                     c->cfg->trim, c->scratch);
     } else {
         updated = moeh_fedavg_mean_delta(&c->agg, c->quant_scale, c->delta, c->updated);
         moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);
@@ -790,7 +837,7 @@ static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
     snprintf(k.names[0], sizeof k.names[0], "params");
     snprintf(k.names[1], sizeof k.names[1], "norm");
     snprintf(k.names[2], sizeof k.names[2], "data_shape");
-    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) { /* the server moments, for exact resume */
+    if (c->sm) { /* the server moments, for exact resume */
         snprintf(k.names[3], sizeof k.names[3], "server_m");
         snprintf(k.names[4], sizeof k.names[4], "server_v");
         k.n_arrays = 5;
@@ -827,7 +874,7 @@ static int load_checkpoint(coord_t *c, moeh_err_t *err)
                        c->ckpt_path);
         goto out;
     }
-    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG) {
+    if (c->sm) {
         float *sm = moeh_ckpt_array(&k, "server_m", c->p->n),
               *sv = moeh_ckpt_array(&k, "server_v", c->p->n);
         if (!sm || !sv) {
@@ -985,6 +1032,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "server_beta1", k->server_beta1);
     cJSON_AddNumberToObject(j, "server_beta2", k->server_beta2);
     cJSON_AddNumberToObject(j, "server_tau", k->server_tau);
+    cJSON_AddNumberToObject(j, "trim", k->trim);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -1018,9 +1066,13 @@ static int setup(coord_t *c, moeh_err_t *err)
     c->sopt = (moeh_server_opt_t){.lr = cfg->server_lr, .beta1 = cfg->server_beta1,
                                   .beta2 = cfg->server_beta2, .tau = cfg->server_tau};
     if (moeh_strategy_parse(cfg->strategy, &c->sopt.kind) != 0)
-        return moeh_errf(err, -EINVAL, "--strategy '%s': expected fedavg, fedadam or fedyogi",
+        return moeh_errf(err, -EINVAL,
+                         "--strategy '%s': expected fedavg, fedadam, fedyogi or trimmed",
                          cfg->strategy);
-    if (c->sopt.kind != MOEH_STRATEGY_FEDAVG &&
+    if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && !(cfg->trim >= 0 && cfg->trim < 0.5))
+        return moeh_errf(err, -EINVAL, "--trim %g: expected a fraction in [0, 0.5)",
+                         (double)cfg->trim);
+    if ((c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) &&
         !(cfg->server_lr > 0 && cfg->server_beta1 >= 0 && cfg->server_beta1 < 1 &&
           cfg->server_beta2 >= 0 && cfg->server_beta2 < 1 && cfg->server_tau > 0))
         return moeh_errf(err, -EINVAL, "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
@@ -1129,6 +1181,9 @@ static void teardown(coord_t *c)
     free(c->delta);
     free(c->sm);
     free(c->sv);
+    free(c->site_delta);
+    free(c->site_w);
+    free(c->scratch);
     free(c->sites);
 }
 

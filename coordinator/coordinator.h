@@ -35,8 +35,9 @@ typedef struct {
     uint64_t seed;
     uint32_t warmup_rounds; /* expert-specialisation rounds before joint training */
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
-    const char *strategy;   /* server step: "fedavg", "fedadam" or "fedyogi" */
+    const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
     float server_lr, server_beta1, server_beta2, server_tau;
+    float trim;             /* trimmed mean: fraction dropped at each end */
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

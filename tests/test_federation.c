@@ -887,6 +887,24 @@ static void test_untrained_group_unchanged(void **state)
     moeh_moe_destroy(&init);
 }
 
+/* The robust server step: a trimmed-mean run completes and learns. */
+static void test_trimmed_mean_run(void **state)
+{
+    fixture_t *f = *state;
+    char *strat[] = {"--strategy", "trimmed", "--trim", "0.34", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator.log", strat);
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 4);
+    assert_true(m.test_loss[3] < m.test_loss[0]);
+    assert_true(m.auroc_mean[3] > 0.55);
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -904,6 +922,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sighup_revokes_removed_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trimmed_mean_run, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,5 +1,6 @@
 /* test_strategy.c - the server optimisers (FedAvg, FedAdam, FedYogi of Reddi et al. 2021)
- * against hand-computed steps, and that groups no site trained are left alone. */
+ * and the coordinate-wise trimmed mean against hand-computed steps, and that groups no site
+ * trained are left alone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,12 +76,40 @@ static void test_strategy_names(void **state)
     assert_int_equal(moeh_strategy_parse("sgd", &k), -EINVAL);
 }
 
+static void test_trimmed_mean(void **state)
+{
+    /* 3 groups of 1 parameter; 5 sites. Group 0: all sites, deltas 1 2 3 4 100 (an outlier);
+     * group 1: sites 0 and 1 only; group 2: nobody. */
+    moeh_fedavg_t a;
+    size_t off[3] = {0, 1, 2}, len[3] = {1, 1, 1};
+    assert_int_equal(moeh_fedavg_init(&a, 3, 3, off, len), 0);
+    const float d[5][3] = {{1, 10, 0}, {2, 20, 0}, {3, 0, 0}, {4, 0, 0}, {100, 0, 0}};
+    const uint32_t w[5][3] = {{5, 1, 0}, {5, 1, 0}, {5, 0, 0}, {5, 0, 0}, {5, 0, 0}};
+    float th[3] = {0, 0, 7}, scratch[5];
+    /* trim 0.2 of 5 = 1 at each end: mean(2, 3, 4) = 3; group 1: 2 values, none dropped */
+    assert_int_equal(moeh_trimmed_apply(&a, th, &d[0][0], &w[0][0], 5, 0.2, scratch), 2);
+    assert_true(th[0] == 3.0f && th[1] == 15.0f && th[2] == 7.0f);
+    /* trim 0.45: floor(2.25) = 2 at each end of 5 -> the median */
+    float th2[3] = {0, 0, 0};
+    moeh_trimmed_apply(&a, th2, &d[0][0], &w[0][0], 5, 0.45, scratch);
+    assert_true(th2[0] == 3.0f);
+    /* trim 0: the plain mean, outlier included */
+    float th3[3] = {0, 0, 0};
+    moeh_trimmed_apply(&a, th3, &d[0][0], &w[0][0], 5, 0.0, scratch);
+    assert_true(th3[0] == 22.0f);
+    moeh_strategy_t k;
+    assert_int_equal(moeh_strategy_parse("trimmed", &k), 0);
+    assert_int_equal(k, MOEH_STRATEGY_TRIMMED);
+    moeh_fedavg_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mean_delta),
         cmocka_unit_test(test_fedadam_and_yogi_steps),
         cmocka_unit_test(test_strategy_names),
+        cmocka_unit_test(test_trimmed_mean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,15 @@ typedef struct {
  * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused. */
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err);
 void moeh_opts_print_help(const moeh_opts_t *o, FILE *f);
+/* The start of a daemon's main(): parses the options (`*log_level` is one of them), prints
+ * usage errors as "PROG: message", and configures logging with `log_prefix`. Returns -1 to go
+ * on, or the exit code to return at once (0 after --help/--version, 2 on a usage error; the
+ * options are freed then). */
+int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log_level,
+                   const char *log_prefix);
+/* Installs handler for SIGINT and SIGTERM (and SIGHUP if with_hup); ignores SIGPIPE. */
+void moeh_install_signals(void (*handler)(int), int with_hup);
+
 /* Frees strings taken from a --config file (after this, option strings from it dangle). */
 void moeh_opts_free(moeh_opts_t *o);
 

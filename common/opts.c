@@ -3,6 +3,7 @@
 
 #include <ini.h>
 #include <math.h>
+#include <signal.h>
 #include <string.h>
 
 static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
@@ -208,4 +209,41 @@ void moeh_opts_free(moeh_opts_t *o)
     free(o->owned);
     o->owned = NULL;
     o->n_owned = o->cap_owned = 0;
+}
+
+int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log_level,
+                   const char *log_prefix)
+{
+    moeh_err_t err = {0};
+    int rc = moeh_opts_parse(o, argc, argv, &err);
+    if (rc == 1) {
+        moeh_opts_free(o);
+        return 0;
+    }
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", o->prog, err.msg);
+        moeh_opts_free(o);
+        return 2;
+    }
+    moeh_log_level_t lvl;
+    if (moeh_log_parse_level(*log_level, &lvl)) {
+        fprintf(stderr, "%s: --log-level: '%s' is not debug, info, warn or error\n", o->prog,
+                *log_level);
+        moeh_opts_free(o);
+        return 2;
+    }
+    moeh_log_configure(lvl, log_prefix, NULL, NULL);
+    return -1;
+}
+
+void moeh_install_signals(void (*handler)(int), int with_hup)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (with_hup)
+        sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }

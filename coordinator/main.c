@@ -87,33 +87,14 @@ int main(int argc, char **argv)
                                  "SIGINT/SIGTERM stop cleanly.",
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
-    moeh_err_t err = {0};
-    int rc = moeh_opts_parse(&o, argc, argv, &err);
-    if (rc == 1)
-        return 0;
-    if (rc) {
-        fprintf(stderr, "moeh-coordinator: %s\n", err.msg);
-        moeh_opts_free(&o);
-        return 2;
-    }
-    moeh_log_level_t lvl;
-    if (moeh_log_parse_level(log_level, &lvl)) {
-        fprintf(stderr, "moeh-coordinator: --log-level: '%s' is not debug, info, warn or error\n",
-                log_level);
-        moeh_opts_free(&o);
-        return 2;
-    }
-    moeh_log_configure(lvl, "coordinator", NULL, NULL);
+    int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
+    if (rc >= 0)
+        return rc;
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
     cfg.print_table = table;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL); /* re-read the site registry */
-    signal(SIGPIPE, SIG_IGN);
+    moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */
     cfg.reload = &g_reload;
+    moeh_err_t err = {0};
     rc = moeh_coord_run(&cfg, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {

@@ -42,31 +42,15 @@ int main(int argc, char **argv)
                                  "aggregate evaluation histograms.",
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
-    moeh_err_t err = {0};
-    int rc = moeh_opts_parse(&o, argc, argv, &err);
-    if (rc == 1)
-        return 0;
-    if (rc) {
-        fprintf(stderr, "moeh-site-agent: %s\n", err.msg);
-        moeh_opts_free(&o);
-        return 2;
-    }
-    moeh_log_level_t lvl;
-    if (moeh_log_parse_level(log_level, &lvl)) {
-        fprintf(stderr, "moeh-site-agent: --log-level: '%s' is not debug, info, warn or error\n",
-                log_level);
-        moeh_opts_free(&o);
-        return 2;
-    }
+    /* the log prefix names the site; the options are parsed first */
     char prefix[80];
+    int rc = moeh_opts_main(&o, argc, argv, &log_level, "agent");
+    if (rc >= 0)
+        return rc;
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
-    moeh_log_configure(lvl, prefix, NULL, NULL);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
+    moeh_install_signals(on_signal, 0);
+    moeh_err_t err = {0};
     rc = moeh_agent_run(&cfg, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {

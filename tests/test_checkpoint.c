@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_safetensors.h"
 
 #include <stdio.h>
@@ -38,9 +40,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return moeh_test_rmtree(dir);
 }
 
 static void path_of(char *out, const char *name)

@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_common.h"
 #include "npy.h"
 
@@ -16,16 +18,12 @@ static char g_dir[256];
 
 static int setup(void **state)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_common_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    return 0;
+    return moeh_test_tmpdir(g_dir, sizeof g_dir, "common");
 }
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return moeh_test_rmtree(g_dir);
 }
 
 static void test_npy_roundtrip(void **state)

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_common.h"
 
 #include <stdbool.h>
@@ -26,9 +28,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return moeh_test_rmtree(g_dir);
 }
 
 /* runs "BIN args > DIR/out 2>&1" and returns the exit status */

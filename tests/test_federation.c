@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "keys.h"
 #include "wire.h"
 #include "localfed.h"
@@ -88,9 +90,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_shared);
-    return system(cmd) == 0 ? 0 : -1;
+    return moeh_test_rmtree(g_shared);
 }
 
 static int setup(void **state)
@@ -123,9 +123,7 @@ static int teardown(void **state)
     for (size_t i = 0; i < f->n_procs; i++)
         moeh_proc_stop(&f->procs[i], 2000);
     if (getenv("MOEH_KEEP_TEST_DIR") == NULL) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-        if (system(cmd) != 0)
+        if (moeh_test_rmtree(f->dir) != 0)
             return -1;
     } else {
         fprintf(stderr, "kept %s\n", f->dir);
@@ -457,6 +455,22 @@ static void test_sigterm_clean_shutdown(void **state)
         wait_exit(a[k], 5000, 0);
 }
 
+/* The final models of two runs (OUT/model.npy) are equal byte for byte. */
+static void assert_same_model(const char *out_a, const char *out_b)
+{
+    char path[400], *ma = NULL, *mb = NULL;
+    size_t la, lb;
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/model.npy", out_a);
+    assert_int_equal(moeh_file_read_all(path, 1u << 28, &ma, &la, &err), 0);
+    snprintf(path, sizeof path, "%s/model.npy", out_b);
+    assert_int_equal(moeh_file_read_all(path, 1u << 28, &mb, &lb, &err), 0);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ma, mb, la);
+    free(ma);
+    free(mb);
+}
+
 static void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[])
 {
     for (int k = 0; k < N_SITES; k++) {
@@ -473,7 +487,6 @@ static void resume_is_bit_exact(fixture_t *f, const char *strategy)
 {
     char out_a[300], out_b[300], path[500];
     moeh_proc_t *a[N_SITES];
-    moeh_err_t err = {0};
     char *fast[] = {"--silence-timeout-ms", "1500", "--backoff-max-ms", "1000", NULL};
 
     snprintf(out_a, sizeof out_a, "%s/uninterrupted", f->dir);
@@ -506,16 +519,7 @@ static void resume_is_bit_exact(fixture_t *f, const char *strategy)
     snprintf(path, sizeof path, "%s/coordinator-b2.log", f->logs);
     assert_true(file_contains(path, "resuming after round 2"));
 
-    char *ma = NULL, *mb = NULL;
-    size_t la, lb;
-    snprintf(path, sizeof path, "%s/model.npy", out_a);
-    assert_int_equal(moeh_file_read_all(path, 1 << 24, &ma, &la, &err), 0);
-    snprintf(path, sizeof path, "%s/model.npy", out_b);
-    assert_int_equal(moeh_file_read_all(path, 1 << 24, &mb, &lb, &err), 0);
-    assert_int_equal(la, lb);
-    assert_memory_equal(ma, mb, la);
-    free(ma);
-    free(mb);
+    assert_same_model(out_a, out_b);
 }
 
 static void test_resume_is_bit_exact(void **state)
@@ -830,16 +834,7 @@ static void test_hostile_site_changes_nothing(void **state)
     snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
     assert_true(file_contains(path, "refused a message from site-x"));
 
-    char *ma = NULL, *mb = NULL;
-    size_t la, lb;
-    snprintf(path, sizeof path, "%s/model.npy", out_a);
-    assert_int_equal(moeh_file_read_all(path, 1 << 26, &ma, &la, &err), 0);
-    snprintf(path, sizeof path, "%s/model.npy", out_b);
-    assert_int_equal(moeh_file_read_all(path, 1 << 26, &mb, &lb, &err), 0);
-    assert_int_equal(la, lb);
-    assert_memory_equal(ma, mb, la);
-    free(ma);
-    free(mb);
+    assert_same_model(out_a, out_b);
 }
 
 /* Per-group aggregation end to end: with only the EHR-only and EHR + notes sites, no site

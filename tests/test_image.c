@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_extract.h"
 
 #include <dirent.h>
@@ -20,16 +22,12 @@ static char g_dir[256];
 
 static int setup(void **state)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_image_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    return 0;
+    return moeh_test_tmpdir(g_dir, sizeof g_dir, "image");
 }
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return moeh_test_rmtree(g_dir);
 }
 
 static const char *sample_dir(void)

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "keys.h"
 
 #include <string.h>
@@ -31,9 +33,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return moeh_test_rmtree(g_dir);
 }
 
 static void path_in(char *out, size_t cap, const char *name)

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_csv.h"
 #include "moeh_extract.h"
 #include "moeh_synth.h"
@@ -21,16 +23,12 @@ static char g_dir[256];
 
 static int setup(void **state)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_synth_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    return 0;
+    return moeh_test_tmpdir(g_dir, sizeof g_dir, "synth");
 }
 
 static int teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd);
+    return moeh_test_rmtree(g_dir);
 }
 
 typedef struct {

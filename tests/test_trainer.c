@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "moeh_extract.h"
 #include "moeh_synth.h"
 #include "trainer.h"
@@ -50,9 +52,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     moeh_dataset_free(&g_ds);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return moeh_test_rmtree(g_dir);
 }
 
 static moeh_moe_cfg_t small_cfg(void)

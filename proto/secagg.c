@@ -108,36 +108,46 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
 }
 
 /* ---- PRG --------------------------------------------------------------------------------- */
-void moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
-                         uint64_t round, int sign)
+/* out (len words) += sum_s sign[s] PRG(seeds[s]), block by block: each 4 KiB block of out stays
+ * in L1 while the m streams are added to it, so out crosses the memory bus once, not m times.
+ * The result is that of m moeh_secagg_prg_add() calls. */
+static void prg_add_many(uint32_t *out, size_t len, const uint8_t (*seeds)[MOEH_SECAGG_KEY_BYTES],
+                         const int8_t *sign, size_t m, uint64_t round)
 {
     uint32_t buf[PRG_BLOCK_WORDS];
     uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES];
     MOEH_ASSERT(len / 16 < UINT32_MAX); /* the 32-bit block counter must not wrap */
     put_u64(nonce, round);
     memcpy(nonce + 8, "mask", 4);
-    uint32_t ic = 0;
     for (size_t off = 0; off < len; off += PRG_BLOCK_WORDS) {
         size_t nw = len - off < PRG_BLOCK_WORDS ? len - off : PRG_BLOCK_WORDS;
-        /* whole 64-byte blocks, so that the counter advances by exactly 64 per full block */
-        size_t nb = (nw * 4 + 63) / 64 * 64;
-        int rc = crypto_stream_chacha20_ietf_xor_ic((unsigned char *)buf, k_zero_block, nb,
-                                                    nonce, ic, seed);
-        MOEH_ASSERT(rc == 0);
-        ic += (uint32_t)(nb / 64);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (size_t i = 0; i < nw; i++)
-            buf[i] = __builtin_bswap32(buf[i]);
-#endif
+        size_t nb = (nw * 4 + 63) / 64 * 64; /* whole 64-byte ChaCha20 blocks */
+        uint32_t ic = (uint32_t)(off / 16);   /* 16 words per block */
         uint32_t *o = out + off;
-        if (sign > 0)
+        for (size_t s = 0; s < m; s++) {
+            int rc = crypto_stream_chacha20_ietf_xor_ic((unsigned char *)buf, k_zero_block, nb,
+                                                        nonce, ic, seeds[s]);
+            MOEH_ASSERT(rc == 0);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
             for (size_t i = 0; i < nw; i++)
-                o[i] += buf[i];
-        else
-            for (size_t i = 0; i < nw; i++)
-                o[i] -= buf[i];
+                buf[i] = __builtin_bswap32(buf[i]);
+#endif
+            if (sign[s] > 0)
+                for (size_t i = 0; i < nw; i++)
+                    o[i] += buf[i];
+            else
+                for (size_t i = 0; i < nw; i++)
+                    o[i] -= buf[i];
+        }
     }
     sodium_memzero(buf, sizeof buf);
+}
+
+void moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
+                         uint64_t round, int sign)
+{
+    const int8_t sg = sign > 0 ? 1 : -1;
+    prg_add_many(out, len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seed, &sg, 1, round);
 }
 
 int moeh_secagg_pair_seed(uint8_t seed[MOEH_SECAGG_KEY_BYTES], const uint8_t my_sk[32],
@@ -386,7 +396,6 @@ struct moeh_secagg_client { /* sodium_malloc'd: it holds the secrets */
     uint32_t id;
     int phase;
     uint8_t c_pk[32], c_sk[32], s_pk[32], s_sk[32], b[32];
-    uint8_t seed[32]; /* scratch: the pair seed being expanded */
     held_pair_t *held; /* sodium_malloc'd, n: shares held, of each owner */
     /* public state, one malloc'd block */
     moeh_secagg_pubkeys_t *keys; /* n advertised keys (copied in phase 1) */
@@ -618,26 +627,30 @@ int moeh_secagg_client_mask(moeh_secagg_client_t *c, uint32_t *y, const uint32_t
     if (ng < c->cfg.t)
         return moeh_errf(err, -EINVAL, "secagg: only %u of client %u's group in U2, threshold %u",
                          ng, me, c->cfg.t);
-    /* pair seeds first: a bad key must fail before y is touched */
-    for (uint32_t j = 0; j < n; j++)
-        if (j != me && c->nbr[j] && u2[j] &&
-            moeh_secagg_pair_seed(c->seed, c->s_sk, c->s_pk, c->keys[j].s_pk, me, j,
-                                  c->cfg.round) != 0) {
-            sodium_memzero(c->seed, sizeof c->seed);
-            return moeh_errf(err, -EINVAL, "secagg: client %u's s key is not usable", j);
-        }
-    if (y != x)
-        memmove(y, x, c->cfg.len * sizeof *y);
-    moeh_secagg_prg_add(y, c->cfg.len, c->b, c->cfg.round, +1);
+    /* all seeds first (a bad key fails before y is touched), then one pass over y */
+    uint8_t(*seeds)[MOEH_SECAGG_KEY_BYTES] = sodium_malloc((size_t)ng * MOEH_SECAGG_KEY_BYTES);
+    int8_t sign[MOEH_SECAGG_MAX_CLIENTS];
+    if (!seeds)
+        return moeh_errf(err, -ENOMEM, "secagg: out of secure memory");
+    size_t m = 0;
+    memcpy(seeds[m], c->b, MOEH_SECAGG_KEY_BYTES);
+    sign[m++] = 1;
     for (uint32_t j = 0; j < n; j++) {
         if (j == me || !c->nbr[j] || !u2[j])
             continue;
-        int rc = moeh_secagg_pair_seed(c->seed, c->s_sk, c->s_pk, c->keys[j].s_pk, me, j,
-                                       c->cfg.round);
-        MOEH_ASSERT(rc == 0); /* checked above */
-        moeh_secagg_prg_add(y, c->cfg.len, c->seed, c->cfg.round, j > me ? +1 : -1);
+        if (moeh_secagg_pair_seed(seeds[m], c->s_sk, c->s_pk, c->keys[j].s_pk, me, j,
+                                  c->cfg.round) != 0) {
+            sodium_free(seeds);
+            return moeh_errf(err, -EINVAL, "secagg: client %u's s key is not usable", j);
+        }
+        sign[m++] = j > me ? 1 : -1;
     }
-    sodium_memzero(c->seed, sizeof c->seed);
+    MOEH_ASSERT(m == ng);
+    if (y != x)
+        memmove(y, x, c->cfg.len * sizeof *y);
+    prg_add_many(y, c->cfg.len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seeds, sign, m,
+                 c->cfg.round);
+    sodium_free(seeds);
     for (uint32_t j = 0; j < n; j++)
         c->u2[j] = u2[j] != 0;
     c->phase = PH_MASKED;
@@ -726,6 +739,7 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
     size_t *order = NULL;
     uint8_t *secrets = NULL;          /* sodium_malloc'd: 32 bytes per client, b or s key */
     moeh_secagg_share_t *sh = NULL;   /* sodium_malloc'd: t shares being combined */
+    uint8_t(*seeds)[MOEH_SECAGG_KEY_BYTES] = NULL; /* sodium_malloc'd: n mask seeds */
     int rc = moeh_secagg_cfg_check(cfg, err);
     if (rc)
         return rc;
@@ -774,7 +788,8 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
     order = malloc((n_reveals ? n_reveals : 1) * sizeof *order);
     secrets = sodium_malloc((size_t)n * 32);
     sh = sodium_malloc((size_t)t * sizeof *sh);
-    if (!order || !secrets || !sh) {
+    seeds = sodium_malloc((size_t)n * MOEH_SECAGG_KEY_BYTES);
+    if (!order || !secrets || !sh || !seeds) {
         rc = moeh_errf(err, -ENOMEM, "secagg: out of memory");
         goto out;
     }
@@ -814,27 +829,38 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
             goto out;
         }
     }
-    /* from here on nothing fails: remove the masks */
-    for (uint32_t o = 0; o < n; o++)
-        if (st[o] == ST_SURVIVED)
-            moeh_secagg_prg_add(sum, cfg->len, secrets + (size_t)o * 32, cfg->round, -1);
-    for (uint32_t d = 0; d < n; d++) {
-        if (st[d] != ST_DROPPED)
-            continue;
-        const uint8_t *sk = secrets + (size_t)d * 32;
-        for (uint32_t j = 0; j < n; j++) {
-            if (st[j] != ST_SURVIVED || !nbr_at(cfg, pos, d, j))
+    /* from here on nothing fails: remove the masks, one pass over sum per group of seeds */
+    {
+        int8_t sign[MOEH_SECAGG_MAX_CLIENTS] = {0}; /* = {0}: gcc sees m == 0 as a read */
+        size_t m = 0;
+        for (uint32_t o = 0; o < n; o++)
+            if (st[o] == ST_SURVIVED) {
+                memcpy(seeds[m], secrets + (size_t)o * 32, 32);
+                sign[m++] = -1;
+            }
+        prg_add_many(sum, cfg->len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seeds, sign, m,
+                     cfg->round);
+        for (uint32_t d = 0; d < n; d++) {
+            if (st[d] != ST_DROPPED)
                 continue;
-            /* survivor j added sign(j, d) PRG(s_jd): + if d > j */
-            uint8_t *seed = (uint8_t *)sh; /* secure scratch, t * 48 >= 32 bytes */
-            rc = moeh_secagg_pair_seed(seed, sk, keys[d].s_pk, keys[j].s_pk, d, j, cfg->round);
-            MOEH_ASSERT(rc == 0); /* keys probed above */
-            moeh_secagg_prg_add(sum, cfg->len, seed, cfg->round, d > j ? -1 : +1);
+            m = 0;
+            for (uint32_t j = 0; j < n; j++) {
+                if (st[j] != ST_SURVIVED || !nbr_at(cfg, pos, d, j))
+                    continue;
+                rc = moeh_secagg_pair_seed(seeds[m], secrets + (size_t)d * 32, keys[d].s_pk,
+                                           keys[j].s_pk, d, j, cfg->round);
+                MOEH_ASSERT(rc == 0); /* keys probed above */
+                /* survivor j added sign(j, d) PRG(s_jd): + if d > j */
+                sign[m++] = d > j ? -1 : 1;
+            }
+            prg_add_many(sum, cfg->len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seeds, sign, m,
+                         cfg->round);
         }
     }
     rc = 0;
 out:
     sodium_memzero(pk, sizeof pk);
+    sodium_free(seeds);
     sodium_free(sh);
     sodium_free(secrets);
     free(order);

@@ -7,8 +7,9 @@
  *   mask     every client masks its vector (1 self mask + n - 1 pairwise PRG expansions);
  *   unmask   reveals + the server's reconstruction and mask removal, with no client dropped
  *            and with one dropped after sharing keys (n - 1 more PRG expansions).
- * Every phase is the best of 3 runs. Ratios are to plain summation of the same round. Clients run in parallel in a deployment, so
- * "mask per client" is the latency a site adds. Usage: bench_secagg [L] */
+ * Every phase is the best of 3 runs. Ratios are to plain summation of the same round. Clients run
+ * in parallel in a deployment, so "mask per client" is the latency a site adds. Usage: bench_secagg
+ * [L] */
 #include "keys.h"
 #include "secagg.h"
 
@@ -41,20 +42,18 @@ static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uin
     uint32_t surv[32], dropped[32], ns = 0, nd = 0;
     size_t nrev = 0;
     int rc = -ENOMEM;
-    if (!rev || !cts || n > 32)
-        goto out;
+    if (!rev || !cts || n > 32) goto out;
     memset(present, 1, n);
     memset(u2, 1, n);
     double t0 = now_s();
     for (uint32_t i = 0; i < n; i++) {
-        if ((rc = moeh_secagg_client_create(&cfg, i, &c[i], &err)) != 0)
-            goto out;
+        if ((rc = moeh_secagg_client_create(&cfg, i, &c[i], &err)) != 0) goto out;
         moeh_secagg_client_pubkeys(c[i], &keys[i]);
     }
     for (uint32_t i = 0; i < n; i++)
-        if ((rc = moeh_secagg_client_share_keys(
-                 c[i], keys, present, cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES, sent,
-                 &err)) != 0)
+        if ((rc = moeh_secagg_client_share_keys(c[i], keys, present,
+                                                cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
+                                                sent, &err)) != 0)
             goto out;
     for (uint32_t i = 0; i < n; i++)
         for (uint32_t j = 0; j < n; j++)
@@ -70,8 +69,7 @@ static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uin
         }
         surv[ns++] = i;
         double ta = now_s();
-        if ((rc = moeh_secagg_client_mask(c[i], y, x, u2, &err)) != 0)
-            goto out;
+        if ((rc = moeh_secagg_client_mask(c[i], y, x, u2, &err)) != 0) goto out;
         tmask += now_s() - ta;
         for (size_t w = 0; w < L; w++) /* the server's plain addition: not secagg's cost */
             sum[w] += y[w];
@@ -90,8 +88,7 @@ static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uin
     tm->mask = tmask;
     tm->unmask = t3 - t2;
 out:
-    if (rc)
-        fprintf(stderr, "bench_secagg: %s (%s)\n", err.msg, moeh_strerror(rc));
+    if (rc) fprintf(stderr, "bench_secagg: %s (%s)\n", err.msg, moeh_strerror(rc));
     for (uint32_t i = 0; i < n && i < 32; i++)
         moeh_secagg_client_destroy(&c[i]);
     free(rev);
@@ -136,8 +133,7 @@ int main(int argc, char **argv)
         times_t t0 = {1e9, 1e9, 1e9}, t1 = {1e9, 1e9, 1e9}, tr;
         for (int rep = 0; rep < 3; rep++) { /* best of 3 of each phase */
             memset(sum, 0, L * sizeof *sum);
-            if (one_round(n, L, 0, x, y, sum, &tr) != 0)
-                return 1;
+            if (one_round(n, L, 0, x, y, sum, &tr) != 0) return 1;
             if (memcmp(sum, plain, L * sizeof *sum) != 0) {
                 fprintf(stderr, "bench_secagg: unmasked sum differs from the plain sum\n");
                 return 1;
@@ -146,13 +142,12 @@ int main(int argc, char **argv)
             t0.mask = tr.mask < t0.mask ? tr.mask : t0.mask;
             t0.unmask = tr.unmask < t0.unmask ? tr.unmask : t0.unmask;
             memset(sum, 0, L * sizeof *sum);
-            if (one_round(n, L, 1, x, y, sum, &tr) != 0)
-                return 1;
+            if (one_round(n, L, 1, x, y, sum, &tr) != 0) return 1;
             t1.unmask = tr.unmask < t1.unmask ? tr.unmask : t1.unmask;
         }
         printf("%3u %9.2f %9.2f %9.1f %12.1f %9.1f %12.1f %12.1f %12.1f\n", n, 1e3 * tp,
-               1e3 * t0.setup, 1e3 * t0.mask, 1e3 * t0.mask / n, 1e3 * t0.unmask,
-               1e3 * t1.unmask, (t0.mask + t0.unmask) / tp, (t0.mask / n) / (tp / n));
+               1e3 * t0.setup, 1e3 * t0.mask, 1e3 * t0.mask / n, 1e3 * t0.unmask, 1e3 * t1.unmask,
+               (t0.mask + t0.unmask) / tp, (t0.mask / n) / (tp / n));
     }
     free(x);
     free(y);

@@ -43,8 +43,7 @@ static uint32_t group_size(const moeh_secagg_cfg_t *cfg)
 
 int moeh_secagg_cfg_check(const moeh_secagg_cfg_t *cfg, moeh_err_t *err)
 {
-    if (!cfg)
-        return moeh_errf(err, -EINVAL, "secagg: no configuration");
+    if (!cfg) return moeh_errf(err, -EINVAL, "secagg: no configuration");
     if (cfg->n < 2 || cfg->n > MOEH_SECAGG_MAX_CLIENTS)
         return moeh_errf(err, -EINVAL, "secagg: n = %u clients, expected 2..%d", cfg->n,
                          MOEH_SECAGG_MAX_CLIENTS);
@@ -59,8 +58,7 @@ int moeh_secagg_cfg_check(const moeh_secagg_cfg_t *cfg, moeh_err_t *err)
         return moeh_errf(err, -EINVAL, "secagg: threshold t = %u, expected %u..%u (|G| = %u)",
                          cfg->t, g / 2 + 1, g, g);
     if (cfg->len == 0 || cfg->len > UINT32_MAX)
-        return moeh_errf(err, -EINVAL, "secagg: vector of %zu words, expected 1..2^32-1",
-                         cfg->len);
+        return moeh_errf(err, -EINVAL, "secagg: vector of %zu words, expected 1..2^32-1", cfg->len);
     return 0;
 }
 
@@ -87,13 +85,10 @@ static void graph_positions(const moeh_secagg_cfg_t *cfg, uint32_t *pos)
 
 static int nbr_at(const moeh_secagg_cfg_t *cfg, const uint32_t *pos, uint32_t i, uint32_t j)
 {
-    if (i == j)
-        return 0;
-    if (cfg->k == 0)
-        return 1;
+    if (i == j) return 0;
+    if (cfg->k == 0) return 1;
     uint32_t d = pos[i] > pos[j] ? pos[i] - pos[j] : pos[j] - pos[i];
-    if (cfg->n - d < d)
-        d = cfg->n - d;
+    if (cfg->n - d < d) d = cfg->n - d;
     return d <= cfg->k / 2;
 }
 
@@ -101,8 +96,7 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
 {
     uint32_t pos[MOEH_SECAGG_MAX_CLIENTS];
     MOEH_ASSERT(cfg->n >= 2 && cfg->n <= MOEH_SECAGG_MAX_CLIENTS && i < cfg->n && j < cfg->n);
-    if (cfg->k == 0)
-        return i != j;
+    if (cfg->k == 0) return i != j;
     graph_positions(cfg, pos);
     return nbr_at(cfg, pos, i, j);
 }
@@ -122,7 +116,7 @@ static void prg_add_many(uint32_t *out, size_t len, const uint8_t (*seeds)[MOEH_
     for (size_t off = 0; off < len; off += PRG_BLOCK_WORDS) {
         size_t nw = len - off < PRG_BLOCK_WORDS ? len - off : PRG_BLOCK_WORDS;
         size_t nb = (nw * 4 + 63) / 64 * 64; /* whole 64-byte ChaCha20 blocks */
-        uint32_t ic = (uint32_t)(off / 16);   /* 16 words per block */
+        uint32_t ic = (uint32_t)(off / 16);  /* 16 words per block */
         uint32_t *o = out + off;
         for (size_t s = 0; s < m; s++) {
             int rc = crypto_stream_chacha20_ietf_xor_ic((unsigned char *)buf, k_zero_block, nb,
@@ -157,8 +151,7 @@ int moeh_secagg_pair_seed(uint8_t seed[MOEH_SECAGG_KEY_BYTES], const uint8_t my_
     static const char tag[] = "moeh-secagg-pair-v1";
     uint8_t q[crypto_scalarmult_BYTES], msg[sizeof tag - 1 + 8 + 4 + 4 + 64];
     int rc = -EINVAL;
-    if (me == peer || crypto_scalarmult(q, my_sk, peer_pk) != 0)
-        goto out;
+    if (me == peer || crypto_scalarmult(q, my_sk, peer_pk) != 0) goto out;
     const uint8_t *pk_lo = me < peer ? my_pk : peer_pk, *pk_hi = me < peer ? peer_pk : my_pk;
     size_t o = 0;
     memcpy(msg, tag, sizeof tag - 1), o += sizeof tag - 1;
@@ -168,9 +161,8 @@ int moeh_secagg_pair_seed(uint8_t seed[MOEH_SECAGG_KEY_BYTES], const uint8_t my_
     memcpy(msg + o, pk_lo, 32), o += 32;
     memcpy(msg + o, pk_hi, 32), o += 32;
     MOEH_ASSERT(o == sizeof msg);
-    rc = crypto_generichash(seed, MOEH_SECAGG_KEY_BYTES, msg, sizeof msg, q, sizeof q) == 0
-             ? 0
-             : -EIO;
+    rc = crypto_generichash(seed, MOEH_SECAGG_KEY_BYTES, msg, sizeof msg, q, sizeof q) == 0 ? 0
+                                                                                            : -EIO;
 out:
     sodium_memzero(q, sizeof q);
     return rc;
@@ -185,8 +177,7 @@ static int dir_key(uint8_t key[crypto_kx_SESSIONKEYBYTES], uint32_t from, uint32
     uint32_t peer = me == from ? to : from;
     int rc = me < peer ? crypto_kx_client_session_keys(rx, tx, my_pk, my_sk, peer_pk)
                        : crypto_kx_server_session_keys(rx, tx, my_pk, my_sk, peer_pk);
-    if (rc == 0)
-        memcpy(key, me == from ? tx : rx, crypto_kx_SESSIONKEYBYTES);
+    if (rc == 0) memcpy(key, me == from ? tx : rx, crypto_kx_SESSIONKEYBYTES);
     sodium_memzero(rx, sizeof rx);
     sodium_memzero(tx, sizeof tx);
     return rc == 0 ? 0 : -EINVAL;
@@ -212,15 +203,14 @@ int moeh_secagg_share_seal(uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES],
                            const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
 {
     uint8_t key[crypto_kx_SESSIONKEYBYTES], ad[AD_BYTES], nonce[12];
-    if (from == to)
-        return -EINVAL;
+    if (from == to) return -EINVAL;
     int rc = dir_key(key, from, to, from, my_c_pk, my_c_sk, peer_c_pk);
     if (rc == 0) {
         share_ad(ad, nonce, round, from, to);
         unsigned long long clen = 0;
         rc = crypto_aead_chacha20poly1305_ietf_encrypt(ct, &clen, plain,
-                                                       MOEH_SECAGG_SHARE_PLAIN_BYTES, ad,
-                                                       sizeof ad, NULL, nonce, key) == 0 &&
+                                                       MOEH_SECAGG_SHARE_PLAIN_BYTES, ad, sizeof ad,
+                                                       NULL, nonce, key) == 0 &&
                      clen == MOEH_SECAGG_SHARE_CT_BYTES
                  ? 0
                  : -EIO;
@@ -235,8 +225,7 @@ int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
                            const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
 {
     uint8_t key[crypto_kx_SESSIONKEYBYTES], ad[AD_BYTES], nonce[12];
-    if (from == to)
-        return -EINVAL;
+    if (from == to) return -EINVAL;
     int rc = dir_key(key, from, to, to, my_c_pk, my_c_sk, peer_c_pk);
     if (rc == 0) {
         share_ad(ad, nonce, round, from, to);
@@ -247,8 +236,7 @@ int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
                      mlen == MOEH_SECAGG_SHARE_PLAIN_BYTES
                  ? 0
                  : -EBADMSG;
-        if (rc)
-            sodium_memzero(plain, MOEH_SECAGG_SHARE_PLAIN_BYTES);
+        if (rc) sodium_memzero(plain, MOEH_SECAGG_SHARE_PLAIN_BYTES);
     }
     sodium_memzero(key, sizeof key);
     return rc;
@@ -266,7 +254,7 @@ static uint64_t f_sub(uint64_t a, uint64_t b)
 }
 static uint64_t f_mul(uint64_t a, uint64_t b)
 {
-    unsigned __int128 m = (unsigned __int128)a * b; /* < 2^122 */
+    unsigned __int128 m = (unsigned __int128)a * b;       /* < 2^122 */
     uint64_t r = (uint64_t)(m & P) + (uint64_t)(m >> 61); /* < 2^62 */
     r = (r & P) + (r >> 61);
     return r >= P ? r - P : r;
@@ -275,8 +263,7 @@ static uint64_t f_inv(uint64_t a) /* a != 0: a^(p-2) */
 {
     uint64_t r = 1, e = P - 2;
     while (e) {
-        if (e & 1)
-            r = f_mul(r, a);
+        if (e & 1) r = f_mul(r, a);
         a = f_mul(a, a);
         e >>= 1;
     }
@@ -301,19 +288,15 @@ static size_t elem_bytes(int e)
 int moeh_secagg_shamir_split(moeh_secagg_share_t *out, const uint32_t *xs, size_t n, uint32_t t,
                              const uint8_t secret[32])
 {
-    if (t < 1 || t > n || n > MOEH_SECAGG_MAX_CLIENTS)
-        return -EINVAL;
+    if (t < 1 || t > n || n > MOEH_SECAGG_MAX_CLIENTS) return -EINVAL;
     for (size_t h = 0; h < n; h++) {
-        if (xs[h] == 0 || xs[h] >= (UINT32_C(1) << 31))
-            return -EINVAL;
+        if (xs[h] == 0 || xs[h] >= (UINT32_C(1) << 31)) return -EINVAL;
         for (size_t g = 0; g < h; g++)
-            if (xs[g] == xs[h])
-                return -EINVAL;
+            if (xs[g] == xs[h]) return -EINVAL;
     }
     /* coef[e * t + d]: coefficient of x^d of the polynomial of element e; coef[e * t] = secret */
     uint64_t *coef = sodium_malloc((size_t)NE * t * sizeof *coef);
-    if (!coef)
-        return -ENOMEM;
+    if (!coef) return -ENOMEM;
     for (int e = 0; e < NE; e++) {
         uint64_t s = 0;
         for (size_t b = 0; b < elem_bytes(e); b++)
@@ -341,23 +324,18 @@ int moeh_secagg_shamir_combine(uint8_t secret[32], const moeh_secagg_share_t *sh
     uint64_t acc[NE] = {0};
     int rc = 0;
     memset(secret, 0, 32);
-    if (t < 1)
-        return -EINVAL;
-    if (n_shares < t)
-        return -EPERM;
+    if (t < 1) return -EINVAL;
+    if (n_shares < t) return -EPERM;
     for (uint32_t j = 0; j < t; j++) {
-        if (shares[j].x == 0)
-            return -EINVAL;
+        if (shares[j].x == 0) return -EINVAL;
         for (uint32_t m = 0; m < j; m++)
-            if (shares[m].x == shares[j].x)
-                return -EINVAL;
+            if (shares[m].x == shares[j].x) return -EINVAL;
     }
     for (uint32_t j = 0; j < t; j++) {
         /* Lagrange basis at 0: prod_{m != j} x_m / (x_m - x_j) */
         uint64_t num = 1, den = 1;
         for (uint32_t m = 0; m < t; m++) {
-            if (m == j)
-                continue;
+            if (m == j) continue;
             num = f_mul(num, shares[m].x);
             den = f_mul(den, f_sub(shares[m].x, shares[j].x));
         }
@@ -379,8 +357,7 @@ int moeh_secagg_shamir_combine(uint8_t secret[32], const moeh_secagg_share_t *sh
             secret[7 * e + b] = (uint8_t)(acc[e] >> (8 * b));
     }
 out:
-    if (rc)
-        sodium_memzero(secret, 32);
+    if (rc) sodium_memzero(secret, 32);
     sodium_memzero(acc, sizeof acc);
     return rc;
 }
@@ -398,7 +375,7 @@ struct moeh_secagg_client { /* sodium_malloc'd: it holds the secrets */
     uint8_t c_pk[32], c_sk[32], s_pk[32], s_sk[32], b[32];
     held_pair_t *held; /* sodium_malloc'd, n: shares held, of each owner */
     /* public state, one malloc'd block */
-    moeh_secagg_pubkeys_t *keys; /* n advertised keys (copied in phase 1) */
+    moeh_secagg_pubkeys_t *keys;            /* n advertised keys (copied in phase 1) */
     uint8_t *nbr, *u1, *have, *u2, *status; /* n flags each */
 };
 
@@ -406,13 +383,11 @@ static int client_alloc(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_c
                         moeh_err_t *err)
 {
     int rc = moeh_secagg_cfg_check(cfg, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (id >= cfg->n)
         return moeh_errf(err, -EINVAL, "secagg: client id %u, expected < n = %u", id, cfg->n);
     moeh_secagg_client_t *c = sodium_malloc(sizeof *c);
-    if (!c)
-        return moeh_errf(err, -ENOMEM, "secagg: out of secure memory");
+    if (!c) return moeh_errf(err, -ENOMEM, "secagg: out of secure memory");
     memset(c, 0, sizeof *c);
     c->cfg = *cfg;
     c->id = id;
@@ -440,13 +415,12 @@ static int client_alloc(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_c
     return 0;
 }
 
-int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id,
-                              moeh_secagg_client_t **out, moeh_err_t *err)
+int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_client_t **out,
+                              moeh_err_t *err)
 {
     moeh_secagg_client_t *c = NULL;
     int rc = client_alloc(cfg, id, &c, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (crypto_kx_keypair(c->c_pk, c->c_sk) != 0) {
         moeh_secagg_client_destroy(&c);
         return moeh_errf(err, -EIO, "secagg: key generation failed");
@@ -468,8 +442,7 @@ int moeh_secagg_client_create_seeded(const moeh_secagg_cfg_t *cfg, uint32_t id,
     moeh_secagg_client_t *c = NULL;
     uint8_t cseed[crypto_kx_SEEDBYTES];
     int rc = client_alloc(cfg, id, &c, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (crypto_generichash(cseed, sizeof cseed, (const uint8_t *)"c", 1, seed, 32) != 0 ||
         crypto_generichash(c->s_sk, 32, (const uint8_t *)"s", 1, seed, 32) != 0 ||
         crypto_generichash(c->b, 32, (const uint8_t *)"b", 1, seed, 32) != 0 ||
@@ -485,8 +458,7 @@ int moeh_secagg_client_create_seeded(const moeh_secagg_cfg_t *cfg, uint32_t id,
 
 void moeh_secagg_client_destroy(moeh_secagg_client_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_secagg_client_t *c = *self_p;
     sodium_free(c->held); /* NULL-safe; wipes */
     free(c->keys);
@@ -522,8 +494,7 @@ int moeh_secagg_client_share_keys(moeh_secagg_client_t *c, const moeh_secagg_pub
         return moeh_errf(err, -EALREADY, "secagg: client %u has shared its keys already", me);
     if (!present[me] || sodium_memcmp(keys[me].c_pk, c->c_pk, 32) != 0 ||
         sodium_memcmp(keys[me].s_pk, c->s_pk, 32) != 0)
-        return moeh_errf(err, -EINVAL, "secagg: client %u's own keys are not in the key list",
-                         me);
+        return moeh_errf(err, -EINVAL, "secagg: client %u's own keys are not in the key list", me);
     memset(sent, 0, n);
     for (uint32_t j = 0; j < n; j++)
         if (j == me || (c->nbr[j] && present[j])) {
@@ -571,29 +542,26 @@ out:
 }
 
 int moeh_secagg_client_receive_share(moeh_secagg_client_t *c, uint32_t from,
-                                     const uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES],
-                                     moeh_err_t *err)
+                                     const uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES], moeh_err_t *err)
 {
     uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES];
     int rc;
     if (c->phase != PH_SHARED)
         return moeh_errf(err, -EINVAL, "secagg: client %u does not accept shares now", c->id);
     if (from >= c->cfg.n || !c->nbr[from] || !c->u1[from])
-        return moeh_errf(err, -EINVAL, "secagg: client %u expects no share from %u", c->id,
-                         from);
+        return moeh_errf(err, -EINVAL, "secagg: client %u expects no share from %u", c->id, from);
     if (c->have[from])
         return moeh_errf(err, -EINVAL, "secagg: client %u has %u's share already", c->id, from);
     rc = moeh_secagg_share_open(plain, ct, c->cfg.round, from, c->id, c->c_pk, c->c_sk,
                                 c->keys[from].c_pk);
     if (rc) {
-        rc = moeh_errf(err, -EBADMSG, "secagg: the share from %u to %u does not authenticate",
-                       from, c->id);
+        rc = moeh_errf(err, -EBADMSG, "secagg: the share from %u to %u does not authenticate", from,
+                       c->id);
         goto out;
     }
     for (int e = 0; e < 2 * NE; e++)
         if (get_u64(plain + 8 * e) >= P) {
-            rc = moeh_errf(err, -EBADMSG, "secagg: the share from %u is not a field element",
-                           from);
+            rc = moeh_errf(err, -EBADMSG, "secagg: the share from %u is not a field element", from);
             goto out;
         }
     for (int e = 0; e < NE; e++) {
@@ -614,14 +582,12 @@ int moeh_secagg_client_mask(moeh_secagg_client_t *c, uint32_t *y, const uint32_t
     if (c->phase != PH_SHARED)
         return moeh_errf(err, c->phase > PH_SHARED ? -EALREADY : -EINVAL,
                          "secagg: client %u cannot mask now", me);
-    if (!u2[me])
-        return moeh_errf(err, -EINVAL, "secagg: client %u is not in U2", me);
+    if (!u2[me]) return moeh_errf(err, -EINVAL, "secagg: client %u is not in U2", me);
     for (uint32_t j = 0; j < n; j++) {
-        if (j == me || !c->nbr[j] || !u2[j])
-            continue;
+        if (j == me || !c->nbr[j] || !u2[j]) continue;
         if (!c->have[j])
-            return moeh_errf(err, -EINVAL, "secagg: U2 names %u, whose share %u never received",
-                             j, me);
+            return moeh_errf(err, -EINVAL, "secagg: U2 names %u, whose share %u never received", j,
+                             me);
         ng++;
     }
     if (ng < c->cfg.t)
@@ -630,14 +596,12 @@ int moeh_secagg_client_mask(moeh_secagg_client_t *c, uint32_t *y, const uint32_t
     /* all seeds first (a bad key fails before y is touched), then one pass over y */
     uint8_t(*seeds)[MOEH_SECAGG_KEY_BYTES] = sodium_malloc((size_t)ng * MOEH_SECAGG_KEY_BYTES);
     int8_t sign[MOEH_SECAGG_MAX_CLIENTS];
-    if (!seeds)
-        return moeh_errf(err, -ENOMEM, "secagg: out of secure memory");
+    if (!seeds) return moeh_errf(err, -ENOMEM, "secagg: out of secure memory");
     size_t m = 0;
     memcpy(seeds[m], c->b, MOEH_SECAGG_KEY_BYTES);
     sign[m++] = 1;
     for (uint32_t j = 0; j < n; j++) {
-        if (j == me || !c->nbr[j] || !u2[j])
-            continue;
+        if (j == me || !c->nbr[j] || !u2[j]) continue;
         if (moeh_secagg_pair_seed(seeds[m], c->s_sk, c->s_pk, c->keys[j].s_pk, me, j,
                                   c->cfg.round) != 0) {
             sodium_free(seeds);
@@ -646,8 +610,7 @@ int moeh_secagg_client_mask(moeh_secagg_client_t *c, uint32_t *y, const uint32_t
         sign[m++] = j > me ? 1 : -1;
     }
     MOEH_ASSERT(m == ng);
-    if (y != x)
-        memmove(y, x, c->cfg.len * sizeof *y);
+    if (y != x) memmove(y, x, c->cfg.len * sizeof *y);
     prg_add_many(y, c->cfg.len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seeds, sign, m,
                  c->cfg.round);
     sodium_free(seeds);
@@ -696,12 +659,11 @@ int moeh_secagg_client_reveal(moeh_secagg_client_t *c, const uint32_t *survivors
     if (c->phase < PH_MASKED)
         return moeh_errf(err, -EINVAL, "secagg: client %u has not masked yet", me);
     int rc = request_status(st, n, survivors, n_survivors, dropped, n_dropped, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (uint32_t j = 0; j < n; j++)
         if ((st[j] != ST_NONE) != (c->u2[j] != 0))
-            return moeh_errf(err, -EINVAL,
-                             "secagg: the request does not partition U2 (client %u)", j);
+            return moeh_errf(err, -EINVAL, "secagg: the request does not partition U2 (client %u)",
+                             j);
     if (st[me] != ST_SURVIVED)
         return moeh_errf(err, -EINVAL, "secagg: client %u is not among the survivors", me);
     if (n_survivors < c->cfg.t)
@@ -712,8 +674,7 @@ int moeh_secagg_client_reveal(moeh_secagg_client_t *c, const uint32_t *survivors
                          "secagg: client %u answered a different unmask request already", me);
     size_t k = 0;
     for (uint32_t o = 0; o < n; o++) {
-        if (!c->have[o] || st[o] == ST_NONE)
-            continue;
+        if (!c->have[o] || st[o] == ST_NONE) continue;
         int which = st[o] == ST_SURVIVED ? 0 : 1;
         out[k].owner = o;
         out[k].holder = me;
@@ -731,24 +692,26 @@ int moeh_secagg_client_reveal(moeh_secagg_client_t *c, const uint32_t *survivors
 int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pubkeys_t *keys,
                               const uint32_t *survivors, size_t n_survivors,
                               const uint32_t *dropped, size_t n_dropped,
-                              const moeh_secagg_reveal_t *reveals, size_t n_reveals,
-                              uint32_t *sum, moeh_err_t *err)
+                              const moeh_secagg_reveal_t *reveals, size_t n_reveals, uint32_t *sum,
+                              moeh_err_t *err)
 {
-    uint32_t pos[MOEH_SECAGG_MAX_CLIENTS], cnt[MOEH_SECAGG_MAX_CLIENTS], start[MOEH_SECAGG_MAX_CLIENTS + 1];
+    uint32_t pos[MOEH_SECAGG_MAX_CLIENTS], cnt[MOEH_SECAGG_MAX_CLIENTS],
+        start[MOEH_SECAGG_MAX_CLIENTS + 1];
     uint8_t st[MOEH_SECAGG_MAX_CLIENTS], pk[32];
     size_t *order = NULL;
-    uint8_t *secrets = NULL;          /* sodium_malloc'd: 32 bytes per client, b or s key */
-    moeh_secagg_share_t *sh = NULL;   /* sodium_malloc'd: t shares being combined */
+    uint8_t *secrets = NULL;        /* sodium_malloc'd: 32 bytes per client, b or s key */
+    moeh_secagg_share_t *sh = NULL; /* sodium_malloc'd: t shares being combined */
     uint8_t(*seeds)[MOEH_SECAGG_KEY_BYTES] = NULL; /* sodium_malloc'd: n mask seeds */
     int rc = moeh_secagg_cfg_check(cfg, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const uint32_t n = cfg->n, t = cfg->t;
     if ((rc = request_status(st, n, survivors, n_survivors, dropped, n_dropped, err)) != 0)
         return rc;
     if (n_survivors < t)
-        return moeh_errf(err, -EPERM, "secagg: %zu survivors, fewer than t = %u: refusing to "
-                                      "unmask", n_survivors, t);
+        return moeh_errf(err, -EPERM,
+                         "secagg: %zu survivors, fewer than t = %u: refusing to "
+                         "unmask",
+                         n_survivors, t);
     graph_positions(cfg, pos);
     /* every key that takes part must be usable before anything is touched */
     for (uint32_t j = 0; j < n; j++) {
@@ -767,8 +730,7 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
                              v->holder);
         if (st[v->owner] == ST_NONE ||
             (v->owner != v->holder && !nbr_at(cfg, pos, v->owner, v->holder)))
-            return moeh_errf(err, -EINVAL, "secagg: %u holds no share of %u", v->holder,
-                             v->owner);
+            return moeh_errf(err, -EINVAL, "secagg: %u holds no share of %u", v->holder, v->owner);
         if (v->kind != (st[v->owner] == ST_SURVIVED ? MOEH_SECAGG_REVEAL_B : MOEH_SECAGG_REVEAL_S))
             return moeh_errf(err, -EPERM,
                              "secagg: reveal %zu is the wrong secret of client %u: refusing to "
@@ -800,8 +762,7 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
             order[fill[reveals[r].owner]++] = r;
     }
     for (uint32_t o = 0; o < n; o++) {
-        if (st[o] == ST_NONE)
-            continue;
+        if (st[o] == ST_NONE) continue;
         uint32_t k = 0;
         for (uint32_t a = start[o]; a < start[o + 1] && k < t; a++) {
             const moeh_secagg_reveal_t *v = &reveals[order[a]];
@@ -821,9 +782,8 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
                            "secagg: the shares of client %u do not reconstruct", o);
             goto out;
         }
-        if (st[o] == ST_DROPPED &&
-            (crypto_scalarmult_base(pk, secrets + (size_t)o * 32) != 0 ||
-             sodium_memcmp(pk, keys[o].s_pk, 32) != 0)) {
+        if (st[o] == ST_DROPPED && (crypto_scalarmult_base(pk, secrets + (size_t)o * 32) != 0 ||
+                                    sodium_memcmp(pk, keys[o].s_pk, 32) != 0)) {
             rc = moeh_errf(err, -EBADMSG,
                            "secagg: the key reconstructed for client %u is not its own", o);
             goto out;
@@ -841,12 +801,10 @@ int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pu
         prg_add_many(sum, cfg->len, (const uint8_t(*)[MOEH_SECAGG_KEY_BYTES])seeds, sign, m,
                      cfg->round);
         for (uint32_t d = 0; d < n; d++) {
-            if (st[d] != ST_DROPPED)
-                continue;
+            if (st[d] != ST_DROPPED) continue;
             m = 0;
             for (uint32_t j = 0; j < n; j++) {
-                if (st[j] != ST_SURVIVED || !nbr_at(cfg, pos, d, j))
-                    continue;
+                if (st[j] != ST_SURVIVED || !nbr_at(cfg, pos, d, j)) continue;
                 rc = moeh_secagg_pair_seed(seeds[m], secrets + (size_t)d * 32, keys[d].s_pk,
                                            keys[j].s_pk, d, j, cfg->round);
                 MOEH_ASSERT(rc == 0); /* keys probed above */

@@ -30,10 +30,10 @@
 
 #define MOEH_SECAGG_MAX_CLIENTS 1024
 #define MOEH_SECAGG_KEY_BYTES 32
-/* A 32-byte secret is split into 5 elements of GF(2^61 - 1): bytes 0-6, 7-13, 14-20, 21-27, 28-31. */
+/* A 32-byte secret is 5 elements of GF(2^61 - 1): bytes 0-6, 7-13, 14-20, 21-27, 28-31. */
 #define MOEH_SECAGG_SHARE_ELEMS 5
 #define MOEH_SECAGG_PRIME ((UINT64_C(1) << 61) - 1)
-/* Plaintext of one encrypted share pair: b share then s share, 8 little-endian bytes per element. */
+/* Plaintext of one share pair: b share then s share, 8 little-endian bytes per element. */
 #define MOEH_SECAGG_SHARE_PLAIN_BYTES (2 * MOEH_SECAGG_SHARE_ELEMS * 8)
 /* ChaCha20-Poly1305 (IETF) ciphertext: plaintext + 16-byte tag. */
 #define MOEH_SECAGG_SHARE_CT_BYTES (MOEH_SECAGG_SHARE_PLAIN_BYTES + 16)
@@ -123,8 +123,8 @@ typedef struct moeh_secagg_client moeh_secagg_client_t;
 
 /* A client with fresh keys and self-mask seed. 0, -EINVAL or -ENOMEM (message in err).
  * Caller owns *out: moeh_secagg_client_destroy(&c). */
-int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id,
-                              moeh_secagg_client_t **out, moeh_err_t *err) MOEH_SECAGG_WUR;
+int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_client_t **out,
+                              moeh_err_t *err) MOEH_SECAGG_WUR;
 /* The same with keys and b derived from seed (BLAKE2b), for known-answer tests only: anybody
  * with the seed can unmask. Shamir coefficients remain random. */
 int moeh_secagg_client_create_seeded(const moeh_secagg_cfg_t *cfg, uint32_t id,
@@ -181,7 +181,7 @@ int moeh_secagg_client_reveal(moeh_secagg_client_t *c, const uint32_t *survivors
 int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pubkeys_t *keys,
                               const uint32_t *survivors, size_t n_survivors,
                               const uint32_t *dropped, size_t n_dropped,
-                              const moeh_secagg_reveal_t *reveals, size_t n_reveals,
-                              uint32_t *sum, moeh_err_t *err) MOEH_SECAGG_WUR;
+                              const moeh_secagg_reveal_t *reveals, size_t n_reveals, uint32_t *sum,
+                              moeh_err_t *err) MOEH_SECAGG_WUR;
 
 #endif

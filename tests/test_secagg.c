@@ -153,12 +153,10 @@ static void test_shamir(void **state)
         assert_int_equal(moeh_secagg_shamir_split(sh, xs, N, T, secret), 0);
         int subsets = 0;
         for (unsigned m = 0; m < (1u << N); m++) {
-            if (__builtin_popcount(m) != T)
-                continue;
+            if (__builtin_popcount(m) != T) continue;
             int k = 0;
             for (int i = N - 1; i >= 0; i--) /* any order */
-                if (m & (1u << i))
-                    pick[k++] = sh[i];
+                if (m & (1u << i)) pick[k++] = sh[i];
             assert_int_equal(moeh_secagg_shamir_combine(back, pick, T, T), 0);
             assert_memory_equal(back, secret, 32);
             subsets++;
@@ -234,11 +232,11 @@ static void round_run(round_t *r, const moeh_secagg_cfg_t *cfg, uint64_t drop_ma
             r->x[i][w] = (uint32_t)moeh_rng_u64(&rng);
     }
     for (uint32_t i = 0; i < n; i++) {
-        assert_int_equal(moeh_secagg_client_share_keys(r->c[i], r->keys, present,
-                                                       cts + (size_t)i * n *
-                                                                 MOEH_SECAGG_SHARE_CT_BYTES,
-                                                       sent_all + (size_t)i * n, &err),
-                         0);
+        assert_int_equal(
+            moeh_secagg_client_share_keys(r->c[i], r->keys, present,
+                                          cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
+                                          sent_all + (size_t)i * n, &err),
+            0);
         assert_int_equal(moeh_secagg_client_share_keys(r->c[i], r->keys, present, cts, sent, &err),
                          -EALREADY);
     }
@@ -248,8 +246,7 @@ static void round_run(round_t *r, const moeh_secagg_cfg_t *cfg, uint64_t drop_ma
             if (sent_all[(size_t)i * n + j])
                 assert_int_equal(
                     moeh_secagg_client_receive_share(
-                        r->c[j], i,
-                        cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
+                        r->c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
                     0);
         }
     memset(u2, 1, n); /* everyone's shares were delivered */
@@ -291,8 +288,7 @@ static int round_reveal(round_t *r)
         size_t k = 0;
         int rc = moeh_secagg_client_reveal(r->c[r->surv[a]], r->surv, r->ns, r->drop, r->nd,
                                            r->rev + r->nrev, &k, &err);
-        if (rc && !first)
-            first = rc;
+        if (rc && !first) first = rc;
         r->nrev += k;
     }
     return first;
@@ -320,8 +316,8 @@ static int unmask(round_t *r)
 
 static void check_round(uint32_t n, uint32_t t, uint32_t k, uint64_t drop_mask)
 {
-    moeh_secagg_cfg_t cfg = {.round = 100 + n, .n = n, .t = t, .k = k, .graph_seed = 99,
-                             .len = 10000};
+    moeh_secagg_cfg_t cfg = {
+        .round = 100 + n, .n = n, .t = t, .k = k, .graph_seed = 99, .len = 10000};
     round_t r;
     round_run(&r, &cfg, drop_mask, 1000 + n + drop_mask);
     /* masked, the sum is not the plain sum */
@@ -336,7 +332,7 @@ static void test_round_5(void **state)
 {
     (void)state;
     check_round(5, 3, 0, 0);
-    check_round(5, 3, 0, 1u << 2);              /* one drops */
+    check_round(5, 3, 0, 1u << 2);               /* one drops */
     check_round(5, 3, 0, (1u << 0) | (1u << 4)); /* two drop: t = 3 survive */
 }
 
@@ -403,9 +399,9 @@ static void test_refusals(void **state)
     assert_int_equal(moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, both_d, 2, out, &nout, &err),
                      -EPERM);
     assert_non_null(strstr(err.msg, "both"));
-    assert_int_equal(moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, both_d, 2, r.rev, 0,
-                                               r.sum, &err),
-                     -EPERM);
+    assert_int_equal(
+        moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, both_d, 2, r.rev, 0, r.sum, &err),
+        -EPERM);
     /* a request that leaves someone out of U2's partition */
     assert_int_equal(moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, NULL, 0, out, &nout, &err),
                      -EINVAL);
@@ -415,9 +411,8 @@ static void test_refusals(void **state)
     assert_int_equal(moeh_secagg_client_reveal(r.c[0], surv2, 3, drop2, 2, out, &nout, &err),
                      -EPERM);
     /* ... but repeats the same answer */
-    assert_int_equal(moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, r.drop, r.nd, out, &nout,
-                                               &err),
-                     0);
+    assert_int_equal(
+        moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, r.drop, r.nd, out, &nout, &err), 0);
     assert_int_equal(nout, 5); /* b of 0, 2, 3, 4 and s of 1 */
     /* the server refuses a reveal of the wrong secret (b of the dropped client) */
     moeh_secagg_reveal_t *wrong = malloc((r.nrev + 1) * sizeof *wrong);
@@ -432,11 +427,10 @@ static void test_refusals(void **state)
     /* too few shares of the dropped client's key: keep only t - 1 of them */
     size_t k = 0, s_kept = 0;
     for (size_t a = 0; a < r.nrev; a++)
-        if (r.rev[a].kind != MOEH_SECAGG_REVEAL_S || s_kept++ < cfg.t - 1)
-            wrong[k++] = r.rev[a];
-    assert_int_equal(moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, r.drop, r.nd, wrong, k,
-                                               r.sum, &err),
-                     -EPERM);
+        if (r.rev[a].kind != MOEH_SECAGG_REVEAL_S || s_kept++ < cfg.t - 1) wrong[k++] = r.rev[a];
+    assert_int_equal(
+        moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, r.drop, r.nd, wrong, k, r.sum, &err),
+        -EPERM);
     assert_memory_equal(copy, r.sum, cfg.len * sizeof *copy);
     /* a tampered share of the dropped key is caught by the public key check (a change of the
      * lowest 3 bits of the key would not be: X25519 clamps them away, the key is equivalent) */
@@ -507,22 +501,20 @@ static void test_masked_uniform(void **state)
     memset(u2, 1, NC);
     for (int i = 0; i < NC; i++) {
         memset(seed, 0x40 + i, 32);
-        assert_int_equal(moeh_secagg_client_create_seeded(&cfg, (uint32_t)i, seed, &c[i], &err),
-                         0);
+        assert_int_equal(moeh_secagg_client_create_seeded(&cfg, (uint32_t)i, seed, &c[i], &err), 0);
         moeh_secagg_client_pubkeys(c[i], &keys[i]);
     }
     for (int i = 0; i < NC; i++)
-        assert_int_equal(moeh_secagg_client_share_keys(
-                             c[i], keys, present, cts + (size_t)i * NC * MOEH_SECAGG_SHARE_CT_BYTES,
-                             sent, &err),
-                         0);
+        assert_int_equal(
+            moeh_secagg_client_share_keys(
+                c[i], keys, present, cts + (size_t)i * NC * MOEH_SECAGG_SHARE_CT_BYTES, sent, &err),
+            0);
     for (int i = 0; i < NC; i++)
         for (int j = 0; j < NC; j++)
             if (i != j)
                 assert_int_equal(moeh_secagg_client_receive_share(
                                      c[j], (uint32_t)i,
-                                     cts + ((size_t)i * NC + j) * MOEH_SECAGG_SHARE_CT_BYTES,
-                                     &err),
+                                     cts + ((size_t)i * NC + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
                                  0);
     moeh_rng_t rng;
     moeh_rng_seed(&rng, 5);
@@ -558,11 +550,11 @@ static void test_masked_uniform(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_prg_kat),          cmocka_unit_test(test_pair_seed_kat),
-        cmocka_unit_test(test_share_seal),       cmocka_unit_test(test_shamir),
-        cmocka_unit_test(test_round_5),          cmocka_unit_test(test_round_10),
+        cmocka_unit_test(test_prg_kat),           cmocka_unit_test(test_pair_seed_kat),
+        cmocka_unit_test(test_share_seal),        cmocka_unit_test(test_shamir),
+        cmocka_unit_test(test_round_5),           cmocka_unit_test(test_round_10),
         cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_phase_errors),     cmocka_unit_test(test_masked_uniform),
+        cmocka_unit_test(test_phase_errors),      cmocka_unit_test(test_masked_uniform),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

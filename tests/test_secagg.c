@@ -4,18 +4,19 @@
  * a sealed share equal the values tests/secagg_kat.py computes independently with Python's
  * `cryptography` and hashlib. Share encryption: a share sealed for (i, j) in round r opens only as
  * (i, j, r) by j: not as (i, k) with k's keys or j's keys, not in round r + 1, not reversed, not
- * tampered. Shamir over GF(2^61 - 1): every t-subset of n shares reconstructs, t - 1 shares are
- * refused (-EPERM) and, forced through as if t - 1 were the threshold, do not give the secret.
- * Whole rounds with n = 5 and 10 clients (L = 10,000 random words) and SecAgg+ with n = 20,
- * k = 6: the unmasked sum equals the plain sum mod 2^32 exactly with 0, 1 and 2 clients
- * dropping after sharing keys; fewer than t survivors, or fewer than t shares of one client, are
- * refused by clients and server and leave the sum untouched; requests naming a client both as
- * survivor and dropped, reveals of the wrong secret and a second, different request are refused.
- * A single masked vector is uniform: chi-square of the top byte over 256 bins, 65,536 words,
- * below 330.5 (the 0.999 quantile of chi-square with 255 degrees of freedom, i.e. alpha = 0.001)
- * for all-zero, constant and random inputs, and uncorrelated with the input (|r| < 4 / sqrt(L)).
- * Deterministic: masks come from seeded clients where statistics are tested, so the statistics
- * are fixed numbers; elsewhere only exact identities are checked. */
+ * tampered; clients refuse it from the wrong sender, at the wrong addressee, and twice. Shamir over
+ * GF(2^61 - 1): every t-subset of n shares reconstructs, t - 1 shares are refused (-EPERM) and,
+ * forced through as if t - 1 were the threshold, do not give the secret. Whole rounds with n = 5
+ * and 10 clients (L = 10,000 random words) and SecAgg+ with n = 20, k = 6: the unmasked sum equals
+ * the plain sum mod 2^32 exactly with 0, 1 and 2 clients dropping after sharing keys; fewer than t
+ * survivors, or fewer than t shares of one client, are refused by clients and server and leave the
+ * sum untouched; requests naming a client both as survivor and dropped, reveals of the wrong secret
+ * and a second, different request are refused. A single masked vector is uniform: chi-square of the
+ * top byte over 256 bins, 65,536 words, below 330.5 (the 0.999 quantile of chi-square with 255
+ * degrees of freedom, i.e. alpha = 0.001) for all-zero, constant and random inputs, and
+ * uncorrelated with the input (|r| < 4 / sqrt(L)). Deterministic: masks come from seeded clients
+ * where statistics are tested, so the statistics are fixed numbers; elsewhere only exact identities
+ * are checked. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -509,6 +510,11 @@ static void test_masked_uniform(void **state)
             moeh_secagg_client_share_keys(
                 c[i], keys, present, cts + (size_t)i * NC * MOEH_SECAGG_SHARE_CT_BYTES, sent, &err),
             0);
+    /* 0's share for 1, handed to 2 as if from 0 (or to 1 as if from 3): does not open */
+    const uint8_t *ct01 = cts + (size_t)1 * MOEH_SECAGG_SHARE_CT_BYTES;
+    assert_int_equal(moeh_secagg_client_receive_share(c[2], 0, ct01, &err), -EBADMSG);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 3, ct01, &err), -EBADMSG);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 1, ct01, &err), -EINVAL); /* self */
     for (int i = 0; i < NC; i++)
         for (int j = 0; j < NC; j++)
             if (i != j)
@@ -516,6 +522,7 @@ static void test_masked_uniform(void **state)
                                      c[j], (uint32_t)i,
                                      cts + ((size_t)i * NC + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
                                  0);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 0, ct01, &err), -EINVAL); /* twice */
     moeh_rng_t rng;
     moeh_rng_seed(&rng, 5);
     for (int kind = 0; kind < 3; kind++) {

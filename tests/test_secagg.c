@@ -372,6 +372,51 @@ static void test_round_secagg_plus(void **state)
     assert_int_equal(moeh_secagg_cfg_check(&cfg, &err), -EINVAL);
 }
 
+/* SecAgg+ under random dropouts: unmasking succeeds, exactly, iff every client of U2 keeps t
+ * surviving share holders in its group (itself included when it survived); otherwise -EPERM
+ * with the sum untouched. */
+static void test_random_drops(void **state)
+{
+    (void)state;
+    moeh_secagg_cfg_t cfg = {.round = 31, .n = 12, .t = 3, .k = 4, .graph_seed = 7, .len = 1000};
+    moeh_rng_t rng;
+    moeh_rng_seed(&rng, 2024);
+    int n_ok = 0, n_refused = 0;
+    for (int trial = 0; trial < 24; trial++) {
+        uint64_t drop = 0;
+        int nd = (int)(moeh_rng_u64(&rng) % 5);
+        while (__builtin_popcountll(drop) < nd)
+            drop |= UINT64_C(1) << (moeh_rng_u64(&rng) % cfg.n);
+        int predicted = cfg.n - (uint32_t)nd >= cfg.t;
+        for (uint32_t o = 0; o < cfg.n; o++) {
+            uint32_t holders = (drop >> o & 1) ? 0 : 1;
+            for (uint32_t j = 0; j < cfg.n; j++)
+                holders += !(drop >> j & 1) && moeh_secagg_neighbours(&cfg, o, j);
+            predicted &= holders >= cfg.t;
+        }
+        round_t r;
+        round_run(&r, &cfg, drop, 500 + (uint64_t)trial);
+        assert_int_equal(round_reveal(&r), 0); /* 8+ survivors: every client answers */
+        uint32_t *copy = malloc(cfg.len * sizeof *copy);
+        assert_non_null(copy);
+        memcpy(copy, r.sum, cfg.len * sizeof *copy);
+        int rc = unmask(&r);
+        if (predicted) {
+            assert_int_equal(rc, 0);
+            assert_memory_equal(r.sum, r.want, cfg.len * sizeof *r.sum);
+            n_ok++;
+        } else {
+            assert_int_equal(rc, -EPERM);
+            assert_memory_equal(r.sum, copy, cfg.len * sizeof *copy);
+            n_refused++;
+        }
+        free(copy);
+        round_free(&r);
+    }
+    print_message("random drops: %d unmasked, %d refused\n", n_ok, n_refused);
+    assert_true(n_ok > 0 && n_refused > 0);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -560,8 +605,9 @@ int main(void)
         cmocka_unit_test(test_prg_kat),           cmocka_unit_test(test_pair_seed_kat),
         cmocka_unit_test(test_share_seal),        cmocka_unit_test(test_shamir),
         cmocka_unit_test(test_round_5),           cmocka_unit_test(test_round_10),
-        cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_phase_errors),      cmocka_unit_test(test_masked_uniform),
+        cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_phase_errors),
+        cmocka_unit_test(test_masked_uniform),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

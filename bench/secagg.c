@@ -1,0 +1,157 @@
+/* bench/secagg.c - cost of secure aggregation (proto/secagg.c) against plain summation.
+ *
+ * For n = 5, 10, 20 clients and L words per update (default 1,252,746, the federation model's
+ * n_params + n_groups), in one process on one core:
+ *   plain    the server adds n vectors mod 2^32 (what moeh_fedavg_add does per update);
+ *   setup    key generation, Shamir sharing, share encryption and decryption, all clients;
+ *   mask     every client masks its vector (1 self mask + n - 1 pairwise PRG expansions);
+ *   unmask   reveals + the server's reconstruction and mask removal, with no client dropped
+ *            and with one dropped after sharing keys (n - 1 more PRG expansions).
+ * Every phase is the best of 3 runs. Ratios are to plain summation of the same round. Clients run
+ * in parallel in a deployment, so "mask per client" is the latency a site adds. Usage: bench_secagg
+ * [L] */
+#include "keys.h"
+#include "secagg.h"
+
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    double setup, mask, unmask;
+} times_t;
+
+/* One round with n clients, `drop` of them (the last ids) dropping after sharing keys.
+ * Adds into sum; returns 0 or a negative code. */
+static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uint32_t *y,
+                     uint32_t *sum, times_t *tm)
+{
+    moeh_secagg_cfg_t cfg = {.round = 1, .n = n, .t = n / 2 + 1, .len = L};
+    moeh_err_t err = {{0}};
+    moeh_secagg_client_t *c[32] = {0};
+    moeh_secagg_pubkeys_t keys[32];
+    moeh_secagg_reveal_t *rev = calloc((size_t)n * n, sizeof *rev);
+    uint8_t present[32], sent[32], u2[32];
+    uint8_t *cts = malloc((size_t)n * n * MOEH_SECAGG_SHARE_CT_BYTES);
+    uint32_t surv[32], dropped[32], ns = 0, nd = 0;
+    size_t nrev = 0;
+    int rc = -ENOMEM;
+    if (!rev || !cts || n > 32) goto out;
+    memset(present, 1, n);
+    memset(u2, 1, n);
+    double t0 = now_s();
+    for (uint32_t i = 0; i < n; i++) {
+        if ((rc = moeh_secagg_client_create(&cfg, i, &c[i], &err)) != 0) goto out;
+        moeh_secagg_client_pubkeys(c[i], &keys[i]);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = moeh_secagg_client_share_keys(c[i], keys, present,
+                                                cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
+                                                sent, &err)) != 0)
+            goto out;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < n; j++)
+            if (i != j &&
+                (rc = moeh_secagg_client_receive_share(
+                     c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err)) != 0)
+                goto out;
+    double t1 = now_s(), tmask = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (i >= n - drop) {
+            dropped[nd++] = i;
+            continue;
+        }
+        surv[ns++] = i;
+        double ta = now_s();
+        if ((rc = moeh_secagg_client_mask(c[i], y, x, u2, &err)) != 0) goto out;
+        tmask += now_s() - ta;
+        for (size_t w = 0; w < L; w++) /* the server's plain addition: not secagg's cost */
+            sum[w] += y[w];
+    }
+    double t2 = now_s();
+    for (uint32_t a = 0; a < ns; a++) {
+        size_t k = 0;
+        if ((rc = moeh_secagg_client_reveal(c[surv[a]], surv, ns, dropped, nd, rev + nrev, &k,
+                                            &err)) != 0)
+            goto out;
+        nrev += k;
+    }
+    rc = moeh_secagg_server_unmask(&cfg, keys, surv, ns, dropped, nd, rev, nrev, sum, &err);
+    double t3 = now_s();
+    tm->setup = t1 - t0;
+    tm->mask = tmask;
+    tm->unmask = t3 - t2;
+out:
+    if (rc) fprintf(stderr, "bench_secagg: %s (%s)\n", err.msg, moeh_strerror(rc));
+    for (uint32_t i = 0; i < n && i < 32; i++)
+        moeh_secagg_client_destroy(&c[i]);
+    free(rev);
+    free(cts);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    size_t L = argc > 1 ? strtoull(argv[1], NULL, 10) : 1252746;
+    static const uint32_t ns[3] = {5, 10, 20};
+    uint32_t *x = malloc(L * sizeof *x), *y = malloc(L * sizeof *y);
+    uint32_t *sum = malloc(L * sizeof *sum), *plain = malloc(L * sizeof *plain);
+    if (L == 0 || !x || !y || !sum || !plain || moeh_crypto_init() != 0) {
+        fprintf(stderr, "bench_secagg: bad L or out of memory\n");
+        return 1;
+    }
+    moeh_rng_t rng;
+    moeh_rng_seed(&rng, 1);
+    for (size_t w = 0; w < L; w++)
+        x[w] = (uint32_t)moeh_rng_u64(&rng);
+    printf("bench_secagg: L = %zu words, times in ms (one core)\n", L);
+    printf("%3s %9s %9s %9s %12s %9s %12s %12s %12s\n", "n", "plain", "setup", "mask",
+           "mask/client", "unmask", "unmask-1drop", "(mask+unm)/", "per-client/");
+    printf("%3s %9s %9s %9s %12s %9s %12s %12s %12s\n", "", "", "", "", "", "", "", "plain",
+           "plain-add");
+    memset(y, 0, L * sizeof *y); /* touch every page before timing */
+    memset(sum, 0, L * sizeof *sum);
+    for (int a = 0; a < 3; a++) {
+        uint32_t n = ns[a];
+        /* plain summation: best of 3 */
+        double tp = 1e9;
+        for (int rep = 0; rep < 3; rep++) {
+            memset(plain, 0, L * sizeof *plain);
+            double t0 = now_s();
+            for (uint32_t i = 0; i < n; i++)
+                for (size_t w = 0; w < L; w++)
+                    plain[w] += x[w];
+            double dt = now_s() - t0;
+            tp = dt < tp ? dt : tp;
+        }
+        times_t t0 = {1e9, 1e9, 1e9}, t1 = {1e9, 1e9, 1e9}, tr;
+        for (int rep = 0; rep < 3; rep++) { /* best of 3 of each phase */
+            memset(sum, 0, L * sizeof *sum);
+            if (one_round(n, L, 0, x, y, sum, &tr) != 0) return 1;
+            if (memcmp(sum, plain, L * sizeof *sum) != 0) {
+                fprintf(stderr, "bench_secagg: unmasked sum differs from the plain sum\n");
+                return 1;
+            }
+            t0.setup = tr.setup < t0.setup ? tr.setup : t0.setup;
+            t0.mask = tr.mask < t0.mask ? tr.mask : t0.mask;
+            t0.unmask = tr.unmask < t0.unmask ? tr.unmask : t0.unmask;
+            memset(sum, 0, L * sizeof *sum);
+            if (one_round(n, L, 1, x, y, sum, &tr) != 0) return 1;
+            t1.unmask = tr.unmask < t1.unmask ? tr.unmask : t1.unmask;
+        }
+        printf("%3u %9.2f %9.2f %9.1f %12.1f %9.1f %12.1f %12.1f %12.1f\n", n, 1e3 * tp,
+               1e3 * t0.setup, 1e3 * t0.mask, 1e3 * t0.mask / n, 1e3 * t0.unmask, 1e3 * t1.unmask,
+               (t0.mask + t0.unmask) / tp, (t0.mask / n) / (tp / n));
+    }
+    free(x);
+    free(y);
+    free(sum);
+    free(plain);
+    return 0;
+}

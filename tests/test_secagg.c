@@ -1,0 +1,614 @@
+/* test_secagg.c - secure aggregation (proto/secagg.c, docs/secagg.md).
+ *
+ * Known answers: the PRG's first words (and across the 4 KiB block boundary), a pairwise seed and
+ * a sealed share equal the values tests/secagg_kat.py computes independently with Python's
+ * `cryptography` and hashlib. Share encryption: a share sealed for (i, j) in round r opens only as
+ * (i, j, r) by j: not as (i, k) with k's keys or j's keys, not in round r + 1, not reversed, not
+ * tampered; clients refuse it from the wrong sender, at the wrong addressee, and twice. Shamir over
+ * GF(2^61 - 1): every t-subset of n shares reconstructs, t - 1 shares are refused (-EPERM) and,
+ * forced through as if t - 1 were the threshold, do not give the secret. Whole rounds with n = 5
+ * and 10 clients (L = 10,000 random words) and SecAgg+ with n = 20, k = 6: the unmasked sum equals
+ * the plain sum mod 2^32 exactly with 0, 1 and 2 clients dropping after sharing keys; fewer than t
+ * survivors, or fewer than t shares of one client, are refused by clients and server and leave the
+ * sum untouched (SecAgg+ n = 12, k = 4 under 24 random dropout sets: exact iff every group keeps
+ * t holders, as predicted from the graph, else refused); requests naming a client both as survivor
+ * and dropped, reveals of the wrong secret and a second, different request are refused. A single
+ * masked vector is uniform: chi-square of the top byte over 256 bins, 65,536 words, below 330.5
+ * (the 0.999 quantile of chi-square with 255 degrees of freedom, i.e. alpha = 0.001) for all-zero,
+ * constant and random inputs, and uncorrelated with the input (|r| < 4 / sqrt(L)). Deterministic:
+ * masks come from seeded clients where statistics are tested, so the statistics are fixed numbers;
+ * elsewhere only exact identities are checked. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "keys.h"
+#include "secagg.h"
+
+#include <math.h>
+#include <sodium.h>
+#include <string.h>
+
+static int setup(void **state)
+{
+    (void)state;
+    return moeh_crypto_init();
+}
+
+static void hex_to(uint8_t *out, const char *hex, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
+        out[i] = (uint8_t)v;
+    }
+}
+
+/* ---- known answers ------------------------------------------------------------------------ */
+static void test_prg_kat(void **state)
+{
+    (void)state;
+    uint8_t seed[32];
+    for (int i = 0; i < 32; i++)
+        seed[i] = (uint8_t)i;
+    uint32_t *w = calloc(1030, sizeof *w);
+    assert_non_null(w);
+    moeh_secagg_prg_add(w, 1030, seed, 7, +1);
+    static const uint32_t first[4] = {0x3d57c64b, 0x6a1f979d, 0xa0e95eb3, 0xd3bf46af};
+    static const uint32_t at1024[3] = {0x2784fe8e, 0x9cb59dbb, 0x6b657715};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(w[i], first[i]);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(w[1024 + i], at1024[i]);
+    /* a shorter, odd length is a prefix of the same stream; subtracting restores zero */
+    uint32_t *v = calloc(1027, sizeof *v);
+    assert_non_null(v);
+    moeh_secagg_prg_add(v, 1027, seed, 7, +1);
+    assert_memory_equal(v, w, 1027 * sizeof *v);
+    moeh_secagg_prg_add(w, 1030, seed, 7, -1);
+    for (int i = 0; i < 1030; i++)
+        assert_int_equal(w[i], 0);
+    /* another round is another stream */
+    moeh_secagg_prg_add(w, 4, seed, 8, +1);
+    assert_int_not_equal(w[0], first[0]);
+    free(v);
+    free(w);
+}
+
+static void test_pair_seed_kat(void **state)
+{
+    (void)state;
+    uint8_t ska[32], skb[32], pka[32], pkb[32], s1[32], s2[32], want[32], zero[32] = {0};
+    memset(ska, 0x11, 32);
+    memset(skb, 0x22, 32);
+    assert_int_equal(crypto_scalarmult_base(pka, ska), 0);
+    assert_int_equal(crypto_scalarmult_base(pkb, skb), 0);
+    hex_to(want, "84a26309c4dad9e543adb1834d75abccf85845c543272b943e610c3fe7efda40", 32);
+    assert_int_equal(moeh_secagg_pair_seed(s1, ska, pka, pkb, 3, 1, 42), 0);
+    assert_int_equal(moeh_secagg_pair_seed(s2, skb, pkb, pka, 1, 3, 42), 0);
+    assert_memory_equal(s1, want, 32);
+    assert_memory_equal(s2, want, 32);
+    assert_int_equal(moeh_secagg_pair_seed(s2, ska, pka, pkb, 3, 1, 43), 0);
+    assert_memory_not_equal(s2, want, 32);
+    assert_int_equal(moeh_secagg_pair_seed(s2, ska, pka, pkb, 3, 2, 42), 0);
+    assert_memory_not_equal(s2, want, 32);
+    /* a low-order peer key gives the all-zero secret: refused */
+    assert_int_equal(moeh_secagg_pair_seed(s2, ska, pka, zero, 3, 1, 42), -EINVAL);
+}
+
+static void test_share_seal(void **state)
+{
+    (void)state;
+    uint8_t sk3[32], sk1[32], sk4[32], pk3[32], pk1[32], pk4[32], want[32];
+    uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], back[MOEH_SECAGG_SHARE_PLAIN_BYTES];
+    uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES], ct2[MOEH_SECAGG_SHARE_CT_BYTES];
+    memset(sk3, 0x11, 32);
+    memset(sk1, 0x22, 32);
+    memset(sk4, 0x33, 32);
+    assert_int_equal(crypto_scalarmult_base(pk3, sk3), 0);
+    assert_int_equal(crypto_scalarmult_base(pk1, sk1), 0);
+    assert_int_equal(crypto_scalarmult_base(pk4, sk4), 0);
+    for (int i = 0; i < (int)sizeof plain; i++)
+        plain[i] = (uint8_t)i;
+    assert_int_equal(moeh_secagg_share_seal(ct, plain, 42, 3, 1, pk3, sk3, pk1), 0);
+    hex_to(want, "c471816250bca01e236135024e7656af", 16);
+    hex_to(want + 16, "28448de13341d85d052142a7174fac0e", 16);
+    assert_memory_equal(ct, want, 16);
+    assert_memory_equal(ct + MOEH_SECAGG_SHARE_CT_BYTES - 16, want + 16, 16);
+    assert_int_equal(moeh_secagg_share_seal(ct2, plain, 42, 1, 3, pk1, sk1, pk3), 0);
+    hex_to(want, "946dd934bfa9651946b4a4a3fad8da70", 16);
+    assert_memory_equal(ct2, want, 16);
+
+    /* 1 opens what 3 sealed for (3, 1, round 42) */
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 1, pk1, sk1, pk3), 0);
+    assert_memory_equal(back, plain, sizeof plain);
+    /* not as (3, 4) by 4, nor as (3, 4) with 1's keys (the pair is in the data) */
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 4, pk4, sk4, pk3), -EBADMSG);
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 4, pk1, sk1, pk3), -EBADMSG);
+    /* not from another sender, not in another round, not the other direction */
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 4, 1, pk1, sk1, pk4), -EBADMSG);
+    assert_int_equal(moeh_secagg_share_open(back, ct, 43, 3, 1, pk1, sk1, pk3), -EBADMSG);
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 1, 3, pk3, sk3, pk1), -EBADMSG);
+    /* a wrong open leaves no plaintext behind */
+    for (size_t i = 0; i < sizeof back; i++)
+        assert_int_equal(back[i], 0);
+    ct[5] ^= 1;
+    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 1, pk1, sk1, pk3), -EBADMSG);
+}
+
+/* ---- Shamir -------------------------------------------------------------------------------- */
+static void test_shamir(void **state)
+{
+    (void)state;
+    enum { N = 7, T = 4 };
+    uint8_t secret[32], back[32];
+    uint32_t xs[N];
+    moeh_secagg_share_t sh[N], pick[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = (uint32_t)(3 * i + 1);
+    for (int trial = 0; trial < 3; trial++) {
+        if (trial == 0)
+            memset(secret, 0xff, 32); /* every element at its maximum */
+        else
+            randombytes_buf(secret, 32);
+        assert_int_equal(moeh_secagg_shamir_split(sh, xs, N, T, secret), 0);
+        int subsets = 0;
+        for (unsigned m = 0; m < (1u << N); m++) {
+            if (__builtin_popcount(m) != T) continue;
+            int k = 0;
+            for (int i = N - 1; i >= 0; i--) /* any order */
+                if (m & (1u << i)) pick[k++] = sh[i];
+            assert_int_equal(moeh_secagg_shamir_combine(back, pick, T, T), 0);
+            assert_memory_equal(back, secret, 32);
+            subsets++;
+        }
+        assert_int_equal(subsets, 35);
+        /* all n: the first t are used */
+        assert_int_equal(moeh_secagg_shamir_combine(back, sh, N, T), 0);
+        assert_memory_equal(back, secret, 32);
+        /* t - 1: refused, nothing written */
+        memset(back, 0xaa, 32);
+        assert_int_equal(moeh_secagg_shamir_combine(back, sh + 2, T - 1, T), -EPERM);
+        for (int i = 0; i < 32; i++)
+            assert_int_equal(back[i], 0);
+        /* t - 1 forced through as a threshold: garbage, not the secret */
+        int rc = moeh_secagg_shamir_combine(back, sh + 2, T - 1, T - 1);
+        assert_true(rc == -EBADMSG || (rc == 0 && memcmp(back, secret, 32) != 0));
+        /* a corrupted share: not the secret */
+        pick[0] = sh[0], pick[1] = sh[1], pick[2] = sh[2], pick[3] = sh[3];
+        pick[2].y[1] ^= 1;
+        rc = moeh_secagg_shamir_combine(back, pick, T, T);
+        assert_true(rc == -EBADMSG || (rc == 0 && memcmp(back, secret, 32) != 0));
+    }
+    /* a repeated point, point 0, t > n */
+    pick[0] = sh[0], pick[1] = sh[0], pick[2] = sh[1], pick[3] = sh[2];
+    assert_int_equal(moeh_secagg_shamir_combine(back, pick, T, T), -EINVAL);
+    xs[1] = xs[0];
+    assert_int_equal(moeh_secagg_shamir_split(sh, xs, N, T, secret), -EINVAL);
+    xs[1] = 0;
+    assert_int_equal(moeh_secagg_shamir_split(sh, xs, N, T, secret), -EINVAL);
+    xs[1] = 4;
+    assert_int_equal(moeh_secagg_shamir_split(sh, xs, 3, T, secret), -EINVAL);
+}
+
+/* ---- whole rounds --------------------------------------------------------------------------- */
+typedef struct {
+    moeh_secagg_cfg_t cfg;
+    moeh_secagg_client_t *c[MOEH_SECAGG_MAX_CLIENTS];
+    moeh_secagg_pubkeys_t *keys;
+    uint32_t **x, *sum, *want;
+    uint32_t surv[MOEH_SECAGG_MAX_CLIENTS], drop[MOEH_SECAGG_MAX_CLIENTS];
+    size_t ns, nd;
+    moeh_secagg_reveal_t *rev;
+    size_t nrev;
+} round_t;
+
+/* Phases 0-2 for cfg; the clients in drop_mask (bit i) share keys but send no input. */
+static void round_run(round_t *r, const moeh_secagg_cfg_t *cfg, uint64_t drop_mask, uint64_t seed)
+{
+    moeh_err_t err = {{0}};
+    const uint32_t n = cfg->n;
+    const size_t L = cfg->len;
+    memset(r, 0, sizeof *r);
+    r->cfg = *cfg;
+    r->keys = calloc(n, sizeof *r->keys);
+    r->x = calloc(n, sizeof *r->x);
+    r->sum = calloc(L, sizeof *r->sum);
+    r->want = calloc(L, sizeof *r->want);
+    r->rev = calloc((size_t)n * n, sizeof *r->rev);
+    uint8_t *present = malloc(n), *sent = malloc(n), *u2 = malloc(n);
+    uint8_t *cts = malloc((size_t)n * n * MOEH_SECAGG_SHARE_CT_BYTES);
+    uint8_t *sent_all = malloc((size_t)n * n);
+    assert_true(r->keys && r->x && r->sum && r->want && r->rev && present && sent && u2 && cts &&
+                sent_all);
+    moeh_rng_t rng;
+    moeh_rng_seed(&rng, seed);
+    for (uint32_t i = 0; i < n; i++) {
+        assert_int_equal(moeh_secagg_client_create(cfg, i, &r->c[i], &err), 0);
+        moeh_secagg_client_pubkeys(r->c[i], &r->keys[i]);
+        present[i] = 1;
+        r->x[i] = malloc(L * sizeof *r->x[i]);
+        assert_non_null(r->x[i]);
+        for (size_t w = 0; w < L; w++)
+            r->x[i][w] = (uint32_t)moeh_rng_u64(&rng);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        assert_int_equal(
+            moeh_secagg_client_share_keys(r->c[i], r->keys, present,
+                                          cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
+                                          sent_all + (size_t)i * n, &err),
+            0);
+        assert_int_equal(moeh_secagg_client_share_keys(r->c[i], r->keys, present, cts, sent, &err),
+                         -EALREADY);
+    }
+    for (uint32_t i = 0; i < n; i++) /* the server forwards i's ciphertext for j to j */
+        for (uint32_t j = 0; j < n; j++) {
+            assert_int_equal(sent_all[(size_t)i * n + j], moeh_secagg_neighbours(cfg, i, j));
+            if (sent_all[(size_t)i * n + j])
+                assert_int_equal(
+                    moeh_secagg_client_receive_share(
+                        r->c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
+                    0);
+        }
+    memset(u2, 1, n); /* everyone's shares were delivered */
+    uint32_t *y = malloc(L * sizeof *y);
+    assert_non_null(y);
+    for (uint32_t i = 0; i < n; i++) {
+        if (drop_mask >> i & 1) {
+            r->drop[r->nd++] = i;
+            continue;
+        }
+        r->surv[r->ns++] = i;
+        if (i == 0) { /* in place */
+            memcpy(y, r->x[i], L * sizeof *y);
+            assert_int_equal(moeh_secagg_client_mask(r->c[i], y, y, u2, &err), 0);
+        } else {
+            assert_int_equal(moeh_secagg_client_mask(r->c[i], y, r->x[i], u2, &err), 0);
+        }
+        assert_int_equal(moeh_secagg_client_mask(r->c[i], y, r->x[i], u2, &err), -EALREADY);
+        for (size_t w = 0; w < L; w++) {
+            r->sum[w] += y[w];
+            r->want[w] += r->x[i][w];
+        }
+    }
+    free(y);
+    free(present);
+    free(sent);
+    free(u2);
+    free(cts);
+    free(sent_all);
+}
+
+/* Phase 3 at every survivor; returns the first refusal (0 if all answered). */
+static int round_reveal(round_t *r)
+{
+    moeh_err_t err = {{0}};
+    int first = 0;
+    r->nrev = 0;
+    for (size_t a = 0; a < r->ns; a++) {
+        size_t k = 0;
+        int rc = moeh_secagg_client_reveal(r->c[r->surv[a]], r->surv, r->ns, r->drop, r->nd,
+                                           r->rev + r->nrev, &k, &err);
+        if (rc && !first) first = rc;
+        r->nrev += k;
+    }
+    return first;
+}
+
+static void round_free(round_t *r)
+{
+    for (uint32_t i = 0; i < r->cfg.n; i++) {
+        moeh_secagg_client_destroy(&r->c[i]);
+        free(r->x[i]);
+    }
+    free(r->x);
+    free(r->keys);
+    free(r->sum);
+    free(r->want);
+    free(r->rev);
+}
+
+static int unmask(round_t *r)
+{
+    moeh_err_t err = {{0}};
+    return moeh_secagg_server_unmask(&r->cfg, r->keys, r->surv, r->ns, r->drop, r->nd, r->rev,
+                                     r->nrev, r->sum, &err);
+}
+
+static void check_round(uint32_t n, uint32_t t, uint32_t k, uint64_t drop_mask)
+{
+    moeh_secagg_cfg_t cfg = {
+        .round = 100 + n, .n = n, .t = t, .k = k, .graph_seed = 99, .len = 10000};
+    round_t r;
+    round_run(&r, &cfg, drop_mask, 1000 + n + drop_mask);
+    /* masked, the sum is not the plain sum */
+    assert_memory_not_equal(r.sum, r.want, cfg.len * sizeof *r.sum);
+    assert_int_equal(round_reveal(&r), 0);
+    assert_int_equal(unmask(&r), 0);
+    assert_memory_equal(r.sum, r.want, cfg.len * sizeof *r.sum);
+    round_free(&r);
+}
+
+static void test_round_5(void **state)
+{
+    (void)state;
+    check_round(5, 3, 0, 0);
+    check_round(5, 3, 0, 1u << 2);               /* one drops */
+    check_round(5, 3, 0, (1u << 0) | (1u << 4)); /* two drop: t = 3 survive */
+}
+
+static void test_round_10(void **state)
+{
+    (void)state;
+    check_round(10, 6, 0, 0);
+    check_round(10, 6, 0, 1u << 9);
+    check_round(10, 6, 0, (1u << 3) | (1u << 7));
+}
+
+static void test_round_secagg_plus(void **state)
+{
+    (void)state;
+    moeh_secagg_cfg_t cfg = {.round = 5, .n = 20, .t = 4, .k = 6, .graph_seed = 99, .len = 100};
+    moeh_err_t err = {{0}};
+    assert_int_equal(moeh_secagg_cfg_check(&cfg, &err), 0);
+    for (uint32_t i = 0; i < cfg.n; i++) { /* a symmetric k-regular graph */
+        uint32_t deg = 0;
+        for (uint32_t j = 0; j < cfg.n; j++) {
+            assert_int_equal(moeh_secagg_neighbours(&cfg, i, j),
+                             moeh_secagg_neighbours(&cfg, j, i));
+            deg += (uint32_t)moeh_secagg_neighbours(&cfg, i, j);
+        }
+        assert_int_equal(deg, cfg.k);
+    }
+    check_round(20, 4, 6, 0);
+    check_round(20, 4, 6, 1u << 11);
+    check_round(20, 4, 6, (1u << 2) | (1u << 13));
+    /* threshold must exceed half the group; k even and < n */
+    cfg.t = 3;
+    assert_int_equal(moeh_secagg_cfg_check(&cfg, &err), -EINVAL);
+    cfg.t = 4, cfg.k = 5;
+    assert_int_equal(moeh_secagg_cfg_check(&cfg, &err), -EINVAL);
+    cfg.k = 20;
+    assert_int_equal(moeh_secagg_cfg_check(&cfg, &err), -EINVAL);
+}
+
+/* SecAgg+ under random dropouts: unmasking succeeds, exactly, iff every client of U2 keeps t
+ * surviving share holders in its group (itself included when it survived); otherwise -EPERM
+ * with the sum untouched. */
+static void test_random_drops(void **state)
+{
+    (void)state;
+    moeh_secagg_cfg_t cfg = {.round = 31, .n = 12, .t = 3, .k = 4, .graph_seed = 7, .len = 1000};
+    moeh_rng_t rng;
+    moeh_rng_seed(&rng, 2024);
+    int n_ok = 0, n_refused = 0;
+    for (int trial = 0; trial < 24; trial++) {
+        uint64_t drop = 0;
+        int nd = (int)(moeh_rng_u64(&rng) % 5);
+        while (__builtin_popcountll(drop) < nd)
+            drop |= UINT64_C(1) << (moeh_rng_u64(&rng) % cfg.n);
+        int predicted = cfg.n - (uint32_t)nd >= cfg.t;
+        for (uint32_t o = 0; o < cfg.n; o++) {
+            uint32_t holders = (drop >> o & 1) ? 0 : 1;
+            for (uint32_t j = 0; j < cfg.n; j++)
+                holders += !(drop >> j & 1) && moeh_secagg_neighbours(&cfg, o, j);
+            predicted &= holders >= cfg.t;
+        }
+        round_t r;
+        round_run(&r, &cfg, drop, 500 + (uint64_t)trial);
+        assert_int_equal(round_reveal(&r), 0); /* 8+ survivors: every client answers */
+        uint32_t *copy = malloc(cfg.len * sizeof *copy);
+        assert_non_null(copy);
+        memcpy(copy, r.sum, cfg.len * sizeof *copy);
+        int rc = unmask(&r);
+        if (predicted) {
+            assert_int_equal(rc, 0);
+            assert_memory_equal(r.sum, r.want, cfg.len * sizeof *r.sum);
+            n_ok++;
+        } else {
+            assert_int_equal(rc, -EPERM);
+            assert_memory_equal(r.sum, copy, cfg.len * sizeof *copy);
+            n_refused++;
+        }
+        free(copy);
+        round_free(&r);
+    }
+    print_message("random drops: %d unmasked, %d refused\n", n_ok, n_refused);
+    assert_true(n_ok > 0 && n_refused > 0);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    moeh_secagg_cfg_t cfg = {.round = 9, .n = 5, .t = 3, .k = 0, .len = 1000};
+    moeh_err_t err = {{0}};
+    round_t r;
+    uint32_t *copy = malloc(cfg.len * sizeof *copy);
+    assert_non_null(copy);
+
+    /* three of five drop: two survivors < t. Clients refuse to reveal, the server to unmask. */
+    round_run(&r, &cfg, 0x7, 1);
+    assert_int_equal(r.ns, 2);
+    assert_int_equal(round_reveal(&r), -EPERM);
+    assert_int_equal(r.nrev, 0);
+    memcpy(copy, r.sum, cfg.len * sizeof *copy);
+    assert_int_equal(unmask(&r), -EPERM);
+    assert_memory_equal(copy, r.sum, cfg.len * sizeof *copy);
+    round_free(&r);
+
+    /* one drops; then refusals of bad requests and too few shares */
+    round_run(&r, &cfg, 1u << 1, 2);
+    memcpy(copy, r.sum, cfg.len * sizeof *copy);
+    moeh_secagg_reveal_t out[5];
+    size_t nout;
+    uint32_t both_d[2] = {1, 3}; /* 3 survived but is also named dropped */
+    assert_int_equal(moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, both_d, 2, out, &nout, &err),
+                     -EPERM);
+    assert_non_null(strstr(err.msg, "both"));
+    assert_int_equal(
+        moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, both_d, 2, r.rev, 0, r.sum, &err),
+        -EPERM);
+    /* a request that leaves someone out of U2's partition */
+    assert_int_equal(moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, NULL, 0, out, &nout, &err),
+                     -EINVAL);
+    assert_int_equal(round_reveal(&r), 0);
+    /* having answered, client 0 refuses a different request (2 now "dropped") */
+    uint32_t surv2[3] = {0, 3, 4}, drop2[2] = {1, 2};
+    assert_int_equal(moeh_secagg_client_reveal(r.c[0], surv2, 3, drop2, 2, out, &nout, &err),
+                     -EPERM);
+    /* ... but repeats the same answer */
+    assert_int_equal(
+        moeh_secagg_client_reveal(r.c[0], r.surv, r.ns, r.drop, r.nd, out, &nout, &err), 0);
+    assert_int_equal(nout, 5); /* b of 0, 2, 3, 4 and s of 1 */
+    /* the server refuses a reveal of the wrong secret (b of the dropped client) */
+    moeh_secagg_reveal_t *wrong = malloc((r.nrev + 1) * sizeof *wrong);
+    assert_non_null(wrong);
+    memcpy(wrong, r.rev, r.nrev * sizeof *wrong);
+    wrong[r.nrev] = out[0];
+    wrong[r.nrev].owner = 1;
+    wrong[r.nrev].kind = MOEH_SECAGG_REVEAL_B;
+    assert_int_equal(moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, r.drop, r.nd, wrong,
+                                               r.nrev + 1, r.sum, &err),
+                     -EPERM);
+    /* too few shares of the dropped client's key: keep only t - 1 of them */
+    size_t k = 0, s_kept = 0;
+    for (size_t a = 0; a < r.nrev; a++)
+        if (r.rev[a].kind != MOEH_SECAGG_REVEAL_S || s_kept++ < cfg.t - 1) wrong[k++] = r.rev[a];
+    assert_int_equal(
+        moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, r.drop, r.nd, wrong, k, r.sum, &err),
+        -EPERM);
+    assert_memory_equal(copy, r.sum, cfg.len * sizeof *copy);
+    /* a tampered share of the dropped key is caught by the public key check (a change of the
+     * lowest 3 bits of the key would not be: X25519 clamps them away, the key is equivalent) */
+    memcpy(wrong, r.rev, r.nrev * sizeof *wrong);
+    for (size_t a = 0; a < r.nrev; a++)
+        if (wrong[a].kind == MOEH_SECAGG_REVEAL_S) {
+            wrong[a].y[1] = (wrong[a].y[1] + 1000003) % MOEH_SECAGG_PRIME;
+            break;
+        }
+    assert_int_equal(moeh_secagg_server_unmask(&cfg, r.keys, r.surv, r.ns, r.drop, r.nd, wrong,
+                                               r.nrev, r.sum, &err),
+                     -EBADMSG);
+    assert_memory_equal(copy, r.sum, cfg.len * sizeof *copy);
+    /* and the honest answers unmask */
+    assert_int_equal(unmask(&r), 0);
+    assert_memory_equal(r.sum, r.want, cfg.len * sizeof *r.sum);
+    free(wrong);
+    round_free(&r);
+    free(copy);
+}
+
+static void test_phase_errors(void **state)
+{
+    (void)state;
+    moeh_secagg_cfg_t cfg = {.round = 1, .n = 3, .t = 2, .len = 8};
+    moeh_err_t err = {{0}};
+    moeh_secagg_client_t *c = NULL;
+    uint32_t x[8] = {0}, y[8];
+    uint8_t u2[3] = {1, 1, 1};
+    assert_int_equal(moeh_secagg_client_create(&cfg, 3, &c, &err), -EINVAL);
+    assert_null(c);
+    cfg.len = 0;
+    assert_int_equal(moeh_secagg_client_create(&cfg, 0, &c, &err), -EINVAL);
+    cfg.len = 8;
+    assert_int_equal(moeh_secagg_client_create(&cfg, 0, &c, &err), 0);
+    assert_int_equal(moeh_secagg_client_mask(c, y, x, u2, &err), -EINVAL); /* not shared yet */
+    moeh_secagg_client_destroy(&c);
+    assert_null(c);
+    moeh_secagg_client_destroy(&c);
+    moeh_secagg_client_destroy(NULL);
+}
+
+/* ---- statistics of one masked vector ------------------------------------------------------- */
+static double chi2_top_byte(const uint32_t *y, size_t L)
+{
+    double cnt[256] = {0}, e = (double)L / 256.0, chi = 0;
+    for (size_t i = 0; i < L; i++)
+        cnt[y[i] >> 24] += 1;
+    for (int b = 0; b < 256; b++)
+        chi += (cnt[b] - e) * (cnt[b] - e) / e;
+    return chi;
+}
+
+static void test_masked_uniform(void **state)
+{
+    (void)state;
+    enum { NC = 5, L = 65536 };
+    const double crit = 330.5; /* chi-square, 255 dof, 0.999 quantile */
+    moeh_secagg_cfg_t cfg = {.round = 77, .n = NC, .t = 3, .len = L};
+    moeh_err_t err = {{0}};
+    moeh_secagg_client_t *c[NC];
+    moeh_secagg_pubkeys_t keys[NC];
+    uint8_t present[NC], sent[NC], u2[NC], seed[32];
+    uint8_t *cts = malloc((size_t)NC * NC * MOEH_SECAGG_SHARE_CT_BYTES);
+    uint32_t *x = malloc(L * sizeof *x), *y = malloc(L * sizeof *y);
+    assert_true(cts && x && y);
+    memset(present, 1, NC);
+    memset(u2, 1, NC);
+    for (int i = 0; i < NC; i++) {
+        memset(seed, 0x40 + i, 32);
+        assert_int_equal(moeh_secagg_client_create_seeded(&cfg, (uint32_t)i, seed, &c[i], &err), 0);
+        moeh_secagg_client_pubkeys(c[i], &keys[i]);
+    }
+    for (int i = 0; i < NC; i++)
+        assert_int_equal(
+            moeh_secagg_client_share_keys(
+                c[i], keys, present, cts + (size_t)i * NC * MOEH_SECAGG_SHARE_CT_BYTES, sent, &err),
+            0);
+    /* 0's share for 1, handed to 2 as if from 0 (or to 1 as if from 3): does not open */
+    const uint8_t *ct01 = cts + (size_t)1 * MOEH_SECAGG_SHARE_CT_BYTES;
+    assert_int_equal(moeh_secagg_client_receive_share(c[2], 0, ct01, &err), -EBADMSG);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 3, ct01, &err), -EBADMSG);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 1, ct01, &err), -EINVAL); /* self */
+    for (int i = 0; i < NC; i++)
+        for (int j = 0; j < NC; j++)
+            if (i != j)
+                assert_int_equal(moeh_secagg_client_receive_share(
+                                     c[j], (uint32_t)i,
+                                     cts + ((size_t)i * NC + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err),
+                                 0);
+    assert_int_equal(moeh_secagg_client_receive_share(c[1], 0, ct01, &err), -EINVAL); /* twice */
+    moeh_rng_t rng;
+    moeh_rng_seed(&rng, 5);
+    for (int kind = 0; kind < 3; kind++) {
+        for (size_t w = 0; w < L; w++) /* zeros, a constant near the top, random */
+            x[w] = kind == 0 ? 0 : kind == 1 ? 0x7fffff00u : (uint32_t)moeh_rng_u64(&rng);
+        /* each input through a client of its own: masking is once per client and round */
+        assert_int_equal(moeh_secagg_client_mask(c[kind], y, x, u2, &err), 0);
+        double chi = chi2_top_byte(y, L);
+        print_message("masked input %d: chi-square(top byte) = %.1f (critical %.1f)\n", kind, chi,
+                      crit);
+        assert_true(chi < crit);
+        /* the input does not show through: Pearson r of x and y words */
+        if (kind == 2) {
+            double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+            for (size_t w = 0; w < L; w++) {
+                double a = x[w], b = y[w];
+                sx += a, sy += b, sxx += a * a, syy += b * b, sxy += a * b;
+            }
+            double cov = sxy / L - sx / L * sy / L;
+            double rr = cov / sqrt((sxx / L - sx / L * sx / L) * (syy / L - sy / L * sy / L));
+            print_message("corr(x, y) = %.5f (bound %.5f)\n", rr, 4 / sqrt((double)L));
+            assert_true(fabs(rr) < 4 / sqrt((double)L));
+        }
+    }
+    for (int i = 0; i < NC; i++)
+        moeh_secagg_client_destroy(&c[i]);
+    free(cts);
+    free(x);
+    free(y);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prg_kat),           cmocka_unit_test(test_pair_seed_kat),
+        cmocka_unit_test(test_share_seal),        cmocka_unit_test(test_shamir),
+        cmocka_unit_test(test_round_5),           cmocka_unit_test(test_round_10),
+        cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_phase_errors),
+        cmocka_unit_test(test_masked_uniform),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

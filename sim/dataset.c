@@ -72,7 +72,7 @@ static void **array_ptr(moeh_dataset_t *ds, int a)
 
 static size_t array_bytes(const moeh_dataset_t *ds, int a)
 {
-    size_t s[MOEH_NPY_MAX_DIMS], n = moeh_dtype_size(k_arrays[a].dt);
+    size_t s[MOEH_NPY_MAX_DIMS] = {0}, n = moeh_dtype_size(k_arrays[a].dt);
     expected_shape(ds, a, s);
     for (size_t i = 0; i < k_arrays[a].ndim; i++)
         n *= s[i];
@@ -363,7 +363,7 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         moeh_errf(err, rc, "%s: \"schema\" is not \"moeh-dataset\"", path);
         goto fail;
     }
-    size_t ver;
+    size_t ver = 0;
     if ((rc = meta_size(meta, "schema_version", path, &ver, err)) != 0)
         goto fail;
     if (ver != MOEH_DS_SCHEMA_VERSION) {

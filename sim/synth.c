@@ -123,7 +123,9 @@ static const char *fmt_time(char *out, int64_t t)
 {
     int y, mo, d, h, mi, s;
     civil(t, &y, &mo, &d, &h, &mi, &s);
-    snprintf(out, 20, "%04d-%02d-%02d %02d:%02d:%02d", y, mo, d, h, mi, s);
+    /* the moduli bound each field to its width (they are already in range for t >= 0) */
+    snprintf(out, 20, "%04u-%02u-%02u %02u:%02u:%02u", (unsigned)y % 10000u, (unsigned)mo % 100u,
+             (unsigned)d % 100u, (unsigned)h % 100u, (unsigned)mi % 100u, (unsigned)s % 100u);
     return out;
 }
 

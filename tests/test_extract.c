@@ -78,7 +78,7 @@ static void test_demo(void **state)
 
 static void write_gz(const char *dir, const char *name, const char *text)
 {
-    char p[512];
+    char p[1400];
     snprintf(p, sizeof p, "%s/%s", dir, name);
     gzFile g = gzopen(p, "wb");
     assert_non_null(g);

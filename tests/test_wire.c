@@ -671,8 +671,10 @@ static void test_type_body_mismatch(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "bye: body missing");
 
     mk_heartbeat(&m);
-    m.env.type = (Moeh__MsgType)10;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 10");
+    m.env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
+    check_reject(&m, &k_lim, -EBADMSG, "secagg_advertise: body missing or of another type");
+    m.env.type = (Moeh__MsgType)15;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 15");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -1101,7 +1103,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__BYE), "bye");
     assert_string_equal(moeh_msg_type_name(0), "unspecified");
     assert_string_equal(moeh_msg_type_name(9), "stats_result");
-    assert_string_equal(moeh_msg_type_name(10), "unknown");
+    assert_string_equal(moeh_msg_type_name(10), "secagg_advertise");
+    assert_string_equal(moeh_msg_type_name(14), "secagg_reveal");
+    assert_string_equal(moeh_msg_type_name(15), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));

@@ -900,6 +900,75 @@ static void test_trimmed_mean_run(void **state)
     assert_true(m.auroc_mean[3] > 0.55);
 }
 
+/* Secure aggregation changes nothing in the result: the masks cancel exactly mod 2^32, so a
+ * --secagg run ends with the model of the same run without it, bit for bit. */
+static void test_secagg_run_is_bit_exact(void **state)
+{
+    fixture_t *f = *state;
+    char out_a[300], out_b[300], path[400];
+    moeh_proc_t *a[N_SITES];
+    snprintf(out_a, sizeof out_a, "%s/plain", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_a);
+    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator-a.log");
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+
+    snprintf(out_b, sizeof out_b, "%s/secagg", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_b);
+    char *sa[] = {"--secagg", NULL};
+    c = start_coordinator_ex2(f, "3", "3", "3", NULL, "coordinator-b.log", sa);
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(m.sites[r], N_SITES);
+    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
+    assert_true(file_contains(path, "round 3: secure aggregation: unmasked the sum of 3 sites "
+                                    "(0 dropped)"));
+    assert_same_model(out_a, out_b);
+}
+
+/* A site is SIGKILLed in round 2 after its shares went out and before its masked update: the
+ * round completes by reconstructing its mask key from the two survivors' shares (n = 3,
+ * t = 2), and the run goes on with two sites. */
+static void test_secagg_dropout_unmasked(void **state)
+{
+    fixture_t *f = *state;
+    char *sa[] = {"--secagg", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", sa);
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-secagg-round", "2", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
+    }
+    wait_exit(a[2], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[1], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    assert_int_equal(m.sites[0], 3);
+    assert_int_equal(m.sites[1], 2);
+    assert_int_equal(m.sites[2], 2);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "round 2: secure aggregation: 2 masked updates, 1 sites "
+                                    "dropped"));
+    assert_true(file_contains(path, "round 2: secure aggregation: unmasked the sum of 2 sites "
+                                    "(1 dropped)"));
+    /* the attempt was not retried: round 2 trained once */
+    assert_false(file_contains(path, "retry"));
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -918,6 +987,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trimmed_mean_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

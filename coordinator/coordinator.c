@@ -1335,7 +1335,13 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
     static const char *k_step[] = {"", "key advertisement", "share exchange", "masked update",
                                    "unmasking"};
     char what[MOEH_ERRMSG_MAX + 64];
-    if (n == 0 || got < sa->need) {
+    if (n == 0) {
+        snprintf(what, sizeof what, "secure aggregation needs 2..%u participants",
+                 MOEH_WIRE_SECAGG_MAX);
+        retry_phase(c, fatal, "train", what);
+        return 0;
+    }
+    if (got < sa->need) {
         snprintf(what, sizeof what, "secure aggregation: %u sites completed the %s step, %u "
                                     "needed (threshold %u, quorum %u)",
                  got, k_step[sa->step], sa->need, sa->cfg.t, c->cfg->min_sites);

@@ -841,6 +841,38 @@ static void test_hostile_site_changes_nothing(void **state)
     assert_same_model(out_a, out_b);
 }
 
+/* Two of three sites are killed after sharing their keys: one masked update is fewer than the
+ * threshold t = 2, so the attempt is aborted without unmasking anything; the retry has a
+ * single live site, too few for a secure session, and the run fails with a clear message. */
+static void test_secagg_too_few_survivors_aborts(void **state)
+{
+    fixture_t *f = *state;
+    char *sa[] = {"--secagg", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "1", "3", NULL, "coordinator.log", sa);
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-secagg-round", "1", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k > 0 ? kill_at : NULL);
+    }
+    wait_exit(a[1], 60000, 128 + SIGKILL);
+    wait_exit(a[2], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 1);
+    wait_exit(a[0], 10000, 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "round 1 train phase: secure aggregation: 1 sites completed "
+                                    "the masked update step, 2 needed (threshold 2, quorum 1); "
+                                    "retry 1 of 1"));
+    assert_true(file_contains(path, "secure aggregation needs 2..512 participants, after 2 "
+                                    "attempts"));
+    assert_false(file_contains(path, "unmasked the sum"));
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 0);
+}
+
 /* ---- secure aggregation against a late or confused site ---------------------------------- */
 
 /* Like rogue_next, but keeps the site alive with heartbeats while it waits. */
@@ -1232,6 +1264,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_too_few_survivors_aborts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

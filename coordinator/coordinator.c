@@ -9,7 +9,14 @@
  * replies, else it is retried (up to max_retries) and then the run fails with a clear message.
  * Nothing a site sends touches model state before it passed moeh_wire_decode() and the
  * session checks here (sender admitted, participant, round and model version current, first
- * reply). */
+ * reply).
+ *
+ * With --secagg a TRAIN phase runs four steps of secure aggregation (docs/secagg.md), each with
+ * its own deadline: KEYS (collect SecaggAdvertise; U1) -> SHARES (collect SecaggShares and
+ * forward them; U2) -> MASKED (collect masked Updates into the running sum; U3) -> UNMASK
+ * (collect SecaggReveal from U3, then moeh_secagg_server_unmask on the sum). Fewer than
+ * max(t, min_sites) sites at any step aborts the attempt (retried as a phase without quorum);
+ * nothing is unmasked then. */
 #include "coordinator.h"
 
 #include "aggregate.h"
@@ -19,10 +26,12 @@
 #include "moeh_moe.h"
 #include "npy.h"
 #include "quant.h"
+#include "secagg.h"
 #include "wire.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <sodium.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -39,9 +48,29 @@ typedef struct {
     uint64_t n_train, n_eval;
     double train_loss;
     uint64_t n_samples;
+    int sa_in;      /* in this attempt's secure-aggregation session, as id sa_id */
+    uint32_t sa_id;
 } site_t;
 
 typedef enum { PH_WAIT, PH_STATS, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
+
+/* Steps of a securely aggregated TRAIN phase; SA_OFF: plain (or not a TRAIN phase). */
+typedef enum { SA_OFF, SA_KEYS, SA_SHARES, SA_MASKED, SA_UNMASK } sa_step_t;
+
+/* One secure-aggregation session (one attempt of a TRAIN phase). Everything here is public
+ * to the coordinator (keys, ciphertexts it cannot open, revealed shares meant for it). */
+typedef struct {
+    sa_step_t step;
+    moeh_secagg_cfg_t cfg;  /* cfg.round is the session id sent to the sites */
+    uint32_t need;          /* max(t, min_sites): fewer at any step aborts the attempt */
+    site_t **site;          /* (n) id -> site */
+    moeh_secagg_pubkeys_t *keys; /* (n) advertised keys */
+    uint8_t *u1, *u2, *u3, *revealed; /* (n) flags: advertised, shared, masked update, revealed */
+    uint8_t *cts;           /* (n, n, CT bytes): from i to j at i * n + j */
+    uint8_t *ct_have;       /* (n, n) */
+    moeh_secagg_reveal_t *reveals; /* (n, n) at most */
+    size_t n_reveals;
+} sa_session_t;
 
 typedef struct {
     const moeh_coord_cfg_t *cfg;
@@ -80,6 +109,7 @@ typedef struct {
     double w_cap, w_used;    /* bound on this round's total weight, and weight admitted */
     double quant_scale;      /* fixed-point scale of this round's updates */
     uint32_t round_train_sites;
+    sa_session_t sa;
     FILE *metrics;
     int table_header_done;
     char ckpt_path[4096];
@@ -270,6 +300,18 @@ static void send_round_start(coord_t *c, site_t *s)
     rs.deadline_ms = left > 1 ? (uint32_t)left : 1;
     rs.config = &rc;
     rs.n_participants = c->n_participants;
+    Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
+    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
+        if (!s->sa_in)
+            return; /* not in this session: it cannot take part in this attempt */
+        sp.session = c->sa.cfg.round;
+        sp.n = c->sa.cfg.n;
+        sp.t = c->sa.cfg.t;
+        sp.k = c->sa.cfg.k;
+        sp.graph_seed = c->sa.cfg.graph_seed;
+        sp.id = s->sa_id;
+        rs.secagg = &sp;
+    }
     env.type = MOEH__MSG_TYPE__ROUND_START;
     env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     env.round_start = &rs;
@@ -278,6 +320,77 @@ static void send_round_start(coord_t *c, site_t *s)
                          {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = c->norm,
                           .count = 2 * (uint64_t)c->n_norm}};
     send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
+}
+
+static void sa_free(sa_session_t *sa)
+{
+    free(sa->site);
+    free(sa->keys);
+    free(sa->u1);
+    free(sa->u2);
+    free(sa->u3);
+    free(sa->revealed);
+    free(sa->cts);
+    free(sa->ct_have);
+    free(sa->reveals);
+    memset(sa, 0, sizeof *sa);
+}
+
+/* Starts a session over the phase's participants (ids in site order). A session that cannot
+ * run (fewer than 2 sites, too many, no memory) is left with n = 0 and an expired deadline,
+ * so that step_phase aborts the attempt at once. */
+static void sa_open(coord_t *c)
+{
+    sa_session_t *sa = &c->sa;
+    sa_free(sa);
+    sa->step = SA_KEYS;
+    uint32_t n = 0;
+    for (size_t i = 0; i < c->n_sites; i++)
+        c->sites[i].sa_in = 0;
+    for (size_t i = 0; i < c->n_sites; i++)
+        n += c->sites[i].participant != 0;
+    if (n < 2 || n > MOEH_WIRE_SECAGG_MAX) {
+        MOEH_WARN("round %u: secure aggregation needs 2..%u sites, %u are here", c->round,
+                  MOEH_WIRE_SECAGG_MAX, n);
+        c->phase_deadline = moeh_now_ms();
+        return;
+    }
+    size_t nn = (size_t)n * n;
+    sa->site = calloc(n, sizeof *sa->site);
+    sa->keys = calloc(n, sizeof *sa->keys);
+    sa->u1 = calloc(n, 1), sa->u2 = calloc(n, 1), sa->u3 = calloc(n, 1);
+    sa->revealed = calloc(n, 1);
+    sa->cts = malloc(nn * MOEH_SECAGG_SHARE_CT_BYTES);
+    sa->ct_have = calloc(nn, 1);
+    sa->reveals = malloc(nn * sizeof *sa->reveals);
+    if (!sa->site || !sa->keys || !sa->u1 || !sa->u2 || !sa->u3 || !sa->revealed || !sa->cts ||
+        !sa->ct_have || !sa->reveals) {
+        MOEH_ERROR("round %u: out of memory for secure aggregation of %u sites", c->round, n);
+        sa_free(sa);
+        sa->step = SA_KEYS;
+        c->phase_deadline = moeh_now_ms();
+        return;
+    }
+    uint32_t id = 0;
+    for (size_t i = 0; i < c->n_sites; i++) {
+        site_t *s = &c->sites[i];
+        if (!s->participant)
+            continue;
+        s->sa_in = 1;
+        s->sa_id = id;
+        sa->site[id++] = s;
+    }
+    do
+        randombytes_buf(&sa->cfg.round, sizeof sa->cfg.round);
+    while (sa->cfg.round == 0);
+    randombytes_buf(&sa->cfg.graph_seed, sizeof sa->cfg.graph_seed);
+    sa->cfg.n = n;
+    sa->cfg.k = 0; /* every pair masks: fine for the few sites of a hospital federation */
+    sa->cfg.t = n / 2 + 1;
+    sa->cfg.len = c->p->n + c->p->n_groups;
+    sa->need = sa->cfg.t > c->cfg->min_sites ? sa->cfg.t : c->cfg->min_sites;
+    moeh_err_t err = {0};
+    MOEH_ASSERT(moeh_secagg_cfg_check(&sa->cfg, &err) == 0);
 }
 
 static void open_phase(coord_t *c, phase_t ph)
@@ -332,6 +445,10 @@ static void open_phase(coord_t *c, phase_t ph)
         s->replied = 0;
         c->n_participants += s->participant != 0;
     }
+    if (ph == PH_TRAIN && cfg->secagg)
+        sa_open(c);
+    else
+        c->sa.step = SA_OFF;
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
               ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics", c->n_participants,
               (unsigned long long)c->model_version);
@@ -436,6 +553,15 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     if (send_to(c, s, &env, NULL, 0) != 0)
         return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
+    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF && !s->replied) {
+        /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
+         * lost (or never had) its round keys, and takes part from the next phase on. */
+        if (s->participant && c->n_participants)
+            c->n_participants--;
+        s->participant = 0;
+        s->sa_in = 0;
+        return;
+    }
     if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_STATS) && !s->replied) {
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + (double)s->n_train > c->w_cap)
@@ -479,10 +605,24 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     const Moeh__Update *u = m->env->update;
     if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version))
         return;
-    /* Without secure aggregation every word can be checked against the site's declared
-     * weight, so a broken or hostile site cannot push the sum out of range. */
     const uint8_t *words = m->frames[0].data;
     char what[160];
+    if (c->sa.step != SA_OFF || u->secagg_session != 0) {
+        /* Masked words look uniformly random: no range check is possible (docs/secagg.md).
+         * Once the unmask request went out, a late update is refused: the s keys of the
+         * dropped sites may be revealed, and its pairwise masks could be stripped. */
+        if (c->sa.step != SA_MASKED || !s->sa_in || !c->sa.u2[s->sa_id] ||
+            u->secagg_session != c->sa.cfg.round) {
+            reply_error(c, m, -ESTALE, "update: not expected now by this secure-aggregation "
+                                       "session (late, masked for another session, or plain)",
+                        s->id);
+            return;
+        }
+        c->sa.u3[s->sa_id] = 1;
+        goto accept;
+    }
+    /* Without secure aggregation every word can be checked against the site's declared
+     * weight, so a broken or hostile site cannot push the sum out of range. */
     for (size_t g = 0; g < c->p->n_groups; g++) {
         uint32_t w;
         memcpy(&w, words + 4 * (c->p->n + g), 4);
@@ -526,6 +666,7 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
         }
         c->n_slots++;
     }
+accept:
     moeh_fedavg_add(&c->agg, words);
     s->replied = 1;
     s->train_loss = u->train_loss;
@@ -612,6 +753,108 @@ static void handle_stats(coord_t *c, moeh_msg_t *m, site_t *s)
     c->n_replied++;
 }
 
+/* ---- secure aggregation: the coordinator's side of docs/secagg.md ------------------------ */
+
+/* Session checks shared by the secagg messages: a TRAIN phase in step `want`, a site of this
+ * session, the current session id. 1 if the message may be used; else replied with an Error. */
+static int sa_ok(coord_t *c, moeh_msg_t *m, site_t *s, sa_step_t want, uint64_t session)
+{
+    char what[160];
+    if (c->phase != PH_TRAIN || c->sa.step != want || !s->sa_in || !s->participant ||
+        session != c->sa.cfg.round) {
+        snprintf(what, sizeof what, "%s: not expected now (another step or session)",
+                 moeh_msg_type_name(m->env->type));
+        reply_error(c, m, -ESTALE, what, s->id);
+        return 0;
+    }
+    return 1;
+}
+
+static void handle_sa_advertise(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__SecaggAdvertise *a = m->env->secagg_advertise;
+    if (!sa_ok(c, m, s, SA_KEYS, a->session))
+        return;
+    uint32_t i = s->sa_id;
+    if (c->sa.u1[i]) {
+        reply_error(c, m, -ESTALE, "secagg_advertise: duplicate", s->id);
+        return;
+    }
+    memcpy(c->sa.keys[i].c_pk, a->c_pk.data, MOEH_SECAGG_KEY_BYTES);
+    memcpy(c->sa.keys[i].s_pk, a->s_pk.data, MOEH_SECAGG_KEY_BYTES);
+    c->sa.u1[i] = 1;
+}
+
+static void handle_sa_shares(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__SecaggShares *sh = m->env->secagg_shares;
+    sa_session_t *sa = &c->sa;
+    if (!sa_ok(c, m, s, SA_SHARES, sh->session))
+        return;
+    uint32_t i = s->sa_id, n = sa->cfg.n;
+    if (!sa->u1[i] || sa->u2[i] || sh->n_u2 != 0) {
+        reply_error(c, m, -ESTALE, "secagg_shares: duplicate, or from a site that did not "
+                                   "advertise keys", s->id);
+        return;
+    }
+    /* exactly one ciphertext for every neighbour in U1 (peers arrive strictly increasing) */
+    size_t want = 0;
+    for (uint32_t j = 0; j < n; j++)
+        want += j != i && sa->u1[j] && moeh_secagg_neighbours(&sa->cfg, i, j);
+    int ok = sh->n_ciphers == want;
+    for (size_t k = 0; ok && k < sh->n_ciphers; k++) {
+        uint32_t j = sh->ciphers[k]->peer;
+        ok = j < n && j != i && sa->u1[j] && moeh_secagg_neighbours(&sa->cfg, i, j);
+    }
+    if (!ok) {
+        reply_error(c, m, -EBADMSG, "secagg_shares: expected one ciphertext for each "
+                                    "neighbour that advertised keys", s->id);
+        return;
+    }
+    for (size_t k = 0; k < sh->n_ciphers; k++) {
+        size_t at = (size_t)i * n + sh->ciphers[k]->peer;
+        memcpy(sa->cts + at * MOEH_SECAGG_SHARE_CT_BYTES, sh->ciphers[k]->ct.data,
+               MOEH_SECAGG_SHARE_CT_BYTES);
+        sa->ct_have[at] = 1;
+    }
+    sa->u2[i] = 1;
+}
+
+static void handle_sa_reveal(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__SecaggReveal *r = m->env->secagg_reveal;
+    sa_session_t *sa = &c->sa;
+    if (!sa_ok(c, m, s, SA_UNMASK, r->session))
+        return;
+    uint32_t h = s->sa_id, n = sa->cfg.n;
+    if (!sa->u3[h] || sa->revealed[h]) {
+        reply_error(c, m, -ESTALE, "secagg_reveal: duplicate, or from a site that was not "
+                                   "asked", s->id);
+        return;
+    }
+    /* b shares of survivors, s shares of dropped clients only: never both of one owner */
+    for (size_t k = 0; k < r->n_shares; k++) {
+        const Moeh__SecaggShare *x = r->shares[k];
+        int want_b = x->owner < n && sa->u3[x->owner];
+        int want_s = x->owner < n && sa->u2[x->owner] && !sa->u3[x->owner];
+        if (!(x->kind == MOEH__SECAGG_KIND__SECAGG_B ? want_b : want_s)) {
+            reply_error(c, m, -EBADMSG, "secagg_reveal: a share of a kind this session did "
+                                        "not ask for", s->id);
+            return;
+        }
+    }
+    MOEH_ASSERT(sa->n_reveals + r->n_shares <= (size_t)n * n);
+    for (size_t k = 0; k < r->n_shares; k++) {
+        moeh_secagg_reveal_t *o = &sa->reveals[sa->n_reveals++];
+        o->owner = r->shares[k]->owner;
+        o->holder = h;
+        o->kind = r->shares[k]->kind == MOEH__SECAGG_KIND__SECAGG_B ? MOEH_SECAGG_REVEAL_B
+                                                                    : MOEH_SECAGG_REVEAL_S;
+        memcpy(o->y, r->shares[k]->y, sizeof o->y);
+    }
+    sa->revealed[h] = 1;
+}
+
 static void handle_message(coord_t *c, moeh_err_t *fatal)
 {
     for (int budget = 0; budget < 256; budget++) {
@@ -647,6 +890,15 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
                 break;
             case MOEH__MSG_TYPE__STATS_RESULT:
                 handle_stats(c, &m, s);
+                break;
+            case MOEH__MSG_TYPE__SECAGG_ADVERTISE:
+                handle_sa_advertise(c, &m, s);
+                break;
+            case MOEH__MSG_TYPE__SECAGG_SHARES:
+                handle_sa_shares(c, &m, s);
+                break;
+            case MOEH__MSG_TYPE__SECAGG_REVEAL:
+                handle_sa_reveal(c, &m, s);
                 break;
             case MOEH__MSG_TYPE__ERROR:
                 MOEH_WARN("site %s reports: %s", s->id, m.env->error->message);
@@ -922,28 +1174,240 @@ static void reload_registry(coord_t *c)
     }
 }
 
+/* A phase attempt failed: retry it (up to max_retries), else the run fails with `what`. */
+static void retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    if (++c->retries > cfg->max_retries) {
+        moeh_errf(fatal, -ETIMEDOUT, "round %u %s phase: %s, after %u attempts (is every site "
+                                     "running and reachable?)",
+                  c->round, name, what, c->retries);
+        return;
+    }
+    MOEH_WARN("round %u %s phase: %s; retry %u of %u", c->round, name, what, c->retries,
+              cfg->max_retries);
+    open_phase(c, c->phase);
+}
+
+/* Sends Keys (U1) to every live member of U1. */
+static void sa_send_keys(coord_t *c)
+{
+    sa_session_t *sa = &c->sa;
+    uint32_t n = sa->cfg.n, m = 0;
+    Moeh__SecaggKey *k = calloc(n, sizeof *k);
+    Moeh__SecaggKey **kp = calloc(n, sizeof *kp);
+    if (!k || !kp) {
+        MOEH_ERROR("out of memory for the secure-aggregation key list");
+        goto out; /* the sites miss their keys; the step times out and the attempt is retried */
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (!sa->u1[i])
+            continue;
+        moeh__secagg_key__init(&k[m]);
+        k[m].id = i;
+        k[m].c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, sa->keys[i].c_pk};
+        k[m].s_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, sa->keys[i].s_pk};
+        kp[m] = &k[m];
+        m++;
+    }
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggKeys ks = MOEH__SECAGG_KEYS__INIT;
+    ks.session = sa->cfg.round;
+    ks.n_keys = m;
+    ks.keys = kp;
+    env.type = MOEH__MSG_TYPE__SECAGG_KEYS;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_KEYS;
+    env.secagg_keys = &ks;
+    for (uint32_t i = 0; i < n; i++)
+        if (sa->u1[i] && sa->site[i]->admitted)
+            send_to(c, sa->site[i], &env, NULL, 0);
+out:
+    free(k);
+    free(kp);
+}
+
+/* Forwards to every live member j of U2 the ciphertexts addressed to j by U2, and U2. */
+static void sa_forward_shares(coord_t *c)
+{
+    sa_session_t *sa = &c->sa;
+    uint32_t n = sa->cfg.n, nu2 = 0;
+    Moeh__SecaggCipher *cs = calloc(n, sizeof *cs);
+    Moeh__SecaggCipher **cp = calloc(n, sizeof *cp);
+    uint32_t *u2 = calloc(n, sizeof *u2);
+    if (!cs || !cp || !u2) {
+        MOEH_ERROR("out of memory for forwarding the secure-aggregation shares");
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (sa->u2[i])
+            u2[nu2++] = i;
+    for (uint32_t j = 0; j < n; j++) {
+        if (!sa->u2[j] || !sa->site[j]->admitted)
+            continue;
+        size_t m = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            size_t at = (size_t)i * n + j;
+            if (i == j || !sa->u2[i] || !sa->ct_have[at])
+                continue;
+            moeh__secagg_cipher__init(&cs[m]);
+            cs[m].peer = i;
+            cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
+                                             sa->cts + at * MOEH_SECAGG_SHARE_CT_BYTES};
+            cp[m] = &cs[m];
+            m++;
+        }
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
+        sh.session = sa->cfg.round;
+        sh.n_ciphers = m;
+        sh.ciphers = cp;
+        sh.n_u2 = nu2;
+        sh.u2 = u2;
+        env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
+        env.secagg_shares = &sh;
+        send_to(c, sa->site[j], &env, NULL, 0);
+    }
+out:
+    free(cs);
+    free(cp);
+    free(u2);
+}
+
+/* Lists U3 (survivors) and D = U2 \ U3 (dropped) in increasing order. */
+static void sa_lists(const sa_session_t *sa, uint32_t *surv, size_t *ns, uint32_t *drop,
+                     size_t *nd)
+{
+    *ns = *nd = 0;
+    for (uint32_t i = 0; i < sa->cfg.n; i++) {
+        if (sa->u3[i])
+            surv[(*ns)++] = i;
+        else if (sa->u2[i])
+            drop[(*nd)++] = i;
+    }
+}
+
+static void sa_send_unmask(coord_t *c, const uint32_t *surv, size_t ns, const uint32_t *drop,
+                           size_t nd)
+{
+    sa_session_t *sa = &c->sa;
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggUnmask um = MOEH__SECAGG_UNMASK__INIT;
+    um.session = sa->cfg.round;
+    um.n_survivors = ns;
+    um.survivors = (uint32_t *)surv;
+    um.n_dropped = nd;
+    um.dropped = (uint32_t *)drop;
+    env.type = MOEH__MSG_TYPE__SECAGG_UNMASK;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_UNMASK;
+    env.secagg_unmask = &um;
+    for (size_t k = 0; k < ns; k++)
+        if (sa->site[surv[k]]->admitted)
+            send_to(c, sa->site[surv[k]], &env, NULL, 0);
+}
+
+/* Advances a securely aggregated TRAIN phase: closes the current step when every live site it
+ * waits for answered or at the step's deadline. Returns 1 when the unmasked sum is ready
+ * (c->agg holds the plain sum of U3's updates), 0 otherwise (waiting, or the attempt was
+ * aborted and retried; fatal set if out of retries). */
+static int sa_step(coord_t *c, moeh_err_t *fatal)
+{
+    sa_session_t *sa = &c->sa;
+    uint32_t n = sa->cfg.n, pending = 0, got = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *in = sa->step == SA_KEYS     ? NULL
+                            : sa->step == SA_SHARES ? sa->u1
+                            : sa->step == SA_MASKED ? sa->u2
+                                                    : sa->u3;
+        const uint8_t *done = sa->step == SA_KEYS     ? sa->u1
+                              : sa->step == SA_SHARES ? sa->u2
+                              : sa->step == SA_MASKED ? sa->u3
+                                                      : sa->revealed;
+        if (in && !in[i])
+            continue;
+        const site_t *s = sa->site[i];
+        got += done[i] != 0;
+        pending += !done[i] && s->admitted && s->participant && s->sa_in;
+    }
+    int64_t now = moeh_now_ms();
+    if (pending > 0 && now < c->phase_deadline)
+        return 0;
+    static const char *k_step[] = {"", "key advertisement", "share exchange", "masked update",
+                                   "unmasking"};
+    char what[MOEH_ERRMSG_MAX + 64];
+    if (n == 0) {
+        snprintf(what, sizeof what, "secure aggregation needs 2..%u participants",
+                 MOEH_WIRE_SECAGG_MAX);
+        retry_phase(c, fatal, "train", what);
+        return 0;
+    }
+    if (got < sa->need) {
+        snprintf(what, sizeof what, "secure aggregation: %u sites completed the %s step, %u "
+                                    "needed (threshold %u, quorum %u)",
+                 got, k_step[sa->step], sa->need, sa->cfg.t, c->cfg->min_sites);
+        retry_phase(c, fatal, "train", what);
+        return 0;
+    }
+    if (pending > 0)
+        MOEH_WARN("round %u: secure aggregation %s step: deadline passed with %u of the sites",
+                  c->round, k_step[sa->step], got);
+    c->phase_deadline = now + c->cfg->phase_deadline_ms;
+    if (sa->step == SA_KEYS) {
+        sa->step = SA_SHARES;
+        sa_send_keys(c);
+        return 0;
+    }
+    if (sa->step == SA_SHARES) {
+        sa->step = SA_MASKED;
+        sa_forward_shares(c);
+        return 0;
+    }
+    uint32_t surv[MOEH_WIRE_SECAGG_MAX], drop[MOEH_WIRE_SECAGG_MAX];
+    size_t ns, nd;
+    sa_lists(sa, surv, &ns, drop, &nd);
+    if (sa->step == SA_MASKED) {
+        /* from here on updates are refused: the dropped sites' s keys may be revealed */
+        sa->step = SA_UNMASK;
+        MOEH_INFO("round %u: secure aggregation: %zu masked updates, %zu sites dropped; asking "
+                  "the survivors for their shares", c->round, ns, nd);
+        sa_send_unmask(c, surv, ns, drop, nd);
+        return 0;
+    }
+    moeh_err_t err = {0};
+    int rc = moeh_secagg_server_unmask(&sa->cfg, sa->keys, surv, ns, drop, nd, sa->reveals,
+                                       sa->n_reveals, c->agg.sum, &err);
+    if (rc) {
+        snprintf(what, sizeof what, "secure aggregation: cannot unmask the sum: %s", err.msg);
+        retry_phase(c, fatal, "train", what);
+        return 0;
+    }
+    MOEH_INFO("round %u: secure aggregation: unmasked the sum of %zu sites (%zu dropped)",
+              c->round, ns, nd);
+    sa->step = SA_OFF;
+    return 1;
+}
+
 /* Closes the current phase if it is complete or past its deadline. Sets fatal on failure. */
 static void step_phase(coord_t *c, moeh_err_t *fatal)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     int64_t now = moeh_now_ms();
     uint32_t pending = 0;
-    for (size_t i = 0; i < c->n_sites; i++)
-        pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
-    if (pending > 0 && now < c->phase_deadline)
-        return;
+    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
+        if (!sa_step(c, fatal))
+            return;
+    } else {
+        for (size_t i = 0; i < c->n_sites; i++)
+            pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
+        if (pending > 0 && now < c->phase_deadline)
+            return;
+    }
     const char *name = c->phase == PH_TRAIN ? "train" : c->phase == PH_EVAL ? "eval" : "statistics";
     if (c->n_replied < cfg->min_sites) {
-        if (++c->retries > cfg->max_retries) {
-            moeh_errf(fatal, -ETIMEDOUT,
-                      "round %u %s phase: %u of the %u sites needed replied, after %u attempts "
-                      "(is every site running and reachable?)",
-                      c->round, name, c->n_replied, cfg->min_sites, c->retries);
-            return;
-        }
-        MOEH_WARN("round %u %s phase: only %u of %u sites needed replied; retry %u of %u",
-                  c->round, name, c->n_replied, cfg->min_sites, c->retries, cfg->max_retries);
-        open_phase(c, c->phase);
+        char what[160];
+        snprintf(what, sizeof what, "%u of the %u sites needed replied", c->n_replied,
+                 cfg->min_sites);
+        retry_phase(c, fatal, name, what);
         return;
     }
     if (pending > 0)
@@ -1033,6 +1497,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "server_beta2", k->server_beta2);
     cJSON_AddNumberToObject(j, "server_tau", k->server_tau);
     cJSON_AddNumberToObject(j, "trim", k->trim);
+    cJSON_AddBoolToObject(j, "secagg", k->secagg);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -1069,6 +1534,12 @@ static int setup(coord_t *c, moeh_err_t *err)
         return moeh_errf(err, -EINVAL,
                          "--strategy '%s': expected fedavg, fedadam, fedyogi or trimmed",
                          cfg->strategy);
+    if (cfg->secagg && c->sopt.kind == MOEH_STRATEGY_TRIMMED)
+        return moeh_errf(err, -EINVAL, "--secagg and --strategy trimmed exclude each other: the "
+                                       "trimmed mean needs every site's update, secure "
+                                       "aggregation reveals only their sum");
+    if (cfg->secagg && (rc = moeh_crypto_init()))
+        return moeh_errf(err, rc, "libsodium failed to initialise");
     if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && !(cfg->trim >= 0 && cfg->trim < 0.5))
         return moeh_errf(err, -EINVAL, "--trim %g: expected a fraction in [0, 0.5)",
                          (double)cfg->trim);
@@ -1173,6 +1644,7 @@ static void teardown(coord_t *c)
     if (c->metrics)
         fclose(c->metrics);
     moeh_fedavg_free(&c->agg);
+    sa_free(&c->sa);
     moeh_moe_destroy(&c->model);
     free(c->hist);
     free(c->norm);

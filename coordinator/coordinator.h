@@ -38,6 +38,8 @@ typedef struct {
     const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
     float server_lr, server_beta1, server_beta2, server_tau;
     float trim;             /* trimmed mean: fraction dropped at each end */
+    int secagg;             /* secure aggregation of the TRAIN phase (docs/secagg.md): the
+                             * coordinator learns only the sum of the sites' updates */
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

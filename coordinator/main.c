@@ -54,6 +54,8 @@ int main(int argc, char **argv)
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},
         {"strategy", MOEH_OPT_STR, &cfg.strategy,
          "server step: fedavg, fedadam, fedyogi or trimmed (robust; per-site memory)"},
+        {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
+         "secure aggregation: learn only the sum of the sites' updates (not with trimmed)"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
         {"server-lr", MOEH_OPT_F32, &cfg.server_lr, "server learning rate (FedAdam/FedYogi)"},
         {"server-beta1", MOEH_OPT_F32, &cfg.server_beta1, "server first-moment decay"},

@@ -1,17 +1,20 @@
 /* wire.c - validating decoder and encoder for moeh messages (see wire.h). */
 #include "wire.h"
 
+#include "secagg.h"
+
 #include <math.h>
 #include <string.h>
 #include <zmq.h>
 
-static const char *k_type_names[] = {"unspecified", "hello",     "welcome", "round_start",
-                                     "update",      "eval_result", "heartbeat", "error",
-                                     "bye",         "stats_result"};
+static const char *k_type_names[] = {
+    "unspecified",   "hello",       "welcome",       "round_start",   "update",
+    "eval_result",   "heartbeat",   "error",         "bye",           "stats_result",
+    "secagg_advertise", "secagg_keys", "secagg_shares", "secagg_unmask", "secagg_reveal"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= 9) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= MOEH__MSG_TYPE__SECAGG_REVEAL) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -112,6 +115,163 @@ static int fin(double x, const char *field, moeh_err_t *err)
     return isfinite(x) ? 0 : moeh_errf(err, -ERANGE, "%s: not finite", field);
 }
 
+/* ---- secure aggregation (docs/secagg.md): ids below MOEH_WIRE_SECAGG_MAX, lists strictly
+ * increasing (so without repeats), keys and ciphertexts of their exact sizes. Whether an id
+ * is below this session's n, and who may send what, are session checks. */
+static int check_session(uint64_t session, const char *what, moeh_err_t *err)
+{
+    return session ? 0 : moeh_errf(err, -EBADMSG, "%s.session: must be non-zero", what);
+}
+
+static int check_bytes(const ProtobufCBinaryData *b, size_t want, const char *field,
+                       moeh_err_t *err)
+{
+    if (b->len != want)
+        return moeh_errf(err, -EBADMSG, "%s: %zu bytes, expected %zu", field, b->len, want);
+    return 0;
+}
+
+/* ids[n]: each < MOEH_WIRE_SECAGG_MAX and strictly increasing. */
+static int check_ids(const uint32_t *ids, size_t n, const char *field, moeh_err_t *err)
+{
+    if (n > MOEH_WIRE_SECAGG_MAX)
+        return moeh_errf(err, -EBADMSG, "%s: %zu entries, limit %u", field, n,
+                         MOEH_WIRE_SECAGG_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] >= MOEH_WIRE_SECAGG_MAX)
+            return moeh_errf(err, -EBADMSG, "%s[%zu]: id %u, expected < %u", field, i, ids[i],
+                             MOEH_WIRE_SECAGG_MAX);
+        if (i > 0 && ids[i] <= ids[i - 1])
+            return moeh_errf(err, -EBADMSG, "%s[%zu]: ids must be strictly increasing", field,
+                             i);
+    }
+    return 0;
+}
+
+static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
+                           moeh_err_t *err)
+{
+    int rc;
+    uint32_t ids[MOEH_WIRE_SECAGG_MAX];
+    switch (e->type) {
+    case MOEH__MSG_TYPE__SECAGG_ADVERTISE: {
+        const Moeh__SecaggAdvertise *a = e->secagg_advertise;
+        if ((rc = check_session(a->session, "secagg_advertise", err)) ||
+            (rc = check_bytes(&a->c_pk, MOEH_SECAGG_KEY_BYTES, "secagg_advertise.c_pk", err)) ||
+            (rc = check_bytes(&a->s_pk, MOEH_SECAGG_KEY_BYTES, "secagg_advertise.s_pk", err)))
+            return rc;
+        return 0;
+    }
+    case MOEH__MSG_TYPE__SECAGG_KEYS: {
+        const Moeh__SecaggKeys *k = e->secagg_keys;
+        if ((rc = check_session(k->session, "secagg_keys", err)))
+            return rc;
+        if (k->n_keys < 2 || k->n_keys > MOEH_WIRE_SECAGG_MAX)
+            return moeh_errf(err, -EBADMSG, "secagg_keys.keys: %zu entries, expected 2..%u",
+                             k->n_keys, MOEH_WIRE_SECAGG_MAX);
+        for (size_t i = 0; i < k->n_keys; i++) {
+            ids[i] = k->keys[i]->id;
+            if ((rc = check_bytes(&k->keys[i]->c_pk, MOEH_SECAGG_KEY_BYTES,
+                                  "secagg_keys.keys.c_pk", err)) ||
+                (rc = check_bytes(&k->keys[i]->s_pk, MOEH_SECAGG_KEY_BYTES,
+                                  "secagg_keys.keys.s_pk", err)))
+                return rc;
+        }
+        return check_ids(ids, k->n_keys, "secagg_keys.keys.id", err);
+    }
+    case MOEH__MSG_TYPE__SECAGG_SHARES: {
+        const Moeh__SecaggShares *s = e->secagg_shares;
+        if ((rc = check_session(s->session, "secagg_shares", err)))
+            return rc;
+        if (s->n_ciphers < 1 || s->n_ciphers > MOEH_WIRE_SECAGG_MAX)
+            return moeh_errf(err, -EBADMSG, "secagg_shares.ciphers: %zu entries, expected 1..%u",
+                             s->n_ciphers, MOEH_WIRE_SECAGG_MAX);
+        for (size_t i = 0; i < s->n_ciphers; i++) {
+            ids[i] = s->ciphers[i]->peer;
+            if ((rc = check_bytes(&s->ciphers[i]->ct, MOEH_SECAGG_SHARE_CT_BYTES,
+                                  "secagg_shares.ciphers.ct", err)))
+                return rc;
+        }
+        if ((rc = check_ids(ids, s->n_ciphers, "secagg_shares.ciphers.peer", err)))
+            return rc;
+        return check_ids(s->u2, s->n_u2, "secagg_shares.u2", err);
+    }
+    case MOEH__MSG_TYPE__SECAGG_UNMASK: {
+        const Moeh__SecaggUnmask *u = e->secagg_unmask;
+        if ((rc = check_session(u->session, "secagg_unmask", err)) ||
+            (rc = check_ids(u->survivors, u->n_survivors, "secagg_unmask.survivors", err)) ||
+            (rc = check_ids(u->dropped, u->n_dropped, "secagg_unmask.dropped", err)))
+            return rc;
+        if (u->n_survivors < 2)
+            return moeh_errf(err, -EBADMSG, "secagg_unmask.survivors: %zu, expected >= 2",
+                             u->n_survivors);
+        for (size_t i = 0, j = 0; i < u->n_survivors && j < u->n_dropped;) {
+            if (u->survivors[i] == u->dropped[j])
+                return moeh_errf(err, -EBADMSG, "secagg_unmask: id %u is both a survivor and "
+                                                "dropped", u->dropped[j]);
+            if (u->survivors[i] < u->dropped[j])
+                i++;
+            else
+                j++;
+        }
+        return 0;
+    }
+    case MOEH__MSG_TYPE__SECAGG_REVEAL: {
+        const Moeh__SecaggReveal *r = e->secagg_reveal;
+        if ((rc = check_session(r->session, "secagg_reveal", err)))
+            return rc;
+        if (r->n_shares > MOEH_WIRE_SECAGG_MAX)
+            return moeh_errf(err, -EBADMSG, "secagg_reveal.shares: %zu entries, limit %u",
+                             r->n_shares, MOEH_WIRE_SECAGG_MAX);
+        for (size_t i = 0; i < r->n_shares; i++) {
+            const Moeh__SecaggShare *sh = r->shares[i];
+            ids[i] = sh->owner;
+            if (sh->kind != MOEH__SECAGG_KIND__SECAGG_B && sh->kind != MOEH__SECAGG_KIND__SECAGG_S)
+                return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].kind: %d, expected "
+                                                "SECAGG_B or SECAGG_S", i, (int)sh->kind);
+            if (sh->n_y != MOEH_SECAGG_SHARE_ELEMS)
+                return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].y: %zu elements, "
+                                                "expected %u", i, sh->n_y,
+                                 MOEH_SECAGG_SHARE_ELEMS);
+            for (size_t k = 0; k < sh->n_y; k++)
+                if (sh->y[k] >= MOEH_SECAGG_PRIME)
+                    return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].y[%zu]: not an "
+                                                    "element of GF(2^61 - 1)", i, k);
+        }
+        return check_ids(ids, r->n_shares, "secagg_reveal.shares.owner", err);
+    }
+    default:
+        break;
+    }
+    (void)lim;
+    return moeh_errf(err, -EBADMSG, "type: %d is not a secure-aggregation message", (int)e->type);
+}
+
+/* RoundStart.secagg: a configuration proto/secagg.h accepts for this model's update length. */
+static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__RoundStart *r,
+                                  moeh_err_t *err)
+{
+    const Moeh__SecaggParams *p = r->secagg;
+    int rc;
+    if (r->task != MOEH__ROUND_TASK__TRAIN)
+        return moeh_errf(err, -EBADMSG, "round_start.secagg: only a TRAIN round is securely "
+                                        "aggregated");
+    if ((rc = check_session(p->session, "round_start.secagg", err)))
+        return rc;
+    if (p->n < 2 || p->n > MOEH_WIRE_SECAGG_MAX || p->id >= p->n)
+        return moeh_errf(err, -EBADMSG, "round_start.secagg: n %u (expected 2..%u) and id %u "
+                                        "(expected < n)", p->n, MOEH_WIRE_SECAGG_MAX, p->id);
+    if (lim->n_params == 0 || lim->n_groups == 0)
+        return moeh_errf(err, -EBADMSG, "round_start.secagg: before the model was negotiated");
+    moeh_secagg_cfg_t cfg = {.round = p->session, .n = p->n, .t = p->t, .k = p->k,
+                             .graph_seed = p->graph_seed,
+                             .len = (size_t)lim->n_params + lim->n_groups};
+    moeh_err_t e2 = {0};
+    if (moeh_secagg_cfg_check(&cfg, &e2))
+        return moeh_errf(err, -EBADMSG, "round_start.secagg: %s", e2.msg);
+    return 0;
+}
+
 static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                          const moeh_iov_t *frames, size_t n_frames, moeh_err_t *err)
 {
@@ -207,6 +367,8 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             c->quant_scale * c->delta_clip > 2147483647.0)
             return moeh_errf(err, -EBADMSG, "round_start.config: delta_clip > 0 and quant_scale "
                                             "> 0 with quant_scale * delta_clip < 2^31 expected");
+        if (r->secagg && (rc = validate_secagg_params(lim, r, err)))
+            return rc;
         if (r->task == MOEH__ROUND_TASK__STATS)
             break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
@@ -297,6 +459,14 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         }
         return 0;
     }
+    case MOEH__MSG_TYPE__SECAGG_ADVERTISE:
+    case MOEH__MSG_TYPE__SECAGG_KEYS:
+    case MOEH__MSG_TYPE__SECAGG_SHARES:
+    case MOEH__MSG_TYPE__SECAGG_UNMASK:
+    case MOEH__MSG_TYPE__SECAGG_REVEAL:
+        if ((rc = validate_secagg(lim, e, err)))
+            return rc;
+        break;
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
     case MOEH__MSG_TYPE__ERROR:
@@ -374,7 +544,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__STATS_RESULT) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__SECAGG_REVEAL) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

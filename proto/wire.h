@@ -20,6 +20,9 @@
 #define MOEH_MAX_PARAMS (1u << 28)            /* 1 GiB of float32 */
 #define MOEH_MAX_STRING 1024u
 #define MOEH_SITE_ID_MAX 64u
+/* Largest secure-aggregation session on the wire: the key list and the shares a site sends
+ * (one 96-byte ciphertext per peer) must fit in one header of MOEH_MAX_HEADER_BYTES. */
+#define MOEH_WIRE_SECAGG_MAX 512u
 
 /* What the receiver has negotiated. Zero fields mean "not negotiated yet": any message that
  * would need them (tensors, per-group weights, histograms) is refused. */

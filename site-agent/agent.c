@@ -3,15 +3,24 @@
  * States: connecting (Hello sent, waiting for Welcome) -> admitted (answers RoundStart with an
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
- * parameter delta, per-group sample counts, the mean training loss, and score histograms. */
+ * parameter delta, per-group sample counts, the mean training loss, and score histograms.
+ *
+ * When a TRAIN RoundStart carries secagg parameters (docs/secagg.md), the agent trains, keeps
+ * its update words, and runs its side of secure aggregation instead of sending them: fresh
+ * round keys (SecaggAdvertise) -> on SecaggKeys, encrypted shares (SecaggShares) -> on the
+ * forwarded shares, the masked Update -> on SecaggUnmask, its shares (SecaggReveal). The
+ * moeh_secagg_client_t holds the round's secrets and is destroyed at the next RoundStart, on
+ * any failure, and at exit. */
 #include "agent.h"
 
 #include "keys.h"
 #include "quant.h"
+#include "secagg.h"
 #include "trainer.h"
 #include "wire.h"
 
 #include <math.h>
+#include <sodium.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -38,6 +47,12 @@ typedef struct {
     uint64_t hb_seq, seed_salt;
     moeh_err_t fatal;
     int fatal_rc;
+    /* secure aggregation of the current TRAIN round (sa == NULL: none in progress) */
+    moeh_secagg_client_t *sa;
+    uint64_t sa_session, sa_version;
+    uint32_t sa_round, sa_n, sa_steps;
+    double sa_loss;
+    uint64_t sa_samples;
 } agent_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
@@ -321,6 +336,238 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     free(st);
 }
 
+/* Sends a->upd (plain, or masked for secagg session `session`) as this round's Update. */
+static void send_update(agent_t *a, uint32_t round, uint64_t version, double loss,
+                        uint64_t samples, uint32_t steps, uint64_t session)
+{
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    u.round = round;
+    u.model_version = version;
+    u.train_loss = loss;
+    u.n_samples = samples;
+    u.steps = steps;
+    u.secagg_session = session;
+    env.type = MOEH__MSG_TYPE__UPDATE;
+    env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
+    env.update = &u;
+    moeh_frame_t f = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd,
+                      .count = p->n + p->n_groups};
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
+    if (rc)
+        MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
+}
+
+/* Ends the secure-aggregation session (wipes its secrets); reports why if `why` is set. */
+static void sa_end(agent_t *a, const char *why, const char *detail)
+{
+    if (why) {
+        char msg[MOEH_ERRMSG_MAX + 96];
+        snprintf(msg, sizeof msg, "secure aggregation: %s%s%s", why, detail ? ": " : "",
+                 detail ? detail : "");
+        MOEH_WARN("round %u: %s", a->sa_round, msg);
+        if (a->sock)
+            moeh_wire_send_error(a->sock, NULL, 0, -EBADMSG, msg);
+    }
+    moeh_secagg_client_destroy(&a->sa);
+    a->sa_session = 0;
+}
+
+/* After training with RoundStart.secagg: fresh round keys, advertised to the coordinator. */
+static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64_t samples,
+                     uint32_t steps)
+{
+    const Moeh__SecaggParams *sp = rs->secagg;
+    moeh_err_t err = {0};
+    int rc = moeh_crypto_init();
+    moeh_secagg_cfg_t cfg = {.round = sp->session, .n = sp->n, .t = sp->t, .k = sp->k,
+                             .graph_seed = sp->graph_seed,
+                             .len = (size_t)a->lim.n_params + a->lim.n_groups};
+    a->sa_round = rs->round;
+    if (rc || (rc = moeh_secagg_client_create(&cfg, sp->id, &a->sa, &err)) != 0) {
+        sa_end(a, "cannot start", rc == -EIO ? "libsodium failed to initialise" : err.msg);
+        return;
+    }
+    a->sa_session = sp->session;
+    a->sa_version = rs->model_version;
+    a->sa_n = sp->n;
+    a->sa_loss = loss, a->sa_samples = samples, a->sa_steps = steps;
+    moeh_secagg_pubkeys_t pk;
+    moeh_secagg_client_pubkeys(a->sa, &pk);
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
+    ad.session = sp->session;
+    ad.c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.c_pk};
+    ad.s_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.s_pk};
+    env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
+    env.secagg_advertise = &ad;
+    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0)
+        sa_end(a, "cannot send the round keys", moeh_strerror(rc));
+}
+
+/* SecaggKeys (U1): encrypts this site's shares for every neighbour in U1 and sends them. */
+static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
+{
+    if (!a->sa || k->session != a->sa_session)
+        return; /* a stale session: ignored */
+    uint32_t n = a->sa_n;
+    moeh_err_t err = {0};
+    moeh_secagg_pubkeys_t *keys = calloc(n, sizeof *keys);
+    uint8_t *present = calloc(n, 1), *sent = calloc(n, 1);
+    uint8_t *cts = malloc((size_t)n * MOEH_SECAGG_SHARE_CT_BYTES);
+    Moeh__SecaggCipher *cs = calloc(n, sizeof *cs);
+    Moeh__SecaggCipher **cp = calloc(n, sizeof *cp);
+    const char *why = NULL;
+    int rc = -ENOMEM;
+    if (!keys || !present || !sent || !cts || !cs || !cp) {
+        why = "out of memory";
+        goto out;
+    }
+    for (size_t i = 0; i < k->n_keys; i++) {
+        uint32_t id = k->keys[i]->id;
+        if (id >= n) {
+            why = "the key list names an id outside the session";
+            goto out;
+        }
+        memcpy(keys[id].c_pk, k->keys[i]->c_pk.data, MOEH_SECAGG_KEY_BYTES);
+        memcpy(keys[id].s_pk, k->keys[i]->s_pk.data, MOEH_SECAGG_KEY_BYTES);
+        present[id] = 1;
+    }
+    if ((rc = moeh_secagg_client_share_keys(a->sa, keys, present, cts, sent, &err)) != 0) {
+        why = "refused the key list";
+        goto out;
+    }
+    size_t m = 0;
+    for (uint32_t j = 0; j < n; j++) {
+        if (!sent[j])
+            continue;
+        moeh__secagg_cipher__init(&cs[m]);
+        cs[m].peer = j;
+        cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
+                                         cts + (size_t)j * MOEH_SECAGG_SHARE_CT_BYTES};
+        cp[m] = &cs[m];
+        m++;
+    }
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
+    sh.session = a->sa_session;
+    sh.n_ciphers = m;
+    sh.ciphers = cp;
+    env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
+    env.secagg_shares = &sh;
+    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0) {
+        why = "cannot send the shares";
+        snprintf(err.msg, sizeof err.msg, "%s", moeh_strerror(rc));
+    }
+out:
+    if (why)
+        sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    free(keys);
+    free(present);
+    free(sent);
+    free(cts);
+    free(cs);
+    free(cp);
+}
+
+/* The shares addressed to this site and U2: masks the kept update and sends it. */
+static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
+{
+    if (!a->sa || sh->session != a->sa_session)
+        return;
+    uint32_t n = a->sa_n;
+    moeh_err_t err = {0};
+    uint8_t *u2 = calloc(n, 1);
+    const char *why = NULL;
+    if (!u2) {
+        why = "out of memory";
+        goto out;
+    }
+    for (size_t i = 0; i < sh->n_ciphers; i++)
+        if (moeh_secagg_client_receive_share(a->sa, sh->ciphers[i]->peer,
+                                             sh->ciphers[i]->ct.data, &err) != 0) {
+            why = "refused a forwarded share";
+            goto out;
+        }
+    for (size_t i = 0; i < sh->n_u2; i++) {
+        if (sh->u2[i] >= n) {
+            why = "U2 names an id outside the session";
+            goto out;
+        }
+        u2[sh->u2[i]] = 1;
+    }
+    if (a->cfg->fault_kill_secagg_round && a->sa_round == a->cfg->fault_kill_secagg_round) {
+        MOEH_WARN("fault injection: killing myself after sharing keys in round %u", a->sa_round);
+        raise(SIGKILL);
+    }
+    if (moeh_secagg_client_mask(a->sa, a->upd, a->upd, u2, &err) != 0) {
+        why = "cannot mask the update";
+        goto out;
+    }
+    send_update(a, a->sa_round, a->sa_version, a->sa_loss, a->sa_samples, a->sa_steps,
+                a->sa_session);
+out:
+    if (why)
+        sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    free(u2);
+}
+
+/* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' s keys
+ * (the library refuses a request naming one site in both lists, or changing its answer). */
+static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
+{
+    if (!a->sa || um->session != a->sa_session)
+        return;
+    uint32_t n = a->sa_n;
+    moeh_err_t err = {0};
+    size_t n_out = 0;
+    moeh_secagg_reveal_t *out = calloc(n, sizeof *out);
+    Moeh__SecaggShare *xs = calloc(n, sizeof *xs);
+    Moeh__SecaggShare **xp = calloc(n, sizeof *xp);
+    const char *why = NULL;
+    if (!out || !xs || !xp) {
+        why = "out of memory";
+        goto done;
+    }
+    if (moeh_secagg_client_reveal(a->sa, um->survivors, um->n_survivors, um->dropped,
+                                  um->n_dropped, out, &n_out, &err) != 0) {
+        why = "refused the unmask request";
+        goto done;
+    }
+    for (size_t i = 0; i < n_out; i++) { /* the library lists owners in increasing order */
+        moeh__secagg_share__init(&xs[i]);
+        xs[i].owner = out[i].owner;
+        xs[i].kind = out[i].kind == MOEH_SECAGG_REVEAL_B ? MOEH__SECAGG_KIND__SECAGG_B
+                                                         : MOEH__SECAGG_KIND__SECAGG_S;
+        xs[i].n_y = MOEH_SECAGG_SHARE_ELEMS;
+        xs[i].y = out[i].y;
+        xp[i] = &xs[i];
+    }
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggReveal rv = MOEH__SECAGG_REVEAL__INIT;
+    rv.session = a->sa_session;
+    rv.n_shares = n_out;
+    rv.shares = xp;
+    env.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
+    env.secagg_reveal = &rv;
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
+    if (rc)
+        MOEH_WARN("round %u: could not send the unmask shares: %s", a->sa_round,
+                  moeh_strerror(rc));
+done:
+    if (why)
+        sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    if (out)
+        sodium_memzero(out, n * sizeof *out);
+    free(out);
+    free(xs);
+    free(xp);
+}
+
 static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     const Moeh__RoundConfig *rc = rs->config;
@@ -361,26 +608,14 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
                           rc->delta_clip, (double)w, rc->quant_scale);
         a->upd[p->n + g] = (uint32_t)w;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Update u = MOEH__UPDATE__INIT;
-    u.round = rs->round;
-    u.model_version = rs->model_version;
-    /* mean BCE per task and step, comparable with the evaluation loss per label */
-    u.train_loss = res.steps ? res.mean_loss / 3.0 : 0.0;
-    u.n_samples = res.samples;
-    u.steps = res.steps;
-    env.type = MOEH__MSG_TYPE__UPDATE;
-    env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
-    env.update = &u;
-    moeh_frame_t f = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd,
-                      .count = p->n + p->n_groups};
-    int rc2 = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
-    if (rc2)
-        MOEH_WARN("round %u: could not send the update: %s", rs->round, moeh_strerror(rc2));
-    else
-        MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
-                  rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples,
-                  u.train_loss);
+    double loss = res.steps ? res.mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
+    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
+              rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples, loss);
+    if (rs->secagg) {
+        sa_begin(a, rs, loss, res.samples, res.steps);
+        return;
+    }
+    send_update(a, rs->round, rs->model_version, loss, res.samples, res.steps, 0);
 }
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
@@ -450,12 +685,22 @@ static void handle_messages(agent_t *a)
                 MOEH_WARN("fault injection: killing myself in round %u", a->cfg->fault_kill_round);
                 raise(SIGKILL);
             }
+            sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
             else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE)
                 evaluate(a, m.env->round_start, &m);
             else
                 send_stats(a, m.env->round_start);
+            break;
+        case MOEH__MSG_TYPE__SECAGG_KEYS:
+            sa_on_keys(a, m.env->secagg_keys);
+            break;
+        case MOEH__MSG_TYPE__SECAGG_SHARES:
+            sa_on_shares(a, m.env->secagg_shares);
+            break;
+        case MOEH__MSG_TYPE__SECAGG_UNMASK:
+            sa_on_unmask(a, m.env->secagg_unmask);
             break;
         case MOEH__MSG_TYPE__HEARTBEAT:
             break;
@@ -589,6 +834,7 @@ out:
     if (a.zctx)
         zmq_ctx_term(a.zctx);
     moeh_keypair_destroy(&a.kp);
+    moeh_secagg_client_destroy(&a.sa);
     free_model(&a);
     return rc;
 }

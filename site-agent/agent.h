@@ -24,6 +24,9 @@ typedef struct {
     uint32_t give_up_ms;       /* never welcomed after this long: fail (0 = never) */
     uint32_t fault_kill_round; /* fault injection for tests: SIGKILL itself on receiving the
                                 * RoundStart{TRAIN} of this round (0 = off) */
+    uint32_t fault_kill_secagg_round; /* tests: SIGKILL itself in this round's secure
+                                       * aggregation, after sending its shares and before its
+                                       * masked update (0 = off) */
 } moeh_agent_cfg_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);

@@ -33,6 +33,9 @@ int main(int argc, char **argv)
          "fail if not admitted within this long (0: keep trying)"},
         {"fault-kill-round", MOEH_OPT_U32, &cfg.fault_kill_round,
          "TESTS ONLY: SIGKILL this process when round N starts (0: off)"},
+        {"fault-kill-secagg-round", MOEH_OPT_U32, &cfg.fault_kill_secagg_round,
+         "TESTS ONLY: SIGKILL this process in round N's secure aggregation, after its shares "
+         "went out and before its masked update (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
     moeh_opts_t o = {.prog = "moeh-site-agent",

@@ -5,13 +5,15 @@
  * type/body mismatch, frame count/length/name/dtype/size errors, non-finite floats, bad group
  * weights, inconsistent histograms, invalid site ids and round configs, frames where none are
  * allowed, over-long strings) and must be refused with the documented code and a message that
- * names the field. Finally a real ZeroMQ inproc PAIR carries messages through moeh_wire_send /
+ * names the field. The secure-aggregation messages and RoundStart.secagg get the same: round
+ * trips, then every count, size, order, session and limit rule broken once. Finally a real ZeroMQ inproc PAIR carries messages through moeh_wire_send /
  * moeh_wire_recv, including messages with too many parts, which must be refused and drained. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "secagg.h"
 #include "wire.h"
 
 #include <math.h>
@@ -671,8 +673,10 @@ static void test_type_body_mismatch(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "bye: body missing");
 
     mk_heartbeat(&m);
-    m.env.type = (Moeh__MsgType)10;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 10");
+    m.env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
+    check_reject(&m, &k_lim, -EBADMSG, "secagg_advertise: body missing or of another type");
+    m.env.type = (Moeh__MsgType)15;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 15");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -1101,7 +1105,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__BYE), "bye");
     assert_string_equal(moeh_msg_type_name(0), "unspecified");
     assert_string_equal(moeh_msg_type_name(9), "stats_result");
-    assert_string_equal(moeh_msg_type_name(10), "unknown");
+    assert_string_equal(moeh_msg_type_name(10), "secagg_advertise");
+    assert_string_equal(moeh_msg_type_name(14), "secagg_reveal");
+    assert_string_equal(moeh_msg_type_name(15), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));
@@ -1162,6 +1168,328 @@ static void send_parts(void *sock, const void *const *data, const size_t *len, s
     for (size_t i = 0; i < n; i++)
         assert_int_equal(zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0),
                          (int)len[i]);
+}
+
+/* ---- secure aggregation (docs/secagg.md) ------------------------------------------------ */
+
+/* Every secagg body, with room for up to 4 list entries. */
+typedef struct {
+    Moeh__Envelope env;
+    Moeh__SecaggAdvertise ad;
+    Moeh__SecaggKeys keys;
+    Moeh__SecaggKey key[4], *keyp[4];
+    Moeh__SecaggShares sh;
+    Moeh__SecaggCipher ci[4], *cip[4];
+    uint32_t u2[4];
+    Moeh__SecaggUnmask um;
+    uint32_t surv[4], drop[4];
+    Moeh__SecaggReveal rv;
+    Moeh__SecaggShare share[4], *sharep[4];
+    uint64_t y[4][MOEH_SECAGG_SHARE_ELEMS];
+    uint8_t pk[2][MOEH_SECAGG_KEY_BYTES];
+    uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES];
+} sa_msg_t;
+
+static void sa_init(sa_msg_t *m, Moeh__MsgType type)
+{
+    memset(m, 0, sizeof *m);
+    moeh__envelope__init(&m->env);
+    for (size_t i = 0; i < MOEH_SECAGG_KEY_BYTES; i++)
+        m->pk[0][i] = (uint8_t)(i + 1), m->pk[1][i] = (uint8_t)(200 - i);
+    for (size_t i = 0; i < MOEH_SECAGG_SHARE_CT_BYTES; i++)
+        m->ct[i] = (uint8_t)(i * 7);
+    m->env.type = type;
+    switch (type) {
+    case MOEH__MSG_TYPE__SECAGG_ADVERTISE:
+        moeh__secagg_advertise__init(&m->ad);
+        m->ad.session = 0x1122334455667788ull;
+        m->ad.c_pk = (ProtobufCBinaryData){32, m->pk[0]};
+        m->ad.s_pk = (ProtobufCBinaryData){32, m->pk[1]};
+        m->env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
+        m->env.secagg_advertise = &m->ad;
+        break;
+    case MOEH__MSG_TYPE__SECAGG_KEYS:
+        moeh__secagg_keys__init(&m->keys);
+        for (uint32_t i = 0; i < 3; i++) {
+            moeh__secagg_key__init(&m->key[i]);
+            m->key[i].id = 2 * i;
+            m->key[i].c_pk = (ProtobufCBinaryData){32, m->pk[0]};
+            m->key[i].s_pk = (ProtobufCBinaryData){32, m->pk[1]};
+            m->keyp[i] = &m->key[i];
+        }
+        m->keys.session = 9;
+        m->keys.n_keys = 3;
+        m->keys.keys = m->keyp;
+        m->env.body_case = MOEH__ENVELOPE__BODY_SECAGG_KEYS;
+        m->env.secagg_keys = &m->keys;
+        break;
+    case MOEH__MSG_TYPE__SECAGG_SHARES:
+        moeh__secagg_shares__init(&m->sh);
+        for (uint32_t i = 0; i < 2; i++) {
+            moeh__secagg_cipher__init(&m->ci[i]);
+            m->ci[i].peer = i + 1;
+            m->ci[i].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES, m->ct};
+            m->cip[i] = &m->ci[i];
+        }
+        m->u2[0] = 0, m->u2[1] = 1, m->u2[2] = 2;
+        m->sh.session = 9;
+        m->sh.n_ciphers = 2;
+        m->sh.ciphers = m->cip;
+        m->sh.n_u2 = 3;
+        m->sh.u2 = m->u2;
+        m->env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
+        m->env.secagg_shares = &m->sh;
+        break;
+    case MOEH__MSG_TYPE__SECAGG_UNMASK:
+        moeh__secagg_unmask__init(&m->um);
+        m->surv[0] = 0, m->surv[1] = 2, m->surv[2] = 3, m->drop[0] = 1;
+        m->um.session = 9;
+        m->um.n_survivors = 3;
+        m->um.survivors = m->surv;
+        m->um.n_dropped = 1;
+        m->um.dropped = m->drop;
+        m->env.body_case = MOEH__ENVELOPE__BODY_SECAGG_UNMASK;
+        m->env.secagg_unmask = &m->um;
+        break;
+    case MOEH__MSG_TYPE__SECAGG_REVEAL:
+        moeh__secagg_reveal__init(&m->rv);
+        for (uint32_t i = 0; i < 2; i++) {
+            moeh__secagg_share__init(&m->share[i]);
+            m->share[i].owner = i;
+            m->share[i].kind = i ? MOEH__SECAGG_KIND__SECAGG_S : MOEH__SECAGG_KIND__SECAGG_B;
+            for (size_t k = 0; k < MOEH_SECAGG_SHARE_ELEMS; k++)
+                m->y[i][k] = MOEH_SECAGG_PRIME - 1 - k - 10 * i;
+            m->share[i].n_y = MOEH_SECAGG_SHARE_ELEMS;
+            m->share[i].y = m->y[i];
+            m->sharep[i] = &m->share[i];
+        }
+        m->rv.session = 9;
+        m->rv.n_shares = 2;
+        m->rv.shares = m->sharep;
+        m->env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
+        m->env.secagg_reveal = &m->rv;
+        break;
+    default:
+        fail();
+    }
+}
+
+/* Packs m (no frames) and decodes it; returns the code, *out owns the envelope on success. */
+static int sa_roundtrip(sa_msg_t *m, Moeh__Envelope **out, moeh_err_t *err)
+{
+    uint8_t *hdr = NULL;
+    size_t len = 0;
+    assert_int_equal(moeh_wire_pack(&m->env, NULL, 0, &hdr, &len), 0);
+    int rc = moeh_wire_decode(&k_lim, hdr, len, NULL, 0, out, err);
+    free(hdr);
+    return rc;
+}
+
+static void sa_reject(sa_msg_t *m, const char *needle)
+{
+    uint8_t *hdr = NULL;
+    size_t len = 0;
+    assert_int_equal(moeh_wire_pack(&m->env, NULL, 0, &hdr, &len), 0);
+    check_reject_raw(&k_lim, hdr, len, NULL, 0, -EBADMSG, needle);
+    free(hdr);
+}
+
+static void check_accept_env(Moeh__Envelope *env)
+{
+    uint8_t *hdr = NULL;
+    size_t len = 0;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    assert_int_equal(moeh_wire_pack(env, NULL, 0, &hdr, &len), 0);
+    int rc = moeh_wire_decode(&k_lim, hdr, len, NULL, 0, &e, &err);
+    if (rc)
+        print_error("unexpected rejection %d: %s\n", rc, err.msg);
+    assert_int_equal(rc, 0);
+    moeh__envelope__free_unpacked(e, NULL);
+    free(hdr);
+}
+
+static void test_roundtrip_secagg(void **state)
+{
+    sa_msg_t m;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_ADVERTISE);
+    assert_int_equal(sa_roundtrip(&m, &e, &err), 0);
+    assert_int_equal(e->secagg_advertise->session, 0x1122334455667788ull);
+    assert_memory_equal(e->secagg_advertise->c_pk.data, m.pk[0], 32);
+    assert_memory_equal(e->secagg_advertise->s_pk.data, m.pk[1], 32);
+    moeh__envelope__free_unpacked(e, NULL);
+
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    assert_int_equal(sa_roundtrip(&m, &e, &err), 0);
+    assert_int_equal(e->secagg_keys->n_keys, 3);
+    assert_int_equal(e->secagg_keys->keys[2]->id, 4);
+    assert_memory_equal(e->secagg_keys->keys[1]->s_pk.data, m.pk[1], 32);
+    moeh__envelope__free_unpacked(e, NULL);
+
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    assert_int_equal(sa_roundtrip(&m, &e, &err), 0);
+    assert_int_equal(e->secagg_shares->n_ciphers, 2);
+    assert_int_equal(e->secagg_shares->ciphers[1]->peer, 2);
+    assert_memory_equal(e->secagg_shares->ciphers[0]->ct.data, m.ct, sizeof m.ct);
+    assert_int_equal(e->secagg_shares->n_u2, 3);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.sh.n_u2 = 0; /* a site's own shares carry no U2 */
+    check_accept_env(&m.env);
+
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    assert_int_equal(sa_roundtrip(&m, &e, &err), 0);
+    assert_int_equal(e->secagg_unmask->n_survivors, 3);
+    assert_int_equal(e->secagg_unmask->survivors[2], 3);
+    assert_int_equal(e->secagg_unmask->dropped[0], 1);
+    moeh__envelope__free_unpacked(e, NULL);
+
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    assert_int_equal(sa_roundtrip(&m, &e, &err), 0);
+    assert_int_equal(e->secagg_reveal->n_shares, 2);
+    assert_int_equal(e->secagg_reveal->shares[1]->kind, MOEH__SECAGG_KIND__SECAGG_S);
+    assert_memory_equal(e->secagg_reveal->shares[1]->y, m.y[1], sizeof m.y[1]);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.rv.n_shares = 0; /* nothing to reveal is a valid answer */
+    check_accept_env(&m.env);
+
+    /* RoundStart{TRAIN} with secagg parameters, and the masked update's session */
+    msg_t r;
+    Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
+    sp.session = 77, sp.n = 5, sp.t = 3, sp.graph_seed = 99, sp.id = 4;
+    mk_round_start(&r);
+    r.rs.secagg = &sp;
+    assert_int_equal(roundtrip(&r, &k_lim, &e, &err), 0);
+    assert_non_null(e->round_start->secagg);
+    assert_int_equal(e->round_start->secagg->session, 77);
+    assert_int_equal(e->round_start->secagg->n, 5);
+    assert_int_equal(e->round_start->secagg->t, 3);
+    assert_int_equal(e->round_start->secagg->graph_seed, 99);
+    assert_int_equal(e->round_start->secagg->id, 4);
+    moeh__envelope__free_unpacked(e, NULL);
+    mk_update(&r);
+    r.upd.secagg_session = 77;
+    assert_int_equal(roundtrip(&r, &k_lim, &e, &err), 0);
+    assert_int_equal(e->update->secagg_session, 77);
+    moeh__envelope__free_unpacked(e, NULL);
+}
+
+static void test_secagg_checks(void **state)
+{
+    sa_msg_t m;
+    uint8_t short_key[31] = {0};
+    /* sessions are never 0 */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_ADVERTISE);
+    m.ad.session = 0;
+    sa_reject(&m, "secagg_advertise.session");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    m.keys.session = 0;
+    sa_reject(&m, "secagg_keys.session");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    m.sh.session = 0;
+    sa_reject(&m, "secagg_shares.session");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    m.um.session = 0;
+    sa_reject(&m, "secagg_unmask.session");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    m.rv.session = 0;
+    sa_reject(&m, "secagg_reveal.session");
+    /* keys of exactly 32 bytes */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_ADVERTISE);
+    m.ad.c_pk = (ProtobufCBinaryData){31, short_key};
+    sa_reject(&m, "secagg_advertise.c_pk: 31 bytes");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_ADVERTISE);
+    m.ad.s_pk = (ProtobufCBinaryData){0, NULL};
+    sa_reject(&m, "secagg_advertise.s_pk: 0 bytes");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    m.key[1].s_pk = (ProtobufCBinaryData){31, short_key};
+    sa_reject(&m, "secagg_keys.keys.s_pk");
+    /* key lists: 2.. entries, ids strictly increasing and below the wire limit */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    m.keys.n_keys = 1;
+    sa_reject(&m, "secagg_keys.keys: 1 entries");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    m.key[2].id = 2; /* repeats id 2 */
+    sa_reject(&m, "strictly increasing");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_KEYS);
+    m.key[2].id = MOEH_WIRE_SECAGG_MAX;
+    sa_reject(&m, "secagg_keys.keys.id[2]");
+    /* shares: ciphertexts of exactly 96 bytes, peers increasing, at least one */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    m.ci[1].ct.len = MOEH_SECAGG_SHARE_CT_BYTES - 1;
+    sa_reject(&m, "secagg_shares.ciphers.ct: 95 bytes");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    m.ci[1].peer = 1;
+    sa_reject(&m, "secagg_shares.ciphers.peer[1]");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    m.sh.n_ciphers = 0;
+    sa_reject(&m, "secagg_shares.ciphers: 0 entries");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_SHARES);
+    m.u2[2] = 0;
+    sa_reject(&m, "secagg_shares.u2[2]");
+    /* unmask: disjoint sorted lists, at least 2 survivors */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    m.drop[0] = 2;
+    sa_reject(&m, "id 2 is both a survivor and dropped");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    m.um.n_survivors = 1;
+    sa_reject(&m, "secagg_unmask.survivors: 1");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    m.surv[1] = 0;
+    sa_reject(&m, "secagg_unmask.survivors[1]");
+    /* reveal: known kind, 5 elements below p, owners increasing */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    m.share[0].kind = MOEH__SECAGG_KIND__SECAGG_KIND_UNSPECIFIED;
+    sa_reject(&m, "secagg_reveal.shares[0].kind");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    m.share[1].n_y = 4;
+    sa_reject(&m, "secagg_reveal.shares[1].y: 4 elements");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    m.y[0][3] = MOEH_SECAGG_PRIME;
+    sa_reject(&m, "secagg_reveal.shares[0].y[3]: not an element");
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_REVEAL);
+    m.share[1].owner = 0;
+    sa_reject(&m, "secagg_reveal.shares.owner[1]");
+    /* no tensor frames on a secagg message */
+    sa_init(&m, MOEH__MSG_TYPE__SECAGG_ADVERTISE);
+    {
+        uint32_t w = 1;
+        moeh_frame_t f = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = &w, .count = 1};
+        uint8_t *hdr = NULL;
+        size_t len = 0;
+        assert_int_equal(moeh_wire_pack(&m.env, &f, 1, &hdr, &len), 0);
+        moeh_iov_t iov = {&w, 4};
+        check_reject_raw(&k_lim, hdr, len, &iov, 1, -EBADMSG, "expected none");
+        free(hdr);
+    }
+
+    /* RoundStart.secagg: TRAIN only, a session, 2 <= n <= limit, id < n, t > n / 2 */
+    msg_t r;
+    Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
+    sp.session = 77, sp.n = 5, sp.t = 3, sp.id = 4;
+    mk_round_start(&r);
+    r.rs.secagg = &sp;
+    r.rs.task = MOEH__ROUND_TASK__EVALUATE;
+    check_reject(&r, &k_lim, -EBADMSG, "only a TRAIN round");
+    r.rs.task = MOEH__ROUND_TASK__TRAIN;
+    sp.session = 0;
+    check_reject(&r, &k_lim, -EBADMSG, "round_start.secagg.session");
+    sp.session = 77, sp.id = 5;
+    check_reject(&r, &k_lim, -EBADMSG, "round_start.secagg: n 5");
+    sp.id = 0, sp.n = 1;
+    check_reject(&r, &k_lim, -EBADMSG, "round_start.secagg: n 1");
+    sp.n = MOEH_WIRE_SECAGG_MAX + 1, sp.t = sp.n;
+    check_reject(&r, &k_lim, -EBADMSG, "round_start.secagg: n 513");
+    sp.n = 5, sp.t = 2; /* t must exceed n / 2 */
+    check_reject(&r, &k_lim, -EBADMSG, "threshold t = 2");
+    sp.t = 3, sp.k = 3; /* SecAgg+ k is even */
+    check_reject(&r, &k_lim, -EBADMSG, "k = 3 neighbours");
+    sp.k = 0;
+    moeh_wire_limits_t none = {0};
+    check_reject(&r, &none, -EBADMSG, "round_start.secagg: before the model was negotiated");
+    check_accept(&r, &k_lim);
 }
 
 static void test_zmq_pair(void **state)
@@ -1460,6 +1788,8 @@ int main(void)
         cmocka_unit_test(test_frames_where_none_allowed),
         cmocka_unit_test(test_long_strings),
         cmocka_unit_test(test_names_and_site_ids),
+        cmocka_unit_test(test_roundtrip_secagg),
+        cmocka_unit_test(test_secagg_checks),
         cmocka_unit_test(test_zmq_pair),
         cmocka_unit_test(test_zmq_router),
         cmocka_unit_test(test_zmq_max_parts_without_routing_id),

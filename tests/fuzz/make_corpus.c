@@ -4,6 +4,7 @@
 #include "fuzz_input.h"
 #include "keys.h"
 #include "npy.h"
+#include "secagg.h"
 
 #include <string.h>
 
@@ -145,6 +146,81 @@ int main(int argc, char **argv)
     by.reason = "done";
     e8.type = MOEH__MSG_TYPE__BYE, e8.body_case = MOEH__ENVELOPE__BODY_BYE, e8.bye = &by;
     put_msg(dir, "bye", &e8, NULL, 0);
+
+    /* secure aggregation: RoundStart{TRAIN} with parameters, a masked update, and the five
+     * secagg messages (the bytes need not be real keys: the decoder checks only their form) */
+    Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
+    sp.session = 0x5ec5ec, sp.n = 3, sp.t = 2, sp.graph_seed = 11, sp.id = 1;
+    rs.task = MOEH__ROUND_TASK__TRAIN, rs.secagg = &sp;
+    put_msg(dir, "round_start_secagg", &e3, fp, 2);
+    u.secagg_session = 0x5ec5ec;
+    put_msg(dir, "update_masked", &e4, &fu, 1);
+    uint8_t pk[2][MOEH_SECAGG_KEY_BYTES], ct[MOEH_SECAGG_SHARE_CT_BYTES];
+    for (size_t i = 0; i < MOEH_SECAGG_KEY_BYTES; i++)
+        pk[0][i] = (uint8_t)(3 * i + 1), pk[1][i] = (uint8_t)(5 * i + 2);
+    for (size_t i = 0; i < sizeof ct; i++)
+        ct[i] = (uint8_t)(7 * i);
+    ProtobufCBinaryData c_pk = {MOEH_SECAGG_KEY_BYTES, pk[0]}, s_pk = {MOEH_SECAGG_KEY_BYTES, pk[1]};
+
+    Moeh__Envelope e10 = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
+    ad.session = sp.session, ad.c_pk = c_pk, ad.s_pk = s_pk;
+    e10.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
+    e10.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE, e10.secagg_advertise = &ad;
+    put_msg(dir, "secagg_advertise", &e10, NULL, 0);
+
+    Moeh__Envelope e11 = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggKeys ks = MOEH__SECAGG_KEYS__INIT;
+    Moeh__SecaggKey key[3], *keyp[3];
+    for (uint32_t i = 0; i < 3; i++) {
+        moeh__secagg_key__init(&key[i]);
+        key[i].id = i, key[i].c_pk = c_pk, key[i].s_pk = s_pk, keyp[i] = &key[i];
+    }
+    ks.session = sp.session, ks.n_keys = 3, ks.keys = keyp;
+    e11.type = MOEH__MSG_TYPE__SECAGG_KEYS;
+    e11.body_case = MOEH__ENVELOPE__BODY_SECAGG_KEYS, e11.secagg_keys = &ks;
+    put_msg(dir, "secagg_keys", &e11, NULL, 0);
+
+    Moeh__Envelope e12 = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
+    Moeh__SecaggCipher ci[2], *cip[2];
+    uint32_t u2[3] = {0, 1, 2};
+    for (uint32_t i = 0; i < 2; i++) {
+        moeh__secagg_cipher__init(&ci[i]);
+        ci[i].peer = 2 * i, ci[i].ct = (ProtobufCBinaryData){sizeof ct, ct}, cip[i] = &ci[i];
+    }
+    sh.session = sp.session, sh.n_ciphers = 2, sh.ciphers = cip;
+    e12.type = MOEH__MSG_TYPE__SECAGG_SHARES;
+    e12.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES, e12.secagg_shares = &sh;
+    put_msg(dir, "secagg_shares", &e12, NULL, 0);
+    sh.n_u2 = 3, sh.u2 = u2;
+    put_msg(dir, "secagg_shares_forwarded", &e12, NULL, 0);
+
+    Moeh__Envelope e13 = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggUnmask um = MOEH__SECAGG_UNMASK__INIT;
+    uint32_t surv[2] = {0, 1}, drop[1] = {2};
+    um.session = sp.session, um.n_survivors = 2, um.survivors = surv;
+    um.n_dropped = 1, um.dropped = drop;
+    e13.type = MOEH__MSG_TYPE__SECAGG_UNMASK;
+    e13.body_case = MOEH__ENVELOPE__BODY_SECAGG_UNMASK, e13.secagg_unmask = &um;
+    put_msg(dir, "secagg_unmask", &e13, NULL, 0);
+
+    Moeh__Envelope e14 = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggReveal rv = MOEH__SECAGG_REVEAL__INIT;
+    Moeh__SecaggShare xs[3], *xp[3];
+    uint64_t y[3][MOEH_SECAGG_SHARE_ELEMS];
+    for (uint32_t i = 0; i < 3; i++) {
+        moeh__secagg_share__init(&xs[i]);
+        for (size_t k = 0; k < MOEH_SECAGG_SHARE_ELEMS; k++)
+            y[i][k] = (MOEH_SECAGG_PRIME / 7) * (k + 1) + i;
+        xs[i].owner = i;
+        xs[i].kind = i == 2 ? MOEH__SECAGG_KIND__SECAGG_S : MOEH__SECAGG_KIND__SECAGG_B;
+        xs[i].n_y = MOEH_SECAGG_SHARE_ELEMS, xs[i].y = y[i], xp[i] = &xs[i];
+    }
+    rv.session = sp.session, rv.n_shares = 3, rv.shares = xp;
+    e14.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
+    e14.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL, e14.secagg_reveal = &rv;
+    put_msg(dir, "secagg_reveal", &e14, NULL, 0);
 
     /* .npy seeds, written through the real writer then copied into the corpus */
     char path[1024];

@@ -38,7 +38,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t arch = 0;
     float lr = 2e-3f, prox_mu = 0.0f;
     uint64_t seed = 1;
-    int insecure = 0;
+    int insecure = 0, secagg = 1;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -58,6 +58,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
         {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
+        {"secagg", MOEH_OPT_BOOL, &secagg,
+         "secure aggregation: the coordinator learns only the sum of the updates (default on)"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -161,8 +163,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
             goto out;
         }
     }
-    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s\n", n_sites,
-           rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE");
+    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s%s\n", n_sites,
+           rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE",
+           secagg ? ", secure aggregation" : "");
     fflush(stdout);
     if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err)))
         goto out;
@@ -193,6 +196,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
     int nc = 0;
     while (cargs[nc])
         nc++;
+    if (secagg)
+        cargs[nc++] = "--secagg";
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

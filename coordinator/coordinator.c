@@ -93,6 +93,8 @@ typedef struct {
     moeh_wire_limits_t lim;
     moeh_fedavg_t agg;
     moeh_server_opt_t sopt;
+    /* this phase's parameters, copied once and shared by every site's RoundStart */
+    moeh_shared_frame_t *params_frame;
     float *delta, *sm, *sv;       /* mean delta and server moments (adaptive strategies) */
     float *site_delta, *scratch;  /* trimmed mean: each site's decoded delta, (slots, n) */
     uint32_t *site_w;             /* trimmed mean: each site's group weights, (slots, G) */
@@ -316,7 +318,7 @@ static void send_round_start(coord_t *c, site_t *s)
     env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     env.round_start = &rs;
     moeh_frame_t f[2] = {{.name = "params", .dtype = MOEH__DTYPE__F32, .data = c->p->w,
-                          .count = c->p->n},
+                          .count = c->p->n, .shared = c->params_frame},
                          {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = c->norm,
                           .count = 2 * (uint64_t)c->n_norm}};
     send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
@@ -397,6 +399,12 @@ static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     c->phase = ph;
+    /* one copy of the parameters for every site's RoundStart of this phase (they do not change
+     * until the phase closes); without it the sends fall back to a copy each */
+    moeh_shared_frame_destroy(&c->params_frame);
+    if (ph != PH_STATS && moeh_shared_frame_create(c->p->w, c->p->n * sizeof(float),
+                                                   &c->params_frame) != 0)
+        MOEH_WARN("out of memory for the shared parameter frame; copying per site");
     c->phase_deadline = moeh_now_ms() + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
     if (ph == PH_TRAIN) {
@@ -1645,6 +1653,7 @@ static void teardown(coord_t *c)
         fclose(c->metrics);
     moeh_fedavg_free(&c->agg);
     sa_free(&c->sa);
+    moeh_shared_frame_destroy(&c->params_frame);
     moeh_moe_destroy(&c->model);
     free(c->hist);
     free(c->norm);

@@ -7,6 +7,10 @@
 #include <string.h>
 #include <zmq.h>
 
+struct moeh_shared_frame {
+    zmq_msg_t msg;
+};
+
 static const char *k_type_names[] = {
     "unspecified",   "hello",       "welcome",       "round_start",   "update",
     "eval_result",   "heartbeat",   "error",         "bye",           "stats_result",
@@ -635,7 +639,20 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
     }
     for (size_t i = 0; i < n_frames; i++) {
         size_t bytes = frames[i].count * dtype_size(frames[i].dtype);
-        if (zmq_send(sock, frames[i].data, bytes, i + 1 < n_frames ? ZMQ_SNDMORE : 0) < 0) {
+        int more = i + 1 < n_frames ? ZMQ_SNDMORE : 0;
+        if (frames[i].shared) { /* share the one copy: zmq_msg_copy takes a reference */
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            MOEH_ASSERT(zmq_msg_size((zmq_msg_t *)&frames[i].shared->msg) == bytes);
+            if (zmq_msg_copy(&m, (zmq_msg_t *)&frames[i].shared->msg) != 0 ||
+                zmq_msg_send(&m, sock, more) < 0) {
+                rc = -zmq_errno();
+                zmq_msg_close(&m);
+                goto out;
+            }
+            continue;
+        }
+        if (zmq_send(sock, frames[i].data, bytes, more) < 0) {
             rc = -zmq_errno();
             goto out;
         }
@@ -643,6 +660,29 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
 out:
     free(hdr);
     return rc;
+}
+
+int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out)
+{
+    moeh_shared_frame_t *f = malloc(sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    if (zmq_msg_init_size(&f->msg, len) != 0) {
+        free(f);
+        return -ENOMEM;
+    }
+    memcpy(zmq_msg_data(&f->msg), data, len);
+    *out = f;
+    return 0;
+}
+
+void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    zmq_msg_close(&(*self_p)->msg);
+    free(*self_p);
+    *self_p = NULL;
 }
 
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,

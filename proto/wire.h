@@ -45,13 +45,23 @@ typedef struct {
     size_t len;
 } moeh_iov_t;
 
-/* A tensor frame to send: name, dtype, element count and bytes (borrowed). */
+/* A tensor frame to send: name, dtype, element count and bytes (borrowed). If `shared` is
+ * set (a moeh_shared_frame_t), its bytes are sent instead of `data`, without a copy. */
 typedef struct {
     const char *name;
     Moeh__DType dtype;
     const void *data;
     uint64_t count;
+    const struct moeh_shared_frame *shared;
 } moeh_frame_t;
+
+/* One copy of a frame's bytes that any number of sends share (ZeroMQ reference-counts it), so
+ * broadcasting a model to S sites queues one copy, not S. */
+typedef struct moeh_shared_frame moeh_shared_frame_t;
+/* Copies len bytes once. 0 or -ENOMEM. Caller frees with moeh_shared_frame_destroy (sends
+ * still queued keep their reference, so it may be destroyed right after sending). */
+int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out);
+void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p);
 
 /* A decoded message. env and the frames stay valid until moeh_msg_clear(). */
 typedef struct {

@@ -165,8 +165,8 @@ static void mk_round_start(msg_t *m)
     m->env.type = MOEH__MSG_TYPE__ROUND_START;
     m->env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     m->env.round_start = &m->rs;
-    m->frames[0] = (moeh_frame_t){"params", MOEH__DTYPE__F32, m->f32, N_PARAMS};
-    m->frames[1] = (moeh_frame_t){"norm", MOEH__DTYPE__F32, m->norm, 2 * N_NORM};
+    m->frames[0] = (moeh_frame_t){"params", MOEH__DTYPE__F32, m->f32, N_PARAMS, NULL};
+    m->frames[1] = (moeh_frame_t){"norm", MOEH__DTYPE__F32, m->norm, 2 * N_NORM, NULL};
     m->n_frames = 2;
 }
 
@@ -185,7 +185,7 @@ static void mk_update(msg_t *m)
     m->env.type = MOEH__MSG_TYPE__UPDATE;
     m->env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
     m->env.update = &m->upd;
-    m->frames[0] = (moeh_frame_t){"update", MOEH__DTYPE__U32, m->words, N_PARAMS + N_GROUPS};
+    m->frames[0] = (moeh_frame_t){"update", MOEH__DTYPE__U32, m->words, N_PARAMS + N_GROUPS, NULL};
     m->n_frames = 1;
 }
 
@@ -212,8 +212,8 @@ static void mk_eval_result(msg_t *m)
     m->env.type = MOEH__MSG_TYPE__EVAL_RESULT;
     m->env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
     m->env.eval_result = &m->ev;
-    m->frames[0] = (moeh_frame_t){"hist", MOEH__DTYPE__U32, m->hist, N_HIST};
-    m->frames[1] = (moeh_frame_t){"gate", MOEH__DTYPE__F32, m->gate, N_GATE};
+    m->frames[0] = (moeh_frame_t){"hist", MOEH__DTYPE__U32, m->hist, N_HIST, NULL};
+    m->frames[1] = (moeh_frame_t){"gate", MOEH__DTYPE__F32, m->gate, N_GATE, NULL};
     m->n_frames = 2;
 }
 
@@ -225,7 +225,7 @@ static void mk_stats_result(msg_t *m)
     m->env.type = MOEH__MSG_TYPE__STATS_RESULT;
     m->env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
     m->env.stats_result = &m->st;
-    m->frames[0] = (moeh_frame_t){"stats", MOEH__DTYPE__F64, m->stats, 3 * N_NORM};
+    m->frames[0] = (moeh_frame_t){"stats", MOEH__DTYPE__F64, m->stats, 3 * N_NORM, NULL};
     m->n_frames = 1;
 }
 
@@ -622,7 +622,7 @@ static void test_too_many_frames(void **state)
 
     /* the encoder does not write more descriptors than a receiver accepts */
     for (size_t i = 0; i < MOEH_MAX_FRAMES + 1; i++)
-        m.frames[i] = (moeh_frame_t){"x", MOEH__DTYPE__F32, m.f32, 1};
+        m.frames[i] = (moeh_frame_t){"x", MOEH__DTYPE__F32, m.f32, 1, NULL};
     hdr = NULL;
     assert_true(moeh_wire_pack(&m.env, m.frames, MOEH_MAX_FRAMES + 1, &hdr, &len) < 0);
     assert_null(hdr);
@@ -1061,7 +1061,7 @@ static void test_frames_where_none_allowed(void **state)
     for (size_t i = 0; i < sizeof frameless / sizeof frameless[0]; i++) {
         msg_t m;
         frameless[i](&m);
-        m.frames[0] = (moeh_frame_t){"params", MOEH__DTYPE__F32, m.f32, N_PARAMS};
+        m.frames[0] = (moeh_frame_t){"params", MOEH__DTYPE__F32, m.f32, N_PARAMS, NULL};
         m.n_frames = 1;
         check_reject(&m, &k_lim, -EBADMSG, "carries 1 tensor frames, expected none");
     }
@@ -1758,6 +1758,46 @@ static void test_moe_field_checks(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "n_steps");
 }
 
+/* A shared frame (one copy for many sends) arrives intact at two receivers, also when the
+ * sender destroys it right after sending: ZeroMQ holds its own references. */
+static void test_shared_frame_broadcast(void **state)
+{
+    void *ctx = zmq_ctx_new();
+    void *tx1 = zmq_socket(ctx, ZMQ_PAIR), *rx1 = zmq_socket(ctx, ZMQ_PAIR);
+    void *tx2 = zmq_socket(ctx, ZMQ_PAIR), *rx2 = zmq_socket(ctx, ZMQ_PAIR);
+    assert_int_equal(zmq_bind(rx1, "inproc://shared-1"), 0);
+    assert_int_equal(zmq_bind(rx2, "inproc://shared-2"), 0);
+    assert_int_equal(zmq_connect(tx1, "inproc://shared-1"), 0);
+    assert_int_equal(zmq_connect(tx2, "inproc://shared-2"), 0);
+    msg_t m;
+    mk_round_start(&m);
+    moeh_shared_frame_t *sf = NULL;
+    assert_int_equal(moeh_shared_frame_create(m.f32, 4 * N_PARAMS, &sf), 0);
+    m.frames[0].shared = sf;
+    m.frames[0].data = NULL; /* the shared copy is what goes out */
+    assert_int_equal(moeh_wire_send(tx1, NULL, 0, &m.env, m.frames, m.n_frames), 0);
+    assert_int_equal(moeh_wire_send(tx2, NULL, 0, &m.env, m.frames, m.n_frames), 0);
+    moeh_shared_frame_destroy(&sf);
+    assert_null(sf);
+    void *rx[2] = {rx1, rx2};
+    for (int i = 0; i < 2; i++) {
+        moeh_msg_t msg;
+        moeh_err_t err = {{0}};
+        wait_readable(rx[i]);
+        assert_int_equal(moeh_wire_recv(rx[i], 0, &k_lim, &msg, &err), 0);
+        assert_int_equal(msg.n_frames, 2);
+        assert_memory_equal(msg.frames[0].data, m.f32, 4 * N_PARAMS);
+        moeh_msg_clear(&msg);
+    }
+    int linger = 0;
+    void *socks[4] = {tx1, rx1, tx2, rx2};
+    for (int i = 0; i < 4; i++) {
+        zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(socks[i]);
+    }
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1768,6 +1808,7 @@ int main(void)
         cmocka_unit_test(test_unaligned_frame),
         cmocka_unit_test(test_roundtrip_eval_result),
         cmocka_unit_test(test_roundtrip_stats_result),
+        cmocka_unit_test(test_shared_frame_broadcast),
         cmocka_unit_test(test_moe_field_checks),
         cmocka_unit_test(test_roundtrip_simple),
         cmocka_unit_test(test_truncated_headers),

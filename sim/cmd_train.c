@@ -249,6 +249,11 @@ int moeh_sim_cmd_train(int argc, char **argv)
         return 0;
     if (!rc && !data)
         rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh-sim train --help)");
+    if (!rc && strspn(data, ",") == strlen(data))
+        rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
+    if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))
+        rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'",
+                       eval_data);
     if (!rc && arch > MOEH_ARCH_EARLY)
         rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
     if (!rc && (epochs == 0 || warmup > epochs))

@@ -52,10 +52,10 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
     moeh_dataset_t *parts[MAX_DIRS] = {0}, *cat = NULL;
     char *copy = strdup(spec), *dirs[MAX_DIRS];
     size_t n = 0, rows = 0, toks = 0;
-    int rc = copy ? split_list(copy, dirs, &n, flag, err) : moeh_errf(err, -ENOMEM, "out of memory");
+    int rc =
+        copy ? split_list(copy, dirs, &n, flag, err) : moeh_errf(err, -ENOMEM, "out of memory");
     for (size_t k = 0; !rc && k < n; k++) {
-        if ((rc = moeh_dataset_open(dirs[k], verify, &parts[k], err)))
-            break;
+        if ((rc = moeh_dataset_open(dirs[k], verify, &parts[k], err))) break;
         const moeh_dataset_t *a = parts[0], *b = parts[k];
         if (b->f_static != a->f_static || b->f_ts != a->f_ts || b->t != a->t ||
             b->img_size != a->img_size)
@@ -66,16 +66,14 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
                            a->f_static, a->f_ts, a->t, a->img_size);
         rows += b->n, toks += b->n_tokens;
     }
-    if (rc)
-        goto out;
+    if (rc) goto out;
     if (n == 1) {
         *out = parts[0];
         parts[0] = NULL;
         goto out;
     }
     const moeh_dataset_t *a = parts[0];
-    if ((rc = moeh_dataset_create(rows, a->f_static, a->f_ts, a->img_size, &cat, err)))
-        goto out;
+    if ((rc = moeh_dataset_create(rows, a->f_static, a->f_ts, a->img_size, &cat, err))) goto out;
     int32_t *tok = malloc(toks ? toks * sizeof *tok : 1);
     if (!tok) {
         rc = moeh_errf(err, -ENOMEM, "out of memory for %zu note tokens", toks);
@@ -85,7 +83,8 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
     cat->note_offsets[0] = 0;
     for (size_t k = 0; k < n; k++) {
         const moeh_dataset_t *d = parts[k];
-#define CAT(field, width) memcpy(cat->field + r * (width), d->field, d->n * (width) * sizeof *d->field)
+#define CAT(field, width)                                                                          \
+    memcpy(cat->field + r * (width), d->field, d->n * (width) * sizeof *d->field)
         CAT(ids, 2);
         CAT(static_x, a->f_static);
         CAT(ts_value, TF);
@@ -99,8 +98,7 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
 #undef CAT
         for (size_t i = 0; i < d->n; i++)
             cat->note_offsets[r + i + 1] = (int64_t)tk + d->note_offsets[i + 1];
-        if (d->n_tokens)
-            memcpy(tok + tk, d->note_tokens, d->n_tokens * sizeof *tok);
+        if (d->n_tokens) memcpy(tok + tk, d->note_tokens, d->n_tokens * sizeof *tok);
         r += d->n, tk += d->n_tokens;
     }
     rc = moeh_dataset_set_tokens(cat, tok, toks, err);
@@ -118,8 +116,8 @@ out:
 }
 
 /* Histogram AUROC of slice sl, task t from the trainer's u32 histogram. */
-static double slice_auroc(const uint32_t *hist, size_t sl, size_t t, uint32_t bins,
-                          uint64_t *neg, uint64_t *pos)
+static double slice_auroc(const uint32_t *hist, size_t sl, size_t t, uint32_t bins, uint64_t *neg,
+                          uint64_t *pos)
 {
     const uint32_t *h = hist + (sl * MOEH_DS_TASKS + t) * 2 * bins;
     for (uint32_t b = 0; b < bins; b++)
@@ -150,8 +148,7 @@ static int eval_split(moeh_trainer_t *t, int split, eval_bufs_t *eb,
 {
     *es = (moeh_eval_sums_t){.hist = eb->hist, .gate_sum = eb->gate_sum};
     int rc = moeh_trainer_evaluate(t, split, eb->bins, es, NULL, NULL, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (size_t sl = 0; sl < MOEH_EVAL_SLICES; sl++)
         for (size_t k = 0; k < MOEH_DS_TASKS; k++)
             auroc[sl][k] = slice_auroc(eb->hist, sl, k, eb->bins, eb->neg, eb->pos);
@@ -164,8 +161,7 @@ static double mean_finite(const double *v, size_t n)
     double s = 0;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (isfinite(v[i]))
-            s += v[i], k++;
+        if (isfinite(v[i])) s += v[i], k++;
     return k ? s / (double)k : NAN;
 }
 
@@ -185,8 +181,7 @@ static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
         moeh_errf(err, rc, "out of memory for %zu test predictions", n);
         goto out;
     }
-    if ((rc = moeh_trainer_predict(t, MOEH_SPLIT_TEST, probs, idx, err)))
-        goto out;
+    if ((rc = moeh_trainer_predict(t, MOEH_SPLIT_TEST, probs, idx, err))) goto out;
     for (size_t r = 0; r < n; r++) {
         memcpy(y + r * T, ds->labels + idx[r] * T, T * sizeof(float));
         memcpy(ym + r * T, ds->label_mask + idx[r] * T, T);
@@ -216,8 +211,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
          "training data: DIR[,DIR...] (several are concatenated, splits kept) [required]"},
         {"eval-dataset", MOEH_OPT_STR, &eval_data,
          "test on the test split of DIR[,DIR...] instead of the training data's"},
-        {"arch", MOEH_OPT_U32, &arch, "0 MoE-Health; 1-3 unimodal EHR/notes/image; 4 joint, "
-                                      "5 late, 6 early fusion"},
+        {"arch", MOEH_OPT_U32, &arch,
+         "0 MoE-Health; 1-3 unimodal EHR/notes/image; 4 joint, "
+         "5 late, 6 early fusion"},
         {"epochs", MOEH_OPT_U32, &epochs, "training epochs (warm-up included)"},
         {"warmup-epochs", MOEH_OPT_U32, &warmup, "expert-specialisation epochs first (MoE)"},
         {"batch-size", MOEH_OPT_U32, &batch, "minibatch size"},
@@ -227,8 +223,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
         {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
         {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
         {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
-        {"eval-bins", MOEH_OPT_U32, &bins, "score histogram bins of the AUROC (as the "
-                                           "coordinator)"},
+        {"eval-bins", MOEH_OPT_U32, &bins,
+         "score histogram bins of the AUROC (as the "
+         "coordinator)"},
         {"seed", MOEH_OPT_U64, &seed, "model initialisation and shuffling"},
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the arrays' checksums"},
         {"out", MOEH_OPT_STR, &out, "output directory (metrics.jsonl, model.safetensors)"},
@@ -245,20 +242,20 @@ int moeh_sim_cmd_train(int argc, char **argv)
         .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&o, argc, argv, &err);
-    if (rc == 1)
-        return 0;
+    if (rc == 1) return 0;
     if (!rc && !data)
         rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh-sim train --help)");
     if (!rc && strspn(data, ",") == strlen(data))
         rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
     if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))
-        rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'",
-                       eval_data);
+        rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'", eval_data);
     if (!rc && arch > MOEH_ARCH_EARLY)
         rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
     if (!rc && (epochs == 0 || warmup > epochs))
-        rc = moeh_errf(&err, -EINVAL, "--epochs %u, --warmup-epochs %u: expected epochs >= 1 "
-                                      "and warm-up <= epochs", epochs, warmup);
+        rc = moeh_errf(&err, -EINVAL,
+                       "--epochs %u, --warmup-epochs %u: expected epochs >= 1 "
+                       "and warm-up <= epochs",
+                       epochs, warmup);
     if (!rc && (batch == 0 || batch > 65536))
         rc = moeh_errf(&err, -EINVAL, "--batch-size %u: expected 1..65536", batch);
     if (!rc && !(lr > 0 && isfinite(lr)))
@@ -269,8 +266,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--d-emb, --d-hidden and --note-buckets must be > 0");
     if (!rc && (bins < 2 || bins > 100000))
         rc = moeh_errf(&err, -EINVAL, "--eval-bins %u: expected 2..100000", bins);
-    if (!rc && strlen(out) > 3000)
-        rc = moeh_errf(&err, -EINVAL, "--out path is too long");
+    if (!rc && strlen(out) > 3000) rc = moeh_errf(&err, -EINVAL, "--out path is too long");
     if (rc) {
         fprintf(stderr, "moeh-sim train: %s\n", err.msg);
         moeh_opts_free(&o);
@@ -286,8 +282,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     eval_bufs_t eb = {.bins = bins};
     char path[4096];
     int64_t t0 = moeh_now_ms();
-    if ((rc = open_datasets(data, !no_verify, "--dataset", &ds, &err)))
-        goto out;
+    if ((rc = open_datasets(data, !no_verify, "--dataset", &ds, &err))) goto out;
     if (eval_data && (rc = open_datasets(eval_data, !no_verify, "--eval-dataset", &eds, &err)))
         goto out;
     moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
@@ -296,15 +291,13 @@ int moeh_sim_cmd_train(int argc, char **argv)
     mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_DS_TASKS;
     mc.max_batch = batch, mc.seed = seed;
     size_t n_all = ds->n;
-    if ((rc = moeh_trainer_create(&ds, &mc, &tr, &err)))
-        goto out;
+    if ((rc = moeh_trainer_create(&ds, &mc, &tr, &err))) goto out;
     size_t n_train = moeh_trainer_rows(tr, MOEH_SPLIT_TRAIN);
     if (n_train == 0) {
         rc = moeh_errf(&err, -EINVAL, "--dataset %s: the train split is empty", data);
         goto out;
     }
-    if (eds && (rc = moeh_trainer_create(&eds, &mc, &etr, &err)))
-        goto out;
+    if (eds && (rc = moeh_trainer_create(&eds, &mc, &etr, &err))) goto out;
     moeh_trainer_t *test_tr = etr ? etr : tr;
     size_t nn = moeh_trainer_n_norm(tr), E = moeh_moe_n_experts(moeh_trainer_model(tr));
     stats = malloc(3 * nn * sizeof(double));
@@ -321,24 +314,23 @@ int moeh_sim_cmd_train(int argc, char **argv)
     moeh_trainer_local_stats(tr, stats);
     moeh_norm_from_stats(stats, nn, mean, sd);
     moeh_trainer_set_norm(tr, mean, sd);
-    if (etr)
-        moeh_trainer_set_norm(etr, mean, sd);
-    if ((rc = moeh_mkdir_p(out, &err)))
-        goto out;
+    if (etr) moeh_trainer_set_norm(etr, mean, sd);
+    if ((rc = moeh_mkdir_p(out, &err))) goto out;
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
     if (!(mf = fopen(path, "w"))) {
         rc = moeh_errf(&err, -errno, "%s: cannot create: %s", path, strerror(errno));
         goto out;
     }
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(tr));
-    fprintf(mf, "{\"event\":\"config\",\"command\":\"train\",\"dataset\":\"%s\","
-                "\"eval_dataset\":\"%s\",\"arch\":%u,\"epochs\":%u,\"warmup_epochs\":%u,"
-                "\"batch_size\":%u,\"lr\":%g,\"weight_decay\":%g,\"clip\":%g,\"d_emb\":%u,"
-                "\"d_hidden\":%u,\"note_buckets\":%u,\"eval_bins\":%u,\"seed\":%llu,"
-                "\"rows\":%zu,\"train_rows\":%zu,\"test_rows\":%zu,\"params\":%zu}\n",
+    fprintf(mf,
+            "{\"event\":\"config\",\"command\":\"train\",\"dataset\":\"%s\","
+            "\"eval_dataset\":\"%s\",\"arch\":%u,\"epochs\":%u,\"warmup_epochs\":%u,"
+            "\"batch_size\":%u,\"lr\":%g,\"weight_decay\":%g,\"clip\":%g,\"d_emb\":%u,"
+            "\"d_hidden\":%u,\"note_buckets\":%u,\"eval_bins\":%u,\"seed\":%llu,"
+            "\"rows\":%zu,\"train_rows\":%zu,\"test_rows\":%zu,\"params\":%zu}\n",
             data, eval_data ? eval_data : "", arch, epochs, warmup, batch, (double)lr, (double)wd,
-            (double)clip, d_emb, d_hidden, buckets, bins, (unsigned long long)seed, n_all,
-            n_train, moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
+            (double)clip, d_emb, d_hidden, buckets, bins, (unsigned long long)seed, n_all, n_train,
+            moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
     printf("moeh-sim train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
            "(%zu rows)\n",
            arch, p->n, n_all, n_train, moeh_trainer_rows(tr, MOEH_SPLIT_VAL),
@@ -361,11 +353,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
                                .seed = seed * 1000003u + e};
         tc.adamw.lr = lr, tc.adamw.weight_decay = wd, tc.adamw.clip = clip;
         moeh_train_result_t res;
-        if ((rc = moeh_trainer_train(tr, &tc, &res, &err)))
-            goto out;
+        if ((rc = moeh_trainer_train(tr, &tc, &res, &err))) goto out;
         train_loss = res.mean_loss;
-        if ((rc = eval_split(tr, MOEH_SPLIT_VAL, &eb, auroc, &loss, &es, &err)))
-            goto out;
+        if ((rc = eval_split(tr, MOEH_SPLIT_VAL, &eb, auroc, &loss, &es, &err))) goto out;
         double m = mean_finite(auroc[0], MOEH_DS_TASKS), secs = (double)(moeh_now_ms() - te) / 1e3;
         printf("%5u %7s %10.4f %10.4f", e, e <= warmup ? "warm-up" : "joint", train_loss, loss);
         for (size_t k = 0; k < MOEH_DS_TASKS; k++)
@@ -393,12 +383,10 @@ int moeh_sim_cmd_train(int argc, char **argv)
         MOEH_ASSERT(ep->n == p->n);
         memcpy(ep->w, p->w, p->n * sizeof(float));
     }
-    if ((rc = eval_split(test_tr, MOEH_SPLIT_TEST, &eb, auroc, &loss, &es, &err)))
-        goto out;
+    if ((rc = eval_split(test_tr, MOEH_SPLIT_TEST, &eb, auroc, &loss, &es, &err))) goto out;
     moeh_bin_metrics_t per_task[MOEH_DS_TASKS], overall, per_combo[8 * MOEH_DS_TASKS];
     memset(per_combo, 0, sizeof per_combo);
-    if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err)))
-        goto out;
+    if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err))) goto out;
     double m = mean_finite(auroc[0], MOEH_DS_TASKS);
     fprintf(mf, "{\"event\":\"eval\",\"round\":%u,\"sites\":1", epochs);
     jnum(mf, "train_loss", train_loss);
@@ -441,8 +429,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
 
     printf("\ntest (%zu rows): AUROC from %u-bin histograms as the coordinator; exact "
            "AUROC, AUPRC, F1\n%-10s %8s %8s %8s %8s %8s %7s %6s\n",
-           moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), bins, "task", "auroc", "exact",
-           "auprc", "f1@0.5", "f1_best", "n", "pos");
+           moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), bins, "task", "auroc", "exact", "auprc",
+           "f1@0.5", "f1_best", "n", "pos");
     for (size_t k = 0; k < MOEH_DS_TASKS; k++)
         printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f %7zu %6zu\n", k_task_keys[k], auroc[0][k],
                per_task[k].auroc, per_task[k].auprc, per_task[k].f1_05, per_task[k].f1_best,
@@ -455,23 +443,19 @@ int moeh_sim_cmd_train(int argc, char **argv)
         printf(" %10s", k_task_keys[k]);
     printf("\n");
     for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
-        if (!es.combo_rows[c])
-            continue;
+        if (!es.combo_rows[c]) continue;
         printf("%-6s %6u", k_combo_names[c], es.combo_rows[c]);
         for (size_t k = 0; k < MOEH_DS_TASKS; k++)
             printf(" %10.4f", auroc[c + 1][k]);
         printf("\n");
     }
     snprintf(path, sizeof path, "%s/model.safetensors", out);
-    if ((rc = moeh_moe_save(moeh_trainer_model(tr), path, &err)))
-        goto out;
+    if ((rc = moeh_moe_save(moeh_trainer_model(tr), path, &err))) goto out;
     printf("\ndone in %.0f s: metrics in %s/metrics.jsonl, model in %s\n",
            (double)(moeh_now_ms() - t0) / 1e3, out, path);
 out:
-    if (mf)
-        fclose(mf);
-    if (rc)
-        fprintf(stderr, "moeh-sim train: %s\n", err.msg);
+    if (mf) fclose(mf);
+    if (rc) fprintf(stderr, "moeh-sim train: %s\n", err.msg);
     moeh_dataset_free(&ds);
     moeh_dataset_free(&eds);
     moeh_trainer_destroy(&tr);

@@ -28,8 +28,7 @@ static int group_setup(void **state)
     moeh_err_t err = {0};
     char raw[300], mimic[320], note[320], cxr[320], sites[300];
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_train_XXXXXX");
-    if (!mkdtemp(g_dir))
-        return -1;
+    if (!mkdtemp(g_dir)) return -1;
     const char *b = getenv("MOEH_BIN_DIR");
     snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
     snprintf(raw, sizeof raw, "%s/raw", g_dir);
@@ -54,15 +53,12 @@ static int group_setup(void **state)
     sp.seed = 7;
     moeh_log_configure(MOEH_LOG_WARN, "test", NULL, NULL);
     int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc)
-        rc = moeh_extract(&eo, &ds, &est, &err);
+    if (!rc) rc = moeh_extract(&eo, &ds, &est, &err);
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.5:ehr+notes+img,site-2:0.5:ehr+notes", &sp, &err);
-    if (!rc)
-        rc = moeh_split_write(ds, &sp, sites, NULL, &err);
+    if (!rc) rc = moeh_split_write(ds, &sp, sites, NULL, &err);
     moeh_dataset_free(&ds);
-    if (rc)
-        fprintf(stderr, "group setup: %s\n", err.msg);
+    if (rc) fprintf(stderr, "group setup: %s\n", err.msg);
     return rc;
 }
 
@@ -101,8 +97,7 @@ static bool out_has(const char *s)
     snprintf(p, sizeof p, "%s/out", g_dir);
     char *txt = slurp(p);
     bool r = txt && strstr(txt, s) != NULL;
-    if (!r)
-        fprintf(stderr, "output lacks '%s':\n%s\n", s, txt ? txt : "(none)");
+    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt ? txt : "(none)");
     free(txt);
     return r;
 }
@@ -179,8 +174,8 @@ static void test_centralised_learns(void **state)
     metrics_t m;
     read_metrics(out, &m);
     assert_int_equal(m.n_epochs, 8);
-    fprintf(stderr, "train loss %.4f -> %.4f, test mean AUROC %.4f\n", m.first_loss,
-            m.last_loss, m.auroc_mean);
+    fprintf(stderr, "train loss %.4f -> %.4f, test mean AUROC %.4f\n", m.first_loss, m.last_loss,
+            m.auroc_mean);
     assert_true(m.last_loss < m.first_loss);
     assert_true(m.auroc_mean > 0.6);
     assert_int_equal(m.n_tasks_ok, 3);

@@ -14,7 +14,9 @@
  * AUROC) and "gate" lines on the test split. "auroc" keys are histogram AUROCs with the
  * coordinator's binning (--eval-bins), so centralised and federated numbers are measured the
  * same way; "task" lines add exact metrics (auroc_exact, auprc, f1 at 0.5, best f1). The
- * final model goes to OUT/model.safetensors. */
+ * tested model goes to OUT/model.safetensors: with --select best (the default) the epoch with
+ * the highest validation mean AUROC (early stopping on the training data's validation split),
+ * with --select last the final epoch. */
 #include "moeh_hist.h"
 #include "moeh_metrics.h"
 #include "moeh_opts.h"
@@ -200,7 +202,7 @@ out:
 
 int moeh_sim_cmd_train(int argc, char **argv)
 {
-    const char *data = NULL, *eval_data = NULL, *out = "moeh-train";
+    const char *data = NULL, *eval_data = NULL, *out = "moeh-train", *select = "best";
     uint32_t arch = 0, epochs = 8, batch = 32, d_emb = 64, d_hidden = 64, buckets = 16384;
     uint32_t warmup = 1, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
@@ -226,6 +228,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
         {"eval-bins", MOEH_OPT_U32, &bins,
          "score histogram bins of the AUROC (as the "
          "coordinator)"},
+        {"select", MOEH_OPT_STR, &select,
+         "which epoch's model is tested and saved: best (highest validation mean AUROC, i.e. "
+         "early stopping) or last"},
         {"seed", MOEH_OPT_U64, &seed, "model initialisation and shuffling"},
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the arrays' checksums"},
         {"out", MOEH_OPT_STR, &out, "output directory (metrics.jsonl, model.safetensors)"},
@@ -249,6 +254,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
     if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))
         rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'", eval_data);
+    if (!rc && strcmp(select, "best") != 0 && strcmp(select, "last") != 0)
+        rc = moeh_errf(&err, -EINVAL, "--select %s: expected best or last", select);
     if (!rc && arch > MOEH_ARCH_EARLY)
         rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
     if (!rc && (epochs == 0 || warmup > epochs))
@@ -278,7 +285,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     moeh_trainer_t *tr = NULL, *etr = NULL;
     FILE *mf = NULL;
     double *stats = NULL;
-    float *mean = NULL, *sd = NULL;
+    float *mean = NULL, *sd = NULL, *best = NULL;
     eval_bufs_t eb = {.bins = bins};
     char path[4096];
     int64_t t0 = moeh_now_ms();
@@ -342,7 +349,14 @@ int moeh_sim_cmd_train(int argc, char **argv)
     fflush(stdout);
 
     double auroc[MOEH_EVAL_SLICES][MOEH_DS_TASKS], loss, train_loss = NAN;
+    double best_val = -INFINITY, best_loss = NAN;
+    uint32_t best_epoch = 0;
+    int pick_best = !strcmp(select, "best");
     moeh_eval_sums_t es;
+    if (pick_best && !(best = malloc(p->n * sizeof(float)))) {
+        rc = moeh_errf(&err, -ENOMEM, "out of memory for the best parameters");
+        goto out;
+    }
     for (uint32_t e = 1; e <= epochs; e++) {
         int64_t te = moeh_now_ms();
         moeh_adamw_reset(p); /* as every federated round does */
@@ -375,7 +389,20 @@ int moeh_sim_cmd_train(int argc, char **argv)
         jnum(mf, "seconds", secs);
         fprintf(mf, "}\n");
         fflush(mf);
+        if (pick_best && isfinite(m) && m > best_val) {
+            best_val = m, best_epoch = e, best_loss = train_loss;
+            memcpy(best, p->w, p->n * sizeof(float));
+        }
     }
+    if (pick_best && best_epoch == 0)
+        printf("no validation AUROC (empty or one-class validation split): testing the last "
+               "epoch\n");
+    if (pick_best && best_epoch > 0) {
+        memcpy(p->w, best, p->n * sizeof(float));
+        train_loss = best_loss;
+        printf("selected epoch %u (best validation mean AUROC %.4f)\n", best_epoch, best_val);
+    }
+    if (best_epoch == 0) best_epoch = epochs;
 
     /* final evaluation on the test split (of --eval-dataset if given) */
     if (etr) {
@@ -388,7 +415,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     memset(per_combo, 0, sizeof per_combo);
     if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err))) goto out;
     double m = mean_finite(auroc[0], MOEH_DS_TASKS);
-    fprintf(mf, "{\"event\":\"eval\",\"round\":%u,\"sites\":1", epochs);
+    fprintf(mf, "{\"event\":\"eval\",\"round\":%u,\"sites\":1,\"epoch\":%u", epochs, best_epoch);
     jnum(mf, "train_loss", train_loss);
     jnum(mf, "test_loss", loss);
     jnum(mf, "auroc_mean", m);
@@ -467,6 +494,7 @@ out:
     free(eb.gate_sum);
     free(eb.neg);
     free(eb.pos);
+    free(best);
     moeh_opts_free(&o);
     return rc ? 1 : 0;
 }

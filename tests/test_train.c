@@ -170,6 +170,7 @@ static void test_centralised_learns(void **state)
              g_s1, g_s2, out);
     assert_int_equal(run(args), 0);
     assert_true(out_has("val_mean"));
+    assert_true(out_has("selected epoch"));
     assert_true(out_has("AUROC per modality combination"));
     metrics_t m;
     read_metrics(out, &m);
@@ -194,7 +195,7 @@ static void test_eval_on_other_dataset(void **state)
     snprintf(out, sizeof out, "%s/local", g_dir);
     snprintf(args, sizeof args,
              "--dataset %s --eval-dataset %s,%s --arch 4 --epochs 2 --d-emb 16 "
-             "--d-hidden 16 --note-buckets 1024 --out %s",
+             "--d-hidden 16 --note-buckets 1024 --select last --out %s",
              g_s2, g_s1, g_s2, out);
     assert_int_equal(run(args), 0);
     metrics_t m;
@@ -220,6 +221,9 @@ static void test_bad_arguments(void **state)
     snprintf(args, sizeof args, "--dataset %s --lr -1", g_s1);
     assert_int_equal(run(args), 2);
     assert_true(out_has("--lr"));
+    snprintf(args, sizeof args, "--dataset %s --select first", g_s1);
+    assert_int_equal(run(args), 2);
+    assert_true(out_has("--select first: expected best or last"));
     assert_int_equal(run("--dataset x --bogus 1"), 2);
     assert_true(out_has("bogus"));
     assert_int_equal(run("--dataset , --epochs 1"), 2);

@@ -9,13 +9,17 @@
 #   (e) the oracle AUROC (the generator's true risk) on the pooled test rows
 # and writes docs/results.md with scripts/results_table.py.
 #
+# (b) and (c) keep the epoch with the best mean AUROC on their own validation split (moeh-sim
+# train --select best, early stopping); the federation reports its last round (the coordinator
+# has no validation split).
+#
 # The pooled training data of (b) is the concatenation of the four site datasets (the same rows,
 # modalities and train/val/test splits the federation sees), so the pooled test set of every
 # model is the union of the sites' test splits.
 #
 # usage: scripts/results.sh [ADMISSIONS]       (default 30000; or env ADMISSIONS)
 # env:   OUT (work dir, default /tmp/moeh-results), BUILD (default ./build), ROUNDS (= epochs of
-#        the centralised and local models, default 10), WARMUP (1), LR (2e-3), BATCH (32),
+#        the centralised and local models; default 8, moeh-sim run's default), WARMUP (1), LR (2e-3), BATCH (32),
 #        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1),
 #        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md),
 #        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction).
@@ -25,7 +29,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 ADMISSIONS=${1:-${ADMISSIONS:-30000}}
 OUT=${OUT:-/tmp/moeh-results}
 BUILD=${BUILD:-$here/build}
-ROUNDS=${ROUNDS:-10}
+ROUNDS=${ROUNDS:-8}
 WARMUP=${WARMUP:-1}
 LR=${LR:-2e-3}
 BATCH=${BATCH:-32}

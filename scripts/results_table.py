@@ -181,7 +181,11 @@ def main():
              f"truth known), extracted with `moeh-sim extract`, split with `moeh-sim split "
              f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
              f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
-             f"(first one expert warm-up), the model and optimiser settings of `moeh-sim run`. "
+             f"(first one expert warm-up), the model and optimiser settings of `moeh-sim run`; "
+             f"the centralised and local-only models keep their epoch with the best mean "
+             f"validation AUROC on their own validation split (`--select best`, early "
+             f"stopping), the federated models report their last round (the coordinator has "
+             f"no validation split). "
              f"Pipeline wall time {fmt(args.seconds / 60, 1)} min on this 2-core machine.\n")
     L.append("**Test set.** Every number is on the *pooled test set*: the union of the four "
              "sites' test splits "
@@ -205,16 +209,20 @@ def main():
         L.append("")
 
     L.append("## AUROC per task (pooled test set)\n")
-    L.append("| model | mortality | LOS > 7 d | readmission 30 d | mean |")
-    L.append("|---|---|---|---|---|")
+    L.append("| model | mortality | LOS > 7 d | readmission 30 d | mean | round / epoch |")
+    L.append("|---|---|---|---|---|---|")
     for _, d, label in runs:
         a = aur[d]
         if a is None:
-            L.append(f"| {label} | not run | | | |")
+            L.append(f"| {label} | not run | | | | |")
             continue
-        L.append(f"| {label} | " + " | ".join(fmt(a[t]) for t in TASKS + ["mean"]) + " |")
+        ev = metrics[d]["eval"]
+        used = (f"epoch {ev['epoch']} of {ev['round']}" if "epoch" in ev
+                else f"round {ev['round']}")
+        L.append(f"| {label} | " + " | ".join(fmt(a[t]) for t in TASKS + ["mean"])
+                 + f" | {used} |")
     L.append("| (e) oracle (true risk) | " + " | ".join(fmt(orc[t]) for t in TASKS + ["mean"])
-             + " |")
+             + " | |")
     L.append("")
 
     L.append("## AUPRC and F1 (models trained with `moeh-sim train`)\n")

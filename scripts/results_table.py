@@ -70,8 +70,9 @@ def read_npy(path):
 
 
 def pooled_test_ids(sites_dir, names):
-    """(subject_id, hadm_id) of every test row of the given site datasets."""
-    ids = set()
+    """{(subject_id, hadm_id): combination name} of every test row of the given site
+    datasets (the combination of modalities the row has at its site, from avail.npy)."""
+    ids = {}
     for name in names:
         d = os.path.join(sites_dir, name)
         shape, descr, raw = read_npy(os.path.join(d, "ids.npy"))
@@ -80,10 +81,14 @@ def pooled_test_ids(sites_dir, names):
         sshape, sdescr, sraw = read_npy(os.path.join(d, "split.npy"))
         if sdescr != "|u1" or sshape != (shape[0],):
             sys.exit(f"{d}/split.npy: expected |u1 ({shape[0]},), got {sdescr} {sshape}")
+        ashape, adescr, araw = read_npy(os.path.join(d, "avail.npy"))
+        if adescr != "|u1" or ashape != (shape[0], 3):
+            sys.exit(f"{d}/avail.npy: expected |u1 ({shape[0]},3), got {adescr} {ashape}")
         vals = struct.unpack("<%dq" % (2 * shape[0]), raw[:16 * shape[0]])
         for i in range(shape[0]):
             if sraw[i] == 2:
-                ids.add((vals[2 * i], vals[2 * i + 1]))
+                c = (araw[3 * i] != 0) + 2 * (araw[3 * i + 1] != 0) + 4 * (araw[3 * i + 2] != 0)
+                ids[(vals[2 * i], vals[2 * i + 1])] = COMBOS[c - 1] if c else "none"
     return ids
 
 
@@ -106,9 +111,11 @@ def auroc(scores, labels):
 
 
 def oracle(truth_csv, test_ids):
-    """Oracle AUROC per task (true risk as the score) on the given rows, and the row count."""
+    """Oracle AUROC per task (true risk as the score) on the given rows, the row count, and
+    {combination: {task: AUROC}} on the rows of each modality combination."""
     scores = {t: [] for t in TRUTH_TASKS}
     labels = {t: [] for t in TRUTH_TASKS}
+    by_combo = {}
     found = 0
     with open(truth_csv, newline="") as f:
         for row in csv.DictReader(f):
@@ -116,14 +123,19 @@ def oracle(truth_csv, test_ids):
             if key not in test_ids:
                 continue
             found += 1
+            bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TRUTH_TASKS},
+                                                     {t: [] for t in TRUTH_TASKS}))
             for t in TRUTH_TASKS:
                 lab = row["label_" + t]
                 if lab in ("", "-1"):
                     continue
-                scores[t].append(float(row["risk_" + t]))
-                labels[t].append(int(lab))
+                for sc, lb in ((scores, labels), bc):
+                    sc[t].append(float(row["risk_" + t]))
+                    lb[t].append(int(lab))
     res = {k: auroc(scores[t], labels[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
-    return res, found
+    combo = {c: {k: auroc(sc[t], lb[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
+             for c, (sc, lb) in by_combo.items()}
+    return res, found, combo
 
 
 def fmt(x, nd=4):
@@ -170,7 +182,7 @@ def main():
     metrics = {d: read_metrics(os.path.join(out, d, "metrics.jsonl")) for _, d, _ in runs}
     aur = {d: task_aurocs(m) for d, m in metrics.items()}
     test_ids = pooled_test_ids(os.path.join(out, "sites"), names)
-    orc, orc_rows = oracle(os.path.join(out, "truth.csv"), test_ids)
+    orc, orc_rows, orc_combo = oracle(os.path.join(out, "truth.csv"), test_ids)
     orc["mean"] = mean([orc[t] for t in TASKS])
 
     L = []
@@ -263,6 +275,12 @@ def main():
             vals = [math.nan if v is None else v for v in vals]
             L.append(f"| {label} | {c} | {rows} | " + " | ".join(fmt(v) for v in vals)
                      + f" | {fmt(mean(vals))} |")
+    for c in COMBOS:
+        if c in orc_combo:
+            vals = [orc_combo[c][t] for t in TASKS]
+            n = sum(1 for v in test_ids.values() if v == c)
+            L.append(f"| (e) oracle (true risk) | {c} | {n} | "
+                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
     L.append("")
     if gate:
         L.append("Mean gate weight per expert (expert k = combination k+1: E, N, EN, I, EI, NI, "

@@ -382,7 +382,7 @@ def main():
     with open(args.output, "w") as f:
         f.write("\n".join(L) + "\n")
         if notes:
-            f.write(notes)
+            f.write("\n" + notes)
     print(f"wrote {args.output}")
 
 

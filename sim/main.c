@@ -15,6 +15,7 @@ static const cmd_t k_cmds[] = {
     {"synth", moeh_sim_cmd_synth, "write a synthetic MIMIC-IV (raw tables, notes, CXR, truth)"},
     {"extract", moeh_sim_cmd_extract, "extract the cohort from MIMIC-IV into a dataset"},
     {"split", moeh_sim_cmd_split, "split a dataset into sites (whole subjects per site)"},
+    {"train", moeh_sim_cmd_train, "train centrally on datasets (the federation's reference)"},
 };
 
 static void usage(FILE *f)

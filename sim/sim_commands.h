@@ -8,5 +8,6 @@ int moeh_sim_cmd_run(int argc, char **argv);   /* run.c: a whole federation on l
 int moeh_sim_cmd_extract(int argc, char **argv); /* cmd_extract.c: MIMIC-IV -> dataset */
 int moeh_sim_cmd_synth(int argc, char **argv);   /* cmd_synth.c: synthetic MIMIC-IV */
 int moeh_sim_cmd_split(int argc, char **argv);   /* cmd_split.c: dataset -> sites */
+int moeh_sim_cmd_train(int argc, char **argv);   /* cmd_train.c: centralised training */
 
 #endif

@@ -324,3 +324,21 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
     }
     return 0;
 }
+
+int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,
+                         moeh_err_t *err)
+{
+    const size_t T = MOEH_DS_TASKS;
+    size_t n = split_rows(t, split);
+    for (size_t s = 0; s < n; s += t->B) {
+        size_t bs = n - s < t->B ? n - s : t->B;
+        moeh_batch_t b;
+        gather(t, t->rows + s, bs, &b);
+        int rc = moeh_moe_predict(t->model, &b, probs + s * T);
+        if (rc)
+            return moeh_errf(err, rc, "prediction failed: %s", moeh_moe_last_error(t->model));
+    }
+    if (row_idx)
+        memcpy(row_idx, t->rows, n * sizeof(size_t));
+    return 0;
+}

@@ -80,4 +80,12 @@ typedef struct {
 int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval_sums_t *out,
                           void (*service)(void *), void *service_ctx, moeh_err_t *err);
 
+/* Predicted probabilities of the current parameters for every row of a split, in dataset
+ * order: probs (moeh_trainer_rows(t, split), n_tasks); row_idx (same count, may be NULL)
+ * receives each prediction's dataset row. For centralised evaluation (`moeh-sim train`),
+ * where exact metrics per patient are allowed; a site agent never sends these. 0 or a
+ * negative code (err says why). */
+int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,
+                         moeh_err_t *err);
+
 #endif

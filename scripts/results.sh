@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# results.sh - the accuracy results of DESIGN §7 on a synthetic MIMIC-IV, end to end, with the
+# built binaries: synth -> extract -> split into 4 sites with different modalities and case
+# mix, then
+#   (a) federated MoE-Health                       moeh-sim run --data SITES --arch 0
+#   (b) centralised MoE-Health on the pooled data  moeh-sim train --dataset S1,S2,S3,S4
+#   (c) each site's local-only MoE-Health          moeh-sim train --dataset Sk --eval-dataset S1,..,S4
+#   (d) federated baselines: early (6), joint (4), late (5) fusion, unimodal EHR (1)
+#   (e) the oracle AUROC (the generator's true risk) on the pooled test rows
+# and writes docs/results.md with scripts/results_table.py.
+#
+# (b) and (c) keep the epoch with the best mean AUROC on their own validation split (moeh-sim
+# train --select best, early stopping); the federation reports its last round (the coordinator
+# has no validation split).
+#
+# The pooled training data of (b) is the concatenation of the four site datasets (the same rows,
+# modalities and train/val/test splits the federation sees), so the pooled test set of every
+# model is the union of the sites' test splits.
+#
+# usage: scripts/results.sh [ADMISSIONS]       (default 30000; or env ADMISSIONS)
+# env:   OUT (work dir, default /tmp/moeh-results), BUILD (default ./build), ROUNDS (= epochs of
+#        the centralised and local models; default 8, moeh-sim run's default), WARMUP (1), LR (2e-3), BATCH (32),
+#        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1),
+#        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md),
+#        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+ADMISSIONS=${1:-${ADMISSIONS:-30000}}
+OUT=${OUT:-/tmp/moeh-results}
+BUILD=${BUILD:-$here/build}
+ROUNDS=${ROUNDS:-8}
+WARMUP=${WARMUP:-1}
+LR=${LR:-2e-3}
+BATCH=${BATCH:-32}
+D_EMB=${D_EMB:-64}
+D_HIDDEN=${D_HIDDEN:-64}
+BUCKETS=${BUCKETS:-16384}
+ALPHA=${ALPHA:-0.5}
+SEED=${SEED:-1}
+SITES=${SITES:-site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr}
+RESULTS=${RESULTS:-$here/docs/results.md}
+SIM=$BUILD/bin/moeh-sim
+
+[[ -x $SIM ]] || { echo "results.sh: $SIM not found; build first (scripts/build.sh)" >&2; exit 2; }
+[[ $ADMISSIONS =~ ^[0-9]+$ ]] || { echo "results.sh: ADMISSIONS must be a number, got '$ADMISSIONS'" >&2; exit 2; }
+mkdir -p "$OUT/logs"
+log() { echo "== $(date -u +%H:%M:%S) $*"; }
+t_start=$(date +%s)
+
+model=(--d-emb "$D_EMB" --d-hidden "$D_HIDDEN" --note-buckets "$BUCKETS")
+train_opts=(--epochs "$ROUNDS" --warmup-epochs "$WARMUP" --lr "$LR" --batch-size "$BATCH"
+            --seed "$SEED" --no-verify "${model[@]}")
+names=()
+IFS=',' read -ra spec <<<"$SITES"
+for s in "${spec[@]}"; do names+=("${s%%:*}"); done
+site_dirs=()
+for n in "${names[@]}"; do site_dirs+=("$OUT/sites/$n"); done
+pooled=$(IFS=','; echo "${site_dirs[*]}")
+
+if [[ ! -f $OUT/sites/summary.tsv ]]; then
+    log "synth $ADMISSIONS admissions -> $OUT/raw"
+    nice -n 10 "$SIM" synth --admissions "$ADMISSIONS" --seed "$SEED" --out "$OUT/raw" \
+        >"$OUT/logs/synth.log" 2>&1
+    log "extract -> $OUT/cohort"
+    nice -n 10 "$SIM" extract --mimic "$OUT/raw/mimic" --note "$OUT/raw/note" \
+        --cxr "$OUT/raw/cxr" --out "$OUT/cohort" >"$OUT/logs/extract.log" 2>&1
+    cp "$OUT/raw/truth.csv" "$OUT/raw/truth.json" "$OUT/"
+    [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/raw"
+    log "split into ${#names[@]} sites (alpha $ALPHA) -> $OUT/sites"
+    nice -n 10 "$SIM" split --dataset "$OUT/cohort" --sites "$SITES" --alpha "$ALPHA" \
+        --seed "$SEED" --out "$OUT/sites" | tee "$OUT/logs/split.log"
+    [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/cohort"
+fi
+
+# (a) and (d): federations, one at a time (each uses both cores: one process per site)
+fed() { # fed NAME ARCH
+    if [[ -f $OUT/$1/done ]]; then return; fi
+    log "federation $1 (arch $2, $ROUNDS rounds)"
+    rm -rf "$OUT/$1"
+    nice -n 10 "$SIM" run --data "$OUT/sites" --sites "$SITES" --arch "$2" --rounds "$ROUNDS" \
+        --warmup-rounds "$WARMUP" --lr "$LR" --batch-size "$BATCH" --seed "$SEED" \
+        --timeout-s 7200 "${model[@]}" --out "$OUT/$1" >"$OUT/logs/$1.log" 2>&1
+    touch "$OUT/$1/done"
+}
+# (b) and (c): single-process training, two at a time (one core each)
+central() { # central NAME TRAIN_DIRS [more moeh-sim train options]
+    local name=$1 data=$2
+    shift 2
+    if [[ -f $OUT/$name/done ]]; then return; fi
+    rm -rf "${OUT:?}/$name"
+    OPENBLAS_NUM_THREADS=1 nice -n 10 "$SIM" train --dataset "$data" "${train_opts[@]}" "$@" \
+        --out "$OUT/$name" >"$OUT/logs/$name.log" 2>&1
+    touch "$OUT/$name/done"
+}
+
+fed fed-moe 0
+log "centralised MoE-Health and the local-only models (two at a time)"
+jobs_=()
+central central "$pooled" &
+jobs_+=($!)
+for i in "${!names[@]}"; do
+    if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
+    central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" &
+    jobs_+=($!)
+done
+for j in "${jobs_[@]}"; do wait "$j"; done
+fed fed-early 6
+fed fed-joint 4
+fed fed-late 5
+fed fed-ehr 1
+
+elapsed=$(( $(date +%s) - t_start ))
+log "table -> $RESULTS (pipeline ${elapsed} s)"
+cmd="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEED=$SEED scripts/results.sh"
+python3 "$here/scripts/results_table.py" --out-dir "$OUT" --sites "$(IFS=','; echo "${names[*]}")" \
+    --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --alpha "$ALPHA" \
+    --site-spec "$SITES" --seconds "$elapsed" --output "$RESULTS"
+log "done"

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""results_table.py - docs/results.md from the outputs of scripts/results.sh.
+
+Reads OUT/<run>/metrics.jsonl (the coordinator's and `moeh-sim train`'s format: the last
+"eval" line and the "task" lines of the same round), the generator's truth (OUT/truth.csv)
+and the site datasets' ids.npy/split.npy (OUT/sites/<site>/) for the oracle AUROC on the pooled
+test rows, and writes a Markdown report with the accuracy targets of DESIGN section 7.
+Python 3 standard library only.
+"""
+import argparse
+import ast
+import csv
+import json
+import math
+import os
+import struct
+import sys
+
+TASKS = ["mortality", "los7", "readmit30"]
+TRUTH_TASKS = ["mortality", "los_gt_7d", "readmit_30d"]
+COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
+
+
+def read_metrics(path):
+    """The final evaluation of a metrics.jsonl: {"eval": {...}, "task": {task: {...}},
+    "gate": {...}, "epochs": [...]}; None when the file is missing or has no eval line."""
+    if not os.path.exists(path):
+        return None
+    evals, tasks, gates, epochs = {}, {}, {}, []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                j = json.loads(line)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{n}: not JSON: {e}")
+            ev = j.get("event")
+            if ev == "eval":
+                evals[j["round"]] = j
+            elif ev == "task":
+                tasks.setdefault(j["round"], {})[j["task"]] = j
+            elif ev == "gate":
+                gates[j["round"]] = j
+            elif ev == "epoch":
+                epochs.append(j)
+    if not evals:
+        return None
+    last = max(evals)
+    return {"eval": evals[last], "task": tasks.get(last, {}), "gate": gates.get(last),
+            "round": last, "epochs": epochs}
+
+
+def read_npy(path):
+    """(shape, dtype descr, raw bytes) of a little-endian C-order .npy file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x93NUMPY":
+        sys.exit(f"{path}: not a .npy file")
+    major = data[6]
+    if major == 1:
+        hlen, off = struct.unpack("<H", data[8:10])[0], 10
+    else:
+        hlen, off = struct.unpack("<I", data[8:12])[0], 12
+    header = ast.literal_eval(data[off:off + hlen].decode("latin1"))
+    if header.get("fortran_order"):
+        sys.exit(f"{path}: Fortran order is not supported")
+    return tuple(header["shape"]), header["descr"], data[off + hlen:]
+
+
+def pooled_test_ids(sites_dir, names):
+    """{(subject_id, hadm_id): combination name} of every test row of the given site
+    datasets (the combination of modalities the row has at its site, from avail.npy)."""
+    ids = {}
+    for name in names:
+        d = os.path.join(sites_dir, name)
+        shape, descr, raw = read_npy(os.path.join(d, "ids.npy"))
+        if descr != "<i8" or len(shape) != 2 or shape[1] != 2:
+            sys.exit(f"{d}/ids.npy: expected <i8 (N,2), got {descr} {shape}")
+        sshape, sdescr, sraw = read_npy(os.path.join(d, "split.npy"))
+        if sdescr != "|u1" or sshape != (shape[0],):
+            sys.exit(f"{d}/split.npy: expected |u1 ({shape[0]},), got {sdescr} {sshape}")
+        ashape, adescr, araw = read_npy(os.path.join(d, "avail.npy"))
+        if adescr != "|u1" or ashape != (shape[0], 3):
+            sys.exit(f"{d}/avail.npy: expected |u1 ({shape[0]},3), got {adescr} {ashape}")
+        vals = struct.unpack("<%dq" % (2 * shape[0]), raw[:16 * shape[0]])
+        for i in range(shape[0]):
+            if sraw[i] == 2:
+                c = (araw[3 * i] != 0) + 2 * (araw[3 * i + 1] != 0) + 4 * (araw[3 * i + 2] != 0)
+                ids[(vals[2 * i], vals[2 * i + 1])] = COMBOS[c - 1] if c else "none"
+    return ids
+
+
+def auroc(scores, labels):
+    """Exact AUROC (ties count 1/2); NaN if a class is absent."""
+    pairs = sorted(zip(scores, labels))
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + 1 + j) / 2.0
+        rank_sum += avg_rank * sum(lab for _, lab in pairs[i:j])
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def oracle(truth_csv, test_ids):
+    """Oracle AUROC per task (true risk as the score) on the given rows, the row count, and
+    {combination: {task: AUROC}} on the rows of each modality combination."""
+    scores = {t: [] for t in TRUTH_TASKS}
+    labels = {t: [] for t in TRUTH_TASKS}
+    by_combo = {}
+    found = 0
+    with open(truth_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            key = (int(row["subject_id"]), int(row["hadm_id"]))
+            if key not in test_ids:
+                continue
+            found += 1
+            bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TRUTH_TASKS},
+                                                     {t: [] for t in TRUTH_TASKS}))
+            for t in TRUTH_TASKS:
+                lab = row["label_" + t]
+                if lab in ("", "-1"):
+                    continue
+                for sc, lb in ((scores, labels), bc):
+                    sc[t].append(float(row["risk_" + t]))
+                    lb[t].append(int(lab))
+    res = {k: auroc(scores[t], labels[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
+    combo = {c: {k: auroc(sc[t], lb[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
+             for c, (sc, lb) in by_combo.items()}
+    return res, found, combo
+
+
+def fmt(x, nd=4):
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def mean(vals):
+    v = [x for x in vals if x is not None and not math.isnan(x)]
+    return sum(v) / len(v) if v else math.nan
+
+
+def task_aurocs(m):
+    """AUROC per task and their mean from a read_metrics() result (None if missing)."""
+    if m is None:
+        return None
+    a = {t: m["task"].get(t, {}).get("auroc") for t in TASKS}
+    a = {t: (math.nan if v is None else v) for t, v in a.items()}
+    a["mean"] = mean([a[t] for t in TASKS])
+    return a
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", required=True, help="the work directory of results.sh")
+    ap.add_argument("--sites", required=True, help="site names, comma-separated")
+    ap.add_argument("--output", required=True, help="the Markdown file to write")
+    ap.add_argument("--command", default="scripts/results.sh")
+    ap.add_argument("--admissions", default="?")
+    ap.add_argument("--rounds", default="?")
+    ap.add_argument("--alpha", default="?")
+    ap.add_argument("--site-spec", default="")
+    ap.add_argument("--seconds", type=float, default=math.nan)
+    args = ap.parse_args()
+    out = args.out_dir
+    names = [s for s in args.sites.split(",") if s]
+
+    runs = [("a", "fed-moe", "(a) federated MoE-Health"),
+            ("b", "central", "(b) centralised MoE-Health (pooled data)")]
+    runs += [("c", "local-" + n, f"(c) local-only MoE-Health, {n}") for n in names]
+    runs += [("d", "fed-early", "(d) federated early fusion"),
+             ("d", "fed-joint", "(d) federated joint fusion"),
+             ("d", "fed-late", "(d) federated late fusion"),
+             ("d", "fed-ehr", "(d) federated unimodal EHR")]
+    metrics = {d: read_metrics(os.path.join(out, d, "metrics.jsonl")) for _, d, _ in runs}
+    aur = {d: task_aurocs(m) for d, m in metrics.items()}
+    test_ids = pooled_test_ids(os.path.join(out, "sites"), names)
+    orc, orc_rows, orc_combo = oracle(os.path.join(out, "truth.csv"), test_ids)
+    orc["mean"] = mean([orc[t] for t in TASKS])
+
+    L = []
+    L.append("# Results: federated MoE-Health on a synthetic MIMIC-IV\n")
+    L.append("Produced by (from the repository root, after building):\n")
+    L.append("```\n" + args.command + "\n```\n")
+    L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh-sim synth`, "
+             f"truth known), extracted with `moeh-sim extract`, split with `moeh-sim split "
+             f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
+             f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
+             f"(first one expert warm-up), the model and optimiser settings of `moeh-sim run`; "
+             f"the centralised and local-only models keep their epoch with the best mean "
+             f"validation AUROC on their own validation split (`--select best`, early "
+             f"stopping), the federated models report their last round (the coordinator has "
+             f"no validation split). "
+             f"Pipeline wall time {fmt(args.seconds / 60, 1)} min on this 2-core machine.\n")
+    L.append("**Test set.** Every number is on the *pooled test set*: the union of the four "
+             "sites' test splits "
+             f"({len(test_ids)} admissions). The centralised model (b) trains on the "
+             "concatenation of the four site datasets (`moeh-sim train --dataset "
+             "S1,S2,S3,S4`: the same rows, modalities and train/val/test splits the "
+             "federation sees); each local-only model (c) trains on its own site and is tested "
+             "with `--eval-dataset S1,S2,S3,S4`. AUROC is computed from 1000-bin score "
+             "histograms (the federation's method) for every model; the oracle (e) scores each "
+             "admission with the generator's true risk (exact AUROC on the same rows, "
+             f"{orc_rows} found in truth.csv).\n")
+    summ = os.path.join(out, "sites", "summary.tsv")
+    if os.path.exists(summ):
+        with open(summ) as f:
+            rows = [r.rstrip("\n").split("\t") for r in f if r.strip()]
+        L.append("## Sites\n")
+        L.append("| " + " | ".join(rows[0]) + " |")
+        L.append("|" + "---|" * len(rows[0]))
+        for r in rows[1:]:
+            L.append("| " + " | ".join(r) + " |")
+        L.append("")
+
+    L.append("## AUROC per task (pooled test set)\n")
+    L.append("| model | mortality | LOS > 7 d | readmission 30 d | mean | round / epoch |")
+    L.append("|---|---|---|---|---|---|")
+    for _, d, label in runs:
+        a = aur[d]
+        if a is None:
+            L.append(f"| {label} | not run | | | | |")
+            continue
+        ev = metrics[d]["eval"]
+        used = (f"epoch {ev['epoch']} of {ev['round']}" if "epoch" in ev
+                else f"round {ev['round']}")
+        L.append(f"| {label} | " + " | ".join(fmt(a[t]) for t in TASKS + ["mean"])
+                 + f" | {used} |")
+    L.append("| (e) oracle (true risk) | " + " | ".join(fmt(orc[t]) for t in TASKS + ["mean"])
+             + " | |")
+    L.append("")
+
+    L.append("## AUPRC and F1 (models trained with `moeh-sim train`)\n")
+    L.append("The federation evaluates with summed histograms and reports AUROC only; the "
+             "centralised and local-only models also report exact AUPRC and F1 (threshold 0.5 "
+             "and the best threshold) on the same pooled test set.\n")
+    L.append("| model | task | exact AUROC | AUPRC | F1 @ 0.5 | best F1 |")
+    L.append("|---|---|---|---|---|---|")
+    for _, d, label in runs:
+        m = metrics[d]
+        if m is None or d.startswith("fed-"):
+            continue
+        for t in TASKS:
+            j = m["task"].get(t, {})
+            L.append(f"| {label} | {t} | {fmt(j.get('auroc_exact'))} | {fmt(j.get('auprc'))} "
+                     f"| {fmt(j.get('f1'))} | {fmt(j.get('f1_best'))} |")
+    L.append("")
+
+    L.append("## AUROC per modality combination\n")
+    L.append("E = EHR, N = notes, I = chest X-ray; rows = pooled test admissions with that "
+             "combination (the synthetic cohort always has EHR). (a) is the model of the "
+             "targets; (b) and the fusion baselines are shown for comparison.\n")
+    gate = metrics["fed-moe"]["gate"] if metrics["fed-moe"] else None
+    L.append("| model | combination | rows | mortality | LOS > 7 d | readmission 30 d | mean |")
+    L.append("|---|---|---|---|---|---|---|")
+    for d, label in [("fed-moe", "(a) federated MoE-Health"), ("central", "(b) centralised"),
+                     ("fed-early", "(d) early fusion"), ("fed-late", "(d) late fusion"),
+                     ("fed-joint", "(d) joint fusion")]:
+        m = metrics[d]
+        if m is None:
+            continue
+        g = m["gate"] or gate or {}
+        for c in COMBOS:
+            vals = [m["task"].get(t, {}).get("auroc_" + c) for t in TASKS]
+            if all(v is None for v in vals):
+                continue
+            rows = g.get(c, {}).get("rows", "?")
+            vals = [math.nan if v is None else v for v in vals]
+            L.append(f"| {label} | {c} | {rows} | " + " | ".join(fmt(v) for v in vals)
+                     + f" | {fmt(mean(vals))} |")
+    for c in COMBOS:
+        if c in orc_combo:
+            vals = [orc_combo[c][t] for t in TASKS]
+            n = sum(1 for v in test_ids.values() if v == c)
+            L.append(f"| (e) oracle (true risk) | {c} | {n} | "
+                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
+    L.append("")
+    if gate:
+        L.append("Mean gate weight per expert (expert k = combination k+1: E, N, EN, I, EI, NI, "
+                 "ENI) for each combination, federated MoE-Health:\n")
+        L.append("| combination | rows | " + " | ".join("w_" + c for c in COMBOS) + " |")
+        L.append("|---|---|" + "---|" * len(COMBOS))
+        for c in COMBOS:
+            g = gate.get(c)
+            if not g or not g.get("rows"):
+                continue
+            L.append(f"| {c} | {g['rows']} | " + " | ".join(f"{w:.3f}" for w in g["weights"])
+                     + " |")
+        L.append("")
+
+    # targets
+    L.append("## Targets (DESIGN §7)\n")
+    L.append("Gap = (a) minus the reference, per task and on the mean over tasks; a target is "
+             "met on a column when the gap satisfies it.\n")
+    a = aur["fed-moe"]
+    cols = TASKS + ["mean"]
+    L.append("| target | reference | " + " | ".join(cols) + " | verdict |")
+    L.append("|---|---|" + "---|" * len(cols) + "---|")
+    summary = []
+
+    def row(target, ref_label, ref, ok):
+        if a is None or ref is None:
+            L.append(f"| {target} | {ref_label} | " + " | ".join("–" for _ in cols)
+                     + " | not run |")
+            summary.append((target, ref_label, None))
+            return
+        cells, all_ok = [], True
+        for t in cols:
+            gap = a[t] - ref[t]
+            good = ok(gap)
+            all_ok &= good
+            cells.append(f"{gap:+.4f} {'met' if good else 'MISSED'}")
+        verdict = "met" if all_ok else ("met on the mean only" if ok(a["mean"] - ref["mean"])
+                                        else "MISSED")
+        L.append(f"| {target} | {ref_label} | " + " | ".join(cells) + f" | {verdict} |")
+        summary.append((target, ref_label, a["mean"] - ref["mean"], verdict))
+
+    row("(a) within 0.01 of (b)", "(b) centralised", aur["central"], lambda g: g >= -0.01)
+    for _, d, label in runs:
+        if d.startswith("local-") or d in ("fed-early", "fed-joint", "fed-late", "fed-ehr"):
+            row("(a) above", label, aur[d], lambda g: g > 0)
+    row("(a) within 0.03 of (e)", "(e) oracle", orc, lambda g: g >= -0.03)
+    L.append("")
+    # DESIGN §7 also asks for (a) above early/late fusion on each modality combination
+    L.append("Per modality combination, (a) minus the reference (mean AUROC over tasks on the "
+             "pooled test rows of that combination; met = above, for (b) = within 0.01):\n")
+    L.append("| reference | " + " | ".join(COMBOS) + " |")
+    L.append("|---|" + "---|" * len(COMBOS))
+    for d, label in [("fed-early", "(d) early fusion"), ("fed-late", "(d) late fusion"),
+                     ("fed-joint", "(d) joint fusion"), ("central", "(b) centralised")]:
+        if metrics["fed-moe"] is None or metrics[d] is None:
+            continue
+        cells = []
+        for c in COMBOS:
+            va = [metrics["fed-moe"]["task"].get(t, {}).get("auroc_" + c) for t in TASKS]
+            vb = [metrics[d]["task"].get(t, {}).get("auroc_" + c) for t in TASKS]
+            if any(v is None for v in va + vb):
+                cells.append("–")
+                continue
+            gap = mean(va) - mean(vb)
+            ok = gap > 0 if d != "central" else gap >= -0.01
+            cells.append(f"{gap:+.4f} {'met' if ok else 'MISSED'}")
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("Summary on the mean AUROC over tasks:\n")
+    for s in summary:
+        if s[2] is None:
+            L.append(f"- {s[0]}, reference {s[1]}: not run")
+        else:
+            L.append(f"- {s[0]}, reference {s[1]}: gap {s[2]:+.4f} — {s[3]}")
+    L.append("")
+
+    a_m = metrics["fed-moe"]
+    if a_m:
+        L.append("## Learning curve of (a)\n")
+        L.append("Federated rounds (test AUROC per round, pooled test set):\n")
+        L.append("| round | train loss | mortality | LOS > 7 d | readmission 30 d | mean |")
+        L.append("|---|---|---|---|---|---|")
+        with open(os.path.join(out, "fed-moe", "metrics.jsonl")) as f:
+            for line in f:
+                j = json.loads(line)
+                if j.get("event") == "eval":
+                    L.append(f"| {j['round']} | {fmt(j.get('train_loss'))} | "
+                             + " | ".join(fmt(j.get('auroc_' + t)) for t in TASKS)
+                             + f" | {fmt(j.get('auroc_mean'))} |")
+        L.append("")
+    # hand-written notes below the marker survive a regeneration
+    marker = "<!-- notes below are kept by scripts/results_table.py -->"
+    notes = ""
+    if os.path.exists(args.output):
+        with open(args.output) as f:
+            old = f.read()
+        if marker in old:
+            notes = old[old.index(marker):]
+    with open(args.output, "w") as f:
+        f.write("\n".join(L) + "\n")
+        if notes:
+            f.write("\n" + notes)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,500 @@
+/* cmd_train.c - `moeh-sim train`: centralised training of MoE-Health (or a baseline) on one
+ * dataset, the federation's reference and the local-only models of the results table.
+ *
+ * Uses the site agent's trainer library (site-agent/trainer.h) unchanged: the same model,
+ * normalisation (from the training data's train split, computed as the federation does from
+ * summed statistics), AdamW with the moments reset every epoch (as every federated round
+ * resets them), warm-up phase and histogram evaluation. --dataset and --eval-dataset take
+ * one directory or several separated by commas; several are concatenated in memory with
+ * their own train/val/test splits kept, so the union of the sites' datasets gives the pooled
+ * training data and the pooled test set (the union of the sites' test splits) exactly.
+ *
+ * Writes OUT/metrics.jsonl in the coordinator's format: one "epoch" line per epoch
+ * (validation AUROC), then the final "eval", "task" (one per task, with per-combination
+ * AUROC) and "gate" lines on the test split. "auroc" keys are histogram AUROCs with the
+ * coordinator's binning (--eval-bins), so centralised and federated numbers are measured the
+ * same way; "task" lines add exact metrics (auroc_exact, auprc, f1 at 0.5, best f1). The
+ * tested model goes to OUT/model.safetensors: with --select best (the default) the epoch with
+ * the highest validation mean AUROC (early stopping on the training data's validation split),
+ * with --select last the final epoch. */
+#include "moeh_hist.h"
+#include "moeh_metrics.h"
+#include "moeh_opts.h"
+#include "moeh_safetensors.h"
+#include "sim_commands.h"
+#include "trainer.h"
+
+#include <math.h>
+#include <string.h>
+
+#define MAX_DIRS 64
+
+static const char *const k_task_keys[MOEH_DS_TASKS] = {"mortality", "los7", "readmit30"};
+static const char *const k_combo_names[MOEH_N_COMBOS] = {"E", "N", "EN", "I", "EI", "NI", "ENI"};
+
+/* Splits a comma-separated list in place into at most MAX_DIRS non-empty parts. */
+static int split_list(char *s, char **parts, size_t *n, const char *flag, moeh_err_t *err)
+{
+    *n = 0;
+    for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) {
+        if (*n == MAX_DIRS)
+            return moeh_errf(err, -EINVAL, "%s: more than %d directories", flag, MAX_DIRS);
+        parts[(*n)++] = tok;
+    }
+    if (*n == 0)
+        return moeh_errf(err, -EINVAL, "%s: expected DIR[,DIR...], got an empty list", flag);
+    return 0;
+}
+
+/* Opens one dataset directory or the concatenation of several (comma-separated), which must
+ * have the same static features, hourly variables, hours and image size. Caller owns *out. */
+static int open_datasets(const char *spec, bool verify, const char *flag, moeh_dataset_t **out,
+                         moeh_err_t *err)
+{
+    moeh_dataset_t *parts[MAX_DIRS] = {0}, *cat = NULL;
+    char *copy = strdup(spec), *dirs[MAX_DIRS];
+    size_t n = 0, rows = 0, toks = 0;
+    int rc =
+        copy ? split_list(copy, dirs, &n, flag, err) : moeh_errf(err, -ENOMEM, "out of memory");
+    for (size_t k = 0; !rc && k < n; k++) {
+        if ((rc = moeh_dataset_open(dirs[k], verify, &parts[k], err))) break;
+        const moeh_dataset_t *a = parts[0], *b = parts[k];
+        if (b->f_static != a->f_static || b->f_ts != a->f_ts || b->t != a->t ||
+            b->img_size != a->img_size)
+            rc = moeh_errf(err, -EINVAL,
+                           "%s: %s has %zu static features, %zu hourly variables, %zu hours, "
+                           "%zu px images; %s has %zu, %zu, %zu, %zu",
+                           flag, dirs[k], b->f_static, b->f_ts, b->t, b->img_size, dirs[0],
+                           a->f_static, a->f_ts, a->t, a->img_size);
+        rows += b->n, toks += b->n_tokens;
+    }
+    if (rc) goto out;
+    if (n == 1) {
+        *out = parts[0];
+        parts[0] = NULL;
+        goto out;
+    }
+    const moeh_dataset_t *a = parts[0];
+    if ((rc = moeh_dataset_create(rows, a->f_static, a->f_ts, a->img_size, &cat, err))) goto out;
+    int32_t *tok = malloc(toks ? toks * sizeof *tok : 1);
+    if (!tok) {
+        rc = moeh_errf(err, -ENOMEM, "out of memory for %zu note tokens", toks);
+        goto out;
+    }
+    size_t r = 0, tk = 0, TF = a->t * a->f_ts, S2 = a->img_size * a->img_size;
+    cat->note_offsets[0] = 0;
+    for (size_t k = 0; k < n; k++) {
+        const moeh_dataset_t *d = parts[k];
+#define CAT(field, width)                                                                          \
+    memcpy(cat->field + r * (width), d->field, d->n * (width) * sizeof *d->field)
+        CAT(ids, 2);
+        CAT(static_x, a->f_static);
+        CAT(ts_value, TF);
+        CAT(ts_mask, TF);
+        CAT(ts_delta, TF);
+        CAT(labels, MOEH_DS_TASKS);
+        CAT(label_mask, MOEH_DS_TASKS);
+        CAT(avail, MOEH_DS_MODS);
+        CAT(images, S2);
+        CAT(split, 1);
+#undef CAT
+        for (size_t i = 0; i < d->n; i++)
+            cat->note_offsets[r + i + 1] = (int64_t)tk + d->note_offsets[i + 1];
+        if (d->n_tokens) memcpy(tok + tk, d->note_tokens, d->n_tokens * sizeof *tok);
+        r += d->n, tk += d->n_tokens;
+    }
+    rc = moeh_dataset_set_tokens(cat, tok, toks, err);
+    free(tok);
+    if (!rc) {
+        *out = cat;
+        cat = NULL;
+    }
+out:
+    for (size_t k = 0; k < MAX_DIRS; k++)
+        moeh_dataset_free(&parts[k]);
+    moeh_dataset_free(&cat);
+    free(copy);
+    return rc;
+}
+
+/* Histogram AUROC of slice sl, task t from the trainer's u32 histogram. */
+static double slice_auroc(const uint32_t *hist, size_t sl, size_t t, uint32_t bins, uint64_t *neg,
+                          uint64_t *pos)
+{
+    const uint32_t *h = hist + (sl * MOEH_DS_TASKS + t) * 2 * bins;
+    for (uint32_t b = 0; b < bins; b++)
+        neg[b] = h[b], pos[b] = h[bins + b];
+    return moeh_hist_auroc(neg, pos, bins);
+}
+
+/* JSON number or null (NaN and infinities are not JSON). */
+static void jnum(FILE *f, const char *key, double v)
+{
+    if (isfinite(v))
+        fprintf(f, ",\"%s\":%.6g", key, v);
+    else
+        fprintf(f, ",\"%s\":null", key);
+}
+
+typedef struct {
+    uint32_t bins;
+    uint32_t *hist;
+    float *gate_sum;
+    uint64_t *neg, *pos;
+} eval_bufs_t;
+
+/* Histogram AUROC per slice and task of split `split`; also the mean loss. */
+static int eval_split(moeh_trainer_t *t, int split, eval_bufs_t *eb,
+                      double auroc[MOEH_EVAL_SLICES][MOEH_DS_TASKS], double *loss,
+                      moeh_eval_sums_t *es, moeh_err_t *err)
+{
+    *es = (moeh_eval_sums_t){.hist = eb->hist, .gate_sum = eb->gate_sum};
+    int rc = moeh_trainer_evaluate(t, split, eb->bins, es, NULL, NULL, err);
+    if (rc) return rc;
+    for (size_t sl = 0; sl < MOEH_EVAL_SLICES; sl++)
+        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+            auroc[sl][k] = slice_auroc(eb->hist, sl, k, eb->bins, eb->neg, eb->pos);
+    *loss = es->n_labels ? es->loss_sum / (double)es->n_labels : NAN;
+    return 0;
+}
+
+static double mean_finite(const double *v, size_t n)
+{
+    double s = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(v[i])) s += v[i], k++;
+    return k ? s / (double)k : NAN;
+}
+
+/* Exact metrics of the test split: per task and per (combination a0+2a1+4a2, task). */
+static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
+                         moeh_bin_metrics_t *overall, moeh_bin_metrics_t *per_combo,
+                         moeh_err_t *err)
+{
+    const size_t T = MOEH_DS_TASKS, n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
+    const moeh_dataset_t *ds = moeh_trainer_dataset(t);
+    float *probs = malloc((n ? n : 1) * T * sizeof(float));
+    float *y = malloc((n ? n : 1) * T * sizeof(float));
+    uint8_t *ym = malloc((n ? n : 1) * T), *av = malloc((n ? n : 1) * MOEH_DS_MODS);
+    size_t *idx = malloc((n ? n : 1) * sizeof(size_t));
+    int rc = -ENOMEM;
+    if (!probs || !y || !ym || !av || !idx) {
+        moeh_errf(err, rc, "out of memory for %zu test predictions", n);
+        goto out;
+    }
+    if ((rc = moeh_trainer_predict(t, MOEH_SPLIT_TEST, probs, idx, err))) goto out;
+    for (size_t r = 0; r < n; r++) {
+        memcpy(y + r * T, ds->labels + idx[r] * T, T * sizeof(float));
+        memcpy(ym + r * T, ds->label_mask + idx[r] * T, T);
+        memcpy(av + r * MOEH_DS_MODS, ds->avail + idx[r] * MOEH_DS_MODS, MOEH_DS_MODS);
+    }
+    if ((rc = moeh_metrics_report(per_task, overall, per_combo, probs, y, ym, av, n, T)))
+        moeh_errf(err, rc, "metrics report failed");
+out:
+    free(probs);
+    free(y);
+    free(ym);
+    free(av);
+    free(idx);
+    return rc;
+}
+
+int moeh_sim_cmd_train(int argc, char **argv)
+{
+    const char *data = NULL, *eval_data = NULL, *out = "moeh-train", *select = "best";
+    uint32_t arch = 0, epochs = 8, batch = 32, d_emb = 64, d_hidden = 64, buckets = 16384;
+    uint32_t warmup = 1, bins = 1000;
+    float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
+    uint64_t seed = 1;
+    int no_verify = 0;
+    const moeh_opt_t opts[] = {
+        {"dataset", MOEH_OPT_STR, &data,
+         "training data: DIR[,DIR...] (several are concatenated, splits kept) [required]"},
+        {"eval-dataset", MOEH_OPT_STR, &eval_data,
+         "test on the test split of DIR[,DIR...] instead of the training data's"},
+        {"arch", MOEH_OPT_U32, &arch,
+         "0 MoE-Health; 1-3 unimodal EHR/notes/image; 4 joint, "
+         "5 late, 6 early fusion"},
+        {"epochs", MOEH_OPT_U32, &epochs, "training epochs (warm-up included)"},
+        {"warmup-epochs", MOEH_OPT_U32, &warmup, "expert-specialisation epochs first (MoE)"},
+        {"batch-size", MOEH_OPT_U32, &batch, "minibatch size"},
+        {"lr", MOEH_OPT_F32, &lr, "AdamW learning rate"},
+        {"weight-decay", MOEH_OPT_F32, &wd, "AdamW weight decay"},
+        {"clip", MOEH_OPT_F32, &clip, "global gradient-norm clip (0: none)"},
+        {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
+        {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
+        {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
+        {"eval-bins", MOEH_OPT_U32, &bins,
+         "score histogram bins of the AUROC (as the "
+         "coordinator)"},
+        {"select", MOEH_OPT_STR, &select,
+         "which epoch's model is tested and saved: best (highest validation mean AUROC, i.e. "
+         "early stopping) or last"},
+        {"seed", MOEH_OPT_U64, &seed, "model initialisation and shuffling"},
+        {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the arrays' checksums"},
+        {"out", MOEH_OPT_STR, &out, "output directory (metrics.jsonl, model.safetensors)"},
+    };
+    moeh_opts_t o = {
+        .prog = "moeh-sim train",
+        .synopsis = "usage: moeh-sim train --dataset DIR[,DIR...] [--eval-dataset DIR[,DIR...]] "
+                    "[OPTIONS]\n\nCentralised training with the site agent's trainer: "
+                    "normalisation from the training data's\ntrain split, one progress line per "
+                    "epoch (validation AUROC), then test AUROC, AUPRC and F1\nper task and per "
+                    "modality combination; writes OUT/metrics.jsonl (coordinator format) and\n"
+                    "OUT/model.safetensors. Exit 0 ok, 1 failure, 2 usage error.",
+        .opts = opts,
+        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_err_t err = {0};
+    int rc = moeh_opts_parse(&o, argc, argv, &err);
+    if (rc == 1) return 0;
+    if (!rc && !data)
+        rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh-sim train --help)");
+    if (!rc && strspn(data, ",") == strlen(data))
+        rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
+    if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))
+        rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'", eval_data);
+    if (!rc && strcmp(select, "best") != 0 && strcmp(select, "last") != 0)
+        rc = moeh_errf(&err, -EINVAL, "--select %s: expected best or last", select);
+    if (!rc && arch > MOEH_ARCH_EARLY)
+        rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
+    if (!rc && (epochs == 0 || warmup > epochs))
+        rc = moeh_errf(&err, -EINVAL,
+                       "--epochs %u, --warmup-epochs %u: expected epochs >= 1 "
+                       "and warm-up <= epochs",
+                       epochs, warmup);
+    if (!rc && (batch == 0 || batch > 65536))
+        rc = moeh_errf(&err, -EINVAL, "--batch-size %u: expected 1..65536", batch);
+    if (!rc && !(lr > 0 && isfinite(lr)))
+        rc = moeh_errf(&err, -EINVAL, "--lr %g: expected a positive number", (double)lr);
+    if (!rc && (!(wd >= 0 && isfinite(wd)) || !(clip >= 0 && isfinite(clip))))
+        rc = moeh_errf(&err, -EINVAL, "--weight-decay and --clip must be >= 0");
+    if (!rc && (d_emb == 0 || d_hidden == 0 || buckets == 0))
+        rc = moeh_errf(&err, -EINVAL, "--d-emb, --d-hidden and --note-buckets must be > 0");
+    if (!rc && (bins < 2 || bins > 100000))
+        rc = moeh_errf(&err, -EINVAL, "--eval-bins %u: expected 2..100000", bins);
+    if (!rc && strlen(out) > 3000) rc = moeh_errf(&err, -EINVAL, "--out path is too long");
+    if (rc) {
+        fprintf(stderr, "moeh-sim train: %s\n", err.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    moeh_log_configure(MOEH_LOG_WARN, "moeh-sim", NULL, NULL);
+
+    moeh_dataset_t *ds = NULL, *eds = NULL;
+    moeh_trainer_t *tr = NULL, *etr = NULL;
+    FILE *mf = NULL;
+    double *stats = NULL;
+    float *mean = NULL, *sd = NULL, *best = NULL;
+    eval_bufs_t eb = {.bins = bins};
+    char path[4096];
+    int64_t t0 = moeh_now_ms();
+    if ((rc = open_datasets(data, !no_verify, "--dataset", &ds, &err))) goto out;
+    if (eval_data && (rc = open_datasets(eval_data, !no_verify, "--eval-dataset", &eds, &err)))
+        goto out;
+    moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
+    mc.arch = (moeh_arch_t)arch;
+    mc.d_emb = d_emb, mc.d_hidden = d_hidden, mc.note_buckets = buckets;
+    mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_DS_TASKS;
+    mc.max_batch = batch, mc.seed = seed;
+    size_t n_all = ds->n;
+    if ((rc = moeh_trainer_create(&ds, &mc, &tr, &err))) goto out;
+    size_t n_train = moeh_trainer_rows(tr, MOEH_SPLIT_TRAIN);
+    if (n_train == 0) {
+        rc = moeh_errf(&err, -EINVAL, "--dataset %s: the train split is empty", data);
+        goto out;
+    }
+    if (eds && (rc = moeh_trainer_create(&eds, &mc, &etr, &err))) goto out;
+    moeh_trainer_t *test_tr = etr ? etr : tr;
+    size_t nn = moeh_trainer_n_norm(tr), E = moeh_moe_n_experts(moeh_trainer_model(tr));
+    stats = malloc(3 * nn * sizeof(double));
+    mean = malloc(nn * sizeof(float));
+    sd = malloc(nn * sizeof(float));
+    eb.hist = malloc((size_t)MOEH_EVAL_SLICES * MOEH_DS_TASKS * 2 * bins * sizeof(uint32_t));
+    eb.gate_sum = malloc((size_t)MOEH_N_COMBOS * E * sizeof(float));
+    eb.neg = malloc(bins * sizeof(uint64_t));
+    eb.pos = malloc(bins * sizeof(uint64_t));
+    if (!stats || !mean || !sd || !eb.hist || !eb.gate_sum || !eb.neg || !eb.pos) {
+        rc = moeh_errf(&err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    moeh_trainer_local_stats(tr, stats);
+    moeh_norm_from_stats(stats, nn, mean, sd);
+    moeh_trainer_set_norm(tr, mean, sd);
+    if (etr) moeh_trainer_set_norm(etr, mean, sd);
+    if ((rc = moeh_mkdir_p(out, &err))) goto out;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    if (!(mf = fopen(path, "w"))) {
+        rc = moeh_errf(&err, -errno, "%s: cannot create: %s", path, strerror(errno));
+        goto out;
+    }
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(tr));
+    fprintf(mf,
+            "{\"event\":\"config\",\"command\":\"train\",\"dataset\":\"%s\","
+            "\"eval_dataset\":\"%s\",\"arch\":%u,\"epochs\":%u,\"warmup_epochs\":%u,"
+            "\"batch_size\":%u,\"lr\":%g,\"weight_decay\":%g,\"clip\":%g,\"d_emb\":%u,"
+            "\"d_hidden\":%u,\"note_buckets\":%u,\"eval_bins\":%u,\"seed\":%llu,"
+            "\"rows\":%zu,\"train_rows\":%zu,\"test_rows\":%zu,\"params\":%zu}\n",
+            data, eval_data ? eval_data : "", arch, epochs, warmup, batch, (double)lr, (double)wd,
+            (double)clip, d_emb, d_hidden, buckets, bins, (unsigned long long)seed, n_all, n_train,
+            moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
+    printf("moeh-sim train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
+           "(%zu rows)\n",
+           arch, p->n, n_all, n_train, moeh_trainer_rows(tr, MOEH_SPLIT_VAL),
+           eval_data ? eval_data : "the same data", moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST));
+    printf("%5s %7s %10s %10s", "epoch", "phase", "train_loss", "val_loss");
+    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+        printf(" %11s", k_task_keys[k]);
+    printf(" %10s %7s\n", "val_mean", "time_s");
+    fflush(stdout);
+
+    double auroc[MOEH_EVAL_SLICES][MOEH_DS_TASKS], loss, train_loss = NAN;
+    double best_val = -INFINITY, best_loss = NAN;
+    uint32_t best_epoch = 0;
+    int pick_best = !strcmp(select, "best");
+    moeh_eval_sums_t es;
+    if (pick_best && !(best = malloc(p->n * sizeof(float)))) {
+        rc = moeh_errf(&err, -ENOMEM, "out of memory for the best parameters");
+        goto out;
+    }
+    for (uint32_t e = 1; e <= epochs; e++) {
+        int64_t te = moeh_now_ms();
+        moeh_adamw_reset(p); /* as every federated round does */
+        moeh_train_cfg_t tc = {.epochs = 1,
+                               .batch_size = batch,
+                               .adamw = moeh_adamw_defaults(),
+                               .phase = e <= warmup ? MOEH_PHASE_WARMUP : MOEH_PHASE_JOINT,
+                               .seed = seed * 1000003u + e};
+        tc.adamw.lr = lr, tc.adamw.weight_decay = wd, tc.adamw.clip = clip;
+        moeh_train_result_t res;
+        if ((rc = moeh_trainer_train(tr, &tc, &res, &err))) goto out;
+        train_loss = res.mean_loss;
+        if ((rc = eval_split(tr, MOEH_SPLIT_VAL, &eb, auroc, &loss, &es, &err))) goto out;
+        double m = mean_finite(auroc[0], MOEH_DS_TASKS), secs = (double)(moeh_now_ms() - te) / 1e3;
+        printf("%5u %7s %10.4f %10.4f", e, e <= warmup ? "warm-up" : "joint", train_loss, loss);
+        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+            printf(" %11.4f", auroc[0][k]);
+        printf(" %10.4f %7.1f\n", m, secs);
+        fflush(stdout);
+        fprintf(mf, "{\"event\":\"epoch\",\"epoch\":%u,\"warmup\":%s", e,
+                e <= warmup ? "true" : "false");
+        jnum(mf, "train_loss", train_loss);
+        jnum(mf, "val_loss", loss);
+        jnum(mf, "val_auroc_mean", m);
+        for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
+            char key[48];
+            snprintf(key, sizeof key, "val_auroc_%s", k_task_keys[k]);
+            jnum(mf, key, auroc[0][k]);
+        }
+        jnum(mf, "seconds", secs);
+        fprintf(mf, "}\n");
+        fflush(mf);
+        if (pick_best && isfinite(m) && m > best_val) {
+            best_val = m, best_epoch = e, best_loss = train_loss;
+            memcpy(best, p->w, p->n * sizeof(float));
+        }
+    }
+    if (pick_best && best_epoch == 0)
+        printf("no validation AUROC (empty or one-class validation split): testing the last "
+               "epoch\n");
+    if (pick_best && best_epoch > 0) {
+        memcpy(p->w, best, p->n * sizeof(float));
+        train_loss = best_loss;
+        printf("selected epoch %u (best validation mean AUROC %.4f)\n", best_epoch, best_val);
+    }
+    if (best_epoch == 0) best_epoch = epochs;
+
+    /* final evaluation on the test split (of --eval-dataset if given) */
+    if (etr) {
+        moeh_params_t *ep = moeh_moe_params(moeh_trainer_model(etr));
+        MOEH_ASSERT(ep->n == p->n);
+        memcpy(ep->w, p->w, p->n * sizeof(float));
+    }
+    if ((rc = eval_split(test_tr, MOEH_SPLIT_TEST, &eb, auroc, &loss, &es, &err))) goto out;
+    moeh_bin_metrics_t per_task[MOEH_DS_TASKS], overall, per_combo[8 * MOEH_DS_TASKS];
+    memset(per_combo, 0, sizeof per_combo);
+    if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err))) goto out;
+    double m = mean_finite(auroc[0], MOEH_DS_TASKS);
+    fprintf(mf, "{\"event\":\"eval\",\"round\":%u,\"sites\":1,\"epoch\":%u", epochs, best_epoch);
+    jnum(mf, "train_loss", train_loss);
+    jnum(mf, "test_loss", loss);
+    jnum(mf, "auroc_mean", m);
+    jnum(mf, "seconds", (double)(moeh_now_ms() - t0) / 1e3);
+    for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
+        char key[48];
+        snprintf(key, sizeof key, "auroc_%s", k_task_keys[k]);
+        jnum(mf, key, auroc[0][k]);
+    }
+    fprintf(mf, "}\n");
+    for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
+        fprintf(mf, "{\"event\":\"task\",\"round\":%u,\"task\":\"%s\"", epochs, k_task_keys[k]);
+        jnum(mf, "auroc", auroc[0][k]);
+        for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
+            char key[48];
+            snprintf(key, sizeof key, "auroc_%s", k_combo_names[c]);
+            jnum(mf, key, auroc[c + 1][k]);
+        }
+        jnum(mf, "auroc_exact", per_task[k].auroc);
+        jnum(mf, "auprc", per_task[k].auprc);
+        jnum(mf, "f1", per_task[k].f1_05);
+        jnum(mf, "f1_best", per_task[k].f1_best);
+        fprintf(mf, ",\"n\":%zu,\"n_pos\":%zu}\n", per_task[k].n, per_task[k].n_pos);
+    }
+    fprintf(mf, "{\"event\":\"gate\",\"round\":%u", epochs);
+    for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
+        fprintf(mf, ",\"%s\":{\"rows\":%u,\"weights\":[", k_combo_names[c], es.combo_rows[c]);
+        for (size_t k = 0; k < E; k++)
+            fprintf(mf, "%s%.4f", k ? "," : "",
+                    es.combo_rows[c] ? eb.gate_sum[c * E + k] / (double)es.combo_rows[c] : 0.0);
+        fprintf(mf, "]}");
+    }
+    fprintf(mf, "}\n");
+    if (fflush(mf) != 0 || ferror(mf)) {
+        rc = moeh_errf(&err, -EIO, "%s/metrics.jsonl: write failed", out);
+        goto out;
+    }
+
+    printf("\ntest (%zu rows): AUROC from %u-bin histograms as the coordinator; exact "
+           "AUROC, AUPRC, F1\n%-10s %8s %8s %8s %8s %8s %7s %6s\n",
+           moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), bins, "task", "auroc", "exact", "auprc",
+           "f1@0.5", "f1_best", "n", "pos");
+    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+        printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f %7zu %6zu\n", k_task_keys[k], auroc[0][k],
+               per_task[k].auroc, per_task[k].auprc, per_task[k].f1_05, per_task[k].f1_best,
+               per_task[k].n, per_task[k].n_pos);
+    printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f\n", "mean", m, overall.auroc, overall.auprc,
+           overall.f1_05, overall.f1_best);
+    printf("\nAUROC per modality combination (E = EHR, N = notes, I = image)\n%-6s %6s", "combo",
+           "rows");
+    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+        printf(" %10s", k_task_keys[k]);
+    printf("\n");
+    for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
+        if (!es.combo_rows[c]) continue;
+        printf("%-6s %6u", k_combo_names[c], es.combo_rows[c]);
+        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+            printf(" %10.4f", auroc[c + 1][k]);
+        printf("\n");
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    if ((rc = moeh_moe_save(moeh_trainer_model(tr), path, &err))) goto out;
+    printf("\ndone in %.0f s: metrics in %s/metrics.jsonl, model in %s\n",
+           (double)(moeh_now_ms() - t0) / 1e3, out, path);
+out:
+    if (mf) fclose(mf);
+    if (rc) fprintf(stderr, "moeh-sim train: %s\n", err.msg);
+    moeh_dataset_free(&ds);
+    moeh_dataset_free(&eds);
+    moeh_trainer_destroy(&tr);
+    moeh_trainer_destroy(&etr);
+    free(stats);
+    free(mean);
+    free(sd);
+    free(eb.hist);
+    free(eb.gate_sum);
+    free(eb.neg);
+    free(eb.pos);
+    free(best);
+    moeh_opts_free(&o);
+    return rc ? 1 : 0;
+}

@@ -15,6 +15,7 @@
 #include "layers.h"
 #include "moeh_nn.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -66,6 +67,10 @@ struct moeh_moe {
     float *x0, *col[2], *a[3], *pl[2], *gp, *iv, *da[3], *dpl[2], *dcol[2], *dgp;
     float *gimg;     /* private encoder_img gradients of the second image worker (threads >= 2) */
     size_t chunk[3]; /* images per im2col chunk of conv layer l (col stays in cache) */
+    /* direct (AVX-512) kernels per layer: forward, data gradient, weight gradient; with
+     * per-worker scratch for a padded image and the transposed weights */
+    uint8_t dir_fwd[3], dir_bwd[3], dir_dw[3];
+    float *pad[2], *wt[2];
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
     /* fusion, experts, gate, heads */
@@ -303,9 +308,24 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 }
                 cin = c->cnn_ch[l];
             }
-            for (int w = 0; w < 2; w++) { /* one scratch pair per image worker */
+            size_t maxpad = 0, maxwt = 0;
+            cin = 1;
+            for (int l = 0; l < 3; l++) {
+                size_t s = S >> l, oc = c->cnn_ch[l];
+                m->dir_fwd[l] = (uint8_t)moeh_conv3x3_direct_ok(oc);
+                m->dir_bwd[l] = (uint8_t)(l > 0 && moeh_conv3x3_direct_ok(cin));
+                m->dir_dw[l] = (uint8_t)moeh_conv3x3_direct_dw_ok(cin, oc);
+                size_t pf = moeh_conv3x3_pad_len(s, s, cin), pb = moeh_conv3x3_pad_len(s, s, oc);
+                maxpad = pf > maxpad ? pf : maxpad;
+                maxpad = pb > maxpad ? pb : maxpad;
+                maxwt = 9 * cin * oc > maxwt ? 9 * cin * oc : maxwt;
+                cin = oc;
+            }
+            for (int w = 0; w < 2; w++) { /* one scratch set per image worker */
                 m->col[w] = TAKEF(a, maxcol);
                 m->dcol[w] = TAKEF(a, maxcol);
+                m->pad[w] = TAKEF(a, maxpad);
+                m->wt[w] = TAKEF(a, maxwt);
             }
             m->gp = TAKEF(a, B * c->cnn_ch[2]);
             m->dgp = TAKEF(a, B * c->cnn_ch[2]);
@@ -740,7 +760,12 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t 
     for (int l = 0; l < 3; l++) {
         size_t s = m->side[l], oc = c->cnn_ch[l], hw = s * s;
         float *al = m->a[l] + j0 * hw * oc;
-        for (size_t q = 0; q < n; q += m->chunk[l]) {
+        if (m->dir_fwd[l]) {
+            moeh_conv3x3_wt_fwd(m->wt[slot], moeh_params_w(p, m->im_cw[l]), cin, oc);
+            moeh_conv3x3_direct(al, m->pad[slot], in, m->wt[slot], moeh_params_w(p, m->im_cb[l]),
+                                n, s, s, cin, oc, 0);
+        }
+        for (size_t q = 0; q < (m->dir_fwd[l] ? 0 : n); q += m->chunk[l]) {
             size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
             moeh_conv3x3_forward(al + q * hw * oc, m->col[slot], in + q * hw * cin,
                                  moeh_params_w(p, m->im_cw[l]), moeh_params_w(p, m->im_cb[l]), nc,
@@ -794,17 +819,36 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
         size_t s = m->side[l], hw = s * s, oc = c->cnn_ch[l], cin = l ? c->cnn_ch[l - 1] : 1;
         const float *in = l ? m->pl[l - 1] + j0 * hw * cin : m->x0 + j0 * S * S;
         float *dpl = l ? m->dpl[l - 1] + j0 * hw * cin : NULL, *dal = m->da[l] + j0 * hw * oc;
-        for (size_t q = 0; q < n; q += m->chunk[l]) {
+        float *dw = img_grad(m, slot, m->im_cw[l]), *db = img_grad(m, slot, m->im_cb[l]);
+        const float *w = moeh_params_w(p, m->im_cw[l]);
+        if (m->dir_dw[l]) /* weight gradient without columns (an sgemm with K = 9 is slow) */
+            moeh_conv3x3_direct_dw(dw, db, m->pad[slot], dal, in, n, s, s, cin, oc);
+        if (m->dir_bwd[l]) { /* data gradient: dout convolved with the flipped weights */
+            moeh_conv3x3_wt_bwd(m->wt[slot], w, cin, oc);
+            moeh_conv3x3_direct(dpl, m->pad[slot], dal, m->wt[slot], NULL, n, s, s, oc, cin, 0);
+        }
+        /* what is left goes through columns, chunk by chunk: the weight gradient (columns
+         * recomputed) unless done directly, the data gradient (dcol, col2im) unless done
+         * directly */
+        int want_dw = !m->dir_dw[l], want_dx = l > 0 && !m->dir_bwd[l];
+        for (size_t q = 0; (want_dw || want_dx) && q < n; q += m->chunk[l]) {
             size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];
             float *dinp = NULL;
-            if (l > 0) {
+            if (want_dx) {
                 dinp = dpl + q * hw * cin;
                 memset(dinp, 0, nc * hw * cin * sizeof(float));
             }
-            moeh_im2col3x3(m->col[slot], in + q * hw * cin, nc, s, s, cin);
-            moeh_conv3x3_backward(dinp, m->dcol[slot], img_grad(m, slot, m->im_cw[l]),
-                                  img_grad(m, slot, m->im_cb[l]), dal + q * hw * oc, m->col[slot],
-                                  moeh_params_w(p, m->im_cw[l]), nc, s, s, cin, oc);
+            if (want_dw) {
+                moeh_im2col3x3(m->col[slot], in + q * hw * cin, nc, s, s, cin);
+                moeh_conv3x3_backward(dinp, m->dcol[slot], dw, db, dal + q * hw * oc,
+                                      m->col[slot], w, nc, s, s, cin, oc);
+                continue;
+            }
+            /* dcol (nc*hw,9cin) = dout (nc*hw,OC) @ w (OC,9cin), folded into dinp */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(nc * hw), (int)(9 * cin),
+                        (int)oc, 1.0f, dal + q * hw * oc, (int)oc, w, (int)(9 * cin), 0.0f,
+                        m->dcol[slot], (int)(9 * cin));
+            moeh_col2im3x3_add(dinp, m->dcol[slot], nc, s, s, cin);
         }
         if (l > 0) {
             size_t sp = m->side[l - 1];

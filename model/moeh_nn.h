@@ -96,6 +96,34 @@ void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *re
                            const float *restrict col, const float *restrict w, size_t B, size_t H,
                            size_t W, size_t C, size_t OC);
 
+/* ---- direct 3x3 convolution (no im2col), NHWC, AVX-512 -------------------------------- *
+ * The same convolution as above without the 9x column matrix: each output pixel block keeps its
+ * OC accumulators in registers and reads a zero-padded copy of one input image. Used when
+ * moeh_conv3x3_direct_ok(): an x86-64 CPU with AVX-512F (checked at run time) and OC a multiple
+ * of 16 (OC <= 64); the im2col + sgemm kernels above stay the portable path and the reference. */
+int moeh_conv3x3_direct_ok(size_t OC);
+/* Floats of the padded-image scratch the direct kernels need: (H+2)*(W+2)*C. */
+size_t moeh_conv3x3_pad_len(size_t H, size_t W, size_t C);
+/* wt (9,C,OC) = w (OC,9,C) transposed: the forward kernel's weight layout. */
+void moeh_conv3x3_wt_fwd(float *restrict wt, const float *restrict w, size_t C, size_t OC);
+/* wt (9,OC,C) = w (OC,9,C) with the taps flipped: convolving dout (B,H,W,OC) with it gives
+ * dinp (the backward-data convolution, output channels C). */
+void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, size_t OC);
+/* out (B,H,W,OC) = (acc ? out : b, or 0 if b is NULL) + conv(inp (B,H,W,C)) with wt (9,C,OC)
+ * from moeh_conv3x3_wt_fwd (or, for the data gradient, wt_bwd with C and OC swapped).
+ * pad: moeh_conv3x3_pad_len(H, W, C) floats of scratch. Requires moeh_conv3x3_direct_ok(OC). */
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc);
+/* dw (OC,9,C) += dout^T (x) neighbourhoods of inp, db (OC) += sums of dout (db may be NULL),
+ * for 9 * C * OC / 16 <= 18 (e.g. the 1-channel first layer, where an sgemm with K = 9 is slow).
+ * Requires moeh_conv3x3_direct_ok(OC); pad as above. */
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            const float *restrict dout, const float *restrict inp, size_t B,
+                            size_t H, size_t W, size_t C, size_t OC);
+/* True when moeh_conv3x3_direct_dw supports (C, OC). */
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC);
+
 /* ---- pooling (NHWC) -------------------------------------------------------------------- */
 /* out (B,H/2,W/2,C) = max over 2x2 windows (H, W even); arg (same shape) keeps the window
  * position 0..3 of the maximum (first one on ties). */

@@ -362,6 +362,270 @@ void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *re
     }
 }
 
+/* ---- direct conv 3x3 (AVX-512) ------------------------------------------------------------ */
+size_t moeh_conv3x3_pad_len(size_t H, size_t W, size_t C)
+{
+    return (H + 2) * (W + 2) * C;
+}
+
+void moeh_conv3x3_wt_fwd(float *restrict wt, const float *restrict w, size_t C, size_t OC)
+{
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            wt[k * OC + o] = w[o * 9 * C + k];
+}
+
+void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, size_t OC)
+{
+    for (size_t o = 0; o < OC; o++)
+        for (size_t t = 0; t < 9; t++)
+            for (size_t c = 0; c < C; c++)
+                wt[((8 - t) * OC + o) * C + c] = w[(o * 9 + t) * C + c];
+}
+
+/* pad ((H+2),(W+2),C) = image img of inp with a zero border */
+static void conv_pad(float *restrict pad, const float *restrict img, size_t H, size_t W, size_t C)
+{
+    size_t rs = (W + 2) * C;
+    memset(pad, 0, rs * sizeof(float));
+    memset(pad + (H + 1) * rs, 0, rs * sizeof(float));
+    for (size_t y = 0; y < H; y++) {
+        float *d = pad + (y + 1) * rs;
+        for (size_t c = 0; c < C; c++)
+            d[c] = 0.0f, d[rs - C + c] = 0.0f;
+        memcpy(d + C, img + y * W * C, W * C * sizeof(float));
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f")))
+#define INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
+
+int moeh_conv3x3_direct_ok(size_t OC)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return has && OC % 16 == 0 && OC >= 16 && OC <= 64;
+}
+
+/* P output pixels (consecutive x) x NV*16 channels: src is the padded image at the block's
+ * top-left tap, rs the padded row stride, wt (9,C,OC). P and NV are constants after inlining,
+ * so acc lives in registers (P * NV <= 24). */
+INLINE_AVX512 void conv_block(float *restrict out, const float *restrict src,
+                              const float *restrict wt, const float *restrict b, size_t rs,
+                              size_t C, size_t OC, int acc_in, const int P, const int NV)
+{
+    __m512 acc[16][4];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[p][v] = acc_in ? _mm512_loadu_ps(out + p * OC + 16 * v)
+                        : b    ? _mm512_loadu_ps(b + 16 * v)
+                               : _mm512_setzero_ps();
+    for (size_t ky = 0; ky < 3; ky++)
+        for (size_t kx = 0; kx < 3; kx++) {
+            const float *s = src + ky * rs + kx * C, *wp = wt + (ky * 3 + kx) * C * OC;
+            for (size_t c = 0; c < C; c++) {
+                __m512 wv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    wv[v] = _mm512_loadu_ps(wp + c * OC + 16 * v);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; p++) {
+                    __m512 x = _mm512_set1_ps(s[p * C + c]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++)
+                        acc[p][v] = _mm512_fmadd_ps(x, wv[v], acc[p][v]);
+                }
+            }
+        }
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(out + p * OC + 16 * v, acc[p][v]);
+}
+
+/* One image: blocks of P pixels along each row, single pixels for the rest. */
+INLINE_AVX512 void conv_image(float *restrict out, const float *restrict pad,
+                              const float *restrict wt, const float *restrict b, size_t H,
+                              size_t W, size_t C, size_t OC, int acc, const int P, const int NV)
+{
+    size_t rs = (W + 2) * C;
+    for (size_t y = 0; y < H; y++) {
+        size_t x = 0;
+        for (; x + P <= W; x += P)
+            conv_block(out + (y * W + x) * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, P, NV);
+        for (; x < W; x++)
+            conv_block(out + (y * W + x) * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, 1, NV);
+    }
+}
+
+AVX512 static void conv_image_16(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t H,
+                                 size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, H, W, C, 16, acc, 16, 1);
+}
+AVX512 static void conv_image_32(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t H,
+                                 size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, H, W, C, 32, acc, 8, 2);
+}
+AVX512 static void conv_image_48(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t H,
+                                 size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, H, W, C, 48, acc, 6, 3);
+}
+AVX512 static void conv_image_64(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t H,
+                                 size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, H, W, C, 64, acc, 4, 4);
+}
+
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_ok(OC));
+    for (size_t i = 0; i < B; i++) {
+        float *o = out + i * H * W * OC;
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        switch (OC) {
+        case 16: conv_image_16(o, pad, wt, b, H, W, C, acc); break;
+        case 32: conv_image_32(o, pad, wt, b, H, W, C, acc); break;
+        case 48: conv_image_48(o, pad, wt, b, H, W, C, acc); break;
+        default: conv_image_64(o, pad, wt, b, H, W, C, acc); break;
+        }
+    }
+}
+
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
+{
+    return moeh_conv3x3_direct_ok(OC) && 9 * C * (OC / 16) <= 18;
+}
+
+/* dwt (9C, NV*16) += sum over pixels of pad neighbourhood (x) dout, accumulators in registers */
+INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db,
+                                 const float *restrict pad, const float *restrict dout, size_t H,
+                                 size_t W, const int C, const int NV)
+{
+    __m512 acc[18][2], accb[2];
+    size_t rs = (W + 2) * (size_t)C, OC = 16 * (size_t)NV;
+#pragma GCC unroll 18
+    for (int k = 0; k < 9 * C; k++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            acc[k][v] = _mm512_loadu_ps(dwt + k * OC + 16 * v);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++)
+        accb[v] = _mm512_setzero_ps();
+    for (size_t y = 0; y < H; y++)
+        for (size_t x = 0; x < W; x++) {
+            const float *s = pad + y * rs + x * C, *d = dout + (y * W + x) * OC;
+            __m512 dv[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++) {
+                dv[v] = _mm512_loadu_ps(d + 16 * v);
+                accb[v] = _mm512_add_ps(accb[v], dv[v]);
+            }
+#pragma GCC unroll 3
+            for (int ky = 0; ky < 3; ky++)
+#pragma GCC unroll 3
+                for (int kx = 0; kx < 3; kx++)
+#pragma GCC unroll 2
+                    for (int c = 0; c < C; c++) {
+                        __m512 xv = _mm512_set1_ps(s[ky * rs + kx * C + c]);
+                        int k = (ky * 3 + kx) * C + c;
+#pragma GCC unroll 2
+                        for (int v = 0; v < NV; v++)
+                            acc[k][v] = _mm512_fmadd_ps(xv, dv[v], acc[k][v]);
+                    }
+        }
+#pragma GCC unroll 18
+    for (int k = 0; k < 9 * C; k++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(dwt + k * OC + 16 * v, acc[k][v]);
+    if (db) {
+        float tmp[32];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(tmp + 16 * v, accb[v]);
+        for (size_t o = 0; o < OC; o++)
+            db[o] += tmp[o];
+    }
+}
+
+AVX512 static void conv_dw_image_c1(float *restrict dwt, float *restrict db,
+                                    const float *restrict pad, const float *restrict dout, size_t H,
+                                    size_t W, size_t OC)
+{
+    if (OC == 16)
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 1);
+    else
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 2);
+}
+AVX512 static void conv_dw_image_c2(float *restrict dwt, float *restrict db,
+                                    const float *restrict pad, const float *restrict dout, size_t H,
+                                    size_t W)
+{
+    conv_dw_image(dwt, db, pad, dout, H, W, 2, 1);
+}
+
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            const float *restrict dout, const float *restrict inp, size_t B,
+                            size_t H, size_t W, size_t C, size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_dw_ok(C, OC));
+    /* dwt (9C,OC): the transposed gradient, accumulated over the images in registers */
+    float dwt[18 * 16];
+    memset(dwt, 0, sizeof dwt);
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        if (C == 1)
+            conv_dw_image_c1(dwt, db, pad, dout + i * H * W * OC, H, W, OC);
+        else
+            conv_dw_image_c2(dwt, db, pad, dout + i * H * W * OC, H, W);
+    }
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            dw[o * 9 * C + k] += dwt[k * OC + o];
+}
+#else
+int moeh_conv3x3_direct_ok(size_t OC)
+{
+    (void)OC;
+    return 0;
+}
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
+{
+    (void)C, (void)OC;
+    return 0;
+}
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc)
+{
+    (void)out, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H, (void)W, (void)C,
+        (void)OC, (void)acc;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            const float *restrict dout, const float *restrict inp, size_t B,
+                            size_t H, size_t W, size_t C, size_t OC)
+{
+    (void)dw, (void)db, (void)pad, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C,
+        (void)OC;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+#endif
+
 /* ---- pooling ----------------------------------------------------------------------------- */
 void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
                            size_t B, size_t H, size_t W, size_t C)

@@ -274,6 +274,109 @@ static void test_conv_grad(void **state)
     assert_int_equal(gc_check("conv.b", b, db, OC, cv_loss, &c, SMOOTH), 0);
 }
 
+/* ---- direct conv 3x3 (AVX-512): finite differences, and agreement with im2col + sgemm ------- */
+typedef struct {
+    float *x, *w, *b, *out, *pad, *wt, *R;
+    size_t B, H, W, C, OC;
+} dcv_ctx;
+static double dcv_loss(void *c_)
+{
+    dcv_ctx *c = c_;
+    moeh_conv3x3_wt_fwd(c->wt, c->w, c->C, c->OC);
+    moeh_conv3x3_direct(c->out, c->pad, c->x, c->wt, c->b, c->B, c->H, c->W, c->C, c->OC, 0);
+    return dot_d(c->out, c->R, c->B * c->H * c->W * c->OC);
+}
+static void test_conv_direct_grad(void **state)
+{
+    (void)state;
+    enum { B = 2, H = 3, W = 5, C = 2, OC = 16, N = B * H * W };
+    if (!moeh_conv3x3_direct_ok(OC)) skip();
+    static float x[N * C], w[OC * 9 * C], b[OC], out[N * OC], R[N * OC], wt[9 * C * OC];
+    static float pad[(H + 2) * (W + 2) * OC], dx[N * 16], dw[OC * 9 * C], db[OC];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 17);
+    fill_normal(x, N * C, &r, 1), fill_normal(w, OC * 9 * C, &r, 0.3f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, N * OC, &r, 1);
+    dcv_ctx c = {x, w, b, out, pad, wt, R, B, H, W, C, OC};
+    dcv_loss(&c);
+    moeh_conv3x3_direct_dw(dw, db, pad, R, x, B, H, W, C, OC);
+    assert_int_equal(gc_check("dconv.w", w, dw, OC * 9 * C, dcv_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("dconv.b", b, db, OC, dcv_loss, &c, SMOOTH), 0);
+    /* data gradient: dout convolved with the flipped weights (needs C % 16 == 0) */
+    enum { C2 = 16, N2 = 1 * 2 * 3 };
+    static float x2[N2 * C2], w2[OC * 9 * C2], o2[N2 * OC], R2[N2 * OC], wt2[9 * C2 * OC];
+    fill_normal(x2, N2 * C2, &r, 1), fill_normal(w2, OC * 9 * C2, &r, 0.3f);
+    fill_normal(R2, N2 * OC, &r, 1);
+    dcv_ctx c2 = {x2, w2, b, o2, pad, wt2, R2, 1, 2, 3, C2, OC};
+    dcv_loss(&c2);
+    moeh_conv3x3_wt_bwd(wt2, w2, C2, OC);
+    moeh_conv3x3_direct(dx, pad, R2, wt2, NULL, 1, 2, 3, OC, C2, 0);
+    assert_int_equal(gc_check("dconv.x", x2, dx, N2 * C2, dcv_loss, &c2, SMOOTH), 0);
+}
+
+/* direct forward, data gradient and (where supported) weight gradient == the im2col kernels */
+static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t OC,
+                                  unsigned seed)
+{
+    size_t N = B * H * W;
+    float *x = malloc(N * C * 4), *w = malloc(OC * 9 * C * 4), *b = malloc(OC * 4);
+    float *o1 = malloc(N * OC * 4), *o2 = malloc(N * OC * 4), *col = malloc(N * 9 * C * 4);
+    float *dcol = malloc(N * 9 * C * 4), *R = malloc(N * OC * 4);
+    float *dx1 = calloc(N * C, 4), *dx2 = malloc(N * C * 4), *dw1 = calloc(OC * 9 * C, 4);
+    float *dw2 = calloc(OC * 9 * C, 4), *db1 = calloc(OC, 4), *db2 = calloc(OC, 4);
+    size_t pl = moeh_conv3x3_pad_len(H, W, C > OC ? C : OC);
+    float *pad = malloc(pl * 4), *wt = malloc(9 * C * OC * 4);
+    assert_non_null(x), assert_non_null(w), assert_non_null(b), assert_non_null(o1);
+    assert_non_null(o2), assert_non_null(col), assert_non_null(dcol), assert_non_null(R);
+    assert_non_null(dx1), assert_non_null(dx2), assert_non_null(dw1), assert_non_null(dw2);
+    assert_non_null(db1), assert_non_null(db2), assert_non_null(pad), assert_non_null(wt);
+    moeh_rng_t r;
+    moeh_rng_seed(&r, seed);
+    fill_normal(x, N * C, &r, 1), fill_normal(w, OC * 9 * C, &r, 0.3f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, N * OC, &r, 1);
+    moeh_conv3x3_forward(o1, col, x, w, b, B, H, W, C, OC);
+    moeh_conv3x3_wt_fwd(wt, w, C, OC);
+    moeh_conv3x3_direct(o2, pad, x, wt, b, B, H, W, C, OC, 0);
+    double tol = 1e-5 * (double)(9 * C);
+    for (size_t i = 0; i < N * OC; i++)
+        assert_true(fabs(o1[i] - o2[i]) <= tol * (1 + fabs(o1[i])));
+    /* acc = 1 adds into out: o2 = 2 * conv + b */
+    moeh_conv3x3_direct(o2, pad, x, wt, NULL, B, H, W, C, OC, 1);
+    for (size_t i = 0; i < N * OC; i++)
+        assert_true(fabs(2 * o1[i] - b[i % OC] - o2[i]) <= 2 * tol * (1 + fabs(o1[i])));
+    moeh_conv3x3_backward(dx1, dcol, dw1, db1, R, col, w, B, H, W, C, OC);
+    if (moeh_conv3x3_direct_ok(C)) {
+        moeh_conv3x3_wt_bwd(wt, w, C, OC);
+        moeh_conv3x3_direct(dx2, pad, R, wt, NULL, B, H, W, OC, C, 0);
+        double t2 = 1e-5 * (double)(9 * OC);
+        for (size_t i = 0; i < N * C; i++)
+            assert_true(fabs(dx1[i] - dx2[i]) <= t2 * (1 + fabs(dx1[i])));
+    }
+    if (moeh_conv3x3_direct_dw_ok(C, OC)) {
+        moeh_conv3x3_direct_dw(dw2, db2, pad, R, x, B, H, W, C, OC);
+        double t3 = 1e-5 * (double)N;
+        for (size_t i = 0; i < OC * 9 * C; i++)
+            assert_true(fabs(dw1[i] - dw2[i]) <= t3 * (1 + fabs(dw1[i])));
+        for (size_t i = 0; i < OC; i++)
+            assert_true(fabs(db1[i] - db2[i]) <= t3 * (1 + fabs(db1[i])));
+    }
+    free(x), free(w), free(b), free(o1), free(o2), free(col), free(dcol), free(R), free(dx1);
+    free(dx2), free(dw1), free(dw2), free(db1), free(db2), free(pad), free(wt);
+}
+static void test_conv_direct(void **state)
+{
+    (void)state;
+    if (!moeh_conv3x3_direct_ok(16)) skip();
+    /* the default CNN's shapes (forward and data gradient), odd widths for the block tails */
+    conv_direct_vs_im2col(2, 7, 19, 1, 16, 1);
+    conv_direct_vs_im2col(2, 6, 10, 16, 32, 2);
+    conv_direct_vs_im2col(2, 5, 9, 32, 64, 3);
+    conv_direct_vs_im2col(1, 4, 5, 2, 16, 4);
+    conv_direct_vs_im2col(2, 3, 17, 64, 32, 5);
+    conv_direct_vs_im2col(1, 3, 7, 16, 48, 6);
+    conv_direct_vs_im2col(1, 1, 1, 1, 32, 7);
+}
+
 /* ---- pooling --------------------------------------------------------------------------------- */
 typedef struct {
     float *x, *out, *R;
@@ -412,7 +515,8 @@ int main(void)
         cmocka_unit_test(test_linear_grad),    cmocka_unit_test(test_activations_grad),
         cmocka_unit_test(test_layernorm_grad), cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_gru_grad),       cmocka_unit_test(test_embbag),
-        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_conv_direct_grad),
+        cmocka_unit_test(test_conv_direct),    cmocka_unit_test(test_pool),
         cmocka_unit_test(test_gate_grad),      cmocka_unit_test(test_bce_grad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

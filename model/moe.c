@@ -57,7 +57,7 @@ struct moeh_moe {
     float *availf;
     float *enc[MOEH_N_MODALITIES], *emb, *demb, *denc[MOEH_N_MODALITIES];
     /* EHR */
-    float *xs, *s1, *tsx, *hs, *xi, *gates, *hh, *cat, *dxi, *dhh, *dh, *dcat, *ds1, *dhT;
+    float *xs, *s1, *tsx, *hs, *xi, *gates, *hh, *whhT, *cat, *dxi, *dhh, *dh, *dcat, *ds1, *dhT;
     /* notes */
     float *bag, *nv, *dbag;
     uint8_t *touched;
@@ -268,6 +268,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
         m->xi = TAKEF(a, B * T * 3 * d);
         m->gates = TAKEF(a, T * B * 4 * d);
         m->hh = TAKEF(a, B * 3 * d);
+        m->whhT = TAKEF(a, 3 * d * d);
         m->cat = TAKEF(a, B * 2 * d);
         m->dxi = TAKEF(a, B * T * 3 * d);
         m->dhh = TAKEF(a, T * B * 3 * d);
@@ -632,7 +633,7 @@ static void ehr_forward(moeh_moe_t *m, const moeh_batch_t *b)
     moeh_linear_forward(m->s1, m->xs, moeh_params_w(p, m->ehr_sw), moeh_params_w(p, m->ehr_sb), n,
                         Fs, d);
     moeh_relu_forward(m->s1, m->s1, n * d);
-    moeh_gru_forward(m->hs, m->xi, m->gates, m->hh, m->tsx, moeh_params_w(p, m->gru_wih),
+    moeh_gru_forward(m->hs, m->xi, m->gates, m->hh, m->whhT, m->tsx, moeh_params_w(p, m->gru_wih),
                      moeh_params_w(p, m->gru_whh), moeh_params_w(p, m->gru_bih),
                      moeh_params_w(p, m->gru_bhh), n, T, 3 * F, d);
     const float *hT = m->hs + T * n * d;

@@ -49,10 +49,11 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
  *   n = tanh(Win x + bin + r * (Whn h + bhn)), h' = (1 - z) * n + z * h, h_0 = 0.
  * x (B,T,I); wih (3H,I); whh (3H,H); bih, bhh (3H).
  * Saved for backward: xi (B*T,3H) input projections (row b*T+t), hs (T+1,B,H) hidden states
- * with hs[0] = 0, gates (T,B,4H) = r, z, n, (Whn h + bhn) per step. hh (B,3H) is scratch.
+ * with hs[0] = 0, gates (T,B,4H) = r, z, n, (Whn h + bhn) per step. hh (B,3H) and
+ * whhT (H,3H) (whh transposed once per call, read in place by every step) are scratch.
  * The final hidden state is hs + T*B*H. */
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, const float *restrict x, const float *restrict wih,
+                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H);
 /* Backward from dhT (B,H), the gradient of the final hidden state. dx (B,T,I) may be NULL.

@@ -8,6 +8,19 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX512_KERNELS 1
+#define AVX512 __attribute__((target("avx512f")))
+#define INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
+static int cpu_avx512(void)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return has;
+}
+#endif
+
 /* ---- GELU (tanh approximation) --------------------------------------------------------- */
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 
@@ -98,6 +111,88 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
         if (keep[i]) dinp[i] += dout[i] * s;
 }
 
+/* ---- small row-major matmul for the GRU recurrence ------------------------------------- *
+ * c (M,N) = (acc ? c : bias broadcast, or 0) + a (M,K) @ b (K,N), leading dimensions lda, ldb,
+ * ldc. The recurrence's 64 x 384 x 128 products are too small for OpenBLAS to amortise packing
+ * its operands on every one of the 48 steps; with b already in (K,N) layout this kernel reads
+ * it in place: blocks of 6 rows x 64 columns of c in 24 AVX-512 accumulators. */
+#ifdef HAVE_AVX512_KERNELS
+INLINE_AVX512 void gemm_block(float *restrict c, const float *restrict a, const float *restrict b,
+                              const float *restrict bias, size_t lda, size_t ldb, size_t ldc,
+                              size_t K, int acc, const int R, const int NV)
+{
+    __m512 s[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            s[r][v] = acc    ? _mm512_loadu_ps(c + r * ldc + 16 * v)
+                      : bias ? _mm512_loadu_ps(bias + 16 * v)
+                             : _mm512_setzero_ps();
+    for (size_t k = 0; k < K; k++) {
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            __m512 x = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                s[r][v] = _mm512_fmadd_ps(x, bv[v], s[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(c + r * ldc + 16 * v, s[r][v]);
+}
+
+INLINE_AVX512 void gemm_cols(float *restrict c, const float *restrict a, const float *restrict b,
+                             const float *restrict bias, size_t lda, size_t ldb, size_t ldc,
+                             size_t K, int acc, const int R, size_t N)
+{
+    size_t j = 0;
+    for (; j + 64 <= N; j += 64)
+        gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 4);
+    switch ((N - j) / 16) {
+    case 3: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 3); break;
+    case 2: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 2); break;
+    case 1: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 1); break;
+    default: break;
+    }
+}
+
+AVX512 static void gemm_nn_avx512(float *restrict c, const float *restrict a,
+                                  const float *restrict b, const float *restrict bias, size_t M,
+                                  size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, int acc)
+{
+    size_t i = 0;
+    for (; i + 6 <= M; i += 6)
+        gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 6, N);
+    for (; i < M; i++)
+        gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 1, N);
+}
+#endif
+
+static void gemm_nn(float *restrict c, const float *restrict a, const float *restrict b,
+                    const float *restrict bias, size_t M, size_t N, size_t K, size_t lda,
+                    size_t ldb, size_t ldc, int acc)
+{
+#ifdef HAVE_AVX512_KERNELS
+    if (cpu_avx512() && N % 16 == 0) {
+        gemm_nn_avx512(c, a, b, bias, M, N, K, lda, ldb, ldc, acc);
+        return;
+    }
+#endif
+    if (!acc && bias)
+        for (size_t i = 0; i < M; i++)
+            memcpy(c + i * ldc, bias, N * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a,
+                (int)lda, b, (int)ldb, (acc || bias) ? 1.0f : 0.0f, c, (int)ldc);
+}
+
 /* ---- GRU ------------------------------------------------------------------------------- */
 /* exp(x) for the GRU gates, branch-free so that the gate loop vectorises: x = n ln2 + f with
  * n = round(x / ln2) (the 1.5 * 2^23 trick rounds to nearest), e^f by its degree-6 Taylor
@@ -129,7 +224,7 @@ static inline float vtanh(float x)
 }
 
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, const float *restrict x, const float *restrict wih,
+                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H)
 {
@@ -137,11 +232,15 @@ void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict ga
     /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih */
     moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
     memset(hs, 0, B * H * sizeof(float));
+    /* whhT (H,3H) = whh^T once, so that every step reads it in place */
+    for (size_t j = 0; j < G; j++)
+        for (size_t k = 0; k < H; k++)
+            whhT[k * G + j] = whh[j * H + k];
     for (size_t t = 0; t < T; t++) {
         const float *h = hs + t * B * H;
         float *hn_out = hs + (t + 1) * B * H, *gt = gates + t * B * 4 * H;
-        /* hh (B,3H) = h (B,H) @ whh^T + bhh */
-        moeh_linear_forward(hh, h, whh, bhh, B, H, G);
+        /* hh (B,3H) = h (B,H) @ whhT (H,3H) + bhh */
+        gemm_nn(hh, h, whhT, bhh, B, G, H, H, G, G, 0);
         for (size_t b = 0; b < B; b++) {
             const float *xr = xi + (b * T + t) * G, *hr = hh + b * G, *hb = h + b * H;
             float *g = gt + b * 4 * H, *ho = hn_out + b * H;
@@ -192,7 +291,7 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
             }
         }
         /* dh (B,H) += dhh_t (B,3H) @ whh (3H,H); the weight gradient waits for all steps */
-        moeh_linear_backward(dh, NULL, NULL, dht, h, whh, B, H, G);
+        gemm_nn(dh, dht, whh, NULL, B, H, G, G, H, H, 1);
     }
     /* dwhh (3H,H) += dhh^T (3H,T*B) @ hs[0..T) (T*B,H) and dbhh += sums: one sgemm for all
      * steps instead of T small ones */
@@ -397,16 +496,10 @@ static void conv_pad(float *restrict pad, const float *restrict img, size_t H, s
     }
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define AVX512 __attribute__((target("avx512f")))
-#define INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
-
+#ifdef HAVE_AVX512_KERNELS
 int moeh_conv3x3_direct_ok(size_t OC)
 {
-    static int has = -1;
-    if (has < 0) has = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    return has && OC % 16 == 0 && OC >= 16 && OC <= 64;
+    return cpu_avx512() && OC % 16 == 0 && OC >= 16 && OC <= 64;
 }
 
 /* P output pixels (consecutive x) x NV*16 channels: src is the padded image at the block's

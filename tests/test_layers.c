@@ -156,30 +156,75 @@ static void test_dropout(void **state)
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
 typedef struct {
-    float *x, *wih, *whh, *bih, *bhh, *hs, *xi, *gates, *hh, *R;
+    float *x, *wih, *whh, *bih, *bhh, *hs, *xi, *gates, *hh, *whhT, *R;
     size_t B, T, I, H;
 } gru_ctx;
 static double gru_loss(void *c_)
 {
     gru_ctx *c = c_;
-    moeh_gru_forward(c->hs, c->xi, c->gates, c->hh, c->x, c->wih, c->whh, c->bih, c->bhh, c->B,
-                     c->T, c->I, c->H);
+    moeh_gru_forward(c->hs, c->xi, c->gates, c->hh, c->whhT, c->x, c->wih, c->whh, c->bih, c->bhh,
+                     c->B, c->T, c->I, c->H);
     return dot_d(c->hs + c->T * c->B * c->H, c->R, c->B * c->H);
 }
-static void test_gru_grad(void **state)
+/* One shape; 3H a multiple of 16 takes the AVX-512 recurrence kernel (where the CPU has it),
+ * other sizes the OpenBLAS path. */
+static void gru_grad_case(size_t B, size_t T, size_t I, size_t H, unsigned seed)
 {
-    enum { B = 3, T = 6, I = 4, H = 5, G = 15 };
-    float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H], xi[B * T * G],
-        gates[T * B * 4 * H], hh[B * G], R[B * H];
-    float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0}, dbhh[G] = {0},
-                     dxi[B * T * G], dhh[T * B * G], dh[B * H];
+    size_t G = 3 * H;
+    float *buf = calloc(B * T * I * 3 + G * I * 2 + G * H * 3 + G * 4 + (T + 1) * B * H +
+                            B * T * G * 2 + T * B * 4 * H + B * G + B * H * 2 + T * B * G,
+                        sizeof(float));
+    assert_non_null(buf);
+    float *q = buf, *x = q; q += B * T * I;
+    float *wih = q; q += G * I;
+    float *whh = q; q += G * H;
+    float *bih = q; q += G;
+    float *bhh = q; q += G;
+    float *hs = q; q += (T + 1) * B * H;
+    float *xi = q; q += B * T * G;
+    float *gates = q; q += T * B * 4 * H;
+    float *hh = q; q += B * G;
+    float *whhT = q; q += G * H;
+    float *R = q; q += B * H;
+    float *dx = q; q += B * T * I;
+    float *dwih = q; q += G * I;
+    float *dwhh = q; q += G * H;
+    float *dbih = q; q += G;
+    float *dbhh = q; q += G;
+    float *dxi = q; q += B * T * G;
+    float *dhh = q; q += T * B * G;
+    float *dh = q;
     moeh_rng_t r;
-    moeh_rng_seed(&r, 5);
-    fill_normal(x, sizeof x / 4, &r, 1), fill_normal(wih, sizeof wih / 4, &r, 0.5f);
-    fill_normal(whh, sizeof whh / 4, &r, 0.5f), fill_normal(bih, G, &r, 0.3f);
+    moeh_rng_seed(&r, seed);
+    fill_normal(x, B * T * I, &r, 1), fill_normal(wih, G * I, &r, 0.5f);
+    fill_normal(whh, G * H, &r, 0.5f), fill_normal(bih, G, &r, 0.3f);
     fill_normal(bhh, G, &r, 0.3f), fill_normal(R, B * H, &r, 1);
-    gru_ctx c = {x, wih, whh, bih, bhh, hs, xi, gates, hh, R, B, T, I, H};
+    gru_ctx c = {x, wih, whh, bih, bhh, hs, xi, gates, hh, whhT, R, B, T, I, H};
     gru_loss(&c);
+    /* the forward against a plain double-precision GRU (PyTorch's cell) */
+    double *h = calloc(B * H, sizeof(double)), *hn = calloc(B * H, sizeof(double));
+    assert_non_null(h), assert_non_null(hn);
+    for (size_t t = 0; t < T; t++) {
+        for (size_t b = 0; b < B; b++)
+            for (size_t j = 0; j < H; j++) {
+                double gi[3], gh[3];
+                for (int k = 0; k < 3; k++) {
+                    size_t row = (size_t)k * H + j;
+                    gi[k] = bih[row], gh[k] = bhh[row];
+                    for (size_t i = 0; i < I; i++)
+                        gi[k] += (double)wih[row * I + i] * x[(b * T + t) * I + i];
+                    for (size_t i = 0; i < H; i++)
+                        gh[k] += (double)whh[row * H + i] * h[b * H + i];
+                }
+                double rr = 1 / (1 + exp(-(gi[0] + gh[0]))), zz = 1 / (1 + exp(-(gi[1] + gh[1])));
+                double nn = tanh(gi[2] + rr * gh[2]);
+                hn[b * H + j] = (1 - zz) * nn + zz * h[b * H + j];
+            }
+        memcpy(h, hn, B * H * sizeof(double));
+    }
+    for (size_t i = 0; i < B * H; i++)
+        assert_true(fabs(h[i] - hs[T * B * H + i]) < 1e-5);
+    free(h), free(hn);
     moeh_gru_backward(dx, dwih, dwhh, dbih, dbhh, dxi, dhh, dh, R, x, wih, whh, hs, gates, B, T, I,
                       H);
     assert_int_equal(gc_check("gru.x", x, dx, B * T * I, gru_loss, &c, SMOOTH), 0);
@@ -187,6 +232,14 @@ static void test_gru_grad(void **state)
     assert_int_equal(gc_check("gru.whh", whh, dwhh, G * H, gru_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("gru.bih", bih, dbih, G, gru_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("gru.bhh", bhh, dbhh, G, gru_loss, &c, SMOOTH), 0);
+    free(buf);
+}
+static void test_gru_grad(void **state)
+{
+    (void)state;
+    gru_grad_case(3, 6, 4, 5, 5);   /* OpenBLAS recurrence */
+    gru_grad_case(7, 4, 3, 16, 6);  /* kernel: a 6-row block + 1 row, 48 = 3 x 16 columns */
+    gru_grad_case(2, 3, 2, 32, 7);  /* kernel: rows only in the tail, 96 = 64 + 32 columns */
 }
 
 /* ---- embedding bag --------------------------------------------------------------------------- */

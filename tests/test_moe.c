@@ -101,6 +101,18 @@ static void test_grad_cnn_chunked(void **state)
     gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn64", 40);
 }
 
+/* The default CNN widths (16/32/64) and d = 16: on a CPU with AVX-512 every conv layer runs
+ * the direct kernels (forward, data gradient, first-layer weight gradient) and the GRU the
+ * in-place recurrence kernel (3d = 48 columns); elsewhere the same check covers im2col. */
+static void test_grad_direct_kernels(void **state)
+{
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_MOE, 0);
+    c.d_emb = 16;
+    c.img_size = 16;
+    c.cnn_ch[0] = 16, c.cnn_ch[1] = 32, c.cnn_ch[2] = 64;
+    gradcheck_model_n(c, MOEH_PHASE_JOINT, "direct", 40);
+}
+
 /* 128x128 images: the same code path at the other supported size; a few entries checked. */
 static void test_grad_cnn_128(void **state)
 {
@@ -298,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_grad_moe_precomputed),
         cmocka_unit_test(test_grad_baselines),
         cmocka_unit_test(test_grad_cnn_chunked),
+        cmocka_unit_test(test_grad_direct_kernels),
         cmocka_unit_test(test_grad_cnn_128),
         cmocka_unit_test(test_groups_counts_and_sparse_zero),
         cmocka_unit_test(test_schedule),

@@ -822,8 +822,8 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
         float *dpl = l ? m->dpl[l - 1] + j0 * hw * cin : NULL, *dal = m->da[l] + j0 * hw * oc;
         float *dw = img_grad(m, slot, m->im_cw[l]), *db = img_grad(m, slot, m->im_cb[l]);
         const float *w = moeh_params_w(p, m->im_cw[l]);
-        if (m->dir_dw[l]) /* weight gradient without columns (an sgemm with K = 9 is slow) */
-            moeh_conv3x3_direct_dw(dw, db, m->pad[slot], dal, in, n, s, s, cin, oc);
+        if (m->dir_dw[l]) /* weight gradient without columns */
+            moeh_conv3x3_direct_dw(dw, db, m->pad[slot], m->wt[slot], dal, in, n, s, s, cin, oc);
         if (m->dir_bwd[l]) { /* data gradient: dout convolved with the flipped weights */
             moeh_conv3x3_wt_bwd(m->wt[slot], w, cin, oc);
             moeh_conv3x3_direct(dpl, m->pad[slot], dal, m->wt[slot], NULL, n, s, s, oc, cin, 0);

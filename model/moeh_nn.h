@@ -116,12 +116,15 @@ void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, 
 void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
                          const float *restrict wt, const float *restrict b, size_t B, size_t H,
                          size_t W, size_t C, size_t OC, int acc);
-/* dw (OC,9,C) += dout^T (x) neighbourhoods of inp, db (OC) += sums of dout (db may be NULL),
- * for 9 * C * OC / 16 <= 18 (e.g. the 1-channel first layer, where an sgemm with K = 9 is slow).
- * Requires moeh_conv3x3_direct_ok(OC); pad as above. */
+/* dw (OC,9,C) += dout (B,H,W,OC) correlated with the neighbourhoods of inp (B,H,W,C);
+ * db (OC) += sums of dout (db may be NULL). All of dw in registers when 9 * C * OC / 16 <= 18
+ * (the 1-channel first layer, where an sgemm with K = 9 is slow), else by groups of 4 or 8
+ * channels of one tap (C a multiple of 4). Scratch: pad as above, dwt 9 * C * OC floats.
+ * Requires moeh_conv3x3_direct_dw_ok(C, OC). */
 void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
-                            const float *restrict dout, const float *restrict inp, size_t B,
-                            size_t H, size_t W, size_t C, size_t OC);
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC);
 /* True when moeh_conv3x3_direct_dw supports (C, OC). */
 int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC);
 

@@ -600,7 +600,7 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
 
 int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
 {
-    return moeh_conv3x3_direct_ok(OC) && 9 * C * (OC / 16) <= 18;
+    return moeh_conv3x3_direct_ok(OC) && (9 * C * (OC / 16) <= 18 || C % 4 == 0);
 }
 
 /* dwt (9C, NV*16) += sum over pixels of pad neighbourhood (x) dout, accumulators in registers */
@@ -671,21 +671,91 @@ AVX512 static void conv_dw_image_c2(float *restrict dwt, float *restrict db,
     conv_dw_image(dwt, db, pad, dout, H, W, 2, 1);
 }
 
+/* dwt rows [k0, k0+G) (G channels c0.. of one tap, offset toff into the padded image) +=
+ * sum over the image's pixels of pad[p + toff + g] * dout[p]: G x NV accumulators. */
+INLINE_AVX512 void conv_dw_group(float *restrict dwt, const float *restrict pad,
+                                 const float *restrict dout, size_t H, size_t W, size_t C,
+                                 size_t toff, const int G, const int NV)
+{
+    __m512 acc[8][4];
+    size_t rs = (W + 2) * C, OC = 16 * (size_t)NV;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[g][v] = _mm512_loadu_ps(dwt + g * OC + 16 * v);
+    for (size_t y = 0; y < H; y++) {
+        const float *s = pad + y * rs + toff, *d = dout + y * W * OC;
+        for (size_t x = 0; x < W; x++, s += C, d += OC) {
+            __m512 dv[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                dv[v] = _mm512_loadu_ps(d + 16 * v);
+#pragma GCC unroll 8
+            for (int g = 0; g < G; g++) {
+                __m512 xv = _mm512_set1_ps(s[g]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[g][v] = _mm512_fmadd_ps(xv, dv[v], acc[g][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(dwt + g * OC + 16 * v, acc[g][v]);
+}
+
+/* One image, every (tap, channel group): G = 8 channels for OC <= 32, 4 above. */
+AVX512 static void conv_dw_image_groups(float *restrict dwt, const float *restrict pad,
+                                        const float *restrict dout, size_t H, size_t W, size_t C,
+                                        size_t OC)
+{
+    size_t rs = (W + 2) * C, G = OC <= 32 && C % 8 == 0 ? 8 : 4;
+    for (size_t ky = 0; ky < 3; ky++)
+        for (size_t kx = 0; kx < 3; kx++)
+            for (size_t c0 = 0; c0 < C; c0 += G) {
+                float *dt = dwt + ((ky * 3 + kx) * C + c0) * OC;
+                size_t toff = ky * rs + kx * C + c0;
+                if (G == 8 && OC == 16)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 8, 1);
+                else if (G == 8)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 8, 2);
+                else if (OC == 16)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 1);
+                else if (OC == 32)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 2);
+                else if (OC == 48)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 3);
+                else
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 4);
+            }
+}
+
 void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
-                            const float *restrict dout, const float *restrict inp, size_t B,
-                            size_t H, size_t W, size_t C, size_t OC)
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC)
 {
     MOEH_ASSERT(moeh_conv3x3_direct_dw_ok(C, OC));
-    /* dwt (9C,OC): the transposed gradient, accumulated over the images in registers */
-    float dwt[18 * 16];
-    memset(dwt, 0, sizeof dwt);
+    /* dwt (9C,OC): the transposed gradient, accumulated over the images */
+    memset(dwt, 0, 9 * C * OC * sizeof(float));
+    int regs = 9 * C * (OC / 16) <= 18;
     for (size_t i = 0; i < B; i++) {
+        const float *d = dout + i * H * W * OC;
         conv_pad(pad, inp + i * H * W * C, H, W, C);
-        if (C == 1)
-            conv_dw_image_c1(dwt, db, pad, dout + i * H * W * OC, H, W, OC);
+        if (regs && C == 1)
+            conv_dw_image_c1(dwt, db, pad, d, H, W, OC);
+        else if (regs)
+            conv_dw_image_c2(dwt, db, pad, d, H, W);
         else
-            conv_dw_image_c2(dwt, db, pad, dout + i * H * W * OC, H, W);
+            conv_dw_image_groups(dwt, pad, d, H, W, C, OC);
     }
+    if (!regs && db)
+        for (size_t p = 0; p < B * H * W; p++)
+            for (size_t o = 0; o < OC; o++)
+                db[o] += dout[p * OC + o];
     for (size_t o = 0; o < OC; o++)
         for (size_t k = 0; k < 9 * C; k++)
             dw[o * 9 * C + k] += dwt[k * OC + o];
@@ -710,10 +780,11 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }
 void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
-                            const float *restrict dout, const float *restrict inp, size_t B,
-                            size_t H, size_t W, size_t C, size_t OC)
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC)
 {
-    (void)dw, (void)db, (void)pad, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C,
+    (void)dw, (void)db, (void)pad, (void)dwt, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C,
         (void)OC;
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }

@@ -352,7 +352,8 @@ static void test_conv_direct_grad(void **state)
     fill_normal(R, N * OC, &r, 1);
     dcv_ctx c = {x, w, b, out, pad, wt, R, B, H, W, C, OC};
     dcv_loss(&c);
-    moeh_conv3x3_direct_dw(dw, db, pad, R, x, B, H, W, C, OC);
+    static float dwt[9 * C * OC];
+    moeh_conv3x3_direct_dw(dw, db, pad, dwt, R, x, B, H, W, C, OC);
     assert_int_equal(gc_check("dconv.w", w, dw, OC * 9 * C, dcv_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("dconv.b", b, db, OC, dcv_loss, &c, SMOOTH), 0);
     /* data gradient: dout convolved with the flipped weights (needs C % 16 == 0) */
@@ -365,6 +366,10 @@ static void test_conv_direct_grad(void **state)
     moeh_conv3x3_wt_bwd(wt2, w2, C2, OC);
     moeh_conv3x3_direct(dx, pad, R2, wt2, NULL, 1, 2, 3, OC, C2, 0);
     assert_int_equal(gc_check("dconv.x", x2, dx, N2 * C2, dcv_loss, &c2, SMOOTH), 0);
+    /* weight gradient by channel groups (9 * 16 taps x channels do not fit in registers) */
+    static float dw2[OC * 9 * C2], dwt2[9 * C2 * OC];
+    moeh_conv3x3_direct_dw(dw2, NULL, pad, dwt2, R2, x2, 1, 2, 3, C2, OC);
+    assert_int_equal(gc_check("dconv.w16", w2, dw2, OC * 9 * C2, dcv_loss, &c2, SMOOTH), 0);
 }
 
 /* direct forward, data gradient and (where supported) weight gradient == the im2col kernels */
@@ -406,7 +411,7 @@ static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t
             assert_true(fabs(dx1[i] - dx2[i]) <= t2 * (1 + fabs(dx1[i])));
     }
     if (moeh_conv3x3_direct_dw_ok(C, OC)) {
-        moeh_conv3x3_direct_dw(dw2, db2, pad, R, x, B, H, W, C, OC);
+        moeh_conv3x3_direct_dw(dw2, db2, pad, wt, R, x, B, H, W, C, OC);
         double t3 = 1e-5 * (double)N;
         for (size_t i = 0; i < OC * 9 * C; i++)
             assert_true(fabs(dw1[i] - dw2[i]) <= t3 * (1 + fabs(dw1[i])));

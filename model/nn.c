@@ -301,7 +301,7 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
 }
 
 /* ---- embedding bag --------------------------------------------------------------------- */
-void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
+MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
                          const uint32_t *restrict ids, size_t B, size_t D)
 {
     for (size_t b = 0; b < B; b++) {
@@ -320,7 +320,7 @@ void moeh_embbag_forward(float *restrict out, const float *restrict E, const uin
     }
 }
 
-void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
+MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
                           size_t *restrict n_rows, const float *restrict dout,
                           const uint64_t *restrict off, const uint32_t *restrict ids, size_t B,
                           size_t D)
@@ -791,7 +791,7 @@ void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restr
 #endif
 
 /* ---- pooling ----------------------------------------------------------------------------- */
-void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
+MOEH_CLONES void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
                            size_t B, size_t H, size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
@@ -829,7 +829,7 @@ static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restri
     }
 }
 
-void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
+MOEH_CLONES void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
                                 const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
@@ -858,7 +858,7 @@ void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
             }
 }
 
-void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
+MOEH_CLONES void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
 {
     for (size_t b = 0; b < B; b++) {
         float *o = out + b * C;
@@ -871,7 +871,7 @@ void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, 
     }
 }
 
-void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
+MOEH_CLONES void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
                        size_t C)
 {
     for (size_t b = 0; b < B; b++)

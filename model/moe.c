@@ -70,7 +70,7 @@ struct moeh_moe {
     /* direct (AVX-512) kernels per layer: forward, data gradient, weight gradient; with
      * per-worker scratch for a padded image and the transposed weights */
     uint8_t dir_fwd[3], dir_bwd[3], dir_dw[3];
-    float *pad[2], *wt[2];
+    float *pad[2], *wt[2], *prow[2];
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
     /* fusion, experts, gate, heads */
@@ -309,7 +309,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 }
                 cin = c->cnn_ch[l];
             }
-            size_t maxpad = 0, maxwt = 0;
+            size_t maxpad = 0, maxwt = 0, maxrows = 0;
             cin = 1;
             for (int l = 0; l < 3; l++) {
                 size_t s = S >> l, oc = c->cnn_ch[l];
@@ -320,6 +320,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 maxpad = pf > maxpad ? pf : maxpad;
                 maxpad = pb > maxpad ? pb : maxpad;
                 maxwt = 9 * cin * oc > maxwt ? 9 * cin * oc : maxwt;
+                maxrows = 2 * s * oc > maxrows ? 2 * s * oc : maxrows;
                 cin = oc;
             }
             for (int w = 0; w < 2; w++) { /* one scratch set per image worker */
@@ -327,6 +328,7 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 m->dcol[w] = TAKEF(a, maxcol);
                 m->pad[w] = TAKEF(a, maxpad);
                 m->wt[w] = TAKEF(a, maxwt);
+                m->prow[w] = TAKEF(a, maxrows);
             }
             m->gp = TAKEF(a, B * c->cnn_ch[2]);
             m->dgp = TAKEF(a, B * c->cnn_ch[2]);
@@ -762,9 +764,18 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t 
         size_t s = m->side[l], oc = c->cnn_ch[l], hw = s * s;
         float *al = m->a[l] + j0 * hw * oc;
         if (m->dir_fwd[l]) {
+            const float *bl = moeh_params_w(p, m->im_cb[l]);
             moeh_conv3x3_wt_fwd(m->wt[slot], moeh_params_w(p, m->im_cw[l]), cin, oc);
-            moeh_conv3x3_direct(al, m->pad[slot], in, m->wt[slot], moeh_params_w(p, m->im_cb[l]),
-                                n, s, s, cin, oc, 0);
+            if (l < 2) { /* conv, pool and ReLU two rows at a time: a[l] is not written */
+                size_t per = hw / 4 * oc;
+                float *pl = m->pl[l] + j0 * per;
+                moeh_conv3x3_pool_relu_direct(pl, m->arg[l] + j0 * per, m->prow[slot],
+                                              m->pad[slot], in, m->wt[slot], bl, n, s, s, cin, oc);
+                in = pl;
+                cin = oc;
+                continue;
+            }
+            moeh_conv3x3_direct(al, m->pad[slot], in, m->wt[slot], bl, n, s, s, cin, oc, 0);
         }
         for (size_t q = 0; q < (m->dir_fwd[l] ? 0 : n); q += m->chunk[l]) {
             size_t nc = n - q < m->chunk[l] ? n - q : m->chunk[l];

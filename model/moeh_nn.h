@@ -116,6 +116,14 @@ void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, 
 void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
                          const float *restrict wt, const float *restrict b, size_t B, size_t H,
                          size_t W, size_t C, size_t OC, int acc);
+/* pl (B,H/2,W/2,OC) = relu(maxpool2(conv(inp) + b)) with arg as moeh_maxpool2_forward, one
+ * pair of conv rows at a time (rows: 2 * W * OC floats of scratch), so the full-resolution
+ * conv output is never written. H and W even; other requirements as moeh_conv3x3_direct. */
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC);
 /* dw (OC,9,C) += dout (B,H,W,OC) correlated with the neighbourhoods of inp (B,H,W,C);
  * db (OC) += sums of dout (db may be NULL). All of dw in registers when 9 * C * OC / 16 <= 18
  * (the 1-channel first layer, where an sgemm with K = 9 is slow), else by groups of 4 or 8

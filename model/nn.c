@@ -541,44 +541,60 @@ INLINE_AVX512 void conv_block(float *restrict out, const float *restrict src,
             _mm512_storeu_ps(out + p * OC + 16 * v, acc[p][v]);
 }
 
-/* One image: blocks of P pixels along each row, single pixels for the rest. */
+/* Output rows [y0, y1) of one image (out points at row y0): blocks of P pixels along each
+ * row, single pixels for the rest. */
 INLINE_AVX512 void conv_image(float *restrict out, const float *restrict pad,
-                              const float *restrict wt, const float *restrict b, size_t H,
-                              size_t W, size_t C, size_t OC, int acc, const int P, const int NV)
+                              const float *restrict wt, const float *restrict b, size_t y0,
+                              size_t y1, size_t W, size_t C, size_t OC, int acc, const int P,
+                              const int NV)
 {
     size_t rs = (W + 2) * C;
-    for (size_t y = 0; y < H; y++) {
+    for (size_t y = y0; y < y1; y++) {
+        float *orow = out + (y - y0) * W * OC;
         size_t x = 0;
         for (; x + P <= W; x += P)
-            conv_block(out + (y * W + x) * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, P, NV);
+            conv_block(orow + x * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, P, NV);
         for (; x < W; x++)
-            conv_block(out + (y * W + x) * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, 1, NV);
+            conv_block(orow + x * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, 1, NV);
     }
 }
 
 AVX512 static void conv_image_16(float *restrict out, const float *restrict pad,
-                                 const float *restrict wt, const float *restrict b, size_t H,
-                                 size_t W, size_t C, int acc)
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
 {
-    conv_image(out, pad, wt, b, H, W, C, 16, acc, 16, 1);
+    conv_image(out, pad, wt, b, y0, y1, W, C, 16, acc, 16, 1);
 }
 AVX512 static void conv_image_32(float *restrict out, const float *restrict pad,
-                                 const float *restrict wt, const float *restrict b, size_t H,
-                                 size_t W, size_t C, int acc)
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
 {
-    conv_image(out, pad, wt, b, H, W, C, 32, acc, 8, 2);
+    conv_image(out, pad, wt, b, y0, y1, W, C, 32, acc, 8, 2);
 }
 AVX512 static void conv_image_48(float *restrict out, const float *restrict pad,
-                                 const float *restrict wt, const float *restrict b, size_t H,
-                                 size_t W, size_t C, int acc)
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
 {
-    conv_image(out, pad, wt, b, H, W, C, 48, acc, 6, 3);
+    conv_image(out, pad, wt, b, y0, y1, W, C, 48, acc, 6, 3);
 }
 AVX512 static void conv_image_64(float *restrict out, const float *restrict pad,
-                                 const float *restrict wt, const float *restrict b, size_t H,
-                                 size_t W, size_t C, int acc)
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
 {
-    conv_image(out, pad, wt, b, H, W, C, 64, acc, 4, 4);
+    conv_image(out, pad, wt, b, y0, y1, W, C, 64, acc, 4, 4);
+}
+
+/* Output rows [y0, y1) of the padded image into out (row y0 first). */
+static void conv_rows(float *restrict out, const float *restrict pad, const float *restrict wt,
+                      const float *restrict b, size_t y0, size_t y1, size_t W, size_t C,
+                      size_t OC, int acc)
+{
+    switch (OC) {
+    case 16: conv_image_16(out, pad, wt, b, y0, y1, W, C, acc); break;
+    case 32: conv_image_32(out, pad, wt, b, y0, y1, W, C, acc); break;
+    case 48: conv_image_48(out, pad, wt, b, y0, y1, W, C, acc); break;
+    default: conv_image_64(out, pad, wt, b, y0, y1, W, C, acc); break;
+    }
 }
 
 void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
@@ -587,13 +603,26 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
 {
     MOEH_ASSERT(moeh_conv3x3_direct_ok(OC));
     for (size_t i = 0; i < B; i++) {
-        float *o = out + i * H * W * OC;
         conv_pad(pad, inp + i * H * W * C, H, W, C);
-        switch (OC) {
-        case 16: conv_image_16(o, pad, wt, b, H, W, C, acc); break;
-        case 32: conv_image_32(o, pad, wt, b, H, W, C, acc); break;
-        case 48: conv_image_48(o, pad, wt, b, H, W, C, acc); break;
-        default: conv_image_64(o, pad, wt, b, H, W, C, acc); break;
+        conv_rows(out + i * H * W * OC, pad, wt, b, 0, H, W, C, OC, acc);
+    }
+}
+
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_ok(OC) && H % 2 == 0 && W % 2 == 0);
+    size_t per = (W / 2) * OC; /* one pooled row */
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        for (size_t y = 0; y < H; y += 2) {
+            float *o = pl + (i * (H / 2) + y / 2) * per;
+            conv_rows(rows, pad, wt, b, y, y + 2, W, C, OC, 0);
+            moeh_maxpool2_forward(o, arg + (i * (H / 2) + y / 2) * per, rows, 1, 2, W, OC);
+            moeh_relu_forward(o, o, per);
         }
     }
 }
@@ -777,6 +806,16 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
 {
     (void)out, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H, (void)W, (void)C,
         (void)OC, (void)acc;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC)
+{
+    (void)pl, (void)arg, (void)rows, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H,
+        (void)W, (void)C, (void)OC;
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }
 void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,

@@ -402,6 +402,24 @@ static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t
     moeh_conv3x3_direct(o2, pad, x, wt, NULL, B, H, W, C, OC, 1);
     for (size_t i = 0; i < N * OC; i++)
         assert_true(fabs(2 * o1[i] - b[i % OC] - o2[i]) <= 2 * tol * (1 + fabs(o1[i])));
+    if (H % 2 == 0 && W % 2 == 0) { /* fused conv + 2x2 max pool + ReLU == the three steps */
+        size_t np = B * (H / 2) * (W / 2) * OC;
+        float *p1 = malloc(np * 4), *p2 = malloc(np * 4), *rows = malloc(2 * W * OC * 4);
+        uint8_t *a1 = malloc(np), *a2 = malloc(np);
+        assert_non_null(p1), assert_non_null(p2), assert_non_null(rows);
+        assert_non_null(a1), assert_non_null(a2);
+        moeh_maxpool2_forward(p1, a1, o1, B, H, W, OC);
+        moeh_relu_forward(p1, p1, np);
+        moeh_conv3x3_pool_relu_direct(p2, a2, rows, pad, x, wt, b, B, H, W, C, OC);
+        for (size_t i = 0; i < np; i++)
+            assert_true(fabs(p1[i] - p2[i]) <= tol * (1 + fabs(p1[i])));
+        /* the argmax may differ only where two window entries are (nearly) tied */
+        size_t diff = 0;
+        for (size_t i = 0; i < np; i++)
+            diff += a1[i] != a2[i];
+        assert_true(diff * 100 <= np);
+        free(p1), free(p2), free(rows), free(a1), free(a2);
+    }
     moeh_conv3x3_backward(dx1, dcol, dw1, db1, R, col, w, B, H, W, C, OC);
     if (moeh_conv3x3_direct_ok(C)) {
         moeh_conv3x3_wt_bwd(wt, w, C, OC);
@@ -433,6 +451,8 @@ static void test_conv_direct(void **state)
     conv_direct_vs_im2col(2, 3, 17, 64, 32, 5);
     conv_direct_vs_im2col(1, 3, 7, 16, 48, 6);
     conv_direct_vs_im2col(1, 1, 1, 1, 32, 7);
+    conv_direct_vs_im2col(2, 8, 12, 1, 16, 8);   /* first layer, fused pooling */
+    conv_direct_vs_im2col(1, 4, 4, 32, 64, 9);
 }
 
 /* ---- pooling --------------------------------------------------------------------------------- */

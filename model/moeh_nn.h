@@ -50,7 +50,8 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
  * x (B,T,I); wih (3H,I); whh (3H,H); bih, bhh (3H).
  * Saved for backward: xi (B*T,3H) input projections (row b*T+t), hs (T+1,B,H) hidden states
  * with hs[0] = 0, gates (T,B,4H) = r, z, n, (Whn h + bhn) per step. hh (B,3H) and
- * whhT (H,3H) (whh transposed once per call, read in place by every step) are scratch.
+ * whhT (H,3H) (whh transposed once per call, read in place by every step; before that it
+ * holds wih^T for the input projections when I <= H) are scratch.
  * The final hidden state is hs + T*B*H. */
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
                       float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,

@@ -223,14 +223,24 @@ static inline float vtanh(float x)
     return 2.0f / (1.0f + vexpf(-2.0f * x)) - 1.0f;
 }
 
-void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
+MOEH_CLONES void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
                       float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H)
 {
     size_t G = 3 * H;
-    /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih */
-    moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
+    /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih; with the kernel,
+     * wih^T (I,3H) goes through whhT first (room for it when I <= H), which saves OpenBLAS's
+     * bias broadcast over B*T rows */
+#ifdef HAVE_AVX512_KERNELS
+    if (cpu_avx512() && G % 16 == 0 && In <= H) {
+        for (size_t j = 0; j < G; j++)
+            for (size_t k = 0; k < In; k++)
+                whhT[k * G + j] = wih[j * In + k];
+        gemm_nn(xi, x, whhT, bih, B * T, G, In, In, G, G, 0);
+    } else
+#endif
+        moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
     memset(hs, 0, B * H * sizeof(float));
     /* whhT (H,3H) = whh^T once, so that every step reads it in place */
     for (size_t j = 0; j < G; j++)
@@ -259,7 +269,7 @@ void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict ga
     }
 }
 
-void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
+MOEH_CLONES void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
                        float *restrict dbih, float *restrict dbhh, float *restrict dxi,
                        float *restrict dhh, float *restrict dh, const float *restrict dhT,
                        const float *restrict x, const float *restrict wih,
@@ -301,6 +311,19 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
 }
 
 /* ---- embedding bag --------------------------------------------------------------------- */
+/* The bag's rows are scattered over the table (hashed ids), which the hardware prefetcher
+ * cannot predict: each row EMB_AHEAD ids ahead is requested while the current one is summed. */
+enum { EMB_AHEAD = 6 };
+static inline void prefetch_row(const float *row, size_t D, int write)
+{
+    for (size_t d = 0; d < D; d += 16) {
+        if (write)
+            __builtin_prefetch(row + d, 1, 3);
+        else
+            __builtin_prefetch(row + d, 0, 3);
+    }
+}
+
 MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
                          const uint32_t *restrict ids, size_t B, size_t D)
 {
@@ -311,6 +334,7 @@ MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict 
         if (n == 0) continue;
         for (uint64_t j = off[b]; j < off[b + 1]; j++) {
             const float *e = E + (size_t)ids[j] * D;
+            if (j + EMB_AHEAD < off[b + 1]) prefetch_row(E + (size_t)ids[j + EMB_AHEAD] * D, D, 0);
             for (size_t d = 0; d < D; d++)
                 o[d] += e[d];
         }
@@ -337,6 +361,8 @@ MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touc
                 rows[(*n_rows)++] = id;
             }
             float *de = dE + (size_t)id * D;
+            if (j + EMB_AHEAD < off[b + 1])
+                prefetch_row(dE + (size_t)ids[j + EMB_AHEAD] * D, D, 1);
             for (size_t d = 0; d < D; d++)
                 de[d] += g[d] * s;
         }

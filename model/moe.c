@@ -70,6 +70,7 @@ struct moeh_moe {
     /* direct (AVX-512) kernels per layer: forward, data gradient, weight gradient; with
      * per-worker scratch for a padded image and the transposed weights */
     uint8_t dir_fwd[3], dir_bwd[3], dir_dw[3];
+    uint8_t dw_pooled0; /* first layer's weight gradient straight from the pooled gradient */
     float *pad[2], *wt[2], *prow[2];
     uint8_t *arg[2];
     size_t side[3]; /* spatial side of conv layer l */
@@ -323,6 +324,8 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 maxrows = 2 * s * oc > maxrows ? 2 * s * oc : maxrows;
                 cin = oc;
             }
+            m->dw_pooled0 = (uint8_t)(m->dir_dw[0] &&
+                                      moeh_conv3x3_direct_dw_pooled_ok(1, c->cnn_ch[0]));
             for (int w = 0; w < 2; w++) { /* one scratch set per image worker */
                 m->col[w] = TAKEF(a, maxcol);
                 m->dcol[w] = TAKEF(a, maxcol);
@@ -833,8 +836,13 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
         float *dpl = l ? m->dpl[l - 1] + j0 * hw * cin : NULL, *dal = m->da[l] + j0 * hw * oc;
         float *dw = img_grad(m, slot, m->im_cw[l]), *db = img_grad(m, slot, m->im_cb[l]);
         const float *w = moeh_params_w(p, m->im_cw[l]);
-        if (m->dir_dw[l]) /* weight gradient without columns */
+        if (l == 0 && m->dw_pooled0) { /* da[0] was never written: built from dpl[0], arg[0] */
+            size_t per = hw / 4 * oc;
+            moeh_conv3x3_direct_dw_pooled(dw, db, m->pad[slot], m->wt[slot], m->dpl[0] + j0 * per,
+                                          m->arg[0] + j0 * per, in, n, s, s, cin, oc);
+        } else if (m->dir_dw[l]) { /* weight gradient without columns */
             moeh_conv3x3_direct_dw(dw, db, m->pad[slot], m->wt[slot], dal, in, n, s, s, cin, oc);
+        }
         if (m->dir_bwd[l]) { /* data gradient: dout convolved with the flipped weights */
             moeh_conv3x3_wt_bwd(m->wt[slot], w, cin, oc);
             moeh_conv3x3_direct(dpl, m->pad[slot], dal, m->wt[slot], NULL, n, s, s, oc, cin, 0);
@@ -865,6 +873,7 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
         if (l > 0) {
             size_t sp = m->side[l - 1];
             relu_mask(dpl, m->pl[l - 1] + j0 * hw * cin, n * hw * cin);
+            if (l == 1 && m->dw_pooled0) continue; /* the first layer's dW reads dpl directly */
             moeh_maxpool2_backward_set(m->da[l - 1] + j0 * sp * sp * cin, dpl,
                                        m->arg[l - 1] + j0 * hw * cin, n, sp, sp, cin);
         }

@@ -136,6 +136,14 @@ void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restr
                             size_t OC);
 /* True when moeh_conv3x3_direct_dw supports (C, OC). */
 int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC);
+/* As moeh_conv3x3_direct_dw with dout given as the gradient of a following 2x2 max pool: dout
+ * = dpl (B,H/2,W/2,OC) routed by arg (moeh_maxpool2_forward's), built on the fly instead of
+ * written out at full resolution. H and W even; for the register case only (see _ok). */
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC);
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC);
 
 /* ---- pooling (NHWC) -------------------------------------------------------------------- */
 /* out (B,H/2,W/2,C) = max over 2x2 windows (H, W even); arg (same shape) keeps the window

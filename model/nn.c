@@ -661,7 +661,8 @@ int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
 /* dwt (9C, NV*16) += sum over pixels of pad neighbourhood (x) dout, accumulators in registers */
 INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db,
                                  const float *restrict pad, const float *restrict dout, size_t H,
-                                 size_t W, const int C, const int NV)
+                                 size_t W, const int C, const int NV,
+                                 const uint8_t *restrict arg)
 {
     __m512 acc[18][2], accb[2];
     size_t rs = (W + 2) * (size_t)C, OC = 16 * (size_t)NV;
@@ -675,13 +676,25 @@ INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db,
         accb[v] = _mm512_setzero_ps();
     for (size_t y = 0; y < H; y++)
         for (size_t x = 0; x < W; x++) {
-            const float *s = pad + y * rs + x * C, *d = dout + (y * W + x) * OC;
+            const float *s = pad + y * rs + x * C;
             __m512 dv[2];
+            if (arg) { /* dout is the pooled gradient (H/2,W/2,OC) routed by arg */
+                size_t q = ((y / 2) * (W / 2) + x / 2) * OC;
+                __m512i pos = _mm512_set1_epi32((int)((y & 1) * 2 + (x & 1)));
 #pragma GCC unroll 2
-            for (int v = 0; v < NV; v++) {
-                dv[v] = _mm512_loadu_ps(d + 16 * v);
-                accb[v] = _mm512_add_ps(accb[v], dv[v]);
+                for (int v = 0; v < NV; v++) {
+                    __m128i a8 = _mm_loadu_si128((const __m128i *)(arg + q + 16 * v));
+                    __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_cvtepu8_epi32(a8), pos);
+                    dv[v] = _mm512_maskz_loadu_ps(k, dout + q + 16 * v);
+                }
+            } else {
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++)
+                    dv[v] = _mm512_loadu_ps(dout + (y * W + x) * OC + 16 * v);
             }
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                accb[v] = _mm512_add_ps(accb[v], dv[v]);
 #pragma GCC unroll 3
             for (int ky = 0; ky < 3; ky++)
 #pragma GCC unroll 3
@@ -715,15 +728,49 @@ AVX512 static void conv_dw_image_c1(float *restrict dwt, float *restrict db,
                                     size_t W, size_t OC)
 {
     if (OC == 16)
-        conv_dw_image(dwt, db, pad, dout, H, W, 1, 1);
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 1, NULL);
     else
-        conv_dw_image(dwt, db, pad, dout, H, W, 1, 2);
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 2, NULL);
 }
 AVX512 static void conv_dw_image_c2(float *restrict dwt, float *restrict db,
                                     const float *restrict pad, const float *restrict dout, size_t H,
                                     size_t W)
 {
-    conv_dw_image(dwt, db, pad, dout, H, W, 2, 1);
+    conv_dw_image(dwt, db, pad, dout, H, W, 2, 1, NULL);
+}
+AVX512 static void conv_dw_image_pooled(float *restrict dwt, float *restrict db,
+                                        const float *restrict pad, const float *restrict dpl,
+                                        const uint8_t *restrict arg, size_t H, size_t W, size_t C,
+                                        size_t OC)
+{
+    if (C == 1 && OC == 16)
+        conv_dw_image(dwt, db, pad, dpl, H, W, 1, 1, arg);
+    else if (C == 1)
+        conv_dw_image(dwt, db, pad, dpl, H, W, 1, 2, arg);
+    else
+        conv_dw_image(dwt, db, pad, dpl, H, W, 2, 1, arg);
+}
+
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_dw_pooled_ok(C, OC) && H % 2 == 0 && W % 2 == 0);
+    memset(dwt, 0, 9 * C * OC * sizeof(float));
+    size_t per = (H / 2) * (W / 2) * OC;
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        conv_dw_image_pooled(dwt, db, pad, dpl + i * per, arg + i * per, H, W, C, OC);
+    }
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            dw[o * 9 * C + k] += dwt[k * OC + o];
+}
+
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC)
+{
+    return moeh_conv3x3_direct_ok(OC) && 9 * C * (OC / 16) <= 18;
 }
 
 /* dwt rows [k0, k0+G) (G channels c0.. of one tap, offset toff into the padded image) +=
@@ -832,6 +879,20 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
 {
     (void)out, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H, (void)W, (void)C,
         (void)OC, (void)acc;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC)
+{
+    (void)C, (void)OC;
+    return 0;
+}
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+{
+    (void)dw, (void)db, (void)pad, (void)dwt, (void)dpl, (void)arg, (void)inp, (void)B, (void)H,
+        (void)W, (void)C, (void)OC;
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }
 void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,

@@ -418,6 +418,22 @@ static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t
         for (size_t i = 0; i < np; i++)
             diff += a1[i] != a2[i];
         assert_true(diff * 100 <= np);
+        if (moeh_conv3x3_direct_dw_pooled_ok(C, OC)) { /* dW from the pooled gradient */
+            float *dp = malloc(np * 4), *da = malloc(N * OC * 4), *g1 = calloc(OC * 9 * C, 4);
+            float *g2 = calloc(OC * 9 * C, 4), *b1 = calloc(OC, 4), *b2 = calloc(OC, 4);
+            float *dwt = malloc(9 * C * OC * 4);
+            assert_non_null(dp), assert_non_null(da), assert_non_null(g1), assert_non_null(g2);
+            assert_non_null(b1), assert_non_null(b2), assert_non_null(dwt);
+            fill_normal(dp, np, &r, 1);
+            moeh_maxpool2_backward_set(da, dp, a2, B, H, W, OC);
+            moeh_conv3x3_direct_dw(g1, b1, pad, dwt, da, x, B, H, W, C, OC);
+            moeh_conv3x3_direct_dw_pooled(g2, b2, pad, dwt, dp, a2, x, B, H, W, C, OC);
+            for (size_t i = 0; i < OC * 9 * C; i++)
+                assert_true(fabs(g1[i] - g2[i]) <= 1e-6 * (1 + fabs(g1[i])));
+            for (size_t i = 0; i < OC; i++)
+                assert_true(fabs(b1[i] - b2[i]) <= 1e-6 * (1 + fabs(b1[i])));
+            free(dp), free(da), free(g1), free(g2), free(b1), free(b2), free(dwt);
+        }
         free(p1), free(p2), free(rows), free(a1), free(a2);
     }
     moeh_conv3x3_backward(dx1, dcol, dw1, db1, R, col, w, B, H, W, C, OC);
@@ -453,6 +469,7 @@ static void test_conv_direct(void **state)
     conv_direct_vs_im2col(1, 1, 1, 1, 32, 7);
     conv_direct_vs_im2col(2, 8, 12, 1, 16, 8);   /* first layer, fused pooling */
     conv_direct_vs_im2col(1, 4, 4, 32, 64, 9);
+    conv_direct_vs_im2col(1, 6, 4, 2, 16, 10);   /* two channels: dW from the pooled gradient */
 }
 
 /* ---- pooling --------------------------------------------------------------------------------- */

@@ -171,8 +171,15 @@ AVX512 static void gemm_nn_avx512(float *restrict c, const float *restrict a,
     size_t i = 0;
     for (; i + 6 <= M; i += 6)
         gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 6, N);
-    for (; i < M; i++)
-        gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 1, N);
+    c += i * ldc, a += i * lda;
+    switch (M - i) { /* the last rows in one block (64 = 10 x 6 + 4) */
+    case 5: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 5, N); break;
+    case 4: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 4, N); break;
+    case 3: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 3, N); break;
+    case 2: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 2, N); break;
+    case 1: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 1, N); break;
+    default: break;
+    }
 }
 #endif
 

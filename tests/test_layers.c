@@ -240,6 +240,9 @@ static void test_gru_grad(void **state)
     gru_grad_case(3, 6, 4, 5, 5);   /* OpenBLAS recurrence */
     gru_grad_case(7, 4, 3, 16, 6);  /* kernel: a 6-row block + 1 row, 48 = 3 x 16 columns */
     gru_grad_case(2, 3, 2, 32, 7);  /* kernel: rows only in the tail, 96 = 64 + 32 columns */
+    gru_grad_case(10, 2, 3, 16, 8); /* 6 + 4 rows */
+    gru_grad_case(11, 2, 3, 16, 9); /* 6 + 5 rows */
+    gru_grad_case(3, 2, 2, 16, 10); /* 3 rows */
 }
 
 /* ---- embedding bag --------------------------------------------------------------------------- */

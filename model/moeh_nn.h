@@ -1,12 +1,14 @@
 /* moeh_nn.h - the layer kernels MoE-Health needs beyond layers.h: GELU, layer norm, dropout,
- * GRU over a sequence, embedding bag over hashed ids with sparse gradients, 3x3 convolution via
- * im2col + sgemm, 2x2 max pooling, global average pooling, the softmax gate with temperature
- * and renormalised top-k, and the Switch-style load-balancing loss.
+ * GRU over a sequence, embedding bag over hashed ids with sparse gradients, 3x3 convolution
+ * (im2col + sgemm everywhere; direct AVX-512 kernels, picked at run time, where the CPU has
+ * them and the channel counts fit), 2x2 max pooling, global average pooling, the softmax gate
+ * with temperature and renormalised top-k, and the Switch-style load-balancing loss.
  *
  * Conventions (as layers.h): outputs first, then inputs, then sizes; row-major shapes in the
  * comment of each kernel; backward functions *add* into gradient buffers (zeroing is the
  * caller's job) unless the comment says "set"; workspaces are passed in by the caller, nothing
- * here allocates. Images are NHWC so that a whole batch's convolution is one sgemm. */
+ * here allocates. Images are NHWC: a batch's convolution is one sgemm on the im2col path, and
+ * the direct kernels vectorise over the contiguous channels. */
 #ifndef MOEH_NN_H
 #define MOEH_NN_H
 

@@ -1,5 +1,7 @@
-/* nn.c - GELU, layer norm, dropout, GRU, embedding bag, 3x3 conv via im2col + sgemm, pooling,
- * gate and load balance (see moeh_nn.h). Nothing here allocates. */
+/* nn.c - GELU, layer norm, dropout, GRU, embedding bag, 3x3 conv (im2col + sgemm, and direct
+ * AVX-512 kernels), pooling, gate and load balance (see moeh_nn.h). Nothing here allocates.
+ * The AVX-512 code is compiled with per-function target attributes and entered only after a
+ * run-time CPU check, so the library still runs on any x86-64 (and builds elsewhere). */
 #include "moeh_nn.h"
 
 #include "layers.h"

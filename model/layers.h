@@ -7,6 +7,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* For the memory-bound elementwise kernels (optimiser, pooling, embedding bag, masks): an
+ * AVX-512 clone besides the baseline x86-64 one, picked at load time (gcc ifunc). The default
+ * build targets plain x86-64, whose vectoriser only has 4-wide SSE. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MOEH_CLONES __attribute__((target_clones("avx512f", "default")))
+#else
+#define MOEH_CLONES
+#endif
+
 /* out (B,OC) = inp (B,C) @ w^T + b; w is (OC,C), b is (OC) or NULL. */
 void moeh_linear_forward(float *restrict out, const float *restrict inp, const float *restrict w,
                          const float *restrict b, size_t B, size_t C, size_t OC);

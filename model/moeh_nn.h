@@ -1,12 +1,14 @@
 /* moeh_nn.h - the layer kernels MoE-Health needs beyond layers.h: GELU, layer norm, dropout,
- * GRU over a sequence, embedding bag over hashed ids with sparse gradients, 3x3 convolution via
- * im2col + sgemm, 2x2 max pooling, global average pooling, the softmax gate with temperature
- * and renormalised top-k, and the Switch-style load-balancing loss.
+ * GRU over a sequence, embedding bag over hashed ids with sparse gradients, 3x3 convolution
+ * (im2col + sgemm everywhere; direct AVX-512 kernels, picked at run time, where the CPU has
+ * them and the channel counts fit), 2x2 max pooling, global average pooling, the softmax gate
+ * with temperature and renormalised top-k, and the Switch-style load-balancing loss.
  *
  * Conventions (as layers.h): outputs first, then inputs, then sizes; row-major shapes in the
  * comment of each kernel; backward functions *add* into gradient buffers (zeroing is the
  * caller's job) unless the comment says "set"; workspaces are passed in by the caller, nothing
- * here allocates. Images are NHWC so that a whole batch's convolution is one sgemm. */
+ * here allocates. Images are NHWC: a batch's convolution is one sgemm on the im2col path, and
+ * the direct kernels vectorise over the contiguous channels. */
 #ifndef MOEH_NN_H
 #define MOEH_NN_H
 
@@ -49,10 +51,12 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
  *   n = tanh(Win x + bin + r * (Whn h + bhn)), h' = (1 - z) * n + z * h, h_0 = 0.
  * x (B,T,I); wih (3H,I); whh (3H,H); bih, bhh (3H).
  * Saved for backward: xi (B*T,3H) input projections (row b*T+t), hs (T+1,B,H) hidden states
- * with hs[0] = 0, gates (T,B,4H) = r, z, n, (Whn h + bhn) per step. hh (B,3H) is scratch.
+ * with hs[0] = 0, gates (T,B,4H) = r, z, n, (Whn h + bhn) per step. hh (B,3H) and
+ * whhT (H,3H) (whh transposed once per call, read in place by every step; before that it
+ * holds wih^T for the input projections when I <= H) are scratch.
  * The final hidden state is hs + T*B*H. */
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, const float *restrict x, const float *restrict wih,
+                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H);
 /* Backward from dhT (B,H), the gradient of the final hidden state. dx (B,T,I) may be NULL.
@@ -95,6 +99,53 @@ void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *re
                            float *restrict db, const float *restrict dout,
                            const float *restrict col, const float *restrict w, size_t B, size_t H,
                            size_t W, size_t C, size_t OC);
+
+/* ---- direct 3x3 convolution (no im2col), NHWC, AVX-512 -------------------------------- *
+ * The same convolution as above without the 9x column matrix: each output pixel block keeps its
+ * OC accumulators in registers and reads a zero-padded copy of one input image. Used when
+ * moeh_conv3x3_direct_ok(): an x86-64 CPU with AVX-512F (checked at run time) and OC a multiple
+ * of 16 (OC <= 64); the im2col + sgemm kernels above stay the portable path and the reference. */
+int moeh_conv3x3_direct_ok(size_t OC);
+/* Floats of the padded-image scratch the direct kernels need: (H+2)*(W+2)*C. */
+size_t moeh_conv3x3_pad_len(size_t H, size_t W, size_t C);
+/* wt (9,C,OC) = w (OC,9,C) transposed: the forward kernel's weight layout. */
+void moeh_conv3x3_wt_fwd(float *restrict wt, const float *restrict w, size_t C, size_t OC);
+/* wt (9,OC,C) = w (OC,9,C) with the taps flipped: convolving dout (B,H,W,OC) with it gives
+ * dinp (the backward-data convolution, output channels C). */
+void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, size_t OC);
+/* out (B,H,W,OC) = (acc ? out : b, or 0 if b is NULL) + conv(inp (B,H,W,C)) with wt (9,C,OC)
+ * from moeh_conv3x3_wt_fwd (or, for the data gradient, wt_bwd with C and OC swapped).
+ * pad: moeh_conv3x3_pad_len(H, W, C) floats of scratch. Requires moeh_conv3x3_direct_ok(OC). */
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc);
+/* pl (B,H/2,W/2,OC) = relu(maxpool2(conv(inp) + b)) with arg as moeh_maxpool2_forward, one
+ * pair of conv rows at a time (rows: 2 * W * OC floats of scratch), so the full-resolution
+ * conv output is never written. H and W even; other requirements as moeh_conv3x3_direct. */
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC);
+/* dw (OC,9,C) += dout (B,H,W,OC) correlated with the neighbourhoods of inp (B,H,W,C);
+ * db (OC) += sums of dout (db may be NULL). All of dw in registers when 9 * C * OC / 16 <= 18
+ * (the 1-channel first layer, where an sgemm with K = 9 is slow), else by groups of 4 or 8
+ * channels of one tap (C a multiple of 4). Scratch: pad as above, dwt 9 * C * OC floats.
+ * Requires moeh_conv3x3_direct_dw_ok(C, OC). */
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC);
+/* True when moeh_conv3x3_direct_dw supports (C, OC). */
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC);
+/* As moeh_conv3x3_direct_dw with dout given as the gradient of a following 2x2 max pool: dout
+ * = dpl (B,H/2,W/2,OC) routed by arg (moeh_maxpool2_forward's), built on the fly instead of
+ * written out at full resolution. H and W even; for the register case only (see _ok). */
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC);
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC);
 
 /* ---- pooling (NHWC) -------------------------------------------------------------------- */
 /* out (B,H/2,W/2,C) = max over 2x2 windows (H, W even); arg (same shape) keeps the window

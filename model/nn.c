@@ -1,5 +1,7 @@
-/* nn.c - GELU, layer norm, dropout, GRU, embedding bag, 3x3 conv via im2col + sgemm, pooling,
- * gate and load balance (see moeh_nn.h). Nothing here allocates. */
+/* nn.c - GELU, layer norm, dropout, GRU, embedding bag, 3x3 conv (im2col + sgemm, and direct
+ * AVX-512 kernels), pooling, gate and load balance (see moeh_nn.h). Nothing here allocates.
+ * The AVX-512 code is compiled with per-function target attributes and entered only after a
+ * run-time CPU check, so the library still runs on any x86-64 (and builds elsewhere). */
 #include "moeh_nn.h"
 
 #include "layers.h"
@@ -7,6 +9,19 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX512_KERNELS 1
+#define AVX512 __attribute__((target("avx512f")))
+#define INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
+static int cpu_avx512(void)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return has;
+}
+#endif
 
 /* ---- GELU (tanh approximation) --------------------------------------------------------- */
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
@@ -98,6 +113,95 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
         if (keep[i]) dinp[i] += dout[i] * s;
 }
 
+/* ---- small row-major matmul for the GRU recurrence ------------------------------------- *
+ * c (M,N) = (acc ? c : bias broadcast, or 0) + a (M,K) @ b (K,N), leading dimensions lda, ldb,
+ * ldc. The recurrence's 64 x 384 x 128 products are too small for OpenBLAS to amortise packing
+ * its operands on every one of the 48 steps; with b already in (K,N) layout this kernel reads
+ * it in place: blocks of 6 rows x 64 columns of c in 24 AVX-512 accumulators. */
+#ifdef HAVE_AVX512_KERNELS
+INLINE_AVX512 void gemm_block(float *restrict c, const float *restrict a, const float *restrict b,
+                              const float *restrict bias, size_t lda, size_t ldb, size_t ldc,
+                              size_t K, int acc, const int R, const int NV)
+{
+    __m512 s[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            s[r][v] = acc    ? _mm512_loadu_ps(c + r * ldc + 16 * v)
+                      : bias ? _mm512_loadu_ps(bias + 16 * v)
+                             : _mm512_setzero_ps();
+    for (size_t k = 0; k < K; k++) {
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            __m512 x = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                s[r][v] = _mm512_fmadd_ps(x, bv[v], s[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(c + r * ldc + 16 * v, s[r][v]);
+}
+
+INLINE_AVX512 void gemm_cols(float *restrict c, const float *restrict a, const float *restrict b,
+                             const float *restrict bias, size_t lda, size_t ldb, size_t ldc,
+                             size_t K, int acc, const int R, size_t N)
+{
+    size_t j = 0;
+    for (; j + 64 <= N; j += 64)
+        gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 4);
+    switch ((N - j) / 16) {
+    case 3: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 3); break;
+    case 2: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 2); break;
+    case 1: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 1); break;
+    default: break;
+    }
+}
+
+AVX512 static void gemm_nn_avx512(float *restrict c, const float *restrict a,
+                                  const float *restrict b, const float *restrict bias, size_t M,
+                                  size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, int acc)
+{
+    size_t i = 0;
+    for (; i + 6 <= M; i += 6)
+        gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 6, N);
+    c += i * ldc, a += i * lda;
+    switch (M - i) { /* the last rows in one block (64 = 10 x 6 + 4) */
+    case 5: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 5, N); break;
+    case 4: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 4, N); break;
+    case 3: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 3, N); break;
+    case 2: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 2, N); break;
+    case 1: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 1, N); break;
+    default: break;
+    }
+}
+#endif
+
+static void gemm_nn(float *restrict c, const float *restrict a, const float *restrict b,
+                    const float *restrict bias, size_t M, size_t N, size_t K, size_t lda,
+                    size_t ldb, size_t ldc, int acc)
+{
+#ifdef HAVE_AVX512_KERNELS
+    if (cpu_avx512() && N % 16 == 0) {
+        gemm_nn_avx512(c, a, b, bias, M, N, K, lda, ldb, ldc, acc);
+        return;
+    }
+#endif
+    if (!acc && bias)
+        for (size_t i = 0; i < M; i++)
+            memcpy(c + i * ldc, bias, N * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a,
+                (int)lda, b, (int)ldb, (acc || bias) ? 1.0f : 0.0f, c, (int)ldc);
+}
+
 /* ---- GRU ------------------------------------------------------------------------------- */
 /* exp(x) for the GRU gates, branch-free so that the gate loop vectorises: x = n ln2 + f with
  * n = round(x / ln2) (the 1.5 * 2^23 trick rounds to nearest), e^f by its degree-6 Taylor
@@ -128,20 +232,34 @@ static inline float vtanh(float x)
     return 2.0f / (1.0f + vexpf(-2.0f * x)) - 1.0f;
 }
 
-void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, const float *restrict x, const float *restrict wih,
+MOEH_CLONES void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
+                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
                       const float *restrict whh, const float *restrict bih,
                       const float *restrict bhh, size_t B, size_t T, size_t In, size_t H)
 {
     size_t G = 3 * H;
-    /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih */
-    moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
+    /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih; with the kernel,
+     * wih^T (I,3H) goes through whhT first (room for it when I <= H), which saves OpenBLAS's
+     * bias broadcast over B*T rows */
+#ifdef HAVE_AVX512_KERNELS
+    if (cpu_avx512() && G % 16 == 0 && In <= H) {
+        for (size_t j = 0; j < G; j++)
+            for (size_t k = 0; k < In; k++)
+                whhT[k * G + j] = wih[j * In + k];
+        gemm_nn(xi, x, whhT, bih, B * T, G, In, In, G, G, 0);
+    } else
+#endif
+        moeh_linear_forward(xi, x, wih, bih, B * T, In, G);
     memset(hs, 0, B * H * sizeof(float));
+    /* whhT (H,3H) = whh^T once, so that every step reads it in place */
+    for (size_t j = 0; j < G; j++)
+        for (size_t k = 0; k < H; k++)
+            whhT[k * G + j] = whh[j * H + k];
     for (size_t t = 0; t < T; t++) {
         const float *h = hs + t * B * H;
         float *hn_out = hs + (t + 1) * B * H, *gt = gates + t * B * 4 * H;
-        /* hh (B,3H) = h (B,H) @ whh^T + bhh */
-        moeh_linear_forward(hh, h, whh, bhh, B, H, G);
+        /* hh (B,3H) = h (B,H) @ whhT (H,3H) + bhh */
+        gemm_nn(hh, h, whhT, bhh, B, G, H, H, G, G, 0);
         for (size_t b = 0; b < B; b++) {
             const float *xr = xi + (b * T + t) * G, *hr = hh + b * G, *hb = h + b * H;
             float *g = gt + b * 4 * H, *ho = hn_out + b * H;
@@ -160,7 +278,7 @@ void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict ga
     }
 }
 
-void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
+MOEH_CLONES void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
                        float *restrict dbih, float *restrict dbhh, float *restrict dxi,
                        float *restrict dhh, float *restrict dh, const float *restrict dhT,
                        const float *restrict x, const float *restrict wih,
@@ -192,7 +310,7 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
             }
         }
         /* dh (B,H) += dhh_t (B,3H) @ whh (3H,H); the weight gradient waits for all steps */
-        moeh_linear_backward(dh, NULL, NULL, dht, h, whh, B, H, G);
+        gemm_nn(dh, dht, whh, NULL, B, H, G, G, H, H, 1);
     }
     /* dwhh (3H,H) += dhh^T (3H,T*B) @ hs[0..T) (T*B,H) and dbhh += sums: one sgemm for all
      * steps instead of T small ones */
@@ -202,7 +320,20 @@ void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict
 }
 
 /* ---- embedding bag --------------------------------------------------------------------- */
-void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
+/* The bag's rows are scattered over the table (hashed ids), which the hardware prefetcher
+ * cannot predict: each row EMB_AHEAD ids ahead is requested while the current one is summed. */
+enum { EMB_AHEAD = 6 };
+static inline void prefetch_row(const float *row, size_t D, int write)
+{
+    for (size_t d = 0; d < D; d += 16) {
+        if (write)
+            __builtin_prefetch(row + d, 1, 3);
+        else
+            __builtin_prefetch(row + d, 0, 3);
+    }
+}
+
+MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
                          const uint32_t *restrict ids, size_t B, size_t D)
 {
     for (size_t b = 0; b < B; b++) {
@@ -212,6 +343,7 @@ void moeh_embbag_forward(float *restrict out, const float *restrict E, const uin
         if (n == 0) continue;
         for (uint64_t j = off[b]; j < off[b + 1]; j++) {
             const float *e = E + (size_t)ids[j] * D;
+            if (j + EMB_AHEAD < off[b + 1]) prefetch_row(E + (size_t)ids[j + EMB_AHEAD] * D, D, 0);
             for (size_t d = 0; d < D; d++)
                 o[d] += e[d];
         }
@@ -221,7 +353,7 @@ void moeh_embbag_forward(float *restrict out, const float *restrict E, const uin
     }
 }
 
-void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
+MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
                           size_t *restrict n_rows, const float *restrict dout,
                           const uint64_t *restrict off, const uint32_t *restrict ids, size_t B,
                           size_t D)
@@ -238,6 +370,8 @@ void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_
                 rows[(*n_rows)++] = id;
             }
             float *de = dE + (size_t)id * D;
+            if (j + EMB_AHEAD < off[b + 1])
+                prefetch_row(dE + (size_t)ids[j + EMB_AHEAD] * D, D, 1);
             for (size_t d = 0; d < D; d++)
                 de[d] += g[d] * s;
         }
@@ -362,8 +496,437 @@ void moeh_conv3x3_backward(float *restrict dinp, float *restrict dcol, float *re
     }
 }
 
+/* ---- direct conv 3x3 (AVX-512) ------------------------------------------------------------ */
+size_t moeh_conv3x3_pad_len(size_t H, size_t W, size_t C)
+{
+    return (H + 2) * (W + 2) * C;
+}
+
+void moeh_conv3x3_wt_fwd(float *restrict wt, const float *restrict w, size_t C, size_t OC)
+{
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            wt[k * OC + o] = w[o * 9 * C + k];
+}
+
+void moeh_conv3x3_wt_bwd(float *restrict wt, const float *restrict w, size_t C, size_t OC)
+{
+    for (size_t o = 0; o < OC; o++)
+        for (size_t t = 0; t < 9; t++)
+            for (size_t c = 0; c < C; c++)
+                wt[((8 - t) * OC + o) * C + c] = w[(o * 9 + t) * C + c];
+}
+
+/* pad ((H+2),(W+2),C) = image img of inp with a zero border */
+static void conv_pad(float *restrict pad, const float *restrict img, size_t H, size_t W, size_t C)
+{
+    size_t rs = (W + 2) * C;
+    memset(pad, 0, rs * sizeof(float));
+    memset(pad + (H + 1) * rs, 0, rs * sizeof(float));
+    for (size_t y = 0; y < H; y++) {
+        float *d = pad + (y + 1) * rs;
+        for (size_t c = 0; c < C; c++)
+            d[c] = 0.0f, d[rs - C + c] = 0.0f;
+        memcpy(d + C, img + y * W * C, W * C * sizeof(float));
+    }
+}
+
+#ifdef HAVE_AVX512_KERNELS
+int moeh_conv3x3_direct_ok(size_t OC)
+{
+    return cpu_avx512() && OC % 16 == 0 && OC >= 16 && OC <= 64;
+}
+
+/* P output pixels (consecutive x) x NV*16 channels: src is the padded image at the block's
+ * top-left tap, rs the padded row stride, wt (9,C,OC). P and NV are constants after inlining,
+ * so acc lives in registers (P * NV <= 24). */
+INLINE_AVX512 void conv_block(float *restrict out, const float *restrict src,
+                              const float *restrict wt, const float *restrict b, size_t rs,
+                              size_t C, size_t OC, int acc_in, const int P, const int NV)
+{
+    __m512 acc[16][4];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[p][v] = acc_in ? _mm512_loadu_ps(out + p * OC + 16 * v)
+                        : b    ? _mm512_loadu_ps(b + 16 * v)
+                               : _mm512_setzero_ps();
+    for (size_t ky = 0; ky < 3; ky++)
+        for (size_t kx = 0; kx < 3; kx++) {
+            const float *s = src + ky * rs + kx * C, *wp = wt + (ky * 3 + kx) * C * OC;
+            for (size_t c = 0; c < C; c++) {
+                __m512 wv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    wv[v] = _mm512_loadu_ps(wp + c * OC + 16 * v);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; p++) {
+                    __m512 x = _mm512_set1_ps(s[p * C + c]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++)
+                        acc[p][v] = _mm512_fmadd_ps(x, wv[v], acc[p][v]);
+                }
+            }
+        }
+#pragma GCC unroll 16
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(out + p * OC + 16 * v, acc[p][v]);
+}
+
+/* Output rows [y0, y1) of one image (out points at row y0): blocks of P pixels along each
+ * row, single pixels for the rest. */
+INLINE_AVX512 void conv_image(float *restrict out, const float *restrict pad,
+                              const float *restrict wt, const float *restrict b, size_t y0,
+                              size_t y1, size_t W, size_t C, size_t OC, int acc, const int P,
+                              const int NV)
+{
+    size_t rs = (W + 2) * C;
+    for (size_t y = y0; y < y1; y++) {
+        float *orow = out + (y - y0) * W * OC;
+        size_t x = 0;
+        for (; x + P <= W; x += P)
+            conv_block(orow + x * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, P, NV);
+        for (; x < W; x++)
+            conv_block(orow + x * OC, pad + y * rs + x * C, wt, b, rs, C, OC, acc, 1, NV);
+    }
+}
+
+AVX512 static void conv_image_16(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, y0, y1, W, C, 16, acc, 16, 1);
+}
+AVX512 static void conv_image_32(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, y0, y1, W, C, 32, acc, 8, 2);
+}
+AVX512 static void conv_image_48(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, y0, y1, W, C, 48, acc, 6, 3);
+}
+AVX512 static void conv_image_64(float *restrict out, const float *restrict pad,
+                                 const float *restrict wt, const float *restrict b, size_t y0,
+                                 size_t y1, size_t W, size_t C, int acc)
+{
+    conv_image(out, pad, wt, b, y0, y1, W, C, 64, acc, 4, 4);
+}
+
+/* Output rows [y0, y1) of the padded image into out (row y0 first). */
+static void conv_rows(float *restrict out, const float *restrict pad, const float *restrict wt,
+                      const float *restrict b, size_t y0, size_t y1, size_t W, size_t C,
+                      size_t OC, int acc)
+{
+    switch (OC) {
+    case 16: conv_image_16(out, pad, wt, b, y0, y1, W, C, acc); break;
+    case 32: conv_image_32(out, pad, wt, b, y0, y1, W, C, acc); break;
+    case 48: conv_image_48(out, pad, wt, b, y0, y1, W, C, acc); break;
+    default: conv_image_64(out, pad, wt, b, y0, y1, W, C, acc); break;
+    }
+}
+
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_ok(OC));
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        conv_rows(out + i * H * W * OC, pad, wt, b, 0, H, W, C, OC, acc);
+    }
+}
+
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_ok(OC) && H % 2 == 0 && W % 2 == 0);
+    size_t per = (W / 2) * OC; /* one pooled row */
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        for (size_t y = 0; y < H; y += 2) {
+            float *o = pl + (i * (H / 2) + y / 2) * per;
+            conv_rows(rows, pad, wt, b, y, y + 2, W, C, OC, 0);
+            moeh_maxpool2_forward(o, arg + (i * (H / 2) + y / 2) * per, rows, 1, 2, W, OC);
+            moeh_relu_forward(o, o, per);
+        }
+    }
+}
+
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
+{
+    return moeh_conv3x3_direct_ok(OC) && (9 * C * (OC / 16) <= 18 || C % 4 == 0);
+}
+
+/* dwt (9C, NV*16) += sum over pixels of pad neighbourhood (x) dout, accumulators in registers */
+INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db,
+                                 const float *restrict pad, const float *restrict dout, size_t H,
+                                 size_t W, const int C, const int NV,
+                                 const uint8_t *restrict arg)
+{
+    __m512 acc[18][2], accb[2];
+    size_t rs = (W + 2) * (size_t)C, OC = 16 * (size_t)NV;
+#pragma GCC unroll 18
+    for (int k = 0; k < 9 * C; k++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            acc[k][v] = _mm512_loadu_ps(dwt + k * OC + 16 * v);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++)
+        accb[v] = _mm512_setzero_ps();
+    for (size_t y = 0; y < H; y++)
+        for (size_t x = 0; x < W; x++) {
+            const float *s = pad + y * rs + x * C;
+            __m512 dv[2];
+            if (arg) { /* dout is the pooled gradient (H/2,W/2,OC) routed by arg */
+                size_t q = ((y / 2) * (W / 2) + x / 2) * OC;
+                __m512i pos = _mm512_set1_epi32((int)((y & 1) * 2 + (x & 1)));
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) {
+                    __m128i a8 = _mm_loadu_si128((const __m128i *)(arg + q + 16 * v));
+                    __mmask16 k = _mm512_cmpeq_epi32_mask(_mm512_cvtepu8_epi32(a8), pos);
+                    dv[v] = _mm512_maskz_loadu_ps(k, dout + q + 16 * v);
+                }
+            } else {
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++)
+                    dv[v] = _mm512_loadu_ps(dout + (y * W + x) * OC + 16 * v);
+            }
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                accb[v] = _mm512_add_ps(accb[v], dv[v]);
+#pragma GCC unroll 3
+            for (int ky = 0; ky < 3; ky++)
+#pragma GCC unroll 3
+                for (int kx = 0; kx < 3; kx++)
+#pragma GCC unroll 2
+                    for (int c = 0; c < C; c++) {
+                        __m512 xv = _mm512_set1_ps(s[ky * rs + kx * C + c]);
+                        int k = (ky * 3 + kx) * C + c;
+#pragma GCC unroll 2
+                        for (int v = 0; v < NV; v++)
+                            acc[k][v] = _mm512_fmadd_ps(xv, dv[v], acc[k][v]);
+                    }
+        }
+#pragma GCC unroll 18
+    for (int k = 0; k < 9 * C; k++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(dwt + k * OC + 16 * v, acc[k][v]);
+    if (db) {
+        float tmp[32];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(tmp + 16 * v, accb[v]);
+        for (size_t o = 0; o < OC; o++)
+            db[o] += tmp[o];
+    }
+}
+
+AVX512 static void conv_dw_image_c1(float *restrict dwt, float *restrict db,
+                                    const float *restrict pad, const float *restrict dout, size_t H,
+                                    size_t W, size_t OC)
+{
+    if (OC == 16)
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 1, NULL);
+    else
+        conv_dw_image(dwt, db, pad, dout, H, W, 1, 2, NULL);
+}
+AVX512 static void conv_dw_image_c2(float *restrict dwt, float *restrict db,
+                                    const float *restrict pad, const float *restrict dout, size_t H,
+                                    size_t W)
+{
+    conv_dw_image(dwt, db, pad, dout, H, W, 2, 1, NULL);
+}
+AVX512 static void conv_dw_image_pooled(float *restrict dwt, float *restrict db,
+                                        const float *restrict pad, const float *restrict dpl,
+                                        const uint8_t *restrict arg, size_t H, size_t W, size_t C,
+                                        size_t OC)
+{
+    if (C == 1 && OC == 16)
+        conv_dw_image(dwt, db, pad, dpl, H, W, 1, 1, arg);
+    else if (C == 1)
+        conv_dw_image(dwt, db, pad, dpl, H, W, 1, 2, arg);
+    else
+        conv_dw_image(dwt, db, pad, dpl, H, W, 2, 1, arg);
+}
+
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_dw_pooled_ok(C, OC) && H % 2 == 0 && W % 2 == 0);
+    memset(dwt, 0, 9 * C * OC * sizeof(float));
+    size_t per = (H / 2) * (W / 2) * OC;
+    for (size_t i = 0; i < B; i++) {
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        conv_dw_image_pooled(dwt, db, pad, dpl + i * per, arg + i * per, H, W, C, OC);
+    }
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            dw[o * 9 * C + k] += dwt[k * OC + o];
+}
+
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC)
+{
+    return moeh_conv3x3_direct_ok(OC) && 9 * C * (OC / 16) <= 18;
+}
+
+/* dwt rows [k0, k0+G) (G channels c0.. of one tap, offset toff into the padded image) +=
+ * sum over the image's pixels of pad[p + toff + g] * dout[p]: G x NV accumulators. */
+INLINE_AVX512 void conv_dw_group(float *restrict dwt, const float *restrict pad,
+                                 const float *restrict dout, size_t H, size_t W, size_t C,
+                                 size_t toff, const int G, const int NV)
+{
+    __m512 acc[8][4];
+    size_t rs = (W + 2) * C, OC = 16 * (size_t)NV;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[g][v] = _mm512_loadu_ps(dwt + g * OC + 16 * v);
+    for (size_t y = 0; y < H; y++) {
+        const float *s = pad + y * rs + toff, *d = dout + y * W * OC;
+        for (size_t x = 0; x < W; x++, s += C, d += OC) {
+            __m512 dv[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                dv[v] = _mm512_loadu_ps(d + 16 * v);
+#pragma GCC unroll 8
+            for (int g = 0; g < G; g++) {
+                __m512 xv = _mm512_set1_ps(s[g]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[g][v] = _mm512_fmadd_ps(xv, dv[v], acc[g][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(dwt + g * OC + 16 * v, acc[g][v]);
+}
+
+/* One image, every (tap, channel group): G = 8 channels for OC <= 32, 4 above. */
+AVX512 static void conv_dw_image_groups(float *restrict dwt, const float *restrict pad,
+                                        const float *restrict dout, size_t H, size_t W, size_t C,
+                                        size_t OC)
+{
+    size_t rs = (W + 2) * C, G = OC <= 32 && C % 8 == 0 ? 8 : 4;
+    for (size_t ky = 0; ky < 3; ky++)
+        for (size_t kx = 0; kx < 3; kx++)
+            for (size_t c0 = 0; c0 < C; c0 += G) {
+                float *dt = dwt + ((ky * 3 + kx) * C + c0) * OC;
+                size_t toff = ky * rs + kx * C + c0;
+                if (G == 8 && OC == 16)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 8, 1);
+                else if (G == 8)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 8, 2);
+                else if (OC == 16)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 1);
+                else if (OC == 32)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 2);
+                else if (OC == 48)
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 3);
+                else
+                    conv_dw_group(dt, pad, dout, H, W, C, toff, 4, 4);
+            }
+}
+
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC)
+{
+    MOEH_ASSERT(moeh_conv3x3_direct_dw_ok(C, OC));
+    /* dwt (9C,OC): the transposed gradient, accumulated over the images */
+    memset(dwt, 0, 9 * C * OC * sizeof(float));
+    int regs = 9 * C * (OC / 16) <= 18;
+    for (size_t i = 0; i < B; i++) {
+        const float *d = dout + i * H * W * OC;
+        conv_pad(pad, inp + i * H * W * C, H, W, C);
+        if (regs && C == 1)
+            conv_dw_image_c1(dwt, db, pad, d, H, W, OC);
+        else if (regs)
+            conv_dw_image_c2(dwt, db, pad, d, H, W);
+        else
+            conv_dw_image_groups(dwt, pad, d, H, W, C, OC);
+    }
+    if (!regs && db)
+        for (size_t p = 0; p < B * H * W; p++)
+            for (size_t o = 0; o < OC; o++)
+                db[o] += dout[p * OC + o];
+    for (size_t o = 0; o < OC; o++)
+        for (size_t k = 0; k < 9 * C; k++)
+            dw[o * 9 * C + k] += dwt[k * OC + o];
+}
+#else
+int moeh_conv3x3_direct_ok(size_t OC)
+{
+    (void)OC;
+    return 0;
+}
+int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
+{
+    (void)C, (void)OC;
+    return 0;
+}
+void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *restrict inp,
+                         const float *restrict wt, const float *restrict b, size_t B, size_t H,
+                         size_t W, size_t C, size_t OC, int acc)
+{
+    (void)out, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H, (void)W, (void)C,
+        (void)OC, (void)acc;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC)
+{
+    (void)C, (void)OC;
+    return 0;
+}
+void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
+                                   float *restrict dwt, const float *restrict dpl,
+                                   const uint8_t *restrict arg, const float *restrict inp,
+                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+{
+    (void)dw, (void)db, (void)pad, (void)dwt, (void)dpl, (void)arg, (void)inp, (void)B, (void)H,
+        (void)W, (void)C, (void)OC;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
+                                   float *restrict rows, float *restrict pad,
+                                   const float *restrict inp, const float *restrict wt,
+                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
+                                   size_t OC)
+{
+    (void)pl, (void)arg, (void)rows, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H,
+        (void)W, (void)C, (void)OC;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restrict pad,
+                            float *restrict dwt, const float *restrict dout,
+                            const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
+                            size_t OC)
+{
+    (void)dw, (void)db, (void)pad, (void)dwt, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C,
+        (void)OC;
+    MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
+}
+#endif
+
 /* ---- pooling ----------------------------------------------------------------------------- */
-void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
+MOEH_CLONES void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
                            size_t B, size_t H, size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
@@ -401,7 +964,7 @@ static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restri
     }
 }
 
-void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
+MOEH_CLONES void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
                                 const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
@@ -430,7 +993,7 @@ void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
             }
 }
 
-void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
+MOEH_CLONES void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
 {
     for (size_t b = 0; b < B; b++) {
         float *o = out + b * C;
@@ -443,7 +1006,7 @@ void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, 
     }
 }
 
-void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
+MOEH_CLONES void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
                        size_t C)
 {
     for (size_t b = 0; b < B; b++)

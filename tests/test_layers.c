@@ -156,30 +156,75 @@ static void test_dropout(void **state)
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
 typedef struct {
-    float *x, *wih, *whh, *bih, *bhh, *hs, *xi, *gates, *hh, *R;
+    float *x, *wih, *whh, *bih, *bhh, *hs, *xi, *gates, *hh, *whhT, *R;
     size_t B, T, I, H;
 } gru_ctx;
 static double gru_loss(void *c_)
 {
     gru_ctx *c = c_;
-    moeh_gru_forward(c->hs, c->xi, c->gates, c->hh, c->x, c->wih, c->whh, c->bih, c->bhh, c->B,
-                     c->T, c->I, c->H);
+    moeh_gru_forward(c->hs, c->xi, c->gates, c->hh, c->whhT, c->x, c->wih, c->whh, c->bih, c->bhh,
+                     c->B, c->T, c->I, c->H);
     return dot_d(c->hs + c->T * c->B * c->H, c->R, c->B * c->H);
 }
-static void test_gru_grad(void **state)
+/* One shape; 3H a multiple of 16 takes the AVX-512 recurrence kernel (where the CPU has it),
+ * other sizes the OpenBLAS path. */
+static void gru_grad_case(size_t B, size_t T, size_t I, size_t H, unsigned seed)
 {
-    enum { B = 3, T = 6, I = 4, H = 5, G = 15 };
-    float x[B * T * I], wih[G * I], whh[G * H], bih[G], bhh[G], hs[(T + 1) * B * H], xi[B * T * G],
-        gates[T * B * 4 * H], hh[B * G], R[B * H];
-    float dx[B * T * I] = {0}, dwih[G * I] = {0}, dwhh[G * H] = {0}, dbih[G] = {0}, dbhh[G] = {0},
-                     dxi[B * T * G], dhh[T * B * G], dh[B * H];
+    size_t G = 3 * H;
+    float *buf = calloc(B * T * I * 3 + G * I * 2 + G * H * 3 + G * 4 + (T + 1) * B * H +
+                            B * T * G * 2 + T * B * 4 * H + B * G + B * H * 2 + T * B * G,
+                        sizeof(float));
+    assert_non_null(buf);
+    float *q = buf, *x = q; q += B * T * I;
+    float *wih = q; q += G * I;
+    float *whh = q; q += G * H;
+    float *bih = q; q += G;
+    float *bhh = q; q += G;
+    float *hs = q; q += (T + 1) * B * H;
+    float *xi = q; q += B * T * G;
+    float *gates = q; q += T * B * 4 * H;
+    float *hh = q; q += B * G;
+    float *whhT = q; q += G * H;
+    float *R = q; q += B * H;
+    float *dx = q; q += B * T * I;
+    float *dwih = q; q += G * I;
+    float *dwhh = q; q += G * H;
+    float *dbih = q; q += G;
+    float *dbhh = q; q += G;
+    float *dxi = q; q += B * T * G;
+    float *dhh = q; q += T * B * G;
+    float *dh = q;
     moeh_rng_t r;
-    moeh_rng_seed(&r, 5);
-    fill_normal(x, sizeof x / 4, &r, 1), fill_normal(wih, sizeof wih / 4, &r, 0.5f);
-    fill_normal(whh, sizeof whh / 4, &r, 0.5f), fill_normal(bih, G, &r, 0.3f);
+    moeh_rng_seed(&r, seed);
+    fill_normal(x, B * T * I, &r, 1), fill_normal(wih, G * I, &r, 0.5f);
+    fill_normal(whh, G * H, &r, 0.5f), fill_normal(bih, G, &r, 0.3f);
     fill_normal(bhh, G, &r, 0.3f), fill_normal(R, B * H, &r, 1);
-    gru_ctx c = {x, wih, whh, bih, bhh, hs, xi, gates, hh, R, B, T, I, H};
+    gru_ctx c = {x, wih, whh, bih, bhh, hs, xi, gates, hh, whhT, R, B, T, I, H};
     gru_loss(&c);
+    /* the forward against a plain double-precision GRU (PyTorch's cell) */
+    double *h = calloc(B * H, sizeof(double)), *hn = calloc(B * H, sizeof(double));
+    assert_non_null(h), assert_non_null(hn);
+    for (size_t t = 0; t < T; t++) {
+        for (size_t b = 0; b < B; b++)
+            for (size_t j = 0; j < H; j++) {
+                double gi[3], gh[3];
+                for (int k = 0; k < 3; k++) {
+                    size_t row = (size_t)k * H + j;
+                    gi[k] = bih[row], gh[k] = bhh[row];
+                    for (size_t i = 0; i < I; i++)
+                        gi[k] += (double)wih[row * I + i] * x[(b * T + t) * I + i];
+                    for (size_t i = 0; i < H; i++)
+                        gh[k] += (double)whh[row * H + i] * h[b * H + i];
+                }
+                double rr = 1 / (1 + exp(-(gi[0] + gh[0]))), zz = 1 / (1 + exp(-(gi[1] + gh[1])));
+                double nn = tanh(gi[2] + rr * gh[2]);
+                hn[b * H + j] = (1 - zz) * nn + zz * h[b * H + j];
+            }
+        memcpy(h, hn, B * H * sizeof(double));
+    }
+    for (size_t i = 0; i < B * H; i++)
+        assert_true(fabs(h[i] - hs[T * B * H + i]) < 1e-5);
+    free(h), free(hn);
     moeh_gru_backward(dx, dwih, dwhh, dbih, dbhh, dxi, dhh, dh, R, x, wih, whh, hs, gates, B, T, I,
                       H);
     assert_int_equal(gc_check("gru.x", x, dx, B * T * I, gru_loss, &c, SMOOTH), 0);
@@ -187,6 +232,17 @@ static void test_gru_grad(void **state)
     assert_int_equal(gc_check("gru.whh", whh, dwhh, G * H, gru_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("gru.bih", bih, dbih, G, gru_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("gru.bhh", bhh, dbhh, G, gru_loss, &c, SMOOTH), 0);
+    free(buf);
+}
+static void test_gru_grad(void **state)
+{
+    (void)state;
+    gru_grad_case(3, 6, 4, 5, 5);   /* OpenBLAS recurrence */
+    gru_grad_case(7, 4, 3, 16, 6);  /* kernel: a 6-row block + 1 row, 48 = 3 x 16 columns */
+    gru_grad_case(2, 3, 2, 32, 7);  /* kernel: rows only in the tail, 96 = 64 + 32 columns */
+    gru_grad_case(10, 2, 3, 16, 8); /* 6 + 4 rows */
+    gru_grad_case(11, 2, 3, 16, 9); /* 6 + 5 rows */
+    gru_grad_case(3, 2, 2, 16, 10); /* 3 rows */
 }
 
 /* ---- embedding bag --------------------------------------------------------------------------- */
@@ -272,6 +328,151 @@ static void test_conv_grad(void **state)
     assert_int_equal(gc_check("conv.x", x, dx, N * C, cv_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("conv.w", w, dw, OC * 9 * C, cv_loss, &c, SMOOTH), 0);
     assert_int_equal(gc_check("conv.b", b, db, OC, cv_loss, &c, SMOOTH), 0);
+}
+
+/* ---- direct conv 3x3 (AVX-512): finite differences, and agreement with im2col + sgemm ------- */
+typedef struct {
+    float *x, *w, *b, *out, *pad, *wt, *R;
+    size_t B, H, W, C, OC;
+} dcv_ctx;
+static double dcv_loss(void *c_)
+{
+    dcv_ctx *c = c_;
+    moeh_conv3x3_wt_fwd(c->wt, c->w, c->C, c->OC);
+    moeh_conv3x3_direct(c->out, c->pad, c->x, c->wt, c->b, c->B, c->H, c->W, c->C, c->OC, 0);
+    return dot_d(c->out, c->R, c->B * c->H * c->W * c->OC);
+}
+static void test_conv_direct_grad(void **state)
+{
+    (void)state;
+    enum { B = 2, H = 3, W = 5, C = 2, OC = 16, N = B * H * W };
+    if (!moeh_conv3x3_direct_ok(OC)) skip();
+    static float x[N * C], w[OC * 9 * C], b[OC], out[N * OC], R[N * OC], wt[9 * C * OC];
+    static float pad[(H + 2) * (W + 2) * OC], dx[N * 16], dw[OC * 9 * C], db[OC];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 17);
+    fill_normal(x, N * C, &r, 1), fill_normal(w, OC * 9 * C, &r, 0.3f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, N * OC, &r, 1);
+    dcv_ctx c = {x, w, b, out, pad, wt, R, B, H, W, C, OC};
+    dcv_loss(&c);
+    static float dwt[9 * C * OC];
+    moeh_conv3x3_direct_dw(dw, db, pad, dwt, R, x, B, H, W, C, OC);
+    assert_int_equal(gc_check("dconv.w", w, dw, OC * 9 * C, dcv_loss, &c, SMOOTH), 0);
+    assert_int_equal(gc_check("dconv.b", b, db, OC, dcv_loss, &c, SMOOTH), 0);
+    /* data gradient: dout convolved with the flipped weights (needs C % 16 == 0) */
+    enum { C2 = 16, N2 = 1 * 2 * 3 };
+    static float x2[N2 * C2], w2[OC * 9 * C2], o2[N2 * OC], R2[N2 * OC], wt2[9 * C2 * OC];
+    fill_normal(x2, N2 * C2, &r, 1), fill_normal(w2, OC * 9 * C2, &r, 0.3f);
+    fill_normal(R2, N2 * OC, &r, 1);
+    dcv_ctx c2 = {x2, w2, b, o2, pad, wt2, R2, 1, 2, 3, C2, OC};
+    dcv_loss(&c2);
+    moeh_conv3x3_wt_bwd(wt2, w2, C2, OC);
+    moeh_conv3x3_direct(dx, pad, R2, wt2, NULL, 1, 2, 3, OC, C2, 0);
+    assert_int_equal(gc_check("dconv.x", x2, dx, N2 * C2, dcv_loss, &c2, SMOOTH), 0);
+    /* weight gradient by channel groups (9 * 16 taps x channels do not fit in registers) */
+    static float dw2[OC * 9 * C2], dwt2[9 * C2 * OC];
+    moeh_conv3x3_direct_dw(dw2, NULL, pad, dwt2, R2, x2, 1, 2, 3, C2, OC);
+    assert_int_equal(gc_check("dconv.w16", w2, dw2, OC * 9 * C2, dcv_loss, &c2, SMOOTH), 0);
+}
+
+/* direct forward, data gradient and (where supported) weight gradient == the im2col kernels */
+static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t OC,
+                                  unsigned seed)
+{
+    size_t N = B * H * W;
+    float *x = malloc(N * C * 4), *w = malloc(OC * 9 * C * 4), *b = malloc(OC * 4);
+    float *o1 = malloc(N * OC * 4), *o2 = malloc(N * OC * 4), *col = malloc(N * 9 * C * 4);
+    float *dcol = malloc(N * 9 * C * 4), *R = malloc(N * OC * 4);
+    float *dx1 = calloc(N * C, 4), *dx2 = malloc(N * C * 4), *dw1 = calloc(OC * 9 * C, 4);
+    float *dw2 = calloc(OC * 9 * C, 4), *db1 = calloc(OC, 4), *db2 = calloc(OC, 4);
+    size_t pl = moeh_conv3x3_pad_len(H, W, C > OC ? C : OC);
+    float *pad = malloc(pl * 4), *wt = malloc(9 * C * OC * 4);
+    assert_non_null(x), assert_non_null(w), assert_non_null(b), assert_non_null(o1);
+    assert_non_null(o2), assert_non_null(col), assert_non_null(dcol), assert_non_null(R);
+    assert_non_null(dx1), assert_non_null(dx2), assert_non_null(dw1), assert_non_null(dw2);
+    assert_non_null(db1), assert_non_null(db2), assert_non_null(pad), assert_non_null(wt);
+    moeh_rng_t r;
+    moeh_rng_seed(&r, seed);
+    fill_normal(x, N * C, &r, 1), fill_normal(w, OC * 9 * C, &r, 0.3f), fill_normal(b, OC, &r, 1);
+    fill_normal(R, N * OC, &r, 1);
+    moeh_conv3x3_forward(o1, col, x, w, b, B, H, W, C, OC);
+    moeh_conv3x3_wt_fwd(wt, w, C, OC);
+    moeh_conv3x3_direct(o2, pad, x, wt, b, B, H, W, C, OC, 0);
+    double tol = 1e-5 * (double)(9 * C);
+    for (size_t i = 0; i < N * OC; i++)
+        assert_true(fabs(o1[i] - o2[i]) <= tol * (1 + fabs(o1[i])));
+    /* acc = 1 adds into out: o2 = 2 * conv + b */
+    moeh_conv3x3_direct(o2, pad, x, wt, NULL, B, H, W, C, OC, 1);
+    for (size_t i = 0; i < N * OC; i++)
+        assert_true(fabs(2 * o1[i] - b[i % OC] - o2[i]) <= 2 * tol * (1 + fabs(o1[i])));
+    if (H % 2 == 0 && W % 2 == 0) { /* fused conv + 2x2 max pool + ReLU == the three steps */
+        size_t np = B * (H / 2) * (W / 2) * OC;
+        float *p1 = malloc(np * 4), *p2 = malloc(np * 4), *rows = malloc(2 * W * OC * 4);
+        uint8_t *a1 = malloc(np), *a2 = malloc(np);
+        assert_non_null(p1), assert_non_null(p2), assert_non_null(rows);
+        assert_non_null(a1), assert_non_null(a2);
+        moeh_maxpool2_forward(p1, a1, o1, B, H, W, OC);
+        moeh_relu_forward(p1, p1, np);
+        moeh_conv3x3_pool_relu_direct(p2, a2, rows, pad, x, wt, b, B, H, W, C, OC);
+        for (size_t i = 0; i < np; i++)
+            assert_true(fabs(p1[i] - p2[i]) <= tol * (1 + fabs(p1[i])));
+        /* the argmax may differ only where two window entries are (nearly) tied */
+        size_t diff = 0;
+        for (size_t i = 0; i < np; i++)
+            diff += a1[i] != a2[i];
+        assert_true(diff * 100 <= np);
+        if (moeh_conv3x3_direct_dw_pooled_ok(C, OC)) { /* dW from the pooled gradient */
+            float *dp = malloc(np * 4), *da = malloc(N * OC * 4), *g1 = calloc(OC * 9 * C, 4);
+            float *g2 = calloc(OC * 9 * C, 4), *b1 = calloc(OC, 4), *b2 = calloc(OC, 4);
+            float *dwt = malloc(9 * C * OC * 4);
+            assert_non_null(dp), assert_non_null(da), assert_non_null(g1), assert_non_null(g2);
+            assert_non_null(b1), assert_non_null(b2), assert_non_null(dwt);
+            fill_normal(dp, np, &r, 1);
+            moeh_maxpool2_backward_set(da, dp, a2, B, H, W, OC);
+            moeh_conv3x3_direct_dw(g1, b1, pad, dwt, da, x, B, H, W, C, OC);
+            moeh_conv3x3_direct_dw_pooled(g2, b2, pad, dwt, dp, a2, x, B, H, W, C, OC);
+            for (size_t i = 0; i < OC * 9 * C; i++)
+                assert_true(fabs(g1[i] - g2[i]) <= 1e-6 * (1 + fabs(g1[i])));
+            for (size_t i = 0; i < OC; i++)
+                assert_true(fabs(b1[i] - b2[i]) <= 1e-6 * (1 + fabs(b1[i])));
+            free(dp), free(da), free(g1), free(g2), free(b1), free(b2), free(dwt);
+        }
+        free(p1), free(p2), free(rows), free(a1), free(a2);
+    }
+    moeh_conv3x3_backward(dx1, dcol, dw1, db1, R, col, w, B, H, W, C, OC);
+    if (moeh_conv3x3_direct_ok(C)) {
+        moeh_conv3x3_wt_bwd(wt, w, C, OC);
+        moeh_conv3x3_direct(dx2, pad, R, wt, NULL, B, H, W, OC, C, 0);
+        double t2 = 1e-5 * (double)(9 * OC);
+        for (size_t i = 0; i < N * C; i++)
+            assert_true(fabs(dx1[i] - dx2[i]) <= t2 * (1 + fabs(dx1[i])));
+    }
+    if (moeh_conv3x3_direct_dw_ok(C, OC)) {
+        moeh_conv3x3_direct_dw(dw2, db2, pad, wt, R, x, B, H, W, C, OC);
+        double t3 = 1e-5 * (double)N;
+        for (size_t i = 0; i < OC * 9 * C; i++)
+            assert_true(fabs(dw1[i] - dw2[i]) <= t3 * (1 + fabs(dw1[i])));
+        for (size_t i = 0; i < OC; i++)
+            assert_true(fabs(db1[i] - db2[i]) <= t3 * (1 + fabs(db1[i])));
+    }
+    free(x), free(w), free(b), free(o1), free(o2), free(col), free(dcol), free(R), free(dx1);
+    free(dx2), free(dw1), free(dw2), free(db1), free(db2), free(pad), free(wt);
+}
+static void test_conv_direct(void **state)
+{
+    (void)state;
+    if (!moeh_conv3x3_direct_ok(16)) skip();
+    /* the default CNN's shapes (forward and data gradient), odd widths for the block tails */
+    conv_direct_vs_im2col(2, 7, 19, 1, 16, 1);
+    conv_direct_vs_im2col(2, 6, 10, 16, 32, 2);
+    conv_direct_vs_im2col(2, 5, 9, 32, 64, 3);
+    conv_direct_vs_im2col(1, 4, 5, 2, 16, 4);
+    conv_direct_vs_im2col(2, 3, 17, 64, 32, 5);
+    conv_direct_vs_im2col(1, 3, 7, 16, 48, 6);
+    conv_direct_vs_im2col(1, 1, 1, 1, 32, 7);
+    conv_direct_vs_im2col(2, 8, 12, 1, 16, 8);   /* first layer, fused pooling */
+    conv_direct_vs_im2col(1, 4, 4, 32, 64, 9);
+    conv_direct_vs_im2col(1, 6, 4, 2, 16, 10);   /* two channels: dW from the pooled gradient */
 }
 
 /* ---- pooling --------------------------------------------------------------------------------- */
@@ -412,7 +613,8 @@ int main(void)
         cmocka_unit_test(test_linear_grad),    cmocka_unit_test(test_activations_grad),
         cmocka_unit_test(test_layernorm_grad), cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_gru_grad),       cmocka_unit_test(test_embbag),
-        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_conv_direct_grad),
+        cmocka_unit_test(test_conv_direct),    cmocka_unit_test(test_pool),
         cmocka_unit_test(test_gate_grad),      cmocka_unit_test(test_bce_grad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -18,7 +19,10 @@
 static int cpu_avx512(void)
 {
     static int has = -1;
-    if (has < 0) has = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    if (has < 0) { /* MOEH_NO_AVX512=1 forces the portable kernels (CI runs both paths) */
+        const char *off = getenv("MOEH_NO_AVX512");
+        has = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0")) ? 1 : 0;
+    }
     return has;
 }
 #endif

@@ -69,13 +69,21 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (ch) {
-        case 'd': db = optarg; break;
-        case 'p': py = optarg; break;
-        case 's': script = optarg; break;
+        case 'd':
+            db = optarg;
+            break;
+        case 'p':
+            py = optarg;
+            break;
+        case 's':
+            script = optarg;
+            break;
         case 'h':
-            printf("usage: bench_extract --db MIMIC_DIR [--python PY] [--script extract_pandas.py]\n");
+            printf(
+                "usage: bench_extract --db MIMIC_DIR [--python PY] [--script extract_pandas.py]\n");
             return 0;
-        default: return 2;
+        default:
+            return 2;
         }
     }
     if (!db) {
@@ -93,8 +101,7 @@ int main(int argc, char **argv)
     /* C, in a child */
     result_t c = {0};
     int pfd[2];
-    if (pipe(pfd))
-        return 1;
+    if (pipe(pfd)) return 1;
     struct rusage ru;
     int status;
     double t = now_s();
@@ -104,8 +111,7 @@ int main(int argc, char **argv)
         _exit(run_c(db, pfd[1]));
     }
     close(pfd[1]);
-    if (read(pfd[0], &c, sizeof c) != (ssize_t)sizeof c)
-        c.ok = 0;
+    if (read(pfd[0], &c, sizeof c) != (ssize_t)sizeof c) c.ok = 0;
     close(pfd[0]);
     wait4(pid, &status, 0, &ru);
     double c_wall = now_s() - t;
@@ -116,8 +122,7 @@ int main(int argc, char **argv)
     }
 
     /* pandas, in a child */
-    if (pipe(pfd))
-        return 1;
+    if (pipe(pfd)) return 1;
     t = now_s();
     pid = fork();
     if (pid == 0) {
@@ -154,8 +159,7 @@ int main(int argc, char **argv)
     printf("%-8s %9s %9s %10s %12s %12s\n", "impl", "wall s", "MB/s", "M rows/s", "peak RSS MB",
            "cells");
     printf("%-8s %9.2f %9.1f %10.2f %12.1f %12llu\n", "moeh C", c_wall, mb / c_wall,
-           (double)c.rows / 1e6 / c_wall, (double)c.maxrss_kb / 1024,
-           (unsigned long long)c.cells);
+           (double)c.rows / 1e6 / c_wall, (double)c.maxrss_kb / 1024, (unsigned long long)c.cells);
     printf("%-8s %9.2f %9.1f %10.2f %12.1f %12.0f\n", "pandas", p_wall, mb / p_wall,
            p_rows / 1e6 / p_wall, (double)ru.ru_maxrss / 1024, p_cells);
     printf("speed-up: %.1fx (target >= 5x)\n", p_wall / c_wall);

@@ -153,8 +153,8 @@ int main(int argc, char **argv)
         sg = gc > sg ? gc : sg;
     }
     double c_sps = B / best, flops = step_flops(&cfg), gf = flops / best / 1e9;
-    printf("C      : %.2f ms/step (best of 3; worst %.2f), %.0f samples/s, loss %.4f\n",
-           best * 1e3, worst * 1e3, c_sps, loss);
+    printf("C      : %.2f ms/step (best of 3; worst %.2f), %.0f samples/s, loss %.4f\n", best * 1e3,
+           worst * 1e3, c_sps, loss);
     const char *const *pn;
     const double *pt = moeh_moe_profile(m, &pn);
     printf("phases :");

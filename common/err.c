@@ -16,8 +16,7 @@ int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...)
 
 const char *moeh_strerror(int rc)
 {
-    if (rc == 0)
-        return "success";
+    if (rc == 0) return "success";
     return strerror(rc < 0 ? -rc : rc);
 }
 

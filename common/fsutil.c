@@ -26,8 +26,7 @@ int moeh_mkdir_p(const char *path, moeh_err_t *err)
                 return moeh_errf(err, -errno, "%s: cannot create directory: %s", buf,
                                  strerror(errno));
             *p = c;
-            if (c == '\0')
-                break;
+            if (c == '\0') break;
         }
     }
     struct stat st;
@@ -43,15 +42,13 @@ int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
         return moeh_errf(err, -ENAMETOOLONG, "%s: path too long", path);
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return moeh_errf(err, -errno, "%s: cannot create: %s", tmp, strerror(errno));
+    if (fd < 0) return moeh_errf(err, -errno, "%s: cannot create: %s", tmp, strerror(errno));
     const char *p = data;
     size_t left = len;
     while (left > 0) {
         ssize_t n = write(fd, p, left);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             rc = moeh_errf(err, -errno, "%s: write failed: %s", tmp, strerror(errno));
             goto out;
         }
@@ -81,10 +78,8 @@ int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_
         close(dfd);
     }
 out:
-    if (fd >= 0)
-        close(fd);
-    if (rc != 0)
-        unlink(tmp);
+    if (fd >= 0) close(fd);
+    if (rc != 0) unlink(tmp);
     return rc;
 }
 
@@ -94,8 +89,7 @@ int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len
     int rc = 0;
     char *buf = NULL;
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return moeh_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return moeh_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
         rc = moeh_errf(err, -EIO, "%s: cannot seek", path);
         goto out;
@@ -119,8 +113,7 @@ int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len
     buf[sz] = '\0';
     *out = buf;
     buf = NULL;
-    if (len_out)
-        *len_out = (size_t)sz;
+    if (len_out) *len_out = (size_t)sz;
 out:
     free(buf);
     fclose(f);

@@ -14,8 +14,7 @@ void moeh_log_configure(moeh_log_level_t min_level, const char *prefix, moeh_log
     g_level = min_level;
     g_fn = fn;
     g_ud = ud;
-    if (prefix)
-        snprintf(g_prefix, sizeof g_prefix, "%s", prefix);
+    if (prefix) snprintf(g_prefix, sizeof g_prefix, "%s", prefix);
 }
 
 moeh_log_level_t moeh_log_level(void)

@@ -24,8 +24,7 @@ typedef struct {
 
 /* Formats into err->msg (if err is non-NULL) and returns rc, so callers can write
  * `return moeh_errf(err, -EINVAL, "...")`. */
-int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Static description of a negative errno-style code. */
 const char *moeh_strerror(int rc);
@@ -38,14 +37,14 @@ typedef void (*moeh_log_fn)(void *ud, moeh_log_level_t lvl, const char *msg);
 
 void moeh_log_configure(moeh_log_level_t min_level, const char *prefix, moeh_log_fn fn, void *ud);
 moeh_log_level_t moeh_log_level(void);
-void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Parses "debug", "info", "warn", "error"; -EINVAL otherwise. */
 int moeh_log_parse_level(const char *s, moeh_log_level_t *out);
 
 #define moeh_log(lvl, ...)                                                                         \
     do {                                                                                           \
-        if ((lvl) >= moeh_log_level())                                                             \
-            moeh_log_emit((lvl), __VA_ARGS__);                                                     \
+        if ((lvl) >= moeh_log_level()) moeh_log_emit((lvl), __VA_ARGS__);                          \
     } while (0)
 #define MOEH_DEBUG(...) moeh_log(MOEH_LOG_DEBUG, __VA_ARGS__)
 #define MOEH_INFO(...) moeh_log(MOEH_LOG_INFO, __VA_ARGS__)
@@ -55,8 +54,7 @@ int moeh_log_parse_level(const char *s, moeh_log_level_t *out);
 /* Always-on assertion for programming errors: prints file:line and aborts. */
 #define MOEH_ASSERT(cond)                                                                          \
     do {                                                                                           \
-        if (!(cond))                                                                               \
-            moeh_assert_fail(#cond, __FILE__, __LINE__);                                           \
+        if (!(cond)) moeh_assert_fail(#cond, __FILE__, __LINE__);                                  \
     } while (0)
 _Noreturn void moeh_assert_fail(const char *expr, const char *file, int line);
 

@@ -14,8 +14,7 @@
 /* Bin of probability p in [0, 1] among n_bins (NaN and out-of-range are clamped). */
 static inline size_t moeh_hist_bin(float p, size_t n_bins)
 {
-    if (!(p > 0.0f))
-        return 0;
+    if (!(p > 0.0f)) return 0;
     size_t b = (size_t)(p * (float)n_bins);
     return b >= n_bins ? n_bins - 1 : b;
 }

@@ -9,13 +9,19 @@
 
 #include "moeh_common.h"
 
-typedef enum { MOEH_OPT_STR, MOEH_OPT_U32, MOEH_OPT_U64, MOEH_OPT_F32, MOEH_OPT_BOOL } moeh_opt_type_t;
+typedef enum {
+    MOEH_OPT_STR,
+    MOEH_OPT_U32,
+    MOEH_OPT_U64,
+    MOEH_OPT_F32,
+    MOEH_OPT_BOOL
+} moeh_opt_type_t;
 
 typedef struct {
-    const char *name;  /* without the leading "--"; also the INI key */
+    const char *name; /* without the leading "--"; also the INI key */
     moeh_opt_type_t type;
-    void *ptr;         /* const char **, uint32_t *, uint64_t *, float *, int * */
-    const char *help;  /* one line; the default is printed after it */
+    void *ptr;        /* const char **, uint32_t *, uint64_t *, float *, int * */
+    const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 
 typedef struct {

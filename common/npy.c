@@ -52,16 +52,14 @@ int moeh_npy_write(const char *path, moeh_dtype_t dt, size_t ndim, const size_t 
     size_t bytes = numel * k_size[dt];
     size_t len = 10 + hlen + bytes;
     unsigned char *buf = malloc(len);
-    if (!buf)
-        return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+    if (!buf) return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
     memcpy(buf, "\x93NUMPY\x01\x00", 8);
     buf[8] = (unsigned char)(hlen & 0xff);
     buf[9] = (unsigned char)(hlen >> 8);
     memcpy(buf + 10, hdr, (size_t)n);
     memset(buf + 10 + n, ' ', pad);
     buf[10 + hlen - 1] = '\n';
-    if (bytes)
-        memcpy(buf + 10 + hlen, data, bytes);
+    if (bytes) memcpy(buf + 10 + hlen, data, bytes);
     int rc = moeh_file_write_atomic(path, buf, len, err);
     free(buf);
     return rc;
@@ -73,8 +71,7 @@ static const char *dict_value(const char *hdr, const char *key)
     char pat[32];
     snprintf(pat, sizeof pat, "'%s':", key);
     const char *p = strstr(hdr, pat);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     p += strlen(pat);
     while (*p == ' ')
         p++;
@@ -85,8 +82,8 @@ static const char *dict_value(const char *hdr, const char *key)
  * that the data after the header has exactly the size they imply. On success *off is the
  * data offset. 0 or -EBADMSG with a message naming path. */
 static int parse_header(const char *path, const char *buf, size_t len, int want_dtype,
-                        size_t want_ndim, moeh_dtype_t *dt_out, size_t *ndim_out,
-                        size_t *shape, size_t *off_out, moeh_err_t *err)
+                        size_t want_ndim, moeh_dtype_t *dt_out, size_t *ndim_out, size_t *shape,
+                        size_t *off_out, moeh_err_t *err)
 {
     int rc = -EBADMSG;
     if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0)
@@ -96,8 +93,7 @@ static int parse_header(const char *path, const char *buf, size_t len, int want_
         hlen = (unsigned char)buf[8] | ((size_t)(unsigned char)buf[9] << 8);
         off = 10;
     } else if (buf[6] == 2 || buf[6] == 3) {
-        if (len < 12)
-            return moeh_errf(err, rc, "%s: truncated header", path);
+        if (len < 12) return moeh_errf(err, rc, "%s: truncated header", path);
         hlen = (unsigned char)buf[8] | ((size_t)(unsigned char)buf[9] << 8) |
                ((size_t)(unsigned char)buf[10] << 16) | ((size_t)(unsigned char)buf[11] << 24);
         off = 12;
@@ -116,23 +112,20 @@ static int parse_header(const char *path, const char *buf, size_t len, int want_
     int dt = -1;
     for (int i = 0; i < MOEH_DT_COUNT; i++) {
         size_t l = strlen(k_descr[i]);
-        if (d[0] == '\'' && strncmp(d + 1, k_descr[i], l) == 0 && d[1 + l] == '\'')
-            dt = i;
+        if (d[0] == '\'' && strncmp(d + 1, k_descr[i], l) == 0 && d[1 + l] == '\'') dt = i;
     }
     if (dt < 0)
         return moeh_errf(err, rc, "%s: unsupported dtype %.8s (expected one of <f4 |u1 <i4 <i8)",
                          path, d);
     if (strncmp(fo, "False", 5) != 0)
         return moeh_errf(err, rc, "%s: Fortran-ordered arrays are not supported", path);
-    if (*sh != '(')
-        return moeh_errf(err, rc, "%s: malformed shape", path);
+    if (*sh != '(') return moeh_errf(err, rc, "%s: malformed shape", path);
     sh++;
     size_t ndim = 0, numel = 1;
     while (*sh && *sh != ')') {
         while (*sh == ' ' || *sh == ',')
             sh++;
-        if (*sh == ')')
-            break;
+        if (*sh == ')') break;
         char *end;
         unsigned long long v = strtoull(sh, &end, 10);
         if (end == sh || ndim == MOEH_NPY_MAX_DIMS || v > ((size_t)1 << 40))
@@ -142,8 +135,7 @@ static int parse_header(const char *path, const char *buf, size_t len, int want_
         numel *= (size_t)v;
         sh = end;
     }
-    if (*sh != ')')
-        return moeh_errf(err, rc, "%s: malformed shape", path);
+    if (*sh != ')') return moeh_errf(err, rc, "%s: malformed shape", path);
     if (want_dtype >= 0 && dt != want_dtype)
         return moeh_errf(err, rc, "%s: dtype %s, expected %s", path, k_descr[dt],
                          k_descr[want_dtype]);
@@ -159,8 +151,8 @@ static int parse_header(const char *path, const char *buf, size_t len, int want_
     return 0;
 }
 
-int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype,
-                   size_t want_ndim, moeh_npy_t *out, moeh_err_t *err)
+int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype, size_t want_ndim,
+                   moeh_npy_t *out, moeh_err_t *err)
 {
     const char *buf = data;
     size_t off = 0;
@@ -171,8 +163,7 @@ int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtyp
         return rc;
     size_t bytes = len - off;
     out->data = malloc(bytes ? bytes : 1);
-    if (!out->data)
-        return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+    if (!out->data) return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
     memcpy(out->data, buf + off, bytes);
     return 0;
 }
@@ -184,8 +175,7 @@ int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t
     size_t len = 0;
     memset(out, 0, sizeof *out);
     int rc = moeh_file_read_all(path, (size_t)1 << 36, &buf, &len, err);
-    if (rc == 0)
-        rc = moeh_npy_parse(buf, len, path, want_dtype, want_ndim, out, err);
+    if (rc == 0) rc = moeh_npy_parse(buf, len, path, want_dtype, want_ndim, out, err);
     free(buf);
     return rc;
 }
@@ -195,8 +185,7 @@ int moeh_npy_map(const char *path, int want_dtype, size_t want_ndim, moeh_npy_ma
 {
     memset(out, 0, sizeof *out);
     int rc, fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
+    if (fd < 0) return moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
@@ -226,16 +215,14 @@ out:
 
 void moeh_npy_unmap(moeh_npy_map_t *m)
 {
-    if (!m || !m->map)
-        return;
+    if (!m || !m->map) return;
     munmap(m->map, m->map_len);
     memset(m, 0, sizeof *m);
 }
 
 void moeh_npy_free(moeh_npy_t *a)
 {
-    if (!a)
-        return;
+    if (!a) return;
     free(a->data);
     a->data = NULL;
 }

@@ -39,8 +39,8 @@ int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t
                   moeh_err_t *err);
 void moeh_npy_free(moeh_npy_t *a);
 /* The same validation on bytes in memory; path only names the source in messages. */
-int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype,
-                   size_t want_ndim, moeh_npy_t *out, moeh_err_t *err);
+int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype, size_t want_ndim,
+                   moeh_npy_t *out, moeh_err_t *err);
 
 /* A read-only memory map of a .npy file: data points into the mapping (page-aligned file,
  * data at the header offset, which numpy pads to a multiple of 64 bytes). */

@@ -9,8 +9,7 @@
 static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
 {
     for (size_t i = 0; i < o->n_opts; i++)
-        if (strcmp(o->opts[i].name, name) == 0)
-            return &o->opts[i];
+        if (strcmp(o->opts[i].name, name) == 0) return &o->opts[i];
     return NULL;
 }
 
@@ -26,14 +25,12 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
             if (o->n_owned == o->cap_owned) {
                 size_t cap = o->cap_owned ? 2 * o->cap_owned : 8;
                 char **n = realloc(o->owned, cap * sizeof *n);
-                if (!n)
-                    return snprintf(why, why_len, "out of memory"), -ENOMEM;
+                if (!n) return snprintf(why, why_len, "out of memory"), -ENOMEM;
                 o->owned = n;
                 o->cap_owned = cap;
             }
             char *d = strdup(val);
-            if (!d)
-                return snprintf(why, why_len, "out of memory"), -ENOMEM;
+            if (!d) return snprintf(why, why_len, "out of memory"), -ENOMEM;
             o->owned[o->n_owned++] = d;
             v = d;
         }
@@ -42,8 +39,7 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
     }
     case MOEH_OPT_U32:
     case MOEH_OPT_U64: {
-        if (val[0] == '-')
-            goto bad_num;
+        if (val[0] == '-') goto bad_num;
         unsigned long long x = strtoull(val, &end, 10);
         if (errno || end == val || *end || (opt->type == MOEH_OPT_U32 && x > UINT32_MAX))
             goto bad_num;
@@ -149,14 +145,11 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
         }
     }
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--config") != 0)
-            continue;
-        if (i + 1 >= argc)
-            return moeh_errf(err, -EINVAL, "--config needs a file name");
+        if (strcmp(argv[i], "--config") != 0) continue;
+        if (i + 1 >= argc) return moeh_errf(err, -EINVAL, "--config needs a file name");
         ini_ctx_t c = {.o = o};
         int line = ini_parse(argv[i + 1], opts_ini_handler, &c);
-        if (line < 0)
-            return moeh_errf(err, -EINVAL, "%s: cannot open config file", argv[i + 1]);
+        if (line < 0) return moeh_errf(err, -EINVAL, "%s: cannot open config file", argv[i + 1]);
         if (line > 0)
             return moeh_errf(err, -EINVAL, "%s:%d: %s", argv[i + 1], line,
                              c.why[0] ? c.why : "syntax error (expected 'name = value')");
@@ -165,15 +158,13 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0)
-            return moeh_errf(err, -EINVAL, "unexpected argument '%s' (see %s --help)", a,
-                             o->prog);
+            return moeh_errf(err, -EINVAL, "unexpected argument '%s' (see %s --help)", a, o->prog);
         const char *name = a + 2, *val = NULL;
         char buf[64];
         const char *eq = strchr(name, '=');
         if (eq) { /* --name=value */
             size_t l = (size_t)(eq - name);
-            if (l >= sizeof buf)
-                return moeh_errf(err, -EINVAL, "unknown option '%s'", a);
+            if (l >= sizeof buf) return moeh_errf(err, -EINVAL, "unknown option '%s'", a);
             memcpy(buf, name, l);
             buf[l] = '\0';
             name = buf;
@@ -184,15 +175,13 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             continue;
         }
         const moeh_opt_t *opt = find(o, name);
-        if (!opt)
-            return moeh_errf(err, -EINVAL, "unknown option '%s' (see %s --help)", a, o->prog);
+        if (!opt) return moeh_errf(err, -EINVAL, "unknown option '%s' (see %s --help)", a, o->prog);
         if (opt->type == MOEH_OPT_BOOL && !val) {
             *(int *)opt->ptr = 1;
             continue;
         }
         if (!val) {
-            if (i + 1 >= argc)
-                return moeh_errf(err, -EINVAL, "--%s needs a value", name);
+            if (i + 1 >= argc) return moeh_errf(err, -EINVAL, "--%s needs a value", name);
             val = argv[++i];
         }
         char why[200];
@@ -243,7 +232,6 @@ void moeh_install_signals(void (*handler)(int), int with_hup)
     sa.sa_handler = handler;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    if (with_hup)
-        sigaction(SIGHUP, &sa, NULL);
+    if (with_hup) sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }

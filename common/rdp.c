@@ -6,28 +6,20 @@
 /* log(exp(a) + exp(b)) without overflow */
 static double log_add(double a, double b)
 {
-    if (a == -INFINITY)
-        return b;
-    if (b == -INFINITY)
-        return a;
+    if (a == -INFINITY) return b;
+    if (b == -INFINITY) return a;
     double hi = a > b ? a : b, lo = a > b ? b : a;
     return hi + log1p(exp(lo - hi));
 }
 
 double moeh_rdp_gaussian(double q, double sigma, double alpha, uint64_t steps)
 {
-    if (!(q >= 0 && q <= 1) || !(sigma >= 0) || !(alpha > 1) || isnan(alpha))
-        return NAN;
-    if (q == 0 || steps == 0)
-        return 0.0;
-    if (sigma == 0)
-        return INFINITY;
-    if (isinf(alpha))
-        return INFINITY;
-    if (q == 1)
-        return (double)steps * alpha / (2 * sigma * sigma);
-    if (alpha != floor(alpha))
-        return NAN;
+    if (!(q >= 0 && q <= 1) || !(sigma >= 0) || !(alpha > 1) || isnan(alpha)) return NAN;
+    if (q == 0 || steps == 0) return 0.0;
+    if (sigma == 0) return INFINITY;
+    if (isinf(alpha)) return INFINITY;
+    if (q == 1) return (double)steps * alpha / (2 * sigma * sigma);
+    if (alpha != floor(alpha)) return NAN;
     /* log A for integer alpha, term by term in log space */
     double log_a = -INFINITY, lq = log(q), l1q = log1p(-q);
     long a = (long)alpha;
@@ -44,27 +36,23 @@ double moeh_rdp_epsilon(const double *orders, const double *rdp, size_t n, doubl
                         double *best_order)
 {
     double best = INFINITY, best_a = NAN;
-    if (!(delta > 0 && delta < 1))
-        return NAN;
+    if (!(delta > 0 && delta < 1)) return NAN;
     for (size_t i = 0; i < n; i++) {
         double a = orders[i], r = rdp[i];
-        if (!(a > 1) || isnan(r) || isinf(r))
-            continue;
+        if (!(a > 1) || isnan(r) || isinf(r)) continue;
         if (r == 0) { /* a zero Rényi divergence means identical outputs: (0, 0)-DP */
             best = 0;
             best_a = a;
             break;
         }
         double eps = r + log1p(-1 / a) - log(delta * a) / (a - 1);
-        if (eps < 0)
-            eps = 0;
+        if (eps < 0) eps = 0;
         if (eps < best) {
             best = eps;
             best_a = a;
         }
     }
-    if (best_order)
-        *best_order = best_a;
+    if (best_order) *best_order = best_a;
     return best;
 }
 

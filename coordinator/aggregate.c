@@ -13,18 +13,15 @@ int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const s
                      const size_t *group_len)
 {
     memset(a, 0, sizeof *a);
-    if (n_groups == 0 || n_groups > MOEH_AGG_MAX_GROUPS)
-        return -EINVAL;
+    if (n_groups == 0 || n_groups > MOEH_AGG_MAX_GROUPS) return -EINVAL;
     size_t next = 0;
     for (size_t g = 0; g < n_groups; g++) {
-        if (group_off[g] != next || group_len[g] > n_params - next)
-            return -EINVAL;
+        if (group_off[g] != next || group_len[g] > n_params - next) return -EINVAL;
         next += group_len[g];
         a->group_off[g] = group_off[g];
         a->group_len[g] = group_len[g];
     }
-    if (next != n_params)
-        return -EINVAL;
+    if (next != n_params) return -EINVAL;
     a->n_params = n_params;
     a->n_groups = n_groups;
     a->sum = calloc(n_params + n_groups, sizeof(uint32_t));
@@ -67,8 +64,7 @@ size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale)
     size_t updated = 0;
     for (size_t g = 0; g < a->n_groups; g++) {
         uint32_t w = moeh_fedavg_weight(a, g);
-        if (w == 0)
-            continue; /* no site trained this group: keep it */
+        if (w == 0) continue; /* no site trained this group: keep it */
         double inv = 1.0 / (scale * (double)w);
         for (size_t i = a->group_off[g]; i < a->group_off[g] + a->group_len[g]; i++)
             theta[i] = (float)((double)theta[i] + (double)moeh_quant_signed(a->sum[i]) * inv);
@@ -77,8 +73,7 @@ size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale)
     return updated;
 }
 
-size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta,
-                              uint8_t *updated)
+size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta, uint8_t *updated)
 {
     MOEH_ASSERT(scale > 0);
     size_t n_up = 0;
@@ -121,8 +116,7 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
                           float *m, float *v, const float *delta, const uint8_t *updated)
 {
     for (size_t g = 0; g < a->n_groups; g++) {
-        if (!updated[g])
-            continue;
+        if (!updated[g]) continue;
         size_t lo = a->group_off[g], hi = lo + a->group_len[g];
         if (o->kind == MOEH_STRATEGY_FEDAVG) {
             for (size_t i = lo; i < hi; i++)
@@ -155,17 +149,14 @@ size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float
         size_t m = 0;
         for (size_t s = 0; s < S; s++)
             m += weights[s * G + g] > 0;
-        if (m == 0)
-            continue;
+        if (m == 0) continue;
         size_t k = (size_t)(trim * (double)m);
-        if (2 * k >= m)
-            k = (m - 1) / 2;
+        if (2 * k >= m) k = (m - 1) / 2;
         for (size_t i = layout->group_off[g]; i < layout->group_off[g] + layout->group_len[g];
              i++) {
             size_t j = 0;
             for (size_t s = 0; s < S; s++)
-                if (weights[s * G + g] > 0)
-                    scratch[j++] = deltas[s * n + i];
+                if (weights[s * G + g] > 0) scratch[j++] = deltas[s * n + i];
             qsort(scratch, m, sizeof(float), cmp_float);
             double sum = 0;
             for (size_t q = k; q < m - k; q++)

@@ -37,8 +37,7 @@ size_t moeh_fedavg_apply(const moeh_fedavg_t *a, float *theta, double scale);
 /* The per-group weighted mean delta itself (the server's pseudo-gradient, negated): delta
  * (n_params) is set for groups some site trained (updated[g] = 1) and 0 elsewhere
  * (updated[g] = 0). Returns the number of groups updated. */
-size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta,
-                              uint8_t *updated);
+size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta, uint8_t *updated);
 
 /* Server optimisers of Reddi et al., "Adaptive Federated Optimization" (ICLR 2021), applied
  * to the mean delta D of the groups some site trained (other groups and their moments are

@@ -31,14 +31,12 @@ int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
         cJSON_AddItemToArray(arr, a);
     }
     cJSON_AddItemToObject(j, "arrays", arr);
-    if (!(hdr = cJSON_PrintUnformatted(j)))
-        goto out;
+    if (!(hdr = cJSON_PrintUnformatted(j))) goto out;
     uint32_t version = 1, hlen = (uint32_t)strlen(hdr);
     size_t body = 16 + hlen;
     for (size_t i = 0; i < c->n_arrays; i++)
         body += c->counts[i] * sizeof(float);
-    if (!(buf = malloc(body + 8)))
-        goto out;
+    if (!(buf = malloc(body + 8))) goto out;
     memcpy(buf, MAGIC, 8);
     memcpy(buf + 8, &version, 4);
     memcpy(buf + 12, &hlen, 4);
@@ -52,8 +50,7 @@ int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
     memcpy(buf + body, &h, 8);
     rc = moeh_file_write_atomic(path, buf, body + 8, err);
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "%s: out of memory", path);
+    if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory", path);
     cJSON_Delete(j);
     free(hdr);
     free(buf);
@@ -63,8 +60,7 @@ out:
 static int get_num(const cJSON *j, const char *key, double *out)
 {
     const cJSON *v = cJSON_GetObjectItem(j, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0)
-        return -1;
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0) return -1;
     *out = v->valuedouble;
     return 0;
 }
@@ -76,8 +72,7 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     cJSON *j = NULL;
     memset(c, 0, sizeof *c);
     int rc = moeh_file_read_all(path, (size_t)1 << 34, &buf, &len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     rc = -EBADMSG;
     uint32_t version, hlen;
     if (len < 24 || memcmp(buf, MAGIC, 8) != 0) {
@@ -153,8 +148,7 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     }
     rc = 0;
 out:
-    if (rc)
-        moeh_ckpt_free(c);
+    if (rc) moeh_ckpt_free(c);
     cJSON_Delete(j);
     free(buf);
     return rc;
@@ -170,7 +164,6 @@ void moeh_ckpt_free(moeh_ckpt_t *c)
 float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count)
 {
     for (size_t i = 0; i < c->n_arrays; i++)
-        if (strcmp(c->names[i], name) == 0 && c->counts[i] == count)
-            return c->arrays[i];
+        if (strcmp(c->names[i], name) == 0 && c->counts[i] == count) return c->arrays[i];
     return NULL;
 }

@@ -17,7 +17,7 @@
 #define MOEH_CKPT_MAX_ARRAYS 8
 
 typedef struct {
-    uint32_t round;          /* last completed round */
+    uint32_t round; /* last completed round */
     uint64_t model_version;
     uint64_t spec_hash;
     size_t n_params, n_groups;

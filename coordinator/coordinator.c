@@ -42,13 +42,13 @@ typedef struct {
     char id[MOEH_SITE_ID_MAX + 1];
     uint8_t rid[256];
     size_t rid_len;
-    int admitted;   /* welcomed and not gone */
+    int admitted; /* welcomed and not gone */
     int participant, replied;
     int64_t last_seen;
     uint64_t n_train, n_eval;
     double train_loss;
     uint64_t n_samples;
-    int sa_in;      /* in this attempt's secure-aggregation session, as id sa_id */
+    int sa_in; /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
 } site_t;
 
@@ -61,14 +61,14 @@ typedef enum { SA_OFF, SA_KEYS, SA_SHARES, SA_MASKED, SA_UNMASK } sa_step_t;
  * to the coordinator (keys, ciphertexts it cannot open, revealed shares meant for it). */
 typedef struct {
     sa_step_t step;
-    moeh_secagg_cfg_t cfg;  /* cfg.round is the session id sent to the sites */
-    uint32_t need;          /* max(t, min_sites): fewer at any step aborts the attempt */
-    site_t **site;          /* (n) id -> site */
-    moeh_secagg_pubkeys_t *keys; /* (n) advertised keys */
+    moeh_secagg_cfg_t cfg;            /* cfg.round is the session id sent to the sites */
+    uint32_t need;                    /* max(t, min_sites): fewer at any step aborts the attempt */
+    site_t **site;                    /* (n) id -> site */
+    moeh_secagg_pubkeys_t *keys;      /* (n) advertised keys */
     uint8_t *u1, *u2, *u3, *revealed; /* (n) flags: advertised, shared, masked update, revealed */
-    uint8_t *cts;           /* (n, n, CT bytes): from i to j at i * n + j */
-    uint8_t *ct_have;       /* (n, n) */
-    moeh_secagg_reveal_t *reveals; /* (n, n) at most */
+    uint8_t *cts;                     /* (n, n, CT bytes): from i to j at i * n + j */
+    uint8_t *ct_have;                 /* (n, n) */
+    moeh_secagg_reveal_t *reveals;    /* (n, n) at most */
     size_t n_reveals;
 } sa_session_t;
 
@@ -83,7 +83,7 @@ typedef struct {
     moeh_moe_cfg_t mcfg;
     moeh_params_t *p;
     uint32_t n_norm, n_experts;
-    float *norm;       /* (2, n_norm): means then standard deviations */
+    float *norm; /* (2, n_norm): means then standard deviations */
     int have_norm;
     double *stats_sum; /* (n_norm, 3) summed over sites */
     float *gate_sum;   /* (7, n_experts) summed over sites */
@@ -95,9 +95,9 @@ typedef struct {
     moeh_server_opt_t sopt;
     /* this phase's parameters, copied once and shared by every site's RoundStart */
     moeh_shared_frame_t *params_frame;
-    float *delta, *sm, *sv;       /* mean delta and server moments (adaptive strategies) */
-    float *site_delta, *scratch;  /* trimmed mean: each site's decoded delta, (slots, n) */
-    uint32_t *site_w;             /* trimmed mean: each site's group weights, (slots, G) */
+    float *delta, *sm, *sv;      /* mean delta and server moments (adaptive strategies) */
+    float *site_delta, *scratch; /* trimmed mean: each site's decoded delta, (slots, n) */
+    uint32_t *site_w;            /* trimmed mean: each site's group weights, (slots, G) */
     size_t n_slots, cap_slots;
     uint8_t updated[MOEH_AGG_MAX_GROUPS];
     uint64_t *hist; /* (8 slices, n_tasks, 2, bins) summed over sites */
@@ -172,8 +172,7 @@ static site_t *site_by_rid(coord_t *c, const uint8_t *rid, size_t len)
 static site_t *site_by_id(coord_t *c, const char *id)
 {
     for (size_t i = 0; i < c->n_sites; i++)
-        if (strcmp(c->sites[i].id, id) == 0)
-            return &c->sites[i];
+        if (strcmp(c->sites[i].id, id) == 0) return &c->sites[i];
     return NULL;
 }
 
@@ -196,13 +195,13 @@ static void jnum(FILE *f, const char *key, double v)
 
 static void site_gone(coord_t *c, site_t *s, const char *why)
 {
-    if (!s->admitted)
-        return;
+    if (!s->admitted) return;
     s->admitted = 0;
     MOEH_WARN("site %s is gone (%s)", s->id, why);
     if (c->metrics) {
-        fprintf(c->metrics, "{\"event\":\"site_gone\",\"round\":%u,\"site\":\"%s\",\"why\":\"%s\"}\n",
-                c->round, s->id, why);
+        fprintf(c->metrics,
+                "{\"event\":\"site_gone\",\"round\":%u,\"site\":\"%s\",\"why\":\"%s\"}\n", c->round,
+                s->id, why);
         fflush(c->metrics);
     }
 }
@@ -240,22 +239,23 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     mc.seed = cfg->seed;
     moeh_err_t e2 = {0};
     int rc = moeh_moe_create(&mc, &c->model, &e2);
-    if (rc)
-        return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
+    if (rc) return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
     c->mcfg = mc;
     c->p = moeh_moe_params(c->model);
     c->spec_hash = moeh_params_spec_hash(c->p);
     c->n_norm = n_static + n_vars;
     c->quant_scale = 1.0; /* replaced when a training phase opens; any valid value before */
     c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
-    c->lim = (moeh_wire_limits_t){.n_params = c->p->n, .n_groups = (uint32_t)c->p->n_groups,
-                                  .n_tasks = cfg->n_tasks, .eval_bins = cfg->eval_bins,
-                                  .n_norm = c->n_norm, .n_experts = c->n_experts};
-    if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off,
-                               c->p->group_len)))
+    c->lim = (moeh_wire_limits_t){.n_params = c->p->n,
+                                  .n_groups = (uint32_t)c->p->n_groups,
+                                  .n_tasks = cfg->n_tasks,
+                                  .eval_bins = cfg->eval_bins,
+                                  .n_norm = c->n_norm,
+                                  .n_experts = c->n_experts};
+    if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off, c->p->group_len)))
         return moeh_errf(err, rc, "cannot allocate the aggregation buffer");
-    c->hist = calloc((size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins,
-                     sizeof(uint64_t));
+    c->hist =
+        calloc((size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
     c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(float));
@@ -304,8 +304,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rs.n_participants = c->n_participants;
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
     if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
-        if (!s->sa_in)
-            return; /* not in this session: it cannot take part in this attempt */
+        if (!s->sa_in) return; /* not in this session: it cannot take part in this attempt */
         sp.session = c->sa.cfg.round;
         sp.n = c->sa.cfg.n;
         sp.t = c->sa.cfg.t;
@@ -317,9 +316,14 @@ static void send_round_start(coord_t *c, site_t *s)
     env.type = MOEH__MSG_TYPE__ROUND_START;
     env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     env.round_start = &rs;
-    moeh_frame_t f[2] = {{.name = "params", .dtype = MOEH__DTYPE__F32, .data = c->p->w,
-                          .count = c->p->n, .shared = c->params_frame},
-                         {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = c->norm,
+    moeh_frame_t f[2] = {{.name = "params",
+                          .dtype = MOEH__DTYPE__F32,
+                          .data = c->p->w,
+                          .count = c->p->n,
+                          .shared = c->params_frame},
+                         {.name = "norm",
+                          .dtype = MOEH__DTYPE__F32,
+                          .data = c->norm,
                           .count = 2 * (uint64_t)c->n_norm}};
     send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
 }
@@ -376,8 +380,7 @@ static void sa_open(coord_t *c)
     uint32_t id = 0;
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
-        if (!s->participant)
-            continue;
+        if (!s->participant) continue;
         s->sa_in = 1;
         s->sa_id = id;
         sa->site[id++] = s;
@@ -402,8 +405,8 @@ static void open_phase(coord_t *c, phase_t ph)
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
      * until the phase closes); without it the sends fall back to a copy each */
     moeh_shared_frame_destroy(&c->params_frame);
-    if (ph != PH_STATS && moeh_shared_frame_create(c->p->w, c->p->n * sizeof(float),
-                                                   &c->params_frame) != 0)
+    if (ph != PH_STATS &&
+        moeh_shared_frame_create(c->p->w, c->p->n * sizeof(float), &c->params_frame) != 0)
         MOEH_WARN("out of memory for the shared parameter frame; copying per site");
     c->phase_deadline = moeh_now_ms() + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
@@ -414,17 +417,14 @@ static void open_phase(coord_t *c, phase_t ph)
         /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
         c->w_used = 0;
         for (size_t i = 0; i < c->n_sites; i++)
-            if (c->sites[i].admitted)
-                c->w_used += (double)c->sites[i].n_train;
+            if (c->sites[i].admitted) c->w_used += (double)c->sites[i].n_train;
         c->n_slots = 0;
         if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->cap_slots < c->n_sites + 8) {
             size_t cap = c->n_sites + 8; /* room for late joiners */
             float *d = realloc(c->site_delta, cap * c->p->n * sizeof(float));
-            if (d)
-                c->site_delta = d;
+            if (d) c->site_delta = d;
             uint32_t *w = d ? realloc(c->site_w, cap * c->p->n_groups * sizeof(uint32_t)) : NULL;
-            if (w)
-                c->site_w = w;
+            if (w) c->site_w = w;
             float *sc = w ? realloc(c->scratch, cap * sizeof(float)) : NULL;
             if (sc) {
                 c->scratch = sc;
@@ -458,11 +458,12 @@ static void open_phase(coord_t *c, phase_t ph)
     else
         c->sa.step = SA_OFF;
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
-              ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics", c->n_participants,
-              (unsigned long long)c->model_version);
+              ph == PH_TRAIN  ? "train"
+              : ph == PH_EVAL ? "eval"
+                              : "statistics",
+              c->n_participants, (unsigned long long)c->model_version);
     for (size_t i = 0; i < c->n_sites; i++)
-        if (c->sites[i].participant)
-            send_round_start(c, &c->sites[i]);
+        if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
 }
 
 static void reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *what,
@@ -485,13 +486,12 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     }
     if (!cfg->insecure && strcmp(h->site_id, m->peer) != 0) {
         snprintf(what, sizeof what,
-                 "site id '%s' does not match the id registered for your key ('%s')",
-                 h->site_id, m->peer);
+                 "site id '%s' does not match the id registered for your key ('%s')", h->site_id,
+                 m->peer);
         reply_error(c, m, -EACCES, what, m->peer[0] ? m->peer : "an unauthenticated peer");
         return;
     }
-    if (!c->model && create_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size,
-                                  fatal) != 0)
+    if (!c->model && create_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size, fatal) != 0)
         return;
     if (h->n_features != c->mcfg.n_static || h->n_vars != c->mcfg.n_vars ||
         h->n_steps != c->mcfg.n_steps || h->img_size != c->mcfg.img_size) {
@@ -558,14 +558,12 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     env.type = MOEH__MSG_TYPE__WELCOME;
     env.body_case = MOEH__ENVELOPE__BODY_WELCOME;
     env.welcome = &w;
-    if (send_to(c, s, &env, NULL, 0) != 0)
-        return;
+    if (send_to(c, s, &env, NULL, 0) != 0) return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
     if (c->phase == PH_TRAIN && c->sa.step != SA_OFF && !s->replied) {
         /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
          * lost (or never had) its round keys, and takes part from the next phase on. */
-        if (s->participant && c->n_participants)
-            c->n_participants--;
+        if (s->participant && c->n_participants) c->n_participants--;
         s->participant = 0;
         s->sa_in = 0;
         return;
@@ -578,8 +576,7 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
                 return; /* no slot left for its update this round */
             c->w_used += (double)s->n_train;
         }
-        if (!s->participant)
-            c->n_participants++;
+        if (!s->participant) c->n_participants++;
         s->participant = 1;
         send_round_start(c, s);
     }
@@ -611,8 +608,7 @@ static int session_ok(coord_t *c, moeh_msg_t *m, site_t *s, phase_t want, uint32
 static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__Update *u = m->env->update;
-    if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version))
-        return;
+    if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version)) return;
     const uint8_t *words = m->frames[0].data;
     char what[160];
     if (c->sa.step != SA_OFF || u->secagg_session != 0) {
@@ -621,8 +617,9 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
          * dropped sites may be revealed, and its pairwise masks could be stripped. */
         if (c->sa.step != SA_MASKED || !s->sa_in || !c->sa.u2[s->sa_id] ||
             u->secagg_session != c->sa.cfg.round) {
-            reply_error(c, m, -ESTALE, "update: not expected now by this secure-aggregation "
-                                       "session (late, masked for another session, or plain)",
+            reply_error(c, m, -ESTALE,
+                        "update: not expected now by this secure-aggregation "
+                        "session (late, masked for another session, or plain)",
                         s->id);
             return;
         }
@@ -635,8 +632,9 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
         uint32_t w;
         memcpy(&w, words + 4 * (c->p->n + g), 4);
         if (w > s->n_train) {
-            snprintf(what, sizeof what, "update: group %zu weight %u exceeds the %llu training "
-                                        "samples this site declared",
+            snprintf(what, sizeof what,
+                     "update: group %zu weight %u exceeds the %llu training "
+                     "samples this site declared",
                      g, w, (unsigned long long)s->n_train);
             reply_error(c, m, -ERANGE, what, s->id);
             return;
@@ -646,8 +644,10 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
             uint32_t q;
             memcpy(&q, words + 4 * i, 4);
             if (fabs((double)moeh_quant_signed(q)) > bound) {
-                snprintf(what, sizeof what, "update: word %zu is outside the range its group's "
-                                            "weight and the delta clip allow", i);
+                snprintf(what, sizeof what,
+                         "update: word %zu is outside the range its group's "
+                         "weight and the delta clip allow",
+                         i);
                 reply_error(c, m, -ERANGE, what, s->id);
                 return;
             }
@@ -665,8 +665,7 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
         for (size_t g = 0; g < G; g++) {
             memcpy(&w[g], words + 4 * (c->p->n + g), 4);
             double inv = w[g] ? 1.0 / (c->quant_scale * (double)w[g]) : 0.0;
-            for (size_t i = c->p->group_off[g]; i < c->p->group_off[g] + c->p->group_len[g];
-                 i++) {
+            for (size_t i = c->p->group_off[g]; i < c->p->group_off[g] + c->p->group_len[g]; i++) {
                 uint32_t q;
                 memcpy(&q, words + 4 * i, 4);
                 d[i] = (float)((double)moeh_quant_signed(q) * inv);
@@ -686,8 +685,8 @@ accept:
         fprintf(c->metrics, "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\"", c->round,
                 s->id);
         jnum(c->metrics, "train_loss", u->train_loss);
-        fprintf(c->metrics, ",\"n_samples\":%llu,\"steps\":%u}\n",
-                (unsigned long long)u->n_samples, u->steps);
+        fprintf(c->metrics, ",\"n_samples\":%llu,\"steps\":%u}\n", (unsigned long long)u->n_samples,
+                u->steps);
         fflush(c->metrics);
     }
     MOEH_DEBUG("round %u: update from %s (loss %.4f)", c->round, s->id, u->train_loss);
@@ -705,8 +704,7 @@ static double slice_auroc(const uint64_t *hist, uint32_t n_tasks, uint32_t bins,
 static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__EvalResult *r = m->env->eval_result;
-    if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version))
-        return;
+    if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
     const uint32_t T = c->cfg->n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     size_t per_slice = (size_t)T * 2 * nb, n = MOEH_WIRE_SLICES * per_slice;
@@ -716,8 +714,7 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
         uint32_t v;
         memcpy(&v, p + 4 * i, 4);
         c->hist[i] += v;
-        if (own && i < per_slice)
-            own[i] = v;
+        if (own && i < per_slice) own[i] = v;
     }
     const uint8_t *g = m->frames[1].data;
     for (size_t i = 0; i < (size_t)MOEH_WIRE_COMBOS * c->n_experts; i++) {
@@ -749,8 +746,7 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
 static void handle_stats(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__StatsResult *r = m->env->stats_result;
-    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version))
-        return;
+    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version)) return;
     const uint8_t *p = m->frames[0].data;
     for (size_t i = 0; i < 3 * (size_t)c->n_norm; i++) {
         double x;
@@ -781,8 +777,7 @@ static int sa_ok(coord_t *c, moeh_msg_t *m, site_t *s, sa_step_t want, uint64_t 
 static void handle_sa_advertise(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__SecaggAdvertise *a = m->env->secagg_advertise;
-    if (!sa_ok(c, m, s, SA_KEYS, a->session))
-        return;
+    if (!sa_ok(c, m, s, SA_KEYS, a->session)) return;
     uint32_t i = s->sa_id;
     if (c->sa.u1[i]) {
         reply_error(c, m, -ESTALE, "secagg_advertise: duplicate", s->id);
@@ -797,12 +792,13 @@ static void handle_sa_shares(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__SecaggShares *sh = m->env->secagg_shares;
     sa_session_t *sa = &c->sa;
-    if (!sa_ok(c, m, s, SA_SHARES, sh->session))
-        return;
+    if (!sa_ok(c, m, s, SA_SHARES, sh->session)) return;
     uint32_t i = s->sa_id, n = sa->cfg.n;
     if (!sa->u1[i] || sa->u2[i] || sh->n_u2 != 0) {
-        reply_error(c, m, -ESTALE, "secagg_shares: duplicate, or from a site that did not "
-                                   "advertise keys", s->id);
+        reply_error(c, m, -ESTALE,
+                    "secagg_shares: duplicate, or from a site that did not "
+                    "advertise keys",
+                    s->id);
         return;
     }
     /* exactly one ciphertext for every neighbour in U1 (peers arrive strictly increasing) */
@@ -815,8 +811,10 @@ static void handle_sa_shares(coord_t *c, moeh_msg_t *m, site_t *s)
         ok = j < n && j != i && sa->u1[j] && moeh_secagg_neighbours(&sa->cfg, i, j);
     }
     if (!ok) {
-        reply_error(c, m, -EBADMSG, "secagg_shares: expected one ciphertext for each "
-                                    "neighbour that advertised keys", s->id);
+        reply_error(c, m, -EBADMSG,
+                    "secagg_shares: expected one ciphertext for each "
+                    "neighbour that advertised keys",
+                    s->id);
         return;
     }
     for (size_t k = 0; k < sh->n_ciphers; k++) {
@@ -832,12 +830,13 @@ static void handle_sa_reveal(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__SecaggReveal *r = m->env->secagg_reveal;
     sa_session_t *sa = &c->sa;
-    if (!sa_ok(c, m, s, SA_UNMASK, r->session))
-        return;
+    if (!sa_ok(c, m, s, SA_UNMASK, r->session)) return;
     uint32_t h = s->sa_id, n = sa->cfg.n;
     if (!sa->u3[h] || sa->revealed[h]) {
-        reply_error(c, m, -ESTALE, "secagg_reveal: duplicate, or from a site that was not "
-                                   "asked", s->id);
+        reply_error(c, m, -ESTALE,
+                    "secagg_reveal: duplicate, or from a site that was not "
+                    "asked",
+                    s->id);
         return;
     }
     /* b shares of survivors, s shares of dropped clients only: never both of one owner */
@@ -846,8 +845,10 @@ static void handle_sa_reveal(coord_t *c, moeh_msg_t *m, site_t *s)
         int want_b = x->owner < n && sa->u3[x->owner];
         int want_s = x->owner < n && sa->u2[x->owner] && !sa->u3[x->owner];
         if (!(x->kind == MOEH__SECAGG_KIND__SECAGG_B ? want_b : want_s)) {
-            reply_error(c, m, -EBADMSG, "secagg_reveal: a share of a kind this session did "
-                                        "not ask for", s->id);
+            reply_error(c, m, -EBADMSG,
+                        "secagg_reveal: a share of a kind this session did "
+                        "not ask for",
+                        s->id);
             return;
         }
     }
@@ -919,8 +920,7 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
             }
         }
         moeh_msg_clear(&m);
-        if (fatal->msg[0])
-            return;
+        if (fatal->msg[0]) return;
     }
 }
 
@@ -940,8 +940,7 @@ static void finish_train(coord_t *c)
     double loss = 0;
     uint64_t ns = 0;
     for (size_t i = 0; i < c->n_sites; i++)
-        if (c->sites[i].replied)
-            ns += c->sites[i].n_samples;
+        if (c->sites[i].replied) ns += c->sites[i].n_samples;
     loss = ns ? c->round_train_loss / (double)ns : NAN;
     c->round_train_loss = loss;
     if (c->metrics) {
@@ -972,8 +971,8 @@ static void finish_stats(coord_t *c)
     c->have_norm = 1;
     MOEH_INFO("normalisation statistics from %u sites over %zu features", c->n_replied, n);
     if (c->metrics) {
-        fprintf(c->metrics, "{\"event\":\"stats\",\"sites\":%u,\"features\":%zu}\n",
-                c->n_replied, n);
+        fprintf(c->metrics, "{\"event\":\"stats\",\"sites\":%u,\"features\":%zu}\n", c->n_replied,
+                n);
         fflush(c->metrics);
     }
 }
@@ -1025,9 +1024,9 @@ static void finish_eval(coord_t *c)
                     (unsigned long long)c->combo_rows[k]);
             for (uint32_t e = 0; e < c->n_experts; e++)
                 fprintf(f, "%s%.4f", e ? "," : "",
-                        c->combo_rows[k] ? c->gate_sum[k * c->n_experts + e] /
-                                               (double)c->combo_rows[k]
-                                         : 0.0);
+                        c->combo_rows[k]
+                            ? c->gate_sum[k * c->n_experts + e] / (double)c->combo_rows[k]
+                            : 0.0);
             fprintf(f, "]}");
         }
         fprintf(f, "}\n");
@@ -1049,8 +1048,8 @@ static void finish_eval(coord_t *c)
         printf(" %10.4f %7.2f\n", mean, secs);
         fflush(stdout);
     }
-    MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f",
-              c->round, c->n_replied, c->round_train_loss, eval_loss, mean);
+    MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,
+              c->n_replied, c->round_train_loss, eval_loss, mean);
 }
 
 /* The final table: test AUROC per task, overall and per modality combination. */
@@ -1070,8 +1069,7 @@ static void print_final_table(const coord_t *c)
                 rows += c->combo_rows[k];
         else
             rows = c->combo_rows[sl - 1];
-        if (sl > 0 && rows == 0)
-            continue;
+        if (sl > 0 && rows == 0) continue;
         printf("%-6s %7llu", sl == 0 ? "all" : k_combo_names[sl - 1], (unsigned long long)rows);
         for (uint32_t t = 0; t < T && t < 4; t++) {
             if (isnan(c->last_auroc[sl][t]))
@@ -1089,9 +1087,12 @@ static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
 {
     float shape[4] = {(float)c->mcfg.n_static, (float)c->mcfg.n_vars, (float)c->mcfg.n_steps,
                       (float)c->mcfg.img_size};
-    moeh_ckpt_t k = {.round = c->round, .model_version = c->model_version,
-                     .spec_hash = c->spec_hash, .n_params = c->p->n,
-                     .n_groups = c->p->n_groups, .n_arrays = 3,
+    moeh_ckpt_t k = {.round = c->round,
+                     .model_version = c->model_version,
+                     .spec_hash = c->spec_hash,
+                     .n_params = c->p->n,
+                     .n_groups = c->p->n_groups,
+                     .n_arrays = 3,
                      .counts = {c->p->n, 2 * (size_t)c->n_norm, 4, c->p->n, c->p->n},
                      .arrays = {c->p->w, c->norm, shape, c->sm, c->sv}};
     snprintf(k.names[0], sizeof k.names[0], "params");
@@ -1104,8 +1105,7 @@ static int save_checkpoint(coord_t *c, moeh_err_t *fatal)
     }
     moeh_err_t err = {0};
     int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
-    if (rc)
-        moeh_errf(fatal, rc, "cannot write the checkpoint: %s", err.msg);
+    if (rc) moeh_errf(fatal, rc, "cannot write the checkpoint: %s", err.msg);
     return rc;
 }
 
@@ -1116,8 +1116,7 @@ static int load_checkpoint(coord_t *c, moeh_err_t *err)
 {
     moeh_ckpt_t k;
     int rc = moeh_ckpt_load(c->ckpt_path, &k, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     float *shape = moeh_ckpt_array(&k, "data_shape", 4);
     if (!shape) {
         rc = moeh_errf(err, -EBADMSG, "%s: no data_shape array", c->ckpt_path);
@@ -1129,8 +1128,9 @@ static int load_checkpoint(coord_t *c, moeh_err_t *err)
     float *params = moeh_ckpt_array(&k, "params", c->p->n),
           *norm = moeh_ckpt_array(&k, "norm", 2 * (size_t)c->n_norm);
     if (c->spec_hash != k.spec_hash || !params || !norm) {
-        rc = moeh_errf(err, -EINVAL, "%s: the model layout differs from this run's "
-                                     "configuration (architecture, widths or buckets changed?)",
+        rc = moeh_errf(err, -EINVAL,
+                       "%s: the model layout differs from this run's "
+                       "configuration (architecture, widths or buckets changed?)",
                        c->ckpt_path);
         goto out;
     }
@@ -1138,8 +1138,9 @@ static int load_checkpoint(coord_t *c, moeh_err_t *err)
         float *sm = moeh_ckpt_array(&k, "server_m", c->p->n),
               *sv = moeh_ckpt_array(&k, "server_v", c->p->n);
         if (!sm || !sv) {
-            rc = moeh_errf(err, -EINVAL, "%s has no server moments: it was written by a %s run, "
-                                         "this one is %s",
+            rc = moeh_errf(err, -EINVAL,
+                           "%s has no server moments: it was written by a %s run, "
+                           "this one is %s",
                            c->ckpt_path, "fedavg", moeh_strategy_name(c->sopt.kind));
             goto out;
         }
@@ -1174,10 +1175,8 @@ static void reload_registry(coord_t *c)
     MOEH_INFO("registry reloaded from %s: %zu sites", c->cfg->registry_path, n);
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
-        if (!s->admitted || moeh_zap_has_site(c->zap, s->id))
-            continue;
-        moeh_wire_send_error(c->router, s->rid, s->rid_len, -EACCES,
-                             "this site's key was revoked");
+        if (!s->admitted || moeh_zap_has_site(c->zap, s->id)) continue;
+        moeh_wire_send_error(c->router, s->rid, s->rid_len, -EACCES, "this site's key was revoked");
         site_gone(c, s, "key revoked");
     }
 }
@@ -1187,8 +1186,9 @@ static void retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const c
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     if (++c->retries > cfg->max_retries) {
-        moeh_errf(fatal, -ETIMEDOUT, "round %u %s phase: %s, after %u attempts (is every site "
-                                     "running and reachable?)",
+        moeh_errf(fatal, -ETIMEDOUT,
+                  "round %u %s phase: %s, after %u attempts (is every site "
+                  "running and reachable?)",
                   c->round, name, what, c->retries);
         return;
     }
@@ -1209,8 +1209,7 @@ static void sa_send_keys(coord_t *c)
         goto out; /* the sites miss their keys; the step times out and the attempt is retried */
     }
     for (uint32_t i = 0; i < n; i++) {
-        if (!sa->u1[i])
-            continue;
+        if (!sa->u1[i]) continue;
         moeh__secagg_key__init(&k[m]);
         k[m].id = i;
         k[m].c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, sa->keys[i].c_pk};
@@ -1227,8 +1226,7 @@ static void sa_send_keys(coord_t *c)
     env.body_case = MOEH__ENVELOPE__BODY_SECAGG_KEYS;
     env.secagg_keys = &ks;
     for (uint32_t i = 0; i < n; i++)
-        if (sa->u1[i] && sa->site[i]->admitted)
-            send_to(c, sa->site[i], &env, NULL, 0);
+        if (sa->u1[i] && sa->site[i]->admitted) send_to(c, sa->site[i], &env, NULL, 0);
 out:
     free(k);
     free(kp);
@@ -1247,16 +1245,13 @@ static void sa_forward_shares(coord_t *c)
         goto out;
     }
     for (uint32_t i = 0; i < n; i++)
-        if (sa->u2[i])
-            u2[nu2++] = i;
+        if (sa->u2[i]) u2[nu2++] = i;
     for (uint32_t j = 0; j < n; j++) {
-        if (!sa->u2[j] || !sa->site[j]->admitted)
-            continue;
+        if (!sa->u2[j] || !sa->site[j]->admitted) continue;
         size_t m = 0;
         for (uint32_t i = 0; i < n; i++) {
             size_t at = (size_t)i * n + j;
-            if (i == j || !sa->u2[i] || !sa->ct_have[at])
-                continue;
+            if (i == j || !sa->u2[i] || !sa->ct_have[at]) continue;
             moeh__secagg_cipher__init(&cs[m]);
             cs[m].peer = i;
             cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
@@ -1283,8 +1278,7 @@ out:
 }
 
 /* Lists U3 (survivors) and D = U2 \ U3 (dropped) in increasing order. */
-static void sa_lists(const sa_session_t *sa, uint32_t *surv, size_t *ns, uint32_t *drop,
-                     size_t *nd)
+static void sa_lists(const sa_session_t *sa, uint32_t *surv, size_t *ns, uint32_t *drop, size_t *nd)
 {
     *ns = *nd = 0;
     for (uint32_t i = 0; i < sa->cfg.n; i++) {
@@ -1310,8 +1304,7 @@ static void sa_send_unmask(coord_t *c, const uint32_t *surv, size_t ns, const ui
     env.body_case = MOEH__ENVELOPE__BODY_SECAGG_UNMASK;
     env.secagg_unmask = &um;
     for (size_t k = 0; k < ns; k++)
-        if (sa->site[surv[k]]->admitted)
-            send_to(c, sa->site[surv[k]], &env, NULL, 0);
+        if (sa->site[surv[k]]->admitted) send_to(c, sa->site[surv[k]], &env, NULL, 0);
 }
 
 /* Advances a securely aggregated TRAIN phase: closes the current step when every live site it
@@ -1331,15 +1324,13 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
                               : sa->step == SA_SHARES ? sa->u2
                               : sa->step == SA_MASKED ? sa->u3
                                                       : sa->revealed;
-        if (in && !in[i])
-            continue;
+        if (in && !in[i]) continue;
         const site_t *s = sa->site[i];
         got += done[i] != 0;
         pending += !done[i] && s->admitted && s->participant && s->sa_in;
     }
     int64_t now = moeh_now_ms();
-    if (pending > 0 && now < c->phase_deadline)
-        return 0;
+    if (pending > 0 && now < c->phase_deadline) return 0;
     static const char *k_step[] = {"", "key advertisement", "share exchange", "masked update",
                                    "unmasking"};
     char what[MOEH_ERRMSG_MAX + 64];
@@ -1350,8 +1341,9 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
         return 0;
     }
     if (got < sa->need) {
-        snprintf(what, sizeof what, "secure aggregation: %u sites completed the %s step, %u "
-                                    "needed (threshold %u, quorum %u)",
+        snprintf(what, sizeof what,
+                 "secure aggregation: %u sites completed the %s step, %u "
+                 "needed (threshold %u, quorum %u)",
                  got, k_step[sa->step], sa->need, sa->cfg.t, c->cfg->min_sites);
         retry_phase(c, fatal, "train", what);
         return 0;
@@ -1377,7 +1369,8 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
         /* from here on updates are refused: the dropped sites' s keys may be revealed */
         sa->step = SA_UNMASK;
         MOEH_INFO("round %u: secure aggregation: %zu masked updates, %zu sites dropped; asking "
-                  "the survivors for their shares", c->round, ns, nd);
+                  "the survivors for their shares",
+                  c->round, ns, nd);
         sa_send_unmask(c, surv, ns, drop, nd);
         return 0;
     }
@@ -1389,8 +1382,8 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
         retry_phase(c, fatal, "train", what);
         return 0;
     }
-    MOEH_INFO("round %u: secure aggregation: unmasked the sum of %zu sites (%zu dropped)",
-              c->round, ns, nd);
+    MOEH_INFO("round %u: secure aggregation: unmasked the sum of %zu sites (%zu dropped)", c->round,
+              ns, nd);
     sa->step = SA_OFF;
     return 1;
 }
@@ -1402,13 +1395,11 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
     int64_t now = moeh_now_ms();
     uint32_t pending = 0;
     if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
-        if (!sa_step(c, fatal))
-            return;
+        if (!sa_step(c, fatal)) return;
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
             pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
-        if (pending > 0 && now < c->phase_deadline)
-            return;
+        if (pending > 0 && now < c->phase_deadline) return;
     }
     const char *name = c->phase == PH_TRAIN ? "train" : c->phase == PH_EVAL ? "eval" : "statistics";
     if (c->n_replied < cfg->min_sites) {
@@ -1419,8 +1410,8 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         return;
     }
     if (pending > 0)
-        MOEH_WARN("round %u %s phase: deadline passed, closing with %u of %u sites", c->round,
-                  name, c->n_replied, c->n_participants);
+        MOEH_WARN("round %u %s phase: deadline passed, closing with %u of %u sites", c->round, name,
+                  c->n_replied, c->n_participants);
     c->retries = 0;
     if (c->phase == PH_STATS) {
         finish_stats(c);
@@ -1432,8 +1423,7 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         open_phase(c, PH_EVAL);
     } else {
         finish_eval(c);
-        if (save_checkpoint(c, fatal) != 0)
-            return;
+        if (save_checkpoint(c, fatal) != 0) return;
         if (cfg->fault_kill_after_round && c->round == cfg->fault_kill_after_round) {
             MOEH_WARN("fault injection: killing myself after round %u", c->round);
             raise(SIGKILL);
@@ -1456,14 +1446,12 @@ static void heartbeat_and_liveness(coord_t *c)
         if (s->admitted && now - s->last_seen > (int64_t)c->cfg->heartbeat_timeout_ms)
             site_gone(c, s, "no heartbeat");
     }
-    if (now - c->last_hb < (int64_t)c->cfg->heartbeat_ms)
-        return;
+    if (now - c->last_hb < (int64_t)c->cfg->heartbeat_ms) return;
     c->last_hb = now;
     c->hb_seq++;
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
-        if (!s->admitted)
-            continue;
+        if (!s->admitted) continue;
         if (moeh_wire_send_simple(c->router, s->rid, s->rid_len, MOEH__MSG_TYPE__HEARTBEAT, NULL,
                                   c->hb_seq) == -EHOSTUNREACH)
             site_gone(c, s, "connection closed");
@@ -1474,8 +1462,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
 {
     const moeh_coord_cfg_t *k = c->cfg;
     cJSON *j = cJSON_CreateObject();
-    if (!j)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!j) return moeh_errf(err, -ENOMEM, "out of memory");
     cJSON_AddStringToObject(j, "bind", k->bind);
     cJSON_AddBoolToObject(j, "insecure", k->insecure);
     cJSON_AddStringToObject(j, "registry", k->registry_path ? k->registry_path : "");
@@ -1515,8 +1502,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "eval_bins", k->eval_bins);
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
-    if (!s)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!s) return moeh_errf(err, -ENOMEM, "out of memory");
     char path[4096];
     moeh_path_join(path, sizeof path, k->out_dir, "config.json");
     int rc = moeh_file_write_atomic(path, s, strlen(s), err);
@@ -1530,22 +1516,25 @@ static int setup(coord_t *c, moeh_err_t *err)
     int rc;
     char path[4096];
     if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks != 3 || cfg->arch > 6 ||
-        cfg->batch_size == 0 || cfg->prox_mu < 0 ||
-        cfg->eval_bins < 2 || cfg->eval_bins > 100000 || cfg->heartbeat_ms < 10 ||
-        !(cfg->delta_clip > 0))
-        return moeh_errf(err, -EINVAL, "invalid configuration: rounds, min_sites and batch_size "
-                                       "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
-                                       "heartbeat_ms >= 10, delta_clip > 0");
-    c->sopt = (moeh_server_opt_t){.lr = cfg->server_lr, .beta1 = cfg->server_beta1,
-                                  .beta2 = cfg->server_beta2, .tau = cfg->server_tau};
+        cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
+        cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
+        return moeh_errf(err, -EINVAL,
+                         "invalid configuration: rounds, min_sites and batch_size "
+                         "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
+                         "heartbeat_ms >= 10, delta_clip > 0");
+    c->sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
+                                  .beta1 = cfg->server_beta1,
+                                  .beta2 = cfg->server_beta2,
+                                  .tau = cfg->server_tau};
     if (moeh_strategy_parse(cfg->strategy, &c->sopt.kind) != 0)
         return moeh_errf(err, -EINVAL,
                          "--strategy '%s': expected fedavg, fedadam, fedyogi or trimmed",
                          cfg->strategy);
     if (cfg->secagg && c->sopt.kind == MOEH_STRATEGY_TRIMMED)
-        return moeh_errf(err, -EINVAL, "--secagg and --strategy trimmed exclude each other: the "
-                                       "trimmed mean needs every site's update, secure "
-                                       "aggregation reveals only their sum");
+        return moeh_errf(err, -EINVAL,
+                         "--secagg and --strategy trimmed exclude each other: the "
+                         "trimmed mean needs every site's update, secure "
+                         "aggregation reveals only their sum");
     if (cfg->secagg && (rc = moeh_crypto_init()))
         return moeh_errf(err, rc, "libsodium failed to initialise");
     if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && !(cfg->trim >= 0 && cfg->trim < 0.5))
@@ -1554,8 +1543,9 @@ static int setup(coord_t *c, moeh_err_t *err)
     if ((c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) &&
         !(cfg->server_lr > 0 && cfg->server_beta1 >= 0 && cfg->server_beta1 < 1 &&
           cfg->server_beta2 >= 0 && cfg->server_beta2 < 1 && cfg->server_tau > 0))
-        return moeh_errf(err, -EINVAL, "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
-                                       "expected");
+        return moeh_errf(err, -EINVAL,
+                         "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
+                         "expected");
     static const char *names3[] = {"mortality", "los7", "readmit30"};
     for (uint32_t t = 0; t < cfg->n_tasks; t++) {
         if (cfg->n_tasks == 3)
@@ -1564,14 +1554,11 @@ static int setup(coord_t *c, moeh_err_t *err)
             snprintf(c->task_buf[t], sizeof c->task_buf[t], "task%u", t);
         c->task_names[t] = c->task_buf[t];
     }
-    if ((rc = moeh_mkdir_p(cfg->out_dir, err)))
-        return rc;
-    if ((rc = write_config(c, err)))
-        return rc;
+    if ((rc = moeh_mkdir_p(cfg->out_dir, err))) return rc;
+    if ((rc = write_config(c, err))) return rc;
     if (moeh_path_join(c->ckpt_path, sizeof c->ckpt_path, cfg->out_dir, "checkpoint.moeh"))
         return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
-    if (cfg->resume && (rc = load_checkpoint(c, err)))
-        return rc;
+    if (cfg->resume && (rc = load_checkpoint(c, err))) return rc;
     moeh_path_join(path, sizeof path, cfg->out_dir, "metrics.jsonl");
     if (!(c->metrics = fopen(path, cfg->resume ? "a" : "w")))
         return moeh_errf(err, -errno, "%s: cannot create: %s", path, strerror(errno));
@@ -1582,21 +1569,19 @@ static int setup(coord_t *c, moeh_err_t *err)
     uint32_t registered = 0;
     if (!cfg->insecure) {
         if (!cfg->registry_path || !cfg->key_path)
-            return moeh_errf(err, -EINVAL, "a site registry (--registry) and the coordinator's "
-                                           "key (--key) are required (or --insecure for tests)");
-        if ((rc = moeh_crypto_init()))
-            return moeh_errf(err, rc, "libsodium failed to initialise");
+            return moeh_errf(err, -EINVAL,
+                             "a site registry (--registry) and the coordinator's "
+                             "key (--key) are required (or --insecure for tests)");
+        if ((rc = moeh_crypto_init())) return moeh_errf(err, rc, "libsodium failed to initialise");
         moeh_registry_t reg;
-        if ((rc = moeh_registry_load(cfg->registry_path, &reg, err)))
-            return rc;
+        if ((rc = moeh_registry_load(cfg->registry_path, &reg, err))) return rc;
         if (reg.n == 0) {
             moeh_registry_free(&reg);
             return moeh_errf(err, -EINVAL, "%s: no site is registered under [sites]",
                              cfg->registry_path);
         }
         registered = (uint32_t)reg.n;
-        if ((rc = moeh_keypair_read(cfg->key_path, &c->kp, err)))
-            return rc;
+        if ((rc = moeh_keypair_read(cfg->key_path, &c->kp, err))) return rc;
         if ((rc = moeh_zap_start(c->zctx, &reg, &c->zap))) {
             moeh_registry_free(&reg);
             return moeh_errf(err, rc, "cannot start the ZAP handler: %s", moeh_strerror(rc));
@@ -1617,8 +1602,7 @@ static int setup(coord_t *c, moeh_err_t *err)
         return moeh_errf(err, -zmq_errno(), "cannot bind %s: %s", cfg->bind,
                          zmq_strerror(zmq_errno()));
     c->wait_target = cfg->wait_sites ? cfg->wait_sites : (registered ? registered : cfg->min_sites);
-    if (c->wait_target < cfg->min_sites)
-        c->wait_target = cfg->min_sites;
+    if (c->wait_target < cfg->min_sites) c->wait_target = cfg->min_sites;
     char ep[256];
     size_t eplen = sizeof ep;
     zmq_getsockopt(c->router, ZMQ_LAST_ENDPOINT, ep, &eplen);
@@ -1646,11 +1630,9 @@ static void teardown(coord_t *c)
         zmq_close(c->router);
     }
     moeh_zap_stop(&c->zap);
-    if (c->zctx)
-        zmq_ctx_term(c->zctx);
+    if (c->zctx) zmq_ctx_term(c->zctx);
     moeh_keypair_destroy(&c->kp);
-    if (c->metrics)
-        fclose(c->metrics);
+    if (c->metrics) fclose(c->metrics);
     moeh_fedavg_free(&c->agg);
     sa_free(&c->sa);
     moeh_shared_frame_destroy(&c->params_frame);
@@ -1675,8 +1657,7 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     c.cfg = cfg;
     moeh_err_t fatal = {0};
     int rc = setup(&c, err);
-    if (rc)
-        goto out;
+    if (rc) goto out;
     c.wait_start = moeh_now_ms();
     c.phase = PH_WAIT;
     while (!*stop && c.phase != PH_DONE) {
@@ -1687,12 +1668,10 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         }
         if (cfg->reload && *cfg->reload) {
             *cfg->reload = 0;
-            if (c.zap)
-                reload_registry(&c);
+            if (c.zap) reload_registry(&c);
         }
         handle_message(&c, &fatal);
-        if (fatal.msg[0])
-            break;
+        if (fatal.msg[0]) break;
         heartbeat_and_liveness(&c);
         if (c.phase == PH_WAIT) {
             uint32_t n = n_admitted(&c);
@@ -1719,8 +1698,7 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         } else {
             step_phase(&c, &fatal);
         }
-        if (fatal.msg[0])
-            break;
+        if (fatal.msg[0]) break;
     }
     if (fatal.msg[0]) {
         rc = moeh_errf(err, -ETIMEDOUT, "%s", fatal.msg);
@@ -1733,10 +1711,8 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     char path[4096];
     size_t shape[1] = {c.p->n};
     moeh_path_join(path, sizeof path, cfg->out_dir, "model.npy");
-    if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c.p->w, err)))
-        goto out;
-    if (cfg->print_table && c.table_header_done)
-        print_final_table(&c);
+    if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c.p->w, err))) goto out;
+    if (cfg->print_table && c.table_header_done) print_final_table(&c);
     MOEH_INFO("all %u rounds done; model written to %s", cfg->rounds, path);
     rc = 0;
 out:

@@ -18,11 +18,11 @@ typedef struct {
     int insecure;              /* plaintext, no admission control: unit tests only */
 
     uint32_t rounds;
-    uint32_t min_sites;       /* quorum: a phase closes with >= this many replies */
-    uint32_t wait_sites;      /* start as soon as this many sites joined (0: registry size) */
+    uint32_t min_sites;        /* quorum: a phase closes with >= this many replies */
+    uint32_t wait_sites;       /* start as soon as this many sites joined (0: registry size) */
     uint32_t start_timeout_ms; /* ...or after this long with >= min_sites */
     uint32_t phase_deadline_ms;
-    uint32_t max_retries;      /* a phase without quorum is retried this many times */
+    uint32_t max_retries; /* a phase without quorum is retried this many times */
     uint32_t heartbeat_ms;
     uint32_t heartbeat_timeout_ms; /* a silent site is considered gone after this */
 
@@ -37,21 +37,21 @@ typedef struct {
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
     const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
     float server_lr, server_beta1, server_beta2, server_tau;
-    float trim;             /* trimmed mean: fraction dropped at each end */
-    int secagg;             /* secure aggregation of the TRAIN phase (docs/secagg.md): the
-                             * coordinator learns only the sum of the sites' updates */
+    float trim; /* trimmed mean: fraction dropped at each end */
+    int secagg; /* secure aggregation of the TRAIN phase (docs/secagg.md): the
+                 * coordinator learns only the sum of the sites' updates */
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;
     float lr, weight_decay, clip;
-    float delta_clip;      /* per-parameter clip of update deltas (fixed-point range) */
+    float delta_clip; /* per-parameter clip of update deltas (fixed-point range) */
     uint32_t eval_bins;
 
-    const char *out_dir;   /* metrics.jsonl, model.npy, config.json go here */
-    int ready_fd;          /* if >= 0: the bound endpoint and '\n' are written here */
-    int print_table;       /* print one line per round on stdout */
-    int resume;            /* continue from out_dir/checkpoint.moeh */
-    volatile sig_atomic_t *reload; /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
+    const char *out_dir;             /* metrics.jsonl, model.npy, config.json go here */
+    int ready_fd;                    /* if >= 0: the bound endpoint and '\n' are written here */
+    int print_table;                 /* print one line per round on stdout */
+    int resume;                      /* continue from out_dir/checkpoint.moeh */
+    volatile sig_atomic_t *reload;   /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
     uint32_t fault_kill_after_round; /* tests only: SIGKILL itself after checkpointing round N */
 } moeh_coord_cfg_t;
 

@@ -90,8 +90,7 @@ int main(int argc, char **argv)
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
-    if (rc >= 0)
-        return rc;
+    if (rc >= 0) return rc;
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
     cfg.print_table = table;
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */

@@ -28,8 +28,8 @@ void moeh_linear_backward(float *restrict dinp, float *restrict dw, float *restr
 /* out (n) = max(inp, 0); may be in place. */
 void moeh_relu_forward(float *out, const float *inp, size_t n);
 /* dinp (n) += dout * (out > 0), where out is the forward output. */
-void moeh_relu_backward(float *restrict dinp, const float *restrict dout,
-                        const float *restrict out, size_t n);
+void moeh_relu_backward(float *restrict dinp, const float *restrict dout, const float *restrict out,
+                        size_t n);
 
 /* Masked binary cross-entropy with logits, summed over tasks and averaged per task over the
  * samples whose label is present: loss = sum_t pos_weight-weighted mean_{b: mask[b,t]} bce.
@@ -42,7 +42,8 @@ double moeh_bce_masked(float *restrict dlogits, const float *restrict logits,
 
 static inline float moeh_sigmoid(float x)
 {
-    return x >= 0 ? 1.0f / (1.0f + __builtin_expf(-x)) : __builtin_expf(x) / (1.0f + __builtin_expf(x));
+    return x >= 0 ? 1.0f / (1.0f + __builtin_expf(-x))
+                  : __builtin_expf(x) / (1.0f + __builtin_expf(x));
 }
 
 #endif

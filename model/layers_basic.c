@@ -13,8 +13,8 @@ void moeh_linear_forward(float *restrict out, const float *restrict inp, const f
             memcpy(out + i * OC, b, OC * sizeof(float));
     }
     /* out = inp @ w^T (+ out when a bias was broadcast into it) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)OC, (int)C, 1.0f, inp,
-                (int)C, w, (int)C, b ? 1.0f : 0.0f, out, (int)OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)OC, (int)C, 1.0f, inp, (int)C,
+                w, (int)C, b ? 1.0f : 0.0f, out, (int)OC);
 }
 
 void moeh_linear_backward(float *restrict dinp, float *restrict dw, float *restrict db,
@@ -22,8 +22,8 @@ void moeh_linear_backward(float *restrict dinp, float *restrict dw, float *restr
                           const float *restrict w, size_t B, size_t C, size_t OC)
 {
     if (dinp) /* dinp (B,C) += dout (B,OC) @ w (OC,C) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)C, (int)OC, 1.0f,
-                    dout, (int)OC, w, (int)C, 1.0f, dinp, (int)C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)C, (int)OC, 1.0f, dout,
+                    (int)OC, w, (int)C, 1.0f, dinp, (int)C);
     if (dw) /* dw (OC,C) += dout^T (OC,B) @ inp (B,C) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)C, (int)B, 1.0f, dout,
                     (int)OC, inp, (int)C, 1.0f, dw, (int)C);
@@ -39,8 +39,8 @@ void moeh_relu_forward(float *out, const float *inp, size_t n)
         out[i] = inp[i] > 0 ? inp[i] : 0.0f;
 }
 
-void moeh_relu_backward(float *restrict dinp, const float *restrict dout,
-                        const float *restrict out, size_t n)
+void moeh_relu_backward(float *restrict dinp, const float *restrict dout, const float *restrict out,
+                        size_t n)
 {
     for (size_t i = 0; i < n; i++)
         dinp[i] += out[i] > 0 ? dout[i] : 0.0f;
@@ -59,8 +59,7 @@ double moeh_bce_masked(float *restrict dlogits, const float *restrict logits,
         for (size_t b = 0; b < B; b++) {
             size_t k = b * T + t;
             if (!mask[k] || n == 0) {
-                if (dlogits)
-                    dlogits[k] = 0.0f;
+                if (dlogits) dlogits[k] = 0.0f;
                 continue;
             }
             double z = logits[k], yy = y[k];

@@ -19,12 +19,10 @@ double moeh_auroc(const float *score, const float *label, const uint8_t *mask, s
                   size_t stride)
 {
     pair_t *v = malloc((n ? n : 1) * sizeof *v);
-    if (!v)
-        return NAN;
+    if (!v) return NAN;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i * stride])
-            continue;
+        if (mask && !mask[i * stride]) continue;
         v[m].s = score[i * stride];
         v[m].y = label[i * stride] > 0.5f;
         m++;
@@ -47,7 +45,6 @@ double moeh_auroc(const float *score, const float *label, const uint8_t *mask, s
     }
     free(v);
     size_t nneg = m - npos;
-    if (npos == 0 || nneg == 0)
-        return NAN;
+    if (npos == 0 || nneg == 0) return NAN;
     return (rank_sum - (double)npos * (npos + 1) / 2.0) / ((double)npos * (double)nneg);
 }

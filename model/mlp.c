@@ -10,9 +10,9 @@
 struct moeh_mlp {
     moeh_mlp_cfg_t cfg;
     moeh_params_t p;
-    int w1, b1, w2, b2, w3, b3;       /* view indices */
-    float *h1, *h2, *logits;          /* activations (max_batch, ...) */
-    float *dh1, *dh2, *dlogits;       /* their gradients */
+    int w1, b1, w2, b2, w3, b3; /* view indices */
+    float *h1, *h2, *logits;    /* activations (max_batch, ...) */
+    float *dh1, *dh2, *dlogits; /* their gradients */
 };
 
 static void init_uniform(float *w, size_t n, size_t fan_in, moeh_rng_t *r)
@@ -24,11 +24,9 @@ static void init_uniform(float *w, size_t n, size_t fan_in, moeh_rng_t *r)
 
 int moeh_mlp_create(const moeh_mlp_cfg_t *cfg, moeh_mlp_t **out)
 {
-    if (!cfg->n_in || !cfg->n_hidden || !cfg->n_tasks || !cfg->max_batch)
-        return -EINVAL;
+    if (!cfg->n_in || !cfg->n_hidden || !cfg->n_tasks || !cfg->max_batch) return -EINVAL;
     moeh_mlp_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return -ENOMEM;
+    if (!m) return -ENOMEM;
     m->cfg = *cfg;
     moeh_params_init(&m->p);
     size_t F = cfg->n_in, H = cfg->n_hidden, T = cfg->n_tasks, B = cfg->max_batch;
@@ -43,8 +41,7 @@ int moeh_mlp_create(const moeh_mlp_cfg_t *cfg, moeh_mlp_t **out)
         rc = -EINVAL;
         goto fail;
     }
-    if ((rc = moeh_params_finalize(&m->p)) != 0)
-        goto fail;
+    if ((rc = moeh_params_finalize(&m->p)) != 0) goto fail;
     m->h1 = calloc(B * H, sizeof(float));
     m->h2 = calloc(B * H, sizeof(float));
     m->logits = calloc(B * T, sizeof(float));
@@ -72,8 +69,7 @@ fail:
 
 void moeh_mlp_destroy(moeh_mlp_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_mlp_t *m = *self_p;
     moeh_params_free(&m->p);
     free(m->h1);
@@ -98,8 +94,7 @@ const moeh_mlp_cfg_t *moeh_mlp_cfg(const moeh_mlp_t *m)
 
 int moeh_mlp_forward(moeh_mlp_t *m, const float *x, size_t B, const float **logits)
 {
-    if (B == 0 || B > m->cfg.max_batch)
-        return -EINVAL;
+    if (B == 0 || B > m->cfg.max_batch) return -EINVAL;
     size_t F = m->cfg.n_in, H = m->cfg.n_hidden, T = m->cfg.n_tasks;
     const moeh_params_t *p = &m->p;
     /* h1 (B,H) = relu(x (B,F) @ w1^T + b1) */
@@ -120,8 +115,7 @@ int moeh_mlp_loss_backward(moeh_mlp_t *m, const float *x, const float *y, const 
 {
     const float *logits;
     int rc = moeh_mlp_forward(m, x, B, &logits);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     size_t F = m->cfg.n_in, H = m->cfg.n_hidden, T = m->cfg.n_tasks;
     moeh_params_t *p = &m->p;
     *loss = moeh_bce_masked(m->dlogits, logits, y, mask, NULL, B, T);
@@ -131,13 +125,11 @@ int moeh_mlp_loss_backward(moeh_mlp_t *m, const float *x, const float *y, const 
                          m->h2, moeh_params_w(p, m->w3), B, H, T);
     /* relu backward in place: dh2 *= (h2 > 0) */
     for (size_t i = 0; i < B * H; i++)
-        if (m->h2[i] <= 0)
-            m->dh2[i] = 0;
+        if (m->h2[i] <= 0) m->dh2[i] = 0;
     moeh_linear_backward(m->dh1, moeh_params_g(p, m->w2), moeh_params_g(p, m->b2), m->dh2, m->h1,
                          moeh_params_w(p, m->w2), B, H, H);
     for (size_t i = 0; i < B * H; i++)
-        if (m->h1[i] <= 0)
-            m->dh1[i] = 0;
+        if (m->h1[i] <= 0) m->dh1[i] = 0;
     moeh_linear_backward(NULL, moeh_params_g(p, m->w1), moeh_params_g(p, m->b1), m->dh1, x,
                          moeh_params_w(p, m->w1), B, F, H);
     return 0;

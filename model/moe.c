@@ -324,8 +324,8 @@ static void layout(moeh_moe_t *m, arena_t *a)
                 maxrows = 2 * s * oc > maxrows ? 2 * s * oc : maxrows;
                 cin = oc;
             }
-            m->dw_pooled0 = (uint8_t)(m->dir_dw[0] &&
-                                      moeh_conv3x3_direct_dw_pooled_ok(1, c->cnn_ch[0]));
+            m->dw_pooled0 =
+                (uint8_t)(m->dir_dw[0] && moeh_conv3x3_direct_dw_pooled_ok(1, c->cnn_ch[0]));
             for (int w = 0; w < 2; w++) { /* one scratch set per image worker */
                 m->col[w] = TAKEF(a, maxcol);
                 m->dcol[w] = TAKEF(a, maxcol);
@@ -772,8 +772,8 @@ static void img_forward(moeh_moe_t *m, const moeh_batch_t *b, size_t j0, size_t 
             if (l < 2) { /* conv, pool and ReLU two rows at a time: a[l] is not written */
                 size_t per = hw / 4 * oc;
                 float *pl = m->pl[l] + j0 * per;
-                moeh_conv3x3_pool_relu_direct(pl, m->arg[l] + j0 * per, m->prow[slot],
-                                              m->pad[slot], in, m->wt[slot], bl, n, s, s, cin, oc);
+                moeh_conv3x3_pool_relu_direct(pl, m->arg[l] + j0 * per, m->prow[slot], m->pad[slot],
+                                              in, m->wt[slot], bl, n, s, s, cin, oc);
                 in = pl;
                 cin = oc;
                 continue;
@@ -860,8 +860,8 @@ static void img_backward(moeh_moe_t *m, float *denc_all, size_t j0, size_t j1, i
             }
             if (want_dw) {
                 moeh_im2col3x3(m->col[slot], in + q * hw * cin, nc, s, s, cin);
-                moeh_conv3x3_backward(dinp, m->dcol[slot], dw, db, dal + q * hw * oc,
-                                      m->col[slot], w, nc, s, s, cin, oc);
+                moeh_conv3x3_backward(dinp, m->dcol[slot], dw, db, dal + q * hw * oc, m->col[slot],
+                                      w, nc, s, s, cin, oc);
                 continue;
             }
             /* dcol (nc*hw,9cin) = dout (nc*hw,OC) @ w (OC,9cin), folded into dinp */
@@ -1276,8 +1276,8 @@ int moeh_moe_predict(moeh_moe_t *m, const moeh_batch_t *b, float *probs)
  */
 /* AdamW on [off, off+len), gradients scaled by `scale`, then the gradient is zeroed (fused so
  * the optimiser reads g once). */
-MOEH_CLONES static void adamw_range(moeh_params_t *p, const moeh_adamw_cfg_t *c, float bc1, float bc2,
-                        float scale, size_t off, size_t len)
+MOEH_CLONES static void adamw_range(moeh_params_t *p, const moeh_adamw_cfg_t *c, float bc1,
+                                    float bc2, float scale, size_t off, size_t len)
 {
     float *restrict w = p->w + off, *restrict mm = p->m + off, *restrict v = p->v + off;
     float *restrict g = p->g + off;
@@ -1392,8 +1392,8 @@ MOEH_CLONES static double rows_sumsq(moeh_moe_t *m, size_t eo, size_t lo, size_t
 }
 
 /* AdamW on the touched embedding rows with index in [lo, hi) (m->rows sorted). */
-MOEH_CLONES static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2, float scale,
-                       size_t eo, size_t lo, size_t hi)
+MOEH_CLONES static void rows_adamw(moeh_moe_t *m, const moeh_adamw_cfg_t *c, float bc1, float bc2,
+                                   float scale, size_t eo, size_t lo, size_t hi)
 {
     size_t d = m->cfg.d_emb;
     moeh_params_t *p = &m->p;

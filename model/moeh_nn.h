@@ -56,9 +56,10 @@ void moeh_dropout_backward(float *restrict dinp, const float *restrict dout,
  * holds wih^T for the input projections when I <= H) are scratch.
  * The final hidden state is hs + T*B*H. */
 void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
-                      const float *restrict whh, const float *restrict bih,
-                      const float *restrict bhh, size_t B, size_t T, size_t In, size_t H);
+                      float *restrict hh, float *restrict whhT, const float *restrict x,
+                      const float *restrict wih, const float *restrict whh,
+                      const float *restrict bih, const float *restrict bhh, size_t B, size_t T,
+                      size_t In, size_t H);
 /* Backward from dhT (B,H), the gradient of the final hidden state. dx (B,T,I) may be NULL.
  * Scratch: dxi (B*T,3H), dhh (T,B,3H), dh (B,H) (dh is overwritten, dhT is not). */
 void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
@@ -122,11 +123,10 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
 /* pl (B,H/2,W/2,OC) = relu(maxpool2(conv(inp) + b)) with arg as moeh_maxpool2_forward, one
  * pair of conv rows at a time (rows: 2 * W * OC floats of scratch), so the full-resolution
  * conv output is never written. H and W even; other requirements as moeh_conv3x3_direct. */
-void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
-                                   float *restrict rows, float *restrict pad,
-                                   const float *restrict inp, const float *restrict wt,
-                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
-                                   size_t OC);
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg, float *restrict rows,
+                                   float *restrict pad, const float *restrict inp,
+                                   const float *restrict wt, const float *restrict b, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC);
 /* dw (OC,9,C) += dout (B,H,W,OC) correlated with the neighbourhoods of inp (B,H,W,C);
  * db (OC) += sums of dout (db may be NULL). All of dw in registers when 9 * C * OC / 16 <= 18
  * (the 1-channel first layer, where an sgemm with K = 9 is slow), else by groups of 4 or 8
@@ -143,8 +143,8 @@ int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC);
  * written out at full resolution. H and W even; for the register case only (see _ok). */
 void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
                                    float *restrict dwt, const float *restrict dpl,
-                                   const uint8_t *restrict arg, const float *restrict inp,
-                                   size_t B, size_t H, size_t W, size_t C, size_t OC);
+                                   const uint8_t *restrict arg, const float *restrict inp, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC);
 int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC);
 
 /* ---- pooling (NHWC) -------------------------------------------------------------------- */

@@ -25,8 +25,8 @@ typedef struct {
 } moeh_param_view_t;
 
 typedef struct {
-    size_t n;                 /* total floats */
-    float *w, *g, *m, *v;     /* parameters, gradients, AdamW first and second moments */
+    size_t n;             /* total floats */
+    float *w, *g, *m, *v; /* parameters, gradients, AdamW first and second moments */
     size_t n_views, cap_views;
     moeh_param_view_t *views;
     size_t n_groups;

@@ -163,10 +163,17 @@ INLINE_AVX512 void gemm_cols(float *restrict c, const float *restrict a, const f
     for (; j + 64 <= N; j += 64)
         gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 4);
     switch ((N - j) / 16) {
-    case 3: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 3); break;
-    case 2: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 2); break;
-    case 1: gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 1); break;
-    default: break;
+    case 3:
+        gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 3);
+        break;
+    case 2:
+        gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 2);
+        break;
+    case 1:
+        gemm_block(c + j, a, b + j, bias ? bias + j : NULL, lda, ldb, ldc, K, acc, R, 1);
+        break;
+    default:
+        break;
     }
 }
 
@@ -179,12 +186,23 @@ AVX512 static void gemm_nn_avx512(float *restrict c, const float *restrict a,
         gemm_cols(c + i * ldc, a + i * lda, b, bias, lda, ldb, ldc, K, acc, 6, N);
     c += i * ldc, a += i * lda;
     switch (M - i) { /* the last rows in one block (64 = 10 x 6 + 4) */
-    case 5: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 5, N); break;
-    case 4: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 4, N); break;
-    case 3: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 3, N); break;
-    case 2: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 2, N); break;
-    case 1: gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 1, N); break;
-    default: break;
+    case 5:
+        gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 5, N);
+        break;
+    case 4:
+        gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 4, N);
+        break;
+    case 3:
+        gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 3, N);
+        break;
+    case 2:
+        gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 2, N);
+        break;
+    case 1:
+        gemm_cols(c, a, b, bias, lda, ldb, ldc, K, acc, 1, N);
+        break;
+    default:
+        break;
     }
 }
 #endif
@@ -237,9 +255,10 @@ static inline float vtanh(float x)
 }
 
 MOEH_CLONES void moeh_gru_forward(float *restrict hs, float *restrict xi, float *restrict gates,
-                      float *restrict hh, float *restrict whhT, const float *restrict x, const float *restrict wih,
-                      const float *restrict whh, const float *restrict bih,
-                      const float *restrict bhh, size_t B, size_t T, size_t In, size_t H)
+                                  float *restrict hh, float *restrict whhT, const float *restrict x,
+                                  const float *restrict wih, const float *restrict whh,
+                                  const float *restrict bih, const float *restrict bhh, size_t B,
+                                  size_t T, size_t In, size_t H)
 {
     size_t G = 3 * H;
     /* all input projections at once: xi (B*T,3H) = x (B*T,I) @ wih^T + bih; with the kernel,
@@ -283,11 +302,12 @@ MOEH_CLONES void moeh_gru_forward(float *restrict hs, float *restrict xi, float 
 }
 
 MOEH_CLONES void moeh_gru_backward(float *restrict dx, float *restrict dwih, float *restrict dwhh,
-                       float *restrict dbih, float *restrict dbhh, float *restrict dxi,
-                       float *restrict dhh, float *restrict dh, const float *restrict dhT,
-                       const float *restrict x, const float *restrict wih,
-                       const float *restrict whh, const float *restrict hs,
-                       const float *restrict gates, size_t B, size_t T, size_t In, size_t H)
+                                   float *restrict dbih, float *restrict dbhh, float *restrict dxi,
+                                   float *restrict dhh, float *restrict dh,
+                                   const float *restrict dhT, const float *restrict x,
+                                   const float *restrict wih, const float *restrict whh,
+                                   const float *restrict hs, const float *restrict gates, size_t B,
+                                   size_t T, size_t In, size_t H)
 {
     size_t G = 3 * H;
     memcpy(dh, dhT, B * H * sizeof(float));
@@ -337,8 +357,9 @@ static inline void prefetch_row(const float *row, size_t D, int write)
     }
 }
 
-MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict E, const uint64_t *restrict off,
-                         const uint32_t *restrict ids, size_t B, size_t D)
+MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict E,
+                                     const uint64_t *restrict off, const uint32_t *restrict ids,
+                                     size_t B, size_t D)
 {
     for (size_t b = 0; b < B; b++) {
         float *o = out + b * D;
@@ -357,10 +378,10 @@ MOEH_CLONES void moeh_embbag_forward(float *restrict out, const float *restrict 
     }
 }
 
-MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched, uint32_t *restrict rows,
-                          size_t *restrict n_rows, const float *restrict dout,
-                          const uint64_t *restrict off, const uint32_t *restrict ids, size_t B,
-                          size_t D)
+MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touched,
+                                      uint32_t *restrict rows, size_t *restrict n_rows,
+                                      const float *restrict dout, const uint64_t *restrict off,
+                                      const uint32_t *restrict ids, size_t B, size_t D)
 {
     for (size_t b = 0; b < B; b++) {
         uint64_t n = off[b + 1] - off[b];
@@ -374,8 +395,7 @@ MOEH_CLONES void moeh_embbag_backward(float *restrict dE, uint8_t *restrict touc
                 rows[(*n_rows)++] = id;
             }
             float *de = dE + (size_t)id * D;
-            if (j + EMB_AHEAD < off[b + 1])
-                prefetch_row(dE + (size_t)ids[j + EMB_AHEAD] * D, D, 1);
+            if (j + EMB_AHEAD < off[b + 1]) prefetch_row(dE + (size_t)ids[j + EMB_AHEAD] * D, D, 1);
             for (size_t d = 0; d < D; d++)
                 de[d] += g[d] * s;
         }
@@ -625,14 +645,22 @@ AVX512 static void conv_image_64(float *restrict out, const float *restrict pad,
 
 /* Output rows [y0, y1) of the padded image into out (row y0 first). */
 static void conv_rows(float *restrict out, const float *restrict pad, const float *restrict wt,
-                      const float *restrict b, size_t y0, size_t y1, size_t W, size_t C,
-                      size_t OC, int acc)
+                      const float *restrict b, size_t y0, size_t y1, size_t W, size_t C, size_t OC,
+                      int acc)
 {
     switch (OC) {
-    case 16: conv_image_16(out, pad, wt, b, y0, y1, W, C, acc); break;
-    case 32: conv_image_32(out, pad, wt, b, y0, y1, W, C, acc); break;
-    case 48: conv_image_48(out, pad, wt, b, y0, y1, W, C, acc); break;
-    default: conv_image_64(out, pad, wt, b, y0, y1, W, C, acc); break;
+    case 16:
+        conv_image_16(out, pad, wt, b, y0, y1, W, C, acc);
+        break;
+    case 32:
+        conv_image_32(out, pad, wt, b, y0, y1, W, C, acc);
+        break;
+    case 48:
+        conv_image_48(out, pad, wt, b, y0, y1, W, C, acc);
+        break;
+    default:
+        conv_image_64(out, pad, wt, b, y0, y1, W, C, acc);
+        break;
     }
 }
 
@@ -647,11 +675,10 @@ void moeh_conv3x3_direct(float *restrict out, float *restrict pad, const float *
     }
 }
 
-void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
-                                   float *restrict rows, float *restrict pad,
-                                   const float *restrict inp, const float *restrict wt,
-                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
-                                   size_t OC)
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg, float *restrict rows,
+                                   float *restrict pad, const float *restrict inp,
+                                   const float *restrict wt, const float *restrict b, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC)
 {
     MOEH_ASSERT(moeh_conv3x3_direct_ok(OC) && H % 2 == 0 && W % 2 == 0);
     size_t per = (W / 2) * OC; /* one pooled row */
@@ -672,10 +699,9 @@ int moeh_conv3x3_direct_dw_ok(size_t C, size_t OC)
 }
 
 /* dwt (9C, NV*16) += sum over pixels of pad neighbourhood (x) dout, accumulators in registers */
-INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db,
-                                 const float *restrict pad, const float *restrict dout, size_t H,
-                                 size_t W, const int C, const int NV,
-                                 const uint8_t *restrict arg)
+INLINE_AVX512 void conv_dw_image(float *restrict dwt, float *restrict db, const float *restrict pad,
+                                 const float *restrict dout, size_t H, size_t W, const int C,
+                                 const int NV, const uint8_t *restrict arg)
 {
     __m512 acc[18][2], accb[2];
     size_t rs = (W + 2) * (size_t)C, OC = 16 * (size_t)NV;
@@ -766,8 +792,8 @@ AVX512 static void conv_dw_image_pooled(float *restrict dwt, float *restrict db,
 
 void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
                                    float *restrict dwt, const float *restrict dpl,
-                                   const uint8_t *restrict arg, const float *restrict inp,
-                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+                                   const uint8_t *restrict arg, const float *restrict inp, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC)
 {
     MOEH_ASSERT(moeh_conv3x3_direct_dw_pooled_ok(C, OC) && H % 2 == 0 && W % 2 == 0);
     memset(dwt, 0, 9 * C * OC * sizeof(float));
@@ -901,18 +927,17 @@ int moeh_conv3x3_direct_dw_pooled_ok(size_t C, size_t OC)
 }
 void moeh_conv3x3_direct_dw_pooled(float *restrict dw, float *restrict db, float *restrict pad,
                                    float *restrict dwt, const float *restrict dpl,
-                                   const uint8_t *restrict arg, const float *restrict inp,
-                                   size_t B, size_t H, size_t W, size_t C, size_t OC)
+                                   const uint8_t *restrict arg, const float *restrict inp, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC)
 {
     (void)dw, (void)db, (void)pad, (void)dwt, (void)dpl, (void)arg, (void)inp, (void)B, (void)H,
         (void)W, (void)C, (void)OC;
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }
-void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg,
-                                   float *restrict rows, float *restrict pad,
-                                   const float *restrict inp, const float *restrict wt,
-                                   const float *restrict b, size_t B, size_t H, size_t W, size_t C,
-                                   size_t OC)
+void moeh_conv3x3_pool_relu_direct(float *restrict pl, uint8_t *restrict arg, float *restrict rows,
+                                   float *restrict pad, const float *restrict inp,
+                                   const float *restrict wt, const float *restrict b, size_t B,
+                                   size_t H, size_t W, size_t C, size_t OC)
 {
     (void)pl, (void)arg, (void)rows, (void)pad, (void)inp, (void)wt, (void)b, (void)B, (void)H,
         (void)W, (void)C, (void)OC;
@@ -923,15 +948,16 @@ void moeh_conv3x3_direct_dw(float *restrict dw, float *restrict db, float *restr
                             const float *restrict inp, size_t B, size_t H, size_t W, size_t C,
                             size_t OC)
 {
-    (void)dw, (void)db, (void)pad, (void)dwt, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C,
-        (void)OC;
+    (void)dw, (void)db, (void)pad, (void)dwt, (void)dout, (void)inp, (void)B, (void)H, (void)W,
+        (void)C, (void)OC;
     MOEH_ASSERT(0 && "direct convolution needs x86-64 with AVX-512");
 }
 #endif
 
 /* ---- pooling ----------------------------------------------------------------------------- */
-MOEH_CLONES void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg, const float *restrict inp,
-                           size_t B, size_t H, size_t W, size_t C)
+MOEH_CLONES void moeh_maxpool2_forward(float *restrict out, uint8_t *restrict arg,
+                                       const float *restrict inp, size_t B, size_t H, size_t W,
+                                       size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
     for (size_t b = 0; b < B; b++)
@@ -969,7 +995,8 @@ static void pool_bwd_pixel(float *restrict t0, float *restrict t1, float *restri
 }
 
 MOEH_CLONES void moeh_maxpool2_backward_set(float *restrict dinp, const float *restrict dout,
-                                const uint8_t *restrict arg, size_t B, size_t H, size_t W, size_t C)
+                                            const uint8_t *restrict arg, size_t B, size_t H,
+                                            size_t W, size_t C)
 {
     size_t Ho = H / 2, Wo = W / 2;
     for (size_t b = 0; b < B; b++)
@@ -997,7 +1024,8 @@ void moeh_maxpool2_backward(float *restrict dinp, const float *restrict dout,
             }
 }
 
-MOEH_CLONES void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B, size_t HW, size_t C)
+MOEH_CLONES void moeh_gap_forward(float *restrict out, const float *restrict inp, size_t B,
+                                  size_t HW, size_t C)
 {
     for (size_t b = 0; b < B; b++) {
         float *o = out + b * C;
@@ -1010,8 +1038,8 @@ MOEH_CLONES void moeh_gap_forward(float *restrict out, const float *restrict inp
     }
 }
 
-MOEH_CLONES void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B, size_t HW,
-                       size_t C)
+MOEH_CLONES void moeh_gap_backward(float *restrict dinp, const float *restrict dout, size_t B,
+                                   size_t HW, size_t C)
 {
     for (size_t b = 0; b < B; b++)
         for (size_t i = 0; i < HW; i++)

@@ -12,8 +12,7 @@ void moeh_params_init(moeh_params_t *p)
 
 void moeh_params_free(moeh_params_t *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     free(p->w);
     free(p->g);
     free(p->m);
@@ -25,16 +24,14 @@ void moeh_params_free(moeh_params_t *p)
 int moeh_params_group_index(const moeh_params_t *p, const char *group)
 {
     for (size_t i = 0; i < p->n_groups; i++)
-        if (strcmp(p->group_names[i], group) == 0)
-            return (int)i;
+        if (strcmp(p->group_names[i], group) == 0) return (int)i;
     return -ENOENT;
 }
 
 int moeh_params_find(const moeh_params_t *p, const char *name)
 {
     for (size_t i = 0; i < p->n_views; i++)
-        if (strcmp(p->views[i].name, name) == 0)
-            return (int)i;
+        if (strcmp(p->views[i].name, name) == 0) return (int)i;
     return -ENOENT;
 }
 
@@ -47,16 +44,14 @@ int moeh_params_add(moeh_params_t *p, const char *name, const char *group, size_
         return -EINVAL;
     int gi = moeh_params_group_index(p, group);
     if (gi < 0) {
-        if (p->n_groups == MOEH_MAX_GROUPS)
-            return -ENOSPC;
+        if (p->n_groups == MOEH_MAX_GROUPS) return -ENOSPC;
         gi = (int)p->n_groups++;
         snprintf(p->group_names[gi], MOEH_GROUP_NAME_MAX, "%s", group);
     }
     if (p->n_views == p->cap_views) {
         size_t cap = p->cap_views ? p->cap_views * 2 : 16;
         moeh_param_view_t *nv = realloc(p->views, cap * sizeof *nv);
-        if (!nv)
-            return -ENOMEM;
+        if (!nv) return -ENOMEM;
         p->views = nv;
         p->cap_views = cap;
     }
@@ -67,8 +62,7 @@ int moeh_params_add(moeh_params_t *p, const char *name, const char *group, size_
     v->ndim = ndim;
     v->numel = 1;
     for (size_t i = 0; i < ndim; i++) {
-        if (shape[i] == 0)
-            return -EINVAL;
+        if (shape[i] == 0) return -EINVAL;
         v->shape[i] = shape[i];
         v->numel *= shape[i];
     }
@@ -79,15 +73,13 @@ static float *alloc_floats(size_t n)
 {
     size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
     float *x = aligned_alloc(64, bytes ? bytes : 64);
-    if (x)
-        memset(x, 0, bytes ? bytes : 64);
+    if (x) memset(x, 0, bytes ? bytes : 64);
     return x;
 }
 
 int moeh_params_finalize(moeh_params_t *p)
 {
-    if (p->finalized)
-        return -EINVAL;
+    if (p->finalized) return -EINVAL;
     size_t off = 0;
     for (size_t g = 0; g < p->n_groups; g++) {
         p->group_off[g] = off;
@@ -103,8 +95,7 @@ int moeh_params_finalize(moeh_params_t *p)
     p->g = alloc_floats(off);
     p->m = alloc_floats(off);
     p->v = alloc_floats(off);
-    if (!p->w || !p->g || !p->m || !p->v)
-        return -ENOMEM;
+    if (!p->w || !p->g || !p->m || !p->v) return -ENOMEM;
     p->finalized = 1;
     return 0;
 }
@@ -135,8 +126,12 @@ void moeh_params_zero_grad(moeh_params_t *p)
 
 moeh_adamw_cfg_t moeh_adamw_defaults(void)
 {
-    return (moeh_adamw_cfg_t){.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                              .weight_decay = 1e-2f, .clip = 0.0f};
+    return (moeh_adamw_cfg_t){.lr = 1e-3f,
+                              .beta1 = 0.9f,
+                              .beta2 = 0.999f,
+                              .eps = 1e-8f,
+                              .weight_decay = 1e-2f,
+                              .clip = 0.0f};
 }
 
 void moeh_adamw_reset(moeh_params_t *p)
@@ -154,8 +149,7 @@ void moeh_adamw_step(moeh_params_t *p, const moeh_adamw_cfg_t *c, uint64_t step)
         for (size_t i = 0; i < p->n; i++)
             ss += (double)p->g[i] * p->g[i];
         double norm = sqrt(ss);
-        if (norm > c->clip)
-            scale = (float)(c->clip / norm);
+        if (norm > c->clip) scale = (float)(c->clip / norm);
     }
     float bc1 = 1.0f - powf(c->beta1, (float)step), bc2 = 1.0f - powf(c->beta2, (float)step);
     float *restrict w = p->w, *restrict m = p->m, *restrict v = p->v;

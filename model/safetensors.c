@@ -212,8 +212,9 @@ out:
 /* fields that define the model (compared on load) */
 #define CFG_MODEL_FIELDS(X)                                                                        \
     X(d_emb)                                                                                       \
-    X(d_hidden) X(n_static) X(n_vars) X(n_steps) X(note_buckets) X(note_dim) X(img_size)           \
-        X(img_dim) X(n_tasks) X(top_k)
+    X(d_hidden)                                                                                    \
+    X(n_static)                                                                                    \
+    X(n_vars) X(n_steps) X(note_buckets) X(note_dim) X(img_size) X(img_dim) X(n_tasks) X(top_k)
 /* plus the workspace size, stored but free to differ */
 #define CFG_SIZE_FIELDS(X) CFG_MODEL_FIELDS(X) X(max_batch)
 #define CFG_FLOAT_FIELDS(X) X(temperature) X(lambda_lb) X(gate_sup) X(dropout)

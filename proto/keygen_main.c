@@ -21,10 +21,10 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"site", required_argument, 0, 's'},
-                                          {"force", no_argument, 0, 'f'},
-                                          {"help", no_argument, 0, 'h'},
-                                          {"version", no_argument, 0, 'V'},
-                                          {0, 0, 0, 0}};
+                                         {"force", no_argument, 0, 'f'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"version", no_argument, 0, 'V'},
+                                         {0, 0, 0, 0}};
     const char *site = NULL;
     int force = 0, c;
     while ((c = getopt_long(argc, argv, "s:fh", opts, NULL)) != -1) {
@@ -59,8 +59,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moeh-keygen: %s exists (use --force to overwrite)\n", path);
         return 1;
     }
-    if (exists)
-        fclose(exists);
+    if (exists) fclose(exists);
     if (site) {
         if (!moeh_site_id_valid(site)) {
             fprintf(stderr, "moeh-keygen: --site '%s': expected 1-64 of [A-Za-z0-9._-]\n", site);
@@ -85,8 +84,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("wrote %s.key and %s.pub\n", base, base);
-    if (site)
-        printf("registry line ([sites]):\n%s = %s\n", site, kp->public_z85);
+    if (site) printf("registry line ([sites]):\n%s = %s\n", site, kp->public_z85);
     moeh_keypair_destroy(&kp);
     return 0;
 }

@@ -23,8 +23,7 @@ int moeh_z85_key_valid(const char *s)
 int moeh_keypair_generate(moeh_keypair_t **out)
 {
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
-    if (!kp)
-        return -ENOMEM;
+    if (!kp) return -ENOMEM;
     if (zmq_curve_keypair(kp->public_z85, kp->secret_z85) != 0) {
         sodium_free(kp);
         return -ENOTSUP; /* libzmq built without CURVE */
@@ -35,8 +34,7 @@ int moeh_keypair_generate(moeh_keypair_t **out)
 
 void moeh_keypair_destroy(moeh_keypair_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     sodium_free(*self_p); /* wipes before unmapping */
     *self_p = NULL;
 }
@@ -45,8 +43,7 @@ int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *e
 {
     char path[4096], *buf = sodium_malloc(512);
     int rc;
-    if (!buf)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!buf) return moeh_errf(err, -ENOMEM, "out of memory");
     int n = snprintf(buf, 512,
                      "# moeh CURVE key pair: keep this file secret (mode 0600)\n"
                      "public-key = %s\nsecret-key = %s\n",
@@ -57,8 +54,7 @@ int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *e
     rc = moeh_file_write_atomic(path, buf, (size_t)n, err);
     umask(old);
     sodium_free(buf);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     char pub[256];
     n = snprintf(pub, sizeof pub, "# moeh CURVE public key\npublic-key = %s\n", kp->public_z85);
     snprintf(path, sizeof path, "%s.pub", base);
@@ -106,10 +102,9 @@ static int read_keyfile(const char *path, const char *text, moeh_keypair_t *kp, 
                         moeh_err_t *err)
 {
     keyfile_ctx_t c = {.kp = kp};
-    int line = text ? ini_parse_string(text, keyfile_handler, &c)
-                    : ini_parse(path, keyfile_handler, &c);
-    if (line < 0)
-        return moeh_errf(err, -ENOENT, "%s: cannot open key file", path);
+    int line =
+        text ? ini_parse_string(text, keyfile_handler, &c) : ini_parse(path, keyfile_handler, &c);
+    if (line < 0) return moeh_errf(err, -ENOENT, "%s: cannot open key file", path);
     if (line > 0)
         return moeh_errf(err, -EINVAL, "%s:%d: %s", path, line,
                          c.bad_what ? c.bad_what : "syntax error");
@@ -119,12 +114,10 @@ static int read_keyfile(const char *path, const char *text, moeh_keypair_t *kp, 
     return 0;
 }
 
-int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out,
-                       moeh_err_t *err)
+int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out, moeh_err_t *err)
 {
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
-    if (!kp)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!kp) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc = read_keyfile(name, text, kp, 1, err);
     if (rc) {
         sodium_free(kp);
@@ -137,8 +130,7 @@ int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out,
 int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err)
 {
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
-    if (!kp)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!kp) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc = read_keyfile(path, NULL, kp, 1, err);
     if (rc) {
         sodium_free(kp);
@@ -154,11 +146,9 @@ int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err)
 int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err)
 {
     moeh_keypair_t *kp = sodium_malloc(sizeof *kp);
-    if (!kp)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!kp) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc = read_keyfile(path, NULL, kp, 0, err);
-    if (!rc)
-        memcpy(out, kp->public_z85, MOEH_Z85_KEY_LEN + 1);
+    if (!rc) memcpy(out, kp->public_z85, MOEH_Z85_KEY_LEN + 1);
     sodium_free(kp);
     return rc;
 }
@@ -219,8 +209,7 @@ static int registry_handler(void *user, const char *section, const char *name, c
 static int registry_finish(int line, const char *name, reg_ctx_t *c, moeh_registry_t *out,
                            moeh_err_t *err)
 {
-    if (line < 0)
-        return moeh_errf(err, -ENOENT, "%s: cannot open site registry", name);
+    if (line < 0) return moeh_errf(err, -ENOENT, "%s: cannot open site registry", name);
     if (line > 0) {
         moeh_errf(err, -EINVAL, "%s:%d: %s", name, line, c->what[0] ? c->what : "syntax error");
         moeh_registry_free(out);
@@ -236,8 +225,7 @@ int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err)
     return registry_finish(ini_parse(path, registry_handler, &c), path, &c, out, err);
 }
 
-int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out,
-                        moeh_err_t *err)
+int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out, moeh_err_t *err)
 {
     memset(out, 0, sizeof *out);
     reg_ctx_t c = {.r = out};
@@ -246,8 +234,7 @@ int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out
 
 void moeh_registry_free(moeh_registry_t *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     free(r->entries);
     memset(r, 0, sizeof *r);
 }
@@ -255,8 +242,7 @@ void moeh_registry_free(moeh_registry_t *r)
 const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32])
 {
     for (size_t i = 0; i < r->n; i++)
-        if (sodium_memcmp(r->entries[i].key, key, 32) == 0)
-            return r->entries[i].site_id;
+        if (sodium_memcmp(r->entries[i].key, key, 32) == 0) return r->entries[i].site_id;
     return NULL;
 }
 

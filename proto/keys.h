@@ -29,8 +29,7 @@ int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *e
 /* Reads a .key file (public + secret). */
 int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err);
 /* Parses the text of a .key file (name only labels messages); for tests and fuzzing. */
-int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out,
-                       moeh_err_t *err);
+int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out, moeh_err_t *err);
 /* Reads the public key of a .pub or .key file into out (MOEH_Z85_KEY_LEN + 1 bytes). */
 int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err);
 /* 1 if s is a Z85 encoding of a 32-byte key. */
@@ -51,8 +50,7 @@ typedef struct {
  * Caller frees with moeh_registry_free. */
 int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err);
 /* The same from text in memory (name labels messages). */
-int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out,
-                        moeh_err_t *err);
+int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out, moeh_err_t *err);
 void moeh_registry_free(moeh_registry_t *r);
 /* The site id registered for a 32-byte public key, or NULL. */
 const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]);

@@ -14,8 +14,7 @@ void moeh_quant_encode(uint32_t *restrict out, const float *restrict delta, size
     double k = scale * w;
     for (size_t i = 0; i < n; i++) {
         float d = delta[i];
-        if (d != d)
-            d = 0.0f;
+        if (d != d) d = 0.0f;
         d = d > clip ? clip : d < -clip ? -clip : d;
         out[i] = (uint32_t)(int32_t)lrint(k * (double)d);
     }

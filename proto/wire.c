@@ -12,8 +12,8 @@ struct moeh_shared_frame {
 };
 
 static const char *k_type_names[] = {
-    "unspecified",   "hello",       "welcome",       "round_start",   "update",
-    "eval_result",   "heartbeat",   "error",         "bye",           "stats_result",
+    "unspecified",      "hello",       "welcome",       "round_start",   "update",
+    "eval_result",      "heartbeat",   "error",         "bye",           "stats_result",
     "secagg_advertise", "secagg_keys", "secagg_shares", "secagg_unmask", "secagg_reveal"};
 
 const char *moeh_msg_type_name(int type)
@@ -95,8 +95,7 @@ static int check_finite_f64(const moeh_iov_t *f, const char *what, moeh_err_t *e
     for (size_t i = 0; i < n; i++) {
         double x;
         memcpy(&x, p + 8 * i, 8);
-        if (!isfinite(x))
-            return moeh_errf(err, -ERANGE, "%s: element %zu is not finite", what, i);
+        if (!isfinite(x)) return moeh_errf(err, -ERANGE, "%s: element %zu is not finite", what, i);
     }
     return 0;
 }
@@ -108,8 +107,7 @@ static int check_finite_f32(const moeh_iov_t *f, const char *what, moeh_err_t *e
     for (size_t i = 0; i < n; i++) {
         float x;
         memcpy(&x, p + 4 * i, 4); /* frames need not be aligned */
-        if (!isfinite(x))
-            return moeh_errf(err, -ERANGE, "%s: element %zu is not finite", what, i);
+        if (!isfinite(x)) return moeh_errf(err, -ERANGE, "%s: element %zu is not finite", what, i);
     }
     return 0;
 }
@@ -146,14 +144,12 @@ static int check_ids(const uint32_t *ids, size_t n, const char *field, moeh_err_
             return moeh_errf(err, -EBADMSG, "%s[%zu]: id %u, expected < %u", field, i, ids[i],
                              MOEH_WIRE_SECAGG_MAX);
         if (i > 0 && ids[i] <= ids[i - 1])
-            return moeh_errf(err, -EBADMSG, "%s[%zu]: ids must be strictly increasing", field,
-                             i);
+            return moeh_errf(err, -EBADMSG, "%s[%zu]: ids must be strictly increasing", field, i);
     }
     return 0;
 }
 
-static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
-                           moeh_err_t *err)
+static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *e, moeh_err_t *err)
 {
     int rc;
     uint32_t ids[MOEH_WIRE_SECAGG_MAX];
@@ -168,25 +164,23 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
     }
     case MOEH__MSG_TYPE__SECAGG_KEYS: {
         const Moeh__SecaggKeys *k = e->secagg_keys;
-        if ((rc = check_session(k->session, "secagg_keys", err)))
-            return rc;
+        if ((rc = check_session(k->session, "secagg_keys", err))) return rc;
         if (k->n_keys < 2 || k->n_keys > MOEH_WIRE_SECAGG_MAX)
             return moeh_errf(err, -EBADMSG, "secagg_keys.keys: %zu entries, expected 2..%u",
                              k->n_keys, MOEH_WIRE_SECAGG_MAX);
         for (size_t i = 0; i < k->n_keys; i++) {
             ids[i] = k->keys[i]->id;
-            if ((rc = check_bytes(&k->keys[i]->c_pk, MOEH_SECAGG_KEY_BYTES,
-                                  "secagg_keys.keys.c_pk", err)) ||
-                (rc = check_bytes(&k->keys[i]->s_pk, MOEH_SECAGG_KEY_BYTES,
-                                  "secagg_keys.keys.s_pk", err)))
+            if ((rc = check_bytes(&k->keys[i]->c_pk, MOEH_SECAGG_KEY_BYTES, "secagg_keys.keys.c_pk",
+                                  err)) ||
+                (rc = check_bytes(&k->keys[i]->s_pk, MOEH_SECAGG_KEY_BYTES, "secagg_keys.keys.s_pk",
+                                  err)))
                 return rc;
         }
         return check_ids(ids, k->n_keys, "secagg_keys.keys.id", err);
     }
     case MOEH__MSG_TYPE__SECAGG_SHARES: {
         const Moeh__SecaggShares *s = e->secagg_shares;
-        if ((rc = check_session(s->session, "secagg_shares", err)))
-            return rc;
+        if ((rc = check_session(s->session, "secagg_shares", err))) return rc;
         if (s->n_ciphers < 1 || s->n_ciphers > MOEH_WIRE_SECAGG_MAX)
             return moeh_errf(err, -EBADMSG, "secagg_shares.ciphers: %zu entries, expected 1..%u",
                              s->n_ciphers, MOEH_WIRE_SECAGG_MAX);
@@ -196,8 +190,7 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
                                   "secagg_shares.ciphers.ct", err)))
                 return rc;
         }
-        if ((rc = check_ids(ids, s->n_ciphers, "secagg_shares.ciphers.peer", err)))
-            return rc;
+        if ((rc = check_ids(ids, s->n_ciphers, "secagg_shares.ciphers.peer", err))) return rc;
         return check_ids(s->u2, s->n_u2, "secagg_shares.u2", err);
     }
     case MOEH__MSG_TYPE__SECAGG_UNMASK: {
@@ -211,8 +204,10 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
                              u->n_survivors);
         for (size_t i = 0, j = 0; i < u->n_survivors && j < u->n_dropped;) {
             if (u->survivors[i] == u->dropped[j])
-                return moeh_errf(err, -EBADMSG, "secagg_unmask: id %u is both a survivor and "
-                                                "dropped", u->dropped[j]);
+                return moeh_errf(err, -EBADMSG,
+                                 "secagg_unmask: id %u is both a survivor and "
+                                 "dropped",
+                                 u->dropped[j]);
             if (u->survivors[i] < u->dropped[j])
                 i++;
             else
@@ -222,8 +217,7 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
     }
     case MOEH__MSG_TYPE__SECAGG_REVEAL: {
         const Moeh__SecaggReveal *r = e->secagg_reveal;
-        if ((rc = check_session(r->session, "secagg_reveal", err)))
-            return rc;
+        if ((rc = check_session(r->session, "secagg_reveal", err))) return rc;
         if (r->n_shares > MOEH_WIRE_SECAGG_MAX)
             return moeh_errf(err, -EBADMSG, "secagg_reveal.shares: %zu entries, limit %u",
                              r->n_shares, MOEH_WIRE_SECAGG_MAX);
@@ -231,16 +225,21 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
             const Moeh__SecaggShare *sh = r->shares[i];
             ids[i] = sh->owner;
             if (sh->kind != MOEH__SECAGG_KIND__SECAGG_B && sh->kind != MOEH__SECAGG_KIND__SECAGG_S)
-                return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].kind: %d, expected "
-                                                "SECAGG_B or SECAGG_S", i, (int)sh->kind);
+                return moeh_errf(err, -EBADMSG,
+                                 "secagg_reveal.shares[%zu].kind: %d, expected "
+                                 "SECAGG_B or SECAGG_S",
+                                 i, (int)sh->kind);
             if (sh->n_y != MOEH_SECAGG_SHARE_ELEMS)
-                return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].y: %zu elements, "
-                                                "expected %u", i, sh->n_y,
-                                 MOEH_SECAGG_SHARE_ELEMS);
+                return moeh_errf(err, -EBADMSG,
+                                 "secagg_reveal.shares[%zu].y: %zu elements, "
+                                 "expected %u",
+                                 i, sh->n_y, MOEH_SECAGG_SHARE_ELEMS);
             for (size_t k = 0; k < sh->n_y; k++)
                 if (sh->y[k] >= MOEH_SECAGG_PRIME)
-                    return moeh_errf(err, -EBADMSG, "secagg_reveal.shares[%zu].y[%zu]: not an "
-                                                    "element of GF(2^61 - 1)", i, k);
+                    return moeh_errf(err, -EBADMSG,
+                                     "secagg_reveal.shares[%zu].y[%zu]: not an "
+                                     "element of GF(2^61 - 1)",
+                                     i, k);
         }
         return check_ids(ids, r->n_shares, "secagg_reveal.shares.owner", err);
     }
@@ -258,16 +257,21 @@ static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__Rou
     const Moeh__SecaggParams *p = r->secagg;
     int rc;
     if (r->task != MOEH__ROUND_TASK__TRAIN)
-        return moeh_errf(err, -EBADMSG, "round_start.secagg: only a TRAIN round is securely "
-                                        "aggregated");
-    if ((rc = check_session(p->session, "round_start.secagg", err)))
-        return rc;
+        return moeh_errf(err, -EBADMSG,
+                         "round_start.secagg: only a TRAIN round is securely "
+                         "aggregated");
+    if ((rc = check_session(p->session, "round_start.secagg", err))) return rc;
     if (p->n < 2 || p->n > MOEH_WIRE_SECAGG_MAX || p->id >= p->n)
-        return moeh_errf(err, -EBADMSG, "round_start.secagg: n %u (expected 2..%u) and id %u "
-                                        "(expected < n)", p->n, MOEH_WIRE_SECAGG_MAX, p->id);
+        return moeh_errf(err, -EBADMSG,
+                         "round_start.secagg: n %u (expected 2..%u) and id %u "
+                         "(expected < n)",
+                         p->n, MOEH_WIRE_SECAGG_MAX, p->id);
     if (lim->n_params == 0 || lim->n_groups == 0)
         return moeh_errf(err, -EBADMSG, "round_start.secagg: before the model was negotiated");
-    moeh_secagg_cfg_t cfg = {.round = p->session, .n = p->n, .t = p->t, .k = p->k,
+    moeh_secagg_cfg_t cfg = {.round = p->session,
+                             .n = p->n,
+                             .t = p->t,
+                             .k = p->k,
                              .graph_seed = p->graph_seed,
                              .len = (size_t)lim->n_params + lim->n_groups};
     moeh_err_t e2 = {0};
@@ -288,11 +292,12 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "hello.site_id: expected 1-%u characters of [A-Za-z0-9._-]",
                              MOEH_SITE_ID_MAX);
         if (h->n_features == 0 || h->n_features > (1u << 20))
-            return moeh_errf(err, -EBADMSG, "hello.n_features: %u, expected 1..%u",
-                             h->n_features, 1u << 20);
+            return moeh_errf(err, -EBADMSG, "hello.n_features: %u, expected 1..%u", h->n_features,
+                             1u << 20);
         if (h->n_vars > 4096 || h->n_steps > 1000 || h->img_size > 1024)
-            return moeh_errf(err, -EBADMSG, "hello: n_vars <= 4096, n_steps <= 1000 and "
-                                            "img_size <= 1024 expected");
+            return moeh_errf(err, -EBADMSG,
+                             "hello: n_vars <= 4096, n_steps <= 1000 and "
+                             "img_size <= 1024 expected");
         if (h->n_combos > 7)
             return moeh_errf(err, -EBADMSG, "hello.combos: %zu entries, expected <= 7",
                              h->n_combos);
@@ -307,10 +312,8 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         const Moeh__ModelSpec *m = w->model;
         if (!moeh_site_id_valid(w->site_id))
             return moeh_errf(err, -EBADMSG, "welcome.site_id: invalid");
-        if (!m)
-            return moeh_errf(err, -EBADMSG, "welcome.model: missing");
-        if ((rc = check_string(m->kind, 32, "welcome.model.kind", err)))
-            return rc;
+        if (!m) return moeh_errf(err, -EBADMSG, "welcome.model: missing");
+        if ((rc = check_string(m->kind, 32, "welcome.model.kind", err))) return rc;
         if (m->n_static > (1u << 20) || m->d_emb == 0 || m->d_emb > 65536 || m->d_hidden == 0 ||
             m->d_hidden > 65536 || m->n_vars > 4096 || m->n_steps == 0 || m->n_steps > 1000 ||
             m->note_buckets > (1u << 24) || m->img_size > 1024 || m->n_tasks == 0 ||
@@ -326,12 +329,14 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             (rc = fin(m->gate_sup, "welcome.model.gate_sup", err)))
             return rc;
         if (!(m->temperature > 0) || m->lambda_lb < 0 || m->gate_sup < 0)
-            return moeh_errf(err, -EBADMSG, "welcome.model: temperature > 0, lambda_lb >= 0 and "
-                                            "gate_sup >= 0 expected");
+            return moeh_errf(err, -EBADMSG,
+                             "welcome.model: temperature > 0, lambda_lb >= 0 and "
+                             "gate_sup >= 0 expected");
         if (m->n_params == 0 || m->n_params > MOEH_MAX_PARAMS || m->n_groups == 0 ||
             m->n_groups > 32)
-            return moeh_errf(err, -EBADMSG, "welcome.model: n_params 1..2^28 and n_groups "
-                                            "1..32 expected");
+            return moeh_errf(err, -EBADMSG,
+                             "welcome.model: n_params 1..2^28 and n_groups "
+                             "1..32 expected");
         if (w->heartbeat_ms < 10 || w->heartbeat_ms > 600000)
             return moeh_errf(err, -EBADMSG, "welcome.heartbeat_ms: %u, expected 10..600000",
                              w->heartbeat_ms);
@@ -348,37 +353,36 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG,
                              "round_start.task: %d, expected TRAIN, EVALUATE or STATS",
                              (int)r->task);
-        if (!c)
-            return moeh_errf(err, -EBADMSG, "round_start.config: missing");
+        if (!c) return moeh_errf(err, -EBADMSG, "round_start.config: missing");
         if (r->deadline_ms == 0)
             return moeh_errf(err, -EBADMSG, "round_start.deadline_ms: must be > 0");
         if (c->local_epochs == 0 || c->local_epochs > 1000 || c->batch_size == 0 ||
             c->batch_size > 65536)
-            return moeh_errf(err, -EBADMSG, "round_start.config: local_epochs 1..1000 and "
-                                            "batch_size 1..65536 expected");
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.config: local_epochs 1..1000 and "
+                             "batch_size 1..65536 expected");
         if ((rc = fin(c->lr, "round_start.config.lr", err)) ||
             (rc = fin(c->weight_decay, "round_start.config.weight_decay", err)) ||
             (rc = fin(c->clip, "round_start.config.clip", err)) ||
             (rc = fin(c->prox_mu, "round_start.config.prox_mu", err)))
             return rc;
         if (!(c->lr > 0 && c->lr <= 10) || c->weight_decay < 0 || c->clip < 0 || c->prox_mu < 0)
-            return moeh_errf(err, -EBADMSG, "round_start.config: lr in (0, 10], weight_decay, "
-                                            "clip and prox_mu >= 0 expected");
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.config: lr in (0, 10], weight_decay, "
+                             "clip and prox_mu >= 0 expected");
         if ((rc = fin(c->delta_clip, "round_start.config.delta_clip", err)) ||
             (rc = fin(c->quant_scale, "round_start.config.quant_scale", err)))
             return rc;
         if (!(c->delta_clip > 0) || !(c->quant_scale > 0) ||
             c->quant_scale * c->delta_clip > 2147483647.0)
-            return moeh_errf(err, -EBADMSG, "round_start.config: delta_clip > 0 and quant_scale "
-                                            "> 0 with quant_scale * delta_clip < 2^31 expected");
-        if (r->secagg && (rc = validate_secagg_params(lim, r, err)))
-            return rc;
-        if (r->task == MOEH__ROUND_TASK__STATS)
-            break; /* no frames */
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.config: delta_clip > 0 and quant_scale "
+                             "> 0 with quant_scale * delta_clip < 2^31 expected");
+        if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
+        if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
                                 {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
-        if (lim->n_norm == 0)
-            want[1].count = 0;
+        if (lim->n_norm == 0) want[1].count = 0;
         if ((rc = expect_frames(e, n_frames, want, 2, err)) ||
             (rc = check_finite_f32(&frames[0], "round_start.params", err)) ||
             (rc = check_finite_f32(&frames[1], "round_start.norm", err)))
@@ -388,17 +392,17 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             float sd;
             memcpy(&sd, np + 4 * i, 4);
             if (!(sd > 0))
-                return moeh_errf(err, -EBADMSG, "round_start.norm: standard deviation %zu is "
-                                                "not positive", i - lim->n_norm);
+                return moeh_errf(err, -EBADMSG,
+                                 "round_start.norm: standard deviation %zu is "
+                                 "not positive",
+                                 i - lim->n_norm);
         }
         return 0;
     }
     case MOEH__MSG_TYPE__UPDATE: {
         const Moeh__Update *u = e->update;
-        if ((rc = fin(u->train_loss, "update.train_loss", err)))
-            return rc;
-        if (u->train_loss < 0)
-            return moeh_errf(err, -EBADMSG, "update.train_loss: negative");
+        if ((rc = fin(u->train_loss, "update.train_loss", err))) return rc;
+        if (u->train_loss < 0) return moeh_errf(err, -EBADMSG, "update.train_loss: negative");
         if (lim->n_groups == 0)
             return moeh_errf(err, -EBADMSG, "update: before the model was negotiated");
         return expect_frame(e, frames, n_frames, "update", MOEH__DTYPE__U32,
@@ -412,10 +416,8 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (r->n_combo_rows != MOEH_WIRE_COMBOS)
             return moeh_errf(err, -EBADMSG, "eval_result.combo_rows: %zu entries, expected %u",
                              r->n_combo_rows, MOEH_WIRE_COMBOS);
-        if ((rc = fin(r->loss_sum, "eval_result.loss_sum", err)))
-            return rc;
-        if (r->loss_sum < 0)
-            return moeh_errf(err, -EBADMSG, "eval_result.loss_sum: negative");
+        if ((rc = fin(r->loss_sum, "eval_result.loss_sum", err))) return rc;
+        if (r->loss_sum < 0) return moeh_errf(err, -EBADMSG, "eval_result.loss_sum: negative");
         uint64_t per_slice = (uint64_t)r->n_tasks * 2 * r->n_bins;
         frame_spec_t want[2] = {
             {"hist", MOEH__DTYPE__U32, MOEH_WIRE_SLICES * per_slice},
@@ -434,8 +436,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                 in_combos += v;
         }
         if (total != r->n_labels || in_combos > r->n_labels)
-            return moeh_errf(err, -EBADMSG, "eval_result: histograms hold %llu labels (%llu in "
-                                            "combinations), n_labels says %llu",
+            return moeh_errf(err, -EBADMSG,
+                             "eval_result: histograms hold %llu labels (%llu in "
+                             "combinations), n_labels says %llu",
                              (unsigned long long)total, (unsigned long long)in_combos,
                              (unsigned long long)r->n_labels);
         const uint8_t *g = frames[1].data;
@@ -458,8 +461,10 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             memcpy(&cnt, p + 8 * (3 * i), 8);
             memcpy(&sq, p + 8 * (3 * i + 2), 8);
             if (cnt < 0 || sq < 0)
-                return moeh_errf(err, -EBADMSG, "stats_result: feature %zu has a negative count "
-                                                "or sum of squares", i);
+                return moeh_errf(err, -EBADMSG,
+                                 "stats_result: feature %zu has a negative count "
+                                 "or sum of squares",
+                                 i);
         }
         return 0;
     }
@@ -468,8 +473,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     case MOEH__MSG_TYPE__SECAGG_SHARES:
     case MOEH__MSG_TYPE__SECAGG_UNMASK:
     case MOEH__MSG_TYPE__SECAGG_REVEAL:
-        if ((rc = validate_secagg(lim, e, err)))
-            return rc;
+        if ((rc = validate_secagg(lim, e, err))) return rc;
         break;
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
@@ -478,8 +482,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return rc;
         break;
     case MOEH__MSG_TYPE__BYE:
-        if ((rc = check_string(e->bye->reason, MOEH_MAX_STRING, "bye.reason", err)))
-            return rc;
+        if ((rc = check_string(e->bye->reason, MOEH_MAX_STRING, "bye.reason", err))) return rc;
         break;
     default:
         return moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
@@ -495,24 +498,19 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
  * also closes protobuf-c's acceptance of odd encodings such as field number 0). */
 static int has_unknown_fields(const ProtobufCMessage *m, int depth)
 {
-    if (!m)
-        return 0;
-    if (m->n_unknown_fields || depth > 8)
-        return 1;
+    if (!m) return 0;
+    if (m->n_unknown_fields || depth > 8) return 1;
     const ProtobufCMessageDescriptor *d = m->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
         const char *base = (const char *)m;
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = *(const size_t *)(base + f->quantifier_offset);
             ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(base + f->offset);
             for (size_t k = 0; k < n; k++)
-                if (has_unknown_fields(arr[k], depth + 1))
-                    return 1;
-        } else if (has_unknown_fields(*(ProtobufCMessage *const *)(base + f->offset),
-                                      depth + 1)) {
+                if (has_unknown_fields(arr[k], depth + 1)) return 1;
+        } else if (has_unknown_fields(*(ProtobufCMessage *const *)(base + f->offset), depth + 1)) {
             return 1;
         }
     }
@@ -526,14 +524,12 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
     int rc;
     Moeh__Envelope *e = NULL;
     *out = NULL;
-    if (hdr_len == 0)
-        return moeh_errf(err, -EBADMSG, "empty header frame");
+    if (hdr_len == 0) return moeh_errf(err, -EBADMSG, "empty header frame");
     if (hdr_len > MOEH_MAX_HEADER_BYTES)
         return moeh_errf(err, -EMSGSIZE, "header is %zu bytes, limit %u", hdr_len,
                          MOEH_MAX_HEADER_BYTES);
     if (n_frames > MOEH_MAX_FRAMES)
-        return moeh_errf(err, -EMSGSIZE, "%zu tensor frames, limit %u", n_frames,
-                         MOEH_MAX_FRAMES);
+        return moeh_errf(err, -EMSGSIZE, "%zu tensor frames, limit %u", n_frames, MOEH_MAX_FRAMES);
     if (!(e = moeh__envelope__unpack(NULL, hdr_len, hdr))) {
         rc = moeh_errf(err, -EBADMSG, "header is not a valid moeh.Envelope");
         goto fail;
@@ -570,26 +566,23 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
             goto fail;
         }
         if (d->count > MOEH_MAX_PARAMS || d->count * es != frames[i].len) {
-            rc = moeh_errf(err, -EBADMSG, "frames[%zu] '%s': %zu bytes, header says %llu x %zu",
-                           i, d->name, frames[i].len, (unsigned long long)d->count, es);
+            rc = moeh_errf(err, -EBADMSG, "frames[%zu] '%s': %zu bytes, header says %llu x %zu", i,
+                           d->name, frames[i].len, (unsigned long long)d->count, es);
             goto fail;
         }
     }
-    if ((rc = validate_body(lim, e, frames, n_frames, err)))
-        goto fail;
+    if ((rc = validate_body(lim, e, frames, n_frames, err))) goto fail;
     *out = e;
     return 0;
 fail:
-    if (e)
-        moeh__envelope__free_unpacked(e, NULL);
+    if (e) moeh__envelope__free_unpacked(e, NULL);
     return rc;
 }
 
 int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
                    uint8_t **buf_out, size_t *len_out)
 {
-    if (n_frames > MOEH_MAX_FRAMES)
-        return -EINVAL;
+    if (n_frames > MOEH_MAX_FRAMES) return -EINVAL;
     Moeh__FrameDesc descs[MOEH_MAX_FRAMES], *dp[MOEH_MAX_FRAMES];
     for (size_t i = 0; i < n_frames; i++) {
         moeh__frame_desc__init(&descs[i]);
@@ -627,8 +620,7 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
     uint8_t *hdr = NULL;
     size_t hlen = 0;
     int rc = moeh_wire_pack(env, frames, n_frames, &hdr, &hlen);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (routing_id && zmq_send(sock, routing_id, routing_id_len, ZMQ_SNDMORE) < 0) {
         rc = -zmq_errno();
         goto out;
@@ -665,8 +657,7 @@ out:
 int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out)
 {
     moeh_shared_frame_t *f = malloc(sizeof *f);
-    if (!f)
-        return -ENOMEM;
+    if (!f) return -ENOMEM;
     if (zmq_msg_init_size(&f->msg, len) != 0) {
         free(f);
         return -ENOMEM;
@@ -678,8 +669,7 @@ int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t *
 
 void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     zmq_msg_close(&(*self_p)->msg);
     free(*self_p);
     *self_p = NULL;
@@ -728,8 +718,7 @@ typedef struct {
 
 void moeh_msg_clear(moeh_msg_t *msg)
 {
-    if (msg->env)
-        moeh__envelope__free_unpacked(msg->env, NULL);
+    if (msg->env) moeh__envelope__free_unpacked(msg->env, NULL);
     parts_t *ps = msg->parts_storage;
     if (ps) {
         for (size_t i = 0; i < ps->n; i++)
@@ -739,13 +728,12 @@ void moeh_msg_clear(moeh_msg_t *msg)
     memset(msg, 0, sizeof *msg);
 }
 
-int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim,
-                   moeh_msg_t *msg, moeh_err_t *err)
+int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
+                   moeh_err_t *err)
 {
     memset(msg, 0, sizeof *msg);
     parts_t *ps = calloc(1, sizeof *ps);
-    if (!ps)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!ps) return moeh_errf(err, -ENOMEM, "out of memory");
     msg->parts_storage = ps;
     int more = 1, too_many = 0, flags = ZMQ_DONTWAIT;
     while (more) {
@@ -769,18 +757,15 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     size_t first = 0;
     if (with_routing_id) {
         size_t rl = zmq_msg_size(&ps->parts[0]);
-        if (rl > sizeof msg->routing_id)
-            return moeh_errf(err, -EBADMSG, "routing id too long");
+        if (rl > sizeof msg->routing_id) return moeh_errf(err, -EBADMSG, "routing id too long");
         memcpy(msg->routing_id, zmq_msg_data(&ps->parts[0]), rl);
         msg->routing_id_len = rl;
         first = 1;
     }
-    if (ps->n <= first)
-        return moeh_errf(err, -EBADMSG, "message has no header frame");
+    if (ps->n <= first) return moeh_errf(err, -EBADMSG, "message has no header frame");
     /* The ZAP handler sets User-Id to the admitted site's id; absent without CURVE. */
     const char *uid = zmq_msg_gets(&ps->parts[first], "User-Id");
-    if (uid)
-        snprintf(msg->peer, sizeof msg->peer, "%s", uid);
+    if (uid) snprintf(msg->peer, sizeof msg->peer, "%s", uid);
     if (too_many)
         return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_MAX_PARTS);
     size_t nf = ps->n - first - 1;

@@ -98,8 +98,8 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
  * it. With_routing_id is set on ROUTER sockets. A message with too many parts is drained and
  * refused. On a decode failure the routing id and peer are still filled in (so the caller can
  * reply with an Error) and the code is returned; msg must be cleared in every case. */
-int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim,
-                   moeh_msg_t *msg, moeh_err_t *err);
+int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
+                   moeh_err_t *err);
 void moeh_msg_clear(moeh_msg_t *msg);
 
 /* Convenience: send an Error / Bye / Heartbeat with no frames. */

@@ -17,8 +17,8 @@ struct moeh_zap {
     atomic_uint_fast64_t refused;
 };
 
-static void send_reply(void *sock, const zmq_msg_t *req_id, const char *status,
-                       const char *text, const char *user)
+static void send_reply(void *sock, const zmq_msg_t *req_id, const char *status, const char *text,
+                       const char *user)
 {
     zmq_send(sock, "1.0", 3, ZMQ_SNDMORE);
     zmq_send(sock, zmq_msg_data((zmq_msg_t *)req_id), zmq_msg_size((zmq_msg_t *)req_id),
@@ -85,12 +85,10 @@ static void *zap_main(void *arg)
         zmq_pollitem_t it = {.socket = z->sock, .events = ZMQ_POLLIN};
         int rc = zmq_poll(&it, 1, 100);
         if (rc < 0) {
-            if (zmq_errno() == ETERM)
-                break;
+            if (zmq_errno() == ETERM) break;
             continue;
         }
-        if (rc > 0)
-            handle_request(z);
+        if (rc > 0) handle_request(z);
     }
     return NULL;
 }
@@ -98,8 +96,7 @@ static void *zap_main(void *arg)
 int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out)
 {
     moeh_zap_t *z = calloc(1, sizeof *z);
-    if (!z)
-        return -ENOMEM;
+    if (!z) return -ENOMEM;
     int rc = 0;
     pthread_mutex_init(&z->lock, NULL);
     z->sock = zmq_socket(ctx, ZMQ_REP);
@@ -120,8 +117,7 @@ int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out)
     *out = z;
     return 0;
 fail:
-    if (z->sock)
-        zmq_close(z->sock);
+    if (z->sock) zmq_close(z->sock);
     pthread_mutex_destroy(&z->lock);
     free(z);
     return rc;
@@ -141,8 +137,7 @@ int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out)
 {
     pthread_mutex_lock(&z->lock);
     const char *id = moeh_registry_lookup(&z->reg, key);
-    if (id)
-        snprintf(out, 65, "%s", id);
+    if (id) snprintf(out, 65, "%s", id);
     pthread_mutex_unlock(&z->lock);
     return id ? 0 : -ENOENT;
 }
@@ -172,8 +167,7 @@ uint64_t moeh_zap_refused(moeh_zap_t *z)
 
 void moeh_zap_stop(moeh_zap_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_zap_t *z = *self_p;
     atomic_store(&z->stop, 1);
     pthread_join(z->thread, NULL);

@@ -7,22 +7,23 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: moeh-sim synth --admissions N --seed S --out DIR\n"
-            "                      [--chart-days D] [--image-px P] [--no-images] [--gzip-level L]\n\n"
-            "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
-            "  DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
-            "  files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per\n"
-            "  admission) and DIR/truth.json (counts, oracle AUROC per task).\n"
-            "Then: moeh-sim extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n\n"
-            "  --admissions N  cohort admissions to generate (default 1000); admissions that\n"
-            "                  the cohort excludes are generated around them\n"
-            "  --seed S        random seed (default 1); output is a function of (S, options)\n"
-            "  --chart-days D  chart vitals over max(52 h, D days) of each ICU stay (default 0);\n"
-            "                  raise it for multi-GB chartevents benchmarks\n"
-            "  --image-px P    side of the written JPEGs (default 256)\n"
-            "  --no-images     write the CXR metadata but no JPEG files\n"
-            "  --gzip-level L  1..9 (default 1)\n");
+    fprintf(
+        f,
+        "usage: moeh-sim synth --admissions N --seed S --out DIR\n"
+        "                      [--chart-days D] [--image-px P] [--no-images] [--gzip-level L]\n\n"
+        "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
+        "  DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
+        "  files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per\n"
+        "  admission) and DIR/truth.json (counts, oracle AUROC per task).\n"
+        "Then: moeh-sim extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n\n"
+        "  --admissions N  cohort admissions to generate (default 1000); admissions that\n"
+        "                  the cohort excludes are generated around them\n"
+        "  --seed S        random seed (default 1); output is a function of (S, options)\n"
+        "  --chart-days D  chart vitals over max(52 h, D days) of each ICU stay (default 0);\n"
+        "                  raise it for multi-GB chartevents benchmarks\n"
+        "  --image-px P    side of the written JPEGs (default 256)\n"
+        "  --no-images     write the CXR metadata but no JPEG files\n"
+        "  --gzip-level L  1..9 (default 1)\n");
 }
 
 int moeh_sim_cmd_synth(int argc, char **argv)
@@ -30,25 +31,46 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     moeh_synth_opts_t o;
     moeh_synth_opts_default(&o);
     const char *out = NULL;
-    static const struct option lo[] = {
-        {"admissions", required_argument, 0, 'n'}, {"seed", required_argument, 0, 's'},
-        {"out", required_argument, 0, 'o'},        {"chart-days", required_argument, 0, 'c'},
-        {"image-px", required_argument, 0, 'p'},   {"no-images", no_argument, 0, 'x'},
-        {"gzip-level", required_argument, 0, 'z'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"admissions", required_argument, 0, 'n'},
+                                       {"seed", required_argument, 0, 's'},
+                                       {"out", required_argument, 0, 'o'},
+                                       {"chart-days", required_argument, 0, 'c'},
+                                       {"image-px", required_argument, 0, 'p'},
+                                       {"no-images", no_argument, 0, 'x'},
+                                       {"gzip-level", required_argument, 0, 'z'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (ch) {
-        case 'n': o.admissions = (size_t)strtoull(optarg, NULL, 10); break;
-        case 's': o.seed = strtoull(optarg, NULL, 10); break;
-        case 'o': out = optarg; break;
-        case 'c': o.chart_days = atof(optarg); break;
-        case 'p': o.img_px = (size_t)strtoul(optarg, NULL, 10); break;
-        case 'x': o.images = false; break;
-        case 'z': o.gz_level = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'n':
+            o.admissions = (size_t)strtoull(optarg, NULL, 10);
+            break;
+        case 's':
+            o.seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 'c':
+            o.chart_days = atof(optarg);
+            break;
+        case 'p':
+            o.img_px = (size_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'x':
+            o.images = false;
+            break;
+        case 'z':
+            o.gz_level = atoi(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!out || optind != argc || o.admissions == 0) {

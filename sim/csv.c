@@ -22,7 +22,7 @@
 
 #define CSV_BUF_INIT ((size_t)4 << 20)
 #define CSV_IN_SIZE ((size_t)1 << 20)
-#define CSV_NBLK 4                  /* inflated blocks in flight between the two threads */
+#define CSV_NBLK 4 /* inflated blocks in flight between the two threads */
 #define CSV_BLK ((size_t)4 << 20)
 
 /* A gzip input is inflated by a producer thread into a ring of blocks while the caller's
@@ -63,7 +63,7 @@ struct moeh_csv {
     size_t scap, slen;
 
     moeh_csv_field_t *f;
-    size_t *soff;   /* for quoted fields: offset into scratch, or SIZE_MAX */
+    size_t *soff; /* for quoted fields: offset into scratch, or SIZE_MAX */
     size_t fcap, nf;
 
     char **names;
@@ -76,17 +76,14 @@ struct moeh_csv {
 /* Reads raw (compressed) bytes into r->in. 0 ok (maybe 0 bytes at EOF), -EIO on error. */
 static int src_read_raw(moeh_csv_t *r)
 {
-    if (r->in_pos < r->in_len || r->src_eof)
-        return 0;
+    if (r->in_pos < r->in_len || r->src_eof) return 0;
     ssize_t n;
     do
         n = read(r->fd, r->in, CSV_IN_SIZE);
     while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return -EIO;
+    if (n < 0) return -EIO;
     r->in_len = (size_t)n, r->in_pos = 0;
-    if (n == 0)
-        r->src_eof = true;
+    if (n == 0) r->src_eof = true;
     return 0;
 }
 
@@ -98,8 +95,7 @@ static ssize_t src_produce(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err
         do
             n = read(r->fd, dst, cap);
         while (n < 0 && errno == EINTR);
-        if (n < 0)
-            return moeh_errf(err, -EIO, "%s: read failed: %s", r->path, strerror(errno));
+        if (n < 0) return moeh_errf(err, -EIO, "%s: read failed: %s", r->path, strerror(errno));
         return n;
     }
     size_t produced = 0;
@@ -107,8 +103,7 @@ static ssize_t src_produce(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err
         if (src_read_raw(r) != 0)
             return moeh_errf(err, -EIO, "%s: read failed: %s", r->path, strerror(errno));
         if (r->in_pos == r->in_len && r->src_eof) {
-            if (!r->z_done)
-                return moeh_errf(err, -EBADMSG, "%s: truncated gzip stream", r->path);
+            if (!r->z_done) return moeh_errf(err, -EBADMSG, "%s: truncated gzip stream", r->path);
             break;
         }
         if (r->z_done) { /* another gzip member follows */
@@ -130,8 +125,7 @@ static ssize_t src_produce(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err
         size_t out = (size_t)(r->zs.next_out - ((uint8_t *)dst + produced));
         if (zrc < 0)
             return moeh_errf(err, -EBADMSG, "%s: corrupt gzip data (isal %d)", r->path, zrc);
-        if (r->zs.block_state == ISAL_BLOCK_FINISH)
-            r->z_done = true;
+        if (r->zs.block_state == ISAL_BLOCK_FINISH) r->z_done = true;
 #else
         r->zs.next_in = r->in + r->in_pos;
         r->zs.avail_in = (uInt)(r->in_len - r->in_pos);
@@ -165,8 +159,7 @@ static void *producer(void *arg)
         bool stop = q->stop;
         size_t t = q->tail;
         pthread_mutex_unlock(&q->mu);
-        if (stop)
-            break;
+        if (stop) break;
         moeh_err_t e = {0};
         ssize_t n = src_produce(r, q->blk[t], CSV_BLK, &e);
         pthread_mutex_lock(&q->mu);
@@ -183,8 +176,7 @@ static void *producer(void *arg)
         bool done = q->done;
         pthread_cond_broadcast(&q->cv);
         pthread_mutex_unlock(&q->mu);
-        if (done)
-            break;
+        if (done) break;
     }
     return NULL;
 }
@@ -199,15 +191,13 @@ static ssize_t pipe_read(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err)
         pthread_cond_wait(&q->cv, &q->mu);
     if (!q->full[q->head]) {
         int rc = q->rc;
-        if (rc < 0)
-            *err = q->err;
+        if (rc < 0) *err = q->err;
         pthread_mutex_unlock(&q->mu);
         return rc;
     }
     size_t h = q->head, len = q->len[h], off = q->off;
     pthread_mutex_unlock(&q->mu);
-    if (len == 0)
-        return 0; /* the end-of-input block stays in place */
+    if (len == 0) return 0; /* the end-of-input block stays in place */
     size_t k = len - off < cap ? len - off : cap;
     memcpy(dst, q->blk[h] + off, k); /* the producer does not touch a full block */
     pthread_mutex_lock(&q->mu);
@@ -262,8 +252,7 @@ static void pipe_stop(moeh_csv_t *r)
  * is full). 1 if bytes were added, 0 at end of input, <0 on error. */
 static int fill(moeh_csv_t *r, moeh_err_t *err)
 {
-    if (r->eof)
-        return 0;
+    if (r->eof) return 0;
     if (r->pos > 0) {
         memmove(r->buf, r->buf + r->pos, r->end - r->pos);
         r->end -= r->pos, r->pos = 0;
@@ -277,8 +266,7 @@ static int fill(moeh_csv_t *r, moeh_err_t *err)
     }
     ssize_t n = r->pipe.started ? pipe_read(r, r->buf + r->end, r->cap - r->end, err)
                                 : src_produce(r, r->buf + r->end, r->cap - r->end, err);
-    if (n < 0)
-        return (int)n;
+    if (n < 0) return (int)n;
     if (n == 0) {
         r->eof = true;
         return 0;
@@ -295,12 +283,10 @@ static int push_field(moeh_csv_t *r, const char *p, size_t len, size_t soff, moe
     if (r->nf == r->fcap) {
         size_t nc = r->fcap ? r->fcap * 2 : 32;
         moeh_csv_field_t *nf = realloc(r->f, nc * sizeof *nf);
-        if (!nf)
-            return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
+        if (!nf) return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
         r->f = nf;
         size_t *ns = realloc(r->soff, nc * sizeof *ns);
-        if (!ns)
-            return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
+        if (!ns) return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
         r->soff = ns, r->fcap = nc;
     }
     r->f[r->nf].p = p;
@@ -312,15 +298,13 @@ static int push_field(moeh_csv_t *r, const char *p, size_t len, size_t soff, moe
 
 static int scratch_append(moeh_csv_t *r, const char *p, size_t n, moeh_err_t *err)
 {
-    if (n == 0)
-        return 0;
+    if (n == 0) return 0;
     if (r->slen + n > r->scap) {
         size_t nc = r->scap ? r->scap : 4096;
         while (nc < r->slen + n)
             nc *= 2;
         char *ns = realloc(r->scratch, nc);
-        if (!ns)
-            return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
+        if (!ns) return moeh_errf(err, -ENOMEM, "%s: out of memory", r->path);
         r->scratch = ns, r->scap = nc;
     }
     memcpy(r->scratch + r->slen, p, n);
@@ -345,12 +329,10 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
         for (;;) {
             char *c = memchr(s, ',', (size_t)(le - s));
             if (!c) {
-                if (push_field(r, s, (size_t)(le - s), SIZE_MAX, err))
-                    return -ENOMEM;
+                if (push_field(r, s, (size_t)(le - s), SIZE_MAX, err)) return -ENOMEM;
                 break;
             }
-            if (push_field(r, s, (size_t)(c - s), SIZE_MAX, err))
-                return -ENOMEM;
+            if (push_field(r, s, (size_t)(c - s), SIZE_MAX, err)) return -ENOMEM;
             s = c + 1;
         }
         r->pos = (size_t)(nl + 1 - r->buf);
@@ -368,8 +350,7 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
             for (;;) {
                 char *qq = memchr(q, '"', (size_t)(e - q));
                 if (!qq) {
-                    if (!r->eof)
-                        return ROW_MORE;
+                    if (!r->eof) return ROW_MORE;
                     moeh_errf(err, -EBADMSG, "%s:%llu:%zu: unterminated quoted field", r->path,
                               (unsigned long long)r->line, r->nf + 1);
                     r->pos = r->end;
@@ -378,27 +359,23 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
                 }
                 for (char *t = q; t < qq; t++)
                     lines += (*t == '\n');
-                if (scratch_append(r, q, (size_t)(qq - q), err))
-                    return -ENOMEM;
+                if (scratch_append(r, q, (size_t)(qq - q), err)) return -ENOMEM;
                 if (qq + 1 == e && !r->eof)
                     return ROW_MORE; /* "" or end of field? need the next byte */
                 if (qq + 1 < e && qq[1] == '"') {
-                    if (scratch_append(r, "\"", 1, err))
-                        return -ENOMEM;
+                    if (scratch_append(r, "\"", 1, err)) return -ENOMEM;
                     q = qq + 2;
                     continue;
                 }
                 s = qq + 1;
                 break;
             }
-            if (push_field(r, NULL, r->slen - soff, soff, err))
-                return -ENOMEM;
+            if (push_field(r, NULL, r->slen - soff, soff, err)) return -ENOMEM;
             if (s < e && *s == '\r' && s + 1 < e && s[1] == '\n')
                 s++;
             else if (s + 1 == e && *s == '\r' && !r->eof)
                 return ROW_MORE;
-            if (s == e && !r->eof)
-                return ROW_MORE;
+            if (s == e && !r->eof) return ROW_MORE;
             if (s == e || *s == '\n') {
                 r->pos = (size_t)(s == e ? s - r->buf : s + 1 - r->buf);
                 break;
@@ -407,8 +384,8 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
                 s++;
                 continue;
             }
-            moeh_errf(err, -EBADMSG, "%s:%llu:%zu: unexpected '%c' after a closing quote",
-                      r->path, (unsigned long long)r->line, r->nf, *s);
+            moeh_errf(err, -EBADMSG, "%s:%llu:%zu: unexpected '%c' after a closing quote", r->path,
+                      (unsigned long long)r->line, r->nf, *s);
             char *skip = memchr(s, '\n', (size_t)(e - s));
             r->pos = skip ? (size_t)(skip + 1 - r->buf) : r->end;
             r->line += lines + 1;
@@ -418,13 +395,10 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
         char *t = s;
         while (t < e && *t != ',' && *t != '\n')
             t++;
-        if (t == e && !r->eof)
-            return ROW_MORE;
+        if (t == e && !r->eof) return ROW_MORE;
         size_t len = (size_t)(t - s);
-        if ((t == e || *t == '\n') && len > 0 && s[len - 1] == '\r')
-            len--;
-        if (push_field(r, s, len, SIZE_MAX, err))
-            return -ENOMEM;
+        if ((t == e || *t == '\n') && len > 0 && s[len - 1] == '\r') len--;
+        if (push_field(r, s, len, SIZE_MAX, err)) return -ENOMEM;
         if (t < e && *t == ',') {
             s = t + 1;
             continue;
@@ -433,8 +407,7 @@ static int parse_row(moeh_csv_t *r, moeh_err_t *err)
         break;
     }
     for (size_t i = 0; i < r->nf; i++)
-        if (r->soff[i] != SIZE_MAX)
-            r->f[i].p = r->scratch ? r->scratch + r->soff[i] : "";
+        if (r->soff[i] != SIZE_MAX) r->f[i].p = r->scratch ? r->scratch + r->soff[i] : "";
     r->row_line = r->line;
     r->line += lines + 1;
     return ROW_OK;
@@ -446,21 +419,15 @@ static int next_raw(moeh_csv_t *r, moeh_err_t *err)
     for (;;) {
         if (r->pos == r->end) {
             int rc = fill(r, err);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                return 0;
+            if (rc < 0) return rc;
+            if (rc == 0) return 0;
         }
         int rc = parse_row(r, err);
-        if (rc == ROW_OK)
-            return 1;
-        if (rc == ROW_BAD)
-            return -EBADMSG;
-        if (rc < 0)
-            return rc;
+        if (rc == ROW_OK) return 1;
+        if (rc == ROW_BAD) return -EBADMSG;
+        if (rc < 0) return rc;
         rc = fill(r, err); /* ROW_MORE */
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
         /* rc == 0: eof now set, parse again to finish the last row */
     }
 }
@@ -485,8 +452,7 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
     *out = NULL;
     int rc = -ENOMEM;
     moeh_csv_t *r = calloc(1, sizeof *r);
-    if (!r)
-        return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
+    if (!r) return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
     r->fd = -1;
     snprintf(r->path, sizeof r->path, "%s", path);
     size_t pl = strlen(path);
@@ -497,44 +463,36 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
         goto fail;
     }
     struct stat st;
-    if (fstat(r->fd, &st) == 0)
-        r->file_size = (uint64_t)st.st_size;
+    if (fstat(r->fd, &st) == 0) r->file_size = (uint64_t)st.st_size;
 #ifdef POSIX_FADV_SEQUENTIAL
     posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
     r->cap = CSV_BUF_INIT;
-    if (!(r->buf = malloc(r->cap + 1)))
-        goto fail; /* rc is -ENOMEM */
+    if (!(r->buf = malloc(r->cap + 1))) goto fail; /* rc is -ENOMEM */
     if (r->gz) {
-        if (!(r->in = malloc(CSV_IN_SIZE)))
-            goto fail; /* rc is -ENOMEM */
+        if (!(r->in = malloc(CSV_IN_SIZE))) goto fail; /* rc is -ENOMEM */
 #ifdef MOEH_HAVE_ISAL
         isal_inflate_init(&r->zs);
         r->zs.crc_flag = ISAL_GZIP;
 #else
-        if (inflateInit2(&r->zs, 15 + 16) != Z_OK)
-            goto fail; /* rc is -ENOMEM */
+        if (inflateInit2(&r->zs, 15 + 16) != Z_OK) goto fail; /* rc is -ENOMEM */
 #endif
-        if ((rc = pipe_start(r, err)) != 0)
-            goto fail;
+        if ((rc = pipe_start(r, err)) != 0) goto fail;
     }
     r->line = 1;
     do /* blank lines before the header are skipped */
         rc = next_raw(r, err);
     while (rc == 1 && r->nf == 1 && r->f[0].len == 0);
-    if (rc < 0)
-        goto fail;
+    if (rc < 0) goto fail;
     if (rc == 0) {
         rc = moeh_errf(err, -EBADMSG, "%s: empty file, expected a header row", path);
         goto fail;
     }
     r->ncols = r->nf;
     rc = -ENOMEM;
-    if (!(r->names = calloc(r->ncols, sizeof *r->names)))
-        goto fail;
+    if (!(r->names = calloc(r->ncols, sizeof *r->names))) goto fail;
     for (size_t i = 0; i < r->ncols; i++) {
-        if (!(r->names[i] = malloc(r->f[i].len + 1)))
-            goto fail; /* rc is -ENOMEM */
+        if (!(r->names[i] = malloc(r->f[i].len + 1))) goto fail; /* rc is -ENOMEM */
         memcpy(r->names[i], r->f[i].p, r->f[i].len);
         r->names[i][r->f[i].len] = '\0';
     }
@@ -544,8 +502,7 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
     *out = r;
     return 0;
 fail:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "%s: out of memory", path);
+    if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory", path);
     moeh_csv_close(&r);
     return rc;
 }
@@ -568,8 +525,7 @@ int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t
         rc = next_raw(r, err);
     while (rc == 1 && r->nf == 1 && r->f[0].len == 0);
     if (rc <= 0) {
-        if (rc == 0)
-            rc = moeh_errf(err, -EBADMSG, "%s: empty, expected a header row", name);
+        if (rc == 0) rc = moeh_errf(err, -EBADMSG, "%s: empty, expected a header row", name);
         moeh_csv_close(&r);
         return rc;
     }
@@ -590,8 +546,7 @@ int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t
 
 void moeh_csv_close(moeh_csv_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_csv_t *r = *self_p;
     pipe_stop(r); /* before the inflate state goes */
     if (r->gz && r->in) {
@@ -599,8 +554,7 @@ void moeh_csv_close(moeh_csv_t **self_p)
         inflateEnd(&r->zs);
 #endif
     }
-    if (r->fd >= 0)
-        close(r->fd);
+    if (r->fd >= 0) close(r->fd);
     if (r->names)
         for (size_t i = 0; i < r->ncols; i++)
             free(r->names[i]);
@@ -622,16 +576,14 @@ size_t moeh_csv_ncols(const moeh_csv_t *r)
 int moeh_csv_col(const moeh_csv_t *r, const char *name)
 {
     for (size_t i = 0; i < r->ncols; i++)
-        if (!strcmp(r->names[i], name))
-            return (int)i;
+        if (!strcmp(r->names[i], name)) return (int)i;
     return -1;
 }
 
 int moeh_csv_require_col(const moeh_csv_t *r, const char *name, moeh_err_t *err)
 {
     int c = moeh_csv_col(r, name);
-    if (c < 0)
-        return moeh_errf(err, -EBADMSG, "%s:1: no column '%s' in the header", r->path, name);
+    if (c < 0) return moeh_errf(err, -EBADMSG, "%s:1: no column '%s' in the header", r->path, name);
     return c;
 }
 
@@ -669,45 +621,39 @@ int moeh_csv_field_error(const moeh_csv_t *r, size_t col, moeh_err_t *err, const
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     return moeh_errf(err, -EBADMSG, "%s:%llu:%zu (%s): %s", r->path,
-                     (unsigned long long)r->row_line, col + 1,
-                     col < r->ncols ? r->names[col] : "?", msg);
+                     (unsigned long long)r->row_line, col + 1, col < r->ncols ? r->names[col] : "?",
+                     msg);
 }
 
 /* ---- field parsers ------------------------------------------------------------------- */
 
 int moeh_csv_parse_i64(moeh_csv_field_t f, int64_t *out)
 {
-    if (f.len == 0)
-        return -ENODATA;
+    if (f.len == 0) return -ENODATA;
     size_t i = 0;
     bool neg = false;
-    if (f.p[0] == '-' || f.p[0] == '+')
-        neg = f.p[0] == '-', i = 1;
-    if (i == f.len || f.len - i > 18)
-        return -EBADMSG;
+    if (f.p[0] == '-' || f.p[0] == '+') neg = f.p[0] == '-', i = 1;
+    if (i == f.len || f.len - i > 18) return -EBADMSG;
     int64_t v = 0;
     for (; i < f.len; i++) {
         unsigned d = (unsigned)(f.p[i] - '0');
-        if (d > 9)
-            return -EBADMSG;
+        if (d > 9) return -EBADMSG;
         v = v * 10 + d;
     }
     *out = neg ? -v : v;
     return 0;
 }
 
-static const double k_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,
-                                 1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17};
+static const double k_pow10[] = {1e0, 1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,
+                                 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17};
 
 int moeh_csv_parse_f64(moeh_csv_field_t f, double *out)
 {
-    if (f.len == 0)
-        return -ENODATA;
+    if (f.len == 0) return -ENODATA;
     /* fast path: [-]digits[.digits] with at most 17 significant digits */
     size_t i = 0;
     bool neg = false;
-    if (f.p[0] == '-' || f.p[0] == '+')
-        neg = f.p[0] == '-', i = 1;
+    if (f.p[0] == '-' || f.p[0] == '+') neg = f.p[0] == '-', i = 1;
     uint64_t mant = 0;
     int nd = 0, frac = 0;
     bool dot = false, any = false;
@@ -717,10 +663,8 @@ int moeh_csv_parse_f64(moeh_csv_field_t f, double *out)
             any = true;
             if (nd < 17) {
                 mant = mant * 10 + (uint64_t)(c - '0');
-                if (mant)
-                    nd++;
-                if (dot)
-                    frac++;
+                if (mant) nd++;
+                if (dot) frac++;
             } else if (!dot) {
                 break; /* too many digits: slow path */
             }
@@ -736,14 +680,12 @@ int moeh_csv_parse_f64(moeh_csv_field_t f, double *out)
         return 0;
     }
     char tmp[64];
-    if (f.len >= sizeof tmp)
-        return -EBADMSG;
+    if (f.len >= sizeof tmp) return -EBADMSG;
     memcpy(tmp, f.p, f.len);
     tmp[f.len] = '\0';
     char *end;
     double v = strtod(tmp, &end);
-    if (end != tmp + f.len || end == tmp)
-        return -EBADMSG;
+    if (end != tmp + f.len || end == tmp) return -EBADMSG;
     *out = v;
     return 0;
 }
@@ -764,8 +706,7 @@ static int digits(const char *p, int n, int *out)
     int v = 0;
     for (int i = 0; i < n; i++) {
         unsigned d = (unsigned)(p[i] - '0');
-        if (d > 9)
-            return -1;
+        if (d > 9) return -1;
         v = v * 10 + (int)d;
     }
     *out = v;
@@ -774,8 +715,7 @@ static int digits(const char *p, int n, int *out)
 
 int moeh_csv_parse_time(moeh_csv_field_t f, int64_t *out)
 {
-    if (f.len == 0)
-        return -ENODATA;
+    if (f.len == 0) return -ENODATA;
     int y, mo, d, h = 0, mi = 0, s = 0;
     const char *p = f.p;
     if (f.len < 10 || p[4] != '-' || p[7] != '-' || digits(p, 4, &y) || digits(p + 5, 2, &mo) ||
@@ -783,11 +723,10 @@ int moeh_csv_parse_time(moeh_csv_field_t f, int64_t *out)
         return -EBADMSG;
     if (f.len > 10) {
         if (f.len < 19 || (p[10] != ' ' && p[10] != 'T') || p[13] != ':' || p[16] != ':' ||
-            digits(p + 11, 2, &h) || digits(p + 14, 2, &mi) || digits(p + 17, 2, &s) ||
-            h > 23 || mi > 59 || s > 60)
+            digits(p + 11, 2, &h) || digits(p + 14, 2, &mi) || digits(p + 17, 2, &s) || h > 23 ||
+            mi > 59 || s > 60)
             return -EBADMSG;
-        if (f.len > 19 && p[19] != '.')
-            return -EBADMSG;
+        if (f.len > 19 && p[19] != '.') return -EBADMSG;
     }
     *out = moeh_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
     return 0;

@@ -11,7 +11,18 @@ const char *const moeh_ds_task_names[MOEH_DS_TASKS] = {"mortality", "los_gt_7d",
 const char *const moeh_ds_mod_names[MOEH_DS_MODS] = {"ehr", "notes", "img"};
 
 enum {
-    A_IDS, A_STATIC, A_TSV, A_TSM, A_TSD, A_LAB, A_LABM, A_AVAIL, A_NOFF, A_NTOK, A_IMG, A_SPLIT,
+    A_IDS,
+    A_STATIC,
+    A_TSV,
+    A_TSM,
+    A_TSD,
+    A_LAB,
+    A_LABM,
+    A_AVAIL,
+    A_NOFF,
+    A_NTOK,
+    A_IMG,
+    A_SPLIT,
     A_COUNT
 };
 
@@ -22,10 +33,10 @@ typedef struct {
 } arr_desc_t;
 
 static const arr_desc_t k_arrays[A_COUNT] = {
-    {"ids", MOEH_DT_I64, 2},        {"static", MOEH_DT_F32, 2},     {"ts_value", MOEH_DT_F32, 3},
-    {"ts_mask", MOEH_DT_F32, 3},    {"ts_delta", MOEH_DT_F32, 3},   {"labels", MOEH_DT_F32, 2},
-    {"label_mask", MOEH_DT_U8, 2},  {"avail", MOEH_DT_U8, 2},       {"note_offsets", MOEH_DT_I64, 1},
-    {"note_tokens", MOEH_DT_I32, 1}, {"images", MOEH_DT_U8, 3},     {"split", MOEH_DT_U8, 1},
+    {"ids", MOEH_DT_I64, 2},         {"static", MOEH_DT_F32, 2},   {"ts_value", MOEH_DT_F32, 3},
+    {"ts_mask", MOEH_DT_F32, 3},     {"ts_delta", MOEH_DT_F32, 3}, {"labels", MOEH_DT_F32, 2},
+    {"label_mask", MOEH_DT_U8, 2},   {"avail", MOEH_DT_U8, 2},     {"note_offsets", MOEH_DT_I64, 1},
+    {"note_tokens", MOEH_DT_I32, 1}, {"images", MOEH_DT_U8, 3},    {"split", MOEH_DT_U8, 1},
 };
 
 struct moeh_ds_store {
@@ -37,35 +48,70 @@ struct moeh_ds_store {
 static void expected_shape(const moeh_dataset_t *ds, int a, size_t *s)
 {
     switch (a) {
-    case A_IDS: s[0] = ds->n, s[1] = 2; break;
-    case A_STATIC: s[0] = ds->n, s[1] = ds->f_static; break;
-    case A_TSV: case A_TSM: case A_TSD: s[0] = ds->n, s[1] = ds->t, s[2] = ds->f_ts; break;
-    case A_LAB: case A_LABM: s[0] = ds->n, s[1] = MOEH_DS_TASKS; break;
-    case A_AVAIL: s[0] = ds->n, s[1] = MOEH_DS_MODS; break;
-    case A_NOFF: s[0] = ds->n + 1; break;
-    case A_NTOK: s[0] = ds->n_tokens; break;
-    case A_IMG: s[0] = ds->n, s[1] = ds->img_size, s[2] = ds->img_size; break;
-    case A_SPLIT: s[0] = ds->n; break;
-    default: MOEH_ASSERT(0);
+    case A_IDS:
+        s[0] = ds->n, s[1] = 2;
+        break;
+    case A_STATIC:
+        s[0] = ds->n, s[1] = ds->f_static;
+        break;
+    case A_TSV:
+    case A_TSM:
+    case A_TSD:
+        s[0] = ds->n, s[1] = ds->t, s[2] = ds->f_ts;
+        break;
+    case A_LAB:
+    case A_LABM:
+        s[0] = ds->n, s[1] = MOEH_DS_TASKS;
+        break;
+    case A_AVAIL:
+        s[0] = ds->n, s[1] = MOEH_DS_MODS;
+        break;
+    case A_NOFF:
+        s[0] = ds->n + 1;
+        break;
+    case A_NTOK:
+        s[0] = ds->n_tokens;
+        break;
+    case A_IMG:
+        s[0] = ds->n, s[1] = ds->img_size, s[2] = ds->img_size;
+        break;
+    case A_SPLIT:
+        s[0] = ds->n;
+        break;
+    default:
+        MOEH_ASSERT(0);
     }
 }
 
 static void **array_ptr(moeh_dataset_t *ds, int a)
 {
     switch (a) {
-    case A_IDS: return (void **)&ds->ids;
-    case A_STATIC: return (void **)&ds->static_x;
-    case A_TSV: return (void **)&ds->ts_value;
-    case A_TSM: return (void **)&ds->ts_mask;
-    case A_TSD: return (void **)&ds->ts_delta;
-    case A_LAB: return (void **)&ds->labels;
-    case A_LABM: return (void **)&ds->label_mask;
-    case A_AVAIL: return (void **)&ds->avail;
-    case A_NOFF: return (void **)&ds->note_offsets;
-    case A_NTOK: return (void **)&ds->note_tokens;
-    case A_IMG: return (void **)&ds->images;
-    case A_SPLIT: return (void **)&ds->split;
-    default: MOEH_ASSERT(0);
+    case A_IDS:
+        return (void **)&ds->ids;
+    case A_STATIC:
+        return (void **)&ds->static_x;
+    case A_TSV:
+        return (void **)&ds->ts_value;
+    case A_TSM:
+        return (void **)&ds->ts_mask;
+    case A_TSD:
+        return (void **)&ds->ts_delta;
+    case A_LAB:
+        return (void **)&ds->labels;
+    case A_LABM:
+        return (void **)&ds->label_mask;
+    case A_AVAIL:
+        return (void **)&ds->avail;
+    case A_NOFF:
+        return (void **)&ds->note_offsets;
+    case A_NTOK:
+        return (void **)&ds->note_tokens;
+    case A_IMG:
+        return (void **)&ds->images;
+    case A_SPLIT:
+        return (void **)&ds->split;
+    default:
+        MOEH_ASSERT(0);
     }
     return NULL;
 }
@@ -81,8 +127,7 @@ static size_t array_bytes(const moeh_dataset_t *ds, int a)
 
 static void free_names(char **v, size_t n)
 {
-    if (!v)
-        return;
+    if (!v) return;
     for (size_t i = 0; i < n; i++)
         free(v[i]);
     free(v);
@@ -90,8 +135,7 @@ static void free_names(char **v, size_t n)
 
 void moeh_dataset_free(moeh_dataset_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_dataset_t *ds = *self_p;
     for (int a = 0; a < A_COUNT; a++) {
         if (ds->store && ds->store->mapped)
@@ -133,15 +177,12 @@ int moeh_dataset_create(size_t n, size_t f_static, size_t f_ts, size_t img_size,
     return 0;
 }
 
-int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok,
-                            moeh_err_t *err)
+int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok, moeh_err_t *err)
 {
     MOEH_ASSERT(!ds->store->mapped);
     int32_t *p = malloc(n_tok ? n_tok * sizeof *p : 1);
-    if (!p)
-        return moeh_errf(err, -ENOMEM, "dataset: out of memory for %zu note tokens", n_tok);
-    if (n_tok)
-        memcpy(p, tok, n_tok * sizeof *p);
+    if (!p) return moeh_errf(err, -ENOMEM, "dataset: out of memory for %zu note tokens", n_tok);
+    if (n_tok) memcpy(p, tok, n_tok * sizeof *p);
     free(ds->note_tokens);
     ds->note_tokens = p;
     ds->n_tokens = n_tok;
@@ -151,8 +192,7 @@ int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok
 static char **dup_names(const char *const *src, size_t n)
 {
     char **v = calloc(n ? n : 1, sizeof *v);
-    if (!v)
-        return NULL;
+    if (!v) return NULL;
     for (size_t i = 0; i < n; i++)
         if (!(v[i] = strdup(src ? src[i] : ""))) {
             free_names(v, n);
@@ -188,11 +228,9 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
     int rc;
     char path[PATH_MAX], *txt = NULL;
     cJSON *meta = NULL;
-    if ((rc = moeh_mkdir_p(dir, err)) != 0)
-        return rc;
+    if ((rc = moeh_mkdir_p(dir, err)) != 0) return rc;
     rc = -ENOMEM;
-    if (!(meta = cJSON_CreateObject()))
-        goto out; /* rc is -ENOMEM */
+    if (!(meta = cJSON_CreateObject())) goto out; /* rc is -ENOMEM */
     cJSON_AddStringToObject(meta, "schema", "moeh-dataset");
     cJSON_AddNumberToObject(meta, "schema_version", MOEH_DS_SCHEMA_VERSION);
     cJSON_AddNumberToObject(meta, "n", (double)ds->n);
@@ -221,8 +259,7 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
             rc = moeh_errf(err, rc, "%s: path too long", dir);
             goto out;
         }
-        if ((rc = moeh_npy_write(path, k_arrays[a].dt, k_arrays[a].ndim, s, p, err)) != 0)
-            goto out;
+        if ((rc = moeh_npy_write(path, k_arrays[a].dt, k_arrays[a].ndim, s, p, err)) != 0) goto out;
         hex64(hx, XXH64(p, array_bytes(ds, a), 0));
         cJSON *o = cJSON_AddObjectToObject(arrs, k_arrays[a].name);
         cJSON_AddStringToObject(o, "file", file);
@@ -246,8 +283,7 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
     }
     rc = moeh_file_write_atomic(path, txt, strlen(txt), err);
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "%s: out of memory writing meta.json", dir);
+    if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory writing meta.json", dir);
     free(txt);
     cJSON_Delete(meta);
     return rc;
@@ -259,8 +295,8 @@ static int meta_size(const cJSON *meta, const char *key, const char *path, size_
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
     if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1e15 ||
         v->valuedouble != (double)(size_t)v->valuedouble)
-        return moeh_errf(err, -EBADMSG, "%s: \"%s\" missing or not a non-negative integer",
-                         path, key);
+        return moeh_errf(err, -EBADMSG, "%s: \"%s\" missing or not a non-negative integer", path,
+                         key);
     *out = (size_t)v->valuedouble;
     return 0;
 }
@@ -268,12 +304,10 @@ static int meta_size(const cJSON *meta, const char *key, const char *path, size_
 static int read_names(const cJSON *arr, const char *field, size_t n, char ***out)
 {
     char **v = calloc(n ? n : 1, sizeof *v);
-    if (!v)
-        return -ENOMEM;
+    if (!v) return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(arr, (int)i);
-        if (field)
-            e = cJSON_GetObjectItemCaseSensitive(e, field);
+        if (field) e = cJSON_GetObjectItemCaseSensitive(e, field);
         const char *s = cJSON_IsString(e) ? e->valuestring : "";
         if (!(v[i] = strdup(s))) {
             free_names(v, n);
@@ -289,8 +323,7 @@ static void fmt_shape(char *out, size_t cap, const size_t *s, size_t nd)
     int k = snprintf(out, cap, "(");
     for (size_t i = 0; i < nd && (size_t)k < cap; i++)
         k += snprintf(out + k, cap - (size_t)k, "%zu%s", s[i], i + 1 < nd ? "," : "");
-    if ((size_t)k < cap)
-        snprintf(out + k, cap - (size_t)k, ")");
+    if ((size_t)k < cap) snprintf(out + k, cap - (size_t)k, ")");
 }
 
 /* Checks the values of arrays with a domain. */
@@ -306,11 +339,11 @@ static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t 
             return moeh_errf(err, -EBADMSG, "%s/label_mask.npy: element %zu is %u, expected 0/1",
                              dir, i, ds->label_mask[i]);
         if (ds->avail[i] > 1)
-            return moeh_errf(err, -EBADMSG, "%s/avail.npy: element %zu is %u, expected 0/1", dir,
-                             i, ds->avail[i]);
+            return moeh_errf(err, -EBADMSG, "%s/avail.npy: element %zu is %u, expected 0/1", dir, i,
+                             ds->avail[i]);
         if (ds->labels[i] != 0.0f && ds->labels[i] != 1.0f)
-            return moeh_errf(err, -EBADMSG, "%s/labels.npy: element %zu is %g, expected 0/1",
-                             dir, i, (double)ds->labels[i]);
+            return moeh_errf(err, -EBADMSG, "%s/labels.npy: element %zu is %g, expected 0/1", dir,
+                             i, (double)ds->labels[i]);
     }
     for (size_t i = 0; i < ds->n; i++)
         if (ds->split[i] > 2)
@@ -327,13 +360,11 @@ static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t 
             return moeh_errf(err, -EBADMSG, "%s/note_offsets.npy: decreases at row %zu", dir, i);
     for (size_t i = 0; i < ds->n_tokens; i++)
         if (ds->note_tokens[i] < 0)
-            return moeh_errf(err, -EBADMSG, "%s/note_tokens.npy: element %zu is negative", dir,
-                             i);
+            return moeh_errf(err, -EBADMSG, "%s/note_tokens.npy: element %zu is negative", dir, i);
     return 0;
 }
 
-int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **out,
-                      moeh_err_t *err)
+int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **out, moeh_err_t *err)
 {
     *out = NULL;
     int rc;
@@ -350,8 +381,7 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         rc = moeh_errf(err, rc, "%s: path too long", dir);
         goto fail;
     }
-    if ((rc = moeh_file_read_all(path, (size_t)64 << 20, &txt, &len, err)) != 0)
-        goto fail;
+    if ((rc = moeh_file_read_all(path, (size_t)64 << 20, &txt, &len, err)) != 0) goto fail;
     rc = -EBADMSG;
     if (!(meta = cJSON_Parse(txt))) {
         moeh_errf(err, rc, "%s: not valid JSON near byte %td", path,
@@ -364,14 +394,14 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         goto fail;
     }
     size_t ver = 0;
-    if ((rc = meta_size(meta, "schema_version", path, &ver, err)) != 0)
-        goto fail;
+    if ((rc = meta_size(meta, "schema_version", path, &ver, err)) != 0) goto fail;
     if (ver != MOEH_DS_SCHEMA_VERSION) {
         rc = moeh_errf(err, -EBADMSG, "%s: schema_version %zu, this build reads %d", path, ver,
                        MOEH_DS_SCHEMA_VERSION);
         goto fail;
     }
-    if ((rc = meta_size(meta, "n", path, &ds->n, err)) || (rc = meta_size(meta, "t", path, &ds->t, err)) ||
+    if ((rc = meta_size(meta, "n", path, &ds->n, err)) ||
+        (rc = meta_size(meta, "t", path, &ds->t, err)) ||
         (rc = meta_size(meta, "image_size", path, &ds->img_size, err)))
         goto fail;
     if (ds->t != MOEH_DS_T) {
@@ -395,8 +425,8 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         goto fail;
     }
     /* note_tokens first: its length is a dimension the others do not fix */
-    static const int order[A_COUNT] = {A_NTOK, A_IDS, A_STATIC, A_TSV, A_TSM, A_TSD,
-                                       A_LAB, A_LABM, A_AVAIL, A_NOFF, A_IMG, A_SPLIT};
+    static const int order[A_COUNT] = {A_NTOK, A_IDS,  A_STATIC, A_TSV,  A_TSM, A_TSD,
+                                       A_LAB,  A_LABM, A_AVAIL,  A_NOFF, A_IMG, A_SPLIT};
     for (int k = 0; k < A_COUNT; k++) {
         int a = order[k];
         const char *nm = k_arrays[a].name;
@@ -418,8 +448,7 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
             moeh_errf(err, rc, "array '%s': %s", nm, e2.msg);
             goto fail;
         }
-        if (a == A_NTOK)
-            ds->n_tokens = m->shape[0];
+        if (a == A_NTOK) ds->n_tokens = m->shape[0];
         size_t want[MOEH_NPY_MAX_DIMS];
         expected_shape(ds, a, want);
         if (memcmp(want, m->shape, k_arrays[a].ndim * sizeof want[0]) != 0) {
@@ -446,17 +475,16 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         }
         *array_ptr(ds, a) = (void *)m->data;
     }
-    if ((rc = check_contents(ds, dir, err)) != 0)
-        goto fail;
+    if ((rc = check_contents(ds, dir, err)) != 0) goto fail;
     cJSON *extra = cJSON_CreateObject();
-    static const char *own[] = {"schema", "schema_version", "n", "t", "image_size", "tasks",
-                                "modalities", "static_features", "ts_features", "arrays"};
+    static const char *own[] = {"schema",      "schema_version", "n",          "t",
+                                "image_size",  "tasks",          "modalities", "static_features",
+                                "ts_features", "arrays"};
     for (cJSON *it = meta->child; it && extra; it = it->next) {
         bool skip = false;
         for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
             skip |= !strcmp(it->string, own[i]);
-        if (!skip)
-            cJSON_AddItemToObject(extra, it->string, cJSON_Duplicate(it, 1));
+        if (!skip) cJSON_AddItemToObject(extra, it->string, cJSON_Duplicate(it, 1));
     }
     ds->extra = extra;
     rc = 0;
@@ -469,14 +497,13 @@ fail:
     return rc;
 }
 
-int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k,
-                        unsigned keep_mods, moeh_dataset_t **out, moeh_err_t *err)
+int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, unsigned keep_mods,
+                        moeh_dataset_t **out, moeh_err_t *err)
 {
     moeh_dataset_t *d = NULL;
     int32_t *tok = NULL;
     int rc = moeh_dataset_create(k, src->f_static, src->f_ts, src->img_size, &d, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if ((rc = moeh_dataset_set_names(d, (const char *const *)src->static_names,
                                      (const char *const *)src->ts_names,
                                      (const char *const *)src->ts_units, err)))
@@ -484,8 +511,7 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k,
     size_t ntok = 0;
     bool notes = keep_mods & (1u << MOEH_MOD_NOTES), img = keep_mods & (1u << MOEH_MOD_IMG);
     for (size_t j = 0; j < k; j++)
-        if (notes)
-            ntok += (size_t)(src->note_offsets[idx[j] + 1] - src->note_offsets[idx[j]]);
+        if (notes) ntok += (size_t)(src->note_offsets[idx[j] + 1] - src->note_offsets[idx[j]]);
     if (!(tok = malloc(ntok ? ntok * sizeof *tok : 1))) {
         rc = moeh_errf(err, -ENOMEM, "subset: out of memory");
         goto fail;
@@ -511,12 +537,10 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k,
             memcpy(tok + pos, src->note_tokens + a, (b - a) * sizeof *tok);
             pos += b - a;
         }
-        if (img)
-            memcpy(d->images + j * S2, src->images + i * S2, S2);
+        if (img) memcpy(d->images + j * S2, src->images + i * S2, S2);
     }
     d->note_offsets[k] = (int64_t)pos;
-    if ((rc = moeh_dataset_set_tokens(d, tok, pos, err)))
-        goto fail;
+    if ((rc = moeh_dataset_set_tokens(d, tok, pos, err))) goto fail;
     if (src->extra && !(d->extra = cJSON_Duplicate(src->extra, 1))) {
         rc = moeh_errf(err, -ENOMEM, "subset: out of memory");
         goto fail;

@@ -21,22 +21,27 @@
 #define MAX_REPORTED 20
 
 /* ---- categories of the static features ---------------------------------------------- */
-static const char *const k_adm_types[] = {
-    "AMBULATORY OBSERVATION", "DIRECT EMER.", "DIRECT OBSERVATION", "ELECTIVE",
-    "EU OBSERVATION", "EW EMER.", "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION", "URGENT"};
+static const char *const k_adm_types[] = {"AMBULATORY OBSERVATION",
+                                          "DIRECT EMER.",
+                                          "DIRECT OBSERVATION",
+                                          "ELECTIVE",
+                                          "EU OBSERVATION",
+                                          "EW EMER.",
+                                          "OBSERVATION ADMIT",
+                                          "SURGICAL SAME DAY ADMISSION",
+                                          "URGENT"};
 static const char *const k_insurance[] = {"Medicare", "Medicaid", "Private", "Other"};
 static const char *const k_races[] = {"WHITE", "BLACK", "HISPANIC", "ASIAN", "OTHER", "UNKNOWN"};
-static const char *const k_careunits[] = {
-    "Medical Intensive Care Unit (MICU)",
-    "Surgical Intensive Care Unit (SICU)",
-    "Medical/Surgical Intensive Care Unit (MICU/SICU)",
-    "Cardiac Vascular Intensive Care Unit (CVICU)",
-    "Coronary Care Unit (CCU)",
-    "Trauma SICU (TSICU)",
-    "Neuro Surgical Intensive Care Unit (Neuro SICU)",
-    "Neuro Intermediate",
-    "Neuro Stepdown",
-    "OTHER"};
+static const char *const k_careunits[] = {"Medical Intensive Care Unit (MICU)",
+                                          "Surgical Intensive Care Unit (SICU)",
+                                          "Medical/Surgical Intensive Care Unit (MICU/SICU)",
+                                          "Cardiac Vascular Intensive Care Unit (CVICU)",
+                                          "Coronary Care Unit (CCU)",
+                                          "Trauma SICU (TSICU)",
+                                          "Neuro Surgical Intensive Care Unit (Neuro SICU)",
+                                          "Neuro Intermediate",
+                                          "Neuro Stepdown",
+                                          "OTHER"};
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 #define N_ADM_TYPES NELEM(k_adm_types)
 #define N_INS NELEM(k_insurance)
@@ -48,8 +53,7 @@ static const char *const k_careunits[] = {
 static int cat_index(moeh_csv_field_t f, const char *const *cats, size_t n, int other)
 {
     for (size_t i = 0; i < n; i++)
-        if (moeh_csv_eq(f, cats[i]))
-            return (int)i;
+        if (moeh_csv_eq(f, cats[i])) return (int)i;
     return other;
 }
 
@@ -61,14 +65,10 @@ static bool starts(moeh_csv_field_t f, const char *p)
 
 static int race_group(moeh_csv_field_t f)
 {
-    if (starts(f, "WHITE") || starts(f, "PORTUGUESE"))
-        return 0;
-    if (starts(f, "BLACK"))
-        return 1;
-    if (starts(f, "HISPANIC") || starts(f, "SOUTH AMERICAN"))
-        return 2;
-    if (starts(f, "ASIAN"))
-        return 3;
+    if (starts(f, "WHITE") || starts(f, "PORTUGUESE")) return 0;
+    if (starts(f, "BLACK")) return 1;
+    if (starts(f, "HISPANIC") || starts(f, "SOUTH AMERICAN")) return 2;
+    if (starts(f, "ASIAN")) return 3;
     if (f.len == 0 || starts(f, "UNKNOWN") || starts(f, "UNABLE TO OBTAIN") ||
         starts(f, "PATIENT DECLINED"))
         return 5;
@@ -101,8 +101,7 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
     int rc;
     const char *name = path_or_null ? path_or_null : "<shipped variables.csv>";
     if (path_or_null) {
-        if ((rc = moeh_file_read_all(path_or_null, (size_t)16 << 20, &file, &len, err)))
-            return rc;
+        if ((rc = moeh_file_read_all(path_or_null, (size_t)16 << 20, &file, &len, err))) return rc;
     } else {
         len = moeh_varmap_csv_len;
     }
@@ -121,13 +120,11 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
             memcpy(text + tl, src + i, e - i);
             tl += e - i;
         }
-        if (e < len)
-            text[tl++] = '\n';
+        if (e < len) text[tl++] = '\n';
         i = e + 1;
     }
     len = tl;
-    if ((rc = moeh_csv_open_mem(name, text, len, &r, err)))
-        goto out;
+    if ((rc = moeh_csv_open_mem(name, text, len, &r, err))) goto out;
     int c[9];
     static const char *cols[9] = {"name", "table", "itemid", "unit", "mul",
                                   "add",  "lo",    "hi",     "label"};
@@ -138,8 +135,7 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
         }
     size_t cap = 0;
     while ((rc = moeh_csv_next(r, err)) == 1) {
-        if (moeh_csv_field(r, 0).len == 0)
-            continue;
+        if (moeh_csv_field(r, 0).len == 0) continue;
         if (out->n_rows == cap) {
             cap = cap ? cap * 2 : 64;
             moeh_varmap_row_t *nr = realloc(out->rows, cap * sizeof *nr);
@@ -174,14 +170,11 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
         }
         w->var = -1;
         for (size_t k = 0; k < out->n_rows; k++)
-            if (!strcmp(out->rows[k].name, w->name))
-                w->var = out->rows[k].var;
-        if (w->var < 0)
-            w->var = (int)out->n_vars++;
+            if (!strcmp(out->rows[k].name, w->name)) w->var = out->rows[k].var;
+        if (w->var < 0) w->var = (int)out->n_vars++;
         out->n_rows++;
     }
-    if (rc < 0)
-        goto out;
+    if (rc < 0) goto out;
     if (out->n_vars == 0) {
         rc = moeh_errf(err, -EBADMSG, "%s: no variables", name);
         goto out;
@@ -198,8 +191,7 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
     }
     rc = 0;
 out:
-    if (rc)
-        moeh_varmap_free(out);
+    if (rc) moeh_varmap_free(out);
     moeh_csv_close(&r);
     free(text);
     free(file);
@@ -217,23 +209,23 @@ int moeh_tokenize(const char *text, size_t len, int32_t **tok, size_t *n, size_t
     char w[64];
     size_t i = 0;
     while (i < len) {
-        while (i < len && !((text[i] >= 'a' && text[i] <= 'z') || (text[i] >= 'A' && text[i] <= 'Z') ||
-                            (text[i] >= '0' && text[i] <= '9')))
+        while (i < len &&
+               !((text[i] >= 'a' && text[i] <= 'z') || (text[i] >= 'A' && text[i] <= 'Z') ||
+                 (text[i] >= '0' && text[i] <= '9')))
             i++;
         size_t k = 0, start = i;
-        while (i < len && ((text[i] >= 'a' && text[i] <= 'z') || (text[i] >= 'A' && text[i] <= 'Z') ||
-                           (text[i] >= '0' && text[i] <= '9'))) {
+        while (i < len &&
+               ((text[i] >= 'a' && text[i] <= 'z') || (text[i] >= 'A' && text[i] <= 'Z') ||
+                (text[i] >= '0' && text[i] <= '9'))) {
             if (k < sizeof w)
                 w[k++] = (char)(text[i] >= 'A' && text[i] <= 'Z' ? text[i] + 32 : text[i]);
             i++;
         }
-        if (i == start)
-            break;
+        if (i == start) break;
         if (*n == *cap) {
             size_t nc = *cap ? *cap * 2 : 1024;
             int32_t *nt = realloc(*tok, nc * sizeof *nt);
-            if (!nt)
-                return -ENOMEM;
+            if (!nt) return -ENOMEM;
             *tok = nt, *cap = nc;
         }
         (*tok)[(*n)++] = moeh_token_id(w, k);
@@ -254,9 +246,9 @@ typedef struct {
 } pat_t;
 
 typedef struct {
-    int32_t idx;    /* cohort row */
-    int64_t time;   /* charttime */
-    int64_t seq;    /* tie-break: order in the file */
+    int32_t idx;     /* cohort row */
+    int64_t time;    /* charttime */
+    int64_t seq;     /* tie-break: order in the file */
     size_t off, len; /* into the token pool */
 } note_rec_t;
 
@@ -298,8 +290,7 @@ static int malformed(ctx_t *c, int rc, moeh_err_t *e, moeh_err_t *err)
         *err = *e;
         return rc;
     }
-    if (c->st->malformed <= MAX_REPORTED)
-        MOEH_WARN("skipping malformed row: %s", e->msg);
+    if (c->st->malformed <= MAX_REPORTED) MOEH_WARN("skipping malformed row: %s", e->msg);
     if (c->st->malformed == MAX_REPORTED)
         MOEH_WARN("(further malformed rows are counted, not shown)");
     return 0;
@@ -309,8 +300,7 @@ static int malformed(ctx_t *c, int rc, moeh_err_t *e, moeh_err_t *err)
 static int cols(moeh_csv_t *r, const char *const *names, int *idx, size_t n, moeh_err_t *err)
 {
     for (size_t i = 0; i < n; i++)
-        if ((idx[i] = moeh_csv_require_col(r, names[i], err)) < 0)
-            return idx[i];
+        if ((idx[i] = moeh_csv_require_col(r, names[i], err)) < 0) return idx[i];
     return 0;
 }
 
@@ -318,8 +308,7 @@ static void progress(const moeh_csv_t *r, const char *what, uint64_t rows, int64
                      int64_t *t_last, bool final)
 {
     int64_t now = moeh_now_ms();
-    if (!final && now - *t_last < 2000)
-        return;
+    if (!final && now - *t_last < 2000) return;
     *t_last = now;
     double s = (double)(now - t_start) / 1000.0, mb = (double)moeh_csv_bytes(r) / 1e6;
     MOEH_INFO("%s: %.0f MB, %.2f M rows, %.0f MB/s, %.2f M rows/s%s", what, mb, (double)rows / 1e6,
@@ -340,8 +329,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
         goto out;
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
         int64_t sid, age, year;
@@ -349,8 +337,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
             moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &age) ||
             moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[3]), &year)) {
             moeh_csv_field_error(r, 0, &e, "expected integer subject_id, anchor_age, anchor_year");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         if (n == cap) {
@@ -364,12 +351,10 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
         }
         c->pats[n] = (pat_t){(int32_t)age, (int32_t)year,
                              (int8_t)moeh_csv_eq(moeh_csv_field(r, (size_t)ci[1]), "F")};
-        if ((rc = moeh_i64map_put(&c->pat_map, sid, (uint32_t)n++)))
-            goto out;
+        if ((rc = moeh_i64map_put(&c->pat_map, sid, (uint32_t)n++))) goto out;
     }
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "patients: out of memory");
+    if (rc == -ENOMEM) moeh_errf(err, rc, "patients: out of memory");
     moeh_csv_close(&r);
     return rc;
 }
@@ -392,14 +377,11 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
                                            "dischtime",  "deathtime", "admission_type",
                                            "insurance",  "ethnicity", "hospital_expire_flag"};
     bool v1 = moeh_csv_col(r, "race") < 0 && moeh_csv_col(r, "ethnicity") >= 0;
-    if ((rc = cols(r, v1 ? names_v1 : names, ci, 9, err)))
-        goto out;
-    if ((rc = moeh_i64map_init(&c->adm_map, 1024)))
-        goto out;
+    if ((rc = cols(r, v1 ? names_v1 : names, ci, 9, err))) goto out;
+    if ((rc = moeh_i64map_init(&c->adm_map, 1024))) goto out;
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
         adm_t a = {0};
@@ -414,12 +396,12 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
             bad = 2;
         else if (moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[3]), &a.disch))
             bad = 3;
-        else if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[8]), &flag) || flag < 0 || flag > 1)
+        else if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[8]), &flag) || flag < 0 ||
+                 flag > 1)
             bad = 8;
         if (bad >= 0) {
             moeh_csv_field_error(r, (size_t)ci[bad], &e, "missing or malformed value");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         int drc = moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[4]), &a.death);
@@ -427,8 +409,7 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
             a.death = INT64_MAX;
         else if (drc) {
             moeh_csv_field_error(r, (size_t)ci[4], &e, "malformed deathtime");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             a.death = INT64_MAX;
         }
         a.admit_year = (int32_t)((fa.p[0] - '0') * 1000 + (fa.p[1] - '0') * 100 +
@@ -449,12 +430,10 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
             c->adms = na;
         }
         c->adms[c->n_adms] = a;
-        if ((rc = moeh_i64map_put(&c->adm_map, a.hadm, (uint32_t)c->n_adms++)))
-            goto out;
+        if ((rc = moeh_i64map_put(&c->adm_map, a.hadm, (uint32_t)c->n_adms++))) goto out;
     }
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "admissions: out of memory");
+    if (rc == -ENOMEM) moeh_errf(err, rc, "admissions: out of memory");
     moeh_csv_close(&r);
     return rc;
 }
@@ -466,13 +445,12 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
     moeh_err_t e = {0};
     int rc, ci[3];
     static const char *const names[] = {"hadm_id", "first_careunit", "intime"};
-    if ((rc = path2(p, sizeof p, dir, "icu/icustays.csv.gz")) ||
-        (rc = moeh_csv_open(p, &r, err)) || (rc = cols(r, names, ci, 3, err)))
+    if ((rc = path2(p, sizeof p, dir, "icu/icustays.csv.gz")) || (rc = moeh_csv_open(p, &r, err)) ||
+        (rc = cols(r, names, ci, 3, err)))
         goto out;
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
         int64_t hadm, in;
@@ -480,18 +458,16 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &hadm) ||
             moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[2]), &in)) {
             moeh_csv_field_error(r, (size_t)ci[2], &e, "malformed hadm_id or intime");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
-        if (!moeh_i64map_get(&c->adm_map, hadm, &ai))
-            continue;
+        if (!moeh_i64map_get(&c->adm_map, hadm, &ai)) continue;
         adm_t *a = &c->adms[ai];
         a->icu = 1;
         if (in < a->t0) {
             a->t0 = in;
-            a->unit = cat_index(moeh_csv_field(r, (size_t)ci[1]), k_careunits, N_UNITS,
-                                (int)N_UNITS - 1);
+            a->unit =
+                cat_index(moeh_csv_field(r, (size_t)ci[1]), k_careunits, N_UNITS, (int)N_UNITS - 1);
         }
     }
 out:
@@ -508,10 +484,8 @@ typedef struct {
 static int cmp_rec(const void *x, const void *y)
 {
     const sort_rec_t *a = x, *b = y;
-    if (a->subject != b->subject)
-        return a->subject < b->subject ? -1 : 1;
-    if (a->key2 != b->key2)
-        return a->key2 < b->key2 ? -1 : 1;
+    if (a->subject != b->subject) return a->subject < b->subject ? -1 : 1;
+    if (a->key2 != b->key2) return a->key2 < b->key2 ? -1 : 1;
     return a->hadm < b->hadm ? -1 : a->hadm > b->hadm;
 }
 
@@ -519,8 +493,7 @@ static int cmp_rec(const void *x, const void *y)
 static int sort_adms(const adm_t *adms, int32_t *idx, size_t n, bool by_admit)
 {
     sort_rec_t *r = malloc((n + 1) * sizeof *r);
-    if (!r)
-        return -ENOMEM;
+    if (!r) return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         const adm_t *a = &adms[idx[i]];
         r[i] = (sort_rec_t){a->subject, by_admit ? a->admit : 0, a->hadm, idx[i]};
@@ -539,12 +512,10 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
     int32_t *order = malloc((c->n_adms + 1) * sizeof *order);
     int64_t *next_admit = malloc((c->n_adms + 1) * sizeof *next_admit);
     c->cohort = malloc((c->n_adms + 1) * sizeof *c->cohort);
-    if (!order || !next_admit || !c->cohort)
-        goto out;
+    if (!order || !next_admit || !c->cohort) goto out;
     for (size_t i = 0; i < c->n_adms; i++)
         order[i] = (int32_t)i;
-    if (sort_adms(c->adms, order, c->n_adms, true))
-        goto out;
+    if (sort_adms(c->adms, order, c->n_adms, true)) goto out;
     for (size_t k = 0; k < c->n_adms; k++) {
         const adm_t *a = &c->adms[order[k]];
         next_admit[order[k]] = (k + 1 < c->n_adms && c->adms[order[k + 1]].subject == a->subject)
@@ -555,8 +526,7 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
     c->st->admissions = c->n_adms;
     for (size_t i = 0; i < c->n_adms; i++) {
         const adm_t *a = &c->adms[i];
-        if (!a->icu)
-            continue;
+        if (!a->icu) continue;
         c->st->with_icu++;
         uint32_t pi;
         if (!moeh_i64map_get(&c->pat_map, a->subject, &pi)) {
@@ -564,19 +534,15 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
             continue;
         }
         int age = c->pats[pi].anchor_age + a->admit_year - c->pats[pi].anchor_year;
-        if (age < 18)
-            continue;
+        if (age < 18) continue;
         c->st->adult++;
         int64_t end = a->t0 + WINDOW;
-        if (a->disch < end || a->death < end)
-            continue;
+        if (a->disch < end || a->death < end) continue;
         c->st->alive_48h++;
         c->cohort[c->n++] = (int32_t)i;
     }
-    if (missing_pat)
-        MOEH_WARN("%zu ICU admissions have no row in patients: left out", missing_pat);
-    if (sort_adms(c->adms, c->cohort, c->n, false))
-        goto out;
+    if (missing_pat) MOEH_WARN("%zu ICU admissions have no row in patients: left out", missing_pat);
+    if (sort_adms(c->adms, c->cohort, c->n, false)) goto out;
     c->st->cohort = c->n;
     if ((rc = moeh_dataset_create(c->n, F_STATIC, c->vm.n_vars, c->o->img_size, &c->ds, err)))
         goto out;
@@ -590,12 +556,10 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
         moeh_i64map_get(&c->pat_map, a->subject, &pi);
         ds->ids[2 * j] = a->subject;
         ds->ids[2 * j + 1] = a->hadm;
-        if (moeh_i64map_put(&c->cohort_hadm, a->hadm, (uint32_t)j))
-            goto out;
+        if (moeh_i64map_put(&c->cohort_hadm, a->hadm, (uint32_t)j)) goto out;
         uint32_t first;
         if (!moeh_i64map_get(&c->cohort_subj, a->subject, &first)) {
-            if (moeh_i64map_put(&c->cohort_subj, a->subject, (uint32_t)j))
-                goto out;
+            if (moeh_i64map_put(&c->cohort_subj, a->subject, (uint32_t)j)) goto out;
             c->st->subjects++;
         }
         float *lab = ds->labels + 3 * j;
@@ -614,8 +578,7 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
         s[0] = (float)(c->pats[pi].anchor_age + a->admit_year - c->pats[pi].anchor_year);
         s[1] = (float)c->pats[pi].female;
         size_t o = 2;
-        if (a->type >= 0)
-            s[o + (size_t)a->type] = 1;
+        if (a->type >= 0) s[o + (size_t)a->type] = 1;
         o += N_ADM_TYPES;
         s[o + (size_t)a->ins] = 1, o += N_INS;
         s[o + (size_t)a->race] = 1, o += N_RACES;
@@ -625,8 +588,7 @@ static int build_cohort(ctx_t *c, moeh_err_t *err)
     }
     rc = 0;
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "cohort: out of memory");
+    if (rc == -ENOMEM) moeh_errf(err, rc, "cohort: out of memory");
     free(order);
     free(next_admit);
     return rc;
@@ -639,16 +601,13 @@ static int find_row(const ctx_t *c, int64_t hadm, bool have_hadm, int64_t subjec
 {
     uint32_t j;
     if (have_hadm) {
-        if (!moeh_i64map_get(&c->cohort_hadm, hadm, &j))
-            return -1;
+        if (!moeh_i64map_get(&c->cohort_hadm, hadm, &j)) return -1;
         int64_t d = t - c->adms[c->cohort[j]].t0;
-        if (d < 0 || d >= WINDOW)
-            return -1;
+        if (d < 0 || d >= WINDOW) return -1;
         *h = (int)(d / HOUR);
         return (int)j;
     }
-    if (!moeh_i64map_get(&c->cohort_subj, subject, &j))
-        return -1;
+    if (!moeh_i64map_get(&c->cohort_subj, subject, &j)) return -1;
     for (; j < c->n && c->ds->ids[2 * j] == subject; j++) {
         int64_t d = t - c->adms[c->cohort[j]].t0;
         if (d >= 0 && d < WINDOW) {
@@ -663,13 +622,11 @@ static int build_luts(ctx_t *c, moeh_err_t *err)
 {
     int32_t mx = 0;
     for (size_t k = 0; k < c->vm.n_rows; k++)
-        if (c->vm.rows[k].itemid > mx)
-            mx = c->vm.rows[k].itemid;
+        if (c->vm.rows[k].itemid > mx) mx = c->vm.rows[k].itemid;
     c->lut_chart_n = c->lut_lab_n = (size_t)mx + 1;
     c->lut_chart = malloc(c->lut_chart_n * sizeof *c->lut_chart);
     c->lut_lab = malloc(c->lut_lab_n * sizeof *c->lut_lab);
-    if (!c->lut_chart || !c->lut_lab)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!c->lut_chart || !c->lut_lab) return moeh_errf(err, -ENOMEM, "out of memory");
     for (size_t i = 0; i <= (size_t)mx; i++)
         c->lut_chart[i] = c->lut_lab[i] = -1;
     for (size_t k = 0; k < c->vm.n_rows; k++) {
@@ -692,18 +649,16 @@ static void check_dictionary(ctx_t *c, const char *path, const char *table)
     bool *seen = calloc(c->vm.n_rows + 1, 1);
     while (ci >= 0 && cl >= 0 && seen && moeh_csv_next(r, &e) == 1) {
         int64_t id;
-        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci), &id))
-            continue;
+        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci), &id)) continue;
         for (size_t k = 0; k < c->vm.n_rows; k++) {
             const moeh_varmap_row_t *w = &c->vm.rows[k];
-            if (w->itemid != id || strcmp(w->table, table))
-                continue;
+            if (w->itemid != id || strcmp(w->table, table)) continue;
             seen[k] = true;
             if (!moeh_csv_eq(moeh_csv_field(r, (size_t)cl), w->label)) {
                 char got[96];
-                MOEH_WARN("variable map: itemid %d is '%s' in %s, the map expects '%s'",
-                          (int)id, moeh_csv_copy(moeh_csv_field(r, (size_t)cl), got, sizeof got),
-                          path, w->label);
+                MOEH_WARN("variable map: itemid %d is '%s' in %s, the map expects '%s'", (int)id,
+                          moeh_csv_copy(moeh_csv_field(r, (size_t)cl), got, sizeof got), path,
+                          w->label);
             }
         }
     }
@@ -721,8 +676,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
     moeh_csv_t *r = NULL;
     moeh_err_t e = {0};
     int rc, ci[5];
-    static const char *const names[] = {"subject_id", "hadm_id", "itemid", "charttime",
-                                        "valuenum"};
+    static const char *const names[] = {"subject_id", "hadm_id", "itemid", "charttime", "valuenum"};
     *present = false;
     rc = moeh_csv_open(path, &r, &e);
     if (rc == -ENOENT) {
@@ -734,8 +688,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
         *err = e;
         return rc;
     }
-    if ((rc = cols(r, names, ci, 5, err)))
-        goto out;
+    if ((rc = cols(r, names, ci, 5, err))) goto out;
     *present = true;
     const int32_t *lut = lab ? c->lut_lab : c->lut_chart;
     const size_t lut_n = lab ? c->lut_lab_n : c->lut_chart_n;
@@ -745,43 +698,35 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
     const char *what = lab ? "labevents" : "chartevents";
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
-        if ((++rows & 0xffff) == 0)
-            progress(r, what, rows, t_start, &t_last, false);
+        if ((++rows & 0xffff) == 0) progress(r, what, rows, t_start, &t_last, false);
         int64_t item, hadm = 0, subj = 0, t;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &item)) {
             moeh_csv_field_error(r, (size_t)ci[2], &e, "expected an integer itemid");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
-        if (item < 0 || (size_t)item >= lut_n || lut[item] < 0)
-            continue;
+        if (item < 0 || (size_t)item >= lut_n || lut[item] < 0) continue;
         int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
         if (hr == -ENODATA && lab)
             hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &subj) ? -EBADMSG : 1;
         int col = hr < 0 ? ci[1] : ci[3];
         if (hr < 0 || moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[3]), &t)) {
             moeh_csv_field_error(r, (size_t)col, &e, "missing or malformed value");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         int h;
         int j = find_row(c, hadm, hr == 0, subj, t, &h);
-        if (j < 0)
-            continue;
+        if (j < 0) continue;
         double v;
         int vr = moeh_csv_parse_f64(moeh_csv_field(r, (size_t)ci[4]), &v);
-        if (vr == -ENODATA)
-            continue; /* a text-only result */
+        if (vr == -ENODATA) continue; /* a text-only result */
         if (vr) {
             moeh_csv_field_error(r, (size_t)ci[4], &e, "expected a number");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         const moeh_varmap_row_t *w = &c->vm.rows[lut[item]];
@@ -815,10 +760,8 @@ static void finish_series(ctx_t *c)
     const size_t F = c->vm.n_vars, T = MOEH_DS_T;
     int v_height = -1, v_weight = -1;
     for (size_t v = 0; v < F; v++) {
-        if (!strcmp(c->vm.var_names[v], "height"))
-            v_height = (int)v;
-        if (!strcmp(c->vm.var_names[v], "weight"))
-            v_weight = (int)v;
+        if (!strcmp(c->vm.var_names[v], "height")) v_height = (int)v;
+        if (!strcmp(c->vm.var_names[v], "weight")) v_weight = (int)v;
     }
     for (size_t j = 0; j < c->n; j++) {
         for (size_t v = 0; v < F; v++) {
@@ -838,8 +781,7 @@ static void finish_series(ctx_t *c)
         float *s = ds->static_x + j * F_STATIC + (F_STATIC - 4);
         int vs[2] = {v_height, v_weight};
         for (int q = 0; q < 2; q++) {
-            if (vs[q] < 0)
-                continue;
+            if (vs[q] < 0) continue;
             for (size_t t = 0; t < T; t++) {
                 size_t k = (j * T + t) * F + (size_t)vs[q];
                 if (ds->ts_mask[k]) {
@@ -855,10 +797,8 @@ static void finish_series(ctx_t *c)
 static int cmp_note(const void *x, const void *y)
 {
     const note_rec_t *a = x, *b = y;
-    if (a->idx != b->idx)
-        return a->idx < b->idx ? -1 : 1;
-    if (a->time != b->time)
-        return a->time < b->time ? -1 : 1;
+    if (a->idx != b->idx) return a->idx < b->idx ? -1 : 1;
+    if (a->time != b->time) return a->time < b->time ? -1 : 1;
     return a->seq < b->seq ? -1 : a->seq > b->seq;
 }
 
@@ -874,8 +814,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
     static const char *const names[] = {"subject_id", "hadm_id", "charttime", "text"};
     if ((rc = path2(p, sizeof p, c->o->note_dir, "note/radiology.csv.gz")))
         return moeh_errf(err, rc, "path too long");
-    if (!file_exists(p))
-        path2(p, sizeof p, c->o->note_dir, "radiology.csv.gz");
+    if (!file_exists(p)) path2(p, sizeof p, c->o->note_dir, "radiology.csv.gz");
     rc = moeh_csv_open(p, &r, &e);
     if (rc == -ENOENT) {
         MOEH_WARN("%s is missing: notes are absent", p);
@@ -885,31 +824,27 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
         *err = e;
         return rc;
     }
-    if ((rc = cols(r, names, ci, 4, err)))
-        goto out;
+    if ((rc = cols(r, names, ci, 4, err))) goto out;
     c->st->have_notes = true;
     uint64_t rows = 0;
     int64_t t_start = moeh_now_ms(), t_last = t_start;
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
-        if ((++rows & 0xfff) == 0)
-            progress(r, "radiology notes", rows, t_start, &t_last, false);
+        if ((++rows & 0xfff) == 0) progress(r, "radiology notes", rows, t_start, &t_last, false);
         int64_t subj, hadm = 0, t;
         int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &subj) || (hr && hr != -ENODATA) ||
             moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[2]), &t)) {
-            moeh_csv_field_error(r, (size_t)ci[2], &e, "malformed subject_id, hadm_id or charttime");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            moeh_csv_field_error(r, (size_t)ci[2], &e,
+                                 "malformed subject_id, hadm_id or charttime");
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         int h, j = find_row(c, hadm, hr == 0, subj, t, &h);
-        if (j < 0)
-            continue;
+        if (j < 0) continue;
         if (nrec == rcap) {
             rcap = rcap ? rcap * 2 : 1024;
             note_rec_t *nr = realloc(recs, rcap * sizeof *nr);
@@ -970,12 +905,10 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     static const char *const names[] = {"dicom_id", "subject_id", "study_id", "StudyDate",
                                         "StudyTime"};
     cxr_pick_t *pick = calloc(c->n + 1, sizeof *pick);
-    if (!pick)
-        return moeh_errf(err, -ENOMEM, "cxr: out of memory");
+    if (!pick) return moeh_errf(err, -ENOMEM, "cxr: out of memory");
     for (size_t j = 0; j < c->n; j++)
         pick[j].time = INT64_MIN;
-    if ((rc = path2(p, sizeof p, c->o->cxr_dir, "mimic-cxr-2.0.0-metadata.csv.gz")))
-        goto out;
+    if ((rc = path2(p, sizeof p, c->o->cxr_dir, "mimic-cxr-2.0.0-metadata.csv.gz"))) goto out;
     rc = moeh_csv_open(p, &r, &e);
     if (rc == -ENOENT) {
         MOEH_WARN("%s is missing: chest X-rays are absent", p);
@@ -986,8 +919,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
         *err = e;
         goto out;
     }
-    if ((rc = cols(r, names, ci, 5, err)))
-        goto out;
+    if ((rc = cols(r, names, ci, 5, err))) goto out;
     int cv = moeh_csv_col(r, "ViewPosition");
     if (cv < 0) {
         rc = moeh_errf(err, -EBADMSG, "%s:1: no column 'ViewPosition'", p);
@@ -996,13 +928,11 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     c->st->have_cxr = true;
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err)))
-                goto out;
+            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
         moeh_csv_field_t vp = moeh_csv_field(r, (size_t)cv);
-        if (!moeh_csv_eq(vp, "AP") && !moeh_csv_eq(vp, "PA"))
-            continue;
+        if (!moeh_csv_eq(vp, "AP") && !moeh_csv_eq(vp, "PA")) continue;
         int64_t subj, study, date;
         double tm;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &subj) ||
@@ -1011,17 +941,16 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
             moeh_csv_parse_f64(moeh_csv_field(r, (size_t)ci[4]), &tm) || date < 10000101 ||
             tm < 0 || tm >= 240000) {
             moeh_csv_field_error(r, (size_t)ci[3], &e, "malformed subject, study, date or time");
-            if ((rc = malformed(c, -EBADMSG, &e, err)))
-                goto out;
+            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
             continue;
         }
         int64_t hhmmss = (int64_t)tm;
         int64_t t = moeh_days_from_civil(date / 10000, (unsigned)(date / 100 % 100),
-                                         (unsigned)(date % 100)) * 86400 +
+                                         (unsigned)(date % 100)) *
+                        86400 +
                     hhmmss / 10000 * 3600 + hhmmss / 100 % 100 * 60 + hhmmss % 100;
         int h, j = find_row(c, 0, false, subj, t, &h);
-        if (j < 0)
-            continue;
+        if (j < 0) continue;
         char dicom[72];
         moeh_csv_copy(moeh_csv_field(r, (size_t)ci[0]), dicom, sizeof dicom);
         if (t > pick[j].time || (t == pick[j].time && strcmp(dicom, pick[j].dicom) > 0)) {
@@ -1032,8 +961,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     size_t S = c->o->img_size, missing = 0, bad = 0, done = 0;
     int64_t t_last = moeh_now_ms();
     for (size_t j = 0; j < c->n; j++) {
-        if (pick[j].time == INT64_MIN)
-            continue;
+        if (pick[j].time == INT64_MIN) continue;
         long long subj = (long long)c->ds->ids[2 * j];
         char rel[256];
         snprintf(rel, sizeof rel, "files/p%02lld/p%lld/s%lld/%s.jpg", subj / 1000000, subj,
@@ -1046,13 +974,11 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
         moeh_err_t ie = {0};
         int irc = moeh_image_load_gray(p, S, c->ds->images + j * S * S, &ie);
         if (irc == -ENOENT) {
-            if (missing++ < MAX_REPORTED)
-                MOEH_WARN("CXR image missing: %s", rel);
+            if (missing++ < MAX_REPORTED) MOEH_WARN("CXR image missing: %s", rel);
             continue;
         }
         if (irc) {
-            if (bad++ < MAX_REPORTED)
-                MOEH_WARN("CXR image unreadable: %s", ie.msg);
+            if (bad++ < MAX_REPORTED) MOEH_WARN("CXR image unreadable: %s", ie.msg);
             memset(c->ds->images + j * S * S, 0, S * S);
             continue;
         }
@@ -1076,7 +1002,7 @@ void moeh_assign_split(moeh_dataset_t *ds, double val_frac, double test_frac, ui
     for (size_t i = 0; i < ds->n; i++) {
         uint64_t k[2] = {seed, (uint64_t)ds->ids[2 * i]};
         double u = (double)(XXH64(k, sizeof k, 0x6d6f6568) >> 11) * 0x1.0p-53;
-        ds->split[i] = u < test_frac ? MOEH_SPLIT_TEST
+        ds->split[i] = u < test_frac              ? MOEH_SPLIT_TEST
                        : u < test_frac + val_frac ? MOEH_SPLIT_VAL
                                                   : MOEH_SPLIT_TRAIN;
     }
@@ -1121,11 +1047,9 @@ static int set_meta(ctx_t *c, moeh_err_t *err)
         tn[v] = c->vm.var_names[v], tu[v] = c->vm.var_units[v];
     int rc = moeh_dataset_set_names(ds, snames, tn, tu, err);
     free(tn), free(tu);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     cJSON *x = ds->extra = cJSON_CreateObject();
-    if (!x)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!x) return moeh_errf(err, -ENOMEM, "out of memory");
     cJSON *src = cJSON_AddObjectToObject(x, "source");
     cJSON_AddStringToObject(src, "kind", "mimic-iv");
     cJSON_AddStringToObject(src, "mimic", c->o->mimic_dir);
@@ -1185,8 +1109,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     memset(c.st, 0, sizeof *c.st);
     if (o->img_size < 8 || o->img_size > 1024)
         return moeh_errf(err, -EINVAL, "image size %zu out of range [8, 1024]", o->img_size);
-    if ((rc = moeh_varmap_load(o->var_map, &c.vm, err)))
-        return rc;
+    if ((rc = moeh_varmap_load(o->var_map, &c.vm, err))) return rc;
     if ((rc = load_patients(&c, o->mimic_dir, err)) ||
         (rc = load_admissions(&c, o->mimic_dir, err)) ||
         (rc = load_icustays(&c, o->mimic_dir, err)) || (rc = build_cohort(&c, err)))
@@ -1194,8 +1117,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     MOEH_INFO("cohort: %zu admissions, %zu with an ICU stay, %zu adults, %zu in hospital and "
               "alive at t0+48h (%zu subjects)",
               c.st->admissions, c.st->with_icu, c.st->adult, c.st->cohort, c.st->subjects);
-    if ((rc = build_luts(&c, err)))
-        goto out;
+    if ((rc = build_luts(&c, err))) goto out;
     size_t cells = c.n * MOEH_DS_T * c.vm.n_vars;
     c.sum = c.ds->ts_value; /* zeroed by moeh_dataset_create */
     c.cnt = calloc(cells ? cells : 1, sizeof *c.cnt);
@@ -1204,26 +1126,18 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
         goto out;
     }
     path2(p, sizeof p, o->mimic_dir, "icu/d_items.csv.gz");
-    if (file_exists(p))
-        check_dictionary(&c, p, "chartevents");
+    if (file_exists(p)) check_dictionary(&c, p, "chartevents");
     path2(p, sizeof p, o->mimic_dir, "hosp/d_labitems.csv.gz");
-    if (file_exists(p))
-        check_dictionary(&c, p, "labevents");
+    if (file_exists(p)) check_dictionary(&c, p, "labevents");
     path2(p, sizeof p, o->mimic_dir, "icu/chartevents.csv.gz");
-    if ((rc = stream_events(&c, p, false, &c.st->have_vitals, err)))
-        goto out;
+    if ((rc = stream_events(&c, p, false, &c.st->have_vitals, err))) goto out;
     path2(p, sizeof p, o->mimic_dir, "hosp/labevents.csv.gz");
-    if ((rc = stream_events(&c, p, true, &c.st->have_labs, err)))
-        goto out;
+    if ((rc = stream_events(&c, p, true, &c.st->have_labs, err))) goto out;
     finish_series(&c);
-    if (o->note_dir && (rc = load_notes(&c, err)))
-        goto out;
-    if (!o->note_dir)
-        MOEH_WARN("no --note directory: notes are absent");
-    if (o->cxr_dir && (rc = load_cxr(&c, err)))
-        goto out;
-    if (!o->cxr_dir)
-        MOEH_WARN("no --cxr directory: chest X-rays are absent");
+    if (o->note_dir && (rc = load_notes(&c, err))) goto out;
+    if (!o->note_dir) MOEH_WARN("no --note directory: notes are absent");
+    if (o->cxr_dir && (rc = load_cxr(&c, err))) goto out;
+    if (!o->cxr_dir) MOEH_WARN("no --cxr directory: chest X-rays are absent");
     for (size_t j = 0; j < c.n; j++)
         for (int m = 0; m < 3; m++)
             c.st->avail[m] += c.ds->avail[3 * j + m];
@@ -1233,8 +1147,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     if (c.st->malformed)
         MOEH_WARN("%llu malformed rows were skipped", (unsigned long long)c.st->malformed);
     moeh_assign_split(c.ds, o->val_frac, o->test_frac, o->seed);
-    if ((rc = set_meta(&c, err)))
-        goto out;
+    if ((rc = set_meta(&c, err))) goto out;
     *out = c.ds;
     c.ds = NULL;
 out:

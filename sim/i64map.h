@@ -52,8 +52,7 @@ static inline int moeh_i64map_put(moeh_i64map_t *m, int64_t k, uint32_t v)
 {
     if ((m->n + 1) * 2 > m->cap) {
         moeh_i64map_t g;
-        if (moeh_i64map_init(&g, m->cap) != 0)
-            return -ENOMEM;
+        if (moeh_i64map_init(&g, m->cap) != 0) return -ENOMEM;
         for (size_t i = 0; i < m->cap; i++)
             if (m->keys[i] != INT64_MIN) {
                 size_t s = moeh_i64map_slot(&g, m->keys[i]);
@@ -63,8 +62,7 @@ static inline int moeh_i64map_put(moeh_i64map_t *m, int64_t k, uint32_t v)
         *m = g;
     }
     size_t s = moeh_i64map_slot(m, k);
-    if (m->keys[s] == INT64_MIN)
-        m->n++;
+    if (m->keys[s] == INT64_MIN) m->n++;
     m->keys[s] = k, m->vals[s] = v;
     return 0;
 }
@@ -72,11 +70,9 @@ static inline int moeh_i64map_put(moeh_i64map_t *m, int64_t k, uint32_t v)
 /* 1 and *v if present, else 0. */
 static inline int moeh_i64map_get(const moeh_i64map_t *m, int64_t k, uint32_t *v)
 {
-    if (!m->cap)
-        return 0;
+    if (!m->cap) return 0;
     size_t s = moeh_i64map_slot(m, k);
-    if (m->keys[s] == INT64_MIN)
-        return 0;
+    if (m->keys[s] == INT64_MIN) return 0;
     *v = m->vals[s];
     return 1;
 }

@@ -11,12 +11,10 @@ void moeh_image_resize_gray(uint8_t *out, size_t S, const uint8_t *src, size_t w
     size_t side = w < h ? w : h, x0 = (w - side) / 2, y0 = (h - side) / 2;
     for (size_t oy = 0; oy < S; oy++) {
         size_t ya = y0 + oy * side / S, yb = y0 + (oy + 1) * side / S;
-        if (yb == ya)
-            yb = ya + 1;
+        if (yb == ya) yb = ya + 1;
         for (size_t ox = 0; ox < S; ox++) {
             size_t xa = x0 + ox * side / S, xb = x0 + (ox + 1) * side / S;
-            if (xb == xa)
-                xb = xa + 1;
+            if (xb == xa) xb = xa + 1;
             uint64_t sum = 0;
             for (size_t y = ya; y < yb; y++)
                 for (size_t x = xa; x < xb; x++)
@@ -33,8 +31,7 @@ static int decode_jpeg(const char *path, const unsigned char *buf, size_t len, s
     int rc = -EBADMSG, w, h, sub, cs;
     uint8_t *pix = NULL;
     tjhandle tj = tjInitDecompress();
-    if (!tj)
-        return moeh_errf(err, -ENOMEM, "%s: cannot start the JPEG decoder", path);
+    if (!tj) return moeh_errf(err, -ENOMEM, "%s: cannot start the JPEG decoder", path);
     if (tjDecompressHeader3(tj, buf, (unsigned long)len, &w, &h, &sub, &cs) != 0 || w <= 0 ||
         h <= 0) {
         moeh_errf(err, rc, "%s: not a readable JPEG (%s)", path, tjGetErrorStr2(tj));
@@ -46,7 +43,8 @@ static int decode_jpeg(const char *path, const unsigned char *buf, size_t len, s
     int min_side = w < h ? w : h;
     for (int i = 0; i < nsf; i++) {
         int s = TJSCALED(min_side, sf[i]);
-        if (sf[i].num <= sf[i].denom && s >= (int)S && TJSCALED(w, sf[i]) * TJSCALED(h, sf[i]) < sw * sh)
+        if (sf[i].num <= sf[i].denom && s >= (int)S &&
+            TJSCALED(w, sf[i]) * TJSCALED(h, sf[i]) < sw * sh)
             sw = TJSCALED(w, sf[i]), sh = TJSCALED(h, sf[i]);
     }
     if (!(pix = malloc((size_t)sw * (size_t)sh))) {
@@ -94,8 +92,7 @@ int moeh_image_load_gray(const char *path, size_t S, uint8_t *out, moeh_err_t *e
     char *buf = NULL;
     size_t len = 0;
     int rc = moeh_file_read_all(path, (size_t)256 << 20, &buf, &len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const unsigned char *u = (const unsigned char *)buf;
     if (len >= 3 && u[0] == 0xff && u[1] == 0xd8 && u[2] == 0xff)
         rc = decode_jpeg(path, u, len, S, out, err);

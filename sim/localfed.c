@@ -7,20 +7,16 @@
 #include <string.h>
 #include <unistd.h>
 
-int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites,
-                       moeh_err_t *err)
+int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites, moeh_err_t *err)
 {
     int rc;
     char base[4096];
     moeh_keypair_t *kp = NULL;
-    if ((rc = moeh_crypto_init()))
-        return moeh_errf(err, rc, "libsodium failed to initialise");
-    if ((rc = moeh_mkdir_p(dir, err)))
-        return rc;
+    if ((rc = moeh_crypto_init())) return moeh_errf(err, rc, "libsodium failed to initialise");
+    if ((rc = moeh_mkdir_p(dir, err))) return rc;
     size_t cap = 64 + n_sites * 128, len = 0;
     char *reg = malloc(cap);
-    if (!reg)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!reg) return moeh_errf(err, -ENOMEM, "out of memory");
     len += (size_t)snprintf(reg, cap, "# moeh site registry: SITE_ID = public key\n[sites]\n");
     for (size_t k = 0; k <= n_sites; k++) {
         if (k > 0 && !moeh_site_id_valid(names[k - 1])) {
@@ -35,11 +31,10 @@ int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites
             snprintf(base, sizeof base, "%s/coordinator", dir);
         else
             snprintf(base, sizeof base, "%s/%s", dir, names[k - 1]);
-        if ((rc = moeh_keypair_write(kp, base, err)))
-            goto out;
+        if ((rc = moeh_keypair_write(kp, base, err))) goto out;
         if (k > 0)
-            len += (size_t)snprintf(reg + len, cap - len, "%s = %s\n", names[k - 1],
-                                    kp->public_z85);
+            len +=
+                (size_t)snprintf(reg + len, cap - len, "%s = %s\n", names[k - 1], kp->public_z85);
         moeh_keypair_destroy(&kp);
     }
     snprintf(base, sizeof base, "%s/registry.ini", dir);
@@ -67,8 +62,7 @@ int moeh_localfed_start_coordinator(moeh_proc_t *p, const char *bin_dir, char *c
     char exe[4096], fdarg[16];
     int pfd[2];
     snprintf(exe, sizeof exe, "%s/moeh-coordinator", bin_dir);
-    if (pipe(pfd) != 0)
-        return moeh_errf(err, -errno, "pipe failed");
+    if (pipe(pfd) != 0) return moeh_errf(err, -errno, "pipe failed");
     snprintf(fdarg, sizeof fdarg, "%d", pfd[1]);
     char *argv[MAX_ARGS] = {exe, "--bind", "tcp://127.0.0.1:*", "--ready-fd", fdarg};
     append_extra(argv, 5, extra);
@@ -95,8 +89,9 @@ int moeh_localfed_start_agent(moeh_proc_t *p, const char *bin_dir, const char *e
 {
     char exe[4096];
     snprintf(exe, sizeof exe, "%s/moeh-site-agent", bin_dir);
-    char *argv[MAX_ARGS] = {exe, "--connect", (char *)endpoint, "--site-id", (char *)site_id,
-                            "--dataset", (char *)dataset};
+    char *argv[MAX_ARGS] = {
+        exe,         "--connect",    (char *)endpoint, "--site-id", (char *)site_id,
+        "--dataset", (char *)dataset};
     int n = 7;
     if (key_path) {
         argv[n++] = "--key";

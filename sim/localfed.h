@@ -8,8 +8,7 @@
 
 /* Writes DIR/coordinator.{key,pub}, DIR/NAME.{key,pub} for every site name and
  * DIR/registry.ini admitting those sites. */
-int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites,
-                       moeh_err_t *err);
+int moeh_localfed_keys(const char *dir, const char *const *names, size_t n_sites, moeh_err_t *err);
 
 /* Starts BIN_DIR/moeh-coordinator bound to tcp://127.0.0.1:(any port) with the extra
  * arguments (NULL-terminated, may be NULL), stderr to log_path and stdout to out_path

@@ -44,8 +44,7 @@ int main(int argc, char **argv)
         return moeh_sim_cmd_run(argc, argv);
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
-        if (!strcmp(argv[1], k_cmds[i].name))
-            return k_cmds[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "moeh-sim: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -66,8 +66,7 @@ int moeh_dataset_create(size_t n, size_t f_static, size_t f_ts, size_t img_size,
                         moeh_dataset_t **out, moeh_err_t *err);
 /* Replaces the token array of a writable dataset by a copy of tok (n_tok entries); the offsets
  * must be set by the caller. 0 or -ENOMEM. */
-int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok,
-                            moeh_err_t *err);
+int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok, moeh_err_t *err);
 /* Sets ds->static_names/ts_names/ts_units from arrays of strings (copied); units may be NULL. */
 int moeh_dataset_set_names(moeh_dataset_t *ds, const char *const *static_names,
                            const char *const *ts_names, const char *const *ts_units,
@@ -92,8 +91,8 @@ void moeh_dataset_free(moeh_dataset_t **self_p);
 /* A new writable dataset holding the rows idx[0..k) of src (in that order); modality m is
  * dropped (avail 0, note emptied, image zeroed) where keep_mods bit m is 0. Names and extra
  * are copied. 0 or -ENOMEM. */
-int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k,
-                        unsigned keep_mods, moeh_dataset_t **out, moeh_err_t *err);
+int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, unsigned keep_mods,
+                        moeh_dataset_t **out, moeh_err_t *err);
 
 /* Counts of admissions per modality combination: out[c] for c = ehr | notes<<1 | img<<2. */
 void moeh_dataset_combo_counts(const moeh_dataset_t *ds, size_t out[8]);

@@ -49,14 +49,14 @@ void moeh_image_resize_gray(uint8_t *out, size_t S, const uint8_t *src, size_t w
 
 /* ---- extraction ------------------------------------------------------------------------ */
 typedef struct {
-    const char *mimic_dir;  /* contains hosp/ and icu/ */
-    const char *note_dir;   /* MIMIC-IV-Note root (note/radiology.csv.gz), or NULL */
-    const char *cxr_dir;    /* MIMIC-CXR-JPG root (metadata + files/), or NULL */
-    const char *var_map;    /* NULL: the shipped map */
-    size_t img_size;        /* S, default 64 */
-    bool strict;            /* a malformed row is fatal (default: reported and skipped) */
+    const char *mimic_dir;      /* contains hosp/ and icu/ */
+    const char *note_dir;       /* MIMIC-IV-Note root (note/radiology.csv.gz), or NULL */
+    const char *cxr_dir;        /* MIMIC-CXR-JPG root (metadata + files/), or NULL */
+    const char *var_map;        /* NULL: the shipped map */
+    size_t img_size;            /* S, default 64 */
+    bool strict;                /* a malformed row is fatal (default: reported and skipped) */
     double val_frac, test_frac; /* subject-grouped split fractions (0.1, 0.2) */
-    uint64_t seed;          /* for the split */
+    uint64_t seed;              /* for the split */
 } moeh_extract_opts_t;
 
 typedef struct {

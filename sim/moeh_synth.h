@@ -17,12 +17,12 @@
 #include <stdbool.h>
 
 typedef struct {
-    size_t admissions;   /* cohort admissions to generate (others are added around them) */
+    size_t admissions; /* cohort admissions to generate (others are added around them) */
     uint64_t seed;
-    double chart_days;   /* chart vitals over max(52 h, this many days) of the ICU stay */
-    size_t img_px;       /* side of the written JPEGs (default 256) */
-    bool images;         /* write JPEG files (the metadata is always written) */
-    int gz_level;        /* 1..9, default 1 */
+    double chart_days; /* chart vitals over max(52 h, this many days) of the ICU stay */
+    size_t img_px;     /* side of the written JPEGs (default 256) */
+    bool images;       /* write JPEG files (the metadata is always written) */
+    int gz_level;      /* 1..9, default 1 */
 } moeh_synth_opts_t;
 
 typedef struct {

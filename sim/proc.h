@@ -8,9 +8,9 @@
 #include <sys/types.h>
 
 typedef struct {
-    pid_t pid;   /* 0 when not running (never started or reaped) */
+    pid_t pid; /* 0 when not running (never started or reaped) */
     int pidfd;
-    int status;  /* wait status once reaped */
+    int status; /* wait status once reaped */
     char name[64];
 } moeh_proc_t;
 

@@ -18,7 +18,8 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
-#define DEFAULT_SITES "site-1:0.25:ehr,site-2:0.25:ehr+notes,site-3:0.25:ehr+img,site-4:0.25:ehr+notes+img"
+#define DEFAULT_SITES                                                                              \
+    "site-1:0.25:ehr,site-2:0.25:ehr+notes,site-3:0.25:ehr+img,site-4:0.25:ehr+notes+img"
 
 /* Runs a moeh-sim subcommand in this process with the given arguments. */
 static int sub(int (*fn)(int, char **), char **argv)
@@ -79,27 +80,23 @@ int moeh_sim_cmd_run(int argc, char **argv)
     moeh_split_opts_t so;
     moeh_split_opts_default(&so);
     int rc = moeh_opts_parse(&o, argc, argv, &err);
-    if (rc == 1)
-        return 0;
-    if (rc == 0 && strlen(out) > 1024)
-        rc = moeh_errf(&err, -EINVAL, "--out path is too long");
-    if (rc == 0)
-        rc = moeh_split_parse_sites(sites_spec, &so, &err);
+    if (rc == 1) return 0;
+    if (rc == 0 && strlen(out) > 1024) rc = moeh_errf(&err, -EINVAL, "--out path is too long");
+    if (rc == 0) rc = moeh_split_parse_sites(sites_spec, &so, &err);
     if (rc == 0 && so.by_careunit)
         rc = moeh_errf(&err, -EINVAL, "--sites careunit is not supported by run; name the sites");
-    if (rc == 0 && min_sites == 0)
-        min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
+    if (rc == 0 && min_sites == 0) min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
     if (rc == 0 && min_sites > so.n_sites)
-        rc = moeh_errf(&err, -EINVAL, "--min-sites %u exceeds the %zu sites", min_sites,
-                       so.n_sites);
+        rc =
+            moeh_errf(&err, -EINVAL, "--min-sites %u exceeds the %zu sites", min_sites, so.n_sites);
     if (rc) {
         fprintf(stderr, "moeh-sim run: %s\n", err.msg);
         moeh_opts_free(&o);
         return 2;
     }
     moeh_log_configure(MOEH_LOG_INFO, "moeh-sim", NULL, NULL);
-    char bin_dir[2048], raw_dir[1100], ds_dir[1100], sites_dir[1100], key_dir[1100],
-        log_dir[1100], path[4096];
+    char bin_dir[2048], raw_dir[1100], ds_dir[1100], sites_dir[1100], key_dir[1100], log_dir[1100],
+        path[4096];
     if (bin_dir_opt)
         snprintf(bin_dir, sizeof bin_dir, "%s", bin_dir_opt);
     else if (moeh_self_dir(bin_dir, sizeof bin_dir) != 0) {
@@ -110,8 +107,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(raw_dir, sizeof raw_dir, "%s/mimic-synth", out);
     snprintf(ds_dir, sizeof ds_dir, "%s/cohort", out);
     snprintf(sites_dir, sizeof sites_dir, "%s", data_opt ? data_opt : "");
-    if (!data_opt)
-        snprintf(sites_dir, sizeof sites_dir, "%s/sites", out);
+    if (!data_opt) snprintf(sites_dir, sizeof sites_dir, "%s/sites", out);
     snprintf(key_dir, sizeof key_dir, "%s/keys", out);
     snprintf(log_dir, sizeof log_dir, "%s/logs", out);
 
@@ -128,8 +124,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     int64_t t0 = moeh_now_ms();
-    if ((rc = moeh_mkdir_p(log_dir, &err)))
-        goto out;
+    if ((rc = moeh_mkdir_p(log_dir, &err))) goto out;
 
     char a_adm[16], a_seed[32], mimic[1200], note[1200], cxr[1200];
     snprintf(a_adm, sizeof a_adm, "%u", admissions);
@@ -137,8 +132,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     if (!data_opt) {
         printf("== 1/4 synthetic MIMIC-IV: %u admissions -> %s\n", admissions, raw_dir);
         fflush(stdout);
-        char *s_args[] = {"synth", "--admissions", a_adm, "--seed", a_seed, "--out", raw_dir,
-                          NULL};
+        char *s_args[] = {"synth", "--admissions", a_adm, "--seed", a_seed, "--out", raw_dir, NULL};
         if (sub(moeh_sim_cmd_synth, s_args) != 0) {
             rc = moeh_errf(&err, -EIO, "synth failed");
             goto out;
@@ -148,16 +142,16 @@ int moeh_sim_cmd_run(int argc, char **argv)
         snprintf(mimic, sizeof mimic, "%s/mimic", raw_dir);
         snprintf(note, sizeof note, "%s/note", raw_dir);
         snprintf(cxr, sizeof cxr, "%s/cxr", raw_dir);
-        char *e_args[] = {"extract", "--mimic", mimic, "--note", note, "--cxr", cxr,
-                          "--out", ds_dir, NULL};
+        char *e_args[] = {"extract", "--mimic", mimic,   "--note", note,
+                          "--cxr",   cxr,       "--out", ds_dir,   NULL};
         if (sub(moeh_sim_cmd_extract, e_args) != 0) {
             rc = moeh_errf(&err, -EIO, "extract failed");
             goto out;
         }
         printf("== 3/4 split into %zu sites -> %s\n", n_sites, sites_dir);
         fflush(stdout);
-        char *p_args[] = {"split", "--dataset", ds_dir, "--sites", (char *)sites_spec, "--seed",
-                          a_seed, "--out", sites_dir, NULL};
+        char *p_args[] = {"split",  "--dataset", ds_dir,  "--sites", (char *)sites_spec,
+                          "--seed", a_seed,      "--out", sites_dir, NULL};
         if (sub(moeh_sim_cmd_split, p_args) != 0) {
             rc = moeh_errf(&err, -EIO, "split failed");
             goto out;
@@ -167,8 +161,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
            rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE",
            secagg ? ", secure aggregation" : "");
     fflush(stdout);
-    if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err)))
-        goto out;
+    if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err))) goto out;
     char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],
         a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32],
         endpoint[256];
@@ -186,18 +179,46 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_buck, sizeof a_buck, "%u", buckets);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
-    char *cargs[64] = {"--rounds", a_rounds, "--min-sites", a_min, "--wait-sites", a_wait,
-                       "--local-epochs", a_ep, "--batch-size", a_batch, "--lr", a_lr,
-                       "--prox-mu", a_mu, "--warmup-rounds", a_warm, "--arch", a_arch,
-                       "--d-emb", a_emb, "--d-hidden", a_hid, "--note-buckets", a_buck,
-                       "--seed", a_seed, "--out", (char *)out,
-                       "--start-timeout-ms", "60000", "--deadline-ms", "600000",
-                       "--heartbeat-ms", "1000", "--heartbeat-timeout-ms", "15000"};
+    char *cargs[64] = {"--rounds",
+                       a_rounds,
+                       "--min-sites",
+                       a_min,
+                       "--wait-sites",
+                       a_wait,
+                       "--local-epochs",
+                       a_ep,
+                       "--batch-size",
+                       a_batch,
+                       "--lr",
+                       a_lr,
+                       "--prox-mu",
+                       a_mu,
+                       "--warmup-rounds",
+                       a_warm,
+                       "--arch",
+                       a_arch,
+                       "--d-emb",
+                       a_emb,
+                       "--d-hidden",
+                       a_hid,
+                       "--note-buckets",
+                       a_buck,
+                       "--seed",
+                       a_seed,
+                       "--out",
+                       (char *)out,
+                       "--start-timeout-ms",
+                       "60000",
+                       "--deadline-ms",
+                       "600000",
+                       "--heartbeat-ms",
+                       "1000",
+                       "--heartbeat-timeout-ms",
+                       "15000"};
     int nc = 0;
     while (cargs[nc])
         nc++;
-    if (secagg)
-        cargs[nc++] = "--secagg";
+    if (secagg) cargs[nc++] = "--secagg";
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {
@@ -251,8 +272,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
         }
     }
     if (bad_agents)
-        fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/*.log\n",
-                bad_agents, log_dir);
+        fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/*.log\n", bad_agents,
+                log_dir);
     printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy\n",
            (double)(moeh_now_ms() - t0) / 1000.0, out, out);
     exit_code = bad_agents ? 1 : 0;
@@ -260,8 +281,7 @@ out:
     moeh_proc_stop(&coord, 5000);
     for (size_t k = 0; k < n_sites; k++)
         moeh_proc_stop(&agents[k], 5000);
-    if (rc)
-        fprintf(stderr, "moeh-sim run: %s\n", err.msg);
+    if (rc) fprintf(stderr, "moeh-sim run: %s\n", err.msg);
     moeh_opts_free(&o);
     return rc ? (rc == -EINTR ? 130 : 1) : exit_code;
 }

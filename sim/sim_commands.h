@@ -4,7 +4,7 @@
 #ifndef MOEH_SIM_COMMANDS_H
 #define MOEH_SIM_COMMANDS_H
 
-int moeh_sim_cmd_run(int argc, char **argv);   /* run.c: a whole federation on loopback */
+int moeh_sim_cmd_run(int argc, char **argv);     /* run.c: a whole federation on loopback */
 int moeh_sim_cmd_extract(int argc, char **argv); /* cmd_extract.c: MIMIC-IV -> dataset */
 int moeh_sim_cmd_synth(int argc, char **argv);   /* cmd_synth.c: synthetic MIMIC-IV */
 int moeh_sim_cmd_split(int argc, char **argv);   /* cmd_split.c: dataset -> sites */

@@ -25,8 +25,7 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
         return 0;
     }
     char buf[4096];
-    if (strlen(spec) >= sizeof buf)
-        return moeh_errf(err, -EINVAL, "--sites: too long");
+    if (strlen(spec) >= sizeof buf) return moeh_errf(err, -EINVAL, "--sites: too long");
     strcpy(buf, spec);
     char *save = NULL;
     for (char *part = strtok_r(buf, ",", &save); part; part = strtok_r(NULL, ",", &save)) {
@@ -39,17 +38,15 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
         *c1 = '\0';
         snprintf(s->name, sizeof s->name, "%s", part);
         for (char *q = s->name; *q; q++)
-            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
-                  *q == '_' || *q == '-'))
+            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+                  (*q >= '0' && *q <= '9') || *q == '_' || *q == '-'))
                 return moeh_errf(err, -EINVAL, "--sites: site name '%s': use [A-Za-z0-9_-]",
                                  s->name);
         char *c2 = strchr(c1 + 1, ':'), *end;
-        if (c2)
-            *c2 = '\0';
+        if (c2) *c2 = '\0';
         s->share = strtod(c1 + 1, &end);
         if (end == c1 + 1 || *end || !(s->share > 0))
-            return moeh_errf(err, -EINVAL, "--sites: share of '%s' must be a number > 0",
-                             s->name);
+            return moeh_errf(err, -EINVAL, "--sites: share of '%s' must be a number > 0", s->name);
         s->mods = 7;
         if (c2) {
             s->mods = 0;
@@ -57,8 +54,7 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
             for (char *m = strtok_r(c2 + 1, "+", &save2); m; m = strtok_r(NULL, "+", &save2)) {
                 int k = -1;
                 for (int i = 0; i < MOEH_DS_MODS; i++)
-                    if (!strcmp(m, moeh_ds_mod_names[i]))
-                        k = i;
+                    if (!strcmp(m, moeh_ds_mod_names[i])) k = i;
                 if (k < 0)
                     return moeh_errf(err, -EINVAL,
                                      "--sites: site '%s': unknown modality '%s' (ehr, notes, img)",
@@ -71,8 +67,7 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
                 return moeh_errf(err, -EINVAL, "--sites: site '%s' given twice", s->name);
         o->n_sites++;
     }
-    if (o->n_sites == 0)
-        return moeh_errf(err, -EINVAL, "--sites: no site");
+    if (o->n_sites == 0) return moeh_errf(err, -EINVAL, "--sites: no site");
     return 0;
 }
 
@@ -86,12 +81,10 @@ static double gamma_draw(moeh_rng_t *r, double a)
     double d = a - 1.0 / 3, c = 1 / sqrt(9 * d);
     for (;;) {
         double x = moeh_rng_normal(r), v = 1 + c * x;
-        if (v <= 0)
-            continue;
+        if (v <= 0) continue;
         v = v * v * v;
         double u = moeh_rng_uniform(r);
-        if (log(u > 0 ? u : 1e-300) < 0.5 * x * x + d - d * v + d * log(v))
-            return d * v;
+        if (log(u > 0 ? u : 1e-300) < 0.5 * x * x + d - d * v + d * log(v)) return d * v;
     }
 }
 
@@ -101,8 +94,7 @@ static int careunit_columns(const moeh_dataset_t *ds, size_t *first, size_t *cou
     *count = 0;
     for (size_t f = 0; f < ds->f_static; f++)
         if (ds->static_names && !strncmp(ds->static_names[f], "first_careunit=", 15)) {
-            if (!*count)
-                *first = f;
+            if (!*count) *first = f;
             (*count)++;
         }
     return *count ? 0 : -ENOENT;
@@ -111,8 +103,7 @@ static int careunit_columns(const moeh_dataset_t *ds, size_t *first, size_t *cou
 static int careunit_of(const moeh_dataset_t *ds, size_t row, size_t first, size_t count)
 {
     for (size_t k = 0; k < count; k++)
-        if (ds->static_x[row * ds->f_static + first + k] > 0.5f)
-            return (int)k;
+        if (ds->static_x[row * ds->f_static + first + k] > 0.5f) return (int)k;
     return (int)count - 1;
 }
 
@@ -124,16 +115,14 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     size_t *start = malloc((n + 1) * sizeof *start), *order = malloc((n + 1) * sizeof *order);
     int *stratum = malloc((n + 1) * sizeof *stratum);
     double *have = NULL, *target = NULL;
-    if (!start || !order || !stratum)
-        goto out; /* rc is -ENOMEM */
+    if (!start || !order || !stratum) goto out; /* rc is -ENOMEM */
     /* subjects are runs of equal ids[:,0] (rows are sorted by subject) */
     for (size_t i = 0; i < n; i++) {
         if (i && ds->ids[2 * i] < ds->ids[2 * (i - 1)]) {
             rc = moeh_errf(err, -EINVAL, "dataset rows are not sorted by subject_id (row %zu)", i);
             goto out;
         }
-        if (i == 0 || ds->ids[2 * i] != ds->ids[2 * (i - 1)])
-            start[n_subj++] = i;
+        if (i == 0 || ds->ids[2 * i] != ds->ids[2 * (i - 1)]) start[n_subj++] = i;
     }
     start[n_subj] = n;
     bool need_cu = o->by_careunit || (o->alpha > 0 && o->skew_by < 0);
@@ -150,8 +139,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
         o->n_sites = 0;
         for (size_t k = 0; k < cu_count && k < MOEH_MAX_SITES; k++) {
             map[k] = -1;
-            if (!cnt[k])
-                continue;
+            if (!cnt[k]) continue;
             moeh_site_spec_t *sp = &o->sites[o->n_sites];
             const char *nm = ds->static_names[cu_first + k] + 15, *paren = strrchr(nm, '(');
             char name[32];
@@ -159,7 +147,8 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
             size_t j = 0;
             for (size_t q = 0; name[q] && j + 1 < sizeof sp->name; q++) {
                 char ch = name[q];
-                if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+                if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                    (ch >= '0' && ch <= '9'))
                     sp->name[j++] = ch;
                 else if (ch != ')' && j && sp->name[j - 1] != '_')
                     sp->name[j++] = '_';
@@ -198,16 +187,14 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     }
     have = calloc((size_t)n_strata * K, sizeof *have);
     target = calloc((size_t)n_strata * K, sizeof *target);
-    if (!have || !target)
-        goto out; /* rc is -ENOMEM */
+    if (!have || !target) goto out; /* rc is -ENOMEM */
     moeh_rng_t r;
     moeh_rng_seed(&r, o->seed ^ 0x73706c6974ull);
     /* target admissions per (stratum, site) */
     for (int st = 0; st < n_strata; st++) {
         double adm = 0, p[MOEH_MAX_SITES], ps = 0;
         for (size_t s = 0; s < n_subj; s++)
-            if (stratum[s] == st)
-                adm += (double)(start[s + 1] - start[s]);
+            if (stratum[s] == st) adm += (double)(start[s + 1] - start[s]);
         for (size_t k = 0; k < K; k++) {
             double share = o->sites[k].share / tot_share;
             p[k] = o->alpha > 0 ? gamma_draw(&r, o->alpha * (double)K * share) : share;
@@ -233,8 +220,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
             for (size_t k = 0; k < K; k++)
                 row += target[(size_t)st * K + k];
             for (size_t s = 0; s < n_subj; s++)
-                if (stratum[s] == st)
-                    adm += (double)(start[s + 1] - start[s]);
+                if (stratum[s] == st) adm += (double)(start[s + 1] - start[s]);
             for (size_t k = 0; k < K && row > 0; k++)
                 target[(size_t)st * K + k] *= adm / row;
         }
@@ -252,8 +238,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
         double *hv = have + (size_t)stratum[s] * K, best_def = -INFINITY;
         for (size_t k = 0; k < K; k++) {
             double def = tg[k] - hv[k];
-            if (def > best_def)
-                best_def = def, best = k;
+            if (def > best_def) best_def = def, best = k;
         }
         hv[best] += (double)(start[s + 1] - start[s]);
         for (size_t i = start[s]; i < start[s + 1]; i++)
@@ -261,8 +246,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
     }
     rc = 0;
 out:
-    if (rc == -ENOMEM)
-        moeh_errf(err, rc, "split: out of memory");
+    if (rc == -ENOMEM) moeh_errf(err, rc, "split: out of memory");
     free(start);
     free(order);
     free(stratum);
@@ -284,8 +268,7 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         rc = moeh_errf(err, -ENOMEM, "split: out of memory");
         goto out;
     }
-    if ((rc = moeh_split_assign(ds, o, site_of, err)) || (rc = moeh_mkdir_p(dir, err)))
-        goto out;
+    if ((rc = moeh_split_assign(ds, o, site_of, err)) || (rc = moeh_mkdir_p(dir, err))) goto out;
     FILE *mem = open_memstream(&table, &tcap);
     if (!mem) {
         rc = moeh_errf(err, -ENOMEM, "split: out of memory");
@@ -302,26 +285,25 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         size_t m = 0, subj = 0, parts[3] = {0}, pos[3] = {0}, lab[3] = {0}, combo[8];
         for (size_t i = 0; i < ds->n; i++)
             if (site_of[i] == k) {
-                if (!m || ds->ids[2 * i] != ds->ids[2 * idx[m - 1]])
-                    subj++;
+                if (!m || ds->ids[2 * i] != ds->ids[2 * idx[m - 1]]) subj++;
                 idx[m++] = i;
             }
-        if ((rc = moeh_dataset_subset(ds, idx, m, o->sites[k].mods, &sub, err)))
-            break;
+        if ((rc = moeh_dataset_subset(ds, idx, m, o->sites[k].mods, &sub, err))) break;
         uint64_t sseed = o->seed * 1000003u + k;
         moeh_assign_split(sub, o->val_frac, o->test_frac, sseed);
         for (size_t i = 0; i < m; i++) {
             parts[sub->split[i]]++;
             for (int t = 0; t < 3; t++)
                 lab[t] += sub->label_mask[3 * i + (size_t)t],
-                    pos[t] += sub->label_mask[3 * i + (size_t)t] && sub->labels[3 * i + (size_t)t] > 0.5f;
+                    pos[t] +=
+                    sub->label_mask[3 * i + (size_t)t] && sub->labels[3 * i + (size_t)t] > 0.5f;
         }
         moeh_dataset_combo_counts(sub, combo);
         char mods[32] = "";
         for (int q = 0; q < 3; q++)
             if (o->sites[k].mods >> q & 1u)
-                snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s", mods[0] ? "+" : "",
-                         moeh_ds_mod_names[q]);
+                snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s",
+                         mods[0] ? "+" : "", moeh_ds_mod_names[q]);
         fprintf(mem, "%s\t%s\t%zu\t%zu\t%zu\t%zu\t%zu", o->sites[k].name, mods, subj, m, parts[0],
                 parts[1], parts[2]);
         for (int t = 0; t < 3; t++)
@@ -329,8 +311,7 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         for (int c = 1; c < 8; c++)
             fprintf(mem, "\t%zu", combo[c]);
         fprintf(mem, "\n");
-        if (!sub->extra)
-            sub->extra = cJSON_CreateObject();
+        if (!sub->extra) sub->extra = cJSON_CreateObject();
         cJSON_DeleteItemFromObject(sub->extra, "site");
         cJSON *js = cJSON_AddObjectToObject(sub->extra, "site");
         cJSON_AddStringToObject(js, "name", o->sites[k].name);
@@ -355,8 +336,7 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         else
             rc = moeh_file_write_atomic(p, table, tlen, err);
     }
-    if (!rc && out)
-        fwrite(table, 1, tlen, out);
+    if (!rc && out) fwrite(table, 1, tlen, out);
 out:
     moeh_dataset_free(&sub);
     free(table);

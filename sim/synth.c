@@ -22,15 +22,13 @@
 
 /* snprintf for paths: the result is checked by the callers through moeh_mkdir_p/fopen;
  * truncation is reported as an empty string, which those calls reject. */
-__attribute__((format(printf, 3, 4))) static void pathf(char *out, size_t cap, const char *fmt,
-                                                        ...)
+__attribute__((format(printf, 3, 4))) static void pathf(char *out, size_t cap, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(out, cap, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= cap)
-        out[0] = '\0';
+    if (n < 0 || (size_t)n >= cap) out[0] = '\0';
 }
 
 /* ---- buffered gzip table writer ----------------------------------------------------- */
@@ -55,14 +53,12 @@ static int tw_open(tw_t *w, const char *dir, const char *name, int level, const 
 {
     memset(w, 0, sizeof *w);
     int rc;
-    if ((rc = moeh_mkdir_p(dir, err)))
-        return rc;
+    if ((rc = moeh_mkdir_p(dir, err))) return rc;
     pathf(w->path, sizeof w->path, "%s/%s", dir, name);
     char mode[8];
     snprintf(mode, sizeof mode, "wb%d", level);
     w->cap = (size_t)1 << 20;
-    if (!(w->buf = malloc(w->cap)))
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!(w->buf = malloc(w->cap))) return moeh_errf(err, -ENOMEM, "out of memory");
     if (!(w->g = gzopen(w->path, mode)))
         return moeh_errf(err, -EIO, "%s: cannot create: %s", w->path, strerror(errno));
     gzbuffer(w->g, 1 << 20);
@@ -73,13 +69,12 @@ static int tw_open(tw_t *w, const char *dir, const char *name, int level, const 
 }
 
 /* Appends one formatted row (rows must be < 64 KiB). */
-__attribute__((format(printf, 3, 4))) static int tw_row(tw_t *w, moeh_err_t *err,
-                                                        const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int tw_row(tw_t *w, moeh_err_t *err, const char *fmt,
+                                                        ...)
 {
     if (w->cap - w->len < 65536) {
         int rc = tw_flush(w, err);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     va_list ap;
     va_start(ap, fmt);
@@ -97,8 +92,7 @@ static int tw_close(tw_t *w, moeh_err_t *err)
     int rc = 0;
     if (w->g) {
         rc = tw_flush(w, err);
-        if (gzclose(w->g) != Z_OK && !rc)
-            rc = moeh_errf(err, -EIO, "%s: close failed", w->path);
+        if (gzclose(w->g) != Z_OK && !rc) rc = moeh_errf(err, -EIO, "%s: close failed", w->path);
     }
     free(w->buf);
     w->g = NULL, w->buf = NULL;
@@ -203,8 +197,14 @@ static const item_t k_chart_items[] = {
     {220052, "Arterial Blood Pressure mean", "ABPm", "mmHg", "Routine Vital Signs"},
     {220210, "Respiratory Rate", "RR", "insp/min", "Respiratory"},
     {224690, "Respiratory Rate (Total)", "Respiratory Rate (Total)", "insp/min", "Respiratory"},
-    {223761, "Temperature Fahrenheit", "Temperature F", "\xc2\xb0" "F", "Routine Vital Signs"},
-    {223762, "Temperature Celsius", "Temperature C", "\xc2\xb0" "C", "Routine Vital Signs"},
+    {223761, "Temperature Fahrenheit", "Temperature F",
+     "\xc2\xb0"
+     "F",
+     "Routine Vital Signs"},
+    {223762, "Temperature Celsius", "Temperature C",
+     "\xc2\xb0"
+     "C",
+     "Routine Vital Signs"},
     {220277, "O2 saturation pulseoxymetry", "SpO2", "%", "Respiratory"},
     {220739, "GCS - Eye Opening", "Eye Opening", "", "Neurological"},
     {223900, "GCS - Verbal Response", "Verbal Response", "", "Neurological"},
@@ -263,12 +263,11 @@ static int write_dictionaries(const char *dir, int level, moeh_err_t *err)
         goto out;
     for (size_t i = 0; i < sizeof k_chart_items / sizeof k_chart_items[0]; i++) {
         const item_t *it = &k_chart_items[i];
-        if ((rc = tw_row(&w, err, "%d,%s,%s,chartevents,%s,%s,Numeric,,\n", it->itemid,
-                         it->label, it->abbr, it->category, it->unit)))
+        if ((rc = tw_row(&w, err, "%d,%s,%s,chartevents,%s,%s,Numeric,,\n", it->itemid, it->label,
+                         it->abbr, it->category, it->unit)))
             goto out;
     }
-    if ((rc = tw_close(&w, err)))
-        goto out;
+    if ((rc = tw_close(&w, err))) goto out;
     pathf(d, sizeof d, "%s/hosp", dir);
     if ((rc = tw_open(&w, d, "d_labitems.csv.gz", level, "itemid,label,fluid,category\n", err)))
         goto out;
@@ -303,8 +302,8 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
     int rc = 0;
     double drift = 0, p_meas = sigm(0.4 + 1.0 * z->s), weight = clamp(80 + 15 * N(r), 40, 180);
     bool arterial = P(r, sigm(-0.5 + z->s)), temp_f = P(r, 0.6), o2 = z->m > 0.3;
-    if ((rc = chart_row(g, subj, hadm, stay, t0 + (int64_t)U(r, 600, 5400), 226512, weight, 1,
-                        "kg", err)))
+    if ((rc = chart_row(g, subj, hadm, stay, t0 + (int64_t)U(r, 600, 5400), 226512, weight, 1, "kg",
+                        err)))
         return rc;
     if (P(r, 0.7) && (rc = chart_row(g, subj, hadm, stay, t0 + (int64_t)U(r, 600, 7200), 226730,
                                      clamp(170 + 10 * N(r), 140, 210), 0, "cm", err)))
@@ -320,9 +319,12 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
             if ((rc = chart_row(g, subj, hadm, stay, t, 220045, clamp(hr, 25, 220), 0, "bpm", err)))
                 return rc;
             int ids = arterial ? 220050 : 220179;
-            if ((rc = chart_row(g, subj, hadm, stay, t, ids, clamp(sbp, 40, 250), 0, "mmHg", err)) ||
-                (rc = chart_row(g, subj, hadm, stay, t, ids + 1, clamp(dbp, 15, 150), 0, "mmHg", err)) ||
-                (rc = chart_row(g, subj, hadm, stay, t, ids + 2, clamp(mbp, 20, 200), 0, "mmHg", err)))
+            if ((rc =
+                     chart_row(g, subj, hadm, stay, t, ids, clamp(sbp, 40, 250), 0, "mmHg", err)) ||
+                (rc = chart_row(g, subj, hadm, stay, t, ids + 1, clamp(dbp, 15, 150), 0, "mmHg",
+                                err)) ||
+                (rc = chart_row(g, subj, hadm, stay, t, ids + 2, clamp(mbp, 20, 200), 0, "mmHg",
+                                err)))
                 return rc;
             double rr = 18 + 3 * z->s + 2 * z->m + 1.5 * drift + 3 * N(r);
             if ((rc = chart_row(g, subj, hadm, stay, t + 60, P(r, 0.8) ? 220210 : 224690,
@@ -344,16 +346,23 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
         if (P(r, 0.25 + 0.3 * p_meas)) {
             double c = 37.0 + 0.35 * z->s + 0.2 * drift + 0.35 * N(r);
             if ((rc = temp_f ? chart_row(g, subj, hadm, stay, t + 300, 223761, c * 9 / 5 + 32, 1,
-                                         "\xc2\xb0" "F", err)
+                                         "\xc2\xb0"
+                                         "F",
+                                         err)
                              : chart_row(g, subj, hadm, stay, t + 300, 223762, c, 1,
-                                         "\xc2\xb0" "C", err)))
+                                         "\xc2\xb0"
+                                         "C",
+                                         err)))
                 return rc;
         }
         if (((hs - t0) / HOUR) % 4 == 0) {
             double gcs = 1.5 * fmax(z->s, 0) + 0.5 * N(r);
-            if ((rc = chart_row(g, subj, hadm, stay, t + 400, 220739, clamp(round(4 - gcs), 1, 4), 0, "", err)) ||
-                (rc = chart_row(g, subj, hadm, stay, t + 400, 223900, clamp(round(5 - 1.4 * gcs), 1, 5), 0, "", err)) ||
-                (rc = chart_row(g, subj, hadm, stay, t + 400, 223901, clamp(round(6 - gcs), 1, 6), 0, "", err)))
+            if ((rc = chart_row(g, subj, hadm, stay, t + 400, 220739, clamp(round(4 - gcs), 1, 4),
+                                0, "", err)) ||
+                (rc = chart_row(g, subj, hadm, stay, t + 400, 223900,
+                                clamp(round(5 - 1.4 * gcs), 1, 5), 0, "", err)) ||
+                (rc = chart_row(g, subj, hadm, stay, t + 400, 223901, clamp(round(6 - gcs), 1, 6),
+                                0, "", err)))
                 return rc;
             if (o2 && (rc = chart_row(g, subj, hadm, stay, t + 500, 223835,
                                       clamp(35 + 20 * z->m + 5 * N(r), 21, 100), 0, "", err)))
@@ -363,8 +372,8 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
             (rc = chart_row(g, subj, hadm, stay, t + 700, P(r, 0.7) ? 225664 : 220621,
                             clamp(130 + 25 * z->s + 20 * N(r), 40, 600), 0, "mg/dL", err)))
             return rc;
-        if (((hs - t0) / HOUR) % 24 == 5 &&
-            (rc = chart_row(g, subj, hadm, stay, t + 800, 224639, weight + 0.5 * N(r), 1, "kg", err)))
+        if (((hs - t0) / HOUR) % 24 == 5 && (rc = chart_row(g, subj, hadm, stay, t + 800, 224639,
+                                                            weight + 0.5 * N(r), 1, "kg", err)))
             return rc;
     }
     return 0;
@@ -374,25 +383,45 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
 static double lab_value(moeh_rng_t *r, const latent_t *z, size_t i, double *panel)
 {
     switch (k_labs[i].itemid) {
-    case 50912: return clamp(exp(0.05 + 0.5 * z->k + 0.12 * z->s + 0.15 * N(r)), 0.2, 25);
-    case 51006: return clamp(16 * exp(0.45 * z->k + 0.1 * z->s + 0.2 * N(r)), 2, 250);
-    case 50983: return panel[0] = clamp(139 + 3 * N(r), 115, 170);
-    case 50971: return clamp(4.2 + 0.4 * z->k + 0.35 * N(r), 2, 9);
-    case 50902: return panel[1] = clamp(103 + 3 * N(r), 80, 130);
-    case 50882: return panel[2] = clamp(24 - 2.5 * z->k - 1.2 * z->s + 2 * N(r), 5, 45);
-    case 50868: return panel[0] - panel[1] - panel[2];
-    case 50931: return clamp(130 + 22 * z->s + 25 * N(r), 40, 800);
-    case 51222: return panel[3] = clamp(11 - 0.7 * z->s - 0.3 * z->k + 1.1 * N(r), 4, 19);
-    case 51221: return clamp(panel[3] * 3 + 1.5 * N(r), 12, 60);
-    case 51265: return clamp(220 - 45 * z->s + 50 * N(r), 5, 900);
-    case 51301: case 51300: return clamp(9 + 3 * z->s + 2.5 * N(r), 0.2, 80);
-    case 50813: return clamp(exp(0.3 + 0.35 * z->s + 0.25 * z->h + 0.25 * N(r)), 0.3, 20);
-    case 50820: return clamp(7.40 - 0.04 * z->k - 0.02 * z->s + 0.04 * N(r), 6.8, 7.7);
-    case 50960: return clamp(2.0 + 0.15 * z->k + 0.2 * N(r), 0.8, 5);
-    case 50893: return clamp(8.6 - 0.2 * z->k + 0.5 * N(r), 5, 13);
-    case 50970: return clamp(3.5 + 0.7 * z->k + 0.6 * N(r), 0.8, 12);
-    case 50885: return clamp(exp(-0.4 + 0.35 * z->s + 0.5 * N(r)), 0.1, 40);
-    case 51237: return clamp(1.15 + 0.2 * z->s + 0.12 * N(r), 0.8, 8);
+    case 50912:
+        return clamp(exp(0.05 + 0.5 * z->k + 0.12 * z->s + 0.15 * N(r)), 0.2, 25);
+    case 51006:
+        return clamp(16 * exp(0.45 * z->k + 0.1 * z->s + 0.2 * N(r)), 2, 250);
+    case 50983:
+        return panel[0] = clamp(139 + 3 * N(r), 115, 170);
+    case 50971:
+        return clamp(4.2 + 0.4 * z->k + 0.35 * N(r), 2, 9);
+    case 50902:
+        return panel[1] = clamp(103 + 3 * N(r), 80, 130);
+    case 50882:
+        return panel[2] = clamp(24 - 2.5 * z->k - 1.2 * z->s + 2 * N(r), 5, 45);
+    case 50868:
+        return panel[0] - panel[1] - panel[2];
+    case 50931:
+        return clamp(130 + 22 * z->s + 25 * N(r), 40, 800);
+    case 51222:
+        return panel[3] = clamp(11 - 0.7 * z->s - 0.3 * z->k + 1.1 * N(r), 4, 19);
+    case 51221:
+        return clamp(panel[3] * 3 + 1.5 * N(r), 12, 60);
+    case 51265:
+        return clamp(220 - 45 * z->s + 50 * N(r), 5, 900);
+    case 51301:
+    case 51300:
+        return clamp(9 + 3 * z->s + 2.5 * N(r), 0.2, 80);
+    case 50813:
+        return clamp(exp(0.3 + 0.35 * z->s + 0.25 * z->h + 0.25 * N(r)), 0.3, 20);
+    case 50820:
+        return clamp(7.40 - 0.04 * z->k - 0.02 * z->s + 0.04 * N(r), 6.8, 7.7);
+    case 50960:
+        return clamp(2.0 + 0.15 * z->k + 0.2 * N(r), 0.8, 5);
+    case 50893:
+        return clamp(8.6 - 0.2 * z->k + 0.5 * N(r), 5, 13);
+    case 50970:
+        return clamp(3.5 + 0.7 * z->k + 0.6 * N(r), 0.8, 12);
+    case 50885:
+        return clamp(exp(-0.4 + 0.35 * z->s + 0.5 * N(r)), 0.1, 40);
+    case 51237:
+        return clamp(1.15 + 0.2 * z->s + 0.12 * N(r), 0.8, 8);
     }
     return 0;
 }
@@ -413,14 +442,11 @@ static int gen_labs(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, in
         fmt_time(stt, t + 2 * HOUR);
         for (size_t i = 0; i < N_LABS; i++) {
             int id = k_labs[i].itemid;
-            if ((id == 50813 || id == 50820) && !gas)
-                continue;
-            if (id == 51300 || !P(r, 0.93))
-                continue;
+            if ((id == 50813 || id == 50820) && !gas) continue;
+            if (id == 51300 || !P(r, 0.93)) continue;
             double v = lab_value(r, z, i, panel);
             char hadm_s[24] = "";
-            if (!no_hadm)
-                snprintf(hadm_s, sizeof hadm_s, "%lld", (long long)hadm);
+            if (!no_hadm) snprintf(hadm_s, sizeof hadm_s, "%lld", (long long)hadm);
             const char *comment = "";
             if (P(r, 0.01))
                 comment = "\"Hemolyzed; \"\"see note\"\",\nvalue verified, repeat requested\"";
@@ -469,10 +495,8 @@ static void report_text(moeh_rng_t *r, const latent_t *z, char *out, size_t cap)
         ADD("Stable mass in the left upper lobe; history of malignancy, follow-up advised.");
     else if (z->n < -0.5 && P(r, 0.5))
         ADD("No evidence of malignancy.");
-    if (z->s > 1.0 && P(r, 0.6))
-        ADD("Endotracheal tube terminates 4 cm above the carina.");
-    if (P(r, 0.5))
-        ADD("No pneumothorax.");
+    if (z->s > 1.0 && P(r, 0.6)) ADD("Endotracheal tube terminates 4 cm above the carina.");
+    if (P(r, 0.5)) ADD("No pneumothorax.");
 #undef ADD
     snprintf(out, cap,
              "EXAMINATION:  CHEST (PORTABLE AP)\n\nINDICATION:  %s\n\nCOMPARISON:  None.\n\n"
@@ -487,8 +511,7 @@ static size_t csv_escape(char *out, size_t cap, const char *s)
 {
     size_t k = 0;
     for (; *s && k + 2 < cap; s++) {
-        if (*s == '"')
-            out[k++] = '"';
+        if (*s == '"') out[k++] = '"';
         out[k++] = *s;
     }
     out[k] = '\0';
@@ -506,17 +529,14 @@ static int gen_notes(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
     for (int i = 0; i < 4; i++) {
         int64_t t;
         if (i < 2) {
-            if (!P(r, i == 0 ? p : p * 0.5))
-                continue;
+            if (!P(r, i == 0 ? p : p * 0.5)) continue;
             t = t0 + (int64_t)U(r, 0, fmin(47.9 * HOUR, (double)(disch - t0)));
             *in_window = true;
         } else if (i == 2) { /* after the window, still in this admission */
-            if (!P(r, 0.25) || disch <= t0 + 49 * HOUR)
-                continue;
+            if (!P(r, 0.25) || disch <= t0 + 49 * HOUR) continue;
             t = t0 + 49 * HOUR + (int64_t)U(r, 0, (double)(disch - t0 - 49 * HOUR));
         } else { /* before it (e.g. in the ED), still in this admission */
-            if (!P(r, 0.15))
-                continue;
+            if (!P(r, 0.15)) continue;
             t = admit + (int64_t)U(r, 0, (double)(t0 - admit - 1));
         }
         report_text(r, z, text, sizeof text);
@@ -524,11 +544,10 @@ static int gen_notes(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
         fmt_time(ct, t);
         fmt_time(stt, t + (int64_t)U(r, 1800, 7200));
         hadm_s[0] = '\0';
-        if (!P(r, 0.2))
-            snprintf(hadm_s, sizeof hadm_s, "%lld", (long long)hadm);
+        if (!P(r, 0.2)) snprintf(hadm_s, sizeof hadm_s, "%lld", (long long)hadm);
         int sq = (*seq)++;
-        if ((rc = tw_row(&g->note, err, "%lld-RR-%d,%lld,%s,RR,%d,%s,%s,\"%s\"\n",
-                         (long long)subj, sq, (long long)subj, hadm_s, sq, ct, stt, esc)))
+        if ((rc = tw_row(&g->note, err, "%lld-RR-%d,%lld,%s,RR,%d,%s,%s,\"%s\"\n", (long long)subj,
+                         sq, (long long)subj, hadm_s, sq, ct, stt, esc)))
             return rc;
         g->st->notes++;
     }
@@ -547,10 +566,10 @@ static void draw_cxr(moeh_rng_t *r, const latent_t *z, bool lateral, uint8_t *im
     double gain = U(r, 0.9, 1.1), off = U(r, -10, 10);
     for (size_t y = 0; y < S; y++)
         for (size_t x = 0; x < S; x++) {
-            double u = ((double)x + 0.5) / (double)S * 2 - 1, v = ((double)y + 0.5) / (double)S * 2 - 1;
+            double u = ((double)x + 0.5) / (double)S * 2 - 1,
+                   v = ((double)y + 0.5) / (double)S * 2 - 1;
             double val = 30;
-            if (u * u / 0.81 + v * v / 0.9 < 1)
-                val = 125;
+            if (u * u / 0.81 + v * v / 0.9 < 1) val = 125;
             for (int side = -1; side <= 1; side += 2) {
                 double lu = (u - side * 0.38) / 0.27, lv = (v + 0.05) / 0.58;
                 if (!lateral && lu * lu + lv * lv < 1) {
@@ -563,10 +582,8 @@ static void draw_cxr(moeh_rng_t *r, const latent_t *z, bool lateral, uint8_t *im
                 }
             }
             double hu = (u - 0.08) / (heart + 0.02), hv = (v - 0.28) / 0.24;
-            if (hu * hu + hv * hv < 1)
-                val = 160;
-            if (tube && fabs(u - 0.02) < 0.012 && v < 0.1)
-                val = 235;
+            if (hu * hu + hv * hv < 1) val = 160;
+            if (tube && fabs(u - 0.02) < 0.012 && v < 0.1) val = 235;
             val = gain * val + off + 6 * N(r);
             img[y * S + x] = (uint8_t)clamp(val, 0, 255);
         }
@@ -592,8 +609,7 @@ static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int
         int y, mo, d, h, mi, s;
         civil(t, &y, &mo, &d, &h, &mi, &s);
         for (int view = 0; view < 2; view++) {
-            if (view == 1 && !P(r, 0.4))
-                continue;
+            if (view == 1 && !P(r, 0.4)) continue;
             const char *vp = view ? "LL" : (z->s > 0.5 ? "AP" : "PA");
             char dicom[48];
             uint64_t a = moeh_rng_u64(r), b = moeh_rng_u64(r);
@@ -608,10 +624,8 @@ static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int
                             dicom, (long long)subj, (long long)study, vp, S, S, y, mo, d,
                             h * 10000 + mi * 100 + s, (int)(moeh_rng_u64(r) % 1000),
                             view ? "lateral" : "antero-posterior");
-            if (rc)
-                return rc;
-            if (!g->o->images)
-                continue;
+            if (rc) return rc;
+            if (!g->o->images) continue;
             /* the pixels draw from their own stream, so --no-images changes nothing else */
             moeh_rng_t ir;
             uint64_t ikey[3] = {g->o->seed, (uint64_t)study, (uint64_t)view};
@@ -624,35 +638,39 @@ static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int
                 return moeh_errf(err, -EIO, "JPEG encoding failed: %s", tjGetErrorStr2(g->tj));
             char dir[PATH_MAX], path[PATH_MAX + 64];
             pathf(dir, sizeof dir, "%s/files/p%02lld/p%lld/s%lld", g->cxr_dir,
-                     (long long)(subj / 1000000), (long long)subj, (long long)study);
+                  (long long)(subj / 1000000), (long long)subj, (long long)study);
             if ((rc = moeh_mkdir_p(dir, err)) == 0) {
                 pathf(path, sizeof path, "%s/%s.jpg", dir, dicom);
                 FILE *f = fopen(path, "wb");
                 if (!f || fwrite(jpg, 1, jl, f) != jl)
                     rc = moeh_errf(err, -EIO, "%s: cannot write", path);
-                if (f && fclose(f) != 0 && !rc)
-                    rc = moeh_errf(err, -EIO, "%s: cannot write", path);
+                if (f && fclose(f) != 0 && !rc) rc = moeh_errf(err, -EIO, "%s: cannot write", path);
             }
             tjFree(jpg);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             g->st->cxr_images++;
         }
     }
     return 0;
 }
 
-static const char *const k_types[] = {"EW EMER.", "URGENT", "ELECTIVE", "OBSERVATION ADMIT",
-                                      "SURGICAL SAME DAY ADMISSION", "DIRECT EMER."};
+static const char *const k_types[] = {
+    "EW EMER.",    "URGENT", "ELECTIVE", "OBSERVATION ADMIT", "SURGICAL SAME DAY ADMISSION",
+    "DIRECT EMER."};
 static const char *const k_ins[] = {"Medicare", "Medicaid", "Other", "Private"};
-static const char *const k_race[] = {"WHITE", "WHITE - OTHER EUROPEAN", "BLACK/AFRICAN AMERICAN",
-                                     "HISPANIC/LATINO - PUERTO RICAN", "ASIAN - CHINESE",
-                                     "UNKNOWN", "OTHER"};
-static const char *const k_units[] = {
-    "Medical Intensive Care Unit (MICU)", "Surgical Intensive Care Unit (SICU)",
-    "Medical/Surgical Intensive Care Unit (MICU/SICU)",
-    "Cardiac Vascular Intensive Care Unit (CVICU)", "Coronary Care Unit (CCU)",
-    "Trauma SICU (TSICU)"};
+static const char *const k_race[] = {"WHITE",
+                                     "WHITE - OTHER EUROPEAN",
+                                     "BLACK/AFRICAN AMERICAN",
+                                     "HISPANIC/LATINO - PUERTO RICAN",
+                                     "ASIAN - CHINESE",
+                                     "UNKNOWN",
+                                     "OTHER"};
+static const char *const k_units[] = {"Medical Intensive Care Unit (MICU)",
+                                      "Surgical Intensive Care Unit (SICU)",
+                                      "Medical/Surgical Intensive Care Unit (MICU/SICU)",
+                                      "Cardiac Vascular Intensive Care Unit (CVICU)",
+                                      "Coronary Care Unit (CCU)",
+                                      "Trauma SICU (TSICU)"};
 
 /* Generates one subject and all its admissions. *cohort_left counts down. */
 static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err_t *err)
@@ -682,7 +700,10 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
         double risk[3];
         true_risk(&z, age, risk);
         bool in_cohort = icu && !short_stay && age >= 18;
-        const char *reason = !icu ? "no_icu" : short_stay ? "short_stay" : age < 18 ? "minor" : "cohort";
+        const char *reason = !icu         ? "no_icu"
+                             : short_stay ? "short_stay"
+                             : age < 18   ? "minor"
+                                          : "cohort";
         int64_t t0 = 0, disch, death = 0;
         int lab[3] = {0, 0, 0};
         bool expire = false;
@@ -700,10 +721,10 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
                 if (lab[1])
                     disch = admit + 7 * DAY + (int64_t)U(r, HOUR, 20 * DAY);
                 else
-                    disch = t0 + 49 * HOUR + (int64_t)U(r, 0, (double)(admit + 7 * DAY - HOUR - t0 - 49 * HOUR));
+                    disch = t0 + 49 * HOUR +
+                            (int64_t)U(r, 0, (double)(admit + 7 * DAY - HOUR - t0 - 49 * HOUR));
             }
-            if (expire)
-                death = disch, died = true;
+            if (expire) death = disch, died = true;
         }
         /* the gap to the next admission, consistent with the readmission label */
         int64_t gap = -1;
@@ -719,13 +740,12 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
             if (*cohort_left == 0 && !lab[2])
                 gap = -1; /* the generation ends here; no readmission is owed */
         }
-        if (last_forced)
-            gap = -1;
+        if (last_forced) gap = -1;
         /* tables */
         const char *type = icu ? pick(r, k_types, 6) : "OBSERVATION ADMIT";
-        if (adm_no == 0 && (rc = tw_row(&g->pat, err, "%lld,%s,%d,%d,%d - %d,%s\n",
-                                        (long long)subj, female ? "F" : "M", anchor_age,
-                                        anchor_year, anchor_year - 1, anchor_year + 1, "")))
+        if (adm_no == 0 && (rc = tw_row(&g->pat, err, "%lld,%s,%d,%d,%d - %d,%s\n", (long long)subj,
+                                        female ? "F" : "M", anchor_age, anchor_year,
+                                        anchor_year - 1, anchor_year + 1, "")))
             return rc;
         if ((rc = tw_row(&g->adm, err,
                          "%lld,%lld,%s,%s,%s,%s,P%03d,EMERGENCY ROOM,%s,%s,ENGLISH,%s,%s,,,%d\n",
@@ -738,9 +758,10 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
         bool has_notes = false, has_cxr = false;
         if (icu) {
             int64_t stay = g->next_stay++;
-            int64_t out = short_stay ? disch - 1800
-                                     : (int64_t)fmin((double)(disch - HOUR),
-                                                     (double)(t0 + (int64_t)U(r, 2 * DAY, 12 * DAY)));
+            int64_t out = short_stay
+                              ? disch - 1800
+                              : (int64_t)fmin((double)(disch - HOUR),
+                                              (double)(t0 + (int64_t)U(r, 2 * DAY, 12 * DAY)));
             const char *unit = pick(r, k_units, 6);
             /* a later second ICU stay, written first: t0 is the earliest intime */
             if (out + 13 * HOUR < disch && P(r, 0.1)) {
@@ -760,7 +781,8 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
             double span = fmax(52.0 * HOUR, g->o->chart_days * DAY);
             int64_t end = (int64_t)fmin((double)out, (double)t0 + span);
             if ((rc = gen_chart(g, r, &z, subj, hadm, stay, t0, end, err)) ||
-                (rc = gen_labs(g, r, &z, subj, hadm, admit, t0, (int64_t)fmin((double)disch, (double)t0 + span), err)) ||
+                (rc = gen_labs(g, r, &z, subj, hadm, admit, t0,
+                               (int64_t)fmin((double)disch, (double)t0 + span), err)) ||
                 (rc = gen_notes(g, r, &z, subj, hadm, admit, t0, disch, &seq, &has_notes, err)) ||
                 (rc = gen_cxr(g, r, &z, subj, admit, t0, disch, &has_cxr, err)))
                 return rc;
@@ -770,8 +792,8 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
                 icu ? fmt_time(a2, t0) : "", age, z.s, z.h, z.k, z.n, z.m, risk[0], risk[1],
                 risk[2]);
         if (in_cohort)
-            fprintf(g->truth, "%d,%d,%d,%d,%d\n", lab[0], lab[1], expire ? -1 : lab[2],
-                    has_notes, has_cxr);
+            fprintf(g->truth, "%d,%d,%d,%d,%d\n", lab[0], lab[1], expire ? -1 : lab[2], has_notes,
+                    has_cxr);
         else
             fprintf(g->truth, ",,,%d,%d\n", has_notes, has_cxr);
         if (in_cohort) {
@@ -784,8 +806,7 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
             g->st->avail[1] += has_notes;
             g->st->avail[2] += has_cxr;
         }
-        if (gap < 0)
-            break;
+        if (gap < 0) break;
         t = disch + gap;
     }
     return 0;
@@ -797,8 +818,7 @@ static double oracle_auroc(const double *score, const uint8_t *label, size_t n)
 {
     /* Mann-Whitney U: sort by score, average ranks over ties */
     size_t *idx = malloc((n + 1) * sizeof *idx), npos = 0, nneg = 0;
-    if (!idx)
-        return NAN;
+    if (!idx) return NAN;
     for (size_t i = 0; i < n; i++)
         idx[i] = i;
     for (size_t gap = n / 2; gap > 0; gap /= 2) /* shell sort: no qsort context needed */
@@ -814,15 +834,13 @@ static double oracle_auroc(const double *score, const uint8_t *label, size_t n)
             j++;
         double avg = (double)(i + j) / 2.0 + 1.0;
         for (size_t k = i; k <= j; k++)
-            if (label[idx[k]])
-                rank_sum += avg;
+            if (label[idx[k]]) rank_sum += avg;
         i = j + 1;
     }
     for (size_t i = 0; i < n; i++)
         label[i] ? npos++ : nneg++;
     free(idx);
-    if (!npos || !nneg)
-        return NAN;
+    if (!npos || !nneg) return NAN;
     return (rank_sum - (double)npos * ((double)npos + 1) / 2) / ((double)npos * (double)nneg);
 }
 
@@ -836,8 +854,7 @@ void moeh_synth_opts_default(moeh_synth_opts_t *o)
     o->gz_level = 1;
 }
 
-int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st,
-               moeh_err_t *err)
+int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st, moeh_err_t *err)
 {
     gen_t g = {0};
     moeh_synth_stats_t dummy;
@@ -851,7 +868,8 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     g.next_hadm = 20000000, g.next_stay = 30000000, g.next_labevent = 1, g.next_specimen = 1;
     g.next_study = 50000000;
     if (o->admissions == 0 || o->img_px < 16 || o->img_px > 2048 || lv < 1 || lv > 9)
-        return moeh_errf(err, -EINVAL, "synth: admissions >= 1, image size 16..2048, gzip level 1..9");
+        return moeh_errf(err, -EINVAL,
+                         "synth: admissions >= 1, image size 16..2048, gzip level 1..9");
     g.risk = malloc(o->admissions * 3 * sizeof *g.risk);
     g.label = malloc(o->admissions * 3);
     g.img = malloc(o->img_px * o->img_px);
@@ -865,8 +883,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     }
     pathf(g.cxr_dir, sizeof g.cxr_dir, "%s/cxr", dir);
     pathf(d, sizeof d, "%s/mimic", dir);
-    if ((rc = write_dictionaries(d, lv, err)))
-        goto out;
+    if ((rc = write_dictionaries(d, lv, err))) goto out;
     pathf(d, sizeof d, "%s/mimic/hosp", dir);
     if ((rc = tw_open(&g.pat, d, "patients.csv.gz", lv,
                       "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod\n", err)) ||
@@ -882,9 +899,10 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                       err)))
         goto out;
     pathf(d, sizeof d, "%s/mimic/icu", dir);
-    if ((rc = tw_open(&g.icu, d, "icustays.csv.gz", lv,
-                      "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n",
-                      err)) ||
+    if ((rc =
+             tw_open(&g.icu, d, "icustays.csv.gz", lv,
+                     "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n",
+                     err)) ||
         (rc = tw_open(&g.chart, d, "chartevents.csv.gz", lv,
                       "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,"
                       "valuenum,valueuom,warning\n",
@@ -912,12 +930,11 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     size_t left = o->admissions;
     int64_t t_last = moeh_now_ms();
     for (uint64_t k = 0; left > 0; k++) {
-        if ((rc = gen_subject(&g, k, &left, err)))
-            goto out;
+        if ((rc = gen_subject(&g, k, &left, err))) goto out;
         if (moeh_now_ms() - t_last > 2000) {
             t_last = moeh_now_ms();
-            MOEH_INFO("synth: %zu of %zu cohort admissions, %.1f M chart rows",
-                      g.st->cohort, o->admissions, (double)g.chart.rows / 1e6);
+            MOEH_INFO("synth: %zu of %zu cohort admissions, %.1f M chart rows", g.st->cohort,
+                      o->admissions, (double)g.chart.rows / 1e6);
         }
     }
     g.st->chart_rows = g.chart.rows;
@@ -943,33 +960,30 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     }
     pathf(d, sizeof d, "%s/truth.json", dir);
     char js[2048];
-    int jl = snprintf(js, sizeof js,
-                      "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
-                      "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu,\n"
-                      "  \"positives\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-                      "  \"labelled\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-                      "  \"oracle_auroc\": {\"mortality\": %.4f, \"los_gt_7d\": %.4f, \"readmit_30d\": %.4f},\n"
-                      "  \"modalities\": {\"ehr\": %zu, \"notes\": %zu, \"img\": %zu}\n}\n",
-                      (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions,
-                      g.st->positives[0], g.st->positives[1], g.st->positives[2],
-                      g.st->labelled[0], g.st->labelled[1], g.st->labelled[2],
-                      g.st->oracle_auroc[0], g.st->oracle_auroc[1], g.st->oracle_auroc[2],
-                      g.st->avail[0], g.st->avail[1], g.st->avail[2]);
+    int jl = snprintf(
+        js, sizeof js,
+        "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
+        "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu,\n"
+        "  \"positives\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
+        "  \"labelled\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
+        "  \"oracle_auroc\": {\"mortality\": %.4f, \"los_gt_7d\": %.4f, \"readmit_30d\": %.4f},\n"
+        "  \"modalities\": {\"ehr\": %zu, \"notes\": %zu, \"img\": %zu}\n}\n",
+        (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions, g.st->positives[0],
+        g.st->positives[1], g.st->positives[2], g.st->labelled[0], g.st->labelled[1],
+        g.st->labelled[2], g.st->oracle_auroc[0], g.st->oracle_auroc[1], g.st->oracle_auroc[2],
+        g.st->avail[0], g.st->avail[1], g.st->avail[2]);
     rc = moeh_file_write_atomic(d, js, (size_t)jl, err);
-out:
-    {
-        moeh_err_t e2 = {0};
-        tw_t *all[] = {&g.pat, &g.adm, &g.icu, &g.chart, &g.lab, &g.note, &g.cxr};
-        for (size_t i = 0; i < 7; i++) {
-            int c = tw_close(all[i], &e2);
-            if (c && !rc)
-                rc = c, *err = e2;
-        }
+out : {
+    moeh_err_t e2 = {0};
+    tw_t *all[] = {&g.pat, &g.adm, &g.icu, &g.chart, &g.lab, &g.note, &g.cxr};
+    for (size_t i = 0; i < 7; i++) {
+        int c = tw_close(all[i], &e2);
+        if (c && !rc) rc = c, *err = e2;
     }
+}
     if (g.truth && fclose(g.truth) != 0 && !rc)
         rc = moeh_errf(err, -EIO, "truth.csv: write failed");
-    if (g.tj)
-        tjDestroy(g.tj);
+    if (g.tj) tjDestroy(g.tj);
     free(g.risk);
     free(g.label);
     free(g.img);

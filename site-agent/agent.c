@@ -24,7 +24,6 @@
 #include <string.h>
 #include <zmq.h>
 
-
 typedef struct {
     const moeh_agent_cfg_t *cfg;
     void *zctx, *sock, *mon;
@@ -36,8 +35,8 @@ typedef struct {
     moeh_trainer_t *trainer; /* built on Welcome, from the coordinator's model spec */
     uint64_t spec_hash;
     float *global, *delta, *norm;
-    uint32_t *upd;   /* update words: n_params + n_groups */
-    uint32_t *hist;  /* evaluation histograms */
+    uint32_t *upd;  /* update words: n_params + n_groups */
+    uint32_t *hist; /* evaluation histograms */
     float *gate_sum;
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
@@ -65,11 +64,11 @@ void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
 }
 
 /* Records the first fatal error (printf-style message); the loop stops at the next turn. */
-static void set_fatal(agent_t *a, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
 {
-    if (a->fatal_rc)
-        return;
+    if (a->fatal_rc) return;
     a->fatal_rc = rc;
     va_list ap;
     va_start(ap, fmt);
@@ -98,8 +97,7 @@ static int send_hello(agent_t *a)
     Moeh__ComboCount cc[7], *ccp[7];
     size_t nc = 0;
     for (uint32_t c = 1; c <= 7; c++) {
-        if (!a->combos[c])
-            continue;
+        if (!a->combos[c]) continue;
         moeh__combo_count__init(&cc[nc]);
         cc[nc].combo = c;
         cc[nc].count = a->combos[c];
@@ -137,8 +135,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
         return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
     if (!a->cfg->insecure) {
         int rc = moeh_curve_client(a->sock, a->kp, a->server_pub);
-        if (rc)
-            return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
+        if (rc) return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
         /* watch the handshake, so that a refused key is reported instead of retried forever */
         snprintf(mon_ep, sizeof mon_ep, "inproc://agent-monitor-%u", a->mon_seq++);
         if (zmq_socket_monitor(a->sock, mon_ep,
@@ -155,8 +152,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
                          zmq_strerror(zmq_errno()));
     a->last_rx = moeh_now_ms();
     int rc = send_hello(a);
-    if (rc && rc != -EAGAIN)
-        return moeh_errf(err, rc, "cannot send hello: %s", moeh_strerror(rc));
+    if (rc && rc != -EAGAIN) return moeh_errf(err, rc, "cannot send hello: %s", moeh_strerror(rc));
     return 0;
 }
 
@@ -243,8 +239,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     mc.max_batch = ms->max_batch;
     mc.seed = ms->seed;
     int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);
-    if (!rc)
-        rc = moeh_trainer_create(&ds, &mc, &a->trainer, &err);
+    if (!rc) rc = moeh_trainer_create(&ds, &mc, &a->trainer, &err);
     moeh_dataset_free(&ds);
     if (rc) {
         set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
@@ -255,8 +250,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     if (a->spec_hash != ms->spec_hash || p->n != ms->n_params || p->n_groups != ms->n_groups ||
         moeh_moe_n_experts(moeh_trainer_model(a->trainer)) != ms->n_experts ||
         moeh_trainer_n_norm(a->trainer) != ms->n_norm) {
-        set_fatal(a, -EPROTO, "%s", "the coordinator's model layout differs from this agent's "
-                                    "(different moeh versions?)");
+        set_fatal(a, -EPROTO, "%s",
+                  "the coordinator's model layout differs from this agent's "
+                  "(different moeh versions?)");
         return -EPROTO;
     }
     size_t slices = (size_t)MOEH_EVAL_SLICES * ms->n_tasks * 2 * w->eval_bins;
@@ -277,20 +273,23 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
 {
     const Moeh__ModelSpec *ms = w->model;
     if (strcmp(w->site_id, a->cfg->site_id) != 0 || strcmp(ms->kind, "moe-health") != 0) {
-        set_fatal(a, -EPROTO, "the coordinator welcomed us with another site id or a model kind "
-                              "this agent does not know (%s)",
+        set_fatal(a, -EPROTO,
+                  "the coordinator welcomed us with another site id or a model kind "
+                  "this agent does not know (%s)",
                   ms->kind);
         return;
     }
     if (!a->trainer || a->spec_hash != ms->spec_hash || a->eval_bins != w->eval_bins) {
         a->eval_bins = w->eval_bins;
-        if (build_model(a, w) != 0)
-            return;
+        if (build_model(a, w) != 0) return;
     }
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
-    a->lim = (moeh_wire_limits_t){.n_params = p->n, .n_groups = (uint32_t)p->n_groups,
-                                  .n_tasks = ms->n_tasks, .eval_bins = w->eval_bins,
-                                  .n_norm = ms->n_norm, .n_experts = ms->n_experts};
+    a->lim = (moeh_wire_limits_t){.n_params = p->n,
+                                  .n_groups = (uint32_t)p->n_groups,
+                                  .n_tasks = ms->n_tasks,
+                                  .eval_bins = w->eval_bins,
+                                  .n_norm = ms->n_norm,
+                                  .n_experts = ms->n_experts};
     a->hb_ms = w->heartbeat_ms;
     a->welcomed = a->ever_welcomed = 1;
     a->backoff_ms = 0;
@@ -331,14 +330,13 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     env.stats_result = &r;
     moeh_frame_t f = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * nn};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
-    if (rc)
-        MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
+    if (rc) MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
     free(st);
 }
 
 /* Sends a->upd (plain, or masked for secagg session `session`) as this round's Update. */
-static void send_update(agent_t *a, uint32_t round, uint64_t version, double loss,
-                        uint64_t samples, uint32_t steps, uint64_t session)
+static void send_update(agent_t *a, uint32_t round, uint64_t version, double loss, uint64_t samples,
+                        uint32_t steps, uint64_t session)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
@@ -352,11 +350,10 @@ static void send_update(agent_t *a, uint32_t round, uint64_t version, double los
     env.type = MOEH__MSG_TYPE__UPDATE;
     env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
     env.update = &u;
-    moeh_frame_t f = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd,
-                      .count = p->n + p->n_groups};
+    moeh_frame_t f = {
+        .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
-    if (rc)
-        MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
+    if (rc) MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
 }
 
 /* Ends the secure-aggregation session (wipes its secrets); reports why if `why` is set. */
@@ -367,8 +364,7 @@ static void sa_end(agent_t *a, const char *why, const char *detail)
         snprintf(msg, sizeof msg, "secure aggregation: %s%s%s", why, detail ? ": " : "",
                  detail ? detail : "");
         MOEH_WARN("round %u: %s", a->sa_round, msg);
-        if (a->sock)
-            moeh_wire_send_error(a->sock, NULL, 0, -EBADMSG, msg);
+        if (a->sock) moeh_wire_send_error(a->sock, NULL, 0, -EBADMSG, msg);
     }
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;
@@ -381,7 +377,10 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64
     const Moeh__SecaggParams *sp = rs->secagg;
     moeh_err_t err = {0};
     int rc = moeh_crypto_init();
-    moeh_secagg_cfg_t cfg = {.round = sp->session, .n = sp->n, .t = sp->t, .k = sp->k,
+    moeh_secagg_cfg_t cfg = {.round = sp->session,
+                             .n = sp->n,
+                             .t = sp->t,
+                             .k = sp->k,
                              .graph_seed = sp->graph_seed,
                              .len = (size_t)a->lim.n_params + a->lim.n_groups};
     a->sa_round = rs->round;
@@ -410,8 +409,7 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64
 /* SecaggKeys (U1): encrypts this site's shares for every neighbour in U1 and sends them. */
 static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
 {
-    if (!a->sa || k->session != a->sa_session)
-        return; /* a stale session: ignored */
+    if (!a->sa || k->session != a->sa_session) return; /* a stale session: ignored */
     uint32_t n = a->sa_n;
     moeh_err_t err = {0};
     moeh_secagg_pubkeys_t *keys = calloc(n, sizeof *keys);
@@ -441,8 +439,7 @@ static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
     }
     size_t m = 0;
     for (uint32_t j = 0; j < n; j++) {
-        if (!sent[j])
-            continue;
+        if (!sent[j]) continue;
         moeh__secagg_cipher__init(&cs[m]);
         cs[m].peer = j;
         cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
@@ -463,8 +460,7 @@ static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
         snprintf(err.msg, sizeof err.msg, "%s", moeh_strerror(rc));
     }
 out:
-    if (why)
-        sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
     free(keys);
     free(present);
     free(sent);
@@ -476,8 +472,7 @@ out:
 /* The shares addressed to this site and U2: masks the kept update and sends it. */
 static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
 {
-    if (!a->sa || sh->session != a->sa_session)
-        return;
+    if (!a->sa || sh->session != a->sa_session) return;
     uint32_t n = a->sa_n;
     moeh_err_t err = {0};
     uint8_t *u2 = calloc(n, 1);
@@ -487,8 +482,8 @@ static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
         goto out;
     }
     for (size_t i = 0; i < sh->n_ciphers; i++)
-        if (moeh_secagg_client_receive_share(a->sa, sh->ciphers[i]->peer,
-                                             sh->ciphers[i]->ct.data, &err) != 0) {
+        if (moeh_secagg_client_receive_share(a->sa, sh->ciphers[i]->peer, sh->ciphers[i]->ct.data,
+                                             &err) != 0) {
             why = "refused a forwarded share";
             goto out;
         }
@@ -510,8 +505,7 @@ static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
     send_update(a, a->sa_round, a->sa_version, a->sa_loss, a->sa_samples, a->sa_steps,
                 a->sa_session);
 out:
-    if (why)
-        sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
     free(u2);
 }
 
@@ -519,8 +513,7 @@ out:
  * (the library refuses a request naming one site in both lists, or changing its answer). */
 static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
 {
-    if (!a->sa || um->session != a->sa_session)
-        return;
+    if (!a->sa || um->session != a->sa_session) return;
     uint32_t n = a->sa_n;
     moeh_err_t err = {0};
     size_t n_out = 0;
@@ -532,8 +525,8 @@ static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
         why = "out of memory";
         goto done;
     }
-    if (moeh_secagg_client_reveal(a->sa, um->survivors, um->n_survivors, um->dropped,
-                                  um->n_dropped, out, &n_out, &err) != 0) {
+    if (moeh_secagg_client_reveal(a->sa, um->survivors, um->n_survivors, um->dropped, um->n_dropped,
+                                  out, &n_out, &err) != 0) {
         why = "refused the unmask request";
         goto done;
     }
@@ -556,13 +549,10 @@ static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
     env.secagg_reveal = &rv;
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
     if (rc)
-        MOEH_WARN("round %u: could not send the unmask shares: %s", a->sa_round,
-                  moeh_strerror(rc));
+        MOEH_WARN("round %u: could not send the unmask shares: %s", a->sa_round, moeh_strerror(rc));
 done:
-    if (why)
-        sa_end(a, why, err.msg[0] ? err.msg : NULL);
-    if (out)
-        sodium_memzero(out, n * sizeof *out);
+    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    if (out) sodium_memzero(out, n * sizeof *out);
     free(out);
     free(xs);
     free(xp);
@@ -594,8 +584,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
             e = moeh_errf(&err, -ERANGE, "non-finite parameters after training");
     }
     if (e) {
-        MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round,
-                   err.msg);
+        MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round, err.msg);
         moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
         return;
     }
@@ -642,14 +631,16 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     env.type = MOEH__MSG_TYPE__EVAL_RESULT;
     env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
     env.eval_result = &r;
-    moeh_frame_t f[2] = {
-        {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = a->hist,
-         .count = (uint64_t)MOEH_EVAL_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
-        {.name = "gate", .dtype = MOEH__DTYPE__F32, .data = a->gate_sum,
-         .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
+    moeh_frame_t f[2] = {{.name = "hist",
+                          .dtype = MOEH__DTYPE__U32,
+                          .data = a->hist,
+                          .count = (uint64_t)MOEH_EVAL_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
+                         {.name = "gate",
+                          .dtype = MOEH__DTYPE__F32,
+                          .data = a->gate_sum,
+                          .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, 2);
-    if (rc)
-        MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
+    if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
 }
 
 static void handle_messages(agent_t *a)
@@ -677,10 +668,8 @@ static void handle_messages(agent_t *a)
             handle_welcome(a, m.env->welcome);
             break;
         case MOEH__MSG_TYPE__ROUND_START:
-            if (!a->welcomed)
-                break;
-            if (a->cfg->fault_kill_round &&
-                m.env->round_start->round == a->cfg->fault_kill_round &&
+            if (!a->welcomed) break;
+            if (a->cfg->fault_kill_round && m.env->round_start->round == a->cfg->fault_kill_round &&
                 m.env->round_start->task == MOEH__ROUND_TASK__TRAIN) {
                 MOEH_WARN("fault injection: killing myself in round %u", a->cfg->fault_kill_round);
                 raise(SIGKILL);
@@ -746,8 +735,7 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     }
     {
         moeh_dataset_t *ds = NULL; /* read once to introduce the site; checksums verified */
-        if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err)))
-            goto out;
+        if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err))) goto out;
         a.n_static = ds->f_static, a.n_vars = ds->f_ts, a.n_steps = ds->t;
         a.img_size = ds->img_size;
         for (size_t i = 0; i < ds->n; i++) {
@@ -761,8 +749,9 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         a.seed_salt = (a.seed_salt ^ (uint8_t)*s) * 0x100000001b3ULL;
     if (!cfg->insecure) {
         if (!cfg->key_path || !cfg->server_key) {
-            rc = moeh_errf(err, -EINVAL, "--key (this site's key) and --server-key (the "
-                                         "coordinator's public key) are required, or --insecure");
+            rc = moeh_errf(err, -EINVAL,
+                           "--key (this site's key) and --server-key (the "
+                           "coordinator's public key) are required, or --insecure");
             goto out;
         }
         if ((rc = moeh_crypto_init()) || (rc = moeh_keypair_read(cfg->key_path, &a.kp, err)) ||
@@ -775,17 +764,15 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     }
     MOEH_INFO("site %s: %zu train and %zu test admissions (EHR only %zu, with notes %zu, with "
               "images %zu, all three %zu); connecting to %s",
-              cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5],
-              a.combos[7], cfg->connect);
+              cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5], a.combos[7],
+              cfg->connect);
     a.start = moeh_now_ms();
     int64_t reconnect_at = 0;
-    if ((rc = open_socket(&a, err)))
-        goto out;
+    if ((rc = open_socket(&a, err))) goto out;
     while (!*stop && !a.done && !a.fatal_rc) {
         if (!a.sock) { /* backing off before a new connection */
             if (moeh_now_ms() >= reconnect_at) {
-                if ((rc = open_socket(&a, err)))
-                    goto out;
+                if ((rc = open_socket(&a, err))) goto out;
             } else {
                 zmq_poll(NULL, 0, 50);
                 continue;
@@ -809,8 +796,7 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         int64_t quiet_since = a.welcomed ? a.last_rx : a.hello_at;
         if (!a.done && !a.fatal_rc && now - quiet_since > (int64_t)cfg->silence_timeout_ms) {
             a.backoff_ms = a.backoff_ms ? a.backoff_ms * 2 : 500;
-            if (a.backoff_ms > cfg->backoff_max_ms)
-                a.backoff_ms = cfg->backoff_max_ms;
+            if (a.backoff_ms > cfg->backoff_max_ms) a.backoff_ms = cfg->backoff_max_ms;
             MOEH_WARN("no word from the coordinator for %.1f s; reconnecting in %.1f s",
                       (now - quiet_since) / 1000.0, a.backoff_ms / 1000.0);
             close_socket(&a);
@@ -831,8 +817,7 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     }
 out:
     close_socket(&a);
-    if (a.zctx)
-        zmq_ctx_term(a.zctx);
+    if (a.zctx) zmq_ctx_term(a.zctx);
     moeh_keypair_destroy(&a.kp);
     moeh_secagg_client_destroy(&a.sa);
     free_model(&a);

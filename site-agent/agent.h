@@ -13,17 +13,17 @@
 #include <signal.h>
 
 typedef struct {
-    const char *connect;       /* coordinator endpoint, e.g. tcp://127.0.0.1:7400 */
+    const char *connect; /* coordinator endpoint, e.g. tcp://127.0.0.1:7400 */
     const char *site_id;
     const char *dataset_dir;
-    const char *key_path;      /* this site's .key */
-    const char *server_key;    /* the coordinator's .pub (pinned) */
+    const char *key_path;   /* this site's .key */
+    const char *server_key; /* the coordinator's .pub (pinned) */
     int insecure;
     uint32_t silence_timeout_ms; /* coordinator silent this long: reconnect */
     uint32_t backoff_max_ms;
-    uint32_t give_up_ms;       /* never welcomed after this long: fail (0 = never) */
-    uint32_t fault_kill_round; /* fault injection for tests: SIGKILL itself on receiving the
-                                * RoundStart{TRAIN} of this round (0 = off) */
+    uint32_t give_up_ms;              /* never welcomed after this long: fail (0 = never) */
+    uint32_t fault_kill_round;        /* fault injection for tests: SIGKILL itself on receiving the
+                                       * RoundStart{TRAIN} of this round (0 = off) */
     uint32_t fault_kill_secagg_round; /* tests: SIGKILL itself in this round's secure
                                        * aggregation, after sending its shares and before its
                                        * masked update (0 = off) */

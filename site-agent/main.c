@@ -48,8 +48,7 @@ int main(int argc, char **argv)
     /* the log prefix names the site; the options are parsed first */
     char prefix[80];
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "agent");
-    if (rc >= 0)
-        return rc;
+    if (rc >= 0) return rc;
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
     moeh_install_signals(on_signal, 0);

@@ -12,7 +12,7 @@ struct moeh_trainer {
     moeh_moe_cfg_t cfg;
     size_t n_norm, B, T, F, Fs, S;
     float *mean, *std;
-    size_t *rows; /* scratch row order */
+    size_t *rows;  /* scratch row order */
     float *anchor; /* FedProx anchor (n_params), allocated on first use */
     /* batch buffers */
     float *bx, *bv, *bm, *bd, *by, *probs;
@@ -33,15 +33,13 @@ int moeh_trainer_create(moeh_dataset_t **dsp, const moeh_moe_cfg_t *cfg, moeh_tr
                          "hours, %zu x %zu images and %zu tasks; the dataset has %zu, %zu, %zu, "
                          "%zu x %zu and %d",
                          cfg->n_static, cfg->n_vars, cfg->n_steps, cfg->img_size, cfg->img_size,
-                         cfg->n_tasks, ds->f_static, ds->f_ts, ds->t, ds->img_size,
-                         ds->img_size, MOEH_DS_TASKS);
+                         cfg->n_tasks, ds->f_static, ds->f_ts, ds->t, ds->img_size, ds->img_size,
+                         MOEH_DS_TASKS);
     moeh_trainer_t *t = calloc(1, sizeof *t);
-    if (!t)
-        return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!t) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc;
     t->cfg = *cfg;
-    if ((rc = moeh_moe_create(cfg, &t->model, err)))
-        goto fail;
+    if ((rc = moeh_moe_create(cfg, &t->model, err))) goto fail;
     t->B = cfg->max_batch, t->T = ds->t, t->F = ds->f_ts, t->Fs = ds->f_static;
     t->S = ds->img_size;
     t->n_norm = t->Fs + t->F;
@@ -84,8 +82,7 @@ fail:
 
 void moeh_trainer_destroy(moeh_trainer_t **self_p)
 {
-    if (!self_p || !*self_p)
-        return;
+    if (!self_p || !*self_p) return;
     moeh_trainer_t *t = *self_p;
     moeh_moe_destroy(&t->model);
     moeh_dataset_free(&t->ds);
@@ -136,22 +133,18 @@ void moeh_trainer_local_stats(const moeh_trainer_t *t, double *out)
     const moeh_dataset_t *ds = t->ds;
     memset(out, 0, 3 * t->n_norm * sizeof(double));
     for (size_t i = 0; i < ds->n; i++) {
-        if (ds->split[i] != MOEH_SPLIT_TRAIN)
-            continue;
+        if (ds->split[i] != MOEH_SPLIT_TRAIN) continue;
         for (size_t f = 0; f < t->Fs; f++) {
             double x = ds->static_x[i * t->Fs + f];
-            if (!isfinite(x))
-                continue;
+            if (!isfinite(x)) continue;
             out[3 * f] += 1, out[3 * f + 1] += x, out[3 * f + 2] += x * x;
         }
-        if (!ds->avail[i * MOEH_DS_MODS + MOEH_MOD_EHR])
-            continue;
+        if (!ds->avail[i * MOEH_DS_MODS + MOEH_MOD_EHR]) continue;
         for (size_t h = 0; h < t->T; h++)
             for (size_t f = 0; f < t->F; f++) {
                 size_t k = (i * t->T + h) * t->F + f;
                 double x = ds->ts_value[k];
-                if (ds->ts_mask[k] == 0 || !isfinite(x))
-                    continue;
+                if (ds->ts_mask[k] == 0 || !isfinite(x)) continue;
                 double *o = out + 3 * (t->Fs + f);
                 o[0] += 1, o[1] += x, o[2] += x * x;
             }
@@ -204,16 +197,22 @@ static void gather(moeh_trainer_t *t, const size_t *rows, size_t B, moeh_batch_t
         for (int64_t k = ds->note_offsets[i]; k < ds->note_offsets[i + 1]; k++)
             t->bids[ntok++] = H ? (uint32_t)((uint64_t)ds->note_tokens[k] % H) : 0u;
         t->boff[r + 1] = ntok;
-        if (t->S)
-            memcpy(t->bimg + r * t->S * t->S, ds->images + i * t->S * t->S, t->S * t->S);
+        if (t->S) memcpy(t->bimg + r * t->S * t->S, ds->images + i * t->S * t->S, t->S * t->S);
         memcpy(t->bavail + r * MOEH_DS_MODS, ds->avail + i * MOEH_DS_MODS, MOEH_DS_MODS);
         memcpy(t->by + r * MOEH_DS_TASKS, ds->labels + i * MOEH_DS_TASKS,
                MOEH_DS_TASKS * sizeof(float));
         memcpy(t->bymask + r * MOEH_DS_TASKS, ds->label_mask + i * MOEH_DS_TASKS, MOEH_DS_TASKS);
     }
-    *b = (moeh_batch_t){.B = B, .static_x = t->bx, .ts_value = t->bv, .ts_mask = t->bm,
-                        .ts_delta = t->bd, .note_off = t->boff, .note_ids = t->bids,
-                        .img = t->S ? t->bimg : NULL, .avail = t->bavail, .y = t->by,
+    *b = (moeh_batch_t){.B = B,
+                        .static_x = t->bx,
+                        .ts_value = t->bv,
+                        .ts_mask = t->bm,
+                        .ts_delta = t->bd,
+                        .note_off = t->boff,
+                        .note_ids = t->bids,
+                        .img = t->S ? t->bimg : NULL,
+                        .avail = t->bavail,
+                        .y = t->by,
                         .y_mask = t->bymask};
 }
 
@@ -221,8 +220,7 @@ static size_t split_rows(moeh_trainer_t *t, int split)
 {
     size_t n = 0;
     for (size_t i = 0; i < t->ds->n; i++)
-        if (t->ds->split[i] == split)
-            t->rows[n++] = i;
+        if (t->ds->split[i] == split) t->rows[n++] = i;
     return n;
 }
 
@@ -268,8 +266,7 @@ int moeh_trainer_train(moeh_trainer_t *t, const moeh_train_cfg_t *cfg, moeh_trai
                     p->g[k] += cfg->prox_mu * (p->w[k] - t->anchor[k]);
             moeh_moe_adamw_step(t->model, &cfg->adamw, ++step);
             loss_sum += loss;
-            if (cfg->service)
-                cfg->service(cfg->service_ctx);
+            if (cfg->service) cfg->service(cfg->service_ctx);
         }
     }
     const uint64_t *gs = moeh_moe_group_samples(t->model);
@@ -296,8 +293,7 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
         moeh_batch_t b;
         gather(t, t->rows + s, bs, &b);
         int rc = moeh_moe_predict(t->model, &b, t->probs);
-        if (rc)
-            return moeh_errf(err, rc, "evaluation failed: %s", moeh_moe_last_error(t->model));
+        if (rc) return moeh_errf(err, rc, "evaluation failed: %s", moeh_moe_last_error(t->model));
         const float *logits = moeh_moe_last_logits(t->model), *gate = moeh_moe_last_gate(t->model);
         for (size_t r = 0; r < bs; r++) {
             int c = moeh_combo_index(b.avail + r * MOEH_DS_MODS); /* 0..6 */
@@ -307,20 +303,17 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
                     out->gate_sum[(size_t)c * E + k] += gate[r * E + k];
             }
             for (size_t k = 0; k < T; k++) {
-                if (!b.y_mask[r * T + k])
-                    continue;
+                if (!b.y_mask[r * T + k]) continue;
                 int y = b.y[r * T + k] > 0.5f;
                 size_t bin = moeh_hist_bin(t->probs[r * T + k], bins);
                 out->hist[((0 * T + k) * 2 + (size_t)y) * bins + bin]++;
-                if (c >= 0)
-                    out->hist[(((size_t)(c + 1) * T + k) * 2 + (size_t)y) * bins + bin]++;
+                if (c >= 0) out->hist[(((size_t)(c + 1) * T + k) * 2 + (size_t)y) * bins + bin]++;
                 double z = logits[r * T + k];
                 out->loss_sum += fmax(z, 0.0) - z * y + log1p(exp(-fabs(z)));
                 out->n_labels++;
             }
         }
-        if (service)
-            service(service_ctx);
+        if (service) service(service_ctx);
     }
     return 0;
 }
@@ -335,10 +328,8 @@ int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row
         moeh_batch_t b;
         gather(t, t->rows + s, bs, &b);
         int rc = moeh_moe_predict(t->model, &b, probs + s * T);
-        if (rc)
-            return moeh_errf(err, rc, "prediction failed: %s", moeh_moe_last_error(t->model));
+        if (rc) return moeh_errf(err, rc, "prediction failed: %s", moeh_moe_last_error(t->model));
     }
-    if (row_idx)
-        memcpy(row_idx, t->rows, n * sizeof(size_t));
+    if (row_idx) memcpy(row_idx, t->rows, n * sizeof(size_t));
     return 0;
 }

@@ -46,8 +46,8 @@ typedef struct {
     uint32_t epochs, batch_size;
     moeh_adamw_cfg_t adamw;
     moeh_phase_t phase;
-    float prox_mu;  /* FedProx proximal weight (0: plain local training) */
-    uint64_t seed;  /* shuffling */
+    float prox_mu;              /* FedProx proximal weight (0: plain local training) */
+    uint64_t seed;              /* shuffling */
     void (*service)(void *ctx); /* called between minibatches (heartbeats), may be NULL */
     void *service_ctx;
 } moeh_train_cfg_t;
@@ -55,7 +55,7 @@ typedef struct {
 typedef struct {
     double mean_loss; /* mean per-step training loss (BCE summed over tasks + gate terms) */
     uint32_t steps;
-    uint64_t samples; /* rows of the train split */
+    uint64_t samples;                        /* rows of the train split */
     uint64_t group_samples[MOEH_MAX_GROUPS]; /* rows that trained each parameter group */
 } moeh_train_result_t;
 

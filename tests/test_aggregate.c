@@ -243,9 +243,8 @@ static void test_fedavg_init_rejects(void **state)
     expect_init_fails(MOEH_AGG_MAX_GROUPS + 1, MOEH_AGG_MAX_GROUPS + 1, many_off, many_len);
     /* ...while exactly the maximum is fine */
     moeh_fedavg_t a;
-    assert_int_equal(moeh_fedavg_init(&a, MOEH_AGG_MAX_GROUPS, MOEH_AGG_MAX_GROUPS, many_off,
-                                      many_len),
-                     0);
+    assert_int_equal(
+        moeh_fedavg_init(&a, MOEH_AGG_MAX_GROUPS, MOEH_AGG_MAX_GROUPS, many_off, many_len), 0);
     moeh_fedavg_free(&a);
     /* and the good layout itself */
     assert_int_equal(moeh_fedavg_init(&a, 5, 2, ok_off, ok_len), 0);

@@ -23,8 +23,7 @@ static void test_every_wire_seed_decodes(void **state)
     size_t n = 0;
     int seen_type[16] = {0};
     while ((de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
+        if (de->d_name[0] == '.') continue;
         char path[1400], *buf = NULL;
         size_t len = 0;
         moeh_err_t err = {0};
@@ -33,10 +32,8 @@ static void test_every_wire_seed_decodes(void **state)
         fuzz_msg_t m;
         fuzz_split((const uint8_t *)buf, len, &m);
         Moeh__Envelope *e = NULL;
-        int rc = moeh_wire_decode(&k_fuzz_limits, m.hdr, m.hdr_len, m.frames, m.n_frames, &e,
-                                  &err);
-        if (rc)
-            print_error("%s: %s\n", de->d_name, err.msg);
+        int rc = moeh_wire_decode(&k_fuzz_limits, m.hdr, m.hdr_len, m.frames, m.n_frames, &e, &err);
+        if (rc) print_error("%s: %s\n", de->d_name, err.msg);
         assert_int_equal(rc, 0);
         seen_type[e->type] = 1;
         moeh__envelope__free_unpacked(e, NULL);
@@ -46,8 +43,7 @@ static void test_every_wire_seed_decodes(void **state)
     closedir(d);
     /* one seed at least of every message type */
     for (int t = MOEH__MSG_TYPE__HELLO; t <= MOEH__MSG_TYPE__SECAGG_REVEAL; t++) {
-        if (!seen_type[t])
-            print_error("no seed of type %d (%s)\n", t, moeh_msg_type_name(t));
+        if (!seen_type[t]) print_error("no seed of type %d (%s)\n", t, moeh_msg_type_name(t));
         assert_true(seen_type[t]);
     }
     assert_true(n >= 14);

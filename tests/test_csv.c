@@ -51,14 +51,13 @@ static void write_gz(const char *path, const char *s, size_t n, int members)
     }
 }
 
-static const char k_tricky[] =
-    "subject_id,text,value\r\n"
-    "1,plain,1.5\r\n"
-    "2,\"with, comma\",2\n"
-    "3,\"multi\nline\n\"\"quoted\"\" text\",-3.25\n"
-    "4,,\n"
-    "5,\"\",7e2\n"
-    "6,last,8"; /* no final newline */
+static const char k_tricky[] = "subject_id,text,value\r\n"
+                               "1,plain,1.5\r\n"
+                               "2,\"with, comma\",2\n"
+                               "3,\"multi\nline\n\"\"quoted\"\" text\",-3.25\n"
+                               "4,,\n"
+                               "5,\"\",7e2\n"
+                               "6,last,8"; /* no final newline */
 
 static void check_tricky(const char *path)
 {
@@ -162,7 +161,8 @@ static void test_random_roundtrip(void **state)
     char *s = malloc(cap), *want = malloc((size_t)48 << 20);
     size_t *wofs = malloc((fcap + 1) * sizeof *wofs), wl = 0;
     assert_true(s && want && wofs);
-    len += (size_t)sprintf(s, "\xef\xbb\xbf" "c0,c1,c2,c3,c4\n");
+    len += (size_t)sprintf(s, "\xef\xbb\xbf"
+                              "c0,c1,c2,c3,c4\n");
     static const char *const pieces[] = {"a", "bc", ",", "\"", "\n", "x y", "123", "-4.5"};
     for (size_t i = 0; i < R; i++) {
         bool crlf = moeh_rng_uniform(&r) < 0.3;
@@ -179,20 +179,15 @@ static void test_random_roundtrip(void **state)
             memcpy(want + wl, f, fl);
             wl += fl;
             bool quote = special || moeh_rng_uniform(&r) < 0.1;
-            if (quote)
-                s[len++] = '"';
+            if (quote) s[len++] = '"';
             for (size_t k = 0; k < fl; k++) {
-                if (f[k] == '"')
-                    s[len++] = '"';
+                if (f[k] == '"') s[len++] = '"';
                 s[len++] = f[k];
             }
-            if (quote)
-                s[len++] = '"';
-            if (c + 1 < C)
-                s[len++] = ',';
+            if (quote) s[len++] = '"';
+            if (c + 1 < C) s[len++] = ',';
         }
-        if (crlf)
-            s[len++] = '\r';
+        if (crlf) s[len++] = '\r';
         s[len++] = '\n';
     }
     wofs[R * C] = wl;
@@ -205,8 +200,7 @@ static void test_random_roundtrip(void **state)
     assert_int_equal(moeh_csv_col(rd, "c0"), 0); /* the BOM is not part of the name */
     for (size_t i = 0; i < R; i++) {
         int rc = moeh_csv_next(rd, &err);
-        if (rc != 1)
-            fail_msg("row %zu: %d %s", i, rc, err.msg);
+        if (rc != 1) fail_msg("row %zu: %d %s", i, rc, err.msg);
         for (size_t c = 0; c < C; c++) {
             moeh_csv_field_t f = moeh_csv_field(rd, c);
             size_t wlen = wofs[i * C + c + 1] - wofs[i * C + c];

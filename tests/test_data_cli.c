@@ -1,6 +1,6 @@
-/* test_data_cli.c - the data subcommands through moeh-sim in MOEH_BIN_DIR: --help and usage errors (exit 0 / 2), synth ->
- * extract (with notes and CXR) -> split, the demo's "vital signs are absent" warning, and
- * readable errors for a missing directory and a corrupted array. */
+/* test_data_cli.c - the data subcommands through moeh-sim in MOEH_BIN_DIR: --help and usage errors
+ * (exit 0 / 2), synth -> extract (with notes and CXR) -> split, the demo's "vital signs are absent"
+ * warning, and readable errors for a missing directory and a corrupted array. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,11 +46,9 @@ static bool out_has(const char *s)
     size_t len;
     moeh_err_t err = {0};
     snprintf(p, sizeof p, "%s/out", g_dir);
-    if (moeh_file_read_all(p, 1 << 24, &txt, &len, &err))
-        return false;
+    if (moeh_file_read_all(p, 1 << 24, &txt, &len, &err)) return false;
     bool r = strstr(txt, s) != NULL;
-    if (!r)
-        fprintf(stderr, "output lacks '%s':\n%s\n", s, txt);
+    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt);
     free(txt);
     return r;
 }
@@ -113,8 +111,7 @@ static void test_demo_warning(void **state)
     demo = demo ? demo : "/work/shared/data/mimic-iv-demo";
     char a[2048];
     snprintf(a, sizeof a, "%s/hosp/patients.csv.gz", demo);
-    if (access(a, R_OK))
-        skip();
+    if (access(a, R_OK)) skip();
     snprintf(a, sizeof a, "extract --mimic '%s' --out '%s/demo'", demo, g_dir);
     assert_int_equal(run(a), 0);
     assert_true(out_has("chartevents.csv.gz is missing: vital signs are absent"));

@@ -77,8 +77,7 @@ static void test_roundtrip(void **state)
     moeh_err_t err = {0};
     write_ok("rt", ds, dir);
     int rc = moeh_dataset_open(dir, true, &rd, &err);
-    if (rc)
-        fail_msg("%s", err.msg);
+    if (rc) fail_msg("%s", err.msg);
     assert_int_equal(rd->n, 10);
     assert_int_equal(rd->f_ts, 3);
     assert_int_equal(rd->n_tokens, ds->n_tokens);

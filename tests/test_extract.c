@@ -40,8 +40,7 @@ static void test_demo(void **state)
 {
     char p[512];
     snprintf(p, sizeof p, "%s/hosp/admissions.csv.gz", demo_dir());
-    if (access(p, R_OK) != 0)
-        skip(); /* the demo is a fixture outside the repository */
+    if (access(p, R_OK) != 0) skip(); /* the demo is a fixture outside the repository */
     moeh_extract_opts_t o;
     moeh_extract_opts_default(&o);
     o.mimic_dir = demo_dir();
@@ -49,8 +48,7 @@ static void test_demo(void **state)
     moeh_extract_stats_t st;
     moeh_err_t err = {0};
     int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc)
-        fail_msg("%s", err.msg);
+    if (rc) fail_msg("%s", err.msg);
     /* the published demo: 275 admissions, 128 with an ICU stay; counts cross-checked by
      * check_cohort.py below */
     assert_int_equal(st.admissions, 275);
@@ -149,8 +147,7 @@ static void test_tiny(void **state)
     moeh_extract_stats_t st;
     moeh_err_t err = {0};
     int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc)
-        fail_msg("%s", err.msg);
+    if (rc) fail_msg("%s", err.msg);
     assert_int_equal(st.malformed, 1);
     assert_int_equal(st.admissions, 3);
     assert_int_equal(ds->n, 2);
@@ -250,8 +247,7 @@ static void test_tiny_notes_cxr(void **state)
     moeh_dataset_t *ds = NULL;
     moeh_extract_stats_t st;
     int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc)
-        fail_msg("%s", err.msg);
+    if (rc) fail_msg("%s", err.msg);
     assert_true(st.have_notes && st.have_cxr);
     /* 100: notes 1 then 2 (charttime order), not 3; 200: none */
     int32_t *tok = NULL;

@@ -53,8 +53,7 @@ static int group_setup(void **state)
     moeh_err_t err = {0};
     char raw[300], mimic[320], note[320], cxr[320], data[300], keys[300];
     snprintf(g_shared, sizeof g_shared, "/tmp/moeh_test_fed_data_XXXXXX");
-    if (!mkdtemp(g_shared))
-        return -1;
+    if (!mkdtemp(g_shared)) return -1;
     snprintf(raw, sizeof raw, "%s/raw", g_shared);
     snprintf(mimic, sizeof mimic, "%s/mimic", raw);
     snprintf(note, sizeof note, "%s/note", raw);
@@ -77,18 +76,14 @@ static int group_setup(void **state)
     const char *names[N_SITES] = {"site-1", "site-2", "site-3"};
     moeh_log_configure(MOEH_LOG_WARN, "test", NULL, NULL);
     int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc)
-        rc = moeh_extract(&eo, &ds, &est, &err);
+    if (!rc) rc = moeh_extract(&eo, &ds, &est, &err);
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.4:ehr,site-2:0.3:ehr+notes,site-3:0.3:ehr+notes+img",
                                     &sp, &err);
-    if (!rc)
-        rc = moeh_split_write(ds, &sp, data, NULL, &err);
-    if (!rc)
-        rc = moeh_localfed_keys(keys, names, N_SITES, &err);
+    if (!rc) rc = moeh_split_write(ds, &sp, data, NULL, &err);
+    if (!rc) rc = moeh_localfed_keys(keys, names, N_SITES, &err);
     moeh_dataset_free(&ds);
-    if (rc)
-        fprintf(stderr, "group setup: %s\n", err.msg);
+    if (rc) fprintf(stderr, "group setup: %s\n", err.msg);
     return rc;
 }
 
@@ -102,8 +97,7 @@ static int setup(void **state)
     fixture_t *f = calloc(1, sizeof *f);
     moeh_err_t err = {0};
     snprintf(f->dir, sizeof f->dir, "/tmp/moeh_test_fed_XXXXXX");
-    if (!mkdtemp(f->dir))
-        return -1;
+    if (!mkdtemp(f->dir)) return -1;
     snprintf(f->data, sizeof f->data, "%s/sites", g_shared);
     snprintf(f->keys, sizeof f->keys, "%s/keys", f->dir);
     snprintf(f->logs, sizeof f->logs, "%s/logs", f->dir);
@@ -127,8 +121,7 @@ static int teardown(void **state)
     for (size_t i = 0; i < f->n_procs; i++)
         moeh_proc_stop(&f->procs[i], 2000);
     if (getenv("MOEH_KEEP_TEST_DIR") == NULL) {
-        if (moeh_test_rmtree(f->dir) != 0)
-            return -1;
+        if (moeh_test_rmtree(f->dir) != 0) return -1;
     } else {
         fprintf(stderr, "kept %s\n", f->dir);
     }
@@ -137,22 +130,51 @@ static int teardown(void **state)
 }
 
 /* Starts the coordinator; bind may be NULL (any port) and wait_sites defaults to "3". */
-static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds,
-                                          const char *min_sites, const char *wait_sites,
-                                          const char *bind, const char *log_name,
-                                          char *const more[])
+static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char *min_sites,
+                                          const char *wait_sites, const char *bind,
+                                          const char *log_name, char *const more[])
 {
     char reg[400], key[400], log[400];
     snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
     snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
     snprintf(log, sizeof log, "%s/%s", f->logs, log_name);
-    char *args[48] = {"--registry", reg, "--key", key, "--rounds", (char *)rounds,
-                      "--min-sites", (char *)min_sites, "--wait-sites", (char *)wait_sites,
-                      "--out", f->out, "--heartbeat-ms", "200", "--heartbeat-timeout-ms", "1500",
-                      "--deadline-ms", "20000", "--start-timeout-ms", "30000",
-                      "--max-retries", "1", "--local-epochs", "2", "--lr", "0.003",
-                      "--d-emb", "16", "--d-hidden", "16", "--note-buckets", "1024",
-                      "--batch-size", "32", "--warmup-rounds", "1", "--table=false"};
+    char *args[48] = {"--registry",
+                      reg,
+                      "--key",
+                      key,
+                      "--rounds",
+                      (char *)rounds,
+                      "--min-sites",
+                      (char *)min_sites,
+                      "--wait-sites",
+                      (char *)wait_sites,
+                      "--out",
+                      f->out,
+                      "--heartbeat-ms",
+                      "200",
+                      "--heartbeat-timeout-ms",
+                      "1500",
+                      "--deadline-ms",
+                      "20000",
+                      "--start-timeout-ms",
+                      "30000",
+                      "--max-retries",
+                      "1",
+                      "--local-epochs",
+                      "2",
+                      "--lr",
+                      "0.003",
+                      "--d-emb",
+                      "16",
+                      "--d-hidden",
+                      "16",
+                      "--note-buckets",
+                      "1024",
+                      "--batch-size",
+                      "32",
+                      "--warmup-rounds",
+                      "1",
+                      "--table=false"};
     int n = 0;
     while (args[n])
         n++;
@@ -167,8 +189,7 @@ static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds,
     moeh_err_t err = {0};
     int rc = moeh_localfed_start_coordinator(p, f->bin, args, NULL, log, f->endpoint,
                                              sizeof f->endpoint, &err);
-    if (rc)
-        print_error("%s\n", err.msg);
+    if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;
 }
@@ -196,10 +217,9 @@ static moeh_proc_t *start_agent(fixture_t *f, const char *site_id, const char *d
     snprintf(log, sizeof log, "%s/%s-as-%s.log", f->logs, key_site, site_id);
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
-    int rc = moeh_localfed_start_agent(p, f->bin, f->endpoint, site_id, ds, key, pub, extra, log,
-                                       &err);
-    if (rc)
-        print_error("%s\n", err.msg);
+    int rc =
+        moeh_localfed_start_agent(p, f->bin, f->endpoint, site_id, ds, key, pub, extra, log, &err);
+    if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;
 }
@@ -229,11 +249,9 @@ static void read_metrics(const fixture_t *f, metrics_t *m)
             int r = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "round"));
             assert_int_equal(r, m->n_eval + 1); /* rounds in order, none skipped */
             m->sites[m->n_eval] = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "sites"));
-            m->train_loss[m->n_eval] =
-                cJSON_GetNumberValue(cJSON_GetObjectItem(j, "train_loss"));
+            m->train_loss[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "train_loss"));
             m->test_loss[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "test_loss"));
-            m->auroc_mean[m->n_eval] =
-                cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_mean"));
+            m->auroc_mean[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_mean"));
             m->n_eval++;
         } else if (!strcmp(ev, "site_gone")) {
             m->n_gone++;
@@ -246,12 +264,10 @@ static void read_metrics(const fixture_t *f, metrics_t *m)
 static void wait_exit(moeh_proc_t *p, int timeout_ms, int want_code)
 {
     int rc = moeh_proc_wait(p, timeout_ms);
-    if (rc)
-        print_error("%s did not exit within %d ms\n", p->name, timeout_ms);
+    if (rc) print_error("%s did not exit within %d ms\n", p->name, timeout_ms);
     assert_int_equal(rc, 0);
     if (moeh_proc_exit_code(p) != want_code)
-        print_error("%s exited with %d, expected %d\n", p->name, moeh_proc_exit_code(p),
-                    want_code);
+        print_error("%s exited with %d, expected %d\n", p->name, moeh_proc_exit_code(p), want_code);
     assert_int_equal(moeh_proc_exit_code(p), want_code);
 }
 
@@ -353,14 +369,12 @@ static void test_unregistered_key_refused(void **state)
     free(log);
 }
 
-
 static int file_contains(const char *path, const char *needle)
 {
     char *buf = NULL;
     size_t len;
     moeh_err_t err = {0};
-    if (moeh_file_read_all(path, 1 << 22, &buf, &len, &err) != 0)
-        return 0;
+    if (moeh_file_read_all(path, 1 << 22, &buf, &len, &err) != 0) return 0;
     int found = strstr(buf, needle) != NULL;
     free(buf);
     return found;
@@ -545,15 +559,15 @@ static void test_resume_refuses_damaged_checkpoint(void **state)
     char path[500];
     assert_int_equal(moeh_mkdir_p(f->out, &err), 0);
     snprintf(path, sizeof path, "%s/checkpoint.moeh", f->out);
-    assert_int_equal(moeh_file_write_atomic(path, "MOEHCKPT\1\0\0\0garbage-garbage-garbage", 31,
-                                            &err), 0);
+    assert_int_equal(
+        moeh_file_write_atomic(path, "MOEHCKPT\1\0\0\0garbage-garbage-garbage", 31, &err), 0);
     char exe[2100], reg[400], key[400], log[400];
     snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
     snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
     snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
     snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    char *argv[] = {exe, "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
-                    "--out", f->out, "--resume", NULL};
+    char *argv[] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
+                    "--out", f->out,   "--resume",          NULL};
     moeh_proc_t *p = &f->procs[f->n_procs++];
     assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
     wait_exit(p, 10000, 1);
@@ -576,8 +590,7 @@ static void write_registry(const fixture_t *f, const char *const *sites, size_t 
 }
 
 /* Waits (at most 20 s) until the log contains needle `count` times; fails if p exits. */
-static void wait_log(const fixture_t *f, moeh_proc_t *p, const char *log_name,
-                     const char *needle)
+static void wait_log(const fixture_t *f, moeh_proc_t *p, const char *log_name, const char *needle)
 {
     char path[400];
     snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
@@ -676,8 +689,8 @@ static void rogue_expect_error(rogue_t *r, const void *hdr, size_t len, const mo
 {
     assert_true(zmq_send(r->sock, hdr, len, nf ? ZMQ_SNDMORE : 0) >= 0);
     for (size_t i = 0; i < nf; i++)
-        assert_true(zmq_send(r->sock, frames[i].data, frames[i].len,
-                             i + 1 < nf ? ZMQ_SNDMORE : 0) >= 0);
+        assert_true(
+            zmq_send(r->sock, frames[i].data, frames[i].len, i + 1 < nf ? ZMQ_SNDMORE : 0) >= 0);
     moeh_msg_t m;
     assert_int_equal(rogue_next(r, &m), 0);
     assert_int_equal(m.env->type, MOEH__MSG_TYPE__ERROR);
@@ -742,9 +755,12 @@ static void rogue_attack(fixture_t *f, const char *endpoint)
     assert_int_equal(rogue_next(&r, &m), 0);
     assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
     const Moeh__ModelSpec *ms = m.env->welcome->model;
-    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params, .n_groups = ms->n_groups,
-                                 .n_tasks = ms->n_tasks, .eval_bins = m.env->welcome->eval_bins,
-                                 .n_norm = ms->n_norm, .n_experts = ms->n_experts};
+    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
+                                 .n_groups = ms->n_groups,
+                                 .n_tasks = ms->n_tasks,
+                                 .eval_bins = m.env->welcome->eval_bins,
+                                 .n_norm = ms->n_norm,
+                                 .n_experts = ms->n_experts};
     moeh_msg_clear(&m);
     /* the statistics phase starts once all four joined */
     assert_int_equal(rogue_next(&r, &m), 0);
@@ -899,8 +915,8 @@ static int rogue_next_alive(rogue_t *r, moeh_msg_t *m)
 
 /* Sends env and expects an Error with `code` whose message contains needle (or needle2, if
  * not NULL); RoundStarts arriving first are skipped. */
-static void rogue_expect_reply2(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f,
-                                size_t nf, int code, const char *needle, const char *needle2)
+static void rogue_expect_reply2(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf,
+                                int code, const char *needle, const char *needle2)
 {
     assert_int_equal(moeh_wire_send(r->sock, NULL, 0, env, f, nf), 0);
     moeh_msg_t m;
@@ -976,9 +992,12 @@ static void test_secagg_late_update_refused(void **state)
     assert_int_equal(rogue_next_alive(&r, &m), 0);
     assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
     const Moeh__ModelSpec *ms = m.env->welcome->model;
-    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params, .n_groups = ms->n_groups,
-                                 .n_tasks = ms->n_tasks, .eval_bins = m.env->welcome->eval_bins,
-                                 .n_norm = ms->n_norm, .n_experts = ms->n_experts};
+    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
+                                 .n_groups = ms->n_groups,
+                                 .n_tasks = ms->n_tasks,
+                                 .eval_bins = m.env->welcome->eval_bins,
+                                 .n_norm = ms->n_norm,
+                                 .n_experts = ms->n_experts};
     moeh_msg_clear(&m);
     /* statistics: all-zero sums */
     assert_int_equal(rogue_next_alive(&r, &m), 0);
@@ -1002,9 +1021,12 @@ static void test_secagg_late_update_refused(void **state)
     assert_non_null(rs->secagg);
     assert_int_equal(rs->secagg->n, 4);
     assert_int_equal(rs->secagg->t, 3);
-    moeh_secagg_cfg_t cfg = {.round = rs->secagg->session, .n = rs->secagg->n,
-                             .t = rs->secagg->t, .k = rs->secagg->k,
-                             .graph_seed = rs->secagg->graph_seed, .len = nw};
+    moeh_secagg_cfg_t cfg = {.round = rs->secagg->session,
+                             .n = rs->secagg->n,
+                             .t = rs->secagg->t,
+                             .k = rs->secagg->k,
+                             .graph_seed = rs->secagg->graph_seed,
+                             .len = nw};
     uint32_t me = rs->secagg->id, round = rs->round;
     uint64_t version = rs->model_version;
     moeh_msg_clear(&m);
@@ -1043,12 +1065,11 @@ static void test_secagg_late_update_refused(void **state)
     Moeh__SecaggCipher ci[4], *cip[4];
     size_t nc = 0;
     for (uint32_t j = 0; j < 4; j++) {
-        if (!sent[j])
-            continue;
+        if (!sent[j]) continue;
         moeh__secagg_cipher__init(&ci[nc]);
         ci[nc].peer = j;
-        ci[nc].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
-                                          cts + j * MOEH_SECAGG_SHARE_CT_BYTES};
+        ci[nc].ct =
+            (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES, cts + j * MOEH_SECAGG_SHARE_CT_BYTES};
         cip[nc] = &ci[nc];
         nc++;
     }
@@ -1070,7 +1091,8 @@ static void test_secagg_late_update_refused(void **state)
     uint8_t u2[4] = {0};
     for (size_t i = 0; i < fw->n_ciphers; i++)
         assert_int_equal(moeh_secagg_client_receive_share(cl, fw->ciphers[i]->peer,
-                                                          fw->ciphers[i]->ct.data, &err), 0);
+                                                          fw->ciphers[i]->ct.data, &err),
+                         0);
     for (size_t i = 0; i < fw->n_u2; i++)
         u2[fw->u2[i]] = 1;
     moeh_msg_clear(&m);
@@ -1079,8 +1101,8 @@ static void test_secagg_late_update_refused(void **state)
     int64_t end = moeh_now_ms() + 20000;
     while (!file_contains(log, "round 1: secure aggregation: 3 masked updates, 1 sites dropped")) {
         assert_true(moeh_now_ms() < end);
-        assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL,
-                                               1), 0);
+        assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 1),
+                         0);
         assert_int_equal(moeh_proc_wait(c, 100), -ETIMEDOUT);
     }
     Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
@@ -1143,8 +1165,8 @@ static void test_untrained_group_unchanged(void **state)
     assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 1, &final, &err), 0);
     assert_int_equal(final.shape[0], p->n); /* same layout as the coordinator's */
     const float *w = final.data;
-    int gi = moeh_params_group_index(p, "encoder_img"), gn = moeh_params_group_index(p, "encoder_notes"),
-        gg = moeh_params_group_index(p, "gate");
+    int gi = moeh_params_group_index(p, "encoder_img"),
+        gn = moeh_params_group_index(p, "encoder_notes"), gg = moeh_params_group_index(p, "gate");
     assert_true(gi >= 0 && gn >= 0 && gg >= 0);
     assert_memory_equal(w + p->group_off[gi], p->w + p->group_off[gi],
                         p->group_len[gi] * sizeof(float));

@@ -62,8 +62,7 @@ static void test_hist_auroc_within_bound(void **state)
             print_message("sep %.1f bins %5zu: exact %.5f hist %.5f diff %.2e bound %.2e\n",
                           seps[k], bins[b], exact, h, fabs(h - exact), bound);
             assert_true(fabs(h - exact) <= bound + 1e-12);
-            if (bins[b] >= 1000)
-                assert_true(fabs(h - exact) < 1e-3); /* the default resolution */
+            if (bins[b] >= 1000) assert_true(fabs(h - exact) < 1e-3); /* the default resolution */
         }
     }
 }
@@ -79,7 +78,12 @@ static void test_summed_site_histograms_equal_pooled(void **state)
     for (size_t i = 0; i < N; i++)
         pooled[y[i] > 0][moeh_hist_bin(s[i], B)]++;
     for (size_t site = 0; site < 3; site++) { /* three sites, uneven shares */
-        size_t lo = site == 0 ? 0 : site == 1 ? N / 2 : 3 * N / 4, hi = site == 2 ? N : site == 0 ? N / 2 : 3 * N / 4;
+        size_t lo = site == 0   ? 0
+                    : site == 1 ? N / 2
+                                : 3 * N / 4,
+               hi = site == 2   ? N
+                    : site == 0 ? N / 2
+                                : 3 * N / 4;
         uint32_t h[2][1000] = {{0}};
         for (size_t i = lo; i < hi; i++)
             h[y[i] > 0][moeh_hist_bin(s[i], B)]++;

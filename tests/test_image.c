@@ -73,8 +73,7 @@ static void test_real_png_and_jpeg(void **state)
     char d[512];
     snprintf(d, sizeof d, "%s/images_1024", sample_dir());
     DIR *dir = opendir(d);
-    if (!dir)
-        skip();
+    if (!dir) skip();
     closedir(dir);
     moeh_err_t err = {0};
     size_t n = 0;
@@ -85,14 +84,12 @@ static void test_real_png_and_jpeg(void **state)
         assert_non_null(dir);
         struct dirent *e;
         while ((e = readdir(dir))) {
-            if (!strstr(e->d_name, ".png"))
-                continue;
+            if (!strstr(e->d_name, ".png")) continue;
             char p[1024], jp[1024];
             snprintf(p, sizeof p, "%s/%s", d, e->d_name);
             uint8_t a[64 * 64], b[64 * 64];
             int rc = moeh_image_load_gray(p, 64, a, &err);
-            if (rc)
-                fail_msg("%s", err.msg);
+            if (rc) fail_msg("%s", err.msg);
             double mean = 0, var = 0;
             for (int i = 0; i < 64 * 64; i++)
                 mean += a[i];
@@ -107,9 +104,9 @@ static void test_real_png_and_jpeg(void **state)
             tjhandle tj = tjInitCompress();
             unsigned char *jpg = NULL;
             unsigned long jl = 0;
-            assert_int_equal(tjCompress2(tj, pix, (int)w, 0, (int)h, TJPF_GRAY, &jpg, &jl,
-                                         TJSAMP_GRAY, 95, 0),
-                             0);
+            assert_int_equal(
+                tjCompress2(tj, pix, (int)w, 0, (int)h, TJPF_GRAY, &jpg, &jl, TJSAMP_GRAY, 95, 0),
+                0);
             snprintf(jp, sizeof jp, "%s/%s.jpg", g_dir, e->d_name);
             FILE *f = fopen(jp, "wb");
             assert_int_equal(fwrite(jpg, 1, jl, f), jl);

@@ -26,8 +26,7 @@ static char g_dir[256];
 static int setup(void **state)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_keys_XXXXXX");
-    if (!mkdtemp(g_dir))
-        return -1;
+    if (!mkdtemp(g_dir)) return -1;
     return moeh_crypto_init();
 }
 
@@ -192,8 +191,7 @@ static void test_keyfile_first_error_wins(void **state)
     assert_int_equal(moeh_keypair_read(path, &kp, &err), -EINVAL);
     assert_null(kp);
     snprintf(want, sizeof want, "%s:1: unknown field", path);
-    if (!strstr(err.msg, want))
-        print_error("expected '%s', got '%s'\n", want, err.msg);
+    if (!strstr(err.msg, want)) print_error("expected '%s', got '%s'\n", want, err.msg);
     assert_non_null(strstr(err.msg, want));
 }
 
@@ -262,8 +260,7 @@ static void test_registry_ok(void **state)
     moeh_registry_t r;
     moeh_err_t err = {{0}};
     int rc = moeh_registry_load(path, &r, &err);
-    if (rc)
-        print_error("%s\n", err.msg);
+    if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     assert_int_equal(r.n, 3);
     assert_string_equal(moeh_registry_lookup(&r, k.raw[0]), "hospital-a");

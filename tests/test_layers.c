@@ -175,24 +175,42 @@ static void gru_grad_case(size_t B, size_t T, size_t I, size_t H, unsigned seed)
                             B * T * G * 2 + T * B * 4 * H + B * G + B * H * 2 + T * B * G,
                         sizeof(float));
     assert_non_null(buf);
-    float *q = buf, *x = q; q += B * T * I;
-    float *wih = q; q += G * I;
-    float *whh = q; q += G * H;
-    float *bih = q; q += G;
-    float *bhh = q; q += G;
-    float *hs = q; q += (T + 1) * B * H;
-    float *xi = q; q += B * T * G;
-    float *gates = q; q += T * B * 4 * H;
-    float *hh = q; q += B * G;
-    float *whhT = q; q += G * H;
-    float *R = q; q += B * H;
-    float *dx = q; q += B * T * I;
-    float *dwih = q; q += G * I;
-    float *dwhh = q; q += G * H;
-    float *dbih = q; q += G;
-    float *dbhh = q; q += G;
-    float *dxi = q; q += B * T * G;
-    float *dhh = q; q += T * B * G;
+    float *q = buf, *x = q;
+    q += B * T * I;
+    float *wih = q;
+    q += G * I;
+    float *whh = q;
+    q += G * H;
+    float *bih = q;
+    q += G;
+    float *bhh = q;
+    q += G;
+    float *hs = q;
+    q += (T + 1) * B * H;
+    float *xi = q;
+    q += B * T * G;
+    float *gates = q;
+    q += T * B * 4 * H;
+    float *hh = q;
+    q += B * G;
+    float *whhT = q;
+    q += G * H;
+    float *R = q;
+    q += B * H;
+    float *dx = q;
+    q += B * T * I;
+    float *dwih = q;
+    q += G * I;
+    float *dwhh = q;
+    q += G * H;
+    float *dbih = q;
+    q += G;
+    float *dbhh = q;
+    q += G;
+    float *dxi = q;
+    q += B * T * G;
+    float *dhh = q;
+    q += T * B * G;
     float *dh = q;
     moeh_rng_t r;
     moeh_rng_seed(&r, seed);
@@ -376,8 +394,7 @@ static void test_conv_direct_grad(void **state)
 }
 
 /* direct forward, data gradient and (where supported) weight gradient == the im2col kernels */
-static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t OC,
-                                  unsigned seed)
+static void conv_direct_vs_im2col(size_t B, size_t H, size_t W, size_t C, size_t OC, unsigned seed)
 {
     size_t N = B * H * W;
     float *x = malloc(N * C * 4), *w = malloc(OC * 9 * C * 4), *b = malloc(OC * 4);
@@ -470,9 +487,9 @@ static void test_conv_direct(void **state)
     conv_direct_vs_im2col(2, 3, 17, 64, 32, 5);
     conv_direct_vs_im2col(1, 3, 7, 16, 48, 6);
     conv_direct_vs_im2col(1, 1, 1, 1, 32, 7);
-    conv_direct_vs_im2col(2, 8, 12, 1, 16, 8);   /* first layer, fused pooling */
+    conv_direct_vs_im2col(2, 8, 12, 1, 16, 8); /* first layer, fused pooling */
     conv_direct_vs_im2col(1, 4, 4, 32, 64, 9);
-    conv_direct_vs_im2col(1, 6, 4, 2, 16, 10);   /* two channels: dW from the pooled gradient */
+    conv_direct_vs_im2col(1, 6, 4, 2, 16, 10); /* two channels: dW from the pooled gradient */
 }
 
 /* ---- pooling --------------------------------------------------------------------------------- */

@@ -71,8 +71,7 @@ static void test_bce_hand_values(void **state)
 }
 
 /* Loss of the MLP in double for finite differences. */
-static double mlp_loss(moeh_mlp_t *m, const float *x, const float *y, const uint8_t *mask,
-                       size_t B)
+static double mlp_loss(moeh_mlp_t *m, const float *x, const float *y, const uint8_t *mask, size_t B)
 {
     const float *logits;
     assert_int_equal(moeh_mlp_forward(m, x, B, &logits), 0);
@@ -115,8 +114,7 @@ static void test_mlp_gradcheck(void **state)
         double lm = mlp_loss(m, x, y, mask, 8);
         p->w[i] = x0;
         double g = p->g[i], num = (lp - lm) / (2 * eps);
-        if (fabs(num - g) <= 1e-2 * (fabs(num) + fabs(g)) + 1e-5)
-            continue;
+        if (fabs(num - g) <= 1e-2 * (fabs(num) + fabs(g)) + 1e-5) continue;
         double right = (lp - l0) / eps, left = (l0 - lm) / eps;
         int ok = fabs(right - g) <= 5e-2 * (fabs(right) + fabs(g)) + 1e-5 ||
                  fabs(left - g) <= 5e-2 * (fabs(left) + fabs(g)) + 1e-5;
@@ -160,8 +158,7 @@ static void test_mlp_learns(void **state)
     for (int step = 1; step <= 300; step++) {
         moeh_params_zero_grad(p);
         assert_int_equal(moeh_mlp_loss_backward(m, x, y, mask, 64, &last), 0);
-        if (step == 1)
-            first = last;
+        if (step == 1) first = last;
         moeh_adamw_step(p, &ac, (uint64_t)step);
     }
     assert_true(last < 0.2 * first);
@@ -177,8 +174,8 @@ static void test_adamw_hand_step(void **state)
     assert_int_equal(moeh_params_finalize(&p), 0);
     p.w[0] = 1.0f, p.w[1] = -2.0f;
     p.g[0] = 0.5f, p.g[1] = -4.0f;
-    moeh_adamw_cfg_t c = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                          .weight_decay = 0.01f, .clip = 0};
+    moeh_adamw_cfg_t c = {
+        .lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .clip = 0};
     moeh_adamw_step(&p, &c, 1);
     /* step 1: m_hat = g, v_hat = g^2 -> update = sign(g) (up to eps) + wd * w */
     assert_true(fabs(p.w[0] - (1.0 - 0.1 * (1.0 + 0.01 * 1.0))) < 1e-6);
@@ -211,9 +208,12 @@ static void test_auroc_hand(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_params_layout_group_major), cmocka_unit_test(test_bce_hand_values),
-        cmocka_unit_test(test_mlp_gradcheck),             cmocka_unit_test(test_mlp_learns),
-        cmocka_unit_test(test_adamw_hand_step),           cmocka_unit_test(test_auroc_hand),
+        cmocka_unit_test(test_params_layout_group_major),
+        cmocka_unit_test(test_bce_hand_values),
+        cmocka_unit_test(test_mlp_gradcheck),
+        cmocka_unit_test(test_mlp_learns),
+        cmocka_unit_test(test_adamw_hand_step),
+        cmocka_unit_test(test_auroc_hand),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,8 +13,8 @@
 static void test_gaussian_closed_form(void **state)
 {
     /* q = 1: alpha / (2 sigma^2) per step (Mironov 2017), additive over steps */
-    assert_true(fabs(moeh_rdp_gaussian(1, 2.71828, 3.14159, 1) - 3.14159 / (2 * 2.71828 * 2.71828)) <
-                1e-12);
+    assert_true(fabs(moeh_rdp_gaussian(1, 2.71828, 3.14159, 1) -
+                     3.14159 / (2 * 2.71828 * 2.71828)) < 1e-12);
     assert_true(fabs(moeh_rdp_gaussian(1, 2.0, 4, 10) - 10 * 4 / 8.0) < 1e-12);
     /* integer orders with q < 1 reduce to the same at q -> 1 */
     assert_true(fabs(moeh_rdp_gaussian(1 - 1e-12, 2.0, 4, 1) - 0.5) < 1e-6);
@@ -27,8 +27,8 @@ static void test_gaussian_closed_form(void **state)
 static void test_subsampled_gaussian_published(void **state)
 {
     /* q = 0.01, sigma = 2.5, 50 steps; dp_accounting asserts these at rtol 1e-4 */
-    const double orders[3] = {5, 50, 100}, want[3] = {2.18075656e-03, 2.38460375e-02,
-                                                      1.67416308e02};
+    const double orders[3] = {5, 50, 100},
+                 want[3] = {2.18075656e-03, 2.38460375e-02, 1.67416308e02};
     for (int i = 0; i < 3; i++) {
         double r = moeh_rdp_gaussian(0.01, 2.5, orders[i], 50);
         print_message("order %g: %.8e (published %.8e)\n", orders[i], r, want[i]);

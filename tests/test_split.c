@@ -43,8 +43,7 @@ static moeh_dataset_t *make(void)
     int64_t subj = 100;
     int32_t tok[NROWS];
     for (size_t i = 0; i < NROWS; i++) {
-        if (i == 0 || moeh_rng_uniform(&r) < 0.55)
-            subj++;
+        if (i == 0 || moeh_rng_uniform(&r) < 0.55) subj++;
         ds->ids[2 * i] = subj, ds->ids[2 * i + 1] = 1000 + (int64_t)i;
         ds->static_x[4 * i + 1 + (size_t)(subj % 3)] = 1;
         for (int t = 0; t < 3; t++) {
@@ -66,7 +65,8 @@ static void test_parse(void **state)
     moeh_split_opts_t o;
     moeh_err_t err = {0};
     moeh_split_opts_default(&o);
-    assert_int_equal(moeh_split_parse_sites("A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2", &o, &err), 0);
+    assert_int_equal(moeh_split_parse_sites("A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2", &o, &err),
+                     0);
     assert_int_equal(o.n_sites, 3);
     assert_int_equal(o.sites[1].mods, 1u | 4u);
     assert_int_equal(o.sites[2].mods, 7u);
@@ -128,8 +128,8 @@ static void test_write(void **state)
     moeh_split_opts_t o;
     moeh_err_t err = {0};
     moeh_split_opts_default(&o);
-    assert_int_equal(moeh_split_parse_sites("A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2:ehr", &o,
-                                            &err), 0);
+    assert_int_equal(
+        moeh_split_parse_sites("A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2:ehr", &o, &err), 0);
     char out[512], p[700];
     snprintf(out, sizeof out, "%s/sites", g_dir);
     assert_int_equal(moeh_split_write(ds, &o, out, NULL, &err), 0);
@@ -138,8 +138,7 @@ static void test_write(void **state)
     for (int k = 0; k < 3; k++) {
         snprintf(p, sizeof p, "%s/%s", out, names[k]);
         int rc = moeh_dataset_open(p, true, &site, &err);
-        if (rc)
-            fail_msg("%s", err.msg);
+        if (rc) fail_msg("%s", err.msg);
         total += site->n;
         for (size_t i = 0; i < site->n; i++) {
             assert_int_equal(site->avail[3 * i + 1], k == 0);

@@ -41,8 +41,8 @@ static void test_fedadam_and_yogi_steps(void **state)
     float d[4];
     uint8_t up[2];
     moeh_fedavg_mean_delta(&a, 1000.0, d, up);
-    moeh_server_opt_t o = {.kind = MOEH_STRATEGY_FEDADAM, .lr = 0.1f, .beta1 = 0.9f,
-                           .beta2 = 0.99f, .tau = 1e-3f};
+    moeh_server_opt_t o = {
+        .kind = MOEH_STRATEGY_FEDADAM, .lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.99f, .tau = 1e-3f};
     float th[4] = {1, 1, 1, 1}, m[4] = {0}, v[4] = {0};
     moeh_server_opt_step(&o, &a, th, m, v, d, up);
     /* m = 0.1 d, v = 0.01 d^2 -> step = 0.1 * 0.1 d / (0.1 |d| + 1e-3) */

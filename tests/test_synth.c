@@ -50,8 +50,7 @@ static size_t read_truth(const char *dir, truth_t *out, size_t cap)
         c_h = moeh_csv_col(r, "hemodynamic"), c_k = moeh_csv_col(r, "renal");
     size_t n = 0;
     while (moeh_csv_next(r, &err) == 1) {
-        if (!moeh_csv_eq(moeh_csv_field(r, (size_t)c_in), "1"))
-            continue;
+        if (!moeh_csv_eq(moeh_csv_field(r, (size_t)c_in), "1")) continue;
         assert_true(n < cap);
         truth_t *t = &out[n++];
         int64_t v;
@@ -77,8 +76,7 @@ static size_t read_truth(const char *dir, truth_t *out, size_t cap)
 static int cmp_truth(const void *a, const void *b)
 {
     const truth_t *x = a, *y = b;
-    if (x->subj != y->subj)
-        return x->subj < y->subj ? -1 : 1;
+    if (x->subj != y->subj) return x->subj < y->subj ? -1 : 1;
     return x->hadm < y->hadm ? -1 : x->hadm > y->hadm;
 }
 
@@ -109,8 +107,7 @@ static void test_roundtrip(void **state)
     moeh_synth_stats_t ss;
     moeh_err_t err = {0};
     int rc = moeh_synth(&so, db, &ss, &err);
-    if (rc)
-        fail_msg("%s", err.msg);
+    if (rc) fail_msg("%s", err.msg);
     assert_int_equal(ss.cohort, N_ADM);
     assert_true(ss.admissions > N_ADM); /* excluded admissions exist */
     for (int k = 0; k < 3; k++)
@@ -125,8 +122,7 @@ static void test_roundtrip(void **state)
     eo.mimic_dir = m, eo.note_dir = n, eo.cxr_dir = c;
     moeh_dataset_t *ds = NULL;
     moeh_extract_stats_t es;
-    if ((rc = moeh_extract(&eo, &ds, &es, &err)))
-        fail_msg("%s", err.msg);
+    if ((rc = moeh_extract(&eo, &ds, &es, &err))) fail_msg("%s", err.msg);
     assert_int_equal(es.malformed, 0);
     assert_true(es.have_vitals && es.have_labs && es.have_notes && es.have_cxr);
 
@@ -168,8 +164,7 @@ static void test_roundtrip(void **state)
     int32_t meta = moeh_token_id("metastatic", 10);
     size_t hits_hi = 0, hits_lo = 0, hi = 0, lo = 0;
     for (size_t i = 0; i < nt; i++) {
-        if (!tr[i].notes)
-            continue;
+        if (!tr[i].notes) continue;
         bool hit = false;
         for (int64_t q = ds->note_offsets[i]; q < ds->note_offsets[i + 1]; q++)
             hit |= ds->note_tokens[q] == meta;
@@ -215,9 +210,12 @@ static void test_roundtrip(void **state)
     snprintf(db2, sizeof db2, "%s/db2", g_dir);
     so.images = false;
     assert_int_equal(moeh_synth(&so, db2, &ss, &err), 0);
-    const char *files[] = {"truth.csv", "mimic/hosp/admissions.csv.gz",
-                           "mimic/icu/chartevents.csv.gz", "mimic/hosp/labevents.csv.gz",
-                           "note/note/radiology.csv.gz", "cxr/mimic-cxr-2.0.0-metadata.csv.gz"};
+    const char *files[] = {"truth.csv",
+                           "mimic/hosp/admissions.csv.gz",
+                           "mimic/icu/chartevents.csv.gz",
+                           "mimic/hosp/labevents.csv.gz",
+                           "note/note/radiology.csv.gz",
+                           "cxr/mimic-cxr-2.0.0-metadata.csv.gz"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         assert_true(file_hash(db, files[i]) == file_hash(db2, files[i]));
     so.seed = 12;

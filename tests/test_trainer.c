@@ -25,8 +25,7 @@ static int group_setup(void **state)
     moeh_err_t err = {0};
     char raw[300], mimic[320], note[320], cxr[320];
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_trainer_XXXXXX");
-    if (!mkdtemp(g_dir))
-        return -1;
+    if (!mkdtemp(g_dir)) return -1;
     snprintf(raw, sizeof raw, "%s/raw", g_dir);
     snprintf(mimic, sizeof mimic, "%s/mimic", raw);
     snprintf(note, sizeof note, "%s/note", raw);
@@ -42,10 +41,8 @@ static int group_setup(void **state)
     eo.mimic_dir = mimic, eo.note_dir = note, eo.cxr_dir = cxr;
     moeh_extract_stats_t est;
     int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc)
-        rc = moeh_extract(&eo, &g_ds, &est, &err);
-    if (rc)
-        fprintf(stderr, "setup: %s\n", err.msg);
+    if (!rc) rc = moeh_extract(&eo, &g_ds, &est, &err);
+    if (rc) fprintf(stderr, "setup: %s\n", err.msg);
     return rc;
 }
 
@@ -83,7 +80,8 @@ static moeh_trainer_t *trainer_of(size_t lo, size_t hi, unsigned mods)
 static void test_stats_and_pooled_norm(void **state)
 {
     size_t n = g_ds->n, half = n / 2;
-    moeh_trainer_t *a = trainer_of(0, half, 7), *b = trainer_of(half, n, 7), *all = trainer_of(0, n, 7);
+    moeh_trainer_t *a = trainer_of(0, half, 7), *b = trainer_of(half, n, 7),
+                   *all = trainer_of(0, n, 7);
     size_t nn = moeh_trainer_n_norm(all);
     assert_int_equal(nn, g_ds->f_static + g_ds->f_ts);
     double *sa = calloc(3 * nn, sizeof(double)), *sb = calloc(3 * nn, sizeof(double)),
@@ -123,8 +121,12 @@ static double dist_after_training(float mu)
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(t));
     float *w0 = malloc(p->n * sizeof(float));
     memcpy(w0, p->w, p->n * sizeof(float));
-    moeh_train_cfg_t tc = {.epochs = 2, .batch_size = 32, .adamw = moeh_adamw_defaults(),
-                           .phase = MOEH_PHASE_JOINT, .prox_mu = mu, .seed = 1};
+    moeh_train_cfg_t tc = {.epochs = 2,
+                           .batch_size = 32,
+                           .adamw = moeh_adamw_defaults(),
+                           .phase = MOEH_PHASE_JOINT,
+                           .prox_mu = mu,
+                           .seed = 1};
     tc.adamw.lr = 1e-2f;
     moeh_train_result_t res;
     moeh_err_t err = {0};
@@ -149,12 +151,16 @@ static void test_group_samples_and_eval_sums(void **state)
 {
     moeh_trainer_t *t = trainer_of(0, g_ds->n, 1); /* an EHR-only site */
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(t));
-    moeh_train_cfg_t tc = {.epochs = 1, .batch_size = 32, .adamw = moeh_adamw_defaults(),
-                           .phase = MOEH_PHASE_JOINT, .seed = 1};
+    moeh_train_cfg_t tc = {.epochs = 1,
+                           .batch_size = 32,
+                           .adamw = moeh_adamw_defaults(),
+                           .phase = MOEH_PHASE_JOINT,
+                           .seed = 1};
     moeh_train_result_t res;
     moeh_err_t err = {0};
     assert_int_equal(moeh_trainer_train(t, &tc, &res, &err), 0);
-    int gi = moeh_params_group_index(p, "encoder_img"), gn = moeh_params_group_index(p, "encoder_notes"),
+    int gi = moeh_params_group_index(p, "encoder_img"),
+        gn = moeh_params_group_index(p, "encoder_notes"),
         ge = moeh_params_group_index(p, "encoder_ehr"), gh = moeh_params_group_index(p, "heads");
     assert_int_equal(res.group_samples[gi], 0);
     assert_int_equal(res.group_samples[gn], 0);
@@ -164,8 +170,8 @@ static void test_group_samples_and_eval_sums(void **state)
 
     const uint32_t bins = 50;
     uint32_t *hist = calloc((size_t)MOEH_EVAL_SLICES * 3 * 2 * bins, sizeof(uint32_t));
-    float *gate = calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(moeh_trainer_model(t)),
-                         sizeof(float));
+    float *gate =
+        calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(moeh_trainer_model(t)), sizeof(float));
     moeh_eval_sums_t es = {.hist = hist, .gate_sum = gate};
     assert_int_equal(moeh_trainer_evaluate(t, MOEH_SPLIT_TEST, bins, &es, NULL, NULL, &err), 0);
     size_t test_rows = moeh_trainer_rows(t, MOEH_SPLIT_TEST), labels = 0, in_slice0 = 0;

@@ -10,8 +10,7 @@
 /* Creates /tmp/moeh_test_NAME_XXXXXX into buf (cap bytes). 0 or -1. */
 static inline int moeh_test_tmpdir(char *buf, size_t cap, const char *name)
 {
-    if (snprintf(buf, cap, "/tmp/moeh_test_%s_XXXXXX", name) >= (int)cap)
-        return -1;
+    if (snprintf(buf, cap, "/tmp/moeh_test_%s_XXXXXX", name) >= (int)cap) return -1;
     return mkdtemp(buf) ? 0 : -1;
 }
 

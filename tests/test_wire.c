@@ -6,8 +6,9 @@
  * weights, inconsistent histograms, invalid site ids and round configs, frames where none are
  * allowed, over-long strings) and must be refused with the documented code and a message that
  * names the field. The secure-aggregation messages and RoundStart.secagg get the same: round
- * trips, then every count, size, order, session and limit rule broken once. Finally a real ZeroMQ inproc PAIR carries messages through moeh_wire_send /
- * moeh_wire_recv, including messages with too many parts, which must be refused and drained. */
+ * trips, then every count, size, order, session and limit rule broken once. Finally a real ZeroMQ
+ * inproc PAIR carries messages through moeh_wire_send / moeh_wire_recv, including messages with too
+ * many parts, which must be refused and drained. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -258,9 +259,9 @@ static void mk_bye(msg_t *m)
 }
 
 typedef void (*mk_fn)(msg_t *m);
-static const mk_fn k_makers[] = {mk_hello,     mk_welcome,   mk_round_start, mk_update,
-                                 mk_eval_result, mk_heartbeat, mk_error,       mk_bye,
-                                 mk_stats_result};
+static const mk_fn k_makers[] = {mk_hello,  mk_welcome,     mk_round_start,
+                                 mk_update, mk_eval_result, mk_heartbeat,
+                                 mk_error,  mk_bye,         mk_stats_result};
 #define N_MAKERS (sizeof k_makers / sizeof k_makers[0])
 
 static size_t frame_bytes(const moeh_frame_t *f)
@@ -281,8 +282,7 @@ static void pack_msg(msg_t *m, uint8_t **hdr, size_t *len, moeh_iov_t *iov)
 }
 
 /* Packs and decodes m against lim; returns the code, *out owns the envelope on success. */
-static int roundtrip(msg_t *m, const moeh_wire_limits_t *lim, Moeh__Envelope **out,
-                     moeh_err_t *err)
+static int roundtrip(msg_t *m, const moeh_wire_limits_t *lim, Moeh__Envelope **out, moeh_err_t *err)
 {
     uint8_t *hdr = NULL;
     size_t len = 0;
@@ -301,13 +301,12 @@ static void check_reject_raw(const moeh_wire_limits_t *lim, const void *hdr, siz
     Moeh__Envelope *e = (Moeh__Envelope *)&err; /* must be reset to NULL */
     int rc = moeh_wire_decode(lim, hdr, len, iov, nf, &e, &err);
     if (rc != code || (needle && !strstr(err.msg, needle)))
-        print_error("expected %d mentioning '%s', got %d: '%s'\n", code,
-                    needle ? needle : "", rc, err.msg);
+        print_error("expected %d mentioning '%s', got %d: '%s'\n", code, needle ? needle : "", rc,
+                    err.msg);
     assert_int_equal(rc, code);
     assert_null(e);
     assert_true(err.msg[0] != '\0');
-    if (needle)
-        assert_non_null(strstr(err.msg, needle));
+    if (needle) assert_non_null(strstr(err.msg, needle));
 }
 
 static void check_reject(msg_t *m, const moeh_wire_limits_t *lim, int code, const char *needle)
@@ -325,8 +324,7 @@ static void check_accept(msg_t *m, const moeh_wire_limits_t *lim)
     moeh_err_t err = {{0}};
     Moeh__Envelope *e = NULL;
     int rc = roundtrip(m, lim, &e, &err);
-    if (rc)
-        print_error("unexpected rejection %d: %s\n", rc, err.msg);
+    if (rc) print_error("unexpected rejection %d: %s\n", rc, err.msg);
     assert_int_equal(rc, 0);
     assert_non_null(e);
     moeh__envelope__free_unpacked(e, NULL);
@@ -1166,8 +1164,7 @@ static void wait_readable(void *sock)
 static void send_parts(void *sock, const void *const *data, const size_t *len, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        assert_int_equal(zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0),
-                         (int)len[i]);
+        assert_int_equal(zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0), (int)len[i]);
 }
 
 /* ---- secure aggregation (docs/secagg.md) ------------------------------------------------ */
@@ -1302,8 +1299,7 @@ static void check_accept_env(Moeh__Envelope *env)
     Moeh__Envelope *e = NULL;
     assert_int_equal(moeh_wire_pack(env, NULL, 0, &hdr, &len), 0);
     int rc = moeh_wire_decode(&k_lim, hdr, len, NULL, 0, &e, &err);
-    if (rc)
-        print_error("unexpected rejection %d: %s\n", rc, err.msg);
+    if (rc) print_error("unexpected rejection %d: %s\n", rc, err.msg);
     assert_int_equal(rc, 0);
     moeh__envelope__free_unpacked(e, NULL);
     free(hdr);

@@ -25,8 +25,7 @@ typedef struct {
 static inline void fuzz_split(const uint8_t *d, size_t n, fuzz_msg_t *m)
 {
     memset(m, 0, sizeof *m);
-    if (n == 0)
-        return;
+    if (n == 0) return;
     size_t k = d[0] % (FUZZ_MAX_FRAMES + 1), pos = 1;
     size_t lens[FUZZ_MAX_FRAMES];
     for (size_t i = 0; i < k; i++) {

@@ -13,8 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         MOEH_ASSERT(moeh_crypto_init() == 0);
         init = 1;
     }
-    if (size == 0)
-        return 0;
+    if (size == 0) return 0;
     char *text = malloc(size);
     MOEH_ASSERT(text);
     memcpy(text, data + 1, size - 1);

@@ -94,10 +94,9 @@ int main(int argc, char **argv)
     rs.config = &rc;
     e3.type = MOEH__MSG_TYPE__ROUND_START, e3.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
     e3.round_start = &rs;
-    moeh_frame_t fp[2] = {{.name = "params", .dtype = MOEH__DTYPE__F32, .data = params,
-                           .count = L->n_params},
-                          {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = norm,
-                           .count = 2 * L->n_norm}};
+    moeh_frame_t fp[2] = {
+        {.name = "params", .dtype = MOEH__DTYPE__F32, .data = params, .count = L->n_params},
+        {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = norm, .count = 2 * L->n_norm}};
     put_msg(dir, "round_start", &e3, fp, 2);
     rs.task = MOEH__ROUND_TASK__STATS;
     put_msg(dir, "round_start_stats", &e3, NULL, 0);
@@ -106,7 +105,9 @@ int main(int argc, char **argv)
     Moeh__Update u = MOEH__UPDATE__INIT;
     u.round = 1, u.model_version = 0, u.train_loss = 0.5, u.n_samples = 40, u.steps = 5;
     e4.type = MOEH__MSG_TYPE__UPDATE, e4.body_case = MOEH__ENVELOPE__BODY_UPDATE, e4.update = &u;
-    moeh_frame_t fu = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = update,
+    moeh_frame_t fu = {.name = "update",
+                       .dtype = MOEH__DTYPE__U32,
+                       .data = update,
                        .count = L->n_params + L->n_groups};
     put_msg(dir, "update", &e4, &fu, 1);
 
@@ -160,7 +161,8 @@ int main(int argc, char **argv)
         pk[0][i] = (uint8_t)(3 * i + 1), pk[1][i] = (uint8_t)(5 * i + 2);
     for (size_t i = 0; i < sizeof ct; i++)
         ct[i] = (uint8_t)(7 * i);
-    ProtobufCBinaryData c_pk = {MOEH_SECAGG_KEY_BYTES, pk[0]}, s_pk = {MOEH_SECAGG_KEY_BYTES, pk[1]};
+    ProtobufCBinaryData c_pk = {MOEH_SECAGG_KEY_BYTES, pk[0]},
+                        s_pk = {MOEH_SECAGG_KEY_BYTES, pk[1]};
 
     Moeh__Envelope e10 = MOEH__ENVELOPE__INIT;
     Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
@@ -244,8 +246,7 @@ int main(int argc, char **argv)
     moeh_keypair_t *kp = NULL;
     MOEH_ASSERT(moeh_crypto_init() == 0 && moeh_keypair_generate(&kp) == 0);
     char text[512];
-    int n = snprintf(text, sizeof text, "%c# registry\n[sites]\nsite-1 = %s\n", 0,
-                     kp->public_z85);
+    int n = snprintf(text, sizeof text, "%c# registry\n[sites]\nsite-1 = %s\n", 0, kp->public_z85);
     put(dir, "keys", "registry", text, (size_t)n);
     n = snprintf(text, sizeof text, "%cpublic-key = %s\nsecret-key = %s\n", 1, kp->public_z85,
                  kp->secret_z85);

@@ -1492,6 +1492,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "server_beta2", k->server_beta2);
     cJSON_AddNumberToObject(j, "server_tau", k->server_tau);
     cJSON_AddNumberToObject(j, "trim", k->trim);
+    cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
     cJSON_AddBoolToObject(j, "secagg", k->secagg);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
@@ -1559,6 +1560,26 @@ static int setup(coord_t *c, moeh_err_t *err)
     if (moeh_path_join(c->ckpt_path, sizeof c->ckpt_path, cfg->out_dir, "checkpoint.moeh"))
         return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
     if (cfg->resume && (rc = load_checkpoint(c, err))) return rc;
+    if (cfg->data_shape) { /* pinned shapes: the model exists before any site says hello */
+        unsigned v[4];
+        char extra;
+        if (sscanf(cfg->data_shape, "%u,%u,%u,%u%c", &v[0], &v[1], &v[2], &v[3], &extra) != 4 ||
+            v[0] > (1u << 20) || v[1] > 4096 || v[2] == 0 || v[2] > 1000 || v[3] > 1024)
+            return moeh_errf(err, -EINVAL,
+                             "--data-shape '%s': expected STATIC,VARS,HOURS,IMAGE (e.g. "
+                             "35,33,48,64)",
+                             cfg->data_shape);
+        if (c->model) { /* resumed: the checkpoint must agree */
+            if (c->mcfg.n_static != v[0] || c->mcfg.n_vars != v[1] || c->mcfg.n_steps != v[2] ||
+                c->mcfg.img_size != v[3])
+                return moeh_errf(err, -EINVAL,
+                                 "--data-shape %s differs from the checkpoint's (%zu,%zu,%zu,%zu)",
+                                 cfg->data_shape, c->mcfg.n_static, c->mcfg.n_vars, c->mcfg.n_steps,
+                                 c->mcfg.img_size);
+        } else if ((rc = create_model(c, v[0], v[1], v[2], v[3], err))) {
+            return rc;
+        }
+    }
     moeh_path_join(path, sizeof path, cfg->out_dir, "metrics.jsonl");
     if (!(c->metrics = fopen(path, cfg->resume ? "a" : "w")))
         return moeh_errf(err, -errno, "%s: cannot create: %s", path, strerror(errno));

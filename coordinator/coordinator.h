@@ -47,10 +47,13 @@ typedef struct {
     float delta_clip; /* per-parameter clip of update deltas (fixed-point range) */
     uint32_t eval_bins;
 
-    const char *out_dir;             /* metrics.jsonl, model.npy, config.json go here */
-    int ready_fd;                    /* if >= 0: the bound endpoint and '\n' are written here */
-    int print_table;                 /* print one line per round on stdout */
-    int resume;                      /* continue from out_dir/checkpoint.moeh */
+    const char *out_dir; /* metrics.jsonl, model.npy, config.json go here */
+    int ready_fd;        /* if >= 0: the bound endpoint and '\n' are written here */
+    int print_table;     /* print one line per round on stdout */
+    int resume;          /* continue from out_dir/checkpoint.moeh */
+    /* "STATIC,VARS,HOURS,IMAGE": pins the sites' data shapes and builds the model at start
+     * (NULL: the first admitted site's Hello decides) */
+    const char *data_shape;
     volatile sig_atomic_t *reload;   /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
     uint32_t fault_kill_after_round; /* tests only: SIGKILL itself after checkpointing round N */
 } moeh_coord_cfg_t;

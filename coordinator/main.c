@@ -74,6 +74,8 @@ int main(int argc, char **argv)
         {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout (default on)"},
         {"ready-fd", MOEH_OPT_U32, &ready_fd,
          "write the bound endpoint to this file descriptor once listening"},
+        {"data-shape", MOEH_OPT_STR, &cfg.data_shape,
+         "pin the sites' data as STATIC,VARS,HOURS,IMAGE (default: the first site's)"},
         {"resume", MOEH_OPT_BOOL, &cfg.resume,
          "continue from the checkpoint in --out (written after every round)"},
         {"fault-kill-after-round", MOEH_OPT_U32, &cfg.fault_kill_after_round,

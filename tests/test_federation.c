@@ -1265,6 +1265,34 @@ static void test_secagg_dropout_unmasked(void **state)
     assert_false(file_contains(path, "retry"));
 }
 
+/* Pinned data shapes: the model is built at start, and a site whose data differs is refused
+ * with a message naming both shapes; a malformed value stops the coordinator with a message. */
+static void test_pinned_data_shape(void **state)
+{
+    fixture_t *f = *state;
+    char *pin[] = {"--data-shape", "3,2,48,64", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "1", "1", NULL, "coordinator.log", pin);
+    moeh_proc_t *a = start_agent(f, "site-1", "site-1", "site-1", NULL);
+    wait_exit(a, 20000, 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "this federation's model expects 3, 2 x 48 and 64"));
+    moeh_proc_stop(c, 5000);
+
+    char exe[2100], reg[400], key[400], log[400];
+    moeh_err_t err = {0};
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/coordinator-bad.log", f->logs);
+    char *argv[] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
+                    "--out", f->out,   "--data-shape",      "35,33",      NULL};
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
+    wait_exit(p, 10000, 1);
+    assert_true(file_contains(log, "expected STATIC,VARS,HOURS,IMAGE"));
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -1283,6 +1311,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trimmed_mean_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pinned_data_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, setup, teardown),

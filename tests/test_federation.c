@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "synth_fixture.h"
+
 #include "test_util.h"
 
 #include "keys.h"
@@ -24,9 +26,7 @@
 #include "localfed.h"
 #include "moeh_moe.h"
 #include "npy.h"
-#include "moeh_extract.h"
 #include "moeh_split.h"
-#include "moeh_synth.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -51,32 +51,16 @@ static char g_shared[256];
 static int group_setup(void **state)
 {
     moeh_err_t err = {0};
-    char raw[300], mimic[320], note[320], cxr[320], data[300], keys[300];
-    snprintf(g_shared, sizeof g_shared, "/tmp/moeh_test_fed_data_XXXXXX");
-    if (!mkdtemp(g_shared)) return -1;
-    snprintf(raw, sizeof raw, "%s/raw", g_shared);
-    snprintf(mimic, sizeof mimic, "%s/mimic", raw);
-    snprintf(note, sizeof note, "%s/note", raw);
-    snprintf(cxr, sizeof cxr, "%s/cxr", raw);
-    snprintf(data, sizeof data, "%s/sites", g_shared);
-    snprintf(keys, sizeof keys, "%s/keys", g_shared);
-    moeh_synth_opts_t so;
-    moeh_synth_opts_default(&so);
-    so.admissions = 450;
-    so.seed = 5;
-    moeh_synth_stats_t sst;
-    moeh_extract_opts_t eo;
-    moeh_extract_opts_default(&eo);
-    eo.mimic_dir = mimic, eo.note_dir = note, eo.cxr_dir = cxr;
-    moeh_extract_stats_t est;
+    char data[300], keys[300];
     moeh_dataset_t *ds = NULL;
     moeh_split_opts_t sp;
     moeh_split_opts_default(&sp);
     sp.seed = 5;
     const char *names[N_SITES] = {"site-1", "site-2", "site-3"};
-    moeh_log_configure(MOEH_LOG_WARN, "test", NULL, NULL);
-    int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc) rc = moeh_extract(&eo, &ds, &est, &err);
+    int rc = moeh_test_tmpdir(g_shared, sizeof g_shared, "fed_data");
+    snprintf(data, sizeof data, "%s/sites", g_shared);
+    snprintf(keys, sizeof keys, "%s/keys", g_shared);
+    if (!rc) rc = moeh_test_synth_cohort(g_shared, 450, 5, &ds, &err);
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.4:ehr,site-2:0.3:ehr+notes,site-3:0.3:ehr+notes+img",
                                     &sp, &err);

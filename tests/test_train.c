@@ -10,9 +10,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "moeh_extract.h"
+#include "synth_fixture.h"
+#include "test_util.h"
+
 #include "moeh_split.h"
-#include "moeh_synth.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -26,34 +27,18 @@ static int group_setup(void **state)
 {
     (void)state;
     moeh_err_t err = {0};
-    char raw[300], mimic[320], note[320], cxr[320], sites[300];
-    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_train_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
-    snprintf(raw, sizeof raw, "%s/raw", g_dir);
-    snprintf(mimic, sizeof mimic, "%s/mimic", raw);
-    snprintf(note, sizeof note, "%s/note", raw);
-    snprintf(cxr, sizeof cxr, "%s/cxr", raw);
-    snprintf(sites, sizeof sites, "%s/sites", g_dir);
-    snprintf(g_s1, sizeof g_s1, "%s/site-1", sites);
-    snprintf(g_s2, sizeof g_s2, "%s/site-2", sites);
-    moeh_synth_opts_t so;
-    moeh_synth_opts_default(&so);
-    so.admissions = 400;
-    so.seed = 7;
-    moeh_synth_stats_t sst;
-    moeh_extract_opts_t eo;
-    moeh_extract_opts_default(&eo);
-    eo.mimic_dir = mimic, eo.note_dir = note, eo.cxr_dir = cxr;
-    moeh_extract_stats_t est;
+    char sites[300];
     moeh_dataset_t *ds = NULL;
     moeh_split_opts_t sp;
     moeh_split_opts_default(&sp);
     sp.seed = 7;
-    moeh_log_configure(MOEH_LOG_WARN, "test", NULL, NULL);
-    int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc) rc = moeh_extract(&eo, &ds, &est, &err);
+    int rc = moeh_test_tmpdir(g_dir, sizeof g_dir, "train");
+    const char *b = getenv("MOEH_BIN_DIR");
+    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
+    snprintf(sites, sizeof sites, "%s/sites", g_dir);
+    snprintf(g_s1, sizeof g_s1, "%s/site-1", sites);
+    snprintf(g_s2, sizeof g_s2, "%s/site-2", sites);
+    if (!rc) rc = moeh_test_synth_cohort(g_dir, 400, 7, &ds, &err);
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.5:ehr+notes+img,site-2:0.5:ehr+notes", &sp, &err);
     if (!rc) rc = moeh_split_write(ds, &sp, sites, NULL, &err);
@@ -65,9 +50,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return moeh_test_rmtree(g_dir);
 }
 
 /* Runs "moeh-sim train ARGS > DIR/out 2>&1" and returns the exit status. */

@@ -8,10 +8,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "synth_fixture.h"
+
 #include "test_util.h"
 
-#include "moeh_extract.h"
-#include "moeh_synth.h"
 #include "trainer.h"
 
 #include <math.h>
@@ -23,25 +23,8 @@ static moeh_dataset_t *g_ds; /* the whole cohort, kept open for the tests to sub
 static int group_setup(void **state)
 {
     moeh_err_t err = {0};
-    char raw[300], mimic[320], note[320], cxr[320];
-    snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_trainer_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    snprintf(raw, sizeof raw, "%s/raw", g_dir);
-    snprintf(mimic, sizeof mimic, "%s/mimic", raw);
-    snprintf(note, sizeof note, "%s/note", raw);
-    snprintf(cxr, sizeof cxr, "%s/cxr", raw);
-    moeh_log_configure(MOEH_LOG_WARN, "test", NULL, NULL);
-    moeh_synth_opts_t so;
-    moeh_synth_opts_default(&so);
-    so.admissions = 300;
-    so.seed = 9;
-    moeh_synth_stats_t sst;
-    moeh_extract_opts_t eo;
-    moeh_extract_opts_default(&eo);
-    eo.mimic_dir = mimic, eo.note_dir = note, eo.cxr_dir = cxr;
-    moeh_extract_stats_t est;
-    int rc = moeh_synth(&so, raw, &sst, &err);
-    if (!rc) rc = moeh_extract(&eo, &g_ds, &est, &err);
+    int rc = moeh_test_tmpdir(g_dir, sizeof g_dir, "trainer");
+    if (!rc) rc = moeh_test_synth_cohort(g_dir, 300, 9, &g_ds, &err);
     if (rc) fprintf(stderr, "setup: %s\n", err.msg);
     return rc;
 }

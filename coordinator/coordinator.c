@@ -235,6 +235,7 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     mc.temperature = cfg->temperature;
     mc.lambda_lb = cfg->lambda_lb;
     mc.gate_sup = cfg->gate_sup;
+    mc.gate_sup_joint = cfg->gate_sup_joint;
     mc.max_batch = cfg->batch_size;
     mc.seed = cfg->seed;
     moeh_err_t e2 = {0};
@@ -543,6 +544,7 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     ms.temperature = mc->temperature;
     ms.lambda_lb = mc->lambda_lb;
     ms.gate_sup = mc->gate_sup;
+    ms.gate_sup_joint = mc->gate_sup_joint;
     ms.n_experts = c->n_experts;
     ms.max_batch = (uint32_t)mc->max_batch;
     ms.n_norm = c->n_norm;
@@ -1482,6 +1484,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "temperature", k->temperature);
     cJSON_AddNumberToObject(j, "lambda_lb", k->lambda_lb);
     cJSON_AddNumberToObject(j, "gate_sup", k->gate_sup);
+    cJSON_AddNumberToObject(j, "gate_sup_joint", k->gate_sup_joint);
     cJSON_AddNumberToObject(j, "n_tasks", k->n_tasks);
     cJSON_AddNumberToObject(j, "seed", (double)k->seed);
     cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);

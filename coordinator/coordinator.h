@@ -30,7 +30,7 @@ typedef struct {
      * hourly variables, hours, image size) come from the sites, which must agree */
     uint32_t arch; /* moeh_arch_t */
     uint32_t d_emb, d_hidden, note_buckets, top_k;
-    float temperature, lambda_lb, gate_sup;
+    float temperature, lambda_lb, gate_sup, gate_sup_joint;
     uint32_t n_tasks; /* 3: mortality, LOS > 7 d, 30-day readmission */
     uint64_t seed;
     uint32_t warmup_rounds; /* expert-specialisation rounds before joint training */

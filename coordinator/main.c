@@ -49,6 +49,8 @@ int main(int argc, char **argv)
         {"temperature", MOEH_OPT_F32, &cfg.temperature, "gate softmax temperature"},
         {"lambda-lb", MOEH_OPT_F32, &cfg.lambda_lb, "load-balancing loss weight"},
         {"gate-sup", MOEH_OPT_F32, &cfg.gate_sup, "gate supervision weight during warm-up"},
+        {"gate-sup-joint", MOEH_OPT_F32, &cfg.gate_sup_joint,
+         "gate supervision weight kept in joint rounds (0: none)"},
         {"warmup-rounds", MOEH_OPT_U32, &cfg.warmup_rounds,
          "expert-specialisation rounds before joint training"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},

@@ -409,10 +409,12 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
     *out = NULL;
     const moeh_moe_cfg_t *c = cfg;
     if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS || !c->max_batch ||
-        c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1)
+        c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1 || !(c->gate_sup >= 0) ||
+        !(c->gate_sup_joint >= 0) || !(c->lambda_lb >= 0))
         return moeh_errf(err, -EINVAL,
                          "model config: d_emb, d_hidden, max_batch must be > 0, "
-                         "n_tasks in 1..%d, temperature > 0, dropout in [0,1)",
+                         "n_tasks in 1..%d, temperature > 0, dropout in [0,1), gate_sup, "
+                         "gate_sup_joint and lambda_lb >= 0",
                          MOEH_MAX_TASKS);
     uint8_t used;
     switch (c->arch) {
@@ -953,6 +955,37 @@ static void early_build(moeh_moe_t *m, const moeh_batch_t *b)
     }
 }
 
+/* The gate's cross-entropy toward each row's combination expert, averaged over the rows that
+ * have one: -mean_i log p_i[combo_i]. */
+static double combo_xent(const moeh_moe_t *m, size_t B, size_t E)
+{
+    size_t ns = 0;
+    double ce = 0;
+    for (size_t i = 0; i < B; i++)
+        if (m->combo[i] >= 0) {
+            ce -= log(fmax((double)m->probs[i * E + (size_t)m->combo[i]], 1e-30));
+            ns++;
+        }
+    return ns ? ce / (double)ns : 0.0;
+}
+
+/* Adds weight x d(combo_xent)/d(gate logits) into m->dglog: with p = softmax(l / temp),
+ * d(-log p_c)/dl = (p - onehot(c)) / temp. */
+static void combo_xent_backward(moeh_moe_t *m, size_t B, size_t E, float weight)
+{
+    size_t ns = 0;
+    for (size_t i = 0; i < B; i++)
+        ns += m->combo[i] >= 0;
+    if (!ns) return;
+    double s = (double)weight / (double)ns / (double)m->cfg.temperature;
+    for (size_t i = 0; i < B; i++) {
+        if (m->combo[i] < 0) continue;
+        for (size_t k = 0; k < E; k++)
+            m->dglog[i * E + k] +=
+                (float)(s * (m->probs[i * E + k] - ((int)k == m->combo[i] ? 1.0f : 0.0f)));
+    }
+}
+
 /* ---- forward ------------------------------------------------------------------------------------
  */
 /* train: dropout on, counts group samples. Returns the loss through *loss when labels are
@@ -1082,16 +1115,11 @@ experts:
     double L = moeh_bce_masked(m->dlogits, m->logits, b->y, b->y_mask, pw, B, Tk);
     if (m->has_gate) {
         if (m->phase == MOEH_PHASE_WARMUP) {
-            size_t ns = 0;
-            double ce = 0;
-            for (size_t i = 0; i < B; i++)
-                if (m->combo[i] >= 0) {
-                    ce -= log(fmax((double)m->probs[i * E + (size_t)m->combo[i]], 1e-30));
-                    ns++;
-                }
-            if (ns) L += c->gate_sup * ce / (double)ns;
-        } else if (c->lambda_lb > 0) {
-            L += moeh_load_balance(NULL, m->probs, m->sel, B, E, c->lambda_lb);
+            L += c->gate_sup * combo_xent(m, B, E);
+        } else {
+            if (c->lambda_lb > 0)
+                L += moeh_load_balance(NULL, m->probs, m->sel, B, E, c->lambda_lb);
+            if (c->gate_sup_joint > 0) L += c->gate_sup_joint * combo_xent(m, B, E);
         }
     }
     if (train) {
@@ -1168,26 +1196,18 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
     if (m->has_gate) {
         memset(m->dglog, 0, B * E * sizeof(float));
         if (m->phase == MOEH_PHASE_WARMUP) {
-            size_t ns = 0;
+            combo_xent_backward(m, B, E, c->gate_sup);
             for (size_t i = 0; i < B; i++)
-                ns += m->combo[i] >= 0;
-            for (size_t i = 0; i < B; i++) {
-                if (m->combo[i] < 0) continue;
-                /* d/dlogits of -log p_c with p = softmax(l / temp): (p - onehot) / temp */
-                for (size_t k = 0; k < E; k++)
-                    m->dglog[i * E + k] +=
-                        (float)(c->gate_sup / (double)ns *
-                                (m->probs[i * E + k] - ((int)k == m->combo[i] ? 1.0f : 0.0f)) /
-                                c->temperature);
-                for (size_t k = 0; k < E; k++) /* routing did not come from the gate here */
-                    m->dw[i * E + k] = 0.0f;
-            }
+                if (m->combo[i] >= 0)
+                    for (size_t k = 0; k < E; k++) /* routing did not come from the gate here */
+                        m->dw[i * E + k] = 0.0f;
             moeh_gate_backward(m->dglog, m->dw, NULL, m->gw, m->probs, m->sel, B, E,
                                c->temperature);
         } else {
             memset(m->dprobs, 0, B * E * sizeof(float));
             if (c->lambda_lb > 0)
                 moeh_load_balance(m->dprobs, m->probs, m->sel, B, E, c->lambda_lb);
+            if (c->gate_sup_joint > 0) combo_xent_backward(m, B, E, c->gate_sup_joint);
             moeh_gate_backward(m->dglog, m->dw, m->dprobs, m->gw, m->probs, m->sel, B, E,
                                c->temperature);
         }

@@ -47,6 +47,7 @@ typedef struct {
     float temperature;   /* gate softmax temperature (1) */
     float lambda_lb;     /* load-balancing weight (0.01) */
     float gate_sup;      /* weight of the gate supervision loss during warm-up (1) */
+    float gate_sup_joint; /* the same supervision kept in joint rounds (0: none) */
     float dropout;       /* dropout on the expert hidden layers while training (0) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;                 /* workspace rows (64) */
@@ -90,7 +91,8 @@ size_t moeh_moe_n_experts(const moeh_moe_t *m);
 
 /* Warm-up: each sample is routed to the expert of its modality combination and the gate is
  * trained toward that expert (cross-entropy, weight cfg.gate_sup); joint: the learned gate
- * routes, plus lambda_lb x load balance. Only MoE has phases; others ignore it. */
+ * routes, plus lambda_lb x load balance and gate_sup_joint x the same cross-entropy (a prior
+ * toward the combination's expert that keeps the gate from collapsing onto one expert). Only MoE has phases; others ignore it. */
 void moeh_moe_set_phase(moeh_moe_t *m, moeh_phase_t phase);
 
 /* Forward + loss + backward; gradients are *added* into params->g (see moeh_moe_zero_grad).

@@ -228,6 +228,7 @@ char *moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c)
 #define ADD_FLOAT(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
     CFG_SIZE_FIELDS(ADD_SIZE)
     CFG_FLOAT_FIELDS(ADD_FLOAT)
+    cJSON_AddNumberToObject(o, "gate_sup_joint", (double)c->gate_sup_joint);
     cJSON *ch = cJSON_AddArrayToObject(o, "cnn_ch");
     for (int i = 0; ch && i < 3; i++)
         cJSON_AddItemToArray(ch, cJSON_CreateNumber((double)c->cnn_ch[i]));
@@ -267,6 +268,13 @@ int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
 #define GET_FLOAT(f) GET_NUM(f, c->f)
     CFG_SIZE_FIELDS(GET_SIZE)
     CFG_FLOAT_FIELDS(GET_FLOAT)
+    it = cJSON_GetObjectItemCaseSensitive(o, "gate_sup_joint"); /* optional: newer than v1 */
+    if (!rc && it) {
+        if (!cJSON_IsNumber(it))
+            rc = moeh_errf(err, -EINVAL, "model config: field gate_sup_joint is not a number");
+        else
+            c->gate_sup_joint = (float)it->valuedouble;
+    }
     cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "cnn_ch");
     for (int i = 0; !rc && i < 3; i++) {
         cJSON *x = cJSON_GetArrayItem(ch, i);

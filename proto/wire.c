@@ -326,12 +326,13 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                 return moeh_errf(err, -EBADMSG, "welcome.model.cnn_ch[%zu]: expected 1..1024", i);
         if ((rc = fin(m->temperature, "welcome.model.temperature", err)) ||
             (rc = fin(m->lambda_lb, "welcome.model.lambda_lb", err)) ||
-            (rc = fin(m->gate_sup, "welcome.model.gate_sup", err)))
+            (rc = fin(m->gate_sup, "welcome.model.gate_sup", err)) ||
+            (rc = fin(m->gate_sup_joint, "welcome.model.gate_sup_joint", err)))
             return rc;
-        if (!(m->temperature > 0) || m->lambda_lb < 0 || m->gate_sup < 0)
+        if (!(m->temperature > 0) || m->lambda_lb < 0 || m->gate_sup < 0 || m->gate_sup_joint < 0)
             return moeh_errf(err, -EBADMSG,
-                             "welcome.model: temperature > 0, lambda_lb >= 0 and "
-                             "gate_sup >= 0 expected");
+                             "welcome.model: temperature > 0, lambda_lb >= 0, "
+                             "gate_sup >= 0 and gate_sup_joint >= 0 expected");
         if (m->n_params == 0 || m->n_params > MOEH_MAX_PARAMS || m->n_groups == 0 ||
             m->n_groups > 32)
             return moeh_errf(err, -EBADMSG,

@@ -206,6 +206,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
     uint32_t arch = 0, epochs = 8, batch = 32, d_emb = 64, d_hidden = 64, buckets = 16384;
     uint32_t warmup = 1, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
+    moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
+    uint32_t top_k = (uint32_t)gd.top_k;
+    float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
     uint64_t seed = 1;
     int no_verify = 0;
     const moeh_opt_t opts[] = {
@@ -225,6 +228,11 @@ int moeh_sim_cmd_train(int argc, char **argv)
         {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
         {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
         {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
+        {"top-k", MOEH_OPT_U32, &top_k, "gate top-k (0: dense softmax)"},
+        {"lambda-lb", MOEH_OPT_F32, &lambda_lb, "load-balancing loss weight (joint epochs)"},
+        {"gate-sup", MOEH_OPT_F32, &gate_sup, "gate supervision weight during warm-up"},
+        {"gate-sup-joint", MOEH_OPT_F32, &gate_sup_joint,
+         "gate supervision weight kept in joint epochs (0: none)"},
         {"eval-bins", MOEH_OPT_U32, &bins,
          "score histogram bins of the AUROC (as the "
          "coordinator)"},
@@ -297,6 +305,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
     mc.d_emb = d_emb, mc.d_hidden = d_hidden, mc.note_buckets = buckets;
     mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_DS_TASKS;
     mc.max_batch = batch, mc.seed = seed;
+    mc.top_k = top_k, mc.lambda_lb = lambda_lb, mc.gate_sup = gate_sup;
+    mc.gate_sup_joint = gate_sup_joint;
     size_t n_all = ds->n;
     if ((rc = moeh_trainer_create(&ds, &mc, &tr, &err))) goto out;
     size_t n_train = moeh_trainer_rows(tr, MOEH_SPLIT_TRAIN);

@@ -3,6 +3,7 @@
  * modality mixes -> keys and registry -> coordinator + one agent per site -> round table ->
  * final table per task and modality combination -> every process stopped. */
 #include "localfed.h"
+#include "moeh_moe.h"
 #include "moeh_opts.h"
 #include "moeh_split.h"
 #include "sim_commands.h"
@@ -38,6 +39,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 1, timeout_s = 1200;
     uint32_t arch = 0;
     float lr = 2e-3f, prox_mu = 0.0f;
+    moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
+    uint32_t top_k = (uint32_t)gd.top_k;
+    float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
     uint64_t seed = 1;
     int insecure = 0, secagg = 1;
     const moeh_opt_t opts[] = {
@@ -58,6 +62,11 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
         {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
         {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
+        {"top-k", MOEH_OPT_U32, &top_k, "gate top-k (0: dense softmax)"},
+        {"lambda-lb", MOEH_OPT_F32, &lambda_lb, "load-balancing loss weight (joint rounds)"},
+        {"gate-sup", MOEH_OPT_F32, &gate_sup, "gate supervision weight during warm-up"},
+        {"gate-sup-joint", MOEH_OPT_F32, &gate_sup_joint,
+         "gate supervision weight kept in joint rounds (0: none)"},
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
          "secure aggregation: the coordinator learns only the sum of the updates (default on)"},
@@ -218,6 +227,15 @@ int moeh_sim_cmd_run(int argc, char **argv)
     int nc = 0;
     while (cargs[nc])
         nc++;
+    char a_topk[16], a_lb[32], a_gs[32], a_gsj[32];
+    snprintf(a_topk, sizeof a_topk, "%u", top_k);
+    snprintf(a_lb, sizeof a_lb, "%.9g", (double)lambda_lb);
+    snprintf(a_gs, sizeof a_gs, "%.9g", (double)gate_sup);
+    snprintf(a_gsj, sizeof a_gsj, "%.9g", (double)gate_sup_joint);
+    cargs[nc++] = "--top-k", cargs[nc++] = a_topk;
+    cargs[nc++] = "--lambda-lb", cargs[nc++] = a_lb;
+    cargs[nc++] = "--gate-sup", cargs[nc++] = a_gs;
+    cargs[nc++] = "--gate-sup-joint", cargs[nc++] = a_gsj;
     if (secagg) cargs[nc++] = "--secagg";
     if (insecure) {
         cargs[nc++] = "--insecure";

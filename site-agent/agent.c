@@ -236,6 +236,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     mc.temperature = ms->temperature;
     mc.lambda_lb = ms->lambda_lb;
     mc.gate_sup = ms->gate_sup;
+    mc.gate_sup_joint = ms->gate_sup_joint;
     mc.max_batch = ms->max_batch;
     mc.seed = ms->seed;
     int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);

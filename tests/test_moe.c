@@ -153,6 +153,17 @@ static void test_grad_moe_topk(void **state)
     c.top_k = 2;
     gradcheck_model(c, MOEH_PHASE_JOINT, "moe_top2");
 }
+/* the gate supervision kept in joint rounds (gate_sup_joint) on top of routing and load
+ * balance: its gradient reaches the gate through the same logits */
+static void test_grad_moe_joint_gate_sup(void **state)
+{
+    (void)state;
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_MOE, 0);
+    c.gate_sup_joint = 0.7f;
+    gradcheck_model(c, MOEH_PHASE_JOINT, "moe_joint_sup");
+    c.top_k = 2;
+    gradcheck_model(c, MOEH_PHASE_JOINT, "moe_joint_sup_top2");
+}
 static void test_grad_moe_warmup(void **state)
 {
     gradcheck_model(small_cfg(MOEH_ARCH_MOE, 0), MOEH_PHASE_WARMUP, "moe_warmup");
@@ -327,6 +338,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_moe_joint),
         cmocka_unit_test(test_grad_moe_topk),
+        cmocka_unit_test(test_grad_moe_joint_gate_sup),
         cmocka_unit_test(test_grad_moe_warmup),
         cmocka_unit_test(test_grad_moe_precomputed),
         cmocka_unit_test(test_grad_baselines),

@@ -14,13 +14,14 @@ typedef enum {
     MOEH_OPT_U32,
     MOEH_OPT_U64,
     MOEH_OPT_F32,
-    MOEH_OPT_BOOL
+    MOEH_OPT_BOOL,
+    MOEH_OPT_F64
 } moeh_opt_type_t;
 
 typedef struct {
     const char *name; /* without the leading "--"; also the INI key */
     moeh_opt_type_t type;
-    void *ptr;        /* const char **, uint32_t *, uint64_t *, float *, int * */
+    void *ptr;        /* const char **, uint32_t *, uint64_t *, float *, int *, double * */
     const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 

@@ -62,6 +62,15 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
         *(float *)opt->ptr = x;
         return 0;
     }
+    case MOEH_OPT_F64: {
+        double x = strtod(val, &end);
+        if (errno || end == val || *end || !isfinite(x)) {
+            snprintf(why, why_len, "'%s' is not a finite number", val);
+            return -EINVAL;
+        }
+        *(double *)opt->ptr = x;
+        return 0;
+    }
     case MOEH_OPT_BOOL:
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) {
             *(int *)opt->ptr = 1;
@@ -104,7 +113,7 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
     for (size_t i = 0; i < o->n_opts; i++) {
         const moeh_opt_t *opt = &o->opts[i];
         char flag[64], def[96] = "";
-        static const char *meta[] = {"STR", "N", "N", "X", ""};
+        static const char *meta[] = {"STR", "N", "N", "X", "", "X"};
         snprintf(flag, sizeof flag, "--%s %s", opt->name, meta[opt->type]);
         switch (opt->type) {
         case MOEH_OPT_STR:
@@ -120,6 +129,9 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
             break;
         case MOEH_OPT_F32:
             snprintf(def, sizeof def, " (default: %g)", (double)*(float *)opt->ptr);
+            break;
+        case MOEH_OPT_F64:
+            snprintf(def, sizeof def, " (default: %g)", *(double *)opt->ptr);
             break;
         case MOEH_OPT_BOOL:
             break;

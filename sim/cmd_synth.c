@@ -2,88 +2,67 @@
 #include "moeh_synth.h"
 #include "sim_commands.h"
 
-#include <getopt.h>
+#include "moeh_opts.h"
 #include <string.h>
-
-static void usage(FILE *f)
-{
-    fprintf(
-        f,
-        "usage: moeh-sim synth --admissions N --seed S --out DIR\n"
-        "                      [--chart-days D] [--image-px P] [--no-images] [--gzip-level L]\n\n"
-        "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
-        "  DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
-        "  files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per\n"
-        "  admission) and DIR/truth.json (counts, oracle AUROC per task).\n"
-        "Then: moeh-sim extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n\n"
-        "  --admissions N  cohort admissions to generate (default 1000); admissions that\n"
-        "                  the cohort excludes are generated around them\n"
-        "  --seed S        random seed (default 1); output is a function of (S, options)\n"
-        "  --chart-days D  chart vitals over max(52 h, D days) of each ICU stay (default 0);\n"
-        "                  raise it for multi-GB chartevents benchmarks\n"
-        "  --image-px P    side of the written JPEGs (default 256)\n"
-        "  --no-images     write the CXR metadata but no JPEG files\n"
-        "  --gzip-level L  1..9 (default 1)\n");
-}
 
 int moeh_sim_cmd_synth(int argc, char **argv)
 {
     moeh_synth_opts_t o;
     moeh_synth_opts_default(&o);
     const char *out = NULL;
-    static const struct option lo[] = {{"admissions", required_argument, 0, 'n'},
-                                       {"seed", required_argument, 0, 's'},
-                                       {"out", required_argument, 0, 'o'},
-                                       {"chart-days", required_argument, 0, 'c'},
-                                       {"image-px", required_argument, 0, 'p'},
-                                       {"no-images", no_argument, 0, 'x'},
-                                       {"gzip-level", required_argument, 0, 'z'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
-    optind = 1;
-    int ch;
-    while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-        switch (ch) {
-        case 'n':
-            o.admissions = (size_t)strtoull(optarg, NULL, 10);
-            break;
-        case 's':
-            o.seed = strtoull(optarg, NULL, 10);
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'c':
-            o.chart_days = atof(optarg);
-            break;
-        case 'p':
-            o.img_px = (size_t)strtoul(optarg, NULL, 10);
-            break;
-        case 'x':
-            o.images = false;
-            break;
-        case 'z':
-            o.gz_level = atoi(optarg);
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!out || optind != argc || o.admissions == 0) {
-        fprintf(stderr, "moeh-sim synth: --out is required and --admissions must be >= 1\n\n");
-        usage(stderr);
+    uint64_t admissions = o.admissions, img_px = o.img_px;
+    uint32_t gz_level = (uint32_t)o.gz_level;
+    int no_images = !o.images;
+    const moeh_opt_t opts[] = {
+        {"admissions", MOEH_OPT_U64, &admissions,
+         "cohort admissions to generate (those the cohort excludes are added around them)"},
+        {"seed", MOEH_OPT_U64, &o.seed, "random seed; the output is a function of (seed, options)"},
+        {"out", MOEH_OPT_STR, &out, "output directory [required]"},
+        {"chart-days", MOEH_OPT_F64, &o.chart_days,
+         "chart vitals over max(52 h, this many days) of each ICU stay (raise for benchmarks)"},
+        {"image-px", MOEH_OPT_U64, &img_px, "side of the written JPEGs"},
+        {"no-images", MOEH_OPT_BOOL, &no_images, "write the CXR metadata but no JPEG files"},
+        {"gzip-level", MOEH_OPT_U32, &gz_level, "gzip level of the CSV files, 1..9"},
+    };
+    moeh_opts_t po = {
+        .prog = "moeh-sim synth",
+        .synopsis =
+            "usage: moeh-sim synth --out DIR [--admissions N] [--seed S] [OPTIONS]\n\n"
+            "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
+            "DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
+            "files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per admission)\n"
+            "and DIR/truth.json (counts, oracle AUROC per task).\n"
+            "Then: moeh-sim extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n"
+            "Exit status: 0 ok, 1 failure, 2 usage error.",
+        .opts = opts,
+        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_err_t err = {0};
+    int rc = moeh_opts_parse(&po, argc, argv, &err);
+    if (rc == 1) return 0;
+    if (!rc && !out) rc = moeh_errf(&err, -EINVAL, "--out is required (moeh-sim synth --help)");
+    if (!rc && (admissions == 0 || admissions > ((uint64_t)1 << 32)))
+        rc = moeh_errf(&err, -EINVAL, "--admissions %llu: expected 1..2^32",
+                       (unsigned long long)admissions);
+    if (!rc && (gz_level < 1 || gz_level > 9))
+        rc = moeh_errf(&err, -EINVAL, "--gzip-level %u: expected 1..9", gz_level);
+    if (!rc && (img_px < 8 || img_px > 4096))
+        rc = moeh_errf(&err, -EINVAL, "--image-px %llu: expected 8..4096",
+                       (unsigned long long)img_px);
+    if (!rc && (o.chart_days < 0 || o.chart_days > 365))
+        rc = moeh_errf(&err, -EINVAL, "--chart-days %g: expected 0..365", o.chart_days);
+    if (rc) {
+        fprintf(stderr, "moeh-sim synth: %s\n", err.msg);
+        moeh_opts_free(&po);
         return 2;
     }
-    moeh_err_t err = {0};
+    o.admissions = (size_t)admissions, o.img_px = (size_t)img_px, o.gz_level = (int)gz_level;
+    o.images = !no_images;
     moeh_synth_stats_t st;
     int64_t t = moeh_now_ms();
-    int rc = moeh_synth(&o, out, &st, &err);
+    rc = moeh_synth(&o, out, &st, &err);
     if (rc) {
         fprintf(stderr, "moeh-sim synth: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
+        moeh_opts_free(&po);
         return 1;
     }
     printf("synthetic MIMIC-IV in %s (%.1f s): %zu subjects, %zu admissions, %zu ICU stays, "
@@ -98,5 +77,6 @@ int moeh_sim_cmd_synth(int argc, char **argv)
                st.positives[k], st.labelled[k], st.oracle_auroc[k]);
     printf("  modalities in the window: notes %zu, cxr %zu of %zu\n", st.avail[1], st.avail[2],
            st.avail[0]);
+    moeh_opts_free(&po);
     return 0;
 }

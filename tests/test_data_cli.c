@@ -67,6 +67,20 @@ static void test_help_and_usage(void **state)
     }
     assert_int_equal(run("split --dataset x --out y --sites A:0"), 2);
     assert_true(out_has("share of 'A' must be a number > 0"));
+    /* numbers are parsed whole and checked, not read with atof */
+    assert_int_equal(run("split --dataset x --out y --sites A:1 --alpha 0.5x"), 2);
+    assert_true(out_has("--alpha: '0.5x' is not a finite number"));
+    assert_int_equal(run("split --dataset x --out y --sites A:1 --val 0.7 --test 0.5"), 2);
+    assert_true(out_has("expected fractions >= 0 with a sum <= 1"));
+    assert_int_equal(run("split --dataset x --out y --sites A:1 --skew-by age"), 2);
+    assert_true(out_has("--skew-by age: expected mortality, los, readmit or careunit"));
+    assert_int_equal(run("synth --out y --admissions -3"), 2);
+    assert_true(out_has("--admissions: '-3' is not a non-negative integer"));
+    assert_int_equal(run("synth --out y --gzip-level 0"), 2);
+    assert_true(out_has("--gzip-level 0: expected 1..9"));
+    assert_int_equal(run("extract --mimic x --out y --image-size 4"), 2);
+    assert_true(out_has("--image-size 4: expected 8..1024"));
+    assert_int_equal(run("extract --version"), 0);
 }
 
 static void test_pipeline(void **state)
@@ -81,9 +95,14 @@ static void test_pipeline(void **state)
              g_dir, g_dir, g_dir, g_dir);
     assert_int_equal(run(a), 0);
     assert_true(out_has("cohort 150 admissions"));
-    snprintf(a, sizeof a,
-             "split --dataset '%s/ds' --sites A:0.6:ehr+notes+img,B:0.4:ehr --alpha 1 "
-             "--out '%s/sites'",
+    /* options from a --config INI file (flags override it) */
+    char ini[512];
+    snprintf(ini, sizeof ini, "%s/split.ini", g_dir);
+    FILE *fi = fopen(ini, "w");
+    assert_non_null(fi);
+    fprintf(fi, "[split]\nsites = A:0.6:ehr+notes+img,B:0.4:ehr\nalpha = 1\nseed = 9\n");
+    fclose(fi);
+    snprintf(a, sizeof a, "split --config '%s' --dataset '%s/ds' --seed 1 --out '%s/sites'", ini,
              g_dir, g_dir);
     assert_int_equal(run(a), 0);
     assert_true(out_has("site\tmodalities"));

@@ -179,7 +179,9 @@ void moeh_gate_backward(float *restrict dlogits, const float *restrict dw,
                         const float *restrict probs, const uint8_t *restrict sel, size_t B,
                         size_t K, float temp);
 /* Switch-style load balance: L = K * sum_k f_k P_k, f_k = share of the (row, selected expert)
- * assignments that went to k (not differentiated), P_k = mean_b probs[b,k]. Returns
+ * assignments that went to k (not differentiated; a row that selects every expert, i.e. a
+ * dense gate, counts its top-1 expert, as in the Switch Transformer: with f_k = 1/K the loss
+ * would be constant), P_k = mean_b probs[b,k]. Returns
  * scale * L and adds scale * dL/dprobs into dprobs (B,K) if non-NULL. L = 1 when balanced. */
 double moeh_load_balance(float *restrict dprobs, const float *restrict probs,
                          const uint8_t *restrict sel, size_t B, size_t K, float scale);

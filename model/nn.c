@@ -1116,12 +1116,24 @@ double moeh_load_balance(float *restrict dprobs, const float *restrict probs,
 {
     double f[64] = {0}, P[64] = {0}, nsel = 0;
     MOEH_ASSERT(K <= 64);
-    for (size_t b = 0; b < B; b++)
+    for (size_t b = 0; b < B; b++) {
+        const uint8_t *s = sel + b * K;
+        const float *p = probs + b * K;
+        size_t ns = 0, top = 0;
         for (size_t k = 0; k < K; k++) {
-            f[k] += sel[b * K + k];
-            nsel += sel[b * K + k];
-            P[k] += probs[b * K + k];
+            ns += s[k] != 0;
+            P[k] += p[k];
+            if (p[k] > p[top]) top = k;
         }
+        if (ns == K) { /* dense: count the top-1 expert, else f_k = 1/K and L is constant */
+            f[top] += 1;
+            nsel += 1;
+        } else {
+            for (size_t k = 0; k < K; k++)
+                f[k] += s[k];
+            nsel += (double)ns;
+        }
+    }
     double L = 0;
     for (size_t k = 0; k < K; k++) {
         f[k] = nsel > 0 ? f[k] / nsel : 0;

@@ -157,7 +157,9 @@ def achievable(truth_csv, test_ids):
     """The modality-limited oracle: each test row scored with its true risk after averaging
     out the latent n where the row has no notes. n (a condition only the report text states)
     reaches no other modality, so no model can use it on such rows; the other latents are kept,
-    which makes this an upper bound (the EHR and the image show them only through noise).
+    which makes this an upper bound (the EHR and the image show them only through noise). For
+    readmission, which is labelled only for survivors, n is averaged over its distribution
+    given survival (the Bayes score given the other latents and the label's existence).
     Returns ({task: AUROC}, {combination: {task: AUROC}}); exits if the formula above no longer
     reproduces truth.csv's risk columns (the generator changed)."""
     scores = {t: [] for t in TRUTH_TASKS}
@@ -185,9 +187,19 @@ def achievable(truth_csv, test_ids):
                     continue
                 if "N" in c:
                     r = sigmoid(eta)
-                else:
+                elif t != "readmit_30d":
                     eta0 = eta - b[4] * lat[3]
                     r = sum(w * sigmoid(eta0 + b[4] * x) for x, w in zip(N_GRID, N_WEIGHT))
+                else:
+                    # readmission is labelled only for survivors, and survival depends on n:
+                    # average over p(n | latents, survived) ~ N(0,1)(n) (1 - mortality risk(n))
+                    eta0 = eta - b[4] * lat[3]
+                    bm = RISK_COEF["mortality"]
+                    em0 = (bm[0] + sum(bi * z for bi, z in zip(bm[1:6], lat)) + bm[6] * a
+                           - bm[4] * lat[3])
+                    ws = [w * (1.0 - sigmoid(em0 + bm[4] * x)) for x, w in zip(N_GRID, N_WEIGHT)]
+                    r = (sum(w * sigmoid(eta0 + b[4] * x) for x, w in zip(N_GRID, ws))
+                         / sum(ws))
                 for sc, lb in ((scores, labels), bc):
                     sc[t].append(r)
                     lb[t].append(int(lab))

@@ -596,6 +596,14 @@ static void test_gate_grad(void **state)
     float pc[4] = {0.9f, 0.1f, 0.9f, 0.1f};
     uint8_t sc[4] = {1, 0, 1, 0};
     assert_true(fabs(moeh_load_balance(NULL, pc, sc, 2, 2, 1.0f) - 1.8) < 1e-6);
+    /* a dense gate (every expert selected) counts each row's top-1 expert: the same 1.8, and
+     * the gradient lowers the favoured expert's logit (with f_k = 1/K it would be zero) */
+    uint8_t sd[4] = {1, 1, 1, 1};
+    assert_true(fabs(moeh_load_balance(NULL, pc, sd, 2, 2, 1.0f) - 1.8) < 1e-6);
+    float dpd[4] = {0}, dld[4] = {0};
+    moeh_load_balance(dpd, pc, sd, 2, 2, 1.0f);
+    moeh_gate_backward(dld, NULL, dpd, pc, pc, sd, 2, 2, 1.0f);
+    assert_true(fabsf(dld[0] - 0.09f) < 1e-6f && fabsf(dld[1] + 0.09f) < 1e-6f); /* p(dp - p.dp) */
 }
 
 /* ---- masked BCE ------------------------------------------------------------------------------ */

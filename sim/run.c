@@ -40,6 +40,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     float lr = 2e-3f, prox_mu = 0.0f;
     uint64_t seed = 1;
     int insecure = 0, secagg = 1;
+    uint32_t secagg_k = 0;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -60,7 +61,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
-         "secure aggregation: the coordinator learns only the sum of the updates (default on)"},
+         "secure aggregation: the coordinator learns only sums (default on)"},
+        {"secagg-k", MOEH_OPT_U32, &secagg_k,
+         "SecAgg+ neighbours per site (0: all pairs; even; moeh-coordinator --secagg-k)"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -218,7 +221,13 @@ int moeh_sim_cmd_run(int argc, char **argv)
     int nc = 0;
     while (cargs[nc])
         nc++;
+    char a_k[16];
+    snprintf(a_k, sizeof a_k, "%u", secagg_k);
     if (secagg) cargs[nc++] = "--secagg";
+    if (secagg_k) { /* without --secagg the coordinator says why it refuses */
+        cargs[nc++] = "--secagg-k";
+        cargs[nc++] = a_k;
+    }
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

@@ -1468,8 +1468,9 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
         /* from here on updates are refused: the dropped sites' s keys may be revealed */
         sa->step = SA_UNMASK;
         MOEH_INFO("%s: secure aggregation: %zu masked %s, %zu sites dropped; asking the "
-                  "survivors for their shares",
-                  tag, ns, c->phase == PH_TRAIN ? "updates" : "vectors", nd);
+                  "survivors for their shares (n = %u, k = %u, t = %u)",
+                  tag, ns, c->phase == PH_TRAIN ? "updates" : "vectors", nd, sa->cfg.n, sa->cfg.k,
+                  sa->cfg.t);
         sa_send_unmask(c, surv, ns, drop, nd);
         return 0;
     }

@@ -11,12 +11,15 @@
  * session checks here (sender admitted, participant, round and model version current, first
  * reply).
  *
- * With --secagg a TRAIN phase runs four steps of secure aggregation (docs/secagg.md), each with
- * its own deadline: KEYS (collect SecaggAdvertise; U1) -> SHARES (collect SecaggShares and
- * forward them; U2) -> MASKED (collect masked Updates into the running sum; U3) -> UNMASK
- * (collect SecaggReveal from U3, then moeh_secagg_server_unmask on the sum). Fewer than
- * max(t, min_sites) sites at any step aborts the attempt (retried as a phase without quorum);
- * nothing is unmasked then. */
+ * Every phase's results are one vector of words per site (proto/secsum.h), summed mod 2^32
+ * into c->vsum and decoded when the phase closes, so the plain path and secure aggregation
+ * decode the very same sum. With --secagg every phase (STATS, TRAIN, EVAL) runs four steps of
+ * secure aggregation (docs/secagg.md), each with its own deadline: KEYS (collect
+ * SecaggAdvertise; U1) -> SHARES (collect SecaggShares and forward them; U2) -> MASKED
+ * (collect SecaggMasked vectors into the running sum; U3) -> UNMASK (collect SecaggReveal from
+ * U3, then moeh_secagg_server_unmask on the sum). Fewer than max(t, min_sites) sites at any
+ * step aborts the attempt (retried as a phase without quorum); nothing is unmasked then.
+ * Clear Updates, StatsResults and EvalResults are refused under --secagg. */
 #include "coordinator.h"
 
 #include "aggregate.h"
@@ -27,6 +30,7 @@
 #include "npy.h"
 #include "quant.h"
 #include "secagg.h"
+#include "secsum.h"
 #include "wire.h"
 
 #include <cjson/cJSON.h>
@@ -46,18 +50,16 @@ typedef struct {
     int participant, replied;
     int64_t last_seen;
     uint64_t n_train, n_eval;
-    double train_loss;
-    uint64_t n_samples;
     int sa_in; /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
 } site_t;
 
 typedef enum { PH_WAIT, PH_STATS, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
 
-/* Steps of a securely aggregated TRAIN phase; SA_OFF: plain (or not a TRAIN phase). */
+/* Steps of a securely aggregated phase; SA_OFF: plain (or unmasked already). */
 typedef enum { SA_OFF, SA_KEYS, SA_SHARES, SA_MASKED, SA_UNMASK } sa_step_t;
 
-/* One secure-aggregation session (one attempt of a TRAIN phase). Everything here is public
+/* One secure-aggregation session (one attempt of a phase). Everything here is public
  * to the coordinator (keys, ciphertexts it cannot open, revealed shares meant for it). */
 typedef struct {
     sa_step_t step;
@@ -86,7 +88,11 @@ typedef struct {
     float *norm; /* (2, n_norm): means then standard deviations */
     int have_norm;
     double *stats_sum; /* (n_norm, 3) summed over sites */
-    float *gate_sum;   /* (7, n_experts) summed over sites */
+    double *gate_sum;  /* (7, n_experts) summed over sites */
+    /* this phase's vector sum (proto/secsum.h): the whole vector with --secagg; in plain
+     * mode everything but what has its own sum (the update words, in agg) */
+    uint32_t *vsum, *vtmp; /* (largest vector), and room for one site's values */
+    size_t vsum_cap;
     uint64_t combo_rows[MOEH_WIRE_COMBOS];
     double last_auroc[MOEH_WIRE_SLICES][8]; /* of the last evaluation, per slice and task */
     uint64_t spec_hash, model_version, hb_seq;
@@ -108,10 +114,12 @@ typedef struct {
     uint32_t wait_target; /* start as soon as this many sites joined */
     int64_t phase_deadline, wait_start, round_t0, last_hb;
     double round_train_loss; /* sample-weighted mean over the sites that replied */
-    double w_cap, w_used;    /* bound on this round's total weight, and weight admitted */
-    double quant_scale;      /* fixed-point scale of this round's updates */
+    double round_samples, round_steps;
+    double w_cap, w_used; /* bound on this round's total weight, and weight admitted */
+    double quant_scale;   /* fixed-point scale of this round's updates */
     uint32_t round_train_sites;
     sa_session_t sa;
+    int k_fallback_logged;
     FILE *metrics;
     int table_header_done;
     char ckpt_path[4096];
@@ -182,6 +190,18 @@ static uint32_t n_admitted(const coord_t *c)
     for (size_t i = 0; i < c->n_sites; i++)
         n += c->sites[i].admitted != 0;
     return n;
+}
+
+static Moeh__RoundTask phase_task(phase_t ph)
+{
+    return ph == PH_TRAIN  ? MOEH__ROUND_TASK__TRAIN
+           : ph == PH_EVAL ? MOEH__ROUND_TASK__EVALUATE
+                           : MOEH__ROUND_TASK__STATS;
+}
+
+static const char *phase_name(phase_t ph)
+{
+    return ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics";
 }
 
 /* Writes ,"key":value to a metrics line; JSON has no NaN, so a missing value is null. */
@@ -259,8 +279,16 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
         calloc((size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
-    c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(float));
-    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum)
+    c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(double));
+    size_t lt = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
+           ls = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
+           le = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
+    c->vsum_cap = lt > ls ? (lt > le ? lt : le) : (ls > le ? ls : le);
+    c->vsum = calloc(c->vsum_cap, sizeof(uint32_t));
+    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(&c->lim) +
+                         MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS,
+                     sizeof(uint32_t));
+    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp)
         return moeh_errf(err, -ENOMEM, "out of memory");
     if (c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) {
         c->delta = calloc(c->p->n, sizeof(float));
@@ -294,9 +322,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.quant_scale = c->quant_scale;
     rs.round = c->round;
     rs.model_version = c->model_version;
-    rs.task = c->phase == PH_TRAIN  ? MOEH__ROUND_TASK__TRAIN
-              : c->phase == PH_EVAL ? MOEH__ROUND_TASK__EVALUATE
-                                    : MOEH__ROUND_TASK__STATS;
+    rs.task = phase_task(c->phase);
     rc.warmup = c->round <= cfg->warmup_rounds;
     rc.prox_mu = cfg->prox_mu;
     int64_t left = c->phase_deadline - moeh_now_ms();
@@ -304,7 +330,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rs.config = &rc;
     rs.n_participants = c->n_participants;
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
-    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
+    if (c->sa.step != SA_OFF) {
         if (!s->sa_in) return; /* not in this session: it cannot take part in this attempt */
         sp.session = c->sa.cfg.round;
         sp.n = c->sa.cfg.n;
@@ -390,10 +416,21 @@ static void sa_open(coord_t *c)
         randombytes_buf(&sa->cfg.round, sizeof sa->cfg.round);
     while (sa->cfg.round == 0);
     randombytes_buf(&sa->cfg.graph_seed, sizeof sa->cfg.graph_seed);
+    /* SecAgg+ (--secagg-k): each site masks with k neighbours and shares its secrets with
+     * them, t-of-(k + 1). With k + 1 >= n everyone is everyone's neighbour: classic SecAgg. */
+    uint32_t k = c->cfg->secagg_k;
+    if (k && k >= n - 1) {
+        if (!c->k_fallback_logged)
+            MOEH_INFO("secure aggregation: --secagg-k %u needs more than %u sites, %u are here: "
+                      "every pair masks (k = 0) while that holds",
+                      k, k + 1, n);
+        c->k_fallback_logged = 1;
+        k = 0;
+    }
     sa->cfg.n = n;
-    sa->cfg.k = 0; /* every pair masks: fine for the few sites of a hospital federation */
-    sa->cfg.t = n / 2 + 1;
-    sa->cfg.len = c->p->n + c->p->n_groups;
+    sa->cfg.k = k;
+    sa->cfg.t = (k ? k + 1 : n) / 2 + 1;
+    sa->cfg.len = moeh_secsum_len(&c->lim, phase_task(c->phase));
     sa->need = sa->cfg.t > c->cfg->min_sites ? sa->cfg.t : c->cfg->min_sites;
     moeh_err_t err = {0};
     MOEH_ASSERT(moeh_secagg_cfg_check(&sa->cfg, &err) == 0);
@@ -411,6 +448,7 @@ static void open_phase(coord_t *c, phase_t ph)
         MOEH_WARN("out of memory for the shared parameter frame; copying per site");
     c->phase_deadline = moeh_now_ms() + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
+    memset(c->vsum, 0, moeh_secsum_len(&c->lim, phase_task(ph)) * sizeof(uint32_t));
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -438,15 +476,6 @@ static void open_phase(coord_t *c, phase_t ph)
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
         c->quant_scale = moeh_quant_scale(cfg->delta_clip, c->w_cap);
-    } else if (ph == PH_EVAL) {
-        memset(c->hist, 0,
-               (size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins * sizeof(uint64_t));
-        memset(c->gate_sum, 0, (size_t)MOEH_WIRE_COMBOS * c->n_experts * sizeof(float));
-        memset(c->combo_rows, 0, sizeof c->combo_rows);
-        c->eval_loss_sum = 0;
-        c->eval_n_labels = 0;
-    } else {
-        memset(c->stats_sum, 0, 3 * (size_t)c->n_norm * sizeof(double));
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
@@ -454,14 +483,11 @@ static void open_phase(coord_t *c, phase_t ph)
         s->replied = 0;
         c->n_participants += s->participant != 0;
     }
-    if (ph == PH_TRAIN && cfg->secagg)
+    if (cfg->secagg)
         sa_open(c);
     else
         c->sa.step = SA_OFF;
-    MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
-              ph == PH_TRAIN  ? "train"
-              : ph == PH_EVAL ? "eval"
-                              : "statistics",
+    MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round, phase_name(ph),
               c->n_participants, (unsigned long long)c->model_version);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
@@ -562,7 +588,7 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     env.welcome = &w;
     if (send_to(c, s, &env, NULL, 0) != 0) return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
-    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF && !s->replied) {
+    if (c->sa.step != SA_OFF && !s->replied) {
         /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
          * lost (or never had) its round keys, and takes part from the next phase on. */
         if (s->participant && c->n_participants) c->n_participants--;
@@ -613,20 +639,19 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version)) return;
     const uint8_t *words = m->frames[0].data;
     char what[160];
-    if (c->sa.step != SA_OFF || u->secagg_session != 0) {
-        /* Masked words look uniformly random: no range check is possible (docs/secagg.md).
-         * Once the unmask request went out, a late update is refused: the s keys of the
-         * dropped sites may be revealed, and its pairwise masks could be stripped. */
-        if (c->sa.step != SA_MASKED || !s->sa_in || !c->sa.u2[s->sa_id] ||
-            u->secagg_session != c->sa.cfg.round) {
-            reply_error(c, m, -ESTALE,
-                        "update: not expected now by this secure-aggregation "
-                        "session (late, masked for another session, or plain)",
-                        s->id);
-            return;
-        }
-        c->sa.u3[s->sa_id] = 1;
-        goto accept;
+    if (c->cfg->secagg || u->secagg_session != 0) {
+        /* under secure aggregation a site's vector travels masked, in SecaggMasked */
+        reply_error(c, m, -ESTALE,
+                    "update: not expected now: under secure aggregation the update travels "
+                    "masked (secagg_masked)",
+                    s->id);
+        return;
+    }
+    /* the header's values join the phase's vector sum, as they would under secure aggregation */
+    uint32_t *xv = c->vtmp;
+    if (moeh_secsum_train_put(xv, u->train_loss, u->n_samples, u->steps) != 0) {
+        reply_error(c, m, -ERANGE, "update: train_loss x n_samples is out of range", s->id);
+        return;
     }
     /* Without secure aggregation every word can be checked against the site's declared
      * weight, so a broken or hostile site cannot push the sum out of range. */
@@ -675,13 +700,11 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
         }
         c->n_slots++;
     }
-accept:
     moeh_fedavg_add(&c->agg, words);
+    moeh_secsum_add(c->vsum + c->p->n + c->p->n_groups, xv,
+                    MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
-    s->train_loss = u->train_loss;
-    s->n_samples = u->n_samples;
     c->n_replied++;
-    c->round_train_loss += u->train_loss * (double)u->n_samples;
     c->round_train_sites++;
     if (c->metrics) {
         fprintf(c->metrics, "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\"", c->round,
@@ -706,28 +729,42 @@ static double slice_auroc(const uint64_t *hist, uint32_t n_tasks, uint32_t bins,
 static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__EvalResult *r = m->env->eval_result;
+    if (c->cfg->secagg) {
+        reply_error(c, m, -ESTALE,
+                    "eval_result: not expected now: under secure aggregation the evaluation "
+                    "travels masked (secagg_masked)",
+                    s->id);
+        return;
+    }
     if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
     const uint32_t T = c->cfg->n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     size_t per_slice = (size_t)T * 2 * nb, n = MOEH_WIRE_SLICES * per_slice;
-    /* this site's own AUROC per task (slice 0), before its counts join the sum */
+    /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */
+    const size_t V = MOEH_SECSUM_FIX_WORDS, at = n + MOEH_WIRE_COMBOS * (c->n_experts + 1) * V;
+    if (moeh_secsum_fix_get(c->vsum + at + V) + (double)r->n_labels > 4294967295.0) {
+        reply_error(c, m, -ERANGE, "eval_result: the round's labels would exceed 2^32 - 1", s->id);
+        return;
+    }
+    float *gate = malloc((size_t)MOEH_WIRE_COMBOS * c->n_experts * sizeof(float) + 1);
+    if (!gate ||
+        moeh_secsum_eval_put(c->vtmp, &c->lim, memcpy(gate, m->frames[1].data, m->frames[1].len),
+                             r->combo_rows, r->loss_sum, r->n_labels) != 0) {
+        free(gate);
+        reply_error(c, m, gate ? -ERANGE : -ENOMEM,
+                    "eval_result: a sum is out of range (or out of memory)", s->id);
+        return;
+    }
+    free(gate);
+    moeh_secsum_add(c->vsum, p, n);
+    moeh_secsum_add(c->vsum + n, c->vtmp, moeh_secsum_eval_values_len(&c->lim));
+    /* this site's own AUROC per task (slice 0) */
     uint64_t *own = malloc(per_slice * sizeof(uint64_t));
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; own && i < per_slice; i++) {
         uint32_t v;
         memcpy(&v, p + 4 * i, 4);
-        c->hist[i] += v;
-        if (own && i < per_slice) own[i] = v;
+        own[i] = v;
     }
-    const uint8_t *g = m->frames[1].data;
-    for (size_t i = 0; i < (size_t)MOEH_WIRE_COMBOS * c->n_experts; i++) {
-        float x;
-        memcpy(&x, g + 4 * i, 4);
-        c->gate_sum[i] += x;
-    }
-    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++)
-        c->combo_rows[k] += r->combo_rows[k];
-    c->eval_loss_sum += r->loss_sum;
-    c->eval_n_labels += r->n_labels;
     s->replied = 1;
     c->n_replied++;
     if (own && c->metrics) {
@@ -748,26 +785,34 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
 static void handle_stats(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__StatsResult *r = m->env->stats_result;
-    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version)) return;
-    const uint8_t *p = m->frames[0].data;
-    for (size_t i = 0; i < 3 * (size_t)c->n_norm; i++) {
-        double x;
-        memcpy(&x, p + 8 * i, 8);
-        c->stats_sum[i] += x;
+    if (c->cfg->secagg) {
+        reply_error(c, m, -ESTALE,
+                    "stats_result: not expected now: under secure aggregation the statistics "
+                    "travel masked (secagg_masked)",
+                    s->id);
+        return;
     }
+    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version)) return;
+    size_t n = 3 * (size_t)c->n_norm;
+    memcpy(c->stats_sum, m->frames[0].data, n * sizeof(double)); /* scratch */
+    if (moeh_secsum_stats_put(c->vtmp, c->stats_sum, c->n_norm) != 0) {
+        reply_error(c, m, -ERANGE,
+                    "stats_result: a sum exceeds 2^53 in magnitude, the fixed-point range", s->id);
+        return;
+    }
+    moeh_secsum_add(c->vsum, c->vtmp, n * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
     c->n_replied++;
 }
 
 /* ---- secure aggregation: the coordinator's side of docs/secagg.md ------------------------ */
 
-/* Session checks shared by the secagg messages: a TRAIN phase in step `want`, a site of this
+/* Session checks shared by the secagg messages: a phase in step `want`, a site of this
  * session, the current session id. 1 if the message may be used; else replied with an Error. */
 static int sa_ok(coord_t *c, moeh_msg_t *m, site_t *s, sa_step_t want, uint64_t session)
 {
     char what[160];
-    if (c->phase != PH_TRAIN || c->sa.step != want || !s->sa_in || !s->participant ||
-        session != c->sa.cfg.round) {
+    if (c->sa.step != want || !s->sa_in || !s->participant || session != c->sa.cfg.round) {
         snprintf(what, sizeof what, "%s: not expected now (another step or session)",
                  moeh_msg_type_name(m->env->type));
         reply_error(c, m, -ESTALE, what, s->id);
@@ -826,6 +871,40 @@ static void handle_sa_shares(coord_t *c, moeh_msg_t *m, site_t *s)
         sa->ct_have[at] = 1;
     }
     sa->u2[i] = 1;
+}
+
+/* A site's masked vector (MASKED step), added into c->vsum. Masked words look uniformly random:
+ * no range check is possible (docs/secagg.md). Once the unmask request went out a late vector
+ * is refused (sa_ok): the s keys of the dropped sites may be revealed, and its pairwise masks
+ * could then be stripped. */
+static void handle_sa_masked(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__SecaggMasked *x = m->env->secagg_masked;
+    if (!sa_ok(c, m, s, SA_MASKED, x->session)) return;
+    char what[200];
+    if (x->task != phase_task(c->phase) || x->round != c->round ||
+        x->model_version != c->model_version) {
+        snprintf(what, sizeof what,
+                 "secagg_masked: task %d round %u model %llu, this session sums task %d round "
+                 "%u model %llu",
+                 (int)x->task, x->round, (unsigned long long)x->model_version,
+                 (int)phase_task(c->phase), c->round, (unsigned long long)c->model_version);
+        reply_error(c, m, -ESTALE, what, s->id);
+        return;
+    }
+    if (!c->sa.u2[s->sa_id] || c->sa.u3[s->sa_id] || s->replied) {
+        reply_error(c, m, -ESTALE,
+                    "secagg_masked: duplicate, or from a site whose shares were not all "
+                    "forwarded",
+                    s->id);
+        return;
+    }
+    MOEH_ASSERT(m->frames[0].len == c->sa.cfg.len * 4); /* the decoder checked it */
+    moeh_secsum_add(c->vsum, m->frames[0].data, c->sa.cfg.len);
+    c->sa.u3[s->sa_id] = 1;
+    s->replied = 1;
+    c->n_replied++;
+    if (c->phase == PH_TRAIN) c->round_train_sites++;
 }
 
 static void handle_sa_reveal(coord_t *c, moeh_msg_t *m, site_t *s)
@@ -911,6 +990,9 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
             case MOEH__MSG_TYPE__SECAGG_REVEAL:
                 handle_sa_reveal(c, &m, s);
                 break;
+            case MOEH__MSG_TYPE__SECAGG_MASKED:
+                handle_sa_masked(c, &m, s);
+                break;
             case MOEH__MSG_TYPE__ERROR:
                 MOEH_WARN("site %s reports: %s", s->id, m.env->error->message);
                 break;
@@ -939,16 +1021,17 @@ static void finish_train(coord_t *c)
         moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);
     }
     c->model_version++;
-    double loss = 0;
-    uint64_t ns = 0;
-    for (size_t i = 0; i < c->n_sites; i++)
-        if (c->sites[i].replied) ns += c->sites[i].n_samples;
-    loss = ns ? c->round_train_loss / (double)ns : NAN;
+    /* the sample-weighted mean loss, from the sums only (secsum.h) */
+    double lxs, ns, steps;
+    moeh_secsum_train_get(c->vsum + c->p->n + c->p->n_groups, &lxs, &ns, &steps);
+    double loss = ns > 0 ? lxs / ns : NAN;
     c->round_train_loss = loss;
+    c->round_samples = ns, c->round_steps = steps;
     if (c->metrics) {
         fprintf(c->metrics, "{\"event\":\"train\",\"round\":%u,\"sites\":%u,\"participants\":%u",
                 c->round, c->n_replied, c->n_participants);
         jnum(c->metrics, "train_loss", loss);
+        fprintf(c->metrics, ",\"samples\":%.0f,\"steps\":%.0f", ns, steps);
         fprintf(c->metrics, ",\"groups_updated\":%zu,\"model_version\":%llu}\n", updated,
                 (unsigned long long)c->model_version);
         fflush(c->metrics);
@@ -961,6 +1044,7 @@ static void finish_stats(coord_t *c)
 {
     size_t n = c->n_norm;
     double *st = c->stats_sum;
+    moeh_secsum_stats_get(c->vsum, n, st);
     for (size_t i = 0; i < n; i++) {
         double cnt = st[3 * i], mean = 0, var = 1;
         if (cnt > 0) {
@@ -985,6 +1069,8 @@ static void finish_eval(coord_t *c)
     const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
     double mean = 0;
     int n_ok = 0;
+    moeh_secsum_eval_get(c->vsum, &c->lim, c->hist, c->gate_sum, c->combo_rows, &c->eval_loss_sum,
+                         &c->eval_n_labels);
     for (size_t sl = 0; sl < MOEH_WIRE_SLICES; sl++)
         for (uint32_t t = 0; t < T; t++)
             c->last_auroc[sl][t] = slice_auroc(c->hist, T, nb, sl, t);
@@ -1032,6 +1118,12 @@ static void finish_eval(coord_t *c)
             fprintf(f, "]}");
         }
         fprintf(f, "}\n");
+        if (cfg->secagg) /* the per-site rows of the plain path cannot exist */
+            fprintf(f,
+                    "{\"event\":\"site_metrics\",\"round\":%u,\"available\":false,\"why\":"
+                    "\"secure aggregation: the coordinator learns only sums; each site logs its "
+                    "own metrics\"}\n",
+                    c->round);
         fflush(f);
     }
     if (cfg->print_table) {
@@ -1309,10 +1401,10 @@ static void sa_send_unmask(coord_t *c, const uint32_t *surv, size_t ns, const ui
         if (sa->site[surv[k]]->admitted) send_to(c, sa->site[surv[k]], &env, NULL, 0);
 }
 
-/* Advances a securely aggregated TRAIN phase: closes the current step when every live site it
- * waits for answered or at the step's deadline. Returns 1 when the unmasked sum is ready
- * (c->agg holds the plain sum of U3's updates), 0 otherwise (waiting, or the attempt was
- * aborted and retried; fatal set if out of retries). */
+/* Advances a securely aggregated phase: closes the current step when every live site it waits
+ * for answered or at the step's deadline. Returns 1 when the unmasked sum is ready (c->vsum
+ * holds the plain sum of U3's vectors, and for TRAIN c->agg that of their update words), 0
+ * otherwise (waiting, or the attempt was aborted and retried; fatal set if out of retries). */
 static int sa_step(coord_t *c, moeh_err_t *fatal)
 {
     sa_session_t *sa = &c->sa;
@@ -1335,11 +1427,18 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
     if (pending > 0 && now < c->phase_deadline) return 0;
     static const char *k_step[] = {"", "key advertisement", "share exchange", "masked update",
                                    "unmasking"};
-    char what[MOEH_ERRMSG_MAX + 64];
+    char what[MOEH_ERRMSG_MAX + 64], tag[48];
+    const char *name = phase_name(c->phase);
+    if (c->phase == PH_TRAIN)
+        snprintf(tag, sizeof tag, "round %u", c->round);
+    else if (c->phase == PH_EVAL)
+        snprintf(tag, sizeof tag, "round %u eval", c->round);
+    else
+        snprintf(tag, sizeof tag, "statistics");
     if (n == 0) {
         snprintf(what, sizeof what, "secure aggregation needs 2..%u participants",
                  MOEH_WIRE_SECAGG_MAX);
-        retry_phase(c, fatal, "train", what);
+        retry_phase(c, fatal, name, what);
         return 0;
     }
     if (got < sa->need) {
@@ -1347,12 +1446,12 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
                  "secure aggregation: %u sites completed the %s step, %u "
                  "needed (threshold %u, quorum %u)",
                  got, k_step[sa->step], sa->need, sa->cfg.t, c->cfg->min_sites);
-        retry_phase(c, fatal, "train", what);
+        retry_phase(c, fatal, name, what);
         return 0;
     }
     if (pending > 0)
-        MOEH_WARN("round %u: secure aggregation %s step: deadline passed with %u of the sites",
-                  c->round, k_step[sa->step], got);
+        MOEH_WARN("%s: secure aggregation %s step: deadline passed with %u of the sites", tag,
+                  k_step[sa->step], got);
     c->phase_deadline = now + c->cfg->phase_deadline_ms;
     if (sa->step == SA_KEYS) {
         sa->step = SA_SHARES;
@@ -1370,22 +1469,26 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
     if (sa->step == SA_MASKED) {
         /* from here on updates are refused: the dropped sites' s keys may be revealed */
         sa->step = SA_UNMASK;
-        MOEH_INFO("round %u: secure aggregation: %zu masked updates, %zu sites dropped; asking "
-                  "the survivors for their shares",
-                  c->round, ns, nd);
+        MOEH_INFO("%s: secure aggregation: %zu masked %s, %zu sites dropped; asking the "
+                  "survivors for their shares (n = %u, k = %u, t = %u)",
+                  tag, ns, c->phase == PH_TRAIN ? "updates" : "vectors", nd, sa->cfg.n, sa->cfg.k,
+                  sa->cfg.t);
         sa_send_unmask(c, surv, ns, drop, nd);
         return 0;
     }
     moeh_err_t err = {0};
     int rc = moeh_secagg_server_unmask(&sa->cfg, sa->keys, surv, ns, drop, nd, sa->reveals,
-                                       sa->n_reveals, c->agg.sum, &err);
+                                       sa->n_reveals, c->vsum, &err);
     if (rc) {
         snprintf(what, sizeof what, "secure aggregation: cannot unmask the sum: %s", err.msg);
-        retry_phase(c, fatal, "train", what);
+        retry_phase(c, fatal, name, what);
         return 0;
     }
-    MOEH_INFO("round %u: secure aggregation: unmasked the sum of %zu sites (%zu dropped)", c->round,
-              ns, nd);
+    if (c->phase == PH_TRAIN) { /* the update words go to the server step */
+        memcpy(c->agg.sum, c->vsum, (c->p->n + c->p->n_groups) * sizeof(uint32_t));
+        c->agg.n_updates = ns;
+    }
+    MOEH_INFO("%s: secure aggregation: unmasked the sum of %zu sites (%zu dropped)", tag, ns, nd);
     sa->step = SA_OFF;
     return 1;
 }
@@ -1396,14 +1499,14 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
     const moeh_coord_cfg_t *cfg = c->cfg;
     int64_t now = moeh_now_ms();
     uint32_t pending = 0;
-    if (c->phase == PH_TRAIN && c->sa.step != SA_OFF) {
+    if (c->sa.step != SA_OFF) {
         if (!sa_step(c, fatal)) return;
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
             pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
         if (pending > 0 && now < c->phase_deadline) return;
     }
-    const char *name = c->phase == PH_TRAIN ? "train" : c->phase == PH_EVAL ? "eval" : "statistics";
+    const char *name = phase_name(c->phase);
     if (c->n_replied < cfg->min_sites) {
         char what[160];
         snprintf(what, sizeof what, "%u of the %u sites needed replied", c->n_replied,
@@ -1497,6 +1600,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "trim", k->trim);
     cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
     cJSON_AddBoolToObject(j, "secagg", k->secagg);
+    cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -1539,8 +1643,19 @@ static int setup(coord_t *c, moeh_err_t *err)
                          "--secagg and --strategy trimmed exclude each other: the "
                          "trimmed mean needs every site's update, secure "
                          "aggregation reveals only their sum");
+    if (cfg->secagg_k && !cfg->secagg)
+        return moeh_errf(err, -EINVAL, "--secagg-k %u needs --secagg", cfg->secagg_k);
+    if (cfg->secagg_k % 2 != 0 || cfg->secagg_k >= MOEH_WIRE_SECAGG_MAX)
+        return moeh_errf(err, -EINVAL,
+                         "--secagg-k %u: expected 0 (every pair masks) or an even number of "
+                         "neighbours in 2..%u (SecAgg+: the threshold is then k/2 + 1 of each "
+                         "site's k + 1)",
+                         cfg->secagg_k, MOEH_WIRE_SECAGG_MAX - 2);
     if (cfg->secagg && (rc = moeh_crypto_init()))
         return moeh_errf(err, rc, "libsodium failed to initialise");
+    if (cfg->secagg)
+        MOEH_INFO("secure aggregation: the coordinator learns only sums; per-site metrics are "
+                  "not available to it (each site logs its own)");
     if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && !(cfg->trim >= 0 && cfg->trim < 0.5))
         return moeh_errf(err, -EINVAL, "--trim %g: expected a fraction in [0, 0.5)",
                          (double)cfg->trim);
@@ -1665,6 +1780,8 @@ static void teardown(coord_t *c)
     free(c->norm);
     free(c->stats_sum);
     free(c->gate_sum);
+    free(c->vsum);
+    free(c->vtmp);
     free(c->delta);
     free(c->sm);
     free(c->sv);

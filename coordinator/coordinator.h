@@ -37,9 +37,10 @@ typedef struct {
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
     const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
     float server_lr, server_beta1, server_beta2, server_tau;
-    float trim; /* trimmed mean: fraction dropped at each end */
-    int secagg; /* secure aggregation of the TRAIN phase (docs/secagg.md): the
-                 * coordinator learns only the sum of the sites' updates */
+    float trim;        /* trimmed mean: fraction dropped at each end */
+    int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
+                        * learns only the sums of the sites' updates, statistics and evaluations */
+    uint32_t secagg_k; /* SecAgg+ neighbours (0: every pair masks); even, < 512 */
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

@@ -57,7 +57,10 @@ int main(int argc, char **argv)
         {"strategy", MOEH_OPT_STR, &cfg.strategy,
          "server step: fedavg, fedadam, fedyogi or trimmed (robust; per-site memory)"},
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
-         "secure aggregation: learn only the sum of the sites' updates (not with trimmed)"},
+         "secure aggregation: learn only sums of the sites' updates, statistics and "
+         "evaluations (not with trimmed)"},
+        {"secagg-k", MOEH_OPT_U32, &cfg.secagg_k,
+         "SecAgg+: each site masks with k neighbours, threshold k/2 + 1 (0: all pairs; even)"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
         {"server-lr", MOEH_OPT_F32, &cfg.server_lr, "server learning rate (FedAdam/FedYogi)"},
         {"server-beta1", MOEH_OPT_F32, &cfg.server_beta1, "server first-moment decay"},

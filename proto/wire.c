@@ -2,6 +2,7 @@
 #include "wire.h"
 
 #include "secagg.h"
+#include "secsum.h"
 
 #include <math.h>
 #include <string.h>
@@ -12,13 +13,14 @@ struct moeh_shared_frame {
 };
 
 static const char *k_type_names[] = {
-    "unspecified",      "hello",       "welcome",       "round_start",   "update",
-    "eval_result",      "heartbeat",   "error",         "bye",           "stats_result",
-    "secagg_advertise", "secagg_keys", "secagg_shares", "secagg_unmask", "secagg_reveal"};
+    "unspecified",   "hello",         "welcome",          "round_start",
+    "update",        "eval_result",   "heartbeat",        "error",
+    "bye",           "stats_result",  "secagg_advertise", "secagg_keys",
+    "secagg_shares", "secagg_unmask", "secagg_reveal",    "secagg_masked"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= MOEH__MSG_TYPE__SECAGG_REVEAL) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= MOEH__MSG_TYPE__SECAGG_MASKED) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -256,24 +258,21 @@ static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__Rou
 {
     const Moeh__SecaggParams *p = r->secagg;
     int rc;
-    if (r->task != MOEH__ROUND_TASK__TRAIN)
-        return moeh_errf(err, -EBADMSG,
-                         "round_start.secagg: only a TRAIN round is securely "
-                         "aggregated");
     if ((rc = check_session(p->session, "round_start.secagg", err))) return rc;
     if (p->n < 2 || p->n > MOEH_WIRE_SECAGG_MAX || p->id >= p->n)
         return moeh_errf(err, -EBADMSG,
                          "round_start.secagg: n %u (expected 2..%u) and id %u "
                          "(expected < n)",
                          p->n, MOEH_WIRE_SECAGG_MAX, p->id);
-    if (lim->n_params == 0 || lim->n_groups == 0)
+    size_t len = moeh_secsum_len(lim, r->task);
+    if (len == 0)
         return moeh_errf(err, -EBADMSG, "round_start.secagg: before the model was negotiated");
     moeh_secagg_cfg_t cfg = {.round = p->session,
                              .n = p->n,
                              .t = p->t,
                              .k = p->k,
                              .graph_seed = p->graph_seed,
-                             .len = (size_t)lim->n_params + lim->n_groups};
+                             .len = len};
     moeh_err_t e2 = {0};
     if (moeh_secagg_cfg_check(&cfg, &e2))
         return moeh_errf(err, -EBADMSG, "round_start.secagg: %s", e2.msg);
@@ -476,6 +475,18 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     case MOEH__MSG_TYPE__SECAGG_REVEAL:
         if ((rc = validate_secagg(lim, e, err))) return rc;
         break;
+    case MOEH__MSG_TYPE__SECAGG_MASKED: {
+        /* uniform words: only the session, the task and the vector's length can be checked */
+        const Moeh__SecaggMasked *sm = e->secagg_masked;
+        if ((rc = check_session(sm->session, "secagg_masked", err))) return rc;
+        if (sm->task != MOEH__ROUND_TASK__TRAIN && sm->task != MOEH__ROUND_TASK__EVALUATE &&
+            sm->task != MOEH__ROUND_TASK__STATS)
+            return moeh_errf(err, -EBADMSG,
+                             "secagg_masked.task: %d, expected TRAIN, EVALUATE or STATS",
+                             (int)sm->task);
+        return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
+                            moeh_secsum_len(lim, sm->task), err);
+    }
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
     case MOEH__MSG_TYPE__ERROR:
@@ -545,7 +556,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__SECAGG_REVEAL) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__SECAGG_MASKED) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

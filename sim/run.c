@@ -44,6 +44,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
     uint64_t seed = 1;
     int insecure = 0, secagg = 1;
+    uint32_t secagg_k = 0;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -69,7 +70,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
          "gate supervision weight kept in joint rounds (0: none)"},
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
-         "secure aggregation: the coordinator learns only the sum of the updates (default on)"},
+         "secure aggregation: the coordinator learns only sums (default on)"},
+        {"secagg-k", MOEH_OPT_U32, &secagg_k,
+         "SecAgg+ neighbours per site (0: all pairs; even; moeh-coordinator --secagg-k)"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -188,7 +191,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_buck, sizeof a_buck, "%u", buckets);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
-    char *cargs[64] = {"--rounds",
+    char *cargs[96] = {"--rounds",
                        a_rounds,
                        "--min-sites",
                        a_min,
@@ -236,7 +239,13 @@ int moeh_sim_cmd_run(int argc, char **argv)
     cargs[nc++] = "--lambda-lb", cargs[nc++] = a_lb;
     cargs[nc++] = "--gate-sup", cargs[nc++] = a_gs;
     cargs[nc++] = "--gate-sup-joint", cargs[nc++] = a_gsj;
+    char a_k[16];
+    snprintf(a_k, sizeof a_k, "%u", secagg_k);
     if (secagg) cargs[nc++] = "--secagg";
+    if (secagg_k) { /* without --secagg the coordinator says why it refuses */
+        cargs[nc++] = "--secagg-k";
+        cargs[nc++] = a_k;
+    }
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

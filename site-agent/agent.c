@@ -3,19 +3,24 @@
  * States: connecting (Hello sent, waiting for Welcome) -> admitted (answers RoundStart with an
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
- * parameter delta, per-group sample counts, the mean training loss, and score histograms.
+ * parameter delta, per-group sample counts, the mean training loss, score histograms and
+ * sums for the normalisation statistics.
  *
- * When a TRAIN RoundStart carries secagg parameters (docs/secagg.md), the agent trains, keeps
- * its update words, and runs its side of secure aggregation instead of sending them: fresh
- * round keys (SecaggAdvertise) -> on SecaggKeys, encrypted shares (SecaggShares) -> on the
- * forwarded shares, the masked Update -> on SecaggUnmask, its shares (SecaggReveal). The
- * moeh_secagg_client_t holds the round's secrets and is destroyed at the next RoundStart, on
- * any failure, and at exit. */
+ * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters (docs/secagg.md), the
+ * agent computes the phase's vector of words (proto/secsum.h: update + loss, sample and step
+ * counts; statistics; histograms + evaluation sums) and runs its side of secure aggregation
+ * instead of sending it in clear: fresh round keys (SecaggAdvertise) -> on SecaggKeys,
+ * encrypted shares (SecaggShares) -> on the forwarded shares, the masked vector
+ * (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The moeh_secagg_client_t holds
+ * the session's secrets and is destroyed at the next RoundStart, on any failure, and at exit.
+ * The site's own evaluation metrics are logged here, since the coordinator then has none. */
 #include "agent.h"
 
 #include "keys.h"
 #include "quant.h"
+#include "moeh_hist.h"
 #include "secagg.h"
+#include "secsum.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -35,8 +40,9 @@ typedef struct {
     moeh_trainer_t *trainer; /* built on Welcome, from the coordinator's model spec */
     uint64_t spec_hash;
     float *global, *delta, *norm;
-    uint32_t *upd;  /* update words: n_params + n_groups */
-    uint32_t *hist; /* evaluation histograms */
+    uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (secsum.h) */
+    uint32_t *hist; /* evaluation histograms, then the EVALUATE values (secsum.h) */
+    uint32_t *svec; /* the STATS vector (secsum.h) */
     float *gate_sum;
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
@@ -46,12 +52,13 @@ typedef struct {
     uint64_t hb_seq, seed_salt;
     moeh_err_t fatal;
     int fatal_rc;
-    /* secure aggregation of the current TRAIN round (sa == NULL: none in progress) */
+    /* secure aggregation of the current phase (sa == NULL: none in progress) */
     moeh_secagg_client_t *sa;
     uint64_t sa_session, sa_version;
-    uint32_t sa_round, sa_n, sa_steps;
-    double sa_loss;
-    uint64_t sa_samples;
+    uint32_t sa_round, sa_n;
+    Moeh__RoundTask sa_task;
+    uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
+    size_t sa_len;
 } agent_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
@@ -208,9 +215,10 @@ static void free_model(agent_t *a)
     free(a->norm);
     free(a->upd);
     free(a->hist);
+    free(a->svec);
     free(a->gate_sum);
     a->global = a->delta = a->norm = a->gate_sum = NULL;
-    a->upd = a->hist = NULL;
+    a->upd = a->hist = a->svec = NULL;
 }
 
 /* Builds the trainer for the coordinator's model spec (the dataset is opened again: the
@@ -256,14 +264,21 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
                   "(different moeh versions?)");
         return -EPROTO;
     }
-    size_t slices = (size_t)MOEH_EVAL_SLICES * ms->n_tasks * 2 * w->eval_bins;
+    /* room for the secure-aggregation vectors (proto/secsum.h) of each phase */
+    moeh_wire_limits_t lim = {.n_params = p->n,
+                              .n_groups = (uint32_t)p->n_groups,
+                              .n_tasks = ms->n_tasks,
+                              .eval_bins = w->eval_bins,
+                              .n_norm = ms->n_norm,
+                              .n_experts = ms->n_experts};
     a->global = malloc(p->n * sizeof(float));
     a->delta = malloc(p->n * sizeof(float));
     a->norm = malloc(2 * (size_t)ms->n_norm * sizeof(float) + 1);
-    a->upd = malloc((p->n + p->n_groups) * sizeof(uint32_t));
-    a->hist = malloc(slices * sizeof(uint32_t));
+    a->upd = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
+    a->hist = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
+    a->svec = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
     a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
-    if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->gate_sum) {
+    if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->svec || !a->gate_sum) {
         set_fatal(a, -ENOMEM, "%s", "out of memory");
         return -ENOMEM;
     }
@@ -313,6 +328,8 @@ static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
     return p;
 }
 
+static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len);
+
 static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
 {
     size_t nn = moeh_trainer_n_norm(a->trainer);
@@ -322,6 +339,17 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
         return;
     }
     moeh_trainer_local_stats(a->trainer, st);
+    if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
+        if (moeh_secsum_stats_put(a->svec, st, nn) != 0) {
+            MOEH_ERROR("statistics: a sum exceeds 2^53 in magnitude, the fixed-point range of "
+                       "secure aggregation (docs/secagg.md); not sent");
+            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "statistics out of range");
+        } else {
+            sa_begin(a, rs, a->svec, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
+        }
+        free(st);
+        return;
+    }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__StatsResult r = MOEH__STATS_RESULT__INIT;
     r.round = rs->round;
@@ -335,9 +363,9 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     free(st);
 }
 
-/* Sends a->upd (plain, or masked for secagg session `session`) as this round's Update. */
+/* Sends a->upd in clear as this round's Update (no secure aggregation). */
 static void send_update(agent_t *a, uint32_t round, uint64_t version, double loss, uint64_t samples,
-                        uint32_t steps, uint64_t session)
+                        uint32_t steps)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
@@ -347,7 +375,6 @@ static void send_update(agent_t *a, uint32_t round, uint64_t version, double los
     u.train_loss = loss;
     u.n_samples = samples;
     u.steps = steps;
-    u.secagg_session = session;
     env.type = MOEH__MSG_TYPE__UPDATE;
     env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
     env.update = &u;
@@ -371,9 +398,9 @@ static void sa_end(agent_t *a, const char *why, const char *detail)
     a->sa_session = 0;
 }
 
-/* After training with RoundStart.secagg: fresh round keys, advertised to the coordinator. */
-static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64_t samples,
-                     uint32_t steps)
+/* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
+ * ends) is ready: fresh round keys, advertised to the coordinator. */
+static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len)
 {
     const Moeh__SecaggParams *sp = rs->secagg;
     moeh_err_t err = {0};
@@ -383,8 +410,9 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64
                              .t = sp->t,
                              .k = sp->k,
                              .graph_seed = sp->graph_seed,
-                             .len = (size_t)a->lim.n_params + a->lim.n_groups};
+                             .len = len};
     a->sa_round = rs->round;
+    a->sa_task = rs->task;
     if (rc || (rc = moeh_secagg_client_create(&cfg, sp->id, &a->sa, &err)) != 0) {
         sa_end(a, "cannot start", rc == -EIO ? "libsodium failed to initialise" : err.msg);
         return;
@@ -392,7 +420,7 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, double loss, uint64
     a->sa_session = sp->session;
     a->sa_version = rs->model_version;
     a->sa_n = sp->n;
-    a->sa_loss = loss, a->sa_samples = samples, a->sa_steps = steps;
+    a->sa_vec = vec, a->sa_len = len;
     moeh_secagg_pubkeys_t pk;
     moeh_secagg_client_pubkeys(a->sa, &pk);
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
@@ -495,16 +523,32 @@ static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
         }
         u2[sh->u2[i]] = 1;
     }
-    if (a->cfg->fault_kill_secagg_round && a->sa_round == a->cfg->fault_kill_secagg_round) {
-        MOEH_WARN("fault injection: killing myself after sharing keys in round %u", a->sa_round);
+    if ((a->cfg->fault_kill_secagg_round && a->sa_task == MOEH__ROUND_TASK__TRAIN &&
+         a->sa_round == a->cfg->fault_kill_secagg_round) ||
+        (a->cfg->fault_kill_secagg_task && (uint32_t)a->sa_task == a->cfg->fault_kill_secagg_task &&
+         a->sa_round == a->cfg->fault_kill_secagg_at)) {
+        MOEH_WARN("fault injection: killing myself after sharing keys in round %u (task %d)",
+                  a->sa_round, (int)a->sa_task);
         raise(SIGKILL);
     }
-    if (moeh_secagg_client_mask(a->sa, a->upd, a->upd, u2, &err) != 0) {
-        why = "cannot mask the update";
+    if (moeh_secagg_client_mask(a->sa, a->sa_vec, a->sa_vec, u2, &err) != 0) {
+        why = "cannot mask the vector";
         goto out;
     }
-    send_update(a, a->sa_round, a->sa_version, a->sa_loss, a->sa_samples, a->sa_steps,
-                a->sa_session);
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
+    sm.session = a->sa_session;
+    sm.round = a->sa_round;
+    sm.model_version = a->sa_version;
+    sm.task = a->sa_task;
+    env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
+    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
+    env.secagg_masked = &sm;
+    moeh_frame_t f = {
+        .name = "masked", .dtype = MOEH__DTYPE__U32, .data = a->sa_vec, .count = a->sa_len};
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
+    if (rc)
+        MOEH_WARN("round %u: could not send the masked vector: %s", a->sa_round, moeh_strerror(rc));
 out:
     if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
     free(u2);
@@ -601,11 +645,42 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     double loss = res.steps ? res.mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
     MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
               rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples, loss);
-    if (rs->secagg) {
-        sa_begin(a, rs, loss, res.samples, res.steps);
+    if (rs->secagg) { /* the header's values are summed with the update, never in clear */
+        if (moeh_secsum_train_put(a->upd + p->n + p->n_groups, loss, res.samples, res.steps)) {
+            MOEH_ERROR("round %u: train loss x samples is out of the fixed-point range; no "
+                       "update is sent",
+                       rs->round);
+            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "train loss out of range");
+            return;
+        }
+        sa_begin(a, rs, a->upd, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
-    send_update(a, rs->round, rs->model_version, loss, res.samples, res.steps, 0);
+    send_update(a, rs->round, rs->model_version, loss, res.samples, res.steps);
+}
+
+/* Logs this site's own test loss and AUROC per task (all rows): with secure aggregation the
+ * coordinator only learns the federation's sums, so this log is where a site's own figures are
+ * (aggregates of the site's rows, never a single prediction). */
+static void log_own_metrics(agent_t *a, uint32_t round, const moeh_eval_sums_t *es)
+{
+    static const char *names3[] = {"mortality", "los7", "readmit30"};
+    const uint32_t T = a->lim.n_tasks, nb = a->eval_bins;
+    uint64_t *neg = malloc(2 * (size_t)nb * sizeof(uint64_t));
+    char line[512];
+    int at = snprintf(line, sizeof line, "round %u: this site's test loss %.4f", round,
+                      es->n_labels ? es->loss_sum / (double)es->n_labels : NAN);
+    for (uint32_t t = 0; neg && t < T && at > 0 && (size_t)at < sizeof line; t++) {
+        const uint32_t *h = a->hist + (size_t)t * 2 * nb; /* slice 0: all rows */
+        for (size_t b = 0; b < 2 * (size_t)nb; b++)
+            neg[b] = h[b];
+        char name[16];
+        snprintf(name, sizeof name, "%s", T == 3 ? names3[t] : "task");
+        at += snprintf(line + at, sizeof line - (size_t)at, ", AUROC %s %.4f", name,
+                       moeh_hist_auroc(neg, neg + nb, nb));
+    }
+    free(neg);
+    MOEH_INFO("%s (kept at this site)", line);
 }
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
@@ -617,6 +692,18 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
                               &err) != 0) {
         MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
         moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation failed");
+        return;
+    }
+    log_own_metrics(a, rs->round, &es);
+    if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
+        if (moeh_secsum_eval_put(a->hist + moeh_secsum_eval_hist_words(&a->lim), &a->lim,
+                                 a->gate_sum, es.combo_rows, es.loss_sum, es.n_labels) != 0) {
+            MOEH_ERROR("round %u: evaluation sums out of the fixed-point range; not sent",
+                       rs->round);
+            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation out of range");
+            return;
+        }
+        sa_begin(a, rs, a->hist, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
         return;
     }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;

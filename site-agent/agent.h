@@ -27,6 +27,9 @@ typedef struct {
     uint32_t fault_kill_secagg_round; /* tests: SIGKILL itself in this round's secure
                                        * aggregation, after sending its shares and before its
                                        * masked update (0 = off) */
+    uint32_t fault_kill_secagg_task;  /* tests: the same in the secure aggregation of this task
+                                       * (Moeh__RoundTask: TRAIN, EVALUATE or STATS; 0 = off) */
+    uint32_t fault_kill_secagg_at;    /* ... of this round (STATS: 0) */
 } moeh_agent_cfg_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);

@@ -1,6 +1,7 @@
 /* main.c - moeh-site-agent: options, signals, then moeh_agent_run(). */
 #include "agent.h"
 
+#include "moeh.pb-c.h"
 #include "moeh_opts.h"
 
 #include <signal.h>
@@ -18,7 +19,7 @@ int main(int argc, char **argv)
 {
     moeh_agent_cfg_t cfg;
     moeh_agent_cfg_defaults(&cfg);
-    const char *log_level = "info";
+    const char *log_level = "info", *kill_at = NULL;
     const moeh_opt_t opts[] = {
         {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint"},
         {"site-id", MOEH_OPT_STR, &cfg.site_id, "this site's id, as in the coordinator registry"},
@@ -36,6 +37,8 @@ int main(int argc, char **argv)
         {"fault-kill-secagg-round", MOEH_OPT_U32, &cfg.fault_kill_secagg_round,
          "TESTS ONLY: SIGKILL this process in round N's secure aggregation, after its shares "
          "went out and before its masked update (0: off)"},
+        {"fault-kill-secagg-at", MOEH_OPT_STR, &kill_at,
+         "TESTS ONLY: the same in the secure aggregation of 'stats', 'eval:N' or 'train:N'"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
     moeh_opts_t o = {.prog = "moeh-site-agent",
@@ -49,6 +52,25 @@ int main(int argc, char **argv)
     char prefix[80];
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "agent");
     if (rc >= 0) return rc;
+    if (kill_at) {
+        unsigned r = 0;
+        char extra;
+        if (strcmp(kill_at, "stats") == 0)
+            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__STATS;
+        else if (sscanf(kill_at, "eval:%u%c", &r, &extra) == 1 && r > 0)
+            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__EVALUATE;
+        else if (sscanf(kill_at, "train:%u%c", &r, &extra) == 1 && r > 0)
+            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__TRAIN;
+        else {
+            fprintf(stderr,
+                    "moeh-site-agent: --fault-kill-secagg-at '%s': expected stats, "
+                    "eval:N or train:N (N >= 1)\n",
+                    kill_at);
+            moeh_opts_free(&o);
+            return 2;
+        }
+        cfg.fault_kill_secagg_at = r;
+    }
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
     moeh_install_signals(on_signal, 0);

@@ -22,10 +22,14 @@
 
 #include "keys.h"
 #include "secagg.h"
+#include "secsum.h"
 #include "wire.h"
 #include "localfed.h"
+#include "checkpoint.h"
+#include "moeh_hist.h"
 #include "moeh_moe.h"
 #include "npy.h"
+#include "trainer.h"
 #include "moeh_split.h"
 
 #include <cjson/cJSON.h>
@@ -35,7 +39,7 @@
 #include <string.h>
 
 #define N_SITES 3
-#define MAX_PROCS 12
+#define MAX_PROCS 20
 
 typedef struct {
     char dir[256], data[300], keys[300], logs[300], out[300];
@@ -867,7 +871,7 @@ static void test_secagg_too_few_survivors_aborts(void **state)
                                     "retry 1 of 1"));
     assert_true(file_contains(path, "secure aggregation needs 2..512 participants, after 2 "
                                     "attempts"));
-    assert_false(file_contains(path, "unmasked the sum"));
+    assert_false(file_contains(path, "round 1: secure aggregation: unmasked the sum"));
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 0);
@@ -983,18 +987,20 @@ static void test_secagg_late_update_refused(void **state)
                                  .n_norm = ms->n_norm,
                                  .n_experts = ms->n_experts};
     moeh_msg_clear(&m);
-    /* statistics: all-zero sums */
+    /* statistics, securely summed: a clear StatsResult is refused, and this site stays out of
+     * the session (its key step waits for it until the deadline, then goes on with three) */
     assert_int_equal(rogue_next_alive(&r, &m), 0);
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
+    assert_non_null(m.env->round_start->secagg);
     moeh_msg_clear(&m);
-    size_t nst = 3 * (size_t)r.lim.n_norm, nw = r.lim.n_params + r.lim.n_groups;
+    size_t nst = 3 * (size_t)r.lim.n_norm, nw = moeh_secsum_len(&r.lim, MOEH__ROUND_TASK__TRAIN);
     double *st = calloc(nst, sizeof(double));
     Moeh__Envelope se = MOEH__ENVELOPE__INIT;
     Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
     se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
     se.stats_result = &sr;
     moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &se, &sf, 1), 0);
+    rogue_expect_reply(&r, &se, &sf, 1, -ESTALE, "travel masked");
     free(st);
 
     /* round 1: RoundStart{TRAIN, secagg} */
@@ -1090,10 +1096,12 @@ static void test_secagg_late_update_refused(void **state)
         assert_int_equal(moeh_proc_wait(c, 100), -ETIMEDOUT);
     }
     Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
-    Moeh__Update u = MOEH__UPDATE__INIT;
-    u.round = round, u.model_version = version, u.secagg_session = cfg.round;
-    ue.type = MOEH__MSG_TYPE__UPDATE, ue.body_case = MOEH__ENVELOPE__BODY_UPDATE, ue.update = &u;
-    moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
+    Moeh__SecaggMasked u = MOEH__SECAGG_MASKED__INIT;
+    u.session = cfg.round, u.round = round, u.model_version = version;
+    u.task = MOEH__ROUND_TASK__TRAIN;
+    ue.type = MOEH__MSG_TYPE__SECAGG_MASKED, ue.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
+    ue.secagg_masked = &u;
+    moeh_frame_t uf = {.name = "masked", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
     /* refused in the unmask step, or (if the survivors were quicker than this poll) in the
      * evaluation phase that follows: either way the sum never sees it */
     rogue_expect_reply2(&r, &ue, &uf, 1, -ESTALE, "not expected now", "outside its phase");
@@ -1180,8 +1188,61 @@ static void test_trimmed_mean_run(void **state)
     assert_true(m.auroc_mean[3] > 0.55);
 }
 
+/* The federation-wide rows of OUT/metrics.jsonl (stats, train, eval, task, gate; the
+ * wall-clock "seconds" left out), one canonical JSON line each, in order; and the number of
+ * per-site rows (site_update, site_eval) and of rows saying they are unavailable. Caller frees. */
+static char *global_rows(const char *out, int *site_rows, int *unavailable)
+{
+    char path[400], line[16384];
+    size_t cap = 1u << 20, len = 0;
+    char *buf = calloc(cap, 1);
+    assert_non_null(buf);
+    *site_rows = *unavailable = 0;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        assert_non_null(ev);
+        if (!strcmp(ev, "site_update") || !strcmp(ev, "site_eval")) (*site_rows)++;
+        if (!strcmp(ev, "site_metrics") && cJSON_IsFalse(cJSON_GetObjectItem(j, "available")))
+            (*unavailable)++;
+        if (!strcmp(ev, "stats") || !strcmp(ev, "train") || !strcmp(ev, "eval") ||
+            !strcmp(ev, "task") || !strcmp(ev, "gate")) {
+            cJSON_DeleteItemFromObject(j, "seconds");
+            char *t = cJSON_PrintUnformatted(j);
+            size_t n = strlen(t);
+            assert_true(len + n + 2 < cap);
+            memcpy(buf + len, t, n);
+            len += n;
+            buf[len++] = '\n';
+            free(t);
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    return buf;
+}
+
+/* The global metrics of two runs are the same, value for value. */
+static void assert_same_global_metrics(const char *out_a, const char *out_b)
+{
+    int sa, ua, sb, ub;
+    char *a = global_rows(out_a, &sa, &ua), *b = global_rows(out_b, &sb, &ub);
+    if (strcmp(a, b) != 0) print_error("metrics differ:\n%s\n---\n%s\n", a, b);
+    assert_string_equal(a, b);
+    assert_true(strstr(a, "\"event\":\"eval\"") != NULL);
+    free(a);
+    free(b);
+}
+
 /* Secure aggregation changes nothing in the result: the masks cancel exactly mod 2^32, so a
- * --secagg run ends with the model of the same run without it, bit for bit. */
+ * --secagg run ends with the model of the same run without it, bit for bit, and with the same
+ * global metrics (normalisation from summed statistics, training loss from the summed header
+ * values, AUROC from summed histograms, gate means), while the coordinator saw no site's
+ * statistics, update header or evaluation in clear: no per-site row, and a row saying so. */
 static void test_secagg_run_is_bit_exact(void **state)
 {
     fixture_t *f = *state;
@@ -1211,7 +1272,249 @@ static void test_secagg_run_is_bit_exact(void **state)
     snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
     assert_true(file_contains(path, "round 3: secure aggregation: unmasked the sum of 3 sites "
                                     "(0 dropped)"));
+    assert_true(file_contains(path, "statistics: secure aggregation: unmasked the sum of 3 sites "
+                                    "(0 dropped)"));
+    assert_true(file_contains(path, "round 3 eval: secure aggregation: unmasked the sum of 3 "
+                                    "sites (0 dropped)"));
+    assert_true(file_contains(path, "per-site metrics are not available to it"));
+    assert_false(file_contains(path, "refused"));
     assert_same_model(out_a, out_b);
+    assert_same_global_metrics(out_a, out_b);
+    int site_rows, unavailable;
+    free(global_rows(out_a, &site_rows, &unavailable));
+    assert_int_equal(site_rows, 2 * 3 * N_SITES); /* plain: one update and one eval per site */
+    assert_int_equal(unavailable, 0);
+    free(global_rows(out_b, &site_rows, &unavailable));
+    assert_int_equal(site_rows, 0);
+    assert_int_equal(unavailable, 3);
+    /* each site logged its own evaluation instead */
+    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
+    assert_true(file_contains(path, "round 3: this site's test loss"));
+}
+
+/* A site is SIGKILLed during the secure STATISTICS phase, after its shares went out and before
+ * its masked vector: the survivors' sums are unmasked exactly, so the normalisation and then
+ * the whole run equal, bit for bit and metric for metric, those of a plain run of the two
+ * survivors alone. */
+static void test_secagg_stats_dropout_exact(void **state)
+{
+    fixture_t *f = *state;
+    char out_a[300], out_b[300], path[400];
+    snprintf(out_a, sizeof out_a, "%s/plain2", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_a);
+    moeh_proc_t *c = start_coordinator_ex(f, "2", "2", "2", NULL, "coordinator-a.log");
+    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
+    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a1, 10000, 0);
+    wait_exit(a2, 10000, 0);
+
+    snprintf(out_b, sizeof out_b, "%s/secagg", f->dir);
+    snprintf(f->out, sizeof f->out, "%s", out_b);
+    char *sa[] = {"--secagg", NULL};
+    c = start_coordinator_ex2(f, "2", "2", "3", NULL, "coordinator-b.log", sa);
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-secagg-at", "stats", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
+    }
+    wait_exit(a[2], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[1], 10000, 0);
+    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
+    assert_true(file_contains(path, "statistics: secure aggregation: 2 masked vectors, 1 sites "
+                                    "dropped"));
+    assert_true(file_contains(path, "statistics: secure aggregation: unmasked the sum of 2 sites "
+                                    "(1 dropped)"));
+    assert_false(file_contains(path, "retry"));
+    assert_same_model(out_a, out_b);
+    assert_same_global_metrics(out_a, out_b);
+}
+
+/* The sums of sites site-1 and site-2's test splits, scored by the model in OUT (model.npy and
+ * the normalisation of checkpoint.moeh), as the agents score them: AUROC per task (slice 0)
+ * and the test loss. */
+static void survivors_eval(const fixture_t *f, double auroc[3], double *test_loss)
+{
+    moeh_err_t err = {0};
+    char path[500];
+    moeh_npy_t model;
+    moeh_ckpt_t ck;
+    snprintf(path, sizeof path, "%s/model.npy", f->out);
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 1, &model, &err), 0);
+    snprintf(path, sizeof path, "%s/checkpoint.moeh", f->out);
+    assert_int_equal(moeh_ckpt_load(path, &ck, &err), 0);
+    const uint32_t bins = 1000, T = 3;
+    size_t per_slice = (size_t)T * 2 * bins, nh = MOEH_EVAL_SLICES * per_slice;
+    uint32_t *h = calloc(nh, sizeof(uint32_t));
+    uint64_t *sum = calloc(per_slice, sizeof(uint64_t));
+    double loss = 0;
+    uint64_t labels = 0;
+    for (int k = 1; k <= 2; k++) {
+        moeh_dataset_t *ds = NULL;
+        moeh_trainer_t *t = NULL;
+        snprintf(path, sizeof path, "%s/site-%d", f->data, k);
+        assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
+        moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
+        mc.n_steps = ds->t, mc.img_size = ds->img_size;
+        mc.d_emb = 16, mc.d_hidden = 16, mc.note_buckets = 1024, mc.max_batch = 32, mc.seed = 1;
+        assert_int_equal(moeh_trainer_create(&ds, &mc, &t, &err), 0);
+        moeh_params_t *p = moeh_moe_params(moeh_trainer_model(t));
+        assert_int_equal(model.shape[0], p->n);
+        memcpy(p->w, model.data, p->n * sizeof(float));
+        size_t nn = moeh_trainer_n_norm(t);
+        const float *norm = moeh_ckpt_array(&ck, "norm", 2 * nn);
+        assert_non_null(norm);
+        moeh_trainer_set_norm(t, norm, norm + nn);
+        /* round 1 is a warm-up round: the agents score with the model still in that phase */
+        moeh_moe_set_phase(moeh_trainer_model(t), MOEH_PHASE_WARMUP);
+        float *gate = calloc(MOEH_N_COMBOS * 64, sizeof(float));
+        moeh_eval_sums_t es = {.hist = h, .gate_sum = gate};
+        assert_int_equal(moeh_trainer_evaluate(t, MOEH_SPLIT_TEST, bins, &es, NULL, NULL, &err), 0);
+        for (size_t i = 0; i < per_slice; i++)
+            sum[i] += h[i];
+        loss += es.loss_sum, labels += es.n_labels;
+        free(gate);
+        moeh_trainer_destroy(&t);
+    }
+    for (uint32_t t = 0; t < T; t++)
+        auroc[t] =
+            moeh_hist_auroc(sum + (size_t)t * 2 * bins, sum + ((size_t)t * 2 + 1) * bins, bins);
+    *test_loss = loss / (double)labels;
+    free(h);
+    free(sum);
+    moeh_ckpt_free(&ck);
+    moeh_npy_free(&model);
+}
+
+/* A site is SIGKILLed during the secure EVALUATION of round 1 (after its shares, before its
+ * masked vector): the round's metrics are exactly those of the two survivors' test splits
+ * scored by the round's model, recomputed here from the datasets. */
+static void test_secagg_eval_dropout_exact(void **state)
+{
+    fixture_t *f = *state;
+    char *sa[] = {"--secagg", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "1", "2", "3", NULL, "coordinator.log", sa);
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-secagg-at", "eval:1", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
+    }
+    wait_exit(a[2], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[1], 10000, 0);
+    char path[400], line[8192];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "round 1 eval: secure aggregation: unmasked the sum of 2 "
+                                    "sites (1 dropped)"));
+    double auroc[3], loss;
+    survivors_eval(f, auroc, &loss);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->out);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    int seen = 0;
+    static const char *names[3] = {"auroc_mortality", "auroc_los7", "auroc_readmit30"};
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "eval")) {
+            seen = 1;
+            assert_int_equal((int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "sites")), 2);
+            double tl = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "test_loss"));
+            if (fabs(tl - loss) > 1e-6) print_error("test loss %.9f, expected %.9f\n", tl, loss);
+            assert_true(fabs(tl - loss) <= 1e-6); /* metrics.jsonl prints 6 decimals */
+            for (int t = 0; t < 3; t++) {
+                double v = cJSON_GetNumberValue(cJSON_GetObjectItem(j, names[t]));
+                if (fabs(v - auroc[t]) > 1e-6)
+                    print_error("%s %.9f, expected %.9f\n", names[t], v, auroc[t]);
+                assert_true(fabs(v - auroc[t]) <= 1e-6);
+            }
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    assert_true(seen);
+}
+
+/* SecAgg+ end to end: six sites (the three datasets twice, under six keys), each masking with
+ * k = 4 neighbours and sharing its secrets 3-of-5: the run ends with the model and the
+ * metrics of the same run without secure aggregation. */
+static void test_secagg_k_neighbours(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    char out_a[300], out_b[300], path[400];
+    const char *six[] = {"site-1", "site-2", "site-3", "site-4", "site-5", "site-6"};
+    for (int k = 3; k < 6; k++) {
+        moeh_keypair_t *kp = NULL;
+        snprintf(path, sizeof path, "%s/%s", f->keys, six[k]);
+        assert_int_equal(moeh_keypair_generate(&kp), 0);
+        assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
+        moeh_keypair_destroy(&kp);
+    }
+    write_registry(f, six, 6);
+    moeh_proc_t *a[6];
+    for (int run = 0; run < 2; run++) {
+        char *out = run ? out_b : out_a;
+        snprintf(out, 300, "%s/%s", f->dir, run ? "k4" : "plain");
+        snprintf(f->out, sizeof f->out, "%s", out);
+        char *sa[] = {"--secagg", "--secagg-k", "4", NULL};
+        moeh_proc_t *c =
+            start_coordinator_ex2(f, "2", "6", "6", NULL,
+                                  run ? "coordinator-k4.log" : "coordinator.log", run ? sa : NULL);
+        for (int k = 0; k < 6; k++)
+            a[k] = start_agent(f, six[k], six[k % 3], six[k], NULL);
+        wait_exit(c, 120000, 0);
+        for (int k = 0; k < 6; k++)
+            wait_exit(a[k], 10000, 0);
+    }
+    snprintf(path, sizeof path, "%s/coordinator-k4.log", f->logs);
+    assert_true(file_contains(path, "round 2: secure aggregation: 6 masked updates, 0 sites "
+                                    "dropped; asking the survivors for their shares (n = 6, k = 4, "
+                                    "t = 3)"));
+    assert_true(file_contains(path, "round 2 eval: secure aggregation: unmasked the sum of 6 "
+                                    "sites (0 dropped)"));
+    assert_same_model(out_a, out_b);
+    assert_same_global_metrics(out_a, out_b);
+}
+
+/* --secagg-k is checked at start, with a message naming the constraint. */
+static void test_secagg_k_refused(void **state)
+{
+    fixture_t *f = *state;
+    const char *bad[][3] = {{"--secagg", "--secagg-k", "3"}, {"--secagg-k", "4", NULL}};
+    const char *needle[] = {"--secagg-k 3: expected 0", "--secagg-k 4 needs --secagg"};
+    char exe[2100], reg[400], key[400], log[400];
+    moeh_err_t err = {0};
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    for (int i = 0; i < 2; i++) {
+        snprintf(log, sizeof log, "%s/coordinator-%d.log", f->logs, i);
+        char *argv[] = {exe,
+                        "--bind",
+                        "tcp://127.0.0.1:*",
+                        "--registry",
+                        reg,
+                        "--key",
+                        key,
+                        "--out",
+                        f->out,
+                        (char *)bad[i][0],
+                        (char *)bad[i][1],
+                        (char *)bad[i][2],
+                        NULL};
+        moeh_proc_t *p = &f->procs[f->n_procs++];
+        assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
+        wait_exit(p, 10000, 1);
+        if (!file_contains(log, needle[i])) print_error("%s lacks '%s'\n", log, needle[i]);
+        assert_true(file_contains(log, needle[i]));
+    }
 }
 
 /* A site is SIGKILLed in round 2 after its shares went out and before its masked update: the
@@ -1280,6 +1583,8 @@ static void test_pinned_data_shape(void **state)
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
+    if (getenv("MOEH_TEST_FILTER"))         /* e.g. MOEH_TEST_FILTER='test_secagg*' */
+        cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_full_run_loss_falls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_agent_quorum_completes, setup, teardown),
@@ -1300,6 +1605,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_too_few_survivors_aborts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_stats_dropout_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_eval_dropout_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_k_neighbours, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_k_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

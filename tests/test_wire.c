@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "secagg.h"
+#include "secsum.h"
 #include "wire.h"
 
 #include <math.h>
@@ -673,8 +674,8 @@ static void test_type_body_mismatch(void **state)
     mk_heartbeat(&m);
     m.env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
     check_reject(&m, &k_lim, -EBADMSG, "secagg_advertise: body missing or of another type");
-    m.env.type = (Moeh__MsgType)15;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 15");
+    m.env.type = (Moeh__MsgType)16;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 16");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -1105,7 +1106,8 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(9), "stats_result");
     assert_string_equal(moeh_msg_type_name(10), "secagg_advertise");
     assert_string_equal(moeh_msg_type_name(14), "secagg_reveal");
-    assert_string_equal(moeh_msg_type_name(15), "unknown");
+    assert_string_equal(moeh_msg_type_name(15), "secagg_masked");
+    assert_string_equal(moeh_msg_type_name(16), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));
@@ -1461,14 +1463,15 @@ static void test_secagg_checks(void **state)
         free(hdr);
     }
 
-    /* RoundStart.secagg: TRAIN only, a session, 2 <= n <= limit, id < n, t > n / 2 */
+    /* RoundStart.secagg: any phase (each sums its own vector), a session, 2 <= n <= limit,
+     * id < n, t > n / 2 */
     msg_t r;
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
     sp.session = 77, sp.n = 5, sp.t = 3, sp.id = 4;
     mk_round_start(&r);
     r.rs.secagg = &sp;
     r.rs.task = MOEH__ROUND_TASK__EVALUATE;
-    check_reject(&r, &k_lim, -EBADMSG, "only a TRAIN round");
+    check_accept(&r, &k_lim);
     r.rs.task = MOEH__ROUND_TASK__TRAIN;
     sp.session = 0;
     check_reject(&r, &k_lim, -EBADMSG, "round_start.secagg.session");
@@ -1486,6 +1489,70 @@ static void test_secagg_checks(void **state)
     moeh_wire_limits_t none = {0};
     check_reject(&r, &none, -EBADMSG, "round_start.secagg: before the model was negotiated");
     check_accept(&r, &k_lim);
+}
+
+/* SecaggMasked: a session, a known task, and one U32 frame "masked" of exactly the length
+ * proto/secsum.h gives that task under the negotiated limits. */
+static void test_secagg_masked(void **state)
+{
+    const Moeh__RoundTask tasks[3] = {MOEH__ROUND_TASK__TRAIN, MOEH__ROUND_TASK__STATS,
+                                      MOEH__ROUND_TASK__EVALUATE};
+    size_t want[3] = {N_PARAMS + N_GROUPS + 3 * MOEH_SECSUM_FIX_WORDS,
+                      3 * N_NORM * MOEH_SECSUM_FIX_WORDS,
+                      N_HIST + (N_GATE + MOEH_WIRE_COMBOS + 2) * MOEH_SECSUM_FIX_WORDS};
+    uint32_t *w = calloc(want[2] + 1, sizeof(uint32_t));
+    for (size_t i = 0; i < want[2] + 1; i++)
+        w[i] = 0x9e3779b9u * (uint32_t)i; /* masked words look like anything */
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(moeh_secsum_len(&k_lim, tasks[k]), want[k]);
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
+        sm.session = 0x77, sm.round = 3, sm.model_version = 8, sm.task = tasks[k];
+        env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
+        env.secagg_masked = &sm;
+        moeh_frame_t f = {.name = "masked", .dtype = MOEH__DTYPE__U32, .data = w, .count = want[k]};
+        uint8_t *hdr = NULL;
+        size_t len = 0;
+        moeh_iov_t iov = {w, want[k] * 4};
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+        Moeh__Envelope *e = NULL;
+        moeh_err_t err = {{0}};
+        assert_int_equal(moeh_wire_decode(&k_lim, hdr, len, &iov, 1, &e, &err), 0);
+        assert_int_equal(e->secagg_masked->task, tasks[k]);
+        assert_int_equal(e->secagg_masked->model_version, 8);
+        moeh__envelope__free_unpacked(e, NULL);
+        free(hdr);
+        /* one word short or long */
+        for (int d = -1; d <= 1; d += 2) {
+            f.count = want[k] + d, iov.len = f.count * 4;
+            assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+            check_reject_raw(&k_lim, hdr, len, &iov, 1, -EBADMSG, "frame 'masked' has");
+            free(hdr);
+        }
+        f.count = want[k], iov.len = want[k] * 4;
+        /* not negotiated yet */
+        moeh_wire_limits_t none = {0};
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+        check_reject_raw(&none, hdr, len, &iov, 1, -EBADMSG, "before the model was negotiated");
+        free(hdr);
+        /* session 0, unknown task */
+        sm.session = 0;
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+        check_reject_raw(&k_lim, hdr, len, &iov, 1, -EBADMSG, "secagg_masked.session");
+        free(hdr);
+        sm.session = 0x77, sm.task = MOEH__ROUND_TASK__TASK_UNSPECIFIED;
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+        check_reject_raw(&k_lim, hdr, len, &iov, 1, -EBADMSG, "secagg_masked.task");
+        free(hdr);
+        /* a frame of another name or dtype */
+        sm.task = tasks[k];
+        f.name = "update";
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &len), 0);
+        check_reject_raw(&k_lim, hdr, len, &iov, 1, -EBADMSG, "expected 'masked'");
+        free(hdr);
+    }
+    free(w);
 }
 
 static void test_zmq_pair(void **state)
@@ -1827,6 +1894,7 @@ int main(void)
         cmocka_unit_test(test_names_and_site_ids),
         cmocka_unit_test(test_roundtrip_secagg),
         cmocka_unit_test(test_secagg_checks),
+        cmocka_unit_test(test_secagg_masked),
         cmocka_unit_test(test_zmq_pair),
         cmocka_unit_test(test_zmq_router),
         cmocka_unit_test(test_zmq_max_parts_without_routing_id),

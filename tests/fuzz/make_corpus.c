@@ -5,6 +5,7 @@
 #include "keys.h"
 #include "npy.h"
 #include "secagg.h"
+#include "secsum.h"
 
 #include <string.h>
 
@@ -223,6 +224,32 @@ int main(int argc, char **argv)
     e14.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
     e14.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL, e14.secagg_reveal = &rv;
     put_msg(dir, "secagg_reveal", &e14, NULL, 0);
+
+    /* a masked vector of each phase (secsum.h), and a secure STATS RoundStart */
+    static uint32_t mw[4096];
+    for (size_t i = 0; i < sizeof mw / sizeof mw[0]; i++)
+        mw[i] = 0x9e3779b9u * (uint32_t)(i + 1);
+    const struct {
+        const char *name;
+        Moeh__RoundTask task;
+    } ph[3] = {{"secagg_masked_train", MOEH__ROUND_TASK__TRAIN},
+               {"secagg_masked_stats", MOEH__ROUND_TASK__STATS},
+               {"secagg_masked_eval", MOEH__ROUND_TASK__EVALUATE}};
+    for (int k = 0; k < 3; k++) {
+        Moeh__Envelope e15 = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
+        sm.session = sp.session, sm.round = 3, sm.model_version = 8, sm.task = ph[k].task;
+        e15.type = MOEH__MSG_TYPE__SECAGG_MASKED;
+        e15.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED, e15.secagg_masked = &sm;
+        moeh_frame_t fm = {.name = "masked",
+                           .dtype = MOEH__DTYPE__U32,
+                           .data = mw,
+                           .count = moeh_secsum_len(&k_fuzz_limits, ph[k].task)};
+        MOEH_ASSERT(fm.count > 0 && fm.count <= sizeof mw / sizeof mw[0]);
+        put_msg(dir, ph[k].name, &e15, &fm, 1);
+    }
+    rs.task = MOEH__ROUND_TASK__STATS;
+    put_msg(dir, "round_start_stats_secagg", &e3, NULL, 0);
 
     /* .npy seeds, written through the real writer then copied into the corpus */
     char path[1024];

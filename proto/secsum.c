@@ -1,0 +1,125 @@
+/* secsum.c - the vectors each phase sums (secsum.h): lengths, and the wide fixed-point
+ * values written as 16-bit limbs so that sums of words never carry. */
+#include "secsum.h"
+
+#include <math.h>
+#include <string.h>
+
+size_t moeh_secsum_eval_hist_words(const moeh_wire_limits_t *lim)
+{
+    return (size_t)MOEH_WIRE_SLICES * lim->n_tasks * 2 * lim->eval_bins;
+}
+
+size_t moeh_secsum_eval_values_len(const moeh_wire_limits_t *lim)
+{
+    return ((size_t)MOEH_WIRE_COMBOS * lim->n_experts + MOEH_WIRE_COMBOS + 2) *
+           MOEH_SECSUM_FIX_WORDS;
+}
+
+size_t moeh_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
+{
+    const size_t V = MOEH_SECSUM_FIX_WORDS;
+    switch (task) {
+    case MOEH__ROUND_TASK__TRAIN:
+        if (!lim->n_params || !lim->n_groups) return 0;
+        return lim->n_params + lim->n_groups + MOEH_SECSUM_TRAIN_VALUES * V;
+    case MOEH__ROUND_TASK__STATS:
+        return lim->n_norm ? 3 * (size_t)lim->n_norm * V : 0;
+    case MOEH__ROUND_TASK__EVALUATE:
+        if (!lim->n_tasks || !lim->eval_bins) return 0;
+        return moeh_secsum_eval_hist_words(lim) + moeh_secsum_eval_values_len(lim);
+    default:
+        return 0;
+    }
+}
+
+int moeh_secsum_fix_put(uint32_t *w, double x)
+{
+    memset(w, 0, MOEH_SECSUM_FIX_WORDS * sizeof *w);
+    if (!isfinite(x) || fabs(x) >= MOEH_SECSUM_FIX_LIMIT) return -ERANGE;
+    /* x * 2^64 is exact (a power of two), below 2^117 in magnitude; rint rounds the bits
+     * below 2^-64 to nearest, the same way on every site and in the plain path */
+    __int128 q = (__int128)rint(x * 0x1p64);
+    unsigned __int128 u = (unsigned __int128)q; /* two's complement */
+    for (unsigned k = 0; k < MOEH_SECSUM_FIX_WORDS; k++)
+        w[k] = (uint32_t)(u >> (16 * k)) & 0xffffu;
+    return 0;
+}
+
+double moeh_secsum_fix_get(const uint32_t *w)
+{
+    unsigned __int128 u = 0;
+    for (unsigned k = 0; k < MOEH_SECSUM_FIX_WORDS; k++)
+        u += (unsigned __int128)w[k] << (16 * k); /* mod 2^128 */
+    return (double)(__int128)u * 0x1p-64;         /* one rounding, then an exact scaling */
+}
+
+void moeh_secsum_add(uint32_t *sum, const void *words, size_t len)
+{
+    const unsigned char *p = words;
+    for (size_t i = 0; i < len; i++) {
+        uint32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        sum[i] += x; /* mod 2^32 */
+    }
+}
+
+int moeh_secsum_train_put(uint32_t *w, double train_loss, uint64_t n_samples, uint32_t steps)
+{
+    const size_t V = MOEH_SECSUM_FIX_WORDS;
+    int rc = moeh_secsum_fix_put(w, train_loss * (double)n_samples);
+    if (!rc) rc = moeh_secsum_fix_put(w + V, (double)n_samples);
+    if (!rc) rc = moeh_secsum_fix_put(w + 2 * V, (double)steps);
+    return rc;
+}
+
+void moeh_secsum_train_get(const uint32_t *w, double *loss_x_samples, double *n_samples,
+                           double *steps)
+{
+    const size_t V = MOEH_SECSUM_FIX_WORDS;
+    *loss_x_samples = moeh_secsum_fix_get(w);
+    *n_samples = moeh_secsum_fix_get(w + V);
+    *steps = moeh_secsum_fix_get(w + 2 * V);
+}
+
+int moeh_secsum_stats_put(uint32_t *w, const double *stats, size_t n_norm)
+{
+    for (size_t i = 0; i < 3 * n_norm; i++)
+        if (moeh_secsum_fix_put(w + i * MOEH_SECSUM_FIX_WORDS, stats[i]) != 0) return -ERANGE;
+    return 0;
+}
+
+void moeh_secsum_stats_get(const uint32_t *w, size_t n_norm, double *stats)
+{
+    for (size_t i = 0; i < 3 * n_norm; i++)
+        stats[i] = moeh_secsum_fix_get(w + i * MOEH_SECSUM_FIX_WORDS);
+}
+
+int moeh_secsum_eval_put(uint32_t *values, const moeh_wire_limits_t *lim, const float *gate,
+                         const uint32_t *combo_rows, double loss_sum, uint64_t n_labels)
+{
+    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_WIRE_COMBOS * lim->n_experts;
+    uint32_t *v = values;
+    for (size_t i = 0; i < ng; i++, v += V)
+        if (moeh_secsum_fix_put(v, gate[i]) != 0) return -ERANGE;
+    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++, v += V)
+        if (moeh_secsum_fix_put(v, combo_rows[k]) != 0) return -ERANGE;
+    if (moeh_secsum_fix_put(v, loss_sum) != 0) return -ERANGE;
+    return moeh_secsum_fix_put(v + V, (double)n_labels);
+}
+
+void moeh_secsum_eval_get(const uint32_t *w, const moeh_wire_limits_t *lim, uint64_t *hist,
+                          double *gate, uint64_t *combo_rows, double *loss_sum, uint64_t *n_labels)
+{
+    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_WIRE_COMBOS * lim->n_experts;
+    size_t nh = moeh_secsum_eval_hist_words(lim);
+    for (size_t i = 0; i < nh; i++)
+        hist[i] = w[i];
+    const uint32_t *v = w + nh;
+    for (size_t i = 0; i < ng; i++, v += V)
+        gate[i] = moeh_secsum_fix_get(v);
+    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++, v += V)
+        combo_rows[k] = (uint64_t)moeh_secsum_fix_get(v);
+    *loss_sum = moeh_secsum_fix_get(v);
+    *n_labels = (uint64_t)moeh_secsum_fix_get(v + V);
+}

@@ -18,10 +18,13 @@
 # model is the union of the sites' test splits.
 #
 # usage: scripts/results.sh [ADMISSIONS]       (default 30000; or env ADMISSIONS)
+#        SEEDS="1 2 3" scripts/results.sh      (one pipeline per seed in OUT/seed-N, one report)
 # env:   OUT (work dir, default /tmp/moeh-results), BUILD (default ./build), ROUNDS (= epochs of
 #        the centralised and local models; default 8, moeh-sim run's default), WARMUP (1), LR (2e-3), BATCH (32),
-#        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1),
-#        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md),
+#        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1), SEEDS (SEED),
+#        GATE_OPTS (extra options of the MoE-Health runs (a), (b), (c), e.g. "--lambda-lb 0.1"),
+#        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md; - for
+#        none),
 #        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction).
 set -euo pipefail
 
@@ -40,7 +43,31 @@ ALPHA=${ALPHA:-0.5}
 SEED=${SEED:-1}
 SITES=${SITES:-site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr}
 RESULTS=${RESULTS:-$here/docs/results.md}
+SEEDS=${SEEDS:-$SEED}
 SIM=$BUILD/bin/moeh-sim
+GATE_OPTS=${GATE_OPTS:-}   # extra moeh-sim run/train options of MoE-Health (e.g. --lambda-lb 0.1)
+
+# several seeds: one pipeline per seed in OUT/seed-N, then one report (tables of the first
+# seed, a table of every seed with the mean and spread of the gaps)
+read -ra seed_list <<<"$SEEDS"
+if (( ${#seed_list[@]} > 1 )); then
+    t_all=$(date +%s)
+    dirs=()
+    for s in "${seed_list[@]}"; do
+        [[ $s =~ ^[0-9]+$ ]] || { echo "results.sh: SEEDS must hold numbers, got '$s'" >&2; exit 2; }
+        SEED=$s SEEDS=$s OUT=$OUT/seed-$s RESULTS=- bash "$0" "$ADMISSIONS"
+        dirs+=(--seed-dir "$s:$OUT/seed-$s")
+    done
+    names=()
+    IFS=',' read -ra spec <<<"$SITES"
+    for s in "${spec[@]}"; do names+=("${s%%:*}"); done
+    python3 "$here/scripts/results_table.py" --out-dir "$OUT/seed-${seed_list[0]}" \
+        --sites "$(IFS=','; echo "${names[*]}")" "${dirs[@]}" \
+        --command "ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEEDS=\"$SEEDS\" scripts/results.sh" \
+        --admissions "$ADMISSIONS" --rounds "$ROUNDS" --alpha "$ALPHA" --site-spec "$SITES" \
+        --seconds "$(( $(date +%s) - t_all ))" --output "$RESULTS"
+    exit 0
+fi
 
 [[ -x $SIM ]] || { echo "results.sh: $SIM not found; build first (scripts/build.sh)" >&2; exit 2; }
 [[ $ADMISSIONS =~ ^[0-9]+$ ]] || { echo "results.sh: ADMISSIONS must be a number, got '$ADMISSIONS'" >&2; exit 2; }
@@ -80,7 +107,7 @@ fed() { # fed NAME ARCH
     rm -rf "$OUT/$1"
     nice -n 10 "$SIM" run --data "$OUT/sites" --sites "$SITES" --arch "$2" --rounds "$ROUNDS" \
         --warmup-rounds "$WARMUP" --lr "$LR" --batch-size "$BATCH" --seed "$SEED" \
-        --timeout-s 7200 "${model[@]}" --out "$OUT/$1" >"$OUT/logs/$1.log" 2>&1
+        --timeout-s 7200 "${model[@]}" "${@:3}" --out "$OUT/$1" >"$OUT/logs/$1.log" 2>&1
     touch "$OUT/$1/done"
 }
 # (b) and (c): single-process training, two at a time (one core each)
@@ -94,14 +121,14 @@ central() { # central NAME TRAIN_DIRS [more moeh-sim train options]
     touch "$OUT/$name/done"
 }
 
-fed fed-moe 0
+fed fed-moe 0 $GATE_OPTS
 log "centralised MoE-Health and the local-only models (two at a time)"
 jobs_=()
-central central "$pooled" &
+central central "$pooled" $GATE_OPTS &
 jobs_+=($!)
 for i in "${!names[@]}"; do
     if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
-    central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" &
+    central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" $GATE_OPTS &
     jobs_+=($!)
 done
 for j in "${jobs_[@]}"; do wait "$j"; done
@@ -112,6 +139,7 @@ fed fed-ehr 1
 
 elapsed=$(( $(date +%s) - t_start ))
 log "table -> $RESULTS (pipeline ${elapsed} s)"
+if [[ $RESULTS == - ]]; then log "done (no table: RESULTS=-)"; exit 0; fi
 cmd="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEED=$SEED scripts/results.sh"
 python3 "$here/scripts/results_table.py" --out-dir "$OUT" --sites "$(IFS=','; echo "${names[*]}")" \
     --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --alpha "$ALPHA" \

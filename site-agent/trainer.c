@@ -287,6 +287,7 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
     memset(out->combo_rows, 0, sizeof out->combo_rows);
     out->loss_sum = 0;
     out->n_labels = 0;
+    moeh_moe_set_phase(t->model, MOEH_PHASE_JOINT); /* route with the learned gate */
     size_t n = split_rows(t, split);
     for (size_t s = 0; s < n; s += t->B) {
         size_t bs = n - s < t->B ? n - s : t->B;
@@ -323,6 +324,7 @@ int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row
 {
     const size_t T = MOEH_DS_TASKS;
     size_t n = split_rows(t, split);
+    moeh_moe_set_phase(t->model, MOEH_PHASE_JOINT); /* route with the learned gate */
     for (size_t s = 0; s < n; s += t->B) {
         size_t bs = n - s < t->B ? n - s : t->B;
         moeh_batch_t b;

@@ -77,6 +77,9 @@ typedef struct {
     double loss_sum;
     uint64_t n_labels;
 } moeh_eval_sums_t;
+/* Evaluation and prediction route with the learned gate (MOEH_PHASE_JOINT), as at inference,
+ * whatever phase the last training used (a warm-up round's routing by combination is a
+ * training device only). */
 int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval_sums_t *out,
                           void (*service)(void *), void *service_ctx, moeh_err_t *err);
 

@@ -180,12 +180,50 @@ static void test_group_samples_and_eval_sums(void **state)
     moeh_trainer_destroy(&t);
 }
 
+/* Evaluation and prediction route with the learned gate whatever phase the last training
+ * used: after a warm-up round they score exactly as with the joint phase set by hand. */
+static void test_eval_uses_learned_gate(void **state)
+{
+    moeh_trainer_t *t = trainer_of(0, g_ds->n, 7);
+    moeh_moe_t *m = moeh_trainer_model(t);
+    moeh_train_cfg_t tc = {.epochs = 1,
+                           .batch_size = 32,
+                           .adamw = moeh_adamw_defaults(),
+                           .phase = MOEH_PHASE_WARMUP,
+                           .seed = 1};
+    moeh_train_result_t res;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_trainer_train(t, &tc, &res, &err), 0);
+    size_t n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
+    float *after_warmup = malloc(n * 3 * sizeof(float)), *joint = malloc(n * 3 * sizeof(float));
+    assert_int_equal(moeh_trainer_predict(t, MOEH_SPLIT_TEST, after_warmup, NULL, &err), 0);
+    moeh_moe_set_phase(m, MOEH_PHASE_JOINT);
+    assert_int_equal(moeh_trainer_predict(t, MOEH_SPLIT_TEST, joint, NULL, &err), 0);
+    assert_memory_equal(after_warmup, joint, n * 3 * sizeof(float));
+    const uint32_t bins = 50;
+    uint32_t *hist = calloc((size_t)MOEH_EVAL_SLICES * 3 * 2 * bins, sizeof(uint32_t));
+    float *gate = calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(m), sizeof(float));
+    moeh_eval_sums_t es = {.hist = hist, .gate_sum = gate};
+    moeh_moe_set_phase(m, MOEH_PHASE_WARMUP);
+    assert_int_equal(moeh_trainer_evaluate(t, MOEH_SPLIT_TEST, bins, &es, NULL, NULL, &err), 0);
+    double loss_a = es.loss_sum;
+    moeh_moe_set_phase(m, MOEH_PHASE_JOINT);
+    assert_int_equal(moeh_trainer_evaluate(t, MOEH_SPLIT_TEST, bins, &es, NULL, NULL, &err), 0);
+    assert_true(loss_a == es.loss_sum && es.n_labels > 0);
+    free(hist);
+    free(gate);
+    free(after_warmup);
+    free(joint);
+    moeh_trainer_destroy(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stats_and_pooled_norm),
         cmocka_unit_test(test_fedprox_stays_nearer),
         cmocka_unit_test(test_group_samples_and_eval_sums),
+        cmocka_unit_test(test_eval_uses_learned_gate),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

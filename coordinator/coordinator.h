@@ -37,9 +37,14 @@ typedef struct {
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
     const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
     float server_lr, server_beta1, server_beta2, server_tau;
-    float trim; /* trimmed mean: fraction dropped at each end */
-    int secagg; /* secure aggregation of the TRAIN phase (docs/secagg.md): the
-                 * coordinator learns only the sum of the sites' updates */
+    float trim;     /* trimmed mean: fraction dropped at each end */
+    int secagg;     /* secure aggregation of the TRAIN phase (docs/secagg.md): the
+                     * coordinator learns only the sum of the sites' updates */
+    int unweighted; /* FedAvg with weight 1 per site (per group it trained), not its samples */
+    /* DP-FedAvg (proto/dp.h, docs/security.md): each site clips its update delta to L2 norm
+     * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
+     * dp_delta) spent is reported after every round. Implies unweighted. */
+    float dp_clip, dp_noise, dp_delta;
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

@@ -13,6 +13,7 @@
  * any failure, and at exit. */
 #include "agent.h"
 
+#include "dp.h"
 #include "keys.h"
 #include "quant.h"
 #include "secagg.h"
@@ -588,23 +589,64 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
         return;
     }
-    /* Each group's delta is weighted by the samples that trained it; 0 leaves it out. */
+    /* A group this site did not train is no update (weight decay may still have moved it). */
+    for (size_t g = 0; g < p->n_groups; g++)
+        if (res.group_samples[g] == 0)
+            memset(a->delta + p->group_off[g], 0, p->group_len[g] * sizeof(float));
+    /* DP-FedAvg (proto/dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
+     * the noise to every coordinate (also of groups it did not train, so that every group's sum
+     * carries the full noise), and send it with weight 1: one site moves the sum by at most
+     * dp_clip whatever its size. The pre-clip norm is logged here (never sent) to help choose
+     * the clip. */
+    int dp = rc->dp_clip > 0, unweighted = dp || rc->unweighted;
+    double norm, sd = 0;
+    if (dp) {
+        norm = moeh_dp_clip(a->delta, p->n, rc->dp_clip);
+        sd = moeh_dp_site_std(rc->dp_clip, rc->dp_noise, rc->dp_sites);
+        if (sd > 0) {
+            if (moeh_crypto_init() != 0) {
+                MOEH_ERROR("round %u: libsodium failed to initialise; no update is sent",
+                           rs->round);
+                moeh_wire_send_error(a->sock, NULL, 0, -EIO, "cannot draw the DP noise");
+                return;
+            }
+            moeh_dp_add_noise(a->delta, p->n, sd);
+        }
+    } else {
+        double ss = 0;
+        for (size_t i = 0; i < p->n; i++)
+            ss += (double)a->delta[i] * (double)a->delta[i];
+        norm = sqrt(ss);
+    }
+    /* Each group's delta is weighted by the samples that trained it (or by 1 per site,
+     * unweighted); weight 0 leaves the group out of the average. */
     for (size_t g = 0; g < p->n_groups; g++) {
         uint64_t w = res.group_samples[g];
         if (w > a->n_train) /* a group is trained at most once per row per epoch */
             w = a->n_train;
+        if (unweighted) w = w > 0;
+        /* under DP a group's words carry the noise even where the site did not train it */
         moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
-                          rc->delta_clip, (double)w, rc->quant_scale);
+                          rc->delta_clip, dp ? 1.0 : (double)w, rc->quant_scale);
         a->upd[p->n + g] = (uint32_t)w;
     }
     double loss = res.steps ? res.mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
-    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
-              rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples, loss);
+    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f, update L2 norm %.4g",
+              rs->round, rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples,
+              loss, norm);
+    if (dp)
+        MOEH_INFO("round %u: DP: clipped to %g (%s), noise std %.4g per coordinate "
+                  "(multiplier %g over %u sites)",
+                  rs->round, (double)rc->dp_clip, norm > rc->dp_clip ? "scaled down" : "unchanged",
+                  sd, (double)rc->dp_noise, rc->dp_sites);
+    /* under DP the training loss (a statistic of the training data outside the accounting)
+     * stays here */
+    double sent_loss = dp ? 0.0 : loss;
     if (rs->secagg) {
-        sa_begin(a, rs, loss, res.samples, res.steps);
+        sa_begin(a, rs, sent_loss, res.samples, res.steps);
         return;
     }
-    send_update(a, rs->round, rs->model_version, loss, res.samples, res.steps, 0);
+    send_update(a, rs->round, rs->model_version, sent_loss, res.samples, res.steps, 0);
 }
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)

@@ -247,7 +247,7 @@ static int dp_ledger_write(coord_t *c, moeh_err_t *fatal)
     char buf[512];
     int n =
         snprintf(buf, sizeof buf,
-                 "{\"dp_clip\":%.9g,\"dp_noise\":%.9g,\"dp_sites\":%u,\"dp_delta\":%.9g,"
+                 "{\"dp_clip\":%.9g,\"dp_noise\":%.9g,\"dp_sites\":%u,\"dp_delta\":%.7g,"
                  "\"rounds_released\":%llu,\"rounds_secagg\":%llu,"
                  "\"coordinator_releases\":%llu}\n",
                  (double)c->cfg->dp_clip, (double)c->cfg->dp_noise, c->cfg->min_sites,
@@ -332,9 +332,9 @@ static void jdp(const coord_t *c, FILE *f)
                          (double)c->cfg->min_sites};
     static const char *k[6] = {
         "dp_epsilon", "dp_epsilon_coordinator", "dp_delta", "dp_noise", "dp_clip", "dp_sites"};
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 6; i++) /* epsilons to 9 digits; the float options as given */
         if (isfinite(v[i]))
-            fprintf(f, ",\"%s\":%.9g", k[i], v[i]);
+            fprintf(f, i < 2 ? ",\"%s\":%.9g" : ",\"%s\":%.7g", k[i], v[i]);
         else
             fprintf(f, ",\"%s\":null", k[i]);
     fprintf(f, ",\"dp_rounds\":%llu", (unsigned long long)c->dp_rounds);

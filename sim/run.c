@@ -37,9 +37,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t admissions = 3000, rounds = 8, min_sites = 0, epochs = 1, batch = 32;
     uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 1, timeout_s = 1200;
     uint32_t arch = 0;
-    float lr = 2e-3f, prox_mu = 0.0f;
+    float lr = 2e-3f, prox_mu = 0.0f, dp_clip = 0.0f, dp_noise = 0.0f, dp_delta = 1e-5f;
     uint64_t seed = 1;
-    int insecure = 0, secagg = 1;
+    int insecure = 0, secagg = 1, unweighted = 0;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -61,6 +61,13 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
          "secure aggregation: the coordinator learns only the sum of the updates (default on)"},
+        {"unweighted", MOEH_OPT_BOOL, &unweighted,
+         "FedAvg with weight 1 per site, not its sample count"},
+        {"dp-clip", MOEH_OPT_F32, &dp_clip,
+         "DP-FedAvg: L2 bound of each site's update (0: off; the sites log their norms)"},
+        {"dp-noise", MOEH_OPT_F32, &dp_noise,
+         "DP-FedAvg: noise multiplier of the aggregate (calibrated to --min-sites sites)"},
+        {"dp-delta", MOEH_OPT_F32, &dp_delta, "DP-FedAvg: delta of the reported epsilon"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -157,14 +164,18 @@ int moeh_sim_cmd_run(int argc, char **argv)
             goto out;
         }
     }
-    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s%s\n", n_sites,
-           rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE",
+    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s%s", n_sites, rounds,
+           warmup, min_sites, insecure ? "INSECURE" : "CURVE",
            secagg ? ", secure aggregation" : "");
+    if (dp_clip > 0)
+        printf(", DP-FedAvg (clip %g, noise multiplier %g over %u sites, delta %g)",
+               (double)dp_clip, (double)dp_noise, min_sites, (double)dp_delta);
+    printf("\n");
     fflush(stdout);
     if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err))) goto out;
     char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],
-        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32],
-        endpoint[256];
+        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32], a_dpc[32],
+        a_dpn[32], a_dpd[32], endpoint[256];
     snprintf(a_rounds, sizeof a_rounds, "%u", rounds);
     snprintf(a_min, sizeof a_min, "%u", min_sites);
     snprintf(a_wait, sizeof a_wait, "%zu", n_sites);
@@ -219,6 +230,18 @@ int moeh_sim_cmd_run(int argc, char **argv)
     while (cargs[nc])
         nc++;
     if (secagg) cargs[nc++] = "--secagg";
+    if (unweighted) cargs[nc++] = "--unweighted";
+    if (dp_clip != 0 || dp_noise != 0) { /* the coordinator checks them */
+        snprintf(a_dpc, sizeof a_dpc, "%.9g", (double)dp_clip);
+        snprintf(a_dpn, sizeof a_dpn, "%.9g", (double)dp_noise);
+        snprintf(a_dpd, sizeof a_dpd, "%.9g", (double)dp_delta);
+        cargs[nc++] = "--dp-clip";
+        cargs[nc++] = a_dpc;
+        cargs[nc++] = "--dp-noise";
+        cargs[nc++] = a_dpn;
+        cargs[nc++] = "--dp-delta";
+        cargs[nc++] = a_dpd;
+    }
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

@@ -4,6 +4,8 @@
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
  * parameter delta, per-group sample counts, the mean training loss, and score histograms.
+ * With DP (RoundConfig.dp_clip > 0, proto/dp.h) the delta is clipped to an L2 norm and noised
+ * before it is encoded, weights are 0/1, and the training loss is not sent.
  *
  * When a TRAIN RoundStart carries secagg parameters (docs/secagg.md), the agent trains, keeps
  * its update words, and runs its side of secure aggregation instead of sending them: fresh
@@ -562,6 +564,15 @@ done:
 static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     const Moeh__RoundConfig *rc = rs->config;
+    if (rc->dp_clip > 0 && rc->dp_sites > rs->n_participants) {
+        /* the noise is calibrated for more sites than take part: the sum could not reach it */
+        MOEH_ERROR("round %u: DP noise calibrated for %u sites, but only %u take part; no update "
+                   "is sent",
+                   rs->round, rc->dp_sites, rs->n_participants);
+        moeh_wire_send_error(a->sock, NULL, 0, -EINVAL,
+                             "DP noise calibrated for more sites than take part");
+        return;
+    }
     moeh_params_t *p = load_round(a, m);
     memcpy(a->global, p->w, p->n * sizeof(float));
     moeh_adamw_reset(p);

@@ -301,7 +301,8 @@ static int dp_ledger_load(coord_t *c, moeh_err_t *err)
         ledger_u64(j, "coordinator_releases", &c->dp_coord_base)) {
         rc = moeh_errf(err, -EBADMSG, "%s: not a DP ledger (a field is missing or wrong)",
                        c->dp_ledger_path);
-    } else if ((float)noise->valuedouble != cfg->dp_noise || sites != cfg->min_sites) {
+    } else if (!(noise->valuedouble >= 0 && noise->valuedouble <= MOEH_WIRE_DP_MAX_NOISE) ||
+               (float)noise->valuedouble != cfg->dp_noise || sites != cfg->min_sites) {
         rc = moeh_errf(err, -EINVAL,
                        "%s: the run to resume used --dp-noise %g over --min-sites %llu; this one "
                        "asks for %g over %u (resume with the same values)",

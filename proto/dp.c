@@ -4,6 +4,7 @@
 #include "moeh_common.h"
 #include "moeh_rdp.h"
 
+#include <float.h>
 #include <math.h>
 #include <sodium.h>
 #include <string.h>
@@ -31,8 +32,8 @@ double moeh_dp_site_std(double clip, double noise, uint32_t sites)
 
 float moeh_dp_range(float clip, float noise, uint32_t sites)
 {
-    return (float)((double)clip +
-                   MOEH_DP_RANGE_SIGMAS * moeh_dp_site_std((double)clip, (double)noise, sites));
+    double r = (double)clip + MOEH_DP_RANGE_SIGMAS * moeh_dp_site_std(clip, noise, sites);
+    return r <= FLT_MAX ? (float)r : INFINITY; /* a float cast out of range is undefined */
 }
 
 #define BLOCK_WORDS 512 /* 4 KiB of keystream: 256 pairs of normals */

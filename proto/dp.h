@@ -35,7 +35,8 @@ double moeh_dp_clip(float *x, size_t n, double clip);
 /* The standard deviation each of m sites adds: Z C / sqrt(m). */
 double moeh_dp_site_std(double clip, double noise, uint32_t sites);
 
-/* The per-word range of the fixed-point encoding under DP: C + 9 Z C / sqrt(m). A clipped
+/* The per-word range of the fixed-point encoding under DP: C + 9 Z C / sqrt(m) (INFINITY if
+ * that exceeds the float range; callers refuse it). A clipped
  * coordinate is at most C in magnitude and one site's noise at most 8.572 standard deviations,
  * so the encoding never clamps a noised value. */
 float moeh_dp_range(float clip, float noise, uint32_t sites);

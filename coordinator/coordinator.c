@@ -24,6 +24,7 @@
 
 #include "aggregate.h"
 #include "checkpoint.h"
+#include "dp.h"
 #include "keys.h"
 #include "moeh_hist.h"
 #include "moeh_moe.h"
@@ -52,6 +53,7 @@ typedef struct {
     uint64_t n_train, n_eval;
     int sa_in; /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
+    uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
 } site_t;
 
 typedef enum { PH_WAIT, PH_STATS, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
@@ -117,6 +119,14 @@ typedef struct {
     double round_samples, round_steps;
     double w_cap, w_used; /* bound on this round's total weight, and weight admitted */
     double quant_scale;   /* fixed-point scale of this round's updates */
+    float quant_range;    /* per-word range of the encoding: --delta-clip, or the DP range */
+    int unit_weight;      /* weight 1 per site (--unweighted or DP), not its samples */
+    /* DP accounting (docs/security.md, "Differential privacy"), kept in dp_ledger.json: */
+    int dp;
+    uint64_t dp_rounds;        /* noised sums applied to the model (anyone who sees it) */
+    uint64_t dp_rounds_secagg; /* of which the coordinator saw only the sum (--secagg) */
+    uint64_t dp_coord_base;    /* most plain updates of one site seen before this process */
+    char dp_ledger_path[4096];
     uint32_t round_train_sites;
     sa_session_t sa;
     int k_fallback_logged;
@@ -157,6 +167,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->server_beta2 = 0.99f;
     c->server_tau = 1e-3f;
     c->trim = 0.2f;
+    c->dp_delta = 1e-5f; /* far below 1 / (number of sites) for any consortium: docs/security.md */
     c->local_epochs = 1;
     c->batch_size = 32;
     c->lr = 1e-3f;
@@ -213,6 +224,143 @@ static void jnum(FILE *f, const char *key, double v)
         fprintf(f, ",\"%s\":null", key);
 }
 
+/* A site's weight in the round's fixed-point budget: 1 per site when unweighted (and under
+ * DP), else its declared training samples (proto/quant.h). */
+static double site_weight(const coord_t *c, const site_t *s)
+{
+    return c->unit_weight ? 1.0 : (double)s->n_train;
+}
+
+/* ---- DP-FedAvg accounting (proto/dp.h; docs/security.md, "Differential privacy") ----------
+ * Two views, both composed with the RDP accountant at sampling rate 1 (every site takes part
+ * in every round; dropped sites give no amplification):
+ *  - the aggregate: every noised sum applied to the model is one Gaussian mechanism with noise
+ *    multiplier Z (sensitivity dp_clip, noise std >= Z dp_clip when >= m = min_sites sites
+ *    report). A sum never revealed (an attempt without quorum, an aborted secure-aggregation
+ *    session) spends nothing. This is dp_epsilon: against anyone who sees the models.
+ *  - the coordinator: with --secagg it sees only those sums; without, it sees each site's own
+ *    update, which carries noise Z dp_clip / sqrt(m) only (multiplier Z / sqrt(m)), once per
+ *    update received (late, refused and retried ones included). This is
+ *    dp_epsilon_coordinator, from the largest count of any one site. */
+static uint64_t dp_coord_releases(const coord_t *c)
+{
+    uint64_t most = 0;
+    for (size_t i = 0; i < c->n_sites; i++)
+        if (c->sites[i].dp_seen > most) most = c->sites[i].dp_seen;
+    return c->dp_coord_base + most;
+}
+
+static void dp_epsilons(const coord_t *c, double *eps, double *eps_coord)
+{
+    double z = c->cfg->dp_noise, zs = z / sqrt((double)c->cfg->min_sites);
+    moeh_dp_release_t agg = {z, c->dp_rounds};
+    moeh_dp_release_t seen[2] = {{z, c->dp_rounds_secagg}, {zs, dp_coord_releases(c)}};
+    *eps = moeh_dp_epsilon(&agg, 1, c->cfg->dp_delta, NULL);
+    *eps_coord = moeh_dp_epsilon(seen, 2, c->cfg->dp_delta, NULL);
+}
+
+/* Writes the accountant's state to dp_ledger.json atomically, as soon as something was
+ * released, so that --resume (and a crash between a release and the round's checkpoint) never
+ * forgets a release. Failing to is fatal: the run could no longer report what it spent. */
+static int dp_ledger_write(coord_t *c, moeh_err_t *fatal)
+{
+    char buf[512];
+    int n =
+        snprintf(buf, sizeof buf,
+                 "{\"dp_clip\":%.9g,\"dp_noise\":%.9g,\"dp_sites\":%u,\"dp_delta\":%.7g,"
+                 "\"rounds_released\":%llu,\"rounds_secagg\":%llu,"
+                 "\"coordinator_releases\":%llu}\n",
+                 (double)c->cfg->dp_clip, (double)c->cfg->dp_noise, c->cfg->min_sites,
+                 (double)c->cfg->dp_delta, (unsigned long long)c->dp_rounds,
+                 (unsigned long long)c->dp_rounds_secagg, (unsigned long long)dp_coord_releases(c));
+    moeh_err_t err = {0};
+    int rc = moeh_file_write_atomic(c->dp_ledger_path, buf, (size_t)n, &err);
+    if (rc) moeh_errf(fatal, rc, "cannot write the DP ledger: %s", err.msg);
+    return rc;
+}
+
+static int ledger_u64(const cJSON *j, const char *key, uint64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 9007199254740992.0)
+        return -1;
+    *out = (uint64_t)v->valuedouble;
+    return 0;
+}
+
+/* --resume: the releases so far, from the ledger written next to the checkpoint. A run must be
+ * resumed with the noise and the calibration count it was started with (the accounting of the
+ * coordinator's view depends on both); a checkpoint of a run without DP cannot become
+ * private, and a DP run cannot silently continue without DP. */
+static int dp_ledger_load(coord_t *c, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    int have = access(c->dp_ledger_path, F_OK) == 0;
+    if (!c->dp && !have) return 0;
+    if (!c->dp)
+        return moeh_errf(err, -EINVAL,
+                         "%s: the run to resume used differential privacy; resume it with the "
+                         "same --dp-clip and --dp-noise",
+                         c->dp_ledger_path);
+    if (!have)
+        return moeh_errf(err, -EINVAL,
+                         "%s is missing: the run to resume did not use differential privacy, so "
+                         "its rounds so far are not private; start a new run with --dp-clip",
+                         c->dp_ledger_path);
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = moeh_file_read_all(c->dp_ledger_path, 4096, &buf, &len, err);
+    if (rc) return rc;
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    const cJSON *noise = j ? cJSON_GetObjectItem(j, "dp_noise") : NULL;
+    uint64_t sites = 0;
+    if (!j || !cJSON_IsNumber(noise) || ledger_u64(j, "dp_sites", &sites) ||
+        ledger_u64(j, "rounds_released", &c->dp_rounds) ||
+        ledger_u64(j, "rounds_secagg", &c->dp_rounds_secagg) ||
+        ledger_u64(j, "coordinator_releases", &c->dp_coord_base)) {
+        rc = moeh_errf(err, -EBADMSG, "%s: not a DP ledger (a field is missing or wrong)",
+                       c->dp_ledger_path);
+    } else if (!(noise->valuedouble >= 0 && noise->valuedouble <= MOEH_WIRE_DP_MAX_NOISE) ||
+               (float)noise->valuedouble != cfg->dp_noise || sites != cfg->min_sites) {
+        rc = moeh_errf(err, -EINVAL,
+                       "%s: the run to resume used --dp-noise %g over --min-sites %llu; this one "
+                       "asks for %g over %u (resume with the same values)",
+                       c->dp_ledger_path, noise->valuedouble, (unsigned long long)sites,
+                       (double)cfg->dp_noise, cfg->min_sites);
+    } else {
+        MOEH_INFO("DP: resuming after %llu released rounds (%llu with secure aggregation; at most "
+                  "%llu updates of one site seen by the coordinator)",
+                  (unsigned long long)c->dp_rounds, (unsigned long long)c->dp_rounds_secagg,
+                  (unsigned long long)c->dp_coord_base);
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* Appends the DP fields of a metrics line (nothing without DP); JSON has no infinity: an
+ * unbounded epsilon (noise 0) is null. */
+static void jdp(const coord_t *c, FILE *f)
+{
+    if (!c->dp) return;
+    double eps, eps_coord;
+    dp_epsilons(c, &eps, &eps_coord);
+    const double v[6] = {eps,
+                         eps_coord,
+                         c->cfg->dp_delta,
+                         c->cfg->dp_noise,
+                         c->cfg->dp_clip,
+                         (double)c->cfg->min_sites};
+    static const char *k[6] = {
+        "dp_epsilon", "dp_epsilon_coordinator", "dp_delta", "dp_noise", "dp_clip", "dp_sites"};
+    for (int i = 0; i < 6; i++) /* epsilons to 9 digits; the float options as given */
+        if (isfinite(v[i]))
+            fprintf(f, i < 2 ? ",\"%s\":%.9g" : ",\"%s\":%.7g", k[i], v[i]);
+        else
+            fprintf(f, ",\"%s\":null", k[i]);
+    fprintf(f, ",\"dp_rounds\":%llu", (unsigned long long)c->dp_rounds);
+}
+
 static void site_gone(coord_t *c, site_t *s, const char *why)
 {
     if (!s->admitted) return;
@@ -265,7 +413,8 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->p = moeh_moe_params(c->model);
     c->spec_hash = moeh_params_spec_hash(c->p);
     c->n_norm = n_static + n_vars;
-    c->quant_scale = 1.0; /* replaced when a training phase opens; any valid value before */
+    /* replaced when a training phase opens; any value the decoder accepts before */
+    c->quant_scale = moeh_quant_scale(c->quant_range, 2.0);
     c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
     c->lim = (moeh_wire_limits_t){.n_params = c->p->n,
                                   .n_groups = (uint32_t)c->p->n_groups,
@@ -318,8 +467,14 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.weight_decay = cfg->weight_decay;
     rc.clip = cfg->clip;
     rc.seed = cfg->seed * 1000003u + c->round;
-    rc.delta_clip = cfg->delta_clip;
+    rc.delta_clip = c->quant_range;
     rc.quant_scale = c->quant_scale;
+    rc.unweighted = c->unit_weight;
+    if (c->dp) {
+        rc.dp_clip = cfg->dp_clip;
+        rc.dp_noise = cfg->dp_noise;
+        rc.dp_sites = cfg->min_sites;
+    }
     rs.round = c->round;
     rs.model_version = c->model_version;
     rs.task = phase_task(c->phase);
@@ -456,7 +611,7 @@ static void open_phase(coord_t *c, phase_t ph)
         /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
         c->w_used = 0;
         for (size_t i = 0; i < c->n_sites; i++)
-            if (c->sites[i].admitted) c->w_used += (double)c->sites[i].n_train;
+            if (c->sites[i].admitted) c->w_used += site_weight(c, &c->sites[i]);
         c->n_slots = 0;
         if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->cap_slots < c->n_sites + 8) {
             size_t cap = c->n_sites + 8; /* room for late joiners */
@@ -475,7 +630,9 @@ static void open_phase(coord_t *c, phase_t ph)
         c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
-        c->quant_scale = moeh_quant_scale(cfg->delta_clip, c->w_cap);
+        /* under DP every site's words (noise) count, whatever its group weights: W counts
+         * sites, and the range holds a clipped and noised coordinate (proto/dp.h) */
+        c->quant_scale = moeh_quant_scale(c->quant_range, c->w_cap);
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
@@ -598,11 +755,11 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     }
     if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_STATS) && !s->replied) {
         if (c->phase == PH_TRAIN && !s->participant) {
-            if (c->w_used + (double)s->n_train > c->w_cap)
+            if (c->w_used + site_weight(c, s) > c->w_cap)
                 return; /* its weight does not fit this round's fixed-point range: next one */
             if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->n_participants >= c->cap_slots)
                 return; /* no slot left for its update this round */
-            c->w_used += (double)s->n_train;
+            c->w_used += site_weight(c, s);
         }
         if (!s->participant) c->n_participants++;
         s->participant = 1;
@@ -658,6 +815,12 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     for (size_t g = 0; g < c->p->n_groups; g++) {
         uint32_t w;
         memcpy(&w, words + 4 * (c->p->n + g), 4);
+        if (c->unit_weight && w > 1) {
+            snprintf(what, sizeof what,
+                     "update: group %zu weight %u; unweighted aggregation allows 0 or 1", g, w);
+            reply_error(c, m, -ERANGE, what, s->id);
+            return;
+        }
         if (w > s->n_train) {
             snprintf(what, sizeof what,
                      "update: group %zu weight %u exceeds the %llu training "
@@ -666,7 +829,8 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
             reply_error(c, m, -ERANGE, what, s->id);
             return;
         }
-        double bound = c->quant_scale * (double)w * c->cfg->delta_clip + 1.0;
+        /* under DP every word carries noise with weight 1, trained or not */
+        double bound = c->quant_scale * (c->dp ? 1.0 : (double)w) * c->quant_range + 1.0;
         for (size_t i = c->p->group_off[g]; i < c->p->group_off[g] + c->p->group_len[g]; i++) {
             uint32_t q;
             memcpy(&q, words + 4 * i, 4);
@@ -709,7 +873,7 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
     if (c->metrics) {
         fprintf(c->metrics, "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\"", c->round,
                 s->id);
-        jnum(c->metrics, "train_loss", u->train_loss);
+        jnum(c->metrics, "train_loss", c->dp ? NAN : u->train_loss);
         fprintf(c->metrics, ",\"n_samples\":%llu,\"steps\":%u}\n", (unsigned long long)u->n_samples,
                 u->steps);
         fflush(c->metrics);
@@ -963,6 +1127,18 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
             continue;
         }
         int type = m.env->type;
+        if (c->dp && type == MOEH__MSG_TYPE__UPDATE && m.env->update->secagg_session == 0) {
+            /* a plain update shows this site's own (less) noised delta to the coordinator,
+             * whether it is then accepted or not: count it before any check */
+            site_t *from = s ? s : m.peer[0] ? site_by_id(c, m.peer) : NULL;
+            if (from) {
+                from->dp_seen++;
+                if (dp_ledger_write(c, fatal) != 0) {
+                    moeh_msg_clear(&m);
+                    return;
+                }
+            }
+        }
         if (type == MOEH__MSG_TYPE__HELLO) {
             handle_hello(c, &m, fatal);
         } else if (!s) {
@@ -1008,9 +1184,14 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
     }
 }
 
-static void finish_train(coord_t *c)
+static int finish_train(coord_t *c, moeh_err_t *fatal)
 {
     size_t updated;
+    if (c->dp) { /* the noised sum is about to shape the model: one release */
+        c->dp_rounds++;
+        c->dp_rounds_secagg += c->cfg->secagg != 0;
+        if (dp_ledger_write(c, fatal) != 0) return -EIO;
+    }
     if (c->sopt.kind == MOEH_STRATEGY_FEDAVG) {
         updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
     } else if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
@@ -1021,10 +1202,11 @@ static void finish_train(coord_t *c)
         moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);
     }
     c->model_version++;
-    /* the sample-weighted mean loss, from the sums only (secsum.h) */
+    /* the sample-weighted mean loss, from the sums only (secsum.h); under DP the sites keep
+     * their loss (they send 0) */
     double lxs, ns, steps;
     moeh_secsum_train_get(c->vsum + c->p->n + c->p->n_groups, &lxs, &ns, &steps);
-    double loss = ns > 0 ? lxs / ns : NAN;
+    double loss = ns > 0 && !c->dp ? lxs / ns : NAN;
     c->round_train_loss = loss;
     c->round_samples = ns, c->round_steps = steps;
     if (c->metrics) {
@@ -1032,10 +1214,13 @@ static void finish_train(coord_t *c)
                 c->round, c->n_replied, c->n_participants);
         jnum(c->metrics, "train_loss", loss);
         fprintf(c->metrics, ",\"samples\":%.0f,\"steps\":%.0f", ns, steps);
-        fprintf(c->metrics, ",\"groups_updated\":%zu,\"model_version\":%llu}\n", updated,
+        fprintf(c->metrics, ",\"groups_updated\":%zu,\"model_version\":%llu", updated,
                 (unsigned long long)c->model_version);
+        jdp(c, c->metrics);
+        fprintf(c->metrics, "}\n");
         fflush(c->metrics);
     }
+    return 0;
 }
 
 static const char *k_combo_names[MOEH_WIRE_COMBOS] = {"E", "N", "EN", "I", "EI", "NI", "ENI"};
@@ -1094,6 +1279,7 @@ static void finish_eval(coord_t *c)
             snprintf(key, sizeof key, "auroc_%s", c->task_names[t]);
             jnum(f, key, c->last_auroc[0][t]);
         }
+        jdp(c, f);
         fprintf(f, "}\n");
         for (uint32_t t = 0; t < T; t++) {
             fprintf(f, "{\"event\":\"task\",\"round\":%u,\"task\":\"%s\"", c->round,
@@ -1132,18 +1318,34 @@ static void finish_eval(coord_t *c)
             printf("%5s %7s %10s %10s", "round", "sites", "train_loss", "test_loss");
             for (uint32_t t = 0; t < T && t < 4; t++)
                 printf(" %11s", c->task_names[t]);
-            printf(" %10s %7s\n", "auroc_mean", "time_s");
+            printf(" %10s %7s", "auroc_mean", "time_s");
+            if (c->dp) printf(" %9s", "epsilon");
+            printf("\n");
         }
         char sites[32];
         snprintf(sites, sizeof sites, "%u/%u", c->n_replied, c->n_participants);
         printf("%5u %7s %10.4f %10.4f", c->round, sites, c->round_train_loss, eval_loss);
         for (uint32_t t = 0; t < T && t < 4; t++)
             printf(" %11.4f", c->last_auroc[0][t]);
-        printf(" %10.4f %7.2f\n", mean, secs);
+        printf(" %10.4f %7.2f", mean, secs);
+        if (c->dp) {
+            double eps, eps_coord;
+            dp_epsilons(c, &eps, &eps_coord);
+            printf(" %9.3f", eps);
+        }
+        printf("\n");
         fflush(stdout);
     }
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,
               c->n_replied, c->round_train_loss, eval_loss, mean);
+    if (c->dp) {
+        double eps, eps_coord;
+        dp_epsilons(c, &eps, &eps_coord);
+        MOEH_INFO("round %u: DP spent so far: epsilon %.4f at delta %g over %llu released rounds "
+                  "(noise multiplier %g, clip %g); against this coordinator's view: %.4f",
+                  c->round, eps, (double)c->cfg->dp_delta, (unsigned long long)c->dp_rounds,
+                  (double)c->cfg->dp_noise, (double)c->cfg->dp_clip, eps_coord);
+    }
 }
 
 /* The final table: test AUROC per task, overall and per modality combination. */
@@ -1524,7 +1726,7 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         c->round_t0 = moeh_now_ms();
         open_phase(c, PH_TRAIN);
     } else if (c->phase == PH_TRAIN) {
-        finish_train(c);
+        if (finish_train(c, fatal) != 0) return;
         open_phase(c, PH_EVAL);
     } else {
         finish_eval(c);
@@ -1601,6 +1803,10 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
     cJSON_AddBoolToObject(j, "secagg", k->secagg);
     cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
+    cJSON_AddBoolToObject(j, "unweighted", k->unweighted || k->dp_clip > 0);
+    cJSON_AddNumberToObject(j, "dp_clip", k->dp_clip);
+    cJSON_AddNumberToObject(j, "dp_noise", k->dp_noise);
+    cJSON_AddNumberToObject(j, "dp_delta", k->dp_delta);
     cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
     cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
     cJSON_AddNumberToObject(j, "lr", k->lr);
@@ -1665,6 +1871,43 @@ static int setup(coord_t *c, moeh_err_t *err)
         return moeh_errf(err, -EINVAL,
                          "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
                          "expected");
+    if (!(isfinite(cfg->dp_clip) && cfg->dp_clip >= 0) ||
+        !(isfinite(cfg->dp_noise) && cfg->dp_noise >= 0 &&
+          cfg->dp_noise <= MOEH_WIRE_DP_MAX_NOISE) ||
+        !(cfg->dp_delta > 0 && cfg->dp_delta < 1))
+        return moeh_errf(err, -EINVAL,
+                         "--dp-clip >= 0, --dp-noise in [0, %g] and --dp-delta in (0, 1) "
+                         "expected",
+                         MOEH_WIRE_DP_MAX_NOISE);
+    c->dp = cfg->dp_clip > 0;
+    c->unit_weight = c->dp || cfg->unweighted;
+    c->quant_range = cfg->delta_clip;
+    if (!c->dp && cfg->dp_noise > 0)
+        return moeh_errf(err, -EINVAL,
+                         "--dp-noise needs --dp-clip: the noise is calibrated to the clip");
+    if (c->dp) {
+        if (c->sopt.kind == MOEH_STRATEGY_TRIMMED)
+            return moeh_errf(err, -EINVAL,
+                             "--dp-clip and --strategy trimmed exclude each other: the "
+                             "noise is calibrated for the sum of the sites' updates, the "
+                             "trimmed mean does not use their sum");
+        if (cfg->min_sites > MOEH_WIRE_DP_MAX_SITES)
+            return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
+                             MOEH_WIRE_DP_MAX_SITES);
+        c->quant_range = moeh_dp_range(cfg->dp_clip, cfg->dp_noise, cfg->min_sites);
+        if (!isfinite(c->quant_range))
+            return moeh_errf(err, -EINVAL, "--dp-clip %g with --dp-noise %g is too large",
+                             (double)cfg->dp_clip, (double)cfg->dp_noise);
+        MOEH_INFO("DP-FedAvg: every site clips its update to L2 norm %g and adds noise of std "
+                  "%.4g per coordinate, so that the sum over >= %u sites (--min-sites) has noise "
+                  "multiplier %g; epsilon reported at delta %g; unweighted aggregation; update "
+                  "range +-%g per coordinate (--delta-clip is not used)",
+                  (double)cfg->dp_clip,
+                  moeh_dp_site_std(cfg->dp_clip, cfg->dp_noise, cfg->min_sites), cfg->min_sites,
+                  (double)cfg->dp_noise, (double)cfg->dp_delta, (double)c->quant_range);
+        if (cfg->dp_noise == 0)
+            MOEH_WARN("--dp-noise 0: updates are clipped but not noised; epsilon is unbounded");
+    }
     static const char *names3[] = {"mortality", "los7", "readmit30"};
     for (uint32_t t = 0; t < cfg->n_tasks; t++) {
         if (cfg->n_tasks == 3)
@@ -1678,6 +1921,16 @@ static int setup(coord_t *c, moeh_err_t *err)
     if (moeh_path_join(c->ckpt_path, sizeof c->ckpt_path, cfg->out_dir, "checkpoint.moeh"))
         return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
     if (cfg->resume && (rc = load_checkpoint(c, err))) return rc;
+    if (moeh_path_join(c->dp_ledger_path, sizeof c->dp_ledger_path, cfg->out_dir, "dp_ledger.json"))
+        return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
+    if (cfg->resume) {
+        if ((rc = dp_ledger_load(c, err))) return rc;
+    } else { /* a new run: no releases yet, and no ledger of an earlier run in --out */
+        if (unlink(c->dp_ledger_path) != 0 && errno != ENOENT)
+            return moeh_errf(err, -errno, "%s: cannot remove: %s", c->dp_ledger_path,
+                             strerror(errno));
+        if (c->dp && (rc = dp_ledger_write(c, err))) return rc;
+    }
     if (cfg->data_shape) { /* pinned shapes: the model exists before any site says hello */
         unsigned v[4];
         char extra;

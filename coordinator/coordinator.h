@@ -41,6 +41,11 @@ typedef struct {
     int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
                         * learns only the sums of the sites' updates, statistics and evaluations */
     uint32_t secagg_k; /* SecAgg+ neighbours (0: every pair masks); even, < 512 */
+    int unweighted;    /* FedAvg with weight 1 per site (per group it trained), not its samples */
+    /* DP-FedAvg (proto/dp.h, docs/security.md): each site clips its update delta to L2 norm
+     * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
+     * dp_delta) spent is reported after every round. Implies unweighted. */
+    float dp_clip, dp_noise, dp_delta;
 
     /* local training, sent to sites every round */
     uint32_t local_epochs, batch_size;

@@ -62,6 +62,16 @@ int main(int argc, char **argv)
         {"secagg-k", MOEH_OPT_U32, &cfg.secagg_k,
          "SecAgg+: each site masks with k neighbours, threshold k/2 + 1 (0: all pairs; even)"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
+        {"unweighted", MOEH_OPT_BOOL, &cfg.unweighted,
+         "FedAvg with weight 1 per site (per group it trained), not its sample count"},
+        {"dp-clip", MOEH_OPT_F32, &cfg.dp_clip,
+         "DP-FedAvg: L2 bound of each site's whole update delta (0: no DP; implies "
+         "--unweighted; sites log their pre-clip norms)"},
+        {"dp-noise", MOEH_OPT_F32, &cfg.dp_noise,
+         "DP-FedAvg: noise multiplier Z of the aggregate; each site adds N(0, (Z clip)^2 / "
+         "min-sites)"},
+        {"dp-delta", MOEH_OPT_F32, &cfg.dp_delta,
+         "DP-FedAvg: the delta of the (epsilon, delta) reported after every round"},
         {"server-lr", MOEH_OPT_F32, &cfg.server_lr, "server learning rate (FedAdam/FedYogi)"},
         {"server-beta1", MOEH_OPT_F32, &cfg.server_beta1, "server first-moment decay"},
         {"server-beta2", MOEH_OPT_F32, &cfg.server_beta2, "server second-moment decay"},

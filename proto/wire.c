@@ -1,6 +1,7 @@
 /* wire.c - validating decoder and encoder for moeh messages (see wire.h). */
 #include "wire.h"
 
+#include "dp.h"
 #include "secagg.h"
 #include "secsum.h"
 
@@ -117,6 +118,43 @@ static int check_finite_f32(const moeh_iov_t *f, const char *what, moeh_err_t *e
 static int fin(double x, const char *field, moeh_err_t *err)
 {
     return isfinite(x) ? 0 : moeh_errf(err, -ERANGE, "%s: not finite", field);
+}
+
+/* RoundConfig's DP-FedAvg fields (proto/dp.h): all zero (off), or a clip > 0, a noise
+ * multiplier in [0, MOEH_WIRE_DP_MAX_NOISE], a calibration count 1..MOEH_WIRE_DP_MAX_SITES,
+ * unweighted aggregation (bounded sensitivity) and a fixed-point range that holds a clipped,
+ * noised coordinate without clamping it (delta_clip >= moeh_dp_range). */
+static int validate_dp(const Moeh__RoundConfig *c, moeh_err_t *err)
+{
+    int rc;
+    if ((rc = fin(c->dp_clip, "round_start.config.dp_clip", err)) ||
+        (rc = fin(c->dp_noise, "round_start.config.dp_noise", err)))
+        return rc;
+    if (c->dp_clip == 0) {
+        if (c->dp_noise != 0 || c->dp_sites != 0)
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.config: dp_noise and dp_sites must be 0 "
+                             "when dp_clip is 0 (DP off)");
+        return 0;
+    }
+    if (!(c->dp_clip > 0) || !(c->dp_noise >= 0 && c->dp_noise <= MOEH_WIRE_DP_MAX_NOISE) ||
+        c->dp_sites == 0 || c->dp_sites > MOEH_WIRE_DP_MAX_SITES)
+        return moeh_errf(err, -EBADMSG,
+                         "round_start.config: dp_clip > 0, dp_noise in [0, %g] and dp_sites "
+                         "1..%u expected",
+                         MOEH_WIRE_DP_MAX_NOISE, MOEH_WIRE_DP_MAX_SITES);
+    if (!c->unweighted)
+        return moeh_errf(err, -EBADMSG,
+                         "round_start.config: DP needs unweighted aggregation (one weight per "
+                         "site, so that one site's influence is bounded by dp_clip)");
+    float range = moeh_dp_range(c->dp_clip, c->dp_noise, c->dp_sites);
+    if (!(c->delta_clip >= range))
+        return moeh_errf(err, -EBADMSG,
+                         "round_start.config: delta_clip %g cannot hold a clipped, noised "
+                         "coordinate (dp_clip %g, dp_noise %g, dp_sites %u need >= %g)",
+                         (double)c->delta_clip, (double)c->dp_clip, (double)c->dp_noise,
+                         c->dp_sites, (double)range);
+    return 0;
 }
 
 /* ---- secure aggregation (docs/secagg.md): ids below MOEH_WIRE_SECAGG_MAX, lists strictly
@@ -378,6 +416,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG,
                              "round_start.config: delta_clip > 0 and quant_scale "
                              "> 0 with quant_scale * delta_clip < 2^31 expected");
+        if ((rc = validate_dp(c, err))) return rc;
         if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
         if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},

@@ -23,6 +23,9 @@
 /* Largest secure-aggregation session on the wire: the key list and the shares a site sends
  * (one 96-byte ciphertext per peer) must fit in one header of MOEH_MAX_HEADER_BYTES. */
 #define MOEH_WIRE_SECAGG_MAX 512u
+/* DP-FedAvg in RoundConfig (proto/dp.h): largest noise multiplier and calibration count m. */
+#define MOEH_WIRE_DP_MAX_NOISE 1000.0
+#define MOEH_WIRE_DP_MAX_SITES 65536u
 
 /* What the receiver has negotiated. Zero fields mean "not negotiated yet": any message that
  * would need them (tensors, per-group weights, histograms) is refused. */

@@ -38,12 +38,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t admissions = 3000, rounds = 8, min_sites = 0, epochs = 1, batch = 32;
     uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 1, timeout_s = 1200;
     uint32_t arch = 0;
-    float lr = 2e-3f, prox_mu = 0.0f;
+    float lr = 2e-3f, prox_mu = 0.0f, dp_clip = 0.0f, dp_noise = 0.0f, dp_delta = 1e-5f;
     moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
     uint32_t top_k = (uint32_t)gd.top_k;
     float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
     uint64_t seed = 1;
-    int insecure = 0, secagg = 1;
+    int insecure = 0, secagg = 1, unweighted = 0;
     uint32_t secagg_k = 0;
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
@@ -73,6 +73,13 @@ int moeh_sim_cmd_run(int argc, char **argv)
          "secure aggregation: the coordinator learns only sums (default on)"},
         {"secagg-k", MOEH_OPT_U32, &secagg_k,
          "SecAgg+ neighbours per site (0: all pairs; even; moeh-coordinator --secagg-k)"},
+        {"unweighted", MOEH_OPT_BOOL, &unweighted,
+         "FedAvg with weight 1 per site, not its sample count"},
+        {"dp-clip", MOEH_OPT_F32, &dp_clip,
+         "DP-FedAvg: L2 bound of each site's update (0: off; the sites log their norms)"},
+        {"dp-noise", MOEH_OPT_F32, &dp_noise,
+         "DP-FedAvg: noise multiplier of the aggregate (calibrated to --min-sites sites)"},
+        {"dp-delta", MOEH_OPT_F32, &dp_delta, "DP-FedAvg: delta of the reported epsilon"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -169,14 +176,18 @@ int moeh_sim_cmd_run(int argc, char **argv)
             goto out;
         }
     }
-    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s%s\n", n_sites,
-           rounds, warmup, min_sites, insecure ? "INSECURE" : "CURVE",
+    printf("== 4/4 federation: %zu sites, %u rounds (%u warm-up), quorum %u, %s%s", n_sites, rounds,
+           warmup, min_sites, insecure ? "INSECURE" : "CURVE",
            secagg ? ", secure aggregation" : "");
+    if (dp_clip > 0)
+        printf(", DP-FedAvg (clip %g, noise multiplier %g over %u sites, delta %g)",
+               (double)dp_clip, (double)dp_noise, min_sites, (double)dp_delta);
+    printf("\n");
     fflush(stdout);
     if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err))) goto out;
     char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],
-        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32],
-        endpoint[256];
+        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32], a_dpc[32],
+        a_dpn[32], a_dpd[32], endpoint[256];
     snprintf(a_rounds, sizeof a_rounds, "%u", rounds);
     snprintf(a_min, sizeof a_min, "%u", min_sites);
     snprintf(a_wait, sizeof a_wait, "%zu", n_sites);
@@ -245,6 +256,18 @@ int moeh_sim_cmd_run(int argc, char **argv)
     if (secagg_k) { /* without --secagg the coordinator says why it refuses */
         cargs[nc++] = "--secagg-k";
         cargs[nc++] = a_k;
+    }
+    if (unweighted) cargs[nc++] = "--unweighted";
+    if (dp_clip != 0 || dp_noise != 0) { /* the coordinator checks them */
+        snprintf(a_dpc, sizeof a_dpc, "%.9g", (double)dp_clip);
+        snprintf(a_dpn, sizeof a_dpn, "%.9g", (double)dp_noise);
+        snprintf(a_dpd, sizeof a_dpd, "%.9g", (double)dp_delta);
+        cargs[nc++] = "--dp-clip";
+        cargs[nc++] = a_dpc;
+        cargs[nc++] = "--dp-noise";
+        cargs[nc++] = a_dpn;
+        cargs[nc++] = "--dp-delta";
+        cargs[nc++] = a_dpd;
     }
     if (insecure) {
         cargs[nc++] = "--insecure";

@@ -4,7 +4,9 @@
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
  * parameter delta, per-group sample counts, the mean training loss, score histograms and
- * sums for the normalisation statistics.
+ * sums for the normalisation statistics. With DP (RoundConfig.dp_clip > 0, proto/dp.h) the
+ * delta is clipped to an L2 norm and noised before it is encoded, weights are 0/1, and the
+ * training loss is not sent.
  *
  * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters (docs/secagg.md), the
  * agent computes the phase's vector of words (proto/secsum.h: update + loss, sample and step
@@ -16,6 +18,7 @@
  * The site's own evaluation metrics are logged here, since the coordinator then has none. */
 #include "agent.h"
 
+#include "dp.h"
 #include "keys.h"
 #include "quant.h"
 #include "moeh_hist.h"
@@ -606,6 +609,15 @@ done:
 static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     const Moeh__RoundConfig *rc = rs->config;
+    if (rc->dp_clip > 0 && rc->dp_sites > rs->n_participants) {
+        /* the noise is calibrated for more sites than take part: the sum could not reach it */
+        MOEH_ERROR("round %u: DP noise calibrated for %u sites, but only %u take part; no update "
+                   "is sent",
+                   rs->round, rc->dp_sites, rs->n_participants);
+        moeh_wire_send_error(a->sock, NULL, 0, -EINVAL,
+                             "DP noise calibrated for more sites than take part");
+        return;
+    }
     moeh_params_t *p = load_round(a, m);
     memcpy(a->global, p->w, p->n * sizeof(float));
     moeh_adamw_reset(p);
@@ -633,20 +645,61 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
         return;
     }
-    /* Each group's delta is weighted by the samples that trained it; 0 leaves it out. */
+    /* A group this site did not train is no update (weight decay may still have moved it). */
+    for (size_t g = 0; g < p->n_groups; g++)
+        if (res.group_samples[g] == 0)
+            memset(a->delta + p->group_off[g], 0, p->group_len[g] * sizeof(float));
+    /* DP-FedAvg (proto/dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
+     * the noise to every coordinate (also of groups it did not train, so that every group's sum
+     * carries the full noise), and send it with weight 1: one site moves the sum by at most
+     * dp_clip whatever its size. The pre-clip norm is logged here (never sent) to help choose
+     * the clip. */
+    int dp = rc->dp_clip > 0, unweighted = dp || rc->unweighted;
+    double norm, sd = 0;
+    if (dp) {
+        norm = moeh_dp_clip(a->delta, p->n, rc->dp_clip);
+        sd = moeh_dp_site_std(rc->dp_clip, rc->dp_noise, rc->dp_sites);
+        if (sd > 0) {
+            if (moeh_crypto_init() != 0) {
+                MOEH_ERROR("round %u: libsodium failed to initialise; no update is sent",
+                           rs->round);
+                moeh_wire_send_error(a->sock, NULL, 0, -EIO, "cannot draw the DP noise");
+                return;
+            }
+            moeh_dp_add_noise(a->delta, p->n, sd);
+        }
+    } else {
+        double ss = 0;
+        for (size_t i = 0; i < p->n; i++)
+            ss += (double)a->delta[i] * (double)a->delta[i];
+        norm = sqrt(ss);
+    }
+    /* Each group's delta is weighted by the samples that trained it (or by 1 per site,
+     * unweighted); weight 0 leaves the group out of the average. */
     for (size_t g = 0; g < p->n_groups; g++) {
         uint64_t w = res.group_samples[g];
         if (w > a->n_train) /* a group is trained at most once per row per epoch */
             w = a->n_train;
+        if (unweighted) w = w > 0;
+        /* under DP a group's words carry the noise even where the site did not train it */
         moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
-                          rc->delta_clip, (double)w, rc->quant_scale);
+                          rc->delta_clip, dp ? 1.0 : (double)w, rc->quant_scale);
         a->upd[p->n + g] = (uint32_t)w;
     }
     double loss = res.steps ? res.mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
-    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f", rs->round,
-              rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples, loss);
+    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f, update L2 norm %.4g",
+              rs->round, rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples,
+              loss, norm);
+    if (dp)
+        MOEH_INFO("round %u: DP: clipped to %g (%s), noise std %.4g per coordinate "
+                  "(multiplier %g over %u sites)",
+                  rs->round, (double)rc->dp_clip, norm > rc->dp_clip ? "scaled down" : "unchanged",
+                  sd, (double)rc->dp_noise, rc->dp_sites);
+    /* under DP the training loss (a statistic of the training data outside the accounting)
+     * stays here */
+    double sent_loss = dp ? 0.0 : loss;
     if (rs->secagg) { /* the header's values are summed with the update, never in clear */
-        if (moeh_secsum_train_put(a->upd + p->n + p->n_groups, loss, res.samples, res.steps)) {
+        if (moeh_secsum_train_put(a->upd + p->n + p->n_groups, sent_loss, res.samples, res.steps)) {
             MOEH_ERROR("round %u: train loss x samples is out of the fixed-point range; no "
                        "update is sent",
                        rs->round);
@@ -656,7 +709,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         sa_begin(a, rs, a->upd, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
-    send_update(a, rs->round, rs->model_version, loss, res.samples, res.steps);
+    send_update(a, rs->round, rs->model_version, sent_loss, res.samples, res.steps);
 }
 
 /* Logs this site's own test loss and AUROC per task (all rows): with secure aggregation the

@@ -26,6 +26,7 @@
 #include "wire.h"
 #include "localfed.h"
 #include "checkpoint.h"
+#include "dp.h"
 #include "moeh_hist.h"
 #include "moeh_moe.h"
 #include "npy.h"
@@ -126,7 +127,7 @@ static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, cons
     snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
     snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
     snprintf(log, sizeof log, "%s/%s", f->logs, log_name);
-    char *args[48] = {"--registry",
+    char *args[64] = {"--registry",
                       reg,
                       "--key",
                       key,
@@ -170,7 +171,7 @@ static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, cons
         args[n++] = "--bind";
         args[n++] = (char *)bind;
     }
-    for (int i = 0; more && more[i] && n < 46; i++)
+    for (int i = 0; more && more[i] && n < 62; i++)
         args[n++] = more[i];
     args[n] = NULL;
     moeh_proc_t *p = &f->procs[f->n_procs++];
@@ -218,8 +219,17 @@ typedef struct {
     double train_loss[64];
     double test_loss[64];
     double auroc_mean[64];
+    double dp_epsilon[64], dp_epsilon_coord[64], dp_noise[64], dp_clip[64], dp_delta[64];
+    int dp_rounds[64];
     int n_gone;
 } metrics_t;
+
+/* A number of a metrics line, NAN when absent or null. */
+static double jget(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
 
 static void read_metrics(const fixture_t *f, metrics_t *m)
 {
@@ -240,6 +250,12 @@ static void read_metrics(const fixture_t *f, metrics_t *m)
             m->train_loss[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "train_loss"));
             m->test_loss[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "test_loss"));
             m->auroc_mean[m->n_eval] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_mean"));
+            m->dp_epsilon[m->n_eval] = jget(j, "dp_epsilon");
+            m->dp_epsilon_coord[m->n_eval] = jget(j, "dp_epsilon_coordinator");
+            m->dp_noise[m->n_eval] = jget(j, "dp_noise");
+            m->dp_clip[m->n_eval] = jget(j, "dp_clip");
+            m->dp_delta[m->n_eval] = jget(j, "dp_delta");
+            m->dp_rounds[m->n_eval] = (int)jget(j, "dp_rounds");
             m->n_eval++;
         } else if (!strcmp(ev, "site_gone")) {
             m->n_gone++;
@@ -1580,6 +1596,199 @@ static void test_pinned_data_shape(void **state)
     assert_true(file_contains(log, "expected STATIC,VARS,HOURS,IMAGE"));
 }
 
+/* ---- DP-FedAvg (proto/dp.h, docs/security.md "Differential privacy") ---------------------- */
+
+/* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
+static void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[])
+{
+    char log[64];
+    moeh_proc_t *a[N_SITES];
+    snprintf(f->out, sizeof f->out, "%s/%s", f->dir, name);
+    snprintf(log, sizeof log, "coordinator-%s.log", name);
+    moeh_proc_t *c = start_coordinator_ex2(f, rounds, "3", "3", NULL, log, more);
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+}
+
+/* The epsilon after T released rounds, computed here from the accountant's formula. */
+static double eps_after(double z, uint64_t T)
+{
+    moeh_dp_release_t r = {z, T};
+    return moeh_dp_epsilon(&r, 1, 1e-5, NULL);
+}
+
+static void assert_close(double got, double want)
+{
+    if (!(fabs(got - want) <= 1e-7 * fabs(want))) print_error("%.9g != %.9g\n", got, want);
+    assert_true(fabs(got - want) <= 1e-7 * fabs(want));
+}
+
+/* Every round of a DP run reports the epsilon of its rounds so far: exactly the accountant's
+ * value for r releases at noise multiplier Z, increasing; without secure aggregation the
+ * coordinator's own view is that of r releases at Z / sqrt(m) (it sees each site's update,
+ * noised for m = 3 sites). */
+static void assert_dp_rounds(const metrics_t *m, int rounds, double z, double clip, int secagg)
+{
+    assert_int_equal(m->n_eval, rounds);
+    for (int r = 0; r < rounds; r++) {
+        assert_int_equal(m->sites[r], N_SITES);
+        assert_int_equal(m->dp_rounds[r], r + 1);
+        assert_close(m->dp_epsilon[r], eps_after(z, (uint64_t)r + 1));
+        moeh_dp_release_t seen = {secagg ? z : z / sqrt((double)N_SITES), (uint64_t)r + 1};
+        assert_close(m->dp_epsilon_coord[r], moeh_dp_epsilon(&seen, 1, 1e-5, NULL));
+        if (r > 0) assert_true(m->dp_epsilon[r] > m->dp_epsilon[r - 1]);
+        assert_true(m->dp_noise[r] == z && m->dp_clip[r] == clip && m->dp_delta[r] > 0.99e-5 &&
+                    m->dp_delta[r] < 1.01e-5);
+        assert_true(isnan(m->train_loss[r])); /* the sites keep their training loss */
+        assert_true(isfinite(m->test_loss[r]));
+    }
+}
+
+/* Noise 0 and a clip no update reaches is the unweighted average bit for bit (the clip leaves
+ * the updates alone, the range is the same); with noise 1 the run completes, reports its
+ * epsilon every round, and ends with another model (the noise is there). */
+static void test_dp_run(void **state)
+{
+    fixture_t *f = *state;
+    char path[400];
+    char *unweighted[] = {"--unweighted", "--delta-clip", "1000", NULL};
+    run_all(f, "unweighted", "3", unweighted);
+    char *dp0[] = {"--dp-clip", "1000", "--dp-noise", "0", NULL};
+    run_all(f, "dp0", "3", dp0);
+    char *dp1[] = {"--dp-clip", "0.5", "--dp-noise", "1", NULL};
+    run_all(f, "dp1", "3", dp1);
+    char out_u[300], out_0[300], out_1[300];
+    snprintf(out_u, sizeof out_u, "%s/unweighted", f->dir);
+    snprintf(out_0, sizeof out_0, "%s/dp0", f->dir);
+    snprintf(out_1, sizeof out_1, "%s/dp1", f->dir);
+    assert_same_model(out_u, out_0);
+
+    metrics_t m;
+    snprintf(f->out, sizeof f->out, "%s", out_0);
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    for (int r = 0; r < 3; r++)
+        assert_true(isnan(m.dp_epsilon[r])); /* unbounded: null in JSON */
+    snprintf(f->out, sizeof f->out, "%s", out_1);
+    read_metrics(f, &m);
+    assert_dp_rounds(&m, 3, 1.0, 0.5, 0);
+    print_message("dp1: epsilon per round %.3f %.3f %.3f, test AUROC %.3f\n", m.dp_epsilon[0],
+                  m.dp_epsilon[1], m.dp_epsilon[2], m.auroc_mean[2]);
+
+    /* the final models differ (noise), and the sites clipped their updates */
+    char *ma = NULL, *mb = NULL;
+    size_t la, lb;
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/model.npy", out_u);
+    assert_int_equal(moeh_file_read_all(path, 1u << 28, &ma, &la, &err), 0);
+    snprintf(path, sizeof path, "%s/model.npy", out_1);
+    assert_int_equal(moeh_file_read_all(path, 1u << 28, &mb, &lb, &err), 0);
+    assert_int_equal(la, lb);
+    assert_memory_not_equal(ma, mb, la);
+    free(ma);
+    free(mb);
+    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
+    assert_true(file_contains(path, "update L2 norm"));
+    assert_true(file_contains(path, "DP: clipped to 0.5"));
+    snprintf(path, sizeof path, "%s/coordinator-dp1.log", f->logs);
+    assert_true(file_contains(path, "DP spent so far: epsilon"));
+}
+
+/* DP composes with secure aggregation: the noise is added before masking, the coordinator
+ * unmasks only the noised sum, and its own view is then that of the aggregate. */
+static void test_dp_secagg(void **state)
+{
+    fixture_t *f = *state;
+    char *dp[] = {"--dp-clip", "0.5", "--dp-noise", "1.5", "--secagg", NULL};
+    run_all(f, "dpsa", "3", dp);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_dp_rounds(&m, 3, 1.5, 0.5, 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator-dpsa.log", f->logs);
+    assert_true(file_contains(path, "round 3: secure aggregation: unmasked the sum of 3 sites"));
+}
+
+/* The accountant survives --resume: the coordinator is killed after checkpointing round 2 and
+ * restarted; round 4 reports the epsilon of 4 releases, as an uninterrupted run does
+ * (test_dp_run checks that one reports exactly eps_after(Z, r) after round r). A resume with
+ * other DP settings, or without DP, is refused. */
+static void test_dp_resume(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *a[N_SITES];
+    char *fast[] = {"--silence-timeout-ms", "1500", "--backoff-max-ms", "1000", NULL};
+    snprintf(f->out, sizeof f->out, "%s/resumed", f->dir);
+    char *crash[] = {
+        "--fault-kill-after-round", "2", "--dp-clip", "0.5", "--dp-noise", "0.7", NULL};
+    moeh_proc_t *c1 = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator-1.log", crash);
+    char endpoint[256];
+    snprintf(endpoint, sizeof endpoint, "%s", f->endpoint);
+    start_all_agents(f, a, fast);
+    wait_exit(c1, 60000, 128 + SIGKILL);
+
+    /* refused: other noise, and no DP at all (setup fails before binding) */
+    char exe[2100], reg[400], key[400], log[400];
+    moeh_err_t err = {0};
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/coordinator-refused.log", f->logs);
+    char *other[] = {exe,
+                     "--bind",
+                     "tcp://127.0.0.1:*",
+                     "--registry",
+                     reg,
+                     "--key",
+                     key,
+                     "--out",
+                     f->out,
+                     "--resume",
+                     "--min-sites",
+                     "3",
+                     "--d-emb",
+                     "16",
+                     "--d-hidden",
+                     "16",
+                     "--note-buckets",
+                     "1024",
+                     "--batch-size",
+                     "32",
+                     "--dp-clip",
+                     "0.5",
+                     "--dp-noise",
+                     "0.9",
+                     NULL};
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    assert_int_equal(moeh_proc_spawn(p, "coordinator", other, log, log, -1, &err), 0);
+    wait_exit(p, 10000, 1);
+    assert_true(file_contains(log, "resume with the same values"));
+    other[20] = NULL; /* without --dp-clip / --dp-noise */
+    p = &f->procs[f->n_procs++];
+    assert_int_equal(moeh_proc_spawn(p, "coordinator", other, log, log, -1, &err), 0);
+    wait_exit(p, 10000, 1);
+    assert_true(file_contains(log, "the run to resume used differential privacy"));
+
+    char *resume[] = {"--resume", "--dp-clip", "0.5", "--dp-noise", "0.7", NULL};
+    moeh_proc_t *c2 =
+        start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-2.log", resume);
+    wait_exit(c2, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m); /* rounds 1-2 from the first process, 3-4 from the second */
+    assert_int_equal(m.n_eval, 4);
+    for (int r = 0; r < 4; r++) {
+        assert_int_equal(m.dp_rounds[r], r + 1);
+        assert_close(m.dp_epsilon[r], eps_after(0.7, (uint64_t)r + 1));
+    }
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator-2.log", f->logs);
+    assert_true(file_contains(path, "DP: resuming after 2 released rounds"));
+}
+
 int main(void)
 {
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
@@ -1601,6 +1810,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trimmed_mean_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pinned_data_shape, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_secagg, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, setup, teardown),

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "secagg.h"
+#include "dp.h"
 #include "secsum.h"
 #include "wire.h"
 
@@ -1054,6 +1055,84 @@ static void test_round_start_checks(void **state)
     check_accept(&m, &k_lim);
 }
 
+/* DP-FedAvg fields of RoundConfig (proto/dp.h): all zero, or a consistent setting whose
+ * fixed-point range holds a clipped, noised coordinate. */
+static void mk_round_start_dp(msg_t *m)
+{
+    mk_round_start(m);
+    m->cfg.dp_clip = 0.5f;
+    m->cfg.dp_noise = 1.0f;
+    m->cfg.dp_sites = 4;
+    m->cfg.unweighted = 1;
+    m->cfg.delta_clip = moeh_dp_range(0.5f, 1.0f, 4); /* 0.5 + 9 * 0.25 = 2.75 */
+    m->cfg.quant_scale = 1e6;
+}
+
+static void test_round_start_dp(void **state)
+{
+    msg_t m;
+    mk_round_start_dp(&m);
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    const Moeh__RoundConfig *c = e->round_start->config;
+    assert_true(c->dp_clip == 0.5f && c->dp_noise == 1.0f && c->dp_sites == 4 && c->unweighted);
+    assert_true(c->delta_clip == 2.75f);
+    moeh__envelope__free_unpacked(e, NULL);
+    /* unweighted without DP, and clipping without noise, are fine */
+    mk_round_start(&m);
+    m.cfg.unweighted = 1;
+    check_accept(&m, &k_lim);
+    mk_round_start_dp(&m);
+    m.cfg.dp_noise = 0.0f;
+    check_accept(&m, &k_lim);
+
+    mk_round_start_dp(&m);
+    m.cfg.dp_clip = NAN;
+    check_reject(&m, &k_lim, -ERANGE, "round_start.config.dp_clip");
+    mk_round_start_dp(&m);
+    m.cfg.dp_noise = INFINITY;
+    check_reject(&m, &k_lim, -ERANGE, "round_start.config.dp_noise");
+    mk_round_start_dp(&m);
+    m.cfg.dp_clip = -0.5f;
+    check_reject(&m, &k_lim, -EBADMSG, "dp_clip > 0");
+    mk_round_start_dp(&m);
+    m.cfg.dp_noise = -1.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "dp_noise in [0, 1000]");
+    mk_round_start_dp(&m);
+    m.cfg.dp_noise = 1001.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "dp_noise in [0, 1000]");
+    mk_round_start_dp(&m);
+    m.cfg.dp_sites = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "dp_sites");
+    mk_round_start_dp(&m);
+    m.cfg.dp_sites = MOEH_WIRE_DP_MAX_SITES + 1;
+    check_reject(&m, &k_lim, -EBADMSG, "dp_sites");
+    /* noise or a count without a clip: not a DP setting */
+    mk_round_start(&m);
+    m.cfg.dp_noise = 1.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "must be 0 when dp_clip is 0");
+    mk_round_start(&m);
+    m.cfg.dp_sites = 3;
+    check_reject(&m, &k_lim, -EBADMSG, "must be 0 when dp_clip is 0");
+    /* DP with sample-count weights: one site's influence would be unbounded */
+    mk_round_start_dp(&m);
+    m.cfg.unweighted = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "unweighted");
+    /* a range that would clamp the noise (or the clipped delta) */
+    mk_round_start_dp(&m);
+    m.cfg.delta_clip = 2.7f;
+    check_reject(&m, &k_lim, -EBADMSG, "cannot hold a clipped, noised coordinate");
+    mk_round_start_dp(&m);
+    m.cfg.dp_noise = 0.0f;
+    m.cfg.delta_clip = 0.4f; /* below the clip itself */
+    check_reject(&m, &k_lim, -EBADMSG, "cannot hold");
+    /* with DP, the range and scale must still fit 32 bits */
+    mk_round_start_dp(&m);
+    m.cfg.quant_scale = 2147483647.0 / 2.7;
+    check_reject(&m, &k_lim, -EBADMSG, "2^31");
+}
+
 static void test_frames_where_none_allowed(void **state)
 {
     const mk_fn frameless[] = {mk_hello, mk_welcome, mk_heartbeat, mk_error, mk_bye};
@@ -1889,6 +1968,7 @@ int main(void)
         cmocka_unit_test(test_eval_result_checks),
         cmocka_unit_test(test_hello_site_ids),
         cmocka_unit_test(test_round_start_checks),
+        cmocka_unit_test(test_round_start_dp),
         cmocka_unit_test(test_frames_where_none_allowed),
         cmocka_unit_test(test_long_strings),
         cmocka_unit_test(test_names_and_site_ids),

@@ -8,7 +8,8 @@
  *    the run that follows is unaffected;
  *  - with --secagg: the final model equals the plain run's bit for bit; a site killed after
  *    sharing its keys is unmasked from the survivors' shares; a site that holds its masked
- *    update until the unmask request is refused.
+ *    update until the unmask request is refused; a masked vector for another round, of
+ *    another session, or sent twice is refused and the sum stays exact.
  * Every process is reaped in teardown, also when an assertion fails; each test works in its
  * own temporary directory, removed afterwards. No sleeps: waits are on pidfds and pipes. */
 #include <setjmp.h>
@@ -951,9 +952,8 @@ static void rogue_expect_reply(rogue_t *r, Moeh__Envelope *env, const moeh_frame
  * shares on the way,
  * then holds its masked update until the coordinator asked the survivors to unmask, and sends
  * it only then: it must be refused, and the round completes with the three real sites. */
-static void test_secagg_late_update_refused(void **state)
+static void secagg_rogue(fixture_t *f, int on_time)
 {
-    fixture_t *f = *state;
     moeh_err_t err = {0};
     char path[400], log[400], pub[MOEH_Z85_KEY_LEN + 1];
     moeh_keypair_t *kp = NULL;
@@ -1104,13 +1104,6 @@ static void test_secagg_late_update_refused(void **state)
     moeh_msg_clear(&m);
     uint32_t *words = calloc(nw, sizeof(uint32_t));
     assert_int_equal(moeh_secagg_client_mask(cl, words, words, u2, &err), 0);
-    int64_t end = moeh_now_ms() + 20000;
-    while (!file_contains(log, "round 1: secure aggregation: 3 masked updates, 1 sites dropped")) {
-        assert_true(moeh_now_ms() < end);
-        assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 1),
-                         0);
-        assert_int_equal(moeh_proc_wait(c, 100), -ETIMEDOUT);
-    }
     Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
     Moeh__SecaggMasked u = MOEH__SECAGG_MASKED__INIT;
     u.session = cfg.round, u.round = round, u.model_version = version;
@@ -1118,9 +1111,41 @@ static void test_secagg_late_update_refused(void **state)
     ue.type = MOEH__MSG_TYPE__SECAGG_MASKED, ue.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
     ue.secagg_masked = &u;
     moeh_frame_t uf = {.name = "masked", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
+    if (on_time) {
+        /* for another round, and of another session: refused; then the real one is taken and
+         * a second copy is refused (the unmask request may come first: it is skipped) */
+        u.round = round + 1;
+        rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "this session sums");
+        u.round = round, u.session = cfg.round + 1;
+        rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "not expected now");
+        u.session = cfg.round;
+        assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
+        assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
+        for (;;) {
+            assert_int_equal(rogue_next_alive(&r, &m), 0);
+            if (m.env->type == MOEH__MSG_TYPE__ERROR) break;
+            assert_true(m.env->type == MOEH__MSG_TYPE__SECAGG_UNMASK ||
+                        m.env->type == MOEH__MSG_TYPE__ROUND_START);
+            moeh_msg_clear(&m);
+        }
+        assert_int_equal(m.env->error->code, -ESTALE);
+        assert_true(strstr(m.env->error->message, "duplicate") ||
+                    strstr(m.env->error->message, "not expected now"));
+        moeh_msg_clear(&m);
+        /* this site then stays silent: the survivors' shares remove its self-mask */
+    }
+    int64_t end = moeh_now_ms() + 20000;
+    while (!on_time &&
+           !file_contains(log, "round 1: secure aggregation: 3 masked updates, 1 sites dropped")) {
+        assert_true(moeh_now_ms() < end);
+        assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 1),
+                         0);
+        assert_int_equal(moeh_proc_wait(c, 100), -ETIMEDOUT);
+    }
     /* refused in the unmask step, or (if the survivors were quicker than this poll) in the
      * evaluation phase that follows: either way the sum never sees it */
-    rogue_expect_reply2(&r, &ue, &uf, 1, -ESTALE, "not expected now", "outside its phase");
+    if (!on_time)
+        rogue_expect_reply2(&r, &ue, &uf, 1, -ESTALE, "not expected now", "outside its phase");
     free(words);
     moeh_secagg_client_destroy(&cl);
     assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "done", 0), 0);
@@ -1132,13 +1157,30 @@ static void test_secagg_late_update_refused(void **state)
     wait_exit(c, 60000, 0);
     for (int k = 0; k < N_SITES; k++)
         wait_exit(a[k], 10000, 0);
-    assert_true(file_contains(log, "round 1: secure aggregation: unmasked the sum of 3 sites "
-                                   "(1 dropped)"));
+    if (on_time)
+        assert_true(file_contains(log, "round 1: secure aggregation: unmasked the sum of 4 sites "
+                                       "(0 dropped)"));
+    else
+        assert_true(file_contains(log, "round 1: secure aggregation: unmasked the sum of 3 sites "
+                                       "(1 dropped)"));
     assert_true(file_contains(log, "round 2: secure aggregation: unmasked the sum of 3 sites "
                                    "(0 dropped)"));
     metrics_t mt;
     read_metrics(f, &mt);
     assert_int_equal(mt.n_eval, 2);
+}
+
+static void test_secagg_late_update_refused(void **state)
+{
+    secagg_rogue(*state, 0);
+}
+
+/* The same site sends its masked vector on time, but first for another round and for another
+ * session (both refused), then twice: the copy is refused, and round 1 sums four sites (the
+ * rogue's zeros) with its self-mask removed by the survivors' shares. */
+static void test_secagg_masked_twice_refused(void **state)
+{
+    secagg_rogue(*state, 1);
 }
 
 /* Per-group aggregation end to end: with only the EHR-only and EHR + notes sites, no site
@@ -1816,6 +1858,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_masked_twice_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_too_few_survivors_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_stats_dropout_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_eval_dropout_exact, setup, teardown),

@@ -2,6 +2,8 @@
 # bench/secagg_round.sh - round time and coordinator peak memory of a federated round with
 # secure aggregation against the same round without it, at 5, 10 and 20 sites, in one run.
 # Usage: bench/secagg_round.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 3000 4)
+# Env: SITES_LIST (default "5 10 20"), SECAGG_K (SecAgg+ neighbours of the secure runs; 0 = all
+# pairs, the default).
 # Prints, per site count, the mean train+eval round time (rounds 2.., from metrics.jsonl)
 # with and without --secagg, their ratio, and the coordinator's peak RSS (GNU time).
 set -euo pipefail
@@ -21,13 +23,14 @@ s = s[1:] or s
 print(f"{sum(s) / len(s):.3f}")' "$1"
 }
 printf "%6s %12s %12s %7s %14s %14s\n" sites plain_s secagg_s ratio plain_rss_MB secagg_rss_MB
-for n in 5 10 20; do
+for n in ${SITES_LIST:-5 10 20}; do
     spec=""
     for k in $(seq 1 "$n"); do spec="${spec:+$spec,}s$k:1:ehr+notes+img"; done
     rm -rf "$work/sites"
     "$bin/moeh-sim" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
     for mode in plain secagg; do
-        flag=--secagg=false; [ "$mode" = secagg ] && flag=--secagg
+        flag=--secagg=false
+        [ "$mode" = secagg ] && flag="--secagg --secagg-k ${SECAGG_K:-0}"
         # peak RSS of the coordinator: moeh-sim waits for it, so measure the coordinator alone
         # through a wrapper binary dir whose moeh-coordinator runs under GNU time
         wrap="$work/bin-$mode"; mkdir -p "$wrap"

@@ -330,9 +330,11 @@ def main():
              "modalities do not carry: the latent n (a condition only the report text states, "
              "[synthetic.md](synthetic.md)) weighs 0.8 in the readmission risk and reaches no "
              "other modality, and most test rows have no notes. So the table also gives (e') "
-             "the *modality-limited oracle*: the true risk with n averaged out (over its "
-             "N(0, 1) prior) on the rows without notes, the other latents kept: an upper bound "
-             "on what any model can reach from the modalities each row has.\n")
+             "the *modality-limited oracle*: the true risk with n averaged out on the rows "
+             "without notes (over its N(0, 1) prior; for readmission, which is labelled only "
+             "for survivors, over its distribution given survival), the other latents kept: "
+             "an upper bound, in expectation, on what any model can reach from the modalities "
+             "each row has (on a few hundred rows a model can exceed it by chance).\n")
     summ = os.path.join(out, "sites", "summary.tsv")
     if os.path.exists(summ):
         with open(summ) as f:

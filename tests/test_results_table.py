@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 here = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
 import results_table as rt  # noqa: E402
 

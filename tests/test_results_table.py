@@ -81,7 +81,7 @@ def main():
         # a truth file whose risk no longer follows the formula is refused, naming the row
         bad = os.path.join(d, "bad.csv")
         write_truth(bad, [(1, 7, 70, 0, 0, 0, 0, 0, (0, 1, 0), 0.9)])
-        p = subprocess.run([sys.executable, "-c",
+        p = subprocess.run([sys.executable, "-B", "-c",
                             "import sys; sys.path.insert(0, sys.argv[1]); import results_table as rt;"
                             "rt.achievable(sys.argv[2], {(1, 7): 'E'})",
                             os.path.join(here, "..", "scripts"), bad],

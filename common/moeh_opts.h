@@ -25,6 +25,8 @@ typedef struct {
     const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 
+#define MOEH_OPTS_MAX 128 /* options in one table */
+
 typedef struct {
     const char *prog;     /* e.g. "moeh-coordinator" */
     const char *synopsis; /* printed first by --help */
@@ -32,12 +34,16 @@ typedef struct {
     size_t n_opts;
     char **owned; /* strings this parser allocated (INI values) */
     size_t n_owned, cap_owned;
+    unsigned char seen[MOEH_OPTS_MAX]; /* seen[i]: opts[i] was given (flag or --config) */
 } moeh_opts_t;
 
 /* Parses argv (argv[0] is skipped). Returns 0 when parsed, 1 when --help or --version was
  * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused. */
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err);
 void moeh_opts_print_help(const moeh_opts_t *o, FILE *f);
+/* 1 if the option whose value lives at `ptr` was given (as a flag or in --config), so that a
+ * default can depend on other options; 0 otherwise. */
+int moeh_opts_seen(const moeh_opts_t *o, const void *ptr);
 /* The start of a daemon's main(): parses the options (`*log_level` is one of them), prints
  * usage errors as "PROG: message", and configures logging with `log_prefix`. Returns -1 to go
  * on, or the exit code to return at once (0 after --help/--version, 2 on a usage error; the

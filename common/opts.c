@@ -18,6 +18,8 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
 {
     char *end = NULL;
     errno = 0;
+    size_t idx = (size_t)(opt - o->opts);
+    if (idx < MOEH_OPTS_MAX) o->seen[idx] = 1;
     switch (opt->type) {
     case MOEH_OPT_STR: {
         const char *v = val;
@@ -145,6 +147,9 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
 
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
 {
+    if (o->n_opts > MOEH_OPTS_MAX)
+        return moeh_errf(err, -EINVAL, "%s: more than %d options in one table", o->prog,
+                         MOEH_OPTS_MAX);
     /* Pass 1: --help, --version, --config (so that flags override the file). */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -190,6 +195,7 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
         if (!opt) return moeh_errf(err, -EINVAL, "unknown option '%s' (see %s --help)", a, o->prog);
         if (opt->type == MOEH_OPT_BOOL && !val) {
             *(int *)opt->ptr = 1;
+            if ((size_t)(opt - o->opts) < MOEH_OPTS_MAX) o->seen[opt - o->opts] = 1;
             continue;
         }
         if (!val) {
@@ -200,6 +206,13 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
         if (set_value(o, opt, val, 0, why, sizeof why) != 0)
             return moeh_errf(err, -EINVAL, "--%s: %s", name, why);
     }
+    return 0;
+}
+
+int moeh_opts_seen(const moeh_opts_t *o, const void *ptr)
+{
+    for (size_t i = 0; i < o->n_opts && i < MOEH_OPTS_MAX; i++)
+        if (o->opts[i].ptr == ptr) return o->seen[i];
     return 0;
 }
 

@@ -20,7 +20,7 @@
 # usage: scripts/results.sh [ADMISSIONS]       (default 30000; or env ADMISSIONS)
 #        SEEDS="1 2 3" scripts/results.sh      (one pipeline per seed in OUT/seed-N, one report)
 # env:   OUT (work dir, default /tmp/moeh-results), BUILD (default ./build), ROUNDS (= epochs of
-#        the centralised and local models; default 8, moeh-sim run's default), WARMUP (1), LR (2e-3), BATCH (32),
+#        the centralised and local models; default 8, moeh-sim run's default), WARMUP (3), LR (2e-3), BATCH (32),
 #        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1), SEEDS (SEED),
 #        GATE_OPTS (extra options of the MoE-Health runs (a), (b), (c), e.g. "--lambda-lb 0.1"),
 #        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md; - for
@@ -33,7 +33,7 @@ ADMISSIONS=${1:-${ADMISSIONS:-30000}}
 OUT=${OUT:-/tmp/moeh-results}
 BUILD=${BUILD:-$here/build}
 ROUNDS=${ROUNDS:-8}
-WARMUP=${WARMUP:-1}
+WARMUP=${WARMUP:-3}
 LR=${LR:-2e-3}
 BATCH=${BATCH:-32}
 D_EMB=${D_EMB:-64}
@@ -64,7 +64,7 @@ if (( ${#seed_list[@]} > 1 )); then
     python3 "$here/scripts/results_table.py" --out-dir "$OUT/seed-${seed_list[0]}" \
         --sites "$(IFS=','; echo "${names[*]}")" "${dirs[@]}" \
         --command "ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEEDS=\"$SEEDS\" scripts/results.sh" \
-        --admissions "$ADMISSIONS" --rounds "$ROUNDS" --alpha "$ALPHA" --site-spec "$SITES" \
+        --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" --site-spec "$SITES" \
         --seconds "$(( $(date +%s) - t_all ))" --output "$RESULTS"
     exit 0
 fi
@@ -142,6 +142,6 @@ log "table -> $RESULTS (pipeline ${elapsed} s)"
 if [[ $RESULTS == - ]]; then log "done (no table: RESULTS=-)"; exit 0; fi
 cmd="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEED=$SEED scripts/results.sh"
 python3 "$here/scripts/results_table.py" --out-dir "$OUT" --sites "$(IFS=','; echo "${names[*]}")" \
-    --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --alpha "$ALPHA" \
+    --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" \
     --site-spec "$SITES" --seconds "$elapsed" --output "$RESULTS"
 log "done"

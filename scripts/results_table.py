@@ -278,6 +278,7 @@ def main():
     ap.add_argument("--command", default="scripts/results.sh")
     ap.add_argument("--admissions", default="?")
     ap.add_argument("--rounds", default="?")
+    ap.add_argument("--warmup", default="?")
     ap.add_argument("--alpha", default="?")
     ap.add_argument("--site-spec", default="")
     ap.add_argument("--seconds", type=float, default=math.nan)
@@ -311,7 +312,8 @@ def main():
              f"truth known), extracted with `moeh-sim extract`, split with `moeh-sim split "
              f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
              f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
-             f"(first one expert warm-up), the model and optimiser settings of `moeh-sim run`; "
+             f"(the first {args.warmup} expert warm-up), the model and optimiser settings of "
+             f"`moeh-sim run`; "
              f"the centralised and local-only models keep their epoch with the best mean "
              f"validation AUROC on their own validation split (`--select best`, early "
              f"stopping), the federated models report their last round (the coordinator has "

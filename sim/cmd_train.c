@@ -204,7 +204,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
 {
     const char *data = NULL, *eval_data = NULL, *out = "moeh-train", *select = "best";
     uint32_t arch = 0, epochs = 8, batch = 32, d_emb = 64, d_hidden = 64, buckets = 16384;
-    uint32_t warmup = 1, bins = 1000;
+    uint32_t warmup = 3, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
     moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
     uint32_t top_k = (uint32_t)gd.top_k;
@@ -220,7 +220,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
          "0 MoE-Health; 1-3 unimodal EHR/notes/image; 4 joint, "
          "5 late, 6 early fusion"},
         {"epochs", MOEH_OPT_U32, &epochs, "training epochs (warm-up included)"},
-        {"warmup-epochs", MOEH_OPT_U32, &warmup, "expert-specialisation epochs first (MoE)"},
+        {"warmup-epochs", MOEH_OPT_U32, &warmup,
+         "expert-specialisation epochs first (MoE; by default at most epochs - 1)"},
         {"batch-size", MOEH_OPT_U32, &batch, "minibatch size"},
         {"lr", MOEH_OPT_F32, &lr, "AdamW learning rate"},
         {"weight-decay", MOEH_OPT_F32, &wd, "AdamW weight decay"},
@@ -266,6 +267,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--select %s: expected best or last", select);
     if (!rc && arch > MOEH_ARCH_EARLY)
         rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
+    if (!rc && !moeh_opts_seen(&o, &warmup) &&
+        warmup >= epochs) /* the default leaves a joint epoch */
+        warmup = epochs > 1 ? epochs - 1 : 0;
     if (!rc && (epochs == 0 || warmup > epochs))
         rc = moeh_errf(&err, -EINVAL,
                        "--epochs %u, --warmup-epochs %u: expected epochs >= 1 "

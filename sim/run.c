@@ -36,7 +36,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     const char *out = "moeh-run", *bin_dir_opt = NULL, *sites_spec = DEFAULT_SITES;
     const char *data_opt = NULL;
     uint32_t admissions = 3000, rounds = 8, min_sites = 0, epochs = 1, batch = 32;
-    uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 1, timeout_s = 1200;
+    uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 3, timeout_s = 1200;
     uint32_t arch = 0;
     float lr = 2e-3f, prox_mu = 0.0f, dp_clip = 0.0f, dp_noise = 0.0f, dp_delta = 1e-5f;
     moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
@@ -53,7 +53,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"data", MOEH_OPT_STR, &data_opt,
          "use this directory of site datasets (from moeh-sim split) instead of making one"},
         {"rounds", MOEH_OPT_U32, &rounds, "federated rounds"},
-        {"warmup-rounds", MOEH_OPT_U32, &warmup, "expert-specialisation rounds first"},
+        {"warmup-rounds", MOEH_OPT_U32, &warmup,
+         "expert-specialisation rounds first (by default at most rounds - 1)"},
         {"min-sites", MOEH_OPT_U32, &min_sites, "quorum per round (0: all but one)"},
         {"local-epochs", MOEH_OPT_U32, &epochs, "local epochs per round"},
         {"batch-size", MOEH_OPT_U32, &batch, "local minibatch size"},
@@ -105,6 +106,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
     if (rc == 0 && so.by_careunit)
         rc = moeh_errf(&err, -EINVAL, "--sites careunit is not supported by run; name the sites");
     if (rc == 0 && min_sites == 0) min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
+    if (rc == 0 && rounds == 0) rc = moeh_errf(&err, -EINVAL, "--rounds must be >= 1");
+    if (rc == 0 && !moeh_opts_seen(&o, &warmup) &&
+        warmup >= rounds) /* the default leaves a joint round */
+        warmup = rounds - 1;
+    if (rc == 0 && warmup > rounds)
+        rc = moeh_errf(&err, -EINVAL, "--warmup-rounds %u exceeds --rounds %u", warmup, rounds);
     if (rc == 0 && min_sites > so.n_sites)
         rc =
             moeh_errf(&err, -EINVAL, "--min-sites %u exceeds the %zu sites", min_sites, so.n_sites);

@@ -1,4 +1,5 @@
-/* test_common.c - npy round trips and rejection, atomic writes, RNG determinism. */
+/* test_common.c - npy round trips and rejection, atomic writes, RNG determinism, the option
+ * table (flags, --config INI, checked numbers, which options were given). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +8,7 @@
 #include "test_util.h"
 
 #include "moeh_common.h"
+#include "moeh_opts.h"
 #include "npy.h"
 
 #include <string.h>
@@ -122,6 +124,46 @@ static void test_rng(void **state)
     assert_true(fabs(sq / 100000 - 1.0) < 0.02);
 }
 
+/* flags override the --config file; numbers are parsed whole; moeh_opts_seen tells a given
+ * option from a default */
+static void test_opts(void **state)
+{
+    char ini[300];
+    snprintf(ini, sizeof ini, "%s/o.ini", g_dir);
+    FILE *f = fopen(ini, "w");
+    assert_non_null(f);
+    fprintf(f, "[x]\nrounds = 5\nname = from-file\nrate = 0.25\n");
+    fclose(f);
+    uint32_t rounds = 8, warm = 3;
+    double rate = 1.0;
+    const char *name = "default";
+    int flag = 0;
+    const moeh_opt_t opts[] = {
+        {"rounds", MOEH_OPT_U32, &rounds, "r"}, {"warm", MOEH_OPT_U32, &warm, "w"},
+        {"rate", MOEH_OPT_F64, &rate, "x"},     {"name", MOEH_OPT_STR, &name, "n"},
+        {"flag", MOEH_OPT_BOOL, &flag, "f"},
+    };
+    moeh_opts_t o = {.prog = "t", .synopsis = "t", .opts = opts, .n_opts = 5};
+    char *argv[] = {"t", "--config", ini, "--rounds", "7", "--flag", NULL};
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_opts_parse(&o, 6, argv, &err), 0);
+    assert_int_equal(rounds, 7); /* the flag wins over the file */
+    assert_string_equal(name, "from-file");
+    assert_true(rate == 0.25 && flag == 1 && warm == 3);
+    assert_true(moeh_opts_seen(&o, &rounds) && moeh_opts_seen(&o, &name) &&
+                moeh_opts_seen(&o, &rate) && moeh_opts_seen(&o, &flag));
+    assert_false(moeh_opts_seen(&o, &warm)); /* left at its default */
+    moeh_opts_free(&o);
+    moeh_opts_t o2 = {.prog = "t", .synopsis = "t", .opts = opts, .n_opts = 5};
+    char *bad[] = {"t", "--rate", "0.5x", NULL};
+    assert_int_equal(moeh_opts_parse(&o2, 3, bad, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "--rate: '0.5x' is not a finite number"));
+    char *neg[] = {"t", "--warm", "-1", NULL};
+    assert_int_equal(moeh_opts_parse(&o2, 3, neg, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "not a non-negative integer"));
+    moeh_opts_free(&o2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -129,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_npy_rejects_truncated),
         cmocka_unit_test(test_atomic_write_replaces),
         cmocka_unit_test(test_rng),
+        cmocka_unit_test(test_opts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

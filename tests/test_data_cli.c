@@ -81,6 +81,9 @@ static void test_help_and_usage(void **state)
     assert_int_equal(run("extract --mimic x --out y --image-size 4"), 2);
     assert_true(out_has("--image-size 4: expected 8..1024"));
     assert_int_equal(run("extract --version"), 0);
+    /* an explicit warm-up longer than the run is refused (the default adapts to --rounds) */
+    assert_int_equal(run("run --rounds 2 --warmup-rounds 3 --out y"), 2);
+    assert_true(out_has("--warmup-rounds 3 exceeds --rounds 2"));
 }
 
 static void test_pipeline(void **state)

@@ -23,8 +23,8 @@ SIM=$BUILD/bin/moeh-sim
 [[ -d $dir/sites ]] || { echo "gate_variants.sh: $dir/sites not found (run results.sh)" >&2; exit 2; }
 variants=("$@")
 if (( ${#variants[@]} == 0 )); then
-    variants=("default=" "no-balance=--lambda-lb 0" "balance-0.001=--lambda-lb 0.001"
-              "balance-0.1=--lambda-lb 0.1" "warmup-3=--warmup-rounds 3"
+    variants=("default=" "warmup-1=--warmup-rounds 1" "warmup-1-no-balance=--warmup-rounds 1 --lambda-lb 0"
+              "no-balance=--lambda-lb 0" "balance-0.001=--lambda-lb 0.001" "balance-0.1=--lambda-lb 0.1"
               "sup-joint-0.1=--gate-sup-joint 0.1" "sup-joint-1=--gate-sup-joint 1"
               "top-2=--top-k 2" "top-2-balance-0.1=--top-k 2 --lambda-lb 0.1")
 fi

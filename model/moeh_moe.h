@@ -32,23 +32,23 @@ typedef enum {
 
 typedef struct {
     moeh_arch_t arch;
-    size_t d_emb;        /* embedding width d (128) */
-    size_t d_hidden;     /* expert and gate hidden width (128) */
-    size_t n_static;     /* static features F_s */
-    size_t n_vars;       /* hourly variables F; the GRU input is [value, mask, delta] = 3F */
-    size_t n_steps;      /* hourly steps T (48) */
-    size_t note_buckets; /* hashed n-gram buckets H (65536); 0 = precomputed note vectors */
-    size_t note_dim;     /* width of precomputed note vectors (when note_buckets == 0) */
-    size_t img_size;     /* 64 or 128 (u8 grayscale S x S); 0 = precomputed image vectors */
-    size_t img_dim;      /* width of precomputed image vectors (when img_size == 0) */
-    size_t cnn_ch[3];    /* CNN channels (16, 32, 64) */
-    size_t n_tasks;      /* 3: mortality, LOS > 7 d, 30-day readmission */
-    size_t top_k;        /* gate top-k (0 = dense softmax) */
-    float temperature;   /* gate softmax temperature (1) */
-    float lambda_lb;     /* load-balancing weight (0.01) */
-    float gate_sup;      /* weight of the gate supervision loss during warm-up (1) */
+    size_t d_emb;         /* embedding width d (128) */
+    size_t d_hidden;      /* expert and gate hidden width (128) */
+    size_t n_static;      /* static features F_s */
+    size_t n_vars;        /* hourly variables F; the GRU input is [value, mask, delta] = 3F */
+    size_t n_steps;       /* hourly steps T (48) */
+    size_t note_buckets;  /* hashed n-gram buckets H (65536); 0 = precomputed note vectors */
+    size_t note_dim;      /* width of precomputed note vectors (when note_buckets == 0) */
+    size_t img_size;      /* 64 or 128 (u8 grayscale S x S); 0 = precomputed image vectors */
+    size_t img_dim;       /* width of precomputed image vectors (when img_size == 0) */
+    size_t cnn_ch[3];     /* CNN channels (16, 32, 64) */
+    size_t n_tasks;       /* 3: mortality, LOS > 7 d, 30-day readmission */
+    size_t top_k;         /* gate top-k (0 = dense softmax) */
+    float temperature;    /* gate softmax temperature (1) */
+    float lambda_lb;      /* load-balancing weight (0.01) */
+    float gate_sup;       /* weight of the gate supervision loss during warm-up (1) */
     float gate_sup_joint; /* the same supervision kept in joint rounds (0: none) */
-    float dropout;       /* dropout on the expert hidden layers while training (0) */
+    float dropout;        /* dropout on the expert hidden layers while training (0) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;                 /* workspace rows (64) */
     int threads;   /* >= 2: two OpenMP workers split the encoders' images and the AdamW
@@ -92,7 +92,8 @@ size_t moeh_moe_n_experts(const moeh_moe_t *m);
 /* Warm-up: each sample is routed to the expert of its modality combination and the gate is
  * trained toward that expert (cross-entropy, weight cfg.gate_sup); joint: the learned gate
  * routes, plus lambda_lb x load balance and gate_sup_joint x the same cross-entropy (a prior
- * toward the combination's expert that keeps the gate from collapsing onto one expert). Only MoE has phases; others ignore it. */
+ * toward the combination's expert that keeps the gate from collapsing onto one expert). Only MoE
+ * has phases; others ignore it. */
 void moeh_moe_set_phase(moeh_moe_t *m, moeh_phase_t phase);
 
 /* Forward + loss + backward; gradients are *added* into params->g (see moeh_moe_zero_grad).

@@ -317,8 +317,10 @@ def main():
              f"the centralised and local-only models keep their epoch with the best mean "
              f"validation AUROC on their own validation split (`--select best`, early "
              f"stopping), the federated models report their last round (the coordinator has "
-             f"no validation split). "
-             f"Pipeline wall time {fmt(args.seconds / 60, 1)} min on this 2-core machine.\n")
+             f"no validation split)."
+             + ("" if math.isnan(args.seconds) else
+                f" Pipeline wall time {fmt(args.seconds / 60, 1)} min on this 2-core machine.")
+             + "\n")
     L.append("**Test set.** Every number is on the *pooled test set*: the union of the four "
              "sites' test splits "
              f"({len(test_ids)} admissions). The centralised model (b) trains on the "

@@ -14,14 +14,14 @@ struct moeh_shared_frame {
 };
 
 static const char *k_type_names[] = {
-    "unspecified",   "hello",         "welcome",          "round_start",
-    "update",        "eval_result",   "heartbeat",        "error",
-    "bye",           "stats_result",  "secagg_advertise", "secagg_keys",
-    "secagg_shares", "secagg_unmask", "secagg_reveal",    "secagg_masked"};
+    "unspecified",      "hello",        "welcome",       "round_start",   "update",
+    "eval_result",      "heartbeat",    "error",         "bye",           "stats_result",
+    "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
+    "secagg_masked",    "upload_ready", "upload_grant"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= MOEH__MSG_TYPE__SECAGG_MASKED) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= MOEH__MSG_TYPE__UPLOAD_GRANT) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -418,6 +418,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "> 0 with quant_scale * delta_clip < 2^31 expected");
         if ((rc = validate_dp(c, err))) return rc;
         if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
+        if (r->grant_uploads && r->task != MOEH__ROUND_TASK__TRAIN)
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.grant_uploads: only a TRAIN phase grants uploads");
         if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
                                 {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
@@ -526,6 +529,14 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
                             moeh_secsum_len(lim, sm->task), err);
     }
+    case MOEH__MSG_TYPE__UPLOAD_READY:
+    case MOEH__MSG_TYPE__UPLOAD_GRANT:
+        /* round, version and session (0: plain) are session checks; rounds start at 1 */
+        if ((e->type == MOEH__MSG_TYPE__UPLOAD_READY ? e->upload_ready->round
+                                                     : e->upload_grant->round) == 0)
+            return moeh_errf(err, -EBADMSG, "%s.round: 0, only training rounds (1..) upload",
+                             moeh_msg_type_name(e->type));
+        break;
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
     case MOEH__MSG_TYPE__ERROR:
@@ -595,7 +606,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__SECAGG_MASKED) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__UPLOAD_GRANT) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

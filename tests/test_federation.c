@@ -1035,6 +1035,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
                              .len = nw};
     uint32_t me = rs->secagg->id, round = rs->round;
     uint64_t version = rs->model_version;
+    assert_true(rs->grant_uploads); /* --upload-slots 2 by default */
     moeh_msg_clear(&m);
     assert_int_equal(moeh_crypto_init(), 0);
     moeh_secagg_client_t *cl = NULL;
@@ -1119,6 +1120,23 @@ static void secagg_rogue(fixture_t *f, int on_time)
         u.round = round, u.session = cfg.round + 1;
         rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "not expected now");
         u.session = cfg.round;
+        /* the right one, but without a grant: refused (else the bound on uploads is void) */
+        rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "no upload slot was granted");
+        /* announced for another session: refused; then announced right and granted */
+        Moeh__Envelope re = MOEH__ENVELOPE__INIT;
+        Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
+        re.type = MOEH__MSG_TYPE__UPLOAD_READY, re.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+        re.upload_ready = &ur;
+        ur.round = round, ur.model_version = version, ur.session = cfg.round + 1;
+        rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "upload_ready: not expected now");
+        ur.session = cfg.round;
+        assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &re, NULL, 0), 0);
+        assert_int_equal(rogue_next_alive(&r, &m), 0);
+        assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+        assert_int_equal(m.env->upload_grant->session, cfg.round);
+        assert_int_equal(m.env->upload_grant->round, round);
+        moeh_msg_clear(&m);
+        rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "duplicate upload_ready");
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
         for (;;) {
@@ -1176,8 +1194,10 @@ static void test_secagg_late_update_refused(void **state)
 }
 
 /* The same site sends its masked vector on time, but first for another round and for another
- * session (both refused), then twice: the copy is refused, and round 1 sums four sites (the
- * rogue's zeros) with its self-mask removed by the survivors' shares. */
+ * session (both refused), then without an upload grant (refused), announces it for another
+ * session (refused), then right and, once granted, sends it twice: the copy is refused, and
+ * round 1 sums four sites (the rogue's zeros) with its self-mask removed by the survivors'
+ * shares. */
 static void test_secagg_masked_twice_refused(void **state)
 {
     secagg_rogue(*state, 1);

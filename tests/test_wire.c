@@ -51,6 +51,8 @@ typedef struct {
     Moeh__Heartbeat hb;
     Moeh__Error er;
     Moeh__Bye bye;
+    Moeh__UploadReady ready;
+    Moeh__UploadGrant grant;
     float f32[N_PARAMS + 2];
     uint32_t hist[N_HIST + N_SLICE];
     float norm[2 * N_NORM + 2];
@@ -79,6 +81,8 @@ static void msg_init(msg_t *m)
     moeh__heartbeat__init(&m->hb);
     moeh__error__init(&m->er);
     moeh__bye__init(&m->bye);
+    moeh__upload_ready__init(&m->ready);
+    moeh__upload_grant__init(&m->grant);
     moeh__stats_result__init(&m->st);
     for (size_t i = 0; i < N_PARAMS + 2; i++)
         m->f32[i] = 0.25f * (float)i - 1.0f;
@@ -260,10 +264,31 @@ static void mk_bye(msg_t *m)
     m->env.bye = &m->bye;
 }
 
+static void mk_upload_ready(msg_t *m)
+{
+    msg_init(m);
+    m->ready.round = 3;
+    m->ready.model_version = 8;
+    m->ready.session = 0x77;
+    m->env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    m->env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    m->env.upload_ready = &m->ready;
+}
+
+static void mk_upload_grant(msg_t *m)
+{
+    msg_init(m);
+    m->grant.round = 3;
+    m->grant.model_version = 8;
+    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT;
+    m->env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
+    m->env.upload_grant = &m->grant;
+}
+
 typedef void (*mk_fn)(msg_t *m);
-static const mk_fn k_makers[] = {mk_hello,  mk_welcome,     mk_round_start,
-                                 mk_update, mk_eval_result, mk_heartbeat,
-                                 mk_error,  mk_bye,         mk_stats_result};
+static const mk_fn k_makers[] = {mk_hello,        mk_welcome,      mk_round_start, mk_update,
+                                 mk_eval_result,  mk_heartbeat,    mk_error,       mk_bye,
+                                 mk_stats_result, mk_upload_ready, mk_upload_grant};
 #define N_MAKERS (sizeof k_makers / sizeof k_makers[0])
 
 static size_t frame_bytes(const moeh_frame_t *f)
@@ -675,8 +700,13 @@ static void test_type_body_mismatch(void **state)
     mk_heartbeat(&m);
     m.env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
     check_reject(&m, &k_lim, -EBADMSG, "secagg_advertise: body missing or of another type");
-    m.env.type = (Moeh__MsgType)16;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 16");
+    m.env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_ready: body missing or of another type");
+    mk_upload_ready(&m);
+    m.env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
+    check_reject(&m, &k_lim, -EBADMSG, "upload_grant: body missing or of another type");
+    m.env.type = (Moeh__MsgType)18;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 18");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -1135,7 +1165,8 @@ static void test_round_start_dp(void **state)
 
 static void test_frames_where_none_allowed(void **state)
 {
-    const mk_fn frameless[] = {mk_hello, mk_welcome, mk_heartbeat, mk_error, mk_bye};
+    const mk_fn frameless[] = {mk_hello, mk_welcome,      mk_heartbeat,   mk_error,
+                               mk_bye,   mk_upload_ready, mk_upload_grant};
     for (size_t i = 0; i < sizeof frameless / sizeof frameless[0]; i++) {
         msg_t m;
         frameless[i](&m);
@@ -1186,7 +1217,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(10), "secagg_advertise");
     assert_string_equal(moeh_msg_type_name(14), "secagg_reveal");
     assert_string_equal(moeh_msg_type_name(15), "secagg_masked");
-    assert_string_equal(moeh_msg_type_name(16), "unknown");
+    assert_string_equal(moeh_msg_type_name(16), "upload_ready");
+    assert_string_equal(moeh_msg_type_name(17), "upload_grant");
+    assert_string_equal(moeh_msg_type_name(18), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));
@@ -1634,6 +1667,49 @@ static void test_secagg_masked(void **state)
     free(w);
 }
 
+/* Granted uploads: UploadReady and UploadGrant carry a training round (>= 1), a model version
+ * and a session (0: plain), and no frame; RoundStart.grant_uploads only with TRAIN. */
+static void test_upload_grant_messages(void **state)
+{
+    msg_t m;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    mk_upload_ready(&m);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->type, MOEH__MSG_TYPE__UPLOAD_READY);
+    assert_int_equal(e->upload_ready->round, 3);
+    assert_int_equal(e->upload_ready->model_version, 8);
+    assert_int_equal(e->upload_ready->session, 0x77);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.ready.session = 0; /* plain */
+    check_accept(&m, &k_lim);
+    moeh_wire_limits_t none = {0}; /* nothing negotiated is needed */
+    check_accept(&m, &none);
+    m.ready.round = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_ready.round: 0");
+
+    mk_upload_grant(&m);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+    assert_int_equal(e->upload_grant->round, 3);
+    assert_int_equal(e->upload_grant->session, 0);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.grant.round = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_grant.round: 0");
+    assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__UPLOAD_READY), "upload_ready");
+    assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__UPLOAD_GRANT), "upload_grant");
+    assert_string_equal(moeh_msg_type_name(18), "unknown");
+
+    mk_round_start(&m);
+    m.rs.grant_uploads = 1;
+    check_accept(&m, &k_lim);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_true(e->round_start->grant_uploads);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.rs.task = MOEH__ROUND_TASK__EVALUATE;
+    check_reject(&m, &k_lim, -EBADMSG, "round_start.grant_uploads: only a TRAIN phase");
+}
+
 static void test_zmq_pair(void **state)
 {
     zpair_t z;
@@ -1975,6 +2051,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_secagg),
         cmocka_unit_test(test_secagg_checks),
         cmocka_unit_test(test_secagg_masked),
+        cmocka_unit_test(test_upload_grant_messages),
         cmocka_unit_test(test_zmq_pair),
         cmocka_unit_test(test_zmq_router),
         cmocka_unit_test(test_zmq_max_parts_without_routing_id),

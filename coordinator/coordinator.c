@@ -396,10 +396,10 @@ static void site_gone(coord_t *c, site_t *s, const char *why)
 {
     if (!s->admitted) return;
     s->admitted = 0;
+    MOEH_WARN("site %s is gone (%s)", s->id, why);
     if (s->upload == UP_GRANTED)
         MOEH_WARN("round %u: site %s held an upload slot; released", c->round, s->id);
     upload_release(c, s);
-    MOEH_WARN("site %s is gone (%s)", s->id, why);
     if (c->metrics) {
         fprintf(c->metrics,
                 "{\"event\":\"site_gone\",\"round\":%u,\"site\":\"%s\",\"why\":\"%s\"}\n", c->round,

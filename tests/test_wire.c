@@ -34,6 +34,8 @@
 #define N_GATE (MOEH_WIRE_COMBOS * N_EXPERTS)
 
 static const moeh_wire_limits_t k_lim = {N_PARAMS, N_GROUPS, N_TASKS, N_BINS, N_NORM, N_EXPERTS};
+/* Parts of a message with more small tensor parts than its (frameless) header describes. */
+#define SMALL_PARTS (MOEH_MAX_FRAMES + 2u)
 
 /* One message under construction: the envelope, every possible body and the frame data. */
 typedef struct {
@@ -1769,15 +1771,15 @@ static void test_zmq_pair(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS + 3];
-    size_t lens[MOEH_MAX_PARTS + 3];
+    const void *data[SMALL_PARTS + 3];
+    size_t lens[SMALL_PARTS + 3];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS + 3; i++) {
+    for (size_t i = 1; i < SMALL_PARTS + 3; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS + 3);
+    send_parts(z.a, data, lens, SMALL_PARTS + 3);
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 5), 0);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
@@ -1799,6 +1801,105 @@ static void test_zmq_pair(void **state)
     zpair_close(&z);
 }
 
+/* Receives one raw multipart message; returns its parts' sizes in len[] (at most cap). */
+static size_t recv_raw_parts(void *sock, size_t *len, size_t cap)
+{
+    size_t n = 0;
+    int more = 1;
+    wait_readable(sock);
+    while (more) {
+        zmq_msg_t p;
+        zmq_msg_init(&p);
+        assert_true(zmq_msg_recv(&p, sock, 0) >= 0);
+        more = zmq_msg_more(&p);
+        if (n < cap) len[n] = zmq_msg_size(&p);
+        n++;
+        zmq_msg_close(&p);
+    }
+    return n;
+}
+
+/* Tensor frames longer than MOEH_WIRE_CHUNK_BYTES travel in parts of that size (the last one
+ * shorter), also from a shared frame, and are joined on receipt; a frame split any other way,
+ * or in fewer or more parts, is refused. */
+static void test_zmq_chunked_frames(void **state)
+{
+    const size_t C = MOEH_WIRE_CHUNK_BYTES;
+    /* update frames of 3 parts and 8 bytes (not a multiple of the part size) and of exactly
+     * 2 parts */
+    const uint64_t words[2] = {(3 * C - C / 2 + 8) / 4, 2 * C / 4};
+    const size_t parts[2] = {3, 2};
+    uint32_t *w = malloc(3 * C);
+    for (size_t i = 0; i < 3 * C / 4; i++)
+        w[i] = (uint32_t)i * 2654435761u;
+    zpair_t z;
+    zpair_open(&z, ZMQ_PAIR, ZMQ_PAIR);
+    for (int t = 0; t < 2; t++) {
+        moeh_wire_limits_t lim = k_lim;
+        lim.n_params = words[t] - lim.n_groups;
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Update u = MOEH__UPDATE__INIT;
+        u.round = 2;
+        env.type = MOEH__MSG_TYPE__UPDATE, env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
+        env.update = &u;
+        moeh_frame_t f = {
+            .name = "update", .dtype = MOEH__DTYPE__U32, .data = w, .count = words[t]};
+        size_t bytes = 4 * words[t], len[8];
+        /* the layout on the wire: header, then the parts */
+        assert_int_equal(moeh_wire_send(z.a, NULL, 0, &env, &f, 1), 0);
+        assert_int_equal(recv_raw_parts(z.b, len, 8), 1 + parts[t]);
+        for (size_t k = 0; k < parts[t]; k++)
+            assert_int_equal(len[1 + k], k + 1 < parts[t] ? C : bytes - (parts[t] - 1) * C);
+        /* joined on receipt, sent from a copy or from a shared frame */
+        moeh_shared_frame_t *sf = NULL;
+        assert_int_equal(moeh_shared_frame_create(w, bytes, &sf), 0);
+        for (int shared = 0; shared < 2; shared++) {
+            moeh_frame_t g = f;
+            if (shared) g.data = NULL, g.shared = sf;
+            assert_int_equal(moeh_wire_send(z.a, NULL, 0, &env, &g, 1), 0);
+            wait_readable(z.b);
+            moeh_msg_t msg;
+            moeh_err_t err = {{0}};
+            int rc = moeh_wire_recv(z.b, 0, &lim, &msg, &err);
+            if (rc) print_error("%s\n", err.msg);
+            assert_int_equal(rc, 0);
+            assert_int_equal(msg.n_frames, 1);
+            assert_int_equal(msg.frames[0].len, bytes);
+            assert_memory_equal(msg.frames[0].data, w, bytes);
+            moeh_msg_clear(&msg);
+        }
+        moeh_shared_frame_destroy(&sf);
+        /* split otherwise: one part too big, then too few and too many parts */
+        uint8_t *hdr = NULL;
+        size_t hlen = 0;
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &hlen), 0);
+        const void *d[6] = {hdr, w, (uint8_t *)w + C + 1, (uint8_t *)w + 2 * C, w, w};
+        size_t l[6] = {hlen, C + 1, C - 1, bytes - 2 * C, 0, 0};
+        if (t == 1) l[1] = bytes, l[2] = 0; /* all in one part, then an empty one */
+        const struct {
+            size_t n;
+            int code;
+            const char *needle;
+        } bad[3] = {{1 + parts[t], -EBADMSG, "part 1 of"},
+                    {parts[t], -EBADMSG, "parts of at most"},
+                    {2 + parts[t], -EMSGSIZE, "parts of at most"}};
+        for (int b = 0; b < 3; b++) {
+            send_parts(z.a, d, l, bad[b].n);
+            wait_readable(z.b);
+            moeh_msg_t msg;
+            moeh_err_t err = {{0}};
+            assert_int_equal(moeh_wire_recv(z.b, 0, &lim, &msg, &err), bad[b].code);
+            assert_null(msg.env);
+            if (!strstr(err.msg, bad[b].needle)) print_error("%s\n", err.msg);
+            assert_non_null(strstr(err.msg, bad[b].needle));
+            moeh_msg_clear(&msg);
+        }
+        free(hdr);
+    }
+    zpair_close(&z);
+    free(w);
+}
+
 static void test_zmq_max_parts_without_routing_id(void **state)
 {
     zpair_t z;
@@ -1811,18 +1912,18 @@ static void test_zmq_max_parts_without_routing_id(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS];
-    size_t lens[MOEH_MAX_PARTS];
+    const void *data[SMALL_PARTS];
+    size_t lens[SMALL_PARTS];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS; i++) {
+    for (size_t i = 1; i < SMALL_PARTS; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    /* exactly MOEH_MAX_PARTS parts on a socket without routing id: envelope + 5 frames, one
+    /* exactly SMALL_PARTS parts on a socket without routing id: envelope + 5 frames, one
      * frame more than msg->frames holds. Must be refused without writing past msg->frames
      * (peer, right behind it, must stay "") */
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS);
+    send_parts(z.a, data, lens, SMALL_PARTS);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
     int rc = moeh_wire_recv(z.b, 0, &k_lim, &msg, &err);
@@ -1883,15 +1984,15 @@ static void test_zmq_router(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS];
-    size_t lens[MOEH_MAX_PARTS];
+    const void *data[SMALL_PARTS];
+    size_t lens[SMALL_PARTS];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS; i++) {
+    for (size_t i = 1; i < SMALL_PARTS; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS); /* + routing id = MAX_PARTS + 1 */
+    send_parts(z.a, data, lens, SMALL_PARTS); /* + routing id = MAX_PARTS + 1 */
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 9), 0);
     wait_readable(z.b);
     assert_int_equal(moeh_wire_recv(z.b, 1, &k_lim, &msg, &err), -EMSGSIZE);
@@ -2055,6 +2156,7 @@ int main(void)
         cmocka_unit_test(test_zmq_pair),
         cmocka_unit_test(test_zmq_router),
         cmocka_unit_test(test_zmq_max_parts_without_routing_id),
+        cmocka_unit_test(test_zmq_chunked_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

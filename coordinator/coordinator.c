@@ -2162,7 +2162,7 @@ static int setup(coord_t *c, moeh_err_t *err)
     if (!(c->router = zmq_socket(c->zctx, ZMQ_ROUTER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
     int one = 1, linger = 0, sndtimeo = 2000;
-    int64_t maxmsg = (int64_t)MOEH_MAX_PARAMS * 4 + MOEH_MAX_HEADER_BYTES;
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (zmq_setsockopt(c->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
         zmq_setsockopt(c->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(c->router, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||

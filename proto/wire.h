@@ -23,6 +23,12 @@
  * instead of a whole encrypted copy: broadcasting the model to S sites costs S parts of
  * memory, not S models (docs/performance.md). */
 #define MOEH_WIRE_CHUNK_BYTES (128u * 1024u)
+/* Largest ZeroMQ part (ZMQ_MAXMSGSIZE of every moeh socket): a header or one part of a frame,
+ * plus room for CURVE's framing (ZeroMQ checks the encrypted size: 33 bytes more). A peer
+ * sending a larger part is disconnected by ZeroMQ before anything is buffered. */
+#define MOEH_WIRE_MAX_PART_BYTES                                                                   \
+    (1024u + (MOEH_WIRE_CHUNK_BYTES > MOEH_MAX_HEADER_BYTES ? MOEH_WIRE_CHUNK_BYTES                \
+                                                            : MOEH_MAX_HEADER_BYTES))
 /* Most parts of one message: routing id + envelope + MOEH_MAX_FRAMES frames of up to
  * MOEH_MAX_PARAMS 8-byte elements. More are drained and refused. */
 #define MOEH_WIRE_MAX_PARTS                                                                        \

@@ -147,7 +147,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
 {
     char mon_ep[64];
     int linger = 0, sndtimeo = 5000, ivl = 100, ivl_max = 5000;
-    int64_t maxmsg = (int64_t)MOEH_MAX_PARAMS * 4 + MOEH_MAX_HEADER_BYTES;
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (!(a->sock = zmq_socket(a->zctx, ZMQ_DEALER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
     if (zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger) ||

@@ -890,9 +890,8 @@ static void expire_grants(coord_t *c)
 
 /* 1 if the phase waits for s: a live participant that has not replied, and under granted
  * uploads has not let its grant expire. */
-static int waits_for(const coord_t *c, const site_t *s)
+static int waits_for(const site_t *s)
 {
-    (void)c;
     return s->participant && s->admitted && !s->replied && s->upload != UP_EXPIRED;
 }
 
@@ -1884,7 +1883,7 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         if (!sa_step(c, fatal)) return;
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
-            pending += waits_for(c, &c->sites[i]);
+            pending += waits_for(&c->sites[i]);
         if (pending > 0 && now < c->phase_deadline) return;
     }
     const char *name = phase_name(c->phase);

@@ -3,7 +3,8 @@
 # secure aggregation against the same round without it, at 5, 10 and 20 sites, in one run.
 # Usage: bench/secagg_round.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 3000 4)
 # Env: SITES_LIST (default "5 10 20"), SECAGG_K (SecAgg+ neighbours of the secure runs; 0 = all
-# pairs, the default).
+# pairs, the default), UPLOAD_SLOTS (moeh-sim run --upload-slots of both runs; unset: the
+# coordinator's default; 0: every site pushes its update at once).
 # Prints, per site count, the mean train+eval round time (rounds 2.., from metrics.jsonl)
 # with and without --secagg, their ratio, and the coordinator's peak RSS (GNU time).
 set -euo pipefail
@@ -31,6 +32,7 @@ for n in ${SITES_LIST:-5 10 20}; do
     for mode in plain secagg; do
         flag=--secagg=false
         [ "$mode" = secagg ] && flag="--secagg --secagg-k ${SECAGG_K:-0}"
+        [ -n "${UPLOAD_SLOTS:-}" ] && flag="$flag --upload-slots $UPLOAD_SLOTS"
         # peak RSS of the coordinator: moeh-sim waits for it, so measure the coordinator alone
         # through a wrapper binary dir whose moeh-coordinator runs under GNU time
         wrap="$work/bin-$mode"; mkdir -p "$wrap"

@@ -19,7 +19,14 @@
  * (collect SecaggMasked vectors into the running sum; U3) -> UNMASK (collect SecaggReveal from
  * U3, then moeh_secagg_server_unmask on the sum). Fewer than max(t, min_sites) sites at any
  * step aborts the attempt (retried as a phase without quorum); nothing is unmasked then.
- * Clear Updates, StatsResults and EvalResults are refused under --secagg. */
+ * Clear Updates, StatsResults and EvalResults are refused under --secagg.
+ *
+ * Granted uploads (--upload-slots G > 0, TRAIN only): a site whose update (plain Update, or
+ * masked TRAIN vector) is ready sends UploadReady instead; the coordinator grants at most G
+ * uploads at a time (UploadGrant, first come first served) and the next one when an upload
+ * was read, the granted site is gone or its grant expired (heartbeat_timeout_ms). An upload
+ * without a grant is refused. So ZeroMQ buffers at most G updates, not one per site. The sums
+ * are of integers mod 2^32, so the order of the uploads changes nothing in the result. */
 #include "coordinator.h"
 
 #include "aggregate.h"
@@ -53,8 +60,19 @@ typedef struct {
     uint64_t n_train, n_eval;
     int sa_in; /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
-    uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
+    uint64_t dp_seen;   /* DP: plain (unmasked) updates received from this site by this process */
+    int upload;         /* granted uploads of this TRAIN phase: upload_t */
+    uint64_t ready_seq; /* order of its UploadReady (grants go first come first served) */
+    int64_t granted_at;
 } site_t;
+
+/* A site's upload in a TRAIN phase with --upload-slots (docs/architecture.md). */
+typedef enum {
+    UP_NONE,    /* nothing announced (or its upload was read) */
+    UP_READY,   /* announced, waiting for a slot */
+    UP_GRANTED, /* holds a slot until its upload arrives, it is gone or the grant expires */
+    UP_EXPIRED  /* did not use its grant in time: its upload is refused this phase */
+} upload_t;
 
 typedef enum { PH_WAIT, PH_STATS, PH_TRAIN, PH_EVAL, PH_DONE } phase_t;
 
@@ -128,6 +146,8 @@ typedef struct {
     uint64_t dp_coord_base;    /* most plain updates of one site seen before this process */
     char dp_ledger_path[4096];
     uint32_t round_train_sites;
+    uint32_t up_granted, up_max, up_expired; /* slots in use, most at once, grants expired */
+    uint64_t up_seq;
     sa_session_t sa;
     int k_fallback_logged;
     FILE *metrics;
@@ -149,6 +169,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->max_retries = 2;
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
+    c->upload_slots = 2;
     c->arch = MOEH_ARCH_MOE;
     c->d_emb = 128;
     c->d_hidden = 128;
@@ -361,11 +382,24 @@ static void jdp(const coord_t *c, FILE *f)
     fprintf(f, ",\"dp_rounds\":%llu", (unsigned long long)c->dp_rounds);
 }
 
+/* Frees the upload slot s holds, or takes it out of the queue. The caller grants the next. */
+static void upload_release(coord_t *c, site_t *s)
+{
+    if (s->upload == UP_GRANTED) {
+        MOEH_ASSERT(c->up_granted > 0);
+        c->up_granted--;
+    }
+    s->upload = UP_NONE;
+}
+
 static void site_gone(coord_t *c, site_t *s, const char *why)
 {
     if (!s->admitted) return;
     s->admitted = 0;
     MOEH_WARN("site %s is gone (%s)", s->id, why);
+    if (s->upload == UP_GRANTED)
+        MOEH_WARN("round %u: site %s held an upload slot; released", c->round, s->id);
+    upload_release(c, s);
     if (c->metrics) {
         fprintf(c->metrics,
                 "{\"event\":\"site_gone\",\"round\":%u,\"site\":\"%s\",\"why\":\"%s\"}\n", c->round,
@@ -484,6 +518,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rs.deadline_ms = left > 1 ? (uint32_t)left : 1;
     rs.config = &rc;
     rs.n_participants = c->n_participants;
+    rs.grant_uploads = c->phase == PH_TRAIN && cfg->upload_slots > 0;
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
     if (c->sa.step != SA_OFF) {
         if (!s->sa_in) return; /* not in this session: it cannot take part in this attempt */
@@ -638,8 +673,10 @@ static void open_phase(coord_t *c, phase_t ph)
         site_t *s = &c->sites[i];
         s->participant = s->admitted;
         s->replied = 0;
+        s->upload = UP_NONE;
         c->n_participants += s->participant != 0;
     }
+    c->up_granted = c->up_max = c->up_expired = 0;
     if (cfg->secagg)
         sa_open(c);
     else
@@ -698,6 +735,10 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
         memset(s, 0, sizeof *s);
         snprintf(s->id, sizeof s->id, "%s", h->site_id);
     }
+    if (s->upload == UP_GRANTED) /* its grant went to the old connection */
+        MOEH_WARN("round %u: site %s rejoined while holding an upload slot; released", c->round,
+                  s->id);
+    upload_release(c, s); /* a new connection: it announces its update again */
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
     s->admitted = 1;
@@ -790,6 +831,130 @@ static int session_ok(coord_t *c, moeh_msg_t *m, site_t *s, phase_t want, uint32
     return 0;
 }
 
+/* ---- granted uploads (--upload-slots; docs/architecture.md) ------------------------------ */
+
+/* Grants uploads, first announced first, while a slot is free (TRAIN phase only). */
+static void grant_uploads(coord_t *c)
+{
+    const uint32_t slots = c->cfg->upload_slots;
+    if (!slots || c->phase != PH_TRAIN) return;
+    if (c->sa.step != SA_OFF && c->sa.step != SA_MASKED) return; /* masked vectors only now */
+    while (c->up_granted < slots) {
+        site_t *next = NULL;
+        for (size_t i = 0; i < c->n_sites; i++) {
+            site_t *s = &c->sites[i];
+            if (s->upload == UP_READY && s->admitted && (!next || s->ready_seq < next->ready_seq))
+                next = s;
+        }
+        if (!next) return;
+        next->upload = UP_GRANTED;
+        next->granted_at = moeh_now_ms();
+        c->up_granted++;
+        if (c->up_granted > c->up_max) c->up_max = c->up_granted;
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__UploadGrant g = MOEH__UPLOAD_GRANT__INIT;
+        g.round = c->round;
+        g.model_version = c->model_version;
+        g.session = c->sa.step != SA_OFF ? c->sa.cfg.round : 0;
+        env.type = MOEH__MSG_TYPE__UPLOAD_GRANT;
+        env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
+        env.upload_grant = &g;
+        /* a site found gone here releases the slot (site_gone); any other failure leaves
+         * the grant to expire */
+        send_to(c, next, &env, NULL, 0);
+        MOEH_DEBUG("round %u: upload slot granted to %s (%u of %u in use)", c->round, next->id,
+                   c->up_granted, slots);
+    }
+}
+
+/* A grant unused for heartbeat_timeout_ms expires: the slot goes to the next site, this site's
+ * upload is refused for the rest of the phase and the phase no longer waits for it. An honest
+ * upload fits in that time, as the liveness check already demands (nothing else arrives from
+ * a site while its update is in transit). */
+static void expire_grants(coord_t *c)
+{
+    if (!c->up_granted) return;
+    int64_t now = moeh_now_ms();
+    for (size_t i = 0; i < c->n_sites; i++) {
+        site_t *s = &c->sites[i];
+        if (s->upload != UP_GRANTED || now - s->granted_at <= (int64_t)c->cfg->heartbeat_timeout_ms)
+            continue;
+        MOEH_WARN("round %u: site %s has not used its upload grant in %u ms; the grant expires "
+                  "and its update is refused this round",
+                  c->round, s->id, c->cfg->heartbeat_timeout_ms);
+        upload_release(c, s);
+        s->upload = UP_EXPIRED;
+        c->up_expired++;
+    }
+}
+
+/* 1 if the phase waits for s: a live participant that has not replied, and under granted
+ * uploads has not let its grant expire. */
+static int waits_for(const site_t *s)
+{
+    return s->participant && s->admitted && !s->replied && s->upload != UP_EXPIRED;
+}
+
+/* Granted uploads: an update (or a masked TRAIN vector) is only taken from a site that holds a
+ * grant; taking it frees the slot (its bytes have been read, whatever the checks that follow
+ * decide). 1 if the upload may go on; else replied with an Error. */
+static int upload_take(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    if (!c->cfg->upload_slots) return 1;
+    if (s->upload != UP_GRANTED) {
+        char what[200];
+        snprintf(what, sizeof what,
+                 "%s: no upload slot was granted to this site%s; announce the update with "
+                 "upload_ready and send it on upload_grant",
+                 moeh_msg_type_name(m->env->type),
+                 s->upload == UP_EXPIRED ? " (its grant expired)" : "");
+        reply_error(c, m, -ESTALE, what, s->id);
+        return 0;
+    }
+    upload_release(c, s);
+    return 1;
+}
+
+/* UploadReady: queues the site for a grant if its update is one this phase can take. */
+static void handle_upload_ready(coord_t *c, moeh_msg_t *m, site_t *s)
+{
+    const Moeh__UploadReady *r = m->env->upload_ready;
+    const sa_session_t *sa = &c->sa;
+    char what[200];
+    if (!c->cfg->upload_slots) {
+        snprintf(what, sizeof what,
+                 "upload_ready: uploads are not granted in this run (--upload-slots 0): send "
+                 "the update");
+    } else if (c->phase != PH_TRAIN || !s->participant) {
+        snprintf(what, sizeof what, "upload_ready for round %u arrived outside its phase",
+                 r->round);
+    } else if (s->replied || s->upload != UP_NONE) {
+        snprintf(what, sizeof what, "duplicate upload_ready for round %u%s", r->round,
+                 s->upload == UP_EXPIRED ? " (its grant expired)" : "");
+    } else if (r->round != c->round || r->model_version != c->model_version) {
+        snprintf(what, sizeof what,
+                 "stale upload_ready: round %u model %llu, current round %u model %llu", r->round,
+                 (unsigned long long)r->model_version, c->round,
+                 (unsigned long long)c->model_version);
+    } else if (sa->step == SA_OFF && r->session != 0) {
+        snprintf(what, sizeof what,
+                 "upload_ready: session %llu, but this phase is not securely aggregated",
+                 (unsigned long long)r->session);
+    } else if (sa->step != SA_OFF &&
+               (sa->step != SA_MASKED || !s->sa_in || r->session != sa->cfg.round ||
+                !sa->u2[s->sa_id] || sa->u3[s->sa_id])) {
+        snprintf(what, sizeof what,
+                 "upload_ready: not expected now (another step or session, or shares not all "
+                 "forwarded)");
+    } else {
+        s->upload = UP_READY;
+        s->ready_seq = ++c->up_seq;
+        grant_uploads(c);
+        return;
+    }
+    reply_error(c, m, -ESTALE, what, s->id);
+}
+
 static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
 {
     const Moeh__Update *u = m->env->update;
@@ -804,6 +969,7 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
                     s->id);
         return;
     }
+    if (!upload_take(c, m, s)) return;
     /* the header's values join the phase's vector sum, as they would under secure aggregation */
     uint32_t *xv = c->vtmp;
     if (moeh_secsum_train_put(xv, u->train_loss, u->n_samples, u->steps) != 0) {
@@ -1063,7 +1229,8 @@ static void handle_sa_masked(coord_t *c, moeh_msg_t *m, site_t *s)
                     s->id);
         return;
     }
-    MOEH_ASSERT(m->frames[0].len == c->sa.cfg.len * 4); /* the decoder checked it */
+    if (c->phase == PH_TRAIN && !upload_take(c, m, s)) return; /* the small vectors are pushed */
+    MOEH_ASSERT(m->frames[0].len == c->sa.cfg.len * 4);        /* the decoder checked it */
     moeh_secsum_add(c->vsum, m->frames[0].data, c->sa.cfg.len);
     c->sa.u3[s->sa_id] = 1;
     s->replied = 1;
@@ -1150,6 +1317,10 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
                 break;
             case MOEH__MSG_TYPE__UPDATE:
                 handle_update(c, &m, s);
+                grant_uploads(c); /* its slot may be free */
+                break;
+            case MOEH__MSG_TYPE__UPLOAD_READY:
+                handle_upload_ready(c, &m, s);
                 break;
             case MOEH__MSG_TYPE__EVAL_RESULT:
                 handle_eval(c, &m, s);
@@ -1168,6 +1339,7 @@ static void handle_message(coord_t *c, moeh_err_t *fatal)
                 break;
             case MOEH__MSG_TYPE__SECAGG_MASKED:
                 handle_sa_masked(c, &m, s);
+                grant_uploads(c);
                 break;
             case MOEH__MSG_TYPE__ERROR:
                 MOEH_WARN("site %s reports: %s", s->id, m.env->error->message);
@@ -1218,6 +1390,11 @@ static int finish_train(coord_t *c, moeh_err_t *fatal)
                 (unsigned long long)c->model_version);
         jdp(c, c->metrics);
         fprintf(c->metrics, "}\n");
+        if (c->cfg->upload_slots)
+            fprintf(c->metrics,
+                    "{\"event\":\"uploads\",\"round\":%u,\"slots\":%u,\"max_in_flight\":%u,"
+                    "\"expired\":%u}\n",
+                    c->round, c->cfg->upload_slots, c->up_max, c->up_expired);
         fflush(c->metrics);
     }
     return 0;
@@ -1623,7 +1800,8 @@ static int sa_step(coord_t *c, moeh_err_t *fatal)
         if (in && !in[i]) continue;
         const site_t *s = sa->site[i];
         got += done[i] != 0;
-        pending += !done[i] && s->admitted && s->participant && s->sa_in;
+        /* (a site whose upload grant expired is not waited for: it is dropped) */
+        pending += !done[i] && s->admitted && s->participant && s->sa_in && s->upload != UP_EXPIRED;
     }
     int64_t now = moeh_now_ms();
     if (pending > 0 && now < c->phase_deadline) return 0;
@@ -1705,7 +1883,7 @@ static void step_phase(coord_t *c, moeh_err_t *fatal)
         if (!sa_step(c, fatal)) return;
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
-            pending += c->sites[i].participant && c->sites[i].admitted && !c->sites[i].replied;
+            pending += waits_for(&c->sites[i]);
         if (pending > 0 && now < c->phase_deadline) return;
     }
     const char *name = phase_name(c->phase);
@@ -1781,6 +1959,7 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "max_retries", k->max_retries);
     cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
+    cJSON_AddNumberToObject(j, "upload_slots", k->upload_slots);
     cJSON_AddNumberToObject(j, "arch", k->arch);
     cJSON_AddNumberToObject(j, "d_emb", k->d_emb);
     cJSON_AddNumberToObject(j, "d_hidden", k->d_hidden);
@@ -1982,7 +2161,7 @@ static int setup(coord_t *c, moeh_err_t *err)
     if (!(c->router = zmq_socket(c->zctx, ZMQ_ROUTER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
     int one = 1, linger = 0, sndtimeo = 2000;
-    int64_t maxmsg = (int64_t)MOEH_MAX_PARAMS * 4 + MOEH_MAX_HEADER_BYTES;
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (zmq_setsockopt(c->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
         zmq_setsockopt(c->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(c->router, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
@@ -2067,6 +2246,8 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         handle_message(&c, &fatal);
         if (fatal.msg[0]) break;
         heartbeat_and_liveness(&c);
+        expire_grants(&c);
+        grant_uploads(&c); /* slots freed by sites gone or grants expired */
         if (c.phase == PH_WAIT) {
             uint32_t n = n_admitted(&c);
             int64_t waited = moeh_now_ms() - c.wait_start;

@@ -25,6 +25,11 @@ typedef struct {
     uint32_t max_retries; /* a phase without quorum is retried this many times */
     uint32_t heartbeat_ms;
     uint32_t heartbeat_timeout_ms; /* a silent site is considered gone after this */
+    /* Granted uploads (TRAIN): at most this many sites are told to send their update at a
+     * time; the others announce it (UploadReady) and wait for an UploadGrant, so that the
+     * coordinator never buffers more than upload_slots updates whatever the number of sites.
+     * A grant not used within heartbeat_timeout_ms expires. 0: no limit, sites push. */
+    uint32_t upload_slots;
 
     /* model: MoE-Health or a baseline (model/moeh_moe.h); the data shapes (static features,
      * hourly variables, hours, image size) come from the sites, which must agree */

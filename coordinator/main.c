@@ -40,6 +40,9 @@ int main(int argc, char **argv)
         {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
         {"heartbeat-timeout-ms", MOEH_OPT_U32, &cfg.heartbeat_timeout_ms,
          "a silent site is gone after this"},
+        {"upload-slots", MOEH_OPT_U32, &cfg.upload_slots,
+         "training updates the sites may send at a time (the others wait for a grant), so "
+         "that memory does not grow with the sites; 0: no limit"},
         {"arch", MOEH_OPT_U32, &cfg.arch,
          "model: 0 MoE-Health, 1-3 unimodal EHR/notes/image, 4 joint, 5 late, 6 early fusion"},
         {"d-emb", MOEH_OPT_U32, &cfg.d_emb, "embedding width of each modality"},

@@ -9,19 +9,34 @@
 #include <string.h>
 #include <zmq.h>
 
+/* One frame's bytes as the parts moeh_wire_send sends (see MOEH_WIRE_CHUNK_BYTES). */
 struct moeh_shared_frame {
-    zmq_msg_t msg;
+    size_t n, len;
+    zmq_msg_t parts[];
 };
 
+/* Parts a frame of `bytes` travels in: one per MOEH_WIRE_CHUNK_BYTES, at least one. */
+static size_t n_chunks(size_t bytes)
+{
+    return bytes ? (bytes + MOEH_WIRE_CHUNK_BYTES - 1) / MOEH_WIRE_CHUNK_BYTES : 1;
+}
+
+/* Bytes of part k of a frame of `bytes`. */
+static size_t chunk_len(size_t bytes, size_t k)
+{
+    size_t off = k * (size_t)MOEH_WIRE_CHUNK_BYTES;
+    return bytes - off < MOEH_WIRE_CHUNK_BYTES ? bytes - off : MOEH_WIRE_CHUNK_BYTES;
+}
+
 static const char *k_type_names[] = {
-    "unspecified",   "hello",         "welcome",          "round_start",
-    "update",        "eval_result",   "heartbeat",        "error",
-    "bye",           "stats_result",  "secagg_advertise", "secagg_keys",
-    "secagg_shares", "secagg_unmask", "secagg_reveal",    "secagg_masked"};
+    "unspecified",      "hello",        "welcome",       "round_start",   "update",
+    "eval_result",      "heartbeat",    "error",         "bye",           "stats_result",
+    "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
+    "secagg_masked",    "upload_ready", "upload_grant"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= MOEH__MSG_TYPE__SECAGG_MASKED) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= MOEH__MSG_TYPE__UPLOAD_GRANT) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -418,6 +433,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "> 0 with quant_scale * delta_clip < 2^31 expected");
         if ((rc = validate_dp(c, err))) return rc;
         if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
+        if (r->grant_uploads && r->task != MOEH__ROUND_TASK__TRAIN)
+            return moeh_errf(err, -EBADMSG,
+                             "round_start.grant_uploads: only a TRAIN phase grants uploads");
         if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
                                 {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
@@ -526,6 +544,14 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
                             moeh_secsum_len(lim, sm->task), err);
     }
+    case MOEH__MSG_TYPE__UPLOAD_READY:
+    case MOEH__MSG_TYPE__UPLOAD_GRANT:
+        /* round, version and session (0: plain) are session checks; rounds start at 1 */
+        if ((e->type == MOEH__MSG_TYPE__UPLOAD_READY ? e->upload_ready->round
+                                                     : e->upload_grant->round) == 0)
+            return moeh_errf(err, -EBADMSG, "%s.round: 0, only training rounds (1..) upload",
+                             moeh_msg_type_name(e->type));
+        break;
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
     case MOEH__MSG_TYPE__ERROR:
@@ -595,7 +621,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__SECAGG_MASKED) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__UPLOAD_GRANT) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }
@@ -681,23 +707,24 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
         goto out;
     }
     for (size_t i = 0; i < n_frames; i++) {
-        size_t bytes = frames[i].count * dtype_size(frames[i].dtype);
-        int more = i + 1 < n_frames ? ZMQ_SNDMORE : 0;
-        if (frames[i].shared) { /* share the one copy: zmq_msg_copy takes a reference */
-            zmq_msg_t m;
-            zmq_msg_init(&m);
-            MOEH_ASSERT(zmq_msg_size((zmq_msg_t *)&frames[i].shared->msg) == bytes);
-            if (zmq_msg_copy(&m, (zmq_msg_t *)&frames[i].shared->msg) != 0 ||
-                zmq_msg_send(&m, sock, more) < 0) {
+        size_t bytes = frames[i].count * dtype_size(frames[i].dtype), nc = n_chunks(bytes);
+        moeh_shared_frame_t *sh = (moeh_shared_frame_t *)frames[i].shared;
+        MOEH_ASSERT(!sh || (sh->len == bytes && sh->n == nc));
+        for (size_t k = 0; k < nc; k++) {
+            int more = i + 1 < n_frames || k + 1 < nc ? ZMQ_SNDMORE : 0;
+            if (sh) { /* share the one copy: zmq_msg_copy takes a reference */
+                zmq_msg_t m;
+                zmq_msg_init(&m);
+                if (zmq_msg_copy(&m, &sh->parts[k]) != 0 || zmq_msg_send(&m, sock, more) < 0) {
+                    rc = -zmq_errno();
+                    zmq_msg_close(&m);
+                    goto out;
+                }
+            } else if (zmq_send(sock, (const uint8_t *)frames[i].data + k * MOEH_WIRE_CHUNK_BYTES,
+                                chunk_len(bytes, k), more) < 0) {
                 rc = -zmq_errno();
-                zmq_msg_close(&m);
                 goto out;
             }
-            continue;
-        }
-        if (zmq_send(sock, frames[i].data, bytes, more) < 0) {
-            rc = -zmq_errno();
-            goto out;
         }
     }
 out:
@@ -707,13 +734,20 @@ out:
 
 int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out)
 {
-    moeh_shared_frame_t *f = malloc(sizeof *f);
+    size_t nc = n_chunks(len);
+    moeh_shared_frame_t *f = malloc(sizeof *f + nc * sizeof(zmq_msg_t));
     if (!f) return -ENOMEM;
-    if (zmq_msg_init_size(&f->msg, len) != 0) {
-        free(f);
-        return -ENOMEM;
+    f->len = len;
+    for (f->n = 0; f->n < nc; f->n++) {
+        size_t cl = chunk_len(len, f->n);
+        if (zmq_msg_init_size(&f->parts[f->n], cl) != 0) {
+            moeh_shared_frame_destroy(&f);
+            return -ENOMEM;
+        }
+        if (cl)
+            memcpy(zmq_msg_data(&f->parts[f->n]),
+                   (const uint8_t *)data + f->n * MOEH_WIRE_CHUNK_BYTES, cl);
     }
-    memcpy(zmq_msg_data(&f->msg), data, len);
     *out = f;
     return 0;
 }
@@ -721,7 +755,8 @@ int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t *
 void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 {
     if (!self_p || !*self_p) return;
-    zmq_msg_close(&(*self_p)->msg);
+    for (size_t k = 0; k < (*self_p)->n; k++)
+        zmq_msg_close(&(*self_p)->parts[k]);
     free(*self_p);
     *self_p = NULL;
 }
@@ -762,10 +797,19 @@ int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__
     return moeh_wire_send(sock, rid, rid_len, &env, NULL, 0);
 }
 
+/* The received parts, in blocks allocated as they arrive (a zmq_msg_t is never moved), and
+ * the frames joined from several parts. */
+#define PARTS_PER_BLOCK 256u
 typedef struct {
-    zmq_msg_t parts[MOEH_MAX_PARTS];
+    zmq_msg_t *blk[MOEH_WIRE_MAX_PARTS / PARTS_PER_BLOCK + 1];
     size_t n;
+    uint8_t *joined[MOEH_MAX_FRAMES];
 } parts_t;
+
+static zmq_msg_t *part(parts_t *ps, size_t i)
+{
+    return &ps->blk[i / PARTS_PER_BLOCK][i % PARTS_PER_BLOCK];
+}
 
 void moeh_msg_clear(moeh_msg_t *msg)
 {
@@ -773,10 +817,72 @@ void moeh_msg_clear(moeh_msg_t *msg)
     parts_t *ps = msg->parts_storage;
     if (ps) {
         for (size_t i = 0; i < ps->n; i++)
-            zmq_msg_close(&ps->parts[i]);
+            zmq_msg_close(part(ps, i));
+        for (size_t b = 0; b < sizeof ps->blk / sizeof ps->blk[0]; b++)
+            free(ps->blk[b]);
+        for (size_t i = 0; i < MOEH_MAX_FRAMES; i++)
+            free(ps->joined[i]);
         free(ps);
     }
     memset(msg, 0, sizeof *msg);
+}
+
+/* Maps the np tensor parts from part `at` on onto the frames the header describes (each split
+ * as moeh_wire_send splits it) and joins a frame of several parts into one buffer. A header
+ * that cannot be read here leaves the parts as frames (at most MOEH_MAX_FRAMES) for
+ * moeh_wire_decode to refuse with its own message. */
+static int join_frames(parts_t *ps, size_t at, size_t np, const void *hdr, size_t hlen,
+                       moeh_msg_t *msg, moeh_err_t *err)
+{
+    Moeh__Envelope *e = NULL;
+    size_t bytes[MOEH_MAX_FRAMES], nf = 0, want = 0;
+    int plan = hlen > 0 && hlen <= MOEH_MAX_HEADER_BYTES &&
+               (e = moeh__envelope__unpack(NULL, hlen, hdr)) != NULL &&
+               e->n_frames <= MOEH_MAX_FRAMES;
+    for (size_t i = 0; plan && i < e->n_frames; i++) {
+        size_t es = dtype_size(e->frames[i]->dtype);
+        plan = es != 0 && e->frames[i]->count <= MOEH_MAX_PARAMS;
+        bytes[i] = plan ? (size_t)e->frames[i]->count * es : 0;
+        want += n_chunks(bytes[i]);
+    }
+    if (plan) nf = e->n_frames;
+    if (e) moeh__envelope__free_unpacked(e, NULL);
+    if (!plan) {
+        if (np > MOEH_MAX_FRAMES)
+            return moeh_errf(err, -EMSGSIZE, "%zu tensor parts after an unreadable header", np);
+        for (size_t i = 0; i < np; i++)
+            msg->frames[i] =
+                (moeh_iov_t){zmq_msg_data(part(ps, at + i)), zmq_msg_size(part(ps, at + i))};
+        msg->n_frames = np;
+        return 0;
+    }
+    if (np != want)
+        return moeh_errf(err, np > want ? -EMSGSIZE : -EBADMSG,
+                         "message has %zu tensor parts; its header describes %zu frames in %zu "
+                         "parts of at most %u bytes",
+                         np, nf, want, MOEH_WIRE_CHUNK_BYTES);
+    for (size_t i = 0, k = at; i < nf; i++) {
+        size_t nc = n_chunks(bytes[i]);
+        for (size_t j = 0; j < nc; j++)
+            if (zmq_msg_size(part(ps, k + j)) != chunk_len(bytes[i], j))
+                return moeh_errf(err, -EBADMSG,
+                                 "frames[%zu]: part %zu of %zu has %zu bytes, expected %zu", i,
+                                 j + 1, nc, zmq_msg_size(part(ps, k + j)), chunk_len(bytes[i], j));
+        if (nc == 1) {
+            msg->frames[i] = (moeh_iov_t){zmq_msg_data(part(ps, k)), bytes[i]};
+        } else {
+            uint8_t *buf = ps->joined[i] = malloc(bytes[i]);
+            if (!buf)
+                return moeh_errf(err, -ENOMEM, "out of memory for a %zu-byte frame", bytes[i]);
+            for (size_t j = 0; j < nc; j++)
+                memcpy(buf + j * MOEH_WIRE_CHUNK_BYTES, zmq_msg_data(part(ps, k + j)),
+                       chunk_len(bytes[i], j));
+            msg->frames[i] = (moeh_iov_t){buf, bytes[i]};
+        }
+        k += nc;
+    }
+    msg->n_frames = nf;
+    return 0;
 }
 
 int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
@@ -788,7 +894,12 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     msg->parts_storage = ps;
     int more = 1, too_many = 0, flags = ZMQ_DONTWAIT;
     while (more) {
-        zmq_msg_t scratch, *p = ps->n < MOEH_MAX_PARTS ? &ps->parts[ps->n] : &scratch;
+        zmq_msg_t scratch, *p = &scratch;
+        if (ps->n < MOEH_WIRE_MAX_PARTS) {
+            zmq_msg_t **b = &ps->blk[ps->n / PARTS_PER_BLOCK];
+            if (!*b) *b = malloc(PARTS_PER_BLOCK * sizeof(zmq_msg_t));
+            if (*b) p = part(ps, ps->n); /* else drained and refused below, as too many */
+        }
         zmq_msg_init(p);
         if (zmq_msg_recv(p, sock, flags) < 0) {
             int e = zmq_errno();
@@ -807,26 +918,22 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     }
     size_t first = 0;
     if (with_routing_id) {
-        size_t rl = zmq_msg_size(&ps->parts[0]);
+        size_t rl = zmq_msg_size(part(ps, 0));
         if (rl > sizeof msg->routing_id) return moeh_errf(err, -EBADMSG, "routing id too long");
-        memcpy(msg->routing_id, zmq_msg_data(&ps->parts[0]), rl);
+        memcpy(msg->routing_id, zmq_msg_data(part(ps, 0)), rl);
         msg->routing_id_len = rl;
         first = 1;
     }
     if (ps->n <= first) return moeh_errf(err, -EBADMSG, "message has no header frame");
     /* The ZAP handler sets User-Id to the admitted site's id; absent without CURVE. */
-    const char *uid = zmq_msg_gets(&ps->parts[first], "User-Id");
+    zmq_msg_t *h = part(ps, first);
+    const char *uid = zmq_msg_gets(h, "User-Id");
     if (uid) snprintf(msg->peer, sizeof msg->peer, "%s", uid);
     if (too_many)
-        return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_MAX_PARTS);
-    size_t nf = ps->n - first - 1;
-    if (nf > MOEH_MAX_FRAMES)
-        return moeh_errf(err, -EMSGSIZE, "%zu tensor frames, limit %u", nf, MOEH_MAX_FRAMES);
-    for (size_t i = 0; i < nf; i++) {
-        msg->frames[i].data = zmq_msg_data(&ps->parts[first + 1 + i]);
-        msg->frames[i].len = zmq_msg_size(&ps->parts[first + 1 + i]);
-    }
-    msg->n_frames = nf;
-    return moeh_wire_decode(lim, zmq_msg_data(&ps->parts[first]), zmq_msg_size(&ps->parts[first]),
-                            msg->frames, nf, &msg->env, err);
+        return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_WIRE_MAX_PARTS);
+    int rc =
+        join_frames(ps, first + 1, ps->n - first - 1, zmq_msg_data(h), zmq_msg_size(h), msg, err);
+    if (rc) return rc;
+    return moeh_wire_decode(lim, zmq_msg_data(h), zmq_msg_size(h), msg->frames, msg->n_frames,
+                            &msg->env, err);
 }

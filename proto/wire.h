@@ -16,8 +16,23 @@
 #define MOEH_PROTOCOL_VERSION 1u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
-#define MOEH_MAX_PARTS (MOEH_MAX_FRAMES + 2u) /* routing id + envelope + frames */
-#define MOEH_MAX_PARAMS (1u << 28)            /* 1 GiB of float32 */
+#define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */
+/* A tensor frame travels in consecutive ZeroMQ parts of MOEH_WIRE_CHUNK_BYTES, the last one
+ * shorter (an empty frame: one empty part); moeh_wire_recv joins them. CURVE encrypts and
+ * decrypts part by part, so a connection holds one encrypted part of a large tensor at a time
+ * instead of a whole encrypted copy: broadcasting the model to S sites costs S parts of
+ * memory, not S models (docs/performance.md). */
+#define MOEH_WIRE_CHUNK_BYTES (128u * 1024u)
+/* Largest ZeroMQ part (ZMQ_MAXMSGSIZE of every moeh socket): a header or one part of a frame,
+ * plus room for CURVE's framing (ZeroMQ checks the encrypted size: 33 bytes more). A peer
+ * sending a larger part is disconnected by ZeroMQ before anything is buffered. */
+#define MOEH_WIRE_MAX_PART_BYTES                                                                   \
+    (1024u + (MOEH_WIRE_CHUNK_BYTES > MOEH_MAX_HEADER_BYTES ? MOEH_WIRE_CHUNK_BYTES                \
+                                                            : MOEH_MAX_HEADER_BYTES))
+/* Most parts of one message: routing id + envelope + MOEH_MAX_FRAMES frames of up to
+ * MOEH_MAX_PARAMS 8-byte elements. More are drained and refused. */
+#define MOEH_WIRE_MAX_PARTS                                                                        \
+    (2u + MOEH_MAX_FRAMES * (uint32_t)((8ull * MOEH_MAX_PARAMS) / MOEH_WIRE_CHUNK_BYTES))
 #define MOEH_MAX_STRING 1024u
 #define MOEH_SITE_ID_MAX 64u
 /* Largest secure-aggregation session on the wire: the key list and the shares a site sends
@@ -92,13 +107,16 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
 int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
                    uint8_t **buf_out, size_t *len_out);
 
-/* Sends [routing_id]? envelope frames... on sock. 0 or a negative code (-EAGAIN if it would
- * block past the socket's send timeout, -EHOSTUNREACH if a ROUTER peer is gone). */
+/* Sends [routing_id]? envelope frames... on sock, each frame in parts of MOEH_WIRE_CHUNK_BYTES.
+ * 0 or a negative code (-EAGAIN if it would block past the socket's send timeout,
+ * -EHOSTUNREACH if a ROUTER peer is gone). */
 int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
                    Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames);
 
-/* Receives one whole multipart message (non-blocking: -EAGAIN if none is ready) and decodes
- * it. With_routing_id is set on ROUTER sockets. A message with too many parts is drained and
+/* Receives one whole multipart message (non-blocking: -EAGAIN if none is ready), joins each
+ * tensor frame's parts (they must be split exactly as moeh_wire_send splits them: -EBADMSG
+ * otherwise, -EMSGSIZE for more parts than the header describes) and decodes it.
+ * With_routing_id is set on ROUTER sockets. A message with too many parts is drained and
  * refused. On a decode failure the routing id and peer are still filled in (so the caller can
  * reply with an Error) and the code is returned; msg must be cleared in every case. */
 int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,

@@ -44,7 +44,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
     uint64_t seed = 1;
     int insecure = 0, secagg = 1, unweighted = 0;
-    uint32_t secagg_k = 0;
+    uint32_t secagg_k = 0, upload_slots = 2; /* moeh-coordinator's default */
     const moeh_opt_t opts[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -74,6 +74,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
          "secure aggregation: the coordinator learns only sums (default on)"},
         {"secagg-k", MOEH_OPT_U32, &secagg_k,
          "SecAgg+ neighbours per site (0: all pairs; even; moeh-coordinator --secagg-k)"},
+        {"upload-slots", MOEH_OPT_U32, &upload_slots,
+         "training updates the sites send at a time, the others wait for a grant "
+         "(moeh-coordinator --upload-slots; 0: no limit)"},
         {"unweighted", MOEH_OPT_BOOL, &unweighted,
          "FedAvg with weight 1 per site, not its sample count"},
         {"dp-clip", MOEH_OPT_F32, &dp_clip,
@@ -264,6 +267,10 @@ int moeh_sim_cmd_run(int argc, char **argv)
         cargs[nc++] = "--secagg-k";
         cargs[nc++] = a_k;
     }
+    char a_slots[16];
+    snprintf(a_slots, sizeof a_slots, "%u", upload_slots);
+    cargs[nc++] = "--upload-slots";
+    cargs[nc++] = a_slots;
     if (unweighted) cargs[nc++] = "--unweighted";
     if (dp_clip != 0 || dp_noise != 0) { /* the coordinator checks them */
         snprintf(a_dpc, sizeof a_dpc, "%.9g", (double)dp_clip);

@@ -15,7 +15,13 @@
  * encrypted shares (SecaggShares) -> on the forwarded shares, the masked vector
  * (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The moeh_secagg_client_t holds
  * the session's secrets and is destroyed at the next RoundStart, on any failure, and at exit.
- * The site's own evaluation metrics are logged here, since the coordinator then has none. */
+ * The site's own evaluation metrics are logged here, since the coordinator then has none.
+ *
+ * Granted uploads (RoundStart.grant_uploads, TRAIN only): the ready update (the Update, or the
+ * masked vector once the shares arrived) is held, announced with UploadReady and sent only on
+ * the matching UploadGrant; the main loop keeps heartbeating meanwhile. The wait is dropped
+ * at the next RoundStart, on a (re)welcome, when the socket is replaced and when the secure
+ * session ends, so a grant of an old round, session or coordinator is never answered. */
 #include "agent.h"
 
 #include "dp.h"
@@ -62,6 +68,12 @@ typedef struct {
     Moeh__RoundTask sa_task;
     uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
     size_t sa_len;
+    int sa_grant; /* the session's RoundStart asked for granted uploads */
+    /* granted uploads: the TRAIN update held until its grant (up_wait) */
+    int up_wait;
+    uint32_t up_round, up_steps;
+    uint64_t up_version, up_session, up_samples;
+    double up_loss;
 } agent_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
@@ -98,6 +110,7 @@ static void close_socket(agent_t *a)
         a->mon = NULL;
     }
     a->welcomed = 0;
+    a->up_wait = 0; /* a grant can only come over the connection that announced the update */
 }
 
 static int send_hello(agent_t *a)
@@ -134,7 +147,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
 {
     char mon_ep[64];
     int linger = 0, sndtimeo = 5000, ivl = 100, ivl_max = 5000;
-    int64_t maxmsg = (int64_t)MOEH_MAX_PARAMS * 4 + MOEH_MAX_HEADER_BYTES;
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (!(a->sock = zmq_socket(a->zctx, ZMQ_DEALER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
     if (zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger) ||
@@ -310,6 +323,7 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
                                   .n_norm = ms->n_norm,
                                   .n_experts = ms->n_experts};
     a->hb_ms = w->heartbeat_ms;
+    a->up_wait = 0; /* (re)admitted: the coordinator knows of no update of ours */
     a->welcomed = a->ever_welcomed = 1;
     a->backoff_ms = 0;
     MOEH_INFO("admitted as %s: %zu parameters in %zu groups", w->site_id, p->n, p->n_groups);
@@ -332,6 +346,7 @@ static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
 }
 
 static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len);
+static void sa_send_masked(agent_t *a);
 
 static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
 {
@@ -399,6 +414,25 @@ static void sa_end(agent_t *a, const char *why, const char *detail)
     }
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;
+    if (a->up_session) a->up_wait = 0, a->up_session = 0;
+}
+
+/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
+ * waits for the grant in the main loop. */
+static void upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
+{
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
+    r.round = round;
+    r.model_version = version;
+    r.session = session;
+    env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    env.upload_ready = &r;
+    a->up_wait = 1;
+    a->up_round = round, a->up_version = version, a->up_session = session;
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
+    if (rc) MOEH_WARN("round %u: could not announce the update: %s", round, moeh_strerror(rc));
 }
 
 /* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
@@ -416,6 +450,7 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size
                              .len = len};
     a->sa_round = rs->round;
     a->sa_task = rs->task;
+    a->sa_grant = rs->grant_uploads;
     if (rc || (rc = moeh_secagg_client_create(&cfg, sp->id, &a->sa, &err)) != 0) {
         sa_end(a, "cannot start", rc == -EIO ? "libsodium failed to initialise" : err.msg);
         return;
@@ -538,6 +573,18 @@ static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
         why = "cannot mask the vector";
         goto out;
     }
+    if (a->sa_grant && a->sa_task == MOEH__ROUND_TASK__TRAIN) /* sent on the grant */
+        upload_ready(a, a->sa_round, a->sa_version, a->sa_session);
+    else
+        sa_send_masked(a);
+out:
+    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
+    free(u2);
+}
+
+/* Sends the masked vector of the session. */
+static void sa_send_masked(agent_t *a)
+{
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
     sm.session = a->sa_session;
@@ -552,9 +599,6 @@ static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc)
         MOEH_WARN("round %u: could not send the masked vector: %s", a->sa_round, moeh_strerror(rc));
-out:
-    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
-    free(u2);
 }
 
 /* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' s keys
@@ -709,7 +753,33 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         sa_begin(a, rs, a->upd, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
+    if (rs->grant_uploads) { /* held in a->upd until the coordinator grants the upload */
+        a->up_loss = sent_loss, a->up_samples = res.samples, a->up_steps = res.steps;
+        upload_ready(a, rs->round, rs->model_version, 0);
+        return;
+    }
     send_update(a, rs->round, rs->model_version, sent_loss, res.samples, res.steps);
+}
+
+/* UploadGrant: sends the held update it names; a grant for anything else is ignored (the
+ * coordinator's grant then expires). */
+static void on_grant(agent_t *a, const Moeh__UploadGrant *g)
+{
+    if (!a->up_wait || g->round != a->up_round || g->model_version != a->up_version ||
+        g->session != a->up_session || (g->session && (!a->sa || a->sa_session != g->session))) {
+        MOEH_WARN("ignored an upload grant for round %u (session %llu): no such update waits",
+                  g->round, (unsigned long long)g->session);
+        return;
+    }
+    if (a->cfg->fault_kill_upload_round && g->round == a->cfg->fault_kill_upload_round) {
+        MOEH_WARN("fault injection: killing myself on the upload grant of round %u", g->round);
+        raise(SIGKILL);
+    }
+    a->up_wait = 0;
+    if (g->session)
+        sa_send_masked(a);
+    else
+        send_update(a, a->up_round, a->up_version, a->up_loss, a->up_samples, a->up_steps);
 }
 
 /* Logs this site's own test loss and AUROC per task (all rows): with secure aggregation the
@@ -816,6 +886,7 @@ static void handle_messages(agent_t *a)
                 raise(SIGKILL);
             }
             sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
+            a->up_wait = 0;        /* and an update still waiting for its grant is stale */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
             else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE)
@@ -832,6 +903,9 @@ static void handle_messages(agent_t *a)
         case MOEH__MSG_TYPE__SECAGG_UNMASK:
             sa_on_unmask(a, m.env->secagg_unmask);
             break;
+        case MOEH__MSG_TYPE__UPLOAD_GRANT:
+            on_grant(a, m.env->upload_grant);
+            break;
         case MOEH__MSG_TYPE__HEARTBEAT:
             break;
         case MOEH__MSG_TYPE__ERROR: {
@@ -840,6 +914,7 @@ static void handle_messages(agent_t *a)
                 MOEH_INFO("the coordinator does not know this site (did it restart?); joining "
                           "again");
                 a->welcomed = 0;
+                a->up_wait = 0;
                 send_hello(a);
                 break;
             }

@@ -2,7 +2,8 @@
  * the site's own data when asked, evaluates it as score histograms, and never sends a record.
  *
  * One thread owns the DEALER socket. Heartbeats go out every heartbeat interval, also during
- * local training (the training loop services the socket between minibatches). If the
+ * local training (the training loop services the socket between minibatches) and while a
+ * training update waits for the coordinator's grant to upload it. If the
  * coordinator is silent for too long the agent drops the connection and re-registers with
  * exponential backoff; if the coordinator refuses its key the agent stops with a clear error. */
 #ifndef MOEH_AGENT_H
@@ -30,6 +31,8 @@ typedef struct {
     uint32_t fault_kill_secagg_task;  /* tests: the same in the secure aggregation of this task
                                        * (Moeh__RoundTask: TRAIN, EVALUATE or STATS; 0 = off) */
     uint32_t fault_kill_secagg_at;    /* ... of this round (STATS: 0) */
+    uint32_t fault_kill_upload_round; /* tests: SIGKILL itself on receiving this round's
+                                       * UploadGrant, before sending its update (0 = off) */
 } moeh_agent_cfg_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);

@@ -37,6 +37,9 @@ int main(int argc, char **argv)
         {"fault-kill-secagg-round", MOEH_OPT_U32, &cfg.fault_kill_secagg_round,
          "TESTS ONLY: SIGKILL this process in round N's secure aggregation, after its shares "
          "went out and before its masked update (0: off)"},
+        {"fault-kill-upload-round", MOEH_OPT_U32, &cfg.fault_kill_upload_round,
+         "TESTS ONLY: SIGKILL this process on receiving round N's upload grant, before its "
+         "update (0: off)"},
         {"fault-kill-secagg-at", MOEH_OPT_STR, &kill_at,
          "TESTS ONLY: the same in the secure aggregation of 'stats', 'eval:N' or 'train:N'"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},

@@ -9,7 +9,10 @@
  *  - with --secagg: the final model equals the plain run's bit for bit; a site killed after
  *    sharing its keys is unmasked from the survivors' shares; a site that holds its masked
  *    update until the unmask request is refused; a masked vector for another round, of
- *    another session, or sent twice is refused and the sum stays exact.
+ *    another session, or sent twice is refused and the sum stays exact;
+ *  - granted uploads (--upload-slots): four sites taking turns through one slot end with the
+ *    model of the run where they all push at once; an upload without a grant is refused; a
+ *    granted site that dies releases its slot.
  * Every process is reaped in teardown, also when an assertion fails; each test works in its
  * own temporary directory, removed afterwards. No sleeps: waits are on pidfds and pipes. */
 #include <setjmp.h>
@@ -688,14 +691,9 @@ static int rogue_next(rogue_t *r, moeh_msg_t *m)
     }
 }
 
-/* Sends raw parts and expects an Error reply with `code`. */
-static void rogue_expect_error(rogue_t *r, const void *hdr, size_t len, const moeh_iov_t *frames,
-                               size_t nf, int code)
+/* Expects an Error reply with `code`. */
+static void rogue_expect_code(rogue_t *r, int code)
 {
-    assert_true(zmq_send(r->sock, hdr, len, nf ? ZMQ_SNDMORE : 0) >= 0);
-    for (size_t i = 0; i < nf; i++)
-        assert_true(
-            zmq_send(r->sock, frames[i].data, frames[i].len, i + 1 < nf ? ZMQ_SNDMORE : 0) >= 0);
     moeh_msg_t m;
     assert_int_equal(rogue_next(r, &m), 0);
     assert_int_equal(m.env->type, MOEH__MSG_TYPE__ERROR);
@@ -706,20 +704,24 @@ static void rogue_expect_error(rogue_t *r, const void *hdr, size_t len, const mo
     moeh_msg_clear(&m);
 }
 
+/* Sends raw parts and expects an Error reply with `code`. */
+static void rogue_expect_error(rogue_t *r, const void *hdr, size_t len, const moeh_iov_t *frames,
+                               size_t nf, int code)
+{
+    assert_true(zmq_send(r->sock, hdr, len, nf ? ZMQ_SNDMORE : 0) >= 0);
+    for (size_t i = 0; i < nf; i++)
+        assert_true(
+            zmq_send(r->sock, frames[i].data, frames[i].len, i + 1 < nf ? ZMQ_SNDMORE : 0) >= 0);
+    rogue_expect_code(r, code);
+}
+
+/* Sends a well-formed message (tensor frames in parts, as moeh_wire_send splits them) and, if
+ * expect_code is not 0, expects an Error reply with that code. */
 static void rogue_send(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf,
                        int expect_code)
 {
-    uint8_t *hdr;
-    size_t len;
-    assert_int_equal(moeh_wire_pack(env, f, nf, &hdr, &len), 0);
-    moeh_iov_t iov[4];
-    for (size_t i = 0; i < nf; i++)
-        iov[i] = (moeh_iov_t){f[i].data, f[i].count * (f[i].dtype == MOEH__DTYPE__F64 ? 8 : 4)};
-    if (expect_code)
-        rogue_expect_error(r, hdr, len, iov, nf, expect_code);
-    else
-        assert_true(moeh_wire_send(r->sock, NULL, 0, env, f, nf) == 0);
-    free(hdr);
+    assert_true(moeh_wire_send(r->sock, NULL, 0, env, f, nf) == 0);
+    if (expect_code) rogue_expect_code(r, expect_code);
 }
 
 /* The hostile site: joins with no training data, then sends everything wrong it can. */
@@ -1035,6 +1037,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
                              .len = nw};
     uint32_t me = rs->secagg->id, round = rs->round;
     uint64_t version = rs->model_version;
+    assert_true(rs->grant_uploads); /* --upload-slots 2 by default */
     moeh_msg_clear(&m);
     assert_int_equal(moeh_crypto_init(), 0);
     moeh_secagg_client_t *cl = NULL;
@@ -1119,6 +1122,23 @@ static void secagg_rogue(fixture_t *f, int on_time)
         u.round = round, u.session = cfg.round + 1;
         rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "not expected now");
         u.session = cfg.round;
+        /* the right one, but without a grant: refused (else the bound on uploads is void) */
+        rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "no upload slot was granted");
+        /* announced for another session: refused; then announced right and granted */
+        Moeh__Envelope re = MOEH__ENVELOPE__INIT;
+        Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
+        re.type = MOEH__MSG_TYPE__UPLOAD_READY, re.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+        re.upload_ready = &ur;
+        ur.round = round, ur.model_version = version, ur.session = cfg.round + 1;
+        rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "upload_ready: not expected now");
+        ur.session = cfg.round;
+        assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &re, NULL, 0), 0);
+        assert_int_equal(rogue_next_alive(&r, &m), 0);
+        assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+        assert_int_equal(m.env->upload_grant->session, cfg.round);
+        assert_int_equal(m.env->upload_grant->round, round);
+        moeh_msg_clear(&m);
+        rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "duplicate upload_ready");
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
         for (;;) {
@@ -1176,8 +1196,10 @@ static void test_secagg_late_update_refused(void **state)
 }
 
 /* The same site sends its masked vector on time, but first for another round and for another
- * session (both refused), then twice: the copy is refused, and round 1 sums four sites (the
- * rogue's zeros) with its self-mask removed by the survivors' shares. */
+ * session (both refused), then without an upload grant (refused), announces it for another
+ * session (refused), then right and, once granted, sends it twice: the copy is refused, and
+ * round 1 sums four sites (the rogue's zeros) with its self-mask removed by the survivors'
+ * shares. */
 static void test_secagg_masked_twice_refused(void **state)
 {
     secagg_rogue(*state, 1);
@@ -1610,6 +1632,246 @@ static void test_secagg_dropout_unmasked(void **state)
     assert_false(file_contains(path, "retry"));
 }
 
+/* ---- granted uploads (--upload-slots) ------------------------------------------------------ */
+
+/* Counts the "uploads" rows of a run and the most uploads in flight any of them reports. */
+static int upload_rows(const char *out, int *max_in_flight)
+{
+    char path[400], line[8192];
+    int n = 0;
+    *max_in_flight = 0;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        if (ev && !strcmp(ev, "uploads")) {
+            n++;
+            int m = (int)jget(j, "max_in_flight");
+            if (m > *max_in_flight) *max_in_flight = m;
+            assert_int_equal((int)jget(j, "expired"), 0);
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    return n;
+}
+
+/* Four sites and one upload slot: the sites take turns to upload (at most one update in
+ * flight, as every round's "uploads" row says), and the run ends with the model and global
+ * metrics of the same run where every site pushes its update at once (--upload-slots 0),
+ * bit for bit, in plain mode and under --secagg: the sums are of integers mod 2^32, so the
+ * order in which updates are folded changes nothing. */
+static void test_upload_slots_bit_exact(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    char out[3][300], path[400];
+    const char *four[] = {"site-1", "site-2", "site-3", "site-4"};
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-4", f->keys);
+    assert_int_equal(moeh_keypair_generate(&kp), 0);
+    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
+    moeh_keypair_destroy(&kp);
+    write_registry(f, four, 4);
+    static const char *names[3] = {"push", "slots1", "slots1-secagg"};
+    char *more[3][4] = {{"--upload-slots", "0", NULL},
+                        {"--upload-slots", "1", NULL},
+                        {"--upload-slots", "1", "--secagg", NULL}};
+    for (int run = 0; run < 3; run++) {
+        char log[64];
+        snprintf(out[run], sizeof out[run], "%s/%s", f->dir, names[run]);
+        snprintf(f->out, sizeof f->out, "%.290s", out[run]);
+        snprintf(log, sizeof log, "coordinator-%s.log", names[run]);
+        moeh_proc_t *c = start_coordinator_ex2(f, "3", "4", "4", NULL, log, more[run]);
+        moeh_proc_t *a[4];
+        for (int k = 0; k < 4; k++) /* site-4 holds site-1's data */
+            a[k] = start_agent(f, four[k], four[k % 3], four[k], NULL);
+        wait_exit(c, 120000, 0);
+        for (int k = 0; k < 4; k++)
+            wait_exit(a[k], 10000, 0);
+        metrics_t m;
+        read_metrics(f, &m);
+        assert_int_equal(m.n_eval, 3);
+        for (int r = 0; r < 3; r++)
+            assert_int_equal(m.sites[r], 4);
+        snprintf(path, sizeof path, "%s/%s", f->logs, log);
+        assert_false(file_contains(path, "refused"));
+    }
+    int most;
+    assert_int_equal(upload_rows(out[0], &most), 0); /* no grants without slots */
+    for (int run = 1; run < 3; run++) {
+        assert_int_equal(upload_rows(out[run], &most), 3);
+        assert_int_equal(most, 1);
+    }
+    snprintf(path, sizeof path, "%s/coordinator-slots1-secagg.log", f->logs);
+    assert_true(file_contains(path, "round 3: secure aggregation: unmasked the sum of 4 sites "
+                                    "(0 dropped)"));
+    assert_same_model(out[0], out[1]);
+    assert_same_model(out[0], out[2]);
+    assert_same_global_metrics(out[0], out[1]);
+    assert_same_global_metrics(out[0], out[2]);
+}
+
+/* A site (this test) with one upload slot: an update sent without a grant is refused, as are
+ * announcements for another round, with a session in a plain phase, and twice; announced
+ * right, it is granted the slot at once (the real sites are still training) and then dies
+ * without uploading. Its slot is released when the coordinator finds it gone, the three real
+ * sites upload in turn and every round completes with them. */
+static void test_unsolicited_upload_refused(void **state)
+{
+    fixture_t *f = *state;
+    moeh_err_t err = {0};
+    char path[400], log[400], pub[MOEH_Z85_KEY_LEN + 1];
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-x", f->keys);
+    assert_int_equal(moeh_keypair_generate(&kp), 0);
+    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
+    moeh_keypair_destroy(&kp);
+    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
+    write_registry(f, four, 4);
+    char *slots[] = {"--upload-slots", "1", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", slots);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+
+    rogue_t r = {0};
+    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
+    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
+    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
+    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
+    r.ctx = zmq_ctx_new();
+    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(moeh_curve_client(r.sock, kp, pub), 0);
+    assert_int_equal(zmq_connect(r.sock, f->endpoint), 0);
+    moeh_keypair_destroy(&kp);
+    moeh_dataset_t *ds = NULL;
+    snprintf(path, sizeof path, "%s/site-1", f->data);
+    assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Hello h = MOEH__HELLO__INIT;
+    h.site_id = "site-x"; /* no training rows: weight 0, its zeros change no sum */
+    h.n_features = (uint32_t)ds->f_static, h.n_vars = (uint32_t)ds->f_ts;
+    h.n_steps = (uint32_t)ds->t, h.img_size = (uint32_t)ds->img_size;
+    moeh_dataset_free(&ds);
+    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &env, NULL, 0), 0);
+    moeh_msg_t m;
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
+    const Moeh__ModelSpec *ms = m.env->welcome->model;
+    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
+                                 .n_groups = ms->n_groups,
+                                 .n_tasks = ms->n_tasks,
+                                 .eval_bins = m.env->welcome->eval_bins,
+                                 .n_norm = ms->n_norm,
+                                 .n_experts = ms->n_experts};
+    moeh_msg_clear(&m);
+    /* statistics: pushed as always (all zero: this site has no rows) */
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
+    assert_false(m.env->round_start->grant_uploads);
+    moeh_msg_clear(&m);
+    size_t nst = 3 * (size_t)r.lim.n_norm, nw = r.lim.n_params + r.lim.n_groups;
+    double *st = calloc(nst, sizeof(double));
+    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
+    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
+    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    se.stats_result = &sr;
+    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &se, &sf, 1), 0);
+    free(st);
+
+    /* round 1: RoundStart{TRAIN} asks for granted uploads */
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__ROUND_START);
+    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__TRAIN);
+    assert_true(m.env->round_start->grant_uploads);
+    uint32_t round = m.env->round_start->round;
+    uint64_t version = m.env->round_start->model_version;
+    moeh_msg_clear(&m);
+    uint32_t *words = calloc(nw, sizeof(uint32_t));
+    Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    u.round = round, u.model_version = version;
+    ue.type = MOEH__MSG_TYPE__UPDATE, ue.body_case = MOEH__ENVELOPE__BODY_UPDATE, ue.update = &u;
+    moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
+    rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "update: no upload slot was granted");
+    Moeh__Envelope re = MOEH__ENVELOPE__INIT;
+    Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
+    re.type = MOEH__MSG_TYPE__UPLOAD_READY, re.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    re.upload_ready = &ur;
+    ur.round = round + 1, ur.model_version = version;
+    rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "stale upload_ready");
+    ur.round = round, ur.session = 99;
+    rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "not securely aggregated");
+    ur.session = 0;
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &re, NULL, 0), 0);
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+    assert_int_equal(m.env->upload_grant->round, round);
+    assert_int_equal(m.env->upload_grant->model_version, version);
+    assert_int_equal(m.env->upload_grant->session, 0);
+    moeh_msg_clear(&m);
+    rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "duplicate upload_ready");
+    free(words);
+    /* dies holding the slot: no upload, no bye */
+    zmq_close(r.sock);
+    zmq_ctx_term(r.ctx);
+
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    assert_true(file_contains(log, "site site-x held an upload slot; released"));
+    metrics_t mt;
+    read_metrics(f, &mt);
+    assert_int_equal(mt.n_eval, 2);
+    assert_int_equal(mt.sites[0], 3);
+    assert_int_equal(mt.sites[1], 3);
+    int most;
+    assert_int_equal(upload_rows(f->out, &most), 2);
+    assert_int_equal(most, 1);
+}
+
+/* A real agent is SIGKILLed on receiving its upload grant of round 2 (one slot, quorum 2): the
+ * coordinator finds it gone, releases its slot, and the round and the run complete with the
+ * two others. */
+static void test_granted_site_killed_releases_slot(void **state)
+{
+    fixture_t *f = *state;
+    char *slots[] = {"--upload-slots", "1", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", slots);
+    moeh_proc_t *a[N_SITES];
+    char *kill_at[] = {"--fault-kill-upload-round", "2", NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == 1 ? kill_at : NULL);
+    }
+    wait_exit(a[1], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a[0], 10000, 0);
+    wait_exit(a[2], 10000, 0);
+    metrics_t m;
+    read_metrics(f, &m);
+    assert_int_equal(m.n_eval, 3);
+    assert_int_equal(m.sites[0], 3);
+    assert_int_equal(m.sites[1], 2);
+    assert_int_equal(m.sites[2], 2);
+    assert_int_equal(m.n_gone, 1);
+    char path[400];
+    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(path, "round 2: site site-2 held an upload slot; released"));
+    assert_false(file_contains(path, "retry"));
+    snprintf(path, sizeof path, "%s/site-2-as-site-2.log", f->logs);
+    assert_true(file_contains(path, "killing myself on the upload grant of round 2"));
+}
+
 /* Pinned data shapes: the model is built at start, and a site whose data differs is refused
  * with a message naming both shapes; a malformed value stops the coordinator with a message. */
 static void test_pinned_data_shape(void **state)
@@ -1864,6 +2126,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_eval_dropout_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_k_neighbours, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secagg_k_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_slots_bit_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsolicited_upload_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_granted_site_killed_releases_slot, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -34,6 +34,8 @@
 #define N_GATE (MOEH_WIRE_COMBOS * N_EXPERTS)
 
 static const moeh_wire_limits_t k_lim = {N_PARAMS, N_GROUPS, N_TASKS, N_BINS, N_NORM, N_EXPERTS};
+/* Parts of a message with more small tensor parts than its (frameless) header describes. */
+#define SMALL_PARTS (MOEH_MAX_FRAMES + 2u)
 
 /* One message under construction: the envelope, every possible body and the frame data. */
 typedef struct {
@@ -51,6 +53,8 @@ typedef struct {
     Moeh__Heartbeat hb;
     Moeh__Error er;
     Moeh__Bye bye;
+    Moeh__UploadReady ready;
+    Moeh__UploadGrant grant;
     float f32[N_PARAMS + 2];
     uint32_t hist[N_HIST + N_SLICE];
     float norm[2 * N_NORM + 2];
@@ -79,6 +83,8 @@ static void msg_init(msg_t *m)
     moeh__heartbeat__init(&m->hb);
     moeh__error__init(&m->er);
     moeh__bye__init(&m->bye);
+    moeh__upload_ready__init(&m->ready);
+    moeh__upload_grant__init(&m->grant);
     moeh__stats_result__init(&m->st);
     for (size_t i = 0; i < N_PARAMS + 2; i++)
         m->f32[i] = 0.25f * (float)i - 1.0f;
@@ -260,10 +266,31 @@ static void mk_bye(msg_t *m)
     m->env.bye = &m->bye;
 }
 
+static void mk_upload_ready(msg_t *m)
+{
+    msg_init(m);
+    m->ready.round = 3;
+    m->ready.model_version = 8;
+    m->ready.session = 0x77;
+    m->env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    m->env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    m->env.upload_ready = &m->ready;
+}
+
+static void mk_upload_grant(msg_t *m)
+{
+    msg_init(m);
+    m->grant.round = 3;
+    m->grant.model_version = 8;
+    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT;
+    m->env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
+    m->env.upload_grant = &m->grant;
+}
+
 typedef void (*mk_fn)(msg_t *m);
-static const mk_fn k_makers[] = {mk_hello,  mk_welcome,     mk_round_start,
-                                 mk_update, mk_eval_result, mk_heartbeat,
-                                 mk_error,  mk_bye,         mk_stats_result};
+static const mk_fn k_makers[] = {mk_hello,        mk_welcome,      mk_round_start, mk_update,
+                                 mk_eval_result,  mk_heartbeat,    mk_error,       mk_bye,
+                                 mk_stats_result, mk_upload_ready, mk_upload_grant};
 #define N_MAKERS (sizeof k_makers / sizeof k_makers[0])
 
 static size_t frame_bytes(const moeh_frame_t *f)
@@ -675,8 +702,13 @@ static void test_type_body_mismatch(void **state)
     mk_heartbeat(&m);
     m.env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
     check_reject(&m, &k_lim, -EBADMSG, "secagg_advertise: body missing or of another type");
-    m.env.type = (Moeh__MsgType)16;
-    check_reject(&m, &k_lim, -EBADMSG, "type: 16");
+    m.env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_ready: body missing or of another type");
+    mk_upload_ready(&m);
+    m.env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
+    check_reject(&m, &k_lim, -EBADMSG, "upload_grant: body missing or of another type");
+    m.env.type = (Moeh__MsgType)18;
+    check_reject(&m, &k_lim, -EBADMSG, "type: 18");
     m.env.type = (Moeh__MsgType)1000;
     check_reject(&m, &k_lim, -EBADMSG, "type: 1000");
     m.env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
@@ -1135,7 +1167,8 @@ static void test_round_start_dp(void **state)
 
 static void test_frames_where_none_allowed(void **state)
 {
-    const mk_fn frameless[] = {mk_hello, mk_welcome, mk_heartbeat, mk_error, mk_bye};
+    const mk_fn frameless[] = {mk_hello, mk_welcome,      mk_heartbeat,   mk_error,
+                               mk_bye,   mk_upload_ready, mk_upload_grant};
     for (size_t i = 0; i < sizeof frameless / sizeof frameless[0]; i++) {
         msg_t m;
         frameless[i](&m);
@@ -1186,7 +1219,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(10), "secagg_advertise");
     assert_string_equal(moeh_msg_type_name(14), "secagg_reveal");
     assert_string_equal(moeh_msg_type_name(15), "secagg_masked");
-    assert_string_equal(moeh_msg_type_name(16), "unknown");
+    assert_string_equal(moeh_msg_type_name(16), "upload_ready");
+    assert_string_equal(moeh_msg_type_name(17), "upload_grant");
+    assert_string_equal(moeh_msg_type_name(18), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));
@@ -1634,6 +1669,49 @@ static void test_secagg_masked(void **state)
     free(w);
 }
 
+/* Granted uploads: UploadReady and UploadGrant carry a training round (>= 1), a model version
+ * and a session (0: plain), and no frame; RoundStart.grant_uploads only with TRAIN. */
+static void test_upload_grant_messages(void **state)
+{
+    msg_t m;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    mk_upload_ready(&m);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->type, MOEH__MSG_TYPE__UPLOAD_READY);
+    assert_int_equal(e->upload_ready->round, 3);
+    assert_int_equal(e->upload_ready->model_version, 8);
+    assert_int_equal(e->upload_ready->session, 0x77);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.ready.session = 0; /* plain */
+    check_accept(&m, &k_lim);
+    moeh_wire_limits_t none = {0}; /* nothing negotiated is needed */
+    check_accept(&m, &none);
+    m.ready.round = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_ready.round: 0");
+
+    mk_upload_grant(&m);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+    assert_int_equal(e->upload_grant->round, 3);
+    assert_int_equal(e->upload_grant->session, 0);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.grant.round = 0;
+    check_reject(&m, &k_lim, -EBADMSG, "upload_grant.round: 0");
+    assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__UPLOAD_READY), "upload_ready");
+    assert_string_equal(moeh_msg_type_name(MOEH__MSG_TYPE__UPLOAD_GRANT), "upload_grant");
+    assert_string_equal(moeh_msg_type_name(18), "unknown");
+
+    mk_round_start(&m);
+    m.rs.grant_uploads = 1;
+    check_accept(&m, &k_lim);
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_true(e->round_start->grant_uploads);
+    moeh__envelope__free_unpacked(e, NULL);
+    m.rs.task = MOEH__ROUND_TASK__EVALUATE;
+    check_reject(&m, &k_lim, -EBADMSG, "round_start.grant_uploads: only a TRAIN phase");
+}
+
 static void test_zmq_pair(void **state)
 {
     zpair_t z;
@@ -1693,15 +1771,15 @@ static void test_zmq_pair(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS + 3];
-    size_t lens[MOEH_MAX_PARTS + 3];
+    const void *data[SMALL_PARTS + 3];
+    size_t lens[SMALL_PARTS + 3];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS + 3; i++) {
+    for (size_t i = 1; i < SMALL_PARTS + 3; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS + 3);
+    send_parts(z.a, data, lens, SMALL_PARTS + 3);
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 5), 0);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
@@ -1723,6 +1801,105 @@ static void test_zmq_pair(void **state)
     zpair_close(&z);
 }
 
+/* Receives one raw multipart message; returns its parts' sizes in len[] (at most cap). */
+static size_t recv_raw_parts(void *sock, size_t *len, size_t cap)
+{
+    size_t n = 0;
+    int more = 1;
+    wait_readable(sock);
+    while (more) {
+        zmq_msg_t p;
+        zmq_msg_init(&p);
+        assert_true(zmq_msg_recv(&p, sock, 0) >= 0);
+        more = zmq_msg_more(&p);
+        if (n < cap) len[n] = zmq_msg_size(&p);
+        n++;
+        zmq_msg_close(&p);
+    }
+    return n;
+}
+
+/* Tensor frames longer than MOEH_WIRE_CHUNK_BYTES travel in parts of that size (the last one
+ * shorter), also from a shared frame, and are joined on receipt; a frame split any other way,
+ * or in fewer or more parts, is refused. */
+static void test_zmq_chunked_frames(void **state)
+{
+    const size_t C = MOEH_WIRE_CHUNK_BYTES;
+    /* update frames of 3 parts and 8 bytes (not a multiple of the part size) and of exactly
+     * 2 parts */
+    const uint64_t words[2] = {(3 * C - C / 2 + 8) / 4, 2 * C / 4};
+    const size_t parts[2] = {3, 2};
+    uint32_t *w = malloc(3 * C);
+    for (size_t i = 0; i < 3 * C / 4; i++)
+        w[i] = (uint32_t)i * 2654435761u;
+    zpair_t z;
+    zpair_open(&z, ZMQ_PAIR, ZMQ_PAIR);
+    for (int t = 0; t < 2; t++) {
+        moeh_wire_limits_t lim = k_lim;
+        lim.n_params = words[t] - lim.n_groups;
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Update u = MOEH__UPDATE__INIT;
+        u.round = 2;
+        env.type = MOEH__MSG_TYPE__UPDATE, env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
+        env.update = &u;
+        moeh_frame_t f = {
+            .name = "update", .dtype = MOEH__DTYPE__U32, .data = w, .count = words[t]};
+        size_t bytes = 4 * words[t], len[8];
+        /* the layout on the wire: header, then the parts */
+        assert_int_equal(moeh_wire_send(z.a, NULL, 0, &env, &f, 1), 0);
+        assert_int_equal(recv_raw_parts(z.b, len, 8), 1 + parts[t]);
+        for (size_t k = 0; k < parts[t]; k++)
+            assert_int_equal(len[1 + k], k + 1 < parts[t] ? C : bytes - (parts[t] - 1) * C);
+        /* joined on receipt, sent from a copy or from a shared frame */
+        moeh_shared_frame_t *sf = NULL;
+        assert_int_equal(moeh_shared_frame_create(w, bytes, &sf), 0);
+        for (int shared = 0; shared < 2; shared++) {
+            moeh_frame_t g = f;
+            if (shared) g.data = NULL, g.shared = sf;
+            assert_int_equal(moeh_wire_send(z.a, NULL, 0, &env, &g, 1), 0);
+            wait_readable(z.b);
+            moeh_msg_t msg;
+            moeh_err_t err = {{0}};
+            int rc = moeh_wire_recv(z.b, 0, &lim, &msg, &err);
+            if (rc) print_error("%s\n", err.msg);
+            assert_int_equal(rc, 0);
+            assert_int_equal(msg.n_frames, 1);
+            assert_int_equal(msg.frames[0].len, bytes);
+            assert_memory_equal(msg.frames[0].data, w, bytes);
+            moeh_msg_clear(&msg);
+        }
+        moeh_shared_frame_destroy(&sf);
+        /* split otherwise: one part too big, then too few and too many parts */
+        uint8_t *hdr = NULL;
+        size_t hlen = 0;
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &hlen), 0);
+        const void *d[6] = {hdr, w, (uint8_t *)w + C + 1, (uint8_t *)w + 2 * C, w, w};
+        size_t l[6] = {hlen, C + 1, C - 1, bytes - 2 * C, 0, 0};
+        if (t == 1) l[1] = bytes, l[2] = 0; /* all in one part, then an empty one */
+        const struct {
+            size_t n;
+            int code;
+            const char *needle;
+        } bad[3] = {{1 + parts[t], -EBADMSG, "part 1 of"},
+                    {parts[t], -EBADMSG, "parts of at most"},
+                    {2 + parts[t], -EMSGSIZE, "parts of at most"}};
+        for (int b = 0; b < 3; b++) {
+            send_parts(z.a, d, l, bad[b].n);
+            wait_readable(z.b);
+            moeh_msg_t msg;
+            moeh_err_t err = {{0}};
+            assert_int_equal(moeh_wire_recv(z.b, 0, &lim, &msg, &err), bad[b].code);
+            assert_null(msg.env);
+            if (!strstr(err.msg, bad[b].needle)) print_error("%s\n", err.msg);
+            assert_non_null(strstr(err.msg, bad[b].needle));
+            moeh_msg_clear(&msg);
+        }
+        free(hdr);
+    }
+    zpair_close(&z);
+    free(w);
+}
+
 static void test_zmq_max_parts_without_routing_id(void **state)
 {
     zpair_t z;
@@ -1735,18 +1912,18 @@ static void test_zmq_max_parts_without_routing_id(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS];
-    size_t lens[MOEH_MAX_PARTS];
+    const void *data[SMALL_PARTS];
+    size_t lens[SMALL_PARTS];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS; i++) {
+    for (size_t i = 1; i < SMALL_PARTS; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    /* exactly MOEH_MAX_PARTS parts on a socket without routing id: envelope + 5 frames, one
+    /* exactly SMALL_PARTS parts on a socket without routing id: envelope + 5 frames, one
      * frame more than msg->frames holds. Must be refused without writing past msg->frames
      * (peer, right behind it, must stay "") */
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS);
+    send_parts(z.a, data, lens, SMALL_PARTS);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
     int rc = moeh_wire_recv(z.b, 0, &k_lim, &msg, &err);
@@ -1807,15 +1984,15 @@ static void test_zmq_router(void **state)
     moeh_iov_t iov[1];
     mk_heartbeat(&m);
     pack_msg(&m, &hdr, &len, iov);
-    const void *data[MOEH_MAX_PARTS];
-    size_t lens[MOEH_MAX_PARTS];
+    const void *data[SMALL_PARTS];
+    size_t lens[SMALL_PARTS];
     data[0] = hdr;
     lens[0] = len;
-    for (size_t i = 1; i < MOEH_MAX_PARTS; i++) {
+    for (size_t i = 1; i < SMALL_PARTS; i++) {
         data[i] = m.f32;
         lens[i] = 4;
     }
-    send_parts(z.a, data, lens, MOEH_MAX_PARTS); /* + routing id = MAX_PARTS + 1 */
+    send_parts(z.a, data, lens, SMALL_PARTS); /* + routing id = MAX_PARTS + 1 */
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 9), 0);
     wait_readable(z.b);
     assert_int_equal(moeh_wire_recv(z.b, 1, &k_lim, &msg, &err), -EMSGSIZE);
@@ -1975,9 +2152,11 @@ int main(void)
         cmocka_unit_test(test_roundtrip_secagg),
         cmocka_unit_test(test_secagg_checks),
         cmocka_unit_test(test_secagg_masked),
+        cmocka_unit_test(test_upload_grant_messages),
         cmocka_unit_test(test_zmq_pair),
         cmocka_unit_test(test_zmq_router),
         cmocka_unit_test(test_zmq_max_parts_without_routing_id),
+        cmocka_unit_test(test_zmq_chunked_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -149,6 +149,23 @@ int main(int argc, char **argv)
     e8.type = MOEH__MSG_TYPE__BYE, e8.body_case = MOEH__ENVELOPE__BODY_BYE, e8.bye = &by;
     put_msg(dir, "bye", &e8, NULL, 0);
 
+    /* granted uploads: a TRAIN RoundStart that asks for them, the announcement and the grant */
+    rs.task = MOEH__ROUND_TASK__TRAIN, rs.grant_uploads = 1;
+    put_msg(dir, "round_start_grant", &e3, fp, 2);
+    rs.grant_uploads = 0;
+    Moeh__Envelope e16 = MOEH__ENVELOPE__INIT;
+    Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
+    ur.round = 1, ur.model_version = 0, ur.session = 0x5ec5ec;
+    e16.type = MOEH__MSG_TYPE__UPLOAD_READY, e16.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    e16.upload_ready = &ur;
+    put_msg(dir, "upload_ready", &e16, NULL, 0);
+    Moeh__Envelope e17 = MOEH__ENVELOPE__INIT;
+    Moeh__UploadGrant ug = MOEH__UPLOAD_GRANT__INIT;
+    ug.round = 1, ug.model_version = 0;
+    e17.type = MOEH__MSG_TYPE__UPLOAD_GRANT, e17.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
+    e17.upload_grant = &ug;
+    put_msg(dir, "upload_grant", &e17, NULL, 0);
+
     /* secure aggregation: RoundStart{TRAIN} with parameters, a masked update, and the five
      * secagg messages (the bytes need not be real keys: the decoder checks only their form) */
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;

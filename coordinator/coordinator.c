@@ -180,7 +180,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->gate_sup = 1.0f;
     c->n_tasks = 3;
     c->seed = 1;
-    c->warmup_rounds = 1;
+    c->warmup_rounds = 3;
     c->prox_mu = 0.0f;
     c->strategy = "fedavg";
     c->server_lr = 0.01f;

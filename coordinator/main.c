@@ -55,7 +55,7 @@ int main(int argc, char **argv)
         {"gate-sup-joint", MOEH_OPT_F32, &cfg.gate_sup_joint,
          "gate supervision weight kept in joint rounds (0: none)"},
         {"warmup-rounds", MOEH_OPT_U32, &cfg.warmup_rounds,
-         "expert-specialisation rounds before joint training"},
+         "expert-specialisation rounds before joint training (by default at most rounds - 1)"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},
         {"strategy", MOEH_OPT_STR, &cfg.strategy,
          "server step: fedavg, fedadam, fedyogi or trimmed (robust; per-site memory)"},
@@ -111,6 +111,8 @@ int main(int argc, char **argv)
                      .n_opts = sizeof opts / sizeof opts[0]};
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
     if (rc >= 0) return rc;
+    if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
+        cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
     cfg.print_table = table;
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */

@@ -304,21 +304,30 @@ static void test_full_run_loss_falls(void **state)
     assert_int_equal(m.n_gone, 0);
 }
 
+/* Starts the three agents, site `victim` (0..2) with the fault option `opt value`; waits for
+ * it to die by SIGKILL, for the coordinator c to exit with coord_rc, then for the two other
+ * agents to exit 0. */
+static void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt,
+                            const char *value, int coord_rc)
+{
+    moeh_proc_t *a[N_SITES];
+    char *fault[] = {(char *)opt, (char *)value, NULL};
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        a[k] = start_agent(f, id, id, id, k == victim ? fault : NULL);
+    }
+    wait_exit(a[victim], 60000, 128 + SIGKILL);
+    wait_exit(c, 60000, coord_rc);
+    for (int k = 0; k < N_SITES; k++)
+        if (k != victim) wait_exit(a[k], 10000, 0);
+}
+
 static void test_killed_agent_quorum_completes(void **state)
 {
     fixture_t *f = *state;
     moeh_proc_t *c = start_coordinator(f, "5", "2");
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-round", "3", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
-    }
-    wait_exit(a[2], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a[0], 10000, 0);
-    wait_exit(a[1], 10000, 0);
+    run_with_victim(f, c, 2, "--fault-kill-round", "3", 0);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 5);
@@ -411,17 +420,7 @@ static void test_no_quorum_fails_clearly(void **state)
 {
     fixture_t *f = *state;
     moeh_proc_t *c = start_coordinator(f, "4", "3");
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-round", "2", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 0 ? kill_at : NULL);
-    }
-    wait_exit(a[0], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 1);
-    wait_exit(a[1], 10000, 0);
-    wait_exit(a[2], 10000, 0);
+    run_with_victim(f, c, 0, "--fault-kill-round", "2", 1);
     char path[400];
     snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
     assert_true(file_contains(path, "round 2 train phase: 2 of the 3 sites needed replied"));
@@ -724,10 +723,37 @@ static void rogue_send(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, s
     if (expect_code) rogue_expect_code(r, expect_code);
 }
 
-/* The hostile site: joins with no training data, then sends everything wrong it can. */
-static void rogue_attack(fixture_t *f, const char *endpoint)
+static int rogue_next_alive(rogue_t *r, moeh_msg_t *m);
+
+/* Says Bye (delivered: linger 1 s) and closes r. */
+static void rogue_leave(rogue_t *r)
 {
-    rogue_t r = {0};
+    assert_int_equal(moeh_wire_send_simple(r->sock, NULL, 0, MOEH__MSG_TYPE__BYE, "done", 0), 0);
+    int linger = 1000;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(r->sock);
+    zmq_ctx_term(r->ctx);
+}
+
+/* Registers a fourth site, "site-x", with a fresh key (the three real sites keep theirs). */
+static void register_site_x(fixture_t *f)
+{
+    moeh_err_t err = {0};
+    char path[400];
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-x", f->keys);
+    assert_int_equal(moeh_keypair_generate(&kp), 0);
+    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
+    moeh_keypair_destroy(&kp);
+    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
+    write_registry(f, four, 4);
+}
+
+/* Connects r to endpoint over CURVE with site-x's key and builds its Hello: site-1's data
+ * shapes and no training rows (weight 0: its zeros change no sum). */
+static void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__Envelope *env,
+                          Moeh__Hello *h)
+{
     moeh_err_t err = {0};
     char path[400], pub[MOEH_Z85_KEY_LEN + 1];
     moeh_keypair_t *kp = NULL;
@@ -735,40 +761,74 @@ static void rogue_attack(fixture_t *f, const char *endpoint)
     assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
     snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
     assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
-    r.ctx = zmq_ctx_new();
-    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    r->ctx = zmq_ctx_new();
+    r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
     int linger = 0;
-    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(moeh_curve_client(r.sock, kp, pub), 0);
-    assert_int_equal(zmq_connect(r.sock, endpoint), 0);
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(moeh_curve_client(r->sock, kp, pub), 0);
+    assert_int_equal(zmq_connect(r->sock, endpoint), 0);
     moeh_keypair_destroy(&kp);
-
-    /* hello with the real data shapes but no training rows */
     moeh_dataset_t *ds = NULL;
     snprintf(path, sizeof path, "%s/site-1", f->data);
     assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Hello h = MOEH__HELLO__INIT;
-    h.site_id = "site-x";
-    h.n_features = (uint32_t)ds->f_static, h.n_vars = (uint32_t)ds->f_ts;
-    h.n_steps = (uint32_t)ds->t, h.img_size = (uint32_t)ds->img_size;
+    moeh__envelope__init(env);
+    moeh__hello__init(h);
+    h->site_id = "site-x";
+    h->n_features = (uint32_t)ds->f_static, h->n_vars = (uint32_t)ds->f_ts;
+    h->n_steps = (uint32_t)ds->t, h->img_size = (uint32_t)ds->img_size;
     moeh_dataset_free(&ds);
-    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
+    env->type = MOEH__MSG_TYPE__HELLO, env->body_case = MOEH__ENVELOPE__BODY_HELLO;
+    env->hello = h;
+}
+
+/* Takes r->lim from a Welcome (the message m, which is cleared). */
+static void rogue_welcome(rogue_t *r, moeh_msg_t *m)
+{
+    assert_int_equal(m->env->type, MOEH__MSG_TYPE__WELCOME);
+    const Moeh__ModelSpec *ms = m->env->welcome->model;
+    r->lim = (moeh_wire_limits_t){.n_params = ms->n_params,
+                                  .n_groups = ms->n_groups,
+                                  .n_tasks = ms->n_tasks,
+                                  .eval_bins = m->env->welcome->eval_bins,
+                                  .n_norm = ms->n_norm,
+                                  .n_experts = ms->n_experts};
+    moeh_msg_clear(m);
+}
+
+/* The usual rogue test: site-x registered, the coordinator (3 rounds, quorum 2, waiting for 4
+ * sites, with `extra` options) and the three real agents started, and site-x joined (Welcome
+ * read). The coordinator's log path goes to log. */
+static moeh_proc_t *rogue_join(fixture_t *f, rogue_t *r, char **extra, moeh_proc_t *a[N_SITES],
+                               char *log, size_t log_len)
+{
+    register_site_x(f);
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", extra);
+    snprintf(log, log_len, "%s/coordinator.log", f->logs);
+    start_all_agents(f, a, NULL);
+    Moeh__Envelope env;
+    Moeh__Hello h;
+    rogue_connect(f, r, f->endpoint, &env, &h);
+    assert_int_equal(moeh_wire_send(r->sock, NULL, 0, &env, NULL, 0), 0);
+    moeh_msg_t m;
+    assert_int_equal(rogue_next_alive(r, &m), 0);
+    rogue_welcome(r, &m);
+    return c;
+}
+
+/* The hostile site: joins with no training data, then sends everything wrong it can. */
+static void rogue_attack(fixture_t *f, const char *endpoint)
+{
+    rogue_t r = {0};
+    Moeh__Envelope env;
+    Moeh__Hello h; /* the real data shapes but no training rows */
+    rogue_connect(f, &r, endpoint, &env, &h);
     uint8_t *hello_hdr;
     size_t hello_len;
     assert_int_equal(moeh_wire_pack(&env, NULL, 0, &hello_hdr, &hello_len), 0);
     rogue_send(&r, &env, NULL, 0, 0);
     moeh_msg_t m;
     assert_int_equal(rogue_next(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
-    const Moeh__ModelSpec *ms = m.env->welcome->model;
-    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
-                                 .n_groups = ms->n_groups,
-                                 .n_tasks = ms->n_tasks,
-                                 .eval_bins = m.env->welcome->eval_bins,
-                                 .n_norm = ms->n_norm,
-                                 .n_experts = ms->n_experts};
-    moeh_msg_clear(&m);
+    rogue_welcome(&r, &m);
     /* the statistics phase starts once all four joined */
     assert_int_equal(rogue_next(&r, &m), 0);
     assert_int_equal(m.env->type, MOEH__MSG_TYPE__ROUND_START);
@@ -820,11 +880,7 @@ static void rogue_attack(fixture_t *f, const char *endpoint)
     rogue_send(&r, &se, &sf, 1, -ESTALE);
     free(st);
     /* leave, so that the phases do not wait for this site */
-    assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "done", 0), 0);
-    linger = 1000;
-    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(r.sock);
-    zmq_ctx_term(r.ctx);
+    rogue_leave(&r);
 }
 
 /* A hostile admitted site gets an error for every bad message; the coordinator keeps running
@@ -834,7 +890,6 @@ static void test_hostile_site_changes_nothing(void **state)
     fixture_t *f = *state;
     char out_a[300], out_b[300], path[500];
     moeh_proc_t *a[N_SITES];
-    moeh_err_t err = {0};
     snprintf(out_a, sizeof out_a, "%s/clean", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_a);
     moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator-a.log");
@@ -843,13 +898,7 @@ static void test_hostile_site_changes_nothing(void **state)
     for (int k = 0; k < N_SITES; k++)
         wait_exit(a[k], 10000, 0);
 
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x", f->keys);
-    assert_int_equal(moeh_keypair_generate(&kp), 0);
-    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
-    moeh_keypair_destroy(&kp);
-    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
-    write_registry(f, four, 4);
+    register_site_x(f);
     snprintf(out_b, sizeof out_b, "%s/attacked", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
     c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-b.log");
@@ -957,54 +1006,12 @@ static void rogue_expect_reply(rogue_t *r, Moeh__Envelope *env, const moeh_frame
 static void secagg_rogue(fixture_t *f, int on_time)
 {
     moeh_err_t err = {0};
-    char path[400], log[400], pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x", f->keys);
-    assert_int_equal(moeh_keypair_generate(&kp), 0);
-    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
-    moeh_keypair_destroy(&kp);
-    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
-    write_registry(f, four, 4);
+    char log[400];
     char *sa[] = {"--secagg", "--deadline-ms", "4000", NULL};
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", sa);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    moeh_proc_t *a[N_SITES];
-    start_all_agents(f, a, NULL);
-
     rogue_t r = {0};
-    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
-    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
-    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
-    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
-    r.ctx = zmq_ctx_new();
-    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(moeh_curve_client(r.sock, kp, pub), 0);
-    assert_int_equal(zmq_connect(r.sock, f->endpoint), 0);
-    moeh_keypair_destroy(&kp);
-    moeh_dataset_t *ds = NULL;
-    snprintf(path, sizeof path, "%s/site-1", f->data);
-    assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Hello h = MOEH__HELLO__INIT;
-    h.site_id = "site-x";
-    h.n_features = (uint32_t)ds->f_static, h.n_vars = (uint32_t)ds->f_ts;
-    h.n_steps = (uint32_t)ds->t, h.img_size = (uint32_t)ds->img_size;
-    moeh_dataset_free(&ds);
-    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
-    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &env, NULL, 0), 0);
+    moeh_proc_t *a[N_SITES];
+    moeh_proc_t *c = rogue_join(f, &r, sa, a, log, sizeof log);
     moeh_msg_t m;
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
-    const Moeh__ModelSpec *ms = m.env->welcome->model;
-    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
-                                 .n_groups = ms->n_groups,
-                                 .n_tasks = ms->n_tasks,
-                                 .eval_bins = m.env->welcome->eval_bins,
-                                 .n_norm = ms->n_norm,
-                                 .n_experts = ms->n_experts};
-    moeh_msg_clear(&m);
     /* statistics, securely summed: a clear StatsResult is refused, and this site stays out of
      * the session (its key step waits for it until the deadline, then goes on with three) */
     assert_int_equal(rogue_next_alive(&r, &m), 0);
@@ -1168,11 +1175,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
         rogue_expect_reply2(&r, &ue, &uf, 1, -ESTALE, "not expected now", "outside its phase");
     free(words);
     moeh_secagg_client_destroy(&cl);
-    assert_int_equal(moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "done", 0), 0);
-    linger = 1000;
-    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(r.sock);
-    zmq_ctx_term(r.ctx);
+    rogue_leave(&r);
 
     wait_exit(c, 60000, 0);
     for (int k = 0; k < N_SITES; k++)
@@ -1393,17 +1396,7 @@ static void test_secagg_stats_dropout_exact(void **state)
     snprintf(f->out, sizeof f->out, "%s", out_b);
     char *sa[] = {"--secagg", NULL};
     c = start_coordinator_ex2(f, "2", "2", "3", NULL, "coordinator-b.log", sa);
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-secagg-at", "stats", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
-    }
-    wait_exit(a[2], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a[0], 10000, 0);
-    wait_exit(a[1], 10000, 0);
+    run_with_victim(f, c, 2, "--fault-kill-secagg-at", "stats", 0);
     snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
     assert_true(file_contains(path, "statistics: secure aggregation: 2 masked vectors, 1 sites "
                                     "dropped"));
@@ -1478,17 +1471,7 @@ static void test_secagg_eval_dropout_exact(void **state)
     fixture_t *f = *state;
     char *sa[] = {"--secagg", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "1", "2", "3", NULL, "coordinator.log", sa);
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-secagg-at", "eval:1", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
-    }
-    wait_exit(a[2], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a[0], 10000, 0);
-    wait_exit(a[1], 10000, 0);
+    run_with_victim(f, c, 2, "--fault-kill-secagg-at", "eval:1", 0);
     char path[400], line[8192];
     snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
     assert_true(file_contains(path, "round 1 eval: secure aggregation: unmasked the sum of 2 "
@@ -1605,17 +1588,7 @@ static void test_secagg_dropout_unmasked(void **state)
     fixture_t *f = *state;
     char *sa[] = {"--secagg", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", sa);
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-secagg-round", "2", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 2 ? kill_at : NULL);
-    }
-    wait_exit(a[2], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a[0], 10000, 0);
-    wait_exit(a[1], 10000, 0);
+    run_with_victim(f, c, 2, "--fault-kill-secagg-round", "2", 0);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 3);
@@ -1723,55 +1696,12 @@ static void test_upload_slots_bit_exact(void **state)
 static void test_unsolicited_upload_refused(void **state)
 {
     fixture_t *f = *state;
-    moeh_err_t err = {0};
-    char path[400], log[400], pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x", f->keys);
-    assert_int_equal(moeh_keypair_generate(&kp), 0);
-    assert_int_equal(moeh_keypair_write(kp, path, &err), 0);
-    moeh_keypair_destroy(&kp);
-    const char *four[] = {"site-1", "site-2", "site-3", "site-x"};
-    write_registry(f, four, 4);
+    char log[400];
     char *slots[] = {"--upload-slots", "1", NULL};
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", slots);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    moeh_proc_t *a[N_SITES];
-    start_all_agents(f, a, NULL);
-
     rogue_t r = {0};
-    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
-    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
-    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
-    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
-    r.ctx = zmq_ctx_new();
-    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(moeh_curve_client(r.sock, kp, pub), 0);
-    assert_int_equal(zmq_connect(r.sock, f->endpoint), 0);
-    moeh_keypair_destroy(&kp);
-    moeh_dataset_t *ds = NULL;
-    snprintf(path, sizeof path, "%s/site-1", f->data);
-    assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Hello h = MOEH__HELLO__INIT;
-    h.site_id = "site-x"; /* no training rows: weight 0, its zeros change no sum */
-    h.n_features = (uint32_t)ds->f_static, h.n_vars = (uint32_t)ds->f_ts;
-    h.n_steps = (uint32_t)ds->t, h.img_size = (uint32_t)ds->img_size;
-    moeh_dataset_free(&ds);
-    env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
-    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &env, NULL, 0), 0);
+    moeh_proc_t *a[N_SITES];
+    moeh_proc_t *c = rogue_join(f, &r, slots, a, log, sizeof log);
     moeh_msg_t m;
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__WELCOME);
-    const Moeh__ModelSpec *ms = m.env->welcome->model;
-    r.lim = (moeh_wire_limits_t){.n_params = ms->n_params,
-                                 .n_groups = ms->n_groups,
-                                 .n_tasks = ms->n_tasks,
-                                 .eval_bins = m.env->welcome->eval_bins,
-                                 .n_norm = ms->n_norm,
-                                 .n_experts = ms->n_experts};
-    moeh_msg_clear(&m);
     /* statistics: pushed as always (all zero: this site has no rows) */
     assert_int_equal(rogue_next_alive(&r, &m), 0);
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
@@ -1846,17 +1776,7 @@ static void test_granted_site_killed_releases_slot(void **state)
     fixture_t *f = *state;
     char *slots[] = {"--upload-slots", "1", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", slots);
-    moeh_proc_t *a[N_SITES];
-    char *kill_at[] = {"--fault-kill-upload-round", "2", NULL};
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, k == 1 ? kill_at : NULL);
-    }
-    wait_exit(a[1], 60000, 128 + SIGKILL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a[0], 10000, 0);
-    wait_exit(a[2], 10000, 0);
+    run_with_victim(f, c, 1, "--fault-kill-upload-round", "2", 0);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 3);

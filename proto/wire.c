@@ -831,8 +831,28 @@ void moeh_msg_clear(moeh_msg_t *msg)
  * as moeh_wire_send splits it) and joins a frame of several parts into one buffer. A header
  * that cannot be read here leaves the parts as frames (at most MOEH_MAX_FRAMES) for
  * moeh_wire_decode to refuse with its own message. */
+/* The most tensor bytes any one message may carry under `lim`: the largest of the frame sets
+ * moeh_wire_decode accepts (RoundStart's parameters and normalisation, an Update, a masked
+ * vector of any phase, an EvalResult, a StatsResult), doubled for slack. Checked against the
+ * sizes a header declares before any part is joined, so that a site cannot make the receiver
+ * allocate more than a legitimate message's worth (the decoder then checks the exact sizes). */
+static uint64_t max_tensor_bytes(const moeh_wire_limits_t *lim)
+{
+    if (!lim || lim->n_params == 0) return 0; /* nothing negotiated: no tensors yet */
+    uint64_t words = lim->n_params + lim->n_groups + 2 * (uint64_t)lim->n_norm; /* RoundStart */
+    uint64_t m = moeh_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
+    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
+        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
+        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS);
+    uint64_t stats = 3 * (uint64_t)lim->n_norm * 2; /* f64 sums in 4-byte words */
+    if (stats > m) m = stats;
+    if (m > words) words = m;
+    return 2 * 4 * (words + 4096);
+}
+
 static int join_frames(parts_t *ps, size_t at, size_t np, const void *hdr, size_t hlen,
-                       moeh_msg_t *msg, moeh_err_t *err)
+                       const moeh_wire_limits_t *lim, moeh_msg_t *msg, moeh_err_t *err)
 {
     Moeh__Envelope *e = NULL;
     size_t bytes[MOEH_MAX_FRAMES], nf = 0, want = 0;
@@ -847,6 +867,14 @@ static int join_frames(parts_t *ps, size_t at, size_t np, const void *hdr, size_
     }
     if (plan) nf = e->n_frames;
     if (e) moeh__envelope__free_unpacked(e, NULL);
+    uint64_t total = 0, cap = max_tensor_bytes(lim);
+    for (size_t i = 0; plan && i < nf; i++)
+        total += bytes[i];
+    if (plan && total > cap)
+        return moeh_errf(err, -EMSGSIZE,
+                         "the header declares %llu bytes of tensor frames; at most %llu are "
+                         "possible with the negotiated model",
+                         (unsigned long long)total, (unsigned long long)cap);
     if (!plan) {
         if (np > MOEH_MAX_FRAMES)
             return moeh_errf(err, -EMSGSIZE, "%zu tensor parts after an unreadable header", np);
@@ -931,8 +959,8 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     if (uid) snprintf(msg->peer, sizeof msg->peer, "%s", uid);
     if (too_many)
         return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_WIRE_MAX_PARTS);
-    int rc =
-        join_frames(ps, first + 1, ps->n - first - 1, zmq_msg_data(h), zmq_msg_size(h), msg, err);
+    int rc = join_frames(ps, first + 1, ps->n - first - 1, zmq_msg_data(h), zmq_msg_size(h), lim,
+                         msg, err);
     if (rc) return rc;
     return moeh_wire_decode(lim, zmq_msg_data(h), zmq_msg_size(h), msg->frames, msg->n_frames,
                             &msg->env, err);

@@ -25,7 +25,11 @@
 #define MOEH_WIRE_CHUNK_BYTES (128u * 1024u)
 /* Largest ZeroMQ part (ZMQ_MAXMSGSIZE of every moeh socket): a header or one part of a frame,
  * plus room for CURVE's framing (ZeroMQ checks the encrypted size: 33 bytes more). A peer
- * sending a larger part is disconnected by ZeroMQ before anything is buffered. */
+ * sending a larger part is disconnected by ZeroMQ before that part is buffered. ZeroMQ still
+ * holds every part of a multipart message before the application sees it, so the whole
+ * message is bounded only by the part count (MOEH_WIRE_MAX_PARTS x this size); the receiver
+ * refuses a header that declares more tensor bytes than the negotiated model allows before
+ * joining any part (moeh_wire_recv). */
 #define MOEH_WIRE_MAX_PART_BYTES                                                                   \
     (1024u + (MOEH_WIRE_CHUNK_BYTES > MOEH_MAX_HEADER_BYTES ? MOEH_WIRE_CHUNK_BYTES                \
                                                             : MOEH_MAX_HEADER_BYTES))

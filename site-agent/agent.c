@@ -237,6 +237,8 @@ static void free_model(agent_t *a)
     a->upd = a->hist = a->svec = NULL;
 }
 
+static void sa_end(agent_t *a, const char *why, const char *detail);
+
 /* Builds the trainer for the coordinator's model spec (the dataset is opened again: the
  * trainer owns it). 0 or a negative code with a message in a->fatal. */
 static int build_model(agent_t *a, const Moeh__Welcome *w)
@@ -244,6 +246,11 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     const Moeh__ModelSpec *ms = w->model;
     moeh_err_t err = {0};
     moeh_dataset_t *ds = NULL;
+    /* a secure session's vector and a held update live in the buffers freed here: a new model
+     * ends them (a plain re-welcome with the same model keeps them, so a reconnected survivor
+     * can still reveal its shares) */
+    sa_end(a, NULL, NULL);
+    a->up_wait = 0;
     free_model(a);
     moeh_moe_cfg_t mc = moeh_moe_defaults(ms->n_static, ms->n_vars);
     mc.arch = (moeh_arch_t)ms->arch;
@@ -414,6 +421,7 @@ static void sa_end(agent_t *a, const char *why, const char *detail)
     }
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;
+    a->sa_vec = NULL, a->sa_len = 0;
     if (a->up_session) a->up_wait = 0, a->up_session = 0;
 }
 

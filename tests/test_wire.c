@@ -1896,6 +1896,28 @@ static void test_zmq_chunked_frames(void **state)
         }
         free(hdr);
     }
+    /* a header declaring far more tensor bytes than the negotiated model allows is refused
+     * before any part is joined (no allocation of the declared size) */
+    {
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
+        env.type = MOEH__MSG_TYPE__HEARTBEAT, env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
+        env.heartbeat = &hb;
+        moeh_frame_t f = {.name = "x", .dtype = MOEH__DTYPE__F32, .data = w, .count = 1u << 24};
+        uint8_t *hdr = NULL;
+        size_t hlen = 0;
+        assert_int_equal(moeh_wire_pack(&env, &f, 1, &hdr, &hlen), 0);
+        const void *d[2] = {hdr, w};
+        size_t l[2] = {hlen, C};
+        send_parts(z.a, d, l, 2);
+        wait_readable(z.b);
+        moeh_msg_t msg;
+        moeh_err_t err = {{0}};
+        assert_int_equal(moeh_wire_recv(z.b, 0, &k_lim, &msg, &err), -EMSGSIZE);
+        assert_non_null(strstr(err.msg, "declares 67108864 bytes of tensor frames"));
+        moeh_msg_clear(&msg);
+        free(hdr);
+    }
     zpair_close(&z);
     free(w);
 }

@@ -33,25 +33,36 @@ size_t moeh_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
     }
 }
 
-int moeh_secsum_fix_put(uint32_t *w, double x)
+/* x with `frac` fractional bits: |x| * 2^frac < 2^117 keeps 2^10 sites' sum below 2^127. */
+static int fix_put(uint32_t *w, double x, int frac, double limit)
 {
     memset(w, 0, MOEH_SECSUM_FIX_WORDS * sizeof *w);
-    if (!isfinite(x) || fabs(x) >= MOEH_SECSUM_FIX_LIMIT) return -ERANGE;
-    /* x * 2^64 is exact (a power of two), below 2^117 in magnitude; rint rounds the bits
-     * below 2^-64 to nearest, the same way on every site and in the plain path */
-    __int128 q = (__int128)rint(x * 0x1p64);
+    if (!isfinite(x) || fabs(x) >= limit) return -ERANGE;
+    /* x * 2^frac is exact (a power of two), below 2^117 in magnitude; rint rounds the bits
+     * below 2^-frac to nearest, the same way on every site and in the plain path */
+    __int128 q = (__int128)rint(ldexp(x, frac));
     unsigned __int128 u = (unsigned __int128)q; /* two's complement */
     for (unsigned k = 0; k < MOEH_SECSUM_FIX_WORDS; k++)
         w[k] = (uint32_t)(u >> (16 * k)) & 0xffffu;
     return 0;
 }
 
-double moeh_secsum_fix_get(const uint32_t *w)
+static double fix_get(const uint32_t *w, int frac)
 {
     unsigned __int128 u = 0;
     for (unsigned k = 0; k < MOEH_SECSUM_FIX_WORDS; k++)
         u += (unsigned __int128)w[k] << (16 * k); /* mod 2^128 */
-    return (double)(__int128)u * 0x1p-64;         /* one rounding, then an exact scaling */
+    return ldexp((double)(__int128)u, -frac);     /* one rounding, then an exact scaling */
+}
+
+int moeh_secsum_fix_put(uint32_t *w, double x)
+{
+    return fix_put(w, x, 64, MOEH_SECSUM_FIX_LIMIT);
+}
+
+double moeh_secsum_fix_get(const uint32_t *w)
+{
+    return fix_get(w, 64);
 }
 
 void moeh_secsum_add(uint32_t *sum, const void *words, size_t len)
@@ -85,14 +96,16 @@ void moeh_secsum_train_get(const uint32_t *w, double *loss_x_samples, double *n_
 int moeh_secsum_stats_put(uint32_t *w, const double *stats, size_t n_norm)
 {
     for (size_t i = 0; i < 3 * n_norm; i++)
-        if (moeh_secsum_fix_put(w + i * MOEH_SECSUM_FIX_WORDS, stats[i]) != 0) return -ERANGE;
+        if (fix_put(w + i * MOEH_SECSUM_FIX_WORDS, stats[i], MOEH_SECSUM_STATS_FRAC,
+                    MOEH_SECSUM_STATS_LIMIT) != 0)
+            return -ERANGE;
     return 0;
 }
 
 void moeh_secsum_stats_get(const uint32_t *w, size_t n_norm, double *stats)
 {
     for (size_t i = 0; i < 3 * n_norm; i++)
-        stats[i] = moeh_secsum_fix_get(w + i * MOEH_SECSUM_FIX_WORDS);
+        stats[i] = fix_get(w + i * MOEH_SECSUM_FIX_WORDS, MOEH_SECSUM_STATS_FRAC);
 }
 
 int moeh_secsum_eval_put(uint32_t *values, const moeh_wire_limits_t *lim, const float *gate,

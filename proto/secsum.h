@@ -29,6 +29,11 @@
 #define MOEH_SECSUM_FIX_WORDS 8u
 #define MOEH_SECSUM_FIX_LIMIT 0x1p53 /* |x| per site and value */
 #define MOEH_SECSUM_FIX_MAX_SITES 1024u
+/* The STATS values (counts, sums and sums of squares of raw feature values, which can be
+ * large: timestamps, sentinels like 99999999) use 32 fractional bits instead of 64, so each
+ * site's value may reach 2^85 (~3.9e25) at a resolution of 2^-32. */
+#define MOEH_SECSUM_STATS_FRAC 32
+#define MOEH_SECSUM_STATS_LIMIT 0x1p85
 #define MOEH_SECSUM_TRAIN_VALUES 3u /* loss * samples, samples, steps */
 
 /* Words of the vector that `task` sums under these limits; 0 if the limits do not define it
@@ -54,7 +59,8 @@ int moeh_secsum_train_put(uint32_t *w, double train_loss, uint64_t n_samples, ui
 void moeh_secsum_train_get(const uint32_t *w, double *loss_x_samples, double *n_samples,
                            double *steps);
 
-/* STATS: stats (n_norm, 3) as values. 0 or -ERANGE (a sum too large for the encoding). */
+/* STATS: stats (n_norm, 3) as values with MOEH_SECSUM_STATS_FRAC fractional bits. 0 or -ERANGE
+ * (|value| >= MOEH_SECSUM_STATS_LIMIT or not finite). */
 int moeh_secsum_stats_put(uint32_t *w, const double *stats, size_t n_norm)
     __attribute__((warn_unused_result));
 void moeh_secsum_stats_get(const uint32_t *w, size_t n_norm, double *stats);

@@ -124,7 +124,14 @@ static void test_lengths(void **state)
     assert_int_equal(moeh_secsum_stats_put(w, st, 5), 0);
     moeh_secsum_stats_get(w, 5, back);
     assert_memory_equal(st, back, sizeof st);
-    st[4] = 0x1p60;
+    /* raw values far beyond the 2^53 of the other values still sum exactly (a sum of squares of
+     * timestamps, say); the STATS limit is 2^85 */
+    st[4] = 0x1p60 + 4096.0, st[5] = 1e20;
+    assert_int_equal(moeh_secsum_stats_put(w, st, 5), 0);
+    moeh_secsum_add(w, w, 15 * V); /* two sites with the same values */
+    moeh_secsum_stats_get(w, 5, back);
+    assert_true(back[4] == 2 * st[4] && back[5] == 2 * st[5] && back[3] == 2 * st[3]);
+    st[4] = 0x1p85;
     assert_int_equal(moeh_secsum_stats_put(w, st, 5), -ERANGE);
 }
 

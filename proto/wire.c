@@ -611,13 +611,14 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
         rc = moeh_errf(err, -EBADMSG, "header is not a valid moeh.Envelope");
         goto fail;
     }
-    if (has_unknown_fields(&e->base, 0)) {
-        rc = moeh_errf(err, -EBADMSG, "header carries fields protocol version %u does not define",
+    if (e->protocol_version != MOEH_PROTOCOL_VERSION) { /* first: a peer of another version
+                                                         * is told so, whatever its fields */
+        rc = moeh_errf(err, -EPROTO, "protocol version %u, expected %u", e->protocol_version,
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->protocol_version != MOEH_PROTOCOL_VERSION) {
-        rc = moeh_errf(err, -EPROTO, "protocol version %u, expected %u", e->protocol_version,
+    if (has_unknown_fields(&e->base, 0)) {
+        rc = moeh_errf(err, -EBADMSG, "header carries fields protocol version %u does not define",
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }

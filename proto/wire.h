@@ -13,7 +13,7 @@
 #include "moeh.pb-c.h"
 #include "moeh_common.h"
 
-#define MOEH_PROTOCOL_VERSION 1u
+#define MOEH_PROTOCOL_VERSION 2u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
 #define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */

@@ -848,7 +848,7 @@ static void rogue_attack(fixture_t *f, const char *endpoint)
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
     bye.type = MOEH__MSG_TYPE__HEARTBEAT, bye.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
     bye.heartbeat = &hb;
-    bye.protocol_version = 2;
+    bye.protocol_version = MOEH_PROTOCOL_VERSION + 1;
     uint8_t vbuf[64];
     size_t vlen = moeh__envelope__pack(&bye, vbuf);
     rogue_expect_error(&r, vbuf, vlen, NULL, 0, -EPROTO);

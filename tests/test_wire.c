@@ -671,9 +671,9 @@ static void test_protocol_version(void **state)
     mk_heartbeat(&m);
     size_t len;
     uint8_t *buf;
-    m.env.protocol_version = 2;
+    m.env.protocol_version = MOEH_PROTOCOL_VERSION + 1;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 2");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 3, expected 2");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);

@@ -58,7 +58,8 @@ typedef struct {
     int participant, replied;
     int64_t last_seen;
     uint64_t n_train, n_eval;
-    int sa_in; /* in this attempt's secure-aggregation session, as id sa_id */
+    uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
+    int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
     uint64_t dp_seen;   /* DP: plain (unmasked) updates received from this site by this process */
     int upload;         /* granted uploads of this TRAIN phase: upload_t */
@@ -645,8 +646,11 @@ static void open_phase(coord_t *c, phase_t ph)
         c->round_train_sites = 0;
         /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
         c->w_used = 0;
-        for (size_t i = 0; i < c->n_sites; i++)
-            if (c->sites[i].admitted) c->w_used += site_weight(c, &c->sites[i]);
+        for (size_t i = 0; i < c->n_sites; i++) {
+            site_t *si = &c->sites[i];
+            si->w_phase = si->admitted ? si->n_train : 0;
+            if (si->admitted) c->w_used += site_weight(c, si);
+        }
         c->n_slots = 0;
         if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->cap_slots < c->n_sites + 8) {
             size_t cap = c->n_sites + 8; /* room for late joiners */
@@ -738,7 +742,9 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     if (s->upload == UP_GRANTED) /* its grant went to the old connection */
         MOEH_WARN("round %u: site %s rejoined while holding an upload slot; released", c->round,
                   s->id);
-    upload_release(c, s); /* a new connection: it announces its update again */
+    int expired = s->upload == UP_EXPIRED; /* stays expired for the rest of the phase */
+    upload_release(c, s);                  /* a new connection: it announces its update again */
+    if (expired) s->upload = UP_EXPIRED;
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
     s->admitted = 1;
@@ -801,6 +807,7 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
             if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->n_participants >= c->cap_slots)
                 return; /* no slot left for its update this round */
             c->w_used += site_weight(c, s);
+            s->w_phase = s->n_train;
         }
         if (!s->participant) c->n_participants++;
         s->participant = 1;
@@ -987,11 +994,12 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
             reply_error(c, m, -ERANGE, what, s->id);
             return;
         }
-        if (w > s->n_train) {
+        if (w > s->w_phase) { /* the samples counted when the phase opened: a site that
+                               * rejoins declaring more cannot widen its share of the range */
             snprintf(what, sizeof what,
                      "update: group %zu weight %u exceeds the %llu training "
                      "samples this site declared",
-                     g, w, (unsigned long long)s->n_train);
+                     g, w, (unsigned long long)s->w_phase);
             reply_error(c, m, -ERANGE, what, s->id);
             return;
         }

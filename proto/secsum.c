@@ -121,6 +121,14 @@ int moeh_secsum_eval_put(uint32_t *values, const moeh_wire_limits_t *lim, const 
     return moeh_secsum_fix_put(v + V, (double)n_labels);
 }
 
+/* A summed count as an integer: a hostile site can make a masked sum negative or huge, and
+ * converting such a double to uint64_t would be undefined; it is clamped to [0, 2^63]. */
+static uint64_t count_of(double x)
+{
+    if (!(x > 0)) return 0;
+    return x < 0x1p63 ? (uint64_t)x : (uint64_t)1 << 63;
+}
+
 void moeh_secsum_eval_get(const uint32_t *w, const moeh_wire_limits_t *lim, uint64_t *hist,
                           double *gate, uint64_t *combo_rows, double *loss_sum, uint64_t *n_labels)
 {
@@ -132,7 +140,7 @@ void moeh_secsum_eval_get(const uint32_t *w, const moeh_wire_limits_t *lim, uint
     for (size_t i = 0; i < ng; i++, v += V)
         gate[i] = moeh_secsum_fix_get(v);
     for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++, v += V)
-        combo_rows[k] = (uint64_t)moeh_secsum_fix_get(v);
+        combo_rows[k] = count_of(moeh_secsum_fix_get(v));
     *loss_sum = moeh_secsum_fix_get(v);
-    *n_labels = (uint64_t)moeh_secsum_fix_get(v + V);
+    *n_labels = count_of(moeh_secsum_fix_get(v + V));
 }

@@ -946,6 +946,7 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
         }
     }
     size_t first = 0;
+    if (ps->n == 0) return moeh_errf(err, -ENOMEM, "out of memory for the message parts");
     if (with_routing_id) {
         size_t rl = zmq_msg_size(part(ps, 0));
         if (rl > sizeof msg->routing_id) return moeh_errf(err, -EBADMSG, "routing id too long");

@@ -1688,6 +1688,74 @@ static void test_upload_slots_bit_exact(void **state)
     assert_same_global_metrics(out[0], out[2]);
 }
 
+/* A site joins declaring 10 training samples, takes part in round 1, then reconnects declaring
+ * a million and sends an update whose group weight (1000) fits the new figure but not the
+ * one counted when the phase opened: it is refused (it could otherwise widen its share of the
+ * fixed-point range and wrap the sum), and the run completes with the three real sites. */
+static void test_rejoin_cannot_raise_weight(void **state)
+{
+    fixture_t *f = *state;
+    char log[400];
+    register_site_x(f);
+    char *push[] = {"--upload-slots", "0", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", push);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+    rogue_t r = {0};
+    Moeh__Envelope env;
+    Moeh__Hello h;
+    rogue_connect(f, &r, f->endpoint, &env, &h);
+    h.n_train = 10;
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &env, NULL, 0), 0);
+    moeh_msg_t m;
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    rogue_welcome(&r, &m);
+    assert_int_equal(rogue_next_alive(&r, &m), 0); /* statistics: zeros */
+    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
+    moeh_msg_clear(&m);
+    size_t nst = 3 * (size_t)r.lim.n_norm, nw = r.lim.n_params + r.lim.n_groups;
+    double *st = calloc(nst, sizeof(double));
+    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
+    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
+    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
+    se.stats_result = &sr;
+    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &se, &sf, 1), 0);
+    free(st);
+    assert_int_equal(rogue_next_alive(&r, &m), 0); /* round 1 opens with 10 samples counted */
+    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__TRAIN);
+    uint32_t round = m.env->round_start->round;
+    uint64_t version = m.env->round_start->model_version;
+    moeh_msg_clear(&m);
+    /* a new connection, the same key, a million samples */
+    zmq_close(r.sock);
+    zmq_ctx_term(r.ctx);
+    rogue_connect(f, &r, f->endpoint, &env, &h);
+    h.n_train = 1000000;
+    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &env, NULL, 0), 0);
+    assert_int_equal(rogue_next_alive(&r, &m), 0);
+    rogue_welcome(&r, &m);
+    uint32_t *words = calloc(nw, sizeof(uint32_t));
+    words[r.lim.n_params] = 1000; /* group 0's weight */
+    Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    u.round = round, u.model_version = version, u.n_samples = 1000;
+    ue.type = MOEH__MSG_TYPE__UPDATE, ue.body_case = MOEH__ENVELOPE__BODY_UPDATE, ue.update = &u;
+    moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
+    rogue_expect_reply(&r, &ue, &uf, 1, -ERANGE,
+                       "group 0 weight 1000 exceeds the 10 training samples");
+    free(words);
+    rogue_leave(&r);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    metrics_t mt;
+    read_metrics(f, &mt);
+    assert_int_equal(mt.n_eval, 2);
+    assert_true(file_contains(log, "site site-x rejoined"));
+}
+
 /* A site (this test) with one upload slot: an update sent without a grant is refused, as are
  * announcements for another round, with a session in a plain phase, and twice; announced
  * right, it is granted the slot at once (the real sites are still training) and then dies
@@ -2048,6 +2116,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_k_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_slots_bit_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsolicited_upload_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rejoin_cannot_raise_weight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_granted_site_killed_releases_slot, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

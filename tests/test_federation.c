@@ -505,6 +505,20 @@ static void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[])
     }
 }
 
+/* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
+static void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[])
+{
+    char log[64];
+    moeh_proc_t *a[N_SITES];
+    snprintf(f->out, sizeof f->out, "%s/%s", f->dir, name);
+    snprintf(log, sizeof log, "coordinator-%s.log", name);
+    moeh_proc_t *c = start_coordinator_ex2(f, rounds, "3", "3", NULL, log, more);
+    start_all_agents(f, a, NULL);
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+}
+
 /* The coordinator is SIGKILLed right after checkpointing round 2 and restarted with --resume
  * on the same endpoint; the agents rejoin, and the final model equals, bit for bit, that of an
  * uninterrupted run with the same seeds. */
@@ -890,18 +904,13 @@ static void test_hostile_site_changes_nothing(void **state)
     fixture_t *f = *state;
     char out_a[300], out_b[300], path[500];
     moeh_proc_t *a[N_SITES];
-    snprintf(out_a, sizeof out_a, "%s/clean", f->dir);
-    snprintf(f->out, sizeof f->out, "%s", out_a);
-    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator-a.log");
-    start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    run_all(f, "clean", "3", NULL);
+    snprintf(out_a, sizeof out_a, "%s", f->out);
 
     register_site_x(f);
     snprintf(out_b, sizeof out_b, "%s/attacked", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
-    c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-b.log");
+    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-b.log");
     start_all_agents(f, a, NULL);
     rogue_attack(f, f->endpoint);
     wait_exit(c, 60000, 0);
@@ -1330,29 +1339,17 @@ static void test_secagg_run_is_bit_exact(void **state)
 {
     fixture_t *f = *state;
     char out_a[300], out_b[300], path[400];
-    moeh_proc_t *a[N_SITES];
-    snprintf(out_a, sizeof out_a, "%s/plain", f->dir);
-    snprintf(f->out, sizeof f->out, "%s", out_a);
-    moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "3", NULL, "coordinator-a.log");
-    start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
-
-    snprintf(out_b, sizeof out_b, "%s/secagg", f->dir);
-    snprintf(f->out, sizeof f->out, "%s", out_b);
+    run_all(f, "plain", "3", NULL);
+    snprintf(out_a, sizeof out_a, "%s", f->out);
     char *sa[] = {"--secagg", NULL};
-    c = start_coordinator_ex2(f, "3", "3", "3", NULL, "coordinator-b.log", sa);
-    start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    run_all(f, "secagg", "3", sa);
+    snprintf(out_b, sizeof out_b, "%s", f->out);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 3);
     for (int r = 0; r < 3; r++)
         assert_int_equal(m.sites[r], N_SITES);
-    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
+    snprintf(path, sizeof path, "%s/coordinator-secagg.log", f->logs);
     assert_true(file_contains(path, "round 3: secure aggregation: unmasked the sum of 3 sites "
                                     "(0 dropped)"));
     assert_true(file_contains(path, "statistics: secure aggregation: unmasked the sum of 3 sites "
@@ -1889,20 +1886,6 @@ static void test_pinned_data_shape(void **state)
 }
 
 /* ---- DP-FedAvg (proto/dp.h, docs/security.md "Differential privacy") ---------------------- */
-
-/* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
-static void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[])
-{
-    char log[64];
-    moeh_proc_t *a[N_SITES];
-    snprintf(f->out, sizeof f->out, "%s/%s", f->dir, name);
-    snprintf(log, sizeof log, "coordinator-%s.log", name);
-    moeh_proc_t *c = start_coordinator_ex2(f, rounds, "3", "3", NULL, log, more);
-    start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
-}
 
 /* The epsilon after T released rounds, computed here from the accountant's formula. */
 static double eps_after(double z, uint64_t T)

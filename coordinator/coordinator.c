@@ -135,18 +135,16 @@ typedef struct {
     uint32_t wait_target; /* start as soon as this many sites joined */
     int64_t phase_deadline, wait_start, round_t0, last_hb;
     double round_train_loss; /* sample-weighted mean over the sites that replied */
-    double round_samples, round_steps;
-    double w_cap, w_used; /* bound on this round's total weight, and weight admitted */
-    double quant_scale;   /* fixed-point scale of this round's updates */
-    float quant_range;    /* per-word range of the encoding: --delta-clip, or the DP range */
-    int unit_weight;      /* weight 1 per site (--unweighted or DP), not its samples */
+    double w_cap, w_used;    /* bound on this round's total weight, and weight admitted */
+    double quant_scale;      /* fixed-point scale of this round's updates */
+    float quant_range;       /* per-word range of the encoding: --delta-clip, or the DP range */
+    int unit_weight;         /* weight 1 per site (--unweighted or DP), not its samples */
     /* DP accounting (docs/security.md, "Differential privacy"), kept in dp_ledger.json: */
     int dp;
     uint64_t dp_rounds;        /* noised sums applied to the model (anyone who sees it) */
     uint64_t dp_rounds_secagg; /* of which the coordinator saw only the sum (--secagg) */
     uint64_t dp_coord_base;    /* most plain updates of one site seen before this process */
     char dp_ledger_path[4096];
-    uint32_t round_train_sites;
     uint32_t up_granted, up_max, up_expired; /* slots in use, most at once, grants expired */
     uint64_t up_seq;
     sa_session_t sa;
@@ -643,7 +641,6 @@ static void open_phase(coord_t *c, phase_t ph)
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
-        c->round_train_sites = 0;
         /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
         c->w_used = 0;
         for (size_t i = 0; i < c->n_sites; i++) {
@@ -1043,7 +1040,6 @@ static void handle_update(coord_t *c, moeh_msg_t *m, site_t *s)
                     MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
     c->n_replied++;
-    c->round_train_sites++;
     if (c->metrics) {
         fprintf(c->metrics, "{\"event\":\"site_update\",\"round\":%u,\"site\":\"%s\"", c->round,
                 s->id);
@@ -1243,7 +1239,6 @@ static void handle_sa_masked(coord_t *c, moeh_msg_t *m, site_t *s)
     c->sa.u3[s->sa_id] = 1;
     s->replied = 1;
     c->n_replied++;
-    if (c->phase == PH_TRAIN) c->round_train_sites++;
 }
 
 static void handle_sa_reveal(coord_t *c, moeh_msg_t *m, site_t *s)
@@ -1388,7 +1383,6 @@ static int finish_train(coord_t *c, moeh_err_t *fatal)
     moeh_secsum_train_get(c->vsum + c->p->n + c->p->n_groups, &lxs, &ns, &steps);
     double loss = ns > 0 && !c->dp ? lxs / ns : NAN;
     c->round_train_loss = loss;
-    c->round_samples = ns, c->round_steps = steps;
     if (c->metrics) {
         fprintf(c->metrics, "{\"event\":\"train\",\"round\":%u,\"sites\":%u,\"participants\":%u",
                 c->round, c->n_replied, c->n_participants);

@@ -1,4 +1,4 @@
-/* bench/secagg.c - cost of secure aggregation (proto/secagg.c) against plain summation.
+/* bench/secagg.c - cost of secure aggregation (fed/secagg.c) against plain summation.
  *
  * For n = 5, 10, 20 clients and L words per update (default 1,252,746, the federation model's
  * n_params + n_groups), in one process on one core:
@@ -10,8 +10,8 @@
  * Every phase is the best of 3 runs. Ratios are to plain summation of the same round. Clients run
  * in parallel in a deployment, so "mask per client" is the latency a site adds. Usage: bench_secagg
  * [L] */
-#include "keys.h"
-#include "secagg.h"
+#include "moeh_keys.h"
+#include "moeh_secagg.h"
 
 #include <string.h>
 #include <time.h>

@@ -1,5 +1,5 @@
 /* npy.c - minimal, strict .npy reader and writer (see npy.h). */
-#include "npy.h"
+#include "moeh_npy.h"
 
 #include <fcntl.h>
 #include <string.h>

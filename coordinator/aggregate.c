@@ -1,8 +1,8 @@
 /* aggregate.c - per-group FedAvg running fixed-point sum (see aggregate.h). */
-#include "aggregate.h"
+#include "moeh_aggregate.h"
 
 #include "moeh_common.h"
-#include "quant.h"
+#include "moeh_quant.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,5 +1,5 @@
 /* checkpoint.c - atomic coordinator checkpoints (see checkpoint.h). */
-#include "checkpoint.h"
+#include "moeh_checkpoint.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>

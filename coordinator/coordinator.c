@@ -11,7 +11,7 @@
  * session checks here (sender admitted, participant, round and model version current, first
  * reply).
  *
- * Every phase's results are one vector of words per site (proto/secsum.h), summed mod 2^32
+ * Every phase's results are one vector of words per site (proto/moeh_secsum.h), summed mod 2^32
  * into c->vsum and decoded when the phase closes, so the plain path and secure aggregation
  * decode the very same sum. With --secagg every phase (STATS, TRAIN, EVAL) runs four steps of
  * secure aggregation (docs/secagg.md), each with its own deadline: KEYS (collect
@@ -27,19 +27,19 @@
  * was read, the granted site is gone or its grant expired (heartbeat_timeout_ms). An upload
  * without a grant is refused. So ZeroMQ buffers at most G updates, not one per site. The sums
  * are of integers mod 2^32, so the order of the uploads changes nothing in the result. */
-#include "coordinator.h"
+#include "moeh_coordinator.h"
 
-#include "aggregate.h"
-#include "checkpoint.h"
-#include "dp.h"
-#include "keys.h"
+#include "moeh_aggregate.h"
+#include "moeh_checkpoint.h"
+#include "moeh_dp.h"
+#include "moeh_keys.h"
 #include "moeh_hist.h"
 #include "moeh_moe.h"
-#include "npy.h"
-#include "quant.h"
-#include "secagg.h"
-#include "secsum.h"
-#include "wire.h"
+#include "moeh_npy.h"
+#include "moeh_quant.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
+#include "moeh_wire.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -110,7 +110,7 @@ typedef struct {
     int have_norm;
     double *stats_sum; /* (n_norm, 3) summed over sites */
     double *gate_sum;  /* (7, n_experts) summed over sites */
-    /* this phase's vector sum (proto/secsum.h): the whole vector with --secagg; in plain
+    /* this phase's vector sum (proto/moeh_secsum.h): the whole vector with --secagg; in plain
      * mode everything but what has its own sum (the update words, in agg) */
     uint32_t *vsum, *vtmp; /* (largest vector), and room for one site's values */
     size_t vsum_cap;
@@ -245,13 +245,13 @@ static void jnum(FILE *f, const char *key, double v)
 }
 
 /* A site's weight in the round's fixed-point budget: 1 per site when unweighted (and under
- * DP), else its declared training samples (proto/quant.h). */
+ * DP), else its declared training samples (fed/moeh_quant.h). */
 static double site_weight(const coord_t *c, const site_t *s)
 {
     return c->unit_weight ? 1.0 : (double)s->n_train;
 }
 
-/* ---- DP-FedAvg accounting (proto/dp.h; docs/security.md, "Differential privacy") ----------
+/* ---- DP-FedAvg accounting (fed/moeh_dp.h; docs/security.md, "Differential privacy") ----------
  * Two views, both composed with the RDP accountant at sampling rate 1 (every site takes part
  * in every round; dropped sites give no amplification):
  *  - the aggregate: every noised sum applied to the model is one Gaussian mechanism with noise
@@ -641,7 +641,7 @@ static void open_phase(coord_t *c, phase_t ph)
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
-        /* Twice the participants' weight, so that late joiners fit; see proto/quant.h. */
+        /* Twice the participants' weight, so that late joiners fit; see fed/moeh_quant.h. */
         c->w_used = 0;
         for (size_t i = 0; i < c->n_sites; i++) {
             site_t *si = &c->sites[i];
@@ -667,7 +667,7 @@ static void open_phase(coord_t *c, phase_t ph)
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
         /* under DP every site's words (noise) count, whatever its group weights: W counts
-         * sites, and the range holds a clipped and noised coordinate (proto/dp.h) */
+         * sites, and the range holds a clipped and noised coordinate (fed/moeh_dp.h) */
         c->quant_scale = moeh_quant_scale(c->quant_range, c->w_cap);
     }
     for (size_t i = 0; i < c->n_sites; i++) {

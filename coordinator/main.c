@@ -1,5 +1,5 @@
 /* main.c - moeh-coordinator: options, signals, then moeh_coord_run(). */
-#include "coordinator.h"
+#include "moeh_coordinator.h"
 
 #include "moeh_opts.h"
 

@@ -1,7 +1,7 @@
 /* keygen_main.c - moeh-keygen: writes a CURVE key pair as NAME.key (secret, 0600) and
  * NAME.pub, and prints the registry line for a site. */
-#include "keys.h"
-#include "wire.h"
+#include "moeh_keys.h"
+#include "moeh_wire.h"
 
 #include <getopt.h>
 #include <string.h>

@@ -1,7 +1,7 @@
-/* keys.c - key files, the site registry and CURVE socket set-up (see keys.h). */
-#include "keys.h"
+/* keys.c - key files, the site registry and CURVE socket set-up (see moeh_keys.h). */
+#include "moeh_keys.h"
 
-#include "wire.h"
+#include "moeh_wire.h"
 
 #include <ini.h>
 #include <sodium.h>

@@ -1,6 +1,6 @@
 /* secsum.c - the vectors each phase sums (secsum.h): lengths, and the wide fixed-point
  * values written as 16-bit limbs so that sums of words never carry. */
-#include "secsum.h"
+#include "moeh_secsum.h"
 
 #include <math.h>
 #include <string.h>

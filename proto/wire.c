@@ -1,9 +1,9 @@
-/* wire.c - validating decoder and encoder for moeh messages (see wire.h). */
-#include "wire.h"
+/* wire.c - validating decoder and encoder for moeh messages (see moeh_wire.h). */
+#include "moeh_wire.h"
 
-#include "dp.h"
-#include "secagg.h"
-#include "secsum.h"
+#include "moeh_dp.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
 
 #include <math.h>
 #include <string.h>
@@ -135,7 +135,7 @@ static int fin(double x, const char *field, moeh_err_t *err)
     return isfinite(x) ? 0 : moeh_errf(err, -ERANGE, "%s: not finite", field);
 }
 
-/* RoundConfig's DP-FedAvg fields (proto/dp.h): all zero (off), or a clip > 0, a noise
+/* RoundConfig's DP-FedAvg fields (fed/moeh_dp.h): all zero (off), or a clip > 0, a noise
  * multiplier in [0, MOEH_WIRE_DP_MAX_NOISE], a calibration count 1..MOEH_WIRE_DP_MAX_SITES,
  * unweighted aggregation (bounded sensitivity) and a fixed-point range that holds a clipped,
  * noised coordinate without clamping it (delta_clip >= moeh_dp_range). */
@@ -305,7 +305,7 @@ static int validate_secagg(const moeh_wire_limits_t *lim, const Moeh__Envelope *
     return moeh_errf(err, -EBADMSG, "type: %d is not a secure-aggregation message", (int)e->type);
 }
 
-/* RoundStart.secagg: a configuration proto/secagg.h accepts for this model's update length. */
+/* RoundStart.secagg: a configuration fed/moeh_secagg.h accepts for this model's update length. */
 static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__RoundStart *r,
                                   moeh_err_t *err)
 {

@@ -1,7 +1,7 @@
 /* zap.c - the ZAP (ZeroMQ Authentication Protocol, RFC 27) handler thread: admits a CURVE
  * client only if its public key is in the site registry, and names it by its site id (the
  * "User-Id" of every message it sends afterwards). Everything else is refused with 400. */
-#include "keys.h"
+#include "moeh_keys.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -1,7 +1,7 @@
 /* cmd_train.c - `moeh-sim train`: centralised training of MoE-Health (or a baseline) on one
  * dataset, the federation's reference and the local-only models of the results table.
  *
- * Uses the site agent's trainer library (site-agent/trainer.h) unchanged: the same model,
+ * Uses the site agent's trainer library (train/moeh_trainer.h) unchanged: the same model,
  * normalisation (from the training data's train split, computed as the federation does from
  * summed statistics), AdamW with the moments reset every epoch (as every federated round
  * resets them), warm-up phase and histogram evaluation. --dataset and --eval-dataset take
@@ -22,7 +22,7 @@
 #include "moeh_opts.h"
 #include "moeh_safetensors.h"
 #include "sim_commands.h"
-#include "trainer.h"
+#include "moeh_trainer.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* localfed.c - keys, coordinator and agents of a local federation (see localfed.h). */
-#include "localfed.h"
+#include "moeh_localfed.h"
 
-#include "keys.h"
-#include "wire.h"
+#include "moeh_keys.h"
+#include "moeh_wire.h"
 
 #include <string.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 /* proc.c - process helpers for local federations (see proc.h). */
-#include "proc.h"
+#include "moeh_proc.h"
 
 #include <fcntl.h>
 #include <libgen.h>

@@ -2,7 +2,7 @@
  * loopback with CURVE: synthetic MIMIC-IV -> extract -> split into sites with different
  * modality mixes -> keys and registry -> coordinator + one agent per site -> round table ->
  * final table per task and modality combination -> every process stopped. */
-#include "localfed.h"
+#include "moeh_localfed.h"
 #include "moeh_moe.h"
 #include "moeh_opts.h"
 #include "moeh_split.h"

@@ -4,12 +4,12 @@
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
  * parameter delta, per-group sample counts, the mean training loss, score histograms and
- * sums for the normalisation statistics. With DP (RoundConfig.dp_clip > 0, proto/dp.h) the
+ * sums for the normalisation statistics. With DP (RoundConfig.dp_clip > 0, fed/moeh_dp.h) the
  * delta is clipped to an L2 norm and noised before it is encoded, weights are 0/1, and the
  * training loss is not sent.
  *
  * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters (docs/secagg.md), the
- * agent computes the phase's vector of words (proto/secsum.h: update + loss, sample and step
+ * agent computes the phase's vector of words (proto/moeh_secsum.h: update + loss, sample and step
  * counts; statistics; histograms + evaluation sums) and runs its side of secure aggregation
  * instead of sending it in clear: fresh round keys (SecaggAdvertise) -> on SecaggKeys,
  * encrypted shares (SecaggShares) -> on the forwarded shares, the masked vector
@@ -22,16 +22,16 @@
  * the matching UploadGrant; the main loop keeps heartbeating meanwhile. The wait is dropped
  * at the next RoundStart, on a (re)welcome, when the socket is replaced and when the secure
  * session ends, so a grant of an old round, session or coordinator is never answered. */
-#include "agent.h"
+#include "moeh_agent.h"
 
-#include "dp.h"
-#include "keys.h"
-#include "quant.h"
+#include "moeh_dp.h"
+#include "moeh_keys.h"
+#include "moeh_quant.h"
 #include "moeh_hist.h"
-#include "secagg.h"
-#include "secsum.h"
-#include "trainer.h"
-#include "wire.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
+#include "moeh_trainer.h"
+#include "moeh_wire.h"
 
 #include <math.h>
 #include <sodium.h>
@@ -287,7 +287,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
                   "(different moeh versions?)");
         return -EPROTO;
     }
-    /* room for the secure-aggregation vectors (proto/secsum.h) of each phase */
+    /* room for the secure-aggregation vectors (proto/moeh_secsum.h) of each phase */
     moeh_wire_limits_t lim = {.n_params = p->n,
                               .n_groups = (uint32_t)p->n_groups,
                               .n_tasks = ms->n_tasks,
@@ -701,7 +701,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     for (size_t g = 0; g < p->n_groups; g++)
         if (res.group_samples[g] == 0)
             memset(a->delta + p->group_off[g], 0, p->group_len[g] * sizeof(float));
-    /* DP-FedAvg (proto/dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
+    /* DP-FedAvg (fed/moeh_dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
      * the noise to every coordinate (also of groups it did not train, so that every group's sum
      * carries the full noise), and send it with weight 1: one site moves the sum by at most
      * dp_clip whatever its size. The pre-clip norm is logged here (never sent) to help choose

@@ -1,5 +1,5 @@
 /* main.c - moeh-site-agent: options, signals, then moeh_agent_run(). */
-#include "agent.h"
+#include "moeh_agent.h"
 
 #include "moeh.pb-c.h"
 #include "moeh_opts.h"

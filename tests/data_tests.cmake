@@ -1,11 +1,11 @@
 # Tests of the dataset library (sim/data.cmake): CSV reader, dataset format, extraction,
 # synthetic MIMIC-IV round trip, site splits.
-moeh_add_test(test_csv SOURCES test_csv.c LIBS moeh_data)
-moeh_add_test(test_dataset SOURCES test_dataset.c LIBS moeh_data)
-moeh_add_test(test_extract SOURCES test_extract.c LIBS moeh_data PkgConfig::ZLIB)
-moeh_add_test(test_synth SOURCES test_synth.c LIBS moeh_data PkgConfig::XXHASH)
-moeh_add_test(test_split SOURCES test_split.c LIBS moeh_data)
-moeh_add_test(test_image SOURCES test_image.c LIBS moeh_data PkgConfig::TURBOJPEG PkgConfig::PNG)
+moeh_add_test(test_csv SOURCES test_csv.c LIBS moeh_cohort)
+moeh_add_test(test_dataset SOURCES test_dataset.c LIBS moeh_cohort)
+moeh_add_test(test_extract SOURCES test_extract.c LIBS moeh_cohort PkgConfig::ZLIB)
+moeh_add_test(test_synth SOURCES test_synth.c LIBS moeh_cohort PkgConfig::XXHASH)
+moeh_add_test(test_split SOURCES test_split.c LIBS moeh_cohort)
+moeh_add_test(test_image SOURCES test_image.c LIBS moeh_cohort PkgConfig::TURBOJPEG PkgConfig::PNG)
 moeh_add_test(test_data_cli SOURCES test_data_cli.c LIBS moeh_common)
 if(TARGET moeh-sim)
     add_dependencies(test_data_cli moeh-sim)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""secagg_kat.py - independent known-answer vectors for proto/secagg.c (tests/test_secagg.c).
+"""secagg_kat.py - independent known-answer vectors for fed/secagg.c (tests/test_secagg.c).
 
 Recomputes, with the `cryptography` package and hashlib instead of libsodium, the PRG words,
 a pairwise mask seed and a sealed share as docs/secagg.md specifies them, and prints the values

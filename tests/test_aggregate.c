@@ -1,5 +1,5 @@
 /* test_aggregate.c - the coordinator's per-group FedAvg running sum (coordinator/aggregate.c).
- * Updates are the fixed-point words of proto/quant.h: n_params words q_i = S * w_g * delta_i
+ * Updates are the fixed-point words of fed/moeh_quant.h: n_params words q_i = S * w_g * delta_i
  * (two's complement) followed by n_groups weights w_g, summed mod 2^32; apply() must give
  * theta_g + sum(q) / (S * sum(w)) per group. Checked against sums worked out by hand for three
  * sites over three groups (one group that nobody trained must stay bit for bit unchanged),
@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "aggregate.h"
+#include "moeh_aggregate.h"
 
 #include <errno.h>
 #include <math.h>

@@ -9,7 +9,7 @@
 
 #include "moeh_common.h"
 #include "moeh_opts.h"
-#include "npy.h"
+#include "moeh_npy.h"
 
 #include <string.h>
 #include <sys/stat.h>

@@ -8,7 +8,7 @@
 #include "test_util.h"
 
 #include "moeh_dataset.h"
-#include "npy.h"
+#include "moeh_npy.h"
 
 #include <math.h>
 #include <string.h>

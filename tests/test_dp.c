@@ -1,4 +1,4 @@
-/* test_dp.c - DP-FedAvg arithmetic (proto/dp.h): the L2 clip, the distributed Gaussian noise
+/* test_dp.c - DP-FedAvg arithmetic (fed/moeh_dp.h): the L2 clip, the distributed Gaussian noise
  * (its standard deviation per site and summed over m sites, its bound, that it is fresh), the
  * fixed-point headroom under noise, and the accounting of rounds.
  *
@@ -21,9 +21,9 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "dp.h"
-#include "keys.h"
-#include "quant.h"
+#include "moeh_dp.h"
+#include "moeh_keys.h"
+#include "moeh_quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -175,7 +175,7 @@ static void test_distributed_noise_sums_to_target(void **state)
 }
 
 /* The encoding range holds a clipped and noised coordinate without clamping it, and the sum of
- * W/2 sites at the extreme cannot overflow the 32-bit words (proto/quant.h). */
+ * W/2 sites at the extreme cannot overflow the 32-bit words (fed/moeh_quant.h). */
 static void test_range_headroom(void **state)
 {
     const float C = 0.25f, Z = 2.0f;

@@ -24,17 +24,17 @@
 
 #include "test_util.h"
 
-#include "keys.h"
-#include "secagg.h"
-#include "secsum.h"
-#include "wire.h"
-#include "localfed.h"
-#include "checkpoint.h"
-#include "dp.h"
+#include "moeh_keys.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
+#include "moeh_wire.h"
+#include "moeh_localfed.h"
+#include "moeh_checkpoint.h"
+#include "moeh_dp.h"
 #include "moeh_hist.h"
 #include "moeh_moe.h"
-#include "npy.h"
-#include "trainer.h"
+#include "moeh_npy.h"
+#include "moeh_trainer.h"
 #include "moeh_split.h"
 
 #include <cjson/cJSON.h>
@@ -1007,7 +1007,7 @@ static void rogue_expect_reply(rogue_t *r, Moeh__Envelope *env, const moeh_frame
     rogue_expect_reply2(r, env, f, nf, code, needle, NULL);
 }
 
-/* A site (this test, using proto/secagg.h itself) takes part in round 1's secure aggregation
+/* A site (this test, using fed/moeh_secagg.h itself) takes part in round 1's secure aggregation
  * up to the forwarded shares, sends a message of another session and an incomplete set of
  * shares on the way,
  * then holds its masked update until the coordinator asked the survivors to unmask, and sends
@@ -1885,7 +1885,7 @@ static void test_pinned_data_shape(void **state)
     assert_true(file_contains(log, "expected STATIC,VARS,HOURS,IMAGE"));
 }
 
-/* ---- DP-FedAvg (proto/dp.h, docs/security.md "Differential privacy") ---------------------- */
+/* ---- DP-FedAvg (fed/moeh_dp.h, docs/security.md "Differential privacy") ---------------------- */
 
 /* The epsilon after T released rounds, computed here from the accountant's formula. */
 static double eps_after(double z, uint64_t T)

@@ -14,7 +14,7 @@
 
 #include "test_util.h"
 
-#include "keys.h"
+#include "moeh_keys.h"
 
 #include <string.h>
 #include <sys/stat.h>

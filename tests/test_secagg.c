@@ -1,4 +1,4 @@
-/* test_secagg.c - secure aggregation (proto/secagg.c, docs/secagg.md).
+/* test_secagg.c - secure aggregation (fed/secagg.c, docs/secagg.md).
  *
  * Known answers: the PRG's first words (and across the 4 KiB block boundary), a pairwise seed and
  * a sealed share equal the values tests/secagg_kat.py computes independently with Python's
@@ -23,8 +23,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "keys.h"
-#include "secagg.h"
+#include "moeh_keys.h"
+#include "moeh_secagg.h"
 
 #include <math.h>
 #include <sodium.h>

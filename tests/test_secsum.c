@@ -1,4 +1,4 @@
-/* test_secsum.c - the vectors each phase sums (proto/secsum.h):
+/* test_secsum.c - the vectors each phase sums (proto/moeh_secsum.h):
  *  - the wide fixed-point values: integers below 2^53 exact, reals rounded to 2^-64 once,
  *    out-of-range values refused, and the decoded sum of 1024 sites' words equal to the exact
  *    sum of their fixed-point integers (computed here in 128-bit arithmetic), in any order,
@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "keys.h"
-#include "secagg.h"
-#include "secsum.h"
+#include "moeh_keys.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
 
 #include <math.h>
 #include <string.h>

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "aggregate.h"
+#include "moeh_aggregate.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,4 +1,4 @@
-/* test_trainer.c - the site agent's local trainer (site-agent/trainer.h) on a small synthetic
+/* test_trainer.c - the site agent's local trainer (train/moeh_trainer.h) on a small synthetic
  * MIMIC-IV: sufficient statistics against a direct computation, and two sites' summed
  * statistics give the pooled normalisation; FedProx keeps the parameters nearer the anchor;
  * per-group sample counts (no image encoder training on an EHR-only site); evaluation sums
@@ -12,7 +12,7 @@
 
 #include "test_util.h"
 
-#include "trainer.h"
+#include "moeh_trainer.h"
 
 #include <math.h>
 #include <string.h>

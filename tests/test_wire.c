@@ -14,10 +14,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "secagg.h"
-#include "dp.h"
-#include "secsum.h"
-#include "wire.h"
+#include "moeh_secagg.h"
+#include "moeh_dp.h"
+#include "moeh_secsum.h"
+#include "moeh_wire.h"
 
 #include <math.h>
 #include <string.h>
@@ -1087,7 +1087,7 @@ static void test_round_start_checks(void **state)
     check_accept(&m, &k_lim);
 }
 
-/* DP-FedAvg fields of RoundConfig (proto/dp.h): all zero, or a consistent setting whose
+/* DP-FedAvg fields of RoundConfig (fed/moeh_dp.h): all zero, or a consistent setting whose
  * fixed-point range holds a clipped, noised coordinate. */
 static void mk_round_start_dp(msg_t *m)
 {
@@ -1606,7 +1606,7 @@ static void test_secagg_checks(void **state)
 }
 
 /* SecaggMasked: a session, a known task, and one U32 frame "masked" of exactly the length
- * proto/secsum.h gives that task under the negotiated limits. */
+ * proto/moeh_secsum.h gives that task under the negotiated limits. */
 static void test_secagg_masked(void **state)
 {
     const Moeh__RoundTask tasks[3] = {MOEH__ROUND_TASK__TRAIN, MOEH__ROUND_TASK__STATS,

@@ -1,6 +1,6 @@
 # Tests of `moeh-sim train` (sim/cmd_train.c): centralised training on a small synthetic
 # MIMIC-IV, evaluation on another dataset, usage errors. Runs the moeh-sim binary.
 if(TARGET moeh-sim AND TARGET moeh_agent)
-    moeh_add_test(test_train SOURCES test_train.c LIBS moeh_data PkgConfig::CJSON TIMEOUT 300)
+    moeh_add_test(test_train SOURCES test_train.c LIBS moeh_cohort PkgConfig::CJSON TIMEOUT 300)
     add_dependencies(test_train moeh-sim)
 endif()

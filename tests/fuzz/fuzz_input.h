@@ -5,7 +5,7 @@
 #ifndef MOEH_FUZZ_INPUT_H
 #define MOEH_FUZZ_INPUT_H
 
-#include "wire.h"
+#include "moeh_wire.h"
 
 #include <string.h>
 

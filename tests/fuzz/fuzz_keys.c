@@ -1,6 +1,6 @@
 /* fuzz_keys.c - libFuzzer target for the site registry and key file parsers (INI text).
  * Byte 0 chooses the parser; the rest is the file's text. */
-#include "keys.h"
+#include "moeh_keys.h"
 
 #include <string.h>
 

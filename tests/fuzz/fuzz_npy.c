@@ -1,5 +1,5 @@
 /* fuzz_npy.c - libFuzzer target for the .npy parser that every dataset array goes through. */
-#include "npy.h"
+#include "moeh_npy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

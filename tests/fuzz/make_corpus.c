@@ -2,10 +2,10 @@
  * fuzz_input.h layout, valid .npy files, a registry and a key file. Run once to regenerate
  * tests/fuzz/corpus/ (see docs/security.md):  make_corpus tests/fuzz/corpus */
 #include "fuzz_input.h"
-#include "keys.h"
-#include "npy.h"
-#include "secagg.h"
-#include "secsum.h"
+#include "moeh_keys.h"
+#include "moeh_npy.h"
+#include "moeh_secagg.h"
+#include "moeh_secsum.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* agent.h - moeh-site-agent as a library: joins the coordinator, trains the global model on
+/* moeh_agent.h - moeh-site-agent as a library: joins the coordinator, trains the global model on
  * the site's own data when asked, evaluates it as score histograms, and never sends a record.
  *
  * One thread owns the DEALER socket. Heartbeats go out every heartbeat interval, also during

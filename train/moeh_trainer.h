@@ -1,4 +1,4 @@
-/* trainer.h - local training and evaluation of MoE-Health on one dataset directory: the part
+/* moeh_trainer.h - local training and evaluation of MoE-Health on one dataset directory: the part
  * of a site agent that never touches the network, shared with `moeh-sim train` (centralised
  * training, the federation's reference).
  *

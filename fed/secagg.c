@@ -1,11 +1,11 @@
-/* secagg.c - secure aggregation: masks, Shamir shares, share encryption, unmasking (secagg.h,
+/* secagg.c - secure aggregation: masks, Shamir shares, share encryption, unmasking (moeh_secagg.h,
  * docs/secagg.md).
  *
  * Field arithmetic is GF(p), p = 2^61 - 1 (a Mersenne prime: reduction is a shift and an add),
  * 128-bit products. Every buffer that holds a secret (keys, b, shares, polynomial coefficients,
  * expanded mask blocks, session keys, plaintexts) is sodium_malloc'd or a local that is wiped
  * with sodium_memzero before the function returns, on every path. */
-#include "secagg.h"
+#include "moeh_secagg.h"
 
 #include <sodium.h>
 #include <string.h>

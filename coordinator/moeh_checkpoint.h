@@ -1,4 +1,4 @@
-/* checkpoint.h - the coordinator's durable state, written atomically after every round
+/* moeh_checkpoint.h - the coordinator's durable state, written atomically after every round
  * (temp file, fsync, rename, fsync of the directory) and read back by --resume.
  *
  * File layout (little-endian):

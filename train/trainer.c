@@ -1,5 +1,5 @@
-/* trainer.c - local MoE-Health training and evaluation on a dataset (see trainer.h). */
-#include "trainer.h"
+/* trainer.c - local MoE-Health training and evaluation on a dataset (see moeh_trainer.h). */
+#include "moeh_trainer.h"
 
 #include "moeh_hist.h"
 

@@ -1,4 +1,4 @@
-/* secagg.h - the local computations of secure aggregation (Bonawitz et al., CCS 2017, with the
+/* moeh_secagg.h - the local computations of secure aggregation (Bonawitz et al., CCS 2017, with the
  * SecAgg+ neighbourhoods of Bell et al., CCS 2020) over vectors of uint32 words mod 2^32.
  * docs/secagg.md describes the protocol, its parameters and what it does and does not protect.
  *

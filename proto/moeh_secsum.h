@@ -1,10 +1,10 @@
-/* secsum.h - what each phase adds up, as one vector of uint32 words summed mod 2^32.
+/* moeh_secsum.h - what each phase adds up, as one vector of uint32 words summed mod 2^32.
  *
  * With --secagg the coordinator learns only sums (docs/secagg.md): every phase hands the
- * secure-aggregation protocol (secagg.h) one vector of words per site, and the plain path adds
+ * secure-aggregation protocol (moeh_secagg.h) one vector of words per site, and the plain path adds
  * the same words in clear, so both paths decode the very same sum. A phase's vector is:
  *
- *   TRAIN     the update words (n_params + n_groups, proto/quant.h), then three values:
+ *   TRAIN     the update words (n_params + n_groups, fed/moeh_quant.h), then three values:
  *             train_loss * n_samples, n_samples, steps;
  *   STATS     for each normalisation feature, three values: count, sum, sum of squares;
  *   EVALUATE  the score histograms (MOEH_WIRE_SLICES x n_tasks x 2 x eval_bins counts, one
@@ -24,7 +24,7 @@
 #ifndef MOEH_SECSUM_H
 #define MOEH_SECSUM_H
 
-#include "wire.h"
+#include "moeh_wire.h"
 
 #define MOEH_SECSUM_FIX_WORDS 8u
 #define MOEH_SECSUM_FIX_LIMIT 0x1p53 /* |x| per site and value */

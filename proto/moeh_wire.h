@@ -1,4 +1,4 @@
-/* wire.h - the one decoding layer for everything that arrives over ZeroMQ, and the matching
+/* moeh_wire.h - the one decoding layer for everything that arrives over ZeroMQ, and the matching
  * encoder.
  *
  * A message is [routing id (ROUTER side only)] [Envelope] [raw frame]*. moeh_wire_decode()
@@ -42,7 +42,7 @@
 /* Largest secure-aggregation session on the wire: the key list and the shares a site sends
  * (one 96-byte ciphertext per peer) must fit in one header of MOEH_MAX_HEADER_BYTES. */
 #define MOEH_WIRE_SECAGG_MAX 512u
-/* DP-FedAvg in RoundConfig (proto/dp.h): largest noise multiplier and calibration count m. */
+/* DP-FedAvg in RoundConfig (fed/moeh_dp.h): largest noise multiplier and calibration count m. */
 #define MOEH_WIRE_DP_MAX_NOISE 1000.0
 #define MOEH_WIRE_DP_MAX_SITES 65536u
 

@@ -1,6 +1,6 @@
 /* dataset.c - writing, mapping and validating the dataset directory (see moeh_dataset.h). */
 #include "moeh_dataset.h"
-#include "npy.h"
+#include "moeh_npy.h"
 
 #include <limits.h>
 #include <math.h>

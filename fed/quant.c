@@ -1,5 +1,5 @@
-/* quant.c - fixed-point encoding of updates (see quant.h). */
-#include "quant.h"
+/* quant.c - fixed-point encoding of updates (see moeh_quant.h). */
+#include "moeh_quant.h"
 
 #include <math.h>
 

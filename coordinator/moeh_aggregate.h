@@ -1,6 +1,6 @@
-/* aggregate.h - per-group FedAvg as a running fixed-point sum.
+/* moeh_aggregate.h - per-group FedAvg as a running fixed-point sum.
  *
- * Each update is n_params + n_groups 32-bit words (proto/quant.h, docs/protocol.md): the
+ * Each update is n_params + n_groups 32-bit words (fed/moeh_quant.h, docs/protocol.md): the
  * quantised w_g * delta of every parameter, then the weight w_g of every group. Updates are
  * added word by word mod 2^32 as they arrive, so memory is O(parameters) whatever the number
  * of sites, the result is exact and independent of arrival order, and secure-aggregation masks

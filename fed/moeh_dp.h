@@ -1,4 +1,4 @@
-/* dp.h - the arithmetic of DP-FedAvg (McMahan, Ramage, Talwar and Zhang, "Learning
+/* moeh_dp.h - the arithmetic of DP-FedAvg (McMahan, Ramage, Talwar and Zhang, "Learning
  * Differentially Private Recurrent Language Models", ICLR 2018) with the noise distributed over
  * the sites, so that it composes with secure aggregation (docs/security.md, "Differential
  * privacy").
@@ -6,14 +6,14 @@
  * Each site clips its whole update delta to L2 norm C and adds N(0, (Z C)^2 / m) to every
  * coordinate; if at least m sites report, the sum carries noise of standard deviation at least
  * Z C, which is the Gaussian mechanism with noise multiplier Z on a sum of L2 sensitivity C.
- * The coordinator composes the rounds with the Rényi-DP accountant of common/moeh_rdp.h.
+ * The coordinator composes the rounds with the Rényi-DP accountant of fed/moeh_rdp.h.
  *
  * Noise comes from a ChaCha20 keystream under a fresh 256-bit key from libsodium's
  * randombytes_buf (never from the public round seed); the keyed variant exists for tests.
  * Standard normals are drawn by Box-Muller from 53-bit uniforms u in (0, 1], so no draw exceeds
  * sqrt(-2 ln 2^-53) = 8.572 in magnitude: with the encoding range moeh_dp_range() (C plus 9
  * per-site standard deviations) a noised coordinate is never clamped by the fixed-point
- * encoding (proto/quant.h). Nothing here allocates; secrets (keys, keystream) are wiped. */
+ * encoding (fed/moeh_quant.h). Nothing here allocates; secrets (keys, keystream) are wiped. */
 #ifndef MOEH_DP_H
 #define MOEH_DP_H
 

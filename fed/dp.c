@@ -1,5 +1,5 @@
 /* dp.c - DP-FedAvg clipping, distributed Gaussian noise and accounting (see dp.h). */
-#include "dp.h"
+#include "moeh_dp.h"
 
 #include "moeh_common.h"
 #include "moeh_rdp.h"

@@ -1,10 +1,10 @@
-/* localfed.h - building blocks of a federation on one machine: key files and registry,
+/* moeh_localfed.h - building blocks of a federation on one machine: key files and registry,
  * starting the coordinator (reading back its endpoint) and the agents as real processes.
  * Used by `moeh-sim run` and by the multi-process tests. */
 #ifndef MOEH_LOCALFED_H
 #define MOEH_LOCALFED_H
 
-#include "proc.h"
+#include "moeh_proc.h"
 
 /* Writes DIR/coordinator.{key,pub}, DIR/NAME.{key,pub} for every site name and
  * DIR/registry.ini admitting those sites. */

@@ -1,4 +1,4 @@
-/* coordinator.h - moeh-coordinator as a library: admission, the round state machine (train
+/* moeh_coordinator.h - moeh-coordinator as a library: admission, the round state machine (train
  * phase then evaluation phase per round, each with a deadline and a quorum), per-group FedAvg,
  * federated evaluation from summed score histograms, heartbeats, metrics.jsonl.
  *
@@ -47,7 +47,7 @@ typedef struct {
                         * learns only the sums of the sites' updates, statistics and evaluations */
     uint32_t secagg_k; /* SecAgg+ neighbours (0: every pair masks); even, < 512 */
     int unweighted;    /* FedAvg with weight 1 per site (per group it trained), not its samples */
-    /* DP-FedAvg (proto/dp.h, docs/security.md): each site clips its update delta to L2 norm
+    /* DP-FedAvg (fed/moeh_dp.h, docs/security.md): each site clips its update delta to L2 norm
      * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
      * dp_delta) spent is reported after every round. Implies unweighted. */
     float dp_clip, dp_noise, dp_delta;

@@ -1,4 +1,4 @@
-/* keys.h - CURVE key pairs and files, the coordinator's site registry, socket security set-up
+/* moeh_keys.h - CURVE key pairs and files, the coordinator's site registry, socket security set-up
  * and the ZAP handler that admits only registered public keys.
  *
  * Files (INI syntax, read with inih; errors name file and line):

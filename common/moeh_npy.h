@@ -1,4 +1,4 @@
-/* npy.h - reading and writing NumPy .npy files (format 1.0/2.0, little-endian, C order).
+/* moeh_npy.h - reading and writing NumPy .npy files (format 1.0/2.0, little-endian, C order).
  *
  * The dataset on disk is a directory of .npy arrays so that it opens in numpy as is.
  * Readers validate magic, header, dtype, shape and the file size, and say what is wrong. */

@@ -26,6 +26,7 @@
 #define MOEH_DATASET_H
 
 #include "moeh_common.h"
+#include "moeh_schema.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
@@ -35,8 +36,6 @@
 #define MOEH_DS_MODS 3
 #define MOEH_DS_SCHEMA_VERSION 1
 
-enum { MOEH_TASK_MORTALITY = 0, MOEH_TASK_LOS7 = 1, MOEH_TASK_READMIT30 = 2 };
-enum { MOEH_MOD_EHR = 0, MOEH_MOD_NOTES = 1, MOEH_MOD_IMG = 2 };
 enum { MOEH_SPLIT_TRAIN = 0, MOEH_SPLIT_VAL = 1, MOEH_SPLIT_TEST = 2 };
 
 extern const char *const moeh_ds_task_names[MOEH_DS_TASKS];

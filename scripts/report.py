@@ -1,0 +1,795 @@
+#!/usr/bin/python3
+"""report.py - one self-contained HTML report of a finished federation (docs/report.md).
+
+Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh-sim run` (the coordinator)
+writes them and writes RUN_DIR/report.html (or --out FILE): learning curves, AUROC per
+modality combination, the gate's mean weight per expert and combination, site participation,
+DP epsilon per round and the run's configuration. The figures are drawn with matplotlib
+(Debian's python3-matplotlib, hence /usr/bin/python3 above) and embedded as data: URIs of
+SVG images; the page loads nothing (a Content-Security-Policy forbids it) and runs no script.
+
+Every string read from the files is HTML-escaped before it reaches the page and is drawn by
+matplotlib with mathtext off (a site id or a Bye reason comes from a site and may be hostile).
+
+Exit status: 0 report written; 2 bad input (no run directory, no metrics.jsonl, a line that
+is not a JSON object, a field of the wrong type), with file:line in the message; 3 matplotlib
+is missing.
+"""
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import os
+import sys
+
+COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]  # moeh_schema.h order; expert k <-> combo k
+MODALITY = {"E": "EHR", "N": "notes", "I": "X-ray"}
+KNOWN_EVENTS = {"stats", "train", "uploads", "eval", "task", "gate", "site_metrics",
+                "site_update", "site_eval", "site_gone"}
+# figure ids, in page order (tests/test_report.py looks for each)
+FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
+FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
+FIG_PART, FIG_DP = "fig-participation", "fig-dp-epsilon"
+
+
+class InputError(Exception):
+    """Bad input: the message names the file and line."""
+
+
+def esc(s):
+    return html.escape(str(s), quote=True)
+
+
+def combo_label(c):
+    return "+".join(MODALITY.get(ch, ch) for ch in c) if set(c) <= set(MODALITY) else c
+
+
+def reject_constant(name):
+    raise ValueError(f"{name} is not JSON (a non-finite number must be written as null)")
+
+
+def parse_json(text, where):
+    try:
+        return json.loads(text, parse_constant=reject_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{where}: not well-formed JSON: {e}") from None
+
+
+class Line:
+    """One metrics line with typed getters that name file:line when a field has a wrong type."""
+
+    def __init__(self, obj, where):
+        self.obj, self.where = obj, where
+
+    def num(self, key):
+        v = self.obj.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InputError(f"{self.where}: field '{key}' should be a number or null")
+        return float(v)
+
+    def int(self, key, required=False):
+        v = self.obj.get(key)
+        if v is None and not required:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(f"{self.where}: field '{key}' should be a non-negative integer")
+        return v
+
+    def str(self, key):
+        v = self.obj.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise InputError(f"{self.where}: field '{key}' should be a string")
+        return v
+
+
+class Run:
+    """What the report shows, gathered from metrics.jsonl (per round, keyed by round number)."""
+
+    def __init__(self):
+        self.evals, self.trains, self.uploads, self.gates = {}, {}, {}, {}
+        self.tasks = {}  # round -> task -> {"auroc": x, "E": x, ...}
+        self.task_names = []
+        self.site_update, self.site_eval = {}, {}  # round -> {site: line}
+        self.site_gone = []  # (round, site, why)
+        self.site_metrics = {}  # round -> why (per-site rows unavailable)
+        self.stats = None
+        self.other = {}  # unknown event -> count
+        self.selected = None  # (round, where, why)
+        self.n_lines = 0
+
+
+def read_metrics(path):
+    run = Run()
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{where}: not UTF-8 text") from None
+            if not text.strip():
+                continue
+            obj = parse_json(text, where)
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: a metrics line must be a JSON object")
+            add_line(run, Line(obj, where))
+            run.n_lines += 1
+    if run.n_lines == 0:
+        raise InputError(f"{path}: empty: the run wrote no metrics (did it start?)")
+    if not run.evals:
+        raise InputError(f"{path}: no \"eval\" line: the run finished no round")
+    return run
+
+
+def add_line(run, ln):
+    ev = ln.str("event")
+    if ev is None:
+        raise InputError(f"{ln.where}: no \"event\" field")
+    # a future model-selection record (issue 11, item 1) may sit on any line
+    if "selected_round" in ln.obj:
+        r = ln.int("selected_round", required=True)
+        why = ln.str("why") or ln.str("criterion") or ln.str("selected_by")
+        run.selected = (r, ln.where, why)
+    if ev in ("eval", "train", "uploads", "gate", "task", "site_update", "site_eval",
+              "site_metrics", "site_gone"):
+        r = ln.int("round", required=True)
+    if ev == "eval":
+        run.evals[r] = ln
+    elif ev == "train":
+        run.trains[r] = ln
+    elif ev == "uploads":
+        run.uploads[r] = ln
+    elif ev == "task":
+        t = ln.str("task")
+        if t is None:
+            raise InputError(f"{ln.where}: a \"task\" line without its task")
+        if t not in run.task_names:
+            run.task_names.append(t)
+        row = {"auroc": ln.num("auroc")}
+        for c in COMBOS:
+            row[c] = ln.num("auroc_" + c)
+        run.tasks.setdefault(r, {})[t] = row
+    elif ev == "gate":
+        g = {}
+        for c, v in ln.obj.items():
+            if c in ("event", "round"):
+                continue
+            if not isinstance(v, dict) or not isinstance(v.get("weights"), list):
+                raise InputError(f"{ln.where}: gate entry '{c}' should be "
+                                 "{\"rows\": N, \"weights\": [...]}")
+            sub = Line(v, f"{ln.where} (gate '{c}')")
+            w = []
+            for x in v["weights"]:
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                    raise InputError(f"{ln.where}: gate '{c}': a weight is not a number")
+                w.append(float(x))
+            g[c] = (sub.int("rows") or 0, w)
+        run.gates[r] = g
+    elif ev in ("site_update", "site_eval"):
+        s = ln.str("site")
+        if s is None:
+            raise InputError(f"{ln.where}: a \"{ev}\" line without its site")
+        (run.site_update if ev == "site_update" else run.site_eval).setdefault(r, {})[s] = ln
+    elif ev == "site_gone":
+        run.site_gone.append((r, ln.str("site") or "?", ln.str("why") or ""))
+    elif ev == "site_metrics":
+        if ln.obj.get("available") is False:
+            run.site_metrics[r] = ln.str("why") or ""
+    elif ev == "stats":
+        run.stats = ln
+    else:
+        run.other[ev] = run.other.get(ev, 0) + 1
+
+
+def read_config(path):
+    """The config.json object, or None when the file is missing."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    try:
+        obj = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}:{e.colno}: not well-formed JSON: {e.msg}") from None
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not well-formed JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: should be a JSON object")
+    return obj
+
+
+# ---------------------------------------------------------------- figures (matplotlib)
+
+def setup_matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"report.py: matplotlib is missing for {sys.executable}: install Debian's "
+              "python3-matplotlib (scripts/install-deps.sh)", file=sys.stderr)
+        sys.exit(3)
+    matplotlib.use("Agg")
+    matplotlib.rcParams.update({
+        "svg.fonttype": "path",     # glyphs as paths: no font needed where the page is opened
+        "svg.hashsalt": "moeh",     # stable ids: the same run gives the same file
+        "text.parse_math": False,   # strings from the files are text, never mathtext
+        "font.size": 9,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "figure.dpi": 100,
+    })
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def svg_uri(plt, fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figure_html(fig_id, uri, caption, alt):
+    return (f'<figure id="{esc(fig_id)}"><img src="{uri}" alt="{esc(alt)}">'
+            f"<figcaption>{caption}</figcaption></figure>\n")
+
+
+def series(rounds, get):
+    xs, ys = [], []
+    for r in rounds:
+        v = get(r)
+        if v is not None and math.isfinite(v):
+            xs.append(r)
+            ys.append(v)
+    return xs, ys
+
+
+def mark_round(ax, mark, label):
+    ax.axvline(mark, color="0.35", linestyle="--", linewidth=1, label=label)
+
+
+def maybe_log(ax, values):
+    pos = [v for v in values if v is not None and v > 0]
+    if pos and min(pos) > 0 and max(pos) / min(pos) > 1e3:
+        ax.set_yscale("log")
+        return True
+    return False
+
+
+def fig_loss(plt, run, rounds, mark, mark_label):
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    allv = []
+    for key, label, style in (("train_loss", "train loss (sample-weighted mean)", "-o"),
+                              ("val_loss", "validation loss", "-^"),
+                              ("test_loss", "test loss", "-s")):
+        xs, ys = series(rounds, lambda r: run.evals[r].num(key))
+        if xs:
+            ax.plot(xs, ys, style, markersize=3, label=label)
+            allv += ys
+    logy = maybe_log(ax, allv)
+    mark_round(ax, mark, mark_label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("loss (masked BCE per label)" + (", log scale" if logy else ""))
+    ax.legend(loc="best", fontsize=8)
+    return svg_uri(plt, fig), logy
+
+
+def fig_auroc(plt, run, rounds, tasks, mark, mark_label):
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for t in tasks:
+        xs, ys = series(rounds, lambda r: run.evals[r].num("auroc_" + t))
+        if xs:
+            ax.plot(xs, ys, "-o", markersize=3, label=f"{t} (test)")
+        xs, ys = series(rounds, lambda r: run.evals[r].num("val_auroc_" + t))
+        if xs:
+            ax.plot(xs, ys, ":", label=f"{t} (validation)")
+    xs, ys = series(rounds, lambda r: run.evals[r].num("auroc_mean"))
+    if xs:
+        ax.plot(xs, ys, "-", color="black", linewidth=2, label="mean of tasks (test)")
+    mark_round(ax, mark, mark_label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("AUROC")
+    ax.legend(loc="best", fontsize=8)
+    return svg_uri(plt, fig)
+
+
+def fig_task_curves(plt, run, rounds, tasks, mark, mark_label):
+    n = max(1, len(tasks))
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.2), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        xs, ys = series(rounds, lambda r: run.tasks.get(r, {}).get(t, {}).get("auroc"))
+        ax.plot(xs, ys, "-", color="black", linewidth=2, label="all test rows")
+        for c in COMBOS:
+            xs, ys = series(rounds, lambda r: run.tasks.get(r, {}).get(t, {}).get(c))
+            if xs:
+                ax.plot(xs, ys, "-o", markersize=2.5, linewidth=1, label=combo_label(c))
+        mark_round(ax, mark, mark_label)
+        ax.set_title(t)
+        ax.set_xlabel("round")
+    axes[0][0].set_ylabel("test AUROC")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    return svg_uri(plt, fig)
+
+
+def fig_combo(plt, run, tasks, mark):
+    row = run.tasks.get(mark, {})
+    combos = [c for c in COMBOS if any(row.get(t, {}).get(c) is not None for t in tasks)]
+    groups = ["all"] + combos
+    fig, ax = plt.subplots(figsize=(7.0, 3.4))
+    width = 0.8 / max(1, len(tasks))
+    for i, t in enumerate(tasks):
+        xs, ys = [], []
+        for j, c in enumerate(groups):
+            v = row.get(t, {}).get("auroc" if c == "all" else c)
+            if v is not None and math.isfinite(v):
+                xs.append(j + (i - (len(tasks) - 1) / 2) * width)
+                ys.append(v)
+        ax.bar(xs, ys, width=width * 0.95, label=t)
+    gate = run.gates.get(mark, {})
+    labels = []
+    for c in groups:
+        lab = "all" if c == "all" else combo_label(c)
+        if c != "all" and c in gate:
+            lab += f"\nn={gate[c][0]}"
+        labels.append(lab)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.axhline(0.5, color="0.5", linewidth=0.8)
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel("test AUROC")
+    ax.legend(loc="upper right", fontsize=8, ncol=len(tasks))
+    return svg_uri(plt, fig), groups
+
+
+def expert_labels(n):
+    if n == len(COMBOS):
+        return [f"{k}: {c}" for k, c in enumerate(COMBOS)]
+    return [str(k) for k in range(n)]
+
+
+def fig_gate(plt, gate):
+    combos = [c for c in gate if gate[c][0] > 0]
+    n_exp = max((len(gate[c][1]) for c in combos), default=0)
+    mat = [gate[c][1] + [0.0] * (n_exp - len(gate[c][1])) for c in combos]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n_exp, 0.8 + 0.5 * len(combos)))
+    im = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.grid(False)
+    for i, rowv in enumerate(mat):
+        for j, v in enumerate(rowv):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(n_exp))
+    ax.set_xticklabels(expert_labels(n_exp), fontsize=8)
+    ax.set_yticks(range(len(combos)))
+    ax.set_yticklabels([f"{combo_label(c)} (n={gate[c][0]})" for c in combos], fontsize=8)
+    ax.set_xlabel("expert (index: the combination it specialises in)")
+    ax.set_ylabel("test rows' modality combination")
+    fig.colorbar(im, ax=ax, label="mean gate weight")
+    return svg_uri(plt, fig)
+
+
+def fig_gate_rounds(plt, run, rounds, mark, mark_label):
+    combos = [c for c in COMBOS if any(run.gates.get(r, {}).get(c, (0, []))[0] > 0 for r in rounds)]
+    combos += [c for r in rounds for c in run.gates.get(r, {})
+               if c not in COMBOS and c not in combos and run.gates[r][c][0] > 0]
+    n_exp = max((len(g[c][1]) for g in run.gates.values() for c in g), default=0)
+    labels = expert_labels(n_exp)
+    ncol = min(4, max(1, len(combos)))
+    nrow = (len(combos) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 2.6 * nrow), sharey=True,
+                             squeeze=False)
+    for i, c in enumerate(combos):
+        ax = axes[i // ncol][i % ncol]
+        xs = [r for r in rounds if run.gates.get(r, {}).get(c, (0, []))[0] > 0]
+        ys = []
+        for k in range(n_exp):
+            ys.append([(run.gates[r][c][1] + [0.0] * n_exp)[k] for r in xs])
+        if xs:
+            ax.stackplot(xs, ys, labels=labels)
+        mark_round(ax, mark, mark_label)
+        ax.set_title(combo_label(c), fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("round")
+    for i in range(len(combos), nrow * ncol):
+        axes[i // ncol][i % ncol].axis("off")
+    axes[0][0].set_ylabel("mean gate weight")
+    handles, labs = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labs, loc="lower center", ncol=min(8, len(labs)), fontsize=7,
+               bbox_to_anchor=(0.5, -0.02 - 0.02 * nrow), title="expert")
+    fig.tight_layout()
+    return svg_uri(plt, fig)
+
+
+def fig_participation(plt, run, rounds, sites):
+    if sites:
+        # one row per site, one column per round: 2 update and evaluation, 1 one of them, 0 none
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rounds) + 2.0),
+                                        0.8 + 0.35 * len(sites)))
+        mat = []
+        for s in sites:
+            mat.append([(s in run.site_update.get(r, {})) + (s in run.site_eval.get(r, {}))
+                        for r in rounds])
+        from matplotlib.colors import ListedColormap
+        ax.imshow(mat, cmap=ListedColormap(["#d62728", "#ffbf3f", "#2ca02c"]), vmin=0, vmax=2,
+                  aspect="auto")
+        ax.grid(False)
+        gone = {}
+        for r, s, _ in run.site_gone:
+            gone.setdefault((s, r), True)
+        for i, s in enumerate(sites):
+            for j, r in enumerate(rounds):
+                if gone.get((s, r)):
+                    ax.text(j, i, "gone", ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(len(rounds)))
+        ax.set_xticklabels([str(r) for r in rounds], fontsize=8)
+        ax.set_yticks(range(len(sites)))
+        ax.set_yticklabels(sites, fontsize=8)
+        ax.set_xlabel("round (green: update and evaluation; amber: one of them; red: none)")
+        return svg_uri(plt, fig)
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    xs, part = series(rounds, lambda r: run.trains[r].num("participants") if r in run.trains
+                      else None)
+    if xs:
+        ax.bar(xs, part, width=0.8, color="0.8", label="sites asked to train (participants)")
+    xs, tr = series(rounds, lambda r: run.trains[r].num("sites") if r in run.trains else None)
+    if xs:
+        ax.plot(xs, tr, "o-", label="sites whose update was aggregated")
+    xs, ev = series(rounds, lambda r: run.evals[r].num("sites"))
+    if xs:
+        ax.plot(xs, ev, "s--", label="sites that evaluated")
+    ax.set_xlabel("round")
+    ax.set_ylabel("sites")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right", fontsize=8)
+    return svg_uri(plt, fig)
+
+
+def fig_dp(plt, run, rounds):
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+
+    def get(key):
+        return series(rounds, lambda r: (run.trains[r] if r in run.trains else run.evals[r]).num(key))
+    xs, ys = get("dp_epsilon")
+    ax.plot(xs, ys, "o-", label="epsilon (sample-level bound reported by the coordinator)")
+    xs2, ys2 = get("dp_epsilon_coordinator")
+    if xs2 and ys2 != ys:
+        ax.plot(xs2, ys2, "s--", label="epsilon against the coordinator")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative epsilon")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    return svg_uri(plt, fig)
+
+
+# ---------------------------------------------------------------- page
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:2px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+figure{margin:1em 0}figure img{max-width:100%;height:auto}
+figcaption{font-size:0.85em;color:#555;max-width:900px}
+.note{background:#fff8e0;border-left:4px solid #e0b000;padding:4px 10px}
+code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def fmt(v, digits=4):
+    if v is None:
+        return "&ndash;"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "&ndash;"
+        if v == int(v) and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.{digits}f}" if 1e-3 <= abs(v) < 1e6 else f"{v:.4g}"
+    return esc(v)
+
+
+def fmt_config(v):
+    if isinstance(v, float):
+        return esc(format(v, ".7g"))  # float32 options shown as given (0.01, not 0.0099999998)
+    if isinstance(v, (dict, list)):
+        return "<code>" + esc(json.dumps(v)) + "</code>"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return esc(v)
+
+
+def table(head, rows, left=1):
+    """head: escaped header cells; rows: lists of already-formatted cells."""
+    out = ["<table><tr>"]
+    out += [f'<th{" class=l" if i < left else ""}>{h}</th>' for i, h in enumerate(head)]
+    out.append("</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(f'<td{" class=l" if i < left else ""}>{c}</td>'
+                                    for i, c in enumerate(row)) + "</tr>")
+    out.append("</table>\n")
+    return "".join(out)
+
+
+def render(run, config, run_dir, metrics_path):
+    plt = setup_matplotlib()
+    rounds = sorted(run.evals)
+    tasks = run.task_names or sorted(k[6:] for k in run.evals[rounds[-1]].obj
+                                     if k.startswith("auroc_") and k != "auroc_mean")
+    notes = []
+    if run.selected and run.selected[0] in run.evals:
+        mark = run.selected[0]
+        mark_label = f"selected round {mark}"
+        why = run.selected[2]
+        mark_text = (f"the <b>selected round {mark}</b>" +
+                     (f" ({esc(why)})" if why else "") +
+                     f" (<code>selected_round</code> in {esc(run.selected[1])})")
+    else:
+        mark = rounds[-1]
+        mark_label = f"last round {mark}"
+        mark_text = (f"the <b>last round {mark}</b> (the metrics name no selected round: the model "
+                     "the run wrote is the last round's)")
+        if run.selected:
+            notes.append(f"{esc(run.selected[1])}: selected_round {run.selected[0]} has no "
+                         "\"eval\" line; the last round is shown instead.")
+    ev = run.evals[mark]
+
+    parts = []
+    title = f"moeh run report: {os.path.basename(os.path.abspath(run_dir))}"
+    parts.append(f"<h1>{esc(title)}</h1>\n")
+    summary = [f"{len(rounds)} evaluated rounds ({rounds[0]}&ndash;{rounds[-1]})",
+               f"tasks: {esc(', '.join(tasks))}"]
+    if config:
+        strat = config.get("strategy")
+        if strat is not None:
+            summary.append(f"strategy {esc(strat)}")
+        if "secagg" in config:
+            summary.append("secure aggregation " + ("on" if config["secagg"] is True else "off"))
+        if isinstance(config.get("dp_noise"), (int, float)) and config.get("dp_noise"):
+            summary.append(f"DP-FedAvg (noise multiplier {fmt_config(config['dp_noise'])}, clip "
+                           f"{fmt_config(config.get('dp_clip'))})")
+    if run.stats:
+        summary.append(f"normalisation statistics from {fmt(run.stats.int('sites'))} sites over "
+                       f"{fmt(run.stats.int('features'))} features")
+    parts.append(f"<p>From <code>{esc(metrics_path)}</code>: " + "; ".join(summary) + ".</p>\n")
+    parts.append(f"<p>Marked in every per-round figure and used for the final-round figures: "
+                 f"{mark_text}.</p>\n")
+
+    # headline table at the marked round
+    head = ["round", "test loss", "mean AUROC"] + [f"AUROC {esc(t)}" for t in tasks]
+    cells = [str(mark), fmt(ev.num("test_loss")), fmt(ev.num("auroc_mean"))]
+    cells += [fmt(ev.num("auroc_" + t)) for t in tasks]
+    parts.append(table(head, [cells], left=0))
+
+    # learning curves
+    parts.append("<h2>Learning curves</h2>\n")
+    uri, logy = fig_loss(plt, run, rounds, mark, mark_label)
+    cap = ("Loss per round: the training loss is the sample-weighted mean of the sites' local "
+           "losses (\"train_loss\" of the \"eval\" lines); the test loss is the mean masked BCE over "
+           "all test labels of all sites, from the summed evaluation.")
+    if all(run.evals[r].num("train_loss") is None for r in rounds):
+        cap += " No training loss was reported (under DP the sites keep it)."
+    if logy:
+        cap += " Log scale: the values span more than three orders of magnitude."
+    parts.append(figure_html(FIG_LOSS, uri, cap, "train and test loss per round"))
+    parts.append(figure_html(
+        FIG_AUROC, fig_auroc(plt, run, rounds, tasks, mark, mark_label),
+        "Test AUROC per task and round, from the summed score histograms of every site's test "
+        "split (\"auroc_&lt;task&gt;\" of the \"eval\" lines), and their mean.",
+        "test AUROC per task per round"))
+    parts.append(figure_html(
+        FIG_TASKS, fig_task_curves(plt, run, rounds, tasks, mark, mark_label),
+        "Per task: test AUROC per round on all test rows and on the rows of each modality "
+        "combination (\"task\" lines). A combination absent from every site has no curve.",
+        "test AUROC per round per modality combination, one panel per task"))
+
+    # per-combination AUROC
+    parts.append(f"<h2>AUROC per modality combination ({esc(mark_label)})</h2>\n")
+    uri, groups = fig_combo(plt, run, tasks, mark)
+    parts.append(figure_html(
+        FIG_COMBO, uri,
+        "Test AUROC per task on all test rows and on the rows of each modality combination "
+        "(E = EHR, N = notes, I = chest X-ray), from the \"task\" lines of that round; n is the "
+        "number of test rows of the combination (\"gate\" line). Small n means a wide uncertainty.",
+        "test AUROC per modality combination and task"))
+    row = run.tasks.get(mark, {})
+    gate = run.gates.get(mark, {})
+    rows = []
+    for c in groups:
+        n = "" if c == "all" or c not in gate else str(gate[c][0])
+        rows.append([esc("all" if c == "all" else f"{c} ({combo_label(c)})"), n] +
+                    [fmt(row.get(t, {}).get("auroc" if c == "all" else c)) for t in tasks])
+    parts.append(table(["combination", "test rows"] + [esc(t) for t in tasks], rows))
+
+    # gate
+    parts.append("<h2>The gate: mean weight per expert and modality combination</h2>\n")
+    if gate and any(v[0] > 0 for v in gate.values()):
+        parts.append(figure_html(
+            FIG_GATE, fig_gate(plt, gate),
+            f"{esc(mark_label.capitalize())}: the gate's softmax weight of each expert, averaged "
+            "over the test rows of each modality combination (\"gate\" line: summed over all sites' "
+            "test rows, divided by the row count). Expert k was warmed up on combination k, so a "
+            "specialised gate puts its weight near the diagonal.",
+            "heatmap of mean gate weight per expert per modality combination"))
+        parts.append(figure_html(
+            FIG_GATE_ROUNDS, fig_gate_rounds(plt, run, rounds, mark, mark_label),
+            "The same mean gate weights per round, stacked (they sum to 1), one panel per "
+            "combination that has test rows.",
+            "mean gate weight per expert over rounds, one panel per modality combination"))
+    else:
+        parts.append("<p class=note>No \"gate\" line with test rows for this round.</p>\n")
+
+    # participation
+    parts.append("<h2>Sites per round</h2>\n")
+    sites = sorted({s for d in (run.site_update, run.site_eval) for r in d for s in d[r]} |
+                   {s for _, s, _ in run.site_gone})
+    if sites:
+        cap = ("One row per site: whether the coordinator aggregated its update "
+               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" marks "
+               "a round in which the site left (\"site_gone\").")
+    else:
+        cap = ("Counts per round from the \"train\" lines (participants asked, updates "
+               "aggregated) and the \"eval\" lines (sites that evaluated).")
+    parts.append(figure_html(FIG_PART, fig_participation(plt, run, rounds, sites), cap,
+                             "which sites reported each round"))
+    if run.site_metrics:
+        whys = sorted(set(run.site_metrics.values()))
+        parts.append("<p class=note>Per-site rows are not in the metrics of "
+                     f"{len(run.site_metrics)} round(s): " +
+                     "; ".join(esc(w) for w in whys) + ".</p>\n")
+    head = ["round", "participants", "updates aggregated", "sites evaluated", "samples",
+            "steps", "upload slots", "upload grants expired"]
+    rows = []
+    for r in sorted(set(rounds) | set(run.trains)):
+        tr, up, e = run.trains.get(r), run.uploads.get(r), run.evals.get(r)
+        rows.append([str(r), fmt(tr and tr.int("participants")), fmt(tr and tr.int("sites")),
+                     fmt(e and e.int("sites")), fmt(tr and tr.num("samples")),
+                     fmt(tr and tr.num("steps")), fmt(up and up.int("slots")),
+                     fmt(up and up.int("expired"))])
+    parts.append(table(head, rows, left=0))
+    if sites:
+        rows = []
+        for s in sites:
+            upd = [r for r in rounds if s in run.site_update.get(r, {})]
+            evs = [r for r in rounds if s in run.site_eval.get(r, {})]
+            last = run.site_eval.get(mark, {}).get(s)
+            rows.append([esc(s), str(len(upd)), str(len(evs))] +
+                        [fmt(last and last.num("auroc_" + t)) for t in tasks])
+        parts.append(f"<p>Per site ({esc(mark_label)} for the site's own test AUROC):</p>\n")
+        parts.append(table(["site", "updates", "evaluations"] +
+                           [f"own AUROC {esc(t)}" for t in tasks], rows))
+    if run.site_gone:
+        parts.append("<p>Sites that left (dropouts):</p>\n")
+        parts.append(table(["round", "site", "why"],
+                           [[str(r), esc(s), esc(w)] for r, s, w in run.site_gone], left=3))
+    else:
+        parts.append("<p>No site left during the run (no \"site_gone\" line).</p>\n")
+    parts.append("<p>Phase retries are not in metrics.jsonl today; the coordinator logs them "
+                 "(<code>logs/coordinator.log</code>, \"retry N of M\").</p>\n")
+
+    # DP
+    parts.append("<h2>Differential privacy</h2>\n")
+    has_dp = any(ln.obj.get("dp_rounds") is not None or "dp_epsilon" in ln.obj
+                 for d in (run.trains, run.evals) for ln in d.values())
+    if has_dp:
+        src = run.trains.get(mark) or ev
+        eps = src.num("dp_epsilon")
+        parts.append(figure_html(
+            FIG_DP, fig_dp(plt, run, rounds),
+            "Cumulative (epsilon, delta)-DP of DP-FedAvg after each round, from the coordinator's "
+            "RDP accountant (\"dp_epsilon\" of the \"train\" lines; null, i.e. unbounded, is not "
+            "drawn).", "DP epsilon per round"))
+        parts.append(table(
+            ["round", "epsilon", "delta", "noise multiplier", "clip", "calibrated to sites",
+             "released rounds"],
+            [[str(mark), fmt(eps) if eps is not None else "unbounded (null)",
+              fmt(src.num("dp_delta"), 7), fmt(src.num("dp_noise")), fmt(src.num("dp_clip")),
+              fmt(src.int("dp_sites")), fmt(src.int("dp_rounds"))]], left=0))
+    else:
+        parts.append("<p>DP-FedAvg was off: no \"dp_epsilon\" in the metrics.</p>\n")
+
+    # per-round numbers
+    parts.append("<h2>Per round</h2>\n")
+    head = ["round", "sites", "train loss", "test loss", "mean AUROC"] + \
+        [f"AUROC {esc(t)}" for t in tasks] + ["seconds"]
+    rows = []
+    for r in rounds:
+        e = run.evals[r]
+        rows.append([("<b>%d</b>" % r) if r == mark else str(r), fmt(e.int("sites")),
+                     fmt(e.num("train_loss")), fmt(e.num("test_loss")), fmt(e.num("auroc_mean"))]
+                    + [fmt(e.num("auroc_" + t)) for t in tasks] + [fmt(e.num("seconds"), 2)])
+    parts.append(table(head, rows, left=0))
+
+    # configuration
+    parts.append("<h2>Configuration</h2>\n")
+    if config is None:
+        parts.append(f"<p class=note>No <code>{esc(os.path.join(run_dir, 'config.json'))}</code>: "
+                     "the configuration is unknown.</p>\n")
+    else:
+        parts.append(f"<p>The effective configuration the coordinator stored "
+                     f"(<code>{esc(os.path.join(run_dir, 'config.json'))}</code>).</p>\n")
+        parts.append(table(["option", "value"],
+                           [[esc(k), fmt_config(v)] for k, v in config.items()], left=2))
+    if run.other:
+        parts.append("<h2>Other events</h2>\n<p>Lines of kinds this report does not draw:</p>\n")
+        parts.append(table(["event", "lines"],
+                           [[esc(k), str(v)] for k, v in sorted(run.other.items())]))
+    if notes:
+        parts.insert(1, "".join(f"<p class=note>{n}</p>\n" for n in notes))
+
+    return ("<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+            "img-src data:; style-src 'unsafe-inline'\">\n"
+            "<meta name=viewport content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" +
+            "".join(parts) +
+            "<p style=\"color:#888;font-size:0.8em\">Written by scripts/report.py "
+            "(docs/report.md).</p>\n</body>\n</html>\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="report.py",
+        description="Writes one self-contained HTML report (figures inline, opens offline) of a "
+                    "moeh run directory: learning curves, AUROC per modality combination, gate "
+                    "weights, site participation, DP epsilon, configuration. Reads "
+                    "RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh-sim run).",
+        epilog="Exit status: 0 written, 2 bad input (the message names file:line), "
+               "3 matplotlib missing (Debian: python3-matplotlib). See docs/report.md.")
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh-sim run --out)")
+    ap.add_argument("--out", metavar="FILE",
+                    help="where to write the report (default: RUN_DIR/report.html)")
+    a = ap.parse_args(argv)
+    run_dir = a.run_dir
+    try:
+        if not os.path.isdir(run_dir):
+            raise InputError(f"{run_dir}: no such run directory")
+        if not os.listdir(run_dir):
+            raise InputError(f"{run_dir}: empty run directory (no metrics.jsonl, config.json)")
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        if not os.path.exists(metrics_path):
+            raise InputError(f"{metrics_path}: missing: not a run directory (moeh-sim run "
+                             "--out DIR writes DIR/metrics.jsonl)")
+        run = read_metrics(metrics_path)
+        config = read_config(os.path.join(run_dir, "config.json"))
+    except InputError as e:
+        print(f"report.py: {e}", file=sys.stderr)
+        return 2
+    page = render(run, config, run_dir, metrics_path)
+    out = a.out or os.path.join(run_dir, "report.html")
+    tmp = out + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, out)
+    except OSError as e:
+        print(f"report.py: {out}: cannot write: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -260,8 +260,14 @@ def series(rounds, get):
     return xs, ys
 
 
+def int_rounds(ax):
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def mark_round(ax, mark, label):
     ax.axvline(mark, color="0.35", linestyle="--", linewidth=1, label=label)
+    int_rounds(ax)
 
 
 def maybe_log(ax, values):
@@ -410,13 +416,14 @@ def fig_gate_rounds(plt, run, rounds, mark, mark_label):
         axes[i // ncol][i % ncol].axis("off")
     axes[0][0].set_ylabel("mean gate weight")
     handles, labs = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc="lower center", ncol=min(8, len(labs)), fontsize=7,
-               bbox_to_anchor=(0.5, -0.02 - 0.02 * nrow), title="expert")
     fig.tight_layout()
+    fig.legend(handles[::-1], labs[::-1], loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize=7, title="expert")
     return svg_uri(plt, fig)
 
 
 def fig_participation(plt, run, rounds, sites):
+    from matplotlib.ticker import MaxNLocator
     if sites:
         # one row per site, one column per round: 2 update and evaluation, 1 one of them, 0 none
         fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rounds) + 2.0),
@@ -456,6 +463,8 @@ def fig_participation(plt, run, rounds, sites):
     ax.set_xlabel("round")
     ax.set_ylabel("sites")
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    int_rounds(ax)
     ax.legend(loc="lower right", fontsize=8)
     return svg_uri(plt, fig)
 
@@ -466,10 +475,11 @@ def fig_dp(plt, run, rounds):
     def get(key):
         return series(rounds, lambda r: (run.trains[r] if r in run.trains else run.evals[r]).num(key))
     xs, ys = get("dp_epsilon")
-    ax.plot(xs, ys, "o-", label="epsilon (sample-level bound reported by the coordinator)")
+    ax.plot(xs, ys, "o-", label="epsilon of the released sums (dp_epsilon)")
     xs2, ys2 = get("dp_epsilon_coordinator")
-    if xs2 and ys2 != ys:
-        ax.plot(xs2, ys2, "s--", label="epsilon against the coordinator")
+    if xs2 and (xs2, ys2) != (xs, ys):
+        ax.plot(xs2, ys2, "s--", label="epsilon against the coordinator (dp_epsilon_coordinator)")
+    int_rounds(ax)
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative epsilon")
     ax.set_ylim(bottom=0)
@@ -698,13 +708,17 @@ def render(run, config, run_dir, metrics_path):
         eps = src.num("dp_epsilon")
         parts.append(figure_html(
             FIG_DP, fig_dp(plt, run, rounds),
-            "Cumulative (epsilon, delta)-DP of DP-FedAvg after each round, from the coordinator's "
-            "RDP accountant (\"dp_epsilon\" of the \"train\" lines; null, i.e. unbounded, is not "
-            "drawn).", "DP epsilon per round"))
+            "Cumulative epsilon (at the run's delta) of DP-FedAvg after each round, from the "
+            "coordinator's RDP accountant (\"dp_epsilon\" of the \"train\" lines, and "
+            "\"dp_epsilon_coordinator\" where it differs: the guarantee against the coordinator "
+            "itself, weaker without secure aggregation; docs/security.md). null, i.e. unbounded "
+            "(noise 0), is not drawn.", "DP epsilon per round"))
+        epc = src.num("dp_epsilon_coordinator")
         parts.append(table(
-            ["round", "epsilon", "delta", "noise multiplier", "clip", "calibrated to sites",
-             "released rounds"],
+            ["round", "epsilon", "epsilon against the coordinator", "delta", "noise multiplier",
+             "clip", "calibrated to sites", "released rounds"],
             [[str(mark), fmt(eps) if eps is not None else "unbounded (null)",
+              fmt(epc) if epc is not None else "unbounded (null)",
               fmt(src.num("dp_delta"), 7), fmt(src.num("dp_noise")), fmt(src.num("dp_clip")),
               fmt(src.int("dp_sites")), fmt(src.int("dp_rounds"))]], left=0))
     else:

@@ -447,7 +447,16 @@ def fig_participation(plt, run, rounds, sites):
         ax.set_xticklabels([str(r) for r in rounds], fontsize=8)
         ax.set_yticks(range(len(sites)))
         ax.set_yticklabels(sites, fontsize=8)
-        ax.set_xlabel("round (green: update and evaluation; amber: one of them; red: none)")
+        ax.set_xticks([j - 0.5 for j in range(1, len(rounds))], minor=True)
+        ax.set_yticks([i - 0.5 for i in range(1, len(sites))], minor=True)
+        ax.grid(True, which="minor", color="white", linewidth=1.5)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlabel("round")
+        from matplotlib.patches import Patch
+        ax.legend(handles=[Patch(color="#2ca02c", label="update and evaluation"),
+                           Patch(color="#ffbf3f", label="only one of them"),
+                           Patch(color="#d62728", label="neither")],
+                  loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         return svg_uri(plt, fig)
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
     xs, part = series(rounds, lambda r: run.trains[r].num("participants") if r in run.trains

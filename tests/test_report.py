@@ -1,0 +1,483 @@
+#!/usr/bin/python3
+"""test_report.py - scripts/report.py as a person sees its page (docs/report.md).
+
+Default: writes a small run directory itself (metrics.jsonl + config.json in the shapes the
+coordinator writes: per-site lines, a site that leaves, DP fields; a second one under secure
+aggregation with a "selected_round"), renders the report, checks its structure (every figure by
+id, every image a data: URI of well-formed SVG, nothing loaded from outside, a hostile site id,
+Bye reason and config value escaped), the refusals (malformed line with file:line, empty and
+missing run directory: exit 2) and --help; then loads the page in headless Chromium, asserts no
+console message at all (the page has no script; a blocked load or a CSP violation would log
+one: a control page proves that such a message is seen) and that the screenshot, decoded here
+with zlib, is not blank.
+
+--real: runs `moeh-sim run --admissions 600 --rounds 2` from MOEH_BIN_DIR and renders its run
+directory (the shapes of today's coordinator, not of this file's copy of them).
+
+Chromium missing is a failure, not a skip: CI installs it (scripts/debian-packages.txt).
+Runs report.py with this interpreter (ctest passes Debian's /usr/bin/python3, which has
+python3-matplotlib). Exit 0 only if every check passed.
+"""
+import base64
+import html.parser
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPORT = os.path.join(HERE, "..", "scripts", "report.py")
+FAILS = []
+HOSTILE_SITE = "evil<script>alert(\"x\")</script>'&"
+HOSTILE_WHY = "\"><img src=x onerror=alert(1)>"
+HOSTILE_CFG = "</td><script>alert('cfg')</script>"
+TASKS = ["mortality", "los7", "readmit30"]
+COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
+ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-gate-heatmap",
+            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon"]
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    if not cond:
+        FAILS.append(what)
+    return cond
+
+
+# ---------------------------------------------------------------- a run directory
+
+def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
+    """A run directory in the coordinator's shapes (coordinator/coordinator.c)."""
+    os.makedirs(d, exist_ok=True)
+    sites = ["site-1", "site-2", HOSTILE_SITE]
+    lines = [{"event": "stats", "sites": len(sites), "features": 68}]
+    for r in range(1, rounds + 1):
+        here = sites if r < 3 else sites[:2]  # the hostile site leaves in round 3
+        dpf = {}
+        if dp:
+            dpf = {"dp_epsilon": 2.0 + 1.5 * r, "dp_epsilon_coordinator": 2.0 + 1.5 * r,
+                   "dp_delta": 1e-05, "dp_noise": 1, "dp_clip": 2.5, "dp_sites": 2, "dp_rounds": r}
+        if not secagg:
+            for s in here:
+                lines.append({"event": "site_update", "round": r, "site": s,
+                              "train_loss": None if dp else 0.9 / r, "n_samples": 100, "steps": 4})
+        if r == 3:
+            lines.append({"event": "site_gone", "round": r, "site": HOSTILE_SITE,
+                          "why": HOSTILE_WHY})
+        lines.append(dict({"event": "train", "round": r, "sites": len(here), "participants": 3,
+                           "train_loss": None if dp else 0.9 / r, "samples": 100.0 * len(here),
+                           "steps": 12, "groups_updated": 10, "model_version": r}, **dpf))
+        lines.append({"event": "uploads", "round": r, "slots": 2, "max_in_flight": 2,
+                      "expired": 1 if r == 2 else 0})
+        if not secagg:
+            for s in here:
+                lines.append(dict({"event": "site_eval", "round": r, "site": s,
+                                   "test_loss": 0.5 - 0.01 * r},
+                                  **{"auroc_" + t: 0.6 + 0.03 * r for t in TASKS}))
+        au = {t: 0.55 + 0.05 * r + 0.01 * k for k, t in enumerate(TASKS)}
+        ev = {"event": "eval", "round": r, "sites": len(here),
+              "train_loss": None if dp else 0.9 / r, "test_loss": 0.5 - 0.02 * r,
+              "auroc_mean": sum(au.values()) / 3, "seconds": 2.5}
+        ev.update({"auroc_" + t: au[t] for t in TASKS})
+        ev.update(dpf)
+        if selected is not None:
+            ev["selected_round"] = selected
+            ev["why"] = "best mean validation AUROC"
+        lines.append(ev)
+        for t in TASKS:
+            tl = {"event": "task", "round": r, "task": t, "auroc": au[t]}
+            for k, c in enumerate(COMBOS):
+                tl["auroc_" + c] = None if "N" in c and "E" not in c or c == "I" else \
+                    au[t] - 0.01 * k
+            lines.append(tl)
+        g = {"event": "gate", "round": r}
+        for k, c in enumerate(COMBOS):
+            rows = 0 if c in ("N", "I", "NI") else 100 - 10 * k
+            w = [0.0] * 7
+            if rows:
+                w = [0.05] * 7
+                w[k] = 0.7
+            g[c] = {"rows": rows, "weights": w}
+        lines.append(g)
+        if secagg:
+            lines.append({"event": "site_metrics", "round": r, "available": False,
+                          "why": "secure aggregation: the coordinator learns only sums; each site "
+                                 "logs its own metrics"})
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        for ln in lines:
+            f.write(json.dumps(ln, separators=(",", ":")) + "\n")
+    cfg = {"bind": "tcp://127.0.0.1:*", "insecure": False, "registry": HOSTILE_CFG,
+           "rounds": rounds, "min_sites": 2, "strategy": "fedavg", "secagg": secagg,
+           "lambda_lb": 0.00999999977648258, "dp_clip": 2.5 if dp else 0,
+           "dp_noise": 1 if dp else 0, "dp_delta": 9.99999974737875e-06}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent="\t")
+
+
+def run_report(args, timeout=300):
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, REPORT] + args, capture_output=True, text=True,
+                       timeout=timeout)
+    return p, time.monotonic() - t
+
+
+# ---------------------------------------------------------------- structure
+
+class Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.figs, self.tags, self.urls, self.text, self.meta = {}, [], [], [], []
+        self.cur_fig = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        for k in ("src", "href", "action", "data", "poster", "srcset"):
+            if k in a:
+                self.urls.append((tag, k, a[k]))
+        if tag == "figure":
+            self.cur_fig = a.get("id")
+            self.figs[self.cur_fig] = []
+        if tag == "img" and self.cur_fig is not None:
+            self.figs[self.cur_fig].append(a.get("src", ""))
+        if tag == "meta":
+            self.meta.append(a)
+        if any(k.startswith("on") for k in a):
+            self.tags.append("EVENT-HANDLER:" + tag)
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self.cur_fig = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def check_structure(page_text, figs_expected, label):
+    p = Page()
+    p.feed(page_text)
+    text = "".join(p.text)
+    for fid in figs_expected:
+        srcs = p.figs.get(fid)
+        if not check(srcs is not None and len(srcs) == 1, f"{label}: figure #{fid} present"):
+            continue
+        src = srcs[0]
+        ok = src.startswith("data:image/svg+xml;base64,")
+        if check(ok, f"{label}: #{fid} is an inline SVG (data: URI)"):
+            svg = base64.b64decode(src.split(",", 1)[1])
+            try:
+                root = ET.fromstring(svg)
+                good = root.tag.endswith("svg") and len(svg) > 2000
+            except ET.ParseError:
+                good = False
+            check(good, f"{label}: #{fid} decodes to well-formed SVG")
+            check(b"<script" not in svg.lower(), f"{label}: #{fid} SVG has no script")
+    extra = set(p.figs) - set(figs_expected)
+    check(not extra, f"{label}: no unexpected figure ({sorted(extra)})")
+    check(all(v.startswith("data:") or v.startswith("#") for _, _, v in p.urls),
+          f"{label}: every src/href is data: or #: nothing loaded from outside")
+    check("script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
+          and not any(t.startswith("EVENT-HANDLER") for t in p.tags),
+          f"{label}: no script, link, iframe element or event-handler attribute")
+    check(any(m.get("http-equiv") == "Content-Security-Policy" and
+              "default-src 'none'" in m.get("content", "") for m in p.meta),
+          f"{label}: Content-Security-Policy default-src 'none'")
+    low = page_text.lower()
+    check("<script" not in low and "onerror=" not in low.replace("onerror=alert(1)&gt;", ""),
+          f"{label}: no raw <script or onerror= anywhere in the page source")
+    return text
+
+
+# ---------------------------------------------------------------- PNG (zlib only)
+
+def decode_png(data):
+    """(width, height, channels, rows as bytearrays) of an 8-bit non-interlaced PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, ihdr = 8, [], None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    w, h, depth, ctype, _, _, interlace = ihdr
+    if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
+        raise ValueError(f"unsupported PNG (depth {depth}, colour type {ctype})")
+    bpp = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
+    raw = zlib.decompress(b"".join(idat))
+    stride = w * bpp
+    prev, rows = bytearray(stride), []
+    for y in range(h):
+        off = y * (stride + 1)
+        f, line = raw[off], bytearray(raw[off + 1:off + 1 + stride])
+        if f == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 255
+        elif f == 2:
+            line = bytearray((a + b) & 255 for a, b in zip(line, prev))
+        elif f == 3:
+            for i in range(stride):
+                line[i] = (line[i] + ((line[i - bpp] if i >= bpp else 0) + prev[i]) // 2) & 255
+        elif f == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        elif f != 0:
+            raise ValueError(f"bad PNG filter {f} in row {y}")
+        rows.append(line)
+        prev = line
+    return w, h, bpp, rows
+
+
+def blank_stats(w, h, bpp, rows, grid=8):
+    """(luminance variance, tiles with ink, tiles with colour) on a grid x grid split."""
+    ink, colour = set(), set()
+    n = s = s2 = 0
+    for y in range(0, h, 2):
+        row = rows[y]
+        for x in range(0, w, 2):
+            px = row[x * bpp:x * bpp + min(bpp, 3)]
+            if bpp < 3:
+                r = g = b = px[0]
+            else:
+                r, g, b = px[0], px[1], px[2]
+            lum = (r * 299 + g * 587 + b * 114) // 1000
+            n += 1
+            s += lum
+            s2 += lum * lum
+            tile = (y * grid // h, x * grid // w)
+            if lum < 200:
+                ink.add(tile)
+            if max(r, g, b) - min(r, g, b) > 80:
+                colour.add(tile)
+    mean = s / n
+    return s2 / n - mean * mean, len(ink), len(colour)
+
+
+def png_bytes(w, h, rgb):
+    """A tiny RGB PNG of one colour (to check that blank_stats calls it blank)."""
+    raw = b"".join(b"\x00" + bytes(rgb) * w for _ in range(h))
+
+    def chunk(k, b):
+        return struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# ---------------------------------------------------------------- Chromium
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                  "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                  "--enable-logging=stderr", "--v=0"]
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def chromium_shot(chromium, page, png, work, size="1280,4000"):
+    """Runs headless Chromium on file://page; returns (exit code, console lines, seconds).
+    Chromium runs in its own process group, killed as a whole if it overruns."""
+    prof = tempfile.mkdtemp(prefix="chromium-", dir=work)
+    cmd = [chromium] + CHROMIUM_FLAGS + [f"--user-data-dir={prof}", f"--screenshot={png}",
+                                         f"--window-size={size}", "file://" + page]
+    env = dict(os.environ, HOME=prof)
+    t = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        err += b"\n(timed out after 120 s)"
+    try:  # the browser's helpers (zygote, GPU, renderer) share its group
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    console = [ln for ln in err.decode("utf-8", "replace").splitlines() if ":CONSOLE" in ln]
+    if p.returncode != 0:
+        print(err.decode("utf-8", "replace")[-3000:])
+    return p.returncode, console, time.monotonic() - t
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_refusals(work):
+    p, _ = run_report(["--help"])
+    check(p.returncode == 0 and "RUN_DIR" in p.stdout and "--out" in p.stdout, "--help")
+    p, _ = run_report([os.path.join(work, "nope")])
+    check(p.returncode == 2 and "no such run directory" in p.stderr,
+          f"missing run directory: exit 2 with a message ({p.returncode}: {p.stderr.strip()})")
+    empty = os.path.join(work, "empty")
+    os.makedirs(empty)
+    p, _ = run_report([empty])
+    check(p.returncode == 2 and "empty run directory" in p.stderr,
+          f"empty run directory: exit 2 with a message ({p.returncode}: {p.stderr.strip()})")
+    bad = os.path.join(work, "bad")
+    write_run(bad, rounds=2)
+    path = os.path.join(bad, "metrics.jsonl")
+    with open(path) as f:
+        lines = f.readlines()
+    lines[2] = lines[2].rstrip("\n")[:-7] + "\n"  # truncated mid-line
+    with open(path, "w") as f:
+        f.writelines(lines)
+    p, _ = run_report([bad])
+    check(p.returncode == 2 and f"{path}:3:" in p.stderr and "JSON" in p.stderr,
+          f"malformed line refused with file:line ({p.returncode}: {p.stderr.strip()})")
+    check(not os.path.exists(os.path.join(bad, "report.html")), "no report after a refusal")
+    lines[2] = '{"event":"eval","round":1,"test_loss":NaN}\n'
+    with open(path, "w") as f:
+        f.writelines(lines)
+    p, _ = run_report([bad])
+    check(p.returncode == 2 and f"{path}:3:" in p.stderr, "NaN (not JSON) refused with file:line")
+    lines[2] = '{"event":"eval","round":"one"}\n'
+    with open(path, "w") as f:
+        f.writelines(lines)
+    p, _ = run_report([bad])
+    check(p.returncode == 2 and f"{path}:3:" in p.stderr and "round" in p.stderr,
+          "a field of the wrong type refused with file:line and its name")
+    os.remove(path)
+    p, _ = run_report([bad])
+    check(p.returncode == 2 and "metrics.jsonl" in p.stderr, "no metrics.jsonl: exit 2")
+
+
+def test_reports(work):
+    """Renders two runs; returns the path of the first page (for Chromium)."""
+    full = os.path.join(work, "run-plain-dp")
+    write_run(full, rounds=4, secagg=False, dp=True)
+    out = os.path.join(work, "elsewhere.html")
+    p, secs = run_report([full, "--out", out])
+    print(f"     (report.py took {secs:.1f} s)")
+    if not check(p.returncode == 0 and os.path.exists(out),
+                 f"report of a plain DP run written with --out ({p.stderr.strip()})"):
+        return None
+    page = open(out, encoding="utf-8").read()
+    text = check_structure(page, ALL_FIGS, "plain+DP")
+    check(HOSTILE_SITE in text, "hostile site id shown as text (after unescaping)")
+    check(HOSTILE_WHY in text, "hostile Bye reason shown as text")
+    check(HOSTILE_CFG in text, "hostile config value shown as text")
+    check(HOSTILE_SITE not in page and HOSTILE_WHY not in page and HOSTILE_CFG not in page,
+          "no hostile string appears unescaped in the page source")
+    check("evil&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#x27;&amp;" in page,
+          "site id escaped with quotes (&quot; &#x27;) and &amp;")
+    check("last round 4" in text, "no selected_round: the last round is marked and named")
+    check("0.01" in text and "0.00999999977648258" not in text, "float32 config shown as given")
+    check("1e-05" in text, "DP delta in the DP table")
+
+    sec = os.path.join(work, "run-secagg")
+    write_run(sec, rounds=5, secagg=True, dp=False, selected=3)
+    p, secs = run_report([sec])
+    default_out = os.path.join(sec, "report.html")
+    if check(p.returncode == 0 and os.path.exists(default_out),
+             f"report of a secagg run at RUN_DIR/report.html ({p.stderr.strip()})"):
+        page2 = open(default_out, encoding="utf-8").read()
+        text2 = check_structure(page2, [f for f in ALL_FIGS if f != "fig-dp-epsilon"], "secagg")
+        check("selected round 3" in text2 and "best mean validation AUROC" in text2,
+              "a selected_round in the metrics is marked and its reason shown")
+        check("DP-FedAvg was off" in text2, "no DP: said so, no epsilon figure")
+        check("each site logs its own metrics" in text2, "why per-site rows are missing is shown")
+    return out
+
+
+def test_chromium(page, work):
+    chromium = find_chromium()
+    if not check(chromium is not None, "chromium is installed (Debian package 'chromium'; "
+                                       "scripts/install-deps.sh)"):
+        return
+    # the detectors first: a blank image is blank, a page with a blocked load logs a message
+    var, ink, col = blank_stats(*decode_png(png_bytes(64, 48, (255, 255, 255))))
+    check(var == 0 and ink == 0 and col == 0, "blank detector: a white PNG is blank")
+    control = os.path.join(work, "control.html")
+    with open(control, "w") as f:
+        f.write("<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" "
+                "content=\"default-src 'none'; img-src data:\"></head><body>"
+                "<img src=\"http://127.0.0.1:9/x.png\"></body></html>\n")
+    rc, console, secs = chromium_shot(chromium, control, os.path.join(work, "control.png"), work,
+                                      size="400,300")
+    check(rc == 0 and console, f"console detector: a blocked load in a control page is seen "
+                               f"({len(console)} message(s), {secs:.1f} s)")
+    png = os.path.join(work, "report.png")
+    rc, console, secs = chromium_shot(chromium, page, png, work)
+    print(f"     (chromium took {secs:.1f} s)")
+    check(rc == 0 and os.path.exists(png), f"chromium rendered the report (exit {rc})")
+    check(not console, "no console message while loading the report" +
+          "".join("\n       " + c for c in console))
+    if not os.path.exists(png):
+        return
+    t = time.monotonic()
+    w, h, bpp, rows = decode_png(open(png, "rb").read())
+    var, ink, col = blank_stats(w, h, bpp, rows)
+    print(f"     (screenshot {w}x{h}, {bpp} channels: luminance variance {var:.0f}, "
+          f"{ink}/64 tiles with ink, {col}/64 with colour; decoded in {time.monotonic() - t:.1f} s)")
+    check((w, h) == (1280, 4000), "screenshot has the window's size")
+    check(var > 100, "screenshot is not blank (luminance variance)")
+    check(ink >= 16, "ink in at least 16 of 64 regions")
+    check(col >= 8, "colour (the figures) in at least 8 of 64 regions")
+
+
+def test_real(work):
+    bindir = os.environ.get("MOEH_BIN_DIR")
+    sim = os.path.join(bindir or "", "moeh-sim")
+    if not check(bindir and os.access(sim, os.X_OK), f"moeh-sim in MOEH_BIN_DIR ({sim})"):
+        return
+    t = time.monotonic()
+    p = subprocess.run([sim, "run", "--out", os.path.join(work, "moeh-run"), "--admissions",
+                        "600", "--rounds", "2", "--timeout-s", "240"], cwd=work,
+                       capture_output=True, text=True, timeout=300)
+    print(f"     (moeh-sim run took {time.monotonic() - t:.1f} s)")
+    if not check(p.returncode == 0, "moeh-sim run --admissions 600 --rounds 2"):
+        print(p.stdout[-2000:], p.stderr[-2000:])
+        return
+    run_dir = os.path.join(work, "moeh-run")
+    p, secs = run_report([run_dir])
+    print(f"     (report.py took {secs:.1f} s)")
+    if check(p.returncode == 0, f"report of a real run ({p.stderr.strip()})"):
+        page = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
+        text = check_structure(page, [f for f in ALL_FIGS if f != "fig-dp-epsilon"], "real run")
+        check("last round 2" in text, "real run: the last round is marked")
+        check("mortality" in text and "EHR+notes" in text, "real run: tasks and combinations")
+
+
+def main():
+    real = "--real" in sys.argv[1:]
+    t0 = time.monotonic()
+    work = tempfile.mkdtemp(prefix="test_report-")
+    try:
+        if real:
+            test_real(work)
+        else:
+            test_refusals(work)
+            page = test_reports(work)
+            if page:
+                test_chromium(page, work)
+    finally:
+        if FAILS and os.environ.get("MOEH_KEEP_TMP"):
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(FAILS)} failure(s) in {time.monotonic() - t0:.1f} s")
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -69,6 +69,8 @@ class Line:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InputError(f"{self.where}: field '{key}' should be a number or null")
+        if not math.isfinite(float(v)):
+            raise InputError(f"{self.where}: field '{key}' is out of range ({v})")
         return float(v)
 
     def int(self, key, required=False):
@@ -265,6 +267,12 @@ def int_rounds(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def legend(ax, **kw):
+    """A legend when something is labelled (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def mark_round(ax, mark, label):
     ax.axvline(mark, color="0.35", linestyle="--", linewidth=1, label=label)
     int_rounds(ax)
@@ -292,7 +300,7 @@ def fig_loss(plt, run, rounds, mark, mark_label):
     mark_round(ax, mark, mark_label)
     ax.set_xlabel("round")
     ax.set_ylabel("loss (masked BCE per label)" + (", log scale" if logy else ""))
-    ax.legend(loc="best", fontsize=8)
+    legend(ax, loc="best", fontsize=8)
     return svg_uri(plt, fig), logy
 
 
@@ -311,7 +319,7 @@ def fig_auroc(plt, run, rounds, tasks, mark, mark_label):
     mark_round(ax, mark, mark_label)
     ax.set_xlabel("round")
     ax.set_ylabel("AUROC")
-    ax.legend(loc="best", fontsize=8)
+    legend(ax, loc="best", fontsize=8)
     return svg_uri(plt, fig)
 
 
@@ -329,7 +337,7 @@ def fig_task_curves(plt, run, rounds, tasks, mark, mark_label):
         ax.set_title(t)
         ax.set_xlabel("round")
     axes[0][0].set_ylabel("test AUROC")
-    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    legend(axes[0][-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     return svg_uri(plt, fig)
 
 
@@ -359,7 +367,7 @@ def fig_combo(plt, run, tasks, mark):
     ax.axhline(0.5, color="0.5", linewidth=0.8)
     ax.set_ylim(0.3, 1.0)
     ax.set_ylabel("test AUROC")
-    ax.legend(loc="upper right", fontsize=8, ncol=len(tasks))
+    legend(ax, loc="upper right", fontsize=8, ncol=max(1, len(tasks)))
     return svg_uri(plt, fig), groups
 
 
@@ -474,7 +482,7 @@ def fig_participation(plt, run, rounds, sites):
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     int_rounds(ax)
-    ax.legend(loc="lower right", fontsize=8)
+    legend(ax, loc="lower right", fontsize=8)
     return svg_uri(plt, fig)
 
 
@@ -492,7 +500,7 @@ def fig_dp(plt, run, rounds):
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative epsilon")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", fontsize=8)
+    legend(ax, loc="upper left", fontsize=8)
     return svg_uri(plt, fig)
 
 

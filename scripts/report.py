@@ -434,37 +434,46 @@ def fig_participation(plt, run, rounds, sites):
     from matplotlib.ticker import MaxNLocator
     if sites:
         # one row per site, one column per round: 2 update and evaluation, 1 one of them, 0 none
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rounds) + 2.0),
-                                        0.8 + 0.35 * len(sites)))
+        # bounded size: every round and site up to ~25 / 40 labels, then every k-th
+        nr, ns = len(rounds), len(sites)
+        fig, ax = plt.subplots(figsize=(min(11.0, max(4.0, 0.45 * nr + 2.0)),
+                                        min(14.0, 0.8 + 0.35 * ns)))
         mat = []
         for s in sites:
             mat.append([(s in run.site_update.get(r, {})) + (s in run.site_eval.get(r, {}))
                         for r in rounds])
         from matplotlib.colors import ListedColormap
         ax.imshow(mat, cmap=ListedColormap(["#d62728", "#ffbf3f", "#2ca02c"]), vmin=0, vmax=2,
-                  aspect="auto")
+                  aspect="auto", interpolation="nearest")
         ax.grid(False)
-        gone = {}
-        for r, s, _ in run.site_gone:
-            gone.setdefault((s, r), True)
-        for i, s in enumerate(sites):
-            for j, r in enumerate(rounds):
-                if gone.get((s, r)):
-                    ax.text(j, i, "gone", ha="center", va="center", fontsize=7, color="white")
-        ax.set_xticks(range(len(rounds)))
-        ax.set_xticklabels([str(r) for r in rounds], fontsize=8)
-        ax.set_yticks(range(len(sites)))
-        ax.set_yticklabels(sites, fontsize=8)
-        ax.set_xticks([j - 0.5 for j in range(1, len(rounds))], minor=True)
-        ax.set_yticks([i - 0.5 for i in range(1, len(sites))], minor=True)
-        ax.grid(True, which="minor", color="white", linewidth=1.5)
-        ax.tick_params(which="minor", length=0)
+        col = {r: j for j, r in enumerate(rounds)}
+        row = {s: i for i, s in enumerate(sites)}
+        gone = sorted({(row[s], col[r]) for r, s, _ in run.site_gone if r in col and s in row})
+        if nr <= 40 and ns <= 60:
+            for i, j in gone:
+                ax.text(j, i, "gone", ha="center", va="center", fontsize=7, color="white")
+        elif gone:
+            ax.plot([j for _, j in gone], [i for i, _ in gone], "kx", markersize=4)
+        kx, ky = -(-nr // 25), -(-ns // 40)
+        ax.set_xticks(range(0, nr, kx))
+        ax.set_xticklabels([str(r) for r in rounds[::kx]], fontsize=8)
+        ax.set_yticks(range(0, ns, ky))
+        ax.set_yticklabels(sites[::ky], fontsize=8)
+        if nr <= 60 and ns <= 60:
+            ax.set_xticks([j - 0.5 for j in range(1, nr)], minor=True)
+            ax.set_yticks([i - 0.5 for i in range(1, ns)], minor=True)
+            ax.grid(True, which="minor", color="white", linewidth=1.5)
+            ax.tick_params(which="minor", length=0)
         ax.set_xlabel("round")
         from matplotlib.patches import Patch
-        ax.legend(handles=[Patch(color="#2ca02c", label="update and evaluation"),
-                           Patch(color="#ffbf3f", label="only one of them"),
-                           Patch(color="#d62728", label="neither")],
-                  loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+        handles = [Patch(color="#2ca02c", label="update and evaluation"),
+                   Patch(color="#ffbf3f", label="only one of them"),
+                   Patch(color="#d62728", label="neither")]
+        if gone and not (nr <= 40 and ns <= 60):
+            from matplotlib.lines import Line2D
+            handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
+                                  label="the site left (site_gone)"))
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         return svg_uri(plt, fig)
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
     xs, part = series(rounds, lambda r: run.trains[r].num("participants") if r in run.trains
@@ -674,8 +683,8 @@ def render(run, config, run_dir, metrics_path):
                    {s for _, s, _ in run.site_gone})
     if sites:
         cap = ("One row per site: whether the coordinator aggregated its update "
-               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" marks "
-               "a round in which the site left (\"site_gone\").")
+               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" (or a cross, on a large grid) "
+               "marks a round in which the site left (\"site_gone\").")
     else:
         cap = ("Counts per round from the \"train\" lines (participants asked, updates "
                "aggregated) and the \"eval\" lines (sites that evaluated).")

@@ -284,9 +284,8 @@ def png_bytes(w, h, rgb):
 # --no-sandbox: Chromium refuses to start as root (CI) without it; --disable-dev-shm-usage: a
 # container's /dev/shm (64 MB under Docker) is too small for a long page's renderer.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--hide-scrollbars",
-                  "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                  "--enable-logging=stderr", "--v=0"]
+                  "--hide-scrollbars", "--no-first-run", "--no-default-browser-check",
+                  "--disable-extensions", "--enable-logging=stderr", "--v=0"]
 
 
 def find_chromium():

@@ -26,8 +26,6 @@ import sys
 
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]  # moeh_schema.h order; expert k <-> combo k
 MODALITY = {"E": "EHR", "N": "notes", "I": "X-ray"}
-KNOWN_EVENTS = {"stats", "train", "uploads", "eval", "task", "gate", "site_metrics",
-                "site_update", "site_eval", "site_gone"}
 # figure ids, in page order (tests/test_report.py looks for each)
 FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
 FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
@@ -40,6 +38,12 @@ class InputError(Exception):
 
 def esc(s):
     return html.escape(str(s), quote=True)
+
+
+def show(s):
+    """A string from a file, safe on a terminal (no control characters), at most 60 chars."""
+    s = ascii(str(s))[1:-1]
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def combo_label(c):
@@ -68,9 +72,9 @@ class Line:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise InputError(f"{self.where}: field '{key}' should be a number or null")
+            raise InputError(f"{self.where}: field '{show(key)}' should be a number or null")
         if not math.isfinite(float(v)):
-            raise InputError(f"{self.where}: field '{key}' is out of range ({v})")
+            raise InputError(f"{self.where}: field '{show(key)}' is out of range")
         return float(v)
 
     def int(self, key, required=False):
@@ -78,7 +82,7 @@ class Line:
         if v is None and not required:
             return None
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise InputError(f"{self.where}: field '{key}' should be a non-negative integer")
+            raise InputError(f"{self.where}: field '{show(key)}' should be a non-negative integer")
         return v
 
     def str(self, key):
@@ -86,7 +90,7 @@ class Line:
         if v is None:
             return None
         if not isinstance(v, str):
-            raise InputError(f"{self.where}: field '{key}' should be a string")
+            raise InputError(f"{self.where}: field '{show(key)}' should be a string")
         return v
 
 
@@ -104,6 +108,7 @@ class Run:
         self.other = {}  # unknown event -> count
         self.selected = None  # (round, where, why)
         self.n_lines = 0
+        self.repeated = set()  # rounds with more than one "eval" line (a resumed run)
 
 
 def read_metrics(path):
@@ -146,6 +151,8 @@ def add_line(run, ln):
               "site_metrics", "site_gone"):
         r = ln.int("round", required=True)
     if ev == "eval":
+        if r in run.evals:
+            run.repeated.add(r)
         run.evals[r] = ln
     elif ev == "train":
         run.trains[r] = ln
@@ -167,20 +174,20 @@ def add_line(run, ln):
             if c in ("event", "round"):
                 continue
             if not isinstance(v, dict) or not isinstance(v.get("weights"), list):
-                raise InputError(f"{ln.where}: gate entry '{c}' should be "
+                raise InputError(f"{ln.where}: gate entry '{show(c)}' should be "
                                  "{\"rows\": N, \"weights\": [...]}")
-            sub = Line(v, f"{ln.where} (gate '{c}')")
+            sub = Line(v, f"{ln.where} (gate '{show(c)}')")
             w = []
             for x in v["weights"]:
                 if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                    raise InputError(f"{ln.where}: gate '{c}': a weight is not a number")
+                    raise InputError(f"{ln.where}: gate '{show(c)}': a weight is not a number")
                 w.append(float(x))
             g[c] = (sub.int("rows") or 0, w)
         run.gates[r] = g
     elif ev in ("site_update", "site_eval"):
         s = ln.str("site")
         if s is None:
-            raise InputError(f"{ln.where}: a \"{ev}\" line without its site")
+            raise InputError(f"{ln.where}: a \"{show(ev)}\" line without its site")
         (run.site_update if ev == "site_update" else run.site_eval).setdefault(r, {})[s] = ln
     elif ev == "site_gone":
         run.site_gone.append((r, ln.str("site") or "?", ln.str("why") or ""))
@@ -499,7 +506,7 @@ def fig_dp(plt, run, rounds):
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
 
     def get(key):
-        return series(rounds, lambda r: (run.trains[r] if r in run.trains else run.evals[r]).num(key))
+        return series(rounds, lambda r: (run.trains.get(r) or run.evals[r]).num(key))
     xs, ys = get("dp_epsilon")
     ax.plot(xs, ys, "o-", label="epsilon of the released sums (dp_epsilon)")
     xs2, ys2 = get("dp_epsilon_coordinator")
@@ -591,6 +598,10 @@ def render(run, config, run_dir, metrics_path):
             notes.append(f"{esc(run.selected[1])}: selected_round {run.selected[0]} has no "
                          "\"eval\" line; the last round is shown instead.")
     ev = run.evals[mark]
+    if run.repeated:
+        notes.append("Round(s) " + ", ".join(str(r) for r in sorted(run.repeated)) +
+                     " have more than one \"eval\" line (a resumed or repeated round?); the "
+                     "last line of each round is shown.")
 
     parts = []
     title = f"moeh run report: {os.path.basename(os.path.abspath(run_dir))}"
@@ -623,7 +634,8 @@ def render(run, config, run_dir, metrics_path):
     parts.append("<h2>Learning curves</h2>\n")
     uri, logy = fig_loss(plt, run, rounds, mark, mark_label)
     cap = ("Loss per round: the training loss is the sample-weighted mean of the sites' local "
-           "losses (\"train_loss\" of the \"eval\" lines); the test loss is the mean masked BCE over "
+           "losses (\"train_loss\" of the \"eval\" lines); the test loss is the mean masked BCE "
+           "over "
            "all test labels of all sites, from the summed evaluation.")
     if all(run.evals[r].num("train_loss") is None for r in rounds):
         cap += " No training loss was reported (under DP the sites keep it)."
@@ -665,7 +677,8 @@ def render(run, config, run_dir, metrics_path):
         parts.append(figure_html(
             FIG_GATE, fig_gate(plt, gate),
             f"{esc(mark_label.capitalize())}: the gate's softmax weight of each expert, averaged "
-            "over the test rows of each modality combination (\"gate\" line: summed over all sites' "
+            "over the test rows of each modality combination (\"gate\" line: summed over all "
+            "sites' "
             "test rows, divided by the row count). Expert k was warmed up on combination k, so a "
             "specialised gate puts its weight near the diagonal.",
             "heatmap of mean gate weight per expert per modality combination"))
@@ -683,7 +696,8 @@ def render(run, config, run_dir, metrics_path):
                    {s for _, s, _ in run.site_gone})
     if sites:
         cap = ("One row per site: whether the coordinator aggregated its update "
-               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" (or a cross, on a large grid) "
+               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" "
+               "(or a cross, on a large grid) "
                "marks a round in which the site left (\"site_gone\").")
     else:
         cap = ("Counts per round from the \"train\" lines (participants asked, updates "

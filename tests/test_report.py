@@ -430,7 +430,8 @@ def test_chromium(page, work):
     w, h, bpp, rows = decode_png(open(png, "rb").read())
     var, ink, col = blank_stats(w, h, bpp, rows)
     print(f"     (screenshot {w}x{h}, {bpp} channels: luminance variance {var:.0f}, "
-          f"{ink}/64 tiles with ink, {col}/64 with colour; decoded in {time.monotonic() - t:.1f} s)")
+          f"{ink}/64 tiles with ink, {col}/64 with colour; "
+          f"decoded in {time.monotonic() - t:.1f} s)")
     check((w, h) == (1280, 4000), "screenshot has the window's size")
     check(var > 100, "screenshot is not blank (luminance variance)")
     check(ink >= 16, "ink in at least 16 of 64 regions")

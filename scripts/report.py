@@ -354,6 +354,7 @@ def fig_combo(plt, run, tasks, mark):
     groups = ["all"] + combos
     fig, ax = plt.subplots(figsize=(7.0, 3.4))
     width = 0.8 / max(1, len(tasks))
+    lowest = 0.3
     for i, t in enumerate(tasks):
         xs, ys = [], []
         for j, c in enumerate(groups):
@@ -362,6 +363,7 @@ def fig_combo(plt, run, tasks, mark):
                 xs.append(j + (i - (len(tasks) - 1) / 2) * width)
                 ys.append(v)
         ax.bar(xs, ys, width=width * 0.95, label=t)
+        lowest = min([lowest] + [y - 0.05 for y in ys])
     gate = run.gates.get(mark, {})
     labels = []
     for c in groups:
@@ -372,7 +374,7 @@ def fig_combo(plt, run, tasks, mark):
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.axhline(0.5, color="0.5", linewidth=0.8)
-    ax.set_ylim(0.3, 1.0)
+    ax.set_ylim(max(0.0, lowest), 1.0)
     ax.set_ylabel("test AUROC")
     legend(ax, loc="upper right", fontsize=8, ncol=max(1, len(tasks)))
     return svg_uri(plt, fig), groups

@@ -233,6 +233,10 @@ def setup_matplotlib():
         print(f"report.py: matplotlib is missing for {sys.executable}: install Debian's "
               "python3-matplotlib (scripts/install-deps.sh)", file=sys.stderr)
         sys.exit(3)
+    if "text.parse_math" not in matplotlib.rcParams:  # 3.5+; strings must never be mathtext
+        print(f"report.py: matplotlib {matplotlib.__version__} is too old (3.5 or newer: Debian "
+              "12's python3-matplotlib is 3.6)", file=sys.stderr)
+        sys.exit(3)
     matplotlib.use("Agg")
     matplotlib.rcParams.update({
         "svg.fonttype": "path",     # glyphs as paths: no font needed where the page is opened

@@ -192,7 +192,7 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
     rc = 0;
 out:
     if (rc) moeh_varmap_free(out);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     free(text);
     free(file);
     return rc;
@@ -355,7 +355,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
     }
 out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "patients: out of memory");
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -434,7 +434,7 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
     }
 out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "admissions: out of memory");
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -471,7 +471,7 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
         }
     }
 out:
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -667,7 +667,7 @@ static void check_dictionary(ctx_t *c, const char *path, const char *table)
             MOEH_WARN("variable map: itemid %d (%s) is not in %s", (int)c->vm.rows[k].itemid,
                       c->vm.rows[k].name, path);
     free(seen);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
 }
 
 /* Streams one event table into the hourly accumulators. *present = false if it is absent. */
@@ -749,7 +749,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
     else
         c->st->chart_rows = rows;
 out:
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -886,7 +886,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
 out:
     free(recs);
     free(pool);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -993,7 +993,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     rc = 0;
 out:
     free(pick);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -1065,9 +1065,9 @@ static int set_meta(ctx_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(co, "subjects", (double)s->subjects);
     for (int t = 0; t < 3; t++) {
         char key[64];
-        snprintf(key, sizeof key, "positives_%s", moeh_ds_task_names[t]);
+        snprintf(key, sizeof key, "positives_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(co, key, (double)s->positives[t]);
-        snprintf(key, sizeof key, "labelled_%s", moeh_ds_task_names[t]);
+        snprintf(key, sizeof key, "labelled_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(co, key, (double)s->labelled[t]);
     }
     cJSON *mods = cJSON_AddObjectToObject(x, "modalities_present");
@@ -1151,7 +1151,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     *out = c.ds;
     c.ds = NULL;
 out:
-    moeh_dataset_free(&c.ds);
+    moeh_dataset_destroy(&c.ds);
     moeh_varmap_free(&c.vm);
     free(c.pats);
     free(c.adms);

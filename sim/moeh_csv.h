@@ -9,7 +9,7 @@
  * Errors carry "file:line:column" where line is the 1-based physical line on which the row
  * starts and column the 1-based field number (header name in parentheses when known).
  * A reader is used by one thread at a time; a gzip reader runs its own inflate thread
- * (joined by moeh_csv_close). */
+ * (joined by moeh_csv_destroy). */
 #ifndef MOEH_CSV_H
 #define MOEH_CSV_H
 
@@ -26,12 +26,12 @@ typedef struct {
 } moeh_csv_field_t;
 
 /* Opens path and reads its header row. 0, -ENOENT (file missing), -EBADMSG (no header, bad
- * gzip) or -ENOMEM; message in err. On success the caller owns *out: moeh_csv_close(&r). */
+ * gzip) or -ENOMEM; message in err. On success the caller owns *out: moeh_csv_destroy(&r). */
 int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err);
 /* The same over an in-memory CSV text (copied; name is used in messages). */
 int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t **out,
                       moeh_err_t *err);
-void moeh_csv_close(moeh_csv_t **self_p); /* NULL-safe, sets *self_p = NULL */
+void moeh_csv_destroy(moeh_csv_t **self_p); /* NULL-safe, sets *self_p = NULL */
 
 /* Reads the next row. Returns 1 with a row, 0 at end of file, -EBADMSG for a malformed row
  * (wrong number of fields, bad quoting; the row is consumed, so the caller may log err and

@@ -61,8 +61,8 @@ typedef struct {
 
 typedef struct {
     size_t admissions, with_icu, adult, alive_48h, cohort, subjects;
-    size_t positives[MOEH_DS_TASKS], labelled[MOEH_DS_TASKS];
-    size_t avail[MOEH_DS_MODS];
+    size_t positives[MOEH_N_TASKS], labelled[MOEH_N_TASKS];
+    size_t avail[MOEH_N_MODS];
     uint64_t chart_rows, lab_rows, used_rows, out_of_range, malformed;
     uint64_t event_bytes; /* uncompressed bytes of chartevents + labevents read */
     bool have_vitals, have_labs, have_notes, have_cxr;

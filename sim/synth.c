@@ -925,8 +925,12 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         goto out;
     }
     fprintf(g.truth, "subject_id,hadm_id,in_cohort,reason,admittime,t0,age,severity,hemodynamic,"
-                     "renal,notes_only,lung,risk_mortality,risk_los_gt_7d,risk_readmit_30d,"
-                     "label_mortality,label_los_gt_7d,label_readmit_30d,has_notes,has_cxr\n");
+                     "renal,notes_only,lung");
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        fprintf(g.truth, ",risk_%s", moeh_task_names[t]);
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        fprintf(g.truth, ",label_%s", moeh_task_names[t]);
+    fprintf(g.truth, ",has_notes,has_cxr\n");
     size_t left = o->admissions;
     int64_t t_last = moeh_now_ms();
     for (uint64_t k = 0; left > 0; k++) {
@@ -947,7 +951,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         rc = moeh_errf(err, -ENOMEM, "synth: out of memory");
         goto out;
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < MOEH_N_TASKS; k++) {
         size_t m = 0;
         for (size_t i = 0; i < n; i++)
             if (g.label[3 * i + (size_t)k] != 2) {
@@ -960,18 +964,29 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     }
     pathf(d, sizeof d, "%s/truth.json", dir);
     char js[2048];
-    int jl = snprintf(
-        js, sizeof js,
-        "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
-        "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu,\n"
-        "  \"positives\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-        "  \"labelled\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-        "  \"oracle_auroc\": {\"mortality\": %.4f, \"los_gt_7d\": %.4f, \"readmit_30d\": %.4f},\n"
-        "  \"modalities\": {\"ehr\": %zu, \"notes\": %zu, \"img\": %zu}\n}\n",
-        (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions, g.st->positives[0],
-        g.st->positives[1], g.st->positives[2], g.st->labelled[0], g.st->labelled[1],
-        g.st->labelled[2], g.st->oracle_auroc[0], g.st->oracle_auroc[1], g.st->oracle_auroc[2],
-        g.st->avail[0], g.st->avail[1], g.st->avail[2]);
+    int jl = snprintf(js, sizeof js,
+                      "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
+                      "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu",
+                      (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions);
+    static const char *const what[] = {"positives", "labelled", "oracle_auroc", "modalities"};
+    for (int w = 0; w < 4; w++) {
+        int nk = w == 3 ? MOEH_N_MODS : MOEH_N_TASKS;
+        jl += snprintf(js + jl, sizeof js - (size_t)jl, ",\n  \"%s\": {", what[w]);
+        for (int k = 0; k < nk; k++) {
+            const char *key = w == 3 ? moeh_mod_names[k] : moeh_task_names[k], *sep = k ? ", " : "";
+            if (w == 2)
+                jl += snprintf(js + jl, sizeof js - (size_t)jl, "%s\"%s\": %.4f", sep, key,
+                               g.st->oracle_auroc[k]);
+            else
+                jl += snprintf(js + jl, sizeof js - (size_t)jl, "%s\"%s\": %zu", sep, key,
+                               w == 0   ? g.st->positives[k]
+                               : w == 1 ? g.st->labelled[k]
+                                        : g.st->avail[k]);
+        }
+        jl += snprintf(js + jl, sizeof js - (size_t)jl, "}");
+    }
+    jl += snprintf(js + jl, sizeof js - (size_t)jl, "\n}\n");
+    MOEH_ASSERT((size_t)jl < sizeof js); /* a few hundred bytes of fixed-width fields */
     rc = moeh_file_write_atomic(d, js, (size_t)jl, err);
 out : {
     moeh_err_t e2 = {0};

@@ -105,13 +105,13 @@ static void test_roundtrip(void **state)
     moeh_dataset_combo_counts(sub, combo);
     assert_int_equal(combo[0] + combo[1] + combo[4] + combo[5], 3); /* never notes */
     write_ok("sub", sub, dir);
-    moeh_dataset_free(&sub);
+    moeh_dataset_destroy(&sub);
     assert_int_equal(moeh_dataset_open(dir, true, &sub, &err), 0);
-    moeh_dataset_free(&sub);
-    moeh_dataset_free(&rd);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&sub);
+    moeh_dataset_destroy(&rd);
+    moeh_dataset_destroy(&ds);
     assert_null(ds);
-    moeh_dataset_free(&ds); /* NULL-safe */
+    moeh_dataset_destroy(&ds); /* NULL-safe */
 }
 
 static void expect_open_error(const char *dir, const char *a, const char *b)
@@ -170,7 +170,7 @@ static void test_rejects(void **state)
     /* no meta.json */
     snprintf(dir, sizeof dir, "%s/nothing", g_dir);
     expect_open_error(dir, "meta.json", NULL);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 }
 
 /* Corrupted .npy headers and truncated files are errors, never crashes (run under ASan). */
@@ -200,12 +200,12 @@ static void test_corrupt_headers(void **state)
         fclose(f);
         free(b);
         if (moeh_dataset_open(dir, true, &rd, &err) == 0)
-            moeh_dataset_free(&rd); /* a flip in padding can be harmless */
+            moeh_dataset_destroy(&rd); /* a flip in padding can be harmless */
         else
             assert_non_null(strstr(err.msg, "labels"));
     }
     free(orig);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 }
 
 int main(void)

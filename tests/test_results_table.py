@@ -26,15 +26,15 @@ def check(cond, what):
 def write_truth(path, rows):
     """rows: (subject, hadm, age, s, h, k, n, m, labels (3), risk override or None)"""
     cols = ["subject_id", "hadm_id", "age", "severity", "hemodynamic", "renal", "notes_only",
-            "lung", "risk_mortality", "risk_los_gt_7d", "risk_readmit_30d", "label_mortality",
-            "label_los_gt_7d", "label_readmit_30d"]
+            "lung", "risk_mortality", "risk_los7", "risk_readmit30", "label_mortality",
+            "label_los7", "label_readmit30"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for subj, hadm, age, s, h, k, n, m, labels, override in rows:
             a = (age - 65) / 15
             risks = []
-            for t in rt.TRUTH_TASKS:
+            for t in rt.TASKS:
                 b = rt.RISK_COEF[t]
                 eta = b[0] + b[1] * s + b[2] * h + b[3] * k + b[4] * n + b[5] * m + b[6] * a
                 risks.append(rt.sigmoid(eta))

@@ -42,7 +42,7 @@ static int group_setup(void **state)
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.5:ehr+notes+img,site-2:0.5:ehr+notes", &sp, &err);
     if (!rc) rc = moeh_split_write(ds, &sp, sites, NULL, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     if (rc) fprintf(stderr, "group setup: %s\n", err.msg);
     return rc;
 }
@@ -138,7 +138,7 @@ static size_t test_rows_of(const char *ds_dir)
     size_t n = 0;
     for (size_t i = 0; i < ds->n; i++)
         n += ds->split[i] == MOEH_SPLIT_TEST;
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     return n;
 }
 

@@ -14,9 +14,6 @@
 #include "moeh_dataset.h"
 #include "moeh_moe.h"
 
-#define MOEH_N_COMBOS 7
-#define MOEH_EVAL_SLICES (MOEH_N_COMBOS + 1) /* slice 0: every row; slice c: combination c */
-
 typedef struct moeh_trainer moeh_trainer_t;
 
 /* Takes ownership of *ds (set to NULL) and builds the model from cfg, whose data shapes
@@ -65,7 +62,7 @@ int moeh_trainer_train(moeh_trainer_t *t, const moeh_train_cfg_t *cfg, moeh_trai
                        moeh_err_t *err);
 
 /* Evaluation of the current parameters on a split, as sums only (nothing per patient):
- *   hist (MOEH_EVAL_SLICES, n_tasks, 2, bins) u32: predicted probabilities binned per slice,
+ *   hist (MOEH_N_SLICES, n_tasks, 2, bins) u32: predicted probabilities binned per slice,
  *        task and label (index ((s * n_tasks + t) * 2 + y) * bins + bin);
  *   gate_sum (MOEH_N_COMBOS, n_experts): summed mixture weights per combination (MoE only);
  *   combo_rows (MOEH_N_COMBOS): rows per combination; *loss_sum and *n_labels: BCE over the

@@ -318,8 +318,7 @@ static int meta_names(const cJSON *meta, const char *key, const char *const *wan
     for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof exp; i++)
         at += snprintf(exp + at, sizeof exp - (size_t)at, "%s\"%s\"", i ? "," : "", want[i]);
     if (at > 0 && (size_t)at < sizeof exp) snprintf(exp + at, sizeof exp - (size_t)at, "]");
-    return moeh_errf(err, -EBADMSG, "%s: \"%s\" is %s, this build's %s are %s", path, key, got, key,
-                     exp);
+    return moeh_errf(err, -EBADMSG, "%s: \"%s\" is %s, this build expects %s", path, key, got, exp);
 }
 
 static int read_names(const cJSON *arr, const char *field, size_t n, char ***out)

@@ -58,18 +58,19 @@ typedef struct {
 /* Allocates a zeroed, writable dataset (note_tokens empty; names NULL for the caller to set
  * with strdup). 0 or -ENOMEM. The caller owns *out: moeh_dataset_destroy(&ds). */
 int moeh_dataset_create(size_t n, size_t f_static, size_t f_ts, size_t img_size,
-                        moeh_dataset_t **out, moeh_err_t *err);
+                        moeh_dataset_t **out, moeh_err_t *err) MOEH_WUR;
 /* Replaces the token array of a writable dataset by a copy of tok (n_tok entries); the offsets
  * must be set by the caller. 0 or -ENOMEM. */
-int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok, moeh_err_t *err);
+int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok,
+                            moeh_err_t *err) MOEH_WUR;
 /* Sets ds->static_names/ts_names/ts_units from arrays of strings (copied); units may be NULL. */
 int moeh_dataset_set_names(moeh_dataset_t *ds, const char *const *static_names,
                            const char *const *ts_names, const char *const *ts_units,
-                           moeh_err_t *err);
+                           moeh_err_t *err) MOEH_WUR;
 
 /* Writes ds into dir (created if needed): every array (atomically) and then meta.json, so a
  * directory with a meta.json is complete. 0 or a negative errno code (message in err). */
-int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *err);
+int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *err) MOEH_WUR;
 
 /* Opens dir read-only: parses meta.json, maps every array and checks its dtype, shape
  * (against n, t, F, S and each other) and xxh64, and the contents that have a domain (masks
@@ -80,7 +81,7 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
  * names both lists otherwise).
  * 0, -ENOENT, -EBADMSG or -ENOMEM; the caller owns *out: moeh_dataset_destroy(&ds). */
 int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **out,
-                      moeh_err_t *err);
+                      moeh_err_t *err) MOEH_WUR;
 
 /* NULL-safe; frees or unmaps everything and sets *self_p = NULL. */
 void moeh_dataset_destroy(moeh_dataset_t **self_p);
@@ -89,7 +90,7 @@ void moeh_dataset_destroy(moeh_dataset_t **self_p);
  * dropped (avail 0, note emptied, image zeroed) where keep_mods bit m is 0. Names and extra
  * are copied. 0 or -ENOMEM. */
 int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, unsigned keep_mods,
-                        moeh_dataset_t **out, moeh_err_t *err);
+                        moeh_dataset_t **out, moeh_err_t *err) MOEH_WUR;
 
 /* Counts of admissions per availability mask: out[c] for c = ehr | notes<<1 | img<<2, i.e.
  * out[0] rows without any modality, out[1 + k] rows of combination k (moeh_combo_of). */

@@ -36,6 +36,6 @@ void moeh_synth_opts_default(moeh_synth_opts_t *o);
 
 /* Generates the database under dir (created). 0 or a negative errno code (message in err). */
 int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st,
-               moeh_err_t *err);
+               moeh_err_t *err) MOEH_WUR;
 
 #endif

@@ -6,6 +6,11 @@
 #include <math.h>
 #include <string.h>
 
+/* model/ sits below data/ and keeps its own count of modalities (MOEH_N_MODALITIES) and its own
+ * combination index (moeh_combo_index); here, where both are visible, they must agree with the
+ * schema. */
+_Static_assert(MOEH_N_MODALITIES == MOEH_N_MODS, "model/ and data/moeh_schema.h disagree");
+
 struct moeh_trainer {
     moeh_dataset_t *ds;
     moeh_moe_t *model;

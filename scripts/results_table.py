@@ -16,7 +16,8 @@ import os
 import struct
 import sys
 
-# data/schema.c: the task and combination names of metrics.jsonl, truth.csv and meta.json
+# data/schema.c's task and combination names (metrics.jsonl, truth.csv, meta.json); the test
+# (tests/test_results_table.py) checks that they agree
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 

@@ -11,7 +11,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
 {
     moeh_split_opts_t o;
     moeh_split_opts_default(&o);
-    const char *in = NULL, *out = NULL, *spec = NULL, *skew = "mortality";
+    const char *in = NULL, *out = NULL, *spec = NULL, *skew = moeh_task_names[MOEH_TASK_MORTALITY];
     int no_verify = 0;
     const moeh_opt_t opts[] = {
         {"dataset", MOEH_OPT_STR, &in, "the dataset to split (moeh-sim extract) [required]"},

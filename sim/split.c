@@ -47,7 +47,7 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
         s->share = strtod(c1 + 1, &end);
         if (end == c1 + 1 || *end || !(s->share > 0))
             return moeh_errf(err, -EINVAL, "--sites: share of '%s' must be a number > 0", s->name);
-        s->mods = 7;
+        s->mods = (1u << MOEH_N_MODS) - 1; /* all */
         if (c2) {
             s->mods = 0;
             char *save2 = NULL;
@@ -157,7 +157,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
                 j--;
             sp->name[j] = '\0';
             sp->share = (double)cnt[k];
-            sp->mods = 7;
+            sp->mods = (1u << MOEH_N_MODS) - 1;
             map[k] = (int)o->n_sites++;
         }
         for (size_t s = 0; s < n_subj; s++)

@@ -91,6 +91,8 @@ static void check_tricky(const char *path)
     assert_int_equal(moeh_csv_next(r, &err), 0);
     moeh_csv_destroy(&r);
     assert_null(r);
+    moeh_csv_destroy(&r);   /* NULL-safe */
+    moeh_csv_destroy(NULL); /* and so is a NULL handle */
 }
 
 static void test_quoting_plain_and_gzip(void **state)

@@ -311,10 +311,9 @@ static int meta_names(const cJSON *meta, const char *key, const char *const *wan
     }
     if (same) return 0;
     char got[256] = "missing", exp[256];
-    int at = 0;
     if (v && !cJSON_PrintPreallocated((cJSON *)v, got, sizeof got, 0))
         snprintf(got, sizeof got, "(too long to show)");
-    at = snprintf(exp, sizeof exp, "[");
+    int at = snprintf(exp, sizeof exp, "[");
     for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof exp; i++)
         at += snprintf(exp + at, sizeof exp - (size_t)at, "%s\"%s\"", i ? "," : "", want[i]);
     if (at > 0 && (size_t)at < sizeof exp) snprintf(exp + at, sizeof exp - (size_t)at, "]");

@@ -54,7 +54,7 @@ static int run_c(const char *db, int fd)
                 r.sum_means += ds->ts_value[i];
             }
     }
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     return write(fd, &r, sizeof r) == (ssize_t)sizeof r ? 0 : 1;
 }
 

@@ -17,6 +17,10 @@
 
 #define MOEH_ERRMSG_MAX 512
 
+/* On a fallible function (0 or a negative code, or a lookup that can miss): the compiler
+ * warns, and -Werror fails the build, where a caller drops the result. */
+#define MOEH_WUR __attribute__((warn_unused_result))
+
 /* A human-readable reason attached to a failing call. Zero-initialise before use. */
 typedef struct {
     char msg[MOEH_ERRMSG_MAX];
@@ -40,7 +44,7 @@ moeh_log_level_t moeh_log_level(void);
 void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Parses "debug", "info", "warn", "error"; -EINVAL otherwise. */
-int moeh_log_parse_level(const char *s, moeh_log_level_t *out);
+int moeh_log_parse_level(const char *s, moeh_log_level_t *out) MOEH_WUR;
 
 #define moeh_log(lvl, ...)                                                                         \
     do {                                                                                           \
@@ -66,15 +70,16 @@ int64_t moeh_now_ms(void);
 /* ---- files ------------------------------------------------------------------------------ */
 /* Writes len bytes to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory.
  * 0 or a negative errno code (message in err). */
-int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_err_t *err);
+int moeh_file_write_atomic(const char *path, const void *data, size_t len,
+                           moeh_err_t *err) MOEH_WUR;
 /* Reads a whole file (at most max_len bytes) into a malloc'd buffer the caller frees.
  * A trailing NUL is added (not counted in *len_out). */
 int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len_out,
-                       moeh_err_t *err);
+                       moeh_err_t *err) MOEH_WUR;
 /* mkdir -p; 0 if it exists already as a directory. */
-int moeh_mkdir_p(const char *path, moeh_err_t *err);
+int moeh_mkdir_p(const char *path, moeh_err_t *err) MOEH_WUR;
 /* Joins dir and name into out (cap bytes); -ENAMETOOLONG if it does not fit. */
-int moeh_path_join(char *out, size_t cap, const char *dir, const char *name);
+int moeh_path_join(char *out, size_t cap, const char *dir, const char *name) MOEH_WUR;
 
 /* ---- deterministic random numbers (splitmix64 seeding xoshiro256**) --------------------- */
 typedef struct {

@@ -22,4 +22,11 @@ static inline size_t moeh_hist_bin(float p, size_t n_bins)
 /* AUROC from negative and positive counts per bin; NAN if a class is empty. */
 double moeh_hist_auroc(const uint64_t *neg, const uint64_t *pos, size_t n_bins);
 
+/* The exact AUROC of score[0..n) against label[0..n) (0/1), by the Mann-Whitney U with tied
+ * scores sharing their average rank (a tie counts one half); *out = NAN if a class is empty.
+ * No model/ dependency, so the data side (the synthetic generator's oracle) can use it.
+ * 0 or -ENOMEM (a temporary index of n entries). */
+int moeh_hist_auroc_exact(const double *score, const uint8_t *label, size_t n, double *out)
+    __attribute__((warn_unused_result));
+
 #endif

@@ -31,16 +31,16 @@ size_t moeh_npy_numel(const moeh_npy_t *a);
 
 /* Writes data (numel from shape, C order) as path, atomically. */
 int moeh_npy_write(const char *path, moeh_dtype_t dt, size_t ndim, const size_t *shape,
-                   const void *data, moeh_err_t *err);
+                   const void *data, moeh_err_t *err) MOEH_WUR;
 
 /* Reads path into *out (caller frees with moeh_npy_free). If want_dtype >= 0 the dtype must
  * match; if want_ndim > 0 the rank must match. Errors name the file and what differs. */
 int moeh_npy_read(const char *path, int want_dtype, size_t want_ndim, moeh_npy_t *out,
-                  moeh_err_t *err);
+                  moeh_err_t *err) MOEH_WUR;
 void moeh_npy_free(moeh_npy_t *a);
 /* The same validation on bytes in memory; path only names the source in messages. */
 int moeh_npy_parse(const void *data, size_t len, const char *path, int want_dtype, size_t want_ndim,
-                   moeh_npy_t *out, moeh_err_t *err);
+                   moeh_npy_t *out, moeh_err_t *err) MOEH_WUR;
 
 /* A read-only memory map of a .npy file: data points into the mapping (page-aligned file,
  * data at the header offset, which numpy pads to a multiple of 64 bytes). */
@@ -57,7 +57,7 @@ typedef struct {
 /* Maps path read-only and checks it as moeh_npy_read() does (same errors). The caller
  * releases it with moeh_npy_unmap() (NULL-safe, idempotent). */
 int moeh_npy_map(const char *path, int want_dtype, size_t want_ndim, moeh_npy_map_t *out,
-                 moeh_err_t *err);
+                 moeh_err_t *err) MOEH_WUR;
 void moeh_npy_unmap(moeh_npy_map_t *m);
 
 #endif

@@ -39,7 +39,7 @@ typedef struct {
 
 /* Parses argv (argv[0] is skipped). Returns 0 when parsed, 1 when --help or --version was
  * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused. */
-int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err);
+int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err) MOEH_WUR;
 void moeh_opts_print_help(const moeh_opts_t *o, FILE *f);
 /* 1 if the option whose value lives at `ptr` was given (as a flag or in --config), so that a
  * default can depend on other options; 0 otherwise. */
@@ -49,7 +49,7 @@ int moeh_opts_seen(const moeh_opts_t *o, const void *ptr);
  * on, or the exit code to return at once (0 after --help/--version, 2 on a usage error; the
  * options are freed then). */
 int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log_level,
-                   const char *log_prefix);
+                   const char *log_prefix) MOEH_WUR;
 /* Installs handler for SIGINT and SIGTERM (and SIGHUP if with_hup); ignores SIGPIPE. */
 void moeh_install_signals(void (*handler)(int), int with_hup);
 

@@ -1999,8 +1999,9 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_Delete(j);
     if (!s) return moeh_errf(err, -ENOMEM, "out of memory");
     char path[4096];
-    moeh_path_join(path, sizeof path, k->out_dir, "config.json");
-    int rc = moeh_file_write_atomic(path, s, strlen(s), err);
+    int rc = moeh_path_join(path, sizeof path, k->out_dir, "config.json");
+    if (rc) rc = moeh_errf(err, rc, "%s: path too long", k->out_dir);
+    if (!rc) rc = moeh_file_write_atomic(path, s, strlen(s), err);
     free(s);
     return rc;
 }
@@ -2132,7 +2133,8 @@ static int setup(coord_t *c, moeh_err_t *err)
             return rc;
         }
     }
-    moeh_path_join(path, sizeof path, cfg->out_dir, "metrics.jsonl");
+    if ((rc = moeh_path_join(path, sizeof path, cfg->out_dir, "metrics.jsonl")))
+        return moeh_errf(err, rc, "%s: path too long", cfg->out_dir);
     if (!(c->metrics = fopen(path, cfg->resume ? "a" : "w")))
         return moeh_errf(err, -errno, "%s: cannot create: %s", path, strerror(errno));
     if (!(c->sites = calloc(MAX_SITES, sizeof *c->sites)))
@@ -2287,7 +2289,10 @@ int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     }
     char path[4096];
     size_t shape[1] = {c.p->n};
-    moeh_path_join(path, sizeof path, cfg->out_dir, "model.npy");
+    if ((rc = moeh_path_join(path, sizeof path, cfg->out_dir, "model.npy"))) {
+        rc = moeh_errf(err, rc, "%s: path too long", cfg->out_dir);
+        goto out;
+    }
     if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c.p->w, err))) goto out;
     if (cfg->print_table && c.table_header_done) print_final_table(&c);
     MOEH_INFO("all %u rounds done; model written to %s", cfg->rounds, path);

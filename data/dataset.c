@@ -7,9 +7,6 @@
 #include <string.h>
 #include <xxhash.h>
 
-const char *const moeh_ds_task_names[MOEH_DS_TASKS] = {"mortality", "los_gt_7d", "readmit_30d"};
-const char *const moeh_ds_mod_names[MOEH_DS_MODS] = {"ehr", "notes", "img"};
-
 enum {
     A_IDS,
     A_STATIC,
@@ -61,10 +58,10 @@ static void expected_shape(const moeh_dataset_t *ds, int a, size_t *s)
         break;
     case A_LAB:
     case A_LABM:
-        s[0] = ds->n, s[1] = MOEH_DS_TASKS;
+        s[0] = ds->n, s[1] = MOEH_N_TASKS;
         break;
     case A_AVAIL:
-        s[0] = ds->n, s[1] = MOEH_DS_MODS;
+        s[0] = ds->n, s[1] = MOEH_N_MODS;
         break;
     case A_NOFF:
         s[0] = ds->n + 1;
@@ -133,7 +130,7 @@ static void free_names(char **v, size_t n)
     free(v);
 }
 
-void moeh_dataset_free(moeh_dataset_t **self_p)
+void moeh_dataset_destroy(moeh_dataset_t **self_p)
 {
     if (!self_p || !*self_p) return;
     moeh_dataset_t *ds = *self_p;
@@ -167,7 +164,7 @@ int moeh_dataset_create(size_t n, size_t f_static, size_t f_ts, size_t img_size,
         size_t b = array_bytes(ds, a);
         void *p = calloc(1, b ? b : 1);
         if (!p) {
-            moeh_dataset_free(&ds);
+            moeh_dataset_destroy(&ds);
             return moeh_errf(err, -ENOMEM, "dataset: out of memory for %s (%zu bytes)",
                              k_arrays[a].name, b);
         }
@@ -236,8 +233,8 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
     cJSON_AddNumberToObject(meta, "n", (double)ds->n);
     cJSON_AddNumberToObject(meta, "t", (double)ds->t);
     cJSON_AddNumberToObject(meta, "image_size", (double)ds->img_size);
-    cJSON_AddItemToObject(meta, "tasks", cJSON_CreateStringArray(moeh_ds_task_names, 3));
-    cJSON_AddItemToObject(meta, "modalities", cJSON_CreateStringArray(moeh_ds_mod_names, 3));
+    cJSON_AddItemToObject(meta, "tasks", cJSON_CreateStringArray(moeh_task_names, MOEH_N_TASKS));
+    cJSON_AddItemToObject(meta, "modalities", cJSON_CreateStringArray(moeh_mod_names, MOEH_N_MODS));
     cJSON *sf = cJSON_AddArrayToObject(meta, "static_features");
     for (size_t i = 0; i < ds->f_static; i++)
         cJSON_AddItemToArray(sf, cJSON_CreateString(ds->static_names ? ds->static_names[i] : ""));
@@ -301,6 +298,28 @@ static int meta_size(const cJSON *meta, const char *key, const char *path, size_
     return 0;
 }
 
+/* Checks that meta.json's array of strings `key` is exactly want[0..n) (the schema's tasks or
+ * modalities, in that order); the error names both lists. */
+static int meta_names(const cJSON *meta, const char *key, const char *const *want, size_t n,
+                      const char *path, moeh_err_t *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, key);
+    bool same = cJSON_IsArray(v) && (size_t)cJSON_GetArraySize(v) == n;
+    for (size_t i = 0; same && i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, (int)i);
+        same = cJSON_IsString(e) && !strcmp(e->valuestring, want[i]);
+    }
+    if (same) return 0;
+    char got[256] = "missing", exp[256];
+    if (v && !cJSON_PrintPreallocated((cJSON *)v, got, sizeof got, 0))
+        snprintf(got, sizeof got, "(too long to show)");
+    int at = snprintf(exp, sizeof exp, "[");
+    for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof exp; i++)
+        at += snprintf(exp + at, sizeof exp - (size_t)at, "%s\"%s\"", i ? "," : "", want[i]);
+    if (at > 0 && (size_t)at < sizeof exp) snprintf(exp + at, sizeof exp - (size_t)at, "]");
+    return moeh_errf(err, -EBADMSG, "%s: \"%s\" is %s, this build expects %s", path, key, got, exp);
+}
+
 static int read_names(const cJSON *arr, const char *field, size_t n, char ***out)
 {
     char **v = calloc(n ? n : 1, sizeof *v);
@@ -334,13 +353,14 @@ static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t 
         if (ds->ts_mask[i] != 0.0f && ds->ts_mask[i] != 1.0f)
             return moeh_errf(err, -EBADMSG, "%s/ts_mask.npy: element %zu is %g, expected 0 or 1",
                              dir, i, (double)ds->ts_mask[i]);
-    for (size_t i = 0; i < ds->n * 3; i++) {
-        if (ds->label_mask[i] > 1)
-            return moeh_errf(err, -EBADMSG, "%s/label_mask.npy: element %zu is %u, expected 0/1",
-                             dir, i, ds->label_mask[i]);
+    for (size_t i = 0; i < ds->n * MOEH_N_MODS; i++)
         if (ds->avail[i] > 1)
             return moeh_errf(err, -EBADMSG, "%s/avail.npy: element %zu is %u, expected 0/1", dir, i,
                              ds->avail[i]);
+    for (size_t i = 0; i < ds->n * MOEH_N_TASKS; i++) {
+        if (ds->label_mask[i] > 1)
+            return moeh_errf(err, -EBADMSG, "%s/label_mask.npy: element %zu is %u, expected 0/1",
+                             dir, i, ds->label_mask[i]);
         if (ds->labels[i] != 0.0f && ds->labels[i] != 1.0f)
             return moeh_errf(err, -EBADMSG, "%s/labels.npy: element %zu is %g, expected 0/1", dir,
                              i, (double)ds->labels[i]);
@@ -403,6 +423,9 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
     if ((rc = meta_size(meta, "n", path, &ds->n, err)) ||
         (rc = meta_size(meta, "t", path, &ds->t, err)) ||
         (rc = meta_size(meta, "image_size", path, &ds->img_size, err)))
+        goto fail;
+    if ((rc = meta_names(meta, "tasks", moeh_task_names, MOEH_N_TASKS, path, err)) ||
+        (rc = meta_names(meta, "modalities", moeh_mod_names, MOEH_N_MODS, path, err)))
         goto fail;
     if (ds->t != MOEH_DS_T) {
         rc = moeh_errf(err, -EBADMSG, "%s: t = %zu, expected %d", path, ds->t, MOEH_DS_T);
@@ -491,7 +514,7 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
     *out = ds;
     ds = NULL;
 fail:
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     cJSON_Delete(meta);
     free(txt);
     return rc;
@@ -526,10 +549,12 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, 
         memcpy(d->ts_value + j * T * F, src->ts_value + i * T * F, T * F * sizeof(float));
         memcpy(d->ts_mask + j * T * F, src->ts_mask + i * T * F, T * F * sizeof(float));
         memcpy(d->ts_delta + j * T * F, src->ts_delta + i * T * F, T * F * sizeof(float));
-        memcpy(d->labels + 3 * j, src->labels + 3 * i, 3 * sizeof(float));
-        memcpy(d->label_mask + 3 * j, src->label_mask + 3 * i, 3);
-        for (int m = 0; m < 3; m++)
-            d->avail[3 * j + m] = (keep_mods >> m & 1u) ? src->avail[3 * i + m] : 0;
+        memcpy(d->labels + MOEH_N_TASKS * j, src->labels + MOEH_N_TASKS * i,
+               MOEH_N_TASKS * sizeof(float));
+        memcpy(d->label_mask + MOEH_N_TASKS * j, src->label_mask + MOEH_N_TASKS * i, MOEH_N_TASKS);
+        for (int m = 0; m < MOEH_N_MODS; m++)
+            d->avail[MOEH_N_MODS * j + m] =
+                (keep_mods >> m & 1u) ? src->avail[MOEH_N_MODS * i + m] : 0;
         d->split[j] = src->split[i];
         d->note_offsets[j] = (int64_t)pos;
         if (notes) {
@@ -549,13 +574,13 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, 
     d = NULL;
 fail:
     free(tok);
-    moeh_dataset_free(&d);
+    moeh_dataset_destroy(&d);
     return rc;
 }
 
-void moeh_dataset_combo_counts(const moeh_dataset_t *ds, size_t out[8])
+void moeh_dataset_combo_counts(const moeh_dataset_t *ds, size_t out[MOEH_N_COMBOS + 1])
 {
-    memset(out, 0, 8 * sizeof out[0]);
+    memset(out, 0, (MOEH_N_COMBOS + 1) * sizeof out[0]);
     for (size_t i = 0; i < ds->n; i++)
-        out[ds->avail[3 * i] | ds->avail[3 * i + 1] << 1 | ds->avail[3 * i + 2] << 2]++;
+        out[moeh_combo_of(ds->avail + MOEH_N_MODS * i) + 1]++;
 }

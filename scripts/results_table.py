@@ -16,8 +16,9 @@ import os
 import struct
 import sys
 
+# data/schema.c's task and combination names (metrics.jsonl, truth.csv, meta.json); the test
+# (tests/test_results_table.py) checks that they agree
 TASKS = ["mortality", "los7", "readmit30"]
-TRUTH_TASKS = ["mortality", "los_gt_7d", "readmit_30d"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 
 
@@ -113,8 +114,8 @@ def auroc(scores, labels):
 def oracle(truth_csv, test_ids):
     """Oracle AUROC per task (true risk as the score) on the given rows, the row count, and
     {combination: {task: AUROC}} on the rows of each modality combination."""
-    scores = {t: [] for t in TRUTH_TASKS}
-    labels = {t: [] for t in TRUTH_TASKS}
+    scores = {t: [] for t in TASKS}
+    labels = {t: [] for t in TASKS}
     by_combo = {}
     found = 0
     with open(truth_csv, newline="") as f:
@@ -123,17 +124,17 @@ def oracle(truth_csv, test_ids):
             if key not in test_ids:
                 continue
             found += 1
-            bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TRUTH_TASKS},
-                                                     {t: [] for t in TRUTH_TASKS}))
-            for t in TRUTH_TASKS:
+            bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TASKS},
+                                                     {t: [] for t in TASKS}))
+            for t in TASKS:
                 lab = row["label_" + t]
                 if lab in ("", "-1"):
                     continue
                 for sc, lb in ((scores, labels), bc):
                     sc[t].append(float(row["risk_" + t]))
                     lb[t].append(int(lab))
-    res = {k: auroc(scores[t], labels[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
-    combo = {c: {k: auroc(sc[t], lb[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
+    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
+    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
              for c, (sc, lb) in by_combo.items()}
     return res, found, combo
 
@@ -141,8 +142,8 @@ def oracle(truth_csv, test_ids):
 # The generator's true risks (docs/synthetic.md "Labels", sim/synth.c true_risk): intercept and
 # coefficients of the latents s, h, k, n, m and of a = (age - 65) / 15, per task.
 RISK_COEF = {"mortality": (-2.4, 0.9, 0.7, 0.6, 0.7, 0.7, 0.3),
-             "los_gt_7d": (-0.3, 0.7, 0.4, 0.7, 0.3, 0.6, 0.0),
-             "readmit_30d": (-1.8, 0.3, 0.0, 0.3, 0.8, 0.3, 0.0)}
+             "los7": (-0.3, 0.7, 0.4, 0.7, 0.3, 0.6, 0.0),
+             "readmit30": (-1.8, 0.3, 0.0, 0.3, 0.8, 0.3, 0.0)}
 # n ~ N(0, 1) on a grid (trapezoid rule; error far below the AUROC's 1e-4 printing)
 N_GRID = [-8.0 + 16.0 * i / 800 for i in range(801)]
 N_WEIGHT = [math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi) * 16.0 / 800 *
@@ -162,8 +163,8 @@ def achievable(truth_csv, test_ids):
     given survival (the Bayes score given the other latents and the label's existence).
     Returns ({task: AUROC}, {combination: {task: AUROC}}); exits if the formula above no longer
     reproduces truth.csv's risk columns (the generator changed)."""
-    scores = {t: [] for t in TRUTH_TASKS}
-    labels = {t: [] for t in TRUTH_TASKS}
+    scores = {t: [] for t in TASKS}
+    labels = {t: [] for t in TASKS}
     by_combo = {}
     with open(truth_csv, newline="") as f:
         for row in csv.DictReader(f):
@@ -174,9 +175,9 @@ def achievable(truth_csv, test_ids):
             lat = [float(row[x]) for x in ("severity", "hemodynamic", "renal", "notes_only",
                                           "lung")]
             a = (float(row["age"]) - 65.0) / 15.0
-            bc = by_combo.setdefault(c, ({t: [] for t in TRUTH_TASKS},
-                                         {t: [] for t in TRUTH_TASKS}))
-            for t in TRUTH_TASKS:
+            bc = by_combo.setdefault(c, ({t: [] for t in TASKS},
+                                         {t: [] for t in TASKS}))
+            for t in TASKS:
                 b = RISK_COEF[t]
                 eta = b[0] + sum(bi * z for bi, z in zip(b[1:6], lat)) + b[6] * a
                 if abs(sigmoid(eta) - float(row["risk_" + t])) > 2e-4:  # latents printed to 4 d.p.
@@ -187,7 +188,7 @@ def achievable(truth_csv, test_ids):
                     continue
                 if "N" in c:
                     r = sigmoid(eta)
-                elif t != "readmit_30d":
+                elif t != "readmit30":
                     eta0 = eta - b[4] * lat[3]
                     r = sum(w * sigmoid(eta0 + b[4] * x) for x, w in zip(N_GRID, N_WEIGHT))
                 else:
@@ -203,8 +204,8 @@ def achievable(truth_csv, test_ids):
                 for sc, lb in ((scores, labels), bc):
                     sc[t].append(r)
                     lb[t].append(int(lab))
-    res = {k: auroc(scores[t], labels[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
-    combo = {c: {k: auroc(sc[t], lb[t]) for k, t in zip(TASKS, TRUTH_TASKS)}
+    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
+    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
              for c, (sc, lb) in by_combo.items()}
     return res, combo
 

@@ -65,15 +65,15 @@ int moeh_sim_cmd_extract(int argc, char **argv)
     moeh_extract_stats_t st;
     rc = moeh_extract(&o, &ds, &st, &err);
     if (rc == 0) rc = moeh_dataset_write(ds, out, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     if (rc) {
         fprintf(stderr, "moeh-sim extract: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
         moeh_opts_free(&po);
         return 1;
     }
     printf("cohort %zu admissions (%zu subjects) -> %s\n", st.cohort, st.subjects, out);
-    for (int t = 0; t < MOEH_DS_TASKS; t++)
-        printf("  %-12s %zu positive of %zu labelled\n", moeh_ds_task_names[t], st.positives[t],
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        printf("  %-12s %zu positive of %zu labelled\n", moeh_task_names[t], st.positives[t],
                st.labelled[t]);
     printf("  modalities   ehr %zu, notes %zu, img %zu\n", st.avail[0], st.avail[1], st.avail[2]);
     moeh_opts_free(&po);

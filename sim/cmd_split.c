@@ -5,11 +5,13 @@
 
 #include <string.h>
 
+_Static_assert(MOEH_N_TASKS == 3, "--skew-by's message lists three tasks");
+
 int moeh_sim_cmd_split(int argc, char **argv)
 {
     moeh_split_opts_t o;
     moeh_split_opts_default(&o);
-    const char *in = NULL, *out = NULL, *spec = NULL, *skew = "mortality";
+    const char *in = NULL, *out = NULL, *spec = NULL, *skew = moeh_task_names[MOEH_TASK_MORTALITY];
     int no_verify = 0;
     const moeh_opt_t opts[] = {
         {"dataset", MOEH_OPT_STR, &in, "the dataset to split (moeh-sim extract) [required]"},
@@ -23,7 +25,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
          "case-mix skew: per stratum, site proportions ~ Dirichlet(alpha*K*shares); small = very "
          "different sites, 0 = no skew"},
         {"skew-by", MOEH_OPT_STR, &skew,
-         "strata for --alpha: mortality, los, readmit (a task's label) or careunit"},
+         "strata for --alpha: mortality, los7, readmit30 (a task's label) or careunit"},
         {"val", MOEH_OPT_F64, &o.val_frac, "validation fraction inside each site"},
         {"test", MOEH_OPT_F64, &o.test_frac, "test fraction inside each site"},
         {"seed", MOEH_OPT_U64, &o.seed, "seed of the assignment and the splits"},
@@ -44,17 +46,16 @@ int moeh_sim_cmd_split(int argc, char **argv)
     if (!rc && (!in || !out || !spec))
         rc = moeh_errf(&err, -EINVAL,
                        "--dataset, --sites and --out are required (moeh-sim split --help)");
-    if (!rc) {
-        static const char *names[] = {"mortality", "los", "readmit", "careunit"};
-        static const int vals[] = {0, 1, 2, -1};
-        size_t i = 0;
-        while (i < 4 && strcmp(skew, names[i]) != 0)
-            i++;
-        if (i == 4)
-            rc = moeh_errf(&err, -EINVAL,
-                           "--skew-by %s: expected mortality, los, readmit or careunit", skew);
-        else
-            o.skew_by = vals[i];
+    if (!rc && !strcmp(skew, "careunit"))
+        o.skew_by = -1;
+    else if (!rc) {
+        o.skew_by = -2;
+        for (int t = 0; t < MOEH_N_TASKS; t++)
+            if (!strcmp(skew, moeh_task_names[t])) o.skew_by = t;
+        if (o.skew_by == -2)
+            rc = moeh_errf(&err, -EINVAL, "--skew-by %s: expected %s, %s, %s or careunit", skew,
+                           /* the schema's three tasks */
+                           moeh_task_names[0], moeh_task_names[1], moeh_task_names[2]);
     }
     if (!rc && o.alpha < 0) rc = moeh_errf(&err, -EINVAL, "--alpha %g: expected >= 0", o.alpha);
     if (!rc && (o.val_frac < 0 || o.test_frac < 0 || o.val_frac + o.test_frac > 1))
@@ -70,7 +71,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
     moeh_dataset_t *ds = NULL;
     rc = moeh_dataset_open(in, !no_verify, &ds, &err);
     if (!rc) rc = moeh_split_write(ds, &o, out, stdout, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     moeh_opts_free(&po);
     if (rc) {
         fprintf(stderr, "moeh-sim split: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));

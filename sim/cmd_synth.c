@@ -72,8 +72,8 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     printf("  rows: chartevents %llu, labevents %llu; %llu notes, %llu CXR images\n",
            (unsigned long long)st.chart_rows, (unsigned long long)st.lab_rows,
            (unsigned long long)st.notes, (unsigned long long)st.cxr_images);
-    for (int k = 0; k < MOEH_DS_TASKS; k++)
-        printf("  %-12s %zu positive of %zu, oracle AUROC %.4f\n", moeh_ds_task_names[k],
+    for (int k = 0; k < MOEH_N_TASKS; k++)
+        printf("  %-12s %zu positive of %zu, oracle AUROC %.4f\n", moeh_task_names[k],
                st.positives[k], st.labelled[k], st.oracle_auroc[k]);
     printf("  modalities in the window: notes %zu, cxr %zu of %zu\n", st.avail[1], st.avail[2],
            st.avail[0]);

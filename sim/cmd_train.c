@@ -17,20 +17,18 @@
  * tested model goes to OUT/model.safetensors: with --select best (the default) the epoch with
  * the highest validation mean AUROC (early stopping on the training data's validation split),
  * with --select last the final epoch. */
-#include "moeh_hist.h"
+#include "moeh_evalsum.h"
 #include "moeh_metrics.h"
 #include "moeh_opts.h"
 #include "moeh_safetensors.h"
 #include "sim_commands.h"
 #include "moeh_trainer.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <string.h>
 
 #define MAX_DIRS 64
-
-static const char *const k_task_keys[MOEH_DS_TASKS] = {"mortality", "los7", "readmit30"};
-static const char *const k_combo_names[MOEH_N_COMBOS] = {"E", "N", "EN", "I", "EI", "NI", "ENI"};
 
 /* Splits a comma-separated list in place into at most MAX_DIRS non-empty parts. */
 static int split_list(char *s, char **parts, size_t *n, const char *flag, moeh_err_t *err)
@@ -92,9 +90,9 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
         CAT(ts_value, TF);
         CAT(ts_mask, TF);
         CAT(ts_delta, TF);
-        CAT(labels, MOEH_DS_TASKS);
-        CAT(label_mask, MOEH_DS_TASKS);
-        CAT(avail, MOEH_DS_MODS);
+        CAT(labels, MOEH_N_TASKS);
+        CAT(label_mask, MOEH_N_TASKS);
+        CAT(avail, MOEH_N_MODS);
         CAT(images, S2);
         CAT(split, 1);
 #undef CAT
@@ -111,60 +109,56 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
     }
 out:
     for (size_t k = 0; k < MAX_DIRS; k++)
-        moeh_dataset_free(&parts[k]);
-    moeh_dataset_free(&cat);
+        moeh_dataset_destroy(&parts[k]);
+    moeh_dataset_destroy(&cat);
     free(copy);
     return rc;
 }
 
-/* Histogram AUROC of slice sl, task t from the trainer's u32 histogram. */
-static double slice_auroc(const uint32_t *hist, size_t sl, size_t t, uint32_t bins, uint64_t *neg,
-                          uint64_t *pos)
+/* Adds key: v to o, or key: null where v is not finite (NaN and infinities are not JSON).
+ * false when out of memory. */
+static bool json_num(cJSON *o, const char *key, double v)
 {
-    const uint32_t *h = hist + (sl * MOEH_DS_TASKS + t) * 2 * bins;
-    for (uint32_t b = 0; b < bins; b++)
-        neg[b] = h[b], pos[b] = h[bins + b];
-    return moeh_hist_auroc(neg, pos, bins);
+    return isfinite(v) ? cJSON_AddNumberToObject(o, key, v) != NULL
+                       : cJSON_AddNullToObject(o, key) != NULL;
 }
 
-/* JSON number or null (NaN and infinities are not JSON). */
-static void jnum(FILE *f, const char *key, double v)
+/* Writes o as one line of f (cJSON_PrintUnformatted: keys and strings escaped) and deletes it;
+ * ok false (a member could not be added) or a failed print is -ENOMEM. */
+static int json_line(FILE *f, cJSON *o, bool ok, moeh_err_t *err)
 {
-    if (isfinite(v))
-        fprintf(f, ",\"%s\":%.6g", key, v);
-    else
-        fprintf(f, ",\"%s\":null", key);
+    char *txt = ok && o ? cJSON_PrintUnformatted(o) : NULL;
+    int rc = 0;
+    if (!txt)
+        rc = moeh_errf(err, -ENOMEM, "out of memory writing metrics.jsonl");
+    else if (fprintf(f, "%s\n", txt) < 0 || fflush(f) != 0)
+        rc = moeh_errf(err, -EIO, "metrics.jsonl: write failed");
+    cJSON_free(txt);
+    cJSON_Delete(o);
+    return rc;
 }
 
 typedef struct {
     uint32_t bins;
     uint32_t *hist;
     float *gate_sum;
-    uint64_t *neg, *pos;
+    uint64_t *scratch; /* 2 * bins: one slice and task widened to u64 */
 } eval_bufs_t;
 
 /* Histogram AUROC per slice and task of split `split`; also the mean loss. */
 static int eval_split(moeh_trainer_t *t, int split, eval_bufs_t *eb,
-                      double auroc[MOEH_EVAL_SLICES][MOEH_DS_TASKS], double *loss,
-                      moeh_eval_sums_t *es, moeh_err_t *err)
+                      double auroc[MOEH_N_SLICES][MOEH_N_TASKS], double *loss, moeh_eval_sums_t *es,
+                      moeh_err_t *err)
 {
     *es = (moeh_eval_sums_t){.hist = eb->hist, .gate_sum = eb->gate_sum};
     int rc = moeh_trainer_evaluate(t, split, eb->bins, es, NULL, NULL, err);
     if (rc) return rc;
-    for (size_t sl = 0; sl < MOEH_EVAL_SLICES; sl++)
-        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
-            auroc[sl][k] = slice_auroc(eb->hist, sl, k, eb->bins, eb->neg, eb->pos);
+    for (size_t sl = 0; sl < MOEH_N_SLICES; sl++)
+        for (size_t k = 0; k < MOEH_N_TASKS; k++)
+            auroc[sl][k] =
+                moeh_eval_slice_auroc_u32(eb->hist, MOEH_N_TASKS, eb->bins, sl, k, eb->scratch);
     *loss = es->n_labels ? es->loss_sum / (double)es->n_labels : NAN;
     return 0;
-}
-
-static double mean_finite(const double *v, size_t n)
-{
-    double s = 0;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(v[i])) s += v[i], k++;
-    return k ? s / (double)k : NAN;
 }
 
 /* Exact metrics of the test split: per task and per (combination a0+2a1+4a2, task). */
@@ -172,11 +166,11 @@ static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
                          moeh_bin_metrics_t *overall, moeh_bin_metrics_t *per_combo,
                          moeh_err_t *err)
 {
-    const size_t T = MOEH_DS_TASKS, n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
+    const size_t T = MOEH_N_TASKS, n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
     const moeh_dataset_t *ds = moeh_trainer_dataset(t);
     float *probs = malloc((n ? n : 1) * T * sizeof(float));
     float *y = malloc((n ? n : 1) * T * sizeof(float));
-    uint8_t *ym = malloc((n ? n : 1) * T), *av = malloc((n ? n : 1) * MOEH_DS_MODS);
+    uint8_t *ym = malloc((n ? n : 1) * T), *av = malloc((n ? n : 1) * MOEH_N_MODS);
     size_t *idx = malloc((n ? n : 1) * sizeof(size_t));
     int rc = -ENOMEM;
     if (!probs || !y || !ym || !av || !idx) {
@@ -187,7 +181,7 @@ static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
     for (size_t r = 0; r < n; r++) {
         memcpy(y + r * T, ds->labels + idx[r] * T, T * sizeof(float));
         memcpy(ym + r * T, ds->label_mask + idx[r] * T, T);
-        memcpy(av + r * MOEH_DS_MODS, ds->avail + idx[r] * MOEH_DS_MODS, MOEH_DS_MODS);
+        memcpy(av + r * MOEH_N_MODS, ds->avail + idx[r] * MOEH_N_MODS, MOEH_N_MODS);
     }
     if ((rc = moeh_metrics_report(per_task, overall, per_combo, probs, y, ym, av, n, T)))
         moeh_errf(err, rc, "metrics report failed");
@@ -198,6 +192,64 @@ out:
     free(av);
     free(idx);
     return rc;
+}
+
+/* The final lines of metrics.jsonl, on the test split: "eval" (histogram AUROC per task and
+ * their mean), one "task" line per task (per-combination histogram AUROC and the exact
+ * metrics) and "gate" (mean mixture weights per combination). 0 or a negative code. */
+static int write_test_lines(FILE *mf, uint32_t round, uint32_t epoch, double train_loss,
+                            double test_loss, double mean_auroc, double secs,
+                            double auroc[MOEH_N_SLICES][MOEH_N_TASKS],
+                            const moeh_bin_metrics_t *per_task, const moeh_eval_sums_t *es,
+                            const float *gate_sum, size_t n_experts, moeh_err_t *err)
+{
+    char key[48];
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "event", "eval") &&
+              cJSON_AddNumberToObject(o, "round", round) &&
+              cJSON_AddNumberToObject(o, "sites", 1) &&
+              cJSON_AddNumberToObject(o, "epoch", epoch) && json_num(o, "train_loss", train_loss) &&
+              json_num(o, "test_loss", test_loss) && json_num(o, "auroc_mean", mean_auroc) &&
+              json_num(o, "seconds", secs);
+    for (size_t k = 0; ok && k < MOEH_N_TASKS; k++) {
+        snprintf(key, sizeof key, "auroc_%s", moeh_task_names[k]);
+        ok = json_num(o, key, auroc[0][k]);
+    }
+    int rc = json_line(mf, o, ok, err);
+    for (size_t k = 0; !rc && k < MOEH_N_TASKS; k++) {
+        const moeh_bin_metrics_t *pt = &per_task[k];
+        o = cJSON_CreateObject();
+        ok = o && cJSON_AddStringToObject(o, "event", "task") &&
+             cJSON_AddNumberToObject(o, "round", round) &&
+             cJSON_AddStringToObject(o, "task", moeh_task_names[k]) &&
+             json_num(o, "auroc", auroc[0][k]);
+        for (size_t c = 0; ok && c < MOEH_N_COMBOS; c++) {
+            snprintf(key, sizeof key, "auroc_%s", moeh_combo_names[c]);
+            ok = json_num(o, key, auroc[c + 1][k]);
+        }
+        ok = ok && json_num(o, "auroc_exact", pt->auroc) && json_num(o, "auprc", pt->auprc) &&
+             json_num(o, "f1", pt->f1_05) && json_num(o, "f1_best", pt->f1_best) &&
+             cJSON_AddNumberToObject(o, "n", (double)pt->n) &&
+             cJSON_AddNumberToObject(o, "n_pos", (double)pt->n_pos);
+        rc = json_line(mf, o, ok, err);
+    }
+    if (rc) return rc;
+    o = cJSON_CreateObject();
+    ok = o && cJSON_AddStringToObject(o, "event", "gate") &&
+         cJSON_AddNumberToObject(o, "round", round);
+    for (size_t c = 0; ok && c < MOEH_N_COMBOS; c++) {
+        uint32_t rows = es->combo_rows[c];
+        cJSON *g = cJSON_AddObjectToObject(o, moeh_combo_names[c]);
+        cJSON *w = g && cJSON_AddNumberToObject(g, "rows", rows)
+                       ? cJSON_AddArrayToObject(g, "weights")
+                       : NULL;
+        ok = w != NULL;
+        for (size_t k = 0; ok && k < n_experts; k++) {
+            cJSON *v = cJSON_CreateNumber(rows ? gate_sum[c * n_experts + k] / (double)rows : 0.0);
+            ok = v && cJSON_AddItemToArray(w, v);
+        }
+    }
+    return json_line(mf, o, ok, err);
 }
 
 int moeh_sim_cmd_train(int argc, char **argv)
@@ -307,7 +359,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
     mc.arch = (moeh_arch_t)arch;
     mc.d_emb = d_emb, mc.d_hidden = d_hidden, mc.note_buckets = buckets;
-    mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_DS_TASKS;
+    mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_N_TASKS;
     mc.max_batch = batch, mc.seed = seed;
     mc.top_k = top_k, mc.lambda_lb = lambda_lb, mc.gate_sup = gate_sup;
     mc.gate_sup_joint = gate_sup_joint;
@@ -324,11 +376,10 @@ int moeh_sim_cmd_train(int argc, char **argv)
     stats = malloc(3 * nn * sizeof(double));
     mean = malloc(nn * sizeof(float));
     sd = malloc(nn * sizeof(float));
-    eb.hist = malloc((size_t)MOEH_EVAL_SLICES * MOEH_DS_TASKS * 2 * bins * sizeof(uint32_t));
+    eb.hist = malloc((size_t)MOEH_N_SLICES * MOEH_N_TASKS * 2 * bins * sizeof(uint32_t));
     eb.gate_sum = malloc((size_t)MOEH_N_COMBOS * E * sizeof(float));
-    eb.neg = malloc(bins * sizeof(uint64_t));
-    eb.pos = malloc(bins * sizeof(uint64_t));
-    if (!stats || !mean || !sd || !eb.hist || !eb.gate_sum || !eb.neg || !eb.pos) {
+    eb.scratch = malloc(2 * (size_t)bins * sizeof(uint64_t));
+    if (!stats || !mean || !sd || !eb.hist || !eb.gate_sum || !eb.scratch) {
         rc = moeh_errf(&err, -ENOMEM, "out of memory");
         goto out;
     }
@@ -357,12 +408,12 @@ int moeh_sim_cmd_train(int argc, char **argv)
            arch, p->n, n_all, n_train, moeh_trainer_rows(tr, MOEH_SPLIT_VAL),
            eval_data ? eval_data : "the same data", moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST));
     printf("%5s %7s %10s %10s", "epoch", "phase", "train_loss", "val_loss");
-    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
-        printf(" %11s", k_task_keys[k]);
+    for (size_t k = 0; k < MOEH_N_TASKS; k++)
+        printf(" %11s", moeh_task_names[k]);
     printf(" %10s %7s\n", "val_mean", "time_s");
     fflush(stdout);
 
-    double auroc[MOEH_EVAL_SLICES][MOEH_DS_TASKS], loss, train_loss = NAN;
+    double auroc[MOEH_N_SLICES][MOEH_N_TASKS], loss, train_loss = NAN;
     double best_val = -INFINITY, best_loss = NAN;
     uint32_t best_epoch = 0;
     int pick_best = !strcmp(select, "best");
@@ -384,25 +435,26 @@ int moeh_sim_cmd_train(int argc, char **argv)
         if ((rc = moeh_trainer_train(tr, &tc, &res, &err))) goto out;
         train_loss = res.mean_loss;
         if ((rc = eval_split(tr, MOEH_SPLIT_VAL, &eb, auroc, &loss, &es, &err))) goto out;
-        double m = mean_finite(auroc[0], MOEH_DS_TASKS), secs = (double)(moeh_now_ms() - te) / 1e3;
+        double m = moeh_eval_mean_finite(auroc[0], MOEH_N_TASKS),
+               secs = (double)(moeh_now_ms() - te) / 1e3;
         printf("%5u %7s %10.4f %10.4f", e, e <= warmup ? "warm-up" : "joint", train_loss, loss);
-        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+        for (size_t k = 0; k < MOEH_N_TASKS; k++)
             printf(" %11.4f", auroc[0][k]);
         printf(" %10.4f %7.1f\n", m, secs);
         fflush(stdout);
-        fprintf(mf, "{\"event\":\"epoch\",\"epoch\":%u,\"warmup\":%s", e,
-                e <= warmup ? "true" : "false");
-        jnum(mf, "train_loss", train_loss);
-        jnum(mf, "val_loss", loss);
-        jnum(mf, "val_auroc_mean", m);
-        for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
+        cJSON *jl = cJSON_CreateObject();
+        bool ok = jl && cJSON_AddStringToObject(jl, "event", "epoch") &&
+                  cJSON_AddNumberToObject(jl, "epoch", e) &&
+                  cJSON_AddBoolToObject(jl, "warmup", e <= warmup);
+        ok = ok && json_num(jl, "train_loss", train_loss) && json_num(jl, "val_loss", loss) &&
+             json_num(jl, "val_auroc_mean", m);
+        for (size_t k = 0; ok && k < MOEH_N_TASKS; k++) {
             char key[48];
-            snprintf(key, sizeof key, "val_auroc_%s", k_task_keys[k]);
-            jnum(mf, key, auroc[0][k]);
+            snprintf(key, sizeof key, "val_auroc_%s", moeh_task_names[k]);
+            ok = json_num(jl, key, auroc[0][k]);
         }
-        jnum(mf, "seconds", secs);
-        fprintf(mf, "}\n");
-        fflush(mf);
+        ok = ok && json_num(jl, "seconds", secs);
+        if ((rc = json_line(mf, jl, ok, &err))) goto out;
         if (pick_best && isfinite(m) && m > best_val) {
             best_val = m, best_epoch = e, best_loss = train_loss;
             memcpy(best, p->w, p->n * sizeof(float));
@@ -425,68 +477,35 @@ int moeh_sim_cmd_train(int argc, char **argv)
         memcpy(ep->w, p->w, p->n * sizeof(float));
     }
     if ((rc = eval_split(test_tr, MOEH_SPLIT_TEST, &eb, auroc, &loss, &es, &err))) goto out;
-    moeh_bin_metrics_t per_task[MOEH_DS_TASKS], overall, per_combo[8 * MOEH_DS_TASKS];
+    moeh_bin_metrics_t per_task[MOEH_N_TASKS], overall,
+        per_combo[(MOEH_N_COMBOS + 1) * MOEH_N_TASKS];
     memset(per_combo, 0, sizeof per_combo);
     if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err))) goto out;
-    double m = mean_finite(auroc[0], MOEH_DS_TASKS);
-    fprintf(mf, "{\"event\":\"eval\",\"round\":%u,\"sites\":1,\"epoch\":%u", epochs, best_epoch);
-    jnum(mf, "train_loss", train_loss);
-    jnum(mf, "test_loss", loss);
-    jnum(mf, "auroc_mean", m);
-    jnum(mf, "seconds", (double)(moeh_now_ms() - t0) / 1e3);
-    for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
-        char key[48];
-        snprintf(key, sizeof key, "auroc_%s", k_task_keys[k]);
-        jnum(mf, key, auroc[0][k]);
-    }
-    fprintf(mf, "}\n");
-    for (size_t k = 0; k < MOEH_DS_TASKS; k++) {
-        fprintf(mf, "{\"event\":\"task\",\"round\":%u,\"task\":\"%s\"", epochs, k_task_keys[k]);
-        jnum(mf, "auroc", auroc[0][k]);
-        for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
-            char key[48];
-            snprintf(key, sizeof key, "auroc_%s", k_combo_names[c]);
-            jnum(mf, key, auroc[c + 1][k]);
-        }
-        jnum(mf, "auroc_exact", per_task[k].auroc);
-        jnum(mf, "auprc", per_task[k].auprc);
-        jnum(mf, "f1", per_task[k].f1_05);
-        jnum(mf, "f1_best", per_task[k].f1_best);
-        fprintf(mf, ",\"n\":%zu,\"n_pos\":%zu}\n", per_task[k].n, per_task[k].n_pos);
-    }
-    fprintf(mf, "{\"event\":\"gate\",\"round\":%u", epochs);
-    for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
-        fprintf(mf, ",\"%s\":{\"rows\":%u,\"weights\":[", k_combo_names[c], es.combo_rows[c]);
-        for (size_t k = 0; k < E; k++)
-            fprintf(mf, "%s%.4f", k ? "," : "",
-                    es.combo_rows[c] ? eb.gate_sum[c * E + k] / (double)es.combo_rows[c] : 0.0);
-        fprintf(mf, "]}");
-    }
-    fprintf(mf, "}\n");
-    if (fflush(mf) != 0 || ferror(mf)) {
-        rc = moeh_errf(&err, -EIO, "%s/metrics.jsonl: write failed", out);
+    double m = moeh_eval_mean_finite(auroc[0], MOEH_N_TASKS);
+    if ((rc = write_test_lines(mf, epochs, best_epoch, train_loss, loss, m,
+                               (double)(moeh_now_ms() - t0) / 1e3, auroc, per_task, &es,
+                               eb.gate_sum, E, &err)))
         goto out;
-    }
 
     printf("\ntest (%zu rows): AUROC from %u-bin histograms as the coordinator; exact "
            "AUROC, AUPRC, F1\n%-10s %8s %8s %8s %8s %8s %7s %6s\n",
            moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), bins, "task", "auroc", "exact", "auprc",
            "f1@0.5", "f1_best", "n", "pos");
-    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
-        printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f %7zu %6zu\n", k_task_keys[k], auroc[0][k],
+    for (size_t k = 0; k < MOEH_N_TASKS; k++)
+        printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f %7zu %6zu\n", moeh_task_names[k], auroc[0][k],
                per_task[k].auroc, per_task[k].auprc, per_task[k].f1_05, per_task[k].f1_best,
                per_task[k].n, per_task[k].n_pos);
     printf("%-10s %8.4f %8.4f %8.4f %8.4f %8.4f\n", "mean", m, overall.auroc, overall.auprc,
            overall.f1_05, overall.f1_best);
     printf("\nAUROC per modality combination (E = EHR, N = notes, I = image)\n%-6s %6s", "combo",
            "rows");
-    for (size_t k = 0; k < MOEH_DS_TASKS; k++)
-        printf(" %10s", k_task_keys[k]);
+    for (size_t k = 0; k < MOEH_N_TASKS; k++)
+        printf(" %10s", moeh_task_names[k]);
     printf("\n");
     for (size_t c = 0; c < MOEH_N_COMBOS; c++) {
         if (!es.combo_rows[c]) continue;
-        printf("%-6s %6u", k_combo_names[c], es.combo_rows[c]);
-        for (size_t k = 0; k < MOEH_DS_TASKS; k++)
+        printf("%-6s %6u", moeh_combo_names[c], es.combo_rows[c]);
+        for (size_t k = 0; k < MOEH_N_TASKS; k++)
             printf(" %10.4f", auroc[c + 1][k]);
         printf("\n");
     }
@@ -497,8 +516,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
 out:
     if (mf) fclose(mf);
     if (rc) fprintf(stderr, "moeh-sim train: %s\n", err.msg);
-    moeh_dataset_free(&ds);
-    moeh_dataset_free(&eds);
+    moeh_dataset_destroy(&ds);
+    moeh_dataset_destroy(&eds);
     moeh_trainer_destroy(&tr);
     moeh_trainer_destroy(&etr);
     free(stats);
@@ -506,8 +525,7 @@ out:
     free(sd);
     free(eb.hist);
     free(eb.gate_sum);
-    free(eb.neg);
-    free(eb.pos);
+    free(eb.scratch);
     free(best);
     moeh_opts_free(&o);
     return rc ? 1 : 0;

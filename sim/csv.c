@@ -503,7 +503,7 @@ int moeh_csv_open(const char *path, moeh_csv_t **out, moeh_err_t *err)
     return 0;
 fail:
     if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory", path);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -526,17 +526,17 @@ int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t
     while (rc == 1 && r->nf == 1 && r->f[0].len == 0);
     if (rc <= 0) {
         if (rc == 0) rc = moeh_errf(err, -EBADMSG, "%s: empty, expected a header row", name);
-        moeh_csv_close(&r);
+        moeh_csv_destroy(&r);
         return rc;
     }
     r->ncols = r->nf;
     if (!(r->names = calloc(r->ncols, sizeof *r->names))) {
-        moeh_csv_close(&r);
+        moeh_csv_destroy(&r);
         return moeh_errf(err, -ENOMEM, "%s: out of memory", name);
     }
     for (size_t i = 0; i < r->ncols; i++) {
         if (!(r->names[i] = strndup(r->f[i].p, r->f[i].len))) {
-            moeh_csv_close(&r);
+            moeh_csv_destroy(&r);
             return moeh_errf(err, -ENOMEM, "%s: out of memory", name);
         }
     }
@@ -544,7 +544,7 @@ int moeh_csv_open_mem(const char *name, const char *data, size_t len, moeh_csv_t
     return 0;
 }
 
-void moeh_csv_close(moeh_csv_t **self_p)
+void moeh_csv_destroy(moeh_csv_t **self_p)
 {
     if (!self_p || !*self_p) return;
     moeh_csv_t *r = *self_p;

@@ -9,6 +9,7 @@ moeh_require(PNG libpng libpng-dev)
 set(MOEH_DATA_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/csv.c
     ${CMAKE_CURRENT_LIST_DIR}/extract.c
+    ${CMAKE_CURRENT_LIST_DIR}/extract_streams.c
     ${CMAKE_CURRENT_LIST_DIR}/image.c
     ${CMAKE_CURRENT_LIST_DIR}/synth.c
     ${CMAKE_CURRENT_LIST_DIR}/split.c)

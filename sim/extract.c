@@ -5,20 +5,16 @@
  * per-admission hourly accumulators, so memory is O(cohort x 48 x F), independent of the
  * size of chartevents. Pass 3 streams radiology notes and the CXR metadata, keeping only
  * rows inside a cohort window, then decodes one image per admission. Every step that lacks
- * its table warns and leaves that modality absent. */
-#include "moeh_extract.h"
-#include "i64map.h"
-#include "moeh_csv.h"
+ * its table warns and leaves that modality absent.
+ *
+ * This file: the static-feature categories, the variable map, the note tokenizer, pass 1 (the
+ * cohort and its labels), the dataset's meta.json and the driver, moeh_extract(). Passes 2 and 3
+ * are in extract_streams.c; the context both share is in extract_ctx.h. */
+#include "extract_ctx.h"
 
-#include <limits.h>
 #include <math.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <xxhash.h>
-
-#define HOUR 3600
-#define WINDOW (MOEH_DS_T * HOUR)
-#define MAX_REPORTED 20
 
 /* ---- categories of the static features ---------------------------------------------- */
 static const char *const k_adm_types[] = {"AMBULATORY OBSERVATION",
@@ -192,7 +188,7 @@ int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *e
     rc = 0;
 out:
     if (rc) moeh_varmap_free(out);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     free(text);
     free(file);
     return rc;
@@ -231,88 +227,6 @@ int moeh_tokenize(const char *text, size_t len, int32_t **tok, size_t *n, size_t
         (*tok)[(*n)++] = moeh_token_id(w, k);
     }
     return 0;
-}
-
-/* ---- extraction context ---------------------------------------------------------------- */
-typedef struct {
-    int64_t subject, hadm, admit, disch, death, t0;
-    int32_t admit_year, type, ins, race, unit;
-    int8_t expire, icu;
-} adm_t;
-
-typedef struct {
-    int32_t anchor_age, anchor_year;
-    int8_t female;
-} pat_t;
-
-typedef struct {
-    int32_t idx;     /* cohort row */
-    int64_t time;    /* charttime */
-    int64_t seq;     /* tie-break: order in the file */
-    size_t off, len; /* into the token pool */
-} note_rec_t;
-
-typedef struct {
-    const moeh_extract_opts_t *o;
-    moeh_extract_stats_t *st;
-    moeh_varmap_t vm;
-    pat_t *pats;
-    moeh_i64map_t pat_map, adm_map, cohort_hadm, cohort_subj;
-    adm_t *adms;
-    size_t n_adms;
-    int32_t *cohort; /* adms index per cohort row */
-    size_t n;
-    float *sum; /* hourly sums: the dataset's ts_value, turned into means in place */
-    uint16_t *cnt;
-    int32_t *lut_chart, *lut_lab; /* itemid -> varmap row or -1 */
-    size_t lut_chart_n, lut_lab_n;
-    moeh_dataset_t *ds;
-} ctx_t;
-
-static int path2(char *out, size_t cap, const char *a, const char *b)
-{
-    int n = snprintf(out, cap, "%s/%s", a, b);
-    return (n < 0 || (size_t)n >= cap) ? -ENAMETOOLONG : 0;
-}
-
-static bool file_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* Handles a malformed row: reports it (the first MAX_REPORTED) and returns 0 to skip, or the
- * error if --strict. */
-static int malformed(ctx_t *c, int rc, moeh_err_t *e, moeh_err_t *err)
-{
-    c->st->malformed++;
-    if (c->o->strict) {
-        *err = *e;
-        return rc;
-    }
-    if (c->st->malformed <= MAX_REPORTED) MOEH_WARN("skipping malformed row: %s", e->msg);
-    if (c->st->malformed == MAX_REPORTED)
-        MOEH_WARN("(further malformed rows are counted, not shown)");
-    return 0;
-}
-
-/* Required columns by name into idx[]. */
-static int cols(moeh_csv_t *r, const char *const *names, int *idx, size_t n, moeh_err_t *err)
-{
-    for (size_t i = 0; i < n; i++)
-        if ((idx[i] = moeh_csv_require_col(r, names[i], err)) < 0) return idx[i];
-    return 0;
-}
-
-static void progress(const moeh_csv_t *r, const char *what, uint64_t rows, int64_t t_start,
-                     int64_t *t_last, bool final)
-{
-    int64_t now = moeh_now_ms();
-    if (!final && now - *t_last < 2000) return;
-    *t_last = now;
-    double s = (double)(now - t_start) / 1000.0, mb = (double)moeh_csv_bytes(r) / 1e6;
-    MOEH_INFO("%s: %.0f MB, %.2f M rows, %.0f MB/s, %.2f M rows/s%s", what, mb, (double)rows / 1e6,
-              s > 0 ? mb / s : 0.0, s > 0 ? (double)rows / 1e6 / s : 0.0, final ? " (done)" : "");
 }
 
 static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
@@ -355,7 +269,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
     }
 out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "patients: out of memory");
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -434,7 +348,7 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
     }
 out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "admissions: out of memory");
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -471,7 +385,7 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
         }
     }
 out:
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return rc;
 }
 
@@ -594,409 +508,6 @@ out:
     return rc;
 }
 
-/* The cohort row of an event: by hadm_id, or (hadm_id empty) the subject's admission whose
- * window contains t. -1 if none; sets *h to the hour bin. */
-static int find_row(const ctx_t *c, int64_t hadm, bool have_hadm, int64_t subject, int64_t t,
-                    int *h)
-{
-    uint32_t j;
-    if (have_hadm) {
-        if (!moeh_i64map_get(&c->cohort_hadm, hadm, &j)) return -1;
-        int64_t d = t - c->adms[c->cohort[j]].t0;
-        if (d < 0 || d >= WINDOW) return -1;
-        *h = (int)(d / HOUR);
-        return (int)j;
-    }
-    if (!moeh_i64map_get(&c->cohort_subj, subject, &j)) return -1;
-    for (; j < c->n && c->ds->ids[2 * j] == subject; j++) {
-        int64_t d = t - c->adms[c->cohort[j]].t0;
-        if (d >= 0 && d < WINDOW) {
-            *h = (int)(d / HOUR);
-            return (int)j;
-        }
-    }
-    return -1;
-}
-
-static int build_luts(ctx_t *c, moeh_err_t *err)
-{
-    int32_t mx = 0;
-    for (size_t k = 0; k < c->vm.n_rows; k++)
-        if (c->vm.rows[k].itemid > mx) mx = c->vm.rows[k].itemid;
-    c->lut_chart_n = c->lut_lab_n = (size_t)mx + 1;
-    c->lut_chart = malloc(c->lut_chart_n * sizeof *c->lut_chart);
-    c->lut_lab = malloc(c->lut_lab_n * sizeof *c->lut_lab);
-    if (!c->lut_chart || !c->lut_lab) return moeh_errf(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i <= (size_t)mx; i++)
-        c->lut_chart[i] = c->lut_lab[i] = -1;
-    for (size_t k = 0; k < c->vm.n_rows; k++) {
-        bool lab = !strcmp(c->vm.rows[k].table, "labevents");
-        (lab ? c->lut_lab : c->lut_chart)[c->vm.rows[k].itemid] = (int32_t)k;
-    }
-    return 0;
-}
-
-/* Warns about map rows whose itemid is absent from the dictionary or labelled otherwise. */
-static void check_dictionary(ctx_t *c, const char *path, const char *table)
-{
-    moeh_csv_t *r = NULL;
-    moeh_err_t e = {0};
-    if (moeh_csv_open(path, &r, &e)) {
-        MOEH_WARN("cannot check the variable map against %s: %s", path, e.msg);
-        return;
-    }
-    int ci = moeh_csv_col(r, "itemid"), cl = moeh_csv_col(r, "label");
-    bool *seen = calloc(c->vm.n_rows + 1, 1);
-    while (ci >= 0 && cl >= 0 && seen && moeh_csv_next(r, &e) == 1) {
-        int64_t id;
-        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci), &id)) continue;
-        for (size_t k = 0; k < c->vm.n_rows; k++) {
-            const moeh_varmap_row_t *w = &c->vm.rows[k];
-            if (w->itemid != id || strcmp(w->table, table)) continue;
-            seen[k] = true;
-            if (!moeh_csv_eq(moeh_csv_field(r, (size_t)cl), w->label)) {
-                char got[96];
-                MOEH_WARN("variable map: itemid %d is '%s' in %s, the map expects '%s'", (int)id,
-                          moeh_csv_copy(moeh_csv_field(r, (size_t)cl), got, sizeof got), path,
-                          w->label);
-            }
-        }
-    }
-    for (size_t k = 0; seen && k < c->vm.n_rows; k++)
-        if (!seen[k] && !strcmp(c->vm.rows[k].table, table))
-            MOEH_WARN("variable map: itemid %d (%s) is not in %s", (int)c->vm.rows[k].itemid,
-                      c->vm.rows[k].name, path);
-    free(seen);
-    moeh_csv_close(&r);
-}
-
-/* Streams one event table into the hourly accumulators. *present = false if it is absent. */
-static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, moeh_err_t *err)
-{
-    moeh_csv_t *r = NULL;
-    moeh_err_t e = {0};
-    int rc, ci[5];
-    static const char *const names[] = {"subject_id", "hadm_id", "itemid", "charttime", "valuenum"};
-    *present = false;
-    rc = moeh_csv_open(path, &r, &e);
-    if (rc == -ENOENT) {
-        MOEH_WARN("%s is missing: %s are absent (%s)", path,
-                  lab ? "laboratory values" : "vital signs", "the cohort is still built");
-        return 0;
-    }
-    if (rc) {
-        *err = e;
-        return rc;
-    }
-    if ((rc = cols(r, names, ci, 5, err))) goto out;
-    *present = true;
-    const int32_t *lut = lab ? c->lut_lab : c->lut_chart;
-    const size_t lut_n = lab ? c->lut_lab_n : c->lut_chart_n;
-    const size_t F = c->vm.n_vars;
-    uint64_t rows = 0;
-    int64_t t_start = moeh_now_ms(), t_last = t_start;
-    const char *what = lab ? "labevents" : "chartevents";
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
-        if ((++rows & 0xffff) == 0) progress(r, what, rows, t_start, &t_last, false);
-        int64_t item, hadm = 0, subj = 0, t;
-        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &item)) {
-            moeh_csv_field_error(r, (size_t)ci[2], &e, "expected an integer itemid");
-            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
-            continue;
-        }
-        if (item < 0 || (size_t)item >= lut_n || lut[item] < 0) continue;
-        int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
-        if (hr == -ENODATA && lab)
-            hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &subj) ? -EBADMSG : 1;
-        int col = hr < 0 ? ci[1] : ci[3];
-        if (hr < 0 || moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[3]), &t)) {
-            moeh_csv_field_error(r, (size_t)col, &e, "missing or malformed value");
-            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
-            continue;
-        }
-        int h;
-        int j = find_row(c, hadm, hr == 0, subj, t, &h);
-        if (j < 0) continue;
-        double v;
-        int vr = moeh_csv_parse_f64(moeh_csv_field(r, (size_t)ci[4]), &v);
-        if (vr == -ENODATA) continue; /* a text-only result */
-        if (vr) {
-            moeh_csv_field_error(r, (size_t)ci[4], &e, "expected a number");
-            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
-            continue;
-        }
-        const moeh_varmap_row_t *w = &c->vm.rows[lut[item]];
-        v = v * w->mul + w->add;
-        if (!(v >= w->lo && v <= w->hi)) {
-            c->st->out_of_range++;
-            continue;
-        }
-        size_t k = ((size_t)j * MOEH_DS_T + (size_t)h) * F + (size_t)w->var;
-        if (c->cnt[k] < UINT16_MAX) {
-            c->sum[k] += (float)v;
-            c->cnt[k]++;
-        }
-        c->st->used_rows++;
-    }
-    progress(r, what, rows, t_start, &t_last, true);
-    c->st->event_bytes += moeh_csv_bytes(r);
-    if (lab)
-        c->st->lab_rows = rows;
-    else
-        c->st->chart_rows = rows;
-out:
-    moeh_csv_close(&r);
-    return rc;
-}
-
-/* Means, forward fill, deltas; height and weight into the static features. */
-static void finish_series(ctx_t *c)
-{
-    moeh_dataset_t *ds = c->ds;
-    const size_t F = c->vm.n_vars, T = MOEH_DS_T;
-    int v_height = -1, v_weight = -1;
-    for (size_t v = 0; v < F; v++) {
-        if (!strcmp(c->vm.var_names[v], "height")) v_height = (int)v;
-        if (!strcmp(c->vm.var_names[v], "weight")) v_weight = (int)v;
-    }
-    for (size_t j = 0; j < c->n; j++) {
-        for (size_t v = 0; v < F; v++) {
-            float last = NAN;
-            int last_t = -1;
-            for (size_t t = 0; t < T; t++) {
-                size_t k = (j * T + t) * F + v;
-                if (c->cnt[k]) {
-                    last = c->sum[k] / (float)c->cnt[k];
-                    last_t = (int)t;
-                    ds->ts_mask[k] = 1;
-                }
-                ds->ts_value[k] = last;
-                ds->ts_delta[k] = (float)((int)t - last_t);
-            }
-        }
-        float *s = ds->static_x + j * F_STATIC + (F_STATIC - 4);
-        int vs[2] = {v_height, v_weight};
-        for (int q = 0; q < 2; q++) {
-            if (vs[q] < 0) continue;
-            for (size_t t = 0; t < T; t++) {
-                size_t k = (j * T + t) * F + (size_t)vs[q];
-                if (ds->ts_mask[k]) {
-                    s[2 * q] = ds->ts_value[k];
-                    s[2 * q + 1] = 1;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-static int cmp_note(const void *x, const void *y)
-{
-    const note_rec_t *a = x, *b = y;
-    if (a->idx != b->idx) return a->idx < b->idx ? -1 : 1;
-    if (a->time != b->time) return a->time < b->time ? -1 : 1;
-    return a->seq < b->seq ? -1 : a->seq > b->seq;
-}
-
-static int load_notes(ctx_t *c, moeh_err_t *err)
-{
-    char p[PATH_MAX];
-    moeh_csv_t *r = NULL;
-    moeh_err_t e = {0};
-    int rc, ci[4];
-    note_rec_t *recs = NULL;
-    int32_t *pool = NULL;
-    size_t nrec = 0, rcap = 0, npool = 0, pcap = 0;
-    static const char *const names[] = {"subject_id", "hadm_id", "charttime", "text"};
-    if ((rc = path2(p, sizeof p, c->o->note_dir, "note/radiology.csv.gz")))
-        return moeh_errf(err, rc, "path too long");
-    if (!file_exists(p)) path2(p, sizeof p, c->o->note_dir, "radiology.csv.gz");
-    rc = moeh_csv_open(p, &r, &e);
-    if (rc == -ENOENT) {
-        MOEH_WARN("%s is missing: notes are absent", p);
-        return 0;
-    }
-    if (rc) {
-        *err = e;
-        return rc;
-    }
-    if ((rc = cols(r, names, ci, 4, err))) goto out;
-    c->st->have_notes = true;
-    uint64_t rows = 0;
-    int64_t t_start = moeh_now_ms(), t_last = t_start;
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
-        if ((++rows & 0xfff) == 0) progress(r, "radiology notes", rows, t_start, &t_last, false);
-        int64_t subj, hadm = 0, t;
-        int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
-        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &subj) || (hr && hr != -ENODATA) ||
-            moeh_csv_parse_time(moeh_csv_field(r, (size_t)ci[2]), &t)) {
-            moeh_csv_field_error(r, (size_t)ci[2], &e,
-                                 "malformed subject_id, hadm_id or charttime");
-            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
-            continue;
-        }
-        int h, j = find_row(c, hadm, hr == 0, subj, t, &h);
-        if (j < 0) continue;
-        if (nrec == rcap) {
-            rcap = rcap ? rcap * 2 : 1024;
-            note_rec_t *nr = realloc(recs, rcap * sizeof *nr);
-            if (!nr) {
-                rc = moeh_errf(err, -ENOMEM, "notes: out of memory");
-                goto out;
-            }
-            recs = nr;
-        }
-        size_t before = npool;
-        moeh_csv_field_t tx = moeh_csv_field(r, (size_t)ci[3]);
-        if (moeh_tokenize(tx.p, tx.len, &pool, &npool, &pcap)) {
-            rc = moeh_errf(err, -ENOMEM, "notes: out of memory");
-            goto out;
-        }
-        recs[nrec++] = (note_rec_t){j, t, (int64_t)rows, before, npool - before};
-    }
-    progress(r, "radiology notes", rows, t_start, &t_last, true);
-    qsort(recs, nrec, sizeof *recs, cmp_note);
-    int32_t *tok = malloc(npool ? npool * sizeof *tok : 1);
-    if (!tok) {
-        rc = moeh_errf(err, -ENOMEM, "notes: out of memory");
-        goto out;
-    }
-    size_t pos = 0, k = 0;
-    for (size_t j = 0; j < c->n; j++) {
-        c->ds->note_offsets[j] = (int64_t)pos;
-        bool any = false;
-        for (; k < nrec && recs[k].idx == (int32_t)j; k++) {
-            memcpy(tok + pos, pool + recs[k].off, recs[k].len * sizeof *tok);
-            pos += recs[k].len;
-            any = true;
-        }
-        c->ds->avail[3 * j + MOEH_MOD_NOTES] = any;
-    }
-    c->ds->note_offsets[c->n] = (int64_t)pos;
-    rc = moeh_dataset_set_tokens(c->ds, tok, pos, err);
-    free(tok);
-out:
-    free(recs);
-    free(pool);
-    moeh_csv_close(&r);
-    return rc;
-}
-
-typedef struct {
-    int64_t time;
-    int64_t study;
-    char dicom[72];
-} cxr_pick_t;
-
-static int load_cxr(ctx_t *c, moeh_err_t *err)
-{
-    char p[PATH_MAX];
-    moeh_csv_t *r = NULL;
-    moeh_err_t e = {0};
-    int rc, ci[5];
-    static const char *const names[] = {"dicom_id", "subject_id", "study_id", "StudyDate",
-                                        "StudyTime"};
-    cxr_pick_t *pick = calloc(c->n + 1, sizeof *pick);
-    if (!pick) return moeh_errf(err, -ENOMEM, "cxr: out of memory");
-    for (size_t j = 0; j < c->n; j++)
-        pick[j].time = INT64_MIN;
-    if ((rc = path2(p, sizeof p, c->o->cxr_dir, "mimic-cxr-2.0.0-metadata.csv.gz"))) goto out;
-    rc = moeh_csv_open(p, &r, &e);
-    if (rc == -ENOENT) {
-        MOEH_WARN("%s is missing: chest X-rays are absent", p);
-        rc = 0;
-        goto out;
-    }
-    if (rc) {
-        *err = e;
-        goto out;
-    }
-    if ((rc = cols(r, names, ci, 5, err))) goto out;
-    int cv = moeh_csv_col(r, "ViewPosition");
-    if (cv < 0) {
-        rc = moeh_errf(err, -EBADMSG, "%s:1: no column 'ViewPosition'", p);
-        goto out;
-    }
-    c->st->have_cxr = true;
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
-        moeh_csv_field_t vp = moeh_csv_field(r, (size_t)cv);
-        if (!moeh_csv_eq(vp, "AP") && !moeh_csv_eq(vp, "PA")) continue;
-        int64_t subj, study, date;
-        double tm;
-        if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &subj) ||
-            moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &study) ||
-            moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[3]), &date) ||
-            moeh_csv_parse_f64(moeh_csv_field(r, (size_t)ci[4]), &tm) || date < 10000101 ||
-            tm < 0 || tm >= 240000) {
-            moeh_csv_field_error(r, (size_t)ci[3], &e, "malformed subject, study, date or time");
-            if ((rc = malformed(c, -EBADMSG, &e, err))) goto out;
-            continue;
-        }
-        int64_t hhmmss = (int64_t)tm;
-        int64_t t = moeh_days_from_civil(date / 10000, (unsigned)(date / 100 % 100),
-                                         (unsigned)(date % 100)) *
-                        86400 +
-                    hhmmss / 10000 * 3600 + hhmmss / 100 % 100 * 60 + hhmmss % 100;
-        int h, j = find_row(c, 0, false, subj, t, &h);
-        if (j < 0) continue;
-        char dicom[72];
-        moeh_csv_copy(moeh_csv_field(r, (size_t)ci[0]), dicom, sizeof dicom);
-        if (t > pick[j].time || (t == pick[j].time && strcmp(dicom, pick[j].dicom) > 0)) {
-            pick[j].time = t, pick[j].study = study;
-            memcpy(pick[j].dicom, dicom, sizeof dicom);
-        }
-    }
-    size_t S = c->o->img_size, missing = 0, bad = 0, done = 0;
-    int64_t t_last = moeh_now_ms();
-    for (size_t j = 0; j < c->n; j++) {
-        if (pick[j].time == INT64_MIN) continue;
-        long long subj = (long long)c->ds->ids[2 * j];
-        char rel[256];
-        snprintf(rel, sizeof rel, "files/p%02lld/p%lld/s%lld/%s.jpg", subj / 1000000, subj,
-                 (long long)pick[j].study, pick[j].dicom);
-        path2(p, sizeof p, c->o->cxr_dir, rel);
-        if (!file_exists(p)) { /* a PNG copy is accepted under the same name */
-            size_t l = strlen(p);
-            memcpy(p + l - 4, ".png", 5);
-        }
-        moeh_err_t ie = {0};
-        int irc = moeh_image_load_gray(p, S, c->ds->images + j * S * S, &ie);
-        if (irc == -ENOENT) {
-            if (missing++ < MAX_REPORTED) MOEH_WARN("CXR image missing: %s", rel);
-            continue;
-        }
-        if (irc) {
-            if (bad++ < MAX_REPORTED) MOEH_WARN("CXR image unreadable: %s", ie.msg);
-            memset(c->ds->images + j * S * S, 0, S * S);
-            continue;
-        }
-        c->ds->avail[3 * j + MOEH_MOD_IMG] = 1;
-        if (++done % 256 == 0 && moeh_now_ms() - t_last > 2000) {
-            t_last = moeh_now_ms();
-            MOEH_INFO("chest X-rays: %zu images decoded", done);
-        }
-    }
-    if (missing || bad)
-        MOEH_WARN("chest X-rays: %zu selected images missing, %zu unreadable", missing, bad);
-    rc = 0;
-out:
-    free(pick);
-    moeh_csv_close(&r);
-    return rc;
-}
-
 void moeh_assign_split(moeh_dataset_t *ds, double val_frac, double test_frac, uint64_t seed)
 {
     for (size_t i = 0; i < ds->n; i++) {
@@ -1065,9 +576,9 @@ static int set_meta(ctx_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(co, "subjects", (double)s->subjects);
     for (int t = 0; t < 3; t++) {
         char key[64];
-        snprintf(key, sizeof key, "positives_%s", moeh_ds_task_names[t]);
+        snprintf(key, sizeof key, "positives_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(co, key, (double)s->positives[t]);
-        snprintf(key, sizeof key, "labelled_%s", moeh_ds_task_names[t]);
+        snprintf(key, sizeof key, "labelled_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(co, key, (double)s->labelled[t]);
     }
     cJSON *mods = cJSON_AddObjectToObject(x, "modalities_present");
@@ -1102,7 +613,6 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     ctx_t c = {0};
     moeh_extract_stats_t dummy;
     int rc;
-    char p[PATH_MAX];
     *out = NULL;
     c.o = o;
     c.st = st ? st : &dummy;
@@ -1117,27 +627,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     MOEH_INFO("cohort: %zu admissions, %zu with an ICU stay, %zu adults, %zu in hospital and "
               "alive at t0+48h (%zu subjects)",
               c.st->admissions, c.st->with_icu, c.st->adult, c.st->cohort, c.st->subjects);
-    if ((rc = build_luts(&c, err))) goto out;
-    size_t cells = c.n * MOEH_DS_T * c.vm.n_vars;
-    c.sum = c.ds->ts_value; /* zeroed by moeh_dataset_create */
-    c.cnt = calloc(cells ? cells : 1, sizeof *c.cnt);
-    if (!c.cnt) {
-        rc = moeh_errf(err, -ENOMEM, "out of memory for %zu hourly cells", cells);
-        goto out;
-    }
-    path2(p, sizeof p, o->mimic_dir, "icu/d_items.csv.gz");
-    if (file_exists(p)) check_dictionary(&c, p, "chartevents");
-    path2(p, sizeof p, o->mimic_dir, "hosp/d_labitems.csv.gz");
-    if (file_exists(p)) check_dictionary(&c, p, "labevents");
-    path2(p, sizeof p, o->mimic_dir, "icu/chartevents.csv.gz");
-    if ((rc = stream_events(&c, p, false, &c.st->have_vitals, err))) goto out;
-    path2(p, sizeof p, o->mimic_dir, "hosp/labevents.csv.gz");
-    if ((rc = stream_events(&c, p, true, &c.st->have_labs, err))) goto out;
-    finish_series(&c);
-    if (o->note_dir && (rc = load_notes(&c, err))) goto out;
-    if (!o->note_dir) MOEH_WARN("no --note directory: notes are absent");
-    if (o->cxr_dir && (rc = load_cxr(&c, err))) goto out;
-    if (!o->cxr_dir) MOEH_WARN("no --cxr directory: chest X-rays are absent");
+    if ((rc = moeh_extract_streams(&c, err))) goto out;
     for (size_t j = 0; j < c.n; j++)
         for (int m = 0; m < 3; m++)
             c.st->avail[m] += c.ds->avail[3 * j + m];
@@ -1151,7 +641,7 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     *out = c.ds;
     c.ds = NULL;
 out:
-    moeh_dataset_free(&c.ds);
+    moeh_dataset_destroy(&c.ds);
     moeh_varmap_free(&c.vm);
     free(c.pats);
     free(c.adms);

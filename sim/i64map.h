@@ -4,6 +4,8 @@
 #ifndef MOEH_I64MAP_H
 #define MOEH_I64MAP_H
 
+#include "moeh_common.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,7 +32,7 @@ static inline void moeh_i64map_free(moeh_i64map_t *m)
     m->keys = NULL, m->vals = NULL, m->cap = m->n = 0;
 }
 
-static inline int moeh_i64map_init(moeh_i64map_t *m, size_t expect)
+MOEH_WUR static inline int moeh_i64map_init(moeh_i64map_t *m, size_t expect)
 {
     size_t cap = 64;
     while (cap < expect * 2)
@@ -48,7 +50,7 @@ static inline int moeh_i64map_init(moeh_i64map_t *m, size_t expect)
 }
 
 /* Inserts or overwrites. 0 or -ENOMEM. */
-static inline int moeh_i64map_put(moeh_i64map_t *m, int64_t k, uint32_t v)
+MOEH_WUR static inline int moeh_i64map_put(moeh_i64map_t *m, int64_t k, uint32_t v)
 {
     if ((m->n + 1) * 2 > m->cap) {
         moeh_i64map_t g;

@@ -26,7 +26,7 @@ typedef struct {
 
 /* Parses a variable map (CSV text; lines starting with '#' are comments). path_or_null
  * NULL means the map shipped in the binary. 0, -ENOENT or -EBADMSG (file:line:column). */
-int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *err);
+int moeh_varmap_load(const char *path_or_null, moeh_varmap_t *out, moeh_err_t *err) MOEH_WUR;
 void moeh_varmap_free(moeh_varmap_t *m);
 /* The shipped map's text (NUL-terminated). */
 const char *moeh_varmap_default_text(void);
@@ -34,7 +34,7 @@ const char *moeh_varmap_default_text(void);
 /* ---- notes ----------------------------------------------------------------------------
  * Tokens are maximal runs of ASCII letters and digits, lower-cased; a token's id is
  * XXH64(token, seed 0) & 0x7fffffff. Appends to *tok (growing it; *cap elements). */
-int moeh_tokenize(const char *text, size_t len, int32_t **tok, size_t *n, size_t *cap);
+int moeh_tokenize(const char *text, size_t len, int32_t **tok, size_t *n, size_t *cap) MOEH_WUR;
 int32_t moeh_token_id(const char *tok, size_t len);
 
 /* ---- images ----------------------------------------------------------------------------
@@ -43,7 +43,7 @@ int32_t moeh_token_id(const char *tok, size_t len);
  * TurboJPEG's DCT scaling to the smallest size >= S (so a 2500 px X-ray decodes at 1/8),
  * PNGs at full size; both then go through the same crop and box filter.
  * 0, -ENOENT, -EBADMSG (not a decodable JPEG/PNG) or -ENOMEM. */
-int moeh_image_load_gray(const char *path, size_t S, uint8_t *out, moeh_err_t *err);
+int moeh_image_load_gray(const char *path, size_t S, uint8_t *out, moeh_err_t *err) MOEH_WUR;
 /* The crop + box filter alone: src is (h,w) gray. */
 void moeh_image_resize_gray(uint8_t *out, size_t S, const uint8_t *src, size_t w, size_t h);
 
@@ -61,8 +61,8 @@ typedef struct {
 
 typedef struct {
     size_t admissions, with_icu, adult, alive_48h, cohort, subjects;
-    size_t positives[MOEH_DS_TASKS], labelled[MOEH_DS_TASKS];
-    size_t avail[MOEH_DS_MODS];
+    size_t positives[MOEH_N_TASKS], labelled[MOEH_N_TASKS];
+    size_t avail[MOEH_N_MODS];
     uint64_t chart_rows, lab_rows, used_rows, out_of_range, malformed;
     uint64_t event_bytes; /* uncompressed bytes of chartevents + labevents read */
     bool have_vitals, have_labs, have_notes, have_cxr;
@@ -76,7 +76,7 @@ void moeh_extract_opts_default(moeh_extract_opts_t *o);
  * (patients, admissions, icustays) are required. Progress lines go to the log.
  * 0 or a negative errno code with the reason in err. */
 int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extract_stats_t *st,
-                 moeh_err_t *err);
+                 moeh_err_t *err) MOEH_WUR;
 
 /* Assigns a subject-grouped train/val/test split in place: all rows of a subject get the same
  * split, drawn from a hash of (seed, subject_id) so it does not depend on row order. */

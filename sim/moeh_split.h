@@ -35,16 +35,16 @@ void moeh_split_opts_default(moeh_split_opts_t *o);
 
 /* Parses "careunit" or "NAME:SHARE[:MODS],..." with MODS like "ehr+notes+img" (default all).
  * 0 or -EINVAL with the offending part in err. */
-int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *err);
+int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *err) MOEH_WUR;
 
 /* Assigns each row of ds to a site: site_of[i] < n_sites (by_careunit: sites are filled in
  * from the care units present, names set in o). 0, -EINVAL or -ENOMEM. */
 int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *site_of,
-                      moeh_err_t *err);
+                      moeh_err_t *err) MOEH_WUR;
 
 /* Assigns, writes DIR/<site>/ (a dataset each, split set inside the site) and
  * DIR/summary.tsv, and prints the summary table to out (may be NULL). */
 int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char *dir, FILE *out,
-                     moeh_err_t *err);
+                     moeh_err_t *err) MOEH_WUR;
 
 #endif

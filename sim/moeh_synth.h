@@ -28,14 +28,14 @@ typedef struct {
 typedef struct {
     size_t subjects, admissions, cohort, icu_stays;
     uint64_t chart_rows, lab_rows, notes, cxr_images;
-    size_t positives[MOEH_DS_TASKS], labelled[MOEH_DS_TASKS], avail[MOEH_DS_MODS];
-    double oracle_auroc[MOEH_DS_TASKS];
+    size_t positives[MOEH_N_TASKS], labelled[MOEH_N_TASKS], avail[MOEH_N_MODS];
+    double oracle_auroc[MOEH_N_TASKS];
 } moeh_synth_stats_t;
 
 void moeh_synth_opts_default(moeh_synth_opts_t *o);
 
 /* Generates the database under dir (created). 0 or a negative errno code (message in err). */
 int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st,
-               moeh_err_t *err);
+               moeh_err_t *err) MOEH_WUR;
 
 #endif

@@ -47,14 +47,14 @@ int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *e
         s->share = strtod(c1 + 1, &end);
         if (end == c1 + 1 || *end || !(s->share > 0))
             return moeh_errf(err, -EINVAL, "--sites: share of '%s' must be a number > 0", s->name);
-        s->mods = 7;
+        s->mods = (1u << MOEH_N_MODS) - 1; /* all */
         if (c2) {
             s->mods = 0;
             char *save2 = NULL;
             for (char *m = strtok_r(c2 + 1, "+", &save2); m; m = strtok_r(NULL, "+", &save2)) {
                 int k = -1;
-                for (int i = 0; i < MOEH_DS_MODS; i++)
-                    if (!strcmp(m, moeh_ds_mod_names[i])) k = i;
+                for (int i = 0; i < MOEH_N_MODS; i++)
+                    if (!strcmp(m, moeh_mod_names[i])) k = i;
                 if (k < 0)
                     return moeh_errf(err, -EINVAL,
                                      "--sites: site '%s': unknown modality '%s' (ehr, notes, img)",
@@ -157,7 +157,7 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
                 j--;
             sp->name[j] = '\0';
             sp->share = (double)cnt[k];
-            sp->mods = 7;
+            sp->mods = (1u << MOEH_N_MODS) - 1;
             map[k] = (int)o->n_sites++;
         }
         for (size_t s = 0; s < n_subj; s++)
@@ -176,8 +176,8 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
         int st = 0;
         if (o->alpha > 0 && o->skew_by >= 0) {
             for (size_t i = start[s]; i < start[s + 1]; i++)
-                st |= ds->label_mask[3 * i + (size_t)o->skew_by] &&
-                      ds->labels[3 * i + (size_t)o->skew_by] > 0.5f;
+                st |= ds->label_mask[MOEH_N_TASKS * i + (size_t)o->skew_by] &&
+                      ds->labels[MOEH_N_TASKS * i + (size_t)o->skew_by] > 0.5f;
             n_strata = 2;
         } else if (o->alpha > 0) {
             st = careunit_of(ds, start[s], cu_first, cu_count);
@@ -274,15 +274,15 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         rc = moeh_errf(err, -ENOMEM, "split: out of memory");
         goto out;
     }
-    static const char *const combo_names[8] = {"none", "E", "N", "EN", "I", "EI", "NI", "ENI"};
     fprintf(mem, "site\tmodalities\tsubjects\tadmissions\ttrain\tval\ttest");
-    for (int t = 0; t < 3; t++)
-        fprintf(mem, "\tprev_%s", moeh_ds_task_names[t]);
-    for (int c = 1; c < 8; c++)
-        fprintf(mem, "\tn_%s", combo_names[c]);
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        fprintf(mem, "\tprev_%s", moeh_task_names[t]);
+    for (int c = 0; c < MOEH_N_COMBOS; c++)
+        fprintf(mem, "\tn_%s", moeh_combo_names[c]);
     fprintf(mem, "\n");
     for (size_t k = 0; k < o->n_sites && !rc; k++) {
-        size_t m = 0, subj = 0, parts[3] = {0}, pos[3] = {0}, lab[3] = {0}, combo[8];
+        size_t m = 0, subj = 0, parts[3] = {0}, pos[MOEH_N_TASKS] = {0}, lab[MOEH_N_TASKS] = {0},
+               combo[MOEH_N_COMBOS + 1];
         for (size_t i = 0; i < ds->n; i++)
             if (site_of[i] == k) {
                 if (!m || ds->ids[2 * i] != ds->ids[2 * idx[m - 1]]) subj++;
@@ -293,23 +293,24 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
         moeh_assign_split(sub, o->val_frac, o->test_frac, sseed);
         for (size_t i = 0; i < m; i++) {
             parts[sub->split[i]]++;
-            for (int t = 0; t < 3; t++)
-                lab[t] += sub->label_mask[3 * i + (size_t)t],
-                    pos[t] +=
-                    sub->label_mask[3 * i + (size_t)t] && sub->labels[3 * i + (size_t)t] > 0.5f;
+            for (size_t t = 0; t < MOEH_N_TASKS; t++) {
+                size_t at = MOEH_N_TASKS * i + t;
+                lab[t] += sub->label_mask[at];
+                pos[t] += sub->label_mask[at] && sub->labels[at] > 0.5f;
+            }
         }
         moeh_dataset_combo_counts(sub, combo);
         char mods[32] = "";
-        for (int q = 0; q < 3; q++)
+        for (int q = 0; q < MOEH_N_MODS; q++)
             if (o->sites[k].mods >> q & 1u)
                 snprintf(mods + strlen(mods), sizeof mods - strlen(mods), "%s%s",
-                         mods[0] ? "+" : "", moeh_ds_mod_names[q]);
+                         mods[0] ? "+" : "", moeh_mod_names[q]);
         fprintf(mem, "%s\t%s\t%zu\t%zu\t%zu\t%zu\t%zu", o->sites[k].name, mods, subj, m, parts[0],
                 parts[1], parts[2]);
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < MOEH_N_TASKS; t++)
             fprintf(mem, "\t%.4f", lab[t] ? (double)pos[t] / (double)lab[t] : 0.0);
-        for (int c = 1; c < 8; c++)
-            fprintf(mem, "\t%zu", combo[c]);
+        for (int c = 0; c < MOEH_N_COMBOS; c++)
+            fprintf(mem, "\t%zu", combo[c + 1]);
         fprintf(mem, "\n");
         if (!sub->extra) sub->extra = cJSON_CreateObject();
         cJSON_DeleteItemFromObject(sub->extra, "site");
@@ -325,7 +326,7 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
             rc = moeh_errf(err, -ENAMETOOLONG, "%s: path too long", dir);
         else
             rc = moeh_dataset_write(sub, sd, err);
-        moeh_dataset_free(&sub);
+        moeh_dataset_destroy(&sub);
     }
     fclose(mem);
     tlen = table ? strlen(table) : 0;
@@ -338,7 +339,7 @@ int moeh_split_write(const moeh_dataset_t *ds, moeh_split_opts_t *o, const char 
     }
     if (!rc && out) fwrite(table, 1, tlen, out);
 out:
-    moeh_dataset_free(&sub);
+    moeh_dataset_destroy(&sub);
     free(table);
     free(site_of);
     free(idx);

@@ -9,6 +9,7 @@
  * from the risks and then the timestamps are laid out to make the labels true. */
 #include "moeh_synth.h"
 #include "moeh_csv.h"
+#include "moeh_hist.h"
 
 #include <limits.h>
 #include <math.h>
@@ -812,38 +813,6 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
     return 0;
 }
 
-/* AUROC of scores against 0/1 labels (ties count one half); NAN if a class is empty. Kept
- * here rather than using model/'s so that the data library does not depend on the model. */
-static double oracle_auroc(const double *score, const uint8_t *label, size_t n)
-{
-    /* Mann-Whitney U: sort by score, average ranks over ties */
-    size_t *idx = malloc((n + 1) * sizeof *idx), npos = 0, nneg = 0;
-    if (!idx) return NAN;
-    for (size_t i = 0; i < n; i++)
-        idx[i] = i;
-    for (size_t gap = n / 2; gap > 0; gap /= 2) /* shell sort: no qsort context needed */
-        for (size_t i = gap; i < n; i++)
-            for (size_t j = i; j >= gap && score[idx[j - gap]] > score[idx[j]]; j -= gap) {
-                size_t tmp = idx[j];
-                idx[j] = idx[j - gap], idx[j - gap] = tmp;
-            }
-    double rank_sum = 0;
-    for (size_t i = 0; i < n;) {
-        size_t j = i;
-        while (j + 1 < n && score[idx[j + 1]] == score[idx[i]])
-            j++;
-        double avg = (double)(i + j) / 2.0 + 1.0;
-        for (size_t k = i; k <= j; k++)
-            if (label[idx[k]]) rank_sum += avg;
-        i = j + 1;
-    }
-    for (size_t i = 0; i < n; i++)
-        label[i] ? npos++ : nneg++;
-    free(idx);
-    if (!npos || !nneg) return NAN;
-    return (rank_sum - (double)npos * ((double)npos + 1) / 2) / ((double)npos * (double)nneg);
-}
-
 void moeh_synth_opts_default(moeh_synth_opts_t *o)
 {
     memset(o, 0, sizeof *o);
@@ -925,8 +894,11 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         goto out;
     }
     fprintf(g.truth, "subject_id,hadm_id,in_cohort,reason,admittime,t0,age,severity,hemodynamic,"
-                     "renal,notes_only,lung,risk_mortality,risk_los_gt_7d,risk_readmit_30d,"
-                     "label_mortality,label_los_gt_7d,label_readmit_30d,has_notes,has_cxr\n");
+                     "renal,notes_only,lung");
+    for (int t = 0; t < 2 * MOEH_N_TASKS; t++) /* risk_<task>..., label_<task>... */
+        fprintf(g.truth, ",%s_%s", t < MOEH_N_TASKS ? "risk" : "label",
+                moeh_task_names[t % MOEH_N_TASKS]);
+    fprintf(g.truth, ",has_notes,has_cxr\n");
     size_t left = o->admissions;
     int64_t t_last = moeh_now_ms();
     for (uint64_t k = 0; left > 0; k++) {
@@ -947,7 +919,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         rc = moeh_errf(err, -ENOMEM, "synth: out of memory");
         goto out;
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < MOEH_N_TASKS; k++) {
         size_t m = 0;
         for (size_t i = 0; i < n; i++)
             if (g.label[3 * i + (size_t)k] != 2) {
@@ -956,22 +928,31 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                 g.st->positives[k] += g.label[3 * i + (size_t)k];
             }
         g.st->labelled[k] = m;
-        g.st->oracle_auroc[k] = oracle_auroc(sc, lb, m);
+        if ((rc = moeh_hist_auroc_exact(sc, lb, m, &g.st->oracle_auroc[k]))) {
+            moeh_errf(err, rc, "synth: out of memory");
+            goto out;
+        }
     }
     pathf(d, sizeof d, "%s/truth.json", dir);
+    static const char *const what[] = {"positives", "labelled", "oracle_auroc", "modalities"};
     char js[2048];
-    int jl = snprintf(
-        js, sizeof js,
-        "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
-        "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu,\n"
-        "  \"positives\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-        "  \"labelled\": {\"mortality\": %zu, \"los_gt_7d\": %zu, \"readmit_30d\": %zu},\n"
-        "  \"oracle_auroc\": {\"mortality\": %.4f, \"los_gt_7d\": %.4f, \"readmit_30d\": %.4f},\n"
-        "  \"modalities\": {\"ehr\": %zu, \"notes\": %zu, \"img\": %zu}\n}\n",
-        (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions, g.st->positives[0],
-        g.st->positives[1], g.st->positives[2], g.st->labelled[0], g.st->labelled[1],
-        g.st->labelled[2], g.st->oracle_auroc[0], g.st->oracle_auroc[1], g.st->oracle_auroc[2],
-        g.st->avail[0], g.st->avail[1], g.st->avail[2]);
+    int jl = snprintf(js, sizeof js,
+                      "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
+                      "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu",
+                      (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions);
+    for (int w = 0; w < 4; w++) /* per task (the schema's names), then per modality */
+        for (int k = 0, nk = w == 3 ? MOEH_N_MODS : MOEH_N_TASKS; k < nk; k++) {
+            double v = w == 0   ? (double)g.st->positives[k]
+                       : w == 1 ? (double)g.st->labelled[k]
+                       : w == 2 ? g.st->oracle_auroc[k]
+                                : (double)g.st->avail[k];
+            jl += snprintf(js + jl, sizeof js - (size_t)jl, "%s%s%s\"%s\": %.*f%s",
+                           k ? ", " : ",\n  \"", k ? "" : what[w], k ? "" : "\": {",
+                           w == 3 ? moeh_mod_names[k] : moeh_task_names[k], w == 2 ? 4 : 0, v,
+                           k == nk - 1 ? "}" : "");
+        }
+    jl += snprintf(js + jl, sizeof js - (size_t)jl, "\n}\n");
+    MOEH_ASSERT(jl > 0 && (size_t)jl < sizeof js); /* a few hundred bytes */
     rc = moeh_file_write_atomic(d, js, (size_t)jl, err);
 out : {
     moeh_err_t e2 = {0};

@@ -272,7 +272,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     mc.seed = ms->seed;
     int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);
     if (!rc) rc = moeh_trainer_create(&ds, &mc, &a->trainer, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     if (rc) {
         set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
         return rc;
@@ -853,7 +853,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     moeh_frame_t f[2] = {{.name = "hist",
                           .dtype = MOEH__DTYPE__U32,
                           .data = a->hist,
-                          .count = (uint64_t)MOEH_EVAL_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
+                          .count = (uint64_t)MOEH_N_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
                          {.name = "gate",
                           .dtype = MOEH__DTYPE__F32,
                           .data = a->gate_sum,
@@ -967,7 +967,7 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
             a.n_test += ds->split[i] == MOEH_SPLIT_TEST;
         }
         moeh_dataset_combo_counts(ds, a.combos);
-        moeh_dataset_free(&ds);
+        moeh_dataset_destroy(&ds);
     }
     for (const char *s = cfg->site_id; *s; s++) /* FNV-1a: per-site shuffling */
         a.seed_salt = (a.seed_salt ^ (uint8_t)*s) * 0x100000001b3ULL;

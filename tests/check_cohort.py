@@ -177,7 +177,7 @@ def main():
     lab_n = [sum(cohort[k][2][t] for k in keys) for t in range(3)]
     print("admissions %d, with ICU stay %d, adult %d, cohort %d (%d subjects)" % (
         len(adms), n_icu, n_adult, len(keys), len({k[0] for k in keys})))
-    print("mortality %d/%d, los>7d %d/%d, readmit30 %d/%d (positive/labelled)" % (
+    print("mortality %d/%d, los7 %d/%d, readmit30 %d/%d (positive/labelled)" % (
         pos[0], lab_n[0], pos[1], lab_n[1], pos[2], lab_n[2]))
     print("hourly cells observed and compared value by value: labs %d, vitals %d%s" % (
         n_obs_lab, n_obs_chart, "" if present["chartevents"] else " (no chartevents: all unobserved, checked)"))

@@ -3,3 +3,13 @@ find_program(MOEH_PYTHON3 python3 REQUIRED)
 add_test(NAME test_results_table
          COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_results_table.py)
 set_tests_properties(test_results_table PROPERTIES TIMEOUT 60)
+
+# The include graph between folders runs one way (scripts/check_layers.py, DESIGN section 2):
+# the real tree, and the checker itself on made-up trees.
+add_test(NAME check_layers
+         COMMAND ${MOEH_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/check_layers.py
+                 --root ${PROJECT_SOURCE_DIR})
+set_tests_properties(check_layers PROPERTIES TIMEOUT 60)
+add_test(NAME test_check_layers
+         COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_check_layers.py)
+set_tests_properties(test_check_layers PROPERTIES TIMEOUT 60)

@@ -8,7 +8,7 @@
 
 #include <stdio.h>
 
-/* 0, or a negative code with err. The caller owns *out (moeh_dataset_free). */
+/* 0, or a negative code with err. The caller owns *out (moeh_dataset_destroy). */
 static inline int moeh_test_synth_cohort(const char *dir, size_t admissions, uint64_t seed,
                                          moeh_dataset_t **out, moeh_err_t *err)
 {

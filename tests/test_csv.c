@@ -89,8 +89,10 @@ static void check_tricky(const char *path)
     }
     assert_int_equal(moeh_csv_next(r, &err), 0);
     assert_int_equal(moeh_csv_next(r, &err), 0);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     assert_null(r);
+    moeh_csv_destroy(&r);   /* NULL-safe */
+    moeh_csv_destroy(NULL); /* and so is a NULL handle */
 }
 
 static void test_quoting_plain_and_gzip(void **state)
@@ -147,7 +149,7 @@ static void test_long_rows_and_refill(void **state)
     }
     assert_int_equal(moeh_csv_next(r, &err), 0);
     assert_true(moeh_csv_bytes(r) == (uint64_t)len);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
 }
 
 /* Random tables (empty, plain, comma, quote, newline fields; random quoting of plain fields;
@@ -210,7 +212,7 @@ static void test_random_roundtrip(void **state)
     }
     assert_int_equal(moeh_csv_next(rd, &err), 0);
     assert_true(moeh_csv_bytes(rd) == (uint64_t)len);
-    moeh_csv_close(&rd);
+    moeh_csv_destroy(&rd);
     free(s);
     free(want);
     free(wofs);
@@ -244,7 +246,7 @@ static void test_garbage(void **state)
                 for (size_t c = 0; c < moeh_csv_ncols(rd); c++)
                     (void)moeh_csv_field(rd, c);
         }
-        moeh_csv_close(&rd);
+        moeh_csv_destroy(&rd);
     }
 }
 
@@ -273,7 +275,7 @@ static void test_errors(void **state)
     assert_non_null(strstr(err.msg, "bad.csv:6:2: unterminated"));
     assert_int_equal(moeh_csv_next(r, &err), 0);
     assert_int_equal(moeh_csv_field_error(r, 1, &err, "bad value"), -EBADMSG);
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
 
     snprintf(p, sizeof p, "%s/trunc.csv.gz", g_dir);
     write_gz(p, k_tricky, strlen(k_tricky), 1);
@@ -282,7 +284,7 @@ static void test_errors(void **state)
     if (rc == 0) {
         while ((rc = moeh_csv_next(r, &err)) == 1)
             ;
-        moeh_csv_close(&r);
+        moeh_csv_destroy(&r);
     }
     assert_int_equal(rc, -EBADMSG);
     assert_non_null(strstr(err.msg, "trunc.csv.gz"));

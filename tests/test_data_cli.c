@@ -73,7 +73,12 @@ static void test_help_and_usage(void **state)
     assert_int_equal(run("split --dataset x --out y --sites A:1 --val 0.7 --test 0.5"), 2);
     assert_true(out_has("expected fractions >= 0 with a sum <= 1"));
     assert_int_equal(run("split --dataset x --out y --sites A:1 --skew-by age"), 2);
-    assert_true(out_has("--skew-by age: expected mortality, los, readmit or careunit"));
+    assert_true(out_has("--skew-by age: expected mortality, los7, readmit30 or careunit"));
+    /* the schema's task names are accepted (the run then fails on the missing dataset: 1) */
+    assert_int_equal(run("split --dataset /nonexistent --out y --sites A:1 --skew-by readmit30"),
+                     1);
+    assert_false(out_has("--skew-by"));
+    assert_int_equal(run("split --dataset /nonexistent --out y --sites A:1 --skew-by los"), 2);
     assert_int_equal(run("synth --out y --admissions -3"), 2);
     assert_true(out_has("--admissions: '-3' is not a non-negative integer"));
     assert_int_equal(run("synth --out y --gzip-level 0"), 2);

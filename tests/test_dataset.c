@@ -1,5 +1,6 @@
 /* test_dataset.c - the dataset directory: write + mmap open round trip, subset, and that
- * corrupt, reshaped, retyped or missing arrays are refused with a message naming the array. */
+ * corrupt, reshaped, retyped or missing arrays are refused with a message naming the array,
+ * and so is a meta.json whose task or modality names are not the schema's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -105,13 +106,13 @@ static void test_roundtrip(void **state)
     moeh_dataset_combo_counts(sub, combo);
     assert_int_equal(combo[0] + combo[1] + combo[4] + combo[5], 3); /* never notes */
     write_ok("sub", sub, dir);
-    moeh_dataset_free(&sub);
+    moeh_dataset_destroy(&sub);
     assert_int_equal(moeh_dataset_open(dir, true, &sub, &err), 0);
-    moeh_dataset_free(&sub);
-    moeh_dataset_free(&rd);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&sub);
+    moeh_dataset_destroy(&rd);
+    moeh_dataset_destroy(&ds);
     assert_null(ds);
-    moeh_dataset_free(&ds); /* NULL-safe */
+    moeh_dataset_destroy(&ds); /* NULL-safe */
 }
 
 static void expect_open_error(const char *dir, const char *a, const char *b)
@@ -170,7 +171,7 @@ static void test_rejects(void **state)
     /* no meta.json */
     snprintf(dir, sizeof dir, "%s/nothing", g_dir);
     expect_open_error(dir, "meta.json", NULL);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 }
 
 /* Corrupted .npy headers and truncated files are errors, never crashes (run under ASan). */
@@ -200,12 +201,72 @@ static void test_corrupt_headers(void **state)
         fclose(f);
         free(b);
         if (moeh_dataset_open(dir, true, &rd, &err) == 0)
-            moeh_dataset_free(&rd); /* a flip in padding can be harmless */
+            moeh_dataset_destroy(&rd); /* a flip in padding can be harmless */
         else
             assert_non_null(strstr(err.msg, "labels"));
     }
     free(orig);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
+}
+
+/* meta.json carries the schema's task and modality names; a dataset written with other names
+ * (e.g. the "los_gt_7d"/"readmit_30d" of earlier builds) or another order is refused, and the
+ * error names what the file says and what this build expects. */
+static void rewrite_meta(const char *dir, const char *key, const char *json_array)
+{
+    char p[600], *txt;
+    size_t len;
+    moeh_err_t err = {0};
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    assert_int_equal(moeh_file_read_all(p, 1 << 20, &txt, &len, &err), 0);
+    cJSON *meta = cJSON_Parse(txt);
+    assert_non_null(meta);
+    free(txt);
+    cJSON_DeleteItemFromObject(meta, key);
+    if (json_array) cJSON_AddItemToObject(meta, key, cJSON_Parse(json_array));
+    char *out = cJSON_Print(meta);
+    assert_int_equal(moeh_file_write_atomic(p, out, strlen(out), &err), 0);
+    free(out);
+    cJSON_Delete(meta);
+}
+
+static void test_schema_names(void **state)
+{
+    moeh_dataset_t *ds = make(4), *rd = NULL;
+    char dir[512], p[600], *txt;
+    size_t len;
+    moeh_err_t err = {0};
+    write_ok("names", ds, dir);
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    assert_int_equal(moeh_file_read_all(p, 1 << 20, &txt, &len, &err), 0);
+    cJSON *meta = cJSON_Parse(txt);
+    free(txt);
+    const cJSON *tasks = cJSON_GetObjectItem(meta, "tasks"),
+                *mods = cJSON_GetObjectItem(meta, "modalities");
+    assert_int_equal(cJSON_GetArraySize(tasks), MOEH_N_TASKS);
+    assert_int_equal(cJSON_GetArraySize(mods), MOEH_N_MODS);
+    assert_string_equal(cJSON_GetArrayItem(tasks, 0)->valuestring, "mortality");
+    assert_string_equal(cJSON_GetArrayItem(tasks, 1)->valuestring, "los7");
+    assert_string_equal(cJSON_GetArrayItem(tasks, 2)->valuestring, "readmit30");
+    assert_string_equal(cJSON_GetArrayItem(mods, 2)->valuestring, "img");
+    cJSON_Delete(meta);
+    assert_int_equal(moeh_dataset_open(dir, true, &rd, &err), 0);
+    moeh_dataset_destroy(&rd);
+
+    rewrite_meta(dir, "tasks", "[\"mortality\",\"los_gt_7d\",\"readmit_30d\"]");
+    expect_open_error(dir, "\"tasks\" is [\"mortality\",\"los_gt_7d\",\"readmit_30d\"]",
+                      "expects [\"mortality\",\"los7\",\"readmit30\"]");
+    rewrite_meta(dir, "tasks", "[\"mortality\",\"los7\"]"); /* one too few */
+    expect_open_error(dir, "\"tasks\" is [\"mortality\",\"los7\"]", "readmit30");
+    rewrite_meta(dir, "tasks", NULL);
+    expect_open_error(dir, "\"tasks\" is missing", "los7");
+    rewrite_meta(dir, "tasks", "[\"mortality\",\"los7\",\"readmit30\"]");
+    assert_int_equal(moeh_dataset_open(dir, true, &rd, &err), 0);
+    moeh_dataset_destroy(&rd);
+    rewrite_meta(dir, "modalities", "[\"ehr\",\"img\",\"notes\"]"); /* another order */
+    expect_open_error(dir, "\"modalities\" is [\"ehr\",\"img\",\"notes\"]",
+                      "expects [\"ehr\",\"notes\",\"img\"]");
+    moeh_dataset_destroy(&ds);
 }
 
 int main(void)
@@ -214,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_rejects),
         cmocka_unit_test(test_corrupt_headers),
+        cmocka_unit_test(test_schema_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

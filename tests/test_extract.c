@@ -63,10 +63,10 @@ static void test_demo(void **state)
     char out[512];
     snprintf(out, sizeof out, "%s/demo", g_dir);
     assert_int_equal(moeh_dataset_write(ds, out, &err), 0);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     assert_int_equal(moeh_dataset_open(out, true, &ds, &err), 0);
     assert_int_equal(ds->n, 123);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     const char *src = getenv("MOEH_SOURCE_DIR");
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/check_cohort.py' '%s' '%s'", src ? src : "..",
@@ -180,7 +180,7 @@ static void test_tiny(void **state)
     assert_true(ds->ts_mask[(0 * 48 + 1) * F + vh] == 0);
     assert_int_equal(st.out_of_range, 1);
     assert_float_equal(ds->ts_value[(1 * 48 + 1) * F + vh], 90, 0);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 
     /* --strict: the malformed row is fatal, reported as file:line:column (name) */
     o.strict = true;
@@ -270,7 +270,7 @@ static void test_tiny_notes_cxr(void **state)
         assert_int_equal(moeh_image_load_gray(png, 64, want, &err), 0);
         assert_memory_equal(ds->images, want, sizeof want);
     }
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 }
 
 static void test_varmap(void **state)

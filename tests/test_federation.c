@@ -75,7 +75,7 @@ static int group_setup(void **state)
                                     &sp, &err);
     if (!rc) rc = moeh_split_write(ds, &sp, data, NULL, &err);
     if (!rc) rc = moeh_localfed_keys(keys, names, N_SITES, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     if (rc) fprintf(stderr, "group setup: %s\n", err.msg);
     return rc;
 }
@@ -790,7 +790,7 @@ static void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__
     h->site_id = "site-x";
     h->n_features = (uint32_t)ds->f_static, h->n_vars = (uint32_t)ds->f_ts;
     h->n_steps = (uint32_t)ds->t, h->img_size = (uint32_t)ds->img_size;
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     env->type = MOEH__MSG_TYPE__HELLO, env->body_case = MOEH__ENVELOPE__BODY_HELLO;
     env->hello = h;
 }
@@ -1239,7 +1239,7 @@ static void test_untrained_group_unchanged(void **state)
     moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
     mc.n_steps = ds->t, mc.img_size = ds->img_size;
     mc.d_emb = 16, mc.d_hidden = 16, mc.note_buckets = 1024, mc.max_batch = 32, mc.seed = 1;
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     moeh_moe_t *init = NULL;
     assert_int_equal(moeh_moe_create(&mc, &init, &err), 0);
     const moeh_params_t *p = moeh_moe_params(init);
@@ -1418,7 +1418,7 @@ static void survivors_eval(const fixture_t *f, double auroc[3], double *test_los
     snprintf(path, sizeof path, "%s/checkpoint.moeh", f->out);
     assert_int_equal(moeh_ckpt_load(path, &ck, &err), 0);
     const uint32_t bins = 1000, T = 3;
-    size_t per_slice = (size_t)T * 2 * bins, nh = MOEH_EVAL_SLICES * per_slice;
+    size_t per_slice = (size_t)T * 2 * bins, nh = MOEH_N_SLICES * per_slice;
     uint32_t *h = calloc(nh, sizeof(uint32_t));
     uint64_t *sum = calloc(per_slice, sizeof(uint64_t));
     double loss = 0;

@@ -112,12 +112,50 @@ static void test_bin_edges(void **state)
     assert_true(moeh_hist_auroc(neg, pos, 4) == 0.5);
 }
 
+/* The exact AUROC of common/ (the synthetic generator's oracle) on hand-computed cases, and
+ * against model/'s exact AUROC on random scores with ties. */
+static void test_auroc_exact(void **state)
+{
+    (void)state;
+    double a = 0;
+    /* 4 pairs: 0.35 beats 0.1, loses to 0.4; 0.8 beats both -> 3 / 4 */
+    const double sc[4] = {0.1, 0.4, 0.35, 0.8};
+    const uint8_t lb[4] = {0, 0, 1, 1};
+    assert_int_equal(moeh_hist_auroc_exact(sc, lb, 4, &a), 0);
+    assert_true(a == 0.75);
+    /* a tie counts one half: positive 0.5 vs negatives 0.5 (tie) and 0.2 (win) -> 1.5 / 2 */
+    const double st[3] = {0.5, 0.5, 0.2};
+    const uint8_t lt[3] = {1, 0, 0};
+    assert_int_equal(moeh_hist_auroc_exact(st, lt, 3, &a), 0);
+    assert_true(a == 0.75);
+    const uint8_t none[3] = {0, 0, 0};
+    assert_int_equal(moeh_hist_auroc_exact(st, none, 3, &a), 0);
+    assert_true(isnan(a));
+    assert_int_equal(moeh_hist_auroc_exact(st, lt, 0, &a), 0);
+    assert_true(isnan(a));
+
+    enum { M = 2000 };
+    static float s[M], y[M];
+    static double d[M];
+    static uint8_t l[M];
+    moeh_rng_t r;
+    moeh_rng_seed(&r, 11);
+    for (size_t i = 0; i < M; i++) {
+        l[i] = moeh_rng_uniform(&r) < 0.3;
+        d[i] = floor((moeh_rng_normal(&r) + l[i]) * 8) / 8; /* coarse: many ties */
+        s[i] = (float)d[i], y[i] = l[i];
+    }
+    assert_int_equal(moeh_hist_auroc_exact(d, l, M, &a), 0);
+    assert_true(fabs(a - moeh_auroc(s, y, NULL, M, 1)) < 1e-9);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hist_auroc_within_bound),
         cmocka_unit_test(test_summed_site_histograms_equal_pooled),
         cmocka_unit_test(test_bin_edges),
+        cmocka_unit_test(test_auroc_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

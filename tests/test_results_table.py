@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """test_results_table.py - scripts/results_table.py: exact AUROC with ties, the n-averaging of
-the modality-limited oracle (e'), and its check that truth.csv still follows the documented risk
-formula. Standard library only; run by ctest (tests/scripts_tests.cmake)."""
+the modality-limited oracle (e'), its check that truth.csv still follows the documented risk
+formula, and that its task and combination names are data/schema.c's. Standard library only;
+run by ctest (tests/scripts_tests.cmake)."""
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,15 +28,15 @@ def check(cond, what):
 def write_truth(path, rows):
     """rows: (subject, hadm, age, s, h, k, n, m, labels (3), risk override or None)"""
     cols = ["subject_id", "hadm_id", "age", "severity", "hemodynamic", "renal", "notes_only",
-            "lung", "risk_mortality", "risk_los_gt_7d", "risk_readmit_30d", "label_mortality",
-            "label_los_gt_7d", "label_readmit_30d"]
+            "lung", "risk_mortality", "risk_los7", "risk_readmit30", "label_mortality",
+            "label_los7", "label_readmit30"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for subj, hadm, age, s, h, k, n, m, labels, override in rows:
             a = (age - 65) / 15
             risks = []
-            for t in rt.TRUTH_TASKS:
+            for t in rt.TASKS:
                 b = rt.RISK_COEF[t]
                 eta = b[0] + b[1] * s + b[2] * h + b[3] * k + b[4] * n + b[5] * m + b[6] * a
                 risks.append(rt.sigmoid(eta))
@@ -46,6 +48,17 @@ def write_truth(path, rows):
 
 def main():
     # exact AUROC, ties count one half
+    # the task and combination names are data/schema.c's, in its order
+    with open(os.path.join(here, "..", "data", "schema.c")) as f:
+        schema = f.read()
+
+    def c_names(array):
+        m = re.search(array + r"\[[A-Z_]+\] = \{([^}]*)\}", schema)
+        return re.findall(r'"([^"]*)"', m.group(1)) if m else None
+    check(c_names("moeh_task_names") == rt.TASKS, f"TASKS {rt.TASKS} are the schema's "
+          f"{c_names('moeh_task_names')}")
+    check(c_names("moeh_combo_names") == rt.COMBOS, f"COMBOS {rt.COMBOS} are the schema's "
+          f"{c_names('moeh_combo_names')}")
     check(rt.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75, "auroc of a textbook case")
     check(rt.auroc([0.5, 0.5], [0, 1]) == 0.5, "auroc of a tie")
     check(math.isnan(rt.auroc([0.2, 0.3], [1, 1])), "auroc without negatives is NaN")

@@ -119,7 +119,7 @@ static void test_assign(void **state)
     }
     assert_true(spread[0] < 0.05);
     assert_true(spread[1] > spread[0] + 0.05);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
 }
 
 static void test_write(void **state)
@@ -150,7 +150,7 @@ static void test_write(void **state)
         assert_int_equal(site->n_tokens, k == 0 ? site->n : 0);
         cJSON *js = cJSON_GetObjectItem(site->extra, "site");
         assert_string_equal(cJSON_GetObjectItem(js, "name")->valuestring, names[k]);
-        moeh_dataset_free(&site);
+        moeh_dataset_destroy(&site);
     }
     assert_int_equal(total, NROWS);
     char *txt;
@@ -173,8 +173,8 @@ static void test_write(void **state)
     assert_int_equal(moeh_dataset_open(p, true, &site, &err), 0);
     for (size_t i = 0; i < site->n; i++)
         assert_true(site->static_x[4 * i + 2] == 1.0f);
-    moeh_dataset_free(&site);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&site);
+    moeh_dataset_destroy(&ds);
 }
 
 int main(void)

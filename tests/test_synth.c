@@ -69,7 +69,7 @@ static size_t read_truth(const char *dir, truth_t *out, size_t cap)
         assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_h), &t->hemo), 0);
         assert_int_equal(moeh_csv_parse_f64(moeh_csv_field(r, (size_t)c_k), &t->renal), 0);
     }
-    moeh_csv_close(&r);
+    moeh_csv_destroy(&r);
     return n;
 }
 
@@ -198,7 +198,7 @@ static void test_roundtrip(void **state)
 
     snprintf(out, sizeof out, "%s/ds", g_dir);
     assert_int_equal(moeh_dataset_write(ds, out, &err), 0);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     const char *src = getenv("MOEH_SOURCE_DIR");
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/check_cohort.py' '%s' '%s' > /dev/null",

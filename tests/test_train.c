@@ -42,7 +42,7 @@ static int group_setup(void **state)
     if (!rc)
         rc = moeh_split_parse_sites("site-1:0.5:ehr+notes+img,site-2:0.5:ehr+notes", &sp, &err);
     if (!rc) rc = moeh_split_write(ds, &sp, sites, NULL, &err);
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     if (rc) fprintf(stderr, "group setup: %s\n", err.msg);
     return rc;
 }
@@ -86,11 +86,13 @@ static bool out_has(const char *s)
 }
 
 /* What a metrics.jsonl says: second and last epoch train loss, the final eval line's mean
- * AUROC, the number of task lines with finite AUROC and of gate lines, and the config's
- * test rows. */
+ * AUROC, the number of task lines (with finite AUROC) and of gate lines, the rows the gate
+ * line counts over all combinations, and the config's test rows. */
 typedef struct {
     double first_loss, last_loss, auroc_mean;
-    int n_epochs, n_tasks_ok, n_gate;
+    int n_epochs, n_tasks_ok, n_task_lines, n_gate;
+    size_t gate_rows, combo_rows[MOEH_N_COMBOS];
+    int combo_null[MOEH_N_COMBOS]; /* task lines whose auroc_<combo> is null */
     double test_rows;
 } metrics_t;
 
@@ -108,6 +110,7 @@ static void read_metrics(const char *dir, metrics_t *m)
         const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
         assert_non_null(ev);
         if (!strcmp(ev, "epoch")) {
+            assert_true(cJSON_IsBool(cJSON_GetObjectItem(j, "warmup")));
             double l = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "train_loss"));
             if (m->n_epochs++ == 1) /* epoch 2: the first joint one (warm-up adds a gate term) */
                 m->first_loss = l;
@@ -118,10 +121,34 @@ static void read_metrics(const char *dir, metrics_t *m)
             double a = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc"));
             assert_non_null(cJSON_GetObjectItem(j, "auroc_EN"));
             assert_non_null(cJSON_GetObjectItem(j, "auprc"));
+            /* one line per task, in the schema's order and with its names */
+            assert_true(m->n_task_lines < MOEH_N_TASKS);
+            assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "task")),
+                                moeh_task_names[m->n_task_lines++]);
+            for (int c = 0; c < MOEH_N_COMBOS; c++) { /* an AUROC in [0, 1], or null */
+                char key[32];
+                snprintf(key, sizeof key, "auroc_%s", moeh_combo_names[c]);
+                const cJSON *x = cJSON_GetObjectItem(j, key);
+                m->combo_null[c] += cJSON_IsNull(x);
+                assert_true(cJSON_IsNull(x) ||
+                            (cJSON_IsNumber(x) && x->valuedouble >= 0 && x->valuedouble <= 1));
+            }
             assert_non_null(cJSON_GetObjectItem(j, "f1"));
             m->n_tasks_ok += isfinite(a) && a > 0 && a < 1;
         } else if (!strcmp(ev, "gate")) {
             m->n_gate++;
+            /* {"E": {"rows": r, "weights": [...]}, ...}: every combination, one weight per
+             * expert, each a mean mixture weight in [0, 1] */
+            for (int c = 0; c < MOEH_N_COMBOS; c++) {
+                const cJSON *g = cJSON_GetObjectItem(j, moeh_combo_names[c]);
+                const cJSON *w = cJSON_GetObjectItem(g, "weights");
+                assert_true(cJSON_IsNumber(cJSON_GetObjectItem(g, "rows")));
+                assert_true(cJSON_IsArray(w) && cJSON_GetArraySize(w) > 0);
+                for (const cJSON *x = w->child; x; x = x->next)
+                    assert_true(cJSON_IsNumber(x) && x->valuedouble >= 0 && x->valuedouble <= 1);
+                m->combo_rows[c] = (size_t)cJSON_GetNumberValue(cJSON_GetObjectItem(g, "rows"));
+                m->gate_rows += m->combo_rows[c];
+            }
         } else if (!strcmp(ev, "config")) {
             m->test_rows = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "test_rows"));
         }
@@ -138,7 +165,7 @@ static size_t test_rows_of(const char *ds_dir)
     size_t n = 0;
     for (size_t i = 0; i < ds->n; i++)
         n += ds->split[i] == MOEH_SPLIT_TEST;
-    moeh_dataset_free(&ds);
+    moeh_dataset_destroy(&ds);
     return n;
 }
 
@@ -163,8 +190,19 @@ static void test_centralised_learns(void **state)
     assert_true(m.last_loss < m.first_loss);
     assert_true(m.auroc_mean > 0.6);
     assert_int_equal(m.n_tasks_ok, 3);
+    assert_int_equal(m.n_task_lines, MOEH_N_TASKS);
     assert_int_equal(m.n_gate, 1);
     assert_int_equal((size_t)m.test_rows, test_rows_of(g_s1) + test_rows_of(g_s2));
+    assert_true(m.gate_rows > 0 && m.gate_rows <= (size_t)m.test_rows);
+    /* a combination without test rows has no AUROC: NaN is written as null (the synthetic
+     * cohort always has the EHR, so N, I and NI are empty) */
+    int empty = 0;
+    for (int c = 0; c < MOEH_N_COMBOS; c++)
+        if (m.combo_rows[c] == 0) {
+            assert_int_equal(m.combo_null[c], MOEH_N_TASKS);
+            empty++;
+        }
+    assert_true(empty > 0);
     struct stat st;
     snprintf(model, sizeof model, "%s/model.safetensors", out);
     assert_int_equal(stat(model, &st), 0);

@@ -31,7 +31,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    moeh_dataset_free(&g_ds);
+    moeh_dataset_destroy(&g_ds);
     return moeh_test_rmtree(g_dir);
 }
 
@@ -152,7 +152,7 @@ static void test_group_samples_and_eval_sums(void **state)
     assert_int_equal(res.samples, moeh_trainer_rows(t, MOEH_SPLIT_TRAIN));
 
     const uint32_t bins = 50;
-    uint32_t *hist = calloc((size_t)MOEH_EVAL_SLICES * 3 * 2 * bins, sizeof(uint32_t));
+    uint32_t *hist = calloc((size_t)MOEH_N_SLICES * 3 * 2 * bins, sizeof(uint32_t));
     float *gate =
         calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(moeh_trainer_model(t)), sizeof(float));
     moeh_eval_sums_t es = {.hist = hist, .gate_sum = gate};
@@ -201,7 +201,7 @@ static void test_eval_uses_learned_gate(void **state)
     assert_int_equal(moeh_trainer_predict(t, MOEH_SPLIT_TEST, joint, NULL, &err), 0);
     assert_memory_equal(after_warmup, joint, n * 3 * sizeof(float));
     const uint32_t bins = 50;
-    uint32_t *hist = calloc((size_t)MOEH_EVAL_SLICES * 3 * 2 * bins, sizeof(uint32_t));
+    uint32_t *hist = calloc((size_t)MOEH_N_SLICES * 3 * 2 * bins, sizeof(uint32_t));
     float *gate = calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(m), sizeof(float));
     moeh_eval_sums_t es = {.hist = hist, .gate_sum = gate};
     moeh_moe_set_phase(m, MOEH_PHASE_WARMUP);

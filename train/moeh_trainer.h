@@ -14,15 +14,12 @@
 #include "moeh_dataset.h"
 #include "moeh_moe.h"
 
-#define MOEH_N_COMBOS 7
-#define MOEH_EVAL_SLICES (MOEH_N_COMBOS + 1) /* slice 0: every row; slice c: combination c */
-
 typedef struct moeh_trainer moeh_trainer_t;
 
 /* Takes ownership of *ds (set to NULL) and builds the model from cfg, whose data shapes
  * (n_static, n_vars, n_steps, img_size) must match the dataset. Caller owns *out. */
 int moeh_trainer_create(moeh_dataset_t **ds, const moeh_moe_cfg_t *cfg, moeh_trainer_t **out,
-                        moeh_err_t *err);
+                        moeh_err_t *err) MOEH_WUR;
 void moeh_trainer_destroy(moeh_trainer_t **self_p);
 
 moeh_moe_t *moeh_trainer_model(moeh_trainer_t *t);
@@ -62,10 +59,10 @@ typedef struct {
 /* Trains the model's current parameters in place. With prox_mu > 0 the parameters at entry
  * are the proximal anchor. 0 or a negative code (err says why, e.g. a non-finite loss). */
 int moeh_trainer_train(moeh_trainer_t *t, const moeh_train_cfg_t *cfg, moeh_train_result_t *res,
-                       moeh_err_t *err);
+                       moeh_err_t *err) MOEH_WUR;
 
 /* Evaluation of the current parameters on a split, as sums only (nothing per patient):
- *   hist (MOEH_EVAL_SLICES, n_tasks, 2, bins) u32: predicted probabilities binned per slice,
+ *   hist (MOEH_N_SLICES, n_tasks, 2, bins) u32: predicted probabilities binned per slice,
  *        task and label (index ((s * n_tasks + t) * 2 + y) * bins + bin);
  *   gate_sum (MOEH_N_COMBOS, n_experts): summed mixture weights per combination (MoE only);
  *   combo_rows (MOEH_N_COMBOS): rows per combination; *loss_sum and *n_labels: BCE over the
@@ -81,7 +78,7 @@ typedef struct {
  * whatever phase the last training used (a warm-up round's routing by combination is a
  * training device only). */
 int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval_sums_t *out,
-                          void (*service)(void *), void *service_ctx, moeh_err_t *err);
+                          void (*service)(void *), void *service_ctx, moeh_err_t *err) MOEH_WUR;
 
 /* Predicted probabilities of the current parameters for every row of a split, in dataset
  * order: probs (moeh_trainer_rows(t, split), n_tasks); row_idx (same count, may be NULL)
@@ -89,6 +86,6 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
  * where exact metrics per patient are allowed; a site agent never sends these. 0 or a
  * negative code (err says why). */
 int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,
-                         moeh_err_t *err);
+                         moeh_err_t *err) MOEH_WUR;
 
 #endif

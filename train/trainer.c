@@ -6,6 +6,11 @@
 #include <math.h>
 #include <string.h>
 
+/* model/ sits below data/ and keeps its own count of modalities (MOEH_N_MODALITIES) and its own
+ * combination index (moeh_combo_index); here, where both are visible, they must agree with the
+ * schema. */
+_Static_assert(MOEH_N_MODALITIES == MOEH_N_MODS, "model/ and data/moeh_schema.h disagree");
+
 struct moeh_trainer {
     moeh_dataset_t *ds;
     moeh_moe_t *model;
@@ -27,14 +32,14 @@ int moeh_trainer_create(moeh_dataset_t **dsp, const moeh_moe_cfg_t *cfg, moeh_tr
 {
     moeh_dataset_t *ds = *dsp;
     if (cfg->n_static != ds->f_static || cfg->n_vars != ds->f_ts || cfg->n_steps != ds->t ||
-        (cfg->img_size && cfg->img_size != ds->img_size) || cfg->n_tasks != MOEH_DS_TASKS)
+        (cfg->img_size && cfg->img_size != ds->img_size) || cfg->n_tasks != MOEH_N_TASKS)
         return moeh_errf(err, -EINVAL,
                          "the model expects %zu static features, %zu hourly variables over %zu "
                          "hours, %zu x %zu images and %zu tasks; the dataset has %zu, %zu, %zu, "
                          "%zu x %zu and %d",
                          cfg->n_static, cfg->n_vars, cfg->n_steps, cfg->img_size, cfg->img_size,
                          cfg->n_tasks, ds->f_static, ds->f_ts, ds->t, ds->img_size, ds->img_size,
-                         MOEH_DS_TASKS);
+                         MOEH_N_TASKS);
     moeh_trainer_t *t = calloc(1, sizeof *t);
     if (!t) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc;
@@ -57,11 +62,11 @@ int moeh_trainer_create(moeh_dataset_t **dsp, const moeh_moe_cfg_t *cfg, moeh_tr
     t->bv = malloc(B * TF * sizeof(float));
     t->bm = malloc(B * TF * sizeof(float));
     t->bd = malloc(B * TF * sizeof(float));
-    t->by = malloc(B * MOEH_DS_TASKS * sizeof(float));
-    t->probs = malloc(B * MOEH_DS_TASKS * sizeof(float));
+    t->by = malloc(B * MOEH_N_TASKS * sizeof(float));
+    t->probs = malloc(B * MOEH_N_TASKS * sizeof(float));
     t->bimg = malloc(B * (t->S ? t->S * t->S : 1));
-    t->bavail = malloc(B * MOEH_DS_MODS);
-    t->bymask = malloc(B * MOEH_DS_TASKS);
+    t->bavail = malloc(B * MOEH_N_MODS);
+    t->bymask = malloc(B * MOEH_N_TASKS);
     t->boff = malloc((B + 1) * sizeof(uint64_t));
     t->bids = malloc(t->ids_cap * sizeof(uint32_t));
     if (!t->mean || !t->std || !t->rows || !t->bx || !t->bv || !t->bm || !t->bd || !t->by ||
@@ -85,7 +90,7 @@ void moeh_trainer_destroy(moeh_trainer_t **self_p)
     if (!self_p || !*self_p) return;
     moeh_trainer_t *t = *self_p;
     moeh_moe_destroy(&t->model);
-    moeh_dataset_free(&t->ds);
+    moeh_dataset_destroy(&t->ds);
     free(t->mean);
     free(t->std);
     free(t->rows);
@@ -139,7 +144,7 @@ void moeh_trainer_local_stats(const moeh_trainer_t *t, double *out)
             if (!isfinite(x)) continue;
             out[3 * f] += 1, out[3 * f + 1] += x, out[3 * f + 2] += x * x;
         }
-        if (!ds->avail[i * MOEH_DS_MODS + MOEH_MOD_EHR]) continue;
+        if (!ds->avail[i * MOEH_N_MODS + MOEH_MOD_EHR]) continue;
         for (size_t h = 0; h < t->T; h++)
             for (size_t f = 0; f < t->F; f++) {
                 size_t k = (i * t->T + h) * t->F + f;
@@ -198,10 +203,10 @@ static void gather(moeh_trainer_t *t, const size_t *rows, size_t B, moeh_batch_t
             t->bids[ntok++] = H ? (uint32_t)((uint64_t)ds->note_tokens[k] % H) : 0u;
         t->boff[r + 1] = ntok;
         if (t->S) memcpy(t->bimg + r * t->S * t->S, ds->images + i * t->S * t->S, t->S * t->S);
-        memcpy(t->bavail + r * MOEH_DS_MODS, ds->avail + i * MOEH_DS_MODS, MOEH_DS_MODS);
-        memcpy(t->by + r * MOEH_DS_TASKS, ds->labels + i * MOEH_DS_TASKS,
-               MOEH_DS_TASKS * sizeof(float));
-        memcpy(t->bymask + r * MOEH_DS_TASKS, ds->label_mask + i * MOEH_DS_TASKS, MOEH_DS_TASKS);
+        memcpy(t->bavail + r * MOEH_N_MODS, ds->avail + i * MOEH_N_MODS, MOEH_N_MODS);
+        memcpy(t->by + r * MOEH_N_TASKS, ds->labels + i * MOEH_N_TASKS,
+               MOEH_N_TASKS * sizeof(float));
+        memcpy(t->bymask + r * MOEH_N_TASKS, ds->label_mask + i * MOEH_N_TASKS, MOEH_N_TASKS);
     }
     *b = (moeh_batch_t){.B = B,
                         .static_x = t->bx,
@@ -281,8 +286,8 @@ int moeh_trainer_train(moeh_trainer_t *t, const moeh_train_cfg_t *cfg, moeh_trai
 int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval_sums_t *out,
                           void (*service)(void *), void *service_ctx, moeh_err_t *err)
 {
-    const size_t T = MOEH_DS_TASKS, E = moeh_moe_n_experts(t->model);
-    memset(out->hist, 0, (size_t)MOEH_EVAL_SLICES * T * 2 * bins * sizeof(uint32_t));
+    const size_t T = MOEH_N_TASKS, E = moeh_moe_n_experts(t->model);
+    memset(out->hist, 0, (size_t)MOEH_N_SLICES * T * 2 * bins * sizeof(uint32_t));
     memset(out->gate_sum, 0, MOEH_N_COMBOS * E * sizeof(float));
     memset(out->combo_rows, 0, sizeof out->combo_rows);
     out->loss_sum = 0;
@@ -297,7 +302,7 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
         if (rc) return moeh_errf(err, rc, "evaluation failed: %s", moeh_moe_last_error(t->model));
         const float *logits = moeh_moe_last_logits(t->model), *gate = moeh_moe_last_gate(t->model);
         for (size_t r = 0; r < bs; r++) {
-            int c = moeh_combo_index(b.avail + r * MOEH_DS_MODS); /* 0..6 */
+            int c = moeh_combo_of(b.avail + r * MOEH_N_MODS); /* 0..6 */
             if (c >= 0) {
                 out->combo_rows[c]++;
                 for (size_t k = 0; gate && k < E; k++)
@@ -322,7 +327,7 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
 int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,
                          moeh_err_t *err)
 {
-    const size_t T = MOEH_DS_TASKS;
+    const size_t T = MOEH_N_TASKS;
     size_t n = split_rows(t, split);
     moeh_moe_set_phase(t->model, MOEH_PHASE_JOINT); /* route with the learned gate */
     for (size_t s = 0; s < n; s += t->B) {

@@ -1,0 +1,98 @@
+/* extract_ctx.h - private to the cohort extraction (extract.c, extract_streams.c): the context
+ * the passes share and the small helpers both use. Not installed, not for other callers. */
+#ifndef MOEH_EXTRACT_CTX_H
+#define MOEH_EXTRACT_CTX_H
+
+#include "i64map.h"
+#include "moeh_csv.h"
+#include "moeh_extract.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#define HOUR 3600
+#define WINDOW (MOEH_DS_T * HOUR)
+#define MAX_REPORTED 20
+
+typedef struct {
+    int64_t subject, hadm, admit, disch, death, t0;
+    int32_t admit_year, type, ins, race, unit;
+    int8_t expire, icu;
+} adm_t;
+
+typedef struct {
+    int32_t anchor_age, anchor_year;
+    int8_t female;
+} pat_t;
+
+typedef struct {
+    const moeh_extract_opts_t *o;
+    moeh_extract_stats_t *st;
+    moeh_varmap_t vm;
+    pat_t *pats;
+    moeh_i64map_t pat_map, adm_map, cohort_hadm, cohort_subj;
+    adm_t *adms;
+    size_t n_adms;
+    int32_t *cohort; /* adms index per cohort row */
+    size_t n;
+    float *sum; /* hourly sums: the dataset's ts_value, turned into means in place */
+    uint16_t *cnt;
+    int32_t *lut_chart, *lut_lab; /* itemid -> varmap row or -1 */
+    size_t lut_chart_n, lut_lab_n;
+    moeh_dataset_t *ds;
+} ctx_t;
+
+static inline int path2(char *out, size_t cap, const char *a, const char *b)
+{
+    int n = snprintf(out, cap, "%s/%s", a, b);
+    return (n < 0 || (size_t)n >= cap) ? -ENAMETOOLONG : 0;
+}
+
+static inline bool file_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Handles a malformed row: reports it (the first MAX_REPORTED) and returns 0 to skip, or the
+ * error if --strict. */
+static inline int malformed(ctx_t *c, int rc, moeh_err_t *e, moeh_err_t *err)
+{
+    c->st->malformed++;
+    if (c->o->strict) {
+        *err = *e;
+        return rc;
+    }
+    if (c->st->malformed <= MAX_REPORTED) MOEH_WARN("skipping malformed row: %s", e->msg);
+    if (c->st->malformed == MAX_REPORTED)
+        MOEH_WARN("(further malformed rows are counted, not shown)");
+    return 0;
+}
+
+/* Required columns by name into idx[]. */
+static inline int cols(moeh_csv_t *r, const char *const *names, int *idx, size_t n, moeh_err_t *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((idx[i] = moeh_csv_require_col(r, names[i], err)) < 0) return idx[i];
+    return 0;
+}
+
+static inline void progress(const moeh_csv_t *r, const char *what, uint64_t rows, int64_t t_start,
+                            int64_t *t_last, bool final)
+{
+    int64_t now = moeh_now_ms();
+    if (!final && now - *t_last < 2000) return;
+    *t_last = now;
+    double s = (double)(now - t_start) / 1000.0, mb = (double)moeh_csv_bytes(r) / 1e6;
+    MOEH_INFO("%s: %.0f MB, %.2f M rows, %.0f MB/s, %.2f M rows/s%s", what, mb, (double)rows / 1e6,
+              s > 0 ? mb / s : 0.0, s > 0 ? (double)rows / 1e6 / s : 0.0, final ? " (done)" : "");
+}
+
+/* Passes 2 and 3 (extract_streams.c) over the cohort of pass 1 (c->ds created, c->cohort and
+ * the maps filled): the hourly series from chartevents and labevents, then the notes and the
+ * chest X-rays where their directories are given. 0 or a negative code (message in err);
+ * what it allocates hangs off c and is freed with it. */
+int moeh_extract_streams(ctx_t *c, moeh_err_t *err) MOEH_WUR;
+
+#endif

@@ -1,0 +1,100 @@
+/* test_evalsum.c - train/moeh_evalsum.h against hand-computed values: the slice/task indexing
+ * of a (slices, tasks, 2, bins) histogram, the u32 variant and widening, and the mean over the
+ * tasks that have an AUROC. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "moeh_evalsum.h"
+
+#include <math.h>
+#include <string.h>
+
+enum { SL = 2, TK = 2, NB = 4 };
+
+/* (slice, task): negatives then positives per bin. */
+static const uint32_t k_counts[SL][TK][2][NB] = {
+    {{{1, 1, 1, 1}, {1, 1, 1, 1}},   /* slice 0 task 0: same distribution, 0.5 */
+     {{0, 0, 0, 5}, {5, 0, 0, 0}}},  /* slice 0 task 1: every positive below, 0 */
+    {{{1, 0, 0, 0}, {0, 0, 0, 0}},   /* slice 1 task 0: no positive, NAN */
+     {{2, 1, 0, 0}, {0, 1, 0, 3}}}}; /* slice 1 task 1: 11.5 of 12 pairs */
+
+static void fill(uint64_t *h64, uint32_t *h32)
+{
+    const uint32_t *c = &k_counts[0][0][0][0];
+    for (size_t i = 0; i < SL * TK * 2 * NB; i++) {
+        if (h64) h64[i] = c[i];
+        if (h32) h32[i] = c[i];
+    }
+}
+
+static void test_slice_auroc_u64(void **state)
+{
+    (void)state;
+    uint64_t h[SL * TK * 2 * NB];
+    fill(h, NULL);
+    assert_true(moeh_eval_slice_auroc(h, TK, NB, 0, 0) == 0.5);
+    assert_true(moeh_eval_slice_auroc(h, TK, NB, 0, 1) == 0.0);
+    assert_true(isnan(moeh_eval_slice_auroc(h, TK, NB, 1, 0)));
+    /* positive in bin 1: beats 2 negatives in bin 0, ties 1 in bin 1 (2.5); 3 positives in
+     * bin 3 beat all 3 negatives (9): 11.5 / (4 * 3) */
+    assert_true(fabs(moeh_eval_slice_auroc(h, TK, NB, 1, 1) - 11.5 / 12.0) < 1e-15);
+}
+
+static void test_slice_auroc_u32(void **state)
+{
+    (void)state;
+    uint32_t h[SL * TK * 2 * NB];
+    uint64_t h64[SL * TK * 2 * NB], scratch[2 * NB];
+    fill(h64, h);
+    for (size_t s = 0; s < SL; s++)
+        for (size_t t = 0; t < TK; t++) {
+            double a = moeh_eval_slice_auroc(h64, TK, NB, s, t);
+            double b = moeh_eval_slice_auroc_u32(h, TK, NB, s, t, scratch);
+            assert_true(a == b || (isnan(a) && isnan(b)));
+        }
+    /* the scratch holds the last slice and task, widened */
+    for (size_t b = 0; b < NB; b++) {
+        assert_int_equal(scratch[b], k_counts[1][1][0][b]);
+        assert_int_equal(scratch[NB + b], k_counts[1][1][1][b]);
+    }
+    /* counts past 2^31 stay positive when widened (3e9 negatives, 4e9 positives, all tied) */
+    uint32_t big[2 * NB] = {0, 3000000000u, 0, 0, 0, 4000000000u, 0, 0};
+    assert_true(moeh_eval_slice_auroc_u32(big, 1, NB, 0, 0, scratch) == 0.5);
+    assert_int_equal(scratch[NB + 1], 4000000000ull);
+}
+
+static void test_widen(void **state)
+{
+    (void)state;
+    uint32_t in[3] = {0, 1, UINT32_MAX};
+    uint64_t out[4] = {9, 9, 9, 9};
+    moeh_eval_hist_widen(out, in, 3);
+    assert_int_equal(out[0], 0);
+    assert_int_equal(out[1], 1);
+    assert_int_equal(out[2], 4294967295ull);
+    assert_int_equal(out[3], 9); /* nothing past n */
+}
+
+static void test_mean_finite(void **state)
+{
+    (void)state;
+    double v[4] = {0.5, NAN, 1.0, INFINITY};
+    assert_true(moeh_eval_mean_finite(v, 4) == 0.75);
+    assert_true(moeh_eval_mean_finite(v, 1) == 0.5);
+    double none[2] = {NAN, NAN};
+    assert_true(isnan(moeh_eval_mean_finite(none, 2)));
+    assert_true(isnan(moeh_eval_mean_finite(v, 0)));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_slice_auroc_u64),
+        cmocka_unit_test(test_slice_auroc_u32),
+        cmocka_unit_test(test_widen),
+        cmocka_unit_test(test_mean_finite),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -45,17 +45,32 @@ void moeh_dp_ledger_release(moeh_dp_ledger_t *l, int secagg)
 
 int moeh_dp_ledger_write(const moeh_dp_ledger_t *l, uint64_t most_seen, moeh_err_t *fatal)
 {
-    char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "{\"dp_clip\":%.9g,\"dp_noise\":%.9g,\"dp_sites\":%u,\"dp_delta\":%.7g,"
-                     "\"rounds_released\":%llu,\"rounds_secagg\":%llu,"
-                     "\"coordinator_releases\":%llu}\n",
-                     (double)l->clip, (double)l->noise, l->sites, (double)l->delta,
-                     (unsigned long long)l->rounds, (unsigned long long)l->rounds_secagg,
-                     (unsigned long long)moeh_dp_ledger_coord_releases(l, most_seen));
     moeh_err_t err = {0};
-    int rc = moeh_file_write_atomic(l->path, buf, (size_t)n, &err);
+    char *s = NULL;
+    int rc = -ENOMEM;
+    cJSON *j = cJSON_CreateObject();
+    if (j) {
+        cJSON_AddNumberToObject(j, "dp_clip", l->clip);
+        cJSON_AddNumberToObject(j, "dp_noise", l->noise);
+        cJSON_AddNumberToObject(j, "dp_sites", l->sites);
+        cJSON_AddNumberToObject(j, "dp_delta", l->delta);
+        cJSON_AddNumberToObject(j, "rounds_released", (double)l->rounds);
+        cJSON_AddNumberToObject(j, "rounds_secagg", (double)l->rounds_secagg);
+        cJSON_AddNumberToObject(j, "coordinator_releases",
+                                (double)moeh_dp_ledger_coord_releases(l, most_seen));
+        s = cJSON_PrintUnformatted(j);
+    }
+    if (!s) {
+        moeh_errf(&err, rc, "out of memory");
+        goto out;
+    }
+    size_t n = strlen(s);
+    s[n] = '\n'; /* the terminator becomes the file's last newline */
+    rc = moeh_file_write_atomic(l->path, s, n + 1, &err);
+out:
     if (rc) moeh_errf(fatal, rc, "cannot write the DP ledger: %s", err.msg);
+    cJSON_Delete(j);
+    free(s);
     return rc;
 }
 

@@ -23,7 +23,7 @@ typedef struct {
 
 /* Groups are contiguous slices covering [0, n_params) in order. 0, -EINVAL or -ENOMEM. */
 int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const size_t *group_off,
-                     const size_t *group_len);
+                     const size_t *group_len) __attribute__((warn_unused_result));
 void moeh_fedavg_free(moeh_fedavg_t *a);
 /* Clears the sum for a new round. */
 void moeh_fedavg_reset(moeh_fedavg_t *a);
@@ -55,7 +55,7 @@ typedef struct {
     float lr, beta1, beta2, tau;
 } moeh_server_opt_t;
 /* Parses "fedavg", "fedadam", "fedyogi" or "trimmed"; -EINVAL otherwise. */
-int moeh_strategy_parse(const char *s, moeh_strategy_t *out);
+int moeh_strategy_parse(const char *s, moeh_strategy_t *out) __attribute__((warn_unused_result));
 const char *moeh_strategy_name(moeh_strategy_t k);
 /* One server step over the groups of a; m and v (n_params each) are the server moments
  * (zero at the start; unused for FedAvg, may be NULL then). */

@@ -9,6 +9,7 @@
  * weighted mean of the deltas the fake sites sent. */
 #include "moeh_coord_core.h"
 
+#include "moeh_dp_ledger.h"
 #include "moeh_keys.h"
 #include "moeh_quant.h"
 #include "moeh_schema.h"
@@ -971,6 +972,49 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
+/* ---- the DP ledger ------------------------------------------------------------------------ */
+
+static void test_dp_ledger_resume(void **state)
+{
+    fx_t *f = *state;
+    memset(f, 0, sizeof *f);
+    assert_int_equal(moeh_test_tmpdir(f->dir, sizeof f->dir, "ledger"), 0);
+    moeh_dp_ledger_t a, b;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_dp_ledger_init(&a, 0.5f, 0.7f, 1e-5f, 3, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_start(&a, &err), 0); /* a new DP run writes an empty one */
+    moeh_dp_ledger_release(&a, 0);
+    moeh_dp_ledger_release(&a, 1);
+    assert_int_equal(moeh_dp_ledger_write(&a, 5, &err), 0);
+    double eps, eps_coord;
+    moeh_dp_ledger_epsilons(&a, 5, &eps, &eps_coord);
+    assert_true(eps > 0 && isfinite(eps));
+    assert_true(eps_coord > eps); /* the coordinator saw 5 plain updates with less noise */
+    /* resumed with the same settings: the releases so far come back */
+    assert_int_equal(moeh_dp_ledger_init(&b, 0.5f, 0.7f, 1e-5f, 3, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_load(&b, &err), 0);
+    assert_int_equal(b.rounds, 2);
+    assert_int_equal(b.rounds_secagg, 1);
+    assert_int_equal(moeh_dp_ledger_coord_releases(&b, 0), 5);
+    double eps_b, eps_coord_b;
+    moeh_dp_ledger_epsilons(&b, 0, &eps_b, &eps_coord_b);
+    assert_true(eps_b == eps && eps_coord_b == eps_coord);
+    /* other noise, other calibration count, or no DP at all: refused */
+    assert_int_equal(moeh_dp_ledger_init(&b, 0.5f, 0.9f, 1e-5f, 3, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_load(&b, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "resume with the same values"));
+    assert_int_equal(moeh_dp_ledger_init(&b, 0.5f, 0.7f, 1e-5f, 4, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_load(&b, &err), -EINVAL);
+    assert_int_equal(moeh_dp_ledger_init(&b, 0.0f, 0.0f, 1e-5f, 3, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_load(&b, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "used differential privacy"));
+    /* a new run without DP removes the old ledger; resuming it with DP is then refused */
+    assert_int_equal(moeh_dp_ledger_start(&b, &err), 0);
+    assert_int_equal(moeh_dp_ledger_init(&b, 0.5f, 0.7f, 1e-5f, 3, f->dir), 0);
+    assert_int_equal(moeh_dp_ledger_load(&b, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "is missing"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -982,6 +1026,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -146,7 +146,7 @@ static moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, cons
                       "--heartbeat-ms",
                       "200",
                       "--heartbeat-timeout-ms",
-                      "1500",
+                      "4000",
                       "--deadline-ms",
                       "20000",
                       "--start-timeout-ms",

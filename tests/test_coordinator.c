@@ -722,6 +722,35 @@ static void test_upload_grants(void **state)
     assert_int_equal(seen, 1);
 }
 
+/* A site that leaves while holding the only slot releases it: the next site is granted at the
+ * next tick, and the phase closes without the site that left. */
+static void test_upload_slot_released_by_site_gone(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, slots_1);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    upload_ready(f, 0, 1, v);
+    upload_ready(f, 1, 1, v);
+    assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Bye bye = MOEH__BYE__INIT;
+    bye.reason = "shutting down";
+    env.type = MOEH__MSG_TYPE__BYE;
+    env.body_case = MOEH__ENVELOPE__BODY_BYE;
+    env.bye = &bye;
+    assert_int_equal(deliver(f, 0, &env, NULL, 0), 0);
+    tick(f, 10);
+    assert_non_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_int_equal(send_update(f, 1, 1, v, (uint32_t)f->site[1].n_train), 0);
+    upload_ready(f, 2, 1, v);
+    assert_int_equal(send_update(f, 2, 1, v, (uint32_t)f->site[2].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_int_equal(moeh_coord_core_participants(f->core), 2);
+}
+
 /* ---- metrics stay valid JSON -------------------------------------------------------------- */
 
 static void test_bye_reason_stays_one_json_line(void **state)
@@ -1024,6 +1053,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),

@@ -112,35 +112,42 @@ static inline const char *coord_phase_name(phase_t ph)
 int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
                       uint32_t img_size, moeh_err_t *err);
 
+/* coordinator.c: sites, sending, DP rows of the metrics, retries. */
+site_t *coord_site_by_id(const coord_t *c, const char *id);
+size_t coord_site_index(const coord_t *c, const site_t *s);
 uint64_t coord_dp_most_seen(const coord_t *c);
 const moeh_report_dp_t *coord_dp_row(const coord_t *c, moeh_report_dp_t *row);
-void coord_expire_grants(coord_t *c);
-void coord_finish_eval(coord_t *c);
-void coord_finish_stats(coord_t *c);
-int coord_finish_train(coord_t *c, moeh_err_t *fatal);
-void coord_grant_uploads(coord_t *c);
-void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_sa_advertise(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_sa_masked(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_sa_reveal(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_sa_shares(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s);
-void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s);
-int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
+int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t *frames,
+                  size_t n_frames);
 void coord_reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *what,
                        const char *who);
 int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what);
-void coord_sa_open(coord_t *c);
-int coord_sa_step(coord_t *c, moeh_err_t *fatal);
-int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal);
-int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t *frames,
-                  size_t n_frames);
-site_t *coord_site_by_id(const coord_t *c, const char *id);
-size_t coord_site_index(const coord_t *c, const site_t *s);
-double coord_slice_auroc(const uint64_t *hist, uint32_t n_tasks, uint32_t bins, size_t sl,
-                         uint32_t t);
+
+/* replies.c: the replies of each phase, granted uploads, the secure-aggregation glue (each
+ * handler answers a refused message with an Error itself). */
+void coord_grant_uploads(coord_t *c);
+void coord_expire_grants(coord_t *c);
 moeh_upload_state_t coord_upload_state(const coord_t *c, const site_t *s);
 int coord_waits_for(const coord_t *c, const site_t *s);
+void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_advertise(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_shares(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_masked(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_reveal(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_sa_open(coord_t *c);
+int coord_sa_step(coord_t *c, moeh_err_t *fatal);
+double coord_slice_auroc(const uint64_t *hist, uint32_t n_tasks, uint32_t bins, size_t sl,
+                         uint32_t t);
+
+/* results.c: closing a phase; the checkpoint of --resume. Negative with fatal set when the
+ * run cannot go on. */
+void coord_finish_stats(coord_t *c);
+int coord_finish_train(coord_t *c, moeh_err_t *fatal);
+void coord_finish_eval(coord_t *c);
+int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal);
+int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
 
 #endif

@@ -9,12 +9,15 @@
  * weighted mean of the deltas the fake sites sent. */
 #include "moeh_coord_core.h"
 
+#include "moeh_coord_report.h"
+
 #include "moeh_dp_ledger.h"
 #include "moeh_keys.h"
 #include "moeh_quant.h"
 #include "moeh_schema.h"
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
+#include "moeh_uploads.h"
 #include "moeh_wire.h"
 #include "test_util.h"
 
@@ -1001,6 +1004,99 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
+/* ---- the modules on their own ------------------------------------------------------------- */
+
+static int all_alive(void *ctx, size_t site)
+{
+    const uint8_t *gone = ctx;
+    return !gone[site];
+}
+
+/* The upload scheduler: first come first served within the slots, grants expire after the
+ * timeout (and stay expired across a rejoin), a gone site is skipped, a take needs a grant. */
+static void test_uploads_scheduler(void **state)
+{
+    (void)state;
+    moeh_uploads_t *u = NULL;
+    uint8_t gone[8] = {0};
+    uint32_t in_use, most, expired;
+    assert_int_equal(moeh_uploads_create(2, 100, 8, &u), 0);
+    assert_int_equal(moeh_uploads_take(u, 3), -EACCES);
+    moeh_uploads_ready(u, 5);
+    moeh_uploads_ready(u, 1);
+    moeh_uploads_ready(u, 3);
+    gone[1] = 1;
+    assert_int_equal(moeh_uploads_grant_next(u, 0, all_alive, gone), 5);
+    assert_int_equal(moeh_uploads_grant_next(u, 10, all_alive, gone), 3);  /* 1 is gone */
+    assert_int_equal(moeh_uploads_grant_next(u, 10, all_alive, gone), -1); /* slots full */
+    assert_int_equal(moeh_uploads_take(u, 3), 0);
+    assert_int_equal(moeh_uploads_state(u, 3), MOEH_UP_NONE);
+    assert_int_equal(moeh_uploads_expire_next(u, 100), -1); /* 5 granted at 0: not yet */
+    assert_int_equal(moeh_uploads_expire_next(u, 101), 5);
+    assert_int_equal(moeh_uploads_expire_next(u, 101), -1);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_EXPIRED);
+    assert_int_equal(moeh_uploads_take(u, 5), -EACCES);
+    assert_int_equal(moeh_uploads_rejoin(u, 5), 0);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_EXPIRED);
+    moeh_uploads_counts(u, &in_use, &most, &expired);
+    assert_int_equal(in_use, 0);
+    assert_int_equal(most, 2);
+    assert_int_equal(expired, 1);
+    gone[1] = 0;
+    assert_int_equal(moeh_uploads_grant_next(u, 200, all_alive, gone), 1);
+    assert_int_equal(moeh_uploads_rejoin(u, 1), 1); /* its grant went to the old connection */
+    assert_int_equal(moeh_uploads_state(u, 1), MOEH_UP_NONE);
+    moeh_uploads_reset(u);
+    moeh_uploads_counts(u, &in_use, &most, &expired);
+    assert_int_equal(in_use + most + expired, 0);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_NONE);
+    moeh_uploads_destroy(&u);
+    moeh_uploads_destroy(&u); /* NULL-safe */
+    assert_null(u);
+    /* without slots every take succeeds */
+    assert_int_equal(moeh_uploads_create(0, 100, 8, &u), 0);
+    assert_int_equal(moeh_uploads_take(u, 2), 0);
+    moeh_uploads_destroy(&u);
+}
+
+/* metrics.jsonl: a number JSON cannot hold is null, and every line parses. */
+static void test_report_nan_is_null(void **state)
+{
+    fx_t *f = *state;
+    memset(f, 0, sizeof *f);
+    assert_int_equal(moeh_test_tmpdir(f->dir, sizeof f->dir, "report"), 0);
+    moeh_coord_report_t *r = NULL;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_coord_report_open(f->dir, 0, 3, NULL, &r, &err), 0);
+    moeh_coord_report_site_update(r, 2, "site-\"1\"", NAN, 10, 3);
+    const double auroc[3] = {0.5, INFINITY, 0.75};
+    moeh_coord_report_site_eval(r, 2, "site-1", 0.125, auroc);
+    moeh_coord_report_destroy(&r);
+    assert_null(r);
+    char path[400], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    int n = 0;
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        if (n == 0) {
+            assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "site")), "site-\"1\"");
+            assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "train_loss")));
+            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n_samples")), 10);
+        } else {
+            assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "auroc_los7")));
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_readmit30")),
+                               0.75, 0);
+        }
+        cJSON_Delete(j);
+        n++;
+    }
+    fclose(fp);
+    assert_int_equal(n, 2);
+}
+
 /* ---- the DP ledger ------------------------------------------------------------------------ */
 
 static void test_dp_ledger_resume(void **state)
@@ -1058,6 +1154,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),
+        cmocka_unit_test(test_uploads_scheduler),
+        cmocka_unit_test_setup_teardown(test_report_nan_is_null, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

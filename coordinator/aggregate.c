@@ -167,3 +167,55 @@ size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float
     }
     return n_up;
 }
+
+int moeh_update_check(const moeh_fedavg_t *a, const void *words_, const moeh_update_bounds_t *b,
+                      char *what, size_t what_len)
+{
+    const uint8_t *words = words_;
+    for (size_t g = 0; g < a->n_groups; g++) {
+        uint32_t w;
+        memcpy(&w, words + 4 * (a->n_params + g), 4);
+        if (b->unit_weight && w > 1) {
+            snprintf(what, what_len,
+                     "update: group %zu weight %u; unweighted aggregation allows 0 or 1", g, w);
+            return -ERANGE;
+        }
+        if (w > b->max_weight) { /* the samples counted when the phase opened: a site that
+                                  * rejoins declaring more cannot widen its share of the range */
+            snprintf(what, what_len,
+                     "update: group %zu weight %u exceeds the %llu training "
+                     "samples this site declared",
+                     g, w, (unsigned long long)b->max_weight);
+            return -ERANGE;
+        }
+        /* under DP every word carries noise with weight 1, trained or not */
+        double bound = b->scale * (b->dp ? 1.0 : (double)w) * b->range + 1.0;
+        for (size_t i = a->group_off[g]; i < a->group_off[g] + a->group_len[g]; i++) {
+            uint32_t q;
+            memcpy(&q, words + 4 * i, 4);
+            if (fabs((double)moeh_quant_signed(q)) > bound) {
+                snprintf(what, what_len,
+                         "update: word %zu is outside the range its group's "
+                         "weight and the delta clip allow",
+                         i);
+                return -ERANGE;
+            }
+        }
+    }
+    return 0;
+}
+
+void moeh_update_decode(const moeh_fedavg_t *a, const void *words_, double scale, float *d,
+                        uint32_t *w)
+{
+    const uint8_t *words = words_;
+    for (size_t g = 0; g < a->n_groups; g++) {
+        memcpy(&w[g], words + 4 * (a->n_params + g), 4);
+        double inv = w[g] ? 1.0 / (scale * (double)w[g]) : 0.0;
+        for (size_t i = a->group_off[g]; i < a->group_off[g] + a->group_len[g]; i++) {
+            uint32_t q;
+            memcpy(&q, words + 4 * i, 4);
+            d[i] = (float)((double)moeh_quant_signed(q) * inv);
+        }
+    }
+}

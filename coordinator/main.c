@@ -1,5 +1,6 @@
 /* main.c - moeh-coordinator: options, signals, then moeh_coord_run(). */
 #include "moeh_coordinator.h"
+#include "moeh_coordinator_testing.h"
 
 #include "moeh_opts.h"
 
@@ -20,6 +21,7 @@ int main(int argc, char **argv)
 {
     moeh_coord_cfg_t cfg;
     moeh_coord_cfg_defaults(&cfg);
+    moeh_coord_faults_t faults = {0};
     uint32_t ready_fd = UINT32_MAX;
     int table = 1;
     const char *log_level = "info";
@@ -96,7 +98,7 @@ int main(int argc, char **argv)
          "pin the sites' data as STATIC,VARS,HOURS,IMAGE (default: the first site's)"},
         {"resume", MOEH_OPT_BOOL, &cfg.resume,
          "continue from the checkpoint in --out (written after every round)"},
-        {"fault-kill-after-round", MOEH_OPT_U32, &cfg.fault_kill_after_round,
+        {"fault-kill-after-round", MOEH_OPT_U32, &faults.kill_after_round,
          "TESTS ONLY: SIGKILL this process after checkpointing round N (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
@@ -118,7 +120,7 @@ int main(int argc, char **argv)
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */
     cfg.reload = &g_reload;
     moeh_err_t err = {0};
-    rc = moeh_coord_run(&cfg, &g_stop, &err);
+    rc = moeh_coord_run_faulty(&cfg, &faults, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);

@@ -23,7 +23,7 @@ typedef struct {
 
 /* Groups are contiguous slices covering [0, n_params) in order. 0, -EINVAL or -ENOMEM. */
 int moeh_fedavg_init(moeh_fedavg_t *a, size_t n_params, size_t n_groups, const size_t *group_off,
-                     const size_t *group_len);
+                     const size_t *group_len) __attribute__((warn_unused_result));
 void moeh_fedavg_free(moeh_fedavg_t *a);
 /* Clears the sum for a new round. */
 void moeh_fedavg_reset(moeh_fedavg_t *a);
@@ -55,14 +55,12 @@ typedef struct {
     float lr, beta1, beta2, tau;
 } moeh_server_opt_t;
 /* Parses "fedavg", "fedadam", "fedyogi" or "trimmed"; -EINVAL otherwise. */
-int moeh_strategy_parse(const char *s, moeh_strategy_t *out);
+int moeh_strategy_parse(const char *s, moeh_strategy_t *out) __attribute__((warn_unused_result));
 const char *moeh_strategy_name(moeh_strategy_t k);
 /* One server step over the groups of a; m and v (n_params each) are the server moments
  * (zero at the start; unused for FedAvg, may be NULL then). */
 void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, float *theta,
                           float *m, float *v, const float *delta, const uint8_t *updated);
-
-#endif
 
 /* Coordinate-wise trimmed mean (Yin et al., ICML 2018), the robust option where secure
  * aggregation is off (it needs each site's update, so memory is O(sites x parameters)):
@@ -72,3 +70,28 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
  * scratch holds S floats. Returns the number of groups updated. */
 size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float *deltas,
                           const uint32_t *weights, size_t S, double trim, float *scratch);
+
+/* ---- one site's update (docs/protocol.md, "Fixed-point updates") --------------------------
+ * words are the n_params + n_groups little-endian words of one plain update, in the layout of
+ * a. Bounds of a round: scale is the round's fixed-point scale, range the per-coordinate range
+ * of the encoding (--delta-clip, or the DP range). */
+typedef struct {
+    double scale;        /* the round's fixed-point scale */
+    float range;         /* per-word range of the encoding */
+    int unit_weight;     /* weight 1 per site: a group weight is 0 or 1 */
+    int dp;              /* under DP every word carries noise with weight 1, trained or not */
+    uint64_t max_weight; /* the training samples the site declared when the phase opened */
+} moeh_update_bounds_t;
+
+/* Checks every word of one update against the bounds, so that a broken or hostile site cannot
+ * push the sum out of range: each group weight within max_weight (and 0 or 1 when unit_weight),
+ * each word within scale x weight x range. 0, or -ERANGE with what (what_len bytes) saying
+ * which word and why. */
+int moeh_update_check(const moeh_fedavg_t *a, const void *words, const moeh_update_bounds_t *b,
+                      char *what, size_t what_len) __attribute__((warn_unused_result));
+/* Decodes one update into its per-parameter delta (n_params) and group weights (n_groups):
+ * delta = word / (scale x weight) for groups of weight > 0, 0 elsewhere. */
+void moeh_update_decode(const moeh_fedavg_t *a, const void *words, double scale, float *delta,
+                        uint32_t *weights);
+
+#endif

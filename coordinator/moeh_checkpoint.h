@@ -28,9 +28,11 @@ typedef struct {
                                             loading */
 } moeh_ckpt_t;
 
-int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err);
+int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* On success *c owns its arrays: moeh_ckpt_free(c). */
-int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err);
+int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 void moeh_ckpt_free(moeh_ckpt_t *c);
 /* The array with that name and count, or NULL. */
 float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count);

@@ -3,7 +3,8 @@
  * federated evaluation from summed score histograms, heartbeats, metrics.jsonl.
  *
  * One thread owns the ROUTER socket and all state; a second thread (keys.h) answers ZAP
- * requests. moeh_coord_run() returns when the run is over, fails, or *stop becomes non-zero. */
+ * requests. moeh_coord_run() returns when the run is over, fails, or *stop becomes non-zero.
+ * The state machine itself, without socket or clock, is moeh_coord_core.h. */
 #ifndef MOEH_COORDINATOR_H
 #define MOEH_COORDINATOR_H
 
@@ -65,8 +66,7 @@ typedef struct {
     /* "STATIC,VARS,HOURS,IMAGE": pins the sites' data shapes and builds the model at start
      * (NULL: the first admitted site's Hello decides) */
     const char *data_shape;
-    volatile sig_atomic_t *reload;   /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
-    uint32_t fault_kill_after_round; /* tests only: SIGKILL itself after checkpointing round N */
+    volatile sig_atomic_t *reload; /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
 } moeh_coord_cfg_t;
 
 /* Defaults for every field (bind all interfaces on port 7400, 5 rounds, quorum 1, ...). */
@@ -74,6 +74,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *cfg);
 
 /* Runs a whole federation. 0 when every round completed; a negative code with err->msg
  * otherwise (-ETIMEDOUT: not enough sites; -EINTR: stopped by *stop). */
-int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err);
+int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 
 #endif

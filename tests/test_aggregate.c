@@ -259,6 +259,53 @@ static void test_fedavg_init_wrapping_lengths(void **state)
     expect_init_fails(3, 2, wrap_off, wrap_len);
 }
 
+/* Site B's update (weights 1, 3, 0; |delta| <= 1) against the bounds of a round with scale
+ * 1000 and range 1: accepted within its declared weight, refused above it, with a word out of
+ * range, or with a weight > 1 under unweighted aggregation; decoded back to its deltas. */
+static void test_update_check_and_decode(void **state)
+{
+    (void)state;
+    moeh_fedavg_t a;
+    assert_int_equal(moeh_fedavg_init(&a, NP, NG, k_off, k_len), 0);
+    uint32_t w[NW];
+    char what[160];
+    words_of(k_upd[1], w);
+    moeh_update_bounds_t b = {.scale = SCALE, .range = 1.0f, .max_weight = 3};
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), 0);
+    b.max_weight = 2; /* group 1 claims 3 samples */
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), -ERANGE);
+    assert_non_null(strstr(what, "group 1 weight 3 exceeds the 2 training samples"));
+    b.max_weight = 3;
+    b.unit_weight = 1;
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), -ERANGE);
+    assert_non_null(strstr(what, "allows 0 or 1"));
+    b.unit_weight = 0;
+    w[4] = q(-3002); /* |q| > scale * w * range + 1 = 3001 */
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), -ERANGE);
+    assert_non_null(strstr(what, "word 4 is outside the range"));
+    w[4] = q(-3001);
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), 0);
+    w[5] = q(1); /* group 2 has weight 0: its words may round to +-1 at most... */
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), 0);
+    w[5] = q(2);
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), -ERANGE);
+    b.dp = 1; /* ...but under DP every word carries noise of weight 1, trained or not */
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), -ERANGE); /* w[4] */
+    w[4] = q(-300);
+    assert_int_equal(moeh_update_check(&a, w, &b, what, sizeof what), 0);
+    words_of(k_upd[1], w);
+    float d[NP];
+    uint32_t wg[NG];
+    moeh_update_decode(&a, w, SCALE, d, wg);
+    const float want[NP] = {-1.0f, 0.5f, 0.4f, 0.2f, -0.1f, 0.0f, 0.0f};
+    for (size_t i = 0; i < NP; i++)
+        assert_true(fabsf(d[i] - want[i]) <= 1e-6f);
+    assert_int_equal(wg[0], 1);
+    assert_int_equal(wg[1], 3);
+    assert_int_equal(wg[2], 0);
+    moeh_fedavg_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -268,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_fedavg_reset),
         cmocka_unit_test(test_fedavg_init_rejects),
         cmocka_unit_test(test_fedavg_init_wrapping_lengths),
+        cmocka_unit_test(test_update_check_and_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,114 @@
+/* config.c - the coordinator's configuration: defaults and the checks of a whole
+ * configuration (coord_internal.h). */
+#include "coord_internal.h"
+
+#include "moeh_wire.h"
+
+#include <math.h>
+#include <string.h>
+
+void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
+{
+    memset(c, 0, sizeof *c);
+    c->bind = "tcp://*:7400";
+    c->rounds = 5;
+    c->min_sites = 1;
+    c->wait_sites = 0;
+    c->start_timeout_ms = 60000;
+    c->phase_deadline_ms = 60000;
+    c->max_retries = 2;
+    c->heartbeat_ms = 1000;
+    c->heartbeat_timeout_ms = 5000;
+    c->upload_slots = 2;
+    c->arch = MOEH_ARCH_MOE;
+    c->d_emb = 128;
+    c->d_hidden = 128;
+    c->note_buckets = 1u << 16;
+    c->top_k = 0;
+    c->temperature = 1.0f;
+    c->lambda_lb = 0.01f;
+    c->gate_sup = 1.0f;
+    c->n_tasks = 3;
+    c->seed = 1;
+    c->warmup_rounds = 3;
+    c->prox_mu = 0.0f;
+    c->strategy = "fedavg";
+    c->server_lr = 0.01f;
+    c->server_beta1 = 0.9f;
+    c->server_beta2 = 0.99f;
+    c->server_tau = 1e-3f;
+    c->trim = 0.2f;
+    c->dp_delta = 1e-5f; /* far below 1 / (number of sites) for any consortium: docs/security.md */
+    c->local_epochs = 1;
+    c->batch_size = 32;
+    c->lr = 1e-3f;
+    c->weight_decay = 1e-4f;
+    c->clip = 5.0f;
+    c->delta_clip = 1.0f;
+    c->eval_bins = 1000;
+    c->out_dir = ".";
+    c->ready_fd = -1;
+}
+
+int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
+{
+    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks != 3 || cfg->arch > 6 ||
+        cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
+        cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
+        return moeh_errf(err, -EINVAL,
+                         "invalid configuration: rounds, min_sites and batch_size "
+                         "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
+                         "heartbeat_ms >= 10, delta_clip > 0");
+    *sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
+                                .beta1 = cfg->server_beta1,
+                                .beta2 = cfg->server_beta2,
+                                .tau = cfg->server_tau};
+    if (moeh_strategy_parse(cfg->strategy, &sopt->kind) != 0)
+        return moeh_errf(err, -EINVAL,
+                         "--strategy '%s': expected fedavg, fedadam, fedyogi or trimmed",
+                         cfg->strategy);
+    if (cfg->secagg && sopt->kind == MOEH_STRATEGY_TRIMMED)
+        return moeh_errf(err, -EINVAL,
+                         "--secagg and --strategy trimmed exclude each other: the "
+                         "trimmed mean needs every site's update, secure "
+                         "aggregation reveals only their sum");
+    if (cfg->secagg_k && !cfg->secagg)
+        return moeh_errf(err, -EINVAL, "--secagg-k %u needs --secagg", cfg->secagg_k);
+    if (cfg->secagg_k % 2 != 0 || cfg->secagg_k >= MOEH_WIRE_SECAGG_MAX)
+        return moeh_errf(err, -EINVAL,
+                         "--secagg-k %u: expected 0 (every pair masks) or an even number of "
+                         "neighbours in 2..%u (SecAgg+: the threshold is then k/2 + 1 of each "
+                         "site's k + 1)",
+                         cfg->secagg_k, MOEH_WIRE_SECAGG_MAX - 2);
+    if (sopt->kind == MOEH_STRATEGY_TRIMMED && !(cfg->trim >= 0 && cfg->trim < 0.5))
+        return moeh_errf(err, -EINVAL, "--trim %g: expected a fraction in [0, 0.5)",
+                         (double)cfg->trim);
+    if ((sopt->kind == MOEH_STRATEGY_FEDADAM || sopt->kind == MOEH_STRATEGY_FEDYOGI) &&
+        !(cfg->server_lr > 0 && cfg->server_beta1 >= 0 && cfg->server_beta1 < 1 &&
+          cfg->server_beta2 >= 0 && cfg->server_beta2 < 1 && cfg->server_tau > 0))
+        return moeh_errf(err, -EINVAL,
+                         "server optimiser: lr > 0, betas in [0, 1) and tau > 0 "
+                         "expected");
+    if (!(isfinite(cfg->dp_clip) && cfg->dp_clip >= 0) ||
+        !(isfinite(cfg->dp_noise) && cfg->dp_noise >= 0 &&
+          cfg->dp_noise <= MOEH_WIRE_DP_MAX_NOISE) ||
+        !(cfg->dp_delta > 0 && cfg->dp_delta < 1))
+        return moeh_errf(err, -EINVAL,
+                         "--dp-clip >= 0, --dp-noise in [0, %g] and --dp-delta in (0, 1) "
+                         "expected",
+                         MOEH_WIRE_DP_MAX_NOISE);
+    if (!(cfg->dp_clip > 0) && cfg->dp_noise > 0)
+        return moeh_errf(err, -EINVAL,
+                         "--dp-noise needs --dp-clip: the noise is calibrated to the clip");
+    if (cfg->dp_clip > 0) {
+        if (sopt->kind == MOEH_STRATEGY_TRIMMED)
+            return moeh_errf(err, -EINVAL,
+                             "--dp-clip and --strategy trimmed exclude each other: the "
+                             "noise is calibrated for the sum of the sites' updates, the "
+                             "trimmed mean does not use their sum");
+        if (cfg->min_sites > MOEH_WIRE_DP_MAX_SITES)
+            return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
+                             MOEH_WIRE_DP_MAX_SITES);
+    }
+    return 0;
+}

@@ -1,0 +1,150 @@
+/* coord_internal.h - the coordinator core's own state, shared by the files of the core only
+ * (coordinator.c: sites, admission, phases; replies.c: the replies of each phase, granted
+ * uploads and the secure-aggregation glue; results.c: closing a phase, checkpoints; config.c).
+ * Nothing outside coordinator/ includes it: the core's interface is moeh_coord_core.h. */
+#ifndef COORD_INTERNAL_H
+#define COORD_INTERNAL_H
+
+#include "moeh_coord_core.h"
+
+#include "moeh_aggregate.h"
+#include "moeh_coord_report.h"
+#include "moeh_dp_ledger.h"
+#include "moeh_moe.h"
+#include "moeh_schema.h"
+#include "moeh_secagg_server.h"
+#include "moeh_uploads.h"
+
+#define MAX_SITES 4096
+
+typedef struct {
+    char id[MOEH_SITE_ID_MAX + 1];
+    uint8_t rid[256];
+    size_t rid_len;
+    int admitted; /* welcomed and not gone */
+    int participant, replied;
+    int64_t last_seen;
+    uint64_t n_train, n_eval;
+    uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
+    int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
+    uint32_t sa_id;
+    uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
+} site_t;
+
+typedef moeh_coord_phase_t phase_t;
+#define PH_WAIT MOEH_COORD_WAIT
+#define PH_STATS MOEH_COORD_STATS
+#define PH_TRAIN MOEH_COORD_TRAIN
+#define PH_EVAL MOEH_COORD_EVAL
+#define PH_DONE MOEH_COORD_DONE
+
+typedef struct moeh_coord_core {
+    const moeh_coord_cfg_t *cfg;
+    const moeh_coord_io_t *io;
+    int64_t now; /* the time of the current call */
+    site_t *sites;
+    size_t n_sites;
+    moeh_moe_t *model;
+    moeh_moe_cfg_t mcfg;
+    moeh_params_t *p;
+    uint32_t n_norm, n_experts;
+    float *norm; /* (2, n_norm): means then standard deviations */
+    int have_norm;
+    double *stats_sum; /* (n_norm, 3) summed over sites */
+    double *gate_sum;  /* (7, n_experts) summed over sites */
+    /* this phase's vector sum (proto/moeh_secsum.h): the whole vector with --secagg; in plain
+     * mode everything but what has its own sum (the update words, in agg) */
+    uint32_t *vsum, *vtmp; /* (largest vector), and room for one site's values */
+    size_t vsum_cap;
+    uint64_t combo_rows[MOEH_N_COMBOS];
+    double last_auroc[MOEH_N_SLICES][MOEH_N_TASKS]; /* of the last evaluation */
+    uint64_t spec_hash, model_version, hb_seq;
+    moeh_wire_limits_t lim;
+    moeh_fedavg_t agg;
+    moeh_server_opt_t sopt;
+    /* this phase's parameters, copied once and shared by every site's RoundStart */
+    moeh_shared_frame_t *params_frame;
+    float *delta, *sm, *sv;      /* mean delta and server moments (adaptive strategies) */
+    float *site_delta, *scratch; /* trimmed mean: each site's decoded delta, (slots, n) */
+    uint32_t *site_w;            /* trimmed mean: each site's group weights, (slots, G) */
+    size_t n_slots, cap_slots;
+    uint8_t updated[MOEH_AGG_MAX_GROUPS];
+    uint64_t *hist; /* (8 slices, n_tasks, 2, bins) summed over sites */
+    double eval_loss_sum;
+    uint64_t eval_n_labels;
+    phase_t phase;
+    uint32_t round, retries, n_participants, n_replied;
+    uint32_t wait_target; /* start as soon as this many sites joined */
+    int64_t phase_deadline, wait_start, round_t0, last_hb;
+    double round_train_loss; /* sample-weighted mean over the sites that replied */
+    double w_cap, w_used;    /* bound on this round's total weight, and weight admitted */
+    double quant_scale;      /* fixed-point scale of this round's updates */
+    float quant_range;       /* per-word range of the encoding: --delta-clip, or the DP range */
+    int unit_weight;         /* weight 1 per site (--unweighted or DP), not its samples */
+    int dp;
+    moeh_dp_ledger_t ledger;
+    moeh_uploads_t *up;
+    moeh_sa_server_t *sa;
+    size_t sa_site[MOEH_WIRE_SECAGG_MAX]; /* session id -> site index */
+    int k_fallback_logged;
+    moeh_coord_report_t *report;
+    char ckpt_path[4096];
+} coord_t;
+
+/* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
+ * -EINVAL with err->msg. */
+int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
+static inline Moeh__RoundTask coord_phase_task(phase_t ph)
+{
+    return ph == PH_TRAIN  ? MOEH__ROUND_TASK__TRAIN
+           : ph == PH_EVAL ? MOEH__ROUND_TASK__EVALUATE
+                           : MOEH__ROUND_TASK__STATS;
+}
+
+static inline const char *coord_phase_name(phase_t ph)
+{
+    return ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics";
+}
+
+/* Builds the model for these data shapes (coordinator.c: create_model). */
+int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
+                      uint32_t img_size, moeh_err_t *err);
+
+/* coordinator.c: sites, sending, DP rows of the metrics, retries. */
+site_t *coord_site_by_id(const coord_t *c, const char *id);
+size_t coord_site_index(const coord_t *c, const site_t *s);
+uint64_t coord_dp_most_seen(const coord_t *c);
+const moeh_report_dp_t *coord_dp_row(const coord_t *c, moeh_report_dp_t *row);
+int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t *frames,
+                  size_t n_frames);
+void coord_reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *what,
+                       const char *who);
+int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what);
+
+/* replies.c: the replies of each phase, granted uploads, the secure-aggregation glue (each
+ * handler answers a refused message with an Error itself). */
+void coord_grant_uploads(coord_t *c);
+void coord_expire_grants(coord_t *c);
+moeh_upload_state_t coord_upload_state(const coord_t *c, const site_t *s);
+int coord_waits_for(const coord_t *c, const site_t *s);
+void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_advertise(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_shares(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_masked(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_handle_sa_reveal(coord_t *c, const moeh_msg_t *m, site_t *s);
+void coord_sa_open(coord_t *c);
+int coord_sa_step(coord_t *c, moeh_err_t *fatal);
+/* results.c: closing a phase; the checkpoint of --resume. Negative with fatal set when the
+ * run cannot go on. */
+void coord_finish_stats(coord_t *c);
+int coord_finish_train(coord_t *c, moeh_err_t *fatal);
+void coord_finish_eval(coord_t *c);
+int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal);
+int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
+
+#endif

@@ -1,0 +1,76 @@
+/* moeh_coord_report.h - what the coordinator tells people: metrics.jsonl (one JSON object per
+ * line, written with cJSON so that any string a site sends stays inside its line), config.json,
+ * the per-round table and the final table on stdout. The report owns the metrics file; its
+ * lines are flushed as they are written. Not thread-safe. */
+#ifndef MOEH_COORD_REPORT_H
+#define MOEH_COORD_REPORT_H
+
+#include "moeh_coordinator.h"
+
+#include "moeh_schema.h"
+
+#include <stdio.h>
+
+#define MOEH_REPORT_WUR __attribute__((warn_unused_result))
+
+typedef struct moeh_coord_report moeh_coord_report_t;
+
+/* DP fields of a metrics line (docs/security.md). */
+typedef struct {
+    double eps, eps_coord; /* epsilon against the models, and against the coordinator's view */
+    float delta, noise, clip;
+    uint32_t sites;
+    uint64_t rounds; /* released rounds */
+} moeh_report_dp_t;
+
+/* One closed TRAIN phase. */
+typedef struct {
+    uint32_t round, sites, participants;
+    double train_loss, samples, steps; /* train_loss NaN: unknown (DP, or no samples) */
+    size_t groups_updated;
+    uint64_t model_version;
+    const moeh_report_dp_t *dp; /* NULL without DP */
+    /* granted uploads (slots 0: not granted, no line) */
+    uint32_t upload_slots, upload_max, upload_expired;
+} moeh_report_train_t;
+
+/* One closed EVAL phase. auroc[slice][task]: slice 0 every row, 1 + c combination c. */
+typedef struct {
+    uint32_t round, sites, participants, n_tasks;
+    double train_loss, test_loss, auroc_mean, seconds;
+    const double (*auroc)[MOEH_N_TASKS];
+    const uint64_t *combo_rows; /* (MOEH_N_COMBOS) */
+    const double *gate_sum;     /* (MOEH_N_COMBOS, n_experts) summed gate weights */
+    uint32_t n_experts;
+    int secagg; /* the per-site rows cannot exist: say so */
+    const moeh_report_dp_t *dp;
+} moeh_report_eval_t;
+
+/* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
+ * go to `table` (NULL: no tables). 0 or a negative code with err->msg; caller owns *out:
+ * moeh_coord_report_destroy(&r). */
+int moeh_coord_report_open(const char *out_dir, int append, uint32_t n_tasks, FILE *table,
+                           moeh_coord_report_t **out, moeh_err_t *err) MOEH_REPORT_WUR;
+/* NULL-safe; closes the file; sets *self_p = NULL. */
+void moeh_coord_report_destroy(moeh_coord_report_t **self_p);
+/* out_dir/config.json: the run's configuration, written atomically. 0 or a negative code. */
+int moeh_coord_report_config(const moeh_coord_cfg_t *cfg, moeh_err_t *err) MOEH_REPORT_WUR;
+
+void moeh_coord_report_site_gone(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                 const char *why);
+/* train_loss NaN: not reported (null). */
+void moeh_coord_report_site_update(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                   double train_loss, uint64_t n_samples, uint32_t steps);
+/* auroc: this site's own AUROC of each task over all its rows. */
+void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                 double test_loss, const double *auroc);
+void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features);
+void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t);
+/* The eval, task and gate lines, and a row of the table. */
+void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e);
+/* The final table: test AUROC per task, over all rows and per modality combination, of the
+ * last evaluation (nothing if no round was evaluated by this process). */
+void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
+                             const uint64_t *combo_rows);
+
+#endif

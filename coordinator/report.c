@@ -1,0 +1,341 @@
+/* report.c - metrics.jsonl, config.json and the tables of the coordinator (see
+ * moeh_coord_report.h). Every JSON document is built with cJSON: a string from a site (a Bye
+ * reason, a site id) is escaped, and a number JSON cannot hold (NaN, infinity) is null. */
+#include "moeh_coord_report.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct moeh_coord_report {
+    FILE *metrics;
+    FILE *table; /* NULL: no tables */
+    uint32_t n_tasks;
+    int table_header_done;
+};
+
+/* v rounded to `digits` decimals (what a reader of metrics needs); NaN and infinities stay. */
+static double rnd(double v, int digits)
+{
+    if (!isfinite(v)) return v;
+    double k = pow(10.0, digits);
+    double r = round(v * k) / k;
+    return isfinite(r) ? r : v;
+}
+
+/* A float option as it was given (7 significant digits), not its binary expansion. */
+static double f7(float v)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", (double)v);
+    return strtod(b, NULL);
+}
+
+/* Writes j as one line of metrics.jsonl and frees it. */
+static void emit(moeh_coord_report_t *r, cJSON *j)
+{
+    char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!s) {
+        MOEH_ERROR("out of memory for a metrics line; line dropped");
+        return;
+    }
+    if (r->metrics) {
+        fputs(s, r->metrics);
+        fputc('\n', r->metrics);
+        fflush(r->metrics);
+    }
+    free(s);
+}
+
+static cJSON *event(const char *name)
+{
+    cJSON *j = cJSON_CreateObject();
+    if (j) cJSON_AddStringToObject(j, "event", name);
+    return j;
+}
+
+static void add_dp(cJSON *j, const moeh_report_dp_t *dp)
+{
+    if (!dp) return;
+    cJSON_AddNumberToObject(j, "dp_epsilon", dp->eps);
+    cJSON_AddNumberToObject(j, "dp_epsilon_coordinator", dp->eps_coord);
+    cJSON_AddNumberToObject(j, "dp_delta", f7(dp->delta));
+    cJSON_AddNumberToObject(j, "dp_noise", f7(dp->noise));
+    cJSON_AddNumberToObject(j, "dp_clip", f7(dp->clip));
+    cJSON_AddNumberToObject(j, "dp_sites", dp->sites);
+    cJSON_AddNumberToObject(j, "dp_rounds", (double)dp->rounds);
+}
+
+int moeh_coord_report_open(const char *out_dir, int append, uint32_t n_tasks, FILE *table,
+                           moeh_coord_report_t **out, moeh_err_t *err)
+{
+    *out = NULL;
+    char path[4096];
+    if (n_tasks == 0 || n_tasks > MOEH_N_TASKS)
+        return moeh_errf(err, -EINVAL, "%u tasks: expected 1..%d", n_tasks, MOEH_N_TASKS);
+    if (moeh_path_join(path, sizeof path, out_dir, "metrics.jsonl"))
+        return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
+    moeh_coord_report_t *r = calloc(1, sizeof *r);
+    if (!r) return moeh_errf(err, -ENOMEM, "out of memory");
+    if (!(r->metrics = fopen(path, append ? "a" : "w"))) {
+        int rc = moeh_errf(err, -errno, "%s: cannot create: %s", path, strerror(errno));
+        free(r);
+        return rc;
+    }
+    r->table = table;
+    r->n_tasks = n_tasks;
+    *out = r;
+    return 0;
+}
+
+void moeh_coord_report_destroy(moeh_coord_report_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    if ((*self_p)->metrics) fclose((*self_p)->metrics);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+void moeh_coord_report_site_gone(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                 const char *why)
+{
+    cJSON *j = event("site_gone");
+    cJSON_AddNumberToObject(j, "round", round);
+    cJSON_AddStringToObject(j, "site", site);
+    cJSON_AddStringToObject(j, "why", why);
+    emit(r, j);
+}
+
+void moeh_coord_report_site_update(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                   double train_loss, uint64_t n_samples, uint32_t steps)
+{
+    cJSON *j = event("site_update");
+    cJSON_AddNumberToObject(j, "round", round);
+    cJSON_AddStringToObject(j, "site", site);
+    cJSON_AddNumberToObject(j, "train_loss", rnd(train_loss, 6));
+    cJSON_AddNumberToObject(j, "n_samples", (double)n_samples);
+    cJSON_AddNumberToObject(j, "steps", steps);
+    emit(r, j);
+}
+
+void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const char *site,
+                                 double test_loss, const double *auroc)
+{
+    cJSON *j = event("site_eval");
+    cJSON_AddNumberToObject(j, "round", round);
+    cJSON_AddStringToObject(j, "site", site);
+    cJSON_AddNumberToObject(j, "test_loss", rnd(test_loss, 6));
+    for (uint32_t t = 0; t < r->n_tasks; t++) {
+        char key[32];
+        snprintf(key, sizeof key, "auroc_%s", moeh_task_names[t]);
+        cJSON_AddNumberToObject(j, key, rnd(auroc[t], 6));
+    }
+    emit(r, j);
+}
+
+void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features)
+{
+    cJSON *j = event("stats");
+    cJSON_AddNumberToObject(j, "sites", sites);
+    cJSON_AddNumberToObject(j, "features", (double)features);
+    emit(r, j);
+}
+
+void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t)
+{
+    cJSON *j = event("train");
+    cJSON_AddNumberToObject(j, "round", t->round);
+    cJSON_AddNumberToObject(j, "sites", t->sites);
+    cJSON_AddNumberToObject(j, "participants", t->participants);
+    cJSON_AddNumberToObject(j, "train_loss", rnd(t->train_loss, 6));
+    cJSON_AddNumberToObject(j, "samples", round(t->samples));
+    cJSON_AddNumberToObject(j, "steps", round(t->steps));
+    cJSON_AddNumberToObject(j, "groups_updated", (double)t->groups_updated);
+    cJSON_AddNumberToObject(j, "model_version", (double)t->model_version);
+    add_dp(j, t->dp);
+    emit(r, j);
+    if (t->upload_slots) {
+        j = event("uploads");
+        cJSON_AddNumberToObject(j, "round", t->round);
+        cJSON_AddNumberToObject(j, "slots", t->upload_slots);
+        cJSON_AddNumberToObject(j, "max_in_flight", t->upload_max);
+        cJSON_AddNumberToObject(j, "expired", t->upload_expired);
+        emit(r, j);
+    }
+}
+
+static void table_row(moeh_coord_report_t *r, const moeh_report_eval_t *e)
+{
+    FILE *f = r->table;
+    const uint32_t T = e->n_tasks;
+    if (!r->table_header_done) {
+        r->table_header_done = 1;
+        fprintf(f, "%5s %7s %10s %10s", "round", "sites", "train_loss", "test_loss");
+        for (uint32_t t = 0; t < T && t < 4; t++)
+            fprintf(f, " %11s", moeh_task_names[t]);
+        fprintf(f, " %10s %7s", "auroc_mean", "time_s");
+        if (e->dp) fprintf(f, " %9s", "epsilon");
+        fprintf(f, "\n");
+    }
+    char sites[32];
+    snprintf(sites, sizeof sites, "%u/%u", e->sites, e->participants);
+    fprintf(f, "%5u %7s %10.4f %10.4f", e->round, sites, e->train_loss, e->test_loss);
+    for (uint32_t t = 0; t < T && t < 4; t++)
+        fprintf(f, " %11.4f", e->auroc[0][t]);
+    fprintf(f, " %10.4f %7.2f", e->auroc_mean, e->seconds);
+    if (e->dp) fprintf(f, " %9.3f", e->dp->eps);
+    fprintf(f, "\n");
+    fflush(f);
+}
+
+void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
+{
+    const uint32_t T = e->n_tasks;
+    char key[32];
+    cJSON *j = event("eval");
+    cJSON_AddNumberToObject(j, "round", e->round);
+    cJSON_AddNumberToObject(j, "sites", e->sites);
+    cJSON_AddNumberToObject(j, "train_loss", rnd(e->train_loss, 6));
+    cJSON_AddNumberToObject(j, "test_loss", rnd(e->test_loss, 6));
+    cJSON_AddNumberToObject(j, "auroc_mean", rnd(e->auroc_mean, 6));
+    cJSON_AddNumberToObject(j, "seconds", rnd(e->seconds, 6));
+    for (uint32_t t = 0; t < T; t++) {
+        snprintf(key, sizeof key, "auroc_%s", moeh_task_names[t]);
+        cJSON_AddNumberToObject(j, key, rnd(e->auroc[0][t], 6));
+    }
+    add_dp(j, e->dp);
+    emit(r, j);
+    for (uint32_t t = 0; t < T; t++) {
+        j = event("task");
+        cJSON_AddNumberToObject(j, "round", e->round);
+        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
+        cJSON_AddNumberToObject(j, "auroc", rnd(e->auroc[0][t], 6));
+        for (size_t k = 0; k < MOEH_N_COMBOS; k++) {
+            snprintf(key, sizeof key, "auroc_%s", moeh_combo_names[k]);
+            cJSON_AddNumberToObject(j, key, rnd(e->auroc[k + 1][t], 6));
+        }
+        emit(r, j);
+    }
+    /* mean gate weight per expert for each modality combination */
+    j = event("gate");
+    cJSON_AddNumberToObject(j, "round", e->round);
+    for (size_t k = 0; k < MOEH_N_COMBOS; k++) {
+        cJSON *c = cJSON_AddObjectToObject(j, moeh_combo_names[k]);
+        cJSON_AddNumberToObject(c, "rows", (double)e->combo_rows[k]);
+        cJSON *w = cJSON_AddArrayToObject(c, "weights");
+        for (uint32_t x = 0; x < e->n_experts; x++) {
+            double v = e->combo_rows[k]
+                           ? e->gate_sum[k * e->n_experts + x] / (double)e->combo_rows[k]
+                           : 0.0;
+            cJSON_AddItemToArray(w, cJSON_CreateNumber(rnd(v, 4)));
+        }
+    }
+    emit(r, j);
+    if (e->secagg) { /* the per-site rows of the plain path cannot exist */
+        j = event("site_metrics");
+        cJSON_AddNumberToObject(j, "round", e->round);
+        cJSON_AddBoolToObject(j, "available", 0);
+        cJSON_AddStringToObject(j, "why",
+                                "secure aggregation: the coordinator learns only sums; each site "
+                                "logs its own metrics");
+        emit(r, j);
+    }
+    if (r->table) table_row(r, e);
+}
+
+void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
+                             const uint64_t *combo_rows)
+{
+    FILE *f = r->table;
+    const uint32_t T = r->n_tasks;
+    if (!f || !r->table_header_done) return;
+    fprintf(f, "\ntest AUROC of the final model, per modality combination "
+               "(E = EHR, N = notes, I = image; n = test rows):\n");
+    fprintf(f, "%-6s %7s", "combo", "n");
+    for (uint32_t t = 0; t < T && t < 4; t++)
+        fprintf(f, " %11s", moeh_task_names[t]);
+    fprintf(f, "\n");
+    for (size_t sl = 0; sl < MOEH_N_SLICES; sl++) {
+        uint64_t rows = 0;
+        if (sl == 0)
+            for (size_t k = 0; k < MOEH_N_COMBOS; k++)
+                rows += combo_rows[k];
+        else
+            rows = combo_rows[sl - 1];
+        if (sl > 0 && rows == 0) continue;
+        fprintf(f, "%-6s %7llu", sl == 0 ? "all" : moeh_combo_names[sl - 1],
+                (unsigned long long)rows);
+        for (uint32_t t = 0; t < T && t < 4; t++) {
+            if (isnan(auroc[sl][t]))
+                fprintf(f, " %11s", "-");
+            else
+                fprintf(f, " %11.4f", auroc[sl][t]);
+        }
+        fprintf(f, "\n");
+    }
+    fflush(f);
+}
+
+int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
+{
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return moeh_errf(err, -ENOMEM, "out of memory");
+    cJSON_AddStringToObject(j, "bind", k->bind);
+    cJSON_AddBoolToObject(j, "insecure", k->insecure);
+    cJSON_AddStringToObject(j, "registry", k->registry_path ? k->registry_path : "");
+    cJSON_AddNumberToObject(j, "rounds", k->rounds);
+    cJSON_AddNumberToObject(j, "min_sites", k->min_sites);
+    cJSON_AddNumberToObject(j, "wait_sites", k->wait_sites);
+    cJSON_AddNumberToObject(j, "start_timeout_ms", k->start_timeout_ms);
+    cJSON_AddNumberToObject(j, "phase_deadline_ms", k->phase_deadline_ms);
+    cJSON_AddNumberToObject(j, "max_retries", k->max_retries);
+    cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
+    cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
+    cJSON_AddNumberToObject(j, "upload_slots", k->upload_slots);
+    cJSON_AddNumberToObject(j, "arch", k->arch);
+    cJSON_AddNumberToObject(j, "d_emb", k->d_emb);
+    cJSON_AddNumberToObject(j, "d_hidden", k->d_hidden);
+    cJSON_AddNumberToObject(j, "note_buckets", k->note_buckets);
+    cJSON_AddNumberToObject(j, "top_k", k->top_k);
+    cJSON_AddNumberToObject(j, "temperature", k->temperature);
+    cJSON_AddNumberToObject(j, "lambda_lb", k->lambda_lb);
+    cJSON_AddNumberToObject(j, "gate_sup", k->gate_sup);
+    cJSON_AddNumberToObject(j, "gate_sup_joint", k->gate_sup_joint);
+    cJSON_AddNumberToObject(j, "n_tasks", k->n_tasks);
+    cJSON_AddNumberToObject(j, "seed", (double)k->seed);
+    cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);
+    cJSON_AddNumberToObject(j, "prox_mu", k->prox_mu);
+    cJSON_AddStringToObject(j, "strategy", k->strategy);
+    cJSON_AddNumberToObject(j, "server_lr", k->server_lr);
+    cJSON_AddNumberToObject(j, "server_beta1", k->server_beta1);
+    cJSON_AddNumberToObject(j, "server_beta2", k->server_beta2);
+    cJSON_AddNumberToObject(j, "server_tau", k->server_tau);
+    cJSON_AddNumberToObject(j, "trim", k->trim);
+    cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
+    cJSON_AddBoolToObject(j, "secagg", k->secagg);
+    cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
+    cJSON_AddBoolToObject(j, "unweighted", k->unweighted || k->dp_clip > 0);
+    cJSON_AddNumberToObject(j, "dp_clip", k->dp_clip);
+    cJSON_AddNumberToObject(j, "dp_noise", k->dp_noise);
+    cJSON_AddNumberToObject(j, "dp_delta", k->dp_delta);
+    cJSON_AddNumberToObject(j, "local_epochs", k->local_epochs);
+    cJSON_AddNumberToObject(j, "batch_size", k->batch_size);
+    cJSON_AddNumberToObject(j, "lr", k->lr);
+    cJSON_AddNumberToObject(j, "weight_decay", k->weight_decay);
+    cJSON_AddNumberToObject(j, "clip", k->clip);
+    cJSON_AddNumberToObject(j, "delta_clip", k->delta_clip);
+    cJSON_AddNumberToObject(j, "eval_bins", k->eval_bins);
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!s) return moeh_errf(err, -ENOMEM, "out of memory");
+    char path[4096];
+    int rc = moeh_path_join(path, sizeof path, k->out_dir, "config.json");
+    if (rc)
+        rc = moeh_errf(err, rc, "%s/config.json: path too long", k->out_dir);
+    else
+        rc = moeh_file_write_atomic(path, s, strlen(s), err);
+    free(s);
+    return rc;
+}

@@ -1,0 +1,184 @@
+/* results.c - closing a phase of the coordinator core (coord_internal.h): the server step of a
+ * TRAIN phase, the normalisation from the STATS sums, the federated evaluation, and the
+ * checkpoint written after every round and read by --resume. */
+#include "coord_internal.h"
+#include "moeh_evalsum.h"
+
+#include "moeh_checkpoint.h"
+#include "moeh_secsum.h"
+#include "moeh_trainer.h"
+
+#include <math.h>
+#include <string.h>
+
+int coord_finish_train(coord_t *c, moeh_err_t *fatal)
+{
+    size_t updated;
+    int rc;
+    if (c->dp) { /* the noised sum is about to shape the model: one release */
+        moeh_dp_ledger_release(&c->ledger, c->cfg->secagg);
+        if ((rc = moeh_dp_ledger_write(&c->ledger, coord_dp_most_seen(c), fatal)) != 0) return rc;
+    }
+    if (c->sopt.kind == MOEH_STRATEGY_FEDAVG) {
+        updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
+    } else if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
+        updated = moeh_trimmed_apply(&c->agg, c->p->w, c->site_delta, c->site_w, c->n_slots,
+                                     c->cfg->trim, c->scratch);
+    } else {
+        updated = moeh_fedavg_mean_delta(&c->agg, c->quant_scale, c->delta, c->updated);
+        moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);
+    }
+    c->model_version++;
+    /* the sample-weighted mean loss, from the sums only (secsum.h); under DP the sites keep
+     * their loss (they send 0) */
+    double lxs, ns, steps;
+    moeh_secsum_train_get(c->vsum + c->p->n + c->p->n_groups, &lxs, &ns, &steps);
+    double loss = ns > 0 && !c->dp ? lxs / ns : NAN;
+    c->round_train_loss = loss;
+    moeh_report_dp_t dp;
+    moeh_report_train_t t = {.round = c->round,
+                             .sites = c->n_replied,
+                             .participants = c->n_participants,
+                             .train_loss = loss,
+                             .samples = ns,
+                             .steps = steps,
+                             .groups_updated = updated,
+                             .model_version = c->model_version,
+                             .dp = coord_dp_row(c, &dp),
+                             .upload_slots = c->cfg->upload_slots};
+    uint32_t in_use;
+    moeh_uploads_counts(c->up, &in_use, &t.upload_max, &t.upload_expired);
+    moeh_coord_report_train(c->report, &t);
+    return 0;
+}
+
+void coord_finish_stats(coord_t *c)
+{
+    size_t n = c->n_norm;
+    moeh_secsum_stats_get(c->vsum, n, c->stats_sum);
+    moeh_norm_from_stats(c->stats_sum, n, c->norm, c->norm + n);
+    c->have_norm = 1;
+    MOEH_INFO("normalisation statistics from %u sites over %zu features", c->n_replied, n);
+    moeh_coord_report_stats(c->report, c->n_replied, n);
+}
+
+void coord_finish_eval(coord_t *c)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
+    double mean = 0;
+    int n_ok = 0;
+    moeh_secsum_eval_get(c->vsum, &c->lim, c->hist, c->gate_sum, c->combo_rows, &c->eval_loss_sum,
+                         &c->eval_n_labels);
+    for (size_t sl = 0; sl < MOEH_N_SLICES; sl++)
+        for (uint32_t t = 0; t < T; t++)
+            c->last_auroc[sl][t] = moeh_eval_slice_auroc(c->hist, T, nb, sl, t);
+    for (uint32_t t = 0; t < T; t++)
+        if (!isnan(c->last_auroc[0][t])) {
+            mean += c->last_auroc[0][t];
+            n_ok++;
+        }
+    mean = n_ok ? mean / n_ok : NAN;
+    double eval_loss = c->eval_n_labels ? c->eval_loss_sum / (double)c->eval_n_labels : NAN;
+    double secs = (double)(c->now - c->round_t0) / 1000.0;
+    moeh_report_dp_t dp;
+    const moeh_report_eval_t e = {.round = c->round,
+                                  .sites = c->n_replied,
+                                  .participants = c->n_participants,
+                                  .n_tasks = T,
+                                  .train_loss = c->round_train_loss,
+                                  .test_loss = eval_loss,
+                                  .auroc_mean = mean,
+                                  .seconds = secs,
+                                  .auroc = (const double(*)[MOEH_N_TASKS])c->last_auroc,
+                                  .combo_rows = c->combo_rows,
+                                  .gate_sum = c->gate_sum,
+                                  .n_experts = c->n_experts,
+                                  .secagg = cfg->secagg,
+                                  .dp = coord_dp_row(c, &dp)};
+    moeh_coord_report_eval(c->report, &e);
+    MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,
+              c->n_replied, c->round_train_loss, eval_loss, mean);
+    if (c->dp)
+        MOEH_INFO("round %u: DP spent so far: epsilon %.4f at delta %g over %llu released rounds "
+                  "(noise multiplier %g, clip %g); against this coordinator's view: %.4f",
+                  c->round, dp.eps, (double)c->cfg->dp_delta, (unsigned long long)dp.rounds,
+                  (double)c->cfg->dp_noise, (double)c->cfg->dp_clip, dp.eps_coord);
+}
+
+/* Writes the state that --resume needs, atomically. Failing to is fatal: the run promised it. */
+int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal)
+{
+    float shape[4] = {(float)c->mcfg.n_static, (float)c->mcfg.n_vars, (float)c->mcfg.n_steps,
+                      (float)c->mcfg.img_size};
+    moeh_ckpt_t k = {.round = c->round,
+                     .model_version = c->model_version,
+                     .spec_hash = c->spec_hash,
+                     .n_params = c->p->n,
+                     .n_groups = c->p->n_groups,
+                     .n_arrays = 3,
+                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4, c->p->n, c->p->n},
+                     .arrays = {c->p->w, c->norm, shape, c->sm, c->sv}};
+    snprintf(k.names[0], sizeof k.names[0], "params");
+    snprintf(k.names[1], sizeof k.names[1], "norm");
+    snprintf(k.names[2], sizeof k.names[2], "data_shape");
+    if (c->sm) { /* the server moments, for exact resume */
+        snprintf(k.names[3], sizeof k.names[3], "server_m");
+        snprintf(k.names[4], sizeof k.names[4], "server_v");
+        k.n_arrays = 5;
+    }
+    moeh_err_t err = {0};
+    int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
+    if (rc) moeh_errf(fatal, rc, "cannot write the checkpoint: %s", err.msg);
+    return rc;
+}
+
+/* Restores the model, the normalisation and the round counter (--resume). The model is
+ * rebuilt from this run's configuration and the stored data shapes; the layout hash must
+ * match the stored one, so a checkpoint never loads into a different architecture. */
+int coord_load_checkpoint(coord_t *c, moeh_err_t *err)
+{
+    moeh_ckpt_t k;
+    int rc = moeh_ckpt_load(c->ckpt_path, &k, err);
+    if (rc) return rc;
+    float *shape = moeh_ckpt_array(&k, "data_shape", 4);
+    if (!shape) {
+        rc = moeh_errf(err, -EBADMSG, "%s: no data_shape array", c->ckpt_path);
+        goto out;
+    }
+    if ((rc = coord_build_model(c, (uint32_t)shape[0], (uint32_t)shape[1], (uint32_t)shape[2],
+                                (uint32_t)shape[3], err)))
+        goto out;
+    float *params = moeh_ckpt_array(&k, "params", c->p->n),
+          *norm = moeh_ckpt_array(&k, "norm", 2 * (size_t)c->n_norm);
+    if (c->spec_hash != k.spec_hash || !params || !norm) {
+        rc = moeh_errf(err, -EINVAL,
+                       "%s: the model layout differs from this run's "
+                       "configuration (architecture, widths or buckets changed?)",
+                       c->ckpt_path);
+        goto out;
+    }
+    if (c->sm) {
+        float *sm = moeh_ckpt_array(&k, "server_m", c->p->n),
+              *sv = moeh_ckpt_array(&k, "server_v", c->p->n);
+        if (!sm || !sv) {
+            rc = moeh_errf(err, -EINVAL,
+                           "%s has no server moments: it was written by a %s run, "
+                           "this one is %s",
+                           c->ckpt_path, "fedavg", moeh_strategy_name(c->sopt.kind));
+            goto out;
+        }
+        memcpy(c->sm, sm, c->p->n * sizeof(float));
+        memcpy(c->sv, sv, c->p->n * sizeof(float));
+    }
+    memcpy(c->p->w, params, c->p->n * sizeof(float));
+    memcpy(c->norm, norm, 2 * (size_t)c->n_norm * sizeof(float));
+    c->have_norm = 1;
+    c->round = k.round;
+    c->model_version = k.model_version;
+    MOEH_INFO("resuming after round %u (model version %llu) from %s", k.round,
+              (unsigned long long)k.model_version, c->ckpt_path);
+out:
+    moeh_ckpt_free(&k);
+    return rc;
+}

@@ -1,0 +1,210 @@
+/* run.c - moeh_coord_run(): the coordinator's ROUTER socket, CURVE and ZAP, the registry and its
+ * reload, the clock and the stop flag, around the state machine of moeh_coord_core.h. One
+ * thread owns the socket and the core; ZAP requests are answered by a second (moeh_keys.h). */
+#include "moeh_coord_core.h"
+#include "moeh_coordinator_testing.h"
+
+#include "moeh_keys.h"
+#include "moeh_wire.h"
+
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+typedef struct {
+    const moeh_coord_cfg_t *cfg;
+    const moeh_coord_faults_t *faults;
+    void *zctx, *router;
+    moeh_zap_t *zap;
+    moeh_keypair_t *kp;
+    moeh_coord_io_t io;
+    moeh_coord_core_t *core;
+} run_t;
+
+static int io_send(void *ctx, const uint8_t *rid, size_t rid_len, Moeh__Envelope *env,
+                   const moeh_frame_t *frames, size_t n_frames)
+{
+    run_t *r = ctx;
+    return moeh_wire_send(r->router, rid, rid_len, env, frames, n_frames);
+}
+
+static int io_registered(void *ctx, const char *site_id)
+{
+    run_t *r = ctx;
+    return moeh_zap_has_site(r->zap, site_id);
+}
+
+static void io_round_saved(void *ctx, uint32_t round)
+{
+    run_t *r = ctx;
+    if (r->faults && r->faults->kill_after_round && round == r->faults->kill_after_round) {
+        MOEH_WARN("fault injection: killing myself after round %u", round);
+        raise(SIGKILL);
+    }
+}
+
+/* Re-reads the registry (SIGHUP): added keys are admitted from now on; sites whose key was
+ * removed are told and dropped at once, also on connections they already hold. A registry
+ * that does not load leaves the current one in force. */
+static void reload_registry(run_t *r)
+{
+    moeh_registry_t reg;
+    moeh_err_t err = {0};
+    if (moeh_registry_load(r->cfg->registry_path, &reg, &err) != 0) {
+        MOEH_ERROR("registry not reloaded, the current one stays in force: %s", err.msg);
+        return;
+    }
+    size_t n = reg.n;
+    moeh_zap_replace_registry(r->zap, &reg);
+    MOEH_INFO("registry reloaded from %s: %zu sites", r->cfg->registry_path, n);
+    moeh_coord_core_registry_changed(r->core, moeh_now_ms());
+}
+
+/* The socket, CURVE and ZAP; *registered is the number of sites in the registry. */
+static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = r->cfg;
+    int rc;
+    *registered = 0;
+    if (!(r->zctx = zmq_ctx_new()))
+        return moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
+    if (!cfg->insecure) {
+        if (!cfg->registry_path || !cfg->key_path)
+            return moeh_errf(err, -EINVAL,
+                             "a site registry (--registry) and the coordinator's "
+                             "key (--key) are required (or --insecure for tests)");
+        if ((rc = moeh_crypto_init())) return moeh_errf(err, rc, "libsodium failed to initialise");
+        moeh_registry_t reg;
+        if ((rc = moeh_registry_load(cfg->registry_path, &reg, err))) return rc;
+        if (reg.n == 0) {
+            moeh_registry_free(&reg);
+            return moeh_errf(err, -EINVAL, "%s: no site is registered under [sites]",
+                             cfg->registry_path);
+        }
+        *registered = (uint32_t)reg.n;
+        if ((rc = moeh_keypair_read(cfg->key_path, &r->kp, err))) {
+            moeh_registry_free(&reg);
+            return rc;
+        }
+        if ((rc = moeh_zap_start(r->zctx, &reg, &r->zap))) {
+            moeh_registry_free(&reg);
+            return moeh_errf(err, rc, "cannot start the ZAP handler: %s", moeh_strerror(rc));
+        }
+    }
+    if (!(r->router = zmq_socket(r->zctx, ZMQ_ROUTER)))
+        return moeh_errf(err, -zmq_errno(), "cannot create a socket");
+    int one = 1, linger = 0, sndtimeo = 2000;
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
+    if (zmq_setsockopt(r->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(r->router, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
+        zmq_setsockopt(r->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
+        return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
+    if (!cfg->insecure && (rc = moeh_curve_server(r->router, r->kp)))
+        return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
+    if (zmq_bind(r->router, cfg->bind) != 0)
+        return moeh_errf(err, -zmq_errno(), "cannot bind %s: %s", cfg->bind,
+                         zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+/* Says where it listens (log, and --ready-fd). */
+static int announce(run_t *r, uint32_t wait_target, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = r->cfg;
+    char ep[256];
+    size_t eplen = sizeof ep;
+    if (zmq_getsockopt(r->router, ZMQ_LAST_ENDPOINT, ep, &eplen) != 0)
+        return moeh_errf(err, -zmq_errno(), "cannot read the bound endpoint: %s",
+                         zmq_strerror(zmq_errno()));
+    MOEH_INFO("listening on %s (%s); waiting for %u sites", ep,
+              cfg->insecure ? "INSECURE: no encryption, no admission control" : "CURVE",
+              wait_target);
+    if (cfg->ready_fd >= 0) {
+        dprintf(cfg->ready_fd, "%s\n", ep);
+        close(cfg->ready_fd);
+    }
+    return 0;
+}
+
+/* Reads up to 256 waiting messages into the core. 0 or the core's fatal code. */
+static int drain(run_t *r, moeh_err_t *fatal)
+{
+    for (int budget = 0; budget < 256; budget++) {
+        moeh_msg_t m;
+        moeh_err_t err = {0};
+        int rc = moeh_wire_recv(r->router, 1, moeh_coord_core_limits(r->core), &m, &err);
+        if (rc == -EAGAIN) {
+            moeh_msg_clear(&m);
+            return 0;
+        }
+        if (rc)
+            moeh_coord_core_on_bad_message(r->core, &m, rc, err.msg, moeh_now_ms());
+        else
+            rc = moeh_coord_core_on_message(r->core, &m, moeh_now_ms(), fatal);
+        moeh_msg_clear(&m);
+        if (fatal->msg[0]) return rc ? rc : -EIO;
+    }
+    return 0;
+}
+
+static void teardown(run_t *r)
+{
+    if (r->router) {
+        if (r->core) moeh_coord_core_bye_all(r->core); /* tell every live site the run is over */
+        /* let the byes go out (linger was 0 so that nothing else blocks), at most 1 s */
+        int linger = 1000;
+        zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(r->router);
+    }
+    moeh_zap_stop(&r->zap);
+    if (r->zctx) zmq_ctx_term(r->zctx);
+    moeh_keypair_destroy(&r->kp);
+    moeh_coord_core_destroy(&r->core);
+}
+
+int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t *faults,
+                          volatile sig_atomic_t *stop, moeh_err_t *err)
+{
+    run_t r = {.cfg = cfg, .faults = faults};
+    r.io = (moeh_coord_io_t){
+        .send = io_send, .registered = io_registered, .round_saved = io_round_saved, .ctx = &r};
+    moeh_err_t fatal = {0};
+    uint32_t registered;
+    int rc = moeh_coord_core_create(cfg, &r.io, &r.core, err);
+    if (rc || (rc = open_socket(&r, &registered, err))) goto out;
+    moeh_coord_core_start(r.core, registered, moeh_now_ms());
+    if ((rc = announce(&r, moeh_coord_core_wait_target(r.core), err))) goto out;
+    while (!*stop && moeh_coord_core_phase(r.core) != MOEH_COORD_DONE) {
+        zmq_pollitem_t it = {.socket = r.router, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, 50) < 0 && zmq_errno() != EINTR) {
+            rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
+            goto out;
+        }
+        if (cfg->reload && *cfg->reload) {
+            *cfg->reload = 0;
+            if (r.zap) reload_registry(&r);
+        }
+        if (drain(&r, &fatal) != 0) break;
+        if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
+    }
+    if (fatal.msg[0]) {
+        rc = moeh_errf(err, -ETIMEDOUT, "%s", fatal.msg);
+        goto out;
+    }
+    if (*stop && moeh_coord_core_phase(r.core) != MOEH_COORD_DONE) {
+        rc = moeh_errf(err, -EINTR, "stopped by a signal during round %u",
+                       moeh_coord_core_round(r.core));
+        goto out;
+    }
+    rc = moeh_coord_core_finish(r.core, err);
+out:
+    teardown(&r);
+    return rc;
+}
+
+int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
+{
+    return moeh_coord_run_faulty(cfg, NULL, stop, err);
+}

@@ -11,7 +11,7 @@
  * session checks here (sender admitted, participant, round and model version current, first
  * reply).
  *
- * Every phase's results are one vector of words per site (proto/moeh_secsum.h), summed mod 2^32
+ * Every phase's results are one vector of words per site (fed/moeh_secsum.h), summed mod 2^32
  * into c->vsum and decoded when the phase closes, so the plain path and secure aggregation
  * decode the very same sum. With --secagg every phase (STATS, TRAIN, EVAL) runs four steps of
  * secure aggregation (docs/secagg.md), each with its own deadline: KEYS (collect
@@ -110,7 +110,7 @@ typedef struct {
     int have_norm;
     double *stats_sum; /* (n_norm, 3) summed over sites */
     double *gate_sum;  /* (7, n_experts) summed over sites */
-    /* this phase's vector sum (proto/moeh_secsum.h): the whole vector with --secagg; in plain
+    /* this phase's vector sum (fed/moeh_secsum.h): the whole vector with --secagg; in plain
      * mode everything but what has its own sum (the update words, in agg) */
     uint32_t *vsum, *vtmp; /* (largest vector), and room for one site's values */
     size_t vsum_cap;
@@ -462,12 +462,12 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
     c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(double));
-    size_t lt = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
-           ls = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
-           le = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
+    size_t lt = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
+           ls = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
+           le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
     c->vsum_cap = lt > ls ? (lt > le ? lt : le) : (ls > le ? ls : le);
     c->vsum = calloc(c->vsum_cap, sizeof(uint32_t));
-    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(&c->lim) +
+    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)) +
                          MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS,
                      sizeof(uint32_t));
     if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp)
@@ -619,7 +619,7 @@ static void sa_open(coord_t *c)
     sa->cfg.n = n;
     sa->cfg.k = k;
     sa->cfg.t = (k ? k + 1 : n) / 2 + 1;
-    sa->cfg.len = moeh_secsum_len(&c->lim, phase_task(c->phase));
+    sa->cfg.len = moeh_wire_secsum_len(&c->lim, phase_task(c->phase));
     sa->need = sa->cfg.t > c->cfg->min_sites ? sa->cfg.t : c->cfg->min_sites;
     moeh_err_t err = {0};
     MOEH_ASSERT(moeh_secagg_cfg_check(&sa->cfg, &err) == 0);
@@ -637,7 +637,7 @@ static void open_phase(coord_t *c, phase_t ph)
         MOEH_WARN("out of memory for the shared parameter frame; copying per site");
     c->phase_deadline = moeh_now_ms() + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
-    memset(c->vsum, 0, moeh_secsum_len(&c->lim, phase_task(ph)) * sizeof(uint32_t));
+    memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, phase_task(ph)) * sizeof(uint32_t));
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -1081,9 +1081,9 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
         return;
     }
     float *gate = malloc((size_t)MOEH_WIRE_COMBOS * c->n_experts * sizeof(float) + 1);
-    if (!gate ||
-        moeh_secsum_eval_put(c->vtmp, &c->lim, memcpy(gate, m->frames[1].data, m->frames[1].len),
-                             r->combo_rows, r->loss_sum, r->n_labels) != 0) {
+    if (!gate || moeh_secsum_eval_put(c->vtmp, moeh_wire_secsum_dims(&c->lim),
+                                      memcpy(gate, m->frames[1].data, m->frames[1].len),
+                                      r->combo_rows, r->loss_sum, r->n_labels) != 0) {
         free(gate);
         reply_error(c, m, gate ? -ERANGE : -ENOMEM,
                     "eval_result: a sum is out of range (or out of memory)", s->id);
@@ -1091,7 +1091,8 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
     }
     free(gate);
     moeh_secsum_add(c->vsum, p, n);
-    moeh_secsum_add(c->vsum + n, c->vtmp, moeh_secsum_eval_values_len(&c->lim));
+    moeh_secsum_add(c->vsum + n, c->vtmp,
+                    moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)));
     /* this site's own AUROC per task (slice 0) */
     uint64_t *own = malloc(per_slice * sizeof(uint64_t));
     for (size_t i = 0; own && i < per_slice; i++) {
@@ -1433,8 +1434,8 @@ static void finish_eval(coord_t *c)
     const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
     double mean = 0;
     int n_ok = 0;
-    moeh_secsum_eval_get(c->vsum, &c->lim, c->hist, c->gate_sum, c->combo_rows, &c->eval_loss_sum,
-                         &c->eval_n_labels);
+    moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
+                         c->combo_rows, &c->eval_loss_sum, &c->eval_n_labels);
     for (size_t sl = 0; sl < MOEH_WIRE_SLICES; sl++)
         for (uint32_t t = 0; t < T; t++)
             c->last_auroc[sl][t] = slice_auroc(c->hist, T, nb, sl, t);
@@ -2202,7 +2203,7 @@ static void teardown(coord_t *c)
         zmq_setsockopt(c->router, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(c->router);
     }
-    moeh_zap_stop(&c->zap);
+    moeh_zap_destroy(&c->zap);
     if (c->zctx) zmq_ctx_term(c->zctx);
     moeh_keypair_destroy(&c->kp);
     if (c->metrics) fclose(c->metrics);

@@ -76,6 +76,8 @@ int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */
 uint64_t moeh_zap_refused(moeh_zap_t *z);
-void moeh_zap_stop(moeh_zap_t **self_p);
+/* Stops the handler thread and frees everything, the registry included. NULL-safe (self_p or
+ * *self_p NULL: nothing); sets *self_p to NULL. */
+void moeh_zap_destroy(moeh_zap_t **self_p);
 
 #endif

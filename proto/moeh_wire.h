@@ -12,6 +12,8 @@
 
 #include "moeh.pb-c.h"
 #include "moeh_common.h"
+#include "moeh_schema.h"
+#include "moeh_secsum.h"
 
 #define MOEH_PROTOCOL_VERSION 2u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
@@ -57,9 +59,18 @@ typedef struct {
     uint32_t n_experts; /* columns of the gate sums */
 } moeh_wire_limits_t;
 
-/* Combinations of the three modalities, and evaluation slices (all rows + each combination). */
-#define MOEH_WIRE_COMBOS 7u
-#define MOEH_WIRE_SLICES 8u
+/* Combinations of the three modalities, and evaluation slices (all rows + each combination),
+ * as counted on the wire: data/moeh_schema.h's counts. */
+#define MOEH_WIRE_COMBOS ((uint32_t)MOEH_N_COMBOS)
+#define MOEH_WIRE_SLICES ((uint32_t)MOEH_N_SLICES)
+
+/* The secure-sum dimensions (fed/moeh_secsum.h) these limits negotiate. Pure. */
+moeh_secsum_dims_t moeh_wire_secsum_dims(const moeh_wire_limits_t *lim);
+/* The secure-sum phase of a round task (MOEH_SECSUM_NONE for an unknown task). Pure. */
+moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task);
+/* Words of the vector `task` sums under lim (moeh_secsum_len); 0 if lim does not define it
+ * (not negotiated yet, or an unknown task). Pure. */
+size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task);
 
 /* A raw frame: borrowed bytes. */
 typedef struct {

@@ -3,7 +3,6 @@
 
 #include "moeh_dp.h"
 #include "moeh_secagg.h"
-#include "moeh_secsum.h"
 
 #include <math.h>
 #include <string.h>
@@ -33,6 +32,35 @@ static const char *k_type_names[] = {
     "eval_result",      "heartbeat",    "error",         "bye",           "stats_result",
     "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
     "secagg_masked",    "upload_ready", "upload_grant"};
+
+moeh_secsum_dims_t moeh_wire_secsum_dims(const moeh_wire_limits_t *lim)
+{
+    return (moeh_secsum_dims_t){.n_params = lim->n_params,
+                                .n_groups = lim->n_groups,
+                                .n_tasks = lim->n_tasks,
+                                .eval_bins = lim->eval_bins,
+                                .n_norm = lim->n_norm,
+                                .n_experts = lim->n_experts};
+}
+
+moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task)
+{
+    switch (task) {
+    case MOEH__ROUND_TASK__TRAIN:
+        return MOEH_SECSUM_TRAIN;
+    case MOEH__ROUND_TASK__STATS:
+        return MOEH_SECSUM_STATS;
+    case MOEH__ROUND_TASK__EVALUATE:
+        return MOEH_SECSUM_EVALUATE;
+    default:
+        return MOEH_SECSUM_NONE;
+    }
+}
+
+size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
+{
+    return moeh_secsum_len(moeh_wire_secsum_dims(lim), moeh_wire_secsum_phase(task));
+}
 
 const char *moeh_msg_type_name(int type)
 {
@@ -317,7 +345,7 @@ static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__Rou
                          "round_start.secagg: n %u (expected 2..%u) and id %u "
                          "(expected < n)",
                          p->n, MOEH_WIRE_SECAGG_MAX, p->id);
-    size_t len = moeh_secsum_len(lim, r->task);
+    size_t len = moeh_wire_secsum_len(lim, r->task);
     if (len == 0)
         return moeh_errf(err, -EBADMSG, "round_start.secagg: before the model was negotiated");
     moeh_secagg_cfg_t cfg = {.round = p->session,
@@ -542,7 +570,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "secagg_masked.task: %d, expected TRAIN, EVALUATE or STATS",
                              (int)sm->task);
         return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
-                            moeh_secsum_len(lim, sm->task), err);
+                            moeh_wire_secsum_len(lim, sm->task), err);
     }
     case MOEH__MSG_TYPE__UPLOAD_READY:
     case MOEH__MSG_TYPE__UPLOAD_GRANT:
@@ -841,11 +869,11 @@ static uint64_t max_tensor_bytes(const moeh_wire_limits_t *lim)
 {
     if (!lim || lim->n_params == 0) return 0; /* nothing negotiated: no tensors yet */
     uint64_t words = lim->n_params + lim->n_groups + 2 * (uint64_t)lim->n_norm; /* RoundStart */
-    uint64_t m = moeh_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
-    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
-        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
-    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
-        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS);
+    uint64_t m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
+    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
+        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
+        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS);
     uint64_t stats = 3 * (uint64_t)lim->n_norm * 2; /* f64 sums in 4-byte words */
     if (stats > m) m = stats;
     if (m > words) words = m;

@@ -165,7 +165,7 @@ uint64_t moeh_zap_refused(moeh_zap_t *z)
     return atomic_load(&z->refused);
 }
 
-void moeh_zap_stop(moeh_zap_t **self_p)
+void moeh_zap_destroy(moeh_zap_t **self_p)
 {
     if (!self_p || !*self_p) return;
     moeh_zap_t *z = *self_p;

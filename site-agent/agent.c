@@ -9,7 +9,7 @@
  * training loss is not sent.
  *
  * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters (docs/secagg.md), the
- * agent computes the phase's vector of words (proto/moeh_secsum.h: update + loss, sample and step
+ * agent computes the phase's vector of words (fed/moeh_secsum.h: update + loss, sample and step
  * counts; statistics; histograms + evaluation sums) and runs its side of secure aggregation
  * instead of sending it in clear: fresh round keys (SecaggAdvertise) -> on SecaggKeys,
  * encrypted shares (SecaggShares) -> on the forwarded shares, the masked vector
@@ -287,7 +287,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
                   "(different moeh versions?)");
         return -EPROTO;
     }
-    /* room for the secure-aggregation vectors (proto/moeh_secsum.h) of each phase */
+    /* room for the secure-aggregation vectors (fed/moeh_secsum.h) of each phase */
     moeh_wire_limits_t lim = {.n_params = p->n,
                               .n_groups = (uint32_t)p->n_groups,
                               .n_tasks = ms->n_tasks,
@@ -297,9 +297,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     a->global = malloc(p->n * sizeof(float));
     a->delta = malloc(p->n * sizeof(float));
     a->norm = malloc(2 * (size_t)ms->n_norm * sizeof(float) + 1);
-    a->upd = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
-    a->hist = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
-    a->svec = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
+    a->upd = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
+    a->hist = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
+    a->svec = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
     a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
     if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->svec || !a->gate_sum) {
         set_fatal(a, -ENOMEM, "%s", "out of memory");
@@ -370,7 +370,7 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
                        "secure aggregation (docs/secagg.md); not sent");
             moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "statistics out of range");
         } else {
-            sa_begin(a, rs, a->svec, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
+            sa_begin(a, rs, a->svec, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
         }
         free(st);
         return;
@@ -758,7 +758,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
             moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "train loss out of range");
             return;
         }
-        sa_begin(a, rs, a->upd, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
+        sa_begin(a, rs, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
     if (rs->grant_uploads) { /* held in a->upd until the coordinator grants the upload */
@@ -827,14 +827,16 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     }
     log_own_metrics(a, rs->round, &es);
     if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
-        if (moeh_secsum_eval_put(a->hist + moeh_secsum_eval_hist_words(&a->lim), &a->lim,
-                                 a->gate_sum, es.combo_rows, es.loss_sum, es.n_labels) != 0) {
+        if (moeh_secsum_eval_put(a->hist +
+                                     moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),
+                                 moeh_wire_secsum_dims(&a->lim), a->gate_sum, es.combo_rows,
+                                 es.loss_sum, es.n_labels) != 0) {
             MOEH_ERROR("round %u: evaluation sums out of the fixed-point range; not sent",
                        rs->round);
             moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation out of range");
             return;
         }
-        sa_begin(a, rs, a->hist, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
+        sa_begin(a, rs, a->hist, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
         return;
     }
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;

@@ -1027,7 +1027,8 @@ static void secagg_rogue(fixture_t *f, int on_time)
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
     assert_non_null(m.env->round_start->secagg);
     moeh_msg_clear(&m);
-    size_t nst = 3 * (size_t)r.lim.n_norm, nw = moeh_secsum_len(&r.lim, MOEH__ROUND_TASK__TRAIN);
+    size_t nst = 3 * (size_t)r.lim.n_norm,
+           nw = moeh_wire_secsum_len(&r.lim, MOEH__ROUND_TASK__TRAIN);
     double *st = calloc(nst, sizeof(double));
     Moeh__Envelope se = MOEH__ENVELOPE__INIT;
     Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;

@@ -497,7 +497,7 @@ static void test_zap_admission(void **state)
     assert_int_equal(zmq_close(wrong), 0);
     assert_int_equal(zmq_close(late), 0);
     assert_int_equal(zmq_close(router), 0);
-    moeh_zap_stop(&zap);
+    moeh_zap_destroy(&zap);
     assert_null(zap);
     assert_int_equal(zmq_ctx_term(ctx), 0);
     keys4_free(&k);

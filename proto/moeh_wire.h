@@ -72,6 +72,44 @@ moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task);
  * (not negotiated yet, or an unknown task). Pure. */
 size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task);
 
+/* ---- envelope builders ------------------------------------------------------------------
+ * moeh_env_<body>(env, body) (re)initialises *env as the message carrying `body` (borrowed:
+ * it must outlive every use of env): it sets env->type, env->body_case and the body pointer
+ * together, so that they cannot disagree. One per message type:
+ *   moeh_env_hello, moeh_env_welcome, moeh_env_round_start, moeh_env_update,
+ *   moeh_env_eval_result, moeh_env_heartbeat, moeh_env_error, moeh_env_bye,
+ *   moeh_env_stats_result, moeh_env_secagg_advertise, moeh_env_secagg_keys,
+ *   moeh_env_secagg_shares, moeh_env_secagg_unmask, moeh_env_secagg_reveal,
+ *   moeh_env_secagg_masked, moeh_env_upload_ready, moeh_env_upload_grant.
+ * E.g.  Moeh__Envelope env; Moeh__Bye bye = MOEH__BYE__INIT; moeh_env_bye(&env, &bye);
+ * protocol_version and the frame descriptions are filled in by moeh_wire_pack/send. */
+#define MOEH_ENV_BUILDER_(field, Body, TYPE)                                                       \
+    static inline void moeh_env_##field(Moeh__Envelope *env, Moeh__##Body *body)                   \
+    {                                                                                              \
+        moeh__envelope__init(env);                                                                 \
+        env->type = MOEH__MSG_TYPE__##TYPE;                                                        \
+        env->body_case = MOEH__ENVELOPE__BODY_##TYPE;                                              \
+        env->field = body;                                                                         \
+    }
+MOEH_ENV_BUILDER_(hello, Hello, HELLO)
+MOEH_ENV_BUILDER_(welcome, Welcome, WELCOME)
+MOEH_ENV_BUILDER_(round_start, RoundStart, ROUND_START)
+MOEH_ENV_BUILDER_(update, Update, UPDATE)
+MOEH_ENV_BUILDER_(eval_result, EvalResult, EVAL_RESULT)
+MOEH_ENV_BUILDER_(heartbeat, Heartbeat, HEARTBEAT)
+MOEH_ENV_BUILDER_(error, Error, ERROR)
+MOEH_ENV_BUILDER_(bye, Bye, BYE)
+MOEH_ENV_BUILDER_(stats_result, StatsResult, STATS_RESULT)
+MOEH_ENV_BUILDER_(secagg_advertise, SecaggAdvertise, SECAGG_ADVERTISE)
+MOEH_ENV_BUILDER_(secagg_keys, SecaggKeys, SECAGG_KEYS)
+MOEH_ENV_BUILDER_(secagg_shares, SecaggShares, SECAGG_SHARES)
+MOEH_ENV_BUILDER_(secagg_unmask, SecaggUnmask, SECAGG_UNMASK)
+MOEH_ENV_BUILDER_(secagg_reveal, SecaggReveal, SECAGG_REVEAL)
+MOEH_ENV_BUILDER_(secagg_masked, SecaggMasked, SECAGG_MASKED)
+MOEH_ENV_BUILDER_(upload_ready, UploadReady, UPLOAD_READY)
+MOEH_ENV_BUILDER_(upload_grant, UploadGrant, UPLOAD_GRANT)
+#undef MOEH_ENV_BUILDER_
+
 /* A raw frame: borrowed bytes. */
 typedef struct {
     const void *data;

@@ -793,33 +793,28 @@ void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
                          const char *message)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Error e = MOEH__ERROR__INIT;
     char buf[MOEH_MAX_STRING + 1];
     snprintf(buf, sizeof buf, "%s", message);
     e.code = code;
     e.message = buf;
-    env.type = MOEH__MSG_TYPE__ERROR;
-    env.body_case = MOEH__ENVELOPE__BODY_ERROR;
-    env.error = &e;
+    moeh_env_error(&env, &e);
     return moeh_wire_send(sock, rid, rid_len, &env, NULL, 0);
 }
 
 int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,
                           const char *text, uint64_t seq)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
     Moeh__Bye bye = MOEH__BYE__INIT;
-    env.type = type;
     if (type == MOEH__MSG_TYPE__HEARTBEAT) {
         hb.seq = seq;
-        env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
-        env.heartbeat = &hb;
+        moeh_env_heartbeat(&env, &hb);
     } else if (type == MOEH__MSG_TYPE__BYE) {
         bye.reason = (char *)(text ? text : "");
-        env.body_case = MOEH__ENVELOPE__BODY_BYE;
-        env.bye = &bye;
+        moeh_env_bye(&env, &bye);
     } else {
         return -EINVAL;
     }

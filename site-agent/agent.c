@@ -115,7 +115,7 @@ static void close_socket(agent_t *a)
 
 static int send_hello(agent_t *a)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Hello h = MOEH__HELLO__INIT;
     Moeh__ComboCount cc[7], *ccp[7];
     size_t nc = 0;
@@ -136,9 +136,7 @@ static int send_hello(agent_t *a)
     h.img_size = (uint32_t)a->img_size;
     h.n_combos = nc;
     h.combos = ccp;
-    env.type = MOEH__MSG_TYPE__HELLO;
-    env.body_case = MOEH__ENVELOPE__BODY_HELLO;
-    env.hello = &h;
+    moeh_env_hello(&env, &h);
     a->hello_at = moeh_now_ms();
     return moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
 }
@@ -375,13 +373,11 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
         free(st);
         return;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__StatsResult r = MOEH__STATS_RESULT__INIT;
     r.round = rs->round;
     r.n_rows = moeh_trainer_rows(a->trainer, MOEH_SPLIT_TRAIN);
-    env.type = MOEH__MSG_TYPE__STATS_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    env.stats_result = &r;
+    moeh_env_stats_result(&env, &r);
     moeh_frame_t f = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * nn};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc) MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
@@ -393,16 +389,14 @@ static void send_update(agent_t *a, uint32_t round, uint64_t version, double los
                         uint32_t steps)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Update u = MOEH__UPDATE__INIT;
     u.round = round;
     u.model_version = version;
     u.train_loss = loss;
     u.n_samples = samples;
     u.steps = steps;
-    env.type = MOEH__MSG_TYPE__UPDATE;
-    env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
-    env.update = &u;
+    moeh_env_update(&env, &u);
     moeh_frame_t f = {
         .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
@@ -429,14 +423,12 @@ static void sa_end(agent_t *a, const char *why, const char *detail)
  * waits for the grant in the main loop. */
 static void upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
     r.round = round;
     r.model_version = version;
     r.session = session;
-    env.type = MOEH__MSG_TYPE__UPLOAD_READY;
-    env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
-    env.upload_ready = &r;
+    moeh_env_upload_ready(&env, &r);
     a->up_wait = 1;
     a->up_round = round, a->up_version = version, a->up_session = session;
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
@@ -469,14 +461,12 @@ static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size
     a->sa_vec = vec, a->sa_len = len;
     moeh_secagg_pubkeys_t pk;
     moeh_secagg_client_pubkeys(a->sa, &pk);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
     ad.session = sp->session;
     ad.c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.c_pk};
     ad.s_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.s_pk};
-    env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
-    env.secagg_advertise = &ad;
+    moeh_env_secagg_advertise(&env, &ad);
     if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0)
         sa_end(a, "cannot send the round keys", moeh_strerror(rc));
 }
@@ -522,14 +512,12 @@ static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
         cp[m] = &cs[m];
         m++;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
     sh.session = a->sa_session;
     sh.n_ciphers = m;
     sh.ciphers = cp;
-    env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
-    env.secagg_shares = &sh;
+    moeh_env_secagg_shares(&env, &sh);
     if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0) {
         why = "cannot send the shares";
         snprintf(err.msg, sizeof err.msg, "%s", moeh_strerror(rc));
@@ -593,15 +581,13 @@ out:
 /* Sends the masked vector of the session. */
 static void sa_send_masked(agent_t *a)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
     sm.session = a->sa_session;
     sm.round = a->sa_round;
     sm.model_version = a->sa_version;
     sm.task = a->sa_task;
-    env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
-    env.secagg_masked = &sm;
+    moeh_env_secagg_masked(&env, &sm);
     moeh_frame_t f = {
         .name = "masked", .dtype = MOEH__DTYPE__U32, .data = a->sa_vec, .count = a->sa_len};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
@@ -639,14 +625,12 @@ static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
         xs[i].y = out[i].y;
         xp[i] = &xs[i];
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__SecaggReveal rv = MOEH__SECAGG_REVEAL__INIT;
     rv.session = a->sa_session;
     rv.n_shares = n_out;
     rv.shares = xp;
-    env.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
-    env.secagg_reveal = &rv;
+    moeh_env_secagg_reveal(&env, &rv);
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
     if (rc)
         MOEH_WARN("round %u: could not send the unmask shares: %s", a->sa_round, moeh_strerror(rc));
@@ -839,7 +823,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
         sa_begin(a, rs, a->hist, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
         return;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
     r.round = rs->round;
     r.model_version = rs->model_version;
@@ -849,9 +833,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     r.n_bins = a->eval_bins;
     r.n_combo_rows = MOEH_N_COMBOS;
     r.combo_rows = es.combo_rows;
-    env.type = MOEH__MSG_TYPE__EVAL_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
-    env.eval_result = &r;
+    moeh_env_eval_result(&env, &r);
     moeh_frame_t f[2] = {{.name = "hist",
                           .dtype = MOEH__DTYPE__U32,
                           .data = a->hist,

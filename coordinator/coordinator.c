@@ -692,8 +692,9 @@ static void reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *w
                         const char *who)
 {
     MOEH_WARN("refused a message from %s: %s", who, what);
-    if (m->routing_id_len)
-        moeh_wire_send_error(c->router, m->routing_id, m->routing_id_len, code, what);
+    if (m->routing_id_len &&
+        moeh_wire_send_error(c->router, m->routing_id, m->routing_id_len, code, what) != 0)
+        MOEH_DEBUG("the refusal was not sent to %s", who); /* best effort: it may be gone */
 }
 
 static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
@@ -1652,7 +1653,9 @@ static void reload_registry(coord_t *c)
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
         if (!s->admitted || moeh_zap_has_site(c->zap, s->id)) continue;
-        moeh_wire_send_error(c->router, s->rid, s->rid_len, -EACCES, "this site's key was revoked");
+        if (moeh_wire_send_error(c->router, s->rid, s->rid_len, -EACCES,
+                                 "this site's key was revoked") != 0) /* it may be gone */
+            MOEH_DEBUG("site %s: the revocation was not sent", s->id);
         site_gone(c, s, "key revoked");
     }
 }
@@ -2179,7 +2182,9 @@ static int setup(coord_t *c, moeh_err_t *err)
     if (c->wait_target < cfg->min_sites) c->wait_target = cfg->min_sites;
     char ep[256];
     size_t eplen = sizeof ep;
-    zmq_getsockopt(c->router, ZMQ_LAST_ENDPOINT, ep, &eplen);
+    if (zmq_getsockopt(c->router, ZMQ_LAST_ENDPOINT, ep, &eplen) != 0)
+        return moeh_errf(err, -zmq_errno(), "cannot read the bound endpoint: %s",
+                         zmq_strerror(zmq_errno()));
     MOEH_INFO("listening on %s (%s); waiting for %u sites", ep,
               cfg->insecure ? "INSECURE: no encryption, no admission control" : "CURVE",
               c->wait_target);
@@ -2195,9 +2200,10 @@ static void teardown(coord_t *c)
     if (c->router) {
         /* tell every live site the run is over */
         for (size_t i = 0; i < c->n_sites; i++)
-            if (c->sites[i].admitted)
+            if (c->sites[i].admitted &&
                 moeh_wire_send_simple(c->router, c->sites[i].rid, c->sites[i].rid_len,
-                                      MOEH__MSG_TYPE__BYE, "run finished", 0);
+                                      MOEH__MSG_TYPE__BYE, "run finished", 0) != 0)
+                MOEH_DEBUG("site %s: the bye was not sent", c->sites[i].id);
         /* let the byes go out (linger was 0 so that nothing else blocks), at most 1 s */
         int linger = 1000;
         zmq_setsockopt(c->router, ZMQ_LINGER, &linger, sizeof linger);

@@ -131,7 +131,8 @@ typedef struct {
 typedef struct moeh_shared_frame moeh_shared_frame_t;
 /* Copies len bytes once. 0 or -ENOMEM. Caller frees with moeh_shared_frame_destroy (sends
  * still queued keep their reference, so it may be destroyed right after sending). */
-int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out);
+int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out)
+    __attribute__((warn_unused_result));
 void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p);
 
 /* A decoded message. env and the frames stay valid until moeh_msg_clear(). */
@@ -152,19 +153,20 @@ typedef struct {
  * -ERANGE (a non-finite float), with err->msg saying which field and what was expected. */
 int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,
                      const moeh_iov_t *frames, size_t n_frames, Moeh__Envelope **out,
-                     moeh_err_t *err);
+                     moeh_err_t *err) __attribute__((warn_unused_result));
 
 /* Packs env (its protocol_version and frames are filled in here from `frames`) into a
  * malloc'd buffer the caller frees. 0, -EINVAL (more than MOEH_MAX_FRAMES frames), -ENOMEM
  * or -EMSGSIZE (header over MOEH_MAX_HEADER_BYTES). */
 int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
-                   uint8_t **buf_out, size_t *len_out);
+                   uint8_t **buf_out, size_t *len_out) __attribute__((warn_unused_result));
 
 /* Sends [routing_id]? envelope frames... on sock, each frame in parts of MOEH_WIRE_CHUNK_BYTES.
  * 0 or a negative code (-EAGAIN if it would block past the socket's send timeout,
  * -EHOSTUNREACH if a ROUTER peer is gone). */
 int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
-                   Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames);
+                   Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames)
+    __attribute__((warn_unused_result));
 
 /* Receives one whole multipart message (non-blocking: -EAGAIN if none is ready), joins each
  * tensor frame's parts (they must be split exactly as moeh_wire_send splits them: -EBADMSG
@@ -173,15 +175,18 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
  * refused. On a decode failure the routing id and peer are still filled in (so the caller can
  * reply with an Error) and the code is returned; msg must be cleared in every case. */
 int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
-                   moeh_err_t *err);
+                   moeh_err_t *err) __attribute__((warn_unused_result));
 void moeh_msg_clear(moeh_msg_t *msg);
 
-/* Convenience: send an Error / Bye / Heartbeat with no frames. */
+/* Convenience: send an Error (message cut to MOEH_MAX_STRING bytes), or a Heartbeat (seq) or
+ * a Bye (text; NULL: "") with send_simple, with no frames. moeh_wire_send's returns;
+ * send_simple: -EINVAL (nothing sent) for any other type. */
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
-                         const char *message);
+                         const char *message) __attribute__((warn_unused_result));
 int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,
-                          const char *text, uint64_t seq);
+                          const char *text, uint64_t seq) __attribute__((warn_unused_result));
 
+/* The lower-case name of a message type ("hello", ...), "unknown" if none; static storage. */
 const char *moeh_msg_type_name(int type);
 
 /* Site ids: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */

@@ -743,10 +743,10 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
             int more = i + 1 < n_frames || k + 1 < nc ? ZMQ_SNDMORE : 0;
             if (sh) { /* share the one copy: zmq_msg_copy takes a reference */
                 zmq_msg_t m;
-                zmq_msg_init(&m);
+                MOEH_ASSERT(zmq_msg_init(&m) == 0); /* cannot fail */
                 if (zmq_msg_copy(&m, &sh->parts[k]) != 0 || zmq_msg_send(&m, sock, more) < 0) {
                     rc = -zmq_errno();
-                    zmq_msg_close(&m);
+                    MOEH_ASSERT(zmq_msg_close(&m) == 0);
                     goto out;
                 }
             } else if (zmq_send(sock, (const uint8_t *)frames[i].data + k * MOEH_WIRE_CHUNK_BYTES,
@@ -785,7 +785,7 @@ void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 {
     if (!self_p || !*self_p) return;
     for (size_t k = 0; k < (*self_p)->n; k++)
-        zmq_msg_close(&(*self_p)->parts[k]);
+        MOEH_ASSERT(zmq_msg_close(&(*self_p)->parts[k]) == 0);
     free(*self_p);
     *self_p = NULL;
 }
@@ -841,7 +841,7 @@ void moeh_msg_clear(moeh_msg_t *msg)
     parts_t *ps = msg->parts_storage;
     if (ps) {
         for (size_t i = 0; i < ps->n; i++)
-            zmq_msg_close(part(ps, i));
+            MOEH_ASSERT(zmq_msg_close(part(ps, i)) == 0);
         for (size_t b = 0; b < sizeof ps->blk / sizeof ps->blk[0]; b++)
             free(ps->blk[b]);
         for (size_t i = 0; i < MOEH_MAX_FRAMES; i++)
@@ -952,17 +952,17 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
             if (!*b) *b = malloc(PARTS_PER_BLOCK * sizeof(zmq_msg_t));
             if (*b) p = part(ps, ps->n); /* else drained and refused below, as too many */
         }
-        zmq_msg_init(p);
+        MOEH_ASSERT(zmq_msg_init(p) == 0);
         if (zmq_msg_recv(p, sock, flags) < 0) {
             int e = zmq_errno();
-            zmq_msg_close(p);
+            MOEH_ASSERT(zmq_msg_close(p) == 0);
             return e == EAGAIN ? -EAGAIN
                                : moeh_errf(err, -e, "receive failed: %s", zmq_strerror(e));
         }
         flags = 0; /* the rest of a multipart message is already here */
         more = zmq_msg_more(p);
         if (p == &scratch) { /* drain parts beyond the limit */
-            zmq_msg_close(p);
+            MOEH_ASSERT(zmq_msg_close(p) == 0);
             too_many = 1;
         } else {
             ps->n++;

@@ -42,15 +42,23 @@ static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
     va_end(ap);
 }
 
+void moeh_agent_send_error(agent_t *a, int code, const char *message)
+{
+    if (!a->sock) return;
+    int rc = moeh_wire_send_error(a->sock, NULL, 0, code, message);
+    if (rc) MOEH_WARN("could not tell the coordinator '%s': %s", message, moeh_strerror(rc));
+}
+
 static void close_socket(agent_t *a)
 {
     if (a->sock) {
-        zmq_socket_monitor(a->sock, NULL, 0);
-        zmq_close(a->sock);
+        if (zmq_socket_monitor(a->sock, NULL, 0) != 0)
+            MOEH_DEBUG("stopping the socket monitor: %s", zmq_strerror(zmq_errno()));
+        MOEH_ASSERT(zmq_close(a->sock) == 0); /* fails only for a bad handle */
         a->sock = NULL;
     }
     if (a->mon) {
-        zmq_close(a->mon);
+        MOEH_ASSERT(zmq_close(a->mon) == 0);
         a->mon = NULL;
     }
     a->welcomed = 0;
@@ -125,9 +133,9 @@ static void drain_monitor(agent_t *a)
 {
     while (a->mon) {
         zmq_msg_t ev, addr;
-        zmq_msg_init(&ev);
+        MOEH_ASSERT(zmq_msg_init(&ev) == 0); /* cannot fail: no allocation */
         if (zmq_msg_recv(&ev, a->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
+            MOEH_ASSERT(zmq_msg_close(&ev) == 0);
             return;
         }
         uint16_t event = 0;
@@ -137,11 +145,12 @@ static void drain_monitor(agent_t *a)
             memcpy(&value, (char *)zmq_msg_data(&ev) + 2, 4);
         }
         int more = zmq_msg_more(&ev);
-        zmq_msg_close(&ev);
-        if (more) {
-            zmq_msg_init(&addr);
-            zmq_msg_recv(&addr, a->mon, 0);
-            zmq_msg_close(&addr);
+        MOEH_ASSERT(zmq_msg_close(&ev) == 0);
+        if (more) { /* the endpoint: not needed, but it is part of the event */
+            MOEH_ASSERT(zmq_msg_init(&addr) == 0);
+            if (zmq_msg_recv(&addr, a->mon, 0) < 0)
+                MOEH_DEBUG("socket monitor: %s", zmq_strerror(zmq_errno()));
+            MOEH_ASSERT(zmq_msg_close(&addr) == 0);
         }
         if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
             set_fatal(a, -EACCES,
@@ -161,7 +170,10 @@ static void service(agent_t *a)
     int64_t now = moeh_now_ms();
     if (a->welcomed && a->sock && now - a->last_hb >= (int64_t)a->hb_ms) {
         a->last_hb = now;
-        moeh_wire_send_simple(a->sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, ++a->hb_seq);
+        int rc =
+            moeh_wire_send_simple(a->sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, ++a->hb_seq);
+        if (rc) /* the coordinator's silence timeout decides; the next one may get through */
+            MOEH_DEBUG("could not send a heartbeat: %s", moeh_strerror(rc));
     }
 }
 
@@ -305,7 +317,7 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
         if (moeh_secsum_stats_put(a->svec, st, nn) != 0) {
             MOEH_ERROR("statistics: a sum exceeds 2^53 in magnitude, the fixed-point range of "
                        "secure aggregation (docs/secagg.md); not sent");
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "statistics out of range");
+            moeh_agent_send_error(a, -ERANGE, "statistics out of range");
         } else {
             moeh_agent_sa_begin(a, rs, a->svec,
                                 moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
@@ -332,8 +344,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         MOEH_ERROR("round %u: DP noise calibrated for %u sites, but only %u take part; no update "
                    "is sent",
                    rs->round, rc->dp_sites, rs->n_participants);
-        moeh_wire_send_error(a->sock, NULL, 0, -EINVAL,
-                             "DP noise calibrated for more sites than take part");
+        moeh_agent_send_error(a, -EINVAL, "DP noise calibrated for more sites than take part");
         return;
     }
     moeh_params_t *p = load_round(a, m);
@@ -360,7 +371,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     }
     if (e) {
         MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round, err.msg);
-        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
+        moeh_agent_send_error(a, -ERANGE, "local training failed");
         return;
     }
     moeh_agent_update_submit(a, rs, &res);
@@ -398,7 +409,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     if (moeh_trainer_evaluate(a->trainer, MOEH_SPLIT_TEST, a->eval_bins, &es, service_cb, a,
                               &err) != 0) {
         MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
-        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation failed");
+        moeh_agent_send_error(a, -ERANGE, "evaluation failed");
         return;
     }
     log_own_metrics(a, rs->round, &es);
@@ -409,7 +420,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
                                  es.loss_sum, es.n_labels) != 0) {
             MOEH_ERROR("round %u: evaluation sums out of the fixed-point range; not sent",
                        rs->round);
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation out of range");
+            moeh_agent_send_error(a, -ERANGE, "evaluation out of range");
             return;
         }
         moeh_agent_sa_begin(a, rs, a->hist,
@@ -455,7 +466,7 @@ static void handle_messages(agent_t *a)
             MOEH_WARN("dropped a message from the coordinator: %s", err.msg);
             char what[MOEH_ERRMSG_MAX + 32];
             snprintf(what, sizeof what, "message refused: %s", err.msg);
-            moeh_wire_send_error(a->sock, NULL, 0, rc, what);
+            moeh_agent_send_error(a, rc, what);
             moeh_msg_clear(&m);
             continue;
         }
@@ -500,7 +511,8 @@ static void handle_messages(agent_t *a)
                           "again");
                 a->welcomed = 0;
                 a->up_wait = 0;
-                send_hello(a);
+                int hr = send_hello(a); /* if it is lost, the silence timeout reconnects */
+                if (hr) MOEH_WARN("could not send hello: %s", moeh_strerror(hr));
                 break;
             }
             MOEH_WARN("coordinator says: %s", e->message);
@@ -600,7 +612,10 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
             if (moeh_now_ms() >= reconnect_at) {
                 if ((rc = open_socket(&a, err))) goto out;
             } else {
-                zmq_poll(NULL, 0, 50);
+                if (zmq_poll(NULL, 0, 50) < 0 && zmq_errno() != EINTR) { /* a 50 ms wait */
+                    rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
+                    goto out;
+                }
                 continue;
             }
         }
@@ -633,9 +648,12 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         rc = moeh_errf(err, a.fatal_rc, "%s", a.fatal.msg);
     } else if (*stop && !a.done) {
         if (a.sock) {
-            moeh_wire_send_simple(a.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "site agent stopped", 0);
             int linger = 1000; /* let the bye go out, at most 1 s */
-            zmq_setsockopt(a.sock, ZMQ_LINGER, &linger, sizeof linger);
+            if ((rc = moeh_wire_send_simple(a.sock, NULL, 0, MOEH__MSG_TYPE__BYE,
+                                            "site agent stopped", 0)) != 0)
+                MOEH_WARN("could not say bye: %s", moeh_strerror(rc));
+            else if (zmq_setsockopt(a.sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+                MOEH_WARN("the bye may be lost: %s", zmq_strerror(zmq_errno()));
         }
         rc = moeh_errf(err, -EINTR, "stopped by a signal");
     } else {
@@ -643,7 +661,8 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
     }
 out:
     close_socket(&a);
-    if (a.zctx) zmq_ctx_term(a.zctx);
+    while (a.zctx && zmq_ctx_term(a.zctx) != 0) /* every socket is closed: only EINTR */
+        MOEH_ASSERT(zmq_errno() == EINTR);
     moeh_keypair_destroy(&a.kp);
     moeh_secagg_client_destroy(&a.sa);
     free_model(&a);

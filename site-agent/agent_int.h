@@ -60,6 +60,12 @@ struct agent {
     double up_loss;
 };
 
+/* ---- agent.c --------------------------------------------------------------------------- */
+/* Tells the coordinator about a failure with an Error (code, message). Best effort: without a
+ * socket nothing is sent, and a failed send is only logged (the coordinator's deadline covers
+ * a lost Error). */
+void moeh_agent_send_error(agent_t *a, int code, const char *message);
+
 /* ---- agent_secagg.c: this site's side of secure aggregation (docs/secagg.md) ---------- */
 /* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
  * ends) is ready: fresh round keys, advertised to the coordinator. On failure the session is

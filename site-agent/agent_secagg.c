@@ -21,7 +21,7 @@ void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail)
         snprintf(msg, sizeof msg, "secure aggregation: %s%s%s", why, detail ? ": " : "",
                  detail ? detail : "");
         MOEH_WARN("round %u: %s", a->sa_round, msg);
-        if (a->sock) moeh_wire_send_error(a->sock, NULL, 0, -EBADMSG, msg);
+        moeh_agent_send_error(a, -EBADMSG, msg);
     }
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;

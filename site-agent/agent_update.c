@@ -47,7 +47,7 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
             if (moeh_crypto_init() != 0) {
                 MOEH_ERROR("round %u: libsodium failed to initialise; no update is sent",
                            rs->round);
-                moeh_wire_send_error(a->sock, NULL, 0, -EIO, "cannot draw the DP noise");
+                moeh_agent_send_error(a, -EIO, "cannot draw the DP noise");
                 return;
             }
             moeh_dp_add_noise(a->delta, p->n, sd);
@@ -88,7 +88,7 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
             MOEH_ERROR("round %u: train loss x samples is out of the fixed-point range; no "
                        "update is sent",
                        rs->round);
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "train loss out of range");
+            moeh_agent_send_error(a, -ERANGE, "train loss out of range");
             return;
         }
         moeh_agent_sa_begin(a, rs, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));

@@ -304,6 +304,8 @@ static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
     return p;
 }
 
+/* STATS: this site's sums for the normalisation statistics, in clear or through secure
+ * aggregation. */
 static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
 {
     size_t nn = moeh_trainer_n_norm(a->trainer);
@@ -336,6 +338,8 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     free(st);
 }
 
+/* TRAIN: local training from the round's global model (heartbeats continue through
+ * service_cb), then the delta goes to agent_update.c to be encoded and uploaded. */
 static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     const Moeh__RoundConfig *rc = rs->config;

@@ -33,35 +33,6 @@ static const char *k_type_names[] = {
     "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
     "secagg_masked",    "upload_ready", "upload_grant"};
 
-moeh_secsum_dims_t moeh_wire_secsum_dims(const moeh_wire_limits_t *lim)
-{
-    return (moeh_secsum_dims_t){.n_params = lim->n_params,
-                                .n_groups = lim->n_groups,
-                                .n_tasks = lim->n_tasks,
-                                .eval_bins = lim->eval_bins,
-                                .n_norm = lim->n_norm,
-                                .n_experts = lim->n_experts};
-}
-
-moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task)
-{
-    switch (task) {
-    case MOEH__ROUND_TASK__TRAIN:
-        return MOEH_SECSUM_TRAIN;
-    case MOEH__ROUND_TASK__STATS:
-        return MOEH_SECSUM_STATS;
-    case MOEH__ROUND_TASK__EVALUATE:
-        return MOEH_SECSUM_EVALUATE;
-    default:
-        return MOEH_SECSUM_NONE;
-    }
-}
-
-size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
-{
-    return moeh_secsum_len(moeh_wire_secsum_dims(lim), moeh_wire_secsum_phase(task));
-}
-
 const char *moeh_msg_type_name(int type)
 {
     return (type >= 0 && type <= MOEH__MSG_TYPE__UPLOAD_GRANT) ? k_type_names[type] : "unknown";

@@ -185,12 +185,12 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
     c->gate_sum = calloc((size_t)MOEH_N_COMBOS * c->n_experts, sizeof(double));
-    size_t lt = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
-           ls = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
-           le = moeh_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
+    size_t lt = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
+           ls = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
+           le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
     c->vsum_cap = lt > ls ? (lt > le ? lt : le) : (ls > le ? ls : le);
     c->vsum = calloc(c->vsum_cap, sizeof(uint32_t));
-    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(&c->lim) +
+    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)) +
                          MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS,
                      sizeof(uint32_t));
     if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp)
@@ -286,7 +286,7 @@ static void open_phase(coord_t *c, phase_t ph)
         MOEH_WARN("out of memory for the shared parameter frame; copying per site");
     c->phase_deadline = c->now + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
-    memset(c->vsum, 0, moeh_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
+    memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;

@@ -228,9 +228,9 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     float *gate = malloc((size_t)MOEH_N_COMBOS * c->n_experts * sizeof(float) + 1);
-    if (!gate ||
-        moeh_secsum_eval_put(c->vtmp, &c->lim, memcpy(gate, m->frames[1].data, m->frames[1].len),
-                             r->combo_rows, r->loss_sum, r->n_labels) != 0) {
+    if (!gate || moeh_secsum_eval_put(c->vtmp, moeh_wire_secsum_dims(&c->lim),
+                                      memcpy(gate, m->frames[1].data, m->frames[1].len),
+                                      r->combo_rows, r->loss_sum, r->n_labels) != 0) {
         free(gate);
         coord_reply_error(c, m, gate ? -ERANGE : -ENOMEM,
                           "eval_result: a sum is out of range (or out of memory)", s->id);
@@ -238,7 +238,8 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     }
     free(gate);
     moeh_secsum_add(c->vsum, p, n);
-    moeh_secsum_add(c->vsum + n, c->vtmp, moeh_secsum_eval_values_len(&c->lim));
+    moeh_secsum_add(c->vsum + n, c->vtmp,
+                    moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)));
     /* this site's own AUROC per task (slice 0) */
     uint64_t *own = malloc(per_slice * sizeof(uint64_t));
     for (size_t i = 0; own && i < per_slice; i++) {
@@ -293,8 +294,9 @@ void coord_sa_open(coord_t *c)
     for (size_t i = 0; i < c->n_sites; i++)
         n += c->sites[i].participant != 0;
     int k_dropped = 0;
-    int rc = moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, c->cfg->min_sites,
-                                 moeh_secsum_len(&c->lim, coord_phase_task(c->phase)), &k_dropped);
+    int rc =
+        moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, c->cfg->min_sites,
+                            moeh_wire_secsum_len(&c->lim, coord_phase_task(c->phase)), &k_dropped);
     if (rc) {
         if (rc == -ERANGE)
             MOEH_WARN("round %u: secure aggregation needs 2..%u sites, %u are here", c->round,

@@ -68,8 +68,8 @@ void coord_finish_eval(coord_t *c)
     const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
     double mean = 0;
     int n_ok = 0;
-    moeh_secsum_eval_get(c->vsum, &c->lim, c->hist, c->gate_sum, c->combo_rows, &c->eval_loss_sum,
-                         &c->eval_n_labels);
+    moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
+                         c->combo_rows, &c->eval_loss_sum, &c->eval_n_labels);
     for (size_t sl = 0; sl < MOEH_N_SLICES; sl++)
         for (uint32_t t = 0; t < T; t++)
             c->last_auroc[sl][t] = moeh_eval_slice_auroc(c->hist, T, nb, sl, t);

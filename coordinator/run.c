@@ -158,7 +158,7 @@ static void teardown(run_t *r)
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(r->router);
     }
-    moeh_zap_stop(&r->zap);
+    moeh_zap_destroy(&r->zap);
     if (r->zctx) zmq_ctx_term(r->zctx);
     moeh_keypair_destroy(&r->kp);
     moeh_coord_core_destroy(&r->core);

@@ -19,19 +19,23 @@ typedef struct {
 } moeh_keypair_t;
 
 /* libsodium must be initialised once per process: 0 or -EIO. */
-int moeh_crypto_init(void);
+int moeh_crypto_init(void) __attribute__((warn_unused_result));
 
 /* New key pair in secure memory. Caller owns *out: moeh_keypair_destroy(&kp). */
-int moeh_keypair_generate(moeh_keypair_t **out);
+int moeh_keypair_generate(moeh_keypair_t **out) __attribute__((warn_unused_result));
 void moeh_keypair_destroy(moeh_keypair_t **self_p);
 /* Writes BASE.key (0600) and BASE.pub, each atomically. */
-int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *err);
+int moeh_keypair_write(const moeh_keypair_t *kp, const char *base, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* Reads a .key file (public + secret). */
-int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err);
+int moeh_keypair_read(const char *path, moeh_keypair_t **out, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* Parses the text of a .key file (name only labels messages); for tests and fuzzing. */
-int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out, moeh_err_t *err);
+int moeh_keypair_parse(const char *text, const char *name, moeh_keypair_t **out, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* Reads the public key of a .pub or .key file into out (MOEH_Z85_KEY_LEN + 1 bytes). */
-int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err);
+int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* 1 if s is a Z85 encoding of a 32-byte key. */
 int moeh_z85_key_valid(const char *s);
 
@@ -48,34 +52,41 @@ typedef struct {
 
 /* Loads a registry file; duplicate ids or keys, bad ids or keys are errors with file:line.
  * Caller frees with moeh_registry_free. */
-int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err);
+int moeh_registry_load(const char *path, moeh_registry_t *out, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* The same from text in memory (name labels messages). */
-int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out, moeh_err_t *err);
+int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 void moeh_registry_free(moeh_registry_t *r);
 /* The site id registered for a 32-byte public key, or NULL. */
 const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]);
 
 /* ---- sockets --------------------------------------------------------------------------- */
 /* Server side: CURVE server with kp; the ZAP domain "moeh". */
-int moeh_curve_server(void *sock, const moeh_keypair_t *kp);
+int moeh_curve_server(void *sock, const moeh_keypair_t *kp) __attribute__((warn_unused_result));
 /* Client side: own kp and the server's public key (pinned). */
-int moeh_curve_client(void *sock, const moeh_keypair_t *kp, const char *server_public_z85);
+int moeh_curve_client(void *sock, const moeh_keypair_t *kp, const char *server_public_z85)
+    __attribute__((warn_unused_result));
 
 /* ---- ZAP admission ------------------------------------------------------------------- */
 typedef struct moeh_zap moeh_zap_t;
 /* Starts the ZAP handler thread on ctx, taking ownership of *reg (it is moved, *reg is
  * zeroed). Must be started before any CURVE server socket binds. */
-int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out);
+int moeh_zap_start(void *ctx, moeh_registry_t *reg, moeh_zap_t **out)
+    __attribute__((warn_unused_result));
 /* Replaces the registry (e.g. on SIGHUP); takes ownership of *reg. Thread-safe. */
 void moeh_zap_replace_registry(moeh_zap_t *z, moeh_registry_t *reg);
 /* Copies the registered id of key into out (65 bytes); 0 or -ENOENT. Thread-safe. */
-int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out);
+int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out)
+    __attribute__((warn_unused_result));
 /* 1 if a site with that id is in the current registry. Thread-safe. */
 int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
 /* Number of sites in the current registry. Thread-safe. */
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */
 uint64_t moeh_zap_refused(moeh_zap_t *z);
-void moeh_zap_stop(moeh_zap_t **self_p);
+/* Stops the handler thread and frees everything, the registry included. NULL-safe (self_p or
+ * *self_p NULL: nothing); sets *self_p to NULL. */
+void moeh_zap_destroy(moeh_zap_t **self_p);
 
 #endif

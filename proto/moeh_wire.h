@@ -12,6 +12,8 @@
 
 #include "moeh.pb-c.h"
 #include "moeh_common.h"
+#include "moeh_schema.h"
+#include "moeh_secsum.h"
 
 #define MOEH_PROTOCOL_VERSION 2u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
@@ -57,9 +59,56 @@ typedef struct {
     uint32_t n_experts; /* columns of the gate sums */
 } moeh_wire_limits_t;
 
-/* Combinations of the three modalities, and evaluation slices (all rows + each combination). */
-#define MOEH_WIRE_COMBOS 7u
-#define MOEH_WIRE_SLICES 8u
+/* Combinations of the three modalities, and evaluation slices (all rows + each combination),
+ * as counted on the wire: data/moeh_schema.h's counts. */
+#define MOEH_WIRE_COMBOS ((uint32_t)MOEH_N_COMBOS)
+#define MOEH_WIRE_SLICES ((uint32_t)MOEH_N_SLICES)
+
+/* The secure-sum dimensions (fed/moeh_secsum.h) these limits negotiate. Pure. */
+moeh_secsum_dims_t moeh_wire_secsum_dims(const moeh_wire_limits_t *lim);
+/* The secure-sum phase of a round task (MOEH_SECSUM_NONE for an unknown task). Pure. */
+moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task);
+/* Words of the vector `task` sums under lim (moeh_secsum_len); 0 if lim does not define it
+ * (not negotiated yet, or an unknown task). Pure. */
+size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task);
+
+/* ---- envelope builders ------------------------------------------------------------------
+ * moeh_env_<body>(env, body) (re)initialises *env as the message carrying `body` (borrowed:
+ * it must outlive every use of env): it sets env->type, env->body_case and the body pointer
+ * together, so that they cannot disagree. One per message type:
+ *   moeh_env_hello, moeh_env_welcome, moeh_env_round_start, moeh_env_update,
+ *   moeh_env_eval_result, moeh_env_heartbeat, moeh_env_error, moeh_env_bye,
+ *   moeh_env_stats_result, moeh_env_secagg_advertise, moeh_env_secagg_keys,
+ *   moeh_env_secagg_shares, moeh_env_secagg_unmask, moeh_env_secagg_reveal,
+ *   moeh_env_secagg_masked, moeh_env_upload_ready, moeh_env_upload_grant.
+ * E.g.  Moeh__Envelope env; Moeh__Bye bye = MOEH__BYE__INIT; moeh_env_bye(&env, &bye);
+ * protocol_version and the frame descriptions are filled in by moeh_wire_pack/send. */
+#define MOEH_ENV_BUILDER_(field, Body, TYPE)                                                       \
+    static inline void moeh_env_##field(Moeh__Envelope *env, Moeh__##Body *body)                   \
+    {                                                                                              \
+        moeh__envelope__init(env);                                                                 \
+        env->type = MOEH__MSG_TYPE__##TYPE;                                                        \
+        env->body_case = MOEH__ENVELOPE__BODY_##TYPE;                                              \
+        env->field = body;                                                                         \
+    }
+MOEH_ENV_BUILDER_(hello, Hello, HELLO)
+MOEH_ENV_BUILDER_(welcome, Welcome, WELCOME)
+MOEH_ENV_BUILDER_(round_start, RoundStart, ROUND_START)
+MOEH_ENV_BUILDER_(update, Update, UPDATE)
+MOEH_ENV_BUILDER_(eval_result, EvalResult, EVAL_RESULT)
+MOEH_ENV_BUILDER_(heartbeat, Heartbeat, HEARTBEAT)
+MOEH_ENV_BUILDER_(error, Error, ERROR)
+MOEH_ENV_BUILDER_(bye, Bye, BYE)
+MOEH_ENV_BUILDER_(stats_result, StatsResult, STATS_RESULT)
+MOEH_ENV_BUILDER_(secagg_advertise, SecaggAdvertise, SECAGG_ADVERTISE)
+MOEH_ENV_BUILDER_(secagg_keys, SecaggKeys, SECAGG_KEYS)
+MOEH_ENV_BUILDER_(secagg_shares, SecaggShares, SECAGG_SHARES)
+MOEH_ENV_BUILDER_(secagg_unmask, SecaggUnmask, SECAGG_UNMASK)
+MOEH_ENV_BUILDER_(secagg_reveal, SecaggReveal, SECAGG_REVEAL)
+MOEH_ENV_BUILDER_(secagg_masked, SecaggMasked, SECAGG_MASKED)
+MOEH_ENV_BUILDER_(upload_ready, UploadReady, UPLOAD_READY)
+MOEH_ENV_BUILDER_(upload_grant, UploadGrant, UPLOAD_GRANT)
+#undef MOEH_ENV_BUILDER_
 
 /* A raw frame: borrowed bytes. */
 typedef struct {
@@ -82,7 +131,8 @@ typedef struct {
 typedef struct moeh_shared_frame moeh_shared_frame_t;
 /* Copies len bytes once. 0 or -ENOMEM. Caller frees with moeh_shared_frame_destroy (sends
  * still queued keep their reference, so it may be destroyed right after sending). */
-int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out);
+int moeh_shared_frame_create(const void *data, size_t len, moeh_shared_frame_t **out)
+    __attribute__((warn_unused_result));
 void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p);
 
 /* A decoded message. env and the frames stay valid until moeh_msg_clear(). */
@@ -103,19 +153,20 @@ typedef struct {
  * -ERANGE (a non-finite float), with err->msg saying which field and what was expected. */
 int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,
                      const moeh_iov_t *frames, size_t n_frames, Moeh__Envelope **out,
-                     moeh_err_t *err);
+                     moeh_err_t *err) __attribute__((warn_unused_result));
 
 /* Packs env (its protocol_version and frames are filled in here from `frames`) into a
  * malloc'd buffer the caller frees. 0, -EINVAL (more than MOEH_MAX_FRAMES frames), -ENOMEM
  * or -EMSGSIZE (header over MOEH_MAX_HEADER_BYTES). */
 int moeh_wire_pack(Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames,
-                   uint8_t **buf_out, size_t *len_out);
+                   uint8_t **buf_out, size_t *len_out) __attribute__((warn_unused_result));
 
 /* Sends [routing_id]? envelope frames... on sock, each frame in parts of MOEH_WIRE_CHUNK_BYTES.
  * 0 or a negative code (-EAGAIN if it would block past the socket's send timeout,
  * -EHOSTUNREACH if a ROUTER peer is gone). */
 int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
-                   Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames);
+                   Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames)
+    __attribute__((warn_unused_result));
 
 /* Receives one whole multipart message (non-blocking: -EAGAIN if none is ready), joins each
  * tensor frame's parts (they must be split exactly as moeh_wire_send splits them: -EBADMSG
@@ -124,15 +175,18 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
  * refused. On a decode failure the routing id and peer are still filled in (so the caller can
  * reply with an Error) and the code is returned; msg must be cleared in every case. */
 int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
-                   moeh_err_t *err);
+                   moeh_err_t *err) __attribute__((warn_unused_result));
 void moeh_msg_clear(moeh_msg_t *msg);
 
-/* Convenience: send an Error / Bye / Heartbeat with no frames. */
+/* Convenience: send an Error (message cut to MOEH_MAX_STRING bytes), or a Heartbeat (seq) or
+ * a Bye (text; NULL: "") with send_simple, with no frames. moeh_wire_send's returns;
+ * send_simple: -EINVAL (nothing sent) for any other type. */
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
-                         const char *message);
+                         const char *message) __attribute__((warn_unused_result));
 int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,
-                          const char *text, uint64_t seq);
+                          const char *text, uint64_t seq) __attribute__((warn_unused_result));
 
+/* The lower-case name of a message type ("hello", ...), "unknown" if none; static storage. */
 const char *moeh_msg_type_name(int type);
 
 /* Site ids: 1..64 characters from [A-Za-z0-9._-], not starting with '.' or '-'. */

@@ -3,7 +3,6 @@
 
 #include "moeh_dp.h"
 #include "moeh_secagg.h"
-#include "moeh_secsum.h"
 
 #include <math.h>
 #include <string.h>
@@ -317,7 +316,7 @@ static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__Rou
                          "round_start.secagg: n %u (expected 2..%u) and id %u "
                          "(expected < n)",
                          p->n, MOEH_WIRE_SECAGG_MAX, p->id);
-    size_t len = moeh_secsum_len(lim, r->task);
+    size_t len = moeh_wire_secsum_len(lim, r->task);
     if (len == 0)
         return moeh_errf(err, -EBADMSG, "round_start.secagg: before the model was negotiated");
     moeh_secagg_cfg_t cfg = {.round = p->session,
@@ -542,7 +541,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "secagg_masked.task: %d, expected TRAIN, EVALUATE or STATS",
                              (int)sm->task);
         return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
-                            moeh_secsum_len(lim, sm->task), err);
+                            moeh_wire_secsum_len(lim, sm->task), err);
     }
     case MOEH__MSG_TYPE__UPLOAD_READY:
     case MOEH__MSG_TYPE__UPLOAD_GRANT:
@@ -715,10 +714,10 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
             int more = i + 1 < n_frames || k + 1 < nc ? ZMQ_SNDMORE : 0;
             if (sh) { /* share the one copy: zmq_msg_copy takes a reference */
                 zmq_msg_t m;
-                zmq_msg_init(&m);
+                MOEH_ASSERT(zmq_msg_init(&m) == 0); /* cannot fail */
                 if (zmq_msg_copy(&m, &sh->parts[k]) != 0 || zmq_msg_send(&m, sock, more) < 0) {
                     rc = -zmq_errno();
-                    zmq_msg_close(&m);
+                    MOEH_ASSERT(zmq_msg_close(&m) == 0);
                     goto out;
                 }
             } else if (zmq_send(sock, (const uint8_t *)frames[i].data + k * MOEH_WIRE_CHUNK_BYTES,
@@ -757,7 +756,7 @@ void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 {
     if (!self_p || !*self_p) return;
     for (size_t k = 0; k < (*self_p)->n; k++)
-        zmq_msg_close(&(*self_p)->parts[k]);
+        MOEH_ASSERT(zmq_msg_close(&(*self_p)->parts[k]) == 0);
     free(*self_p);
     *self_p = NULL;
 }
@@ -765,33 +764,28 @@ void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
                          const char *message)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Error e = MOEH__ERROR__INIT;
     char buf[MOEH_MAX_STRING + 1];
     snprintf(buf, sizeof buf, "%s", message);
     e.code = code;
     e.message = buf;
-    env.type = MOEH__MSG_TYPE__ERROR;
-    env.body_case = MOEH__ENVELOPE__BODY_ERROR;
-    env.error = &e;
+    moeh_env_error(&env, &e);
     return moeh_wire_send(sock, rid, rid_len, &env, NULL, 0);
 }
 
 int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,
                           const char *text, uint64_t seq)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
     Moeh__Bye bye = MOEH__BYE__INIT;
-    env.type = type;
     if (type == MOEH__MSG_TYPE__HEARTBEAT) {
         hb.seq = seq;
-        env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
-        env.heartbeat = &hb;
+        moeh_env_heartbeat(&env, &hb);
     } else if (type == MOEH__MSG_TYPE__BYE) {
         bye.reason = (char *)(text ? text : "");
-        env.body_case = MOEH__ENVELOPE__BODY_BYE;
-        env.bye = &bye;
+        moeh_env_bye(&env, &bye);
     } else {
         return -EINVAL;
     }
@@ -818,7 +812,7 @@ void moeh_msg_clear(moeh_msg_t *msg)
     parts_t *ps = msg->parts_storage;
     if (ps) {
         for (size_t i = 0; i < ps->n; i++)
-            zmq_msg_close(part(ps, i));
+            MOEH_ASSERT(zmq_msg_close(part(ps, i)) == 0);
         for (size_t b = 0; b < sizeof ps->blk / sizeof ps->blk[0]; b++)
             free(ps->blk[b]);
         for (size_t i = 0; i < MOEH_MAX_FRAMES; i++)
@@ -841,11 +835,11 @@ static uint64_t max_tensor_bytes(const moeh_wire_limits_t *lim)
 {
     if (!lim || lim->n_params == 0) return 0; /* nothing negotiated: no tensors yet */
     uint64_t words = lim->n_params + lim->n_groups + 2 * (uint64_t)lim->n_norm; /* RoundStart */
-    uint64_t m = moeh_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
-    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
-        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
-    if (moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
-        m = moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS);
+    uint64_t m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
+    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
+        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
+        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS);
     uint64_t stats = 3 * (uint64_t)lim->n_norm * 2; /* f64 sums in 4-byte words */
     if (stats > m) m = stats;
     if (m > words) words = m;
@@ -929,17 +923,17 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
             if (!*b) *b = malloc(PARTS_PER_BLOCK * sizeof(zmq_msg_t));
             if (*b) p = part(ps, ps->n); /* else drained and refused below, as too many */
         }
-        zmq_msg_init(p);
+        MOEH_ASSERT(zmq_msg_init(p) == 0);
         if (zmq_msg_recv(p, sock, flags) < 0) {
             int e = zmq_errno();
-            zmq_msg_close(p);
+            MOEH_ASSERT(zmq_msg_close(p) == 0);
             return e == EAGAIN ? -EAGAIN
                                : moeh_errf(err, -e, "receive failed: %s", zmq_strerror(e));
         }
         flags = 0; /* the rest of a multipart message is already here */
         more = zmq_msg_more(p);
         if (p == &scratch) { /* drain parts beyond the limit */
-            zmq_msg_close(p);
+            MOEH_ASSERT(zmq_msg_close(p) == 0);
             too_many = 1;
         } else {
             ps->n++;

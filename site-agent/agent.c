@@ -1,80 +1,24 @@
-/* agent.c - the site agent's loop (see agent.h and docs/architecture.md).
+/* agent.c - the site agent's loop (see moeh_agent.h, agent_int.h and docs/architecture.md).
  *
  * States: connecting (Hello sent, waiting for Welcome) -> admitted (answers RoundStart with an
  * Update or an EvalResult, heartbeats) -> done (Bye). Lost contact -> new socket after a backoff
  * that doubles up to backoff_max_ms, and a new Hello. What leaves the site: the weighted
- * parameter delta, per-group sample counts, the mean training loss, score histograms and
- * sums for the normalisation statistics. With DP (RoundConfig.dp_clip > 0, fed/moeh_dp.h) the
- * delta is clipped to an L2 norm and noised before it is encoded, weights are 0/1, and the
- * training loss is not sent.
+ * parameter delta, per-group sample counts, the mean training loss (agent_update.c), score
+ * histograms and sums for the normalisation statistics.
  *
- * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters (docs/secagg.md), the
- * agent computes the phase's vector of words (proto/moeh_secsum.h: update + loss, sample and step
- * counts; statistics; histograms + evaluation sums) and runs its side of secure aggregation
- * instead of sending it in clear: fresh round keys (SecaggAdvertise) -> on SecaggKeys,
- * encrypted shares (SecaggShares) -> on the forwarded shares, the masked vector
- * (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The moeh_secagg_client_t holds
- * the session's secrets and is destroyed at the next RoundStart, on any failure, and at exit.
- * The site's own evaluation metrics are logged here, since the coordinator then has none.
- *
- * Granted uploads (RoundStart.grant_uploads, TRAIN only): the ready update (the Update, or the
- * masked vector once the shares arrived) is held, announced with UploadReady and sent only on
- * the matching UploadGrant; the main loop keeps heartbeating meanwhile. The wait is dropped
- * at the next RoundStart, on a (re)welcome, when the socket is replaced and when the secure
- * session ends, so a grant of an old round, session or coordinator is never answered. */
-#include "moeh_agent.h"
+ * When a RoundStart carries secagg parameters (docs/secagg.md), the phase's vector of words
+ * (fed/moeh_secsum.h) goes through secure aggregation (agent_secagg.c) instead of being sent in
+ * clear. The site's own evaluation metrics are logged here, since the coordinator then has
+ * none. */
+#include "agent_int.h"
 
-#include "moeh_dp.h"
-#include "moeh_keys.h"
-#include "moeh_quant.h"
 #include "moeh_hist.h"
-#include "moeh_secagg.h"
 #include "moeh_secsum.h"
-#include "moeh_trainer.h"
-#include "moeh_wire.h"
 
+#include <errno.h>
 #include <math.h>
-#include <sodium.h>
 #include <string.h>
 #include <zmq.h>
-
-typedef struct {
-    const moeh_agent_cfg_t *cfg;
-    void *zctx, *sock, *mon;
-    unsigned mon_seq;
-    moeh_keypair_t *kp;
-    char server_pub[MOEH_Z85_KEY_LEN + 1];
-    /* what this site holds (read once at start to introduce itself) */
-    size_t n_static, n_vars, n_steps, img_size, n_train, n_test, combos[8];
-    moeh_trainer_t *trainer; /* built on Welcome, from the coordinator's model spec */
-    uint64_t spec_hash;
-    float *global, *delta, *norm;
-    uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (secsum.h) */
-    uint32_t *hist; /* evaluation histograms, then the EVALUATE values (secsum.h) */
-    uint32_t *svec; /* the STATS vector (secsum.h) */
-    float *gate_sum;
-    moeh_wire_limits_t lim;
-    int welcomed, ever_welcomed, done;
-    uint32_t hb_ms, eval_bins;
-    int64_t last_rx, last_hb, hello_at, start;
-    uint32_t backoff_ms;
-    uint64_t hb_seq, seed_salt;
-    moeh_err_t fatal;
-    int fatal_rc;
-    /* secure aggregation of the current phase (sa == NULL: none in progress) */
-    moeh_secagg_client_t *sa;
-    uint64_t sa_session, sa_version;
-    uint32_t sa_round, sa_n;
-    Moeh__RoundTask sa_task;
-    uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
-    size_t sa_len;
-    int sa_grant; /* the session's RoundStart asked for granted uploads */
-    /* granted uploads: the TRAIN update held until its grant (up_wait) */
-    int up_wait;
-    uint32_t up_round, up_steps;
-    uint64_t up_version, up_session, up_samples;
-    double up_loss;
-} agent_t;
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
 {
@@ -98,15 +42,23 @@ static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
     va_end(ap);
 }
 
+void moeh_agent_send_error(agent_t *a, int code, const char *message)
+{
+    if (!a->sock) return;
+    int rc = moeh_wire_send_error(a->sock, NULL, 0, code, message);
+    if (rc) MOEH_WARN("could not tell the coordinator '%s': %s", message, moeh_strerror(rc));
+}
+
 static void close_socket(agent_t *a)
 {
     if (a->sock) {
-        zmq_socket_monitor(a->sock, NULL, 0);
-        zmq_close(a->sock);
+        if (zmq_socket_monitor(a->sock, NULL, 0) != 0)
+            MOEH_DEBUG("stopping the socket monitor: %s", zmq_strerror(zmq_errno()));
+        MOEH_ASSERT(zmq_close(a->sock) == 0); /* fails only for a bad handle */
         a->sock = NULL;
     }
     if (a->mon) {
-        zmq_close(a->mon);
+        MOEH_ASSERT(zmq_close(a->mon) == 0);
         a->mon = NULL;
     }
     a->welcomed = 0;
@@ -115,7 +67,7 @@ static void close_socket(agent_t *a)
 
 static int send_hello(agent_t *a)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Hello h = MOEH__HELLO__INIT;
     Moeh__ComboCount cc[7], *ccp[7];
     size_t nc = 0;
@@ -136,9 +88,7 @@ static int send_hello(agent_t *a)
     h.img_size = (uint32_t)a->img_size;
     h.n_combos = nc;
     h.combos = ccp;
-    env.type = MOEH__MSG_TYPE__HELLO;
-    env.body_case = MOEH__ENVELOPE__BODY_HELLO;
-    env.hello = &h;
+    moeh_env_hello(&env, &h);
     a->hello_at = moeh_now_ms();
     return moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
 }
@@ -183,9 +133,9 @@ static void drain_monitor(agent_t *a)
 {
     while (a->mon) {
         zmq_msg_t ev, addr;
-        zmq_msg_init(&ev);
+        MOEH_ASSERT(zmq_msg_init(&ev) == 0); /* cannot fail: no allocation */
         if (zmq_msg_recv(&ev, a->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
+            MOEH_ASSERT(zmq_msg_close(&ev) == 0);
             return;
         }
         uint16_t event = 0;
@@ -195,11 +145,12 @@ static void drain_monitor(agent_t *a)
             memcpy(&value, (char *)zmq_msg_data(&ev) + 2, 4);
         }
         int more = zmq_msg_more(&ev);
-        zmq_msg_close(&ev);
-        if (more) {
-            zmq_msg_init(&addr);
-            zmq_msg_recv(&addr, a->mon, 0);
-            zmq_msg_close(&addr);
+        MOEH_ASSERT(zmq_msg_close(&ev) == 0);
+        if (more) { /* the endpoint: not needed, but it is part of the event */
+            MOEH_ASSERT(zmq_msg_init(&addr) == 0);
+            if (zmq_msg_recv(&addr, a->mon, 0) < 0)
+                MOEH_DEBUG("socket monitor: %s", zmq_strerror(zmq_errno()));
+            MOEH_ASSERT(zmq_msg_close(&addr) == 0);
         }
         if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
             set_fatal(a, -EACCES,
@@ -219,7 +170,10 @@ static void service(agent_t *a)
     int64_t now = moeh_now_ms();
     if (a->welcomed && a->sock && now - a->last_hb >= (int64_t)a->hb_ms) {
         a->last_hb = now;
-        moeh_wire_send_simple(a->sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, ++a->hb_seq);
+        int rc =
+            moeh_wire_send_simple(a->sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, ++a->hb_seq);
+        if (rc) /* the coordinator's silence timeout decides; the next one may get through */
+            MOEH_DEBUG("could not send a heartbeat: %s", moeh_strerror(rc));
     }
 }
 
@@ -237,8 +191,6 @@ static void free_model(agent_t *a)
     a->upd = a->hist = a->svec = NULL;
 }
 
-static void sa_end(agent_t *a, const char *why, const char *detail);
-
 /* Builds the trainer for the coordinator's model spec (the dataset is opened again: the
  * trainer owns it). 0 or a negative code with a message in a->fatal. */
 static int build_model(agent_t *a, const Moeh__Welcome *w)
@@ -249,7 +201,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     /* a secure session's vector and a held update live in the buffers freed here: a new model
      * ends them (a plain re-welcome with the same model keeps them, so a reconnected survivor
      * can still reveal its shares) */
-    sa_end(a, NULL, NULL);
+    moeh_agent_sa_end(a, NULL, NULL);
     a->up_wait = 0;
     free_model(a);
     moeh_moe_cfg_t mc = moeh_moe_defaults(ms->n_static, ms->n_vars);
@@ -297,9 +249,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     a->global = malloc(p->n * sizeof(float));
     a->delta = malloc(p->n * sizeof(float));
     a->norm = malloc(2 * (size_t)ms->n_norm * sizeof(float) + 1);
-    a->upd = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
-    a->hist = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
-    a->svec = malloc(moeh_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
+    a->upd = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
+    a->hist = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
+    a->svec = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
     a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
     if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->svec || !a->gate_sum) {
         set_fatal(a, -ENOMEM, "%s", "out of memory");
@@ -352,9 +304,8 @@ static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
     return p;
 }
 
-static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len);
-static void sa_send_masked(agent_t *a);
-
+/* STATS: this site's sums for the normalisation statistics, in clear or through secure
+ * aggregation. */
 static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
 {
     size_t nn = moeh_trainer_n_norm(a->trainer);
@@ -368,296 +319,27 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
         if (moeh_secsum_stats_put(a->svec, st, nn) != 0) {
             MOEH_ERROR("statistics: a sum exceeds 2^53 in magnitude, the fixed-point range of "
                        "secure aggregation (docs/secagg.md); not sent");
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "statistics out of range");
+            moeh_agent_send_error(a, -ERANGE, "statistics out of range");
         } else {
-            sa_begin(a, rs, a->svec, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
+            moeh_agent_sa_begin(a, rs, a->svec,
+                                moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
         }
         free(st);
         return;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__StatsResult r = MOEH__STATS_RESULT__INIT;
     r.round = rs->round;
     r.n_rows = moeh_trainer_rows(a->trainer, MOEH_SPLIT_TRAIN);
-    env.type = MOEH__MSG_TYPE__STATS_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    env.stats_result = &r;
+    moeh_env_stats_result(&env, &r);
     moeh_frame_t f = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * nn};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc) MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
     free(st);
 }
 
-/* Sends a->upd in clear as this round's Update (no secure aggregation). */
-static void send_update(agent_t *a, uint32_t round, uint64_t version, double loss, uint64_t samples,
-                        uint32_t steps)
-{
-    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Update u = MOEH__UPDATE__INIT;
-    u.round = round;
-    u.model_version = version;
-    u.train_loss = loss;
-    u.n_samples = samples;
-    u.steps = steps;
-    env.type = MOEH__MSG_TYPE__UPDATE;
-    env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
-    env.update = &u;
-    moeh_frame_t f = {
-        .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
-    if (rc) MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
-}
-
-/* Ends the secure-aggregation session (wipes its secrets); reports why if `why` is set. */
-static void sa_end(agent_t *a, const char *why, const char *detail)
-{
-    if (why) {
-        char msg[MOEH_ERRMSG_MAX + 96];
-        snprintf(msg, sizeof msg, "secure aggregation: %s%s%s", why, detail ? ": " : "",
-                 detail ? detail : "");
-        MOEH_WARN("round %u: %s", a->sa_round, msg);
-        if (a->sock) moeh_wire_send_error(a->sock, NULL, 0, -EBADMSG, msg);
-    }
-    moeh_secagg_client_destroy(&a->sa);
-    a->sa_session = 0;
-    a->sa_vec = NULL, a->sa_len = 0;
-    if (a->up_session) a->up_wait = 0, a->up_session = 0;
-}
-
-/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
- * waits for the grant in the main loop. */
-static void upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
-{
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
-    r.round = round;
-    r.model_version = version;
-    r.session = session;
-    env.type = MOEH__MSG_TYPE__UPLOAD_READY;
-    env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
-    env.upload_ready = &r;
-    a->up_wait = 1;
-    a->up_round = round, a->up_version = version, a->up_session = session;
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
-    if (rc) MOEH_WARN("round %u: could not announce the update: %s", round, moeh_strerror(rc));
-}
-
-/* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
- * ends) is ready: fresh round keys, advertised to the coordinator. */
-static void sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len)
-{
-    const Moeh__SecaggParams *sp = rs->secagg;
-    moeh_err_t err = {0};
-    int rc = moeh_crypto_init();
-    moeh_secagg_cfg_t cfg = {.round = sp->session,
-                             .n = sp->n,
-                             .t = sp->t,
-                             .k = sp->k,
-                             .graph_seed = sp->graph_seed,
-                             .len = len};
-    a->sa_round = rs->round;
-    a->sa_task = rs->task;
-    a->sa_grant = rs->grant_uploads;
-    if (rc || (rc = moeh_secagg_client_create(&cfg, sp->id, &a->sa, &err)) != 0) {
-        sa_end(a, "cannot start", rc == -EIO ? "libsodium failed to initialise" : err.msg);
-        return;
-    }
-    a->sa_session = sp->session;
-    a->sa_version = rs->model_version;
-    a->sa_n = sp->n;
-    a->sa_vec = vec, a->sa_len = len;
-    moeh_secagg_pubkeys_t pk;
-    moeh_secagg_client_pubkeys(a->sa, &pk);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
-    ad.session = sp->session;
-    ad.c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.c_pk};
-    ad.s_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.s_pk};
-    env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
-    env.secagg_advertise = &ad;
-    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0)
-        sa_end(a, "cannot send the round keys", moeh_strerror(rc));
-}
-
-/* SecaggKeys (U1): encrypts this site's shares for every neighbour in U1 and sends them. */
-static void sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k)
-{
-    if (!a->sa || k->session != a->sa_session) return; /* a stale session: ignored */
-    uint32_t n = a->sa_n;
-    moeh_err_t err = {0};
-    moeh_secagg_pubkeys_t *keys = calloc(n, sizeof *keys);
-    uint8_t *present = calloc(n, 1), *sent = calloc(n, 1);
-    uint8_t *cts = malloc((size_t)n * MOEH_SECAGG_SHARE_CT_BYTES);
-    Moeh__SecaggCipher *cs = calloc(n, sizeof *cs);
-    Moeh__SecaggCipher **cp = calloc(n, sizeof *cp);
-    const char *why = NULL;
-    int rc = -ENOMEM;
-    if (!keys || !present || !sent || !cts || !cs || !cp) {
-        why = "out of memory";
-        goto out;
-    }
-    for (size_t i = 0; i < k->n_keys; i++) {
-        uint32_t id = k->keys[i]->id;
-        if (id >= n) {
-            why = "the key list names an id outside the session";
-            goto out;
-        }
-        memcpy(keys[id].c_pk, k->keys[i]->c_pk.data, MOEH_SECAGG_KEY_BYTES);
-        memcpy(keys[id].s_pk, k->keys[i]->s_pk.data, MOEH_SECAGG_KEY_BYTES);
-        present[id] = 1;
-    }
-    if ((rc = moeh_secagg_client_share_keys(a->sa, keys, present, cts, sent, &err)) != 0) {
-        why = "refused the key list";
-        goto out;
-    }
-    size_t m = 0;
-    for (uint32_t j = 0; j < n; j++) {
-        if (!sent[j]) continue;
-        moeh__secagg_cipher__init(&cs[m]);
-        cs[m].peer = j;
-        cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
-                                         cts + (size_t)j * MOEH_SECAGG_SHARE_CT_BYTES};
-        cp[m] = &cs[m];
-        m++;
-    }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
-    sh.session = a->sa_session;
-    sh.n_ciphers = m;
-    sh.ciphers = cp;
-    env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
-    env.secagg_shares = &sh;
-    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0) {
-        why = "cannot send the shares";
-        snprintf(err.msg, sizeof err.msg, "%s", moeh_strerror(rc));
-    }
-out:
-    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
-    free(keys);
-    free(present);
-    free(sent);
-    free(cts);
-    free(cs);
-    free(cp);
-}
-
-/* The shares addressed to this site and U2: masks the kept update and sends it. */
-static void sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
-{
-    if (!a->sa || sh->session != a->sa_session) return;
-    uint32_t n = a->sa_n;
-    moeh_err_t err = {0};
-    uint8_t *u2 = calloc(n, 1);
-    const char *why = NULL;
-    if (!u2) {
-        why = "out of memory";
-        goto out;
-    }
-    for (size_t i = 0; i < sh->n_ciphers; i++)
-        if (moeh_secagg_client_receive_share(a->sa, sh->ciphers[i]->peer, sh->ciphers[i]->ct.data,
-                                             &err) != 0) {
-            why = "refused a forwarded share";
-            goto out;
-        }
-    for (size_t i = 0; i < sh->n_u2; i++) {
-        if (sh->u2[i] >= n) {
-            why = "U2 names an id outside the session";
-            goto out;
-        }
-        u2[sh->u2[i]] = 1;
-    }
-    if ((a->cfg->fault_kill_secagg_round && a->sa_task == MOEH__ROUND_TASK__TRAIN &&
-         a->sa_round == a->cfg->fault_kill_secagg_round) ||
-        (a->cfg->fault_kill_secagg_task && (uint32_t)a->sa_task == a->cfg->fault_kill_secagg_task &&
-         a->sa_round == a->cfg->fault_kill_secagg_at)) {
-        MOEH_WARN("fault injection: killing myself after sharing keys in round %u (task %d)",
-                  a->sa_round, (int)a->sa_task);
-        raise(SIGKILL);
-    }
-    if (moeh_secagg_client_mask(a->sa, a->sa_vec, a->sa_vec, u2, &err) != 0) {
-        why = "cannot mask the vector";
-        goto out;
-    }
-    if (a->sa_grant && a->sa_task == MOEH__ROUND_TASK__TRAIN) /* sent on the grant */
-        upload_ready(a, a->sa_round, a->sa_version, a->sa_session);
-    else
-        sa_send_masked(a);
-out:
-    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
-    free(u2);
-}
-
-/* Sends the masked vector of the session. */
-static void sa_send_masked(agent_t *a)
-{
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
-    sm.session = a->sa_session;
-    sm.round = a->sa_round;
-    sm.model_version = a->sa_version;
-    sm.task = a->sa_task;
-    env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
-    env.secagg_masked = &sm;
-    moeh_frame_t f = {
-        .name = "masked", .dtype = MOEH__DTYPE__U32, .data = a->sa_vec, .count = a->sa_len};
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
-    if (rc)
-        MOEH_WARN("round %u: could not send the masked vector: %s", a->sa_round, moeh_strerror(rc));
-}
-
-/* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' s keys
- * (the library refuses a request naming one site in both lists, or changing its answer). */
-static void sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um)
-{
-    if (!a->sa || um->session != a->sa_session) return;
-    uint32_t n = a->sa_n;
-    moeh_err_t err = {0};
-    size_t n_out = 0;
-    moeh_secagg_reveal_t *out = calloc(n, sizeof *out);
-    Moeh__SecaggShare *xs = calloc(n, sizeof *xs);
-    Moeh__SecaggShare **xp = calloc(n, sizeof *xp);
-    const char *why = NULL;
-    if (!out || !xs || !xp) {
-        why = "out of memory";
-        goto done;
-    }
-    if (moeh_secagg_client_reveal(a->sa, um->survivors, um->n_survivors, um->dropped, um->n_dropped,
-                                  out, &n_out, &err) != 0) {
-        why = "refused the unmask request";
-        goto done;
-    }
-    for (size_t i = 0; i < n_out; i++) { /* the library lists owners in increasing order */
-        moeh__secagg_share__init(&xs[i]);
-        xs[i].owner = out[i].owner;
-        xs[i].kind = out[i].kind == MOEH_SECAGG_REVEAL_B ? MOEH__SECAGG_KIND__SECAGG_B
-                                                         : MOEH__SECAGG_KIND__SECAGG_S;
-        xs[i].n_y = MOEH_SECAGG_SHARE_ELEMS;
-        xs[i].y = out[i].y;
-        xp[i] = &xs[i];
-    }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__SecaggReveal rv = MOEH__SECAGG_REVEAL__INIT;
-    rv.session = a->sa_session;
-    rv.n_shares = n_out;
-    rv.shares = xp;
-    env.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
-    env.secagg_reveal = &rv;
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
-    if (rc)
-        MOEH_WARN("round %u: could not send the unmask shares: %s", a->sa_round, moeh_strerror(rc));
-done:
-    if (why) sa_end(a, why, err.msg[0] ? err.msg : NULL);
-    if (out) sodium_memzero(out, n * sizeof *out);
-    free(out);
-    free(xs);
-    free(xp);
-}
-
+/* TRAIN: local training from the round's global model (heartbeats continue through
+ * service_cb), then the delta goes to agent_update.c to be encoded and uploaded. */
 static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     const Moeh__RoundConfig *rc = rs->config;
@@ -666,8 +348,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         MOEH_ERROR("round %u: DP noise calibrated for %u sites, but only %u take part; no update "
                    "is sent",
                    rs->round, rc->dp_sites, rs->n_participants);
-        moeh_wire_send_error(a->sock, NULL, 0, -EINVAL,
-                             "DP noise calibrated for more sites than take part");
+        moeh_agent_send_error(a, -EINVAL, "DP noise calibrated for more sites than take part");
         return;
     }
     moeh_params_t *p = load_round(a, m);
@@ -694,100 +375,10 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     }
     if (e) {
         MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round, err.msg);
-        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "local training failed");
+        moeh_agent_send_error(a, -ERANGE, "local training failed");
         return;
     }
-    /* A group this site did not train is no update (weight decay may still have moved it). */
-    for (size_t g = 0; g < p->n_groups; g++)
-        if (res.group_samples[g] == 0)
-            memset(a->delta + p->group_off[g], 0, p->group_len[g] * sizeof(float));
-    /* DP-FedAvg (fed/moeh_dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
-     * the noise to every coordinate (also of groups it did not train, so that every group's sum
-     * carries the full noise), and send it with weight 1: one site moves the sum by at most
-     * dp_clip whatever its size. The pre-clip norm is logged here (never sent) to help choose
-     * the clip. */
-    int dp = rc->dp_clip > 0, unweighted = dp || rc->unweighted;
-    double norm, sd = 0;
-    if (dp) {
-        norm = moeh_dp_clip(a->delta, p->n, rc->dp_clip);
-        sd = moeh_dp_site_std(rc->dp_clip, rc->dp_noise, rc->dp_sites);
-        if (sd > 0) {
-            if (moeh_crypto_init() != 0) {
-                MOEH_ERROR("round %u: libsodium failed to initialise; no update is sent",
-                           rs->round);
-                moeh_wire_send_error(a->sock, NULL, 0, -EIO, "cannot draw the DP noise");
-                return;
-            }
-            moeh_dp_add_noise(a->delta, p->n, sd);
-        }
-    } else {
-        double ss = 0;
-        for (size_t i = 0; i < p->n; i++)
-            ss += (double)a->delta[i] * (double)a->delta[i];
-        norm = sqrt(ss);
-    }
-    /* Each group's delta is weighted by the samples that trained it (or by 1 per site,
-     * unweighted); weight 0 leaves the group out of the average. */
-    for (size_t g = 0; g < p->n_groups; g++) {
-        uint64_t w = res.group_samples[g];
-        if (w > a->n_train) /* a group is trained at most once per row per epoch */
-            w = a->n_train;
-        if (unweighted) w = w > 0;
-        /* under DP a group's words carry the noise even where the site did not train it */
-        moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
-                          rc->delta_clip, dp ? 1.0 : (double)w, rc->quant_scale);
-        a->upd[p->n + g] = (uint32_t)w;
-    }
-    double loss = res.steps ? res.mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
-    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f, update L2 norm %.4g",
-              rs->round, rc->warmup ? " (warm-up)" : "", res.steps, (unsigned long long)res.samples,
-              loss, norm);
-    if (dp)
-        MOEH_INFO("round %u: DP: clipped to %g (%s), noise std %.4g per coordinate "
-                  "(multiplier %g over %u sites)",
-                  rs->round, (double)rc->dp_clip, norm > rc->dp_clip ? "scaled down" : "unchanged",
-                  sd, (double)rc->dp_noise, rc->dp_sites);
-    /* under DP the training loss (a statistic of the training data outside the accounting)
-     * stays here */
-    double sent_loss = dp ? 0.0 : loss;
-    if (rs->secagg) { /* the header's values are summed with the update, never in clear */
-        if (moeh_secsum_train_put(a->upd + p->n + p->n_groups, sent_loss, res.samples, res.steps)) {
-            MOEH_ERROR("round %u: train loss x samples is out of the fixed-point range; no "
-                       "update is sent",
-                       rs->round);
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "train loss out of range");
-            return;
-        }
-        sa_begin(a, rs, a->upd, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
-        return;
-    }
-    if (rs->grant_uploads) { /* held in a->upd until the coordinator grants the upload */
-        a->up_loss = sent_loss, a->up_samples = res.samples, a->up_steps = res.steps;
-        upload_ready(a, rs->round, rs->model_version, 0);
-        return;
-    }
-    send_update(a, rs->round, rs->model_version, sent_loss, res.samples, res.steps);
-}
-
-/* UploadGrant: sends the held update it names; a grant for anything else is ignored (the
- * coordinator's grant then expires). */
-static void on_grant(agent_t *a, const Moeh__UploadGrant *g)
-{
-    if (!a->up_wait || g->round != a->up_round || g->model_version != a->up_version ||
-        g->session != a->up_session || (g->session && (!a->sa || a->sa_session != g->session))) {
-        MOEH_WARN("ignored an upload grant for round %u (session %llu): no such update waits",
-                  g->round, (unsigned long long)g->session);
-        return;
-    }
-    if (a->cfg->fault_kill_upload_round && g->round == a->cfg->fault_kill_upload_round) {
-        MOEH_WARN("fault injection: killing myself on the upload grant of round %u", g->round);
-        raise(SIGKILL);
-    }
-    a->up_wait = 0;
-    if (g->session)
-        sa_send_masked(a);
-    else
-        send_update(a, a->up_round, a->up_version, a->up_loss, a->up_samples, a->up_steps);
+    moeh_agent_update_submit(a, rs, &res);
 }
 
 /* Logs this site's own test loss and AUROC per task (all rows): with secure aggregation the
@@ -822,22 +413,25 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     if (moeh_trainer_evaluate(a->trainer, MOEH_SPLIT_TEST, a->eval_bins, &es, service_cb, a,
                               &err) != 0) {
         MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
-        moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation failed");
+        moeh_agent_send_error(a, -ERANGE, "evaluation failed");
         return;
     }
     log_own_metrics(a, rs->round, &es);
     if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
-        if (moeh_secsum_eval_put(a->hist + moeh_secsum_eval_hist_words(&a->lim), &a->lim,
-                                 a->gate_sum, es.combo_rows, es.loss_sum, es.n_labels) != 0) {
+        if (moeh_secsum_eval_put(a->hist +
+                                     moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),
+                                 moeh_wire_secsum_dims(&a->lim), a->gate_sum, es.combo_rows,
+                                 es.loss_sum, es.n_labels) != 0) {
             MOEH_ERROR("round %u: evaluation sums out of the fixed-point range; not sent",
                        rs->round);
-            moeh_wire_send_error(a->sock, NULL, 0, -ERANGE, "evaluation out of range");
+            moeh_agent_send_error(a, -ERANGE, "evaluation out of range");
             return;
         }
-        sa_begin(a, rs, a->hist, moeh_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
+        moeh_agent_sa_begin(a, rs, a->hist,
+                            moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
         return;
     }
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
     r.round = rs->round;
     r.model_version = rs->model_version;
@@ -847,9 +441,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     r.n_bins = a->eval_bins;
     r.n_combo_rows = MOEH_N_COMBOS;
     r.combo_rows = es.combo_rows;
-    env.type = MOEH__MSG_TYPE__EVAL_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
-    env.eval_result = &r;
+    moeh_env_eval_result(&env, &r);
     moeh_frame_t f[2] = {{.name = "hist",
                           .dtype = MOEH__DTYPE__U32,
                           .data = a->hist,
@@ -878,7 +470,7 @@ static void handle_messages(agent_t *a)
             MOEH_WARN("dropped a message from the coordinator: %s", err.msg);
             char what[MOEH_ERRMSG_MAX + 32];
             snprintf(what, sizeof what, "message refused: %s", err.msg);
-            moeh_wire_send_error(a->sock, NULL, 0, rc, what);
+            moeh_agent_send_error(a, rc, what);
             moeh_msg_clear(&m);
             continue;
         }
@@ -888,13 +480,13 @@ static void handle_messages(agent_t *a)
             break;
         case MOEH__MSG_TYPE__ROUND_START:
             if (!a->welcomed) break;
-            if (a->cfg->fault_kill_round && m.env->round_start->round == a->cfg->fault_kill_round &&
+            if (a->faults.kill_round && m.env->round_start->round == a->faults.kill_round &&
                 m.env->round_start->task == MOEH__ROUND_TASK__TRAIN) {
-                MOEH_WARN("fault injection: killing myself in round %u", a->cfg->fault_kill_round);
+                MOEH_WARN("fault injection: killing myself in round %u", a->faults.kill_round);
                 raise(SIGKILL);
             }
-            sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
-            a->up_wait = 0;        /* and an update still waiting for its grant is stale */
+            moeh_agent_sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
+            a->up_wait = 0; /* and an update still waiting for its grant is stale */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
             else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE)
@@ -903,16 +495,16 @@ static void handle_messages(agent_t *a)
                 send_stats(a, m.env->round_start);
             break;
         case MOEH__MSG_TYPE__SECAGG_KEYS:
-            sa_on_keys(a, m.env->secagg_keys);
+            moeh_agent_sa_on_keys(a, m.env->secagg_keys);
             break;
         case MOEH__MSG_TYPE__SECAGG_SHARES:
-            sa_on_shares(a, m.env->secagg_shares);
+            moeh_agent_sa_on_shares(a, m.env->secagg_shares);
             break;
         case MOEH__MSG_TYPE__SECAGG_UNMASK:
-            sa_on_unmask(a, m.env->secagg_unmask);
+            moeh_agent_sa_on_unmask(a, m.env->secagg_unmask);
             break;
         case MOEH__MSG_TYPE__UPLOAD_GRANT:
-            on_grant(a, m.env->upload_grant);
+            moeh_agent_on_grant(a, m.env->upload_grant);
             break;
         case MOEH__MSG_TYPE__HEARTBEAT:
             break;
@@ -923,7 +515,8 @@ static void handle_messages(agent_t *a)
                           "again");
                 a->welcomed = 0;
                 a->up_wait = 0;
-                send_hello(a);
+                int hr = send_hello(a); /* if it is lost, the silence timeout reconnects */
+                if (hr) MOEH_WARN("could not send hello: %s", moeh_strerror(hr));
                 break;
             }
             MOEH_WARN("coordinator says: %s", e->message);
@@ -943,11 +536,36 @@ static void handle_messages(agent_t *a)
     }
 }
 
+int moeh_agent_faults_parse_secagg_at(moeh_agent_faults_t *f, const char *spec)
+{
+    unsigned r = 0;
+    char extra;
+    Moeh__RoundTask task;
+    if (strcmp(spec, "stats") == 0)
+        task = MOEH__ROUND_TASK__STATS;
+    else if (sscanf(spec, "eval:%u%c", &r, &extra) == 1 && r > 0)
+        task = MOEH__ROUND_TASK__EVALUATE;
+    else if (sscanf(spec, "train:%u%c", &r, &extra) == 1 && r > 0)
+        task = MOEH__ROUND_TASK__TRAIN;
+    else
+        return -EINVAL;
+    f->kill_secagg_task = task;
+    f->kill_secagg_at = r;
+    return 0;
+}
+
 int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
+{
+    return moeh_agent_run_faulty(cfg, NULL, stop, err);
+}
+
+int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t *faults,
+                          volatile sig_atomic_t *stop, moeh_err_t *err)
 {
     agent_t a;
     memset(&a, 0, sizeof a);
     a.cfg = cfg;
+    if (faults) a.faults = *faults;
     int rc;
     if (!cfg->site_id || !moeh_site_id_valid(cfg->site_id)) {
         rc = moeh_errf(err, -EINVAL, "--site-id is required: 1-64 of [A-Za-z0-9._-]");
@@ -998,7 +616,10 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
             if (moeh_now_ms() >= reconnect_at) {
                 if ((rc = open_socket(&a, err))) goto out;
             } else {
-                zmq_poll(NULL, 0, 50);
+                if (zmq_poll(NULL, 0, 50) < 0 && zmq_errno() != EINTR) { /* a 50 ms wait */
+                    rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
+                    goto out;
+                }
                 continue;
             }
         }
@@ -1031,9 +652,12 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
         rc = moeh_errf(err, a.fatal_rc, "%s", a.fatal.msg);
     } else if (*stop && !a.done) {
         if (a.sock) {
-            moeh_wire_send_simple(a.sock, NULL, 0, MOEH__MSG_TYPE__BYE, "site agent stopped", 0);
             int linger = 1000; /* let the bye go out, at most 1 s */
-            zmq_setsockopt(a.sock, ZMQ_LINGER, &linger, sizeof linger);
+            if ((rc = moeh_wire_send_simple(a.sock, NULL, 0, MOEH__MSG_TYPE__BYE,
+                                            "site agent stopped", 0)) != 0)
+                MOEH_WARN("could not say bye: %s", moeh_strerror(rc));
+            else if (zmq_setsockopt(a.sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+                MOEH_WARN("the bye may be lost: %s", zmq_strerror(zmq_errno()));
         }
         rc = moeh_errf(err, -EINTR, "stopped by a signal");
     } else {
@@ -1041,7 +665,8 @@ int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moe
     }
 out:
     close_socket(&a);
-    if (a.zctx) zmq_ctx_term(a.zctx);
+    while (a.zctx && zmq_ctx_term(a.zctx) != 0) /* every socket is closed: only EINTR */
+        MOEH_ASSERT(zmq_errno() == EINTR);
     moeh_keypair_destroy(&a.kp);
     moeh_secagg_client_destroy(&a.sa);
     free_model(&a);

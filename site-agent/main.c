@@ -1,7 +1,7 @@
 /* main.c - moeh-site-agent: options, signals, then moeh_agent_run(). */
 #include "moeh_agent.h"
 
-#include "moeh.pb-c.h"
+#include "moeh_agent_testing.h" /* the --fault-kill-* options of the multi-process tests */
 #include "moeh_opts.h"
 
 #include <signal.h>
@@ -19,6 +19,7 @@ int main(int argc, char **argv)
 {
     moeh_agent_cfg_t cfg;
     moeh_agent_cfg_defaults(&cfg);
+    moeh_agent_faults_t faults = {0};
     const char *log_level = "info", *kill_at = NULL;
     const moeh_opt_t opts[] = {
         {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint"},
@@ -32,12 +33,12 @@ int main(int argc, char **argv)
         {"backoff-max-ms", MOEH_OPT_U32, &cfg.backoff_max_ms, "longest wait between reconnects"},
         {"give-up-ms", MOEH_OPT_U32, &cfg.give_up_ms,
          "fail if not admitted within this long (0: keep trying)"},
-        {"fault-kill-round", MOEH_OPT_U32, &cfg.fault_kill_round,
+        {"fault-kill-round", MOEH_OPT_U32, &faults.kill_round,
          "TESTS ONLY: SIGKILL this process when round N starts (0: off)"},
-        {"fault-kill-secagg-round", MOEH_OPT_U32, &cfg.fault_kill_secagg_round,
+        {"fault-kill-secagg-round", MOEH_OPT_U32, &faults.kill_secagg_round,
          "TESTS ONLY: SIGKILL this process in round N's secure aggregation, after its shares "
          "went out and before its masked update (0: off)"},
-        {"fault-kill-upload-round", MOEH_OPT_U32, &cfg.fault_kill_upload_round,
+        {"fault-kill-upload-round", MOEH_OPT_U32, &faults.kill_upload_round,
          "TESTS ONLY: SIGKILL this process on receiving round N's upload grant, before its "
          "update (0: off)"},
         {"fault-kill-secagg-at", MOEH_OPT_STR, &kill_at,
@@ -55,30 +56,19 @@ int main(int argc, char **argv)
     char prefix[80];
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "agent");
     if (rc >= 0) return rc;
-    if (kill_at) {
-        unsigned r = 0;
-        char extra;
-        if (strcmp(kill_at, "stats") == 0)
-            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__STATS;
-        else if (sscanf(kill_at, "eval:%u%c", &r, &extra) == 1 && r > 0)
-            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__EVALUATE;
-        else if (sscanf(kill_at, "train:%u%c", &r, &extra) == 1 && r > 0)
-            cfg.fault_kill_secagg_task = MOEH__ROUND_TASK__TRAIN;
-        else {
-            fprintf(stderr,
-                    "moeh-site-agent: --fault-kill-secagg-at '%s': expected stats, "
-                    "eval:N or train:N (N >= 1)\n",
-                    kill_at);
-            moeh_opts_free(&o);
-            return 2;
-        }
-        cfg.fault_kill_secagg_at = r;
+    if (kill_at && moeh_agent_faults_parse_secagg_at(&faults, kill_at) != 0) {
+        fprintf(stderr,
+                "moeh-site-agent: --fault-kill-secagg-at '%s': expected stats, eval:N or "
+                "train:N (N >= 1)\n",
+                kill_at);
+        moeh_opts_free(&o);
+        return 2;
     }
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
     moeh_install_signals(on_signal, 0);
     moeh_err_t err = {0};
-    rc = moeh_agent_run(&cfg, &g_stop, &err);
+    rc = moeh_agent_run_faulty(&cfg, &faults, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);

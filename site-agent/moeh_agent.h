@@ -22,23 +22,17 @@ typedef struct {
     int insecure;
     uint32_t silence_timeout_ms; /* coordinator silent this long: reconnect */
     uint32_t backoff_max_ms;
-    uint32_t give_up_ms;              /* never welcomed after this long: fail (0 = never) */
-    uint32_t fault_kill_round;        /* fault injection for tests: SIGKILL itself on receiving the
-                                       * RoundStart{TRAIN} of this round (0 = off) */
-    uint32_t fault_kill_secagg_round; /* tests: SIGKILL itself in this round's secure
-                                       * aggregation, after sending its shares and before its
-                                       * masked update (0 = off) */
-    uint32_t fault_kill_secagg_task;  /* tests: the same in the secure aggregation of this task
-                                       * (Moeh__RoundTask: TRAIN, EVALUATE or STATS; 0 = off) */
-    uint32_t fault_kill_secagg_at;    /* ... of this round (STATS: 0) */
-    uint32_t fault_kill_upload_round; /* tests: SIGKILL itself on receiving this round's
-                                       * UploadGrant, before sending its update (0 = off) */
+    uint32_t give_up_ms; /* never welcomed after this long: fail (0 = never) */
 } moeh_agent_cfg_t;
 
+/* Fills cfg with the defaults (every pointer NULL except connect). */
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);
 
-/* 0 when the coordinator said the run is over; -EINTR if *stop; -EACCES if the coordinator
- * refused this site's key or id; other negative codes with err->msg. */
-int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err);
+/* Runs the agent until the coordinator ends the run, *stop is set or a fatal error. Borrows cfg
+ * for the whole run. 0 when the coordinator said the run is over; -EINTR if *stop; -EACCES if
+ * the coordinator refused this site's key or id; -EINVAL for a missing or bad option; other
+ * negative codes, each with err->msg. */
+int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -1,4 +1,5 @@
-# Unit tests of fed/secagg.c: secure aggregation masks, Shamir shares, unmasking.
-moeh_add_test(test_secagg SOURCES test_secagg.c LIBS moeh_proto)
-# Unit tests of proto/secsum.c: the fixed-point vectors each phase sums, through a real session.
-moeh_add_test(test_secsum SOURCES test_secsum.c LIBS moeh_proto)
+# Unit tests of fed/secagg.c: secure aggregation masks, Shamir shares, unmasking (fed/ alone).
+moeh_add_test(test_secagg SOURCES test_secagg.c LIBS moeh_fed)
+# Unit tests of fed/secsum.c: the fixed-point vectors each phase sums, through a real session.
+# Linked against fed/ alone: secure sums know nothing of the wire.
+moeh_add_test(test_secsum SOURCES test_secsum.c LIBS moeh_fed)

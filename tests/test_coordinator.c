@@ -810,7 +810,7 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
                                     .t = rs->secagg->t,
                                     .k = rs->secagg->k,
                                     .graph_seed = rs->secagg->graph_seed,
-                                    .len = moeh_secsum_len(lim, task)};
+                                    .len = moeh_wire_secsum_len(lim, task)};
         id[k] = rs->secagg->id;
         assert_int_equal(sc[k].n, N_SITES);
         moeh_secagg_client_destroy(&f->site[k].sa);
@@ -964,7 +964,7 @@ static void test_secagg_dropout(void **state)
         double st[3 * 16];
         assert_true(n_norm <= 16);
         site_stats(k, n_norm, st);
-        x[k] = calloc(moeh_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
+        x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
         assert_non_null(x[k]);
         assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
     }

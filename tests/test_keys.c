@@ -4,9 +4,11 @@
  * refused as a key pair; Z85 key validation; a three-site registry loads and maps each key to
  * its site (and an unknown key to nothing), while a duplicate id, a repeated key, a bad key, a
  * bad site id or an entry outside [sites] is refused with "path:line" and a missing file with
- * -ENOENT. Finally a real ZeroMQ CURVE connection over loopback TCP: a ROUTER behind the ZAP
- * handler receives a registered dealer's message with its site id as User-Id, and nothing at
- * all from a dealer whose key is not registered, which is counted as refused. */
+ * -ENOENT. The ZAP handler answers raw RFC 27 requests (refusals, admission by site id, a
+ * truncated request refused without stopping it). Finally a real ZeroMQ CURVE connection over
+ * loopback TCP: a ROUTER behind the ZAP handler receives a registered dealer's message with its
+ * site id as User-Id, and nothing at all from a dealer whose key is not registered, which is
+ * counted as refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -497,8 +499,125 @@ static void test_zap_admission(void **state)
     assert_int_equal(zmq_close(wrong), 0);
     assert_int_equal(zmq_close(late), 0);
     assert_int_equal(zmq_close(router), 0);
-    moeh_zap_stop(&zap);
+    moeh_zap_destroy(&zap);
     assert_null(zap);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    keys4_free(&k);
+}
+
+/* ---- the ZAP handler, driven with raw RFC 27 requests --------------------------------- */
+
+/* Sends one ZAP request (n_creds credential frames after the mechanism) from a DEALER. */
+static void zap_request(void *d, const char *req_id, const char *mech, const void *const *creds,
+                        const size_t *cred_len, size_t n_creds)
+{
+    const char *head[] = {"", "1.0", req_id, "moeh", "127.0.0.1", "", mech};
+    for (size_t i = 0; i < 7; i++)
+        assert_int_equal(
+            zmq_send(d, head[i], strlen(head[i]), i + 1 < 7 || n_creds ? ZMQ_SNDMORE : 0),
+            (int)strlen(head[i]));
+    for (size_t i = 0; i < n_creds; i++)
+        assert_int_equal(zmq_send(d, creds[i], cred_len[i], i + 1 < n_creds ? ZMQ_SNDMORE : 0),
+                         (int)cred_len[i]);
+}
+
+/* Receives the reply to req_id: checks version and request id, returns status and user id. */
+static void zap_reply(void *d, const char *req_id, char *status, char *text, char *user)
+{
+    zmq_pollitem_t it = {.socket = d, .events = ZMQ_POLLIN};
+    assert_int_equal(zmq_poll(&it, 1, 5000), 1);
+    char buf[7][128];
+    int more = 1;
+    size_t n = 0;
+    for (; more; n++) {
+        assert_true(n < 7);
+        int len = zmq_recv(d, buf[n], sizeof buf[n] - 1, 0);
+        assert_true(len >= 0 && len < (int)sizeof buf[n]);
+        buf[n][len] = '\0';
+        int m = 0;
+        size_t ml = sizeof m;
+        assert_int_equal(zmq_getsockopt(d, ZMQ_RCVMORE, &m, &ml), 0);
+        more = m;
+    }
+    assert_int_equal(n, 7); /* delimiter, version, id, status, text, user, metadata */
+    assert_string_equal(buf[0], "");
+    assert_string_equal(buf[1], "1.0");
+    assert_string_equal(buf[2], req_id);
+    strcpy(status, buf[3]);
+    strcpy(text, buf[4]);
+    strcpy(user, buf[5]);
+}
+
+static void test_zap_requests(void **state)
+{
+    keys4_t k;
+    keys4_make(&k);
+    char text[512];
+    snprintf(text, sizeof text, "[sites]\nsite-one = %s\n", k.kp[1]->public_z85);
+    moeh_registry_t reg;
+    moeh_err_t err = {{0}};
+    assert_int_equal(moeh_registry_parse(text, "zap", &reg, &err), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    moeh_zap_t *zap = NULL;
+    assert_int_equal(moeh_zap_start(ctx, &reg, &zap), 0);
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(d);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_connect(d, "inproc://zeromq.zap.01"), 0);
+    char status[128], msg[128], user[128];
+
+    /* not CURVE: refused */
+    zap_request(d, "r1", "NULL", NULL, NULL, 0);
+    zap_reply(d, "r1", status, msg, user);
+    assert_string_equal(status, "400");
+    assert_string_equal(msg, "CURVE required");
+    assert_string_equal(user, "");
+    assert_int_equal(moeh_zap_refused(zap), 1);
+
+    /* a truncated request is refused, not counted as a connection, and the handler carries
+     * on (its REP socket must answer before it can take the next request) */
+    assert_int_equal(zmq_send(d, "", 0, ZMQ_SNDMORE), 0);
+    assert_int_equal(zmq_send(d, "1.0", 3, ZMQ_SNDMORE), 3);
+    assert_int_equal(zmq_send(d, "r2", 2, 0), 2);
+    zap_reply(d, "r2", status, msg, user);
+    assert_string_equal(status, "400");
+    assert_string_equal(msg, "malformed request");
+    assert_int_equal(moeh_zap_refused(zap), 1);
+
+    /* the registered key: admitted and named */
+    const void *cred[2] = {k.raw[1], "extra"};
+    const size_t cl[2] = {32, 5};
+    zap_request(d, "r3", "CURVE", cred, cl, 1);
+    zap_reply(d, "r3", status, msg, user);
+    assert_string_equal(status, "200");
+    assert_string_equal(user, "site-one");
+
+    /* frames beyond the key are ignored */
+    zap_request(d, "r4", "CURVE", cred, cl, 2);
+    zap_reply(d, "r4", status, msg, user);
+    assert_string_equal(status, "200");
+    assert_string_equal(user, "site-one");
+
+    /* an unknown key, and a key of the wrong length */
+    const void *stranger[1] = {k.raw[2]};
+    zap_request(d, "r5", "CURVE", stranger, cl, 1);
+    zap_reply(d, "r5", status, msg, user);
+    assert_string_equal(status, "400");
+    assert_string_equal(msg, "unknown key");
+    assert_string_equal(user, "");
+    const size_t short_len[1] = {31};
+    zap_request(d, "r6", "CURVE", cred, short_len, 1);
+    zap_reply(d, "r6", status, msg, user);
+    assert_string_equal(status, "400");
+    assert_int_equal(moeh_zap_refused(zap), 3);
+
+    assert_int_equal(zmq_close(d), 0);
+    moeh_zap_destroy(&zap);
+    assert_null(zap);
+    moeh_zap_destroy(&zap); /* NULL-safe */
+    moeh_zap_destroy(NULL);
     assert_int_equal(zmq_ctx_term(ctx), 0);
     keys4_free(&k);
 }
@@ -514,6 +633,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registry_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_first_error_wins, setup, teardown),
         cmocka_unit_test_setup_teardown(test_zap_admission, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,9 +1,10 @@
-/* test_secsum.c - the vectors each phase sums (proto/moeh_secsum.h):
+/* test_secsum.c - the vectors each phase sums (fed/moeh_secsum.h):
  *  - the wide fixed-point values: integers below 2^53 exact, reals rounded to 2^-64 once,
  *    out-of-range values refused, and the decoded sum of 1024 sites' words equal to the exact
  *    sum of their fixed-point integers (computed here in 128-bit arithmetic), in any order,
  *    also at the largest magnitudes the bound allows;
- *  - the vector lengths of each task under given limits;
+ *  - the vector lengths of each phase under given dimensions (none where a dimension it needs
+ *    is unknown, or for no phase);
  *  - an EVALUATE vector of three sites through a real secure-aggregation session with one
  *    site dropped after sharing its keys: a site's masked words are not its histogram, and the
  *    unmasked sum decodes to exactly the survivors' histograms, gate sums, rows, loss and
@@ -13,14 +14,14 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "moeh_keys.h"
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
 
 #include <math.h>
+#include <sodium.h>
 #include <string.h>
 
-static const moeh_wire_limits_t k_lim = {
+static const moeh_secsum_dims_t k_lim = {
     .n_params = 10, .n_groups = 2, .n_tasks = 3, .eval_bins = 4, .n_norm = 5, .n_experts = 6};
 
 static double fix_roundtrip(double x)
@@ -100,16 +101,20 @@ static void test_lengths(void **state)
 {
     (void)state;
     const size_t V = MOEH_SECSUM_FIX_WORDS, H = 8 * 3 * 2 * 4;
-    assert_int_equal(moeh_secsum_len(&k_lim, MOEH__ROUND_TASK__TRAIN), 10 + 2 + 3 * V);
-    assert_int_equal(moeh_secsum_len(&k_lim, MOEH__ROUND_TASK__STATS), 3 * 5 * V);
-    assert_int_equal(moeh_secsum_eval_hist_words(&k_lim), H);
-    assert_int_equal(moeh_secsum_eval_values_len(&k_lim), (7 * 6 + 7 + 2) * V);
-    assert_int_equal(moeh_secsum_len(&k_lim, MOEH__ROUND_TASK__EVALUATE), H + (7 * 6 + 9) * V);
-    moeh_wire_limits_t none = {0};
-    assert_int_equal(moeh_secsum_len(&none, MOEH__ROUND_TASK__TRAIN), 0);
-    assert_int_equal(moeh_secsum_len(&none, MOEH__ROUND_TASK__STATS), 0);
-    assert_int_equal(moeh_secsum_len(&none, MOEH__ROUND_TASK__EVALUATE), 0);
-    assert_int_equal(moeh_secsum_len(&k_lim, MOEH__ROUND_TASK__TASK_UNSPECIFIED), 0);
+    assert_int_equal(moeh_secsum_len(k_lim, MOEH_SECSUM_TRAIN), 10 + 2 + 3 * V);
+    assert_int_equal(moeh_secsum_len(k_lim, MOEH_SECSUM_STATS), 3 * 5 * V);
+    assert_int_equal(moeh_secsum_eval_hist_words(k_lim), H);
+    assert_int_equal(moeh_secsum_eval_values_len(k_lim), (7 * 6 + 7 + 2) * V);
+    assert_int_equal(moeh_secsum_len(k_lim, MOEH_SECSUM_EVALUATE), H + (7 * 6 + 9) * V);
+    moeh_secsum_dims_t none = {0};
+    assert_int_equal(moeh_secsum_len(none, MOEH_SECSUM_TRAIN), 0);
+    assert_int_equal(moeh_secsum_len(none, MOEH_SECSUM_STATS), 0);
+    assert_int_equal(moeh_secsum_len(none, MOEH_SECSUM_EVALUATE), 0);
+    assert_int_equal(moeh_secsum_len(k_lim, MOEH_SECSUM_NONE), 0);
+    assert_int_equal(moeh_secsum_len(k_lim, (moeh_secsum_phase_t)99), 0);
+    moeh_secsum_dims_t no_experts = k_lim; /* no gate sums; the rest of EVALUATE stays */
+    no_experts.n_experts = 0;
+    assert_int_equal(moeh_secsum_len(no_experts, MOEH_SECSUM_EVALUATE), H + 9 * V);
     /* TRAIN and STATS values */
     uint32_t w[3 * 5 * MOEH_SECSUM_FIX_WORDS] = {0}, one[3 * 5 * MOEH_SECSUM_FIX_WORDS];
     double lxs, ns, steps, st[15], back[15];
@@ -146,7 +151,7 @@ typedef struct {
 
 static void make_site(site_eval_t *s, moeh_rng_t *rng, size_t len)
 {
-    size_t H = moeh_secsum_eval_hist_words(&k_lim);
+    size_t H = moeh_secsum_eval_hist_words(k_lim);
     s->vec = calloc(len, sizeof(uint32_t));
     assert_non_null(s->vec);
     s->labels = 0;
@@ -159,17 +164,17 @@ static void make_site(site_eval_t *s, moeh_rng_t *rng, size_t len)
     for (size_t k = 0; k < 7; k++)
         s->rows[k] = (uint32_t)(moeh_rng_u64(rng) % 100);
     s->loss = (double)(moeh_rng_u64(rng) % 100000) / 997.0;
-    assert_int_equal(moeh_secsum_eval_put(s->vec + H, &k_lim, s->gate, s->rows, s->loss, s->labels),
+    assert_int_equal(moeh_secsum_eval_put(s->vec + H, k_lim, s->gate, s->rows, s->loss, s->labels),
                      0);
 }
 
 static void test_eval_secure_sum(void **state)
 {
     (void)state;
-    assert_int_equal(moeh_crypto_init(), 0);
+    assert_true(sodium_init() >= 0);
     enum { N = 3 };
-    const size_t len = moeh_secsum_len(&k_lim, MOEH__ROUND_TASK__EVALUATE);
-    const size_t H = moeh_secsum_eval_hist_words(&k_lim);
+    const size_t len = moeh_secsum_len(k_lim, MOEH_SECSUM_EVALUATE);
+    const size_t H = moeh_secsum_eval_hist_words(k_lim);
     moeh_secagg_cfg_t cfg = {.round = 5, .n = N, .t = 2, .k = 0, .graph_seed = 1, .len = len};
     moeh_err_t err = {{0}};
     moeh_rng_t rng;
@@ -224,7 +229,7 @@ static void test_eval_secure_sum(void **state)
     /* decoded: exactly the survivors' sums */
     uint64_t hist[8 * 3 * 2 * 4], rows[7], labels;
     double gate[7 * 6], loss;
-    moeh_secsum_eval_get(sum, &k_lim, hist, gate, rows, &loss, &labels);
+    moeh_secsum_eval_get(sum, k_lim, hist, gate, rows, &loss, &labels);
     for (size_t w = 0; w < H; w++)
         assert_int_equal(hist[w], (uint64_t)site[0].vec[w] + site[2].vec[w]);
     for (size_t i = 0; i < 7 * 6; i++)

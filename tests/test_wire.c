@@ -1618,7 +1618,7 @@ static void test_secagg_masked(void **state)
     for (size_t i = 0; i < want[2] + 1; i++)
         w[i] = 0x9e3779b9u * (uint32_t)i; /* masked words look like anything */
     for (int k = 0; k < 3; k++) {
-        assert_int_equal(moeh_secsum_len(&k_lim, tasks[k]), want[k]);
+        assert_int_equal(moeh_wire_secsum_len(&k_lim, tasks[k]), want[k]);
         Moeh__Envelope env = MOEH__ENVELOPE__INIT;
         Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
         sm.session = 0x77, sm.round = 3, sm.model_version = 8, sm.task = tasks[k];

@@ -261,7 +261,7 @@ int main(int argc, char **argv)
         moeh_frame_t fm = {.name = "masked",
                            .dtype = MOEH__DTYPE__U32,
                            .data = mw,
-                           .count = moeh_secsum_len(&k_fuzz_limits, ph[k].task)};
+                           .count = moeh_wire_secsum_len(&k_fuzz_limits, ph[k].task)};
         MOEH_ASSERT(fm.count > 0 && fm.count <= sizeof mw / sizeof mw[0]);
         put_msg(dir, ph[k].name, &e15, &fm, 1);
     }

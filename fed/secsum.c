@@ -1,33 +1,33 @@
-/* secsum.c - the vectors each phase sums (secsum.h): lengths, and the wide fixed-point
+/* secsum.c - the vectors each phase sums (moeh_secsum.h): lengths, and the wide fixed-point
  * values written as 16-bit limbs so that sums of words never carry. */
 #include "moeh_secsum.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
-size_t moeh_secsum_eval_hist_words(const moeh_wire_limits_t *lim)
+size_t moeh_secsum_eval_hist_words(moeh_secsum_dims_t d)
 {
-    return (size_t)MOEH_WIRE_SLICES * lim->n_tasks * 2 * lim->eval_bins;
+    return (size_t)MOEH_N_SLICES * d.n_tasks * 2 * d.eval_bins;
 }
 
-size_t moeh_secsum_eval_values_len(const moeh_wire_limits_t *lim)
+size_t moeh_secsum_eval_values_len(moeh_secsum_dims_t d)
 {
-    return ((size_t)MOEH_WIRE_COMBOS * lim->n_experts + MOEH_WIRE_COMBOS + 2) *
-           MOEH_SECSUM_FIX_WORDS;
+    return ((size_t)MOEH_N_COMBOS * d.n_experts + MOEH_N_COMBOS + 2) * MOEH_SECSUM_FIX_WORDS;
 }
 
-size_t moeh_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
+size_t moeh_secsum_len(moeh_secsum_dims_t d, moeh_secsum_phase_t phase)
 {
     const size_t V = MOEH_SECSUM_FIX_WORDS;
-    switch (task) {
-    case MOEH__ROUND_TASK__TRAIN:
-        if (!lim->n_params || !lim->n_groups) return 0;
-        return lim->n_params + lim->n_groups + MOEH_SECSUM_TRAIN_VALUES * V;
-    case MOEH__ROUND_TASK__STATS:
-        return lim->n_norm ? 3 * (size_t)lim->n_norm * V : 0;
-    case MOEH__ROUND_TASK__EVALUATE:
-        if (!lim->n_tasks || !lim->eval_bins) return 0;
-        return moeh_secsum_eval_hist_words(lim) + moeh_secsum_eval_values_len(lim);
+    switch (phase) {
+    case MOEH_SECSUM_TRAIN:
+        if (!d.n_params || !d.n_groups) return 0;
+        return d.n_params + d.n_groups + MOEH_SECSUM_TRAIN_VALUES * V;
+    case MOEH_SECSUM_STATS:
+        return d.n_norm ? 3 * (size_t)d.n_norm * V : 0;
+    case MOEH_SECSUM_EVALUATE:
+        if (!d.n_tasks || !d.eval_bins) return 0;
+        return moeh_secsum_eval_hist_words(d) + moeh_secsum_eval_values_len(d);
     default:
         return 0;
     }
@@ -108,14 +108,14 @@ void moeh_secsum_stats_get(const uint32_t *w, size_t n_norm, double *stats)
         stats[i] = fix_get(w + i * MOEH_SECSUM_FIX_WORDS, MOEH_SECSUM_STATS_FRAC);
 }
 
-int moeh_secsum_eval_put(uint32_t *values, const moeh_wire_limits_t *lim, const float *gate,
+int moeh_secsum_eval_put(uint32_t *values, moeh_secsum_dims_t d, const float *gate,
                          const uint32_t *combo_rows, double loss_sum, uint64_t n_labels)
 {
-    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_WIRE_COMBOS * lim->n_experts;
+    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_N_COMBOS * d.n_experts;
     uint32_t *v = values;
     for (size_t i = 0; i < ng; i++, v += V)
         if (moeh_secsum_fix_put(v, gate[i]) != 0) return -ERANGE;
-    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++, v += V)
+    for (size_t k = 0; k < MOEH_N_COMBOS; k++, v += V)
         if (moeh_secsum_fix_put(v, combo_rows[k]) != 0) return -ERANGE;
     if (moeh_secsum_fix_put(v, loss_sum) != 0) return -ERANGE;
     return moeh_secsum_fix_put(v + V, (double)n_labels);
@@ -129,17 +129,17 @@ static uint64_t count_of(double x)
     return x < 0x1p63 ? (uint64_t)x : (uint64_t)1 << 63;
 }
 
-void moeh_secsum_eval_get(const uint32_t *w, const moeh_wire_limits_t *lim, uint64_t *hist,
-                          double *gate, uint64_t *combo_rows, double *loss_sum, uint64_t *n_labels)
+void moeh_secsum_eval_get(const uint32_t *w, moeh_secsum_dims_t d, uint64_t *hist, double *gate,
+                          uint64_t *combo_rows, double *loss_sum, uint64_t *n_labels)
 {
-    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_WIRE_COMBOS * lim->n_experts;
-    size_t nh = moeh_secsum_eval_hist_words(lim);
+    const size_t V = MOEH_SECSUM_FIX_WORDS, ng = (size_t)MOEH_N_COMBOS * d.n_experts;
+    size_t nh = moeh_secsum_eval_hist_words(d);
     for (size_t i = 0; i < nh; i++)
         hist[i] = w[i];
     const uint32_t *v = w + nh;
     for (size_t i = 0; i < ng; i++, v += V)
         gate[i] = moeh_secsum_fix_get(v);
-    for (size_t k = 0; k < MOEH_WIRE_COMBOS; k++, v += V)
+    for (size_t k = 0; k < MOEH_N_COMBOS; k++, v += V)
         combo_rows[k] = count_of(moeh_secsum_fix_get(v));
     *loss_sum = moeh_secsum_fix_get(v);
     *n_labels = count_of(moeh_secsum_fix_get(v + V));

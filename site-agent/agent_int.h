@@ -1,0 +1,102 @@
+/* agent_int.h - private to site-agent/: the agent's state, shared by its three files.
+ *
+ *   agent.c         the connection loop (socket, CURVE, monitor, heartbeats, reconnects with
+ *                   backoff) and message dispatch; the phases' local work (train, evaluate,
+ *                   statistics) and the plain replies;
+ *   agent_update.c  encoding of a training update (zeroed untrained groups, DP clip + noise,
+ *                   quantisation, per-group weights, the TRAIN values of the secure sum) and its
+ *                   upload: in clear, held for an UploadGrant, or through secure aggregation;
+ *   agent_secagg.c  this site's side of secure aggregation for every phase (the sa_* state).
+ *
+ * One thread owns an agent_t and everything in it; nothing here is thread-safe. Not a public
+ * interface: nothing outside site-agent/ includes it. */
+#ifndef MOEH_AGENT_INT_H
+#define MOEH_AGENT_INT_H
+
+#include "moeh_agent.h"
+#include "moeh_agent_testing.h"
+#include "moeh_keys.h"
+#include "moeh_secagg.h"
+#include "moeh_trainer.h"
+#include "moeh_wire.h"
+
+typedef struct agent agent_t;
+struct agent {
+    const moeh_agent_cfg_t *cfg;
+    moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
+    void *zctx, *sock, *mon;
+    unsigned mon_seq;
+    moeh_keypair_t *kp;
+    char server_pub[MOEH_Z85_KEY_LEN + 1];
+    /* what this site holds (read once at start to introduce itself) */
+    size_t n_static, n_vars, n_steps, img_size, n_train, n_test, combos[8];
+    moeh_trainer_t *trainer; /* built on Welcome, from the coordinator's model spec */
+    uint64_t spec_hash;
+    float *global, *delta, *norm;
+    uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (moeh_secsum.h) */
+    uint32_t *hist; /* evaluation histograms, then the EVALUATE values (moeh_secsum.h) */
+    uint32_t *svec; /* the STATS vector (moeh_secsum.h) */
+    float *gate_sum;
+    moeh_wire_limits_t lim;
+    int welcomed, ever_welcomed, done;
+    uint32_t hb_ms, eval_bins;
+    int64_t last_rx, last_hb, hello_at, start;
+    uint32_t backoff_ms;
+    uint64_t hb_seq, seed_salt;
+    moeh_err_t fatal;
+    int fatal_rc;
+    /* secure aggregation of the current phase (sa == NULL: none in progress) */
+    moeh_secagg_client_t *sa;
+    uint64_t sa_session, sa_version;
+    uint32_t sa_round, sa_n;
+    Moeh__RoundTask sa_task;
+    uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
+    size_t sa_len;
+    int sa_grant; /* the session's RoundStart asked for granted uploads */
+    /* granted uploads: the TRAIN update held until its grant (up_wait) */
+    int up_wait;
+    uint32_t up_round, up_steps;
+    uint64_t up_version, up_session, up_samples;
+    double up_loss;
+};
+
+/* ---- agent.c --------------------------------------------------------------------------- */
+/* Tells the coordinator about a failure with an Error (code, message). Best effort: without a
+ * socket nothing is sent, and a failed send is only logged (the coordinator's deadline covers
+ * a lost Error). */
+void moeh_agent_send_error(agent_t *a, int code, const char *message);
+
+/* ---- agent_secagg.c: this site's side of secure aggregation (docs/secagg.md) ---------- */
+/* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
+ * ends) is ready: fresh round keys, advertised to the coordinator. On failure the session is
+ * ended and the coordinator told why. */
+void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len);
+/* Ends the secure-aggregation session (wipes its secrets, drops an upload held for it);
+ * reports why to the log and the coordinator if `why` is set. Safe without a session. */
+void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail);
+/* SecaggKeys: encrypts this site's shares for its neighbours and sends them. */
+void moeh_agent_sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k);
+/* The forwarded shares and U2: masks the session's vector, then sends it (or, for a TRAIN
+ * update with granted uploads, announces it and waits for the grant). */
+void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh);
+/* Sends the session's masked vector. */
+void moeh_agent_sa_send_masked(agent_t *a);
+/* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' keys. */
+void moeh_agent_sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um);
+
+/* ---- agent_update.c: the training update, encoded and uploaded -------------------------- */
+/* Encodes this round's delta (a->delta, after local training with result res) into a->upd
+ * and sends it: in clear, held for its upload grant, or through secure aggregation. A failure
+ * is logged and reported to the coordinator; no update is sent then. */
+void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
+                              const moeh_train_result_t *res);
+/* Sends a->upd in clear as this round's Update (no secure aggregation). */
+void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double loss,
+                            uint64_t samples, uint32_t steps);
+/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
+ * waits for the grant in the main loop. */
+void moeh_agent_upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session);
+/* UploadGrant: sends the held update it names; a grant for anything else is ignored. */
+void moeh_agent_on_grant(agent_t *a, const Moeh__UploadGrant *g);
+
+#endif

@@ -1,0 +1,160 @@
+/* agent_update.c - a training round's update, encoded and uploaded (agent_int.h).
+ *
+ * What leaves the site: for each parameter group the weighted delta as fixed-point words
+ * (fed/moeh_quant.h) and the weight (samples that trained the group), then the mean training
+ * loss, samples and steps. With DP (RoundConfig.dp_clip > 0, fed/moeh_dp.h) the delta is
+ * clipped to an L2 norm and noised before it is encoded, weights are 0/1, and the training loss
+ * is not sent. With secure aggregation the loss, samples and steps are summed with the words
+ * (fed/moeh_secsum.h) instead of travelling in the header.
+ *
+ * Granted uploads (RoundStart.grant_uploads, TRAIN only): the ready update (the Update, or the
+ * masked vector once the shares arrived) is held, announced with UploadReady and sent only on
+ * the matching UploadGrant; the main loop keeps heartbeating meanwhile. The wait is dropped
+ * at the next RoundStart, on a (re)welcome, when the socket is replaced and when the secure
+ * session ends, so a grant of an old round, session or coordinator is never answered. */
+#include "agent_int.h"
+
+#include "moeh_dp.h"
+#include "moeh_quant.h"
+#include "moeh_secsum.h"
+
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+
+/* Encodes this round's delta (a->delta, after local training with result res) into a->upd and
+ * sends it: in clear, held for its upload grant, or through secure aggregation. */
+void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
+                              const moeh_train_result_t *res)
+{
+    const Moeh__RoundConfig *rc = rs->config;
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    /* A group this site did not train is no update (weight decay may still have moved it). */
+    for (size_t g = 0; g < p->n_groups; g++)
+        if (res->group_samples[g] == 0)
+            memset(a->delta + p->group_off[g], 0, p->group_len[g] * sizeof(float));
+    /* DP-FedAvg (fed/moeh_dp.h): clip the whole delta to L2 norm dp_clip, add this site's share of
+     * the noise to every coordinate (also of groups it did not train, so that every group's sum
+     * carries the full noise), and send it with weight 1: one site moves the sum by at most
+     * dp_clip whatever its size. The pre-clip norm is logged here (never sent) to help choose
+     * the clip. */
+    int dp = rc->dp_clip > 0, unweighted = dp || rc->unweighted;
+    double norm, sd = 0;
+    if (dp) {
+        norm = moeh_dp_clip(a->delta, p->n, rc->dp_clip);
+        sd = moeh_dp_site_std(rc->dp_clip, rc->dp_noise, rc->dp_sites);
+        if (sd > 0) {
+            if (moeh_crypto_init() != 0) {
+                MOEH_ERROR("round %u: libsodium failed to initialise; no update is sent",
+                           rs->round);
+                moeh_agent_send_error(a, -EIO, "cannot draw the DP noise");
+                return;
+            }
+            moeh_dp_add_noise(a->delta, p->n, sd);
+        }
+    } else {
+        double ss = 0;
+        for (size_t i = 0; i < p->n; i++)
+            ss += (double)a->delta[i] * (double)a->delta[i];
+        norm = sqrt(ss);
+    }
+    /* Each group's delta is weighted by the samples that trained it (or by 1 per site,
+     * unweighted); weight 0 leaves the group out of the average. */
+    for (size_t g = 0; g < p->n_groups; g++) {
+        uint64_t w = res->group_samples[g];
+        if (w > a->n_train) /* a group is trained at most once per row per epoch */
+            w = a->n_train;
+        if (unweighted) w = w > 0;
+        /* under DP a group's words carry the noise even where the site did not train it */
+        moeh_quant_encode(a->upd + p->group_off[g], a->delta + p->group_off[g], p->group_len[g],
+                          rc->delta_clip, dp ? 1.0 : (double)w, rc->quant_scale);
+        a->upd[p->n + g] = (uint32_t)w;
+    }
+    double loss = res->steps ? res->mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
+    MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f, update L2 norm %.4g",
+              rs->round, rc->warmup ? " (warm-up)" : "", res->steps,
+              (unsigned long long)res->samples, loss, norm);
+    if (dp)
+        MOEH_INFO("round %u: DP: clipped to %g (%s), noise std %.4g per coordinate "
+                  "(multiplier %g over %u sites)",
+                  rs->round, (double)rc->dp_clip, norm > rc->dp_clip ? "scaled down" : "unchanged",
+                  sd, (double)rc->dp_noise, rc->dp_sites);
+    /* under DP the training loss (a statistic of the training data outside the accounting)
+     * stays here */
+    double sent_loss = dp ? 0.0 : loss;
+    if (rs->secagg) { /* the header's values are summed with the update, never in clear */
+        if (moeh_secsum_train_put(a->upd + p->n + p->n_groups, sent_loss, res->samples,
+                                  res->steps)) {
+            MOEH_ERROR("round %u: train loss x samples is out of the fixed-point range; no "
+                       "update is sent",
+                       rs->round);
+            moeh_agent_send_error(a, -ERANGE, "train loss out of range");
+            return;
+        }
+        moeh_agent_sa_begin(a, rs, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
+        return;
+    }
+    if (rs->grant_uploads) { /* held in a->upd until the coordinator grants the upload */
+        a->up_loss = sent_loss, a->up_samples = res->samples, a->up_steps = res->steps;
+        moeh_agent_upload_ready(a, rs->round, rs->model_version, 0);
+        return;
+    }
+    moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps);
+}
+
+/* Sends a->upd in clear as this round's Update (no secure aggregation). */
+void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double loss,
+                            uint64_t samples, uint32_t steps)
+{
+    moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    Moeh__Envelope env;
+    Moeh__Update u = MOEH__UPDATE__INIT;
+    u.round = round;
+    u.model_version = version;
+    u.train_loss = loss;
+    u.n_samples = samples;
+    u.steps = steps;
+    moeh_env_update(&env, &u);
+    moeh_frame_t f = {
+        .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
+    if (rc) MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
+}
+
+/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
+ * waits for the grant in the main loop. */
+void moeh_agent_upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
+{
+    Moeh__Envelope env;
+    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
+    r.round = round;
+    r.model_version = version;
+    r.session = session;
+    moeh_env_upload_ready(&env, &r);
+    a->up_wait = 1;
+    a->up_round = round, a->up_version = version, a->up_session = session;
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
+    if (rc) MOEH_WARN("round %u: could not announce the update: %s", round, moeh_strerror(rc));
+}
+
+/* UploadGrant: sends the held update it names; a grant for anything else is ignored (the
+ * coordinator's grant then expires). */
+void moeh_agent_on_grant(agent_t *a, const Moeh__UploadGrant *g)
+{
+    if (!a->up_wait || g->round != a->up_round || g->model_version != a->up_version ||
+        g->session != a->up_session || (g->session && (!a->sa || a->sa_session != g->session))) {
+        MOEH_WARN("ignored an upload grant for round %u (session %llu): no such update waits",
+                  g->round, (unsigned long long)g->session);
+        return;
+    }
+    if (a->faults.kill_upload_round && g->round == a->faults.kill_upload_round) {
+        MOEH_WARN("fault injection: killing myself on the upload grant of round %u", g->round);
+        raise(SIGKILL);
+    }
+    a->up_wait = 0;
+    if (g->session)
+        moeh_agent_sa_send_masked(a);
+    else
+        moeh_agent_update_send(a, a->up_round, a->up_version, a->up_loss, a->up_samples,
+                               a->up_steps);
+}

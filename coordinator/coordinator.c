@@ -169,16 +169,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;
-    c->arch = MOEH_ARCH_MOE;
-    c->d_emb = 128;
-    c->d_hidden = 128;
-    c->note_buckets = 1u << 16;
-    c->top_k = 0;
-    c->temperature = 1.0f;
-    c->lambda_lb = 0.01f;
-    c->gate_sup = 1.0f;
-    c->n_tasks = 3;
-    c->seed = 1;
+    c->model = moeh_moe_defaults(0, 0); /* data shapes: from the sites (create_model) */
     c->warmup_rounds = 3;
     c->prox_mu = 0.0f;
     c->strategy = "fedavg";
@@ -424,21 +415,9 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
                         uint32_t img_size, moeh_err_t *err)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    moeh_moe_cfg_t mc = moeh_moe_defaults(n_static, n_vars);
-    mc.arch = (moeh_arch_t)cfg->arch;
-    mc.d_emb = cfg->d_emb;
-    mc.d_hidden = cfg->d_hidden;
-    mc.n_steps = n_steps;
-    mc.note_buckets = cfg->note_buckets;
-    mc.img_size = img_size;
-    mc.n_tasks = cfg->n_tasks;
-    mc.top_k = cfg->top_k;
-    mc.temperature = cfg->temperature;
-    mc.lambda_lb = cfg->lambda_lb;
-    mc.gate_sup = cfg->gate_sup;
-    mc.gate_sup_joint = cfg->gate_sup_joint;
+    moeh_moe_cfg_t mc = cfg->model;
+    mc.n_static = n_static, mc.n_vars = n_vars, mc.n_steps = n_steps, mc.img_size = img_size;
     mc.max_batch = cfg->batch_size;
-    mc.seed = cfg->seed;
     moeh_err_t e2 = {0};
     int rc = moeh_moe_create(&mc, &c->model, &e2);
     if (rc) return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
@@ -451,14 +430,13 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
     c->lim = (moeh_wire_limits_t){.n_params = c->p->n,
                                   .n_groups = (uint32_t)c->p->n_groups,
-                                  .n_tasks = cfg->n_tasks,
+                                  .n_tasks = (uint32_t)mc.n_tasks,
                                   .eval_bins = cfg->eval_bins,
                                   .n_norm = c->n_norm,
                                   .n_experts = c->n_experts};
     if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off, c->p->group_len)))
         return moeh_errf(err, rc, "cannot allocate the aggregation buffer");
-    c->hist =
-        calloc((size_t)MOEH_WIRE_SLICES * cfg->n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
+    c->hist = calloc((size_t)MOEH_WIRE_SLICES * mc.n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
     c->gate_sum = calloc((size_t)MOEH_WIRE_COMBOS * c->n_experts, sizeof(double));
@@ -499,7 +477,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.lr = cfg->lr;
     rc.weight_decay = cfg->weight_decay;
     rc.clip = cfg->clip;
-    rc.seed = cfg->seed * 1000003u + c->round;
+    rc.seed = cfg->model.seed * 1000003u + c->round;
     rc.delta_clip = c->quant_range;
     rc.quant_scale = c->quant_scale;
     rc.unweighted = c->unit_weight;
@@ -754,29 +732,16 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;
     Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
-    const moeh_moe_cfg_t *mc = &c->mcfg;
-    uint32_t ch[3] = {(uint32_t)mc->cnn_ch[0], (uint32_t)mc->cnn_ch[1], (uint32_t)mc->cnn_ch[2]};
-    ms.kind = "moe-health";
-    ms.arch = (uint32_t)mc->arch;
-    ms.n_static = (uint32_t)mc->n_static;
-    ms.d_emb = (uint32_t)mc->d_emb;
-    ms.d_hidden = (uint32_t)mc->d_hidden;
-    ms.n_vars = (uint32_t)mc->n_vars;
-    ms.n_steps = (uint32_t)mc->n_steps;
-    ms.note_buckets = (uint32_t)mc->note_buckets;
-    ms.img_size = (uint32_t)mc->img_size;
-    ms.n_cnn_ch = 3;
-    ms.cnn_ch = ch;
-    ms.top_k = (uint32_t)mc->top_k;
-    ms.temperature = mc->temperature;
-    ms.lambda_lb = mc->lambda_lb;
-    ms.gate_sup = mc->gate_sup;
-    ms.gate_sup_joint = mc->gate_sup_joint;
+    char *cfg_json = NULL;
+    moeh_err_t e2 = {0};
+    if (moeh_moe_cfg_to_json(&c->mcfg, &cfg_json, &e2) != 0) {
+        reply_error(c, m, -ENOMEM, e2.msg, s->id);
+        return;
+    }
+    ms.config_json = cfg_json;
     ms.n_experts = c->n_experts;
-    ms.max_batch = (uint32_t)mc->max_batch;
     ms.n_norm = c->n_norm;
-    ms.n_tasks = (uint32_t)mc->n_tasks;
-    ms.seed = mc->seed;
+    ms.n_tasks = (uint32_t)c->mcfg.n_tasks;
     ms.spec_hash = c->spec_hash;
     ms.n_params = c->p->n;
     ms.n_groups = (uint32_t)c->p->n_groups;
@@ -787,7 +752,9 @@ static void handle_hello(coord_t *c, moeh_msg_t *m, moeh_err_t *fatal)
     env.type = MOEH__MSG_TYPE__WELCOME;
     env.body_case = MOEH__ENVELOPE__BODY_WELCOME;
     env.welcome = &w;
-    if (send_to(c, s, &env, NULL, 0) != 0) return;
+    int sent = send_to(c, s, &env, NULL, 0);
+    free(cfg_json);
+    if (sent != 0) return;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
     if (c->sa.step != SA_OFF && !s->replied) {
         /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
@@ -1071,7 +1038,7 @@ static void handle_eval(coord_t *c, moeh_msg_t *m, site_t *s)
         return;
     }
     if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
-    const uint32_t T = c->cfg->n_tasks, nb = c->cfg->eval_bins;
+    const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     size_t per_slice = (size_t)T * 2 * nb, n = MOEH_WIRE_SLICES * per_slice;
     /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */
@@ -1430,7 +1397,7 @@ static void finish_stats(coord_t *c)
 static void finish_eval(coord_t *c)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
+    const uint32_t T = (uint32_t)cfg->model.n_tasks, nb = cfg->eval_bins;
     double mean = 0;
     int n_ok = 0;
     moeh_secsum_eval_get(c->vsum, &c->lim, c->hist, c->gate_sum, c->combo_rows, &c->eval_loss_sum,
@@ -1530,7 +1497,7 @@ static void finish_eval(coord_t *c)
 /* The final table: test AUROC per task, overall and per modality combination. */
 static void print_final_table(const coord_t *c)
 {
-    const uint32_t T = c->cfg->n_tasks;
+    const uint32_t T = (uint32_t)c->cfg->model.n_tasks;
     printf("\ntest AUROC of the final model, per modality combination "
            "(E = EHR, N = notes, I = image; n = test rows):\n");
     printf("%-6s %7s", "combo", "n");
@@ -1962,17 +1929,16 @@ static int write_config(const coord_t *c, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
     cJSON_AddNumberToObject(j, "upload_slots", k->upload_slots);
-    cJSON_AddNumberToObject(j, "arch", k->arch);
-    cJSON_AddNumberToObject(j, "d_emb", k->d_emb);
-    cJSON_AddNumberToObject(j, "d_hidden", k->d_hidden);
-    cJSON_AddNumberToObject(j, "note_buckets", k->note_buckets);
-    cJSON_AddNumberToObject(j, "top_k", k->top_k);
-    cJSON_AddNumberToObject(j, "temperature", k->temperature);
-    cJSON_AddNumberToObject(j, "lambda_lb", k->lambda_lb);
-    cJSON_AddNumberToObject(j, "gate_sup", k->gate_sup);
-    cJSON_AddNumberToObject(j, "gate_sup_joint", k->gate_sup_joint);
-    cJSON_AddNumberToObject(j, "n_tasks", k->n_tasks);
-    cJSON_AddNumberToObject(j, "seed", (double)k->seed);
+    char *model = NULL; /* the configured model spec (data shapes 0: the sites give them) */
+    int mrc = moeh_moe_cfg_to_json(&k->model, &model, err);
+    cJSON *mj = mrc ? NULL : cJSON_Parse(model);
+    free(model);
+    if (!mj) {
+        cJSON_Delete(j);
+        return mrc ? mrc : moeh_errf(err, -ENOMEM, "out of memory");
+    }
+    cJSON_AddItemToObject(j, "model", mj);
+    cJSON_AddNumberToObject(j, "seed", (double)k->model.seed);
     cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);
     cJSON_AddNumberToObject(j, "prox_mu", k->prox_mu);
     cJSON_AddStringToObject(j, "strategy", k->strategy);
@@ -2010,7 +1976,7 @@ static int setup(coord_t *c, moeh_err_t *err)
     const moeh_coord_cfg_t *cfg = c->cfg;
     int rc;
     char path[4096];
-    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks != 3 || cfg->arch > 6 ||
+    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->model.n_tasks != 3 || cfg->model.arch > 6 ||
         cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
         cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL,
@@ -2090,8 +2056,8 @@ static int setup(coord_t *c, moeh_err_t *err)
             MOEH_WARN("--dp-noise 0: updates are clipped but not noised; epsilon is unbounded");
     }
     static const char *names3[] = {"mortality", "los7", "readmit30"};
-    for (uint32_t t = 0; t < cfg->n_tasks; t++) {
-        if (cfg->n_tasks == 3)
+    for (uint32_t t = 0; t < cfg->model.n_tasks; t++) {
+        if (cfg->model.n_tasks == 3)
             snprintf(c->task_buf[t], sizeof c->task_buf[t], "%s", names3[t]);
         else
             snprintf(c->task_buf[t], sizeof c->task_buf[t], "task%u", t);

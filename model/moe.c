@@ -353,7 +353,8 @@ static void init_uniform(float *w, size_t n, size_t fan_in, moeh_rng_t *r)
 }
 
 /* PyTorch-like initialisation: linear/conv weight and bias uniform +-1/sqrt(fan_in) of the
- * layer, GRU +-1/sqrt(hidden), embeddings N(0,1), missingness embeddings N(0, 0.02^2). */
+ * layer, GRU +-1/sqrt(hidden), embeddings N(0,1), missingness embeddings
+ * N(0, cfg.missing_init^2). */
 static void init_params(moeh_moe_t *m)
 {
     moeh_params_t *p = &m->p;
@@ -365,7 +366,7 @@ static void init_params(moeh_moe_t *m)
         const char *nm = v->name;
         if (strncmp(nm, "missing.", 8) == 0) {
             for (size_t j = 0; j < v->numel; j++)
-                w[j] = 0.02f * (float)moeh_rng_normal(&r);
+                w[j] = m->cfg.missing_init * (float)moeh_rng_normal(&r);
         } else if (strcmp(nm, "notes.embed.weight") == 0) {
             for (size_t j = 0; j < v->numel; j++)
                 w[j] = (float)moeh_rng_normal(&r);

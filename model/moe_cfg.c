@@ -43,6 +43,7 @@ moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars)
     c.lambda_lb = 0.01f;
     c.gate_sup = 1.0f;
     c.dropout = 0.0f;
+    c.missing_init = 0.02f;
     c.max_batch = 64;
     c.seed = 1;
     return c;
@@ -96,6 +97,8 @@ static const field_t k_fields[] = {
      "gate supervision weight kept in joint training (0: none)"},
     {F(dropout), K_FLOAT, 1, 0, 1, 0, 1, 0, "dropout",
      "dropout on the expert hidden layers while training"},
+    {F(missing_init), K_FLOAT, 1, 0, INFINITY, 0, 1, 0, "missing-init",
+     "standard deviation of the missing-modality embeddings at initialisation"},
     {F(pos_weight), K_FLOAT, MOEH_MAX_TASKS, 0, INFINITY, 0, 1, 0, NULL, NULL},
     {F(max_batch), K_SIZE, 1, 1, 65536, 0, 0, 1, NULL, NULL},
     {F(threads), K_INT, 1, 0, 64, 0, 0, 1, NULL, NULL},

@@ -50,6 +50,7 @@ typedef struct {
     float gate_sup;       /* weight of the gate supervision loss during warm-up (1) */
     float gate_sup_joint; /* the same supervision kept in joint rounds (0: none) */
     float dropout;        /* dropout on the expert hidden layers while training (0) */
+    float missing_init;   /* std of the missing-modality embeddings at initialisation (0.02) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;                 /* workspace rows (64) */
     int threads;   /* >= 2: two OpenMP workers split the encoders' images and the AdamW
@@ -97,7 +98,8 @@ int moeh_moe_cfg_diff(const moeh_moe_cfg_t *a, const moeh_moe_cfg_t *b, const ch
 uint64_t moeh_moe_cfg_json_hash(const char *json);
 
 /* The option fragment of the model hyperparameters (--arch, --d-emb, --d-hidden,
- * --note-buckets, --top-k, --temperature, --lambda-lb, --gate-sup, --gate-sup-joint, --dropout):
+ * --note-buckets, --top-k, --temperature, --lambda-lb, --gate-sup, --gate-sup-joint, --dropout,
+ * --missing-init):
  * appends their entries, pointing into *cfg, to opts[*n..cap) and advances *n, so that every
  * binary's option table offers the same hyperparameters. Data shapes, the workspace size and the
  * seed are left to each binary. 0 or -ENOSPC. */

@@ -346,7 +346,7 @@ static moeh_moe_cfg_t odd_cfg(void)
     c.img_size = 24, c.img_dim = 29, c.cnn_ch[0] = 3, c.cnn_ch[1] = 5, c.cnn_ch[2] = 1024;
     c.n_tasks = 4, c.top_k = 2;
     c.temperature = 0.1f, c.lambda_lb = 1e-7f, c.gate_sup = 3.3f;
-    c.gate_sup_joint = nextafterf(0.25f, 1.0f), c.dropout = 0.3f;
+    c.gate_sup_joint = nextafterf(0.25f, 1.0f), c.dropout = 0.3f, c.missing_init = 0.07f;
     for (int t = 0; t < MOEH_MAX_TASKS; t++)
         c.pos_weight[t] = 0.7f * (float)t + 1e-3f;
     c.max_batch = 99, c.threads = 2, c.seed = UINT64_MAX - 12345;
@@ -373,6 +373,7 @@ static moeh_moe_cfg_t odd_cfg(void)
         assert_memory_equal(&(a).gate_sup, &(b).gate_sup, sizeof(float));                          \
         assert_memory_equal(&(a).gate_sup_joint, &(b).gate_sup_joint, sizeof(float));              \
         assert_memory_equal(&(a).dropout, &(b).dropout, sizeof(float));                            \
+        assert_memory_equal(&(a).missing_init, &(b).missing_init, sizeof(float));                  \
         assert_memory_equal((a).pos_weight, (b).pos_weight, sizeof(a).pos_weight);                 \
         assert_int_equal((a).max_batch, (b).max_batch);                                            \
         assert_int_equal((a).threads, (b).threads);                                                \
@@ -403,11 +404,13 @@ static void test_cfg_json_roundtrip(void **state)
         js, "{\"arch\":0,\"d_emb\":128,\"d_hidden\":128,\"n_static\":3,\"n_vars\":2,\"n_steps\":48,"
             "\"note_buckets\":65536,\"note_dim\":0,\"img_size\":64,\"img_dim\":0,\"cnn_ch\":[16,32,"
             "64],\"n_tasks\":3,\"top_k\":0,\"temperature\":1,\"lambda_lb\":0.01,\"gate_sup\":1,"
-            "\"gate_sup_joint\":0,\"dropout\":0,\"pos_weight\":[0,0,0,0,0,0,0,0],\"max_batch\":64,"
+            "\"gate_sup_joint\":0,\"dropout\":0,\"missing_init\":0.02,\"pos_weight\":[0,0,0,0,0,0,"
+            "0,0],\"max_batch\":64,"
             "\"threads\":0,\"seed\":\"1\"}");
     const char *shuffled =
         "{ \"seed\" : \"1\", \"threads\":0,\"max_batch\":64,\"pos_weight\":[0,0,0,0,0,0,0,0],"
-        "\"dropout\":0,\"gate_sup_joint\":0,\"gate_sup\":1,\"lambda_lb\":0.01,\"temperature\":1,"
+        "\"missing_init\":0.02,\"dropout\":0,\"gate_sup_joint\":0,\"gate_sup\":1,\"lambda_lb\":0."
+        "01,\"temperature\":1,"
         "\"top_k\":0,\"n_tasks\":3,\"cnn_ch\":[16,32,64],\"img_dim\":0,\"img_size\":64,"
         "\"note_dim\":0,\"note_buckets\":65536,\"n_steps\":48,\"n_vars\":2,\"n_static\":3,"
         "\"d_hidden\":128,\"d_emb\":128,\"arch\":0 }\n";
@@ -518,6 +521,7 @@ MUT(m_gs_neg, c->gate_sup = -1)
 MUT(m_gsj_inf, c->gate_sup_joint = INFINITY)
 MUT(m_drop1, c->dropout = 1)
 MUT(m_pw_neg, c->pos_weight[2] = -1)
+MUT(m_mi_neg, c->missing_init = -0.5f)
 MUT(m_batch0, c->max_batch = 0)
 MUT(m_batch_big, c->max_batch = 65537)
 MUT(m_threads, c->threads = 65)
@@ -559,6 +563,7 @@ static void test_cfg_validate(void **state)
         {m_gsj_inf, "gate_sup_joint = inf"},
         {m_drop1, "dropout = 1, expected [0, 1)"},
         {m_pw_neg, "pos_weight[2] = -1"},
+        {m_mi_neg, "missing_init = -0.5, expected a finite number >= 0"},
         {m_batch0, "max_batch = 0"},
         {m_batch_big, "max_batch = 65537"},
         {m_threads, "threads = 65"},
@@ -611,20 +616,46 @@ static void test_cfg_options(void **state)
         assert_non_null(opts[i].help);
     }
     moeh_opts_t o = {.prog = "t", .synopsis = "", .opts = opts, .n_opts = n};
-    char *argv[] = {"t",     "--arch",         "4",    "--d-emb",    "7", "--d-hidden",
-                    "9",     "--note-buckets", "33",   "--top-k",    "2", "--temperature",
-                    "0.5",   "--lambda-lb",    "0.25", "--gate-sup", "2", "--gate-sup-joint",
-                    "0.125", "--dropout",      "0.1",  NULL};
+    char *argv[] = {"t",     "--arch",         "4",    "--d-emb",        "7",   "--d-hidden",
+                    "9",     "--note-buckets", "33",   "--top-k",        "2",   "--temperature",
+                    "0.5",   "--lambda-lb",    "0.25", "--gate-sup",     "2",   "--gate-sup-joint",
+                    "0.125", "--dropout",      "0.1",  "--missing-init", "0.5", NULL};
     moeh_err_t err = {{0}};
-    assert_int_equal(moeh_opts_parse(&o, 21, argv, &err), 0);
+    assert_int_equal(moeh_opts_parse(&o, 23, argv, &err), 0);
     assert_int_equal(c.arch, MOEH_ARCH_JOINT);
     assert_true(c.d_emb == 7 && c.d_hidden == 9 && c.note_buckets == 33 && c.top_k == 2);
     assert_true(c.temperature == 0.5f && c.lambda_lb == 0.25f && c.gate_sup == 2.0f);
-    assert_true(c.gate_sup_joint == 0.125f && c.dropout == 0.1f);
+    assert_true(c.gate_sup_joint == 0.125f && c.dropout == 0.1f && c.missing_init == 0.5f);
     assert_true(c.n_static == 3 && c.n_vars == 2 && c.seed == 1);
     moeh_opts_free(&o);
     size_t m = 14;
     assert_int_equal(moeh_moe_cfg_options(&c, opts, &m, 16), -ENOSPC);
+}
+
+/* cfg.missing_init scales the missing-modality embeddings at initialisation (same draws: the
+ * same seed gives exactly twice the values at twice the std) and nothing else. */
+static void test_missing_init(void **state)
+{
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_MOE, 0);
+    assert_true(c.missing_init == 0.02f);
+    moeh_moe_t *a = NULL, *b = NULL;
+    assert_int_equal(moeh_moe_create(&c, &a, NULL), 0);
+    c.missing_init = 0.04f;
+    assert_int_equal(moeh_moe_create(&c, &b, NULL), 0);
+    moeh_params_t *pa = moeh_moe_params(a), *pb = moeh_moe_params(b);
+    size_t n_missing = 0;
+    for (size_t v = 0; v < pa->n_views; v++) {
+        const float *wa = pa->w + pa->views[v].offset, *wb = pb->w + pb->views[v].offset;
+        int missing = strncmp(pa->views[v].name, "missing.", 8) == 0;
+        for (size_t i = 0; i < pa->views[v].numel; i++) {
+            float want = missing ? (0.04f / 0.02f) * wa[i] : wa[i];
+            assert_true(fabsf(wb[i] - want) <= 1e-7f * fabsf(want));
+            n_missing += missing && wa[i] != 0.0f;
+        }
+    }
+    assert_true(n_missing >= 3 * c.d_emb - 1);
+    moeh_moe_destroy(&a);
+    moeh_moe_destroy(&b);
 }
 
 int main(void)
@@ -647,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_cfg_from_json_refuses),
         cmocka_unit_test(test_cfg_validate),
         cmocka_unit_test(test_cfg_options),
+        cmocka_unit_test(test_missing_init),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

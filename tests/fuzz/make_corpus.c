@@ -80,7 +80,8 @@ int main(int argc, char **argv)
         "{\"arch\":0,\"d_emb\":8,\"d_hidden\":8,\"n_static\":2,\"n_vars\":2,\"n_steps\":48,"
         "\"note_buckets\":256,\"note_dim\":0,\"img_size\":64,\"img_dim\":0,\"cnn_ch\":[4,8,16],"
         "\"n_tasks\":3,\"top_k\":0,\"temperature\":1,\"lambda_lb\":0.01,\"gate_sup\":1,"
-        "\"gate_sup_joint\":0,\"dropout\":0,\"pos_weight\":[0,0,0,0,0,0,0,0],\"max_batch\":16,"
+        "\"gate_sup_joint\":0,\"dropout\":0,\"missing_init\":0.02,\"pos_weight\":[0,0,0,0,0,0,0,0],"
+        "\"max_batch\":16,"
         "\"threads\":0,\"seed\":\"1\"}";
     ms.n_tasks = 3, ms.n_experts = 7, ms.n_norm = L->n_norm;
     ms.n_params = L->n_params, ms.n_groups = L->n_groups, ms.spec_hash = 42;

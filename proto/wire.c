@@ -656,6 +656,13 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        moeh_msg_type_name(e->type));
         goto fail;
     }
+    if (e->type == MOEH__MSG_TYPE__WELCOME && moeh__envelope__get_packed_size(e) != hdr_len) {
+        /* the decoder ends a string at its first NUL byte, so such a string re-encodes shorter
+         * (as does a non-canonical encoding, which no protobuf encoder writes) */
+        rc = moeh_errf(err, -EBADMSG,
+                       "welcome: a string holds a NUL byte (or the encoding is not canonical)");
+        goto fail;
+    }
     if (e->n_frames != n_frames) {
         rc = moeh_errf(err, -EBADMSG, "header describes %zu tensor frames, %zu arrived",
                        e->n_frames, n_frames);

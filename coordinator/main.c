@@ -91,6 +91,7 @@ int main(int argc, char **argv)
     };
     /* this binary's options, then the model's hyperparameters (the shared fragment) */
     moeh_opt_t opts[MOEH_OPTS_MAX];
+    _Static_assert(sizeof own / sizeof own[0] < MOEH_OPTS_MAX, "room for the model options");
     size_t n_opts = sizeof own / sizeof own[0];
     memcpy(opts, own, sizeof own);
     if (moeh_moe_cfg_options(&cfg.model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;

@@ -99,6 +99,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     };
     /* this command's options, then the model's hyperparameters (the shared fragment) */
     moeh_opt_t opts[MOEH_OPTS_MAX];
+    _Static_assert(sizeof own / sizeof own[0] < MOEH_OPTS_MAX, "room for the model options");
     size_t n_opts = sizeof own / sizeof own[0];
     const size_t n_own = n_opts;
     memcpy(opts, own, sizeof own);

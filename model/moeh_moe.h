@@ -75,6 +75,12 @@ moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars);
 int moeh_moe_cfg_validate(const moeh_moe_cfg_t *cfg, moeh_err_t *err)
     __attribute__((warn_unused_result));
 
+/* moeh_moe_cfg_validate before the data is known (a binary checking its options): the data
+ * shapes (n_static, n_vars, n_steps, img_size) are replaced by stand-ins that pass, every other
+ * field is checked as given. */
+int moeh_moe_cfg_validate_hyper(const moeh_moe_cfg_t *cfg, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
 /* The canonical JSON of cfg. 0, -EINVAL (a non-finite float: err names it) or -ENOMEM. On
  * success the caller owns *json (free()). */
 int moeh_moe_cfg_to_json(const moeh_moe_cfg_t *cfg, char **json, moeh_err_t *err)

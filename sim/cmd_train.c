@@ -276,10 +276,10 @@ int moeh_sim_cmd_train(int argc, char **argv)
     if (!rc && (!(wd >= 0 && isfinite(wd)) || !(clip >= 0 && isfinite(clip))))
         rc = moeh_errf(&err, -EINVAL, "--weight-decay and --clip must be >= 0");
     if (!rc && mc.note_buckets == 0) rc = moeh_errf(&err, -EINVAL, "--note-buckets must be > 0");
-    if (!rc) { /* the hyperparameters, with stand-ins for the dataset's shapes */
+    if (!rc) { /* the hyperparameters (the dataset's shapes come later) */
         moeh_moe_cfg_t chk = mc;
-        chk.n_static = chk.n_vars = 1, chk.n_steps = 48, chk.img_size = 64, chk.max_batch = batch;
-        rc = moeh_moe_cfg_validate(&chk, &err);
+        chk.max_batch = batch;
+        rc = moeh_moe_cfg_validate_hyper(&chk, &err);
     }
     if (!rc && (bins < 2 || bins > 100000))
         rc = moeh_errf(&err, -EINVAL, "--eval-bins %u: expected 2..100000", bins);

@@ -125,6 +125,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--sites careunit is not supported by run; name the sites");
     if (rc == 0 && min_sites == 0) min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
     if (rc == 0 && rounds == 0) rc = moeh_errf(&err, -EINVAL, "--rounds must be >= 1");
+    if (rc == 0) { /* the model's hyperparameters, before any data is made (the sites' shapes
+                    * and the coordinator's batch size come later) */
+        moeh_moe_cfg_t chk = model;
+        chk.max_batch = batch;
+        rc = moeh_moe_cfg_validate_hyper(&chk, &err);
+    }
     if (rc == 0 && !moeh_opts_seen(&o, &warmup) &&
         warmup >= rounds) /* the default leaves a joint round */
         warmup = rounds - 1;

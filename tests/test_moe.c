@@ -596,6 +596,16 @@ static void test_cfg_validate(void **state)
         assert_null(m);
         assert_string_equal(err.msg, e2.msg);
     }
+    /* before the data: shapes are stood in for, every other field checked */
+    moeh_moe_cfg_t h = moeh_moe_defaults(0, 0);
+    assert_int_equal(moeh_moe_cfg_validate(&h, NULL), -EINVAL); /* no EHR shapes */
+    assert_int_equal(moeh_moe_cfg_validate_hyper(&h, NULL), 0);
+    h.arch = MOEH_ARCH_EARLY;
+    assert_int_equal(moeh_moe_cfg_validate_hyper(&h, NULL), 0);
+    h.top_k = 8;
+    moeh_err_t eh = {{0}};
+    assert_int_equal(moeh_moe_cfg_validate_hyper(&h, &eh), -EINVAL);
+    assert_non_null(strstr(eh.msg, "top_k = 8"));
     /* an encoder an arch does not use needs nothing */
     moeh_moe_cfg_t u = small_cfg(MOEH_ARCH_UNI_NOTES, 0);
     u.n_static = 0, u.img_size = 0, u.img_dim = 0;

@@ -20,16 +20,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;
-    c->arch = MOEH_ARCH_MOE;
-    c->d_emb = 128;
-    c->d_hidden = 128;
-    c->note_buckets = 1u << 16;
-    c->top_k = 0;
-    c->temperature = 1.0f;
-    c->lambda_lb = 0.01f;
-    c->gate_sup = 1.0f;
-    c->n_tasks = 3;
-    c->seed = 1;
+    c->model = moeh_moe_defaults(0, 0); /* data shapes: from the sites (create_model) */
     c->warmup_rounds = 3;
     c->prox_mu = 0.0f;
     c->strategy = "fedavg";
@@ -52,7 +43,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
 
 int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
 {
-    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->n_tasks != 3 || cfg->arch > 6 ||
+    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->model.n_tasks != 3 || cfg->model.arch > 6 ||
         cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
         cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL,

@@ -148,21 +148,9 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
                         uint32_t img_size, moeh_err_t *err)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    moeh_moe_cfg_t mc = moeh_moe_defaults(n_static, n_vars);
-    mc.arch = (moeh_arch_t)cfg->arch;
-    mc.d_emb = cfg->d_emb;
-    mc.d_hidden = cfg->d_hidden;
-    mc.n_steps = n_steps;
-    mc.note_buckets = cfg->note_buckets;
-    mc.img_size = img_size;
-    mc.n_tasks = cfg->n_tasks;
-    mc.top_k = cfg->top_k;
-    mc.temperature = cfg->temperature;
-    mc.lambda_lb = cfg->lambda_lb;
-    mc.gate_sup = cfg->gate_sup;
-    mc.gate_sup_joint = cfg->gate_sup_joint;
+    moeh_moe_cfg_t mc = cfg->model;
+    mc.n_static = n_static, mc.n_vars = n_vars, mc.n_steps = n_steps, mc.img_size = img_size;
     mc.max_batch = cfg->batch_size;
-    mc.seed = cfg->seed;
     moeh_err_t e2 = {0};
     int rc = moeh_moe_create(&mc, &c->model, &e2);
     if (rc) return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
@@ -175,13 +163,13 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
     c->lim = (moeh_wire_limits_t){.n_params = c->p->n,
                                   .n_groups = (uint32_t)c->p->n_groups,
-                                  .n_tasks = cfg->n_tasks,
+                                  .n_tasks = (uint32_t)mc.n_tasks,
                                   .eval_bins = cfg->eval_bins,
                                   .n_norm = c->n_norm,
                                   .n_experts = c->n_experts};
     if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off, c->p->group_len)))
         return moeh_errf(err, rc, "cannot allocate the aggregation buffer");
-    c->hist = calloc((size_t)MOEH_N_SLICES * cfg->n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
+    c->hist = calloc((size_t)MOEH_N_SLICES * mc.n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
     c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
     c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
     c->gate_sum = calloc((size_t)MOEH_N_COMBOS * c->n_experts, sizeof(double));
@@ -228,7 +216,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rc.lr = cfg->lr;
     rc.weight_decay = cfg->weight_decay;
     rc.clip = cfg->clip;
-    rc.seed = cfg->seed * 1000003u + c->round;
+    rc.seed = cfg->model.seed * 1000003u + c->round;
     rc.delta_clip = c->quant_range;
     rc.quant_scale = c->quant_scale;
     rc.unweighted = c->unit_weight;
@@ -406,29 +394,16 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;
     Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
-    const moeh_moe_cfg_t *mc = &c->mcfg;
-    uint32_t ch[3] = {(uint32_t)mc->cnn_ch[0], (uint32_t)mc->cnn_ch[1], (uint32_t)mc->cnn_ch[2]};
-    ms.kind = "moe-health";
-    ms.arch = (uint32_t)mc->arch;
-    ms.n_static = (uint32_t)mc->n_static;
-    ms.d_emb = (uint32_t)mc->d_emb;
-    ms.d_hidden = (uint32_t)mc->d_hidden;
-    ms.n_vars = (uint32_t)mc->n_vars;
-    ms.n_steps = (uint32_t)mc->n_steps;
-    ms.note_buckets = (uint32_t)mc->note_buckets;
-    ms.img_size = (uint32_t)mc->img_size;
-    ms.n_cnn_ch = 3;
-    ms.cnn_ch = ch;
-    ms.top_k = (uint32_t)mc->top_k;
-    ms.temperature = mc->temperature;
-    ms.lambda_lb = mc->lambda_lb;
-    ms.gate_sup = mc->gate_sup;
-    ms.gate_sup_joint = mc->gate_sup_joint;
+    char *cfg_json = NULL;
+    moeh_err_t e2 = {0};
+    if (moeh_moe_cfg_to_json(&c->mcfg, &cfg_json, &e2) != 0) {
+        coord_reply_error(c, m, -ENOMEM, e2.msg, s->id);
+        return 0;
+    }
+    ms.config_json = cfg_json;
     ms.n_experts = c->n_experts;
-    ms.max_batch = (uint32_t)mc->max_batch;
     ms.n_norm = c->n_norm;
-    ms.n_tasks = (uint32_t)mc->n_tasks;
-    ms.seed = mc->seed;
+    ms.n_tasks = (uint32_t)c->mcfg.n_tasks;
     ms.spec_hash = c->spec_hash;
     ms.n_params = c->p->n;
     ms.n_groups = (uint32_t)c->p->n_groups;
@@ -436,10 +411,10 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     w.model = &ms;
     w.heartbeat_ms = cfg->heartbeat_ms;
     w.eval_bins = cfg->eval_bins;
-    env.type = MOEH__MSG_TYPE__WELCOME;
-    env.body_case = MOEH__ENVELOPE__BODY_WELCOME;
-    env.welcome = &w;
-    if (coord_send_to(c, s, &env, NULL, 0) != 0) return 0;
+    moeh_env_welcome(&env, &w);
+    int sent = coord_send_to(c, s, &env, NULL, 0);
+    free(cfg_json);
+    if (sent != 0) return 0;
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
     if (moeh_sa_server_step(c->sa) != MOEH_SA_OFF && !s->replied) {
         /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
@@ -743,7 +718,7 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
             goto fail;
         }
     }
-    if ((rc = moeh_coord_report_open(cfg->out_dir, cfg->resume, cfg->n_tasks,
+    if ((rc = moeh_coord_report_open(cfg->out_dir, cfg->resume, (uint32_t)cfg->model.n_tasks,
                                      cfg->print_table ? (io->table ? io->table : stdout) : NULL,
                                      &c->report, err)))
         goto fail;

@@ -25,7 +25,7 @@ int main(int argc, char **argv)
     uint32_t ready_fd = UINT32_MAX;
     int table = 1;
     const char *log_level = "info";
-    const moeh_opt_t opts[] = {
+    const moeh_opt_t own[] = {
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path, "site registry: [sites] ID = PUBLIC_KEY"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
@@ -45,17 +45,6 @@ int main(int argc, char **argv)
         {"upload-slots", MOEH_OPT_U32, &cfg.upload_slots,
          "training updates the sites may send at a time (the others wait for a grant), so "
          "that memory does not grow with the sites; 0: no limit"},
-        {"arch", MOEH_OPT_U32, &cfg.arch,
-         "model: 0 MoE-Health, 1-3 unimodal EHR/notes/image, 4 joint, 5 late, 6 early fusion"},
-        {"d-emb", MOEH_OPT_U32, &cfg.d_emb, "embedding width of each modality"},
-        {"d-hidden", MOEH_OPT_U32, &cfg.d_hidden, "hidden width of experts and gate"},
-        {"note-buckets", MOEH_OPT_U32, &cfg.note_buckets, "hashed n-gram buckets of the notes"},
-        {"top-k", MOEH_OPT_U32, &cfg.top_k, "gate top-k (0: dense softmax)"},
-        {"temperature", MOEH_OPT_F32, &cfg.temperature, "gate softmax temperature"},
-        {"lambda-lb", MOEH_OPT_F32, &cfg.lambda_lb, "load-balancing loss weight"},
-        {"gate-sup", MOEH_OPT_F32, &cfg.gate_sup, "gate supervision weight during warm-up"},
-        {"gate-sup-joint", MOEH_OPT_F32, &cfg.gate_sup_joint,
-         "gate supervision weight kept in joint rounds (0: none)"},
         {"warmup-rounds", MOEH_OPT_U32, &cfg.warmup_rounds,
          "expert-specialisation rounds before joint training (by default at most rounds - 1)"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},
@@ -81,7 +70,7 @@ int main(int argc, char **argv)
         {"server-beta1", MOEH_OPT_F32, &cfg.server_beta1, "server first-moment decay"},
         {"server-beta2", MOEH_OPT_F32, &cfg.server_beta2, "server second-moment decay"},
         {"server-tau", MOEH_OPT_F32, &cfg.server_tau, "server adaptivity (epsilon)"},
-        {"seed", MOEH_OPT_U64, &cfg.seed, "seed of the initial model and local shuffling"},
+        {"seed", MOEH_OPT_U64, &cfg.model.seed, "seed of the initial model and local shuffling"},
         {"local-epochs", MOEH_OPT_U32, &cfg.local_epochs, "local epochs per round"},
         {"batch-size", MOEH_OPT_U32, &cfg.batch_size, "local minibatch size"},
         {"lr", MOEH_OPT_F32, &cfg.lr, "local AdamW learning rate"},
@@ -102,6 +91,12 @@ int main(int argc, char **argv)
          "TESTS ONLY: SIGKILL this process after checkpointing round N (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
+    /* this binary's options, then the model's hyperparameters (the shared fragment) */
+    moeh_opt_t opts[MOEH_OPTS_MAX];
+    _Static_assert(sizeof own / sizeof own[0] < MOEH_OPTS_MAX, "room for the model options");
+    size_t n_opts = sizeof own / sizeof own[0];
+    memcpy(opts, own, sizeof own);
+    if (moeh_moe_cfg_options(&cfg.model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
     moeh_opts_t o = {.prog = "moeh-coordinator",
                      .synopsis = "usage: moeh-coordinator [OPTIONS]\n\n"
                                  "Runs federated training: admits the sites listed in the "
@@ -110,7 +105,7 @@ int main(int argc, char **argv)
                                  "(added sites are admitted, removed ones dropped at once); "
                                  "SIGINT/SIGTERM stop cleanly.",
                      .opts = opts,
-                     .n_opts = sizeof opts / sizeof opts[0]};
+                     .n_opts = n_opts};
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
     if (rc >= 0) return rc;
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)

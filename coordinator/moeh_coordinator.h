@@ -9,6 +9,7 @@
 #define MOEH_COORDINATOR_H
 
 #include "moeh_common.h"
+#include "moeh_moe.h"
 
 #include <signal.h>
 
@@ -32,13 +33,10 @@ typedef struct {
      * A grant not used within heartbeat_timeout_ms expires. 0: no limit, sites push. */
     uint32_t upload_slots;
 
-    /* model: MoE-Health or a baseline (model/moeh_moe.h); the data shapes (static features,
-     * hourly variables, hours, image size) come from the sites, which must agree */
-    uint32_t arch; /* moeh_arch_t */
-    uint32_t d_emb, d_hidden, note_buckets, top_k;
-    float temperature, lambda_lb, gate_sup, gate_sup_joint;
-    uint32_t n_tasks; /* 3: mortality, LOS > 7 d, 30-day readmission */
-    uint64_t seed;
+    /* model: MoE-Health or a baseline, its hyperparameters and seed (model/moeh_moe.h; the seed
+     * also drives the sites' shuffling). The data shapes (static features, hourly variables,
+     * hours, image size) come from the sites, which must agree; max_batch is batch_size. */
+    moeh_moe_cfg_t model;
     uint32_t warmup_rounds; /* expert-specialisation rounds before joint training */
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
     const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */

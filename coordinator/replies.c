@@ -217,7 +217,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
-    const uint32_t T = c->cfg->n_tasks, nb = c->cfg->eval_bins;
+    const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     size_t per_slice = (size_t)T * 2 * nb, n = MOEH_N_SLICES * per_slice;
     /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */

@@ -294,17 +294,16 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
     cJSON_AddNumberToObject(j, "upload_slots", k->upload_slots);
-    cJSON_AddNumberToObject(j, "arch", k->arch);
-    cJSON_AddNumberToObject(j, "d_emb", k->d_emb);
-    cJSON_AddNumberToObject(j, "d_hidden", k->d_hidden);
-    cJSON_AddNumberToObject(j, "note_buckets", k->note_buckets);
-    cJSON_AddNumberToObject(j, "top_k", k->top_k);
-    cJSON_AddNumberToObject(j, "temperature", k->temperature);
-    cJSON_AddNumberToObject(j, "lambda_lb", k->lambda_lb);
-    cJSON_AddNumberToObject(j, "gate_sup", k->gate_sup);
-    cJSON_AddNumberToObject(j, "gate_sup_joint", k->gate_sup_joint);
-    cJSON_AddNumberToObject(j, "n_tasks", k->n_tasks);
-    cJSON_AddNumberToObject(j, "seed", (double)k->seed);
+    char *model = NULL; /* the configured model spec (data shapes 0: the sites give them) */
+    int mrc = moeh_moe_cfg_to_json(&k->model, &model, err);
+    cJSON *mj = mrc ? NULL : cJSON_Parse(model);
+    free(model);
+    if (!mj) {
+        cJSON_Delete(j);
+        return mrc ? mrc : moeh_errf(err, -ENOMEM, "out of memory");
+    }
+    cJSON_AddItemToObject(j, "model", mj);
+    cJSON_AddNumberToObject(j, "seed", (double)k->model.seed);
     cJSON_AddNumberToObject(j, "warmup_rounds", k->warmup_rounds);
     cJSON_AddNumberToObject(j, "prox_mu", k->prox_mu);
     cJSON_AddStringToObject(j, "strategy", k->strategy);

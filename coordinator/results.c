@@ -65,7 +65,7 @@ void coord_finish_stats(coord_t *c)
 void coord_finish_eval(coord_t *c)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    const uint32_t T = cfg->n_tasks, nb = cfg->eval_bins;
+    const uint32_t T = (uint32_t)cfg->model.n_tasks, nb = cfg->eval_bins;
     double mean = 0;
     int n_ok = 0;
     moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,

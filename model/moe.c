@@ -132,30 +132,6 @@ static size_t mods_count(uint8_t mods)
     return (size_t)((mods & 1) + ((mods >> 1) & 1) + ((mods >> 2) & 1));
 }
 
-moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars)
-{
-    moeh_moe_cfg_t c;
-    memset(&c, 0, sizeof c);
-    c.arch = MOEH_ARCH_MOE;
-    c.d_emb = 128;
-    c.d_hidden = 128;
-    c.n_static = n_static;
-    c.n_vars = n_vars;
-    c.n_steps = 48;
-    c.note_buckets = 1u << 16;
-    c.img_size = 64;
-    c.cnn_ch[0] = 16, c.cnn_ch[1] = 32, c.cnn_ch[2] = 64;
-    c.n_tasks = 3;
-    c.top_k = 0;
-    c.temperature = 1.0f;
-    c.lambda_lb = 0.01f;
-    c.gate_sup = 1.0f;
-    c.dropout = 0.0f;
-    c.max_batch = 64;
-    c.seed = 1;
-    return c;
-}
-
 /* ---- construction -----------------------------------------------------------------------------
  */
 static int add(moeh_moe_t *m, int *idx, const char *name, const char *group, size_t d0, size_t d1)
@@ -377,7 +353,8 @@ static void init_uniform(float *w, size_t n, size_t fan_in, moeh_rng_t *r)
 }
 
 /* PyTorch-like initialisation: linear/conv weight and bias uniform +-1/sqrt(fan_in) of the
- * layer, GRU +-1/sqrt(hidden), embeddings N(0,1), missingness embeddings N(0, 0.02^2). */
+ * layer, GRU +-1/sqrt(hidden), embeddings N(0,1), missingness embeddings
+ * N(0, cfg.missing_init^2). */
 static void init_params(moeh_moe_t *m)
 {
     moeh_params_t *p = &m->p;
@@ -389,7 +366,7 @@ static void init_params(moeh_moe_t *m)
         const char *nm = v->name;
         if (strncmp(nm, "missing.", 8) == 0) {
             for (size_t j = 0; j < v->numel; j++)
-                w[j] = 0.02f * (float)moeh_rng_normal(&r);
+                w[j] = m->cfg.missing_init * (float)moeh_rng_normal(&r);
         } else if (strcmp(nm, "notes.embed.weight") == 0) {
             for (size_t j = 0; j < v->numel; j++)
                 w[j] = (float)moeh_rng_normal(&r);
@@ -408,55 +385,9 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
 {
     *out = NULL;
     const moeh_moe_cfg_t *c = cfg;
-    if (!c->d_emb || !c->d_hidden || !c->n_tasks || c->n_tasks > MOEH_MAX_TASKS || !c->max_batch ||
-        c->temperature <= 0 || c->dropout < 0 || c->dropout >= 1 || !(c->gate_sup >= 0) ||
-        !(c->gate_sup_joint >= 0) || !(c->lambda_lb >= 0))
-        return moeh_errf(err, -EINVAL,
-                         "model config: d_emb, d_hidden, max_batch must be > 0, "
-                         "n_tasks in 1..%d, temperature > 0, dropout in [0,1), gate_sup, "
-                         "gate_sup_joint and lambda_lb >= 0",
-                         MOEH_MAX_TASKS);
-    uint8_t used;
-    switch (c->arch) {
-    case MOEH_ARCH_MOE:
-    case MOEH_ARCH_JOINT:
-    case MOEH_ARCH_LATE:
-        used = 7;
-        break;
-    case MOEH_ARCH_UNI_EHR:
-        used = 1;
-        break;
-    case MOEH_ARCH_UNI_NOTES:
-        used = 2;
-        break;
-    case MOEH_ARCH_UNI_IMG:
-        used = 4;
-        break;
-    case MOEH_ARCH_EARLY:
-        used = 7;
-        if (c->img_size % 8)
-            return moeh_errf(err, -EINVAL,
-                             "model config: early fusion pools images to 8x8, "
-                             "img_size must be a multiple of 8");
-        break;
-    default:
-        return moeh_errf(err, -EINVAL, "model config: unknown arch %d", (int)c->arch);
-    }
-    if ((used & 1) && (!c->n_static || !c->n_vars || !c->n_steps))
-        return moeh_errf(err, -EINVAL,
-                         "model config: the EHR encoder needs n_static, n_vars "
-                         "and n_steps > 0");
-    if ((used & 2) && !c->note_buckets && !c->note_dim)
-        return moeh_errf(err, -EINVAL, "model config: notes need note_buckets or note_dim");
-    if ((used & 2) && c->note_buckets > (1ull << 32))
-        return moeh_errf(err, -EINVAL, "model config: note_buckets must fit in 32 bits");
-    if ((used & 4) && c->img_size &&
-        (c->img_size % 4 || !c->cnn_ch[0] || !c->cnn_ch[1] || !c->cnn_ch[2]))
-        return moeh_errf(err, -EINVAL,
-                         "model config: img_size must be a multiple of 4 "
-                         "(64 or 128) and cnn_ch > 0");
-    if ((used & 4) && !c->img_size && !c->img_dim)
-        return moeh_errf(err, -EINVAL, "model config: images need img_size or img_dim");
+    int rc = moeh_moe_cfg_validate(c, err);
+    if (rc) return rc;
+    uint8_t used = moeh_moe_arch_modalities(c->arch);
     moeh_moe_t *m = calloc(1, sizeof *m);
     if (!m) return -ENOMEM;
     m->cfg = *c;
@@ -475,10 +406,6 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
     case MOEH_ARCH_MOE:
         m->n_exp = 7;
         m->has_gate = 1;
-        if (c->top_k > 7) {
-            moeh_moe_destroy(&m);
-            return moeh_errf(err, -EINVAL, "model config: top_k must be <= 7");
-        }
         break;
     case MOEH_ARCH_LATE:
         m->n_exp = 3;
@@ -494,7 +421,7 @@ int moeh_moe_create(const moeh_moe_cfg_t *cfg, moeh_moe_t **out, moeh_err_t *err
         e->in_dim = m->early ? m->Dz : mods_count(e->mods) * (c->d_emb + 1);
     }
     moeh_params_init(&m->p);
-    int rc = declare(m);
+    rc = declare(m);
     if (rc) {
         moeh_errf(err, rc, "%s", m->err);
         goto fail;

@@ -14,6 +14,7 @@
 #ifndef MOEH_MOE_H
 #define MOEH_MOE_H
 
+#include "moeh_opts.h"
 #include "moeh_params.h"
 
 #define MOEH_N_MODALITIES 3
@@ -49,6 +50,7 @@ typedef struct {
     float gate_sup;       /* weight of the gate supervision loss during warm-up (1) */
     float gate_sup_joint; /* the same supervision kept in joint rounds (0: none) */
     float dropout;        /* dropout on the expert hidden layers while training (0) */
+    float missing_init;   /* std of the missing-modality embeddings at initialisation (0.02) */
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;                 /* workspace rows (64) */
     int threads;   /* >= 2: two OpenMP workers split the encoders' images and the AdamW
@@ -57,8 +59,61 @@ typedef struct {
     uint64_t seed; /* initialisation and dropout */
 } moeh_moe_cfg_t;
 
+/* ---- the model spec (moe_cfg.c) ----
+ * A configuration travels and is stored as its canonical JSON: one object with every field of
+ * moeh_moe_cfg_t in a fixed order, integers as integers, floats in the shortest text that reads
+ * back to the same float, arrays for cnn_ch and pos_weight (all MOEH_MAX_TASKS), the seed as a
+ * decimal string (64 bits). Equal configurations give byte-equal JSON. */
+
 /* The defaults of DESIGN section 4 for the given data shapes. */
 moeh_moe_cfg_t moeh_moe_defaults(size_t n_static, size_t n_vars);
+
+/* Every limit of every layer (widths, counts, top_k, CNN channels, image and note sizes,
+ * finite and in-range weights) and the rules between fields (what each arch's encoders need).
+ * 0 or -EINVAL with err->msg naming the field ("model config: top_k = 9, expected 0..7").
+ * moeh_moe_create calls it; a received spec is checked with it before anything is built. */
+int moeh_moe_cfg_validate(const moeh_moe_cfg_t *cfg, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
+/* moeh_moe_cfg_validate before the data is known (a binary checking its options): the data
+ * shapes (n_static, n_vars, n_steps, img_size) are replaced by stand-ins that pass, every other
+ * field is checked as given. */
+int moeh_moe_cfg_validate_hyper(const moeh_moe_cfg_t *cfg, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
+/* The canonical JSON of cfg. 0, -EINVAL (a non-finite float: err names it) or -ENOMEM. On
+ * success the caller owns *json (free()). */
+int moeh_moe_cfg_to_json(const moeh_moe_cfg_t *cfg, char **json, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
+/* Parses a configuration written by moeh_moe_cfg_to_json (any key order and spacing). Strict:
+ * an unknown, repeated or missing key, a value of the wrong type (a fraction or a negative
+ * number for an integer field, an array of the wrong length, a seed that is not a decimal
+ * string) or trailing text is -EINVAL with err->msg naming the key; *cfg is written only on
+ * success. Ranges are not checked here: call moeh_moe_cfg_validate. */
+int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *cfg, moeh_err_t *err)
+    __attribute__((warn_unused_result));
+
+/* Fields that define a trained model (all but max_batch, threads and seed) in which a and b
+ * differ: appends " name (A_NAME x, B_NAME y)" per difference to the string out (cap bytes,
+ * truncated) and returns their number. */
+int moeh_moe_cfg_diff(const moeh_moe_cfg_t *a, const moeh_moe_cfg_t *b, const char *a_name,
+                      const char *b_name, char *out, size_t cap);
+
+/* Hash of a canonical JSON text (equal configurations, equal hashes). */
+uint64_t moeh_moe_cfg_json_hash(const char *json);
+
+/* The option fragment of the model hyperparameters (--arch, --d-emb, --d-hidden,
+ * --note-buckets, --top-k, --temperature, --lambda-lb, --gate-sup, --gate-sup-joint, --dropout,
+ * --missing-init):
+ * appends their entries, pointing into *cfg, to opts[*n..cap) and advances *n, so that every
+ * binary's option table offers the same hyperparameters. Data shapes, the workspace size and the
+ * seed are left to each binary. 0 or -ENOSPC. */
+int moeh_moe_cfg_options(moeh_moe_cfg_t *cfg, moeh_opt_t *opts, size_t *n, size_t cap)
+    __attribute__((warn_unused_result));
+
+/* Modalities (bitmask: 1 EHR, 2 notes, 4 image) whose encoders an arch uses. */
+uint8_t moeh_moe_arch_modalities(moeh_arch_t arch);
 
 /* One batch of B rows, borrowed (the model never keeps the pointers). Pointers of a modality
  * that no row of the batch has may be NULL. */

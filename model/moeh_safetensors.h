@@ -20,13 +20,8 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
  * object as a JSON string (caller frees), or NULL when the file has none. */
 int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, moeh_err_t *err);
 
-/* The model's config as a JSON object string (caller frees), NULL on -ENOMEM. */
-char *moeh_moe_cfg_to_json(const moeh_moe_cfg_t *cfg);
-/* Parses a config written by moeh_moe_cfg_to_json. 0 or -EINVAL (message in err). */
-int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *cfg, moeh_err_t *err);
-
-/* Model checkpoint: the parameters plus "moeh_config" (moeh_moe_cfg_to_json) and
- * "moeh_spec_hash" metadata. */
+/* Model checkpoint: the parameters plus "moeh_config" (the canonical JSON of the config,
+ * moeh_moe_cfg_to_json) and "moeh_spec_hash" metadata. */
 int moeh_moe_save(moeh_moe_t *m, const char *path, moeh_err_t *err);
 /* Loads a checkpoint written by moeh_moe_save (or any file with the same tensors) into m;
  * if the file carries a moeh_config that differs from m's, -EINVAL says which fields. */

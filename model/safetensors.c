@@ -208,99 +208,16 @@ out:
     return rc;
 }
 
-/* ---- model config <-> JSON ------------------------------------------------------------------ */
-/* fields that define the model (compared on load) */
-#define CFG_MODEL_FIELDS(X)                                                                        \
-    X(d_emb)                                                                                       \
-    X(d_hidden)                                                                                    \
-    X(n_static)                                                                                    \
-    X(n_vars) X(n_steps) X(note_buckets) X(note_dim) X(img_size) X(img_dim) X(n_tasks) X(top_k)
-/* plus the workspace size, stored but free to differ */
-#define CFG_SIZE_FIELDS(X) CFG_MODEL_FIELDS(X) X(max_batch)
-#define CFG_FLOAT_FIELDS(X) X(temperature) X(lambda_lb) X(gate_sup) X(dropout)
-
-char *moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c)
-{
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON_AddNumberToObject(o, "arch", (double)c->arch);
-#define ADD_SIZE(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
-#define ADD_FLOAT(f) cJSON_AddNumberToObject(o, #f, (double)c->f);
-    CFG_SIZE_FIELDS(ADD_SIZE)
-    CFG_FLOAT_FIELDS(ADD_FLOAT)
-    cJSON_AddNumberToObject(o, "gate_sup_joint", (double)c->gate_sup_joint);
-    cJSON *ch = cJSON_AddArrayToObject(o, "cnn_ch");
-    for (int i = 0; ch && i < 3; i++)
-        cJSON_AddItemToArray(ch, cJSON_CreateNumber((double)c->cnn_ch[i]));
-    cJSON *pw = cJSON_AddArrayToObject(o, "pos_weight");
-    for (size_t i = 0; pw && i < c->n_tasks && i < MOEH_MAX_TASKS; i++)
-        cJSON_AddItemToArray(pw, cJSON_CreateNumber((double)c->pos_weight[i]));
-    char seed[32];
-    snprintf(seed, sizeof seed, "%" PRIu64, c->seed);
-    cJSON_AddStringToObject(o, "seed", seed);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
-}
-
-int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
-{
-    cJSON *o = cJSON_Parse(json);
-    if (!o || !cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        return moeh_errf(err, -EINVAL, "model config: not a JSON object");
-    }
-    memset(c, 0, sizeof *c);
-    int rc = 0;
-    cJSON *it;
-#define GET_NUM(f, dst)                                                                            \
-    if (!rc) {                                                                                     \
-        it = cJSON_GetObjectItemCaseSensitive(o, #f);                                              \
-        if (!cJSON_IsNumber(it))                                                                   \
-            rc = moeh_errf(err, -EINVAL, "model config: field %s missing or not a number", #f);    \
-        else                                                                                       \
-            dst = it->valuedouble;                                                                 \
-    }
-    double arch = 0;
-    GET_NUM(arch, arch)
-    c->arch = (moeh_arch_t)(int)arch;
-#define GET_SIZE(f) GET_NUM(f, c->f)
-#define GET_FLOAT(f) GET_NUM(f, c->f)
-    CFG_SIZE_FIELDS(GET_SIZE)
-    CFG_FLOAT_FIELDS(GET_FLOAT)
-    it = cJSON_GetObjectItemCaseSensitive(o, "gate_sup_joint"); /* optional: newer than v1 */
-    if (!rc && it) {
-        if (!cJSON_IsNumber(it))
-            rc = moeh_errf(err, -EINVAL, "model config: field gate_sup_joint is not a number");
-        else
-            c->gate_sup_joint = (float)it->valuedouble;
-    }
-    cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "cnn_ch");
-    for (int i = 0; !rc && i < 3; i++) {
-        cJSON *x = cJSON_GetArrayItem(ch, i);
-        if (!cJSON_IsNumber(x))
-            rc = moeh_errf(err, -EINVAL, "model config: cnn_ch must hold 3 numbers");
-        else
-            c->cnn_ch[i] = (size_t)x->valuedouble;
-    }
-    cJSON *pw = cJSON_GetObjectItemCaseSensitive(o, "pos_weight");
-    for (int i = 0; !rc && i < cJSON_GetArraySize(pw) && i < MOEH_MAX_TASKS; i++)
-        c->pos_weight[i] = (float)cJSON_GetArrayItem(pw, i)->valuedouble;
-    it = cJSON_GetObjectItemCaseSensitive(o, "seed");
-    if (!rc && cJSON_IsString(it)) c->seed = strtoull(it->valuestring, NULL, 10);
-    cJSON_Delete(o);
-    return rc;
-}
-
 int moeh_moe_save(moeh_moe_t *m, const char *path, moeh_err_t *err)
 {
-    char *cfg = moeh_moe_cfg_to_json(moeh_moe_cfg(m));
-    if (!cfg) return moeh_errf(err, -ENOMEM, "out of memory");
+    char *cfg = NULL;
+    int rc = moeh_moe_cfg_to_json(moeh_moe_cfg(m), &cfg, err);
+    if (rc) return rc;
     char hash[32];
     snprintf(hash, sizeof hash, "%016" PRIx64, moeh_params_spec_hash(moeh_moe_params(m)));
     const char *keys[] = {"format", "moeh_config", "moeh_spec_hash"};
     const char *vals[] = {"pt", cfg, hash};
-    int rc = moeh_safetensors_save(moeh_moe_params(m), path, keys, vals, 3, err);
+    rc = moeh_safetensors_save(moeh_moe_params(m), path, keys, vals, 3, err);
     free(cfg);
     return rc;
 }
@@ -319,17 +236,8 @@ int moeh_moe_load(moeh_moe_t *m, const char *path, moeh_err_t *err)
         cJSON *cs = cJSON_GetObjectItemCaseSensitive(mo, "moeh_config");
         moeh_moe_cfg_t fc;
         if (cJSON_IsString(cs) && moeh_moe_cfg_from_json(cs->valuestring, &fc, err) == 0) {
-            const moeh_moe_cfg_t *c = moeh_moe_cfg(m);
             char diff[MOEH_ERRMSG_MAX] = "";
-#define CMP(f)                                                                                     \
-    if (fc.f != c->f)                                                                              \
-        add_msg(diff, sizeof diff, " %s (file %g, model %g)", #f, (double)fc.f, (double)c->f);
-            CMP(arch)
-            CFG_MODEL_FIELDS(CMP)
-            CFG_FLOAT_FIELDS(CMP)
-            for (int i = 0; i < 3; i++)
-                CMP(cnn_ch[i])
-            if (diff[0]) {
+            if (moeh_moe_cfg_diff(&fc, moeh_moe_cfg(m), "file", "model", diff, sizeof diff)) {
                 rc = moeh_errf(err, -EINVAL, "%s: model config differs:%s", path, diff);
                 memcpy(p->w, keep, p->n * sizeof(float));
             }

@@ -15,7 +15,7 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION 2u
+#define MOEH_PROTOCOL_VERSION 3u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
 #define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */
@@ -40,6 +40,8 @@
 #define MOEH_WIRE_MAX_PARTS                                                                        \
     (2u + MOEH_MAX_FRAMES * (uint32_t)((8ull * MOEH_MAX_PARAMS) / MOEH_WIRE_CHUNK_BYTES))
 #define MOEH_MAX_STRING 1024u
+/* Longest ModelSpec.config_json (the model's canonical JSON is about 400 bytes). */
+#define MOEH_WIRE_MAX_CONFIG_JSON 4096u
 #define MOEH_SITE_ID_MAX 64u
 /* Largest secure-aggregation session on the wire: the key list and the shares a site sends
  * (one 96-byte ciphertext per peer) must fit in one header of MOEH_MAX_HEADER_BYTES. */
@@ -109,6 +111,8 @@ MOEH_ENV_BUILDER_(secagg_masked, SecaggMasked, SECAGG_MASKED)
 MOEH_ENV_BUILDER_(upload_ready, UploadReady, UPLOAD_READY)
 MOEH_ENV_BUILDER_(upload_grant, UploadGrant, UPLOAD_GRANT)
 #undef MOEH_ENV_BUILDER_
+/* Most tasks (label columns) a histogram or label count may carry. */
+#define MOEH_WIRE_MAX_TASKS 8u
 
 /* A raw frame: borrowed bytes. */
 typedef struct {

@@ -64,6 +64,37 @@ static int check_string(const char *s, size_t max, const char *field, moeh_err_t
     return 0;
 }
 
+/* A non-empty text of at most max bytes, valid UTF-8 (no overlong forms, surrogates or code
+ * points above U+10FFFF). A C string cannot hold a NUL: the decoder's string ends at the first. */
+static int check_utf8(const char *s, size_t max, const char *field, moeh_err_t *err)
+{
+    size_t n = strnlen(s, max + 1);
+    if (n == 0) return moeh_errf(err, -EBADMSG, "%s: empty", field);
+    if (n > max) return moeh_errf(err, -EBADMSG, "%s: longer than %zu bytes", field, max);
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t len = c < 0x80             ? 1
+                     : (c & 0xe0) == 0xc0 ? 2
+                     : (c & 0xf0) == 0xe0 ? 3
+                     : (c & 0xf8) == 0xf0 ? 4
+                                          : 0;
+        if (!len || i + len > n) goto bad;
+        uint32_t cp = len == 1 ? c : c & (0x7fu >> len);
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) goto bad;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) goto bad;
+        i += len;
+        continue;
+    bad:
+        return moeh_errf(err, -EBADMSG, "%s: invalid UTF-8 at byte %zu", field, i);
+    }
+    return 0;
+}
+
 /* A tensor frame a message type must carry: its name, dtype and element count. */
 typedef struct {
     const char *name;
@@ -364,26 +395,20 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (!moeh_site_id_valid(w->site_id))
             return moeh_errf(err, -EBADMSG, "welcome.site_id: invalid");
         if (!m) return moeh_errf(err, -EBADMSG, "welcome.model: missing");
-        if ((rc = check_string(m->kind, 32, "welcome.model.kind", err))) return rc;
-        if (m->n_static > (1u << 20) || m->d_emb == 0 || m->d_emb > 65536 || m->d_hidden == 0 ||
-            m->d_hidden > 65536 || m->n_vars > 4096 || m->n_steps == 0 || m->n_steps > 1000 ||
-            m->note_buckets > (1u << 24) || m->img_size > 1024 || m->n_tasks == 0 ||
-            m->n_tasks > 8 || m->top_k > 7 || m->n_experts == 0 || m->n_experts > 7 ||
-            m->max_batch == 0 || m->max_batch > 65536 || m->n_norm > (1u << 21) ||
-            (m->n_cnn_ch != 0 && m->n_cnn_ch != 3))
-            return moeh_errf(err, -EBADMSG, "welcome.model: a size is out of range");
-        for (size_t i = 0; i < m->n_cnn_ch; i++)
-            if (m->cnn_ch[i] == 0 || m->cnn_ch[i] > 1024)
-                return moeh_errf(err, -EBADMSG, "welcome.model.cnn_ch[%zu]: expected 1..1024", i);
-        if ((rc = fin(m->temperature, "welcome.model.temperature", err)) ||
-            (rc = fin(m->lambda_lb, "welcome.model.lambda_lb", err)) ||
-            (rc = fin(m->gate_sup, "welcome.model.gate_sup", err)) ||
-            (rc = fin(m->gate_sup_joint, "welcome.model.gate_sup_joint", err)))
+        /* the layer limits are the model library's (moeh_moe_cfg_validate): here only what
+         * sizes the tensors and that the configuration is a bounded UTF-8 text */
+        if ((rc = check_utf8(m->config_json, MOEH_WIRE_MAX_CONFIG_JSON, "welcome.model.config_json",
+                             err)))
             return rc;
-        if (!(m->temperature > 0) || m->lambda_lb < 0 || m->gate_sup < 0 || m->gate_sup_joint < 0)
-            return moeh_errf(err, -EBADMSG,
-                             "welcome.model: temperature > 0, lambda_lb >= 0, "
-                             "gate_sup >= 0 and gate_sup_joint >= 0 expected");
+        if (m->n_tasks == 0 || m->n_tasks > MOEH_WIRE_MAX_TASKS)
+            return moeh_errf(err, -EBADMSG, "welcome.model.n_tasks: %u, expected 1..%u", m->n_tasks,
+                             MOEH_WIRE_MAX_TASKS);
+        if (m->n_experts == 0 || m->n_experts > MOEH_WIRE_COMBOS)
+            return moeh_errf(err, -EBADMSG, "welcome.model.n_experts: %u, expected 1..%u",
+                             m->n_experts, MOEH_WIRE_COMBOS);
+        if (m->n_norm > (1u << 21))
+            return moeh_errf(err, -EBADMSG, "welcome.model.n_norm: %u, expected <= %u", m->n_norm,
+                             1u << 21);
         if (m->n_params == 0 || m->n_params > MOEH_MAX_PARAMS || m->n_groups == 0 ||
             m->n_groups > 32)
             return moeh_errf(err, -EBADMSG,
@@ -628,6 +653,13 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
     if ((int)e->body_case != (int)e->type + 9) {
         rc = moeh_errf(err, -EBADMSG, "%s: body missing or of another type",
                        moeh_msg_type_name(e->type));
+        goto fail;
+    }
+    if (e->type == MOEH__MSG_TYPE__WELCOME && moeh__envelope__get_packed_size(e) != hdr_len) {
+        /* the decoder ends a string at its first NUL byte, so such a string re-encodes shorter
+         * (as does a non-canonical encoding, which no protobuf encoder writes) */
+        rc = moeh_errf(err, -EBADMSG,
+                       "welcome: a string holds a NUL byte (or the encoding is not canonical)");
         goto fail;
     }
     if (e->n_frames != n_frames) {

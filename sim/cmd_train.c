@@ -255,22 +255,18 @@ static int write_test_lines(FILE *mf, uint32_t round, uint32_t epoch, double tra
 int moeh_sim_cmd_train(int argc, char **argv)
 {
     const char *data = NULL, *eval_data = NULL, *out = "moeh-train", *select = "best";
-    uint32_t arch = 0, epochs = 8, batch = 32, d_emb = 64, d_hidden = 64, buckets = 16384;
+    uint32_t epochs = 8, batch = 32;
     uint32_t warmup = 3, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
-    moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
-    uint32_t top_k = (uint32_t)gd.top_k;
-    float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
-    uint64_t seed = 1;
+    /* the model's hyperparameters; the data shapes come from the dataset */
+    moeh_moe_cfg_t mc = moeh_moe_defaults(0, 0);
+    mc.d_emb = 64, mc.d_hidden = 64, mc.note_buckets = 16384;
     int no_verify = 0;
-    const moeh_opt_t opts[] = {
+    const moeh_opt_t own[] = {
         {"dataset", MOEH_OPT_STR, &data,
          "training data: DIR[,DIR...] (several are concatenated, splits kept) [required]"},
         {"eval-dataset", MOEH_OPT_STR, &eval_data,
          "test on the test split of DIR[,DIR...] instead of the training data's"},
-        {"arch", MOEH_OPT_U32, &arch,
-         "0 MoE-Health; 1-3 unimodal EHR/notes/image; 4 joint, "
-         "5 late, 6 early fusion"},
         {"epochs", MOEH_OPT_U32, &epochs, "training epochs (warm-up included)"},
         {"warmup-epochs", MOEH_OPT_U32, &warmup,
          "expert-specialisation epochs first (MoE; by default at most epochs - 1)"},
@@ -278,24 +274,22 @@ int moeh_sim_cmd_train(int argc, char **argv)
         {"lr", MOEH_OPT_F32, &lr, "AdamW learning rate"},
         {"weight-decay", MOEH_OPT_F32, &wd, "AdamW weight decay"},
         {"clip", MOEH_OPT_F32, &clip, "global gradient-norm clip (0: none)"},
-        {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
-        {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
-        {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
-        {"top-k", MOEH_OPT_U32, &top_k, "gate top-k (0: dense softmax)"},
-        {"lambda-lb", MOEH_OPT_F32, &lambda_lb, "load-balancing loss weight (joint epochs)"},
-        {"gate-sup", MOEH_OPT_F32, &gate_sup, "gate supervision weight during warm-up"},
-        {"gate-sup-joint", MOEH_OPT_F32, &gate_sup_joint,
-         "gate supervision weight kept in joint epochs (0: none)"},
         {"eval-bins", MOEH_OPT_U32, &bins,
          "score histogram bins of the AUROC (as the "
          "coordinator)"},
         {"select", MOEH_OPT_STR, &select,
          "which epoch's model is tested and saved: best (highest validation mean AUROC, i.e. "
          "early stopping) or last"},
-        {"seed", MOEH_OPT_U64, &seed, "model initialisation and shuffling"},
+        {"seed", MOEH_OPT_U64, &mc.seed, "model initialisation and shuffling"},
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the arrays' checksums"},
         {"out", MOEH_OPT_STR, &out, "output directory (metrics.jsonl, model.safetensors)"},
     };
+    /* this command's options, then the model's hyperparameters (the shared fragment) */
+    moeh_opt_t opts[MOEH_OPTS_MAX];
+    _Static_assert(sizeof own / sizeof own[0] < MOEH_OPTS_MAX, "room for the model options");
+    size_t n_opts = sizeof own / sizeof own[0];
+    memcpy(opts, own, sizeof own);
+    if (moeh_moe_cfg_options(&mc, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
     moeh_opts_t o = {
         .prog = "moeh-sim train",
         .synopsis = "usage: moeh-sim train --dataset DIR[,DIR...] [--eval-dataset DIR[,DIR...]] "
@@ -305,7 +299,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
                     "modality combination; writes OUT/metrics.jsonl (coordinator format) and\n"
                     "OUT/model.safetensors. Exit 0 ok, 1 failure, 2 usage error.",
         .opts = opts,
-        .n_opts = sizeof opts / sizeof opts[0]};
+        .n_opts = n_opts};
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&o, argc, argv, &err);
     if (rc == 1) return 0;
@@ -317,8 +311,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--eval-dataset: expected DIR[,DIR...], got '%s'", eval_data);
     if (!rc && strcmp(select, "best") != 0 && strcmp(select, "last") != 0)
         rc = moeh_errf(&err, -EINVAL, "--select %s: expected best or last", select);
-    if (!rc && arch > MOEH_ARCH_EARLY)
-        rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", arch);
+    if (!rc && mc.arch > MOEH_ARCH_EARLY)
+        rc = moeh_errf(&err, -EINVAL, "--arch %u: expected 0..6", (unsigned)mc.arch);
     if (!rc && !moeh_opts_seen(&o, &warmup) &&
         warmup >= epochs) /* the default leaves a joint epoch */
         warmup = epochs > 1 ? epochs - 1 : 0;
@@ -333,8 +327,12 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--lr %g: expected a positive number", (double)lr);
     if (!rc && (!(wd >= 0 && isfinite(wd)) || !(clip >= 0 && isfinite(clip))))
         rc = moeh_errf(&err, -EINVAL, "--weight-decay and --clip must be >= 0");
-    if (!rc && (d_emb == 0 || d_hidden == 0 || buckets == 0))
-        rc = moeh_errf(&err, -EINVAL, "--d-emb, --d-hidden and --note-buckets must be > 0");
+    if (!rc && mc.note_buckets == 0) rc = moeh_errf(&err, -EINVAL, "--note-buckets must be > 0");
+    if (!rc) { /* the hyperparameters (the dataset's shapes come later) */
+        moeh_moe_cfg_t chk = mc;
+        chk.max_batch = batch;
+        rc = moeh_moe_cfg_validate_hyper(&chk, &err);
+    }
     if (!rc && (bins < 2 || bins > 100000))
         rc = moeh_errf(&err, -EINVAL, "--eval-bins %u: expected 2..100000", bins);
     if (!rc && strlen(out) > 3000) rc = moeh_errf(&err, -EINVAL, "--out path is too long");
@@ -356,13 +354,12 @@ int moeh_sim_cmd_train(int argc, char **argv)
     if ((rc = open_datasets(data, !no_verify, "--dataset", &ds, &err))) goto out;
     if (eval_data && (rc = open_datasets(eval_data, !no_verify, "--eval-dataset", &eds, &err)))
         goto out;
-    moeh_moe_cfg_t mc = moeh_moe_defaults(ds->f_static, ds->f_ts);
-    mc.arch = (moeh_arch_t)arch;
-    mc.d_emb = d_emb, mc.d_hidden = d_hidden, mc.note_buckets = buckets;
+    mc.n_static = ds->f_static, mc.n_vars = ds->f_ts;
     mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_N_TASKS;
-    mc.max_batch = batch, mc.seed = seed;
-    mc.top_k = top_k, mc.lambda_lb = lambda_lb, mc.gate_sup = gate_sup;
-    mc.gate_sup_joint = gate_sup_joint;
+    mc.max_batch = batch;
+    const uint32_t arch = (uint32_t)mc.arch, d_emb = (uint32_t)mc.d_emb;
+    const uint32_t d_hidden = (uint32_t)mc.d_hidden, buckets = (uint32_t)mc.note_buckets;
+    const uint64_t seed = mc.seed;
     size_t n_all = ds->n;
     if ((rc = moeh_trainer_create(&ds, &mc, &tr, &err))) goto out;
     size_t n_train = moeh_trainer_rows(tr, MOEH_SPLIT_TRAIN);

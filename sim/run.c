@@ -22,6 +22,24 @@ static void on_signal(int sig)
 #define DEFAULT_SITES                                                                              \
     "site-1:0.25:ehr,site-2:0.25:ehr+notes,site-3:0.25:ehr+img,site-4:0.25:ehr+notes+img"
 
+/* The value of a numeric option as text that parses back to the same value. */
+static void format_opt(const moeh_opt_t *opt, char *buf, size_t cap)
+{
+    switch (opt->type) {
+    case MOEH_OPT_U32:
+        snprintf(buf, cap, "%u", *(const uint32_t *)opt->ptr);
+        break;
+    case MOEH_OPT_U64:
+        snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)opt->ptr);
+        break;
+    case MOEH_OPT_F32:
+        snprintf(buf, cap, "%.9g", (double)*(const float *)opt->ptr);
+        break;
+    default:
+        MOEH_ASSERT(!"a model option is numeric");
+    }
+}
+
 /* Runs a moeh-sim subcommand in this process with the given arguments. */
 static int sub(int (*fn)(int, char **), char **argv)
 {
@@ -36,16 +54,15 @@ int moeh_sim_cmd_run(int argc, char **argv)
     const char *out = "moeh-run", *bin_dir_opt = NULL, *sites_spec = DEFAULT_SITES;
     const char *data_opt = NULL;
     uint32_t admissions = 3000, rounds = 8, min_sites = 0, epochs = 1, batch = 32;
-    uint32_t d_emb = 64, d_hidden = 64, buckets = 16384, warmup = 3, timeout_s = 1200;
-    uint32_t arch = 0;
+    uint32_t warmup = 3, timeout_s = 1200;
     float lr = 2e-3f, prox_mu = 0.0f, dp_clip = 0.0f, dp_noise = 0.0f, dp_delta = 1e-5f;
-    moeh_moe_cfg_t gd = moeh_moe_defaults(1, 1); /* the gate defaults */
-    uint32_t top_k = (uint32_t)gd.top_k;
-    float lambda_lb = gd.lambda_lb, gate_sup = gd.gate_sup, gate_sup_joint = gd.gate_sup_joint;
+    /* the model's hyperparameters, passed on to moeh-coordinator (data shapes: the sites') */
+    moeh_moe_cfg_t model = moeh_moe_defaults(0, 0);
+    model.d_emb = 64, model.d_hidden = 64, model.note_buckets = 16384;
     uint64_t seed = 1;
     int insecure = 0, secagg = 1, unweighted = 0;
     uint32_t secagg_k = 0, upload_slots = 2; /* moeh-coordinator's default */
-    const moeh_opt_t opts[] = {
+    const moeh_opt_t own[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
         {"sites", MOEH_OPT_STR, &sites_spec,
@@ -60,15 +77,6 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"batch-size", MOEH_OPT_U32, &batch, "local minibatch size"},
         {"lr", MOEH_OPT_F32, &lr, "local learning rate"},
         {"prox-mu", MOEH_OPT_F32, &prox_mu, "FedProx proximal weight (0: FedAvg)"},
-        {"arch", MOEH_OPT_U32, &arch, "0 MoE-Health; 1-3 unimodal; 4 joint, 5 late, 6 early"},
-        {"d-emb", MOEH_OPT_U32, &d_emb, "embedding width"},
-        {"d-hidden", MOEH_OPT_U32, &d_hidden, "expert and gate hidden width"},
-        {"note-buckets", MOEH_OPT_U32, &buckets, "hashed n-gram buckets of the notes"},
-        {"top-k", MOEH_OPT_U32, &top_k, "gate top-k (0: dense softmax)"},
-        {"lambda-lb", MOEH_OPT_F32, &lambda_lb, "load-balancing loss weight (joint rounds)"},
-        {"gate-sup", MOEH_OPT_F32, &gate_sup, "gate supervision weight during warm-up"},
-        {"gate-sup-joint", MOEH_OPT_F32, &gate_sup_joint,
-         "gate supervision weight kept in joint rounds (0: none)"},
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
          "secure aggregation: the coordinator learns only sums (default on)"},
@@ -89,6 +97,13 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
          "where moeh-coordinator and moeh-site-agent are (default: next to moeh-sim)"},
     };
+    /* this command's options, then the model's hyperparameters (the shared fragment) */
+    moeh_opt_t opts[MOEH_OPTS_MAX];
+    _Static_assert(sizeof own / sizeof own[0] < MOEH_OPTS_MAX, "room for the model options");
+    size_t n_opts = sizeof own / sizeof own[0];
+    const size_t n_own = n_opts;
+    memcpy(opts, own, sizeof own);
+    if (moeh_moe_cfg_options(&model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
     moeh_opts_t o = {.prog = "moeh-sim run",
                      .synopsis = "usage: moeh-sim run [OPTIONS]\n\nRuns a whole federation on "
                                  "this machine: writes a synthetic MIMIC-IV, extracts the cohort,\n"
@@ -98,7 +113,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
                                  "prints one line per round and a final table per task and "
                                  "modality\ncombination, and stops them all.",
                      .opts = opts,
-                     .n_opts = sizeof opts / sizeof opts[0]};
+                     .n_opts = n_opts};
     moeh_err_t err = {0};
     moeh_split_opts_t so;
     moeh_split_opts_default(&so);
@@ -110,6 +125,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--sites careunit is not supported by run; name the sites");
     if (rc == 0 && min_sites == 0) min_sites = so.n_sites > 1 ? (uint32_t)so.n_sites - 1 : 1;
     if (rc == 0 && rounds == 0) rc = moeh_errf(&err, -EINVAL, "--rounds must be >= 1");
+    if (rc == 0) { /* the model's hyperparameters, before any data is made (the sites' shapes
+                    * and the coordinator's batch size come later) */
+        moeh_moe_cfg_t chk = model;
+        chk.max_batch = batch;
+        rc = moeh_moe_cfg_validate_hyper(&chk, &err);
+    }
     if (rc == 0 && !moeh_opts_seen(&o, &warmup) &&
         warmup >= rounds) /* the default leaves a joint round */
         warmup = rounds - 1;
@@ -196,8 +217,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     fflush(stdout);
     if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err))) goto out;
     char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],
-        a_key[1200], a_warm[16], a_arch[16], a_emb[16], a_hid[16], a_buck[16], a_mu[32], a_dpc[32],
-        a_dpn[32], a_dpd[32], endpoint[256];
+        a_key[1200], a_warm[16], a_mu[32], a_dpc[32], a_dpn[32], a_dpd[32], endpoint[256];
     snprintf(a_rounds, sizeof a_rounds, "%u", rounds);
     snprintf(a_min, sizeof a_min, "%u", min_sites);
     snprintf(a_wait, sizeof a_wait, "%zu", n_sites);
@@ -206,10 +226,6 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_lr, sizeof a_lr, "%g", (double)lr);
     snprintf(a_mu, sizeof a_mu, "%g", (double)prox_mu);
     snprintf(a_warm, sizeof a_warm, "%u", warmup);
-    snprintf(a_arch, sizeof a_arch, "%u", arch);
-    snprintf(a_emb, sizeof a_emb, "%u", d_emb);
-    snprintf(a_hid, sizeof a_hid, "%u", d_hidden);
-    snprintf(a_buck, sizeof a_buck, "%u", buckets);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
     char *cargs[96] = {"--rounds",
@@ -228,14 +244,6 @@ int moeh_sim_cmd_run(int argc, char **argv)
                        a_mu,
                        "--warmup-rounds",
                        a_warm,
-                       "--arch",
-                       a_arch,
-                       "--d-emb",
-                       a_emb,
-                       "--d-hidden",
-                       a_hid,
-                       "--note-buckets",
-                       a_buck,
                        "--seed",
                        a_seed,
                        "--out",
@@ -251,15 +259,14 @@ int moeh_sim_cmd_run(int argc, char **argv)
     int nc = 0;
     while (cargs[nc])
         nc++;
-    char a_topk[16], a_lb[32], a_gs[32], a_gsj[32];
-    snprintf(a_topk, sizeof a_topk, "%u", top_k);
-    snprintf(a_lb, sizeof a_lb, "%.9g", (double)lambda_lb);
-    snprintf(a_gs, sizeof a_gs, "%.9g", (double)gate_sup);
-    snprintf(a_gsj, sizeof a_gsj, "%.9g", (double)gate_sup_joint);
-    cargs[nc++] = "--top-k", cargs[nc++] = a_topk;
-    cargs[nc++] = "--lambda-lb", cargs[nc++] = a_lb;
-    cargs[nc++] = "--gate-sup", cargs[nc++] = a_gs;
-    cargs[nc++] = "--gate-sup-joint", cargs[nc++] = a_gsj;
+    /* every model hyperparameter, as the coordinator's option of the same name */
+    char a_model[MOEH_OPTS_MAX][2][40];
+    for (size_t i = n_own; i < n_opts; i++) {
+        MOEH_ASSERT(nc + 2 + 20 < 96); /* room for the options below */
+        snprintf(a_model[i][0], sizeof a_model[i][0], "--%s", opts[i].name);
+        format_opt(&opts[i], a_model[i][1], sizeof a_model[i][1]);
+        cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
+    }
     char a_k[16];
     snprintf(a_k, sizeof a_k, "%u", secagg_k);
     if (secagg) cargs[nc++] = "--secagg";

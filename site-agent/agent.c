@@ -191,9 +191,10 @@ static void free_model(agent_t *a)
     a->upd = a->hist = a->svec = NULL;
 }
 
-/* Builds the trainer for the coordinator's model spec (the dataset is opened again: the
- * trainer owns it). 0 or a negative code with a message in a->fatal. */
-static int build_model(agent_t *a, const Moeh__Welcome *w)
+/* Builds the trainer for the coordinator's model spec, already parsed and validated into *mc
+ * (the dataset is opened again: the trainer owns it). 0 or a negative code with a message in
+ * a->fatal. */
+static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t *mc)
 {
     const Moeh__ModelSpec *ms = w->model;
     moeh_err_t err = {0};
@@ -204,26 +205,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     moeh_agent_sa_end(a, NULL, NULL);
     a->up_wait = 0;
     free_model(a);
-    moeh_moe_cfg_t mc = moeh_moe_defaults(ms->n_static, ms->n_vars);
-    mc.arch = (moeh_arch_t)ms->arch;
-    mc.d_emb = ms->d_emb;
-    mc.d_hidden = ms->d_hidden;
-    mc.n_steps = ms->n_steps;
-    mc.note_buckets = ms->note_buckets;
-    mc.img_size = ms->img_size;
-    if (ms->n_cnn_ch == 3)
-        for (int i = 0; i < 3; i++)
-            mc.cnn_ch[i] = ms->cnn_ch[i];
-    mc.n_tasks = ms->n_tasks;
-    mc.top_k = ms->top_k;
-    mc.temperature = ms->temperature;
-    mc.lambda_lb = ms->lambda_lb;
-    mc.gate_sup = ms->gate_sup;
-    mc.gate_sup_joint = ms->gate_sup_joint;
-    mc.max_batch = ms->max_batch;
-    mc.seed = ms->seed;
+    a->cfg_hash = 0;
     int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);
-    if (!rc) rc = moeh_trainer_create(&ds, &mc, &a->trainer, &err);
+    if (!rc) rc = moeh_trainer_create(&ds, mc, &a->trainer, &err);
     moeh_dataset_destroy(&ds);
     if (rc) {
         set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
@@ -233,13 +217,13 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
     a->spec_hash = moeh_params_spec_hash(p);
     if (a->spec_hash != ms->spec_hash || p->n != ms->n_params || p->n_groups != ms->n_groups ||
         moeh_moe_n_experts(moeh_trainer_model(a->trainer)) != ms->n_experts ||
-        moeh_trainer_n_norm(a->trainer) != ms->n_norm) {
+        moeh_trainer_n_norm(a->trainer) != ms->n_norm || mc->n_tasks != ms->n_tasks) {
         set_fatal(a, -EPROTO, "%s",
                   "the coordinator's model layout differs from this agent's "
                   "(different moeh versions?)");
         return -EPROTO;
     }
-    /* room for the secure-aggregation vectors (proto/moeh_secsum.h) of each phase */
+    /* room for the secure-aggregation vectors (fed/moeh_secsum.h) of each phase */
     moeh_wire_limits_t lim = {.n_params = p->n,
                               .n_groups = (uint32_t)p->n_groups,
                               .n_tasks = ms->n_tasks,
@@ -263,16 +247,25 @@ static int build_model(agent_t *a, const Moeh__Welcome *w)
 static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
 {
     const Moeh__ModelSpec *ms = w->model;
-    if (strcmp(w->site_id, a->cfg->site_id) != 0 || strcmp(ms->kind, "moe-health") != 0) {
-        set_fatal(a, -EPROTO,
-                  "the coordinator welcomed us with another site id or a model kind "
-                  "this agent does not know (%s)",
-                  ms->kind);
+    if (strcmp(w->site_id, a->cfg->site_id) != 0) {
+        set_fatal(a, -EPROTO, "the coordinator welcomed us as '%s', not '%s'", w->site_id,
+                  a->cfg->site_id);
         return;
     }
-    if (!a->trainer || a->spec_hash != ms->spec_hash || a->eval_bins != w->eval_bins) {
+    /* the wire checked sizes and types; the model library checks the spec itself */
+    moeh_moe_cfg_t mc;
+    moeh_err_t err = {0};
+    if (moeh_moe_cfg_from_json(ms->config_json, &mc, &err) != 0 ||
+        moeh_moe_cfg_validate(&mc, &err) != 0) {
+        set_fatal(a, -EPROTO, "the coordinator's model spec is refused: %s", err.msg);
+        return;
+    }
+    uint64_t cfg_hash = moeh_moe_cfg_json_hash(ms->config_json);
+    if (!a->trainer || a->cfg_hash != cfg_hash || a->spec_hash != ms->spec_hash ||
+        a->eval_bins != w->eval_bins) {
         a->eval_bins = w->eval_bins;
-        if (build_model(a, w) != 0) return;
+        if (build_model(a, w, &mc) != 0) return;
+        a->cfg_hash = cfg_hash;
     }
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
     a->lim = (moeh_wire_limits_t){.n_params = p->n,

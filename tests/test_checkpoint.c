@@ -73,7 +73,8 @@ static void test_roundtrip(void **state)
     assert_non_null(strstr(meta, "\\\"d_emb\\\":6"));
     free(meta);
     /* config JSON round trip */
-    char *js = moeh_moe_cfg_to_json(&c);
+    char *js = NULL;
+    assert_int_equal(moeh_moe_cfg_to_json(&c, &js, &err), 0);
     moeh_moe_cfg_t back;
     assert_int_equal(moeh_moe_cfg_from_json(js, &back, &err), 0);
     assert_int_equal(back.d_emb, 6);

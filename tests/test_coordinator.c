@@ -140,9 +140,9 @@ static void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     c->heartbeat_ms = 100;
     c->heartbeat_timeout_ms = 100000;
     c->upload_slots = 0;
-    c->d_emb = 8;
-    c->d_hidden = 8;
-    c->note_buckets = 64;
+    c->model.d_emb = 8;
+    c->model.d_hidden = 8;
+    c->model.note_buckets = 64;
     c->batch_size = 4;
     c->eval_bins = 10;
     c->warmup_rounds = 0;

@@ -75,11 +75,15 @@ int main(int argc, char **argv)
     Moeh__Envelope e2 = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;
     Moeh__ModelSpec ms = MOEH__MODEL_SPEC__INIT;
-    uint32_t ch[3] = {4, 8, 16};
-    ms.kind = "moe-health", ms.n_static = 2, ms.d_hidden = 8, ms.d_emb = 8, ms.n_tasks = 3;
-    ms.n_vars = 2, ms.n_steps = 48, ms.note_buckets = 256, ms.img_size = 64;
-    ms.n_cnn_ch = 3, ms.cnn_ch = ch, ms.temperature = 1.0f, ms.lambda_lb = 0.01f;
-    ms.gate_sup = 1.0f, ms.n_experts = 7, ms.max_batch = 16, ms.n_norm = L->n_norm;
+    /* the model's canonical JSON (moeh_moe_cfg_to_json) of a small MoE-Health */
+    ms.config_json =
+        "{\"arch\":0,\"d_emb\":8,\"d_hidden\":8,\"n_static\":2,\"n_vars\":2,\"n_steps\":48,"
+        "\"note_buckets\":256,\"note_dim\":0,\"img_size\":64,\"img_dim\":0,\"cnn_ch\":[4,8,16],"
+        "\"n_tasks\":3,\"top_k\":0,\"temperature\":1,\"lambda_lb\":0.01,\"gate_sup\":1,"
+        "\"gate_sup_joint\":0,\"dropout\":0,\"missing_init\":0.02,\"pos_weight\":[0,0,0,0,0,0,0,0],"
+        "\"max_batch\":16,"
+        "\"threads\":0,\"seed\":\"1\"}";
+    ms.n_tasks = 3, ms.n_experts = 7, ms.n_norm = L->n_norm;
     ms.n_params = L->n_params, ms.n_groups = L->n_groups, ms.spec_hash = 42;
     w.site_id = "site-1", w.model = &ms, w.heartbeat_ms = 1000, w.eval_bins = L->eval_bins;
     e2.type = MOEH__MSG_TYPE__WELCOME, e2.body_case = MOEH__ENVELOPE__BODY_WELCOME;

@@ -114,9 +114,7 @@ static int send_error(coord_t *c, const uint8_t *rid, size_t rid_len, int code, 
     snprintf(buf, sizeof buf, "%s", what);
     e.code = code;
     e.message = buf;
-    env.type = MOEH__MSG_TYPE__ERROR;
-    env.body_case = MOEH__ENVELOPE__BODY_ERROR;
-    env.error = &e;
+    moeh_env_error(&env, &e);
     return send_env(c, rid, rid_len, &env);
 }
 
@@ -247,9 +245,7 @@ static void send_round_start(coord_t *c, site_t *s)
         sp.id = s->sa_id;
         rs.secagg = &sp;
     }
-    env.type = MOEH__MSG_TYPE__ROUND_START;
-    env.body_case = MOEH__ENVELOPE__BODY_ROUND_START;
-    env.round_start = &rs;
+    moeh_env_round_start(&env, &rs);
     moeh_frame_t f[2] = {{.name = "params",
                           .dtype = MOEH__DTYPE__F32,
                           .data = c->p->w,
@@ -599,9 +595,7 @@ static void heartbeat_and_liveness(coord_t *c)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
     hb.seq = c->hb_seq;
-    env.type = MOEH__MSG_TYPE__HEARTBEAT;
-    env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
-    env.heartbeat = &hb;
+    moeh_env_heartbeat(&env, &hb);
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
         if (!s->admitted) continue;
@@ -787,9 +781,7 @@ void moeh_coord_core_bye_all(moeh_coord_core_t *c)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Bye bye = MOEH__BYE__INIT;
     bye.reason = "run finished";
-    env.type = MOEH__MSG_TYPE__BYE;
-    env.body_case = MOEH__ENVELOPE__BODY_BYE;
-    env.bye = &bye;
+    moeh_env_bye(&env, &bye);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].admitted) send_env(c, c->sites[i].rid, c->sites[i].rid_len, &env);
 }

@@ -57,9 +57,7 @@ void coord_grant_uploads(coord_t *c)
         g.round = c->round;
         g.model_version = c->model_version;
         g.session = step != MOEH_SA_OFF ? moeh_sa_server_cfg(c->sa)->round : 0;
-        env.type = MOEH__MSG_TYPE__UPLOAD_GRANT;
-        env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
-        env.upload_grant = &g;
+        moeh_env_upload_grant(&env, &g);
         /* a site found gone here releases the slot (site_gone); any other failure leaves
          * the grant to expire */
         coord_send_to(c, next, &env, NULL, 0);

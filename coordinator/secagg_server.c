@@ -263,9 +263,7 @@ static void send_keys(moeh_sa_server_t *sa, const uint8_t *connected, moeh_sa_se
     ks.session = sa->cfg.round;
     ks.n_keys = m;
     ks.keys = kp;
-    env.type = MOEH__MSG_TYPE__SECAGG_KEYS;
-    env.body_case = MOEH__ENVELOPE__BODY_SECAGG_KEYS;
-    env.secagg_keys = &ks;
+    moeh_env_secagg_keys(&env, &ks);
     for (uint32_t i = 0; i < n; i++)
         if (sa->u1[i] && connected[i]) send(ctx, i, &env);
 out:
@@ -307,9 +305,7 @@ static void forward_shares(moeh_sa_server_t *sa, const uint8_t *connected, moeh_
         sh.ciphers = cp;
         sh.n_u2 = nu2;
         sh.u2 = u2;
-        env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
-        env.secagg_shares = &sh;
+        moeh_env_secagg_shares(&env, &sh);
         send(ctx, j, &env);
     }
 out:
@@ -357,9 +353,7 @@ int moeh_sa_server_advance(moeh_sa_server_t *sa, const uint8_t *connected, moeh_
         um.survivors = surv;
         um.n_dropped = nd;
         um.dropped = drop;
-        env.type = MOEH__MSG_TYPE__SECAGG_UNMASK;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_UNMASK;
-        env.secagg_unmask = &um;
+        moeh_env_secagg_unmask(&env, &um);
         for (size_t k = 0; k < ns; k++)
             if (connected[surv[k]]) send(ctx, surv[k], &env);
         return 0;

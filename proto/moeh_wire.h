@@ -61,11 +61,6 @@ typedef struct {
     uint32_t n_experts; /* columns of the gate sums */
 } moeh_wire_limits_t;
 
-/* Combinations of the three modalities, and evaluation slices (all rows + each combination),
- * as counted on the wire: data/moeh_schema.h's counts. */
-#define MOEH_WIRE_COMBOS ((uint32_t)MOEH_N_COMBOS)
-#define MOEH_WIRE_SLICES ((uint32_t)MOEH_N_SLICES)
-
 /* The secure-sum dimensions (fed/moeh_secsum.h) these limits negotiate. Pure. */
 moeh_secsum_dims_t moeh_wire_secsum_dims(const moeh_wire_limits_t *lim);
 /* The secure-sum phase of a round task (MOEH_SECSUM_NONE for an unknown task). Pure. */

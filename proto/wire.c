@@ -403,9 +403,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (m->n_tasks == 0 || m->n_tasks > MOEH_WIRE_MAX_TASKS)
             return moeh_errf(err, -EBADMSG, "welcome.model.n_tasks: %u, expected 1..%u", m->n_tasks,
                              MOEH_WIRE_MAX_TASKS);
-        if (m->n_experts == 0 || m->n_experts > MOEH_WIRE_COMBOS)
+        if (m->n_experts == 0 || m->n_experts > MOEH_N_COMBOS)
             return moeh_errf(err, -EBADMSG, "welcome.model.n_experts: %u, expected 1..%u",
-                             m->n_experts, MOEH_WIRE_COMBOS);
+                             m->n_experts, MOEH_N_COMBOS);
         if (m->n_norm > (1u << 21))
             return moeh_errf(err, -EBADMSG, "welcome.model.n_norm: %u, expected <= %u", m->n_norm,
                              1u << 21);
@@ -494,21 +494,21 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         if (lim->n_tasks == 0 || r->n_tasks != lim->n_tasks || r->n_bins != lim->eval_bins)
             return moeh_errf(err, -EBADMSG, "eval_result: %u tasks x %u bins, expected %u x %u",
                              r->n_tasks, r->n_bins, lim->n_tasks, lim->eval_bins);
-        if (r->n_combo_rows != MOEH_WIRE_COMBOS)
+        if (r->n_combo_rows != MOEH_N_COMBOS)
             return moeh_errf(err, -EBADMSG, "eval_result.combo_rows: %zu entries, expected %u",
-                             r->n_combo_rows, MOEH_WIRE_COMBOS);
+                             r->n_combo_rows, MOEH_N_COMBOS);
         if ((rc = fin(r->loss_sum, "eval_result.loss_sum", err))) return rc;
         if (r->loss_sum < 0) return moeh_errf(err, -EBADMSG, "eval_result.loss_sum: negative");
         uint64_t per_slice = (uint64_t)r->n_tasks * 2 * r->n_bins;
         frame_spec_t want[2] = {
-            {"hist", MOEH__DTYPE__U32, MOEH_WIRE_SLICES * per_slice},
-            {"gate", MOEH__DTYPE__F32, (uint64_t)MOEH_WIRE_COMBOS * lim->n_experts}};
+            {"hist", MOEH__DTYPE__U32, MOEH_N_SLICES * per_slice},
+            {"gate", MOEH__DTYPE__F32, (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
         if ((rc = expect_frames(e, n_frames, want, 2, err)) ||
             (rc = check_finite_f32(&frames[1], "eval_result.gate", err)))
             return rc;
         uint64_t total = 0, in_combos = 0;
         const uint8_t *p = frames[0].data;
-        for (uint64_t i = 0; i < MOEH_WIRE_SLICES * per_slice; i++) {
+        for (uint64_t i = 0; i < MOEH_N_SLICES * per_slice; i++) {
             uint32_t v;
             memcpy(&v, p + 4 * i, 4);
             if (i < per_slice)

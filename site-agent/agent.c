@@ -11,6 +11,7 @@
  * clear. The site's own evaluation metrics are logged here, since the coordinator then has
  * none. */
 #include "agent_int.h"
+#include "moeh_evalsum.h"
 
 #include "moeh_hist.h"
 #include "moeh_secsum.h"
@@ -379,22 +380,16 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
  * (aggregates of the site's rows, never a single prediction). */
 static void log_own_metrics(agent_t *a, uint32_t round, const moeh_eval_sums_t *es)
 {
-    static const char *names3[] = {"mortality", "los7", "readmit30"};
     const uint32_t T = a->lim.n_tasks, nb = a->eval_bins;
-    uint64_t *neg = malloc(2 * (size_t)nb * sizeof(uint64_t));
+    uint64_t *scratch = malloc(2 * (size_t)nb * sizeof(uint64_t));
     char line[512];
     int at = snprintf(line, sizeof line, "round %u: this site's test loss %.4f", round,
                       es->n_labels ? es->loss_sum / (double)es->n_labels : NAN);
-    for (uint32_t t = 0; neg && t < T && at > 0 && (size_t)at < sizeof line; t++) {
-        const uint32_t *h = a->hist + (size_t)t * 2 * nb; /* slice 0: all rows */
-        for (size_t b = 0; b < 2 * (size_t)nb; b++)
-            neg[b] = h[b];
-        char name[16];
-        snprintf(name, sizeof name, "%s", T == 3 ? names3[t] : "task");
-        at += snprintf(line + at, sizeof line - (size_t)at, ", AUROC %s %.4f", name,
-                       moeh_hist_auroc(neg, neg + nb, nb));
-    }
-    free(neg);
+    for (uint32_t t = 0; scratch && t < T && at > 0 && (size_t)at < sizeof line; t++)
+        at += snprintf(line + at, sizeof line - (size_t)at, ", AUROC %s %.4f",
+                       t < MOEH_N_TASKS ? moeh_task_names[t] : "task",
+                       moeh_eval_slice_auroc_u32(a->hist, T, nb, 0, t, scratch)); /* all rows */
+    free(scratch);
     MOEH_INFO("%s (kept at this site)", line);
 }
 

@@ -29,9 +29,10 @@ struct agent {
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
     /* what this site holds (read once at start to introduce itself) */
-    size_t n_static, n_vars, n_steps, img_size, n_train, n_test, combos[8];
-    moeh_trainer_t *trainer;      /* built on Welcome, from the coordinator's model spec */
-    uint64_t spec_hash, cfg_hash; /* of the layout, of the model spec's JSON */
+    size_t n_static, n_vars, n_steps, img_size, n_train, n_test;
+    size_t combos[MOEH_N_COMBOS + 1]; /* rows per availability mask (1..7; combination + 1) */
+    moeh_trainer_t *trainer;          /* built on Welcome, from the coordinator's model spec */
+    uint64_t spec_hash, cfg_hash;     /* of the layout, of the model spec's JSON */
     float *global, *delta, *norm;
     uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (moeh_secsum.h) */
     uint32_t *hist; /* evaluation histograms, then the EVALUATE values (moeh_secsum.h) */

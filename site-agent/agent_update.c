@@ -70,7 +70,8 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
                           rc->delta_clip, dp ? 1.0 : (double)w, rc->quant_scale);
         a->upd[p->n + g] = (uint32_t)w;
     }
-    double loss = res->steps ? res->mean_loss / 3.0 : 0.0; /* mean BCE per task and step */
+    double loss =
+        res->steps ? res->mean_loss / (double)a->lim.n_tasks : 0.0; /* per task and step */
     MOEH_INFO("round %u%s: trained %u steps on %llu samples, mean loss %.4f, update L2 norm %.4g",
               rs->round, rc->warmup ? " (warm-up)" : "", res->steps,
               (unsigned long long)res->samples, loss, norm);

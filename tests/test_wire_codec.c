@@ -179,7 +179,7 @@ static void test_roundtrip_eval_result(void **state)
     assert_true(r->n_labels > 0);
     assert_int_equal(r->n_tasks, N_TASKS);
     assert_int_equal(r->n_bins, N_BINS);
-    assert_int_equal(r->n_combo_rows, MOEH_WIRE_COMBOS);
+    assert_int_equal(r->n_combo_rows, MOEH_N_COMBOS);
     assert_int_equal(r->combo_rows[6], 9);
     assert_int_equal(e->n_frames, 2);
     assert_string_equal(e->frames[0]->name, "hist");

@@ -434,7 +434,7 @@ static void c_moe_field_checks_8(msg_t *m)
 static void c_moe_field_checks_9(msg_t *m)
 {
     mk_eval_result(m);
-    m->ev.n_combo_rows = MOEH_WIRE_COMBOS - 1;
+    m->ev.n_combo_rows = MOEH_N_COMBOS - 1;
 }
 
 static void c_moe_field_checks_10(msg_t *m)
@@ -474,8 +474,7 @@ static const wire_case_t k_moe_field_checks[] = {
      "before the model was negotiated"},
     {"gate[3] = -0.5f", c_moe_field_checks_7, &k_lim, -EBADMSG, "eval_result.gate: element 3"},
     {"gate[0] = NAN", c_moe_field_checks_8, &k_lim, -ERANGE, "eval_result.gate"},
-    {"ev.n_combo_rows = MOEH_WIRE_COMBOS - 1", c_moe_field_checks_9, &k_lim, -EBADMSG,
-     "combo_rows"},
+    {"ev.n_combo_rows = MOEH_N_COMBOS - 1", c_moe_field_checks_9, &k_lim, -EBADMSG, "combo_rows"},
     {"hist[2 * N_SLICE] += 1000", c_moe_field_checks_10, &k_lim, -EBADMSG, "in combinations"},
     {"frames[1].count = N_GATE + 1", c_moe_field_checks_11, &k_lim, -EBADMSG,
      "'gate' has 15 elements, expected 14"},

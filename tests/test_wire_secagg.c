@@ -464,7 +464,7 @@ static void test_secagg_masked(void **state)
                                       MOEH__ROUND_TASK__EVALUATE};
     size_t want[3] = {N_PARAMS + N_GROUPS + 3 * MOEH_SECSUM_FIX_WORDS,
                       3 * N_NORM * MOEH_SECSUM_FIX_WORDS,
-                      N_HIST + (N_GATE + MOEH_WIRE_COMBOS + 2) * MOEH_SECSUM_FIX_WORDS};
+                      N_HIST + (N_GATE + MOEH_N_COMBOS + 2) * MOEH_SECSUM_FIX_WORDS};
     uint32_t *w = calloc(want[2] + 1, sizeof(uint32_t));
     for (size_t i = 0; i < want[2] + 1; i++)
         w[i] = 0x9e3779b9u * (uint32_t)i; /* masked words look like anything */

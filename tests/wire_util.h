@@ -27,8 +27,8 @@
 #define N_NORM 3
 #define N_EXPERTS 2
 #define N_SLICE (N_TASKS * 2 * N_BINS)
-#define N_HIST (MOEH_WIRE_SLICES * N_SLICE)
-#define N_GATE (MOEH_WIRE_COMBOS * N_EXPERTS)
+#define N_HIST (MOEH_N_SLICES * N_SLICE)
+#define N_GATE (MOEH_N_COMBOS * N_EXPERTS)
 
 static const moeh_wire_limits_t k_lim = {N_PARAMS, N_GROUPS, N_TASKS, N_BINS, N_NORM, N_EXPERTS};
 /* Parts of a message with more small tensor parts than its (frameless) header describes. */
@@ -59,7 +59,7 @@ typedef struct {
     uint32_t hist[N_HIST + N_SLICE];
     float norm[2 * N_NORM + 2];
     float gate[N_GATE + 2];
-    uint32_t combo_rows[MOEH_WIRE_COMBOS + 1];
+    uint32_t combo_rows[MOEH_N_COMBOS + 1];
     Moeh__StatsResult st;
     double stats[3 * N_NORM + 3];
     uint32_t cnn_ch[3];
@@ -196,7 +196,7 @@ static inline void mk_eval_result(msg_t *m)
     }
     for (uint32_t i = 0; i < N_SLICE; i++) /* the same rows, all of combination 7 */
         m->hist[7 * N_SLICE + i] = m->hist[i];
-    for (uint32_t k = 0; k < MOEH_WIRE_COMBOS; k++)
+    for (uint32_t k = 0; k < MOEH_N_COMBOS; k++)
         m->combo_rows[k] = k == 6 ? 9 : 0;
     m->ev.round = 3;
     m->ev.model_version = 8;
@@ -204,7 +204,7 @@ static inline void mk_eval_result(msg_t *m)
     m->ev.n_labels = total;
     m->ev.n_tasks = N_TASKS;
     m->ev.n_bins = N_BINS;
-    m->ev.n_combo_rows = MOEH_WIRE_COMBOS;
+    m->ev.n_combo_rows = MOEH_N_COMBOS;
     m->ev.combo_rows = m->combo_rows;
     m->env.type = MOEH__MSG_TYPE__EVAL_RESULT;
     m->env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;

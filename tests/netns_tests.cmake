@@ -7,3 +7,27 @@ set_target_properties(moeh-faultproxy PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJ
 
 moeh_add_test(test_faultproxy SOURCES netns/test_faultproxy.c LIBS TIMEOUT 120 LABELS netns)
 add_dependencies(test_faultproxy moeh-faultproxy)
+
+# Federations across network namespaces (root needed; without it these FAIL, they do not skip).
+find_program(MOEH_PYTHON3 python3 REQUIRED)
+function(moeh_netns_test name scenario timeout)
+    add_test(NAME ${name}
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/netns/netns_fed.py
+                     --bin-dir ${PROJECT_BINARY_DIR}/bin --scenario ${scenario})
+    set_tests_properties(${name} PROPERTIES LABELS netns TIMEOUT ${timeout}
+                         ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+endfunction()
+# (a) 100 +/- 20 ms and 20 Mbit/s in front of every site; model.npy equals a clean run's
+moeh_netns_test(netns_delay delay 300)
+# (b) one site's connection reset every 4 s; the run completes with exact sums
+moeh_netns_test(netns_reset reset 300)
+# (c) one site black-holed 30 s from round 2's TRAIN; the others go on, it comes back
+moeh_netns_test(netns_blackhole blackhole 400)
+# (d) the coordinator's link down 30 s and (e) every site's link down 45 s, both from round 2's
+# TRAIN. Today's coordinator ends the run: 15 s in, the heartbeat timeout drops every site and
+# the phase's 2 retries are spent within ~0.2 s ("round 2 train phase: secure aggregation needs
+# 2..512 participants, after 3 attempts", exit 1). They wait for an outage budget in the
+# coordinator (issue 14, item 2); see docs/network-testing.md.
+moeh_netns_test(netns_coord_down coord-down 300)
+moeh_netns_test(netns_partition partition 300)
+set_tests_properties(netns_coord_down netns_partition PROPERTIES DISABLED TRUE)

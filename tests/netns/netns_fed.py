@@ -469,13 +469,18 @@ def scenario(args, net, sites_dir, keys):
         log("model.npy under 100 +/- 20 ms and 20 Mbit/s equals the clean run's "
             "(%d bytes); %.1f s vs %.1f s" % (os.path.getsize(a), fed.seconds, ref.seconds))
     elif s == "reset":
-        f = ["--reset-every-ms", str(args.reset_every_ms)] + args.reset_extra.split()
-        fed, took = run_one(args, net, sites_dir, keys, "reset", {"site-1": f}, strict=False)
+        # the delay in front of every site makes a round last ~2 s: several resets per run
+        f = args.reset_extra.split()
+        faults = {n: f for n in all_sites}
+        faults["site-1"] = f + ["--reset-every-ms", str(args.reset_every_ms)]
+        fed, took = run_one(args, net, sites_dir, keys, "reset", faults, strict=False)
         n = count_in(os.path.join(fed.out, "proxy-site-1.log"), "closed (--reset-every-ms)")
         if n < 2:
             raise Fail("the proxy reset %d connections during the run (%.1f s), want >= 2" % (
                 n, fed.seconds))
         rejoins = count_in(fed.coord_log, "site site-1 rejoined")
+        if not any("site-1" in took[r][0] for r in took):
+            raise Fail("site-1 trained in no round: it never came back after a reset")
         log("site-1's connection was reset %d times, it rejoined %d times; the run completed "
             "in %.1f s; site-1 trained in rounds %s" % (
                 n, rejoins, fed.seconds,
@@ -546,7 +551,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     ap.add_argument("--admissions", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds (default 3; reset 5; blackhole 14, so that the run outlives "
+                    help="rounds (default 3; reset 6; blackhole 14, so that the run outlives "
                          "the black hole)")
     ap.add_argument("--deadline-ms", type=int, default=60000)
     ap.add_argument("--heartbeat-timeout-ms", type=int, default=15000)
@@ -554,12 +559,12 @@ def main():
                     help="black hole / link-down length (default 30; partition 45)")
     ap.add_argument("--reset-every-ms", type=int, default=4000)
     ap.add_argument("--reset-extra", default="--delay-ms 100 --jitter-ms 20",
-                    help="more faults for the reset scenario's proxy (they make the run long "
-                         "enough to see several resets)")
+                    help="faults in front of every site in the reset scenario (they make the "
+                         "run long enough to see several resets)")
     ap.add_argument("--run-timeout", type=float, default=300.0)
     args = ap.parse_args()
     if args.rounds is None:
-        args.rounds = {"reset": 5, "blackhole": 14}.get(args.scenario, 3)
+        args.rounds = {"reset": 6, "blackhole": 14}.get(args.scenario, 3)
     if args.outage_s is None:
         args.outage_s = 45.0 if args.scenario == "partition" else 30.0
     args.bin_dir = os.path.abspath(args.bin_dir)

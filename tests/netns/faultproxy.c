@@ -119,8 +119,8 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void logf_(fp_t *p, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void logf_(fp_t *p, int level, const char *fmt, ...)
+static void fp_log(fp_t *p, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fp_log(fp_t *p, int level, const char *fmt, ...)
 {
     if (level > p->cfg.verbose) return;
     va_list ap;
@@ -167,10 +167,10 @@ static void conn_close(fp_t *p, fp_conn_t *c, bool rst, const char *why)
             close(c->fd[s]);
         c->fd[s] = -1;
     }
-    logf_(p, 1, "conn %llu closed (%s): up %llu/%llu bytes, down %llu/%llu bytes",
-          (unsigned long long)c->id, why, (unsigned long long)c->pipe[0].bytes_out,
-          (unsigned long long)c->pipe[0].bytes_in, (unsigned long long)c->pipe[1].bytes_out,
-          (unsigned long long)c->pipe[1].bytes_in);
+    fp_log(p, 1, "conn %llu closed (%s): up %llu/%llu bytes, down %llu/%llu bytes",
+           (unsigned long long)c->id, why, (unsigned long long)c->pipe[0].bytes_out,
+           (unsigned long long)c->pipe[0].bytes_in, (unsigned long long)c->pipe[1].bytes_out,
+           (unsigned long long)c->pipe[1].bytes_in);
 }
 
 static void conn_free_dead(fp_t *p)
@@ -195,7 +195,7 @@ static void conn_connect(fp_t *p, fp_conn_t *c)
 {
     int fd = socket(p->cfg.target_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        logf_(p, 0, "socket: %s", strerror(errno));
+        fp_log(p, 0, "socket: %s", strerror(errno));
         conn_close(p, c, true, "no socket");
         return;
     }
@@ -209,8 +209,8 @@ static void conn_connect(fp_t *p, fp_conn_t *c)
     } else if (errno == EINPROGRESS) {
         c->connecting = true;
     } else {
-        logf_(p, 0, "conn %llu: connect to the target: %s", (unsigned long long)c->id,
-              strerror(errno));
+        fp_log(p, 0, "conn %llu: connect to the target: %s", (unsigned long long)c->id,
+               strerror(errno));
         conn_close(p, c, true, "connect failed");
     }
 }
@@ -403,8 +403,8 @@ static void conn_pump(fp_t *p, fp_conn_t *c, int64_t now)
         int saved;
         if (pipe_read(p, c, &c->pipe[i], now) != 0 || pipe_write(p, c, &c->pipe[i], now) != 0) {
             saved = errno;
-            logf_(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id, i == 0 ? "up" : "down",
-                  strerror(saved));
+            fp_log(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id, i == 0 ? "up" : "down",
+                   strerror(saved));
             conn_close(p, c, true, "peer error");
             return;
         }
@@ -422,15 +422,15 @@ static void accept_all(fp_t *p, int64_t now)
         int fd = accept4(p->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                logf_(p, 0, "accept: %s", strerror(errno));
+                fp_log(p, 0, "accept: %s", strerror(errno));
             return;
         }
         fp_conn_t *c = NULL;
         uint8_t *b0 = NULL, *b1 = NULL;
         if (p->n_conns >= p->cfg.max_conns || !(c = calloc(1, sizeof *c)) ||
             !(b0 = malloc(p->cfg.buffer_bytes)) || !(b1 = malloc(p->cfg.buffer_bytes))) {
-            logf_(p, 0, "refusing a connection (%s)",
-                  p->n_conns >= p->cfg.max_conns ? "--max-conns reached" : "out of memory");
+            fp_log(p, 0, "refusing a connection (%s)",
+                   p->n_conns >= p->cfg.max_conns ? "--max-conns reached" : "out of memory");
             free(c);
             free(b0);
             free(b1);
@@ -458,8 +458,8 @@ static void accept_all(fp_t *p, int64_t now)
         p->conns = c;
         p->n_conns++;
         p->n_accepted++;
-        logf_(p, 1, "conn %llu accepted%s", (unsigned long long)c->id,
-              p->blackhole ? " (black hole: not connected onwards yet)" : "");
+        fp_log(p, 1, "conn %llu accepted%s", (unsigned long long)c->id,
+               p->blackhole ? " (black hole: not connected onwards yet)" : "");
         conn_pump(p, c, now);
     }
 }
@@ -468,7 +468,7 @@ static void set_blackhole(fp_t *p, bool on, const char *why)
 {
     if (p->blackhole == on) return;
     p->blackhole = on;
-    logf_(p, 0, "black hole %s (%s)", on ? "ON" : "OFF", why);
+    fp_log(p, 0, "black hole %s (%s)", on ? "ON" : "OFF", why);
 }
 
 static void on_signal(fp_t *p)
@@ -526,7 +526,7 @@ static int run(fp_t *p)
         int n = epoll_wait(p->ep, evs, 64, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
-            logf_(p, 0, "epoll_wait: %s", strerror(errno));
+            fp_log(p, 0, "epoll_wait: %s", strerror(errno));
             return -1;
         }
         now = now_us();
@@ -547,21 +547,21 @@ static int run(fp_t *p)
                 socklen_t len = sizeof err;
                 getsockopt(c->fd[1], SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
-                    logf_(p, 0, "conn %llu: connect to the target: %s", (unsigned long long)c->id,
-                          strerror(err));
+                    fp_log(p, 0, "conn %llu: connect to the target: %s", (unsigned long long)c->id,
+                           strerror(err));
                     conn_close(p, c, true, "connect failed");
                     continue;
                 }
                 c->connecting = false;
-                logf_(p, 1, "conn %llu connected to the target", (unsigned long long)c->id);
+                fp_log(p, 1, "conn %llu connected to the target", (unsigned long long)c->id);
             }
             if ((evs[i].events & EPOLLERR) && !c->connecting) {
                 int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(c->fd[r->side], SOL_SOCKET, SO_ERROR, &err, &len);
                 if (err) {
-                    logf_(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id,
-                          r->side ? "target" : "client", strerror(err));
+                    fp_log(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id,
+                           r->side ? "target" : "client", strerror(err));
                     conn_close(p, c, true, "peer error");
                     continue;
                 }
@@ -885,7 +885,7 @@ static int open_listener(fp_t *p)
         }
         close(cfg->ready_fd);
     }
-    logf_(p, 0, "listening on %.*s", (int)strlen(line) - 1, line);
+    fp_log(p, 0, "listening on %.*s", (int)strlen(line) - 1, line);
     p->lfd = fd;
     return 0;
 }
@@ -930,9 +930,9 @@ int main(int argc, char **argv)
     for (fp_conn_t *c = p.conns; c; c = c->next)
         conn_close(&p, c, false, "stopping");
     conn_free_dead(&p);
-    logf_(&p, 0, "stopped: %llu connections, %llu resets, %llu refused",
-          (unsigned long long)p.n_accepted, (unsigned long long)p.n_resets,
-          (unsigned long long)p.n_refused);
+    fp_log(&p, 0, "stopped: %llu connections, %llu resets, %llu refused",
+           (unsigned long long)p.n_accepted, (unsigned long long)p.n_resets,
+           (unsigned long long)p.n_refused);
 out:
     if (p.lfd >= 0) close(p.lfd);
     if (p.sfd >= 0) close(p.sfd);

@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -189,7 +190,6 @@ class Procs:
         os.close(wfd)
         line = b""
         deadline = time.monotonic() + timeout
-        import select
         while b"\n" not in line and time.monotonic() < deadline:
             r, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
             if not r:

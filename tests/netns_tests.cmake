@@ -23,6 +23,9 @@ moeh_netns_test(netns_delay delay 300)
 moeh_netns_test(netns_reset reset 300)
 # (c) one site black-holed 30 s from round 2's TRAIN; the others go on, it comes back
 moeh_netns_test(netns_blackhole blackhole 400)
+# one site's link down 4 s mid-TRAIN (less than the heartbeat timeout): absorbed, the model
+# equals a clean run's (this exercises the harness's link down/up in an enabled test)
+moeh_netns_test(netns_site_flap site-flap 300)
 # (d) the coordinator's link down 30 s and (e) every site's link down 45 s, both from round 2's
 # TRAIN. Today's coordinator ends the run: 15 s in, the heartbeat timeout drops every site and
 # the phase's 2 retries are spent within ~0.2 s ("round 2 train phase: secure aggregation needs

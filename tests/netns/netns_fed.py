@@ -20,6 +20,8 @@ Scenarios (--scenario; docs/network-testing.md has the numbers):
              completes with the others, metrics.jsonl holds the sums of the sites that took part
   coord-down the coordinator's link down 30 s from the start of round 2's TRAIN phase
   partition  every site's link down 45 s from the start of round 2's TRAIN phase
+  site-flap  one site's link down 4 s (less than the heartbeat timeout) from the start of round
+             2's TRAIN phase: absorbed, every site in every round, model.npy equals a clean run's
 Every run must end with exit code 0, every round in metrics.jsonl, and each round's training
 samples/steps and evaluation rows equal to the sums of a set of sites of the size the round
 reports (each site's counts come from the coordinator's 'joined' lines).
@@ -511,6 +513,29 @@ def scenario(args, net, sites_dir, keys):
         log("%s black-holed %.0f s from round 2's TRAIN: round 2 trained by %s; %s trained "
             "again from round %d; run %.1f s" % (victim, args.outage_s, "+".join(took[2][0]),
                                                   victim, back[0], fed.seconds))
+    elif s == "site-flap":
+        victim = "s3"
+
+        def act(fed):
+            wait_log(fed.coord_log, r"round 2: train phase", 120, fed.coord)
+            net.link(victim, False)
+            try:
+                fed.run_for(args.outage_s)
+            finally:
+                net.link(victim, True)
+
+        fed, took = run_one(args, net, sites_dir, keys, "site-flap", None, act)
+        ref, rtook = run_one(args, net, sites_dir, keys, "clean")
+        for r in range(1, n_rounds + 1):
+            if took[r][0] != all_sites:
+                raise Fail("round %d was trained by %s only: the %.0f s outage was not absorbed"
+                           % (r, took[r][0], args.outage_s))
+        a, b = os.path.join(fed.out, "model.npy"), os.path.join(ref.out, "model.npy")
+        if not filecmp.cmp(a, b, shallow=False):
+            raise Fail("the final model after the outage differs from the clean run's")
+        log("site-3's link down %.0f s in round 2's TRAIN was absorbed: every site in every "
+            "round, model.npy equals the clean run's; %.1f s vs %.1f s" % (
+                args.outage_s, fed.seconds, ref.seconds))
     elif s in ("coord-down", "partition"):
         hosts = ["coord"] if s == "coord-down" else ["s%d" % (k + 1) for k in range(len(SITES))]
 
@@ -546,7 +571,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin-dir", required=True, help="directory of the moeh binaries")
     ap.add_argument("--scenario", required=True,
-                    choices=["clean", "delay", "reset", "blackhole", "coord-down", "partition"])
+                    choices=["clean", "delay", "reset", "blackhole", "site-flap", "coord-down",
+                             "partition"])
     ap.add_argument("--work", help="working directory (default: a new one under $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     ap.add_argument("--admissions", type=int, default=600)
@@ -556,7 +582,8 @@ def main():
     ap.add_argument("--deadline-ms", type=int, default=60000)
     ap.add_argument("--heartbeat-timeout-ms", type=int, default=15000)
     ap.add_argument("--outage-s", type=float, default=None,
-                    help="black hole / link-down length (default 30; partition 45)")
+                    help="black hole / link-down length (default 30; partition 45; "
+                         "site-flap 4)")
     ap.add_argument("--reset-every-ms", type=int, default=4000)
     ap.add_argument("--reset-extra", default="--delay-ms 100 --jitter-ms 20",
                     help="faults in front of every site in the reset scenario (they make the "
@@ -566,7 +593,7 @@ def main():
     if args.rounds is None:
         args.rounds = {"reset": 6, "blackhole": 14}.get(args.scenario, 3)
     if args.outage_s is None:
-        args.outage_s = 45.0 if args.scenario == "partition" else 30.0
+        args.outage_s = {"partition": 45.0, "site-flap": 4.0}.get(args.scenario, 30.0)
     args.bin_dir = os.path.abspath(args.bin_dir)
     for b in ("moeh-coordinator", "moeh-site-agent", "moeh-sim", "moeh-keygen",
               "moeh-faultproxy"):

@@ -18,7 +18,7 @@ function(moeh_netns_test name scenario timeout)
                          ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
 endfunction()
 # (a) 100 +/- 20 ms and 20 Mbit/s in front of every site; model.npy equals a clean run's
-moeh_netns_test(netns_delay delay 300)
+moeh_netns_test(netns_delay delay 420)
 # (b) one site's connection reset every 4 s; the run completes with exact sums
 moeh_netns_test(netns_reset reset 300)
 # (c) one site black-holed 30 s from round 2's TRAIN; the others go on, it comes back

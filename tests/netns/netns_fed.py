@@ -588,7 +588,8 @@ def main():
     ap.add_argument("--reset-extra", default="--delay-ms 100 --jitter-ms 20",
                     help="faults in front of every site in the reset scenario (they make the "
                          "run long enough to see several resets)")
-    ap.add_argument("--run-timeout", type=float, default=300.0)
+    ap.add_argument("--run-timeout", type=float, default=150.0,
+                    help="fail a run that takes longer (s)")
     args = ap.parse_args()
     if args.rounds is None:
         args.rounds = {"reset": 6, "blackhole": 14}.get(args.scenario, 3)

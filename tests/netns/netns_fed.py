@@ -354,7 +354,7 @@ class Fed:
         agents = {}
         for name, p in self.agents.items():
             try:
-                agents[name] = p.wait(timeout=max(0.1, 10 - (time.monotonic() - self.t0 -
+                agents[name] = p.wait(timeout=max(0.1, 6 - (time.monotonic() - self.t0 -
                                                              self.seconds)))
             except subprocess.TimeoutExpired:
                 # never got the coordinator's bye (it was away when the run ended): an agent

@@ -16,7 +16,7 @@
  *                   SIGUSR1 (on) / SIGUSR2 (off) or by --blackhole-at-ms / --blackhole-for-ms.
  *
  * Backpressure: a direction stops reading from its source when its buffer is full. One thread,
- * epoll, non-blocking sockets, a signalfd; SIGTERM/SIGINT close everything and exit 0.
+ * epoll, non-blocking sockets, a signalfd; SIGTERM/SIGINT/SIGHUP close everything and exit 0.
  * This is a test tool: it is built by tests/netns_tests.cmake and is not installed. */
 #define _GNU_SOURCE /* accept4 */
 #include <arpa/inet.h>
@@ -610,7 +610,7 @@ static void usage(FILE *f)
         "  --verbose                log every connection (-v -v: more)\n"
         "  --help, --version\n"
         "\n"
-        "SIGTERM or SIGINT closes every connection and exits 0. Exit codes: 0 clean stop,\n"
+        "SIGTERM, SIGINT or SIGHUP closes every connection and exits 0. Exit codes: 0 clean stop,\n"
         "1 runtime error, 2 bad usage.\n");
 }
 

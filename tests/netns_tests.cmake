@@ -13,7 +13,7 @@ find_program(MOEH_PYTHON3 python3 REQUIRED)
 function(moeh_netns_test name scenario timeout)
     add_test(NAME ${name}
              COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/netns/netns_fed.py
-                     --bin-dir ${PROJECT_BINARY_DIR}/bin --scenario ${scenario})
+                     --bin-dir ${PROJECT_BINARY_DIR}/bin --scenario ${scenario} ${ARGN})
     set_tests_properties(${name} PROPERTIES LABELS netns TIMEOUT ${timeout}
                          ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
 endfunction()
@@ -26,6 +26,9 @@ moeh_netns_test(netns_blackhole blackhole 400)
 # one site's link down 4 s mid-TRAIN (less than the heartbeat timeout): absorbed, the model
 # equals a clean run's (this exercises the harness's link down/up in an enabled test)
 moeh_netns_test(netns_site_flap site-flap 300)
+# every site's link down 10 s mid-TRAIN: today's tolerance (the agents reconnect after 10 s of
+# silence, the phase is retried once with every site), the model equals a clean run's
+moeh_netns_test(netns_partition_short partition 300 --outage-s 10)
 # (d) the coordinator's link down 30 s and (e) every site's link down 45 s, both from round 2's
 # TRAIN. Today's coordinator ends the run: 15 s in, the heartbeat timeout drops every site and
 # the phase's 2 retries are spent within ~0.2 s ("round 2 train phase: secure aggregation needs

@@ -22,9 +22,11 @@ Scenarios (--scenario; docs/network-testing.md has the numbers):
   partition  every site's link down 45 s from the start of round 2's TRAIN phase
   site-flap  one site's link down 4 s (less than the heartbeat timeout) from the start of round
              2's TRAIN phase: absorbed, every site in every round, model.npy equals a clean run's
+--outage-s changes the length of an outage (netns_partition_short is partition with 10 s).
 Every run must end with exit code 0, every round in metrics.jsonl, and each round's training
 samples/steps and evaluation rows equal to the sums of a set of sites of the size the round
-reports (each site's counts come from the coordinator's 'joined' lines).
+reports (each site's counts come from the coordinator's 'joined' lines); where an outage
+excluded no site, the final model must equal a clean run's.
 
 Why Python and not a shell script: the harness waits on log lines with timeouts (no sleep as
 synchronisation), parses metrics.jsonl, and must tear down namespaces and reap every process

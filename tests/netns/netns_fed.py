@@ -56,6 +56,15 @@ COORD_ADDR = SUBNET + ".1"
 PORT = 7400
 PROXY_PORT = 7500
 SITES = [("site-1", 0.34, "ehr"), ("site-2", 0.33, "ehr+notes"), ("site-3", 0.33, "ehr+img")]
+MODS = ["ehr", "ehr+notes", "ehr+img", "ehr+notes+img"]
+
+
+def site_table(n):
+    """The 3 sites above, or n sites with equal shares and modality mixes in turn."""
+    if n == 3:
+        return SITES
+    share = float("%.4f" % (1.0 / n))
+    return [("site-%d" % (k + 1), share, MODS[k % len(MODS)]) for k in range(n)]
 
 
 class Fail(Exception):
@@ -395,6 +404,23 @@ def joined_counts(coord_log):
     return counts
 
 
+def subset_with_sum(values, k, target):
+    """[a set of k sites whose value tuples add up to target] or [] when there is none. Up to
+    10 sites it tries every set (with these counts the set is unique); beyond, a dynamic
+    programme over (size, sums) says whether one exists and the set is reported as '?'."""
+    names = sorted(values)
+    if k == len(names) or len(names) <= 10:
+        return [set(c) for c in itertools.combinations(names, k)
+                if tuple(map(sum, zip(*(values[s] for s in c)))) == target] if k else (
+            [set()] if all(t == 0 for t in target) else [])
+    reach = {(0, tuple(0 for _ in target))}
+    for s in names:
+        v = values[s]
+        reach |= {(n + 1, tuple(a + b for a, b in zip(acc, v))) for n, acc in reach
+                  if n < k and all(a + b <= t for a, b, t in zip(acc, v, target))}
+    return [{"?"}] if (k, tuple(target)) in reach else []
+
+
 def check_sums(fed, rounds, batch=32, epochs=1):
     """Every round is in metrics.jsonl once, and its training samples/steps and evaluation rows
     are the sums of a set of exactly as many sites as it reports. Returns {round: (train sites,
@@ -413,12 +439,11 @@ def check_sums(fed, rounds, batch=32, epochs=1):
                        "(want 1 each)" % (fed.label, r, len(tr), len(ev), len(gate)))
         tr, ev, gate = tr[0], ev[0], gate[0]
         steps_of = {s: epochs * -(-c[0] // batch) for s, c in counts.items()}
-        train_set = [set(c) for c in itertools.combinations(sorted(counts), tr["sites"])
-                     if sum(counts[s][0] for s in c) == tr["samples"]
-                     and sum(steps_of[s] for s in c) == tr["steps"]]
         rows = sum(v["rows"] for k, v in gate.items() if isinstance(v, dict) and "rows" in v)
-        eval_set = [set(c) for c in itertools.combinations(sorted(counts), ev["sites"])
-                    if sum(counts[s][1] for s in c) == rows]
+        train_key = {s: (counts[s][0], steps_of[s]) for s in counts}
+        eval_key = {s: (counts[s][1],) for s in counts}
+        train_set = subset_with_sum(train_key, tr["sites"], (tr["samples"], tr["steps"]))
+        eval_set = subset_with_sum(eval_key, ev["sites"], (rows,))
         if not train_set:
             raise Fail("[%s] round %d: %d training samples / %d steps are not the sum of any "
                        "%d sites (%s)" % (fed.label, r, tr["samples"], tr["steps"], tr["sites"],
@@ -590,7 +615,11 @@ def main():
                              "partition"])
     ap.add_argument("--work", help="working directory (default: a new one under $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
-    ap.add_argument("--admissions", type=int, default=600)
+    ap.add_argument("--sites", type=int, default=3,
+                    help="sites (default 3: EHR / EHR+notes / EHR+images; otherwise equal shares "
+                         "with the modality mixes in turn)")
+    ap.add_argument("--admissions", type=int, default=None,
+                    help="admissions of the synthetic MIMIC-IV (default max(600, 200 x sites))")
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds (default 3; reset 6; blackhole 14, so that the run outlives "
                          "the black hole)")
@@ -606,6 +635,13 @@ def main():
     ap.add_argument("--run-timeout", type=float, default=150.0,
                     help="fail a run that takes longer (s)")
     args = ap.parse_args()
+    global SITES
+    if not 2 <= args.sites <= 200:
+        print("netns_fed: --sites must be 2..200")
+        return 2
+    SITES = site_table(args.sites)
+    if args.admissions is None:
+        args.admissions = max(600, 200 * args.sites)
     if args.rounds is None:
         args.rounds = {"reset": 6, "blackhole": 14}.get(args.scenario, 3)
     if args.outage_s is None:

@@ -636,8 +636,8 @@ def main():
                     help="fail a run that takes longer (s)")
     args = ap.parse_args()
     global SITES
-    if not 2 <= args.sites <= 200:
-        print("netns_fed: --sites must be 2..200")
+    if not 3 <= args.sites <= 200:  # the scenarios name site-1..site-3
+        print("netns_fed: --sites must be 3..200")
         return 2
     SITES = site_table(args.sites)
     if args.admissions is None:

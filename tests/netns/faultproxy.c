@@ -15,6 +15,7 @@
  *                   are accepted but not connected onwards until the black hole ends. Toggled by
  *                   SIGUSR1 (on) / SIGUSR2 (off) or by --blackhole-at-ms / --blackhole-for-ms.
  *
+ * A side that fails (RST) has the bytes it sent before delivered, then the reset passed on.
  * Backpressure: a direction stops reading from its source when its buffer is full. One thread,
  * epoll, non-blocking sockets, a signalfd; SIGTERM/SIGINT/SIGHUP close everything and exit 0.
  * This is a test tool: it is built by tests/netns_tests.cmake and is not installed. */
@@ -77,6 +78,7 @@ typedef struct {
     double tokens;        /* token bucket, bytes */
     int64_t tokens_at;    /* time of the last refill */
     bool src_eof, dst_shut, dst_blocked;
+    bool rst_after; /* the source was reset: pass the reset on once the bytes before it are out */
     uint64_t bytes_in, bytes_out;
 } fp_pipe_t;
 
@@ -88,12 +90,13 @@ typedef struct {
 
 typedef struct fp_conn {
     uint64_t id;
-    int fd[2];       /* client, target (-1: not yet connected onwards) */
-    uint32_t ev[2];  /* the epoll mask registered for each fd */
-    bool reg[2];     /* registered with epoll (an fd with nothing to wait for is not, so that
-                        a hung-up idle socket cannot spin the loop) */
-    fp_ref_t ref[2]; /* epoll data */
-    bool connecting; /* the target connect is in progress */
+    int fd[2];          /* client, target (-1: not yet connected onwards) */
+    uint32_t ev[2];     /* the epoll mask registered for each fd */
+    bool reg[2];        /* registered with epoll (an fd with nothing to wait for is not, so that
+                           a hung-up idle socket cannot spin the loop) */
+    fp_ref_t ref[2];    /* epoll data */
+    bool connecting;    /* the target connect is in progress */
+    bool target_opened; /* a connect to the target was started (never reconnect) */
     bool dead;
     int64_t accepted_at;
     fp_pipe_t pipe[2]; /* 0 up: fd[0] -> fd[1]; 1 down: fd[1] -> fd[0] */
@@ -204,6 +207,7 @@ static void conn_connect(fp_t *p, fp_conn_t *c)
     c->fd[1] = fd;
     c->ev[1] = 0;
     c->reg[1] = false;
+    c->target_opened = true;
     if (connect(fd, (struct sockaddr *)&p->cfg.target_addr, p->cfg.target_len) == 0) {
         c->connecting = false;
     } else if (errno == EINPROGRESS) {
@@ -343,10 +347,41 @@ static int pipe_write(fp_t *p, fp_conn_t *c, fp_pipe_t *q, int64_t now)
         }
     }
     if (q->src_eof && q->len == 0 && !q->dst_shut) {
+        if (q->rst_after) {
+            conn_close(p, c, true, "peer reset, passed on");
+            return 0;
+        }
         shutdown(dst_fd(c, q), SHUT_WR);
         q->dst_shut = true;
     }
     return 0;
+}
+
+/* The socket of one side (0 client, 1 target) failed (RST, EPIPE): it is closed; the bytes
+ * that side sent before failing are still delivered to the other side, then the other side is
+ * reset, as a real network would do; bytes on their way to the failed side are dropped. */
+static void endpoint_failed(fp_t *p, fp_conn_t *c, int side, int err)
+{
+    fp_log(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id, side ? "target" : "client",
+           strerror(err));
+    if (c->dead) return;
+    if (side == 0 && !c->target_opened) { /* nothing ever went onwards */
+        conn_close(p, c, false, "client failed before the target was connected");
+        return;
+    }
+    if (c->reg[side]) epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd[side], NULL);
+    c->reg[side] = false;
+    close(c->fd[side]);
+    c->fd[side] = -1;
+    if (side == 1) c->connecting = false;
+    fp_pipe_t *to = &c->pipe[side == 0 ? 1 : 0];   /* towards the failed side: dropped */
+    fp_pipe_t *from = &c->pipe[side == 0 ? 0 : 1]; /* from it: drained, then the reset */
+    to->len = to->head = to->ch_n = to->ch_head = 0;
+    to->src_eof = to->dst_shut = true;
+    to->dst_blocked = false;
+    from->src_eof = true;
+    from->rst_after = true;
+    if (c->fd[side == 0 ? 1 : 0] < 0) conn_close(p, c, true, "both sides failed");
 }
 
 /* When this direction needs the loop again (0: not on a timer). */
@@ -397,17 +432,13 @@ static void conn_update_events(fp_t *p, fp_conn_t *c)
 static void conn_pump(fp_t *p, fp_conn_t *c, int64_t now)
 {
     if (c->dead) return;
-    if (c->fd[1] < 0 && !p->blackhole) conn_connect(p, c);
+    if (!c->target_opened && !p->blackhole) conn_connect(p, c);
     if (c->dead) return;
-    for (int i = 0; i < 2; i++) {
-        int saved;
-        if (pipe_read(p, c, &c->pipe[i], now) != 0 || pipe_write(p, c, &c->pipe[i], now) != 0) {
-            saved = errno;
-            fp_log(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id, i == 0 ? "up" : "down",
-                   strerror(saved));
-            conn_close(p, c, true, "peer error");
-            return;
-        }
+    for (int i = 0; i < 2; i++) { /* pipe i reads side i and writes side 1 - i */
+        if (pipe_read(p, c, &c->pipe[i], now) != 0) endpoint_failed(p, c, i, errno);
+        if (c->dead) return;
+        if (pipe_write(p, c, &c->pipe[i], now) != 0) endpoint_failed(p, c, 1 - i, errno);
+        if (c->dead) return;
     }
     if (c->pipe[0].dst_shut && c->pipe[1].dst_shut) {
         conn_close(p, c, false, "both sides closed");
@@ -555,19 +586,14 @@ static int run(fp_t *p)
                 c->connecting = false;
                 fp_log(p, 1, "conn %llu connected to the target", (unsigned long long)c->id);
             }
-            if ((evs[i].events & EPOLLERR) && !c->connecting) {
+            if (evs[i].events & EPOLLOUT) c->pipe[r->side == 0 ? 1 : 0].dst_blocked = false;
+            conn_pump(p, c, now); /* reads what the socket still holds, then its error */
+            if ((evs[i].events & EPOLLERR) && !c->dead && c->fd[r->side] >= 0) {
                 int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(c->fd[r->side], SOL_SOCKET, SO_ERROR, &err, &len);
-                if (err) {
-                    fp_log(p, 1, "conn %llu: %s: %s", (unsigned long long)c->id,
-                           r->side ? "target" : "client", strerror(err));
-                    conn_close(p, c, true, "peer error");
-                    continue;
-                }
+                if (err) endpoint_failed(p, c, r->side, err);
             }
-            if (evs[i].events & EPOLLOUT) c->pipe[r->side == 0 ? 1 : 0].dst_blocked = false;
-            conn_pump(p, c, now);
         }
         conn_free_dead(p);
     }

@@ -546,12 +546,53 @@ static void test_target_refuses(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* A client that sends and then resets its connection during a black hole: when the black hole
+ * ends, the target gets the bytes first, then the reset (ECONNRESET), as over a real path. */
+static void test_reset_passed_on_after_data(void **state)
+{
+    (void)state;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    int port;
+    pid_t px = proxy_start(ntohs(a.sin_port), &port, NULL);
+    int fd = connect_to(port);
+    struct pollfd pf = {.fd = lfd, .events = POLLIN};
+    assert_int_equal(poll(&pf, 1, 3000), 1);
+    int tfd = accept(lfd, NULL, NULL);
+    assert_true(tfd >= 0);
+    kill(px, SIGUSR1);
+    usleep(100000);
+    write_full(fd, "last words", 10);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd); /* RST */
+    usleep(200000);
+    char back[16];
+    assert_int_equal(read_full(tfd, back, 10, 300), 0); /* held by the black hole */
+    kill(px, SIGUSR2);
+    assert_int_equal(read_full(tfd, back, 10, 2000), 10);
+    assert_memory_equal(back, "last words", 10);
+    assert_int_equal(read_full(tfd, back, 1, 2000), -ECONNRESET);
+    close(tfd);
+    close(lfd);
+    kill(px, SIGTERM);
+    int status;
+    waitpid(px, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_target_refuses),
+        cmocka_unit_test(test_reset_passed_on_after_data),
         cmocka_unit_test_setup_teardown(test_delay, setup_delay, fx_teardown),
         cmocka_unit_test_setup_teardown(test_order_under_jitter, setup_delay, fx_teardown),
         cmocka_unit_test_setup_teardown(test_rate, setup_rate, fx_teardown),

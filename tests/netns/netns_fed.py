@@ -670,8 +670,8 @@ def main():
             raise Fail("not root: network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN; "
                        "this test FAILS rather than pass without running")
         reap_stale_namespaces()
+        net.up()  # first: a machine that refuses namespaces fails at once
         sites_dir, keys = prepare(args.bin_dir, args.work, args.admissions)
-        net.up()
         scenario(args, net, sites_dir, keys)
         log("PASS %s in %.1f s" % (args.scenario, time.monotonic() - T0))
         rc = 0

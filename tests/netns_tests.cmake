@@ -1,0 +1,39 @@
+# Network tests: moeh-faultproxy (a userspace TCP fault proxy: delay, jitter, rate cap, resets,
+# black holes; the kernel here has no netem) and federations whose coordinator and sites run in
+# network namespaces of their own (tests/netns/netns_fed.py; needs root). Label: netns.
+# docs/network-testing.md says what each test shows and how long it takes.
+add_executable(moeh-faultproxy netns/faultproxy.c)
+set_target_properties(moeh-faultproxy PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
+
+moeh_add_test(test_faultproxy SOURCES netns/test_faultproxy.c LIBS TIMEOUT 120 LABELS netns)
+add_dependencies(test_faultproxy moeh-faultproxy)
+
+# Federations across network namespaces (root needed; without it these FAIL, they do not skip).
+find_program(MOEH_PYTHON3 python3 REQUIRED)
+function(moeh_netns_test name scenario timeout)
+    add_test(NAME ${name}
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/netns/netns_fed.py
+                     --bin-dir ${PROJECT_BINARY_DIR}/bin --scenario ${scenario} ${ARGN})
+    set_tests_properties(${name} PROPERTIES LABELS netns TIMEOUT ${timeout}
+                         ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+endfunction()
+# (a) 100 +/- 20 ms and 20 Mbit/s in front of every site; model.npy equals a clean run's
+moeh_netns_test(netns_delay delay 420)
+# (b) one site's connection reset every 4 s; the run completes with exact sums
+moeh_netns_test(netns_reset reset 300)
+# (c) one site black-holed 30 s from round 2's TRAIN; the others go on, it comes back
+moeh_netns_test(netns_blackhole blackhole 400)
+# one site's link down 4 s mid-TRAIN (less than the heartbeat timeout): absorbed, the model
+# equals a clean run's (this exercises the harness's link down/up in an enabled test)
+moeh_netns_test(netns_site_flap site-flap 300)
+# every site's link down 10 s mid-TRAIN: today's tolerance (the agents reconnect after 10 s of
+# silence, the phase is retried once with every site), the model equals a clean run's
+moeh_netns_test(netns_partition_short partition 300 --outage-s 10)
+# (d) the coordinator's link down 30 s and (e) every site's link down 45 s, both from round 2's
+# TRAIN. Today's coordinator ends the run: 15 s in, the heartbeat timeout drops every site and
+# the phase's 2 retries are spent within ~0.2 s ("round 2 train phase: secure aggregation needs
+# 2..512 participants, after 3 attempts", exit 1). They wait for an outage budget in the
+# coordinator (issue 14, item 2); see docs/network-testing.md.
+moeh_netns_test(netns_coord_down coord-down 300)
+moeh_netns_test(netns_partition partition 300)
+set_tests_properties(netns_coord_down netns_partition PROPERTIES DISABLED TRUE)

@@ -1,4 +1,4 @@
-/* aggregate.c - per-group FedAvg running fixed-point sum (see aggregate.h). */
+/* aggregate.c - per-group FedAvg running fixed-point sum (see moeh_aggregate.h). */
 #include "moeh_aggregate.h"
 
 #include "moeh_common.h"

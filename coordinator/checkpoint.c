@@ -1,4 +1,4 @@
-/* checkpoint.c - atomic coordinator checkpoints (see checkpoint.h). */
+/* checkpoint.c - atomic coordinator checkpoints (see moeh_checkpoint.h). */
 #include "moeh_checkpoint.h"
 
 #include <cjson/cJSON.h>

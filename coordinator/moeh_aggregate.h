@@ -1,6 +1,6 @@
 /* moeh_aggregate.h - per-group FedAvg as a running fixed-point sum.
  *
- * Each update is n_params + n_groups 32-bit words (fed/moeh_quant.h, docs/protocol.md): the
+ * Each update is n_params + n_groups 32-bit words (fed/moeh_quant.h): the
  * quantised w_g * delta of every parameter, then the weight w_g of every group. Updates are
  * added word by word mod 2^32 as they arrive, so memory is O(parameters) whatever the number
  * of sites, the result is exact and independent of arrival order, and secure-aggregation masks
@@ -71,7 +71,7 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
 size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float *deltas,
                           const uint32_t *weights, size_t S, double trim, float *scratch);
 
-/* ---- one site's update (docs/protocol.md, "Fixed-point updates") --------------------------
+/* ---- one site's update (fed/moeh_quant.h) --------------------------
  * words are the n_params + n_groups little-endian words of one plain update, in the layout of
  * a. Bounds of a round: scale is the round's fixed-point scale, range the per-coordinate range
  * of the encoding (--delta-clip, or the DP range). */

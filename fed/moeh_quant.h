@@ -1,4 +1,4 @@
-/* moeh_quant.h - the fixed-point arithmetic of updates (docs/protocol.md, "Fixed-point updates").
+/* moeh_quant.h - the fixed-point arithmetic of updates (docs/architecture.md, messages).
  *
  * A site sends, per parameter i of group g, q_i = round(S * w_g * clip(d_i, C)) as a two's
  * complement 32-bit word, and w_g itself; the coordinator adds words mod 2^32. With

@@ -16,6 +16,7 @@ static const cmd_t k_cmds[] = {
     {"extract", moeh_sim_cmd_extract, "extract the cohort from MIMIC-IV into a dataset"},
     {"split", moeh_sim_cmd_split, "split a dataset into sites (whole subjects per site)"},
     {"train", moeh_sim_cmd_train, "train centrally on datasets (the federation's reference)"},
+    {"report", moeh_sim_cmd_report, "write the HTML report of a run directory"},
 };
 
 static void usage(FILE *f)

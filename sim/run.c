@@ -345,8 +345,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
     if (bad_agents)
         fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/*.log\n", bad_agents,
                 log_dir);
-    printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy\n",
-           (double)(moeh_now_ms() - t0) / 1000.0, out, out);
+    int report_rc = moeh_sim_report(out, NULL);
+    if (report_rc != 0)
+        fprintf(stderr, "moeh-sim run: the report was not written (the run itself is complete)\n");
+    printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy%s%s%s\n",
+           (double)(moeh_now_ms() - t0) / 1000.0, out, out, report_rc ? "" : ", report in ",
+           report_rc ? "" : out, report_rc ? "" : "/report.html");
     exit_code = bad_agents ? 1 : 0;
 out:
     moeh_proc_stop(&coord, 5000);

@@ -9,5 +9,9 @@ int moeh_sim_cmd_extract(int argc, char **argv); /* cmd_extract.c: MIMIC-IV -> d
 int moeh_sim_cmd_synth(int argc, char **argv);   /* cmd_synth.c: synthetic MIMIC-IV */
 int moeh_sim_cmd_split(int argc, char **argv);   /* cmd_split.c: dataset -> sites */
 int moeh_sim_cmd_train(int argc, char **argv);   /* cmd_train.c: centralised training */
+int moeh_sim_cmd_report(int argc, char **argv);  /* cmd_report.c: a run's HTML report */
+
+/* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
+int moeh_sim_report(const char *run_dir, const char *out_file);
 
 #endif

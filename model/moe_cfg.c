@@ -6,7 +6,7 @@
  * for a hyperparameter a user sets, its option name and help. The JSON writer, the strict JSON
  * reader, the range checks of moeh_moe_cfg_validate and the option fragment all walk that table,
  * so a new hyperparameter is a field in moeh_moe.h, a default and a row here, and its use in
- * moe.c; the binaries and the protocol pick it up unchanged. Rules that tie fields together
+ * moe*.c; the binaries and the protocol pick it up unchanged. Rules that tie fields together
  * (which arch needs which encoder) are written out in moeh_moe_cfg_validate. */
 #include "moeh_moe.h"
 

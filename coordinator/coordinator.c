@@ -108,13 +108,10 @@ static int send_env(coord_t *c, const uint8_t *rid, size_t rid_len, Moeh__Envelo
 /* An Error to the peer rid (the message cut to MOEH_MAX_STRING bytes). */
 static int send_error(coord_t *c, const uint8_t *rid, size_t rid_len, int code, const char *what)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__Error e = MOEH__ERROR__INIT;
+    Moeh__Envelope env;
+    Moeh__Error e;
     char buf[MOEH_MAX_STRING + 1];
-    snprintf(buf, sizeof buf, "%s", what);
-    e.code = code;
-    e.message = buf;
-    moeh_env_error(&env, &e);
+    moeh_wire_error_env(&env, &e, buf, code, what);
     return send_env(c, rid, rid_len, &env);
 }
 

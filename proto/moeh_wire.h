@@ -177,6 +177,11 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
                    moeh_err_t *err) __attribute__((warn_unused_result));
 void moeh_msg_clear(moeh_msg_t *msg);
 
+/* Makes *env the Error {code, message} (cut to MOEH_MAX_STRING bytes, copied into buf); env,
+ * e and buf are the caller's and must outlive every use of env. */
+void moeh_wire_error_env(Moeh__Envelope *env, Moeh__Error *e, char buf[MOEH_MAX_STRING + 1],
+                         int code, const char *message);
+
 /* Convenience: send an Error (message cut to MOEH_MAX_STRING bytes), or a Heartbeat (seq) or
  * a Bye (text; NULL: "") with send_simple, with no frames. moeh_wire_send's returns;
  * send_simple: -EINVAL (nothing sent) for any other type. */

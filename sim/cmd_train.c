@@ -259,8 +259,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     uint32_t warmup = 3, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
     /* the model's hyperparameters; the data shapes come from the dataset */
-    moeh_moe_cfg_t mc = moeh_moe_defaults(0, 0);
-    mc.d_emb = 64, mc.d_hidden = 64, mc.note_buckets = 16384;
+    moeh_moe_cfg_t mc = moeh_sim_model_defaults();
     int no_verify = 0;
     const moeh_opt_t own[] = {
         {"dataset", MOEH_OPT_STR, &data,

@@ -57,8 +57,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t warmup = 3, timeout_s = 1200;
     float lr = 2e-3f, prox_mu = 0.0f, dp_clip = 0.0f, dp_noise = 0.0f, dp_delta = 1e-5f;
     /* the model's hyperparameters, passed on to moeh-coordinator (data shapes: the sites') */
-    moeh_moe_cfg_t model = moeh_moe_defaults(0, 0);
-    model.d_emb = 64, model.d_hidden = 64, model.note_buckets = 16384;
+    moeh_moe_cfg_t model = moeh_sim_model_defaults();
     uint64_t seed = 1;
     int insecure = 0, secagg = 1, unweighted = 0;
     uint32_t secagg_k = 0, upload_slots = 2; /* moeh-coordinator's default */

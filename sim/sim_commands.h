@@ -4,6 +4,8 @@
 #ifndef MOEH_SIM_COMMANDS_H
 #define MOEH_SIM_COMMANDS_H
 
+#include "moeh_moe.h"
+
 int moeh_sim_cmd_run(int argc, char **argv);     /* run.c: a whole federation on loopback */
 int moeh_sim_cmd_extract(int argc, char **argv); /* cmd_extract.c: MIMIC-IV -> dataset */
 int moeh_sim_cmd_synth(int argc, char **argv);   /* cmd_synth.c: synthetic MIMIC-IV */
@@ -13,5 +15,14 @@ int moeh_sim_cmd_report(int argc, char **argv);  /* cmd_report.c: a run's HTML r
 
 /* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
 int moeh_sim_report(const char *run_dir, const char *out_file);
+
+/* The model moeh-sim trains by default (run and train alike): DESIGN's MoE-Health, narrower
+ * (d = 64, 2^14 note buckets) to suit a laptop; data shapes 0 (the datasets give them). */
+static inline moeh_moe_cfg_t moeh_sim_model_defaults(void)
+{
+    moeh_moe_cfg_t mc = moeh_moe_defaults(0, 0);
+    mc.d_emb = 64, mc.d_hidden = 64, mc.note_buckets = 16384;
+    return mc;
+}
 
 #endif

@@ -425,7 +425,7 @@ moeh_proc_t *rogue_join(fixture_t *f, rogue_t *r, char **extra, moeh_proc_t *a[N
     return c;
 }
 
-/* ---- secure aggregation against a late or confused site ---------------------------------- */
+/* ---- a rogue site waiting for and expecting replies -------------------------------------- */
 
 /* Like rogue_next, but keeps the site alive with heartbeats while it waits. */
 int rogue_next_alive(rogue_t *r, moeh_msg_t *m)

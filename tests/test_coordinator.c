@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "coord_util.h"
+
 /* Site k's evaluation: every task perfectly separated (negatives in bin 2, positives in bin 7)
  * over `rows` rows, all with EHR only. */
 static void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "coord_util.h"
+
 /* ---- granted uploads -------------------------------------------------------------------- */
 
 static void slots_1(moeh_coord_cfg_t *c)

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "fed_util.h"
+
 /* ---- granted uploads (--upload-slots) ------------------------------------------------------ */
 
 /* Counts the "uploads" rows of a run and the most uploads in flight any of them reports. */

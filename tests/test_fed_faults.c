@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "fed_util.h"
+
 /* 1 if OUT/metrics.jsonl has a line of `event` whose string `key` is `value`. */
 static int has_line(const char *out, const char *event, const char *key, const char *value)
 {

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "fed_util.h"
+
 /* Two of three sites are killed after sharing their keys: one masked update is fewer than the
  * threshold t = 2, so the attempt is aborted without unmasking anything; the retry has a
  * single live site, too few for a secure session, and the run fails with a clear message. */
@@ -41,6 +42,8 @@ static void test_secagg_too_few_survivors_aborts(void **state)
     assert_int_equal(m.n_eval, 0);
     assert_true(isnan(metric(f->out, "train", 1, "sites"))); /* no sum was ever unmasked */
 }
+
+/* ---- secure aggregation against a late or confused site ---------------------------------- */
 
 /* A site (this test, using fed/moeh_secagg.h itself) takes part in round 1's secure aggregation
  * up to the forwarded shares, sends a message of another session and an incomplete set of

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "fed_util.h"
+
 static void test_full_run_loss_falls(void **state)
 {
     fixture_t *f = *state;

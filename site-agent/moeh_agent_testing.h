@@ -1,6 +1,7 @@
 /* moeh_agent_testing.h - TESTS ONLY: fault injection in moeh-site-agent, for the multi-process
- * tests (tests/test_federation.c runs the binary with --fault-kill-*). A deployment never
- * includes this header; the public configuration (moeh_agent.h) has no such knobs.
+ * tests (tests/test_federation.c and test_fed_*.c run the binary with --fault-kill-*). A
+ * deployment never includes this header; the public configuration (moeh_agent.h) has no such
+ * knobs.
  *
  * Each fault makes the agent SIGKILL itself at one point of the protocol, so that the
  * coordinator sees a site vanish exactly there. A zero field is off. */

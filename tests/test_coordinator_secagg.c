@@ -1,0 +1,394 @@
+/* test_coordinator_secagg.c - the coordinator's state machine driven in-process (see
+ * test_coordinator.c and coord_util.h): upload grants (slots, expiry, a granted site gone),
+ * the uploads scheduler, and secure aggregation with a dropout. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "coord_util.h"
+
+/* ---- granted uploads -------------------------------------------------------------------- */
+
+static void slots_1(moeh_coord_cfg_t *c)
+{
+    c->upload_slots = 1;
+    c->heartbeat_timeout_ms = 500; /* also the grant's lifetime */
+}
+
+static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version)
+{
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
+    r.round = round;
+    r.model_version = version;
+    env.type = MOEH__MSG_TYPE__UPLOAD_READY;
+    env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
+    env.upload_ready = &r;
+    assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+}
+
+static void test_upload_grants(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, slots_1);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    assert_true(round_start(f, 0, 1, MOEH__ROUND_TASK__TRAIN)->grant_uploads);
+    /* an update without a grant is refused */
+    assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "no upload slot"));
+    /* one slot: first come first served */
+    upload_ready(f, 1, 1, v);
+    upload_ready(f, 0, 1, v);
+    assert_non_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    upload_ready(f, 0, 1, v); /* announcing twice is refused */
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "duplicate upload_ready"));
+    /* site-2 does not use its grant: it expires, and the slot goes to site-1 */
+    f->now += 300;
+    for (int k = 0; k < N_SITES; k++)
+        heartbeat(f, k);
+    tick(f, 250);
+    assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_int_equal(send_update(f, 1, 1, v, (uint32_t)f->site[1].n_train), 0);
+    assert_non_null(strstr(last_error(f, f->site[1].rid, -ESTALE), "grant expired"));
+    assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
+    upload_ready(f, 2, 1, v); /* the freed slot goes to site-3 at once */
+    assert_non_null(last_to(f, f->site[2].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_int_equal(send_update(f, 2, 1, v, (uint32_t)f->site[2].n_train), 0);
+    /* the phase does not wait for the expired site */
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_int_equal(moeh_coord_core_replied(f->core), 0);
+    /* metrics.jsonl says how the slots were used */
+    char path[400], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    int seen = 0;
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "uploads")) {
+            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "expired")), 1);
+            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "max_in_flight")), 1);
+            seen++;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    assert_int_equal(seen, 1);
+}
+
+/* A site that leaves while holding the only slot releases it: the next site is granted at the
+ * next tick, and the phase closes without the site that left. */
+static void test_upload_slot_released_by_site_gone(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, slots_1);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    upload_ready(f, 0, 1, v);
+    upload_ready(f, 1, 1, v);
+    assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Bye bye = MOEH__BYE__INIT;
+    bye.reason = "shutting down";
+    env.type = MOEH__MSG_TYPE__BYE;
+    env.body_case = MOEH__ENVELOPE__BODY_BYE;
+    env.bye = &bye;
+    assert_int_equal(deliver(f, 0, &env, NULL, 0), 0);
+    tick(f, 10);
+    assert_non_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    assert_int_equal(send_update(f, 1, 1, v, (uint32_t)f->site[1].n_train), 0);
+    upload_ready(f, 2, 1, v);
+    assert_int_equal(send_update(f, 2, 1, v, (uint32_t)f->site[2].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_int_equal(moeh_coord_core_participants(f->core), 2);
+}
+
+/* ---- secure aggregation with a dropout ----------------------------------------------------- */
+
+static void secagg_on(moeh_coord_cfg_t *c)
+{
+    c->secagg = 1;
+}
+
+/* Plays one securely aggregated phase: every site masks x[k] (len words); site `drop` (-1:
+ * none) stops after the share exchange. The phase is closed afterwards. */
+static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t **x, int drop)
+{
+    moeh_secagg_cfg_t sc[N_SITES];
+    uint32_t id[N_SITES];
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    for (int k = 0; k < N_SITES; k++) {
+        const Moeh__RoundStart *rs = round_start(f, k, round, task);
+        assert_non_null(rs->secagg);
+        sc[k] = (moeh_secagg_cfg_t){.round = rs->secagg->session,
+                                    .n = rs->secagg->n,
+                                    .t = rs->secagg->t,
+                                    .k = rs->secagg->k,
+                                    .graph_seed = rs->secagg->graph_seed,
+                                    .len = moeh_wire_secsum_len(lim, task)};
+        id[k] = rs->secagg->id;
+        assert_int_equal(sc[k].n, N_SITES);
+        moeh_secagg_client_destroy(&f->site[k].sa);
+        moeh_err_t err = {0};
+        assert_int_equal(moeh_secagg_client_create(&sc[k], id[k], &f->site[k].sa, &err), 0);
+        moeh_secagg_pubkeys_t pk;
+        moeh_secagg_client_pubkeys(f->site[k].sa, &pk);
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggAdvertise a = MOEH__SECAGG_ADVERTISE__INIT;
+        a.session = sc[k].round;
+        a.c_pk = (ProtobufCBinaryData){32, pk.c_pk};
+        a.s_pk = (ProtobufCBinaryData){32, pk.s_pk};
+        env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
+        env.secagg_advertise = &a;
+        assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+    }
+    tick(f, 10); /* every key advertised: the coordinator sends the key list */
+    for (int k = 0; k < N_SITES; k++) {
+        const Moeh__Envelope *e = last_to(f, f->site[k].rid, MOEH__MSG_TYPE__SECAGG_KEYS);
+        assert_non_null(e);
+        moeh_secagg_pubkeys_t keys[N_SITES];
+        uint8_t present[N_SITES] = {0}, sent[N_SITES];
+        uint8_t cts[N_SITES * MOEH_SECAGG_SHARE_CT_BYTES];
+        for (size_t i = 0; i < e->secagg_keys->n_keys; i++) {
+            const Moeh__SecaggKey *kk = e->secagg_keys->keys[i];
+            memcpy(keys[kk->id].c_pk, kk->c_pk.data, 32);
+            memcpy(keys[kk->id].s_pk, kk->s_pk.data, 32);
+            present[kk->id] = 1;
+        }
+        moeh_err_t err = {0};
+        assert_int_equal(
+            moeh_secagg_client_share_keys(f->site[k].sa, keys, present, cts, sent, &err), 0);
+        Moeh__SecaggCipher cs[N_SITES], *cp[N_SITES];
+        size_t m = 0;
+        for (uint32_t j = 0; j < N_SITES; j++) {
+            if (!sent[j]) continue;
+            moeh__secagg_cipher__init(&cs[m]);
+            cs[m].peer = j;
+            cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,
+                                             cts + j * MOEH_SECAGG_SHARE_CT_BYTES};
+            cp[m] = &cs[m];
+            m++;
+        }
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
+        sh.session = sc[k].round;
+        sh.n_ciphers = m;
+        sh.ciphers = cp;
+        env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
+        env.secagg_shares = &sh;
+        assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+    }
+    tick(f, 10); /* every share in: forwarded */
+    for (int k = 0; k < N_SITES; k++) {
+        const Moeh__Envelope *e = last_to(f, f->site[k].rid, MOEH__MSG_TYPE__SECAGG_SHARES);
+        assert_non_null(e);
+        moeh_err_t err = {0};
+        uint8_t u2[N_SITES] = {0};
+        for (size_t i = 0; i < e->secagg_shares->n_ciphers; i++)
+            assert_int_equal(
+                moeh_secagg_client_receive_share(f->site[k].sa, e->secagg_shares->ciphers[i]->peer,
+                                                 e->secagg_shares->ciphers[i]->ct.data, &err),
+                0);
+        for (size_t i = 0; i < e->secagg_shares->n_u2; i++)
+            u2[e->secagg_shares->u2[i]] = 1;
+        if (k == drop) continue; /* gone silent after the share exchange */
+        uint32_t *y = malloc(sc[k].len * sizeof(uint32_t));
+        assert_non_null(y);
+        assert_int_equal(moeh_secagg_client_mask(f->site[k].sa, y, x[k], u2, &err), 0);
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggMasked mk = MOEH__SECAGG_MASKED__INIT;
+        mk.session = sc[k].round;
+        mk.round = round;
+        mk.model_version = moeh_coord_core_model_version(f->core);
+        mk.task = task;
+        env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
+        env.secagg_masked = &mk;
+        moeh_frame_t fr = {
+            .name = "masked", .dtype = MOEH__DTYPE__U32, .data = y, .count = sc[k].len};
+        assert_int_equal(deliver(f, k, &env, &fr, 1), 0);
+        if (k == 0) { /* a second masked vector is refused */
+            assert_int_equal(deliver(f, k, &env, &fr, 1), 0);
+            assert_non_null(strstr(last_error(f, f->site[k].rid, -ESTALE), "duplicate"));
+        }
+        free(y);
+    }
+    size_t unmasks = count_sent(f, MOEH__MSG_TYPE__SECAGG_UNMASK);
+    if (drop >= 0) {
+        tick(f, 10); /* waits for the silent site until the deadline */
+        assert_int_equal(count_sent(f, MOEH__MSG_TYPE__SECAGG_UNMASK), unmasks);
+        tick(f, 1000);
+    } else {
+        tick(f, 10);
+    }
+    /* the unmask request goes to the survivors only */
+    assert_int_equal(count_sent(f, MOEH__MSG_TYPE__SECAGG_UNMASK),
+                     unmasks + (drop >= 0 ? N_SITES - 1 : N_SITES));
+    for (int k = 0; k < N_SITES; k++) {
+        if (k == drop) continue;
+        const Moeh__Envelope *e = last_to(f, f->site[k].rid, MOEH__MSG_TYPE__SECAGG_UNMASK);
+        assert_non_null(e);
+        assert_int_equal(e->secagg_unmask->n_dropped, drop >= 0 ? 1 : 0);
+        moeh_secagg_reveal_t out[N_SITES];
+        size_t n_out = 0;
+        moeh_err_t err = {0};
+        assert_int_equal(moeh_secagg_client_reveal(f->site[k].sa, e->secagg_unmask->survivors,
+                                                   e->secagg_unmask->n_survivors,
+                                                   e->secagg_unmask->dropped,
+                                                   e->secagg_unmask->n_dropped, out, &n_out, &err),
+                         0);
+        Moeh__SecaggShare sh[N_SITES], *sp[N_SITES];
+        for (size_t i = 0; i < n_out; i++) {
+            moeh__secagg_share__init(&sh[i]);
+            sh[i].owner = out[i].owner;
+            sh[i].kind = out[i].kind == MOEH_SECAGG_REVEAL_B ? MOEH__SECAGG_KIND__SECAGG_B
+                                                             : MOEH__SECAGG_KIND__SECAGG_S;
+            sh[i].n_y = MOEH_SECAGG_SHARE_ELEMS;
+            sh[i].y = out[i].y;
+            sp[i] = &sh[i];
+        }
+        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__SecaggReveal r = MOEH__SECAGG_REVEAL__INIT;
+        r.session = sc[k].round;
+        r.n_shares = n_out;
+        r.shares = sp;
+        env.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
+        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
+        env.secagg_reveal = &r;
+        assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+    }
+    tick(f, 10); /* every survivor revealed: the sum is unmasked and the phase closes */
+}
+
+static void test_secagg_dropout(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, secagg_on);
+    assert_int_equal(moeh_crypto_init(), 0);
+    for (int k = 0; k < N_SITES; k++)
+        hello(f, k);
+    tick(f, 10);
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    /* STATS, securely summed, everyone present */
+    uint32_t *x[N_SITES];
+    size_t n_norm;
+    moeh_coord_core_norm(f->core, &n_norm);
+    for (int k = 0; k < N_SITES; k++) {
+        double st[3 * 16];
+        assert_true(n_norm <= 16);
+        site_stats(k, n_norm, st);
+        x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
+        assert_non_null(x[k]);
+        assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
+    }
+    /* a clear StatsResult is refused under secure aggregation */
+    send_stats(f, 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "travel masked"));
+    play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+    for (int k = 0; k < N_SITES; k++)
+        free(x[k]);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    const float *norm = moeh_coord_core_norm(f->core, &n_norm);
+    double s0 = 0, s1 = 0, st[3 * 16];
+    for (int k = 0; k < N_SITES; k++) {
+        site_stats(k, n_norm, st);
+        s0 += st[0], s1 += st[1];
+    }
+    assert_float_equal(norm[0], s1 / s0, 1e-5);
+    /* TRAIN: site-3 drops out after the share exchange; the model moves by the weighted mean
+     * of the two survivors' deltas */
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    float *w0 = malloc(p->n * sizeof(float));
+    assert_non_null(w0);
+    memcpy(w0, p->w, p->n * sizeof(float));
+    for (int k = 0; k < N_SITES; k++) {
+        const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
+        x[k] = update_words(f, k, rs->config, (uint32_t)f->site[k].n_train,
+                            MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
+        assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
+    }
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, 2);
+    for (int k = 0; k < N_SITES; k++)
+        free(x[k]);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_int_equal(moeh_coord_core_model_version(f->core), v + 1);
+    assert_weighted_mean(f, w0, 1u | 2u, 0);
+    free(w0);
+}
+
+/* ---- the modules on their own ------------------------------------------------------------- */
+
+static int all_alive(void *ctx, size_t site)
+{
+    const uint8_t *gone = ctx;
+    return !gone[site];
+}
+
+/* The upload scheduler: first come first served within the slots, grants expire after the
+ * timeout (and stay expired across a rejoin), a gone site is skipped, a take needs a grant. */
+static void test_uploads_scheduler(void **state)
+{
+    (void)state;
+    moeh_uploads_t *u = NULL;
+    uint8_t gone[8] = {0};
+    uint32_t in_use, most, expired;
+    assert_int_equal(moeh_uploads_create(2, 100, 8, &u), 0);
+    assert_int_equal(moeh_uploads_take(u, 3), -EACCES);
+    moeh_uploads_ready(u, 5);
+    moeh_uploads_ready(u, 1);
+    moeh_uploads_ready(u, 3);
+    gone[1] = 1;
+    assert_int_equal(moeh_uploads_grant_next(u, 0, all_alive, gone), 5);
+    assert_int_equal(moeh_uploads_grant_next(u, 10, all_alive, gone), 3);  /* 1 is gone */
+    assert_int_equal(moeh_uploads_grant_next(u, 10, all_alive, gone), -1); /* slots full */
+    assert_int_equal(moeh_uploads_take(u, 3), 0);
+    assert_int_equal(moeh_uploads_state(u, 3), MOEH_UP_NONE);
+    assert_int_equal(moeh_uploads_expire_next(u, 100), -1); /* 5 granted at 0: not yet */
+    assert_int_equal(moeh_uploads_expire_next(u, 101), 5);
+    assert_int_equal(moeh_uploads_expire_next(u, 101), -1);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_EXPIRED);
+    assert_int_equal(moeh_uploads_take(u, 5), -EACCES);
+    assert_int_equal(moeh_uploads_rejoin(u, 5), 0);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_EXPIRED);
+    moeh_uploads_counts(u, &in_use, &most, &expired);
+    assert_int_equal(in_use, 0);
+    assert_int_equal(most, 2);
+    assert_int_equal(expired, 1);
+    gone[1] = 0;
+    assert_int_equal(moeh_uploads_grant_next(u, 200, all_alive, gone), 1);
+    assert_int_equal(moeh_uploads_rejoin(u, 1), 1); /* its grant went to the old connection */
+    assert_int_equal(moeh_uploads_state(u, 1), MOEH_UP_NONE);
+    moeh_uploads_reset(u);
+    moeh_uploads_counts(u, &in_use, &most, &expired);
+    assert_int_equal(in_use + most + expired, 0);
+    assert_int_equal(moeh_uploads_state(u, 5), MOEH_UP_NONE);
+    moeh_uploads_destroy(&u);
+    moeh_uploads_destroy(&u); /* NULL-safe */
+    assert_null(u);
+    /* without slots every take succeeds */
+    assert_int_equal(moeh_uploads_create(0, 100, 8, &u), 0);
+    assert_int_equal(moeh_uploads_take(u, 2), 0);
+    moeh_uploads_destroy(&u);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
+        cmocka_unit_test(test_uploads_scheduler),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -179,8 +179,15 @@ void moeh_msg_clear(moeh_msg_t *msg);
 
 /* Makes *env the Error {code, message} (cut to MOEH_MAX_STRING bytes, copied into buf); env,
  * e and buf are the caller's and must outlive every use of env. */
-void moeh_wire_error_env(Moeh__Envelope *env, Moeh__Error *e, char buf[MOEH_MAX_STRING + 1],
-                         int code, const char *message);
+static inline void moeh_wire_error_env(Moeh__Envelope *env, Moeh__Error *e,
+                                       char buf[MOEH_MAX_STRING + 1], int code, const char *message)
+{
+    moeh__error__init(e);
+    snprintf(buf, MOEH_MAX_STRING + 1, "%s", message);
+    e->code = code;
+    e->message = buf;
+    moeh_env_error(env, e);
+}
 
 /* Convenience: send an Error (message cut to MOEH_MAX_STRING bytes), or a Heartbeat (seq) or
  * a Bye (text; NULL: "") with send_simple, with no frames. moeh_wire_send's returns;

@@ -793,16 +793,6 @@ void moeh_shared_frame_destroy(moeh_shared_frame_t **self_p)
     *self_p = NULL;
 }
 
-void moeh_wire_error_env(Moeh__Envelope *env, Moeh__Error *e, char buf[MOEH_MAX_STRING + 1],
-                         int code, const char *message)
-{
-    moeh__error__init(e);
-    snprintf(buf, MOEH_MAX_STRING + 1, "%s", message);
-    e->code = code;
-    e->message = buf;
-    moeh_env_error(env, e);
-}
-
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
                          const char *message)
 {

@@ -528,3 +528,9 @@ void assert_same_global_metrics(const char *out_a, const char *out_b)
     free(a);
     free(b);
 }
+
+void fed_main_init(void)
+{
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    if (getenv("MOEH_TEST_FILTER")) cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
+}

@@ -150,4 +150,11 @@ char *global_rows(const char *out, int *site_rows, int *unavailable);
 /* The global metrics of two runs are the same, value for value. */
 void assert_same_global_metrics(const char *out_a, const char *out_b);
 
+/* A test of these programs: fed_setup and fed_teardown around it. */
+#define FED_TEST(fn) cmocka_unit_test_setup_teardown(fn, fed_setup, fed_teardown)
+
+/* What every federation test program's main does first: one BLAS thread (bit-exact comparisons
+ * across processes) and MOEH_TEST_FILTER (e.g. 'test_secagg*') as cmocka's test filter. */
+void fed_main_init(void);
+
 #endif

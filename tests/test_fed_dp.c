@@ -373,17 +373,14 @@ static void test_dp_resume(void **state)
 
 int main(void)
 {
-    setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
-    if (getenv("MOEH_TEST_FILTER"))         /* e.g. MOEH_TEST_FILTER='test_secagg*' */
-        cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
+    fed_main_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_upload_slots_bit_exact, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_unsolicited_upload_refused, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_granted_site_killed_releases_slot, fed_setup,
-                                        fed_teardown),
-        cmocka_unit_test_setup_teardown(test_dp_run, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_dp_secagg, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_dp_resume, fed_setup, fed_teardown),
+        FED_TEST(test_upload_slots_bit_exact),
+        FED_TEST(test_unsolicited_upload_refused),
+        FED_TEST(test_granted_site_killed_releases_slot),
+        FED_TEST(test_dp_run),
+        FED_TEST(test_dp_secagg),
+        FED_TEST(test_dp_resume),
     };
     return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
 }

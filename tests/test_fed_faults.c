@@ -377,17 +377,11 @@ static void test_rejoin_cannot_raise_weight(void **state)
 
 int main(void)
 {
-    setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
-    if (getenv("MOEH_TEST_FILTER"))         /* e.g. MOEH_TEST_FILTER='test_secagg*' */
-        cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
+    fed_main_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_killed_agent_quorum_completes, fed_setup,
-                                        fed_teardown),
-        cmocka_unit_test_setup_teardown(test_unregistered_key_refused, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_sighup_admits_added_key, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_sighup_revokes_removed_key, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_hostile_site_changes_nothing, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_rejoin_cannot_raise_weight, fed_setup, fed_teardown),
+        FED_TEST(test_killed_agent_quorum_completes), FED_TEST(test_unregistered_key_refused),
+        FED_TEST(test_sighup_admits_added_key),       FED_TEST(test_sighup_revokes_removed_key),
+        FED_TEST(test_hostile_site_changes_nothing),  FED_TEST(test_rejoin_cannot_raise_weight),
     };
     return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
 }

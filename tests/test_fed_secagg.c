@@ -514,20 +514,17 @@ static void test_secagg_dropout_unmasked(void **state)
 
 int main(void)
 {
-    setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
-    if (getenv("MOEH_TEST_FILTER"))         /* e.g. MOEH_TEST_FILTER='test_secagg*' */
-        cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
+    fed_main_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_secagg_too_few_survivors_aborts, fed_setup,
-                                        fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_late_update_refused, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_masked_twice_refused, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_run_is_bit_exact, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_stats_dropout_exact, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_eval_dropout_exact, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_k_neighbours, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_k_refused, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_dropout_unmasked, fed_setup, fed_teardown),
+        FED_TEST(test_secagg_too_few_survivors_aborts),
+        FED_TEST(test_secagg_late_update_refused),
+        FED_TEST(test_secagg_masked_twice_refused),
+        FED_TEST(test_secagg_run_is_bit_exact),
+        FED_TEST(test_secagg_stats_dropout_exact),
+        FED_TEST(test_secagg_eval_dropout_exact),
+        FED_TEST(test_secagg_k_neighbours),
+        FED_TEST(test_secagg_k_refused),
+        FED_TEST(test_secagg_dropout_unmasked),
     };
     return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
 }

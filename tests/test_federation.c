@@ -296,22 +296,18 @@ static void test_pinned_data_shape(void **state)
 
 int main(void)
 {
-    setenv("OPENBLAS_NUM_THREADS", "1", 1); /* bit-exact comparisons across processes */
-    if (getenv("MOEH_TEST_FILTER"))         /* e.g. MOEH_TEST_FILTER='test_secagg*' */
-        cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
+    fed_main_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_full_run_loss_falls, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_no_quorum_fails_clearly, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_agents_survive_coordinator_restart, fed_setup,
-                                        fed_teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm_clean_shutdown, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_resume_is_bit_exact, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_resume_is_bit_exact_fedadam, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_resume_refuses_damaged_checkpoint, fed_setup,
-                                        fed_teardown),
-        cmocka_unit_test_setup_teardown(test_untrained_group_unchanged, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_trimmed_mean_run, fed_setup, fed_teardown),
-        cmocka_unit_test_setup_teardown(test_pinned_data_shape, fed_setup, fed_teardown),
+        FED_TEST(test_full_run_loss_falls),
+        FED_TEST(test_no_quorum_fails_clearly),
+        FED_TEST(test_agents_survive_coordinator_restart),
+        FED_TEST(test_sigterm_clean_shutdown),
+        FED_TEST(test_resume_is_bit_exact),
+        FED_TEST(test_resume_is_bit_exact_fedadam),
+        FED_TEST(test_resume_refuses_damaged_checkpoint),
+        FED_TEST(test_untrained_group_unchanged),
+        FED_TEST(test_trimmed_mean_run),
+        FED_TEST(test_pinned_data_shape),
     };
     return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
 }

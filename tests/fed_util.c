@@ -281,8 +281,9 @@ int file_contains(const char *path, const char *needle)
     return found;
 }
 
-/* The final models of two runs (OUT/model.npy) are equal byte for byte. */
-void assert_same_model(const char *out_a, const char *out_b)
+/* The final models of two runs (OUT/model.npy) are equal byte for byte (same != 0) or differ
+ * (same == 0) in content of one size. */
+void assert_models(const char *out_a, const char *out_b, int same)
 {
     char path[400], *ma = NULL, *mb = NULL;
     size_t la, lb;
@@ -292,7 +293,10 @@ void assert_same_model(const char *out_a, const char *out_b)
     snprintf(path, sizeof path, "%s/model.npy", out_b);
     assert_int_equal(moeh_file_read_all(path, 1u << 28, &mb, &lb, &err), 0);
     assert_int_equal(la, lb);
-    assert_memory_equal(ma, mb, la);
+    if (same)
+        assert_memory_equal(ma, mb, la);
+    else
+        assert_memory_not_equal(ma, mb, la);
     free(ma);
     free(mb);
 }
@@ -306,6 +310,15 @@ void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[])
     }
 }
 
+/* Waits for the coordinator c to finish the run (exit 0) and then for every agent of a to
+ * leave on its bye (exit 0). */
+void wait_run(moeh_proc_t *c, moeh_proc_t **a)
+{
+    wait_exit(c, 60000, 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+}
+
 /* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
 void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[])
 {
@@ -315,9 +328,7 @@ void run_all(fixture_t *f, const char *name, const char *rounds, char *const mor
     snprintf(log, sizeof log, "coordinator-%s.log", name);
     moeh_proc_t *c = start_coordinator_ex2(f, rounds, "3", "3", NULL, log, more);
     start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
 }
 
 /* Rewrites the test's registry to admit exactly the given sites (by their public keys). */

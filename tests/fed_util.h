@@ -100,10 +100,12 @@ void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt, 
 
 int file_contains(const char *path, const char *needle);
 
-/* The final models of two runs (OUT/model.npy) are equal byte for byte. */
-void assert_same_model(const char *out_a, const char *out_b);
+/* The final models of two runs (OUT/model.npy): equal byte for byte (same) or not. */
+void assert_models(const char *out_a, const char *out_b, int same);
+#define assert_same_model(a, b) assert_models((a), (b), 1)
 
 void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[]);
+void wait_run(moeh_proc_t *c, moeh_proc_t **a);
 
 /* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
 void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[]);

@@ -158,9 +158,7 @@ static void test_unsolicited_upload_refused(void **state)
     zmq_close(r.sock);
     zmq_ctx_term(r.ctx);
 
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
     assert_true(file_contains(log, "site site-x held an upload slot; released"));
     metrics_t mt;
     read_metrics(f, &mt);
@@ -264,17 +262,7 @@ static void test_dp_run(void **state)
                   m.dp_epsilon[1], m.dp_epsilon[2], m.auroc_mean[2]);
 
     /* the final models differ (noise), and the sites clipped their updates */
-    char *ma = NULL, *mb = NULL;
-    size_t la, lb;
-    moeh_err_t err = {0};
-    snprintf(path, sizeof path, "%s/model.npy", out_u);
-    assert_int_equal(moeh_file_read_all(path, 1u << 28, &ma, &la, &err), 0);
-    snprintf(path, sizeof path, "%s/model.npy", out_1);
-    assert_int_equal(moeh_file_read_all(path, 1u << 28, &mb, &lb, &err), 0);
-    assert_int_equal(la, lb);
-    assert_memory_not_equal(ma, mb, la);
-    free(ma);
-    free(mb);
+    assert_models(out_u, out_1, 0);
     snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
     assert_true(file_contains(path, "update L2 norm"));
     assert_true(file_contains(path, "DP: clipped to 0.5"));
@@ -356,9 +344,7 @@ static void test_dp_resume(void **state)
     char *resume[] = {"--resume", "--dp-clip", "0.5", "--dp-noise", "0.7", NULL};
     moeh_proc_t *c2 =
         start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-2.log", resume);
-    wait_exit(c2, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c2, a);
     metrics_t m;
     read_metrics(f, &m); /* rounds 1-2 from the first process, 3-4 from the second */
     assert_int_equal(m.n_eval, 4);

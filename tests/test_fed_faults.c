@@ -68,14 +68,8 @@ static void test_unregistered_key_refused(void **state)
     wait_exit(liar, 20000, 3);
     /* the run itself is unaffected */
     moeh_proc_t *a[N_SITES];
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, NULL);
-    }
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    start_all_agents(f, a, NULL);
+    wait_run(c, a);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 3);
@@ -298,9 +292,7 @@ static void test_hostile_site_changes_nothing(void **state)
     moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator-b.log");
     start_all_agents(f, a, NULL);
     rogue_attack(f, f->endpoint);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
     snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
     assert_true(file_contains(path, "refused a message from site-x"));
 
@@ -366,9 +358,7 @@ static void test_rejoin_cannot_raise_weight(void **state)
                        "group 0 weight 1000 exceeds the 10 training samples");
     free(words);
     rogue_leave(&r);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
     metrics_t mt;
     read_metrics(f, &mt);
     assert_int_equal(mt.n_eval, 2);

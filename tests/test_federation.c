@@ -24,14 +24,8 @@ static void test_full_run_loss_falls(void **state)
     fixture_t *f = *state;
     moeh_proc_t *c = start_coordinator(f, "6", "3");
     moeh_proc_t *a[N_SITES];
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, NULL);
-    }
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0); /* agents leave on the coordinator's bye */
+    start_all_agents(f, a, NULL);
+    wait_run(c, a);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 6);
@@ -97,9 +91,7 @@ static void test_agents_survive_coordinator_restart(void **state)
     wait_exit(c1, 10000, 128 + SIGKILL);
     moeh_proc_t *c2 = start_coordinator_ex(f, "3", "3", "3", endpoint, "coordinator-2.log");
     assert_string_equal(f->endpoint, endpoint);
-    wait_exit(c2, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c2, a);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 3);
@@ -113,11 +105,7 @@ static void test_sigterm_clean_shutdown(void **state)
     fixture_t *f = *state;
     moeh_proc_t *c = start_coordinator_ex(f, "3", "3", "4", NULL, "coordinator.log");
     moeh_proc_t *a[N_SITES];
-    for (int k = 0; k < N_SITES; k++) {
-        char id[16];
-        snprintf(id, sizeof id, "site-%d", k + 1);
-        a[k] = start_agent(f, id, id, id, NULL);
-    }
+    start_all_agents(f, a, NULL);
     wait_all_joined(f, c, "coordinator.log");
     moeh_proc_signal(c, SIGTERM);
     int64_t t0 = moeh_now_ms();
@@ -141,9 +129,7 @@ static void resume_is_bit_exact(fixture_t *f, const char *strategy)
     char *strat[] = {"--strategy", (char *)strategy, NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator-a.log", strat);
     start_all_agents(f, a, fast);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
 
     snprintf(out_b, sizeof out_b, "%s/resumed", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
@@ -156,9 +142,7 @@ static void resume_is_bit_exact(fixture_t *f, const char *strategy)
     char *resume[] = {"--resume", "--strategy", (char *)strategy, NULL};
     moeh_proc_t *c2 =
         start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-b2.log", resume);
-    wait_exit(c2, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c2, a);
 
     metrics_t m;
     read_metrics(f, &m); /* rounds 1-2 from the first process, 3-4 appended by the second */
@@ -256,9 +240,7 @@ static void test_trimmed_mean_run(void **state)
     moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator.log", strat);
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
-    wait_exit(c, 60000, 0);
-    for (int k = 0; k < N_SITES; k++)
-        wait_exit(a[k], 10000, 0);
+    wait_run(c, a);
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 4);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -78,6 +79,7 @@ static pid_t echo_start(int *port)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a test that died */
         setpgid(0, 0);
         signal(SIGCHLD, SIG_IGN); /* no zombies from the per-connection children */
         for (;;) {
@@ -86,6 +88,7 @@ static pid_t echo_start(int *port)
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             if (fork() == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
                 close(lfd);
                 echo_conn(fd);
             }
@@ -125,6 +128,7 @@ static pid_t proxy_start(int target, int *port, const char *const *faults)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(pfd[0]);
         execv(argv[0], (char *const *)argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
@@ -276,7 +280,7 @@ static void test_order_under_jitter(void **state)
 {
     fx_t *f = *state;
     int fd = connect_to(f->proxy_port);
-    char all[300 * 8], back[300 * 8];
+    char all[300 * 8 + 1], back[300 * 8]; /* + 1: room for the last message's NUL */
     for (int i = 0; i < 300; i++) {
         snprintf(all + 8 * i, 9, "%07d|", i);
         write_full(fd, all + 8 * i, 8);
@@ -483,6 +487,7 @@ static int run_cli(const char *const *args, char *out, size_t cap)
     argv[n] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(pfd[1], 1);
         dup2(pfd[1], 2);
         close(pfd[0]);

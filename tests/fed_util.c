@@ -545,3 +545,16 @@ void fed_main_init(void)
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     if (getenv("MOEH_TEST_FILTER")) cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
 }
+
+void rogue_send_zero_stats(rogue_t *r)
+{
+    size_t nst = 3 * (size_t)r->lim.n_norm;
+    double *st = calloc(nst, sizeof(double));
+    assert_non_null(st);
+    Moeh__Envelope se;
+    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
+    moeh_env_stats_result(&se, &sr);
+    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
+    assert_int_equal(moeh_wire_send(r->sock, NULL, 0, &se, &sf, 1), 0);
+    free(st);
+}

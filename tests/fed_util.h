@@ -152,6 +152,9 @@ char *global_rows(const char *out, int *site_rows, int *unavailable);
 /* The global metrics of two runs are the same, value for value. */
 void assert_same_global_metrics(const char *out_a, const char *out_b);
 
+/* The rogue sends its STATS reply: all-zero sums (a clear StatsResult), accepted by the wire. */
+void rogue_send_zero_stats(rogue_t *r);
+
 /* A test of these programs: fed_setup and fed_teardown around it. */
 #define FED_TEST(fn) cmocka_unit_test_setup_teardown(fn, fed_setup, fed_teardown)
 

@@ -111,15 +111,8 @@ static void test_unsolicited_upload_refused(void **state)
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
     assert_false(m.env->round_start->grant_uploads);
     moeh_msg_clear(&m);
-    size_t nst = 3 * (size_t)r.lim.n_norm, nw = r.lim.n_params + r.lim.n_groups;
-    double *st = calloc(nst, sizeof(double));
-    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
-    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
-    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    se.stats_result = &sr;
-    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &se, &sf, 1), 0);
-    free(st);
+    size_t nw = r.lim.n_params + r.lim.n_groups;
+    rogue_send_zero_stats(&r);
 
     /* round 1: RoundStart{TRAIN} asks for granted uploads */
     assert_int_equal(rogue_next_alive(&r, &m), 0);

@@ -325,15 +325,8 @@ static void test_rejoin_cannot_raise_weight(void **state)
     assert_int_equal(rogue_next_alive(&r, &m), 0); /* statistics: zeros */
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
     moeh_msg_clear(&m);
-    size_t nst = 3 * (size_t)r.lim.n_norm, nw = r.lim.n_params + r.lim.n_groups;
-    double *st = calloc(nst, sizeof(double));
-    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
-    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
-    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    se.stats_result = &sr;
-    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &se, &sf, 1), 0);
-    free(st);
+    size_t nw = r.lim.n_params + r.lim.n_groups;
+    rogue_send_zero_stats(&r);
     assert_int_equal(rogue_next_alive(&r, &m), 0); /* round 1 opens with 10 samples counted */
     assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__TRAIN);
     uint32_t round = m.env->round_start->round;

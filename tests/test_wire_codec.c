@@ -343,82 +343,33 @@ static void test_protocol_version(void **state)
     free(buf);
 }
 
-static void c_type_body_mismatch_0(msg_t *m)
-{
-    mk_heartbeat(m);
-    m->env.type = MOEH__MSG_TYPE__HELLO; /* heartbeat body, hello type */
-}
-
-static void c_type_body_mismatch_1(msg_t *m)
-{
-    mk_bye(m);
-    m->env.body_case = MOEH__ENVELOPE__BODY__NOT_SET; /* no body at all */
-}
-
-static void c_type_body_mismatch_2(msg_t *m)
-{
-    mk_heartbeat(m);
-    m->env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
-}
-
-static void c_type_body_mismatch_3(msg_t *m)
-{
-    mk_heartbeat(m);
-    m->env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE; /* a known type, a heartbeat body */
-    m->env.type = MOEH__MSG_TYPE__UPLOAD_READY;
-}
-
-static void c_type_body_mismatch_4(msg_t *m)
-{
-    mk_upload_ready(m);
-    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
-}
-
-static void c_type_body_mismatch_5(msg_t *m)
-{
-    mk_upload_ready(m);
-    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
-    m->env.type = (Moeh__MsgType)18;
-}
-
-static void c_type_body_mismatch_6(msg_t *m)
-{
-    mk_upload_ready(m);
-    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
-    m->env.type = (Moeh__MsgType)18;
-    m->env.type = (Moeh__MsgType)1000;
-}
-
-static void c_type_body_mismatch_7(msg_t *m)
-{
-    mk_upload_ready(m);
-    m->env.type = MOEH__MSG_TYPE__UPLOAD_GRANT; /* the other one's body */
-    m->env.type = (Moeh__MsgType)18;
-    m->env.type = (Moeh__MsgType)1000;
-    m->env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED;
-}
-
-static const wire_case_t k_type_body_mismatch[] = {
-    {"env.type = MOEH__MSG_TYPE__HELLO", c_type_body_mismatch_0, &k_lim, -EBADMSG,
+static const wire_field_case_t k_type_body_mismatch_fields[] = {
+    /* heartbeat body, hello type */
+    {mk_heartbeat, "type", MOEH__MSG_TYPE__HELLO, NULL, &k_lim, -EBADMSG,
      "hello: body missing or of another type"},
-    {"env.body_case = MOEH__ENVELOPE__BODY__NOT_SET", c_type_body_mismatch_1, &k_lim, -EBADMSG,
+    /* no body at all */
+    {mk_bye, "body_case", MOEH__ENVELOPE__BODY__NOT_SET, NULL, &k_lim, -EBADMSG,
      "bye: body missing"},
-    {"env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE", c_type_body_mismatch_2, &k_lim, -EBADMSG,
+    /* a known type, a heartbeat body */
+    {mk_heartbeat, "type", MOEH__MSG_TYPE__SECAGG_ADVERTISE, NULL, &k_lim, -EBADMSG,
      "secagg_advertise: body missing or of another type"},
-    {"env.type = MOEH__MSG_TYPE__UPLOAD_READY", c_type_body_mismatch_3, &k_lim, -EBADMSG,
+    /* a known type, a heartbeat body */
+    {mk_heartbeat, "type", MOEH__MSG_TYPE__UPLOAD_READY, NULL, &k_lim, -EBADMSG,
      "upload_ready: body missing or of another type"},
-    {"env.type = MOEH__MSG_TYPE__UPLOAD_GRANT", c_type_body_mismatch_4, &k_lim, -EBADMSG,
+    /* the other one's body */
+    {mk_upload_ready, "type", MOEH__MSG_TYPE__UPLOAD_GRANT, NULL, &k_lim, -EBADMSG,
      "upload_grant: body missing or of another type"},
-    {"env.type = (Moeh__MsgType)18", c_type_body_mismatch_5, &k_lim, -EBADMSG, "type: 18"},
-    {"env.type = (Moeh__MsgType)1000", c_type_body_mismatch_6, &k_lim, -EBADMSG, "type: 1000"},
-    {"env.type = MOEH__MSG_TYPE__MSG_UNSPECIFIED", c_type_body_mismatch_7, &k_lim, -EBADMSG,
-     "type: 0"},
+    /* the other one's body */
+    {mk_upload_ready, "type", (Moeh__MsgType)18, NULL, &k_lim, -EBADMSG, "type: 18"},
+    /* the other one's body */
+    {mk_upload_ready, "type", (Moeh__MsgType)1000, NULL, &k_lim, -EBADMSG, "type: 1000"},
+    /* the other one's body */
+    {mk_upload_ready, "type", MOEH__MSG_TYPE__MSG_UNSPECIFIED, NULL, &k_lim, -EBADMSG, "type: 0"},
 };
 
 static void test_type_body_mismatch(void **state)
 {
-    wire_run_cases(k_type_body_mismatch,
-                   sizeof k_type_body_mismatch / sizeof k_type_body_mismatch[0]);
+    WIRE_RUN_FIELD_CASES(k_type_body_mismatch_fields);
 }
 
 /* xorshift64*: deterministic garbage. */

@@ -96,52 +96,7 @@ static const wire_case_t k_tensor_before_negotiation[] = {
 
 static void test_tensor_before_negotiation(void **state)
 {
-    wire_run_cases(k_tensor_before_negotiation,
-                   sizeof k_tensor_before_negotiation / sizeof k_tensor_before_negotiation[0]);
-}
-
-static void c_frame_count_name_dtype_0(msg_t *m)
-{
-    mk_round_start(m);
-    /* wrong element count (the frame bytes agree with the descriptor) */
-    m->frames[0].count = N_PARAMS - 1;
-}
-
-static void c_frame_count_name_dtype_1(msg_t *m)
-{
-    mk_update(m);
-    m->frames[0].count = N_PARAMS; /* the group weights missing */
-}
-
-static void c_frame_count_name_dtype_2(msg_t *m)
-{
-    mk_update(m);
-    m->frames[0].count = N_PARAMS + N_GROUPS + 1;
-}
-
-static void c_frame_count_name_dtype_3(msg_t *m)
-{
-    mk_eval_result(m);
-    m->frames[0].count = N_HIST - 1;
-}
-
-static void c_frame_count_name_dtype_4(msg_t *m)
-{
-    mk_round_start(m);
-    /* wrong name */
-    m->frames[0].name = "delta";
-}
-
-static void c_frame_count_name_dtype_5(msg_t *m)
-{
-    mk_update(m);
-    m->frames[0].name = "delta";
-}
-
-static void c_frame_count_name_dtype_6(msg_t *m)
-{
-    mk_update(m);
-    m->frames[0].name = "";
+    WIRE_RUN_CASES(k_tensor_before_negotiation);
 }
 
 static void c_frame_count_name_dtype_7(msg_t *m)
@@ -153,65 +108,39 @@ static void c_frame_count_name_dtype_7(msg_t *m)
     m->frames[0].name = longname;
 }
 
-static void c_frame_count_name_dtype_8(msg_t *m)
-{
-    mk_update(m);
-    /* wrong dtype */
-    m->frames[0].dtype = MOEH__DTYPE__F32;
-}
-
-static void c_frame_count_name_dtype_9(msg_t *m)
-{
-    mk_round_start(m);
-    m->frames[0].dtype = MOEH__DTYPE__U32;
-}
-
-static void c_frame_count_name_dtype_10(msg_t *m)
-{
-    mk_eval_result(m);
-    m->frames[0].dtype = MOEH__DTYPE__F32;
-}
-
 static const wire_case_t k_frame_count_name_dtype[] = {
-    {"frames[0].count = N_PARAMS - 1", c_frame_count_name_dtype_0, &k_lim, -EBADMSG,
-     "has 9 elements, expected 10"},
-    {"frames[0].count = N_PARAMS", c_frame_count_name_dtype_1, &k_lim, -EBADMSG,
-     "'update' has 10 elements, expected 12"},
-    {"frames[0].count = N_PARAMS + N_GROUPS + 1", c_frame_count_name_dtype_2, &k_lim, -EBADMSG,
-     "'update' has 13 elements, expected 12"},
-    {"frames[0].count = N_HIST - 1", c_frame_count_name_dtype_3, &k_lim, -EBADMSG,
-     "'hist' has 191 elements, expected 192"},
-    {"frames[0].name = \"delta\"", c_frame_count_name_dtype_4, &k_lim, -EBADMSG,
-     "expected 'params'"},
-    {"frames[0].name = \"delta\"", c_frame_count_name_dtype_5, &k_lim, -EBADMSG,
-     "expected 'update'"},
-    {"frames[0].name = \"\"", c_frame_count_name_dtype_6, &k_lim, -EBADMSG, "expected 'update'"},
     {"frames[0].name = longname", c_frame_count_name_dtype_7, &k_lim, -EBADMSG,
      "frames[0]: bad dtype or name"},
-    {"frames[0].dtype = MOEH__DTYPE__F32", c_frame_count_name_dtype_8, &k_lim, -EBADMSG,
+};
+
+static const wire_field_case_t k_frame_count_name_dtype_fields[] = {
+    /* wrong element count (the frame bytes agree with the descriptor) */
+    {mk_round_start, "frames[0].count", N_PARAMS - 1, NULL, &k_lim, -EBADMSG,
+     "has 9 elements, expected 10"},
+    /* the group weights missing */
+    {mk_update, "frames[0].count", N_PARAMS, NULL, &k_lim, -EBADMSG,
+     "'update' has 10 elements, expected 12"},
+    {mk_update, "frames[0].count", N_PARAMS + N_GROUPS + 1, NULL, &k_lim, -EBADMSG,
+     "'update' has 13 elements, expected 12"},
+    {mk_eval_result, "frames[0].count", N_HIST - 1, NULL, &k_lim, -EBADMSG,
+     "'hist' has 191 elements, expected 192"},
+    /* wrong name */
+    {mk_round_start, "frames[0].name", 0, "delta", &k_lim, -EBADMSG, "expected 'params'"},
+    {mk_update, "frames[0].name", 0, "delta", &k_lim, -EBADMSG, "expected 'update'"},
+    {mk_update, "frames[0].name", 0, "", &k_lim, -EBADMSG, "expected 'update'"},
+    /* wrong dtype */
+    {mk_update, "frames[0].dtype", MOEH__DTYPE__F32, NULL, &k_lim, -EBADMSG,
      "expected 'update' (dtype 2)"},
-    {"frames[0].dtype = MOEH__DTYPE__U32", c_frame_count_name_dtype_9, &k_lim, -EBADMSG,
+    {mk_round_start, "frames[0].dtype", MOEH__DTYPE__U32, NULL, &k_lim, -EBADMSG,
      "expected 'params' (dtype 1)"},
-    {"frames[0].dtype = MOEH__DTYPE__F32", c_frame_count_name_dtype_10, &k_lim, -EBADMSG,
+    {mk_eval_result, "frames[0].dtype", MOEH__DTYPE__F32, NULL, &k_lim, -EBADMSG,
      "expected 'hist' (dtype 2)"},
 };
 
 static void test_frame_count_name_dtype(void **state)
 {
-    wire_run_cases(k_frame_count_name_dtype,
-                   sizeof k_frame_count_name_dtype / sizeof k_frame_count_name_dtype[0]);
-}
-
-static void c_non_finite_tensors_0(msg_t *m)
-{
-    mk_round_start(m);
-    m->f32[7] = NAN;
-}
-
-static void c_non_finite_tensors_1(msg_t *m)
-{
-    mk_round_start(m);
-    m->f32[0] = INFINITY;
+    WIRE_RUN_CASES(k_frame_count_name_dtype);
+    WIRE_RUN_FIELD_CASES(k_frame_count_name_dtype_fields);
 }
 
 static void c_non_finite_tensors_2(msg_t *m)
@@ -234,36 +163,21 @@ static void c_non_finite_tensors_4(msg_t *m)
 }
 
 static const wire_case_t k_non_finite_tensors[] = {
-    {"f32[7] = NAN", c_non_finite_tensors_0, &k_lim, -ERANGE, "round_start.params: element 7"},
-    {"f32[0] = INFINITY", c_non_finite_tensors_1, &k_lim, -ERANGE, "round_start.params: element 0"},
     {"f32[N_PARAMS - 1] = -INFINITY", c_non_finite_tensors_2, &k_lim, -ERANGE,
      "round_start.params: element 9"},
     {"f32[N_PARAMS] = NAN", c_non_finite_tensors_3, &k_lim, 0, NULL},
     {"f32[5] = -1e-45f", c_non_finite_tensors_4, &k_lim, 0, NULL},
 };
 
+static const wire_field_case_t k_non_finite_tensors_fields[] = {
+    {mk_round_start, "f32[7]", NAN, NULL, &k_lim, -ERANGE, "round_start.params: element 7"},
+    {mk_round_start, "f32[0]", INFINITY, NULL, &k_lim, -ERANGE, "round_start.params: element 0"},
+};
+
 static void test_non_finite_tensors(void **state)
 {
-    wire_run_cases(k_non_finite_tensors,
-                   sizeof k_non_finite_tensors / sizeof k_non_finite_tensors[0]);
-}
-
-static void c_update_checks_0(msg_t *m)
-{
-    mk_update(m);
-    m->upd.train_loss = NAN;
-}
-
-static void c_update_checks_1(msg_t *m)
-{
-    mk_update(m);
-    m->upd.train_loss = INFINITY;
-}
-
-static void c_update_checks_2(msg_t *m)
-{
-    mk_update(m);
-    m->upd.train_loss = -0.5;
+    WIRE_RUN_CASES(k_non_finite_tensors);
+    WIRE_RUN_FIELD_CASES(k_non_finite_tensors_fields);
 }
 
 static void c_update_checks_3(msg_t *m)
@@ -274,24 +188,22 @@ static void c_update_checks_3(msg_t *m)
         m->words[i] = 0xffffffffu;
 }
 
-static void c_update_checks_4(msg_t *m)
-{
-    mk_update(m);
-    /* the frame must be present */
-    m->n_frames = 0;
-}
-
 static const wire_case_t k_update_checks[] = {
-    {"upd.train_loss = NAN", c_update_checks_0, &k_lim, -ERANGE, "update.train_loss"},
-    {"upd.train_loss = INFINITY", c_update_checks_1, &k_lim, -ERANGE, "update.train_loss"},
-    {"upd.train_loss = -0.5", c_update_checks_2, &k_lim, -EBADMSG, "update.train_loss: negative"},
     {"words[i] = 0xffffffffu", c_update_checks_3, &k_lim, 0, NULL},
-    {"n_frames = 0", c_update_checks_4, &k_lim, -EBADMSG, "expected 1 tensor frames ('update')"},
+};
+
+static const wire_field_case_t k_update_checks_fields[] = {
+    {mk_update, "update.train_loss", NAN, NULL, &k_lim, -ERANGE, "update.train_loss"},
+    {mk_update, "update.train_loss", INFINITY, NULL, &k_lim, -ERANGE, "update.train_loss"},
+    {mk_update, "update.train_loss", -0.5, NULL, &k_lim, -EBADMSG, "update.train_loss: negative"},
+    /* the frame must be present */
+    {mk_update, "n_frames", 0, NULL, &k_lim, -EBADMSG, "expected 1 tensor frames ('update')"},
 };
 
 static void test_update_checks(void **state)
 {
-    wire_run_cases(k_update_checks, sizeof k_update_checks / sizeof k_update_checks[0]);
+    WIRE_RUN_CASES(k_update_checks);
+    WIRE_RUN_FIELD_CASES(k_update_checks_fields);
 }
 
 static void c_eval_result_checks_0(msg_t *m)
@@ -319,18 +231,6 @@ static void c_eval_result_checks_3(msg_t *m)
     mk_eval_result(m);
     m->ev.n_tasks = 2;
     m->frames[0].count = 2 * 2 * N_BINS;
-}
-
-static void c_eval_result_checks_4(msg_t *m)
-{
-    mk_eval_result(m);
-    m->ev.loss_sum = NAN;
-}
-
-static void c_eval_result_checks_5(msg_t *m)
-{
-    mk_eval_result(m);
-    m->ev.loss_sum = -1.0;
 }
 
 static void c_eval_result_checks_6(msg_t *m)
@@ -365,16 +265,19 @@ static const wire_case_t k_eval_result_checks[] = {
      -EBADMSG, "eval_result: 3 tasks x 5 bins, expected 3 x 4"},
     {"frames[0].count = 2 * 2 * N_BINS", c_eval_result_checks_3, &k_lim, -EBADMSG,
      "eval_result: 2 tasks x 4 bins, expected 3 x 4"},
-    {"ev.loss_sum = NAN", c_eval_result_checks_4, &k_lim, -ERANGE, "eval_result.loss_sum"},
-    {"ev.loss_sum = -1.0", c_eval_result_checks_5, &k_lim, -EBADMSG, "eval_result.loss_sum"},
     {"ev.n_labels = total", c_eval_result_checks_6, &k_lim, 0, NULL},
     {"ev.n_labels = total & 0xffffffffu", c_eval_result_checks_7, &k_lim, -EBADMSG, "n_labels"},
 };
 
+static const wire_field_case_t k_eval_result_checks_fields[] = {
+    {mk_eval_result, "eval_result.loss_sum", NAN, NULL, &k_lim, -ERANGE, "eval_result.loss_sum"},
+    {mk_eval_result, "eval_result.loss_sum", -1.0, NULL, &k_lim, -EBADMSG, "eval_result.loss_sum"},
+};
+
 static void test_eval_result_checks(void **state)
 {
-    wire_run_cases(k_eval_result_checks,
-                   sizeof k_eval_result_checks / sizeof k_eval_result_checks[0]);
+    WIRE_RUN_CASES(k_eval_result_checks);
+    WIRE_RUN_FIELD_CASES(k_eval_result_checks_fields);
 }
 
 /* The MoE-Health fields: normalisation, statistics, gate sums, combination slices, spec. */
@@ -384,57 +287,9 @@ static void c_moe_field_checks_0(msg_t *m)
     m->norm[N_NORM + 1] = 0.0f; /* a standard deviation must be positive */
 }
 
-static void c_moe_field_checks_1(msg_t *m)
-{
-    mk_round_start(m);
-    m->norm[0] = NAN;
-}
-
-static void c_moe_field_checks_2(msg_t *m)
-{
-    mk_round_start(m);
-    m->frames[1].count = 2 * N_NORM - 1;
-}
-
-static void c_moe_field_checks_3(msg_t *m)
-{
-    mk_round_start(m);
-    m->cfg.prox_mu = -1.0f;
-}
-
-static void c_moe_field_checks_4(msg_t *m)
-{
-    mk_stats_result(m);
-    m->stats[3] = -1.0; /* feature 1's count */
-}
-
-static void c_moe_field_checks_5(msg_t *m)
-{
-    mk_stats_result(m);
-    m->stats[2] = INFINITY;
-}
-
 static void c_moe_field_checks_6(msg_t *m)
 {
     mk_stats_result(m);
-}
-
-static void c_moe_field_checks_7(msg_t *m)
-{
-    mk_eval_result(m);
-    m->gate[3] = -0.5f;
-}
-
-static void c_moe_field_checks_8(msg_t *m)
-{
-    mk_eval_result(m);
-    m->gate[0] = NAN;
-}
-
-static void c_moe_field_checks_9(msg_t *m)
-{
-    mk_eval_result(m);
-    m->ev.n_combo_rows = MOEH_N_COMBOS - 1;
 }
 
 static void c_moe_field_checks_10(msg_t *m)
@@ -443,48 +298,37 @@ static void c_moe_field_checks_10(msg_t *m)
     m->hist[2 * N_SLICE] += 1000; /* more labels in the combinations than in all rows */
 }
 
-static void c_moe_field_checks_11(msg_t *m)
-{
-    mk_eval_result(m);
-    m->frames[1].count = N_GATE + 1;
-}
-
-static void c_moe_field_checks_12(msg_t *m)
-{
-    mk_welcome(m);
-    m->spec.n_experts = 8;
-}
-
-static void c_moe_field_checks_13(msg_t *m)
-{
-    mk_hello(m);
-    m->hello.n_steps = 1001;
-}
-
 static const wire_case_t k_moe_field_checks[] = {
     {"norm[N_NORM + 1] = 0.0f", c_moe_field_checks_0, &k_lim, -EBADMSG,
      "round_start.norm: standard deviation 1"},
-    {"norm[0] = NAN", c_moe_field_checks_1, &k_lim, -ERANGE, "round_start.norm"},
-    {"frames[1].count = 2 * N_NORM - 1", c_moe_field_checks_2, &k_lim, -EBADMSG,
-     "'norm' has 5 elements, expected 6"},
-    {"cfg.prox_mu = -1.0f", c_moe_field_checks_3, &k_lim, -EBADMSG, "prox_mu"},
-    {"stats[3] = -1.0", c_moe_field_checks_4, &k_lim, -EBADMSG, "feature 1"},
-    {"stats[2] = INFINITY", c_moe_field_checks_5, &k_lim, -ERANGE, "stats_result.stats"},
     {"before the model is known", c_moe_field_checks_6, &k_no_norm, -EBADMSG,
      "before the model was negotiated"},
-    {"gate[3] = -0.5f", c_moe_field_checks_7, &k_lim, -EBADMSG, "eval_result.gate: element 3"},
-    {"gate[0] = NAN", c_moe_field_checks_8, &k_lim, -ERANGE, "eval_result.gate"},
-    {"ev.n_combo_rows = MOEH_N_COMBOS - 1", c_moe_field_checks_9, &k_lim, -EBADMSG, "combo_rows"},
     {"hist[2 * N_SLICE] += 1000", c_moe_field_checks_10, &k_lim, -EBADMSG, "in combinations"},
-    {"frames[1].count = N_GATE + 1", c_moe_field_checks_11, &k_lim, -EBADMSG,
+};
+
+static const wire_field_case_t k_moe_field_checks_fields[] = {
+    {mk_round_start, "norm[0]", NAN, NULL, &k_lim, -ERANGE, "round_start.norm"},
+    {mk_round_start, "frames[1].count", 2 * N_NORM - 1, NULL, &k_lim, -EBADMSG,
+     "'norm' has 5 elements, expected 6"},
+    {mk_round_start, "round_start.config.prox_mu", -1.0f, NULL, &k_lim, -EBADMSG, "prox_mu"},
+    /* feature 1's count */
+    {mk_stats_result, "stats[3]", -1.0, NULL, &k_lim, -EBADMSG, "feature 1"},
+    {mk_stats_result, "stats[2]", INFINITY, NULL, &k_lim, -ERANGE, "stats_result.stats"},
+    {mk_eval_result, "gate[3]", -0.5f, NULL, &k_lim, -EBADMSG, "eval_result.gate: element 3"},
+    {mk_eval_result, "gate[0]", NAN, NULL, &k_lim, -ERANGE, "eval_result.gate"},
+    {mk_eval_result, "eval_result.n_combo_rows", MOEH_N_COMBOS - 1, NULL, &k_lim, -EBADMSG,
+     "combo_rows"},
+    {mk_eval_result, "frames[1].count", N_GATE + 1, NULL, &k_lim, -EBADMSG,
      "'gate' has 15 elements, expected 14"},
-    {"spec.n_experts = 8", c_moe_field_checks_12, &k_lim, -EBADMSG, "welcome.model.n_experts: 8"},
-    {"hello.n_steps = 1001", c_moe_field_checks_13, &k_lim, -EBADMSG, "n_steps"},
+    {mk_welcome, "welcome.model.n_experts", 8, NULL, &k_lim, -EBADMSG,
+     "welcome.model.n_experts: 8"},
+    {mk_hello, "hello.n_steps", 1001, NULL, &k_lim, -EBADMSG, "n_steps"},
 };
 
 static void test_moe_field_checks(void **state)
 {
-    wire_run_cases(k_moe_field_checks, sizeof k_moe_field_checks / sizeof k_moe_field_checks[0]);
+    WIRE_RUN_CASES(k_moe_field_checks);
+    WIRE_RUN_FIELD_CASES(k_moe_field_checks_fields);
 }
 
 static void test_frames_where_none_allowed(void **state)

@@ -108,7 +108,7 @@ static const wire_case_t k_spec_cases[] = {
 
 static void test_welcome_spec_checks(void **state)
 {
-    wire_run_cases(k_spec_cases, sizeof k_spec_cases / sizeof k_spec_cases[0]);
+    WIRE_RUN_CASES(k_spec_cases);
 }
 
 /* The encoded Welcome of mk_welcome with config_json "abXcd", and the offset of its 'X'. */

@@ -2,7 +2,8 @@
  * 3 tasks, 4 bins, 3 normalisation features, 2 experts), one valid message of every plain type
  * (msg_t + mk_*), pack/decode helpers, and the table-driven reject runner: a wire_case_t names a
  * case, builds its message (a maker, then one rule broken) and says the code and the substring
- * of the message the decoder must answer with (code 0: the message must be accepted). */
+ * of the message the decoder must answer with (code 0: the message must be accepted); a
+ * wire_field_case_t does the same for one field set from the table row (wire_set). */
 #ifndef MOEH_TEST_WIRE_UTIL_H
 #define MOEH_TEST_WIRE_UTIL_H
 
@@ -379,5 +380,205 @@ static inline void wire_run_cases(const wire_case_t *c, size_t n)
     }
     g_wire_case = NULL;
 }
+
+/* Table cases that break one field: `path` names it from the envelope down, as moeh.proto
+ * spells it ("round_start.config.lr", "hello.combos[1].combo"; "hello.n_combos" is a repeated
+ * field's count), or one of the message's frames and buffers ("frames[0].count", "f32[3]",
+ * "words[10]", "hist[0]", "norm[4]", "gate[1]", "stats[2]", "n_frames", "body_case"). The field
+ * takes `num` (numbers, enums, booleans) or `str` (strings; a sub-message is set to NULL). The
+ * protobuf-c descriptors find the field and its type, so a case is one table row. */
+static inline void *wire_elem(void *base, size_t size, size_t idx)
+{
+    return (char *)base + idx * size;
+}
+
+/* The index of "name[i]" (0 without brackets); name is cut at the bracket. */
+static inline size_t wire_path_index(char *name)
+{
+    char *br = strchr(name, '[');
+    if (!br) return 0;
+    *br = '\0';
+    return (size_t)strtoul(br + 1, NULL, 10);
+}
+
+static inline size_t wire_scalar_size(ProtobufCType t)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_DOUBLE:
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        return 8;
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    default:
+        return 4;
+    }
+}
+
+static inline void wire_set_scalar(void *at, ProtobufCType t, double num, const char *str)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_FLOAT:
+        *(float *)at = (float)num;
+        break;
+    case PROTOBUF_C_TYPE_DOUBLE:
+        *(double *)at = num;
+        break;
+    case PROTOBUF_C_TYPE_BOOL:
+        *(protobuf_c_boolean *)at = num != 0.0;
+        break;
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_ENUM:
+        *(int32_t *)at = (int32_t)num;
+        break;
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+        *(uint32_t *)at = (uint32_t)num;
+        break;
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+        *(int64_t *)at = (int64_t)num;
+        break;
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        *(uint64_t *)at = (uint64_t)num;
+        break;
+    case PROTOBUF_C_TYPE_STRING:
+        *(const char **)at = str;
+        break;
+    case PROTOBUF_C_TYPE_MESSAGE:
+        *(void **)at = NULL;
+        break;
+    default:
+        fail_msg("wire_set: field type %d is not settable from a table", (int)t);
+    }
+}
+
+#define WIRE_BUF_SET(arr, type)                                                                    \
+    do {                                                                                           \
+        assert_true(idx < sizeof(arr) / sizeof(arr)[0]);                                           \
+        (arr)[idx] = (type)num;                                                                    \
+    } while (0)
+
+/* The frames and buffers of msg_t that are not protobuf fields; 0 if path is not one. */
+static inline int wire_set_buffer(msg_t *m, char *name, size_t idx, const char *rest, double num,
+                                  const char *str)
+{
+    if (!strcmp(name, "n_frames")) {
+        m->n_frames = (size_t)num;
+    } else if (!strcmp(name, "body_case")) { /* the oneof's case, not a field */
+        m->env.body_case = (Moeh__Envelope__BodyCase)num;
+    } else if (!strcmp(name, "frames")) {
+        assert_true(idx < MOEH_MAX_FRAMES + 1);
+        moeh_frame_t *f = &m->frames[idx];
+        if (!strcmp(rest, "count"))
+            f->count = (uint64_t)num;
+        else if (!strcmp(rest, "dtype"))
+            f->dtype = (Moeh__DType)num;
+        else if (!strcmp(rest, "name"))
+            f->name = str;
+        else
+            fail_msg("wire_set: frames[].%s is not a frame field", rest);
+    } else if (!strcmp(name, "f32")) {
+        WIRE_BUF_SET(m->f32, float);
+    } else if (!strcmp(name, "norm")) {
+        WIRE_BUF_SET(m->norm, float);
+    } else if (!strcmp(name, "gate")) {
+        WIRE_BUF_SET(m->gate, float);
+    } else if (!strcmp(name, "stats")) {
+        WIRE_BUF_SET(m->stats, double);
+    } else if (!strcmp(name, "words")) {
+        WIRE_BUF_SET(m->words, uint32_t);
+    } else if (!strcmp(name, "hist")) {
+        WIRE_BUF_SET(m->hist, uint32_t);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static inline void wire_set(msg_t *m, const char *path, double num, const char *str)
+{
+    char buf[128];
+    assert_true(strlen(path) < sizeof buf);
+    strcpy(buf, path);
+    char *dot = strchr(buf, '.');
+    if (dot) *dot = '\0';
+    size_t idx0 = wire_path_index(buf);
+    if (wire_set_buffer(m, buf, idx0, dot ? dot + 1 : "", num, str)) return;
+    strcpy(buf, path);
+    ProtobufCMessage *msg = &m->env.base;
+    for (char *save = NULL, *name = strtok_r(buf, ".", &save); name;) {
+        char *next = strtok_r(NULL, ".", &save);
+        size_t idx = wire_path_index(name);
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+        if (!f && !next && !strncmp(name, "n_", 2)) { /* a repeated field's count */
+            f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name + 2);
+            if (f && f->label == PROTOBUF_C_LABEL_REPEATED) {
+                *(size_t *)((char *)msg + f->quantifier_offset) = (size_t)num;
+                return;
+            }
+        }
+        if (!f) fail_msg("wire_set: %s has no field '%s'", msg->descriptor->name, name);
+        void *at = (char *)msg + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            assert_true(idx < *(size_t *)((char *)msg + f->quantifier_offset));
+            at = wire_elem(*(void **)at, wire_scalar_size(f->type), idx);
+        }
+        if (!next) {
+            wire_set_scalar(at, f->type, num, str);
+            return;
+        }
+        assert_int_equal(f->type, PROTOBUF_C_TYPE_MESSAGE);
+        msg = *(ProtobufCMessage **)at;
+        assert_non_null(msg);
+        name = next;
+    }
+}
+
+/* One case that breaks (or, with code 0, keeps valid) one field of a maker's message. */
+typedef struct {
+    mk_fn make;
+    const char *path; /* see wire_set */
+    double num;
+    const char *str;
+    const moeh_wire_limits_t *lim;
+    int code;           /* what moeh_wire_decode must return (0: accepted) */
+    const char *needle; /* a substring of its message */
+} wire_field_case_t;
+
+static inline void wire_run_field_cases(const wire_field_case_t *c, size_t n)
+{
+    char name[160];
+    for (size_t i = 0; i < n; i++) {
+        msg_t m;
+        c[i].make(&m);
+        wire_set(&m, c[i].path, c[i].num, c[i].str);
+        snprintf(name, sizeof name, "%s = %s%g", c[i].path, c[i].str ? c[i].str : "",
+                 c[i].str ? 0.0 : c[i].num);
+        g_wire_case = name;
+        if (c[i].code == 0)
+            check_accept(&m, c[i].lim);
+        else
+            check_reject(&m, c[i].lim, c[i].code, c[i].needle);
+    }
+    g_wire_case = NULL;
+}
+
+/* Runs a whole table of either kind. */
+#define WIRE_RUN_CASES(table) wire_run_cases((table), sizeof(table) / sizeof(table)[0])
+#define WIRE_RUN_FIELD_CASES(table) wire_run_field_cases((table), sizeof(table) / sizeof(table)[0])
 
 #endif

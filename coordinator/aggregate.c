@@ -268,7 +268,8 @@ int moeh_update_check(const moeh_fedavg_t *a, const void *words_, const moeh_upd
                                   * rejoins declaring more cannot widen its share of the range */
             snprintf(what, what_len,
                      "update: group %zu weight %u exceeds the %llu training "
-                     "samples this site declared",
+                     "samples this site may weigh (declared, capped by its registry limit "
+                     "or --count-cap)",
                      g, w, (unsigned long long)b->max_weight);
             return -ERANGE;
         }

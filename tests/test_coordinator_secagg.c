@@ -326,6 +326,51 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
+/* Issue 13, finding 4 under secure aggregation: one site masks statistics with count 1 and sums
+ * 2^52 (no real value has them). The coordinator sees only the sum, checks it after unmasking
+ * against the survivors' caps and consistency (robust.c), refuses it and retries the phase;
+ * the honest retry gives the honest normalisation. */
+static void test_secagg_poisoned_stats_retried(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, secagg_on);
+    assert_int_equal(moeh_crypto_init(), 0);
+    for (int k = 0; k < N_SITES; k++)
+        hello(f, k);
+    tick(f, 10);
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    uint32_t *x[N_SITES];
+    size_t n_norm;
+    moeh_coord_core_norm(f->core, &n_norm);
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            double st[3 * 16];
+            assert_true(n_norm <= 16);
+            site_stats(k, n_norm, st);
+            if (poisoned && k == 1) st[0] = 1, st[1] = 0x1p52, st[2] = 0x1p52;
+            x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
+            assert_non_null(x[k]);
+            assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
+        }
+        size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
+        play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
+            assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
+            assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
+        }
+    }
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    const float *norm = moeh_coord_core_norm(f->core, &n_norm);
+    double s0 = 0, s1 = 0, st[3 * 16];
+    for (int k = 0; k < N_SITES; k++) {
+        site_stats(k, n_norm, st);
+        s0 += st[0], s1 += st[1];
+    }
+    assert_float_equal(norm[0], s1 / s0, 1e-5);
+}
+
 /* ---- the modules on their own ------------------------------------------------------------- */
 
 static int all_alive(void *ctx, size_t site)
@@ -388,6 +433,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_poisoned_stats_retried, fx_setup, fx_teardown),
         cmocka_unit_test(test_uploads_scheduler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -190,6 +190,38 @@ static void test_poisoned_update_bounded(void **state)
     assert_true(eval_metric(fedavg, 1, "test_loss") > 3 * eval_metric(clean, 1, "test_loss"));
 }
 
+/* Finding 5 against the plain-mode robust strategies, measured: --strategy median (a group with
+ * two trainers gets their mean) and --strategy trimmed --trim 0.25, which warns about the groups
+ * it cannot trim. Both runs complete with the honest sites' evaluations taken, and neither
+ * defends the groups few sites train (the fixture's modality encoders): only --norm-bound does
+ * (test_poisoned_update_bounded). */
+static void test_poisoned_update_strategies(void **state)
+{
+    fixture_t *f = *state;
+    char clean[300], median[300], log[400];
+    char *plain[] = {"--upload-slots", "0", NULL};
+    char *med[] = {"--upload-slots", "0", "--strategy", "median", NULL};
+    char *trim[] = {"--upload-slots", "0", "--strategy", "trimmed", "--trim", "0.25", NULL};
+    run_all(f, "clean", "2", plain);
+    snprintf(clean, sizeof clean, "%s", f->out);
+    attack_update(f, "median", med);
+    snprintf(median, sizeof median, "%s", f->out);
+    attack_update(f, "trimmed", trim);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(log, "are averaged untrimmed"));
+    for (int rd = 1; rd <= 2; rd++) {
+        double tc = eval_metric(clean, rd, "test_loss"), tm = eval_metric(median, rd, "test_loss"),
+               tt = eval_metric(f->out, rd, "test_loss");
+        print_message("round %d: test loss %.4f clean, %.4g attacked (median), %.4g attacked "
+                      "(trimmed 0.25)\n",
+                      rd, tc, tm, tt);
+        assert_int_equal((int)eval_metric(median, rd, "sites"), 3);
+        assert_int_equal((int)eval_metric(f->out, rd, "sites"), 3);
+        /* groups trained by the attacker and one or two honest sites get no robust value */
+        assert_true(tm > 3 * tc && tt > 3 * tc);
+    }
+}
+
 /* Finding 6: a site with 65 test rows claimed 6,000,000 perfectly separated labels and the
  * reported AUROC was 1.0000 on every task. Its Hello declares 6,000,000 test rows: capped at
  * --count-cap 10 x the median of the declared test rows, the forged histograms exceed the cap
@@ -251,6 +283,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         FED_TEST(test_poisoned_stats_refused),
         FED_TEST(test_poisoned_update_bounded),
+        FED_TEST(test_poisoned_update_strategies),
         FED_TEST(test_forged_eval_refused),
     };
     return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);

@@ -326,11 +326,11 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
-/* Issue 13, finding 4 under secure aggregation: one site masks statistics with count 1 and sums
- * 2^52 (no real value has them). The coordinator sees only the sum, checks it after unmasking
- * against the survivors' caps and consistency (robust.c), refuses it and retries the phase;
- * the honest retry gives the honest normalisation. */
-static void test_secagg_poisoned_stats_retried(void **state)
+/* Issue 13, findings 4 and 5 under secure aggregation: one site masks statistics with count 1
+ * and sums 2^52 (no real value has them), then an update weighing twice its declared samples.
+ * The coordinator sees only the sums, checks them after unmasking against the survivors' caps
+ * (robust.c), refuses them and retries the phase; the honest retries are taken. */
+static void test_secagg_poisoned_sums_retried(void **state)
 {
     fx_t *f = *state;
     fx_create(f, secagg_on);
@@ -369,6 +369,26 @@ static void test_secagg_poisoned_stats_retried(void **state)
         s0 += st[0], s1 += st[1];
     }
     assert_float_equal(norm[0], s1 / s0, 1e-5);
+    /* TRAIN: site-2 masks its update with twice its declared samples as group weights; the
+     * unmasked weights exceed the survivors' (capped) samples: refused, the phase retried, the
+     * model unchanged; the honest retry is applied */
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
+            uint32_t w = (uint32_t)f->site[k].n_train * (poisoned && k == 1 ? 2 : 1);
+            x[k] =
+                update_words(f, k, rs->config, w, MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
+            assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
+        }
+        play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        assert_int_equal(moeh_coord_core_phase(f->core),
+                         poisoned ? MOEH_COORD_TRAIN : MOEH_COORD_EVAL);
+        assert_int_equal(moeh_coord_core_model_version(f->core), poisoned ? v : v + 1);
+    }
 }
 
 /* ---- the modules on their own ------------------------------------------------------------- */
@@ -433,7 +453,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_poisoned_stats_retried, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
         cmocka_unit_test(test_uploads_scheduler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -326,8 +326,9 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
-/* Issue 13, findings 4 and 5 under secure aggregation: one site masks statistics with count 1
- * and sums 2^52 (no real value has them), then an update weighing twice its declared samples.
+/* Issue 13, findings 4, 5 and 6 under secure aggregation: one site masks statistics with count
+ * 1 and sums 2^52 (no real value has them), then an update weighing twice its declared samples,
+ * then an evaluation with a million labels from 40 test rows.
  * The coordinator sees only the sums, checks them after unmasking against the survivors' caps
  * (robust.c), refuses them and retries the phase; the honest retries are taken. */
 static void test_secagg_poisoned_sums_retried(void **state)
@@ -389,6 +390,36 @@ static void test_secagg_poisoned_sums_retried(void **state)
                          poisoned ? MOEH_COORD_TRAIN : MOEH_COORD_EVAL);
         assert_int_equal(moeh_coord_core_model_version(f->core), poisoned ? v : v + 1);
     }
+    /* EVALUATE: every site declared 40 test rows; site-2 claims 1,000,000 perfectly separated
+     * labels of task 0: the summed rows exceed the survivors' 120, refused and retried; the
+     * honest retry (30 labelled rows per site and task, AUROC 0.5) is the one reported */
+    const moeh_secsum_dims_t dims = moeh_wire_secsum_dims(lim);
+    const size_t T = lim->n_tasks, nb = lim->eval_bins;
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            size_t len = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+            x[k] = calloc(len, sizeof(uint32_t));
+            float *gate = calloc((size_t)MOEH_N_COMBOS * lim->n_experts + 1, sizeof(float));
+            assert_true(x[k] && gate);
+            uint32_t forged = poisoned && k == 1 ? 500000 : 0;
+            for (size_t t = 0; t < T; t++) { /* slice 0: negatives low, positives high */
+                x[k][(t * 2 + 0) * nb + 1] = 20 + (t == 0 ? forged : 0);
+                x[k][(t * 2 + 1) * nb + nb - 2] = 5 + (t == 0 ? forged : 0);
+                x[k][(t * 2 + 1) * nb + 0] = 5; /* half the positives below every negative */
+            }
+            uint32_t rows[MOEH_N_COMBOS] = {40};
+            assert_int_equal(moeh_secsum_eval_put(x[k] + moeh_secsum_eval_hist_words(dims), dims,
+                                                  gate, rows, 1.0, 30 * T + 2 * forged),
+                             0);
+            free(gate);
+        }
+        play_secagg(f, MOEH__ROUND_TASK__EVALUATE, 1, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        assert_int_equal(moeh_coord_core_phase(f->core),
+                         poisoned ? MOEH_COORD_EVAL : MOEH_COORD_DONE); /* one round */
+    }
+    assert_float_equal(moeh_coord_core_auroc(f->core, 0), 0.5, 1e-12); /* the forgery: ~1 */
 }
 
 /* ---- the modules on their own ------------------------------------------------------------- */

@@ -132,6 +132,24 @@ int moeh_bounds_eval_check(const void *hist_words, const uint64_t *combo_rows, u
     return 0;
 }
 
+int moeh_bounds_train_header_check(double train_loss, uint64_t n_samples, uint64_t max_rows,
+                                   char *what, size_t what_len)
+{
+    if (n_samples > max_rows) {
+        snprintf(what, what_len,
+                 "update: n_samples %llu exceeds the %llu training rows this site may count "
+                 "(declared, capped)",
+                 (unsigned long long)n_samples, (unsigned long long)max_rows);
+        return -ERANGE;
+    }
+    if (!(train_loss >= 0)) {
+        snprintf(what, what_len, "update: train_loss %g is negative (a cross-entropy cannot be)",
+                 train_loss);
+        return -ERANGE;
+    }
+    return 0;
+}
+
 int moeh_bounds_weight_sum_check(const void *weight_words, size_t n_groups, uint64_t max_total,
                                  char *what, size_t what_len)
 {

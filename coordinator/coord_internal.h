@@ -153,6 +153,9 @@ int coord_check_stats(const coord_t *c, const site_t *s, const double *stats, ch
 int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
                      const uint32_t *combo_rows, uint64_t n_labels, char *what, size_t what_len)
     __attribute__((warn_unused_result));
+int coord_check_update_header(const coord_t *c, const site_t *s, double train_loss,
+                              uint64_t n_samples, char *what, size_t what_len)
+    __attribute__((warn_unused_result));
 /* Under secure aggregation, once the sum is unmasked: the same checks on the sum, against the
  * survivors' summed caps. */
 int coord_check_sa_sum(coord_t *c, char *what, size_t what_len) __attribute__((warn_unused_result));

@@ -58,6 +58,11 @@ int moeh_bounds_eval_check(const void *hist_words, const uint64_t *combo_rows, u
                            const moeh_eval_bounds_t *b, char *what,
                            size_t what_len) MOEH_BOUNDS_WUR;
 
+/* The header of a plain Update: n_samples (the site's training rows) at most max_rows, and a
+ * train loss (a mean binary cross-entropy) that is not negative. 0 or -ERANGE with what. */
+int moeh_bounds_train_header_check(double train_loss, uint64_t n_samples, uint64_t max_rows,
+                                   char *what, size_t what_len) MOEH_BOUNDS_WUR;
+
 /* The per-group weights of a summed update (n_groups words, any alignment) against the
  * largest total they may reach (max_total: the survivors' capped samples, or their number
  * when unweighted). 0 or -ERANGE with what. */

@@ -157,7 +157,7 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
     const Moeh__Update *u = m->env->update;
     if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version)) return;
     const uint8_t *words = m->frames[0].data;
-    char what[160];
+    char what[300];
     if (c->cfg->secagg || u->secagg_session != 0) {
         /* under secure aggregation a site's vector travels masked, in SecaggMasked */
         coord_reply_error(c, m, -ESTALE,
@@ -167,6 +167,10 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     if (!upload_take(c, m, s)) return;
+    if (coord_check_update_header(c, s, u->train_loss, u->n_samples, what, sizeof what) != 0) {
+        coord_reply_error(c, m, -ERANGE, what, s->id); /* robust.c: samples within the cap */
+        return;
+    }
     /* the header's values join the phase's vector sum, as they would under secure aggregation */
     uint32_t *xv = c->vtmp;
     if (moeh_secsum_train_put(xv, u->train_loss, u->n_samples, u->steps) != 0) {

@@ -75,6 +75,13 @@ int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
     return moeh_bounds_eval_check(hist_words, rows, n_labels, &b, what, what_len);
 }
 
+int coord_check_update_header(const coord_t *c, const site_t *s, double train_loss,
+                              uint64_t n_samples, char *what, size_t what_len)
+{
+    return moeh_bounds_train_header_check(train_loss, n_samples, coord_cap_train(c, s), what,
+                                          what_len);
+}
+
 int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
 {
     uint64_t train = 0, test = 0, n = 0, weight = 0;

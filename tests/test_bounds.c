@@ -133,6 +133,18 @@ static void test_eval_bounds(void **state)
     assert_int_equal(moeh_bounds_eval_check(h, rows, 195, &b, what, sizeof what), 0);
 }
 
+static void test_train_header_bound(void **state)
+{
+    (void)state;
+    char what[300];
+    assert_int_equal(moeh_bounds_train_header_check(0.67, 137, 137, what, sizeof what), 0);
+    assert_int_equal(moeh_bounds_train_header_check(0.0, 0, 0, what, sizeof what), 0);
+    assert_int_equal(moeh_bounds_train_header_check(0.67, 138, 137, what, sizeof what), -ERANGE);
+    assert_non_null(strstr(what, "n_samples 138 exceeds the 137"));
+    assert_int_equal(moeh_bounds_train_header_check(-1e12, 10, 137, what, sizeof what), -ERANGE);
+    assert_non_null(strstr(what, "negative"));
+}
+
 static void test_weight_sum_bound(void **state)
 {
     (void)state;
@@ -205,7 +217,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_median_and_caps),       cmocka_unit_test(test_stats_honest_accepted),
         cmocka_unit_test(test_stats_attacks_refused), cmocka_unit_test(test_eval_bounds),
-        cmocka_unit_test(test_weight_sum_bound),      cmocka_unit_test(test_registry_limits),
+        cmocka_unit_test(test_weight_sum_bound),      cmocka_unit_test(test_train_header_bound),
+        cmocka_unit_test(test_registry_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -73,7 +73,7 @@ static void send_stats(rogue_t *r, const double first[3], int code, const char *
 
 /* An update whose every group has weight w and every word `word`. 0: no reply expected. */
 static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w, uint32_t word,
-                        int code, const char *needle)
+                        uint64_t n_samples, int code, const char *needle)
 {
     size_t nw = r->lim.n_params + r->lim.n_groups;
     uint32_t *words = calloc(nw, sizeof(uint32_t));
@@ -82,7 +82,8 @@ static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w
         words[i] = i < r->lim.n_params ? word : w;
     Moeh__Envelope ue;
     Moeh__Update u = MOEH__UPDATE__INIT;
-    u.round = round, u.model_version = version, u.n_samples = w, u.steps = 1, u.train_loss = 0.5;
+    u.round = round, u.model_version = version, u.n_samples = n_samples, u.steps = 1,
+    u.train_loss = 0.5;
     moeh_env_update(&ue, &u);
     moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
     if (code)
@@ -131,8 +132,9 @@ static void test_poisoned_stats_refused(void **state)
 }
 
 /* site-x (declaring n_train 2^31, registry limit 100 training rows) joins a federation run
- * with opts into f->dir/name and sends its update of round 1: first with weight 2^31
- * (refused), then with weight 100 and +delta_clip on every parameter (taken); then leaves. */
+ * with opts into f->dir/name and sends its update of round 1: first claiming 2^31 samples,
+ * then with weight 2^31 (both refused), then with weight 100 and +delta_clip on every
+ * parameter (taken); then leaves. */
 static void attack_update(fixture_t *f, const char *name, char **opts)
 {
     snprintf(f->out, sizeof f->out, "%s/%s", f->dir, name);
@@ -146,10 +148,12 @@ static void attack_update(fixture_t *f, const char *name, char **opts)
     wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
     rogue_send_zero_stats(&r);
     wait_task(&r, MOEH__ROUND_TASK__TRAIN, &round, &version, &scale, &clip);
-    send_update(&r, round, version, 1u << 31, 0, -ERANGE,
+    send_update(&r, round, version, 100, 0, 1ull << 31, -ERANGE,
+                "n_samples 2147483648 exceeds the 100 training rows");
+    send_update(&r, round, version, 1u << 31, 0, 100, -ERANGE,
                 "weight 2147483648 exceeds the 100 training samples");
     uint32_t word = (uint32_t)(int32_t)floor(scale * 100.0 * clip); /* +delta_clip everywhere */
-    send_update(&r, round, version, 100, word, 0, NULL);
+    send_update(&r, round, version, 100, word, 100, 0, NULL);
     wait_task(&r, MOEH__ROUND_TASK__EVALUATE, &round, &version, NULL, NULL); /* it was taken */
     rogue_leave(&r);
     wait_run(c, a);
@@ -242,7 +246,7 @@ static void test_forged_eval_refused(void **state)
     wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
     rogue_send_zero_stats(&r);
     wait_task(&r, MOEH__ROUND_TASK__TRAIN, &round, &version, NULL, NULL);
-    send_update(&r, round, version, 0, 0, 0, NULL); /* weight 0: changes nothing */
+    send_update(&r, round, version, 0, 0, 0, 0, NULL); /* weight 0: changes nothing */
     wait_task(&r, MOEH__ROUND_TASK__EVALUATE, &round, &version, NULL, NULL);
     const size_t T = r.lim.n_tasks, nb = r.lim.eval_bins;
     size_t nh = (size_t)MOEH_N_SLICES * T * 2 * nb, ng = (size_t)MOEH_N_COMBOS * r.lim.n_experts;

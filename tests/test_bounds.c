@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "moeh_bounds.h"
+#include "moeh_coord_core.h"
 #include "moeh_keys.h"
 #include "moeh_schema.h"
 
@@ -212,13 +213,47 @@ static void test_registry_limits(void **state)
     assert_non_null(strstr(err.msg, "[sites] (or [limits])"));
 }
 
+/* The options that need each site's update are refused where only sums exist. */
+static void test_options_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *strategy;
+        int secagg;
+        float norm_bound, dp_clip, count_cap;
+        const char *needle;
+    } bad[] = {
+        {"median", 1, 0, 0, 10, "--secagg and --strategy median exclude each other"},
+        {"fedavg", 1, 2, 0, 10, "--norm-bound needs each site's update"},
+        {"median", 0, 0, 1, 10, "--dp-clip and --strategy median"},
+        {"fedavg", 0, 2, 1, 10, "--norm-bound exclude each other"},
+        {"fedavg", 0, -1, 0, 10, "--count-cap, --stats-max-abs and --norm-bound"},
+        {"fedavg", 0, 0, 0, -3, "--count-cap, --stats-max-abs and --norm-bound"},
+    };
+    moeh_coord_io_t io = {0};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        moeh_coord_cfg_t cfg;
+        moeh_coord_cfg_defaults(&cfg);
+        cfg.strategy = bad[i].strategy;
+        cfg.secagg = bad[i].secagg;
+        cfg.norm_bound = bad[i].norm_bound;
+        cfg.dp_clip = bad[i].dp_clip;
+        cfg.count_cap = bad[i].count_cap;
+        moeh_coord_core_t *core = NULL;
+        moeh_err_t err = {0};
+        assert_int_equal(moeh_coord_core_create(&cfg, &io, &core, &err), -EINVAL);
+        if (!strstr(err.msg, bad[i].needle)) fail_msg("case %zu: %s", i, err.msg);
+        assert_null(core);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_median_and_caps),       cmocka_unit_test(test_stats_honest_accepted),
         cmocka_unit_test(test_stats_attacks_refused), cmocka_unit_test(test_eval_bounds),
         cmocka_unit_test(test_weight_sum_bound),      cmocka_unit_test(test_train_header_bound),
-        cmocka_unit_test(test_registry_limits),
+        cmocka_unit_test(test_options_refused),       cmocka_unit_test(test_registry_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

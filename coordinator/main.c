@@ -27,7 +27,9 @@ int main(int argc, char **argv)
     const char *log_level = "info";
     const moeh_opt_t own[] = {
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
-        {"registry", MOEH_OPT_STR, &cfg.registry_path, "site registry: [sites] ID = PUBLIC_KEY"},
+        {"registry", MOEH_OPT_STR, &cfg.registry_path,
+         "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
+         "MAX_TRAIN,MAX_TEST rows)"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},

@@ -95,8 +95,8 @@ size_t moeh_fedavg_mean_delta(const moeh_fedavg_t *a, double scale, float *delta
 
 int moeh_strategy_parse(const char *s, moeh_strategy_t *out)
 {
-    static const char *names[] = {"fedavg", "fedadam", "fedyogi", "trimmed"};
-    for (int i = 0; i < 4; i++)
+    static const char *names[] = {"fedavg", "fedadam", "fedyogi", "trimmed", "median"};
+    for (int i = 0; i < 5; i++)
         if (strcmp(s, names[i]) == 0) {
             *out = (moeh_strategy_t)i;
             return 0;
@@ -109,6 +109,7 @@ const char *moeh_strategy_name(moeh_strategy_t k)
     return k == MOEH_STRATEGY_FEDADAM   ? "fedadam"
            : k == MOEH_STRATEGY_FEDYOGI ? "fedyogi"
            : k == MOEH_STRATEGY_TRIMMED ? "trimmed"
+           : k == MOEH_STRATEGY_MEDIAN  ? "median"
                                         : "fedavg";
 }
 
@@ -168,6 +169,89 @@ size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float
     return n_up;
 }
 
+size_t moeh_trimmed_untrimmed_groups(const moeh_fedavg_t *layout, const uint32_t *weights, size_t S,
+                                     double trim)
+{
+    size_t G = layout->n_groups, n = 0;
+    for (size_t g = 0; g < G; g++) {
+        size_t m = 0;
+        for (size_t s = 0; s < S; s++)
+            m += weights[s * G + g] > 0;
+        n += m > 0 && trim > 0 && (size_t)(trim * (double)m) == 0;
+    }
+    return n;
+}
+
+double moeh_update_norm(const moeh_fedavg_t *a, const void *param_words, const uint32_t *weights,
+                        double scale)
+{
+    const unsigned char *p = param_words;
+    double ss = 0;
+    for (size_t g = 0; g < a->n_groups; g++) {
+        if (weights[g] == 0) continue;
+        double inv = 1.0 / (scale * (double)weights[g]), gs = 0;
+        for (size_t i = a->group_off[g]; i < a->group_off[g] + a->group_len[g]; i++) {
+            uint32_t q;
+            memcpy(&q, p + 4 * i, 4);
+            double d = (double)moeh_quant_signed(q);
+            gs += d * d;
+        }
+        ss += gs * inv * inv;
+    }
+    return sqrt(ss);
+}
+
+double moeh_delta_norm(const float *d, size_t n)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += (double)d[i] * (double)d[i];
+    return sqrt(ss);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+size_t moeh_norm_bound_factors(const double *norms, size_t S, double k, double *factors,
+                               double *median, double *scratch)
+{
+    size_t m = 0, clipped = 0;
+    for (size_t s = 0; s < S; s++)
+        if (norms[s] > 0) scratch[m++] = norms[s];
+    double med = 0;
+    if (m > 0) {
+        qsort(scratch, m, sizeof *scratch, cmp_double);
+        med = m % 2 ? scratch[m / 2] : 0.5 * (scratch[m / 2 - 1] + scratch[m / 2]);
+    }
+    *median = med;
+    for (size_t s = 0; s < S; s++) {
+        double bound = k * med;
+        factors[s] = norms[s] > bound && norms[s] > 0 ? bound / norms[s] : 1.0;
+        clipped += factors[s] < 1.0;
+    }
+    return clipped;
+}
+
+void moeh_fedavg_add_scaled(moeh_fedavg_t *a, const void *param_words, const uint32_t *weights,
+                            double factor)
+{
+    const unsigned char *p = param_words;
+    uint32_t *restrict s = a->sum;
+    for (size_t i = 0; i < a->n_params; i++) {
+        uint32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        if (factor != 1.0) /* |rint(q f)| <= |q| for f in (0, 1]: it stays in range */
+            x = (uint32_t)(int32_t)rint((double)moeh_quant_signed(x) * factor);
+        s[i] += x; /* mod 2^32 */
+    }
+    for (size_t g = 0; g < a->n_groups; g++)
+        s[a->n_params + g] += weights[g];
+    a->n_updates++;
+}
+
 int moeh_update_check(const moeh_fedavg_t *a, const void *words_, const moeh_update_bounds_t *b,
                       char *what, size_t what_len)
 {
@@ -184,7 +268,8 @@ int moeh_update_check(const moeh_fedavg_t *a, const void *words_, const moeh_upd
                                   * rejoins declaring more cannot widen its share of the range */
             snprintf(what, what_len,
                      "update: group %zu weight %u exceeds the %llu training "
-                     "samples this site declared",
+                     "samples this site may weigh (declared, capped by its registry limit "
+                     "or --count-cap)",
                      g, w, (unsigned long long)b->max_weight);
             return -ERANGE;
         }

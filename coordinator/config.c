@@ -29,6 +29,8 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->server_beta2 = 0.99f;
     c->server_tau = 1e-3f;
     c->trim = 0.2f;
+    c->count_cap = 10.0f;    /* honest hospitals rarely differ by more than 10x from the median */
+    c->stats_max_abs = 1e6f; /* raw clinical values: docs/data.md plausible ranges */
     c->dp_delta = 1e-5f; /* far below 1 / (number of sites) for any consortium: docs/security.md */
     c->local_epochs = 1;
     c->batch_size = 32;
@@ -56,13 +58,25 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
                                 .tau = cfg->server_tau};
     if (moeh_strategy_parse(cfg->strategy, &sopt->kind) != 0)
         return moeh_errf(err, -EINVAL,
-                         "--strategy '%s': expected fedavg, fedadam, fedyogi or trimmed",
+                         "--strategy '%s': expected fedavg, fedadam, fedyogi, trimmed or median",
                          cfg->strategy);
-    if (cfg->secagg && sopt->kind == MOEH_STRATEGY_TRIMMED)
+    if (cfg->secagg && moeh_strategy_per_site(sopt->kind))
         return moeh_errf(err, -EINVAL,
-                         "--secagg and --strategy trimmed exclude each other: the "
-                         "trimmed mean needs every site's update, secure "
-                         "aggregation reveals only their sum");
+                         "--secagg and --strategy %s exclude each other: the "
+                         "%s needs every site's update, secure "
+                         "aggregation reveals only their sum",
+                         cfg->strategy,
+                         sopt->kind == MOEH_STRATEGY_MEDIAN ? "median" : "trimmed mean");
+    if (!(cfg->count_cap >= 0 && isfinite(cfg->count_cap)) ||
+        !(cfg->stats_max_abs >= 0 && isfinite(cfg->stats_max_abs)) ||
+        !(cfg->norm_bound >= 0 && isfinite(cfg->norm_bound)))
+        return moeh_errf(err, -EINVAL,
+                         "--count-cap, --stats-max-abs and --norm-bound: expected finite numbers "
+                         ">= 0 (0: off)");
+    if (cfg->norm_bound > 0 && cfg->secagg)
+        return moeh_errf(err, -EINVAL,
+                         "--norm-bound needs each site's update: not with --secagg, which "
+                         "reveals only their sum");
     if (cfg->secagg_k && !cfg->secagg)
         return moeh_errf(err, -EINVAL, "--secagg-k %u needs --secagg", cfg->secagg_k);
     if (cfg->secagg_k % 2 != 0 || cfg->secagg_k >= MOEH_WIRE_SECAGG_MAX)
@@ -92,11 +106,12 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
         return moeh_errf(err, -EINVAL,
                          "--dp-noise needs --dp-clip: the noise is calibrated to the clip");
     if (cfg->dp_clip > 0) {
-        if (sopt->kind == MOEH_STRATEGY_TRIMMED)
+        if (moeh_strategy_per_site(sopt->kind) || cfg->norm_bound > 0)
             return moeh_errf(err, -EINVAL,
-                             "--dp-clip and --strategy trimmed exclude each other: the "
-                             "noise is calibrated for the sum of the sites' updates, the "
-                             "trimmed mean does not use their sum");
+                             "--dp-clip and --strategy %s%s exclude each other: the "
+                             "noise is calibrated for the sum of the sites' updates (each "
+                             "clipped by the site), which these do not use",
+                             cfg->strategy, cfg->norm_bound > 0 ? " / --norm-bound" : "");
         if (cfg->min_sites > MOEH_WIRE_DP_MAX_SITES)
             return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
                              MOEH_WIRE_DP_MAX_SITES);

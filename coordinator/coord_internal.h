@@ -29,6 +29,7 @@ typedef struct {
     int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
+    uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
 } site_t;
 
 typedef moeh_coord_phase_t phase_t;
@@ -89,6 +90,7 @@ typedef struct moeh_coord_core {
     int k_fallback_logged;
     moeh_coord_report_t *report;
     char ckpt_path[4096];
+    uint64_t med_train, med_eval; /* medians of the admitted sites' declared rows (robust.c) */
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -139,6 +141,30 @@ void coord_handle_sa_masked(coord_t *c, const moeh_msg_t *m, site_t *s);
 void coord_handle_sa_reveal(coord_t *c, const moeh_msg_t *m, site_t *s);
 void coord_sa_open(coord_t *c);
 int coord_sa_step(coord_t *c, moeh_err_t *fatal);
+/* robust.c: the poisoning bounds (moeh_bounds.h) applied to the sites. refresh re-reads the
+ * registry limits and the medians of the declared rows (when a phase opens, when a site
+ * joins); the caps are a site's declared rows after those bounds. The checks return 0 or
+ * -ERANGE with what. */
+void coord_bounds_refresh(coord_t *c);
+uint64_t coord_cap_train(const coord_t *c, const site_t *s);
+uint64_t coord_cap_eval(const coord_t *c, const site_t *s);
+int coord_check_stats(const coord_t *c, const site_t *s, const double *stats, char *what,
+                      size_t what_len) __attribute__((warn_unused_result));
+int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
+                     const uint32_t *combo_rows, uint64_t n_labels, char *what, size_t what_len)
+    __attribute__((warn_unused_result));
+int coord_check_update_header(const coord_t *c, const site_t *s, double train_loss,
+                              uint64_t n_samples, char *what, size_t what_len)
+    __attribute__((warn_unused_result));
+/* Under secure aggregation, once the sum is unmasked: the same checks on the sum, against the
+ * survivors' summed caps. */
+int coord_check_sa_sum(coord_t *c, char *what, size_t what_len) __attribute__((warn_unused_result));
+/* 1 if TRAIN keeps each site's update (per-site strategies, --norm-bound). */
+int coord_keeps_updates(const coord_t *c);
+/* Takes a plain update that passed its checks into this round's aggregate. */
+void coord_take_update(coord_t *c, const void *words);
+/* Before the server step: --norm-bound scales the kept updates and sums them. */
+void coord_robust_close_train(coord_t *c);
 /* results.c: closing a phase; the checkpoint of --resume. Negative with fatal set when the
  * run cannot go on. */
 void coord_finish_stats(coord_t *c);

@@ -75,7 +75,7 @@ static uint32_t n_admitted(const coord_t *c)
  * DP), else its declared training samples (fed/moeh_quant.h). */
 static double site_weight(const coord_t *c, const site_t *s)
 {
-    return c->unit_weight ? 1.0 : (double)s->n_train;
+    return c->unit_weight ? 1.0 : (double)coord_cap_train(c, s); /* capped: robust.c */
 }
 
 /* DP: the most plain updates any one site sent to this process (moeh_dp_ledger.h). */
@@ -268,6 +268,7 @@ static void open_phase(coord_t *c, phase_t ph)
     c->phase_deadline = c->now + c->cfg->phase_deadline_ms;
     c->n_participants = c->n_replied = 0;
     memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
+    coord_bounds_refresh(c); /* registry limits and medians of the declared rows */
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -275,11 +276,11 @@ static void open_phase(coord_t *c, phase_t ph)
         c->w_used = 0;
         for (size_t i = 0; i < c->n_sites; i++) {
             site_t *si = &c->sites[i];
-            si->w_phase = si->admitted ? si->n_train : 0;
+            si->w_phase = si->admitted ? coord_cap_train(c, si) : 0;
             if (si->admitted) c->w_used += site_weight(c, si);
         }
         c->n_slots = 0;
-        if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->cap_slots < c->n_sites + 8) {
+        if (coord_keeps_updates(c) && c->cap_slots < c->n_sites + 8) {
             size_t cap = c->n_sites + 8; /* room for late joiners */
             float *d = realloc(c->site_delta, cap * c->p->n * sizeof(float));
             if (d) c->site_delta = d;
@@ -290,7 +291,7 @@ static void open_phase(coord_t *c, phase_t ph)
                 c->scratch = sc;
                 c->cap_slots = cap;
             } else {
-                MOEH_ERROR("out of memory for the trimmed mean of %zu sites", cap);
+                MOEH_ERROR("out of memory for the updates of %zu sites", cap);
             }
         }
         c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
@@ -381,6 +382,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     s->last_seen = c->now;
     s->n_train = h->n_train;
     s->n_eval = h->n_eval;
+    coord_bounds_refresh(c);
     MOEH_INFO("site %s %s (%llu train / %llu eval samples)", s->id, rejoin ? "rejoined" : "joined",
               (unsigned long long)h->n_train, (unsigned long long)h->n_eval);
 
@@ -421,10 +423,10 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + site_weight(c, s) > c->w_cap)
                 return 0; /* its weight does not fit this round's fixed-point range: next one */
-            if (c->sopt.kind == MOEH_STRATEGY_TRIMMED && c->n_participants >= c->cap_slots)
+            if (coord_keeps_updates(c) && c->n_participants >= c->cap_slots)
                 return 0; /* no slot left for its update this round */
             c->w_used += site_weight(c, s);
-            s->w_phase = s->n_train;
+            s->w_phase = coord_cap_train(c, s);
         }
         if (!s->participant) c->n_participants++;
         s->participant = 1;

@@ -27,7 +27,9 @@ int main(int argc, char **argv)
     const char *log_level = "info";
     const moeh_opt_t own[] = {
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
-        {"registry", MOEH_OPT_STR, &cfg.registry_path, "site registry: [sites] ID = PUBLIC_KEY"},
+        {"registry", MOEH_OPT_STR, &cfg.registry_path,
+         "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
+         "MAX_TRAIN,MAX_TEST rows)"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},
@@ -49,13 +51,22 @@ int main(int argc, char **argv)
          "expert-specialisation rounds before joint training (by default at most rounds - 1)"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},
         {"strategy", MOEH_OPT_STR, &cfg.strategy,
-         "server step: fedavg, fedadam, fedyogi or trimmed (robust; per-site memory)"},
+         "server step: fedavg, fedadam, fedyogi, trimmed or median (the last two robust; "
+         "per-site memory)"},
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
          "secure aggregation: learn only sums of the sites' updates, statistics and "
          "evaluations (not with trimmed)"},
         {"secagg-k", MOEH_OPT_U32, &cfg.secagg_k,
          "SecAgg+: each site masks with k neighbours, threshold k/2 + 1 (0: all pairs; even)"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
+        {"count-cap", MOEH_OPT_F32, &cfg.count_cap,
+         "cap of a site's declared training/test rows without registry [limits]: this x the "
+         "median of the sites' declared rows (0: off)"},
+        {"stats-max-abs", MOEH_OPT_F32, &cfg.stats_max_abs,
+         "plausible |raw feature value|: statistics needing larger values are refused (0: off)"},
+        {"norm-bound", MOEH_OPT_F32, &cfg.norm_bound,
+         "without --secagg: scale each site's update down to this x the round's median update "
+         "norm (0: off; keeps every site's update in memory)"},
         {"unweighted", MOEH_OPT_BOOL, &cfg.unweighted,
          "FedAvg with weight 1 per site (per group it trained), not its sample count"},
         {"dp-clip", MOEH_OPT_F32, &cfg.dp_clip,

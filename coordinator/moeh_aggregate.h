@@ -48,13 +48,20 @@ typedef enum {
     MOEH_STRATEGY_FEDAVG = 0,
     MOEH_STRATEGY_FEDADAM,
     MOEH_STRATEGY_FEDYOGI,
-    MOEH_STRATEGY_TRIMMED /* coordinate-wise trimmed mean of the sites' deltas (robust) */
+    MOEH_STRATEGY_TRIMMED, /* coordinate-wise trimmed mean of the sites' deltas (robust) */
+    MOEH_STRATEGY_MEDIAN   /* coordinate-wise median of the sites' deltas (robust) */
 } moeh_strategy_t;
+/* 1 for the strategies that need each site's delta (trimmed, median): they keep O(sites x
+ * parameters) and cannot run under secure aggregation or DP. */
+static inline int moeh_strategy_per_site(moeh_strategy_t k)
+{
+    return k == MOEH_STRATEGY_TRIMMED || k == MOEH_STRATEGY_MEDIAN;
+}
 typedef struct {
     moeh_strategy_t kind;
     float lr, beta1, beta2, tau;
 } moeh_server_opt_t;
-/* Parses "fedavg", "fedadam", "fedyogi" or "trimmed"; -EINVAL otherwise. */
+/* Parses "fedavg", "fedadam", "fedyogi", "trimmed" or "median"; -EINVAL otherwise. */
 int moeh_strategy_parse(const char *s, moeh_strategy_t *out) __attribute__((warn_unused_result));
 const char *moeh_strategy_name(moeh_strategy_t k);
 /* One server step over the groups of a; m and v (n_params each) are the server moments
@@ -70,6 +77,36 @@ void moeh_server_opt_step(const moeh_server_opt_t *o, const moeh_fedavg_t *a, fl
  * scratch holds S floats. Returns the number of groups updated. */
 size_t moeh_trimmed_apply(const moeh_fedavg_t *layout, float *theta, const float *deltas,
                           const uint32_t *weights, size_t S, double trim, float *scratch);
+/* The coordinate-wise median (--strategy median) is the trimmed mean with trim 0.5: the middle
+ * value of an odd number of sites, the mean of the two middle ones of an even number (so a
+ * group trained by two sites gets their mean: no robust statistic exists for two values). */
+#define MOEH_MEDIAN_TRIM 0.5
+/* The groups that some site trained but that a trimmed mean with this trim does not trim:
+ * floor(trim x S_g) = 0, i.e. fewer than 1 / trim trainers (with trim > 0). */
+size_t moeh_trimmed_untrimmed_groups(const moeh_fedavg_t *layout, const uint32_t *weights, size_t S,
+                                     double trim);
+
+/* ---- norm bounding (--norm-bound K, without secure aggregation) ----------------------------
+ * Each site's delta is scaled down to L2 norm K x the median of the round's update norms if it
+ * is longer (Sun et al., "Can You Really Backdoor Federated Learning?", 2019, with the bound
+ * taken relative to the round's median so that it needs no tuning to the model). It works
+ * whatever the number of sites that trained a group, unlike trimming. */
+
+/* L2 norm of the delta of one plain update given as its parameter words (n_params words) and
+ * group weights (n_groups): sum over groups of weight > 0 of (word / (scale x weight))^2. */
+double moeh_update_norm(const moeh_fedavg_t *a, const void *param_words, const uint32_t *weights,
+                        double scale);
+/* The L2 norm of n floats. */
+double moeh_delta_norm(const float *d, size_t n);
+/* factors[s] = min(1, k x median / norms[s]) (1 for a zero norm), the median taken over the
+ * positive norms (the mean of the two middle ones for an even number). scratch holds S
+ * doubles. Returns the number of sites scaled down (factor < 1); *median the median. */
+size_t moeh_norm_bound_factors(const double *norms, size_t S, double k, double *factors,
+                               double *median, double *scratch);
+/* Adds one update (parameter words and group weights apart) whose parameter words are scaled
+ * by factor in (0, 1]: rint(signed word x factor); with factor 1 exactly moeh_fedavg_add. */
+void moeh_fedavg_add_scaled(moeh_fedavg_t *a, const void *param_words, const uint32_t *weights,
+                            double factor);
 
 /* ---- one site's update (fed/moeh_quant.h) --------------------------
  * words are the n_params + n_groups little-endian words of one plain update, in the layout of

@@ -39,9 +39,17 @@ typedef struct {
     moeh_moe_cfg_t model;
     uint32_t warmup_rounds; /* expert-specialisation rounds before joint training */
     float prox_mu;          /* FedProx proximal weight sent to sites (0: FedAvg) */
-    const char *strategy;   /* server step: "fedavg", "fedadam", "fedyogi" or "trimmed" */
+    const char *strategy;   /* server step: fedavg, fedadam, fedyogi, trimmed or median */
     float server_lr, server_beta1, server_beta2, server_tau;
-    float trim;        /* trimmed mean: fraction dropped at each end */
+    float trim; /* trimmed mean: fraction dropped at each end */
+    /* Poisoning bounds (coordinator/moeh_bounds.h, docs/security.md). A site's declared
+     * training and test rows are capped by its registry [limits], or without them by
+     * count_cap x the median of the admitted sites' declared counts (0: no median cap); the
+     * caps bound its update weight, statistics counts and evaluation rows. stats_max_abs is the
+     * plausible |value| of a raw feature (0: no range check). norm_bound K (plain mode only)
+     * scales each site's update delta down to K x the round's median update norm (0: off; keeps
+     * each site's update, memory O(sites x parameters)). */
+    float count_cap, stats_max_abs, norm_bound;
     int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
                         * learns only the sums of the sites' updates, statistics and evaluations */
     uint32_t secagg_k; /* SecAgg+ neighbours (0: every pair masks); even, < 512 */

@@ -157,7 +157,7 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
     const Moeh__Update *u = m->env->update;
     if (!session_ok(c, m, s, PH_TRAIN, u->round, u->model_version)) return;
     const uint8_t *words = m->frames[0].data;
-    char what[160];
+    char what[300];
     if (c->cfg->secagg || u->secagg_session != 0) {
         /* under secure aggregation a site's vector travels masked, in SecaggMasked */
         coord_reply_error(c, m, -ESTALE,
@@ -167,6 +167,10 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     if (!upload_take(c, m, s)) return;
+    if (coord_check_update_header(c, s, u->train_loss, u->n_samples, what, sizeof what) != 0) {
+        coord_reply_error(c, m, -ERANGE, what, s->id); /* robust.c: samples within the cap */
+        return;
+    }
     /* the header's values join the phase's vector sum, as they would under secure aggregation */
     uint32_t *xv = c->vtmp;
     if (moeh_secsum_train_put(xv, u->train_loss, u->n_samples, u->steps) != 0) {
@@ -184,17 +188,11 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
         coord_reply_error(c, m, -ERANGE, what, s->id);
         return;
     }
-    if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
-        if (c->n_slots >= c->cap_slots) {
-            coord_reply_error(c, m, -ENOSPC, "no room for this update in this round", s->id);
-            return;
-        }
-        /* keep this site's own delta: the trimmed mean needs every site's value */
-        moeh_update_decode(&c->agg, words, c->quant_scale, c->site_delta + c->n_slots * c->p->n,
-                           c->site_w + c->n_slots * c->p->n_groups);
-        c->n_slots++;
+    if (coord_keeps_updates(c) && c->n_slots >= c->cap_slots) {
+        coord_reply_error(c, m, -ENOSPC, "no room for this update in this round", s->id);
+        return;
     }
-    moeh_fedavg_add(&c->agg, words);
+    coord_take_update(c, words); /* robust.c: summed, or kept for a robust aggregate */
     moeh_secsum_add(c->vsum + c->p->n + c->p->n_groups, xv,
                     MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
@@ -217,6 +215,11 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
     const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
+    char what[300]; /* robust.c: no more rows than the site's (capped) test rows */
+    if (coord_check_eval(c, s, p, r->combo_rows, r->n_labels, what, sizeof what) != 0) {
+        coord_reply_error(c, m, -ERANGE, what, s->id);
+        return;
+    }
     size_t per_slice = (size_t)T * 2 * nb, n = MOEH_N_SLICES * per_slice;
     /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */
     const size_t V = MOEH_SECSUM_FIX_WORDS, at = n + MOEH_N_COMBOS * (c->n_experts + 1) * V;
@@ -270,6 +273,11 @@ void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s)
     if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version)) return;
     size_t n = 3 * (size_t)c->n_norm;
     memcpy(c->stats_sum, m->frames[0].data, n * sizeof(double)); /* scratch */
+    char what[300]; /* robust.c: counts within the site's (capped) rows, consistent sums */
+    if (coord_check_stats(c, s, c->stats_sum, what, sizeof what) != 0) {
+        coord_reply_error(c, m, -ERANGE, what, s->id);
+        return;
+    }
     if (moeh_secsum_stats_put(c->vtmp, c->stats_sum, c->n_norm) != 0) {
         coord_reply_error(c, m, -ERANGE,
                           "stats_result: a sum exceeds 2^53 in magnitude, the fixed-point range",
@@ -466,6 +474,8 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
         return coord_retry_phase(c, fatal, name, what);
     }
     if (rc == 0) return 0;
+    if (coord_check_sa_sum(c, what, sizeof what) != 0) /* robust.c: the sum within the caps */
+        return coord_retry_phase(c, fatal, name, what);
     if (c->phase == PH_TRAIN) { /* the update words go to the server step */
         memcpy(c->agg.sum, c->vsum, (c->p->n + c->p->n_groups) * sizeof(uint32_t));
         c->agg.n_updates = ns;

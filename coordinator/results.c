@@ -19,11 +19,13 @@ int coord_finish_train(coord_t *c, moeh_err_t *fatal)
         moeh_dp_ledger_release(&c->ledger, c->cfg->secagg);
         if ((rc = moeh_dp_ledger_write(&c->ledger, coord_dp_most_seen(c), fatal)) != 0) return rc;
     }
+    coord_robust_close_train(c); /* robust.c: --norm-bound, the trimmed mean's warnings */
     if (c->sopt.kind == MOEH_STRATEGY_FEDAVG) {
         updated = moeh_fedavg_apply(&c->agg, c->p->w, c->quant_scale);
-    } else if (c->sopt.kind == MOEH_STRATEGY_TRIMMED) {
-        updated = moeh_trimmed_apply(&c->agg, c->p->w, c->site_delta, c->site_w, c->n_slots,
-                                     c->cfg->trim, c->scratch);
+    } else if (moeh_strategy_per_site(c->sopt.kind)) {
+        updated = moeh_trimmed_apply(
+            &c->agg, c->p->w, c->site_delta, c->site_w, c->n_slots,
+            c->sopt.kind == MOEH_STRATEGY_MEDIAN ? MOEH_MEDIAN_TRIM : c->cfg->trim, c->scratch);
     } else {
         updated = moeh_fedavg_mean_delta(&c->agg, c->quant_scale, c->delta, c->updated);
         moeh_server_opt_step(&c->sopt, &c->agg, c->p->w, c->sm, c->sv, c->delta, c->updated);

@@ -35,6 +35,15 @@ static int io_registered(void *ctx, const char *site_id)
     return moeh_zap_has_site(r->zap, site_id);
 }
 
+/* registry [limits] (none in --insecure runs, which have no registry) */
+static void io_site_limits(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test)
+{
+    run_t *r = ctx;
+    *max_train = *max_test = 0;
+    if (r->zap && moeh_zap_site_limits(r->zap, site_id, max_train, max_test) != 0)
+        *max_train = *max_test = 0;
+}
+
 static void io_round_saved(void *ctx, uint32_t round)
 {
     run_t *r = ctx;
@@ -168,8 +177,11 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
                           volatile sig_atomic_t *stop, moeh_err_t *err)
 {
     run_t r = {.cfg = cfg, .faults = faults};
-    r.io = (moeh_coord_io_t){
-        .send = io_send, .registered = io_registered, .round_saved = io_round_saved, .ctx = &r};
+    r.io = (moeh_coord_io_t){.send = io_send,
+                             .registered = io_registered,
+                             .site_limits = io_site_limits,
+                             .round_saved = io_round_saved,
+                             .ctx = &r};
     moeh_err_t fatal = {0};
     uint32_t registered;
     int rc = moeh_coord_core_create(cfg, &r.io, &r.core, err);

@@ -153,19 +153,83 @@ int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err)
     return rc;
 }
 
+/* A [limits] line, applied to its [sites] entry once the whole file is read (the sections
+ * may come in any order). */
+typedef struct {
+    char site_id[65];
+    uint64_t max_train, max_test;
+} reg_limit_t;
+
 typedef struct {
     moeh_registry_t *r;
     size_t cap;
     char what[160];
+    reg_limit_t *limits;
+    size_t n_limits, cap_limits;
 } reg_ctx_t;
+
+/* "N" as a count: decimal digits only, below 2^53 (0: no limit). 0 or -EINVAL. */
+static int parse_count(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 16) return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return -EINVAL;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v >= (1ull << 53)) return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* [limits]  SITE_ID = MAX_TRAIN,MAX_TEST: the most training and test rows the consortium
+ * accepts from the site (0: no registered limit for that count). */
+static int limits_line(reg_ctx_t *c, const char *name, const char *value)
+{
+    const char *comma = strchr(value, ',');
+    uint64_t mt = 0, me = 0;
+    if (!moeh_site_id_valid(name)) {
+        snprintf(c->what, sizeof c->what, "site id '%.64s' must be 1-64 of [A-Za-z0-9._-]", name);
+        return 0;
+    }
+    if (!comma || parse_count(value, (size_t)(comma - value), &mt) ||
+        parse_count(comma + 1, strlen(comma + 1), &me)) {
+        snprintf(c->what, sizeof c->what,
+                 "limits of site %s: expected MAX_TRAIN,MAX_TEST (two row counts below 2^53, "
+                 "0 for no limit)",
+                 name);
+        return 0;
+    }
+    for (size_t i = 0; i < c->n_limits; i++)
+        if (strcmp(c->limits[i].site_id, name) == 0) {
+            snprintf(c->what, sizeof c->what, "limits of site %s are listed twice", name);
+            return 0;
+        }
+    if (c->n_limits == c->cap_limits) {
+        size_t cap = c->cap_limits ? 2 * c->cap_limits : 8;
+        reg_limit_t *l = realloc(c->limits, cap * sizeof *l);
+        if (!l) {
+            snprintf(c->what, sizeof c->what, "out of memory");
+            return 0;
+        }
+        c->limits = l;
+        c->cap_limits = cap;
+    }
+    reg_limit_t *l = &c->limits[c->n_limits++];
+    snprintf(l->site_id, sizeof l->site_id, "%s", name);
+    l->max_train = mt;
+    l->max_test = me;
+    return 1;
+}
 
 static int registry_handler(void *user, const char *section, const char *name, const char *value)
 {
     reg_ctx_t *c = user;
     if (c->what[0]) /* inih goes on after an error and reports the first one's line */
         return 0;
+    if (strcmp(section, "limits") == 0) return limits_line(c, name, value);
     if (strcmp(section, "sites") != 0) {
-        snprintf(c->what, sizeof c->what, "entries must be under [sites]");
+        snprintf(c->what, sizeof c->what, "entries must be under [sites] (or [limits])");
         return 0;
     }
     if (!moeh_site_id_valid(name)) {
@@ -202,6 +266,7 @@ static int registry_handler(void *user, const char *section, const char *name, c
     }
     snprintf(r->entries[r->n].site_id, sizeof r->entries[r->n].site_id, "%s", name);
     memcpy(r->entries[r->n].key, key, 32);
+    r->entries[r->n].max_train = r->entries[r->n].max_test = 0; /* [limits] may set them */
     r->n++;
     return 1;
 }
@@ -209,6 +274,25 @@ static int registry_handler(void *user, const char *section, const char *name, c
 static int registry_finish(int line, const char *name, reg_ctx_t *c, moeh_registry_t *out,
                            moeh_err_t *err)
 {
+    for (size_t i = 0; line == 0 && i < c->n_limits; i++) {
+        const reg_limit_t *l = &c->limits[i];
+        moeh_registry_entry_t *e = NULL;
+        for (size_t j = 0; j < out->n && !e; j++)
+            if (strcmp(out->entries[j].site_id, l->site_id) == 0) e = &out->entries[j];
+        if (!e) {
+            moeh_errf(err, -EINVAL, "%s: [limits] names site %s, which is not under [sites]", name,
+                      l->site_id);
+            line = -2;
+            break;
+        }
+        e->max_train = l->max_train;
+        e->max_test = l->max_test;
+    }
+    free(c->limits);
+    if (line == -2) {
+        moeh_registry_free(out);
+        return -EINVAL;
+    }
     if (line < 0) return moeh_errf(err, -ENOENT, "%s: cannot open site registry", name);
     if (line > 0) {
         moeh_errf(err, -EINVAL, "%s:%d: %s", name, line, c->what[0] ? c->what : "syntax error");
@@ -244,6 +328,19 @@ const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]
     for (size_t i = 0; i < r->n; i++)
         if (sodium_memcmp(r->entries[i].key, key, 32) == 0) return r->entries[i].site_id;
     return NULL;
+}
+
+int moeh_registry_limits(const moeh_registry_t *r, const char *site_id, uint64_t *max_train,
+                         uint64_t *max_test)
+{
+    *max_train = *max_test = 0;
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->entries[i].site_id, site_id) == 0) {
+            *max_train = r->entries[i].max_train;
+            *max_test = r->entries[i].max_test;
+            return 0;
+        }
+    return -ENOENT;
 }
 
 int moeh_curve_server(void *sock, const moeh_keypair_t *kp)

@@ -230,6 +230,15 @@ int moeh_zap_has_site(moeh_zap_t *z, const char *site_id)
     return found;
 }
 
+int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train,
+                         uint64_t *max_test)
+{
+    pthread_mutex_lock(&z->lock);
+    int rc = moeh_registry_limits(&z->reg, site_id, max_train, max_test);
+    pthread_mutex_unlock(&z->lock);
+    return rc;
+}
+
 size_t moeh_zap_n_sites(moeh_zap_t *z)
 {
     pthread_mutex_lock(&z->lock);

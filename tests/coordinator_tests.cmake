@@ -4,3 +4,5 @@ foreach(coord_test test_coordinator test_coordinator_secagg)
     moeh_add_test(${coord_test} SOURCES ${coord_test}.c coord_util.c LIBS moeh_coordinator PkgConfig::CJSON)
     target_include_directories(${coord_test} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 endforeach()
+# The poisoning bounds (coordinator/moeh_bounds.h) and the registry's [limits] section.
+moeh_add_test(test_bounds SOURCES test_bounds.c LIBS moeh_coordinator)

@@ -326,6 +326,102 @@ static void test_secagg_dropout(void **state)
     free(w0);
 }
 
+/* Issue 13, findings 4, 5 and 6 under secure aggregation: one site masks statistics with count
+ * 1 and sums 2^52 (no real value has them), then an update weighing twice its declared samples,
+ * then an evaluation with a million labels from 40 test rows.
+ * The coordinator sees only the sums, checks them after unmasking against the survivors' caps
+ * (robust.c), refuses them and retries the phase; the honest retries are taken. */
+static void test_secagg_poisoned_sums_retried(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, secagg_on);
+    assert_int_equal(moeh_crypto_init(), 0);
+    for (int k = 0; k < N_SITES; k++)
+        hello(f, k);
+    tick(f, 10);
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    uint32_t *x[N_SITES];
+    size_t n_norm;
+    moeh_coord_core_norm(f->core, &n_norm);
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            double st[3 * 16];
+            assert_true(n_norm <= 16);
+            site_stats(k, n_norm, st);
+            if (poisoned && k == 1) st[0] = 1, st[1] = 0x1p52, st[2] = 0x1p52;
+            x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
+            assert_non_null(x[k]);
+            assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
+        }
+        size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
+        play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
+            assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
+            assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
+        }
+    }
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    const float *norm = moeh_coord_core_norm(f->core, &n_norm);
+    double s0 = 0, s1 = 0, st[3 * 16];
+    for (int k = 0; k < N_SITES; k++) {
+        site_stats(k, n_norm, st);
+        s0 += st[0], s1 += st[1];
+    }
+    assert_float_equal(norm[0], s1 / s0, 1e-5);
+    /* TRAIN: site-2 masks its update with twice its declared samples as group weights; the
+     * unmasked weights exceed the survivors' (capped) samples: refused, the phase retried, the
+     * model unchanged; the honest retry is applied */
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
+            uint32_t w = (uint32_t)f->site[k].n_train * (poisoned && k == 1 ? 2 : 1);
+            x[k] =
+                update_words(f, k, rs->config, w, MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
+            assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
+        }
+        play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        assert_int_equal(moeh_coord_core_phase(f->core),
+                         poisoned ? MOEH_COORD_TRAIN : MOEH_COORD_EVAL);
+        assert_int_equal(moeh_coord_core_model_version(f->core), poisoned ? v : v + 1);
+    }
+    /* EVALUATE: every site declared 40 test rows; site-2 claims 1,000,000 perfectly separated
+     * labels of task 0: the summed rows exceed the survivors' 120, refused and retried; the
+     * honest retry (30 labelled rows per site and task, AUROC 0.5) is the one reported */
+    const moeh_secsum_dims_t dims = moeh_wire_secsum_dims(lim);
+    const size_t T = lim->n_tasks, nb = lim->eval_bins;
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        for (int k = 0; k < N_SITES; k++) {
+            size_t len = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+            x[k] = calloc(len, sizeof(uint32_t));
+            float *gate = calloc((size_t)MOEH_N_COMBOS * lim->n_experts + 1, sizeof(float));
+            assert_true(x[k] && gate);
+            uint32_t forged = poisoned && k == 1 ? 500000 : 0;
+            for (size_t t = 0; t < T; t++) { /* slice 0: negatives low, positives high */
+                x[k][(t * 2 + 0) * nb + 1] = 20 + (t == 0 ? forged : 0);
+                x[k][(t * 2 + 1) * nb + nb - 2] = 5 + (t == 0 ? forged : 0);
+                x[k][(t * 2 + 1) * nb + 0] = 5; /* half the positives below every negative */
+            }
+            uint32_t rows[MOEH_N_COMBOS] = {40};
+            assert_int_equal(moeh_secsum_eval_put(x[k] + moeh_secsum_eval_hist_words(dims), dims,
+                                                  gate, rows, 1.0, 30 * T + 2 * forged),
+                             0);
+            free(gate);
+        }
+        play_secagg(f, MOEH__ROUND_TASK__EVALUATE, 1, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        assert_int_equal(moeh_coord_core_phase(f->core),
+                         poisoned ? MOEH_COORD_EVAL : MOEH_COORD_DONE); /* one round */
+    }
+    assert_float_equal(moeh_coord_core_auroc(f->core, 0), 0.5, 1e-12); /* the forgery: ~1 */
+}
+
 /* ---- the modules on their own ------------------------------------------------------------- */
 
 static int all_alive(void *ctx, size_t site)
@@ -388,6 +484,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
         cmocka_unit_test(test_uploads_scheduler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

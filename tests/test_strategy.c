@@ -103,6 +103,72 @@ static void test_trimmed_mean(void **state)
     moeh_fedavg_free(&a);
 }
 
+/* --strategy median: the trimmed mean with trim 0.5; and the groups a trim leaves untrimmed. */
+static void test_median_and_untrimmed_groups(void **state)
+{
+    (void)state;
+    moeh_fedavg_t a;
+    size_t off[3] = {0, 1, 2}, len[3] = {1, 1, 1};
+    assert_int_equal(moeh_fedavg_init(&a, 3, 3, off, len), 0);
+    /* group 0: 4 sites (1, 2, 3, 1000): median (2 + 3) / 2; group 1: 3 sites (10, -5, 1e6): -> 10;
+     * group 2: 2 sites: their mean (no robust statistic of two values) */
+    const float d[4][3] = {{1, 10, 4}, {2, -5, 0}, {3, 1e6f, 0}, {1000, 0, 8}};
+    const uint32_t w[4][3] = {{1, 1, 1}, {1, 1, 0}, {1, 1, 0}, {1, 0, 1}};
+    float th[3] = {0, 0, 0}, scratch[4];
+    assert_int_equal(moeh_trimmed_apply(&a, th, &d[0][0], &w[0][0], 4, MOEH_MEDIAN_TRIM, scratch),
+                     3);
+    assert_true(th[0] == 2.5f && th[1] == 10.0f && th[2] == 6.0f);
+    /* trim 0.25: group 0 (4 sites) drops one at each end; groups 1 and 2 (3 and 2 sites) none */
+    assert_int_equal(moeh_trimmed_untrimmed_groups(&a, &w[0][0], 4, 0.25), 2);
+    assert_int_equal(moeh_trimmed_untrimmed_groups(&a, &w[0][0], 4, 0.0), 0);
+    assert_int_equal(moeh_trimmed_untrimmed_groups(&a, &w[0][0], 4, MOEH_MEDIAN_TRIM), 0);
+    moeh_strategy_t k;
+    assert_int_equal(moeh_strategy_parse("median", &k), 0);
+    assert_int_equal(k, MOEH_STRATEGY_MEDIAN);
+    assert_string_equal(moeh_strategy_name(k), "median");
+    assert_true(moeh_strategy_per_site(k) && moeh_strategy_per_site(MOEH_STRATEGY_TRIMMED));
+    assert_false(moeh_strategy_per_site(MOEH_STRATEGY_FEDAVG));
+    moeh_fedavg_free(&a);
+}
+
+/* --norm-bound: norms of plain updates, the factors against the median, the scaled sum. */
+static void test_norm_bound(void **state)
+{
+    (void)state;
+    moeh_fedavg_t a;
+    size_t off[2] = {0, 2}, len[2] = {2, 2};
+    assert_int_equal(moeh_fedavg_init(&a, 4, 2, off, len), 0);
+    /* scale 100, weight 2 on group 0 only: words 600, 800 -> delta (3, 4), norm 5; group 1's
+     * words are ignored (weight 0) */
+    uint32_t pw[4] = {600, 800, 12345, 7}, wt[2] = {2, 0};
+    assert_true(fabs(moeh_update_norm(&a, pw, wt, 100.0) - 5.0) < 1e-12);
+    const float f[3] = {3, 0, -4};
+    assert_true(fabs(moeh_delta_norm(f, 3) - 5.0) < 1e-12);
+    /* norms 1, 2, 3, 0 (untrained) and 1000 (the attacker): median of the positive ones
+     * (2 + 3) / 2 = 2.5; bound 2 x 2.5 = 5: only the attacker is scaled, to 5 / 1000 */
+    double norms[5] = {1, 2, 3, 0, 1000}, fac[5], scratch[5], med = 0;
+    assert_int_equal(moeh_norm_bound_factors(norms, 5, 2.0, fac, &med, scratch), 1);
+    assert_true(med == 2.5);
+    assert_true(fac[0] == 1 && fac[1] == 1 && fac[2] == 1 && fac[3] == 1);
+    assert_true(fabs(fac[4] - 0.005) < 1e-15);
+    /* factor 1 is moeh_fedavg_add word for word; 0.5 halves the words (rounded), weights kept */
+    moeh_fedavg_t b;
+    assert_int_equal(moeh_fedavg_init(&b, 4, 2, off, len), 0);
+    uint32_t whole[6] = {600, (uint32_t)-801, 3, 0, 2, 0};
+    moeh_fedavg_add(&b, whole);
+    moeh_fedavg_add_scaled(&a, whole, whole + 4, 1.0);
+    assert_memory_equal(a.sum, b.sum, 6 * sizeof(uint32_t));
+    moeh_fedavg_reset(&a);
+    moeh_fedavg_add_scaled(&a, whole, whole + 4, 0.5);
+    assert_int_equal((int32_t)a.sum[0], 300);
+    assert_int_equal((int32_t)a.sum[1], -400); /* rint(-400.5): to even */
+    assert_int_equal(a.sum[2], 2);             /* rint(1.5) */
+    assert_int_equal(a.sum[4], 2);
+    assert_int_equal(a.n_updates, 1);
+    moeh_fedavg_free(&a);
+    moeh_fedavg_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -110,6 +176,8 @@ int main(void)
         cmocka_unit_test(test_fedadam_and_yogi_steps),
         cmocka_unit_test(test_strategy_names),
         cmocka_unit_test(test_trimmed_mean),
+        cmocka_unit_test(test_median_and_untrimmed_groups),
+        cmocka_unit_test(test_norm_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -296,6 +296,9 @@ int main(int argc, char **argv)
     char text[512];
     int n = snprintf(text, sizeof text, "%c# registry\n[sites]\nsite-1 = %s\n", 0, kp->public_z85);
     put(dir, "keys", "registry", text, (size_t)n);
+    n = snprintf(text, sizeof text, "%c[limits]\nsite-1 = 800,200\n[sites]\nsite-1 = %s\n", 0,
+                 kp->public_z85);
+    put(dir, "keys", "registry_limits", text, (size_t)n);
     n = snprintf(text, sizeof text, "%cpublic-key = %s\nsecret-key = %s\n", 1, kp->public_z85,
                  kp->secret_z85);
     put(dir, "keys", "keyfile", text, (size_t)n);

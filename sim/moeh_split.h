@@ -13,7 +13,7 @@
 
 #include "moeh_dataset.h"
 
-#define MOEH_MAX_SITES 64
+#define MOEH_MAX_SITES 256
 
 typedef struct {
     char name[32];

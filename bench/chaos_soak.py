@@ -344,7 +344,7 @@ class Soak:
                   rss0 / 1024, rss1 / 1024, fd0, fd1, len(good)))
             ok = ok and flat
         else:
-            print("FAIL only %d rounds sampled; RSS/fds not judged" % len(good))
+            print("FAIL only %d rounds sampled (10 needed to judge RSS/fds flat): run more --rounds" % len(good))
             ok = False
         print("events: %d (coordinator started %d times); log: %s/logs" %
               (len(self.events), self.coord_starts, self.out))

@@ -4,7 +4,9 @@
 
 #include "moeh_wire.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
@@ -20,6 +22,8 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;
+    c->secagg_k = MOEH_SECAGG_K_AUTO;
+    c->secagg_plan = (moeh_secagg_plan_cfg_t)MOEH_SECAGG_PLAN_DEFAULT;
     c->model = moeh_moe_defaults(0, 0); /* data shapes: from the sites (create_model) */
     c->warmup_rounds = 3;
     c->prox_mu = 0.0f;
@@ -77,9 +81,17 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
         return moeh_errf(err, -EINVAL,
                          "--norm-bound needs each site's update: not with --secagg, which "
                          "reveals only their sum");
-    if (cfg->secagg_k && !cfg->secagg)
+    if (cfg->secagg_k != MOEH_SECAGG_K_AUTO && cfg->secagg_k && !cfg->secagg)
         return moeh_errf(err, -EINVAL, "--secagg-k %u needs --secagg", cfg->secagg_k);
-    if (cfg->secagg_k % 2 != 0 || cfg->secagg_k >= MOEH_WIRE_SECAGG_MAX)
+    const moeh_secagg_plan_cfg_t *pl = &cfg->secagg_plan;
+    if (!(pl->dropout >= 0 && pl->dropout < 0.5) || !(pl->corrupt >= 0 && pl->corrupt < 0.5) ||
+        !(pl->sigma > 0 && isfinite(pl->sigma)) || !(pl->eta > 0 && isfinite(pl->eta)))
+        return moeh_errf(err, -EINVAL,
+                         "--secagg-dropout %g / --secagg-collude %g: expected fractions in "
+                         "[0, 0.5) (the plan of --secagg-k auto; docs/secagg.md)",
+                         pl->dropout, pl->corrupt);
+    if (cfg->secagg_k != MOEH_SECAGG_K_AUTO &&
+        (cfg->secagg_k % 2 != 0 || cfg->secagg_k >= MOEH_WIRE_SECAGG_MAX))
         return moeh_errf(err, -EINVAL,
                          "--secagg-k %u: expected 0 (every pair masks) or an even number of "
                          "neighbours in 2..%u (SecAgg+: the threshold is then k/2 + 1 of each "
@@ -116,5 +128,23 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
             return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
                              MOEH_WIRE_DP_MAX_SITES);
     }
+    return 0;
+}
+
+int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err)
+{
+    if (!strcmp(s, "auto")) {
+        *k = MOEH_SECAGG_K_AUTO;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (!*s || *end || errno || v >= MOEH_WIRE_SECAGG_MAX || s[0] == '-')
+        return moeh_errf(err, -EINVAL,
+                         "--secagg-k '%s': expected auto, 0 (every pair masks) or an even "
+                         "number of neighbours in 2..%u",
+                         s, MOEH_WIRE_SECAGG_MAX - 2);
+    *k = (uint32_t)v;
     return 0;
 }

@@ -88,6 +88,7 @@ typedef struct moeh_coord_core {
     moeh_sa_server_t *sa;
     size_t sa_site[MOEH_WIRE_SECAGG_MAX]; /* session id -> site index */
     int k_fallback_logged;
+    uint32_t sa_logged_n; /* sites of the last session whose SecAgg+ plan was logged */
     moeh_coord_report_t *report;
     char ckpt_path[4096];
     uint64_t med_train, med_eval; /* medians of the admitted sites' declared rows (robust.c) */

@@ -25,6 +25,7 @@ int main(int argc, char **argv)
     uint32_t ready_fd = UINT32_MAX;
     int table = 1;
     const char *log_level = "info";
+    const char *secagg_k = "auto";
     const moeh_opt_t own[] = {
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
@@ -56,8 +57,14 @@ int main(int argc, char **argv)
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
          "secure aggregation: learn only sums of the sites' updates, statistics and "
          "evaluations (not with trimmed)"},
-        {"secagg-k", MOEH_OPT_U32, &cfg.secagg_k,
-         "SecAgg+: each site masks with k neighbours, threshold k/2 + 1 (0: all pairs; even)"},
+        {"secagg-k", MOEH_OPT_STR, &secagg_k,
+         "SecAgg+ neighbours per site: auto (from the number of sites, --secagg-dropout and "
+         "--secagg-collude; docs/secagg.md), 0 (every pair masks) or an even k (threshold "
+         "k/2 + 1)"},
+        {"secagg-dropout", MOEH_OPT_F64, &cfg.secagg_plan.dropout,
+         "--secagg-k auto: largest fraction of a round's sites that may drop out"},
+        {"secagg-collude", MOEH_OPT_F64, &cfg.secagg_plan.corrupt,
+         "--secagg-k auto: largest fraction of sites that may collude with the coordinator"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
         {"count-cap", MOEH_OPT_F32, &cfg.count_cap,
          "cap of a site's declared training/test rows without registry [limits]: this x the "
@@ -122,6 +129,12 @@ int main(int argc, char **argv)
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
+    moeh_err_t kerr = {0};
+    if (moeh_coord_parse_secagg_k(secagg_k, &cfg.secagg_k, &kerr) != 0) {
+        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
     cfg.print_table = table;
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */
     cfg.reload = &g_reload;

@@ -10,6 +10,7 @@
 
 #include "moeh_common.h"
 #include "moeh_moe.h"
+#include "moeh_secagg_plan.h"
 
 #include <signal.h>
 
@@ -52,7 +53,9 @@ typedef struct {
     float count_cap, stats_max_abs, norm_bound;
     int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
                         * learns only the sums of the sites' updates, statistics and evaluations */
-    uint32_t secagg_k; /* SecAgg+ neighbours (0: every pair masks); even, < 512 */
+    uint32_t secagg_k; /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
+                        * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
+    moeh_secagg_plan_cfg_t secagg_plan; /* dropout/collusion fractions for the plan */
     int unweighted;    /* FedAvg with weight 1 per site (per group it trained), not its samples */
     /* DP-FedAvg (fed/moeh_dp.h, docs/security.md): each site clips its update delta to L2 norm
      * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
@@ -77,6 +80,9 @@ typedef struct {
 
 /* Defaults for every field (bind all interfaces on port 7400, 5 rounds, quorum 1, ...). */
 void moeh_coord_cfg_defaults(moeh_coord_cfg_t *cfg);
+/* --secagg-k's value: "auto" (MOEH_SECAGG_K_AUTO) or a number of neighbours (even, 0: all
+ * pairs; checked with the whole configuration). 0, or -EINVAL with err naming the value. */
+int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err) MOEH_WUR;
 
 /* Runs a whole federation. 0 when every round completed; a negative code with err->msg
  * otherwise (-ETIMEDOUT: not enough sites; -EINTR: stopped by *stop). */

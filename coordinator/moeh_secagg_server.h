@@ -13,6 +13,7 @@
 #define MOEH_SECAGG_SERVER_H
 
 #include "moeh_secagg.h"
+#include "moeh_secagg_plan.h"
 #include "moeh_wire.h"
 
 #define MOEH_SA_WUR __attribute__((warn_unused_result))
@@ -36,13 +37,15 @@ int moeh_sa_server_create(moeh_sa_server_t **out) MOEH_SA_WUR;
 void moeh_sa_server_destroy(moeh_sa_server_t **self_p);
 
 /* Opens a session of n members summing vectors of len words, with a fresh random session id
- * and graph seed. k is --secagg-k: with k + 1 >= n every pair masks (k = 0; *k_dropped set to
- * 1, else 0). The threshold is t = (k ? k + 1 : n) / 2 + 1; every step needs max(t, min_sites)
- * members. The step is KEYS afterwards even on failure: 0, -ERANGE (n not in
- * 2..MOEH_WIRE_SECAGG_MAX) or -ENOMEM, and then n = 0, which the caller treats as an aborted
+ * and graph seed. k is --secagg-k: MOEH_SECAGG_K_AUTO takes k and the threshold t from
+ * moeh_secagg_plan(n, plan) (fed/moeh_secagg_plan.h; every pair masks while n is small);
+ * otherwise with k + 1 >= n every pair masks (k = 0; *k_dropped set to 1, else 0) and the
+ * threshold is t = (k ? k + 1 : n) / 2 + 1. Every step needs max(t, min_sites) members. The step is KEYS afterwards even on failure: 0, -ERANGE (n not in
+ * 2..MOEH_WIRE_SECAGG_MAX), -EINVAL (a plan out of range) or -ENOMEM, and then n = 0, which the caller treats as an aborted
  * attempt. */
-int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k, uint32_t min_sites,
-                        size_t len, int *k_dropped) MOEH_SA_WUR;
+int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k,
+                        const moeh_secagg_plan_cfg_t *plan, uint32_t min_sites, size_t len,
+                        int *k_dropped) MOEH_SA_WUR;
 /* Back to plain (step OFF), e.g. a phase without --secagg. */
 void moeh_sa_server_off(moeh_sa_server_t *sa);
 moeh_sa_step_t moeh_sa_server_step(const moeh_sa_server_t *sa);

@@ -301,7 +301,7 @@ void coord_sa_open(coord_t *c)
         n += c->sites[i].participant != 0;
     int k_dropped = 0;
     int rc =
-        moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, c->cfg->min_sites,
+        moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, &c->cfg->secagg_plan, c->cfg->min_sites,
                             moeh_wire_secsum_len(&c->lim, coord_phase_task(c->phase)), &k_dropped);
     if (rc) {
         if (rc == -ERANGE)
@@ -319,6 +319,19 @@ void coord_sa_open(coord_t *c)
         s->sa_in = 1;
         s->sa_id = id;
         c->sa_site[id++] = i;
+    }
+    if (c->cfg->secagg_k == MOEH_SECAGG_K_AUTO && c->sa_logged_n != n) {
+        const moeh_secagg_cfg_t *sc = moeh_sa_server_cfg(c->sa);
+        if (sc->k)
+            MOEH_INFO("secure aggregation of %u sites: SecAgg+ with k = %u neighbours, threshold "
+                      "%u (--secagg-k auto: up to %.0f%% dropped, %.0f%% colluding)",
+                      n, sc->k, sc->t, 100 * c->cfg->secagg_plan.dropout,
+                      100 * c->cfg->secagg_plan.corrupt);
+        else
+            MOEH_INFO("secure aggregation of %u sites: every pair masks, threshold %u "
+                      "(--secagg-k auto: SecAgg+ saves nothing at this size)",
+                      n, sc->t);
+        c->sa_logged_n = n;
     }
     if (k_dropped && !c->k_fallback_logged)
         MOEH_INFO("secure aggregation: --secagg-k %u needs more than %u sites, %u are here: "

@@ -314,7 +314,15 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "trim", k->trim);
     cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
     cJSON_AddBoolToObject(j, "secagg", k->secagg);
-    cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
+    if (k->secagg_k == MOEH_SECAGG_K_AUTO)
+        cJSON_AddStringToObject(j, "secagg_k", "auto");
+    else
+        cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
+    cJSON_AddNumberToObject(j, "secagg_dropout", k->secagg_plan.dropout);
+    cJSON_AddNumberToObject(j, "secagg_collude", k->secagg_plan.corrupt);
+    cJSON_AddNumberToObject(j, "count_cap", k->count_cap);
+    cJSON_AddNumberToObject(j, "stats_max_abs", k->stats_max_abs);
+    cJSON_AddNumberToObject(j, "norm_bound", k->norm_bound);
     cJSON_AddBoolToObject(j, "unweighted", k->unweighted || k->dp_clip > 0);
     cJSON_AddNumberToObject(j, "dp_clip", k->dp_clip);
     cJSON_AddNumberToObject(j, "dp_noise", k->dp_noise);

@@ -46,8 +46,9 @@ void moeh_sa_server_destroy(moeh_sa_server_t **self_p)
     *self_p = NULL;
 }
 
-int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k, uint32_t min_sites,
-                        size_t len, int *k_dropped)
+int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k,
+                        const moeh_secagg_plan_cfg_t *plan, uint32_t min_sites, size_t len,
+                        int *k_dropped)
 {
     sa_free(sa);
     sa->step = MOEH_SA_KEYS;
@@ -72,13 +73,22 @@ int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k, uint32_t m
     randombytes_buf(&sa->cfg.graph_seed, sizeof sa->cfg.graph_seed);
     /* SecAgg+ (--secagg-k): each site masks with k neighbours and shares its secrets with
      * them, t-of-(k + 1). With k + 1 >= n everyone is everyone's neighbour: classic SecAgg. */
-    if (k && k >= n - 1) {
+    uint32_t t = 0;
+    if (k == MOEH_SECAGG_K_AUTO) {
+        moeh_secagg_plan_t p;
+        if (moeh_secagg_plan(n, plan, &p) != 0) { /* the configuration check rules this out */
+            sa_free(sa);
+            sa->step = MOEH_SA_KEYS;
+            return -EINVAL;
+        }
+        k = p.k, t = p.t;
+    } else if (k && k >= n - 1) {
         *k_dropped = 1;
         k = 0;
     }
     sa->cfg.n = n;
     sa->cfg.k = k;
-    sa->cfg.t = (k ? k + 1 : n) / 2 + 1;
+    sa->cfg.t = t ? t : (k ? k + 1 : n) / 2 + 1;
     sa->cfg.len = len;
     sa->need = sa->cfg.t > min_sites ? sa->cfg.t : min_sites;
     moeh_err_t err = {0};

@@ -34,6 +34,9 @@ typedef struct {
     double log2_leak; /* log2 of the bound on the leak probability */
 } moeh_secagg_plan_t;
 
+/* A requested k that asks for the plan (moeh-coordinator --secagg-k auto, the default). */
+#define MOEH_SECAGG_K_AUTO UINT32_MAX
+
 /* The defaults the coordinator uses: 10% dropouts, 10% colluding sites, 2^-40, 2^-20. */
 #define MOEH_SECAGG_PLAN_DEFAULT                                                                   \
     {                                                                                              \

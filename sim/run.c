@@ -60,7 +60,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
     moeh_moe_cfg_t model = moeh_sim_model_defaults();
     uint64_t seed = 1;
     int insecure = 0, secagg = 1, unweighted = 0;
-    uint32_t secagg_k = 0, upload_slots = 2; /* moeh-coordinator's default */
+    uint32_t upload_slots = 2; /* moeh-coordinator's default */
+    const char *secagg_k = "auto";
     const moeh_opt_t own[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -79,8 +80,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"seed", MOEH_OPT_U64, &seed, "seed of data, split, model and shuffling"},
         {"secagg", MOEH_OPT_BOOL, &secagg,
          "secure aggregation: the coordinator learns only sums (default on)"},
-        {"secagg-k", MOEH_OPT_U32, &secagg_k,
-         "SecAgg+ neighbours per site (0: all pairs; even; moeh-coordinator --secagg-k)"},
+        {"secagg-k", MOEH_OPT_STR, &secagg_k,
+         "SecAgg+ neighbours per site: auto (from the number of sites), 0 (all pairs) or an "
+         "even k (moeh-coordinator --secagg-k)"},
         {"upload-slots", MOEH_OPT_U32, &upload_slots,
          "training updates the sites send at a time, the others wait for a grant "
          "(moeh-coordinator --upload-slots; 0: no limit)"},
@@ -266,12 +268,10 @@ int moeh_sim_cmd_run(int argc, char **argv)
         format_opt(&opts[i], a_model[i][1], sizeof a_model[i][1]);
         cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
     }
-    char a_k[16];
-    snprintf(a_k, sizeof a_k, "%u", secagg_k);
     if (secagg) cargs[nc++] = "--secagg";
-    if (secagg_k) { /* without --secagg the coordinator says why it refuses */
+    if (strcmp(secagg_k, "auto")) { /* without --secagg the coordinator says why it refuses */
         cargs[nc++] = "--secagg-k";
-        cargs[nc++] = a_k;
+        cargs[nc++] = (char *)secagg_k;
     }
     char a_slots[16];
     snprintf(a_slots, sizeof a_slots, "%u", upload_slots);

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "coord_util.h"
+#include "moeh_secagg_server.h"
 
 /* ---- granted uploads -------------------------------------------------------------------- */
 
@@ -477,6 +478,53 @@ static void test_uploads_scheduler(void **state)
     moeh_uploads_destroy(&u);
 }
 
+/* --secagg-k auto (the default): a session of n sites takes k and t from the plan of
+ * fed/moeh_secagg_plan.h (docs/secagg.md: every pair masks up to 21 sites at the default 10%
+ * dropped / 10% colluding, k = 24 and t = 14 at 100); a fixed k keeps the k/2 + 1 threshold;
+ * the option's values are parsed or refused by name. */
+static void test_secagg_k_auto(void **state)
+{
+    (void)state;
+    moeh_sa_server_t *sa = NULL;
+    const moeh_secagg_plan_cfg_t plan = MOEH_SECAGG_PLAN_DEFAULT;
+    int dropped = 0;
+    assert_int_equal(moeh_sa_server_create(&sa), 0);
+    assert_int_equal(moeh_sa_server_open(sa, 4, MOEH_SECAGG_K_AUTO, &plan, 2, 16, &dropped), 0);
+    assert_int_equal(moeh_sa_server_cfg(sa)->k, 0);
+    assert_int_equal(moeh_sa_server_cfg(sa)->t, 3);
+    assert_int_equal(dropped, 0);
+    assert_int_equal(moeh_sa_server_open(sa, 100, MOEH_SECAGG_K_AUTO, &plan, 2, 16, &dropped), 0);
+    assert_int_equal(moeh_sa_server_cfg(sa)->k, 24);
+    assert_int_equal(moeh_sa_server_cfg(sa)->t, 14);
+    assert_int_equal(moeh_sa_server_need(sa), 14);
+    moeh_secagg_plan_t p;
+    assert_int_equal(moeh_secagg_plan(100, &plan, &p), 0);
+    assert_true(p.log2_fail <= -plan.eta && p.log2_leak <= -plan.sigma);
+    /* a fixed k: the threshold of --secagg-k, and k = 0 once k + 1 >= n */
+    assert_int_equal(moeh_sa_server_open(sa, 100, 8, &plan, 2, 16, &dropped), 0);
+    assert_int_equal(moeh_sa_server_cfg(sa)->k, 8);
+    assert_int_equal(moeh_sa_server_cfg(sa)->t, 5);
+    assert_int_equal(moeh_sa_server_open(sa, 6, 8, &plan, 2, 16, &dropped), 0);
+    assert_int_equal(moeh_sa_server_cfg(sa)->k, 0);
+    assert_int_equal(dropped, 1);
+    /* a plan out of range is an aborted attempt, not a crash */
+    const moeh_secagg_plan_cfg_t bad = {0.1, 0.1, -1.0, 20.0};
+    assert_int_equal(moeh_sa_server_open(sa, 100, MOEH_SECAGG_K_AUTO, &bad, 2, 16, &dropped),
+                     -EINVAL);
+    moeh_sa_server_destroy(&sa);
+    uint32_t k = 0;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_coord_parse_secagg_k("auto", &k, &err), 0);
+    assert_int_equal(k, MOEH_SECAGG_K_AUTO);
+    assert_int_equal(moeh_coord_parse_secagg_k("24", &k, &err), 0);
+    assert_int_equal(k, 24);
+    const char *refused[] = {"", "-2", "abc", "12x", "99999999999"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        assert_int_equal(moeh_coord_parse_secagg_k(refused[i], &k, &err), -EINVAL);
+        assert_non_null(strstr(err.msg, "--secagg-k"));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -486,6 +534,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
         cmocka_unit_test(test_uploads_scheduler),
+        cmocka_unit_test(test_secagg_k_auto),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->start_timeout_ms = 60000;
     c->phase_deadline_ms = 60000;
     c->max_retries = 2;
+    c->outage_budget_ms = 3600000; /* an hour: a hospital network's planned outage */
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;

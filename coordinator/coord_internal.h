@@ -75,6 +75,7 @@ typedef struct moeh_coord_core {
     uint64_t eval_n_labels;
     phase_t phase;
     uint32_t round, retries, n_participants, n_replied;
+    int64_t outage_since; /* -1, or when a phase started waiting for min_sites connections */
     uint32_t wait_target; /* start as soon as this many sites joined */
     int64_t phase_deadline, wait_start, round_t0, last_hb;
     double round_train_loss; /* sample-weighted mean over the sites that replied */

@@ -7,6 +7,9 @@
  * {EVALUATE} with the new model; score histograms summed) -> next round or DONE.
  * A phase closes when every live participant replied or at its deadline; it needs min_sites
  * replies, else it is retried (up to max_retries) and then the run fails with a clear message.
+ * An attempt that fails while fewer than min_sites sites are connected is an outage: the phase
+ * waits for min_sites connected sites (up to outage_budget_ms) and starts again, no retry
+ * counted (docs/architecture.md, "Outages").
  * Nothing a site sends touches model state before it passed moeh_wire_decode() and the
  * session checks here (sender admitted, participant, round and model version current, first
  * reply).
@@ -518,10 +521,21 @@ void moeh_coord_core_registry_changed(moeh_coord_core_t *c, int64_t now)
     }
 }
 
-/* A phase attempt failed: retry it (up to max_retries), else the run fails with `what`. */
+/* A phase attempt failed: with fewer than min_sites sites connected, wait for them (an outage,
+ * bounded by outage_budget_ms); else retry it (up to max_retries), else the run fails with
+ * `what`. */
 int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
+    uint32_t up = n_admitted(c);
+    if (cfg->outage_budget_ms > 0 && up < cfg->min_sites) {
+        MOEH_WARN("round %u %s phase: %s; only %u of the %u sites needed are connected: waiting "
+                  "up to %.0f s for them (--outage-budget-ms), no retry counted",
+                  c->round, name, what, up, cfg->min_sites, cfg->outage_budget_ms / 1000.0);
+        moeh_sa_server_off(c->sa);
+        c->outage_since = c->now;
+        return 0;
+    }
     if (++c->retries > cfg->max_retries)
         return moeh_errf(fatal, -ETIMEDOUT,
                          "round %u %s phase: %s, after %u attempts (is every site "
@@ -603,6 +617,31 @@ static void heartbeat_and_liveness(coord_t *c)
     }
 }
 
+/* An outage (coord_retry_phase): the phase starts again once min_sites sites are connected;
+ * the run fails when that takes longer than outage_budget_ms. */
+static int outage_tick(coord_t *c, moeh_err_t *fatal)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    const char *name = coord_phase_name(c->phase);
+    uint32_t up = n_admitted(c);
+    int64_t waited = c->now - c->outage_since;
+    if (up >= cfg->min_sites) {
+        MOEH_INFO("round %u %s phase: %u sites connected again after %.1f s: starting the "
+                  "phase again",
+                  c->round, name, up, waited / 1000.0);
+        c->outage_since = -1;
+        open_phase(c, c->phase);
+        return 0;
+    }
+    if (waited > (int64_t)cfg->outage_budget_ms)
+        return moeh_errf(fatal, -ETIMEDOUT,
+                         "round %u %s phase: only %u of the %u sites needed were connected for "
+                         "%.0f s, longer than --outage-budget-ms (is every site running and "
+                         "reachable?)",
+                         c->round, name, up, cfg->min_sites, waited / 1000.0);
+    return 0;
+}
+
 int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
@@ -610,6 +649,8 @@ int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
     heartbeat_and_liveness(c);
     coord_expire_grants(c);
     coord_grant_uploads(c); /* slots freed by sites gone or grants expired */
+    if (c->outage_since >= 0 && c->phase != PH_WAIT && c->phase != PH_DONE)
+        return outage_tick(c, err);
     if (c->phase != PH_WAIT) return c->phase == PH_DONE ? 0 : step_phase(c, err);
     uint32_t n = n_admitted(c);
     int64_t waited = c->now - c->wait_start;
@@ -642,6 +683,7 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
     coord_t *c = calloc(1, sizeof *c);
     if (!c) return moeh_errf(err, -ENOMEM, "out of memory");
     c->cfg = cfg;
+    c->outage_since = -1;
     c->io = io;
     if ((rc = moeh_coord_cfg_check(cfg, &c->sopt, err))) goto fail;
     if (cfg->secagg && (rc = moeh_crypto_init())) {

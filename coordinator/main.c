@@ -42,6 +42,9 @@ int main(int argc, char **argv)
          "...or after this long with a quorum"},
         {"deadline-ms", MOEH_OPT_U32, &cfg.phase_deadline_ms, "deadline of each phase"},
         {"max-retries", MOEH_OPT_U32, &cfg.max_retries, "retries of a phase without quorum"},
+        {"outage-budget-ms", MOEH_OPT_U32, &cfg.outage_budget_ms,
+         "a phase that lacks quorum while fewer than --min-sites sites are connected waits this "
+         "long for them (no retry counted) before the run fails (0: no waiting)"},
         {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
         {"heartbeat-timeout-ms", MOEH_OPT_U32, &cfg.heartbeat_timeout_ms,
          "a silent site is gone after this"},

@@ -26,6 +26,10 @@ typedef struct {
     uint32_t start_timeout_ms; /* ...or after this long with >= min_sites */
     uint32_t phase_deadline_ms;
     uint32_t max_retries; /* a phase without quorum is retried this many times */
+    /* An attempt that fails while fewer than min_sites sites are connected is an outage, not a
+     * failure: no retry is counted; the phase waits for min_sites connected sites and starts
+     * again, unless the outage lasts longer than this (then the run fails). 0: no waiting. */
+    uint32_t outage_budget_ms;
     uint32_t heartbeat_ms;
     uint32_t heartbeat_timeout_ms; /* a silent site is considered gone after this */
     /* Granted uploads (TRAIN): at most this many sites are told to send their update at a

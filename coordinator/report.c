@@ -291,6 +291,7 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "start_timeout_ms", k->start_timeout_ms);
     cJSON_AddNumberToObject(j, "phase_deadline_ms", k->phase_deadline_ms);
     cJSON_AddNumberToObject(j, "max_retries", k->max_retries);
+    cJSON_AddNumberToObject(j, "outage_budget_ms", k->outage_budget_ms);
     cJSON_AddNumberToObject(j, "heartbeat_ms", k->heartbeat_ms);
     cJSON_AddNumberToObject(j, "heartbeat_timeout_ms", k->heartbeat_timeout_ms);
     cJSON_AddNumberToObject(j, "upload_slots", k->upload_slots);

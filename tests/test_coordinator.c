@@ -223,6 +223,52 @@ static void test_deadline_closes_with_quorum(void **state)
     assert_non_null(strstr(last_error(f, f->site[1].rid, -ESTALE), "outside its phase"));
 }
 
+/* ---- outages: fewer than min_sites connected ----------------------------------------------- */
+
+static void outage_cfg(moeh_coord_cfg_t *c)
+{
+    c->heartbeat_timeout_ms = 300;
+    c->outage_budget_ms = 5000;
+}
+
+/* Every site falls silent mid-phase: the attempt fails while none is connected, which is an
+ * outage: no retry is counted however many deadlines pass (max_retries is 1), the phase starts
+ * again once two sites are back, and the run goes on; an outage longer than the budget ends the
+ * run with a message naming the option. */
+static void test_outage_waits_without_retries(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, outage_cfg);
+    for (int k = 0; k < N_SITES; k++)
+        hello(f, k);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
+    send_stats(f, 0);
+    for (int i = 0; i < 8; i++) /* 3.2 s: sites gone after 0.3 s, three deadlines of 1 s */
+        tick(f, 400);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
+    size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
+    for (int k = 0; k < 2; k++) { /* two sites reconnect */
+        snprintf(f->site[k].rid, sizeof f->site[k].rid, "conn-%d-b", k + 1);
+        hello(f, k);
+    }
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
+    assert_true(count_sent(f, MOEH__MSG_TYPE__ROUND_START) >= starts + 2);
+    assert_int_equal(moeh_coord_core_replied(f->core), 0); /* a fresh attempt */
+    send_stats(f, 0);
+    send_stats(f, 1);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    /* an outage past the budget: the run fails, naming the option */
+    for (int i = 0; i < 5; i++) /* the sites fall silent again; the attempt fails */
+        tick(f, 400);
+    moeh_err_t err = {0};
+    f->now += 5100;
+    assert_int_equal(moeh_coord_core_tick(f->core, f->now, &err), -ETIMEDOUT);
+    assert_non_null(strstr(err.msg, "longer than --outage-budget-ms"));
+}
+
 /* ---- rejoin mid-phase -------------------------------------------------------------------- */
 
 static void test_rejoin_mid_phase(void **state)
@@ -379,6 +425,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),

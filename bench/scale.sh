@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench/scale.sh - many sites: round time with and without secure aggregation, the
+# coordinator's and the agents' peak memory, and the bytes each site moves per round, at 10, 20,
+# 40 and 100 sites, in one run (issue 14; results in docs/performance.md, "Many sites").
+#
+# Usage: bench/scale.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 8000 3)
+# Env:   SITES_LIST  site counts (default "10 20 40 100")
+#        MODEL_ARGS  model options of both runs (default "--d-emb 16": the narrower model that
+#                    keeps 100 agents within a 24 GiB machine)
+#        SECAGG_K    --secagg-k of the secure runs (default auto: from the number of sites)
+#
+# Every run is `moeh-sim run` (real processes on loopback). The bench re-executes itself in a
+# network namespace of its own (root; `unshare -n`), so the loopback byte counters count this
+# federation only: bytes per site per round = (lo bytes of the run) / sites / rounds, both
+# directions, CURVE and TCP framing included, the statistics phase and the handshakes spread
+# over the rounds. Peak RSS through GNU time wrappers around the coordinator and every agent.
+# Round time: mean train+eval seconds of rounds 2.. from metrics.jsonl.
+set -euo pipefail
+[ -x /usr/bin/time ] || { echo "bench/scale.sh: needs GNU time: apt-get install time" >&2; exit 1; }
+if [ -z "${MOEH_SCALE_NETNS:-}" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench/scale.sh: needs root for a network namespace of its own (clean byte counts)" >&2
+        exit 1
+    fi
+    exec unshare -n env MOEH_SCALE_NETNS=1 bash -c 'ip link set lo up && exec bash "$0" "$@"' \
+        "$0" "$@"
+fi
+build=${1:-build}; adm=${2:-8000}; rounds=${3:-3}
+bin=$(cd "$build/bin" && pwd)
+work=$(mktemp -d /tmp/moeh_bench_scale.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+echo "# bench/scale.sh $(date -u +%Y-%m-%dT%H:%MZ); $(grep -m1 'model name' /proc/cpuinfo |
+    cut -d: -f2 | sed 's/^ //'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure --secagg-k ${SECAGG_K:-auto}"
+"$bin/moeh-sim" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
+"$bin/moeh-sim" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
+    --out "$work/cohort" > /dev/null 2>&1
+lo_bytes() { awk '$1 == "lo:" { print $2 + $10 }' /proc/self/net/dev; }
+mean_round() { # metrics.jsonl -> mean "seconds" of the eval lines after round 1
+    python3 -c '
+import json, sys
+s = [json.loads(l)["seconds"] for l in open(sys.argv[1]) if "\"eval\"" in l]
+s = s[1:] or s
+print(f"{sum(s) / len(s):.2f}")' "$1"
+}
+printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s\n" sites k plain_s secure_s ratio \
+    coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd
+for n in ${SITES_LIST:-10 20 40 100}; do
+    spec=""
+    for s in $(seq 1 "$n"); do spec="${spec:+$spec,}s$s:1:ehr+notes+img"; done
+    rm -rf "$work/sites"
+    "$bin/moeh-sim" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
+    for mode in plain secure; do
+        flag=--secagg=false
+        [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"
+        wrap="$work/bin-$mode-$n"; mkdir -p "$wrap" "$work/rss-$mode-$n"
+        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M" -o %s/coordinator "%s" "$@"\n' \
+            "$work/rss-$mode-$n" "$bin/moeh-coordinator" > "$wrap/moeh-coordinator"
+        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M" -o %s/agent.$$ "%s" "$@"\n' \
+            "$work/rss-$mode-$n" "$bin/moeh-site-agent" > "$wrap/moeh-site-agent"
+        chmod +x "$wrap/moeh-coordinator" "$wrap/moeh-site-agent"
+        b0=$(lo_bytes)
+        # shellcheck disable=SC2086 # MODEL_ARGS and flag are lists of options
+        if ! "$bin/moeh-sim" run --data "$work/sites" --sites "$spec" --rounds "$rounds" \
+            --min-sites "$n" $flag ${MODEL_ARGS---d-emb 16} --bin-dir "$wrap" \
+            --out "$work/run-$mode-$n" > "$work/log-$mode-$n" 2>&1; then
+            echo "bench/scale.sh: the $mode run at $n sites failed; its output:" >&2
+            tail -n 20 "$work/log-$mode-$n" >&2
+            exit 1
+        fi
+        b1=$(lo_bytes)
+        eval "t_$mode=\$(mean_round $work/run-$mode-$n/metrics.jsonl)"
+        eval "c_$mode=\$(( \$(tail -n1 $work/rss-$mode-$n/coordinator) / 1024 ))"
+        eval "a_$mode=\$(cat $work/rss-$mode-$n/agent.* | sort -n | tail -n1 | awk '{print int(\$1/1024)}')"
+        eval "b_$mode=\$(( (b1 - b0) / n / rounds / 1024 ))"
+    done
+    k=$(grep -ho "SecAgg+ with k = [0-9]*" "$work/run-secure-$n/logs/"coordinator* | head -n1 |
+        awk "{print \$NF}" || true)
+    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s\n" "$n" "${k:-all}" "$t_plain" \
+        "$t_secure" "$(python3 -c "print(f'{$t_secure/$t_plain:.2f}')")" "$c_plain" "$c_secure" \
+        "$a_plain" "$a_secure" "$b_plain" "$b_secure"
+done
+echo "# k: SecAgg+ neighbours of the secure run (all: every pair masks); *_MB: peak RSS (agent:"
+echo "# the largest of the agents); KiB_site_rd: loopback bytes / sites / rounds (s: secure)"

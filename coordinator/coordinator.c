@@ -836,7 +836,8 @@ int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
     if (moeh_path_join(path, sizeof path, c->cfg->out_dir, "model.npy"))
         return moeh_errf(err, -ENAMETOOLONG, "%s/model.npy: path too long", c->cfg->out_dir);
     if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c->p->w, err))) return rc;
-    moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc, c->combo_rows);
+    moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc, c->combo_rows,
+                            c->last_calib);
     MOEH_INFO("all %u rounds done; model written to %s", c->cfg->rounds, path);
     return 0;
 }

@@ -6,6 +6,7 @@
 #define MOEH_COORD_REPORT_H
 
 #include "moeh_coordinator.h"
+#include "moeh_evalsum.h"
 
 #include "moeh_schema.h"
 
@@ -44,6 +45,7 @@ typedef struct {
     uint32_t n_experts;
     int secagg; /* the per-site rows cannot exist: say so */
     const moeh_report_dp_t *dp;
+    const moeh_calib_t *calib; /* (n_tasks) Brier and reliability over every row; NULL: none */
 } moeh_report_eval_t;
 
 /* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
@@ -68,9 +70,10 @@ void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t feat
 void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t);
 /* The eval, task and gate lines, and a row of the table. */
 void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e);
-/* The final table: test AUROC per task, over all rows and per modality combination, of the
- * last evaluation (nothing if no round was evaluated by this process). */
+/* The final table: test AUROC per task, over all rows and per modality combination, then the
+ * Brier score and ECE per task (calib: n_tasks entries, or NULL), of the last evaluation
+ * (nothing if no round was evaluated by this process). */
 void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
-                             const uint64_t *combo_rows);
+                             const uint64_t *combo_rows, const moeh_calib_t *calib);
 
 #endif

@@ -205,8 +205,33 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
         snprintf(key, sizeof key, "auroc_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(j, key, rnd(e->auroc[0][t], 6));
     }
+    for (uint32_t t = 0; e->calib && t < T; t++) {
+        snprintf(key, sizeof key, "brier_%s", moeh_task_names[t]);
+        cJSON_AddNumberToObject(j, key, rnd(e->calib[t].brier, 6));
+    }
     add_dp(j, e->dp);
     emit(r, j);
+    for (uint32_t t = 0; e->calib && t < T; t++) { /* reliability curve per task */
+        const moeh_calib_t *c = &e->calib[t];
+        j = event("calibration");
+        cJSON_AddNumberToObject(j, "round", e->round);
+        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
+        cJSON_AddStringToObject(j, "split", "test");
+        cJSON_AddNumberToObject(j, "n", (double)c->n);
+        cJSON_AddNumberToObject(j, "brier", rnd(c->brier, 6));
+        cJSON_AddNumberToObject(j, "ece", rnd(c->ece, 6));
+        cJSON *bins = cJSON_AddArrayToObject(j, "bins");
+        for (int k = 0; k < MOEH_CALIB_BINS; k++) {
+            cJSON *b = cJSON_CreateObject();
+            cJSON_AddNumberToObject(b, "lo", (double)k / MOEH_CALIB_BINS);
+            cJSON_AddNumberToObject(b, "hi", (double)(k + 1) / MOEH_CALIB_BINS);
+            cJSON_AddNumberToObject(b, "n", (double)c->count[k]);
+            cJSON_AddNumberToObject(b, "mean_p", rnd(c->mean_p[k], 6));
+            cJSON_AddNumberToObject(b, "observed", rnd(c->observed[k], 6));
+            cJSON_AddItemToArray(bins, b);
+        }
+        emit(r, j);
+    }
     for (uint32_t t = 0; t < T; t++) {
         j = event("task");
         cJSON_AddNumberToObject(j, "round", e->round);
@@ -246,7 +271,7 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
 }
 
 void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
-                             const uint64_t *combo_rows)
+                             const uint64_t *combo_rows, const moeh_calib_t *calib)
 {
     FILE *f = r->table;
     const uint32_t T = r->n_tasks;
@@ -274,6 +299,20 @@ void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_
                 fprintf(f, " %11.4f", auroc[sl][t]);
         }
         fprintf(f, "\n");
+    }
+    if (calib) { /* calibration over every row (docs/architecture.md, "Calibration") */
+        const char *what[2] = {"brier", "ece"};
+        for (int w = 0; w < 2; w++) {
+            fprintf(f, "%-14s", what[w]);
+            for (uint32_t t = 0; t < T && t < 4; t++) {
+                double v = w ? calib[t].ece : calib[t].brier;
+                if (isnan(v))
+                    fprintf(f, " %11s", "-");
+                else
+                    fprintf(f, " %11.4f", v);
+            }
+            fprintf(f, "\n");
+        }
     }
     fflush(f);
 }

@@ -76,6 +76,8 @@ void coord_finish_eval(coord_t *c)
         for (uint32_t t = 0; t < T; t++)
             c->last_auroc[sl][t] = moeh_eval_slice_auroc(c->hist, T, nb, sl, t);
     for (uint32_t t = 0; t < T; t++)
+        moeh_eval_slice_calib(c->hist, T, nb, 0, t, &c->last_calib[t]);
+    for (uint32_t t = 0; t < T; t++)
         if (!isnan(c->last_auroc[0][t])) {
             mean += c->last_auroc[0][t];
             n_ok++;
@@ -97,7 +99,8 @@ void coord_finish_eval(coord_t *c)
                                   .gate_sum = c->gate_sum,
                                   .n_experts = c->n_experts,
                                   .secagg = cfg->secagg,
-                                  .dp = coord_dp_row(c, &dp)};
+                                  .dp = coord_dp_row(c, &dp),
+                                  .calib = c->last_calib};
     moeh_coord_report_eval(c->report, &e);
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,
               c->n_replied, c->round_train_loss, eval_loss, mean);

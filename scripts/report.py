@@ -29,7 +29,7 @@ MODALITY = {"E": "EHR", "N": "notes", "I": "X-ray"}
 # figure ids, in page order (tests/test_report.py looks for each)
 FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
 FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
-FIG_PART, FIG_DP = "fig-participation", "fig-dp-epsilon"
+FIG_PART, FIG_DP, FIG_CALIB = "fig-participation", "fig-dp-epsilon", "fig-calibration"
 
 
 class InputError(Exception):
@@ -100,6 +100,7 @@ class Run:
     def __init__(self):
         self.evals, self.trains, self.uploads, self.gates = {}, {}, {}, {}
         self.tasks = {}  # round -> task -> {"auroc": x, "E": x, ...}
+        self.calib = {}  # round -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
         self.task_names = []
         self.site_update, self.site_eval = {}, {}  # round -> {site: line}
         self.site_gone = []  # (round, site, why)
@@ -148,7 +149,7 @@ def add_line(run, ln):
         why = ln.str("why") or ln.str("criterion") or ln.str("selected_by")
         run.selected = (r, ln.where, why)
     if ev in ("eval", "train", "uploads", "gate", "task", "site_update", "site_eval",
-              "site_metrics", "site_gone"):
+              "site_metrics", "site_gone", "calibration"):
         r = ln.int("round", required=True)
     if ev == "eval":
         if r in run.evals:
@@ -168,6 +169,22 @@ def add_line(run, ln):
         for c in COMBOS:
             row[c] = ln.num("auroc_" + c)
         run.tasks.setdefault(r, {})[t] = row
+    elif ev == "calibration":
+        t = ln.str("task")
+        if t is None:
+            raise InputError(f"{ln.where}: a \"calibration\" line without its task")
+        bins = ln.obj.get("bins")
+        if not isinstance(bins, list):
+            raise InputError(f"{ln.where}: \"bins\" should be a list of "
+                             "{\"lo\", \"hi\", \"n\", \"mean_p\", \"observed\"}")
+        rows = []
+        for i, b in enumerate(bins):
+            if not isinstance(b, dict):
+                raise InputError(f"{ln.where}: calibration bin {i} is not an object")
+            sub = Line(b, f"{ln.where} (calibration bin {i})")
+            rows.append((sub.num("lo"), sub.num("hi"), sub.int("n") or 0, sub.num("mean_p"),
+                         sub.num("observed")))
+        run.calib.setdefault(r, {})[t] = (ln.num("brier"), ln.num("ece"), rows)
     elif ev == "gate":
         g = {}
         for c, v in ln.obj.items():
@@ -382,6 +399,28 @@ def fig_combo(plt, run, tasks, mark):
     ax.set_ylabel("test AUROC")
     legend(ax, loc="upper right", fontsize=8, ncol=max(1, len(tasks)))
     return svg_uri(plt, fig), groups
+
+
+def fig_calibration(plt, calib, tasks):
+    """Reliability diagram per task: observed fraction of positives against the mean predicted
+    probability of each bin (marker area ~ rows), the diagonal is perfect calibration."""
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.1), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
+        pts = [(b[3], b[4], b[2]) for b in calib.get(t, (None, None, []))[2]
+               if b[2] and b[3] is not None and b[4] is not None]
+        if pts:
+            most = max(p[2] for p in pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C0", linewidth=1)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts],
+                       s=[12 + 120 * p[2] / most for p in pts], color="C0", zorder=3)
+        brier = calib.get(t, (None,))[0]
+        ax.set_title(t + ("" if brier is None else f" (Brier {brier:.4f})"), fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean predicted probability", fontsize=8)
+    axes[0][0].set_ylabel("observed fraction positive", fontsize=8)
+    return svg_uri(plt, fig)
 
 
 def expert_labels(n):
@@ -676,6 +715,25 @@ def render(run, config, run_dir, metrics_path):
         rows.append([esc("all" if c == "all" else f"{c} ({combo_label(c)})"), n] +
                     [fmt(row.get(t, {}).get("auroc" if c == "all" else c)) for t in tasks])
     parts.append(table(["combination", "test rows"] + [esc(t) for t in tasks], rows))
+
+    # calibration
+    parts.append(f"<h2>Calibration ({esc(mark_label)})</h2>\n")
+    calib = run.calib.get(mark, {})
+    if calib:
+        ctasks = [t for t in tasks if t in calib] + [t for t in calib if t not in tasks]
+        parts.append(figure_html(
+            FIG_CALIB, fig_calibration(plt, calib, ctasks),
+            "Reliability per task on all test rows (\"calibration\" lines, from the summed score "
+            "histograms): each point is a tenth of the probability range, at the mean predicted "
+            "probability of its rows against the fraction of them that were positive; the dashed "
+            "diagonal is perfect calibration; marker area grows with the rows in the bin.",
+            "reliability diagram per task"))
+        parts.append(table(["task", "Brier score", "ECE", "test rows"],
+                           [[esc(t), fmt(calib[t][0]), fmt(calib[t][1]),
+                             str(sum(b[2] for b in calib[t][2]))] for t in ctasks]))
+    else:
+        parts.append("<p class=note>No \"calibration\" line for this round (a run from before "
+                     "calibration was reported).</p>\n")
 
     # gate
     parts.append("<h2>The gate: mean weight per expert and modality combination</h2>\n")

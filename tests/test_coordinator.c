@@ -172,6 +172,35 @@ static void test_plain_round(void **state)
         assert_float_equal(moeh_coord_core_auroc(f->core, t), 1.0, 1e-12);
     moeh_err_t err = {0};
     assert_int_equal(moeh_coord_core_finish(f->core, &err), 0);
+    /* calibration from the same sums: every negative at 0.25 and positive at 0.75 (the centres
+     * of bins 2 and 7 of 10): Brier 0.0625, reliability bins 2 (observed 0) and 7 (1) */
+    char path[400], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    int n_calib = 0;
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        if (!strcmp(ev, "eval"))
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "brier_los7")), 0.0625,
+                               1e-9);
+        if (!strcmp(ev, "calibration")) {
+            n_calib++;
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "brier")), 0.0625, 1e-9);
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n")), 60, 0);
+            const cJSON *bins = cJSON_GetObjectItem(j, "bins");
+            assert_int_equal(cJSON_GetArraySize(bins), MOEH_CALIB_BINS);
+            const cJSON *b2 = cJSON_GetArrayItem(bins, 2), *b7 = cJSON_GetArrayItem(bins, 7);
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(b2, "observed")), 0, 0);
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(b7, "observed")), 1, 0);
+            assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetArrayItem(bins, 0), "observed")));
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    assert_int_equal(n_calib, MOEH_N_TASKS);
 }
 
 /* ---- quorum, deadline, retry ------------------------------------------------------------- */

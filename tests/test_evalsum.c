@@ -1,6 +1,7 @@
 /* test_evalsum.c - train/moeh_evalsum.h against hand-computed values: the slice/task indexing
  * of a (slices, tasks, 2, bins) histogram, the u32 variant and widening, and the mean over the
- * tasks that have an AUROC. */
+ * tasks that have an AUROC; calibration (Brier, reliability curve, ECE) against a hand-computed
+ * case and the stated bound against exact Brier scores. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -88,6 +89,61 @@ static void test_mean_finite(void **state)
     assert_true(isnan(moeh_eval_mean_finite(v, 0)));
 }
 
+/* 20 score bins, task 1 of 2: negatives 3 in bin 1 (centre 0.075) and 1 in bin 12 (0.625),
+ * positives 2 in bin 12 and 4 in bin 19 (0.975). By hand: Brier (3 * 0.075^2 + 0.625^2 +
+ * 2 * 0.375^2 + 4 * 0.025^2) / 10 = 0.069125; reliability bins 0 (3 rows, p 0.075, 0
+ * positive), 6 (3 rows, p 0.625, 2/3) and 9 (4 rows, p 0.975, 1); ECE 0.3 * 0.075 +
+ * 0.3 * (2/3 - 0.625) + 0.4 * 0.025 = 0.045. */
+static void test_calib_by_hand(void **state)
+{
+    (void)state;
+    enum { B = 20 };
+    uint64_t h[2 * 2 * B] = {0};
+    uint64_t *neg = h + 2 * B, *pos = neg + B;
+    neg[1] = 3, neg[12] = 1, pos[12] = 2, pos[19] = 4;
+    moeh_calib_t c;
+    moeh_eval_slice_calib(h, 2, B, 0, 1, &c);
+    assert_int_equal(c.n, 10);
+    assert_true(fabs(c.brier - 0.069125) < 1e-12);
+    assert_true(fabs(c.ece - 0.045) < 1e-12);
+    const uint64_t count[MOEH_CALIB_BINS] = {3, 0, 0, 0, 0, 0, 3, 0, 0, 4};
+    for (int k = 0; k < MOEH_CALIB_BINS; k++) {
+        assert_int_equal(c.count[k], count[k]);
+        assert_int_equal(isnan(c.mean_p[k]), count[k] == 0);
+    }
+    assert_true(fabs(c.mean_p[6] - 0.625) < 1e-12 && fabs(c.observed[6] - 2.0 / 3) < 1e-12);
+    assert_true(fabs(c.observed[9] - 1.0) < 1e-12 && c.observed[0] == 0.0);
+    moeh_eval_slice_calib(h, 2, B, 0, 0, &c); /* task 0: no rows */
+    assert_int_equal(c.n, 0);
+    assert_true(isnan(c.brier) && isnan(c.ece));
+}
+
+/* The bound of moeh_evalsum.h: the histogram Brier score is within 1/bins of the exact one,
+ * over random scores and labels (a fixed LCG, so the case is the same every run). */
+static void test_calib_brier_bound(void **state)
+{
+    (void)state;
+    enum { B = 1000, N = 5000 };
+    static uint64_t h[2 * B];
+    uint64_t x = 12345;
+    for (int trial = 0; trial < 20; trial++) {
+        memset(h, 0, sizeof h);
+        double exact = 0;
+        for (int i = 0; i < N; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            float p = (float)((x >> 11) * 0x1.0p-53);
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int y = (double)((x >> 11) * 0x1.0p-53) < (trial % 2 ? p : 0.3);
+            exact += (p - y) * (double)(p - y);
+            size_t b = (size_t)(p * B);
+            h[(size_t)y * B + (b >= B ? B - 1 : b)]++;
+        }
+        moeh_calib_t c;
+        moeh_eval_slice_calib(h, 1, B, 0, 0, &c);
+        assert_true(fabs(c.brier - exact / N) <= 1.0 / B);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -95,6 +151,8 @@ int main(void)
         cmocka_unit_test(test_slice_auroc_u32),
         cmocka_unit_test(test_widen),
         cmocka_unit_test(test_mean_finite),
+        cmocka_unit_test(test_calib_by_hand),
+        cmocka_unit_test(test_calib_brier_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

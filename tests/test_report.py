@@ -41,7 +41,7 @@ HOSTILE_CFG = "</td><script>alert('cfg')</script>"
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-gate-heatmap",
-            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon"]
+            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon", "fig-calibration"]
 
 
 def check(cond, what):
@@ -106,6 +106,14 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
                 w[k] = 0.7
             g[c] = {"rows": rows, "weights": w}
         lines.append(g)
+        for t in TASKS:  # a reliability curve: empty bins null, as the coordinator writes them
+            bins = [{"lo": k / 10, "hi": (k + 1) / 10, "n": 0 if k == 5 else 20 + k,
+                     "mean_p": None if k == 5 else k / 10 + 0.05,
+                     "observed": None if k == 5 else min(1.0, k / 10 + 0.02 * r)}
+                    for k in range(10)]
+            lines.append({"event": "calibration", "round": r, "task": t, "split": "test",
+                          "n": sum(b["n"] for b in bins), "brier": 0.2 - 0.01 * r,
+                          "ece": 0.05, "bins": bins})
         if secagg:
             lines.append({"event": "site_metrics", "round": r, "available": False,
                           "why": "secure aggregation: the coordinator learns only sums; each site "

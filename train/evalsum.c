@@ -24,6 +24,37 @@ void moeh_eval_hist_widen(uint64_t *out, const uint32_t *in, size_t n)
         out[i] = in[i];
 }
 
+void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
+                           size_t task, moeh_calib_t *out)
+{
+    const uint64_t *neg = hist + (slice * n_tasks + task) * 2 * bins, *pos = neg + bins;
+    double sq = 0, psum[MOEH_CALIB_BINS] = {0};
+    uint64_t npos[MOEH_CALIB_BINS] = {0};
+    *out = (moeh_calib_t){0};
+    for (size_t b = 0; b < bins; b++) {
+        double p = ((double)b + 0.5) / (double)bins;
+        size_t k = (size_t)(p * MOEH_CALIB_BINS);
+        if (k >= MOEH_CALIB_BINS) k = MOEH_CALIB_BINS - 1;
+        uint64_t m = neg[b] + pos[b];
+        sq += (double)neg[b] * p * p + (double)pos[b] * (1 - p) * (1 - p);
+        out->n += m;
+        out->count[k] += m;
+        npos[k] += pos[b];
+        psum[k] += (double)m * p;
+    }
+    out->brier = out->n ? sq / (double)out->n : NAN;
+    out->ece = out->n ? 0 : NAN;
+    for (size_t k = 0; k < MOEH_CALIB_BINS; k++) {
+        if (!out->count[k]) {
+            out->mean_p[k] = out->observed[k] = NAN;
+            continue;
+        }
+        out->mean_p[k] = psum[k] / (double)out->count[k];
+        out->observed[k] = (double)npos[k] / (double)out->count[k];
+        out->ece += (double)out->count[k] / (double)out->n * fabs(out->mean_p[k] - out->observed[k]);
+    }
+}
+
 double moeh_eval_mean_finite(const double *v, size_t n)
 {
     double s = 0;

@@ -23,6 +23,24 @@ double moeh_eval_slice_auroc_u32(const uint32_t *hist, size_t n_tasks, size_t bi
 /* out[i] = in[i] for i < n: a site's u32 histogram as the coordinator's u64 sums. */
 void moeh_eval_hist_widen(uint64_t *out, const uint32_t *in, size_t n);
 
+/* Calibration of one slice and task from the same histogram: the Brier score, and a
+ * reliability curve over MOEH_CALIB_BINS equal-width bins of predicted probability (each score
+ * bin goes to the reliability bin of its centre). Every prediction in score bin b counts as the
+ * bin's centre (b + 1/2) / bins, so the Brier score is within 1/bins of the exact one (the
+ * derivative of (p - y)^2 is at most 2, the shift at most 1/(2 bins)): 0.001 at the default
+ * 1,000 bins. ECE = sum over reliability bins of (n_k / n) |mean_p_k - observed_k|. */
+#define MOEH_CALIB_BINS 10
+typedef struct {
+    uint64_t n;                          /* labelled rows; 0: nothing below is defined (NAN) */
+    double brier;                        /* mean (p - y)^2 */
+    double ece;                          /* expected calibration error */
+    uint64_t count[MOEH_CALIB_BINS];     /* rows per reliability bin */
+    double mean_p[MOEH_CALIB_BINS];      /* mean predicted probability (NAN if empty) */
+    double observed[MOEH_CALIB_BINS];    /* fraction of positives (NAN if empty) */
+} moeh_calib_t;
+void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
+                           size_t task, moeh_calib_t *out);
+
 /* Mean of the finite entries of v[0..n) (a task without an AUROC is NAN and left out); NAN if
  * none is finite. */
 double moeh_eval_mean_finite(const double *v, size_t n);

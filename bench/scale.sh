@@ -35,7 +35,8 @@ echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure 
 "$bin/moeh-sim" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
 "$bin/moeh-sim" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
     --out "$work/cohort" > /dev/null 2>&1
-lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $2 + $10 }' /proc/self/net/dev; }
+# on loopback every byte is counted once sent and once received: the sent (tx) column
+lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $10 }' /proc/self/net/dev; }
 mean_round() { # metrics.jsonl -> mean "seconds" of the eval lines after round 1
     python3 -c '
 import json, sys

@@ -32,7 +32,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default=os.path.join(os.path.dirname(__file__), "..", "build", "bin"),
-                    help="where moeh-sim, moeh-coordinator, moeh-site-agent, moeh-keygen and "
+                    help="where moeh, moeh-coordinator, moeh-site-agent, moeh-keygen and "
                          "moeh-faultproxy are (default: build/bin)")
     ap.add_argument("--out", default="chaos-soak", help="working directory (created; default chaos-soak)")
     ap.add_argument("--rounds", type=int, default=200, help="federated rounds (default 200)")
@@ -113,15 +113,15 @@ class Soak:
         prep = os.path.join(self.logs, "prepare.log")
         raw, ds, sites = (os.path.join(self.out, d) for d in ("mimic-synth", "cohort", "sites"))
         if not os.path.isdir(sites):
-            run([self.exe("moeh-sim"), "synth", "--admissions", str(a.admissions), "--seed",
+            run([self.exe("moeh"), "synth", "--admissions", str(a.admissions), "--seed",
                  str(a.seed), "--image-px", "64", "--out", raw], prep)
-            run([self.exe("moeh-sim"), "extract", "--mimic", os.path.join(raw, "mimic"),
+            run([self.exe("moeh"), "extract", "--mimic", os.path.join(raw, "mimic"),
                  "--note", os.path.join(raw, "note"), "--cxr", os.path.join(raw, "cxr"),
                  "--image-size", "64", "--out", ds], prep)
             mods = ["ehr", "ehr+notes", "ehr+img", "ehr+notes+img"]
             spec = ",".join("%s:%.6f:%s" % (n, 1.0 / a.sites, mods[i % 4])
                             for i, n in enumerate(self.names))
-            run([self.exe("moeh-sim"), "split", "--dataset", ds, "--sites", spec, "--seed",
+            run([self.exe("moeh"), "split", "--dataset", ds, "--sites", spec, "--seed",
                  str(a.seed), "--out", sites], prep)
         keys = os.path.join(self.out, "keys")
         os.makedirs(keys, exist_ok=True)

@@ -1,11 +1,11 @@
-/* bench/extract.c - extraction throughput of `moeh-sim extract` against a pandas pipeline
+/* bench/extract.c - extraction throughput of `moeh extract` against a pandas pipeline
  * doing the same cohort and hourly binning (bench/extract_pandas.py), on the same synthetic
  * chartevents + labevents, in the same run. Each side runs in its own child process so that
  * its peak RSS is its own (wait4). Prints MB/s of uncompressed CSV, rows/s, peak RSS, the
  * ratio, and checks that both found the same observed cells and the same sum of means.
  *
  * usage: bench_extract --db DIR/mimic [--python /usr/bin/python3] [--script PATH]
- *        (make DIR with: moeh-sim synth --admissions N --chart-days D --no-images --out DIR) */
+ *        (make DIR with: moeh synth --admissions N --chart-days D --no-images --out DIR) */
 #include "moeh_extract.h"
 
 #include <getopt.h>

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """extract_pandas.py - the reference for bench/extract: the same cohort and hourly binning
-as `moeh-sim extract` (chartevents + labevents, no notes or images), written the way one
+as `moeh extract` (chartevents + labevents, no notes or images), written the way one
 would with pandas (Debian's python3-pandas): chunked read_csv, merge with the cohort,
 vectorised hour binning, groupby sum/count.
 

@@ -9,7 +9,7 @@
 #                    keeps 100 agents within a 24 GiB machine)
 #        SECAGG_K    --secagg-k of the secure runs (default auto: from the number of sites)
 #
-# Every run is `moeh-sim run` (real processes on loopback). The bench re-executes itself in a
+# Every run is `moeh run` (real processes on loopback). The bench re-executes itself in a
 # network namespace of its own (root; `unshare -n`), so the loopback byte counters count this
 # federation only: bytes per site per round = (lo bytes of the run) / sites / rounds, both
 # directions, CURVE and TCP framing included, the statistics phase and the handshakes spread
@@ -32,8 +32,8 @@ trap 'rm -rf "$work"' EXIT
 echo "# bench/scale.sh $(date -u +%Y-%m-%dT%H:%MZ); $(grep -m1 'model name' /proc/cpuinfo |
     cut -d: -f2 | sed 's/^ //'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure --secagg-k ${SECAGG_K:-auto}"
-"$bin/moeh-sim" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
-"$bin/moeh-sim" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
+"$bin/moeh" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
+"$bin/moeh" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
     --out "$work/cohort" > /dev/null 2>&1
 # on loopback every byte is counted once sent and once received: the sent (tx) column
 lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $10 }' /proc/self/net/dev; }
@@ -50,7 +50,7 @@ for n in ${SITES_LIST:-10 20 40 100}; do
     spec=""
     for s in $(seq 1 "$n"); do spec="${spec:+$spec,}s$s:1:ehr+notes+img"; done
     rm -rf "$work/sites"
-    "$bin/moeh-sim" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
+    "$bin/moeh" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
     for mode in plain secure; do
         flag=--secagg=false
         [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"
@@ -62,7 +62,7 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         chmod +x "$wrap/moeh-coordinator" "$wrap/moeh-site-agent"
         b0=$(lo_bytes)
         # shellcheck disable=SC2086 # MODEL_ARGS and flag are lists of options
-        if ! "$bin/moeh-sim" run --data "$work/sites" --sites "$spec" --rounds "$rounds" \
+        if ! "$bin/moeh" run --data "$work/sites" --sites "$spec" --rounds "$rounds" \
             --min-sites "$n" $flag ${MODEL_ARGS---d-emb 16} --bin-dir "$wrap" \
             --out "$work/run-$mode-$n" > "$work/log-$mode-$n" 2>&1; then
             echo "bench/scale.sh: the $mode run at $n sites failed; its output:" >&2

@@ -3,7 +3,7 @@
 # secure aggregation against the same round without it, at 5, 10 and 20 sites, in one run.
 # Usage: bench/secagg_round.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 3000 4)
 # Env: SITES_LIST (default "5 10 20"), SECAGG_K (SecAgg+ neighbours of the secure runs; 0 = all
-# pairs, the default), UPLOAD_SLOTS (moeh-sim run --upload-slots of both runs; unset: the
+# pairs, the default), UPLOAD_SLOTS (moeh run --upload-slots of both runs; unset: the
 # coordinator's default; 0: every site pushes its update at once).
 # Prints, per site count, the mean train+eval round time (rounds 2.., from metrics.jsonl)
 # with and without --secagg, their ratio, and the coordinator's peak RSS (GNU time).
@@ -13,8 +13,8 @@ build=${1:-build}; adm=${2:-3000}; rounds=${3:-4}
 bin=$(cd "$build/bin" && pwd)
 work=$(mktemp -d /tmp/moeh_bench_secagg.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-"$bin/moeh-sim" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
-"$bin/moeh-sim" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
+"$bin/moeh" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
+"$bin/moeh" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
     --out "$work/cohort" > /dev/null 2>&1
 mean_round() { # metrics.jsonl -> mean "seconds" of the eval lines after round 1
     python3 -c '
@@ -28,19 +28,19 @@ for n in ${SITES_LIST:-5 10 20}; do
     spec=""
     for k in $(seq 1 "$n"); do spec="${spec:+$spec,}s$k:1:ehr+notes+img"; done
     rm -rf "$work/sites"
-    "$bin/moeh-sim" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
+    "$bin/moeh" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
     for mode in plain secagg; do
         flag=--secagg=false
         [ "$mode" = secagg ] && flag="--secagg --secagg-k ${SECAGG_K:-0}"
         [ -n "${UPLOAD_SLOTS:-}" ] && flag="$flag --upload-slots $UPLOAD_SLOTS"
-        # peak RSS of the coordinator: moeh-sim waits for it, so measure the coordinator alone
+        # peak RSS of the coordinator: moeh waits for it, so measure the coordinator alone
         # through a wrapper binary dir whose moeh-coordinator runs under GNU time
         wrap="$work/bin-$mode"; mkdir -p "$wrap"
         ln -sf "$bin/moeh-site-agent" "$wrap/moeh-site-agent"
         printf '#!/bin/sh\nexec /usr/bin/time -f "%%M" -o %s "%s" "$@"\n' \
             "$work/rss-$mode-$n" "$bin/moeh-coordinator" > "$wrap/moeh-coordinator"
         chmod +x "$wrap/moeh-coordinator"
-        "$bin/moeh-sim" run --data "$work/sites" --sites "$spec" --rounds "$rounds" \
+        "$bin/moeh" run --data "$work/sites" --sites "$spec" --rounds "$rounds" \
             --min-sites "$n" $flag --bin-dir "$wrap" --out "$work/run-$mode-$n" > /dev/null 2>&1
         eval "t_$mode=\$(mean_round $work/run-$mode-$n/metrics.jsonl)"
         eval "m_$mode=\$(( \$(tail -n1 $work/rss-$mode-$n) / 1024 ))"

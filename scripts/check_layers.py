@@ -23,7 +23,7 @@ import sys
 # another folder on its own floor (as long as no cycle forms), and of any lower floor.
 LAYERS = [
     ("tests", "bench"),                      # test and benchmark programs: may use anything
-    ("coordinator", "site-agent", "sim"),    # the daemons and moeh-sim, with their main.c
+    ("coordinator", "site-agent", "sim"),    # the daemons and moeh, with their main.c
     ("train", "proto"),                      # local training; wire, transport, keys, ZAP
     ("fed",),                                # quantisation, secure sums, masks, DP, RDP
     ("model", "data"),                       # tensors, layers, MoE-Health; the dataset format

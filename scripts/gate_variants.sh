@@ -3,9 +3,9 @@
 # gate settings, to see what the gate learns and what it costs (docs/results.md, "The gate").
 #
 # usage: scripts/gate_variants.sh SEED_DIR [VARIANT...]
-#   SEED_DIR: a results.sh work directory (SEED_DIR/sites from moeh-sim split), e.g.
+#   SEED_DIR: a results.sh work directory (SEED_DIR/sites from moeh split), e.g.
 #             /tmp/moeh-results/seed-1 after SEEDS="1 2 3" scripts/results.sh
-#   VARIANT:  NAME=OPTIONS pairs (default: the set below); OPTIONS are moeh-sim run options
+#   VARIANT:  NAME=OPTIONS pairs (default: the set below); OPTIONS are moeh run options
 # env: BUILD (default ./build), SITES (the results.sh default), ROUNDS (8), SEED (1)
 # Prints one line per variant: the final round's test AUROC per task and mean, and for each
 # modality combination the expert with the largest mean gate weight and that weight.
@@ -18,7 +18,7 @@ BUILD=${BUILD:-$here/build}
 SITES=${SITES:-site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr}
 ROUNDS=${ROUNDS:-8}
 SEED=${SEED:-1}
-SIM=$BUILD/bin/moeh-sim
+SIM=$BUILD/bin/moeh
 [[ -x $SIM ]] || { echo "gate_variants.sh: $SIM not found; build first" >&2; exit 2; }
 [[ -d $dir/sites ]] || { echo "gate_variants.sh: $dir/sites not found (run results.sh)" >&2; exit 2; }
 variants=("$@")

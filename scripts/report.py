@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """report.py - one self-contained HTML report of a finished federation (docs/report.md).
 
-Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh-sim run` (the coordinator)
+Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh run` (the coordinator)
 writes them and writes RUN_DIR/report.html (or --out FILE): learning curves, AUROC per
 modality combination, the gate's mean weight per expert and combination, site participation,
 DP epsilon per round and the run's configuration. The figures are drawn with matplotlib
@@ -873,10 +873,10 @@ def main(argv=None):
         description="Writes one self-contained HTML report (figures inline, opens offline) of a "
                     "moeh run directory: learning curves, AUROC per modality combination, gate "
                     "weights, site participation, DP epsilon, configuration. Reads "
-                    "RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh-sim run).",
+                    "RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh run).",
         epilog="Exit status: 0 written, 2 bad input (the message names file:line), "
                "3 matplotlib missing (Debian: python3-matplotlib). See docs/report.md.")
-    ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh-sim run --out)")
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh run --out)")
     ap.add_argument("--out", metavar="FILE",
                     help="where to write the report (default: RUN_DIR/report.html)")
     a = ap.parse_args(argv)
@@ -888,7 +888,7 @@ def main(argv=None):
             raise InputError(f"{run_dir}: empty run directory (no metrics.jsonl, config.json)")
         metrics_path = os.path.join(run_dir, "metrics.jsonl")
         if not os.path.exists(metrics_path):
-            raise InputError(f"{metrics_path}: missing: not a run directory (moeh-sim run "
+            raise InputError(f"{metrics_path}: missing: not a run directory (moeh run "
                              "--out DIR writes DIR/metrics.jsonl)")
         run = read_metrics(metrics_path)
         config = read_config(os.path.join(run_dir, "config.json"))

@@ -2,14 +2,14 @@
 # results.sh - the accuracy results of DESIGN §7 on a synthetic MIMIC-IV, end to end, with the
 # built binaries: synth -> extract -> split into 4 sites with different modalities and case
 # mix, then
-#   (a) federated MoE-Health                       moeh-sim run --data SITES --arch 0
-#   (b) centralised MoE-Health on the pooled data  moeh-sim train --dataset S1,S2,S3,S4
-#   (c) each site's local-only MoE-Health          moeh-sim train --dataset Sk --eval-dataset S1,..,S4
+#   (a) federated MoE-Health                       moeh run --data SITES --arch 0
+#   (b) centralised MoE-Health on the pooled data  moeh train --dataset S1,S2,S3,S4
+#   (c) each site's local-only MoE-Health          moeh train --dataset Sk --eval-dataset S1,..,S4
 #   (d) federated baselines: early (6), joint (4), late (5) fusion, unimodal EHR (1)
 #   (e) the oracle AUROC (the generator's true risk) on the pooled test rows
 # and writes docs/results.md with scripts/results_table.py.
 #
-# (b) and (c) keep the epoch with the best mean AUROC on their own validation split (moeh-sim
+# (b) and (c) keep the epoch with the best mean AUROC on their own validation split (moeh
 # train --select best, early stopping); the federation reports its last round (the coordinator
 # has no validation split).
 #
@@ -20,10 +20,10 @@
 # usage: scripts/results.sh [ADMISSIONS]       (default 30000; or env ADMISSIONS)
 #        SEEDS="1 2 3" scripts/results.sh      (one pipeline per seed in OUT/seed-N, one report)
 # env:   OUT (work dir, default /tmp/moeh-results), BUILD (default ./build), ROUNDS (= epochs of
-#        the centralised and local models; default 8, moeh-sim run's default), WARMUP (3), LR (2e-3), BATCH (32),
+#        the centralised and local models; default 8, moeh run's default), WARMUP (3), LR (2e-3), BATCH (32),
 #        D_EMB (64), D_HIDDEN (64), BUCKETS (16384), ALPHA (0.5), SEED (1), SEEDS (SEED),
 #        GATE_OPTS (extra options of the MoE-Health runs (a), (b), (c), e.g. "--lambda-lb 0.1"),
-#        SITES (NAME:SHARE:MODS,... for moeh-sim split), RESULTS (default docs/results.md; - for
+#        SITES (NAME:SHARE:MODS,... for moeh split), RESULTS (default docs/results.md; - for
 #        none),
 #        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction).
 set -euo pipefail
@@ -44,8 +44,8 @@ SEED=${SEED:-1}
 SITES=${SITES:-site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr}
 RESULTS=${RESULTS:-$here/docs/results.md}
 SEEDS=${SEEDS:-$SEED}
-SIM=$BUILD/bin/moeh-sim
-GATE_OPTS=${GATE_OPTS:-}   # extra moeh-sim run/train options of MoE-Health (e.g. --lambda-lb 0.1)
+SIM=$BUILD/bin/moeh
+GATE_OPTS=${GATE_OPTS:-}   # extra moeh run/train options of MoE-Health (e.g. --lambda-lb 0.1)
 
 # several seeds: one pipeline per seed in OUT/seed-N, then one report (tables of the first
 # seed, a table of every seed with the mean and spread of the gaps)
@@ -111,7 +111,7 @@ fed() { # fed NAME ARCH
     touch "$OUT/$1/done"
 }
 # (b) and (c): single-process training, two at a time (one core each)
-central() { # central NAME TRAIN_DIRS [more moeh-sim train options]
+central() { # central NAME TRAIN_DIRS [more moeh train options]
     local name=$1 data=$2
     shift 2
     if [[ -f $OUT/$name/done ]]; then return; fi

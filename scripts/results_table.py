@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """results_table.py - docs/results.md from the outputs of scripts/results.sh.
 
-Reads OUT/<run>/metrics.jsonl (the coordinator's and `moeh-sim train`'s format: the last
+Reads OUT/<run>/metrics.jsonl (the coordinator's and `moeh train`'s format: the last
 "eval" line and the "task" lines of the same round), the generator's truth (OUT/truth.csv)
 and the site datasets' ids.npy/split.npy (OUT/sites/<site>/) for the oracle AUROC on the pooled
 test rows, and writes a Markdown report with the accuracy targets of DESIGN section 7.
@@ -309,12 +309,12 @@ def main():
     L.append("# Results: federated MoE-Health on a synthetic MIMIC-IV\n")
     L.append("Produced by (from the repository root, after building):\n")
     L.append("```\n" + args.command + "\n```\n")
-    L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh-sim synth`, "
-             f"truth known), extracted with `moeh-sim extract`, split with `moeh-sim split "
+    L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh synth`, "
+             f"truth known), extracted with `moeh extract`, split with `moeh split "
              f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
              f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
              f"(the first {args.warmup} expert warm-up), the model and optimiser settings of "
-             f"`moeh-sim run`; "
+             f"`moeh run`; "
              f"the centralised and local-only models keep their epoch with the best mean "
              f"validation AUROC on their own validation split (`--select best`, early "
              f"stopping), the federated models report their last round (the coordinator has "
@@ -325,7 +325,7 @@ def main():
     L.append("**Test set.** Every number is on the *pooled test set*: the union of the four "
              "sites' test splits "
              f"({len(test_ids)} admissions). The centralised model (b) trains on the "
-             "concatenation of the four site datasets (`moeh-sim train --dataset "
+             "concatenation of the four site datasets (`moeh train --dataset "
              "S1,S2,S3,S4`: the same rows, modalities and train/val/test splits the "
              "federation sees); each local-only model (c) trains on its own site and is tested "
              "with `--eval-dataset S1,S2,S3,S4`. AUROC is computed from 1000-bin score "
@@ -370,7 +370,7 @@ def main():
              + " | ".join(fmt(ach[t]) for t in TASKS + ["mean"]) + " | |")
     L.append("")
 
-    L.append("## AUPRC and F1 (models trained with `moeh-sim train`)\n")
+    L.append("## AUPRC and F1 (models trained with `moeh train`)\n")
     L.append("The federation evaluates with summed histograms and reports AUROC only; the "
              "centralised and local-only models also report exact AUPRC and F1 (threshold 0.5 "
              "and the best threshold) on the same pooled test set.\n")

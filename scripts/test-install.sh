@@ -21,7 +21,7 @@ fail() { echo "test-install: FAIL: $*" >&2; exit 1; }
 
 echo "== install $pkg"
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
-for bin in moeh-coordinator moeh-site-agent moeh-keygen moeh-sim; do
+for bin in moeh-coordinator moeh-site-agent moeh-keygen moeh; do
     [ "$(command -v $bin)" = "/usr/bin/$bin" ] || fail "$bin is not on PATH from the package"
     man -w "$bin" >/dev/null 2>&1 || fail "no man page for $bin"
     "$bin" --version >/dev/null || fail "$bin --version"
@@ -49,8 +49,8 @@ cd "$work"
 moeh-keygen coordinator >/dev/null
 line=$(moeh-keygen --site st-marys st-marys | grep '^st-marys = ')
 printf '[sites]\n%s\n' "$line" > registry.ini
-moeh-sim synth --out synth --admissions 400 --image-px 64 >/dev/null
-moeh-sim extract --mimic synth/mimic --note synth/note --cxr synth/cxr \
+moeh synth --out synth --admissions 400 --image-px 64 >/dev/null
+moeh extract --mimic synth/mimic --note synth/note --cxr synth/cxr \
     --out st-marys-data >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \

@@ -1,4 +1,4 @@
-/* cmd_extract.c - `moeh-sim extract`: MIMIC-IV (+ Note, + CXR-JPG) to a dataset directory. */
+/* cmd_extract.c - `moeh extract`: MIMIC-IV (+ Note, + CXR-JPG) to a dataset directory. */
 #include "moeh_extract.h"
 #include "moeh_opts.h"
 #include "sim_commands.h"
@@ -30,8 +30,8 @@ int moeh_sim_cmd_extract(int argc, char **argv)
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
     moeh_opts_t po = {
-        .prog = "moeh-sim extract",
-        .synopsis = "usage: moeh-sim extract --mimic DIR [--note DIR] [--cxr DIR] --out DATASET "
+        .prog = "moeh extract",
+        .synopsis = "usage: moeh extract --mimic DIR [--note DIR] [--cxr DIR] --out DATASET "
                     "[OPTIONS]\n\nBuilds the cohort of docs/data.md from MIMIC-IV as PhysioNet "
                     "publishes it and\nwrites a dataset directory (.npy arrays + meta.json). A "
                     "missing event table or modality\ndirectory is a warning and leaves that "
@@ -42,7 +42,7 @@ int moeh_sim_cmd_extract(int argc, char **argv)
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
     if (!rc && (!o.mimic_dir || !out))
-        rc = moeh_errf(&err, -EINVAL, "--mimic and --out are required (moeh-sim extract --help)");
+        rc = moeh_errf(&err, -EINVAL, "--mimic and --out are required (moeh extract --help)");
     if (!rc && (o.val_frac < 0 || o.test_frac < 0 || o.val_frac + o.test_frac > 1))
         rc =
             moeh_errf(&err, -EINVAL, "--val %g, --test %g: expected fractions >= 0 with a sum <= 1",
@@ -55,11 +55,11 @@ int moeh_sim_cmd_extract(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--log-level %s: expected debug, info, warn or error",
                        log_level);
     if (rc) {
-        fprintf(stderr, "moeh-sim extract: %s\n", err.msg);
+        fprintf(stderr, "moeh extract: %s\n", err.msg);
         moeh_opts_free(&po);
         return 2;
     }
-    if (log_level) moeh_log_configure(l, "moeh-sim", NULL, NULL);
+    if (log_level) moeh_log_configure(l, "moeh", NULL, NULL);
     o.img_size = (size_t)img_size, o.strict = strict;
     moeh_dataset_t *ds = NULL;
     moeh_extract_stats_t st;
@@ -67,7 +67,7 @@ int moeh_sim_cmd_extract(int argc, char **argv)
     if (rc == 0) rc = moeh_dataset_write(ds, out, &err);
     moeh_dataset_destroy(&ds);
     if (rc) {
-        fprintf(stderr, "moeh-sim extract: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
+        fprintf(stderr, "moeh extract: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
         moeh_opts_free(&po);
         return 1;
     }

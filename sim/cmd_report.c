@@ -1,8 +1,8 @@
-/* cmd_report.c - `moeh-sim report RUN_DIR [--out FILE]`: the HTML report of a run directory
+/* cmd_report.c - `moeh report RUN_DIR [--out FILE]`: the HTML report of a run directory
  * (docs/report.md). The figures are drawn by scripts/report.py with Debian's matplotlib; this
  * command finds the script (installed beside the binaries as ../share/moeh/report.py, or in
  * the source tree the binary was built from; $MOEH_REPORT_SCRIPT overrides both) and runs it
- * with the system's python3. moeh-sim run calls moeh_sim_report() at its end. */
+ * with the system's python3. moeh run calls moeh_sim_report() at its end. */
 #include "sim_commands.h"
 
 #include "moeh_common.h"
@@ -48,7 +48,7 @@ int moeh_sim_report(const char *run_dir, const char *out_file)
     char script[PATH_MAX + 64];
     if (find_script(script, sizeof script) != 0) {
         fprintf(stderr,
-                "moeh-sim report: cannot find report.py (looked at $MOEH_REPORT_SCRIPT, "
+                "moeh report: cannot find report.py (looked at $MOEH_REPORT_SCRIPT, "
                 "../share/moeh/ beside this binary and %s/scripts/)\n",
                 MOEH_SOURCE_DIR);
         return 1;
@@ -58,7 +58,7 @@ int moeh_sim_report(const char *run_dir, const char *out_file)
     pid_t pid;
     int rc = posix_spawn(&pid, PYTHON, NULL, NULL, argv, environ);
     if (rc != 0) {
-        fprintf(stderr, "moeh-sim report: cannot run %s: %s (apt-get install python3)\n", PYTHON,
+        fprintf(stderr, "moeh report: cannot run %s: %s (apt-get install python3)\n", PYTHON,
                 strerror(rc));
         return 1;
     }
@@ -73,7 +73,7 @@ int moeh_sim_cmd_report(int argc, char **argv)
     const char *dir = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: moeh-sim report RUN_DIR [--out FILE]\n\n"
+            printf("usage: moeh report RUN_DIR [--out FILE]\n\n"
                    "Writes one self-contained HTML page about a finished run (learning curves,\n"
                    "AUROC per modality combination, the gate per combination, participation,\n"
                    "DP epsilon, the configuration) from RUN_DIR/metrics.jsonl and config.json;\n"
@@ -83,19 +83,19 @@ int moeh_sim_cmd_report(int argc, char **argv)
         }
         if (!strcmp(argv[i], "--out")) {
             if (++i >= argc) {
-                fprintf(stderr, "moeh-sim report: --out needs a file name\n");
+                fprintf(stderr, "moeh report: --out needs a file name\n");
                 return 2;
             }
             out = argv[i];
         } else if (argv[i][0] == '-' || dir) {
-            fprintf(stderr, "moeh-sim report: unexpected argument '%s' (see --help)\n", argv[i]);
+            fprintf(stderr, "moeh report: unexpected argument '%s' (see --help)\n", argv[i]);
             return 2;
         } else {
             dir = argv[i];
         }
     }
     if (!dir) {
-        fprintf(stderr, "usage: moeh-sim report RUN_DIR [--out FILE]\n");
+        fprintf(stderr, "usage: moeh report RUN_DIR [--out FILE]\n");
         return 2;
     }
     return moeh_sim_report(dir, out);

@@ -1,4 +1,4 @@
-/* cmd_split.c - `moeh-sim split`: a dataset into virtual hospitals (docs/data.md, "Sites"). */
+/* cmd_split.c - `moeh split`: a dataset into virtual hospitals (docs/data.md, "Sites"). */
 #include "moeh_split.h"
 #include "moeh_opts.h"
 #include "sim_commands.h"
@@ -14,7 +14,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
     const char *in = NULL, *out = NULL, *spec = NULL, *skew = moeh_task_names[MOEH_TASK_MORTALITY];
     int no_verify = 0;
     const moeh_opt_t opts[] = {
-        {"dataset", MOEH_OPT_STR, &in, "the dataset to split (moeh-sim extract) [required]"},
+        {"dataset", MOEH_OPT_STR, &in, "the dataset to split (moeh extract) [required]"},
         {"sites", MOEH_OPT_STR, &spec,
          "NAME:SHARE[:MODS],... e.g. A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2:ehr (SHARE: share "
          "of admissions; MODS: the modalities the site has at all, default all), or 'careunit': "
@@ -32,8 +32,8 @@ int moeh_sim_cmd_split(int argc, char **argv)
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the input arrays' checksums"},
     };
     moeh_opts_t po = {
-        .prog = "moeh-sim split",
-        .synopsis = "usage: moeh-sim split --dataset D --sites SPEC --out DIR [OPTIONS]\n\n"
+        .prog = "moeh split",
+        .synopsis = "usage: moeh split --dataset D --sites SPEC --out DIR [OPTIONS]\n\n"
                     "Assigns whole subjects to sites and writes DIR/<site>/ (one dataset each, "
                     "with a\nsubject-grouped train/val/test split inside the site) and "
                     "DIR/summary.tsv (docs/data.md).\nExit status: 0 ok, 1 failure, 2 usage "
@@ -45,7 +45,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
     if (rc == 1) return 0;
     if (!rc && (!in || !out || !spec))
         rc = moeh_errf(&err, -EINVAL,
-                       "--dataset, --sites and --out are required (moeh-sim split --help)");
+                       "--dataset, --sites and --out are required (moeh split --help)");
     if (!rc && !strcmp(skew, "careunit"))
         o.skew_by = -1;
     else if (!rc) {
@@ -64,7 +64,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
                       o.val_frac, o.test_frac);
     if (!rc) rc = moeh_split_parse_sites(spec, &o, &err);
     if (rc) {
-        fprintf(stderr, "moeh-sim split: %s\n", err.msg);
+        fprintf(stderr, "moeh split: %s\n", err.msg);
         moeh_opts_free(&po);
         return 2;
     }
@@ -74,7 +74,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
     moeh_dataset_destroy(&ds);
     moeh_opts_free(&po);
     if (rc) {
-        fprintf(stderr, "moeh-sim split: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
+        fprintf(stderr, "moeh split: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
         return 1;
     }
     return 0;

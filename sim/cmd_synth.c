@@ -1,4 +1,4 @@
-/* cmd_synth.c - `moeh-sim synth`: a synthetic MIMIC-IV with known truth (docs/synthetic.md). */
+/* cmd_synth.c - `moeh synth`: a synthetic MIMIC-IV with known truth (docs/synthetic.md). */
 #include "moeh_synth.h"
 #include "sim_commands.h"
 
@@ -25,21 +25,21 @@ int moeh_sim_cmd_synth(int argc, char **argv)
         {"gzip-level", MOEH_OPT_U32, &gz_level, "gzip level of the CSV files, 1..9"},
     };
     moeh_opts_t po = {
-        .prog = "moeh-sim synth",
+        .prog = "moeh synth",
         .synopsis =
-            "usage: moeh-sim synth --out DIR [--admissions N] [--seed S] [OPTIONS]\n\n"
+            "usage: moeh synth --out DIR [--admissions N] [--seed S] [OPTIONS]\n\n"
             "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
             "DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
             "files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per admission)\n"
             "and DIR/truth.json (counts, oracle AUROC per task).\n"
-            "Then: moeh-sim extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n"
+            "Then: moeh extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n"
             "Exit status: 0 ok, 1 failure, 2 usage error.",
         .opts = opts,
         .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
-    if (!rc && !out) rc = moeh_errf(&err, -EINVAL, "--out is required (moeh-sim synth --help)");
+    if (!rc && !out) rc = moeh_errf(&err, -EINVAL, "--out is required (moeh synth --help)");
     if (!rc && (admissions == 0 || admissions > ((uint64_t)1 << 32)))
         rc = moeh_errf(&err, -EINVAL, "--admissions %llu: expected 1..2^32",
                        (unsigned long long)admissions);
@@ -51,7 +51,7 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     if (!rc && (o.chart_days < 0 || o.chart_days > 365))
         rc = moeh_errf(&err, -EINVAL, "--chart-days %g: expected 0..365", o.chart_days);
     if (rc) {
-        fprintf(stderr, "moeh-sim synth: %s\n", err.msg);
+        fprintf(stderr, "moeh synth: %s\n", err.msg);
         moeh_opts_free(&po);
         return 2;
     }
@@ -61,7 +61,7 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     int64_t t = moeh_now_ms();
     rc = moeh_synth(&o, out, &st, &err);
     if (rc) {
-        fprintf(stderr, "moeh-sim synth: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
+        fprintf(stderr, "moeh synth: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
         moeh_opts_free(&po);
         return 1;
     }

@@ -1,4 +1,4 @@
-/* cmd_train.c - `moeh-sim train`: centralised training of MoE-Health (or a baseline) on one
+/* cmd_train.c - `moeh train`: centralised training of MoE-Health (or a baseline) on one
  * dataset, the federation's reference and the local-only models of the results table.
  *
  * Uses the site agent's trainer library (train/moeh_trainer.h) unchanged: the same model,
@@ -290,8 +290,8 @@ int moeh_sim_cmd_train(int argc, char **argv)
     memcpy(opts, own, sizeof own);
     if (moeh_moe_cfg_options(&mc, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
     moeh_opts_t o = {
-        .prog = "moeh-sim train",
-        .synopsis = "usage: moeh-sim train --dataset DIR[,DIR...] [--eval-dataset DIR[,DIR...]] "
+        .prog = "moeh train",
+        .synopsis = "usage: moeh train --dataset DIR[,DIR...] [--eval-dataset DIR[,DIR...]] "
                     "[OPTIONS]\n\nCentralised training with the site agent's trainer: "
                     "normalisation from the training data's\ntrain split, one progress line per "
                     "epoch (validation AUROC), then test AUROC, AUPRC and F1\nper task and per "
@@ -303,7 +303,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     int rc = moeh_opts_parse(&o, argc, argv, &err);
     if (rc == 1) return 0;
     if (!rc && !data)
-        rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh-sim train --help)");
+        rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh train --help)");
     if (!rc && strspn(data, ",") == strlen(data))
         rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
     if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))
@@ -336,11 +336,11 @@ int moeh_sim_cmd_train(int argc, char **argv)
         rc = moeh_errf(&err, -EINVAL, "--eval-bins %u: expected 2..100000", bins);
     if (!rc && strlen(out) > 3000) rc = moeh_errf(&err, -EINVAL, "--out path is too long");
     if (rc) {
-        fprintf(stderr, "moeh-sim train: %s\n", err.msg);
+        fprintf(stderr, "moeh train: %s\n", err.msg);
         moeh_opts_free(&o);
         return 2;
     }
-    moeh_log_configure(MOEH_LOG_WARN, "moeh-sim", NULL, NULL);
+    moeh_log_configure(MOEH_LOG_WARN, "moeh", NULL, NULL);
 
     moeh_dataset_t *ds = NULL, *eds = NULL;
     moeh_trainer_t *tr = NULL, *etr = NULL;
@@ -399,7 +399,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
             data, eval_data ? eval_data : "", arch, epochs, warmup, batch, (double)lr, (double)wd,
             (double)clip, d_emb, d_hidden, buckets, bins, (unsigned long long)seed, n_all, n_train,
             moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
-    printf("moeh-sim train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
+    printf("moeh train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
            "(%zu rows)\n",
            arch, p->n, n_all, n_train, moeh_trainer_rows(tr, MOEH_SPLIT_VAL),
            eval_data ? eval_data : "the same data", moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST));
@@ -511,7 +511,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
            (double)(moeh_now_ms() - t0) / 1e3, out, path);
 out:
     if (mf) fclose(mf);
-    if (rc) fprintf(stderr, "moeh-sim train: %s\n", err.msg);
+    if (rc) fprintf(stderr, "moeh train: %s\n", err.msg);
     moeh_dataset_destroy(&ds);
     moeh_dataset_destroy(&eds);
     moeh_trainer_destroy(&tr);

@@ -1,6 +1,6 @@
 # sim/data.cmake - the cohort library (moeh_cohort): streaming gzip CSV,
 # MIMIC-IV cohort extraction, the synthetic MIMIC-IV
-# generator and site splits; plus the sources of `moeh-sim extract|synth|split`.
+# generator and site splits; plus the sources of `moeh extract|synth|split`.
 # Inflate uses ISA-L's igzip (several times zlib's speed on this machine); JPEG via TurboJPEG
 # (scaled decoding), PNG via libpng.
 moeh_require(ISAL libisal libisal-dev)
@@ -29,7 +29,7 @@ add_custom_command(OUTPUT ${MOEH_VARMAP_C}
     COMMENT "Embedding sim/variables.csv")
 target_sources(moeh_cohort PRIVATE ${MOEH_VARMAP_C})
 
-# The subcommands, reached through moeh-sim (sim/main.c).
+# The subcommands, reached through moeh (sim/main.c).
 list(APPEND MOEH_SIM_CMD_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/cmd_extract.c
     ${CMAKE_CURRENT_LIST_DIR}/cmd_synth.c

@@ -1,4 +1,4 @@
-/* main.c - moeh-sim: the researcher's entry point (dispatches to subcommands). */
+/* main.c - moeh: the researcher's entry point (dispatches to subcommands). */
 #include "sim_commands.h"
 
 #include <stdio.h>
@@ -21,12 +21,12 @@ static const cmd_t k_cmds[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moeh-sim [COMMAND] [OPTIONS]\n\n"
+    fprintf(f, "usage: moeh [COMMAND] [OPTIONS]\n\n"
                "Simulates a federation of hospitals on one machine.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", k_cmds[i].name, k_cmds[i].help);
-    fprintf(f, "\nWith no command, runs `moeh-sim run` with its defaults.\n"
-               "`moeh-sim COMMAND --help` describes each command.\n");
+    fprintf(f, "\nWith no command, runs `moeh run` with its defaults.\n"
+               "`moeh COMMAND --help` describes each command.\n");
 }
 
 int main(int argc, char **argv)
@@ -37,7 +37,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (argc >= 2 && !strcmp(argv[1], "--version")) {
-            printf("moeh-sim %s\n", MOEH_VERSION);
+            printf("moeh %s\n", MOEH_VERSION);
             return 0;
         }
         /* options without a command go to `run` */
@@ -46,7 +46,7 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "moeh-sim: unknown command '%s'\n\n", argv[1]);
+    fprintf(stderr, "moeh: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
 }

@@ -1,6 +1,6 @@
 /* moeh_localfed.h - building blocks of a federation on one machine: key files and registry,
  * starting the coordinator (reading back its endpoint) and the agents as real processes.
- * Used by `moeh-sim run` and by the multi-process tests. */
+ * Used by `moeh run` and by the multi-process tests. */
 #ifndef MOEH_LOCALFED_H
 #define MOEH_LOCALFED_H
 

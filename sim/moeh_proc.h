@@ -1,4 +1,4 @@
-/* moeh_proc.h - starting, watching and reaping the processes of a local federation (moeh-sim run
+/* moeh_proc.h - starting, watching and reaping the processes of a local federation (moeh run
  * and the multi-process tests). Waits use pidfds and poll(): no sleep is a synchronisation. */
 #ifndef MOEH_PROC_H
 #define MOEH_PROC_H

@@ -1,5 +1,5 @@
 /* moeh_synth.h - the synthetic MIMIC-IV (DESIGN §3.3; the generative model is in
- * docs/synthetic.md). Writes the raw layout that `moeh-sim extract` reads:
+ * docs/synthetic.md). Writes the raw layout that `moeh extract` reads:
  *   DIR/mimic/hosp/{patients,admissions,labevents,d_labitems}.csv.gz
  *   DIR/mimic/icu/{icustays,chartevents,d_items}.csv.gz
  *   DIR/note/note/radiology.csv.gz

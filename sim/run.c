@@ -1,4 +1,4 @@
-/* run.c - `moeh-sim run`: a whole federation on this machine, as real processes over
+/* run.c - `moeh run`: a whole federation on this machine, as real processes over
  * loopback with CURVE: synthetic MIMIC-IV -> extract -> split into sites with different
  * modality mixes -> keys and registry -> coordinator + one agent per site -> round table ->
  * final table per task and modality combination -> every process stopped. */
@@ -40,7 +40,7 @@ static void format_opt(const moeh_opt_t *opt, char *buf, size_t cap)
     }
 }
 
-/* Runs a moeh-sim subcommand in this process with the given arguments. */
+/* Runs a moeh subcommand in this process with the given arguments. */
 static int sub(int (*fn)(int, char **), char **argv)
 {
     int argc = 0;
@@ -66,9 +66,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
         {"sites", MOEH_OPT_STR, &sites_spec,
-         "sites as NAME:SHARE:MODALITIES,... (moeh-sim split --help)"},
+         "sites as NAME:SHARE:MODALITIES,... (moeh split --help)"},
         {"data", MOEH_OPT_STR, &data_opt,
-         "use this directory of site datasets (from moeh-sim split) instead of making one"},
+         "use this directory of site datasets (from moeh split) instead of making one"},
         {"rounds", MOEH_OPT_U32, &rounds, "federated rounds"},
         {"warmup-rounds", MOEH_OPT_U32, &warmup,
          "expert-specialisation rounds first (by default at most rounds - 1)"},
@@ -96,7 +96,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
-         "where moeh-coordinator and moeh-site-agent are (default: next to moeh-sim)"},
+         "where moeh-coordinator and moeh-site-agent are (default: next to moeh)"},
     };
     /* this command's options, then the model's hyperparameters (the shared fragment) */
     moeh_opt_t opts[MOEH_OPTS_MAX];
@@ -105,8 +105,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
     const size_t n_own = n_opts;
     memcpy(opts, own, sizeof own);
     if (moeh_moe_cfg_options(&model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
-    moeh_opts_t o = {.prog = "moeh-sim run",
-                     .synopsis = "usage: moeh-sim run [OPTIONS]\n\nRuns a whole federation on "
+    moeh_opts_t o = {.prog = "moeh run",
+                     .synopsis = "usage: moeh run [OPTIONS]\n\nRuns a whole federation on "
                                  "this machine: writes a synthetic MIMIC-IV, extracts the cohort,\n"
                                  "splits it into hospitals with different modality mixes, makes "
                                  "CURVE keys and a site\nregistry, starts moeh-coordinator and one "
@@ -141,17 +141,17 @@ int moeh_sim_cmd_run(int argc, char **argv)
         rc =
             moeh_errf(&err, -EINVAL, "--min-sites %u exceeds the %zu sites", min_sites, so.n_sites);
     if (rc) {
-        fprintf(stderr, "moeh-sim run: %s\n", err.msg);
+        fprintf(stderr, "moeh run: %s\n", err.msg);
         moeh_opts_free(&o);
         return 2;
     }
-    moeh_log_configure(MOEH_LOG_INFO, "moeh-sim", NULL, NULL);
+    moeh_log_configure(MOEH_LOG_INFO, "moeh", NULL, NULL);
     char bin_dir[2048], raw_dir[1100], ds_dir[1100], sites_dir[1100], key_dir[1100], log_dir[1100],
         path[4096];
     if (bin_dir_opt)
         snprintf(bin_dir, sizeof bin_dir, "%s", bin_dir_opt);
     else if (moeh_self_dir(bin_dir, sizeof bin_dir) != 0) {
-        fprintf(stderr, "moeh-sim run: cannot find my own directory; use --bin-dir\n");
+        fprintf(stderr, "moeh run: cannot find my own directory; use --bin-dir\n");
         moeh_opts_free(&o);
         return 1;
     }
@@ -342,11 +342,11 @@ int moeh_sim_cmd_run(int argc, char **argv)
         }
     }
     if (bad_agents)
-        fprintf(stderr, "moeh-sim run: %d agents did not end cleanly; see %s/*.log\n", bad_agents,
+        fprintf(stderr, "moeh run: %d agents did not end cleanly; see %s/*.log\n", bad_agents,
                 log_dir);
     int report_rc = moeh_sim_report(out, NULL);
     if (report_rc != 0)
-        fprintf(stderr, "moeh-sim run: the report was not written (the run itself is complete)\n");
+        fprintf(stderr, "moeh run: the report was not written (the run itself is complete)\n");
     printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy%s%s%s\n",
            (double)(moeh_now_ms() - t0) / 1000.0, out, out, report_rc ? "" : ", report in ",
            report_rc ? "" : out, report_rc ? "" : "/report.html");
@@ -355,7 +355,7 @@ out:
     moeh_proc_stop(&coord, 5000);
     for (size_t k = 0; k < n_sites; k++)
         moeh_proc_stop(&agents[k], 5000);
-    if (rc) fprintf(stderr, "moeh-sim run: %s\n", err.msg);
+    if (rc) fprintf(stderr, "moeh run: %s\n", err.msg);
     moeh_opts_free(&o);
     return rc ? (rc == -EINTR ? 130 : 1) : exit_code;
 }

@@ -1,4 +1,4 @@
-/* sim_commands.h - the subcommands of moeh-sim. Each takes (argc, argv) with argv[0] = the
+/* sim_commands.h - the subcommands of moeh. Each takes (argc, argv) with argv[0] = the
  * subcommand name, prints its own --help, and returns a process exit code (0 ok, 1 runtime
  * failure, 2 usage error). To add one: declare it here and add a row to k_cmds in main.c. */
 #ifndef MOEH_SIM_COMMANDS_H
@@ -16,7 +16,7 @@ int moeh_sim_cmd_report(int argc, char **argv);  /* cmd_report.c: a run's HTML r
 /* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
 int moeh_sim_report(const char *run_dir, const char *out_file);
 
-/* The model moeh-sim trains by default (run and train alike): DESIGN's MoE-Health, narrower
+/* The model moeh trains by default (run and train alike): DESIGN's MoE-Health, narrower
  * (d = 64, 2^14 note buckets) to suit a laptop; data shapes 0 (the datasets give them). */
 static inline moeh_moe_cfg_t moeh_sim_model_defaults(void)
 {

@@ -937,7 +937,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     static const char *const what[] = {"positives", "labelled", "oracle_auroc", "modalities"};
     char js[2048];
     int jl = snprintf(js, sizeof js,
-                      "{\n  \"generator\": \"moeh-sim synth\",\n  \"seed\": %llu,\n"
+                      "{\n  \"generator\": \"moeh synth\",\n  \"seed\": %llu,\n"
                       "  \"cohort\": %zu,\n  \"subjects\": %zu,\n  \"admissions\": %zu",
                       (unsigned long long)o->seed, n, g.st->subjects, g.st->admissions);
     for (int w = 0; w < 4; w++) /* per task (the schema's names), then per modality */

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""check_cohort.py - independent check of `moeh-sim extract` (standard library only).
+"""check_cohort.py - independent check of `moeh extract` (standard library only).
 
 usage: check_cohort.py MIMIC_DIR DATASET_DIR [VARIABLES_CSV]
 

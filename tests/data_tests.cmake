@@ -7,6 +7,6 @@ moeh_add_test(test_synth SOURCES test_synth.c LIBS moeh_cohort PkgConfig::XXHASH
 moeh_add_test(test_split SOURCES test_split.c LIBS moeh_cohort)
 moeh_add_test(test_image SOURCES test_image.c LIBS moeh_cohort PkgConfig::TURBOJPEG PkgConfig::PNG)
 moeh_add_test(test_data_cli SOURCES test_data_cli.c LIBS moeh_common)
-if(TARGET moeh-sim)
-    add_dependencies(test_data_cli moeh-sim)
+if(TARGET moeh)
+    add_dependencies(test_data_cli moeh)
 endif()

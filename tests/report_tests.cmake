@@ -1,6 +1,6 @@
 # The HTML report (scripts/report.py, docs/report.md): structure, escaping and refusals on a run
 # directory the test writes, then headless Chromium (no console message, screenshot not blank);
-# and the report of a real `moeh-sim run` (test_report_real). Chromium missing is a failure.
+# and the report of a real `moeh run` (test_report_real). Chromium missing is a failure.
 # Debian's python3-matplotlib is installed for /usr/bin/python3 (not for a python3 that may come
 # first on PATH, e.g. pyenv's), so that interpreter is preferred.
 find_program(MOEH_REPORT_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)

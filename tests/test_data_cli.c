@@ -1,4 +1,4 @@
-/* test_data_cli.c - the data subcommands through moeh-sim in MOEH_BIN_DIR: --help and usage errors
+/* test_data_cli.c - the data subcommands through moeh in MOEH_BIN_DIR: --help and usage errors
  * (exit 0 / 2), synth -> extract (with notes and CXR) -> split, the demo's "vital signs are absent"
  * warning, and readable errors for a missing directory and a corrupted array. */
 #include <setjmp.h>
@@ -22,7 +22,7 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_cli_XXXXXX");
     assert_non_null(mkdtemp(g_dir));
     const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
+    snprintf(g_bin, sizeof g_bin, "%s/moeh", b ? b : "bin");
     return 0;
 }
 
@@ -60,7 +60,7 @@ static void test_help_and_usage(void **state)
         char a[64];
         snprintf(a, sizeof a, "%s --help", cmds[i]);
         assert_int_equal(run(a), 0);
-        assert_true(out_has("usage: moeh-sim"));
+        assert_true(out_has("usage: moeh"));
         snprintf(a, sizeof a, "%s --bogus", cmds[i]);
         assert_int_equal(run(a), 2);
         assert_int_equal(run(cmds[i]), 2); /* required options missing */

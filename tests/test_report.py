@@ -11,7 +11,7 @@ console message at all (the page has no script; a blocked load or a CSP violatio
 one: a control page proves that such a message is seen) and that the screenshot, decoded here
 with zlib, is not blank.
 
---real: runs `moeh-sim run --admissions 600 --rounds 2` from MOEH_BIN_DIR and renders its run
+--real: runs `moeh run --admissions 600 --rounds 2` from MOEH_BIN_DIR and renders its run
 directory (the shapes of today's coordinator, not of this file's copy of them).
 
 Chromium missing is a failure, not a skip: CI installs it (scripts/debian-packages.txt).
@@ -448,15 +448,15 @@ def test_chromium(page, work):
 
 def test_real(work):
     bindir = os.environ.get("MOEH_BIN_DIR")
-    sim = os.path.join(bindir or "", "moeh-sim")
-    if not check(bindir and os.access(sim, os.X_OK), f"moeh-sim in MOEH_BIN_DIR ({sim})"):
+    sim = os.path.join(bindir or "", "moeh")
+    if not check(bindir and os.access(sim, os.X_OK), f"moeh in MOEH_BIN_DIR ({sim})"):
         return
     t = time.monotonic()
     p = subprocess.run([sim, "run", "--out", os.path.join(work, "moeh-run"), "--admissions",
                         "600", "--rounds", "2", "--timeout-s", "240"], cwd=work,
                        capture_output=True, text=True, timeout=300)
-    print(f"     (moeh-sim run took {time.monotonic() - t:.1f} s)")
-    if not check(p.returncode == 0, "moeh-sim run --admissions 600 --rounds 2"):
+    print(f"     (moeh run took {time.monotonic() - t:.1f} s)")
+    if not check(p.returncode == 0, "moeh run --admissions 600 --rounds 2"):
         print(p.stdout[-2000:], p.stderr[-2000:])
         return
     run_dir = os.path.join(work, "moeh-run")

@@ -1,4 +1,4 @@
-/* test_train.c - `moeh-sim train` (sim/cmd_train.c) through the moeh-sim binary in
+/* test_train.c - `moeh train` (sim/cmd_train.c) through the moeh binary in
  * MOEH_BIN_DIR, on a small synthetic MIMIC-IV (made once with the library: synth -> extract
  * -> two sites) and a tiny model:
  *  - centralised training on both sites reduces the training loss and beats 0.6 mean test
@@ -34,7 +34,7 @@ static int group_setup(void **state)
     sp.seed = 7;
     int rc = moeh_test_tmpdir(g_dir, sizeof g_dir, "train");
     const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh-sim", b ? b : "bin");
+    snprintf(g_bin, sizeof g_bin, "%s/moeh", b ? b : "bin");
     snprintf(sites, sizeof sites, "%s/sites", g_dir);
     snprintf(g_s1, sizeof g_s1, "%s/site-1", sites);
     snprintf(g_s2, sizeof g_s2, "%s/site-2", sites);
@@ -53,7 +53,7 @@ static int group_teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-/* Runs "moeh-sim train ARGS > DIR/out 2>&1" and returns the exit status. */
+/* Runs "moeh train ARGS > DIR/out 2>&1" and returns the exit status. */
 static int run(const char *args)
 {
     char cmd[4096];

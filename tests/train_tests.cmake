@@ -1,8 +1,8 @@
-# Tests of `moeh-sim train` (sim/cmd_train.c): centralised training on a small synthetic
-# MIMIC-IV, evaluation on another dataset, usage errors. Runs the moeh-sim binary.
-if(TARGET moeh-sim AND TARGET moeh_agent)
+# Tests of `moeh train` (sim/cmd_train.c): centralised training on a small synthetic
+# MIMIC-IV, evaluation on another dataset, usage errors. Runs the moeh binary.
+if(TARGET moeh AND TARGET moeh_agent)
     moeh_add_test(test_train SOURCES test_train.c LIBS moeh_cohort PkgConfig::CJSON TIMEOUT 300)
-    add_dependencies(test_train moeh-sim)
+    add_dependencies(test_train moeh)
 endif()
 # Metrics from summed evaluation histograms (train/moeh_evalsum.h), against hand-computed values.
 moeh_add_test(test_evalsum SOURCES test_evalsum.c LIBS moeh_train)

@@ -1,7 +1,7 @@
 /* moeh_evalsum.h - metrics from summed evaluation histograms: the AUROC of one slice and task
  * of a (slices, tasks, 2, bins) score histogram (moeh_trainer_evaluate's layout, summed over
  * sites by the coordinator), and the mean over the tasks that have one. Shared by the site
- * agent (its own figures), the coordinator (the federation's) and `moeh-sim train`, so every
+ * agent (its own figures), the coordinator (the federation's) and `moeh train`, so every
  * AUROC in metrics.jsonl is measured the same way. Pure functions: nothing is allocated. */
 #ifndef MOEH_EVALSUM_H
 #define MOEH_EVALSUM_H

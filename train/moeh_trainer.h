@@ -1,5 +1,5 @@
 /* moeh_trainer.h - local training and evaluation of MoE-Health on one dataset directory: the part
- * of a site agent that never touches the network, shared with `moeh-sim train` (centralised
+ * of a site agent that never touches the network, shared with `moeh train` (centralised
  * training, the federation's reference).
  *
  * Inputs are normalised with statistics given from outside (the federation computes them as
@@ -82,7 +82,7 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
 
 /* Predicted probabilities of the current parameters for every row of a split, in dataset
  * order: probs (moeh_trainer_rows(t, split), n_tasks); row_idx (same count, may be NULL)
- * receives each prediction's dataset row. For centralised evaluation (`moeh-sim train`),
+ * receives each prediction's dataset row. For centralised evaluation (`moeh train`),
  * where exact metrics per patient are allowed; a site agent never sends these. 0 or a
  * negative code (err says why). */
 int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,

@@ -261,7 +261,7 @@ def wait_log(path, pattern, timeout, alive=None):
 
 def prepare(bin_dir, work, admissions):
     """Synthetic MIMIC-IV -> cohort -> one dataset per site; CURVE keys and the registry."""
-    sim = os.path.join(bin_dir, "moeh-sim")
+    sim = os.path.join(bin_dir, "moeh")
     raw, cohort, sites = (os.path.join(work, d) for d in ("mimic-synth", "cohort", "sites"))
     spec = ",".join("%s:%g:%s" % s for s in SITES)
     t = time.monotonic()
@@ -647,7 +647,7 @@ def main():
     if args.outage_s is None:
         args.outage_s = {"partition": 45.0, "site-flap": 4.0}.get(args.scenario, 30.0)
     args.bin_dir = os.path.abspath(args.bin_dir)
-    for b in ("moeh-coordinator", "moeh-site-agent", "moeh-sim", "moeh-keygen",
+    for b in ("moeh-coordinator", "moeh-site-agent", "moeh", "moeh-keygen",
               "moeh-faultproxy"):
         if not os.access(os.path.join(args.bin_dir, b), os.X_OK):
             print("netns_fed: %s/%s is missing: build it first" % (args.bin_dir, b))

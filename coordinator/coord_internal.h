@@ -59,7 +59,7 @@ typedef struct moeh_coord_core {
     size_t vsum_cap;
     uint64_t combo_rows[MOEH_N_COMBOS];
     double last_auroc[MOEH_N_SLICES][MOEH_N_TASKS]; /* of the last evaluation */
-    moeh_calib_t last_calib[MOEH_N_TASKS];           /* of the last evaluation, every row */
+    moeh_calib_t last_calib[MOEH_N_TASKS];          /* of the last evaluation, every row */
     uint64_t spec_hash, model_version, hb_seq;
     moeh_wire_limits_t lim;
     moeh_fedavg_t agg;

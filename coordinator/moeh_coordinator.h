@@ -60,7 +60,7 @@ typedef struct {
     uint32_t secagg_k; /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
                         * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
     moeh_secagg_plan_cfg_t secagg_plan; /* dropout/collusion fractions for the plan */
-    int unweighted;    /* FedAvg with weight 1 per site (per group it trained), not its samples */
+    int unweighted; /* FedAvg with weight 1 per site (per group it trained), not its samples */
     /* DP-FedAvg (fed/moeh_dp.h, docs/security.md): each site clips its update delta to L2 norm
      * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
      * dp_delta) spent is reported after every round. Implies unweighted. */

@@ -40,9 +40,9 @@ void moeh_sa_server_destroy(moeh_sa_server_t **self_p);
  * and graph seed. k is --secagg-k: MOEH_SECAGG_K_AUTO takes k and the threshold t from
  * moeh_secagg_plan(n, plan) (fed/moeh_secagg_plan.h; every pair masks while n is small);
  * otherwise with k + 1 >= n every pair masks (k = 0; *k_dropped set to 1, else 0) and the
- * threshold is t = (k ? k + 1 : n) / 2 + 1. Every step needs max(t, min_sites) members. The step is KEYS afterwards even on failure: 0, -ERANGE (n not in
- * 2..MOEH_WIRE_SECAGG_MAX), -EINVAL (a plan out of range) or -ENOMEM, and then n = 0, which the caller treats as an aborted
- * attempt. */
+ * threshold is t = (k ? k + 1 : n) / 2 + 1. Every step needs max(t, min_sites) members. The step is
+ * KEYS afterwards even on failure: 0, -ERANGE (n not in 2..MOEH_WIRE_SECAGG_MAX), -EINVAL (a plan
+ * out of range) or -ENOMEM, and then n = 0, which the caller treats as an aborted attempt. */
 int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k,
                         const moeh_secagg_plan_cfg_t *plan, uint32_t min_sites, size_t len,
                         int *k_dropped) MOEH_SA_WUR;

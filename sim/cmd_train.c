@@ -302,8 +302,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&o, argc, argv, &err);
     if (rc == 1) return 0;
-    if (!rc && !data)
-        rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh train --help)");
+    if (!rc && !data) rc = moeh_errf(&err, -EINVAL, "--dataset is required (moeh train --help)");
     if (!rc && strspn(data, ",") == strlen(data))
         rc = moeh_errf(&err, -EINVAL, "--dataset: expected DIR[,DIR...], got '%s'", data);
     if (!rc && eval_data && strspn(eval_data, ",") == strlen(eval_data))

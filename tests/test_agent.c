@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_agent.h"
 #include "moeh_agent_testing.h"
 
@@ -65,11 +67,5 @@ static void test_run_refuses_bad_config(void **state)
     assert_non_null(strstr(err.msg, "--dataset"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_secagg_at),
-        cmocka_unit_test(test_run_refuses_bad_config),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_parse_secagg_at),
+               cmocka_unit_test(test_run_refuses_bad_config))

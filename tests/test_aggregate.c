@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_aggregate.h"
 
 #include <errno.h>
@@ -306,16 +308,9 @@ static void test_update_check_and_decode(void **state)
     moeh_fedavg_free(&a);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fedavg_by_hand),
-        cmocka_unit_test(test_fedavg_order_and_alignment),
-        cmocka_unit_test(test_fedavg_wraps_mod_2_32),
-        cmocka_unit_test(test_fedavg_reset),
-        cmocka_unit_test(test_fedavg_init_rejects),
-        cmocka_unit_test(test_fedavg_init_wrapping_lengths),
-        cmocka_unit_test(test_update_check_and_decode),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_fedavg_by_hand),
+               cmocka_unit_test(test_fedavg_order_and_alignment),
+               cmocka_unit_test(test_fedavg_wraps_mod_2_32), cmocka_unit_test(test_fedavg_reset),
+               cmocka_unit_test(test_fedavg_init_rejects),
+               cmocka_unit_test(test_fedavg_init_wrapping_lengths),
+               cmocka_unit_test(test_update_check_and_decode))

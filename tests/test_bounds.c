@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_bounds.h"
 #include "moeh_coord_core.h"
 #include "moeh_keys.h"
@@ -247,13 +249,8 @@ static void test_options_refused(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_median_and_caps),       cmocka_unit_test(test_stats_honest_accepted),
-        cmocka_unit_test(test_stats_attacks_refused), cmocka_unit_test(test_eval_bounds),
-        cmocka_unit_test(test_weight_sum_bound),      cmocka_unit_test(test_train_header_bound),
-        cmocka_unit_test(test_options_refused),       cmocka_unit_test(test_registry_limits),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_median_and_caps),
+               cmocka_unit_test(test_stats_honest_accepted),
+               cmocka_unit_test(test_stats_attacks_refused), cmocka_unit_test(test_eval_bounds),
+               cmocka_unit_test(test_weight_sum_bound), cmocka_unit_test(test_train_header_bound),
+               cmocka_unit_test(test_options_refused), cmocka_unit_test(test_registry_limits))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_safetensors.h"
@@ -173,12 +175,5 @@ static void test_config_mismatch(void **state)
     moeh_moe_destroy(&b);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_refuses_differences),
-        cmocka_unit_test(test_config_mismatch),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip),
+               cmocka_unit_test(test_refuses_differences), cmocka_unit_test(test_config_mismatch))

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_common.h"
@@ -164,14 +166,7 @@ static void test_opts(void **state)
     moeh_opts_free(&o2);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_npy_roundtrip),
-        cmocka_unit_test(test_npy_rejects_truncated),
-        cmocka_unit_test(test_atomic_write_replaces),
-        cmocka_unit_test(test_rng),
-        cmocka_unit_test(test_opts),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_npy_roundtrip),
+               cmocka_unit_test(test_npy_rejects_truncated),
+               cmocka_unit_test(test_atomic_write_replaces), cmocka_unit_test(test_rng),
+               cmocka_unit_test(test_opts))

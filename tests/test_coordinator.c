@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "coord_util.h"
 
 /* Site k's evaluation: every task perfectly separated (negatives in bin 2, positives in bin 7)
@@ -447,18 +449,13 @@ static void test_dp_ledger_resume(void **state)
     assert_non_null(strstr(err.msg, "is missing"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_admission, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_report_nan_is_null, fx_setup, fx_teardown),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(
+    NULL, NULL, cmocka_unit_test_setup_teardown(test_admission, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_report_nan_is_null, fx_setup, fx_teardown))

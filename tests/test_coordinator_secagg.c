@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "coord_util.h"
 #include "moeh_secagg_server.h"
 
@@ -525,16 +527,9 @@ static void test_secagg_k_auto(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup,
-                                        fx_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
-        cmocka_unit_test(test_uploads_scheduler),
-        cmocka_unit_test(test_secagg_k_auto),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(
+    NULL, NULL, cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
+    cmocka_unit_test(test_uploads_scheduler), cmocka_unit_test(test_secagg_k_auto))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fuzz/fuzz_input.h"
 
 #include <dirent.h>
@@ -50,8 +52,4 @@ static void test_every_wire_seed_decodes(void **state)
     assert_true(n >= 14);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_wire_seed_decodes)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_every_wire_seed_decodes))

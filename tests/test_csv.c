@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_csv.h"
@@ -326,15 +328,7 @@ static void test_parsers(void **state)
     assert_int_equal(moeh_csv_parse_i64(f, &i), -ENODATA);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_quoting_plain_and_gzip),
-        cmocka_unit_test(test_long_rows_and_refill),
-        cmocka_unit_test(test_random_roundtrip),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_parsers),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_quoting_plain_and_gzip),
+               cmocka_unit_test(test_long_rows_and_refill), cmocka_unit_test(test_random_roundtrip),
+               cmocka_unit_test(test_errors), cmocka_unit_test(test_garbage),
+               cmocka_unit_test(test_parsers))

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_common.h"
@@ -145,12 +147,5 @@ static void test_demo_warning(void **state)
     assert_true(out_has("cohort 123 admissions (97 subjects)"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_help_and_usage),
-        cmocka_unit_test(test_pipeline),
-        cmocka_unit_test(test_demo_warning),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_help_and_usage),
+               cmocka_unit_test(test_pipeline), cmocka_unit_test(test_demo_warning))

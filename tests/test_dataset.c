@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_dataset.h"
@@ -269,13 +271,5 @@ static void test_schema_names(void **state)
     moeh_dataset_destroy(&ds);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_rejects),
-        cmocka_unit_test(test_corrupt_headers),
-        cmocka_unit_test(test_schema_names),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_rejects),
+               cmocka_unit_test(test_corrupt_headers), cmocka_unit_test(test_schema_names))

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_common.h"
 #include "moeh_dp.h"
 #include "moeh_quant.h"
@@ -272,14 +274,6 @@ static void test_accounting_reference(void **state)
     assert_true(isinf(moeh_dp_epsilon(&bare, 1, delta, NULL)));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_clip),
-        cmocka_unit_test(test_noise_std),
-        cmocka_unit_test(test_distributed_noise_sums_to_target),
-        cmocka_unit_test(test_range_headroom),
-        cmocka_unit_test(test_accounting_reference),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_clip), cmocka_unit_test(test_noise_std),
+               cmocka_unit_test(test_distributed_noise_sums_to_target),
+               cmocka_unit_test(test_range_headroom), cmocka_unit_test(test_accounting_reference))

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_wire.h"
 
 #include <string.h>
@@ -217,12 +219,5 @@ static void test_send_helpers(void **state)
     assert_int_equal(zmq_ctx_term(ctx), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_builders),
-        cmocka_unit_test(test_builder_fields),
-        cmocka_unit_test(test_send_helpers),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_builders), cmocka_unit_test(test_builder_fields),
+               cmocka_unit_test(test_send_helpers))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_evalsum.h"
 
 #include <math.h>
@@ -144,15 +146,7 @@ static void test_calib_brier_bound(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_slice_auroc_u64),
-        cmocka_unit_test(test_slice_auroc_u32),
-        cmocka_unit_test(test_widen),
-        cmocka_unit_test(test_mean_finite),
-        cmocka_unit_test(test_calib_by_hand),
-        cmocka_unit_test(test_calib_brier_bound),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_slice_auroc_u64),
+               cmocka_unit_test(test_slice_auroc_u32), cmocka_unit_test(test_widen),
+               cmocka_unit_test(test_mean_finite), cmocka_unit_test(test_calib_by_hand),
+               cmocka_unit_test(test_calib_brier_bound))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_extract.h"
@@ -298,13 +300,5 @@ static void test_varmap(void **state)
     assert_non_null(strstr(err.msg, "bad_map.csv:3:3 (itemid)"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_demo),
-        cmocka_unit_test(test_tiny),
-        cmocka_unit_test(test_tiny_notes_cxr),
-        cmocka_unit_test(test_varmap),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_demo), cmocka_unit_test(test_tiny),
+               cmocka_unit_test(test_tiny_notes_cxr), cmocka_unit_test(test_varmap))

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fed_util.h"
 
 /* ---- granted uploads (--upload-slots) ------------------------------------------------------ */
@@ -350,16 +352,8 @@ static void test_dp_resume(void **state)
     assert_true(file_contains(path, "DP: resuming after 2 released rounds"));
 }
 
-int main(void)
-{
-    fed_main_init();
-    const struct CMUnitTest tests[] = {
-        FED_TEST(test_upload_slots_bit_exact),
-        FED_TEST(test_unsolicited_upload_refused),
-        FED_TEST(test_granted_site_killed_releases_slot),
-        FED_TEST(test_dp_run),
-        FED_TEST(test_dp_secagg),
-        FED_TEST(test_dp_resume),
-    };
-    return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
-}
+MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
+                    FED_TEST(test_upload_slots_bit_exact),
+                    FED_TEST(test_unsolicited_upload_refused),
+                    FED_TEST(test_granted_site_killed_releases_slot), FED_TEST(test_dp_run),
+                    FED_TEST(test_dp_secagg), FED_TEST(test_dp_resume))

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fed_util.h"
 
 /* 1 if OUT/metrics.jsonl has a line of `event` whose string `key` is `value`. */
@@ -358,13 +360,9 @@ static void test_rejoin_cannot_raise_weight(void **state)
     assert_true(file_contains(log, "site site-x rejoined"));
 }
 
-int main(void)
-{
-    fed_main_init();
-    const struct CMUnitTest tests[] = {
-        FED_TEST(test_killed_agent_quorum_completes), FED_TEST(test_unregistered_key_refused),
-        FED_TEST(test_sighup_admits_added_key),       FED_TEST(test_sighup_revokes_removed_key),
-        FED_TEST(test_hostile_site_changes_nothing),  FED_TEST(test_rejoin_cannot_raise_weight),
-    };
-    return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
-}
+MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
+                    FED_TEST(test_killed_agent_quorum_completes),
+                    FED_TEST(test_unregistered_key_refused), FED_TEST(test_sighup_admits_added_key),
+                    FED_TEST(test_sighup_revokes_removed_key),
+                    FED_TEST(test_hostile_site_changes_nothing),
+                    FED_TEST(test_rejoin_cannot_raise_weight))

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fed_util.h"
 
 /* Two of three sites are killed after sharing their keys: one masked update is fewer than the
@@ -510,19 +512,11 @@ static void test_secagg_dropout_unmasked(void **state)
     assert_false(file_contains(path, "retry"));
 }
 
-int main(void)
-{
-    fed_main_init();
-    const struct CMUnitTest tests[] = {
-        FED_TEST(test_secagg_too_few_survivors_aborts),
-        FED_TEST(test_secagg_late_update_refused),
-        FED_TEST(test_secagg_masked_twice_refused),
-        FED_TEST(test_secagg_run_is_bit_exact),
-        FED_TEST(test_secagg_stats_dropout_exact),
-        FED_TEST(test_secagg_eval_dropout_exact),
-        FED_TEST(test_secagg_k_neighbours),
-        FED_TEST(test_secagg_k_refused),
-        FED_TEST(test_secagg_dropout_unmasked),
-    };
-    return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
-}
+MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
+                    FED_TEST(test_secagg_too_few_survivors_aborts),
+                    FED_TEST(test_secagg_late_update_refused),
+                    FED_TEST(test_secagg_masked_twice_refused),
+                    FED_TEST(test_secagg_run_is_bit_exact),
+                    FED_TEST(test_secagg_stats_dropout_exact),
+                    FED_TEST(test_secagg_eval_dropout_exact), FED_TEST(test_secagg_k_neighbours),
+                    FED_TEST(test_secagg_k_refused), FED_TEST(test_secagg_dropout_unmasked))

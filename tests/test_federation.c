@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fed_util.h"
 
 static void test_full_run_loss_falls(void **state)
@@ -276,20 +278,11 @@ static void test_pinned_data_shape(void **state)
     assert_true(file_contains(log, "expected STATIC,VARS,HOURS,IMAGE"));
 }
 
-int main(void)
-{
-    fed_main_init();
-    const struct CMUnitTest tests[] = {
-        FED_TEST(test_full_run_loss_falls),
-        FED_TEST(test_no_quorum_fails_clearly),
-        FED_TEST(test_agents_survive_coordinator_restart),
-        FED_TEST(test_sigterm_clean_shutdown),
-        FED_TEST(test_resume_is_bit_exact),
-        FED_TEST(test_resume_is_bit_exact_fedadam),
-        FED_TEST(test_resume_refuses_damaged_checkpoint),
-        FED_TEST(test_untrained_group_unchanged),
-        FED_TEST(test_trimmed_mean_run),
-        FED_TEST(test_pinned_data_shape),
-    };
-    return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
-}
+MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
+                    FED_TEST(test_full_run_loss_falls), FED_TEST(test_no_quorum_fails_clearly),
+                    FED_TEST(test_agents_survive_coordinator_restart),
+                    FED_TEST(test_sigterm_clean_shutdown), FED_TEST(test_resume_is_bit_exact),
+                    FED_TEST(test_resume_is_bit_exact_fedadam),
+                    FED_TEST(test_resume_refuses_damaged_checkpoint),
+                    FED_TEST(test_untrained_group_unchanged), FED_TEST(test_trimmed_mean_run),
+                    FED_TEST(test_pinned_data_shape))

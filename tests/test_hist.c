@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_common.h"
 #include "moeh_hist.h"
 #include "moeh_metrics.h"
@@ -149,13 +151,6 @@ static void test_auroc_exact(void **state)
     assert_true(fabs(a - moeh_auroc(s, y, NULL, M, 1)) < 1e-9);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hist_auroc_within_bound),
-        cmocka_unit_test(test_summed_site_histograms_equal_pooled),
-        cmocka_unit_test(test_bin_edges),
-        cmocka_unit_test(test_auroc_exact),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_hist_auroc_within_bound),
+               cmocka_unit_test(test_summed_site_histograms_equal_pooled),
+               cmocka_unit_test(test_bin_edges), cmocka_unit_test(test_auroc_exact))

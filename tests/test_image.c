@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_extract.h"
@@ -148,12 +150,5 @@ static void test_errors(void **state)
     assert_non_null(strstr(err.msg, "neither JPEG nor PNG"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_resize),
-        cmocka_unit_test(test_real_png_and_jpeg),
-        cmocka_unit_test(test_errors),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_resize),
+               cmocka_unit_test(test_real_png_and_jpeg), cmocka_unit_test(test_errors))

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_keys.h"
@@ -622,18 +624,12 @@ static void test_zap_requests(void **state)
     keys4_free(&k);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_keypair_files, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_keyfile_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_keyfile_first_error_wins, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_z85_valid, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_registry_ok, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_registry_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_registry_first_error_wins, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_zap_admission, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test_setup_teardown(test_keypair_files, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_keyfile_errors, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_keyfile_first_error_wins, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_z85_valid, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_registry_ok, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_registry_errors, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_registry_first_error_wins, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_zap_admission, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown))

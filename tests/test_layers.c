@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "gradcheck.h"
 #include "layers.h"
 #include "moeh_nn.h"
@@ -632,15 +634,10 @@ static void test_bce_grad(void **state)
     assert_int_equal(gc_check("bce.logits", z, dz, B * T, bce_loss, &c, SMOOTH), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear_grad),    cmocka_unit_test(test_activations_grad),
-        cmocka_unit_test(test_layernorm_grad), cmocka_unit_test(test_dropout),
-        cmocka_unit_test(test_gru_grad),       cmocka_unit_test(test_embbag),
-        cmocka_unit_test(test_conv_grad),      cmocka_unit_test(test_conv_direct_grad),
-        cmocka_unit_test(test_conv_direct),    cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_gate_grad),      cmocka_unit_test(test_bce_grad),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_linear_grad),
+               cmocka_unit_test(test_activations_grad), cmocka_unit_test(test_layernorm_grad),
+               cmocka_unit_test(test_dropout), cmocka_unit_test(test_gru_grad),
+               cmocka_unit_test(test_embbag), cmocka_unit_test(test_conv_grad),
+               cmocka_unit_test(test_conv_direct_grad), cmocka_unit_test(test_conv_direct),
+               cmocka_unit_test(test_pool), cmocka_unit_test(test_gate_grad),
+               cmocka_unit_test(test_bce_grad))

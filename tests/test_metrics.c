@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_common.h"
 #include "moeh_metrics.h"
 
@@ -95,12 +97,5 @@ static void test_report(void **state)
     assert_int_equal(pc[0].n, 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_auprc_f1_hand),
-        cmocka_unit_test(test_auprc_brute_force),
-        cmocka_unit_test(test_report),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_auprc_f1_hand),
+               cmocka_unit_test(test_auprc_brute_force), cmocka_unit_test(test_report))

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "layers.h"
 #include "moeh_metrics.h"
 #include "moeh_mlp.h"
@@ -205,15 +207,7 @@ static void test_auroc_hand(void **state)
     assert_true(fabs(moeh_auroc(s2, l2, NULL, 2, 2) - 1.0) < 1e-12);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_params_layout_group_major),
-        cmocka_unit_test(test_bce_hand_values),
-        cmocka_unit_test(test_mlp_gradcheck),
-        cmocka_unit_test(test_mlp_learns),
-        cmocka_unit_test(test_adamw_hand_step),
-        cmocka_unit_test(test_auroc_hand),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_params_layout_group_major),
+               cmocka_unit_test(test_bce_hand_values), cmocka_unit_test(test_mlp_gradcheck),
+               cmocka_unit_test(test_mlp_learns), cmocka_unit_test(test_adamw_hand_step),
+               cmocka_unit_test(test_auroc_hand))

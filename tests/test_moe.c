@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "gradcheck.h"
 #include "moe_synth.h"
 #include "moeh_moe.h"
@@ -668,27 +670,13 @@ static void test_missing_init(void **state)
     moeh_moe_destroy(&b);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_grad_moe_joint),
-        cmocka_unit_test(test_grad_moe_topk),
-        cmocka_unit_test(test_grad_moe_joint_gate_sup),
-        cmocka_unit_test(test_grad_moe_warmup),
-        cmocka_unit_test(test_grad_moe_precomputed),
-        cmocka_unit_test(test_grad_baselines),
-        cmocka_unit_test(test_grad_cnn_chunked),
-        cmocka_unit_test(test_grad_direct_kernels),
-        cmocka_unit_test(test_grad_cnn_128),
-        cmocka_unit_test(test_groups_counts_and_sparse_zero),
-        cmocka_unit_test(test_schedule),
-        cmocka_unit_test(test_deterministic_and_lazy),
-        cmocka_unit_test(test_threads_consistent),
-        cmocka_unit_test(test_cfg_json_roundtrip),
-        cmocka_unit_test(test_cfg_from_json_refuses),
-        cmocka_unit_test(test_cfg_validate),
-        cmocka_unit_test(test_cfg_options),
-        cmocka_unit_test(test_missing_init),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_grad_moe_joint),
+               cmocka_unit_test(test_grad_moe_topk), cmocka_unit_test(test_grad_moe_joint_gate_sup),
+               cmocka_unit_test(test_grad_moe_warmup), cmocka_unit_test(test_grad_moe_precomputed),
+               cmocka_unit_test(test_grad_baselines), cmocka_unit_test(test_grad_cnn_chunked),
+               cmocka_unit_test(test_grad_direct_kernels), cmocka_unit_test(test_grad_cnn_128),
+               cmocka_unit_test(test_groups_counts_and_sparse_zero),
+               cmocka_unit_test(test_schedule), cmocka_unit_test(test_deterministic_and_lazy),
+               cmocka_unit_test(test_threads_consistent), cmocka_unit_test(test_cfg_json_roundtrip),
+               cmocka_unit_test(test_cfg_from_json_refuses), cmocka_unit_test(test_cfg_validate),
+               cmocka_unit_test(test_cfg_options), cmocka_unit_test(test_missing_init))

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moe_synth.h"
 #include "moeh_metrics.h"
 #include "moeh_moe.h"
@@ -110,10 +112,4 @@ static void test_moe_beats_unimodal(void **state)
     synth_free(&te);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_moe_beats_unimodal),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_moe_beats_unimodal))

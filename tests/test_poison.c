@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "fed_util.h"
 
 /* Like rogue_join, with the counts site-x declares in its Hello. */
@@ -281,14 +283,6 @@ static void test_forged_eval_refused(void **state)
     }
 }
 
-int main(void)
-{
-    fed_main_init();
-    const struct CMUnitTest tests[] = {
-        FED_TEST(test_poisoned_stats_refused),
-        FED_TEST(test_poisoned_update_bounded),
-        FED_TEST(test_poisoned_update_strategies),
-        FED_TEST(test_forged_eval_refused),
-    };
-    return cmocka_run_group_tests(tests, fed_group_setup, fed_group_teardown);
-}
+MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
+                    FED_TEST(test_poisoned_stats_refused), FED_TEST(test_poisoned_update_bounded),
+                    FED_TEST(test_poisoned_update_strategies), FED_TEST(test_forged_eval_refused))

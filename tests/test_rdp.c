@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_rdp.h"
 
 #include <math.h>
@@ -78,13 +80,7 @@ static void test_default_orders_accountant(void **state)
     assert_true(moeh_rdp_epsilon(orders, rdp, MOEH_RDP_N_ORDERS, 1e-5, NULL) < prev);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gaussian_closed_form),
-        cmocka_unit_test(test_subsampled_gaussian_published),
-        cmocka_unit_test(test_conversion_published),
-        cmocka_unit_test(test_default_orders_accountant),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_gaussian_closed_form),
+               cmocka_unit_test(test_subsampled_gaussian_published),
+               cmocka_unit_test(test_conversion_published),
+               cmocka_unit_test(test_default_orders_accountant))

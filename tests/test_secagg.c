@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_secagg.h"
 
 #include <math.h>
@@ -599,15 +601,9 @@ static void test_masked_uniform(void **state)
     free(y);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_prg_kat),           cmocka_unit_test(test_pair_seed_kat),
-        cmocka_unit_test(test_share_seal),        cmocka_unit_test(test_shamir),
-        cmocka_unit_test(test_round_5),           cmocka_unit_test(test_round_10),
-        cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
-        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_phase_errors),
-        cmocka_unit_test(test_masked_uniform),
-    };
-    return cmocka_run_group_tests(tests, setup, NULL);
-}
+MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat), cmocka_unit_test(test_pair_seed_kat),
+               cmocka_unit_test(test_share_seal), cmocka_unit_test(test_shamir),
+               cmocka_unit_test(test_round_5), cmocka_unit_test(test_round_10),
+               cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
+               cmocka_unit_test(test_refusals), cmocka_unit_test(test_phase_errors),
+               cmocka_unit_test(test_masked_uniform))

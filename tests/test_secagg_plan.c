@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_secagg_plan.h"
 
 #include <errno.h>
@@ -107,13 +109,7 @@ static void test_bad_parameters(void **state)
     assert_int_equal(moeh_secagg_plan(10, &cfg, &p), -EINVAL);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tail_matches_direct_sum),
-        cmocka_unit_test(test_plan_meets_bounds_and_is_smallest),
-        cmocka_unit_test(test_small_federations_use_everyone),
-        cmocka_unit_test(test_bad_parameters),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_tail_matches_direct_sum),
+               cmocka_unit_test(test_plan_meets_bounds_and_is_smallest),
+               cmocka_unit_test(test_small_federations_use_everyone),
+               cmocka_unit_test(test_bad_parameters))

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
 
@@ -249,13 +251,5 @@ static void test_eval_secure_sum(void **state)
     free(y);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fix_values),
-        cmocka_unit_test(test_fix_sums),
-        cmocka_unit_test(test_lengths),
-        cmocka_unit_test(test_eval_secure_sum),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_fix_values), cmocka_unit_test(test_fix_sums),
+               cmocka_unit_test(test_lengths), cmocka_unit_test(test_eval_secure_sum))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_split.h"
@@ -177,12 +179,5 @@ static void test_write(void **state)
     moeh_dataset_destroy(&ds);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse),
-        cmocka_unit_test(test_assign),
-        cmocka_unit_test(test_write),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_parse), cmocka_unit_test(test_assign),
+               cmocka_unit_test(test_write))

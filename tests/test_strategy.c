@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_aggregate.h"
 
 #include <errno.h>
@@ -169,15 +171,8 @@ static void test_norm_bound(void **state)
     moeh_fedavg_free(&b);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mean_delta),
-        cmocka_unit_test(test_fedadam_and_yogi_steps),
-        cmocka_unit_test(test_strategy_names),
-        cmocka_unit_test(test_trimmed_mean),
-        cmocka_unit_test(test_median_and_untrimmed_groups),
-        cmocka_unit_test(test_norm_bound),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_mean_delta),
+               cmocka_unit_test(test_fedadam_and_yogi_steps), cmocka_unit_test(test_strategy_names),
+               cmocka_unit_test(test_trimmed_mean),
+               cmocka_unit_test(test_median_and_untrimmed_groups),
+               cmocka_unit_test(test_norm_bound))

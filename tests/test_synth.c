@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "test_util.h"
 
 #include "moeh_csv.h"
@@ -223,10 +225,4 @@ static void test_roundtrip(void **state)
     assert_true(file_hash(db, "truth.csv") != file_hash(db2, "truth.csv"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip))

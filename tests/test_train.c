@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "synth_fixture.h"
 #include "test_util.h"
 
@@ -256,12 +258,6 @@ static void test_bad_arguments(void **state)
     assert_true(out_has("--eval-dataset"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_centralised_learns),
-        cmocka_unit_test(test_eval_on_other_dataset),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_bad_arguments),
+               cmocka_unit_test(test_centralised_learns),
+               cmocka_unit_test(test_eval_on_other_dataset))

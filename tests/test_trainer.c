@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "synth_fixture.h"
 
 #include "test_util.h"
@@ -217,13 +219,7 @@ static void test_eval_uses_learned_gate(void **state)
     moeh_trainer_destroy(&t);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stats_and_pooled_norm),
-        cmocka_unit_test(test_fedprox_stays_nearer),
-        cmocka_unit_test(test_group_samples_and_eval_sums),
-        cmocka_unit_test(test_eval_uses_learned_gate),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_stats_and_pooled_norm),
+               cmocka_unit_test(test_fedprox_stays_nearer),
+               cmocka_unit_test(test_group_samples_and_eval_sums),
+               cmocka_unit_test(test_eval_uses_learned_gate))

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 static void test_roundtrip_hello(void **state)
@@ -492,25 +494,14 @@ static void test_long_strings(void **state)
     free(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip_hello),
-        cmocka_unit_test(test_roundtrip_welcome),
-        cmocka_unit_test(test_roundtrip_round_start),
-        cmocka_unit_test(test_roundtrip_stats_result),
-        cmocka_unit_test(test_roundtrip_update),
-        cmocka_unit_test(test_unaligned_frame),
-        cmocka_unit_test(test_roundtrip_eval_result),
-        cmocka_unit_test(test_roundtrip_simple),
-        cmocka_unit_test(test_truncated_headers),
-        cmocka_unit_test(test_empty_and_oversized_header),
-        cmocka_unit_test(test_too_many_frames),
-        cmocka_unit_test(test_protocol_version),
-        cmocka_unit_test(test_type_body_mismatch),
-        cmocka_unit_test(test_random_garbage),
-        cmocka_unit_test(test_names_and_site_ids),
-        cmocka_unit_test(test_long_strings),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roundtrip_hello),
+               cmocka_unit_test(test_roundtrip_welcome),
+               cmocka_unit_test(test_roundtrip_round_start),
+               cmocka_unit_test(test_roundtrip_stats_result),
+               cmocka_unit_test(test_roundtrip_update), cmocka_unit_test(test_unaligned_frame),
+               cmocka_unit_test(test_roundtrip_eval_result),
+               cmocka_unit_test(test_roundtrip_simple), cmocka_unit_test(test_truncated_headers),
+               cmocka_unit_test(test_empty_and_oversized_header),
+               cmocka_unit_test(test_too_many_frames), cmocka_unit_test(test_protocol_version),
+               cmocka_unit_test(test_type_body_mismatch), cmocka_unit_test(test_random_garbage),
+               cmocka_unit_test(test_names_and_site_ids), cmocka_unit_test(test_long_strings))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 #include <math.h>
@@ -186,12 +188,7 @@ static void test_round_start_dp_checks(void **state)
     WIRE_RUN_FIELD_CASES(k_round_start_dp_checks_fields);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hello_site_ids),        cmocka_unit_test(test_hello_welcome_checks),
-        cmocka_unit_test(test_round_start_checks),    cmocka_unit_test(test_round_start_dp),
-        cmocka_unit_test(test_round_start_dp_checks),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_hello_site_ids),
+               cmocka_unit_test(test_hello_welcome_checks),
+               cmocka_unit_test(test_round_start_checks), cmocka_unit_test(test_round_start_dp),
+               cmocka_unit_test(test_round_start_dp_checks))

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 #include <math.h>
@@ -344,18 +346,10 @@ static void test_frames_where_none_allowed(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_frame_count_mismatch),
-        cmocka_unit_test(test_frame_byte_length),
-        cmocka_unit_test(test_tensor_before_negotiation),
-        cmocka_unit_test(test_frame_count_name_dtype),
-        cmocka_unit_test(test_non_finite_tensors),
-        cmocka_unit_test(test_update_checks),
-        cmocka_unit_test(test_eval_result_checks),
-        cmocka_unit_test(test_moe_field_checks),
-        cmocka_unit_test(test_frames_where_none_allowed),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_frame_count_mismatch),
+               cmocka_unit_test(test_frame_byte_length),
+               cmocka_unit_test(test_tensor_before_negotiation),
+               cmocka_unit_test(test_frame_count_name_dtype),
+               cmocka_unit_test(test_non_finite_tensors), cmocka_unit_test(test_update_checks),
+               cmocka_unit_test(test_eval_result_checks), cmocka_unit_test(test_moe_field_checks),
+               cmocka_unit_test(test_frames_where_none_allowed))

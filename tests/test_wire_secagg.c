@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 /* ---- secure aggregation (docs/secagg.md) ------------------------------------------------ */
@@ -563,12 +565,7 @@ static void test_upload_grant_messages(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "round_start.grant_uploads: only a TRAIN phase");
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip_secagg),         cmocka_unit_test(test_secagg_checks),
-        cmocka_unit_test(test_secagg_frames_and_params), cmocka_unit_test(test_secagg_masked),
-        cmocka_unit_test(test_upload_grant_messages),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roundtrip_secagg),
+               cmocka_unit_test(test_secagg_checks),
+               cmocka_unit_test(test_secagg_frames_and_params),
+               cmocka_unit_test(test_secagg_masked), cmocka_unit_test(test_upload_grant_messages))

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "moeh_wire.h"
 
 static void test_dims_and_phases(void **state)
@@ -49,10 +51,4 @@ static void test_dims_and_phases(void **state)
     assert_int_equal(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__TASK_UNSPECIFIED), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dims_and_phases),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_dims_and_phases))

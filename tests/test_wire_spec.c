@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 #include "moeh_agent.h"
@@ -318,13 +320,7 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_welcome_spec_checks),
-        cmocka_unit_test(test_welcome_spec_bytes),
-        cmocka_unit_test(test_agent_accepts_valid_spec),
-        cmocka_unit_test(test_agent_refuses_invalid_spec),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_welcome_spec_checks),
+               cmocka_unit_test(test_welcome_spec_bytes),
+               cmocka_unit_test(test_agent_accepts_valid_spec),
+               cmocka_unit_test(test_agent_refuses_invalid_spec))

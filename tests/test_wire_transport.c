@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "wire_util.h"
 
 #include <string.h>
@@ -420,14 +422,7 @@ static void test_shared_frame_broadcast(void **state)
     zmq_ctx_term(ctx);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_zmq_pair),
-        cmocka_unit_test(test_zmq_chunked_frames),
-        cmocka_unit_test(test_zmq_max_parts_without_routing_id),
-        cmocka_unit_test(test_zmq_router),
-        cmocka_unit_test(test_shared_frame_broadcast),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_zmq_pair),
+               cmocka_unit_test(test_zmq_chunked_frames),
+               cmocka_unit_test(test_zmq_max_parts_without_routing_id),
+               cmocka_unit_test(test_zmq_router), cmocka_unit_test(test_shared_frame_broadcast))

@@ -51,7 +51,8 @@ void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, si
         }
         out->mean_p[k] = psum[k] / (double)out->count[k];
         out->observed[k] = (double)npos[k] / (double)out->count[k];
-        out->ece += (double)out->count[k] / (double)out->n * fabs(out->mean_p[k] - out->observed[k]);
+        out->ece +=
+            (double)out->count[k] / (double)out->n * fabs(out->mean_p[k] - out->observed[k]);
     }
 }
 

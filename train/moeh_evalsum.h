@@ -31,12 +31,12 @@ void moeh_eval_hist_widen(uint64_t *out, const uint32_t *in, size_t n);
  * 1,000 bins. ECE = sum over reliability bins of (n_k / n) |mean_p_k - observed_k|. */
 #define MOEH_CALIB_BINS 10
 typedef struct {
-    uint64_t n;                          /* labelled rows; 0: nothing below is defined (NAN) */
-    double brier;                        /* mean (p - y)^2 */
-    double ece;                          /* expected calibration error */
-    uint64_t count[MOEH_CALIB_BINS];     /* rows per reliability bin */
-    double mean_p[MOEH_CALIB_BINS];      /* mean predicted probability (NAN if empty) */
-    double observed[MOEH_CALIB_BINS];    /* fraction of positives (NAN if empty) */
+    uint64_t n;                       /* labelled rows; 0: nothing below is defined (NAN) */
+    double brier;                     /* mean (p - y)^2 */
+    double ece;                       /* expected calibration error */
+    uint64_t count[MOEH_CALIB_BINS];  /* rows per reliability bin */
+    double mean_p[MOEH_CALIB_BINS];   /* mean predicted probability (NAN if empty) */
+    double observed[MOEH_CALIB_BINS]; /* fraction of positives (NAN if empty) */
 } moeh_calib_t;
 void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
                            size_t task, moeh_calib_t *out);

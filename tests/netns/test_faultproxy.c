@@ -12,6 +12,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "../cmocka_main.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -593,20 +595,13 @@ static void test_reset_passed_on_after_data(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
-int main(void)
-{
-    signal(SIGPIPE, SIG_IGN);
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cli),
-        cmocka_unit_test(test_target_refuses),
-        cmocka_unit_test(test_reset_passed_on_after_data),
-        cmocka_unit_test_setup_teardown(test_delay, setup_delay, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_order_under_jitter, setup_delay, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_rate, setup_rate, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_reset, setup_reset, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_blackhole_signals, setup_plain, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_blackhole_schedule, setup_bh_schedule, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_backpressure, setup_backpressure, fx_teardown),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+MOEH_TEST_MAIN_INIT(
+    signal(SIGPIPE, SIG_IGN), NULL, NULL, cmocka_unit_test(test_cli),
+    cmocka_unit_test(test_target_refuses), cmocka_unit_test(test_reset_passed_on_after_data),
+    cmocka_unit_test_setup_teardown(test_delay, setup_delay, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_order_under_jitter, setup_delay, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_rate, setup_rate, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_reset, setup_reset, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_blackhole_signals, setup_plain, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_blackhole_schedule, setup_bh_schedule, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_backpressure, setup_backpressure, fx_teardown))

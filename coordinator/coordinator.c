@@ -714,6 +714,7 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
             MOEH_WARN("--dp-noise 0: updates are clipped but not noised; epsilon is unbounded");
     }
     if ((rc = moeh_mkdir_p(cfg->out_dir, err))) goto fail;
+    if ((rc = moeh_coord_rundir_prepare(cfg->out_dir, cfg->resume, cfg->new_run, err))) goto fail;
     if ((rc = moeh_coord_report_config(cfg, err))) goto fail;
     if (moeh_path_join(c->ckpt_path, sizeof c->ckpt_path, cfg->out_dir, "checkpoint.moeh")) {
         rc = moeh_errf(err, -ENAMETOOLONG, "--out is too long");

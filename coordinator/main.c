@@ -108,6 +108,9 @@ int main(int argc, char **argv)
          "pin the sites' data as STATIC,VARS,HOURS,IMAGE (default: the first site's)"},
         {"resume", MOEH_OPT_BOOL, &cfg.resume,
          "continue from the checkpoint in --out (written after every round)"},
+        {"new-run", MOEH_OPT_BOOL, &cfg.new_run,
+         "--out holds an earlier run: move its files into --out/previous-run-<time>/ and start "
+         "a new run (without this or --resume such a directory is refused)"},
         {"fault-kill-after-round", MOEH_OPT_U32, &faults.kill_after_round,
          "TESTS ONLY: SIGKILL this process after checkpointing round N (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
@@ -146,7 +149,7 @@ int main(int argc, char **argv)
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR ? 130 : 1;
+        return rc == -EINTR ? 130 : rc == -EEXIST ? 2 : 1;
     }
     return 0;
 }

@@ -100,4 +100,10 @@ const float *moeh_coord_core_norm(const moeh_coord_core_t *c, size_t *n_norm);
 /* AUROC of task t over all rows at the last evaluation (NaN if undefined). */
 double moeh_coord_core_auroc(const moeh_coord_core_t *c, uint32_t task);
 
+/* rundir.c: before a run writes into dir. A new run (neither flag) refuses a directory that
+ * holds an earlier run's checkpoint, metrics, model or DP ledger (-EEXIST, naming --resume and
+ * --new-run); new_run moves those files and the rest of that run's outputs into
+ * dir/previous-run-<UTC time>/ (never deletes); resume leaves them for the checkpoint. */
+int moeh_coord_rundir_prepare(const char *dir, int resume, int new_run, moeh_err_t *err) MOEH_WUR;
+
 #endif

@@ -76,6 +76,7 @@ typedef struct {
     int ready_fd;        /* if >= 0: the bound endpoint and '\n' are written here */
     int print_table;     /* print one line per round on stdout */
     int resume;          /* continue from out_dir/checkpoint.moeh */
+    int new_run;         /* out_dir holds an earlier run: move its files aside, start anew */
     /* "STATIC,VARS,HOURS,IMAGE": pins the sites' data shapes and builds the model at start
      * (NULL: the first admitted site's Hello decides) */
     const char *data_shape;

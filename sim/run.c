@@ -249,6 +249,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
                        a_seed,
                        "--out",
                        (char *)out,
+                       "--new-run", /* an earlier run in --out is moved aside, never lost */
                        "--start-timeout-ms",
                        "60000",
                        "--deadline-ms",

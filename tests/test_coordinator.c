@@ -17,6 +17,9 @@
 
 #include "coord_util.h"
 
+#include <dirent.h>
+#include <unistd.h>
+
 /* Site k's evaluation: every task perfectly separated (negatives in bin 2, positives in bin 7)
  * over `rows` rows, all with EHR only. */
 static void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
@@ -300,6 +303,76 @@ static void test_outage_waits_without_retries(void **state)
     assert_non_null(strstr(err.msg, "longer than --outage-budget-ms"));
 }
 
+/* ---- the output directory belongs to one run --------------------------------------------- */
+
+static void put(const char *dir, const char *name, const char *text)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+}
+
+static int has(const char *dir, const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* A new run refuses a directory with an earlier run's checkpoint or metrics, naming both ways
+ * out; --new-run moves that run's files aside (kept, with their contents) and only those; an
+ * empty metrics.jsonl (a run that never finished a line) is no earlier run; --resume and
+ * --new-run together are refused. */
+static void test_run_dir_never_overwritten(void **state)
+{
+    (void)state;
+    char dir[300];
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_test_tmpdir(dir, sizeof dir, "rundir"), 0);
+    put(dir, "metrics.jsonl", "");
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 0, 0, &err), 0);
+    put(dir, "metrics.jsonl", "{\"event\":\"stats\"}\n");
+    put(dir, "checkpoint.moeh", "ckpt");
+    put(dir, "config.json", "{}");
+    put(dir, "site-1.key", "not a run file");
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 0, 0, &err), -EEXIST);
+    assert_non_null(strstr(err.msg, "checkpoint.moeh, metrics.jsonl"));
+    assert_non_null(strstr(err.msg, "--resume"));
+    assert_non_null(strstr(err.msg, "--new-run"));
+    assert_true(has(dir, "checkpoint.moeh") && has(dir, "metrics.jsonl"));
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 1, 0, &err), 0); /* resume: untouched */
+    assert_true(has(dir, "checkpoint.moeh"));
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 1, 1, &err), -EINVAL);
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 0, 1, &err), 0);
+    assert_false(has(dir, "checkpoint.moeh") || has(dir, "metrics.jsonl") ||
+                 has(dir, "config.json"));
+    assert_true(has(dir, "site-1.key"));
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    char moved[300] = "";
+    for (struct dirent *e; (e = readdir(d));)
+        if (!strncmp(e->d_name, "previous-run-", 13))
+            snprintf(moved, sizeof moved, "%s", e->d_name);
+    closedir(d);
+    assert_true(moved[0]);
+    char sub[700], path[800], line[64] = "";
+    snprintf(sub, sizeof sub, "%s/%s", dir, moved);
+    assert_true(has(sub, "checkpoint.moeh") && has(sub, "config.json"));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", sub);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    assert_non_null(fgets(line, sizeof line, fp));
+    fclose(fp);
+    assert_string_equal(line, "{\"event\":\"stats\"}\n");
+    /* a second --new-run in the same second gets a directory of its own */
+    put(dir, "model.npy", "m");
+    assert_int_equal(moeh_coord_rundir_prepare(dir, 0, 1, &err), 0);
+    assert_false(has(dir, "model.npy"));
+}
+
 /* ---- rejoin mid-phase -------------------------------------------------------------------- */
 
 static void test_rejoin_mid_phase(void **state)
@@ -455,6 +528,7 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),
+    cmocka_unit_test(test_run_dir_never_overwritten),
     cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),

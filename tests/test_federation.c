@@ -21,6 +21,8 @@
 
 #include "fed_util.h"
 
+#include <sys/stat.h>
+
 static void test_full_run_loss_falls(void **state)
 {
     fixture_t *f = *state;
@@ -57,16 +59,62 @@ static void wait_all_joined(const fixture_t *f, moeh_proc_t *c, const char *log_
     }
 }
 
-/* Without a quorum the phase is retried, then the run fails with a message naming the round,
+/* Without a quorum (a site killed) the phase waits for --outage-budget-ms (the site may be
+ * restarted), then the run fails with a message naming the round,
  * and the surviving agents are told to leave. */
+/* Started again on the directory of a finished run without --resume or --new-run, the
+ * coordinator refuses at once (exit 2, naming both options) and the run's files are untouched;
+ * with --new-run it moves them aside and runs. */
+static void test_existing_run_dir_refused(void **state)
+{
+    fixture_t *f = *state;
+    moeh_proc_t *a[N_SITES], *c = start_coordinator(f, "1", "3");
+    start_all_agents(f, a, NULL);
+    wait_run(c, a);
+    char path[400], aside[400];
+    snprintf(path, sizeof path, "%s/model.npy", f->out);
+    struct stat st0, st1;
+    assert_int_equal(stat(path, &st0), 0);
+    char exe[2100], reg[400], key[400], log[400];
+    moeh_err_t err = {0};
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/coordinator-again.log", f->logs);
+    char *argv[] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
+                    "--out", f->out,   "--rounds",          "1",          NULL};
+    c = &f->procs[f->n_procs++];
+    assert_int_equal(moeh_proc_spawn(c, "coordinator", argv, log, log, -1, &err), 0);
+    wait_exit(c, 20000, 2);
+    assert_int_equal(stat(path, &st1), 0);
+    assert_int_equal(st0.st_size, st1.st_size);
+    assert_true(st0.st_mtim.tv_sec == st1.st_mtim.tv_sec &&
+                st0.st_mtim.tv_nsec == st1.st_mtim.tv_nsec);
+    snprintf(path, sizeof path, "%s/coordinator-again.log", f->logs);
+    assert_true(file_contains(path, "holds an earlier run"));
+    assert_true(file_contains(path, "--resume to continue it, or --new-run"));
+    char *new_run[] = {"--new-run", NULL};
+    c = start_coordinator_ex2(f, "1", "3", "3", NULL, "coordinator-new.log", new_run);
+    start_all_agents(f, a, NULL);
+    wait_run(c, a);
+    snprintf(path, sizeof path, "%s/coordinator-new.log", f->logs);
+    assert_true(file_contains(path, "--new-run: the earlier run's files"));
+    snprintf(aside, sizeof aside, "%s/model.npy", f->out);
+    assert_int_equal(stat(aside, &st1), 0); /* the new run's model */
+}
+
 static void test_no_quorum_fails_clearly(void **state)
 {
     fixture_t *f = *state;
-    moeh_proc_t *c = start_coordinator(f, "4", "3");
+    /* 2 of the 3 sites needed stay connected: an outage (the dead site may be restarted), which
+     * the coordinator waits out for --outage-budget-ms before the run fails */
+    char *budget[] = {"--outage-budget-ms", "3000", NULL};
+    moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator.log", budget);
     run_with_victim(f, c, 0, "--fault-kill-round", "2", 1);
     char path[400];
     snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
     assert_true(file_contains(path, "round 2 train phase: 2 of the 3 sites needed replied"));
+    assert_true(file_contains(path, "longer than --outage-budget-ms"));
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 1);
@@ -279,7 +327,8 @@ static void test_pinned_data_shape(void **state)
 }
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
-                    FED_TEST(test_full_run_loss_falls), FED_TEST(test_no_quorum_fails_clearly),
+                    FED_TEST(test_full_run_loss_falls), FED_TEST(test_existing_run_dir_refused),
+                    FED_TEST(test_no_quorum_fails_clearly),
                     FED_TEST(test_agents_survive_coordinator_restart),
                     FED_TEST(test_sigterm_clean_shutdown), FED_TEST(test_resume_is_bit_exact),
                     FED_TEST(test_resume_is_bit_exact_fedadam),

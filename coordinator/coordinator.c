@@ -272,6 +272,10 @@ static void open_phase(coord_t *c, phase_t ph)
     c->n_participants = c->n_replied = 0;
     memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
     coord_bounds_refresh(c); /* registry limits and medians of the declared rows */
+    if (ph == PH_TRAIN && !cfg->secagg)
+        MOEH_WARN("round %u: no secure aggregation (--no-secagg): the coordinator sees each "
+                  "site's update%s in clear",
+                  c->round, cfg->per_site_metrics ? " and evaluation, and records them," : "");
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -530,7 +534,7 @@ int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const cha
     uint32_t up = n_admitted(c);
     if (cfg->outage_budget_ms > 0 && up < cfg->min_sites) {
         MOEH_WARN("round %u %s phase: %s; only %u of the %u sites needed are connected: waiting "
-                  "up to %.0f s for them (--outage-budget-ms), no retry counted",
+                  "up to %.0f s for them (--outage-budget), no retry counted",
                   c->round, name, what, up, cfg->min_sites, cfg->outage_budget_ms / 1000.0);
         moeh_sa_server_off(c->sa);
         c->outage_since = c->now;
@@ -636,7 +640,7 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
     if (waited > (int64_t)cfg->outage_budget_ms)
         return moeh_errf(fatal, -ETIMEDOUT,
                          "round %u %s phase: only %u of the %u sites needed were connected for "
-                         "%.0f s, longer than --outage-budget-ms (is every site running and "
+                         "%.0f s, longer than --outage-budget (is every site running and "
                          "reachable?)",
                          c->round, name, up, cfg->min_sites, waited / 1000.0);
     return 0;
@@ -754,6 +758,13 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
             goto fail;
         }
     }
+    size_t dropped = 0;
+    if (cfg->resume && (rc = moeh_coord_report_resume_at(cfg->out_dir, c->round, &dropped, err)))
+        goto fail;
+    if (dropped)
+        MOEH_INFO("--resume from round %u: %zu line(s) of metrics.jsonl written after that "
+                  "checkpoint (the interrupted round) dropped; the round runs again",
+                  c->round, dropped);
     if ((rc = moeh_coord_report_open(cfg->out_dir, cfg->resume, (uint32_t)cfg->model.n_tasks,
                                      cfg->print_table ? (io->table ? io->table : stdout) : NULL,
                                      &c->report, err)))

@@ -60,7 +60,8 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
     if (cfg->eval_bins < 2 || cfg->eval_bins > 100000)
         return moeh_errf(err, -EINVAL, "--eval-bins %u: expected 2..100000", cfg->eval_bins);
     if (cfg->heartbeat_ms < 10)
-        return moeh_errf(err, -EINVAL, "--heartbeat-ms %u: expected at least 10", cfg->heartbeat_ms);
+        return moeh_errf(err, -EINVAL, "--heartbeat-ms %u: expected at least 10",
+                         cfg->heartbeat_ms);
     if (!(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL, "--delta-clip %g: expected > 0", (double)cfg->delta_clip);
     if (cfg->model.n_tasks != 3 || cfg->model.arch > 6)

@@ -142,8 +142,9 @@ int main(int argc, char **argv)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
     if (!cfg.insecure && (!cfg.registry_path || !cfg.key_path)) { /* usage errors: exit 2 */
-        fprintf(stderr, "moeh-coordinator: %s is required (or --insecure for tests; see "
-                        "moeh-coordinator --help)\n",
+        fprintf(stderr,
+                "moeh-coordinator: %s is required (or --insecure for tests; see "
+                "moeh-coordinator --help)\n",
                 !cfg.registry_path ? "--registry" : "--key");
         moeh_opts_free(&o);
         return 2;

@@ -300,24 +300,22 @@ void coord_sa_open(coord_t *c)
         c->sites[i].sa_in = 0;
     for (size_t i = 0; i < c->n_sites; i++)
         n += c->sites[i].participant != 0;
-    int k_dropped = 0;
-    if (n == 2 && !c->cfg->secagg_allow_2) {
+    int k_dropped = 0, two = n == 2 && !c->cfg->secagg_allow_2;
+    if (two) {
         MOEH_WARN("round %u: only 2 sites take part: secure aggregation of 2 would let each "
                   "learn the other's contribution (--secagg-allow-2 permits it); this attempt "
                   "is abandoned",
                   c->round);
-        c->phase_deadline = c->now;
-        moeh_sa_server_off(c->sa);
-        return;
+        n = 0; /* opened empty below: an aborted attempt, like too few sites */
     }
     int rc =
         moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, &c->cfg->secagg_plan, c->cfg->min_sites,
                             moeh_wire_secsum_len(&c->lim, coord_phase_task(c->phase)), &k_dropped);
     if (rc) {
-        if (rc == -ERANGE)
+        if (rc == -ERANGE && !two)
             MOEH_WARN("round %u: secure aggregation needs 2..%u sites, %u are here", c->round,
                       MOEH_WIRE_SECAGG_MAX, n);
-        else
+        else if (rc != -ERANGE)
             MOEH_ERROR("round %u: out of memory for secure aggregation of %u sites", c->round, n);
         c->phase_deadline = c->now;
         return;

@@ -57,12 +57,12 @@ moeh split --dataset cohort --out hospitals \
     --sites st-marys:1:ehr+notes+img,st-johns:1:ehr+notes,st-james:1:ehr+img >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # the README's defaults: secure aggregation, a quorum of 2 of the 3 hospitals
-moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
-    --rounds 2 --out run >coord.out 2>coord.log &
+timeout 600 moeh-coordinator --registry registry.ini --key coordinator.key \
+    --bind "tcp://127.0.0.1:$port" --rounds 2 --out run >coord.out 2>coord.log &
 coord_pid=$!
 agent_pids=""
 for s in $sites; do
-    moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id "$s" \
+    timeout 600 moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id "$s" \
         --dataset "hospitals/$s" --key "$s.key" --server-key coordinator.pub \
         --give-up-ms 60000 2>"agent-$s.log" &
     agent_pids="$agent_pids $!"
@@ -72,7 +72,8 @@ for p in $agent_pids; do
 done
 wait "$coord_pid" || { tail -20 coord.log; fail "the coordinator"; }
 coord_pid=""
-grep -q '"secagg":true' run/config.json || fail "the default run was not securely aggregated"
+python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["secagg"] is True else 1)' \
+    run/config.json || fail "the default run was not securely aggregated"
 # started again on the finished run's directory, the coordinator refuses (exit 2), nothing lost
 set +e
 moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \

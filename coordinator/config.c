@@ -45,12 +45,14 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->clip = 5.0f;
     c->delta_clip = 1.0f;
     c->eval_bins = 1000;
-    c->out_dir = ".";
+    c->out_dir = NULL; /* required: a run never writes into wherever it was started */
     c->ready_fd = -1;
 }
 
 int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
 {
+    if (!cfg->out_dir || !cfg->out_dir[0])
+        return moeh_errf(err, -EINVAL, "--out DIR is required (the run's directory)");
     if (cfg->rounds == 0) return moeh_errf(err, -EINVAL, "--rounds 0: expected at least 1");
     if (cfg->min_sites == 0)
         return moeh_errf(err, -EINVAL, "--min-sites 0: a phase needs at least 1 site's reply");

@@ -106,7 +106,8 @@ int main(int argc, char **argv)
         {"delta-clip", MOEH_OPT_F32, &cfg.delta_clip,
          "clip of each parameter's update delta (sets the fixed-point range)"},
         {"eval-bins", MOEH_OPT_U32, &cfg.eval_bins, "score histogram bins for federated AUROC"},
-        {"out", MOEH_OPT_STR, &cfg.out_dir, "directory for metrics.jsonl, config.json, model.npy"},
+        {"out", MOEH_OPT_STR, &cfg.out_dir,
+         "the run's directory (required): metrics.jsonl, config.json, checkpoint, model.npy"},
         {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout (default on)"},
         {"ready-fd", MOEH_OPT_U32, &ready_fd,
          "write the bound endpoint to this file descriptor once listening"},
@@ -141,7 +142,13 @@ int main(int argc, char **argv)
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
-    if (!cfg.insecure && (!cfg.registry_path || !cfg.key_path)) { /* usage errors: exit 2 */
+    if (!cfg.out_dir) { /* usage errors: exit 2 */
+        fprintf(stderr, "moeh-coordinator: --out DIR is required: the run's directory (metrics, "
+                        "checkpoint, model); see moeh-coordinator --help\n");
+        moeh_opts_free(&o);
+        return 2;
+    }
+    if (!cfg.insecure && (!cfg.registry_path || !cfg.key_path)) {
         fprintf(stderr,
                 "moeh-coordinator: %s is required (or --insecure for tests; see "
                 "moeh-coordinator --help)\n",

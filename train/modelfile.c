@@ -225,7 +225,10 @@ static int parse_entry(const char *path, cJSON *t, size_t dlen, entry_t *e, moeh
         as_size(cJSON_GetArrayItem(of, 1), &e->end))
         return moeh_errf(err, -EINVAL, "%s: tensor %s: data_offsets: expected [begin, end]", path,
                          t->string);
-    if (e->end < e->begin || e->end > dlen)
+    if (e->end < e->begin)
+        return moeh_errf(err, -EINVAL, "%s: tensor %s: data_offsets [%zu,%zu]: end before begin",
+                         path, t->string, e->begin, e->end);
+    if (e->end > dlen)
         return moeh_errf(err, -EINVAL,
                          "%s: tensor %s: data_offsets [%zu,%zu] outside the data (%zu bytes)", path,
                          t->string, e->begin, e->end, dlen);
@@ -524,11 +527,13 @@ int moeh_modelfile_read(const char *path, size_t max_batch, moeh_modelfile_t **o
         for (size_t d = 0; same && d < ndim; d++)
             same = e->shape[d] == shape[d];
         if (!same) {
-            char sh[96] = "";
+            char sh[96] = "", fs[96] = "";
             for (size_t d = 0, l = 0; d < ndim && l < sizeof sh; d++)
                 l += (size_t)snprintf(sh + l, sizeof sh - l, "%s%zu", d ? "," : "", shape[d]);
-            moeh_errf(err, rc, "%s: tensor %s: shape (%zu dims) differs from the config's [%s]",
-                      path, e->name, e->ndim, sh);
+            for (size_t d = 0, l = 0; d < e->ndim && l < sizeof fs; d++)
+                l += (size_t)snprintf(fs + l, sizeof fs - l, "%s%zu", d ? "," : "", e->shape[d]);
+            moeh_errf(err, rc, "%s: tensor %s: shape [%s], the config's layout gives [%s]", path,
+                      e->name, fs, sh);
             goto out;
         }
         float *dst = is_norm ? (e->name[5] == 'm' ? mf->mean : mf->std) : moeh_params_w(p, vi);

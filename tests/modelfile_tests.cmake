@@ -7,3 +7,16 @@ if(TARGET moeh AND TARGET moeh_cohort)
     moeh_add_test(test_predict SOURCES test_predict.c LIBS moeh_cohort TIMEOUT 300)
     add_dependencies(test_predict moeh)
 endif()
+# Debian's python3-torch and python3-numpy are installed for /usr/bin/python3 (preferred, as in
+# report_tests.cmake). torch missing is a failure, not a skip.
+find_program(MOEH_TORCH_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(NOT MOEH_TORCH_PYTHON3)
+    find_program(MOEH_TORCH_PYTHON3 python3 REQUIRED)
+endif()
+if(TARGET moeh)
+    add_test(NAME test_modelfile_torch
+             COMMAND ${MOEH_TORCH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_modelfile_torch.py
+                     --bin-dir ${PROJECT_BINARY_DIR}/bin)
+    set_tests_properties(test_modelfile_torch PROPERTIES TIMEOUT 300
+        ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+endif()

@@ -4,8 +4,9 @@
 # predictions match the C predict within 1e-4 (test_modelfile_torch, Debian's python3-torch).
 moeh_add_test(test_modelfile SOURCES test_modelfile.c LIBS moeh_train PkgConfig::CJSON)
 if(TARGET moeh AND TARGET moeh_cohort)
-    moeh_add_test(test_predict SOURCES test_predict.c LIBS moeh_cohort TIMEOUT 300)
-    add_dependencies(test_predict moeh)
+    moeh_add_test(test_predict SOURCES test_predict.c LIBS moeh_cohort moeh_train TIMEOUT 400)
+    add_dependencies(test_predict moeh moeh-coordinator moeh-site-agent)
+    set_tests_properties(test_predict PROPERTIES LABELS multiprocess)
 endif()
 # Debian's python3-torch and python3-numpy are installed for /usr/bin/python3 (preferred, as in
 # report_tests.cmake). torch missing is a failure, not a skip.

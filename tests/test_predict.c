@@ -5,7 +5,9 @@
  *    combination, probabilities in [0,1], gate weights summing to 1 and the argmax expert;
  *  - the same admissions with modalities removed (EHR gone, everything gone) are scored;
  *  - a dataset whose variable units, variable count or schema differ is refused naming the
- *    difference (exit 1); usage errors exit 2; a corrupt model file exits 1 naming the file. */
+ *    difference (exit 1); usage errors exit 2; a corrupt model file exits 1 naming the file;
+ *  - `moeh run` (a federation of real processes) writes a model file with the sites' feature
+ *    names and federated provenance, which predict reads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +15,7 @@
 
 #include "cmocka_main.h"
 
+#include "moeh_modelfile.h"
 #include "synth_fixture.h"
 #include "test_util.h"
 
@@ -20,7 +23,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static char g_dir[256], g_bin[1024], g_ds[320], g_model[320];
+static char g_dir[256], g_bin[1024], g_ds[320], g_model[512];
 
 /* Runs "moeh ARGS > DIR/out 2>&1" and returns the exit status. */
 static int run(const char *args)
@@ -267,5 +270,37 @@ static void test_refusals(void **state)
     assert_true(out_has("meta.json: header length"));
 }
 
+static void test_federated_model_file(void **state)
+{
+    (void)state;
+    char args[1400], model[400], site[400];
+    snprintf(args, sizeof args,
+             "run --out %s/fed --admissions 400 --rounds 1 --d-emb 16 --d-hidden 16 "
+             "--note-buckets 1024 --timeout-s 240",
+             g_dir);
+    assert_int_equal(run(args), 0);
+    snprintf(model, sizeof model, "%s/fed/model.safetensors", g_dir);
+    assert_true(out_has(model)); /* moeh run prints where the model file is */
+    moeh_modelfile_t *mf = NULL;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_modelfile_read(model, 0, &mf, &err), 0);
+    assert_string_equal(mf->source, "federated");
+    assert_string_equal(mf->strategy, "fedavg");
+    assert_int_equal(mf->rounds, 1);
+    assert_int_equal(mf->selected_round, 1);
+    assert_int_equal(mf->sites, 4);
+    assert_int_equal(mf->secagg, 1);
+    assert_true(isnan(mf->dp_epsilon));
+    assert_int_equal(mf->n_ts_names, mf->cfg.n_vars); /* from --feature-names */
+    assert_string_equal(mf->ts_names[0], "hr");
+    assert_int_equal(mf->n_static_names, mf->cfg.n_static);
+    moeh_modelfile_destroy(&mf);
+    snprintf(site, sizeof site, "%s/fed/sites/site-4", g_dir);
+    size_t counts[MOEH_N_COMBOS + 1];
+    snprintf(g_model, sizeof g_model, "%s", model);
+    predict_and_check(site, "fed", counts);
+}
+
 MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_predict_rows),
-               cmocka_unit_test(test_missing_modalities), cmocka_unit_test(test_refusals))
+               cmocka_unit_test(test_missing_modalities), cmocka_unit_test(test_refusals),
+               cmocka_unit_test(test_federated_model_file))

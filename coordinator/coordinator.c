@@ -33,6 +33,7 @@
 #include "moeh_dp_ledger.h"
 #include "moeh_hist.h"
 #include "moeh_keys.h"
+#include "moeh_modelfile.h"
 #include "moeh_moe.h"
 #include "moeh_npy.h"
 #include "moeh_quant.h"
@@ -847,6 +848,55 @@ void moeh_coord_core_bye_all(moeh_coord_core_t *c)
         if (c->sites[i].admitted) send_env(c, c->sites[i].rid, c->sites[i].rid_len, &env);
 }
 
+/* OUT/model.safetensors (train/moeh_modelfile.h): the final parameters with the federated
+ * normalisation, the feature names of --feature-names and the run's provenance. */
+static int coord_write_modelfile(coord_t *c, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    char path[4096];
+    if (!c->have_norm) {
+        MOEH_WARN("no normalisation statistics (no statistics phase ran): model.safetensors not "
+                  "written");
+        return 0;
+    }
+    if (moeh_path_join(path, sizeof path, cfg->out_dir, "model.safetensors"))
+        return moeh_errf(err, -ENAMETOOLONG, "%s/model.safetensors: path too long", cfg->out_dir);
+    moeh_modelfile_names_t nm = {0};
+    if (cfg->feature_names) {
+        moeh_err_t e2 = {0};
+        if (moeh_modelfile_names_load(cfg->feature_names, &nm, &e2) == 0 &&
+            (nm.n_static != c->mcfg.n_static || nm.n_vars != c->mcfg.n_vars)) {
+            MOEH_WARN("--feature-names %s: %zu static features and %zu hourly variables, the "
+                      "model has %zu and %zu: names not recorded",
+                      cfg->feature_names, nm.n_static, nm.n_vars, c->mcfg.n_static, c->mcfg.n_vars);
+            moeh_modelfile_names_free(&nm);
+        } else if (e2.msg[0]) {
+            MOEH_WARN("--feature-names: %s: names not recorded", e2.msg);
+        }
+    }
+    uint32_t sites = 0;
+    for (size_t i = 0; i < c->n_sites; i++)
+        sites += c->sites[i].admitted != 0;
+    double eps = NAN, eps_coord;
+    if (c->dp) moeh_dp_ledger_epsilons(&c->ledger, coord_dp_most_seen(c), &eps, &eps_coord);
+    moeh_modelfile_info_t info = {
+        .mean = c->norm,
+        .std = c->norm + c->n_norm,
+        .static_names = nm.n_static ? (const char *const *)nm.static_names : NULL,
+        .ts_names = nm.n_vars ? (const char *const *)nm.ts_names : NULL,
+        .ts_units = nm.n_vars ? (const char *const *)nm.ts_units : NULL,
+        .prov = {.source = "federated",
+                 .rounds = cfg->rounds,
+                 .selected_round = cfg->rounds, /* the last round (no selection yet) */
+                 .sites = sites,
+                 .strategy = cfg->strategy,
+                 .secagg = cfg->secagg,
+                 .dp_epsilon = eps}};
+    int rc = moeh_modelfile_write(path, c->model, &info, err);
+    moeh_modelfile_names_free(&nm);
+    return rc;
+}
+
 int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
 {
     char path[4096];
@@ -856,6 +906,7 @@ int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
     if (moeh_path_join(path, sizeof path, c->cfg->out_dir, "model.npy"))
         return moeh_errf(err, -ENAMETOOLONG, "%s/model.npy: path too long", c->cfg->out_dir);
     if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c->p->w, err))) return rc;
+    if ((rc = coord_write_modelfile(c, err))) return rc;
     moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc, c->combo_rows,
                             c->last_calib);
     MOEH_INFO("all %u rounds done; model written to %s", c->cfg->rounds, path);

@@ -113,6 +113,9 @@ int main(int argc, char **argv)
          "write the bound endpoint to this file descriptor once listening"},
         {"data-shape", MOEH_OPT_STR, &cfg.data_shape,
          "pin the sites' data as STATIC,VARS,HOURS,IMAGE (default: the first site's)"},
+        {"feature-names", MOEH_OPT_STR, &cfg.feature_names,
+         "a dataset's meta.json (or its directory) whose feature names and units the model file "
+         "records (default: none, counts only)"},
         {"resume", MOEH_OPT_BOOL, &cfg.resume,
          "continue from the checkpoint in --out (written after every round)"},
         {"new-run", MOEH_OPT_BOOL, &cfg.new_run,

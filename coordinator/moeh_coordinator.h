@@ -83,6 +83,9 @@ typedef struct {
     /* "STATIC,VARS,HOURS,IMAGE": pins the sites' data shapes and builds the model at start
      * (NULL: the first admitted site's Hello decides) */
     const char *data_shape;
+    /* a dataset's meta.json (or its directory): the static feature names and hourly variables
+     * (names, units) recorded in OUT/model.safetensors (NULL: the file records counts only) */
+    const char *feature_names;
     volatile sig_atomic_t *reload; /* set (e.g. by SIGHUP): re-read the registry; may be NULL */
 } moeh_coord_cfg_t;
 

@@ -19,8 +19,8 @@
  * with --select last the final epoch. */
 #include "moeh_evalsum.h"
 #include "moeh_metrics.h"
+#include "moeh_modelfile.h"
 #include "moeh_opts.h"
-#include "moeh_safetensors.h"
 #include "sim_commands.h"
 #include "moeh_trainer.h"
 
@@ -103,6 +103,10 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
     }
     rc = moeh_dataset_set_tokens(cat, tok, toks, err);
     free(tok);
+    if (!rc && a->static_names && a->ts_names) /* the model file records the names */
+        rc = moeh_dataset_set_names(cat, (const char *const *)a->static_names,
+                                    (const char *const *)a->ts_names,
+                                    (const char *const *)a->ts_units, err);
     if (!rc) {
         *out = cat;
         cat = NULL;
@@ -505,7 +509,21 @@ int moeh_sim_cmd_train(int argc, char **argv)
         printf("\n");
     }
     snprintf(path, sizeof path, "%s/model.safetensors", out);
-    if ((rc = moeh_moe_save(moeh_trainer_model(tr), path, &err))) goto out;
+    { /* the self-describing model file (train/moeh_modelfile.h) */
+        const moeh_dataset_t *tds = moeh_trainer_dataset(tr);
+        moeh_modelfile_info_t info = {.mean = mean,
+                                      .std = sd,
+                                      .static_names = (const char *const *)tds->static_names,
+                                      .ts_names = (const char *const *)tds->ts_names,
+                                      .ts_units = (const char *const *)tds->ts_units,
+                                      .prov = {.source = "central",
+                                               .rounds = epochs,
+                                               .selected_round = best_epoch,
+                                               .sites = 1,
+                                               .strategy = "central",
+                                               .dp_epsilon = NAN}};
+        if ((rc = moeh_modelfile_write(path, moeh_trainer_model(tr), &info, &err))) goto out;
+    }
     printf("\ndone in %.0f s: metrics in %s/metrics.jsonl, model in %s\n",
            (double)(moeh_now_ms() - t0) / 1e3, out, path);
 out:

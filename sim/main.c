@@ -17,6 +17,7 @@ static const cmd_t k_cmds[] = {
     {"split", moeh_sim_cmd_split, "split a dataset into sites (whole subjects per site)"},
     {"train", moeh_sim_cmd_train, "train centrally on datasets (the federation's reference)"},
     {"report", moeh_sim_cmd_report, "write the HTML report of a run directory"},
+    {"predict", moeh_sim_cmd_predict, "score a dataset's admissions with a model file (CSV)"},
 };
 
 static void usage(FILE *f)

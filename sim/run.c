@@ -291,6 +291,10 @@ int moeh_sim_cmd_run(int argc, char **argv)
         cargs[nc++] = "--dp-delta";
         cargs[nc++] = a_dpd;
     }
+    char a_names[2200]; /* the model file records the sites' feature names */
+    snprintf(a_names, sizeof a_names, "%s/%s", sites_dir, names[0]);
+    cargs[nc++] = "--feature-names";
+    cargs[nc++] = a_names;
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {
@@ -352,6 +356,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
     printf("done in %.0f s: metrics in %s/metrics.jsonl, model in %s/model.npy%s%s%s\n",
            (double)(moeh_now_ms() - t0) / 1000.0, out, out, report_rc ? "" : ", report in ",
            report_rc ? "" : out, report_rc ? "" : "/report.html");
+    printf("model file (names, shapes, normalisation; `moeh predict --model`): "
+           "%s/model.safetensors\n",
+           out);
     exit_code = bad_agents ? 1 : 0;
 out:
     moeh_proc_stop(&coord, 5000);

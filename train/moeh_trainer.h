@@ -88,4 +88,10 @@ int moeh_trainer_evaluate(moeh_trainer_t *t, int split, uint32_t bins, moeh_eval
 int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row_idx,
                          moeh_err_t *err) MOEH_WUR;
 
+/* Scoring (`moeh predict`): rows first..first+n-1 of the dataset, whatever their split, in
+ * dataset order: probs (n, n_tasks) and, if gate is non-NULL and the model has a gate (MoE),
+ * the mixture weights gate (n, n_experts). n <= the model's max_batch. 0 or a negative code. */
+int moeh_trainer_predict_rows(moeh_trainer_t *t, size_t first, size_t n, float *probs, float *gate,
+                              moeh_err_t *err) MOEH_WUR;
+
 #endif

@@ -340,3 +340,21 @@ int moeh_trainer_predict(moeh_trainer_t *t, int split, float *probs, size_t *row
     if (row_idx) memcpy(row_idx, t->rows, n * sizeof(size_t));
     return 0;
 }
+
+int moeh_trainer_predict_rows(moeh_trainer_t *t, size_t first, size_t n, float *probs, float *gate,
+                              moeh_err_t *err)
+{
+    if (n > t->B || first > t->ds->n || n > t->ds->n - first)
+        return moeh_errf(err, -EINVAL, "rows %zu..+%zu: expected at most %zu rows within %zu",
+                         first, n, t->B, t->ds->n);
+    for (size_t r = 0; r < n; r++)
+        t->rows[r] = first + r;
+    moeh_moe_set_phase(t->model, MOEH_PHASE_JOINT); /* route with the learned gate */
+    moeh_batch_t b;
+    gather(t, t->rows, n, &b);
+    int rc = moeh_moe_predict(t->model, &b, probs);
+    if (rc) return moeh_errf(err, rc, "prediction failed: %s", moeh_moe_last_error(t->model));
+    const float *g = moeh_moe_last_gate(t->model);
+    if (gate && g) memcpy(gate, g, n * moeh_moe_n_experts(t->model) * sizeof(float));
+    return 0;
+}

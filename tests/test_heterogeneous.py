@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,61 @@ def heterogeneous(moeh, tmp):
               for r in both), f"limited oracle = oracle where both modalities exist ({len(both)})")
 
 
+def npy_u8(path):
+    """(shape, bytes) of a little .npy of dtype u1 (the dataset's avail and images arrays)."""
+    with open(path, "rb") as f:
+        b = f.read()
+    hl = int.from_bytes(b[8:10], "little")
+    hdr = b[10:10 + hl].decode()
+    assert "'|u1'" in hdr, f"{path}: {hdr}"
+    shape = tuple(int(x) for x in hdr.split("(")[1].split(")")[0].split(",") if x.strip())
+    return shape, b[10 + hl:]
+
+
+def split_by_hospital(moeh, tmp):
+    """moeh split --hospitals: one site per generator hospital; the X-ray acquisition differs
+    at hospital 2 (gain 0.55-0.65: less contrast; offset +35..+45: a lighter
+    background) in the extracted images."""
+    out = os.path.join(tmp, "hs")
+    subprocess.run([moeh, "synth", "--profile", "heterogeneous", "--admissions", "500",
+                    "--seed", "3", "--image-px", "64", "--out", out], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([moeh, "extract", "--mimic", out + "/mimic", "--note", out + "/note",
+                    "--cxr", out + "/cxr", "--out", out + "/ds"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([moeh, "split", "--dataset", out + "/ds", "--hospitals", out + "/truth.csv",
+                    "--out", out + "/sites"], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(out, "truth.csv"), newline="") as f:
+        coh = [r for r in csv.DictReader(f) if r["in_cohort"] == "1"]
+    with open(os.path.join(out, "sites/summary.tsv")) as f:
+        summ = {r["site"]: r for r in csv.DictReader(f, delimiter="\t")}
+    for h in "0123":
+        want = sum(1 for r in coh if r["hospital"] == h)
+        got = int(summ.get("hosp" + h, {}).get("admissions", -1))
+        check(got == want, f"site hosp{h}: {got} admissions == the truth's {want}")
+    sd, bg = {}, {}
+    for h in "0123":
+        (n, px, _), img = npy_u8(os.path.join(out, f"sites/hosp{h}/images.npy"))
+        _, av = npy_u8(os.path.join(out, f"sites/hosp{h}/avail.npy"))
+        rows = [i for i in range(n) if av[3 * i + 2]]
+        sd[h] = statistics.mean(statistics.pstdev(img[i * px * px:(i + 1) * px * px])
+                                for i in rows)
+        bg[h] = statistics.mean(img[i * px * px + y * px + x] for i in rows for y in range(3)
+                                for x in range(3))
+    others = "013"
+    check(sd["2"] < 0.8 * min(sd[h] for h in others),
+          f"X-ray contrast (mean pixel sd) at hospital 2 {sd['2']:.1f} < 0.8 x the others' "
+          f"({', '.join(f'{sd[h]:.1f}' for h in others)})")
+    check(bg["2"] > max(bg[h] for h in others) + 15,
+          f"X-ray background (corner) at hospital 2 {bg['2']:.1f} > the others' "
+          f"({', '.join(f'{bg[h]:.1f}' for h in others)}) + 15")
+    r = subprocess.run([moeh, "split", "--dataset", out + "/ds", "--hospitals",
+                        out + "/mimic/hosp/d_labitems.csv.gz", "--out", out + "/bad"],
+                       capture_output=True, text=True)
+    check(r.returncode == 2 and "no subject_id column" in r.stderr,
+          f"--hospitals on a file without the columns: exit {r.returncode}, names the column")
+
+
 def homogeneous(moeh, tmp):
     out = os.path.join(tmp, "hom")
     subprocess.run([moeh, "synth", "--admissions", "300", "--seed", "5", "--image-px", "32",
@@ -195,7 +251,11 @@ def main():
         print(__doc__)
         return 2
     with tempfile.TemporaryDirectory(prefix="moeh-synthprof-") as tmp:
-        (heterogeneous if sys.argv[2] == "heterogeneous" else homogeneous)(sys.argv[1], tmp)
+        if sys.argv[2] == "heterogeneous":
+            heterogeneous(sys.argv[1], tmp)
+            split_by_hospital(sys.argv[1], tmp)
+        else:
+            homogeneous(sys.argv[1], tmp)
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

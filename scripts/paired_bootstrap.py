@@ -4,10 +4,13 @@ on the same test admissions (issue 15: MoE-Health minus the best fusion baseline
 ablation, per seed).
 
 usage: paired_bootstrap.py A.csv B.csv [--resamples 1000] [--seed 1] [--level 0.95]
-                           [--id-col hadm_id] [--label-col label] [--score-col score] [--json]
+                           [--id-col hadm_id] [--label-col label] [--score-col score]
+                           [--task NAME] [--json]
 
 A.csv and B.csv hold one row per test admission with an id, the 0/1 label and the model's
-score (extra columns are ignored; rows with an empty label are masked and left out). Both
+score (extra columns are ignored; rows with an empty label are masked and left out).
+`moeh train --predictions FILE` writes such a file with label_<task> and score_<task> per
+task: --task mortality reads label_mortality and score_mortality. Both
 files must hold the same ids with the same labels, in any order. Each resample draws n ids
 with replacement (one random stream from --seed) and scores both models on the SAME drawn
 rows; resamples holding one class only have no AUROC and are redrawn. Printed: AUROC(A),
@@ -101,10 +104,13 @@ def main(argv=None):
     ap.add_argument("--id-col", default="hadm_id")
     ap.add_argument("--label-col", default="label")
     ap.add_argument("--score-col", default="score")
+    ap.add_argument("--task", help="read label_TASK and score_TASK (moeh train --predictions)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     o = ap.parse_args(argv)
     if o.resamples < 10 or not 0 < o.level < 1:
         ap.error("--resamples >= 10 and 0 < --level < 1")
+    if o.task:
+        o.label_col, o.score_col = "label_" + o.task, "score_" + o.task
     try:
         ra = read(o.a, o.id_col, o.label_col, o.score_col)
         rb = read(o.b, o.id_col, o.label_col, o.score_col)

@@ -35,6 +35,45 @@ def check(ok, what):
         failures.append(what)
 
 
+def end_to_end(moeh):
+    """moeh train --predictions on a small synthetic cohort, two models, then the script with
+    --task: the file has one row per test admission, its AUROC is the one moeh train reports
+    (exact, metrics.jsonl), and A vs A gives d = 0 with the CI [0, 0]."""
+    with tempfile.TemporaryDirectory(prefix="moeh-pb-e2e-") as tmp:
+        run = lambda *a: subprocess.run([moeh, *a], check=True, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        run("synth", "--admissions", "400", "--seed", "3", "--no-images", "--out", tmp + "/raw")
+        run("extract", "--mimic", tmp + "/raw/mimic", "--note", tmp + "/raw/note", "--out",
+            tmp + "/ds")
+        preds = {}
+        for arch in ("0", "4"):
+            run("train", "--dataset", tmp + "/ds", "--arch", arch, "--epochs", "2",
+                "--warmup-epochs", "1", "--d-emb", "16", "--d-hidden", "16", "--note-buckets",
+                "1024", "--out", f"{tmp}/m{arch}", "--predictions", f"{tmp}/p{arch}.csv")
+            preds[arch] = f"{tmp}/p{arch}.csv"
+            with open(preds[arch], newline="") as f:
+                rows = list(csv.DictReader(f))
+            with open(f"{tmp}/m{arch}/metrics.jsonl") as f:
+                lines = [json.loads(x) for x in f]
+            task = [j for j in lines if j.get("event") == "task" and j.get("task") == "mortality"]
+            y = [int(r["label_mortality"]) for r in rows if r["label_mortality"] != ""]
+            sc = [float(r["score_mortality"]) for r in rows if r["label_mortality"] != ""]
+            mine = pb.auroc(y, sc)
+            theirs = task[-1].get("auroc_exact") \
+                if task else None
+            check(len(rows) > 20 and theirs is not None and abs(mine - theirs) < 1e-6,
+                  f"arch {arch}: {len(rows)} test rows; AUROC from the file {mine:.6f} == "
+                  f"moeh train's exact {theirs}")
+        r = subprocess.run([sys.executable, SCRIPT, preds["0"], preds["4"], "--task", "mortality",
+                            "--json"], capture_output=True, text=True)
+        check(r.returncode == 0 and "ci_low" in r.stdout, f"MoE vs joint: {r.stdout.strip()}")
+        r = subprocess.run([sys.executable, SCRIPT, preds["0"], preds["0"], "--task", "los7",
+                            "--json"], capture_output=True, text=True)
+        res = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(res.get("diff") == 0 and res.get("ci_low") == 0 and res.get("ci_high") == 0,
+              f"A vs A: d = 0, CI [0, 0]: {r.stdout.strip()}")
+
+
 def main():
     check(pb.auroc([0, 0, 1, 1], [.1, .6, .5, .9]) == 0.75, "AUROC 0.75 by hand")
     check(pb.auroc([0, 1, 0, 1], [.5, .5, .2, .9]) == 0.875, "AUROC with a tie 0.875 by hand")
@@ -109,6 +148,8 @@ def main():
               f"different labels refused: {r.stderr.strip()}")
         r = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True)
         check(r.returncode == 0 and "paired" in r.stdout, "--help")
+    if len(sys.argv) > 1:  # the path of the moeh binary: also the end-to-end case
+        end_to_end(sys.argv[1])
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

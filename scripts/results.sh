@@ -109,7 +109,7 @@ if [[ ! -f $OUT/sites/summary.tsv ]]; then
         --cxr "$OUT/raw/cxr" --out "$OUT/cohort" >"$OUT/logs/extract.log" 2>&1
     cp "$OUT/raw/truth.csv" "$OUT/raw/truth.json" "$OUT/"
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/raw"
-    log "split into ${#names[@]} sites (alpha $ALPHA) -> $OUT/sites"
+    log "split into ${#names[@]} sites (${split_by[*]/HOSPITALS_TRUTH/truth.csv}) -> $OUT/sites"
     nice -n 10 "$SIM" split --dataset "$OUT/cohort" "${split_by[@]/HOSPITALS_TRUTH/$OUT/truth.csv}" \
         --seed "$SEED" --out "$OUT/sites" | tee "$OUT/logs/split.log"
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/cohort"

@@ -15,13 +15,15 @@ typedef enum {
     MOEH_OPT_U64,
     MOEH_OPT_F32,
     MOEH_OPT_BOOL,
-    MOEH_OPT_F64
+    MOEH_OPT_F64,
+    MOEH_OPT_DURATION /* uint32_t milliseconds, written as 500ms, 30s, 10m, 6h (a bare number
+                       * is seconds) */
 } moeh_opt_type_t;
 
 typedef struct {
     const char *name; /* without the leading "--"; also the INI key */
     moeh_opt_type_t type;
-    void *ptr;        /* const char **, uint32_t *, uint64_t *, float *, int *, double * */
+    void *ptr; /* const char **, uint32_t *, uint64_t *, float *, int *, double *, uint32_t * */
     const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 

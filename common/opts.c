@@ -4,6 +4,7 @@
 #include <ini.h>
 #include <math.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 
 static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
@@ -11,6 +12,45 @@ static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
     for (size_t i = 0; i < o->n_opts; i++)
         if (strcmp(o->opts[i].name, name) == 0) return &o->opts[i];
     return NULL;
+}
+
+/* Edit distance (insert, delete, substitute) between two short option names. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[65];
+    if (la > 64 || lb > 64) return SIZE_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* ", did you mean --NAME?" for the closest option within a third of the name's length (at
+ * least 1, at most 3 edits), or a prefix match; "" if none. */
+static void suggest(const moeh_opts_t *o, const char *name, char *out, size_t cap)
+{
+    const char *best = NULL;
+    size_t best_d = SIZE_MAX, len = strlen(name), limit = len / 3 < 1 ? 1 : len / 3;
+    if (limit > 3) limit = 3;
+    for (size_t i = 0; i < o->n_opts; i++) {
+        size_t d = edit_distance(name, o->opts[i].name);
+        if (len >= 3 && !strncmp(o->opts[i].name, name, len)) d = 1; /* a prefix of it */
+        if (d < best_d) best_d = d, best = o->opts[i].name;
+    }
+    if (best && best_d <= limit)
+        snprintf(out, cap, "; did you mean --%s?", best);
+    else
+        out[0] = '\0';
 }
 
 static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int from_file,
@@ -73,6 +113,30 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
         *(double *)opt->ptr = x;
         return 0;
     }
+    case MOEH_OPT_DURATION: {
+        double x = strtod(val, &end), unit = 1000;
+        if (!errno && end != val && isfinite(x) && x >= 0) {
+            if (!strcmp(end, "ms"))
+                unit = 1;
+            else if (!strcmp(end, "s") || !*end)
+                unit = 1000;
+            else if (!strcmp(end, "m"))
+                unit = 60000;
+            else if (!strcmp(end, "h"))
+                unit = 3600000;
+            else
+                unit = -1;
+            if (unit > 0 && x * unit <= UINT32_MAX) {
+                *(uint32_t *)opt->ptr = (uint32_t)llround(x * unit);
+                return 0;
+            }
+        }
+        snprintf(why, why_len,
+                 "'%s' is not a duration (a number with ms, s, m or h, e.g. 90s or 6h; at most "
+                 "49 days)",
+                 val);
+        return -EINVAL;
+    }
     case MOEH_OPT_BOOL:
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) {
             *(int *)opt->ptr = 1;
@@ -90,14 +154,25 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
 typedef struct {
     moeh_opts_t *o;
     char why[256];
+    unsigned char in_file[MOEH_OPTS_MAX]; /* keys this file set already */
 } ini_ctx_t;
 
 static int opts_ini_handler(void *user, const char *section, const char *name, const char *value)
 {
     ini_ctx_t *c = user;
+    (void)section;
     const moeh_opt_t *opt = find(c->o, name);
     if (!opt || !strcmp(name, "config")) {
-        snprintf(c->why, sizeof c->why, "unknown option '%s' (see %s --help)", name, c->o->prog);
+        char hint[96];
+        suggest(c->o, name, hint, sizeof hint);
+        snprintf(c->why, sizeof c->why, "unknown option '%s'%s (see %s --help)", name, hint,
+                 c->o->prog);
+        return 0;
+    }
+    size_t idx = (size_t)(opt - c->o->opts);
+    if (idx < MOEH_OPTS_MAX && c->in_file[idx]++) { /* the last would win silently */
+        snprintf(c->why, sizeof c->why,
+                 "'%s' is set a second time in this file (remove one of the two)", name);
         return 0;
     }
     char why[200];
@@ -115,19 +190,21 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
     for (size_t i = 0; i < o->n_opts; i++) {
         const moeh_opt_t *opt = &o->opts[i];
         char flag[64], def[96] = "";
-        static const char *meta[] = {"STR", "N", "N", "X", "", "X"};
+        static const char *meta[] = {"STR", "N", "N", "X", "", "X", "TIME"};
         snprintf(flag, sizeof flag, "--%s %s", opt->name, meta[opt->type]);
         switch (opt->type) {
         case MOEH_OPT_STR:
             if (*(const char **)opt->ptr)
                 snprintf(def, sizeof def, " (default: %s)", *(const char **)opt->ptr);
             break;
-        case MOEH_OPT_U32:
-            snprintf(def, sizeof def, " (default: %u)", *(uint32_t *)opt->ptr);
+        case MOEH_OPT_U32: /* UINT32_MAX means "not set" in the tables: no number to show */
+            if (*(uint32_t *)opt->ptr != UINT32_MAX)
+                snprintf(def, sizeof def, " (default: %u)", *(uint32_t *)opt->ptr);
             break;
         case MOEH_OPT_U64:
-            snprintf(def, sizeof def, " (default: %llu)",
-                     (unsigned long long)*(uint64_t *)opt->ptr);
+            if (*(uint64_t *)opt->ptr != UINT64_MAX)
+                snprintf(def, sizeof def, " (default: %llu)",
+                         (unsigned long long)*(uint64_t *)opt->ptr);
             break;
         case MOEH_OPT_F32:
             snprintf(def, sizeof def, " (default: %g)", (double)*(float *)opt->ptr);
@@ -135,7 +212,21 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
         case MOEH_OPT_F64:
             snprintf(def, sizeof def, " (default: %g)", *(double *)opt->ptr);
             break;
+        case MOEH_OPT_DURATION: {
+            uint32_t ms = *(uint32_t *)opt->ptr;
+            if (ms % 3600000 == 0 && ms)
+                snprintf(def, sizeof def, " (default: %uh)", ms / 3600000);
+            else if (ms % 60000 == 0 && ms)
+                snprintf(def, sizeof def, " (default: %um)", ms / 60000);
+            else if (ms % 1000 == 0)
+                snprintf(def, sizeof def, " (default: %us)", ms / 1000);
+            else
+                snprintf(def, sizeof def, " (default: %ums)", ms);
+            break;
+        }
         case MOEH_OPT_BOOL:
+            snprintf(flag, sizeof flag, "--[no-]%s", opt->name);
+            snprintf(def, sizeof def, " (default: %s)", *(int *)opt->ptr ? "on" : "off");
             break;
         }
         fprintf(f, "  %-26s %s%s\n", flag, opt->help, def);
@@ -192,7 +283,20 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             continue;
         }
         const moeh_opt_t *opt = find(o, name);
-        if (!opt) return moeh_errf(err, -EINVAL, "unknown option '%s' (see %s --help)", a, o->prog);
+        if (!opt && !strncmp(name, "no-", 3) && !val) { /* --no-X: boolean X off */
+            const moeh_opt_t *neg = find(o, name + 3);
+            if (neg && neg->type == MOEH_OPT_BOOL) {
+                *(int *)neg->ptr = 0;
+                if ((size_t)(neg - o->opts) < MOEH_OPTS_MAX) o->seen[neg - o->opts] = 1;
+                continue;
+            }
+        }
+        if (!opt) {
+            char hint[96];
+            suggest(o, name, hint, sizeof hint);
+            return moeh_errf(err, -EINVAL, "unknown option '%s'%s (see %s --help)", a, hint,
+                             o->prog);
+        }
         if (opt->type == MOEH_OPT_BOOL && !val) {
             *(int *)opt->ptr = 1;
             if ((size_t)(opt - o->opts) < MOEH_OPTS_MAX) o->seen[opt - o->opts] = 1;

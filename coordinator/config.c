@@ -14,15 +14,16 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     memset(c, 0, sizeof *c);
     c->bind = "tcp://*:7400";
     c->rounds = 5;
-    c->min_sites = 1;
+    c->min_sites = 2; /* a quorum of one would let one hospital's update be the model */
     c->wait_sites = 0;
-    c->start_timeout_ms = 60000;
+    c->start_timeout_ms = 6 * 3600 * 1000; /* --join-window 6h: hospitals join over hours */
     c->phase_deadline_ms = 60000;
     c->max_retries = 2;
     c->outage_budget_ms = 3600000; /* an hour: a hospital network's planned outage */
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;
+    c->secagg = 1; /* secure by default: the coordinator learns only sums */
     c->secagg_k = MOEH_SECAGG_K_AUTO;
     c->secagg_plan = (moeh_secagg_plan_cfg_t)MOEH_SECAGG_PLAN_DEFAULT;
     c->model = moeh_moe_defaults(0, 0); /* data shapes: from the sites (create_model) */
@@ -50,13 +51,28 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
 
 int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
 {
-    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->model.n_tasks != 3 || cfg->model.arch > 6 ||
-        cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
-        cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
+    if (cfg->rounds == 0) return moeh_errf(err, -EINVAL, "--rounds 0: expected at least 1");
+    if (cfg->min_sites == 0)
+        return moeh_errf(err, -EINVAL, "--min-sites 0: a phase needs at least 1 site's reply");
+    if (cfg->batch_size == 0) return moeh_errf(err, -EINVAL, "--batch-size 0: expected at least 1");
+    if (!(cfg->prox_mu >= 0))
+        return moeh_errf(err, -EINVAL, "--prox-mu %g: expected >= 0", (double)cfg->prox_mu);
+    if (cfg->eval_bins < 2 || cfg->eval_bins > 100000)
+        return moeh_errf(err, -EINVAL, "--eval-bins %u: expected 2..100000", cfg->eval_bins);
+    if (cfg->heartbeat_ms < 10)
+        return moeh_errf(err, -EINVAL, "--heartbeat-ms %u: expected at least 10",
+                         cfg->heartbeat_ms);
+    if (!(cfg->delta_clip > 0))
+        return moeh_errf(err, -EINVAL, "--delta-clip %g: expected > 0", (double)cfg->delta_clip);
+    if (cfg->model.n_tasks != 3 || cfg->model.arch > 6)
+        return moeh_errf(err, -EINVAL, "model: expected 3 tasks and an architecture 0..6");
+    if (cfg->bind && !strstr(cfg->bind, "://")) {
+        int port = cfg->bind[0] && strspn(cfg->bind, "0123456789") == strlen(cfg->bind);
         return moeh_errf(err, -EINVAL,
-                         "invalid configuration: rounds, min_sites and batch_size "
-                         "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
-                         "heartbeat_ms >= 10, delta_clip > 0");
+                         "--bind '%s': expected a ZeroMQ endpoint such as tcp://*:%s (every "
+                         "interface) or tcp://HOST:%s",
+                         cfg->bind, port ? cfg->bind : "7400", port ? cfg->bind : "PORT");
+    }
     *sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
                                 .beta1 = cfg->server_beta1,
                                 .beta2 = cfg->server_beta2,
@@ -130,6 +146,12 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
                              MOEH_WIRE_DP_MAX_SITES);
     }
     return 0;
+}
+
+int moeh_coord_cfg_validate(const moeh_coord_cfg_t *cfg, moeh_err_t *err)
+{
+    moeh_server_opt_t sopt;
+    return moeh_coord_cfg_check(cfg, &sopt, err);
 }
 
 int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err)

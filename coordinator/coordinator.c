@@ -272,6 +272,10 @@ static void open_phase(coord_t *c, phase_t ph)
     c->n_participants = c->n_replied = 0;
     memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
     coord_bounds_refresh(c); /* registry limits and medians of the declared rows */
+    if (ph == PH_TRAIN && !cfg->secagg)
+        MOEH_WARN("round %u: no secure aggregation (--no-secagg): the coordinator sees each "
+                  "site's update%s in clear",
+                  c->round, cfg->per_site_metrics ? " and evaluation, and records them," : "");
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -521,17 +525,25 @@ void moeh_coord_core_registry_changed(moeh_coord_core_t *c, int64_t now)
     }
 }
 
+/* Connected sites an attempt needs: the quorum, and under secure aggregation 3 (2 with
+ * --secagg-allow-2), since a session of fewer is refused. */
+static uint32_t sites_needed(const coord_t *c)
+{
+    uint32_t need = c->cfg->min_sites, sa = c->cfg->secagg_allow_2 ? 2 : 3;
+    return c->cfg->secagg && sa > need ? sa : need;
+}
+
 /* A phase attempt failed: with fewer than min_sites sites connected, wait for them (an outage,
  * bounded by outage_budget_ms); else retry it (up to max_retries), else the run fails with
  * `what`. */
 int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    uint32_t up = n_admitted(c);
-    if (cfg->outage_budget_ms > 0 && up < cfg->min_sites) {
+    uint32_t up = n_admitted(c), need = sites_needed(c);
+    if (cfg->outage_budget_ms > 0 && up < need) {
         MOEH_WARN("round %u %s phase: %s; only %u of the %u sites needed are connected: waiting "
-                  "up to %.0f s for them (--outage-budget-ms), no retry counted",
-                  c->round, name, what, up, cfg->min_sites, cfg->outage_budget_ms / 1000.0);
+                  "up to %.0f s for them (--outage-budget), no retry counted",
+                  c->round, name, what, up, need, cfg->outage_budget_ms / 1000.0);
         moeh_sa_server_off(c->sa);
         c->outage_since = c->now;
         return 0;
@@ -623,9 +635,9 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     const char *name = coord_phase_name(c->phase);
-    uint32_t up = n_admitted(c);
+    uint32_t up = n_admitted(c), need = sites_needed(c);
     int64_t waited = c->now - c->outage_since;
-    if (up >= cfg->min_sites) {
+    if (up >= need) {
         MOEH_INFO("round %u %s phase: %u sites connected again after %.1f s: starting the "
                   "phase again",
                   c->round, name, up, waited / 1000.0);
@@ -636,9 +648,9 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
     if (waited > (int64_t)cfg->outage_budget_ms)
         return moeh_errf(fatal, -ETIMEDOUT,
                          "round %u %s phase: only %u of the %u sites needed were connected for "
-                         "%.0f s, longer than --outage-budget-ms (is every site running and "
+                         "%.0f s, longer than --outage-budget (is every site running and "
                          "reachable?)",
-                         c->round, name, up, cfg->min_sites, waited / 1000.0);
+                         c->round, name, up, need, waited / 1000.0);
     return 0;
 }
 
@@ -754,6 +766,13 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
             goto fail;
         }
     }
+    size_t dropped = 0;
+    if (cfg->resume && (rc = moeh_coord_report_resume_at(cfg->out_dir, c->round, &dropped, err)))
+        goto fail;
+    if (dropped)
+        MOEH_INFO("--resume from round %u: %zu line(s) of metrics.jsonl written after that "
+                  "checkpoint (the interrupted round) dropped; the round runs again",
+                  c->round, dropped);
     if ((rc = moeh_coord_report_open(cfg->out_dir, cfg->resume, (uint32_t)cfg->model.n_tasks,
                                      cfg->print_table ? (io->table ? io->table : stdout) : NULL,
                                      &c->report, err)))

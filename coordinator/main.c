@@ -38,11 +38,12 @@ int main(int argc, char **argv)
         {"min-sites", MOEH_OPT_U32, &cfg.min_sites, "quorum: replies a phase needs to close"},
         {"wait-sites", MOEH_OPT_U32, &cfg.wait_sites,
          "start once this many sites joined (0: every registered site)"},
-        {"start-timeout-ms", MOEH_OPT_U32, &cfg.start_timeout_ms,
-         "...or after this long with a quorum"},
+        {"join-window", MOEH_OPT_DURATION, &cfg.start_timeout_ms,
+         "how long sites may take to join: the run starts when --wait-sites have joined, or at "
+         "the end of this window with a quorum (hospitals join over hours)"},
         {"deadline-ms", MOEH_OPT_U32, &cfg.phase_deadline_ms, "deadline of each phase"},
         {"max-retries", MOEH_OPT_U32, &cfg.max_retries, "retries of a phase without quorum"},
-        {"outage-budget-ms", MOEH_OPT_U32, &cfg.outage_budget_ms,
+        {"outage-budget", MOEH_OPT_DURATION, &cfg.outage_budget_ms,
          "a phase that lacks quorum while fewer than --min-sites sites are connected waits this "
          "long for them (no retry counted) before the run fails (0: no waiting)"},
         {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
@@ -64,6 +65,11 @@ int main(int argc, char **argv)
          "SecAgg+ neighbours per site: auto (from the number of sites, --secagg-dropout and "
          "--secagg-collude; docs/secagg.md), 0 (every pair masks) or an even k (threshold "
          "k/2 + 1)"},
+        {"secagg-allow-2", MOEH_OPT_BOOL, &cfg.secagg_allow_2,
+         "allow a securely aggregated round with only 2 sites (each can subtract its own "
+         "contribution from the sum and learn the other's: refused without this)"},
+        {"per-site-metrics", MOEH_OPT_BOOL, &cfg.per_site_metrics,
+         "without secure aggregation: record each site's loss and AUROC in metrics.jsonl"},
         {"secagg-dropout", MOEH_OPT_F64, &cfg.secagg_plan.dropout,
          "--secagg-k auto: largest fraction of a round's sites that may drop out"},
         {"secagg-collude", MOEH_OPT_F64, &cfg.secagg_plan.corrupt,
@@ -135,8 +141,21 @@ int main(int argc, char **argv)
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
+    if (!cfg.insecure && (!cfg.registry_path || !cfg.key_path)) { /* usage errors: exit 2 */
+        fprintf(stderr,
+                "moeh-coordinator: %s is required (or --insecure for tests; see "
+                "moeh-coordinator --help)\n",
+                !cfg.registry_path ? "--registry" : "--key");
+        moeh_opts_free(&o);
+        return 2;
+    }
     moeh_err_t kerr = {0};
     if (moeh_coord_parse_secagg_k(secagg_k, &cfg.secagg_k, &kerr) != 0) {
+        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    if (moeh_coord_cfg_validate(&cfg, &kerr) != 0) {
         fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
         moeh_opts_free(&o);
         return 2;

@@ -43,7 +43,8 @@ typedef struct {
     const uint64_t *combo_rows; /* (MOEH_N_COMBOS) */
     const double *gate_sum;     /* (MOEH_N_COMBOS, n_experts) summed gate weights */
     uint32_t n_experts;
-    int secagg; /* the per-site rows cannot exist: say so */
+    int secagg;   /* the per-site rows cannot exist: say so */
+    int per_site; /* plain mode: the per-site rows were written (--per-site-metrics) */
     const moeh_report_dp_t *dp;
     const moeh_calib_t *calib; /* (n_tasks) Brier and reliability over every row; NULL: none */
 } moeh_report_eval_t;
@@ -51,6 +52,12 @@ typedef struct {
 /* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
  * go to `table` (NULL: no tables). 0 or a negative code with err->msg; caller owns *out:
  * moeh_coord_report_destroy(&r). */
+/* Before a resumed run appends: drops the lines of out_dir/metrics.jsonl that the interrupted
+ * run wrote after the checkpoint of `round` (every line from the first with a later round, or
+ * the first that does not parse: a line torn by the kill), rewriting the file atomically, so
+ * that each round's rows appear once. *dropped: the lines removed. 0 or a negative code. */
+int moeh_coord_report_resume_at(const char *out_dir, uint32_t round, size_t *dropped,
+                                moeh_err_t *err) MOEH_REPORT_WUR;
 int moeh_coord_report_open(const char *out_dir, int append, uint32_t n_tasks, FILE *table,
                            moeh_coord_report_t **out, moeh_err_t *err) MOEH_REPORT_WUR;
 /* NULL-safe; closes the file; sets *self_p = NULL. */

@@ -197,8 +197,9 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
                     MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
     c->n_replied++;
-    moeh_coord_report_site_update(c->report, c->round, s->id, c->dp ? NAN : u->train_loss,
-                                  u->n_samples, u->steps);
+    if (c->cfg->per_site_metrics)
+        moeh_coord_report_site_update(c->report, c->round, s->id, c->dp ? NAN : u->train_loss,
+                                      u->n_samples, u->steps);
     MOEH_DEBUG("round %u: update from %s (loss %.4f)", c->round, s->id, u->train_loss);
 }
 
@@ -250,7 +251,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     }
     s->replied = 1;
     c->n_replied++;
-    if (own) {
+    if (own && c->cfg->per_site_metrics) {
         double auroc[MOEH_N_TASKS];
         for (uint32_t t = 0; t < T; t++)
             auroc[t] = moeh_eval_slice_auroc(own, T, nb, 0, t);
@@ -299,15 +300,22 @@ void coord_sa_open(coord_t *c)
         c->sites[i].sa_in = 0;
     for (size_t i = 0; i < c->n_sites; i++)
         n += c->sites[i].participant != 0;
-    int k_dropped = 0;
+    int k_dropped = 0, two = n == 2 && !c->cfg->secagg_allow_2;
+    if (two) {
+        MOEH_WARN("round %u: only 2 sites take part: secure aggregation of 2 would let each "
+                  "learn the other's contribution (--secagg-allow-2 permits it); this attempt "
+                  "is abandoned",
+                  c->round);
+        n = 0; /* opened empty below: an aborted attempt, like too few sites */
+    }
     int rc =
         moeh_sa_server_open(c->sa, n, c->cfg->secagg_k, &c->cfg->secagg_plan, c->cfg->min_sites,
                             moeh_wire_secsum_len(&c->lim, coord_phase_task(c->phase)), &k_dropped);
     if (rc) {
-        if (rc == -ERANGE)
+        if (rc == -ERANGE && !two)
             MOEH_WARN("round %u: secure aggregation needs 2..%u sites, %u are here", c->round,
                       MOEH_WIRE_SECAGG_MAX, n);
-        else
+        else if (rc != -ERANGE)
             MOEH_ERROR("round %u: out of memory for secure aggregation of %u sites", c->round, n);
         c->phase_deadline = c->now;
         return;

@@ -68,6 +68,47 @@ static void add_dp(cJSON *j, const moeh_report_dp_t *dp)
     cJSON_AddNumberToObject(j, "dp_rounds", (double)dp->rounds);
 }
 
+/* A resumed run continues from the checkpoint of `round`: the lines that the interrupted run
+ * wrote after it (rows of later rounds, and a line torn by the kill) are dropped, so that every
+ * round's rows appear once. The file is rewritten atomically; *dropped counts the lines. */
+static int drop_after_round(const char *path, uint32_t round, size_t *dropped, moeh_err_t *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *dropped = 0;
+    int rc = moeh_file_read_all(path, (size_t)1 << 30, &text, &len, err);
+    if (rc == -ENOENT) return 0; /* nothing written yet */
+    if (rc) return rc;
+    size_t keep = 0;
+    for (size_t at = 0; at < len;) {
+        char *nl = memchr(text + at, '\n', len - at);
+        if (!nl) break; /* a torn last line */
+        *nl = '\0';
+        cJSON *j = cJSON_Parse(text + at);
+        *nl = '\n';
+        const cJSON *r = j ? cJSON_GetObjectItemCaseSensitive(j, "round") : NULL;
+        int later = !j || (cJSON_IsNumber(r) && r->valuedouble > round);
+        cJSON_Delete(j);
+        if (later) break;
+        at = (size_t)(nl - text) + 1;
+        keep = at;
+    }
+    for (size_t i = keep; i < len; i++)
+        *dropped += text[i] == '\n' || i + 1 == len;
+    if (keep < len) rc = moeh_file_write_atomic(path, text, keep, err);
+    free(text);
+    return rc;
+}
+
+int moeh_coord_report_resume_at(const char *out_dir, uint32_t round, size_t *dropped,
+                                moeh_err_t *err)
+{
+    char path[4096];
+    if (moeh_path_join(path, sizeof path, out_dir, "metrics.jsonl"))
+        return moeh_errf(err, -ENAMETOOLONG, "--out is too long");
+    return drop_after_round(path, round, dropped, err);
+}
+
 int moeh_coord_report_open(const char *out_dir, int append, uint32_t n_tasks, FILE *table,
                            moeh_coord_report_t **out, moeh_err_t *err)
 {
@@ -258,13 +299,15 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
         }
     }
     emit(r, j);
-    if (e->secagg) { /* the per-site rows of the plain path cannot exist */
+    if (e->secagg || !e->per_site) { /* no per-site rows: say why */
         j = event("site_metrics");
         cJSON_AddNumberToObject(j, "round", e->round);
         cJSON_AddBoolToObject(j, "available", 0);
         cJSON_AddStringToObject(j, "why",
-                                "secure aggregation: the coordinator learns only sums; each site "
-                                "logs its own metrics");
+                                e->secagg ? "secure aggregation: the coordinator learns only "
+                                            "sums; each site logs its own metrics"
+                                          : "not recorded: per-site metrics are kept out of "
+                                            "metrics.jsonl unless --per-site-metrics");
         emit(r, j);
     }
     if (r->table) table_row(r, e);
@@ -327,7 +370,6 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "rounds", k->rounds);
     cJSON_AddNumberToObject(j, "min_sites", k->min_sites);
     cJSON_AddNumberToObject(j, "wait_sites", k->wait_sites);
-    cJSON_AddNumberToObject(j, "start_timeout_ms", k->start_timeout_ms);
     cJSON_AddNumberToObject(j, "phase_deadline_ms", k->phase_deadline_ms);
     cJSON_AddNumberToObject(j, "max_retries", k->max_retries);
     cJSON_AddNumberToObject(j, "outage_budget_ms", k->outage_budget_ms);
@@ -358,6 +400,9 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
         cJSON_AddStringToObject(j, "secagg_k", "auto");
     else
         cJSON_AddNumberToObject(j, "secagg_k", k->secagg_k);
+    cJSON_AddBoolToObject(j, "secagg_allow_2", k->secagg_allow_2);
+    cJSON_AddBoolToObject(j, "per_site_metrics", k->per_site_metrics);
+    cJSON_AddNumberToObject(j, "join_window_ms", k->start_timeout_ms);
     cJSON_AddNumberToObject(j, "secagg_dropout", k->secagg_plan.dropout);
     cJSON_AddNumberToObject(j, "secagg_collude", k->secagg_plan.corrupt);
     cJSON_AddNumberToObject(j, "count_cap", k->count_cap);

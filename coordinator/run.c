@@ -91,6 +91,15 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
             return moeh_errf(err, -EINVAL, "%s: no site is registered under [sites]",
                              cfg->registry_path);
         }
+        if (cfg->secagg && reg.n < 3 && !cfg->secagg_allow_2) {
+            moeh_registry_free(&reg);
+            return moeh_errf(err, -EINVAL,
+                             "%s registers %zu site(s): secure aggregation needs at least 3 "
+                             "(with 2, each site can subtract its own update from the sum and "
+                             "learn the other's); register more sites, or accept that with "
+                             "--secagg-allow-2, or run in clear with --no-secagg",
+                             cfg->registry_path, reg.n);
+        }
         *registered = (uint32_t)reg.n;
         if ((rc = moeh_keypair_read(cfg->key_path, &r->kp, err))) {
             moeh_registry_free(&reg);

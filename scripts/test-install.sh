@@ -47,20 +47,40 @@ fi
 echo "== the README's deployment, with the installed binaries"
 cd "$work"
 moeh-keygen coordinator >/dev/null
-line=$(moeh-keygen --site st-marys st-marys | grep '^st-marys = ')
-printf '[sites]\n%s\n' "$line" > registry.ini
-moeh synth --out synth --admissions 400 --image-px 64 >/dev/null
+sites="st-marys st-johns st-james"
+printf '[sites]\n' > registry.ini
+for s in $sites; do moeh-keygen --site "$s" "$s" | grep "^$s = " >> registry.ini; done
+moeh synth --out synth --admissions 600 --image-px 64 >/dev/null
 moeh extract --mimic synth/mimic --note synth/note --cxr synth/cxr \
-    --out st-marys-data >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
+    --out cohort >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
+moeh split --dataset cohort --out hospitals \
+    --sites st-marys:1:ehr+notes+img,st-johns:1:ehr+notes,st-james:1:ehr+img >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
-    --rounds 2 --out run >coord.out 2>coord.log &
+# the README's defaults: secure aggregation, a quorum of 2 of the 3 hospitals
+timeout 600 moeh-coordinator --registry registry.ini --key coordinator.key \
+    --bind "tcp://127.0.0.1:$port" --rounds 2 --out run >coord.out 2>coord.log &
 coord_pid=$!
-moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id st-marys \
-    --dataset st-marys-data --key st-marys.key --server-key coordinator.pub \
-    --give-up-ms 60000 2>agent.log || { tail -20 agent.log coord.log; fail "the site agent"; }
+agent_pids=""
+for s in $sites; do
+    timeout 600 moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id "$s" \
+        --dataset "hospitals/$s" --key "$s.key" --server-key coordinator.pub \
+        --give-up-ms 60000 2>"agent-$s.log" &
+    agent_pids="$agent_pids $!"
+done
+for p in $agent_pids; do
+    wait "$p" || { tail -20 agent-*.log coord.log; fail "a site agent"; }
+done
 wait "$coord_pid" || { tail -20 coord.log; fail "the coordinator"; }
 coord_pid=""
+python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["secagg"] is True else 1)' \
+    run/config.json || fail "the default run was not securely aggregated"
+# started again on the finished run's directory, the coordinator refuses (exit 2), nothing lost
+set +e
+moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
+    --rounds 2 --out run >/dev/null 2>again.log
+rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q -- "--new-run" again.log || fail "a second run on run/ was not refused"
 rounds=$(python3 -c 'import json, sys
 print(len({r["round"] for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "eval"}))' \
     run/metrics.jsonl)

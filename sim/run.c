@@ -254,8 +254,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
                        "--out",
                        (char *)out,
                        "--new-run", /* an earlier run in --out is moved aside, never lost */
-                       "--start-timeout-ms",
-                       "60000",
+                       "--join-window",
+                       "60s",
                        "--deadline-ms",
                        "600000",
                        "--heartbeat-ms",
@@ -273,7 +273,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
         format_opt(&opts[i], a_model[i][1], sizeof a_model[i][1]);
         cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
     }
-    if (secagg) cargs[nc++] = "--secagg";
+    cargs[nc++] = secagg ? "--secagg" : "--no-secagg";
+    if (!secagg) cargs[nc++] = "--per-site-metrics"; /* in clear anyway: record them */
     if (strcmp(secagg_k, "auto")) { /* without --secagg the coordinator says why it refuses */
         cargs[nc++] = "--secagg-k";
         cargs[nc++] = (char *)secagg_k;

@@ -64,6 +64,25 @@ int main(int argc, char **argv)
         moeh_opts_free(&o);
         return 2;
     }
+    /* usage errors (exit 2) before anything runs: required options and the endpoint's form */
+    const char *missing = !cfg.site_id       ? "--site-id"
+                          : !cfg.dataset_dir ? "--dataset"
+                          : cfg.insecure     ? NULL
+                          : !cfg.key_path    ? "--key"
+                          : !cfg.server_key  ? "--server-key"
+                                             : NULL;
+    if (missing || !strstr(cfg.connect, "://")) {
+        if (missing)
+            fprintf(stderr, "moeh-site-agent: %s is required (see moeh-site-agent --help)\n",
+                    missing);
+        else
+            fprintf(stderr,
+                    "moeh-site-agent: --connect '%s': expected a ZeroMQ endpoint such as "
+                    "tcp://coordinator.example.org:7400\n",
+                    cfg.connect);
+        moeh_opts_free(&o);
+        return 2;
+    }
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
     moeh_install_signals(on_signal, 0);

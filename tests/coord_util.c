@@ -87,6 +87,8 @@ void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     c->heartbeat_ms = 100;
     c->heartbeat_timeout_ms = 100000;
     c->upload_slots = 0;
+    c->secagg = 0;           /* plain unless a test's tweak asks for secure aggregation */
+    c->per_site_metrics = 1; /* the per-site rows are part of what these tests check */
     c->model.d_emb = 8;
     c->model.d_hidden = 8;
     c->model.note_buckets = 64;

@@ -29,7 +29,7 @@ moeh_netns_test(netns_site_flap site-flap 300)
 # every site's link down 10 s mid-TRAIN, (d) the coordinator's link down 30 s and (e) every
 # site's link down 45 s, both from round 2's TRAIN: the heartbeat timeout drops every site, the
 # attempt fails with none connected, and the coordinator waits for them within its outage budget
-# (--outage-budget-ms; before it existed the phase's 2 retries were spent within ~0.2 s and the
+# (--outage-budget; before it existed the phase's 2 retries were spent within ~0.2 s and the
 # run ended, exit 1); the run completes and the model equals a clean run's
 moeh_netns_test(netns_partition_short partition 300 --outage-s 10)
 moeh_netns_test(netns_coord_down coord-down 300)

@@ -300,7 +300,7 @@ static void test_outage_waits_without_retries(void **state)
     moeh_err_t err = {0};
     f->now += 5100;
     assert_int_equal(moeh_coord_core_tick(f->core, f->now, &err), -ETIMEDOUT);
-    assert_non_null(strstr(err.msg, "longer than --outage-budget-ms"));
+    assert_non_null(strstr(err.msg, "longer than --outage-budget"));
 }
 
 /* ---- the output directory belongs to one run --------------------------------------------- */
@@ -371,6 +371,35 @@ static void test_run_dir_never_overwritten(void **state)
     put(dir, "model.npy", "m");
     assert_int_equal(moeh_coord_rundir_prepare(dir, 0, 1, &err), 0);
     assert_false(has(dir, "model.npy"));
+}
+
+/* --resume: the rows the interrupted run wrote after its checkpoint (a later round's train row,
+ * a line torn by the kill) are dropped, so every round's rows appear once; nothing else moves. */
+static void test_resume_drops_rows_after_checkpoint(void **state)
+{
+    (void)state;
+    char dir[300], path[400], *text = NULL;
+    size_t dropped = 0, len = 0;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_test_tmpdir(dir, sizeof dir, "resume-rows"), 0);
+    assert_int_equal(moeh_coord_report_resume_at(dir, 1, &dropped, &err), 0); /* no file yet */
+    const char *kept = "{\"event\":\"stats\",\"sites\":3}\n"
+                       "{\"event\":\"train\",\"round\":1}\n"
+                       "{\"event\":\"eval\",\"round\":1}\n"
+                       "{\"event\":\"train\",\"round\":2}\n"
+                       "{\"event\":\"eval\",\"round\":2}\n";
+    char all[512];
+    snprintf(all, sizeof all, "%s%s", kept,
+             "{\"event\":\"train\",\"round\":3}\n{\"event\":\"site_gone\",\"rou");
+    put(dir, "metrics.jsonl", all);
+    assert_int_equal(moeh_coord_report_resume_at(dir, 2, &dropped, &err), 0);
+    assert_int_equal(dropped, 2);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    assert_int_equal(moeh_file_read_all(path, 4096, &text, &len, &err), 0);
+    assert_string_equal(text, kept);
+    free(text);
+    assert_int_equal(moeh_coord_report_resume_at(dir, 2, &dropped, &err), 0); /* idempotent */
+    assert_int_equal(dropped, 0);
 }
 
 /* ---- rejoin mid-phase -------------------------------------------------------------------- */
@@ -529,6 +558,7 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),
     cmocka_unit_test(test_run_dir_never_overwritten),
+    cmocka_unit_test(test_resume_drops_rows_after_checkpoint),
     cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),

@@ -19,7 +19,7 @@
 static void test_secagg_too_few_survivors_aborts(void **state)
 {
     fixture_t *f = *state;
-    char *sa[] = {"--secagg", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     moeh_proc_t *c = start_coordinator_ex2(f, "2", "1", "3", NULL, "coordinator.log", sa);
     moeh_proc_t *a[N_SITES];
     char *kill_at[] = {"--fault-kill-secagg-round", "1", NULL};
@@ -56,7 +56,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
 {
     moeh_err_t err = {0};
     char log[400];
-    char *sa[] = {"--secagg", "--deadline-ms", "4000", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", "--deadline-ms", "4000", NULL};
     rogue_t r = {0};
     moeh_proc_t *a[N_SITES];
     moeh_proc_t *c = rogue_join(f, &r, sa, a, log, sizeof log);
@@ -262,7 +262,7 @@ static void test_secagg_run_is_bit_exact(void **state)
     char out_a[300], out_b[300], path[400];
     run_all(f, "plain", "3", NULL);
     snprintf(out_a, sizeof out_a, "%s", f->out);
-    char *sa[] = {"--secagg", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     run_all(f, "secagg", "3", sa);
     snprintf(out_b, sizeof out_b, "%s", f->out);
     metrics_t m;
@@ -308,7 +308,7 @@ static void test_secagg_stats_dropout_exact(void **state)
 
     snprintf(out_b, sizeof out_b, "%s/secagg", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
-    char *sa[] = {"--secagg", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     c = start_coordinator_ex2(f, "2", "2", "3", NULL, "coordinator-b.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-at", "stats", 0);
     assert_summed(out_b, "stats", -1, 2, -1); /* the survivors' sums, once: no retry */
@@ -380,7 +380,7 @@ static void survivors_eval(const fixture_t *f, double auroc[3], double *test_los
 static void test_secagg_eval_dropout_exact(void **state)
 {
     fixture_t *f = *state;
-    char *sa[] = {"--secagg", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     moeh_proc_t *c = start_coordinator_ex2(f, "1", "2", "3", NULL, "coordinator.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-at", "eval:1", 0);
     char path[400], line[8192];
@@ -459,7 +459,7 @@ static void test_secagg_k_neighbours(void **state)
 static void test_secagg_k_refused(void **state)
 {
     fixture_t *f = *state;
-    const char *bad[][3] = {{"--secagg", "--secagg-k", "3"}, {"--secagg-k", "4", NULL}};
+    const char *bad[][3] = {{"--secagg", "--secagg-k", "3"}, {"--no-secagg", "--secagg-k", "4"}};
     const char *needle[] = {"--secagg-k 3: expected 0", "--secagg-k 4 needs --secagg"};
     char exe[2100], reg[400], key[400], log[400];
     moeh_err_t err = {0};
@@ -483,7 +483,7 @@ static void test_secagg_k_refused(void **state)
                         NULL};
         moeh_proc_t *p = &f->procs[f->n_procs++];
         assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
-        wait_exit(p, 10000, 1);
+        wait_exit(p, 10000, 2); /* a usage error */
         if (!file_contains(log, needle[i])) print_error("%s lacks '%s'\n", log, needle[i]);
         assert_true(file_contains(log, needle[i]));
     }
@@ -495,7 +495,7 @@ static void test_secagg_k_refused(void **state)
 static void test_secagg_dropout_unmasked(void **state)
 {
     fixture_t *f = *state;
-    char *sa[] = {"--secagg", NULL};
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-round", "2", 0);
     metrics_t m;

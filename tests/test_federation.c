@@ -59,7 +59,7 @@ static void wait_all_joined(const fixture_t *f, moeh_proc_t *c, const char *log_
     }
 }
 
-/* Without a quorum (a site killed) the phase waits for --outage-budget-ms (the site may be
+/* Without a quorum (a site killed) the phase waits for --outage-budget (the site may be
  * restarted), then the run fails with a message naming the round,
  * and the surviving agents are told to leave. */
 /* Started again on the directory of a finished run without --resume or --new-run, the
@@ -107,14 +107,14 @@ static void test_no_quorum_fails_clearly(void **state)
 {
     fixture_t *f = *state;
     /* 2 of the 3 sites needed stay connected: an outage (the dead site may be restarted), which
-     * the coordinator waits out for --outage-budget-ms before the run fails */
-    char *budget[] = {"--outage-budget-ms", "3000", NULL};
+     * the coordinator waits out for --outage-budget before the run fails */
+    char *budget[] = {"--outage-budget", "3s", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator.log", budget);
     run_with_victim(f, c, 0, "--fault-kill-round", "2", 1);
     char path[400];
     snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
     assert_true(file_contains(path, "round 2 train phase: 2 of the 3 sites needed replied"));
-    assert_true(file_contains(path, "longer than --outage-budget-ms"));
+    assert_true(file_contains(path, "longer than --outage-budget"));
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 1);

@@ -109,7 +109,7 @@ static int declare(moeh_moe_t *m)
     }
     static const char *mn[3] = {"missing.ehr", "missing.notes", "missing.img"};
     for (int k = 0; k < MOEH_N_MODALITIES; k++)
-        if (m->used & (1 << k)) ADD(m->miss[k], mn[k], "missing", d, 0);
+        if ((m->used & (1 << k)) && !c->missing_zero) ADD(m->miss[k], mn[k], "missing", d, 0);
 experts:
     for (size_t k = 0; k < m->n_exp; k++) {
         char g[32], n1[64], n2[64], n3[64], n4[64];
@@ -245,6 +245,8 @@ static void layout(moeh_moe_t *m, arena_t *a)
     m->dhk = TAKEF(a, B * dh);
     m->dok = TAKEF(a, B * d);
     m->gh = TAKEF(a, B * dh);
+    if (c->gate_no_avail) m->gin = TAKEF(a, B * m->Dz);
+    if (c->missing_zero) m->zero_d = TAKEF(a, d); /* the arena starts zeroed */
     m->dgh = TAKEF(a, B * dh);
     m->glog = TAKEF(a, B * E);
     m->gw = TAKEF(a, B * E);

@@ -99,6 +99,11 @@ static const field_t k_fields[] = {
      "dropout on the expert hidden layers while training"},
     {F(missing_init), K_FLOAT, 1, 0, INFINITY, 0, 1, 0, "missing-init",
      "standard deviation of the missing-modality embeddings at initialisation"},
+    {F(missing_zero), K_SIZE, 1, 0, 1, 0, 0, 0, "missing-zero",
+     "ablation: 1 = an absent modality's encoding is zeros (no learnable missingness "
+     "embeddings)"},
+    {F(gate_no_avail), K_SIZE, 1, 0, 1, 0, 0, 0, "gate-no-avail",
+     "ablation: 1 = the gate does not see the availability mask"},
     {F(pos_weight), K_FLOAT, MOEH_MAX_TASKS, 0, INFINITY, 0, 1, 0, NULL, NULL},
     {F(max_batch), K_SIZE, 1, 1, 65536, 0, 0, 1, NULL, NULL},
     {F(threads), K_INT, 1, 0, 64, 0, 0, 1, NULL, NULL},
@@ -106,6 +111,15 @@ static const field_t k_fields[] = {
 };
 #undef F
 #define N_FIELDS (sizeof k_fields / sizeof k_fields[0])
+
+/* Fields added after the spec hash was fixed (the ablations of issue 15): written to the JSON
+ * only when non-zero and read as 0 when absent, so the default JSON and its hash are those of
+ * the models and checkpoints made before them. */
+static int optional(const field_t *f)
+{
+    return f->off == offsetof(moeh_moe_cfg_t, missing_zero) ||
+           f->off == offsetof(moeh_moe_cfg_t, gate_no_avail);
+}
 
 static void *at(moeh_moe_cfg_t *c, const field_t *f)
 {
@@ -174,6 +188,15 @@ int moeh_moe_cfg_validate(const moeh_moe_cfg_t *c, moeh_err_t *err)
         }
     }
     uint8_t used = moeh_moe_arch_modalities(c->arch);
+    if (c->gate_no_avail && c->arch != MOEH_ARCH_MOE)
+        return moeh_errf(err, -EINVAL,
+                         "model config: gate_no_avail = 1 needs arch 0 (MoE-Health): arch %d has "
+                         "no gate",
+                         (int)c->arch);
+    if (c->missing_zero && c->arch == MOEH_ARCH_EARLY)
+        return moeh_errf(err, -EINVAL,
+                         "model config: missing_zero = 1: early fusion (arch 6) has no "
+                         "missingness embeddings");
     if (c->arch == MOEH_ARCH_EARLY && c->img_size % 8)
         return moeh_errf(err, -EINVAL,
                          "model config: img_size = %zu, early fusion pools images to 8x8 and "
@@ -278,6 +301,7 @@ int moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c, char **json, moeh_err_t *err)
     put(&s, "{");
     for (size_t k = 0; k < N_FIELDS; k++) {
         const field_t *f = &k_fields[k];
+        if (optional(f) && get_num(c, f, 0) == 0) continue; /* default: not written */
         put(&s, "%s\"%s\":", k ? "," : "", f->key);
         if (f->kind == K_SEED) {
             put(&s, "\"%" PRIu64 "\"", *(const uint64_t *)cat(c, f));
@@ -393,7 +417,7 @@ int moeh_moe_cfg_from_json(const char *json, moeh_moe_cfg_t *c, moeh_err_t *err)
         rc = -EINVAL;
     }
     for (size_t k = 0; k < N_FIELDS; k++)
-        if (!seen[k]) {
+        if (!seen[k] && !optional(&k_fields[k])) {
             moeh_errf(err, rc, "model config: missing key \"%s\"", k_fields[k].key);
             goto out;
         }

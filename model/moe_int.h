@@ -70,6 +70,8 @@ struct moeh_moe {
     float *z, *dz, *zk[MOEH_MAX_EXPERTS], *h[MOEH_MAX_EXPERTS], *o[MOEH_MAX_EXPERTS];
     uint8_t *keep[MOEH_MAX_EXPERTS];
     float *dzk, *dhk, *dok;
+    float *gin;    /* gate input: z with the availability columns zeroed (gate_no_avail) */
+    float *zero_d; /* d zeros: an absent modality's encoding under missing_zero */
     float *gh, *glog, *gw, *probs, *w, *dw, *dprobs, *dglog, *dgh;
     uint8_t *sel;
     float *comb, *dcomb, *logits, *dlogits;

@@ -216,7 +216,7 @@ static int forward(moeh_moe_t *m, const moeh_batch_t *b, int train, int need_los
     for (int k = 0; k < 3; k++) {
         if (!(m->used & (1 << k))) continue;
         float *emb = m->emb + (size_t)k * B * d;
-        const float *miss = moeh_params_w(p, m->miss[k]);
+        const float *miss = c->missing_zero ? m->zero_d : moeh_params_w(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
             const float *src = miss;
@@ -246,8 +246,15 @@ experts:
     }
     /* routing weights w (B,E) */
     if (m->has_gate) {
-        moeh_linear_forward(m->gh, m->z, moeh_params_w(p, m->g_w1), moeh_params_w(p, m->g_b1), B,
-                            Dz, dh);
+        const float *gin = m->z;
+        if (c->gate_no_avail) { /* the availability columns are the last n_used of z */
+            memcpy(m->gin, m->z, B * Dz * sizeof(float));
+            for (size_t i = 0; i < B; i++)
+                memset(m->gin + i * Dz + m->n_used * d, 0, m->n_used * sizeof(float));
+            gin = m->gin;
+        }
+        moeh_linear_forward(m->gh, gin, moeh_params_w(p, m->g_w1), moeh_params_w(p, m->g_b1), B, Dz,
+                            dh);
         moeh_relu_forward(m->gh, m->gh, B * dh);
         moeh_linear_forward(m->glog, m->gh, moeh_params_w(p, m->g_w2), moeh_params_w(p, m->g_b2), B,
                             dh, E);
@@ -390,7 +397,8 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
                              m->gh, moeh_params_w(p, m->g_w2), B, dh, E);
         relu_mask(m->dgh, m->gh, B * dh);
         moeh_linear_backward(m->dz, moeh_params_g(p, m->g_w1), moeh_params_g(p, m->g_b1), m->dgh,
-                             m->z, moeh_params_w(p, m->g_w1), B, Dz, dh);
+                             c->gate_no_avail ? m->gin : m->z, moeh_params_w(p, m->g_w1), B, Dz,
+                             dh);
     }
     m->prof[4] += mono_s() - t_mix;
     if (m->early) {
@@ -406,13 +414,13 @@ static void backward(moeh_moe_t *m, const moeh_batch_t *b, int train)
     size_t pz = 0;
     for (int k = 0; k < 3; k++) {
         if (!(m->used & (1 << k))) continue;
-        float *dmiss = moeh_params_g(p, m->miss[k]);
+        float *dmiss = c->missing_zero ? NULL : moeh_params_g(p, m->miss[k]);
         size_t j = 0;
         for (size_t i = 0; i < B; i++) {
             const float *src = m->dz + i * Dz + pz;
             if (j < m->n_idx[k] && m->idx[k][j] == i) {
                 memcpy(m->denc[k] + (j++) * d, src, d * sizeof(float));
-            } else {
+            } else if (dmiss) {
                 for (size_t q = 0; q < d; q++)
                     dmiss[q] += src[q];
             }

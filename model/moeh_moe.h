@@ -51,6 +51,11 @@ typedef struct {
     float gate_sup_joint; /* the same supervision kept in joint rounds (0: none) */
     float dropout;        /* dropout on the expert hidden layers while training (0) */
     float missing_init;   /* std of the missing-modality embeddings at initialisation (0.02) */
+    /* Ablations (issue 15); 0 = off, and then absent from the canonical JSON, so the default
+     * spec and its hash are unchanged. missing_zero: an absent modality's encoding is a zero
+     * vector (no missing.* parameters). gate_no_avail: the gate's input has the availability
+     * columns zeroed (the gate sees only the embeddings). */
+    size_t missing_zero, gate_no_avail;
     float pos_weight[MOEH_MAX_TASKS]; /* BCE positive-class weight per task (0 = 1) */
     size_t max_batch;                 /* workspace rows (64) */
     int threads;   /* >= 2: two OpenMP workers split the encoders' images and the AdamW

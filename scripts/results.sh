@@ -25,7 +25,12 @@
 #        GATE_OPTS (extra options of the MoE-Health runs (a), (b), (c), e.g. "--lambda-lb 0.1"),
 #        SITES (NAME:SHARE:MODS,... for moeh split), RESULTS (default docs/results.md; - for
 #        none),
-#        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction).
+#        KEEP=1 keeps the work dir (default: the raw tables are deleted after extraction),
+#        PROFILE (moeh synth --profile: homogeneous, the default, or heterogeneous;
+#        docs/synthetic.md), SITES=hospitals (one site per generator hospital: moeh split
+#        --hospitals truth.csv; for PROFILE=heterogeneous), ABLATIONS=1 (also the federated
+#        ablations of MoE-Health: no warm-up, missing_zero, gate_no_avail, no load balancing,
+#        top-1, top-2; the dense gate is the main run).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +49,15 @@ SEED=${SEED:-1}
 SITES=${SITES:-site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr}
 RESULTS=${RESULTS:-$here/docs/results.md}
 SEEDS=${SEEDS:-$SEED}
+PROFILE=${PROFILE:-homogeneous}
+ABLATIONS=${ABLATIONS:-0}
+# SITES=hospitals: the heterogeneous generator's four hospitals (sim/synth_het.h HET_N_HOSP)
+SITES_ARG=$SITES # as given (the per-seed runs below re-read it)
+split_by=(--sites "$SITES" --alpha "$ALPHA")
+if [[ $SITES == hospitals ]]; then
+    SITES=hosp0:1,hosp1:1,hosp2:1,hosp3:1
+    split_by=(--hospitals HOSPITALS_TRUTH)
+fi
 SIM=$BUILD/bin/moeh
 GATE_OPTS=${GATE_OPTS:-}   # extra moeh run/train options of MoE-Health (e.g. --lambda-lb 0.1)
 
@@ -55,7 +69,8 @@ if (( ${#seed_list[@]} > 1 )); then
     dirs=()
     for s in "${seed_list[@]}"; do
         [[ $s =~ ^[0-9]+$ ]] || { echo "results.sh: SEEDS must hold numbers, got '$s'" >&2; exit 2; }
-        SEED=$s SEEDS=$s OUT=$OUT/seed-$s RESULTS=- bash "$0" "$ADMISSIONS"
+        SEED=$s SEEDS=$s OUT=$OUT/seed-$s RESULTS=- SITES=$SITES_ARG \
+            bash "$0" "$ADMISSIONS"
         dirs+=(--seed-dir "$s:$OUT/seed-$s")
     done
     names=()
@@ -87,15 +102,15 @@ pooled=$(IFS=','; echo "${site_dirs[*]}")
 
 if [[ ! -f $OUT/sites/summary.tsv ]]; then
     log "synth $ADMISSIONS admissions -> $OUT/raw"
-    nice -n 10 "$SIM" synth --admissions "$ADMISSIONS" --seed "$SEED" --out "$OUT/raw" \
-        >"$OUT/logs/synth.log" 2>&1
+    nice -n 10 "$SIM" synth --admissions "$ADMISSIONS" --seed "$SEED" --profile "$PROFILE" \
+        --out "$OUT/raw" >"$OUT/logs/synth.log" 2>&1
     log "extract -> $OUT/cohort"
     nice -n 10 "$SIM" extract --mimic "$OUT/raw/mimic" --note "$OUT/raw/note" \
         --cxr "$OUT/raw/cxr" --out "$OUT/cohort" >"$OUT/logs/extract.log" 2>&1
     cp "$OUT/raw/truth.csv" "$OUT/raw/truth.json" "$OUT/"
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/raw"
-    log "split into ${#names[@]} sites (alpha $ALPHA) -> $OUT/sites"
-    nice -n 10 "$SIM" split --dataset "$OUT/cohort" --sites "$SITES" --alpha "$ALPHA" \
+    log "split into ${#names[@]} sites (${split_by[*]/HOSPITALS_TRUTH/truth.csv}) -> $OUT/sites"
+    nice -n 10 "$SIM" split --dataset "$OUT/cohort" "${split_by[@]/HOSPITALS_TRUTH/$OUT/truth.csv}" \
         --seed "$SEED" --out "$OUT/sites" | tee "$OUT/logs/split.log"
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$OUT/cohort"
 fi
@@ -136,6 +151,14 @@ fed fed-early 6
 fed fed-joint 4
 fed fed-late 5
 fed fed-ehr 1
+if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15)
+    fed abl-no-warmup 0 $GATE_OPTS --warmup-rounds 0
+    fed abl-missing-zero 0 $GATE_OPTS --missing-zero 1
+    fed abl-gate-no-avail 0 $GATE_OPTS --gate-no-avail 1
+    fed abl-no-lb 0 $GATE_OPTS --lambda-lb 0
+    fed abl-top1 0 $GATE_OPTS --top-k 1
+    fed abl-top2 0 $GATE_OPTS --top-k 2
+fi
 
 elapsed=$(( $(date +%s) - t_start ))
 log "table -> $RESULTS (pipeline ${elapsed} s)"

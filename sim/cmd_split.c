@@ -11,7 +11,8 @@ int moeh_sim_cmd_split(int argc, char **argv)
 {
     moeh_split_opts_t o;
     moeh_split_opts_default(&o);
-    const char *in = NULL, *out = NULL, *spec = NULL, *skew = moeh_task_names[MOEH_TASK_MORTALITY];
+    const char *in = NULL, *out = NULL, *spec = NULL, *hospitals = NULL,
+               *skew = moeh_task_names[MOEH_TASK_MORTALITY];
     int no_verify = 0;
     const moeh_opt_t opts[] = {
         {"dataset", MOEH_OPT_STR, &in, "the dataset to split (moeh extract) [required]"},
@@ -19,6 +20,10 @@ int moeh_sim_cmd_split(int argc, char **argv)
          "NAME:SHARE[:MODS],... e.g. A:0.5:ehr+notes+img,B:0.3:ehr+img,C:0.2:ehr (SHARE: share "
          "of admissions; MODS: the modalities the site has at all, default all), or 'careunit': "
          "one site per first ICU care unit [required]"},
+        {"hospitals", MOEH_OPT_STR, &hospitals,
+         "TRUTH.csv of moeh synth --profile heterogeneous: one site per generator hospital "
+         "(hosp0, hosp1, ...), so the generator's site shift is the federation's; replaces "
+         "--sites"},
         {"out", MOEH_OPT_STR, &out,
          "output directory: one dataset per site + summary.tsv [required]"},
         {"alpha", MOEH_OPT_F64, &o.alpha,
@@ -33,19 +38,22 @@ int moeh_sim_cmd_split(int argc, char **argv)
     };
     moeh_opts_t po = {
         .prog = "moeh split",
-        .synopsis = "usage: moeh split --dataset D --sites SPEC --out DIR [OPTIONS]\n\n"
-                    "Assigns whole subjects to sites and writes DIR/<site>/ (one dataset each, "
-                    "with a\nsubject-grouped train/val/test split inside the site) and "
-                    "DIR/summary.tsv (docs/data.md).\nExit status: 0 ok, 1 failure, 2 usage "
-                    "error.",
+        .synopsis =
+            "usage: moeh split --dataset D (--sites SPEC | --hospitals TRUTH.csv) --out DIR "
+            "[OPTIONS]\n\n"
+            "Assigns whole subjects to sites and writes DIR/<site>/ (one dataset each, "
+            "with a\nsubject-grouped train/val/test split inside the site) and "
+            "DIR/summary.tsv (docs/data.md).\nExit status: 0 ok, 1 failure, 2 usage "
+            "error.",
         .opts = opts,
         .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
-    if (!rc && (!in || !out || !spec))
+    if (!rc && (!in || !out || !spec == !hospitals))
         rc = moeh_errf(&err, -EINVAL,
-                       "--dataset, --sites and --out are required (moeh split --help)");
+                       "--dataset, --out and one of --sites / --hospitals are required (moeh "
+                       "split --help)");
     if (!rc && !strcmp(skew, "careunit"))
         o.skew_by = -1;
     else if (!rc) {
@@ -62,10 +70,13 @@ int moeh_sim_cmd_split(int argc, char **argv)
         rc =
             moeh_errf(&err, -EINVAL, "--val %g, --test %g: expected fractions >= 0 with a sum <= 1",
                       o.val_frac, o.test_frac);
-    if (!rc) rc = moeh_split_parse_sites(spec, &o, &err);
+    if (!rc)
+        rc = spec ? moeh_split_parse_sites(spec, &o, &err)
+                  : moeh_split_load_hospitals(hospitals, &o, &err);
     if (rc) {
         fprintf(stderr, "moeh split: %s\n", err.msg);
         moeh_opts_free(&po);
+        moeh_split_opts_free(&o);
         return 2;
     }
     moeh_dataset_t *ds = NULL;
@@ -73,6 +84,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
     if (!rc) rc = moeh_split_write(ds, &o, out, stdout, &err);
     moeh_dataset_destroy(&ds);
     moeh_opts_free(&po);
+    moeh_split_opts_free(&o);
     if (rc) {
         fprintf(stderr, "moeh split: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
         return 1;

@@ -13,6 +13,7 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     uint64_t admissions = o.admissions, img_px = o.img_px;
     uint32_t gz_level = (uint32_t)o.gz_level;
     int no_images = !o.images;
+    const char *profile = "homogeneous";
     const moeh_opt_t opts[] = {
         {"admissions", MOEH_OPT_U64, &admissions,
          "cohort admissions to generate (those the cohort excludes are added around them)"},
@@ -23,6 +24,9 @@ int moeh_sim_cmd_synth(int argc, char **argv)
         {"image-px", MOEH_OPT_U64, &img_px, "side of the written JPEGs"},
         {"no-images", MOEH_OPT_BOOL, &no_images, "write the CXR metadata but no JPEG files"},
         {"gzip-level", MOEH_OPT_U32, &gz_level, "gzip level of the CSV files, 1..9"},
+        {"profile", MOEH_OPT_STR, &profile,
+         "homogeneous (default) or heterogeneous: patient kinds with their own outcome "
+         "functions, informative availability, site shift (docs/synthetic.md)"},
     };
     moeh_opts_t po = {
         .prog = "moeh synth",
@@ -48,6 +52,10 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     if (!rc && (img_px < 8 || img_px > 4096))
         rc = moeh_errf(&err, -EINVAL, "--image-px %llu: expected 8..4096",
                        (unsigned long long)img_px);
+    if (!rc && strcmp(profile, "homogeneous") && strcmp(profile, "heterogeneous"))
+        rc = moeh_errf(&err, -EINVAL, "--profile %s: expected homogeneous or heterogeneous",
+                       profile);
+    if (!rc && !strcmp(profile, "heterogeneous")) o.profile = MOEH_SYNTH_HETEROGENEOUS;
     if (!rc && (o.chart_days < 0 || o.chart_days > 365))
         rc = moeh_errf(&err, -EINVAL, "--chart-days %g: expected 0..365", o.chart_days);
     if (rc) {
@@ -77,6 +85,13 @@ int moeh_sim_cmd_synth(int argc, char **argv)
                st.positives[k], st.labelled[k], st.oracle_auroc[k]);
     printf("  modalities in the window: notes %zu, cxr %zu of %zu\n", st.avail[1], st.avail[2],
            st.avail[0]);
+    if (o.profile == MOEH_SYNTH_HETEROGENEOUS) {
+        for (int k = 0; k < MOEH_N_TASKS; k++)
+            printf("  %-12s modality-limited oracle AUROC %.4f\n", moeh_task_names[k],
+                   st.limited_auroc[k]);
+        printf("  kinds R/S/C %zu/%zu/%zu; hospitals %zu/%zu/%zu/%zu\n", st.kind_n[0], st.kind_n[1],
+               st.kind_n[2], st.hosp_n[0], st.hosp_n[1], st.hosp_n[2], st.hosp_n[3]);
+    }
     moeh_opts_free(&po);
     return 0;
 }

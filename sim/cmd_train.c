@@ -166,9 +166,36 @@ static int eval_split(moeh_trainer_t *t, int split, eval_bufs_t *eb,
 }
 
 /* Exact metrics of the test split: per task and per (combination a0+2a1+4a2, task). */
+/* --predictions: one CSV row per test admission, subject_id, hadm_id, then label_<task> (empty
+ * when masked) and score_<task> per task (scripts/paired_bootstrap.py reads it). */
+static int write_predictions(const char *path, const moeh_dataset_t *ds, const size_t *idx,
+                             const float *probs, size_t n, moeh_err_t *err)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
+    fprintf(f, "subject_id,hadm_id");
+    for (int k = 0; k < MOEH_N_TASKS; k++)
+        fprintf(f, ",label_%s,score_%s", moeh_task_names[k], moeh_task_names[k]);
+    fprintf(f, "\n");
+    for (size_t r = 0; r < n; r++) {
+        size_t i = idx[r];
+        fprintf(f, "%lld,%lld", (long long)ds->ids[2 * i], (long long)ds->ids[2 * i + 1]);
+        for (size_t k = 0; k < MOEH_N_TASKS; k++) {
+            if (ds->label_mask[i * MOEH_N_TASKS + k])
+                fprintf(f, ",%d", ds->labels[i * MOEH_N_TASKS + k] > 0.5f);
+            else
+                fprintf(f, ",");
+            fprintf(f, ",%.9g", (double)probs[r * MOEH_N_TASKS + k]);
+        }
+        fprintf(f, "\n");
+    }
+    if (ferror(f) | (fclose(f) != 0)) return moeh_errf(err, -EIO, "%s: write failed", path);
+    return 0;
+}
+
 static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
                          moeh_bin_metrics_t *overall, moeh_bin_metrics_t *per_combo,
-                         moeh_err_t *err)
+                         const char *pred_path, moeh_err_t *err)
 {
     const size_t T = MOEH_N_TASKS, n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
     const moeh_dataset_t *ds = moeh_trainer_dataset(t);
@@ -182,6 +209,7 @@ static int exact_metrics(moeh_trainer_t *t, moeh_bin_metrics_t *per_task,
         goto out;
     }
     if ((rc = moeh_trainer_predict(t, MOEH_SPLIT_TEST, probs, idx, err))) goto out;
+    if (pred_path && (rc = write_predictions(pred_path, ds, idx, probs, n, err))) goto out;
     for (size_t r = 0; r < n; r++) {
         memcpy(y + r * T, ds->labels + idx[r] * T, T * sizeof(float));
         memcpy(ym + r * T, ds->label_mask + idx[r] * T, T);
@@ -259,6 +287,7 @@ static int write_test_lines(FILE *mf, uint32_t round, uint32_t epoch, double tra
 int moeh_sim_cmd_train(int argc, char **argv)
 {
     const char *data = NULL, *eval_data = NULL, *out = "moeh-train", *select = "best";
+    const char *predictions = NULL; /* --predictions (issue 15: paired bootstrap) */
     uint32_t epochs = 8, batch = 32;
     uint32_t warmup = 3, bins = 1000;
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
@@ -286,6 +315,9 @@ int moeh_sim_cmd_train(int argc, char **argv)
         {"seed", MOEH_OPT_U64, &mc.seed, "model initialisation and shuffling"},
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the arrays' checksums"},
         {"out", MOEH_OPT_STR, &out, "output directory (metrics.jsonl, model.safetensors)"},
+        {"predictions", MOEH_OPT_STR, &predictions,
+         "also write each test admission's labels and scores to this CSV "
+         "(scripts/paired_bootstrap.py)"},
     };
     /* this command's options, then the model's hyperparameters (the shared fragment) */
     moeh_opt_t opts[MOEH_OPTS_MAX];
@@ -479,7 +511,7 @@ int moeh_sim_cmd_train(int argc, char **argv)
     moeh_bin_metrics_t per_task[MOEH_N_TASKS], overall,
         per_combo[(MOEH_N_COMBOS + 1) * MOEH_N_TASKS];
     memset(per_combo, 0, sizeof per_combo);
-    if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, &err))) goto out;
+    if ((rc = exact_metrics(test_tr, per_task, &overall, per_combo, predictions, &err))) goto out;
     double m = moeh_eval_mean_finite(auroc[0], MOEH_N_TASKS);
     if ((rc = write_test_lines(mf, epochs, best_epoch, train_loss, loss, m,
                                (double)(moeh_now_ms() - t0) / 1e3, auroc, per_task, &es,

@@ -12,6 +12,8 @@ set(MOEH_DATA_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/extract_streams.c
     ${CMAKE_CURRENT_LIST_DIR}/image.c
     ${CMAKE_CURRENT_LIST_DIR}/synth.c
+    ${CMAKE_CURRENT_LIST_DIR}/synth_het.c
+    ${CMAKE_CURRENT_LIST_DIR}/synth_io.c
     ${CMAKE_CURRENT_LIST_DIR}/split.c)
 add_library(moeh_cohort STATIC ${MOEH_DATA_SOURCES})
 target_include_directories(moeh_cohort PUBLIC ${CMAKE_CURRENT_LIST_DIR})

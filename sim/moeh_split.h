@@ -29,6 +29,11 @@ typedef struct {
     int skew_by;     /* task index 0..2, or -1: first care unit */
     double val_frac, test_frac;
     uint64_t seed;
+    /* one site per generator hospital (moeh synth --profile heterogeneous): subject -> site,
+     * sorted by subject; set by moeh_split_load_hospitals, freed by moeh_split_opts_free */
+    int64_t *hosp_subj;
+    uint32_t *hosp_of;
+    size_t n_hosp_subj;
 } moeh_split_opts_t;
 
 void moeh_split_opts_default(moeh_split_opts_t *o);
@@ -36,6 +41,12 @@ void moeh_split_opts_default(moeh_split_opts_t *o);
 /* Parses "careunit" or "NAME:SHARE[:MODS],..." with MODS like "ehr+notes+img" (default all).
  * 0 or -EINVAL with the offending part in err. */
 int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *err) MOEH_WUR;
+
+/* Reads the subject_id and hospital columns of a synthetic truth.csv and sets one site per
+ * hospital (named hosp0, hosp1, ..., all modalities). 0 or an error naming file, line, field. */
+int moeh_split_load_hospitals(const char *truth_csv, moeh_split_opts_t *o,
+                              moeh_err_t *err) MOEH_WUR;
+void moeh_split_opts_free(moeh_split_opts_t *o);
 
 /* Assigns each row of ds to a site: site_of[i] < n_sites (by_careunit: sites are filled in
  * from the care units present, names set in o). 0, -EINVAL or -ENOMEM. */

@@ -16,8 +16,14 @@
 
 #include <stdbool.h>
 
+typedef enum {
+    MOEH_SYNTH_HOMOGENEOUS = 0, /* one risk function, availability from severity and lungs */
+    MOEH_SYNTH_HETEROGENEOUS,   /* kinds, informative availability, site shift */
+} moeh_synth_profile_t;
+
 typedef struct {
-    size_t admissions; /* cohort admissions to generate (others are added around them) */
+    moeh_synth_profile_t profile; /* docs/synthetic.md; default homogeneous */
+    size_t admissions;            /* cohort admissions to generate (others are added around them) */
     uint64_t seed;
     double chart_days; /* chart vitals over max(52 h, this many days) of the ICU stay */
     size_t img_px;     /* side of the written JPEGs (default 256) */
@@ -30,6 +36,9 @@ typedef struct {
     uint64_t chart_rows, lab_rows, notes, cxr_images;
     size_t positives[MOEH_N_TASKS], labelled[MOEH_N_TASKS], avail[MOEH_N_MODS];
     double oracle_auroc[MOEH_N_TASKS];
+    /* heterogeneous profile only: the modality-limited oracle, cohort per kind and hospital */
+    double limited_auroc[MOEH_N_TASKS];
+    size_t kind_n[3], hosp_n[4];
 } moeh_synth_stats_t;
 
 void moeh_synth_opts_default(moeh_synth_opts_t *o);

@@ -62,9 +62,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
     int insecure = 0, secagg = 1, unweighted = 0;
     uint32_t upload_slots = 2; /* moeh-coordinator's default */
     const char *secagg_k = "auto";
+    const char *profile = "homogeneous"; /* moeh synth --profile (docs/synthetic.md) */
     const moeh_opt_t own[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
+        {"profile", MOEH_OPT_STR, &profile,
+         "generator profile: homogeneous or heterogeneous (moeh synth --help)"},
         {"sites", MOEH_OPT_STR, &sites_spec,
          "sites as NAME:SHARE:MODALITIES,... (moeh split --help)"},
         {"data", MOEH_OPT_STR, &data_opt,
@@ -183,7 +186,8 @@ int moeh_sim_cmd_run(int argc, char **argv)
     if (!data_opt) {
         printf("== 1/4 synthetic MIMIC-IV: %u admissions -> %s\n", admissions, raw_dir);
         fflush(stdout);
-        char *s_args[] = {"synth", "--admissions", a_adm, "--seed", a_seed, "--out", raw_dir, NULL};
+        char *s_args[] = {"synth", "--admissions", a_adm,       "--seed",        a_seed,
+                          "--out", raw_dir,        "--profile", (char *)profile, NULL};
         if (sub(moeh_sim_cmd_synth, s_args) != 0) {
             rc = moeh_errf(&err, -EIO, "synth failed");
             goto out;

@@ -16,6 +16,119 @@ void moeh_split_opts_default(moeh_split_opts_t *o)
     o->seed = 1;
 }
 
+void moeh_split_opts_free(moeh_split_opts_t *o)
+{
+    free(o->hosp_subj);
+    free(o->hosp_of);
+    o->hosp_subj = NULL, o->hosp_of = NULL, o->n_hosp_subj = 0;
+}
+
+static int cmp_subj(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int moeh_split_load_hospitals(const char *path, moeh_split_opts_t *o, moeh_err_t *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
+    char line[4096];
+    int rc = 0, c_subj = -1, c_hosp = -1;
+    size_t cap = 0, n = 0, lineno = 1;
+    int64_t(*pairs)[2] = NULL; /* subject, hospital */
+    uint32_t max_h = 0;
+    moeh_split_opts_free(o);
+    if (!fgets(line, sizeof line, f)) {
+        rc = moeh_errf(err, -EINVAL, "%s: empty file", path);
+        goto out;
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    int col = 0;
+    for (char *save = NULL, *t = strtok_r(line, ",", &save); t;
+         t = strtok_r(NULL, ",", &save), col++) {
+        if (!strcmp(t, "subject_id")) c_subj = col;
+        if (!strcmp(t, "hospital")) c_hosp = col;
+    }
+    if (c_subj < 0 || c_hosp < 0) {
+        rc = moeh_errf(err, -EINVAL,
+                       "%s:1: no %s column (expected a truth.csv of moeh synth --profile "
+                       "heterogeneous)",
+                       path, c_subj < 0 ? "subject_id" : "hospital");
+        goto out;
+    }
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        int64_t v[2] = {-1, -1};
+        col = 0;
+        for (char *p = line, *q;; p = q + 1, col++) {
+            q = strchr(p, ',');
+            if (col == c_subj || col == c_hosp) {
+                char *end;
+                long long x = strtoll(p, &end, 10);
+                if (end == p || (*end && *end != ',') || x < 0 ||
+                    (col == c_hosp && x >= MOEH_MAX_SITES)) {
+                    rc = moeh_errf(err, -EINVAL, "%s:%zu: field %s: expected %s", path, lineno,
+                                   col == c_subj ? "subject_id" : "hospital",
+                                   col == c_subj ? "an integer >= 0" : "an integer 0..255");
+                    goto out;
+                }
+                v[col == c_hosp] = x;
+            }
+            if (!q) break;
+        }
+        if (v[0] < 0 || v[1] < 0) {
+            rc = moeh_errf(err, -EINVAL, "%s:%zu: missing subject_id or hospital", path, lineno);
+            goto out;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            void *np = realloc(pairs, cap * sizeof *pairs);
+            if (!np) {
+                rc = moeh_errf(err, -ENOMEM, "out of memory");
+                goto out;
+            }
+            pairs = np;
+        }
+        pairs[n][0] = v[0], pairs[n][1] = v[1];
+        if ((uint32_t)v[1] > max_h) max_h = (uint32_t)v[1];
+        n++;
+    }
+    qsort(pairs, n, sizeof *pairs, cmp_subj); /* the subject is the first member */
+    o->hosp_subj = malloc((n + 1) * sizeof *o->hosp_subj);
+    o->hosp_of = malloc((n + 1) * sizeof *o->hosp_of);
+    if (!o->hosp_subj || !o->hosp_of) {
+        rc = moeh_errf(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m && o->hosp_subj[m - 1] == pairs[i][0]) {
+            if (o->hosp_of[m - 1] != (uint32_t)pairs[i][1]) {
+                rc = moeh_errf(err, -EINVAL, "%s: subject %lld is at two hospitals", path,
+                               (long long)pairs[i][0]);
+                goto out;
+            }
+            continue;
+        }
+        o->hosp_subj[m] = pairs[i][0], o->hosp_of[m++] = (uint32_t)pairs[i][1];
+    }
+    o->n_hosp_subj = m;
+    o->by_careunit = 0;
+    o->n_sites = max_h + 1;
+    for (uint32_t h = 0; h <= max_h; h++) {
+        snprintf(o->sites[h].name, sizeof o->sites[h].name, "hosp%u", h);
+        o->sites[h].share = 1;
+        o->sites[h].mods = (1u << MOEH_N_MODS) - 1;
+    }
+out:
+    if (rc) moeh_split_opts_free(o);
+    free(pairs);
+    fclose(f);
+    return rc;
+}
+
 int moeh_split_parse_sites(const char *spec, moeh_split_opts_t *o, moeh_err_t *err)
 {
     o->n_sites = 0;
@@ -125,6 +238,20 @@ int moeh_split_assign(const moeh_dataset_t *ds, moeh_split_opts_t *o, uint32_t *
         if (i == 0 || ds->ids[2 * i] != ds->ids[2 * (i - 1)]) start[n_subj++] = i;
     }
     start[n_subj] = n;
+    if (o->n_hosp_subj) { /* the generator's hospitals */
+        for (size_t i = 0; i < n; i++) {
+            const int64_t *hit = bsearch(&ds->ids[2 * i], o->hosp_subj, o->n_hosp_subj,
+                                         sizeof *o->hosp_subj, cmp_subj);
+            if (!hit) {
+                rc = moeh_errf(err, -EINVAL, "subject %lld (row %zu) is not in the truth file",
+                               (long long)ds->ids[2 * i], i);
+                goto out;
+            }
+            site_of[i] = o->hosp_of[hit - o->hosp_subj];
+        }
+        rc = 0;
+        goto out;
+    }
     bool need_cu = o->by_careunit || (o->alpha > 0 && o->skew_by < 0);
     if (need_cu && careunit_columns(ds, &cu_first, &cu_count)) {
         rc = moeh_errf(err, -EINVAL, "the dataset has no first_careunit=... static features");

@@ -10,6 +10,8 @@
 #include "moeh_synth.h"
 #include "moeh_csv.h"
 #include "moeh_hist.h"
+#include "synth_het.h"
+#include "synth_io.h"
 
 #include <limits.h>
 #include <math.h>
@@ -20,85 +22,6 @@
 
 #define HOUR 3600
 #define DAY 86400
-
-/* snprintf for paths: the result is checked by the callers through moeh_mkdir_p/fopen;
- * truncation is reported as an empty string, which those calls reject. */
-__attribute__((format(printf, 3, 4))) static void pathf(char *out, size_t cap, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, cap, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= cap) out[0] = '\0';
-}
-
-/* ---- buffered gzip table writer ----------------------------------------------------- */
-typedef struct {
-    gzFile g;
-    char *buf;
-    size_t len, cap;
-    uint64_t rows;
-    char path[PATH_MAX];
-} tw_t;
-
-static int tw_flush(tw_t *w, moeh_err_t *err)
-{
-    if (w->len && gzwrite(w->g, w->buf, (unsigned)w->len) != (int)w->len)
-        return moeh_errf(err, -EIO, "%s: write failed", w->path);
-    w->len = 0;
-    return 0;
-}
-
-static int tw_open(tw_t *w, const char *dir, const char *name, int level, const char *header,
-                   moeh_err_t *err)
-{
-    memset(w, 0, sizeof *w);
-    int rc;
-    if ((rc = moeh_mkdir_p(dir, err))) return rc;
-    pathf(w->path, sizeof w->path, "%s/%s", dir, name);
-    char mode[8];
-    snprintf(mode, sizeof mode, "wb%d", level);
-    w->cap = (size_t)1 << 20;
-    if (!(w->buf = malloc(w->cap))) return moeh_errf(err, -ENOMEM, "out of memory");
-    if (!(w->g = gzopen(w->path, mode)))
-        return moeh_errf(err, -EIO, "%s: cannot create: %s", w->path, strerror(errno));
-    gzbuffer(w->g, 1 << 20);
-    size_t hl = strlen(header);
-    memcpy(w->buf, header, hl);
-    w->len = hl;
-    return 0;
-}
-
-/* Appends one formatted row (rows must be < 64 KiB). */
-__attribute__((format(printf, 3, 4))) static int tw_row(tw_t *w, moeh_err_t *err, const char *fmt,
-                                                        ...)
-{
-    if (w->cap - w->len < 65536) {
-        int rc = tw_flush(w, err);
-        if (rc) return rc;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(w->buf + w->len, w->cap - w->len, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= w->cap - w->len)
-        return moeh_errf(err, -EOVERFLOW, "%s: row too long", w->path);
-    w->len += (size_t)n;
-    w->rows++;
-    return 0;
-}
-
-static int tw_close(tw_t *w, moeh_err_t *err)
-{
-    int rc = 0;
-    if (w->g) {
-        rc = tw_flush(w, err);
-        if (gzclose(w->g) != Z_OK && !rc) rc = moeh_errf(err, -EIO, "%s: close failed", w->path);
-    }
-    free(w->buf);
-    w->g = NULL, w->buf = NULL;
-    return rc;
-}
 
 /* ---- time and random helpers --------------------------------------------------------- */
 static void civil(int64_t t, int *y, int *mo, int *d, int *h, int *mi, int *s)
@@ -179,8 +102,10 @@ typedef struct {
     tjhandle tj;
     uint8_t *img;
     int64_t next_hadm, next_stay, next_labevent, next_specimen, next_study;
-    double *risk;   /* cohort x 3 */
-    uint8_t *label; /* cohort x 3, 2 = masked */
+    double *risk;         /* cohort x 3 */
+    double *risk_lim;     /* cohort x 3, the modality-limited oracle (heterogeneous profile) */
+    uint8_t *label;       /* cohort x 3, 2 = masked */
+    const het_adm_t *het; /* the current admission's kind and hospital; NULL: homogeneous */
 } gen_t;
 
 typedef struct {
@@ -256,7 +181,7 @@ static int write_dictionaries(const char *dir, int level, moeh_err_t *err)
     tw_t w;
     char d[PATH_MAX];
     int rc;
-    pathf(d, sizeof d, "%s/icu", dir);
+    synth_pathf(d, sizeof d, "%s/icu", dir);
     if ((rc = tw_open(&w, d, "d_items.csv.gz", level,
                       "itemid,label,abbreviation,linksto,category,unitname,param_type,"
                       "lownormalvalue,highnormalvalue\n",
@@ -269,7 +194,7 @@ static int write_dictionaries(const char *dir, int level, moeh_err_t *err)
             goto out;
     }
     if ((rc = tw_close(&w, err))) goto out;
-    pathf(d, sizeof d, "%s/hosp", dir);
+    synth_pathf(d, sizeof d, "%s/hosp", dir);
     if ((rc = tw_open(&w, d, "d_labitems.csv.gz", level, "itemid,label,fluid,category\n", err)))
         goto out;
     for (size_t i = 0; i < N_LABS; i++) {
@@ -301,7 +226,9 @@ static int gen_chart(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
                      int64_t stay, int64_t t0, int64_t end, moeh_err_t *err)
 {
     int rc = 0;
-    double drift = 0, p_meas = sigm(0.4 + 1.0 * z->s), weight = clamp(80 + 15 * N(r), 40, 180);
+    double off = g->het ? het_chart_offset(g->het->hospital) : 0.0;
+    double drift = 0, p_meas = sigm(0.4 + off + 1.0 * z->s),
+           weight = clamp(80 + 15 * N(r), 40, 180);
     bool arterial = P(r, sigm(-0.5 + z->s)), temp_f = P(r, 0.6), o2 = z->m > 0.3;
     if ((rc = chart_row(g, subj, hadm, stay, t0 + (int64_t)U(r, 600, 5400), 226512, weight, 1, "kg",
                         err)))
@@ -446,6 +373,9 @@ static int gen_labs(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, in
             if ((id == 50813 || id == 50820) && !gas) continue;
             if (id == 51300 || !P(r, 0.93)) continue;
             double v = lab_value(r, z, i, panel);
+            const char *unit = k_labs[i].unit;
+            if (id == 50912 && g->het && het_creat_umol(g->het->hospital))
+                v *= 88.4, unit = "umol/L"; /* a site reporting creatinine in SI units */
             char hadm_s[24] = "";
             if (!no_hadm) snprintf(hadm_s, sizeof hadm_s, "%lld", (long long)hadm);
             const char *comment = "";
@@ -454,8 +384,8 @@ static int gen_labs(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, in
             int dec = v < 10 ? 2 : 1;
             if ((rc = tw_row(&g->lab, err, "%lld,%lld,%s,%lld,%d,P%d,%s,%s,%.*f,%.*f,%s,,,,%s,%s\n",
                              (long long)g->next_labevent++, (long long)subj, hadm_s,
-                             (long long)spec, id, (int)(spec % 900), ct, stt, dec, v, dec, v,
-                             k_labs[i].unit, sick ? "STAT" : "ROUTINE", comment)))
+                             (long long)spec, id, (int)(spec % 900), ct, stt, dec, v, dec, v, unit,
+                             sick ? "STAT" : "ROUTINE", comment)))
                 return rc;
         }
         /* a text-only result (empty valuenum) */
@@ -520,11 +450,10 @@ static size_t csv_escape(char *out, size_t cap, const char *s)
 }
 
 static int gen_notes(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int64_t hadm,
-                     int64_t admit, int64_t t0, int64_t disch, int *seq, bool *in_window,
+                     int64_t admit, int64_t t0, int64_t disch, double p, int *seq, bool *in_window,
                      moeh_err_t *err)
 {
     int rc;
-    double p = sigm(-0.6 + 0.8 * z->s + 0.8 * z->m);
     char text[2048], esc[4200], ct[20], stt[20], hadm_s[24];
     *in_window = false;
     for (int i = 0; i < 4; i++) {
@@ -557,14 +486,17 @@ static int gen_notes(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, i
 
 /* A synthetic frontal chest radiograph (S x S gray): body, lungs, heart whose width follows
  * h, lung opacity that follows m, tubes when s is high, noise. */
-static void draw_cxr(moeh_rng_t *r, const latent_t *z, bool lateral, uint8_t *img, size_t S)
+static void draw_cxr(moeh_rng_t *r, const latent_t *z, bool lateral, bool alt, uint8_t *img,
+                     size_t S)
 {
     double op = sigm(2.5 * (z->m - 0.3)), heart = 0.2 + 0.05 * clamp(z->h, -2, 3);
     double bx[6], by[6], br[6];
     for (int i = 0; i < 6; i++)
         bx[i] = U(r, -0.7, 0.7), by[i] = U(r, -0.2, 0.8), br[i] = U(r, 0.1, 0.3);
     bool tube = z->s > 1.0 && P(r, 0.7);
-    double gain = U(r, 0.9, 1.1), off = U(r, -10, 10);
+    double gain = U(r, 0.9, 1.1), off = U(r, -10, 10), noise = 6;
+    if (alt) /* another acquisition (heterogeneous profile, one hospital) */
+        gain = 0.55 + 0.5 * (gain - 0.9), off = 40 + 0.5 * off, noise = 14;
     for (size_t y = 0; y < S; y++)
         for (size_t x = 0; x < S; x++) {
             double u = ((double)x + 0.5) / (double)S * 2 - 1,
@@ -585,15 +517,14 @@ static void draw_cxr(moeh_rng_t *r, const latent_t *z, bool lateral, uint8_t *im
             double hu = (u - 0.08) / (heart + 0.02), hv = (v - 0.28) / 0.24;
             if (hu * hu + hv * hv < 1) val = 160;
             if (tube && fabs(u - 0.02) < 0.012 && v < 0.1) val = 235;
-            val = gain * val + off + 6 * N(r);
+            val = gain * val + off + noise * N(r);
             img[y * S + x] = (uint8_t)clamp(val, 0, 255);
         }
 }
 
 static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int64_t admit,
-                   int64_t t0, int64_t disch, bool *in_window, moeh_err_t *err)
+                   int64_t t0, int64_t disch, double p, bool *in_window, moeh_err_t *err)
 {
-    double p = sigm(-0.6 + 1.0 * z->s + 0.8 * z->m);
     *in_window = false;
     for (int i = 0; i < 3; i++) {
         int64_t t;
@@ -631,17 +562,17 @@ static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int
             moeh_rng_t ir;
             uint64_t ikey[3] = {g->o->seed, (uint64_t)study, (uint64_t)view};
             moeh_rng_seed(&ir, XXH64(ikey, sizeof ikey, 1));
-            draw_cxr(&ir, z, view == 1, g->img, S);
+            draw_cxr(&ir, z, view == 1, g->het && het_cxr_alt(g->het->hospital), g->img, S);
             unsigned char *jpg = NULL;
             unsigned long jl = 0;
             if (tjCompress2(g->tj, g->img, (int)S, 0, (int)S, TJPF_GRAY, &jpg, &jl, TJSAMP_GRAY, 90,
                             0) != 0)
                 return moeh_errf(err, -EIO, "JPEG encoding failed: %s", tjGetErrorStr2(g->tj));
             char dir[PATH_MAX], path[PATH_MAX + 64];
-            pathf(dir, sizeof dir, "%s/files/p%02lld/p%lld/s%lld", g->cxr_dir,
-                  (long long)(subj / 1000000), (long long)subj, (long long)study);
+            synth_pathf(dir, sizeof dir, "%s/files/p%02lld/p%lld/s%lld", g->cxr_dir,
+                        (long long)(subj / 1000000), (long long)subj, (long long)study);
             if ((rc = moeh_mkdir_p(dir, err)) == 0) {
-                pathf(path, sizeof path, "%s/%s.jpg", dir, dicom);
+                synth_pathf(path, sizeof path, "%s/%s.jpg", dir, dicom);
                 FILE *f = fopen(path, "wb");
                 if (!f || fwrite(jpg, 1, jl, f) != jl)
                     rc = moeh_errf(err, -EIO, "%s: cannot write", path);
@@ -653,6 +584,28 @@ static int gen_cxr(gen_t *g, moeh_rng_t *r, const latent_t *z, int64_t subj, int
         }
     }
     return 0;
+}
+
+/* Notes and X-rays of one ICU admission. Homogeneous: independent draws, sicker patients and
+ * lung involvement get more of both. Heterogeneous: the X-ray first (kind, unit, admission
+ * type, s, m), then a report that exists mostly with imaging (docs/synthetic.md). */
+static int gen_modalities(gen_t *g, moeh_rng_t *r, const latent_t *z, const het_adm_t *het,
+                          int64_t subj, int64_t hadm, int64_t admit, int64_t t0, int64_t disch,
+                          int *seq, bool *has_notes, bool *has_cxr, moeh_err_t *err)
+{
+    int rc;
+    if (!het) {
+        if ((rc = gen_notes(g, r, z, subj, hadm, admit, t0, disch,
+                            sigm(-0.6 + 0.8 * z->s + 0.8 * z->m), seq, has_notes, err)))
+            return rc;
+        return gen_cxr(g, r, z, subj, admit, t0, disch, sigm(-0.6 + 1.0 * z->s + 0.8 * z->m),
+                       has_cxr, err);
+    }
+    double zv[5] = {z->s, z->h, z->k, z->n, z->m};
+    if ((rc = gen_cxr(g, r, z, subj, admit, t0, disch, het_p_cxr(het, zv), has_cxr, err)))
+        return rc;
+    return gen_notes(g, r, z, subj, hadm, admit, t0, disch, het_p_note(*has_cxr, zv), seq,
+                     has_notes, err);
 }
 
 static const char *const k_types[] = {
@@ -686,7 +639,8 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
     int anchor_year = 2110 + (int)U(r, 0, 70);
     int64_t t = moeh_days_from_civil(anchor_year, 1, 1) * DAY + (int64_t)U(r, 0, 700 * DAY);
     const char *race = pick(r, k_race, 7), *ins = pick(r, k_ins, 4);
-    bool died = false;
+    bool died = false, het = g->o->profile == MOEH_SYNTH_HETEROGENEOUS;
+    int hospital = het ? het_hospital(r) : 0;
     char a1[20], a2[20], a3[20];
     g->st->subjects++;
     int seq = 1; /* note_seq, per subject */
@@ -698,8 +652,17 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
         int age = anchor_age + year_of(admit) - anchor_year;
         bool icu = !last_forced && !P(r, 0.10), short_stay = icu && P(r, 0.06);
         latent_t z = {N(r), N(r), N(r), N(r), N(r)};
-        double risk[3];
-        true_risk(&z, age, risk);
+        double risk[3], zv[5];
+        het_adm_t ha = {0};
+        if (het) {
+            zv[0] = z.s, zv[1] = z.h, zv[2] = z.k, zv[3] = z.n, zv[4] = z.m;
+            het_admission(r, hospital, &ha, zv);
+            z = (latent_t){zv[0], zv[1], zv[2], zv[3], zv[4]};
+            het_risk(ha.kind, zv, age, risk);
+            g->het = &ha;
+        } else {
+            true_risk(&z, age, risk);
+        }
         bool in_cohort = icu && !short_stay && age >= 18;
         const char *reason = !icu         ? "no_icu"
                              : short_stay ? "short_stay"
@@ -743,7 +706,9 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
         }
         if (last_forced) gap = -1;
         /* tables */
-        const char *type = icu ? pick(r, k_types, 6) : "OBSERVATION ADMIT";
+        const char *type = !icu  ? "OBSERVATION ADMIT"
+                           : het ? k_types[ha.type]
+                                 : pick(r, k_types, 6);
         if (adm_no == 0 && (rc = tw_row(&g->pat, err, "%lld,%s,%d,%d,%d - %d,%s\n", (long long)subj,
                                         female ? "F" : "M", anchor_age, anchor_year,
                                         anchor_year - 1, anchor_year + 1, "")))
@@ -763,7 +728,7 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
                               ? disch - 1800
                               : (int64_t)fmin((double)(disch - HOUR),
                                               (double)(t0 + (int64_t)U(r, 2 * DAY, 12 * DAY)));
-            const char *unit = pick(r, k_units, 6);
+            const char *unit = het ? k_units[ha.unit] : pick(r, k_units, 6);
             /* a later second ICU stay, written first: t0 is the earliest intime */
             if (out + 13 * HOUR < disch && P(r, 0.1)) {
                 int64_t in2 = out + 12 * HOUR;
@@ -784,8 +749,8 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
             if ((rc = gen_chart(g, r, &z, subj, hadm, stay, t0, end, err)) ||
                 (rc = gen_labs(g, r, &z, subj, hadm, admit, t0,
                                (int64_t)fmin((double)disch, (double)t0 + span), err)) ||
-                (rc = gen_notes(g, r, &z, subj, hadm, admit, t0, disch, &seq, &has_notes, err)) ||
-                (rc = gen_cxr(g, r, &z, subj, admit, t0, disch, &has_cxr, err)))
+                (rc = gen_modalities(g, r, &z, het ? &ha : NULL, subj, hadm, admit, t0, disch, &seq,
+                                     &has_notes, &has_cxr, err)))
                 return rc;
         }
         fprintf(g->truth, "%lld,%lld,%d,%s,%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6f,%.6f,%.6f,",
@@ -793,19 +758,29 @@ static int gen_subject(gen_t *g, uint64_t subj_no, size_t *cohort_left, moeh_err
                 icu ? fmt_time(a2, t0) : "", age, z.s, z.h, z.k, z.n, z.m, risk[0], risk[1],
                 risk[2]);
         if (in_cohort)
-            fprintf(g->truth, "%d,%d,%d,%d,%d\n", lab[0], lab[1], expire ? -1 : lab[2], has_notes,
+            fprintf(g->truth, "%d,%d,%d,%d,%d", lab[0], lab[1], expire ? -1 : lab[2], has_notes,
                     has_cxr);
         else
-            fprintf(g->truth, ",,,%d,%d\n", has_notes, has_cxr);
+            fprintf(g->truth, ",,,%d,%d", has_notes, has_cxr);
+        double lim[3] = {0, 0, 0};
+        if (het) {
+            het_limited_risk(ha.kind, zv, age, has_notes, has_cxr, lim);
+            fprintf(g->truth, ",%d,%c,%.6f,%.6f,%.6f", hospital, het_kind_letter[ha.kind], lim[0],
+                    lim[1], lim[2]);
+        }
+        fputc('\n', g->truth);
+        g->het = NULL;
         if (in_cohort) {
             size_t c = g->st->cohort++;
             for (int k = 0; k < 3; k++) {
                 g->risk[3 * c + (size_t)k] = risk[k];
+                g->risk_lim[3 * c + (size_t)k] = lim[k];
                 g->label[3 * c + (size_t)k] = (k == 2 && expire) ? 2 : (uint8_t)lab[k];
             }
             g->st->avail[0]++;
             g->st->avail[1] += has_notes;
             g->st->avail[2] += has_cxr;
+            if (het) g->st->kind_n[ha.kind]++, g->st->hosp_n[hospital]++;
         }
         if (gap < 0) break;
         t = disch + gap;
@@ -839,10 +814,14 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     if (o->admissions == 0 || o->img_px < 16 || o->img_px > 2048 || lv < 1 || lv > 9)
         return moeh_errf(err, -EINVAL,
                          "synth: admissions >= 1, image size 16..2048, gzip level 1..9");
+    bool het = o->profile == MOEH_SYNTH_HETEROGENEOUS;
+    if (o->profile != MOEH_SYNTH_HOMOGENEOUS && !het)
+        return moeh_errf(err, -EINVAL, "synth: unknown profile %d", (int)o->profile);
     g.risk = malloc(o->admissions * 3 * sizeof *g.risk);
+    g.risk_lim = malloc(o->admissions * 3 * sizeof *g.risk_lim);
     g.label = malloc(o->admissions * 3);
     g.img = malloc(o->img_px * o->img_px);
-    if (!g.risk || !g.label || !g.img) {
+    if (!g.risk || !g.risk_lim || !g.label || !g.img) {
         rc = moeh_errf(err, -ENOMEM, "synth: out of memory");
         goto out;
     }
@@ -850,10 +829,10 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         rc = moeh_errf(err, -ENOMEM, "synth: cannot start the JPEG encoder");
         goto out;
     }
-    pathf(g.cxr_dir, sizeof g.cxr_dir, "%s/cxr", dir);
-    pathf(d, sizeof d, "%s/mimic", dir);
+    synth_pathf(g.cxr_dir, sizeof g.cxr_dir, "%s/cxr", dir);
+    synth_pathf(d, sizeof d, "%s/mimic", dir);
     if ((rc = write_dictionaries(d, lv, err))) goto out;
-    pathf(d, sizeof d, "%s/mimic/hosp", dir);
+    synth_pathf(d, sizeof d, "%s/mimic/hosp", dir);
     if ((rc = tw_open(&g.pat, d, "patients.csv.gz", lv,
                       "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod\n", err)) ||
         (rc = tw_open(&g.adm, d, "admissions.csv.gz", lv,
@@ -867,7 +846,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                       "ref_range_upper,flag,priority,comments\n",
                       err)))
         goto out;
-    pathf(d, sizeof d, "%s/mimic/icu", dir);
+    synth_pathf(d, sizeof d, "%s/mimic/icu", dir);
     if ((rc =
              tw_open(&g.icu, d, "icustays.csv.gz", lv,
                      "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n",
@@ -877,7 +856,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                       "valuenum,valueuom,warning\n",
                       err)))
         goto out;
-    pathf(d, sizeof d, "%s/note/note", dir);
+    synth_pathf(d, sizeof d, "%s/note/note", dir);
     if ((rc = tw_open(&g.note, d, "radiology.csv.gz", lv,
                       "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text\n",
                       err)) ||
@@ -888,7 +867,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                       "PatientOrientationCodeSequence_CodeMeaning\n",
                       err)))
         goto out;
-    pathf(d, sizeof d, "%s/truth.csv", dir);
+    synth_pathf(d, sizeof d, "%s/truth.csv", dir);
     if (!(g.truth = fopen(d, "w"))) {
         rc = moeh_errf(err, -errno, "%s: %s", d, strerror(errno));
         goto out;
@@ -898,7 +877,13 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     for (int t = 0; t < 2 * MOEH_N_TASKS; t++) /* risk_<task>..., label_<task>... */
         fprintf(g.truth, ",%s_%s", t < MOEH_N_TASKS ? "risk" : "label",
                 moeh_task_names[t % MOEH_N_TASKS]);
-    fprintf(g.truth, ",has_notes,has_cxr\n");
+    fprintf(g.truth, ",has_notes,has_cxr");
+    if (het) {
+        fprintf(g.truth, ",hospital,kind");
+        for (int t = 0; t < MOEH_N_TASKS; t++)
+            fprintf(g.truth, ",risk_limited_%s", moeh_task_names[t]);
+    }
+    fprintf(g.truth, "\n");
     size_t left = o->admissions;
     int64_t t_last = moeh_now_ms();
     for (uint64_t k = 0; left > 0; k++) {
@@ -932,8 +917,15 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
             moeh_errf(err, rc, "synth: out of memory");
             goto out;
         }
+        if (!het) continue;
+        for (size_t i = 0, j = 0; i < n; i++)
+            if (g.label[3 * i + (size_t)k] != 2) sc[j++] = g.risk_lim[3 * i + (size_t)k];
+        if ((rc = moeh_hist_auroc_exact(sc, lb, m, &g.st->limited_auroc[k]))) {
+            moeh_errf(err, rc, "synth: out of memory");
+            goto out;
+        }
     }
-    pathf(d, sizeof d, "%s/truth.json", dir);
+    synth_pathf(d, sizeof d, "%s/truth.json", dir);
     static const char *const what[] = {"positives", "labelled", "oracle_auroc", "modalities"};
     char js[2048];
     int jl = snprintf(js, sizeof js,
@@ -951,6 +943,22 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
                            w == 3 ? moeh_mod_names[k] : moeh_task_names[k], w == 2 ? 4 : 0, v,
                            k == nk - 1 ? "}" : "");
         }
+    if (het) {
+        jl += snprintf(js + jl, sizeof js - (size_t)jl,
+                       ",\n  \"profile\": \"heterogeneous\",\n  \"limited_oracle_auroc\": {");
+        for (int k = 0; k < MOEH_N_TASKS; k++)
+            jl += snprintf(js + jl, sizeof js - (size_t)jl, "%s\"%s\": %.4f", k ? ", " : "",
+                           moeh_task_names[k], g.st->limited_auroc[k]);
+        jl += snprintf(js + jl, sizeof js - (size_t)jl, "},\n  \"kinds\": {");
+        for (int k = 0; k < HET_N_KINDS; k++)
+            jl += snprintf(js + jl, sizeof js - (size_t)jl, "%s\"%c\": %zu", k ? ", " : "",
+                           het_kind_letter[k], g.st->kind_n[k]);
+        jl += snprintf(js + jl, sizeof js - (size_t)jl, "},\n  \"hospitals\": [");
+        for (int k = 0; k < HET_N_HOSP; k++)
+            jl +=
+                snprintf(js + jl, sizeof js - (size_t)jl, "%s%zu", k ? ", " : "", g.st->hosp_n[k]);
+        jl += snprintf(js + jl, sizeof js - (size_t)jl, "]");
+    }
     jl += snprintf(js + jl, sizeof js - (size_t)jl, "\n}\n");
     MOEH_ASSERT(jl > 0 && (size_t)jl < sizeof js); /* a few hundred bytes */
     rc = moeh_file_write_atomic(d, js, (size_t)jl, err);
@@ -966,6 +974,7 @@ out : {
         rc = moeh_errf(err, -EIO, "truth.csv: write failed");
     if (g.tj) tjDestroy(g.tj);
     free(g.risk);
+    free(g.risk_lim);
     free(g.label);
     free(g.img);
     free(sc);

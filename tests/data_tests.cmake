@@ -10,3 +10,16 @@ moeh_add_test(test_data_cli SOURCES test_data_cli.c LIBS moeh_common)
 if(TARGET moeh)
     add_dependencies(test_data_cli moeh)
 endif()
+
+# The synthetic generator's profiles (docs/synthetic.md): the heterogeneous profile's stated
+# effects are present in the generated files; the default (homogeneous) output is unchanged.
+if(TARGET moeh)
+    find_program(MOEH_PYTHON3 python3 REQUIRED)
+    add_test(NAME test_heterogeneous
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_heterogeneous.py
+                     $<TARGET_FILE:moeh> heterogeneous)
+    add_test(NAME test_homogeneous_unchanged
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_heterogeneous.py
+                     $<TARGET_FILE:moeh> homogeneous)
+    set_tests_properties(test_heterogeneous test_homogeneous_unchanged PROPERTIES TIMEOUT 300)
+endif()

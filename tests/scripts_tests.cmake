@@ -13,3 +13,16 @@ set_tests_properties(check_layers PROPERTIES TIMEOUT 60)
 add_test(NAME test_check_layers
          COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_check_layers.py)
 set_tests_properties(test_check_layers PROPERTIES TIMEOUT 60)
+
+# scripts/paired_bootstrap.py: the paired bootstrap CI of an AUROC difference against
+# hand-computed cases (issue 15).
+# With the moeh binary it also runs moeh train --predictions end to end.
+if(TARGET moeh)
+    add_test(NAME test_paired_bootstrap
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_paired_bootstrap.py
+                     $<TARGET_FILE:moeh>)
+else()
+    add_test(NAME test_paired_bootstrap
+             COMMAND ${MOEH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_paired_bootstrap.py)
+endif()
+set_tests_properties(test_paired_bootstrap PROPERTIES TIMEOUT 120)

@@ -1,0 +1,28 @@
+/* synth_io.h - internal to sim/synth*.c: the buffered gzip table writer (one per MIMIC table,
+ * rows formatted straight into a 1 MiB buffer) and a snprintf for paths. */
+#ifndef MOEH_SYNTH_IO_H
+#define MOEH_SYNTH_IO_H
+
+#include "moeh_common.h"
+
+#include <limits.h>
+#include <zlib.h>
+
+typedef struct {
+    gzFile g;
+    char *buf;
+    size_t len, cap;
+    uint64_t rows;
+    char path[PATH_MAX];
+} tw_t;
+
+/* snprintf for paths: the result is checked by the callers through moeh_mkdir_p/fopen;
+ * truncation is reported as an empty string, which those calls reject. */
+__attribute__((format(printf, 3, 4))) void synth_pathf(char *out, size_t cap, const char *fmt, ...);
+int tw_open(tw_t *w, const char *dir, const char *name, int level, const char *header,
+            moeh_err_t *err);
+/* Appends one formatted row (rows must be < 64 KiB). */
+__attribute__((format(printf, 3, 4))) int tw_row(tw_t *w, moeh_err_t *err, const char *fmt, ...);
+int tw_close(tw_t *w, moeh_err_t *err);
+
+#endif

@@ -210,8 +210,8 @@ static void test_hostile_idle_connections(void **state)
     for (int i = 0; i < N_IDLE; i++)
         zmq_close(idle[i]);
     zmq_ctx_term(ctx);
-    print_message("%d idle connections against nofile 160: checkpoint write %s\n", N_IDLE,
-                  failed ? "failed and was retried" : "did not fail");
+    print_message("%d idle connections against nofile 160: a failed checkpoint write %s\n", N_IDLE,
+                  failed ? "was logged and left for the next round" : "was not retried");
     assert_true(failed);
     wait_run(c, a);
     assert_true(file_contains(log, "Too many open files"));

@@ -30,7 +30,19 @@ typedef struct {
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
+    uint64_t hello_model_phase;   /* phase_serial of the last RoundStart a Hello earned it */
 } site_t;
+
+/* Per-key rate limits (replies.c): a token bucket for Hellos and one for Error replies of each
+ * authenticated key (or, in --insecure runs, each connection). */
+#define COORD_RATE_KEYS 256
+typedef enum { COORD_RATE_HELLO, COORD_RATE_ERROR } coord_rate_kind_t;
+typedef struct {
+    char key[MOEH_SITE_ID_MAX + 8];
+    double tokens[2];
+    int64_t t;           /* when the tokens were last refilled (and the entry last used) */
+    uint64_t refused[2]; /* refused since the last one let through (logged then) */
+} coord_rate_t;
 
 typedef moeh_coord_phase_t phase_t;
 #define PH_WAIT MOEH_COORD_WAIT
@@ -94,6 +106,8 @@ typedef struct moeh_coord_core {
     moeh_coord_report_t *report;
     char ckpt_path[4096];
     uint64_t med_train, med_eval; /* medians of the admitted sites' declared rows (robust.c) */
+    uint64_t phase_serial;        /* +1 each time a phase opens */
+    coord_rate_t rate[COORD_RATE_KEYS];
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -127,6 +141,10 @@ int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t
 void coord_reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *what,
                        const char *who);
 int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what);
+
+/* replies.c: 1 if the peer of m may have one more Hello (or Error reply) now, 0 if it is over
+ * its rate (refusals are counted and logged once, when the peer is let through again). */
+int coord_rate_allow(coord_t *c, const moeh_msg_t *m, coord_rate_kind_t kind);
 
 /* replies.c: the replies of each phase, granted uploads, the secure-aggregation glue (each
  * handler answers a refused message with an Error itself). */

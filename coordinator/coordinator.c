@@ -130,13 +130,17 @@ static void site_gone(coord_t *c, site_t *s, const char *why)
     moeh_coord_report_site_gone(c->report, c->round, s->id, why);
 }
 
-/* Sends to a site; a peer that vanished (ROUTER_MANDATORY) is marked gone. */
+/* Sends to a site; a peer that vanished (ROUTER_MANDATORY) is marked gone, and so is one over
+ * its outbound budget (-EAGAIN: the transport never waits; its queue is full because it does
+ * not read): its messages are dropped until it sends Hello again. */
 int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t *frames,
                   size_t n_frames)
 {
     int rc = c->io->send(c->io->ctx, s->rid, s->rid_len, env, frames, n_frames);
     if (rc == -EHOSTUNREACH)
         site_gone(c, s, "connection closed");
+    else if (rc == -EAGAIN)
+        site_gone(c, s, "over its outbound budget: it does not read what it is sent");
     else if (rc)
         MOEH_WARN("send to site %s failed: %s", s->id, moeh_strerror(rc));
     return rc;
@@ -263,6 +267,7 @@ static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     c->phase = ph;
+    c->phase_serial++;
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
      * until the phase closes); without it the sends fall back to a copy each */
     moeh_shared_frame_destroy(&c->params_frame);
@@ -326,8 +331,11 @@ static void open_phase(coord_t *c, phase_t ph)
         if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
 }
 
+/* Error replies are rate-limited per key (a refused flood is neither answered nor logged past
+ * the rate); a reply to a peer whose queue is full (-EAGAIN) is dropped. */
 void coord_reply_error(coord_t *c, const moeh_msg_t *m, int code, const char *what, const char *who)
 {
+    if (!coord_rate_allow(c, m, COORD_RATE_ERROR)) return;
     MOEH_WARN("refused a message from %s: %s", who, what);
     if (m->routing_id_len) send_error(c, m->routing_id, m->routing_id_len, code, what);
 }
@@ -342,6 +350,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     const Moeh__Hello *h = m->env->hello;
     const moeh_coord_cfg_t *cfg = c->cfg;
     char what[256];
+    if (!coord_rate_allow(c, m, COORD_RATE_HELLO)) return 0; /* counted, logged once */
     if (!registered(c, m->peer)) {
         /* an old connection of a site whose key was revoked since it authenticated */
         coord_reply_error(c, m, -EACCES, "this site's key is no longer in the registry", m->peer);
@@ -438,6 +447,15 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
         }
         if (!s->participant) c->n_participants++;
         s->participant = 1;
+        /* the model goes out to a key on a Hello at most once per phase (each RoundStart is
+         * the whole model: repeated Hellos must not amplify into gigabytes) */
+        if (s->hello_model_phase == c->phase_serial) {
+            MOEH_WARN("round %u: site %s sent Hello again in this phase; it already got the "
+                      "model on a Hello and gets it again when the next phase opens",
+                      c->round, s->id);
+            return 0;
+        }
+        s->hello_model_phase = c->phase_serial;
         send_round_start(c, s);
     }
     return 0;
@@ -595,8 +613,17 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
         open_phase(c, PH_EVAL);
     } else {
         coord_finish_eval(c);
-        if ((rc = coord_save_checkpoint(c, fatal)) != 0) return rc;
-        if (c->io->round_saved) c->io->round_saved(c->io->ctx, c->round);
+        /* a checkpoint that cannot be written (no descriptor left, disk full: the old one
+         * stays) is written again after the next round; only the last round's is fatal */
+        moeh_err_t ck = {0};
+        if ((rc = coord_save_checkpoint(c, &ck)) != 0) {
+            if (c->round == cfg->rounds) return moeh_errf(fatal, rc, "%s", ck.msg);
+            MOEH_ERROR("round %u: %s; the run goes on and writes it again after round %u (a "
+                       "--resume now would start from the previous checkpoint)",
+                       c->round, ck.msg, c->round + 1);
+        } else if (c->io->round_saved) {
+            c->io->round_saved(c->io->ctx, c->round);
+        }
         if (c->round == cfg->rounds) {
             c->phase = PH_DONE;
         } else {
@@ -625,8 +652,11 @@ static void heartbeat_and_liveness(coord_t *c)
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
         if (!s->admitted) continue;
-        if (send_env(c, s->rid, s->rid_len, &env) == -EHOSTUNREACH)
+        int rc = send_env(c, s->rid, s->rid_len, &env);
+        if (rc == -EHOSTUNREACH)
             site_gone(c, s, "connection closed");
+        else if (rc == -EAGAIN)
+            site_gone(c, s, "over its outbound budget: it does not read what it is sent");
     }
 }
 

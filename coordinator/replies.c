@@ -504,3 +504,62 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
     MOEH_INFO("%s: secure aggregation: unmasked the sum of %zu sites (%zu dropped)", tag, ns, nd);
     return 1;
 }
+
+/* ---- per-key rate limits (token buckets, on the core's clock) ------------------------------ */
+
+/* Burst and refill per second of each kind: an honest agent sends Hello once per connection
+ * (it reconnects with backoff) and earns an Error only for a mistake; a flood earns neither
+ * more replies nor more log lines than this. */
+static const double k_rate_burst[2] = {4.0, 20.0};
+static const double k_rate_per_s[2] = {0.5, 5.0};
+static const char *k_rate_name[2] = {"Hello", "Error reply"};
+
+/* The bucket of m's peer: its authenticated key (site id), else (--insecure) its connection.
+ * A new key takes a free entry or the least recently used one (which starts full again). */
+static coord_rate_t *rate_entry(coord_t *c, const moeh_msg_t *m)
+{
+    char key[sizeof c->rate[0].key];
+    if (m->peer[0]) {
+        snprintf(key, sizeof key, "k:%s", m->peer);
+    } else {
+        size_t n = m->routing_id_len < 8 ? m->routing_id_len : 8; /* ZeroMQ's ids: 5 bytes */
+        int at = snprintf(key, sizeof key, "c:");
+        for (size_t i = 0; i < n; i++)
+            at += snprintf(key + at, sizeof key - at, "%02x", m->routing_id[i]);
+    }
+    coord_rate_t *lru = &c->rate[0];
+    for (size_t i = 0; i < COORD_RATE_KEYS; i++) {
+        coord_rate_t *e = &c->rate[i];
+        if (e->key[0] && strcmp(e->key, key) == 0) return e;
+        if (!e->key[0] || (lru->key[0] && e->t < lru->t)) lru = e;
+    }
+    memset(lru, 0, sizeof *lru);
+    snprintf(lru->key, sizeof lru->key, "%s", key);
+    lru->tokens[0] = k_rate_burst[0], lru->tokens[1] = k_rate_burst[1];
+    lru->t = c->now;
+    return lru;
+}
+
+int coord_rate_allow(coord_t *c, const moeh_msg_t *m, coord_rate_kind_t kind)
+{
+    coord_rate_t *e = rate_entry(c, m);
+    double dt = c->now > e->t ? (double)(c->now - e->t) / 1000.0 : 0.0;
+    for (int k = 0; k < 2; k++) {
+        e->tokens[k] += dt * k_rate_per_s[k];
+        if (e->tokens[k] > k_rate_burst[k]) e->tokens[k] = k_rate_burst[k];
+    }
+    e->t = c->now;
+    if (e->tokens[kind] < 1.0) {
+        if (e->refused[kind]++ == 0)
+            MOEH_WARN("%s is over its rate of %s messages (%.1f/s, burst %.0f): dropping them",
+                      e->key + 2, k_rate_name[kind], k_rate_per_s[kind], k_rate_burst[kind]);
+        return 0;
+    }
+    if (e->refused[kind]) {
+        MOEH_WARN("%s: %llu %s messages over the rate were dropped", e->key + 2,
+                  (unsigned long long)e->refused[kind], k_rate_name[kind]);
+        e->refused[kind] = 0;
+    }
+    e->tokens[kind] -= 1.0;
+    return 1;
+}

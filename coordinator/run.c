@@ -9,8 +9,13 @@
 
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.h>
+
+/* The outbound budget of one peer: messages queued for it and not yet taken by its connection
+ * (a broadcast model is one reference-counted copy shared by every queue). */
+#define MOEH_COORD_SNDHWM 1000
 
 typedef struct {
     const moeh_coord_cfg_t *cfg;
@@ -22,11 +27,30 @@ typedef struct {
     moeh_coord_core_t *core;
 } run_t;
 
+/* Sends never wait (ZMQ_SNDTIMEO 0 on the ROUTER, with ROUTER_MANDATORY): a peer whose queue
+ * holds MOEH_COORD_SNDHWM unread messages gets -EAGAIN for the whole message (the ROUTER checks
+ * its pipe on the routing-id part only, so nothing half-sent is queued), and the core treats
+ * the peer as over its outbound budget. */
 static int io_send(void *ctx, const uint8_t *rid, size_t rid_len, Moeh__Envelope *env,
                    const moeh_frame_t *frames, size_t n_frames)
 {
     run_t *r = ctx;
     return moeh_wire_send(r->router, rid, rid_len, env, frames, n_frames);
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit, so that idle connections (each one a file
+ * descriptor) do not take the descriptors the checkpoint and log files need; says the limit. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = was;
+    }
+    MOEH_INFO("open files: up to %llu (RLIMIT_NOFILE, was %llu)", (unsigned long long)rl.rlim_cur,
+              (unsigned long long)was);
 }
 
 static int io_registered(void *ctx, const char *site_id)
@@ -112,11 +136,23 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
     }
     if (!(r->router = zmq_socket(r->zctx, ZMQ_ROUTER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
-    int one = 1, linger = 0, sndtimeo = 2000;
+    /* never wait on a peer (sndtimeo 0); at most MOEH_COORD_SNDHWM messages queued per peer;
+     * ZMTP heartbeats close a connection whose peer answers no PING (a dead host, or a peer
+     * that stopped reading so that our PING never reaches it) */
+    int one = 1, linger = 0, sndtimeo = 0, sndhwm = MOEH_COORD_SNDHWM;
+    /* (ZMTP carries the TTL in deciseconds, 16 bits) */
+    int hb_ivl = (int)(cfg->heartbeat_ms < 6553500 ? cfg->heartbeat_ms : 6553500);
+    int hb_timeout =
+        (int)(cfg->heartbeat_timeout_ms < 6553500 ? cfg->heartbeat_timeout_ms : 6553500);
+    int hb_ttl = hb_timeout;
     int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (zmq_setsockopt(r->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(r->router, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
+        zmq_setsockopt(r->router, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm) ||
+        zmq_setsockopt(r->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl) ||
+        zmq_setsockopt(r->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout) ||
+        zmq_setsockopt(r->router, ZMQ_HEARTBEAT_TTL, &hb_ttl, sizeof hb_ttl) ||
         zmq_setsockopt(r->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
     if (!cfg->insecure && (rc = moeh_curve_server(r->router, r->kp)))
@@ -193,6 +229,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
                              .ctx = &r};
     moeh_err_t fatal = {0};
     uint32_t registered;
+    raise_nofile();
     int rc = moeh_coord_core_create(cfg, &r.io, &r.core, err);
     if (rc || (rc = open_socket(&r, &registered, err))) goto out;
     moeh_coord_core_start(r.core, registered, moeh_now_ms());

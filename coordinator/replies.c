@@ -213,7 +213,9 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
-    if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
+    /* the same EvalResult answers EVALUATE and VALIDATE (the phase tells which) */
+    if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version))
+        return;
     const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     char what[300]; /* robust.c: no more rows than the site's (capped) test rows */
@@ -466,6 +468,8 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
         snprintf(tag, sizeof tag, "round %u", c->round);
     else if (c->phase == PH_EVAL)
         snprintf(tag, sizeof tag, "round %u eval", c->round);
+    else if (c->phase == PH_VAL)
+        snprintf(tag, sizeof tag, "round %u validation", c->round);
     else
         snprintf(tag, sizeof tag, "statistics");
     if (n == 0) {

@@ -109,9 +109,9 @@ int main(int argc, char **argv)
         {"eval-bins", MOEH_OPT_U32, &cfg.eval_bins, "score histogram bins for federated AUROC"},
         {"validate", MOEH_OPT_BOOL, &cfg.validate,
          "each round, evaluate on the sites' validation splits and keep the best round as the "
-         "result (default on; --no-validate: the last round's model)"},
+         "result (--no-validate: the last round's model)"},
         {"select-by", MOEH_OPT_STR, &select_by,
-         "auroc (highest mean validation AUROC, the default) or loss (lowest validation loss)"},
+         "auroc (highest mean validation AUROC) or loss (lowest validation loss)"},
         {"patience", MOEH_OPT_U32, &cfg.patience,
          "stop after this many rounds without validation improvement (0: never)"},
         {"out", MOEH_OPT_STR, &cfg.out_dir, "directory for metrics.jsonl, config.json, model.npy"},

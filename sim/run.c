@@ -64,6 +64,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
     const char *secagg_k = "auto";
     const char *select_by = "auroc";
     uint32_t patience = 0;
+    int validate = 1;
     const moeh_opt_t own[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -95,6 +96,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"dp-noise", MOEH_OPT_F32, &dp_noise,
          "DP-FedAvg: noise multiplier of the aggregate (calibrated to --min-sites sites)"},
         {"dp-delta", MOEH_OPT_F32, &dp_delta, "DP-FedAvg: delta of the reported epsilon"},
+        {"validate", MOEH_OPT_BOOL, &validate,
+         "validate every round and keep the best round's model (--no-validate: "
+         "the last round's, as before)"},
         {"select-by", MOEH_OPT_STR, &select_by,
          "model selection: auroc (best mean validation AUROC) or loss (moeh-coordinator "
          "--select-by)"},
@@ -300,10 +304,15 @@ int moeh_sim_cmd_run(int argc, char **argv)
     }
     char a_pat[16];
     snprintf(a_pat, sizeof a_pat, "%u", patience);
-    cargs[nc++] = "--select-by"; /* the coordinator checks the value */
-    cargs[nc++] = (char *)select_by;
-    cargs[nc++] = "--patience";
-    cargs[nc++] = a_pat;
+    if (!validate) cargs[nc++] = "--no-validate";
+    if (validate || moeh_opts_seen(&o, &select_by)) { /* the coordinator checks them */
+        cargs[nc++] = "--select-by";
+        cargs[nc++] = (char *)select_by;
+    }
+    if (validate || patience) {
+        cargs[nc++] = "--patience";
+        cargs[nc++] = a_pat;
+    }
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

@@ -27,6 +27,8 @@ typedef struct {
     uint64_t n_train, n_eval;
     uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
     int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
+    int val_late;     /* asked to VALIDATE, no reply before EVAL opened: its next EvalResult is
+                       * that late validation reply, not the test one (select.c) */
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */

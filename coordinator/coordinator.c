@@ -262,6 +262,7 @@ static void send_round_start(coord_t *c, site_t *s)
 static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
+    const int from_val = c->phase == PH_VAL && ph == PH_EVAL;
     c->phase = ph;
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
      * until the phase closes); without it the sends fall back to a copy each */
@@ -311,6 +312,9 @@ static void open_phase(coord_t *c, phase_t ph)
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
+        /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
+         * must not count as the test one (messages of a connection arrive in order) */
+        s->val_late = from_val && !cfg->secagg && s->participant && !s->replied;
         s->participant = s->admitted;
         s->replied = 0;
         c->n_participants += s->participant != 0;
@@ -386,6 +390,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
                   s->id);
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
+    s->val_late = 0; /* a new connection: nothing late on it */
     s->admitted = 1;
     s->last_seen = c->now;
     s->n_train = h->n_train;
@@ -877,7 +882,7 @@ int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
     else
         moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc,
                                 c->combo_rows, c->last_calib);
-    MOEH_INFO("all %u rounds done; model written to %s", c->cfg->rounds, path);
+    MOEH_INFO("%u rounds done; model written to %s", c->round, path);
     if (sel)
         MOEH_INFO("the model is round %u's, selected by %s = %.4f", c->sel_round,
                   coord_select_key(c), (double)c->sel_value);

@@ -213,6 +213,14 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
+    if (c->phase == PH_EVAL && s->val_late) { /* (coordinator.c: open_phase) */
+        s->val_late = 0;
+        coord_reply_error(c, m, -ESTALE,
+                          "eval_result: a validation reply that arrived after its phase closed "
+                          "(ignored; the test evaluation is still expected)",
+                          s->id);
+        return;
+    }
     /* the same EvalResult answers EVALUATE and VALIDATE (the phase tells which) */
     if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version))
         return;

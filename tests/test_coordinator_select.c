@@ -284,8 +284,45 @@ static void test_resume_keeps_selection(void **state)
     free(w2);
 }
 
+static void one_round(moeh_coord_cfg_t *c)
+{
+    c->validate = 1;
+    c->rounds = 1;
+}
+
+/* A site whose validation reply misses the VALIDATE deadline sends it while EVAL is open
+ * (one EvalResult message answers both): it is refused as late, not taken as the test
+ * evaluation, and the site's test reply that follows is taken. */
+static void test_late_validation_reply_refused(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, one_round);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+    for (int k = 0; k < 2; k++)
+        send_scores(f, k, 1, v + 1, 0.9, 0.5);
+    tick(f, 2000); /* past the deadline: closes with 2 of 3 */
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    send_scores(f, 2, 1, v + 1, 0.9, 0.5); /* site-3's late validation reply */
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -ESTALE), "validation reply"));
+    assert_int_equal(moeh_coord_core_replied(f->core), 0);
+    for (int k = 0; k < N_SITES; k++)
+        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+    assert_int_equal(moeh_coord_core_replied(f->core), 3);
+    tick(f, 10);
+    finish(f);
+    for (uint32_t t = 0; t < MOEH_N_TASKS; t++)
+        assert_float_equal(moeh_coord_core_auroc(f->core, t), 0.6, 1e-9);
+}
+
 MOEH_TEST_MAIN(NULL, NULL,
                cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
                cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
                cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
-               cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown))
+               cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
+               cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup,
+                                               fx_teardown))

@@ -26,7 +26,9 @@ static moeh_proc_t *poison_join(fixture_t *f, rogue_t *r, char **extra, moeh_pro
         fprintf(fp, "[limits]\nsite-x = %s\n", limits);
         fclose(fp);
     }
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", extra);
+    char *more[32];
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log",
+                                           rogue_opts(extra, more, 32));
     start_all_agents(f, a, NULL);
     Moeh__Envelope env;
     Moeh__Hello h;

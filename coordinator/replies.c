@@ -261,7 +261,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     }
     s->replied = 1;
     c->n_replied++;
-    if (own && c->cfg->per_site_metrics) {
+    if (own && c->cfg->per_site_metrics && c->phase == PH_EVAL) { /* test rows only */
         double auroc[MOEH_N_TASKS];
         for (uint32_t t = 0; t < T; t++)
             auroc[t] = moeh_eval_slice_auroc(own, T, nb, 0, t);

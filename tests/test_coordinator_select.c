@@ -93,6 +93,8 @@ static void play_round(fx_t *f, uint32_t r, double val_q, double val_loss, doubl
 
 /* The "selection" line of metrics.jsonl and the number of "calibration" lines of split val
  * and of "eval" lines with a val_auroc_mean. */
+static int g_site_eval; /* "site_eval" lines read by the last read_selection() */
+
 static cJSON *read_selection(const fx_t *f, int *n_val_calib, int *n_val_eval)
 {
     char path[400], line[8192];
@@ -100,7 +102,7 @@ static cJSON *read_selection(const fx_t *f, int *n_val_calib, int *n_val_eval)
     FILE *fp = fopen(path, "r");
     assert_non_null(fp);
     cJSON *sel = NULL;
-    *n_val_calib = *n_val_eval = 0;
+    *n_val_calib = *n_val_eval = g_site_eval = 0;
     while (fgets(line, sizeof line, fp)) {
         cJSON *j = cJSON_Parse(line);
         assert_non_null(j);
@@ -108,6 +110,7 @@ static cJSON *read_selection(const fx_t *f, int *n_val_calib, int *n_val_eval)
         const char *split = cJSON_GetStringValue(cJSON_GetObjectItem(j, "split"));
         if (!strcmp(ev, "calibration") && split && !strcmp(split, "val")) ++*n_val_calib;
         if (!strcmp(ev, "eval") && cJSON_GetObjectItem(j, "val_auroc_mean")) ++*n_val_eval;
+        if (!strcmp(ev, "site_eval")) g_site_eval++;
         if (!strcmp(ev, "selection")) {
             assert_null(sel); /* one selection line */
             sel = j;
@@ -177,6 +180,7 @@ static void test_best_round_kept(void **state)
                        1e-6);
     assert_int_equal(n_ev, 4);
     assert_int_equal(n_cal, 4 * MOEH_N_TASKS);
+    assert_int_equal(g_site_eval, 4 * N_SITES); /* per-site rows: the test evaluation only */
     cJSON_Delete(sel);
     free(w2);
     free(w4);

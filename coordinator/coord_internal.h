@@ -27,6 +27,8 @@ typedef struct {
     uint64_t n_train, n_eval;
     uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
     int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
+    int val_late;     /* asked to VALIDATE, no reply before EVAL opened: its next EvalResult is
+                       * that late validation reply, not the test one (select.c) */
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
@@ -49,6 +51,7 @@ typedef moeh_coord_phase_t phase_t;
 #define PH_STATS MOEH_COORD_STATS
 #define PH_TRAIN MOEH_COORD_TRAIN
 #define PH_EVAL MOEH_COORD_EVAL
+#define PH_VAL MOEH_COORD_VALIDATE
 #define PH_DONE MOEH_COORD_DONE
 
 typedef struct moeh_coord_core {
@@ -108,6 +111,17 @@ typedef struct moeh_coord_core {
     uint64_t med_train, med_eval; /* medians of the admitted sites' declared rows (robust.c) */
     uint64_t phase_serial;        /* +1 each time a phase opens */
     coord_rate_t rate[COORD_RATE_KEYS];
+    /* federated validation and model selection (select.c) */
+    int have_val, val_improved; /* this round validated; it is the new selected round */
+    double val_loss, val_mean, val_auroc[MOEH_N_TASKS];
+    moeh_calib_t val_calib[MOEH_N_TASKS];
+    float *sel_w;                /* (n_params) the selected round's parameters */
+    uint32_t sel_round, sel_bad; /* selected round (0: none yet), rounds without improvement */
+    float sel_value;             /* its validation AUROC mean or loss, as compared */
+    int sel_have_test;           /* the selected round's test metrics below are known */
+    double sel_test_loss, sel_test_mean, sel_auroc[MOEH_N_SLICES][MOEH_N_TASKS];
+    uint64_t sel_combo_rows[MOEH_N_COMBOS];
+    moeh_calib_t sel_calib[MOEH_N_TASKS];
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -119,12 +133,16 @@ static inline Moeh__RoundTask coord_phase_task(phase_t ph)
 {
     return ph == PH_TRAIN  ? MOEH__ROUND_TASK__TRAIN
            : ph == PH_EVAL ? MOEH__ROUND_TASK__EVALUATE
+           : ph == PH_VAL  ? MOEH__ROUND_TASK__VALIDATE
                            : MOEH__ROUND_TASK__STATS;
 }
 
 static inline const char *coord_phase_name(phase_t ph)
 {
-    return ph == PH_TRAIN ? "train" : ph == PH_EVAL ? "eval" : "statistics";
+    return ph == PH_TRAIN  ? "train"
+           : ph == PH_EVAL ? "eval"
+           : ph == PH_VAL  ? "validation"
+                           : "statistics";
 }
 
 /* Builds the model for these data shapes (coordinator.c: create_model). */
@@ -192,6 +210,16 @@ void coord_finish_stats(coord_t *c);
 int coord_finish_train(coord_t *c, moeh_err_t *fatal);
 void coord_finish_eval(coord_t *c);
 int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal);
+/* select.c: the VALIDATE phase closed (updates the selection); the test metrics of a round
+ * that became the selected one; 1 if --patience ends the run; the checkpointed state. */
+int coord_select_init(coord_t *c);
+void coord_finish_val(coord_t *c);
+void coord_select_keep_test(coord_t *c, double test_loss, double auroc_mean);
+int coord_select_stop(const coord_t *c);
+const char *coord_select_key(const coord_t *c);
+size_t coord_select_state_len(void);
+void coord_select_state_put(const coord_t *c, float *s);
+void coord_select_state_get(coord_t *c, const float *s, const float *w);
 int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
 
 #endif

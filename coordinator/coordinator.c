@@ -184,7 +184,8 @@ static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t
     c->vtmp = calloc(ls + moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)) +
                          MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS,
                      sizeof(uint32_t));
-    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp)
+    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp ||
+        coord_select_init(c) != 0)
         return moeh_errf(err, -ENOMEM, "out of memory");
     if (c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) {
         c->delta = calloc(c->p->n, sizeof(float));
@@ -266,6 +267,7 @@ static void send_round_start(coord_t *c, site_t *s)
 static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
+    const int from_val = c->phase == PH_VAL && ph == PH_EVAL;
     c->phase = ph;
     c->phase_serial++;
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
@@ -316,6 +318,9 @@ static void open_phase(coord_t *c, phase_t ph)
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
+        /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
+         * must not count as the test one (messages of a connection arrive in order) */
+        s->val_late = from_val && !cfg->secagg && s->participant && !s->replied;
         s->participant = s->admitted;
         s->replied = 0;
         c->n_participants += s->participant != 0;
@@ -395,6 +400,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
                   s->id);
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
+    s->val_late = 0; /* a new connection: nothing late on it */
     s->admitted = 1;
     s->last_seen = c->now;
     s->n_train = h->n_train;
@@ -436,7 +442,9 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
         s->sa_in = 0;
         return 0;
     }
-    if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_STATS) && !s->replied) {
+    if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_VAL ||
+         c->phase == PH_STATS) &&
+        !s->replied) {
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + site_weight(c, s) > c->w_cap)
                 return 0; /* its weight does not fit this round's fixed-point range: next one */
@@ -610,6 +618,9 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
         open_phase(c, PH_TRAIN);
     } else if (c->phase == PH_TRAIN) {
         if ((rc = coord_finish_train(c, fatal)) != 0) return rc;
+        open_phase(c, cfg->validate ? PH_VAL : PH_EVAL);
+    } else if (c->phase == PH_VAL) {
+        coord_finish_val(c); /* select.c: the best round so far */
         open_phase(c, PH_EVAL);
     } else {
         coord_finish_eval(c);
@@ -624,7 +635,12 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
         } else if (c->io->round_saved) {
             c->io->round_saved(c->io->ctx, c->round);
         }
-        if (c->round == cfg->rounds) {
+        if (c->round == cfg->rounds || coord_select_stop(c)) {
+            if (c->round < cfg->rounds)
+                MOEH_INFO("round %u: %u rounds without improvement of the validation %s "
+                          "(--patience %u): stopping; the selected round is %u",
+                          c->round, c->sel_bad, cfg->select_by_loss ? "loss" : "AUROC",
+                          cfg->patience, c->sel_round);
             c->phase = PH_DONE;
         } else {
             c->round++;
@@ -697,7 +713,7 @@ int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
     if (c->phase != PH_WAIT) return c->phase == PH_DONE ? 0 : step_phase(c, err);
     uint32_t n = n_admitted(c);
     int64_t waited = c->now - c->wait_start;
-    if (c->round >= cfg->rounds) { /* resumed a run that had finished */
+    if (c->round >= cfg->rounds || coord_select_stop(c)) { /* resumed a run that had finished */
         c->phase = PH_DONE;
         return 0;
     }
@@ -844,6 +860,7 @@ void moeh_coord_core_destroy(moeh_coord_core_t **self_p)
     free(c->site_delta);
     free(c->site_w);
     free(c->scratch);
+    free(c->sel_w);
     free(c->sites);
     free(c);
     *self_p = NULL;
@@ -916,8 +933,8 @@ static int coord_write_modelfile(coord_t *c, moeh_err_t *err)
         .ts_names = nm.n_vars ? (const char *const *)nm.ts_names : NULL,
         .ts_units = nm.n_vars ? (const char *const *)nm.ts_units : NULL,
         .prov = {.source = "federated",
-                 .rounds = cfg->rounds,
-                 .selected_round = cfg->rounds, /* the last round (no selection yet) */
+                 .rounds = c->round, /* run (fewer than --rounds after --patience) */
+                 .selected_round = cfg->validate && c->sel_round ? c->sel_round : c->round,
                  .sites = sites,
                  .strategy = cfg->strategy,
                  .secagg = cfg->secagg,
@@ -935,11 +952,29 @@ int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
     size_t shape[1] = {c->p->n};
     if (moeh_path_join(path, sizeof path, c->cfg->out_dir, "model.npy"))
         return moeh_errf(err, -ENAMETOOLONG, "%s/model.npy: path too long", c->cfg->out_dir);
+    /* the selected round's model and test metrics (select.c), else the last round's */
+    const int sel = c->cfg->validate && c->sel_round > 0;
+    if (sel) memcpy(c->p->w, c->sel_w, c->p->n * sizeof(float));
     if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c->p->w, err))) return rc;
     if ((rc = coord_write_modelfile(c, err))) return rc;
-    moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc, c->combo_rows,
-                            c->last_calib);
-    MOEH_INFO("all %u rounds done; model written to %s", c->cfg->rounds, path);
+    if (sel) {
+        char why[160];
+        snprintf(why, sizeof why, "%s validation %s over rounds 1..%u",
+                 c->cfg->select_by_loss ? "lowest" : "best mean",
+                 c->cfg->select_by_loss ? "loss" : "AUROC", c->round);
+        moeh_coord_report_selection(c->report, c->sel_round, coord_select_key(c), c->sel_value, why,
+                                    c->sel_have_test ? c->sel_test_mean : NAN);
+    }
+    if (sel && c->sel_have_test)
+        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->sel_auroc,
+                                c->sel_combo_rows, c->sel_calib);
+    else
+        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc,
+                                c->combo_rows, c->last_calib);
+    MOEH_INFO("%u rounds done; model written to %s", c->round, path);
+    if (sel)
+        MOEH_INFO("the model is round %u's, selected by %s = %.4f", c->sel_round,
+                  coord_select_key(c), (double)c->sel_value);
     return 0;
 }
 

@@ -26,6 +26,7 @@ int main(int argc, char **argv)
     int table = 1;
     const char *log_level = "info";
     const char *secagg_k = "auto";
+    const char *select_by = "auroc";
     const moeh_opt_t own[] = {
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
@@ -106,6 +107,13 @@ int main(int argc, char **argv)
         {"delta-clip", MOEH_OPT_F32, &cfg.delta_clip,
          "clip of each parameter's update delta (sets the fixed-point range)"},
         {"eval-bins", MOEH_OPT_U32, &cfg.eval_bins, "score histogram bins for federated AUROC"},
+        {"validate", MOEH_OPT_BOOL, &cfg.validate,
+         "each round, evaluate on the sites' validation splits and keep the best round as the "
+         "result (--no-validate: the last round's model)"},
+        {"select-by", MOEH_OPT_STR, &select_by,
+         "auroc (highest mean validation AUROC) or loss (lowest validation loss)"},
+        {"patience", MOEH_OPT_U32, &cfg.patience,
+         "stop after this many rounds without validation improvement (0: never)"},
         {"out", MOEH_OPT_STR, &cfg.out_dir,
          "the run's directory (required): metrics.jsonl, config.json, checkpoint, model.npy"},
         {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout (default on)"},
@@ -162,6 +170,18 @@ int main(int argc, char **argv)
     moeh_err_t kerr = {0};
     if (moeh_coord_parse_secagg_k(secagg_k, &cfg.secagg_k, &kerr) != 0) {
         fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    if (strcmp(select_by, "auroc") != 0 && strcmp(select_by, "loss") != 0) {
+        fprintf(stderr, "moeh-coordinator: --select-by %s: expected auroc or loss\n", select_by);
+        moeh_opts_free(&o);
+        return 2;
+    }
+    cfg.select_by_loss = strcmp(select_by, "loss") == 0;
+    if ((cfg.patience || cfg.select_by_loss) && !cfg.validate) {
+        fprintf(stderr, "moeh-coordinator: --%s needs the validation phase (drop --no-validate)\n",
+                cfg.patience ? "patience" : "select-by loss");
         moeh_opts_free(&o);
         return 2;
     }

@@ -26,7 +26,8 @@ typedef enum {
     MOEH_COORD_STATS, /* sums for the normalisation statistics (once) */
     MOEH_COORD_TRAIN,
     MOEH_COORD_EVAL,
-    MOEH_COORD_DONE
+    MOEH_COORD_DONE,
+    MOEH_COORD_VALIDATE /* score histograms on the validation splits (model selection) */
 } moeh_coord_phase_t;
 
 /* What the core needs from its surroundings. */

@@ -47,6 +47,11 @@ typedef struct {
     int per_site; /* plain mode: the per-site rows were written (--per-site-metrics) */
     const moeh_report_dp_t *dp;
     const moeh_calib_t *calib; /* (n_tasks) Brier and reliability over every row; NULL: none */
+    /* the round's VALIDATE phase (have_val 0: none): loss, AUROC and calibration per task */
+    int have_val;
+    double val_loss, val_auroc_mean;
+    const double *val_auroc;       /* (n_tasks) */
+    const moeh_calib_t *val_calib; /* (n_tasks) */
 } moeh_report_eval_t;
 
 /* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
@@ -80,6 +85,10 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
 /* The final table: test AUROC per task, over all rows and per modality combination, then the
  * Brier score and ECE per task (calib: n_tasks entries, or NULL), of the last evaluation
  * (nothing if no round was evaluated by this process). */
+/* The "selection" line of metrics.jsonl (selected_round, selected_by, value, why) and, on
+ * the table, which round was selected and why. */
+void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
+                                 double value, const char *why, double test_auroc_mean);
 void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
                              const uint64_t *combo_rows, const moeh_calib_t *calib);
 

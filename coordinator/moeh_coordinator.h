@@ -74,6 +74,10 @@ typedef struct {
     float lr, weight_decay, clip;
     float delta_clip; /* per-parameter clip of update deltas (fixed-point range) */
     uint32_t eval_bins;
+    /* federated validation and model selection (coordinator/select.c) */
+    int validate;       /* a VALIDATE phase each round; the best round is the result (default 1) */
+    int select_by_loss; /* select by lowest validation loss, not highest mean AUROC */
+    uint32_t patience;  /* stop after this many rounds without improvement (0: never) */
 
     const char *out_dir; /* metrics.jsonl, model.npy, config.json go here */
     int ready_fd;        /* if >= 0: the bound endpoint and '\n' are written here */

@@ -213,7 +213,17 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
-    if (!session_ok(c, m, s, PH_EVAL, r->round, r->model_version)) return;
+    if (c->phase == PH_EVAL && s->val_late) { /* (coordinator.c: open_phase) */
+        s->val_late = 0;
+        coord_reply_error(c, m, -ESTALE,
+                          "eval_result: a validation reply that arrived after its phase closed "
+                          "(ignored; the test evaluation is still expected)",
+                          s->id);
+        return;
+    }
+    /* the same EvalResult answers EVALUATE and VALIDATE (the phase tells which) */
+    if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version))
+        return;
     const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
     char what[300]; /* robust.c: no more rows than the site's (capped) test rows */
@@ -251,7 +261,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     }
     s->replied = 1;
     c->n_replied++;
-    if (own && c->cfg->per_site_metrics) {
+    if (own && c->cfg->per_site_metrics && c->phase == PH_EVAL) { /* test rows only */
         double auroc[MOEH_N_TASKS];
         for (uint32_t t = 0; t < T; t++)
             auroc[t] = moeh_eval_slice_auroc(own, T, nb, 0, t);
@@ -464,6 +474,8 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
         snprintf(tag, sizeof tag, "round %u", c->round);
     else if (c->phase == PH_EVAL)
         snprintf(tag, sizeof tag, "round %u eval", c->round);
+    else if (c->phase == PH_VAL)
+        snprintf(tag, sizeof tag, "round %u validation", c->round);
     else
         snprintf(tag, sizeof tag, "statistics");
     if (n == 0) {

@@ -231,6 +231,49 @@ static void table_row(moeh_coord_report_t *r, const moeh_report_eval_t *e)
     fflush(f);
 }
 
+/* One "calibration" line per task: the reliability curve of a split. */
+static void emit_calib(moeh_coord_report_t *r, uint32_t round, uint32_t T, const char *split,
+                       const moeh_calib_t *calib)
+{
+    for (uint32_t t = 0; calib && t < T; t++) {
+        const moeh_calib_t *c = &calib[t];
+        cJSON *j = event("calibration");
+        cJSON_AddNumberToObject(j, "round", round);
+        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
+        cJSON_AddStringToObject(j, "split", split);
+        cJSON_AddNumberToObject(j, "n", (double)c->n);
+        cJSON_AddNumberToObject(j, "brier", rnd(c->brier, 6));
+        cJSON_AddNumberToObject(j, "ece", rnd(c->ece, 6));
+        cJSON *bins = cJSON_AddArrayToObject(j, "bins");
+        for (int k = 0; k < MOEH_CALIB_BINS; k++) {
+            cJSON *b = cJSON_CreateObject();
+            cJSON_AddNumberToObject(b, "lo", (double)k / MOEH_CALIB_BINS);
+            cJSON_AddNumberToObject(b, "hi", (double)(k + 1) / MOEH_CALIB_BINS);
+            cJSON_AddNumberToObject(b, "n", (double)c->count[k]);
+            cJSON_AddNumberToObject(b, "mean_p", rnd(c->mean_p[k], 6));
+            cJSON_AddNumberToObject(b, "observed", rnd(c->observed[k], 6));
+            cJSON_AddItemToArray(bins, b);
+        }
+        emit(r, j);
+    }
+}
+
+void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
+                                 double value, const char *why, double test_auroc_mean)
+{
+    cJSON *j = event("selection");
+    cJSON_AddNumberToObject(j, "selected_round", round);
+    cJSON_AddStringToObject(j, "selected_by", key);
+    cJSON_AddNumberToObject(j, "value", rnd(value, 6));
+    cJSON_AddStringToObject(j, "why", why);
+    cJSON_AddNumberToObject(j, "test_auroc_mean", rnd(test_auroc_mean, 6));
+    emit(r, j);
+    if (r->table && r->table_header_done) {
+        fprintf(r->table, "\nselected round %u: %s (%s = %.4f)\n", round, why, key, value);
+        fflush(r->table);
+    }
+}
+
 void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
 {
     const uint32_t T = e->n_tasks;
@@ -250,29 +293,20 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
         snprintf(key, sizeof key, "brier_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(j, key, rnd(e->calib[t].brier, 6));
     }
+    if (e->have_val) { /* the VALIDATE phase of the round (model selection) */
+        cJSON_AddNumberToObject(j, "val_loss", rnd(e->val_loss, 6));
+        cJSON_AddNumberToObject(j, "val_auroc_mean", rnd(e->val_auroc_mean, 6));
+        for (uint32_t t = 0; t < T; t++) {
+            snprintf(key, sizeof key, "val_auroc_%s", moeh_task_names[t]);
+            cJSON_AddNumberToObject(j, key, rnd(e->val_auroc[t], 6));
+            snprintf(key, sizeof key, "val_brier_%s", moeh_task_names[t]);
+            cJSON_AddNumberToObject(j, key, rnd(e->val_calib[t].brier, 6));
+        }
+    }
     add_dp(j, e->dp);
     emit(r, j);
-    for (uint32_t t = 0; e->calib && t < T; t++) { /* reliability curve per task */
-        const moeh_calib_t *c = &e->calib[t];
-        j = event("calibration");
-        cJSON_AddNumberToObject(j, "round", e->round);
-        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
-        cJSON_AddStringToObject(j, "split", "test");
-        cJSON_AddNumberToObject(j, "n", (double)c->n);
-        cJSON_AddNumberToObject(j, "brier", rnd(c->brier, 6));
-        cJSON_AddNumberToObject(j, "ece", rnd(c->ece, 6));
-        cJSON *bins = cJSON_AddArrayToObject(j, "bins");
-        for (int k = 0; k < MOEH_CALIB_BINS; k++) {
-            cJSON *b = cJSON_CreateObject();
-            cJSON_AddNumberToObject(b, "lo", (double)k / MOEH_CALIB_BINS);
-            cJSON_AddNumberToObject(b, "hi", (double)(k + 1) / MOEH_CALIB_BINS);
-            cJSON_AddNumberToObject(b, "n", (double)c->count[k]);
-            cJSON_AddNumberToObject(b, "mean_p", rnd(c->mean_p[k], 6));
-            cJSON_AddNumberToObject(b, "observed", rnd(c->observed[k], 6));
-            cJSON_AddItemToArray(bins, b);
-        }
-        emit(r, j);
-    }
+    emit_calib(r, e->round, T, "test", e->calib); /* reliability curve per task */
+    if (e->have_val) emit_calib(r, e->round, T, "val", e->val_calib);
     for (uint32_t t = 0; t < T; t++) {
         j = event("task");
         cJSON_AddNumberToObject(j, "round", e->round);
@@ -319,7 +353,7 @@ void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_
     FILE *f = r->table;
     const uint32_t T = r->n_tasks;
     if (!f || !r->table_header_done) return;
-    fprintf(f, "\ntest AUROC of the final model, per modality combination "
+    fprintf(f, "\ntest AUROC of the final (selected) model, per modality combination "
                "(E = EHR, N = notes, I = image; n = test rows):\n");
     fprintf(f, "%-6s %7s", "combo", "n");
     for (uint32_t t = 0; t < T && t < 4; t++)

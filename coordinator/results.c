@@ -101,8 +101,15 @@ void coord_finish_eval(coord_t *c)
                                   .secagg = cfg->secagg,
                                   .per_site = cfg->per_site_metrics,
                                   .dp = coord_dp_row(c, &dp),
-                                  .calib = c->last_calib};
+                                  .calib = c->last_calib,
+                                  .have_val = c->cfg->validate && c->have_val,
+                                  .val_loss = c->val_loss,
+                                  .val_auroc_mean = c->val_mean,
+                                  .val_auroc = c->val_auroc,
+                                  .val_calib = c->val_calib};
     moeh_coord_report_eval(c->report, &e);
+    if (c->cfg->validate) coord_select_keep_test(c, eval_loss, mean); /* select.c */
+    c->have_val = 0;
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,
               c->n_replied, c->round_train_loss, eval_loss, mean);
     if (c->dp)
@@ -132,6 +139,16 @@ int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal)
         snprintf(k.names[3], sizeof k.names[3], "server_m");
         snprintf(k.names[4], sizeof k.names[4], "server_v");
         k.n_arrays = 5;
+    }
+    float sel_state[6 + MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 2 * MOEH_N_TASKS];
+    if (c->cfg->validate) { /* the model selection (select.c), for exact resume */
+        coord_select_state_put(c, sel_state);
+        snprintf(k.names[k.n_arrays], sizeof k.names[0], "select_params");
+        k.counts[k.n_arrays] = c->p->n;
+        k.arrays[k.n_arrays++] = c->sel_w;
+        snprintf(k.names[k.n_arrays], sizeof k.names[0], "select_state");
+        k.counts[k.n_arrays] = coord_select_state_len();
+        k.arrays[k.n_arrays++] = sel_state;
     }
     moeh_err_t err = {0};
     int rc = moeh_ckpt_save(c->ckpt_path, &k, &err);
@@ -176,6 +193,16 @@ int coord_load_checkpoint(coord_t *c, moeh_err_t *err)
         }
         memcpy(c->sm, sm, c->p->n * sizeof(float));
         memcpy(c->sv, sv, c->p->n * sizeof(float));
+    }
+    if (c->cfg->validate) { /* select.c; a checkpoint without it: selection starts afresh */
+        float *sw = moeh_ckpt_array(&k, "select_params", c->p->n),
+              *ss = moeh_ckpt_array(&k, "select_state", coord_select_state_len());
+        if (sw && ss)
+            coord_select_state_get(c, ss, sw);
+        else
+            MOEH_WARN("%s holds no model-selection state (written without validation): the "
+                      "selection starts with the next round",
+                      c->ckpt_path);
     }
     memcpy(c->p->w, params, c->p->n * sizeof(float));
     memcpy(c->norm, norm, 2 * (size_t)c->n_norm * sizeof(float));

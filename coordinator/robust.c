@@ -44,7 +44,11 @@ uint64_t coord_cap_train(const coord_t *c, const site_t *s)
 
 uint64_t coord_cap_eval(const coord_t *c, const site_t *s)
 {
-    return moeh_bounds_count_cap(s->n_eval, s->reg_test, c->med_eval, c->cfg->count_cap);
+    uint64_t cap = moeh_bounds_count_cap(s->n_eval, s->reg_test, c->med_eval, c->cfg->count_cap);
+    /* VALIDATE: a site declares no validation rows (Hello counts train and test); its
+     * validation split is bounded by its capped train plus test rows */
+    if (c->phase == PH_VAL) cap += coord_cap_train(c, s);
+    return cap;
 }
 
 static moeh_stats_bounds_t stats_bounds(const coord_t *c, uint64_t max_rows)
@@ -101,7 +105,7 @@ int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
     if (c->phase == PH_TRAIN)
         return moeh_bounds_weight_sum_check(c->vsum + c->p->n, c->p->n_groups,
                                             c->unit_weight ? n : weight, what, what_len);
-    if (c->phase == PH_EVAL) {
+    if (c->phase == PH_EVAL || c->phase == PH_VAL) {
         double loss;
         uint64_t n_labels;
         moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,

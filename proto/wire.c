@@ -426,9 +426,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         const Moeh__RoundStart *r = e->round_start;
         const Moeh__RoundConfig *c = r->config;
         if (r->task != MOEH__ROUND_TASK__TRAIN && r->task != MOEH__ROUND_TASK__EVALUATE &&
-            r->task != MOEH__ROUND_TASK__STATS)
+            r->task != MOEH__ROUND_TASK__STATS && r->task != MOEH__ROUND_TASK__VALIDATE)
             return moeh_errf(err, -EBADMSG,
-                             "round_start.task: %d, expected TRAIN, EVALUATE or STATS",
+                             "round_start.task: %d, expected TRAIN, EVALUATE, VALIDATE or STATS",
                              (int)r->task);
         if (!c) return moeh_errf(err, -EBADMSG, "round_start.config: missing");
         if (r->deadline_ms == 0)
@@ -561,9 +561,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         const Moeh__SecaggMasked *sm = e->secagg_masked;
         if ((rc = check_session(sm->session, "secagg_masked", err))) return rc;
         if (sm->task != MOEH__ROUND_TASK__TRAIN && sm->task != MOEH__ROUND_TASK__EVALUATE &&
-            sm->task != MOEH__ROUND_TASK__STATS)
+            sm->task != MOEH__ROUND_TASK__STATS && sm->task != MOEH__ROUND_TASK__VALIDATE)
             return moeh_errf(err, -EBADMSG,
-                             "secagg_masked.task: %d, expected TRAIN, EVALUATE or STATS",
+                             "secagg_masked.task: %d, expected TRAIN, EVALUATE, VALIDATE or STATS",
                              (int)sm->task);
         return expect_frame(e, frames, n_frames, "masked", MOEH__DTYPE__U32,
                             moeh_wire_secsum_len(lim, sm->task), err);

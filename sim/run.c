@@ -63,6 +63,9 @@ int moeh_sim_cmd_run(int argc, char **argv)
     uint32_t upload_slots = 2; /* moeh-coordinator's default */
     const char *secagg_k = "auto";
     const char *profile = "homogeneous"; /* moeh synth --profile (docs/synthetic.md) */
+    const char *select_by = "auroc";
+    uint32_t patience = 0;
+    int validate = 1;
     const moeh_opt_t own[] = {
         {"out", MOEH_OPT_STR, &out, "working directory (data, keys, logs, metrics.jsonl)"},
         {"admissions", MOEH_OPT_U32, &admissions, "admissions of the synthetic MIMIC-IV"},
@@ -96,6 +99,14 @@ int moeh_sim_cmd_run(int argc, char **argv)
         {"dp-noise", MOEH_OPT_F32, &dp_noise,
          "DP-FedAvg: noise multiplier of the aggregate (calibrated to --min-sites sites)"},
         {"dp-delta", MOEH_OPT_F32, &dp_delta, "DP-FedAvg: delta of the reported epsilon"},
+        {"validate", MOEH_OPT_BOOL, &validate,
+         "validate every round and keep the best round's model (--no-validate: "
+         "the last round's, as before)"},
+        {"select-by", MOEH_OPT_STR, &select_by,
+         "model selection: auroc (best mean validation AUROC) or loss (moeh-coordinator "
+         "--select-by)"},
+        {"patience", MOEH_OPT_U32, &patience,
+         "stop after this many rounds without validation improvement (0: never)"},
         {"insecure", MOEH_OPT_BOOL, &insecure, "run without CURVE (debugging only)"},
         {"timeout-s", MOEH_OPT_U32, &timeout_s, "stop everything after this long"},
         {"bin-dir", MOEH_OPT_STR, &bin_dir_opt,
@@ -233,42 +244,42 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_warm, sizeof a_warm, "%u", warmup);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
-    char *cargs[96] = {"--rounds",
-                       a_rounds,
-                       "--min-sites",
-                       a_min,
-                       "--wait-sites",
-                       a_wait,
-                       "--local-epochs",
-                       a_ep,
-                       "--batch-size",
-                       a_batch,
-                       "--lr",
-                       a_lr,
-                       "--prox-mu",
-                       a_mu,
-                       "--warmup-rounds",
-                       a_warm,
-                       "--seed",
-                       a_seed,
-                       "--out",
-                       (char *)out,
-                       "--new-run", /* an earlier run in --out is moved aside, never lost */
-                       "--join-window",
-                       "60s",
-                       "--deadline-ms",
-                       "600000",
-                       "--heartbeat-ms",
-                       "1000",
-                       "--heartbeat-timeout-ms",
-                       "15000"};
+    char *cargs[104] = {"--rounds",
+                        a_rounds,
+                        "--min-sites",
+                        a_min,
+                        "--wait-sites",
+                        a_wait,
+                        "--local-epochs",
+                        a_ep,
+                        "--batch-size",
+                        a_batch,
+                        "--lr",
+                        a_lr,
+                        "--prox-mu",
+                        a_mu,
+                        "--warmup-rounds",
+                        a_warm,
+                        "--seed",
+                        a_seed,
+                        "--out",
+                        (char *)out,
+                        "--new-run", /* an earlier run in --out is moved aside, never lost */
+                        "--join-window",
+                        "60s",
+                        "--deadline-ms",
+                        "600000",
+                        "--heartbeat-ms",
+                        "1000",
+                        "--heartbeat-timeout-ms",
+                        "15000"};
     int nc = 0;
     while (cargs[nc])
         nc++;
     /* every model hyperparameter, as the coordinator's option of the same name */
     char a_model[MOEH_OPTS_MAX][2][40];
     for (size_t i = n_own; i < n_opts; i++) {
-        MOEH_ASSERT(nc + 2 + 20 < 96); /* room for the options below */
+        MOEH_ASSERT(nc + 2 + 26 < 104); /* room for the options below */
         snprintf(a_model[i][0], sizeof a_model[i][0], "--%s", opts[i].name);
         format_opt(&opts[i], a_model[i][1], sizeof a_model[i][1]);
         cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
@@ -299,6 +310,17 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_names, sizeof a_names, "%s/%s", sites_dir, names[0]);
     cargs[nc++] = "--feature-names";
     cargs[nc++] = a_names;
+    char a_pat[16];
+    snprintf(a_pat, sizeof a_pat, "%u", patience);
+    if (!validate) cargs[nc++] = "--no-validate";
+    if (validate || moeh_opts_seen(&o, &select_by)) { /* the coordinator checks them */
+        cargs[nc++] = "--select-by";
+        cargs[nc++] = (char *)select_by;
+    }
+    if (validate || patience) {
+        cargs[nc++] = "--patience";
+        cargs[nc++] = a_pat;
+    }
     if (insecure) {
         cargs[nc++] = "--insecure";
     } else {

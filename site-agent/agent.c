@@ -401,13 +401,16 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     load_round(a, m);
     moeh_eval_sums_t es = {.hist = a->hist, .gate_sum = a->gate_sum};
     moeh_err_t err = {0};
-    if (moeh_trainer_evaluate(a->trainer, MOEH_SPLIT_TEST, a->eval_bins, &es, service_cb, a,
-                              &err) != 0) {
+    /* VALIDATE: the same sums on the validation split (model selection); a site without
+     * validation rows sends empty histograms */
+    const int val = rs->task == MOEH__ROUND_TASK__VALIDATE;
+    if (moeh_trainer_evaluate(a->trainer, val ? MOEH_SPLIT_VAL : MOEH_SPLIT_TEST, a->eval_bins, &es,
+                              service_cb, a, &err) != 0) {
         MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
         moeh_agent_send_error(a, -ERANGE, "evaluation failed");
         return;
     }
-    log_own_metrics(a, rs->round, rs->secagg != NULL, &es);
+    if (!val) log_own_metrics(a, rs->round, rs->secagg != NULL, &es);
     if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
         if (moeh_secsum_eval_put(a->hist +
                                      moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),
@@ -480,7 +483,8 @@ static void handle_messages(agent_t *a)
             a->up_wait = 0; /* and an update still waiting for its grant is stale */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
-            else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE)
+            else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE ||
+                     m.env->round_start->task == MOEH__ROUND_TASK__VALIDATE)
                 evaluate(a, m.env->round_start, &m);
             else
                 send_stats(a, m.env->round_start);

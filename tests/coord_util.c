@@ -89,6 +89,8 @@ void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     c->upload_slots = 0;
     c->secagg = 0;           /* plain unless a test's tweak asks for secure aggregation */
     c->per_site_metrics = 1; /* the per-site rows are part of what these tests check */
+    c->validate = 0;         /* TRAIN then EVAL, as these tests count; test_coordinator_select turns
+                              * the VALIDATE phase on */
     c->model.d_emb = 8;
     c->model.d_hidden = 8;
     c->model.note_buckets = 64;

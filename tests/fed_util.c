@@ -421,11 +421,23 @@ void rogue_welcome(rogue_t *r, moeh_msg_t *m)
 /* The usual rogue test: site-x registered, the coordinator (3 rounds, quorum 2, waiting for 4
  * sites, with `extra` options) and the three real agents started, and site-x joined (Welcome
  * read). The coordinator's log path goes to log. */
+char **rogue_opts(char **extra, char **buf, size_t cap)
+{
+    size_t n = 0;
+    for (; extra && extra[n] && n + 2 < cap; n++)
+        buf[n] = extra[n];
+    buf[n++] = "--no-validate"; /* a rogue plays the TRAIN and EVALUATE phases only */
+    buf[n] = NULL;
+    return buf;
+}
+
 moeh_proc_t *rogue_join(fixture_t *f, rogue_t *r, char **extra, moeh_proc_t *a[N_SITES], char *log,
                         size_t log_len)
 {
     register_site_x(f);
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", extra);
+    char *more[32];
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log",
+                                           rogue_opts(extra, more, 32));
     snprintf(log, log_len, "%s/coordinator.log", f->logs);
     start_all_agents(f, a, NULL);
     Moeh__Envelope env;

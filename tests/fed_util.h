@@ -130,6 +130,9 @@ void rogue_welcome(rogue_t *r, moeh_msg_t *m);
 /* The usual rogue test: site-x registered, the coordinator (3 rounds, quorum 2, waiting for 4
  * sites, with `extra` options) and the three real agents started, and site-x joined (Welcome
  * read). The coordinator's log path goes to log. */
+/* extra (NULL-terminated, may be NULL) then --no-validate, in buf (cap entries): the options
+ * of a coordinator that a scripted rogue site joins (it does not answer VALIDATE). */
+char **rogue_opts(char **extra, char **buf, size_t cap);
 moeh_proc_t *rogue_join(fixture_t *f, rogue_t *r, char **extra, moeh_proc_t *a[N_SITES], char *log,
                         size_t log_len);
 

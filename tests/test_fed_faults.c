@@ -310,7 +310,7 @@ static void test_rejoin_cannot_raise_weight(void **state)
     fixture_t *f = *state;
     char log[400];
     register_site_x(f);
-    char *push[] = {"--upload-slots", "0", NULL};
+    char *push[] = {"--upload-slots", "0", "--no-validate", NULL}; /* the rogue: no VALIDATE */
     moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", push);
     snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
     moeh_proc_t *a[N_SITES];

@@ -26,7 +26,9 @@ static moeh_proc_t *poison_join(fixture_t *f, rogue_t *r, char **extra, moeh_pro
         fprintf(fp, "[limits]\nsite-x = %s\n", limits);
         fclose(fp);
     }
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log", extra);
+    char *more[32];
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "4", NULL, "coordinator.log",
+                                           rogue_opts(extra, more, 32));
     start_all_agents(f, a, NULL);
     Moeh__Envelope env;
     Moeh__Hello h;
@@ -108,7 +110,8 @@ static void test_poisoned_stats_refused(void **state)
 {
     fixture_t *f = *state;
     char clean[300], log[400];
-    run_all(f, "clean", "2", NULL);
+    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
+    run_all(f, "clean", "2", rogue_opts(NULL, nv, 32));
     snprintf(clean, sizeof clean, "%s", f->out);
     snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
     rogue_t r = {0};
@@ -174,7 +177,8 @@ static void test_poisoned_update_bounded(void **state)
     char clean[300], log[400];
     char *bound[] = {"--upload-slots", "0", "--norm-bound", "2", NULL};
     char *plain[] = {"--upload-slots", "0", NULL};
-    run_all(f, "clean", "2", bound);
+    char *nv[32]; /* as the attacked runs: without VALIDATE (fed_util.h: rogue_opts) */
+    run_all(f, "clean", "2", rogue_opts(bound, nv, 32));
     snprintf(clean, sizeof clean, "%s", f->out);
     attack_update(f, "fedavg", plain);
     char fedavg[300];
@@ -208,7 +212,8 @@ static void test_poisoned_update_strategies(void **state)
     char *plain[] = {"--upload-slots", "0", NULL};
     char *med[] = {"--upload-slots", "0", "--strategy", "median", NULL};
     char *trim[] = {"--upload-slots", "0", "--strategy", "trimmed", "--trim", "0.25", NULL};
-    run_all(f, "clean", "2", plain);
+    char *nv[32]; /* as the attacked runs: without VALIDATE (fed_util.h: rogue_opts) */
+    run_all(f, "clean", "2", rogue_opts(plain, nv, 32));
     snprintf(clean, sizeof clean, "%s", f->out);
     attack_update(f, "median", med);
     snprintf(median, sizeof median, "%s", f->out);
@@ -237,7 +242,8 @@ static void test_forged_eval_refused(void **state)
     fixture_t *f = *state;
     char clean[300], log[400];
     char *opts[] = {"--upload-slots", "0", NULL};
-    run_all(f, "clean", "2", opts);
+    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
+    run_all(f, "clean", "2", rogue_opts(opts, nv, 32));
     snprintf(clean, sizeof clean, "%s", f->out);
     snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
     rogue_t r = {0};

@@ -465,7 +465,11 @@ def test_real(work):
     if check(p.returncode == 0, f"report of a real run ({p.stderr.strip()})"):
         page = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
         text = check_structure(page, [f for f in ALL_FIGS if f != "fig-dp-epsilon"], "real run")
-        check("last round 2" in text, "real run: the last round is marked")
+        # the coordinator selects the round of best validation AUROC (a "selection" line)
+        sel = [json.loads(ln) for ln in open(os.path.join(run_dir, "metrics.jsonl"),
+                                             encoding="utf-8") if '"selected_round"' in ln]
+        check(len(sel) == 1 and f"selected round {sel[0]['selected_round']}" in text,
+              "real run: the selected round is marked")
         check("mortality" in text and "EHR+notes" in text, "real run: tasks and combinations")
 
 

@@ -76,7 +76,7 @@ static const wire_case_t k_round_start_checks[] = {
 static const wire_field_case_t k_round_start_checks_fields[] = {
     {mk_round_start, "round_start.task", MOEH__ROUND_TASK__TASK_UNSPECIFIED, NULL, &k_lim, -EBADMSG,
      "round_start.task"},
-    {mk_round_start, "round_start.task", (Moeh__RoundTask)4, NULL, &k_lim, -EBADMSG,
+    {mk_round_start, "round_start.task", (Moeh__RoundTask)5, NULL, &k_lim, -EBADMSG,
      "round_start.task"},
     /* STATS carries no tensor */
     {mk_round_start, "round_start.task", MOEH__ROUND_TASK__STATS, NULL, &k_lim, -EBADMSG,

@@ -1,0 +1,332 @@
+/* test_coordinator_select.c - federated validation and model selection (coordinator/select.c)
+ * driven in-process with the fixture of coord_util.h: each round is TRAIN -> VALIDATE -> EVAL;
+ * the fake sites answer VALIDATE and EVAL with crafted score histograms whose AUROC and loss
+ * are known, so the round the coordinator must select is known. Covers: the best round by
+ * mean validation AUROC is kept (model.npy holds its parameters, the final test metrics are
+ * its own), --select-by loss, --patience ending the run early, and a run resumed from its
+ * checkpoint selecting exactly as an uninterrupted one. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "cmocka_main.h"
+
+#include "coord_util.h"
+#include "moeh_npy.h"
+
+#define ROWS 20 /* per site and phase: within the 40 test rows each site declares */
+
+/* Site k's histograms over ROWS rows, every task alike: the negatives in score bin 2, a
+ * fraction q of the positives in bin 7 (above them) and the rest in bin 1 (below): AUROC q.
+ * The loss is `loss` per label. */
+static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double q, double loss)
+{
+    const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
+    size_t per_slice = (size_t)T * 2 * nb;
+    uint32_t *hist = calloc(MOEH_N_SLICES * per_slice, sizeof(uint32_t));
+    float gate[MOEH_N_COMBOS * 16] = {0};
+    assert_non_null(hist);
+    const uint32_t pos = ROWS / 2, hi = (uint32_t)(q * pos + 0.5);
+    for (size_t sl = 0; sl < 2; sl++) /* all rows, and combination E */
+        for (uint32_t t = 0; t < T; t++) {
+            uint32_t *neg = hist + sl * per_slice + (size_t)t * 2 * nb;
+            neg[2] = ROWS - pos;
+            neg[nb + 7] = hi;
+            neg[nb + 1] = pos - hi;
+        }
+    uint32_t combo_rows[MOEH_N_COMBOS] = {ROWS};
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
+    r.round = round;
+    r.model_version = version;
+    r.loss_sum = loss * ROWS * T;
+    r.n_labels = (uint64_t)ROWS * T;
+    r.n_tasks = T;
+    r.n_bins = nb;
+    r.n_combo_rows = MOEH_N_COMBOS;
+    r.combo_rows = combo_rows;
+    env.type = MOEH__MSG_TYPE__EVAL_RESULT;
+    env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
+    env.eval_result = &r;
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    moeh_frame_t fr[2] = {{.name = "hist",
+                           .dtype = MOEH__DTYPE__U32,
+                           .data = hist,
+                           .count = MOEH_N_SLICES * per_slice},
+                          {.name = "gate",
+                           .dtype = MOEH__DTYPE__F32,
+                           .data = gate,
+                           .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
+    assert_true(lim->n_experts <= 16);
+    assert_int_equal(deliver(f, k, &env, fr, 2), 0);
+    free(hist);
+}
+
+/* One round r: every site's update, then VALIDATE with (val_q, val_loss), then EVAL with
+ * test_q. *params (if not NULL) receives the model the round produced (the one validated). */
+static void play_round(fx_t *f, uint32_t r, double val_q, double val_loss, double test_q,
+                       float *params)
+{
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    assert_int_equal(moeh_coord_core_round(f->core), r);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(send_update(f, k, r, v, (uint32_t)f->site[k].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    if (params) memcpy(params, p->w, p->n * sizeof(float));
+    for (int k = 0; k < N_SITES; k++) {
+        round_start(f, k, r, MOEH__ROUND_TASK__VALIDATE);
+        send_scores(f, k, r, v + 1, val_q, val_loss);
+    }
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    for (int k = 0; k < N_SITES; k++) {
+        round_start(f, k, r, MOEH__ROUND_TASK__EVALUATE);
+        send_scores(f, k, r, v + 1, test_q, 0.5);
+    }
+    tick(f, 10);
+    assert_int_equal(f->saved_round, r);
+}
+
+/* The "selection" line of metrics.jsonl and the number of "calibration" lines of split val
+ * and of "eval" lines with a val_auroc_mean. */
+static int g_site_eval; /* "site_eval" lines read by the last read_selection() */
+
+static cJSON *read_selection(const fx_t *f, int *n_val_calib, int *n_val_eval)
+{
+    char path[400], line[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    cJSON *sel = NULL;
+    *n_val_calib = *n_val_eval = g_site_eval = 0;
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+        const char *split = cJSON_GetStringValue(cJSON_GetObjectItem(j, "split"));
+        if (!strcmp(ev, "calibration") && split && !strcmp(split, "val")) ++*n_val_calib;
+        if (!strcmp(ev, "eval") && cJSON_GetObjectItem(j, "val_auroc_mean")) ++*n_val_eval;
+        if (!strcmp(ev, "site_eval")) g_site_eval++;
+        if (!strcmp(ev, "selection")) {
+            assert_null(sel); /* one selection line */
+            sel = j;
+            continue;
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    assert_non_null(sel);
+    return sel;
+}
+
+/* model.npy equals want (the selected round's parameters), bit for bit. */
+static void assert_model_file(const fx_t *f, const float *want)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/model.npy", f->dir);
+    moeh_npy_t a;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_npy_read(path, MOEH_DT_F32, 1, &a, &err), 0);
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    assert_int_equal(moeh_npy_numel(&a), p->n);
+    assert_memory_equal(a.data, want, p->n * sizeof(float));
+    moeh_npy_free(&a);
+}
+
+static void finish(fx_t *f)
+{
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_DONE);
+    assert_int_equal(moeh_coord_core_finish(f->core, &err), 0);
+}
+
+static void four_rounds(moeh_coord_cfg_t *c)
+{
+    c->validate = 1;
+    c->rounds = 4;
+}
+
+/* Mean validation AUROC 0.6, 0.9, 0.7, 0.8: round 2 is selected; model.npy is round 2's
+ * model, not the last, and the final test metrics are round 2's (test AUROC 0.5 there). */
+static void test_best_round_kept(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, four_rounds);
+    join_and_stats(f);
+    size_t n = moeh_coord_core_params(f->core)->n;
+    float *w2 = malloc(n * sizeof(float)), *w4 = malloc(n * sizeof(float));
+    assert_non_null(w2);
+    assert_non_null(w4);
+    const double val[4] = {0.6, 0.9, 0.7, 0.8}, test[4] = {0.7, 0.5, 0.8, 0.9};
+    for (uint32_t r = 1; r <= 4; r++)
+        play_round(f, r, val[r - 1], 0.5, test[r - 1], r == 2 ? w2 : r == 4 ? w4 : NULL);
+    assert_memory_not_equal(w2, w4, n * sizeof(float)); /* the selection must matter */
+    finish(f);
+    assert_model_file(f, w2);
+    assert_memory_equal(moeh_coord_core_params(f->core)->w, w2, n * sizeof(float));
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "selected_by")),
+                        "val_auroc_mean");
+    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.9, 1e-6);
+    assert_non_null(strstr(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "why")),
+                           "best mean validation AUROC over rounds 1..4"));
+    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "test_auroc_mean")), 0.5,
+                       1e-6);
+    assert_int_equal(n_ev, 4);
+    assert_int_equal(n_cal, 4 * MOEH_N_TASKS);
+    assert_int_equal(g_site_eval, 4 * N_SITES); /* per-site rows: the test evaluation only */
+    cJSON_Delete(sel);
+    free(w2);
+    free(w4);
+}
+
+static void by_loss(moeh_coord_cfg_t *c)
+{
+    four_rounds(c);
+    c->select_by_loss = 1;
+}
+
+/* --select-by loss: validation loss 0.5, 0.4, 0.45, 0.3 (AUROC best at round 1): round 4. */
+static void test_select_by_loss(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, by_loss);
+    join_and_stats(f);
+    size_t n = moeh_coord_core_params(f->core)->n;
+    float *w4 = malloc(n * sizeof(float));
+    assert_non_null(w4);
+    const double loss[4] = {0.5, 0.4, 0.45, 0.3}, q[4] = {0.9, 0.8, 0.7, 0.6};
+    for (uint32_t r = 1; r <= 4; r++)
+        play_round(f, r, q[r - 1], loss[r - 1], 0.6, r == 4 ? w4 : NULL);
+    finish(f);
+    assert_model_file(f, w4);
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 4);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "selected_by")), "val_loss");
+    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.3, 1e-6);
+    cJSON_Delete(sel);
+    free(w4);
+}
+
+static void patience2(moeh_coord_cfg_t *c)
+{
+    c->validate = 1;
+    c->rounds = 6;
+    c->patience = 2;
+}
+
+/* --patience 2: validation AUROC 0.7, 0.9, 0.8, 0.85: rounds 3 and 4 do not improve, so the
+ * run ends after round 4 of 6, normally, with round 2 selected. */
+static void test_patience_stops_early(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, patience2);
+    join_and_stats(f);
+    size_t n = moeh_coord_core_params(f->core)->n;
+    float *w2 = malloc(n * sizeof(float));
+    assert_non_null(w2);
+    const double val[4] = {0.7, 0.9, 0.8, 0.85};
+    for (uint32_t r = 1; r <= 3; r++) {
+        play_round(f, r, val[r - 1], 0.5, 0.6, r == 2 ? w2 : NULL);
+        assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    }
+    play_round(f, 4, val[3], 0.5, 0.6, NULL);
+    finish(f); /* DONE after round 4 */
+    assert_int_equal(moeh_coord_core_round(f->core), 4);
+    assert_model_file(f, w2);
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
+    assert_int_equal(n_ev, 4);
+    cJSON_Delete(sel);
+    free(w2);
+}
+
+/* Resume: the same run as test_patience_stops_early interrupted after round 3 (the core
+ * destroyed, a new one created with --resume on the same directory): the restored selection
+ * (round 2, its parameters, one round without improvement) makes round 4 end the run with
+ * round 2's model, exactly as without the interruption. */
+static void test_resume_keeps_selection(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, patience2);
+    join_and_stats(f);
+    size_t n = moeh_coord_core_params(f->core)->n;
+    float *w2 = malloc(n * sizeof(float));
+    assert_non_null(w2);
+    const double val[4] = {0.7, 0.9, 0.8, 0.85};
+    for (uint32_t r = 1; r <= 3; r++)
+        play_round(f, r, val[r - 1], 0.5, 0.6, r == 2 ? w2 : NULL);
+    /* the coordinator stops; a new process resumes from the checkpoint of round 3 */
+    moeh_coord_core_destroy(&f->core);
+    f->cfg.resume = 1;
+    moeh_err_t err = {0};
+    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    moeh_coord_core_start(f->core, 3, f->now);
+    for (int k = 0; k < N_SITES; k++)
+        hello(f, k);
+    tick(f, 10);
+    play_round(f, 4, val[3], 0.5, 0.6, NULL);
+    finish(f);
+    assert_model_file(f, w2);
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
+    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.9, 1e-6);
+    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "test_auroc_mean")), 0.6,
+                       1e-6);
+    cJSON_Delete(sel);
+    free(w2);
+}
+
+static void one_round(moeh_coord_cfg_t *c)
+{
+    c->validate = 1;
+    c->rounds = 1;
+}
+
+/* A site whose validation reply misses the VALIDATE deadline sends it while EVAL is open
+ * (one EvalResult message answers both): it is refused as late, not taken as the test
+ * evaluation, and the site's test reply that follows is taken. */
+static void test_late_validation_reply_refused(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, one_round);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+    for (int k = 0; k < 2; k++)
+        send_scores(f, k, 1, v + 1, 0.9, 0.5);
+    tick(f, 2000); /* past the deadline: closes with 2 of 3 */
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    send_scores(f, 2, 1, v + 1, 0.9, 0.5); /* site-3's late validation reply */
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -ESTALE), "validation reply"));
+    assert_int_equal(moeh_coord_core_replied(f->core), 0);
+    for (int k = 0; k < N_SITES; k++)
+        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+    assert_int_equal(moeh_coord_core_replied(f->core), 3);
+    tick(f, 10);
+    finish(f);
+    for (uint32_t t = 0; t < MOEH_N_TASKS; t++)
+        assert_float_equal(moeh_coord_core_auroc(f->core, t), 0.6, 1e-9);
+}
+
+MOEH_TEST_MAIN(NULL, NULL,
+               cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
+               cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
+               cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
+               cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
+               cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup,
+                                               fx_teardown))

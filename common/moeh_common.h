@@ -30,6 +30,17 @@ typedef struct {
  * `return moeh_errf(err, -EINVAL, "...")`. */
 int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* ---- exit codes of every moeh binary (docs/operations.md) --------------------------------
+ * A supervisor (systemd, a script) tells these apart: only FINISHED means the work is done. */
+enum {
+    MOEH_EXIT_FINISHED = 0,     /* done: the run finished, the command did its work */
+    MOEH_EXIT_ERROR = 1,        /* failed (the log says why) */
+    MOEH_EXIT_USAGE = 2,        /* bad options or configuration: nothing was started */
+    MOEH_EXIT_REFUSED = 3,      /* the peer refused us: key not registered, wrong key, ... */
+    MOEH_EXIT_GAVE_UP = 4,      /* an agent was not (re-)admitted within --give-up-ms */
+    MOEH_EXIT_INTERRUPTED = 130 /* SIGINT/SIGTERM; a coordinator's run is paused (--resume) */
+};
+
 /* Static description of a negative errno-style code. */
 const char *moeh_strerror(int rc);
 

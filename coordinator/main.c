@@ -149,7 +149,9 @@ int main(int argc, char **argv)
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR ? 130 : rc == -EEXIST ? 2 : 1;
+        return rc == -EINTR    ? MOEH_EXIT_INTERRUPTED
+               : rc == -EEXIST ? MOEH_EXIT_USAGE
+                               : MOEH_EXIT_ERROR;
     }
-    return 0;
+    return MOEH_EXIT_FINISHED;
 }

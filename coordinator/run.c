@@ -158,10 +158,19 @@ static int drain(run_t *r, moeh_err_t *fatal)
     return 0;
 }
 
-static void teardown(run_t *r)
+/* rc: the run's result. Only a finished run says FINISHED (agents then exit 0); a signal or a
+ * failure says PAUSED with the reason, and agents keep reconnecting for a resumed run. */
+static void teardown(run_t *r, int rc, const moeh_err_t *err)
 {
     if (r->router) {
-        if (r->core) moeh_coord_core_bye_all(r->core); /* tell every live site the run is over */
+        if (r->core) {
+            if (rc == 0)
+                moeh_coord_core_bye_all(r->core, MOEH__BYE_STATUS__BYE_STATUS_FINISHED,
+                                        "run finished");
+            else
+                moeh_coord_core_bye_all(r->core, MOEH__BYE_STATUS__BYE_STATUS_PAUSED,
+                                        err->msg[0] ? err->msg : "coordinator stopped");
+        }
         /* let the byes go out (linger was 0 so that nothing else blocks), at most 1 s */
         int linger = 1000;
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger);
@@ -212,7 +221,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     }
     rc = moeh_coord_core_finish(r.core, err);
 out:
-    teardown(&r);
+    teardown(&r, rc, err);
     return rc;
 }
 

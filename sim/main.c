@@ -1,6 +1,8 @@
 /* main.c - moeh: the researcher's entry point (dispatches to subcommands). */
 #include "sim_commands.h"
 
+#include "moeh_common.h" /* MOEH_EXIT_* */
+
 #include <stdio.h>
 #include <string.h>
 
@@ -48,5 +50,5 @@ int main(int argc, char **argv)
         if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "moeh: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
-    return 2;
+    return MOEH_EXIT_USAGE;
 }

@@ -442,6 +442,29 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
 }
 
+/* FINISHED ends the agent (exit 0); PAUSED keeps it reconnecting until a resumed coordinator
+ * admits it again (or --give-up-ms runs out); REFUSED is fatal. */
+static void on_bye(agent_t *a, const Moeh__Bye *b)
+{
+    switch (b->status) {
+    case MOEH__BYE_STATUS__BYE_STATUS_FINISHED:
+        MOEH_INFO("the coordinator says the run finished: %s", b->reason);
+        a->done = 1;
+        break;
+    case MOEH__BYE_STATUS__BYE_STATUS_PAUSED:
+        MOEH_WARN("the coordinator paused the run (%s); waiting for it to resume%s", b->reason,
+                  a->cfg->give_up_ms ? "" : " (no --give-up-ms: for as long as it takes)");
+        a->paused = 1;
+        break;
+    case MOEH__BYE_STATUS__BYE_STATUS_REFUSED:
+        set_fatal(a, -EACCES, "the coordinator refused this site: %s", b->reason);
+        break;
+    default: /* LEFT: the wire accepts it, but a coordinator does not send it */
+        MOEH_WARN("the coordinator left (%s); reconnecting", b->reason);
+        a->paused = 1;
+    }
+}
+
 static void handle_messages(agent_t *a)
 {
     for (int budget = 0; budget < 64 && a->sock && !a->done && !a->fatal_rc; budget++) {
@@ -514,8 +537,7 @@ static void handle_messages(agent_t *a)
             break;
         }
         case MOEH__MSG_TYPE__BYE:
-            MOEH_INFO("coordinator says bye: %s", m.env->bye->reason);
-            a->done = 1;
+            on_bye(a, m.env->bye);
             break;
         default:
             MOEH_WARN("ignored an unexpected %s message", moeh_msg_type_name(m.env->type));
@@ -596,10 +618,18 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
               "images %zu, all three %zu); connecting to %s",
               cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5], a.combos[7],
               cfg->connect);
-    a.start = moeh_now_ms();
+    a.start = a.unadmitted_since = moeh_now_ms();
     int64_t reconnect_at = 0;
     if ((rc = open_socket(&a, err))) goto out;
     while (!*stop && !a.done && !a.fatal_rc) {
+        /* --give-up-ms bounds every wait for admission: at the start, after a pause, after
+         * lost contact */
+        if (cfg->give_up_ms && !a.welcomed && a.unadmitted_since &&
+            moeh_now_ms() - a.unadmitted_since > (int64_t)cfg->give_up_ms) {
+            rc = moeh_errf(err, -ETIMEDOUT, "not %sadmitted by %s within %.1f s (--give-up-ms)",
+                           a.ever_welcomed ? "re-" : "", cfg->connect, cfg->give_up_ms / 1000.0);
+            goto out;
+        }
         if (!a.sock) { /* backing off before a new connection */
             if (moeh_now_ms() >= reconnect_at) {
                 if ((rc = open_socket(&a, err))) goto out;
@@ -621,17 +651,22 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         handle_messages(&a);
         service(&a);
         int64_t now = moeh_now_ms();
-        if (cfg->give_up_ms && !a.ever_welcomed && now - a.start > (int64_t)cfg->give_up_ms) {
-            rc = moeh_errf(err, -ETIMEDOUT, "not admitted by %s within %.1f s", cfg->connect,
-                           cfg->give_up_ms / 1000.0);
-            goto out;
+        if (a.paused) { /* the coordinator is gone until it is resumed: a new socket, later */
+            a.paused = 0;
+            if (a.welcomed) a.unadmitted_since = now;
+            close_socket(&a);
+            a.backoff_ms = 500;
+            reconnect_at = now + a.backoff_ms;
+            continue;
         }
+        if (a.welcomed) a.unadmitted_since = 0;
         int64_t quiet_since = a.welcomed ? a.last_rx : a.hello_at;
         if (!a.done && !a.fatal_rc && now - quiet_since > (int64_t)cfg->silence_timeout_ms) {
             a.backoff_ms = a.backoff_ms ? a.backoff_ms * 2 : 500;
             if (a.backoff_ms > cfg->backoff_max_ms) a.backoff_ms = cfg->backoff_max_ms;
             MOEH_WARN("no word from the coordinator for %.1f s; reconnecting in %.1f s",
                       (now - quiet_since) / 1000.0, a.backoff_ms / 1000.0);
+            if (a.welcomed) a.unadmitted_since = now;
             close_socket(&a);
             reconnect_at = now + a.backoff_ms;
         }

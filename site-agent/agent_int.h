@@ -40,8 +40,10 @@ struct agent {
     float *gate_sum;
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
+    int paused; /* a PAUSED bye arrived: reconnect for the resumed run */
     uint32_t hb_ms, eval_bins;
     int64_t last_rx, last_hb, hello_at, start;
+    int64_t unadmitted_since; /* not admitted since (ms; 0: admitted): --give-up-ms */
     uint32_t backoff_ms;
     uint64_t hb_seq, seed_salt;
     moeh_err_t fatal;

@@ -62,7 +62,7 @@ int main(int argc, char **argv)
                 "train:N (N >= 1)\n",
                 kill_at);
         moeh_opts_free(&o);
-        return 2;
+        return MOEH_EXIT_USAGE;
     }
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
@@ -72,7 +72,10 @@ int main(int argc, char **argv)
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR ? 130 : rc == -EACCES ? 3 : 1;
+        return rc == -EINTR       ? MOEH_EXIT_INTERRUPTED
+               : rc == -EACCES    ? MOEH_EXIT_REFUSED
+               : rc == -ETIMEDOUT ? MOEH_EXIT_GAVE_UP
+                                  : MOEH_EXIT_ERROR;
     }
-    return 0;
+    return MOEH_EXIT_FINISHED; /* only after the coordinator said the run finished */
 }

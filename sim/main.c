@@ -19,6 +19,7 @@ static const cmd_t k_cmds[] = {
     {"split", moeh_sim_cmd_split, "split a dataset into sites (whole subjects per site)"},
     {"train", moeh_sim_cmd_train, "train centrally on datasets (the federation's reference)"},
     {"report", moeh_sim_cmd_report, "write the HTML report of a run directory"},
+    {"status", moeh_sim_cmd_status, "where a coordinator is (its --out/status.json)"},
 };
 
 static void usage(FILE *f)

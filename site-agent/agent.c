@@ -63,6 +63,7 @@ static void close_socket(agent_t *a)
         a->mon = NULL;
     }
     a->welcomed = 0;
+    a->hs_ok = 0;   /* a new socket shakes hands anew */
     a->up_wait = 0; /* a grant can only come over the connection that announced the update */
 }
 
@@ -115,7 +116,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
         if (zmq_socket_monitor(a->sock, mon_ep,
                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                    ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0 ||
+                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
             !(a->mon = zmq_socket(a->zctx, ZMQ_PAIR)) ||
             zmq_setsockopt(a->mon, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_connect(a->mon, mon_ep) != 0)
@@ -158,6 +159,16 @@ static void drain_monitor(agent_t *a)
                       "the coordinator refused this site's key (%s): add the site's public key "
                       "to the coordinator's registry",
                       a->cfg->key_path);
+        else if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            a->hs_ok = 1, a->hs_dropped = 0;
+        else if (event == ZMQ_EVENT_DISCONNECTED && !a->hs_ok && ++a->hs_dropped >= 2)
+            /* a CURVE server drops a client whose Hello it cannot decrypt, without a word: the
+             * Hello was boxed for another key (twice: not a restart racing one connection) */
+            set_fatal(a, -EACCES,
+                      "the peer at %s closed the connection twice during the CURVE handshake: "
+                      "--server-key %s is not that coordinator's public key (or the peer is not "
+                      "a moeh-coordinator speaking CURVE)",
+                      a->cfg->connect, a->cfg->server_key);
         else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
             MOEH_WARN("CURVE handshake failed (protocol error %u); is --server-key the "
                       "coordinator's public key?",
@@ -609,6 +620,13 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         if ((rc = moeh_crypto_init()) || (rc = moeh_keypair_read(cfg->key_path, &a.kp, err)) ||
             (rc = moeh_pubkey_read(cfg->server_key, a.server_pub, err)))
             goto out;
+        if (strcmp(a.server_pub, a.kp->public_z85) == 0) {
+            rc = moeh_errf(err, -EACCES,
+                           "--server-key %s is this site's own public key (%s): give the "
+                           "coordinator's public key (its coordinator.pub)",
+                           cfg->server_key, cfg->key_path);
+            goto out;
+        }
     }
     if (!(a.zctx = zmq_ctx_new())) {
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");

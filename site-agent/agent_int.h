@@ -26,6 +26,8 @@ struct agent {
     moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
     void *zctx, *sock, *mon;
     unsigned mon_seq;
+    int hs_ok;      /* this socket's CURVE handshake succeeded */
+    int hs_dropped; /* connections closed during the handshake, since the last success */
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
     /* what this site holds (read once at start to introduce itself) */

@@ -30,6 +30,17 @@ typedef struct {
  * `return moeh_errf(err, -EINVAL, "...")`. */
 int moeh_errf(moeh_err_t *err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* ---- exit codes of every moeh binary (docs/operations.md) --------------------------------
+ * A supervisor (systemd, a script) tells these apart: only FINISHED means the work is done. */
+enum {
+    MOEH_EXIT_FINISHED = 0,     /* done: the run finished, the command did its work */
+    MOEH_EXIT_ERROR = 1,        /* failed (the log says why) */
+    MOEH_EXIT_USAGE = 2,        /* bad options or configuration: nothing was started */
+    MOEH_EXIT_REFUSED = 3,      /* the peer refused us: key not registered, wrong key, ... */
+    MOEH_EXIT_GAVE_UP = 4,      /* an agent was not (re-)admitted within --give-up-ms */
+    MOEH_EXIT_INTERRUPTED = 130 /* SIGINT/SIGTERM; a coordinator's run is paused (--resume) */
+};
+
 /* Static description of a negative errno-style code. */
 const char *moeh_strerror(int rc);
 
@@ -45,6 +56,20 @@ void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Parses "debug", "info", "warn", "error"; -EINVAL otherwise. */
 int moeh_log_parse_level(const char *s, moeh_log_level_t *out) MOEH_WUR;
+/* --log-file: lines go to path (appended, created 0640) instead of stderr. 0 or a negative code
+ * (message in err names the path). moeh_log_close_file() goes back to stderr. */
+int moeh_log_open_file(const char *path, moeh_err_t *err) MOEH_WUR;
+void moeh_log_close_file(void);
+/* Async-signal-safe (call it from a SIGHUP handler): the log file is reopened by path before
+ * the next line, after logrotate moved it away. */
+void moeh_log_request_reopen(void);
+/* 1 when stderr is the journald stream systemd gave us (JOURNAL_STREAM): lines then start with
+ * a syslog priority "<N>" instead of a time. */
+int moeh_log_to_journal(void);
+/* Copies in to out (cap bytes, NUL-terminated, cut at a whole character) with every control
+ * character written as \xNN: text from a peer cannot forge log lines or send terminal
+ * escapes. Returns the length written. Every logged message goes through it. */
+size_t moeh_log_sanitize(char *out, size_t cap, const char *in);
 
 #define moeh_log(lvl, ...)                                                                         \
     do {                                                                                           \

@@ -885,11 +885,12 @@ const moeh_wire_limits_t *moeh_coord_core_limits(const moeh_coord_core_t *c)
     return &c->lim;
 }
 
-void moeh_coord_core_bye_all(moeh_coord_core_t *c)
+void moeh_coord_core_bye_all(moeh_coord_core_t *c, Moeh__ByeStatus status, const char *reason)
 {
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Bye bye = MOEH__BYE__INIT;
-    bye.reason = "run finished";
+    bye.reason = (char *)reason;
+    bye.status = status;
     moeh_env_bye(&env, &bye);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].admitted) send_env(c, c->sites[i].rid, c->sites[i].rid_len, &env);

@@ -11,9 +11,10 @@ static volatile sig_atomic_t g_stop, g_reload;
 
 static void on_signal(int sig)
 {
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
         g_reload = 1;
-    else
+        moeh_log_request_reopen(); /* logrotate moved --log-file away */
+    } else
         g_stop = 1;
 }
 
@@ -25,6 +26,7 @@ int main(int argc, char **argv)
     uint32_t ready_fd = UINT32_MAX;
     int table = 1;
     const char *log_level = "info";
+    const char *log_file = NULL; /* --log-file (docs/operations.md) */
     const char *secagg_k = "auto";
     const char *select_by = "auroc";
     const moeh_opt_t own[] = {
@@ -132,6 +134,8 @@ int main(int argc, char **argv)
         {"fault-kill-after-round", MOEH_OPT_U32, &faults.kill_after_round,
          "TESTS ONLY: SIGKILL this process after checkpointing round N (0: off)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
+        {"log-file", MOEH_OPT_STR, &log_file,
+         "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},
     };
     /* this binary's options, then the model's hyperparameters (the shared fragment) */
     moeh_opt_t opts[MOEH_OPTS_MAX];
@@ -191,6 +195,11 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.print_table = table;
+    if (log_file && moeh_log_open_file(log_file, &kerr) != 0) { /* --log-file */
+        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return MOEH_EXIT_USAGE;
+    }
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */
     cfg.reload = &g_reload;
     moeh_err_t err = {0};
@@ -198,7 +207,9 @@ int main(int argc, char **argv)
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR ? 130 : rc == -EEXIST ? 2 : 1;
+        return rc == -EINTR    ? MOEH_EXIT_INTERRUPTED
+               : rc == -EEXIST ? MOEH_EXIT_USAGE
+                               : MOEH_EXIT_ERROR;
     }
-    return 0;
+    return MOEH_EXIT_FINISHED;
 }

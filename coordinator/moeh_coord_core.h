@@ -79,8 +79,9 @@ void moeh_coord_core_on_bad_message(moeh_coord_core_t *c, const moeh_msg_t *m, i
 int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err) MOEH_COORD_WUR;
 /* The registry changed: sites no longer registered are told and dropped at once. */
 void moeh_coord_core_registry_changed(moeh_coord_core_t *c, int64_t now);
-/* Tells every live site the run is over (Bye). */
-void moeh_coord_core_bye_all(moeh_coord_core_t *c);
+/* Tells every live site why the coordinator leaves (Bye): FINISHED (the run is over), or PAUSED
+ * (a signal or a failure stopped it; a resumed coordinator continues, so agents wait). */
+void moeh_coord_core_bye_all(moeh_coord_core_t *c, Moeh__ByeStatus status, const char *reason);
 /* After the last round: writes out_dir/model.npy and prints the final table. 0 or a negative
  * code with err->msg. */
 int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err) MOEH_COORD_WUR;

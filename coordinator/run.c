@@ -2,6 +2,7 @@
  * reload, the clock and the stop flag, around the state machine of moeh_coord_core.h. One
  * thread owns the socket and the core; ZAP requests are answered by a second (moeh_keys.h). */
 #include "moeh_coord_core.h"
+#include "moeh_coord_status.h"
 #include "moeh_coordinator_testing.h"
 
 #include "moeh_keys.h"
@@ -25,7 +26,28 @@ typedef struct {
     moeh_keypair_t *kp;
     moeh_coord_io_t io;
     moeh_coord_core_t *core;
+    char run_id[64];                  /* OUT/status.json */
+    moeh_coord_status_mark_t st_mark; /* what the last status.json said */
+    int st_failed;                    /* a failed write was logged (once) */
 } run_t;
+
+/* OUT/status.json (moeh_coord_status.h): when the phase, the round or the admitted sites
+ * changed, or replies did and the last write is a second old; always when state is set. */
+static void status_update(run_t *r, const char *state, const char *reason)
+{
+    moeh_coord_status_mark_t m = moeh_coord_status_mark(r->core);
+    int64_t now = moeh_now_ms();
+    const moeh_coord_status_mark_t *o = &r->st_mark;
+    int changed = m.phase != o->phase || m.round != o->round || m.admitted != o->admitted;
+    if (!state && !changed && (m.replied == o->replied || now - o->written_at < 1000)) return;
+    m.written_at = now;
+    r->st_mark = m;
+    moeh_err_t err = {0};
+    if (moeh_coord_status_write(r->core, r->run_id, state, reason, &err) != 0) {
+        if (!r->st_failed) MOEH_WARN("status not written (the run goes on): %s", err.msg);
+        r->st_failed = 1;
+    }
+}
 
 /* Sends never wait (ZMQ_SNDTIMEO 0 on the ROUTER, with ROUTER_MANDATORY): a peer whose queue
  * holds MOEH_COORD_SNDHWM unread messages gets -EAGAIN for the whole message (the ROUTER checks
@@ -203,10 +225,25 @@ static int drain(run_t *r, moeh_err_t *fatal)
     return 0;
 }
 
-static void teardown(run_t *r)
+/* rc: the run's result. Only a finished run says FINISHED (agents then exit 0); a signal or a
+ * failure says PAUSED with the reason, and agents keep reconnecting for a resumed run. */
+static void teardown(run_t *r, int rc, const moeh_err_t *err)
 {
+    if (r->core && r->run_id[0]) {
+        if (rc == 0)
+            status_update(r, "finished", NULL);
+        else
+            status_update(r, "paused", err->msg[0] ? err->msg : "coordinator stopped");
+    }
     if (r->router) {
-        if (r->core) moeh_coord_core_bye_all(r->core); /* tell every live site the run is over */
+        if (r->core) {
+            if (rc == 0)
+                moeh_coord_core_bye_all(r->core, MOEH__BYE_STATUS__BYE_STATUS_FINISHED,
+                                        "run finished");
+            else
+                moeh_coord_core_bye_all(r->core, MOEH__BYE_STATUS__BYE_STATUS_PAUSED,
+                                        err->msg[0] ? err->msg : "coordinator stopped");
+        }
         /* let the byes go out (linger was 0 so that nothing else blocks), at most 1 s */
         int linger = 1000;
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger);
@@ -234,6 +271,9 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     if (rc || (rc = open_socket(&r, &registered, err))) goto out;
     moeh_coord_core_start(r.core, registered, moeh_now_ms());
     if ((rc = announce(&r, moeh_coord_core_wait_target(r.core), err))) goto out;
+    moeh_coord_status_run_id(cfg->out_dir, cfg->resume, r.run_id, sizeof r.run_id);
+    r.st_mark.phase = -1; /* nothing written yet */
+    status_update(&r, NULL, NULL);
     while (!*stop && moeh_coord_core_phase(r.core) != MOEH_COORD_DONE) {
         zmq_pollitem_t it = {.socket = r.router, .events = ZMQ_POLLIN};
         if (zmq_poll(&it, 1, 50) < 0 && zmq_errno() != EINTR) {
@@ -246,6 +286,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
         }
         if (drain(&r, &fatal) != 0) break;
         if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
+        status_update(&r, NULL, NULL);
     }
     if (fatal.msg[0]) {
         rc = moeh_errf(err, -ETIMEDOUT, "%s", fatal.msg);
@@ -258,7 +299,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     }
     rc = moeh_coord_core_finish(r.core, err);
 out:
-    teardown(&r);
+    teardown(&r, rc, err);
     return rc;
 }
 

@@ -37,18 +37,18 @@ int main(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
-            return 0;
+            return MOEH_EXIT_FINISHED;
         case 'V':
             printf("moeh-keygen %s\n", MOEH_VERSION);
-            return 0;
+            return MOEH_EXIT_FINISHED;
         default:
             usage(stderr);
-            return 2;
+            return MOEH_EXIT_USAGE;
         }
     }
     if (optind != argc - 1) {
         usage(stderr);
-        return 2;
+        return MOEH_EXIT_USAGE;
     }
     const char *base = argv[optind];
     char path[4096];
@@ -57,34 +57,34 @@ int main(int argc, char **argv)
     if (exists && !force) {
         fclose(exists);
         fprintf(stderr, "moeh-keygen: %s exists (use --force to overwrite)\n", path);
-        return 1;
+        return MOEH_EXIT_ERROR;
     }
     if (exists) fclose(exists);
     if (site) {
         if (!moeh_site_id_valid(site)) {
             fprintf(stderr, "moeh-keygen: --site '%s': expected 1-64 of [A-Za-z0-9._-]\n", site);
-            return 2;
+            return MOEH_EXIT_USAGE;
         }
     }
     if (moeh_crypto_init() != 0) {
         fprintf(stderr, "moeh-keygen: libsodium failed to initialise\n");
-        return 1;
+        return MOEH_EXIT_ERROR;
     }
     moeh_keypair_t *kp = NULL;
     moeh_err_t err = {0};
     int rc = moeh_keypair_generate(&kp);
     if (rc) {
         fprintf(stderr, "moeh-keygen: %s\n", moeh_strerror(rc));
-        return 1;
+        return MOEH_EXIT_ERROR;
     }
     rc = moeh_keypair_write(kp, base, &err);
     if (rc) {
         fprintf(stderr, "moeh-keygen: %s\n", err.msg);
         moeh_keypair_destroy(&kp);
-        return 1;
+        return MOEH_EXIT_ERROR;
     }
     printf("wrote %s.key and %s.pub\n", base, base);
     if (site) printf("registry line ([sites]):\n%s = %s\n", site, kp->public_z85);
     moeh_keypair_destroy(&kp);
-    return 0;
+    return MOEH_EXIT_FINISHED;
 }

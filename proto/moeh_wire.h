@@ -15,7 +15,7 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION 3u
+#define MOEH_PROTOCOL_VERSION 4u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
 #define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */
@@ -190,8 +190,8 @@ static inline void moeh_wire_error_env(Moeh__Envelope *env, Moeh__Error *e,
 }
 
 /* Convenience: send an Error (message cut to MOEH_MAX_STRING bytes), or a Heartbeat (seq) or
- * a Bye (text; NULL: "") with send_simple, with no frames. moeh_wire_send's returns;
- * send_simple: -EINVAL (nothing sent) for any other type. */
+ * a Bye (text; NULL: "", with seq as its Moeh__ByeStatus, 0: LEFT) with send_simple, with no
+ * frames. moeh_wire_send's returns; send_simple: -EINVAL (nothing sent) for any other type. */
 int moeh_wire_send_error(void *sock, const uint8_t *rid, size_t rid_len, int code,
                          const char *message) __attribute__((warn_unused_result));
 int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__MsgType type,

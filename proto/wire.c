@@ -584,6 +584,11 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
         break;
     case MOEH__MSG_TYPE__BYE:
         if ((rc = check_string(e->bye->reason, MOEH_MAX_STRING, "bye.reason", err))) return rc;
+        if ((int)e->bye->status < MOEH__BYE_STATUS__BYE_STATUS_FINISHED ||
+            (int)e->bye->status > MOEH__BYE_STATUS__BYE_STATUS_LEFT)
+            return moeh_errf(err, -EBADMSG,
+                             "bye.status: %d, expected finished, paused, refused or left (1-4)",
+                             (int)e->bye->status);
         break;
     default:
         return moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
@@ -814,6 +819,7 @@ int moeh_wire_send_simple(void *sock, const uint8_t *rid, size_t rid_len, Moeh__
         moeh_env_heartbeat(&env, &hb);
     } else if (type == MOEH__MSG_TYPE__BYE) {
         bye.reason = (char *)(text ? text : "");
+        bye.status = seq ? (Moeh__ByeStatus)seq : MOEH__BYE_STATUS__BYE_STATUS_LEFT;
         moeh_env_bye(&env, &bye);
     } else {
         return -EINVAL;

@@ -1,6 +1,8 @@
 /* main.c - moeh: the researcher's entry point (dispatches to subcommands). */
 #include "sim_commands.h"
 
+#include "moeh_common.h" /* MOEH_EXIT_* */
+
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +20,7 @@ static const cmd_t k_cmds[] = {
     {"train", moeh_sim_cmd_train, "train centrally on datasets (the federation's reference)"},
     {"report", moeh_sim_cmd_report, "write the HTML report of a run directory"},
     {"predict", moeh_sim_cmd_predict, "score a dataset's admissions with a model file (CSV)"},
+    {"status", moeh_sim_cmd_status, "where a coordinator is (its --out/status.json)"},
 };
 
 static void usage(FILE *f)
@@ -49,5 +52,5 @@ int main(int argc, char **argv)
         if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "moeh: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
-    return 2;
+    return MOEH_EXIT_USAGE;
 }

@@ -13,6 +13,7 @@ int moeh_sim_cmd_split(int argc, char **argv);   /* cmd_split.c: dataset -> site
 int moeh_sim_cmd_train(int argc, char **argv);   /* cmd_train.c: centralised training */
 int moeh_sim_cmd_report(int argc, char **argv);  /* cmd_report.c: a run's HTML report */
 int moeh_sim_cmd_predict(int argc, char **argv); /* cmd_predict.c: score with a model file */
+int moeh_sim_cmd_status(int argc, char **argv);  /* cmd_status.c: a coordinator's status */
 
 /* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
 int moeh_sim_report(const char *run_dir, const char *out_file);

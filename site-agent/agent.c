@@ -63,6 +63,7 @@ static void close_socket(agent_t *a)
         a->mon = NULL;
     }
     a->welcomed = 0;
+    a->hs_ok = 0;   /* a new socket shakes hands anew */
     a->up_wait = 0; /* a grant can only come over the connection that announced the update */
 }
 
@@ -115,7 +116,7 @@ static int open_socket(agent_t *a, moeh_err_t *err)
         if (zmq_socket_monitor(a->sock, mon_ep,
                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                    ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0 ||
+                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
             !(a->mon = zmq_socket(a->zctx, ZMQ_PAIR)) ||
             zmq_setsockopt(a->mon, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_connect(a->mon, mon_ep) != 0)
@@ -158,6 +159,16 @@ static void drain_monitor(agent_t *a)
                       "the coordinator refused this site's key (%s): add the site's public key "
                       "to the coordinator's registry",
                       a->cfg->key_path);
+        else if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            a->hs_ok = 1, a->hs_dropped = 0;
+        else if (event == ZMQ_EVENT_DISCONNECTED && !a->hs_ok && ++a->hs_dropped >= 2)
+            /* a CURVE server drops a client whose Hello it cannot decrypt, without a word: the
+             * Hello was boxed for another key (twice: not a restart racing one connection) */
+            set_fatal(a, -EACCES,
+                      "the peer at %s closed the connection twice during the CURVE handshake: "
+                      "--server-key %s is not that coordinator's public key (or the peer is not "
+                      "a moeh-coordinator speaking CURVE)",
+                      a->cfg->connect, a->cfg->server_key);
         else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
             MOEH_WARN("CURVE handshake failed (protocol error %u); is --server-key the "
                       "coordinator's public key?",
@@ -448,6 +459,29 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
 }
 
+/* FINISHED ends the agent (exit 0); PAUSED keeps it reconnecting until a resumed coordinator
+ * admits it again (or --give-up-ms runs out); REFUSED is fatal. */
+static void on_bye(agent_t *a, const Moeh__Bye *b)
+{
+    switch (b->status) {
+    case MOEH__BYE_STATUS__BYE_STATUS_FINISHED:
+        MOEH_INFO("the coordinator says the run finished: %s", b->reason);
+        a->done = 1;
+        break;
+    case MOEH__BYE_STATUS__BYE_STATUS_PAUSED:
+        MOEH_WARN("the coordinator paused the run (%s); waiting for it to resume%s", b->reason,
+                  a->cfg->give_up_ms ? "" : " (no --give-up-ms: for as long as it takes)");
+        a->paused = 1;
+        break;
+    case MOEH__BYE_STATUS__BYE_STATUS_REFUSED:
+        set_fatal(a, -EACCES, "the coordinator refused this site: %s", b->reason);
+        break;
+    default: /* LEFT: the wire accepts it, but a coordinator does not send it */
+        MOEH_WARN("the coordinator left (%s); reconnecting", b->reason);
+        a->paused = 1;
+    }
+}
+
 static void handle_messages(agent_t *a)
 {
     for (int budget = 0; budget < 64 && a->sock && !a->done && !a->fatal_rc; budget++) {
@@ -521,8 +555,7 @@ static void handle_messages(agent_t *a)
             break;
         }
         case MOEH__MSG_TYPE__BYE:
-            MOEH_INFO("coordinator says bye: %s", m.env->bye->reason);
-            a->done = 1;
+            on_bye(a, m.env->bye);
             break;
         default:
             MOEH_WARN("ignored an unexpected %s message", moeh_msg_type_name(m.env->type));
@@ -594,6 +627,13 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         if ((rc = moeh_crypto_init()) || (rc = moeh_keypair_read(cfg->key_path, &a.kp, err)) ||
             (rc = moeh_pubkey_read(cfg->server_key, a.server_pub, err)))
             goto out;
+        if (strcmp(a.server_pub, a.kp->public_z85) == 0) {
+            rc = moeh_errf(err, -EACCES,
+                           "--server-key %s is this site's own public key (%s): give the "
+                           "coordinator's public key (its coordinator.pub)",
+                           cfg->server_key, cfg->key_path);
+            goto out;
+        }
     }
     if (!(a.zctx = zmq_ctx_new())) {
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
@@ -603,10 +643,18 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
               "images %zu, all three %zu); connecting to %s",
               cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5], a.combos[7],
               cfg->connect);
-    a.start = moeh_now_ms();
+    a.start = a.unadmitted_since = moeh_now_ms();
     int64_t reconnect_at = 0;
     if ((rc = open_socket(&a, err))) goto out;
     while (!*stop && !a.done && !a.fatal_rc) {
+        /* --give-up-ms bounds every wait for admission: at the start, after a pause, after
+         * lost contact */
+        if (cfg->give_up_ms && !a.welcomed && a.unadmitted_since &&
+            moeh_now_ms() - a.unadmitted_since > (int64_t)cfg->give_up_ms) {
+            rc = moeh_errf(err, -ETIMEDOUT, "not %sadmitted by %s within %.1f s (--give-up-ms)",
+                           a.ever_welcomed ? "re-" : "", cfg->connect, cfg->give_up_ms / 1000.0);
+            goto out;
+        }
         if (!a.sock) { /* backing off before a new connection */
             if (moeh_now_ms() >= reconnect_at) {
                 if ((rc = open_socket(&a, err))) goto out;
@@ -628,17 +676,22 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         handle_messages(&a);
         service(&a);
         int64_t now = moeh_now_ms();
-        if (cfg->give_up_ms && !a.ever_welcomed && now - a.start > (int64_t)cfg->give_up_ms) {
-            rc = moeh_errf(err, -ETIMEDOUT, "not admitted by %s within %.1f s", cfg->connect,
-                           cfg->give_up_ms / 1000.0);
-            goto out;
+        if (a.paused) { /* the coordinator is gone until it is resumed: a new socket, later */
+            a.paused = 0;
+            if (a.welcomed) a.unadmitted_since = now;
+            close_socket(&a);
+            a.backoff_ms = 500;
+            reconnect_at = now + a.backoff_ms;
+            continue;
         }
+        if (a.welcomed) a.unadmitted_since = 0;
         int64_t quiet_since = a.welcomed ? a.last_rx : a.hello_at;
         if (!a.done && !a.fatal_rc && now - quiet_since > (int64_t)cfg->silence_timeout_ms) {
             a.backoff_ms = a.backoff_ms ? a.backoff_ms * 2 : 500;
             if (a.backoff_ms > cfg->backoff_max_ms) a.backoff_ms = cfg->backoff_max_ms;
             MOEH_WARN("no word from the coordinator for %.1f s; reconnecting in %.1f s",
                       (now - quiet_since) / 1000.0, a.backoff_ms / 1000.0);
+            if (a.welcomed) a.unadmitted_since = now;
             close_socket(&a);
             reconnect_at = now + a.backoff_ms;
         }

@@ -26,6 +26,8 @@ struct agent {
     moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
     void *zctx, *sock, *mon;
     unsigned mon_seq;
+    int hs_ok;      /* this socket's CURVE handshake succeeded */
+    int hs_dropped; /* connections closed during the handshake, since the last success */
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
     /* what this site holds (read once at start to introduce itself) */
@@ -40,8 +42,10 @@ struct agent {
     float *gate_sum;
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
+    int paused; /* a PAUSED bye arrived: reconnect for the resumed run */
     uint32_t hb_ms, eval_bins;
     int64_t last_rx, last_hb, hello_at, start;
+    int64_t unadmitted_since; /* not admitted since (ms; 0: admitted): --give-up-ms */
     uint32_t backoff_ms;
     uint64_t hb_seq, seed_salt;
     moeh_err_t fatal;

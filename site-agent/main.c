@@ -11,8 +11,10 @@ static volatile sig_atomic_t g_stop;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    g_stop = 1;
+    if (sig == SIGHUP)
+        moeh_log_request_reopen(); /* logrotate moved --log-file away */
+    else
+        g_stop = 1;
 }
 
 int main(int argc, char **argv)
@@ -20,7 +22,7 @@ int main(int argc, char **argv)
     moeh_agent_cfg_t cfg;
     moeh_agent_cfg_defaults(&cfg);
     moeh_agent_faults_t faults = {0};
-    const char *log_level = "info", *kill_at = NULL;
+    const char *log_level = "info", *kill_at = NULL, *log_file = NULL;
     const moeh_opt_t opts[] = {
         {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint"},
         {"site-id", MOEH_OPT_STR, &cfg.site_id, "this site's id, as in the coordinator registry"},
@@ -44,6 +46,8 @@ int main(int argc, char **argv)
         {"fault-kill-secagg-at", MOEH_OPT_STR, &kill_at,
          "TESTS ONLY: the same in the secure aggregation of 'stats', 'eval:N' or 'train:N'"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
+        {"log-file", MOEH_OPT_STR, &log_file,
+         "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},
     };
     moeh_opts_t o = {.prog = "moeh-site-agent",
                      .synopsis = "usage: moeh-site-agent --site-id ID --dataset DIR [OPTIONS]\n\n"
@@ -62,7 +66,7 @@ int main(int argc, char **argv)
                 "train:N (N >= 1)\n",
                 kill_at);
         moeh_opts_free(&o);
-        return 2;
+        return MOEH_EXIT_USAGE;
     }
     /* usage errors (exit 2) before anything runs: required options and the endpoint's form */
     const char *missing = !cfg.site_id       ? "--site-id"
@@ -85,13 +89,21 @@ int main(int argc, char **argv)
     }
     snprintf(prefix, sizeof prefix, "agent[%s]", cfg.site_id ? cfg.site_id : "?");
     moeh_log_configure(moeh_log_level(), prefix, NULL, NULL);
-    moeh_install_signals(on_signal, 0);
     moeh_err_t err = {0};
+    if (log_file && (rc = moeh_log_open_file(log_file, &err)) != 0) {
+        fprintf(stderr, "moeh-site-agent: %s\n", err.msg);
+        moeh_opts_free(&o);
+        return MOEH_EXIT_USAGE;
+    }
+    moeh_install_signals(on_signal, 1); /* SIGHUP reopens --log-file */
     rc = moeh_agent_run_faulty(&cfg, &faults, &g_stop, &err);
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR ? 130 : rc == -EACCES ? 3 : 1;
+        return rc == -EINTR       ? MOEH_EXIT_INTERRUPTED
+               : rc == -EACCES    ? MOEH_EXIT_REFUSED
+               : rc == -ETIMEDOUT ? MOEH_EXIT_GAVE_UP
+                                  : MOEH_EXIT_ERROR;
     }
-    return 0;
+    return MOEH_EXIT_FINISHED; /* only after the coordinator said the run finished */
 }

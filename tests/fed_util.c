@@ -268,8 +268,38 @@ void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt, 
     }
     wait_exit(a[victim], 60000, 128 + SIGKILL);
     wait_exit(c, 60000, coord_rc);
-    for (int k = 0; k < N_SITES; k++)
-        if (k != victim) wait_exit(a[k], 10000, 0);
+    for (int k = 0; k < N_SITES; k++) {
+        if (k == victim) continue;
+        if (coord_rc == 0) {
+            wait_exit(a[k], 10000, 0);
+        } else { /* a failed run is paused, not finished: the agents wait for --resume */
+            char id[16];
+            snprintf(id, sizeof id, "site-%d", k + 1);
+            stop_paused_agent(f, a[k], id);
+        }
+    }
+}
+
+void wait_log_of(const fixture_t *f, moeh_proc_t *p, const char *log_name, const char *needle)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
+    int64_t end = moeh_now_ms() + 20000;
+    while (!file_contains(path, needle)) {
+        if (moeh_now_ms() >= end) print_error("%s: no '%s' within 20 s\n", path, needle);
+        assert_true(moeh_now_ms() < end);
+        assert_int_equal(moeh_proc_wait(p, 20), -ETIMEDOUT); /* still running */
+    }
+}
+
+void stop_paused_agent(const fixture_t *f, moeh_proc_t *a, const char *site)
+{
+    char log[200];
+    snprintf(log, sizeof log, "%s-as-%s.log", site, site);
+    wait_log_of(f, a, log, "the coordinator paused the run");
+    assert_int_equal(moeh_proc_wait(a, 0), -ETIMEDOUT); /* it did not exit on the pause */
+    moeh_proc_signal(a, SIGTERM);
+    wait_exit(a, 10000, MOEH_EXIT_INTERRUPTED);
 }
 
 int file_contains(const char *path, const char *needle)

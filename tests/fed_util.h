@@ -100,6 +100,14 @@ void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt, 
 
 int file_contains(const char *path, const char *needle);
 
+/* Waits (at most 20 s, else the test fails) until f->logs/log_name contains needle, failing
+ * at once if p exits meanwhile. */
+void wait_log_of(const fixture_t *f, moeh_proc_t *p, const char *log_name, const char *needle);
+
+/* The agent of `site` (its own key and data) logged that the coordinator paused the run and is
+ * still running, waiting for a resumed coordinator; it is then stopped with SIGTERM (130). */
+void stop_paused_agent(const fixture_t *f, moeh_proc_t *a, const char *site);
+
 /* The final models of two runs (OUT/model.npy): equal byte for byte (same) or not. */
 void assert_models(const char *out_a, const char *out_b, int same);
 #define assert_same_model(a, b) assert_models((a), (b), 1)

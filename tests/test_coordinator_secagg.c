@@ -99,6 +99,7 @@ static void test_upload_slot_released_by_site_gone(void **state)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Bye bye = MOEH__BYE__INIT;
     bye.reason = "shutting down";
+    bye.status = MOEH__BYE_STATUS__BYE_STATUS_LEFT;
     env.type = MOEH__MSG_TYPE__BYE;
     env.body_case = MOEH__ENVELOPE__BODY_BYE;
     env.bye = &bye;

@@ -51,6 +51,7 @@ static void bodies_init(bodies_t *b)
     moeh__heartbeat__init(&b->heartbeat);
     moeh__error__init(&b->error);
     moeh__bye__init(&b->bye);
+    b->bye.status = MOEH__BYE_STATUS__BYE_STATUS_LEFT;
     moeh__stats_result__init(&b->stats_result);
     moeh__secagg_advertise__init(&b->secagg_advertise);
     moeh__secagg_keys__init(&b->secagg_keys);
@@ -149,6 +150,7 @@ static void test_builder_fields(void **state)
     Moeh__Envelope env;
     Moeh__Bye bye = MOEH__BYE__INIT;
     bye.reason = "done";
+    bye.status = MOEH__BYE_STATUS__BYE_STATUS_PAUSED;
     moeh_env_bye(&env, &bye);
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -157,6 +159,7 @@ static void test_builder_fields(void **state)
     Moeh__Envelope *back = NULL;
     assert_int_equal(moeh_wire_decode(&k_none, buf, len, NULL, 0, &back, &err), 0);
     assert_string_equal(back->bye->reason, "done");
+    assert_int_equal(back->bye->status, MOEH__BYE_STATUS__BYE_STATUS_PAUSED);
     moeh__envelope__free_unpacked(back, NULL);
     free(buf);
 

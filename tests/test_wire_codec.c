@@ -215,7 +215,14 @@ static void test_roundtrip_simple(void **state)
     assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
     assert_int_equal(e->type, MOEH__MSG_TYPE__BYE);
     assert_string_equal(e->bye->reason, "run complete");
+    assert_int_equal(e->bye->status, MOEH__BYE_STATUS__BYE_STATUS_FINISHED);
     moeh__envelope__free_unpacked(e, NULL);
+    mk_bye(&m); /* a Bye must say why: a pause is not the end of the run */
+    m.bye.status = MOEH__BYE_STATUS__BYE_STATUS_UNSPECIFIED;
+    check_reject(&m, &k_lim, -EBADMSG,
+                 "bye.status: 0, expected finished, paused, refused or left (1-4)");
+    m.bye.status = (Moeh__ByeStatus)9;
+    check_reject(&m, &k_lim, -EBADMSG, "bye.status: 9");
 
     /* these need no negotiation */
     moeh_wire_limits_t none = {0};
@@ -326,11 +333,12 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 2 (ModelSpec mirrored moeh_moe_cfg_t field by field) is not spoken any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 3);
-    m.env.protocol_version = 2;
+    /* protocol 3 (a Bye without a status: a pause read as the end of the run) is not spoken
+     * any more */
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 4);
+    m.env.protocol_version = 3;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 2, expected 3");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 3, expected 4");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);

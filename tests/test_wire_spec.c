@@ -188,7 +188,7 @@ static void *fake_coord(void *arg)
     int rc = moeh_wire_send(f->router, m.routing_id, m.routing_id_len, &env, NULL, 0);
     if (rc == 0)
         rc = moeh_wire_send_simple(f->router, m.routing_id, m.routing_id_len, MOEH__MSG_TYPE__BYE,
-                                   "that was all", 0);
+                                   "that was all", MOEH__BYE_STATUS__BYE_STATUS_FINISHED);
     f->sent = rc == 0;
     moeh_msg_clear(&m);
     return NULL;

@@ -250,6 +250,7 @@ static inline void mk_bye(msg_t *m)
 {
     msg_init(m);
     m->bye.reason = "run complete";
+    m->bye.status = MOEH__BYE_STATUS__BYE_STATUS_FINISHED;
     m->env.type = MOEH__MSG_TYPE__BYE;
     m->env.body_case = MOEH__ENVELOPE__BODY_BYE;
     m->env.bye = &m->bye;

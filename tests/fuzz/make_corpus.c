@@ -150,6 +150,7 @@ int main(int argc, char **argv)
     Moeh__Envelope e8 = MOEH__ENVELOPE__INIT;
     Moeh__Bye by = MOEH__BYE__INIT;
     by.reason = "done";
+    by.status = MOEH__BYE_STATUS__BYE_STATUS_FINISHED;
     e8.type = MOEH__MSG_TYPE__BYE, e8.body_case = MOEH__ENVELOPE__BODY_BYE, e8.bye = &by;
     put_msg(dir, "bye", &e8, NULL, 0);
 

@@ -156,7 +156,7 @@ class Soak:
                "--key", os.path.join(self.keys, "coordinator.key"),
                "--bind", "tcp://127.0.0.1:%d" % self.port, "--out", self.coord_out,
                "--rounds", str(a.rounds), "--min-sites", str(max(2, (6 * a.sites) // 10)),
-               "--wait-sites", str(a.sites), "--start-timeout-ms", "30000",
+               "--wait-sites", str(a.sites), "--join-window", "30s", "--secagg-allow-2",
                "--deadline-ms", str(a.deadline_ms), "--max-retries", "20",
                "--heartbeat-ms", "1000", "--heartbeat-timeout-ms", "8000", "--secagg",
                "--warmup-rounds", "1", "--d-emb", "8", "--d-hidden", "8", "--note-buckets", "256",

@@ -16,7 +16,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->rounds = 5;
     c->min_sites = 1;
     c->wait_sites = 0;
-    c->start_timeout_ms = 60000;
+    c->start_timeout_ms = 6u * 3600000u; /* hospitals join over hours, not seconds */
     c->phase_deadline_ms = 60000;
     c->max_retries = 2;
     c->outage_budget_ms = 3600000; /* an hour: a hospital network's planned outage */
@@ -50,13 +50,24 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
 
 int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
 {
-    if (cfg->rounds == 0 || cfg->min_sites == 0 || cfg->model.n_tasks != 3 || cfg->model.arch > 6 ||
-        cfg->batch_size == 0 || cfg->prox_mu < 0 || cfg->eval_bins < 2 || cfg->eval_bins > 100000 ||
-        cfg->heartbeat_ms < 10 || !(cfg->delta_clip > 0))
-        return moeh_errf(err, -EINVAL,
-                         "invalid configuration: rounds, min_sites and batch_size "
-                         "must be > 0, 3 tasks, arch 0..6, eval_bins 2..100000, "
-                         "heartbeat_ms >= 10, delta_clip > 0");
+    /* one message per option, naming it and its value */
+    if (cfg->rounds == 0) return moeh_errf(err, -EINVAL, "--rounds 0: expected at least 1");
+    if (cfg->min_sites == 0)
+        return moeh_errf(err, -EINVAL, "--min-sites 0: expected at least 1 (the quorum)");
+    if (cfg->batch_size == 0) return moeh_errf(err, -EINVAL, "--batch-size 0: expected at least 1");
+    if (cfg->model.n_tasks != 3)
+        return moeh_errf(err, -EINVAL, "model: %u tasks, expected 3", (unsigned)cfg->model.n_tasks);
+    if (cfg->model.arch > 6)
+        return moeh_errf(err, -EINVAL, "--arch %u: expected 0..6", (unsigned)cfg->model.arch);
+    if (!(cfg->prox_mu >= 0))
+        return moeh_errf(err, -EINVAL, "--prox-mu %g: expected >= 0", (double)cfg->prox_mu);
+    if (cfg->eval_bins < 2 || cfg->eval_bins > 100000)
+        return moeh_errf(err, -EINVAL, "--eval-bins %u: expected 2..100000", cfg->eval_bins);
+    if (cfg->heartbeat_ms < 10)
+        return moeh_errf(err, -EINVAL, "--heartbeat-ms %u: expected at least 10",
+                         cfg->heartbeat_ms);
+    if (!(cfg->delta_clip > 0))
+        return moeh_errf(err, -EINVAL, "--delta-clip %g: expected > 0", (double)cfg->delta_clip);
     *sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
                                 .beta1 = cfg->server_beta1,
                                 .beta2 = cfg->server_beta2,
@@ -69,7 +80,7 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
         return moeh_errf(err, -EINVAL,
                          "--secagg and --strategy %s exclude each other: the "
                          "%s needs every site's update, secure "
-                         "aggregation reveals only their sum",
+                         "aggregation reveals only their sum (--no-secagg turns it off)",
                          cfg->strategy,
                          sopt->kind == MOEH_STRATEGY_MEDIAN ? "median" : "trimmed mean");
     if (!(cfg->count_cap >= 0 && isfinite(cfg->count_cap)) ||
@@ -129,6 +140,14 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
             return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
                              MOEH_WIRE_DP_MAX_SITES);
     }
+    if (cfg->secagg && cfg->min_sites < 3 && !cfg->secagg_allow_2)
+        return moeh_errf(err, -EINVAL,
+                         "secure aggregation with --min-sites %u: a round could close with %u "
+                         "site%s, and with 2 sites each one can subtract its own update from "
+                         "the sum and so learn the other's exactly; use --min-sites 3 (with at "
+                         "least 3 sites), or accept this with --secagg-allow-2, or run without "
+                         "it (--no-secagg)",
+                         cfg->min_sites, cfg->min_sites, cfg->min_sites == 1 ? "" : "s");
     return 0;
 }
 

@@ -317,6 +317,10 @@ static void open_phase(coord_t *c, phase_t ph)
         moeh_sa_server_off(c->sa);
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
               coord_phase_name(ph), c->n_participants, (unsigned long long)c->model_version);
+    if (ph == PH_TRAIN && !cfg->secagg && !cfg->insecure)
+        MOEH_WARN("round %u: secure aggregation is off (--no-secagg): the coordinator sees each "
+                  "site's update and evaluation histograms",
+                  c->round);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
 }

@@ -1,5 +1,6 @@
 /* main.c - moeh-coordinator: options, signals, then moeh_coord_run(). */
 #include "moeh_coordinator.h"
+#include "coord_internal.h" /* moeh_coord_cfg_check: a bad combination exits 2 */
 #include "moeh_coordinator_testing.h"
 
 #include "moeh_opts.h"
@@ -27,7 +28,7 @@ int main(int argc, char **argv)
     const char *log_level = "info";
     const char *secagg_k = "auto";
     const moeh_opt_t own[] = {
-        {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
+        {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on (tcp://HOST:PORT)"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
          "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
          "MAX_TRAIN,MAX_TEST rows)"},
@@ -35,11 +36,12 @@ int main(int argc, char **argv)
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},
         {"rounds", MOEH_OPT_U32, &cfg.rounds, "federated rounds to run"},
-        {"min-sites", MOEH_OPT_U32, &cfg.min_sites, "quorum: replies a phase needs to close"},
+        {"min-sites", MOEH_OPT_U32, &cfg.min_sites,
+         "quorum: replies a phase needs to close (2 with --no-secagg)"},
         {"wait-sites", MOEH_OPT_U32, &cfg.wait_sites,
          "start once this many sites joined (0: every registered site)"},
-        {"start-timeout-ms", MOEH_OPT_U32, &cfg.start_timeout_ms,
-         "...or after this long with a quorum"},
+        {"join-window", MOEH_OPT_DURATION, &cfg.start_timeout_ms,
+         "...or once this long has passed with a quorum joined (e.g. 90s, 30m, 6h)"},
         {"deadline-ms", MOEH_OPT_U32, &cfg.phase_deadline_ms, "deadline of each phase"},
         {"max-retries", MOEH_OPT_U32, &cfg.max_retries, "retries of a phase without quorum"},
         {"outage-budget-ms", MOEH_OPT_U32, &cfg.outage_budget_ms,
@@ -59,7 +61,10 @@ int main(int argc, char **argv)
          "per-site memory)"},
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
          "secure aggregation: learn only sums of the sites' updates, statistics and "
-         "evaluations (not with trimmed)"},
+         "evaluations (not with trimmed or median)"},
+        {"secagg-allow-2", MOEH_OPT_BOOL, &cfg.secagg_allow_2,
+         "allow secure aggregation with --min-sites below 3 (with 2 sites each can subtract "
+         "its own update from the sum and learn the other's)"},
         {"secagg-k", MOEH_OPT_STR, &secagg_k,
          "SecAgg+ neighbours per site: auto (from the number of sites, --secagg-dropout and "
          "--secagg-collude; docs/secagg.md), 0 (every pair masks) or an even k (threshold "
@@ -101,7 +106,7 @@ int main(int argc, char **argv)
          "clip of each parameter's update delta (sets the fixed-point range)"},
         {"eval-bins", MOEH_OPT_U32, &cfg.eval_bins, "score histogram bins for federated AUROC"},
         {"out", MOEH_OPT_STR, &cfg.out_dir, "directory for metrics.jsonl, config.json, model.npy"},
-        {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout (default on)"},
+        {"table", MOEH_OPT_BOOL, &table, "print one line per round on stdout"},
         {"ready-fd", MOEH_OPT_U32, &ready_fd,
          "write the bound endpoint to this file descriptor once listening"},
         {"data-shape", MOEH_OPT_STR, &cfg.data_shape,
@@ -121,7 +126,14 @@ int main(int argc, char **argv)
     size_t n_opts = sizeof own / sizeof own[0];
     memcpy(opts, own, sizeof own);
     if (moeh_moe_cfg_options(&cfg.model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
+    /* the daemon's defaults are the safe ones (the library's suit in-process tests) */
+    cfg.secagg = 1;
+    cfg.min_sites = 3; /* secure aggregation needs 3 (2 without it: below) */
+    cfg.out_dir = NULL;
+    static const void *required[2];
+    required[0] = &cfg.out_dir;
     moeh_opts_t o = {.prog = "moeh-coordinator",
+                     .required = required,
                      .synopsis = "usage: moeh-coordinator [OPTIONS]\n\n"
                                  "Runs federated training: admits the sites listed in the "
                                  "registry (CURVE keys),\nruns the rounds, aggregates, evaluates "
@@ -132,6 +144,16 @@ int main(int argc, char **argv)
                      .n_opts = n_opts};
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
     if (rc >= 0) return rc;
+    if (!moeh_opts_seen(&o, &cfg.min_sites) && !cfg.secagg) cfg.min_sites = 2;
+    moeh_err_t uerr = {0};
+    if (moeh_opts_check_endpoint("bind", cfg.bind, "*", &uerr) != 0 ||
+        (!cfg.insecure && (!cfg.registry_path || !cfg.key_path) &&
+         moeh_errf(&uerr, -EINVAL,
+                   "--registry FILE and --key FILE are required (or --insecure, for tests)"))) {
+        fprintf(stderr, "moeh-coordinator: %s\n", uerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
@@ -142,6 +164,12 @@ int main(int argc, char **argv)
         return 2;
     }
     cfg.print_table = table;
+    moeh_server_opt_t sopt;
+    if (moeh_coord_cfg_check(&cfg, &sopt, &kerr) != 0) { /* a bad combination is a usage error */
+        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
     moeh_install_signals(on_signal, 1); /* SIGHUP re-reads the site registry */
     cfg.reload = &g_reload;
     moeh_err_t err = {0};

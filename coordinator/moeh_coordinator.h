@@ -55,10 +55,12 @@ typedef struct {
      * scales each site's update delta down to K x the round's median update norm (0: off; keeps
      * each site's update, memory O(sites x parameters)). */
     float count_cap, stats_max_abs, norm_bound;
-    int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
-                        * learns only the sums of the sites' updates, statistics and evaluations */
-    uint32_t secagg_k; /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
-                        * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
+    int secagg;         /* secure aggregation of every phase (docs/secagg.md): the coordinator
+                         * learns only the sums of the sites' updates, statistics and evaluations */
+    int secagg_allow_2; /* secagg with min_sites < 3 (then 2 sites can each learn the other's
+                         * update from the sum): refused unless this is set */
+    uint32_t secagg_k;  /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
+                         * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
     moeh_secagg_plan_cfg_t secagg_plan; /* dropout/collusion fractions for the plan */
     int unweighted; /* FedAvg with weight 1 per site (per group it trained), not its samples */
     /* DP-FedAvg (fed/moeh_dp.h, docs/security.md): each site clips its update delta to L2 norm

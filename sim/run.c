@@ -229,35 +229,15 @@ int moeh_sim_cmd_run(int argc, char **argv)
     snprintf(a_warm, sizeof a_warm, "%u", warmup);
     snprintf(a_reg, sizeof a_reg, "%s/registry.ini", key_dir);
     snprintf(a_key, sizeof a_key, "%s/coordinator.key", key_dir);
-    char *cargs[96] = {"--rounds",
-                       a_rounds,
-                       "--min-sites",
-                       a_min,
-                       "--wait-sites",
-                       a_wait,
-                       "--local-epochs",
-                       a_ep,
-                       "--batch-size",
-                       a_batch,
-                       "--lr",
-                       a_lr,
-                       "--prox-mu",
-                       a_mu,
-                       "--warmup-rounds",
-                       a_warm,
-                       "--seed",
-                       a_seed,
-                       "--out",
-                       (char *)out,
+    char *cargs[96] = {"--rounds", a_rounds, "--min-sites", a_min, "--wait-sites", a_wait,
+                       "--local-epochs", a_ep, "--batch-size", a_batch, "--lr", a_lr, "--prox-mu",
+                       a_mu, "--warmup-rounds", a_warm, "--seed", a_seed, "--out", (char *)out,
                        "--new-run", /* an earlier run in --out is moved aside, never lost */
-                       "--start-timeout-ms",
-                       "60000",
-                       "--deadline-ms",
-                       "600000",
-                       "--heartbeat-ms",
-                       "1000",
-                       "--heartbeat-timeout-ms",
-                       "15000"};
+                       "--join-window", "60s",
+                       /* the simulated sites are all this machine's: two of them learning
+                        * each other's update from the sum reveals nothing new */
+                       "--secagg-allow-2", "--deadline-ms", "600000", "--heartbeat-ms", "1000",
+                       "--heartbeat-timeout-ms", "15000"};
     int nc = 0;
     while (cargs[nc])
         nc++;
@@ -269,7 +249,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
         format_opt(&opts[i], a_model[i][1], sizeof a_model[i][1]);
         cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
     }
-    if (secagg) cargs[nc++] = "--secagg";
+    cargs[nc++] = secagg ? "--secagg" : "--no-secagg"; /* the daemon's default is on */
     if (strcmp(secagg_k, "auto")) { /* without --secagg the coordinator says why it refuses */
         cargs[nc++] = "--secagg-k";
         cargs[nc++] = (char *)secagg_k;

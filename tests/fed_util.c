@@ -104,8 +104,10 @@ moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char 
                       "4000",
                       "--deadline-ms",
                       "20000",
-                      "--start-timeout-ms",
-                      "30000",
+                      "--join-window",
+                      "30s",
+                      "--no-secagg", /* the daemon's default is on: tests ask for it (--secagg) */
+                      "--secagg-allow-2", /* the tests' 2-site rounds (not a deployment) */
                       "--max-retries",
                       "1",
                       "--local-epochs",

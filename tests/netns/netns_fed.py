@@ -321,7 +321,7 @@ class Fed:
                  "--rounds", str(a.rounds), "--warmup-rounds", "1", "--min-sites", str(n - 1),
                  "--wait-sites", str(n), "--d-emb", "16", "--d-hidden", "16",
                  "--note-buckets", "1024", "--seed", "1", "--secagg", "--out", self.out,
-                 "--start-timeout-ms", "60000", "--deadline-ms", str(a.deadline_ms),
+                 "--join-window", "60s", "--secagg-allow-2", "--deadline-ms", str(a.deadline_ms),
                  "--heartbeat-ms", "1000", "--heartbeat-timeout-ms", str(a.heartbeat_timeout_ms),
                  "--lr", "0.002"]
         self.t0 = time.monotonic()

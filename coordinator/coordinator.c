@@ -672,8 +672,8 @@ int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
         }
     } else if (waited >= cfg->start_timeout_ms) {
         return moeh_errf(err, -ETIMEDOUT,
-                         "only %u of the %u sites needed joined within %.0f s "
-                         "(are the agents running, with registered keys?)",
+                         "only %u of the %u sites needed joined within %.0f s (--join-window; "
+                         "are the agents running, with registered keys?)",
                          n, cfg->min_sites, cfg->start_timeout_ms / 1000.0);
     }
     return 0;

@@ -165,7 +165,12 @@ int main(int argc, char **argv)
     }
     cfg.print_table = table;
     moeh_server_opt_t sopt;
-    if (moeh_coord_cfg_check(&cfg, &sopt, &kerr) != 0) { /* a bad combination is a usage error */
+    if (cfg.resume && cfg.new_run)
+        moeh_errf(&kerr, -EINVAL,
+                  "--resume and --new-run exclude each other: continue the run in %s, or move "
+                  "it aside and start anew",
+                  cfg.out_dir);
+    if (kerr.msg[0] || moeh_coord_cfg_check(&cfg, &sopt, &kerr) != 0) { /* usage errors */
         fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
         moeh_opts_free(&o);
         return 2;

@@ -378,7 +378,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 /* Logs this site's own test loss and AUROC per task (all rows): with secure aggregation the
  * coordinator only learns the federation's sums, so this log is where a site's own figures are
  * (aggregates of the site's rows, never a single prediction). */
-static void log_own_metrics(agent_t *a, uint32_t round, const moeh_eval_sums_t *es)
+static void log_own_metrics(agent_t *a, uint32_t round, const moeh_eval_sums_t *es, int secagg)
 {
     const uint32_t T = a->lim.n_tasks, nb = a->eval_bins;
     uint64_t *scratch = malloc(2 * (size_t)nb * sizeof(uint64_t));
@@ -390,7 +390,15 @@ static void log_own_metrics(agent_t *a, uint32_t round, const moeh_eval_sums_t *
                        t < MOEH_N_TASKS ? moeh_task_names[t] : "task",
                        moeh_eval_slice_auroc_u32(a->hist, T, nb, 0, t, scratch)); /* all rows */
     free(scratch);
-    MOEH_INFO("%s (kept at this site)", line);
+    /* say truthfully what leaves the site: masked sums, or this site's own histograms */
+    if (secagg)
+        MOEH_INFO("%s (kept at this site: only masked histograms leave it, the coordinator "
+                  "learns the federation's sums)",
+                  line);
+    else
+        MOEH_INFO("%s (secure aggregation is off: this site's score histograms and loss go to "
+                  "the coordinator unmasked, so it can compute these figures)",
+                  line);
 }
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
@@ -404,7 +412,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
         moeh_agent_send_error(a, -ERANGE, "evaluation failed");
         return;
     }
-    log_own_metrics(a, rs->round, &es);
+    log_own_metrics(a, rs->round, &es, rs->secagg != NULL);
     if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
         if (moeh_secsum_eval_put(a->hist +
                                      moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),

@@ -270,7 +270,8 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
             break;
         }
         if (required) snprintf(def, sizeof def, " (required)");
-        if (strstr(opt->help, "(default")) def[0] = '\0'; /* the help says it in words */
+        /* the help may say it in words already */
+        if (strstr(opt->help, "(default") || strstr(opt->help, "[required]")) def[0] = '\0';
         fprintf(f, "  %-26s %s%s\n", flag, opt->help, def);
     }
     fprintf(f, "  %-26s %s\n  %-26s %s\n  %-26s %s\n", "--config FILE",

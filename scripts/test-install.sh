@@ -47,23 +47,46 @@ fi
 echo "== the README's deployment, with the installed binaries"
 cd "$work"
 moeh-keygen coordinator >/dev/null
-line=$(moeh-keygen --site st-marys st-marys | grep '^st-marys = ')
-printf '[sites]\n%s\n' "$line" > registry.ini
-moeh synth --out synth --admissions 400 --image-px 64 >/dev/null
+sites="st-marys st-judes st-olafs"
+printf '[sites]\n' > registry.ini
+for s in $sites; do
+    moeh-keygen --site "$s" "$s" | grep "^$s = " >> registry.ini
+done
+moeh synth --out synth --admissions 600 --image-px 64 >/dev/null
 moeh extract --mimic synth/mimic --note synth/note --cxr synth/cxr \
-    --out st-marys-data >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
+    --out cohort >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
+# one cohort per hospital (each hospital would run moeh extract on its own data)
+moeh split --dataset cohort --sites st-marys:0.4,st-judes:0.3,st-olafs:0.3 --out sites \
+    >/dev/null 2>split.log || { cat split.log; fail "split"; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# the defaults: secure aggregation, quorum 3, a 6 h join window, --out required
 moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
     --rounds 2 --out run >coord.out 2>coord.log &
 coord_pid=$!
-moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id st-marys \
-    --dataset st-marys-data --key st-marys.key --server-key coordinator.pub \
-    --give-up-ms 60000 2>agent.log || { tail -20 agent.log coord.log; fail "the site agent"; }
+agent_pids=""
+for s in $sites; do
+    moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id "$s" \
+        --dataset "sites/$s" --key "$s.key" --server-key coordinator.pub \
+        --give-up-ms 60000 2>"agent-$s.log" &
+    agent_pids="$agent_pids $!"
+done
+for p in $agent_pids; do
+    wait "$p" || { tail -20 agent-*.log coord.log; fail "a site agent"; }
+done
 wait "$coord_pid" || { tail -20 coord.log; fail "the coordinator"; }
 coord_pid=""
+grep -q "secure aggregation: the coordinator learns only sums" coord.log ||
+    fail "secure aggregation is not on by default"
 rounds=$(python3 -c 'import json, sys
 print(len({r["round"] for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "eval"}))' \
     run/metrics.jsonl)
 [ "$rounds" -eq 2 ] || fail "expected an evaluation of rounds 1 and 2 in metrics.jsonl, found $rounds"
+# a second start on the same directory is refused and loses nothing
+lines=$(wc -l < run/metrics.jsonl)
+st=0
+moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
+    --rounds 2 --out run 2>again.log || st=$?
+[ "$st" -eq 2 ] && grep -q -- "--new-run" again.log || { cat again.log; fail "second start"; }
+[ "$(wc -l < run/metrics.jsonl)" -eq "$lines" ] || fail "metrics.jsonl changed"
 [ -s run/model.npy ] || fail "no model.npy"
 echo "test-install: 1 passed, 0 failed"

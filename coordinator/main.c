@@ -62,6 +62,9 @@ int main(int argc, char **argv)
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
          "secure aggregation: learn only sums of the sites' updates, statistics and "
          "evaluations (not with trimmed or median)"},
+        {"per-site-metrics", MOEH_OPT_BOOL, &cfg.per_site_metrics,
+         "with --no-secagg: record each site's own loss and AUROC in metrics.jsonl (opt-in: "
+         "tell the sites)"},
         {"secagg-allow-2", MOEH_OPT_BOOL, &cfg.secagg_allow_2,
          "allow secure aggregation with --min-sites below 3 (with 2 sites each can subtract "
          "its own update from the sum and learn the other's)"},

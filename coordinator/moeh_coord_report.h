@@ -43,7 +43,8 @@ typedef struct {
     const uint64_t *combo_rows; /* (MOEH_N_COMBOS) */
     const double *gate_sum;     /* (MOEH_N_COMBOS, n_experts) summed gate weights */
     uint32_t n_experts;
-    int secagg; /* the per-site rows cannot exist: say so */
+    int secagg;   /* the per-site rows cannot exist: say so */
+    int per_site; /* plain mode: per-site rows were recorded (--per-site-metrics) */
     const moeh_report_dp_t *dp;
     const moeh_calib_t *calib; /* (n_tasks) Brier and reliability over every row; NULL: none */
 } moeh_report_eval_t;

@@ -55,8 +55,11 @@ typedef struct {
      * scales each site's update delta down to K x the round's median update norm (0: off; keeps
      * each site's update, memory O(sites x parameters)). */
     float count_cap, stats_max_abs, norm_bound;
-    int secagg;         /* secure aggregation of every phase (docs/secagg.md): the coordinator
-                         * learns only the sums of the sites' updates, statistics and evaluations */
+    int secagg; /* secure aggregation of every phase (docs/secagg.md): the coordinator
+                 * learns only the sums of the sites' updates, statistics and evaluations */
+    /* without secagg: record each site's own loss and AUROC in metrics.jsonl (opt-in; the
+     * coordinator receives each site's histograms either way, but keeps no per-site record) */
+    int per_site_metrics;
     int secagg_allow_2; /* secagg with min_sites < 3 (then 2 sites can each learn the other's
                          * update from the sum): refused unless this is set */
     uint32_t secagg_k;  /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the

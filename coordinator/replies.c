@@ -197,8 +197,9 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
                     MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
     s->replied = 1;
     c->n_replied++;
-    moeh_coord_report_site_update(c->report, c->round, s->id, c->dp ? NAN : u->train_loss,
-                                  u->n_samples, u->steps);
+    if (c->cfg->per_site_metrics) /* opt-in: --per-site-metrics */
+        moeh_coord_report_site_update(c->report, c->round, s->id, c->dp ? NAN : u->train_loss,
+                                      u->n_samples, u->steps);
     MOEH_DEBUG("round %u: update from %s (loss %.4f)", c->round, s->id, u->train_loss);
 }
 
@@ -250,7 +251,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
     }
     s->replied = 1;
     c->n_replied++;
-    if (own) {
+    if (own && c->cfg->per_site_metrics) { /* opt-in: --per-site-metrics */
         double auroc[MOEH_N_TASKS];
         for (uint32_t t = 0; t < T; t++)
             auroc[t] = moeh_eval_slice_auroc(own, T, nb, 0, t);

@@ -99,6 +99,7 @@ void coord_finish_eval(coord_t *c)
                                   .gate_sum = c->gate_sum,
                                   .n_experts = c->n_experts,
                                   .secagg = cfg->secagg,
+                                  .per_site = cfg->per_site_metrics,
                                   .dp = coord_dp_row(c, &dp),
                                   .calib = c->last_calib};
     moeh_coord_report_eval(c->report, &e);

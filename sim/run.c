@@ -250,6 +250,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
         cargs[nc++] = a_model[i][0], cargs[nc++] = a_model[i][1];
     }
     cargs[nc++] = secagg ? "--secagg" : "--no-secagg"; /* the daemon's default is on */
+    if (!secagg) cargs[nc++] = "--per-site-metrics";   /* the report's per-site plots */
     if (strcmp(secagg_k, "auto")) { /* without --secagg the coordinator says why it refuses */
         cargs[nc++] = "--secagg-k";
         cargs[nc++] = (char *)secagg_k;

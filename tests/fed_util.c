@@ -107,7 +107,8 @@ moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char 
                       "--join-window",
                       "30s",
                       "--no-secagg", /* the daemon's default is on: tests ask for it (--secagg) */
-                      "--secagg-allow-2", /* the tests' 2-site rounds (not a deployment) */
+                      "--secagg-allow-2",   /* the tests' 2-site rounds (not a deployment) */
+                      "--per-site-metrics", /* plain-mode tests read the per-site rows */
                       "--max-retries",
                       "1",
                       "--local-epochs",

@@ -2,7 +2,8 @@
  * the binary in MOEH_BIN_DIR: an output directory holding a run is refused (exit 2, naming
  * --resume and --new-run) and left untouched; --new-run moves the old files aside intact;
  * --resume keeps them; secure aggregation is on by default, refused with a quorum below 3 unless
- * --secagg-allow-2, and the default quorum is 3 with it and 2 without (--no-secagg).
+ * --secagg-allow-2, and the default quorum is 3 with it and 2 without (--no-secagg); per-site
+ * metrics are off unless --per-site-metrics (the effective configuration, config.json).
  *
  * A run with no agent ends after --join-window 1s with "only 0 of the N sites needed joined"
  * (exit 1): that line shows that the configuration was accepted and which quorum it has. */
@@ -160,6 +161,17 @@ static void test_resume_keeps_metrics(void **state)
     assert_true(out_has("exclude each other"));
 }
 
+/* the value of "key": in DIR/rel (config.json is cJSON-printed: "key":<TAB>value) */
+static bool json_has(const char *rel, const char *key, const char *value)
+{
+    char *txt = slurp(rel), want[200];
+    snprintf(want, sizeof want, "\"%s\":\t%s,", key, value);
+    bool r = txt && strstr(txt, want) != NULL;
+    if (!r) fprintf(stderr, "%s lacks %s\n%s\n", rel, want, txt ? txt : "(none)");
+    free(txt);
+    return r;
+}
+
 static void test_secagg_default_and_quorum(void **state)
 {
     (void)state;
@@ -177,8 +189,16 @@ static void test_secagg_default_and_quorum(void **state)
     /* the default quorum: 3 with secure aggregation, 2 without */
     assert_int_equal(coord("--out q3"), 1);
     assert_true(out_has("only 0 of the 3 sites needed joined"));
+    assert_true(json_has("q3/config.json", "secagg", "true"));
+    assert_true(json_has("q3/config.json", "min_sites", "3"));
+    assert_true(json_has("q3/config.json", "per_site_metrics", "false"));
+    assert_true(json_has("q3/config.json", "start_timeout_ms", "1000")); /* --join-window 1s */
     assert_int_equal(coord("--out q4 --no-secagg"), 1);
     assert_true(out_has("only 0 of the 2 sites needed joined"));
+    assert_true(json_has("q4/config.json", "secagg", "false"));
+    assert_true(json_has("q4/config.json", "per_site_metrics", "false"));
+    assert_int_equal(coord("--out q7 --no-secagg --per-site-metrics"), 1);
+    assert_true(json_has("q7/config.json", "per_site_metrics", "true"));
     /* --no-secagg is what a robust strategy needs, and the refusal says so */
     assert_int_equal(coord("--out q5 --strategy median"), 2);
     assert_true(out_has("--no-secagg turns it off"));

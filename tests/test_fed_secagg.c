@@ -455,11 +455,11 @@ static void test_secagg_k_neighbours(void **state)
     assert_same_global_metrics(out_a, out_b);
 }
 
-/* --secagg-k is checked at start, with a message naming the constraint. */
+/* --secagg-k is checked at start (exit 2), with a message naming the constraint. */
 static void test_secagg_k_refused(void **state)
 {
     fixture_t *f = *state;
-    const char *bad[][3] = {{"--secagg", "--secagg-k", "3"}, {"--secagg-k", "4", NULL}};
+    const char *bad[][3] = {{"--secagg", "--secagg-k", "3"}, {"--no-secagg", "--secagg-k", "4"}};
     const char *needle[] = {"--secagg-k 3: expected 0", "--secagg-k 4 needs --secagg"};
     char exe[2100], reg[400], key[400], log[400];
     moeh_err_t err = {0};
@@ -483,7 +483,7 @@ static void test_secagg_k_refused(void **state)
                         NULL};
         moeh_proc_t *p = &f->procs[f->n_procs++];
         assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
-        wait_exit(p, 10000, 1);
+        wait_exit(p, 10000, 2); /* a usage error */
         if (!file_contains(log, needle[i])) print_error("%s lacks '%s'\n", log, needle[i]);
         assert_true(file_contains(log, needle[i]));
     }

@@ -3,7 +3,9 @@
  * Every option is a long flag (--name VALUE, or --name for booleans) and the same key in an
  * INI file given with --config FILE (any section; flags override the file). --help prints the
  * table; --version the version. Values are checked (numbers fully parsed and in range) and
- * errors say which flag or file:line and what was expected. */
+ * errors say which flag or file:line and what was expected. A boolean --name is turned off by
+ * --no-name (or --name=false); a key given twice in one INI file is refused with both lines;
+ * an unknown option gets the nearest known one ("did you mean --rounds?"). */
 #ifndef MOEH_OPTS_H
 #define MOEH_OPTS_H
 
@@ -16,14 +18,13 @@ typedef enum {
     MOEH_OPT_F32,
     MOEH_OPT_BOOL,
     MOEH_OPT_F64,
-    MOEH_OPT_DURATION /* uint32_t milliseconds, written as 500ms, 30s, 10m, 6h (a bare number
-                       * is seconds) */
+    MOEH_OPT_DURATION /* uint32_t milliseconds, written 90s, 30m, 6h, 1.5h or 250ms */
 } moeh_opt_type_t;
 
 typedef struct {
     const char *name; /* without the leading "--"; also the INI key */
     moeh_opt_type_t type;
-    void *ptr; /* const char **, uint32_t *, uint64_t *, float *, int *, double *, uint32_t * */
+    void *ptr;        /* const char **, uint32_t *, uint64_t *, float *, int *, double * */
     const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 
@@ -37,6 +38,9 @@ typedef struct {
     char **owned; /* strings this parser allocated (INI values) */
     size_t n_owned, cap_owned;
     unsigned char seen[MOEH_OPTS_MAX]; /* seen[i]: opts[i] was given (flag or --config) */
+    /* NULL-terminated list of the `ptr`s of options that must be given (may be NULL): a missing
+     * one is a usage error naming it, and --help marks it "(required)" */
+    const void *const *required;
 } moeh_opts_t;
 
 /* Parses argv (argv[0] is skipped). Returns 0 when parsed, 1 when --help or --version was
@@ -52,6 +56,16 @@ int moeh_opts_seen(const moeh_opts_t *o, const void *ptr);
  * options are freed then). */
 int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log_level,
                    const char *log_prefix) MOEH_WUR;
+/* Checks a ZeroMQ endpoint given as --`opt`: "7402" or "host:7402" get the hint
+ * tcp://HOST:PORT (`example_host`, e.g. "*" or "127.0.0.1"), "tcp://host" a missing port. */
+int moeh_opts_check_endpoint(const char *opt, const char *val, const char *example_host,
+                             moeh_err_t *err) MOEH_WUR;
+/* Parses a duration: a number with the unit ms, s, m or h ("6h", "1.5h", "90s"); 0 needs no
+ * unit. Returns 0, or -EINVAL when malformed or above UINT32_MAX ms (about 49 days). */
+int moeh_parse_duration_ms(const char *s, uint32_t *ms) MOEH_WUR;
+/* Edit distance (insertions, deletions, substitutions) of two short strings, capped at 99. */
+unsigned moeh_edit_distance(const char *a, const char *b);
+
 /* Installs handler for SIGINT and SIGTERM (and SIGHUP if with_hup); ignores SIGPIPE. */
 void moeh_install_signals(void (*handler)(int), int with_hup);
 

@@ -1,10 +1,10 @@
 /* opts.c - one table for flags and INI keys (see moeh_opts.h). */
 #include "moeh_opts.h"
 
+#include <ctype.h>
 #include <ini.h>
 #include <math.h>
 #include <signal.h>
-#include <stdint.h>
 #include <string.h>
 
 static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
@@ -14,41 +14,50 @@ static const moeh_opt_t *find(const moeh_opts_t *o, const char *name)
     return NULL;
 }
 
-/* Edit distance (insert, delete, substitute) between two short option names. */
-static size_t edit_distance(const char *a, const char *b)
+unsigned moeh_edit_distance(const char *a, const char *b)
 {
-    size_t la = strlen(a), lb = strlen(b), row[65];
-    if (la > 64 || lb > 64) return SIZE_MAX;
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    unsigned row[64];
     for (size_t j = 0; j <= lb; j++)
-        row[j] = j;
+        row[j] = (unsigned)j;
     for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
+        unsigned diag = row[0]; /* d[i-1][j-1] */
+        row[0] = (unsigned)i;
         for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            unsigned up = row[j]; /* d[i-1][j] */
+            unsigned best = diag + (a[i - 1] != b[j - 1]);
             if (up + 1 < best) best = up + 1;
             if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
             diag = up;
             row[j] = best;
         }
     }
-    return row[lb];
+    return row[lb] > 99 ? 99 : row[lb];
 }
 
-/* ", did you mean --NAME?" for the closest option within a third of the name's length (at
- * least 1, at most 3 edits), or a prefix match; "" if none. */
-static void suggest(const moeh_opts_t *o, const char *name, char *out, size_t cap)
+/* " (did you mean --NAME?)" for the nearest option within 2 edits (and fewer edits than the
+ * typed name has characters), or "" */
+static void did_you_mean(const moeh_opts_t *o, const char *typed, char *out, size_t out_len)
 {
     const char *best = NULL;
-    size_t best_d = SIZE_MAX, len = strlen(name), limit = len / 3 < 1 ? 1 : len / 3;
-    if (limit > 3) limit = 3;
+    unsigned best_d = 3;
+    int best_no = 0;
     for (size_t i = 0; i < o->n_opts; i++) {
-        size_t d = edit_distance(name, o->opts[i].name);
-        if (len >= 3 && !strncmp(o->opts[i].name, name, len)) d = 1; /* a prefix of it */
-        if (d < best_d) best_d = d, best = o->opts[i].name;
+        for (int no = 0; no < 2; no++) {
+            char cand[80];
+            if (no && o->opts[i].type != MOEH_OPT_BOOL) continue;
+            snprintf(cand, sizeof cand, "%s%s", no ? "no-" : "", o->opts[i].name);
+            unsigned d = moeh_edit_distance(typed, cand);
+            if (d < best_d && d < strlen(typed)) {
+                best_d = d;
+                best = o->opts[i].name;
+                best_no = no;
+            }
+        }
     }
-    if (best && best_d <= limit)
-        snprintf(out, cap, "; did you mean --%s?", best);
+    if (best)
+        snprintf(out, out_len, "did you mean --%s%s? ", best_no ? "no-" : "", best);
     else
         out[0] = '\0';
 }
@@ -113,30 +122,15 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
         *(double *)opt->ptr = x;
         return 0;
     }
-    case MOEH_OPT_DURATION: {
-        double x = strtod(val, &end), unit = 1000;
-        if (!errno && end != val && isfinite(x) && x >= 0) {
-            if (!strcmp(end, "ms"))
-                unit = 1;
-            else if (!strcmp(end, "s") || !*end)
-                unit = 1000;
-            else if (!strcmp(end, "m"))
-                unit = 60000;
-            else if (!strcmp(end, "h"))
-                unit = 3600000;
-            else
-                unit = -1;
-            if (unit > 0 && x * unit <= UINT32_MAX) {
-                *(uint32_t *)opt->ptr = (uint32_t)llround(x * unit);
-                return 0;
-            }
+    case MOEH_OPT_DURATION:
+        if (moeh_parse_duration_ms(val, (uint32_t *)opt->ptr) != 0) {
+            snprintf(why, why_len,
+                     "'%s' is not a duration: expected a number and a unit, ms, s, m or h "
+                     "(e.g. 90s, 30m, 6h; at most 49 days)",
+                     val);
+            return -EINVAL;
         }
-        snprintf(why, why_len,
-                 "'%s' is not a duration (a number with ms, s, m or h, e.g. 90s or 6h; at most "
-                 "49 days)",
-                 val);
-        return -EINVAL;
-    }
+        return 0;
     case MOEH_OPT_BOOL:
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes")) {
             *(int *)opt->ptr = 1;
@@ -153,28 +147,65 @@ static int set_value(moeh_opts_t *o, const moeh_opt_t *opt, const char *val, int
 
 typedef struct {
     moeh_opts_t *o;
-    char why[256];
-    unsigned char in_file[MOEH_OPTS_MAX]; /* keys this file set already */
+    const char *path;
+    unsigned char in_file[MOEH_OPTS_MAX]; /* this file set opts[i] already */
+    char why[320];
 } ini_ctx_t;
+
+/* The first line of `path` that sets `key` (for "given twice" errors), or 0. */
+static int first_line_of_key(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char buf[1024];
+    int line = 0, found = 0;
+    size_t kl = strlen(key);
+    while (!found && fgets(buf, sizeof buf, f)) {
+        line++;
+        const char *p = buf;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (strncmp(p, key, kl) != 0) continue;
+        p += kl;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        found = *p == '=' || *p == ':';
+    }
+    fclose(f);
+    return found ? line : 0;
+}
 
 static int opts_ini_handler(void *user, const char *section, const char *name, const char *value)
 {
     ini_ctx_t *c = user;
-    (void)section;
     const moeh_opt_t *opt = find(c->o, name);
     if (!opt || !strcmp(name, "config")) {
-        char hint[96];
-        suggest(c->o, name, hint, sizeof hint);
-        snprintf(c->why, sizeof c->why, "unknown option '%s'%s (see %s --help)", name, hint,
+        char hint[120];
+        did_you_mean(c->o, name, hint, sizeof hint);
+        if (hint[0]) { /* "did you mean --x? " -> "did you mean 'x'?" for a file */
+            const moeh_opt_t *near = NULL;
+            unsigned best = 3;
+            for (size_t i = 0; i < c->o->n_opts; i++) {
+                unsigned d = moeh_edit_distance(name, c->o->opts[i].name);
+                if (d < best) best = d, near = &c->o->opts[i];
+            }
+            if (near) snprintf(hint, sizeof hint, "did you mean '%s'? ", near->name);
+        }
+        snprintf(c->why, sizeof c->why, "unknown option '%s' (%ssee %s --help)", name, hint,
                  c->o->prog);
         return 0;
     }
     size_t idx = (size_t)(opt - c->o->opts);
-    if (idx < MOEH_OPTS_MAX && c->in_file[idx]++) { /* the last would win silently */
-        snprintf(c->why, sizeof c->why,
-                 "'%s' is set a second time in this file (remove one of the two)", name);
+    if (idx < MOEH_OPTS_MAX && c->in_file[idx]) {
+        int first = first_line_of_key(c->path, name);
+        if (first > 0)
+            snprintf(c->why, sizeof c->why,
+                     "'%s' is set twice (first on line %d): remove one of the two", name, first);
+        else
+            snprintf(c->why, sizeof c->why, "'%s' is set twice: remove one of the two", name);
         return 0;
     }
+    if (idx < MOEH_OPTS_MAX) c->in_file[idx] = 1;
     char why[200];
     if (set_value(c->o, opt, value, 1, why, sizeof why) != 0) {
         snprintf(c->why, sizeof c->why, "%s: %s", name, why);
@@ -189,51 +220,64 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
             o->synopsis);
     for (size_t i = 0; i < o->n_opts; i++) {
         const moeh_opt_t *opt = &o->opts[i];
-        char flag[64], def[96] = "";
+        char flag[64], def[128] = "";
         static const char *meta[] = {"STR", "N", "N", "X", "", "X", "TIME"};
         snprintf(flag, sizeof flag, "--%s %s", opt->name, meta[opt->type]);
+        int required = 0;
+        for (size_t r = 0; o->required && o->required[r]; r++)
+            required |= o->required[r] == opt->ptr;
+        /* the maximum of an integer is a "not set" sentinel: never print it as a number */
         switch (opt->type) {
         case MOEH_OPT_STR:
             if (*(const char **)opt->ptr)
                 snprintf(def, sizeof def, " (default: %s)", *(const char **)opt->ptr);
+            else if (!required)
+                snprintf(def, sizeof def, " (default: none)");
             break;
-        case MOEH_OPT_U32: /* UINT32_MAX means "not set" in the tables: no number to show */
-            if (*(uint32_t *)opt->ptr != UINT32_MAX)
+        case MOEH_OPT_U32:
+            if (*(uint32_t *)opt->ptr == UINT32_MAX)
+                snprintf(def, sizeof def, " (default: none)");
+            else
                 snprintf(def, sizeof def, " (default: %u)", *(uint32_t *)opt->ptr);
             break;
         case MOEH_OPT_U64:
-            if (*(uint64_t *)opt->ptr != UINT64_MAX)
+            if (*(uint64_t *)opt->ptr == UINT64_MAX)
+                snprintf(def, sizeof def, " (default: none)");
+            else
                 snprintf(def, sizeof def, " (default: %llu)",
                          (unsigned long long)*(uint64_t *)opt->ptr);
             break;
+        case MOEH_OPT_DURATION: {
+            uint32_t ms = *(uint32_t *)opt->ptr;
+            if (ms && ms % 3600000u == 0)
+                snprintf(def, sizeof def, " (default: %uh)", ms / 3600000u);
+            else if (ms && ms % 60000u == 0)
+                snprintf(def, sizeof def, " (default: %um)", ms / 60000u);
+            else if (ms % 1000u == 0)
+                snprintf(def, sizeof def, " (default: %us)", ms / 1000u);
+            else
+                snprintf(def, sizeof def, " (default: %ums)", ms);
+            break;
+        }
         case MOEH_OPT_F32:
             snprintf(def, sizeof def, " (default: %g)", (double)*(float *)opt->ptr);
             break;
         case MOEH_OPT_F64:
             snprintf(def, sizeof def, " (default: %g)", *(double *)opt->ptr);
             break;
-        case MOEH_OPT_DURATION: {
-            uint32_t ms = *(uint32_t *)opt->ptr;
-            if (ms % 3600000 == 0 && ms)
-                snprintf(def, sizeof def, " (default: %uh)", ms / 3600000);
-            else if (ms % 60000 == 0 && ms)
-                snprintf(def, sizeof def, " (default: %um)", ms / 60000);
-            else if (ms % 1000 == 0)
-                snprintf(def, sizeof def, " (default: %us)", ms / 1000);
-            else
-                snprintf(def, sizeof def, " (default: %ums)", ms);
-            break;
-        }
         case MOEH_OPT_BOOL:
-            snprintf(flag, sizeof flag, "--[no-]%s", opt->name);
-            snprintf(def, sizeof def, " (default: %s)", *(int *)opt->ptr ? "on" : "off");
+            if (*(int *)opt->ptr) snprintf(def, sizeof def, " (default: on; --no-%s)", opt->name);
             break;
         }
+        if (required) snprintf(def, sizeof def, " (required)");
+        /* the help may say it in words already */
+        if (strstr(opt->help, "(default") || strstr(opt->help, "[required]")) def[0] = '\0';
         fprintf(f, "  %-26s %s%s\n", flag, opt->help, def);
     }
     fprintf(f, "  %-26s %s\n  %-26s %s\n  %-26s %s\n", "--config FILE",
             "read options from an INI file first", "--help", "print this help and exit",
             "--version", "print the version and exit");
+    fprintf(f, "a boolean --NAME is turned off by --no-NAME; usage errors exit with status 2\n");
 }
 
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
@@ -255,7 +299,7 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") != 0) continue;
         if (i + 1 >= argc) return moeh_errf(err, -EINVAL, "--config needs a file name");
-        ini_ctx_t c = {.o = o};
+        ini_ctx_t c = {.o = o, .path = argv[i + 1]};
         int line = ini_parse(argv[i + 1], opts_ini_handler, &c);
         if (line < 0) return moeh_errf(err, -EINVAL, "%s: cannot open config file", argv[i + 1]);
         if (line > 0)
@@ -283,22 +327,24 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             continue;
         }
         const moeh_opt_t *opt = find(o, name);
-        if (!opt && !strncmp(name, "no-", 3) && !val) { /* --no-X: boolean X off */
-            const moeh_opt_t *neg = find(o, name + 3);
-            if (neg && neg->type == MOEH_OPT_BOOL) {
-                *(int *)neg->ptr = 0;
-                if ((size_t)(neg - o->opts) < MOEH_OPTS_MAX) o->seen[neg - o->opts] = 1;
-                continue;
-            }
+        int negated = 0;
+        if (!opt && !strncmp(name, "no-", 3)) { /* --no-NAME turns a boolean off */
+            opt = find(o, name + 3);
+            if (opt && opt->type != MOEH_OPT_BOOL)
+                return moeh_errf(err, -EINVAL, "--%s: --%s is not a boolean (it takes a value)",
+                                 name, opt->name);
+            if (opt && val)
+                return moeh_errf(err, -EINVAL, "--%s takes no value (got '%s')", name, val);
+            negated = opt != NULL;
         }
         if (!opt) {
-            char hint[96];
-            suggest(o, name, hint, sizeof hint);
-            return moeh_errf(err, -EINVAL, "unknown option '%s'%s (see %s --help)", a, hint,
+            char hint[120];
+            did_you_mean(o, name, hint, sizeof hint);
+            return moeh_errf(err, -EINVAL, "unknown option '%s' (%ssee %s --help)", a, hint,
                              o->prog);
         }
         if (opt->type == MOEH_OPT_BOOL && !val) {
-            *(int *)opt->ptr = 1;
+            *(int *)opt->ptr = !negated;
             if ((size_t)(opt - o->opts) < MOEH_OPTS_MAX) o->seen[opt - o->opts] = 1;
             continue;
         }
@@ -310,6 +356,69 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
         if (set_value(o, opt, val, 0, why, sizeof why) != 0)
             return moeh_errf(err, -EINVAL, "--%s: %s", name, why);
     }
+    /* required options, in the order of the list */
+    for (size_t r = 0; o->required && o->required[r]; r++) {
+        for (size_t i = 0; i < o->n_opts && i < MOEH_OPTS_MAX; i++) {
+            if (o->opts[i].ptr != o->required[r] || o->seen[i]) continue;
+            return moeh_errf(err, -EINVAL, "missing required option --%s (%s; see %s --help)",
+                             o->opts[i].name, o->opts[i].help, o->prog);
+        }
+    }
+    return 0;
+}
+
+int moeh_opts_check_endpoint(const char *opt, const char *val, const char *example_host,
+                             moeh_err_t *err)
+{
+    const char *sep = strstr(val, "://");
+    if (!sep) {
+        const char *colon = strrchr(val, ':');
+        const char *port = colon ? colon + 1 : val;
+        if (*port && strspn(port, "0123456789") == strlen(port))
+            return moeh_errf(err, -EINVAL,
+                             "--%s '%s': not a ZeroMQ endpoint; expected tcp://HOST:PORT, e.g. "
+                             "tcp://%.*s:%s",
+                             opt, val, colon ? (int)(colon - val) : (int)strlen(example_host),
+                             colon ? val : example_host, port);
+        return moeh_errf(err, -EINVAL,
+                         "--%s '%s': not a ZeroMQ endpoint; expected tcp://HOST:PORT, e.g. "
+                         "tcp://%s:7400",
+                         opt, val, example_host);
+    }
+    if (!strncmp(val, "tcp://", 6)) {
+        const char *colon = strrchr(sep + 3, ':');
+        if (!colon || !colon[1] || strspn(colon + 1, "0123456789*") != strlen(colon + 1))
+            return moeh_errf(err, -EINVAL,
+                             "--%s '%s': a tcp endpoint needs a port: tcp://HOST:PORT, e.g. "
+                             "tcp://%s:7400",
+                             opt, val, sep[3] ? sep + 3 : example_host);
+    }
+    return 0;
+}
+
+int moeh_parse_duration_ms(const char *s, uint32_t *ms)
+{
+    char *end = NULL;
+    errno = 0;
+    if (!*s || *s == '-' || isspace((unsigned char)*s)) return -EINVAL;
+    double x = strtod(s, &end);
+    if (errno || end == s || !isfinite(x) || x < 0) return -EINVAL;
+    double unit;
+    if (!strcmp(end, "ms"))
+        unit = 1;
+    else if (!strcmp(end, "s"))
+        unit = 1e3;
+    else if (!strcmp(end, "m"))
+        unit = 60e3;
+    else if (!strcmp(end, "h"))
+        unit = 3600e3;
+    else if (!*end && x == 0)
+        unit = 0;
+    else
+        return -EINVAL;
+    double v = x * unit;
+    if (v > (double)UINT32_MAX) return -EINVAL;
+    *ms = (uint32_t)(v + 0.5);
     return 0;
 }
 

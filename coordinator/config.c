@@ -14,7 +14,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     memset(c, 0, sizeof *c);
     c->bind = "tcp://*:7400";
     c->rounds = 5;
-    c->min_sites = 2; /* a quorum of one would let one hospital's update be the model */
+    c->min_sites = 3; /* secure aggregation needs 3 (moeh-coordinator: 2 with --no-secagg) */
     c->wait_sites = 0;
     c->start_timeout_ms = 6 * 3600 * 1000; /* --join-window 6h: hospitals join over hours */
     c->phase_deadline_ms = 60000;
@@ -54,10 +54,15 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
 {
     if (!cfg->out_dir || !cfg->out_dir[0])
         return moeh_errf(err, -EINVAL, "--out DIR is required (the run's directory)");
+    /* one message per option, naming it and its value */
     if (cfg->rounds == 0) return moeh_errf(err, -EINVAL, "--rounds 0: expected at least 1");
     if (cfg->min_sites == 0)
-        return moeh_errf(err, -EINVAL, "--min-sites 0: a phase needs at least 1 site's reply");
+        return moeh_errf(err, -EINVAL, "--min-sites 0: expected at least 1 (the quorum)");
     if (cfg->batch_size == 0) return moeh_errf(err, -EINVAL, "--batch-size 0: expected at least 1");
+    if (cfg->model.n_tasks != 3)
+        return moeh_errf(err, -EINVAL, "model: %u tasks, expected 3", (unsigned)cfg->model.n_tasks);
+    if (cfg->model.arch > 6)
+        return moeh_errf(err, -EINVAL, "--arch %u: expected 0..6", (unsigned)cfg->model.arch);
     if (!(cfg->prox_mu >= 0))
         return moeh_errf(err, -EINVAL, "--prox-mu %g: expected >= 0", (double)cfg->prox_mu);
     if (cfg->eval_bins < 2 || cfg->eval_bins > 100000)
@@ -67,15 +72,6 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
                          cfg->heartbeat_ms);
     if (!(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL, "--delta-clip %g: expected > 0", (double)cfg->delta_clip);
-    if (cfg->model.n_tasks != 3 || cfg->model.arch > 6)
-        return moeh_errf(err, -EINVAL, "model: expected 3 tasks and an architecture 0..6");
-    if (cfg->bind && !strstr(cfg->bind, "://")) {
-        int port = cfg->bind[0] && strspn(cfg->bind, "0123456789") == strlen(cfg->bind);
-        return moeh_errf(err, -EINVAL,
-                         "--bind '%s': expected a ZeroMQ endpoint such as tcp://*:%s (every "
-                         "interface) or tcp://HOST:%s",
-                         cfg->bind, port ? cfg->bind : "7400", port ? cfg->bind : "PORT");
-    }
     *sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
                                 .beta1 = cfg->server_beta1,
                                 .beta2 = cfg->server_beta2,
@@ -88,7 +84,7 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
         return moeh_errf(err, -EINVAL,
                          "--secagg and --strategy %s exclude each other: the "
                          "%s needs every site's update, secure "
-                         "aggregation reveals only their sum",
+                         "aggregation reveals only their sum (--no-secagg turns it off)",
                          cfg->strategy,
                          sopt->kind == MOEH_STRATEGY_MEDIAN ? "median" : "trimmed mean");
     if (!(cfg->count_cap >= 0 && isfinite(cfg->count_cap)) ||
@@ -148,13 +144,15 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
             return moeh_errf(err, -EINVAL, "--min-sites %u: at most %u with DP", cfg->min_sites,
                              MOEH_WIRE_DP_MAX_SITES);
     }
+    if (cfg->secagg && cfg->min_sites < 3 && !cfg->secagg_allow_2)
+        return moeh_errf(err, -EINVAL,
+                         "secure aggregation with --min-sites %u: a round could close with %u "
+                         "site%s, and with 2 sites each one can subtract its own update from "
+                         "the sum and so learn the other's exactly; use --min-sites 3 (with at "
+                         "least 3 sites), or accept this with --secagg-allow-2, or run without "
+                         "it (--no-secagg)",
+                         cfg->min_sites, cfg->min_sites, cfg->min_sites == 1 ? "" : "s");
     return 0;
-}
-
-int moeh_coord_cfg_validate(const moeh_coord_cfg_t *cfg, moeh_err_t *err)
-{
-    moeh_server_opt_t sopt;
-    return moeh_coord_cfg_check(cfg, &sopt, err);
 }
 
 int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err)

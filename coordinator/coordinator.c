@@ -332,6 +332,10 @@ static void open_phase(coord_t *c, phase_t ph)
         moeh_sa_server_off(c->sa);
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
               coord_phase_name(ph), c->n_participants, (unsigned long long)c->model_version);
+    if (ph == PH_TRAIN && !cfg->secagg && !cfg->insecure)
+        MOEH_WARN("round %u: secure aggregation is off (--no-secagg): the coordinator sees each "
+                  "site's update and evaluation histograms",
+                  c->round);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
 }
@@ -727,8 +731,8 @@ int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
         }
     } else if (waited >= cfg->start_timeout_ms) {
         return moeh_errf(err, -ETIMEDOUT,
-                         "only %u of the %u sites needed joined within %.0f s "
-                         "(are the agents running, with registered keys?)",
+                         "only %u of the %u sites needed joined within %.0f s (--join-window; "
+                         "are the agents running, with registered keys?)",
                          n, cfg->min_sites, cfg->start_timeout_ms / 1000.0);
     }
     return 0;

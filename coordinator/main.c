@@ -1,5 +1,6 @@
 /* main.c - moeh-coordinator: options, signals, then moeh_coord_run(). */
 #include "moeh_coordinator.h"
+#include "coord_internal.h" /* moeh_coord_cfg_check: a bad combination exits 2 */
 #include "moeh_coordinator_testing.h"
 
 #include "moeh_opts.h"
@@ -30,7 +31,7 @@ int main(int argc, char **argv)
     const char *secagg_k = "auto";
     const char *select_by = "auroc";
     const moeh_opt_t own[] = {
-        {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on"},
+        {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on (tcp://HOST:PORT)"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
          "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
          "MAX_TRAIN,MAX_TEST rows)"},
@@ -38,7 +39,8 @@ int main(int argc, char **argv)
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},
         {"rounds", MOEH_OPT_U32, &cfg.rounds, "federated rounds to run"},
-        {"min-sites", MOEH_OPT_U32, &cfg.min_sites, "quorum: replies a phase needs to close"},
+        {"min-sites", MOEH_OPT_U32, &cfg.min_sites,
+         "quorum: replies a phase needs to close (2 with --no-secagg)"},
         {"wait-sites", MOEH_OPT_U32, &cfg.wait_sites,
          "start once this many sites joined (0: every registered site)"},
         {"join-window", MOEH_OPT_DURATION, &cfg.start_timeout_ms,
@@ -63,7 +65,13 @@ int main(int argc, char **argv)
          "per-site memory)"},
         {"secagg", MOEH_OPT_BOOL, &cfg.secagg,
          "secure aggregation: learn only sums of the sites' updates, statistics and "
-         "evaluations (not with trimmed)"},
+         "evaluations (not with trimmed or median)"},
+        {"per-site-metrics", MOEH_OPT_BOOL, &cfg.per_site_metrics,
+         "with --no-secagg: record each site's own loss and AUROC in metrics.jsonl (opt-in: "
+         "tell the sites)"},
+        {"secagg-allow-2", MOEH_OPT_BOOL, &cfg.secagg_allow_2,
+         "allow secure aggregation with --min-sites below 3 (with 2 sites each can subtract "
+         "its own update from the sum and learn the other's)"},
         {"secagg-k", MOEH_OPT_STR, &secagg_k,
          "SecAgg+ neighbours per site: auto (from the number of sites, --secagg-dropout and "
          "--secagg-collude; docs/secagg.md), 0 (every pair masks) or an even k (threshold "
@@ -143,7 +151,14 @@ int main(int argc, char **argv)
     size_t n_opts = sizeof own / sizeof own[0];
     memcpy(opts, own, sizeof own);
     if (moeh_moe_cfg_options(&cfg.model, opts, &n_opts, MOEH_OPTS_MAX) != 0) return 2;
+    /* the daemon's defaults are the safe ones (the library's suit in-process tests) */
+    cfg.secagg = 1;
+    cfg.min_sites = 3; /* secure aggregation needs 3 (2 without it: below) */
+    cfg.out_dir = NULL;
+    static const void *required[2];
+    required[0] = &cfg.out_dir;
     moeh_opts_t o = {.prog = "moeh-coordinator",
+                     .required = required,
                      .synopsis = "usage: moeh-coordinator [OPTIONS]\n\n"
                                  "Runs federated training: admits the sites listed in the "
                                  "registry (CURVE keys),\nruns the rounds, aggregates, evaluates "
@@ -154,23 +169,19 @@ int main(int argc, char **argv)
                      .n_opts = n_opts};
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "coordinator");
     if (rc >= 0) return rc;
+    if (!moeh_opts_seen(&o, &cfg.min_sites) && !cfg.secagg) cfg.min_sites = 2;
+    moeh_err_t uerr = {0};
+    if (moeh_opts_check_endpoint("bind", cfg.bind, "*", &uerr) != 0 ||
+        (!cfg.insecure && (!cfg.registry_path || !cfg.key_path) &&
+         moeh_errf(&uerr, -EINVAL,
+                   "--registry FILE and --key FILE are required (or --insecure, for tests)"))) {
+        fprintf(stderr, "moeh-coordinator: %s\n", uerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
     if (!moeh_opts_seen(&o, &cfg.warmup_rounds) && cfg.warmup_rounds >= cfg.rounds)
         cfg.warmup_rounds = cfg.rounds > 1 ? cfg.rounds - 1 : 0; /* leave a joint round */
     cfg.ready_fd = ready_fd == UINT32_MAX ? -1 : (int)ready_fd;
-    if (!cfg.out_dir) { /* usage errors: exit 2 */
-        fprintf(stderr, "moeh-coordinator: --out DIR is required: the run's directory (metrics, "
-                        "checkpoint, model); see moeh-coordinator --help\n");
-        moeh_opts_free(&o);
-        return 2;
-    }
-    if (!cfg.insecure && (!cfg.registry_path || !cfg.key_path)) {
-        fprintf(stderr,
-                "moeh-coordinator: %s is required (or --insecure for tests; see "
-                "moeh-coordinator --help)\n",
-                !cfg.registry_path ? "--registry" : "--key");
-        moeh_opts_free(&o);
-        return 2;
-    }
     moeh_err_t kerr = {0};
     if (moeh_coord_parse_secagg_k(secagg_k, &cfg.secagg_k, &kerr) != 0) {
         fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
@@ -189,13 +200,19 @@ int main(int argc, char **argv)
         moeh_opts_free(&o);
         return 2;
     }
-    if (moeh_coord_cfg_validate(&cfg, &kerr) != 0) {
-        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
-        moeh_opts_free(&o);
-        return 2;
-    }
     cfg.print_table = table;
     if (log_file && moeh_log_open_file(log_file, &kerr) != 0) { /* --log-file */
+        fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
+        moeh_opts_free(&o);
+        return MOEH_EXIT_USAGE;
+    }
+    moeh_server_opt_t sopt;
+    if (cfg.resume && cfg.new_run)
+        moeh_errf(&kerr, -EINVAL,
+                  "--resume and --new-run exclude each other: continue the run in %s, or move "
+                  "it aside and start anew",
+                  cfg.out_dir);
+    if (kerr.msg[0] || moeh_coord_cfg_check(&cfg, &sopt, &kerr) != 0) { /* usage errors */
         fprintf(stderr, "moeh-coordinator: %s\n", kerr.msg);
         moeh_opts_free(&o);
         return MOEH_EXIT_USAGE;

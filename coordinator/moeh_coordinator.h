@@ -55,14 +55,16 @@ typedef struct {
      * scales each site's update delta down to K x the round's median update norm (0: off; keeps
      * each site's update, memory O(sites x parameters)). */
     float count_cap, stats_max_abs, norm_bound;
-    int secagg;        /* secure aggregation of every phase (docs/secagg.md): the coordinator
-                        * learns only the sums of the sites' updates, statistics and evaluations */
-    uint32_t secagg_k; /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
-                        * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
+    int secagg; /* secure aggregation of every phase (docs/secagg.md): the coordinator
+                 * learns only the sums of the sites' updates, statistics and evaluations */
+    /* without secagg: record each site's own loss and AUROC in metrics.jsonl (opt-in; the
+     * coordinator receives each site's histograms either way, but keeps no per-site record) */
+    int per_site_metrics;
+    int secagg_allow_2; /* secagg with min_sites < 3, or a round of 2 sites (then each can learn
+                         * the other's update from the sum): refused unless this is set */
+    uint32_t secagg_k;  /* SecAgg+ neighbours: MOEH_SECAGG_K_AUTO (the default) plans k from the
+                         * number of sites and secagg_plan; 0: every pair masks; even, < 512 */
     moeh_secagg_plan_cfg_t secagg_plan; /* dropout/collusion fractions for the plan */
-    int secagg_allow_2;   /* secure aggregation of a round with only 2 sites (each could
-                           * subtract its own contribution from the sum): refused unless set */
-    int per_site_metrics; /* plain mode: write each site's loss and AUROC to metrics.jsonl */
     int unweighted; /* FedAvg with weight 1 per site (per group it trained), not its samples */
     /* DP-FedAvg (fed/moeh_dp.h, docs/security.md): each site clips its update delta to L2 norm
      * dp_clip and adds N(0, (dp_noise dp_clip)^2 / min_sites); dp_clip 0: off. The (epsilon,
@@ -98,10 +100,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *cfg);
 /* --secagg-k's value: "auto" (MOEH_SECAGG_K_AUTO) or a number of neighbours (even, 0: all
  * pairs; checked with the whole configuration). 0, or -EINVAL with err naming the value. */
 int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err) MOEH_WUR;
-/* The checks of a whole configuration that the run itself makes first (options in range and
- * consistent with each other), so that main() can report them as usage errors. 0 or -EINVAL
- * with err naming the option and its value. */
-int moeh_coord_cfg_validate(const moeh_coord_cfg_t *cfg, moeh_err_t *err) MOEH_WUR;
+
 
 /* Runs a whole federation. 0 when every round completed; a negative code with err->msg
  * otherwise (-ETIMEDOUT: not enough sites; -EINTR: stopped by *stop). */

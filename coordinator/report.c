@@ -343,6 +343,14 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
                                           : "not recorded: per-site metrics are kept out of "
                                             "metrics.jsonl unless --per-site-metrics");
         emit(r, j);
+    } else if (!e->per_site) { /* plain mode: not recorded unless the operator opted in */
+        j = event("site_metrics");
+        cJSON_AddNumberToObject(j, "round", e->round);
+        cJSON_AddBoolToObject(j, "available", 0);
+        cJSON_AddStringToObject(j, "why",
+                                "per-site metrics are recorded only with --per-site-metrics; "
+                                "each site logs its own metrics");
+        emit(r, j);
     }
     if (r->table) table_row(r, e);
 }
@@ -430,6 +438,7 @@ int moeh_coord_report_config(const moeh_coord_cfg_t *k, moeh_err_t *err)
     cJSON_AddNumberToObject(j, "trim", k->trim);
     cJSON_AddStringToObject(j, "data_shape", k->data_shape ? k->data_shape : "");
     cJSON_AddBoolToObject(j, "secagg", k->secagg);
+    cJSON_AddBoolToObject(j, "per_site_metrics", k->per_site_metrics);
     if (k->secagg_k == MOEH_SECAGG_K_AUTO)
         cJSON_AddStringToObject(j, "secagg_k", "auto");
     else

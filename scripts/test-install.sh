@@ -47,16 +47,16 @@ fi
 echo "== the README's deployment, with the installed binaries"
 cd "$work"
 moeh-keygen coordinator >/dev/null
-sites="st-marys st-johns st-james"
+sites="st-marys st-judes st-olafs"
 printf '[sites]\n' > registry.ini
 for s in $sites; do moeh-keygen --site "$s" "$s" | grep "^$s = " >> registry.ini; done
 moeh synth --out synth --admissions 600 --image-px 64 >/dev/null
 moeh extract --mimic synth/mimic --note synth/note --cxr synth/cxr \
     --out cohort >/dev/null 2>extract.log || { cat extract.log; fail "extract"; }
 moeh split --dataset cohort --out hospitals \
-    --sites st-marys:1:ehr+notes+img,st-johns:1:ehr+notes,st-james:1:ehr+img >/dev/null
+    --sites st-marys:1:ehr+notes+img,st-judes:1:ehr+notes,st-olafs:1:ehr+img >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# the README's defaults: secure aggregation, a quorum of 2 of the 3 hospitals
+# the README's defaults: secure aggregation, a quorum of 3, a 6 h join window, --out
 timeout 600 moeh-coordinator --registry registry.ini --key coordinator.key \
     --bind "tcp://127.0.0.1:$port" --rounds 2 --out run >coord.out 2>coord.log &
 coord_pid=$!
@@ -85,5 +85,12 @@ rounds=$(python3 -c 'import json, sys
 print(len({r["round"] for r in map(json.loads, open(sys.argv[1])) if r.get("event") == "eval"}))' \
     run/metrics.jsonl)
 [ "$rounds" -eq 2 ] || fail "expected an evaluation of rounds 1 and 2 in metrics.jsonl, found $rounds"
+# a second start on the same directory is refused and loses nothing
+lines=$(wc -l < run/metrics.jsonl)
+st=0
+moeh-coordinator --registry registry.ini --key coordinator.key --bind "tcp://127.0.0.1:$port" \
+    --rounds 2 --out run 2>again.log || st=$?
+[ "$st" -eq 2 ] && grep -q -- "--new-run" again.log || { cat again.log; fail "second start"; }
+[ "$(wc -l < run/metrics.jsonl)" -eq "$lines" ] || fail "metrics.jsonl changed"
 [ -s run/model.npy ] || fail "no model.npy"
 echo "test-install: 1 passed, 0 failed"

@@ -267,6 +267,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
                         "--new-run", /* an earlier run in --out is moved aside, never lost */
                         "--join-window",
                         "60s",
+                        "--secagg-allow-2", /* every simulated site is this machine's */
                         "--deadline-ms",
                         "600000",
                         "--heartbeat-ms",

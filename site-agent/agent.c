@@ -401,10 +401,15 @@ static void log_own_metrics(agent_t *a, uint32_t round, int secure, const moeh_e
                        t < MOEH_N_TASKS ? moeh_task_names[t] : "task",
                        moeh_eval_slice_auroc_u32(a->hist, T, nb, 0, t, scratch)); /* all rows */
     free(scratch);
-    MOEH_INFO("%s (%s)", line,
-              secure ? "kept at this site: the coordinator receives only the federation's sum"
-                     : "sent to the coordinator in clear, as this site's score histograms: no "
-                       "secure aggregation in this run");
+    /* say truthfully what leaves the site: masked sums, or this site's own histograms */
+    if (secure)
+        MOEH_INFO("%s (kept at this site: only masked histograms leave it, the coordinator "
+                  "learns the federation's sums)",
+                  line);
+    else
+        MOEH_INFO("%s (secure aggregation is off: this site's score histograms and loss go to "
+                  "the coordinator unmasked, so it can compute these figures)",
+                  line);
 }
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)

@@ -24,7 +24,7 @@ int main(int argc, char **argv)
     moeh_agent_faults_t faults = {0};
     const char *log_level = "info", *kill_at = NULL, *log_file = NULL;
     const moeh_opt_t opts[] = {
-        {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint"},
+        {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint (tcp://HOST:PORT)"},
         {"site-id", MOEH_OPT_STR, &cfg.site_id, "this site's id, as in the coordinator registry"},
         {"dataset", MOEH_OPT_STR, &cfg.dataset_dir, "this site's dataset directory"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this site's key file (moeh-keygen)"},
@@ -49,7 +49,10 @@ int main(int argc, char **argv)
         {"log-file", MOEH_OPT_STR, &log_file,
          "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},
     };
+    static const void *required[3];
+    required[0] = &cfg.site_id, required[1] = &cfg.dataset_dir;
     moeh_opts_t o = {.prog = "moeh-site-agent",
+                     .required = required,
                      .synopsis = "usage: moeh-site-agent --site-id ID --dataset DIR [OPTIONS]\n\n"
                                  "Runs inside a hospital: trains the federation's model on this "
                                  "site's data and sends\nonly encrypted model updates and "
@@ -60,6 +63,16 @@ int main(int argc, char **argv)
     char prefix[80];
     int rc = moeh_opts_main(&o, argc, argv, &log_level, "agent");
     if (rc >= 0) return rc;
+    moeh_err_t uerr = {0};
+    if (moeh_opts_check_endpoint("connect", cfg.connect, "COORDINATOR-HOST", &uerr) != 0 ||
+        (!cfg.insecure && (!cfg.key_path || !cfg.server_key) &&
+         moeh_errf(&uerr, -EINVAL,
+                   "--key FILE (this site's key) and --server-key FILE (the coordinator's public "
+                   "key) are required (or --insecure, for tests)"))) {
+        fprintf(stderr, "moeh-site-agent: %s\n", uerr.msg);
+        moeh_opts_free(&o);
+        return 2;
+    }
     if (kill_at && moeh_agent_faults_parse_secagg_at(&faults, kill_at) != 0) {
         fprintf(stderr,
                 "moeh-site-agent: --fault-kill-secagg-at '%s': expected stats, eval:N or "

@@ -99,6 +99,8 @@ void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     c->warmup_rounds = 0;
     c->data_shape = "4,3,6,8";
     c->out_dir = f->dir;
+    c->secagg_allow_2 = 1;   /* the fixture's quorum is 2 of 3 (not a deployment) */
+    c->per_site_metrics = 1; /* the plain-mode tests read the per-site rows */
     if (tweak) tweak(c);
     f->registry[0] = "site-1", f->registry[1] = "site-2", f->registry[2] = "site-3";
     f->n_registry = 3;

@@ -106,8 +106,9 @@ moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char 
                       "20000",
                       "--join-window",
                       "30s",
-                      "--no-secagg", /* plain and per-site rows unless a test adds --secagg */
-                      "--per-site-metrics",
+                      "--no-secagg", /* the daemon's default is on: tests ask for it (--secagg) */
+                      "--secagg-allow-2",   /* the tests' 2-site rounds (not a deployment) */
+                      "--per-site-metrics", /* plain-mode tests read the per-site rows */
                       "--max-retries",
                       "1",
                       "--local-epochs",

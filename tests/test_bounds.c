@@ -241,6 +241,7 @@ static void test_options_refused(void **state)
         cfg.norm_bound = bad[i].norm_bound;
         cfg.dp_clip = bad[i].dp_clip;
         cfg.count_cap = bad[i].count_cap;
+        cfg.out_dir = "never-created"; /* the configuration is refused first */
         moeh_coord_core_t *core = NULL;
         moeh_err_t err = {0};
         assert_int_equal(moeh_coord_core_create(&cfg, &io, &core, &err), -EINVAL);

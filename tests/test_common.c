@@ -166,70 +166,7 @@ static void test_opts(void **state)
     moeh_opts_free(&o2);
 }
 
-/* What an operator gets wrong: a misspelt option gets the closest name; --no-X turns a boolean
- * off; a key set twice in an INI file is refused at its line; durations take units; --help shows
- * no sentinel number for "not set", and booleans as on/off. */
-static void test_opts_mistakes(void **state)
-{
-    (void)state;
-    uint32_t rounds = 8, unset = UINT32_MAX, window = 60000;
-    int secagg = 1;
-    const moeh_opt_t opts[] = {
-        {"rounds", MOEH_OPT_U32, &rounds, "r"},
-        {"ready-fd", MOEH_OPT_U32, &unset, "fd"},
-        {"join-window", MOEH_OPT_DURATION, &window, "w"},
-        {"secagg", MOEH_OPT_BOOL, &secagg, "s"},
-    };
-    moeh_err_t err = {0};
-    moeh_opts_t o = {.prog = "t", .synopsis = "t", .opts = opts, .n_opts = 4};
-    char *typo[] = {"t", "--roundz", "3", NULL};
-    assert_int_equal(moeh_opts_parse(&o, 3, typo, &err), -EINVAL);
-    assert_non_null(strstr(err.msg, "unknown option '--roundz'; did you mean --rounds?"));
-    char *far[] = {"t", "--colour", NULL};
-    assert_int_equal(moeh_opts_parse(&o, 2, far, &err), -EINVAL);
-    assert_null(strstr(err.msg, "did you mean")); /* nothing close: no guess */
-    char *prefix[] = {"t", "--join", "1h", NULL};
-    assert_int_equal(moeh_opts_parse(&o, 3, prefix, &err), -EINVAL);
-    assert_non_null(strstr(err.msg, "did you mean --join-window?"));
-    char *off[] = {"t", "--no-secagg", "--join-window", "1.5h", NULL};
-    assert_int_equal(moeh_opts_parse(&o, 4, off, &err), 0);
-    assert_int_equal(secagg, 0);
-    assert_int_equal(window, 5400000);
-    const char *durations[][2] = {{"250ms", "250"}, {"90", "90000"}, {"10m", "600000"}};
-    for (int i = 0; i < 3; i++) {
-        char *d[] = {"t", "--join-window", (char *)durations[i][0], NULL};
-        assert_int_equal(moeh_opts_parse(&o, 3, d, &err), 0);
-        assert_int_equal(window, (uint32_t)atol(durations[i][1]));
-    }
-    char *bad_d[] = {"t", "--join-window", "6 hours", NULL};
-    assert_int_equal(moeh_opts_parse(&o, 3, bad_d, &err), -EINVAL);
-    assert_non_null(strstr(err.msg, "is not a duration"));
-    char *no_num[] = {"t", "--no-rounds", NULL}; /* --no- only for booleans */
-    assert_int_equal(moeh_opts_parse(&o, 2, no_num, &err), -EINVAL);
-    char ini[300];
-    snprintf(ini, sizeof ini, "%s/dup.ini", g_dir);
-    FILE *f = fopen(ini, "w");
-    assert_non_null(f);
-    fprintf(f, "[a]\nrounds = 5\n[b]\nsecagg = false\nrounds = 6\n");
-    fclose(f);
-    char *cfg[] = {"t", "--config", ini, NULL};
-    assert_int_equal(moeh_opts_parse(&o, 3, cfg, &err), -EINVAL);
-    assert_non_null(strstr(err.msg, "dup.ini:5: 'rounds' is set a second time"));
-    moeh_opts_free(&o);
-    window = 6 * 3600000u;
-    char *help = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&help, &len);
-    assert_non_null(m);
-    moeh_opts_print_help(&o, m);
-    fclose(m);
-    assert_null(strstr(help, "4294967295"));
-    assert_non_null(strstr(help, "(default: 6h)"));
-    assert_non_null(strstr(help, "--[no-]secagg"));
-    free(help);
-}
-
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_npy_roundtrip),
                cmocka_unit_test(test_npy_rejects_truncated),
                cmocka_unit_test(test_atomic_write_replaces), cmocka_unit_test(test_rng),
-               cmocka_unit_test(test_opts), cmocka_unit_test(test_opts_mistakes))
+               cmocka_unit_test(test_opts))

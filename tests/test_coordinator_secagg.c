@@ -276,6 +276,8 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
 static void secagg_outage(moeh_coord_cfg_t *c)
 {
     c->secagg = 1;
+    c->secagg_allow_2 = 0; /* the deployment default: a secure round needs 3 sites */
+    c->min_sites = 3;
     c->heartbeat_timeout_ms = 300;
     c->outage_budget_ms = 60000;
 }

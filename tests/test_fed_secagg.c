@@ -455,7 +455,7 @@ static void test_secagg_k_neighbours(void **state)
     assert_same_global_metrics(out_a, out_b);
 }
 
-/* --secagg-k is checked at start, with a message naming the constraint. */
+/* --secagg-k is checked at start (exit 2), with a message naming the constraint. */
 static void test_secagg_k_refused(void **state)
 {
     fixture_t *f = *state;

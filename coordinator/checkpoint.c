@@ -2,9 +2,15 @@
 #include "moeh_checkpoint.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define MAGIC "MOEHCKPT"
@@ -225,4 +231,47 @@ float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count)
     for (size_t i = 0; i < c->n_arrays; i++)
         if (strcmp(c->names[i], name) == 0 && c->counts[i] == count) return c->arrays[i];
     return NULL;
+}
+
+int moeh_ckpt_remove_stale(const char *path, size_t *removed, moeh_err_t *err)
+{
+    *removed = 0;
+    char dir[PATH_MAX], prefix[NAME_MAX + 8];
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    size_t dlen = slash ? (size_t)(slash - path) : 1;
+    if (dlen >= sizeof dir || strlen(base) + 5 >= sizeof prefix)
+        return moeh_errf(err, -ENAMETOOLONG, "%s: path too long", path);
+    memcpy(dir, slash ? path : ".", dlen);
+    dir[dlen] = '\0';
+    if (dlen == 0) snprintf(dir, sizeof dir, "/");
+    snprintf(prefix, sizeof prefix, "%s.tmp.", base);
+    size_t plen = strlen(prefix);
+    DIR *d = opendir(dir);
+    if (!d) return moeh_errf(err, -errno, "%s: cannot list: %s", dir, strerror(errno));
+    int rc = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *tail = e->d_name + plen;
+        char *end;
+        if (strncmp(e->d_name, prefix, plen) != 0 || *tail < '0' || *tail > '9') continue;
+        errno = 0;
+        long pid = strtol(tail, &end, 10);
+        if (*end || errno || pid <= 0 || pid > INT_MAX) continue;
+        if (pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno == EPERM) {
+            MOEH_WARN("%s/%s: left in place, process %ld (its writer?) is alive", dir, e->d_name,
+                      pid);
+            continue;
+        }
+        char full[PATH_MAX + NAME_MAX + 2];
+        snprintf(full, sizeof full, "%s/%s", dir, e->d_name);
+        if (unlink(full) != 0) {
+            rc = moeh_errf(err, -errno, "%s: cannot remove: %s", full, strerror(errno));
+            break;
+        }
+        MOEH_INFO("removed %s, a temporary checkpoint left by an interrupted write (pid %ld)", full,
+                  pid);
+        (*removed)++;
+    }
+    closedir(d);
+    return rc;
 }

@@ -38,6 +38,11 @@ int moeh_ckpt_save(const char *path, const moeh_ckpt_t *c, moeh_err_t *err)
 int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     __attribute__((warn_unused_result));
 void moeh_ckpt_free(moeh_ckpt_t *c);
+/* Removes the temporary files (PATH.tmp.<pid>) that writes killed before their rename left
+ * next to path, each logged; one whose pid is a live process other than this one is left (and
+ * warned about). *removed counts them. 0 or a negative errno with err set. */
+int moeh_ckpt_remove_stale(const char *path, size_t *removed, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 /* The array with that name and count, or NULL. */
 float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count);
 

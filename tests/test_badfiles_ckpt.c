@@ -16,6 +16,9 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 static char dir[256], path[300];
@@ -139,7 +142,40 @@ static void test_fractional_shape(void **state)
     refused("data_shape n_vars is 2.5");
 }
 
-MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_honest_loads),
-               cmocka_unit_test(test_data_shape_1e10), cmocka_unit_test(test_round_1e300),
-               cmocka_unit_test(test_nan_params), cmocka_unit_test(test_bad_std),
-               cmocka_unit_test(test_fractional_shape))
+static void touch(const char *p)
+{
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A write killed before its rename leaves checkpoint.moeh.tmp.<pid>: removed at start; the
+ * temp file of a live process (this one) and names that are not ours stay. */
+static void test_stale_tmp(void **state)
+{
+    (void)state;
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0) _exit(0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    char stale[400], mine[400], other[400];
+    snprintf(stale, sizeof stale, "%s.tmp.%d", path, (int)dead);
+    snprintf(mine, sizeof mine, "%s.tmp.%d", path, (int)getpid());
+    snprintf(other, sizeof other, "%s.tmp.12x", path);
+    touch(stale), touch(mine), touch(other);
+    size_t n = 99;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_ckpt_remove_stale(path, &n, &err), 0);
+    assert_int_equal(n, 1);
+    struct stat st;
+    assert_int_equal(stat(stale, &st), -1);
+    assert_int_equal(stat(mine, &st), 0);
+    assert_int_equal(stat(other, &st), 0);
+    assert_int_equal(unlink(mine), 0);
+    assert_int_equal(unlink(other), 0);
+}
+
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_stale_tmp),
+               cmocka_unit_test(test_honest_loads), cmocka_unit_test(test_data_shape_1e10),
+               cmocka_unit_test(test_round_1e300), cmocka_unit_test(test_nan_params),
+               cmocka_unit_test(test_bad_std), cmocka_unit_test(test_fractional_shape))

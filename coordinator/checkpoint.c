@@ -2,8 +2,15 @@
 #include "moeh_checkpoint.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #define MAGIC "MOEHCKPT"
@@ -65,6 +72,59 @@ static int get_num(const cJSON *j, const char *key, double *out)
     return 0;
 }
 
+/* A header count: a whole number in [0, max]; otherwise says which field and what was expected. */
+static int get_int(const cJSON *j, const char *key, double max, double *out, const char *path,
+                   moeh_err_t *err)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    if (!cJSON_IsNumber(v))
+        return moeh_errf(err, -EBADMSG, "%s: header field '%s' missing or not a number", path, key);
+    double x = v->valuedouble;
+    if (!isfinite(x) || x < 0 || x > max || x != floor(x))
+        return moeh_errf(err, -EBADMSG,
+                         "%s: header field '%s' is %g, expected an integer in 0..%.0f", path, key,
+                         x, max);
+    *out = x;
+    return 0;
+}
+
+/* Limits of the data shapes a site may declare (the same as proto/wire.c's hello check). */
+static const double shape_max[4] = {1u << 20, 4096, 1000, 1024};
+static const char *const shape_name[4] = {"n_static", "n_vars", "n_steps", "img_size"};
+
+/* Checks the values of a loaded array: every float finite; the stored data shapes within the
+ * model's limits (before anything allocates a model from them); the normalisation's standard
+ * deviations (second half of "norm") positive. */
+static int check_array(const char *path, const char *name, const float *a, size_t n,
+                       moeh_err_t *err)
+{
+    for (size_t k = 0; k < n; k++)
+        if (!isfinite(a[k]))
+            return moeh_errf(err, -EBADMSG, "%s: array '%s' element %zu is %g, expected finite",
+                             path, name, k, (double)a[k]);
+    if (strcmp(name, "data_shape") == 0) {
+        if (n != 4)
+            return moeh_errf(err, -EBADMSG, "%s: array 'data_shape' has %zu values, expected 4",
+                             path, n);
+        for (size_t k = 0; k < 4; k++)
+            if (a[k] < 0 || a[k] > shape_max[k] || a[k] != floorf(a[k]))
+                return moeh_errf(err, -EBADMSG,
+                                 "%s: data_shape %s is %g, expected an integer in 0..%.0f", path,
+                                 shape_name[k], (double)a[k], shape_max[k]);
+    }
+    if (strcmp(name, "norm") == 0) {
+        if (n % 2)
+            return moeh_errf(err, -EBADMSG,
+                             "%s: array 'norm' has %zu values, expected an even count", path, n);
+        for (size_t k = n / 2; k < n; k++)
+            if (!(a[k] > 0))
+                return moeh_errf(err, -EBADMSG,
+                                 "%s: array 'norm' standard deviation %zu is %g, expected > 0",
+                                 path, k - n / 2, (double)a[k]);
+    }
+    return 0;
+}
+
 int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
 {
     char *buf = NULL;
@@ -103,12 +163,16 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
     double round, mv, n_params, n_groups;
     const char *hash = j ? cJSON_GetStringValue(cJSON_GetObjectItem(j, "spec_hash")) : NULL;
     const cJSON *arr = j ? cJSON_GetObjectItem(j, "arrays") : NULL;
-    if (!j || !hash || !cJSON_IsArray(arr) || get_num(j, "round", &round) ||
-        get_num(j, "model_version", &mv) || get_num(j, "n_params", &n_params) ||
-        get_num(j, "n_groups", &n_groups)) {
-        moeh_errf(err, rc, "%s: header lacks a field or has a wrong type", path);
+    if (!j || !hash || !cJSON_IsArray(arr)) {
+        moeh_errf(err, rc, "%s: header is not JSON with spec_hash (string) and arrays (list)",
+                  path);
         goto out;
     }
+    if (get_int(j, "round", UINT32_MAX, &round, path, err) ||
+        get_int(j, "model_version", 9007199254740992.0, &mv, path, err) ||
+        get_int(j, "n_params", MOEH_CKPT_MAX_PARAMS, &n_params, path, err) ||
+        get_int(j, "n_groups", 1024, &n_groups, path, err))
+        goto out;
     c->round = (uint32_t)round;
     c->model_version = (uint64_t)mv;
     c->spec_hash = strtoull(hash, NULL, 16);
@@ -124,7 +188,7 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
         const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(a, "name"));
         double cnt;
         if (!name || strlen(name) >= sizeof c->names[i] || get_num(a, "count", &cnt) ||
-            cnt > (double)(1ull << 32)) {
+            cnt > (double)MOEH_CKPT_MAX_PARAMS || cnt != floor(cnt)) {
             moeh_errf(err, rc, "%s: array %zu has no valid name or count", path, i);
             goto out;
         }
@@ -145,6 +209,7 @@ int moeh_ckpt_load(const char *path, moeh_ckpt_t *c, moeh_err_t *err)
         memcpy(c->arrays[i], buf + off, c->counts[i] * sizeof(float));
         off += c->counts[i] * sizeof(float);
         c->n_arrays++;
+        if ((rc = check_array(path, c->names[i], c->arrays[i], c->counts[i], err))) goto out;
     }
     rc = 0;
 out:
@@ -166,4 +231,47 @@ float *moeh_ckpt_array(const moeh_ckpt_t *c, const char *name, size_t count)
     for (size_t i = 0; i < c->n_arrays; i++)
         if (strcmp(c->names[i], name) == 0 && c->counts[i] == count) return c->arrays[i];
     return NULL;
+}
+
+int moeh_ckpt_remove_stale(const char *path, size_t *removed, moeh_err_t *err)
+{
+    *removed = 0;
+    char dir[PATH_MAX], prefix[NAME_MAX + 8];
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    size_t dlen = slash ? (size_t)(slash - path) : 1;
+    if (dlen >= sizeof dir || strlen(base) + 5 >= sizeof prefix)
+        return moeh_errf(err, -ENAMETOOLONG, "%s: path too long", path);
+    memcpy(dir, slash ? path : ".", dlen);
+    dir[dlen] = '\0';
+    if (dlen == 0) snprintf(dir, sizeof dir, "/");
+    snprintf(prefix, sizeof prefix, "%s.tmp.", base);
+    size_t plen = strlen(prefix);
+    DIR *d = opendir(dir);
+    if (!d) return moeh_errf(err, -errno, "%s: cannot list: %s", dir, strerror(errno));
+    int rc = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *tail = e->d_name + plen;
+        char *end;
+        if (strncmp(e->d_name, prefix, plen) != 0 || *tail < '0' || *tail > '9') continue;
+        errno = 0;
+        long pid = strtol(tail, &end, 10);
+        if (*end || errno || pid <= 0 || pid > INT_MAX) continue;
+        if (pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno == EPERM) {
+            MOEH_WARN("%s/%s: left in place, process %ld (its writer?) is alive", dir, e->d_name,
+                      pid);
+            continue;
+        }
+        char full[PATH_MAX + NAME_MAX + 2];
+        snprintf(full, sizeof full, "%s/%s", dir, e->d_name);
+        if (unlink(full) != 0) {
+            rc = moeh_errf(err, -errno, "%s: cannot remove: %s", full, strerror(errno));
+            break;
+        }
+        MOEH_INFO("removed %s, a temporary checkpoint left by an interrupted write (pid %ld)", full,
+                  pid);
+        (*removed)++;
+    }
+    closedir(d);
+    return rc;
 }

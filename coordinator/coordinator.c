@@ -783,6 +783,8 @@ int moeh_coord_core_create(const moeh_coord_cfg_t *cfg, const moeh_coord_io_t *i
         rc = moeh_errf(err, -ENAMETOOLONG, "--out is too long");
         goto fail;
     }
+    size_t n_stale; /* badfiles: temp checkpoints of killed writes */
+    if ((rc = moeh_ckpt_remove_stale(c->ckpt_path, &n_stale, err))) goto fail;
     if (cfg->resume && (rc = coord_load_checkpoint(c, err))) goto fail;
     if (moeh_dp_ledger_init(&c->ledger, cfg->dp_clip, cfg->dp_noise, cfg->dp_delta, cfg->min_sites,
                             cfg->out_dir)) {

@@ -2,9 +2,13 @@
 #include "moeh_dataset.h"
 #include "moeh_npy.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 enum {
@@ -345,9 +349,31 @@ static void fmt_shape(char *out, size_t cap, const size_t *s, size_t nd)
     if ((size_t)k < cap) snprintf(out + k, cap - (size_t)k, ")");
 }
 
-/* Checks the values of arrays with a domain. */
+/* Checks the values of arrays with a domain. static and ts_delta must be finite (only ts_value
+ * may hold NaN, before the first observation), ts_delta also >= 0; a bad value is reported by
+ * array, row, hour and column (with the feature's name), e.g. a ts_delta of all NaN. */
 static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t *err)
 {
+    for (size_t i = 0; i < ds->n; i++)
+        for (size_t f = 0; f < ds->f_static; f++) {
+            float v = ds->static_x[i * ds->f_static + f];
+            if (!isfinite(v))
+                return moeh_errf(err, -EBADMSG,
+                                 "%s/static.npy: row %zu column %zu (%s) is %g, expected a "
+                                 "finite value",
+                                 dir, i, f, ds->static_names ? ds->static_names[f] : "?",
+                                 (double)v);
+        }
+    for (size_t i = 0; i < ds->n; i++)
+        for (size_t t = 0; t < ds->t; t++)
+            for (size_t f = 0; f < ds->f_ts; f++) {
+                float v = ds->ts_delta[(i * ds->t + t) * ds->f_ts + f];
+                if (!isfinite(v) || v < 0)
+                    return moeh_errf(err, -EBADMSG,
+                                     "%s/ts_delta.npy: row %zu hour %zu column %zu (%s) is %g, "
+                                     "expected finite hours >= 0",
+                                     dir, i, t, f, ds->ts_names ? ds->ts_names[f] : "?", (double)v);
+            }
     size_t nt = ds->n * ds->t * ds->f_ts;
     for (size_t i = 0; i < nt; i++)
         if (ds->ts_mask[i] != 0.0f && ds->ts_mask[i] != 1.0f)
@@ -384,6 +410,27 @@ static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t 
     return 0;
 }
 
+/* Refuses anything but a regular file (a FIFO, device or directory given as an array file):
+ * opened with O_NONBLOCK so that a FIFO without a writer cannot hang the reader. */
+static int check_regular(const char *path, moeh_err_t *err)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return moeh_errf(err, -errno, "%s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = fstat(fd, &st) != 0 ? -errno : 0;
+    close(fd);
+    if (rc) return moeh_errf(err, rc, "%s: %s", path, strerror(-rc));
+    if (!S_ISREG(st.st_mode))
+        return moeh_errf(err, -EINVAL, "%s: not a regular file (%s), a dataset file must be one",
+                         path,
+                         S_ISFIFO(st.st_mode)   ? "a FIFO"
+                         : S_ISDIR(st.st_mode)  ? "a directory"
+                         : S_ISCHR(st.st_mode)  ? "a character device"
+                         : S_ISSOCK(st.st_mode) ? "a socket"
+                                                : "neither file nor directory");
+    return 0;
+}
+
 int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **out, moeh_err_t *err)
 {
     *out = NULL;
@@ -401,7 +448,9 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         rc = moeh_errf(err, rc, "%s: path too long", dir);
         goto fail;
     }
-    if ((rc = moeh_file_read_all(path, (size_t)64 << 20, &txt, &len, err)) != 0) goto fail;
+    if ((rc = check_regular(path, err)) != 0 ||
+        (rc = moeh_file_read_all(path, (size_t)64 << 20, &txt, &len, err)) != 0)
+        goto fail;
     rc = -EBADMSG;
     if (!(meta = cJSON_Parse(txt))) {
         moeh_errf(err, rc, "%s: not valid JSON near byte %td", path,
@@ -467,6 +516,10 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         }
         moeh_npy_map_t *m = &ds->store->maps[a];
         moeh_err_t e2 = {0};
+        if ((rc = check_regular(ap, &e2)) != 0) {
+            moeh_errf(err, rc, "array '%s': %s", nm, e2.msg);
+            goto fail;
+        }
         if ((rc = moeh_npy_map(ap, (int)k_arrays[a].dt, k_arrays[a].ndim, m, &e2)) != 0) {
             moeh_errf(err, rc, "array '%s': %s", nm, e2.msg);
             goto fail;

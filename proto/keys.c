@@ -108,9 +108,28 @@ static int read_keyfile(const char *path, const char *text, moeh_keypair_t *kp, 
     if (line > 0)
         return moeh_errf(err, -EINVAL, "%s:%d: %s", path, line,
                          c.bad_what ? c.bad_what : "syntax error");
+    if (!need_secret && c.have_sec) /* e.g. coordinator.key given as --server-key */
+        return moeh_errf(err, -EINVAL,
+                         "%s: holds a secret-key, so it is a key pair file (.key), not a public "
+                         "key: give the matching .pub file (public-key only) here, and keep the "
+                         ".key file on its owner's machine",
+                         path);
     if (!c.have_pub || (need_secret && !c.have_sec))
         return moeh_errf(err, -EINVAL, "%s: missing %s", path,
                          c.have_pub ? "secret-key (is this a .pub file?)" : "public-key");
+    if (need_secret) { /* the public half must be the one the secret half derives */
+        uint8_t sec[32], pub[32], derived[32];
+        int ok = zmq_z85_decode(sec, kp->secret_z85) && zmq_z85_decode(pub, kp->public_z85) &&
+                 crypto_scalarmult_base(derived, sec) == 0 && sodium_memcmp(derived, pub, 32) == 0;
+        sodium_memzero(sec, sizeof sec);
+        sodium_memzero(derived, sizeof derived);
+        if (!ok)
+            return moeh_errf(err, -EINVAL,
+                             "%s: public-key and secret-key do not belong together (the public "
+                             "key is not the one the secret key derives); regenerate the pair "
+                             "with moeh-keygen",
+                             path);
+    }
     return 0;
 }
 

@@ -379,8 +379,13 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
             e = moeh_errf(&err, -ERANGE, "non-finite parameters after training");
     }
     if (e) {
-        MOEH_ERROR("round %u: local training failed (%s); no update is sent", rs->round, err.msg);
-        moeh_agent_send_error(a, -ERANGE, "local training failed");
+        /* badfiles: say why and on which dataset; the coordinator logs the reason (not the
+         * path: that stays at the site) */
+        MOEH_ERROR("round %u: local training on the dataset %s failed: %s; no update is sent",
+                   rs->round, a->cfg->dataset_dir ? a->cfg->dataset_dir : "(in memory)", err.msg);
+        char why[256];
+        snprintf(why, sizeof why, "local training failed: %.200s", err.msg);
+        moeh_agent_send_error(a, -ERANGE, why);
         return;
     }
     moeh_agent_update_submit(a, rs, &res);

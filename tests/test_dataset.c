@@ -15,6 +15,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char g_dir[256];
@@ -176,6 +177,44 @@ static void test_rejects(void **state)
     moeh_dataset_destroy(&ds);
 }
 
+/* Hostile files with valid checksums (issue 13, finding 9): non-finite values where the format
+ * forbids them are named by array, row and column; a FIFO in place of an array (or of
+ * meta.json) is refused at once instead of hanging the reader (alarm: a hang fails the test). */
+static void test_badfiles(void **state)
+{
+    moeh_dataset_t *ds = make(6);
+    char dir[512], p[600];
+    alarm(30);
+
+    for (size_t k = 0; k < 6 * 144; k++) /* all of ts_delta NaN, checksums rewritten */
+        ds->ts_delta[k] = NAN;
+    write_ok("nan_delta", ds, dir);
+    expect_open_error(dir, "ts_delta.npy: row 0 hour 0 column 0 (hr) is nan", NULL);
+    for (size_t k = 0; k < 6 * 144; k++)
+        ds->ts_delta[k] = (float)(k % 7);
+    ds->ts_delta[(2 * 48 + 5) * 3 + 1] = -1.0f;
+    write_ok("neg_delta", ds, dir);
+    expect_open_error(dir, "ts_delta.npy: row 2 hour 5 column 1 (sbp) is -1", NULL);
+    ds->ts_delta[(2 * 48 + 5) * 3 + 1] = 0.0f;
+    ds->static_x[3 * 2 + 1] = INFINITY;
+    write_ok("inf_static", ds, dir);
+    expect_open_error(dir, "static.npy: row 3 column 1 (sex_female) is inf", NULL);
+    ds->static_x[3 * 2 + 1] = 0.0f;
+
+    write_ok("fifo", ds, dir);
+    snprintf(p, sizeof p, "%s/ts_mask.npy", dir);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    expect_open_error(dir, "'ts_mask'", "not a regular file (a FIFO)");
+    write_ok("fifo_meta", ds, dir);
+    snprintf(p, sizeof p, "%s/meta.json", dir);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    expect_open_error(dir, "meta.json: not a regular file (a FIFO)", NULL);
+    alarm(0);
+    moeh_dataset_destroy(&ds);
+}
+
 /* Corrupted .npy headers and truncated files are errors, never crashes (run under ASan). */
 static void test_corrupt_headers(void **state)
 {
@@ -272,4 +311,5 @@ static void test_schema_names(void **state)
 }
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_rejects),
-               cmocka_unit_test(test_corrupt_headers), cmocka_unit_test(test_schema_names))
+               cmocka_unit_test(test_badfiles), cmocka_unit_test(test_corrupt_headers),
+               cmocka_unit_test(test_schema_names))

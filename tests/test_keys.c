@@ -91,10 +91,12 @@ static void test_keypair_files(void **state)
     memset(pub, 'x', sizeof pub);
     assert_int_equal(moeh_pubkey_read(pubf, pub, &err), 0);
     assert_string_equal(pub, kp->public_z85);
-    /* the public key of a .key file too */
-    memset(pub, 'x', sizeof pub);
-    assert_int_equal(moeh_pubkey_read(keyf, pub, &err), 0);
-    assert_string_equal(pub, kp->public_z85);
+    /* a .key file where a public key belongs (coordinator.key as --server-key) is refused,
+     * naming the file and what it is */
+    memset(&err, 0, sizeof err);
+    assert_int_equal(moeh_pubkey_read(keyf, pub, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, keyf));
+    assert_non_null(strstr(err.msg, "holds a secret-key"));
     /* the .pub file must not contain the secret */
     FILE *f = fopen(pubf, "r");
     assert_non_null(f);
@@ -161,6 +163,19 @@ static void test_keyfile_errors(void **state)
     assert_int_equal(moeh_keypair_read(path, &kp, &err), -EINVAL);
     snprintf(want, sizeof want, "%s:1:", path);
     assert_non_null(strstr(err.msg, want));
+
+    /* halves that do not belong together (the public key of another pair) */
+    moeh_keypair_t *other = NULL;
+    assert_int_equal(moeh_keypair_generate(&other), 0);
+    snprintf(text, sizeof text, "public-key = %s\nsecret-key = %s\n", other->public_z85,
+             gen->secret_z85);
+    moeh_keypair_destroy(&other);
+    write_text(path, text);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(moeh_keypair_read(path, &kp, &err), -EINVAL);
+    assert_null(kp);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "do not belong together"));
 
     /* a public key alone */
     snprintf(text, sizeof text, "public-key = %s\n", gen->public_z85);

@@ -92,14 +92,16 @@ static int get_int(const cJSON *j, const char *key, double max, double *out, con
 static const double shape_max[4] = {1u << 20, 4096, 1000, 1024};
 static const char *const shape_name[4] = {"n_static", "n_vars", "n_steps", "img_size"};
 
-/* Checks the values of a loaded array: every float finite; the stored data shapes within the
- * model's limits (before anything allocates a model from them); the normalisation's standard
- * deviations (second half of "norm") positive. */
+/* Checks the values of a loaded array: every float finite (but in "select_state", where the
+ * selected round's metrics of a slice without positives or negatives are NaN by definition);
+ * the stored data shapes within the model's limits (before anything allocates a model from
+ * them); the normalisation's standard deviations (second half of "norm") positive. */
 static int check_array(const char *path, const char *name, const float *a, size_t n,
                        moeh_err_t *err)
 {
+    const int may_be_nan = strcmp(name, "select_state") == 0;
     for (size_t k = 0; k < n; k++)
-        if (!isfinite(a[k]))
+        if (!isfinite(a[k]) && !(may_be_nan && isnan(a[k])))
             return moeh_errf(err, -EBADMSG, "%s: array '%s' element %zu is %g, expected finite",
                              path, name, k, (double)a[k]);
     if (strcmp(name, "data_shape") == 0) {

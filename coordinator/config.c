@@ -45,7 +45,7 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->clip = 5.0f;
     c->delta_clip = 1.0f;
     c->eval_bins = 1000;
-    c->validate = 1; /* select the best round by validation (select.c) */
+    c->validate = 1;   /* select the best round by validation (select.c) */
     c->out_dir = NULL; /* required: a run never writes into wherever it was started */
     c->ready_fd = -1;
 }

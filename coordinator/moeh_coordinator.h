@@ -101,7 +101,6 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *cfg);
  * pairs; checked with the whole configuration). 0, or -EINVAL with err naming the value. */
 int moeh_coord_parse_secagg_k(const char *s, uint32_t *k, moeh_err_t *err) MOEH_WUR;
 
-
 /* Runs a whole federation. 0 when every round completed; a negative code with err->msg
  * otherwise (-ETIMEDOUT: not enough sites; -EINTR: stopped by *stop). */
 int moeh_coord_run(const moeh_coord_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)

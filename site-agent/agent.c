@@ -173,8 +173,8 @@ static void drain_monitor(agent_t *a)
                       "the peer at %s closed the connection during the CURVE handshake %d times "
                       "in %.1f s: --server-key %s is not that coordinator's public key (or the "
                       "peer is not a moeh-coordinator speaking CURVE)",
-                      a->cfg->connect, a->hs_dropped,
-                      (moeh_now_ms() - a->hs_first_drop) / 1000.0, a->cfg->server_key);
+                      a->cfg->connect, a->hs_dropped, (moeh_now_ms() - a->hs_first_drop) / 1000.0,
+                      a->cfg->server_key);
         else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
             MOEH_WARN("CURVE handshake failed (protocol error %u); is --server-key the "
                       "coordinator's public key?",

@@ -26,8 +26,8 @@ struct agent {
     moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
     void *zctx, *sock, *mon;
     unsigned mon_seq;
-    int hs_ok;      /* this socket's CURVE handshake succeeded */
-    int hs_dropped; /* connections closed during the handshake, since the last success */
+    int hs_ok;             /* this socket's CURVE handshake succeeded */
+    int hs_dropped;        /* connections closed during the handshake, since the last success */
     int64_t hs_first_drop; /* when the first of those was seen (ms) */
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];

@@ -153,6 +153,8 @@ int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n
 site_t *coord_site_by_id(const coord_t *c, const char *id);
 size_t coord_site_index(const coord_t *c, const site_t *s);
 uint64_t coord_dp_most_seen(const coord_t *c);
+/* Sites admitted now (connected and heard from within the heartbeat timeout). */
+uint32_t coord_n_admitted(const coord_t *c);
 const moeh_report_dp_t *coord_dp_row(const coord_t *c, moeh_report_dp_t *row);
 int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t *frames,
                   size_t n_frames);

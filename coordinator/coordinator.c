@@ -33,9 +33,7 @@
 #include "moeh_dp_ledger.h"
 #include "moeh_hist.h"
 #include "moeh_keys.h"
-#include "moeh_modelfile.h"
 #include "moeh_moe.h"
-#include "moeh_npy.h"
 #include "moeh_quant.h"
 #include "moeh_schema.h"
 #include "moeh_secagg_server.h"
@@ -67,7 +65,7 @@ size_t coord_site_index(const coord_t *c, const site_t *s)
     return (size_t)(s - c->sites);
 }
 
-static uint32_t n_admitted(const coord_t *c)
+uint32_t coord_n_admitted(const coord_t *c)
 {
     uint32_t n = 0;
     for (size_t i = 0; i < c->n_sites; i++)
@@ -570,7 +568,7 @@ static uint32_t sites_needed(const coord_t *c)
 int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const char *what)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    uint32_t up = n_admitted(c), need = sites_needed(c);
+    uint32_t up = coord_n_admitted(c), need = sites_needed(c);
     if (cfg->outage_budget_ms > 0 && up < need) {
         MOEH_WARN("round %u %s phase: %s; only %u of the %u sites needed are connected: waiting "
                   "up to %.0f s for them (--outage-budget), no retry counted",
@@ -686,7 +684,7 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     const char *name = coord_phase_name(c->phase);
-    uint32_t up = n_admitted(c), need = sites_needed(c);
+    uint32_t up = coord_n_admitted(c), need = sites_needed(c);
     int64_t waited = c->now - c->outage_since;
     if (up >= need) {
         MOEH_INFO("round %u %s phase: %u sites connected again after %.1f s: starting the "
@@ -715,7 +713,7 @@ int moeh_coord_core_tick(moeh_coord_core_t *c, int64_t now, moeh_err_t *err)
     if (c->outage_since >= 0 && c->phase != PH_WAIT && c->phase != PH_DONE)
         return outage_tick(c, err);
     if (c->phase != PH_WAIT) return c->phase == PH_DONE ? 0 : step_phase(c, err);
-    uint32_t n = n_admitted(c);
+    uint32_t n = coord_n_admitted(c);
     int64_t waited = c->now - c->wait_start;
     if (c->round >= cfg->rounds || coord_select_stop(c)) { /* resumed a run that had finished */
         c->phase = PH_DONE;
@@ -900,89 +898,6 @@ void moeh_coord_core_bye_all(moeh_coord_core_t *c, Moeh__ByeStatus status, const
     moeh_env_bye(&env, &bye);
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].admitted) send_env(c, c->sites[i].rid, c->sites[i].rid_len, &env);
-}
-
-/* OUT/model.safetensors (train/moeh_modelfile.h): the final parameters with the federated
- * normalisation, the feature names of --feature-names and the run's provenance. */
-static int coord_write_modelfile(coord_t *c, moeh_err_t *err)
-{
-    const moeh_coord_cfg_t *cfg = c->cfg;
-    char path[4096];
-    if (!c->have_norm) {
-        MOEH_WARN("no normalisation statistics (no statistics phase ran): model.safetensors not "
-                  "written");
-        return 0;
-    }
-    if (moeh_path_join(path, sizeof path, cfg->out_dir, "model.safetensors"))
-        return moeh_errf(err, -ENAMETOOLONG, "%s/model.safetensors: path too long", cfg->out_dir);
-    moeh_modelfile_names_t nm = {0};
-    if (cfg->feature_names) {
-        moeh_err_t e2 = {0};
-        if (moeh_modelfile_names_load(cfg->feature_names, &nm, &e2) == 0 &&
-            (nm.n_static != c->mcfg.n_static || nm.n_vars != c->mcfg.n_vars)) {
-            MOEH_WARN("--feature-names %s: %zu static features and %zu hourly variables, the "
-                      "model has %zu and %zu: names not recorded",
-                      cfg->feature_names, nm.n_static, nm.n_vars, c->mcfg.n_static, c->mcfg.n_vars);
-            moeh_modelfile_names_free(&nm);
-        } else if (e2.msg[0]) {
-            MOEH_WARN("--feature-names: %s: names not recorded", e2.msg);
-        }
-    }
-    uint32_t sites = 0;
-    for (size_t i = 0; i < c->n_sites; i++)
-        sites += c->sites[i].admitted != 0;
-    double eps = NAN, eps_coord;
-    if (c->dp) moeh_dp_ledger_epsilons(&c->ledger, coord_dp_most_seen(c), &eps, &eps_coord);
-    moeh_modelfile_info_t info = {
-        .mean = c->norm,
-        .std = c->norm + c->n_norm,
-        .static_names = nm.n_static ? (const char *const *)nm.static_names : NULL,
-        .ts_names = nm.n_vars ? (const char *const *)nm.ts_names : NULL,
-        .ts_units = nm.n_vars ? (const char *const *)nm.ts_units : NULL,
-        .prov = {.source = "federated",
-                 .rounds = c->round, /* run (fewer than --rounds after --patience) */
-                 .selected_round = cfg->validate && c->sel_round ? c->sel_round : c->round,
-                 .sites = sites,
-                 .strategy = cfg->strategy,
-                 .secagg = cfg->secagg,
-                 .dp_epsilon = eps}};
-    int rc = moeh_modelfile_write(path, c->model, &info, err);
-    moeh_modelfile_names_free(&nm);
-    return rc;
-}
-
-int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
-{
-    char path[4096];
-    int rc;
-    if (!c->p) return moeh_errf(err, -EINVAL, "no model: no site ever joined");
-    size_t shape[1] = {c->p->n};
-    if (moeh_path_join(path, sizeof path, c->cfg->out_dir, "model.npy"))
-        return moeh_errf(err, -ENAMETOOLONG, "%s/model.npy: path too long", c->cfg->out_dir);
-    /* the selected round's model and test metrics (select.c), else the last round's */
-    const int sel = c->cfg->validate && c->sel_round > 0;
-    if (sel) memcpy(c->p->w, c->sel_w, c->p->n * sizeof(float));
-    if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c->p->w, err))) return rc;
-    if ((rc = coord_write_modelfile(c, err))) return rc;
-    if (sel) {
-        char why[160];
-        snprintf(why, sizeof why, "%s validation %s over rounds 1..%u",
-                 c->cfg->select_by_loss ? "lowest" : "best mean",
-                 c->cfg->select_by_loss ? "loss" : "AUROC", c->round);
-        moeh_coord_report_selection(c->report, c->sel_round, coord_select_key(c), c->sel_value, why,
-                                    c->sel_have_test ? c->sel_test_mean : NAN);
-    }
-    if (sel && c->sel_have_test)
-        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->sel_auroc,
-                                c->sel_combo_rows, c->sel_calib);
-    else
-        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc,
-                                c->combo_rows, c->last_calib);
-    MOEH_INFO("%u rounds done; model written to %s", c->round, path);
-    if (sel)
-        MOEH_INFO("the model is round %u's, selected by %s = %.4f", c->sel_round,
-                  coord_select_key(c), (double)c->sel_value);
-    return 0;
 }
 
 moeh_coord_phase_t moeh_coord_core_phase(const moeh_coord_core_t *c)

@@ -1,11 +1,14 @@
 /* results.c - closing a phase of the coordinator core (coord_internal.h): the server step of a
- * TRAIN phase, the normalisation from the STATS sums, the federated evaluation, and the
- * checkpoint written after every round and read by --resume. */
+ * TRAIN phase, the normalisation from the STATS sums, the federated evaluation, the
+ * checkpoint written after every round and read by --resume, and the run's final outputs
+ * (model.npy, model.safetensors, the selection line and the final table). */
 #include "coord_internal.h"
 #include "moeh_evalsum.h"
 
 #include "moeh_checkpoint.h"
 #include "moeh_secsum.h"
+#include "moeh_modelfile.h"
+#include "moeh_npy.h"
 #include "moeh_trainer.h"
 
 #include <math.h>
@@ -214,4 +217,85 @@ int coord_load_checkpoint(coord_t *c, moeh_err_t *err)
 out:
     moeh_ckpt_free(&k);
     return rc;
+}
+
+/* OUT/model.safetensors (train/moeh_modelfile.h): the final parameters with the federated
+ * normalisation, the feature names of --feature-names and the run's provenance. */
+static int coord_write_modelfile(coord_t *c, moeh_err_t *err)
+{
+    const moeh_coord_cfg_t *cfg = c->cfg;
+    char path[4096];
+    if (!c->have_norm) {
+        MOEH_WARN("no normalisation statistics (no statistics phase ran): model.safetensors not "
+                  "written");
+        return 0;
+    }
+    if (moeh_path_join(path, sizeof path, cfg->out_dir, "model.safetensors"))
+        return moeh_errf(err, -ENAMETOOLONG, "%s/model.safetensors: path too long", cfg->out_dir);
+    moeh_modelfile_names_t nm = {0};
+    if (cfg->feature_names) {
+        moeh_err_t e2 = {0};
+        if (moeh_modelfile_names_load(cfg->feature_names, &nm, &e2) == 0 &&
+            (nm.n_static != c->mcfg.n_static || nm.n_vars != c->mcfg.n_vars)) {
+            MOEH_WARN("--feature-names %s: %zu static features and %zu hourly variables, the "
+                      "model has %zu and %zu: names not recorded",
+                      cfg->feature_names, nm.n_static, nm.n_vars, c->mcfg.n_static, c->mcfg.n_vars);
+            moeh_modelfile_names_free(&nm);
+        } else if (e2.msg[0]) {
+            MOEH_WARN("--feature-names: %s: names not recorded", e2.msg);
+        }
+    }
+    const uint32_t sites = coord_n_admitted(c);
+    double eps = NAN, eps_coord;
+    if (c->dp) moeh_dp_ledger_epsilons(&c->ledger, coord_dp_most_seen(c), &eps, &eps_coord);
+    moeh_modelfile_info_t info = {
+        .mean = c->norm,
+        .std = c->norm + c->n_norm,
+        .static_names = nm.n_static ? (const char *const *)nm.static_names : NULL,
+        .ts_names = nm.n_vars ? (const char *const *)nm.ts_names : NULL,
+        .ts_units = nm.n_vars ? (const char *const *)nm.ts_units : NULL,
+        .prov = {.source = "federated",
+                 .rounds = c->round, /* run (fewer than --rounds after --patience) */
+                 .selected_round = cfg->validate && c->sel_round ? c->sel_round : c->round,
+                 .sites = sites,
+                 .strategy = cfg->strategy,
+                 .secagg = cfg->secagg,
+                 .dp_epsilon = eps}};
+    int rc = moeh_modelfile_write(path, c->model, &info, err);
+    moeh_modelfile_names_free(&nm);
+    return rc;
+}
+
+int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
+{
+    char path[4096];
+    int rc;
+    if (!c->p) return moeh_errf(err, -EINVAL, "no model: no site ever joined");
+    size_t shape[1] = {c->p->n};
+    if (moeh_path_join(path, sizeof path, c->cfg->out_dir, "model.npy"))
+        return moeh_errf(err, -ENAMETOOLONG, "%s/model.npy: path too long", c->cfg->out_dir);
+    /* the selected round's model and test metrics (select.c), else the last round's */
+    const int sel = c->cfg->validate && c->sel_round > 0;
+    if (sel) memcpy(c->p->w, c->sel_w, c->p->n * sizeof(float));
+    if ((rc = moeh_npy_write(path, MOEH_DT_F32, 1, shape, c->p->w, err))) return rc;
+    if ((rc = coord_write_modelfile(c, err))) return rc;
+    if (sel) {
+        char why[160];
+        snprintf(why, sizeof why, "%s validation %s over rounds 1..%u",
+                 c->cfg->select_by_loss ? "lowest" : "best mean",
+                 c->cfg->select_by_loss ? "loss" : "AUROC", c->round);
+        moeh_coord_report_selection(c->report, c->sel_round, coord_select_key(c), c->sel_value, why,
+                                    c->sel_have_test ? c->sel_test_mean : NAN);
+    }
+    if (sel && c->sel_have_test)
+        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->sel_auroc,
+                                c->sel_combo_rows, c->sel_calib);
+    else
+        moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc,
+                                c->combo_rows, c->last_calib);
+    MOEH_INFO("%u rounds done; model written to %s", c->round, path);
+    if (sel)
+        MOEH_INFO("the model is round %u's, selected by %s = %.4f", c->sel_round,
+                  coord_select_key(c), (double)c->sel_value);
+    return 0;
 }

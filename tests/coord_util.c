@@ -360,3 +360,49 @@ void assert_weighted_mean(const fx_t *f, const float *w0, unsigned mask, int unw
     }
     assert_true(worst < 1e-5);
 }
+
+void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,
+                  uint32_t rows, double loss)
+{
+    const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
+    float gate[MOEH_N_COMBOS * 16] = {0};
+    uint32_t combo_rows[MOEH_N_COMBOS] = {rows};
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
+    r.round = round;
+    r.model_version = version;
+    r.loss_sum = loss * rows * T;
+    r.n_labels = (uint64_t)rows * T;
+    r.n_tasks = T;
+    r.n_bins = nb;
+    r.n_combo_rows = MOEH_N_COMBOS;
+    r.combo_rows = combo_rows;
+    moeh_env_eval_result(&env, &r);
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    assert_true(lim->n_experts <= 16);
+    moeh_frame_t fr[2] = {{.name = "hist",
+                           .dtype = MOEH__DTYPE__U32,
+                           .data = (void *)hist,
+                           .count = (uint64_t)MOEH_N_SLICES * T * 2 * nb},
+                          {.name = "gate",
+                           .dtype = MOEH__DTYPE__F32,
+                           .data = gate,
+                           .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
+    assert_int_equal(deliver(f, k, &env, fr, 2), 0);
+}
+
+void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
+{
+    const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
+    size_t per_slice = (size_t)T * 2 * nb;
+    uint32_t *hist = calloc(MOEH_N_SLICES * per_slice, sizeof(uint32_t));
+    assert_non_null(hist);
+    for (size_t sl = 0; sl < 2; sl++) /* all rows, and combination E */
+        for (uint32_t t = 0; t < T; t++) {
+            uint32_t *neg = hist + sl * per_slice + (size_t)t * 2 * nb;
+            neg[2] = rows / 2;
+            neg[nb + 7] = rows - rows / 2;
+        }
+    deliver_eval(f, k, round, version, hist, rows, 0.25);
+    free(hist);
+}

@@ -104,6 +104,13 @@ int send_update(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t w);
 
 /* Joins every site and completes the STATS phase; TRAIN of round 1 is open afterwards. */
 void join_and_stats(fx_t *f);
+/* Site k's EvalResult of round/version: hist (MOEH_N_SLICES, tasks, 2, eval_bins) over `rows`
+ * rows, `loss` per label, every row EHR-only, zero gate weights; delivered, asserted 0. */
+void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,
+                  uint32_t rows, double loss);
+/* Site k's evaluation: `rows` rows with every task perfectly separated (negatives in score bin
+ * 2, positives in bin 7) in all rows and in combination E, loss 0.25 per label. */
+void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows);
 
 /* The expected model after sites (mask) sent site_delta() with weights n_train: the
  * hand-computed weighted mean of their deltas added to w0. */

@@ -20,51 +20,6 @@
 #include <dirent.h>
 #include <unistd.h>
 
-/* Site k's evaluation: every task perfectly separated (negatives in bin 2, positives in bin 7)
- * over `rows` rows, all with EHR only. */
-static void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
-{
-    const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
-    const moeh_params_t *p = moeh_coord_core_params(f->core);
-    (void)p;
-    size_t per_slice = (size_t)T * 2 * nb;
-    uint32_t *hist = calloc(MOEH_N_SLICES * per_slice, sizeof(uint32_t));
-    float gate[MOEH_N_COMBOS * 16] = {0};
-    assert_non_null(hist);
-    for (size_t sl = 0; sl < 2; sl++) /* all rows, and combination E */
-        for (uint32_t t = 0; t < T; t++) {
-            uint32_t *neg = hist + sl * per_slice + (size_t)t * 2 * nb;
-            neg[2] = rows / 2;
-            neg[nb + 7] = rows - rows / 2;
-        }
-    uint32_t combo_rows[MOEH_N_COMBOS] = {rows};
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
-    r.round = round;
-    r.model_version = version;
-    r.loss_sum = 0.25 * rows * T;
-    r.n_labels = (uint64_t)rows * T;
-    r.n_tasks = T;
-    r.n_bins = nb;
-    r.n_combo_rows = MOEH_N_COMBOS;
-    r.combo_rows = combo_rows;
-    env.type = MOEH__MSG_TYPE__EVAL_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
-    env.eval_result = &r;
-    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
-    moeh_frame_t fr[2] = {{.name = "hist",
-                           .dtype = MOEH__DTYPE__U32,
-                           .data = hist,
-                           .count = MOEH_N_SLICES * per_slice},
-                          {.name = "gate",
-                           .dtype = MOEH__DTYPE__F32,
-                           .data = gate,
-                           .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
-    assert_true(lim->n_experts <= 16);
-    assert_int_equal(deliver(f, k, &env, fr, 2), 0);
-    free(hist);
-}
-
 /* ---- admission ------------------------------------------------------------------------- */
 
 static void test_admission(void **state)

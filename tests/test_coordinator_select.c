@@ -25,7 +25,6 @@ static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double
     const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
     size_t per_slice = (size_t)T * 2 * nb;
     uint32_t *hist = calloc(MOEH_N_SLICES * per_slice, sizeof(uint32_t));
-    float gate[MOEH_N_COMBOS * 16] = {0};
     assert_non_null(hist);
     const uint32_t pos = ROWS / 2, hi = (uint32_t)(q * pos + 0.5);
     for (size_t sl = 0; sl < 2; sl++) /* all rows, and combination E */
@@ -35,31 +34,7 @@ static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double
             neg[nb + 7] = hi;
             neg[nb + 1] = pos - hi;
         }
-    uint32_t combo_rows[MOEH_N_COMBOS] = {ROWS};
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
-    r.round = round;
-    r.model_version = version;
-    r.loss_sum = loss * ROWS * T;
-    r.n_labels = (uint64_t)ROWS * T;
-    r.n_tasks = T;
-    r.n_bins = nb;
-    r.n_combo_rows = MOEH_N_COMBOS;
-    r.combo_rows = combo_rows;
-    env.type = MOEH__MSG_TYPE__EVAL_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_EVAL_RESULT;
-    env.eval_result = &r;
-    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
-    moeh_frame_t fr[2] = {{.name = "hist",
-                           .dtype = MOEH__DTYPE__U32,
-                           .data = hist,
-                           .count = MOEH_N_SLICES * per_slice},
-                          {.name = "gate",
-                           .dtype = MOEH__DTYPE__F32,
-                           .data = gate,
-                           .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
-    assert_true(lim->n_experts <= 16);
-    assert_int_equal(deliver(f, k, &env, fr, 2), 0);
+    deliver_eval(f, k, round, version, hist, ROWS, loss);
     free(hist);
 }
 

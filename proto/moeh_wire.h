@@ -150,6 +150,9 @@ typedef struct {
  * unpacked Envelope (free with moeh__envelope__free_unpacked(env, NULL)). On failure returns
  * -EMSGSIZE (too big), -EPROTO (wrong protocol version), -EBADMSG (anything malformed) or
  * -ERANGE (a non-finite float), with err->msg saying which field and what was expected. */
+/* Bytes per element of a DType (f32/u32 4, f64 8), 0 for any other value. */
+size_t moeh_wire_dtype_size(int dtype);
+
 int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,
                      const moeh_iov_t *frames, size_t n_frames, Moeh__Envelope **out,
                      moeh_err_t *err) __attribute__((warn_unused_result));

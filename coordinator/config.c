@@ -45,8 +45,9 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->clip = 5.0f;
     c->delta_clip = 1.0f;
     c->eval_bins = 1000;
-    c->validate = 1;   /* select the best round by validation (select.c) */
-    c->out_dir = NULL; /* required: a run never writes into wherever it was started */
+    c->validate = 1;          /* select the best round by validation (select.c) */
+    c->out_dir = NULL;        /* required: a run never writes into wherever it was started */
+    c->final_wait_ms = 60000; /* sites away at the end: one agent backoff (30 s) and more */
     c->ready_fd = -1;
 }
 

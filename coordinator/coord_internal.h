@@ -33,7 +33,17 @@ typedef struct {
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
     uint64_t hello_model_phase;   /* phase_serial of the last RoundStart a Hello earned it */
+    int final_state;              /* final.c: coord_final_state_t */
+    uint32_t final_sends;         /* final.c: FinalModels sent to it */
 } site_t;
+
+/* final.c: where a site stands with the run's final model. */
+typedef enum {
+    COORD_FINAL_NONE = 0, /* the run is not over (or the site is no longer registered) */
+    COORD_FINAL_PENDING,  /* the coordinator waits for its FinalAck */
+    COORD_FINAL_ACKED,    /* it holds the model */
+    COORD_FINAL_FAILED    /* it could not store it (its agent exits with an error) */
+} coord_final_state_t;
 
 /* Per-key rate limits (replies.c): a token bucket for Hellos and one for Error replies of each
  * authenticated key (or, in --insecure runs, each connection). */
@@ -122,6 +132,14 @@ typedef struct moeh_coord_core {
     double sel_test_loss, sel_test_mean, sel_auroc[MOEH_N_SLICES][MOEH_N_TASKS];
     uint64_t sel_combo_rows[MOEH_N_COMBOS];
     moeh_calib_t sel_calib[MOEH_N_TASKS];
+    /* the end of the run (final.c): OUT/model.safetensors as sent to the sites */
+    char *final_buf; /* NULL: not (yet) sending */
+    size_t final_len;
+    moeh_shared_frame_t *final_frame;
+    uint8_t final_sha[32];
+    uint32_t final_round;
+    int64_t final_t0;
+    int final_over;
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -223,5 +241,9 @@ size_t coord_select_state_len(void);
 void coord_select_state_put(const coord_t *c, float *s);
 void coord_select_state_get(coord_t *c, const float *s, const float *w);
 int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
+/* final.c: sends the final model to site s (once the run is over and s has not acknowledged
+ * it); a FinalAck from s. */
+void coord_final_send(coord_t *c, site_t *s);
+void coord_handle_final_ack(coord_t *c, const moeh_msg_t *m, site_t *s);
 
 #endif

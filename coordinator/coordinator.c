@@ -435,6 +435,10 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     int sent = coord_send_to(c, s, &env, NULL, 0);
     free(cfg_json);
     if (sent != 0) return 0;
+    if (c->final_buf) { /* the run is over: it gets the final model (final.c) */
+        coord_final_send(c, s);
+        return 0;
+    }
     /* A site that (re)joins while a phase is open takes part in it unless it already replied. */
     if (moeh_sa_server_step(c->sa) != MOEH_SA_OFF && !s->replied) {
         /* A secure-aggregation session has a fixed membership: a site that (re)joins now has
@@ -522,6 +526,9 @@ int moeh_coord_core_on_message(moeh_coord_core_t *c, const moeh_msg_t *m, int64_
     case MOEH__MSG_TYPE__SECAGG_MASKED:
         coord_handle_sa_masked(c, m, s);
         coord_grant_uploads(c);
+        break;
+    case MOEH__MSG_TYPE__FINAL_ACK:
+        coord_handle_final_ack(c, m, s); /* final.c */
         break;
     case MOEH__MSG_TYPE__ERROR:
         MOEH_WARN("site %s reports: %s", s->id, m->env->error->message);
@@ -865,6 +872,8 @@ void moeh_coord_core_destroy(moeh_coord_core_t **self_p)
     free(c->site_w);
     free(c->scratch);
     free(c->sel_w);
+    moeh_shared_frame_destroy(&c->final_frame);
+    free(c->final_buf);
     free(c->sites);
     free(c);
     *self_p = NULL;

@@ -51,6 +51,9 @@ int main(int argc, char **argv)
         {"outage-budget", MOEH_OPT_DURATION, &cfg.outage_budget_ms,
          "a phase that lacks quorum while fewer than --min-sites sites are connected waits this "
          "long for them (no retry counted) before the run fails (0: no waiting)"},
+        {"final-wait", MOEH_OPT_DURATION, &cfg.final_wait_ms,
+         "at the end, how long to wait for every site of the run to hold the final model (a "
+         "site away gets it if it rejoins within this time)"},
         {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
         {"heartbeat-timeout-ms", MOEH_OPT_U32, &cfg.heartbeat_timeout_ms,
          "a silent site is gone after this"},

@@ -86,6 +86,15 @@ void moeh_coord_core_bye_all(moeh_coord_core_t *c, Moeh__ByeStatus status, const
  * code with err->msg. */
 int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err) MOEH_COORD_WUR;
 
+/* final.c, after moeh_coord_core_finish: sends out_dir/model.safetensors to every admitted site
+ * (and later to each site that rejoins) and says Bye FINISHED to each site that acknowledged
+ * it. A file that cannot be read is logged; the sites then get no model. */
+void moeh_coord_core_final_begin(moeh_coord_core_t *c, int64_t now);
+/* 1 once every site of the run acknowledged the final model (or said it could not store it),
+ * or cfg->final_wait_ms after final_begin (the sites still waited for are logged); keep
+ * calling moeh_coord_core_on_message and moeh_coord_core_tick until then. */
+int moeh_coord_core_final_done(moeh_coord_core_t *c, int64_t now);
+
 /* ---- state, for the caller and for tests (all borrowed, valid until the next call) ---- */
 moeh_coord_phase_t moeh_coord_core_phase(const moeh_coord_core_t *c);
 uint32_t moeh_coord_core_round(const moeh_coord_core_t *c);

@@ -82,10 +82,13 @@ typedef struct {
     uint32_t patience;  /* stop after this many rounds without improvement (0: never) */
 
     const char *out_dir; /* metrics.jsonl, model.npy, config.json go here */
-    int ready_fd;        /* if >= 0: the bound endpoint and '\n' are written here */
-    int print_table;     /* print one line per round on stdout */
-    int resume;          /* continue from out_dir/checkpoint.moeh */
-    int new_run;         /* out_dir holds an earlier run: move its files aside, start anew */
+    /* the end of the run (final.c): how long to wait for every site of the run to hold the
+     * final model (sites away get it if they rejoin meanwhile) */
+    uint32_t final_wait_ms;
+    int ready_fd;    /* if >= 0: the bound endpoint and '\n' are written here */
+    int print_table; /* print one line per round on stdout */
+    int resume;      /* continue from out_dir/checkpoint.moeh */
+    int new_run;     /* out_dir holds an earlier run: move its files aside, start anew */
     /* "STATIC,VARS,HOURS,IMAGE": pins the sites' data shapes and builds the model at start
      * (NULL: the first admitted site's Hello decides) */
     const char *data_shape;

@@ -225,6 +225,28 @@ static int drain(run_t *r, moeh_err_t *fatal)
     return 0;
 }
 
+/* The end of a finished run (final.c): the final model goes to the sites; heartbeats, Hellos
+ * of sites that rejoin and their acknowledgements are served until every site holds it or
+ * --final-wait is over. A signal ends the wait early (the run stays finished). */
+static void deliver_final(run_t *r, volatile sig_atomic_t *stop)
+{
+    moeh_err_t fatal = {0};
+    moeh_coord_core_final_begin(r->core, moeh_now_ms());
+    while (!moeh_coord_core_final_done(r->core, moeh_now_ms())) {
+        if (*stop) {
+            MOEH_WARN("stopped while sending the final model: sites without it are told the run "
+                      "finished (their agents exit with an error)");
+            return;
+        }
+        zmq_pollitem_t it = {.socket = r->router, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, 50) < 0 && zmq_errno() != EINTR) return;
+        if (drain(r, &fatal) != 0 || moeh_coord_core_tick(r->core, moeh_now_ms(), &fatal) != 0) {
+            MOEH_ERROR("while sending the final model: %s", fatal.msg);
+            return;
+        }
+    }
+}
+
 /* rc: the run's result. Only a finished run says FINISHED (agents then exit 0); a signal or a
  * failure says PAUSED with the reason, and agents keep reconnecting for a resumed run. */
 static void teardown(run_t *r, int rc, const moeh_err_t *err)
@@ -298,6 +320,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
         goto out;
     }
     rc = moeh_coord_core_finish(r.core, err);
+    if (rc == 0) deliver_final(&r, stop);
 out:
     teardown(&r, rc, err);
     return rc;

@@ -13,8 +13,9 @@
 
 /* What a run writes into its directory; the first four mean "an earlier run is here". */
 static const char *const k_run_files[] = {
-    "checkpoint.moeh", "metrics.jsonl", "model.npy",   "dp_ledger.json",
-    "config.json",     "report.html",   "status.json", "model.safetensors",
+    "checkpoint.moeh", "metrics.jsonl", "model.npy",         "dp_ledger.json", "config.json",
+    "report.html",     "status.json",   "model.safetensors", "sites", /* `moeh run`: the simulated
+                                                                         sites' --out directories */
 };
 enum { N_MARKERS = 4, N_RUN_FILES = sizeof k_run_files / sizeof k_run_files[0] };
 

@@ -15,7 +15,7 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION 4u
+#define MOEH_PROTOCOL_VERSION 5u
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
 #define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */
@@ -49,6 +49,16 @@
 /* DP-FedAvg in RoundConfig (fed/moeh_dp.h): largest noise multiplier and calibration count m. */
 #define MOEH_WIRE_DP_MAX_NOISE 1000.0
 #define MOEH_WIRE_DP_MAX_SITES 65536u
+/* FinalModel: the model file's bytes beyond its tensors (the safetensors header: the model
+ * config, tensor table, names, units and provenance; about 10 KiB for the default model). The
+ * frame may hold at most 4 x (n_params + 2 x n_norm) + this many bytes. */
+#define MOEH_WIRE_MODELFILE_META_MAX (32u * 1024u)
+/* The largest model file a FinalModel may carry under these limits (0: not negotiated). */
+#define MOEH_WIRE_MODELFILE_MAX(lim)                                                               \
+    ((lim)->n_params                                                                               \
+         ? 4u * ((lim)->n_params + 2u * (uint64_t)(lim)->n_norm) + MOEH_WIRE_MODELFILE_META_MAX    \
+         : 0u)
+#define MOEH_WIRE_SHA256_BYTES 32u
 
 /* What the receiver has negotiated. Zero fields mean "not negotiated yet": any message that
  * would need them (tensors, per-group weights, histograms) is refused. */
@@ -77,7 +87,8 @@ size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
  *   moeh_env_eval_result, moeh_env_heartbeat, moeh_env_error, moeh_env_bye,
  *   moeh_env_stats_result, moeh_env_secagg_advertise, moeh_env_secagg_keys,
  *   moeh_env_secagg_shares, moeh_env_secagg_unmask, moeh_env_secagg_reveal,
- *   moeh_env_secagg_masked, moeh_env_upload_ready, moeh_env_upload_grant.
+ *   moeh_env_secagg_masked, moeh_env_upload_ready, moeh_env_upload_grant,
+ *   moeh_env_final_model, moeh_env_final_ack.
  * E.g.  Moeh__Envelope env; Moeh__Bye bye = MOEH__BYE__INIT; moeh_env_bye(&env, &bye);
  * protocol_version and the frame descriptions are filled in by moeh_wire_pack/send. */
 #define MOEH_ENV_BUILDER_(field, Body, TYPE)                                                       \
@@ -105,6 +116,8 @@ MOEH_ENV_BUILDER_(secagg_reveal, SecaggReveal, SECAGG_REVEAL)
 MOEH_ENV_BUILDER_(secagg_masked, SecaggMasked, SECAGG_MASKED)
 MOEH_ENV_BUILDER_(upload_ready, UploadReady, UPLOAD_READY)
 MOEH_ENV_BUILDER_(upload_grant, UploadGrant, UPLOAD_GRANT)
+MOEH_ENV_BUILDER_(final_model, FinalModel, FINAL_MODEL)
+MOEH_ENV_BUILDER_(final_ack, FinalAck, FINAL_ACK)
 #undef MOEH_ENV_BUILDER_
 /* Most tasks (label columns) a histogram or label count may carry. */
 #define MOEH_WIRE_MAX_TASKS 8u
@@ -150,7 +163,7 @@ typedef struct {
  * unpacked Envelope (free with moeh__envelope__free_unpacked(env, NULL)). On failure returns
  * -EMSGSIZE (too big), -EPROTO (wrong protocol version), -EBADMSG (anything malformed) or
  * -ERANGE (a non-finite float), with err->msg saying which field and what was expected. */
-/* Bytes per element of a DType (f32/u32 4, f64 8), 0 for any other value. */
+/* Bytes per element of a DType (f32/u32 4, f64 8, u8 1), 0 for any other value. */
 size_t moeh_wire_dtype_size(int dtype);
 
 int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_len,

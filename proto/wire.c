@@ -13,11 +13,11 @@ static const char *k_type_names[] = {
     "unspecified",      "hello",        "welcome",       "round_start",   "update",
     "eval_result",      "heartbeat",    "error",         "bye",           "stats_result",
     "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
-    "secagg_masked",    "upload_ready", "upload_grant"};
+    "secagg_masked",    "upload_ready", "upload_grant",  "final_model",   "final_ack"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= MOEH__MSG_TYPE__UPLOAD_GRANT) ? k_type_names[type] : "unknown";
+    return (type >= 0 && type <= MOEH__MSG_TYPE__FINAL_ACK) ? k_type_names[type] : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -36,7 +36,10 @@ int moeh_site_id_valid(const char *s)
 
 size_t moeh_wire_dtype_size(int dt)
 {
-    return dt == MOEH__DTYPE__F32 || dt == MOEH__DTYPE__U32 ? 4 : dt == MOEH__DTYPE__F64 ? 8 : 0;
+    return dt == MOEH__DTYPE__F32 || dt == MOEH__DTYPE__U32 ? 4
+           : dt == MOEH__DTYPE__F64                         ? 8
+           : dt == MOEH__DTYPE__U8                          ? 1
+                                                            : 0;
 }
 
 static int check_string(const char *s, size_t max, const char *field, moeh_err_t *err)
@@ -558,6 +561,31 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG, "%s.round: 0, only training rounds (1..) upload",
                              moeh_msg_type_name(e->type));
         break;
+    case MOEH__MSG_TYPE__FINAL_MODEL: {
+        /* the file itself is checked by the agent's model-file reader; here its size */
+        const Moeh__FinalModel *fm = e->final_model;
+        const uint64_t cap = MOEH_WIRE_MODELFILE_MAX(lim);
+        if (fm->sha256.len != MOEH_WIRE_SHA256_BYTES)
+            return moeh_errf(err, -EBADMSG, "final_model.sha256: %zu bytes, expected %u",
+                             fm->sha256.len, MOEH_WIRE_SHA256_BYTES);
+        if (cap == 0)
+            return moeh_errf(err, -EBADMSG, "final_model: before the model was negotiated");
+        if (fm->n_bytes < 16 || fm->n_bytes > cap)
+            return moeh_errf(err, -EBADMSG,
+                             "final_model.n_bytes: %llu, expected 16..%llu for this model",
+                             (unsigned long long)fm->n_bytes, (unsigned long long)cap);
+        return expect_frame(e, frames, n_frames, "model_file", MOEH__DTYPE__U8, fm->n_bytes, err);
+    }
+    case MOEH__MSG_TYPE__FINAL_ACK:
+        if (e->final_ack->code == 0 && e->final_ack->sha256.len != MOEH_WIRE_SHA256_BYTES)
+            return moeh_errf(err, -EBADMSG, "final_ack.sha256: %zu bytes, expected %u",
+                             e->final_ack->sha256.len, MOEH_WIRE_SHA256_BYTES);
+        if (e->final_ack->code > 0)
+            return moeh_errf(err, -EBADMSG, "final_ack.code: %d, expected 0 or negative",
+                             (int)e->final_ack->code);
+        if ((rc = check_string(e->final_ack->message, MOEH_MAX_STRING, "final_ack.message", err)))
+            return rc;
+        break;
     case MOEH__MSG_TYPE__HEARTBEAT:
         break;
     case MOEH__MSG_TYPE__ERROR:
@@ -633,7 +661,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__UPLOAD_GRANT) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__FINAL_ACK) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

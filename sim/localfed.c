@@ -83,16 +83,16 @@ int moeh_localfed_start_coordinator(moeh_proc_t *p, const char *bin_dir, char *c
 }
 
 int moeh_localfed_start_agent(moeh_proc_t *p, const char *bin_dir, const char *endpoint,
-                              const char *site_id, const char *dataset, const char *key_path,
-                              const char *server_pub, char *const extra[], const char *log_path,
-                              moeh_err_t *err)
+                              const char *site_id, const char *dataset, const char *out_dir,
+                              const char *key_path, const char *server_pub, char *const extra[],
+                              const char *log_path, moeh_err_t *err)
 {
     char exe[4096];
     snprintf(exe, sizeof exe, "%s/moeh-site-agent", bin_dir);
     char *argv[MAX_ARGS] = {
-        exe,         "--connect",    (char *)endpoint, "--site-id", (char *)site_id,
-        "--dataset", (char *)dataset};
-    int n = 7;
+        exe,         "--connect",     (char *)endpoint, "--site-id",    (char *)site_id,
+        "--dataset", (char *)dataset, "--out",          (char *)out_dir};
+    int n = 9;
     if (key_path) {
         argv[n++] = "--key";
         argv[n++] = (char *)key_path;

@@ -21,12 +21,14 @@ int moeh_localfed_start_coordinator(moeh_proc_t *p, const char *bin_dir, char *c
                                     size_t cap, moeh_err_t *err)
     __attribute__((warn_unused_result));
 
-/* Starts BIN_DIR/moeh-site-agent for site_id on dataset, connecting to endpoint; with keys
- * (key_path, server_pub) or, if key_path is NULL, --insecure. Extra args may be NULL. 0 (the
- * caller reaps *p later: moeh_proc_stop) or a negative code with err (nothing started). */
+/* Starts BIN_DIR/moeh-site-agent for site_id on dataset, keeping its final model and local
+ * metrics in out_dir (--out), connecting to endpoint; with keys (key_path, server_pub) or, if
+ * key_path is NULL, --insecure. Extra args may be NULL. 0 (the caller reaps *p later:
+ * moeh_proc_stop) or a negative code with err (nothing started). */
 int moeh_localfed_start_agent(moeh_proc_t *p, const char *bin_dir, const char *endpoint,
-                              const char *site_id, const char *dataset, const char *key_path,
-                              const char *server_pub, char *const extra[], const char *log_path,
-                              moeh_err_t *err) __attribute__((warn_unused_result));
+                              const char *site_id, const char *dataset, const char *out_dir,
+                              const char *key_path, const char *server_pub, char *const extra[],
+                              const char *log_path, moeh_err_t *err)
+    __attribute__((warn_unused_result));
 
 #endif

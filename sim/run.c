@@ -338,12 +338,14 @@ int moeh_sim_cmd_run(int argc, char **argv)
     printf("coordinator listening on %s (logs in %s/)\n", endpoint, log_dir);
     fflush(stdout);
     for (size_t k = 0; k < n_sites; k++) {
-        char ds[2200], key[1300], pub[1300], log[1300];
+        char ds[2200], key[1300], pub[1300], log[1300], site_out[1300];
         snprintf(ds, sizeof ds, "%s/%s", sites_dir, names[k]);
+        /* what the site keeps: the final model and its own metrics, as at a hospital */
+        snprintf(site_out, sizeof site_out, "%s/sites/%s", out, names[k]);
         snprintf(key, sizeof key, "%s/%s.key", key_dir, names[k]);
         snprintf(pub, sizeof pub, "%s/coordinator.pub", key_dir);
         snprintf(log, sizeof log, "%s/%s.log", log_dir, names[k]);
-        if ((rc = moeh_localfed_start_agent(&agents[k], bin_dir, endpoint, names[k], ds,
+        if ((rc = moeh_localfed_start_agent(&agents[k], bin_dir, endpoint, names[k], ds, site_out,
                                             insecure ? NULL : key, pub, NULL, log, &err)))
             goto out;
     }

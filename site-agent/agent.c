@@ -378,6 +378,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     tc.adamw.clip = rc->clip;
     moeh_train_result_t res;
     moeh_err_t err = {0};
+    const int64_t t0 = moeh_now_ms();
     int e = moeh_trainer_train(a->trainer, &tc, &res, &err);
     for (size_t i = 0; !e && i < p->n; i++) {
         a->delta[i] = p->w[i] - a->global[i];
@@ -394,6 +395,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         moeh_agent_send_error(a, -ERANGE, why);
         return;
     }
+    moeh_agent_lm_train(a, rs, &res, (double)(moeh_now_ms() - t0) / 1000.0); /* agent_final.c */
     moeh_agent_update_submit(a, rs, &res);
 }
 
@@ -431,6 +433,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
     /* VALIDATE: the same sums on the validation split (model selection); a site without
      * validation rows sends empty histograms */
     const int val = rs->task == MOEH__ROUND_TASK__VALIDATE;
+    const int64_t t0 = moeh_now_ms();
     if (moeh_trainer_evaluate(a->trainer, val ? MOEH_SPLIT_VAL : MOEH_SPLIT_TEST, a->eval_bins, &es,
                               service_cb, a, &err) != 0) {
         MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
@@ -438,6 +441,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
         return;
     }
     if (!val) log_own_metrics(a, rs->round, rs->secagg != NULL, &es);
+    moeh_agent_lm_eval(a, rs, &es, (double)(moeh_now_ms() - t0) / 1000.0); /* agent_final.c */
     if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
         if (moeh_secsum_eval_put(a->hist +
                                      moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),
@@ -473,14 +477,24 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
                           .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, 2);
     if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
+    if (!rc) moeh_agent_lm_sent(a, rs->task, rs->round, 0); /* local_metrics.jsonl */
 }
 
-/* FINISHED ends the agent (exit 0); PAUSED keeps it reconnecting until a resumed coordinator
- * admits it again (or --give-up-ms runs out); REFUSED is fatal. */
+/* FINISHED ends the agent (exit 0) once it holds the final model (agent_final.c; without it the
+ * agent fails: the run is over but this site did not get its result); PAUSED keeps it reconnecting
+ * until a resumed coordinator admits it again (or --give-up-ms runs out); REFUSED is fatal. */
 static void on_bye(agent_t *a, const Moeh__Bye *b)
 {
     switch (b->status) {
     case MOEH__BYE_STATUS__BYE_STATUS_FINISHED:
+        if (!a->have_final) {
+            set_fatal(a, -EPROTO,
+                      "the coordinator says the run finished (%s), but this site did not get the "
+                      "final model (it was away or could not store it while the coordinator "
+                      "waited, --final-wait); ask the consortium for its model.safetensors",
+                      b->reason);
+            break;
+        }
         MOEH_INFO("the coordinator says the run finished: %s", b->reason);
         a->done = 1;
         break;
@@ -530,6 +544,7 @@ static void handle_messages(agent_t *a)
                 raise(SIGKILL);
             }
             moeh_agent_sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
+            moeh_agent_lm_round(a, m.env->round_start->round); /* local_metrics.jsonl */
             a->up_wait = 0; /* and an update still waiting for its grant is stale */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
@@ -550,6 +565,9 @@ static void handle_messages(agent_t *a)
             break;
         case MOEH__MSG_TYPE__UPLOAD_GRANT:
             moeh_agent_on_grant(a, m.env->upload_grant);
+            break;
+        case MOEH__MSG_TYPE__FINAL_MODEL:
+            if (a->welcomed) moeh_agent_on_final(a, m.env->final_model, &m); /* agent_final.c */
             break;
         case MOEH__MSG_TYPE__HEARTBEAT:
             break;
@@ -619,6 +637,12 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         rc = moeh_errf(err, -EINVAL, "--dataset is required");
         goto out;
     }
+    if (!cfg->out_dir || !cfg->out_dir[0]) {
+        rc = moeh_errf(err, -EINVAL,
+                       "--out DIR is required (where this site keeps the final "
+                       "model and its own metrics)");
+        goto out;
+    }
     {
         moeh_dataset_t *ds = NULL; /* read once to introduce the site; checksums verified */
         if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err))) goto out;
@@ -651,6 +675,7 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
             goto out;
         }
     }
+    if ((rc = moeh_agent_lm_open(&a, err))) goto out; /* --out, before any connection */
     if (!(a.zctx = zmq_ctx_new())) {
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
         goto out;
@@ -728,6 +753,7 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         rc = 0;
     }
 out:
+    moeh_agent_lm_close(&a);
     close_socket(&a);
     while (a.zctx && zmq_ctx_term(a.zctx) != 0) /* every socket is closed: only EINTR */
         MOEH_ASSERT(zmq_errno() == EINTR);

@@ -6,7 +6,9 @@
  *   agent_update.c  encoding of a training update (zeroed untrained groups, DP clip + noise,
  *                   quantisation, per-group weights, the TRAIN values of the secure sum) and its
  *                   upload: in clear, held for an UploadGrant, or through secure aggregation;
- *   agent_secagg.c  this site's side of secure aggregation for every phase (the sa_* state).
+ *   agent_secagg.c  this site's side of secure aggregation for every phase (the sa_* state);
+ *   agent_final.c   what the site keeps in --out: the run's final model and its own per-round
+ *                   metrics (local_metrics.jsonl).
  *
  * One thread owns an agent_t and everything in it; nothing here is thread-safe. Not a public
  * interface: nothing outside site-agent/ includes it. */
@@ -19,6 +21,25 @@
 #include "moeh_secagg.h"
 #include "moeh_trainer.h"
 #include "moeh_wire.h"
+
+#include <stdio.h>
+#include <time.h>
+
+/* agent_final.c: this site's own figures of one round, for --out/local_metrics.jsonl */
+typedef struct {
+    uint32_t round;
+    int open; /* something of this round was recorded and not yet written */
+    time_t started;
+    int trained, warmup;
+    double train_loss, train_s;
+    uint64_t train_rows;
+    uint32_t steps;
+    int validated, tested;
+    double val_loss, test_loss, eval_s;
+    uint64_t val_rows, test_rows;
+    double val_auroc[MOEH_N_TASKS], test_auroc[MOEH_N_TASKS];
+    int sent[3]; /* update, validation, test histograms: 0 not sent, 1 masked, 2 unmasked */
+} agent_lm_t;
 
 typedef struct agent agent_t;
 struct agent {
@@ -64,6 +85,10 @@ struct agent {
     uint32_t up_round, up_steps;
     uint64_t up_version, up_session, up_samples;
     double up_loss;
+    /* what the site keeps (agent_final.c) */
+    int have_final; /* the run's final model is in --out/model.safetensors */
+    FILE *lm_fp;    /* --out/local_metrics.jsonl, appended */
+    agent_lm_t lm;  /* the round being recorded */
 };
 
 /* ---- agent.c --------------------------------------------------------------------------- */
@@ -71,6 +96,26 @@ struct agent {
  * socket nothing is sent, and a failed send is only logged (the coordinator's deadline covers
  * a lost Error). */
 void moeh_agent_send_error(agent_t *a, int code, const char *message);
+
+/* ---- agent_final.c: what the site keeps in --out ------------------------------------------ */
+/* Creates --out and opens local_metrics.jsonl for appending. 0 or a negative code with err. */
+int moeh_agent_lm_open(agent_t *a, moeh_err_t *err) __attribute__((warn_unused_result));
+/* A phase of `round` starts: the line of an earlier round is written first. */
+void moeh_agent_lm_round(agent_t *a, uint32_t round);
+/* This round's local training (seconds: its wall time) and evaluations (VALIDATE or EVALUATE
+ * sums, as computed here: loss, rows, AUROC per task). */
+void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_train_result_t *res,
+                         double seconds);
+void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es,
+                        double seconds);
+/* The phase's result left the site, masked (secure aggregation) or in clear. */
+void moeh_agent_lm_sent(agent_t *a, Moeh__RoundTask task, uint32_t round, int masked);
+/* Writes the pending line (if any); close also closes the file. */
+void moeh_agent_lm_flush(agent_t *a);
+void moeh_agent_lm_close(agent_t *a);
+/* FinalModel: checks and stores the file, acknowledges it; a failure is fatal (reported to
+ * the coordinator first). */
+void moeh_agent_on_final(agent_t *a, const Moeh__FinalModel *fm, const moeh_msg_t *m);
 
 /* ---- agent_secagg.c: this site's side of secure aggregation (docs/secagg.md) ---------- */
 /* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session

@@ -188,6 +188,8 @@ void moeh_agent_sa_send_masked(agent_t *a)
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc)
         MOEH_WARN("round %u: could not send the masked vector: %s", a->sa_round, moeh_strerror(rc));
+    else
+        moeh_agent_lm_sent(a, a->sa_task, a->sa_round, 1); /* local_metrics.jsonl */
 }
 
 /* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' s keys

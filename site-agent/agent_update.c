@@ -120,6 +120,7 @@ void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double
         .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc) MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
+    if (!rc) moeh_agent_lm_sent(a, MOEH__ROUND_TASK__TRAIN, round, 0); /* local_metrics.jsonl */
 }
 
 /* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and

@@ -27,6 +27,9 @@ int main(int argc, char **argv)
         {"connect", MOEH_OPT_STR, &cfg.connect, "the coordinator's endpoint (tcp://HOST:PORT)"},
         {"site-id", MOEH_OPT_STR, &cfg.site_id, "this site's id, as in the coordinator registry"},
         {"dataset", MOEH_OPT_STR, &cfg.dataset_dir, "this site's dataset directory"},
+        {"out", MOEH_OPT_STR, &cfg.out_dir,
+         "where this site keeps the run's final model (model.safetensors) and its own "
+         "per-round metrics (local_metrics.jsonl, never sent)"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this site's key file (moeh-keygen)"},
         {"server-key", MOEH_OPT_STR, &cfg.server_key, "the coordinator's public key file"},
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure, "no encryption (tests only)"},
@@ -43,20 +46,23 @@ int main(int argc, char **argv)
         {"fault-kill-upload-round", MOEH_OPT_U32, &faults.kill_upload_round,
          "TESTS ONLY: SIGKILL this process on receiving round N's upload grant, before its "
          "update (0: off)"},
+        {"fault-kill-final", MOEH_OPT_BOOL, &faults.kill_final,
+         "TESTS ONLY: SIGKILL this process on receiving the final model, before storing it"},
         {"fault-kill-secagg-at", MOEH_OPT_STR, &kill_at,
          "TESTS ONLY: the same in the secure aggregation of 'stats', 'eval:N' or 'train:N'"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
         {"log-file", MOEH_OPT_STR, &log_file,
          "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},
     };
-    static const void *required[3];
-    required[0] = &cfg.site_id, required[1] = &cfg.dataset_dir;
+    static const void *required[4];
+    required[0] = &cfg.site_id, required[1] = &cfg.dataset_dir, required[2] = &cfg.out_dir;
     moeh_opts_t o = {.prog = "moeh-site-agent",
                      .required = required,
-                     .synopsis = "usage: moeh-site-agent --site-id ID --dataset DIR [OPTIONS]\n\n"
-                                 "Runs inside a hospital: trains the federation's model on this "
-                                 "site's data and sends\nonly encrypted model updates and "
-                                 "aggregate evaluation histograms.",
+                     .synopsis =
+                         "usage: moeh-site-agent --site-id ID --dataset DIR --out DIR [OPTIONS]\n\n"
+                         "Runs inside a hospital: trains the federation's model on this "
+                         "site's data and sends\nonly encrypted model updates and "
+                         "aggregate evaluation histograms.",
                      .opts = opts,
                      .n_opts = sizeof opts / sizeof opts[0]};
     /* the log prefix names the site; the options are parsed first */
@@ -84,6 +90,7 @@ int main(int argc, char **argv)
     /* usage errors (exit 2) before anything runs: required options and the endpoint's form */
     const char *missing = !cfg.site_id       ? "--site-id"
                           : !cfg.dataset_dir ? "--dataset"
+                          : !cfg.out_dir     ? "--out"
                           : cfg.insecure     ? NULL
                           : !cfg.key_path    ? "--key"
                           : !cfg.server_key  ? "--server-key"

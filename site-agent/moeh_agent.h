@@ -17,6 +17,7 @@ typedef struct {
     const char *connect; /* coordinator endpoint, e.g. tcp://127.0.0.1:7400 */
     const char *site_id;
     const char *dataset_dir;
+    const char *out_dir;    /* what the site keeps: model.safetensors, local_metrics.jsonl */
     const char *key_path;   /* this site's .key */
     const char *server_key; /* the coordinator's .pub (pinned) */
     int insecure;

@@ -19,6 +19,7 @@ typedef struct {
     uint32_t kill_secagg_at;          /* ... and round (STATS: 0) */
     uint32_t kill_upload_round;       /* on receiving this round's UploadGrant, before sending
                                        * its update */
+    int kill_final;                   /* on receiving the FinalModel, before storing it */
 } moeh_agent_faults_t;
 
 /* Parses a --fault-kill-secagg-at value into f->kill_secagg_task and f->kill_secagg_at:

@@ -106,6 +106,8 @@ moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char 
                       "20000",
                       "--join-window",
                       "30s",
+                      "--final-wait", /* a killed site does not come back: no minute's wait */
+                      "5s",
                       "--no-secagg", /* the daemon's default is on: tests ask for it (--secagg) */
                       "--secagg-allow-2",   /* the tests' 2-site rounds (not a deployment) */
                       "--per-site-metrics", /* plain-mode tests read the per-site rows */
@@ -160,15 +162,16 @@ moeh_proc_t *start_coordinator(fixture_t *f, const char *rounds, const char *min
 moeh_proc_t *start_agent(fixture_t *f, const char *site_id, const char *data_site,
                          const char *key_site, char *const extra[])
 {
-    char ds[400], key[400], pub[400], log[400];
+    char ds[400], key[400], pub[400], log[400], out[400];
     snprintf(ds, sizeof ds, "%s/%s", f->data, data_site);
+    snprintf(out, sizeof out, "%s/site-out/%s", f->dir, site_id); /* the agent's --out */
     snprintf(key, sizeof key, "%s/%s.key", f->keys, key_site);
     snprintf(pub, sizeof pub, "%s/coordinator.pub", f->keys);
     snprintf(log, sizeof log, "%s/%s-as-%s.log", f->logs, key_site, site_id);
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
-    int rc =
-        moeh_localfed_start_agent(p, f->bin, f->endpoint, site_id, ds, key, pub, extra, log, &err);
+    int rc = moeh_localfed_start_agent(p, f->bin, f->endpoint, site_id, ds, out, key, pub, extra,
+                                       log, &err);
     if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;

@@ -113,8 +113,8 @@ static void test_nan_delta_agent(void **state)
     snprintf(ds, sizeof ds, "%s/nan", g_dir);
     write_dataset(ds, 1);
     char *argv[] = {
-        "moeh-site-agent", "--site-id",         "s1",           "--dataset", ds,  "--insecure",
-        "--connect",       "tcp://127.0.0.1:1", "--give-up-ms", "3000",      NULL};
+        "moeh-site-agent",   "--site-id",    "s1",   "--dataset", ds,    "--insecure", "--connect",
+        "tcp://127.0.0.1:1", "--give-up-ms", "3000", "--out",     g_dir, NULL};
     expect_refused(argv, "ts_delta.npy: row 0 hour 0 column 0 (hr) is nan");
 }
 
@@ -128,8 +128,8 @@ static void test_fifo_agent(void **state)
     assert_int_equal(unlink(p), 0);
     assert_int_equal(mkfifo(p, 0600), 0);
     char *argv[] = {
-        "moeh-site-agent", "--site-id",         "s1",           "--dataset", ds,  "--insecure",
-        "--connect",       "tcp://127.0.0.1:1", "--give-up-ms", "3000",      NULL};
+        "moeh-site-agent",   "--site-id",    "s1",   "--dataset", ds,    "--insecure", "--connect",
+        "tcp://127.0.0.1:1", "--give-up-ms", "3000", "--out",     g_dir, NULL};
     expect_refused(argv, "not a regular file (a FIFO)");
 }
 
@@ -159,6 +159,8 @@ static void test_key_mixup_agent(void **state)
                     "tcp://127.0.0.1:1",
                     "--give-up-ms",
                     "3000",
+                    "--out",
+                    g_dir,
                     NULL};
     expect_refused(argv, "holds a secret-key");
     expect_refused(argv, ck);

@@ -190,14 +190,16 @@ static void test_binaries_write_log_file(void **state)
     snprintf(log, sizeof log, "%s/agent.log", g_dir);
     snprintf(bad, sizeof bad, "%s/missing/agent.log", g_dir);
     snprintf(ds, sizeof ds, "%s/no-dataset", g_dir);
-    char *agent[] = {"--site-id", "site-1", "--dataset", ds, "--insecure", "--log-file", log, NULL};
+    char *agent[] = {"--site-id", "site-1",     "--dataset",  ds,  "--out",
+                     g_dir,       "--insecure", "--log-file", log, NULL};
     assert_int_equal(run("moeh-site-agent", agent), MOEH_EXIT_ERROR);
     char *s = slurp(log);
     assert_non_null(s);
     assert_non_null(strstr(s, "agent[site-1] error: "));
     assert_non_null(strstr(s, "no-dataset"));
     free(s);
-    char *agent_bad[] = {"--site-id", "site-1", "--dataset", ds, "--log-file", bad, NULL};
+    char *agent_bad[] = {"--site-id", "site-1",     "--dataset", ds,  "--out",
+                         g_dir,       "--log-file", bad,         NULL};
     assert_int_equal(run("moeh-site-agent", agent_bad), MOEH_EXIT_USAGE);
     snprintf(log, sizeof log, "%s/coord.log", g_dir);
     char *coord[] = {"--insecure", "--bind", "tcp://256.0.0.1:1", "--out", g_dir, "--log-file",

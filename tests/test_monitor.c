@@ -16,16 +16,17 @@
 static moeh_proc_t *agent_with_server_key(fixture_t *f, const char *server_pub, char *log,
                                           size_t cap)
 {
-    char ds[400], key[400], pub[400];
+    char ds[400], key[400], pub[400], out[400];
     snprintf(ds, sizeof ds, "%s/site-1", f->data);
+    snprintf(out, sizeof out, "%s/site-out/site-1", f->dir);
     snprintf(key, sizeof key, "%s/site-1.key", f->keys);
     snprintf(pub, sizeof pub, "%s/%s", f->keys, server_pub);
     snprintf(log, cap, "%s/agent.log", f->logs);
     char *opts[] = {"--give-up-ms", "30000", NULL};
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
-    int rc =
-        moeh_localfed_start_agent(p, f->bin, f->endpoint, "site-1", ds, key, pub, opts, log, &err);
+    int rc = moeh_localfed_start_agent(p, f->bin, f->endpoint, "site-1", ds, out, key, pub, opts,
+                                       log, &err);
     if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;

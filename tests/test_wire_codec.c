@@ -333,12 +333,12 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 3 (a Bye without a status: a pause read as the end of the run) is not spoken
-     * any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 4);
-    m.env.protocol_version = 3;
+    /* protocol 4 (no final model: an agent would exit 0 without the run's result) is not
+     * spoken any more */
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 5);
+    m.env.protocol_version = 4;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 3, expected 4");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 5");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);
@@ -370,7 +370,10 @@ static const wire_field_case_t k_type_body_mismatch_fields[] = {
     {mk_upload_ready, "type", MOEH__MSG_TYPE__UPLOAD_GRANT, NULL, &k_lim, -EBADMSG,
      "upload_grant: body missing or of another type"},
     /* the other one's body */
-    {mk_upload_ready, "type", (Moeh__MsgType)18, NULL, &k_lim, -EBADMSG, "type: 18"},
+    {mk_upload_ready, "type", MOEH__MSG_TYPE__FINAL_MODEL, NULL, &k_lim, -EBADMSG,
+     "final_model: body missing or of another type"},
+    /* the other one's body */
+    {mk_upload_ready, "type", (Moeh__MsgType)20, NULL, &k_lim, -EBADMSG, "type: 20"},
     /* the other one's body */
     {mk_upload_ready, "type", (Moeh__MsgType)1000, NULL, &k_lim, -EBADMSG, "type: 1000"},
     /* the other one's body */
@@ -460,7 +463,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(15), "secagg_masked");
     assert_string_equal(moeh_msg_type_name(16), "upload_ready");
     assert_string_equal(moeh_msg_type_name(17), "upload_grant");
-    assert_string_equal(moeh_msg_type_name(18), "unknown");
+    assert_string_equal(moeh_msg_type_name(18), "final_model");
+    assert_string_equal(moeh_msg_type_name(19), "final_ack");
+    assert_string_equal(moeh_msg_type_name(20), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));

@@ -28,12 +28,12 @@ static void put_msg(const char *dir, const char *name, Moeh__Envelope *env,
     MOEH_ASSERT(moeh_wire_pack(env, frames, nf, &hdr, &hlen) == 0);
     out[0] = (uint8_t)nf;
     for (size_t i = 0; i < nf; i++) {
-        size_t l = frames[i].count * (frames[i].dtype == MOEH__DTYPE__F64 ? 8 : 4);
+        size_t l = frames[i].count * moeh_wire_dtype_size(frames[i].dtype);
         out[pos++] = (uint8_t)(l & 0xff);
         out[pos++] = (uint8_t)(l >> 8);
     }
     for (size_t i = 0; i < nf; i++) {
-        size_t l = frames[i].count * (frames[i].dtype == MOEH__DTYPE__F64 ? 8 : 4);
+        size_t l = frames[i].count * moeh_wire_dtype_size(frames[i].dtype);
         memcpy(out + pos, frames[i].data, l);
         pos += l;
     }
@@ -170,6 +170,25 @@ int main(int argc, char **argv)
     e17.type = MOEH__MSG_TYPE__UPLOAD_GRANT, e17.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
     e17.upload_grant = &ug;
     put_msg(dir, "upload_grant", &e17, NULL, 0);
+    /* the end of a run (protocol 5): a model file (any bytes: the agent's model-file reader
+     * checks them, the decoder their size) and its acknowledgement */
+    uint8_t file[100], sha[MOEH_WIRE_SHA256_BYTES];
+    for (size_t i = 0; i < sizeof file; i++)
+        file[i] = (uint8_t)(i * 7);
+    memset(sha, 0x5a, sizeof sha);
+    Moeh__Envelope e18;
+    Moeh__FinalModel fm = MOEH__FINAL_MODEL__INIT;
+    fm.rounds = 3, fm.selected_round = 2, fm.model_version = 3, fm.n_bytes = sizeof file;
+    fm.sha256.data = sha, fm.sha256.len = sizeof sha, fm.spec_hash = 0x1234;
+    moeh_env_final_model(&e18, &fm);
+    moeh_frame_t ff = {
+        .name = "model_file", .dtype = MOEH__DTYPE__U8, .data = file, .count = sizeof file};
+    put_msg(dir, "final_model", &e18, &ff, 1);
+    Moeh__Envelope e19;
+    Moeh__FinalAck fa = MOEH__FINAL_ACK__INIT;
+    fa.model_version = 3, fa.sha256.data = sha, fa.sha256.len = sizeof sha, fa.message = "";
+    moeh_env_final_ack(&e19, &fa);
+    put_msg(dir, "final_ack", &e19, NULL, 0);
 
     /* secure aggregation: RoundStart{TRAIN} with parameters, a masked update, and the five
      * secagg messages (the bytes need not be real keys: the decoder checks only their form) */

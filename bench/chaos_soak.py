@@ -184,6 +184,7 @@ class Soak:
         port = self.proxies[name][1] if name in self.proxies else self.port
         cmd = [self.exe("moeh-site-agent"), "--connect", "tcp://127.0.0.1:%d" % port,
                "--site-id", name, "--dataset", os.path.join(self.sites_dir, name),
+               "--out", os.path.join(self.logs, "site-" + name),
                "--key", os.path.join(self.keys, name + ".key"),
                "--server-key", os.path.join(self.keys, "coordinator.pub"),
                "--silence-timeout-ms", "10000", "--backoff-max-ms", "1000"]

@@ -64,7 +64,7 @@ agent_pids=""
 for s in $sites; do
     timeout 600 moeh-site-agent --connect "tcp://127.0.0.1:$port" --site-id "$s" \
         --dataset "hospitals/$s" --key "$s.key" --server-key coordinator.pub \
-        --give-up-ms 60000 2>"agent-$s.log" &
+        --out "site-$s" --give-up-ms 60000 2>"agent-$s.log" &
     agent_pids="$agent_pids $!"
 done
 for p in $agent_pids; do
@@ -72,6 +72,11 @@ for p in $agent_pids; do
 done
 wait "$coord_pid" || { tail -20 coord.log; fail "the coordinator"; }
 coord_pid=""
+# every site holds the run's model, byte for byte the coordinator's, and its own metrics
+for s in $sites; do
+    cmp "site-$s/model.safetensors" run/model.safetensors || fail "site $s's final model"
+    [ "$(wc -l <"site-$s/local_metrics.jsonl")" -eq 2 ] || fail "site $s's local_metrics.jsonl"
+done
 python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["secagg"] is True else 1)' \
     run/config.json || fail "the default run was not securely aggregated"
 # started again on the finished run's directory, the coordinator refuses (exit 2), nothing lost

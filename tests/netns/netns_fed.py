@@ -346,6 +346,7 @@ class Fed:
                                                                 " ".join(faults)))
             aargv = [os.path.join(b, "moeh-site-agent"), "--connect", connect, "--site-id", name,
                      "--dataset", os.path.join(self.sites_dir, name),
+                     "--out", os.path.join(self.out, "site-" + name),
                      "--key", os.path.join(self.keys, name + ".key"),
                      "--server-key", os.path.join(self.keys, "coordinator.pub")]
             self.agents[name], _ = self.procs.start(

@@ -12,10 +12,10 @@
 #include <unistd.h>
 
 /* What a run writes into its directory; the first four mean "an earlier run is here". */
+/* (site-out: `moeh run`'s simulated sites keep their final model and metrics there) */
 static const char *const k_run_files[] = {
     "checkpoint.moeh", "metrics.jsonl", "model.npy",         "dp_ledger.json", "config.json",
-    "report.html",     "status.json",   "model.safetensors", "sites", /* `moeh run`: the simulated
-                                                                         sites' --out directories */
+    "report.html",     "status.json",   "model.safetensors", "site-out",
 };
 enum { N_MARKERS = 4, N_RUN_FILES = sizeof k_run_files / sizeof k_run_files[0] };
 

@@ -341,7 +341,7 @@ int moeh_sim_cmd_run(int argc, char **argv)
         char ds[2200], key[1300], pub[1300], log[1300], site_out[1300];
         snprintf(ds, sizeof ds, "%s/%s", sites_dir, names[k]);
         /* what the site keeps: the final model and its own metrics, as at a hospital */
-        snprintf(site_out, sizeof site_out, "%s/sites/%s", out, names[k]);
+        snprintf(site_out, sizeof site_out, "%s/site-out/%s", out, names[k]);
         snprintf(key, sizeof key, "%s/%s.key", key_dir, names[k]);
         snprintf(pub, sizeof pub, "%s/coordinator.pub", key_dir);
         snprintf(log, sizeof log, "%s/%s.log", log_dir, names[k]);
@@ -388,6 +388,10 @@ int moeh_sim_cmd_run(int argc, char **argv)
     printf("model file (names, shapes, normalisation; `moeh predict --model`): "
            "%s/model.safetensors\n",
            out);
+    if (!bad_agents) /* each agent exits 0 only holding it (docs/architecture.md) */
+        printf("every site holds that model and its own metrics: %s/site-out/SITE/"
+               "{model.safetensors,local_metrics.jsonl}\n",
+               out);
     exit_code = bad_agents ? 1 : 0;
 out:
     moeh_proc_stop(&coord, 5000);

@@ -245,5 +245,8 @@ int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
  * it); a FinalAck from s. */
 void coord_final_send(coord_t *c, site_t *s);
 void coord_handle_final_ack(coord_t *c, const moeh_msg_t *m, site_t *s);
+/* 1 if m comes from the connection of a site that holds the final model and was told Bye
+ * (a heartbeat it sent before reading the Bye): ignored, not refused. */
+int coord_final_left(const coord_t *c, const moeh_msg_t *m);
 
 #endif

@@ -494,6 +494,7 @@ int moeh_coord_core_on_message(moeh_coord_core_t *c, const moeh_msg_t *m, int64_
     }
     if (type == MOEH__MSG_TYPE__HELLO) return handle_hello(c, m, fatal);
     if (!s) {
+        if (coord_final_left(c, m)) return 0; /* final.c: it holds the model and leaves */
         coord_reply_error(c, m, -EPERM, "not admitted: send hello first", who);
         return 0;
     }

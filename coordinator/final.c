@@ -130,6 +130,20 @@ void coord_handle_final_ack(coord_t *c, const moeh_msg_t *m, site_t *s)
     bye.status = MOEH__BYE_STATUS__BYE_STATUS_FINISHED;
     moeh_env_bye(&env, &bye);
     coord_send_to(c, s, &env, NULL, 0);
+    /* it is done and leaves: no more heartbeats to it, and its closed connection is not a
+     * site that went missing (no site_gone line in metrics.jsonl) */
+    s->admitted = 0;
+}
+
+int coord_final_left(const coord_t *c, const moeh_msg_t *m)
+{
+    for (size_t i = 0; c->final_buf && i < c->n_sites; i++) {
+        const site_t *s = &c->sites[i];
+        if (s->final_state == COORD_FINAL_ACKED && !s->admitted &&
+            s->rid_len == m->routing_id_len && memcmp(s->rid, m->routing_id, s->rid_len) == 0)
+            return 1;
+    }
+    return 0;
 }
 
 int moeh_coord_core_final_done(moeh_coord_core_t *c, int64_t now)

@@ -25,9 +25,13 @@ static int still_registered(const coord_t *c, const site_t *s)
     return c->cfg->insecure || c->io->registered(c->io->ctx, s->id);
 }
 
+/* To a site of the run that waits for the model, or that acknowledged it and rejoins (a new
+ * agent process that does not know it holds it). */
 void coord_final_send(coord_t *c, site_t *s)
 {
-    if (!c->final_buf || s->final_state != COORD_FINAL_PENDING) return;
+    if (!c->final_buf ||
+        (s->final_state != COORD_FINAL_PENDING && s->final_state != COORD_FINAL_ACKED))
+        return;
     if (s->final_sends >= FINAL_MAX_SENDS) {
         MOEH_WARN("site %s was sent the final model %u times already; not again", s->id,
                   s->final_sends);

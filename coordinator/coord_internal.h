@@ -9,6 +9,7 @@
 
 #include "moeh_aggregate.h"
 #include "moeh_coord_report.h"
+#include "moeh_coordinator_testing.h"
 #include "moeh_dp_ledger.h"
 #include "moeh_moe.h"
 #include "moeh_schema.h"
@@ -33,6 +34,7 @@ typedef struct {
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
     uint64_t hello_model_phase;   /* phase_serial of the last RoundStart a Hello earned it */
+    int val_in;                   /* its histograms are in this round's validation sums */
 } site_t;
 
 /* Per-key rate limits (replies.c): a token bucket for Hellos and one for Error replies of each
@@ -122,6 +124,7 @@ typedef struct moeh_coord_core {
     double sel_test_loss, sel_test_mean, sel_auroc[MOEH_N_SLICES][MOEH_N_TASKS];
     uint64_t sel_combo_rows[MOEH_N_COMBOS];
     moeh_calib_t sel_calib[MOEH_N_TASKS];
+    const moeh_coord_replay_t *replay; /* tests: an earlier run's participation (NULL: none) */
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -144,6 +147,17 @@ static inline const char *coord_phase_name(phase_t ph)
            : ph == PH_VAL  ? "validation"
                            : "statistics";
 }
+
+/* The site's reply is in this phase's sum: it replied, and under secure aggregation it is a
+ * survivor of the session (its masked vector was summed). */
+static inline int coord_contributed(const coord_t *c, const site_t *s)
+{
+    return s->replied && (!c->cfg->secagg || s->sa_in);
+}
+
+/* results.c: the ids of the sites whose reply is in this phase's sum (their update, statistics
+ * or histograms); ids has room for n_sites. Returns how many. */
+size_t coord_contributors(const coord_t *c, const char **ids);
 
 /* Builds the model for these data shapes (coordinator.c: create_model). */
 int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,

@@ -262,11 +262,35 @@ static void send_round_start(coord_t *c, site_t *s)
     coord_send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
 }
 
+/* A participation replay (tests, moeh_coordinator_testing.h) lets a site take part in a phase
+ * only if it did in the recorded run; without one every admitted site does. */
+static int replay_admits(const coord_t *c, phase_t ph, const site_t *s)
+{
+    return moeh_coord_replay_member(c->replay, c->round, ph, s->id) != 0;
+}
+
+/* A replay: the recorded participants of this phase not connected now (the phase waits for
+ * them, as for an outage, so that it sums the same sites). */
+static uint32_t replay_missing(const coord_t *c, phase_t ph)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; c->replay && i < c->n_sites; i++)
+        n += !c->sites[i].admitted &&
+             moeh_coord_replay_member(c->replay, c->round, ph, c->sites[i].id) == 1;
+    return n;
+}
+
 static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     const int from_val = c->phase == PH_VAL && ph == PH_EVAL;
     c->phase = ph;
+    if (replay_missing(c, ph) > 0) { /* outage_tick opens it once they are back */
+        MOEH_INFO("round %u %s phase: replay: waiting for %u of the recorded sites", c->round,
+                  coord_phase_name(ph), replay_missing(c, ph));
+        c->outage_since = c->now;
+        return;
+    }
     c->phase_serial++;
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
      * until the phase closes); without it the sends fall back to a copy each */
@@ -308,6 +332,8 @@ static void open_phase(coord_t *c, phase_t ph)
             }
         }
         c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
+        if (moeh_coord_replay_w_cap(c->replay, c->round) > 0) /* the replayed round's scale */
+            c->w_cap = moeh_coord_replay_w_cap(c->replay, c->round);
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
         /* under DP every site's words (noise) count, whatever its group weights: W counts
@@ -319,7 +345,7 @@ static void open_phase(coord_t *c, phase_t ph)
         /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
          * must not count as the test one (messages of a connection arrive in order) */
         s->val_late = from_val && !cfg->secagg && s->participant && !s->replied;
-        s->participant = s->admitted;
+        s->participant = s->admitted && replay_admits(c, ph, s);
         s->replied = 0;
         c->n_participants += s->participant != 0;
     }
@@ -447,6 +473,8 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_VAL ||
          c->phase == PH_STATS) &&
         !s->replied) {
+        if (!s->participant && !replay_admits(c, c->phase, s))
+            return 0; /* a replay: this site did not take part in this phase */
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + site_weight(c, s) > c->w_cap)
                 return 0; /* its weight does not fit this round's fixed-point range: next one */
@@ -600,7 +628,8 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
             pending += coord_waits_for(c, &c->sites[i]);
-        if (pending > 0 && c->now < c->phase_deadline) return 0;
+        /* a replay waits past the deadline for every invited site still connected */
+        if (pending > 0 && (c->now < c->phase_deadline || c->replay)) return 0;
     }
     const char *name = coord_phase_name(c->phase);
     if (c->n_replied < cfg->min_sites) {
@@ -686,7 +715,7 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
     const char *name = coord_phase_name(c->phase);
     uint32_t up = coord_n_admitted(c), need = sites_needed(c);
     int64_t waited = c->now - c->outage_since;
-    if (up >= need) {
+    if (up >= need && replay_missing(c, c->phase) == 0) {
         MOEH_INFO("round %u %s phase: %u sites connected again after %.1f s: starting the "
                   "phase again",
                   c->round, name, up, waited / 1000.0);

@@ -56,6 +56,15 @@ static cJSON *event(const char *name)
     return j;
 }
 
+/* j[key] = the site ids (nothing when there are none to give). */
+static void add_ids(cJSON *j, const char *key, const char *const *ids, size_t n)
+{
+    if (!ids) return;
+    cJSON *a = cJSON_AddArrayToObject(j, key);
+    for (size_t i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(ids[i]));
+}
+
 static void add_dp(cJSON *j, const moeh_report_dp_t *dp)
 {
     if (!dp) return;
@@ -176,11 +185,13 @@ void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const c
     emit(r, j);
 }
 
-void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features)
+void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features,
+                             const char *const *contributors, size_t n_contributors)
 {
     cJSON *j = event("stats");
     cJSON_AddNumberToObject(j, "sites", sites);
     cJSON_AddNumberToObject(j, "features", (double)features);
+    add_ids(j, "contributors", contributors, n_contributors);
     emit(r, j);
 }
 
@@ -195,6 +206,13 @@ void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *
     cJSON_AddNumberToObject(j, "steps", round(t->steps));
     cJSON_AddNumberToObject(j, "groups_updated", (double)t->groups_updated);
     cJSON_AddNumberToObject(j, "model_version", (double)t->model_version);
+    add_ids(j, "contributors", t->contributors, t->n_contributors);
+    if (t->w_cap > 0) cJSON_AddNumberToObject(j, "w_cap", t->w_cap);
+    if (t->contributors) {
+        char h[17];
+        snprintf(h, sizeof h, "%016llx", (unsigned long long)t->model_hash);
+        cJSON_AddStringToObject(j, "model_hash", h);
+    }
     add_dp(j, t->dp);
     emit(r, j);
     if (t->upload_slots) {
@@ -302,6 +320,7 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
             snprintf(key, sizeof key, "val_brier_%s", moeh_task_names[t]);
             cJSON_AddNumberToObject(j, key, rnd(e->val_calib[t].brier, 6));
         }
+        add_ids(j, "val_contributors", e->val_contributors, e->n_val_contributors);
     }
     add_dp(j, e->dp);
     emit(r, j);

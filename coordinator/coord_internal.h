@@ -1,6 +1,7 @@
 /* coord_internal.h - the coordinator core's own state, shared by the files of the core only
- * (coordinator.c: sites, admission, phases; replies.c: the replies of each phase, granted
- * uploads and the secure-aggregation glue; results.c: closing a phase, checkpoints; config.c).
+ * (coordinator.c: sites, admission, phases; core_model.c: the model and its buffers; replies.c:
+ * the replies of each phase, granted uploads and the secure-aggregation glue; results.c:
+ * closing a phase, checkpoints; replay.c: a recorded run's participation; config.c).
  * Nothing outside coordinator/ includes it: the core's interface is moeh_coord_core.h. */
 #ifndef COORD_INTERNAL_H
 #define COORD_INTERNAL_H
@@ -159,7 +160,7 @@ static inline int coord_contributed(const coord_t *c, const site_t *s)
  * or histograms); ids has room for n_sites. Returns how many. */
 size_t coord_contributors(const coord_t *c, const char **ids);
 
-/* Builds the model for these data shapes (coordinator.c: create_model). */
+/* core_model.c: builds the model for these data shapes and sizes every buffer from it. */
 int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
                       uint32_t img_size, moeh_err_t *err);
 

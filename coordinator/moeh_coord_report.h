@@ -93,6 +93,12 @@ void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t feat
 void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t);
 /* The eval, task and gate lines, and a row of the table. */
 void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e);
+/* One "roc" line per task: the ROC curve of split ("test", "val") on every row (slice 0 of
+ * hist, the (slices, n_tasks, 2, bins) sums of the phase), from moeh_eval_slice_roc: "fpr" and
+ * "tpr" arrays from (0, 0) to (1, 1) (empty when a class is absent), "n_pos", "n_neg", and the
+ * "auroc" the points integrate to. Computed from the summed histogram only. */
+void moeh_coord_report_roc(moeh_coord_report_t *r, uint32_t round, const char *split,
+                           const uint64_t *hist, uint32_t bins);
 /* The final table: test AUROC per task, over all rows and per modality combination, then the
  * Brier score and ECE per task (calib: n_tasks entries, or NULL), of the last evaluation
  * (nothing if no round was evaluated by this process). */

@@ -276,6 +276,42 @@ static void emit_calib(moeh_coord_report_t *r, uint32_t round, uint32_t T, const
     }
 }
 
+void moeh_coord_report_roc(moeh_coord_report_t *r, uint32_t round, const char *split,
+                           const uint64_t *hist, uint32_t bins)
+{
+    double *fpr = malloc(((size_t)bins + 1) * sizeof *fpr);
+    double *tpr = malloc(((size_t)bins + 1) * sizeof *tpr);
+    if (!fpr || !tpr) {
+        MOEH_ERROR("out of memory for the ROC points of round %u; \"roc\" lines dropped", round);
+        goto out;
+    }
+    for (uint32_t t = 0; t < r->n_tasks; t++) {
+        const uint64_t *neg = hist + (size_t)t * 2 * bins, *pos = neg + bins;
+        uint64_t n_neg = 0, n_pos = 0;
+        for (uint32_t b = 0; b < bins; b++)
+            n_neg += neg[b], n_pos += pos[b];
+        size_t n = moeh_eval_slice_roc(hist, r->n_tasks, bins, 0, t, fpr, tpr, NULL);
+        cJSON *j = event("roc");
+        cJSON_AddNumberToObject(j, "round", round);
+        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
+        cJSON_AddStringToObject(j, "split", split);
+        cJSON_AddNumberToObject(j, "n_pos", (double)n_pos);
+        cJSON_AddNumberToObject(j, "n_neg", (double)n_neg);
+        /* the AUROC of the "eval" line, which these points integrate to (trapezoids) */
+        cJSON_AddNumberToObject(j, "auroc",
+                                rnd(moeh_eval_slice_auroc(hist, r->n_tasks, bins, 0, t), 6));
+        cJSON *xs = cJSON_AddArrayToObject(j, "fpr"), *ys = cJSON_AddArrayToObject(j, "tpr");
+        for (size_t i = 0; i < n; i++) { /* 7 decimals: the area moves by less than 1e-6 */
+            cJSON_AddItemToArray(xs, cJSON_CreateNumber(rnd(fpr[i], 7)));
+            cJSON_AddItemToArray(ys, cJSON_CreateNumber(rnd(tpr[i], 7)));
+        }
+        emit(r, j);
+    }
+out:
+    free(fpr);
+    free(tpr);
+}
+
 void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
                                  double value, const char *why, double test_auroc_mean)
 {

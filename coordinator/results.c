@@ -137,6 +137,7 @@ void coord_finish_eval(coord_t *c)
                                   .n_val_contributors = n_val_ids};
     moeh_coord_report_eval(c->report, &e);
     free(val_ids);
+    moeh_coord_report_roc(c->report, c->round, "test", c->hist, nb);  /* "roc" lines */
     if (c->cfg->validate) coord_select_keep_test(c, eval_loss, mean); /* select.c */
     c->have_val = 0;
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,

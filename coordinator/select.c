@@ -26,6 +26,7 @@ void coord_finish_val(coord_t *c)
         c->val_auroc[t] = moeh_eval_slice_auroc(c->hist, T, nb, 0, t);
         moeh_eval_slice_calib(c->hist, T, nb, 0, t, &c->val_calib[t]);
     }
+    moeh_coord_report_roc(c->report, c->round, "val", c->hist, nb); /* "roc" lines */
     c->val_mean = moeh_eval_mean_finite(c->val_auroc, T);
     c->val_loss = n_labels ? loss_sum / (double)n_labels : NAN;
     c->have_val = 1;

@@ -11,7 +11,10 @@ coordinator's resident memory and open file descriptors (soak.jsonl). At the end
   - every round 1..R has exactly one "train" and one "eval" row in metrics.jsonl;
   - the coordinator's RSS and open fds are flat across the soak (the last fifth of the rounds
     against the first fifth after warm-up: RSS within 10% + 8 MiB, fds within N + 4);
-  - the run finished (the coordinator exited 0 and every agent exited 0).
+  - the run finished (the coordinator exited 0 and every agent exited 0);
+  - a clean run that replays the soak's participation (which sites' replies entered each sum
+    of each round; moeh-coordinator --fault-replay) has the same model after every round and
+    the same final model.npy, byte for byte: the faults lost or corrupted nothing.
 
 Usage: bench/chaos_soak.py [--rounds 200] [--sites 10] ... (--help). Exit 0 when every check
 holds, 1 otherwise, 2 on usage errors. The short CI version is ctest's test_chaos_soak_short.
@@ -46,6 +49,9 @@ def parse_args(argv):
     ap.add_argument("--no-rss-check", action="store_true",
                     help="record RSS but do not judge it (a sanitizer build: AddressSanitizer's "
                          "quarantine keeps freed memory, so RSS grows by design)")
+    ap.add_argument("--no-replay", action="store_true",
+                    help="skip the clean replay of the soak's participation (by default it runs "
+                         "after the soak and must give the same model after every round)")
     ap.add_argument("--proxied", type=int, default=2,
                     help="sites that talk through a fault proxy, for link drops (default 2)")
     a = ap.parse_args(argv)
@@ -152,12 +158,12 @@ class Soak:
         for fn in os.listdir(self.coord_out):
             os.remove(os.path.join(self.coord_out, fn))
 
-    def start_coordinator(self, resume):
+    def start_coordinator(self, resume, out=None, extra=()):
         a = self.a
         self.coord_starts += 1
         cmd = [self.exe("moeh-coordinator"), "--registry", self.registry,
                "--key", os.path.join(self.keys, "coordinator.key"),
-               "--bind", "tcp://127.0.0.1:%d" % self.port, "--out", self.coord_out,
+               "--bind", "tcp://127.0.0.1:%d" % self.port, "--out", out or self.coord_out,
                "--rounds", str(a.rounds), "--min-sites", str(max(2, (6 * a.sites) // 10)),
                "--wait-sites", str(a.sites), "--join-window", "30s",
                "--deadline-ms", str(a.deadline_ms), "--max-retries", "20",
@@ -167,6 +173,7 @@ class Soak:
                "--batch-size", "64", "--eval-bins", "100", "--table=false", "--seed", str(a.seed)]
         if resume:
             cmd.append("--resume")
+        cmd += list(extra)
         log = open(os.path.join(self.logs, "coordinator-%d.log" % self.coord_starts), "wb")
         self.coord = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -192,8 +199,8 @@ class Soak:
         self.agents[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
-    def metrics(self):
-        path = os.path.join(self.coord_out, "metrics.jsonl")
+    def metrics(self, out=None):
+        path = os.path.join(out or self.coord_out, "metrics.jsonl")
         rows = []
         try:
             with open(path) as f:
@@ -309,6 +316,58 @@ class Soak:
                 ok = False
         return ok
 
+    def replay(self):
+        """A clean run (no chaos, no proxies) of the same sites, seed and options that replays
+        the soak's participation (moeh-coordinator --fault-replay): each phase of each round
+        invites only the sites whose replies entered the soak's sums, with the soak's weight
+        bound. Nothing lost or corrupted by the faults means the same model after every round
+        (the train rows' model_hash) and the same final model.npy, byte for byte."""
+        a = self.a
+        out = os.path.join(self.out, "replay")
+        os.makedirs(out, exist_ok=True)
+        for fn in os.listdir(out):
+            if os.path.isfile(os.path.join(out, fn)):
+                os.remove(os.path.join(out, fn))
+        self.stop_all()
+        self.proxies, self.agents = {}, {}
+        self.port = free_port()
+        self.log("replay: a clean run of the soak's participation in %s" % out)
+        self.start_coordinator(resume=False, out=out, extra=[
+            "--fault-replay", os.path.join(self.coord_out, "metrics.jsonl")])
+        for n in self.names:
+            self.start_agent(n)
+        try:
+            rc = self.coord.wait(timeout=a.budget_s)
+        except subprocess.TimeoutExpired:
+            rc = "still running after the budget"
+        for n, p in self.agents.items():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        if rc != 0:
+            print("FAIL the replay's coordinator exited %s (log: %s/logs)" % (rc, self.out))
+            return False
+        ok = True
+        soak = {row["round"]: row.get("model_hash") for _, row in self.metrics()
+                if row.get("event") == "train"}
+        again = {row["round"]: row.get("model_hash") for _, row in self.metrics(out)
+                 if row.get("event") == "train"}
+        differ = [r for r in sorted(soak) if soak[r] is None or soak[r] != again.get(r)]
+        if differ:
+            ok = False
+            print("FAIL the replay's model differs from the soak's after rounds %s (of %d)"
+                  % (differ[:20], len(soak)))
+        else:
+            print("ok   the replay's model equals the soak's after every one of %d rounds "
+                  "(model_hash of the train rows)" % len(soak))
+        with open(os.path.join(self.coord_out, "model.npy"), "rb") as f1, \
+                open(os.path.join(out, "model.npy"), "rb") as f2:
+            same = f1.read() == f2.read()
+        print("%s final model.npy of the soak and of the clean replay: %s" %
+              ("ok  " if same else "FAIL", "identical" if same else "DIFFERENT"))
+        return ok and same
+
     def stop_all(self):
         for p in list(self.agents.values()) + [self.coord] + [q for q, _ in self.proxies.values()]:
             if p and p.poll() is None:
@@ -366,6 +425,11 @@ def main(argv):
     finally:
         s.stop_all()
     ok = s.check() and finished
+    if finished and not a.no_replay:
+        try:
+            ok = s.replay() and ok
+        finally:
+            s.stop_all()
     print("chaos soak: %s" % ("PASS" if ok else "FAIL"))
     return 0 if ok else 1
 

@@ -14,7 +14,9 @@
 # federation only: bytes per site per round = (lo bytes of the run) / sites / rounds, both
 # directions, CURVE and TCP framing included, the statistics phase and the handshakes spread
 # over the rounds. Peak RSS through GNU time wrappers around the coordinator and every agent.
-# Round time: mean train+eval seconds of rounds 2.. from metrics.jsonl.
+# Round time: mean train+eval seconds of rounds 2.. from metrics.jsonl. CPU seconds per
+# round through the same wrappers: unlike the round time they do not depend on the 100 agents
+# sharing this machine's cores.
 set -euo pipefail
 [ -x /usr/bin/time ] || { echo "bench/scale.sh: needs GNU time: apt-get install time" >&2; exit 1; }
 if [ -z "${MOEH_SCALE_NETNS:-}" ]; then
@@ -44,8 +46,9 @@ s = [json.loads(l)["seconds"] for l in open(sys.argv[1]) if "\"eval\"" in l]
 s = s[1:] or s
 print(f"{sum(s) / len(s):.2f}")' "$1"
 }
-printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s\n" sites k plain_s secure_s ratio \
-    coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd
+printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" sites k plain_s \
+    secure_s ratio coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
+    agent_scpu coord_cpu coord_scpu cpu_ratio
 for n in ${SITES_LIST:-10 20 40 100}; do
     spec=""
     for s in $(seq 1 "$n"); do spec="${spec:+$spec,}s$s:1:ehr+notes+img"; done
@@ -55,9 +58,9 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         flag=--secagg=false
         [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"
         wrap="$work/bin-$mode-$n"; mkdir -p "$wrap" "$work/rss-$mode-$n"
-        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M" -o %s/coordinator "%s" "$@"\n' \
+        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o %s/coordinator "%s" "$@"\n' \
             "$work/rss-$mode-$n" "$bin/moeh-coordinator" > "$wrap/moeh-coordinator"
-        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M" -o %s/agent.$$ "%s" "$@"\n' \
+        printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o %s/agent.$$ "%s" "$@"\n' \
             "$work/rss-$mode-$n" "$bin/moeh-site-agent" > "$wrap/moeh-site-agent"
         chmod +x "$wrap/moeh-coordinator" "$wrap/moeh-site-agent"
         b0=$(lo_bytes)
@@ -71,15 +74,24 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         fi
         b1=$(lo_bytes)
         eval "t_$mode=\$(mean_round $work/run-$mode-$n/metrics.jsonl)"
-        eval "c_$mode=\$(( \$(tail -n1 $work/rss-$mode-$n/coordinator) / 1024 ))"
-        eval "a_$mode=\$(cat $work/rss-$mode-$n/agent.* | sort -n | tail -n1 | awk '{print int(\$1/1024)}')"
+        eval "c_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk '{print int(\$1/1024)}')"
+        eval "a_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | sort -n | tail -n1 | awk '{print int(\$1/1024)}')"
+        # CPU seconds (user + system) per round: the coordinator's, and the mean agent's
+        eval "cc_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk -v r=$rounds '{printf \"%.3f\", (\$2+\$3)/r}')"
+        eval "ac_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | awk -v r=$rounds '{s+=\$2+\$3; n++} END {printf \"%.3f\", s/n/r}')"
         eval "b_$mode=\$(( (b1 - b0) / n / rounds / 1024 ))"
     done
     k=$(grep -ho "SecAgg+ with k = [0-9]*" "$work/run-secure-$n/logs/"coordinator* | head -n1 |
         awk "{print \$NF}" || true)
-    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s\n" "$n" "${k:-all}" "$t_plain" \
-        "$t_secure" "$(python3 -c "print(f'{$t_secure/$t_plain:.2f}')")" "$c_plain" "$c_secure" \
-        "$a_plain" "$a_secure" "$b_plain" "$b_secure"
+    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" "$n" "${k:-all}" \
+        "$t_plain" "$t_secure" "$(python3 -c "print(f'{$t_secure/$t_plain:.2f}')")" "$c_plain" \
+        "$c_secure" "$a_plain" "$a_secure" "$b_plain" "$b_secure" "$ac_plain" "$ac_secure" \
+        "$cc_plain" "$cc_secure" \
+        "$(python3 -c "print(f'{($ac_secure+$cc_secure)/($ac_plain+$cc_plain):.2f}')")"
 done
 echo "# k: SecAgg+ neighbours of the secure run (all: every pair masks); *_MB: peak RSS (agent:"
-echo "# the largest of the agents); KiB_site_rd: loopback bytes / sites / rounds (s: secure)"
+echo "# the largest of the agents); KiB_site_rd: loopback bytes / sites / rounds (s: secure);"
+echo "# agent_cpu / coord_cpu: CPU seconds (user + system) per round of the mean agent and of the"
+echo "# coordinator, start-up and statistics phase included (s: secure); cpu_ratio: (agent + coordinator"
+echo "# CPU per round) secure over plain: the round's compute when every site has its own host"
+echo "# (network latency and the extra message exchanges of secure aggregation not included)"

@@ -1,6 +1,7 @@
 /* coord_internal.h - the coordinator core's own state, shared by the files of the core only
- * (coordinator.c: sites, admission, phases; replies.c: the replies of each phase, granted
- * uploads and the secure-aggregation glue; results.c: closing a phase, checkpoints; config.c).
+ * (coordinator.c: sites, admission, phases; core_model.c: the model and its buffers; replies.c:
+ * the replies of each phase, granted uploads and the secure-aggregation glue; results.c:
+ * closing a phase, checkpoints; replay.c: a recorded run's participation; config.c).
  * Nothing outside coordinator/ includes it: the core's interface is moeh_coord_core.h. */
 #ifndef COORD_INTERNAL_H
 #define COORD_INTERNAL_H
@@ -9,6 +10,7 @@
 
 #include "moeh_aggregate.h"
 #include "moeh_coord_report.h"
+#include "moeh_coordinator_testing.h"
 #include "moeh_dp_ledger.h"
 #include "moeh_moe.h"
 #include "moeh_schema.h"
@@ -35,6 +37,7 @@ typedef struct {
     uint64_t hello_model_phase;   /* phase_serial of the last RoundStart a Hello earned it */
     int final_state;              /* final.c: coord_final_state_t */
     uint32_t final_sends;         /* final.c: FinalModels sent to it */
+    int val_in;                   /* its histograms are in this round's validation sums */
 } site_t;
 
 /* final.c: where a site stands with the run's final model. */
@@ -140,6 +143,7 @@ typedef struct moeh_coord_core {
     uint32_t final_round;
     int64_t final_t0;
     int final_over;
+    const moeh_coord_replay_t *replay; /* tests: an earlier run's participation (NULL: none) */
 } coord_t;
 
 /* The configuration checks of moeh_coord_core_create(); sets the server optimiser. 0 or
@@ -163,7 +167,18 @@ static inline const char *coord_phase_name(phase_t ph)
                            : "statistics";
 }
 
-/* Builds the model for these data shapes (coordinator.c: create_model). */
+/* The site's reply is in this phase's sum: it replied, and under secure aggregation it is a
+ * survivor of the session (its masked vector was summed). */
+static inline int coord_contributed(const coord_t *c, const site_t *s)
+{
+    return s->replied && (!c->cfg->secagg || s->sa_in);
+}
+
+/* results.c: the ids of the sites whose reply is in this phase's sum (their update, statistics
+ * or histograms); ids has room for n_sites. Returns how many. */
+size_t coord_contributors(const coord_t *c, const char **ids);
+
+/* core_model.c: builds the model for these data shapes and sizes every buffer from it. */
 int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
                       uint32_t img_size, moeh_err_t *err);
 

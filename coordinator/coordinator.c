@@ -144,69 +144,6 @@ int coord_send_to(coord_t *c, site_t *s, Moeh__Envelope *env, const moeh_frame_t
     return rc;
 }
 
-/* Builds the model from the configuration and the sites' data shapes. */
-static int create_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
-                        uint32_t img_size, moeh_err_t *err)
-{
-    const moeh_coord_cfg_t *cfg = c->cfg;
-    moeh_moe_cfg_t mc = cfg->model;
-    mc.n_static = n_static, mc.n_vars = n_vars, mc.n_steps = n_steps, mc.img_size = img_size;
-    mc.max_batch = cfg->batch_size;
-    moeh_err_t e2 = {0};
-    int rc = moeh_moe_create(&mc, &c->model, &e2);
-    if (rc) return moeh_errf(err, rc, "cannot create the model: %s", e2.msg);
-    c->mcfg = mc;
-    c->p = moeh_moe_params(c->model);
-    c->spec_hash = moeh_params_spec_hash(c->p);
-    c->n_norm = n_static + n_vars;
-    /* replaced when a training phase opens; any value the decoder accepts before */
-    c->quant_scale = moeh_quant_scale(c->quant_range, 2.0);
-    c->n_experts = (uint32_t)moeh_moe_n_experts(c->model);
-    c->lim = (moeh_wire_limits_t){.n_params = c->p->n,
-                                  .n_groups = (uint32_t)c->p->n_groups,
-                                  .n_tasks = (uint32_t)mc.n_tasks,
-                                  .eval_bins = cfg->eval_bins,
-                                  .n_norm = c->n_norm,
-                                  .n_experts = c->n_experts};
-    if ((rc = moeh_fedavg_init(&c->agg, c->p->n, c->p->n_groups, c->p->group_off, c->p->group_len)))
-        return moeh_errf(err, rc, "cannot allocate the aggregation buffer");
-    c->hist = calloc((size_t)MOEH_N_SLICES * mc.n_tasks * 2 * cfg->eval_bins, sizeof(uint64_t));
-    c->norm = calloc(2 * (size_t)c->n_norm + 1, sizeof(float));
-    c->stats_sum = calloc(3 * (size_t)c->n_norm + 1, sizeof(double));
-    c->gate_sum = calloc((size_t)MOEH_N_COMBOS * c->n_experts, sizeof(double));
-    size_t lt = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
-           ls = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
-           le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
-    c->vsum_cap = lt > ls ? (lt > le ? lt : le) : (ls > le ? ls : le);
-    c->vsum = calloc(c->vsum_cap, sizeof(uint32_t));
-    c->vtmp = calloc(ls + moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)) +
-                         MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS,
-                     sizeof(uint32_t));
-    if (!c->hist || !c->norm || !c->stats_sum || !c->gate_sum || !c->vsum || !c->vtmp ||
-        coord_select_init(c) != 0)
-        return moeh_errf(err, -ENOMEM, "out of memory");
-    if (c->sopt.kind == MOEH_STRATEGY_FEDADAM || c->sopt.kind == MOEH_STRATEGY_FEDYOGI) {
-        c->delta = calloc(c->p->n, sizeof(float));
-        c->sm = calloc(c->p->n, sizeof(float));
-        c->sv = calloc(c->p->n, sizeof(float));
-        if (!c->delta || !c->sm || !c->sv)
-            return moeh_errf(err, -ENOMEM, "out of memory for the server optimiser");
-    }
-    for (uint32_t i = 0; i < c->n_norm; i++)
-        c->norm[c->n_norm + i] = 1.0f;
-    MOEH_INFO("model: %s, %zu parameters in %zu groups (%u static features, %u hourly "
-              "variables x %u h, %u x %u images)",
-              mc.arch == MOEH_ARCH_MOE ? "MoE-Health" : "baseline", c->p->n, c->p->n_groups,
-              n_static, n_vars, n_steps, img_size, img_size);
-    return 0;
-}
-
-int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n_steps,
-                      uint32_t img_size, moeh_err_t *err)
-{
-    return create_model(c, n_static, n_vars, n_steps, img_size, err);
-}
-
 static void send_round_start(coord_t *c, site_t *s)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
@@ -262,11 +199,35 @@ static void send_round_start(coord_t *c, site_t *s)
     coord_send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
 }
 
+/* A participation replay (tests, moeh_coordinator_testing.h) lets a site take part in a phase
+ * only if it did in the recorded run; without one every admitted site does. */
+static int replay_admits(const coord_t *c, phase_t ph, const site_t *s)
+{
+    return moeh_coord_replay_member(c->replay, c->round, ph, s->id) != 0;
+}
+
+/* A replay: the recorded participants of this phase not connected now (the phase waits for
+ * them, as for an outage, so that it sums the same sites). */
+static uint32_t replay_missing(const coord_t *c, phase_t ph)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; c->replay && i < c->n_sites; i++)
+        n += !c->sites[i].admitted &&
+             moeh_coord_replay_member(c->replay, c->round, ph, c->sites[i].id) == 1;
+    return n;
+}
+
 static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     const int from_val = c->phase == PH_VAL && ph == PH_EVAL;
     c->phase = ph;
+    if (replay_missing(c, ph) > 0) { /* outage_tick opens it once they are back */
+        MOEH_INFO("round %u %s phase: replay: waiting for %u of the recorded sites", c->round,
+                  coord_phase_name(ph), replay_missing(c, ph));
+        c->outage_since = c->now;
+        return;
+    }
     c->phase_serial++;
     /* one copy of the parameters for every site's RoundStart of this phase (they do not change
      * until the phase closes); without it the sends fall back to a copy each */
@@ -308,6 +269,8 @@ static void open_phase(coord_t *c, phase_t ph)
             }
         }
         c->w_cap = 2.0 * (c->w_used > 1 ? c->w_used : 1);
+        if (moeh_coord_replay_w_cap(c->replay, c->round) > 0) /* the replayed round's scale */
+            c->w_cap = moeh_coord_replay_w_cap(c->replay, c->round);
         if (c->w_cap > 4294967295.0) /* weights are summed in 32-bit words too */
             c->w_cap = 4294967295.0;
         /* under DP every site's words (noise) count, whatever its group weights: W counts
@@ -319,7 +282,7 @@ static void open_phase(coord_t *c, phase_t ph)
         /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
          * must not count as the test one (messages of a connection arrive in order) */
         s->val_late = from_val && !cfg->secagg && s->participant && !s->replied;
-        s->participant = s->admitted;
+        s->participant = s->admitted && replay_admits(c, ph, s);
         s->replied = 0;
         c->n_participants += s->participant != 0;
     }
@@ -372,7 +335,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     }
     int rc;
     if (!c->model &&
-        (rc = create_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size, fatal)) != 0)
+        (rc = coord_build_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size, fatal)) != 0)
         return rc;
     if (h->n_features != c->mcfg.n_static || h->n_vars != c->mcfg.n_vars ||
         h->n_steps != c->mcfg.n_steps || h->img_size != c->mcfg.img_size) {
@@ -451,6 +414,8 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     if ((c->phase == PH_TRAIN || c->phase == PH_EVAL || c->phase == PH_VAL ||
          c->phase == PH_STATS) &&
         !s->replied) {
+        if (!s->participant && !replay_admits(c, c->phase, s))
+            return 0; /* a replay: this site did not take part in this phase */
         if (c->phase == PH_TRAIN && !s->participant) {
             if (c->w_used + site_weight(c, s) > c->w_cap)
                 return 0; /* its weight does not fit this round's fixed-point range: next one */
@@ -608,7 +573,8 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
     } else {
         for (size_t i = 0; i < c->n_sites; i++)
             pending += coord_waits_for(c, &c->sites[i]);
-        if (pending > 0 && c->now < c->phase_deadline) return 0;
+        /* a replay waits past the deadline for every invited site still connected */
+        if (pending > 0 && (c->now < c->phase_deadline || c->replay)) return 0;
     }
     const char *name = coord_phase_name(c->phase);
     if (c->n_replied < cfg->min_sites) {
@@ -694,7 +660,7 @@ static int outage_tick(coord_t *c, moeh_err_t *fatal)
     const char *name = coord_phase_name(c->phase);
     uint32_t up = coord_n_admitted(c), need = sites_needed(c);
     int64_t waited = c->now - c->outage_since;
-    if (up >= need) {
+    if (up >= need && replay_missing(c, c->phase) == 0) {
         MOEH_INFO("round %u %s phase: %u sites connected again after %.1f s: starting the "
                   "phase again",
                   c->round, name, up, waited / 1000.0);
@@ -920,11 +886,6 @@ uint32_t moeh_coord_core_round(const moeh_coord_core_t *c)
     return c->round;
 }
 
-uint64_t moeh_coord_core_model_version(const moeh_coord_core_t *c)
-{
-    return c->model_version;
-}
-
 uint32_t moeh_coord_core_replied(const moeh_coord_core_t *c)
 {
     return c->n_replied;
@@ -939,20 +900,4 @@ int moeh_coord_core_admitted(const moeh_coord_core_t *c, const char *site_id)
 {
     const site_t *s = coord_site_by_id(c, site_id);
     return s && s->admitted;
-}
-
-const moeh_params_t *moeh_coord_core_params(const moeh_coord_core_t *c)
-{
-    return c->p;
-}
-
-const float *moeh_coord_core_norm(const moeh_coord_core_t *c, size_t *n_norm)
-{
-    *n_norm = c->n_norm;
-    return c->norm;
-}
-
-double moeh_coord_core_auroc(const moeh_coord_core_t *c, uint32_t task)
-{
-    return task < MOEH_N_TASKS ? c->last_auroc[0][task] : NAN;
 }

@@ -144,6 +144,9 @@ int main(int argc, char **argv)
          "a new run (without this or --resume such a directory is refused)"},
         {"fault-kill-after-round", MOEH_OPT_U32, &faults.kill_after_round,
          "TESTS ONLY: SIGKILL this process after checkpointing round N (0: off)"},
+        {"fault-replay", MOEH_OPT_STR, &faults.replay_metrics,
+         "TESTS ONLY: replay the participation recorded in this metrics.jsonl (each phase "
+         "invites only the sites whose replies entered that round's sums)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
         {"log-file", MOEH_OPT_STR, &log_file,
          "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},

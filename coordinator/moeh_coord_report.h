@@ -33,6 +33,13 @@ typedef struct {
     const moeh_report_dp_t *dp; /* NULL without DP */
     /* granted uploads (slots 0: not granted, no line) */
     uint32_t upload_slots, upload_max, upload_expired;
+    /* the sites whose update is in the sum, the round's weight bound (it sets the fixed-point
+     * scale) and the XXH64 of the parameters after the step: what a replay of the run's
+     * participation (moeh_coordinator_testing.h) needs and checks */
+    const char *const *contributors;
+    size_t n_contributors;
+    double w_cap;
+    uint64_t model_hash;
 } moeh_report_train_t;
 
 /* One closed EVAL phase. auroc[slice][task]: slice 0 every row, 1 + c combination c. */
@@ -50,8 +57,10 @@ typedef struct {
     /* the round's VALIDATE phase (have_val 0: none): loss, AUROC and calibration per task */
     int have_val;
     double val_loss, val_auroc_mean;
-    const double *val_auroc;       /* (n_tasks) */
-    const moeh_calib_t *val_calib; /* (n_tasks) */
+    const double *val_auroc;             /* (n_tasks) */
+    const moeh_calib_t *val_calib;       /* (n_tasks) */
+    const char *const *val_contributors; /* the sites whose validation histograms were summed */
+    size_t n_val_contributors;
 } moeh_report_eval_t;
 
 /* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
@@ -78,10 +87,18 @@ void moeh_coord_report_site_update(moeh_coord_report_t *r, uint32_t round, const
 /* auroc: this site's own AUROC of each task over all its rows. */
 void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const char *site,
                                  double test_loss, const double *auroc);
-void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features);
+/* contributors: the sites whose statistics were summed. */
+void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features,
+                             const char *const *contributors, size_t n_contributors);
 void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t);
 /* The eval, task and gate lines, and a row of the table. */
 void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e);
+/* One "roc" line per task: the ROC curve of split ("test", "val") on every row (slice 0 of
+ * hist, the (slices, n_tasks, 2, bins) sums of the phase), from moeh_eval_slice_roc: "fpr" and
+ * "tpr" arrays from (0, 0) to (1, 1) (empty when a class is absent), "n_pos", "n_neg", and the
+ * "auroc" the points integrate to. Computed from the summed histogram only. */
+void moeh_coord_report_roc(moeh_coord_report_t *r, uint32_t round, const char *split,
+                           const uint64_t *hist, uint32_t bins);
 /* The final table: test AUROC per task, over all rows and per modality combination, then the
  * Brier score and ECE per task (calib: n_tasks entries, or NULL), of the last evaluation
  * (nothing if no round was evaluated by this process). */

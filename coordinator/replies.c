@@ -465,7 +465,7 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
                      coord_upload_state(c, s) != MOEH_UP_EXPIRED;
     }
     moeh_sa_server_progress(c->sa, waiting, &got, &pending);
-    if (pending > 0 && c->now < c->phase_deadline) return 0;
+    if (pending > 0 && (c->now < c->phase_deadline || c->replay)) return 0; /* a replay waits */
     static const char *k_step[] = {"", "key advertisement", "share exchange", "masked update",
                                    "unmasking"};
     char what[MOEH_ERRMSG_MAX + 64], tag[48];

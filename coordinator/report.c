@@ -56,6 +56,15 @@ static cJSON *event(const char *name)
     return j;
 }
 
+/* j[key] = the site ids (nothing when there are none to give). */
+static void add_ids(cJSON *j, const char *key, const char *const *ids, size_t n)
+{
+    if (!ids) return;
+    cJSON *a = cJSON_AddArrayToObject(j, key);
+    for (size_t i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(ids[i]));
+}
+
 static void add_dp(cJSON *j, const moeh_report_dp_t *dp)
 {
     if (!dp) return;
@@ -176,11 +185,13 @@ void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const c
     emit(r, j);
 }
 
-void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features)
+void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features,
+                             const char *const *contributors, size_t n_contributors)
 {
     cJSON *j = event("stats");
     cJSON_AddNumberToObject(j, "sites", sites);
     cJSON_AddNumberToObject(j, "features", (double)features);
+    add_ids(j, "contributors", contributors, n_contributors);
     emit(r, j);
 }
 
@@ -195,6 +206,13 @@ void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *
     cJSON_AddNumberToObject(j, "steps", round(t->steps));
     cJSON_AddNumberToObject(j, "groups_updated", (double)t->groups_updated);
     cJSON_AddNumberToObject(j, "model_version", (double)t->model_version);
+    add_ids(j, "contributors", t->contributors, t->n_contributors);
+    if (t->w_cap > 0) cJSON_AddNumberToObject(j, "w_cap", t->w_cap);
+    if (t->contributors) {
+        char h[17];
+        snprintf(h, sizeof h, "%016llx", (unsigned long long)t->model_hash);
+        cJSON_AddStringToObject(j, "model_hash", h);
+    }
     add_dp(j, t->dp);
     emit(r, j);
     if (t->upload_slots) {
@@ -258,6 +276,42 @@ static void emit_calib(moeh_coord_report_t *r, uint32_t round, uint32_t T, const
     }
 }
 
+void moeh_coord_report_roc(moeh_coord_report_t *r, uint32_t round, const char *split,
+                           const uint64_t *hist, uint32_t bins)
+{
+    double *fpr = malloc(((size_t)bins + 1) * sizeof *fpr);
+    double *tpr = malloc(((size_t)bins + 1) * sizeof *tpr);
+    if (!fpr || !tpr) {
+        MOEH_ERROR("out of memory for the ROC points of round %u; \"roc\" lines dropped", round);
+        goto out;
+    }
+    for (uint32_t t = 0; t < r->n_tasks; t++) {
+        const uint64_t *neg = hist + (size_t)t * 2 * bins, *pos = neg + bins;
+        uint64_t n_neg = 0, n_pos = 0;
+        for (uint32_t b = 0; b < bins; b++)
+            n_neg += neg[b], n_pos += pos[b];
+        size_t n = moeh_eval_slice_roc(hist, r->n_tasks, bins, 0, t, fpr, tpr, NULL);
+        cJSON *j = event("roc");
+        cJSON_AddNumberToObject(j, "round", round);
+        cJSON_AddStringToObject(j, "task", moeh_task_names[t]);
+        cJSON_AddStringToObject(j, "split", split);
+        cJSON_AddNumberToObject(j, "n_pos", (double)n_pos);
+        cJSON_AddNumberToObject(j, "n_neg", (double)n_neg);
+        /* the AUROC of the "eval" line, which these points integrate to (trapezoids) */
+        cJSON_AddNumberToObject(j, "auroc",
+                                rnd(moeh_eval_slice_auroc(hist, r->n_tasks, bins, 0, t), 6));
+        cJSON *xs = cJSON_AddArrayToObject(j, "fpr"), *ys = cJSON_AddArrayToObject(j, "tpr");
+        for (size_t i = 0; i < n; i++) { /* 7 decimals: the area moves by less than 1e-6 */
+            cJSON_AddItemToArray(xs, cJSON_CreateNumber(rnd(fpr[i], 7)));
+            cJSON_AddItemToArray(ys, cJSON_CreateNumber(rnd(tpr[i], 7)));
+        }
+        emit(r, j);
+    }
+out:
+    free(fpr);
+    free(tpr);
+}
+
 void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
                                  double value, const char *why, double test_auroc_mean)
 {
@@ -302,6 +356,7 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
             snprintf(key, sizeof key, "val_brier_%s", moeh_task_names[t]);
             cJSON_AddNumberToObject(j, key, rnd(e->val_calib[t].brier, 6));
         }
+        add_ids(j, "val_contributors", e->val_contributors, e->n_val_contributors);
     }
     add_dp(j, e->dp);
     emit(r, j);

@@ -12,7 +12,18 @@
 #include "moeh_trainer.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
+
+size_t coord_contributors(const coord_t *c, const char **ids)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_sites; i++) {
+        if (coord_contributed(c, &c->sites[i])) ids[n++] = c->sites[i].id;
+    }
+    return n;
+}
 
 int coord_finish_train(coord_t *c, moeh_err_t *fatal)
 {
@@ -41,6 +52,7 @@ int coord_finish_train(coord_t *c, moeh_err_t *fatal)
     double loss = ns > 0 && !c->dp ? lxs / ns : NAN;
     c->round_train_loss = loss;
     moeh_report_dp_t dp;
+    const char **ids = calloc(c->n_sites + 1, sizeof *ids);
     moeh_report_train_t t = {.round = c->round,
                              .sites = c->n_replied,
                              .participants = c->n_participants,
@@ -50,10 +62,15 @@ int coord_finish_train(coord_t *c, moeh_err_t *fatal)
                              .groups_updated = updated,
                              .model_version = c->model_version,
                              .dp = coord_dp_row(c, &dp),
-                             .upload_slots = c->cfg->upload_slots};
+                             .upload_slots = c->cfg->upload_slots,
+                             .contributors = ids,
+                             .n_contributors = ids ? coord_contributors(c, ids) : 0,
+                             .w_cap = c->w_cap,
+                             .model_hash = XXH64(c->p->w, c->p->n * sizeof(float), 0)};
     uint32_t in_use;
     moeh_uploads_counts(c->up, &in_use, &t.upload_max, &t.upload_expired);
     moeh_coord_report_train(c->report, &t);
+    free(ids);
     return 0;
 }
 
@@ -64,7 +81,9 @@ void coord_finish_stats(coord_t *c)
     moeh_norm_from_stats(c->stats_sum, n, c->norm, c->norm + n);
     c->have_norm = 1;
     MOEH_INFO("normalisation statistics from %u sites over %zu features", c->n_replied, n);
-    moeh_coord_report_stats(c->report, c->n_replied, n);
+    const char **ids = calloc(c->n_sites + 1, sizeof *ids);
+    moeh_coord_report_stats(c->report, c->n_replied, n, ids, ids ? coord_contributors(c, ids) : 0);
+    free(ids);
 }
 
 void coord_finish_eval(coord_t *c)
@@ -89,6 +108,10 @@ void coord_finish_eval(coord_t *c)
     double eval_loss = c->eval_n_labels ? c->eval_loss_sum / (double)c->eval_n_labels : NAN;
     double secs = (double)(c->now - c->round_t0) / 1000.0;
     moeh_report_dp_t dp;
+    const char **val_ids = calloc(c->n_sites + 1, sizeof *val_ids);
+    size_t n_val_ids = 0;
+    for (size_t i = 0; val_ids && i < c->n_sites; i++)
+        if (c->sites[i].val_in) val_ids[n_val_ids++] = c->sites[i].id;
     const moeh_report_eval_t e = {.round = c->round,
                                   .sites = c->n_replied,
                                   .participants = c->n_participants,
@@ -109,8 +132,12 @@ void coord_finish_eval(coord_t *c)
                                   .val_loss = c->val_loss,
                                   .val_auroc_mean = c->val_mean,
                                   .val_auroc = c->val_auroc,
-                                  .val_calib = c->val_calib};
+                                  .val_calib = c->val_calib,
+                                  .val_contributors = val_ids,
+                                  .n_val_contributors = n_val_ids};
     moeh_coord_report_eval(c->report, &e);
+    free(val_ids);
+    moeh_coord_report_roc(c->report, c->round, "test", c->hist, nb);  /* "roc" lines */
     if (c->cfg->validate) coord_select_keep_test(c, eval_loss, mean); /* select.c */
     c->have_val = 0;
     MOEH_INFO("round %u done: %u sites, train loss %.4f, test loss %.4f, mean AUROC %.4f", c->round,

@@ -289,7 +289,17 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     moeh_err_t fatal = {0};
     uint32_t registered;
     raise_nofile();
-    int rc = moeh_coord_core_create(cfg, &r.io, &r.core, err);
+    moeh_coord_replay_t *replay = NULL;
+    int rc = 0;
+    if (faults && faults->replay_metrics &&
+        (rc = moeh_coord_replay_load(faults->replay_metrics, &replay, err)) != 0)
+        return rc;
+    rc = moeh_coord_core_create(cfg, &r.io, &r.core, err);
+    if (!rc && replay) {
+        moeh_coord_core_set_replay(r.core, replay);
+        MOEH_WARN("replaying the participation recorded in %s (a test run)",
+                  faults->replay_metrics);
+    }
     if (rc || (rc = open_socket(&r, &registered, err))) goto out;
     moeh_coord_core_start(r.core, registered, moeh_now_ms());
     if ((rc = announce(&r, moeh_coord_core_wait_target(r.core), err))) goto out;
@@ -323,6 +333,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     if (rc == 0) deliver_final(&r, stop);
 out:
     teardown(&r, rc, err);
+    moeh_coord_replay_destroy(&replay);
     return rc;
 }
 

@@ -26,9 +26,12 @@ void coord_finish_val(coord_t *c)
         c->val_auroc[t] = moeh_eval_slice_auroc(c->hist, T, nb, 0, t);
         moeh_eval_slice_calib(c->hist, T, nb, 0, t, &c->val_calib[t]);
     }
+    moeh_coord_report_roc(c->report, c->round, "val", c->hist, nb); /* "roc" lines */
     c->val_mean = moeh_eval_mean_finite(c->val_auroc, T);
     c->val_loss = n_labels ? loss_sum / (double)n_labels : NAN;
     c->have_val = 1;
+    for (size_t i = 0; i < c->n_sites; i++) /* who is in these sums (the metrics' eval line) */
+        c->sites[i].val_in = coord_contributed(c, &c->sites[i]);
     const float v = (float)(cfg->select_by_loss ? c->val_loss : c->val_mean);
     int better = 0;
     if (!isnan(v))

@@ -3,7 +3,7 @@
 
 Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh run` (the coordinator)
 writes them and writes RUN_DIR/report.html (or --out FILE): learning curves, AUROC per
-modality combination, the gate's mean weight per expert and combination, site participation,
+modality combination, ROC curves and calibration per task, the gate's mean weight per expert and combination, site participation,
 DP epsilon per round and the run's configuration. The figures are drawn with matplotlib
 (Debian's python3-matplotlib, hence /usr/bin/python3 above) and embedded as data: URIs of
 SVG images; the page loads nothing (a Content-Security-Policy forbids it) and runs no script.
@@ -30,6 +30,7 @@ MODALITY = {"E": "EHR", "N": "notes", "I": "X-ray"}
 FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
 FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
 FIG_PART, FIG_DP, FIG_CALIB = "fig-participation", "fig-dp-epsilon", "fig-calibration"
+FIG_ROC = "fig-roc"
 
 
 class InputError(Exception):
@@ -101,6 +102,7 @@ class Run:
         self.evals, self.trains, self.uploads, self.gates = {}, {}, {}, {}
         self.tasks = {}  # round -> task -> {"auroc": x, "E": x, ...}
         self.calib = {}  # round -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
+        self.roc = {}  # round -> split -> task -> (auroc, [fpr], [tpr], n_pos, n_neg)
         self.task_names = []
         self.site_update, self.site_eval = {}, {}  # round -> {site: line}
         self.site_gone = []  # (round, site, why)
@@ -149,7 +151,7 @@ def add_line(run, ln):
         why = ln.str("why") or ln.str("criterion") or ln.str("selected_by")
         run.selected = (r, ln.where, why)
     if ev in ("eval", "train", "uploads", "gate", "task", "site_update", "site_eval",
-              "site_metrics", "site_gone", "calibration"):
+              "site_metrics", "site_gone", "calibration", "roc"):
         r = ln.int("round", required=True)
     if ev == "eval":
         if r in run.evals:
@@ -185,6 +187,23 @@ def add_line(run, ln):
             rows.append((sub.num("lo"), sub.num("hi"), sub.int("n") or 0, sub.num("mean_p"),
                          sub.num("observed")))
         run.calib.setdefault(r, {})[t] = (ln.num("brier"), ln.num("ece"), rows)
+    elif ev == "roc":
+        t, split = ln.str("task"), ln.str("split") or "test"
+        if t is None:
+            raise InputError(f"{ln.where}: a \"roc\" line without its task")
+        pts = []
+        for key in ("fpr", "tpr"):
+            v = ln.obj.get(key)
+            if not isinstance(v, list) or not all(
+                    not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= 1
+                    for x in v):
+                raise InputError(f"{ln.where}: \"{key}\" should be a list of numbers in [0, 1]")
+            pts.append([float(x) for x in v])
+        if len(pts[0]) != len(pts[1]):
+            raise InputError(f"{ln.where}: \"fpr\" has {len(pts[0])} points, \"tpr\" "
+                             f"{len(pts[1])}: expected as many")
+        run.roc.setdefault(r, {}).setdefault(split, {})[t] = (
+            ln.num("auroc"), pts[0], pts[1], ln.int("n_pos"), ln.int("n_neg"))
     elif ev == "gate":
         g = {}
         for c, v in ln.obj.items():
@@ -420,6 +439,28 @@ def fig_calibration(plt, calib, tasks):
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability", fontsize=8)
     axes[0][0].set_ylabel("observed fraction positive", fontsize=8)
+    return svg_uri(plt, fig)
+
+
+def fig_roc(plt, roc, tasks):
+    """ROC curve per task: the test split's (solid) and the validation split's (dashed) at the
+    marked round, the chance diagonal, the AUROC of each curve in the legend."""
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--", label="chance")
+        for split, name, style in (("test", "test", "-"), ("val", "validation", ":")):
+            c = roc.get(split, {}).get(t)
+            if not c or len(c[1]) < 2:
+                continue
+            auc = "" if c[0] is None else f", AUROC {c[0]:.3f}"
+            ax.plot(c[1], c[2], style, linewidth=1.5, label=f"{name}{auc}")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate", fontsize=8)
+        legend(ax, loc="lower right", fontsize=7)
+    axes[0][0].set_ylabel("true positive rate", fontsize=8)
     return svg_uri(plt, fig)
 
 
@@ -716,6 +757,31 @@ def render(run, config, run_dir, metrics_path):
                     [fmt(row.get(t, {}).get("auroc" if c == "all" else c)) for t in tasks])
     parts.append(table(["combination", "test rows"] + [esc(t) for t in tasks], rows))
 
+    # ROC curves
+    parts.append(f"<h2>ROC curves ({esc(mark_label)})</h2>\n")
+    roc = run.roc.get(mark, {})
+    if roc:
+        rtasks = [t for t in tasks if any(t in v for v in roc.values())]
+        rtasks += sorted({t for v in roc.values() for t in v if t not in rtasks})
+        parts.append(figure_html(
+            FIG_ROC, fig_roc(plt, roc, rtasks),
+            "ROC curve per task on all test rows (solid) and validation rows (dotted) of that "
+            "round (\"roc\" lines): one point per threshold at the edges of the summed score "
+            "histogram's bins, so no site revealed a prediction; the area under the points is the "
+            "AUROC in the legend (ties within a bin are the straight segments). The dashed "
+            "diagonal is chance.", "ROC curves per task, test and validation"))
+        rows = []
+        for t in rtasks:
+            for split, name in (("test", "test"), ("val", "validation")):
+                c = roc.get(split, {}).get(t)
+                if c:
+                    rows.append([esc(t), name, fmt(c[0]), fmt(c[3]), fmt(c[4]), str(len(c[1]))])
+        parts.append(table(["task", "split", "AUROC", "positives", "negatives", "points"], rows,
+                           left=2))
+    else:
+        parts.append("<p class=note>No \"roc\" line for this round (a run from before ROC "
+                     "curves were reported).</p>\n")
+
     # calibration
     parts.append(f"<h2>Calibration ({esc(mark_label)})</h2>\n")
     calib = run.calib.get(mark, {})
@@ -871,9 +937,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="report.py",
         description="Writes one self-contained HTML report (figures inline, opens offline) of a "
-                    "moeh run directory: learning curves, AUROC per modality combination, gate "
-                    "weights, site participation, DP epsilon, configuration. Reads "
-                    "RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh run).",
+                    "moeh run directory: learning curves, AUROC per modality combination, ROC "
+                    "curves, calibration, gate weights, site participation, DP epsilon, "
+                    "configuration. Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh run).",
         epilog="Exit status: 0 written, 2 bad input (the message names file:line), "
                "3 matplotlib missing (Debian: python3-matplotlib). See docs/report.md.")
     ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh run --out)")

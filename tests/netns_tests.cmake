@@ -38,7 +38,9 @@ moeh_netns_test(netns_partition partition 300)
 # The short chaos soak (bench/chaos_soak.py; the long one is run on demand, docs/performance.md):
 # 4 sites, 16 rounds (RSS/fds are judged from 10 sampled rounds up), SIGKILLed and restarted
 # agents and coordinator, frozen agents, black-holed links; every round's metrics exactly once,
-# the coordinator's RSS and fds flat, a clean finish.
+# the coordinator's RSS and fds flat, a clean finish; then a clean run replaying the soak's
+# participation (--fault-replay) must reach the same model after every round, and the same
+# final model.npy byte for byte.
 # Under the sanitizers RSS grows by design (AddressSanitizer's quarantine of freed memory, 140
 # -> 180 MiB in a CI run): there the rows, the fds and the clean finish are judged, not RSS.
 set(moeh_soak_rss "")

@@ -16,6 +16,7 @@
 #include "cmocka_main.h"
 
 #include "coord_util.h"
+#include "moeh_coordinator_testing.h"
 
 #include <dirent.h>
 #include <unistd.h>
@@ -507,6 +508,119 @@ static void test_dp_ledger_resume(void **state)
     assert_non_null(strstr(err.msg, "is missing"));
 }
 
+/* ---- participation replay (tests only: moeh_coordinator_testing.h) ----------------------- */
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+}
+
+/* A recorded run's participation: site-2 was not in round 1's update sum, and the round's
+ * weight bound was 1000. The replaying core invites only sites 1 and 3 to TRAIN (a Hello from
+ * site 2 mid-phase does not let it in), closes the phase on their two updates, uses the
+ * recorded bound for the fixed-point scale, and records the same participation. */
+static void test_replay_participation(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, NULL);
+    char path[400], line[4096];
+    snprintf(path, sizeof path, "%s/recorded.jsonl", f->dir);
+    write_text(path, "{\"event\":\"stats\",\"sites\":3,\"features\":4,"
+                     "\"contributors\":[\"site-1\",\"site-2\",\"site-3\"]}\n"
+                     "{\"event\":\"site_gone\",\"round\":1,\"site\":\"site-2\",\"why\":\"x\"}\n"
+                     "{\"event\":\"train\",\"round\":1,\"contributors\":[\"site-1\",\"site-3\"],"
+                     "\"w_cap\":1000,\"model_hash\":\"00000000000000ff\"}\n");
+    moeh_coord_replay_t *r = NULL;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_coord_replay_load(path, &r, &err), 0);
+    assert_int_equal(moeh_coord_replay_member(r, 0, MOEH_COORD_STATS, "site-2"), 1);
+    assert_int_equal(moeh_coord_replay_member(r, 1, MOEH_COORD_TRAIN, "site-2"), 0);
+    assert_int_equal(moeh_coord_replay_member(r, 1, MOEH_COORD_TRAIN, "site-3"), 1);
+    assert_int_equal(moeh_coord_replay_member(r, 1, MOEH_COORD_VALIDATE, "site-2"), -1);
+    assert_int_equal(moeh_coord_replay_member(r, 2, MOEH_COORD_TRAIN, "site-2"), -1);
+    int have;
+    assert_int_equal(moeh_coord_replay_model_hash(r, 1, &have), 0xff);
+    assert_true(have);
+    assert_float_equal(moeh_coord_replay_w_cap(r, 1), 1000, 0);
+    moeh_coord_core_set_replay(f->core, r);
+    join_and_stats(f); /* every site was in the recorded statistics */
+    const Moeh__RoundStart *rs = round_start(f, 0, 1, MOEH__ROUND_TASK__TRAIN);
+    assert_float_equal(rs->config->quant_scale, moeh_quant_scale(f->cfg.delta_clip, 1000.0), 0);
+    round_start(f, 2, 1, MOEH__ROUND_TASK__TRAIN);
+    hello(f, 1);
+    round_start(f, 1, 0, MOEH__ROUND_TASK__STATS); /* still its last RoundStart */
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    float *w0 = malloc(p->n * sizeof(float));
+    assert_non_null(w0);
+    memcpy(w0, p->w, p->n * sizeof(float));
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
+    assert_int_equal(send_update(f, 2, 1, v, (uint32_t)f->site[2].n_train), 0);
+    tick(f, 10); /* both invited sites replied: closed long before the deadline */
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_weighted_mean(f, w0, 5, 0);
+    free(w0);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    int n_train = 0;
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "train")) {
+            n_train++;
+            char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "contributors"));
+            assert_string_equal(ids, "[\"site-1\",\"site-3\"]");
+            free(ids);
+            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "w_cap")), 1000, 0);
+            const char *h = cJSON_GetStringValue(cJSON_GetObjectItem(j, "model_hash"));
+            assert_non_null(h);
+            assert_int_equal(strspn(h, "0123456789abcdef"), 16);
+            assert_int_equal(strlen(h), 16);
+        }
+        cJSON_Delete(j);
+    }
+    fclose(fp);
+    assert_int_equal(n_train, 1);
+    moeh_coord_core_destroy(&f->core);
+    moeh_coord_replay_destroy(&r);
+    assert_null(r);
+}
+
+/* A recorded file that cannot be replayed is refused with file:line and the field. */
+static void test_replay_bad_files(void **state)
+{
+    (void)state;
+    char dir[256], path[300];
+    assert_int_equal(moeh_test_tmpdir(dir, sizeof dir, "replay"), 0);
+    snprintf(path, sizeof path, "%s/m.jsonl", dir);
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"{\"event\":\"stats\",\"contributors\":[\"a\"]}\nnot json\n", "m.jsonl:2: bad the line"},
+        {"{\"event\":\"stats\",\"contributors\":\"a\"}\n", "m.jsonl:1: bad contributors"},
+        {"{\"event\":\"stats\",\"contributors\":[1]}\n", "m.jsonl:1: bad contributors"},
+        {"{\"event\":\"stats\",\"contributors\":[\"a\"]}\n"
+         "{\"event\":\"train\",\"round\":-3,\"contributors\":[\"a\"]}\n",
+         "m.jsonl:2: bad \"round\""},
+        {"{\"event\":\"eval\",\"round\":1,\"val_contributors\":[\"a\"]}\n",
+         "no participation recorded"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_text(path, cases[i].text);
+        moeh_coord_replay_t *r = NULL;
+        moeh_err_t err = {0};
+        assert_true(moeh_coord_replay_load(path, &r, &err) < 0);
+        assert_null(r);
+        if (!strstr(err.msg, cases[i].want))
+            fail_msg("case %zu: \"%s\" does not say \"%s\"", i, err.msg, cases[i].want);
+    }
+    moeh_test_rmtree(dir);
+}
+
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_admission, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
@@ -518,4 +632,6 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_rejoin_mid_phase, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_bye_reason_stays_one_json_line, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_dp_ledger_resume, fx_setup, fx_teardown),
-    cmocka_unit_test_setup_teardown(test_report_nan_is_null, fx_setup, fx_teardown))
+    cmocka_unit_test_setup_teardown(test_report_nan_is_null, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_replay_participation, fx_setup, fx_teardown),
+    cmocka_unit_test(test_replay_bad_files))

@@ -1,7 +1,8 @@
 /* test_evalsum.c - train/moeh_evalsum.h against hand-computed values: the slice/task indexing
  * of a (slices, tasks, 2, bins) histogram, the u32 variant and widening, and the mean over the
  * tasks that have an AUROC; calibration (Brier, reliability curve, ECE) against a hand-computed
- * case and the stated bound against exact Brier scores. */
+ * case and the stated bound against exact Brier scores; the ROC points (by hand, and their
+ * trapezoid area against the histogram AUROC on random histograms). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -146,7 +147,93 @@ static void test_calib_brier_bound(void **state)
     }
 }
 
-MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_slice_auroc_u64),
+/* Trapezoid area under n points, computed here (not the function's *area). */
+static double trapezoid(const double *x, const double *y, size_t n)
+{
+    double a = 0;
+    for (size_t i = 1; i < n; i++)
+        a += (x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2;
+    return a;
+}
+
+/* Slice 1 task 1 of k_counts: negatives {2, 1, 0, 0}, positives {0, 1, 0, 3}. From the top
+ * bin down: bin 3 (3 positives) (0, 3/4); bin 2 empty, no point; bin 1 (one of each)
+ * (1/3, 1); bin 0 (2 negatives) (1, 1). Area 11.5 / 12, the AUROC. */
+static void test_roc_by_hand(void **state)
+{
+    (void)state;
+    uint64_t h[SL * TK * 2 * NB];
+    double fpr[NB + 1], tpr[NB + 1], area;
+    fill(h, NULL);
+    size_t n = moeh_eval_slice_roc(h, TK, NB, 1, 1, fpr, tpr, &area);
+    const double ex[4] = {0, 0, 1.0 / 3, 1}, ey[4] = {0, 0.75, 1, 1};
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(fabs(fpr[i] - ex[i]) < 1e-15);
+        assert_true(fabs(tpr[i] - ey[i]) < 1e-15);
+    }
+    assert_true(fabs(area - 11.5 / 12) < 1e-15);
+    assert_true(fabs(trapezoid(fpr, tpr, n) - 11.5 / 12) < 1e-15);
+    /* slice 0 task 1: every positive below every negative: (0,0) (1,0) (1,1), area 0 */
+    n = moeh_eval_slice_roc(h, TK, NB, 0, 1, fpr, tpr, &area);
+    assert_int_equal(n, 3);
+    assert_true(fpr[1] == 1 && tpr[1] == 0 && area == 0);
+    /* slice 0 task 0: same distribution in every bin: the diagonal, one point per bin */
+    n = moeh_eval_slice_roc(h, TK, NB, 0, 0, fpr, tpr, &area);
+    assert_int_equal(n, NB + 1);
+    for (size_t i = 0; i < n; i++)
+        assert_true(fpr[i] == tpr[i]);
+    assert_true(area == 0.5);
+    /* slice 1 task 0: no positive: no curve */
+    fpr[0] = 7;
+    assert_int_equal(moeh_eval_slice_roc(h, TK, NB, 1, 0, fpr, tpr, &area), 0);
+    assert_true(isnan(area) && fpr[0] == 7);
+}
+
+/* On random histograms (sparse and dense, small and huge counts): the points run from (0, 0)
+ * to (1, 1) without going back, no two consecutive segments are both horizontal or both
+ * vertical (those points were redundant), and their trapezoid area equals the histogram
+ * AUROC within 1e-6. A fixed LCG: the same cases every run. */
+static void test_roc_area_is_auroc(void **state)
+{
+    (void)state;
+    enum { B = 1000, TASKS = 3 };
+    static uint64_t h[2 * TASKS * 2 * B];
+    static double fpr[B + 1], tpr[B + 1];
+    uint64_t x = 987654321;
+    for (int trial = 0; trial < 200; trial++) {
+        memset(h, 0, sizeof h);
+        unsigned fill_pct = 1 + (unsigned)trial % 100; /* share of non-empty cells */
+        uint64_t big = trial % 3 == 0 ? 1000000000ull : 20;
+        for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            if ((x >> 33) % 100 < fill_pct) h[i] = (x >> 11) % big;
+        }
+        size_t slice = (size_t)trial % 2, task = (size_t)trial % TASKS;
+        double auroc = moeh_eval_slice_auroc(h, TASKS, B, slice, task), area;
+        size_t n = moeh_eval_slice_roc(h, TASKS, B, slice, task, fpr, tpr, &area);
+        if (isnan(auroc)) {
+            assert_int_equal(n, 0);
+            continue;
+        }
+        assert_true(n >= 2 && n <= B + 1);
+        assert_true(fpr[0] == 0 && tpr[0] == 0 && fpr[n - 1] == 1 && tpr[n - 1] == 1);
+        for (size_t i = 1; i < n; i++) {
+            assert_true(fpr[i] >= fpr[i - 1] && tpr[i] >= tpr[i - 1]);
+            assert_true(fpr[i] > fpr[i - 1] || tpr[i] > tpr[i - 1]); /* no repeated point */
+            if (i >= 2) {
+                int h1 = tpr[i - 1] == tpr[i - 2], h2 = tpr[i] == tpr[i - 1];
+                int v1 = fpr[i - 1] == fpr[i - 2], v2 = fpr[i] == fpr[i - 1];
+                assert_false((h1 && h2) || (v1 && v2));
+            }
+        }
+        assert_true(fabs(trapezoid(fpr, tpr, n) - auroc) < 1e-6);
+        assert_true(fabs(area - auroc) < 1e-6);
+    }
+}
+
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roc_by_hand),
+               cmocka_unit_test(test_roc_area_is_auroc), cmocka_unit_test(test_slice_auroc_u64),
                cmocka_unit_test(test_slice_auroc_u32), cmocka_unit_test(test_widen),
                cmocka_unit_test(test_mean_finite), cmocka_unit_test(test_calib_by_hand),
                cmocka_unit_test(test_calib_brier_bound))

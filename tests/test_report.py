@@ -41,7 +41,12 @@ HOSTILE_CFG = "</td><script>alert('cfg')</script>"
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-gate-heatmap",
-            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon", "fig-calibration"]
+            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon", "fig-calibration",
+            "fig-roc"]
+
+
+def trapezoid(x, y):
+    return sum((x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2 for i in range(1, len(x)))
 
 
 def check(cond, what):
@@ -114,6 +119,13 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
             lines.append({"event": "calibration", "round": r, "task": t, "split": "test",
                           "n": sum(b["n"] for b in bins), "brier": 0.2 - 0.01 * r,
                           "ece": 0.05, "bins": bins})
+        for split in ("val", "test"):  # ROC points as the coordinator writes them
+            for k, t in enumerate(TASKS):
+                fpr = [0, 0.05, 0.2, 0.45, 0.7, 1]
+                tpr = [0, min(1, 0.2 + 0.03 * r + 0.02 * k), 0.55, 0.8, 0.93, 1]
+                lines.append({"event": "roc", "round": r, "task": t, "split": split,
+                              "n_pos": 30, "n_neg": 170, "auroc": round(trapezoid(fpr, tpr), 6),
+                              "fpr": fpr, "tpr": tpr})
         if secagg:
             lines.append({"event": "site_metrics", "round": r, "available": False,
                           "why": "secure aggregation: the coordinator learns only sums; each site "
@@ -366,6 +378,13 @@ def test_refusals(work):
     p, _ = run_report([bad])
     check(p.returncode == 2 and f"{path}:3:" in p.stderr and "round" in p.stderr,
           "a field of the wrong type refused with file:line and its name")
+    lines[2] = ('{"event":"roc","round":1,"task":"mortality","split":"test","auroc":0.5,'
+                '"fpr":[0,1],"tpr":[0,0.5,1]}\n')
+    with open(path, "w") as f:
+        f.writelines(lines)
+    p, _ = run_report([bad])
+    check(p.returncode == 2 and f"{path}:3:" in p.stderr and "fpr" in p.stderr,
+          "ROC points of unequal length refused with file:line")
     os.remove(path)
     p, _ = run_report([bad])
     check(p.returncode == 2 and "metrics.jsonl" in p.stderr, "no metrics.jsonl: exit 2")
@@ -444,6 +463,29 @@ def test_chromium(page, work):
     check(var > 100, "screenshot is not blank (luminance variance)")
     check(ink >= 16, "ink in at least 16 of 64 regions")
     check(col >= 8, "colour (the figures) in at least 8 of 64 regions")
+    # the ROC figure sits below the first 4000 px: shown on its own, as Chromium draws it
+    p = Page()
+    text = open(page, encoding="utf-8").read()
+    p.feed(text)
+    src = (p.figs.get("fig-roc") or [""])[0]
+    if not check(src.startswith("data:image/svg+xml"), "chromium: the page has the ROC figure"):
+        return
+    alone = os.path.join(work, "roc.html")
+    with open(alone, "w") as f:
+        f.write("<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" "
+                "content=\"default-src 'none'; img-src data:\"></head><body>"
+                f"<img src=\"{src}\" width=\"880\"></body></html>\n")
+    png = os.path.join(work, "roc.png")
+    rc, console, secs = chromium_shot(chromium, alone, png, work, size="900,320")
+    check(rc == 0 and not console and os.path.exists(png),
+          f"chromium rendered the ROC figure alone, no console message ({secs:.1f} s)" +
+          "".join("\n       " + c for c in console))
+    if os.path.exists(png):
+        var, ink, col = blank_stats(*decode_png(open(png, "rb").read()))
+        print(f"     (ROC screenshot: luminance variance {var:.0f}, {ink}/64 tiles with ink, "
+              f"{col}/64 with colour)")
+        check(var > 100 and ink >= 16 and col >= 4,
+              "ROC screenshot is not blank: axes and coloured curves")
 
 
 def test_real(work):
@@ -471,6 +513,35 @@ def test_real(work):
         check(len(sel) == 1 and f"selected round {sel[0]['selected_round']}" in text,
               "real run: the selected round is marked")
         check("mortality" in text and "EHR+notes" in text, "real run: tasks and combinations")
+        check_real_roc(run_dir)
+
+
+def check_real_roc(run_dir):
+    """The "roc" lines of a real run: for every round, split and task with both classes, the
+    points go from (0, 0) to (1, 1) without going back, their trapezoid area is the line's AUROC
+    within 1e-6, and the test curve's AUROC is the "eval" line's."""
+    lines = [json.loads(ln) for ln in open(os.path.join(run_dir, "metrics.jsonl"),
+                                            encoding="utf-8")]
+    rocs = [ln for ln in lines if ln["event"] == "roc"]
+    evals = {ln["round"]: ln for ln in lines if ln["event"] == "eval"}
+    keys = {(ln["round"], ln["split"], ln["task"]) for ln in rocs}
+    check(len(keys) == len(rocs) and
+          keys == {(r, sp, t) for r in evals for sp in ("val", "test") for t in TASKS},
+          f"real run: one roc line per round, split and task ({len(rocs)} lines)")
+    worst = 0.0
+    ok = True
+    for ln in rocs:
+        x, y = ln["fpr"], ln["tpr"]
+        if ln["auroc"] is None:
+            ok = ok and not x and not y
+            continue
+        ok = ok and len(x) == len(y) >= 2 and (x[0], y[0], x[-1], y[-1]) == (0, 0, 1, 1)
+        ok = ok and all(x[i] >= x[i - 1] and y[i] >= y[i - 1] for i in range(1, len(x)))
+        worst = max(worst, abs(trapezoid(x, y) - ln["auroc"]))
+        if ln["split"] == "test":
+            ok = ok and ln["auroc"] == evals[ln["round"]]["auroc_" + ln["task"]]
+    check(ok, "real run: ROC points monotone from (0,0) to (1,1); test AUROC = eval line's")
+    check(worst < 1e-6, f"real run: trapezoid area of the ROC points = AUROC (worst {worst:.2e})")
 
 
 def main():

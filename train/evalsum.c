@@ -56,6 +56,40 @@ void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, si
     }
 }
 
+size_t moeh_eval_slice_roc(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
+                           size_t task, double *fpr, double *tpr, double *area)
+{
+    const uint64_t *neg = hist + (slice * n_tasks + task) * 2 * bins, *pos = neg + bins;
+    uint64_t n_neg = 0, n_pos = 0;
+    for (size_t b = 0; b < bins; b++)
+        n_neg += neg[b], n_pos += pos[b];
+    if (area) *area = NAN;
+    if (n_neg == 0 || n_pos == 0) return 0;
+    /* from the top bin down, cumulative counts; the kind of the last segment: 1 only
+     * negatives (horizontal), 2 only positives (vertical), 3 both (a diagonal: ties) */
+    uint64_t fp = 0, tp = 0;
+    size_t n = 1;
+    int last = 0;
+    fpr[0] = tpr[0] = 0;
+    for (size_t b = bins; b-- > 0;) {
+        if (!neg[b] && !pos[b]) continue;
+        int kind = (neg[b] ? 1 : 0) | (pos[b] ? 2 : 0);
+        fp += neg[b], tp += pos[b];
+        if (kind != 3 && kind == last) n--; /* the straight run goes on: move its end */
+        fpr[n] = (double)fp / (double)n_neg;
+        tpr[n] = (double)tp / (double)n_pos;
+        n++;
+        last = kind;
+    }
+    if (area) {
+        double a = 0;
+        for (size_t i = 1; i < n; i++)
+            a += (fpr[i] - fpr[i - 1]) * (tpr[i] + tpr[i - 1]) / 2;
+        *area = a;
+    }
+    return n;
+}
+
 double moeh_eval_mean_finite(const double *v, size_t n)
 {
     double s = 0;

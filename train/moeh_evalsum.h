@@ -41,6 +41,20 @@ typedef struct {
 void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
                            size_t task, moeh_calib_t *out);
 
+/* The ROC curve of one slice and task from the same histogram: the operating points of the
+ * thresholds at the bin edges (a row is called positive when its score bin is >= k, for k from
+ * bins down to 0), from (0, 0) to (1, 1), fpr and tpr non-decreasing. Points that add nothing
+ * to the curve are left out: bins without rows, and the inner points of a run of bins that
+ * hold only negatives (a horizontal segment) or only positives (a vertical one), so that the
+ * trapezoid area under the points is exactly the histogram AUROC (ties within a bin are the
+ * diagonal of their step). fpr and tpr (room for bins + 1 points each, owned by the caller)
+ * receive the points; *area (NULL: not wanted) the trapezoid area, equal to
+ * moeh_eval_slice_auroc up to rounding. Returns the number of points (>= 2), or 0 with *area
+ * NAN when the slice has no positive or no negative for that task. Nothing leaves a site for
+ * this: it is computed from the summed histogram. */
+size_t moeh_eval_slice_roc(const uint64_t *hist, size_t n_tasks, size_t bins, size_t slice,
+                           size_t task, double *fpr, double *tpr, double *area);
+
 /* Mean of the finite entries of v[0..n) (a task without an AUROC is NAN and left out); NAN if
  * none is finite. */
 double moeh_eval_mean_finite(const double *v, size_t n);

@@ -30,7 +30,8 @@
 #        docs/synthetic.md), SITES=hospitals (one site per generator hospital: moeh split
 #        --hospitals truth.csv; for PROFILE=heterogeneous), ABLATIONS=1 (also the federated
 #        ablations of MoE-Health: no warm-up, missing_zero, gate_no_avail, no load balancing,
-#        top-1, top-2; the dense gate is the main run).
+#        top-1, top-2; the dense gate is the main run), FED_ONLY=1 (federations only: no
+#        centralised (b) and local-only (c) models).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +52,7 @@ RESULTS=${RESULTS:-$here/docs/results.md}
 SEEDS=${SEEDS:-$SEED}
 PROFILE=${PROFILE:-homogeneous}
 ABLATIONS=${ABLATIONS:-0}
+FED_ONLY=${FED_ONLY:-0}
 # SITES=hospitals: the heterogeneous generator's four hospitals (sim/synth_het.h HET_N_HOSP)
 SITES_ARG=$SITES # as given (the per-seed runs below re-read it)
 split_by=(--sites "$SITES" --alpha "$ALPHA")
@@ -137,20 +139,24 @@ central() { # central NAME TRAIN_DIRS [more moeh train options]
 }
 
 fed fed-moe 0 $GATE_OPTS
-log "centralised MoE-Health and the local-only models (two at a time)"
-jobs_=()
-central central "$pooled" $GATE_OPTS &
-jobs_+=($!)
-for i in "${!names[@]}"; do
-    if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
-    central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" $GATE_OPTS &
+if [[ $FED_ONLY != 1 ]]; then
+    log "centralised MoE-Health and the local-only models (two at a time)"
+    jobs_=()
+    central central "$pooled" $GATE_OPTS &
     jobs_+=($!)
-done
-for j in "${jobs_[@]}"; do wait "$j"; done
+    for i in "${!names[@]}"; do
+        if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
+        central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" $GATE_OPTS &
+        jobs_+=($!)
+    done
+    for j in "${jobs_[@]}"; do wait "$j"; done
+fi
 fed fed-early 6
 fed fed-joint 4
 fed fed-late 5
 fed fed-ehr 1
+fed fed-notes 2 # unimodal notes and image baselines (issue 15)
+fed fed-img 3
 if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15)
     fed abl-no-warmup 0 $GATE_OPTS --warmup-rounds 0
     fed abl-missing-zero 0 $GATE_OPTS --missing-zero 1

@@ -11,6 +11,12 @@
   end is exactly 0 and the verdict a tie (the formula is checked on all 4^4 resamples); with six
   rows (B misorders one pair, d = 1/9) the upper end lies between the 95% and 99.5% quantiles
   of the exact bootstrap distribution (all 6^6 resamples enumerated).
+- paired_bootstrap_tasks (several tasks on the same resampled admissions, through
+  weighted_auroc on resample counts): weighted_auroc equals auroc() of the expanded multiset on
+  random cases with ties and zero counts; on one task the result is paired_bootstrap()'s (the
+  same draws and redraws for the same seed); with a second task where B = A (the same labels)
+  the mean-over-tasks difference and its CI are half of the first task's; masked rows (None)
+  are left out of a task only.
 - The command line: the same result through files in another row order, masked rows left
   out, different ids or labels refused with exit 1 and a message naming them."""
 import csv
@@ -74,6 +80,43 @@ def end_to_end(moeh):
               f"A vs A: d = 0, CI [0, 0]: {r.stdout.strip()}")
 
 
+def tasks_cases(lo4, hi4):
+    import random
+    rng = random.Random(5)
+    bad = 0
+    for _ in range(300):
+        n = rng.randrange(2, 9)
+        y = [rng.randrange(2) for _ in range(n)]
+        sc = [rng.choice([.1, .2, .3, .4]) for _ in range(n)]  # many ties
+        w = [rng.randrange(3) for _ in range(n)]
+        order = sorted(range(n), key=lambda i: sc[i])
+        ey = [y[i] for i in range(n) for _ in range(w[i])]
+        es = [sc[i] for i in range(n) for _ in range(w[i])]
+        if pb.weighted_auroc(order, y, sc, w) != pb.auroc(ey, es) and \
+                abs(pb.weighted_auroc(order, y, sc, w) - pb.auroc(ey, es)) > 1e-12:
+            bad += 1
+    check(bad == 0, f"weighted_auroc == auroc of the expanded resample on 300 random cases "
+                    f"({bad} differ)")
+    y, a, b = [0, 0, 1, 1], [.1, .2, .8, .9], [.1, .6, .5, .9]
+    res, redrawn = pb.paired_bootstrap_tasks({"t": y}, {"t": a}, {"t": b}, 1000, 1)
+    one = pb.paired_bootstrap(y, a, b, 1000, 1)
+    check(res["t"] == one[:5] and res["mean"] == one[:5] and redrawn == one[5],
+          f"one task == paired_bootstrap: {res['t']} vs {one[:5]}")
+    check((res["t"][3], res["t"][4]) == (lo4, hi4), "the same CI as the 4-row case above")
+    y6, a6, b6 = [0, 0, 0, 1, 1, 1], [.1, .2, .3, .7, .8, .9], [.1, .2, .6, .5, .8, .9]
+    res, _ = pb.paired_bootstrap_tasks({"t": y6, "u": y6}, {"t": a6, "u": b6},
+                                       {"t": b6, "u": b6}, 1000, 2)
+    t, m = res["t"], res["mean"]
+    check(res["u"][2:] == (0.0, 0.0, 0.0) and abs(m[2] - t[2] / 2) < 1e-12 and
+          abs(m[3] - t[3] / 2) < 1e-12 and abs(m[4] - t[4] / 2) < 1e-12,
+          f"second task with B = A: mean difference {m[2]:.4f} and CI [{m[3]:.4f}, {m[4]:.4f}] "
+          f"are half of the first's ({t[2]:.4f}, [{t[3]:.4f}, {t[4]:.4f}])")
+    ym = [0, 0, 1, 1, None, None]
+    res, _ = pb.paired_bootstrap_tasks({"t": ym}, {"t": [.1, .2, .8, .9, .0, .9]},
+                                       {"t": [.1, .6, .5, .9, .9, .0]}, 200, 1)
+    check(res["t"][0] == 1.0 and res["t"][1] == 0.75, f"masked rows left out: {res['t'][:2]}")
+
+
 def main():
     check(pb.auroc([0, 0, 1, 1], [.1, .6, .5, .9]) == 0.75, "AUROC 0.75 by hand")
     check(pb.auroc([0, 1, 0, 1], [.5, .5, .2, .9]) == 0.875, "AUROC with a tie 0.875 by hand")
@@ -120,6 +163,8 @@ def main():
               f"six rows, seed {seed}: d {d:.4f} = 1/9, CI [{lo}, {hi:.4f}]; upper end within "
               f"the exact 95%-99.5% quantiles [{q(0.95):.4f}, {q(0.995):.4f}] "
               f"({len(exact)} two-class resamples)")
+
+    tasks_cases(lo4, hi4)
 
     with tempfile.TemporaryDirectory(prefix="moeh-pb-") as tmp:
         def write(name, rows):

@@ -17,6 +17,9 @@
   same draws and redraws for the same seed); with a second task where B = A (the same labels)
   the mean-over-tasks difference and its CI are half of the first task's; masked rows (None)
   are left out of a task only.
+- With the moeh binary: moeh train --predictions end to end, and moeh predict --with-labels
+  --split test --drop (the same rows and scores; notes removed from nested, model-independent
+  rows; --drop-seed; a bad --drop refused).
 - The command line: the same result through files in another row order, masked rows left
   out, different ids or labels refused with exit 1 and a message naming them."""
 import csv
@@ -78,6 +81,58 @@ def end_to_end(moeh):
         res = json.loads(r.stdout) if r.returncode == 0 else {}
         check(res.get("diff") == 0 and res.get("ci_low") == 0 and res.get("ci_high") == 0,
               f"A vs A: d = 0, CI [0, 0]: {r.stdout.strip()}")
+        predict_drop(moeh, tmp, f"{tmp}/m0/model.safetensors", preds["0"])
+
+
+def predict_drop(moeh, tmp, model, train_preds):
+    """moeh predict --with-labels --split test --drop (issue 15): the test rows and labels of
+    moeh train --predictions with the same scores; notes:100 leaves no row with notes;
+    the rows losing notes at 50% are among those at 75% (nested) and the same for another
+    model; another --drop-seed draws other rows; a bad --drop is a usage error (exit 2)."""
+    def pred(out, *extra, m=model):
+        r = subprocess.run([moeh, "predict", "--model", m, "--dataset", tmp + "/ds", "--out",
+                            out, "--with-labels", "--split", "test", *extra],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            check(False, f"moeh predict {' '.join(extra)}: {r.stderr.strip()}")
+            return []
+        with open(out, newline="") as f:
+            return list(csv.DictReader(f))
+    base = pred(tmp + "/p.csv")
+    with open(train_preds, newline="") as f:
+        ref = {r["hadm_id"]: r for r in csv.DictReader(f)}
+    check(len(base) == len(ref) and all(r["split"] == "test" for r in base),
+          f"--split test: {len(base)} rows, moeh train --predictions has {len(ref)}")
+    same = all(r["admission_id"] in ref and
+               r["label_mortality"] == ref[r["admission_id"]]["label_mortality"] and
+               abs(float(r["p_mortality"]) - float(ref[r["admission_id"]]["score_mortality"]))
+               < 1e-5 for r in base)
+    check(same, "--with-labels: the labels and scores of moeh train --predictions")
+    had = {r["admission_id"] for r in base if "N" in r["combo"]}
+    gone = {}
+    for p in (50, 75, 100):
+        rows = pred(f"{tmp}/n{p}.csv", "--drop", f"notes:{p}", "--drop-seed", "4")
+        gone[p] = had - {r["admission_id"] for r in rows if "N" in r["combo"]}
+        check(all("N" not in r["combo"] or r["admission_id"] in had for r in rows),
+              f"notes:{p}: no row gains notes")
+    check(not (had - gone[100]), f"notes:100 removes the notes of all {len(had)} rows")
+    check(gone[50] <= gone[75] and 0 < len(gone[50]) < len(had),
+          f"nested: the {len(gone[50])} rows at 50% are among the {len(gone[75])} at 75% "
+          f"(of {len(had)} with notes)")
+    other = pred(tmp + "/j50.csv", "--drop", "notes:50", "--drop-seed", "4",
+                 m=f"{tmp}/m4/model.safetensors")
+    check(had - {r["admission_id"] for r in other if "N" in r["combo"]} == gone[50],
+          "the same rows lose notes for another model (joint fusion)")
+    seed5 = pred(tmp + "/s5.csv", "--drop", "notes:50", "--drop-seed", "5")
+    check(had - {r["admission_id"] for r in seed5 if "N" in r["combo"]} != gone[50],
+          "another --drop-seed draws other rows")
+    changed = sum(1 for a, b in zip(base, pred(tmp + "/n100b.csv", "--drop", "notes:100"))
+                  if a["admission_id"] in had and a["p_mortality"] != b["p_mortality"])
+    check(changed > 0, f"removing notes changes the scores of {changed} rows that had notes")
+    r = subprocess.run([moeh, "predict", "--model", model, "--dataset", tmp + "/ds", "--out",
+                        tmp + "/x.csv", "--drop", "ehr:10"], capture_output=True, text=True)
+    check(r.returncode == 2 and "expected notes, img or notes+img" in r.stderr,
+          f"--drop ehr:10 refused: {r.stderr.strip()}")
 
 
 def tasks_cases(lo4, hi4):

@@ -11,7 +11,8 @@ file the federation wrote). For every such model it runs `moeh predict --with-la
 site's dataset and writes SEED_DIR/preds/<model>/all.csv: moeh predict's columns with a first
 column `site`, every split (the validation rows choose the F1 threshold, the test rows are the
 pooled test set). For the models of --robust it also scores the test rows with notes, X-ray or
-both removed from p% of them (moeh predict --drop MODS:p, p = 25, 50, 75, 100; the rows drawn
+both removed from p% of them (moeh predict --drop MODS:p, p of --pcts, default 25, 50, 75,
+100; the rows drawn
 from --drop-seed, default the seed of the directory name seed-N, else 1, the same rows for every
 model) into SEED_DIR/preds/<model>/<notes|img|notes+img>-<p>.csv. Existing outputs are kept
 (the script resumes); each file is written to a temporary name and renamed when complete.
@@ -25,7 +26,6 @@ import subprocess
 import sys
 
 DROP_MODS = ["notes", "img", "notes+img"]
-DROP_PCTS = [25, 50, 75, 100]
 
 
 def sites_of(seed_dir):
@@ -89,10 +89,18 @@ def main(argv=None):
     ap.add_argument("--robust", default="fed-moe,fed-early,fed-joint,fed-late",
                     help="models scored with modalities removed (comma-separated)")
     ap.add_argument("--drop-seed", type=int, help="seed of the removed rows")
+    ap.add_argument("--pcts", default="25,50,75,100",
+                    help="the percentages of rows with a modality removed (comma-separated)")
     o = ap.parse_args(argv)
     if not os.access(o.moeh, os.X_OK):
         ap.error(f"--moeh {o.moeh}: not an executable")
     robust = [m for m in o.robust.split(",") if m]
+    try:
+        pcts = [int(p) for p in o.pcts.split(",") if p]
+    except ValueError:
+        ap.error(f"--pcts {o.pcts}: expected integers 1..100, comma-separated")
+    if any(not 0 < p <= 100 for p in pcts):
+        ap.error(f"--pcts {o.pcts}: expected integers 1..100")
     jobs = []
     try:
         for sd in o.seed_dirs:
@@ -105,7 +113,7 @@ def main(argv=None):
                 jobs.append((mf, sd, sites, os.path.join(base, "all.csv"), []))
                 if model in robust:
                     for mods in DROP_MODS:
-                        for p in DROP_PCTS:
+                        for p in pcts:
                             jobs.append((mf, sd, sites, os.path.join(base, f"{mods}-{p}.csv"),
                                          ["--split", "test", "--drop", f"{mods}:{p}",
                                           "--drop-seed", str(seed)]))

@@ -315,13 +315,17 @@ def robustness(per_seed, figure):
          "the same rows for every model; p = 0 is the unchanged test set). Rows that never had "
          "the modality are unchanged.\n"]
     curves = {}
+    # the percentages scored (fed_predict.py --pcts): those with a file for some model and seed
+    pcts = [0] + [p for p in DROP_PCTS[1:] if any(
+        os.path.exists(os.path.join(d, "preds", m, f"{mods}-{p}.csv"))
+        for _, d, *_ in per_seed for m in ROBUST for mods, _ in DROP_MODS)]
     for mods, what in DROP_MODS:
         L.append(f"{what}:\n")
-        L.append("| model | " + " | ".join(f"p = {p}%" for p in DROP_PCTS) + " | drop 0→100% |")
-        L.append("|---|" + "---|" * (len(DROP_PCTS) + 1))
+        L.append("| model | " + " | ".join(f"p = {p}%" for p in pcts) + " | last − first |")
+        L.append("|---|" + "---|" * (len(pcts) + 1))
         for m in ROBUST:
             row = []
-            for p in DROP_PCTS:
+            for p in pcts:
                 vals = []
                 for seed, d, preds, tests, scores in per_seed:
                     if p == 0:
@@ -349,7 +353,7 @@ def robustness(per_seed, figure):
             fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
             for ax, (mods, what) in zip(axes, DROP_MODS):
                 for m in ROBUST:
-                    ax.plot(DROP_PCTS, curves[mods, m], marker="o", label=dict(MAIN)[m])
+                    ax.plot(pcts, curves[mods, m], marker="o", label=dict(MAIN)[m])
                 ax.set_title(what)
                 ax.set_xlabel("test rows affected (%)")
             axes[0].set_ylabel("mean AUROC over tasks")

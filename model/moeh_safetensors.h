@@ -9,6 +9,26 @@
 #include "moeh_moe.h"
 #include "moeh_params.h"
 
+struct cJSON;
+
+/* The largest header either reader accepts. */
+#define MOEH_SAFETENSORS_MAX_HEADER (64u << 20)
+
+/* The two halves of every safetensors file this project writes or reads (checkpoints here,
+ * the model file of train/moeh_modelfile.h):
+ * moeh_safetensors_pack lays out a file: the 8-byte length, the header (the JSON object root,
+ * padded with spaces to a multiple of 8) and room for data_len bytes of tensor data, which the
+ * caller copies to *data before writing *buf (*total bytes; the caller frees *buf). 0 or
+ * -ENOMEM.
+ * moeh_safetensors_parse splits the bytes of a file (buf, len, read from path) into its parsed
+ * header (*root, a JSON object: the caller deletes it) and its data (*data, *dlen bytes): the
+ * header must fit the file and MOEH_SAFETENSORS_MAX_HEADER, and only padding (spaces or NULs)
+ * may follow its JSON object. 0 or -EINVAL with err naming path and what is wrong. */
+int moeh_safetensors_pack(const struct cJSON *root, size_t data_len, char **buf, size_t *total,
+                          char **data) MOEH_WUR;
+int moeh_safetensors_parse(const char *path, const char *buf, size_t len, struct cJSON **root,
+                           const char **data, size_t *dlen, moeh_err_t *err) MOEH_WUR;
+
 /* Writes p's parameters (p->w) to path atomically. meta_keys/meta_vals: n_meta string pairs
  * stored in "__metadata__" (may be 0). 0 or a negative errno code (message in err). */
 int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *const *meta_keys,

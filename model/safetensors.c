@@ -8,12 +8,62 @@
 #include <stdarg.h>
 #include <string.h>
 
-#define ST_MAX_HEADER (64u << 20)
-
 static int little_endian(void)
 {
     uint16_t x = 1;
     return *(uint8_t *)&x == 1;
+}
+
+int moeh_safetensors_pack(const cJSON *root, size_t data_len, char **buf, size_t *total,
+                          char **data)
+{
+    *buf = *data = NULL;
+    char *hdr = cJSON_PrintUnformatted(root);
+    if (!hdr) return -ENOMEM;
+    size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* spaces pad to 8 bytes */
+    *total = 8 + padded + data_len;
+    if (!(*buf = malloc(*total))) {
+        free(hdr);
+        return -ENOMEM;
+    }
+    uint64_t h64 = padded;
+    memcpy(*buf, &h64, 8);
+    memcpy(*buf + 8, hdr, hl);
+    memset(*buf + 8 + hl, ' ', padded - hl);
+    *data = *buf + 8 + padded;
+    free(hdr);
+    return 0;
+}
+
+int moeh_safetensors_parse(const char *path, const char *buf, size_t len, cJSON **root,
+                           const char **data, size_t *dlen, moeh_err_t *err)
+{
+    MOEH_ASSERT(little_endian());
+    *root = NULL;
+    uint64_t hl;
+    if (len < 8)
+        return moeh_errf(err, -EINVAL,
+                         "%s: not a safetensors file (%zu bytes: too short for its header)", path,
+                         len);
+    memcpy(&hl, buf, 8);
+    if (hl > MOEH_SAFETENSORS_MAX_HEADER || hl > len - 8)
+        return moeh_errf(err, -EINVAL, "%s: header length %" PRIu64 " exceeds the file (%zu bytes)",
+                         path, hl, len);
+    const char *hend = NULL;
+    cJSON *r = cJSON_ParseWithLengthOpts(buf + 8, (size_t)hl, &hend, 0);
+    if (!r || !cJSON_IsObject(r)) {
+        cJSON_Delete(r);
+        return moeh_errf(err, -EINVAL, "%s: the header is not a JSON object", path);
+    }
+    for (const char *q = hend; q < buf + 8 + hl; q++)
+        if (*q != ' ' && *q != '\0') {
+            cJSON_Delete(r);
+            return moeh_errf(err, -EINVAL, "%s: text after the header's JSON object", path);
+        }
+    *root = r;
+    *data = buf + 8 + hl;
+    *dlen = len - 8 - (size_t)hl;
+    return 0;
 }
 
 int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *const *meta_keys,
@@ -22,7 +72,7 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
     MOEH_ASSERT(little_endian());
     if (!p->finalized) return moeh_errf(err, -EINVAL, "safetensors: parameter store not finalized");
     int rc = -ENOMEM;
-    char *hdr = NULL, *buf = NULL;
+    char *buf = NULL, *data;
     cJSON *root = cJSON_CreateObject();
     if (!root) goto out;
     if (n_meta) {
@@ -44,15 +94,8 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + v->numel * 4)));
         off += v->numel * 4;
     }
-    if (!(hdr = cJSON_PrintUnformatted(root))) goto out;
-    size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* spaces pad to 8 bytes */
-    size_t total = 8 + padded + off;
-    if (!(buf = malloc(total))) goto out;
-    uint64_t h64 = padded;
-    memcpy(buf, &h64, 8);
-    memcpy(buf + 8, hdr, hl);
-    memset(buf + 8 + hl, ' ', padded - hl);
-    char *data = buf + 8 + padded;
+    size_t total;
+    if (moeh_safetensors_pack(root, off, &buf, &total, &data) != 0) goto out;
     for (size_t i = 0; i < p->n_views; i++) { /* in view order, as the offsets above */
         const moeh_param_view_t *v = &p->views[i];
         memcpy(data, p->w + v->offset, v->numel * 4);
@@ -62,7 +105,6 @@ int moeh_safetensors_save(const moeh_params_t *p, const char *path, const char *
 out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "safetensors: out of memory writing %s", path);
     cJSON_Delete(root);
-    free(hdr);
     free(buf);
     return rc;
 }
@@ -86,35 +128,17 @@ int moeh_safetensors_load(moeh_params_t *p, const char *path, char **meta_json, 
     if (meta_json) *meta_json = NULL;
     char *buf = NULL;
     size_t len = 0;
-    size_t max = 8 + ST_MAX_HEADER + p->n * 4 + 1;
+    size_t max = 8 + MOEH_SAFETENSORS_MAX_HEADER + p->n * 4 + 1;
     int rc = moeh_file_read_all(path, max, &buf, &len, err);
     if (rc) return rc;
     cJSON *root = NULL;
     size_t *off0 = NULL;
     char diff[MOEH_ERRMSG_MAX] = "";
     size_t ndiff = 0;
+    const char *data;
+    size_t dlen;
+    if ((rc = moeh_safetensors_parse(path, buf, len, &root, &data, &dlen, err))) goto out;
     rc = -EINVAL;
-    uint64_t hl;
-    if (len < 8) {
-        moeh_errf(err, rc, "%s: not a safetensors file (%zu bytes)", path, len);
-        goto out;
-    }
-    memcpy(&hl, buf, 8);
-    if (hl > ST_MAX_HEADER || hl > len - 8) {
-        moeh_errf(err, rc, "%s: header length %" PRIu64 " exceeds the file (%zu bytes)", path, hl,
-                  len);
-        goto out;
-    }
-    char save = buf[8 + hl];
-    buf[8 + hl] = 0;
-    root = cJSON_ParseWithLength(buf + 8, (size_t)hl);
-    buf[8 + hl] = save;
-    if (!root || !cJSON_IsObject(root)) {
-        moeh_errf(err, rc, "%s: header is not a JSON object", path);
-        goto out;
-    }
-    const char *data = buf + 8 + hl;
-    size_t dlen = len - 8 - (size_t)hl;
     if (!(off0 = calloc(p->n_views ? p->n_views : 1, sizeof *off0))) {
         rc = moeh_errf(err, -ENOMEM, "%s: out of memory", path);
         goto out;

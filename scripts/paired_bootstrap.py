@@ -92,6 +92,87 @@ def paired_bootstrap(labels, a, b, resamples=1000, seed=1, level=0.95):
     return fa, fb, fa - fb, lo, hi, redrawn
 
 
+def weighted_auroc(order, labels, scores, w):
+    """AUROC of the multiset holding row i w[i] times (a bootstrap resample given as counts),
+    rows visited in `order` (indices sorted by score); ties count 1/2; None if a class is
+    absent. Equal to auroc() of the resample's rows, in O(n) per call."""
+    pos = neg = 0.0
+    num, i, n = 0.0, 0, len(order)
+    while i < n:
+        j, gp, gn = i, 0.0, 0.0
+        s = scores[order[i]]
+        while j < n and scores[order[j]] == s:
+            k = order[j]
+            if labels[k]:
+                gp += w[k]
+            else:
+                gn += w[k]
+            j += 1
+        num += gp * (neg + 0.5 * gn)
+        pos += gp
+        neg += gn
+        i = j
+    if pos == 0 or neg == 0:
+        return None
+    return num / (pos * neg)
+
+
+def paired_bootstrap_tasks(labels, a, b, resamples=1000, seed=1, level=0.95):
+    """The paired bootstrap over admissions for several tasks at once. labels[t][i] is 0, 1 or
+    None (masked: row i has no label for task t), a[t][i] and b[t][i] the two models' scores.
+    Each resample draws n admissions with replacement (the draws of paired_bootstrap() for
+    the same seed) and scores both models on the same admissions for every task; a resample
+    with one class only in some task is redrawn. Returns {task: (auroc_a, auroc_b, diff, lo,
+    hi)} and under "mean" the same for the mean AUROC over the tasks, plus the redraw count."""
+    tasks = list(labels)
+    n = len(labels[tasks[0]])
+    keep = {t: [i for i in range(n) if labels[t][i] is not None] for t in tasks}
+    orders = {}
+    for t in tasks:
+        for name, sc in (("a", a[t]), ("b", b[t])):
+            orders[t, name] = sorted(keep[t], key=lambda i, sc=sc: sc[i])
+    full = [1] * n
+
+    def scores(w):
+        res = {}
+        for t in tasks:
+            fa = weighted_auroc(orders[t, "a"], labels[t], a[t], w)
+            fb = weighted_auroc(orders[t, "b"], labels[t], b[t], w)
+            if fa is None or fb is None:
+                return None
+            res[t] = (fa, fb)
+        res["mean"] = (sum(res[t][0] for t in tasks) / len(tasks),
+                       sum(res[t][1] for t in tasks) / len(tasks))
+        return res
+
+    point = scores(full)
+    if point is None:
+        raise ValueError("the test rows hold one class only in some task: no AUROC")
+    rng = random.Random(seed)
+    diffs = {k: [] for k in point}
+    redrawn = 0
+    while len(diffs["mean"]) < resamples:
+        w = [0] * n
+        for _ in range(n):
+            w[rng.randrange(n)] += 1
+        r = scores(w)
+        if r is None:
+            redrawn += 1
+            if redrawn > 100 * resamples:
+                raise ValueError("almost every resample holds one class: too few positives")
+            continue
+        for k, (fa, fb) in r.items():
+            diffs[k].append(fa - fb)
+    alpha = (1 - level) / 2
+    out = {}
+    for k, d in diffs.items():
+        d.sort()
+        lo = d[int(alpha * resamples)]
+        hi = d[min(resamples - 1, max(0, -int(-(1 - alpha) * resamples) - 1))]
+        out[k] = (point[k][0], point[k][1], point[k][0] - point[k][1], lo, hi)
+    return out, redrawn
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -30,7 +30,10 @@
 #        docs/synthetic.md), SITES=hospitals (one site per generator hospital: moeh split
 #        --hospitals truth.csv; for PROFILE=heterogeneous), ABLATIONS=1 (also the federated
 #        ablations of MoE-Health: no warm-up, missing_zero, gate_no_avail, no load balancing,
-#        top-1, top-2; the dense gate is the main run).
+#        top-1, top-2; the dense gate is the main run), FED_ONLY=1 (federations only: no
+#        centralised (b) and local-only (c) models), FEDS="fed-moe fed-early ..." (run only
+#        these federations; a queue can run them in its own order), PREDICT=1 (then score every
+#        federated model per admission: scripts/fed_predict.py, for the issue-15 tables).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +54,8 @@ RESULTS=${RESULTS:-$here/docs/results.md}
 SEEDS=${SEEDS:-$SEED}
 PROFILE=${PROFILE:-homogeneous}
 ABLATIONS=${ABLATIONS:-0}
+FED_ONLY=${FED_ONLY:-0}
+FEDS=${FEDS:-} # names of the federations to run (e.g. "fed-moe abl-top1"); empty: all
 # SITES=hospitals: the heterogeneous generator's four hospitals (sim/synth_het.h HET_N_HOSP)
 SITES_ARG=$SITES # as given (the per-seed runs below re-read it)
 split_by=(--sites "$SITES" --alpha "$ALPHA")
@@ -80,7 +85,7 @@ if (( ${#seed_list[@]} > 1 )); then
         --sites "$(IFS=','; echo "${names[*]}")" "${dirs[@]}" \
         --command "ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEEDS=\"$SEEDS\" scripts/results.sh" \
         --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" --site-spec "$SITES" \
-        --seconds "$(( $(date +%s) - t_all ))" --output "$RESULTS"
+        --seconds "$(( $(date +%s) - t_all ))" --profile "$PROFILE" --output "$RESULTS"
     exit 0
 fi
 
@@ -118,6 +123,7 @@ fi
 # (a) and (d): federations, one at a time (each uses both cores: one process per site)
 fed() { # fed NAME ARCH
     if [[ -f $OUT/$1/done ]]; then return; fi
+    if [[ -n $FEDS && " $FEDS " != *" $1 "* ]]; then return; fi # FEDS: only these
     log "federation $1 (arch $2, $ROUNDS rounds)"
     rm -rf "$OUT/$1"
     nice -n 10 "$SIM" run --data "$OUT/sites" --sites "$SITES" --arch "$2" --rounds "$ROUNDS" \
@@ -137,20 +143,24 @@ central() { # central NAME TRAIN_DIRS [more moeh train options]
 }
 
 fed fed-moe 0 $GATE_OPTS
-log "centralised MoE-Health and the local-only models (two at a time)"
-jobs_=()
-central central "$pooled" $GATE_OPTS &
-jobs_+=($!)
-for i in "${!names[@]}"; do
-    if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
-    central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" $GATE_OPTS &
+if [[ $FED_ONLY != 1 ]]; then
+    log "centralised MoE-Health and the local-only models (two at a time)"
+    jobs_=()
+    central central "$pooled" $GATE_OPTS &
     jobs_+=($!)
-done
-for j in "${jobs_[@]}"; do wait "$j"; done
+    for i in "${!names[@]}"; do
+        if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
+        central "local-${names[$i]}" "${site_dirs[$i]}" --eval-dataset "$pooled" $GATE_OPTS &
+        jobs_+=($!)
+    done
+    for j in "${jobs_[@]}"; do wait "$j"; done
+fi
 fed fed-early 6
 fed fed-joint 4
 fed fed-late 5
 fed fed-ehr 1
+fed fed-notes 2 # unimodal notes and image baselines (issue 15)
+fed fed-img 3
 if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15)
     fed abl-no-warmup 0 $GATE_OPTS --warmup-rounds 0
     fed abl-missing-zero 0 $GATE_OPTS --missing-zero 1
@@ -160,11 +170,16 @@ if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15
     fed abl-top2 0 $GATE_OPTS --top-k 2
 fi
 
+if [[ ${PREDICT:-0} == 1 ]]; then
+    log "per-admission scores of every federated model -> $OUT/preds"
+    nice -n 10 python3 "$here/scripts/fed_predict.py" --moeh "$SIM" "$OUT" \
+        >"$OUT/logs/predict.log" 2>&1
+fi
 elapsed=$(( $(date +%s) - t_start ))
 log "table -> $RESULTS (pipeline ${elapsed} s)"
 if [[ $RESULTS == - ]]; then log "done (no table: RESULTS=-)"; exit 0; fi
 cmd="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEED=$SEED scripts/results.sh"
 python3 "$here/scripts/results_table.py" --out-dir "$OUT" --sites "$(IFS=','; echo "${names[*]}")" \
     --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" \
-    --site-spec "$SITES" --seconds "$elapsed" --output "$RESULTS"
+    --site-spec "$SITES" --seconds "$elapsed" --seed "$SEED" --profile "$PROFILE" --output "$RESULTS"
 log "done"

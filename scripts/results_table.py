@@ -5,7 +5,12 @@ Reads OUT/<run>/metrics.jsonl (the coordinator's and `moeh train`'s format: the 
 "eval" line and the "task" lines of the same round), the generator's truth (OUT/truth.csv)
 and the site datasets' ids.npy/split.npy (OUT/sites/<site>/) for the oracle AUROC on the pooled
 test rows, and writes a Markdown report with the accuracy targets of DESIGN section 7.
-Python 3 standard library only.
+Where a run directory has per-admission scores (OUT/preds, scripts/fed_predict.py; results.sh
+PREDICT=1) it adds issue 15's tables (scripts/results_fed.py: main table with AUROC and F1 at
+the validation threshold, ablations, paired bootstrap CIs, robustness).
+Strict: every metrics.jsonl line and predictions row it reads must be well-formed
+(read_metrics, results_fed.read_preds); otherwise it stops naming file:line and what was
+expected. Python 3 standard library only.
 """
 import argparse
 import ast
@@ -16,18 +21,50 @@ import os
 import struct
 import sys
 
+import results_fed
+
 # data/schema.c's task and combination names (metrics.jsonl, truth.csv, meta.json); the test
 # (tests/test_results_table.py) checks that they agree
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 
 
+def _num(v):
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bad(path, n, what):
+    sys.exit(f"{path}:{n}: {what}")
+
+
+# the members every evaluation line has (coordinator/report.c and sim/cmd_train.c), with their
+# types: numbers may be null (NaN is written as null)
+EVAL_KEYS = [("round", "int"), ("sites", "int"), ("train_loss", "num"), ("test_loss", "num"),
+             ("auroc_mean", "num"), ("seconds", "num")] + [("auroc_" + t, "num") for t in TASKS]
+
+
 def read_metrics(path):
     """The final evaluation of a metrics.jsonl: {"eval": {...}, "task": {task: {...}},
-    "gate": {...}, "epochs": [...]}; None when the file is missing or has no eval line."""
+    "gate": {...}, "round": N, "evals": [every eval line], "epochs": [...]}; None when the file
+    is missing or has no eval line.
+
+    Strict (issue 13, finding 7: a forged line must not become the result): every non-blank
+    line must be a JSON object with a string "event"; an "eval" line has every member of
+    EVAL_KEYS with its type, and its round follows the previous eval's by exactly 1 and is
+    at most the configured rounds/epochs (a "config" line) when there is one; no eval line
+    after the run's "selection" line; a "task" line names a task of TASKS once per round, for
+    the round of the latest eval, with a numeric "auroc"; a "gate" line is for the latest
+    eval's round and holds per combination {"rows": int, "weights": [numbers]}; an "epoch"
+    line has an integer "epoch". Anything else stops the script with file:line and what was
+    expected."""
     if not os.path.exists(path):
         return None
-    evals, tasks, gates, epochs = {}, {}, {}, []
+    evals, tasks, gates, epochs, all_evals = {}, {}, {}, [], []
+    last, limit, selected = None, None, False
     with open(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -36,21 +73,86 @@ def read_metrics(path):
             try:
                 j = json.loads(line)
             except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{n}: not JSON: {e}")
-            ev = j.get("event")
-            if ev == "eval":
-                evals[j["round"]] = j
+                _bad(path, n, f"not JSON: {e}")
+            if not isinstance(j, dict) or not isinstance(j.get("event"), str):
+                _bad(path, n, 'expected a JSON object with a string "event"')
+            ev = j["event"]
+            if ev == "config":
+                for k in ("rounds", "epochs"):
+                    if k in j:
+                        if not _int(j[k]) or j[k] < 1:
+                            _bad(path, n, f'config: "{k}" must be a positive integer, got '
+                                          f'{j[k]!r}')
+                        limit = j[k]
+            elif ev == "eval":
+                for k, ty in EVAL_KEYS:
+                    if k not in j:
+                        _bad(path, n, f'eval line without "{k}" (expected the members '
+                                      f'{", ".join(k for k, _ in EVAL_KEYS)})')
+                    if not (_int(j[k]) if ty == "int" else _num(j[k])):
+                        _bad(path, n, f'eval: "{k}" must be '
+                                      f'{"an integer" if ty == "int" else "a number or null"}, '
+                                      f'got {j[k]!r}')
+                r = j["round"]
+                if selected:
+                    _bad(path, n, f"eval of round {r} after the run's selection line (the "
+                                  "selection is the run's last evaluation event)")
+                if last is None and r < 1:
+                    _bad(path, n, f"eval round {r}: expected a round >= 1")
+                if last is not None and r != last + 1:
+                    _bad(path, n, f"eval round {r} after round {last}: expected round "
+                                  f"{last + 1} (rounds are consecutive)")
+                if limit is not None and r > limit:
+                    _bad(path, n, f"eval round {r}: the run was configured for {limit}")
+                if "epoch" in j and not _int(j["epoch"]):
+                    _bad(path, n, f'eval: "epoch" must be an integer, got {j["epoch"]!r}')
+                last = r
+                evals[r] = j
+                all_evals.append(j)
             elif ev == "task":
-                tasks.setdefault(j["round"], {})[j["task"]] = j
+                if last is None or j.get("round") != last:
+                    _bad(path, n, f"task line for round {j.get('round')!r}: expected the "
+                                  f"round of the latest eval line ({last})")
+                t = j.get("task")
+                if t not in TASKS:
+                    _bad(path, n, f"task {t!r}: expected one of {', '.join(TASKS)}")
+                if t in tasks.get(last, {}):
+                    _bad(path, n, f"task {t} of round {last} repeated")
+                if not _num(j.get("auroc", "missing")):
+                    _bad(path, n, f'task: "auroc" must be a number or null, got '
+                                  f'{j.get("auroc", "nothing")!r}')
+                for k, v in j.items():
+                    if k.startswith(("auroc", "auprc", "f1")) and not _num(v):
+                        _bad(path, n, f'task: "{k}" must be a number or null, got {v!r}')
+                tasks.setdefault(last, {})[t] = j
             elif ev == "gate":
-                gates[j["round"]] = j
+                if last is None or j.get("round") != last:
+                    _bad(path, n, f"gate line for round {j.get('round')!r}: expected the "
+                                  f"round of the latest eval line ({last})")
+                for c in COMBOS:
+                    g = j.get(c)
+                    if g is None:
+                        continue
+                    if (not isinstance(g, dict) or not _int(g.get("rows"))
+                            or not isinstance(g.get("weights"), list)
+                            or not all(_num(w) and w is not None for w in g["weights"])):
+                        _bad(path, n, f'gate: "{c}" must be {{"rows": integer, "weights": '
+                                      f'[numbers]}}, got {g!r}')
+                gates[last] = j
             elif ev == "epoch":
+                if not _int(j.get("epoch")):
+                    _bad(path, n, f'epoch line: "epoch" must be an integer, got '
+                                  f'{j.get("epoch")!r}')
                 epochs.append(j)
+            elif ev == "selection":
+                if not _int(j.get("selected_round")) or j["selected_round"] not in evals:
+                    _bad(path, n, f"selection of round {j.get('selected_round')!r}: expected "
+                                  "the round of an earlier eval line")
+                selected = True
     if not evals:
         return None
-    last = max(evals)
     return {"eval": evals[last], "task": tasks.get(last, {}), "gate": gates.get(last),
-            "round": last, "epochs": epochs}
+            "round": last, "evals": all_evals, "epochs": epochs}
 
 
 def read_npy(path):
@@ -167,7 +269,11 @@ def achievable(truth_csv, test_ids):
     labels = {t: [] for t in TASKS}
     by_combo = {}
     with open(truth_csv, newline="") as f:
-        for row in csv.DictReader(f):
+        rd = csv.DictReader(f)
+        if "risk_limited_mortality" in (rd.fieldnames or []):
+            # the heterogeneous profile writes its own modality-limited risk (docs/synthetic.md)
+            return limited_from_truth(rd, truth_csv, test_ids)
+        for row in rd:
             key = (int(row["subject_id"]), int(row["hadm_id"]))
             if key not in test_ids:
                 continue
@@ -204,6 +310,39 @@ def achievable(truth_csv, test_ids):
                 for sc, lb in ((scores, labels), bc):
                     sc[t].append(r)
                     lb[t].append(int(lab))
+    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
+    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
+             for c, (sc, lb) in by_combo.items()}
+    return res, combo
+
+
+def limited_from_truth(rd, truth_csv, test_ids):
+    """(e') from truth.csv's risk_limited_<task> columns (the heterogeneous profile): the
+    generator's risk given what the row's modalities can show. Same return as achievable()."""
+    scores = {t: [] for t in TASKS}
+    labels = {t: [] for t in TASKS}
+    by_combo = {}
+    for n, row in enumerate(rd, 2):
+        try:
+            key = (int(row["subject_id"]), int(row["hadm_id"]))
+        except (TypeError, ValueError):
+            sys.exit(f"{truth_csv}:{n}: subject_id/hadm_id: expected integers")
+        if key not in test_ids:
+            continue
+        bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TASKS},
+                                                 {t: [] for t in TASKS}))
+        for t in TASKS:
+            lab = row["label_" + t]
+            if lab in ("", "-1"):
+                continue
+            try:
+                r, y = float(row["risk_limited_" + t]), int(lab)
+            except (TypeError, ValueError):
+                sys.exit(f"{truth_csv}:{n}: risk_limited_{t}/label_{t}: expected a number and "
+                         f"0/1, got {row['risk_limited_' + t]!r}/{lab!r}")
+            for sc, lb in ((scores, labels), bc):
+                sc[t].append(r)
+                lb[t].append(y)
     res = {t: auroc(scores[t], labels[t]) for t in TASKS}
     combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
              for c, (sc, lb) in by_combo.items()}
@@ -283,6 +422,13 @@ def main():
     ap.add_argument("--alpha", default="?")
     ap.add_argument("--site-spec", default="")
     ap.add_argument("--seconds", type=float, default=math.nan)
+    ap.add_argument("--seed", help="the seed of --out-dir (issue-15 tables of one seed)")
+    ap.add_argument("--resamples", type=int, default=1000,
+                    help="paired bootstrap resamples of the issue-15 CIs")
+    ap.add_argument("--figure", help="also draw the robustness curves into this PNG "
+                                     "(needs matplotlib)")
+    ap.add_argument("--profile", default="homogeneous",
+                    help="the generator profile of the runs (moeh synth --profile), for the text")
     ap.add_argument("--seed-dir", action="append", default=[], metavar="SEED:DIR",
                     help="results.sh work directory of one seed (repeat); adds the table of "
                          "every seed")
@@ -309,8 +455,8 @@ def main():
     L.append("# Results: federated MoE-Health on a synthetic MIMIC-IV\n")
     L.append("Produced by (from the repository root, after building):\n")
     L.append("```\n" + args.command + "\n```\n")
-    L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh synth`, "
-             f"truth known), extracted with `moeh extract`, split with `moeh split "
+    L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh synth "
+             f"--profile {args.profile}`, truth known), extracted with `moeh extract`, split with `moeh split "
              f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
              f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
              f"(the first {args.warmup} expert warm-up), the model and optimiser settings of "
@@ -497,8 +643,8 @@ def main():
             L.append(f"- {s[0]}, reference {s[1]}: gap {s[2]:+.4f} — {s[3]}")
     L.append("")
 
+    seed_dirs = []
     if args.seed_dir:
-        seed_dirs = []
         for sd in args.seed_dir:
             seed, _, d = sd.partition(":")
             if not d:
@@ -512,6 +658,11 @@ def main():
                  "(within 0.01 of (b), above (c) and (d), within 0.03 of (e) and (e')).\n")
         L.extend(seed_summary(names, seed_dirs))
         L.append("")
+    # issue 15: the paper's experiments, from per-admission scores (scripts/fed_predict.py)
+    fed_dirs = seed_dirs if args.seed_dir else [(args.seed or "1", out)]
+    if any(os.path.isdir(os.path.join(d, "preds")) for _, d in fed_dirs):
+        L.append("## The paper's experiments: main table, ablations, paired CIs, robustness\n")
+        L.extend(results_fed.report(fed_dirs, args.resamples, args.figure))
 
     a_m = metrics["fed-moe"]
     if a_m:
@@ -519,13 +670,10 @@ def main():
         L.append("Federated rounds (test AUROC per round, pooled test set):\n")
         L.append("| round | train loss | mortality | LOS > 7 d | readmission 30 d | mean |")
         L.append("|---|---|---|---|---|---|")
-        with open(os.path.join(out, "fed-moe", "metrics.jsonl")) as f:
-            for line in f:
-                j = json.loads(line)
-                if j.get("event") == "eval":
-                    L.append(f"| {j['round']} | {fmt(j.get('train_loss'))} | "
-                             + " | ".join(fmt(j.get('auroc_' + t)) for t in TASKS)
-                             + f" | {fmt(j.get('auroc_mean'))} |")
+        for j in a_m["evals"]:
+            L.append(f"| {j['round']} | {fmt(j.get('train_loss'))} | "
+                     + " | ".join(fmt(j.get('auroc_' + t)) for t in TASKS)
+                     + f" | {fmt(j.get('auroc_mean'))} |")
         L.append("")
     # hand-written notes below the marker survive a regeneration
     marker = "<!-- notes below are kept by scripts/results_table.py -->"

@@ -191,7 +191,7 @@ void tick(fx_t *f, int64_t advance_ms)
 
 Moeh__Envelope hello_env(Moeh__Hello *h, const fx_t *f, int k)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     moeh__hello__init(h);
     h->site_id = (char *)f->site[k].id;
     h->n_train = f->site[k].n_train;
@@ -200,9 +200,7 @@ Moeh__Envelope hello_env(Moeh__Hello *h, const fx_t *f, int k)
     h->n_vars = 3;
     h->n_steps = 6;
     h->img_size = 8;
-    env.type = MOEH__MSG_TYPE__HELLO;
-    env.body_case = MOEH__ENVELOPE__BODY_HELLO;
-    env.hello = h;
+    moeh_env_hello(&env, h);
     return env;
 }
 
@@ -216,11 +214,9 @@ void hello(fx_t *f, int k)
 
 void heartbeat(fx_t *f, int k)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
-    env.type = MOEH__MSG_TYPE__HEARTBEAT;
-    env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
-    env.heartbeat = &hb;
+    moeh_env_heartbeat(&env, &hb);
     assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
 }
 
@@ -252,13 +248,11 @@ void send_stats(fx_t *f, int k)
     double *st = calloc(3 * n_norm, sizeof(double));
     assert_non_null(st);
     site_stats(k, n_norm, st);
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__StatsResult r = MOEH__STATS_RESULT__INIT;
     r.round = 0;
     r.n_rows = 10;
-    env.type = MOEH__MSG_TYPE__STATS_RESULT;
-    env.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    env.stats_result = &r;
+    moeh_env_stats_result(&env, &r);
     moeh_frame_t fr = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * n_norm};
     assert_int_equal(deliver(f, k, &env, &fr, 1), 0);
     free(st);
@@ -289,16 +283,14 @@ uint32_t *update_words(const fx_t *f, int k, const Moeh__RoundConfig *rc, uint32
 
 Moeh__Envelope update_env(Moeh__Update *u, uint32_t round, uint64_t version)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     moeh__update__init(u);
     u->round = round;
     u->model_version = version;
     u->train_loss = 0.5;
     u->n_samples = 10;
     u->steps = 3;
-    env.type = MOEH__MSG_TYPE__UPDATE;
-    env.body_case = MOEH__ENVELOPE__BODY_UPDATE;
-    env.update = u;
+    moeh_env_update(&env, u);
     return env;
 }
 

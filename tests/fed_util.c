@@ -117,14 +117,7 @@ moeh_proc_t *start_coordinator_ex2(fixture_t *f, const char *rounds, const char 
                       "2",
                       "--lr",
                       "0.003",
-                      "--d-emb",
-                      "16",
-                      "--d-hidden",
-                      "16",
-                      "--note-buckets",
-                      "1024",
-                      "--batch-size",
-                      "32",
+                      FED_MODEL_ARGS,
                       "--warmup-rounds",
                       "1",
                       "--table=false"};
@@ -184,20 +177,39 @@ double jget(const cJSON *j, const char *key)
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
+/* OUT/metrics.jsonl, opened for metrics_next (the test fails if it is missing). */
+FILE *metrics_open(const char *out)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    FILE *fp = fopen(path, "r");
+    if (!fp) print_error("%s: cannot open\n", path);
+    assert_non_null(fp);
+    return fp;
+}
+
+/* The next line of a metrics file as a JSON object (the caller deletes it) with its "event"
+ * in *ev, or NULL at the end; a line that is not such an object fails the test. */
+cJSON *metrics_next(FILE *fp, char *line, size_t cap, const char **ev)
+{
+    if (!fgets(line, (int)cap, fp)) return NULL;
+    cJSON *j = cJSON_Parse(line);
+    assert_non_null(j);
+    *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+    assert_non_null(*ev);
+    return j;
+}
+
 /* The number `key` of the first metrics line of `event` for `round` (any round if < 0) in
  * OUT/metrics.jsonl; NAN if there is none. */
 double metric(const char *out, const char *event, int round, const char *key)
 {
-    char path[400], line[8192];
+    char line[8192];
     double v = NAN;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (isnan(v) && fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        assert_non_null(ev);
+    FILE *fp = metrics_open(out);
+    const char *ev;
+    cJSON *j;
+    while (isnan(v) && (j = metrics_next(fp, line, sizeof line, &ev))) {
         if (!strcmp(ev, event) && (round < 0 || jget(j, "round") == round)) v = jget(j, key);
         cJSON_Delete(j);
     }
@@ -215,16 +227,12 @@ void assert_summed(const char *out, const char *event, int round, int sites, int
 
 void read_metrics(const fixture_t *f, metrics_t *m)
 {
-    char path[400], line[8192];
+    char line[8192];
     memset(m, 0, sizeof *m);
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        assert_non_null(ev);
+    FILE *fp = metrics_open(f->out);
+    const char *ev;
+    cJSON *j;
+    while ((j = metrics_next(fp, line, sizeof line, &ev))) {
         if (!strcmp(ev, "eval") && m->n_eval < 64) {
             int r = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "round"));
             assert_int_equal(r, m->n_eval + 1); /* rounds in order, none skipped */
@@ -245,6 +253,41 @@ void read_metrics(const fixture_t *f, metrics_t *m)
         cJSON_Delete(j);
     }
     fclose(fp);
+}
+
+void assert_round_sites(const fixture_t *f, const char *sites, int n_gone)
+{
+    metrics_t m;
+    read_metrics(f, &m);
+    int n = (int)strlen(sites);
+    if (m.n_eval != n) print_error("%d evaluated rounds, expected %d\n", m.n_eval, n);
+    assert_int_equal(m.n_eval, n);
+    for (int r = 0; r < n; r++) {
+        if (m.sites[r] != sites[r] - '0')
+            print_error("round %d: %d sites, expected %c\n", r + 1, m.sites[r], sites[r]);
+        assert_int_equal(m.sites[r], sites[r] - '0');
+    }
+    if (n_gone >= 0) assert_int_equal(m.n_gone, n_gone);
+}
+
+void coordinator_exits(fixture_t *f, const char *log_name, char *const args[], int code)
+{
+    char exe[2100], reg[400], key[400], log[400];
+    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
+    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
+    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
+    snprintf(log, sizeof log, "%s/%s", f->logs, log_name);
+    char *argv[64] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
+                      "--out", f->out};
+    int n = 9;
+    for (int i = 0; args[i]; i++) {
+        assert_true(n < 63);
+        argv[n++] = args[i];
+    }
+    moeh_proc_t *p = &f->procs[f->n_procs++];
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
+    wait_exit(p, 20000, code);
 }
 
 void wait_exit(moeh_proc_t *p, int timeout_ms, int want_code)
@@ -317,6 +360,13 @@ int file_contains(const char *path, const char *needle)
     return found;
 }
 
+int log_contains(const fixture_t *f, const char *log_name, const char *needle)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
+    return file_contains(path, needle);
+}
+
 /* The final models of two runs (OUT/model.npy) are equal byte for byte (same != 0) or differ
  * (same == 0) in content of one size. */
 void assert_models(const char *out_a, const char *out_b, int same)
@@ -356,6 +406,16 @@ void wait_run(moeh_proc_t *c, moeh_proc_t **a)
 }
 
 /* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
+void run_two_sites(fixture_t *f, const char *rounds, const char *log_name)
+{
+    moeh_proc_t *c = start_coordinator_ex(f, rounds, "2", "2", NULL, log_name);
+    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
+    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
+    wait_exit(c, 60000, 0);
+    wait_exit(a1, 10000, 0);
+    wait_exit(a2, 10000, 0);
+}
+
 void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[])
 {
     char log[64];
@@ -428,14 +488,12 @@ void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__Envelop
     moeh_dataset_t *ds = NULL;
     snprintf(path, sizeof path, "%s/site-1", f->data);
     assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
-    moeh__envelope__init(env);
     moeh__hello__init(h);
     h->site_id = "site-x";
     h->n_features = (uint32_t)ds->f_static, h->n_vars = (uint32_t)ds->f_ts;
     h->n_steps = (uint32_t)ds->t, h->img_size = (uint32_t)ds->img_size;
     moeh_dataset_destroy(&ds);
-    env->type = MOEH__MSG_TYPE__HELLO, env->body_case = MOEH__ENVELOPE__BODY_HELLO;
-    env->hello = h;
+    moeh_env_hello(env, h);
 }
 
 /* Takes r->lim from a Welcome (the message m, which is cleared). */
@@ -543,19 +601,15 @@ void rogue_expect_reply(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, 
  * per-site rows (site_update, site_eval) and of rows saying they are unavailable. Caller frees. */
 char *global_rows(const char *out, int *site_rows, int *unavailable)
 {
-    char path[400], line[16384];
+    char line[16384];
     size_t cap = 1u << 20, len = 0;
     char *buf = calloc(cap, 1);
     assert_non_null(buf);
     *site_rows = *unavailable = 0;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        assert_non_null(ev);
+    FILE *fp = metrics_open(out);
+    const char *ev;
+    cJSON *j;
+    while ((j = metrics_next(fp, line, sizeof line, &ev))) {
         if (!strcmp(ev, "site_update") || !strcmp(ev, "site_eval")) (*site_rows)++;
         if (!strcmp(ev, "site_metrics") && cJSON_IsFalse(cJSON_GetObjectItem(j, "available")))
             (*unavailable)++;
@@ -594,15 +648,46 @@ void fed_main_init(void)
     if (getenv("MOEH_TEST_FILTER")) cmocka_set_test_filter(getenv("MOEH_TEST_FILTER"));
 }
 
-void rogue_send_zero_stats(rogue_t *r)
+void rogue_send_expect(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf, int code,
+                       const char *needle)
+{
+    if (needle)
+        rogue_expect_reply(r, env, f, nf, code, needle);
+    else
+        assert_int_equal(moeh_wire_send(r->sock, NULL, 0, env, f, nf), 0);
+}
+
+void rogue_stats(rogue_t *r, const double first[3], int code, const char *needle)
 {
     size_t nst = 3 * (size_t)r->lim.n_norm;
     double *st = calloc(nst, sizeof(double));
     assert_non_null(st);
+    if (first) memcpy(st, first, 3 * sizeof(double));
     Moeh__Envelope se;
     Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
     moeh_env_stats_result(&se, &sr);
     moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    assert_int_equal(moeh_wire_send(r->sock, NULL, 0, &se, &sf, 1), 0);
+    rogue_send_expect(r, &se, &sf, 1, code, needle);
     free(st);
+}
+
+void rogue_send_zero_stats(rogue_t *r)
+{
+    rogue_stats(r, NULL, 0, NULL);
+}
+
+void rogue_expect(rogue_t *r, moeh_msg_t *m, Moeh__MsgType type)
+{
+    assert_int_equal(rogue_next_alive(r, m), 0);
+    if (m->env->type != type)
+        print_error("the rogue site got message type %d, expected %d\n", (int)m->env->type,
+                    (int)type);
+    assert_int_equal(m->env->type, type);
+}
+
+const Moeh__RoundStart *rogue_next_round(rogue_t *r, moeh_msg_t *m, Moeh__RoundTask task)
+{
+    rogue_expect(r, m, MOEH__MSG_TYPE__ROUND_START);
+    assert_int_equal(m->env->round_start->task, task);
+    return m->env->round_start;
 }

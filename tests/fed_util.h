@@ -90,6 +90,17 @@ void assert_summed(const char *out, const char *event, int round, int sites, int
 
 void read_metrics(const fixture_t *f, metrics_t *m);
 
+/* The sites of each evaluated round of f->out, one digit a round ("33222": five rounds, three
+ * sites in the first two): read_metrics's n_eval and sites[] must be exactly these, and n_gone
+ * the number of sites gone (if n_gone >= 0). */
+void assert_round_sites(const fixture_t *f, const char *sites, int n_gone);
+
+/* OUT/metrics.jsonl, opened for metrics_next (the test fails if it is missing). */
+FILE *metrics_open(const char *out);
+/* The next line of a metrics file as a JSON object (the caller deletes it) with its "event"
+ * in *ev, or NULL at the end; a line that is not such an object fails the test. */
+cJSON *metrics_next(FILE *fp, char *line, size_t cap, const char **ev);
+
 void wait_exit(moeh_proc_t *p, int timeout_ms, int want_code);
 
 /* Starts the three agents, site `victim` (0..2) with the fault option `opt value`; waits for
@@ -99,6 +110,18 @@ void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt, 
                      int coord_rc);
 
 int file_contains(const char *path, const char *needle);
+/* file_contains of f->logs/log_name. */
+int log_contains(const fixture_t *f, const char *log_name, const char *needle);
+
+/* The model options of every coordinator these tests start (small, fast), which a resumed
+ * coordinator must repeat: a list of argv strings. */
+#define FED_MODEL_ARGS                                                                             \
+    "--d-emb", "16", "--d-hidden", "16", "--note-buckets", "1024", "--batch-size", "32"
+
+/* Runs moeh-coordinator on any port of 127.0.0.1 with the test's registry and key, --out
+ * f->out and `args` (NULL-terminated), logging to f->logs/log_name, and waits (20 s) for it to
+ * exit with `code`: a coordinator that refuses its options or its run directory. */
+void coordinator_exits(fixture_t *f, const char *log_name, char *const args[], int code);
 
 /* Waits (at most 20 s, else the test fails) until f->logs/log_name contains needle, failing
  * at once if p exits meanwhile. */
@@ -114,6 +137,10 @@ void assert_models(const char *out_a, const char *out_b, int same);
 
 void start_all_agents(fixture_t *f, moeh_proc_t **a, char *const extra[]);
 void wait_run(moeh_proc_t *c, moeh_proc_t **a);
+
+/* Runs a federation of site-1 and site-2 only (quorum 2, waiting for 2) into f->out, the
+ * coordinator logging to log_name; all three exit 0. */
+void run_two_sites(fixture_t *f, const char *rounds, const char *log_name);
 
 /* Runs a federation of the three sites with the given coordinator options into f->dir/name. */
 void run_all(fixture_t *f, const char *name, const char *rounds, char *const more[]);
@@ -147,6 +174,11 @@ moeh_proc_t *rogue_join(fixture_t *f, rogue_t *r, char **extra, moeh_proc_t *a[N
 /* Like rogue_next, but keeps the site alive with heartbeats while it waits. */
 int rogue_next_alive(rogue_t *r, moeh_msg_t *m);
 
+/* rogue_next_alive, then the message must be of `type` (the caller clears m). */
+void rogue_expect(rogue_t *r, moeh_msg_t *m, Moeh__MsgType type);
+/* rogue_expect of a RoundStart of `task`, which it returns (in m: the caller clears m). */
+const Moeh__RoundStart *rogue_next_round(rogue_t *r, moeh_msg_t *m, Moeh__RoundTask task);
+
 /* Sends env and expects an Error with `code` whose message contains needle (or needle2, if
  * not NULL); RoundStarts arriving first are skipped. */
 void rogue_expect_reply2(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf,
@@ -163,7 +195,14 @@ char *global_rows(const char *out, int *site_rows, int *unavailable);
 /* The global metrics of two runs are the same, value for value. */
 void assert_same_global_metrics(const char *out_a, const char *out_b);
 
-/* The rogue sends its STATS reply: all-zero sums (a clear StatsResult), accepted by the wire. */
+/* Sends env with its frames; with needle, then expects an Error of `code` containing it
+ * (rogue_expect_reply). */
+void rogue_send_expect(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf, int code,
+                       const char *needle);
+/* The rogue's STATS reply, a clear StatsResult accepted by the wire: all-zero sums but for the
+ * first three values (first; NULL: zeros too), sent with rogue_send_expect. */
+void rogue_stats(rogue_t *r, const double first[3], int code, const char *needle);
+/* rogue_stats of zeros only, no reply expected. */
 void rogue_send_zero_stats(rogue_t *r);
 
 /* A test of these programs: fed_setup and fed_teardown around it. */

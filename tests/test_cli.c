@@ -9,6 +9,7 @@
 
 #include "cmocka_main.h"
 
+#include "cli_util.h"
 #include "test_util.h"
 
 #include "moeh_common.h"
@@ -17,14 +18,12 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static char g_dir[256], g_bins[1024];
+static char g_dir[256];
 
 static int setup(void **state)
 {
     (void)state;
     if (moeh_test_tmpdir(g_dir, sizeof g_dir, "cli") != 0) return -1;
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bins, sizeof g_bins, "%s", b ? b : "bin");
     return 0;
 }
 
@@ -34,33 +33,27 @@ static int teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-/* runs "BIN_DIR/prog args > DIR/out 2>&1" and returns the exit status */
+/* runs "BIN_DIR/prog args" in DIR (its output in DIR/out) and returns the exit status */
 static int run(const char *prog, const char *args)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/%s' %s > '%s/out' 2>&1", g_dir, g_bins, prog, args,
-             g_dir);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char bin[1024];
+    cli_bin(bin, sizeof bin, prog);
+    return cli_run(g_dir, bin, args);
 }
 
+/* DIR/out (the test fails if it cannot be read) */
 static char *output(void)
 {
-    char p[512], *txt = NULL;
-    size_t len;
-    moeh_err_t err = {0};
+    char p[512];
     snprintf(p, sizeof p, "%s/out", g_dir);
-    assert_int_equal(moeh_file_read_all(p, 1 << 24, &txt, &len, &err), 0);
+    char *txt = cli_slurp(p);
+    assert_non_null(txt);
     return txt;
 }
 
 static bool out_has(const char *s)
 {
-    char *txt = output();
-    bool r = strstr(txt, s) != NULL;
-    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt);
-    free(txt);
-    return r;
+    return cli_out_has(g_dir, s);
 }
 
 static void test_usage_errors_exit_2(void **state)

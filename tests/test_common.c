@@ -132,10 +132,8 @@ static void test_opts(void **state)
 {
     char ini[300];
     snprintf(ini, sizeof ini, "%s/o.ini", g_dir);
-    FILE *f = fopen(ini, "w");
-    assert_non_null(f);
-    fprintf(f, "[x]\nrounds = 5\nname = from-file\nrate = 0.25\n");
-    fclose(f);
+    assert_int_equal(
+        moeh_test_put(g_dir, "o.ini", "[x]\nrounds = 5\nname = from-file\nrate = 0.25\n"), 0);
     uint32_t rounds = 8, warm = 3;
     double rate = 1.0;
     const char *name = "default";

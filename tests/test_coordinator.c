@@ -263,12 +263,7 @@ static void test_outage_waits_without_retries(void **state)
 
 static void put(const char *dir, const char *name, const char *text)
 {
-    char path[400];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *fp = fopen(path, "w");
-    assert_non_null(fp);
-    fputs(text, fp);
-    fclose(fp);
+    assert_int_equal(moeh_test_put(dir, name, text), 0);
 }
 
 static int has(const char *dir, const char *name)
@@ -378,11 +373,9 @@ static void test_rejoin_mid_phase(void **state)
     round_start(f, 2, 1, MOEH__ROUND_TASK__TRAIN);
     assert_int_equal(moeh_coord_core_participants(f->core), 3);
     /* the old connection is no longer admitted */
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Heartbeat hb = MOEH__HEARTBEAT__INIT;
-    env.type = MOEH__MSG_TYPE__HEARTBEAT;
-    env.body_case = MOEH__ENVELOPE__BODY_HEARTBEAT;
-    env.heartbeat = &hb;
+    moeh_env_heartbeat(&env, &hb);
     assert_int_equal(deliver_from(f, old_rid, "site-3", &env, NULL, 0), 0);
     last_error(f, old_rid, -EPERM);
     /* its weight is still bounded by the samples declared when the phase opened */
@@ -400,13 +393,11 @@ static void test_bye_reason_stays_one_json_line(void **state)
     fx_create(f, NULL);
     hello(f, 0);
     const char *reason = "disk \"full\"\nsee {log}\\ now";
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Bye bye = MOEH__BYE__INIT;
     bye.reason = (char *)reason;
     bye.status = MOEH__BYE_STATUS__BYE_STATUS_LEFT;
-    env.type = MOEH__MSG_TYPE__BYE;
-    env.body_case = MOEH__ENVELOPE__BODY_BYE;
-    env.bye = &bye;
+    moeh_env_bye(&env, &bye);
     assert_int_equal(deliver(f, 0, &env, NULL, 0), 0);
     assert_false(moeh_coord_core_admitted(f->core, "site-1"));
     char path[400], line[4096];

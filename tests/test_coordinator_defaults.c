@@ -14,6 +14,7 @@
 
 #include "cmocka_main.h"
 
+#include "cli_util.h"
 #include "test_util.h"
 
 #include "moeh_common.h"
@@ -30,8 +31,7 @@ static int setup(void **state)
 {
     (void)state;
     if (moeh_test_tmpdir(g_dir, sizeof g_dir, "coorddef") != 0) return -1;
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh-coordinator", b ? b : "bin");
+    cli_bin(g_bin, sizeof g_bin, "moeh-coordinator");
     return 0;
 }
 
@@ -45,42 +45,28 @@ static int teardown(void **state)
  * args and returns its exit status; its output goes to DIR/out */
 static int coord(const char *args)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && '%s' --insecure --bind 'tcp://127.0.0.1:*' --join-window 1s "
-             "--no-table %s > out 2>&1",
-             g_dir, g_bin, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char a[4096];
+    snprintf(a, sizeof a, "--insecure --bind 'tcp://127.0.0.1:*' --join-window 1s --no-table %s",
+             args);
+    return cli_run(g_dir, g_bin, a);
 }
 
+/* DIR/rel, or NULL */
 static char *slurp(const char *rel)
 {
-    char p[512], *txt = NULL;
-    size_t len;
-    moeh_err_t err = {0};
+    char p[512];
     snprintf(p, sizeof p, "%s/%s", g_dir, rel);
-    if (moeh_file_read_all(p, 1 << 24, &txt, &len, &err)) return NULL;
-    return txt;
+    return cli_slurp(p);
 }
 
 static bool out_has(const char *s)
 {
-    char *txt = slurp("out");
-    bool r = txt && strstr(txt, s) != NULL;
-    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt ? txt : "(none)");
-    free(txt);
-    return r;
+    return cli_out_has(g_dir, s);
 }
 
 static void put(const char *rel, const char *text)
 {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", g_dir, rel);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    assert_int_equal(moeh_test_put(g_dir, rel, text), 0);
 }
 
 static const char *k_metrics =

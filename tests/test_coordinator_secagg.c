@@ -21,13 +21,11 @@ static void slots_1(moeh_coord_cfg_t *c)
 
 static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version)
 {
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
     r.round = round;
     r.model_version = version;
-    env.type = MOEH__MSG_TYPE__UPLOAD_READY;
-    env.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
-    env.upload_ready = &r;
+    moeh_env_upload_ready(&env, &r);
     assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
 }
 
@@ -96,13 +94,11 @@ static void test_upload_slot_released_by_site_gone(void **state)
     upload_ready(f, 1, 1, v);
     assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
     assert_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope env;
     Moeh__Bye bye = MOEH__BYE__INIT;
     bye.reason = "shutting down";
     bye.status = MOEH__BYE_STATUS__BYE_STATUS_LEFT;
-    env.type = MOEH__MSG_TYPE__BYE;
-    env.body_case = MOEH__ENVELOPE__BODY_BYE;
-    env.bye = &bye;
+    moeh_env_bye(&env, &bye);
     assert_int_equal(deliver(f, 0, &env, NULL, 0), 0);
     tick(f, 10);
     assert_non_null(last_to(f, f->site[1].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
@@ -144,14 +140,12 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
         assert_int_equal(moeh_secagg_client_create(&sc[k], id[k], &f->site[k].sa, &err), 0);
         moeh_secagg_pubkeys_t pk;
         moeh_secagg_client_pubkeys(f->site[k].sa, &pk);
-        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Envelope env;
         Moeh__SecaggAdvertise a = MOEH__SECAGG_ADVERTISE__INIT;
         a.session = sc[k].round;
         a.c_pk = (ProtobufCBinaryData){32, pk.c_pk};
         a.s_pk = (ProtobufCBinaryData){32, pk.s_pk};
-        env.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE;
-        env.secagg_advertise = &a;
+        moeh_env_secagg_advertise(&env, &a);
         assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
     }
     tick(f, 10); /* every key advertised: the coordinator sends the key list */
@@ -181,14 +175,12 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
             cp[m] = &cs[m];
             m++;
         }
-        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Envelope env;
         Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
         sh.session = sc[k].round;
         sh.n_ciphers = m;
         sh.ciphers = cp;
-        env.type = MOEH__MSG_TYPE__SECAGG_SHARES;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES;
-        env.secagg_shares = &sh;
+        moeh_env_secagg_shares(&env, &sh);
         assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
     }
     tick(f, 10); /* every share in: forwarded */
@@ -208,15 +200,13 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
         uint32_t *y = malloc(sc[k].len * sizeof(uint32_t));
         assert_non_null(y);
         assert_int_equal(moeh_secagg_client_mask(f->site[k].sa, y, x[k], u2, &err), 0);
-        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Envelope env;
         Moeh__SecaggMasked mk = MOEH__SECAGG_MASKED__INIT;
         mk.session = sc[k].round;
         mk.round = round;
         mk.model_version = moeh_coord_core_model_version(f->core);
         mk.task = task;
-        env.type = MOEH__MSG_TYPE__SECAGG_MASKED;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
-        env.secagg_masked = &mk;
+        moeh_env_secagg_masked(&env, &mk);
         moeh_frame_t fr = {
             .name = "masked", .dtype = MOEH__DTYPE__U32, .data = y, .count = sc[k].len};
         assert_int_equal(deliver(f, k, &env, &fr, 1), 0);
@@ -260,14 +250,12 @@ static void play_secagg(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t 
             sh[i].y = out[i].y;
             sp[i] = &sh[i];
         }
-        Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+        Moeh__Envelope env;
         Moeh__SecaggReveal r = MOEH__SECAGG_REVEAL__INIT;
         r.session = sc[k].round;
         r.n_shares = n_out;
         r.shares = sp;
-        env.type = MOEH__MSG_TYPE__SECAGG_REVEAL;
-        env.body_case = MOEH__ENVELOPE__BODY_SECAGG_REVEAL;
-        env.secagg_reveal = &r;
+        moeh_env_secagg_reveal(&env, &r);
         assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
     }
     tick(f, 10); /* every survivor revealed: the sum is unmasked and the phase closes */

@@ -8,6 +8,7 @@
 
 #include "cmocka_main.h"
 
+#include "cli_util.h"
 #include "test_util.h"
 
 #include "moeh_common.h"
@@ -23,8 +24,7 @@ static int setup(void **state)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/moeh_test_cli_XXXXXX");
     assert_non_null(mkdtemp(g_dir));
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh", b ? b : "bin");
+    cli_bin(g_bin, sizeof g_bin, "moeh");
     return 0;
 }
 
@@ -33,26 +33,15 @@ static int teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-/* runs "BIN args > DIR/out 2>&1" and returns the exit status */
+/* runs "moeh args" in DIR (its output in DIR/out) and returns the exit status */
 static int run(const char *args)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/out' 2>&1", g_bin, args, g_dir);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return cli_run(g_dir, g_bin, args);
 }
 
 static bool out_has(const char *s)
 {
-    char p[512], *txt;
-    size_t len;
-    moeh_err_t err = {0};
-    snprintf(p, sizeof p, "%s/out", g_dir);
-    if (moeh_file_read_all(p, 1 << 24, &txt, &len, &err)) return false;
-    bool r = strstr(txt, s) != NULL;
-    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt);
-    free(txt);
-    return r;
+    return cli_out_has(g_dir, s);
 }
 
 static void test_help_and_usage(void **state)
@@ -108,10 +97,10 @@ static void test_pipeline(void **state)
     /* options from a --config INI file (flags override it) */
     char ini[512];
     snprintf(ini, sizeof ini, "%s/split.ini", g_dir);
-    FILE *fi = fopen(ini, "w");
-    assert_non_null(fi);
-    fprintf(fi, "[split]\nsites = A:0.6:ehr+notes+img,B:0.4:ehr\nalpha = 1\nseed = 9\n");
-    fclose(fi);
+    assert_int_equal(moeh_test_put(g_dir, "split.ini",
+                                   "[split]\nsites = A:0.6:ehr+notes+img,B:0.4:ehr\nalpha = 1\n"
+                                   "seed = 9\n"),
+                     0);
     snprintf(a, sizeof a, "split --config '%s' --dataset '%s/ds' --seed 1 --out '%s/sites'", ini,
              g_dir, g_dir);
     assert_int_equal(run(a), 0);
@@ -124,11 +113,7 @@ static void test_pipeline(void **state)
     /* a corrupted array is refused by split with the array named */
     char p[600];
     snprintf(p, sizeof p, "%s/ds/labels.npy", g_dir);
-    FILE *f = fopen(p, "r+b");
-    assert_non_null(f);
-    fseek(f, -1, SEEK_END);
-    fputc(0x3f, f);
-    fclose(f);
+    assert_int_equal(moeh_test_poke(p, 1, 0x3f), 0);
     snprintf(a, sizeof a, "split --dataset '%s/ds' --sites careunit --out '%s/s2'", g_dir, g_dir);
     assert_int_equal(run(a), 1);
     assert_true(out_has("array 'labels'"));

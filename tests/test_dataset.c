@@ -137,11 +137,7 @@ static void test_rejects(void **state)
     /* one flipped byte in the data of ts_delta */
     write_ok("flip", ds, dir);
     snprintf(p, sizeof p, "%s/ts_delta.npy", dir);
-    FILE *f = fopen(p, "r+b");
-    assert_non_null(f);
-    fseek(f, -5, SEEK_END);
-    fputc(0x7f, f);
-    fclose(f);
+    assert_int_equal(moeh_test_poke(p, 5, 0x7f), 0);
     expect_open_error(dir, "'ts_delta'", "checksum mismatch");
 
     /* labels rewritten with one task too few */

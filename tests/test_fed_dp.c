@@ -18,17 +18,14 @@
 /* Counts the "uploads" rows of a run and the most uploads in flight any of them reports. */
 static int upload_rows(const char *out, int *max_in_flight)
 {
-    char path[400], line[8192];
+    char line[8192];
     int n = 0;
     *max_in_flight = 0;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        if (ev && !strcmp(ev, "uploads")) {
+    FILE *fp = metrics_open(out);
+    const char *ev;
+    cJSON *j;
+    while ((j = metrics_next(fp, line, sizeof line, &ev))) {
+        if (!strcmp(ev, "uploads")) {
             n++;
             int m = (int)jget(j, "max_in_flight");
             if (m > *max_in_flight) *max_in_flight = m;
@@ -73,13 +70,8 @@ static void test_upload_slots_bit_exact(void **state)
         wait_exit(c, 120000, 0);
         for (int k = 0; k < 4; k++)
             wait_exit(a[k], 10000, 0);
-        metrics_t m;
-        read_metrics(f, &m);
-        assert_int_equal(m.n_eval, 3);
-        for (int r = 0; r < 3; r++)
-            assert_int_equal(m.sites[r], 4);
-        snprintf(path, sizeof path, "%s/%s", f->logs, log);
-        assert_false(file_contains(path, "refused"));
+        assert_round_sites(f, "444", -1);
+        assert_false(log_contains(f, log, "refused"));
     }
     int most;
     assert_int_equal(upload_rows(out[0], &most), 0); /* no grants without slots */
@@ -109,40 +101,34 @@ static void test_unsolicited_upload_refused(void **state)
     moeh_proc_t *c = rogue_join(f, &r, slots, a, log, sizeof log);
     moeh_msg_t m;
     /* statistics: pushed as always (all zero: this site has no rows) */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
-    assert_false(m.env->round_start->grant_uploads);
+    assert_false(rogue_next_round(&r, &m, MOEH__ROUND_TASK__STATS)->grant_uploads);
     moeh_msg_clear(&m);
     size_t nw = r.lim.n_params + r.lim.n_groups;
     rogue_send_zero_stats(&r);
 
     /* round 1: RoundStart{TRAIN} asks for granted uploads */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__ROUND_START);
-    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__TRAIN);
-    assert_true(m.env->round_start->grant_uploads);
-    uint32_t round = m.env->round_start->round;
-    uint64_t version = m.env->round_start->model_version;
+    const Moeh__RoundStart *rs = rogue_next_round(&r, &m, MOEH__ROUND_TASK__TRAIN);
+    assert_true(rs->grant_uploads);
+    uint32_t round = rs->round;
+    uint64_t version = rs->model_version;
     moeh_msg_clear(&m);
     uint32_t *words = calloc(nw, sizeof(uint32_t));
-    Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope ue;
     Moeh__Update u = MOEH__UPDATE__INIT;
     u.round = round, u.model_version = version;
-    ue.type = MOEH__MSG_TYPE__UPDATE, ue.body_case = MOEH__ENVELOPE__BODY_UPDATE, ue.update = &u;
+    moeh_env_update(&ue, &u);
     moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
     rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "update: no upload slot was granted");
-    Moeh__Envelope re = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope re;
     Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
-    re.type = MOEH__MSG_TYPE__UPLOAD_READY, re.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
-    re.upload_ready = &ur;
+    moeh_env_upload_ready(&re, &ur);
     ur.round = round + 1, ur.model_version = version;
     rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "stale upload_ready");
     ur.round = round, ur.session = 99;
     rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "not securely aggregated");
     ur.session = 0;
     assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &re, NULL, 0), 0);
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+    rogue_expect(&r, &m, MOEH__MSG_TYPE__UPLOAD_GRANT);
     assert_int_equal(m.env->upload_grant->round, round);
     assert_int_equal(m.env->upload_grant->model_version, version);
     assert_int_equal(m.env->upload_grant->session, 0);
@@ -174,19 +160,12 @@ static void test_granted_site_killed_releases_slot(void **state)
     char *slots[] = {"--upload-slots", "1", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", slots);
     run_with_victim(f, c, 1, "--fault-kill-upload-round", "2", 0);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    assert_int_equal(m.sites[0], 3);
-    assert_int_equal(m.sites[1], 2);
-    assert_int_equal(m.sites[2], 2);
-    assert_int_equal(m.n_gone, 1);
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(path, "round 2: site site-2 held an upload slot; released"));
-    assert_false(file_contains(path, "retry"));
-    snprintf(path, sizeof path, "%s/site-2-as-site-2.log", f->logs);
-    assert_true(file_contains(path, "killing myself on the upload grant of round 2"));
+    assert_round_sites(f, "322", 1);
+    assert_true(
+        log_contains(f, "coordinator.log", "round 2: site site-2 held an upload slot; released"));
+    assert_false(log_contains(f, "coordinator.log", "retry"));
+    assert_true(
+        log_contains(f, "site-2-as-site-2.log", "killing myself on the upload grant of round 2"));
 }
 
 /* ---- DP-FedAvg (fed/moeh_dp.h, docs/security.md "Differential privacy") ---------------------- */
@@ -231,7 +210,6 @@ static void assert_dp_rounds(const metrics_t *m, int rounds, double z, double cl
 static void test_dp_run(void **state)
 {
     fixture_t *f = *state;
-    char path[400];
     char *unweighted[] = {"--unweighted", "--delta-clip", "1000", NULL};
     run_all(f, "unweighted", "3", unweighted);
     char *dp0[] = {"--dp-clip", "1000", "--dp-noise", "0", NULL};
@@ -258,9 +236,8 @@ static void test_dp_run(void **state)
 
     /* the final models differ (noise), and the sites clipped their updates */
     assert_models(out_u, out_1, 0);
-    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
-    assert_true(file_contains(path, "update L2 norm"));
-    assert_true(file_contains(path, "DP: clipped to 0.5"));
+    assert_true(log_contains(f, "site-1-as-site-1.log", "update L2 norm"));
+    assert_true(log_contains(f, "site-1-as-site-1.log", "DP: clipped to 0.5"));
 }
 
 /* DP composes with secure aggregation: the noise is added before masking, the coordinator
@@ -295,46 +272,14 @@ static void test_dp_resume(void **state)
     wait_exit(c1, 60000, 128 + SIGKILL);
 
     /* refused: other noise, and no DP at all (setup fails before binding) */
-    char exe[2100], reg[400], key[400], log[400];
-    moeh_err_t err = {0};
-    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
-    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
-    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
-    snprintf(log, sizeof log, "%s/coordinator-refused.log", f->logs);
-    char *other[] = {exe,
-                     "--bind",
-                     "tcp://127.0.0.1:*",
-                     "--registry",
-                     reg,
-                     "--key",
-                     key,
-                     "--out",
-                     f->out,
-                     "--resume",
-                     "--min-sites",
-                     "3",
-                     "--d-emb",
-                     "16",
-                     "--d-hidden",
-                     "16",
-                     "--note-buckets",
-                     "1024",
-                     "--batch-size",
-                     "32",
-                     "--dp-clip",
-                     "0.5",
-                     "--dp-noise",
-                     "0.9",
-                     NULL};
-    moeh_proc_t *p = &f->procs[f->n_procs++];
-    assert_int_equal(moeh_proc_spawn(p, "coordinator", other, log, log, -1, &err), 0);
-    wait_exit(p, 10000, 1);
-    assert_true(file_contains(log, "resume with the same values"));
-    other[20] = NULL; /* without --dp-clip / --dp-noise */
-    p = &f->procs[f->n_procs++];
-    assert_int_equal(moeh_proc_spawn(p, "coordinator", other, log, log, -1, &err), 0);
-    wait_exit(p, 10000, 1);
-    assert_true(file_contains(log, "the run to resume used differential privacy"));
+    char *other[] = {"--resume",   "--min-sites", "3", FED_MODEL_ARGS, "--dp-clip", "0.5",
+                     "--dp-noise", "0.9",         NULL};
+    coordinator_exits(f, "coordinator-refused.log", other, 1);
+    assert_true(log_contains(f, "coordinator-refused.log", "resume with the same values"));
+    other[11] = NULL; /* without --dp-clip / --dp-noise */
+    coordinator_exits(f, "coordinator-refused-2.log", other, 1);
+    assert_true(log_contains(f, "coordinator-refused-2.log",
+                             "the run to resume used differential privacy"));
 
     char *resume[] = {"--resume", "--dp-clip", "0.5", "--dp-noise", "0.7", NULL};
     moeh_proc_t *c2 =
@@ -347,9 +292,7 @@ static void test_dp_resume(void **state)
         assert_int_equal(m.dp_rounds[r], r + 1);
         assert_close(m.dp_epsilon[r], eps_after(0.7, (uint64_t)r + 1));
     }
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator-2.log", f->logs);
-    assert_true(file_contains(path, "DP: resuming after 2 released rounds"));
+    assert_true(log_contains(f, "coordinator-2.log", "DP: resuming after 2 released rounds"));
 }
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,

@@ -17,17 +17,14 @@
 /* 1 if OUT/metrics.jsonl has a line of `event` whose string `key` is `value`. */
 static int has_line(const char *out, const char *event, const char *key, const char *value)
 {
-    char path[400], line[8192];
+    char line[8192];
     int found = 0;
-    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (!found && fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+    FILE *fp = metrics_open(out);
+    const char *ev;
+    cJSON *j;
+    while (!found && (j = metrics_next(fp, line, sizeof line, &ev))) {
         const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(j, key));
-        found = ev && v && !strcmp(ev, event) && !strcmp(v, value);
+        found = v && !strcmp(ev, event) && !strcmp(v, value);
         cJSON_Delete(j);
     }
     fclose(fp);
@@ -39,14 +36,7 @@ static void test_killed_agent_quorum_completes(void **state)
     fixture_t *f = *state;
     moeh_proc_t *c = start_coordinator(f, "5", "2");
     run_with_victim(f, c, 2, "--fault-kill-round", "3", 0);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 5);
-    assert_int_equal(m.sites[0], 3);
-    assert_int_equal(m.sites[1], 3);
-    for (int r = 2; r < 5; r++)
-        assert_int_equal(m.sites[r], 2);
-    assert_int_equal(m.n_gone, 1);
+    assert_round_sites(f, "33222", 1);
 }
 
 static void test_unregistered_key_refused(void **state)
@@ -72,35 +62,12 @@ static void test_unregistered_key_refused(void **state)
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
     wait_run(c, a);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    for (int r = 0; r < 3; r++)
-        assert_int_equal(m.sites[r], N_SITES);
+    assert_round_sites(f, "333", -1);
     /* the logs say why */
-    char path[400], *log = NULL;
-    size_t len;
-    snprintf(path, sizeof path, "%s/rogue-as-site-1.log", f->logs);
-    assert_int_equal(moeh_file_read_all(path, 1 << 20, &log, &len, &err), 0);
-    assert_non_null(strstr(log, "refused this site's key"));
-    free(log);
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_int_equal(moeh_file_read_all(path, 1 << 22, &log, &len, &err), 0);
-    assert_non_null(strstr(log, "is not in the site registry"));
-    assert_non_null(strstr(log, "does not match the id registered for your key"));
-    free(log);
-}
-
-/* Waits (at most 20 s) until the log contains needle `count` times; fails if p exits. */
-static void wait_log(const fixture_t *f, moeh_proc_t *p, const char *log_name, const char *needle)
-{
-    char path[400];
-    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
-    int64_t end = moeh_now_ms() + 20000;
-    while (!file_contains(path, needle)) {
-        assert_true(moeh_now_ms() < end);
-        assert_int_equal(moeh_proc_wait(p, 20), -ETIMEDOUT);
-    }
+    assert_true(log_contains(f, "rogue-as-site-1.log", "refused this site's key"));
+    assert_true(log_contains(f, "coordinator.log", "is not in the site registry"));
+    assert_true(
+        log_contains(f, "coordinator.log", "does not match the id registered for your key"));
 }
 
 /* A site whose key is added to the registry is admitted after SIGHUP, without a restart. */
@@ -116,17 +83,13 @@ static void test_sighup_admits_added_key(void **state)
     wait_exit(a3, 20000, 3); /* not registered yet */
     write_registry(f, three, 3);
     moeh_proc_signal(c, SIGHUP);
-    wait_log(f, c, "coordinator.log", "registry reloaded");
+    wait_log_of(f, c, "coordinator.log", "registry reloaded");
     a3 = start_agent(f, "site-3", "site-3", "site-3", NULL);
     wait_exit(c, 60000, 0);
     wait_exit(a1, 10000, 0);
     wait_exit(a2, 10000, 0);
     wait_exit(a3, 10000, 0);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    for (int r = 0; r < 3; r++)
-        assert_int_equal(m.sites[r], 3);
+    assert_round_sites(f, "333", -1);
 }
 
 /* A site whose key is removed is dropped at once on SIGHUP (its agent stops with exit 3),
@@ -138,7 +101,7 @@ static void test_sighup_revokes_removed_key(void **state)
     moeh_proc_t *c = start_coordinator_ex(f, "12", "2", "3", NULL, "coordinator.log");
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
-    wait_log(f, c, "coordinator.log", "round 2 done");
+    wait_log_of(f, c, "coordinator.log", "round 2 done");
     write_registry(f, two, 2);
     moeh_proc_signal(c, SIGHUP);
     wait_exit(a[2], 20000, 3);
@@ -283,7 +246,7 @@ static void rogue_attack(fixture_t *f, const char *endpoint)
 static void test_hostile_site_changes_nothing(void **state)
 {
     fixture_t *f = *state;
-    char out_a[300], out_b[300], path[500];
+    char out_a[300], out_b[300];
     moeh_proc_t *a[N_SITES];
     run_all(f, "clean", "3", NULL);
     snprintf(out_a, sizeof out_a, "%s", f->out);
@@ -295,8 +258,7 @@ static void test_hostile_site_changes_nothing(void **state)
     start_all_agents(f, a, NULL);
     rogue_attack(f, f->endpoint);
     wait_run(c, a);
-    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
-    assert_true(file_contains(path, "refused a message from site-x"));
+    assert_true(log_contains(f, "coordinator-b.log", "refused a message from site-x"));
 
     assert_same_model(out_a, out_b);
 }

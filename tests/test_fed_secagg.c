@@ -33,12 +33,12 @@ static void test_secagg_too_few_survivors_aborts(void **state)
     wait_exit(a[2], 60000, 128 + SIGKILL);
     wait_exit(c, 60000, 1);
     stop_paused_agent(f, a[0], "site-1"); /* a failed run is paused: site-1 waits for --resume */
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(path, "round 1 train phase: secure aggregation: 1 sites completed "
-                                    "the masked update step, 2 needed (threshold 2, quorum 1)"));
-    assert_true(file_contains(path, "longer than --outage-budget") ||
-                file_contains(path, "after 2 attempts"));
+    const char *log = "coordinator.log";
+    assert_true(log_contains(f, log,
+                             "round 1 train phase: secure aggregation: 1 sites completed "
+                             "the masked update step, 2 needed (threshold 2, quorum 1)"));
+    assert_true(log_contains(f, log, "longer than --outage-budget") ||
+                log_contains(f, log, "after 2 attempts"));
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 0);
@@ -63,26 +63,13 @@ static void secagg_rogue(fixture_t *f, int on_time)
     moeh_msg_t m;
     /* statistics, securely summed: a clear StatsResult is refused, and this site stays out of
      * the session (its key step waits for it until the deadline, then goes on with three) */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->round_start->task, MOEH__ROUND_TASK__STATS);
-    assert_non_null(m.env->round_start->secagg);
+    assert_non_null(rogue_next_round(&r, &m, MOEH__ROUND_TASK__STATS)->secagg);
     moeh_msg_clear(&m);
-    size_t nst = 3 * (size_t)r.lim.n_norm,
-           nw = moeh_wire_secsum_len(&r.lim, MOEH__ROUND_TASK__TRAIN);
-    double *st = calloc(nst, sizeof(double));
-    Moeh__Envelope se = MOEH__ENVELOPE__INIT;
-    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
-    se.type = MOEH__MSG_TYPE__STATS_RESULT, se.body_case = MOEH__ENVELOPE__BODY_STATS_RESULT;
-    se.stats_result = &sr;
-    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    rogue_expect_reply(&r, &se, &sf, 1, -ESTALE, "travel masked");
-    free(st);
+    size_t nw = moeh_wire_secsum_len(&r.lim, MOEH__ROUND_TASK__TRAIN);
+    rogue_stats(&r, NULL, -ESTALE, "travel masked");
 
     /* round 1: RoundStart{TRAIN, secagg} */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__ROUND_START);
-    const Moeh__RoundStart *rs = m.env->round_start;
-    assert_int_equal(rs->task, MOEH__ROUND_TASK__TRAIN);
+    const Moeh__RoundStart *rs = rogue_next_round(&r, &m, MOEH__ROUND_TASK__TRAIN);
     assert_non_null(rs->secagg);
     assert_int_equal(rs->secagg->n, 4);
     assert_int_equal(rs->secagg->t, 3);
@@ -101,12 +88,11 @@ static void secagg_rogue(fixture_t *f, int on_time)
     assert_int_equal(moeh_secagg_client_create(&cfg, me, &cl, &err), 0);
     moeh_secagg_pubkeys_t pk;
     moeh_secagg_client_pubkeys(cl, &pk);
-    Moeh__Envelope ae = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope ae;
     Moeh__SecaggAdvertise ad = MOEH__SECAGG_ADVERTISE__INIT;
     ad.c_pk = (ProtobufCBinaryData){32, pk.c_pk};
     ad.s_pk = (ProtobufCBinaryData){32, pk.s_pk};
-    ae.type = MOEH__MSG_TYPE__SECAGG_ADVERTISE;
-    ae.body_case = MOEH__ENVELOPE__BODY_SECAGG_ADVERTISE, ae.secagg_advertise = &ad;
+    moeh_env_secagg_advertise(&ae, &ad);
     ad.session = cfg.round + 1; /* another session */
     rogue_expect_reply(&r, &ae, NULL, 0, -ESTALE, "not expected now");
     ad.session = cfg.round;
@@ -115,8 +101,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
     assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ae, NULL, 0), 0);
 
     /* keys -> shares */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__SECAGG_KEYS);
+    rogue_expect(&r, &m, MOEH__MSG_TYPE__SECAGG_KEYS);
     const Moeh__SecaggKeys *ks = m.env->secagg_keys;
     assert_int_equal(ks->n_keys, 4);
     moeh_secagg_pubkeys_t keys[4];
@@ -139,11 +124,10 @@ static void secagg_rogue(fixture_t *f, int on_time)
         cip[nc] = &ci[nc];
         nc++;
     }
-    Moeh__Envelope she = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope she;
     Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
     sh.session = cfg.round, sh.n_ciphers = nc, sh.ciphers = cip;
-    she.type = MOEH__MSG_TYPE__SECAGG_SHARES;
-    she.body_case = MOEH__ENVELOPE__BODY_SECAGG_SHARES, she.secagg_shares = &sh;
+    moeh_env_secagg_shares(&she, &sh);
     /* one ciphertext short of its neighbours: refused, then the full set */
     sh.n_ciphers = nc - 1;
     rogue_expect_reply(&r, &she, NULL, 0, -EBADMSG, "one ciphertext for each neighbour");
@@ -151,8 +135,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
     assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &she, NULL, 0), 0);
 
     /* forwarded shares -> masked update, held back */
-    assert_int_equal(rogue_next_alive(&r, &m), 0);
-    assert_int_equal(m.env->type, MOEH__MSG_TYPE__SECAGG_SHARES);
+    rogue_expect(&r, &m, MOEH__MSG_TYPE__SECAGG_SHARES);
     const Moeh__SecaggShares *fw = m.env->secagg_shares;
     uint8_t u2[4] = {0};
     for (size_t i = 0; i < fw->n_ciphers; i++)
@@ -164,12 +147,11 @@ static void secagg_rogue(fixture_t *f, int on_time)
     moeh_msg_clear(&m);
     uint32_t *words = calloc(nw, sizeof(uint32_t));
     assert_int_equal(moeh_secagg_client_mask(cl, words, words, u2, &err), 0);
-    Moeh__Envelope ue = MOEH__ENVELOPE__INIT;
+    Moeh__Envelope ue;
     Moeh__SecaggMasked u = MOEH__SECAGG_MASKED__INIT;
     u.session = cfg.round, u.round = round, u.model_version = version;
     u.task = MOEH__ROUND_TASK__TRAIN;
-    ue.type = MOEH__MSG_TYPE__SECAGG_MASKED, ue.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED;
-    ue.secagg_masked = &u;
+    moeh_env_secagg_masked(&ue, &u);
     moeh_frame_t uf = {.name = "masked", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
     if (on_time) {
         /* for another round, and of another session: refused; then the real one is taken and
@@ -182,16 +164,14 @@ static void secagg_rogue(fixture_t *f, int on_time)
         /* the right one, but without a grant: refused (else the bound on uploads is void) */
         rogue_expect_reply(&r, &ue, &uf, 1, -ESTALE, "no upload slot was granted");
         /* announced for another session: refused; then announced right and granted */
-        Moeh__Envelope re = MOEH__ENVELOPE__INIT;
+        Moeh__Envelope re;
         Moeh__UploadReady ur = MOEH__UPLOAD_READY__INIT;
-        re.type = MOEH__MSG_TYPE__UPLOAD_READY, re.body_case = MOEH__ENVELOPE__BODY_UPLOAD_READY;
-        re.upload_ready = &ur;
+        moeh_env_upload_ready(&re, &ur);
         ur.round = round, ur.model_version = version, ur.session = cfg.round + 1;
         rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "upload_ready: not expected now");
         ur.session = cfg.round;
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &re, NULL, 0), 0);
-        assert_int_equal(rogue_next_alive(&r, &m), 0);
-        assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_GRANT);
+        rogue_expect(&r, &m, MOEH__MSG_TYPE__UPLOAD_GRANT);
         assert_int_equal(m.env->upload_grant->session, cfg.round);
         assert_int_equal(m.env->upload_grant->round, round);
         moeh_msg_clear(&m);
@@ -259,22 +239,17 @@ static void test_secagg_masked_twice_refused(void **state)
 static void test_secagg_run_is_bit_exact(void **state)
 {
     fixture_t *f = *state;
-    char out_a[300], out_b[300], path[400];
+    char out_a[300], out_b[300];
     run_all(f, "plain", "3", NULL);
     snprintf(out_a, sizeof out_a, "%s", f->out);
     char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     run_all(f, "secagg", "3", sa);
     snprintf(out_b, sizeof out_b, "%s", f->out);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    for (int r = 0; r < 3; r++)
-        assert_int_equal(m.sites[r], N_SITES);
+    assert_round_sites(f, "333", -1);
     assert_summed(out_b, "stats", -1, 3, -1);
     assert_summed(out_b, "train", 3, 3, 3);
     assert_summed(out_b, "eval", 3, 3, -1);
-    snprintf(path, sizeof path, "%s/coordinator-secagg.log", f->logs);
-    assert_false(file_contains(path, "refused"));
+    assert_false(log_contains(f, "coordinator-secagg.log", "refused"));
     assert_same_model(out_a, out_b);
     assert_same_global_metrics(out_a, out_b);
     int site_rows, unavailable;
@@ -285,8 +260,7 @@ static void test_secagg_run_is_bit_exact(void **state)
     assert_int_equal(site_rows, 0);
     assert_int_equal(unavailable, 3);
     /* each site logged its own evaluation instead */
-    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
-    assert_true(file_contains(path, "round 3: this site's test loss"));
+    assert_true(log_contains(f, "site-1-as-site-1.log", "round 3: this site's test loss"));
 }
 
 /* A site is SIGKILLed during the secure STATISTICS phase, after its shares went out and before
@@ -296,24 +270,18 @@ static void test_secagg_run_is_bit_exact(void **state)
 static void test_secagg_stats_dropout_exact(void **state)
 {
     fixture_t *f = *state;
-    char out_a[300], out_b[300], path[400];
+    char out_a[300], out_b[300];
     snprintf(out_a, sizeof out_a, "%s/plain2", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_a);
-    moeh_proc_t *c = start_coordinator_ex(f, "2", "2", "2", NULL, "coordinator-a.log");
-    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
-    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a1, 10000, 0);
-    wait_exit(a2, 10000, 0);
+    run_two_sites(f, "2", "coordinator-a.log");
 
     snprintf(out_b, sizeof out_b, "%s/secagg", f->dir);
     snprintf(f->out, sizeof f->out, "%s", out_b);
     char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
-    c = start_coordinator_ex2(f, "2", "2", "3", NULL, "coordinator-b.log", sa);
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "2", "3", NULL, "coordinator-b.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-at", "stats", 0);
     assert_summed(out_b, "stats", -1, 2, -1); /* the survivors' sums, once: no retry */
-    snprintf(path, sizeof path, "%s/coordinator-b.log", f->logs);
-    assert_false(file_contains(path, "retry"));
+    assert_false(log_contains(f, "coordinator-b.log", "retry"));
     assert_same_model(out_a, out_b);
     assert_same_global_metrics(out_a, out_b);
 }
@@ -383,18 +351,17 @@ static void test_secagg_eval_dropout_exact(void **state)
     char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     moeh_proc_t *c = start_coordinator_ex2(f, "1", "2", "3", NULL, "coordinator.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-at", "eval:1", 0);
-    char path[400], line[8192];
+    char line[8192];
     assert_summed(f->out, "eval", 1, 2, -1);
     double auroc[3], loss;
     survivors_eval(f, auroc, &loss);
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
+    FILE *fp = metrics_open(f->out);
     int seen = 0;
     static const char *names[3] = {"auroc_mortality", "auroc_los7", "auroc_readmit30"};
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "eval")) {
+    const char *ev;
+    cJSON *j;
+    while ((j = metrics_next(fp, line, sizeof line, &ev))) {
+        if (!strcmp(ev, "eval")) {
             seen = 1;
             assert_int_equal((int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "sites")), 2);
             double tl = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "test_loss"));
@@ -445,10 +412,10 @@ static void test_secagg_k_neighbours(void **state)
         for (int k = 0; k < 6; k++)
             wait_exit(a[k], 10000, 0);
     }
-    snprintf(path, sizeof path, "%s/coordinator-k4.log", f->logs);
-    assert_true(file_contains(path, "round 2: secure aggregation: 6 masked updates, 0 sites "
-                                    "dropped; asking the survivors for their shares (n = 6, k = 4, "
-                                    "t = 3)"));
+    assert_true(log_contains(f, "coordinator-k4.log",
+                             "round 2: secure aggregation: 6 masked updates, 0 sites "
+                             "dropped; asking the survivors for their shares (n = 6, k = 4, "
+                             "t = 3)"));
     assert_summed(out_b, "train", 2, 6, 6);
     assert_summed(out_b, "eval", 2, 6, -1);
     assert_same_model(out_a, out_b);
@@ -498,18 +465,11 @@ static void test_secagg_dropout_unmasked(void **state)
     char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
     moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", sa);
     run_with_victim(f, c, 2, "--fault-kill-secagg-round", "2", 0);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    assert_int_equal(m.sites[0], 3);
-    assert_int_equal(m.sites[1], 2);
-    assert_int_equal(m.sites[2], 2);
+    assert_round_sites(f, "322", -1);
     /* round 2 summed the two survivors' masked updates of its three members, at the first
      * attempt (a retry would have opened a session of the two survivors only) */
     assert_summed(f->out, "train", 2, 2, 3);
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_false(file_contains(path, "retry"));
+    assert_false(log_contains(f, "coordinator.log", "retry"));
 }
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,

@@ -32,19 +32,16 @@ static void test_selected_round_is_the_model(void **state)
     moeh_proc_t *a[N_SITES], *c = start_coordinator(f, "4", "3");
     start_all_agents(f, a, NULL);
     wait_run(c, a);
-    char path[400], line[16384];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->out);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
+    char line[16384];
+    FILE *fp = metrics_open(f->out);
     int n_val = 0, n_val_calib = 0, n_sel = 0, selected = 0;
     double best = -1, best_round = 0, value = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
+    const char *ev;
+    cJSON *j;
+    while ((j = metrics_next(fp, line, sizeof line, &ev))) {
         const char *split = cJSON_GetStringValue(cJSON_GetObjectItem(j, "split"));
         const cJSON *v = cJSON_GetObjectItem(j, "val_auroc_mean");
-        if (ev && !strcmp(ev, "eval") && cJSON_IsNumber(v)) {
+        if (!strcmp(ev, "eval") && cJSON_IsNumber(v)) {
             n_val++;
             assert_non_null(cJSON_GetObjectItem(j, "val_loss"));
             assert_non_null(cJSON_GetObjectItem(j, "val_auroc_mortality"));
@@ -54,8 +51,8 @@ static void test_selected_round_is_the_model(void **state)
                 best_round = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "round"));
             }
         }
-        if (ev && !strcmp(ev, "calibration") && split && !strcmp(split, "val")) n_val_calib++;
-        if (ev && !strcmp(ev, "selection")) {
+        if (!strcmp(ev, "calibration") && split && !strcmp(split, "val")) n_val_calib++;
+        if (!strcmp(ev, "selection")) {
             n_sel++;
             selected = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "selected_round"));
             value = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "value"));

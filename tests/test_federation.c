@@ -30,32 +30,23 @@ static void test_full_run_loss_falls(void **state)
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
     wait_run(c, a);
+    assert_round_sites(f, "333333", 0);
     metrics_t m;
     read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 6);
-    for (int r = 0; r < 6; r++)
-        assert_int_equal(m.sites[r], N_SITES);
     /* round 1 is the warm-up (its loss includes the gate supervision): compare joint rounds */
     assert_true(m.train_loss[5] < m.train_loss[1] - 0.05);
     assert_true(m.test_loss[5] < m.test_loss[0] - 0.05);
     assert_true(m.auroc_mean[5] > 0.6); /* the synthetic tasks are learnable */
-    assert_int_equal(m.n_gone, 0);
 }
 
-/* Waits (at most 20 s, else the test fails) until the coordinator logged that every site
- * joined. The log is the only signal a waiting coordinator gives, so this polls the file in
- * 20 ms steps, waiting on the coordinator's pidfd in between (and so failing fast if it died). */
+/* Waits (wait_log_of: at most 20 s a site, failing fast if the coordinator died) until the
+ * coordinator logged that every site joined: the only signal a waiting coordinator gives. */
 static void wait_all_joined(const fixture_t *f, moeh_proc_t *c, const char *log_name)
 {
-    char path[400], needle[64];
-    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
-    int64_t end = moeh_now_ms() + 20000;
+    char needle[64];
     for (int k = 1; k <= N_SITES; k++) {
         snprintf(needle, sizeof needle, "site site-%d joined", k);
-        while (!file_contains(path, needle)) {
-            assert_true(moeh_now_ms() < end);
-            assert_int_equal(moeh_proc_wait(c, 20), -ETIMEDOUT); /* still running */
-        }
+        wait_log_of(f, c, log_name, needle);
     }
 }
 
@@ -75,30 +66,19 @@ static void test_existing_run_dir_refused(void **state)
     snprintf(path, sizeof path, "%s/model.npy", f->out);
     struct stat st0, st1;
     assert_int_equal(stat(path, &st0), 0);
-    char exe[2100], reg[400], key[400], log[400];
-    moeh_err_t err = {0};
-    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
-    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
-    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
-    snprintf(log, sizeof log, "%s/coordinator-again.log", f->logs);
-    char *argv[] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
-                    "--out", f->out,   "--rounds",          "1",          NULL};
-    c = &f->procs[f->n_procs++];
-    assert_int_equal(moeh_proc_spawn(c, "coordinator", argv, log, log, -1, &err), 0);
-    wait_exit(c, 20000, 2);
+    char *again[] = {"--rounds", "1", NULL};
+    coordinator_exits(f, "coordinator-again.log", again, 2);
     assert_int_equal(stat(path, &st1), 0);
     assert_int_equal(st0.st_size, st1.st_size);
     assert_true(st0.st_mtim.tv_sec == st1.st_mtim.tv_sec &&
                 st0.st_mtim.tv_nsec == st1.st_mtim.tv_nsec);
-    snprintf(path, sizeof path, "%s/coordinator-again.log", f->logs);
-    assert_true(file_contains(path, "holds an earlier run"));
-    assert_true(file_contains(path, "--resume to continue it, or --new-run"));
+    assert_true(log_contains(f, "coordinator-again.log", "holds an earlier run"));
+    assert_true(log_contains(f, "coordinator-again.log", "--resume to continue it, or --new-run"));
     char *new_run[] = {"--new-run", NULL};
     c = start_coordinator_ex2(f, "1", "3", "3", NULL, "coordinator-new.log", new_run);
     start_all_agents(f, a, NULL);
     wait_run(c, a);
-    snprintf(path, sizeof path, "%s/coordinator-new.log", f->logs);
-    assert_true(file_contains(path, "--new-run: the earlier run's files"));
+    assert_true(log_contains(f, "coordinator-new.log", "--new-run: the earlier run's files"));
     snprintf(aside, sizeof aside, "%s/model.npy", f->out);
     assert_int_equal(stat(aside, &st1), 0); /* the new run's model */
 }
@@ -111,10 +91,9 @@ static void test_no_quorum_fails_clearly(void **state)
     char *budget[] = {"--outage-budget", "3s", NULL};
     moeh_proc_t *c = start_coordinator_ex2(f, "4", "3", "3", NULL, "coordinator.log", budget);
     run_with_victim(f, c, 0, "--fault-kill-round", "2", 1);
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(path, "round 2 train phase: 2 of the 3 sites needed replied"));
-    assert_true(file_contains(path, "longer than --outage-budget"));
+    assert_true(
+        log_contains(f, "coordinator.log", "round 2 train phase: 2 of the 3 sites needed replied"));
+    assert_true(log_contains(f, "coordinator.log", "longer than --outage-budget"));
     metrics_t m;
     read_metrics(f, &m);
     assert_int_equal(m.n_eval, 1);
@@ -142,11 +121,7 @@ static void test_agents_survive_coordinator_restart(void **state)
     moeh_proc_t *c2 = start_coordinator_ex(f, "3", "3", "3", endpoint, "coordinator-2.log");
     assert_string_equal(f->endpoint, endpoint);
     wait_run(c2, a);
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 3);
-    for (int r = 0; r < 3; r++)
-        assert_int_equal(m.sites[r], N_SITES);
+    assert_round_sites(f, "333", -1);
 }
 
 /* SIGTERM stops the coordinator promptly (130); it tells the sites the run is paused, and the
@@ -174,7 +149,7 @@ static void test_sigterm_clean_shutdown(void **state)
  * uninterrupted run with the same seeds. */
 static void resume_is_bit_exact(fixture_t *f, const char *strategy)
 {
-    char out_a[300], out_b[300], path[500];
+    char out_a[300], out_b[300];
     moeh_proc_t *a[N_SITES];
     char *fast[] = {"--silence-timeout-ms", "1500", "--backoff-max-ms", "1000", NULL};
 
@@ -201,8 +176,7 @@ static void resume_is_bit_exact(fixture_t *f, const char *strategy)
     metrics_t m;
     read_metrics(f, &m); /* rounds 1-2 from the first process, 3-4 appended by the second */
     assert_int_equal(m.n_eval, 4);
-    snprintf(path, sizeof path, "%s/coordinator-b2.log", f->logs);
-    assert_true(file_contains(path, "resuming after round 2"));
+    assert_true(log_contains(f, "coordinator-b2.log", "resuming after round 2"));
 
     assert_same_model(out_a, out_b);
 }
@@ -248,12 +222,7 @@ static void test_untrained_group_unchanged(void **state)
 {
     fixture_t *f = *state;
     moeh_err_t err = {0};
-    moeh_proc_t *c = start_coordinator_ex(f, "2", "2", "2", NULL, "coordinator.log");
-    moeh_proc_t *a1 = start_agent(f, "site-1", "site-1", "site-1", NULL);
-    moeh_proc_t *a2 = start_agent(f, "site-2", "site-2", "site-2", NULL);
-    wait_exit(c, 60000, 0);
-    wait_exit(a1, 10000, 0);
-    wait_exit(a2, 10000, 0);
+    run_two_sites(f, "2", "coordinator.log");
 
     /* the initial model, built as the coordinator builds it (start_coordinator_ex's flags) */
     moeh_dataset_t *ds = NULL;
@@ -311,23 +280,13 @@ static void test_pinned_data_shape(void **state)
     moeh_proc_t *c = start_coordinator_ex2(f, "2", "1", "1", NULL, "coordinator.log", pin);
     moeh_proc_t *a = start_agent(f, "site-1", "site-1", "site-1", NULL);
     wait_exit(a, 20000, 1);
-    char path[400];
-    snprintf(path, sizeof path, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(path, "this federation's model expects 3, 2 x 48 and 64"));
+    assert_true(
+        log_contains(f, "coordinator.log", "this federation's model expects 3, 2 x 48 and 64"));
     moeh_proc_stop(c, 5000);
 
-    char exe[2100], reg[400], key[400], log[400];
-    moeh_err_t err = {0};
-    snprintf(exe, sizeof exe, "%s/moeh-coordinator", f->bin);
-    snprintf(reg, sizeof reg, "%s/registry.ini", f->keys);
-    snprintf(key, sizeof key, "%s/coordinator.key", f->keys);
-    snprintf(log, sizeof log, "%s/coordinator-bad.log", f->logs);
-    char *argv[] = {exe,     "--bind", "tcp://127.0.0.1:*", "--registry", reg, "--key", key,
-                    "--out", f->out,   "--data-shape",      "35,33",      NULL};
-    moeh_proc_t *p = &f->procs[f->n_procs++];
-    assert_int_equal(moeh_proc_spawn(p, "coordinator", argv, log, log, -1, &err), 0);
-    wait_exit(p, 10000, 1);
-    assert_true(file_contains(log, "expected STATIC,VARS,HOURS,IMAGE"));
+    char *bad[] = {"--data-shape", "35,33", NULL};
+    coordinator_exits(f, "coordinator-bad.log", bad, 1);
+    assert_true(log_contains(f, "coordinator-bad.log", "expected STATIC,VARS,HOURS,IMAGE"));
 }
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,

@@ -43,14 +43,8 @@ static void test_interrupted_run_pauses_and_resumes(void **state)
         start_coordinator_ex2(f, "4", "3", "3", endpoint, "coordinator-2.log", resume);
     assert_string_equal(f->endpoint, endpoint);
     wait_run(c2, a); /* the coordinator and the same three agents exit 0 */
-    metrics_t m;
-    read_metrics(f, &m);
-    assert_int_equal(m.n_eval, 4);
-    for (int r = 0; r < 4; r++)
-        assert_int_equal(m.sites[r], N_SITES);
-    char path[400];
-    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
-    assert_true(file_contains(path, "the coordinator says the run finished"));
+    assert_round_sites(f, "3333", -1);
+    assert_true(log_contains(f, "site-1-as-site-1.log", "the coordinator says the run finished"));
 }
 
 static void test_agent_gives_up_after_pause(void **state)
@@ -66,11 +60,10 @@ static void test_agent_gives_up_after_pause(void **state)
     for (int k = 0; k < N_SITES; k++)
         wait_exit(a[k], 20000, MOEH_EXIT_GAVE_UP);
     assert_true(moeh_now_ms() - t0 < 15000);
-    char path[400];
-    snprintf(path, sizeof path, "%s/site-2-as-site-2.log", f->logs);
-    assert_true(file_contains(path, "the coordinator paused the run"));
-    assert_true(file_contains(path, "not re-admitted by tcp://127.0.0.1:"));
-    assert_true(file_contains(path, "within 2.0 s (--give-up-ms)"));
+    const char *log = "site-2-as-site-2.log";
+    assert_true(log_contains(f, log, "the coordinator paused the run"));
+    assert_true(log_contains(f, log, "not re-admitted by tcp://127.0.0.1:"));
+    assert_true(log_contains(f, log, "within 2.0 s (--give-up-ms)"));
 }
 
 /* Nobody listens: the agent gives up (4), not an error (1) and not success. */
@@ -81,9 +74,8 @@ static void test_agent_gives_up_without_coordinator(void **state)
     char *opts[] = {"--give-up-ms", "1000", NULL};
     moeh_proc_t *a = start_agent(f, "site-1", "site-1", "site-1", opts);
     wait_exit(a, 20000, MOEH_EXIT_GAVE_UP);
-    char path[400];
-    snprintf(path, sizeof path, "%s/site-1-as-site-1.log", f->logs);
-    assert_true(file_contains(path, "not admitted by tcp://127.0.0.1:9 within 1.0 s"));
+    assert_true(
+        log_contains(f, "site-1-as-site-1.log", "not admitted by tcp://127.0.0.1:9 within 1.0 s"));
 }
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,

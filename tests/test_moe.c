@@ -11,98 +11,23 @@
 
 #include "cmocka_main.h"
 
-#include "gradcheck.h"
-#include "moe_synth.h"
-#include "moeh_moe.h"
+#include "moe_small.h"
 
 #include <math.h>
 #include <string.h>
 
+/* moe_small_cfg with task 0's positive class weighted 2 (the weighted loss is checked too) */
 static moeh_moe_cfg_t small_cfg(moeh_arch_t arch, int precomputed)
 {
-    moeh_moe_cfg_t c = moeh_moe_defaults(3, 2);
-    c.arch = arch;
-    c.d_emb = 6;
-    c.d_hidden = 5;
-    c.n_steps = 4;
-    c.note_buckets = precomputed ? 0 : 40;
-    c.note_dim = precomputed ? 7 : 0;
-    c.img_size = precomputed ? 0 : 8;
-    c.img_dim = precomputed ? 5 : 0;
-    c.cnn_ch[0] = 2, c.cnn_ch[1] = 3, c.cnn_ch[2] = 4;
-    c.max_batch = 10;
-    c.lambda_lb = 0.1f;
-    c.temperature = 0.8f;
+    moeh_moe_cfg_t c = moe_small_cfg(arch, precomputed);
     c.pos_weight[0] = 2.0f;
-    c.seed = 5;
     return c;
-}
-
-typedef struct {
-    moeh_moe_t *m;
-    moeh_batch_t b;
-} mctx;
-
-static double model_loss(void *c_)
-{
-    mctx *c = c_;
-    double l;
-    assert_int_equal(moeh_moe_loss(c->m, &c->b, &l), 0);
-    return l;
-}
-
-/* Central differences over every parameter (up to 300 per tensor, spread evenly), loss in
- * double from a float32 forward: eps = 1e-3, |num - g| <= 2e-2 (|num| + |g|) + 2e-4; ReLU and
- * max-pool kinks fall back to a one-sided difference (at most 10% of entries per tensor). */
-/* gradcheck_model_n with the weights of every tensor whose name starts with `prefix` (NULL:
- * none) multiplied by `scale`: at the default initialisation the gradients of the deeper
- * encoder layers can sit below what central differences of a float32 loss resolve. */
-static void gradcheck_model_scaled(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label,
-                                   size_t max_checks, const char *prefix, float scale)
-{
-    moeh_moe_t *m = NULL;
-    moeh_err_t err = {{0}};
-    assert_int_equal(moeh_moe_create(&cfg, &m, &err), 0);
-    moeh_moe_set_phase(m, phase);
-    if (prefix) {
-        moeh_params_t *pp = moeh_moe_params(m);
-        for (size_t v = 0; v < pp->n_views; v++)
-            if (!strncmp(pp->views[v].name, prefix, strlen(prefix)))
-                for (size_t i = 0; i < pp->views[v].numel; i++)
-                    pp->w[pp->views[v].offset + i] *= scale;
-    }
-    synth_t s;
-    const double pa[3] = {0.7, 0.6, 0.6};
-    assert_int_equal(synth_make(&s, &cfg, 10, pa, 1.0, 17), 0);
-    /* make sure the batch has every combination including "nothing" */
-    static const uint8_t av[10][3] = {{1, 0, 0}, {0, 1, 0}, {1, 1, 0}, {0, 0, 1}, {1, 0, 1},
-                                      {0, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}, {1, 0, 1}};
-    memcpy(s.avail, av, sizeof av);
-    mctx c = {m, synth_batch(&s, 0, 10)};
-    moeh_params_t *p = moeh_moe_params(m);
-    double l1, l2;
-    moeh_moe_zero_grad(m);
-    assert_int_equal(moeh_moe_loss_backward(m, &c.b, &l1), 0);
-    assert_int_equal(moeh_moe_loss(m, &c.b, &l2), 0);
-    assert_true(fabs(l1 - l2) < 1e-9 && isfinite(l1));
-    gc_opts_t o = {
-        .eps = 1e-3, .rtol = 2e-2, .atol = 2e-4, .max_kink_frac = 0.1, .max_checks = max_checks};
-    int fails = 0;
-    for (size_t v = 0; v < p->n_views; v++) {
-        char name[160];
-        snprintf(name, sizeof name, "%s:%s", label, p->views[v].name);
-        fails += gc_check(name, p->w + p->views[v].offset, p->g + p->views[v].offset,
-                          p->views[v].numel, model_loss, &c, o);
-    }
-    assert_int_equal(fails, 0);
-    synth_free(&s);
-    moeh_moe_destroy(&m);
 }
 
 static void gradcheck_model_n(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label,
                               size_t max_checks)
 {
-    gradcheck_model_scaled(cfg, phase, label, max_checks, NULL, 1.0f);
+    moe_gradcheck(cfg, phase, label, max_checks, NULL, 1.0f);
 }
 
 static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label)
@@ -132,10 +57,10 @@ static void test_grad_direct_kernels(void **state)
     c.d_emb = 16;
     c.img_size = 16;
     c.cnn_ch[0] = 16, c.cnn_ch[1] = 32, c.cnn_ch[2] = 64;
-    gradcheck_model_scaled(c, MOEH_PHASE_JOINT, "direct_img", 40, "img.", 3.0f);
+    moe_gradcheck(c, MOEH_PHASE_JOINT, "direct_img", 40, "img.", 3.0f);
     c = small_cfg(MOEH_ARCH_UNI_EHR, 0);
     c.d_emb = 16;
-    gradcheck_model_scaled(c, MOEH_PHASE_JOINT, "direct_ehr", 40, "ehr.", 2.0f);
+    moe_gradcheck(c, MOEH_PHASE_JOINT, "direct_ehr", 40, "ehr.", 2.0f);
 }
 
 /* 128x128 images: the same code path at the other supported size; a few entries checked. */

@@ -12,79 +12,20 @@
 
 #include "cmocka_main.h"
 
-#include "gradcheck.h"
-#include "moe_synth.h"
-#include "moeh_moe.h"
+#include "moe_small.h"
 
 #include <math.h>
 #include <string.h>
 
 static moeh_moe_cfg_t small_cfg(moeh_arch_t arch)
 {
-    moeh_moe_cfg_t c = moeh_moe_defaults(3, 2);
-    c.arch = arch;
-    c.d_emb = 6;
-    c.d_hidden = 5;
-    c.n_steps = 4;
-    c.note_buckets = 40;
-    c.img_size = 8;
-    c.cnn_ch[0] = 2, c.cnn_ch[1] = 3, c.cnn_ch[2] = 4;
-    c.max_batch = 10;
-    c.lambda_lb = 0.1f;
-    c.temperature = 0.8f;
-    c.seed = 5;
-    return c;
-}
-
-static const uint8_t k_av[10][3] = {{1, 0, 0}, {0, 1, 0}, {1, 1, 0}, {0, 0, 1}, {1, 0, 1},
-                                    {0, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}, {1, 0, 1}};
-
-static void make_data(synth_t *s, const moeh_moe_cfg_t *cfg)
-{
-    const double pa[3] = {0.7, 0.6, 0.6};
-    assert_int_equal(synth_make(s, cfg, 10, pa, 1.0, 17), 0);
-    memcpy(s->avail, k_av, sizeof k_av); /* every combination, including "nothing" */
-}
-
-typedef struct {
-    moeh_moe_t *m;
-    moeh_batch_t b;
-} mctx;
-
-static double model_loss(void *c_)
-{
-    mctx *c = c_;
-    double l;
-    assert_int_equal(moeh_moe_loss(c->m, &c->b, &l), 0);
-    return l;
+    return moe_small_cfg(arch, 0);
 }
 
 /* the same tolerances as test_moe's gradcheck */
 static void gradcheck(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *label)
 {
-    moeh_moe_t *m = NULL;
-    moeh_err_t err = {{0}};
-    assert_int_equal(moeh_moe_create(&cfg, &m, &err), 0);
-    moeh_moe_set_phase(m, phase);
-    synth_t s;
-    make_data(&s, &cfg);
-    mctx c = {m, synth_batch(&s, 0, 10)};
-    moeh_params_t *p = moeh_moe_params(m);
-    double l;
-    moeh_moe_zero_grad(m);
-    assert_int_equal(moeh_moe_loss_backward(m, &c.b, &l), 0);
-    gc_opts_t o = {
-        .eps = 1e-3, .rtol = 2e-2, .atol = 2e-4, .max_kink_frac = 0.1, .max_checks = 300};
-    int fails = 0;
-    for (size_t v = 0; v < p->n_views; v++) {
-        char name[160];
-        snprintf(name, sizeof name, "%s:%s", label, p->views[v].name);
-        fails += gc_check(name, p->w + p->views[v].offset, p->g + p->views[v].offset,
-                          p->views[v].numel, model_loss, &c, o);
-    }
-    assert_int_equal(fails, 0);
-    synth_free(&s);
-    moeh_moe_destroy(&m);
+    moe_gradcheck(cfg, phase, label, 300, NULL, 1.0f);
 }
 
 static void test_grad_missing_zero(void **state)
@@ -133,39 +74,65 @@ static void predict(moeh_moe_t *m, const synth_t *s, float *probs)
     assert_int_equal(moeh_moe_predict(m, &b, probs), 0);
 }
 
+/* The default small MoE (c0, m0) and the same with one ablation set (c1, m1), and their data. */
+typedef struct {
+    moeh_moe_cfg_t c0, c1;
+    moeh_moe_t *m0, *m1;
+    moeh_params_t *p0, *p1;
+    synth_t s;
+} ablation_t;
+
+static void ablation_create(ablation_t *t, int missing_zero, int gate_no_avail)
+{
+    t->c0 = t->c1 = small_cfg(MOEH_ARCH_MOE);
+    t->c1.missing_zero = missing_zero, t->c1.gate_no_avail = gate_no_avail;
+    t->m0 = t->m1 = NULL;
+    assert_int_equal(moeh_moe_create(&t->c0, &t->m0, NULL), 0);
+    assert_int_equal(moeh_moe_create(&t->c1, &t->m1, NULL), 0);
+    t->p0 = moeh_moe_params(t->m0), t->p1 = moeh_moe_params(t->m1);
+    moe_small_data(&t->s, &t->c0);
+}
+
+/* The two models' predictions (a: default, b: ablated), which must differ. */
+static void ablation_predict_differ(ablation_t *t, float a[30], float b[30])
+{
+    predict(t->m0, &t->s, a);
+    predict(t->m1, &t->s, b);
+    int differ = 0;
+    for (int i = 0; i < 30; i++)
+        differ |= a[i] != b[i];
+    assert_true(differ);
+}
+
+static void ablation_destroy(ablation_t *t)
+{
+    synth_free(&t->s);
+    moeh_moe_destroy(&t->m0);
+    moeh_moe_destroy(&t->m1);
+}
+
 /* missing_zero = the default model whose missing.* embeddings are zeros, and it has no
  * missing.* tensors (nothing for the federation to aggregate in that group). */
 static void test_missing_zero_is_zero_embedding(void **state)
 {
     (void)state;
-    moeh_moe_cfg_t c0 = small_cfg(MOEH_ARCH_MOE), c1 = c0;
-    c1.missing_zero = 1;
-    moeh_moe_t *m0 = NULL, *m1 = NULL;
-    assert_int_equal(moeh_moe_create(&c0, &m0, NULL), 0);
-    assert_int_equal(moeh_moe_create(&c1, &m1, NULL), 0);
-    moeh_params_t *p0 = moeh_moe_params(m0), *p1 = moeh_moe_params(m1);
+    ablation_t t;
+    ablation_create(&t, 1, 0);
+    moeh_params_t *p0 = t.p0, *p1 = t.p1;
     assert_int_equal(p1->n_views + 3, p0->n_views);
     for (size_t v = 0; v < p1->n_views; v++)
         assert_true(strncmp(p1->views[v].name, "missing.", 8) != 0);
     assert_true(moeh_params_group_index(p1, "missing") < 0);
-    copy_by_name(m0, m1);
-    synth_t s;
-    make_data(&s, &c0);
+    copy_by_name(t.m0, t.m1);
     float a[30], b[30];
-    predict(m0, &s, a);
-    predict(m1, &s, b);
-    int differ = 0;
-    for (int i = 0; i < 30; i++)
-        differ |= a[i] != b[i];
-    assert_true(differ); /* the default's learnable embeddings (N(0, 0.02^2)) do matter */
+    /* the default's learnable embeddings (N(0, 0.02^2)) do matter */
+    ablation_predict_differ(&t, a, b);
     for (size_t v = 0; v < p0->n_views; v++)
         if (!strncmp(p0->views[v].name, "missing.", 8))
             memset(p0->w + p0->views[v].offset, 0, p0->views[v].numel * sizeof(float));
-    predict(m0, &s, a);
+    predict(t.m0, &t.s, a);
     assert_memory_equal(a, b, sizeof a);
-    synth_free(&s);
-    moeh_moe_destroy(&m0);
-    moeh_moe_destroy(&m1);
+    ablation_destroy(&t);
 }
 
 /* gate_no_avail = the default model whose gate.fc1 columns for the availability inputs (the
@@ -174,23 +141,15 @@ static void test_missing_zero_is_zero_embedding(void **state)
 static void test_gate_no_avail_ignores_availability(void **state)
 {
     (void)state;
-    moeh_moe_cfg_t c0 = small_cfg(MOEH_ARCH_MOE), c1 = c0;
-    c1.gate_no_avail = 1;
-    moeh_moe_t *m0 = NULL, *m1 = NULL;
-    assert_int_equal(moeh_moe_create(&c0, &m0, NULL), 0);
-    assert_int_equal(moeh_moe_create(&c1, &m1, NULL), 0);
-    moeh_params_t *p0 = moeh_moe_params(m0), *p1 = moeh_moe_params(m1);
+    ablation_t t;
+    ablation_create(&t, 0, 1);
+    moeh_moe_cfg_t c0 = t.c0;
+    moeh_moe_t *m0 = t.m0, *m1 = t.m1;
+    moeh_params_t *p0 = t.p0, *p1 = t.p1;
     assert_int_equal(p0->n, p1->n);
     assert_memory_equal(p0->w, p1->w, p0->n * sizeof(float)); /* same init */
-    synth_t s;
-    make_data(&s, &c0);
     float a[30], b[30];
-    predict(m0, &s, a);
-    predict(m1, &s, b);
-    int differ = 0;
-    for (int i = 0; i < 30; i++)
-        differ |= a[i] != b[i];
-    assert_true(differ);
+    ablation_predict_differ(&t, a, b);
     int g = moeh_params_find(p0, "gate.fc1.weight");
     assert_true(g >= 0);
     size_t dh = c0.d_hidden, Dz = p0->views[g].numel / dh;
@@ -198,10 +157,10 @@ static void test_gate_no_avail_ignores_availability(void **state)
     for (size_t r = 0; r < dh; r++)
         for (size_t k = Dz - 3; k < Dz; k++)
             p0->w[p0->views[g].offset + r * Dz + k] = 0.0f;
-    predict(m0, &s, a);
+    predict(m0, &t.s, a);
     assert_memory_equal(a, b, sizeof a);
     /* the availability columns of gate.fc1 get no gradient; moving them changes nothing */
-    moeh_batch_t bt = synth_batch(&s, 0, 10);
+    moeh_batch_t bt = synth_batch(&t.s, 0, 10);
     double l1, l2;
     moeh_moe_zero_grad(m1);
     assert_int_equal(moeh_moe_loss_backward(m1, &bt, &l1), 0);
@@ -214,9 +173,7 @@ static void test_gate_no_avail_ignores_availability(void **state)
     assert_true(gsum == 0.0f);
     assert_int_equal(moeh_moe_loss(m1, &bt, &l2), 0);
     assert_true(l1 == l2);
-    synth_free(&s);
-    moeh_moe_destroy(&m0);
-    moeh_moe_destroy(&m1);
+    ablation_destroy(&t);
 }
 
 /* The default JSON has neither key (the spec hash of every earlier model stays); set keys

@@ -11,6 +11,15 @@
   end is exactly 0 and the verdict a tie (the formula is checked on all 4^4 resamples); with six
   rows (B misorders one pair, d = 1/9) the upper end lies between the 95% and 99.5% quantiles
   of the exact bootstrap distribution (all 6^6 resamples enumerated).
+- paired_bootstrap_tasks (several tasks on the same resampled admissions, through
+  weighted_auroc on resample counts): weighted_auroc equals auroc() of the expanded multiset on
+  random cases with ties and zero counts; on one task the result is paired_bootstrap()'s (the
+  same draws and redraws for the same seed); with a second task where B = A (the same labels)
+  the mean-over-tasks difference and its CI are half of the first task's; masked rows (None)
+  are left out of a task only.
+- With the moeh binary: moeh train --predictions end to end, and moeh predict --with-labels
+  --split test --drop (the same rows and scores; notes removed from nested, model-independent
+  rows; --drop-seed; a bad --drop refused).
 - The command line: the same result through files in another row order, masked rows left
   out, different ids or labels refused with exit 1 and a message naming them."""
 import csv
@@ -72,6 +81,95 @@ def end_to_end(moeh):
         res = json.loads(r.stdout) if r.returncode == 0 else {}
         check(res.get("diff") == 0 and res.get("ci_low") == 0 and res.get("ci_high") == 0,
               f"A vs A: d = 0, CI [0, 0]: {r.stdout.strip()}")
+        predict_drop(moeh, tmp, f"{tmp}/m0/model.safetensors", preds["0"])
+
+
+def predict_drop(moeh, tmp, model, train_preds):
+    """moeh predict --with-labels --split test --drop (issue 15): the test rows and labels of
+    moeh train --predictions with the same scores; notes:100 leaves no row with notes;
+    the rows losing notes at 50% are among those at 75% (nested) and the same for another
+    model; another --drop-seed draws other rows; a bad --drop is a usage error (exit 2)."""
+    def pred(out, *extra, m=model):
+        r = subprocess.run([moeh, "predict", "--model", m, "--dataset", tmp + "/ds", "--out",
+                            out, "--with-labels", "--split", "test", *extra],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            check(False, f"moeh predict {' '.join(extra)}: {r.stderr.strip()}")
+            return []
+        with open(out, newline="") as f:
+            return list(csv.DictReader(f))
+    base = pred(tmp + "/p.csv")
+    with open(train_preds, newline="") as f:
+        ref = {r["hadm_id"]: r for r in csv.DictReader(f)}
+    check(len(base) == len(ref) and all(r["split"] == "test" for r in base),
+          f"--split test: {len(base)} rows, moeh train --predictions has {len(ref)}")
+    same = all(r["admission_id"] in ref and
+               r["label_mortality"] == ref[r["admission_id"]]["label_mortality"] and
+               abs(float(r["p_mortality"]) - float(ref[r["admission_id"]]["score_mortality"]))
+               < 1e-5 for r in base)
+    check(same, "--with-labels: the labels and scores of moeh train --predictions")
+    had = {r["admission_id"] for r in base if "N" in r["combo"]}
+    gone = {}
+    for p in (50, 75, 100):
+        rows = pred(f"{tmp}/n{p}.csv", "--drop", f"notes:{p}", "--drop-seed", "4")
+        gone[p] = had - {r["admission_id"] for r in rows if "N" in r["combo"]}
+        check(all("N" not in r["combo"] or r["admission_id"] in had for r in rows),
+              f"notes:{p}: no row gains notes")
+    check(not (had - gone[100]), f"notes:100 removes the notes of all {len(had)} rows")
+    check(gone[50] <= gone[75] and 0 < len(gone[50]) < len(had),
+          f"nested: the {len(gone[50])} rows at 50% are among the {len(gone[75])} at 75% "
+          f"(of {len(had)} with notes)")
+    other = pred(tmp + "/j50.csv", "--drop", "notes:50", "--drop-seed", "4",
+                 m=f"{tmp}/m4/model.safetensors")
+    check(had - {r["admission_id"] for r in other if "N" in r["combo"]} == gone[50],
+          "the same rows lose notes for another model (joint fusion)")
+    seed5 = pred(tmp + "/s5.csv", "--drop", "notes:50", "--drop-seed", "5")
+    check(had - {r["admission_id"] for r in seed5 if "N" in r["combo"]} != gone[50],
+          "another --drop-seed draws other rows")
+    changed = sum(1 for a, b in zip(base, pred(tmp + "/n100b.csv", "--drop", "notes:100"))
+                  if a["admission_id"] in had and a["p_mortality"] != b["p_mortality"])
+    check(changed > 0, f"removing notes changes the scores of {changed} rows that had notes")
+    r = subprocess.run([moeh, "predict", "--model", model, "--dataset", tmp + "/ds", "--out",
+                        tmp + "/x.csv", "--drop", "ehr:10"], capture_output=True, text=True)
+    check(r.returncode == 2 and "expected notes, img or notes+img" in r.stderr,
+          f"--drop ehr:10 refused: {r.stderr.strip()}")
+
+
+def tasks_cases(lo4, hi4):
+    import random
+    rng = random.Random(5)
+    bad = 0
+    for _ in range(300):
+        n = rng.randrange(2, 9)
+        y = [rng.randrange(2) for _ in range(n)]
+        sc = [rng.choice([.1, .2, .3, .4]) for _ in range(n)]  # many ties
+        w = [rng.randrange(3) for _ in range(n)]
+        order = sorted(range(n), key=lambda i: sc[i])
+        ey = [y[i] for i in range(n) for _ in range(w[i])]
+        es = [sc[i] for i in range(n) for _ in range(w[i])]
+        if pb.weighted_auroc(order, y, sc, w) != pb.auroc(ey, es) and \
+                abs(pb.weighted_auroc(order, y, sc, w) - pb.auroc(ey, es)) > 1e-12:
+            bad += 1
+    check(bad == 0, f"weighted_auroc == auroc of the expanded resample on 300 random cases "
+                    f"({bad} differ)")
+    y, a, b = [0, 0, 1, 1], [.1, .2, .8, .9], [.1, .6, .5, .9]
+    res, redrawn = pb.paired_bootstrap_tasks({"t": y}, {"t": a}, {"t": b}, 1000, 1)
+    one = pb.paired_bootstrap(y, a, b, 1000, 1)
+    check(res["t"] == one[:5] and res["mean"] == one[:5] and redrawn == one[5],
+          f"one task == paired_bootstrap: {res['t']} vs {one[:5]}")
+    check((res["t"][3], res["t"][4]) == (lo4, hi4), "the same CI as the 4-row case above")
+    y6, a6, b6 = [0, 0, 0, 1, 1, 1], [.1, .2, .3, .7, .8, .9], [.1, .2, .6, .5, .8, .9]
+    res, _ = pb.paired_bootstrap_tasks({"t": y6, "u": y6}, {"t": a6, "u": b6},
+                                       {"t": b6, "u": b6}, 1000, 2)
+    t, m = res["t"], res["mean"]
+    check(res["u"][2:] == (0.0, 0.0, 0.0) and abs(m[2] - t[2] / 2) < 1e-12 and
+          abs(m[3] - t[3] / 2) < 1e-12 and abs(m[4] - t[4] / 2) < 1e-12,
+          f"second task with B = A: mean difference {m[2]:.4f} and CI [{m[3]:.4f}, {m[4]:.4f}] "
+          f"are half of the first's ({t[2]:.4f}, [{t[3]:.4f}, {t[4]:.4f}])")
+    ym = [0, 0, 1, 1, None, None]
+    res, _ = pb.paired_bootstrap_tasks({"t": ym}, {"t": [.1, .2, .8, .9, .0, .9]},
+                                       {"t": [.1, .6, .5, .9, .9, .0]}, 200, 1)
+    check(res["t"][0] == 1.0 and res["t"][1] == 0.75, f"masked rows left out: {res['t'][:2]}")
 
 
 def main():
@@ -120,6 +218,8 @@ def main():
               f"six rows, seed {seed}: d {d:.4f} = 1/9, CI [{lo}, {hi:.4f}]; upper end within "
               f"the exact 95%-99.5% quantiles [{q(0.95):.4f}, {q(0.995):.4f}] "
               f"({len(exact)} two-class resamples)")
+
+    tasks_cases(lo4, hi4)
 
     with tempfile.TemporaryDirectory(prefix="moeh-pb-") as tmp:
         def write(name, rows):

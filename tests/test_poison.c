@@ -61,20 +61,6 @@ static void wait_task(rogue_t *r, Moeh__RoundTask task, uint32_t *round, uint64_
     }
 }
 
-static void send_stats(rogue_t *r, const double first[3], int code, const char *needle)
-{
-    size_t nst = 3 * (size_t)r->lim.n_norm;
-    double *st = calloc(nst, sizeof(double));
-    assert_non_null(st);
-    memcpy(st, first, 3 * sizeof(double));
-    Moeh__Envelope se;
-    Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
-    moeh_env_stats_result(&se, &sr);
-    moeh_frame_t sf = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = nst};
-    rogue_expect_reply(r, &se, &sf, 1, code, needle);
-    free(st);
-}
-
 /* An update whose every group has weight w and every word `word`. 0: no reply expected. */
 static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w, uint32_t word,
                         uint64_t n_samples, int code, const char *needle)
@@ -90,10 +76,7 @@ static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w
     u.train_loss = 0.5;
     moeh_env_update(&ue, &u);
     moeh_frame_t uf = {.name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = nw};
-    if (code)
-        rogue_expect_reply(r, &ue, &uf, 1, code, needle);
-    else
-        assert_int_equal(moeh_wire_send(r->sock, NULL, 0, &ue, &uf, 1), 0);
+    rogue_send_expect(r, &ue, &uf, 1, code, code ? needle : NULL);
     free(words);
 }
 
@@ -121,9 +104,9 @@ static void test_poisoned_stats_refused(void **state)
     uint64_t version;
     wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
     const double f4[3] = {1, 0x1p52, 0x1p52}, big[3] = {1, 0x1p26, 0x1p52}, many[3] = {11, 11, 11};
-    send_stats(&r, f4, -ERANGE, "is below sum^2 / count");
-    send_stats(&r, big, -ERANGE, "beyond the plausible range");
-    send_stats(&r, many, -ERANGE, "feature 0 counts 11 values");
+    rogue_stats(&r, f4, -ERANGE, "is below sum^2 / count");
+    rogue_stats(&r, big, -ERANGE, "beyond the plausible range");
+    rogue_stats(&r, many, -ERANGE, "feature 0 counts 11 values");
     rogue_leave(&r);
     wait_run(c, a);
     snprintf(log, sizeof log, "%s/coordinator.log", f->logs);

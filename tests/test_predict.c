@@ -16,6 +16,7 @@
 #include "cmocka_main.h"
 
 #include "moeh_modelfile.h"
+#include "cli_util.h"
 #include "synth_fixture.h"
 #include "test_util.h"
 
@@ -25,36 +26,20 @@
 
 static char g_dir[256], g_bin[1024], g_ds[320], g_model[512];
 
-/* Runs "moeh ARGS > DIR/out 2>&1" and returns the exit status. */
+/* Runs "moeh ARGS" in DIR (its output in DIR/out) and returns the exit status. */
 static int run(const char *args)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s > '%s/out' 2>&1", g_bin, args, g_dir);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return cli_run(g_dir, g_bin, args);
 }
 
 static char *slurp(const char *path)
 {
-    char *txt = NULL;
-    size_t len;
-    moeh_err_t err = {0};
-    if (moeh_file_read_all(path, 1 << 26, &txt, &len, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return NULL;
-    }
-    return txt;
+    return cli_slurp(path);
 }
 
 static bool out_has(const char *s)
 {
-    char path[400];
-    snprintf(path, sizeof path, "%s/out", g_dir);
-    char *txt = slurp(path);
-    bool ok = txt && strstr(txt, s);
-    if (!ok) fprintf(stderr, "expected '%s' in the output:\n%s\n", s, txt ? txt : "(none)");
-    free(txt);
-    return ok;
+    return cli_out_has(g_dir, s);
 }
 
 static int group_setup(void **state)
@@ -63,8 +48,7 @@ static int group_setup(void **state)
     moeh_err_t err = {0};
     moeh_dataset_t *ds = NULL;
     int rc = moeh_test_tmpdir(g_dir, sizeof g_dir, "predict");
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh", b ? b : "bin");
+    cli_bin(g_bin, sizeof g_bin, "moeh");
     snprintf(g_ds, sizeof g_ds, "%s/cohort", g_dir);
     snprintf(g_model, sizeof g_model, "%s/train/model.safetensors", g_dir);
     if (!rc) rc = moeh_test_synth_cohort(g_dir, 300, 11, &ds, &err);
@@ -223,13 +207,14 @@ static void test_missing_modalities(void **state)
 static void test_refusals(void **state)
 {
     (void)state;
-    char dir[400], args[1400], out[400];
+    char dir[400], out[400];
+    const char *d = g_dir, *b = g_bin, *predict = "predict --model %s --dataset %s --out %s";
     snprintf(out, sizeof out, "%s/refused.csv", g_dir);
     write_variant("kpa", 7, "kPa", dir, sizeof dir);
-    snprintf(args, sizeof args, "predict --model %s --dataset %s --out %s", g_model, dir, out);
-    assert_int_equal(run(args), 1);
-    assert_true(out_has("does not fit the model: hourly variable 0 is 'hr' (bpm) in the model, "
-                        "'hr' (kPa) in the dataset"));
+    cli_expect(d, b, 1,
+               "does not fit the model: hourly variable 0 is 'hr' (bpm) in the model, "
+               "'hr' (kPa) in the dataset",
+               predict, g_model, dir, out);
     /* a dataset of another schema (tasks) */
     write_variant("schema", 7, NULL, dir, sizeof dir);
     char meta[600];
@@ -240,9 +225,7 @@ static void test_refusals(void **state)
     moeh_err_t err = {0};
     assert_int_equal(moeh_file_write_atomic(meta, txt, strlen(txt), &err), 0);
     free(txt);
-    snprintf(args, sizeof args, "predict --model %s --dataset %s --out %s", g_model, dir, out);
-    assert_int_equal(run(args), 1);
-    assert_true(out_has("los3"));
+    cli_expect(d, b, 1, "los3", predict, g_model, dir, out);
     /* another number of static features: a dataset of 3 columns */
     moeh_dataset_t *ds = NULL;
     assert_int_equal(moeh_dataset_create(4, 3, 33, 64, &ds, &err), 0);
@@ -256,18 +239,13 @@ static void test_refusals(void **state)
     snprintf(dir, sizeof dir, "%s/narrow", g_dir);
     assert_int_equal(moeh_dataset_write(ds, dir, &err), 0);
     moeh_dataset_destroy(&ds);
-    snprintf(args, sizeof args, "predict --model %s --dataset %s --out %s", g_model, dir, out);
-    assert_int_equal(run(args), 1);
-    assert_true(out_has("does not fit the model: the model expects 35 static features"));
+    cli_expect(d, b, 1, "does not fit the model: the model expects 35 static features", predict,
+               g_model, dir, out);
     /* usage errors and a broken model file */
-    assert_int_equal(run("predict --dataset x --out y"), 2);
-    assert_true(out_has("--model, --dataset and --out are required"));
-    assert_int_equal(run("predict --help"), 0);
-    assert_true(out_has("usage: moeh predict"));
-    snprintf(args, sizeof args, "predict --model %s/meta.json --dataset %s --out %s", g_ds, g_ds,
-             out);
-    assert_int_equal(run(args), 1);
-    assert_true(out_has("meta.json: header length"));
+    cli_expect(d, b, 2, "--model, --dataset and --out are required", "predict --dataset x --out y");
+    cli_expect(d, b, 0, "usage: moeh predict", "predict --help");
+    cli_expect(d, b, 1, "meta.json: header length",
+               "predict --model %s/meta.json --dataset %s --out %s", g_ds, g_ds, out);
 }
 
 static void test_federated_model_file(void **state)

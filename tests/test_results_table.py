@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """test_results_table.py - scripts/results_table.py: exact AUROC with ties, the n-averaging of
 the modality-limited oracle (e'), its check that truth.csv still follows the documented risk
-formula, and that its task and combination names are data/schema.c's. Standard library only;
-run by ctest (tests/scripts_tests.cmake)."""
+formula, and that its task and combination names are data/schema.c's; its strictness (issue 13
+finding 7: a forged or malformed metrics.jsonl line, or a malformed predictions row, is refused
+with file:line and what was expected, never taken as the result); and issue 15's tables
+(scripts/results_fed.py) on a tiny fixture with hand-computed AUROC, F1 at the validation
+threshold, the best fusion baseline, the ablation and the robustness rows. Standard library
+only; run by ctest (tests/scripts_tests.cmake)."""
 import csv
 import math
 import os
@@ -15,6 +19,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
 import results_table as rt  # noqa: E402
+import results_fed as rf  # noqa: E402
 
 FAILS = []
 
@@ -44,6 +49,168 @@ def write_truth(path, rows):
                 risks[0] = override
             w.writerow([subj, hadm, age, f"{s:.4f}", f"{h:.4f}", f"{k:.4f}", f"{n:.4f}",
                         f"{m:.4f}"] + [f"{r:.6f}" for r in risks] + list(labels))
+
+
+def refused(fn, *args):
+    """The message fn(*args) exits with, or None when it returns."""
+    try:
+        fn(*args)
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+def eval_line(r, auroc=0.7):
+    return ('{"event":"eval","round":%d,"sites":4,"train_loss":0.5,"test_loss":0.4,'
+            '"auroc_mean":%s,"seconds":1.0,"auroc_mortality":%s,"auroc_los7":%s,'
+            '"auroc_readmit30":%s}' % (r, auroc, auroc, auroc, auroc))
+
+
+def task_lines(r):
+    return ['{"event":"task","round":%d,"task":"%s","auroc":0.7,"auroc_E":null}' % (r, t)
+            for t in rt.TASKS]
+
+
+def strict_metrics():
+    good = ['{"event":"stats","sites":4}', eval_line(1), *task_lines(1),
+            '{"event":"gate","round":1,"E":{"rows":3,"weights":[0.5,0.5]}}', eval_line(2, 0.8),
+            *task_lines(2), '{"event":"selection","selected_round":2,"selected_by":"auroc"}',
+            '{"event":"some_future_event","x":1}']
+    with tempfile.TemporaryDirectory() as d:
+        def run(lines, name="metrics.jsonl"):
+            p = os.path.join(d, name)
+            with open(p, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            return p
+        m = rt.read_metrics(run(good))
+        check(m is not None and m["round"] == 2 and m["eval"]["auroc_mean"] == 0.8 and
+              len(m["evals"]) == 2 and set(m["task"]) == set(rt.TASKS),
+              "a well-formed file reads: round 2 is the final evaluation")
+        forged = ('{"event":"eval","round":99,"sites":4,"train_loss":0,"test_loss":0,'
+                  '"auroc_mean":0.999,"seconds":0,"auroc_mortality":0.999,'
+                  '"auroc_los7":0.999,"auroc_readmit30":0.999}')
+        cases = [
+            (good[:-2] + [forged], "round 99 after round 2", "issue 13 finding 7: a forged "
+             "round-99 eval after the final one"),
+            (good + [eval_line(3, 0.999)], "after the run's selection line",
+             "an eval after the selection line"),
+            (good[:1] + [eval_line(1), eval_line(1)], "round 1 after round 1", "a repeated round"),
+            (good[:1] + ['{"event":"eval","round":1,"auroc_mean":0.9}'], 'without "sites"',
+             "an eval without its members"),
+            (good[:1] + [eval_line(1, '"0.9"')], '"auroc_mean" must be a number',
+             "a string AUROC"),
+            (good[:1] + ["{not json"], "not JSON", "a line that is not JSON"),
+            (good[:1] + ['["event","eval"]'], 'string "event"', "a JSON array line"),
+            (good[:1] + ['{"event":1}'], 'string "event"', "a non-string event"),
+            (good[:2] + ['{"event":"task","round":7,"task":"los7","auroc":0.9}'],
+             "expected the round of the latest eval line (1)", "a task line of another round"),
+            (good[:2] + ['{"event":"task","round":1,"task":"death","auroc":0.9}'],
+             "task 'death'", "an unknown task"),
+            (good[:2] + task_lines(1) + task_lines(1)[:1], "repeated", "a repeated task line"),
+            (good[:2] + ['{"event":"gate","round":1,"E":{"rows":"3","weights":[1]}}'],
+             'gate: "E" must be', "a malformed gate line"),
+            (['{"event":"config","epochs":1}', eval_line(1), eval_line(2)],
+             "configured for 1", "an eval beyond the configured epochs"),
+            (good[:2] + ['{"event":"selection","selected_round":5}'], "selection of round 5",
+             "a selection of a round never evaluated"),
+        ]
+        for lines, want, what in cases:
+            msg = refused(rt.read_metrics, run(lines))
+            check(msg is not None and want in msg and "metrics.jsonl:" in msg,
+                  f"refused: {what} ({msg})")
+        # the line number is the offending line's
+        msg = refused(rt.read_metrics, run(good[:-2] + [forged]))
+        check(msg is not None and f"metrics.jsonl:{len(good) - 1}:" in msg,
+              f"the forged line's number is named ({msg})")
+
+
+HDR = ("site,admission_id,combo,p_mortality,p_los7,p_readmit30,expert,split,label_mortality,"
+       "label_los7,label_readmit30")
+
+
+def write_preds(path, rows):
+    """rows: (site, id, split, labels (3, None = masked), scores (3))"""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(HDR + "\n")
+        for site, i, sp, lab, sc in rows:
+            f.write(f"{site},{i},E," + ",".join(f"{x}" for x in sc) + f",,{sp}," +
+                    ",".join("" if v is None else str(v) for v in lab) + "\n")
+
+
+def fed_tables():
+    with tempfile.TemporaryDirectory() as d:
+        # strictness of the predictions rows
+        bad = os.path.join(d, "bad.csv")
+        for row, want in [("a,1,E,0.5,0.5,1.5,,test,0,1,0", "p_readmit30: expected a probability"),
+                          ("a,1,E,0.5,0.5,0.5,,test,2,1,0", "label_mortality: expected empty, 0"),
+                          ("a,1,E,0.5,0.5,0.5,,dev,0,1,0", "split: expected train, val or test"),
+                          ("a,x,E,0.5,0.5,0.5,,test,0,1,0", "admission_id: expected an integer"),
+                          ("a,1,E,0.5,0.5,0.5,,test,0,1", "10 fields; expected 11"),
+                          ("a,1,E,nan,0.5,0.5,,test,0,1,0", "p_mortality: expected a prob")]:
+            with open(bad, "w") as f:
+                f.write(HDR + "\n" + row + "\n")
+            msg = refused(rf.read_preds, bad)
+            check(msg is not None and "bad.csv:2:" in msg and want in msg,
+                  f"predictions row refused: {want} ({msg})")
+        with open(bad, "w") as f:
+            f.write(HDR + "\na,1,E,0.5,0.5,0.5,,test,0,1,0\na,1,E,0.5,0.5,0.5,,test,0,1,0\n")
+        msg = refused(rf.read_preds, bad)
+        check(msg is not None and "bad.csv:3:" in msg and "repeated" in msg,
+              f"a repeated admission refused ({msg})")
+        with open(bad, "w") as f:
+            f.write("admission_id,combo,p_mortality\n1,E,0.5\n")
+        msg = refused(rf.read_preds, bad)
+        check(msg is not None and "bad.csv:1:" in msg and "label_los7" in msg,
+              f"a header without labels refused ({msg})")
+
+        # the fixture: 8 test rows (labels 0,0,0,0,1,1,1,1 for every task; readmission masked
+        # on the last row) and 4 validation rows
+        y = [0, 0, 0, 0, 1, 1, 1, 1]
+        perfect = [.1, .2, .3, .4, .6, .7, .8, .9]
+        # one swapped pair (rows 3 and 4): AUROC 15/16 = 0.9375
+        swap = [.1, .2, .3, .65, .45, .7, .8, .9]
+        inverted = [1 - x for x in perfect]
+        val_y, val_s = [0, 0, 1, 1], [.2, .5, .55, .9]  # best F1 (1.0) at threshold 0.55
+
+        def model(path, test_scores, val_scores=val_s):
+            rows = [("s1", 100 + i, "test", (y[i], y[i], None if i == 7 else y[i]),
+                     (test_scores[i],) * 3) for i in range(8)]
+            rows += [("s2", 200 + i, "val", (val_y[i],) * 3, (val_scores[i],) * 3)
+                     for i in range(4)]
+            rows += [("s2", 300, "train", (1, 1, 1), (.5, .5, .5))]
+            write_preds(path, rows)
+        sd = os.path.join(d, "seed-1")
+        model(f"{sd}/preds/fed-moe/all.csv", perfect)
+        model(f"{sd}/preds/fed-early/all.csv", swap)
+        model(f"{sd}/preds/fed-joint/all.csv", inverted)
+        model(f"{sd}/preds/abl-no-warmup/all.csv", inverted)
+        # robustness: MoE at 50% notes removed scores like the swapped model
+        model(f"{sd}/preds/fed-moe/notes-50.csv", swap)
+        sc = rf.model_scores(rf.read_preds(f"{sd}/preds/fed-early/all.csv"))
+        check(sc["mortality"] == 0.9375, f"AUROC with one swapped pair 15/16 ({sc['mortality']})")
+        # readmission without the masked row 7: 4 negatives x 3 positives, one pair swapped
+        check(abs(sc["readmit30"] - 11 / 12) < 1e-12, f"masked row left out ({sc['readmit30']})")
+        # threshold 0.55 from the validation rows: test predicts positive rows 3, 5, 6, 7
+        # (scores .65 .7 .8 .9) -> TP 3, pred 4, pos 4 -> F1 6/8
+        check(rf.best_threshold(val_y, val_s) == 0.55, "validation threshold 0.55")
+        check(sc["f1_mortality"] == 0.75, f"F1 at the validation threshold 0.75 "
+                                          f"({sc['f1_mortality']})")
+        L = "\n".join(rf.report([("1", sd)], resamples=200))
+        check("| MoE-Health | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in L,
+              "main table: MoE-Health's AUROC 1.0")
+        check("| joint fusion | 0.0000 |" in L, "main table: joint fusion's AUROC 0.0")
+        check("| late fusion | not run |" in L, "main table: a model without predictions")
+        check("| 1 | early fusion | +0.0625" in L,
+              "the best fusion baseline is early fusion (not joint), MoE minus it +0.0625")
+        check("without the specialisation warm-up | `--warmup-rounds 0` | 0.0000 | +1.0000 "
+              "[+1.0000, +1.0000] above 0" in L, "ablation row with its CI")
+        check("- The specialisation ablation (no warm-up) below MoE-Health, CI above 0 on every "
+              "seed: **met**" in L, "the ablation claim is met")
+        check("| MoE-Health | 1.0000 | 0.9306 | -0.0694 |" in L.split("notes removed:")[1],
+              "robustness row: p = 0 from all.csv, p = 50 from notes-50.csv (mean of 15/16, 15/16, "
+              "11/12); p = 25 never scored: no column")
+    return 0
 
 
 def main():
@@ -101,6 +268,8 @@ def main():
                            capture_output=True, text=True)
         check(p.returncode != 0 and "hadm 7: risk_mortality" in p.stderr,
               f"a drifted formula is refused (rc {p.returncode}: {p.stderr.strip()})")
+    strict_metrics()
+    fed_tables()
     if FAILS:
         print(f"{len(FAILS)} check(s) failed")
         return 1

@@ -12,6 +12,7 @@
 
 #include "cmocka_main.h"
 
+#include "cli_util.h"
 #include "synth_fixture.h"
 #include "test_util.h"
 
@@ -35,8 +36,7 @@ static int group_setup(void **state)
     moeh_split_opts_default(&sp);
     sp.seed = 7;
     int rc = moeh_test_tmpdir(g_dir, sizeof g_dir, "train");
-    const char *b = getenv("MOEH_BIN_DIR");
-    snprintf(g_bin, sizeof g_bin, "%s/moeh", b ? b : "bin");
+    cli_bin(g_bin, sizeof g_bin, "moeh");
     snprintf(sites, sizeof sites, "%s/sites", g_dir);
     snprintf(g_s1, sizeof g_s1, "%s/site-1", sites);
     snprintf(g_s2, sizeof g_s2, "%s/site-2", sites);
@@ -55,36 +55,22 @@ static int group_teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-/* Runs "moeh train ARGS > DIR/out 2>&1" and returns the exit status. */
+/* Runs "moeh train ARGS" in DIR (its output in DIR/out) and returns the exit status. */
 static int run(const char *args)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' train %s > '%s/out' 2>&1", g_bin, args, g_dir);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char a[4096];
+    snprintf(a, sizeof a, "train %s", args);
+    return cli_run(g_dir, g_bin, a);
 }
 
 static char *slurp(const char *path)
 {
-    char *txt = NULL;
-    size_t len;
-    moeh_err_t err = {0};
-    if (moeh_file_read_all(path, 1 << 24, &txt, &len, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return NULL;
-    }
-    return txt;
+    return cli_slurp(path);
 }
 
 static bool out_has(const char *s)
 {
-    char p[512];
-    snprintf(p, sizeof p, "%s/out", g_dir);
-    char *txt = slurp(p);
-    bool r = txt && strstr(txt, s) != NULL;
-    if (!r) fprintf(stderr, "output lacks '%s':\n%s\n", s, txt ? txt : "(none)");
-    free(txt);
-    return r;
+    return cli_out_has(g_dir, s);
 }
 
 /* What a metrics.jsonl says: second and last epoch train loss, the final eval line's mean
@@ -232,30 +218,18 @@ static void test_eval_on_other_dataset(void **state)
 static void test_bad_arguments(void **state)
 {
     (void)state;
-    char args[2048];
-    assert_int_equal(run("--epochs 3"), 2);
-    assert_true(out_has("--dataset is required"));
-    snprintf(args, sizeof args, "--dataset %s --arch 7", g_s1);
-    assert_int_equal(run(args), 2);
-    assert_true(out_has("--arch 7: expected 0..6"));
-    snprintf(args, sizeof args, "--dataset %s --epochs 2 --warmup-epochs 3", g_s1);
-    assert_int_equal(run(args), 2);
-    assert_true(out_has("warm-up <= epochs"));
-    snprintf(args, sizeof args, "--dataset %s --lr -1", g_s1);
-    assert_int_equal(run(args), 2);
-    assert_true(out_has("--lr"));
-    snprintf(args, sizeof args, "--dataset %s --select first", g_s1);
-    assert_int_equal(run(args), 2);
-    assert_true(out_has("--select first: expected best or last"));
-    assert_int_equal(run("--dataset x --bogus 1"), 2);
-    assert_true(out_has("bogus"));
-    assert_int_equal(run("--dataset , --epochs 1"), 2);
-    assert_true(out_has("--dataset: expected DIR[,DIR...]"));
-    snprintf(args, sizeof args, "--dataset %s/nowhere --out %s/x", g_dir, g_dir);
-    assert_int_equal(run(args), 1);
-    assert_true(out_has("nowhere/meta.json"));
-    assert_int_equal(run("--help"), 0);
-    assert_true(out_has("--eval-dataset"));
+    const char *d = g_dir, *b = g_bin;
+    cli_expect(d, b, 2, "--dataset is required", "train --epochs 3");
+    cli_expect(d, b, 2, "--arch 7: expected 0..6", "train --dataset %s --arch 7", g_s1);
+    cli_expect(d, b, 2, "warm-up <= epochs", "train --dataset %s --epochs 2 --warmup-epochs 3",
+               g_s1);
+    cli_expect(d, b, 2, "--lr", "train --dataset %s --lr -1", g_s1);
+    cli_expect(d, b, 2, "--select first: expected best or last",
+               "train --dataset %s --select first", g_s1);
+    cli_expect(d, b, 2, "bogus", "train --dataset x --bogus 1");
+    cli_expect(d, b, 2, "--dataset: expected DIR[,DIR...]", "train --dataset , --epochs 1");
+    cli_expect(d, b, 1, "nowhere/meta.json", "train --dataset %s/nowhere --out %s/x", g_dir, g_dir);
+    cli_expect(d, b, 0, "--eval-dataset", "train --help");
 }
 
 MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_bad_arguments),

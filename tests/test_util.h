@@ -1,5 +1,5 @@
 /* test_util.h - helpers shared by the tests: a per-test temporary directory under /tmp and
- * its removal (without a shell). */
+ * its removal (without a shell), writing a small file, corrupting one byte of a file. */
 #ifndef MOEH_TEST_UTIL_H
 #define MOEH_TEST_UTIL_H
 
@@ -19,6 +19,27 @@ static inline int moeh_test_rm_one(const char *path, const struct stat *st, int 
 {
     (void)st, (void)flag, (void)ftw;
     return remove(path);
+}
+
+/* Writes text to DIR/name (created or replaced). 0 or -1. */
+static inline int moeh_test_put(const char *dir, const char *name, const char *text)
+{
+    char path[1024];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -1;
+    FILE *fp = fopen(path, "w");
+    if (!fp) return -1;
+    int ok = fputs(text, fp) >= 0;
+    return fclose(fp) == 0 && ok ? 0 : -1;
+}
+
+/* Overwrites the byte `back` bytes before the end of the file at path with `byte` (a
+ * corrupted file). 0 or -1. */
+static inline int moeh_test_poke(const char *path, long back, int byte)
+{
+    FILE *fp = fopen(path, "r+b");
+    if (!fp) return -1;
+    int ok = fseek(fp, -back, SEEK_END) == 0 && fputc(byte, fp) != EOF;
+    return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
 /* Removes dir and everything under it (symlinks are removed, not followed). 0 or -1. */

@@ -2,6 +2,7 @@
  * normalisation statistics and metadata that says what the model is and where it came from
  * (see moeh_modelfile.h and docs/model-file.md). Little-endian hosts only (asserted). */
 #include "moeh_modelfile.h"
+#include "moeh_safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -12,7 +13,6 @@
 #define MOEH_GIT_VERSION "unknown"
 #endif
 
-#define MF_MAX_HEADER (64u << 20)
 #define MF_MAX_FILE ((size_t)1 << 34)
 
 const char *moeh_modelfile_git_version(void)
@@ -134,7 +134,7 @@ int moeh_modelfile_write(const char *path, moeh_moe_t *m, const moeh_modelfile_i
     for (size_t i = 0; i < p->n; i++)
         if (!isfinite(p->w[i]))
             return moeh_errf(err, -EINVAL, "%s: parameter %zu is not finite", path, i);
-    char *cfg_json = NULL, *hdr = NULL, *buf = NULL;
+    char *cfg_json = NULL, *buf = NULL, *d;
     int rc = moeh_moe_cfg_to_json(cfg, &cfg_json, err);
     if (rc) return rc;
     rc = -ENOMEM;
@@ -149,15 +149,8 @@ int moeh_modelfile_write(const char *path, moeh_moe_t *m, const moeh_modelfile_i
     if (!add_tensor(root, "norm.mean", 1, &nn, nn, &off) ||
         !add_tensor(root, "norm.std", 1, &nn, nn, &off))
         goto out;
-    if (!(hdr = cJSON_PrintUnformatted(root))) goto out;
-    size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7;
-    size_t total = 8 + padded + off;
-    if (!(buf = malloc(total))) goto out;
-    uint64_t h64 = padded;
-    memcpy(buf, &h64, 8);
-    memcpy(buf + 8, hdr, hl);
-    memset(buf + 8 + hl, ' ', padded - hl);
-    char *d = buf + 8 + padded;
+    size_t total;
+    if (moeh_safetensors_pack(root, off, &buf, &total, &d) != 0) goto out;
     for (size_t i = 0; i < p->n_views; i++) { /* in the order of the offsets above */
         memcpy(d, p->w + p->views[i].offset, p->views[i].numel * 4);
         d += p->views[i].numel * 4;
@@ -169,7 +162,6 @@ out:
     if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory writing the model file", path);
     cJSON_Delete(root);
     free(cfg_json);
-    free(hdr);
     free(buf);
     return rc;
 }
@@ -406,31 +398,10 @@ int moeh_modelfile_read(const char *path, size_t max_batch, moeh_modelfile_t **o
     moeh_modelfile_t *mf = NULL;
     int rc = moeh_file_read_all(path, MF_MAX_FILE, &buf, &len, err);
     if (rc) return rc;
+    const char *data;
+    size_t dlen;
+    if ((rc = moeh_safetensors_parse(path, buf, len, &root, &data, &dlen, err))) goto out;
     rc = -EINVAL;
-    uint64_t hl;
-    if (len < 8) {
-        moeh_errf(err, rc, "%s: %zu bytes: too short for a safetensors header", path, len);
-        goto out;
-    }
-    memcpy(&hl, buf, 8);
-    if (hl > MF_MAX_HEADER || hl > len - 8) {
-        moeh_errf(err, rc, "%s: header length %" PRIu64 " exceeds the file (%zu bytes)", path, hl,
-                  len);
-        goto out;
-    }
-    const char *hend = NULL;
-    root = cJSON_ParseWithLengthOpts(buf + 8, (size_t)hl, &hend, 0);
-    if (!root || !cJSON_IsObject(root)) {
-        moeh_errf(err, rc, "%s: the header is not a JSON object", path);
-        goto out;
-    }
-    for (const char *q = hend; q < buf + 8 + hl; q++)
-        if (*q != ' ' && *q != '\0') {
-            moeh_errf(err, rc, "%s: text after the header's JSON object", path);
-            goto out;
-        }
-    const char *data = buf + 8 + hl;
-    size_t dlen = len - 8 - (size_t)hl;
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "__metadata__");
     if (!cJSON_IsObject(meta)) {
         moeh_errf(err, rc, "%s: no __metadata__: not a moeh model file", path);

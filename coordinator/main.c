@@ -147,6 +147,9 @@ int main(int argc, char **argv)
         {"fault-replay", MOEH_OPT_STR, &faults.replay_metrics,
          "TESTS ONLY: replay the participation recorded in this metrics.jsonl (each phase "
          "invites only the sites whose replies entered that round's sums)"},
+        {"fault-hslog-window", MOEH_OPT_DURATION, &faults.hslog_window_ms,
+         "TESTS ONLY: log failed CURVE handshakes per peer at most once per this window (0: "
+         "60s)"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
         {"log-file", MOEH_OPT_STR, &log_file,
          "append the log to this file instead of stderr (reopened on SIGHUP, for logrotate)"},

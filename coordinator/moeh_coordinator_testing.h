@@ -10,6 +10,7 @@ typedef struct {
     uint32_t kill_after_round; /* SIGKILL this process once round N is checkpointed (0: off) */
     /* an earlier run's metrics.jsonl whose participation this run replays (NULL: none) */
     const char *replay_metrics;
+    uint32_t hslog_window_ms; /* failed handshakes: one summary per peer per window (0: 60 s) */
 } moeh_coord_faults_t;
 
 /* moeh_coord_run() with faults injected (faults may be NULL: none). */

@@ -6,9 +6,11 @@
 #include "moeh_coordinator_testing.h"
 
 #include "moeh_keys.h"
+#include "moeh_monitor.h"
 #include "moeh_wire.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -23,6 +25,8 @@ typedef struct {
     const moeh_coord_faults_t *faults;
     void *zctx, *router;
     moeh_zap_t *zap;
+    moeh_monitor_t *mon; /* the ROUTER's handshakes (CURVE only) */
+    moeh_hslog_t *hslog; /* failed handshakes per peer address, for the log */
     moeh_keypair_t *kp;
     moeh_coord_io_t io;
     moeh_coord_core_t *core;
@@ -116,6 +120,36 @@ static void reload_registry(run_t *r)
     moeh_coord_core_registry_changed(r->core, moeh_now_ms());
 }
 
+/* Watches the ROUTER's handshakes (moeh_monitor.h), so that failed ones are logged per peer. */
+static int monitor_start(run_t *r, moeh_err_t *err)
+{
+    if (!(r->hslog = malloc(sizeof *r->hslog)))
+        return moeh_errf(err, -ENOMEM, "socket monitor: out of memory");
+    moeh_hslog_init(r->hslog, r->faults ? r->faults->hslog_window_ms : 0);
+    return moeh_monitor_start(r->zctx, r->router,
+                              ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED |
+                                  ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                  ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                              &r->mon, err);
+}
+
+/* Logs failed handshakes, rate-limited per peer address; reads at most 256 events a turn, so
+ * that a flood of connections does not hold up the run. */
+static void monitor_drain(run_t *r)
+{
+    char line[512];
+    moeh_mon_event_t ev;
+    int64_t now = moeh_now_ms();
+    for (int budget = 0; r->mon && budget < 256; budget++) {
+        int rc = moeh_monitor_next(r->mon, &ev);
+        if (rc < 0) MOEH_DEBUG("socket monitor: %s", moeh_strerror(rc));
+        if (rc <= 0) break;
+        if (moeh_hslog_event(r->hslog, &ev, now, line, sizeof line)) MOEH_WARN("%s", line);
+    }
+    while (r->hslog && moeh_hslog_flush(r->hslog, now, line, sizeof line))
+        MOEH_WARN("%s", line);
+}
+
 /* The socket, CURVE and ZAP; *registered is the number of sites in the registry. */
 static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
 {
@@ -179,6 +213,7 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
         return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
     if (!cfg->insecure && (rc = moeh_curve_server(r->router, r->kp)))
         return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
+    if (!cfg->insecure && (rc = monitor_start(r, err))) return rc;
     if (zmq_bind(r->router, cfg->bind) != 0)
         return moeh_errf(err, -zmq_errno(), "cannot bind %s: %s", cfg->bind,
                          zmq_strerror(zmq_errno()));
@@ -257,6 +292,9 @@ static void teardown(run_t *r, int rc, const moeh_err_t *err)
         else
             status_update(r, "paused", err->msg[0] ? err->msg : "coordinator stopped");
     }
+    moeh_monitor_stop(&r->mon); /* before its socket closes */
+    free(r->hslog);
+    r->hslog = NULL;
     if (r->router) {
         if (r->core) {
             if (rc == 0)
@@ -307,8 +345,10 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     r.st_mark.phase = -1; /* nothing written yet */
     status_update(&r, NULL, NULL);
     while (!*stop && moeh_coord_core_phase(r.core) != MOEH_COORD_DONE) {
-        zmq_pollitem_t it = {.socket = r.router, .events = ZMQ_POLLIN};
-        if (zmq_poll(&it, 1, 50) < 0 && zmq_errno() != EINTR) {
+        zmq_pollitem_t it[2] = {
+            {.socket = r.router, .events = ZMQ_POLLIN},
+            {.socket = r.mon ? moeh_monitor_socket(r.mon) : NULL, .events = ZMQ_POLLIN}};
+        if (zmq_poll(it, r.mon ? 2 : 1, 50) < 0 && zmq_errno() != EINTR) {
             rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
             goto out;
         }
@@ -316,6 +356,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
             *cfg->reload = 0;
             if (r.zap) reload_registry(&r);
         }
+        monitor_drain(&r); /* first: a failed connection's address is soon gone */
         if (drain(&r, &fatal) != 0) break;
         if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
         status_update(&r, NULL, NULL);

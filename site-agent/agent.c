@@ -53,14 +53,9 @@ void moeh_agent_send_error(agent_t *a, int code, const char *message)
 static void close_socket(agent_t *a)
 {
     if (a->sock) {
-        if (zmq_socket_monitor(a->sock, NULL, 0) != 0)
-            MOEH_DEBUG("stopping the socket monitor: %s", zmq_strerror(zmq_errno()));
+        moeh_monitor_stop(&a->mon);
         MOEH_ASSERT(zmq_close(a->sock) == 0); /* fails only for a bad handle */
         a->sock = NULL;
-    }
-    if (a->mon) {
-        MOEH_ASSERT(zmq_close(a->mon) == 0);
-        a->mon = NULL;
     }
     a->welcomed = 0;
     a->hs_ok = 0;   /* a new socket shakes hands anew */
@@ -97,8 +92,7 @@ static int send_hello(agent_t *a)
 
 static int open_socket(agent_t *a, moeh_err_t *err)
 {
-    char mon_ep[64];
-    int linger = 0, sndtimeo = 5000, ivl = 100, ivl_max = 5000;
+    int rc, linger = 0, sndtimeo = 5000, ivl = 100, ivl_max = 5000;
     int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
     if (!(a->sock = zmq_socket(a->zctx, ZMQ_DEALER)))
         return moeh_errf(err, -zmq_errno(), "cannot create a socket");
@@ -109,76 +103,92 @@ static int open_socket(agent_t *a, moeh_err_t *err)
         zmq_setsockopt(a->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
     if (!a->cfg->insecure) {
-        int rc = moeh_curve_client(a->sock, a->kp, a->server_pub);
-        if (rc) return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
+        if ((rc = moeh_curve_client(a->sock, a->kp, a->server_pub)))
+            return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
         /* watch the handshake, so that a refused key is reported instead of retried forever */
-        snprintf(mon_ep, sizeof mon_ep, "inproc://agent-monitor-%u", a->mon_seq++);
-        if (zmq_socket_monitor(a->sock, mon_ep,
-                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
-            !(a->mon = zmq_socket(a->zctx, ZMQ_PAIR)) ||
-            zmq_setsockopt(a->mon, ZMQ_LINGER, &linger, sizeof linger) ||
-            zmq_connect(a->mon, mon_ep) != 0)
-            return moeh_errf(err, -zmq_errno(), "socket monitor: %s", zmq_strerror(zmq_errno()));
+        if ((rc = moeh_monitor_start(a->zctx, a->sock,
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                         ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                         ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED,
+                                     &a->mon, err)))
+            return rc;
     }
     if (zmq_connect(a->sock, a->cfg->connect) != 0)
         return moeh_errf(err, -zmq_errno(), "cannot connect to %s: %s", a->cfg->connect,
                          zmq_strerror(zmq_errno()));
     a->last_rx = moeh_now_ms();
-    int rc = send_hello(a);
+    rc = send_hello(a);
     if (rc && rc != -EAGAIN) return moeh_errf(err, rc, "cannot send hello: %s", moeh_strerror(rc));
     return 0;
 }
 
+/* A connection closed before its handshake succeeded: asks the peer what it is (at most every
+ * 5 s; it blocks up to 2 s, and only while not admitted). A peer that is not ZeroMQ, or does not
+ * offer CURVE, is named as such and stops the agent: retrying cannot help. */
+static void probe_peer(agent_t *a)
+{
+    int64_t now = moeh_now_ms();
+    if (a->probed_at && now - a->probed_at < 5000) return;
+    a->probed_at = now;
+    char what[128];
+    moeh_probe_t p = moeh_monitor_probe(a->cfg->connect, 2000, what, sizeof what);
+    if (p == MOEH_PROBE_NOT_ZMTP)
+        set_fatal(a, -EACCES,
+                  "the peer at %s is not a ZeroMQ peer: it answered a ZMTP greeting with '%s' "
+                  "(is --connect the coordinator's address and port?)",
+                  a->cfg->connect, what);
+    else if (p == MOEH_PROBE_OTHER_MECH)
+        set_fatal(a, -EACCES,
+                  "the peer at %s does not speak CURVE: it is a ZeroMQ peer offering %s (a "
+                  "coordinator started with --insecure?)",
+                  a->cfg->connect, what);
+    else if (p == MOEH_PROBE_SILENT || p == MOEH_PROBE_HUNG_UP)
+        MOEH_WARN("the peer at %s %s: is it a moeh-coordinator?", a->cfg->connect,
+                  p == MOEH_PROBE_SILENT ? "accepts connections and says nothing"
+                                         : "closes connections without a word");
+}
+
 static void drain_monitor(agent_t *a)
 {
-    while (a->mon) {
-        zmq_msg_t ev, addr;
-        MOEH_ASSERT(zmq_msg_init(&ev) == 0); /* cannot fail: no allocation */
-        if (zmq_msg_recv(&ev, a->mon, ZMQ_DONTWAIT) < 0) {
-            MOEH_ASSERT(zmq_msg_close(&ev) == 0);
+    moeh_mon_event_t ev;
+    int rc;
+    while (a->mon && !a->fatal_rc && (rc = moeh_monitor_next(a->mon, &ev)) != 0) {
+        if (rc < 0) {
+            MOEH_DEBUG("socket monitor: %s", moeh_strerror(rc));
             return;
         }
-        uint16_t event = 0;
-        uint32_t value = 0;
-        if (zmq_msg_size(&ev) >= 6) {
-            memcpy(&event, zmq_msg_data(&ev), 2);
-            memcpy(&value, (char *)zmq_msg_data(&ev) + 2, 4);
-        }
-        int more = zmq_msg_more(&ev);
-        MOEH_ASSERT(zmq_msg_close(&ev) == 0);
-        if (more) { /* the endpoint: not needed, but it is part of the event */
-            MOEH_ASSERT(zmq_msg_init(&addr) == 0);
-            if (zmq_msg_recv(&addr, a->mon, 0) < 0)
-                MOEH_DEBUG("socket monitor: %s", zmq_strerror(zmq_errno()));
-            MOEH_ASSERT(zmq_msg_close(&addr) == 0);
-        }
-        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        if (ev.kind == MOEH_MON_AUTH_REFUSED)
             set_fatal(a, -EACCES,
                       "the coordinator refused this site's key (%s): add the site's public key "
                       "to the coordinator's registry",
                       a->cfg->key_path);
-        else if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
-            a->hs_ok = 1, a->hs_dropped = 0;
-        else if (event == ZMQ_EVENT_DISCONNECTED && !a->hs_ok && a->hs_dropped++ == 0)
-            a->hs_first_drop = moeh_now_ms();
-        else if (event == ZMQ_EVENT_DISCONNECTED && !a->hs_ok && a->hs_dropped >= 4 &&
-                 moeh_now_ms() - a->hs_first_drop >= 3000)
-            /* a CURVE server drops a client whose Hello it cannot decrypt, without a word: the
-             * Hello was boxed for another key. Every attempt for 3 s, not one or two: a
-             * coordinator that is exiting or restarting also drops a connection or two in the
-             * handshake (seen under load in CI), and that must not stop the agent for good. */
+        else if (ev.kind == MOEH_MON_NOT_CURVE)
             set_fatal(a, -EACCES,
-                      "the peer at %s closed the connection during the CURVE handshake %d times "
-                      "in %.1f s: --server-key %s is not that coordinator's public key (or the "
-                      "peer is not a moeh-coordinator speaking CURVE)",
-                      a->cfg->connect, a->hs_dropped, (moeh_now_ms() - a->hs_first_drop) / 1000.0,
-                      a->cfg->server_key);
-        else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
-            MOEH_WARN("CURVE handshake failed (protocol error %u); is --server-key the "
-                      "coordinator's public key?",
-                      value);
+                      "the peer at %s does not speak CURVE: it is a ZeroMQ peer without "
+                      "encryption (a coordinator started with --insecure?)",
+                      a->cfg->connect);
+        else if (ev.kind == MOEH_MON_HANDSHAKE_OK)
+            a->hs_ok = 1, a->hs_dropped = 0;
+        else if (ev.kind == MOEH_MON_HANDSHAKE_ERR && !a->hs_ok)
+            probe_peer(a); /* a timeout or a reset in the handshake */
+        else if (ev.kind == MOEH_MON_DISCONNECTED && !a->hs_ok) {
+            if (a->hs_dropped++ == 0) a->hs_first_drop = moeh_now_ms();
+            probe_peer(a);
+            if (!a->fatal_rc && a->hs_dropped >= 4 && moeh_now_ms() - a->hs_first_drop >= 3000)
+                /* a CURVE server drops a client whose Hello it cannot decrypt, without a word:
+                 * the Hello was boxed for another key. Every attempt for 3 s, not one or two: a
+                 * coordinator that is exiting or restarting also drops a connection or two in
+                 * the handshake (seen under load in CI), and that must not stop the agent. */
+                set_fatal(a, -EACCES,
+                          "the peer at %s closed the connection during the CURVE handshake %d "
+                          "times in %.1f s: --server-key %s is not that coordinator's public key",
+                          a->cfg->connect, a->hs_dropped,
+                          (moeh_now_ms() - a->hs_first_drop) / 1000.0, a->cfg->server_key);
+        } else if (ev.kind == MOEH_MON_PROTOCOL || ev.kind == MOEH_MON_WRONG_KEY)
+            MOEH_WARN("CURVE handshake with %s failed (protocol error 0x%x); is --server-key "
+                      "the coordinator's public key?",
+                      a->cfg->connect, ev.value);
     }
 }
 
@@ -707,8 +717,9 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
                 continue;
             }
         }
-        zmq_pollitem_t items[2] = {{.socket = a.sock, .events = ZMQ_POLLIN},
-                                   {.socket = a.mon, .events = ZMQ_POLLIN}};
+        zmq_pollitem_t items[2] = {
+            {.socket = a.sock, .events = ZMQ_POLLIN},
+            {.socket = a.mon ? moeh_monitor_socket(a.mon) : NULL, .events = ZMQ_POLLIN}};
         if (zmq_poll(items, a.mon ? 2 : 1, 50) < 0 && zmq_errno() != EINTR) {
             rc = moeh_errf(err, -zmq_errno(), "poll failed: %s", zmq_strerror(zmq_errno()));
             goto out;

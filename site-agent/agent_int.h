@@ -18,6 +18,7 @@
 #include "moeh_agent.h"
 #include "moeh_agent_testing.h"
 #include "moeh_keys.h"
+#include "moeh_monitor.h"
 #include "moeh_secagg.h"
 #include "moeh_trainer.h"
 #include "moeh_wire.h"
@@ -45,8 +46,9 @@ typedef struct agent agent_t;
 struct agent {
     const moeh_agent_cfg_t *cfg;
     moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
-    void *zctx, *sock, *mon;
-    unsigned mon_seq;
+    void *zctx, *sock;
+    moeh_monitor_t *mon;   /* watches sock's handshakes (CURVE only) */
+    int64_t probed_at;     /* the last moeh_monitor_probe() of --connect (ms; 0: never) */
     int hs_ok;             /* this socket's CURVE handshake succeeded */
     int hs_dropped;        /* connections closed during the handshake, since the last success */
     int64_t hs_first_drop; /* when the first of those was seen (ms) */

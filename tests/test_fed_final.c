@@ -10,7 +10,10 @@
  *  - with a short --final-wait, a site that never comes back is named in the coordinator's log
  *    and the run still finishes (exit 0);
  *  - an agent told Bye FINISHED without having received the final model exits with an error
- *    (here from a scripted coordinator that says only that). */
+ *    (here from a scripted coordinator that says only that);
+ *  - a site that never reads what it is sent (a scripted site-x that only heartbeats) delays
+ *    nobody: the honest sites hold the model and exit 0 while the coordinator still waits for
+ *    site-x, which it then names. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -235,9 +238,43 @@ static void test_bye_without_model_is_an_error(void **state)
     zmq_ctx_term(ctx);
 }
 
+static void test_site_that_does_not_read_stalls_nobody(void **state)
+{
+    fixture_t *f = *state;
+    rogue_t r;
+    moeh_proc_t *a[N_SITES];
+    char log[400];
+    /* site-x answers no phase: each closes at its 3 s deadline with the three others */
+    char *extra[] = {"--deadline-ms", "3000", "--final-wait", "10s", NULL};
+    moeh_proc_t *c = rogue_join(f, &r, extra, a, log, sizeof log);
+    int64_t t0 = moeh_now_ms(), others_done = 0;
+    while (moeh_proc_wait(c, 0) == -ETIMEDOUT) { /* site-x: heartbeats, never a read */
+        assert_true(moeh_now_ms() - t0 < 180000);
+        int hb = moeh_wire_send_simple(r.sock, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 1);
+        (void)hb; /* a heartbeat that cannot go out now only delays the next one */
+        zmq_poll(NULL, 0, 200);
+        int done = 1;
+        for (int k = 0; k < N_SITES; k++)
+            done &= moeh_proc_wait(a[k], 0) == 0;
+        if (done && !others_done) others_done = moeh_now_ms();
+    }
+    assert_true(others_done > 0); /* every honest agent was gone while the coordinator waited */
+    assert_int_equal(moeh_proc_exit_code(c), 0);
+    for (int k = 0; k < N_SITES; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "site-%d", k + 1);
+        assert_int_equal(moeh_proc_exit_code(a[k]), 0);
+        assert_site_model(f, id);
+    }
+    assert_true(file_contains(log, "site-x (connected, no acknowledgement)"));
+    zmq_close(r.sock);
+    zmq_ctx_term(r.ctx);
+}
+
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     FED_TEST(test_plain_run_sites_hold_the_model),
                     FED_TEST(test_secagg_run_sites_hold_the_model),
                     FED_TEST(test_site_back_after_the_end_gets_it),
                     FED_TEST(test_site_gone_for_good_is_named),
-                    FED_TEST(test_bye_without_model_is_an_error))
+                    FED_TEST(test_bye_without_model_is_an_error),
+                    FED_TEST(test_site_that_does_not_read_stalls_nobody))

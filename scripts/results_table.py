@@ -456,9 +456,12 @@ def main():
     L.append("Produced by (from the repository root, after building):\n")
     L.append("```\n" + args.command + "\n```\n")
     L.append(f"Synthetic MIMIC-IV with {args.admissions} cohort admissions (`moeh synth "
-             f"--profile {args.profile}`, truth known), extracted with `moeh extract`, split with `moeh split "
-             f"--alpha {args.alpha}` (case-mix skew by mortality) into {len(names)} sites "
-             f"`{args.site_spec}`. Every model trains for {args.rounds} rounds/epochs "
+             f"--profile {args.profile}`, truth known), extracted with `moeh extract`, "
+             + (f"split with `moeh split --hospitals truth.csv` into one site per generator "
+                f"hospital (`{args.site_spec}`)." if args.site_spec.startswith("hosp0") else
+                f"split with `moeh split --alpha {args.alpha}` (case-mix skew by mortality) "
+                f"into {len(names)} sites `{args.site_spec}`.")
+             + f" Every model trains for {args.rounds} rounds/epochs "
              f"(the first {args.warmup} expert warm-up), the model and optimiser settings of "
              f"`moeh run`; "
              f"the centralised and local-only models keep their epoch with the best mean "

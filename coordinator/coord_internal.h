@@ -77,6 +77,9 @@ typedef struct moeh_coord_core {
     moeh_moe_cfg_t mcfg;
     moeh_params_t *p;
     uint32_t n_norm, n_experts;
+    /* widths of the sites' precomputed note and X-ray vectors (0: tokens, pixels): the first
+     * site's hello (or the checkpoint) fixes them; create_model takes the vector inputs then */
+    uint32_t vec_dim[2];
     float *norm; /* (2, n_norm): means then standard deviations */
     int have_norm;
     double *stats_sum; /* (n_norm, 3) summed over sites */

@@ -334,11 +334,22 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
         return 0;
     }
     int rc;
+    if (!c->model) /* the first site's vector widths (0: none) shape the model */
+        c->vec_dim[0] = h->note_dim, c->vec_dim[1] = h->img_dim;
     if (!c->model &&
         (rc = coord_build_model(c, h->n_features, h->n_vars, h->n_steps, h->img_size, fatal)) != 0)
         return rc;
+    if (h->note_dim != c->vec_dim[0] || h->img_dim != c->vec_dim[1]) {
+        snprintf(what, sizeof what,
+                 "your dataset has note vectors of width %u and X-ray vectors of width %u; this "
+                 "federation's model takes %u and %u (0: none, tokens / pixels)",
+                 h->note_dim, h->img_dim, c->vec_dim[0], c->vec_dim[1]);
+        coord_reply_error(c, m, -EINVAL, what, h->site_id);
+        return 0;
+    }
     if (h->n_features != c->mcfg.n_static || h->n_vars != c->mcfg.n_vars ||
-        h->n_steps != c->mcfg.n_steps || h->img_size != c->mcfg.img_size) {
+        h->n_steps != c->mcfg.n_steps ||
+        (!c->vec_dim[1] && h->img_size != c->mcfg.img_size)) { /* X-ray vectors: no pixels */
         snprintf(what, sizeof what,
                  "your dataset has %u static features, %u hourly variables x %u h and %u px "
                  "images; this federation's model expects %zu, %zu x %zu and %zu",

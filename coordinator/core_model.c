@@ -17,6 +17,8 @@ int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n
     const moeh_coord_cfg_t *cfg = c->cfg;
     moeh_moe_cfg_t mc = cfg->model;
     mc.n_static = n_static, mc.n_vars = n_vars, mc.n_steps = n_steps, mc.img_size = img_size;
+    if (c->vec_dim[0]) mc.note_buckets = 0, mc.note_dim = c->vec_dim[0]; /* note vectors */
+    if (c->vec_dim[1]) mc.img_size = 0, mc.img_dim = c->vec_dim[1];      /* X-ray vectors */
     mc.max_batch = cfg->batch_size;
     moeh_err_t e2 = {0};
     int rc = moeh_moe_create(&mc, &c->model, &e2);

@@ -160,15 +160,24 @@ int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal)
                      .n_params = c->p->n,
                      .n_groups = c->p->n_groups,
                      .n_arrays = 3,
-                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4, c->p->n, c->p->n},
-                     .arrays = {c->p->w, c->norm, shape, c->sm, c->sv}};
+                     .counts = {c->p->n, 2 * (size_t)c->n_norm, 4},
+                     .arrays = {c->p->w, c->norm, shape}};
     snprintf(k.names[0], sizeof k.names[0], "params");
     snprintf(k.names[1], sizeof k.names[1], "norm");
     snprintf(k.names[2], sizeof k.names[2], "data_shape");
+    float vec_dim[2] = {(float)c->vec_dim[0], (float)c->vec_dim[1]};
+    if (c->vec_dim[0] || c->vec_dim[1]) { /* the sites' precomputed vector widths */
+        snprintf(k.names[k.n_arrays], sizeof k.names[0], "data_vec");
+        k.counts[k.n_arrays] = 2;
+        k.arrays[k.n_arrays++] = vec_dim;
+    }
     if (c->sm) { /* the server moments, for exact resume */
-        snprintf(k.names[3], sizeof k.names[3], "server_m");
-        snprintf(k.names[4], sizeof k.names[4], "server_v");
-        k.n_arrays = 5;
+        snprintf(k.names[k.n_arrays], sizeof k.names[0], "server_m");
+        k.counts[k.n_arrays] = c->p->n;
+        k.arrays[k.n_arrays++] = c->sm;
+        snprintf(k.names[k.n_arrays], sizeof k.names[0], "server_v");
+        k.counts[k.n_arrays] = c->p->n;
+        k.arrays[k.n_arrays++] = c->sv;
     }
     float sel_state[6 + MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 2 * MOEH_N_TASKS];
     if (c->cfg->validate) { /* the model selection (select.c), for exact resume */
@@ -198,6 +207,15 @@ int coord_load_checkpoint(coord_t *c, moeh_err_t *err)
     if (!shape) {
         rc = moeh_errf(err, -EBADMSG, "%s: no data_shape array", c->ckpt_path);
         goto out;
+    }
+    float *vec_dim = moeh_ckpt_array(&k, "data_vec", 2); /* absent: no vectors */
+    for (int i = 0; vec_dim && i < 2; i++) {
+        if (!(vec_dim[i] >= 0 && vec_dim[i] <= 65536 && vec_dim[i] == floorf(vec_dim[i]))) {
+            rc = moeh_errf(err, -EBADMSG, "%s: data_vec[%d] is %g, expected an integer 0..65536",
+                           c->ckpt_path, i, (double)vec_dim[i]);
+            goto out;
+        }
+        c->vec_dim[i] = (uint32_t)vec_dim[i];
     }
     if ((rc = coord_build_model(c, (uint32_t)shape[0], (uint32_t)shape[1], (uint32_t)shape[2],
                                 (uint32_t)shape[3], err)))

@@ -24,8 +24,11 @@ enum {
     A_NTOK,
     A_IMG,
     A_SPLIT,
+    A_NVEC, /* optional from here on: absent unless the dataset has vectors */
+    A_IVEC,
     A_COUNT
 };
+#define A_REQUIRED A_NVEC
 
 typedef struct {
     const char *name;
@@ -38,6 +41,7 @@ static const arr_desc_t k_arrays[A_COUNT] = {
     {"ts_mask", MOEH_DT_F32, 3},     {"ts_delta", MOEH_DT_F32, 3}, {"labels", MOEH_DT_F32, 2},
     {"label_mask", MOEH_DT_U8, 2},   {"avail", MOEH_DT_U8, 2},     {"note_offsets", MOEH_DT_I64, 1},
     {"note_tokens", MOEH_DT_I32, 1}, {"images", MOEH_DT_U8, 3},    {"split", MOEH_DT_U8, 1},
+    {"note_vec", MOEH_DT_F32, 2},    {"img_vec", MOEH_DT_F32, 2},
 };
 
 struct moeh_ds_store {
@@ -79,6 +83,12 @@ static void expected_shape(const moeh_dataset_t *ds, int a, size_t *s)
     case A_SPLIT:
         s[0] = ds->n;
         break;
+    case A_NVEC:
+        s[0] = ds->n, s[1] = ds->note_dim;
+        break;
+    case A_IVEC:
+        s[0] = ds->n, s[1] = ds->img_dim;
+        break;
     default:
         MOEH_ASSERT(0);
     }
@@ -111,6 +121,10 @@ static void **array_ptr(moeh_dataset_t *ds, int a)
         return (void **)&ds->images;
     case A_SPLIT:
         return (void **)&ds->split;
+    case A_NVEC:
+        return (void **)&ds->note_vec;
+    case A_IVEC:
+        return (void **)&ds->img_vec;
     default:
         MOEH_ASSERT(0);
     }
@@ -164,7 +178,7 @@ int moeh_dataset_create(size_t n, size_t f_static, size_t f_ts, size_t img_size,
     }
     ds->n = n, ds->f_static = f_static, ds->f_ts = f_ts, ds->t = MOEH_DS_T;
     ds->img_size = img_size, ds->n_tokens = 0;
-    for (int a = 0; a < A_COUNT; a++) {
+    for (int a = 0; a < A_REQUIRED; a++) {
         size_t b = array_bytes(ds, a);
         void *p = calloc(1, b ? b : 1);
         if (!p) {
@@ -187,6 +201,48 @@ int moeh_dataset_set_tokens(moeh_dataset_t *ds, const int32_t *tok, size_t n_tok
     free(ds->note_tokens);
     ds->note_tokens = p;
     ds->n_tokens = n_tok;
+    return 0;
+}
+
+/* The vector array of modality mod (notes or img): its array index, width and pointer. */
+static int vec_array(int mod)
+{
+    return mod == MOEH_MOD_NOTES ? A_NVEC : mod == MOEH_MOD_IMG ? A_IVEC : -1;
+}
+
+int moeh_dataset_add_vectors(moeh_dataset_t *ds, int mod, size_t dim, const cJSON *info,
+                             moeh_err_t *err)
+{
+    MOEH_ASSERT(!ds->store->mapped);
+    int a = vec_array(mod);
+    if (a < 0 || dim == 0 || dim > 65536)
+        return moeh_errf(err, -EINVAL,
+                         "dataset: vectors for modality %d of width %zu: expected notes or img "
+                         "and a width of 1..65536",
+                         mod, dim);
+    float *v = calloc(ds->n ? ds->n * dim : 1, sizeof *v);
+    cJSON *o = info ? cJSON_Duplicate(info, 1) : cJSON_CreateObject();
+    if (!ds->extra) ds->extra = cJSON_CreateObject();
+    cJSON *emb = ds->extra ? cJSON_GetObjectItemCaseSensitive(ds->extra, "embeddings") : NULL;
+    if (ds->extra && !cJSON_IsObject(emb)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(ds->extra, "embeddings");
+        emb = cJSON_AddObjectToObject(ds->extra, "embeddings");
+    }
+    if (!v || !o || !emb || !cJSON_IsObject(o)) {
+        free(v);
+        cJSON_Delete(o);
+        return moeh_errf(err, cJSON_IsObject(o) || !o ? -ENOMEM : -EINVAL,
+                         "dataset: %s vectors: out of memory or a description that is not an "
+                         "object",
+                         moeh_mod_names[mod]);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "dim");
+    cJSON_AddNumberToObject(o, "dim", (double)dim);
+    cJSON_DeleteItemFromObjectCaseSensitive(emb, moeh_mod_names[mod]);
+    cJSON_AddItemToObject(emb, moeh_mod_names[mod], o);
+    free(*array_ptr(ds, a));
+    *array_ptr(ds, a) = v;
+    *(mod == MOEH_MOD_NOTES ? &ds->note_dim : &ds->img_dim) = dim;
     return 0;
 }
 
@@ -254,6 +310,7 @@ int moeh_dataset_write(const moeh_dataset_t *ds, const char *dir, moeh_err_t *er
         size_t s[MOEH_NPY_MAX_DIMS];
         expected_shape(ds, a, s);
         const void *p = *array_ptr((moeh_dataset_t *)ds, a);
+        if (a >= A_REQUIRED && !p) continue; /* optional and absent */
         char file[64], hx[17];
         snprintf(file, sizeof file, "%s.npy", k_arrays[a].name);
         if ((rc = moeh_path_join(path, sizeof path, dir, file)) != 0) {
@@ -407,6 +464,56 @@ static int check_contents(const moeh_dataset_t *ds, const char *dir, moeh_err_t 
     for (size_t i = 0; i < ds->n_tokens; i++)
         if (ds->note_tokens[i] < 0)
             return moeh_errf(err, -EBADMSG, "%s/note_tokens.npy: element %zu is negative", dir, i);
+    for (int mod = MOEH_MOD_NOTES; mod <= MOEH_MOD_IMG; mod++) {
+        const float *v = mod == MOEH_MOD_NOTES ? ds->note_vec : ds->img_vec;
+        size_t D = mod == MOEH_MOD_NOTES ? ds->note_dim : ds->img_dim;
+        const char *nm = k_arrays[vec_array(mod)].name;
+        for (size_t i = 0; v && i < ds->n; i++)
+            for (size_t k = 0; k < D; k++) {
+                float x = v[i * D + k];
+                if (!isfinite(x))
+                    return moeh_errf(err, -EBADMSG,
+                                     "%s/%s.npy: row %zu (hadm_id %lld) column %zu is %g, "
+                                     "expected a finite value",
+                                     dir, nm, i, (long long)ds->ids[2 * i + 1], k, (double)x);
+                if (x != 0.0f && !ds->avail[i * MOEH_N_MODS + (size_t)mod])
+                    return moeh_errf(err, -EBADMSG,
+                                     "%s/%s.npy: row %zu (hadm_id %lld) has no %s (avail.npy 0) "
+                                     "but a non-zero vector (column %zu is %g)",
+                                     dir, nm, i, (long long)ds->ids[2 * i + 1], moeh_mod_names[mod],
+                                     k, (double)x);
+            }
+    }
+    return 0;
+}
+
+/* The vector arrays and meta.json "embeddings" must describe each other: an object per vector
+ * array whose "dim" is the array's width, and no description without its array. */
+static int check_embeddings(const moeh_dataset_t *ds, const cJSON *meta, const char *path,
+                            moeh_err_t *err)
+{
+    const cJSON *emb = cJSON_GetObjectItemCaseSensitive(meta, "embeddings");
+    if (emb && !cJSON_IsObject(emb))
+        return moeh_errf(err, -EBADMSG, "%s: \"embeddings\" is not an object", path);
+    for (int mod = MOEH_MOD_NOTES; mod <= MOEH_MOD_IMG; mod++) {
+        const char *mn = moeh_mod_names[mod], *an = k_arrays[vec_array(mod)].name;
+        size_t D = mod == MOEH_MOD_NOTES ? ds->note_dim : ds->img_dim;
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(emb, mn),
+                    *dim = cJSON_GetObjectItemCaseSensitive(o, "dim");
+        if (!D && o)
+            return moeh_errf(err, -EBADMSG,
+                             "%s: embeddings.%s describes %s vectors but arrays.%s is missing",
+                             path, mn, mn, an);
+        if (D && !cJSON_IsObject(o))
+            return moeh_errf(err, -EBADMSG,
+                             "%s: arrays.%s is present but embeddings.%s (its description, "
+                             "with \"dim\") is missing",
+                             path, an, mn);
+        if (D && (!cJSON_IsNumber(dim) || dim->valuedouble != (double)D))
+            return moeh_errf(err, -EBADMSG,
+                             "%s: embeddings.%s.dim is %g, array '%s' has %zu columns", path, mn,
+                             cJSON_IsNumber(dim) ? dim->valuedouble : -1.0, an, D);
+    }
     return 0;
 }
 
@@ -497,12 +604,13 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         goto fail;
     }
     /* note_tokens first: its length is a dimension the others do not fix */
-    static const int order[A_COUNT] = {A_NTOK, A_IDS,  A_STATIC, A_TSV,  A_TSM, A_TSD,
-                                       A_LAB,  A_LABM, A_AVAIL,  A_NOFF, A_IMG, A_SPLIT};
+    static const int order[A_COUNT] = {A_NTOK, A_IDS,   A_STATIC, A_TSV, A_TSM,   A_TSD,  A_LAB,
+                                       A_LABM, A_AVAIL, A_NOFF,   A_IMG, A_SPLIT, A_NVEC, A_IVEC};
     for (int k = 0; k < A_COUNT; k++) {
         int a = order[k];
         const char *nm = k_arrays[a].name;
         const cJSON *o = cJSON_GetObjectItemCaseSensitive(arrs, nm);
+        if (a >= A_REQUIRED && !o) continue; /* optional vectors: absent */
         const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "file"),
                     *hx = cJSON_GetObjectItemCaseSensitive(o, "xxh64");
         if (!cJSON_IsString(file) || !cJSON_IsString(hx) || strchr(file->valuestring, '/')) {
@@ -525,6 +633,14 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
             goto fail;
         }
         if (a == A_NTOK) ds->n_tokens = m->shape[0];
+        if (a == A_NVEC || a == A_IVEC) { /* the width is the array's own */
+            if (m->shape[1] == 0 || m->shape[1] > 65536) {
+                rc = moeh_errf(err, -EBADMSG, "array '%s' (%s): width %zu, expected 1..65536", nm,
+                               ap, m->shape[1]);
+                goto fail;
+            }
+            *(a == A_NVEC ? &ds->note_dim : &ds->img_dim) = m->shape[1];
+        }
         size_t want[MOEH_NPY_MAX_DIMS];
         expected_shape(ds, a, want);
         if (memcmp(want, m->shape, k_arrays[a].ndim * sizeof want[0]) != 0) {
@@ -551,7 +667,9 @@ int moeh_dataset_open(const char *dir, bool verify_checksums, moeh_dataset_t **o
         }
         *array_ptr(ds, a) = (void *)m->data;
     }
-    if ((rc = check_contents(ds, dir, err)) != 0) goto fail;
+    if ((rc = check_embeddings(ds, meta, path, err)) != 0 ||
+        (rc = check_contents(ds, dir, err)) != 0)
+        goto fail;
     cJSON *extra = cJSON_CreateObject();
     static const char *own[] = {"schema",      "schema_version", "n",          "t",
                                 "image_size",  "tasks",          "modalities", "static_features",
@@ -583,6 +701,18 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, 
     if ((rc = moeh_dataset_set_names(d, (const char *const *)src->static_names,
                                      (const char *const *)src->ts_names,
                                      (const char *const *)src->ts_units, err)))
+        goto fail;
+    if (src->extra && !(d->extra = cJSON_Duplicate(src->extra, 1))) {
+        rc = moeh_errf(err, -ENOMEM, "subset: out of memory");
+        goto fail;
+    }
+    const cJSON *emb = cJSON_GetObjectItemCaseSensitive(src->extra, "embeddings");
+    if ((src->note_vec &&
+         (rc = moeh_dataset_add_vectors(d, MOEH_MOD_NOTES, src->note_dim,
+                                        cJSON_GetObjectItemCaseSensitive(emb, "notes"), err))) ||
+        (src->img_vec &&
+         (rc = moeh_dataset_add_vectors(d, MOEH_MOD_IMG, src->img_dim,
+                                        cJSON_GetObjectItemCaseSensitive(emb, "img"), err))))
         goto fail;
     size_t ntok = 0;
     bool notes = keep_mods & (1u << MOEH_MOD_NOTES), img = keep_mods & (1u << MOEH_MOD_IMG);
@@ -616,13 +746,15 @@ int moeh_dataset_subset(const moeh_dataset_t *src, const size_t *idx, size_t k, 
             pos += b - a;
         }
         if (img) memcpy(d->images + j * S2, src->images + i * S2, S2);
+        if (notes && src->note_vec)
+            memcpy(d->note_vec + j * src->note_dim, src->note_vec + i * src->note_dim,
+                   src->note_dim * sizeof(float));
+        if (img && src->img_vec)
+            memcpy(d->img_vec + j * src->img_dim, src->img_vec + i * src->img_dim,
+                   src->img_dim * sizeof(float));
     }
     d->note_offsets[k] = (int64_t)pos;
     if ((rc = moeh_dataset_set_tokens(d, tok, pos, err))) goto fail;
-    if (src->extra && !(d->extra = cJSON_Duplicate(src->extra, 1))) {
-        rc = moeh_errf(err, -ENOMEM, "subset: out of memory");
-        goto fail;
-    }
     *out = d;
     d = NULL;
 fail:

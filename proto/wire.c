@@ -365,6 +365,9 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG,
                              "hello: n_vars <= 4096, n_steps <= 1000 and "
                              "img_size <= 1024 expected");
+        if (h->note_dim > 65536 || h->img_dim > 65536) /* precomputed vectors (data/) */
+            return moeh_errf(err, -EBADMSG, "hello: note_dim %u, img_dim %u: expected <= 65536",
+                             h->note_dim, h->img_dim);
         if (h->n_combos > 7)
             return moeh_errf(err, -EBADMSG, "hello.combos: %zu entries, expected <= 7",
                              h->n_combos);

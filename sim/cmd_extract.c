@@ -23,19 +23,30 @@ int moeh_sim_cmd_extract(int argc, char **argv)
          "variable map (default: the shipped sim/variables.csv)"},
         {"image-size", MOEH_OPT_U64, &img_size, "images are S x S grayscale"},
         {"strict", MOEH_OPT_BOOL, &strict,
-         "a malformed row is fatal (default: reported and skipped)"},
+         "a malformed row is fatal (default: reported and skipped), and so is a vector that "
+         "matches no note or image of the cohort (default: counted in a warning)"},
         {"val", MOEH_OPT_F64, &o.val_frac, "subject-grouped validation fraction"},
         {"test", MOEH_OPT_F64, &o.test_frac, "subject-grouped test fraction"},
         {"seed", MOEH_OPT_U64, &o.seed, "seed of the split"},
+        {"note-embeddings", MOEH_OPT_STR, &o.note_emb,
+         "precomputed note vectors X.npy ((K,D) float32) + X.ids.txt (note_id per row) [+ "
+         "X.json]; needs --note; an admission gets the mean of its notes' vectors"},
+        {"cxr-embeddings", MOEH_OPT_STR, &o.cxr_emb,
+         "precomputed X-ray vectors X.npy + X.ids.txt (dicom_id per row) [+ X.json]; needs "
+         "--cxr (metadata only: no JPEG is decoded); the mean over the window's AP/PA images"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
     moeh_opts_t po = {
         .prog = "moeh extract",
         .synopsis = "usage: moeh extract --mimic DIR [--note DIR] [--cxr DIR] --out DATASET "
-                    "[OPTIONS]\n\nBuilds the cohort of docs/data.md from MIMIC-IV as PhysioNet "
+                    "[--note-embeddings X.npy] [--cxr-embeddings Y.npy] [OPTIONS]\n\nBuilds the "
+                    "cohort of docs/data.md from MIMIC-IV as PhysioNet "
                     "publishes it and\nwrites a dataset directory (.npy arrays + meta.json). A "
                     "missing event table or modality\ndirectory is a warning and leaves that "
-                    "modality absent. Exit status: 0 ok, 1 failure,\n2 usage error.",
+                    "modality absent. With --note-embeddings / --cxr-embeddings the\n"
+                    "dataset also holds note_vec.npy / img_vec.npy for the model's precomputed-"
+                    "vector inputs\n(docs/data.md section 5.1). Exit status: 0 ok, 1 failure,\n2 "
+                    "usage error.",
         .opts = opts,
         .n_opts = sizeof opts / sizeof opts[0]};
     moeh_err_t err = {0};
@@ -76,6 +87,12 @@ int moeh_sim_cmd_extract(int argc, char **argv)
         printf("  %-12s %zu positive of %zu labelled\n", moeh_task_names[t], st.positives[t],
                st.labelled[t]);
     printf("  modalities   ehr %zu, notes %zu, img %zu\n", st.avail[0], st.avail[1], st.avail[2]);
+    if (o.note_emb)
+        printf("  note vectors %zu admissions (%zu vectors unused)\n", st.vec_rows[0],
+               st.vec_unused[0]);
+    if (o.cxr_emb)
+        printf("  x-ray vectors %zu admissions (%zu vectors unused)\n", st.vec_rows[1],
+               st.vec_unused[1]);
     moeh_opts_free(&po);
     return 0;
 }

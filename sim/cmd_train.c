@@ -64,6 +64,12 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
                            "%zu px images; %s has %zu, %zu, %zu, %zu",
                            flag, dirs[k], b->f_static, b->f_ts, b->t, b->img_size, dirs[0],
                            a->f_static, a->f_ts, a->t, a->img_size);
+        if (!rc && (b->note_dim != a->note_dim || b->img_dim != a->img_dim))
+            rc =
+                moeh_errf(err, -EINVAL,
+                          "%s: %s has note vectors of width %zu and X-ray vectors of width %zu, "
+                          "%s has %zu and %zu (0: none): the datasets must agree",
+                          flag, dirs[k], b->note_dim, b->img_dim, dirs[0], a->note_dim, a->img_dim);
         rows += b->n, toks += b->n_tokens;
     }
     if (rc) goto out;
@@ -74,6 +80,14 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
     }
     const moeh_dataset_t *a = parts[0];
     if ((rc = moeh_dataset_create(rows, a->f_static, a->f_ts, a->img_size, &cat, err))) goto out;
+    const cJSON *emb = cJSON_GetObjectItemCaseSensitive(a->extra, "embeddings");
+    if ((a->note_vec &&
+         (rc = moeh_dataset_add_vectors(cat, MOEH_MOD_NOTES, a->note_dim,
+                                        cJSON_GetObjectItemCaseSensitive(emb, "notes"), err))) ||
+        (a->img_vec &&
+         (rc = moeh_dataset_add_vectors(cat, MOEH_MOD_IMG, a->img_dim,
+                                        cJSON_GetObjectItemCaseSensitive(emb, "img"), err))))
+        goto out;
     int32_t *tok = malloc(toks ? toks * sizeof *tok : 1);
     if (!tok) {
         rc = moeh_errf(err, -ENOMEM, "out of memory for %zu note tokens", toks);
@@ -95,6 +109,8 @@ static int open_datasets(const char *spec, bool verify, const char *flag, moeh_d
         CAT(avail, MOEH_N_MODS);
         CAT(images, S2);
         CAT(split, 1);
+        if (a->note_vec) CAT(note_vec, a->note_dim);
+        if (a->img_vec) CAT(img_vec, a->img_dim);
 #undef CAT
         for (size_t i = 0; i < d->n; i++)
             cat->note_offsets[r + i + 1] = (int64_t)tk + d->note_offsets[i + 1];
@@ -293,8 +309,11 @@ int moeh_sim_cmd_train(int argc, char **argv)
     float lr = 2e-3f, wd = 1e-4f, clip = 5.0f;
     /* the model's hyperparameters; the data shapes come from the dataset */
     moeh_moe_cfg_t mc = moeh_sim_model_defaults();
-    int no_verify = 0;
+    int no_verify = 0, no_vectors = 0;
     const moeh_opt_t own[] = {
+        {"no-vectors", MOEH_OPT_BOOL, &no_vectors,
+         "train on note tokens and pixels even where the dataset holds precomputed vectors "
+         "(note_vec.npy, img_vec.npy; used by default)"},
         {"dataset", MOEH_OPT_STR, &data,
          "training data: DIR[,DIR...] (several are concatenated, splits kept) [required]"},
         {"eval-dataset", MOEH_OPT_STR, &eval_data,
@@ -390,6 +409,10 @@ int moeh_sim_cmd_train(int argc, char **argv)
         goto out;
     mc.n_static = ds->f_static, mc.n_vars = ds->f_ts;
     mc.n_steps = ds->t, mc.img_size = ds->img_size, mc.n_tasks = MOEH_N_TASKS;
+    if (!no_vectors && ds->note_dim) /* the dataset's note vectors feed the model */
+        mc.note_buckets = 0, mc.note_dim = ds->note_dim;
+    if (!no_vectors && ds->img_dim) /* and its X-ray vectors */
+        mc.img_size = 0, mc.img_dim = ds->img_dim;
     mc.max_batch = batch;
     const uint32_t arch = (uint32_t)mc.arch, d_emb = (uint32_t)mc.d_emb;
     const uint32_t d_hidden = (uint32_t)mc.d_hidden, buckets = (uint32_t)mc.note_buckets;
@@ -429,10 +452,12 @@ int moeh_sim_cmd_train(int argc, char **argv)
             "{\"event\":\"config\",\"command\":\"train\",\"dataset\":\"%s\","
             "\"eval_dataset\":\"%s\",\"arch\":%u,\"epochs\":%u,\"warmup_epochs\":%u,"
             "\"batch_size\":%u,\"lr\":%g,\"weight_decay\":%g,\"clip\":%g,\"d_emb\":%u,"
-            "\"d_hidden\":%u,\"note_buckets\":%u,\"eval_bins\":%u,\"seed\":%llu,"
+            "\"d_hidden\":%u,\"note_buckets\":%u,\"note_dim\":%zu,\"img_dim\":%zu,"
+            "\"eval_bins\":%u,\"seed\":%llu,"
             "\"rows\":%zu,\"train_rows\":%zu,\"test_rows\":%zu,\"params\":%zu}\n",
             data, eval_data ? eval_data : "", arch, epochs, warmup, batch, (double)lr, (double)wd,
-            (double)clip, d_emb, d_hidden, buckets, bins, (unsigned long long)seed, n_all, n_train,
+            (double)clip, d_emb, d_hidden, buckets, mc.note_buckets ? (size_t)0 : mc.note_dim,
+            mc.img_size ? (size_t)0 : mc.img_dim, bins, (unsigned long long)seed, n_all, n_train,
             moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
     printf("moeh train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
            "(%zu rows)\n",

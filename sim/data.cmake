@@ -10,6 +10,7 @@ set(MOEH_DATA_SOURCES
     ${CMAKE_CURRENT_LIST_DIR}/csv.c
     ${CMAKE_CURRENT_LIST_DIR}/extract.c
     ${CMAKE_CURRENT_LIST_DIR}/extract_streams.c
+    ${CMAKE_CURRENT_LIST_DIR}/extract_embed.c
     ${CMAKE_CURRENT_LIST_DIR}/image.c
     ${CMAKE_CURRENT_LIST_DIR}/synth.c
     ${CMAKE_CURRENT_LIST_DIR}/synth_het.c

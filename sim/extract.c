@@ -619,7 +619,18 @@ int moeh_extract(const moeh_extract_opts_t *o, moeh_dataset_t **out, moeh_extrac
     memset(c.st, 0, sizeof *c.st);
     if (o->img_size < 8 || o->img_size > 1024)
         return moeh_errf(err, -EINVAL, "image size %zu out of range [8, 1024]", o->img_size);
-    if ((rc = moeh_varmap_load(o->var_map, &c.vm, err))) return rc;
+    /* precomputed vectors (extract_embed.c): checked before the long passes */
+    c.emb[0].path = o->note_emb, c.emb[1].path = o->cxr_emb;
+    if ((o->note_emb && !o->note_dir) || (o->cxr_emb && !o->cxr_dir))
+        return moeh_errf(err, -EINVAL,
+                         "%s needs %s: its table maps each %s to an admission and a time",
+                         o->note_emb && !o->note_dir ? "--note-embeddings" : "--cxr-embeddings",
+                         o->note_emb && !o->note_dir ? "--note DIR" : "--cxr DIR",
+                         o->note_emb && !o->note_dir ? "note_id" : "dicom_id");
+    for (int k = 0; k < 2; k++)
+        if (c.emb[k].path && (rc = emb_load(&c, k, err))) goto out;
+    /* end of precomputed vectors */
+    if ((rc = moeh_varmap_load(o->var_map, &c.vm, err))) goto out;
     if ((rc = load_patients(&c, o->mimic_dir, err)) ||
         (rc = load_admissions(&c, o->mimic_dir, err)) ||
         (rc = load_icustays(&c, o->mimic_dir, err)) || (rc = build_cohort(&c, err)))
@@ -653,5 +664,7 @@ out:
     moeh_i64map_free(&c.adm_map);
     moeh_i64map_free(&c.cohort_hadm);
     moeh_i64map_free(&c.cohort_subj);
+    emb_free(&c.emb[0]);
+    emb_free(&c.emb[1]);
     return rc;
 }

@@ -26,6 +26,23 @@ typedef struct {
     int8_t female;
 } pat_t;
 
+/* Precomputed vectors of one modality (extract_embed.c): X.npy (K,D) <f4 and X.ids.txt, one id
+ * per line; ids found by the xxh64 of their text (a hit is confirmed by comparing the text). */
+typedef struct {
+    const char *path; /* X.npy as given, NULL: no vectors for this modality */
+    char ids_path[PATH_MAX];
+    size_t K, D;
+    float *vec;        /* (K,D) */
+    char *text;        /* the ids file, ids NUL-terminated in place */
+    char **ids;        /* K pointers into text */
+    uint8_t *used;     /* K: matched an item of the cohort */
+    moeh_i64map_t map; /* id hash -> row */
+    uint32_t *cnt;     /* per cohort row: vectors summed into the dataset's row */
+    size_t missing;    /* cohort items without a vector */
+    char first_missing[5][112];
+    cJSON *info; /* the dataset's "embeddings" member for this modality */
+} emb_t;
+
 typedef struct {
     const moeh_extract_opts_t *o;
     moeh_extract_stats_t *st;
@@ -41,6 +58,7 @@ typedef struct {
     int32_t *lut_chart, *lut_lab; /* itemid -> varmap row or -1 */
     size_t lut_chart_n, lut_lab_n;
     moeh_dataset_t *ds;
+    emb_t emb[2]; /* note vectors, X-ray vectors (extract_embed.c) */
 } ctx_t;
 
 static inline int path2(char *out, size_t cap, const char *a, const char *b)
@@ -94,5 +112,18 @@ static inline void progress(const moeh_csv_t *r, const char *what, uint64_t rows
  * chest X-rays where their directories are given. 0 or a negative code (message in err);
  * what it allocates hangs off c and is freed with it. */
 int moeh_extract_streams(ctx_t *c, moeh_err_t *err) MOEH_WUR;
+
+/* ---- precomputed vectors (extract_embed.c); k = 0 notes, 1 X-rays ----------------------------
+ * emb_load: reads and checks c->emb[k] (X.npy + X.ids.txt, + X.json if present), before the
+ * long passes so that a bad file fails fast. emb_attach: adds zeroed vectors to c->ds (after the
+ * cohort is built). emb_add: sums the vector of item id (len bytes) into cohort row j, or
+ * records it as missing (what names the item, e.g. "note_id"). emb_finish: refuses missing
+ * vectors, warns about (or, --strict, refuses) vectors that matched nothing, and turns sums into
+ * means. emb_free releases everything (NULL-safe). 0 or a negative code with err. */
+int emb_load(ctx_t *c, int k, moeh_err_t *err) MOEH_WUR;
+int emb_attach(ctx_t *c, int k, moeh_err_t *err) MOEH_WUR;
+void emb_add(ctx_t *c, int k, size_t j, const char *id, size_t len, const char *what);
+int emb_finish(ctx_t *c, int k, moeh_err_t *err) MOEH_WUR;
+void emb_free(emb_t *e);
 
 #endif

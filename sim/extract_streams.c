@@ -247,6 +247,14 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
         return rc;
     }
     if ((rc = cols(r, names, ci, 4, err))) goto out;
+    int cnid = moeh_csv_col(r, "note_id"); /* the key of --note-embeddings */
+    if (c->emb[0].path && cnid < 0) {
+        rc = moeh_errf(err, -EBADMSG,
+                       "%s:1: no column 'note_id' (--note-embeddings are keyed "
+                       "by it)",
+                       p);
+        goto out;
+    }
     c->st->have_notes = true;
     uint64_t rows = 0;
     int64_t t_start = moeh_now_ms(), t_last = t_start;
@@ -267,6 +275,10 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
         }
         int h, j = find_row(c, hadm, hr == 0, subj, t, &h);
         if (j < 0) continue;
+        if (c->emb[0].path) { /* this note's vector joins its admission's mean */
+            moeh_csv_field_t nid = moeh_csv_field(r, (size_t)cnid);
+            emb_add(c, 0, (size_t)j, nid.p, nid.len, "note_id");
+        }
         if (nrec == rcap) {
             rcap = rcap ? rcap * 2 : 1024;
             note_rec_t *nr = realloc(recs, rcap * sizeof *nr);
@@ -373,12 +385,21 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
                     hhmmss / 10000 * 3600 + hhmmss / 100 % 100 * 60 + hhmmss % 100;
         int h, j = find_row(c, 0, false, subj, t, &h);
         if (j < 0) continue;
+        if (c->emb[1].path) { /* vectors: every AP/PA image of the window, no decoding */
+            moeh_csv_field_t did = moeh_csv_field(r, (size_t)ci[0]);
+            emb_add(c, 1, (size_t)j, did.p, did.len, "dicom_id");
+            continue;
+        }
         char dicom[72];
         moeh_csv_copy(moeh_csv_field(r, (size_t)ci[0]), dicom, sizeof dicom);
         if (t > pick[j].time || (t == pick[j].time && strcmp(dicom, pick[j].dicom) > 0)) {
             pick[j].time = t, pick[j].study = study;
             memcpy(pick[j].dicom, dicom, sizeof dicom);
         }
+    }
+    if (c->emb[1].path) { /* emb_finish sets the availability */
+        rc = 0;
+        goto out;
     }
     size_t S = c->o->img_size, missing = 0, bad = 0, done = 0;
     int64_t t_last = moeh_now_ms();
@@ -424,6 +445,8 @@ int moeh_extract_streams(ctx_t *c, moeh_err_t *err)
     char p[PATH_MAX];
     int rc;
     if ((rc = build_luts(c, err))) return rc;
+    for (int k = 0; k < 2; k++)
+        if (c->emb[k].path && (rc = emb_attach(c, k, err))) return rc;
     size_t cells = c->n * MOEH_DS_T * c->vm.n_vars;
     c->sum = c->ds->ts_value; /* zeroed by moeh_dataset_create */
     c->cnt = calloc(cells ? cells : 1, sizeof *c->cnt);
@@ -439,7 +462,9 @@ int moeh_extract_streams(ctx_t *c, moeh_err_t *err)
     finish_series(c);
     if (c->o->note_dir && (rc = load_notes(c, err))) return rc;
     if (!c->o->note_dir) MOEH_WARN("no --note directory: notes are absent");
+    if (c->emb[0].path && (rc = emb_finish(c, 0, err))) return rc;
     if (c->o->cxr_dir && (rc = load_cxr(c, err))) return rc;
     if (!c->o->cxr_dir) MOEH_WARN("no --cxr directory: chest X-rays are absent");
+    if (c->emb[1].path && (rc = emb_finish(c, 1, err))) return rc;
     return 0;
 }

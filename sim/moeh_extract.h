@@ -57,6 +57,12 @@ typedef struct {
     bool strict;                /* a malformed row is fatal (default: reported and skipped) */
     double val_frac, test_frac; /* subject-grouped split fractions (0.1, 0.2) */
     uint64_t seed;              /* for the split */
+    /* Precomputed vectors (docs/data.md section 5.1): X.npy (K,D) <f4 + X.ids.txt (one id per
+     * line) [+ X.json, the embedding model's description]. note_emb is keyed by note_id and needs
+     * note_dir; cxr_emb by dicom_id and needs cxr_dir (its metadata; the JPEGs are then not
+     * decoded). An admission's vector is the mean over its notes (its AP/PA images) in the
+     * window; every such note (image) needs a vector. NULL: none. */
+    const char *note_emb, *cxr_emb;
 } moeh_extract_opts_t;
 
 typedef struct {
@@ -66,6 +72,7 @@ typedef struct {
     uint64_t chart_rows, lab_rows, used_rows, out_of_range, malformed;
     uint64_t event_bytes; /* uncompressed bytes of chartevents + labevents read */
     bool have_vitals, have_labs, have_notes, have_cxr;
+    size_t vec_rows[2], vec_unused[2]; /* note / X-ray vectors: admissions with one, unmatched */
 } moeh_extract_stats_t;
 
 void moeh_extract_opts_default(moeh_extract_opts_t *o);

@@ -83,6 +83,7 @@ static int send_hello(agent_t *a)
     h.n_vars = (uint32_t)a->n_vars;
     h.n_steps = (uint32_t)a->n_steps;
     h.img_size = (uint32_t)a->img_size;
+    h.note_dim = (uint32_t)a->note_dim, h.img_dim = (uint32_t)a->img_dim; /* vectors */
     h.n_combos = nc;
     h.combos = ccp;
     moeh_env_hello(&env, &h);
@@ -658,6 +659,7 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err))) goto out;
         a.n_static = ds->f_static, a.n_vars = ds->f_ts, a.n_steps = ds->t;
         a.img_size = ds->img_size;
+        a.note_dim = ds->note_dim, a.img_dim = ds->img_dim; /* precomputed vectors */
         for (size_t i = 0; i < ds->n; i++) {
             a.n_train += ds->split[i] == MOEH_SPLIT_TRAIN;
             a.n_test += ds->split[i] == MOEH_SPLIT_TEST;

@@ -17,7 +17,9 @@
 typedef struct moeh_trainer moeh_trainer_t;
 
 /* Takes ownership of *ds (set to NULL) and builds the model from cfg, whose data shapes
- * (n_static, n_vars, n_steps, img_size) must match the dataset. Caller owns *out. */
+ * (n_static, n_vars, n_steps, img_size) must match the dataset. A model on precomputed vectors
+ * (note_buckets = 0, img_size = 0) is fed the dataset's note_vec / img_vec, whose widths must be
+ * note_dim / img_dim (-EINVAL naming both widths otherwise). Caller owns *out. */
 int moeh_trainer_create(moeh_dataset_t **ds, const moeh_moe_cfg_t *cfg, moeh_trainer_t **out,
                         moeh_err_t *err) MOEH_WUR;
 void moeh_trainer_destroy(moeh_trainer_t **self_p);

@@ -21,6 +21,8 @@ struct moeh_trainer {
     float *anchor; /* FedProx anchor (n_params), allocated on first use */
     /* batch buffers */
     float *bx, *bv, *bm, *bd, *by, *probs;
+    float *bnv, *biv; /* precomputed vectors (B,note_dim), (B,img_dim); NULL when unused */
+    size_t Dn, Di;
     uint8_t *bimg, *bavail, *bymask;
     uint64_t *boff;
     uint32_t *bids;
@@ -40,13 +42,26 @@ int moeh_trainer_create(moeh_dataset_t **dsp, const moeh_moe_cfg_t *cfg, moeh_tr
                          cfg->n_static, cfg->n_vars, cfg->n_steps, cfg->img_size, cfg->img_size,
                          cfg->n_tasks, ds->f_static, ds->f_ts, ds->t, ds->img_size, ds->img_size,
                          MOEH_N_TASKS);
+    /* precomputed vectors (note_buckets = 0 / img_size = 0) come from the dataset's
+     * note_vec / img_vec, whose widths must be the model's */
+    uint8_t used = moeh_moe_arch_modalities(cfg->arch);
+    if ((used & 2) && !cfg->note_buckets && cfg->note_dim != ds->note_dim)
+        return moeh_errf(err, -EINVAL,
+                         "the model takes note vectors of width %zu (note_buckets = 0); the "
+                         "dataset has %s%zu (note_vec.npy)",
+                         cfg->note_dim, ds->note_dim ? "width " : "none: width ", ds->note_dim);
+    if ((used & 4) && !cfg->img_size && cfg->img_dim != ds->img_dim)
+        return moeh_errf(err, -EINVAL,
+                         "the model takes X-ray vectors of width %zu (img_size = 0); the dataset "
+                         "has %s%zu (img_vec.npy)",
+                         cfg->img_dim, ds->img_dim ? "width " : "none: width ", ds->img_dim);
     moeh_trainer_t *t = calloc(1, sizeof *t);
     if (!t) return moeh_errf(err, -ENOMEM, "out of memory");
     int rc;
     t->cfg = *cfg;
     if ((rc = moeh_moe_create(cfg, &t->model, err))) goto fail;
     t->B = cfg->max_batch, t->T = ds->t, t->F = ds->f_ts, t->Fs = ds->f_static;
-    t->S = ds->img_size;
+    t->S = cfg->img_size ? ds->img_size : 0; /* 0: the model takes X-ray vectors */
     t->n_norm = t->Fs + t->F;
     size_t max_tok = 0;
     for (size_t i = 0; i < ds->n; i++) {
@@ -69,6 +84,13 @@ int moeh_trainer_create(moeh_dataset_t **dsp, const moeh_moe_cfg_t *cfg, moeh_tr
     t->bymask = malloc(B * MOEH_N_TASKS);
     t->boff = malloc((B + 1) * sizeof(uint64_t));
     t->bids = malloc(t->ids_cap * sizeof(uint32_t));
+    t->Dn = (used & 2) && !cfg->note_buckets ? cfg->note_dim : 0;
+    t->Di = (used & 4) && !cfg->img_size ? cfg->img_dim : 0;
+    if ((t->Dn && !(t->bnv = malloc(B * t->Dn * sizeof(float)))) ||
+        (t->Di && !(t->biv = malloc(B * t->Di * sizeof(float))))) {
+        rc = moeh_errf(err, -ENOMEM, "out of memory for the batch's vectors");
+        goto fail;
+    }
     if (!t->mean || !t->std || !t->rows || !t->bx || !t->bv || !t->bm || !t->bd || !t->by ||
         !t->probs || !t->bimg || !t->bavail || !t->bymask || !t->boff || !t->bids) {
         rc = moeh_errf(err, -ENOMEM, "out of memory for the batch buffers");
@@ -106,6 +128,8 @@ void moeh_trainer_destroy(moeh_trainer_t **self_p)
     free(t->bymask);
     free(t->boff);
     free(t->bids);
+    free(t->bnv);
+    free(t->biv);
     free(t);
     *self_p = NULL;
 }
@@ -203,6 +227,8 @@ static void gather(moeh_trainer_t *t, const size_t *rows, size_t B, moeh_batch_t
             t->bids[ntok++] = H ? (uint32_t)((uint64_t)ds->note_tokens[k] % H) : 0u;
         t->boff[r + 1] = ntok;
         if (t->S) memcpy(t->bimg + r * t->S * t->S, ds->images + i * t->S * t->S, t->S * t->S);
+        if (t->Dn) memcpy(t->bnv + r * t->Dn, ds->note_vec + i * t->Dn, t->Dn * sizeof(float));
+        if (t->Di) memcpy(t->biv + r * t->Di, ds->img_vec + i * t->Di, t->Di * sizeof(float));
         memcpy(t->bavail + r * MOEH_N_MODS, ds->avail + i * MOEH_N_MODS, MOEH_N_MODS);
         memcpy(t->by + r * MOEH_N_TASKS, ds->labels + i * MOEH_N_TASKS,
                MOEH_N_TASKS * sizeof(float));
@@ -216,6 +242,8 @@ static void gather(moeh_trainer_t *t, const size_t *rows, size_t B, moeh_batch_t
                         .note_off = t->boff,
                         .note_ids = t->bids,
                         .img = t->S ? t->bimg : NULL,
+                        .note_vec = t->bnv,
+                        .img_vec = t->biv,
                         .avail = t->bavail,
                         .y = t->by,
                         .y_mask = t->bymask};

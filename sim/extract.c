@@ -559,7 +559,7 @@ static int set_meta(ctx_t *c, moeh_err_t *err)
     int rc = moeh_dataset_set_names(ds, snames, tn, tu, err);
     free(tn), free(tu);
     if (rc) return rc;
-    cJSON *x = ds->extra = cJSON_CreateObject();
+    cJSON *x = ds->extra ? ds->extra : (ds->extra = cJSON_CreateObject()); /* may hold embeddings */
     if (!x) return moeh_errf(err, -ENOMEM, "out of memory");
     cJSON *src = cJSON_AddObjectToObject(x, "source");
     cJSON_AddStringToObject(src, "kind", "mimic-iv");

@@ -23,3 +23,21 @@ if(TARGET moeh)
                      $<TARGET_FILE:moeh> homogeneous)
     set_tests_properties(test_heterogeneous test_homogeneous_unchanged PROPERTIES TIMEOUT 300)
 endif()
+
+# Precomputed embeddings end to end (docs/data.md 5.1): scripts/cxr_embed.py (random-init
+# torchvision DenseNet-121) on the synthetic MIMIC-CXR JPEGs and the NIH sample, synthetic note
+# vectors, moeh extract --note-embeddings --cxr-embeddings (means checked independently),
+# moeh train and predict on them, and the width / missing / unused-vector errors. Debian's
+# /usr/bin/python3 with python3-torchvision: its absence is a failure, not a skip.
+find_program(MOEH_TORCH_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(NOT MOEH_TORCH_PYTHON3)
+    find_program(MOEH_TORCH_PYTHON3 python3 REQUIRED)
+endif()
+if(TARGET moeh)
+    add_test(NAME test_embed_e2e
+             COMMAND ${MOEH_TORCH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_embed_e2e.py
+                     --bin-dir ${PROJECT_BINARY_DIR}/bin
+                     --script ${PROJECT_SOURCE_DIR}/scripts/cxr_embed.py)
+    set_tests_properties(test_embed_e2e PROPERTIES TIMEOUT 600
+        ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
+endif()

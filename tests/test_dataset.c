@@ -306,6 +306,94 @@ static void test_schema_names(void **state)
     moeh_dataset_destroy(&ds);
 }
 
+/* Precomputed vectors (docs/data.md 5.1): note_vec / img_vec round trip with their description
+ * and checksums, subset keeps or zeroes them, and the reader refuses a width that disagrees with
+ * meta.json, a description without its array, a non-finite value, a vector where the modality is
+ * absent and a modified byte, each named. */
+static void fill_vectors(moeh_dataset_t *ds)
+{
+    moeh_err_t err = {0};
+    cJSON *info = cJSON_CreateObject();
+    cJSON_AddStringToObject(info, "model", "test-bert");
+    assert_int_equal(moeh_dataset_add_vectors(ds, MOEH_MOD_NOTES, 4, info, &err), 0);
+    assert_int_equal(moeh_dataset_add_vectors(ds, MOEH_MOD_IMG, 3, NULL, &err), 0);
+    cJSON_Delete(info);
+    assert_int_equal(moeh_dataset_add_vectors(ds, MOEH_MOD_EHR, 3, NULL, &err), -EINVAL);
+    for (size_t i = 0; i < ds->n; i++) {
+        for (size_t k = 0; k < 4 && ds->avail[3 * i + 1]; k++)
+            ds->note_vec[4 * i + k] = (float)i + 0.25f * (float)k;
+        for (size_t k = 0; k < 3 && ds->avail[3 * i + 2]; k++)
+            ds->img_vec[3 * i + k] = -(float)i - 0.5f * (float)k;
+    }
+}
+
+static void test_vectors(void **state)
+{
+    moeh_dataset_t *ds = make(8), *rd = NULL, *sub = NULL;
+    char dir[512], p[700];
+    moeh_err_t err = {0};
+    fill_vectors(ds);
+    write_ok("vec", ds, dir);
+    int rc = moeh_dataset_open(dir, true, &rd, &err);
+    if (rc) fail_msg("%s", err.msg);
+    assert_int_equal(rd->note_dim, 4);
+    assert_int_equal(rd->img_dim, 3);
+    assert_memory_equal(rd->note_vec, ds->note_vec, 8 * 4 * sizeof(float));
+    assert_memory_equal(rd->img_vec, ds->img_vec, 8 * 3 * sizeof(float));
+    const cJSON *emb = cJSON_GetObjectItem(rd->extra, "embeddings");
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(emb, "notes"), "model")->valuestring, "test-bert");
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(emb, "img"), "dim")->valueint, 3);
+    /* subset: rows 6 (notes, img) and 3 (notes); images dropped */
+    size_t idx[2] = {6, 3};
+    assert_int_equal(moeh_dataset_subset(rd, idx, 2, 1u | 2u, &sub, &err), 0);
+    assert_memory_equal(sub->note_vec, rd->note_vec + 4 * 6, 4 * sizeof(float));
+    assert_memory_equal(sub->note_vec + 4, rd->note_vec + 4 * 3, 4 * sizeof(float));
+    for (size_t k = 0; k < 6; k++)
+        assert_true(sub->img_vec[k] == 0.0f);
+    write_ok("vecsub", sub, p);
+    moeh_dataset_destroy(&sub);
+    assert_int_equal(moeh_dataset_open(p, true, &sub, &err), 0);
+    moeh_dataset_destroy(&sub);
+    moeh_dataset_destroy(&rd);
+    /* a dataset without vectors has none (and no "embeddings") */
+    moeh_dataset_t *plain = make(3);
+    write_ok("novec", plain, p);
+    moeh_dataset_destroy(&plain);
+    assert_int_equal(moeh_dataset_open(p, true, &plain, &err), 0);
+    assert_null(plain->note_vec);
+    assert_int_equal(plain->img_dim, 0);
+    moeh_dataset_destroy(&plain);
+
+    /* meta.json's width disagrees, or describes vectors that are not there */
+    rewrite_meta(dir, "embeddings", "{\"notes\": {\"dim\": 5}, \"img\": {\"dim\": 3}}");
+    expect_open_error(dir, "embeddings.notes.dim is 5", "'note_vec' has 4 columns");
+    rewrite_meta(dir, "embeddings", "{\"notes\": {\"dim\": 4}}");
+    expect_open_error(dir, "arrays.img_vec is present but embeddings.img", NULL);
+    write_ok("vec", ds, dir);
+    rewrite_meta(dir, "arrays", NULL);
+    expect_open_error(dir, "\"arrays\" missing", NULL);
+    /* non-finite, and a vector where the modality is absent (row 0 has neither) */
+    ds->note_vec[4 * 2 + 1] = NAN; /* row 2 has notes */
+    write_ok("vec", ds, dir);
+    expect_open_error(dir, "note_vec.npy: row 2 (hadm_id 2002) column 1 is nan", NULL);
+    ds->note_vec[4 * 2 + 1] = 1.0f;
+    ds->img_vec[3 * 1 + 2] = 0.5f; /* row 1: no image */
+    write_ok("vec", ds, dir);
+    expect_open_error(dir, "img_vec.npy: row 1 (hadm_id 2001) has no img", "non-zero vector");
+    ds->img_vec[3 * 1 + 2] = 0.0f;
+    /* the checksum covers the vectors */
+    write_ok("vec", ds, dir);
+    snprintf(p, sizeof p, "%s/note_vec.npy", dir);
+    FILE *f = fopen(p, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    fputc(0x3f, f);
+    fclose(f);
+    expect_open_error(dir, "array 'note_vec'", "checksum mismatch");
+    moeh_dataset_destroy(&ds);
+}
+
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_rejects),
                cmocka_unit_test(test_badfiles), cmocka_unit_test(test_corrupt_headers),
-               cmocka_unit_test(test_schema_names))
+               cmocka_unit_test(test_schema_names), cmocka_unit_test(test_vectors))

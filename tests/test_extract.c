@@ -12,6 +12,7 @@
 #include "test_util.h"
 
 #include "moeh_extract.h"
+#include "moeh_npy.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -198,6 +199,22 @@ static void test_tiny(void **state)
     assert_non_null(strstr(err.msg, "icustays.csv.gz"));
 }
 
+/* The tiny database's radiology notes: 100 has 1-RR-1 and 1-RR-2 (no hadm_id, matched by time)
+ * in its window, 1-RR-3 too late; 2-RR-1 is before 200's t0. */
+static void write_tiny_notes(const char *root)
+{
+    char d[700];
+    moeh_err_t err = {0};
+    snprintf(d, sizeof d, "%s/note/note", root);
+    assert_int_equal(moeh_mkdir_p(d, &err), 0);
+    write_gz(d, "radiology.csv.gz",
+             "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text\n"
+             "1-RR-2,1,,RR,2,2150-01-02 09:00:00,,\"Second: effusion, \"\"small\"\".\"\n"
+             "1-RR-1,1,100,RR,1,2150-01-01 11:00:00,,\"FINDINGS:\nLungs clear.\"\n"
+             "1-RR-3,1,100,RR,3,2150-01-04 09:00:00,,Too late\n"
+             "2-RR-1,2,200,RR,1,2150-01-01 01:00:00,,Before t0\n");
+}
+
 /* Notes and chest X-rays on the tiny database: window selection, hadm-less notes, the latest
  * AP/PA image, a lateral view and an out-of-window study ignored, a real NIH PNG accepted
  * where the .jpg is missing, and a missing image file leaving the modality absent. */
@@ -207,14 +224,7 @@ static void test_tiny_notes_cxr(void **state)
     moeh_err_t err = {0};
     snprintf(root, sizeof root, "%s/tiny2", g_dir);
     make_tiny(root, false);
-    snprintf(d, sizeof d, "%s/note/note", root);
-    assert_int_equal(moeh_mkdir_p(d, &err), 0);
-    write_gz(d, "radiology.csv.gz",
-             "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text\n"
-             "1-RR-2,1,,RR,2,2150-01-02 09:00:00,,\"Second: effusion, \"\"small\"\".\"\n"
-             "1-RR-1,1,100,RR,1,2150-01-01 11:00:00,,\"FINDINGS:\nLungs clear.\"\n"
-             "1-RR-3,1,100,RR,3,2150-01-04 09:00:00,,Too late\n"
-             "2-RR-1,2,200,RR,1,2150-01-01 01:00:00,,Before t0\n");
+    write_tiny_notes(root);
     const char *png = "/work/shared/data/cxr-sample/images_256/00000003_000.png";
     const char *e = getenv("MOEH_CXR_SAMPLE_DIR");
     char pngb[600];
@@ -275,6 +285,128 @@ static void test_tiny_notes_cxr(void **state)
     moeh_dataset_destroy(&ds);
 }
 
+/* X.npy (K,D) f32 + X.ids.txt (ids_text as given) + X.json (desc, if not NULL). */
+static void write_vec(const char *base, const char *ids_text, size_t K, size_t D, const float *v,
+                      const char *desc)
+{
+    char p[900];
+    moeh_err_t err = {0};
+    size_t shape[2] = {K, D};
+    snprintf(p, sizeof p, "%s.npy", base);
+    assert_int_equal(moeh_npy_write(p, MOEH_DT_F32, 2, shape, v, &err), 0);
+    snprintf(p, sizeof p, "%s.ids.txt", base);
+    assert_int_equal(moeh_file_write_atomic(p, ids_text, strlen(ids_text), &err), 0);
+    snprintf(p, sizeof p, "%s.json", base);
+    unlink(p);
+    if (desc) assert_int_equal(moeh_file_write_atomic(p, desc, strlen(desc), &err), 0);
+}
+
+static void expect_extract_error(const moeh_extract_opts_t *o, int want, const char *a,
+                                 const char *b)
+{
+    moeh_dataset_t *ds = NULL;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_extract(o, &ds, NULL, &err), want);
+    assert_null(ds);
+    if (!strstr(err.msg, a) || (b && !strstr(err.msg, b)))
+        fail_msg("error '%s' lacks '%s' / '%s'", err.msg, a, b ? b : "");
+}
+
+/* Precomputed vectors (docs/data.md 5.1) on the tiny database: an admission's vector is the mean
+ * of its notes' (AP/PA images') vectors in its window, the modality present where one is, the JPEGs
+ * not needed; vectors of items outside the cohort counted (refused with --strict at file:line);
+ * and every malformed input named: a cohort note without a vector, a repeated id, NaN, id and
+ * row counts that differ, an empty line, a description of another width, a non-float32 array,
+ * and --note-embeddings without --note. */
+static void test_tiny_embeddings(void **state)
+{
+    char root[512], nd[700], cd[700], nb[700], cb[700], d[800];
+    moeh_err_t err = {0};
+    snprintf(root, sizeof root, "%s/tiny3", g_dir);
+    make_tiny(root, false);
+    write_tiny_notes(root);
+    snprintf(cd, sizeof cd, "%s/cxr", root);
+    assert_int_equal(moeh_mkdir_p(cd, &err), 0);
+    write_gz(cd, "mimic-cxr-2.0.0-metadata.csv.gz",
+             "dicom_id,subject_id,study_id,ViewPosition,StudyDate,StudyTime\n"
+             "old,1,7,PA,21500101,90000.0\n"
+             "aa,1,8,AP,21500102,80000.5\n"
+             "bb,1,8,PA,21500102,90000\n"
+             "lat,1,8,LATERAL,21500102,235959.0\n"
+             "gone,2,9,AP,21500101,120000.0\n");
+    snprintf(nd, sizeof nd, "%s/note", root);
+    snprintf(nb, sizeof nb, "%s/notes", g_dir);
+    snprintf(cb, sizeof cb, "%s/cxrv", g_dir);
+    const float nv[8] = {1, 2, 3, 6, 100, 100, 50, 50}; /* 1-RR-1, 1-RR-2, 1-RR-3, 2-RR-1 */
+    write_vec(nb, "1-RR-1\n1-RR-2\r\n 1-RR-3 \n2-RR-1", 4, 2, nv,
+              "{\"model\": \"tiny-bert\", \"dim\": 2}");
+    const float cv[12] = {1, 1, 1, 3, 5, 7, -1, 0, 1, 9, 9, 9}; /* aa, bb, gone, lat */
+    write_vec(cb, "aa\nbb\ngone\nlat\n\n", 4, 3, cv, NULL);
+    moeh_extract_opts_t o;
+    moeh_extract_opts_default(&o);
+    o.mimic_dir = root, o.note_dir = nd, o.cxr_dir = cd;
+    snprintf(d, sizeof d, "%s.npy", nb);
+    char cpath[800];
+    snprintf(cpath, sizeof cpath, "%s.npy", cb);
+    o.note_emb = d, o.cxr_emb = cpath;
+    moeh_dataset_t *ds = NULL;
+    moeh_extract_stats_t st;
+    int rc = moeh_extract(&o, &ds, &st, &err);
+    if (rc) fail_msg("%s", err.msg);
+    assert_int_equal(ds->n, 2);
+    assert_int_equal(ds->note_dim, 2);
+    assert_int_equal(ds->img_dim, 3);
+    const float want_n[4] = {2, 4, 0, 0}, want_i[6] = {2, 3, 4, -1, 0, 1};
+    assert_memory_equal(ds->note_vec, want_n, sizeof want_n);
+    assert_memory_equal(ds->img_vec, want_i, sizeof want_i);
+    assert_int_equal(ds->avail[1], 1);
+    assert_int_equal(ds->avail[3 + 1], 0);
+    assert_int_equal(ds->avail[2], 1); /* from the vectors: no JPEG exists */
+    assert_int_equal(ds->avail[3 + 2], 1);
+    assert_int_equal(st.vec_unused[0], 2); /* 1-RR-3, 2-RR-1 */
+    assert_int_equal(st.vec_unused[1], 1); /* lat (a lateral view); old has no vector */
+    assert_int_equal(st.vec_rows[0], 1);
+    assert_int_equal(st.vec_rows[1], 2);
+    const cJSON *en = cJSON_GetObjectItem(cJSON_GetObjectItem(ds->extra, "embeddings"), "notes");
+    assert_string_equal(cJSON_GetObjectItem(en, "model")->valuestring, "tiny-bert");
+    assert_string_equal(cJSON_GetObjectItem(en, "key")->valuestring, "note_id");
+    char out[800];
+    snprintf(out, sizeof out, "%s/tiny3_ds", g_dir);
+    assert_int_equal(moeh_dataset_write(ds, out, &err), 0);
+    moeh_dataset_destroy(&ds);
+    rc = moeh_dataset_open(out, true, &ds, &err);
+    if (rc) fail_msg("%s", err.msg);
+    assert_memory_equal(ds->img_vec, want_i, sizeof want_i);
+    moeh_dataset_destroy(&ds);
+
+    /* --strict refuses the first unused vector at file:line */
+    o.strict = true;
+    expect_extract_error(&o, -EBADMSG, "notes.ids.txt:3: note_id '1-RR-3'", "2 of 4");
+    o.strict = false;
+    /* a cohort note without a vector, named with its admission */
+    write_vec(nb, "1-RR-1\n1-RR-3\n", 2, 2, nv, NULL);
+    expect_extract_error(&o, -ENOENT, "note_id '1-RR-2' (hadm_id 100)", "no vector");
+    write_vec(nb, "1-RR-1\n1-RR-2\n1-RR-1\n2-RR-1\n", 4, 2, nv, NULL);
+    expect_extract_error(&o, -EBADMSG, "notes.ids.txt:3: id '1-RR-1' repeats line 1", NULL);
+    const float bad[8] = {1, 2, NAN, 6, 100, 100, 50, 50};
+    write_vec(nb, "1-RR-1\n1-RR-2\n1-RR-3\n2-RR-1\n", 4, 2, bad, NULL);
+    expect_extract_error(&o, -EBADMSG, "row 1 (note_id '1-RR-2', ",
+                         "notes.ids.txt:2) column 0 is nan");
+    write_vec(nb, "1-RR-1\n1-RR-2\n1-RR-3\n", 4, 2, nv, NULL);
+    expect_extract_error(&o, -EBADMSG, "notes.ids.txt has 3 ids (lines)", "has 4 rows");
+    write_vec(nb, "1-RR-1\n\n1-RR-3\n2-RR-1\n", 4, 2, nv, NULL);
+    expect_extract_error(&o, -EBADMSG, "notes.ids.txt:2: empty id", NULL);
+    write_vec(nb, "1-RR-1\n1-RR-2\n1-RR-3\n2-RR-1\n", 4, 2, nv, "{\"dim\": 768}");
+    expect_extract_error(&o, -EBADMSG, "notes.json says dim 768", "has 2 columns");
+    write_vec(nb, "a\n", 1, 1, nv, NULL);
+    size_t shape[2] = {1, 1};
+    int32_t one = 1;
+    assert_int_equal(moeh_npy_write(d, MOEH_DT_I32, 2, shape, &one, &err), 0);
+    expect_extract_error(&o, -EBADMSG, "--note-embeddings", "float32");
+    o.note_dir = NULL;
+    expect_extract_error(&o, -EINVAL, "--note-embeddings needs --note DIR", NULL);
+}
+
 static void test_varmap(void **state)
 {
     moeh_varmap_t m;
@@ -301,4 +433,5 @@ static void test_varmap(void **state)
 }
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_demo), cmocka_unit_test(test_tiny),
-               cmocka_unit_test(test_tiny_notes_cxr), cmocka_unit_test(test_varmap))
+               cmocka_unit_test(test_tiny_notes_cxr), cmocka_unit_test(test_tiny_embeddings),
+               cmocka_unit_test(test_varmap))

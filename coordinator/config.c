@@ -23,7 +23,8 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->heartbeat_ms = 1000;
     c->heartbeat_timeout_ms = 5000;
     c->upload_slots = 2;
-    c->secagg = 1; /* secure by default: the coordinator learns only sums */
+    c->conn_budget_mb = 64; /* 12x the default model's update (5 MB) */
+    c->secagg = 1;          /* secure by default: the coordinator learns only sums */
     c->secagg_k = MOEH_SECAGG_K_AUTO;
     c->secagg_plan = (moeh_secagg_plan_cfg_t)MOEH_SECAGG_PLAN_DEFAULT;
     c->model = moeh_moe_defaults(0, 0); /* data shapes: from the sites (create_model) */

@@ -60,6 +60,13 @@ int main(int argc, char **argv)
         {"upload-slots", MOEH_OPT_U32, &cfg.upload_slots,
          "training updates the sites may send at a time (the others wait for a grant), so "
          "that memory does not grow with the sites; 0: no limit"},
+        {"max-connections", MOEH_OPT_U32, &cfg.max_connections,
+         "TCP connections kept at once; beyond it the quietest are shut down (0: the open-files "
+         "limit less 64, kept for the checkpoint and log files)"},
+        {"conn-budget-mb", MOEH_OPT_U32, &cfg.conn_budget_mb,
+         "inbound MiB one connection may send at once (refilled over 8 s; at least twice the "
+         "largest legitimate message), 4x that for all together; over it the connection is "
+         "shut down, which bounds what ZeroMQ buffers for a peer (0: no budget)"},
         {"warmup-rounds", MOEH_OPT_U32, &cfg.warmup_rounds,
          "expert-specialisation rounds before joint training (by default at most rounds - 1)"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},

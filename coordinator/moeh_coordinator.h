@@ -37,6 +37,12 @@ typedef struct {
      * coordinator never buffers more than upload_slots updates whatever the number of sites.
      * A grant not used within heartbeat_timeout_ms expires. 0: no limit, sites push. */
     uint32_t upload_slots;
+    /* Connection guard (moeh_connguard.h, docs/security.md): at most max_connections accepted
+     * TCP connections (0: the open-files limit less a reserve of 64), and a token bucket of
+     * conn_budget_mb MiB of inbound bytes per connection (refilled over 8 s; raised to twice
+     * the largest legitimate message once the model is known) and 4x that for all together;
+     * a connection over either is shut down. conn_budget_mb 0: no byte budget. */
+    uint32_t max_connections, conn_budget_mb;
 
     /* model: MoE-Health or a baseline, its hyperparameters and seed (model/moeh_moe.h; the seed
      * also drives the sites' shuffling). The data shapes (static features, hourly variables,

@@ -5,10 +5,12 @@
 #include "moeh_coord_status.h"
 #include "moeh_coordinator_testing.h"
 
+#include "moeh_connguard.h"
 #include "moeh_keys.h"
 #include "moeh_monitor.h"
 #include "moeh_wire.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,9 @@
 /* The outbound budget of one peer: messages queued for it and not yet taken by its connection
  * (a broadcast model is one reference-counted copy shared by every queue). */
 #define MOEH_COORD_SNDHWM 1000
+/* A TCP connection must complete its ZMTP/CURVE handshake within this (libzmq's default: 30 s):
+ * an idle unauthenticated connection holds a descriptor this long at most. */
+#define MOEH_COORD_HANDSHAKE_MS 5000
 
 typedef struct {
     const moeh_coord_cfg_t *cfg;
@@ -30,10 +35,58 @@ typedef struct {
     moeh_keypair_t *kp;
     moeh_coord_io_t io;
     moeh_coord_core_t *core;
+    moeh_connguard_t *guard;          /* NULL if the endpoint is not tcp or there is no procfs */
+    uint64_t nofile;                  /* RLIMIT_NOFILE after raise_nofile */
     char run_id[64];                  /* OUT/status.json */
     moeh_coord_status_mark_t st_mark; /* what the last status.json said */
     int st_failed;                    /* a failed write was logged (once) */
 } run_t;
+
+/* Descriptors open now (/proc/self/fd; 32 if it cannot be read). */
+static uint64_t open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return 32;
+    uint64_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* The connection guard (moeh_connguard.h) on the bound endpoint ep; without one (not tcp, no
+ * procfs) the run goes on with a warning. */
+static void guard_start(run_t *r, const char *ep)
+{
+    const moeh_coord_cfg_t *cfg = r->cfg;
+    moeh_connguard_cfg_t g = {.max_conns = cfg->max_connections,
+                              .burst_bytes = (uint64_t)cfg->conn_budget_mb << 20,
+                              .total_bytes = (uint64_t)cfg->conn_budget_mb << 22,
+                              .interval_ms = 50};
+    if (!g.max_conns) { /* keep 64 descriptors free beside those open now (ZeroMQ's, the log) */
+        uint64_t used = open_fds(), keep = 64 + used;
+        uint64_t n = r->nofile > 2 * keep ? r->nofile - keep : r->nofile / 2;
+        g.max_conns = n < UINT32_MAX ? (uint32_t)n : UINT32_MAX;
+    }
+    moeh_err_t err = {0};
+    if (moeh_connguard_create(&g, ep, &r->guard, &err) != 0) {
+        MOEH_WARN("no connection guard (connections and their bytes are not capped): %s", err.msg);
+        return;
+    }
+    MOEH_INFO("connections: at most %u at once, %u MiB inbound each at once, %u MiB together",
+              g.max_conns, cfg->conn_budget_mb, 4 * cfg->conn_budget_mb);
+}
+
+/* The guard's scan (every 50 ms), with budgets of at least twice the largest legitimate
+ * message once the model is known. */
+static void guard_tick(run_t *r)
+{
+    if (!r->guard) return;
+    uint64_t m = moeh_wire_max_tensor_bytes(moeh_coord_core_limits(r->core));
+    if (m) moeh_connguard_min_budget(r->guard, 2 * m + (1u << 20), 4 * (2 * m + (1u << 20)));
+    moeh_connguard_tick(r->guard, moeh_now_ms());
+}
 
 /* OUT/status.json (moeh_coord_status.h): when the phase, the round or the admitted sites
  * changed, or replies did and the last write is a second old; always when state is set. */
@@ -66,10 +119,10 @@ static int io_send(void *ctx, const uint8_t *rid, size_t rid_len, Moeh__Envelope
 
 /* Raises the soft RLIMIT_NOFILE to the hard limit, so that idle connections (each one a file
  * descriptor) do not take the descriptors the checkpoint and log files need; says the limit. */
-static void raise_nofile(void)
+static uint64_t raise_nofile(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
     rlim_t was = rl.rlim_cur;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -77,6 +130,7 @@ static void raise_nofile(void)
     }
     MOEH_INFO("open files: up to %llu (RLIMIT_NOFILE, was %llu)", (unsigned long long)rl.rlim_cur,
               (unsigned long long)was);
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
 }
 
 static int io_registered(void *ctx, const char *site_id)
@@ -201,7 +255,8 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
     int hb_timeout =
         (int)(cfg->heartbeat_timeout_ms < 6553500 ? cfg->heartbeat_timeout_ms : 6553500);
     int hb_ttl = hb_timeout;
-    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES; /* per part: tensors travel in parts */
+    int64_t maxmsg = MOEH_WIRE_MAX_PART_BYTES;   /* per part: tensors travel in parts */
+    int handshake_ivl = MOEH_COORD_HANDSHAKE_MS; /* a connection that never completes CURVE */
     if (zmq_setsockopt(r->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(r->router, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
@@ -209,7 +264,8 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
         zmq_setsockopt(r->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl) ||
         zmq_setsockopt(r->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout) ||
         zmq_setsockopt(r->router, ZMQ_HEARTBEAT_TTL, &hb_ttl, sizeof hb_ttl) ||
-        zmq_setsockopt(r->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
+        zmq_setsockopt(r->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_setsockopt(r->router, ZMQ_HANDSHAKE_IVL, &handshake_ivl, sizeof handshake_ivl))
         return moeh_errf(err, -zmq_errno(), "socket options: %s", zmq_strerror(zmq_errno()));
     if (!cfg->insecure && (rc = moeh_curve_server(r->router, r->kp)))
         return moeh_errf(err, rc, "CURVE set-up failed: %s", moeh_strerror(rc));
@@ -229,6 +285,7 @@ static int announce(run_t *r, uint32_t wait_target, moeh_err_t *err)
     if (zmq_getsockopt(r->router, ZMQ_LAST_ENDPOINT, ep, &eplen) != 0)
         return moeh_errf(err, -zmq_errno(), "cannot read the bound endpoint: %s",
                          zmq_strerror(zmq_errno()));
+    guard_start(r, ep);
     MOEH_INFO("listening on %s (%s); waiting for %u sites", ep,
               cfg->insecure ? "INSECURE: no encryption, no admission control" : "CURVE",
               wait_target);
@@ -309,6 +366,7 @@ static void teardown(run_t *r, int rc, const moeh_err_t *err)
         zmq_setsockopt(r->router, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(r->router);
     }
+    moeh_connguard_destroy(&r->guard);
     moeh_zap_destroy(&r->zap);
     if (r->zctx) zmq_ctx_term(r->zctx);
     moeh_keypair_destroy(&r->kp);
@@ -326,7 +384,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
                              .ctx = &r};
     moeh_err_t fatal = {0};
     uint32_t registered;
-    raise_nofile();
+    r.nofile = raise_nofile();
     moeh_coord_replay_t *replay = NULL;
     int rc = 0;
     if (faults && faults->replay_metrics &&
@@ -357,6 +415,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
             if (r.zap) reload_registry(&r);
         }
         monitor_drain(&r); /* first: a failed connection's address is soon gone */
+        guard_tick(&r);
         if (drain(&r, &fatal) != 0) break;
         if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
         status_update(&r, NULL, NULL);

@@ -192,6 +192,9 @@ int moeh_wire_send(void *sock, const uint8_t *routing_id, size_t routing_id_len,
 int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *lim, moeh_msg_t *msg,
                    moeh_err_t *err) __attribute__((warn_unused_result));
 void moeh_msg_clear(moeh_msg_t *msg);
+/* The most tensor bytes one received message may declare under lim (twice the largest frame
+ * set moeh_wire_decode accepts, plus slack); 0 before a model is negotiated. Pure. */
+uint64_t moeh_wire_max_tensor_bytes(const moeh_wire_limits_t *lim);
 
 /* Makes *env the Error {code, message} (cut to MOEH_MAX_STRING bytes, copied into buf); env,
  * e and buf are the caller's and must outlive every use of env. */

@@ -166,7 +166,7 @@ void moeh_msg_clear(moeh_msg_t *msg)
  * vector of any phase, an EvalResult, a StatsResult), doubled for slack. Checked against the
  * sizes a header declares before any part is joined, so that a site cannot make the receiver
  * allocate more than a legitimate message's worth (the decoder then checks the exact sizes). */
-static uint64_t max_tensor_bytes(const moeh_wire_limits_t *lim)
+uint64_t moeh_wire_max_tensor_bytes(const moeh_wire_limits_t *lim)
 {
     if (!lim || lim->n_params == 0) return 0; /* nothing negotiated: no tensors yet */
     uint64_t words = lim->n_params + lim->n_groups + 2 * (uint64_t)lim->n_norm; /* RoundStart */
@@ -197,7 +197,7 @@ static int join_frames(parts_t *ps, size_t at, size_t np, const void *hdr, size_
     }
     if (plan) nf = e->n_frames;
     if (e) moeh__envelope__free_unpacked(e, NULL);
-    uint64_t total = 0, cap = max_tensor_bytes(lim);
+    uint64_t total = 0, cap = moeh_wire_max_tensor_bytes(lim);
     for (size_t i = 0; plan && i < nf; i++)
         total += bytes[i];
     if (plan && total > cap)

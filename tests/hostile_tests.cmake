@@ -10,3 +10,10 @@ moeh_add_test(test_hostile SOURCES test_hostile.c fed_util.c
               LIBS moeh_sim moeh_agent moeh_coordinator moeh_cohort moeh_model PkgConfig::CJSON
               TIMEOUT 400 LABELS hostile multiprocess)
 add_dependencies(test_hostile moeh-coordinator moeh-site-agent)
+# test_hostile_res: findings 2 and 3 (descriptors, memory) against a real coordinator process:
+# idle TCP and authenticated connections at nofile 256, one 1 GiB multipart message; the
+# connection guard (coordinator/moeh_connguard.h) bounds both.
+moeh_add_test(test_hostile_res SOURCES test_hostile_res.c fed_util.c
+              LIBS moeh_sim moeh_agent moeh_coordinator moeh_cohort moeh_model PkgConfig::CJSON
+              TIMEOUT 400 LABELS hostile multiprocess)
+add_dependencies(test_hostile_res moeh-coordinator moeh-site-agent)

@@ -2,7 +2,10 @@
  * finding 9): a dataset whose ts_delta is all NaN with valid checksums, a FIFO given as an
  * array file, and the coordinator's key pair file given as --server-key. Each must make the
  * agent exit non-zero at once with a message naming the file, before any network traffic (the
- * endpoint is a closed port); a hang is killed by the timeout below and fails the test. */
+ * endpoint is a closed port); a hang is killed by the timeout below and fails the test. And
+ * checkpoints crafted with a valid xxhash (data_shape 1e10, round 1e300, NaN parameters, a
+ * negative standard deviation) given to the real moeh-coordinator --resume: it exits at start
+ * naming the file and the field, without a crash. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +26,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 extern char **environ;
 static char g_dir[256], g_bin[512];
@@ -166,5 +170,72 @@ static void test_key_mixup_agent(void **state)
     expect_refused(argv, ck);
 }
 
-MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_nan_delta_agent),
-               cmocka_unit_test(test_fifo_agent), cmocka_unit_test(test_key_mixup_agent))
+/* Writes dir/checkpoint.moeh with header JSON hdr and the float arrays given back to back,
+ * laid out as moeh_ckpt_save lays it out, with its xxhash recomputed so that only the field
+ * checks can refuse it. */
+static void craft_ckpt(const char *dir, const char *hdr, const float *data, size_t n)
+{
+    char path[500];
+    snprintf(path, sizeof path, "%s/checkpoint.moeh", dir);
+    uint32_t version = 1, hlen = (uint32_t)strlen(hdr);
+    size_t body = 16 + hlen + n * sizeof(float);
+    unsigned char *buf = malloc(body + 8);
+    assert_non_null(buf);
+    memcpy(buf, "MOEHCKPT", 8);
+    memcpy(buf + 8, &version, 4);
+    memcpy(buf + 12, &hlen, 4);
+    memcpy(buf + 16, hdr, hlen);
+    if (n) memcpy(buf + 16 + hlen, data, n * sizeof(float));
+    uint64_t h = XXH64(buf, body, 0);
+    memcpy(buf + body, &h, 8);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, body + 8, f), body + 8);
+    assert_int_equal(fclose(f), 0);
+    free(buf);
+}
+
+/* moeh-coordinator --resume on each crafted checkpoint: a non-zero exit at start (not a
+ * signal, not a hang), with the checkpoint's path and the field in its output. */
+static void test_crafted_checkpoint_coordinator(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *round, *want;
+        float d[8];
+    } cases[] = {
+        {"shape", "7", "data_shape n_static is 1e+10", {0.5f, -1, 0, 1, 1e10f, 2, 4, 0}},
+        {"round", "1e300", "header field 'round' is 1e+300", {0.5f, -1, 0, 1, 3, 2, 4, 0}},
+        {"nan", "7", "array 'params' element 0 is nan", {NAN, -1, 0, 1, 3, 2, 4, 0}},
+        {"std", "7", "'norm' standard deviation 0 is -2", {0.5f, -1, 0, -2, 3, 2, 4, 0}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out_dir[400], ckpt[500];
+        snprintf(out_dir, sizeof out_dir, "%s/ckpt-%s", g_dir, cases[i].name);
+        assert_int_equal(mkdir(out_dir, 0700), 0);
+        const char *hdr_fmt = "{\"round\":%s,\"model_version\":3,\"spec_hash\":\"1\","
+                              "\"n_params\":2,\"n_groups\":1,\"arrays\":[{\"name\":\"params\","
+                              "\"count\":2},{\"name\":\"norm\",\"count\":2},{\"name\":"
+                              "\"data_shape\",\"count\":4}]}";
+        char hdr[512];
+        snprintf(hdr, sizeof hdr, hdr_fmt, cases[i].round);
+        craft_ckpt(out_dir, hdr, cases[i].d, 8);
+        snprintf(ckpt, sizeof ckpt, "%s/checkpoint.moeh", out_dir);
+        char *argv[] = {"moeh-coordinator",
+                        "--insecure",
+                        "--bind",
+                        "tcp://127.0.0.1:*",
+                        "--out",
+                        out_dir,
+                        "--resume",
+                        "--rounds",
+                        "3",
+                        NULL};
+        expect_refused(argv, cases[i].want);
+        expect_refused(argv, ckpt);
+    }
+}
+
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_crafted_checkpoint_coordinator),
+               cmocka_unit_test(test_nan_delta_agent), cmocka_unit_test(test_fifo_agent),
+               cmocka_unit_test(test_key_mixup_agent))

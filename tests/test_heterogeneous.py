@@ -26,13 +26,7 @@ import tempfile
 # --image-px 32 (recorded at main 1142327, before --profile existed)
 HOMOGENEOUS_TREE = "7962a24f23b1204dd4590662cc9c66b31921dcc8b75f3ebb4da44134f1758068"
 
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
+from checks import check, status  # noqa: E402  (tests/checks.py)
 
 
 def tree_hash(root):
@@ -256,10 +250,7 @@ def main():
             split_by_hospital(sys.argv[1], tmp)
         else:
             homogeneous(sys.argv[1], tmp)
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    return 0
+    return status()
 
 
 if __name__ == "__main__":

@@ -35,13 +35,7 @@ SCRIPT = os.path.join(HERE, "..", "scripts", "paired_bootstrap.py")
 sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
 import paired_bootstrap as pb  # noqa: E402
 
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
+from checks import check, status  # noqa: E402  (tests/checks.py)
 
 
 def end_to_end(moeh):
@@ -250,10 +244,7 @@ def main():
         check(r.returncode == 0 and "paired" in r.stdout, "--help")
     if len(sys.argv) > 1:  # the path of the moeh binary: also the end-to-end case
         end_to_end(sys.argv[1])
-    if failures:
-        print(f"{len(failures)} check(s) failed")
-        return 1
-    return 0
+    return status()
 
 
 if __name__ == "__main__":

@@ -100,22 +100,32 @@ static void test_stats_and_pooled_norm(void **state)
     moeh_trainer_destroy(&all);
 }
 
+/* Trains t for `epochs` in `phase` (batches of 32, AdamW defaults with learning rate lr, FedProx
+ * weight mu, seed 1); the result in *res. */
+static void train(moeh_trainer_t *t, uint32_t epochs, moeh_phase_t phase, float lr, float mu,
+                  moeh_train_result_t *res)
+{
+    moeh_train_cfg_t tc = {.epochs = epochs,
+                           .batch_size = 32,
+                           .adamw = moeh_adamw_defaults(),
+                           .phase = phase,
+                           .prox_mu = mu,
+                           .seed = 1};
+    if (lr > 0) tc.adamw.lr = lr;
+    moeh_err_t err = {0};
+    int rc = moeh_trainer_train(t, &tc, res, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+}
+
 static double dist_after_training(float mu)
 {
     moeh_trainer_t *t = trainer_of(0, g_ds->n, 7);
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(t));
     float *w0 = malloc(p->n * sizeof(float));
     memcpy(w0, p->w, p->n * sizeof(float));
-    moeh_train_cfg_t tc = {.epochs = 2,
-                           .batch_size = 32,
-                           .adamw = moeh_adamw_defaults(),
-                           .phase = MOEH_PHASE_JOINT,
-                           .prox_mu = mu,
-                           .seed = 1};
-    tc.adamw.lr = 1e-2f;
     moeh_train_result_t res;
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_trainer_train(t, &tc, &res, &err), 0);
+    train(t, 2, MOEH_PHASE_JOINT, 1e-2f, mu, &res);
     assert_true(res.steps > 0 && isfinite(res.mean_loss));
     double d = 0;
     for (size_t i = 0; i < p->n; i++)
@@ -136,14 +146,8 @@ static void test_group_samples_and_eval_sums(void **state)
 {
     moeh_trainer_t *t = trainer_of(0, g_ds->n, 1); /* an EHR-only site */
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(t));
-    moeh_train_cfg_t tc = {.epochs = 1,
-                           .batch_size = 32,
-                           .adamw = moeh_adamw_defaults(),
-                           .phase = MOEH_PHASE_JOINT,
-                           .seed = 1};
     moeh_train_result_t res;
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_trainer_train(t, &tc, &res, &err), 0);
+    train(t, 1, MOEH_PHASE_JOINT, 0, 0, &res);
     int gi = moeh_params_group_index(p, "encoder_img"),
         gn = moeh_params_group_index(p, "encoder_notes"),
         ge = moeh_params_group_index(p, "encoder_ehr"), gh = moeh_params_group_index(p, "heads");
@@ -158,6 +162,7 @@ static void test_group_samples_and_eval_sums(void **state)
     float *gate =
         calloc((size_t)MOEH_N_COMBOS * moeh_moe_n_experts(moeh_trainer_model(t)), sizeof(float));
     moeh_eval_sums_t es = {.hist = hist, .gate_sum = gate};
+    moeh_err_t err = {0};
     assert_int_equal(moeh_trainer_evaluate(t, MOEH_SPLIT_TEST, bins, &es, NULL, NULL, &err), 0);
     size_t test_rows = moeh_trainer_rows(t, MOEH_SPLIT_TEST), labels = 0, in_slice0 = 0;
     const moeh_dataset_t *ds = moeh_trainer_dataset(t);
@@ -188,16 +193,11 @@ static void test_eval_uses_learned_gate(void **state)
 {
     moeh_trainer_t *t = trainer_of(0, g_ds->n, 7);
     moeh_moe_t *m = moeh_trainer_model(t);
-    moeh_train_cfg_t tc = {.epochs = 1,
-                           .batch_size = 32,
-                           .adamw = moeh_adamw_defaults(),
-                           .phase = MOEH_PHASE_WARMUP,
-                           .seed = 1};
     moeh_train_result_t res;
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_trainer_train(t, &tc, &res, &err), 0);
+    train(t, 1, MOEH_PHASE_WARMUP, 0, 0, &res);
     size_t n = moeh_trainer_rows(t, MOEH_SPLIT_TEST);
     float *after_warmup = malloc(n * 3 * sizeof(float)), *joint = malloc(n * 3 * sizeof(float));
+    moeh_err_t err = {0};
     assert_int_equal(moeh_trainer_predict(t, MOEH_SPLIT_TEST, after_warmup, NULL, &err), 0);
     moeh_moe_set_phase(m, MOEH_PHASE_JOINT);
     assert_int_equal(moeh_trainer_predict(t, MOEH_SPLIT_TEST, joint, NULL, &err), 0);

@@ -264,6 +264,39 @@ static char **str_list(size_t n)
     return calloc(n ? n : 1, sizeof(char *));
 }
 
+/* Copies ns static feature names (the strings of st) and nt hourly variables (the {"name",
+ * "unit"} objects of ts; a missing unit reads as "" if unit_optional) into the lists *sn, *tn
+ * and *tu (allocated here, freed by the caller even on failure), counting the names copied in
+ * *n_sn and *n_tn. 0, -ENOMEM, or -EINVAL with err naming path, key_prefix (e.g.
+ * "__metadata__.") and the item. */
+static int copy_names(const char *path, const char *key_prefix, const cJSON *st, size_t ns,
+                      const cJSON *ts, size_t nt, int unit_optional, char ***sn, size_t *n_sn,
+                      char ***tn, char ***tu, size_t *n_tn, moeh_err_t *err)
+{
+    if (!(*sn = str_list(ns)) || !(*tn = str_list(nt)) || !(*tu = str_list(nt))) return -ENOMEM;
+    for (size_t i = 0; i < ns; i++) {
+        cJSON *s = cJSON_GetArrayItem(st, (int)i);
+        if (!cJSON_IsString(s))
+            return moeh_errf(err, -EINVAL, "%s: %sstatic_features[%zu]: not a string", path,
+                             key_prefix, i);
+        if (!((*sn)[i] = strdup(s->valuestring))) return -ENOMEM;
+        *n_sn = i + 1;
+    }
+    for (size_t i = 0; i < nt; i++) {
+        cJSON *v = cJSON_GetArrayItem(ts, (int)i);
+        cJSON *nm = cJSON_GetObjectItemCaseSensitive(v, "name");
+        cJSON *un = cJSON_GetObjectItemCaseSensitive(v, "unit");
+        if (!cJSON_IsString(nm) || (!cJSON_IsString(un) && (un || !unit_optional)))
+            return moeh_errf(err, -EINVAL, "%s: %sts_features[%zu]: expected {\"name\", \"unit\"}",
+                             path, key_prefix, i);
+        if (!((*tn)[i] = strdup(nm->valuestring)) ||
+            !((*tu)[i] = strdup(un ? un->valuestring : "")))
+            return -ENOMEM;
+        *n_tn = i + 1;
+    }
+    return 0;
+}
+
 /* Checks the metadata against the config and fills the names and provenance of mf. */
 static int read_meta(const char *path, const cJSON *meta, moeh_modelfile_t *mf, moeh_err_t *err)
 {
@@ -308,16 +341,6 @@ static int read_meta(const char *path, const cJSON *meta, moeh_modelfile_t *mf, 
                   c->n_static);
         goto out;
     }
-    if (!(mf->static_names = str_list(ns))) goto oom;
-    for (size_t i = 0; i < ns; i++) {
-        cJSON *s = cJSON_GetArrayItem(names, (int)i);
-        if (!cJSON_IsString(s)) {
-            moeh_errf(err, rc, "%s: __metadata__.static_features[%zu]: not a string", path, i);
-            goto out;
-        }
-        if (!(mf->static_names[i] = strdup(s->valuestring))) goto oom;
-        mf->n_static_names = i + 1;
-    }
     if (!(ts = meta_json(path, meta, "ts_features", err))) goto out;
     size_t nt = cJSON_IsArray(ts) ? (size_t)cJSON_GetArraySize(ts) : SIZE_MAX;
     if (nt != 0 && nt != c->n_vars) {
@@ -325,21 +348,11 @@ static int read_meta(const char *path, const cJSON *meta, moeh_modelfile_t *mf, 
                   c->n_vars);
         goto out;
     }
-    if (!(mf->ts_names = str_list(nt)) || !(mf->ts_units = str_list(nt))) goto oom;
-    for (size_t i = 0; i < nt; i++) {
-        cJSON *v = cJSON_GetArrayItem(ts, (int)i);
-        cJSON *nm = cJSON_GetObjectItemCaseSensitive(v, "name");
-        cJSON *un = cJSON_GetObjectItemCaseSensitive(v, "unit");
-        if (!cJSON_IsString(nm) || !cJSON_IsString(un)) {
-            moeh_errf(err, rc, "%s: __metadata__.ts_features[%zu]: expected {\"name\", \"unit\"}",
-                      path, i);
-            goto out;
-        }
-        if (!(mf->ts_names[i] = strdup(nm->valuestring)) ||
-            !(mf->ts_units[i] = strdup(un->valuestring)))
-            goto oom;
-        mf->n_ts_names = i + 1;
-    }
+    rc = copy_names(path, "__metadata__.", names, ns, ts, nt, 0, &mf->static_names,
+                    &mf->n_static_names, &mf->ts_names, &mf->ts_units, &mf->n_ts_names, err);
+    if (rc == -ENOMEM) goto oom;
+    if (rc) goto out;
+    rc = -EINVAL;
     if (!(prov = meta_json(path, meta, "provenance", err))) goto out;
     cJSON *src = cJSON_GetObjectItemCaseSensitive(prov, "source");
     cJSON *st = cJSON_GetObjectItemCaseSensitive(prov, "strategy");
@@ -625,37 +638,9 @@ int moeh_modelfile_names_load(const char *path, moeh_modelfile_names_t *out, moe
         goto out;
     }
     size_t ns = (size_t)cJSON_GetArraySize(st), nv = (size_t)cJSON_GetArraySize(ts);
-    if (!(out->static_names = str_list(ns)) || !(out->ts_names = str_list(nv)) ||
-        !(out->ts_units = str_list(nv))) {
-        rc = moeh_errf(err, -ENOMEM, "%s: out of memory", file);
-        goto out;
-    }
-    for (size_t i = 0; i < ns; i++) {
-        cJSON *s = cJSON_GetArrayItem(st, (int)i);
-        if (!cJSON_IsString(s)) {
-            moeh_errf(err, rc, "%s: static_features[%zu]: not a string", file, i);
-            goto out;
-        }
-        if (!(out->static_names[i] = strdup(s->valuestring))) goto oom;
-        out->n_static = i + 1;
-    }
-    for (size_t i = 0; i < nv; i++) {
-        cJSON *v = cJSON_GetArrayItem(ts, (int)i);
-        cJSON *nm = cJSON_GetObjectItemCaseSensitive(v, "name");
-        cJSON *un = cJSON_GetObjectItemCaseSensitive(v, "unit");
-        if (!cJSON_IsString(nm) || (un && !cJSON_IsString(un))) {
-            moeh_errf(err, rc, "%s: ts_features[%zu]: expected {\"name\", \"unit\"}", file, i);
-            goto out;
-        }
-        if (!(out->ts_names[i] = strdup(nm->valuestring)) ||
-            !(out->ts_units[i] = strdup(un ? un->valuestring : "")))
-            goto oom;
-        out->n_vars = i + 1;
-    }
-    rc = 0;
-    goto out;
-oom:
-    rc = moeh_errf(err, -ENOMEM, "%s: out of memory", file);
+    rc = copy_names(file, "", st, ns, ts, nv, 1, &out->static_names, &out->n_static, &out->ts_names,
+                    &out->ts_units, &out->n_vars, err);
+    if (rc == -ENOMEM) moeh_errf(err, rc, "%s: out of memory", file);
 out:
     cJSON_Delete(j);
     if (rc) moeh_modelfile_names_free(out);

@@ -16,12 +16,18 @@
 #include <string.h>
 #include <xxhash.h>
 
+static int cmp_ids(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 size_t coord_contributors(const coord_t *c, const char **ids)
 {
     size_t n = 0;
     for (size_t i = 0; i < c->n_sites; i++) {
         if (coord_contributed(c, &c->sites[i])) ids[n++] = c->sites[i].id;
     }
+    qsort(ids, n, sizeof *ids, cmp_ids); /* by id, not by the order the sites joined */
     return n;
 }
 
@@ -112,6 +118,7 @@ void coord_finish_eval(coord_t *c)
     size_t n_val_ids = 0;
     for (size_t i = 0; val_ids && i < c->n_sites; i++)
         if (c->sites[i].val_in) val_ids[n_val_ids++] = c->sites[i].id;
+    if (val_ids) qsort(val_ids, n_val_ids, sizeof *val_ids, cmp_ids);
     const moeh_report_eval_t e = {.round = c->round,
                                   .sites = c->n_replied,
                                   .participants = c->n_participants,

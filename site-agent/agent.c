@@ -31,9 +31,7 @@ void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
 }
 
 /* Records the first fatal error (printf-style message); the loop stops at the next turn. */
-static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_fatal(agent_t *a, int rc, const char *fmt, ...)
+void moeh_agent_set_fatal(agent_t *a, int rc, const char *fmt, ...)
 {
     if (a->fatal_rc) return;
     a->fatal_rc = rc;
@@ -135,15 +133,17 @@ static void probe_peer(agent_t *a)
     char what[128];
     moeh_probe_t p = moeh_monitor_probe(a->cfg->connect, 2000, what, sizeof what);
     if (p == MOEH_PROBE_NOT_ZMTP)
-        set_fatal(a, -EACCES,
-                  "the peer at %s is not a ZeroMQ peer: it answered a ZMTP greeting with '%s' "
-                  "(is --connect the coordinator's address and port?)",
-                  a->cfg->connect, what);
+        moeh_agent_set_fatal(
+            a, -EACCES,
+            "the peer at %s is not a ZeroMQ peer: it answered a ZMTP greeting with '%s' "
+            "(is --connect the coordinator's address and port?)",
+            a->cfg->connect, what);
     else if (p == MOEH_PROBE_OTHER_MECH)
-        set_fatal(a, -EACCES,
-                  "the peer at %s does not speak CURVE: it is a ZeroMQ peer offering %s (a "
-                  "coordinator started with --insecure?)",
-                  a->cfg->connect, what);
+        moeh_agent_set_fatal(
+            a, -EACCES,
+            "the peer at %s does not speak CURVE: it is a ZeroMQ peer offering %s (a "
+            "coordinator started with --insecure?)",
+            a->cfg->connect, what);
     else if (p == MOEH_PROBE_SILENT || p == MOEH_PROBE_HUNG_UP)
         MOEH_WARN("the peer at %s %s: is it a moeh-coordinator?", a->cfg->connect,
                   p == MOEH_PROBE_SILENT ? "accepts connections and says nothing"
@@ -160,15 +160,16 @@ static void drain_monitor(agent_t *a)
             return;
         }
         if (ev.kind == MOEH_MON_AUTH_REFUSED)
-            set_fatal(a, -EACCES,
-                      "the coordinator refused this site's key (%s): add the site's public key "
-                      "to the coordinator's registry",
-                      a->cfg->key_path);
+            moeh_agent_set_fatal(
+                a, -EACCES,
+                "the coordinator refused this site's key (%s): add the site's public key "
+                "to the coordinator's registry",
+                a->cfg->key_path);
         else if (ev.kind == MOEH_MON_NOT_CURVE)
-            set_fatal(a, -EACCES,
-                      "the peer at %s does not speak CURVE: it is a ZeroMQ peer without "
-                      "encryption (a coordinator started with --insecure?)",
-                      a->cfg->connect);
+            moeh_agent_set_fatal(a, -EACCES,
+                                 "the peer at %s does not speak CURVE: it is a ZeroMQ peer without "
+                                 "encryption (a coordinator started with --insecure?)",
+                                 a->cfg->connect);
         else if (ev.kind == MOEH_MON_HANDSHAKE_OK)
             a->hs_ok = 1, a->hs_dropped = 0;
         else if (ev.kind == MOEH_MON_HANDSHAKE_ERR && !a->hs_ok)
@@ -181,11 +182,12 @@ static void drain_monitor(agent_t *a)
                  * the Hello was boxed for another key. Every attempt for 3 s, not one or two: a
                  * coordinator that is exiting or restarting also drops a connection or two in
                  * the handshake (seen under load in CI), and that must not stop the agent. */
-                set_fatal(a, -EACCES,
-                          "the peer at %s closed the connection during the CURVE handshake %d "
-                          "times in %.1f s: --server-key %s is not that coordinator's public key",
-                          a->cfg->connect, a->hs_dropped,
-                          (moeh_now_ms() - a->hs_first_drop) / 1000.0, a->cfg->server_key);
+                moeh_agent_set_fatal(
+                    a, -EACCES,
+                    "the peer at %s closed the connection during the CURVE handshake %d "
+                    "times in %.1f s: --server-key %s is not that coordinator's public key",
+                    a->cfg->connect, a->hs_dropped, (moeh_now_ms() - a->hs_first_drop) / 1000.0,
+                    a->cfg->server_key);
         } else if (ev.kind == MOEH_MON_PROTOCOL || ev.kind == MOEH_MON_WRONG_KEY)
             MOEH_WARN("CURVE handshake with %s failed (protocol error 0x%x); is --server-key "
                       "the coordinator's public key?",
@@ -239,7 +241,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t 
     if (!rc) rc = moeh_trainer_create(&ds, mc, &a->trainer, &err);
     moeh_dataset_destroy(&ds);
     if (rc) {
-        set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
+        moeh_agent_set_fatal(a, rc, "cannot build the model on this site's data: %s", err.msg);
         return rc;
     }
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
@@ -247,9 +249,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t 
     if (a->spec_hash != ms->spec_hash || p->n != ms->n_params || p->n_groups != ms->n_groups ||
         moeh_moe_n_experts(moeh_trainer_model(a->trainer)) != ms->n_experts ||
         moeh_trainer_n_norm(a->trainer) != ms->n_norm || mc->n_tasks != ms->n_tasks) {
-        set_fatal(a, -EPROTO, "%s",
-                  "the coordinator's model layout differs from this agent's "
-                  "(different moeh versions?)");
+        moeh_agent_set_fatal(a, -EPROTO, "%s",
+                             "the coordinator's model layout differs from this agent's "
+                             "(different moeh versions?)");
         return -EPROTO;
     }
     /* room for the secure-aggregation vectors (fed/moeh_secsum.h) of each phase */
@@ -267,7 +269,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t 
     a->svec = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
     a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
     if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->svec || !a->gate_sum) {
-        set_fatal(a, -ENOMEM, "%s", "out of memory");
+        moeh_agent_set_fatal(a, -ENOMEM, "%s", "out of memory");
         return -ENOMEM;
     }
     return 0;
@@ -277,8 +279,8 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
 {
     const Moeh__ModelSpec *ms = w->model;
     if (strcmp(w->site_id, a->cfg->site_id) != 0) {
-        set_fatal(a, -EPROTO, "the coordinator welcomed us as '%s', not '%s'", w->site_id,
-                  a->cfg->site_id);
+        moeh_agent_set_fatal(a, -EPROTO, "the coordinator welcomed us as '%s', not '%s'",
+                             w->site_id, a->cfg->site_id);
         return;
     }
     /* the wire checked sizes and types; the model library checks the spec itself */
@@ -286,7 +288,7 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
     moeh_err_t err = {0};
     if (moeh_moe_cfg_from_json(ms->config_json, &mc, &err) != 0 ||
         moeh_moe_cfg_validate(&mc, &err) != 0) {
-        set_fatal(a, -EPROTO, "the coordinator's model spec is refused: %s", err.msg);
+        moeh_agent_set_fatal(a, -EPROTO, "the coordinator's model spec is refused: %s", err.msg);
         return;
     }
     uint64_t cfg_hash = moeh_moe_cfg_json_hash(ms->config_json);
@@ -333,7 +335,7 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     size_t nn = moeh_trainer_n_norm(a->trainer);
     double *st = malloc(3 * nn * sizeof(double) + 1);
     if (!st) {
-        set_fatal(a, -ENOMEM, "%s", "out of memory");
+        moeh_agent_set_fatal(a, -ENOMEM, "%s", "out of memory");
         return;
     }
     moeh_trainer_local_stats(a->trainer, st);
@@ -499,11 +501,12 @@ static void on_bye(agent_t *a, const Moeh__Bye *b)
     switch (b->status) {
     case MOEH__BYE_STATUS__BYE_STATUS_FINISHED:
         if (!a->have_final) {
-            set_fatal(a, -EPROTO,
-                      "the coordinator says the run finished (%s), but this site did not get the "
-                      "final model (it was away or could not store it while the coordinator "
-                      "waited, --final-wait); ask the consortium for its model.safetensors",
-                      b->reason);
+            moeh_agent_set_fatal(
+                a, -EPROTO,
+                "the coordinator says the run finished (%s), but this site did not get the "
+                "final model (it was away or could not store it while the coordinator "
+                "waited, --final-wait); ask the consortium for its model.safetensors",
+                b->reason);
             break;
         }
         MOEH_INFO("the coordinator says the run finished: %s", b->reason);
@@ -515,7 +518,7 @@ static void on_bye(agent_t *a, const Moeh__Bye *b)
         a->paused = 1;
         break;
     case MOEH__BYE_STATUS__BYE_STATUS_REFUSED:
-        set_fatal(a, -EACCES, "the coordinator refused this site: %s", b->reason);
+        moeh_agent_set_fatal(a, -EACCES, "the coordinator refused this site: %s", b->reason);
         break;
     default: /* LEFT: the wire accepts it, but a coordinator does not send it */
         MOEH_WARN("the coordinator left (%s); reconnecting", b->reason);
@@ -595,7 +598,8 @@ static void handle_messages(agent_t *a)
             }
             MOEH_WARN("coordinator says: %s", e->message);
             if (e->code == -EACCES || (!a->welcomed && e->code == -EINVAL)) {
-                set_fatal(a, e->code, "the coordinator refused this site: %s", e->message);
+                moeh_agent_set_fatal(a, e->code, "the coordinator refused this site: %s",
+                                     e->message);
             }
             break;
         }

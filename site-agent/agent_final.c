@@ -20,22 +20,9 @@
 #include <math.h>
 #include <signal.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static void final_fatal(agent_t *a, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void final_fatal(agent_t *a, int rc, const char *fmt, ...)
-{
-    if (a->fatal_rc) return;
-    a->fatal_rc = rc;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(a->fatal.msg, sizeof a->fatal.msg, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- local metrics ------------------------------------------------------------------------ */
 
@@ -266,7 +253,8 @@ void moeh_agent_on_final(agent_t *a, const Moeh__FinalModel *fm, const moeh_msg_
         char why[MOEH_MAX_STRING];
         snprintf(why, sizeof why, "could not store the final model: %.900s", err.msg);
         send_ack(a, fm, rc < 0 ? rc : -EIO, why);
-        final_fatal(a, rc < 0 ? rc : -EIO, "the final model could not be stored: %s", err.msg);
+        moeh_agent_set_fatal(a, rc < 0 ? rc : -EIO, "the final model could not be stored: %s",
+                             err.msg);
         return;
     }
     send_ack(a, fm, 0, "");

@@ -99,6 +99,9 @@ struct agent {
  * socket nothing is sent, and a failed send is only logged (the coordinator's deadline covers
  * a lost Error). */
 void moeh_agent_send_error(agent_t *a, int code, const char *message);
+/* Records the first fatal error (printf-style message); the loop stops at the next turn. */
+void moeh_agent_set_fatal(agent_t *a, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- agent_final.c: what the site keeps in --out ------------------------------------------ */
 /* Creates --out and opens local_metrics.jsonl for appending. 0 or a negative code with err. */

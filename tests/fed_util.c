@@ -691,3 +691,26 @@ const Moeh__RoundStart *rogue_next_round(rogue_t *r, moeh_msg_t *m, Moeh__RoundT
     assert_int_equal(m->env->round_start->task, task);
     return m->env->round_start;
 }
+
+/* A DEALER of site-x's key (registered, so CURVE and ZAP admit it) on f->endpoint that keeps at
+ * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
+void *fed_flood_socket(fixture_t *f, void *ctx)
+{
+    moeh_err_t err = {0};
+    char path[400], pub[MOEH_Z85_KEY_LEN + 1];
+    moeh_keypair_t *kp = NULL;
+    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
+    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
+    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
+    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0, one = 1, rcvbuf = 1024;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    assert_int_equal(moeh_curve_client(s, kp, pub), 0);
+    moeh_keypair_destroy(&kp);
+    assert_int_equal(zmq_connect(s, f->endpoint), 0);
+    return s;
+}

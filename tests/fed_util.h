@@ -212,4 +212,8 @@ void rogue_send_zero_stats(rogue_t *r);
  * across processes) and MOEH_TEST_FILTER (e.g. 'test_secagg*') as cmocka's test filter. */
 void fed_main_init(void);
 
+/* A DEALER of site-x's key (registered, so CURVE and ZAP admit it) on f->endpoint that keeps at
+ * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
+void *fed_flood_socket(fixture_t *f, void *ctx);
+
 #endif

@@ -16,29 +16,6 @@
 
 #include <stdlib.h>
 
-/* A DEALER of site-x's key (registered, so CURVE and ZAP admit it) on f->endpoint that keeps at
- * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
-static void *flood_socket(fixture_t *f, void *ctx)
-{
-    moeh_err_t err = {0};
-    char path[400], pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
-    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
-    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
-    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    assert_non_null(s);
-    int zero = 0, one = 1, rcvbuf = 1024;
-    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
-    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one), 0);
-    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-    assert_int_equal(moeh_curve_client(s, kp, pub), 0);
-    moeh_keypair_destroy(&kp);
-    assert_int_equal(zmq_connect(s, f->endpoint), 0);
-    return s;
-}
-
 /* Finding 1: while the honest federation runs, one admitted key (no Hello) floods one-byte
  * messages and reads nothing. The run completes, its final model is the clean run's, and its
  * time stays within a bound of the clean run's. */
@@ -59,7 +36,7 @@ static void test_hostile_flood_unread(void **state)
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
     void *ctx = zmq_ctx_new();
-    void *s = flood_socket(f, ctx);
+    void *s = fed_flood_socket(f, ctx);
     uint64_t sent = 0, full = 0;
     const char byte = 0x5a;
     while (moeh_proc_wait(c, 0) == -ETIMEDOUT) {

@@ -22,29 +22,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A DEALER of site-x's key (registered, so CURVE and ZAP admit it) on f->endpoint that keeps at
- * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
-static void *flood_socket(fixture_t *f, void *ctx)
-{
-    moeh_err_t err = {0};
-    char path[400], pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
-    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
-    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
-    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    assert_non_null(s);
-    int zero = 0, one = 1, rcvbuf = 1024;
-    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
-    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one), 0);
-    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-    assert_int_equal(moeh_curve_client(s, kp, pub), 0);
-    moeh_keypair_destroy(&kp);
-    assert_int_equal(zmq_connect(s, f->endpoint), 0);
-    return s;
-}
-
 /* Points f->bin at a directory whose moeh-coordinator runs the real one under `prlimit
  * --nofile=N:N` (soft = hard, so that it cannot raise it; exec keeps the pid). */
 static void wrap_nofile(fixture_t *f, int nofile)
@@ -141,7 +118,7 @@ static void test_hostile_idle_connections(void **state)
     for (int i = 0; i < N_RAW; i++)
         raw[i] = raw_connect(f);
     for (int i = 0; i < N_AUTH; i++)
-        idle[i] = flood_socket(f, ctx); /* connected, authenticated, silent */
+        idle[i] = fed_flood_socket(f, ctx); /* connected, authenticated, silent */
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
     int64_t t0 = moeh_now_ms();
@@ -196,7 +173,7 @@ static void test_hostile_multipart_memory(void **state)
     long hwm0 = status_kb(c->pid, "VmHWM");
     enum { N_PARTS = 8000, PART = 128 * 1024 };
     void *ctx = zmq_ctx_new();
-    void *s = flood_socket(f, ctx);
+    void *s = fed_flood_socket(f, ctx);
     int hwm = N_PARTS + 10;
     assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
     zmq_msg_t one; /* every part shares this one buffer (zmq_msg_copy takes a reference) */

@@ -223,9 +223,11 @@ static void test_coordinator_logs_failed_handshakes(void **state)
     static const char *const any[] = {"CURVE handshake", NULL};
     unsigned summed = 0; /* failures counted in the summaries: many more than the lines */
     int n_any = count_lines(clog, any), n_wsum = count_lines_sum(clog, wrong_sum, &summed);
-    if (count_lines(clog, wrong_first) != 1 || count_lines(clog, plain_first) != 1 || n_wsum < 1 ||
-        n_wsum > 4 || count_lines(clog, plain_sum) < 1 || n_any > 20 ||
-        summed < 2 * (unsigned)n_wsum) {
+    /* a kind quiet for a whole window (the plain clients come 400 ms apart, more under load)
+     * starts again with a first line: one or two of each */
+    int n_wfirst = count_lines(clog, wrong_first), n_pfirst = count_lines(clog, plain_first);
+    if (n_wfirst < 1 || n_wfirst > 2 || n_pfirst < 1 || n_pfirst > 2 || n_wsum < 1 || n_wsum > 4 ||
+        count_lines(clog, plain_sum) < 1 || n_any > 20 || summed < 2 * (unsigned)n_wsum) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "grep -i handshake '%s' >&2", clog);
         if (system(cmd) != 0) print_error("no handshake line in %s\n", clog);

@@ -230,7 +230,8 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
         sum += c->delta;
         if (c->delta > g->st.max_conn_rx) g->st.max_conn_rx = c->delta;
     }
-    qsort(g->next, n, sizeof *g->next, by_fd); /* procfs lists in order; keep it certain */
+    if (n > 1) /* procfs lists in order; keep it certain (and g->next is NULL before the first) */
+        qsort(g->next, n, sizeof *g->next, by_fd);
     conn_t *t = g->conn;
     g->conn = g->next;
     g->next = t;

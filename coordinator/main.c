@@ -86,11 +86,6 @@ int main(int argc, char **argv)
          "SecAgg+ neighbours per site: auto (from the number of sites, --secagg-dropout and "
          "--secagg-collude; docs/secagg.md), 0 (every pair masks) or an even k (threshold "
          "k/2 + 1)"},
-        {"secagg-allow-2", MOEH_OPT_BOOL, &cfg.secagg_allow_2,
-         "allow a securely aggregated round with only 2 sites (each can subtract its own "
-         "contribution from the sum and learn the other's: refused without this)"},
-        {"per-site-metrics", MOEH_OPT_BOOL, &cfg.per_site_metrics,
-         "without secure aggregation: record each site's loss and AUROC in metrics.jsonl"},
         {"secagg-dropout", MOEH_OPT_F64, &cfg.secagg_plan.dropout,
          "--secagg-k auto: largest fraction of a round's sites that may drop out"},
         {"secagg-collude", MOEH_OPT_F64, &cfg.secagg_plan.corrupt,

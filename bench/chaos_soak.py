@@ -302,10 +302,19 @@ class Soak:
                 self.chaos(pending)
                 next_event = now + self.rng.expovariate(1.0 / a.event_every_s)
             time.sleep(0.1)
-        for ev in sorted(pending):  # thaw and restore whatever is still pending
+        # thaw and restore whatever is still pending; an agent killed shortly before the end is
+        # not restarted: the coordinator is gone, so it could only wait for one until it gives up
+        dead = set()
+        for ev in sorted(pending):
+            if ev[1] == "restart_agent":
+                dead.add(ev[2])
+                self.log("%s was killed %.1f s before the end: not restarted" % (ev[2], ev[0] - now))
+                continue
             self.undo(ev[1], ev[2])
         ok = True
         for n, p in self.agents.items():
+            if n in dead:
+                continue
             try:
                 rc = p.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -28,11 +28,8 @@ endif()
 # torchvision DenseNet-121) on the synthetic MIMIC-CXR JPEGs and the NIH sample, synthetic note
 # vectors, moeh extract --note-embeddings --cxr-embeddings (means checked independently),
 # moeh train and predict on them, and the width / missing / unused-vector errors. Debian's
-# /usr/bin/python3 with python3-torchvision: its absence is a failure, not a skip.
-find_program(MOEH_TORCH_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT MOEH_TORCH_PYTHON3)
-    find_program(MOEH_TORCH_PYTHON3 python3 REQUIRED)
-endif()
+# /usr/bin/python3 with python3-torchvision (MOEH_TORCH_PYTHON3): its absence is a failure, not
+# a skip.
 if(TARGET moeh)
     add_test(NAME test_embed_e2e
              COMMAND ${MOEH_TORCH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_embed_e2e.py

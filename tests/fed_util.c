@@ -466,10 +466,9 @@ void register_site_x(fixture_t *f)
     write_registry(f, four, 4);
 }
 
-/* Connects r to endpoint over CURVE with site-x's key and builds its Hello: site-1's data
- * shapes and no training rows (weight 0: its zeros change no sum). */
-void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__Envelope *env,
-                   Moeh__Hello *h)
+/* Makes sock a CURVE client with site-x's key pair, expecting the coordinator's public key
+ * (both from f->keys). */
+static void site_x_curve(const fixture_t *f, void *sock)
 {
     moeh_err_t err = {0};
     char path[400], pub[MOEH_Z85_KEY_LEN + 1];
@@ -478,13 +477,23 @@ void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__Envelop
     assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
     snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
     assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
+    assert_int_equal(moeh_curve_client(sock, kp, pub), 0);
+    moeh_keypair_destroy(&kp);
+}
+
+/* Connects r to endpoint over CURVE with site-x's key and builds its Hello: site-1's data
+ * shapes and no training rows (weight 0: its zeros change no sum). */
+void rogue_connect(fixture_t *f, rogue_t *r, const char *endpoint, Moeh__Envelope *env,
+                   Moeh__Hello *h)
+{
+    moeh_err_t err = {0};
+    char path[400];
     r->ctx = zmq_ctx_new();
     r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(moeh_curve_client(r->sock, kp, pub), 0);
+    site_x_curve(f, r->sock);
     assert_int_equal(zmq_connect(r->sock, endpoint), 0);
-    moeh_keypair_destroy(&kp);
     moeh_dataset_t *ds = NULL;
     snprintf(path, sizeof path, "%s/site-1", f->data);
     assert_int_equal(moeh_dataset_open(path, false, &ds, &err), 0);
@@ -696,21 +705,13 @@ const Moeh__RoundStart *rogue_next_round(rogue_t *r, moeh_msg_t *m, Moeh__RoundT
  * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
 void *fed_flood_socket(fixture_t *f, void *ctx)
 {
-    moeh_err_t err = {0};
-    char path[400], pub[MOEH_Z85_KEY_LEN + 1];
-    moeh_keypair_t *kp = NULL;
-    snprintf(path, sizeof path, "%s/site-x.key", f->keys);
-    assert_int_equal(moeh_keypair_read(path, &kp, &err), 0);
-    snprintf(path, sizeof path, "%s/coordinator.pub", f->keys);
-    assert_int_equal(moeh_pubkey_read(path, pub, &err), 0);
     void *s = zmq_socket(ctx, ZMQ_DEALER);
     assert_non_null(s);
     int zero = 0, one = 1, rcvbuf = 1024;
     assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
     assert_int_equal(zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one), 0);
     assert_int_equal(zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-    assert_int_equal(moeh_curve_client(s, kp, pub), 0);
-    moeh_keypair_destroy(&kp);
+    site_x_curve(f, s);
     assert_int_equal(zmq_connect(s, f->endpoint), 0);
     return s;
 }

@@ -8,12 +8,7 @@ if(TARGET moeh AND TARGET moeh_cohort)
     add_dependencies(test_predict moeh moeh-coordinator moeh-site-agent)
     set_tests_properties(test_predict PROPERTIES LABELS multiprocess)
 endif()
-# Debian's python3-torch and python3-numpy are installed for /usr/bin/python3 (preferred, as in
-# report_tests.cmake). torch missing is a failure, not a skip.
-find_program(MOEH_TORCH_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT MOEH_TORCH_PYTHON3)
-    find_program(MOEH_TORCH_PYTHON3 python3 REQUIRED)
-endif()
+# MOEH_TORCH_PYTHON3: tests/CMakeLists.txt. torch missing is a failure, not a skip.
 if(TARGET moeh)
     add_test(NAME test_modelfile_torch
              COMMAND ${MOEH_TORCH_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_modelfile_torch.py

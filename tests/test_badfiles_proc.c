@@ -4,14 +4,15 @@
  * agent exit non-zero at once with a message naming the file, before any network traffic (the
  * endpoint is a closed port); a hang is killed by the timeout below and fails the test. And
  * checkpoints crafted with a valid xxhash (data_shape 1e10, round 1e300, NaN parameters, a
- * negative standard deviation) given to the real moeh-coordinator --resume: it exits at start
- * naming the file and the field, without a crash. */
+ * negative standard deviation: every case of ckpt_craft.h) given to the real moeh-coordinator
+ * --resume: it exits at start naming the file and the field, without a crash. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include "cmocka_main.h"
+#include "ckpt_craft.h"
 #include "test_util.h"
 
 #include "moeh_dataset.h"
@@ -26,7 +27,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 extern char **environ;
 static char g_dir[256], g_bin[512];
@@ -110,16 +110,22 @@ static void expect_refused(char *const argv[], const char *want)
                  out);
 }
 
+/* moeh-site-agent --insecure on dataset ds, towards a closed port: refused at start. */
+static void expect_agent_refused(char *ds, const char *want)
+{
+    char *argv[] = {
+        "moeh-site-agent",   "--site-id",    "s1",   "--dataset", ds,    "--insecure", "--connect",
+        "tcp://127.0.0.1:1", "--give-up-ms", "3000", "--out",     g_dir, NULL};
+    expect_refused(argv, want);
+}
+
 static void test_nan_delta_agent(void **state)
 {
     (void)state;
     char ds[400];
     snprintf(ds, sizeof ds, "%s/nan", g_dir);
     write_dataset(ds, 1);
-    char *argv[] = {
-        "moeh-site-agent",   "--site-id",    "s1",   "--dataset", ds,    "--insecure", "--connect",
-        "tcp://127.0.0.1:1", "--give-up-ms", "3000", "--out",     g_dir, NULL};
-    expect_refused(argv, "ts_delta.npy: row 0 hour 0 column 0 (hr) is nan");
+    expect_agent_refused(ds, "ts_delta.npy: row 0 hour 0 column 0 (hr) is nan");
 }
 
 static void test_fifo_agent(void **state)
@@ -131,10 +137,7 @@ static void test_fifo_agent(void **state)
     snprintf(p, sizeof p, "%s/images.npy", ds);
     assert_int_equal(unlink(p), 0);
     assert_int_equal(mkfifo(p, 0600), 0);
-    char *argv[] = {
-        "moeh-site-agent",   "--site-id",    "s1",   "--dataset", ds,    "--insecure", "--connect",
-        "tcp://127.0.0.1:1", "--give-up-ms", "3000", "--out",     g_dir, NULL};
-    expect_refused(argv, "not a regular file (a FIFO)");
+    expect_agent_refused(ds, "not a regular file (a FIFO)");
 }
 
 static void test_key_mixup_agent(void **state)
@@ -170,57 +173,18 @@ static void test_key_mixup_agent(void **state)
     expect_refused(argv, ck);
 }
 
-/* Writes dir/checkpoint.moeh with header JSON hdr and the float arrays given back to back,
- * laid out as moeh_ckpt_save lays it out, with its xxhash recomputed so that only the field
- * checks can refuse it. */
-static void craft_ckpt(const char *dir, const char *hdr, const float *data, size_t n)
-{
-    char path[500];
-    snprintf(path, sizeof path, "%s/checkpoint.moeh", dir);
-    uint32_t version = 1, hlen = (uint32_t)strlen(hdr);
-    size_t body = 16 + hlen + n * sizeof(float);
-    unsigned char *buf = malloc(body + 8);
-    assert_non_null(buf);
-    memcpy(buf, "MOEHCKPT", 8);
-    memcpy(buf + 8, &version, 4);
-    memcpy(buf + 12, &hlen, 4);
-    memcpy(buf + 16, hdr, hlen);
-    if (n) memcpy(buf + 16 + hlen, data, n * sizeof(float));
-    uint64_t h = XXH64(buf, body, 0);
-    memcpy(buf + body, &h, 8);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, body + 8, f), body + 8);
-    assert_int_equal(fclose(f), 0);
-    free(buf);
-}
-
 /* moeh-coordinator --resume on each crafted checkpoint: a non-zero exit at start (not a
  * signal, not a hang), with the checkpoint's path and the field in its output. */
 static void test_crafted_checkpoint_coordinator(void **state)
 {
     (void)state;
-    static const struct {
-        const char *name, *round, *want;
-        float d[8];
-    } cases[] = {
-        {"shape", "7", "data_shape n_static is 1e+10", {0.5f, -1, 0, 1, 1e10f, 2, 4, 0}},
-        {"round", "1e300", "header field 'round' is 1e+300", {0.5f, -1, 0, 1, 3, 2, 4, 0}},
-        {"nan", "7", "array 'params' element 0 is nan", {NAN, -1, 0, 1, 3, 2, 4, 0}},
-        {"std", "7", "'norm' standard deviation 0 is -2", {0.5f, -1, 0, -2, 3, 2, 4, 0}},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    for (size_t i = 0; i < sizeof moeh_test_bad_ckpts / sizeof moeh_test_bad_ckpts[0]; i++) {
+        const moeh_test_bad_ckpt_t *k = &moeh_test_bad_ckpts[i];
         char out_dir[400], ckpt[500];
-        snprintf(out_dir, sizeof out_dir, "%s/ckpt-%s", g_dir, cases[i].name);
+        snprintf(out_dir, sizeof out_dir, "%s/ckpt-%s", g_dir, k->name);
         assert_int_equal(mkdir(out_dir, 0700), 0);
-        const char *hdr_fmt = "{\"round\":%s,\"model_version\":3,\"spec_hash\":\"1\","
-                              "\"n_params\":2,\"n_groups\":1,\"arrays\":[{\"name\":\"params\","
-                              "\"count\":2},{\"name\":\"norm\",\"count\":2},{\"name\":"
-                              "\"data_shape\",\"count\":4}]}";
-        char hdr[512];
-        snprintf(hdr, sizeof hdr, hdr_fmt, cases[i].round);
-        craft_ckpt(out_dir, hdr, cases[i].d, 8);
         snprintf(ckpt, sizeof ckpt, "%s/checkpoint.moeh", out_dir);
+        assert_int_equal(moeh_test_craft_ckpt(ckpt, k->round, k->d), 0);
         char *argv[] = {"moeh-coordinator",
                         "--insecure",
                         "--bind",
@@ -231,7 +195,7 @@ static void test_crafted_checkpoint_coordinator(void **state)
                         "--rounds",
                         "3",
                         NULL};
-        expect_refused(argv, cases[i].want);
+        expect_refused(argv, k->want);
         expect_refused(argv, ckpt);
     }
 }

@@ -13,6 +13,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
 import check_layers as cl  # noqa: E402
+from checks import summary  # noqa: E402  (tests/checks.py)
 
 FAILS = []
 
@@ -101,11 +102,7 @@ def main():
     rc, text = run(dict(BASE, **{"common/bad.c": '#include "moeh.pb-c.h"\n'}))
     expect(rc == 1 and "upward edge common -> proto" in text, "moeh.pb-c.h is proto's", text)
 
-    if FAILS:
-        print(f"{len(FAILS)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return summary(FAILS)
 
 
 if __name__ == "__main__":

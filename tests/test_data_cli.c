@@ -121,8 +121,7 @@ static void test_pipeline(void **state)
 
 static void test_demo_warning(void **state)
 {
-    const char *demo = getenv("MOEH_DEMO_DIR");
-    demo = demo ? demo : "/work/shared/data/mimic-iv-demo";
+    const char *demo = moeh_test_demo_dir();
     char a[2048];
     snprintf(a, sizeof a, "%s/hosp/patients.csv.gz", demo);
     if (access(a, R_OK)) skip();

@@ -33,25 +33,34 @@ static int teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-static const char *demo_dir(void)
+/* The default options for the database at mimic_dir. */
+static moeh_extract_opts_t opts_for(const char *mimic_dir)
 {
-    const char *d = getenv("MOEH_DEMO_DIR");
-    return d ? d : "/work/shared/data/mimic-iv-demo";
+    moeh_extract_opts_t o;
+    moeh_extract_opts_default(&o);
+    o.mimic_dir = mimic_dir;
+    return o;
+}
+
+/* moeh_extract(o), which must succeed; the caller destroys the dataset. */
+static moeh_dataset_t *extract_ok(const moeh_extract_opts_t *o, moeh_extract_stats_t *st)
+{
+    moeh_dataset_t *ds = NULL;
+    moeh_err_t err = {0};
+    int rc = moeh_extract(o, &ds, st, &err);
+    if (rc) fail_msg("%s", err.msg);
+    return ds;
 }
 
 static void test_demo(void **state)
 {
     char p[512];
-    snprintf(p, sizeof p, "%s/hosp/admissions.csv.gz", demo_dir());
+    snprintf(p, sizeof p, "%s/hosp/admissions.csv.gz", moeh_test_demo_dir());
     if (access(p, R_OK) != 0) skip(); /* the demo is a fixture outside the repository */
-    moeh_extract_opts_t o;
-    moeh_extract_opts_default(&o);
-    o.mimic_dir = demo_dir();
-    moeh_dataset_t *ds = NULL;
+    moeh_extract_opts_t o = opts_for(moeh_test_demo_dir());
     moeh_extract_stats_t st;
+    moeh_dataset_t *ds = extract_ok(&o, &st);
     moeh_err_t err = {0};
-    int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc) fail_msg("%s", err.msg);
     /* the published demo: 275 admissions, 128 with an ICU stay; counts cross-checked by
      * check_cohort.py below */
     assert_int_equal(st.admissions, 275);
@@ -73,14 +82,20 @@ static void test_demo(void **state)
     const char *src = getenv("MOEH_SOURCE_DIR");
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "python3 '%s/tests/check_cohort.py' '%s' '%s'", src ? src : "..",
-             demo_dir(), out);
+             moeh_test_demo_dir(), out);
     assert_int_equal(system(cmd), 0);
 }
 
-static void write_gz(const char *dir, const char *name, const char *text)
+/* Writes text gzipped to ROOT/rel, making the folders of rel. */
+static void write_gz(const char *root, const char *rel, const char *text)
 {
     char p[1400];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
+    moeh_err_t err = {0};
+    snprintf(p, sizeof p, "%s/%s", root, rel);
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    assert_int_equal(moeh_mkdir_p(p, &err), 0);
+    *slash = '/';
     gzFile g = gzopen(p, "wb");
     assert_non_null(g);
     gzputs(g, text);
@@ -91,11 +106,7 @@ static void write_gz(const char *dir, const char *name, const char *text)
  * readmitted after 10 days; subject 2 (adult) who dies on day 5; one malformed row. */
 static void make_tiny(const char *root, bool bad_row)
 {
-    char d[600];
-    snprintf(d, sizeof d, "%s/hosp", root);
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_mkdir_p(d, &err), 0);
-    write_gz(d, "patients.csv.gz",
+    write_gz(root, "hosp/patients.csv.gz",
              "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod\n"
              "1,F,50,2150,2011 - 2013,\n2,M,70,2150,2011 - 2013,2150-01-06\n");
     char adm[2048];
@@ -113,8 +124,8 @@ static void make_tiny(const char *root, bool bad_row)
              bad_row ? "9,900,2150-13-01 08:00:00,2150-01-05 10:00:00,,URGENT,P9,x,HOME,Other,"
                        "E,M,WHITE,,,0\n"
                      : "");
-    write_gz(d, "admissions.csv.gz", adm);
-    write_gz(d, "labevents.csv.gz",
+    write_gz(root, "hosp/admissions.csv.gz", adm);
+    write_gz(root, "hosp/labevents.csv.gz",
              "labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,"
              "storetime,value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,"
              "comments\n"
@@ -122,14 +133,12 @@ static void make_tiny(const char *root, bool bad_row)
              "2,1,,1,50912,,2150-01-01 12:50:00,,2.0,2.0,mg/dL,,,,ROUTINE,\"a, comment\"\n"
              "3,1,100,1,50912,,2150-01-01 14:10:00,,3.0,3.0,mg/dL,,,,ROUTINE,\n"
              "4,1,100,1,50912,,2150-01-01 09:59:00,,9.0,9.0,mg/dL,,,,ROUTINE,\n");
-    snprintf(d, sizeof d, "%s/icu", root);
-    assert_int_equal(moeh_mkdir_p(d, &err), 0);
-    write_gz(d, "icustays.csv.gz",
+    write_gz(root, "icu/icustays.csv.gz",
              "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los\n"
              "1,100,1000,Coronary Care Unit (CCU),x,2150-01-01 10:00:00,2150-01-04 10:00:00,3\n"
              "2,200,2000,Medical Intensive Care Unit (MICU),x,2150-01-01 02:00:00,"
              "2150-01-05 00:00:00,4\n");
-    write_gz(d, "chartevents.csv.gz",
+    write_gz(root, "icu/chartevents.csv.gz",
              "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,"
              "valuenum,valueuom,warning\n"
              "1,100,1000,,2150-01-01 10:00:00,,223761,98.6,98.6,?F,0\n"
@@ -143,14 +152,10 @@ static void test_tiny(void **state)
     char root[512];
     snprintf(root, sizeof root, "%s/tiny", g_dir);
     make_tiny(root, true);
-    moeh_extract_opts_t o;
-    moeh_extract_opts_default(&o);
-    o.mimic_dir = root;
-    moeh_dataset_t *ds = NULL;
+    moeh_extract_opts_t o = opts_for(root);
     moeh_extract_stats_t st;
+    moeh_dataset_t *ds = extract_ok(&o, &st);
     moeh_err_t err = {0};
-    int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc) fail_msg("%s", err.msg);
     assert_int_equal(st.malformed, 1);
     assert_int_equal(st.admissions, 3);
     assert_int_equal(ds->n, 2);
@@ -203,11 +208,7 @@ static void test_tiny(void **state)
  * in its window, 1-RR-3 too late; 2-RR-1 is before 200's t0. */
 static void write_tiny_notes(const char *root)
 {
-    char d[700];
-    moeh_err_t err = {0};
-    snprintf(d, sizeof d, "%s/note/note", root);
-    assert_int_equal(moeh_mkdir_p(d, &err), 0);
-    write_gz(d, "radiology.csv.gz",
+    write_gz(root, "note/note/radiology.csv.gz",
              "note_id,subject_id,hadm_id,note_type,note_seq,charttime,storetime,text\n"
              "1-RR-2,1,,RR,2,2150-01-02 09:00:00,,\"Second: effusion, \"\"small\"\".\"\n"
              "1-RR-1,1,100,RR,1,2150-01-01 11:00:00,,\"FINDINGS:\nLungs clear.\"\n"
@@ -225,17 +226,10 @@ static void test_tiny_notes_cxr(void **state)
     snprintf(root, sizeof root, "%s/tiny2", g_dir);
     make_tiny(root, false);
     write_tiny_notes(root);
-    const char *png = "/work/shared/data/cxr-sample/images_256/00000003_000.png";
-    const char *e = getenv("MOEH_CXR_SAMPLE_DIR");
-    char pngb[600];
-    if (e) {
-        snprintf(pngb, sizeof pngb, "%s/images_256/00000003_000.png", e);
-        png = pngb;
-    }
+    char png[600];
+    snprintf(png, sizeof png, "%s/images_256/00000003_000.png", moeh_test_cxr_sample_dir());
     bool have_png = access(png, R_OK) == 0;
-    snprintf(d, sizeof d, "%s/cxr", root);
-    assert_int_equal(moeh_mkdir_p(d, &err), 0);
-    write_gz(d, "mimic-cxr-2.0.0-metadata.csv.gz",
+    write_gz(root, "cxr/mimic-cxr-2.0.0-metadata.csv.gz",
              "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,"
              "Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,"
              "ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning\n"
@@ -250,16 +244,12 @@ static void test_tiny_notes_cxr(void **state)
         snprintf(cmd, sizeof cmd, "cp '%s' '%s/aa.png'", png, d);
         assert_int_equal(system(cmd), 0);
     }
-    moeh_extract_opts_t o;
-    moeh_extract_opts_default(&o);
-    o.mimic_dir = root;
+    moeh_extract_opts_t o = opts_for(root);
     snprintf(d, sizeof d, "%s/note", root);
     snprintf(p, sizeof p, "%s/cxr", root);
     o.note_dir = d, o.cxr_dir = p;
-    moeh_dataset_t *ds = NULL;
     moeh_extract_stats_t st;
-    int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc) fail_msg("%s", err.msg);
+    moeh_dataset_t *ds = extract_ok(&o, &st);
     assert_true(st.have_notes && st.have_cxr);
     /* 100: notes 1 then 2 (charttime order), not 3; 200: none */
     int32_t *tok = NULL;
@@ -326,8 +316,7 @@ static void test_tiny_embeddings(void **state)
     make_tiny(root, false);
     write_tiny_notes(root);
     snprintf(cd, sizeof cd, "%s/cxr", root);
-    assert_int_equal(moeh_mkdir_p(cd, &err), 0);
-    write_gz(cd, "mimic-cxr-2.0.0-metadata.csv.gz",
+    write_gz(root, "cxr/mimic-cxr-2.0.0-metadata.csv.gz",
              "dicom_id,subject_id,study_id,ViewPosition,StudyDate,StudyTime\n"
              "old,1,7,PA,21500101,90000.0\n"
              "aa,1,8,AP,21500102,80000.5\n"
@@ -342,17 +331,14 @@ static void test_tiny_embeddings(void **state)
               "{\"model\": \"tiny-bert\", \"dim\": 2}");
     const float cv[12] = {1, 1, 1, 3, 5, 7, -1, 0, 1, 9, 9, 9}; /* aa, bb, gone, lat */
     write_vec(cb, "aa\nbb\ngone\nlat\n\n", 4, 3, cv, NULL);
-    moeh_extract_opts_t o;
-    moeh_extract_opts_default(&o);
-    o.mimic_dir = root, o.note_dir = nd, o.cxr_dir = cd;
+    moeh_extract_opts_t o = opts_for(root);
+    o.note_dir = nd, o.cxr_dir = cd;
     snprintf(d, sizeof d, "%s.npy", nb);
     char cpath[800];
     snprintf(cpath, sizeof cpath, "%s.npy", cb);
     o.note_emb = d, o.cxr_emb = cpath;
-    moeh_dataset_t *ds = NULL;
     moeh_extract_stats_t st;
-    int rc = moeh_extract(&o, &ds, &st, &err);
-    if (rc) fail_msg("%s", err.msg);
+    moeh_dataset_t *ds = extract_ok(&o, &st);
     assert_int_equal(ds->n, 2);
     assert_int_equal(ds->note_dim, 2);
     assert_int_equal(ds->img_dim, 3);
@@ -374,7 +360,7 @@ static void test_tiny_embeddings(void **state)
     snprintf(out, sizeof out, "%s/tiny3_ds", g_dir);
     assert_int_equal(moeh_dataset_write(ds, out, &err), 0);
     moeh_dataset_destroy(&ds);
-    rc = moeh_dataset_open(out, true, &ds, &err);
+    int rc = moeh_dataset_open(out, true, &ds, &err);
     if (rc) fail_msg("%s", err.msg);
     assert_memory_equal(ds->img_vec, want_i, sizeof want_i);
     moeh_dataset_destroy(&ds);

@@ -32,12 +32,6 @@ static int teardown(void **state)
     return moeh_test_rmtree(g_dir);
 }
 
-static const char *sample_dir(void)
-{
-    const char *d = getenv("MOEH_CXR_SAMPLE_DIR");
-    return d ? d : "/work/shared/data/cxr-sample";
-}
-
 static void test_resize(void **state)
 {
     uint8_t src[6 * 4], out[4];
@@ -73,7 +67,7 @@ static uint8_t *read_png_gray(const char *path, unsigned *w, unsigned *h)
 static void test_real_png_and_jpeg(void **state)
 {
     char d[512];
-    snprintf(d, sizeof d, "%s/images_1024", sample_dir());
+    snprintf(d, sizeof d, "%s/images_1024", moeh_test_cxr_sample_dir());
     DIR *dir = opendir(d);
     if (!dir) skip();
     closedir(dir);
@@ -81,7 +75,7 @@ static void test_real_png_and_jpeg(void **state)
     size_t n = 0;
     const char *sub[] = {"images_1024", "images_256"};
     for (int s = 0; s < 2; s++) {
-        snprintf(d, sizeof d, "%s/%s", sample_dir(), sub[s]);
+        snprintf(d, sizeof d, "%s/%s", moeh_test_cxr_sample_dir(), sub[s]);
         dir = opendir(d);
         assert_non_null(dir);
         struct dirent *e;

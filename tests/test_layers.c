@@ -168,6 +168,14 @@ static double gru_loss(void *c_)
                      c->B, c->T, c->I, c->H);
     return dot_d(c->hs + c->T * c->B * c->H, c->R, c->B * c->H);
 }
+/* The next n floats of the buffer at *q, which moves past them. */
+static float *take(float **q, size_t n)
+{
+    float *p = *q;
+    *q += n;
+    return p;
+}
+
 /* One shape; 3H a multiple of 16 takes the AVX-512 recurrence kernel (where the CPU has it),
  * other sizes the OpenBLAS path. */
 static void gru_grad_case(size_t B, size_t T, size_t I, size_t H, unsigned seed)
@@ -177,43 +185,14 @@ static void gru_grad_case(size_t B, size_t T, size_t I, size_t H, unsigned seed)
                             B * T * G * 2 + T * B * 4 * H + B * G + B * H * 2 + T * B * G,
                         sizeof(float));
     assert_non_null(buf);
-    float *q = buf, *x = q;
-    q += B * T * I;
-    float *wih = q;
-    q += G * I;
-    float *whh = q;
-    q += G * H;
-    float *bih = q;
-    q += G;
-    float *bhh = q;
-    q += G;
-    float *hs = q;
-    q += (T + 1) * B * H;
-    float *xi = q;
-    q += B * T * G;
-    float *gates = q;
-    q += T * B * 4 * H;
-    float *hh = q;
-    q += B * G;
-    float *whhT = q;
-    q += G * H;
-    float *R = q;
-    q += B * H;
-    float *dx = q;
-    q += B * T * I;
-    float *dwih = q;
-    q += G * I;
-    float *dwhh = q;
-    q += G * H;
-    float *dbih = q;
-    q += G;
-    float *dbhh = q;
-    q += G;
-    float *dxi = q;
-    q += B * T * G;
-    float *dhh = q;
-    q += T * B * G;
-    float *dh = q;
+    float *q = buf;
+    float *x = take(&q, B * T * I), *wih = take(&q, G * I), *whh = take(&q, G * H),
+          *bih = take(&q, G), *bhh = take(&q, G), *hs = take(&q, (T + 1) * B * H),
+          *xi = take(&q, B * T * G), *gates = take(&q, T * B * 4 * H), *hh = take(&q, B * G),
+          *whhT = take(&q, G * H), *R = take(&q, B * H);
+    float *dx = take(&q, B * T * I), *dwih = take(&q, G * I), *dwhh = take(&q, G * H),
+          *dbih = take(&q, G), *dbhh = take(&q, G), *dxi = take(&q, B * T * G),
+          *dhh = take(&q, T * B * G), *dh = q;
     moeh_rng_t r;
     moeh_rng_seed(&r, seed);
     fill_normal(x, B * T * I, &r, 1), fill_normal(wih, G * I, &r, 0.5f);

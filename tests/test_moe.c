@@ -35,15 +35,23 @@ static void gradcheck_model(moeh_moe_cfg_t cfg, moeh_phase_t phase, const char *
     gradcheck_model_n(cfg, phase, label, 300);
 }
 
+/* The image-only model with size x size images and conv widths c1/c2/c3, max_checks entries per
+ * tensor checked. */
+static void gradcheck_cnn(size_t size, size_t c1, size_t c2, size_t c3, const char *label,
+                          size_t max_checks)
+{
+    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_UNI_IMG, 0);
+    c.img_size = size;
+    c.cnn_ch[0] = c1, c.cnn_ch[1] = c2, c.cnn_ch[2] = c3;
+    gradcheck_model_n(c, MOEH_PHASE_JOINT, label, max_checks);
+}
+
 /* 64x64 images with channel counts that make every conv layer run in several im2col chunks
  * (one image per chunk at these sizes), so chunked forward and the
  * recomputed columns in backward are checked too. 40 entries per tensor. */
 static void test_grad_cnn_chunked(void **state)
 {
-    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_UNI_IMG, 0);
-    c.img_size = 64;
-    c.cnn_ch[0] = 16, c.cnn_ch[1] = 40, c.cnn_ch[2] = 8;
-    gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn64", 40);
+    gradcheck_cnn(64, 16, 40, 8, "cnn64", 40);
 }
 
 /* The default CNN widths (16/32/64) and d = 16: on a CPU with AVX-512 every conv layer runs
@@ -66,10 +74,7 @@ static void test_grad_direct_kernels(void **state)
 /* 128x128 images: the same code path at the other supported size; a few entries checked. */
 static void test_grad_cnn_128(void **state)
 {
-    moeh_moe_cfg_t c = small_cfg(MOEH_ARCH_UNI_IMG, 0);
-    c.img_size = 128;
-    c.cnn_ch[0] = 4, c.cnn_ch[1] = 6, c.cnn_ch[2] = 8;
-    gradcheck_model_n(c, MOEH_PHASE_JOINT, "cnn128", 12);
+    gradcheck_cnn(128, 4, 6, 8, "cnn128", 12);
 }
 
 static void test_grad_moe_joint(void **state)

@@ -20,6 +20,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
 import results_table as rt  # noqa: E402
 import results_fed as rf  # noqa: E402
+from checks import summary  # noqa: E402  (tests/checks.py)
 
 FAILS = []
 
@@ -270,11 +271,7 @@ def main():
               f"a drifted formula is refused (rc {p.returncode}: {p.stderr.strip()})")
     strict_metrics()
     fed_tables()
-    if FAILS:
-        print(f"{len(FAILS)} check(s) failed")
-        return 1
-    print("all checks passed")
-    return 0
+    return summary(FAILS)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,21 @@ static inline int moeh_test_poke(const char *path, long back, int byte)
     return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
+/* The fixtures outside the repository: the MIMIC-IV demo ($MOEH_DEMO_DIR) and the NIH chest
+ * X-ray sample ($MOEH_CXR_SAMPLE_DIR), where the environment says, else at their place on the
+ * build machine. A test that needs one skips where it is missing. */
+static inline const char *moeh_test_demo_dir(void)
+{
+    const char *d = getenv("MOEH_DEMO_DIR");
+    return d ? d : "/work/shared/data/mimic-iv-demo";
+}
+
+static inline const char *moeh_test_cxr_sample_dir(void)
+{
+    const char *d = getenv("MOEH_CXR_SAMPLE_DIR");
+    return d ? d : "/work/shared/data/cxr-sample";
+}
+
 /* Removes dir and everything under it (symlinks are removed, not followed). 0 or -1. */
 static inline int moeh_test_rmtree(const char *dir)
 {

@@ -57,6 +57,21 @@ static void send_parts(void *sock, const void *const *data, const size_t *len, s
         assert_int_equal(zmq_send(sock, data[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0), (int)len[i]);
 }
 
+/* Sends a heartbeat's packed envelope followed by n - 1 frames of 4 bytes: n parts. */
+static void send_heartbeat_parts(void *sock, size_t n)
+{
+    msg_t m;
+    uint8_t *hdr;
+    size_t len;
+    moeh_iov_t iov[1];
+    mk_heartbeat(&m);
+    pack_msg(&m, &hdr, &len, iov);
+    assert_int_equal(zmq_send(sock, hdr, len, ZMQ_SNDMORE), (int)len);
+    for (size_t i = 1; i < n; i++)
+        assert_int_equal(zmq_send(sock, m.f32, 4, i + 1 < n ? ZMQ_SNDMORE : 0), 4);
+    free(hdr);
+}
+
 static void test_zmq_pair(void **state)
 {
     zpair_t z;
@@ -111,20 +126,7 @@ static void test_zmq_pair(void **state)
     moeh_msg_clear(&msg);
 
     /* far too many parts: refused with -EMSGSIZE and drained */
-    uint8_t *hdr;
-    size_t len;
-    moeh_iov_t iov[1];
-    mk_heartbeat(&m);
-    pack_msg(&m, &hdr, &len, iov);
-    const void *data[SMALL_PARTS + 3];
-    size_t lens[SMALL_PARTS + 3];
-    data[0] = hdr;
-    lens[0] = len;
-    for (size_t i = 1; i < SMALL_PARTS + 3; i++) {
-        data[i] = m.f32;
-        lens[i] = 4;
-    }
-    send_parts(z.a, data, lens, SMALL_PARTS + 3);
+    send_heartbeat_parts(z.a, SMALL_PARTS + 3);
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 5), 0);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
@@ -141,8 +143,6 @@ static void test_zmq_pair(void **state)
     /* and nothing is left behind */
     assert_int_equal(moeh_wire_recv(z.b, 0, &k_lim, &msg, &err), -EAGAIN);
     moeh_msg_clear(&msg);
-
-    free(hdr);
     zpair_close(&z);
 }
 
@@ -272,24 +272,10 @@ static void test_zmq_max_parts_without_routing_id(void **state)
     zpair_open(&z, ZMQ_PAIR, ZMQ_PAIR);
     moeh_msg_t msg;
     moeh_err_t err = {{0}};
-    msg_t m;
-    uint8_t *hdr;
-    size_t len;
-    moeh_iov_t iov[1];
-    mk_heartbeat(&m);
-    pack_msg(&m, &hdr, &len, iov);
-    const void *data[SMALL_PARTS];
-    size_t lens[SMALL_PARTS];
-    data[0] = hdr;
-    lens[0] = len;
-    for (size_t i = 1; i < SMALL_PARTS; i++) {
-        data[i] = m.f32;
-        lens[i] = 4;
-    }
     /* exactly SMALL_PARTS parts on a socket without routing id: envelope + 5 frames, one
      * frame more than msg->frames holds. Must be refused without writing past msg->frames
      * (peer, right behind it, must stay "") */
-    send_parts(z.a, data, lens, SMALL_PARTS);
+    send_heartbeat_parts(z.a, SMALL_PARTS);
     wait_readable(z.b);
     memset(&err, 0, sizeof err);
     int rc = moeh_wire_recv(z.b, 0, &k_lim, &msg, &err);
@@ -309,7 +295,6 @@ static void test_zmq_max_parts_without_routing_id(void **state)
     assert_int_equal(moeh_wire_recv(z.b, 0, &k_lim, &msg, &err), 0);
     assert_int_equal(msg.env->heartbeat->seq, 6);
     moeh_msg_clear(&msg);
-    free(hdr);
     zpair_close(&z);
     assert_true(peer_clean); /* checked last so that a failure leaks nothing */
 }
@@ -345,20 +330,7 @@ static void test_zmq_router(void **state)
     moeh_msg_clear(&msg);
 
     /* too many parts at the router: refused, routing id still known, drained */
-    uint8_t *hdr;
-    size_t len;
-    moeh_iov_t iov[1];
-    mk_heartbeat(&m);
-    pack_msg(&m, &hdr, &len, iov);
-    const void *data[SMALL_PARTS];
-    size_t lens[SMALL_PARTS];
-    data[0] = hdr;
-    lens[0] = len;
-    for (size_t i = 1; i < SMALL_PARTS; i++) {
-        data[i] = m.f32;
-        lens[i] = 4;
-    }
-    send_parts(z.a, data, lens, SMALL_PARTS); /* + routing id = MAX_PARTS + 1 */
+    send_heartbeat_parts(z.a, SMALL_PARTS); /* + routing id = MAX_PARTS + 1 */
     assert_int_equal(moeh_wire_send_simple(z.a, NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 9), 0);
     wait_readable(z.b);
     assert_int_equal(moeh_wire_recv(z.b, 1, &k_lim, &msg, &err), -EMSGSIZE);
@@ -377,8 +349,6 @@ static void test_zmq_router(void **state)
     assert_int_equal(moeh_wire_recv(z.b, 1, &k_lim, &msg, &err), -EBADMSG);
     assert_int_equal(msg.routing_id_len, rid_len);
     moeh_msg_clear(&msg);
-
-    free(hdr);
     zpair_close(&z);
 }
 

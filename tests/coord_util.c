@@ -318,11 +318,16 @@ int send_update(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t w)
 }
 
 /* Joins every site and completes the STATS phase; TRAIN of round 1 is open afterwards. */
-void join_and_stats(fx_t *f)
+void join_all(fx_t *f)
 {
     for (int k = 0; k < N_SITES; k++)
         hello(f, k);
     tick(f, 10);
+}
+
+void join_and_stats(fx_t *f)
+{
+    join_all(f);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
     for (int k = 0; k < N_SITES; k++) {
         round_start(f, k, 0, MOEH__ROUND_TASK__STATS);
@@ -331,6 +336,41 @@ void join_and_stats(fx_t *f)
     tick(f, 10);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
     assert_int_equal(moeh_coord_core_round(f->core), 1);
+}
+
+uint64_t fx_start(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
+{
+    fx_create(f, tweak);
+    join_and_stats(f);
+    return moeh_coord_core_model_version(f->core);
+}
+
+cJSON *fx_metrics(const fx_t *f)
+{
+    char path[400], line[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    cJSON *all = cJSON_CreateArray();
+    assert_non_null(all);
+    while (fgets(line, sizeof line, fp)) {
+        cJSON *j = cJSON_Parse(line);
+        if (!j) fail_msg("%s: a line that is not JSON: %s", path, line);
+        cJSON_AddItemToArray(all, j);
+    }
+    fclose(fp);
+    return all;
+}
+
+double jnum(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    return cJSON_IsNumber(v) ? cJSON_GetNumberValue(v) : NAN;
+}
+
+const char *jstr(const cJSON *j, const char *key)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItem(j, key));
 }
 
 /* The expected model after sites (mask) sent site_delta() with weights n_train: the

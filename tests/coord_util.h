@@ -102,8 +102,22 @@ int send_update_for(fx_t *f, int k, const Moeh__RoundStart *rs, uint32_t round, 
 /* The same for the last RoundStart site k received, which must be round's TRAIN. */
 int send_update(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t w);
 
+/* Every site says Hello; the core's tick follows. */
+void join_all(fx_t *f);
+
 /* Joins every site and completes the STATS phase; TRAIN of round 1 is open afterwards. */
 void join_and_stats(fx_t *f);
+
+/* fx_create(f, tweak), then join_and_stats: the model version TRAIN of round 1 starts from. */
+uint64_t fx_start(fx_t *f, void (*tweak)(moeh_coord_cfg_t *));
+
+/* Every line of f->dir/metrics.jsonl, parsed, as one JSON array (the caller deletes it); a
+ * missing file or a line that does not parse fails the test. */
+cJSON *fx_metrics(const fx_t *f);
+
+/* The number `key` of a metrics line (NAN when absent); its string (NULL when absent). */
+double jnum(const cJSON *j, const char *key);
+const char *jstr(const cJSON *j, const char *key);
 /* Site k's EvalResult of round/version: hist (MOEH_N_SLICES, tasks, 2, eval_bins) over `rows`
  * rows, `loss` per label, every row EHR-only, zero gate weights; delivered, asserted 0. */
 void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,

@@ -74,8 +74,7 @@ static void test_admission(void **state)
 static void test_plain_round(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, NULL);
-    join_and_stats(f);
+    fx_start(f, NULL);
     /* the normalisation is the one of the summed statistics */
     size_t n_norm;
     const float *norm = moeh_coord_core_norm(f->core, &n_norm);
@@ -135,32 +134,24 @@ static void test_plain_round(void **state)
     assert_int_equal(moeh_coord_core_finish(f->core, &err), 0);
     /* calibration from the same sums: every negative at 0.25 and positive at 0.75 (the centres
      * of bins 2 and 7 of 10): Brier 0.0625, reliability bins 2 (observed 0) and 7 (1) */
-    char path[400], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
+    cJSON *lines = fx_metrics(f), *j;
     int n_calib = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        if (!strcmp(ev, "eval"))
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "brier_los7")), 0.0625,
-                               1e-9);
+    cJSON_ArrayForEach(j, lines)
+    {
+        const char *ev = jstr(j, "event");
+        if (!strcmp(ev, "eval")) assert_float_equal(jnum(j, "brier_los7"), 0.0625, 1e-9);
         if (!strcmp(ev, "calibration")) {
             n_calib++;
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "brier")), 0.0625, 1e-9);
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n")), 60, 0);
+            assert_float_equal(jnum(j, "brier"), 0.0625, 1e-9);
+            assert_float_equal(jnum(j, "n"), 60, 0);
             const cJSON *bins = cJSON_GetObjectItem(j, "bins");
             assert_int_equal(cJSON_GetArraySize(bins), MOEH_CALIB_BINS);
-            const cJSON *b2 = cJSON_GetArrayItem(bins, 2), *b7 = cJSON_GetArrayItem(bins, 7);
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(b2, "observed")), 0, 0);
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(b7, "observed")), 1, 0);
+            assert_float_equal(jnum(cJSON_GetArrayItem(bins, 2), "observed"), 0, 0);
+            assert_float_equal(jnum(cJSON_GetArrayItem(bins, 7), "observed"), 1, 0);
             assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetArrayItem(bins, 0), "observed")));
         }
-        cJSON_Delete(j);
     }
-    fclose(fp);
+    cJSON_Delete(lines);
     assert_int_equal(n_calib, MOEH_N_TASKS);
 }
 
@@ -170,9 +161,7 @@ static void test_deadline_retry_and_failure(void **state)
 {
     fx_t *f = *state;
     fx_create(f, NULL);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
+    join_all(f);
     assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), 3);
     send_stats(f, 0);
     tick(f, 500); /* before the deadline: waiting */
@@ -192,8 +181,7 @@ static void test_deadline_retry_and_failure(void **state)
 static void test_deadline_closes_with_quorum(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, NULL);
-    join_and_stats(f);
+    fx_start(f, NULL);
     const moeh_params_t *p = moeh_coord_core_params(f->core);
     float *w0 = malloc(p->n * sizeof(float));
     assert_non_null(w0);
@@ -229,9 +217,7 @@ static void test_outage_waits_without_retries(void **state)
 {
     fx_t *f = *state;
     fx_create(f, outage_cfg);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
+    join_all(f);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
     send_stats(f, 0);
     for (int i = 0; i < 8; i++) /* 3.2 s: sites gone after 0.3 s, three deadlines of 1 s */
@@ -358,9 +344,7 @@ static void test_resume_drops_rows_after_checkpoint(void **state)
 static void test_rejoin_mid_phase(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, NULL);
-    join_and_stats(f);
-    uint64_t v = moeh_coord_core_model_version(f->core);
+    uint64_t v = fx_start(f, NULL);
     size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
     /* site-3 reconnects declaring more samples: welcomed again and given the open phase */
     char old_rid[32];
@@ -400,22 +384,12 @@ static void test_bye_reason_stays_one_json_line(void **state)
     moeh_env_bye(&env, &bye);
     assert_int_equal(deliver(f, 0, &env, NULL, 0), 0);
     assert_false(moeh_coord_core_admitted(f->core, "site-1"));
-    char path[400], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    int lines = 0;
-    while (fgets(line, sizeof line, fp)) {
-        lines++;
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "site_gone");
-        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "site")), "site-1");
-        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "why")), reason);
-        cJSON_Delete(j);
-    }
-    fclose(fp);
-    assert_int_equal(lines, 1);
+    cJSON *lines = fx_metrics(f), *j = cJSON_GetArrayItem(lines, 0);
+    assert_int_equal(cJSON_GetArraySize(lines), 1);
+    assert_string_equal(jstr(j, "event"), "site_gone");
+    assert_string_equal(jstr(j, "site"), "site-1");
+    assert_string_equal(jstr(j, "why"), reason);
+    cJSON_Delete(lines);
 }
 
 /* metrics.jsonl: a number JSON cannot hold is null, and every line parses. */
@@ -432,28 +406,16 @@ static void test_report_nan_is_null(void **state)
     moeh_coord_report_site_eval(r, 2, "site-1", 0.125, auroc);
     moeh_coord_report_destroy(&r);
     assert_null(r);
-    char path[400], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    int n = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        if (n == 0) {
-            assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "site")), "site-\"1\"");
-            assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "train_loss")));
-            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "n_samples")), 10);
-        } else {
-            assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "auroc_los7")));
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "auroc_readmit30")),
-                               0.75, 0);
-        }
-        cJSON_Delete(j);
-        n++;
-    }
-    fclose(fp);
-    assert_int_equal(n, 2);
+    cJSON *lines = fx_metrics(f); /* every line parses */
+    assert_int_equal(cJSON_GetArraySize(lines), 2);
+    const cJSON *j = cJSON_GetArrayItem(lines, 0);
+    assert_string_equal(jstr(j, "site"), "site-\"1\"");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "train_loss")));
+    assert_int_equal(jnum(j, "n_samples"), 10);
+    j = cJSON_GetArrayItem(lines, 1);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "auroc_los7")));
+    assert_float_equal(jnum(j, "auroc_readmit30"), 0.75, 0);
+    cJSON_Delete(lines);
 }
 
 /* ---- the DP ledger ------------------------------------------------------------------------ */
@@ -517,7 +479,7 @@ static void test_replay_participation(void **state)
 {
     fx_t *f = *state;
     fx_create(f, NULL);
-    char path[400], line[4096];
+    char path[400];
     snprintf(path, sizeof path, "%s/recorded.jsonl", f->dir);
     write_text(path, "{\"event\":\"stats\",\"sites\":3,\"features\":4,"
                      "\"contributors\":[\"site-1\",\"site-2\",\"site-3\"]}\n"
@@ -554,27 +516,22 @@ static void test_replay_participation(void **state)
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
     assert_weighted_mean(f, w0, 5, 0);
     free(w0);
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
+    cJSON *lines = fx_metrics(f), *j;
     int n_train = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "train")) {
-            n_train++;
-            char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "contributors"));
-            assert_string_equal(ids, "[\"site-1\",\"site-3\"]");
-            free(ids);
-            assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "w_cap")), 1000, 0);
-            const char *h = cJSON_GetStringValue(cJSON_GetObjectItem(j, "model_hash"));
-            assert_non_null(h);
-            assert_int_equal(strspn(h, "0123456789abcdef"), 16);
-            assert_int_equal(strlen(h), 16);
-        }
-        cJSON_Delete(j);
+    cJSON_ArrayForEach(j, lines)
+    {
+        if (strcmp(jstr(j, "event"), "train")) continue;
+        n_train++;
+        char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "contributors"));
+        assert_string_equal(ids, "[\"site-1\",\"site-3\"]");
+        free(ids);
+        assert_float_equal(jnum(j, "w_cap"), 1000, 0);
+        const char *h = jstr(j, "model_hash");
+        assert_non_null(h);
+        assert_int_equal(strspn(h, "0123456789abcdef"), 16);
+        assert_int_equal(strlen(h), 16);
     }
-    fclose(fp);
+    cJSON_Delete(lines);
     assert_int_equal(n_train, 1);
     moeh_coord_core_destroy(&f->core);
     moeh_coord_replay_destroy(&r);

@@ -32,9 +32,7 @@ static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version)
 static void test_upload_grants(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, slots_1);
-    join_and_stats(f);
-    uint64_t v = moeh_coord_core_model_version(f->core);
+    uint64_t v = fx_start(f, slots_1);
     assert_true(round_start(f, 0, 1, MOEH__ROUND_TASK__TRAIN)->grant_uploads);
     /* an update without a grant is refused */
     assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
@@ -63,22 +61,16 @@ static void test_upload_grants(void **state)
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
     assert_int_equal(moeh_coord_core_replied(f->core), 0);
     /* metrics.jsonl says how the slots were used */
-    char path[400], line[4096];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
+    cJSON *lines = fx_metrics(f), *j;
     int seen = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "uploads")) {
-            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "expired")), 1);
-            assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "max_in_flight")), 1);
-            seen++;
-        }
-        cJSON_Delete(j);
+    cJSON_ArrayForEach(j, lines)
+    {
+        if (strcmp(jstr(j, "event"), "uploads")) continue;
+        assert_int_equal(jnum(j, "expired"), 1);
+        assert_int_equal(jnum(j, "max_in_flight"), 1);
+        seen++;
     }
-    fclose(fp);
+    cJSON_Delete(lines);
     assert_int_equal(seen, 1);
 }
 
@@ -87,9 +79,7 @@ static void test_upload_grants(void **state)
 static void test_upload_slot_released_by_site_gone(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, slots_1);
-    join_and_stats(f);
-    uint64_t v = moeh_coord_core_model_version(f->core);
+    uint64_t v = fx_start(f, slots_1);
     upload_ready(f, 0, 1, v);
     upload_ready(f, 1, 1, v);
     assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
@@ -115,6 +105,14 @@ static void test_upload_slot_released_by_site_gone(void **state)
 static void secagg_on(moeh_coord_cfg_t *c)
 {
     c->secagg = 1;
+}
+
+/* fx_create(f, tweak) with the crypto library ready, and every site joined. */
+static void secagg_join(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
+{
+    fx_create(f, tweak);
+    assert_int_equal(moeh_crypto_init(), 0);
+    join_all(f);
 }
 
 /* Plays one securely aggregated phase: every site masks x[k] (len words); site `drop` (-1:
@@ -277,11 +275,7 @@ static void secagg_outage(moeh_coord_cfg_t *c)
 static void test_secagg_outage_waits_for_three(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, secagg_outage);
-    assert_int_equal(moeh_crypto_init(), 0);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
+    secagg_join(f, secagg_outage);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
     for (int i = 0; i < 4; i++) /* every site gone: the key step fails with none connected */
         tick(f, 400);
@@ -304,34 +298,34 @@ static void test_secagg_outage_waits_for_three(void **state)
     assert_true(count_sent(f, MOEH__MSG_TYPE__ROUND_START) >= keys + 3);
 }
 
-static void test_secagg_dropout(void **state)
+/* Every site's statistics as the words it masks into x[k] (the caller frees them:
+ * free_words); site `poison` (-1: none) claims count 1 and sums 2^52, which no real values have. */
+static void stats_words(fx_t *f, uint32_t *x[N_SITES], int poison)
 {
-    fx_t *f = *state;
-    fx_create(f, secagg_on);
-    assert_int_equal(moeh_crypto_init(), 0);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
     const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
-    /* STATS, securely summed, everyone present */
-    uint32_t *x[N_SITES];
     size_t n_norm;
     moeh_coord_core_norm(f->core, &n_norm);
+    assert_true(n_norm <= 16);
     for (int k = 0; k < N_SITES; k++) {
         double st[3 * 16];
-        assert_true(n_norm <= 16);
         site_stats(k, n_norm, st);
+        if (k == poison) st[0] = 1, st[1] = 0x1p52, st[2] = 0x1p52;
         x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
         assert_non_null(x[k]);
         assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
     }
-    /* a clear StatsResult is refused under secure aggregation */
-    send_stats(f, 0);
-    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "travel masked"));
-    play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+}
+
+static void free_words(uint32_t *x[N_SITES])
+{
     for (int k = 0; k < N_SITES; k++)
         free(x[k]);
-    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+}
+
+/* The first normalisation mean is the pooled mean of every site's statistics. */
+static void assert_norm_of_sites(const fx_t *f)
+{
+    size_t n_norm;
     const float *norm = moeh_coord_core_norm(f->core, &n_norm);
     double s0 = 0, s1 = 0, st[3 * 16];
     for (int k = 0; k < N_SITES; k++) {
@@ -339,6 +333,22 @@ static void test_secagg_dropout(void **state)
         s0 += st[0], s1 += st[1];
     }
     assert_float_equal(norm[0], s1 / s0, 1e-5);
+}
+
+static void test_secagg_dropout(void **state)
+{
+    fx_t *f = *state;
+    secagg_join(f, secagg_on);
+    /* STATS, securely summed, everyone present */
+    uint32_t *x[N_SITES];
+    stats_words(f, x, -1);
+    /* a clear StatsResult is refused under secure aggregation */
+    send_stats(f, 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "travel masked"));
+    play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+    free_words(x);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    assert_norm_of_sites(f);
     /* TRAIN: site-3 drops out after the share exchange; the model moves by the weighted mean
      * of the two survivors' deltas */
     const moeh_params_t *p = moeh_coord_core_params(f->core);
@@ -353,8 +363,7 @@ static void test_secagg_dropout(void **state)
     }
     uint64_t v = moeh_coord_core_model_version(f->core);
     play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, 2);
-    for (int k = 0; k < N_SITES; k++)
-        free(x[k]);
+    free_words(x);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
     assert_int_equal(moeh_coord_core_model_version(f->core), v + 1);
     assert_weighted_mean(f, w0, 1u | 2u, 0);
@@ -369,42 +378,21 @@ static void test_secagg_dropout(void **state)
 static void test_secagg_poisoned_sums_retried(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, secagg_on);
-    assert_int_equal(moeh_crypto_init(), 0);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
+    secagg_join(f, secagg_on);
     const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
     uint32_t *x[N_SITES];
-    size_t n_norm;
-    moeh_coord_core_norm(f->core, &n_norm);
     for (int poisoned = 1; poisoned >= 0; poisoned--) {
-        for (int k = 0; k < N_SITES; k++) {
-            double st[3 * 16];
-            assert_true(n_norm <= 16);
-            site_stats(k, n_norm, st);
-            if (poisoned && k == 1) st[0] = 1, st[1] = 0x1p52, st[2] = 0x1p52;
-            x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
-            assert_non_null(x[k]);
-            assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
-        }
+        stats_words(f, x, poisoned ? 1 : -1);
         size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
         play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
-        for (int k = 0; k < N_SITES; k++)
-            free(x[k]);
+        free_words(x);
         if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
             assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
             assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
         }
     }
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
-    const float *norm = moeh_coord_core_norm(f->core, &n_norm);
-    double s0 = 0, s1 = 0, st[3 * 16];
-    for (int k = 0; k < N_SITES; k++) {
-        site_stats(k, n_norm, st);
-        s0 += st[0], s1 += st[1];
-    }
-    assert_float_equal(norm[0], s1 / s0, 1e-5);
+    assert_norm_of_sites(f);
     /* TRAIN: site-2 masks its update with twice its declared samples as group weights; the
      * unmasked weights exceed the survivors' (capped) samples: refused, the phase retried, the
      * model unchanged; the honest retry is applied */
@@ -419,8 +407,7 @@ static void test_secagg_poisoned_sums_retried(void **state)
             assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
         }
         play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
-        for (int k = 0; k < N_SITES; k++)
-            free(x[k]);
+        free_words(x);
         assert_int_equal(moeh_coord_core_phase(f->core),
                          poisoned ? MOEH_COORD_TRAIN : MOEH_COORD_EVAL);
         assert_int_equal(moeh_coord_core_model_version(f->core), poisoned ? v : v + 1);
@@ -449,8 +436,7 @@ static void test_secagg_poisoned_sums_retried(void **state)
             free(gate);
         }
         play_secagg(f, MOEH__ROUND_TASK__EVALUATE, 1, x, -1);
-        for (int k = 0; k < N_SITES; k++)
-            free(x[k]);
+        free_words(x);
         assert_int_equal(moeh_coord_core_phase(f->core),
                          poisoned ? MOEH_COORD_EVAL : MOEH_COORD_DONE); /* one round */
     }

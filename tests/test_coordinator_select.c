@@ -72,28 +72,20 @@ static int g_site_eval; /* "site_eval" lines read by the last read_selection() *
 
 static cJSON *read_selection(const fx_t *f, int *n_val_calib, int *n_val_eval)
 {
-    char path[400], line[8192];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", f->dir);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    cJSON *sel = NULL;
+    cJSON *lines = fx_metrics(f), *j, *sel = NULL;
     *n_val_calib = *n_val_eval = g_site_eval = 0;
-    while (fgets(line, sizeof line, fp)) {
-        cJSON *j = cJSON_Parse(line);
-        assert_non_null(j);
-        const char *ev = cJSON_GetStringValue(cJSON_GetObjectItem(j, "event"));
-        const char *split = cJSON_GetStringValue(cJSON_GetObjectItem(j, "split"));
+    cJSON_ArrayForEach(j, lines)
+    {
+        const char *ev = jstr(j, "event"), *split = jstr(j, "split");
         if (!strcmp(ev, "calibration") && split && !strcmp(split, "val")) ++*n_val_calib;
         if (!strcmp(ev, "eval") && cJSON_GetObjectItem(j, "val_auroc_mean")) ++*n_val_eval;
         if (!strcmp(ev, "site_eval")) g_site_eval++;
         if (!strcmp(ev, "selection")) {
             assert_null(sel); /* one selection line */
-            sel = j;
-            continue;
+            sel = cJSON_Duplicate(j, 1);
         }
-        cJSON_Delete(j);
     }
-    fclose(fp);
+    cJSON_Delete(lines);
     assert_non_null(sel);
     return sel;
 }
@@ -130,8 +122,7 @@ static void four_rounds(moeh_coord_cfg_t *c)
 static void test_best_round_kept(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, four_rounds);
-    join_and_stats(f);
+    fx_start(f, four_rounds);
     size_t n = moeh_coord_core_params(f->core)->n;
     float *w2 = malloc(n * sizeof(float)), *w4 = malloc(n * sizeof(float));
     assert_non_null(w2);
@@ -171,8 +162,7 @@ static void by_loss(moeh_coord_cfg_t *c)
 static void test_select_by_loss(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, by_loss);
-    join_and_stats(f);
+    fx_start(f, by_loss);
     size_t n = moeh_coord_core_params(f->core)->n;
     float *w4 = malloc(n * sizeof(float));
     assert_non_null(w4);
@@ -202,8 +192,7 @@ static void patience2(moeh_coord_cfg_t *c)
 static void test_patience_stops_early(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, patience2);
-    join_and_stats(f);
+    fx_start(f, patience2);
     size_t n = moeh_coord_core_params(f->core)->n;
     float *w2 = malloc(n * sizeof(float));
     assert_non_null(w2);
@@ -231,8 +220,7 @@ static void test_patience_stops_early(void **state)
 static void test_resume_keeps_selection(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, patience2);
-    join_and_stats(f);
+    fx_start(f, patience2);
     size_t n = moeh_coord_core_params(f->core)->n;
     float *w2 = malloc(n * sizeof(float));
     assert_non_null(w2);
@@ -247,9 +235,7 @@ static void test_resume_keeps_selection(void **state)
     if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     moeh_coord_core_start(f->core, 3, f->now);
-    for (int k = 0; k < N_SITES; k++)
-        hello(f, k);
-    tick(f, 10);
+    join_all(f);
     play_round(f, 4, val[3], 0.5, 0.6, NULL);
     finish(f);
     assert_model_file(f, w2);
@@ -275,9 +261,7 @@ static void one_round(moeh_coord_cfg_t *c)
 static void test_late_validation_reply_refused(void **state)
 {
     fx_t *f = *state;
-    fx_create(f, one_round);
-    join_and_stats(f);
-    uint64_t v = moeh_coord_core_model_version(f->core);
+    uint64_t v = fx_start(f, one_round);
     for (int k = 0; k < N_SITES; k++)
         assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
     tick(f, 10);

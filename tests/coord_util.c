@@ -345,6 +345,15 @@ uint64_t fx_start(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     return moeh_coord_core_model_version(f->core);
 }
 
+float *fx_model_copy(const fx_t *f)
+{
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    float *w = malloc(p->n * sizeof(float));
+    assert_non_null(w);
+    memcpy(w, p->w, p->n * sizeof(float));
+    return w;
+}
+
 cJSON *fx_metrics(const fx_t *f)
 {
     char path[400], line[8192];

@@ -111,6 +111,9 @@ void join_and_stats(fx_t *f);
 /* fx_create(f, tweak), then join_and_stats: the model version TRAIN of round 1 starts from. */
 uint64_t fx_start(fx_t *f, void (*tweak)(moeh_coord_cfg_t *));
 
+/* A copy of the core's current parameters (the caller frees it). */
+float *fx_model_copy(const fx_t *f);
+
 /* Every line of f->dir/metrics.jsonl, parsed, as one JSON array (the caller deletes it); a
  * missing file or a line that does not parse fails the test. */
 cJSON *fx_metrics(const fx_t *f);

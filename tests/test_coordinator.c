@@ -90,9 +90,7 @@ static void test_plain_round(void **state)
         assert_float_equal(norm[n_norm + i], sd, 1e-4);
     }
     const moeh_params_t *p = moeh_coord_core_params(f->core);
-    float *w0 = malloc(p->n * sizeof(float));
-    assert_non_null(w0);
-    memcpy(w0, p->w, p->n * sizeof(float));
+    float *w0 = fx_model_copy(f);
     uint64_t v = moeh_coord_core_model_version(f->core);
     /* late (another round) and duplicate updates are refused; neither changes the sum */
     assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
@@ -182,10 +180,7 @@ static void test_deadline_closes_with_quorum(void **state)
 {
     fx_t *f = *state;
     fx_start(f, NULL);
-    const moeh_params_t *p = moeh_coord_core_params(f->core);
-    float *w0 = malloc(p->n * sizeof(float));
-    assert_non_null(w0);
-    memcpy(w0, p->w, p->n * sizeof(float));
+    float *w0 = fx_model_copy(f);
     uint64_t v = moeh_coord_core_model_version(f->core);
     const Moeh__RoundStart *rs1 = round_start(f, 1, 1, MOEH__ROUND_TASK__TRAIN);
     assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
@@ -505,10 +500,7 @@ static void test_replay_participation(void **state)
     round_start(f, 2, 1, MOEH__ROUND_TASK__TRAIN);
     hello(f, 1);
     round_start(f, 1, 0, MOEH__ROUND_TASK__STATS); /* still its last RoundStart */
-    const moeh_params_t *p = moeh_coord_core_params(f->core);
-    float *w0 = malloc(p->n * sizeof(float));
-    assert_non_null(w0);
-    memcpy(w0, p->w, p->n * sizeof(float));
+    float *w0 = fx_model_copy(f);
     uint64_t v = moeh_coord_core_model_version(f->core);
     assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
     assert_int_equal(send_update(f, 2, 1, v, (uint32_t)f->site[2].n_train), 0);

@@ -352,9 +352,7 @@ static void test_secagg_dropout(void **state)
     /* TRAIN: site-3 drops out after the share exchange; the model moves by the weighted mean
      * of the two survivors' deltas */
     const moeh_params_t *p = moeh_coord_core_params(f->core);
-    float *w0 = malloc(p->n * sizeof(float));
-    assert_non_null(w0);
-    memcpy(w0, p->w, p->n * sizeof(float));
+    float *w0 = fx_model_copy(f);
     for (int k = 0; k < N_SITES; k++) {
         const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
         x[k] = update_words(f, k, rs->config, (uint32_t)f->site[k].n_train,

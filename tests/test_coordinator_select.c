@@ -124,9 +124,7 @@ static void test_best_round_kept(void **state)
     fx_t *f = *state;
     fx_start(f, four_rounds);
     size_t n = moeh_coord_core_params(f->core)->n;
-    float *w2 = malloc(n * sizeof(float)), *w4 = malloc(n * sizeof(float));
-    assert_non_null(w2);
-    assert_non_null(w4);
+    float *w2 = fx_model_copy(f), *w4 = fx_model_copy(f); /* filled by rounds 2 and 4 */
     const double val[4] = {0.6, 0.9, 0.7, 0.8}, test[4] = {0.7, 0.5, 0.8, 0.9};
     for (uint32_t r = 1; r <= 4; r++)
         play_round(f, r, val[r - 1], 0.5, test[r - 1], r == 2 ? w2 : r == 4 ? w4 : NULL);
@@ -136,14 +134,11 @@ static void test_best_round_kept(void **state)
     assert_memory_equal(moeh_coord_core_params(f->core)->w, w2, n * sizeof(float));
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
-    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
-    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "selected_by")),
-                        "val_auroc_mean");
-    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.9, 1e-6);
-    assert_non_null(strstr(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "why")),
-                           "best mean validation AUROC over rounds 1..4"));
-    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "test_auroc_mean")), 0.5,
-                       1e-6);
+    assert_int_equal(jnum(sel, "selected_round"), 2);
+    assert_string_equal(jstr(sel, "selected_by"), "val_auroc_mean");
+    assert_float_equal(jnum(sel, "value"), 0.9, 1e-6);
+    assert_non_null(strstr(jstr(sel, "why"), "best mean validation AUROC over rounds 1..4"));
+    assert_float_equal(jnum(sel, "test_auroc_mean"), 0.5, 1e-6);
     assert_int_equal(n_ev, 4);
     assert_int_equal(n_cal, 4 * MOEH_N_TASKS);
     assert_int_equal(g_site_eval, 4 * N_SITES); /* per-site rows: the test evaluation only */
@@ -163,9 +158,7 @@ static void test_select_by_loss(void **state)
 {
     fx_t *f = *state;
     fx_start(f, by_loss);
-    size_t n = moeh_coord_core_params(f->core)->n;
-    float *w4 = malloc(n * sizeof(float));
-    assert_non_null(w4);
+    float *w4 = fx_model_copy(f);
     const double loss[4] = {0.5, 0.4, 0.45, 0.3}, q[4] = {0.9, 0.8, 0.7, 0.6};
     for (uint32_t r = 1; r <= 4; r++)
         play_round(f, r, q[r - 1], loss[r - 1], 0.6, r == 4 ? w4 : NULL);
@@ -173,9 +166,9 @@ static void test_select_by_loss(void **state)
     assert_model_file(f, w4);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
-    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 4);
-    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(sel, "selected_by")), "val_loss");
-    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.3, 1e-6);
+    assert_int_equal(jnum(sel, "selected_round"), 4);
+    assert_string_equal(jstr(sel, "selected_by"), "val_loss");
+    assert_float_equal(jnum(sel, "value"), 0.3, 1e-6);
     cJSON_Delete(sel);
     free(w4);
 }
@@ -187,27 +180,33 @@ static void patience2(moeh_coord_cfg_t *c)
     c->patience = 2;
 }
 
+/* The start of a run of 6 rounds with --patience 2: rounds 1 to 3 with validation AUROC 0.7,
+ * 0.9, 0.8 (test AUROC 0.6), the run going on after each. Round 2's model (the caller frees it). */
+static float *patience_rounds_1_to_3(fx_t *f)
+{
+    fx_start(f, patience2);
+    float *w2 = fx_model_copy(f);
+    const double val[3] = {0.7, 0.9, 0.8};
+    for (uint32_t r = 1; r <= 3; r++) {
+        play_round(f, r, val[r - 1], 0.5, 0.6, r == 2 ? w2 : NULL);
+        assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    }
+    return w2;
+}
+
 /* --patience 2: validation AUROC 0.7, 0.9, 0.8, 0.85: rounds 3 and 4 do not improve, so the
  * run ends after round 4 of 6, normally, with round 2 selected. */
 static void test_patience_stops_early(void **state)
 {
     fx_t *f = *state;
-    fx_start(f, patience2);
-    size_t n = moeh_coord_core_params(f->core)->n;
-    float *w2 = malloc(n * sizeof(float));
-    assert_non_null(w2);
-    const double val[4] = {0.7, 0.9, 0.8, 0.85};
-    for (uint32_t r = 1; r <= 3; r++) {
-        play_round(f, r, val[r - 1], 0.5, 0.6, r == 2 ? w2 : NULL);
-        assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
-    }
-    play_round(f, 4, val[3], 0.5, 0.6, NULL);
+    float *w2 = patience_rounds_1_to_3(f);
+    play_round(f, 4, 0.85, 0.5, 0.6, NULL);
     finish(f); /* DONE after round 4 */
     assert_int_equal(moeh_coord_core_round(f->core), 4);
     assert_model_file(f, w2);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
-    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
+    assert_int_equal(jnum(sel, "selected_round"), 2);
     assert_int_equal(n_ev, 4);
     cJSON_Delete(sel);
     free(w2);
@@ -220,13 +219,7 @@ static void test_patience_stops_early(void **state)
 static void test_resume_keeps_selection(void **state)
 {
     fx_t *f = *state;
-    fx_start(f, patience2);
-    size_t n = moeh_coord_core_params(f->core)->n;
-    float *w2 = malloc(n * sizeof(float));
-    assert_non_null(w2);
-    const double val[4] = {0.7, 0.9, 0.8, 0.85};
-    for (uint32_t r = 1; r <= 3; r++)
-        play_round(f, r, val[r - 1], 0.5, 0.6, r == 2 ? w2 : NULL);
+    float *w2 = patience_rounds_1_to_3(f);
     /* the coordinator stops; a new process resumes from the checkpoint of round 3 */
     moeh_coord_core_destroy(&f->core);
     f->cfg.resume = 1;
@@ -236,15 +229,14 @@ static void test_resume_keeps_selection(void **state)
     assert_int_equal(rc, 0);
     moeh_coord_core_start(f->core, 3, f->now);
     join_all(f);
-    play_round(f, 4, val[3], 0.5, 0.6, NULL);
+    play_round(f, 4, 0.85, 0.5, 0.6, NULL);
     finish(f);
     assert_model_file(f, w2);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
-    assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "selected_round")), 2);
-    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "value")), 0.9, 1e-6);
-    assert_float_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(sel, "test_auroc_mean")), 0.6,
-                       1e-6);
+    assert_int_equal(jnum(sel, "selected_round"), 2);
+    assert_float_equal(jnum(sel, "value"), 0.9, 1e-6);
+    assert_float_equal(jnum(sel, "test_auroc_mean"), 0.6, 1e-6);
     cJSON_Delete(sel);
     free(w2);
 }

@@ -15,7 +15,7 @@
 /* The header JSON of a checkpoint of 2 parameters in 1 group, with 2 normalisation numbers and
  * the 4 numbers of data_shape; %s is the round, written as given (it may be 1e300). */
 #define MOEH_TEST_CKPT_HDR                                                                         \
-    "{\"round\":%s,\"model_version\":3,\"spec_hash\":\"1\",\"n_params\":2,\"n_groups\":1,"        \
+    "{\"round\":%s,\"model_version\":3,\"spec_hash\":\"1\",\"n_params\":2,\"n_groups\":1,"         \
     "\"arrays\":[{\"name\":\"params\",\"count\":2},{\"name\":\"norm\",\"count\":2},"               \
     "{\"name\":\"data_shape\",\"count\":4}]}"
 

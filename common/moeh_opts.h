@@ -28,7 +28,8 @@ typedef struct {
     const char *help; /* one line; the default is printed after it */
 } moeh_opt_t;
 
-#define MOEH_OPTS_MAX 128 /* options in one table */
+#define MOEH_OPTS_MAX 128    /* options in one table */
+#define MOEH_OPTS_MAX_ARGS 4 /* positional arguments one command may take */
 
 typedef struct {
     const char *prog;     /* e.g. "moeh-coordinator" */
@@ -41,19 +42,30 @@ typedef struct {
     /* NULL-terminated list of the `ptr`s of options that must be given (may be NULL): a missing
      * one is a usage error naming it, and --help marks it "(required)" */
     const void *const *required;
+    /* Positional arguments (words that are not options, and every word after "--"): with
+     * max_args 0 (the default) any is a usage error; else up to max_args of them are collected
+     * in args[0..n_args) (pointers into argv), more are refused, and args_name (e.g. "BASE")
+     * names them in that message. A word that starts with "-" is never positional. */
+    size_t max_args;
+    const char *args_name;
+    const char *args[MOEH_OPTS_MAX_ARGS];
+    size_t n_args;
 } moeh_opts_t;
 
 /* Parses argv (argv[0] is skipped). Returns 0 when parsed, 1 when --help or --version was
- * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused. */
+ * printed (exit 0), or -EINVAL with err->msg. Positional arguments are refused unless
+ * max_args allows them. A table that lists one name twice (or names config, help or version,
+ * or both X and no-X of a boolean X) is a bug: it is named on stderr and the process aborts. */
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err) MOEH_WUR;
 void moeh_opts_print_help(const moeh_opts_t *o, FILE *f);
 /* 1 if the option whose value lives at `ptr` was given (as a flag or in --config), so that a
  * default can depend on other options; 0 otherwise. */
 int moeh_opts_seen(const moeh_opts_t *o, const void *ptr);
-/* The start of a daemon's main(): parses the options (`*log_level` is one of them), prints
- * usage errors as "PROG: message", and configures logging with `log_prefix`. Returns -1 to go
- * on, or the exit code to return at once (0 after --help/--version, 2 on a usage error; the
- * options are freed then). */
+/* The start of a program's main(): parses the options (`*log_level` is one of them), prints
+ * usage errors as "PROG: message", and configures logging with `log_prefix` (log_level NULL:
+ * a program without --log-level; logging is left as it is). Returns -1 to go on, or the exit
+ * code to return at once (0 after --help/--version, 2 on a usage error; the options are freed
+ * then). */
 int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log_level,
                    const char *log_prefix) MOEH_WUR;
 /* Checks a ZeroMQ endpoint given as --`opt`: "7402" or "host:7402" get the hint

@@ -280,13 +280,60 @@ void moeh_opts_print_help(const moeh_opts_t *o, FILE *f)
     fprintf(f, "a boolean --NAME is turned off by --no-NAME; usage errors exit with status 2\n");
 }
 
+/* A table in which one word means two things is a programming error (the first entry would
+ * win silently, the second's pointer never set): names it and aborts. The words are each
+ * option's name, --no-NAME of a boolean, and the parser's own config, help and version. */
+static void check_table(const moeh_opts_t *o)
+{
+    static const char *const own[] = {"config", "help", "version"};
+    for (size_t i = 0; i < o->n_opts; i++) {
+        const char *name = o->opts[i].name, *clash = NULL;
+        MOEH_ASSERT(name && name[0] && strncmp(name, "--", 2) != 0);
+        for (size_t j = 0; j < i && !clash; j++)
+            if (!strcmp(name, o->opts[j].name)) clash = "twice";
+        for (size_t j = 0; j < o->n_opts && !clash; j++)
+            if (o->opts[j].type == MOEH_OPT_BOOL && !strncmp(name, "no-", 3) &&
+                !strcmp(name + 3, o->opts[j].name))
+                clash = "and the boolean it negates";
+        for (size_t k = 0; k < sizeof own / sizeof own[0] && !clash; k++)
+            if (!strcmp(name, own[k])) clash = "although the parser itself takes it";
+        if (!clash) continue;
+        fprintf(stderr, "%s: bug: the option table lists --%s %s (entry %zu of %zu)\n", o->prog,
+                name, clash, i + 1, o->n_opts);
+        moeh_assert_fail("every option name in a table is unique", __FILE__, __LINE__);
+    }
+}
+
+/* The end of the options in argv: the index of "--", or argc. */
+static int options_end(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--")) return i;
+    return argc;
+}
+
+/* Collects one positional argument; 0 or -EINVAL with err set. */
+static int add_arg(moeh_opts_t *o, const char *a, moeh_err_t *err)
+{
+    if (o->max_args == 0)
+        return moeh_errf(err, -EINVAL, "unexpected argument '%s' (see %s --help)", a, o->prog);
+    if (o->n_args >= o->max_args || o->n_args >= MOEH_OPTS_MAX_ARGS)
+        return moeh_errf(err, -EINVAL, "unexpected argument '%s': %s takes %zu %s (see --help)", a,
+                         o->prog, o->max_args, o->args_name ? o->args_name : "argument(s)");
+    o->args[o->n_args++] = a;
+    return 0;
+}
+
 int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
 {
     if (o->n_opts > MOEH_OPTS_MAX)
         return moeh_errf(err, -EINVAL, "%s: more than %d options in one table", o->prog,
                          MOEH_OPTS_MAX);
+    check_table(o);
+    o->n_args = 0;
+    const int end = options_end(argc, argv); /* words after "--" are positional */
     /* Pass 1: --help, --version, --config (so that flags override the file). */
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < end; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             moeh_opts_print_help(o, stdout);
             return 1;
@@ -296,9 +343,9 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             return 1;
         }
     }
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < end; i++) {
         if (strcmp(argv[i], "--config") != 0) continue;
-        if (i + 1 >= argc) return moeh_errf(err, -EINVAL, "--config needs a file name");
+        if (i + 1 >= end) return moeh_errf(err, -EINVAL, "--config needs a file name");
         ini_ctx_t c = {.o = o, .path = argv[i + 1]};
         int line = ini_parse(argv[i + 1], opts_ini_handler, &c);
         if (line < 0) return moeh_errf(err, -EINVAL, "%s: cannot open config file", argv[i + 1]);
@@ -306,11 +353,16 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             return moeh_errf(err, -EINVAL, "%s:%d: %s", argv[i + 1], line,
                              c.why[0] ? c.why : "syntax error (expected 'name = value')");
     }
-    /* Pass 2: flags. */
-    for (int i = 1; i < argc; i++) {
+    /* Pass 2: flags and positional arguments. */
+    for (int i = 1; i < end; i++) {
         const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0)
-            return moeh_errf(err, -EINVAL, "unexpected argument '%s' (see %s --help)", a, o->prog);
+        if (a[0] == '-' && a[1] != '-' && a[1])
+            return moeh_errf(err, -EINVAL,
+                             "unknown option '%s' (options are --NAME; see %s --help)", a, o->prog);
+        if (strncmp(a, "--", 2) != 0) {
+            if (add_arg(o, a, err) != 0) return -EINVAL;
+            continue;
+        }
         const char *name = a + 2, *val = NULL;
         char buf[64];
         const char *eq = strchr(name, '=');
@@ -349,13 +401,15 @@ int moeh_opts_parse(moeh_opts_t *o, int argc, char **argv, moeh_err_t *err)
             continue;
         }
         if (!val) {
-            if (i + 1 >= argc) return moeh_errf(err, -EINVAL, "--%s needs a value", name);
+            if (i + 1 >= end) return moeh_errf(err, -EINVAL, "--%s needs a value", name);
             val = argv[++i];
         }
         char why[200];
         if (set_value(o, opt, val, 0, why, sizeof why) != 0)
             return moeh_errf(err, -EINVAL, "--%s: %s", name, why);
     }
+    for (int i = end + 1; i < argc; i++)
+        if (add_arg(o, argv[i], err) != 0) return -EINVAL;
     /* required options, in the order of the list */
     for (size_t r = 0; o->required && o->required[r]; r++) {
         for (size_t i = 0; i < o->n_opts && i < MOEH_OPTS_MAX; i++) {
@@ -452,6 +506,7 @@ int moeh_opts_main(moeh_opts_t *o, int argc, char **argv, const char *const *log
         moeh_opts_free(o);
         return 2;
     }
+    if (!log_level) return -1; /* a program that logs nothing of its own */
     moeh_log_level_t lvl;
     if (moeh_log_parse_level(*log_level, &lvl)) {
         fprintf(stderr, "%s: --log-level: '%s' is not debug, info, warn or error\n", o->prog,

@@ -52,6 +52,33 @@ void moeh_coord_cfg_defaults(moeh_coord_cfg_t *c)
     c->ready_fd = -1;
 }
 
+/* --data-shape STATIC,VARS,HOURS,IMAGE: four decimal integers within the limits a site may
+ * declare (the same as coordinator.c's when it builds the pinned model, and checkpoint.c's):
+ * 0 or -EINVAL naming the option, its value, the field and what was expected. */
+static int check_data_shape(const char *s, moeh_err_t *err)
+{
+    static const char *const name[4] = {"STATIC", "VARS", "HOURS", "IMAGE"};
+    static const unsigned long lo[4] = {0, 0, 1, 0}, hi[4] = {1ul << 20, 4096, 1000, 1024};
+    const char *p = s;
+    for (int k = 0; k < 4; k++) {
+        size_t digits = strspn(p, "0123456789");
+        char sep = p[digits];
+        if (digits == 0 || digits > 9 || sep != (k < 3 ? ',' : '\0'))
+            return moeh_errf(err, -EINVAL,
+                             "--data-shape '%s': expected STATIC,VARS,HOURS,IMAGE, four "
+                             "non-negative integers separated by commas (e.g. 35,33,48,64)",
+                             s);
+        unsigned long v = strtoul(p, NULL, 10);
+        if (v < lo[k] || v > hi[k])
+            return moeh_errf(err, -EINVAL,
+                             "--data-shape '%s': %s %lu: expected %lu..%lu (STATIC,VARS,HOURS,"
+                             "IMAGE, e.g. 35,33,48,64)",
+                             s, name[k], v, lo[k], hi[k]);
+        p += digits + 1;
+    }
+    return 0;
+}
+
 int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, moeh_err_t *err)
 {
     if (!cfg->out_dir || !cfg->out_dir[0])
@@ -74,6 +101,7 @@ int moeh_coord_cfg_check(const moeh_coord_cfg_t *cfg, moeh_server_opt_t *sopt, m
                          cfg->heartbeat_ms);
     if (!(cfg->delta_clip > 0))
         return moeh_errf(err, -EINVAL, "--delta-clip %g: expected > 0", (double)cfg->delta_clip);
+    if (cfg->data_shape && check_data_shape(cfg->data_shape, err) != 0) return -EINVAL;
     *sopt = (moeh_server_opt_t){.lr = cfg->server_lr,
                                 .beta1 = cfg->server_beta1,
                                 .beta2 = cfg->server_beta2,

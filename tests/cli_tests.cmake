@@ -10,3 +10,7 @@ foreach(cli_test test_cli test_coordinator_defaults)
         endif()
     endforeach()
 endforeach()
+# docs/deployment.md's command blocks are the ones scripts/test-install.sh runs (no root needed
+# for this check; CI runs the whole script)
+add_test(NAME test_deployment_doc
+         COMMAND bash ${PROJECT_SOURCE_DIR}/scripts/test-install.sh --check-doc)

@@ -1,7 +1,8 @@
 /* test_cli.c - the binaries in MOEH_BIN_DIR as a user meets them: usage errors exit 2 and name
- * the option and its value (missing required options too), unknown options get "did you mean",
- * --bind 7402 gets the tcp://HOST:PORT hint, duplicate INI keys are refused with file:line, and
- * no --help shows a sentinel value such as 4294967295. */
+ * the option and its value (missing required options too, a bad --data-shape, moeh-keygen's),
+ * unknown options get "did you mean", --bind 7402 gets the tcp://HOST:PORT hint, duplicate INI
+ * keys are refused with file:line, no --help shows a sentinel value such as 4294967295, and
+ * moeh-keygen writes a key pair and the registry line of the same public key. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,7 +17,9 @@
 
 #include <stdbool.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static char g_dir[256];
 
@@ -86,6 +89,24 @@ static void test_usage_errors_exit_2(void **state)
          "e.g. tcp://COORDINATOR-HOST:7402"},
         {"moeh-site-agent", "--site-id a --dataset d --out o --give-up-ms -1",
          "--give-up-ms: '-1' is not a non-negative integer"},
+        {"moeh-coordinator", "--out run --registry r.ini --key c.key --data-shape 35,33",
+         "--data-shape '35,33': expected STATIC,VARS,HOURS,IMAGE, four non-negative integers"},
+        {"moeh-coordinator", "--out run --registry r.ini --key c.key --data-shape 35,33,0,64",
+         "--data-shape '35,33,0,64': HOURS 0: expected 1..1000"},
+        {"moeh-coordinator", "--out run --registry r.ini --key c.key --data-shape 35,33,48,2048",
+         "--data-shape '35,33,48,2048': IMAGE 2048: expected 0..1024"},
+        {"moeh-coordinator", "--out run --registry r.ini --key c.key --data-shape=-1,33,48,64",
+         "--data-shape '-1,33,48,64': expected STATIC,VARS,HOURS,IMAGE"},
+        {"moeh-keygen", "", "moeh-keygen: missing BASE"},
+        {"moeh-keygen", "k1 k2", "unexpected argument 'k2': moeh-keygen takes 1 BASE"},
+        {"moeh-keygen", "--sit s1 s1", "unknown option '--sit' (did you mean --site?"},
+        {"moeh-keygen", "--site 'st marys' k1", "--site 'st marys': expected 1-64 of"},
+        {"moeh-keygen", "--site", "--site needs a value"},
+        {"moeh-keygen", "-f k1", "unknown option '-f' (options are --NAME"},
+        {"moeh-keygen", "--force=maybe k1", "--force: 'maybe' is not a boolean"},
+        {"moeh-keygen", "--no-site k1", "--site is not a boolean"},
+        {"moeh-keygen", "''", "BASE '': expected a file name"},
+        {"moeh-keygen", "keys/", "BASE 'keys/': expected a file name"},
         {"moeh", "train", "--dataset is required"},
         {"moeh", "train --dataset d --epochz 3", "did you mean --epochs?"},
     };
@@ -95,6 +116,75 @@ static void test_usage_errors_exit_2(void **state)
         assert_int_equal(rc, 2);
         assert_true(out_has(cases[i].needle));
     }
+    /* no usage error of moeh-keygen wrote a key file */
+    char path[400];
+    snprintf(path, sizeof path, "%s/k1.key", g_dir);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(path, sizeof path, "%s/s1.key", g_dir);
+    assert_int_equal(access(path, F_OK), -1);
+}
+
+/* The value of "public-key = " in DIR/name (a .pub or .key file) into key (41 bytes). */
+static void public_key_of(const char *name, char *key)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", g_dir, name);
+    char *txt = cli_slurp(p);
+    assert_non_null(txt);
+    const char *k = strstr(txt, "public-key = ");
+    assert_non_null(k);
+    assert_int_equal(sscanf(k, "public-key = %40s", key), 1);
+    assert_int_equal(strlen(key), 40);
+    free(txt);
+}
+
+/* moeh-keygen as the docs use it: the key pair, the registry line naming the same public key,
+ * the secret file 0600, an existing key kept unless --force. */
+static void test_keygen(void **state)
+{
+    (void)state;
+    assert_int_equal(run("moeh-keygen", "--site st-marys st-marys"), 0);
+    assert_true(out_has("wrote st-marys.key and st-marys.pub\nregistry line ([sites]):\n"
+                        "st-marys = "));
+    char pub[41], in_key[41], line[80];
+    public_key_of("st-marys.pub", pub);
+    public_key_of("st-marys.key", in_key);
+    assert_string_equal(pub, in_key);
+    snprintf(line, sizeof line, "st-marys = %s\n", pub);
+    assert_true(out_has(line));
+    char path[400];
+    snprintf(path, sizeof path, "%s/st-marys.key", g_dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* an existing key is kept (exit 1: not a usage error), --force replaces it */
+    assert_int_equal(run("moeh-keygen", "st-marys"), 1);
+    assert_true(out_has("st-marys.key exists (use --force to overwrite)"));
+    public_key_of("st-marys.pub", in_key);
+    assert_string_equal(pub, in_key);
+    assert_int_equal(run("moeh-keygen", "st-marys --force"), 0); /* options after BASE too */
+    assert_true(out_has("wrote st-marys.key and st-marys.pub"));
+    char *txt = output(); /* no --site: no registry line */
+    assert_null(strstr(txt, "registry line"));
+    free(txt);
+    public_key_of("st-marys.pub", in_key);
+    assert_string_not_equal(pub, in_key);
+
+    /* the options from an INI file, like every other binary */
+    snprintf(path, sizeof path, "%s/keygen.ini", g_dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("site = kings\n", f);
+    fclose(f);
+    assert_int_equal(run("moeh-keygen", "--config keygen.ini kings"), 0);
+    assert_true(out_has("registry line ([sites]):\nkings = "));
+
+    assert_int_equal(run("moeh-keygen", "--help"), 0);
+    assert_true(out_has("usage: moeh-keygen [--site ID] [--force] BASE"));
+    assert_true(out_has("--site STR"));
+    assert_int_equal(run("moeh-keygen", "--version"), 0);
+    assert_true(out_has("moeh-keygen "));
 }
 
 static void test_duplicate_ini_key(void **state)
@@ -118,7 +208,7 @@ static void test_help_has_no_sentinel(void **state)
     } cmds[] = {{"moeh-coordinator", "--help"}, {"moeh-site-agent", "--help"},
                 {"moeh", "train --help"},       {"moeh", "run --help"},
                 {"moeh", "extract --help"},     {"moeh", "split --help"},
-                {"moeh", "synth --help"}};
+                {"moeh", "synth --help"},       {"moeh-keygen", "--help"}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         assert_int_equal(run(cmds[i].prog, cmds[i].args), 0);
         char *txt = output();
@@ -137,5 +227,5 @@ static void test_help_has_no_sentinel(void **state)
 }
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_usage_errors_exit_2),
-               cmocka_unit_test(test_duplicate_ini_key),
+               cmocka_unit_test(test_keygen), cmocka_unit_test(test_duplicate_ini_key),
                cmocka_unit_test(test_help_has_no_sentinel))

@@ -272,7 +272,7 @@ static void test_trimmed_mean_run(void **state)
 }
 
 /* Pinned data shapes: the model is built at start, and a site whose data differs is refused
- * with a message naming both shapes; a malformed value stops the coordinator with a message. */
+ * with a message naming both shapes; a malformed value is a usage error (exit 2). */
 static void test_pinned_data_shape(void **state)
 {
     fixture_t *f = *state;
@@ -285,7 +285,7 @@ static void test_pinned_data_shape(void **state)
     moeh_proc_stop(c, 5000);
 
     char *bad[] = {"--data-shape", "35,33", NULL};
-    coordinator_exits(f, "coordinator-bad.log", bad, 1);
+    coordinator_exits(f, "coordinator-bad.log", bad, 2); /* a usage error */
     assert_true(log_contains(f, "coordinator-bad.log", "expected STATIC,VARS,HOURS,IMAGE"));
 }
 

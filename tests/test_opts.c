@@ -1,6 +1,7 @@
 /* test_opts.c - common/opts.c: "did you mean" for unknown options, --no-NAME for booleans,
- * duplicate INI keys refused with file:line, required options, durations, endpoint hints, the
- * help text without sentinel values, and the exit codes of moeh_opts_main. */
+ * duplicate INI keys refused with file:line, required options, positional arguments, a table
+ * listing a name twice refused (abort), durations, endpoint hints, the help text without
+ * sentinel values, and the exit codes of moeh_opts_main. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +13,10 @@
 
 #include "moeh_opts.h"
 
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 typedef struct {
     uint32_t rounds, fd;
@@ -248,7 +252,96 @@ static void test_main_exit_codes(void **state)
     moeh_opts_free(&f.o);
 }
 
-MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance),
+static void test_positional(void **state)
+{
+    (void)state;
+    fixture_t f;
+    moeh_err_t err;
+    fx_init(&f, 0);
+    /* none allowed by default */
+    assert_int_equal(parse(&f, &err, "x", NULL), -EINVAL);
+    assert_non_null(strstr(err.msg, "unexpected argument 'x' (see prog --help)"));
+    f.o.max_args = 1;
+    f.o.args_name = "BASE";
+    assert_int_equal(parse(&f, &err, "--rounds", "3", "x", "--no-table", NULL), 0);
+    assert_int_equal(f.o.n_args, 1);
+    assert_string_equal(f.o.args[0], "x");
+    assert_int_equal(f.rounds, 3);
+    assert_int_equal(f.table, 0);
+    assert_int_equal(parse(&f, &err, "x", "y", NULL), -EINVAL);
+    assert_non_null(strstr(err.msg, "unexpected argument 'y': prog takes 1 BASE"));
+    /* a single dash starts no option here: named, not taken for a file */
+    assert_int_equal(parse(&f, &err, "-f", NULL), -EINVAL);
+    assert_non_null(strstr(err.msg, "unknown option '-f' (options are --NAME"));
+    /* after "--" every word is positional, even --help; an option still needs its value before */
+    assert_int_equal(parse(&f, &err, "--", "--help", NULL), 0);
+    assert_int_equal(f.o.n_args, 1);
+    assert_string_equal(f.o.args[0], "--help");
+    assert_int_equal(parse(&f, &err, "--rounds", "--", "7", NULL), -EINVAL);
+    assert_non_null(strstr(err.msg, "--rounds needs a value"));
+    /* n_args starts from 0 at every parse */
+    assert_int_equal(parse(&f, &err, NULL), 0);
+    assert_int_equal(f.o.n_args, 0);
+}
+
+/* Parses with a table whose entry `at` is renamed `name` in a child process, which must abort
+ * with a message holding `needle` on stderr. */
+static void expect_table_abort(size_t at, const char *name, const char *needle)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        fixture_t f;
+        moeh_err_t err;
+        fx_init(&f, 0);
+        f.opts[at].name = name;
+        int rc = parse(&f, &err, "--rounds", "3", NULL);
+        _exit(rc == 0 ? 0 : 1); /* not reached if the table is refused */
+    }
+    close(fds[1]);
+    char buf[1024];
+    size_t n = 0;
+    for (ssize_t r; n + 1 < sizeof buf && (r = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0;)
+        n += (size_t)r;
+    buf[n] = '\0';
+    close(fds[0]);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT))
+        fprintf(stderr, "%s at entry %zu: status 0x%x, stderr: %s\n", name, at, st, buf);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    if (!strstr(buf, needle)) fprintf(stderr, "stderr lacks '%s': %s\n", needle, buf);
+    assert_non_null(strstr(buf, needle));
+}
+
+/* A table that lists one name twice is a programming error (coordinator/main.c had two
+ * --secagg-allow-2): the parser names it and aborts, whatever the arguments. */
+static void test_table_with_duplicate_aborts(void **state)
+{
+    (void)state;
+    /* the fixture: rounds, ready-fd, join-window, secagg (bool), table (bool), out */
+    expect_table_abort(5, "rounds",
+                       "prog: bug: the option table lists --rounds twice (entry 6 of 6)");
+    expect_table_abort(1, "secagg", "lists --secagg twice (entry 4 of 6)");
+    expect_table_abort(5, "no-table", "lists --no-table and the boolean it negates");
+    expect_table_abort(2, "help", "lists --help although the parser itself takes it");
+    expect_table_abort(0, "config", "lists --config although the parser itself takes it");
+    /* --no-NAME of an option that is not a boolean is no clash ("no-" is not special then) */
+    fixture_t f;
+    moeh_err_t err;
+    fx_init(&f, 0);
+    f.opts[1].name = "no-rounds";
+    assert_int_equal(parse(&f, &err, "--no-rounds", "4", NULL), 0);
+    assert_int_equal(f.fd, 4);
+}
+
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance), cmocka_unit_test(test_positional),
+               cmocka_unit_test(test_table_with_duplicate_aborts),
                cmocka_unit_test(test_did_you_mean), cmocka_unit_test(test_no_prefix),
                cmocka_unit_test(test_bad_value_names_option_and_value),
                cmocka_unit_test(test_ini_duplicate_and_unknown), cmocka_unit_test(test_required),

@@ -185,5 +185,8 @@ run start-coordinator >/dev/null 2>again.log || st=$?
 echo "== 11. backup"
 run backup
 backup=$(ls "$RUN"-*.tar.gz)
-tar -tzf "$backup" | grep -q '^run/checkpoint.moeh$' || fail "the backup has no checkpoint.moeh"
+listing=$(tar -tzf "$backup")
+for f in checkpoint.moeh metrics.jsonl config.json model.safetensors; do
+    grep -qx "run/$f" <<<"$listing" || fail "the backup $backup has no run/$f: $listing"
+done
 echo "test-install: 1 passed, 0 failed"

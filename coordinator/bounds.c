@@ -101,14 +101,15 @@ int moeh_bounds_eval_check(const void *hist_words, const uint64_t *combo_rows, u
 {
     const unsigned char *p = hist_words;
     const size_t per_task = 2 * b->bins;
+    const char *split = b->split ? b->split : "test";
     for (size_t sl = 0; sl < MOEH_N_SLICES; sl++)
         for (size_t t = 0; t < b->n_tasks; t++) {
             uint64_t tot = words_total(p, (sl * b->n_tasks + t) * per_task, per_task);
             if (tot > b->max_rows) {
                 snprintf(what, what_len,
                          "eval: task %zu has %llu labelled rows in slice %zu, more than the "
-                         "%llu test rows declared (capped)",
-                         t, (unsigned long long)tot, sl, (unsigned long long)b->max_rows);
+                         "%llu %s rows declared (capped)",
+                         t, (unsigned long long)tot, sl, (unsigned long long)b->max_rows, split);
                 return -ERANGE;
             }
         }
@@ -116,17 +117,17 @@ int moeh_bounds_eval_check(const void *hist_words, const uint64_t *combo_rows, u
     for (size_t k = 0; k < MOEH_N_COMBOS; k++) {
         if (combo_rows[k] > b->max_rows - rows) {
             snprintf(what, what_len,
-                     "eval: the rows per modality combination add up to more than the %llu test "
+                     "eval: the rows per modality combination add up to more than the %llu %s "
                      "rows declared (capped)",
-                     (unsigned long long)b->max_rows);
+                     (unsigned long long)b->max_rows, split);
             return -ERANGE;
         }
         rows += combo_rows[k];
     }
     if ((double)n_labels > (double)b->n_tasks * (double)b->max_rows) {
         snprintf(what, what_len,
-                 "eval: %llu labels, more than %zu tasks x the %llu test rows declared (capped)",
-                 (unsigned long long)n_labels, b->n_tasks, (unsigned long long)b->max_rows);
+                 "eval: %llu labels, more than %zu tasks x the %llu %s rows declared (capped)",
+                 (unsigned long long)n_labels, b->n_tasks, (unsigned long long)b->max_rows, split);
         return -ERANGE;
     }
     return 0;

@@ -26,18 +26,18 @@ typedef struct {
     int admitted; /* welcomed and not gone */
     int participant, replied;
     int64_t last_seen;
-    uint64_t n_train, n_eval;
+    uint64_t n_train, n_eval, n_val; /* declared rows (Hello): train, test, validation */
     uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
     int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
     int val_late;     /* asked to VALIDATE, no reply before EVAL opened: its next EvalResult is
                        * that late validation reply, not the test one (select.c) */
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
-    uint64_t reg_train, reg_test; /* registry [limits] (0: none), read when phases open */
-    uint64_t hello_model_phase;   /* phase_serial of the last RoundStart a Hello earned it */
-    int final_state;              /* final.c: coord_final_state_t */
-    uint32_t final_sends;         /* final.c: FinalModels sent to it */
-    int val_in;                   /* its histograms are in this round's validation sums */
+    uint64_t reg_train, reg_test, reg_val; /* registry [limits] (0: none), read when phases open */
+    uint64_t hello_model_phase; /* phase_serial of the last RoundStart a Hello earned it */
+    int final_state;            /* final.c: coord_final_state_t */
+    uint32_t final_sends;       /* final.c: FinalModels sent to it */
+    int val_in;                 /* its histograms are in this round's validation sums */
 } site_t;
 
 /* final.c: where a site stands with the run's final model. */
@@ -124,8 +124,9 @@ typedef struct moeh_coord_core {
     uint32_t sa_logged_n; /* sites of the last session whose SecAgg+ plan was logged */
     moeh_coord_report_t *report;
     char ckpt_path[4096];
-    uint64_t med_train, med_eval; /* medians of the admitted sites' declared rows (robust.c) */
-    uint64_t phase_serial;        /* +1 each time a phase opens */
+    uint64_t med_train, med_eval, med_val; /* medians of the admitted sites' declared rows
+                                            * (robust.c) */
+    uint64_t phase_serial;                 /* +1 each time a phase opens */
     coord_rate_t rate[COORD_RATE_KEYS];
     /* federated validation and model selection (select.c) */
     int have_val, val_improved; /* this round validated; it is the new selected round */
@@ -224,6 +225,8 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal);
  * -ERANGE with what. */
 void coord_bounds_refresh(coord_t *c);
 uint64_t coord_cap_train(const coord_t *c, const site_t *s);
+/* the rows an EvalResult of the open phase may hold: the capped n_val in VALIDATE, n_eval
+ * (test rows) otherwise */
 uint64_t coord_cap_eval(const coord_t *c, const site_t *s);
 int coord_check_stats(const coord_t *c, const site_t *s, const double *stats, char *what,
                       size_t what_len) __attribute__((warn_unused_result));

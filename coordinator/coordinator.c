@@ -381,9 +381,11 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     s->last_seen = c->now;
     s->n_train = h->n_train;
     s->n_eval = h->n_eval;
+    s->n_val = h->n_val;
     coord_bounds_refresh(c);
-    MOEH_INFO("site %s %s (%llu train / %llu eval samples)", s->id, rejoin ? "rejoined" : "joined",
-              (unsigned long long)h->n_train, (unsigned long long)h->n_eval);
+    MOEH_INFO("site %s %s (%llu train / %llu validation / %llu test samples)", s->id,
+              rejoin ? "rejoined" : "joined", (unsigned long long)h->n_train,
+              (unsigned long long)h->n_val, (unsigned long long)h->n_eval);
 
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Welcome w = MOEH__WELCOME__INIT;

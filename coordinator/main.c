@@ -34,7 +34,7 @@ int main(int argc, char **argv)
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on (tcp://HOST:PORT)"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
          "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
-         "MAX_TRAIN,MAX_TEST rows)"},
+         "MAX_TRAIN,MAX_TEST[,MAX_VAL] rows)"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},
@@ -92,8 +92,8 @@ int main(int argc, char **argv)
          "--secagg-k auto: largest fraction of sites that may collude with the coordinator"},
         {"trim", MOEH_OPT_F32, &cfg.trim, "trimmed mean: fraction dropped at each end"},
         {"count-cap", MOEH_OPT_F32, &cfg.count_cap,
-         "cap of a site's declared training/test rows without registry [limits]: this x the "
-         "median of the sites' declared rows (0: off)"},
+         "cap of a site's declared training/test/validation rows without registry [limits]: "
+         "this x the median of the sites' declared rows (0: off)"},
         {"stats-max-abs", MOEH_OPT_F32, &cfg.stats_max_abs,
          "plausible |raw feature value|: statistics needing larger values are refused (0: off)"},
         {"norm-bound", MOEH_OPT_F32, &cfg.norm_bound,

@@ -1,11 +1,11 @@
 /* moeh_bounds.h - what a site may contribute, checked against what the coordinator can see
  * (docs/security.md, "Poisoned statistics, updates and evaluations").
  *
- * A site declares its training and test rows in its Hello. Those figures bound its weight in
- * the training sum, its rows in the evaluation histograms and its counts in the normalisation
- * statistics, but a hostile site can declare anything, so each declared count is first capped:
- * by the limit the consortium registered for the site (registry [limits]), or without one by
- * k times the median of the counts the admitted sites declared (a majority of honest sites
+ * A site declares its training, test and validation rows in its Hello. Those figures bound its
+ * weight in the training sum, its rows in the test and validation histograms and its counts in
+ * the normalisation statistics, but a hostile site can declare anything, so each declared count is
+ * first capped: by the limit the consortium registered for the site (registry [limits]), or without
+ * one by k times the median of the counts the admitted sites declared (a majority of honest sites
  * keeps the median honest). Plain mode checks every site's message against its own caps;
  * under secure aggregation the same checks run on the unmasked sum against the sum of the
  * survivors' caps.
@@ -49,7 +49,8 @@ int moeh_bounds_stats_check(const double *stats, const moeh_stats_bounds_t *b, c
  * n_labels the labelled (row, task) pairs. */
 typedef struct {
     size_t n_tasks, bins;
-    uint64_t max_rows; /* the test rows the contribution may hold (capped) */
+    uint64_t max_rows; /* the rows of its split the contribution may hold (capped) */
+    const char *split; /* that split, for messages: "test" (NULL) or "validation" */
 } moeh_eval_bounds_t;
 
 /* Every slice's count of each task, and the rows of all combinations together, at most

@@ -226,7 +226,7 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
-    char what[300]; /* robust.c: no more rows than the site's (capped) test rows */
+    char what[300]; /* robust.c: no more rows than the site's (capped) test/validation rows */
     if (coord_check_eval(c, s, p, r->combo_rows, r->n_labels, what, sizeof what) != 0) {
         coord_reply_error(c, m, -ERANGE, what, s->id);
         return;

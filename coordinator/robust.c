@@ -16,8 +16,9 @@ void coord_bounds_refresh(coord_t *c)
     size_t n = 0;
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
-        s->reg_train = s->reg_test = 0;
-        if (c->io->site_limits) c->io->site_limits(c->io->ctx, s->id, &s->reg_train, &s->reg_test);
+        s->reg_train = s->reg_test = s->reg_val = 0;
+        if (c->io->site_limits)
+            c->io->site_limits(c->io->ctx, s->id, &s->reg_train, &s->reg_test, &s->reg_val);
         if (v && s->admitted) v[n++] = i;
     }
     if (!v) { /* out of memory: keep the medians of the last refresh */
@@ -32,6 +33,9 @@ void coord_bounds_refresh(coord_t *c)
         for (size_t k = 0; k < n; k++)
             decl[k] = c->sites[v[k]].n_eval;
         c->med_eval = moeh_bounds_median(decl, n, scratch);
+        for (size_t k = 0; k < n; k++)
+            decl[k] = c->sites[v[k]].n_val;
+        c->med_val = moeh_bounds_median(decl, n, scratch);
     }
     free(decl);
     free(v);
@@ -44,11 +48,11 @@ uint64_t coord_cap_train(const coord_t *c, const site_t *s)
 
 uint64_t coord_cap_eval(const coord_t *c, const site_t *s)
 {
-    uint64_t cap = moeh_bounds_count_cap(s->n_eval, s->reg_test, c->med_eval, c->cfg->count_cap);
-    /* VALIDATE: a site declares no validation rows (Hello counts train and test); its
-     * validation split is bounded by its capped train plus test rows */
-    if (c->phase == PH_VAL) cap += coord_cap_train(c, s);
-    return cap;
+    /* VALIDATE answers on the validation split, EVALUATE on the test split: each reply is
+     * bounded by the rows the site declared for its split (Hello n_val / n_eval), capped */
+    if (c->phase == PH_VAL)
+        return moeh_bounds_count_cap(s->n_val, s->reg_val, c->med_val, c->cfg->count_cap);
+    return moeh_bounds_count_cap(s->n_eval, s->reg_test, c->med_eval, c->cfg->count_cap);
 }
 
 static moeh_stats_bounds_t stats_bounds(const coord_t *c, uint64_t max_rows)
@@ -75,7 +79,8 @@ int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
         rows[k] = combo_rows[k];
     const moeh_eval_bounds_t b = {.n_tasks = (size_t)c->mcfg.n_tasks,
                                   .bins = c->cfg->eval_bins,
-                                  .max_rows = coord_cap_eval(c, s)};
+                                  .max_rows = coord_cap_eval(c, s),
+                                  .split = c->phase == PH_VAL ? "validation" : "test"};
     return moeh_bounds_eval_check(hist_words, rows, n_labels, &b, what, what_len);
 }
 
@@ -88,12 +93,12 @@ int coord_check_update_header(const coord_t *c, const site_t *s, double train_lo
 
 int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
 {
-    uint64_t train = 0, test = 0, n = 0, weight = 0;
+    uint64_t train = 0, eval = 0, n = 0, weight = 0; /* eval: test or validation rows */
     for (size_t i = 0; i < c->n_sites; i++) {
         const site_t *s = &c->sites[i];
         if (!s->sa_in || !s->replied) continue; /* survivors: their masked vector was summed */
         train += coord_cap_train(c, s);
-        test += coord_cap_eval(c, s);
+        eval += coord_cap_eval(c, s);
         weight += s->w_phase;
         n++;
     }
@@ -110,8 +115,10 @@ int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
         uint64_t n_labels;
         moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
                              c->combo_rows, &loss, &n_labels);
-        const moeh_eval_bounds_t b = {
-            .n_tasks = (size_t)c->mcfg.n_tasks, .bins = c->cfg->eval_bins, .max_rows = test};
+        const moeh_eval_bounds_t b = {.n_tasks = (size_t)c->mcfg.n_tasks,
+                                      .bins = c->cfg->eval_bins,
+                                      .max_rows = eval,
+                                      .split = c->phase == PH_VAL ? "validation" : "test"};
         return moeh_bounds_eval_check(c->vsum, c->combo_rows, n_labels, &b, what, what_len);
     }
     return 0;

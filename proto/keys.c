@@ -176,7 +176,7 @@ int moeh_pubkey_read(const char *path, char *out, moeh_err_t *err)
  * may come in any order). */
 typedef struct {
     char site_id[65];
-    uint64_t max_train, max_test;
+    uint64_t max_train, max_test, max_val;
 } reg_limit_t;
 
 typedef struct {
@@ -201,21 +201,24 @@ static int parse_count(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
-/* [limits]  SITE_ID = MAX_TRAIN,MAX_TEST: the most training and test rows the consortium
- * accepts from the site (0: no registered limit for that count). */
+/* [limits]  SITE_ID = MAX_TRAIN,MAX_TEST[,MAX_VAL]: the most training, test and validation
+ * rows the consortium accepts from the site (0 or no MAX_VAL: no registered limit for that
+ * count). */
 static int limits_line(reg_ctx_t *c, const char *name, const char *value)
 {
-    const char *comma = strchr(value, ',');
-    uint64_t mt = 0, me = 0;
+    const char *comma = strchr(value, ','), *comma2 = comma ? strchr(comma + 1, ',') : NULL;
+    const char *end_test = comma2 ? comma2 : (comma ? comma + strlen(comma) : NULL);
+    uint64_t mt = 0, me = 0, mv = 0;
     if (!moeh_site_id_valid(name)) {
         snprintf(c->what, sizeof c->what, "site id '%.64s' must be 1-64 of [A-Za-z0-9._-]", name);
         return 0;
     }
     if (!comma || parse_count(value, (size_t)(comma - value), &mt) ||
-        parse_count(comma + 1, strlen(comma + 1), &me)) {
+        parse_count(comma + 1, (size_t)(end_test - (comma + 1)), &me) ||
+        (comma2 && parse_count(comma2 + 1, strlen(comma2 + 1), &mv))) {
         snprintf(c->what, sizeof c->what,
-                 "limits of site %s: expected MAX_TRAIN,MAX_TEST (two row counts below 2^53, "
-                 "0 for no limit)",
+                 "limits of site %s: expected MAX_TRAIN,MAX_TEST[,MAX_VAL] (row counts below "
+                 "2^53, 0 for no limit)",
                  name);
         return 0;
     }
@@ -238,6 +241,7 @@ static int limits_line(reg_ctx_t *c, const char *name, const char *value)
     snprintf(l->site_id, sizeof l->site_id, "%s", name);
     l->max_train = mt;
     l->max_test = me;
+    l->max_val = mv;
     return 1;
 }
 
@@ -286,6 +290,7 @@ static int registry_handler(void *user, const char *section, const char *name, c
     snprintf(r->entries[r->n].site_id, sizeof r->entries[r->n].site_id, "%s", name);
     memcpy(r->entries[r->n].key, key, 32);
     r->entries[r->n].max_train = r->entries[r->n].max_test = 0; /* [limits] may set them */
+    r->entries[r->n].max_val = 0;
     r->n++;
     return 1;
 }
@@ -306,6 +311,7 @@ static int registry_finish(int line, const char *name, reg_ctx_t *c, moeh_regist
         }
         e->max_train = l->max_train;
         e->max_test = l->max_test;
+        e->max_val = l->max_val;
     }
     free(c->limits);
     if (line == -2) {
@@ -350,13 +356,14 @@ const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]
 }
 
 int moeh_registry_limits(const moeh_registry_t *r, const char *site_id, uint64_t *max_train,
-                         uint64_t *max_test)
+                         uint64_t *max_test, uint64_t *max_val)
 {
-    *max_train = *max_test = 0;
+    *max_train = *max_test = *max_val = 0;
     for (size_t i = 0; i < r->n; i++)
         if (strcmp(r->entries[i].site_id, site_id) == 0) {
             *max_train = r->entries[i].max_train;
             *max_test = r->entries[i].max_test;
+            *max_val = r->entries[i].max_val;
             return 0;
         }
     return -ENOENT;

@@ -46,7 +46,7 @@ int moeh_z85_key_valid(const char *s);
 typedef struct {
     char site_id[65];
     uint8_t key[32];
-    uint64_t max_train, max_test; /* [limits]: registered row caps (0: none) */
+    uint64_t max_train, max_test, max_val; /* [limits]: registered row caps (0: none) */
 } moeh_registry_entry_t;
 
 typedef struct {
@@ -64,10 +64,10 @@ int moeh_registry_parse(const char *text, const char *name, moeh_registry_t *out
 void moeh_registry_free(moeh_registry_t *r);
 /* The site id registered for a 32-byte public key, or NULL. */
 const char *moeh_registry_lookup(const moeh_registry_t *r, const uint8_t key[32]);
-/* The registered row limits of a site ([limits]; 0 where none): 0, or -ENOENT (both 0) if the
- * site is not registered. */
+/* The registered row limits of a site's training, test and validation splits ([limits]; 0
+ * where none): 0, or -ENOENT (all 0) if the site is not registered. */
 int moeh_registry_limits(const moeh_registry_t *r, const char *site_id, uint64_t *max_train,
-                         uint64_t *max_test) __attribute__((warn_unused_result));
+                         uint64_t *max_test, uint64_t *max_val) __attribute__((warn_unused_result));
 
 /* ---- sockets --------------------------------------------------------------------------- */
 /* Server side: CURVE server with kp; the ZAP domain "moeh". */
@@ -91,7 +91,7 @@ int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out)
 int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
 /* moeh_registry_limits on the current registry. Thread-safe. */
 int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train,
-                         uint64_t *max_test) __attribute__((warn_unused_result));
+                         uint64_t *max_test, uint64_t *max_val) __attribute__((warn_unused_result));
 /* Number of sites in the current registry. Thread-safe. */
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */

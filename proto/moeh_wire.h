@@ -15,7 +15,10 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION 5u
+#define MOEH_PROTOCOL_VERSION 6u /* 6: Hello.n_val */
+/* Most rows a Hello may declare per split (n_train, n_eval, n_val): exact as a double, as the
+ * registry's [limits] (moeh_keys.h) */
+#define MOEH_WIRE_MAX_ROWS ((1ull << 53) - 1)
 #define MOEH_MAX_HEADER_BYTES (64u * 1024u)
 #define MOEH_MAX_FRAMES 4u
 #define MOEH_MAX_PARAMS (1u << 28) /* 1 GiB of float32 */

@@ -365,6 +365,13 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG,
                              "hello: n_vars <= 4096, n_steps <= 1000 and "
                              "img_size <= 1024 expected");
+        if (h->n_train > MOEH_WIRE_MAX_ROWS || h->n_eval > MOEH_WIRE_MAX_ROWS ||
+            h->n_val > MOEH_WIRE_MAX_ROWS) /* the coordinator caps them further (robust.c) */
+            return moeh_errf(err, -EBADMSG,
+                             "hello: n_train %llu, n_eval %llu, n_val %llu: each expected below "
+                             "2^53",
+                             (unsigned long long)h->n_train, (unsigned long long)h->n_eval,
+                             (unsigned long long)h->n_val);
         if (h->note_dim > 65536 || h->img_dim > 65536) /* precomputed vectors (data/) */
             return moeh_errf(err, -EBADMSG, "hello: note_dim %u, img_dim %u: expected <= 65536",
                              h->note_dim, h->img_dim);

@@ -77,6 +77,7 @@ static int send_hello(agent_t *a)
     h.site_id = (char *)a->cfg->site_id;
     h.n_train = a->n_train;
     h.n_eval = a->n_test;
+    h.n_val = a->n_val; /* bounds its VALIDATE replies (coordinator/robust.c) */
     h.n_features = (uint32_t)a->n_static;
     h.n_vars = (uint32_t)a->n_vars;
     h.n_steps = (uint32_t)a->n_steps;
@@ -667,6 +668,7 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         for (size_t i = 0; i < ds->n; i++) {
             a.n_train += ds->split[i] == MOEH_SPLIT_TRAIN;
             a.n_test += ds->split[i] == MOEH_SPLIT_TEST;
+            a.n_val += ds->split[i] == MOEH_SPLIT_VAL;
         }
         moeh_dataset_combo_counts(ds, a.combos);
         moeh_dataset_destroy(&ds);
@@ -696,10 +698,10 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
         goto out;
     }
-    MOEH_INFO("site %s: %zu train and %zu test admissions (EHR only %zu, with notes %zu, with "
-              "images %zu, all three %zu); connecting to %s",
-              cfg->site_id, a.n_train, a.n_test, a.combos[1], a.combos[3], a.combos[5], a.combos[7],
-              cfg->connect);
+    MOEH_INFO("site %s: %zu train, %zu validation and %zu test admissions (EHR only %zu, with "
+              "notes %zu, with images %zu, all three %zu); connecting to %s",
+              cfg->site_id, a.n_train, a.n_val, a.n_test, a.combos[1], a.combos[3], a.combos[5],
+              a.combos[7], cfg->connect);
     a.start = a.unadmitted_since = moeh_now_ms();
     int64_t reconnect_at = 0;
     if ((rc = open_socket(&a, err))) goto out;

@@ -55,7 +55,7 @@ struct agent {
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
     /* what this site holds (read once at start to introduce itself) */
-    size_t n_static, n_vars, n_steps, img_size, n_train, n_test;
+    size_t n_static, n_vars, n_steps, img_size, n_train, n_test, n_val; /* rows per split */
     size_t note_dim, img_dim;         /* the dataset's precomputed vector widths (0: none) */
     size_t combos[MOEH_N_COMBOS + 1]; /* rows per availability mask (1..7; combination + 1) */
     moeh_trainer_t *trainer;          /* built on Welcome, from the coordinator's model spec */

@@ -118,6 +118,7 @@ void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
         snprintf(f->site[k].id, sizeof f->site[k].id, "site-%d", k + 1);
         snprintf(f->site[k].rid, sizeof f->site[k].rid, "conn-%d-a", k + 1);
         f->site[k].n_train = 100 + 50 * (uint64_t)k;
+        f->site[k].n_val = 40;
     }
 }
 
@@ -196,6 +197,7 @@ Moeh__Envelope hello_env(Moeh__Hello *h, const fx_t *f, int k)
     h->site_id = (char *)f->site[k].id;
     h->n_train = f->site[k].n_train;
     h->n_eval = 40;
+    h->n_val = f->site[k].n_val;
     h->n_features = 4;
     h->n_vars = 3;
     h->n_steps = 6;

@@ -34,6 +34,7 @@ typedef struct {
     char id[16];
     char rid[32]; /* the routing id of its current connection */
     uint64_t n_train;
+    uint64_t n_val; /* validation rows its Hello declares (test rows: 40) */
     moeh_secagg_client_t *sa;
 } site_t;
 

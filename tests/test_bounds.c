@@ -162,33 +162,39 @@ static void test_weight_sum_bound(void **state)
 static void test_registry_limits(void **state)
 {
     (void)state;
-    char text[600], K1[MOEH_Z85_KEY_LEN + 1], K2[MOEH_Z85_KEY_LEN + 1];
+    char text[600], K1[MOEH_Z85_KEY_LEN + 1], K2[MOEH_Z85_KEY_LEN + 1], K3[MOEH_Z85_KEY_LEN + 1];
+    char *keys[3] = {K1, K2, K3};
     moeh_keypair_t *kp = NULL;
     assert_int_equal(moeh_crypto_init(), 0);
-    assert_int_equal(moeh_keypair_generate(&kp), 0);
-    memcpy(K1, kp->public_z85, sizeof K1);
-    moeh_keypair_destroy(&kp);
-    assert_int_equal(moeh_keypair_generate(&kp), 0);
-    memcpy(K2, kp->public_z85, sizeof K2);
-    moeh_keypair_destroy(&kp);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(moeh_keypair_generate(&kp), 0);
+        memcpy(keys[i], kp->public_z85, MOEH_Z85_KEY_LEN + 1);
+        moeh_keypair_destroy(&kp);
+    }
     moeh_registry_t r;
     moeh_err_t err = {0};
-    uint64_t mt = 1, me = 1;
-    /* [limits] before or after [sites]; a site without limits has none */
-    snprintf(text, sizeof text, "[limits]\nsite-1 = 800,200\n[sites]\nsite-1 = %s\nsite-2 = %s\n",
-             K1, K2);
+    uint64_t mt = 1, me = 1, mv = 1;
+    /* [limits] before or after [sites]; a site without limits has none; MAX_VAL is optional */
+    snprintf(text, sizeof text,
+             "[limits]\nsite-1 = 800,200,150\nsite-3 = 700,100\n[sites]\nsite-1 = %s\n"
+             "site-2 = %s\nsite-3 = %s\n",
+             K1, K2, K3);
     assert_int_equal(moeh_registry_parse(text, "reg", &r, &err), 0);
-    assert_int_equal(moeh_registry_limits(&r, "site-1", &mt, &me), 0);
-    assert_true(mt == 800 && me == 200);
-    assert_int_equal(moeh_registry_limits(&r, "site-2", &mt, &me), 0);
-    assert_true(mt == 0 && me == 0);
-    assert_int_equal(moeh_registry_limits(&r, "site-9", &mt, &me), -ENOENT);
+    assert_int_equal(moeh_registry_limits(&r, "site-1", &mt, &me, &mv), 0);
+    assert_true(mt == 800 && me == 200 && mv == 150);
+    assert_int_equal(moeh_registry_limits(&r, "site-2", &mt, &me, &mv), 0);
+    assert_true(mt == 0 && me == 0 && mv == 0);
+    assert_int_equal(moeh_registry_limits(&r, "site-3", &mt, &me, &mv), 0);
+    assert_true(mt == 700 && me == 100 && mv == 0); /* no MAX_VAL: no registered limit */
+    mt = me = mv = 1;
+    assert_int_equal(moeh_registry_limits(&r, "site-9", &mt, &me, &mv), -ENOENT);
+    assert_true(mt == 0 && me == 0 && mv == 0);
     moeh_registry_free(&r);
     /* a registry without [limits] loads as before */
     snprintf(text, sizeof text, "[sites]\nsite-1 = %s\n", K1);
     assert_int_equal(moeh_registry_parse(text, "reg", &r, &err), 0);
-    assert_int_equal(moeh_registry_limits(&r, "site-1", &mt, &me), 0);
-    assert_true(mt == 0 && me == 0);
+    assert_int_equal(moeh_registry_limits(&r, "site-1", &mt, &me, &mv), 0);
+    assert_true(mt == 0 && me == 0 && mv == 0);
     moeh_registry_free(&r);
     /* errors name what is wrong */
     static const struct {
@@ -199,6 +205,10 @@ static void test_registry_limits(void **state)
         {"site-1 = -5,10", "expected MAX_TRAIN,MAX_TEST"},
         {"site-1 = 1e3,10", "expected MAX_TRAIN,MAX_TEST"},
         {"site-1 = 99999999999999999,10", "expected MAX_TRAIN,MAX_TEST"},
+        {"site-1 = 800,200,", "expected MAX_TRAIN,MAX_TEST[,MAX_VAL]"},
+        {"site-1 = 800,200,x", "expected MAX_TRAIN,MAX_TEST[,MAX_VAL]"},
+        {"site-1 = 800,200,9007199254740992", "expected MAX_TRAIN,MAX_TEST[,MAX_VAL]"},
+        {"site-1 = 800,200,100,5", "expected MAX_TRAIN,MAX_TEST[,MAX_VAL]"},
         {"site-1 = 1,2\nsite-1 = 3,4", "listed twice"},
         {"site-3 = 1,2", "site-3, which is not under [sites]"},
         {"bad id! = 1,2", "must be 1-64"},

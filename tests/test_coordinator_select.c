@@ -274,10 +274,100 @@ static void test_late_validation_reply_refused(void **state)
         assert_float_equal(moeh_coord_core_auroc(f->core, t), 0.6, 1e-9);
 }
 
-MOEH_TEST_MAIN(NULL, NULL,
-               cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
-               cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
-               cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
-               cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
-               cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup,
-                                               fx_teardown))
+/* ---- validation replies bounded by the declared validation rows (Hello n_val) ---------- */
+
+/* Site k's validation reply over `rows` rows (send_eval's perfectly separated scores): 1 if
+ * the core took it, 0 if it refused it with an Error. */
+static int val_reply(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
+{
+    size_t before = moeh_coord_core_replied(f->core);
+    send_eval(f, k, round, version, rows);
+    return moeh_coord_core_replied(f->core) == before + 1;
+}
+
+/* One round up to its open VALIDATE phase; the model version validated. */
+static uint64_t open_validate(fx_t *f)
+{
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+    return v + 1;
+}
+
+/* Every site declares 40 test rows and 100, 150, 200 training rows. site-3's validation split
+ * (300 rows) is larger than its test split and than its test plus training splits (240): its
+ * 260-row reply is taken (the bound was once test + training rows, which refused it). site-2
+ * declares 30 validation rows and is refused a 40-row reply, with a message naming the
+ * validation rows; the test bound stays n_eval: site-3's 260-row test reply is refused. */
+static void test_validation_bounded_by_n_val(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, one_round);
+    f->site[1].n_val = 30;
+    f->site[2].n_val = 300;
+    uint64_t v = open_validate(f);
+    assert_true(val_reply(f, 2, 1, v, 260));
+    assert_false(val_reply(f, 1, 1, v, 40));
+    assert_non_null(strstr(last_error(f, f->site[1].rid, -ERANGE),
+                           "more than the 30 validation rows declared (capped)"));
+    assert_true(val_reply(f, 1, 1, v, 30));
+    assert_true(val_reply(f, 0, 1, v, 40));
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_false(val_reply(f, 2, 1, v, 260));
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
+                           "more than the 40 test rows declared (capped)"));
+    for (int k = 0; k < N_SITES; k++)
+        assert_true(val_reply(f, k, 1, v, 40));
+    tick(f, 10);
+    finish(f);
+}
+
+/* A hostile site declares 2^40 validation rows: without registry limits its cap is --count-cap
+ * (10) x the median of the declared n_val (40, 40, 2^40: 40), so 400 rows. */
+static void test_absurd_n_val_capped(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, one_round);
+    f->site[2].n_val = 1ull << 40;
+    uint64_t v = open_validate(f);
+    assert_false(val_reply(f, 2, 1, v, 401));
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
+                           "more than the 400 validation rows declared (capped)"));
+    assert_true(val_reply(f, 2, 1, v, 400));
+}
+
+/* The registry's [limits] MAX_VAL (here 100 for site-3) caps n_val instead of the median. */
+static void fake_limits(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test,
+                        uint64_t *max_val)
+{
+    (void)ctx;
+    *max_train = *max_test = *max_val = 0;
+    if (!strcmp(site_id, "site-3")) *max_val = 100;
+}
+
+static void test_registered_val_limit(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, one_round);
+    f->io.site_limits = fake_limits;
+    f->site[2].n_val = 300;
+    uint64_t v = open_validate(f);
+    assert_false(val_reply(f, 2, 1, v, 101));
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
+                           "more than the 100 validation rows declared (capped)"));
+    assert_true(val_reply(f, 2, 1, v, 100));
+}
+
+MOEH_TEST_MAIN(
+    NULL, NULL, cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_validation_bounded_by_n_val, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_absurd_n_val_capped, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_registered_val_limit, fx_setup, fx_teardown))

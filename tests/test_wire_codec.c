@@ -333,12 +333,16 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 4 (no final model: an agent would exit 0 without the run's result) is not
-     * spoken any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 5);
+    /* protocol 5 (no Hello.n_val: the coordinator would bound the site's validation replies
+     * by 0 rows) and 4 (no final model) are not spoken any more */
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 6);
+    m.env.protocol_version = 5;
+    buf = pack_raw(&m.env, &len);
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 6");
+    free(buf);
     m.env.protocol_version = 4;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 5");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 6");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);
@@ -507,6 +511,41 @@ static void test_long_strings(void **state)
     free(s);
 }
 
+/* Hello.n_val (protocol 6), the validation rows that bound the site's VALIDATE replies: it
+ * round-trips; it and the other row counts are refused from 2^53 on (the coordinator caps
+ * what passes: test_coordinator_select's test_validation_bounded_by_n_val). */
+static void test_hello_n_val(void **state)
+{
+    (void)state;
+    msg_t m;
+    mk_hello(&m);
+    m.hello.n_val = 789;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->hello->n_val, 789);
+    assert_int_equal(e->hello->n_train, 1234);
+    assert_int_equal(e->hello->n_eval, 56);
+    moeh__envelope__free_unpacked(e, NULL);
+    mk_hello(&m); /* no validation split: n_val 0 */
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_int_equal(e->hello->n_val, 0);
+    moeh__envelope__free_unpacked(e, NULL);
+    mk_hello(&m);
+    m.hello.n_val = MOEH_WIRE_MAX_ROWS; /* 2^53 - 1: the largest */
+    check_accept(&m, &k_lim);
+    m.hello.n_val = MOEH_WIRE_MAX_ROWS + 1;
+    check_reject(&m, &k_lim, -EBADMSG, "n_val 9007199254740992: each expected below 2^53");
+    m.hello.n_val = UINT64_MAX;
+    check_reject(&m, &k_lim, -EBADMSG, "n_val 18446744073709551615");
+    mk_hello(&m);
+    m.hello.n_train = MOEH_WIRE_MAX_ROWS + 1;
+    check_reject(&m, &k_lim, -EBADMSG, "hello: n_train 9007199254740992");
+    mk_hello(&m);
+    m.hello.n_eval = UINT64_MAX;
+    check_reject(&m, &k_lim, -EBADMSG, "n_eval 18446744073709551615");
+}
+
 MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roundtrip_hello),
                cmocka_unit_test(test_roundtrip_welcome),
                cmocka_unit_test(test_roundtrip_round_start),
@@ -517,4 +556,5 @@ MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roundtrip_hello),
                cmocka_unit_test(test_empty_and_oversized_header),
                cmocka_unit_test(test_too_many_frames), cmocka_unit_test(test_protocol_version),
                cmocka_unit_test(test_type_body_mismatch), cmocka_unit_test(test_random_garbage),
-               cmocka_unit_test(test_names_and_site_ids), cmocka_unit_test(test_long_strings))
+               cmocka_unit_test(test_names_and_site_ids), cmocka_unit_test(test_long_strings),
+               cmocka_unit_test(test_hello_n_val))

@@ -66,7 +66,7 @@ int main(int argc, char **argv)
     Moeh__Envelope env = MOEH__ENVELOPE__INIT;
     Moeh__Hello h = MOEH__HELLO__INIT;
     Moeh__ComboCount cc = MOEH__COMBO_COUNT__INIT, *ccp = &cc;
-    h.site_id = "site-1", h.n_train = 40, h.n_eval = 10, h.n_features = 2;
+    h.site_id = "site-1", h.n_train = 40, h.n_eval = 10, h.n_val = 8, h.n_features = 2;
     h.n_vars = 2, h.n_steps = 48, h.img_size = 64;
     cc.combo = 7, cc.count = 50, h.n_combos = 1, h.combos = &ccp;
     env.type = MOEH__MSG_TYPE__HELLO, env.body_case = MOEH__ENVELOPE__BODY_HELLO, env.hello = &h;
@@ -282,12 +282,12 @@ int main(int argc, char **argv)
         sm.session = sp.session, sm.round = 3, sm.model_version = 8, sm.task = ph[k].task;
         e15.type = MOEH__MSG_TYPE__SECAGG_MASKED;
         e15.body_case = MOEH__ENVELOPE__BODY_SECAGG_MASKED, e15.secagg_masked = &sm;
-        moeh_frame_t fm = {.name = "masked",
+        moeh_frame_t mf = {.name = "masked",
                            .dtype = MOEH__DTYPE__U32,
                            .data = mw,
                            .count = moeh_wire_secsum_len(&k_fuzz_limits, ph[k].task)};
-        MOEH_ASSERT(fm.count > 0 && fm.count <= sizeof mw / sizeof mw[0]);
-        put_msg(dir, ph[k].name, &e15, &fm, 1);
+        MOEH_ASSERT(mf.count > 0 && mf.count <= sizeof mw / sizeof mw[0]);
+        put_msg(dir, ph[k].name, &e15, &mf, 1);
     }
     rs.task = MOEH__ROUND_TASK__STATS;
     put_msg(dir, "round_start_stats_secagg", &e3, NULL, 0);
@@ -319,6 +319,9 @@ int main(int argc, char **argv)
     n = snprintf(text, sizeof text, "%c[limits]\nsite-1 = 800,200\n[sites]\nsite-1 = %s\n", 0,
                  kp->public_z85);
     put(dir, "keys", "registry_limits", text, (size_t)n);
+    n = snprintf(text, sizeof text, "%c[limits]\nsite-1 = 800,200,150\n[sites]\nsite-1 = %s\n", 0,
+                 kp->public_z85); /* with MAX_VAL */
+    put(dir, "keys", "registry_limits_val", text, (size_t)n);
     n = snprintf(text, sizeof text, "%cpublic-key = %s\nsecret-key = %s\n", 1, kp->public_z85,
                  kp->secret_z85);
     put(dir, "keys", "keyfile", text, (size_t)n);

@@ -543,10 +543,99 @@ static void test_secagg_k_auto(void **state)
     }
 }
 
+/* ---- VALIDATE under secure aggregation: the sum bounded by the declared n_val --------------- */
+
+static void secagg_validate(moeh_coord_cfg_t *c)
+{
+    c->secagg = 1;
+    c->validate = 1;
+    c->rounds = 1;
+}
+
+/* Site k's masked-evaluation input: `rows` rows, every task with rows / 2 negatives in score
+ * bin 1 and the other positives in the top bin, every row EHR-only, loss 1. */
+static uint32_t *val_words(const moeh_wire_limits_t *lim, uint32_t rows)
+{
+    const moeh_secsum_dims_t dims = moeh_wire_secsum_dims(lim);
+    const size_t T = lim->n_tasks, nb = lim->eval_bins;
+    uint32_t *x = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__VALIDATE), sizeof *x);
+    float *gate = calloc((size_t)MOEH_N_COMBOS * lim->n_experts + 1, sizeof(float));
+    assert_true(x && gate);
+    for (size_t t = 0; t < T; t++) {
+        x[(t * 2 + 0) * nb + 1] = rows / 2;
+        x[(t * 2 + 1) * nb + nb - 1] = rows - rows / 2;
+    }
+    uint32_t combo_rows[MOEH_N_COMBOS] = {rows};
+    assert_int_equal(moeh_secsum_eval_put(x + moeh_secsum_eval_hist_words(dims), dims, gate,
+                                          combo_rows, 1.0, (uint64_t)rows * T),
+                     0);
+    free(gate);
+    return x;
+}
+
+/* Sites declare 100, 150, 200 training and 40 test rows each, and 200, 200, 600 validation
+ * rows (caps: the same, within 10 x the median 200). The honest validation sum, 1000 rows, is
+ * more than the survivors' test plus training rows (570, the bound before Hello carried n_val)
+ * and is taken; a sum of 1100 (site-3 claims 700 rows) exceeds the summed caps: refused, the
+ * phase retried. */
+static void test_secagg_validation_bounded_by_n_val(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, secagg_validate);
+    assert_int_equal(moeh_crypto_init(), 0);
+    const uint64_t n_val[N_SITES] = {200, 200, 600};
+    for (int k = 0; k < N_SITES; k++) {
+        f->site[k].n_val = n_val[k];
+        hello(f, k);
+    }
+    tick(f, 10);
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    uint32_t *x[N_SITES];
+    size_t n_norm;
+    moeh_coord_core_norm(f->core, &n_norm);
+    for (int k = 0; k < N_SITES; k++) {
+        double st[3 * 16];
+        assert_true(n_norm <= 16);
+        site_stats(k, n_norm, st);
+        x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
+        assert_non_null(x[k]);
+        assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
+    }
+    play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
+    for (int k = 0; k < N_SITES; k++)
+        free(x[k]);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    for (int k = 0; k < N_SITES; k++) {
+        const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
+        x[k] = update_words(f, k, rs->config, (uint32_t)f->site[k].n_train,
+                            MOEH_SECSUM_TRAIN_VALUES * MOEH_SECSUM_FIX_WORDS);
+        assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
+    }
+    play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
+    for (int k = 0; k < N_SITES; k++)
+        free(x[k]);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+        size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
+        for (int k = 0; k < N_SITES; k++)
+            x[k] = val_words(lim, (uint32_t)n_val[k] + (poisoned && k == 2 ? 100 : 0));
+        play_secagg(f, MOEH__ROUND_TASK__VALIDATE, 1, x, -1);
+        for (int k = 0; k < N_SITES; k++)
+            free(x[k]);
+        if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
+            assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
+            assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
+        }
+    }
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+}
+
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_upload_grants, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_upload_slot_released_by_site_gone, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
     cmocka_unit_test(test_uploads_scheduler), cmocka_unit_test(test_secagg_k_auto),
-    cmocka_unit_test_setup_teardown(test_secagg_outage_waits_for_three, fx_setup, fx_teardown))
+    cmocka_unit_test_setup_teardown(test_secagg_outage_waits_for_three, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_secagg_validation_bounded_by_n_val, fx_setup, fx_teardown))

@@ -592,19 +592,9 @@ static void test_secagg_validation_bounded_by_n_val(void **state)
     const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
     const moeh_params_t *p = moeh_coord_core_params(f->core);
     uint32_t *x[N_SITES];
-    size_t n_norm;
-    moeh_coord_core_norm(f->core, &n_norm);
-    for (int k = 0; k < N_SITES; k++) {
-        double st[3 * 16];
-        assert_true(n_norm <= 16);
-        site_stats(k, n_norm, st);
-        x[k] = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS), sizeof(uint32_t));
-        assert_non_null(x[k]);
-        assert_int_equal(moeh_secsum_stats_put(x[k], st, n_norm), 0);
-    }
+    stats_words(f, x, -1);
     play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
-    for (int k = 0; k < N_SITES; k++)
-        free(x[k]);
+    free_words(x);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
     for (int k = 0; k < N_SITES; k++) {
         const Moeh__RoundStart *rs = round_start(f, k, 1, MOEH__ROUND_TASK__TRAIN);
@@ -613,16 +603,14 @@ static void test_secagg_validation_bounded_by_n_val(void **state)
         assert_int_equal(moeh_secsum_train_put(x[k] + p->n + p->n_groups, 0.5, 10, 3), 0);
     }
     play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
-    for (int k = 0; k < N_SITES; k++)
-        free(x[k]);
+    free_words(x);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
     for (int poisoned = 1; poisoned >= 0; poisoned--) {
         size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
         for (int k = 0; k < N_SITES; k++)
             x[k] = val_words(lim, (uint32_t)n_val[k] + (poisoned && k == 2 ? 100 : 0));
         play_secagg(f, MOEH__ROUND_TASK__VALIDATE, 1, x, -1);
-        for (int k = 0; k < N_SITES; k++)
-            free(x[k]);
+        free_words(x);
         if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
             assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
             assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);

@@ -39,10 +39,11 @@ typedef struct {
                 const moeh_frame_t *frames, size_t n_frames);
     /* 1 if the site with this id is in the registry now. Required unless cfg->insecure. */
     int (*registered)(void *ctx, const char *site_id);
-    /* The registered row limits of a site's training, test and validation splits (registry
-     * [limits]; 0 where none). May be NULL: no registered limits. */
-    void (*site_limits)(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test,
-                        uint64_t *max_val);
+    /* The registered row limits of a site (registry [limits]; 0 where none). May be NULL: no
+     * registered limits. */
+    void (*site_limits)(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test);
+    /* The registered limit of its validation rows ([limits] MAX_VAL; 0: none). May be NULL. */
+    void (*site_val_limit)(void *ctx, const char *site_id, uint64_t *max_val);
     /* Called once a round's checkpoint is written (may be NULL). */
     void (*round_saved)(void *ctx, uint32_t round);
     void *ctx;

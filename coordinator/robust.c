@@ -17,8 +17,8 @@ void coord_bounds_refresh(coord_t *c)
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
         s->reg_train = s->reg_test = s->reg_val = 0;
-        if (c->io->site_limits)
-            c->io->site_limits(c->io->ctx, s->id, &s->reg_train, &s->reg_test, &s->reg_val);
+        if (c->io->site_limits) c->io->site_limits(c->io->ctx, s->id, &s->reg_train, &s->reg_test);
+        if (c->io->site_val_limit) c->io->site_val_limit(c->io->ctx, s->id, &s->reg_val);
         if (v && s->admitted) v[n++] = i;
     }
     if (!v) { /* out of memory: keep the medians of the last refresh */

@@ -140,13 +140,12 @@ static int io_registered(void *ctx, const char *site_id)
 }
 
 /* registry [limits] (none in --insecure runs, which have no registry) */
-static void io_site_limits(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test,
-                           uint64_t *max_val)
+static void io_site_limits(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test)
 {
     run_t *r = ctx;
-    *max_train = *max_test = *max_val = 0;
-    if (r->zap && moeh_zap_site_limits(r->zap, site_id, max_train, max_test, max_val) != 0)
-        *max_train = *max_test = *max_val = 0;
+    *max_train = *max_test = 0;
+    if (r->zap && moeh_zap_site_limits(r->zap, site_id, max_train, max_test) != 0)
+        *max_train = *max_test = 0;
 }
 
 static void io_round_saved(void *ctx, uint32_t round)

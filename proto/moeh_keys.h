@@ -91,7 +91,7 @@ int moeh_zap_lookup(moeh_zap_t *z, const uint8_t key[32], char *out)
 int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
 /* moeh_registry_limits on the current registry. Thread-safe. */
 int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train,
-                         uint64_t *max_test, uint64_t *max_val) __attribute__((warn_unused_result));
+                         uint64_t *max_test) __attribute__((warn_unused_result));
 /* Number of sites in the current registry. Thread-safe. */
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */

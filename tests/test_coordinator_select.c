@@ -341,19 +341,17 @@ static void test_absurd_n_val_capped(void **state)
 }
 
 /* The registry's [limits] MAX_VAL (here 100 for site-3) caps n_val instead of the median. */
-static void fake_limits(void *ctx, const char *site_id, uint64_t *max_train, uint64_t *max_test,
-                        uint64_t *max_val)
+static void fake_val_limit(void *ctx, const char *site_id, uint64_t *max_val)
 {
     (void)ctx;
-    *max_train = *max_test = *max_val = 0;
-    if (!strcmp(site_id, "site-3")) *max_val = 100;
+    *max_val = !strcmp(site_id, "site-3") ? 100 : 0;
 }
 
 static void test_registered_val_limit(void **state)
 {
     fx_t *f = *state;
     fx_create(f, one_round);
-    f->io.site_limits = fake_limits;
+    f->io.site_val_limit = fake_val_limit;
     f->site[2].n_val = 300;
     uint64_t v = open_validate(f);
     assert_false(val_reply(f, 2, 1, v, 101));

@@ -5,8 +5,11 @@
  * file away), else stderr. Under systemd (JOURNAL_STREAM names our stderr) each line starts
  * with the syslog priority "<N>" that journald reads, and no time (journald adds its own).
  * Control characters in a message (which may quote a peer: a site id, a Bye reason) are
- * written as \xNN, so a line can neither forge another line nor send terminal escapes. */
+ * written as \xNN, so a line can neither forge another line nor send terminal escapes.
+ * A progress line drawn on a terminal (moeh_progress.h) is cleared before a line goes to
+ * stderr, under the progress module's lock, so that the two never share a line. */
 #include "moeh_common.h"
+#include "moeh_progress.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -92,6 +95,14 @@ void moeh_log_close_file(void)
     pthread_mutex_unlock(&g_mu);
 }
 
+int moeh_log_writes_file(void)
+{
+    pthread_mutex_lock(&g_mu);
+    int f = g_file != NULL;
+    pthread_mutex_unlock(&g_mu);
+    return f;
+}
+
 void moeh_log_request_reopen(void)
 {
     g_reopen = 1;
@@ -154,6 +165,7 @@ void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...)
         }
     }
     FILE *out = g_file ? g_file : stderr;
+    if (out == stderr) moeh_progress_log_begin(); /* clears a progress line drawn there */
     if (!g_file && moeh_log_to_journal()) {
         fprintf(out, "<%d>%s %s: %s\n", prio[lvl], g_prefix, tag[lvl], msg);
     } else {
@@ -169,6 +181,7 @@ void moeh_log_emit(moeh_log_level_t lvl, const char *fmt, ...)
             fprintf(out, "%02d:%02d:%02d.%03ld %s %s: %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
                     ts.tv_nsec / 1000000, g_prefix, tag[lvl], msg);
     }
+    if (out == stderr) moeh_progress_log_end();
     pthread_mutex_unlock(&g_mu);
 }
 

@@ -34,6 +34,7 @@ typedef struct {
     pthread_cond_t cv;
     char *blk[CSV_NBLK];
     size_t len[CSV_NBLK];
+    uint64_t zend[CSV_NBLK]; /* compressed bytes inflated up to the end of each block */
     bool full[CSV_NBLK];
     size_t head, tail, off; /* consumer block, producer block, consumer offset in head */
     bool stop, done, started;
@@ -53,6 +54,9 @@ struct moeh_csv {
     unsigned char *in;
     size_t in_len, in_pos;
     uint64_t file_size;
+    uint64_t raw_read;     /* producer: compressed bytes read from the file */
+    uint64_t zprev, zcons; /* consumer: compressed position of the head block's start, of the
+                            * last byte taken (interpolated within a block) */
 
     char *buf;
     size_t cap, pos, end;
@@ -83,6 +87,7 @@ static int src_read_raw(moeh_csv_t *r)
     while (n < 0 && errno == EINTR);
     if (n < 0) return -EIO;
     r->in_len = (size_t)n, r->in_pos = 0;
+    r->raw_read += (uint64_t)n;
     if (n == 0) r->src_eof = true;
     return 0;
 }
@@ -169,6 +174,7 @@ static void *producer(void *arg)
             q->done = true;
         } else {
             q->len[t] = (size_t)n;
+            q->zend[t] = r->raw_read - (r->in_len - r->in_pos);
             q->full[t] = true;
             q->tail = (t + 1) % CSV_NBLK;
             q->done = n == 0;
@@ -202,7 +208,10 @@ static ssize_t pipe_read(moeh_csv_t *r, char *dst, size_t cap, moeh_err_t *err)
     memcpy(dst, q->blk[h] + off, k); /* the producer does not touch a full block */
     pthread_mutex_lock(&q->mu);
     q->off += k;
+    r->zcons =
+        r->zprev + (uint64_t)((double)(q->zend[h] - r->zprev) * (double)q->off / (double)len);
     if (q->off == len) {
+        r->zprev = r->zcons = q->zend[h];
         q->full[h] = false;
         q->off = 0;
         q->head = (h + 1) % CSV_NBLK;
@@ -606,6 +615,11 @@ const char *moeh_csv_path(const moeh_csv_t *r)
 uint64_t moeh_csv_bytes(const moeh_csv_t *r)
 {
     return r->bytes_in - (r->end - r->pos);
+}
+
+uint64_t moeh_csv_raw_bytes(const moeh_csv_t *r)
+{
+    return r->gz ? r->zcons : r->bytes_in;
 }
 
 uint64_t moeh_csv_file_size(const moeh_csv_t *r)

@@ -236,12 +236,16 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
     moeh_err_t e = {0};
     int rc, ci[4];
     size_t cap = 0, n = 0;
+    moeh_progress_t m = {0};
+    uint64_t rows = 0;
     static const char *const names[] = {"subject_id", "gender", "anchor_age", "anchor_year"};
     if ((rc = path2(p, sizeof p, dir, "hosp/patients.csv.gz")) ||
         (rc = moeh_csv_open(p, &r, err)) || (rc = cols(r, names, ci, 4, err)) ||
         (rc = moeh_i64map_init(&c->pat_map, 1024)))
         goto out;
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
@@ -267,7 +271,9 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
                              (int8_t)moeh_csv_eq(moeh_csv_field(r, (size_t)ci[1]), "F")};
         if ((rc = moeh_i64map_put(&c->pat_map, sid, (uint32_t)n++))) goto out;
     }
+    table_done(&m, r, rows);
 out:
+    moeh_progress_cancel(&m); /* after a failure: the line goes, without a summary */
     if (rc == -ENOMEM) moeh_errf(err, rc, "patients: out of memory");
     moeh_csv_destroy(&r);
     return rc;
@@ -280,6 +286,8 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
     moeh_err_t e = {0};
     int rc, ci[9];
     size_t cap = 0;
+    moeh_progress_t m = {0};
+    uint64_t rows = 0;
     static const char *const names[] = {"subject_id", "hadm_id",   "admittime",
                                         "dischtime",  "deathtime", "admission_type",
                                         "insurance",  "race",      "hospital_expire_flag"};
@@ -293,7 +301,9 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
     bool v1 = moeh_csv_col(r, "race") < 0 && moeh_csv_col(r, "ethnicity") >= 0;
     if ((rc = cols(r, v1 ? names_v1 : names, ci, 9, err))) goto out;
     if ((rc = moeh_i64map_init(&c->adm_map, 1024))) goto out;
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
@@ -346,7 +356,9 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
         c->adms[c->n_adms] = a;
         if ((rc = moeh_i64map_put(&c->adm_map, a.hadm, (uint32_t)c->n_adms++))) goto out;
     }
+    table_done(&m, r, rows);
 out:
+    moeh_progress_cancel(&m);
     if (rc == -ENOMEM) moeh_errf(err, rc, "admissions: out of memory");
     moeh_csv_destroy(&r);
     return rc;
@@ -358,11 +370,15 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
     moeh_csv_t *r = NULL;
     moeh_err_t e = {0};
     int rc, ci[3];
+    moeh_progress_t m = {0};
+    uint64_t rows = 0;
     static const char *const names[] = {"hadm_id", "first_careunit", "intime"};
     if ((rc = path2(p, sizeof p, dir, "icu/icustays.csv.gz")) || (rc = moeh_csv_open(p, &r, err)) ||
         (rc = cols(r, names, ci, 3, err)))
         goto out;
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
@@ -384,7 +400,9 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
                 cat_index(moeh_csv_field(r, (size_t)ci[1]), k_careunits, N_UNITS, (int)N_UNITS - 1);
         }
     }
+    table_done(&m, r, rows);
 out:
+    moeh_progress_cancel(&m);
     moeh_csv_destroy(&r);
     return rc;
 }

@@ -6,9 +6,11 @@
 #include "i64map.h"
 #include "moeh_csv.h"
 #include "moeh_extract.h"
+#include "moeh_progress.h"
 
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #define HOUR 3600
@@ -96,15 +98,29 @@ static inline int cols(moeh_csv_t *r, const char *const *names, int *idx, size_t
     return 0;
 }
 
-static inline void progress(const moeh_csv_t *r, const char *what, uint64_t rows, int64_t t_start,
-                            int64_t *t_last, bool final)
+/* A meter over one source table (moeh_progress.h): compressed bytes taken in of its file size,
+ * labelled with the last two parts of its path ("hosp/labevents.csv.gz"). table_tick every few
+ * thousand rows; table_done logs the summary line with the rows and uncompressed bytes. */
+static inline void table_begin(moeh_progress_t *m, const moeh_csv_t *r)
 {
-    int64_t now = moeh_now_ms();
-    if (!final && now - *t_last < 2000) return;
-    *t_last = now;
-    double s = (double)(now - t_start) / 1000.0, mb = (double)moeh_csv_bytes(r) / 1e6;
-    MOEH_INFO("%s: %.0f MB, %.2f M rows, %.0f MB/s, %.2f M rows/s%s", what, mb, (double)rows / 1e6,
-              s > 0 ? mb / s : 0.0, s > 0 ? (double)rows / 1e6 / s : 0.0, final ? " (done)" : "");
+    const char *path = moeh_csv_path(r), *a = strrchr(path, '/'), *b = a;
+    while (b && b > path && b[-1] != '/')
+        b--;
+    moeh_progress_begin(m, b ? b : path, moeh_csv_file_size(r), MOEH_PROGRESS_BYTES);
+}
+
+static inline void table_tick(moeh_progress_t *m, const moeh_csv_t *r)
+{
+    moeh_progress_update(m, moeh_csv_raw_bytes(r));
+}
+
+static inline void table_done(moeh_progress_t *m, const moeh_csv_t *r, uint64_t rows)
+{
+    char note[96], raw[48];
+    moeh_progress_update(m, moeh_csv_raw_bytes(r));
+    moeh_progress_fmt_amount(raw, sizeof raw, (double)moeh_csv_bytes(r), MOEH_PROGRESS_BYTES);
+    snprintf(note, sizeof note, "%llu rows, %s uncompressed", (unsigned long long)rows, raw);
+    moeh_progress_end(m, note);
 }
 
 /* Passes 2 and 3 (extract_streams.c) over the cohort of pass 1 (c->ds created, c->cohort and

@@ -96,6 +96,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
 {
     moeh_csv_t *r = NULL;
     moeh_err_t e = {0};
+    moeh_progress_t m = {0};
     int rc, ci[5];
     static const char *const names[] = {"subject_id", "hadm_id", "itemid", "charttime", "valuenum"};
     *present = false;
@@ -115,14 +116,13 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
     const size_t lut_n = lab ? c->lut_lab_n : c->lut_chart_n;
     const size_t F = c->vm.n_vars;
     uint64_t rows = 0;
-    int64_t t_start = moeh_now_ms(), t_last = t_start;
-    const char *what = lab ? "labevents" : "chartevents";
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
-        if ((++rows & 0xffff) == 0) progress(r, what, rows, t_start, &t_last, false);
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         int64_t item, hadm = 0, subj = 0, t;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &item)) {
             moeh_csv_field_error(r, (size_t)ci[2], &e, "expected an integer itemid");
@@ -163,13 +163,14 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
         }
         c->st->used_rows++;
     }
-    progress(r, what, rows, t_start, &t_last, true);
+    table_done(&m, r, rows);
     c->st->event_bytes += moeh_csv_bytes(r);
     if (lab)
         c->st->lab_rows = rows;
     else
         c->st->chart_rows = rows;
 out:
+    moeh_progress_cancel(&m);
     moeh_csv_destroy(&r);
     return rc;
 }
@@ -233,6 +234,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
     note_rec_t *recs = NULL;
     int32_t *pool = NULL;
     size_t nrec = 0, rcap = 0, npool = 0, pcap = 0;
+    moeh_progress_t m = {0};
     static const char *const names[] = {"subject_id", "hadm_id", "charttime", "text"};
     if ((rc = path2(p, sizeof p, c->o->note_dir, "note/radiology.csv.gz")))
         return moeh_errf(err, rc, "path too long");
@@ -257,13 +259,13 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
     }
     c->st->have_notes = true;
     uint64_t rows = 0;
-    int64_t t_start = moeh_now_ms(), t_last = t_start;
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
         }
-        if ((++rows & 0xfff) == 0) progress(r, "radiology notes", rows, t_start, &t_last, false);
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         int64_t subj, hadm = 0, t;
         int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &subj) || (hr && hr != -ENODATA) ||
@@ -296,7 +298,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
         }
         recs[nrec++] = (note_rec_t){j, t, (int64_t)rows, before, npool - before};
     }
-    progress(r, "radiology notes", rows, t_start, &t_last, true);
+    table_done(&m, r, rows);
     qsort(recs, nrec, sizeof *recs, cmp_note);
     int32_t *tok = malloc(npool ? npool * sizeof *tok : 1);
     if (!tok) {
@@ -318,6 +320,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
     rc = moeh_dataset_set_tokens(c->ds, tok, pos, err);
     free(tok);
 out:
+    moeh_progress_cancel(&m);
     free(recs);
     free(pool);
     moeh_csv_destroy(&r);
@@ -336,6 +339,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     moeh_csv_t *r = NULL;
     moeh_err_t e = {0};
     int rc, ci[5];
+    moeh_progress_t m = {0};
     static const char *const names[] = {"dicom_id", "subject_id", "study_id", "StudyDate",
                                         "StudyTime"};
     cxr_pick_t *pick = calloc(c->n + 1, sizeof *pick);
@@ -360,7 +364,10 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
         goto out;
     }
     c->st->have_cxr = true;
+    uint64_t rows = 0;
+    table_begin(&m, r);
     while ((rc = moeh_csv_next(r, &e)) != 0) {
+        if ((++rows & 0xfff) == 0) table_tick(&m, r);
         if (rc < 0) {
             if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
             continue;
@@ -397,14 +404,18 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
             memcpy(pick[j].dicom, dicom, sizeof dicom);
         }
     }
+    table_done(&m, r, rows);
     if (c->emb[1].path) { /* emb_finish sets the availability */
         rc = 0;
         goto out;
     }
-    size_t S = c->o->img_size, missing = 0, bad = 0, done = 0;
-    int64_t t_last = moeh_now_ms();
+    size_t S = c->o->img_size, missing = 0, bad = 0, done = 0, n_pick = 0, tried = 0;
+    for (size_t j = 0; j < c->n; j++)
+        n_pick += pick[j].time != INT64_MIN;
+    moeh_progress_begin(&m, "chest X-ray images", n_pick, "images");
     for (size_t j = 0; j < c->n; j++) {
         if (pick[j].time == INT64_MIN) continue;
+        moeh_progress_update(&m, tried++);
         long long subj = (long long)c->ds->ids[2 * j];
         char rel[256];
         snprintf(rel, sizeof rel, "files/p%02lld/p%lld/s%lld/%s.jpg", subj / 1000000, subj,
@@ -426,15 +437,17 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
             continue;
         }
         c->ds->avail[3 * j + MOEH_MOD_IMG] = 1;
-        if (++done % 256 == 0 && moeh_now_ms() - t_last > 2000) {
-            t_last = moeh_now_ms();
-            MOEH_INFO("chest X-rays: %zu images decoded", done);
-        }
+        done++;
     }
+    moeh_progress_update(&m, tried);
+    char note[64];
+    snprintf(note, sizeof note, "%zu decoded", done);
+    moeh_progress_end(&m, note);
     if (missing || bad)
         MOEH_WARN("chest X-rays: %zu selected images missing, %zu unreadable", missing, bad);
     rc = 0;
 out:
+    moeh_progress_cancel(&m);
     free(pick);
     moeh_csv_destroy(&r);
     return rc;

@@ -53,6 +53,10 @@ const char *moeh_csv_path(const moeh_csv_t *r);
 /* Uncompressed bytes consumed so far, and the compressed file size (0 if unknown). */
 uint64_t moeh_csv_bytes(const moeh_csv_t *r);
 uint64_t moeh_csv_file_size(const moeh_csv_t *r);
+/* Bytes of the file taken in so far: of a gzip file the compressed bytes behind the inflated
+ * bytes handed to the parser (interpolated within a 4 MiB block), else the bytes read. Reaches
+ * moeh_csv_file_size() at the end of the file; for a progress meter. */
+uint64_t moeh_csv_raw_bytes(const moeh_csv_t *r);
 
 /* Formats "file:line:column (name): <msg>" for field col of the current row into err and
  * returns -EBADMSG. */

@@ -10,6 +10,7 @@
 #include "moeh_synth.h"
 #include "moeh_csv.h"
 #include "moeh_hist.h"
+#include "moeh_progress.h"
 #include "synth_het.h"
 #include "synth_io.h"
 
@@ -806,6 +807,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     int rc, lv = o->gz_level;
     double *sc = NULL;
     uint8_t *lb = NULL;
+    moeh_progress_t meter = {0}; /* cohort admissions generated */
     g.o = o;
     g.st = st ? st : &dummy;
     memset(g.st, 0, sizeof *g.st);
@@ -885,14 +887,16 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     }
     fprintf(g.truth, "\n");
     size_t left = o->admissions;
-    int64_t t_last = moeh_now_ms();
+    moeh_progress_begin(&meter, "synth", o->admissions, "admissions");
     for (uint64_t k = 0; left > 0; k++) {
         if ((rc = gen_subject(&g, k, &left, err))) goto out;
-        if (moeh_now_ms() - t_last > 2000) {
-            t_last = moeh_now_ms();
-            MOEH_INFO("synth: %zu of %zu cohort admissions, %.1f M chart rows", g.st->cohort,
-                      o->admissions, (double)g.chart.rows / 1e6);
-        }
+        moeh_progress_update(&meter, g.st->cohort);
+    }
+    {
+        char note[96];
+        snprintf(note, sizeof note, "%zu subjects, %.2f M chart rows", g.st->subjects,
+                 (double)g.chart.rows / 1e6);
+        moeh_progress_end(&meter, note);
     }
     g.st->chart_rows = g.chart.rows;
     g.st->lab_rows = g.lab.rows;
@@ -963,6 +967,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
     MOEH_ASSERT(jl > 0 && (size_t)jl < sizeof js); /* a few hundred bytes */
     rc = moeh_file_write_atomic(d, js, (size_t)jl, err);
 out : {
+    moeh_progress_cancel(&meter); /* a failure: the line goes without a summary */
     moeh_err_t e2 = {0};
     tw_t *all[] = {&g.pat, &g.adm, &g.icu, &g.chart, &g.lab, &g.note, &g.cxr};
     for (size_t i = 0; i < 7; i++) {

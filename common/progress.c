@@ -258,7 +258,10 @@ static void meter_text(const moeh_progress_t *p, int64_t now, char *out, size_t 
     char amt[112], tot[48], rate[48], eta[24];
     double elapsed = (double)(now - p->t0) / 1000.0;
     double r = p->rate > 0 ? p->rate : elapsed > 0 ? (double)p->done / elapsed : 0;
-    moeh_progress_fmt_rate(rate, sizeof rate, r, p->unit);
+    if (r > 0 || now - p->t0 >= 10)
+        moeh_progress_fmt_rate(rate, sizeof rate, r, p->unit);
+    else /* no time has passed: no rate yet */
+        snprintf(rate, sizeof rate, "? %s/s", is_bytes(p->unit) ? "MiB" : p->unit);
     moeh_progress_fmt_eta(eta, sizeof eta, moeh_progress_eta(p));
     if (p->total) {
         moeh_progress_fmt_amount(tot, sizeof tot, (double)p->total, p->unit);

@@ -35,13 +35,44 @@ int moeh_mkdir_p(const char *path, moeh_err_t *err)
     return 0;
 }
 
+static int reserve_fd[MOEH_FD_RESERVE_MAX];
+static unsigned reserve_held, reserve_want;
+
+static void reserve_refill(void)
+{
+    while (reserve_held < reserve_want) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) break; /* still full: the next file closed tries again */
+        reserve_fd[reserve_held++] = fd;
+    }
+}
+
+int moeh_fd_reserve(unsigned n)
+{
+    reserve_want = n < MOEH_FD_RESERVE_MAX ? n : MOEH_FD_RESERVE_MAX;
+    while (reserve_held > reserve_want)
+        close(reserve_fd[--reserve_held]);
+    reserve_refill();
+    return (int)reserve_held;
+}
+
+/* open(2) that falls back on the reserve when the descriptor table is full */
+static int open_reserved(const char *path, int flags, mode_t mode)
+{
+    for (;;) {
+        int fd = open(path, flags, mode);
+        if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !reserve_held) return fd;
+        close(reserve_fd[--reserve_held]);
+    }
+}
+
 int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_err_t *err)
 {
     char tmp[4096];
     int rc = 0, fd = -1;
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
         return moeh_errf(err, -ENAMETOOLONG, "%s: path too long", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = open_reserved(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return moeh_errf(err, -errno, "%s: cannot create: %s", tmp, strerror(errno));
     const char *p = data;
     size_t left = len;
@@ -72,7 +103,7 @@ int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_
     /* Make the rename itself durable. */
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open_reserved(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (dfd >= 0) {
         (void)fsync(dfd);
         close(dfd);
@@ -80,6 +111,7 @@ int moeh_file_write_atomic(const char *path, const void *data, size_t len, moeh_
 out:
     if (fd >= 0) close(fd);
     if (rc != 0) unlink(tmp);
+    reserve_refill();
     return rc;
 }
 
@@ -88,8 +120,14 @@ int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len
 {
     int rc = 0;
     char *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return moeh_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open_reserved(path, O_RDONLY | O_CLOEXEC, 0);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        rc = moeh_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        reserve_refill();
+        return rc;
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         rc = moeh_errf(err, -EIO, "%s: cannot seek", path);
         goto out;
@@ -117,5 +155,6 @@ int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len
 out:
     free(buf);
     fclose(f);
+    reserve_refill();
     return rc;
 }

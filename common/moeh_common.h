@@ -101,6 +101,14 @@ int moeh_file_write_atomic(const char *path, const void *data, size_t len,
  * A trailing NUL is added (not counted in *len_out). */
 int moeh_file_read_all(const char *path, size_t max_len, char **out, size_t *len_out,
                        moeh_err_t *err) MOEH_WUR;
+/* A reserve of file descriptors for the files a daemon must be able to write whatever its peers
+ * hold (checkpoint, status, model): n (at most MOEH_FD_RESERVE_MAX) descriptors of /dev/null,
+ * held until moeh_file_write_atomic or moeh_file_read_all finds the table full (EMFILE or
+ * ENFILE); then they are given back one at a time until the open succeeds, and taken again
+ * when the file is closed. Returns how many are held. Call once at start; not thread-safe (the
+ * caller's thread is the only one that writes files). 0 releases them all. */
+#define MOEH_FD_RESERVE_MAX 16
+int moeh_fd_reserve(unsigned n);
 /* mkdir -p; 0 if it exists already as a directory. */
 int moeh_mkdir_p(const char *path, moeh_err_t *err) MOEH_WUR;
 /* Joins dir and name into out (cap bytes); -ENAMETOOLONG if it does not fit. */

@@ -385,6 +385,9 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     moeh_err_t fatal = {0};
     uint32_t registered;
     r.nofile = raise_nofile();
+    /* descriptors kept back for the checkpoint, status and model files: connections cannot take
+     * them, whatever ZeroMQ accepts between two scans of the connection guard */
+    if (moeh_fd_reserve(8) < 8) MOEH_WARN("could not set aside 8 descriptors for the run's files");
     moeh_coord_replay_t *replay = NULL;
     int rc = 0;
     if (faults && faults->replay_metrics &&
@@ -434,6 +437,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
 out:
     teardown(&r, rc, err);
     moeh_coord_replay_destroy(&replay);
+    (void)moeh_fd_reserve(0);
     return rc;
 }
 

@@ -1,5 +1,6 @@
 /* test_common.c - npy round trips and rejection, atomic writes, RNG determinism, the option
- * table (flags, --config INI, checked numbers, which options were given). */
+ * table (flags, --config INI, checked numbers, which options were given), the descriptor
+ * reserve. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,7 +14,9 @@
 #include "moeh_opts.h"
 #include "moeh_npy.h"
 
+#include <fcntl.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <math.h>
@@ -109,6 +112,65 @@ static void test_atomic_write_replaces(void **state)
     assert_non_null(strstr(err.msg, "no/such/dir"));
 }
 
+/* Opens /dev/null until the descriptor table is full; returns how many it opened. */
+static int fill_fd_table(int *fds, int cap)
+{
+    int n = 0;
+    while (n < cap) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            assert_true(errno == EMFILE || errno == ENFILE);
+            break;
+        }
+        fds[n++] = fd;
+    }
+    assert_int_not_equal(n, cap); /* the table did fill */
+    return n;
+}
+
+/* The descriptor reserve: with the table full (a peer's connections took every descriptor), a
+ * checkpoint-style write and read still succeed; without a reserve they fail with EMFILE. */
+static void test_fd_reserve_full_table(void **state)
+{
+    struct rlimit was, lim;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+    int fds[512], n = 0, m = 0;
+    lim = was;
+    lim.rlim_cur = 0;
+    for (int fd = 0; fd < 65536; fd++) /* the highest descriptor open now, plus room */
+        if (fcntl(fd, F_GETFD) != -1) lim.rlim_cur = (rlim_t)fd + 1;
+    lim.rlim_cur += 64;
+    if (was.rlim_cur != RLIM_INFINITY && lim.rlim_cur > was.rlim_cur) skip();
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+
+    assert_int_equal(moeh_fd_reserve(4), 4);
+    n = fill_fd_table(fds, 512);
+    char path[512];
+    moeh_err_t err = {0};
+    snprintf(path, sizeof path, "%s/ckpt", g_dir);
+    assert_int_equal(moeh_file_write_atomic(path, "state", 5, &err), 0);
+    char *buf;
+    size_t len;
+    assert_int_equal(moeh_file_read_all(path, 100, &buf, &len, &err), 0);
+    assert_string_equal(buf, "state");
+    free(buf);
+    assert_int_equal(moeh_fd_reserve(4), 4); /* taken back after each file */
+
+    assert_int_equal(moeh_fd_reserve(0), 0); /* no reserve: the freed slots are taken ... */
+    m = fill_fd_table(fds + n, 512 - n);
+    assert_int_equal(m, 4);
+    assert_int_equal(moeh_file_write_atomic(path, "later", 5, &err), -EMFILE); /* ... and fail */
+    assert_non_null(strstr(err.msg, "ckpt"));
+    assert_int_equal(moeh_file_read_all(path, 100, &buf, &len, &err), -EMFILE);
+
+    for (int i = 0; i < n + m; i++)
+        close(fds[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+    assert_int_equal(moeh_file_read_all(path, 100, &buf, &len, &err), 0);
+    assert_string_equal(buf, "state"); /* the failed write left the file alone */
+    free(buf);
+}
+
 static void test_rng(void **state)
 {
     moeh_rng_t a, b;
@@ -166,5 +228,6 @@ static void test_opts(void **state)
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_npy_roundtrip),
                cmocka_unit_test(test_npy_rejects_truncated),
-               cmocka_unit_test(test_atomic_write_replaces), cmocka_unit_test(test_rng),
+               cmocka_unit_test(test_atomic_write_replaces),
+               cmocka_unit_test(test_fd_reserve_full_table), cmocka_unit_test(test_rng),
                cmocka_unit_test(test_opts))

@@ -218,16 +218,18 @@ static void test_coordinator_logs_failed_handshakes(void **state)
                                               "not a CURVE client", NULL};
     static const char *const wrong_sum[] = {"tcp://127.0.0.1:", "CURVE handshakes failed in the",
                                             "wrong coordinator key", NULL};
-    static const char *const plain_sum[] = {"tcp://127.0.0.1:", "handshake", "failed in the",
-                                            "not a CURVE client", NULL};
+    static const char *const plain_any[] = {"CURVE handshake", "not a CURVE client", NULL};
     static const char *const any[] = {"CURVE handshake", NULL};
     unsigned summed = 0; /* failures counted in the summaries: many more than the lines */
     int n_any = count_lines(clog, any), n_wsum = count_lines_sum(clog, wrong_sum, &summed);
     /* a kind quiet for a whole window (the plain clients come 400 ms apart, more under load)
      * starts again with a first line: one or two of each */
     int n_wfirst = count_lines(clog, wrong_first), n_pfirst = count_lines(clog, plain_first);
+    /* six plain clients make more than the first line: a summary, or (under load, when one
+     * closes before its address is read, as under the sanitizers) the unknown address's first */
+    int n_plain = count_lines(clog, plain_any);
     if (n_wfirst < 1 || n_wfirst > 2 || n_pfirst < 1 || n_pfirst > 2 || n_wsum < 1 || n_wsum > 4 ||
-        count_lines(clog, plain_sum) < 1 || n_any > 20 || summed < 2 * (unsigned)n_wsum) {
+        n_plain < 2 || n_any > 20 || summed < 2 * (unsigned)n_wsum) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "grep -i handshake '%s' >&2", clog);
         if (system(cmd) != 0) print_error("no handshake line in %s\n", clog);

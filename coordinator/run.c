@@ -8,6 +8,7 @@
 #include "moeh_connguard.h"
 #include "moeh_keys.h"
 #include "moeh_monitor.h"
+#include "moeh_progress.h"
 #include "moeh_wire.h"
 
 #include <dirent.h>
@@ -40,6 +41,9 @@ typedef struct {
     char run_id[64];                  /* OUT/status.json */
     moeh_coord_status_mark_t st_mark; /* what the last status.json said */
     int st_failed;                    /* a failed write was logged (once) */
+    moeh_coord_eta_t eta;             /* the run's ETA from the rounds timed here */
+    moeh_coord_progress_t pg;         /* where the run was at the last look (progress_step) */
+    int64_t phase_t0;                 /* when that phase was first seen */
 } run_t;
 
 /* Descriptors open now (/proc/self/fd; 32 if it cannot be read). */
@@ -100,10 +104,62 @@ static void status_update(run_t *r, const char *state, const char *reason)
     m.written_at = now;
     r->st_mark = m;
     moeh_err_t err = {0};
-    if (moeh_coord_status_write(r->core, r->run_id, state, reason, &err) != 0) {
+    double eta = state ? (!strcmp(state, "finished") ? 0 : -1)
+                       : moeh_coord_eta_s(&r->eta, r->pg.round, r->pg.rounds, r->pg.phase, now);
+    if (moeh_coord_status_write(r->core, r->run_id, state, reason, eta, &err) != 0) {
         if (!r->st_failed) MOEH_WARN("status not written (the run goes on): %s", err.msg);
         r->st_failed = 1;
     }
+}
+
+static int is_open(int phase)
+{
+    return phase == MOEH_COORD_STATS || phase == MOEH_COORD_TRAIN || phase == MOEH_COORD_VALIDATE ||
+           phase == MOEH_COORD_EVAL;
+}
+
+/* Progress (moeh_progress.h), called after the messages are read and before the tick that may
+ * close the phase, so that r->pg holds the phase's final counts when it closes; and after the
+ * tick. A phase that closed gets one info line with its counts and the run's ETA; on a
+ * terminal the status line is redrawn as sites report. */
+static void progress_step(run_t *r, int before_tick)
+{
+    moeh_coord_progress_t p;
+    moeh_coord_status_progress(r->core, &p);
+    int64_t now = moeh_now_ms();
+    const moeh_coord_progress_t *o = &r->pg;
+    char eta[24];
+    if (p.phase != o->phase || p.round != o->round) { /* o's phase closed (or a new start) */
+        moeh_coord_eta_observe(&r->eta, p.round, p.phase, now);
+        if (is_open(o->phase)) {
+            char el[32];
+            moeh_progress_fmt_elapsed(el, sizeof el, (double)(now - r->phase_t0) / 1000.0);
+            moeh_progress_fmt_eta(eta, sizeof eta,
+                                  moeh_coord_eta_s(&r->eta, p.round, p.rounds, p.phase, now));
+            if (o->phase == MOEH_COORD_STATS)
+                MOEH_INFO("STATS: %u/%u sites reported in %s, %s", o->replied, o->participants, el,
+                          eta);
+            else
+                MOEH_INFO("round %u/%u %s: %u/%u sites reported in %s, %s", o->round, o->rounds,
+                          moeh_coord_phase_label(o->phase), o->replied, o->participants, el, eta);
+        }
+        r->phase_t0 = now;
+    }
+    r->pg = p;
+    if (!moeh_progress_on_terminal()) return;
+    /* the round's table line goes to stdout when EVAL closes: not onto our line */
+    if (before_tick && p.phase == MOEH_COORD_EVAL && r->cfg->print_table && isatty(1))
+        moeh_progress_line_clear();
+    if (before_tick) return;
+    moeh_progress_fmt_eta(eta, sizeof eta,
+                          moeh_coord_eta_s(&r->eta, p.round, p.rounds, p.phase, now));
+    if (p.phase == MOEH_COORD_WAIT)
+        moeh_progress_line("waiting for sites: %u/%u joined", p.admitted, p.wait_target);
+    else if (p.phase == MOEH_COORD_STATS)
+        moeh_progress_line("STATS: %u/%u sites reported", p.replied, p.participants);
+    else if (is_open(p.phase))
+        moeh_progress_line("round %u/%u %s: %u/%u sites reported, %s", p.round, p.rounds,
+                           moeh_coord_phase_label(p.phase), p.replied, p.participants, eta);
 }
 
 /* Sends never wait (ZMQ_SNDTIMEO 0 on the ROUTER, with ROUTER_MANDATORY): a peer whose queue
@@ -343,6 +399,7 @@ static void deliver_final(run_t *r, volatile sig_atomic_t *stop)
  * failure says PAUSED with the reason, and agents keep reconnecting for a resumed run. */
 static void teardown(run_t *r, int rc, const moeh_err_t *err)
 {
+    moeh_progress_line_clear();
     if (r->core && r->run_id[0]) {
         if (rc == 0)
             status_update(r, "finished", NULL);
@@ -404,6 +461,8 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     if ((rc = announce(&r, moeh_coord_core_wait_target(r.core), err))) goto out;
     moeh_coord_status_run_id(cfg->out_dir, cfg->resume, r.run_id, sizeof r.run_id);
     r.st_mark.phase = -1; /* nothing written yet */
+    r.pg.phase = -1;
+    progress_step(&r, 0);
     status_update(&r, NULL, NULL);
     while (!*stop && moeh_coord_core_phase(r.core) != MOEH_COORD_DONE) {
         zmq_pollitem_t it[2] = {
@@ -420,9 +479,12 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
         monitor_drain(&r); /* first: a failed connection's address is soon gone */
         guard_tick(&r);
         if (drain(&r, &fatal) != 0) break;
+        progress_step(&r, 1);
         if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
+        progress_step(&r, 0);
         status_update(&r, NULL, NULL);
     }
+    moeh_progress_line_clear(); /* the final tables go to stdout */
     if (fatal.msg[0]) {
         rc = moeh_errf(err, -ETIMEDOUT, "%s", fatal.msg);
         goto out;

@@ -5,6 +5,7 @@
 #include "moeh_dp_ledger.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +18,64 @@ moeh_coord_status_mark_t moeh_coord_status_mark(const moeh_coord_core_t *c)
         m.replied += c->sites[i].replied != 0;
     }
     return m;
+}
+
+void moeh_coord_status_progress(const moeh_coord_core_t *c, moeh_coord_progress_t *out)
+{
+    *out = (moeh_coord_progress_t){.phase = (int)c->phase,
+                                   .round = c->round,
+                                   .rounds = c->cfg->rounds,
+                                   .participants = c->n_participants,
+                                   .replied = c->n_replied,
+                                   .admitted = coord_n_admitted(c),
+                                   .wait_target = c->wait_target,
+                                   .selected_round = c->cfg->validate ? c->sel_round : 0,
+                                   .selected_value = NAN};
+    if (out->selected_round) out->selected_value = c->sel_value;
+}
+
+const char *moeh_coord_phase_label(int phase)
+{
+    return phase == PH_WAIT    ? "WAIT"
+           : phase == PH_STATS ? "STATS"
+           : phase == PH_TRAIN ? "TRAIN"
+           : phase == PH_VAL   ? "VALIDATE"
+           : phase == PH_EVAL  ? "EVAL"
+                               : "DONE";
+}
+
+static int in_round(int phase)
+{
+    return phase == PH_TRAIN || phase == PH_VAL || phase == PH_EVAL;
+}
+
+void moeh_coord_eta_observe(moeh_coord_eta_t *e, uint32_t round, int phase, int64_t now)
+{
+    if (phase == PH_DONE || (in_round(phase) && round != e->cur_round)) {
+        /* the round under way ended (timed only if its start was seen, and it is the next) */
+        if (e->cur_round && (phase == PH_DONE || round == e->cur_round + 1)) {
+            e->sum_ms += now - e->t_start;
+            e->n_done++;
+        }
+        e->cur_round = phase == PH_DONE ? 0 : round;
+        e->t_start = now;
+    }
+}
+
+double moeh_coord_eta_s(const moeh_coord_eta_t *e, uint32_t round, uint32_t rounds, int phase,
+                        int64_t now)
+{
+    if (phase == PH_DONE) return 0;
+    if (!e->n_done) return -1;
+    double mean = (double)e->sum_ms / e->n_done / 1000.0;
+    /* rounds after this one, and what is left of this one (none while waiting, or in the
+     * statistics phase, before round `round + 1`) */
+    double left = round < rounds ? (double)(rounds - round) * mean : 0;
+    if (in_round(phase) && e->cur_round == round && round > 0) {
+        double ran = (double)(now - e->t_start) / 1000.0;
+        left += mean > ran ? mean - ran : 0;
+    }
+    return left;
 }
 
 /* A monotonic time (ms) as wall-clock ISO 8601 UTC. */
@@ -40,10 +99,12 @@ static const char *phase_state(phase_t ph)
            : ph == PH_STATS ? "statistics"
            : ph == PH_TRAIN ? "train"
            : ph == PH_EVAL  ? "eval"
+           : ph == PH_VAL   ? "validate"
                             : "done";
 }
 
-static cJSON *build(const coord_t *c, const char *run_id, const char *state, const char *reason)
+static cJSON *build(const coord_t *c, const char *run_id, const char *state, const char *reason,
+                    double eta_s)
 {
     char t[40];
     cJSON *j = cJSON_CreateObject();
@@ -61,14 +122,31 @@ static cJSON *build(const coord_t *c, const char *run_id, const char *state, con
     cJSON_AddNumberToObject(j, "round", c->round);
     cJSON_AddNumberToObject(j, "rounds", c->cfg->rounds);
     cJSON_AddNumberToObject(j, "quorum", c->cfg->min_sites);
-    int open = c->phase == PH_STATS || c->phase == PH_TRAIN || c->phase == PH_EVAL;
+    int open =
+        c->phase == PH_STATS || c->phase == PH_TRAIN || c->phase == PH_VAL || c->phase == PH_EVAL;
     if (open && !state) {
         iso_time(c->phase_deadline, t, sizeof t);
         cJSON_AddStringToObject(j, "deadline", t);
     } else {
         cJSON_AddNullToObject(j, "deadline");
     }
-    cJSON_AddNullToObject(j, "selected_round"); /* model selection is not implemented yet */
+    if (eta_s >= 0)
+        cJSON_AddNumberToObject(j, "eta_s", round(eta_s));
+    else
+        cJSON_AddNullToObject(j, "eta_s");
+    /* model selection (select.c): the best validated round so far, and its validation score */
+    if (c->cfg->validate) {
+        cJSON_AddStringToObject(j, "selected_by", coord_select_key(c));
+    } else {
+        cJSON_AddNullToObject(j, "selected_by");
+    }
+    if (c->cfg->validate && c->sel_round && !isnan(c->sel_value)) {
+        cJSON_AddNumberToObject(j, "selected_round", c->sel_round);
+        cJSON_AddNumberToObject(j, "selected_value", round(c->sel_value * 1e6) / 1e6);
+    } else {
+        cJSON_AddNullToObject(j, "selected_round");
+        cJSON_AddNullToObject(j, "selected_value");
+    }
     if (c->dp) {
         double eps, eps_coord;
         moeh_dp_ledger_epsilons(&c->ledger, coord_dp_most_seen(c), &eps, &eps_coord);
@@ -99,13 +177,13 @@ static cJSON *build(const coord_t *c, const char *run_id, const char *state, con
 }
 
 int moeh_coord_status_write(const moeh_coord_core_t *c, const char *run_id, const char *state,
-                            const char *reason, moeh_err_t *err)
+                            const char *reason, double eta_s, moeh_err_t *err)
 {
     char path[4096];
     if (moeh_path_join(path, sizeof path, c->cfg->out_dir, MOEH_STATUS_FILE))
         return moeh_errf(err, -ENAMETOOLONG, "%s/%s: path too long", c->cfg->out_dir,
                          MOEH_STATUS_FILE);
-    cJSON *j = build(c, run_id, state, reason);
+    cJSON *j = build(c, run_id, state, reason, eta_s);
     char *text = j ? cJSON_Print(j) : NULL;
     cJSON_Delete(j);
     if (!text) return moeh_errf(err, -ENOMEM, "%s: out of memory", path);

@@ -2,6 +2,8 @@
  * DIR/status.json (coordinator/status.c; fields in docs/operations.md), for people or as JSON. */
 #include "sim_commands.h"
 
+#include "moeh_progress.h"
+
 #include <cjson/cJSON.h>
 #include <string.h>
 #include <time.h>
@@ -9,8 +11,9 @@
 static const char k_help[] =
     "usage: moeh status DIR [--json]\n\n"
     "Prints where the coordinator whose --out is DIR is: run id, state and phase, round,\n"
-    "quorum, phase deadline, sites admitted and reporting with the time each was last heard,\n"
-    "selected round and epsilon (DP). It reads DIR/status.json, which the coordinator\n"
+    "quorum, phase deadline, ETA (from the rounds it timed), sites admitted and reporting\n"
+    "with the time each was last heard, the round selected so far by validation and epsilon\n"
+    "(DP). It reads DIR/status.json, which the coordinator\n"
     "rewrites atomically at every change; a coordinator that ended says finished or paused.\n\n"
     "  --json   print the status as one JSON document (for scripts and monitoring)\n"
     "  --help   this text\n\n"
@@ -37,11 +40,15 @@ static void print_human(const cJSON *j)
            str(j, "phase", "?"), num(j, "quorum"));
     printf("  updated %s by pid %.0f\n", str(j, "updated", "?"), num(j, "pid"));
     printf("  phase deadline %s\n", str(j, "deadline", "-"));
-    double sel = num(j, "selected_round"), eps = num(j, "epsilon");
+    double sel = num(j, "selected_round"), eps = num(j, "epsilon"), eta = num(j, "eta_s");
+    char eta_text[24];
+    printf("  %s\n", moeh_progress_fmt_eta(eta_text, sizeof eta_text, eta));
     if (sel >= 0)
-        printf("  selected round %.0f\n", sel);
+        printf("  selected round %.0f so far (%s %.4f)\n", sel, str(j, "selected_by", "?"),
+               num(j, "selected_value"));
     else
-        printf("  selected round -\n");
+        printf("  selected round - (%s)\n",
+               str(j, "selected_by", NULL) ? "no round validated yet" : "no validation");
     if (eps >= 0)
         printf("  DP epsilon %.4f (against the coordinator %.4f)\n", eps,
                num(j, "epsilon_coordinator"));

@@ -2,7 +2,11 @@
  * is under way the file names the run, phase, round, quorum, deadline and the three admitted
  * sites with their last-seen times; `moeh status OUT` prints it for people and with --json as
  * JSON; a coordinator stopped by SIGINT leaves "paused" with the reason, a finished run
- * "finished"; a directory without a status is an error that says so (exit 1). */
+ * "finished"; a directory without a status is an error that says so (exit 1).
+ * Progress: before any round finished eta_s and selected_round are null; once a round is done
+ * eta_s is a number and selected_round the validated round selected so far (with its score);
+ * the log (a file: no terminal) has one line per closed phase with the sites that reported of
+ * those asked, and the ETA, and no '\r'. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +31,23 @@ static cJSON *read_status(const fixture_t *f)
     free(text);
     assert_non_null(j);
     return j;
+}
+
+/* Polls OUT/status.json (every 50 ms, up to 30 s) until it exists and round >= min_round. */
+static cJSON *wait_status_round(const fixture_t *f, double min_round)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/status.json", f->out);
+    for (int i = 0; i < 600; i++) {
+        if (access(path, F_OK) == 0) {
+            cJSON *j = read_status(f);
+            if (jget(j, "round") >= min_round) return j;
+            cJSON_Delete(j);
+        }
+        usleep(50 * 1000);
+    }
+    fail_msg("status.json did not reach round %.0f", min_round);
+    return NULL;
 }
 
 static const char *jstr(const cJSON *j, const char *k)
@@ -71,16 +92,29 @@ static void test_status_while_running_then_paused(void **state)
     fixture_t *f = *state;
     moeh_proc_t *a[N_SITES];
     moeh_proc_t *c = start_coordinator_ex(f, "50", "2", "3", NULL, "coordinator.log");
+    /* no site yet: nothing timed, nothing selected */
+    cJSON *j = wait_status_round(f, 0);
+    assert_string_equal(jstr(j, "state"), "waiting");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "eta_s")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "selected_round")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "selected_value")));
+    assert_string_equal(jstr(j, "selected_by"), "val_auroc_mean");
+    cJSON_Delete(j);
     start_all_agents(f, a, NULL);
     wait_log_of(f, c, "coordinator.log", "round 1 done");
-    cJSON *j = read_status(f);
+    j = wait_status_round(f, 2); /* round 1 finished in this process: an ETA */
     const char *st = jstr(j, "state");
-    assert_true(!strcmp(st, "train") || !strcmp(st, "eval"));
+    assert_true(!strcmp(st, "train") || !strcmp(st, "validate") || !strcmp(st, "eval"));
     assert_string_equal(jstr(j, "phase"), st);
-    assert_true(jget(j, "round") >= 1);
     assert_true(jget(j, "rounds") == 50 && jget(j, "quorum") == 2);
     assert_true(jget(j, "sites_admitted") == 3);
-    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "selected_round")));
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "eta_s")));
+    assert_true(jget(j, "eta_s") >= 0);
+    /* validation is on: round 1 (or a later one validated since) is selected */
+    const double sel = jget(j, "selected_round");
+    assert_true(sel >= 1 && sel < jget(j, "round"));
+    const double sv = jget(j, "selected_value");
+    assert_true(sv >= 0 && sv <= 1);                              /* a mean AUROC */
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "epsilon"))); /* no DP */
     assert_int_equal(strlen(jstr(j, "deadline")), 24);            /* 2026-12-05T06:30:00.000Z */
     char run_id[64];
@@ -106,10 +140,16 @@ static void test_status_while_running_then_paused(void **state)
     assert_non_null(strstr(out, "quorum 2"));
     assert_non_null(strstr(out, "sites: 3 admitted"));
     assert_non_null(strstr(out, "site-2"));
+    assert_non_null(strstr(out, "  ETA ")); /* a time, as eta_s is a number */
+    assert_null(strstr(out, "ETA ?"));
+    assert_non_null(strstr(out, "selected round "));
+    assert_non_null(strstr(out, "so far (val_auroc_mean 0."));
     assert_int_equal(moeh_status(f->out, 1, out, sizeof out), 0);
     cJSON *pj = cJSON_Parse(out);
     assert_non_null(pj);
     assert_string_equal(jstr(pj, "run_id"), run_id);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(pj, "eta_s")));
+    assert_true(jget(pj, "selected_round") >= 1);
     cJSON_Delete(pj);
 
     moeh_proc_signal(c, SIGINT);
@@ -119,7 +159,33 @@ static void test_status_while_running_then_paused(void **state)
     assert_non_null(strstr(jstr(j, "reason"), "stopped by a signal during round"));
     assert_string_equal(jstr(j, "run_id"), run_id);
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "deadline")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "eta_s"))); /* paused: no end in sight */
+    assert_true(jget(j, "selected_round") >= 1);
     cJSON_Delete(j);
+    /* the log is a file: one line per closed phase with its counts and the ETA, no '\r' */
+    char lp[400], *log = NULL;
+    size_t ll;
+    moeh_err_t err = {0};
+    snprintf(lp, sizeof lp, "%s/coordinator.log", f->logs);
+    assert_int_equal(moeh_file_read_all(lp, 1 << 24, &log, &ll, &err), 0);
+    assert_null(memchr(log, '\r', ll));
+    assert_non_null(strstr(log, "STATS: 3/3 sites reported in "));
+    int n_train1 = 0; /* exactly one line for round 1's TRAIN (no line per site) */
+    for (const char *q = log; (q = strstr(q, "round 1/50 TRAIN: ")) != NULL; q++)
+        n_train1++;
+    assert_int_equal(n_train1, 1);
+    assert_non_null(strstr(log, "round 1/50 TRAIN: 3/3 sites reported in "));
+    assert_non_null(strstr(log, "round 1/50 VALIDATE: 3/3 sites reported in "));
+    const char *e1 = strstr(log, "round 1/50 EVAL: 3/3 sites reported in ");
+    assert_non_null(e1);
+    const char *nl = strchr(e1, '\n');
+    assert_non_null(nl);
+    const char *eta = strstr(e1, ", ETA ");
+    assert_true(eta && eta < nl && eta[6] != '?'); /* round 1 finished: a time */
+    const char *t1 = strstr(log, "round 1/50 TRAIN: "), *tn = strchr(t1, '\n');
+    assert_non_null(strstr(t1, "ETA ?")); /* no round finished yet */
+    assert_true(strstr(t1, "ETA ?") < tn);
+    free(log);
     for (int k = 0; k < N_SITES; k++) {
         char id[16];
         snprintf(id, sizeof id, "site-%d", k + 1);
@@ -140,6 +206,8 @@ static void test_status_finished(void **state)
     assert_string_equal(jstr(j, "phase"), "done");
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(j, "reason")));
     assert_true(jget(j, "round") == 1);
+    assert_true(jget(j, "eta_s") == 0);
+    assert_true(jget(j, "selected_round") == 1);
     cJSON_Delete(j);
 }
 

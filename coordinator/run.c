@@ -204,6 +204,16 @@ static void io_site_limits(void *ctx, const char *site_id, uint64_t *max_train, 
         *max_train = *max_test = 0;
 }
 
+/* registry [limits] MAX_VAL (0: none) */
+static void io_site_val_limit(void *ctx, const char *site_id, uint64_t *max_val)
+{
+    run_t *r = ctx;
+    uint64_t mt, me;
+    *max_val = 0;
+    if (r->zap && moeh_zap_site_limits(r->zap, site_id, &mt, &me) == 0)
+        *max_val = moeh_zap_site_val_limit(r->zap, site_id);
+}
+
 static void io_round_saved(void *ctx, uint32_t round)
 {
     run_t *r = ctx;
@@ -437,6 +447,7 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
     r.io = (moeh_coord_io_t){.send = io_send,
                              .registered = io_registered,
                              .site_limits = io_site_limits,
+                             .site_val_limit = io_site_val_limit,
                              .round_saved = io_round_saved,
                              .ctx = &r};
     moeh_err_t fatal = {0};

@@ -92,6 +92,8 @@ int moeh_zap_has_site(moeh_zap_t *z, const char *site_id);
 /* moeh_registry_limits on the current registry. Thread-safe. */
 int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train,
                          uint64_t *max_test) __attribute__((warn_unused_result));
+/* The registered MAX_VAL of a site (0: none, or not registered). Thread-safe. */
+uint64_t moeh_zap_site_val_limit(moeh_zap_t *z, const char *site_id);
 /* Number of sites in the current registry. Thread-safe. */
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */

@@ -240,6 +240,15 @@ int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train
     return rc;
 }
 
+uint64_t moeh_zap_site_val_limit(moeh_zap_t *z, const char *site_id)
+{
+    uint64_t mt, me, mv;
+    pthread_mutex_lock(&z->lock);
+    if (moeh_registry_limits(&z->reg, site_id, &mt, &me, &mv) != 0) mv = 0;
+    pthread_mutex_unlock(&z->lock);
+    return mv;
+}
+
 size_t moeh_zap_n_sites(moeh_zap_t *z)
 {
     pthread_mutex_lock(&z->lock);

@@ -34,7 +34,7 @@ int main(int argc, char **argv)
         {"bind", MOEH_OPT_STR, &cfg.bind, "ZeroMQ endpoint to listen on (tcp://HOST:PORT)"},
         {"registry", MOEH_OPT_STR, &cfg.registry_path,
          "site registry: [sites] ID = PUBLIC_KEY (and optionally [limits] ID = "
-         "MAX_TRAIN,MAX_TEST rows)"},
+         "MAX_TRAIN,MAX_TEST[,MAX_VAL] rows)"},
         {"key", MOEH_OPT_STR, &cfg.key_path, "this coordinator's key file (moeh-keygen)"},
         {"insecure", MOEH_OPT_BOOL, &cfg.insecure,
          "no encryption and no admission control (tests only)"},

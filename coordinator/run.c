@@ -208,10 +208,7 @@ static void io_site_limits(void *ctx, const char *site_id, uint64_t *max_train, 
 static void io_site_val_limit(void *ctx, const char *site_id, uint64_t *max_val)
 {
     run_t *r = ctx;
-    uint64_t mt, me;
-    *max_val = 0;
-    if (r->zap && moeh_zap_site_limits(r->zap, site_id, &mt, &me) == 0)
-        *max_val = moeh_zap_site_val_limit(r->zap, site_id);
+    *max_val = r->zap ? moeh_zap_site_val_limit(r->zap, site_id) : 0;
 }
 
 static void io_round_saved(void *ctx, uint32_t round)

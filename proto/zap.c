@@ -233,7 +233,7 @@ int moeh_zap_has_site(moeh_zap_t *z, const char *site_id)
 int moeh_zap_site_limits(moeh_zap_t *z, const char *site_id, uint64_t *max_train,
                          uint64_t *max_test)
 {
-    uint64_t max_val; /* not asked for yet (moeh_coord_io_t.site_val_limit) */
+    uint64_t max_val; /* moeh_zap_site_val_limit asks for it */
     pthread_mutex_lock(&z->lock);
     int rc = moeh_registry_limits(&z->reg, site_id, max_train, max_test, &max_val);
     pthread_mutex_unlock(&z->lock);

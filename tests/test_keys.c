@@ -565,6 +565,46 @@ static void zap_reply(void *d, const char *req_id, char *status, char *text, cha
     strcpy(user, buf[5]);
 }
 
+/* The registry's [limits] through the ZAP handler, as moeh-coordinator's run.c asks for them
+ * (io_site_limits, io_site_val_limit), before and after a reload. */
+static void test_zap_limits(void **state)
+{
+    (void)state;
+    keys4_t k;
+    keys4_make(&k);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "[sites]\nsite-one = %s\nsite-two = %s\n[limits]\nsite-one = 800,200,150\n"
+             "site-two = 700,100\n",
+             k.kp[1]->public_z85, k.kp[2]->public_z85);
+    moeh_registry_t reg;
+    moeh_err_t err = {{0}};
+    assert_int_equal(moeh_registry_parse(text, "limits", &reg, &err), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    moeh_zap_t *zap = NULL;
+    assert_int_equal(moeh_zap_start(ctx, &reg, &zap), 0);
+    uint64_t mt = 1, me = 1;
+    assert_int_equal(moeh_zap_site_limits(zap, "site-one", &mt, &me), 0);
+    assert_true(mt == 800 && me == 200);
+    assert_true(moeh_zap_site_val_limit(zap, "site-one") == 150);
+    assert_int_equal(moeh_zap_site_limits(zap, "site-two", &mt, &me), 0);
+    assert_true(mt == 700 && me == 100);
+    assert_true(moeh_zap_site_val_limit(zap, "site-two") == 0);   /* MAX_VAL left out: none */
+    assert_true(moeh_zap_site_val_limit(zap, "site-three") == 0); /* not registered */
+
+    /* a reload replaces the limits */
+    snprintf(text, sizeof text, "[sites]\nsite-one = %s\n[limits]\nsite-one = 80,20,15\n",
+             k.kp[1]->public_z85);
+    assert_int_equal(moeh_registry_parse(text, "limits", &reg, &err), 0);
+    moeh_zap_replace_registry(zap, &reg);
+    assert_true(moeh_zap_site_val_limit(zap, "site-one") == 15);
+    assert_true(moeh_zap_site_val_limit(zap, "site-two") == 0);
+    moeh_zap_destroy(&zap);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    keys4_free(&k);
+}
+
 static void test_zap_requests(void **state)
 {
     keys4_t k;
@@ -647,4 +687,5 @@ MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test_setup_teardown(test_keypair_files, s
                cmocka_unit_test_setup_teardown(test_registry_errors, setup, teardown),
                cmocka_unit_test_setup_teardown(test_registry_first_error_wins, setup, teardown),
                cmocka_unit_test_setup_teardown(test_zap_admission, setup, teardown),
-               cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown))
+               cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_zap_limits, setup, teardown))

@@ -397,7 +397,10 @@ class Fed:
 
 def joined_counts(coord_log):
     counts = {}
-    rx = re.compile(r"site (\S+) (?:joined|rejoined) \((\d+) train / (\d+) eval samples\)")
+    # "(N train / V validation / T test samples)" since protocol 6 (Hello n_val); the sums
+    # checked here are of the training and test rows
+    rx = re.compile(r"site (\S+) (?:joined|rejoined) \((\d+) train / \d+ validation / "
+                    r"(\d+) test samples\)")
     with open(coord_log, errors="replace") as f:
         for line in f:
             m = rx.search(line)

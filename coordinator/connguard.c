@@ -19,11 +19,26 @@ typedef struct {
     int fd;
     struct sockaddr_storage peer; /* tells a reused descriptor from the connection it was */
     int64_t first_seen;
-    uint64_t rx;    /* bytes the peer has sent (TCP_INFO) at the last scan */
-    uint64_t delta; /* ... since the scan before */
-    double tokens;  /* its budget left */
-    int shut;       /* shut down by us: libzmq closes it soon */
+    uint64_t rx;         /* bytes the peer has sent (TCP_INFO) at the last scan */
+    uint64_t delta;      /* ... since the scan before */
+    double tokens;       /* its budget left */
+    int shut;            /* shut down by us: libzmq closes it soon */
+    int noted;           /* a message was noted for it in the scan that found it (pending) */
+    int64_t last_msg;    /* when it last delivered a message (moeh_connguard_note); 0: never */
+    int64_t last_active; /* when it last got MOEH_CONNGUARD_ACTIVE_BYTES further */
+    uint64_t rx_mark;    /* rx at last_active */
+    char key[MOEH_CONNGUARD_KEY_MAX + 1]; /* the site key of its messages ("": none yet) */
 } conn_t;
+
+/* A message noted for a connection the last scan did not see (accepted since). */
+typedef struct {
+    int fd;
+    struct sockaddr_storage peer;
+    int64_t at;
+    char key[MOEH_CONNGUARD_KEY_MAX + 1];
+} pending_t;
+
+enum { N_PENDING = 64 }; /* more are dropped: the connection's next message notes it again */
 
 struct moeh_connguard {
     moeh_connguard_cfg_t cfg;
@@ -34,6 +49,8 @@ struct moeh_connguard {
     double total_tokens;
     int64_t last_scan, last_log;
     uint64_t unlogged;
+    pending_t pend[N_PENDING];
+    size_t n_pend;
     moeh_connguard_stats_t st;
 };
 
@@ -152,7 +169,7 @@ static int shut(moeh_connguard_t *g, conn_t *c, int64_t now, const char *why)
 }
 
 /* The previous scan's entry for fd in g->conn (sorted by fd), or NULL. */
-static const conn_t *previous(const moeh_connguard_t *g, int fd)
+static conn_t *previous(const moeh_connguard_t *g, int fd)
 {
     size_t lo = 0, hi = g->n;
     while (lo < hi) {
@@ -181,10 +198,71 @@ static int by_fd(const void *a, const void *b)
     return (x->fd > y->fd) - (x->fd < y->fd);
 }
 
+/* Keeps the newest of c's key's connections (accepted last; c among equals) and shuts the
+ * others down. Returns how many. */
+static int one_per_key(moeh_connguard_t *g, conn_t *c, int64_t now)
+{
+    if (!c->key[0]) return 0;
+    char why[MOEH_CONNGUARD_KEY_MAX + 64];
+    snprintf(why, sizeof why, "replaced by a newer connection of site key '%s'", c->key);
+    int n = 0;
+    for (size_t i = 0; i < g->n && !c->shut; i++) {
+        conn_t *o = &g->conn[i];
+        if (o == c || o->shut || strcmp(o->key, c->key) != 0) continue;
+        conn_t *old = o->first_seen > c->first_seen ? c : o; /* c's message was a leftover */
+        if (shut(g, old, now, why)) {
+            g->st.shut_dup++;
+            n++;
+        }
+        old->shut = 1;
+    }
+    return n;
+}
+
+int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, int64_t now)
+{
+    struct sockaddr_storage p;
+    if (fd < 0 || !accepted_here(g, fd, &p)) return 0;
+    conn_t *c = previous(g, fd);
+    if (c && same_peer(&c->peer, &p)) {
+        c->last_msg = now;
+        if (key && key[0]) snprintf(c->key, sizeof c->key, "%s", key);
+        return one_per_key(g, c, now);
+    }
+    /* accepted since the last scan: that scan applies it; it is the newest of its key */
+    size_t k = 0;
+    while (k < g->n_pend && g->pend[k].fd != fd)
+        k++;
+    if (k == N_PENDING) return 0;
+    if (k == g->n_pend) g->n_pend++;
+    pending_t *q = &g->pend[k];
+    q->fd = fd;
+    q->peer = p;
+    q->at = now;
+    snprintf(q->key, sizeof q->key, "%s", key ? key : "");
+    int n = 0;
+    for (size_t i = 0; q->key[0] && i < g->n; i++) {
+        conn_t *o = &g->conn[i];
+        if (!o->shut && strcmp(o->key, q->key) == 0 &&
+            shut(g, o, now, "replaced by a newer connection of the same site key")) {
+            g->st.shut_dup++;
+            n++;
+        }
+    }
+    return n;
+}
+
 int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
 {
     if (now - g->last_scan < (int64_t)g->cfg.interval_ms) return 0;
     double dt = g->last_scan < 0 ? 0 : (double)(now - g->last_scan) / 1000.0;
+    /* a scan that comes late means the loop was busy (aggregation, a checkpoint): messages
+     * waited in libzmq's queue unnoted, so that time does not count as idle */
+    int64_t late = g->last_scan < 0 ? 0 : now - g->last_scan - 2 * (int64_t)g->cfg.interval_ms;
+    for (size_t i = 0; late > 0 && i < g->n; i++) {
+        if (g->conn[i].last_msg) g->conn[i].last_msg += late;
+        g->conn[i].last_active += late;
+    }
     g->last_scan = now;
     size_t n = 0;
     int self = dirfd(g->fds), n_shut = 0;
@@ -223,9 +301,21 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
                           .peer = peer,
                           .first_seen = now,
                           .delta = rx,
-                          .tokens = (double)g->cfg.burst_bytes};
+                          .tokens = (double)g->cfg.burst_bytes,
+                          .last_active = now,
+                          .rx_mark = rx};
+            for (size_t k = 0; k < g->n_pend; k++)
+                if (g->pend[k].fd == (int)fd && same_peer(&g->pend[k].peer, &peer)) {
+                    c->last_msg = g->pend[k].at;
+                    memcpy(c->key, g->pend[k].key, sizeof c->key);
+                    c->noted = 1;
+                }
         }
         c->rx = rx;
+        if (rx - c->rx_mark >= MOEH_CONNGUARD_ACTIVE_BYTES) { /* a message in transit */
+            c->last_active = now;
+            c->rx_mark = rx;
+        }
         c->tokens -= (double)c->delta;
         sum += c->delta;
         if (c->delta > g->st.max_conn_rx) g->st.max_conn_rx = c->delta;
@@ -236,6 +326,12 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
     g->conn = g->next;
     g->next = t;
     g->n = n;
+    g->n_pend = 0;
+    for (size_t i = 0; i < n; i++) /* keys first seen on connections accepted since */
+        if (g->conn[i].noted) {
+            g->conn[i].noted = 0;
+            n_shut += one_per_key(g, &g->conn[i], now);
+        }
     uint32_t live = 0;
     for (size_t i = 0; i < n; i++)
         live += !g->conn[i].shut;
@@ -265,6 +361,18 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
             }
             big->shut = 1;                         /* (also if it had just gone) */
             g->total_tokens += (double)big->delta; /* its bytes leave with it */
+        }
+    }
+    /* no message for idle_ms, and too few bytes for one in transit */
+    for (size_t i = 0; g->cfg.idle_ms && i < n; i++) {
+        conn_t *c = &g->conn[i];
+        int64_t since = c->last_msg > c->last_active ? c->last_msg : c->last_active;
+        char why[96];
+        snprintf(why, sizeof why, "no message for %.1f s%s", (double)(now - since) / 1000.0,
+                 c->last_msg ? "" : " since it connected");
+        if (!c->shut && now - since > (int64_t)g->cfg.idle_ms && shut(g, c, now, why)) {
+            g->st.shut_idle++;
+            n_shut++;
         }
     }
     /* too many connections: the quietest go */

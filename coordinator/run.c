@@ -67,7 +67,10 @@ static void guard_start(run_t *r, const char *ep)
     moeh_connguard_cfg_t g = {.max_conns = cfg->max_connections,
                               .burst_bytes = (uint64_t)cfg->conn_budget_mb << 20,
                               .total_bytes = (uint64_t)cfg->conn_budget_mb << 22,
-                              .interval_ms = 50};
+                              .interval_ms = 50,
+                              .idle_ms = cfg->heartbeat_timeout_ms < UINT32_MAX / 2
+                                             ? 2 * cfg->heartbeat_timeout_ms
+                                             : UINT32_MAX};
     if (!g.max_conns) { /* keep 64 descriptors free beside those open now (ZeroMQ's, the log) */
         uint64_t used = open_fds(), keep = 64 + used;
         uint64_t n = r->nofile > 2 * keep ? r->nofile - keep : r->nofile / 2;
@@ -78,8 +81,9 @@ static void guard_start(run_t *r, const char *ep)
         MOEH_WARN("no connection guard (connections and their bytes are not capped): %s", err.msg);
         return;
     }
-    MOEH_INFO("connections: at most %u at once, %u MiB inbound each at once, %u MiB together",
-              g.max_conns, cfg->conn_budget_mb, 4 * cfg->conn_budget_mb);
+    MOEH_INFO("connections: at most %u at once, one per site key, %u MiB inbound each at once, "
+              "%u MiB together, closed after %.1f s without a message",
+              g.max_conns, cfg->conn_budget_mb, 4 * cfg->conn_budget_mb, g.idle_ms / 1000.0);
 }
 
 /* The guard's scan (every 50 ms), with budgets of at least twice the largest legitimate
@@ -372,8 +376,10 @@ static int drain(run_t *r, moeh_err_t *fatal)
         }
         if (rc)
             moeh_coord_core_on_bad_message(r->core, &m, rc, err.msg, moeh_now_ms());
-        else
+        else {
+            if (r->guard) moeh_connguard_note(r->guard, m.src_fd, m.peer, moeh_now_ms());
             rc = moeh_coord_core_on_message(r->core, &m, moeh_now_ms(), fatal);
+        }
         moeh_msg_clear(&m);
         if (fatal->msg[0]) return rc ? rc : -EIO;
     }

@@ -77,6 +77,17 @@ int moeh_curve_client(void *sock, const moeh_keypair_t *kp, const char *server_p
     __attribute__((warn_unused_result));
 
 /* ---- ZAP admission ------------------------------------------------------------------- */
+/* Handshakes one site key may complete: MOEH_ZAP_HS_BURST at once, then MOEH_ZAP_HS_PER_S a
+ * second; beyond, ZAP answers 500 with "too many connections of this key: try later" (the
+ * client gets an ERROR, libzmq closes the connection at once and the client's ZeroMQ
+ * reconnects; moeh-site-agent logs it and goes on). Not 300, RFC 27's temporary failure:
+ * libzmq 4.3 then drops the client without a word, which an agent must read as a wrong server
+ * key, and holds the connection until the handshake timeout. An agent reconnects far less
+ * often; a key that opens silent connections (each closed by the coordinator's idle timeout)
+ * holds at most BURST + PER_S x (idle time) of them. */
+#define MOEH_ZAP_HS_BURST 16
+#define MOEH_ZAP_HS_PER_S 1.0
+
 typedef struct moeh_zap moeh_zap_t;
 /* Starts the ZAP handler thread on ctx, taking ownership of *reg (it is moved, *reg is
  * zeroed). Must be started before any CURVE server socket binds. */
@@ -98,6 +109,8 @@ uint64_t moeh_zap_site_val_limit(moeh_zap_t *z, const char *site_id);
 size_t moeh_zap_n_sites(moeh_zap_t *z);
 /* Number of connections refused so far. */
 uint64_t moeh_zap_refused(moeh_zap_t *z);
+/* Handshakes answered "try later" (MOEH_ZAP_HS_BURST) so far. Thread-safe. */
+uint64_t moeh_zap_deferred(moeh_zap_t *z);
 /* Stops the handler thread and frees everything, the registry included. NULL-safe (self_p or
  * *self_p NULL: nothing); sets *self_p to NULL. */
 void moeh_zap_destroy(moeh_zap_t **self_p);

@@ -25,6 +25,7 @@ typedef enum {
     MOEH_MON_ACCEPTED,      /* server: a connection was accepted (fd, peer) */
     MOEH_MON_HANDSHAKE_OK,  /* the ZMTP/CURVE handshake succeeded */
     MOEH_MON_AUTH_REFUSED,  /* ZAP refused the peer's key (value: the ZAP status code) */
+    MOEH_MON_AUTH_LATER,    /* ZAP said "try later" (500: too many handshakes, moeh_keys.h) */
     MOEH_MON_WRONG_KEY,     /* a CURVE box did not open: the client used another server key */
     MOEH_MON_NOT_CURVE,     /* the peer speaks ZMTP with another security mechanism */
     MOEH_MON_PROTOCOL,      /* another ZMTP protocol error (value: ZMQ_PROTOCOL_ERROR_*) */

@@ -158,6 +158,7 @@ typedef struct {
     char peer[MOEH_SITE_ID_MAX + 1]; /* ZAP-authenticated site id ("" if none) */
     uint8_t routing_id[256];
     size_t routing_id_len;
+    int src_fd; /* the descriptor of the connection it came on (ZMQ_SRCFD), -1 if unknown */
     /* owned ZeroMQ message parts backing the frames (opaque to users) */
     void *parts_storage;
 } moeh_msg_t;

@@ -89,8 +89,8 @@ void moeh_monitor_decode(const void *frame1, size_t len1, const char *addr, size
     case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
         ev->kind = MOEH_MON_HANDSHAKE_OK;
         break;
-    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-        ev->kind = MOEH_MON_AUTH_REFUSED;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* value: the ZAP status code (RFC 27) */
+        ev->kind = ev->value == 500 ? MOEH_MON_AUTH_LATER : MOEH_MON_AUTH_REFUSED;
         break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         ev->kind = MOEH_MON_HANDSHAKE_ERR;

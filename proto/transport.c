@@ -247,6 +247,7 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
                    moeh_err_t *err)
 {
     memset(msg, 0, sizeof *msg);
+    msg->src_fd = -1;
     parts_t *ps = calloc(1, sizeof *ps);
     if (!ps) return moeh_errf(err, -ENOMEM, "out of memory");
     msg->parts_storage = ps;
@@ -288,6 +289,10 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
     zmq_msg_t *h = part(ps, first);
     const char *uid = zmq_msg_gets(h, "User-Id");
     if (uid) snprintf(msg->peer, sizeof msg->peer, "%s", uid);
+    /* (deprecated in libzmq's documentation, kept in 4.3: the connection guard's only way to
+     * tell which TCP connection a key speaks on) */
+    int fd = zmq_msg_get(h, ZMQ_SRCFD);
+    msg->src_fd = fd >= 0 ? fd : -1;
     if (too_many)
         return moeh_errf(err, -EMSGSIZE, "message has more than %u parts", MOEH_WIRE_MAX_PARTS);
     int rc = join_frames(ps, first + 1, ps->n - first - 1, zmq_msg_data(h), zmq_msg_size(h), lim,

@@ -1,6 +1,7 @@
 /* zap.c - the ZAP (ZeroMQ Authentication Protocol, RFC 27) handler thread: admits a CURVE
  * client only if its public key is in the site registry, and names it by its site id (the
- * "User-Id" of every message it sends afterwards). Everything else is refused with 400.
+ * "User-Id" of every message it sends afterwards). Everything else is refused with 400; a
+ * registered key over its handshake budget (MOEH_ZAP_HS_BURST) is told to try later (500).
  *
  * The handler never stops on a failure while it is running: a request it cannot read is
  * dropped, a reply it cannot send is logged, and if that leaves its REP socket in the middle
@@ -10,6 +11,8 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -21,8 +24,46 @@ struct moeh_zap {
     pthread_mutex_t lock; /* guards reg */
     moeh_registry_t reg;
     atomic_int stop;
-    atomic_uint_fast64_t refused;
+    atomic_uint_fast64_t refused, deferred;
+    /* handshake budgets per site key (the handler thread's alone) */
+    struct hs_budget {
+        char site[65];
+        double tokens;
+        int64_t at;
+    } * hs;
+    size_t n_hs, cap_hs;
+    int64_t deferred_logged; /* when "try later" was last logged; unlogged: since then */
+    uint64_t deferred_unlogged;
 };
+
+/* 1 if site may complete one more handshake now (and takes it), 0 if it is over its budget
+ * (MOEH_ZAP_HS_BURST). A site the table cannot grow for is let through. */
+static int hs_take(moeh_zap_t *z, const char *site)
+{
+    int64_t now = moeh_now_ms();
+    struct hs_budget *b = NULL;
+    for (size_t i = 0; i < z->n_hs && !b; i++)
+        if (strcmp(z->hs[i].site, site) == 0) b = &z->hs[i];
+    if (!b) {
+        if (z->n_hs == z->cap_hs) {
+            size_t cap = z->cap_hs ? 2 * z->cap_hs : 16;
+            struct hs_budget *a = realloc(z->hs, cap * sizeof *a);
+            if (!a) return 1;
+            z->hs = a;
+            z->cap_hs = cap;
+        }
+        b = &z->hs[z->n_hs++];
+        snprintf(b->site, sizeof b->site, "%s", site);
+        b->tokens = MOEH_ZAP_HS_BURST;
+        b->at = now;
+    }
+    b->tokens += (double)(now - b->at) / 1000.0 * MOEH_ZAP_HS_PER_S;
+    if (b->tokens > MOEH_ZAP_HS_BURST) b->tokens = MOEH_ZAP_HS_BURST;
+    b->at = now;
+    if (b->tokens < 1.0) return 0;
+    b->tokens -= 1.0;
+    return 1;
+}
 
 /* Opens the handler's REP socket on ZAP_ENDPOINT: 0 or -errno. */
 static int open_socket(void *ctx, void **out)
@@ -112,6 +153,20 @@ static int handle_request(moeh_zap_t *z)
         MOEH_WARN("refused a connection from %s: public key %.8s... is not in the site registry",
                   addr, z85);
         text = "unknown key";
+    } else if (!hs_take(z, site)) {
+        atomic_fetch_add(&z->deferred, 1);
+        int64_t now = moeh_now_ms();
+        if (now - z->deferred_logged >= 1000) {
+            MOEH_WARN("site %s (from %s): more than %d connections at once or %.0f a second: "
+                      "told to try later%s",
+                      site, addr, MOEH_ZAP_HS_BURST, MOEH_ZAP_HS_PER_S,
+                      z->deferred_unlogged ? " (and others since the last such line)" : "");
+            z->deferred_logged = now;
+            z->deferred_unlogged = 0;
+        } else {
+            z->deferred_unlogged++;
+        }
+        status = "500", text = "too many connections of this key: try later";
     } else {
         MOEH_DEBUG("admitted site %s from %s", site, addr);
         status = "200", text = "OK", user = site;
@@ -262,6 +317,11 @@ uint64_t moeh_zap_refused(moeh_zap_t *z)
     return atomic_load(&z->refused);
 }
 
+uint64_t moeh_zap_deferred(moeh_zap_t *z)
+{
+    return atomic_load(&z->deferred);
+}
+
 void moeh_zap_destroy(moeh_zap_t **self_p)
 {
     if (!self_p || !*self_p) return;
@@ -271,6 +331,7 @@ void moeh_zap_destroy(moeh_zap_t **self_p)
     if (z->sock) MOEH_ASSERT(zmq_close(z->sock) == 0);
     moeh_registry_free(&z->reg);
     pthread_mutex_destroy(&z->lock);
+    free(z->hs);
     free(z);
     *self_p = NULL;
 }

@@ -166,7 +166,15 @@ static void drain_monitor(agent_t *a)
                 "the coordinator refused this site's key (%s): add the site's public key "
                 "to the coordinator's registry",
                 a->cfg->key_path);
-        else if (ev.kind == MOEH_MON_NOT_CURVE)
+        else if (ev.kind == MOEH_MON_AUTH_LATER) { /* ZeroMQ tries again; say so once a minute */
+            int64_t now = moeh_now_ms();
+            if (!a->auth_later_logged || now - a->auth_later_logged >= 60000) {
+                a->auth_later_logged = now;
+                MOEH_WARN("the coordinator asks this site's key to connect later: too many "
+                          "connections of this key in a short time (another process with the "
+                          "same key?); retrying");
+            }
+        } else if (ev.kind == MOEH_MON_NOT_CURVE)
             moeh_agent_set_fatal(a, -EACCES,
                                  "the peer at %s does not speak CURVE: it is a ZeroMQ peer without "
                                  "encryption (a coordinator started with --insecure?)",

@@ -47,11 +47,12 @@ struct agent {
     const moeh_agent_cfg_t *cfg;
     moeh_agent_faults_t faults; /* tests only (moeh_agent_testing.h); zero: none */
     void *zctx, *sock;
-    moeh_monitor_t *mon;   /* watches sock's handshakes (CURVE only) */
-    int64_t probed_at;     /* the last moeh_monitor_probe() of --connect (ms; 0: never) */
-    int hs_ok;             /* this socket's CURVE handshake succeeded */
-    int hs_dropped;        /* connections closed during the handshake, since the last success */
-    int64_t hs_first_drop; /* when the first of those was seen (ms) */
+    moeh_monitor_t *mon;       /* watches sock's handshakes (CURVE only) */
+    int64_t probed_at;         /* the last moeh_monitor_probe() of --connect (ms; 0: never) */
+    int hs_ok;                 /* this socket's CURVE handshake succeeded */
+    int hs_dropped;            /* connections closed during the handshake, since the last success */
+    int64_t hs_first_drop;     /* when the first of those was seen (ms) */
+    int64_t auth_later_logged; /* when "connect later" (ZAP 300) was last logged (ms) */
     moeh_keypair_t *kp;
     char server_pub[MOEH_Z85_KEY_LEN + 1];
     /* what this site holds (read once at start to introduce itself) */

@@ -213,6 +213,87 @@ static void test_hostile_multipart_memory(void **state)
     assert_same_model(clean, f->out);
 }
 
+/* Finding 2, one key. First 12 authenticated connections of site-x that each deliver one
+ * Heartbeat: the guard keeps the key's newest connection and shuts the other 11 down within a
+ * scan or two. Then 60 more connections of the key that never deliver a message, reconnecting
+ * as ZeroMQ does (every 100 ms): ZAP lets MOEH_ZAP_HS_BURST handshakes of one key through at
+ * once and MOEH_ZAP_HS_PER_S a second after (the others are told to try later and closed at
+ * once; 12 of the burst went to the first connections), and the guard
+ * closes a connection without a message after twice --heartbeat-timeout-ms (8 s here), so
+ * the key holds about BURST + PER_S x 8 of them, not 60. The honest agents then run the
+ * federation to the end. */
+static void test_hostile_key_connections(void **state)
+{
+    fixture_t *f = *state;
+    register_site_x(f);
+    enum { N_SPEAK = 12, N_SILENT = 60 };
+    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "3", NULL, "coordinator.log", NULL);
+    char log[400], path[500];
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    void *ctx = zmq_ctx_new();
+    zmq_ctx_set(ctx, ZMQ_MAX_SOCKETS, N_SPEAK + N_SILENT + 16);
+    int64_t t0 = moeh_now_ms();
+    int64_t settle = t0; /* "before": once the start's descriptors are closed */
+    int before = count_fds(c->pid), n;
+    while (moeh_now_ms() - settle < 300) {
+        assert_int_equal(moeh_proc_wait(c, 50), -ETIMEDOUT);
+        if ((n = count_fds(c->pid)) != before) before = n, settle = moeh_now_ms();
+    }
+    void *speak[N_SPEAK], *silent[N_SILENT];
+    int late = 60000; /* they do not come back within the test */
+    for (int i = 0; i < N_SPEAK; i++) {
+        speak[i] = fed_flood_socket(f, ctx);
+        assert_int_equal(zmq_setsockopt(speak[i], ZMQ_RECONNECT_IVL, &late, sizeof late), 0);
+    }
+    while ((n = count_fds(c->pid)) < before + N_SPEAK) {
+        if (moeh_now_ms() - t0 > 20000) fail_msg("%d descriptors, %d before", n, before);
+        assert_int_equal(moeh_proc_wait(c, 20), -ETIMEDOUT);
+    }
+    int connected = n;
+    for (int i = 0; i < N_SPEAK; i++)
+        assert_int_equal(
+            moeh_wire_send_simple(speak[i], NULL, 0, MOEH__MSG_TYPE__HEARTBEAT, NULL, 1), 0);
+    int64_t t1 = moeh_now_ms();
+    while ((n = count_fds(c->pid)) > before + 1) { /* the newest of the 12 is left */
+        if (moeh_now_ms() - t1 > 10000) fail_msg("%d descriptors, %d before", n, before);
+        assert_int_equal(moeh_proc_wait(c, 20), -ETIMEDOUT);
+    }
+    double dedup_s = (moeh_now_ms() - t1) / 1000.0;
+    assert_true(file_contains(log, "replaced by a newer connection of"));
+    print_message("coordinator descriptors: %d before, %d with %d connections of one key, %d "
+                  "%.2f s after each sent a message\n",
+                  before, connected, N_SPEAK, n, dedup_s);
+    for (int i = 0; i < N_SILENT; i++)
+        silent[i] = fed_flood_socket(f, ctx);
+    int64_t t2 = moeh_now_ms();
+    int most = 0;
+    while (moeh_now_ms() - t2 < 12000) { /* the idle time (8 s) and more */
+        assert_int_equal(moeh_proc_wait(c, 50), -ETIMEDOUT);
+        if ((n = count_fds(c->pid)) > most) most = n;
+    }
+    print_message("%d silent connections of the key, reconnecting: at most %d descriptors "
+                  "(%d before) in 12 s\n",
+                  N_SILENT, most, before);
+    assert_true(file_contains(log, "told to try later"));
+    assert_true(file_contains(log, "no message for"));
+    /* BURST at once, PER_S a second for 12 s, the speaker left, a little slack */
+    assert_true(most - before <= MOEH_ZAP_HS_BURST + (int)(12 * MOEH_ZAP_HS_PER_S) + 4);
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+    while (moeh_proc_wait(c, 100) == -ETIMEDOUT)
+        assert_true(moeh_now_ms() - t0 < 150000);
+    for (int i = 0; i < N_SPEAK; i++)
+        zmq_close(speak[i]);
+    for (int i = 0; i < N_SILENT; i++)
+        zmq_close(silent[i]);
+    zmq_ctx_term(ctx);
+    assert_int_equal(moeh_proc_exit_code(c), 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    snprintf(path, sizeof path, "%s/model.npy", f->out);
+    assert_int_equal(access(path, R_OK), 0);
+}
+
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     FED_TEST(test_hostile_idle_connections),
-                    FED_TEST(test_hostile_multipart_memory))
+                    FED_TEST(test_hostile_multipart_memory), FED_TEST(test_hostile_key_connections))

@@ -56,7 +56,8 @@ int main(int argc, char **argv)
          "site away gets it if it rejoins within this time)"},
         {"heartbeat-ms", MOEH_OPT_U32, &cfg.heartbeat_ms, "heartbeat interval"},
         {"heartbeat-timeout-ms", MOEH_OPT_U32, &cfg.heartbeat_timeout_ms,
-         "a silent site is gone after this"},
+         "a silent site is gone after this; a connection without a message for twice this is "
+         "closed"},
         {"upload-slots", MOEH_OPT_U32, &cfg.upload_slots,
          "training updates the sites may send at a time (the others wait for a grant), so "
          "that memory does not grow with the sites; 0: no limit"},

@@ -7,8 +7,10 @@
 #             /tmp/moeh-results/seed-1 after SEEDS="1 2 3" scripts/results.sh
 #   VARIANT:  NAME=OPTIONS pairs (default: the set below); OPTIONS are moeh run options
 # env: BUILD (default ./build), SITES (the results.sh default), ROUNDS (8), SEED (1)
-# Prints one line per variant: the final round's test AUROC per task and mean, and for each
-# modality combination the expert with the largest mean gate weight and that weight.
+# Prints one line per variant: the final round's test AUROC per task and mean, the round the
+# coordinator selected on the validation split with its mean validation AUROC and mean test
+# AUROC (choose among variants by the validation column, not by test), and for each modality
+# combination the expert with the largest mean gate weight and that weight.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 [[ $# -ge 1 ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
@@ -30,8 +32,8 @@ if (( ${#variants[@]} == 0 )); then
 fi
 out=$dir/gate-variants
 mkdir -p "$out"
-printf "%-20s %-36s %9s %9s %9s %9s  %s\n" variant options mortality los7 readmit30 mean \
-    "top expert per combination (mean gate weight)"
+printf "%-20s %-36s %9s %9s %9s %9s %4s %8s %8s  %s\n" variant options mortality los7 readmit30 \
+    mean sel val_sel test_sel "top expert per combination (mean gate weight)"
 for v in "${variants[@]}"; do
     name=${v%%=*}
     opts=${v#*=}
@@ -45,13 +47,15 @@ for v in "${variants[@]}"; do
     python3 - "$out/$name/metrics.jsonl" "$name" "$opts" <<'EOF'
 import json, sys
 path, name, opts = sys.argv[1:4]
-ev, gate = None, None
+ev, gate, sel = None, None, {}
 for line in open(path):
     j = json.loads(line)
     if j.get("event") == "eval":
         ev = j
     elif j.get("event") == "gate":
         gate = j
+    elif j.get("event") == "selection":
+        sel = j
 combos = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
 tops = []
 for c in combos:
@@ -61,6 +65,9 @@ for c in combos:
         tops.append(f"{c}->{combos[k]} {g['weights'][k]:.2f}")
 a = [ev["auroc_" + t] for t in ("mortality", "los7", "readmit30")]
 print(f"{name:<20} {opts or '(defaults)':<36} " + " ".join(f"{x:9.4f}" for x in a)
-      + f" {ev['auroc_mean']:9.4f}  " + ", ".join(tops))
+      + f" {ev['auroc_mean']:9.4f}"
+      + (f" {sel['selected_round']:4d} {sel['value']:8.4f} {sel['test_auroc_mean']:8.4f}  "
+         if sel.get("selected_by") == "val_auroc_mean" else f" {'-':>4} {'-':>8} {'-':>8}  ")
+      + ", ".join(tops))
 EOF
 done

@@ -66,6 +66,16 @@ fi
 SIM=$BUILD/bin/moeh
 GATE_OPTS=${GATE_OPTS:-}   # extra moeh run/train options of MoE-Health (e.g. --lambda-lb 0.1)
 
+# the command that reproduces this report (the settings that differ from the defaults)
+repro="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA"
+[[ $PROFILE == homogeneous ]] || repro+=" PROFILE=$PROFILE"
+[[ $SITES_ARG == site-1:0.3:ehr+notes+img,site-2:0.3:ehr+notes,site-3:0.2:ehr+img,site-4:0.2:ehr ]] ||
+    repro+=" SITES=$SITES_ARG"
+[[ $FED_ONLY != 1 ]] || repro+=" FED_ONLY=1"
+[[ $ABLATIONS != 1 ]] || repro+=" ABLATIONS=1"
+[[ ${PREDICT:-0} != 1 ]] || repro+=" PREDICT=1"
+[[ -z $GATE_OPTS ]] || repro+=" GATE_OPTS=\"$GATE_OPTS\""
+
 # several seeds: one pipeline per seed in OUT/seed-N, then one report (tables of the first
 # seed, a table of every seed with the mean and spread of the gaps)
 read -ra seed_list <<<"$SEEDS"
@@ -83,7 +93,7 @@ if (( ${#seed_list[@]} > 1 )); then
     for s in "${spec[@]}"; do names+=("${s%%:*}"); done
     python3 "$here/scripts/results_table.py" --out-dir "$OUT/seed-${seed_list[0]}" \
         --sites "$(IFS=','; echo "${names[*]}")" "${dirs[@]}" \
-        --command "ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEEDS=\"$SEEDS\" scripts/results.sh" \
+        --command "$repro SEEDS=\"$SEEDS\" scripts/results.sh" \
         --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" --site-spec "$SITES" \
         --seconds "$(( $(date +%s) - t_all ))" --profile "$PROFILE" --output "$RESULTS"
     exit 0
@@ -178,7 +188,7 @@ fi
 elapsed=$(( $(date +%s) - t_start ))
 log "table -> $RESULTS (pipeline ${elapsed} s)"
 if [[ $RESULTS == - ]]; then log "done (no table: RESULTS=-)"; exit 0; fi
-cmd="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA SEED=$SEED scripts/results.sh"
+cmd="$repro SEED=$SEED scripts/results.sh"
 python3 "$here/scripts/results_table.py" --out-dir "$OUT" --sites "$(IFS=','; echo "${names[*]}")" \
     --command "$cmd" --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" \
     --site-spec "$SITES" --seconds "$elapsed" --seed "$SEED" --profile "$PROFILE" --output "$RESULTS"

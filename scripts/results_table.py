@@ -64,7 +64,7 @@ def read_metrics(path):
     if not os.path.exists(path):
         return None
     evals, tasks, gates, epochs, all_evals = {}, {}, {}, [], []
-    last, limit, selected = None, None, False
+    last, limit, selected = None, None, None
     with open(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -94,7 +94,7 @@ def read_metrics(path):
                                       f'{"an integer" if ty == "int" else "a number or null"}, '
                                       f'got {j[k]!r}')
                 r = j["round"]
-                if selected:
+                if selected is not None:
                     _bad(path, n, f"eval of round {r} after the run's selection line (the "
                                   "selection is the run's last evaluation event)")
                 if last is None and r < 1:
@@ -148,11 +148,13 @@ def read_metrics(path):
                 if not _int(j.get("selected_round")) or j["selected_round"] not in evals:
                     _bad(path, n, f"selection of round {j.get('selected_round')!r}: expected "
                                   "the round of an earlier eval line")
-                selected = True
+                selected = j["selected_round"]
     if not evals:
         return None
-    return {"eval": evals[last], "task": tasks.get(last, {}), "gate": gates.get(last),
-            "round": last, "evals": all_evals, "epochs": epochs}
+    use = selected if selected is not None else last  # the model the run wrote
+    return {"eval": evals[use], "task": tasks.get(use, {}), "gate": gates.get(use),
+            "round": use, "selected": selected is not None, "evals": all_evals,
+            "epochs": epochs}
 
 
 def read_npy(path):
@@ -353,6 +355,11 @@ def fmt(x, nd=4):
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def fmt_gap(x):
+    """A signed gap, or "–" where a model was not run."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"
+
+
 def mean(vals):
     v = [x for x in vals if x is not None and not math.isnan(x)]
     return sum(v) / len(v) if v else math.nan
@@ -397,15 +404,16 @@ def seed_summary(names, seed_dirs):
         shown = [vals["central"], vals["best-c"], vals["fed-early"], vals["fed-joint"],
                  vals["fed-late"], vals["fed-ehr"], vals["oracle"], vals["ach"]]
         L.append(f"| {seed} | {fmt(a)} | " + " | ".join(fmt(v) for v in shown) + " | "
-                 + " | ".join(f"{g:+.4f}" for g in gaps) + " |")
+                 + " | ".join(fmt_gap(g) for g in gaps) + " |")
     n = len(gaps_all)
     means = [mean([g[i] for g in gaps_all]) for i in range(8)]
     L.append("| mean | | " + " | ".join("" for _ in range(len(cols) + 2)) + " | "
-             + " | ".join(f"{m:+.4f}" for m in means) + " |")
+             + " | ".join(fmt_gap(m) for m in means) + " |")
     ok = [lambda g: g >= -0.01, lambda g: g > 0, lambda g: g > 0, lambda g: g > 0,
           lambda g: g > 0, lambda g: g > 0, lambda g: g >= -0.03, lambda g: g >= -0.03]
     L.append("| target met on | | " + " | ".join("" for _ in range(len(cols) + 2)) + " | "
-             + " | ".join(f"{sum(1 for g in gaps_all if ok[i](g[i]))} of {n}" for i in range(8))
+             + " | ".join("not run" if all(math.isnan(g[i]) for g in gaps_all) else
+                          f"{sum(1 for g in gaps_all if ok[i](g[i]))} of {n}" for i in range(8))
              + " |")
     return L
 
@@ -466,8 +474,10 @@ def main():
              f"`moeh run`; "
              f"the centralised and local-only models keep their epoch with the best mean "
              f"validation AUROC on their own validation split (`--select best`, early "
-             f"stopping), the federated models report their last round (the coordinator has "
-             f"no validation split)."
+             f"stopping); the federated models report the round the coordinator selected on "
+             f"the sites' validation splits (best mean validation AUROC, `moeh run "
+             f"--select-by auroc`; the model file it wrote), or their last round in a run "
+             f"without validation (`--no-validate`)."
              + ("" if math.isnan(args.seconds) else
                 f" Pipeline wall time {fmt(args.seconds / 60, 1)} min on this 2-core machine.")
              + "\n")
@@ -510,7 +520,8 @@ def main():
             continue
         ev = metrics[d]["eval"]
         used = (f"epoch {ev['epoch']} of {ev['round']}" if "epoch" in ev
-                else f"round {ev['round']}")
+                else f"round {ev['round']}"
+                + (" (selected)" if metrics[d].get("selected") else ""))
         L.append(f"| {label} | " + " | ".join(fmt(a[t]) for t in TASKS + ["mean"])
                  + f" | {used} |")
     L.append("| (e) oracle (true risk) | " + " | ".join(fmt(orc[t]) for t in TASKS + ["mean"])

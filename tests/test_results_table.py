@@ -87,6 +87,17 @@ def strict_metrics():
         check(m is not None and m["round"] == 2 and m["eval"]["auroc_mean"] == 0.8 and
               len(m["evals"]) == 2 and set(m["task"]) == set(rt.TASKS),
               "a well-formed file reads: round 2 is the final evaluation")
+        sel1 = good[:6] + [eval_line(2, 0.6), *task_lines(2), eval_line(3, 0.65), *task_lines(3),
+                           '{"event":"selection","selected_round":1,"selected_by":"val_auroc_mean"}']
+        m = rt.read_metrics(run(sel1))
+        check(m is not None and m["round"] == 1 and m["selected"] and
+              m["eval"]["auroc_mean"] == 0.7 and m["gate"] is not None and
+              len(m["evals"]) == 3,
+              "a run that selected round 1 of 3 reports round 1 (the model it wrote), not the "
+              "last round")
+        m = rt.read_metrics(run(good[:6] + [eval_line(2, 0.6), *task_lines(2)]))
+        check(m is not None and m["round"] == 2 and not m["selected"],
+              "without a selection line the last round is the result (--no-validate)")
         forged = ('{"event":"eval","round":99,"sites":4,"train_loss":0,"test_loss":0,'
                   '"auroc_mean":0.999,"seconds":0,"auroc_mortality":0.999,'
                   '"auroc_los7":0.999,"auroc_readmit30":0.999}')

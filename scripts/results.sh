@@ -75,6 +75,7 @@ repro="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA"
 [[ $ABLATIONS != 1 ]] || repro+=" ABLATIONS=1"
 [[ ${PREDICT:-0} != 1 ]] || repro+=" PREDICT=1"
 [[ -z $GATE_OPTS ]] || repro+=" GATE_OPTS=\"$GATE_OPTS\""
+[[ -z $FEDS ]] || repro+=" FEDS=\"$FEDS\""
 
 # several seeds: one pipeline per seed in OUT/seed-N, then one report (tables of the first
 # seed, a table of every seed with the mean and spread of the gaps)

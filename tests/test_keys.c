@@ -679,6 +679,66 @@ static void test_zap_requests(void **state)
     keys4_free(&k);
 }
 
+/* The handshake budget per key (MOEH_ZAP_HS_BURST at once, MOEH_ZAP_HS_PER_S a second): a
+ * burst of requests for one key is admitted up to the budget, the rest are told to try later
+ * (500, not 400: the agent reads 400 as "key not registered"); another key has its own
+ * budget; after a second the key gets about one more. */
+static void test_zap_handshake_budget(void **state)
+{
+    (void)state;
+    keys4_t k;
+    keys4_make(&k);
+    char text[512];
+    snprintf(text, sizeof text, "[sites]\nsite-one = %s\nsite-two = %s\n", k.kp[1]->public_z85,
+             k.kp[2]->public_z85);
+    moeh_registry_t reg;
+    moeh_err_t err = {{0}};
+    assert_int_equal(moeh_registry_parse(text, "budget", &reg, &err), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    moeh_zap_t *zap = NULL;
+    assert_int_equal(moeh_zap_start(ctx, &reg, &zap), 0);
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(d);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_connect(d, "inproc://zeromq.zap.01"), 0);
+    char status[128], msg[128], user[128], id[16];
+    const void *one[1] = {k.raw[1]}, *two[1] = {k.raw[2]};
+    const size_t cl[1] = {32};
+    int ok = 0, later = 0;
+    for (int i = 0; i < MOEH_ZAP_HS_BURST + 8; i++) { /* well within a second */
+        snprintf(id, sizeof id, "b%d", i);
+        zap_request(d, id, "CURVE", one, cl, 1);
+        zap_reply(d, id, status, msg, user);
+        if (strcmp(status, "200") == 0) {
+            ok++;
+            assert_string_equal(user, "site-one");
+        } else {
+            later++;
+            assert_string_equal(status, "500");
+            assert_non_null(strstr(msg, "try later"));
+            assert_string_equal(user, "");
+        }
+    }
+    assert_true(ok >= MOEH_ZAP_HS_BURST && ok <= MOEH_ZAP_HS_BURST + 1); /* (+1: a refill) */
+    assert_int_equal(later, MOEH_ZAP_HS_BURST + 8 - ok);
+    assert_int_equal((int)moeh_zap_deferred(zap), later);
+    assert_int_equal(moeh_zap_refused(zap), 0);   /* deferred, not refused */
+    zap_request(d, "other", "CURVE", two, cl, 1); /* its own budget */
+    zap_reply(d, "other", status, msg, user);
+    assert_string_equal(status, "200");
+    assert_string_equal(user, "site-two");
+    usleep(1200000); /* MOEH_ZAP_HS_PER_S = 1: one more handshake */
+    zap_request(d, "again", "CURVE", one, cl, 1);
+    zap_reply(d, "again", status, msg, user);
+    assert_string_equal(status, "200");
+    assert_int_equal(zmq_close(d), 0);
+    moeh_zap_destroy(&zap);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    keys4_free(&k);
+}
+
 MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test_setup_teardown(test_keypair_files, setup, teardown),
                cmocka_unit_test_setup_teardown(test_keyfile_errors, setup, teardown),
                cmocka_unit_test_setup_teardown(test_keyfile_first_error_wins, setup, teardown),
@@ -688,4 +748,5 @@ MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test_setup_teardown(test_keypair_files, s
                cmocka_unit_test_setup_teardown(test_registry_first_error_wins, setup, teardown),
                cmocka_unit_test_setup_teardown(test_zap_admission, setup, teardown),
                cmocka_unit_test_setup_teardown(test_zap_requests, setup, teardown),
-               cmocka_unit_test_setup_teardown(test_zap_limits, setup, teardown))
+               cmocka_unit_test_setup_teardown(test_zap_limits, setup, teardown),
+               cmocka_unit_test_setup_teardown(test_zap_handshake_budget, setup, teardown))

@@ -33,7 +33,10 @@
 #        top-1, top-2; the dense gate is the main run), FED_ONLY=1 (federations only: no
 #        centralised (b) and local-only (c) models), FEDS="fed-moe fed-early ..." (run only
 #        these federations; a queue can run them in its own order), PREDICT=1 (then score every
-#        federated model per admission: scripts/fed_predict.py, for the issue-15 tables).
+#        federated model per admission: scripts/fed_predict.py, for the issue-15 tables),
+#        CENTRAL=1 (also the paper's centralised comparison: MoE-Health, early, joint and late
+#        fusion and MoE-Health without warm-up, each trained with moeh train on the pooled
+#        site datasets, directories cen-*; with PREDICT=1 their section of the tables).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,6 +77,7 @@ repro="ADMISSIONS=$ADMISSIONS ROUNDS=$ROUNDS ALPHA=$ALPHA"
 [[ $FED_ONLY != 1 ]] || repro+=" FED_ONLY=1"
 [[ $ABLATIONS != 1 ]] || repro+=" ABLATIONS=1"
 [[ ${PREDICT:-0} != 1 ]] || repro+=" PREDICT=1"
+[[ ${CENTRAL:-0} != 1 ]] || repro+=" CENTRAL=1"
 [[ -z $GATE_OPTS ]] || repro+=" GATE_OPTS=\"$GATE_OPTS\""
 [[ -z $FEDS ]] || repro+=" FEDS=\"$FEDS\""
 
@@ -179,6 +183,33 @@ if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15
     fed abl-no-lb 0 $GATE_OPTS --lambda-lb 0
     fed abl-top1 0 $GATE_OPTS --top-k 1
     fed abl-top2 0 $GATE_OPTS --top-k 2
+fi
+
+# the paper's centralised comparison (issue 15): MoE-Health, the three fusion baselines and the
+# no-warm-up ablation trained on the pooled site datasets with moeh train (each keeps its epoch
+# with the best validation AUROC); PREDICT=1 scores their model files like the federations'
+cen() { # cen NAME ARCH WARMUP_EPOCHS [more moeh train options]
+    local name=$1 arch=$2 w=$3
+    shift 3
+    if [[ -f $OUT/$name/done ]]; then return; fi
+    if [[ -n $FEDS && " $FEDS " != *" $name "* ]]; then return; fi
+    rm -rf "${OUT:?}/$name"
+    OPENBLAS_NUM_THREADS=1 nice -n 10 "$SIM" train --dataset "$pooled" --epochs "$ROUNDS" \
+        --warmup-epochs "$w" --lr "$LR" --batch-size "$BATCH" --seed "$SEED" --no-verify \
+        "${model[@]}" --arch "$arch" "$@" --out "$OUT/$name" >"$OUT/logs/$name.log" 2>&1
+    touch "$OUT/$name/done"
+}
+if [[ ${CENTRAL:-0} == 1 ]]; then
+    log "centralised MoE-Health, fusion baselines and no-warm-up ablation (two at a time)"
+    jobs_=()
+    for spec in "cen-moe 0 $WARMUP $GATE_OPTS" "cen-early 6 $WARMUP" "cen-joint 4 $WARMUP" \
+        "cen-late 5 $WARMUP" "cen-no-warmup 0 0 $GATE_OPTS"; do
+        if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
+        # shellcheck disable=SC2086 # spec: NAME ARCH WARMUP [options], words on purpose
+        cen $spec &
+        jobs_+=($!)
+    done
+    for j in "${jobs_[@]}"; do wait "$j"; done
 fi
 
 if [[ ${PREDICT:-0} == 1 ]]; then

@@ -8,6 +8,8 @@
   the pooled test admissions (scripts/paired_bootstrap.py, the same resampled rows for both);
 - the ablations: each one's AUROC and MoE-Health minus it with its CI, per seed;
 - robustness: AUROC with notes and/or X-ray removed from p% of the test rows.
+- with results.sh CENTRAL=1, the paper's centralised setting: MoE-Health, the fusion baselines
+  and the no-warm-up ablation trained on the pooled datasets, with the same CIs.
 
 Used by scripts/results_table.py (section "The paper's experiments"); run alone it prints the
 section: results_fed.py SEED_DIR [SEED_DIR...] [--resamples 1000]. Every CSV row is checked
@@ -38,6 +40,11 @@ DROP_MODS = [("notes", "notes removed"), ("img", "X-ray removed"),
              ("notes+img", "notes and X-ray removed")]
 DROP_PCTS = [0, 25, 50, 75, 100]
 ROBUST = ["fed-moe", "fed-early", "fed-joint", "fed-late"]
+# the paper's centralised comparison (results.sh CENTRAL=1: moeh train on the pooled datasets)
+CENTRAL = [("cen-moe", "MoE-Health"), ("cen-early", "early fusion"),
+           ("cen-joint", "joint fusion"), ("cen-late", "late fusion"),
+           ("cen-no-warmup", "MoE-Health without the specialisation warm-up")]
+CEN_FUSION = ["cen-early", "cen-joint", "cen-late"]
 
 
 def fail(msg):
@@ -184,7 +191,7 @@ def load_seed(d):
     """{model: predictions} of one seed directory (only the models with an all.csv)."""
     res = {}
     base = os.path.join(d, "preds")
-    for name, *_ in MAIN + ABLATIONS:
+    for name, *_ in MAIN + ABLATIONS + CENTRAL:
         p = os.path.join(base, name, "all.csv")
         if os.path.exists(p):
             res[name] = read_preds(p)
@@ -285,6 +292,8 @@ def report(seed_dirs, resamples=1000, figure=None):
                  f" | " + " | ".join(cells) + " |")
     L.append("")
     L.extend(robustness(per_seed, figure))
+    cen = central(per_seed, resamples)
+    L.extend(cen["lines"])
     L.append("### Claims\n")
     fus = claims["fusion"]
 
@@ -298,6 +307,14 @@ def report(seed_dirs, resamples=1000, figure=None):
              f"seed: **{met([v for _, v in nw], n_seeds)}** "
              f"(MoE − ablation per seed: "
              f"{', '.join(f'{x:+.4f} {v}' for x, v in nw) or 'not run'}).")
+    if cen["fusion"]:
+        L.append(f"- Centralised: MoE-Health above the best centralised fusion baseline with the "
+                 f"CI above 0 on every seed: **{met(cen['fusion'], n_seeds)}** (per seed: "
+                 f"{', '.join(cen['fusion'])}).")
+    if cen["warmup"]:
+        L.append(f"- Centralised: the no-warm-up ablation below MoE-Health, CI above 0 on every "
+                 f"seed: **{met([v for _, v in cen['warmup']], n_seeds)}** (MoE − ablation per "
+                 f"seed: {', '.join(f'{x:+.4f} {v}' for x, v in cen['warmup'])}).")
     for m, label, _ in ABLATIONS[1:]:
         c = claims["abl"].get(m, [])
         if c:
@@ -305,6 +322,60 @@ def report(seed_dirs, resamples=1000, figure=None):
                      f"{', '.join(f'{x:+.4f} ({v})' for x, v in c)}.")
     L.append("")
     return L
+
+
+def central(per_seed, resamples):
+    """The centralised section (the paper's setting) when results.sh CENTRAL=1 ran: the models'
+    AUROC and F1, centralised MoE-Health minus the best centralised fusion baseline and minus
+    its no-warm-up ablation, each with its paired CI per seed. {"lines", "fusion": [verdict],
+    "warmup": [(difference, verdict)]}; no lines if no cen-* model was scored."""
+    out = {"lines": [], "fusion": [], "warmup": []}
+    if not any(m in x[4] for x in per_seed for m, _ in CENTRAL):
+        return out
+    L = out["lines"]
+    L.append("### Centralised (the paper's setting)\n")
+    L.append("Each model trained with `moeh train` on the pooled site datasets (the same rows, "
+             "modalities and splits as the federation; the epoch with the best validation "
+             "AUROC), scored like the federated ones on the pooled test set.\n")
+    L.append("| model | AUROC mortality | AUROC LOS > 7 d | AUROC readmission | AUROC mean | "
+             "F1 mortality | F1 LOS > 7 d | F1 readmission | F1 mean |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for m, label in CENTRAL:
+        vals = [x[4].get(m) for x in per_seed]
+        if all(v is None for v in vals):
+            L.append(f"| {label} | not run | | | | | | | |")
+            continue
+        cells = [msd([v[k] for v in vals if v]) for k in
+                 TASKS + ["mean"] + ["f1_" + t for t in TASKS] + ["f1_mean"]]
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("Centralised MoE-Health minus the best centralised fusion baseline of each seed, and "
+             "minus its no-warm-up ablation (mean over tasks, paired 95% CI):\n")
+    L.append("| seed | best fusion | MoE − best fusion [CI] | MoE − no warm-up [CI] |")
+    L.append("|---|---|---|---|")
+    for seed, d, preds, tests, scores in per_seed:
+        sd = int(seed) if seed.isdigit() else 1
+        if "cen-moe" not in tests:
+            L.append(f"| {seed} | not run | | |")
+            continue
+        cands = [m for m in CEN_FUSION if m in scores]
+        cell_f = cell_w = "not run"
+        best_label = "not run"
+        if cands:
+            best = max(cands, key=lambda m: scores[m]["mean"])
+            best_label = dict(CENTRAL)[best]
+            r = ci(tests["cen-moe"], tests[best], resamples, sd)
+            v = verdict(r["mean"][3], r["mean"][4])
+            out["fusion"].append(v)
+            cell_f = f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}"
+        if "cen-no-warmup" in tests:
+            r = ci(tests["cen-moe"], tests["cen-no-warmup"], resamples, sd)
+            v = verdict(r["mean"][3], r["mean"][4])
+            out["warmup"].append((r["mean"][2], v))
+            cell_w = f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}"
+        L.append(f"| {seed} | {best_label} | {cell_f} | {cell_w} |")
+    L.append("")
+    return out
 
 
 def robustness(per_seed, figure):

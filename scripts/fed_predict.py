@@ -86,7 +86,9 @@ def main(argv=None):
     ap.add_argument("seed_dirs", nargs="+", metavar="SEED_DIR")
     ap.add_argument("--moeh", required=True, help="the moeh binary")
     ap.add_argument("--jobs", type=int, default=2, help="moeh predict processes at a time")
-    ap.add_argument("--robust", default="fed-moe,fed-early,fed-joint,fed-late",
+    ap.add_argument("--robust",
+                    default="fed-moe,fed-early,fed-joint,fed-late,cen-moe,cen-early,cen-joint,"
+                            "cen-late",
                     help="models scored with modalities removed (comma-separated)")
     ap.add_argument("--drop-seed", type=int, help="seed of the removed rows")
     ap.add_argument("--pcts", default="25,50,75,100",

@@ -35,7 +35,7 @@
 #        these federations; a queue can run them in its own order), PREDICT=1 (then score every
 #        federated model per admission: scripts/fed_predict.py, for the issue-15 tables),
 #        CENTRAL=1 (also the paper's centralised comparison: MoE-Health, early, joint and late
-#        fusion and MoE-Health without warm-up, each trained with moeh train on the pooled
+#        fusion and the six MoE-Health ablations, each trained with moeh train on the pooled
 #        site datasets, directories cen-*; with PREDICT=1 their section of the tables).
 set -euo pipefail
 
@@ -186,8 +186,8 @@ if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15
 fi
 
 # the paper's centralised comparison (issue 15): MoE-Health, the three fusion baselines and the
-# no-warm-up ablation trained on the pooled site datasets with moeh train (each keeps its epoch
-# with the best validation AUROC); PREDICT=1 scores their model files like the federations'
+# six ablations trained on the pooled site datasets with moeh train (each keeps its epoch with
+# the best validation AUROC); PREDICT=1 scores their model files like the federations'
 cen() { # cen NAME ARCH WARMUP_EPOCHS [more moeh train options]
     local name=$1 arch=$2 w=$3
     shift 3
@@ -200,10 +200,14 @@ cen() { # cen NAME ARCH WARMUP_EPOCHS [more moeh train options]
     touch "$OUT/$name/done"
 }
 if [[ ${CENTRAL:-0} == 1 ]]; then
-    log "centralised MoE-Health, fusion baselines and no-warm-up ablation (two at a time)"
+    log "centralised MoE-Health, fusion baselines and ablations (two at a time)"
     jobs_=()
     for spec in "cen-moe 0 $WARMUP $GATE_OPTS" "cen-early 6 $WARMUP" "cen-joint 4 $WARMUP" \
-        "cen-late 5 $WARMUP" "cen-no-warmup 0 0 $GATE_OPTS"; do
+        "cen-late 5 $WARMUP" "cen-no-warmup 0 0 $GATE_OPTS" \
+        "cen-missing-zero 0 $WARMUP $GATE_OPTS --missing-zero 1" \
+        "cen-gate-no-avail 0 $WARMUP $GATE_OPTS --gate-no-avail 1" \
+        "cen-no-lb 0 $WARMUP $GATE_OPTS --lambda-lb 0" "cen-top1 0 $WARMUP $GATE_OPTS --top-k 1" \
+        "cen-top2 0 $WARMUP $GATE_OPTS --top-k 2"; do
         if (( ${#jobs_[@]} >= 2 )); then wait "${jobs_[0]}"; jobs_=("${jobs_[@]:1}"); fi
         # shellcheck disable=SC2086 # spec: NAME ARCH WARMUP [options], words on purpose
         cen $spec &

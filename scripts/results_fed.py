@@ -9,7 +9,7 @@
 - the ablations: each one's AUROC and MoE-Health minus it with its CI, per seed;
 - robustness: AUROC with notes and/or X-ray removed from p% of the test rows.
 - with results.sh CENTRAL=1, the paper's centralised setting: MoE-Health, the fusion baselines
-  and the no-warm-up ablation trained on the pooled datasets, with the same CIs.
+  and the six ablations trained on the pooled datasets, with the same CIs and robustness.
 
 Used by scripts/results_table.py (section "The paper's experiments"); run alone it prints the
 section: results_fed.py SEED_DIR [SEED_DIR...] [--resamples 1000]. Every CSV row is checked
@@ -42,8 +42,16 @@ DROP_PCTS = [0, 25, 50, 75, 100]
 ROBUST = ["fed-moe", "fed-early", "fed-joint", "fed-late"]
 # the paper's centralised comparison (results.sh CENTRAL=1: moeh train on the pooled datasets)
 CENTRAL = [("cen-moe", "MoE-Health"), ("cen-early", "early fusion"),
-           ("cen-joint", "joint fusion"), ("cen-late", "late fusion"),
-           ("cen-no-warmup", "MoE-Health without the specialisation warm-up")]
+           ("cen-joint", "joint fusion"), ("cen-late", "late fusion")]
+CEN_ABLATIONS = [("cen-no-warmup", "without the specialisation warm-up", "--warmup-epochs 0"),
+                 ("cen-missing-zero", "missingness embeddings replaced by zeros",
+                  "--missing-zero 1"),
+                 ("cen-gate-no-avail", "gate without the availability input",
+                  "--gate-no-avail 1"),
+                 ("cen-no-lb", "without load balancing", "--lambda-lb 0"),
+                 ("cen-top1", "top-1 gate", "--top-k 1"),
+                 ("cen-top2", "top-2 gate", "--top-k 2")]
+CEN_ROBUST = ["cen-moe", "cen-early", "cen-joint", "cen-late"]
 CEN_FUSION = ["cen-early", "cen-joint", "cen-late"]
 
 
@@ -191,7 +199,7 @@ def load_seed(d):
     """{model: predictions} of one seed directory (only the models with an all.csv)."""
     res = {}
     base = os.path.join(d, "preds")
-    for name, *_ in MAIN + ABLATIONS + CENTRAL:
+    for name, *_ in MAIN + ABLATIONS + CENTRAL + CEN_ABLATIONS:
         p = os.path.join(base, name, "all.csv")
         if os.path.exists(p):
             res[name] = read_preds(p)
@@ -327,8 +335,9 @@ def report(seed_dirs, resamples=1000, figure=None):
 def central(per_seed, resamples):
     """The centralised section (the paper's setting) when results.sh CENTRAL=1 ran: the models'
     AUROC and F1, centralised MoE-Health minus the best centralised fusion baseline and minus
-    its no-warm-up ablation, each with its paired CI per seed. {"lines", "fusion": [verdict],
-    "warmup": [(difference, verdict)]}; no lines if no cen-* model was scored."""
+    each centralised ablation with its paired CI per seed, and the robustness tables.
+    {"lines", "fusion": [verdict], "warmup": [(difference, verdict)]}; no lines if no cen-*
+    model was scored."""
     out = {"lines": [], "fusion": [], "warmup": []}
     if not any(m in x[4] for x in per_seed for m, _ in CENTRAL):
         return out
@@ -349,37 +358,57 @@ def central(per_seed, resamples):
                  TASKS + ["mean"] + ["f1_" + t for t in TASKS] + ["f1_mean"]]
         L.append(f"| {label} | " + " | ".join(cells) + " |")
     L.append("")
-    L.append("Centralised MoE-Health minus the best centralised fusion baseline of each seed, and "
-             "minus its no-warm-up ablation (mean over tasks, paired 95% CI):\n")
-    L.append("| seed | best fusion | MoE − best fusion [CI] | MoE − no warm-up [CI] |")
-    L.append("|---|---|---|---|")
+    L.append("Centralised MoE-Health minus the best centralised fusion baseline of each seed "
+             "(paired 95% CI):\n")
+    L.append("| seed | best fusion | mortality | LOS > 7 d | readmission | mean over tasks | "
+             "verdict (mean) |")
+    L.append("|---|---|---|---|---|---|---|")
     for seed, d, preds, tests, scores in per_seed:
-        sd = int(seed) if seed.isdigit() else 1
-        if "cen-moe" not in tests:
-            L.append(f"| {seed} | not run | | |")
-            continue
         cands = [m for m in CEN_FUSION if m in scores]
-        cell_f = cell_w = "not run"
-        best_label = "not run"
-        if cands:
-            best = max(cands, key=lambda m: scores[m]["mean"])
-            best_label = dict(CENTRAL)[best]
-            r = ci(tests["cen-moe"], tests[best], resamples, sd)
-            v = verdict(r["mean"][3], r["mean"][4])
-            out["fusion"].append(v)
-            cell_f = f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}"
-        if "cen-no-warmup" in tests:
-            r = ci(tests["cen-moe"], tests["cen-no-warmup"], resamples, sd)
-            v = verdict(r["mean"][3], r["mean"][4])
-            out["warmup"].append((r["mean"][2], v))
-            cell_w = f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}"
-        L.append(f"| {seed} | {best_label} | {cell_f} | {cell_w} |")
+        if "cen-moe" not in tests or not cands:
+            L.append(f"| {seed} | not run | | | | | |")
+            continue
+        best = max(cands, key=lambda m: scores[m]["mean"])
+        r = ci(tests["cen-moe"], tests[best], resamples, int(seed) if seed.isdigit() else 1)
+        v = verdict(r["mean"][3], r["mean"][4])
+        out["fusion"].append(v)
+        cells = [f"{r[k][2]:+.4f} [{r[k][3]:+.4f}, {r[k][4]:+.4f}]" for k in TASKS + ["mean"]]
+        L.append(f"| {seed} | {dict(CENTRAL)[best]} | " + " | ".join(cells) + f" | {v} |")
     L.append("")
+    n_seeds = len(per_seed)
+    L.append("Centralised ablations: AUROC mean over tasks (mean ± sd over seeds), and per seed "
+             "centralised MoE-Health minus the ablation with its paired 95% CI.\n")
+    L.append("| ablation | option | AUROC mean | " +
+             " | ".join(f"seed {s}: MoE − ablation [CI]" for s, *_ in per_seed) + " |")
+    L.append("|---|---|---|" + "---|" * n_seeds)
+    for m, label, opt in CEN_ABLATIONS:
+        if all(m not in x[4] or "cen-moe" not in x[3] for x in per_seed):
+            L.append(f"| {label} | `{opt}` | not run |" + " |" * n_seeds)
+            continue
+        cells = []
+        for seed, d, preds, tests, scores in per_seed:
+            if m not in tests or "cen-moe" not in tests:
+                cells.append("not run")
+                continue
+            r = ci(tests["cen-moe"], tests[m], resamples, int(seed) if seed.isdigit() else 1)
+            v = verdict(r["mean"][3], r["mean"][4])
+            if m == "cen-no-warmup":
+                out["warmup"].append((r["mean"][2], v))
+            cells.append(f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}")
+        L.append(f"| {label} | `{opt}` | {msd([x[4][m]['mean'] for x in per_seed if m in x[4]])}"
+                 f" | " + " | ".join(cells) + " |")
+    L.append("")
+    if any(m in x[4] for x in per_seed for m in CEN_ROBUST):
+        L.extend(robustness(per_seed, None, CEN_ROBUST, dict(CENTRAL),
+                            "### Centralised robustness: modalities removed at test time\n"))
     return out
 
 
-def robustness(per_seed, figure):
-    L = ["### Robustness: modalities removed at test time\n",
+def robustness(per_seed, figure, models=None, labels=None,
+               title="### Robustness: modalities removed at test time\n"):
+    models = ROBUST if models is None else models
+    labels = dict(MAIN) if labels is None else labels
+    L = [title,
          "Mean AUROC over tasks on the pooled test rows (mean over seeds) when notes, the "
          "X-ray or both are removed from p% of the test rows (`moeh predict --drop MODS:p "
          "--drop-seed SEED`: the modality marked absent, its note emptied, its image zeroed; "
@@ -389,12 +418,14 @@ def robustness(per_seed, figure):
     # the percentages scored (fed_predict.py --pcts): those with a file for some model and seed
     pcts = [0] + [p for p in DROP_PCTS[1:] if any(
         os.path.exists(os.path.join(d, "preds", m, f"{mods}-{p}.csv"))
-        for _, d, *_ in per_seed for m in ROBUST for mods, _ in DROP_MODS)]
+        for _, d, *_ in per_seed for m in models for mods, _ in DROP_MODS)]
     for mods, what in DROP_MODS:
         L.append(f"{what}:\n")
         L.append("| model | " + " | ".join(f"p = {p}%" for p in pcts) + " | last − first |")
         L.append("|---|" + "---|" * (len(pcts) + 1))
-        for m in ROBUST:
+        for m in models:
+            if all(m not in x[3] for x in per_seed):
+                continue
             row = []
             for p in pcts:
                 vals = []
@@ -412,7 +443,7 @@ def robustness(per_seed, figure):
                 row.append(sum(vals) / len(vals) if len(vals) == len(per_seed) else math.nan)
             curves[mods, m] = row
             drop = row[-1] - row[0]
-            L.append(f"| {dict(MAIN)[m]} | " + " | ".join("–" if math.isnan(v) else f"{v:.4f}"
+            L.append(f"| {labels[m]} | " + " | ".join("–" if math.isnan(v) else f"{v:.4f}"
                                                           for v in row)
                      + f" | {'–' if math.isnan(drop) else f'{drop:+.4f}'} |")
         L.append("")
@@ -423,8 +454,9 @@ def robustness(per_seed, figure):
             import matplotlib.pyplot as plt
             fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
             for ax, (mods, what) in zip(axes, DROP_MODS):
-                for m in ROBUST:
-                    ax.plot(pcts, curves[mods, m], marker="o", label=dict(MAIN)[m])
+                for m in models:
+                    if (mods, m) in curves:
+                        ax.plot(pcts, curves[mods, m], marker="o", label=labels[m])
                 ax.set_title(what)
                 ax.set_xlabel("test rows affected (%)")
             axes[0].set_ylabel("mean AUROC over tasks")

@@ -96,11 +96,14 @@ if (( ${#seed_list[@]} > 1 )); then
     names=()
     IFS=',' read -ra spec <<<"$SITES"
     for s in "${spec[@]}"; do names+=("${s%%:*}"); done
+    fig_args=() # the robustness curves beside the report (PREDICT=1)
+    [[ ${PREDICT:-0} != 1 || $RESULTS == - ]] || fig_args=(--figure "${RESULTS%.md}-robustness.svg")
     python3 "$here/scripts/results_table.py" --out-dir "$OUT/seed-${seed_list[0]}" \
         --sites "$(IFS=','; echo "${names[*]}")" "${dirs[@]}" \
         --command "$repro SEEDS=\"$SEEDS\" scripts/results.sh" \
         --admissions "$ADMISSIONS" --rounds "$ROUNDS" --warmup "$WARMUP" --alpha "$ALPHA" --site-spec "$SITES" \
-        --seconds "$(( $(date +%s) - t_all ))" --profile "$PROFILE" --output "$RESULTS"
+        --seconds "$(( $(date +%s) - t_all ))" --profile "$PROFILE" --output "$RESULTS" \
+        ${fig_args[@]+"${fig_args[@]}"}
     exit 0
 fi
 

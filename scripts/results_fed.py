@@ -300,7 +300,7 @@ def report(seed_dirs, resamples=1000, figure=None):
                  f" | " + " | ".join(cells) + " |")
     L.append("")
     L.extend(robustness(per_seed, figure))
-    cen = central(per_seed, resamples)
+    cen = central(per_seed, resamples, figure)
     L.extend(cen["lines"])
     L.append("### Claims\n")
     fus = claims["fusion"]
@@ -332,7 +332,7 @@ def report(seed_dirs, resamples=1000, figure=None):
     return L
 
 
-def central(per_seed, resamples):
+def central(per_seed, resamples, figure=None):
     """The centralised section (the paper's setting) when results.sh CENTRAL=1 ran: the models'
     AUROC and F1, centralised MoE-Health minus the best centralised fusion baseline and minus
     each centralised ablation with its paired CI per seed, and the robustness tables.
@@ -399,9 +399,72 @@ def central(per_seed, resamples):
                  f" | " + " | ".join(cells) + " |")
     L.append("")
     if any(m in x[4] for x in per_seed for m in CEN_ROBUST):
-        L.extend(robustness(per_seed, None, CEN_ROBUST, dict(CENTRAL),
+        fig = figure[:-len(".svg")] + "-centralised.svg" if figure else None
+        L.extend(robustness(per_seed, fig, CEN_ROBUST, dict(CENTRAL),
                             "### Centralised robustness: modalities removed at test time\n"))
     return out
+
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+
+
+def write_svg(path, pcts, curves, models, labels):
+    """The robustness curves as an SVG of three panels (notes, X-ray, both removed): mean AUROC
+    over tasks against p, one line per model. Standard library only; written atomically."""
+    pw, ph, ml, mt, mb = 300, 220, 56, 30, 44  # panel size, left/top/bottom margins
+    vals = [v for k, row in curves.items() for v in row if not math.isnan(v)]
+    if not vals or len(pcts) < 2:
+        return
+    lo, hi = min(vals), max(vals)
+    pad = max(0.005, (hi - lo) * 0.1)
+    lo, hi = lo - pad, hi + pad
+    width, height = 3 * pw + ml + 160, ph + mt + mb
+
+    def x(i, p):
+        return ml + i * pw + 10 + (pw - 30) * p / 100
+
+    def y(v):
+        return mt + (ph - 10) * (hi - v) / (hi - lo)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    for i, (mods, what) in enumerate(DROP_MODS):
+        x0, x1 = x(i, 0), x(i, 100)
+        out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{mt - 10}" text-anchor="middle" '
+                   f'font-size="12">{html_escape(what)}</text>')
+        out.append(f'<rect x="{x0 - 8:.1f}" y="{mt}" width="{x1 - x0 + 16:.1f}" '
+                   f'height="{ph - 10}" fill="none" stroke="#999"/>')
+        for p in pcts:
+            out.append(f'<text x="{x(i, p):.1f}" y="{mt + ph + 6}" text-anchor="middle">'
+                       f'{p}</text>')
+        out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{mt + ph + 24}" text-anchor="middle">'
+                   f'test rows affected (%)</text>')
+        for k, m in enumerate(m for m in models if (mods, m) in curves):
+            pts = [(x(i, p), y(v)) for p, v in zip(pcts, curves[mods, m]) if not math.isnan(v)]
+            c = COLOURS[k % len(COLOURS)]
+            out.append('<polyline fill="none" stroke="%s" stroke-width="1.6" points="%s"/>' % (
+                c, " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)))
+            out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{c}"/>' for a, b in pts)
+    for t in range(5):  # the AUROC axis of the first panel
+        v = lo + (hi - lo) * t / 4
+        out.append(f'<text x="{ml - 14}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
+    out.append(f'<text x="12" y="{mt + ph / 2:.1f}" transform="rotate(-90 12 {mt + ph / 2:.1f})" '
+               f'text-anchor="middle">mean AUROC over tasks</text>')
+    for k, m in enumerate(m for m in models if any((mods, m) in curves for mods, _ in DROP_MODS)):
+        yy = mt + 14 + 16 * k
+        c = COLOURS[k % len(COLOURS)]
+        out.append(f'<line x1="{3 * pw + ml + 10}" y1="{yy}" x2="{3 * pw + ml + 30}" y2="{yy}" '
+                   f'stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{3 * pw + ml + 36}" y="{yy + 4}">{html_escape(labels[m])}</text>')
+    out.append("</svg>\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(out))
+    os.replace(tmp, path)
+
+
+def html_escape(t):
+    return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def robustness(per_seed, figure, models=None, labels=None,
@@ -448,24 +511,8 @@ def robustness(per_seed, figure, models=None, labels=None,
                      + f" | {'–' if math.isnan(drop) else f'{drop:+.4f}'} |")
         L.append("")
     if figure:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-            for ax, (mods, what) in zip(axes, DROP_MODS):
-                for m in models:
-                    if (mods, m) in curves:
-                        ax.plot(pcts, curves[mods, m], marker="o", label=labels[m])
-                ax.set_title(what)
-                ax.set_xlabel("test rows affected (%)")
-            axes[0].set_ylabel("mean AUROC over tasks")
-            axes[0].legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(figure, dpi=90)
-            L.append(f"![robustness curves]({os.path.basename(figure)})\n")
-        except ImportError:
-            L.append("(no figure: matplotlib is not installed)\n")
+        write_svg(figure, pcts, curves, models, labels)
+        L.append(f"![{title.strip('# ').strip()}]({os.path.basename(figure)})\n")
     return L
 
 

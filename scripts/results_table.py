@@ -433,14 +433,17 @@ def main():
     ap.add_argument("--seed", help="the seed of --out-dir (issue-15 tables of one seed)")
     ap.add_argument("--resamples", type=int, default=1000,
                     help="paired bootstrap resamples of the issue-15 CIs")
-    ap.add_argument("--figure", help="also draw the robustness curves into this PNG "
-                                     "(needs matplotlib)")
+    ap.add_argument("--figure", help="also draw the robustness curves into this SVG "
+                                     "(FILE.svg; the centralised ones into "
+                                     "FILE-centralised.svg)")
     ap.add_argument("--profile", default="homogeneous",
                     help="the generator profile of the runs (moeh synth --profile), for the text")
     ap.add_argument("--seed-dir", action="append", default=[], metavar="SEED:DIR",
                     help="results.sh work directory of one seed (repeat); adds the table of "
                          "every seed")
     args = ap.parse_args()
+    if args.figure and not args.figure.endswith(".svg"):
+        ap.error(f"--figure {args.figure}: expected a file name ending in .svg")
     out = args.out_dir
     names = [s for s in args.sites.split(",") if s]
 

@@ -223,6 +223,13 @@ def fed_tables():
               "robustness row: p = 0 from all.csv, p = 50 from notes-50.csv (mean of 15/16, 15/16, "
               "11/12); p = 25 never scored: no column")
         check("### Centralised" not in L, "no centralised section without cen-* models")
+        fig = os.path.join(d, "rob.svg")
+        L = "\n".join(rf.report([("1", sd)], resamples=200, figure=fig))
+        import xml.etree.ElementTree as ET
+        svg = ET.parse(fig).getroot() if os.path.exists(fig) else None
+        lines = [e for e in svg.iter() if e.tag.endswith("polyline")] if svg is not None else []
+        check(len(lines) >= 1 and "![Robustness: modalities removed at test time](rob.svg)" in L,
+              f"the robustness SVG is well-formed XML with its curves ({len(lines)}) and linked")
         # the paper's centralised comparison (results.sh CENTRAL=1): MoE perfect, early fusion
         # with one swapped pair, late fusion inverted, the no-warm-up ablation swapped
         model(f"{sd}/preds/cen-moe/all.csv", perfect)

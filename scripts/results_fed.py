@@ -411,7 +411,7 @@ COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 def write_svg(path, pcts, curves, models, labels):
     """The robustness curves as an SVG of three panels (notes, X-ray, both removed): mean AUROC
     over tasks against p, one line per model. Standard library only; written atomically."""
-    pw, ph, ml, mt, mb = 300, 220, 56, 30, 44  # panel size, left/top/bottom margins
+    pw, ph, ml, mt, mb = 300, 220, 72, 30, 44  # panel size, left/top/bottom margins
     vals = [v for k, row in curves.items() for v in row if not math.isnan(v)]
     if not vals or len(pcts) < 2:
         return

@@ -35,7 +35,7 @@
 #        these federations; a queue can run them in its own order), PREDICT=1 (then score every
 #        federated model per admission: scripts/fed_predict.py, for the issue-15 tables),
 #        CENTRAL=1 (also the paper's centralised comparison: MoE-Health, early, joint and late
-#        fusion and the six MoE-Health ablations, each trained with moeh train on the pooled
+#        fusion, the unimodal models and the six MoE-Health ablations, each trained with moeh train on the pooled
 #        site datasets, directories cen-*; with PREDICT=1 their section of the tables).
 set -euo pipefail
 
@@ -188,8 +188,8 @@ if [[ $ABLATIONS == 1 ]]; then # MoE-Health without one component each (issue 15
     fed abl-top2 0 $GATE_OPTS --top-k 2
 fi
 
-# the paper's centralised comparison (issue 15): MoE-Health, the three fusion baselines and the
-# six ablations trained on the pooled site datasets with moeh train (each keeps its epoch with
+# the paper's centralised comparison (issue 15): MoE-Health, the three fusion baselines, the
+# three unimodal models and the six ablations trained on the pooled site datasets with moeh train (each keeps its epoch with
 # the best validation AUROC); PREDICT=1 scores their model files like the federations'
 cen() { # cen NAME ARCH WARMUP_EPOCHS [more moeh train options]
     local name=$1 arch=$2 w=$3
@@ -206,7 +206,8 @@ if [[ ${CENTRAL:-0} == 1 ]]; then
     log "centralised MoE-Health, fusion baselines and ablations (two at a time)"
     jobs_=()
     for spec in "cen-moe 0 $WARMUP $GATE_OPTS" "cen-early 6 $WARMUP" "cen-joint 4 $WARMUP" \
-        "cen-late 5 $WARMUP" "cen-no-warmup 0 0 $GATE_OPTS" \
+        "cen-late 5 $WARMUP" "cen-ehr 1 $WARMUP" "cen-notes 2 $WARMUP" "cen-img 3 $WARMUP" \
+        "cen-no-warmup 0 0 $GATE_OPTS" \
         "cen-missing-zero 0 $WARMUP $GATE_OPTS --missing-zero 1" \
         "cen-gate-no-avail 0 $WARMUP $GATE_OPTS --gate-no-avail 1" \
         "cen-no-lb 0 $WARMUP $GATE_OPTS --lambda-lb 0" "cen-top1 0 $WARMUP $GATE_OPTS --top-k 1" \

@@ -8,8 +8,8 @@
   the pooled test admissions (scripts/paired_bootstrap.py, the same resampled rows for both);
 - the ablations: each one's AUROC and MoE-Health minus it with its CI, per seed;
 - robustness: AUROC with notes and/or X-ray removed from p% of the test rows.
-- with results.sh CENTRAL=1, the paper's centralised setting: MoE-Health, the fusion baselines
-  and the six ablations trained on the pooled datasets, with the same CIs and robustness.
+- with results.sh CENTRAL=1, the paper's centralised setting: MoE-Health, the fusion and
+  unimodal baselines and the six ablations trained on the pooled datasets, with the same CIs and robustness.
 
 Used by scripts/results_table.py (section "The paper's experiments"); run alone it prints the
 section: results_fed.py SEED_DIR [SEED_DIR...] [--resamples 1000]. Every CSV row is checked
@@ -42,7 +42,9 @@ DROP_PCTS = [0, 25, 50, 75, 100]
 ROBUST = ["fed-moe", "fed-early", "fed-joint", "fed-late"]
 # the paper's centralised comparison (results.sh CENTRAL=1: moeh train on the pooled datasets)
 CENTRAL = [("cen-moe", "MoE-Health"), ("cen-early", "early fusion"),
-           ("cen-joint", "joint fusion"), ("cen-late", "late fusion")]
+           ("cen-joint", "joint fusion"), ("cen-late", "late fusion"),
+           ("cen-ehr", "unimodal EHR"), ("cen-notes", "unimodal notes"),
+           ("cen-img", "unimodal X-ray")]
 CEN_ABLATIONS = [("cen-no-warmup", "without the specialisation warm-up", "--warmup-epochs 0"),
                  ("cen-missing-zero", "missingness embeddings replaced by zeros",
                   "--missing-zero 1"),

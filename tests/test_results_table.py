@@ -242,6 +242,7 @@ def fed_tables():
         check("| MoE-Health | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in cen,
               "centralised table: MoE-Health's AUROC 1.0")
         check("| joint fusion | not run |" in cen, "centralised: joint fusion not run")
+        check("| unimodal X-ray | not run |" in cen, "centralised: the unimodal rows are listed")
         check("| 1 | early fusion | +0.0625 [" in cen and "| +0.0694 [" in cen,
               "centralised: the best fusion is early fusion (not the inverted late), MoE minus "
               "it +0.0625 on mortality and +0.0694 on the mean (1/16, 1/16 and 1/12)")

@@ -367,10 +367,11 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
     for (size_t i = 0; g->cfg.idle_ms && i < n; i++) {
         conn_t *c = &g->conn[i];
         int64_t since = c->last_msg > c->last_active ? c->last_msg : c->last_active;
+        if (c->shut || now - since <= (int64_t)g->cfg.idle_ms) continue;
         char why[96];
         snprintf(why, sizeof why, "no message for %.1f s%s", (double)(now - since) / 1000.0,
                  c->last_msg ? "" : " since it connected");
-        if (!c->shut && now - since > (int64_t)g->cfg.idle_ms && shut(g, c, now, why)) {
+        if (shut(g, c, now, why)) {
             g->st.shut_idle++;
             n_shut++;
         }

@@ -214,6 +214,81 @@ def ci(a_test, b_test, resamples, seed):
     return r
 
 
+TABLE_HEAD = ["| model | AUROC mortality | AUROC LOS > 7 d | AUROC readmission | AUROC mean | "
+              "F1 mortality | F1 LOS > 7 d | F1 readmission | F1 mean |",
+              "|---|---|---|---|---|---|---|---|---|"]
+
+
+def model_table(per_seed, models):
+    """Rows of a main table: each model's AUROC and F1 per task and mean, mean ± sd over seeds."""
+    L = list(TABLE_HEAD)
+    for m, label in models:
+        vals = [x[4].get(m) for x in per_seed]
+        if all(v is None for v in vals):
+            L.append(f"| {label} | not run | | | | | | | |")
+            continue
+        cells = [msd([v[k] for v in vals if v]) for k in
+                 TASKS + ["mean"] + ["f1_" + t for t in TASKS] + ["f1_mean"]]
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
+def seed_of(seed):
+    return int(seed) if seed.isdigit() else 1
+
+
+def fusion_rows(per_seed, moe, fusion, labels, resamples):
+    """The table of moe minus the best of the fusion models of each seed, with its paired CI
+    per task and over tasks. (lines, [verdict per seed that has both])."""
+    L = ["| seed | best fusion | mortality | LOS > 7 d | readmission | mean over tasks | "
+         "verdict (mean) |", "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for seed, d, preds, tests, scores in per_seed:
+        cands = [m for m in fusion if m in scores]
+        if moe not in tests or not cands:
+            L.append(f"| {seed} | not run | | | | | |")
+            continue
+        best = max(cands, key=lambda m: scores[m]["mean"])
+        r = ci(tests[moe], tests[best], resamples, seed_of(seed))
+        cells = [f"{r[k][2]:+.4f} [{r[k][3]:+.4f}, {r[k][4]:+.4f}]" for k in TASKS + ["mean"]]
+        v = verdict(r["mean"][3], r["mean"][4])
+        verdicts.append(v)
+        L.append(f"| {seed} | {labels[best]} | " + " | ".join(cells) + f" | {v} |")
+    L.append("")
+    return L, verdicts
+
+
+def ablation_rows(per_seed, moe, ablations, resamples):
+    """Rows of an ablation table: each ablation's AUROC mean (mean ± sd over seeds) and, per
+    seed, moe minus it with its paired CI. (lines, {ablation: [(difference, verdict)]})."""
+    L, claims = [], {}
+    n_seeds = len(per_seed)
+    for m, label, opt in ablations:
+        if all(m not in x[4] or moe not in x[3] for x in per_seed):
+            L.append(f"| {label} | `{opt}` | not run |" + " |" * n_seeds)
+            continue
+        cells = []
+        for seed, d, preds, tests, scores in per_seed:
+            if m not in tests or moe not in tests:
+                cells.append("not run")
+                continue
+            r = ci(tests[moe], tests[m], resamples, seed_of(seed))
+            v = verdict(r["mean"][3], r["mean"][4])
+            claims.setdefault(m, []).append((r["mean"][2], v))
+            cells.append(f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}")
+        L.append(f"| {label} | `{opt}` | {msd([x[4][m]['mean'] for x in per_seed if m in x[4]])}"
+                 f" | " + " | ".join(cells) + " |")
+    L.append("")
+    return L, claims
+
+
+def ablation_head(per_seed):
+    return ["| ablation | option | AUROC mean | " +
+            " | ".join(f"seed {s}: MoE − ablation [CI]" for s, *_ in per_seed) + " |",
+            "|---|---|---|" + "---|" * len(per_seed)]
+
+
 def report(seed_dirs, resamples=1000, figure=None):
     """Markdown lines of the section; seed_dirs = [(seed, dir)]."""
     L = []
@@ -240,18 +315,7 @@ def report(seed_dirs, resamples=1000, figure=None):
              f"validation rows of the same model. Mean ± sd over {n_seeds} seed(s) "
              f"({', '.join(s for s, *_ in per_seed)}).\n")
     L.append("### Main table (federated)\n")
-    L.append("| model | AUROC mortality | AUROC LOS > 7 d | AUROC readmission | AUROC mean | "
-             "F1 mortality | F1 LOS > 7 d | F1 readmission | F1 mean |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
-    for m, label in MAIN:
-        vals = [x[4].get(m) for x in per_seed]
-        if all(v is None for v in vals):
-            L.append(f"| {label} | not run | | | | | | | |")
-            continue
-        cells = [msd([v[k] for v in vals if v]) for k in
-                 TASKS + ["mean"] + ["f1_" + t for t in TASKS] + ["f1_mean"]]
-        L.append(f"| {label} | " + " | ".join(cells) + " |")
-    L.append("")
+    L.extend(model_table(per_seed, MAIN))
     # MoE-Health minus the best fusion baseline, per seed
     L.append("### MoE-Health minus the best fusion baseline (paired bootstrap, per seed)\n")
     L.append(f"The best fusion baseline of a seed is the one of early, joint and late fusion "
@@ -259,60 +323,28 @@ def report(seed_dirs, resamples=1000, figure=None):
              f"Difference of AUROC, MoE-Health minus it, with the 95% CI of "
              f"{resamples} paired resamples of the test admissions (the same rows for both "
              f"models; `paired_bootstrap.paired_bootstrap_tasks`, seed = the run's seed).\n")
-    L.append("| seed | best fusion | mortality | LOS > 7 d | readmission | mean over tasks | "
-             "verdict (mean) |")
-    L.append("|---|---|---|---|---|---|---|")
-    claims = {"fusion": [], "abl": {}}
-    for seed, d, preds, tests, scores in per_seed:
-        cands = [m for m in FUSION if m in scores]
-        if not cands:
-            L.append(f"| {seed} | not run | | | | | |")
-            continue
-        best = max(cands, key=lambda m: scores[m]["mean"])
-        r = ci(tests["fed-moe"], tests[best], resamples, int(seed) if seed.isdigit() else 1)
-        cells = [f"{r[k][2]:+.4f} [{r[k][3]:+.4f}, {r[k][4]:+.4f}]" for k in TASKS + ["mean"]]
-        v = verdict(r["mean"][3], r["mean"][4])
-        claims["fusion"].append(v)
-        label = dict(MAIN)[best]
-        L.append(f"| {seed} | {label} | " + " | ".join(cells) + f" | {v} |")
-    L.append("")
+    rows, fus = fusion_rows(per_seed, "fed-moe", FUSION, dict(MAIN), resamples)
+    L.extend(rows)
     L.append("### Ablations (federated MoE-Health without one component)\n")
     L.append("AUROC mean over tasks (mean ± sd over seeds), and per seed MoE-Health minus the "
              "ablation with its paired 95% CI (positive: the component helps).\n")
-    L.append("| ablation | option | AUROC mean | " +
-             " | ".join(f"seed {s}: MoE − ablation [CI]" for s, *_ in per_seed) + " |")
-    L.append("|---|---|---|" + "---|" * n_seeds)
+    L.extend(ablation_head(per_seed))
     L.append(f"| (none: MoE-Health, dense gate) | | "
              f"{msd([x[4]['fed-moe']['mean'] for x in per_seed])} | "
              + " | ".join("" for _ in per_seed) + " |")
-    for m, label, opt in ABLATIONS:
-        if all(m not in x[4] for x in per_seed):
-            L.append(f"| {label} | `{opt}` | not run |" + " |" * n_seeds)
-            continue
-        cells = []
-        for seed, d, preds, tests, scores in per_seed:
-            if m not in tests:
-                cells.append("not run")
-                continue
-            r = ci(tests["fed-moe"], tests[m], resamples, int(seed) if seed.isdigit() else 1)
-            v = verdict(r["mean"][3], r["mean"][4])
-            claims["abl"].setdefault(m, []).append((r["mean"][2], v))
-            cells.append(f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}")
-        L.append(f"| {label} | `{opt}` | {msd([x[4][m]['mean'] for x in per_seed if m in x[4]])}"
-                 f" | " + " | ".join(cells) + " |")
-    L.append("")
+    rows, abl = ablation_rows(per_seed, "fed-moe", ABLATIONS, resamples)
+    L.extend(rows)
     L.extend(robustness(per_seed, figure))
     cen = central(per_seed, resamples, figure)
     L.extend(cen["lines"])
     L.append("### Claims\n")
-    fus = claims["fusion"]
 
     def met(vs, n):
         return "not run" if not vs else "met" if len(vs) == n and all(
             v == "above 0" for v in vs) else "not met"
     L.append(f"- MoE-Health above the best federated fusion baseline with the CI above 0 on "
              f"every seed: **{met(fus, n_seeds)}** (per seed: {', '.join(fus) or 'not run'}).")
-    nw = claims["abl"].get("abl-no-warmup", [])
+    nw = abl.get("abl-no-warmup", [])
     L.append(f"- The specialisation ablation (no warm-up) below MoE-Health, CI above 0 on every "
              f"seed: **{met([v for _, v in nw], n_seeds)}** "
              f"(MoE − ablation per seed: "
@@ -326,7 +358,7 @@ def report(seed_dirs, resamples=1000, figure=None):
                  f"seed: **{met([v for _, v in cen['warmup']], n_seeds)}** (MoE − ablation per "
                  f"seed: {', '.join(f'{x:+.4f} {v}' for x, v in cen['warmup'])}).")
     for m, label, _ in ABLATIONS[1:]:
-        c = claims["abl"].get(m, [])
+        c = abl.get(m, [])
         if c:
             L.append(f"- {label}: MoE − ablation per seed "
                      f"{', '.join(f'{x:+.4f} ({v})' for x, v in c)}.")
@@ -348,58 +380,17 @@ def central(per_seed, resamples, figure=None):
     L.append("Each model trained with `moeh train` on the pooled site datasets (the same rows, "
              "modalities and splits as the federation; the epoch with the best validation "
              "AUROC), scored like the federated ones on the pooled test set.\n")
-    L.append("| model | AUROC mortality | AUROC LOS > 7 d | AUROC readmission | AUROC mean | "
-             "F1 mortality | F1 LOS > 7 d | F1 readmission | F1 mean |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
-    for m, label in CENTRAL:
-        vals = [x[4].get(m) for x in per_seed]
-        if all(v is None for v in vals):
-            L.append(f"| {label} | not run | | | | | | | |")
-            continue
-        cells = [msd([v[k] for v in vals if v]) for k in
-                 TASKS + ["mean"] + ["f1_" + t for t in TASKS] + ["f1_mean"]]
-        L.append(f"| {label} | " + " | ".join(cells) + " |")
-    L.append("")
+    L.extend(model_table(per_seed, CENTRAL))
     L.append("Centralised MoE-Health minus the best centralised fusion baseline of each seed "
              "(paired 95% CI):\n")
-    L.append("| seed | best fusion | mortality | LOS > 7 d | readmission | mean over tasks | "
-             "verdict (mean) |")
-    L.append("|---|---|---|---|---|---|---|")
-    for seed, d, preds, tests, scores in per_seed:
-        cands = [m for m in CEN_FUSION if m in scores]
-        if "cen-moe" not in tests or not cands:
-            L.append(f"| {seed} | not run | | | | | |")
-            continue
-        best = max(cands, key=lambda m: scores[m]["mean"])
-        r = ci(tests["cen-moe"], tests[best], resamples, int(seed) if seed.isdigit() else 1)
-        v = verdict(r["mean"][3], r["mean"][4])
-        out["fusion"].append(v)
-        cells = [f"{r[k][2]:+.4f} [{r[k][3]:+.4f}, {r[k][4]:+.4f}]" for k in TASKS + ["mean"]]
-        L.append(f"| {seed} | {dict(CENTRAL)[best]} | " + " | ".join(cells) + f" | {v} |")
-    L.append("")
-    n_seeds = len(per_seed)
+    rows, out["fusion"] = fusion_rows(per_seed, "cen-moe", CEN_FUSION, dict(CENTRAL), resamples)
+    L.extend(rows)
     L.append("Centralised ablations: AUROC mean over tasks (mean ± sd over seeds), and per seed "
              "centralised MoE-Health minus the ablation with its paired 95% CI.\n")
-    L.append("| ablation | option | AUROC mean | " +
-             " | ".join(f"seed {s}: MoE − ablation [CI]" for s, *_ in per_seed) + " |")
-    L.append("|---|---|---|" + "---|" * n_seeds)
-    for m, label, opt in CEN_ABLATIONS:
-        if all(m not in x[4] or "cen-moe" not in x[3] for x in per_seed):
-            L.append(f"| {label} | `{opt}` | not run |" + " |" * n_seeds)
-            continue
-        cells = []
-        for seed, d, preds, tests, scores in per_seed:
-            if m not in tests or "cen-moe" not in tests:
-                cells.append("not run")
-                continue
-            r = ci(tests["cen-moe"], tests[m], resamples, int(seed) if seed.isdigit() else 1)
-            v = verdict(r["mean"][3], r["mean"][4])
-            if m == "cen-no-warmup":
-                out["warmup"].append((r["mean"][2], v))
-            cells.append(f"{r['mean'][2]:+.4f} [{r['mean'][3]:+.4f}, {r['mean'][4]:+.4f}] {v}")
-        L.append(f"| {label} | `{opt}` | {msd([x[4][m]['mean'] for x in per_seed if m in x[4]])}"
-                 f" | " + " | ".join(cells) + " |")
-    L.append("")
+    L.extend(ablation_head(per_seed))
+    rows, abl = ablation_rows(per_seed, "cen-moe", CEN_ABLATIONS, resamples)
+    L.extend(rows)
+    out["warmup"] = abl.get("cen-no-warmup", [])
     if any(m in x[4] for x in per_seed for m in CEN_ROBUST):
         fig = figure[:-len(".svg")] + "-centralised.svg" if figure else None
         L.extend(robustness(per_seed, fig, CEN_ROBUST, dict(CENTRAL),

@@ -605,24 +605,33 @@ static void test_zap_limits(void **state)
     keys4_free(&k);
 }
 
+/* A ZAP handler on a new context for the registry `text`, and a DEALER connected to its RFC 27
+ * endpoint to send it raw requests. */
+static void zap_harness(const char *text, const char *name, void **ctx, moeh_zap_t **zap, void **d)
+{
+    moeh_registry_t reg;
+    moeh_err_t err = {{0}};
+    assert_int_equal(moeh_registry_parse(text, name, &reg, &err), 0);
+    *ctx = zmq_ctx_new();
+    assert_non_null(*ctx);
+    *zap = NULL;
+    assert_int_equal(moeh_zap_start(*ctx, &reg, zap), 0);
+    *d = zmq_socket(*ctx, ZMQ_DEALER);
+    assert_non_null(*d);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(*d, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_connect(*d, "inproc://zeromq.zap.01"), 0);
+}
+
 static void test_zap_requests(void **state)
 {
     keys4_t k;
     keys4_make(&k);
     char text[512];
     snprintf(text, sizeof text, "[sites]\nsite-one = %s\n", k.kp[1]->public_z85);
-    moeh_registry_t reg;
-    moeh_err_t err = {{0}};
-    assert_int_equal(moeh_registry_parse(text, "zap", &reg, &err), 0);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    moeh_zap_t *zap = NULL;
-    assert_int_equal(moeh_zap_start(ctx, &reg, &zap), 0);
-    void *d = zmq_socket(ctx, ZMQ_DEALER);
-    assert_non_null(d);
-    int linger = 0;
-    assert_int_equal(zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger), 0);
-    assert_int_equal(zmq_connect(d, "inproc://zeromq.zap.01"), 0);
+    void *ctx, *d;
+    moeh_zap_t *zap;
+    zap_harness(text, "zap", &ctx, &zap, &d);
     char status[128], msg[128], user[128];
 
     /* not CURVE: refused */
@@ -691,18 +700,9 @@ static void test_zap_handshake_budget(void **state)
     char text[512];
     snprintf(text, sizeof text, "[sites]\nsite-one = %s\nsite-two = %s\n", k.kp[1]->public_z85,
              k.kp[2]->public_z85);
-    moeh_registry_t reg;
-    moeh_err_t err = {{0}};
-    assert_int_equal(moeh_registry_parse(text, "budget", &reg, &err), 0);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    moeh_zap_t *zap = NULL;
-    assert_int_equal(moeh_zap_start(ctx, &reg, &zap), 0);
-    void *d = zmq_socket(ctx, ZMQ_DEALER);
-    assert_non_null(d);
-    int linger = 0;
-    assert_int_equal(zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger), 0);
-    assert_int_equal(zmq_connect(d, "inproc://zeromq.zap.01"), 0);
+    void *ctx, *d;
+    moeh_zap_t *zap;
+    zap_harness(text, "budget", &ctx, &zap, &d);
     char status[128], msg[128], user[128], id[16];
     const void *one[1] = {k.raw[1]}, *two[1] = {k.raw[2]};
     const size_t cl[1] = {32};

@@ -314,6 +314,16 @@ static void test_monitor_decode(void **state)
     moeh_monitor_decode(fr, sizeof fr, NULL, 0, &ev);
     assert_int_equal(ev.kind, MOEH_MON_ACCEPTED);
     assert_int_equal(ev.fd, 17);
+    /* ZAP's status: 400 refuses the key (the agent stops), 500 is the handshake budget's "try
+     * later" (the agent logs it and its ZeroMQ reconnects) */
+    e = ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, v = 400;
+    memcpy(fr, &e, 2), memcpy(fr + 2, &v, 4);
+    moeh_monitor_decode(fr, sizeof fr, NULL, 0, &ev);
+    assert_int_equal(ev.kind, MOEH_MON_AUTH_REFUSED);
+    v = 500;
+    memcpy(fr + 2, &v, 4);
+    moeh_monitor_decode(fr, sizeof fr, NULL, 0, &ev);
+    assert_int_equal(ev.kind, MOEH_MON_AUTH_LATER);
     moeh_monitor_decode(fr, 3, NULL, 0, &ev); /* short: nothing */
     assert_int_equal(ev.kind, MOEH_MON_OTHER);
 }

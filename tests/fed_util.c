@@ -705,10 +705,17 @@ const Moeh__RoundStart *rogue_next_round(rogue_t *r, moeh_msg_t *m, Moeh__RoundT
  * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
 void *fed_flood_socket(fixture_t *f, void *ctx)
 {
+    return fed_flood_socket_ivl(f, ctx, 100);
+}
+
+void *fed_flood_socket_ivl(fixture_t *f, void *ctx, int reconnect_ms)
+{
     void *s = zmq_socket(ctx, ZMQ_DEALER);
     assert_non_null(s);
     int zero = 0, one = 1, rcvbuf = 1024;
     assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    /* set before zmq_connect: a connection takes its options when it is made */
+    assert_int_equal(zmq_setsockopt(s, ZMQ_RECONNECT_IVL, &reconnect_ms, sizeof reconnect_ms), 0);
     assert_int_equal(zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one), 0);
     assert_int_equal(zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
     site_x_curve(f, s);

@@ -215,5 +215,7 @@ void fed_main_init(void);
 /* A DEALER of site-x's key (registered, so CURVE and ZAP admit it) on f->endpoint that keeps at
  * most one message and ~1 KiB of kernel buffer for reading, and never reads. */
 void *fed_flood_socket(fixture_t *f, void *ctx);
+/* The same, reconnecting reconnect_ms after its connection is closed or refused (100 above). */
+void *fed_flood_socket_ivl(fixture_t *f, void *ctx, int reconnect_ms);
 
 #endif

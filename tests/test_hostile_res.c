@@ -59,6 +59,45 @@ static int count_fds(pid_t pid)
     return n;
 }
 
+/* The sockets of a process by inode, with when each was first seen: tells a connection that
+ * stays from the many short ones a storm of refused handshakes opens and closes. */
+enum { N_SOCK = 1024 };
+typedef struct {
+    unsigned long ino[N_SOCK];
+    int64_t since[N_SOCK];
+    int n;
+} sock_ages_t;
+
+/* Scans PID's descriptors at NOW; returns how many of its sockets were first seen at least
+ * MIN_AGE_MS before (sockets closed since the last scan are forgotten). */
+static int sockets_older_than(pid_t pid, sock_ages_t *t, int64_t now, int64_t min_age_ms)
+{
+    char path[64], fdpath[400], link[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    sock_ages_t cur = {.n = 0};
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && cur.n < N_SOCK) {
+        unsigned long ino;
+        snprintf(fdpath, sizeof fdpath, "%s/%s", path, de->d_name);
+        ssize_t len = readlink(fdpath, link, sizeof link - 1);
+        if (len <= 0) continue;
+        link[len] = 0;
+        if (sscanf(link, "socket:[%lu]", &ino) != 1) continue;
+        int64_t since = now;
+        for (int i = 0; i < t->n; i++)
+            if (t->ino[i] == ino) since = t->since[i];
+        cur.ino[cur.n] = ino, cur.since[cur.n++] = since;
+    }
+    closedir(d);
+    int old = 0;
+    for (int i = 0; i < cur.n; i++)
+        old += now - cur.since[i] >= min_age_ms;
+    *t = cur;
+    return old;
+}
+
 /* A field of /proc/PID/status in kB (VmHWM, VmRSS), -1 if absent. */
 static long status_kb(pid_t pid, const char *field)
 {
@@ -216,12 +255,15 @@ static void test_hostile_multipart_memory(void **state)
 /* Finding 2, one key. First 12 authenticated connections of site-x that each deliver one
  * Heartbeat: the guard keeps the key's newest connection and shuts the other 11 down within a
  * scan or two. Then 60 more connections of the key that never deliver a message, reconnecting
- * as ZeroMQ does (every 100 ms): ZAP lets MOEH_ZAP_HS_BURST handshakes of one key through at
- * once and MOEH_ZAP_HS_PER_S a second after (the others are told to try later and closed at
- * once; 12 of the burst went to the first connections), and the guard
- * closes a connection without a message after twice --heartbeat-timeout-ms (8 s here), so
- * the key holds about BURST + PER_S x 8 of them, not 60. The honest agents then run the
- * federation to the end. */
+ * as ZeroMQ does (here once a second): ZAP lets MOEH_ZAP_HS_BURST handshakes of one key
+ * through at once and MOEH_ZAP_HS_PER_S a second after (the others are told to try later and
+ * closed; 12 of the burst went to the first connections), and the guard closes a connection
+ * without a message after twice --heartbeat-timeout-ms (8 s here), so the key holds about
+ * BURST + PER_S x 8 of them, not 60. A refused handshake holds a descriptor too while it is
+ * under way, and how many are under way at one moment depends on the machine's load (on a busy
+ * CI machine, 27 of 43 at once), so the bound is on the sockets that stay 2 s or more: refused
+ * ones come and go within that, admitted ones stay until the guard closes them. Without the
+ * budget all 60 would stay. The honest agents then run the federation to the end. */
 static void test_hostile_key_connections(void **state)
 {
     fixture_t *f = *state;
@@ -241,10 +283,8 @@ static void test_hostile_key_connections(void **state)
     }
     void *speak[N_SPEAK], *silent[N_SILENT];
     int late = 60000; /* they do not come back within the test */
-    for (int i = 0; i < N_SPEAK; i++) {
-        speak[i] = fed_flood_socket(f, ctx);
-        assert_int_equal(zmq_setsockopt(speak[i], ZMQ_RECONNECT_IVL, &late, sizeof late), 0);
-    }
+    for (int i = 0; i < N_SPEAK; i++)
+        speak[i] = fed_flood_socket_ivl(f, ctx, late);
     while ((n = count_fds(c->pid)) < before + N_SPEAK) {
         if (moeh_now_ms() - t0 > 20000) fail_msg("%d descriptors, %d before", n, before);
         assert_int_equal(moeh_proc_wait(c, 20), -ETIMEDOUT);
@@ -263,21 +303,25 @@ static void test_hostile_key_connections(void **state)
     print_message("coordinator descriptors: %d before, %d with %d connections of one key, %d "
                   "%.2f s after each sent a message\n",
                   before, connected, N_SPEAK, n, dedup_s);
+    static sock_ages_t ages;
+    int before_old = sockets_older_than(c->pid, &ages, moeh_now_ms(), 0);
     for (int i = 0; i < N_SILENT; i++)
-        silent[i] = fed_flood_socket(f, ctx);
+        silent[i] = fed_flood_socket_ivl(f, ctx, 1000);
     int64_t t2 = moeh_now_ms();
-    int most = 0;
+    int most = 0, most_fds = 0;
     while (moeh_now_ms() - t2 < 12000) { /* the idle time (8 s) and more */
         assert_int_equal(moeh_proc_wait(c, 50), -ETIMEDOUT);
-        if ((n = count_fds(c->pid)) > most) most = n;
+        if ((n = count_fds(c->pid)) > most_fds) most_fds = n;
+        if ((n = sockets_older_than(c->pid, &ages, moeh_now_ms(), 2000) - before_old) > most)
+            most = n;
     }
-    print_message("%d silent connections of the key, reconnecting: at most %d descriptors "
-                  "(%d before) in 12 s\n",
-                  N_SILENT, most, before);
+    print_message("%d silent connections of the key, reconnecting: at most %d more sockets that "
+                  "stayed 2 s or more, at most %d descriptors (%d before) in 12 s\n",
+                  N_SILENT, most, most_fds, before);
     assert_true(file_contains(log, "told to try later"));
     assert_true(file_contains(log, "no message for"));
-    /* BURST at once, PER_S a second for 12 s, the speaker left, a little slack */
-    assert_true(most - before <= MOEH_ZAP_HS_BURST + (int)(12 * MOEH_ZAP_HS_PER_S) + 4);
+    /* BURST at once, PER_S a second for 12 s, a little slack */
+    assert_true(most <= MOEH_ZAP_HS_BURST + (int)(12 * MOEH_ZAP_HS_PER_S) + 2);
     moeh_proc_t *a[N_SITES];
     start_all_agents(f, a, NULL);
     while (moeh_proc_wait(c, 100) == -ETIMEDOUT)

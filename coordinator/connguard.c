@@ -27,6 +27,10 @@ typedef struct {
     int64_t last_msg;    /* when it last delivered a message (moeh_connguard_note); 0: never */
     int64_t last_active; /* when it last got MOEH_CONNGUARD_ACTIVE_BYTES further */
     uint64_t rx_mark;    /* rx at last_active */
+    /* bytes libzmq holds for it, unread: rx - base - read (moeh_connguard_note) */
+    uint64_t base; /* rx when the coordinator had last read all it had (a fresh count) */
+    uint64_t read; /* bytes of the messages read since, with their framing */
+    int msg_seen;  /* a message was read since base was set */
     char key[MOEH_CONNGUARD_KEY_MAX + 1]; /* the site key of its messages ("": none yet) */
 } conn_t;
 
@@ -35,6 +39,7 @@ typedef struct {
     int fd;
     struct sockaddr_storage peer;
     int64_t at;
+    uint64_t read;
     char key[MOEH_CONNGUARD_KEY_MAX + 1];
 } pending_t;
 
@@ -49,6 +54,7 @@ struct moeh_connguard {
     double total_tokens;
     int64_t last_scan, last_log;
     uint64_t unlogged;
+    int drained; /* the coordinator read every message there was (moeh_connguard_drained) */
     pending_t pend[N_PENDING];
     size_t n_pend;
     moeh_connguard_stats_t st;
@@ -219,14 +225,30 @@ static int one_per_key(moeh_connguard_t *g, conn_t *c, int64_t now)
     return n;
 }
 
-int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, int64_t now)
+void moeh_connguard_set_msg_bytes(moeh_connguard_t *g, uint64_t msg_bytes)
+{
+    g->cfg.msg_bytes = msg_bytes;
+}
+
+void moeh_connguard_drained(moeh_connguard_t *g)
+{
+    g->drained = 1;
+}
+
+int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, uint64_t bytes,
+                        uint32_t parts, int64_t now)
 {
     struct sockaddr_storage p;
     if (fd < 0 || !accepted_here(g, fd, &p)) return 0;
+    /* what it took on the wire: the payload and, per part, ZMTP's and CURVE's framing */
+    const uint64_t wire = bytes + (uint64_t)parts * MOEH_CONNGUARD_PART_OVERHEAD;
     conn_t *c = previous(g, fd);
     if (c && same_peer(&c->peer, &p)) {
+        c->read += wire;
+        c->msg_seen = 1;
+        if (!key) return 0; /* not a well-formed message: its bytes only */
         c->last_msg = now;
-        if (key && key[0]) snprintf(c->key, sizeof c->key, "%s", key);
+        if (key[0]) snprintf(c->key, sizeof c->key, "%s", key);
         return one_per_key(g, c, now);
     }
     /* accepted since the last scan: that scan applies it; it is the newest of its key */
@@ -234,12 +256,17 @@ int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, int64_t no
     while (k < g->n_pend && g->pend[k].fd != fd)
         k++;
     if (k == N_PENDING) return 0;
-    if (k == g->n_pend) g->n_pend++;
     pending_t *q = &g->pend[k];
+    if (k == g->n_pend) {
+        g->n_pend++;
+        memset(q, 0, sizeof *q);
+    }
     q->fd = fd;
     q->peer = p;
+    q->read += wire;
+    if (!key) return 0;
     q->at = now;
-    snprintf(q->key, sizeof q->key, "%s", key ? key : "");
+    snprintf(q->key, sizeof q->key, "%s", key);
     int n = 0;
     for (size_t i = 0; q->key[0] && i < g->n; i++) {
         conn_t *o = &g->conn[i];
@@ -308,10 +335,20 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
                 if (g->pend[k].fd == (int)fd && same_peer(&g->pend[k].peer, &peer)) {
                     c->last_msg = g->pend[k].at;
                     memcpy(c->key, g->pend[k].key, sizeof c->key);
-                    c->noted = 1;
+                    c->noted = g->pend[k].at != 0;
+                    c->read = g->pend[k].read;
+                    c->msg_seen = 1;
                 }
         }
         c->rx = rx;
+        /* the coordinator has just read every message there was: what this peer sent up to
+         * now is read or still in transit (one message at most), so count afresh from here;
+         * only if it was read from (a message of a peer that sends nothing else never ends) */
+        if (g->drained && c->msg_seen) {
+            c->base = rx;
+            c->read = 0;
+            c->msg_seen = 0;
+        }
         if (rx - c->rx_mark >= MOEH_CONNGUARD_ACTIVE_BYTES) { /* a message in transit */
             c->last_active = now;
             c->rx_mark = rx;
@@ -320,6 +357,7 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
         sum += c->delta;
         if (c->delta > g->st.max_conn_rx) g->st.max_conn_rx = c->delta;
     }
+    g->drained = 0;
     if (n > 1) /* procfs lists in order; keep it certain (and g->next is NULL before the first) */
         qsort(g->next, n, sizeof *g->next, by_fd);
     conn_t *t = g->conn;
@@ -343,6 +381,20 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
             g->st.shut_budget++;
             n_shut++;
         }
+    /* more than one message's worth without a message: libzmq holds it all until the last part */
+    for (size_t i = 0; g->cfg.msg_bytes && i < n; i++) {
+        conn_t *c = &g->conn[i];
+        uint64_t unread = c->rx - c->base > c->read ? c->rx - c->base - c->read : 0;
+        if (c->shut || unread <= g->cfg.msg_bytes) continue;
+        char why[200];
+        snprintf(why, sizeof why,
+                 "%llu bytes sent and not read: more than one message in transit (at most %llu)",
+                 (unsigned long long)unread, (unsigned long long)g->cfg.msg_bytes);
+        if (shut(g, c, now, why)) {
+            g->st.shut_msg++;
+            n_shut++;
+        }
+    }
     /* all together over theirs: the largest senders of this interval go first */
     if (g->cfg.total_bytes) {
         g->total_tokens += dt * (double)g->cfg.total_bytes / 8.0;

@@ -15,6 +15,7 @@
 #include "moeh_moe.h"
 #include "moeh_schema.h"
 #include "moeh_secagg_server.h"
+#include "moeh_stream.h"
 #include "moeh_uploads.h"
 
 #define MAX_SITES 4096
@@ -38,6 +39,7 @@ typedef struct {
     int final_state;            /* final.c: coord_final_state_t */
     uint32_t final_sends;       /* final.c: FinalModels sent to it */
     int val_in;                 /* its histograms are in this round's validation sums */
+    moeh_stream_rx_t up_rx;     /* its granted upload's chunks so far (only while granted) */
 } site_t;
 
 /* final.c: where a site stands with the run's final model. */
@@ -70,7 +72,8 @@ typedef moeh_coord_phase_t phase_t;
 typedef struct moeh_coord_core {
     const moeh_coord_cfg_t *cfg;
     const moeh_coord_io_t *io;
-    int64_t now; /* the time of the current call */
+    int64_t now;   /* the time of the current call */
+    int in_stream; /* the message being handled came in chunks (coord_handle_upload_chunk) */
     site_t *sites;
     size_t n_sites;
     moeh_moe_t *model;
@@ -210,6 +213,9 @@ void coord_expire_grants(coord_t *c);
 moeh_upload_state_t coord_upload_state(const coord_t *c, const site_t *s);
 int coord_waits_for(const coord_t *c, const site_t *s);
 void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s);
+/* UploadChunk: a piece of s's granted upload; the last one completes it and the upload is
+ * handled as the message it carries. 0 or the core's fatal code (fatal says why). */
+int coord_handle_upload_chunk(coord_t *c, const moeh_msg_t *m, site_t *s, moeh_err_t *fatal);
 void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s);
 void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s);
 void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s);

@@ -125,6 +125,7 @@ static void site_gone(coord_t *c, site_t *s, const char *why)
     if (moeh_uploads_state(c->up, coord_site_index(c, s)) == MOEH_UP_GRANTED)
         MOEH_WARN("round %u: site %s held an upload slot; released", c->round, s->id);
     moeh_uploads_release(c->up, coord_site_index(c, s));
+    moeh_stream_rx_clear(&s->up_rx);
     moeh_coord_report_site_gone(c->report, c->round, s->id, why);
 }
 
@@ -285,6 +286,7 @@ static void open_phase(coord_t *c, phase_t ph)
         s->participant = s->admitted && replay_admits(c, ph, s);
         s->replied = 0;
         c->n_participants += s->participant != 0;
+        moeh_stream_rx_clear(&s->up_rx);
     }
     moeh_uploads_reset(c->up);
     if (cfg->secagg)
@@ -374,6 +376,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
                             coord_site_index(c, s))) /* its grant went to the old connection */
         MOEH_WARN("round %u: site %s rejoined while holding an upload slot; released", c->round,
                   s->id);
+    moeh_stream_rx_clear(&s->up_rx); /* its chunks came on the old connection */
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
     s->val_late = 0; /* a new connection: nothing late on it */
@@ -486,6 +489,10 @@ int moeh_coord_core_on_message(moeh_coord_core_t *c, const moeh_msg_t *m, int64_
         break;
     case MOEH__MSG_TYPE__UPLOAD_READY:
         coord_handle_upload_ready(c, m, s);
+        break;
+    case MOEH__MSG_TYPE__UPLOAD_CHUNK:
+        if ((rc = coord_handle_upload_chunk(c, m, s, fatal)) != 0) return rc;
+        coord_grant_uploads(c); /* a completed upload frees its slot */
         break;
     case MOEH__MSG_TYPE__EVAL_RESULT:
         coord_handle_eval(c, m, s);
@@ -854,6 +861,8 @@ void moeh_coord_core_destroy(moeh_coord_core_t **self_p)
     free(c->sel_w);
     moeh_shared_frame_destroy(&c->final_frame);
     free(c->final_buf);
+    for (size_t i = 0; c->sites && i < c->n_sites; i++)
+        moeh_stream_rx_clear(&c->sites[i].up_rx);
     free(c->sites);
     free(c);
     *self_p = NULL;

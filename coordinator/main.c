@@ -67,7 +67,11 @@ int main(int argc, char **argv)
         {"conn-budget-mb", MOEH_OPT_U32, &cfg.conn_budget_mb,
          "inbound MiB one connection may send at once (refilled over 8 s; at least twice the "
          "largest legitimate message), 4x that for all together; over it the connection is "
-         "shut down, which bounds what ZeroMQ buffers for a peer (0: no budget)"},
+         "shut down, which bounds what ZeroMQ buffers for a peer. A connection is also shut down "
+         "once "
+         "it has more than twice its largest message in transit, sent and not read (with "
+         "granted uploads, which travel in 32 KiB chunks, about 2 MiB for the default model) "
+         "(0: neither bound)"},
         {"warmup-rounds", MOEH_OPT_U32, &cfg.warmup_rounds,
          "expert-specialisation rounds before joint training (by default at most rounds - 1)"},
         {"prox-mu", MOEH_OPT_F32, &cfg.prox_mu, "FedProx proximal weight (0: FedAvg)"},

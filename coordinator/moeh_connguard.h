@@ -19,6 +19,15 @@
  *   - every connection of a site key but its newest, once the newest has delivered a message
  *     (the coordinator tells the guard which connection each message came from:
  *     moeh_connguard_note), so that one key holds one connection;
+ *   - a connection with more than msg_bytes sent and not read: the bytes the kernel says its
+ *     peer sent, less those of the messages the coordinator read from it (moeh_connguard_note
+ *     with each message's size), counted afresh whenever the coordinator has read every
+ *     message there was (moeh_connguard_drained). That is what libzmq holds for it: a message
+ *     in transit, which libzmq holds whole before the coordinator sees any of it, and the
+ *     complete messages queued behind. An honest site has at most its largest whole message
+ *     and a window of upload chunks in transit (moeh_stream.h,
+ *     moeh_stream_max_unstreamed_bytes); a peer that floods chunks past its credit, or one
+ *     large multipart message, is over it within a scan;
  *   - a connection that delivered no message for idle_ms while its peer sent less than
  *     MOEH_CONNGUARD_ACTIVE_BYTES (a peer that only answers ZeroMQ's heartbeats, or never
  *     gets past its handshake or its first message); an honest agent heartbeats every second
@@ -38,11 +47,16 @@ typedef struct {
     uint64_t total_bytes; /* all connections' inbound budget; 0: none */
     uint32_t interval_ms; /* between two scans (>= 10) */
     uint32_t idle_ms;     /* a connection without a message for this long goes; 0: never */
+    uint64_t msg_bytes;   /* most bytes sent and not read (in transit); 0: no bound */
 } moeh_connguard_cfg_t;
 
 /* Inbound bytes within idle_ms that keep a connection without messages alive (a message in
  * transit); a ZeroMQ heartbeat answer is under 100 bytes. */
 #define MOEH_CONNGUARD_ACTIVE_BYTES (16u << 10)
+/* Framing per ZeroMQ part counted on top of its payload (CURVE's MESSAGE command: 33 bytes, and
+ * ZMTP's frame header: up to 9); an over-count only delays the unread rule until the next
+ * fresh count. */
+#define MOEH_CONNGUARD_PART_OVERHEAD 64u
 /* Longest site key the guard tells apart (longer ones are compared on this prefix). */
 #define MOEH_CONNGUARD_KEY_MAX 64u
 
@@ -54,6 +68,7 @@ typedef struct {
     uint64_t shut_total;  /* ... over the common budget */
     uint64_t shut_dup;    /* ... replaced by a newer connection of the same key */
     uint64_t shut_idle;   /* ... without a message for idle_ms */
+    uint64_t shut_msg;    /* ... over msg_bytes sent and not read */
     uint64_t max_conn_rx; /* most bytes one connection sent within one interval */
 } moeh_connguard_stats_t;
 
@@ -69,14 +84,21 @@ void moeh_connguard_destroy(moeh_connguard_t **self_p); /* NULL-safe; sets *self
 /* Raises the per-connection and total budgets to at least `bytes` (e.g. twice the largest
  * legitimate message once the model is known); never lowers them. */
 void moeh_connguard_min_budget(moeh_connguard_t *g, uint64_t burst_bytes, uint64_t total_bytes);
+/* Sets msg_bytes (0: no bound), e.g. once the model, and so the largest message, is known. */
+void moeh_connguard_set_msg_bytes(moeh_connguard_t *g, uint64_t msg_bytes);
 /* Scans if interval_ms passed since the last scan (now_ms on any monotonic clock); returns the
  * number of connections shut down by this call. Logs each shutdown (rate-limited). */
 int moeh_connguard_tick(moeh_connguard_t *g, int64_t now_ms);
-/* Tells the guard that connection fd (ZMQ_SRCFD of a received message; ignored if < 0)
- * delivered a well-formed message at now_ms from the site key `key` ("" or NULL: none, as
- * without CURVE). Shuts down the key's other connections (those accepted earlier; logged) and
- * returns how many. */
-int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, int64_t now_ms);
+/* Tells the guard that the coordinator read a message of `bytes` bytes in `parts` parts (its
+ * routing id aside) from connection fd (ZMQ_SRCFD; ignored if < 0) at now_ms. If it was
+ * well-formed, key is the site key it came from ("": none, as without CURVE): the guard then
+ * shuts down the key's other connections (those accepted earlier; logged) and returns how
+ * many. key NULL: a message that could not be decoded, counted as read only. */
+int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, uint64_t bytes,
+                        uint32_t parts, int64_t now_ms);
+/* Tells the guard that the coordinator has just read every message there was (the ROUTER said
+ * EAGAIN): the next scan counts each connection that was read from afresh. */
+void moeh_connguard_drained(moeh_connguard_t *g);
 moeh_connguard_stats_t moeh_connguard_stats(const moeh_connguard_t *g);
 
 #endif

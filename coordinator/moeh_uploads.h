@@ -46,6 +46,8 @@ void moeh_uploads_release(moeh_uploads_t *u, size_t site);
 /* A new connection of site: its upload is announced again, unless its grant expired this phase
  * (it stays expired). 1 if it held a slot (now released), else 0. */
 int moeh_uploads_rejoin(moeh_uploads_t *u, size_t site);
+/* A chunk of site's granted upload arrived at now: its grant runs timeout_ms from now. */
+void moeh_uploads_touch(moeh_uploads_t *u, size_t site, int64_t now);
 /* One grant unused for longer than timeout_ms at time now: marks it EXPIRED, frees its slot and
  * returns its site; -1 if none. Call until -1. */
 long moeh_uploads_expire_next(moeh_uploads_t *u, int64_t now);

@@ -68,17 +68,19 @@ void coord_grant_uploads(coord_t *c)
     }
 }
 
-/* A grant unused for heartbeat_timeout_ms expires: the slot goes to the next site, this site's
- * upload is refused for the rest of the phase and the phase no longer waits for it. An honest
- * upload fits in that time, as the liveness check already demands (nothing else arrives from
- * a site while its update is in transit). */
+/* A grant with no chunk for heartbeat_timeout_ms (from the grant, then from each chunk)
+ * expires: the slot goes to the next site, the chunks so far are dropped, this site's upload
+ * is refused for the rest of the phase and the phase no longer waits for it. An honest upload
+ * sends a chunk well within that time (a window of chunks is 256 KiB). */
 void coord_expire_grants(coord_t *c)
 {
     long i;
-    while ((i = moeh_uploads_expire_next(c->up, c->now)) >= 0)
-        MOEH_WARN("round %u: site %s has not used its upload grant in %u ms; the grant expires "
-                  "and its update is refused this round",
+    while ((i = moeh_uploads_expire_next(c->up, c->now)) >= 0) {
+        moeh_stream_rx_clear(&c->sites[i].up_rx);
+        MOEH_WARN("round %u: site %s has sent no chunk of its granted upload in %u ms; the "
+                  "grant expires and its update is refused this round",
                   c->round, c->sites[i].id, c->cfg->heartbeat_timeout_ms);
+    }
 }
 
 moeh_upload_state_t coord_upload_state(const coord_t *c, const site_t *s)
@@ -100,8 +102,16 @@ int coord_waits_for(const coord_t *c, const site_t *s)
 static int upload_take(coord_t *c, const moeh_msg_t *m, site_t *s)
 {
     moeh_upload_state_t was = coord_upload_state(c, s);
-    if (moeh_uploads_take(c->up, coord_site_index(c, s)) == 0) return 1;
     char what[200];
+    if (c->cfg->upload_slots && was == MOEH_UP_GRANTED && !c->in_stream) {
+        /* sent whole, which libzmq held whole: refused, the grant stays for the chunks */
+        snprintf(what, sizeof what,
+                 "%s: a granted upload travels in upload_chunks (protocol 7), not whole",
+                 moeh_msg_type_name(m->env->type));
+        coord_reply_error(c, m, -EBADMSG, what, s->id);
+        return 0;
+    }
+    if (moeh_uploads_take(c->up, coord_site_index(c, s)) == 0) return 1;
     snprintf(what, sizeof what,
              "%s: no upload slot was granted to this site%s; announce the update with "
              "upload_ready and send it on upload_grant",
@@ -150,6 +160,84 @@ void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     coord_reply_error(c, m, -ESTALE, what, s->id);
+}
+
+/* UploadChunk (moeh_stream.h): taken only from a site that holds a grant, for the grant's
+ * round; each chunk is credited once copied, so the site never has more than the window in
+ * flight, and the whole is allocated once, at the size the first chunk declares within the
+ * model's (moeh_stream_max_bytes). The completed upload is decoded as any message and handled
+ * as the Update or TRAIN SecaggMasked it carries: nothing else travels in chunks. */
+int coord_handle_upload_chunk(coord_t *c, const moeh_msg_t *m, site_t *s, moeh_err_t *fatal)
+{
+    const Moeh__UploadChunk *ch = m->env->upload_chunk;
+    moeh_upload_state_t up = coord_upload_state(c, s);
+    char what[400];
+    if (up != MOEH_UP_GRANTED || c->phase != PH_TRAIN) {
+        moeh_stream_rx_clear(&s->up_rx);
+        snprintf(what, sizeof what,
+                 "upload_chunk: no upload slot is granted to this site%s; announce the update "
+                 "with upload_ready and send it on upload_grant",
+                 up == MOEH_UP_EXPIRED ? " (its grant expired)" : "");
+        coord_reply_error(c, m, -ESTALE, what, s->id);
+        return 0;
+    }
+    if (ch->stream != c->round) {
+        moeh_stream_rx_clear(&s->up_rx);
+        snprintf(what, sizeof what, "upload_chunk: stream %llu, expected this round's (%u)",
+                 (unsigned long long)ch->stream, c->round);
+        coord_reply_error(c, m, -ESTALE, what, s->id);
+        return 0;
+    }
+    if (ch->index == 0 && c->dp && moeh_sa_server_step(c->sa) == MOEH_SA_OFF) {
+        /* DP: a plain upload shows this site's less noised delta chunk by chunk; count it at
+         * its first chunk, whether it is ever completed or not */
+        s->dp_seen++;
+        int rc = moeh_dp_ledger_write(&c->ledger, coord_dp_most_seen(c), fatal);
+        if (rc != 0) return rc;
+    }
+    moeh_err_t err = {0};
+    uint32_t up_to = 0;
+    int rc = moeh_stream_rx_put(&s->up_rx, ch, moeh_stream_max_bytes(&c->lim), &up_to, &err);
+    if (rc < 0) { /* the grant stays: a fresh chunk 0 may start over before it expires */
+        coord_reply_error(c, m, rc, err.msg, s->id);
+        return 0;
+    }
+    moeh_uploads_touch(c->up, coord_site_index(c, s), c->now);
+    if (rc == 0) {
+        Moeh__Envelope env;
+        Moeh__UploadCredit cr = MOEH__UPLOAD_CREDIT__INIT;
+        cr.stream = ch->stream;
+        cr.up_to = up_to;
+        moeh_env_upload_credit(&env, &cr);
+        coord_send_to(c, s, &env, NULL, 0);
+        return 0;
+    }
+    moeh_msg_t whole = {0};
+    memcpy(whole.peer, m->peer, sizeof whole.peer);
+    memcpy(whole.routing_id, m->routing_id, m->routing_id_len);
+    whole.routing_id_len = m->routing_id_len;
+    whole.src_fd = m->src_fd;
+    rc = moeh_stream_rx_decode(&s->up_rx, &c->lim, &whole.env, whole.frames, &whole.n_frames, &err);
+    int type = rc == 0 ? whole.env->type : 0;
+    if (rc == 0 && type != MOEH__MSG_TYPE__UPDATE &&
+        !(type == MOEH__MSG_TYPE__SECAGG_MASKED &&
+          whole.env->secagg_masked->task == MOEH__ROUND_TASK__TRAIN))
+        rc = moeh_errf(&err, -EBADMSG, "upload: carries a %s, expected an update",
+                       moeh_msg_type_name(type));
+    if (rc == 0 && type == MOEH__MSG_TYPE__UPDATE && c->dp &&
+        whole.env->update->secagg_session == 0 && s->dp_seen)
+        s->dp_seen--; /* counted at its first chunk; moeh_coord_core_on_message counts it again */
+    if (rc == 0) {
+        c->in_stream = 1;
+        rc = moeh_coord_core_on_message(c, &whole, c->now, fatal);
+        c->in_stream = 0;
+    } else {
+        coord_reply_error(c, m, rc, err.msg, s->id);
+        rc = 0;
+    }
+    moeh_msg_clear(&whole);
+    moeh_stream_rx_clear(&s->up_rx);
+    return rc;
 }
 
 void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)

@@ -9,6 +9,7 @@
 #include "moeh_keys.h"
 #include "moeh_monitor.h"
 #include "moeh_progress.h"
+#include "moeh_stream.h"
 #include "moeh_wire.h"
 
 #include <dirent.h>
@@ -37,6 +38,7 @@ typedef struct {
     moeh_coord_io_t io;
     moeh_coord_core_t *core;
     moeh_connguard_t *guard;          /* NULL if the endpoint is not tcp or there is no procfs */
+    uint64_t guard_msg_bytes;         /* the guard's msg_bytes as last set (0: none) */
     uint64_t nofile;                  /* RLIMIT_NOFILE after raise_nofile */
     char run_id[64];                  /* OUT/status.json */
     moeh_coord_status_mark_t st_mark; /* what the last status.json said */
@@ -91,8 +93,23 @@ static void guard_start(run_t *r, const char *ep)
 static void guard_tick(run_t *r)
 {
     if (!r->guard) return;
-    uint64_t m = moeh_wire_max_tensor_bytes(moeh_coord_core_limits(r->core));
+    const moeh_wire_limits_t *lim = moeh_coord_core_limits(r->core);
+    uint64_t m = moeh_wire_max_tensor_bytes(lim);
     if (m) moeh_connguard_min_budget(r->guard, 2 * m + (1u << 20), 4 * (2 * m + (1u << 20)));
+    /* one message in transit per connection: with granted uploads (in chunks) the largest
+     * whole message and a window of chunks, else a whole update (before the model is known,
+     * no message may carry a tensor); twice that, as a message may wait in libzmq's queue
+     * behind another while the loop is busy */
+    uint64_t one = !m                     ? moeh_stream_max_unstreamed_bytes(NULL)
+                   : r->cfg->upload_slots ? moeh_stream_max_unstreamed_bytes(lim)
+                                          : MOEH_MAX_HEADER_BYTES + m;
+    if (r->cfg->conn_budget_mb && 2 * one + (1u << 20) != r->guard_msg_bytes) {
+        r->guard_msg_bytes = 2 * one + (1u << 20);
+        moeh_connguard_set_msg_bytes(r->guard, r->guard_msg_bytes);
+        MOEH_INFO("connections: closed with more than %.1f MiB sent and not read (one message "
+                  "in transit)",
+                  (double)r->guard_msg_bytes / (1 << 20));
+    }
     moeh_connguard_tick(r->guard, moeh_now_ms());
 }
 
@@ -372,14 +389,16 @@ static int drain(run_t *r, moeh_err_t *fatal)
         int rc = moeh_wire_recv(r->router, 1, moeh_coord_core_limits(r->core), &m, &err);
         if (rc == -EAGAIN) {
             moeh_msg_clear(&m);
+            if (r->guard) moeh_connguard_drained(r->guard);
             return 0;
         }
+        if (r->guard)
+            moeh_connguard_note(r->guard, m.src_fd, rc ? NULL : m.peer, m.wire_bytes, m.wire_parts,
+                                moeh_now_ms());
         if (rc)
             moeh_coord_core_on_bad_message(r->core, &m, rc, err.msg, moeh_now_ms());
-        else {
-            if (r->guard) moeh_connguard_note(r->guard, m.src_fd, m.peer, moeh_now_ms());
+        else
             rc = moeh_coord_core_on_message(r->core, &m, moeh_now_ms(), fatal);
-        }
         moeh_msg_clear(&m);
         if (fatal->msg[0]) return rc ? rc : -EIO;
     }
@@ -491,8 +510,8 @@ int moeh_coord_run_faulty(const moeh_coord_cfg_t *cfg, const moeh_coord_faults_t
             if (r.zap) reload_registry(&r);
         }
         monitor_drain(&r); /* first: a failed connection's address is soon gone */
-        guard_tick(&r);
         if (drain(&r, &fatal) != 0) break;
+        guard_tick(&r); /* right after a drain: a fresh count of what each peer has unread */
         progress_step(&r, 1);
         if (moeh_coord_core_tick(r.core, moeh_now_ms(), &fatal) != 0) break;
         progress_step(&r, 0);

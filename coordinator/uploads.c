@@ -107,6 +107,11 @@ int moeh_uploads_rejoin(moeh_uploads_t *u, size_t site)
     return was == MOEH_UP_GRANTED;
 }
 
+void moeh_uploads_touch(moeh_uploads_t *u, size_t site, int64_t now)
+{
+    if (moeh_uploads_state(u, site) == MOEH_UP_GRANTED) u->site[site].granted_at = now;
+}
+
 long moeh_uploads_expire_next(moeh_uploads_t *u, int64_t now)
 {
     if (!u->granted) return -1;

@@ -15,7 +15,7 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION 6u /* 6: Hello.n_val */
+#define MOEH_PROTOCOL_VERSION 7u /* 6: Hello.n_val; 7: UploadChunk, UploadCredit */
 /* Most rows a Hello may declare per split (n_train, n_eval, n_val): exact as a double, as the
  * registry's [limits] (moeh_keys.h) */
 #define MOEH_WIRE_MAX_ROWS ((1ull << 53) - 1)
@@ -91,7 +91,7 @@ size_t moeh_wire_secsum_len(const moeh_wire_limits_t *lim, Moeh__RoundTask task)
  *   moeh_env_stats_result, moeh_env_secagg_advertise, moeh_env_secagg_keys,
  *   moeh_env_secagg_shares, moeh_env_secagg_unmask, moeh_env_secagg_reveal,
  *   moeh_env_secagg_masked, moeh_env_upload_ready, moeh_env_upload_grant,
- *   moeh_env_final_model, moeh_env_final_ack.
+ *   moeh_env_final_model, moeh_env_final_ack, moeh_env_upload_chunk, moeh_env_upload_credit.
  * E.g.  Moeh__Envelope env; Moeh__Bye bye = MOEH__BYE__INIT; moeh_env_bye(&env, &bye);
  * protocol_version and the frame descriptions are filled in by moeh_wire_pack/send. */
 #define MOEH_ENV_BUILDER_(field, Body, TYPE)                                                       \
@@ -121,6 +121,8 @@ MOEH_ENV_BUILDER_(upload_ready, UploadReady, UPLOAD_READY)
 MOEH_ENV_BUILDER_(upload_grant, UploadGrant, UPLOAD_GRANT)
 MOEH_ENV_BUILDER_(final_model, FinalModel, FINAL_MODEL)
 MOEH_ENV_BUILDER_(final_ack, FinalAck, FINAL_ACK)
+MOEH_ENV_BUILDER_(upload_chunk, UploadChunk, UPLOAD_CHUNK)
+MOEH_ENV_BUILDER_(upload_credit, UploadCredit, UPLOAD_CREDIT)
 #undef MOEH_ENV_BUILDER_
 /* Most tasks (label columns) a histogram or label count may carry. */
 #define MOEH_WIRE_MAX_TASKS 8u
@@ -159,6 +161,8 @@ typedef struct {
     uint8_t routing_id[256];
     size_t routing_id_len;
     int src_fd; /* the descriptor of the connection it came on (ZMQ_SRCFD), -1 if unknown */
+    uint64_t wire_bytes; /* bytes of its parts as received (whatever decoding then said) */
+    uint32_t wire_parts; /* ... and their number (both without a ROUTER's routing id) */
     /* owned ZeroMQ message parts backing the frames (opaque to users) */
     void *parts_storage;
 } moeh_msg_t;

@@ -268,6 +268,8 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
         }
         flags = 0; /* the rest of a multipart message is already here */
         more = zmq_msg_more(p);
+        msg->wire_bytes += zmq_msg_size(p);
+        msg->wire_parts++;
         if (p == &scratch) { /* drain parts beyond the limit */
             MOEH_ASSERT(zmq_msg_close(p) == 0);
             too_many = 1;
@@ -282,6 +284,8 @@ int moeh_wire_recv(void *sock, int with_routing_id, const moeh_wire_limits_t *li
         if (rl > sizeof msg->routing_id) return moeh_errf(err, -EBADMSG, "routing id too long");
         memcpy(msg->routing_id, zmq_msg_data(part(ps, 0)), rl);
         msg->routing_id_len = rl;
+        msg->wire_bytes -= rl; /* added by the ROUTER, not sent by the peer */
+        msg->wire_parts--;
         first = 1;
     }
     if (ps->n <= first) return moeh_errf(err, -EBADMSG, "message has no header frame");

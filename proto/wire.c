@@ -1,6 +1,7 @@
 /* wire.c - validating decoder and encoder for moeh messages (see moeh_wire.h); the ZeroMQ
  * side (sending, receiving, joining parts) is transport.c. */
 #include "moeh_wire.h"
+#include "moeh_stream.h"
 
 #include "moeh_dp.h"
 #include "moeh_secagg.h"
@@ -13,11 +14,14 @@ static const char *k_type_names[] = {
     "unspecified",      "hello",        "welcome",       "round_start",   "update",
     "eval_result",      "heartbeat",    "error",         "bye",           "stats_result",
     "secagg_advertise", "secagg_keys",  "secagg_shares", "secagg_unmask", "secagg_reveal",
-    "secagg_masked",    "upload_ready", "upload_grant",  "final_model",   "final_ack"};
+    "secagg_masked",    "upload_ready", "upload_grant",  "final_model",   "final_ack",
+    "upload_chunk",     "upload_credit"};
 
 const char *moeh_msg_type_name(int type)
 {
-    return (type >= 0 && type <= MOEH__MSG_TYPE__FINAL_ACK) ? k_type_names[type] : "unknown";
+    return (type >= 0 && (size_t)type < sizeof k_type_names / sizeof *k_type_names)
+               ? k_type_names[type]
+               : "unknown";
 }
 
 int moeh_site_id_valid(const char *s)
@@ -571,6 +575,39 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
             return moeh_errf(err, -EBADMSG, "%s.round: 0, only training rounds (1..) upload",
                              moeh_msg_type_name(e->type));
         break;
+    case MOEH__MSG_TYPE__UPLOAD_CHUNK: {
+        /* each field in range here; the sequence and the sizes against the first chunk are
+         * the receiver's (moeh_stream_rx_put) */
+        const Moeh__UploadChunk *ch = e->upload_chunk;
+        const uint64_t most = moeh_stream_max_bytes(lim);
+        if (most == 0)
+            return moeh_errf(err, -EBADMSG, "upload_chunk: before the model was negotiated");
+        if (ch->stream == 0)
+            return moeh_errf(err, -EBADMSG, "upload_chunk.stream: must be non-zero");
+        const uint64_t max_chunks = (most + MOEH_STREAM_CHUNK_BYTES - 1) / MOEH_STREAM_CHUNK_BYTES;
+        if (ch->n_chunks == 0 || ch->n_chunks > max_chunks || ch->index >= ch->n_chunks)
+            return moeh_errf(err, -EBADMSG,
+                             "upload_chunk: chunk %u of %u, expected 1..%llu chunks for this model",
+                             ch->index, ch->n_chunks, (unsigned long long)max_chunks);
+        if (ch->data.len == 0 || ch->data.len > MOEH_STREAM_CHUNK_BYTES ||
+            (ch->index + 1 < ch->n_chunks && ch->data.len != MOEH_STREAM_CHUNK_BYTES))
+            return moeh_errf(err, -EBADMSG,
+                             "upload_chunk.data: %zu bytes in chunk %u of %u, expected %u (the "
+                             "last: 1..%u)",
+                             ch->data.len, ch->index, ch->n_chunks, MOEH_STREAM_CHUNK_BYTES,
+                             MOEH_STREAM_CHUNK_BYTES);
+        if (ch->index == 0 ? ch->n_part_bytes < 1 || ch->n_part_bytes > 1 + MOEH_MAX_FRAMES
+                           : ch->n_part_bytes != 0)
+            return moeh_errf(err, -EBADMSG,
+                             "upload_chunk.part_bytes: %zu entries in chunk %u, expected 1..%u in "
+                             "chunk 0 and none after",
+                             ch->n_part_bytes, ch->index, 1 + MOEH_MAX_FRAMES);
+        break;
+    }
+    case MOEH__MSG_TYPE__UPLOAD_CREDIT:
+        if (e->upload_credit->stream == 0 || e->upload_credit->up_to == 0)
+            return moeh_errf(err, -EBADMSG, "upload_credit: stream and up_to must be non-zero");
+        break;
     case MOEH__MSG_TYPE__FINAL_MODEL: {
         /* the file itself is checked by the agent's model-file reader; here its size */
         const Moeh__FinalModel *fm = e->final_model;
@@ -671,7 +708,7 @@ int moeh_wire_decode(const moeh_wire_limits_t *lim, const void *hdr, size_t hdr_
                        MOEH_PROTOCOL_VERSION);
         goto fail;
     }
-    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__FINAL_ACK) {
+    if (e->type < MOEH__MSG_TYPE__HELLO || e->type > MOEH__MSG_TYPE__UPLOAD_CREDIT) {
         rc = moeh_errf(err, -EBADMSG, "type: %d is not a known message type", (int)e->type);
         goto fail;
     }

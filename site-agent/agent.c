@@ -56,8 +56,8 @@ static void close_socket(agent_t *a)
         a->sock = NULL;
     }
     a->welcomed = 0;
-    a->hs_ok = 0;   /* a new socket shakes hands anew */
-    a->up_wait = 0; /* a grant can only come over the connection that announced the update */
+    a->hs_ok = 0;              /* a new socket shakes hands anew */
+    moeh_agent_upload_drop(a); /* a grant can only come over the connection that announced it */
 }
 
 static int send_hello(agent_t *a)
@@ -227,6 +227,7 @@ static void free_model(agent_t *a)
     free(a->hist);
     free(a->svec);
     free(a->gate_sum);
+    moeh_stream_tx_clear(&a->up_tx);
     a->global = a->delta = a->norm = a->gate_sum = NULL;
     a->upd = a->hist = a->svec = NULL;
 }
@@ -243,7 +244,7 @@ static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t 
      * ends them (a plain re-welcome with the same model keeps them, so a reconnected survivor
      * can still reveal its shares) */
     moeh_agent_sa_end(a, NULL, NULL);
-    a->up_wait = 0;
+    moeh_agent_upload_drop(a);
     free_model(a);
     a->cfg_hash = 0;
     int rc = moeh_dataset_open(a->cfg->dataset_dir, false, &ds, &err);
@@ -315,7 +316,7 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
                                   .n_norm = ms->n_norm,
                                   .n_experts = ms->n_experts};
     a->hb_ms = w->heartbeat_ms;
-    a->up_wait = 0; /* (re)admitted: the coordinator knows of no update of ours */
+    moeh_agent_upload_drop(a); /* (re)admitted: the coordinator knows of no update of ours */
     a->welcomed = a->ever_welcomed = 1;
     a->backoff_ms = 0;
     MOEH_INFO("admitted as %s: %zu parameters in %zu groups", w->site_id, p->n, p->n_groups);
@@ -568,7 +569,7 @@ static void handle_messages(agent_t *a)
             }
             moeh_agent_sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
             moeh_agent_lm_round(a, m.env->round_start->round); /* local_metrics.jsonl */
-            a->up_wait = 0; /* and an update still waiting for its grant is stale */
+            moeh_agent_upload_drop(a); /* and an update waiting or in flight is stale */
             if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
                 train(a, m.env->round_start, &m);
             else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE ||
@@ -589,6 +590,9 @@ static void handle_messages(agent_t *a)
         case MOEH__MSG_TYPE__UPLOAD_GRANT:
             moeh_agent_on_grant(a, m.env->upload_grant);
             break;
+        case MOEH__MSG_TYPE__UPLOAD_CREDIT:
+            moeh_agent_upload_credit(a, m.env->upload_credit);
+            break;
         case MOEH__MSG_TYPE__FINAL_MODEL:
             if (a->welcomed) moeh_agent_on_final(a, m.env->final_model, &m); /* agent_final.c */
             break;
@@ -600,7 +604,7 @@ static void handle_messages(agent_t *a)
                 MOEH_INFO("the coordinator does not know this site (did it restart?); joining "
                           "again");
                 a->welcomed = 0;
-                a->up_wait = 0;
+                moeh_agent_upload_drop(a);
                 int hr = send_hello(a); /* if it is lost, the silence timeout reconnects */
                 if (hr) MOEH_WARN("could not send hello: %s", moeh_strerror(hr));
                 break;

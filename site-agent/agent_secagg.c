@@ -26,7 +26,10 @@ void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail)
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;
     a->sa_vec = NULL, a->sa_len = 0;
-    if (a->up_session) a->up_wait = 0, a->up_session = 0;
+    if (a->up_session) { /* its masked vector, waiting or in flight, is of no use now */
+        moeh_agent_upload_drop(a);
+        a->up_session = 0;
+    }
 }
 
 /* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
@@ -167,14 +170,14 @@ void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
     if (a->sa_grant && a->sa_task == MOEH__ROUND_TASK__TRAIN) /* sent on the grant */
         moeh_agent_upload_ready(a, a->sa_round, a->sa_version, a->sa_session);
     else
-        moeh_agent_sa_send_masked(a);
+        moeh_agent_sa_send_masked(a, 0);
 out:
     if (why) moeh_agent_sa_end(a, why, err.msg[0] ? err.msg : NULL);
     free(u2);
 }
 
 /* Sends the masked vector of the session. */
-void moeh_agent_sa_send_masked(agent_t *a)
+void moeh_agent_sa_send_masked(agent_t *a, int granted)
 {
     Moeh__Envelope env;
     Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
@@ -185,6 +188,10 @@ void moeh_agent_sa_send_masked(agent_t *a)
     moeh_env_secagg_masked(&env, &sm);
     moeh_frame_t f = {
         .name = "masked", .dtype = MOEH__DTYPE__U32, .data = a->sa_vec, .count = a->sa_len};
+    if (granted) {
+        moeh_agent_upload_send(a, &env, &f, 1, a->sa_task, a->sa_round, 1);
+        return;
+    }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc)
         MOEH_WARN("round %u: could not send the masked vector: %s", a->sa_round, moeh_strerror(rc));

@@ -100,12 +100,12 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
         moeh_agent_upload_ready(a, rs->round, rs->model_version, 0);
         return;
     }
-    moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps);
+    moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps, 0);
 }
 
 /* Sends a->upd in clear as this round's Update (no secure aggregation). */
 void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double loss,
-                            uint64_t samples, uint32_t steps)
+                            uint64_t samples, uint32_t steps, int granted)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
     Moeh__Envelope env;
@@ -118,6 +118,10 @@ void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double
     moeh_env_update(&env, &u);
     moeh_frame_t f = {
         .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
+    if (granted) {
+        moeh_agent_upload_send(a, &env, &f, 1, MOEH__ROUND_TASK__TRAIN, round, 0);
+        return;
+    }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc) MOEH_WARN("round %u: could not send the update: %s", round, moeh_strerror(rc));
     if (!rc) moeh_agent_lm_sent(a, MOEH__ROUND_TASK__TRAIN, round, 0); /* local_metrics.jsonl */
@@ -155,8 +159,51 @@ void moeh_agent_on_grant(agent_t *a, const Moeh__UploadGrant *g)
     }
     a->up_wait = 0;
     if (g->session)
-        moeh_agent_sa_send_masked(a);
+        moeh_agent_sa_send_masked(a, 1);
     else
         moeh_agent_update_send(a, a->up_round, a->up_version, a->up_loss, a->up_samples,
-                               a->up_steps);
+                               a->up_steps, 1);
+}
+
+void moeh_agent_upload_send(agent_t *a, Moeh__Envelope *env, const moeh_frame_t *frames,
+                            size_t n_frames, Moeh__RoundTask task, uint32_t round, int masked)
+{
+    int rc = moeh_stream_tx_begin(&a->up_tx, round, env, frames, n_frames);
+    if (rc) {
+        MOEH_WARN("round %u: could not prepare the upload: %s", round, moeh_strerror(rc));
+        return;
+    }
+    a->up_tx_task = task;
+    a->up_tx_masked = masked;
+    MOEH_DEBUG("round %u: uploading %zu bytes in %u chunks", round, a->up_tx.len,
+               a->up_tx.n_chunks);
+    moeh_agent_upload_credit(a, NULL);
+}
+
+void moeh_agent_upload_credit(agent_t *a, const Moeh__UploadCredit *cr)
+{
+    if (cr && moeh_stream_tx_credit(&a->up_tx, cr->stream, cr->up_to) != 0) return; /* stale */
+    Moeh__Envelope env;
+    Moeh__UploadChunk ch;
+    while (moeh_stream_tx_next(&a->up_tx, &env, &ch)) {
+        int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
+        if (rc) { /* its grant expires at the coordinator: the update is lost this round */
+            MOEH_WARN("round %llu: could not send chunk %u of %u of the update: %s",
+                      (unsigned long long)a->up_tx.stream, ch.index, ch.n_chunks,
+                      moeh_strerror(rc));
+            moeh_stream_tx_clear(&a->up_tx);
+            return;
+        }
+    }
+    if (a->up_tx.buf && !moeh_stream_tx_active(&a->up_tx)) { /* the last chunk is out */
+        moeh_agent_lm_sent(a, a->up_tx_task, (uint32_t)a->up_tx.stream,
+                           a->up_tx_masked); /* local_metrics.jsonl */
+        moeh_stream_tx_clear(&a->up_tx);
+    }
+}
+
+void moeh_agent_upload_drop(agent_t *a)
+{
+    a->up_wait = 0;
+    moeh_stream_tx_clear(&a->up_tx);
 }

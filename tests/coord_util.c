@@ -142,11 +142,51 @@ int fx_teardown(void **state)
     return 0;
 }
 
+static int deliver_whole(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
+                         const moeh_frame_t *frames, size_t n_frames);
+
+/* A granted upload as a site sends it (moeh_stream.h): chunks, the first window at once, the
+ * rest as the core's UploadCredits to rid allow; stops where no credit comes (an upload the
+ * core refused). The first non-zero code of a chunk, else 0. */
+static int deliver_stream(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
+                          const moeh_frame_t *frames, size_t n_frames, uint32_t round)
+{
+    moeh_stream_tx_t tx = {0};
+    assert_int_equal(moeh_stream_tx_begin(&tx, round, env, frames, n_frames), 0);
+    int rc = 0;
+    while (rc == 0 && moeh_stream_tx_active(&tx)) {
+        Moeh__Envelope ce;
+        Moeh__UploadChunk ch;
+        if (!moeh_stream_tx_next(&tx, &ce, &ch)) {
+            const Moeh__Envelope *cr = last_to(f, rid, MOEH__MSG_TYPE__UPLOAD_CREDIT);
+            if (!cr || cr->upload_credit->up_to <= tx.credit) break; /* refused: no credit */
+            assert_int_equal(
+                moeh_stream_tx_credit(&tx, cr->upload_credit->stream, cr->upload_credit->up_to), 0);
+            assert_true(moeh_stream_tx_next(&tx, &ce, &ch));
+        }
+        rc = deliver_whole(f, rid, peer, &ce, NULL, 0);
+    }
+    moeh_stream_tx_clear(&tx);
+    return rc;
+}
+
 /* Packs env (with frames) like a site would, decodes it like run.c does, and hands it to the
- * core as coming from routing id rid and authenticated peer. The decoder's code, or the
- * core's. */
+ * core as coming from routing id rid and authenticated peer; with granted uploads
+ * (cfg.upload_slots) an Update or a TRAIN SecaggMasked goes in chunks, as an agent sends
+ * it. The decoder's code, or the core's. */
 int deliver_from(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
                  const moeh_frame_t *frames, size_t n_frames)
+{
+    if (f->cfg.upload_slots && !f->whole_uploads && env->type == MOEH__MSG_TYPE__UPDATE)
+        return deliver_stream(f, rid, peer, env, frames, n_frames, env->update->round);
+    if (f->cfg.upload_slots && !f->whole_uploads && env->type == MOEH__MSG_TYPE__SECAGG_MASKED &&
+        env->secagg_masked->task == MOEH__ROUND_TASK__TRAIN)
+        return deliver_stream(f, rid, peer, env, frames, n_frames, env->secagg_masked->round);
+    return deliver_whole(f, rid, peer, env, frames, n_frames);
+}
+
+static int deliver_whole(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
+                         const moeh_frame_t *frames, size_t n_frames)
 {
     uint8_t *hdr = NULL;
     size_t len = 0;

@@ -14,6 +14,7 @@
 #include "moeh_schema.h"
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
+#include "moeh_stream.h"
 #include "moeh_uploads.h"
 #include "moeh_wire.h"
 #include "test_util.h"
@@ -50,6 +51,7 @@ typedef struct {
     uint32_t saved_round;
     int64_t now;
     site_t site[N_SITES];
+    int whole_uploads; /* deliver granted uploads whole (as protocol 6 did), not in chunks */
 } fx_t;
 
 /* The last message of this type sent to rid (NULL: none). */
@@ -67,8 +69,9 @@ int fx_setup(void **state);
 int fx_teardown(void **state);
 
 /* Packs env (with frames) like a site would, decodes it like run.c does, and hands it to the
- * core as coming from routing id rid and authenticated peer. The decoder's code, or the
- * core's. */
+ * core as coming from routing id rid and authenticated peer; with granted uploads
+ * (cfg.upload_slots, and not whole_uploads) an Update or a TRAIN SecaggMasked goes in chunks
+ * under the core's credit, as an agent sends it. The decoder's code, or the core's. */
 int deliver_from(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
                  const moeh_frame_t *frames, size_t n_frames);
 

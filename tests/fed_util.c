@@ -576,6 +576,30 @@ int rogue_next_alive(rogue_t *r, moeh_msg_t *m)
     }
 }
 
+void rogue_send_stream(rogue_t *r, uint64_t stream, Moeh__Envelope *env, const moeh_frame_t *f,
+                       size_t nf)
+{
+    moeh_stream_tx_t tx = {0};
+    assert_int_equal(moeh_stream_tx_begin(&tx, stream, env, f, nf), 0);
+    while (moeh_stream_tx_active(&tx)) {
+        Moeh__Envelope ce;
+        Moeh__UploadChunk ch;
+        while (moeh_stream_tx_next(&tx, &ce, &ch))
+            assert_int_equal(moeh_wire_send(r->sock, NULL, 0, &ce, NULL, 0), 0);
+        if (!moeh_stream_tx_active(&tx)) break;
+        moeh_msg_t m;
+        assert_int_equal(rogue_next_alive(r, &m), 0);
+        if (m.env->type == MOEH__MSG_TYPE__ERROR)
+            print_error("the upload was refused: %s\n", m.env->error->message);
+        assert_int_equal(m.env->type, MOEH__MSG_TYPE__UPLOAD_CREDIT);
+        assert_int_equal(
+            moeh_stream_tx_credit(&tx, m.env->upload_credit->stream, m.env->upload_credit->up_to),
+            0);
+        moeh_msg_clear(&m);
+    }
+    moeh_stream_tx_clear(&tx);
+}
+
 /* Sends env and expects an Error with `code` whose message contains needle (or needle2, if
  * not NULL); RoundStarts arriving first are skipped. */
 void rogue_expect_reply2(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf,

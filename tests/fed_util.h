@@ -11,6 +11,7 @@
 #include "moeh_keys.h"
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
+#include "moeh_stream.h"
 #include "moeh_wire.h"
 #include "moeh_localfed.h"
 #include "moeh_checkpoint.h"
@@ -197,6 +198,10 @@ void assert_same_global_metrics(const char *out_a, const char *out_b);
 
 /* Sends env with its frames; with needle, then expects an Error of `code` containing it
  * (rogue_expect_reply). */
+/* Sends env with its frames as a granted upload does (protocol 7): in chunks of stream
+ * `stream` under the coordinator's credits, reading them (and nothing else) as it goes. */
+void rogue_send_stream(rogue_t *r, uint64_t stream, Moeh__Envelope *env, const moeh_frame_t *f,
+                       size_t nf);
 void rogue_send_expect(rogue_t *r, Moeh__Envelope *env, const moeh_frame_t *f, size_t nf, int code,
                        const char *needle);
 /* The rogue's STATS reply, a clear StatsResult accepted by the wire: all-zero sums but for the

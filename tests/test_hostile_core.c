@@ -121,6 +121,106 @@ static void test_full_queue_drops_the_peer(void **state)
     g_full_rid = NULL;
 }
 
+static void slot_1(moeh_coord_cfg_t *c)
+{
+    c->upload_slots = 1;
+    c->heartbeat_timeout_ms = 500; /* also the grant's lifetime from its last chunk */
+    c->model.d_emb = 32;           /* an update of more chunks than the credit window */
+    c->model.d_hidden = 64;
+    c->model.note_buckets = 4096;
+}
+
+static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t v)
+{
+    Moeh__Envelope env;
+    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
+    r.round = round;
+    r.model_version = v;
+    moeh_env_upload_ready(&env, &r);
+    assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+}
+
+/* Finding 3 in the protocol (protocol 7): a granted upload travels in chunks under credit.
+ * Refused: a chunk from a site without a grant, a granted update sent whole (libzmq would
+ * have held it whole), a chunk of another round's stream, a chunk out of order, a chunk 0
+ * declaring more than the model's update. A stream cut off by a fresh chunk 0 starts over,
+ * and the honest chunked uploads close the phase; the credits keep 8 chunks in flight. */
+static void test_granted_upload_in_chunks(void **state)
+{
+    fx_t *f = *state;
+    fx_create(f, slot_1);
+    join_and_stats(f);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    const Moeh__RoundStart *rs = round_start(f, 0, 1, MOEH__ROUND_TASK__TRAIN);
+    assert_true(rs->grant_uploads);
+    const moeh_params_t *p = moeh_coord_core_params(f->core);
+    uint32_t *words = update_words(f, 0, rs->config, (uint32_t)f->site[0].n_train, 0);
+    Moeh__Update u;
+    Moeh__Envelope env = update_env(&u, 1, v);
+    moeh_frame_t fr = {
+        .name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = p->n + p->n_groups};
+    moeh_stream_tx_t tx = {0};
+    assert_int_equal(moeh_stream_tx_begin(&tx, 1, &env, &fr, 1), 0);
+    const uint32_t n_chunks = tx.n_chunks;
+    assert_true(n_chunks > MOEH_STREAM_WINDOW); /* the credit matters */
+    Moeh__Envelope ce;
+    Moeh__UploadChunk ch;
+    /* no grant yet */
+    assert_true(moeh_stream_tx_next(&tx, &ce, &ch));
+    assert_int_equal(deliver(f, 0, &ce, NULL, 0), 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "no upload slot is granted"));
+    upload_ready(f, 0, 1, v);
+    assert_non_null(last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+    /* the update whole */
+    f->whole_uploads = 1;
+    assert_int_equal(deliver(f, 0, &env, &fr, 1), 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -EBADMSG), "travels in upload_chunks"));
+    f->whole_uploads = 0;
+    /* another round's stream */
+    ch.stream = 2;
+    assert_int_equal(deliver(f, 0, &ce, NULL, 0), 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "expected this round's"));
+    ch.stream = 1;
+    /* a chunk 0 declaring more than an update of this model (a fresh message of its own) */
+    uint64_t huge[2] = {100, 4 * (uint64_t)(p->n + p->n_groups) + 1000000};
+    Moeh__UploadChunk big = ch;
+    big.part_bytes = huge;
+    big.n_chunks =
+        (uint32_t)((huge[0] + huge[1] + MOEH_STREAM_CHUNK_BYTES - 1) / MOEH_STREAM_CHUNK_BYTES);
+    Moeh__Envelope be;
+    moeh_env_upload_chunk(&be, &big);
+    int rc = deliver(f, 0, &be, NULL, 0);
+    assert_true(rc == 0 || rc == -EBADMSG); /* the decoder or the receiver refuses it */
+    assert_true(f->n_sent > 0 && f->sent[f->n_sent - 1].env->type == MOEH__MSG_TYPE__ERROR);
+    /* chunk 0 and then chunk 2: out of order */
+    assert_int_equal(deliver(f, 0, &ce, NULL, 0), 0);
+    const Moeh__Envelope *cr = last_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_CREDIT);
+    assert_non_null(cr);
+    assert_int_equal(cr->upload_credit->up_to, 1 + MOEH_STREAM_WINDOW);
+    assert_true(moeh_stream_tx_next(&tx, &ce, &ch)); /* chunk 1, skipped */
+    assert_true(moeh_stream_tx_next(&tx, &ce, &ch)); /* chunk 2 */
+    assert_int_equal(deliver(f, 0, &ce, NULL, 0), 0);
+    assert_non_null(strstr(last_error(f, f->site[0].rid, -EBADMSG), "expected chunk 1"));
+    moeh_stream_tx_clear(&tx);
+    /* the honest upload (coord_util sends it in chunks under the credits) closes the phase
+     * with the others' */
+    free(words);
+    size_t sent0 = f->n_sent;
+    assert_int_equal(send_update(f, 0, 1, v, (uint32_t)f->site[0].n_train), 0);
+    size_t credits = count_to(f, f->site[0].rid, MOEH__MSG_TYPE__UPLOAD_CREDIT);
+    print_message("an update of %zu words in %u chunks of %u bytes: %zu messages back, %zu "
+                  "credits to site-1 in all\n",
+                  p->n + p->n_groups, n_chunks, MOEH_STREAM_CHUNK_BYTES, f->n_sent - sent0,
+                  credits);
+    for (int k = 1; k < N_SITES; k++) {
+        upload_ready(f, k, 1, v);
+        assert_non_null(last_to(f, f->site[k].rid, MOEH__MSG_TYPE__UPLOAD_GRANT));
+        assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
+    }
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+}
+
 static void two_rounds(moeh_coord_cfg_t *c)
 {
     c->rounds = 2;
@@ -174,4 +274,5 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_hello_flood_earns_one_model, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_error_replies_rate_limited, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_full_queue_drops_the_peer, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_granted_upload_in_chunks, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_checkpoint_write_retried, fx_setup, fx_teardown))

@@ -333,16 +333,21 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 5 (no Hello.n_val: the coordinator would bound the site's validation replies
-     * by 0 rows) and 4 (no final model) are not spoken any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 6);
+    /* protocol 6 (granted uploads in one multipart message, which libzmq holds whole before
+     * the coordinator can refuse it), 5 (no Hello.n_val: the coordinator would bound the
+     * site's validation replies by 0 rows) and 4 (no final model) are not spoken any more */
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 7);
+    m.env.protocol_version = 6;
+    buf = pack_raw(&m.env, &len);
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 6, expected 7");
+    free(buf);
     m.env.protocol_version = 5;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 6");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 7");
     free(buf);
     m.env.protocol_version = 4;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 6");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 7");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);
@@ -377,7 +382,10 @@ static const wire_field_case_t k_type_body_mismatch_fields[] = {
     {mk_upload_ready, "type", MOEH__MSG_TYPE__FINAL_MODEL, NULL, &k_lim, -EBADMSG,
      "final_model: body missing or of another type"},
     /* the other one's body */
-    {mk_upload_ready, "type", (Moeh__MsgType)20, NULL, &k_lim, -EBADMSG, "type: 20"},
+    {mk_upload_ready, "type", MOEH__MSG_TYPE__UPLOAD_CHUNK, NULL, &k_lim, -EBADMSG,
+     "upload_chunk: body missing or of another type"},
+    /* the other one's body */
+    {mk_upload_ready, "type", (Moeh__MsgType)22, NULL, &k_lim, -EBADMSG, "type: 22"},
     /* the other one's body */
     {mk_upload_ready, "type", (Moeh__MsgType)1000, NULL, &k_lim, -EBADMSG, "type: 1000"},
     /* the other one's body */
@@ -469,7 +477,9 @@ static void test_names_and_site_ids(void **state)
     assert_string_equal(moeh_msg_type_name(17), "upload_grant");
     assert_string_equal(moeh_msg_type_name(18), "final_model");
     assert_string_equal(moeh_msg_type_name(19), "final_ack");
-    assert_string_equal(moeh_msg_type_name(20), "unknown");
+    assert_string_equal(moeh_msg_type_name(20), "upload_chunk");
+    assert_string_equal(moeh_msg_type_name(21), "upload_credit");
+    assert_string_equal(moeh_msg_type_name(22), "unknown");
     assert_string_equal(moeh_msg_type_name(-1), "unknown");
 
     assert_true(moeh_site_id_valid("a"));

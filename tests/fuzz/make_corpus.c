@@ -1,11 +1,13 @@
 /* make_corpus.c - writes the fuzzers' seed corpus: one valid message of every type in the
- * fuzz_input.h layout, valid .npy files, a registry and a key file. Run once to regenerate
+ * fuzz_input.h layout, chunked uploads in fuzz_stream.c's layout, valid .npy files, a registry
+ * and a key file. Run once to regenerate
  * tests/fuzz/corpus/ (see docs/security.md):  make_corpus tests/fuzz/corpus */
 #include "fuzz_input.h"
 #include "moeh_keys.h"
 #include "moeh_npy.h"
 #include "moeh_secagg.h"
 #include "moeh_secsum.h"
+#include "moeh_stream.h"
 
 #include <string.h>
 
@@ -41,6 +43,34 @@ static void put_msg(const char *dir, const char *name, Moeh__Envelope *env,
     pos += hlen;
     free(hdr);
     put(dir, "wire", name, out, pos);
+}
+
+/* Appends env packed as one record of fuzz_stream.c's layout: a u16 length, then the header. */
+static void put_rec(uint8_t *out, size_t *pos, size_t cap, Moeh__Envelope *env)
+{
+    uint8_t *hdr = NULL;
+    size_t hlen = 0;
+    MOEH_ASSERT(moeh_wire_pack(env, NULL, 0, &hdr, &hlen) == 0);
+    MOEH_ASSERT(hlen <= 0xffff && *pos + 2 + hlen <= cap);
+    out[(*pos)++] = (uint8_t)(hlen & 0xff);
+    out[(*pos)++] = (uint8_t)(hlen >> 8);
+    memcpy(out + *pos, hdr, hlen);
+    *pos += hlen;
+    free(hdr);
+}
+
+/* Appends chunks first..end-1 of env + frames sent by the real sender as stream `stream`. */
+static void put_chunks(uint8_t *out, size_t *pos, size_t cap, uint64_t stream, Moeh__Envelope *env,
+                       const moeh_frame_t *frames, size_t nf, uint32_t first, uint32_t end)
+{
+    moeh_stream_tx_t t = {0};
+    MOEH_ASSERT(moeh_stream_tx_begin(&t, stream, env, frames, nf) == 0);
+    MOEH_ASSERT(moeh_stream_tx_credit(&t, stream, UINT32_MAX) == 0);
+    Moeh__Envelope ce;
+    Moeh__UploadChunk ch;
+    for (uint32_t i = 0; moeh_stream_tx_next(&t, &ce, &ch); i++)
+        if (i >= first && i < end) put_rec(out, pos, cap, &ce);
+    moeh_stream_tx_clear(&t);
 }
 
 int main(int argc, char **argv)
@@ -170,6 +200,24 @@ int main(int argc, char **argv)
     e17.type = MOEH__MSG_TYPE__UPLOAD_GRANT, e17.body_case = MOEH__ENVELOPE__BODY_UPLOAD_GRANT;
     e17.upload_grant = &ug;
     put_msg(dir, "upload_grant", &e17, NULL, 0);
+    /* a granted upload in chunks (protocol 7): a first chunk (all of a small message) and a
+     * credit */
+    uint8_t piece[64];
+    for (size_t i = 0; i < sizeof piece; i++)
+        piece[i] = (uint8_t)(i * 13);
+    uint64_t part_bytes[2] = {16, sizeof piece - 16};
+    Moeh__Envelope e20;
+    Moeh__UploadChunk uc = MOEH__UPLOAD_CHUNK__INIT;
+    uc.stream = 1, uc.index = 0, uc.n_chunks = 1;
+    uc.n_part_bytes = 2, uc.part_bytes = part_bytes;
+    uc.data.data = piece, uc.data.len = sizeof piece;
+    moeh_env_upload_chunk(&e20, &uc);
+    put_msg(dir, "upload_chunk", &e20, NULL, 0);
+    Moeh__Envelope e21;
+    Moeh__UploadCredit ucr = MOEH__UPLOAD_CREDIT__INIT;
+    ucr.stream = 1, ucr.up_to = 9;
+    moeh_env_upload_credit(&e21, &ucr);
+    put_msg(dir, "upload_credit", &e21, NULL, 0);
     /* the end of a run (protocol 5): a model file (any bytes: the agent's model-file reader
      * checks them, the decoder their size) and its acknowledgement */
     uint8_t file[100], sha[MOEH_WIRE_SHA256_BYTES];
@@ -291,6 +339,55 @@ int main(int argc, char **argv)
     }
     rs.task = MOEH__ROUND_TASK__STATS;
     put_msg(dir, "round_start_stats_secagg", &e3, NULL, 0);
+
+    /* chunked uploads (fuzz_stream): an Update and a TRAIN masked vector in one chunk each (a
+     * credit, which the receiver does not take, in between), a SecaggKeys of the most keys in
+     * two chunks, a stream restarted by another's chunk 0, and a chunk out of place */
+    static uint8_t st[256 * 1024];
+    size_t sp_len = 0;
+    Moeh__Envelope es;
+    Moeh__Update us = MOEH__UPDATE__INIT;
+    us.round = 1, us.model_version = 0, us.train_loss = 0.5, us.n_samples = 40, us.steps = 5;
+    moeh_env_update(&es, &us);
+    Moeh__Envelope ec;
+    Moeh__UploadCredit cr = MOEH__UPLOAD_CREDIT__INIT;
+    cr.stream = 1, cr.up_to = 9;
+    moeh_env_upload_credit(&ec, &cr);
+    put_chunks(st, &sp_len, sizeof st, 1, &es, &fu, 1, 0, UINT32_MAX);
+    put(dir, "stream", "update", st, sp_len);
+    Moeh__Envelope em;
+    Moeh__SecaggMasked smt = MOEH__SECAGG_MASKED__INIT;
+    smt.session = sp.session, smt.round = 3, smt.model_version = 8;
+    smt.task = MOEH__ROUND_TASK__TRAIN;
+    moeh_env_secagg_masked(&em, &smt);
+    moeh_frame_t mft = {.name = "masked",
+                        .dtype = MOEH__DTYPE__U32,
+                        .data = mw,
+                        .count = moeh_wire_secsum_len(L, MOEH__ROUND_TASK__TRAIN)};
+    put_rec(st, &sp_len, sizeof st, &ec);
+    put_chunks(st, &sp_len, sizeof st, 2, &em, &mft, 1, 0, UINT32_MAX);
+    put(dir, "stream", "update_masked", st, sp_len);
+    static Moeh__SecaggKey mk[MOEH_WIRE_SECAGG_MAX];
+    static Moeh__SecaggKey *mkp[MOEH_WIRE_SECAGG_MAX];
+    for (uint32_t i = 0; i < MOEH_WIRE_SECAGG_MAX; i++) {
+        moeh__secagg_key__init(&mk[i]);
+        mk[i].id = i, mk[i].c_pk = c_pk, mk[i].s_pk = s_pk, mkp[i] = &mk[i];
+    }
+    Moeh__Envelope ek;
+    Moeh__SecaggKeys mks = MOEH__SECAGG_KEYS__INIT;
+    mks.session = sp.session, mks.n_keys = MOEH_WIRE_SECAGG_MAX, mks.keys = mkp;
+    moeh_env_secagg_keys(&ek, &mks);
+    sp_len = 0;
+    put_chunks(st, &sp_len, sizeof st, 3, &ek, NULL, 0, 0, UINT32_MAX);
+    put(dir, "stream", "secagg_keys", st, sp_len);
+    sp_len = 0;
+    put_chunks(st, &sp_len, sizeof st, 4, &ek, NULL, 0, 0, 1);
+    put_chunks(st, &sp_len, sizeof st, 5, &es, &fu, 1, 0, UINT32_MAX);
+    put(dir, "stream", "restart", st, sp_len);
+    sp_len = 0;
+    put_chunks(st, &sp_len, sizeof st, 6, &ek, NULL, 0, 1, UINT32_MAX);
+    put_chunks(st, &sp_len, sizeof st, 7, &es, &fu, 1, 0, UINT32_MAX);
+    put(dir, "stream", "out_of_place", st, sp_len);
 
     /* .npy seeds, written through the real writer then copied into the corpus */
     char path[1024];

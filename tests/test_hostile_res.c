@@ -264,6 +264,87 @@ static void test_hostile_multipart_memory(void **state)
     assert_same_model(clean, f->out);
 }
 
+/* Finding 3, the credit ignored: one admitted key sends 20,000 single-part UploadChunks of
+ * 32 KiB (640 MB) as fast as ZeroMQ takes them, never reading (the flow an honest agent keeps
+ * to 8 chunks in flight). Each is a whole message, so the coordinator reads and refuses them
+ * one by one; what waits unread in libzmq meanwhile is bounded by the guard (bytes sent and
+ * not read), and the rate by the per-connection budget: the connection is shut down by one of
+ * them, the coordinator's peak RSS grows by far less than the flood, and the honest run that
+ * follows ends with the model of a clean run. */
+static void test_hostile_chunk_flood(void **state)
+{
+    fixture_t *f = *state;
+    register_site_x(f);
+    run_all(f, "clean", "2", NULL);
+    char clean[300];
+    snprintf(clean, sizeof clean, "%s", f->out);
+    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    moeh_proc_t *c =
+        start_coordinator_ex2(f, "2", "3", "3", NULL, "coordinator-attacked.log", NULL);
+    char log[400];
+    snprintf(log, sizeof log, "%s/coordinator-attacked.log", f->logs);
+    long hwm0 = status_kb(c->pid, "VmHWM");
+    enum { N_MSGS = 20000 };
+    void *ctx = zmq_ctx_new();
+    void *s = fed_flood_socket(f, ctx);
+    int hwm = N_MSGS + 10;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
+    static uint8_t data[MOEH_STREAM_CHUNK_BYTES];
+    memset(data, 0x5a, sizeof data);
+    uint64_t part_bytes[2] = {100, 2 * MOEH_STREAM_CHUNK_BYTES - 100}; /* two chunks in all */
+    Moeh__Envelope env;
+    Moeh__UploadChunk ch = MOEH__UPLOAD_CHUNK__INIT;
+    ch.stream = 1, ch.index = 0, ch.n_chunks = 2, ch.n_part_bytes = 2, ch.part_bytes = part_bytes;
+    ch.data.data = data, ch.data.len = sizeof data;
+    moeh_env_upload_chunk(&env, &ch);
+    uint8_t *hdr = NULL;
+    size_t hlen = 0;
+    assert_int_equal(moeh_wire_pack(&env, NULL, 0, &hdr, &hlen), 0);
+    zmq_msg_t one; /* every message shares this one buffer (zmq_msg_copy takes a reference) */
+    assert_int_equal(zmq_msg_init_size(&one, hlen), 0);
+    memcpy(zmq_msg_data(&one), hdr, hlen);
+    free(hdr);
+    int64_t t0 = moeh_now_ms();
+    for (int i = 0; i < N_MSGS; i++) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        assert_int_equal(zmq_msg_copy(&m, &one), 0);
+        assert_true(zmq_msg_send(&m, s, 0) >= 0);
+    }
+    zmq_msg_close(&one);
+    long peak = hwm0, kb;
+    const char *unread = "sent and not read: more than one message in transit",
+               *budget = "over its inbound byte budget";
+    while (!file_contains(log, unread) && !file_contains(log, budget) &&
+           moeh_now_ms() - t0 < 60000) {
+        assert_int_equal(moeh_proc_wait(c, 50), -ETIMEDOUT);
+        if ((kb = status_kb(c->pid, "VmHWM")) > peak) peak = kb;
+    }
+    double shut_s = (moeh_now_ms() - t0) / 1000.0;
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(moeh_proc_wait(c, 50), -ETIMEDOUT);
+        if ((kb = status_kb(c->pid, "VmHWM")) > peak) peak = kb;
+    }
+    long attack_peak = peak;
+    int by_unread = file_contains(log, unread);
+    moeh_proc_t *a[N_SITES];
+    start_all_agents(f, a, NULL);
+    while (moeh_proc_wait(c, 100) == -ETIMEDOUT)
+        assert_true(moeh_now_ms() - t0 < 150000);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    assert_int_equal(moeh_proc_exit_code(c), 0);
+    for (int k = 0; k < N_SITES; k++)
+        wait_exit(a[k], 10000, 0);
+    print_message("%d chunks of 32 KiB, never reading: shut down after %.2f s (%s); coordinator "
+                  "VmHWM %ld kB before, %ld kB then\n",
+                  N_MSGS, shut_s, by_unread ? "sent and not read" : "byte budget", hwm0,
+                  attack_peak);
+    assert_true(file_contains(log, unread) || file_contains(log, budget));
+    assert_true(hwm0 > 0 && attack_peak - hwm0 < 80 * 1024); /* the flood: 640 MB */
+    assert_same_model(clean, f->out);
+}
+
 /* Finding 2, one key. First 12 authenticated connections of site-x that each deliver one
  * Heartbeat: the guard keeps the key's newest connection and shuts the other 11 down within a
  * scan or two. Then 60 more connections of the key that never deliver a message, reconnecting
@@ -352,4 +433,5 @@ static void test_hostile_key_connections(void **state)
 
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     FED_TEST(test_hostile_idle_connections),
-                    FED_TEST(test_hostile_multipart_memory), FED_TEST(test_hostile_key_connections))
+                    FED_TEST(test_hostile_multipart_memory), FED_TEST(test_hostile_chunk_flood),
+                    FED_TEST(test_hostile_key_connections))

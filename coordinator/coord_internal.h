@@ -166,6 +166,12 @@ static inline Moeh__RoundTask coord_phase_task(phase_t ph)
                            : MOEH__ROUND_TASK__STATS;
 }
 
+/* 1 for the phases whose RoundStart the sites answer (and so whose replies are granted). */
+static inline int coord_phase_has_replies(phase_t ph)
+{
+    return ph == PH_TRAIN || ph == PH_EVAL || ph == PH_VAL || ph == PH_STATS;
+}
+
 static inline const char *coord_phase_name(phase_t ph)
 {
     return ph == PH_TRAIN  ? "train"

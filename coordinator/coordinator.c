@@ -174,7 +174,7 @@ static void send_round_start(coord_t *c, site_t *s)
     rs.deadline_ms = left > 1 ? (uint32_t)left : 1;
     rs.config = &rc;
     rs.n_participants = c->n_participants;
-    rs.grant_uploads = c->phase == PH_TRAIN && cfg->upload_slots > 0;
+    rs.grant_uploads = cfg->upload_slots > 0; /* every phase's reply, in chunks */
     Moeh__SecaggParams sp = MOEH__SECAGG_PARAMS__INIT;
     if (moeh_sa_server_step(c->sa) != MOEH_SA_OFF) {
         if (!s->sa_in) return; /* not in this session: it cannot take part in this attempt */
@@ -282,7 +282,8 @@ static void open_phase(coord_t *c, phase_t ph)
         site_t *s = &c->sites[i];
         /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
          * must not count as the test one (messages of a connection arrive in order) */
-        s->val_late = from_val && !cfg->secagg && s->participant && !s->replied;
+        s->val_late = from_val && !cfg->secagg && !cfg->upload_slots && s->participant &&
+                      !s->replied; /* (granted: a held reply is dropped at the next phase) */
         s->participant = s->admitted && replay_admits(c, ph, s);
         s->replied = 0;
         c->n_participants += s->participant != 0;

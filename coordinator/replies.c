@@ -42,11 +42,11 @@ static int site_alive(void *ctx, size_t i)
     return c->sites[i].admitted;
 }
 
-/* Grants uploads, first announced first, while a slot is free (TRAIN phase only). */
+/* Grants uploads, first announced first, while a slot is free. */
 void coord_grant_uploads(coord_t *c)
 {
     const uint32_t slots = c->cfg->upload_slots;
-    if (!slots || c->phase != PH_TRAIN) return;
+    if (!slots || !coord_phase_has_replies(c->phase)) return;
     moeh_sa_step_t step = moeh_sa_server_step(c->sa);
     if (step != MOEH_SA_OFF && step != MOEH_SA_MASKED) return; /* masked vectors only now */
     long i;
@@ -121,6 +121,17 @@ static int upload_take(coord_t *c, const moeh_msg_t *m, site_t *s)
     return 0;
 }
 
+/* The phase's small replies (EvalResult, StatsResult, their masked vectors): in chunks, the
+ * grant is taken like an update's; pushed whole they are still taken (a site's whole reply is
+ * within what the connection guard lets one connection have in transit), and a grant the site
+ * held is freed for the next. 1 if it may go on; else replied with an Error. */
+static int reply_take(coord_t *c, const moeh_msg_t *m, site_t *s)
+{
+    if (c->in_stream) return upload_take(c, m, s);
+    moeh_uploads_release(c->up, coord_site_index(c, s));
+    return 1;
+}
+
 /* UploadReady: queues the site for a grant if its update is one this phase can take. */
 void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s)
 {
@@ -132,7 +143,7 @@ void coord_handle_upload_ready(coord_t *c, const moeh_msg_t *m, site_t *s)
         snprintf(what, sizeof what,
                  "upload_ready: uploads are not granted in this run (--upload-slots 0): send "
                  "the update");
-    } else if (c->phase != PH_TRAIN || !s->participant) {
+    } else if (!coord_phase_has_replies(c->phase) || !s->participant) {
         snprintf(what, sizeof what, "upload_ready for round %u arrived outside its phase",
                  r->round);
     } else if (s->replied || up != MOEH_UP_NONE) {
@@ -172,7 +183,7 @@ int coord_handle_upload_chunk(coord_t *c, const moeh_msg_t *m, site_t *s, moeh_e
     const Moeh__UploadChunk *ch = m->env->upload_chunk;
     moeh_upload_state_t up = coord_upload_state(c, s);
     char what[400];
-    if (up != MOEH_UP_GRANTED || c->phase != PH_TRAIN) {
+    if (up != MOEH_UP_GRANTED || !coord_phase_has_replies(c->phase)) {
         moeh_stream_rx_clear(&s->up_rx);
         snprintf(what, sizeof what,
                  "upload_chunk: no upload slot is granted to this site%s; announce the update "
@@ -181,14 +192,15 @@ int coord_handle_upload_chunk(coord_t *c, const moeh_msg_t *m, site_t *s, moeh_e
         coord_reply_error(c, m, -ESTALE, what, s->id);
         return 0;
     }
-    if (ch->stream != c->round) {
+    if (ch->stream != (uint64_t)c->round + 1) {
         moeh_stream_rx_clear(&s->up_rx);
-        snprintf(what, sizeof what, "upload_chunk: stream %llu, expected this round's (%u)",
-                 (unsigned long long)ch->stream, c->round);
+        snprintf(what, sizeof what, "upload_chunk: stream %llu, expected this round's (%llu)",
+                 (unsigned long long)ch->stream, (unsigned long long)c->round + 1);
         coord_reply_error(c, m, -ESTALE, what, s->id);
         return 0;
     }
-    if (ch->index == 0 && c->dp && moeh_sa_server_step(c->sa) == MOEH_SA_OFF) {
+    if (ch->index == 0 && c->dp && c->phase == PH_TRAIN &&
+        moeh_sa_server_step(c->sa) == MOEH_SA_OFF) {
         /* DP: a plain upload shows this site's less noised delta chunk by chunk; count it at
          * its first chunk, whether it is ever completed or not */
         s->dp_seen++;
@@ -219,10 +231,11 @@ int coord_handle_upload_chunk(coord_t *c, const moeh_msg_t *m, site_t *s, moeh_e
     whole.src_fd = m->src_fd;
     rc = moeh_stream_rx_decode(&s->up_rx, &c->lim, &whole.env, whole.frames, &whole.n_frames, &err);
     int type = rc == 0 ? whole.env->type : 0;
-    if (rc == 0 && type != MOEH__MSG_TYPE__UPDATE &&
-        !(type == MOEH__MSG_TYPE__SECAGG_MASKED &&
-          whole.env->secagg_masked->task == MOEH__ROUND_TASK__TRAIN))
-        rc = moeh_errf(&err, -EBADMSG, "upload: carries a %s, expected an update",
+    if (rc == 0 && type != MOEH__MSG_TYPE__UPDATE && type != MOEH__MSG_TYPE__SECAGG_MASKED &&
+        type != MOEH__MSG_TYPE__EVAL_RESULT && type != MOEH__MSG_TYPE__STATS_RESULT)
+        rc = moeh_errf(&err, -EBADMSG,
+                       "upload: carries a %s, expected a phase's reply (update, eval_result, "
+                       "stats_result, secagg_masked)",
                        moeh_msg_type_name(type));
     if (rc == 0 && type == MOEH__MSG_TYPE__UPDATE && c->dp &&
         whole.env->update->secagg_session == 0 && s->dp_seen)
@@ -310,7 +323,8 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
         return;
     }
     /* the same EvalResult answers EVALUATE and VALIDATE (the phase tells which) */
-    if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version))
+    if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version) ||
+        !reply_take(c, m, s))
         return;
     const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
     const uint8_t *p = m->frames[0].data;
@@ -369,7 +383,7 @@ void coord_handle_stats(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
-    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version)) return;
+    if (!session_ok(c, m, s, PH_STATS, r->round, c->model_version) || !reply_take(c, m, s)) return;
     size_t n = 3 * (size_t)c->n_norm;
     memcpy(c->stats_sum, m->frames[0].data, n * sizeof(double)); /* scratch */
     char what[300]; /* robust.c: counts within the site's (capped) rows, consistent sums */
@@ -509,7 +523,7 @@ void coord_handle_sa_masked(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
-    if (c->phase == PH_TRAIN && !upload_take(c, m, s)) return; /* the small vectors are pushed */
+    if (!(c->phase == PH_TRAIN ? upload_take(c, m, s) : reply_take(c, m, s))) return;
     size_t len = moeh_sa_server_cfg(c->sa)->len;
     MOEH_ASSERT(m->frames[0].len == len * 4); /* the decoder checked it */
     moeh_secsum_add(c->vsum, m->frames[0].data, len);

@@ -380,10 +380,13 @@ static int announce(run_t *r, uint32_t wait_target, moeh_err_t *err)
     return 0;
 }
 
-/* Reads up to 256 waiting messages into the core. 0 or the core's fatal code. */
+/* Reads up to 256 waiting messages into the core. 0 or the core's fatal code. The guard scans
+ * on the way too (every 16 messages, if its interval has passed): a loop slowed by a flood of
+ * messages must not let what waits unread behind them grow for longer than that. */
 static int drain(run_t *r, moeh_err_t *fatal)
 {
     for (int budget = 0; budget < 256; budget++) {
+        if (budget % 16 == 15) guard_tick(r);
         moeh_msg_t m;
         moeh_err_t err = {0};
         int rc = moeh_wire_recv(r->router, 1, moeh_coord_core_limits(r->core), &m, &err);

@@ -1,13 +1,13 @@
 /* moeh_stream.h - a granted upload in chunks under the receiver's credit (protocol 7).
  *
  * libzmq holds every part of a multipart message before the application sees any, so a large
- * message is memory the receiver cannot refuse in time. A granted upload (an Update, or a
- * TRAIN SecaggMasked) therefore travels as single-part UploadChunk messages of at most
- * MOEH_STREAM_CHUNK_BYTES: the whole message it would have been (its packed header, then each
- * frame's bytes) cut into pieces. The sender sends the first MOEH_STREAM_WINDOW chunks and
- * then only what the receiver's UploadCredit {up_to} allows; the receiver credits a chunk once
- * it has copied it, so at most the window is in flight per upload. The receiver allocates the
- * whole only once the first chunk has declared a size within the negotiated model's
+ * message is memory the receiver cannot refuse in time. A granted upload (a phase's reply: an
+ * Update, EvalResult, StatsResult or SecaggMasked) therefore travels as single-part UploadChunk
+ * messages of at most MOEH_STREAM_CHUNK_BYTES: the whole message it would have been (its packed
+ * header, then each frame's bytes) cut into pieces. The sender sends the first MOEH_STREAM_WINDOW
+ * chunks and then only what the receiver's UploadCredit {up_to} allows; the receiver credits a
+ * chunk once it has copied it, so at most the window is in flight per upload. The receiver
+ * allocates the whole only once the first chunk has declared a size within the negotiated model's
  * (moeh_stream_max_bytes), and decodes it with moeh_wire_decode when the last chunk is in.
  *
  * The sender and the receiver here hold no socket: moeh_stream_tx_next hands out the next
@@ -20,8 +20,8 @@
 #define MOEH_STREAM_CHUNK_BYTES (32u * 1024u) /* fits a header of MOEH_MAX_HEADER_BYTES */
 #define MOEH_STREAM_WINDOW 8u                 /* chunks in flight: 256 KiB */
 
-/* The largest stream under lim: a header and the larger of an Update's and a TRAIN masked
- * vector's words; 0 before a model is negotiated. Pure. */
+/* The largest stream under lim: a header and the largest reply's words (an Update, a masked
+ * vector, an EvalResult or StatsResult); 0 before a model is negotiated. Pure. */
 uint64_t moeh_stream_max_bytes(const moeh_wire_limits_t *lim);
 
 /* The most bytes a site may have in transit to the coordinator at once under lim when its

@@ -26,8 +26,9 @@
  * shorter (an empty frame: one empty part); moeh_wire_recv joins them. CURVE encrypts and
  * decrypts part by part, so a connection holds one encrypted part of a large tensor at a time
  * instead of a whole encrypted copy: broadcasting the model to S sites costs S parts of
- * memory, not S models (docs/performance.md). */
-#define MOEH_WIRE_CHUNK_BYTES (128u * 1024u)
+ * memory, not S models (docs/performance.md). 32 KiB since protocol 7 (128 KiB before: 100
+ * sites then held 13 MB of encrypted parts while the model went out). */
+#define MOEH_WIRE_CHUNK_BYTES (32u * 1024u)
 /* Largest ZeroMQ part (ZMQ_MAXMSGSIZE of every moeh socket): a header or one part of a frame,
  * plus room for CURVE's framing (ZeroMQ checks the encrypted size: 33 bytes more). A peer
  * sending a larger part is disconnected by ZeroMQ before that part is buffered. ZeroMQ still

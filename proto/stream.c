@@ -5,12 +5,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Words of the largest reply other than an update: an EvalResult, a StatsResult (f64: two
+ * words each) or a masked EVALUATE, VALIDATE or STATS vector. */
+static uint64_t reply_words(const moeh_wire_limits_t *lim)
+{
+    const Moeh__RoundTask tasks[] = {MOEH__ROUND_TASK__EVALUATE, MOEH__ROUND_TASK__VALIDATE,
+                                     MOEH__ROUND_TASK__STATS};
+    uint64_t words = (uint64_t)MOEH_N_SLICES * lim->n_tasks * 2 * lim->eval_bins +
+                     (uint64_t)MOEH_N_COMBOS * lim->n_experts;
+    if (6 * (uint64_t)lim->n_norm > words) words = 6 * (uint64_t)lim->n_norm;
+    for (size_t i = 0; i < sizeof tasks / sizeof *tasks; i++)
+        if (moeh_wire_secsum_len(lim, tasks[i]) > words)
+            words = moeh_wire_secsum_len(lim, tasks[i]);
+    return words;
+}
+
 uint64_t moeh_stream_max_bytes(const moeh_wire_limits_t *lim)
 {
     if (!lim || lim->n_params == 0) return 0;
     uint64_t words = lim->n_params + lim->n_groups;
     uint64_t masked = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
     if (masked > words) words = masked;
+    if (reply_words(lim) > words) words = reply_words(lim);
     return MOEH_MAX_HEADER_BYTES + 4 * words;
 }
 
@@ -18,16 +34,9 @@ uint64_t moeh_stream_max_unstreamed_bytes(const moeh_wire_limits_t *lim)
 {
     const uint64_t window = (uint64_t)MOEH_STREAM_WINDOW * (MOEH_STREAM_CHUNK_BYTES + 1024);
     if (!lim || lim->n_params == 0) return MOEH_MAX_HEADER_BYTES + window; /* no tensors yet */
-    const Moeh__RoundTask tasks[] = {MOEH__ROUND_TASK__EVALUATE, MOEH__ROUND_TASK__VALIDATE,
-                                     MOEH__ROUND_TASK__STATS};
-    uint64_t words = (uint64_t)MOEH_N_SLICES * lim->n_tasks * 2 * lim->eval_bins +
-                     (uint64_t)MOEH_N_COMBOS * lim->n_experts;                /* EvalResult */
-    if (6 * (uint64_t)lim->n_norm > words) words = 6 * (uint64_t)lim->n_norm; /* StatsResult */
-    for (size_t i = 0; i < sizeof tasks / sizeof *tasks; i++)
-        if (moeh_wire_secsum_len(lim, tasks[i]) > words)
-            words = moeh_wire_secsum_len(lim, tasks[i]);
-    /* each chunk of the window: its data, its header fields, ZeroMQ's and CURVE's framing */
-    return MOEH_MAX_HEADER_BYTES + 4 * words + window;
+    /* a reply pushed whole (still taken: see the coordinator's replies.c), and a window of
+     * chunks, each with its header fields and ZeroMQ's and CURVE's framing */
+    return MOEH_MAX_HEADER_BYTES + 4 * reply_words(lim) + window;
 }
 
 static uint32_t chunks_of(uint64_t bytes)

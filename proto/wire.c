@@ -456,9 +456,6 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "> 0 with quant_scale * delta_clip < 2^31 expected");
         if ((rc = validate_dp(c, err))) return rc;
         if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
-        if (r->grant_uploads && r->task != MOEH__ROUND_TASK__TRAIN)
-            return moeh_errf(err, -EBADMSG,
-                             "round_start.grant_uploads: only a TRAIN phase grants uploads");
         if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
                                 {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
@@ -569,11 +566,7 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
     }
     case MOEH__MSG_TYPE__UPLOAD_READY:
     case MOEH__MSG_TYPE__UPLOAD_GRANT:
-        /* round, version and session (0: plain) are session checks; rounds start at 1 */
-        if ((e->type == MOEH__MSG_TYPE__UPLOAD_READY ? e->upload_ready->round
-                                                     : e->upload_grant->round) == 0)
-            return moeh_errf(err, -EBADMSG, "%s.round: 0, only training rounds (1..) upload",
-                             moeh_msg_type_name(e->type));
+        /* round (0: the statistics), version and session (0: plain) are session checks */
         break;
     case MOEH__MSG_TYPE__UPLOAD_CHUNK: {
         /* each field in range here; the sequence and the sizes against the first chunk are

@@ -367,6 +367,11 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
     r.n_rows = moeh_trainer_rows(a->trainer, MOEH_SPLIT_TRAIN);
     moeh_env_stats_result(&env, &r);
     moeh_frame_t f = {.name = "stats", .dtype = MOEH__DTYPE__F64, .data = st, .count = 3 * nn};
+    if (rs->grant_uploads) { /* packed (a copy) and held for the grant */
+        moeh_agent_upload_hold(a, &env, &f, 1, rs->task, rs->round, rs->model_version, 0, 0);
+        free(st);
+        return;
+    }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
     if (rc) MOEH_WARN("could not send the statistics: %s", moeh_strerror(rc));
     free(st);
@@ -498,6 +503,10 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
                           .dtype = MOEH__DTYPE__F32,
                           .data = a->gate_sum,
                           .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
+    if (rs->grant_uploads) { /* packed (a copy) and held for the grant */
+        moeh_agent_upload_hold(a, &env, f, 2, rs->task, rs->round, rs->model_version, 0, 0);
+        return;
+    }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, 2);
     if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
     if (!rc) moeh_agent_lm_sent(a, rs->task, rs->round, 0); /* local_metrics.jsonl */

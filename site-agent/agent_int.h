@@ -85,15 +85,15 @@ struct agent {
     uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
     size_t sa_len;
     int sa_grant; /* the session's RoundStart asked for granted uploads */
-    /* granted uploads: the TRAIN update held until its grant (up_wait) */
+    /* granted uploads: the phase's reply held until its grant (up_wait) */
     int up_wait;
-    uint32_t up_round, up_steps;
-    uint64_t up_version, up_session, up_samples;
-    double up_loss;
-    /* the granted upload in flight, in chunks under the coordinator's credit (moeh_stream.h),
-     * and what local_metrics.jsonl records once its last chunk is sent */
+    uint32_t up_round;
+    uint64_t up_version, up_session;
+    /* the held and then granted reply, in chunks under the coordinator's credit
+     * (moeh_stream.h), and what local_metrics.jsonl records once its last chunk is sent */
     moeh_stream_tx_t up_tx;
     Moeh__RoundTask up_tx_task;
+    uint32_t up_tx_round;
     int up_tx_masked;
     /* what the site keeps (agent_final.c) */
     int have_final; /* the run's final model is in --out/model.safetensors */
@@ -143,8 +143,8 @@ void moeh_agent_sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k);
 /* The forwarded shares and U2: masks the session's vector, then sends it (or, for a TRAIN
  * update with granted uploads, announces it and waits for the grant). */
 void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh);
-/* Sends the session's masked vector (granted: as a granted upload, in chunks). */
-void moeh_agent_sa_send_masked(agent_t *a, int granted);
+/* Sends the session's masked vector (held: held for its grant, moeh_agent_upload_hold). */
+void moeh_agent_sa_send_masked(agent_t *a, int held);
 /* SecaggUnmask: reveals this site's shares of the survivors' b and the dropped sites' keys. */
 void moeh_agent_sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um);
 
@@ -154,22 +154,21 @@ void moeh_agent_sa_on_unmask(agent_t *a, const Moeh__SecaggUnmask *um);
  * is logged and reported to the coordinator; no update is sent then. */
 void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
                               const moeh_train_result_t *res);
-/* Sends a->upd in clear as this round's Update (no secure aggregation); granted: as a granted
- * upload, in chunks. */
+/* Sends a->upd in clear as this round's Update (no secure aggregation); held: held for its
+ * grant (moeh_agent_upload_hold). */
 void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double loss,
-                            uint64_t samples, uint32_t steps, int granted);
-/* Sends env with its frames as this site's granted upload: the first window of chunks now,
- * the rest as the coordinator's credits allow (moeh_agent_upload_credit); local_metrics.jsonl
- * records (task, round, masked) once the last chunk is sent. */
-void moeh_agent_upload_send(agent_t *a, Moeh__Envelope *env, const moeh_frame_t *frames,
-                            size_t n_frames, Moeh__RoundTask task, uint32_t round, int masked);
+                            uint64_t samples, uint32_t steps, int held);
+/* Holds env with its frames as this site's reply of the phase (round, version; session: its
+ * secure session, 0 if plain), packed in chunks of stream round + 1, and announces it with
+ * UploadReady; the grant sends the first window, credits the rest (moeh_agent_upload_credit);
+ * local_metrics.jsonl records (task, round, masked) once the last chunk is sent. */
+void moeh_agent_upload_hold(agent_t *a, Moeh__Envelope *env, const moeh_frame_t *frames,
+                            size_t n_frames, Moeh__RoundTask task, uint32_t round, uint64_t version,
+                            uint64_t session, int masked);
 /* UploadCredit: sends the chunks it allows; a credit for another stream is ignored. */
 void moeh_agent_upload_credit(agent_t *a, const Moeh__UploadCredit *cr);
 /* Drops a held update and an upload in flight (a new phase, connection or model). */
 void moeh_agent_upload_drop(agent_t *a);
-/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
- * waits for the grant in the main loop. */
-void moeh_agent_upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session);
 /* UploadGrant: sends the held update it names; a grant for anything else is ignored. */
 void moeh_agent_on_grant(agent_t *a, const Moeh__UploadGrant *g);
 

@@ -167,17 +167,14 @@ void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
         why = "cannot mask the vector";
         goto out;
     }
-    if (a->sa_grant && a->sa_task == MOEH__ROUND_TASK__TRAIN) /* sent on the grant */
-        moeh_agent_upload_ready(a, a->sa_round, a->sa_version, a->sa_session);
-    else
-        moeh_agent_sa_send_masked(a, 0);
+    moeh_agent_sa_send_masked(a, a->sa_grant); /* granted: sent on the grant */
 out:
     if (why) moeh_agent_sa_end(a, why, err.msg[0] ? err.msg : NULL);
     free(u2);
 }
 
 /* Sends the masked vector of the session. */
-void moeh_agent_sa_send_masked(agent_t *a, int granted)
+void moeh_agent_sa_send_masked(agent_t *a, int held)
 {
     Moeh__Envelope env;
     Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
@@ -188,8 +185,9 @@ void moeh_agent_sa_send_masked(agent_t *a, int granted)
     moeh_env_secagg_masked(&env, &sm);
     moeh_frame_t f = {
         .name = "masked", .dtype = MOEH__DTYPE__U32, .data = a->sa_vec, .count = a->sa_len};
-    if (granted) {
-        moeh_agent_upload_send(a, &env, &f, 1, a->sa_task, a->sa_round, 1);
+    if (held) {
+        moeh_agent_upload_hold(a, &env, &f, 1, a->sa_task, a->sa_round, a->sa_version,
+                               a->sa_session, 1);
         return;
     }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);

@@ -7,9 +7,11 @@
  * is not sent. With secure aggregation the loss, samples and steps are summed with the words
  * (fed/moeh_secsum.h) instead of travelling in the header.
  *
- * Granted uploads (RoundStart.grant_uploads, TRAIN only): the ready update (the Update, or the
- * masked vector once the shares arrived) is held, announced with UploadReady and sent only on
- * the matching UploadGrant; the main loop keeps heartbeating meanwhile. The wait is dropped
+ * Granted uploads (RoundStart.grant_uploads, every phase since protocol 7): the ready reply (the
+ * Update, EvalResult or StatsResult, or the masked vector once the shares arrived) is packed as
+ * a stream of chunks (moeh_stream.h), held, announced with UploadReady and sent only on the
+ * matching UploadGrant, a window at a time as the coordinator's credits allow; the main loop
+ * keeps heartbeating meanwhile. The wait is dropped
  * at the next RoundStart, on a (re)welcome, when the socket is replaced and when the secure
  * session ends, so a grant of an old round, session or coordinator is never answered. */
 #include "agent_int.h"
@@ -95,17 +97,14 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
         moeh_agent_sa_begin(a, rs, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
-    if (rs->grant_uploads) { /* held in a->upd until the coordinator grants the upload */
-        a->up_loss = sent_loss, a->up_samples = res->samples, a->up_steps = res->steps;
-        moeh_agent_upload_ready(a, rs->round, rs->model_version, 0);
-        return;
-    }
-    moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps, 0);
+    moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps,
+                           rs->grant_uploads);
 }
 
-/* Sends a->upd in clear as this round's Update (no secure aggregation). */
+/* Sends a->upd in clear as this round's Update (no secure aggregation), or holds it for its
+ * grant (moeh_agent_upload_hold). */
 void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double loss,
-                            uint64_t samples, uint32_t steps, int granted)
+                            uint64_t samples, uint32_t steps, int held)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
     Moeh__Envelope env;
@@ -118,8 +117,8 @@ void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double
     moeh_env_update(&env, &u);
     moeh_frame_t f = {
         .name = "update", .dtype = MOEH__DTYPE__U32, .data = a->upd, .count = p->n + p->n_groups};
-    if (granted) {
-        moeh_agent_upload_send(a, &env, &f, 1, MOEH__ROUND_TASK__TRAIN, round, 0);
+    if (held) {
+        moeh_agent_upload_hold(a, &env, &f, 1, MOEH__ROUND_TASK__TRAIN, round, version, 0, 0);
         return;
     }
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, &f, 1);
@@ -127,9 +126,9 @@ void moeh_agent_update_send(agent_t *a, uint32_t round, uint64_t version, double
     if (!rc) moeh_agent_lm_sent(a, MOEH__ROUND_TASK__TRAIN, round, 0); /* local_metrics.jsonl */
 }
 
-/* Announces the held TRAIN update (session: its secure-aggregation session, 0 if plain) and
- * waits for the grant in the main loop. */
-void moeh_agent_upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
+/* Announces the held reply (session: its secure-aggregation session, 0 if plain) and waits
+ * for the grant in the main loop. */
+static void upload_ready(agent_t *a, uint32_t round, uint64_t version, uint64_t session)
 {
     Moeh__Envelope env;
     Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
@@ -140,7 +139,25 @@ void moeh_agent_upload_ready(agent_t *a, uint32_t round, uint64_t version, uint6
     a->up_wait = 1;
     a->up_round = round, a->up_version = version, a->up_session = session;
     int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
-    if (rc) MOEH_WARN("round %u: could not announce the update: %s", round, moeh_strerror(rc));
+    if (rc) MOEH_WARN("round %u: could not announce the reply: %s", round, moeh_strerror(rc));
+}
+
+void moeh_agent_upload_hold(agent_t *a, Moeh__Envelope *env, const moeh_frame_t *frames,
+                            size_t n_frames, Moeh__RoundTask task, uint32_t round, uint64_t version,
+                            uint64_t session, int masked)
+{
+    int rc = moeh_stream_tx_begin(&a->up_tx, (uint64_t)round + 1, env, frames, n_frames);
+    if (rc) {
+        MOEH_WARN("round %u: could not prepare the upload: %s", round, moeh_strerror(rc));
+        return;
+    }
+    a->up_tx.credit = 0; /* nothing goes before the grant */
+    a->up_tx_task = task;
+    a->up_tx_round = round;
+    a->up_tx_masked = masked;
+    MOEH_DEBUG("round %u: %zu bytes to upload in %u chunks, waiting for the grant", round,
+               a->up_tx.len, a->up_tx.n_chunks);
+    upload_ready(a, round, version, session);
 }
 
 /* UploadGrant: sends the held update it names; a grant for anything else is ignored (the
@@ -158,26 +175,8 @@ void moeh_agent_on_grant(agent_t *a, const Moeh__UploadGrant *g)
         raise(SIGKILL);
     }
     a->up_wait = 0;
-    if (g->session)
-        moeh_agent_sa_send_masked(a, 1);
-    else
-        moeh_agent_update_send(a, a->up_round, a->up_version, a->up_loss, a->up_samples,
-                               a->up_steps, 1);
-}
-
-void moeh_agent_upload_send(agent_t *a, Moeh__Envelope *env, const moeh_frame_t *frames,
-                            size_t n_frames, Moeh__RoundTask task, uint32_t round, int masked)
-{
-    int rc = moeh_stream_tx_begin(&a->up_tx, round, env, frames, n_frames);
-    if (rc) {
-        MOEH_WARN("round %u: could not prepare the upload: %s", round, moeh_strerror(rc));
-        return;
-    }
-    a->up_tx_task = task;
-    a->up_tx_masked = masked;
-    MOEH_DEBUG("round %u: uploading %zu bytes in %u chunks", round, a->up_tx.len,
-               a->up_tx.n_chunks);
-    moeh_agent_upload_credit(a, NULL);
+    if (moeh_stream_tx_credit(&a->up_tx, a->up_tx.stream, MOEH_STREAM_WINDOW) != 0) return;
+    moeh_agent_upload_credit(a, NULL); /* the first window; the rest as credits come */
 }
 
 void moeh_agent_upload_credit(agent_t *a, const Moeh__UploadCredit *cr)
@@ -188,15 +187,14 @@ void moeh_agent_upload_credit(agent_t *a, const Moeh__UploadCredit *cr)
     while (moeh_stream_tx_next(&a->up_tx, &env, &ch)) {
         int rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0);
         if (rc) { /* its grant expires at the coordinator: the update is lost this round */
-            MOEH_WARN("round %llu: could not send chunk %u of %u of the update: %s",
-                      (unsigned long long)a->up_tx.stream, ch.index, ch.n_chunks,
-                      moeh_strerror(rc));
+            MOEH_WARN("round %u: could not send chunk %u of %u of the upload: %s", a->up_tx_round,
+                      ch.index, ch.n_chunks, moeh_strerror(rc));
             moeh_stream_tx_clear(&a->up_tx);
             return;
         }
     }
     if (a->up_tx.buf && !moeh_stream_tx_active(&a->up_tx)) { /* the last chunk is out */
-        moeh_agent_lm_sent(a, a->up_tx_task, (uint32_t)a->up_tx.stream,
+        moeh_agent_lm_sent(a, a->up_tx_task, a->up_tx_round,
                            a->up_tx_masked); /* local_metrics.jsonl */
         moeh_stream_tx_clear(&a->up_tx);
     }

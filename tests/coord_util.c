@@ -149,10 +149,10 @@ static int deliver_whole(fx_t *f, const char *rid, const char *peer, Moeh__Envel
  * rest as the core's UploadCredits to rid allow; stops where no credit comes (an upload the
  * core refused). The first non-zero code of a chunk, else 0. */
 static int deliver_stream(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env,
-                          const moeh_frame_t *frames, size_t n_frames, uint32_t round)
+                          const moeh_frame_t *frames, size_t n_frames, uint64_t stream)
 {
     moeh_stream_tx_t tx = {0};
-    assert_int_equal(moeh_stream_tx_begin(&tx, round, env, frames, n_frames), 0);
+    assert_int_equal(moeh_stream_tx_begin(&tx, stream, env, frames, n_frames), 0);
     int rc = 0;
     while (rc == 0 && moeh_stream_tx_active(&tx)) {
         Moeh__Envelope ce;
@@ -178,10 +178,11 @@ int deliver_from(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env
                  const moeh_frame_t *frames, size_t n_frames)
 {
     if (f->cfg.upload_slots && !f->whole_uploads && env->type == MOEH__MSG_TYPE__UPDATE)
-        return deliver_stream(f, rid, peer, env, frames, n_frames, env->update->round);
+        return deliver_stream(f, rid, peer, env, frames, n_frames, env->update->round + 1);
     if (f->cfg.upload_slots && !f->whole_uploads && env->type == MOEH__MSG_TYPE__SECAGG_MASKED &&
         env->secagg_masked->task == MOEH__ROUND_TASK__TRAIN)
-        return deliver_stream(f, rid, peer, env, frames, n_frames, env->secagg_masked->round);
+        return deliver_stream(f, rid, peer, env, frames, n_frames,
+                              (uint64_t)env->secagg_masked->round + 1);
     return deliver_whole(f, rid, peer, env, frames, n_frames);
 }
 

@@ -178,7 +178,7 @@ static void secagg_rogue(fixture_t *f, int on_time)
         rogue_expect_reply(&r, &re, NULL, 0, -ESTALE, "duplicate upload_ready");
         /* granted, but whole (protocol 6): refused, the grant stays; then in chunks */
         rogue_expect_reply(&r, &ue, &uf, 1, -EBADMSG, "travels in upload_chunks");
-        rogue_send_stream(&r, round, &ue, &uf, 1);
+        rogue_send_stream(&r, round + 1, &ue, &uf, 1); /* stream: round + 1 */
         assert_int_equal(moeh_wire_send(r.sock, NULL, 0, &ue, &uf, 1), 0);
         for (;;) {
             assert_int_equal(rogue_next_alive(&r, &m), 0);

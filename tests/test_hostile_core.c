@@ -160,7 +160,7 @@ static void test_granted_upload_in_chunks(void **state)
     moeh_frame_t fr = {
         .name = "update", .dtype = MOEH__DTYPE__U32, .data = words, .count = p->n + p->n_groups};
     moeh_stream_tx_t tx = {0};
-    assert_int_equal(moeh_stream_tx_begin(&tx, 1, &env, &fr, 1), 0);
+    assert_int_equal(moeh_stream_tx_begin(&tx, 2, &env, &fr, 1), 0); /* round 1's */
     const uint32_t n_chunks = tx.n_chunks;
     assert_true(n_chunks > MOEH_STREAM_WINDOW); /* the credit matters */
     Moeh__Envelope ce;
@@ -177,10 +177,10 @@ static void test_granted_upload_in_chunks(void **state)
     assert_non_null(strstr(last_error(f, f->site[0].rid, -EBADMSG), "travels in upload_chunks"));
     f->whole_uploads = 0;
     /* another round's stream */
-    ch.stream = 2;
+    ch.stream = 3;
     assert_int_equal(deliver(f, 0, &ce, NULL, 0), 0);
     assert_non_null(strstr(last_error(f, f->site[0].rid, -ESTALE), "expected this round's"));
-    ch.stream = 1;
+    ch.stream = 2;
     /* a chunk 0 declaring more than an update of this model (a fresh message of its own) */
     uint64_t huge[2] = {100, 4 * (uint64_t)(p->n + p->n_groups) + 1000000};
     Moeh__UploadChunk big = ch;

@@ -189,7 +189,8 @@ static void test_hostile_idle_connections(void **state)
     assert_int_equal(access(path, R_OK), 0);
 }
 
-/* Finding 3: one admitted key sends one multipart message of 8,000 parts of 128 KiB (1 GiB)
+/* Finding 3: one admitted key sends one multipart message of 32,000 parts of 32 KiB (1 GiB, in
+ * parts of the largest size ZeroMQ lets through, MOEH_WIRE_MAX_PART_BYTES)
  * as the honest agents join. libzmq holds every part before the coordinator sees the first (the
  * red team saw its RSS go from ~100 MB to 1.13 GB). Granted uploads travel in 32 KiB chunks
  * (protocol 7), so an honest site never has more than an EvalResult and a window of chunks in
@@ -213,7 +214,7 @@ static void test_hostile_multipart_memory(void **state)
     char log[400];
     snprintf(log, sizeof log, "%s/coordinator-attacked.log", f->logs);
     long hwm0 = status_kb(c->pid, "VmHWM");
-    enum { N_PARTS = 8000, PART = 128 * 1024 };
+    enum { N_PARTS = 32000, PART = 32 * 1024 };
     void *ctx = zmq_ctx_new();
     void *s = fed_flood_socket(f, ctx);
     int hwm = N_PARTS + 10;
@@ -254,7 +255,7 @@ static void test_hostile_multipart_memory(void **state)
     for (int k = 0; k < N_SITES; k++)
         wait_exit(a[k], 10000, 0);
     assert_true(file_contains(log, shut_msg));
-    print_message("8000 parts x 128 KiB from one key: coordinator VmHWM %ld kB before the "
+    print_message("32000 parts x 32 KiB from one key: coordinator VmHWM %ld kB before the "
                   "attack, %ld kB when it was shut down, %ld kB at the end of the run\n",
                   hwm0, attack_peak, peak);
     assert_true(hwm0 > 0 && attack_peak > 0);
@@ -341,7 +342,14 @@ static void test_hostile_chunk_flood(void **state)
                   N_MSGS, shut_s, by_unread ? "sent and not read" : "byte budget", hwm0,
                   attack_peak);
     assert_true(file_contains(log, unread) || file_contains(log, budget));
-    assert_true(hwm0 > 0 && attack_peak - hwm0 < 80 * 1024); /* the flood: 640 MB */
+    /* the flood: 640 MB. Under AddressSanitizer the coordinator's freed messages wait in the
+     * allocator's quarantine (256 MB by default), so its peak says little there */
+#if defined(__SANITIZE_ADDRESS__)
+    const long bound_kb = (256 + 80) * 1024;
+#else
+    const long bound_kb = 80 * 1024;
+#endif
+    assert_true(hwm0 > 0 && attack_peak - hwm0 < bound_kb);
     assert_same_model(clean, f->out);
 }
 

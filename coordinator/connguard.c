@@ -54,7 +54,7 @@ struct moeh_connguard {
     double total_tokens;
     int64_t last_scan, last_log;
     uint64_t unlogged;
-    int drained; /* the coordinator read every message there was (moeh_connguard_drained) */
+    int drained; /* the socket had no message left, and none was read since (drained/note) */
     pending_t pend[N_PENDING];
     size_t n_pend;
     moeh_connguard_stats_t st;
@@ -239,6 +239,7 @@ int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, uint64_t b
                         uint32_t parts, int64_t now)
 {
     struct sockaddr_storage p;
+    g->drained = 0; /* a message read since the socket was found empty: maybe more behind it */
     if (fd < 0 || !accepted_here(g, fd, &p)) return 0;
     /* what it took on the wire: the payload and, per part, ZMTP's and CURVE's framing */
     const uint64_t wire = bytes + (uint64_t)parts * MOEH_CONNGUARD_PART_OVERHEAD;

@@ -97,7 +97,8 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now_ms);
 int moeh_connguard_note(moeh_connguard_t *g, int fd, const char *key, uint64_t bytes,
                         uint32_t parts, int64_t now_ms);
 /* Tells the guard that the coordinator has just read every message there was (the ROUTER said
- * EAGAIN): the next scan counts each connection that was read from afresh. */
+ * EAGAIN): the next scan counts each connection that was read from afresh, unless a message
+ * is read (moeh_connguard_note) before it. */
 void moeh_connguard_drained(moeh_connguard_t *g);
 moeh_connguard_stats_t moeh_connguard_stats(const moeh_connguard_t *g);
 

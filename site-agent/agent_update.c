@@ -183,8 +183,7 @@ void moeh_agent_upload_credit(agent_t *a, const Moeh__UploadCredit *cr)
 {
     /* a credit for another stream, or before the grant (a late one of an earlier reply of the
      * round: the same stream id), is stale */
-    if (cr && (a->up_wait || moeh_stream_tx_credit(&a->up_tx, cr->stream, cr->up_to) != 0))
-        return;
+    if (cr && (a->up_wait || moeh_stream_tx_credit(&a->up_tx, cr->stream, cr->up_to) != 0)) return;
     Moeh__Envelope env;
     Moeh__UploadChunk ch;
     while (moeh_stream_tx_next(&a->up_tx, &env, &ch)) {

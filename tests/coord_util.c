@@ -222,6 +222,16 @@ int deliver(fx_t *f, int k, Moeh__Envelope *env, const moeh_frame_t *frames, siz
     return deliver_from(f, f->site[k].rid, f->site[k].id, env, frames, n_frames);
 }
 
+void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version)
+{
+    Moeh__Envelope env;
+    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
+    r.round = round;
+    r.model_version = version;
+    moeh_env_upload_ready(&env, &r);
+    assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
+}
+
 void tick(fx_t *f, int64_t advance_ms)
 {
     f->now += advance_ms;

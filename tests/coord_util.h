@@ -76,6 +76,8 @@ int deliver_from(fx_t *f, const char *rid, const char *peer, Moeh__Envelope *env
                  const moeh_frame_t *frames, size_t n_frames);
 
 int deliver(fx_t *f, int k, Moeh__Envelope *env, const moeh_frame_t *frames, size_t n_frames);
+/* Site k announces its reply of (round, version) with a plain UploadReady (granted uploads). */
+void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version);
 
 void tick(fx_t *f, int64_t advance_ms);
 

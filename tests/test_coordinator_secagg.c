@@ -19,16 +19,6 @@ static void slots_1(moeh_coord_cfg_t *c)
     c->heartbeat_timeout_ms = 500; /* also the grant's lifetime */
 }
 
-static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t version)
-{
-    Moeh__Envelope env;
-    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
-    r.round = round;
-    r.model_version = version;
-    moeh_env_upload_ready(&env, &r);
-    assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
-}
-
 static void test_upload_grants(void **state)
 {
     fx_t *f = *state;

@@ -130,16 +130,6 @@ static void slot_1(moeh_coord_cfg_t *c)
     c->model.note_buckets = 4096;
 }
 
-static void upload_ready(fx_t *f, int k, uint32_t round, uint64_t v)
-{
-    Moeh__Envelope env;
-    Moeh__UploadReady r = MOEH__UPLOAD_READY__INIT;
-    r.round = round;
-    r.model_version = v;
-    moeh_env_upload_ready(&env, &r);
-    assert_int_equal(deliver(f, k, &env, NULL, 0), 0);
-}
-
 /* Finding 3 in the protocol (protocol 7): a granted upload travels in chunks under credit.
  * Refused: a chunk from a site without a grant, a granted update sent whole (libzmq would
  * have held it whole), a chunk of another round's stream, a chunk out of order, a chunk 0

@@ -189,6 +189,27 @@ static void test_hostile_idle_connections(void **state)
     assert_int_equal(access(path, R_OK), 0);
 }
 
+/* The memory attacks' start: a clean 2-round run (its OUT in clean), then a coordinator (with
+ * extra options) for the attacked run, logging to log; site-x is registered. */
+static moeh_proc_t *clean_then_attacked(fixture_t *f, char **extra, char clean[300], char log[400])
+{
+    register_site_x(f);
+    run_all(f, "clean", "2", NULL);
+    snprintf(clean, 300, "%s", f->out);
+    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    snprintf(log, 400, "%s/coordinator-attacked.log", f->logs);
+    return start_coordinator_ex2(f, "2", "3", "3", NULL, "coordinator-attacked.log", extra);
+}
+
+/* A flood socket of site-x that queues up to n messages to send (and never reads). */
+static void *flood_socket_queueing(fixture_t *f, void *ctx, int n)
+{
+    void *s = fed_flood_socket(f, ctx);
+    int hwm = n + 10;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
+    return s;
+}
+
 /* Finding 3: one admitted key sends one multipart message of 32,000 parts of 32 KiB (1 GiB, in
  * parts of the largest size ZeroMQ lets through, MOEH_WIRE_MAX_PART_BYTES)
  * as the honest agents join. libzmq holds every part before the coordinator sees the first (the
@@ -201,24 +222,16 @@ static void test_hostile_idle_connections(void **state)
 static void test_hostile_multipart_memory(void **state)
 {
     fixture_t *f = *state;
-    register_site_x(f);
-    run_all(f, "clean", "2", NULL);
-    char clean[300];
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    char clean[300], log[400];
     /* MOEH_HOSTILE_NO_GUARD=1: the same attack without the byte budget, to measure what libzmq
      * buffers then (the test fails: the peak is the whole message) */
     char *no_guard[] = {"--conn-budget-mb", "0", NULL};
-    moeh_proc_t *c = start_coordinator_ex2(f, "2", "3", "3", NULL, "coordinator-attacked.log",
-                                           getenv("MOEH_HOSTILE_NO_GUARD") ? no_guard : NULL);
-    char log[400];
-    snprintf(log, sizeof log, "%s/coordinator-attacked.log", f->logs);
+    moeh_proc_t *c =
+        clean_then_attacked(f, getenv("MOEH_HOSTILE_NO_GUARD") ? no_guard : NULL, clean, log);
     long hwm0 = status_kb(c->pid, "VmHWM");
     enum { N_PARTS = 32000, PART = 32 * 1024 };
     void *ctx = zmq_ctx_new();
-    void *s = fed_flood_socket(f, ctx);
-    int hwm = N_PARTS + 10;
-    assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
+    void *s = flood_socket_queueing(f, ctx, N_PARTS);
     zmq_msg_t one; /* every part shares this one buffer (zmq_msg_copy takes a reference) */
     assert_int_equal(zmq_msg_init_size(&one, PART), 0);
     memset(zmq_msg_data(&one), 0x5a, PART);
@@ -275,21 +288,12 @@ static void test_hostile_multipart_memory(void **state)
 static void test_hostile_chunk_flood(void **state)
 {
     fixture_t *f = *state;
-    register_site_x(f);
-    run_all(f, "clean", "2", NULL);
-    char clean[300];
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
-    moeh_proc_t *c =
-        start_coordinator_ex2(f, "2", "3", "3", NULL, "coordinator-attacked.log", NULL);
-    char log[400];
-    snprintf(log, sizeof log, "%s/coordinator-attacked.log", f->logs);
+    char clean[300], log[400];
+    moeh_proc_t *c = clean_then_attacked(f, NULL, clean, log);
     long hwm0 = status_kb(c->pid, "VmHWM");
     enum { N_MSGS = 20000 };
     void *ctx = zmq_ctx_new();
-    void *s = fed_flood_socket(f, ctx);
-    int hwm = N_MSGS + 10;
-    assert_int_equal(zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm), 0);
+    void *s = flood_socket_queueing(f, ctx, N_MSGS);
     static uint8_t data[MOEH_STREAM_CHUNK_BYTES];
     memset(data, 0x5a, sizeof data);
     uint64_t part_bytes[2] = {100, 2 * MOEH_STREAM_CHUNK_BYTES - 100}; /* two chunks in all */

@@ -339,9 +339,6 @@ def report(seed_dirs, resamples=1000, figure=None):
     L.extend(cen["lines"])
     L.append("### Claims\n")
 
-    def met(vs, n):
-        return "not run" if not vs else "met" if len(vs) == n and all(
-            v == "above 0" for v in vs) else "not met"
     L.append(f"- MoE-Health above the best federated fusion baseline with the CI above 0 on "
              f"every seed: **{met(fus, n_seeds)}** (per seed: {', '.join(fus) or 'not run'}).")
     nw = abl.get("abl-no-warmup", [])
@@ -364,6 +361,19 @@ def report(seed_dirs, resamples=1000, figure=None):
                      f"{', '.join(f'{x:+.4f} ({v})' for x, v in c)}.")
     L.append("")
     return L
+
+
+def met(verdicts, n_seeds):
+    """A claim's verdict from its per-seed CI verdicts ("above 0", "tie (CI holds 0)",
+    "below 0"): "met" when every seed ran and is above 0, "not met" when a seed is below 0 or
+    did not run, else "tie within the CI" (no seed below, at least one tie)."""
+    if not verdicts:
+        return "not run"
+    if len(verdicts) == n_seeds and all(v == "above 0" for v in verdicts):
+        return "met"
+    if len(verdicts) < n_seeds or any(v == "below 0" for v in verdicts):
+        return "not met"
+    return "tie within the CI"
 
 
 def central(per_seed, resamples, figure=None):

@@ -219,6 +219,12 @@ def fed_tables():
               "[+1.0000, +1.0000] above 0" in L, "ablation row with its CI")
         check("- The specialisation ablation (no warm-up) below MoE-Health, CI above 0 on every "
               "seed: **met**" in L, "the ablation claim is met")
+        tie, up, down = "tie (CI holds 0)", "above 0", "below 0"
+        check(rf.met([up, up, up], 3) == "met" and rf.met([tie, tie, tie], 3) == "tie within the CI"
+              and rf.met([up, tie, up], 3) == "tie within the CI"
+              and rf.met([tie, tie, down], 3) == "not met" and rf.met([up, up], 3) == "not met"
+              and rf.met([], 3) == "not run",
+              "a claim is met, a tie within the CI or not met (issue 15's three verdicts)")
         check("| MoE-Health | 1.0000 | 0.9306 | -0.0694 |" in L.split("notes removed:")[1],
               "robustness row: p = 0 from all.csv, p = 50 from notes-50.csv (mean of 15/16, 15/16, "
               "11/12); p = 25 never scored: no column")

@@ -214,8 +214,10 @@ static void test_coordinator_logs_failed_handshakes(void **state)
     moeh_proc_stop(c, 5000);
     static const char *const wrong_first[] = {"tcp://127.0.0.1:", "CURVE handshake failed (",
                                               "wrong coordinator key", NULL};
-    static const char *const plain_first[] = {"tcp://127.0.0.1:", "CURVE handshake failed (",
-                                              "not a CURVE client", NULL};
+    /* a first line names the address, or "an unknown address" when the client closed before
+     * its address was read */
+    static const char *const plain_first[] = {"CURVE handshake failed (", "not a CURVE client",
+                                              NULL};
     static const char *const wrong_sum[] = {"tcp://127.0.0.1:", "CURVE handshakes failed in the",
                                             "wrong coordinator key", NULL};
     static const char *const plain_any[] = {"CURVE handshake", "not a CURVE client", NULL};
@@ -225,11 +227,13 @@ static void test_coordinator_logs_failed_handshakes(void **state)
     /* a kind quiet for a whole window (the plain clients come 400 ms apart, more under load)
      * starts again with a first line: one or two of each */
     int n_wfirst = count_lines(clog, wrong_first), n_pfirst = count_lines(clog, plain_first);
-    /* six plain clients make more than the first line: a summary, or (under load, when one
-     * closes before its address is read, as under the sanitizers) the unknown address's first */
+    /* six plain clients make at least one plain line. Under load (CI, the sanitizers) a client
+     * that closes before the server reads its greeting is classed "failed during the handshake"
+     * instead, so not every plain client is a plain line, and the first may be from an unknown
+     * address (seen in CI 2026-12-06: one line for six clients). */
     int n_plain = count_lines(clog, plain_any);
-    if (n_wfirst < 1 || n_wfirst > 2 || n_pfirst < 1 || n_pfirst > 2 || n_wsum < 1 || n_wsum > 4 ||
-        n_plain < 2 || n_any > 20 || summed < 2 * (unsigned)n_wsum) {
+    if (n_wfirst < 1 || n_wfirst > 2 || n_pfirst < 1 || n_pfirst > 4 || n_wsum < 1 || n_wsum > 4 ||
+        n_plain < 1 || n_any > 20 || summed < 2 * (unsigned)n_wsum) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "grep -i handshake '%s' >&2", clog);
         if (system(cmd) != 0) print_error("no handshake line in %s\n", clog);

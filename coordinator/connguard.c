@@ -51,7 +51,6 @@ struct moeh_connguard {
     DIR *fds;      /* /proc/self/fd, opened once so that a scan needs no new descriptor */
     conn_t *conn, *next;
     size_t n, cap;
-    double total_tokens;
     int64_t last_scan, last_log;
     uint64_t unlogged;
     int drained; /* the socket had no message left, and none was read since (drained/note) */
@@ -76,7 +75,6 @@ int moeh_connguard_create(const moeh_connguard_cfg_t *cfg, const char *endpoint,
     g->cfg = *cfg;
     if (g->cfg.interval_ms < 10) g->cfg.interval_ms = 10;
     g->port = htons((uint16_t)port);
-    g->total_tokens = (double)cfg->total_bytes;
     g->last_scan = g->last_log = INT64_MIN / 2;
     if (!(g->fds = opendir("/proc/self/fd"))) {
         int e = errno;
@@ -101,10 +99,7 @@ void moeh_connguard_destroy(moeh_connguard_t **self_p)
 void moeh_connguard_min_budget(moeh_connguard_t *g, uint64_t burst_bytes, uint64_t total_bytes)
 {
     if (g->cfg.burst_bytes && burst_bytes > g->cfg.burst_bytes) g->cfg.burst_bytes = burst_bytes;
-    if (g->cfg.total_bytes && total_bytes > g->cfg.total_bytes) {
-        g->total_tokens += (double)(total_bytes - g->cfg.total_bytes);
-        g->cfg.total_bytes = total_bytes;
-    }
+    if (g->cfg.total_bytes && total_bytes > g->cfg.total_bytes) g->cfg.total_bytes = total_bytes;
 }
 
 moeh_connguard_stats_t moeh_connguard_stats(const moeh_connguard_t *g)
@@ -196,6 +191,12 @@ static int quietest_first(const void *a, const void *b)
     if (x->rx != y->rx) return x->rx < y->rx ? -1 : 1;
     if (x->first_seen != y->first_seen) return x->first_seen > y->first_seen ? -1 : 1;
     return x->fd > y->fd ? -1 : x->fd < y->fd;
+}
+
+/* Bytes c's peer sent that the coordinator has not read: what libzmq holds for it. */
+static uint64_t unread(const conn_t *c)
+{
+    return c->rx - c->base > c->read ? c->rx - c->base - c->read : 0;
 }
 
 static int by_fd(const void *a, const void *b)
@@ -296,7 +297,6 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
     int self = dirfd(g->fds), n_shut = 0;
     rewinddir(g->fds);
     struct dirent *de;
-    uint64_t sum = 0;
     while ((de = readdir(g->fds)) != NULL) {
         char *end;
         long fd = strtol(de->d_name, &end, 10);
@@ -355,7 +355,6 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
             c->rx_mark = rx;
         }
         c->tokens -= (double)c->delta;
-        sum += c->delta;
         if (c->delta > g->st.max_conn_rx) g->st.max_conn_rx = c->delta;
     }
     g->drained = 0;
@@ -385,35 +384,44 @@ int moeh_connguard_tick(moeh_connguard_t *g, int64_t now)
     /* more than one message's worth without a message: libzmq holds it all until the last part */
     for (size_t i = 0; g->cfg.msg_bytes && i < n; i++) {
         conn_t *c = &g->conn[i];
-        uint64_t unread = c->rx - c->base > c->read ? c->rx - c->base - c->read : 0;
-        if (c->shut || unread <= g->cfg.msg_bytes) continue;
+        uint64_t held = unread(c);
+        if (c->shut || held <= g->cfg.msg_bytes) continue;
         char why[200];
         snprintf(why, sizeof why,
                  "%llu bytes sent and not read: more than one message in transit (at most %llu)",
-                 (unsigned long long)unread, (unsigned long long)g->cfg.msg_bytes);
+                 (unsigned long long)held, (unsigned long long)g->cfg.msg_bytes);
         if (shut(g, c, now, why)) {
             g->st.shut_msg++;
             n_shut++;
         }
     }
-    /* all together over theirs: the largest senders of this interval go first */
+    /* all together holding more than total_bytes sent and not read (what libzmq buffers for
+     * all of them): the connection holding the most goes first. This bounds memory, not rate:
+     * a common rate budget shut honest sites down at 100 of them (issue 14), whose uploads
+     * together arrive faster than any one peer may send but are read as they come. */
     if (g->cfg.total_bytes) {
-        g->total_tokens += dt * (double)g->cfg.total_bytes / 8.0;
-        if (g->total_tokens > (double)g->cfg.total_bytes)
-            g->total_tokens = (double)g->cfg.total_bytes;
-        g->total_tokens -= (double)sum;
-        while (g->total_tokens < 0) {
+        uint64_t held = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!g->conn[i].shut) held += unread(&g->conn[i]);
+        while (held > g->cfg.total_bytes) {
             conn_t *big = NULL;
             for (size_t i = 0; i < n; i++)
-                if (!g->conn[i].shut && g->conn[i].delta && (!big || g->conn[i].delta > big->delta))
+                if (!g->conn[i].shut && unread(&g->conn[i]) &&
+                    (!big || unread(&g->conn[i]) > unread(big)))
                     big = &g->conn[i];
             if (!big) break;
-            if (shut(g, big, now, "all connections together over their inbound byte budget")) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "all connections together hold %llu bytes sent and not read (at most %llu); "
+                     "this one the most, %llu",
+                     (unsigned long long)held, (unsigned long long)g->cfg.total_bytes,
+                     (unsigned long long)unread(big));
+            if (shut(g, big, now, why)) {
                 g->st.shut_total++;
                 n_shut++;
             }
-            big->shut = 1;                         /* (also if it had just gone) */
-            g->total_tokens += (double)big->delta; /* its bytes leave with it */
+            big->shut = 1; /* (also if it had just gone): its bytes leave with it */
+            held -= unread(big);
         }
     }
     /* no message for idle_ms, and too few bytes for one in transit */

@@ -66,9 +66,9 @@ int main(int argc, char **argv)
          "limit less 64, kept for the checkpoint and log files)"},
         {"conn-budget-mb", MOEH_OPT_U32, &cfg.conn_budget_mb,
          "inbound MiB one connection may send at once (refilled over 8 s; at least twice the "
-         "largest legitimate message), 4x that for all together; over it the connection is "
-         "shut down, which bounds what ZeroMQ buffers for a peer. A connection is also shut down "
-         "once "
+         "largest legitimate message); over it the connection is shut down, which bounds what "
+         "ZeroMQ buffers for a peer. When all connections together hold 4x that sent and not "
+         "read, the one holding the most is shut down. A connection is also shut down once "
          "it has more than twice its largest message in transit, sent and not read (with "
          "granted uploads, which travel in 32 KiB chunks, about 2 MiB for the default model) "
          "(0: neither bound)"},

@@ -11,8 +11,9 @@
  *   - a connection whose inbound bytes exceed its token bucket (burst_bytes, refilled at
  *     burst_bytes / 8 per second): what libzmq can buffer for one peer is bounded by what the
  *     peer sent;
- *   - the connection that sent the most in the last interval while all connections together
- *     exceed their common bucket (total_bytes, refilled at total_bytes / 8 per second);
+ *   - the connection with the most bytes sent and not read (below) while all connections
+ *     together hold more than total_bytes so: what libzmq buffers for all peers together
+ *     (memory, not rate: honest sites' uploads are read as they come, however many sites);
  *   - the connections beyond max_conns whose peers sent the fewest bytes (one that never
  *     spoke first; the newest among equals), so that descriptors stay for the checkpoint,
  *     status and log files, and honest sites that exchange data keep theirs;
@@ -44,7 +45,7 @@
 typedef struct {
     uint32_t max_conns;   /* accepted connections kept; 0: no cap */
     uint64_t burst_bytes; /* one connection's inbound budget; 0: no per-connection budget */
-    uint64_t total_bytes; /* all connections' inbound budget; 0: none */
+    uint64_t total_bytes; /* all connections' bytes sent and not read; 0: no bound */
     uint32_t interval_ms; /* between two scans (>= 10) */
     uint32_t idle_ms;     /* a connection without a message for this long goes; 0: never */
     uint64_t msg_bytes;   /* most bytes sent and not read (in transit); 0: no bound */
@@ -65,7 +66,7 @@ typedef struct {
     uint32_t most_conns;  /* most at any scan */
     uint64_t shut_cap;    /* connections shut down: over max_conns */
     uint64_t shut_budget; /* ... over their own budget */
-    uint64_t shut_total;  /* ... over the common budget */
+    uint64_t shut_total;  /* ... holding the most while all held over total_bytes */
     uint64_t shut_dup;    /* ... replaced by a newer connection of the same key */
     uint64_t shut_idle;   /* ... without a message for idle_ms */
     uint64_t shut_msg;    /* ... over msg_bytes sent and not read */

@@ -40,8 +40,9 @@ typedef struct {
     /* Connection guard (moeh_connguard.h, docs/security.md): at most max_connections accepted
      * TCP connections (0: the open-files limit less a reserve of 64), and a token bucket of
      * conn_budget_mb MiB of inbound bytes per connection (refilled over 8 s; raised to twice
-     * the largest legitimate message once the model is known) and 4x that for all together;
-     * a connection over either is shut down. conn_budget_mb 0: no byte budget. */
+     * the largest legitimate message once the model is known), a connection over it shut
+     * down; and 4x that of bytes sent and not read by all connections together, the one
+     * holding the most shut down beyond it. conn_budget_mb 0: no byte budget. */
     uint32_t max_connections, conn_budget_mb;
 
     /* model: MoE-Health or a baseline, its hyperparameters and seed (model/moeh_moe.h; the seed

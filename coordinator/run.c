@@ -84,7 +84,7 @@ static void guard_start(run_t *r, const char *ep)
         return;
     }
     MOEH_INFO("connections: at most %u at once, one per site key, %u MiB inbound each at once, "
-              "%u MiB together, closed after %.1f s without a message",
+              "%u MiB sent and not read by all together, closed after %.1f s without a message",
               g.max_conns, cfg->conn_budget_mb, 4 * cfg->conn_budget_mb, g.idle_ms / 1000.0);
 }
 

@@ -6,3 +6,5 @@ foreach(coord_test test_coordinator test_coordinator_secagg test_coordinator_sel
 endforeach()
 # The poisoning bounds (coordinator/moeh_bounds.h) and the registry's [limits] section.
 moeh_add_test(test_bounds SOURCES test_bounds.c LIBS moeh_coordinator)
+# The connection guard's common bound on loopback connections with a fake clock.
+moeh_add_test(test_connguard SOURCES test_connguard.c LIBS moeh_coordinator)

@@ -3,7 +3,7 @@
 # coordinator's and the agents' peak memory, and the bytes each site moves per round, at 10, 20,
 # 40 and 100 sites, in one run (issue 14; results in docs/performance.md, "Many sites").
 #
-# Usage: bench/scale.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 8000 3)
+# Usage: bench/scale.sh [BUILD_DIR] [ADMISSIONS] [ROUNDS]   (defaults: build 8000 6)
 # Env:   SITES_LIST  site counts (default "10 20 40 100")
 #        MODEL_ARGS  model options of both runs (default "--d-emb 16": the narrower model that
 #                    keeps 100 agents within a 24 GiB machine)
@@ -14,7 +14,7 @@
 # federation only: bytes per site per round = (lo bytes of the run) / sites / rounds, both
 # directions, CURVE and TCP framing included, the statistics phase and the handshakes spread
 # over the rounds. Peak RSS through GNU time wrappers around the coordinator and every agent.
-# Round time: mean train+eval seconds of rounds 2.. from metrics.jsonl. CPU seconds per
+# Round time: median train+eval seconds of rounds 2.. from metrics.jsonl (each round's on stderr). CPU seconds per
 # round through the same wrappers: unlike the round time they do not depend on the 100 agents
 # sharing this machine's cores.
 set -euo pipefail
@@ -27,7 +27,7 @@ if [ -z "${MOEH_SCALE_NETNS:-}" ]; then
     exec unshare -n env MOEH_SCALE_NETNS=1 bash -c 'ip link set lo up && exec bash "$0" "$@"' \
         "$0" "$@"
 fi
-build=${1:-build}; adm=${2:-8000}; rounds=${3:-3}
+build=${1:-build}; adm=${2:-8000}; rounds=${3:-6}
 bin=$(cd "$build/bin" && pwd)
 work=$(mktemp -d /tmp/moeh_bench_scale.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -39,12 +39,14 @@ echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure 
     --out "$work/cohort" > /dev/null 2>&1
 # on loopback every byte is counted once sent and once received: the sent (tx) column
 lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $10 }' /proc/self/net/dev; }
-mean_round() { # metrics.jsonl -> mean "seconds" of the eval lines after round 1
+median_round() { # metrics.jsonl -> median "seconds" of the eval lines after round 1 (a median:
+    # 100 agents on 2 cores make single rounds 30 % slower at random; the list goes to stderr)
     python3 -c '
-import json, sys
+import json, statistics, sys
 s = [json.loads(l)["seconds"] for l in open(sys.argv[1]) if "\"eval\"" in l]
 s = s[1:] or s
-print(f"{sum(s) / len(s):.2f}")' "$1"
+print(sys.argv[2], " ".join(f"{x:.2f}" for x in s), file=sys.stderr)
+print(f"{statistics.median(s):.2f}")' "$1" "$2"
 }
 printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" sites k plain_s \
     secure_s ratio coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
@@ -73,7 +75,7 @@ for n in ${SITES_LIST:-10 20 40 100}; do
             exit 1
         fi
         b1=$(lo_bytes)
-        eval "t_$mode=\$(mean_round $work/run-$mode-$n/metrics.jsonl)"
+        eval "t_$mode=\$(median_round $work/run-$mode-$n/metrics.jsonl '# $mode $n sites, rounds 2..:')"
         eval "c_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk '{print int(\$1/1024)}')"
         eval "a_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | sort -n | tail -n1 | awk '{print int(\$1/1024)}')"
         # CPU seconds (user + system) per round: the coordinator's, and the mean agent's

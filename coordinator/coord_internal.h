@@ -39,6 +39,11 @@ typedef struct {
     int final_state;            /* final.c: coord_final_state_t */
     uint32_t final_sends;       /* final.c: FinalModels sent to it */
     int val_in;                 /* its histograms are in this round's validation sums */
+    /* the global model of held_version went to its connection in a VALIDATE or EVALUATE
+     * RoundStart, which it does not train on: the next RoundStart of that version goes without
+     * it (model_held). Cleared by a TRAIN or STATS RoundStart, a Hello and an Error{-ESTALE}. */
+    int held;
+    uint64_t held_version;
     moeh_stream_rx_t up_rx;     /* its granted upload's chunks so far (only while granted) */
 } site_t;
 

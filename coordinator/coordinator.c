@@ -187,6 +187,9 @@ static void send_round_start(coord_t *c, site_t *s)
         sp.id = s->sa_id;
         rs.secagg = &sp;
     }
+    /* the site holds this version (sent in this round's VALIDATE or EVALUATE): the model goes
+     * out once a round instead of three times (protocol 8) */
+    rs.model_held = c->phase != PH_STATS && s->held && s->held_version == c->model_version;
     moeh_env_round_start(&env, &rs);
     moeh_frame_t f[2] = {{.name = "params",
                           .dtype = MOEH__DTYPE__F32,
@@ -197,7 +200,10 @@ static void send_round_start(coord_t *c, site_t *s)
                           .dtype = MOEH__DTYPE__F32,
                           .data = c->norm,
                           .count = 2 * (uint64_t)c->n_norm}};
-    coord_send_to(c, s, &env, f, c->phase == PH_STATS ? 0 : 2);
+    int sent = coord_send_to(c, s, &env, f, c->phase == PH_STATS || rs.model_held ? 0 : 2) == 0;
+    /* it keeps a model it evaluates; one it trains on changes */
+    s->held = sent && (c->phase == PH_VAL || c->phase == PH_EVAL);
+    s->held_version = c->model_version;
 }
 
 /* A participation replay (tests, moeh_coordinator_testing.h) lets a site take part in a phase
@@ -381,6 +387,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
     s->val_late = 0; /* a new connection: nothing late on it */
+    s->held = 0;     /* nor a model it was sent (the agent may be a new process) */
     s->admitted = 1;
     s->last_seen = c->now;
     s->n_train = h->n_train;
@@ -519,6 +526,7 @@ int moeh_coord_core_on_message(moeh_coord_core_t *c, const moeh_msg_t *m, int64_
         break;
     case MOEH__MSG_TYPE__ERROR:
         MOEH_WARN("site %s reports: %s", s->id, m->env->error->message);
+        if (m->env->error->code == -ESTALE) s->held = 0; /* the model goes in full next time */
         break;
     case MOEH__MSG_TYPE__BYE:
         site_gone(c, s, m->env->bye->reason[0] ? m->env->bye->reason : "said bye");

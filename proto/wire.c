@@ -456,7 +456,8 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                              "> 0 with quant_scale * delta_clip < 2^31 expected");
         if ((rc = validate_dp(c, err))) return rc;
         if (r->secagg && (rc = validate_secagg_params(lim, r, err))) return rc;
-        if (r->task == MOEH__ROUND_TASK__STATS) break; /* no frames */
+        /* no frames: STATS, or the site holds the model (checked after the switch) */
+        if (r->task == MOEH__ROUND_TASK__STATS || r->model_held) break;
         frame_spec_t want[2] = {{"params", MOEH__DTYPE__F32, lim->n_params},
                                 {"norm", MOEH__DTYPE__F32, 2 * (uint64_t)lim->n_norm}};
         if (lim->n_norm == 0) want[1].count = 0;

@@ -318,6 +318,7 @@ static void handle_welcome(agent_t *a, const Moeh__Welcome *w)
     a->hb_ms = w->heartbeat_ms;
     moeh_agent_upload_drop(a); /* (re)admitted: the coordinator knows of no update of ours */
     a->welcomed = a->ever_welcomed = 1;
+    a->held = 0; /* a new trainer, or another coordinator: nothing it sent is held */
     a->backoff_ms = 0;
     MOEH_INFO("admitted as %s: %zu parameters in %zu groups", w->site_id, p->n, p->n_groups);
 }
@@ -327,14 +328,26 @@ static void service_cb(void *ctx)
     service(ctx);
 }
 
-/* Loads the global parameters and normalisation of a TRAIN or EVALUATE round. */
-static moeh_params_t *load_round(agent_t *a, const moeh_msg_t *m)
+/* Loads the global parameters and normalisation of a TRAIN, VALIDATE or EVALUATE round: from
+ * its frames, or (model_held) the ones it holds. NULL, with an Error{-ESTALE} to the
+ * coordinator, if it was told to use a model it does not hold. */
+static moeh_params_t *load_round(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(a->trainer));
+    if (rs->model_held) {
+        if (a->held && a->held_version == rs->model_version) return p;
+        MOEH_WARN("round %u: the coordinator sent no model (it expects this site to hold version "
+                  "%llu, which it does not); it will send it in full next time",
+                  rs->round, (unsigned long long)rs->model_version);
+        moeh_agent_send_error(a, -ESTALE, "model version not held: send it in full");
+        return NULL;
+    }
     size_t nn = moeh_trainer_n_norm(a->trainer);
     memcpy(p->w, m->frames[0].data, p->n * sizeof(float));
     memcpy(a->norm, m->frames[1].data, 2 * nn * sizeof(float));
     moeh_trainer_set_norm(a->trainer, a->norm, a->norm + nn);
+    a->held = 1;
+    a->held_version = rs->model_version;
     return p;
 }
 
@@ -390,8 +403,10 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         moeh_agent_send_error(a, -EINVAL, "DP noise calibrated for more sites than take part");
         return;
     }
-    moeh_params_t *p = load_round(a, m);
+    moeh_params_t *p = load_round(a, rs, m);
+    if (!p) return;
     memcpy(a->global, p->w, p->n * sizeof(float));
+    a->held = 0; /* training changes the parameters */
     moeh_adamw_reset(p);
     moeh_train_cfg_t tc = {.epochs = rc->local_epochs,
                            .batch_size = rc->batch_size,
@@ -455,7 +470,7 @@ static void log_own_metrics(agent_t *a, uint32_t round, int secure, const moeh_e
 
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
-    load_round(a, m);
+    if (!load_round(a, rs, m)) return;
     moeh_eval_sums_t es = {.hist = a->hist, .gate_sum = a->gate_sum};
     moeh_err_t err = {0};
     /* VALIDATE: the same sums on the validation split (model selection); a site without

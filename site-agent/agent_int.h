@@ -63,6 +63,11 @@ struct agent {
     moeh_trainer_t *trainer;          /* built on Welcome, from the coordinator's model spec */
     uint64_t spec_hash, cfg_hash;     /* of the layout, of the model spec's JSON */
     float *global, *delta, *norm;
+    /* the trainer's parameters and norm are the global model of held_version as the
+     * coordinator sent it (since this Welcome, not trained on since): a RoundStart with
+     * model_held of that version uses them (protocol 8) */
+    int held;
+    uint64_t held_version;
     uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (moeh_secsum.h) */
     uint32_t *hist; /* evaluation histograms, then the EVALUATE values (moeh_secsum.h) */
     uint32_t *svec; /* the STATS vector (moeh_secsum.h) */

@@ -12,7 +12,7 @@ static int fake_send(void *ctx, const uint8_t *rid, size_t rid_len, Moeh__Envelo
                      const moeh_frame_t *frames, size_t n_frames)
 {
     fx_t *f = ctx;
-    (void)frames, (void)n_frames;
+    (void)frames;
     assert_true(f->n_sent < MAX_SENT);
     assert_true(rid_len < sizeof f->sent[0].rid);
     size_t len = moeh__envelope__get_packed_size(env);
@@ -23,6 +23,7 @@ static int fake_send(void *ctx, const uint8_t *rid, size_t rid_len, Moeh__Envelo
     memcpy(s->rid, rid, rid_len);
     s->rid[rid_len] = 0;
     s->env = moeh__envelope__unpack(NULL, len, buf);
+    s->n_frames = n_frames;
     assert_non_null(s->env);
     free(buf);
     return 0;
@@ -54,6 +55,14 @@ const Moeh__Envelope *last_to(const fx_t *f, const char *rid, Moeh__MsgType type
     for (size_t i = f->n_sent; i-- > 0;)
         if (!strcmp(f->sent[i].rid, rid) && f->sent[i].env->type == type) return f->sent[i].env;
     return NULL;
+}
+
+size_t last_frames_to(const fx_t *f, const char *rid, Moeh__MsgType type)
+{
+    for (size_t i = f->n_sent; i-- > 0;)
+        if (!strcmp(f->sent[i].rid, rid) && f->sent[i].env->type == type) return f->sent[i].n_frames;
+    fail_msg("nothing of type %d was sent to %s", (int)type, rid);
+    return 0;
 }
 
 size_t count_sent(const fx_t *f, Moeh__MsgType type)

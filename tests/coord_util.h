@@ -29,6 +29,7 @@
 typedef struct {
     char rid[32];
     Moeh__Envelope *env; /* an unpacked copy of what the core sent */
+    size_t n_frames;     /* the tensor frames that went with it */
 } sent_t;
 
 typedef struct {
@@ -58,6 +59,9 @@ typedef struct {
 const Moeh__Envelope *last_to(const fx_t *f, const char *rid, Moeh__MsgType type);
 
 size_t count_sent(const fx_t *f, Moeh__MsgType type);
+
+/* The tensor frames that went with the last message of this type sent to rid (asserting one). */
+size_t last_frames_to(const fx_t *f, const char *rid, Moeh__MsgType type);
 
 /* The message of the last Error sent to rid, asserting there is one. */
 const char *last_error(const fx_t *f, const char *rid, int want_code);

@@ -360,6 +360,59 @@ static void test_registered_val_limit(void **state)
     assert_true(val_reply(f, 2, 1, v, 100));
 }
 
+/* Site k's last RoundStart is round r's `task`, and carries the model (held 0: two frames) or
+ * says the site holds it (held 1: no frames). */
+static void assert_model_sent(const fx_t *f, int k, uint32_t r, Moeh__RoundTask task, int held)
+{
+    const Moeh__RoundStart *rs = round_start(f, k, r, task);
+    assert_int_equal(rs->model_held, held);
+    assert_int_equal(last_frames_to(f, f->site[k].rid, MOEH__MSG_TYPE__ROUND_START), held ? 0 : 2);
+}
+
+/* Protocol 8: the model goes out once a round. VALIDATE carries the new model; EVALUATE and
+ * the next TRAIN (the same version), to a site that was sent it and has not trained since, say
+ * model_held and carry no frames. A site that answers Error{-ESTALE} (it does not hold it) or
+ * says Hello again (a new connection, maybe a new process) is sent it in full. */
+static void test_model_sent_once_a_round(void **state)
+{
+    fx_t *f = *state;
+    fx_start(f, four_rounds);
+    uint64_t v = moeh_coord_core_model_version(f->core);
+    for (int k = 0; k < N_SITES; k++) {
+        assert_model_sent(f, k, 1, MOEH__ROUND_TASK__TRAIN, 0);
+        assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
+    }
+    tick(f, 10);
+    for (int k = 0; k < N_SITES; k++)
+        assert_model_sent(f, k, 1, MOEH__ROUND_TASK__VALIDATE, 0);
+    /* site 1 says it does not hold the model */
+    Moeh__Envelope env;
+    Moeh__Error er;
+    char buf[MOEH_MAX_STRING + 1];
+    moeh_wire_error_env(&env, &er, buf, -ESTALE, "model version not held: send it in full");
+    assert_int_equal(deliver(f, 1, &env, NULL, 0), 0);
+    for (int k = 0; k < N_SITES; k++)
+        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+    tick(f, 10);
+    assert_model_sent(f, 0, 1, MOEH__ROUND_TASK__EVALUATE, 1);
+    assert_model_sent(f, 1, 1, MOEH__ROUND_TASK__EVALUATE, 0);
+    assert_model_sent(f, 2, 1, MOEH__ROUND_TASK__EVALUATE, 1);
+    for (int k = 0; k < N_SITES; k++)
+        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+    tick(f, 10);
+    assert_int_equal(moeh_coord_core_model_version(f->core), v + 1);
+    for (int k = 0; k < N_SITES; k++) /* site 1 holds the one it was sent in EVALUATE */
+        assert_model_sent(f, k, 2, MOEH__ROUND_TASK__TRAIN, 1);
+    hello(f, 2); /* a new connection: the phase's RoundStart again, with the model */
+    assert_model_sent(f, 2, 2, MOEH__ROUND_TASK__TRAIN, 0);
+    /* having trained, every site is sent the next model in full */
+    for (int k = 0; k < N_SITES; k++)
+        assert_int_equal(send_update(f, k, 2, v + 1, (uint32_t)f->site[k].n_train), 0);
+    tick(f, 10);
+    for (int k = 0; k < N_SITES; k++)
+        assert_model_sent(f, k, 2, MOEH__ROUND_TASK__VALIDATE, 0);
+}
+
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
@@ -368,4 +421,5 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_validation_bounded_by_n_val, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_absurd_n_val_capped, fx_setup, fx_teardown),
-    cmocka_unit_test_setup_teardown(test_registered_val_limit, fx_setup, fx_teardown))
+    cmocka_unit_test_setup_teardown(test_registered_val_limit, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_model_sent_once_a_round, fx_setup, fx_teardown))

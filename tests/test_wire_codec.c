@@ -103,6 +103,17 @@ static void test_roundtrip_round_start(void **state)
     m.rs.task = MOEH__ROUND_TASK__STATS;
     m.n_frames = 0;
     check_accept(&m, &k_lim);
+    /* protocol 8: a site that holds the model of this version is sent none */
+    for (int task = MOEH__ROUND_TASK__TRAIN; task <= MOEH__ROUND_TASK__VALIDATE; task++) {
+        if (task == MOEH__ROUND_TASK__STATS) continue;
+        mk_round_start(&m);
+        m.rs.task = task;
+        m.rs.model_held = 1;
+        m.n_frames = 0;
+        check_accept(&m, &k_lim);
+        m.n_frames = 2; /* and then none may come */
+        check_reject(&m, &k_lim, -EBADMSG, "round_start: carries 2 tensor frames, expected none");
+    }
 }
 
 static void test_roundtrip_stats_result(void **state)
@@ -333,21 +344,26 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 6 (granted uploads in one multipart message, which libzmq holds whole before
-     * the coordinator can refuse it), 5 (no Hello.n_val: the coordinator would bound the
-     * site's validation replies by 0 rows) and 4 (no final model) are not spoken any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 7);
+    /* protocol 7 (every RoundStart carries the model: a 7 agent would refuse a model_held one),
+     * 6 (granted uploads in one multipart message, which libzmq holds whole before the
+     * coordinator can refuse it), 5 (no Hello.n_val: the coordinator would bound the site's
+     * validation replies by 0 rows) and 4 (no final model) are not spoken any more */
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 8);
+    m.env.protocol_version = 7;
+    buf = pack_raw(&m.env, &len);
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 7, expected 8");
+    free(buf);
     m.env.protocol_version = 6;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 6, expected 7");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 6, expected 8");
     free(buf);
     m.env.protocol_version = 5;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 7");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 8");
     free(buf);
     m.env.protocol_version = 4;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 7");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 8");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);

@@ -133,6 +133,10 @@ int main(int argc, char **argv)
         {.name = "params", .dtype = MOEH__DTYPE__F32, .data = params, .count = L->n_params},
         {.name = "norm", .dtype = MOEH__DTYPE__F32, .data = norm, .count = 2 * L->n_norm}};
     put_msg(dir, "round_start", &e3, fp, 2);
+    rs.model_held = 1; /* protocol 8: the site holds the model of this version */
+    rs.task = MOEH__ROUND_TASK__EVALUATE;
+    put_msg(dir, "round_start_held", &e3, NULL, 0);
+    rs.model_held = 0;
     rs.task = MOEH__ROUND_TASK__STATS;
     put_msg(dir, "round_start_stats", &e3, NULL, 0);
 

@@ -44,7 +44,7 @@ typedef struct {
      * it (model_held). Cleared by a TRAIN or STATS RoundStart, a Hello and an Error{-ESTALE}. */
     int held;
     uint64_t held_version;
-    moeh_stream_rx_t up_rx;     /* its granted upload's chunks so far (only while granted) */
+    moeh_stream_rx_t up_rx; /* its granted upload's chunks so far (only while granted) */
 } site_t;
 
 /* final.c: where a site stands with the run's final model. */

@@ -31,6 +31,8 @@ FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
 FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
 FIG_PART, FIG_DP, FIG_CALIB = "fig-participation", "fig-dp-epsilon", "fig-calibration"
 FIG_ROC = "fig-roc"
+# the two evaluated splits: key in the metrics, name on the page, line style, colour
+SPLITS = (("test", "test", "-", "C0"), ("val", "validation", ":", "C1"))
 
 
 class InputError(Exception):
@@ -101,7 +103,8 @@ class Run:
     def __init__(self):
         self.evals, self.trains, self.uploads, self.gates = {}, {}, {}, {}
         self.tasks = {}  # round -> task -> {"auroc": x, "E": x, ...}
-        self.calib = {}  # round -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
+        # round -> split ("test", "val") -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
+        self.calib = {}
         self.roc = {}  # round -> split -> task -> (auroc, [fpr], [tpr], n_pos, n_neg)
         self.task_names = []
         self.site_update, self.site_eval = {}, {}  # round -> {site: line}
@@ -172,7 +175,7 @@ def add_line(run, ln):
             row[c] = ln.num("auroc_" + c)
         run.tasks.setdefault(r, {})[t] = row
     elif ev == "calibration":
-        t = ln.str("task")
+        t, split = ln.str("task"), ln.str("split") or "test"  # no split: a run from before "val"
         if t is None:
             raise InputError(f"{ln.where}: a \"calibration\" line without its task")
         bins = ln.obj.get("bins")
@@ -186,7 +189,8 @@ def add_line(run, ln):
             sub = Line(b, f"{ln.where} (calibration bin {i})")
             rows.append((sub.num("lo"), sub.num("hi"), sub.int("n") or 0, sub.num("mean_p"),
                          sub.num("observed")))
-        run.calib.setdefault(r, {})[t] = (ln.num("brier"), ln.num("ece"), rows)
+        run.calib.setdefault(r, {}).setdefault(split, {})[t] = (ln.num("brier"), ln.num("ece"),
+                                                                rows)
     elif ev == "roc":
         t, split = ln.str("task"), ln.str("split") or "test"
         if t is None:
@@ -422,22 +426,29 @@ def fig_combo(plt, run, tasks, mark):
 
 def fig_calibration(plt, calib, tasks):
     """Reliability diagram per task: observed fraction of positives against the mean predicted
-    probability of each bin (marker area ~ rows), the diagonal is perfect calibration."""
+    probability of each bin (marker area ~ rows), the test split's (filled, solid) and the
+    validation split's (hollow, dotted); the diagonal is perfect calibration."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.1), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
-        pts = [(b[3], b[4], b[2]) for b in calib.get(t, (None, None, []))[2]
-               if b[2] and b[3] is not None and b[4] is not None]
-        if pts:
+        for split, name, style, face in SPLITS:
+            c = calib.get(split, {}).get(t)
+            pts = [(b[3], b[4], b[2]) for b in (c[2] if c else [])
+                   if b[2] and b[3] is not None and b[4] is not None]
+            if not pts:
+                continue
             most = max(p[2] for p in pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C0", linewidth=1)
+            brier = "" if c[0] is None else f", Brier {c[0]:.4f}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=face, linewidth=1,
+                    label=f"{name}{brier}")
             ax.scatter([p[0] for p in pts], [p[1] for p in pts],
-                       s=[12 + 120 * p[2] / most for p in pts], color="C0", zorder=3)
-        brier = calib.get(t, (None,))[0]
-        ax.set_title(t + ("" if brier is None else f" (Brier {brier:.4f})"), fontsize=9)
+                       s=[12 + 120 * p[2] / most for p in pts], zorder=3,
+                       color=face if split == "test" else "none", edgecolors=face)
+        ax.set_title(t, fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability", fontsize=8)
+        legend(ax, loc="upper left", fontsize=7)
     axes[0][0].set_ylabel("observed fraction positive", fontsize=8)
     return svg_uri(plt, fig)
 
@@ -448,7 +459,7 @@ def fig_roc(plt, roc, tasks):
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.2), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--", label="chance")
-        for split, name, style in (("test", "test", "-"), ("val", "validation", ":")):
+        for split, name, style, _ in SPLITS:
             c = roc.get(split, {}).get(t)
             if not c or len(c[1]) < 2:
                 continue
@@ -772,7 +783,7 @@ def render(run, config, run_dir, metrics_path):
             "diagonal is chance.", "ROC curves per task, test and validation"))
         rows = []
         for t in rtasks:
-            for split, name in (("test", "test"), ("val", "validation")):
+            for split, name, _, _ in SPLITS:
                 c = roc.get(split, {}).get(t)
                 if c:
                     rows.append([esc(t), name, fmt(c[0]), fmt(c[3]), fmt(c[4]), str(len(c[1]))])
@@ -786,17 +797,25 @@ def render(run, config, run_dir, metrics_path):
     parts.append(f"<h2>Calibration ({esc(mark_label)})</h2>\n")
     calib = run.calib.get(mark, {})
     if calib:
-        ctasks = [t for t in tasks if t in calib] + [t for t in calib if t not in tasks]
+        ctasks = [t for t in tasks if any(t in v for v in calib.values())]
+        ctasks += sorted({t for v in calib.values() for t in v if t not in ctasks})
         parts.append(figure_html(
             FIG_CALIB, fig_calibration(plt, calib, ctasks),
-            "Reliability per task on all test rows (\"calibration\" lines, from the summed score "
-            "histograms): each point is a tenth of the probability range, at the mean predicted "
-            "probability of its rows against the fraction of them that were positive; the dashed "
-            "diagonal is perfect calibration; marker area grows with the rows in the bin.",
-            "reliability diagram per task"))
-        parts.append(table(["task", "Brier score", "ECE", "test rows"],
-                           [[esc(t), fmt(calib[t][0]), fmt(calib[t][1]),
-                             str(sum(b[2] for b in calib[t][2]))] for t in ctasks]))
+            "Reliability per task on all test rows (filled markers, solid line) and all "
+            "validation rows (hollow markers, dotted line) of that round (\"calibration\" lines "
+            "and their \"split\", from the summed score histograms): each point is a tenth of "
+            "the probability range, at the mean predicted probability of its rows against the "
+            "fraction of them that were positive; the dashed diagonal is perfect calibration; "
+            "marker area grows with the rows in the bin.",
+            "reliability diagram per task, test and validation"))
+        rows = []
+        for t in ctasks:
+            for split, name, _, _ in SPLITS:
+                c = calib.get(split, {}).get(t)
+                if c:
+                    rows.append([esc(t), name, fmt(c[0]), fmt(c[1]),
+                                 str(sum(b[2] for b in c[2]))])
+        parts.append(table(["task", "split", "Brier score", "ECE", "rows"], rows, left=2))
     else:
         parts.append("<p class=note>No \"calibration\" line for this round (a run from before "
                      "calibration was reported).</p>\n")

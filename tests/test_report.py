@@ -45,6 +45,14 @@ ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-
             "fig-roc"]
 
 
+CALIB_ROWS = {"test": 20, "val": 10}  # rows per reliability bin (bin 5 empty)
+
+
+def calib_values(split, r):
+    """(Brier, ECE) of a split's calibration line in round r: test and validation differ."""
+    return (round(0.2 - 0.01 * r, 4), 0.05) if split == "test" else (round(0.3 - 0.01 * r, 4), 0.08)
+
+
 def trapezoid(x, y):
     return sum((x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2 for i in range(1, len(x)))
 
@@ -111,14 +119,19 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
                 w[k] = 0.7
             g[c] = {"rows": rows, "weights": w}
         lines.append(g)
-        for t in TASKS:  # a reliability curve: empty bins null, as the coordinator writes them
-            bins = [{"lo": k / 10, "hi": (k + 1) / 10, "n": 0 if k == 5 else 20 + k,
-                     "mean_p": None if k == 5 else k / 10 + 0.05,
-                     "observed": None if k == 5 else min(1.0, k / 10 + 0.02 * r)}
-                    for k in range(10)]
-            lines.append({"event": "calibration", "round": r, "task": t, "split": "test",
-                          "n": sum(b["n"] for b in bins), "brier": 0.2 - 0.01 * r,
-                          "ece": 0.05, "bins": bins})
+        # reliability curves: empty bins null, as the coordinator writes them; the test split
+        # then the validation one (the coordinator's order), which must not replace it
+        for split in ("test", "val"):
+            for t in TASKS:
+                bins = [{"lo": k / 10, "hi": (k + 1) / 10,
+                         "n": 0 if k == 5 else CALIB_ROWS[split] + k,
+                         "mean_p": None if k == 5 else k / 10 + 0.05,
+                         "observed": None if k == 5 else min(1.0, k / 10 + 0.02 * r)}
+                        for k in range(10)]
+                b, e = calib_values(split, r)
+                lines.append({"event": "calibration", "round": r, "task": t, "split": split,
+                              "n": sum(b["n"] for b in bins), "brier": b, "ece": e,
+                              "bins": bins})
         for split in ("val", "test"):  # ROC points as the coordinator writes them
             for k, t in enumerate(TASKS):
                 fpr = [0, 0.05, 0.2, 0.45, 0.7, 1]
@@ -155,6 +168,7 @@ class Page(html.parser.HTMLParser):
         super().__init__(convert_charrefs=True)
         self.figs, self.tags, self.urls, self.text, self.meta = {}, [], [], [], []
         self.cur_fig = None
+        self.rows, self.cell = [], None  # every table row as a list of its cells' text
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -169,15 +183,45 @@ class Page(html.parser.HTMLParser):
             self.figs[self.cur_fig].append(a.get("src", ""))
         if tag == "meta":
             self.meta.append(a)
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self.cell = []
         if any(k.startswith("on") for k in a):
             self.tags.append("EVENT-HANDLER:" + tag)
 
     def handle_endtag(self, tag):
         if tag == "figure":
             self.cur_fig = None
+        if tag in ("td", "th") and self.cell is not None and self.rows:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
 
     def handle_data(self, data):
         self.text.append(data)
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def page_rows(page_text):
+    p = Page()
+    p.feed(page_text)
+    return p.rows
+
+
+def check_calibration(page_text, mark, label):
+    """The calibration table of the marked round: one row per task and split, each with its own
+    split's Brier score, ECE and rows (the validation line, written after the test one, must
+    neither replace it nor be shown as test)."""
+    rows = page_rows(page_text)
+    head = ["task", "split", "Brier score", "ECE", "rows"]
+    check(head in rows, f"{label}: calibration table with a split column")
+    for split, name in (("test", "test"), ("val", "validation")):
+        b, e = calib_values(split, mark)
+        n = str(9 * CALIB_ROWS[split] + sum(range(10)) - 5)
+        for t in TASKS:
+            want = [t, name, f"{b:.4f}", f"{e:.4f}", n]
+            check(want in rows, f"{label}: {name} calibration of {t} shown as {name} ({want})")
 
 
 def check_structure(page_text, figs_expected, label):
@@ -412,6 +456,7 @@ def test_reports(work):
     check("last round 4" in text, "no selected_round: the last round is marked and named")
     check("0.01" in text and "0.00999999977648258" not in text, "float32 config shown as given")
     check("1e-05" in text, "DP delta in the DP table")
+    check_calibration(page, 4, "plain+DP")
 
     sec = os.path.join(work, "run-secagg")
     write_run(sec, rounds=5, secagg=True, dp=False, selected=3)
@@ -424,6 +469,7 @@ def test_reports(work):
         check("selected round 3" in text2 and "best mean validation AUROC" in text2,
               "a selected_round in the metrics is marked and its reason shown")
         check("DP-FedAvg was off" in text2, "no DP: said so, no epsilon figure")
+        check_calibration(page2, 3, "secagg (selected round 3)")
         check("each site logs its own metrics" in text2, "why per-site rows are missing is shown")
     return out
 

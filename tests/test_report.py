@@ -40,12 +40,18 @@ HOSTILE_WHY = "\"><img src=x onerror=alert(1)>"
 HOSTILE_CFG = "</td><script>alert('cfg')</script>"
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
-ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-gate-heatmap",
-            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon", "fig-calibration",
-            "fig-roc"]
+ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-learning", "fig-task-curves", "fig-combo-auroc",
+            "fig-gate-heatmap", "fig-gate-rounds", "fig-participation", "fig-dp-epsilon",
+            "fig-calibration", "fig-roc"]
 
 
 CALIB_ROWS = {"test": 20, "val": 10}  # rows per reliability bin (bin 5 empty)
+RETRY_WHY = "1 of the 2 sites needed replied"
+
+
+def task_loss(split, r, k):
+    """The per-task loss of an "eval" line: task k's, round r's, split's."""
+    return round((0.6 if split == "test" else 0.65) - 0.03 * r + 0.05 * k, 4)
 
 
 def calib_values(split, r):
@@ -66,13 +72,23 @@ def check(cond, what):
 
 # ---------------------------------------------------------------- a run directory
 
-def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
-    """A run directory in the coordinator's shapes (coordinator/coordinator.c)."""
+def write_run(d, rounds=4, secagg=False, dp=True, selected=None, legacy=False):
+    """A run directory in the coordinator's shapes (coordinator/report.c). legacy: as an older
+    coordinator wrote it (no site lists, no per-task loss, no retry lines, no calibration
+    split)."""
     os.makedirs(d, exist_ok=True)
     sites = ["site-1", "site-2", HOSTILE_SITE]
     lines = [{"event": "stats", "sites": len(sites), "features": 68}]
+    if not legacy:
+        lines[0]["contributors"] = sorted(sites)
     for r in range(1, rounds + 1):
         here = sites if r < 3 else sites[:2]  # the hostile site leaves in round 3
+        # round 2: site-2's test evaluation misses the sum (a dropout of that phase only)
+        tested = [s for s in here if (r, s) != (2, "site-2")]
+        if not legacy and r == 2:  # a failed TRAIN attempt, retried
+            lines.append({"event": "retry", "round": 2, "phase": "train", "outcome": "retry",
+                          "attempt": 1, "max_retries": 2, "connected": 3, "needed": 2,
+                          "why": RETRY_WHY})
         dpf = {}
         if dp:
             dpf = {"dp_epsilon": 2.0 + 1.5 * r, "dp_epsilon_coordinator": 2.0 + 1.5 * r,
@@ -87,10 +103,12 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
         lines.append(dict({"event": "train", "round": r, "sites": len(here), "participants": 3,
                            "train_loss": None if dp else 0.9 / r, "samples": 100.0 * len(here),
                            "steps": 12, "groups_updated": 10, "model_version": r}, **dpf))
+        if not legacy:
+            lines[-1]["contributors"] = sorted(here)
         lines.append({"event": "uploads", "round": r, "slots": 2, "max_in_flight": 2,
                       "expired": 1 if r == 2 else 0})
         if not secagg:
-            for s in here:
+            for s in tested:
                 lines.append(dict({"event": "site_eval", "round": r, "site": s,
                                    "test_loss": 0.5 - 0.01 * r},
                                   **{"auroc_" + t: 0.6 + 0.03 * r for t in TASKS}))
@@ -100,6 +118,14 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
               "auroc_mean": sum(au.values()) / 3, "seconds": 2.5}
         ev.update({"auroc_" + t: au[t] for t in TASKS})
         ev.update(dpf)
+        if not legacy:
+            ev["test_contributors"] = sorted(tested)
+            ev.update({"test_loss_" + t: task_loss("test", r, k) for k, t in enumerate(TASKS)})
+            if selected is not None:  # a validating run
+                ev["val_contributors"] = sorted(here)
+                ev["val_loss"] = 0.52 - 0.02 * r
+                ev.update({"val_loss_" + t: task_loss("val", r, k) for k, t in enumerate(TASKS)})
+                ev.update({"val_auroc_" + t: au[t] - 0.02 for t in TASKS})
         if selected is not None:
             ev["selected_round"] = selected
             ev["why"] = "best mean validation AUROC"
@@ -132,6 +158,10 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
                 lines.append({"event": "calibration", "round": r, "task": t, "split": split,
                               "n": sum(b["n"] for b in bins), "brier": b, "ece": e,
                               "bins": bins})
+                if legacy:
+                    del lines[-1]["split"]
+            if legacy:
+                break
         for split in ("val", "test"):  # ROC points as the coordinator writes them
             for k, t in enumerate(TASKS):
                 fpr = [0, 0.05, 0.2, 0.45, 0.7, 1]
@@ -207,6 +237,47 @@ def page_rows(page_text):
     p = Page()
     p.feed(page_text)
     return p.rows
+
+
+def check_rows(page_text, want, label):
+    """Each row of want (cells as text) is a row of one of the page's tables."""
+    rows = page_rows(page_text)
+    for w in want:
+        check(w in rows, f"{label}: table row {w}")
+
+
+def ids(*names):
+    return f"{len(names)}: " + ", ".join(sorted(names))
+
+
+def check_participation(page_text, label, validated):
+    """Who reported in each phase and who dropped out (write_run: the hostile site leaves in
+    round 3; site-2's test evaluation of round 2 misses the sum), and the retried TRAIN phase of
+    round 2."""
+    left = f"{HOSTILE_SITE} (left: {HOSTILE_WHY})"
+    want = [["1", "train", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+            ["2", "train", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+            ["2", "test", ids("site-1", HOSTILE_SITE), "site-2"],
+            ["3", "train", ids("site-1", "site-2"), left],
+            ["4", "train", ids("site-1", "site-2"), HOSTILE_SITE],
+            ["2", "train", "opened again", "1 of 2", "3 / 2", RETRY_WHY]]
+    if validated:
+        want += [["2", "validation", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+                 ["3", "validation", ids("site-1", "site-2"), left]]
+    check_rows(page_text, want, label)
+
+
+def check_task_table(page_text, mark, label, validated):
+    """The per-task table of the marked round: AUROC, loss and Brier of each split."""
+    want = []
+    for k, t in enumerate(TASKS):
+        au = 0.55 + 0.05 * mark + 0.01 * k
+        val = [f"{au - 0.02:.4f}", f"{task_loss('val', mark, k):.4f}"] if validated else \
+            ["\u2013", "\u2013"]
+        want.append([t, f"{au:.4f}", val[0], f"{task_loss('test', mark, k):.4f}", val[1],
+                     f"{calib_values('test', mark)[0]:.4f}",
+                     f"{calib_values('val', mark)[0]:.4f}"])
+    check_rows(page_text, want, label)
 
 
 def check_calibration(page_text, mark, label):
@@ -457,6 +528,8 @@ def test_reports(work):
     check("0.01" in text and "0.00999999977648258" not in text, "float32 config shown as given")
     check("1e-05" in text, "DP delta in the DP table")
     check_calibration(page, 4, "plain+DP")
+    check_participation(page, "plain+DP", validated=False)
+    check_task_table(page, 4, "plain+DP", validated=False)
 
     sec = os.path.join(work, "run-secagg")
     write_run(sec, rounds=5, secagg=True, dp=False, selected=3)
@@ -470,6 +543,28 @@ def test_reports(work):
               "a selected_round in the metrics is marked and its reason shown")
         check("DP-FedAvg was off" in text2, "no DP: said so, no epsilon figure")
         check_calibration(page2, 3, "secagg (selected round 3)")
+        check_participation(page2, "secagg", validated=True)
+        check_task_table(page2, 3, "secagg", validated=True)
+        check("secure aggregation: the coordinator learns only sums" in text2,
+              "secagg: why the per-site metrics are missing is shown")
+
+    old = os.path.join(work, "run-legacy")  # as an older coordinator wrote its metrics
+    write_run(old, rounds=3, secagg=True, dp=False, legacy=True)
+    p, secs = run_report([old])
+    if check(p.returncode == 0, f"report of a legacy run ({p.stderr.strip()})"):
+        page3 = open(os.path.join(old, "report.html"), encoding="utf-8").read()
+        text3 = check_structure(page3, [f for f in ALL_FIGS if f != "fig-dp-epsilon"], "legacy")
+        check("these metrics name no site" in text3, "legacy: participation as counts, said so")
+        check("did not record failed phase attempts" in text3, "legacy: no retry lines, said so")
+        check("carry no per-task loss" in text3, "legacy: no per-task loss, said so")
+        rows = page_rows(page3)
+        head = ["task", "split", "Brier score", "ECE", "rows"]
+        cal = rows[rows.index(head) + 1:] if head in rows else []
+        cal = cal[:next((i for i, r in enumerate(cal) if not r or r[0] not in TASKS), len(cal))]
+        b, e = calib_values("test", 3)
+        check([r[:2] for r in cal] == [[t, "test"] for t in TASKS] and
+              ["mortality", "test", f"{b:.4f}", f"{e:.4f}", "220"] in cal,
+              f"legacy: a calibration line without split counts as test ({cal})")
         check("each site logs its own metrics" in text2, "why per-site rows are missing is shown")
     return out
 
@@ -560,6 +655,41 @@ def test_real(work):
               "real run: the selected round is marked")
         check("mortality" in text and "EHR+notes" in text, "real run: tasks and combinations")
         check_real_roc(run_dir)
+        check_real_task_loss(run_dir)
+        check("No phase attempt failed" in text, "real run: no retry line, said so")
+        rows = page_rows(page)
+        for r in (1, 2):
+            for ph in ("train", "validation", "test"):
+                check(any(x[:2] == [str(r), ph] and x[2].startswith("4: site-1, site-2")
+                          and x[3] == "none" for x in rows),
+                      f"real run: round {r} {ph}: the 4 sites reported, none dropped out")
+        head = ["task", "test AUROC", "validation AUROC", "test loss", "validation loss",
+                "test Brier", "validation Brier"]
+        per = rows[rows.index(head) + 1:][:len(TASKS)] if head in rows else []
+        check([x[0] for x in per] == TASKS and all("\u2013" not in x for x in per),
+              f"real run: the per-task table has every value of every task ({per})")
+
+
+def check_real_task_loss(run_dir):
+    """The per-task losses of a real run (from the summed histograms, bins at their centres):
+    their mean weighted by each task's labelled rows (the "n" of its calibration line) is the
+    exact loss of all tasks ("test_loss", "val_loss") within 1e-3."""
+    lines = [json.loads(ln) for ln in open(os.path.join(run_dir, "metrics.jsonl"),
+                                            encoding="utf-8")]
+    worst, n_checked = 0.0, 0
+    for ev in (ln for ln in lines if ln["event"] == "eval"):
+        for split, key in (("test", "test_loss"), ("val", "val_loss")):
+            n = {ln["task"]: ln["n"] for ln in lines if ln["event"] == "calibration" and
+                 ln["round"] == ev["round"] and ln["split"] == split}
+            per = {t: ev.get(f"{key}_{t}") for t in TASKS}
+            if not check(all(isinstance(per[t], float) for t in TASKS) and set(n) == set(TASKS),
+                         f"real run: round {ev['round']} {split}: a loss per task"):
+                continue
+            est = sum(n[t] * per[t] for t in TASKS) / sum(n.values())
+            worst = max(worst, abs(est - ev[key]))
+            n_checked += 1
+    check(n_checked > 0 and worst < 1e-3,
+          f"real run: per-task losses agree with the exact loss (worst {worst:.1e})")
 
 
 def check_real_roc(run_dir):

@@ -11,9 +11,11 @@ SVG images; the page loads nothing (a Content-Security-Policy forbids it) and ru
 Every string read from the files is HTML-escaped before it reaches the page and is drawn by
 matplotlib with mathtext off (a site id or a Bye reason comes from a site and may be hostile).
 
-Exit status: 0 report written; 2 bad input (no run directory, no metrics.jsonl, a line that
-is not a JSON object, a field of the wrong type), with file:line in the message; 3 matplotlib
-is missing.
+Exit status: 0 report written; 1 an unexpected failure (Python's exit status for an uncaught
+exception: a bug); 2 bad input (no run directory, no metrics.jsonl, a line that is not a JSON
+object, a field of the wrong type), with file:line in the message; 3 matplotlib is missing or
+older than 3.5. `moeh report` (sim/cmd_report.c) passes this status on, and exits 1 itself
+when it cannot find or start this script.
 """
 import argparse
 import base64
@@ -1166,8 +1168,9 @@ def main(argv=None):
                     "moeh run directory: learning curves, AUROC per modality combination, ROC "
                     "curves, calibration, gate weights, site participation, DP epsilon, "
                     "configuration. Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh run).",
-        epilog="Exit status: 0 written, 2 bad input (the message names file:line), "
-               "3 matplotlib missing (Debian: python3-matplotlib). See docs/report.md.")
+        epilog="Exit status: 0 written, 1 unexpected failure (a bug), 2 bad input (the message "
+               "names file:line), 3 matplotlib missing or older than 3.5 (Debian: "
+               "python3-matplotlib). See docs/report.md.")
     ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh run --out)")
     ap.add_argument("--out", metavar="FILE",
                     help="where to write the report (default: RUN_DIR/report.html)")

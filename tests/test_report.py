@@ -505,6 +505,54 @@ def test_refusals(work):
     check(p.returncode == 2 and "metrics.jsonl" in p.stderr, "no metrics.jsonl: exit 2")
 
 
+def test_exit_codes(work):
+    """The exit statuses `moeh report --help` and docs/report.md list are the ones the code
+    gives: 0 written, 1 report.py not found (or not runnable), 2 usage error or bad input,
+    3 matplotlib missing (report.py's own, passed on by moeh report)."""
+    run = os.path.join(work, "run-codes")
+    write_run(run, rounds=1, dp=False)
+    # no matplotlib: Debian's python3-matplotlib lives in dist-packages, which -S leaves out
+    p = subprocess.run([sys.executable, "-S", REPORT, run], capture_output=True, text=True,
+                       timeout=120)
+    check(p.returncode == 3 and "matplotlib is missing" in p.stderr and
+          "python3-matplotlib" in p.stderr and not os.path.exists(os.path.join(run, "report.html")),
+          f"report.py without matplotlib: exit 3 naming the package ({p.returncode}: "
+          f"{p.stderr.strip()})")
+    p, _ = run_report(["--help"])
+    check(all(f"{c} " in p.stdout for c in "0123"), "report.py --help lists exit 0, 1, 2, 3")
+    moeh = os.path.join(os.environ.get("MOEH_BIN_DIR", ""), "moeh")
+    if not check(os.access(moeh, os.X_OK), f"moeh in MOEH_BIN_DIR ({moeh})"):
+        return
+
+    def moeh_report(args, script=None):
+        env = dict(os.environ)
+        if script is not None:
+            env["MOEH_REPORT_SCRIPT"] = script
+        return subprocess.run([moeh, "report"] + args, capture_output=True, text=True, env=env,
+                              timeout=120)
+    p = moeh_report(["--help"])
+    help_codes = p.stdout.replace("\n", " ")
+    check(p.returncode == 0 and all(w in help_codes for w in (
+        "0 report written", "1 report.py not found", "2 usage error or bad input",
+        "3 matplotlib missing")), f"moeh report --help lists 0, 1, 2 and 3 ({p.stdout!r})")
+    p = moeh_report([run], script=os.path.join(work, "no-such-report.py"))
+    check(p.returncode == 1 and "cannot find report.py" in p.stderr,
+          f"moeh report without report.py: exit 1 ({p.returncode}: {p.stderr.strip()})")
+    stub = os.path.join(work, "exit3.py")  # stands for report.py on a machine without matplotlib
+    with open(stub, "w") as f:
+        f.write("import sys\nsys.exit(3)\n")
+    p = moeh_report([run], script=stub)
+    check(p.returncode == 3, f"moeh report passes report.py's exit 3 on ({p.returncode})")
+    p = moeh_report([os.path.join(work, "nope")])
+    check(p.returncode == 2 and "no such run directory" in p.stderr,
+          f"moeh report on a missing run directory: exit 2 ({p.returncode})")
+    p = moeh_report(["--bogus"])
+    check(p.returncode == 2, f"moeh report with an unknown option: exit 2 ({p.returncode})")
+    p = moeh_report([run, "--out", os.path.join(work, "codes.html")])
+    check(p.returncode == 0 and os.path.exists(os.path.join(work, "codes.html")),
+          f"moeh report writes the page: exit 0 ({p.returncode}: {p.stderr.strip()})")
+
+
 def test_reports(work):
     """Renders two runs; returns the path of the first page (for Chromium)."""
     full = os.path.join(work, "run-plain-dp")
@@ -729,6 +777,7 @@ def main():
             test_real(work)
         else:
             test_refusals(work)
+            test_exit_codes(work)
             page = test_reports(work)
             if page:
                 test_chromium(page, work)

@@ -13,6 +13,7 @@
 #include "cmocka_main.h"
 
 #include "coord_util.h"
+#include "moeh_checkpoint.h"
 #include "moeh_npy.h"
 
 #define ROWS 20 /* per site and phase: within the 40 test rows each site declares */
@@ -287,6 +288,63 @@ static void test_resume_keeps_selection(void **state)
     free(w2);
 }
 
+/* The same from a checkpoint written before the validation calibration was kept (its
+ * select_state 2 x tasks floats shorter): the selection is restored all the same, and the final
+ * table says the validation calibration is unknown ("-") rather than showing another round's. */
+static void test_resume_older_checkpoint(void **state)
+{
+    fx_t *f = *state;
+    float *w2 = patience_rounds_1_to_3(f);
+    moeh_coord_core_destroy(&f->core);
+    char path[400];
+    snprintf(path, sizeof path, "%s/checkpoint.moeh", f->dir);
+    moeh_ckpt_t k;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_ckpt_load(path, &k, &err), 0);
+    size_t i = 0;
+    while (i < k.n_arrays && strcmp(k.names[i], "select_state"))
+        i++;
+    assert_true(i < k.n_arrays);
+    k.counts[i] -= 2 * MOEH_N_TASKS; /* the older layout: no validation calibration */
+    assert_int_equal(moeh_ckpt_save(path, &k, &err), 0);
+    moeh_ckpt_free(&k);
+    f->cfg.resume = 1;
+    f->cfg.print_table = 1;
+    f->io.table = f->table = tmpfile();
+    assert_non_null(f->table);
+    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    moeh_coord_core_start(f->core, 3, f->now);
+    join_all(f);
+    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
+    finish(f); /* one more round without improvement: --patience 2 ends the run */
+    assert_model_file(f, w2);
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(jnum(sel, "selected_round"), 2);
+    cJSON_Delete(sel);
+    double v[MOEH_N_TASKS];
+    final_row(f, "brier (test)", v);
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        assert_float_equal(v[t], 0.1945, 1e-4);
+    char line[512];
+    int unknown = 0;
+    rewind(f->table);
+    while (fgets(line, sizeof line, f->table)) {
+        const char *label = !strncmp(line, "brier (val) ", 12) ? "brier (val)"
+                            : !strncmp(line, "ece (val) ", 10) ? "ece (val)"
+                                                               : NULL;
+        char a[8], b[8], c[8];
+        if (label && sscanf(line + strlen(label), "%7s %7s %7s", a, b, c) == 3)
+            unknown += !strcmp(a, "-") && !strcmp(b, "-") && !strcmp(c, "-");
+    }
+    assert_int_equal(unknown, 2);
+    fclose(f->table);
+    f->table = NULL;
+    free(w2);
+}
+
 static void one_round(moeh_coord_cfg_t *c)
 {
     c->validate = 1;
@@ -409,6 +467,7 @@ static void test_registered_val_limit(void **state)
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_resume_older_checkpoint, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup, fx_teardown),

@@ -2,10 +2,12 @@
 """report.py - one self-contained HTML report of a finished federation (docs/report.md).
 
 Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh run` (the coordinator)
-writes them and writes RUN_DIR/report.html (or --out FILE): learning curves, AUROC per
-modality combination, ROC curves and calibration per task, the gate's mean weight per expert and combination, site participation,
-DP epsilon per round and the run's configuration. The figures are drawn with matplotlib
-(Debian's python3-matplotlib, hence /usr/bin/python3 above) and embedded as data: URIs of
+writes them and writes RUN_DIR/report.html (or --out FILE): learning curves (overall and per
+task), AUROC per modality combination, ROC curves and calibration per task (test and
+validation), the gate's mean weight per expert and combination, which sites reported in each
+phase and which dropped out, failed phase attempts (retries), DP epsilon per round and the
+run's configuration. The figures are drawn with matplotlib (Debian's python3-matplotlib, hence
+/usr/bin/python3 above) and embedded as data: URIs of
 SVG images; the page loads nothing (a Content-Security-Policy forbids it) and runs no script.
 
 Every string read from the files is HTML-escaped before it reaches the page and is drawn by

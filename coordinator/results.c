@@ -11,6 +11,7 @@
 #include "moeh_npy.h"
 #include "moeh_trainer.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,8 +192,10 @@ int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal)
         k.counts[k.n_arrays] = c->p->n;
         k.arrays[k.n_arrays++] = c->sv;
     }
+    /* coord_select_state_len(1) floats */
     float sel_state[6 + MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 4 * MOEH_N_TASKS];
     if (c->cfg->validate) { /* the model selection (select.c), for exact resume */
+        assert(coord_select_state_len(1) == sizeof sel_state / sizeof sel_state[0]);
         coord_select_state_put(c, sel_state);
         snprintf(k.names[k.n_arrays], sizeof k.names[0], "select_params");
         k.counts[k.n_arrays] = c->p->n;

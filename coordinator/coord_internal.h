@@ -147,6 +147,7 @@ typedef struct moeh_coord_core {
     double sel_test_loss, sel_test_mean, sel_auroc[MOEH_N_SLICES][MOEH_N_TASKS];
     uint64_t sel_combo_rows[MOEH_N_COMBOS];
     moeh_calib_t sel_calib[MOEH_N_TASKS];
+    moeh_calib_t sel_val_calib[MOEH_N_TASKS]; /* its validation calibration (Brier, ECE) */
     /* the end of the run (final.c): OUT/model.safetensors as sent to the sites */
     char *final_buf; /* NULL: not (yet) sending */
     size_t final_len;
@@ -275,9 +276,9 @@ void coord_finish_val(coord_t *c);
 void coord_select_keep_test(coord_t *c, double test_loss, double auroc_mean);
 int coord_select_stop(const coord_t *c);
 const char *coord_select_key(const coord_t *c);
-size_t coord_select_state_len(void);
-void coord_select_state_put(const coord_t *c, float *s);
-void coord_select_state_get(coord_t *c, const float *s, const float *w);
+size_t coord_select_state_len(int with_val_calib);
+void coord_select_state_put(const coord_t *c, float *s); /* coord_select_state_len(1) floats */
+void coord_select_state_get(coord_t *c, const float *s, size_t len, const float *w);
 int coord_load_checkpoint(coord_t *c, moeh_err_t *err);
 /* final.c: sends the final model to site s (once the run is over and s has not acknowledged
  * it); a FinalAck from s. */

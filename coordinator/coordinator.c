@@ -571,7 +571,20 @@ int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const cha
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
     uint32_t up = coord_n_admitted(c), need = sites_needed(c);
-    if (cfg->outage_budget_ms > 0 && up < need) {
+    const int wait = cfg->outage_budget_ms > 0 && up < need;
+    if (!wait) ++c->retries;
+    moeh_report_retry_t x = {.round = c->round,
+                             .phase = name,
+                             .outcome = wait                            ? "wait"
+                                        : c->retries > cfg->max_retries ? "failed"
+                                                                        : "retry",
+                             .attempt = c->retries,
+                             .max_retries = cfg->max_retries,
+                             .connected = up,
+                             .needed = need,
+                             .why = what};
+    moeh_coord_report_retry(c->report, &x); /* a "retry" line of metrics.jsonl */
+    if (wait) {
         MOEH_WARN("round %u %s phase: %s; only %u of the %u sites needed are connected: waiting "
                   "up to %.0f s for them (--outage-budget), no retry counted",
                   c->round, name, what, up, need, cfg->outage_budget_ms / 1000.0);
@@ -579,7 +592,7 @@ int coord_retry_phase(coord_t *c, moeh_err_t *fatal, const char *name, const cha
         c->outage_since = c->now;
         return 0;
     }
-    if (++c->retries > cfg->max_retries)
+    if (c->retries > cfg->max_retries)
         return moeh_errf(fatal, -ETIMEDOUT,
                          "round %u %s phase: %s, after %u attempts (is every site "
                          "running and reachable?)",

@@ -61,7 +61,22 @@ typedef struct {
     const moeh_calib_t *val_calib;       /* (n_tasks) */
     const char *const *val_contributors; /* the sites whose validation histograms were summed */
     size_t n_val_contributors;
+    const char *const *test_contributors; /* the sites whose test histograms were summed */
+    size_t n_test_contributors;
 } moeh_report_eval_t;
+
+/* A phase attempt that failed (deadline or quorum missed, a secure-aggregation session that
+ * could not finish) and what the coordinator did about it. */
+typedef struct {
+    uint32_t round;
+    const char *phase;   /* "statistics", "train", "validation", "eval" */
+    const char *outcome; /* "retry": opened again now; "wait": fewer than `needed` sites
+                          * connected, an outage (no retry counted); "failed": out of retries,
+                          * the run ends */
+    uint32_t attempt;    /* retries counted in this phase so far, this one included */
+    uint32_t max_retries, connected, needed;
+    const char *why; /* what failed, as logged */
+} moeh_report_retry_t;
 
 /* Opens out_dir/metrics.jsonl (appending when resuming) for a run of n_tasks tasks; the tables
  * go to `table` (NULL: no tables). 0 or a negative code with err->msg; caller owns *out:
@@ -91,6 +106,8 @@ void moeh_coord_report_site_eval(moeh_coord_report_t *r, uint32_t round, const c
 void moeh_coord_report_stats(moeh_coord_report_t *r, uint32_t sites, size_t features,
                              const char *const *contributors, size_t n_contributors);
 void moeh_coord_report_train(moeh_coord_report_t *r, const moeh_report_train_t *t);
+/* The "retry" line: one per failed phase attempt (docs/architecture.md, "Failure handling"). */
+void moeh_coord_report_retry(moeh_coord_report_t *r, const moeh_report_retry_t *x);
 /* The eval, task and gate lines, and a row of the table. */
 void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e);
 /* One "roc" line per task: the ROC curve of split ("test", "val") on every row (slice 0 of
@@ -99,14 +116,16 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
  * "auroc" the points integrate to. Computed from the summed histogram only. */
 void moeh_coord_report_roc(moeh_coord_report_t *r, uint32_t round, const char *split,
                            const uint64_t *hist, uint32_t bins);
-/* The final table: test AUROC per task, over all rows and per modality combination, then the
- * Brier score and ECE per task (calib: n_tasks entries, or NULL), of the last evaluation
- * (nothing if no round was evaluated by this process). */
 /* The "selection" line of metrics.jsonl (selected_round, selected_by, value, why) and, on
  * the table, which round was selected and why. */
 void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
                                  double value, const char *why, double test_auroc_mean);
+/* The final table: test AUROC per task, over all rows and per modality combination, then the
+ * Brier score and ECE per task of the test split (calib) and of the validation split
+ * (val_calib; n_tasks entries each, or NULL: no rows), of the selected round or else the last
+ * evaluation (nothing if no round was evaluated by this process). */
 void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
-                             const uint64_t *combo_rows, const moeh_calib_t *calib);
+                             const uint64_t *combo_rows, const moeh_calib_t *calib,
+                             const moeh_calib_t *val_calib);
 
 #endif

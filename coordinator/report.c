@@ -262,6 +262,7 @@ static void emit_calib(moeh_coord_report_t *r, uint32_t round, uint32_t T, const
         cJSON_AddNumberToObject(j, "n", (double)c->n);
         cJSON_AddNumberToObject(j, "brier", rnd(c->brier, 6));
         cJSON_AddNumberToObject(j, "ece", rnd(c->ece, 6));
+        cJSON_AddNumberToObject(j, "loss", rnd(c->logloss, 6)); /* at the bins' centres */
         cJSON *bins = cJSON_AddArrayToObject(j, "bins");
         for (int k = 0; k < MOEH_CALIB_BINS; k++) {
             cJSON *b = cJSON_CreateObject();
@@ -312,6 +313,20 @@ out:
     free(tpr);
 }
 
+void moeh_coord_report_retry(moeh_coord_report_t *r, const moeh_report_retry_t *x)
+{
+    cJSON *j = event("retry");
+    cJSON_AddNumberToObject(j, "round", x->round);
+    cJSON_AddStringToObject(j, "phase", x->phase);
+    cJSON_AddStringToObject(j, "outcome", x->outcome);
+    cJSON_AddNumberToObject(j, "attempt", x->attempt);
+    cJSON_AddNumberToObject(j, "max_retries", x->max_retries);
+    cJSON_AddNumberToObject(j, "connected", x->connected);
+    cJSON_AddNumberToObject(j, "needed", x->needed);
+    cJSON_AddStringToObject(j, "why", x->why);
+    emit(r, j);
+}
+
 void moeh_coord_report_selection(moeh_coord_report_t *r, uint32_t round, const char *key,
                                  double value, const char *why, double test_auroc_mean)
 {
@@ -346,7 +361,10 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
     for (uint32_t t = 0; e->calib && t < T; t++) {
         snprintf(key, sizeof key, "brier_%s", moeh_task_names[t]);
         cJSON_AddNumberToObject(j, key, rnd(e->calib[t].brier, 6));
+        snprintf(key, sizeof key, "test_loss_%s", moeh_task_names[t]); /* histogram estimate */
+        cJSON_AddNumberToObject(j, key, rnd(e->calib[t].logloss, 6));
     }
+    add_ids(j, "test_contributors", e->test_contributors, e->n_test_contributors);
     if (e->have_val) { /* the VALIDATE phase of the round (model selection) */
         cJSON_AddNumberToObject(j, "val_loss", rnd(e->val_loss, 6));
         cJSON_AddNumberToObject(j, "val_auroc_mean", rnd(e->val_auroc_mean, 6));
@@ -355,6 +373,8 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
             cJSON_AddNumberToObject(j, key, rnd(e->val_auroc[t], 6));
             snprintf(key, sizeof key, "val_brier_%s", moeh_task_names[t]);
             cJSON_AddNumberToObject(j, key, rnd(e->val_calib[t].brier, 6));
+            snprintf(key, sizeof key, "val_loss_%s", moeh_task_names[t]);
+            cJSON_AddNumberToObject(j, key, rnd(e->val_calib[t].logloss, 6));
         }
         add_ids(j, "val_contributors", e->val_contributors, e->n_val_contributors);
     }
@@ -410,8 +430,28 @@ void moeh_coord_report_eval(moeh_coord_report_t *r, const moeh_report_eval_t *e)
     if (r->table) table_row(r, e);
 }
 
+/* One row of the final table per calibration figure of a split (calib NULL: none). */
+static void final_calib_rows(FILE *f, uint32_t T, const char *split, const moeh_calib_t *calib)
+{
+    const char *what[2] = {"brier", "ece"};
+    for (int w = 0; calib && w < 2; w++) {
+        char label[32];
+        snprintf(label, sizeof label, "%s (%s)", what[w], split);
+        fprintf(f, "%-14s", label);
+        for (uint32_t t = 0; t < T && t < 4; t++) {
+            double v = w ? calib[t].ece : calib[t].brier;
+            if (isnan(v))
+                fprintf(f, " %11s", "-");
+            else
+                fprintf(f, " %11.4f", v);
+        }
+        fprintf(f, "\n");
+    }
+}
+
 void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_N_TASKS],
-                             const uint64_t *combo_rows, const moeh_calib_t *calib)
+                             const uint64_t *combo_rows, const moeh_calib_t *calib,
+                             const moeh_calib_t *val_calib)
 {
     FILE *f = r->table;
     const uint32_t T = r->n_tasks;
@@ -440,20 +480,9 @@ void moeh_coord_report_final(moeh_coord_report_t *r, const double (*auroc)[MOEH_
         }
         fprintf(f, "\n");
     }
-    if (calib) { /* calibration over every row (docs/architecture.md, "Calibration") */
-        const char *what[2] = {"brier", "ece"};
-        for (int w = 0; w < 2; w++) {
-            fprintf(f, "%-14s", what[w]);
-            for (uint32_t t = 0; t < T && t < 4; t++) {
-                double v = w ? calib[t].ece : calib[t].brier;
-                if (isnan(v))
-                    fprintf(f, " %11s", "-");
-                else
-                    fprintf(f, " %11.4f", v);
-            }
-            fprintf(f, "\n");
-        }
-    }
+    /* calibration over every row of each split (docs/architecture.md, "Calibration") */
+    final_calib_rows(f, T, "test", calib);
+    final_calib_rows(f, T, "val", val_calib);
     fflush(f);
 }
 

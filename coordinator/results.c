@@ -11,6 +11,7 @@
 #include "moeh_npy.h"
 #include "moeh_trainer.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,7 @@ void coord_finish_eval(coord_t *c)
     for (size_t i = 0; val_ids && i < c->n_sites; i++)
         if (c->sites[i].val_in) val_ids[n_val_ids++] = c->sites[i].id;
     if (val_ids) qsort(val_ids, n_val_ids, sizeof *val_ids, cmp_ids);
+    const char **test_ids = calloc(c->n_sites + 1, sizeof *test_ids);
     const moeh_report_eval_t e = {.round = c->round,
                                   .sites = c->n_replied,
                                   .participants = c->n_participants,
@@ -141,9 +143,13 @@ void coord_finish_eval(coord_t *c)
                                   .val_auroc = c->val_auroc,
                                   .val_calib = c->val_calib,
                                   .val_contributors = val_ids,
-                                  .n_val_contributors = n_val_ids};
+                                  .n_val_contributors = n_val_ids,
+                                  .test_contributors = test_ids,
+                                  .n_test_contributors =
+                                      test_ids ? coord_contributors(c, test_ids) : 0};
     moeh_coord_report_eval(c->report, &e);
     free(val_ids);
+    free(test_ids);
     moeh_coord_report_roc(c->report, c->round, "test", c->hist, nb);  /* "roc" lines */
     if (c->cfg->validate) coord_select_keep_test(c, eval_loss, mean); /* select.c */
     c->have_val = 0;
@@ -186,14 +192,16 @@ int coord_save_checkpoint(coord_t *c, moeh_err_t *fatal)
         k.counts[k.n_arrays] = c->p->n;
         k.arrays[k.n_arrays++] = c->sv;
     }
-    float sel_state[6 + MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 2 * MOEH_N_TASKS];
+    /* coord_select_state_len(1) floats */
+    float sel_state[6 + MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 4 * MOEH_N_TASKS];
     if (c->cfg->validate) { /* the model selection (select.c), for exact resume */
+        assert(coord_select_state_len(1) == sizeof sel_state / sizeof sel_state[0]);
         coord_select_state_put(c, sel_state);
         snprintf(k.names[k.n_arrays], sizeof k.names[0], "select_params");
         k.counts[k.n_arrays] = c->p->n;
         k.arrays[k.n_arrays++] = c->sel_w;
         snprintf(k.names[k.n_arrays], sizeof k.names[0], "select_state");
-        k.counts[k.n_arrays] = coord_select_state_len();
+        k.counts[k.n_arrays] = coord_select_state_len(1);
         k.arrays[k.n_arrays++] = sel_state;
     }
     moeh_err_t err = {0};
@@ -250,10 +258,13 @@ int coord_load_checkpoint(coord_t *c, moeh_err_t *err)
         memcpy(c->sv, sv, c->p->n * sizeof(float));
     }
     if (c->cfg->validate) { /* select.c; a checkpoint without it: selection starts afresh */
+        size_t len = coord_select_state_len(1);
         float *sw = moeh_ckpt_array(&k, "select_params", c->p->n),
-              *ss = moeh_ckpt_array(&k, "select_state", coord_select_state_len());
+              *ss = moeh_ckpt_array(&k, "select_state", len);
+        if (!ss) /* written before the validation calibration was kept */
+            ss = moeh_ckpt_array(&k, "select_state", len = coord_select_state_len(0));
         if (sw && ss)
-            coord_select_state_get(c, ss, sw);
+            coord_select_state_get(c, ss, len, sw);
         else
             MOEH_WARN("%s holds no model-selection state (written without validation): the "
                       "selection starts with the next round",
@@ -341,10 +352,11 @@ int moeh_coord_core_finish(moeh_coord_core_t *c, moeh_err_t *err)
     }
     if (sel && c->sel_have_test)
         moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->sel_auroc,
-                                c->sel_combo_rows, c->sel_calib);
+                                c->sel_combo_rows, c->sel_calib, c->sel_val_calib);
     else
         moeh_coord_report_final(c->report, (const double(*)[MOEH_N_TASKS])c->last_auroc,
-                                c->combo_rows, c->last_calib);
+                                c->combo_rows, c->last_calib,
+                                c->cfg->validate ? c->val_calib : NULL);
     MOEH_INFO("%u rounds done; model written to %s", c->round, path);
     if (sel)
         MOEH_INFO("the model is round %u's, selected by %s = %.4f", c->sel_round,

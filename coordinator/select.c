@@ -43,6 +43,7 @@ void coord_finish_val(coord_t *c)
         c->sel_value = v;
         c->sel_bad = 0;
         memcpy(c->sel_w, c->p->w, c->p->n * sizeof(float));
+        memcpy(c->sel_val_calib, c->val_calib, sizeof c->sel_val_calib);
     } else {
         c->sel_bad++;
     }
@@ -82,10 +83,12 @@ const char *coord_select_key(const coord_t *c)
 }
 
 /* Checkpoint: [round, value, rounds without improvement, have test, test loss, test mean,
- * auroc (slices x tasks), combo rows, brier and ece per task]. */
-size_t coord_select_state_len(void)
+ * auroc (slices x tasks), combo rows, test brier and ece per task, validation brier and ece
+ * per task]. A checkpoint from before the validation calibration lacks the last part. */
+size_t coord_select_state_len(int with_val_calib)
 {
-    return 6 + (size_t)MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 2 * MOEH_N_TASKS;
+    return 6 + (size_t)MOEH_N_SLICES * MOEH_N_TASKS + MOEH_N_COMBOS + 2 * MOEH_N_TASKS +
+           (with_val_calib ? 2 * MOEH_N_TASKS : 0);
 }
 
 void coord_select_state_put(const coord_t *c, float *s)
@@ -106,9 +109,13 @@ void coord_select_state_put(const coord_t *c, float *s)
         s[k++] = (float)c->sel_calib[t].brier;
         s[k++] = (float)c->sel_calib[t].ece;
     }
+    for (size_t t = 0; t < MOEH_N_TASKS; t++) {
+        s[k++] = (float)c->sel_val_calib[t].brier;
+        s[k++] = (float)c->sel_val_calib[t].ece;
+    }
 }
 
-void coord_select_state_get(coord_t *c, const float *s, const float *w)
+void coord_select_state_get(coord_t *c, const float *s, size_t len, const float *w)
 {
     size_t k = 0;
     c->sel_round = (uint32_t)s[k++];
@@ -127,6 +134,13 @@ void coord_select_state_get(coord_t *c, const float *s, const float *w)
         c->sel_calib[t].brier = s[k++];
         c->sel_calib[t].ece = s[k++];
         c->sel_calib[t].n = isnan(c->sel_calib[t].brier) ? 0 : 1;
+    }
+    const int have_val = len >= coord_select_state_len(1);
+    for (size_t t = 0; t < MOEH_N_TASKS; t++) { /* NAN: unknown (an older checkpoint) */
+        memset(&c->sel_val_calib[t], 0, sizeof c->sel_val_calib[t]);
+        c->sel_val_calib[t].brier = have_val ? s[k++] : NAN;
+        c->sel_val_calib[t].ece = have_val ? s[k++] : NAN;
+        c->sel_val_calib[t].n = isnan(c->sel_val_calib[t].brier) ? 0 : 1;
     }
     memcpy(c->sel_w, w, c->p->n * sizeof(float));
 }

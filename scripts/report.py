@@ -2,18 +2,22 @@
 """report.py - one self-contained HTML report of a finished federation (docs/report.md).
 
 Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json as `moeh run` (the coordinator)
-writes them and writes RUN_DIR/report.html (or --out FILE): learning curves, AUROC per
-modality combination, ROC curves and calibration per task, the gate's mean weight per expert and combination, site participation,
-DP epsilon per round and the run's configuration. The figures are drawn with matplotlib
-(Debian's python3-matplotlib, hence /usr/bin/python3 above) and embedded as data: URIs of
+writes them and writes RUN_DIR/report.html (or --out FILE): learning curves (overall and per
+task), AUROC per modality combination, ROC curves and calibration per task (test and
+validation), the gate's mean weight per expert and combination, which sites reported in each
+phase and which dropped out, failed phase attempts (retries), DP epsilon per round and the
+run's configuration. The figures are drawn with matplotlib (Debian's python3-matplotlib, hence
+/usr/bin/python3 above) and embedded as data: URIs of
 SVG images; the page loads nothing (a Content-Security-Policy forbids it) and runs no script.
 
 Every string read from the files is HTML-escaped before it reaches the page and is drawn by
 matplotlib with mathtext off (a site id or a Bye reason comes from a site and may be hostile).
 
-Exit status: 0 report written; 2 bad input (no run directory, no metrics.jsonl, a line that
-is not a JSON object, a field of the wrong type), with file:line in the message; 3 matplotlib
-is missing.
+Exit status: 0 report written; 1 an unexpected failure (Python's exit status for an uncaught
+exception: a bug); 2 bad input (no run directory, no metrics.jsonl, a line that is not a JSON
+object, a field of the wrong type), with file:line in the message; 3 matplotlib is missing or
+older than 3.5. `moeh report` (sim/cmd_report.c) passes this status on, and exits 1 itself
+when it cannot find or start this script.
 """
 import argparse
 import base64
@@ -30,7 +34,9 @@ MODALITY = {"E": "EHR", "N": "notes", "I": "X-ray"}
 FIG_LOSS, FIG_AUROC, FIG_TASKS = "fig-loss", "fig-auroc", "fig-task-curves"
 FIG_COMBO, FIG_GATE, FIG_GATE_ROUNDS = "fig-combo-auroc", "fig-gate-heatmap", "fig-gate-rounds"
 FIG_PART, FIG_DP, FIG_CALIB = "fig-participation", "fig-dp-epsilon", "fig-calibration"
-FIG_ROC = "fig-roc"
+FIG_ROC, FIG_TASK_LEARN = "fig-roc", "fig-task-learning"
+# the two evaluated splits: key in the metrics, name on the page, line style, colour
+SPLITS = (("test", "test", "-", "C0"), ("val", "validation", ":", "C1"))
 
 
 class InputError(Exception):
@@ -86,6 +92,15 @@ class Line:
             raise InputError(f"{self.where}: field '{show(key)}' should be a non-negative integer")
         return v
 
+    def ids(self, key):
+        """A list of site ids, or None when the line has no such field."""
+        v = self.obj.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise InputError(f"{self.where}: field '{show(key)}' should be a list of site ids")
+        return v
+
     def str(self, key):
         v = self.obj.get(key)
         if v is None:
@@ -101,11 +116,13 @@ class Run:
     def __init__(self):
         self.evals, self.trains, self.uploads, self.gates = {}, {}, {}, {}
         self.tasks = {}  # round -> task -> {"auroc": x, "E": x, ...}
-        self.calib = {}  # round -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
+        # round -> split ("test", "val") -> task -> (brier, ece, [(lo, hi, n, mean_p, observed)])
+        self.calib = {}
         self.roc = {}  # round -> split -> task -> (auroc, [fpr], [tpr], n_pos, n_neg)
         self.task_names = []
         self.site_update, self.site_eval = {}, {}  # round -> {site: line}
         self.site_gone = []  # (round, site, why)
+        self.retries = []  # "retry" lines: a phase attempt that failed (coordinator.c)
         self.site_metrics = {}  # round -> why (per-site rows unavailable)
         self.stats = None
         self.other = {}  # unknown event -> count
@@ -151,7 +168,7 @@ def add_line(run, ln):
         why = ln.str("why") or ln.str("criterion") or ln.str("selected_by")
         run.selected = (r, ln.where, why)
     if ev in ("eval", "train", "uploads", "gate", "task", "site_update", "site_eval",
-              "site_metrics", "site_gone", "calibration", "roc"):
+              "site_metrics", "site_gone", "calibration", "roc", "retry"):
         r = ln.int("round", required=True)
     if ev == "eval":
         if r in run.evals:
@@ -172,7 +189,7 @@ def add_line(run, ln):
             row[c] = ln.num("auroc_" + c)
         run.tasks.setdefault(r, {})[t] = row
     elif ev == "calibration":
-        t = ln.str("task")
+        t, split = ln.str("task"), ln.str("split") or "test"  # no split: a run from before "val"
         if t is None:
             raise InputError(f"{ln.where}: a \"calibration\" line without its task")
         bins = ln.obj.get("bins")
@@ -186,7 +203,8 @@ def add_line(run, ln):
             sub = Line(b, f"{ln.where} (calibration bin {i})")
             rows.append((sub.num("lo"), sub.num("hi"), sub.int("n") or 0, sub.num("mean_p"),
                          sub.num("observed")))
-        run.calib.setdefault(r, {})[t] = (ln.num("brier"), ln.num("ece"), rows)
+        run.calib.setdefault(r, {}).setdefault(split, {})[t] = (ln.num("brier"), ln.num("ece"),
+                                                                rows)
     elif ev == "roc":
         t, split = ln.str("task"), ln.str("split") or "test"
         if t is None:
@@ -227,6 +245,10 @@ def add_line(run, ln):
         (run.site_update if ev == "site_update" else run.site_eval).setdefault(r, {})[s] = ln
     elif ev == "site_gone":
         run.site_gone.append((r, ln.str("site") or "?", ln.str("why") or ""))
+    elif ev == "retry":
+        run.retries.append((r, ln.str("phase") or "?", ln.str("outcome") or "?",
+                            ln.int("attempt"), ln.int("max_retries"), ln.int("connected"),
+                            ln.int("needed"), ln.str("why") or ""))
     elif ev == "site_metrics":
         if ln.obj.get("available") is False:
             run.site_metrics[r] = ln.str("why") or ""
@@ -336,9 +358,10 @@ def maybe_log(ax, values):
 def fig_loss(plt, run, rounds, mark, mark_label):
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     allv = []
-    for key, label, style in (("train_loss", "train loss (sample-weighted mean)", "-o"),
-                              ("val_loss", "validation loss", "-^"),
-                              ("test_loss", "test loss", "-s")):
+    for key, label, style in (("train_loss", "training objective (sum over tasks + gate terms)",
+                               "-o"),
+                              ("val_loss", "validation loss (per label)", "-^"),
+                              ("test_loss", "test loss (per label)", "-s")):
         xs, ys = series(rounds, lambda r: run.evals[r].num(key))
         if xs:
             ax.plot(xs, ys, style, markersize=3, label=label)
@@ -346,7 +369,7 @@ def fig_loss(plt, run, rounds, mark, mark_label):
     logy = maybe_log(ax, allv)
     mark_round(ax, mark, mark_label)
     ax.set_xlabel("round")
-    ax.set_ylabel("loss (masked BCE per label)" + (", log scale" if logy else ""))
+    ax.set_ylabel("loss" + (", log scale" if logy else ""))
     legend(ax, loc="best", fontsize=8)
     return svg_uri(plt, fig), logy
 
@@ -367,6 +390,40 @@ def fig_auroc(plt, run, rounds, tasks, mark, mark_label):
     ax.set_xlabel("round")
     ax.set_ylabel("AUROC")
     legend(ax, loc="best", fontsize=8)
+    return svg_uri(plt, fig)
+
+
+def has_task_loss(run, rounds, tasks):
+    return any(run.evals[r].num(p + t) is not None for r in rounds for t in tasks
+               for p in ("test_loss_", "val_loss_"))
+
+
+def fig_task_learning(plt, run, rounds, tasks, mark, mark_label):
+    """Per task (a column each): loss per round (validation and test, from the summed
+    histograms) above AUROC per round (validation and test). The sites report no per-task
+    training loss."""
+    n = max(1, len(tasks))
+    fig, axes = plt.subplots(2, n, figsize=(3.3 * n, 5.6), sharex=True, squeeze=False)
+    for i, t in enumerate(tasks):
+        top, bottom = axes[0][i], axes[1][i]
+        for key, name, style, colour in (("val_loss_", "validation", ":^", "C1"),
+                                         ("test_loss_", "test", "-o", "C0")):
+            xs, ys = series(rounds, lambda r: run.evals[r].num(key + t))
+            if xs:
+                top.plot(xs, ys, style, color=colour, markersize=3, label=name)
+        for key, name, style, colour in (("val_auroc_", "validation", ":^", "C1"),
+                                         ("auroc_", "test", "-o", "C0")):
+            xs, ys = series(rounds, lambda r: run.evals[r].num(key + t))
+            if xs:
+                bottom.plot(xs, ys, style, color=colour, markersize=3, label=name)
+        mark_round(top, mark, mark_label)
+        mark_round(bottom, mark, mark_label)
+        top.set_title(t)
+        bottom.set_xlabel("round")
+    axes[0][0].set_ylabel("loss (BCE per label)")
+    axes[1][0].set_ylabel("AUROC")
+    legend(axes[0][-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    legend(axes[1][-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     return svg_uri(plt, fig)
 
 
@@ -422,22 +479,29 @@ def fig_combo(plt, run, tasks, mark):
 
 def fig_calibration(plt, calib, tasks):
     """Reliability diagram per task: observed fraction of positives against the mean predicted
-    probability of each bin (marker area ~ rows), the diagonal is perfect calibration."""
+    probability of each bin (marker area ~ rows), the test split's (filled, solid) and the
+    validation split's (hollow, dotted); the diagonal is perfect calibration."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.1), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
-        pts = [(b[3], b[4], b[2]) for b in calib.get(t, (None, None, []))[2]
-               if b[2] and b[3] is not None and b[4] is not None]
-        if pts:
+        for split, name, style, face in SPLITS:
+            c = calib.get(split, {}).get(t)
+            pts = [(b[3], b[4], b[2]) for b in (c[2] if c else [])
+                   if b[2] and b[3] is not None and b[4] is not None]
+            if not pts:
+                continue
             most = max(p[2] for p in pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C0", linewidth=1)
+            brier = "" if c[0] is None else f", Brier {c[0]:.4f}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=face, linewidth=1,
+                    label=f"{name}{brier}")
             ax.scatter([p[0] for p in pts], [p[1] for p in pts],
-                       s=[12 + 120 * p[2] / most for p in pts], color="C0", zorder=3)
-        brier = calib.get(t, (None,))[0]
-        ax.set_title(t + ("" if brier is None else f" (Brier {brier:.4f})"), fontsize=9)
+                       s=[12 + 120 * p[2] / most for p in pts], zorder=3,
+                       color=face if split == "test" else "none", edgecolors=face)
+        ax.set_title(t, fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean predicted probability", fontsize=8)
+        legend(ax, loc="upper left", fontsize=7)
     axes[0][0].set_ylabel("observed fraction positive", fontsize=8)
     return svg_uri(plt, fig)
 
@@ -448,7 +512,7 @@ def fig_roc(plt, roc, tasks):
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.2), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--", label="chance")
-        for split, name, style in (("test", "test", "-"), ("val", "validation", ":")):
+        for split, name, style, _ in SPLITS:
             c = roc.get(split, {}).get(t)
             if not c or len(c[1]) < 2:
                 continue
@@ -523,30 +587,94 @@ def fig_gate_rounds(plt, run, rounds, mark, mark_label):
     return svg_uri(plt, fig)
 
 
-def fig_participation(plt, run, rounds, sites):
+def phase_sites(run, r):
+    """[(phase, ids)] of round r: the sites whose reply is in each phase's sum ("contributors"
+    of the "train" line, "val_contributors" and "test_contributors" of the "eval" line; without
+    them the per-site "site_update" / "site_eval" lines), ids None when the metrics do not say.
+    The validation phase only where the run validated."""
+    tr, ev = run.trains.get(r), run.evals.get(r)
+    train = tr.ids("contributors") if tr else None
+    if train is None and r in run.site_update:
+        train = sorted(run.site_update[r])
+    val = ev.ids("val_contributors") if ev else None
+    test = ev.ids("test_contributors") if ev else None
+    if test is None and r in run.site_eval:
+        test = sorted(run.site_eval[r])
+    out = [("train", train)]
+    if val is not None or (ev is not None and ev.num("val_loss") is not None):
+        out.append(("validation", val))
+    return out + [("test", test)]
+
+
+class Participation:
+    """Who reported in each phase of each round, and who dropped out: a site is in the run
+    from the first phase whose sum holds its reply (the statistics phase included) or its first
+    "site_gone" line; from then on, a phase whose sum lacks it is a dropout of that phase."""
+
+    def __init__(self, run, rounds):
+        self.sites = []  # in the order they entered the run
+        known = set()
+
+        def enter(ids):
+            for x in ids:
+                if x not in known:
+                    known.add(x)
+                    self.sites.append(x)
+        if run.stats is not None:
+            enter(run.stats.ids("contributors") or [])
+        self.phases = {}  # round -> [(phase, reported ids or None, dropped ids or None)]
+        self.state = {}  # (site, round) -> 2 every phase, 1 some, 0 none, absent: not in yet
+        self.recorded = False  # some phase names its sites
+        gone = {}
+        for r, x, _ in run.site_gone:
+            gone.setdefault(r, []).append(x)
+        for r in rounds:
+            rows, asked, got = [], {}, {}
+            for ph, ids in phase_sites(run, r):
+                if ids is None:
+                    rows.append((ph, None, None))
+                    continue
+                self.recorded = True
+                here = set(ids)
+                rows.append((ph, list(ids), [x for x in self.sites if x not in here]))
+                enter(ids)
+                for x in self.sites:
+                    asked[x] = asked.get(x, 0) + 1
+                    got[x] = got.get(x, 0) + (x in here)
+            enter(gone.get(r, []))
+            self.phases[r] = rows
+            for x, n in asked.items():
+                self.state[(x, r)] = 2 if got[x] == n else 1 if got[x] else 0
+
+
+def fig_participation(plt, run, rounds, part):
     from matplotlib.ticker import MaxNLocator
+    sites = sorted(part.sites) if part.recorded else []
     if sites:
-        # one row per site, one column per round: 2 update and evaluation, 1 one of them, 0 none
-        # bounded size: every round and site up to ~25 / 40 labels, then every k-th
+        # one row per site, one column per round: 2 in every phase's sum, 1 in some, 0 in none,
+        # -1 not in the run yet; bounded size: every round and site up to ~25 / 40 labels, then
+        # every k-th
         nr, ns = len(rounds), len(sites)
         fig, ax = plt.subplots(figsize=(min(11.0, max(4.0, 0.45 * nr + 2.0)),
-                                        min(14.0, 0.8 + 0.35 * ns)))
-        mat = []
-        for s in sites:
-            mat.append([(s in run.site_update.get(r, {})) + (s in run.site_eval.get(r, {}))
-                        for r in rounds])
+                                        min(14.0, 1.0 + 0.35 * ns)))
+        mat = [[part.state.get((x, r), -1) for r in rounds] for x in sites]
         from matplotlib.colors import ListedColormap
-        ax.imshow(mat, cmap=ListedColormap(["#d62728", "#ffbf3f", "#2ca02c"]), vmin=0, vmax=2,
-                  aspect="auto", interpolation="nearest")
+        ax.imshow(mat, cmap=ListedColormap(["#dddddd", "#d62728", "#ffbf3f", "#2ca02c"]),
+                  vmin=-1, vmax=2, aspect="auto", interpolation="nearest")
         ax.grid(False)
         col = {r: j for j, r in enumerate(rounds)}
-        row = {s: i for i, s in enumerate(sites)}
-        gone = sorted({(row[s], col[r]) for r, s, _ in run.site_gone if r in col and s in row})
+        row = {x: i for i, x in enumerate(sites)}
+        gone = sorted({(row[x], col[r]) for r, x, _ in run.site_gone if r in col and x in row})
         if nr <= 40 and ns <= 60:
             for i, j in gone:
                 ax.text(j, i, "gone", ha="center", va="center", fontsize=7, color="white")
         elif gone:
             ax.plot([j for _, j in gone], [i for i, _ in gone], "kx", markersize=4)
+        retried = sorted({col[x[0]] for x in run.retries if x[0] in col})
+        if retried:  # a triangle above the column of a round with a failed phase attempt
+            ax.plot(retried, [-0.85] * len(retried), "v", color="black", markersize=6,
+                    clip_on=False)
+        ax.set_ylim(ns - 0.5, -1.3 if retried else -0.5)
         kx, ky = -(-nr // 25), -(-ns // 40)
         ax.set_xticks(range(0, nr, kx))
         ax.set_xticklabels([str(r) for r in rounds[::kx]], fontsize=8)
@@ -559,20 +687,25 @@ def fig_participation(plt, run, rounds, sites):
             ax.tick_params(which="minor", length=0)
         ax.set_xlabel("round")
         from matplotlib.patches import Patch
-        handles = [Patch(color="#2ca02c", label="update and evaluation"),
-                   Patch(color="#ffbf3f", label="only one of them"),
-                   Patch(color="#d62728", label="neither")]
+        from matplotlib.lines import Line2D
+        handles = [Patch(color="#2ca02c", label="reported in every phase"),
+                   Patch(color="#ffbf3f", label="in some phases (dropped out of others)"),
+                   Patch(color="#d62728", label="in no phase (dropped out)")]
+        if any(v == -1 for row in mat for v in row):
+            handles.append(Patch(color="#dddddd", label="not in the run yet"))
         if gone and not (nr <= 40 and ns <= 60):
-            from matplotlib.lines import Line2D
             handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
                                   label="the site left (site_gone)"))
+        if retried:
+            handles.append(Line2D([], [], color="black", marker="v", linestyle="none",
+                                  label="a phase attempt failed (retry line)"))
         ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         return svg_uri(plt, fig)
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
-    xs, part = series(rounds, lambda r: run.trains[r].num("participants") if r in run.trains
-                      else None)
+    xs, asked = series(rounds, lambda r: run.trains[r].num("participants") if r in run.trains
+                       else None)
     if xs:
-        ax.bar(xs, part, width=0.8, color="0.8", label="sites asked to train (participants)")
+        ax.bar(xs, asked, width=0.8, color="0.8", label="sites asked to train (participants)")
     xs, tr = series(rounds, lambda r: run.trains[r].num("sites") if r in run.trains else None)
     if xs:
         ax.plot(xs, tr, "o-", label="sites whose update was aggregated")
@@ -650,6 +783,36 @@ def fmt_config(v):
     return esc(v)
 
 
+def id_list(ids, most=12):
+    """Already-escaped site ids, comma-separated, at most `most` of them."""
+    if len(ids) <= most:
+        return ", ".join(ids)
+    return ", ".join(ids[:most]) + f" and {len(ids) - most} more"
+
+
+OUTCOME = {"retry": "opened again", "wait": "waited for sites (outage, no retry counted)",
+           "failed": "out of retries: the run failed"}
+
+
+def retry_html(run):
+    """The "retry" lines: every failed phase attempt and what the coordinator did."""
+    if not run.retries:
+        new = any("test_contributors" in e.obj for e in run.evals.values())
+        return ("<p>No phase attempt failed: no \"retry\" line.</p>\n" if new else
+                "<p class=note>No \"retry\" line: this run's metrics come from a coordinator "
+                "that did not record failed phase attempts (its log does: \"retry N of M\").</p>"
+                "\n")
+    rows = []
+    for r, ph, outcome, att, most, conn, need, why in run.retries:
+        rows.append([str(r), esc(ph), esc(OUTCOME.get(outcome, outcome)),
+                     f"{fmt(att)} of {fmt(most)}", f"{fmt(conn)} / {fmt(need)}", esc(why)])
+    n = sum(1 for x in run.retries if x[2] == "retry")
+    return (f"<p>Failed phase attempts (\"retry\" lines): {len(run.retries)}, of which {n} "
+            "retried (round 0 is the statistics phase):</p>\n" +
+            table(["round", "phase", "what the coordinator did", "retries counted",
+                   "sites connected / needed", "why"], rows, left=3))
+
+
 def table(head, rows, left=1):
     """head: escaped header cells; rows: lists of already-formatted cells."""
     out = ["<table><tr>"]
@@ -715,14 +878,29 @@ def render(run, config, run_dir, metrics_path):
     cells = [str(mark), fmt(ev.num("test_loss")), fmt(ev.num("auroc_mean"))]
     cells += [fmt(ev.num("auroc_" + t)) for t in tasks]
     parts.append(table(head, [cells], left=0))
+    cal = run.calib.get(mark, {})
+    rows = []
+    for t in tasks:
+        c = {split: cal.get(split, {}).get(t) for split in ("test", "val")}
+        rows.append([esc(t), fmt(ev.num("auroc_" + t)), fmt(ev.num("val_auroc_" + t)),
+                     fmt(ev.num("test_loss_" + t)), fmt(ev.num("val_loss_" + t)),
+                     fmt(c["test"] and c["test"][0]), fmt(c["val"] and c["val"][0])])
+    parts.append("<p>Per task at the marked round (loss: mean BCE per label from the summed "
+                 "score histograms; &ndash;: not in these metrics):</p>\n")
+    parts.append(table(["task", "test AUROC", "validation AUROC", "test loss", "validation loss",
+                        "test Brier", "validation Brier"], rows))
 
     # learning curves
     parts.append("<h2>Learning curves</h2>\n")
     uri, logy = fig_loss(plt, run, rounds, mark, mark_label)
-    cap = ("Loss per round: the training loss is the sample-weighted mean of the sites' local "
-           "losses (\"train_loss\" of the \"eval\" lines); the test loss is the mean masked BCE "
-           "over "
-           "all test labels of all sites, from the summed evaluation.")
+    cap = ("Loss per round, over all tasks. The training loss (\"train_loss\" of the "
+           "\"eval\" lines) is the sample-weighted mean of the sites' local training "
+           "objective: the masked BCE summed over the tasks (each a mean over its labels, with "
+           "any positive-class weight) plus the gate's terms (gate supervision in the warm-up "
+           "rounds, load balancing after), so it is on a larger scale than the other two. The "
+           "validation and test losses (\"val_loss\", \"test_loss\") are the mean BCE per "
+           "label over all labels of all sites' validation or test rows, exact, from the "
+           "summed evaluation.")
     if all(run.evals[r].num("train_loss") is None for r in rounds):
         cap += " No training loss was reported (under DP the sites keep it)."
     if logy:
@@ -733,6 +911,22 @@ def render(run, config, run_dir, metrics_path):
         "Test AUROC per task and round, from the summed score histograms of every site's test "
         "split (\"auroc_&lt;task&gt;\" of the \"eval\" lines), and their mean.",
         "test AUROC per task per round"))
+    cap = ("Learning curves per task, the marked round dashed. Top: the task's loss per round "
+           "on the validation and test rows (\"val_loss_&lt;task&gt;\", "
+           "\"test_loss_&lt;task&gt;\" of the \"eval\" lines: the mean BCE per label "
+           "computed from the summed score histograms with each row at its bin's centre, an "
+           "estimate whose label-weighted mean over the tasks came within 1e-4 of the exact "
+           "loss above in our runs). Bottom: the task's validation and test AUROC "
+           "(\"val_auroc_&lt;task&gt;\", \"auroc_&lt;task&gt;\"). There is no training "
+           "curve per task: the sites report only their training objective over all tasks "
+           "(the figure above).")
+    if not has_task_loss(run, rounds, tasks):
+        cap += (" These metrics carry no per-task loss (a run from before it was recorded): "
+                "only the training loss over all tasks is drawn.")
+    parts.append(figure_html(FIG_TASK_LEARN,
+                             fig_task_learning(plt, run, rounds, tasks, mark, mark_label), cap,
+                             "loss and AUROC per round, validation and test, one column per "
+                             "task"))
     parts.append(figure_html(
         FIG_TASKS, fig_task_curves(plt, run, rounds, tasks, mark, mark_label),
         "Per task: test AUROC per round on all test rows and on the rows of each modality "
@@ -772,7 +966,7 @@ def render(run, config, run_dir, metrics_path):
             "diagonal is chance.", "ROC curves per task, test and validation"))
         rows = []
         for t in rtasks:
-            for split, name in (("test", "test"), ("val", "validation")):
+            for split, name, _, _ in SPLITS:
                 c = roc.get(split, {}).get(t)
                 if c:
                     rows.append([esc(t), name, fmt(c[0]), fmt(c[3]), fmt(c[4]), str(len(c[1]))])
@@ -786,17 +980,25 @@ def render(run, config, run_dir, metrics_path):
     parts.append(f"<h2>Calibration ({esc(mark_label)})</h2>\n")
     calib = run.calib.get(mark, {})
     if calib:
-        ctasks = [t for t in tasks if t in calib] + [t for t in calib if t not in tasks]
+        ctasks = [t for t in tasks if any(t in v for v in calib.values())]
+        ctasks += sorted({t for v in calib.values() for t in v if t not in ctasks})
         parts.append(figure_html(
             FIG_CALIB, fig_calibration(plt, calib, ctasks),
-            "Reliability per task on all test rows (\"calibration\" lines, from the summed score "
-            "histograms): each point is a tenth of the probability range, at the mean predicted "
-            "probability of its rows against the fraction of them that were positive; the dashed "
-            "diagonal is perfect calibration; marker area grows with the rows in the bin.",
-            "reliability diagram per task"))
-        parts.append(table(["task", "Brier score", "ECE", "test rows"],
-                           [[esc(t), fmt(calib[t][0]), fmt(calib[t][1]),
-                             str(sum(b[2] for b in calib[t][2]))] for t in ctasks]))
+            "Reliability per task on all test rows (filled markers, solid line) and all "
+            "validation rows (hollow markers, dotted line) of that round (\"calibration\" lines "
+            "and their \"split\", from the summed score histograms): each point is a tenth of "
+            "the probability range, at the mean predicted probability of its rows against the "
+            "fraction of them that were positive; the dashed diagonal is perfect calibration; "
+            "marker area grows with the rows in the bin.",
+            "reliability diagram per task, test and validation"))
+        rows = []
+        for t in ctasks:
+            for split, name, _, _ in SPLITS:
+                c = calib.get(split, {}).get(t)
+                if c:
+                    rows.append([esc(t), name, fmt(c[0]), fmt(c[1]),
+                                 str(sum(b[2] for b in c[2]))])
+        parts.append(table(["task", "split", "Brier score", "ECE", "rows"], rows, left=2))
     else:
         parts.append("<p class=note>No \"calibration\" line for this round (a run from before "
                      "calibration was reported).</p>\n")
@@ -822,23 +1024,45 @@ def render(run, config, run_dir, metrics_path):
 
     # participation
     parts.append("<h2>Sites per round</h2>\n")
-    sites = sorted({s for d in (run.site_update, run.site_eval) for r in d for s in d[r]} |
-                   {s for _, s, _ in run.site_gone})
-    if sites:
-        cap = ("One row per site: whether the coordinator aggregated its update "
-               "(\"site_update\") and its evaluation (\"site_eval\") in each round; \"gone\" "
-               "(or a cross, on a large grid) "
-               "marks a round in which the site left (\"site_gone\").")
+    all_rounds = sorted(set(rounds) | set(run.trains))
+    part = Participation(run, all_rounds)
+    if part.recorded:
+        cap = ("One row per site, one column per round: whether the site's reply is in the sum "
+               "of every phase of the round (training update, validation and test evaluation; "
+               "\"contributors\" of the \"train\" lines, \"val_contributors\" and "
+               "\"test_contributors\" of the \"eval\" lines, or the per-site \"site_update\" "
+               "and \"site_eval\" lines), of some of them, or of none: a site that took part "
+               "in an earlier phase of the run and is missing from a sum dropped out of that "
+               "phase. \"gone\" (or a cross, on a large grid) marks a round in which the site "
+               "left (\"site_gone\"); a triangle above a round, a failed phase attempt "
+               "(\"retry\" lines, below).")
     else:
         cap = ("Counts per round from the \"train\" lines (participants asked, updates "
-               "aggregated) and the \"eval\" lines (sites that evaluated).")
-    parts.append(figure_html(FIG_PART, fig_participation(plt, run, rounds, sites), cap,
+               "aggregated) and the \"eval\" lines (sites that evaluated); these metrics name "
+               "no site.")
+    parts.append(figure_html(FIG_PART, fig_participation(plt, run, rounds, part), cap,
                              "which sites reported each round"))
     if run.site_metrics:
         whys = sorted(set(run.site_metrics.values()))
-        parts.append("<p class=note>Per-site rows are not in the metrics of "
-                     f"{len(run.site_metrics)} round(s): " +
+        parts.append("<p class=note>Per-site metrics (loss, own AUROC) are not in the metrics "
+                     f"of {len(run.site_metrics)} round(s): " +
                      "; ".join(esc(w) for w in whys) + ".</p>\n")
+    if part.recorded:
+        rows = []
+        gone = {(r, x): w for r, x, w in run.site_gone}
+        for r in all_rounds:
+            for ph, got, dropped in part.phases[r]:
+                if got is None:
+                    rows.append([str(r), ph, "not recorded", "&ndash;"])
+                    continue
+                drop = [esc(x) + (f" (left: {esc(gone[(r, x)])})" if (r, x) in gone else "")
+                        for x in dropped]
+                rows.append([str(r), ph, f"{len(got)}: " + id_list([esc(x) for x in got]),
+                             id_list(drop) if drop else "none"])
+        parts.append("<p>Which sites reported in each phase, and which sites of the run dropped "
+                     "out of it:</p>\n")
+        parts.append(table(["round", "phase", "reported (in the sum)", "dropped out"], rows,
+                           left=4))
     head = ["round", "participants", "updates aggregated", "sites evaluated", "samples",
             "steps", "upload slots", "upload grants expired"]
     rows = []
@@ -849,25 +1073,31 @@ def render(run, config, run_dir, metrics_path):
                      fmt(tr and tr.num("steps")), fmt(up and up.int("slots")),
                      fmt(up and up.int("expired"))])
     parts.append(table(head, rows, left=0))
-    if sites:
+    if part.recorded:
+        own = any(run.site_eval.values())  # per-site lines: the site's own test AUROC
         rows = []
-        for s in sites:
-            upd = [r for r in rounds if s in run.site_update.get(r, {})]
-            evs = [r for r in rounds if s in run.site_eval.get(r, {})]
-            last = run.site_eval.get(mark, {}).get(s)
-            rows.append([esc(s), str(len(upd)), str(len(evs))] +
-                        [fmt(last and last.num("auroc_" + t)) for t in tasks])
-        parts.append(f"<p>Per site ({esc(mark_label)} for the site's own test AUROC):</p>\n")
-        parts.append(table(["site", "updates", "evaluations"] +
-                           [f"own AUROC {esc(t)}" for t in tasks], rows))
+        for x in sorted(part.sites):
+            n = {ph: 0 for ph in ("train", "validation", "test")}
+            for r in all_rounds:
+                for ph, got, _ in part.phases[r]:
+                    n[ph] += got is not None and x in got
+            last = run.site_eval.get(mark, {}).get(x)
+            rows.append([esc(x), str(sum(1 for r in all_rounds if (x, r) in part.state)),
+                         str(n["train"]), str(n["validation"]), str(n["test"])] +
+                        ([fmt(last and last.num("auroc_" + t)) for t in tasks] if own else []))
+        parts.append("<p>Per site: the rounds it was in the run and the sums its reply entered"
+                     + (f" ({esc(mark_label)} for the site's own test AUROC)" if own else "") +
+                     ":</p>\n")
+        parts.append(table(["site", "rounds in the run", "training updates",
+                            "validation evaluations", "test evaluations"] +
+                           ([f"own AUROC {esc(t)}" for t in tasks] if own else []), rows))
     if run.site_gone:
         parts.append("<p>Sites that left (dropouts):</p>\n")
         parts.append(table(["round", "site", "why"],
                            [[str(r), esc(s), esc(w)] for r, s, w in run.site_gone], left=3))
     else:
         parts.append("<p>No site left during the run (no \"site_gone\" line).</p>\n")
-    parts.append("<p>Phase retries are not in metrics.jsonl today; the coordinator logs them "
-                 "(<code>logs/coordinator.log</code>, \"retry N of M\").</p>\n")
+    parts.append(retry_html(run))
 
     # DP
     parts.append("<h2>Differential privacy</h2>\n")
@@ -940,8 +1170,9 @@ def main(argv=None):
                     "moeh run directory: learning curves, AUROC per modality combination, ROC "
                     "curves, calibration, gate weights, site participation, DP epsilon, "
                     "configuration. Reads RUN_DIR/metrics.jsonl and RUN_DIR/config.json (moeh run).",
-        epilog="Exit status: 0 written, 2 bad input (the message names file:line), "
-               "3 matplotlib missing (Debian: python3-matplotlib). See docs/report.md.")
+        epilog="Exit status: 0 written, 1 unexpected failure (a bug), 2 bad input (the message "
+               "names file:line), 3 matplotlib missing or older than 3.5 (Debian: "
+               "python3-matplotlib). See docs/report.md.")
     ap.add_argument("run_dir", metavar="RUN_DIR", help="directory of a run (moeh run --out)")
     ap.add_argument("--out", metavar="FILE",
                     help="where to write the report (default: RUN_DIR/report.html)")

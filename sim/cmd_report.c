@@ -75,10 +75,14 @@ int moeh_sim_cmd_report(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: moeh report RUN_DIR [--out FILE]\n\n"
                    "Writes one self-contained HTML page about a finished run (learning curves,\n"
-                   "AUROC per modality combination, the gate per combination, participation,\n"
-                   "DP epsilon, the configuration) from RUN_DIR/metrics.jsonl and config.json;\n"
-                   "by default RUN_DIR/report.html (docs/report.md). Needs python3-matplotlib.\n"
-                   "Exit status: 0 ok, 1 failure, 2 usage error or an unreadable run.\n");
+                   "AUROC per modality combination, ROC and calibration, the gate per\n"
+                   "combination, participation and retries, DP epsilon, the configuration) from\n"
+                   "RUN_DIR/metrics.jsonl and config.json; by default RUN_DIR/report.html\n"
+                   "(docs/report.md). Needs python3-matplotlib.\n"
+                   "Exit status: 0 report written; 1 report.py not found, not runnable or\n"
+                   "failed unexpectedly; 2 usage error or bad input (no such run directory, a\n"
+                   "malformed metrics line: the message names file:line); 3 matplotlib missing\n"
+                   "or older than 3.5 (Debian: apt-get install python3-matplotlib).\n");
             return 0;
         }
         if (!strcmp(argv[i], "--out")) {

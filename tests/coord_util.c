@@ -84,7 +84,9 @@ const char *last_error(const fx_t *f, const char *rid, int want_code)
 
 void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
 {
+    FILE *table = f->table;
     memset(f, 0, sizeof *f);
+    f->table = table;
     assert_int_equal(moeh_test_tmpdir(f->dir, sizeof f->dir, "coord"), 0);
     moeh_coord_cfg_t *c = &f->cfg;
     moeh_coord_cfg_defaults(c);
@@ -110,12 +112,14 @@ void fx_create(fx_t *f, void (*tweak)(moeh_coord_cfg_t *))
     c->out_dir = f->dir;
     c->secagg_allow_2 = 1;   /* the fixture's quorum is 2 of 3 (not a deployment) */
     c->per_site_metrics = 1; /* the plain-mode tests read the per-site rows */
+    c->print_table = table != NULL;
     if (tweak) tweak(c);
     f->registry[0] = "site-1", f->registry[1] = "site-2", f->registry[2] = "site-3";
     f->n_registry = 3;
     f->io = (moeh_coord_io_t){.send = fake_send,
                               .registered = fake_registered,
                               .round_saved = fake_round_saved,
+                              .table = table,
                               .ctx = f};
     moeh_err_t err = {0};
     int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
@@ -144,6 +148,7 @@ int fx_teardown(void **state)
     fx_t *f = *state;
     clear_sent(f);
     moeh_coord_core_destroy(&f->core);
+    if (f->table) fclose(f->table);
     for (int k = 0; k < N_SITES; k++)
         moeh_secagg_client_destroy(&f->site[k].sa);
     if (f->dir[0]) moeh_test_rmtree(f->dir);

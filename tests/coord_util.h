@@ -53,6 +53,7 @@ typedef struct {
     int64_t now;
     site_t site[N_SITES];
     int whole_uploads; /* deliver granted uploads whole (as protocol 6 did), not in chunks */
+    FILE *table;       /* set before fx_create: the core's tables go there (print_table on) */
 } fx_t;
 
 /* The last message of this type sent to rid (NULL: none). */

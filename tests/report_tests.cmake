@@ -9,7 +9,8 @@ if(NOT MOEH_REPORT_PYTHON3)
 endif()
 add_test(NAME test_report
          COMMAND ${MOEH_REPORT_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_report.py)
-set_tests_properties(test_report PROPERTIES TIMEOUT 300)
+set_tests_properties(test_report PROPERTIES TIMEOUT 300
+    ENVIRONMENT "MOEH_BIN_DIR=${PROJECT_BINARY_DIR}/bin")
 add_test(NAME test_report_real
          COMMAND ${MOEH_REPORT_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/test_report.py --real)
 set_tests_properties(test_report_real PROPERTIES TIMEOUT 600 LABELS multiprocess

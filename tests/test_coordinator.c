@@ -134,12 +134,22 @@ static void test_plain_round(void **state)
      * of bins 2 and 7 of 10): Brier 0.0625, reliability bins 2 (observed 0) and 7 (1) */
     cJSON *lines = fx_metrics(f), *j;
     int n_calib = 0;
+    const double ll = -log(0.75); /* the log loss of every row at its bin's centre */
     cJSON_ArrayForEach(j, lines)
     {
         const char *ev = jstr(j, "event");
-        if (!strcmp(ev, "eval")) assert_float_equal(jnum(j, "brier_los7"), 0.0625, 1e-9);
+        if (!strcmp(ev, "eval")) {
+            assert_float_equal(jnum(j, "brier_los7"), 0.0625, 1e-9);
+            assert_float_equal(jnum(j, "test_loss_mortality"), ll, 1e-6);
+            assert_float_equal(jnum(j, "test_loss_readmit30"), ll, 1e-6);
+            char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "test_contributors"));
+            assert_non_null(ids);
+            assert_string_equal(ids, "[\"site-1\",\"site-2\",\"site-3\"]");
+            free(ids);
+        }
         if (!strcmp(ev, "calibration")) {
             n_calib++;
+            assert_float_equal(jnum(j, "loss"), ll, 1e-6);
             assert_float_equal(jnum(j, "brier"), 0.0625, 1e-9);
             assert_float_equal(jnum(j, "n"), 60, 0);
             const cJSON *bins = cJSON_GetObjectItem(j, "bins");
@@ -154,6 +164,24 @@ static void test_plain_round(void **state)
 }
 
 /* ---- quorum, deadline, retry ------------------------------------------------------------- */
+
+/* The "retry" lines of metrics.jsonl, as "phase:outcome:attempt" joined by spaces. */
+static void retry_lines(const fx_t *f, char *out, size_t cap)
+{
+    cJSON *lines = fx_metrics(f), *j;
+    size_t n = 0;
+    out[0] = '\0';
+    cJSON_ArrayForEach(j, lines)
+    {
+        if (strcmp(jstr(j, "event"), "retry")) continue;
+        n += (size_t)snprintf(out + n, cap - n, "%s%s:%s:%g", n ? " " : "", jstr(j, "phase"),
+                              jstr(j, "outcome"), jnum(j, "attempt"));
+        assert_true(n < cap);
+        assert_non_null(jstr(j, "why"));
+        assert_float_equal(jnum(j, "max_retries"), 1, 0);
+    }
+    cJSON_Delete(lines);
+}
 
 static void test_deadline_retry_and_failure(void **state)
 {
@@ -174,6 +202,20 @@ static void test_deadline_retry_and_failure(void **state)
     moeh_err_t err = {0};
     assert_int_equal(moeh_coord_core_tick(f->core, f->now, &err), -ETIMEDOUT);
     assert_non_null(strstr(err.msg, "1 of the 2 sites needed replied, after 2 attempts"));
+    /* both failed attempts are in the metrics: the retry, then the failure */
+    char got[256];
+    retry_lines(f, got, sizeof got);
+    assert_string_equal(got, "statistics:retry:1 statistics:failed:2");
+    cJSON *lines = fx_metrics(f), *j;
+    cJSON_ArrayForEach(j, lines)
+    {
+        if (strcmp(jstr(j, "event"), "retry")) continue;
+        assert_float_equal(jnum(j, "round"), 0, 0);
+        assert_string_equal(jstr(j, "why"), "1 of the 2 sites needed replied");
+        assert_float_equal(jnum(j, "connected"), 3, 0);
+        assert_float_equal(jnum(j, "needed"), 2, 0);
+    }
+    cJSON_Delete(lines);
 }
 
 static void test_deadline_closes_with_quorum(void **state)
@@ -231,6 +273,12 @@ static void test_outage_waits_without_retries(void **state)
     send_stats(f, 1);
     tick(f, 10);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    /* each failed attempt of the outage is a "wait" line, no retry counted */
+    char got[256];
+    retry_lines(f, got, sizeof got);
+    assert_non_null(strstr(got, "statistics:wait:0"));
+    assert_null(strstr(got, ":retry:"));
+    assert_null(strstr(got, ":failed:"));
     /* an outage past the budget: the run fails, naming the option */
     for (int i = 0; i < 5; i++) /* the sites fall silent again; the attempt fails */
         tick(f, 400);

@@ -13,6 +13,7 @@
 #include "cmocka_main.h"
 
 #include "coord_util.h"
+#include "moeh_checkpoint.h"
 #include "moeh_npy.h"
 
 #define ROWS 20 /* per site and phase: within the 40 test rows each site declares */
@@ -104,6 +105,39 @@ static void assert_model_file(const fx_t *f, const float *want)
     moeh_npy_free(&a);
 }
 
+/* The values of the final table's row `label` (e.g. "brier (val)"), one per task, from the
+ * table the core printed to f->table (which this closes). */
+static void final_row(fx_t *f, const char *label, double *v)
+{
+    char line[512];
+    int found = 0;
+    rewind(f->table);
+    while (fgets(line, sizeof line, f->table)) {
+        size_t n = strlen(label);
+        if (strncmp(line, label, n) || line[n] != ' ') continue;
+        assert_int_equal(sscanf(line + n, "%lf %lf %lf", &v[0], &v[1], &v[2]), MOEH_N_TASKS);
+        found++;
+    }
+    assert_int_equal(found, 1);
+}
+
+/* The final table's calibration rows: test and validation Brier and ECE of the selected round,
+ * each from its own split (every task alike in these histograms). */
+static void assert_final_calib(fx_t *f, double test_brier, double test_ece, double val_brier,
+                               double val_ece)
+{
+    const char *label[4] = {"brier (test)", "ece (test)", "brier (val)", "ece (val)"};
+    const double want[4] = {test_brier, test_ece, val_brier, val_ece};
+    for (int i = 0; i < 4; i++) {
+        double v[MOEH_N_TASKS];
+        final_row(f, label[i], v);
+        for (int t = 0; t < MOEH_N_TASKS; t++)
+            assert_float_equal(v[t], want[i], 1e-4);
+    }
+    fclose(f->table);
+    f->table = NULL;
+}
+
 static void finish(fx_t *f)
 {
     moeh_err_t err = {0};
@@ -118,10 +152,16 @@ static void four_rounds(moeh_coord_cfg_t *c)
 }
 
 /* Mean validation AUROC 0.6, 0.9, 0.7, 0.8: round 2 is selected; model.npy is round 2's
- * model, not the last, and the final test metrics are round 2's (test AUROC 0.5 there). */
+ * model, not the last, and the final test metrics are round 2's (test AUROC 0.5 there), its
+ * calibration too: test (AUROC 0.5: negatives at 0.25, half the positives at 0.75 and half at
+ * 0.15) Brier (10 * 0.0625 + 5 * 0.0625 + 5 * 0.7225) / 20 = 0.2275, ECE 0.5 * 0.25 + 0.25 *
+ * 0.25 + 0.25 * 0.85 = 0.4; validation (0.9: 9 positives of 10 at 0.75) Brier 0.0955, ECE
+ * 0.28. */
 static void test_best_round_kept(void **state)
 {
     fx_t *f = *state;
+    f->table = tmpfile();
+    assert_non_null(f->table);
     fx_start(f, four_rounds);
     size_t n = moeh_coord_core_params(f->core)->n;
     float *w2 = fx_model_copy(f), *w4 = fx_model_copy(f); /* filled by rounds 2 and 4 */
@@ -132,6 +172,7 @@ static void test_best_round_kept(void **state)
     finish(f);
     assert_model_file(f, w2);
     assert_memory_equal(moeh_coord_core_params(f->core)->w, w2, n * sizeof(float));
+    assert_final_calib(f, 0.2275, 0.4, 0.0955, 0.28);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
     assert_int_equal(jnum(sel, "selected_round"), 2);
@@ -194,13 +235,13 @@ static float *patience_rounds_1_to_3(fx_t *f)
     return w2;
 }
 
-/* --patience 2: validation AUROC 0.7, 0.9, 0.8, 0.85: rounds 3 and 4 do not improve, so the
+/* --patience 2: validation AUROC 0.7, 0.9, 0.8, 0.75: rounds 3 and 4 do not improve, so the
  * run ends after round 4 of 6, normally, with round 2 selected. */
 static void test_patience_stops_early(void **state)
 {
     fx_t *f = *state;
     float *w2 = patience_rounds_1_to_3(f);
-    play_round(f, 4, 0.85, 0.5, 0.6, NULL);
+    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
     finish(f); /* DONE after round 4 */
     assert_int_equal(moeh_coord_core_round(f->core), 4);
     assert_model_file(f, w2);
@@ -223,13 +264,16 @@ static void test_resume_keeps_selection(void **state)
     /* the coordinator stops; a new process resumes from the checkpoint of round 3 */
     moeh_coord_core_destroy(&f->core);
     f->cfg.resume = 1;
+    f->cfg.print_table = 1; /* the final table of the resumed process */
+    f->io.table = f->table = tmpfile();
+    assert_non_null(f->table);
     moeh_err_t err = {0};
     int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
     if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     moeh_coord_core_start(f->core, 3, f->now);
     join_all(f);
-    play_round(f, 4, 0.85, 0.5, 0.6, NULL);
+    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
     finish(f);
     assert_model_file(f, w2);
     int n_cal, n_ev;
@@ -237,7 +281,67 @@ static void test_resume_keeps_selection(void **state)
     assert_int_equal(jnum(sel, "selected_round"), 2);
     assert_float_equal(jnum(sel, "value"), 0.9, 1e-6);
     assert_float_equal(jnum(sel, "test_auroc_mean"), 0.6, 1e-6);
+    /* round 2's calibration, restored from the checkpoint: test (AUROC 0.6) Brier 0.1945, ECE
+     * 0.37; validation (0.9) Brier 0.0955, ECE 0.28 */
+    assert_final_calib(f, 0.1945, 0.37, 0.0955, 0.28);
     cJSON_Delete(sel);
+    free(w2);
+}
+
+/* The same from a checkpoint written before the validation calibration was kept (its
+ * select_state 2 x tasks floats shorter): the selection is restored all the same, and the final
+ * table says the validation calibration is unknown ("-") rather than showing another round's. */
+static void test_resume_older_checkpoint(void **state)
+{
+    fx_t *f = *state;
+    float *w2 = patience_rounds_1_to_3(f);
+    moeh_coord_core_destroy(&f->core);
+    char path[400];
+    snprintf(path, sizeof path, "%s/checkpoint.moeh", f->dir);
+    moeh_ckpt_t k;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_ckpt_load(path, &k, &err), 0);
+    size_t i = 0;
+    while (i < k.n_arrays && strcmp(k.names[i], "select_state"))
+        i++;
+    assert_true(i < k.n_arrays);
+    k.counts[i] -= 2 * MOEH_N_TASKS; /* the older layout: no validation calibration */
+    assert_int_equal(moeh_ckpt_save(path, &k, &err), 0);
+    moeh_ckpt_free(&k);
+    f->cfg.resume = 1;
+    f->cfg.print_table = 1;
+    f->io.table = f->table = tmpfile();
+    assert_non_null(f->table);
+    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    moeh_coord_core_start(f->core, 3, f->now);
+    join_all(f);
+    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
+    finish(f); /* one more round without improvement: --patience 2 ends the run */
+    assert_model_file(f, w2);
+    int n_cal, n_ev;
+    cJSON *sel = read_selection(f, &n_cal, &n_ev);
+    assert_int_equal(jnum(sel, "selected_round"), 2);
+    cJSON_Delete(sel);
+    double v[MOEH_N_TASKS];
+    final_row(f, "brier (test)", v);
+    for (int t = 0; t < MOEH_N_TASKS; t++)
+        assert_float_equal(v[t], 0.1945, 1e-4);
+    char line[512];
+    int unknown = 0;
+    rewind(f->table);
+    while (fgets(line, sizeof line, f->table)) {
+        const char *label = !strncmp(line, "brier (val) ", 12) ? "brier (val)"
+                            : !strncmp(line, "ece (val) ", 10) ? "ece (val)"
+                                                               : NULL;
+        char a[8], b[8], c[8];
+        if (label && sscanf(line + strlen(label), "%7s %7s %7s", a, b, c) == 3)
+            unknown += !strcmp(a, "-") && !strcmp(b, "-") && !strcmp(c, "-");
+    }
+    assert_int_equal(unknown, 2);
+    fclose(f->table);
+    f->table = NULL;
     free(w2);
 }
 
@@ -416,6 +520,7 @@ static void test_model_sent_once_a_round(void **state)
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_best_round_kept, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_select_by_loss, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_resume_older_checkpoint, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup, fx_teardown),

@@ -178,6 +178,28 @@ def make_cohort(moeh, tmp, admissions):
     return ds
 
 
+def check_readme_snippet(model, tensors, meta):
+    """README.md's PyTorch snippet ("Using the model"), run as printed on this model file,
+    loads every tensor (name, shape, values) and the metadata as the reader above does."""
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                               "README.md"), encoding="utf-8").read()
+    section = readme.split("## Using the model", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"moeh-run/model.safetensors"' in code, "README snippet: the path it loads changed"
+    ns = {}
+    exec(compile(code.replace('"moeh-run/model.safetensors"', repr(model)), "README.md", "exec"),
+         ns)
+    got, got_meta = ns["tensors"], ns["meta"]
+    assert got_meta == meta, "README snippet: metadata differs"
+    assert set(got) == set(tensors), "README snippet: tensor names differ"
+    for name, (shape, raw) in tensors.items():
+        assert tuple(got[name].shape) == shape, (name, tuple(got[name].shape), shape)
+        assert torch.equal(got[name].double(), to_torch(shape, raw)), name
+    assert ns["tasks"] == ["mortality", "los7", "readmit30"] and "arch" in ns["config"]
+    print("README snippet: %d tensors and the metadata loaded as the reader loads them"
+          % len(got))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin-dir", default=os.environ.get("MOEH_BIN_DIR", "build/bin"))
@@ -195,6 +217,7 @@ def main():
         preds = os.path.join(tmp, "preds.csv")
         run([moeh, "predict", "--model", model, "--dataset", ds, "--out", preds])
         tensors, meta = read_safetensors(model)
+        check_readme_snippet(model, tensors, meta)
         assert meta["moeh_format"] == "moeh-model/1", meta["moeh_format"]
         cfg = json.loads(meta["moeh_config"])
         assert cfg["arch"] == 0 and cfg["top_k"] == 0, "the reference covers the default model"

@@ -40,9 +40,23 @@ HOSTILE_WHY = "\"><img src=x onerror=alert(1)>"
 HOSTILE_CFG = "</td><script>alert('cfg')</script>"
 TASKS = ["mortality", "los7", "readmit30"]
 COMBOS = ["E", "N", "EN", "I", "EI", "NI", "ENI"]
-ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-curves", "fig-combo-auroc", "fig-gate-heatmap",
-            "fig-gate-rounds", "fig-participation", "fig-dp-epsilon", "fig-calibration",
-            "fig-roc"]
+ALL_FIGS = ["fig-loss", "fig-auroc", "fig-task-learning", "fig-task-curves", "fig-combo-auroc",
+            "fig-gate-heatmap", "fig-gate-rounds", "fig-participation", "fig-dp-epsilon",
+            "fig-calibration", "fig-roc"]
+
+
+CALIB_ROWS = {"test": 20, "val": 10}  # rows per reliability bin (bin 5 empty)
+RETRY_WHY = "1 of the 2 sites needed replied"
+
+
+def task_loss(split, r, k):
+    """The per-task loss of an "eval" line: task k's, round r's, split's."""
+    return round((0.6 if split == "test" else 0.65) - 0.03 * r + 0.05 * k, 4)
+
+
+def calib_values(split, r):
+    """(Brier, ECE) of a split's calibration line in round r: test and validation differ."""
+    return (round(0.2 - 0.01 * r, 4), 0.05) if split == "test" else (round(0.3 - 0.01 * r, 4), 0.08)
 
 
 def trapezoid(x, y):
@@ -58,13 +72,23 @@ def check(cond, what):
 
 # ---------------------------------------------------------------- a run directory
 
-def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
-    """A run directory in the coordinator's shapes (coordinator/coordinator.c)."""
+def write_run(d, rounds=4, secagg=False, dp=True, selected=None, legacy=False):
+    """A run directory in the coordinator's shapes (coordinator/report.c). legacy: as an older
+    coordinator wrote it (no site lists, no per-task loss, no retry lines, no calibration
+    split)."""
     os.makedirs(d, exist_ok=True)
     sites = ["site-1", "site-2", HOSTILE_SITE]
     lines = [{"event": "stats", "sites": len(sites), "features": 68}]
+    if not legacy:
+        lines[0]["contributors"] = sorted(sites)
     for r in range(1, rounds + 1):
         here = sites if r < 3 else sites[:2]  # the hostile site leaves in round 3
+        # round 2: site-2's test evaluation misses the sum (a dropout of that phase only)
+        tested = [s for s in here if (r, s) != (2, "site-2")]
+        if not legacy and r == 2:  # a failed TRAIN attempt, retried
+            lines.append({"event": "retry", "round": 2, "phase": "train", "outcome": "retry",
+                          "attempt": 1, "max_retries": 2, "connected": 3, "needed": 2,
+                          "why": RETRY_WHY})
         dpf = {}
         if dp:
             dpf = {"dp_epsilon": 2.0 + 1.5 * r, "dp_epsilon_coordinator": 2.0 + 1.5 * r,
@@ -79,10 +103,12 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
         lines.append(dict({"event": "train", "round": r, "sites": len(here), "participants": 3,
                            "train_loss": None if dp else 0.9 / r, "samples": 100.0 * len(here),
                            "steps": 12, "groups_updated": 10, "model_version": r}, **dpf))
+        if not legacy:
+            lines[-1]["contributors"] = sorted(here)
         lines.append({"event": "uploads", "round": r, "slots": 2, "max_in_flight": 2,
                       "expired": 1 if r == 2 else 0})
         if not secagg:
-            for s in here:
+            for s in tested:
                 lines.append(dict({"event": "site_eval", "round": r, "site": s,
                                    "test_loss": 0.5 - 0.01 * r},
                                   **{"auroc_" + t: 0.6 + 0.03 * r for t in TASKS}))
@@ -92,6 +118,14 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
               "auroc_mean": sum(au.values()) / 3, "seconds": 2.5}
         ev.update({"auroc_" + t: au[t] for t in TASKS})
         ev.update(dpf)
+        if not legacy:
+            ev["test_contributors"] = sorted(tested)
+            ev.update({"test_loss_" + t: task_loss("test", r, k) for k, t in enumerate(TASKS)})
+            if selected is not None:  # a validating run
+                ev["val_contributors"] = sorted(here)
+                ev["val_loss"] = 0.52 - 0.02 * r
+                ev.update({"val_loss_" + t: task_loss("val", r, k) for k, t in enumerate(TASKS)})
+                ev.update({"val_auroc_" + t: au[t] - 0.02 for t in TASKS})
         if selected is not None:
             ev["selected_round"] = selected
             ev["why"] = "best mean validation AUROC"
@@ -111,14 +145,23 @@ def write_run(d, rounds=4, secagg=False, dp=True, selected=None):
                 w[k] = 0.7
             g[c] = {"rows": rows, "weights": w}
         lines.append(g)
-        for t in TASKS:  # a reliability curve: empty bins null, as the coordinator writes them
-            bins = [{"lo": k / 10, "hi": (k + 1) / 10, "n": 0 if k == 5 else 20 + k,
-                     "mean_p": None if k == 5 else k / 10 + 0.05,
-                     "observed": None if k == 5 else min(1.0, k / 10 + 0.02 * r)}
-                    for k in range(10)]
-            lines.append({"event": "calibration", "round": r, "task": t, "split": "test",
-                          "n": sum(b["n"] for b in bins), "brier": 0.2 - 0.01 * r,
-                          "ece": 0.05, "bins": bins})
+        # reliability curves: empty bins null, as the coordinator writes them; the test split
+        # then the validation one (the coordinator's order), which must not replace it
+        for split in ("test", "val"):
+            for t in TASKS:
+                bins = [{"lo": k / 10, "hi": (k + 1) / 10,
+                         "n": 0 if k == 5 else CALIB_ROWS[split] + k,
+                         "mean_p": None if k == 5 else k / 10 + 0.05,
+                         "observed": None if k == 5 else min(1.0, k / 10 + 0.02 * r)}
+                        for k in range(10)]
+                b, e = calib_values(split, r)
+                lines.append({"event": "calibration", "round": r, "task": t, "split": split,
+                              "n": sum(b["n"] for b in bins), "brier": b, "ece": e,
+                              "bins": bins})
+                if legacy:
+                    del lines[-1]["split"]
+            if legacy:
+                break
         for split in ("val", "test"):  # ROC points as the coordinator writes them
             for k, t in enumerate(TASKS):
                 fpr = [0, 0.05, 0.2, 0.45, 0.7, 1]
@@ -155,6 +198,7 @@ class Page(html.parser.HTMLParser):
         super().__init__(convert_charrefs=True)
         self.figs, self.tags, self.urls, self.text, self.meta = {}, [], [], [], []
         self.cur_fig = None
+        self.rows, self.cell = [], None  # every table row as a list of its cells' text
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -169,15 +213,86 @@ class Page(html.parser.HTMLParser):
             self.figs[self.cur_fig].append(a.get("src", ""))
         if tag == "meta":
             self.meta.append(a)
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self.cell = []
         if any(k.startswith("on") for k in a):
             self.tags.append("EVENT-HANDLER:" + tag)
 
     def handle_endtag(self, tag):
         if tag == "figure":
             self.cur_fig = None
+        if tag in ("td", "th") and self.cell is not None and self.rows:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
 
     def handle_data(self, data):
         self.text.append(data)
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def page_rows(page_text):
+    p = Page()
+    p.feed(page_text)
+    return p.rows
+
+
+def check_rows(page_text, want, label):
+    """Each row of want (cells as text) is a row of one of the page's tables."""
+    rows = page_rows(page_text)
+    for w in want:
+        check(w in rows, f"{label}: table row {w}")
+
+
+def ids(*names):
+    return f"{len(names)}: " + ", ".join(sorted(names))
+
+
+def check_participation(page_text, label, validated):
+    """Who reported in each phase and who dropped out (write_run: the hostile site leaves in
+    round 3; site-2's test evaluation of round 2 misses the sum), and the retried TRAIN phase of
+    round 2."""
+    left = f"{HOSTILE_SITE} (left: {HOSTILE_WHY})"
+    want = [["1", "train", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+            ["2", "train", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+            ["2", "test", ids("site-1", HOSTILE_SITE), "site-2"],
+            ["3", "train", ids("site-1", "site-2"), left],
+            ["4", "train", ids("site-1", "site-2"), HOSTILE_SITE],
+            ["2", "train", "opened again", "1 of 2", "3 / 2", RETRY_WHY]]
+    if validated:
+        want += [["2", "validation", ids("site-1", "site-2", HOSTILE_SITE), "none"],
+                 ["3", "validation", ids("site-1", "site-2"), left]]
+    check_rows(page_text, want, label)
+
+
+def check_task_table(page_text, mark, label, validated):
+    """The per-task table of the marked round: AUROC, loss and Brier of each split."""
+    want = []
+    for k, t in enumerate(TASKS):
+        au = 0.55 + 0.05 * mark + 0.01 * k
+        val = [f"{au - 0.02:.4f}", f"{task_loss('val', mark, k):.4f}"] if validated else \
+            ["\u2013", "\u2013"]
+        want.append([t, f"{au:.4f}", val[0], f"{task_loss('test', mark, k):.4f}", val[1],
+                     f"{calib_values('test', mark)[0]:.4f}",
+                     f"{calib_values('val', mark)[0]:.4f}"])
+    check_rows(page_text, want, label)
+
+
+def check_calibration(page_text, mark, label):
+    """The calibration table of the marked round: one row per task and split, each with its own
+    split's Brier score, ECE and rows (the validation line, written after the test one, must
+    neither replace it nor be shown as test)."""
+    rows = page_rows(page_text)
+    head = ["task", "split", "Brier score", "ECE", "rows"]
+    check(head in rows, f"{label}: calibration table with a split column")
+    for split, name in (("test", "test"), ("val", "validation")):
+        b, e = calib_values(split, mark)
+        n = str(9 * CALIB_ROWS[split] + sum(range(10)) - 5)
+        for t in TASKS:
+            want = [t, name, f"{b:.4f}", f"{e:.4f}", n]
+            check(want in rows, f"{label}: {name} calibration of {t} shown as {name} ({want})")
 
 
 def check_structure(page_text, figs_expected, label):
@@ -390,6 +505,54 @@ def test_refusals(work):
     check(p.returncode == 2 and "metrics.jsonl" in p.stderr, "no metrics.jsonl: exit 2")
 
 
+def test_exit_codes(work):
+    """The exit statuses `moeh report --help` and docs/report.md list are the ones the code
+    gives: 0 written, 1 report.py not found (or not runnable), 2 usage error or bad input,
+    3 matplotlib missing (report.py's own, passed on by moeh report)."""
+    run = os.path.join(work, "run-codes")
+    write_run(run, rounds=1, dp=False)
+    # no matplotlib: Debian's python3-matplotlib lives in dist-packages, which -S leaves out
+    p = subprocess.run([sys.executable, "-S", REPORT, run], capture_output=True, text=True,
+                       timeout=120)
+    check(p.returncode == 3 and "matplotlib is missing" in p.stderr and
+          "python3-matplotlib" in p.stderr and not os.path.exists(os.path.join(run, "report.html")),
+          f"report.py without matplotlib: exit 3 naming the package ({p.returncode}: "
+          f"{p.stderr.strip()})")
+    p, _ = run_report(["--help"])
+    check(all(f"{c} " in p.stdout for c in "0123"), "report.py --help lists exit 0, 1, 2, 3")
+    moeh = os.path.join(os.environ.get("MOEH_BIN_DIR", ""), "moeh")
+    if not check(os.access(moeh, os.X_OK), f"moeh in MOEH_BIN_DIR ({moeh})"):
+        return
+
+    def moeh_report(args, script=None):
+        env = dict(os.environ)
+        if script is not None:
+            env["MOEH_REPORT_SCRIPT"] = script
+        return subprocess.run([moeh, "report"] + args, capture_output=True, text=True, env=env,
+                              timeout=120)
+    p = moeh_report(["--help"])
+    help_codes = p.stdout.replace("\n", " ")
+    check(p.returncode == 0 and all(w in help_codes for w in (
+        "0 report written", "1 report.py not found", "2 usage error or bad input",
+        "3 matplotlib missing")), f"moeh report --help lists 0, 1, 2 and 3 ({p.stdout!r})")
+    p = moeh_report([run], script=os.path.join(work, "no-such-report.py"))
+    check(p.returncode == 1 and "cannot find report.py" in p.stderr,
+          f"moeh report without report.py: exit 1 ({p.returncode}: {p.stderr.strip()})")
+    stub = os.path.join(work, "exit3.py")  # stands for report.py on a machine without matplotlib
+    with open(stub, "w") as f:
+        f.write("import sys\nsys.exit(3)\n")
+    p = moeh_report([run], script=stub)
+    check(p.returncode == 3, f"moeh report passes report.py's exit 3 on ({p.returncode})")
+    p = moeh_report([os.path.join(work, "nope")])
+    check(p.returncode == 2 and "no such run directory" in p.stderr,
+          f"moeh report on a missing run directory: exit 2 ({p.returncode})")
+    p = moeh_report(["--bogus"])
+    check(p.returncode == 2, f"moeh report with an unknown option: exit 2 ({p.returncode})")
+    p = moeh_report([run, "--out", os.path.join(work, "codes.html")])
+    check(p.returncode == 0 and os.path.exists(os.path.join(work, "codes.html")),
+          f"moeh report writes the page: exit 0 ({p.returncode}: {p.stderr.strip()})")
+
+
 def test_reports(work):
     """Renders two runs; returns the path of the first page (for Chromium)."""
     full = os.path.join(work, "run-plain-dp")
@@ -412,6 +575,9 @@ def test_reports(work):
     check("last round 4" in text, "no selected_round: the last round is marked and named")
     check("0.01" in text and "0.00999999977648258" not in text, "float32 config shown as given")
     check("1e-05" in text, "DP delta in the DP table")
+    check_calibration(page, 4, "plain+DP")
+    check_participation(page, "plain+DP", validated=False)
+    check_task_table(page, 4, "plain+DP", validated=False)
 
     sec = os.path.join(work, "run-secagg")
     write_run(sec, rounds=5, secagg=True, dp=False, selected=3)
@@ -424,6 +590,29 @@ def test_reports(work):
         check("selected round 3" in text2 and "best mean validation AUROC" in text2,
               "a selected_round in the metrics is marked and its reason shown")
         check("DP-FedAvg was off" in text2, "no DP: said so, no epsilon figure")
+        check_calibration(page2, 3, "secagg (selected round 3)")
+        check_participation(page2, "secagg", validated=True)
+        check_task_table(page2, 3, "secagg", validated=True)
+        check("secure aggregation: the coordinator learns only sums" in text2,
+              "secagg: why the per-site metrics are missing is shown")
+
+    old = os.path.join(work, "run-legacy")  # as an older coordinator wrote its metrics
+    write_run(old, rounds=3, secagg=True, dp=False, legacy=True)
+    p, secs = run_report([old])
+    if check(p.returncode == 0, f"report of a legacy run ({p.stderr.strip()})"):
+        page3 = open(os.path.join(old, "report.html"), encoding="utf-8").read()
+        text3 = check_structure(page3, [f for f in ALL_FIGS if f != "fig-dp-epsilon"], "legacy")
+        check("these metrics name no site" in text3, "legacy: participation as counts, said so")
+        check("did not record failed phase attempts" in text3, "legacy: no retry lines, said so")
+        check("carry no per-task loss" in text3, "legacy: no per-task loss, said so")
+        rows = page_rows(page3)
+        head = ["task", "split", "Brier score", "ECE", "rows"]
+        cal = rows[rows.index(head) + 1:] if head in rows else []
+        cal = cal[:next((i for i, r in enumerate(cal) if not r or r[0] not in TASKS), len(cal))]
+        b, e = calib_values("test", 3)
+        check([r[:2] for r in cal] == [[t, "test"] for t in TASKS] and
+              ["mortality", "test", f"{b:.4f}", f"{e:.4f}", "220"] in cal,
+              f"legacy: a calibration line without split counts as test ({cal})")
         check("each site logs its own metrics" in text2, "why per-site rows are missing is shown")
     return out
 
@@ -514,6 +703,41 @@ def test_real(work):
               "real run: the selected round is marked")
         check("mortality" in text and "EHR+notes" in text, "real run: tasks and combinations")
         check_real_roc(run_dir)
+        check_real_task_loss(run_dir)
+        check("No phase attempt failed" in text, "real run: no retry line, said so")
+        rows = page_rows(page)
+        for r in (1, 2):
+            for ph in ("train", "validation", "test"):
+                check(any(x[:2] == [str(r), ph] and x[2].startswith("4: site-1, site-2")
+                          and x[3] == "none" for x in rows),
+                      f"real run: round {r} {ph}: the 4 sites reported, none dropped out")
+        head = ["task", "test AUROC", "validation AUROC", "test loss", "validation loss",
+                "test Brier", "validation Brier"]
+        per = rows[rows.index(head) + 1:][:len(TASKS)] if head in rows else []
+        check([x[0] for x in per] == TASKS and all("\u2013" not in x for x in per),
+              f"real run: the per-task table has every value of every task ({per})")
+
+
+def check_real_task_loss(run_dir):
+    """The per-task losses of a real run (from the summed histograms, bins at their centres):
+    their mean weighted by each task's labelled rows (the "n" of its calibration line) is the
+    exact loss of all tasks ("test_loss", "val_loss") within 1e-3."""
+    lines = [json.loads(ln) for ln in open(os.path.join(run_dir, "metrics.jsonl"),
+                                            encoding="utf-8")]
+    worst, n_checked = 0.0, 0
+    for ev in (ln for ln in lines if ln["event"] == "eval"):
+        for split, key in (("test", "test_loss"), ("val", "val_loss")):
+            n = {ln["task"]: ln["n"] for ln in lines if ln["event"] == "calibration" and
+                 ln["round"] == ev["round"] and ln["split"] == split}
+            per = {t: ev.get(f"{key}_{t}") for t in TASKS}
+            if not check(all(isinstance(per[t], float) for t in TASKS) and set(n) == set(TASKS),
+                         f"real run: round {ev['round']} {split}: a loss per task"):
+                continue
+            est = sum(n[t] * per[t] for t in TASKS) / sum(n.values())
+            worst = max(worst, abs(est - ev[key]))
+            n_checked += 1
+    check(n_checked > 0 and worst < 1e-3,
+          f"real run: per-task losses agree with the exact loss (worst {worst:.1e})")
 
 
 def check_real_roc(run_dir):
@@ -553,6 +777,7 @@ def main():
             test_real(work)
         else:
             test_refusals(work)
+            test_exit_codes(work)
             page = test_reports(work)
             if page:
                 test_chromium(page, work)

@@ -28,7 +28,7 @@ void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, si
                            size_t task, moeh_calib_t *out)
 {
     const uint64_t *neg = hist + (slice * n_tasks + task) * 2 * bins, *pos = neg + bins;
-    double sq = 0, psum[MOEH_CALIB_BINS] = {0};
+    double sq = 0, ll = 0, psum[MOEH_CALIB_BINS] = {0};
     uint64_t npos[MOEH_CALIB_BINS] = {0};
     *out = (moeh_calib_t){0};
     for (size_t b = 0; b < bins; b++) {
@@ -37,12 +37,14 @@ void moeh_eval_slice_calib(const uint64_t *hist, size_t n_tasks, size_t bins, si
         if (k >= MOEH_CALIB_BINS) k = MOEH_CALIB_BINS - 1;
         uint64_t m = neg[b] + pos[b];
         sq += (double)neg[b] * p * p + (double)pos[b] * (1 - p) * (1 - p);
+        if (m) ll -= (double)neg[b] * log1p(-p) + (double)pos[b] * log(p);
         out->n += m;
         out->count[k] += m;
         npos[k] += pos[b];
         psum[k] += (double)m * p;
     }
     out->brier = out->n ? sq / (double)out->n : NAN;
+    out->logloss = out->n ? ll / (double)out->n : NAN;
     out->ece = out->n ? 0 : NAN;
     for (size_t k = 0; k < MOEH_CALIB_BINS; k++) {
         if (!out->count[k]) {

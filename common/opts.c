@@ -440,12 +440,26 @@ int moeh_opts_check_endpoint(const char *opt, const char *val, const char *examp
                          opt, val, example_host);
     }
     if (!strncmp(val, "tcp://", 6)) {
-        const char *colon = strrchr(sep + 3, ':');
-        if (!colon || !colon[1] || strspn(colon + 1, "0123456789*") != strlen(colon + 1))
+        const char *hp = sep + 3, *colon = strrchr(hp, ':'), *rb = strrchr(hp, ']');
+        if (colon && rb && colon < rb) colon = NULL; /* inside [v6]: no port */
+        if (!colon)                                  /* the whole rest is the host */
             return moeh_errf(err, -EINVAL,
                              "--%s '%s': a tcp endpoint needs a port: tcp://HOST:PORT, e.g. "
                              "tcp://%s:7400",
-                             opt, val, sep[3] ? sep + 3 : example_host);
+                             opt, val, *hp ? hp : example_host);
+        const char *port = colon + 1;
+        int hl = colon > hp ? (int)(colon - hp) : (int)strlen(example_host);
+        const char *host = colon > hp ? hp : example_host;
+        char *end = NULL;
+        unsigned long n = strtoul(port, &end, 10);
+        int ok =
+            !strcmp(port, "*") || (*port >= '0' && *port <= '9' && !*end && n >= 1 && n <= 65535);
+        if (!ok)
+            return moeh_errf(err, -EINVAL,
+                             "--%s '%s': %s%s%s: tcp://HOST:PORT with a port 1..65535 (or * to "
+                             "bind any), e.g. tcp://%.*s:7400",
+                             opt, val, *port ? "'" : "no port after the ':'", port,
+                             *port ? "' is not a port" : "", hl, host);
     }
     return 0;
 }

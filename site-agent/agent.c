@@ -670,6 +670,34 @@ int moeh_agent_faults_parse_secagg_at(moeh_agent_faults_t *f, const char *spec)
     return 0;
 }
 
+/* --key's pair into *kp (caller owns it: moeh_keypair_destroy) and --server-key's public key
+ * into server_pub. A file that cannot serve (missing, a .pub as --key, a .key as --server-key)
+ * is -ENOKEY, the same public key in both -EACCES; each message names its option. */
+static int read_keys(const moeh_agent_cfg_t *cfg, moeh_keypair_t **kp,
+                     char server_pub[MOEH_Z85_KEY_LEN + 1], moeh_err_t *err)
+{
+    char m[MOEH_ERRMSG_MAX];
+    int rc = moeh_crypto_init();
+    if (rc) return moeh_errf(err, rc, "cannot initialise libsodium");
+    if (moeh_keypair_read(cfg->key_path, kp, err)) {
+        snprintf(m, sizeof m, "%s", err->msg);
+        return moeh_errf(err, -ENOKEY, "--key %s", m);
+    }
+    if (moeh_pubkey_read(cfg->server_key, server_pub, err)) {
+        snprintf(m, sizeof m, "%s", err->msg);
+        rc = moeh_errf(err, -ENOKEY, "--server-key %s", m);
+    } else if (strcmp(server_pub, (*kp)->public_z85) == 0) {
+        rc = moeh_errf(err, -EACCES,
+                       "--key %s and --server-key %s hold the same public key: --key is this "
+                       "site's own key pair (moeh-keygen --site ID NAME), --server-key the "
+                       "coordinator's public key (its coordinator.pub); one of them is the "
+                       "wrong file",
+                       cfg->key_path, cfg->server_key);
+    }
+    if (rc) moeh_keypair_destroy(kp);
+    return rc;
+}
+
 int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
 {
     return moeh_agent_run_faulty(cfg, NULL, stop, err);
@@ -697,6 +725,15 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
                        "model and its own metrics)");
         goto out;
     }
+    if (!cfg->insecure) { /* the keys first: quick to check, a dataset may take a while */
+        if (!cfg->key_path || !cfg->server_key) {
+            rc = moeh_errf(err, -EINVAL,
+                           "--key (this site's key) and --server-key (the "
+                           "coordinator's public key) are required, or --insecure");
+            goto out;
+        }
+        if ((rc = read_keys(cfg, &a.kp, a.server_pub, err))) goto out;
+    }
     {
         moeh_dataset_t *ds = NULL; /* read once to introduce the site; checksums verified */
         if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err))) goto out;
@@ -713,24 +750,6 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
     }
     for (const char *s = cfg->site_id; *s; s++) /* FNV-1a: per-site shuffling */
         a.seed_salt = (a.seed_salt ^ (uint8_t)*s) * 0x100000001b3ULL;
-    if (!cfg->insecure) {
-        if (!cfg->key_path || !cfg->server_key) {
-            rc = moeh_errf(err, -EINVAL,
-                           "--key (this site's key) and --server-key (the "
-                           "coordinator's public key) are required, or --insecure");
-            goto out;
-        }
-        if ((rc = moeh_crypto_init()) || (rc = moeh_keypair_read(cfg->key_path, &a.kp, err)) ||
-            (rc = moeh_pubkey_read(cfg->server_key, a.server_pub, err)))
-            goto out;
-        if (strcmp(a.server_pub, a.kp->public_z85) == 0) {
-            rc = moeh_errf(err, -EACCES,
-                           "--server-key %s is this site's own public key (%s): give the "
-                           "coordinator's public key (its coordinator.pub)",
-                           cfg->server_key, cfg->key_path);
-            goto out;
-        }
-    }
     if ((rc = moeh_agent_lm_open(&a, err))) goto out; /* --out, before any connection */
     if (!(a.zctx = zmq_ctx_new())) {
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");

@@ -211,6 +211,22 @@ static void test_endpoint_hints(void **state)
     assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://coord.example", "H", &err),
                      -EINVAL);
     assert_non_null(strstr(err.msg, "needs a port"));
+    /* a bad port is named, and the example keeps the host without it (it suggested
+     * tcp://127.0.0.1:7402x:7400) */
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://127.0.0.1:7402x", "H", &err),
+                     -EINVAL);
+    assert_non_null(strstr(err.msg, "'7402x' is not a port"));
+    assert_non_null(strstr(err.msg, "e.g. tcp://127.0.0.1:7400"));
+    assert_null(strstr(err.msg, "7402x:"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:", "H", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "no port after the ':'"));
+    assert_non_null(strstr(err.msg, "e.g. tcp://h:7400"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:70000", "H", &err), -EINVAL);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:0", "H", &err), -EINVAL);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://[::1]", "H", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "e.g. tcp://[::1]:7400"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://[::1]:7400", "H", &err), 0);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:65535", "H", &err), 0);
 }
 
 static void test_help_has_no_sentinel(void **state)

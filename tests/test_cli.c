@@ -114,6 +114,11 @@ static void test_usage_errors_exit_2(void **state)
          "tcp://127.0.0.1:7400"},
         {"moeh", "train", "--dataset is required"},
         {"moeh", "train --dataset d --epochz 3", "did you mean --epochs?"},
+        {"moeh", "run --rond 3", "unknown option '--rond' (did you mean --rounds?"},
+        {"moeh", "stats run", "unknown command 'stats' (did you mean status?)"},
+        {"moeh", "status run --jsno", "unknown option '--jsno' (did you mean --json?"},
+        {"moeh", "report run --otu r.html", "unknown option '--otu' (did you mean --out?"},
+        {"moeh", "status run --verbose", "unknown option '--verbose' (see moeh status --help)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int rc = run(cases[i].prog, cases[i].args);

@@ -74,6 +74,23 @@ static void test_edit_distance(void **state)
     assert_int_equal(moeh_edit_distance("kitten", "sitting"), 3);
 }
 
+/* The nearest name: within 2 edits and fewer than the typed length; of equal distances the
+ * longer common prefix, whichever comes first (rond is 2 edits from bind and from rounds). */
+static void test_nearest_name(void **state)
+{
+    (void)state;
+    static const char *const a[] = {"bind", "rounds", "connect"}, *const b[] = {"rounds", "bind"};
+    assert_string_equal(moeh_nearest_name("rond", a, 3), "rounds");
+    assert_string_equal(moeh_nearest_name("rond", b, 2), "rounds");
+    assert_string_equal(moeh_nearest_name("bnid", a, 3), "bind");
+    assert_null(moeh_nearest_name("xyzzy", a, 3));
+    assert_null(moeh_nearest_name("ab", a, 3)); /* 2 edits from nothing useful: none */
+    static const char *const cmds[] = {"run",   "synth",  "extract", "split",
+                                       "train", "report", "predict", "status"};
+    assert_string_equal(moeh_nearest_name("stats", cmds, 8), "status");
+    assert_string_equal(moeh_nearest_name("rnu", cmds, 8), "run");
+}
+
 static void test_did_you_mean(void **state)
 {
     (void)state;
@@ -356,7 +373,8 @@ static void test_table_with_duplicate_aborts(void **state)
     assert_int_equal(f.fd, 4);
 }
 
-MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance), cmocka_unit_test(test_positional),
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance),
+               cmocka_unit_test(test_nearest_name), cmocka_unit_test(test_positional),
                cmocka_unit_test(test_table_with_duplicate_aborts),
                cmocka_unit_test(test_did_you_mean), cmocka_unit_test(test_no_prefix),
                cmocka_unit_test(test_bad_value_names_option_and_value),

@@ -36,7 +36,14 @@ block() {
 }
 
 check_doc() {
-    local marked name
+    local marked name need
+    # the tools this script needs beyond the build's come from packages that install-deps.sh
+    # (through package.sh and build.sh) installs: they are in scripts/debian-packages.txt
+    for need in systemd-analyze:systemd man:man-db; do
+        grep -q "^${need#*:}\([[:space:]#]\|$\)" "$root/scripts/debian-packages.txt" ||
+            fail "this script runs ${need%%:*}, but its package ${need#*:} is not in" \
+                "scripts/debian-packages.txt"
+    done
     marked=$(sed -n 's/^<!-- ci: \([a-z-]*\) -->$/\1/p' "$doc" | sort)
     [ "$marked" = "$(printf '%s\n' settings $blocks | sort)" ] ||
         fail "the blocks marked in docs/deployment.md ($(echo $marked)) are not the ones" \

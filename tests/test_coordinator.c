@@ -153,6 +153,27 @@ static void test_plain_round(void **state)
     assert_int_equal(n_calib, MOEH_N_TASKS);
 }
 
+/* Counts the log lines that mention --no-secagg (a moeh_log_fn). */
+static void count_no_secagg(void *ud, moeh_log_level_t lvl, const char *msg)
+{
+    (void)lvl;
+    if (strstr(msg, "--no-secagg")) ++*(int *)ud;
+}
+
+/* Without secure aggregation the coordinator warns once per round that it sees the updates in
+ * clear (it said it twice: two warnings of the same thing at the start of each TRAIN phase). */
+static void test_no_secagg_warned_once_per_round(void **state)
+{
+    fx_t *f = *state;
+    int n = 0;
+    moeh_log_level_t lvl = moeh_log_level();
+    moeh_log_configure(MOEH_LOG_WARN, NULL, count_no_secagg, &n);
+    fx_start(f, NULL); /* stats, then round 1's TRAIN phase opens */
+    moeh_log_configure(lvl, NULL, NULL, NULL);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    assert_int_equal(n, 1);
+}
+
 /* ---- quorum, deadline, retry ------------------------------------------------------------- */
 
 static void test_deadline_retry_and_failure(void **state)
@@ -564,6 +585,7 @@ static void test_replay_bad_files(void **state)
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_admission, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_no_secagg_warned_once_per_round, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),

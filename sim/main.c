@@ -1,4 +1,4 @@
-/* main.c - moeh: the researcher's entry point (dispatches to subcommands). */
+/* main.c - moeh: the researcher's and the site's tool (dispatches to subcommands). */
 #include "sim_commands.h"
 
 #include "moeh_common.h" /* MOEH_EXIT_* */
@@ -37,7 +37,10 @@ void moeh_sim_unknown_option(const char *cmd, const char *arg, const char *const
 static void usage(FILE *f)
 {
     fprintf(f, "usage: moeh [COMMAND] [OPTIONS]\n\n"
-               "Simulates a federation of hospitals on one machine.\n\ncommands:\n");
+               "The moeh tool for researchers and sites: make and split datasets, run a whole\n"
+               "federation on this machine, train centrally, score admissions with a model file,\n"
+               "report on a run and watch a coordinator. A deployment's daemons are\n"
+               "moeh-coordinator and moeh-site-agent (docs/deployment.md).\n\ncommands:\n");
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", k_cmds[i].name, k_cmds[i].help);
     fprintf(f, "\nWith no command, runs `moeh run` with its defaults.\n"

@@ -230,6 +230,23 @@ static void test_agent_key_mixups(void **state)
     }
 }
 
+/* moeh --help says what the binary is: the whole tool, every command listed (its first line
+ * said "Simulates a federation", one command of eight). */
+static void test_moeh_help(void **state)
+{
+    (void)state;
+    assert_int_equal(run("moeh", "--help"), 0);
+    assert_true(out_has("The moeh tool for researchers and sites"));
+    assert_false(out_has("Simulates"));
+    static const char *const cmds[] = {"run",   "synth",  "extract", "split",
+                                       "train", "report", "predict", "status"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char line[32];
+        snprintf(line, sizeof line, "\n  %-8s ", cmds[i]);
+        assert_true(out_has(line));
+    }
+}
+
 static void test_duplicate_ini_key(void **state)
 {
     (void)state;
@@ -271,5 +288,5 @@ static void test_help_has_no_sentinel(void **state)
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_usage_errors_exit_2),
                cmocka_unit_test(test_keygen), cmocka_unit_test(test_agent_key_mixups),
-               cmocka_unit_test(test_duplicate_ini_key),
+               cmocka_unit_test(test_moeh_help), cmocka_unit_test(test_duplicate_ini_key),
                cmocka_unit_test(test_help_has_no_sentinel))

@@ -190,9 +190,9 @@ static void dp_noise_001(moeh_coord_cfg_t *c)
     c->dp_clip = 2.5f, c->dp_noise = 0.01f;
 }
 
-/* --dp-clip 2.5 --dp-noise 1 with a few sites puts noise of std Z C / m > 1 on every parameter
- * each round (the loss diverged to ~1e7, docs/security.md's measurement): the coordinator says
- * so once, when it builds the model; at --dp-noise 0.01 it does not. */
+/* --dp-clip 2.5 --dp-noise 1 with a few sites puts noise of std Z C / m (1.25 here) on every
+ * parameter each round (the test loss diverged to 1e7-1e8, as docs/security.md measured): the
+ * coordinator says so once, when it builds the model; at --dp-noise 0.01 it does not. */
 static void test_dp_swamping_noise_warned(void **state)
 {
     fx_t *f = *state;

@@ -162,6 +162,10 @@ static void probe_peer(agent_t *a)
             "the peer at %s does not speak CURVE: it is a ZeroMQ peer offering %s (a "
             "coordinator started with --insecure?)",
             a->cfg->connect, what);
+    else if (p == MOEH_PROBE_CUT_SHORT)
+        MOEH_WARN("the peer at %s sent %s and then nothing: a ZeroMQ peer that stalls (an "
+                  "overloaded coordinator?)",
+                  a->cfg->connect, what);
     else if (p == MOEH_PROBE_SILENT || p == MOEH_PROBE_HUNG_UP)
         MOEH_WARN("the peer at %s %s: is it a moeh-coordinator?", a->cfg->connect,
                   p == MOEH_PROBE_SILENT ? "accepts connections and sends nothing"

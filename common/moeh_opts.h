@@ -77,6 +77,9 @@ int moeh_opts_check_endpoint(const char *opt, const char *val, const char *examp
 int moeh_parse_duration_ms(const char *s, uint32_t *ms) MOEH_WUR;
 /* Edit distance (insertions, deletions, substitutions) of two short strings, capped at 99. */
 unsigned moeh_edit_distance(const char *a, const char *b);
+/* The one of names[0..n) nearest to typed, as "did you mean" picks an option: within 2 edits
+ * and fewer edits than typed has characters, ties to the longer common prefix; NULL if none. */
+const char *moeh_nearest_name(const char *typed, const char *const *names, size_t n);
 
 /* Installs handler for SIGINT and SIGTERM (and SIGHUP if with_hup); ignores SIGPIPE. */
 void moeh_install_signals(void (*handler)(int), int with_hup);

@@ -36,21 +36,45 @@ unsigned moeh_edit_distance(const char *a, const char *b)
     return row[lb] > 99 ? 99 : row[lb];
 }
 
-/* " (did you mean --NAME?)" for the nearest option within 2 edits (and fewer edits than the
- * typed name has characters), or "" */
+/* Whether cand is nearer to typed than the best so far (*best_d edits, *best_p characters of
+ * common prefix; start at 3 and 0), updating them if so: within 2 edits and fewer edits than
+ * typed has characters; of equal distances the longer common prefix wins (--rond is nearer to
+ * --rounds than to --bind, both 2 edits away). */
+static int nearer(const char *typed, const char *cand, unsigned *best_d, size_t *best_p)
+{
+    unsigned d = moeh_edit_distance(typed, cand);
+    size_t p = 0;
+    while (typed[p] && typed[p] == cand[p])
+        p++;
+    if (d > 2 || d >= strlen(typed)) return 0;
+    if (d > *best_d || (d == *best_d && p <= *best_p)) return 0;
+    *best_d = d, *best_p = p;
+    return 1;
+}
+
+const char *moeh_nearest_name(const char *typed, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    unsigned best_d = 3;
+    size_t best_p = 0;
+    for (size_t i = 0; i < n; i++)
+        if (nearer(typed, names[i], &best_d, &best_p)) best = names[i];
+    return best;
+}
+
+/* " (did you mean --NAME?)" for the nearest option (nearer()), or "" */
 static void did_you_mean(const moeh_opts_t *o, const char *typed, char *out, size_t out_len)
 {
     const char *best = NULL;
     unsigned best_d = 3;
+    size_t best_p = 0;
     int best_no = 0;
     for (size_t i = 0; i < o->n_opts; i++) {
         for (int no = 0; no < 2; no++) {
             char cand[80];
             if (no && o->opts[i].type != MOEH_OPT_BOOL) continue;
             snprintf(cand, sizeof cand, "%s%s", no ? "no-" : "", o->opts[i].name);
-            unsigned d = moeh_edit_distance(typed, cand);
-            if (d < best_d && d < strlen(typed)) {
-                best_d = d;
+            if (nearer(typed, cand, &best_d, &best_p)) {
                 best = o->opts[i].name;
                 best_no = no;
             }
@@ -184,11 +208,10 @@ static int opts_ini_handler(void *user, const char *section, const char *name, c
         did_you_mean(c->o, name, hint, sizeof hint);
         if (hint[0]) { /* "did you mean --x? " -> "did you mean 'x'?" for a file */
             const moeh_opt_t *near = NULL;
-            unsigned best = 3;
-            for (size_t i = 0; i < c->o->n_opts; i++) {
-                unsigned d = moeh_edit_distance(name, c->o->opts[i].name);
-                if (d < best) best = d, near = &c->o->opts[i];
-            }
+            unsigned best_d = 3;
+            size_t best_p = 0;
+            for (size_t i = 0; i < c->o->n_opts; i++)
+                if (nearer(name, c->o->opts[i].name, &best_d, &best_p)) near = &c->o->opts[i];
             if (near) snprintf(hint, sizeof hint, "did you mean '%s'? ", near->name);
         }
         snprintf(c->why, sizeof c->why, "unknown option '%s' (%ssee %s --help)", name, hint,
@@ -440,12 +463,26 @@ int moeh_opts_check_endpoint(const char *opt, const char *val, const char *examp
                          opt, val, example_host);
     }
     if (!strncmp(val, "tcp://", 6)) {
-        const char *colon = strrchr(sep + 3, ':');
-        if (!colon || !colon[1] || strspn(colon + 1, "0123456789*") != strlen(colon + 1))
+        const char *hp = sep + 3, *colon = strrchr(hp, ':'), *rb = strrchr(hp, ']');
+        if (colon && rb && colon < rb) colon = NULL; /* inside [v6]: no port */
+        if (!colon)                                  /* the whole rest is the host */
             return moeh_errf(err, -EINVAL,
                              "--%s '%s': a tcp endpoint needs a port: tcp://HOST:PORT, e.g. "
                              "tcp://%s:7400",
-                             opt, val, sep[3] ? sep + 3 : example_host);
+                             opt, val, *hp ? hp : example_host);
+        const char *port = colon + 1;
+        int hl = colon > hp ? (int)(colon - hp) : (int)strlen(example_host);
+        const char *host = colon > hp ? hp : example_host;
+        char *end = NULL;
+        unsigned long n = strtoul(port, &end, 10);
+        int ok =
+            !strcmp(port, "*") || (*port >= '0' && *port <= '9' && !*end && n >= 1 && n <= 65535);
+        if (!ok)
+            return moeh_errf(err, -EINVAL,
+                             "--%s '%s': %s%s%s: tcp://HOST:PORT with a port 1..65535 (or * to "
+                             "bind any), e.g. tcp://%.*s:7400",
+                             opt, val, *port ? "'" : "no port after the ':'", port,
+                             *port ? "' is not a port" : "", hl, host);
     }
     return 0;
 }

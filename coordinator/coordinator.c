@@ -246,10 +246,6 @@ static void open_phase(coord_t *c, phase_t ph)
     c->n_participants = c->n_replied = 0;
     memset(c->vsum, 0, moeh_wire_secsum_len(&c->lim, coord_phase_task(ph)) * sizeof(uint32_t));
     coord_bounds_refresh(c); /* registry limits and medians of the declared rows */
-    if (ph == PH_TRAIN && !cfg->secagg)
-        MOEH_WARN("round %u: no secure aggregation (--no-secagg): the coordinator sees each "
-                  "site's update%s in clear",
-                  c->round, cfg->per_site_metrics ? " and evaluation, and records them," : "");
     if (ph == PH_TRAIN) {
         moeh_fedavg_reset(&c->agg);
         c->round_train_loss = 0;
@@ -302,10 +298,10 @@ static void open_phase(coord_t *c, phase_t ph)
         moeh_sa_server_off(c->sa);
     MOEH_INFO("round %u: %s phase with %u sites (model version %llu)", c->round,
               coord_phase_name(ph), c->n_participants, (unsigned long long)c->model_version);
-    if (ph == PH_TRAIN && !cfg->secagg && !cfg->insecure)
-        MOEH_WARN("round %u: secure aggregation is off (--no-secagg): the coordinator sees each "
-                  "site's update and evaluation histograms",
-                  c->round);
+    if (ph == PH_TRAIN && !cfg->secagg) /* once per round */
+        MOEH_WARN("round %u: no secure aggregation (--no-secagg): the coordinator sees each "
+                  "site's update and evaluation histograms in clear%s",
+                  c->round, cfg->per_site_metrics ? ", and records them per site" : "");
     for (size_t i = 0; i < c->n_sites; i++)
         if (c->sites[i].participant) send_round_start(c, &c->sites[i]);
 }

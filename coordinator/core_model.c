@@ -4,6 +4,7 @@
  * that moeh_coord_core.h gives the tests. */
 #include "coord_internal.h"
 
+#include "moeh_dp.h"
 #include "moeh_quant.h"
 #include "moeh_secsum.h"
 
@@ -26,6 +27,17 @@ int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n
     c->mcfg = mc;
     c->p = moeh_moe_params(c->model);
     c->spec_hash = moeh_params_spec_hash(c->p);
+    double dp_std = cfg->dp_clip > 0 && cfg->min_sites
+                        ? moeh_dp_avg_std(cfg->dp_clip, cfg->dp_noise, cfg->min_sites)
+                        : 0;
+    if (dp_std > MOEH_DP_SWAMPING_STD)
+        MOEH_WARN("DP: each round's averaged update carries noise of standard deviation about %.3g "
+                  "on every parameter (Z C / m: %g x %g / %u sites), more than the scale of a "
+                  "trained weight (~0.1): the model is not expected to learn. DP-FedAvg needs "
+                  "of the order of Z sqrt(d) = %.0f sites per round for these %zu parameters; "
+                  "docs/security.md, \"Measured: what site-level DP costs\"",
+                  dp_std, (double)cfg->dp_noise, (double)cfg->dp_clip, cfg->min_sites,
+                  cfg->dp_noise * sqrt((double)c->p->n), c->p->n);
     c->n_norm = n_static + n_vars;
     /* replaced when a training phase opens; any value the decoder accepts before */
     c->quant_scale = moeh_quant_scale(c->quant_range, 2.0);

@@ -30,6 +30,12 @@ double moeh_dp_site_std(double clip, double noise, uint32_t sites)
     return noise * clip / sqrt((double)sites);
 }
 
+double moeh_dp_avg_std(double clip, double noise, uint32_t sites)
+{
+    MOEH_ASSERT(sites > 0);
+    return noise * clip / (double)sites;
+}
+
 float moeh_dp_range(float clip, float noise, uint32_t sites)
 {
     double r = (double)clip + MOEH_DP_RANGE_SIGMAS * moeh_dp_site_std(clip, noise, sites);

@@ -35,6 +35,15 @@ double moeh_dp_clip(float *x, size_t n, double clip);
 /* The standard deviation each of m sites adds: Z C / sqrt(m). */
 double moeh_dp_site_std(double clip, double noise, uint32_t sites);
 
+/* The noise's standard deviation on each coordinate of the average of m sites' updates:
+ * Z C / m (m sites' shares, Z C in all, divided by m). */
+double moeh_dp_avg_std(double clip, double noise, uint32_t sites);
+
+/* Above this moeh_dp_avg_std a model is not expected to learn: trained weights are of the order
+ * of 0.1 (docs/security.md, "Measured: what site-level DP costs": 0.04 cost some AUROC, 0.4
+ * left none). */
+#define MOEH_DP_SWAMPING_STD 0.1
+
 /* The per-word range of the fixed-point encoding under DP: C + 9 Z C / sqrt(m) (INFINITY if
  * that exceeds the float range; callers refuse it). A clipped
  * coordinate is at most C in magnitude and one site's noise at most 8.572 standard deviations,

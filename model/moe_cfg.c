@@ -13,7 +13,6 @@
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,93 +246,78 @@ uint8_t moeh_moe_arch_modalities(moeh_arch_t arch)
 }
 
 /* ---- canonical JSON -------------------------------------------------------------------------- */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int oom;
-} sbuf_t;
+/* The JSON is hashed (moeh_moe_cfg_json_hash), so its bytes are fixed: keys in k_fields' order,
+ * no spaces, integers in decimal, floats as below, the seed as a string of digits. cJSON builds
+ * it, but every number goes in as raw text: cJSON's own number printer (%1.15g, then %1.17g)
+ * would write 0.01f as 0.0099999997764825821 and change every hash. */
 
-static void put(sbuf_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sbuf_t *s, const char *fmt, ...)
-{
-    if (s->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(s->buf + s->len, s->cap - s->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            s->oom = 1;
-            return;
-        }
-        if ((size_t)n < s->cap - s->len) {
-            s->len += (size_t)n;
-            return;
-        }
-        size_t cap = 2 * s->cap + (size_t)n + 1;
-        char *b = realloc(s->buf, cap);
-        if (!b) {
-            s->oom = 1;
-            return;
-        }
-        s->buf = b, s->cap = cap;
-    }
-}
-
-/* The shortest %g text (1..9 significant digits) that reads back, through strtod and a cast
- * as cJSON and then this file read it, to exactly x. 9 digits always do for a finite float. */
-static void put_float(sbuf_t *s, float x)
+/* Adds the shortest %g text (1..9 significant digits) that reads back, through strtod and a
+ * cast as cJSON and then this file read it, to exactly x. 9 digits always do for a finite
+ * float. NULL when out of memory. */
+static cJSON *raw_float(float x)
 {
     char t[32];
     for (int prec = 1; prec <= 9; prec++) {
         snprintf(t, sizeof t, "%.*g", prec, (double)x);
         if ((float)strtod(t, NULL) == x) break;
     }
-    put(s, "%s", t);
+    return cJSON_CreateRaw(t);
+}
+
+/* Element i of field f (not K_SEED) as its canonical JSON text. */
+static cJSON *raw_num(const moeh_moe_cfg_t *c, const field_t *f, size_t i)
+{
+    char t[32];
+    if (f->kind == K_FLOAT) return raw_float(((const float *)cat(c, f))[i]);
+    if (f->kind == K_SIZE)
+        snprintf(t, sizeof t, "%zu", ((const size_t *)cat(c, f))[i]);
+    else if (f->kind == K_INT)
+        snprintf(t, sizeof t, "%d", *(const int *)cat(c, f));
+    else
+        snprintf(t, sizeof t, "%d", (int)*(const moeh_arch_t *)cat(c, f));
+    return cJSON_CreateRaw(t);
 }
 
 int moeh_moe_cfg_to_json(const moeh_moe_cfg_t *c, char **json, moeh_err_t *err)
 {
     *json = NULL;
-    sbuf_t s = {NULL, 0, 0, 0};
-    if (!(s.buf = malloc(s.cap = 1024))) return moeh_errf(err, -ENOMEM, "out of memory");
-    s.buf[0] = '\0';
-    put(&s, "{");
     for (size_t k = 0; k < N_FIELDS; k++) {
         const field_t *f = &k_fields[k];
+        for (size_t i = 0; f->kind == K_FLOAT && i < f->count; i++)
+            if (!isfinite(((const float *)cat(c, f))[i]))
+                return moeh_errf(err, -EINVAL, "model config: %s is not finite", f->key);
+    }
+    cJSON *o = cJSON_CreateObject();
+    int ok = o != NULL;
+    for (size_t k = 0; ok && k < N_FIELDS; k++) {
+        const field_t *f = &k_fields[k];
         if (optional(f) && get_num(c, f, 0) == 0) continue; /* default: not written */
-        put(&s, "%s\"%s\":", k ? "," : "", f->key);
+        cJSON *v = NULL;
         if (f->kind == K_SEED) {
-            put(&s, "\"%" PRIu64 "\"", *(const uint64_t *)cat(c, f));
-            continue;
-        }
-        if (f->count > 1) put(&s, "[");
-        for (size_t i = 0; i < f->count; i++) {
-            if (i) put(&s, ",");
-            if (f->kind == K_FLOAT) {
-                float x = ((const float *)cat(c, f))[i];
-                if (!isfinite(x)) {
-                    free(s.buf);
-                    return moeh_errf(err, -EINVAL, "model config: %s is not finite", f->key);
-                }
-                put_float(&s, x);
-            } else if (f->kind == K_SIZE) {
-                put(&s, "%zu", ((const size_t *)cat(c, f))[i]);
-            } else if (f->kind == K_INT) {
-                put(&s, "%d", *(const int *)cat(c, f));
-            } else {
-                put(&s, "%d", (int)*(const moeh_arch_t *)cat(c, f));
+            char t[24];
+            snprintf(t, sizeof t, "%" PRIu64, *(const uint64_t *)cat(c, f));
+            v = cJSON_CreateString(t);
+        } else if (f->count == 1) {
+            v = raw_num(c, f, 0);
+        } else if ((v = cJSON_CreateArray())) {
+            for (size_t i = 0; ok && i < f->count; i++) {
+                cJSON *x = raw_num(c, f, i);
+                ok = x && cJSON_AddItemToArray(v, x);
+                if (!ok) cJSON_Delete(x);
             }
         }
-        if (f->count > 1) put(&s, "]");
+        if (!ok || !v || !cJSON_AddItemToObject(o, f->key, v)) {
+            cJSON_Delete(v);
+            ok = 0;
+        }
     }
-    put(&s, "}");
-    if (s.oom) {
-        free(s.buf);
-        return moeh_errf(err, -ENOMEM, "out of memory");
-    }
-    *json = s.buf;
-    return 0;
+    char *txt = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!txt) return moeh_errf(err, -ENOMEM, "out of memory");
+    /* callers free() it: a copy, in case cJSON's hooks are not malloc's */
+    *json = strdup(txt);
+    cJSON_free(txt);
+    return *json ? 0 : moeh_errf(err, -ENOMEM, "out of memory");
 }
 
 /* One JSON number into element i of field f: an integer for integer kinds, finite for

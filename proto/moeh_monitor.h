@@ -65,7 +65,10 @@ typedef enum {
     MOEH_PROBE_CURVE = 0,   /* a ZeroMQ peer offering CURVE */
     MOEH_PROBE_OTHER_MECH,  /* a ZeroMQ peer with another mechanism (NULL, PLAIN): no CURVE */
     MOEH_PROBE_NOT_ZMTP,    /* it answered bytes that are not a ZMTP 3 greeting */
-    MOEH_PROBE_SILENT,      /* it accepted the connection and said nothing before the timeout */
+    MOEH_PROBE_SILENT,      /* it accepted the connection and sent no byte before the timeout:
+                             * not a ZeroMQ peer, which sends its greeting as soon as it accepts
+                             * (unless the process is frozen or starved) */
+    MOEH_PROBE_CUT_SHORT,   /* a ZMTP signature, then silence: a stalled ZeroMQ peer */
     MOEH_PROBE_HUNG_UP,     /* it accepted the connection and closed it without a byte */
     MOEH_PROBE_UNREACHABLE, /* no connection (refused, no route, no such host) */
     MOEH_PROBE_UNSUPPORTED  /* not a tcp:// endpoint: nothing probed */
@@ -74,7 +77,7 @@ typedef enum {
 /* Connects to a tcp://HOST:PORT endpoint, sends a ZMTP 3.0 greeting as a CURVE client and
  * reads the peer's greeting, within timeout_ms overall (it blocks that long at most). Returns
  * the verdict; what (cap bytes) gets a short description: the mechanism the peer offered, the
- * first bytes it sent (printable), or the connection error. */
+ * first bytes it sent (printable), how long it stayed silent, or the connection error. */
 moeh_probe_t moeh_monitor_probe(const char *endpoint, int timeout_ms, char *what, size_t cap);
 
 /* A server's log of failed handshakes, per peer IP and kind of failure (wrong key, not CURVE,

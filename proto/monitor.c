@@ -196,7 +196,7 @@ moeh_probe_t moeh_monitor_probe(const char *endpoint, int timeout_ms, char *what
         snprintf(what, cap, "not a tcp:// endpoint");
         return MOEH_PROBE_UNSUPPORTED;
     }
-    int64_t deadline = moeh_now_ms() + timeout_ms;
+    int64_t t0 = moeh_now_ms(), deadline = t0 + timeout_ms;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     int gai = getaddrinfo(host, port, &hints, &res);
     if (gai != 0) {
@@ -247,14 +247,18 @@ moeh_probe_t moeh_monitor_probe(const char *endpoint, int timeout_ms, char *what
             eof = 1;
     }
     close(fd);
-    if (n == 0) return eof ? MOEH_PROBE_HUNG_UP : MOEH_PROBE_SILENT;
+    if (n == 0 && !eof) { /* libzmq greets on accept: this is no ZeroMQ peer (or a frozen one) */
+        snprintf(what, cap, "no byte in %.1f s", (double)(moeh_now_ms() - t0) / 1e3);
+        return MOEH_PROBE_SILENT;
+    }
+    if (n == 0) return MOEH_PROBE_HUNG_UP;
     if (b[0] != 0xff || (n >= 10 && !(b[9] & 1))) {
         printable(b, n, what, cap);
         return MOEH_PROBE_NOT_ZMTP;
     }
     if (n < 32) { /* a ZMTP signature and no mechanism (yet): an old or stalled peer */
         snprintf(what, cap, "a ZMTP greeting cut short after %zu bytes", n);
-        return n >= 11 && b[10] < 3 ? MOEH_PROBE_OTHER_MECH : MOEH_PROBE_SILENT;
+        return n >= 11 && b[10] < 3 ? MOEH_PROBE_OTHER_MECH : MOEH_PROBE_CUT_SHORT;
     }
     char mech[21];
     memcpy(mech, b + 12, 20);

@@ -10,8 +10,9 @@
 #
 # --check-doc only checks, without root, that the doc and this script agree: every block this
 # script runs is in the doc and every marked block is run, and the blocks use no variable
-# beyond the doc's "settings" block, whose names are the ones this script sets (ctest
-# test_deployment_doc).
+# beyond the doc's "settings" block, whose names are the ones this script sets; also that the
+# units treat exit 130 as success and that the packages of the tools this script runs are in
+# scripts/debian-packages.txt (ctest test_deployment_doc).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 doc="$root/docs/deployment.md"
@@ -36,7 +37,19 @@ block() {
 }
 
 check_doc() {
-    local marked name
+    local marked name need
+    # the tools this script needs beyond the build's come from packages that install-deps.sh
+    # (through package.sh and build.sh) installs: they are in scripts/debian-packages.txt
+    for need in systemd-analyze:systemd man:man-db; do
+        grep -q "^${need#*:}\([[:space:]#]\|$\)" "$root/scripts/debian-packages.txt" ||
+            fail "this script runs ${need%%:*}, but its package ${need#*:} is not in" \
+                "scripts/debian-packages.txt"
+    done
+    # the daemons exit 130 on SIGTERM (paused, stopped): systemctl stop must not fail the units
+    for name in "$root"/packaging/systemd/*.service; do
+        grep -q '^SuccessExitStatus=130$' "$name" ||
+            fail "$(basename "$name") lacks SuccessExitStatus=130 (the daemons exit 130 on SIGTERM)"
+    done
     marked=$(sed -n 's/^<!-- ci: \([a-z-]*\) -->$/\1/p' "$doc" | sort)
     [ "$marked" = "$(printf '%s\n' settings $blocks | sort)" ] ||
         fail "the blocks marked in docs/deployment.md ($(echo $marked)) are not the ones" \

@@ -91,7 +91,11 @@ int moeh_sim_cmd_report(int argc, char **argv)
                 return 2;
             }
             out = argv[i];
-        } else if (argv[i][0] == '-' || dir) {
+        } else if (argv[i][0] == '-') {
+            static const char *const opts[] = {"out", "help"};
+            moeh_sim_unknown_option("report", argv[i], opts, 2);
+            return 2;
+        } else if (dir) {
             fprintf(stderr, "moeh report: unexpected argument '%s' (see --help)\n", argv[i]);
             return 2;
         } else {

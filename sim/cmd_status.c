@@ -78,7 +78,11 @@ int moeh_sim_cmd_status(int argc, char **argv)
             return 0;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
-        } else if (argv[i][0] == '-' || dir) {
+        } else if (argv[i][0] == '-') {
+            static const char *const opts[] = {"json", "help"};
+            moeh_sim_unknown_option("status", argv[i], opts, 2);
+            return 2;
+        } else if (dir) {
             fprintf(stderr, "moeh status: unexpected argument '%s'\n\n%s", argv[i], k_help);
             return 2;
         } else {

@@ -26,6 +26,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DIRS 64
@@ -141,6 +142,19 @@ static bool json_num(cJSON *o, const char *key, double v)
 {
     return isfinite(v) ? cJSON_AddNumberToObject(o, key, v) != NULL
                        : cJSON_AddNullToObject(o, key) != NULL;
+}
+
+/* Adds key: x to o as the shortest decimal (1..9 significant digits) that reads back to the
+ * float x (2e-3, not the 0.0020000000949949 its double would print as). false when out of
+ * memory. */
+static bool json_float(cJSON *o, const char *key, float x)
+{
+    char t[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(t, sizeof t, "%.*g", prec, (double)x);
+        if ((float)strtod(t, NULL) == x) break;
+    }
+    return json_num(o, key, strtod(t, NULL));
 }
 
 /* Writes o as one line of f (cJSON_PrintUnformatted: keys and strings escaped) and deletes it;
@@ -448,17 +462,32 @@ int moeh_sim_cmd_train(int argc, char **argv)
         goto out;
     }
     moeh_params_t *p = moeh_moe_params(moeh_trainer_model(tr));
-    fprintf(mf,
-            "{\"event\":\"config\",\"command\":\"train\",\"dataset\":\"%s\","
-            "\"eval_dataset\":\"%s\",\"arch\":%u,\"epochs\":%u,\"warmup_epochs\":%u,"
-            "\"batch_size\":%u,\"lr\":%g,\"weight_decay\":%g,\"clip\":%g,\"d_emb\":%u,"
-            "\"d_hidden\":%u,\"note_buckets\":%u,\"note_dim\":%zu,\"img_dim\":%zu,"
-            "\"eval_bins\":%u,\"seed\":%llu,"
-            "\"rows\":%zu,\"train_rows\":%zu,\"test_rows\":%zu,\"params\":%zu}\n",
-            data, eval_data ? eval_data : "", arch, epochs, warmup, batch, (double)lr, (double)wd,
-            (double)clip, d_emb, d_hidden, buckets, mc.note_buckets ? (size_t)0 : mc.note_dim,
-            mc.img_size ? (size_t)0 : mc.img_dim, bins, (unsigned long long)seed, n_all, n_train,
-            moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST), p->n);
+    cJSON *cf = cJSON_CreateObject();
+    char seed_txt[24];
+    snprintf(seed_txt, sizeof seed_txt, "%llu", (unsigned long long)seed); /* exact, not 2^53 */
+    bool cf_ok =
+        cf && cJSON_AddStringToObject(cf, "event", "config") &&
+        cJSON_AddStringToObject(cf, "command", "train") &&
+        cJSON_AddStringToObject(cf, "dataset", data) &&
+        cJSON_AddStringToObject(cf, "eval_dataset", eval_data ? eval_data : "") &&
+        cJSON_AddNumberToObject(cf, "arch", arch) &&
+        cJSON_AddNumberToObject(cf, "epochs", epochs) &&
+        cJSON_AddNumberToObject(cf, "warmup_epochs", warmup) &&
+        cJSON_AddNumberToObject(cf, "batch_size", batch) && json_float(cf, "lr", lr) &&
+        json_float(cf, "weight_decay", wd) && json_float(cf, "clip", clip) &&
+        cJSON_AddNumberToObject(cf, "d_emb", d_emb) &&
+        cJSON_AddNumberToObject(cf, "d_hidden", d_hidden) &&
+        cJSON_AddNumberToObject(cf, "note_buckets", buckets) &&
+        cJSON_AddNumberToObject(cf, "note_dim", mc.note_buckets ? 0.0 : (double)mc.note_dim) &&
+        cJSON_AddNumberToObject(cf, "img_dim", mc.img_size ? 0.0 : (double)mc.img_dim) &&
+        cJSON_AddNumberToObject(cf, "eval_bins", bins) &&
+        cJSON_AddRawToObject(cf, "seed", seed_txt) &&
+        cJSON_AddNumberToObject(cf, "rows", (double)n_all) &&
+        cJSON_AddNumberToObject(cf, "train_rows", (double)n_train) &&
+        cJSON_AddNumberToObject(cf, "test_rows",
+                                (double)moeh_trainer_rows(test_tr, MOEH_SPLIT_TEST)) &&
+        cJSON_AddNumberToObject(cf, "params", (double)p->n);
+    if ((rc = json_line(mf, cf, cf_ok, &err))) goto out;
     printf("moeh train: arch %u, %zu parameters, %zu rows (%zu train, %zu val), test on %s "
            "(%zu rows)\n",
            arch, p->n, n_all, n_train, moeh_trainer_rows(tr, MOEH_SPLIT_VAL),

@@ -1,7 +1,8 @@
-/* main.c - moeh: the researcher's entry point (dispatches to subcommands). */
+/* main.c - moeh: the researcher's and the site's tool (dispatches to subcommands). */
 #include "sim_commands.h"
 
 #include "moeh_common.h" /* MOEH_EXIT_* */
+#include "moeh_opts.h"   /* moeh_nearest_name */
 
 #include <stdio.h>
 #include <string.h>
@@ -23,10 +24,23 @@ static const cmd_t k_cmds[] = {
     {"status", moeh_sim_cmd_status, "where a coordinator is (its --out/status.json)"},
 };
 
+void moeh_sim_unknown_option(const char *cmd, const char *arg, const char *const *opts, size_t n)
+{
+    const char *typed = arg;
+    while (*typed == '-')
+        typed++;
+    const char *near = moeh_nearest_name(typed, opts, n);
+    fprintf(stderr, "moeh %s: unknown option '%s' (%s%s%ssee moeh %s --help)\n", cmd, arg,
+            near ? "did you mean --" : "", near ? near : "", near ? "? " : "", cmd);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: moeh [COMMAND] [OPTIONS]\n\n"
-               "Simulates a federation of hospitals on one machine.\n\ncommands:\n");
+               "The moeh tool for researchers and sites: make and split datasets, run a whole\n"
+               "federation on this machine, train centrally, score admissions with a model file,\n"
+               "report on a run and watch a coordinator. A deployment's daemons are\n"
+               "moeh-coordinator and moeh-site-agent (docs/deployment.md).\n\ncommands:\n");
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", k_cmds[i].name, k_cmds[i].help);
     fprintf(f, "\nWith no command, runs `moeh run` with its defaults.\n"
@@ -50,7 +64,12 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "moeh: unknown command '%s'\n\n", argv[1]);
+    const char *names[sizeof k_cmds / sizeof k_cmds[0]];
+    for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
+        names[i] = k_cmds[i].name;
+    const char *near = moeh_nearest_name(argv[1], names, sizeof names / sizeof names[0]);
+    fprintf(stderr, "moeh: unknown command '%s'%s%s%s\n\n", argv[1], near ? " (did you mean " : "",
+            near ? near : "", near ? "?)" : "");
     usage(stderr);
     return MOEH_EXIT_USAGE;
 }

@@ -2,6 +2,7 @@
  * loopback with CURVE: synthetic MIMIC-IV -> extract -> split into sites with different
  * modality mixes -> keys and registry -> coordinator + one agent per site -> round table ->
  * final table per task and modality combination -> every process stopped. */
+#include "moeh_dp.h"
 #include "moeh_localfed.h"
 #include "moeh_moe.h"
 #include "moeh_opts.h"
@@ -230,6 +231,12 @@ int moeh_sim_cmd_run(int argc, char **argv)
         printf(", DP-FedAvg (clip %g, noise multiplier %g over %u sites, delta %g)",
                (double)dp_clip, (double)dp_noise, min_sites, (double)dp_delta);
     printf("\n");
+    if (dp_clip > 0 && min_sites > 0 &&
+        moeh_dp_avg_std(dp_clip, dp_noise, min_sites) > MOEH_DP_SWAMPING_STD)
+        printf("note: DP noise of standard deviation %.3g per parameter and round (Z C / m) "
+               "swamps the model: it is\nnot expected to learn with %u sites (docs/security.md, "
+               "\"Measured: what site-level DP costs\")\n",
+               moeh_dp_avg_std(dp_clip, dp_noise, min_sites), min_sites);
     fflush(stdout);
     if (!insecure && (rc = moeh_localfed_keys(key_dir, names, n_sites, &err))) goto out;
     char a_rounds[16], a_min[16], a_wait[16], a_ep[16], a_batch[16], a_lr[32], a_reg[1200],

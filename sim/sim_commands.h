@@ -15,6 +15,11 @@ int moeh_sim_cmd_report(int argc, char **argv);  /* cmd_report.c: a run's HTML r
 int moeh_sim_cmd_predict(int argc, char **argv); /* cmd_predict.c: score with a model file */
 int moeh_sim_cmd_status(int argc, char **argv);  /* cmd_status.c: a coordinator's status */
 
+/* "moeh CMD: unknown option '--x' (did you mean --y? see moeh CMD --help)" on stderr, the
+ * nearest of opts[0..n) (names without dashes) suggested if one is near; for the commands that
+ * parse their few options by hand (report, status). main.c. */
+void moeh_sim_unknown_option(const char *cmd, const char *arg, const char *const *opts, size_t n);
+
 /* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
 int moeh_sim_report(const char *run_dir, const char *out_file);
 

@@ -123,9 +123,13 @@ static int open_socket(agent_t *a, moeh_err_t *err)
     return 0;
 }
 
-/* A connection closed before its handshake succeeded: asks the peer what it is (at most every
- * 5 s; it blocks up to 2 s, and only while not admitted). A peer that is not ZeroMQ, or does not
- * offer CURVE, is named as such and stops the agent: retrying cannot help. */
+/* A connection closed before its handshake succeeded, or no handshake succeeded before the
+ * silence timeout: asks the peer what it is (at most every 5 s; it blocks up to 2 s, and only
+ * while not admitted). A peer that is not ZeroMQ, or does not offer CURVE, is named as such and
+ * stops the agent: retrying cannot help. A peer that accepts and sends nothing is not ZeroMQ
+ * either (libzmq sends its greeting on accept), but a frozen coordinator looks the same for a
+ * while: that stops the agent only when two probes at least 5 s apart found it silent and no
+ * handshake at --connect ever succeeded. */
 static void probe_peer(agent_t *a)
 {
     int64_t now = moeh_now_ms();
@@ -133,7 +137,20 @@ static void probe_peer(agent_t *a)
     a->probed_at = now;
     char what[128];
     moeh_probe_t p = moeh_monitor_probe(a->cfg->connect, 2000, what, sizeof what);
-    if (p == MOEH_PROBE_NOT_ZMTP)
+    if (p != MOEH_PROBE_SILENT || a->hs_ever_ok)
+        a->silent_probes = 0;
+    else if (a->silent_probes++ == 0)
+        a->first_silent_at = moeh_now_ms();
+    if (a->cfg->insecure && (p == MOEH_PROBE_CURVE || p == MOEH_PROBE_OTHER_MECH))
+        return; /* the probe offers CURVE; an --insecure agent does not need it */
+    if (p == MOEH_PROBE_SILENT && a->silent_probes >= 2)
+        moeh_agent_set_fatal(
+            a, -EACCES,
+            "the peer at %s is not a ZeroMQ peer: it accepts connections and sends nothing (%s, "
+            "and again %.1f s earlier), where a ZeroMQ peer greets at once (is --connect the "
+            "coordinator's address and port?)",
+            a->cfg->connect, what, (moeh_now_ms() - a->first_silent_at) / 1000.0);
+    else if (p == MOEH_PROBE_NOT_ZMTP)
         moeh_agent_set_fatal(
             a, -EACCES,
             "the peer at %s is not a ZeroMQ peer: it answered a ZMTP greeting with '%s' "
@@ -145,9 +162,13 @@ static void probe_peer(agent_t *a)
             "the peer at %s does not speak CURVE: it is a ZeroMQ peer offering %s (a "
             "coordinator started with --insecure?)",
             a->cfg->connect, what);
+    else if (p == MOEH_PROBE_CUT_SHORT)
+        MOEH_WARN("the peer at %s sent %s and then nothing: a ZeroMQ peer that stalls (an "
+                  "overloaded coordinator?)",
+                  a->cfg->connect, what);
     else if (p == MOEH_PROBE_SILENT || p == MOEH_PROBE_HUNG_UP)
         MOEH_WARN("the peer at %s %s: is it a moeh-coordinator?", a->cfg->connect,
-                  p == MOEH_PROBE_SILENT ? "accepts connections and says nothing"
+                  p == MOEH_PROBE_SILENT ? "accepts connections and sends nothing"
                                          : "closes connections without a word");
 }
 
@@ -180,7 +201,7 @@ static void drain_monitor(agent_t *a)
                                  "encryption (a coordinator started with --insecure?)",
                                  a->cfg->connect);
         else if (ev.kind == MOEH_MON_HANDSHAKE_OK)
-            a->hs_ok = 1, a->hs_dropped = 0;
+            a->hs_ok = a->hs_ever_ok = 1, a->hs_dropped = 0, a->silent_probes = 0;
         else if (ev.kind == MOEH_MON_HANDSHAKE_ERR && !a->hs_ok)
             probe_peer(a); /* a timeout or a reset in the handshake */
         else if (ev.kind == MOEH_MON_DISCONNECTED && !a->hs_ok) {
@@ -668,6 +689,34 @@ int moeh_agent_faults_parse_secagg_at(moeh_agent_faults_t *f, const char *spec)
     return 0;
 }
 
+/* --key's pair into *kp (caller owns it: moeh_keypair_destroy) and --server-key's public key
+ * into server_pub. A file that cannot serve (missing, a .pub as --key, a .key as --server-key)
+ * is -ENOKEY, the same public key in both -EACCES; each message names its option. */
+static int read_keys(const moeh_agent_cfg_t *cfg, moeh_keypair_t **kp,
+                     char server_pub[MOEH_Z85_KEY_LEN + 1], moeh_err_t *err)
+{
+    char m[MOEH_ERRMSG_MAX];
+    int rc = moeh_crypto_init();
+    if (rc) return moeh_errf(err, rc, "cannot initialise libsodium");
+    if (moeh_keypair_read(cfg->key_path, kp, err)) {
+        snprintf(m, sizeof m, "%s", err->msg);
+        return moeh_errf(err, -ENOKEY, "--key %s", m);
+    }
+    if (moeh_pubkey_read(cfg->server_key, server_pub, err)) {
+        snprintf(m, sizeof m, "%s", err->msg);
+        rc = moeh_errf(err, -ENOKEY, "--server-key %s", m);
+    } else if (strcmp(server_pub, (*kp)->public_z85) == 0) {
+        rc = moeh_errf(err, -EACCES,
+                       "--key %s and --server-key %s hold the same public key: --key is this "
+                       "site's own key pair (moeh-keygen --site ID NAME), --server-key the "
+                       "coordinator's public key (its coordinator.pub); one of them is the "
+                       "wrong file",
+                       cfg->key_path, cfg->server_key);
+    }
+    if (rc) moeh_keypair_destroy(kp);
+    return rc;
+}
+
 int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
 {
     return moeh_agent_run_faulty(cfg, NULL, stop, err);
@@ -695,6 +744,15 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
                        "model and its own metrics)");
         goto out;
     }
+    if (!cfg->insecure) { /* the keys first: quick to check, a dataset may take a while */
+        if (!cfg->key_path || !cfg->server_key) {
+            rc = moeh_errf(err, -EINVAL,
+                           "--key (this site's key) and --server-key (the "
+                           "coordinator's public key) are required, or --insecure");
+            goto out;
+        }
+        if ((rc = read_keys(cfg, &a.kp, a.server_pub, err))) goto out;
+    }
     {
         moeh_dataset_t *ds = NULL; /* read once to introduce the site; checksums verified */
         if ((rc = moeh_dataset_open(cfg->dataset_dir, true, &ds, err))) goto out;
@@ -711,24 +769,6 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
     }
     for (const char *s = cfg->site_id; *s; s++) /* FNV-1a: per-site shuffling */
         a.seed_salt = (a.seed_salt ^ (uint8_t)*s) * 0x100000001b3ULL;
-    if (!cfg->insecure) {
-        if (!cfg->key_path || !cfg->server_key) {
-            rc = moeh_errf(err, -EINVAL,
-                           "--key (this site's key) and --server-key (the "
-                           "coordinator's public key) are required, or --insecure");
-            goto out;
-        }
-        if ((rc = moeh_crypto_init()) || (rc = moeh_keypair_read(cfg->key_path, &a.kp, err)) ||
-            (rc = moeh_pubkey_read(cfg->server_key, a.server_pub, err)))
-            goto out;
-        if (strcmp(a.server_pub, a.kp->public_z85) == 0) {
-            rc = moeh_errf(err, -EACCES,
-                           "--server-key %s is this site's own public key (%s): give the "
-                           "coordinator's public key (its coordinator.pub)",
-                           cfg->server_key, cfg->key_path);
-            goto out;
-        }
-    }
     if ((rc = moeh_agent_lm_open(&a, err))) goto out; /* --out, before any connection */
     if (!(a.zctx = zmq_ctx_new())) {
         rc = moeh_errf(err, -ENOMEM, "cannot create a ZeroMQ context");
@@ -783,6 +823,10 @@ int moeh_agent_run_faulty(const moeh_agent_cfg_t *cfg, const moeh_agent_faults_t
         if (a.welcomed) a.unadmitted_since = 0;
         int64_t quiet_since = a.welcomed ? a.last_rx : a.hello_at;
         if (!a.done && !a.fatal_rc && now - quiet_since > (int64_t)cfg->silence_timeout_ms) {
+            /* no handshake yet: ask what listens (a silent non-ZeroMQ server keeps libzmq in
+             * its handshake for 30 s, longer than the silence timeout) */
+            if (!a.welcomed && !a.hs_ok) probe_peer(&a);
+            if (a.fatal_rc) break;
             a.backoff_ms = a.backoff_ms ? a.backoff_ms * 2 : 500;
             if (a.backoff_ms > cfg->backoff_max_ms) a.backoff_ms = cfg->backoff_max_ms;
             MOEH_WARN("no word from the coordinator for %.1f s; reconnecting in %.1f s",

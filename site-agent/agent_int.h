@@ -51,6 +51,9 @@ struct agent {
     moeh_monitor_t *mon;       /* watches sock's handshakes (CURVE only) */
     int64_t probed_at;         /* the last moeh_monitor_probe() of --connect (ms; 0: never) */
     int hs_ok;                 /* this socket's CURVE handshake succeeded */
+    int hs_ever_ok;            /* some socket's did: --connect is a ZeroMQ CURVE server */
+    int silent_probes;         /* probes in a row that found a peer accepting and silent */
+    int64_t first_silent_at;   /* when the first of those ended (ms) */
     int hs_dropped;            /* connections closed during the handshake, since the last success */
     int64_t hs_first_drop;     /* when the first of those was seen (ms) */
     int64_t auth_later_logged; /* when "connect later" (ZAP 300) was last logged (ms) */

@@ -123,6 +123,7 @@ int main(int argc, char **argv)
         return rc == -EINTR       ? MOEH_EXIT_INTERRUPTED
                : rc == -EACCES    ? MOEH_EXIT_REFUSED
                : rc == -ETIMEDOUT ? MOEH_EXIT_GAVE_UP
+               : rc == -ENOKEY    ? MOEH_EXIT_USAGE /* a key file that cannot serve */
                                   : MOEH_EXIT_ERROR;
     }
     return MOEH_EXIT_FINISHED; /* only after the coordinator said the run finished */

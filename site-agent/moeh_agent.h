@@ -31,7 +31,9 @@ void moeh_agent_cfg_defaults(moeh_agent_cfg_t *cfg);
 
 /* Runs the agent until the coordinator ends the run, *stop is set or a fatal error. Borrows cfg
  * for the whole run. 0 when the coordinator said the run is over; -EINTR if *stop; -EACCES if
- * the coordinator refused this site's key or id; -EINVAL for a missing or bad option; other
+ * the coordinator refused this site's key or id, or --key and --server-key hold the same
+ * public key; -ENOKEY if a key file cannot serve (missing, unreadable, the wrong kind: a
+ * configuration error, found before connecting); -EINVAL for a missing or bad option; other
  * negative codes, each with err->msg. */
 int moeh_agent_run(const moeh_agent_cfg_t *cfg, volatile sig_atomic_t *stop, moeh_err_t *err)
     __attribute__((warn_unused_result));

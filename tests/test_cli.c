@@ -2,7 +2,8 @@
  * the option and its value (missing required options too, a bad --data-shape, moeh-keygen's),
  * unknown options get "did you mean", --bind 7402 gets the tcp://HOST:PORT hint, duplicate INI
  * keys are refused with file:line, no --help shows a sentinel value such as 4294967295, and
- * moeh-keygen writes a key pair and the registry line of the same public key. */
+ * moeh-keygen writes a key pair and the registry line of the same public key; an agent given
+ * the wrong key files names the option and exits 2 (or 3 for one key on both sides). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,8 +108,17 @@ static void test_usage_errors_exit_2(void **state)
         {"moeh-keygen", "--no-site k1", "--site is not a boolean"},
         {"moeh-keygen", "''", "BASE '': expected a file name"},
         {"moeh-keygen", "keys/", "BASE 'keys/': expected a file name"},
+        {"moeh-site-agent",
+         "--site-id a --dataset d --out o --key k --server-key s --connect tcp://127.0.0.1:7402x",
+         "'7402x' is not a port: tcp://HOST:PORT with a port 1..65535 (or * to bind any), e.g. "
+         "tcp://127.0.0.1:7400"},
         {"moeh", "train", "--dataset is required"},
         {"moeh", "train --dataset d --epochz 3", "did you mean --epochs?"},
+        {"moeh", "run --rond 3", "unknown option '--rond' (did you mean --rounds?"},
+        {"moeh", "stats run", "unknown command 'stats' (did you mean status?)"},
+        {"moeh", "status run --jsno", "unknown option '--jsno' (did you mean --json?"},
+        {"moeh", "report run --otu r.html", "unknown option '--otu' (did you mean --out?"},
+        {"moeh", "status run --verbose", "unknown option '--verbose' (see moeh status --help)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int rc = run(cases[i].prog, cases[i].args);
@@ -187,6 +197,56 @@ static void test_keygen(void **state)
     assert_true(out_has("moeh-keygen "));
 }
 
+/* Key files mixed up at a site, refused before the dataset is read or anything connects, each
+ * naming the option: the coordinator's key pair as --server-key (a public key was expected), a
+ * .pub as --key, a missing file: exit 2 (a configuration error); the coordinator's key pair as
+ * --key, so both sides hold the same public key: exit 3, blaming neither option alone (it
+ * blamed --server-key, which was right). */
+static void test_agent_key_mixups(void **state)
+{
+    (void)state;
+    assert_int_equal(run("moeh-keygen", "coordinator"), 0);
+    assert_int_equal(run("moeh-keygen", "--site s1 s1"), 0);
+    static const char agent[] = "--site-id s1 --dataset nowhere --out o ";
+    static const struct {
+        const char *keys, *needle;
+        int code;
+    } cases[] = {
+        {"--key s1.key --server-key coordinator.key",
+         "--server-key coordinator.key: holds a secret-key, so it is a key pair file", 2},
+        {"--key s1.pub --server-key coordinator.pub", "--key s1.pub: missing secret-key", 2},
+        {"--key s1.key --server-key nowhere.pub", "--server-key nowhere.pub: cannot open", 2},
+        {"--key coordinator.key --server-key coordinator.pub",
+         "--key coordinator.key and --server-key coordinator.pub hold the same public key", 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[300];
+        snprintf(args, sizeof args, "%s%s", agent, cases[i].keys);
+        int rc = run("moeh-site-agent", args);
+        if (rc != cases[i].code) fprintf(stderr, "moeh-site-agent %s: exit %d\n", args, rc);
+        assert_int_equal(rc, cases[i].code);
+        assert_true(out_has(cases[i].needle));
+        assert_false(out_has("nowhere/meta.json")); /* the keys come before the dataset */
+    }
+}
+
+/* moeh --help says what the binary is: the whole tool, every command listed (its first line
+ * said "Simulates a federation", one command of eight). */
+static void test_moeh_help(void **state)
+{
+    (void)state;
+    assert_int_equal(run("moeh", "--help"), 0);
+    assert_true(out_has("The moeh tool for researchers and sites"));
+    assert_false(out_has("Simulates"));
+    static const char *const cmds[] = {"run",   "synth",  "extract", "split",
+                                       "train", "report", "predict", "status"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char line[32];
+        snprintf(line, sizeof line, "\n  %-8s ", cmds[i]);
+        assert_true(out_has(line));
+    }
+}
+
 static void test_duplicate_ini_key(void **state)
 {
     (void)state;
@@ -227,5 +287,6 @@ static void test_help_has_no_sentinel(void **state)
 }
 
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_usage_errors_exit_2),
-               cmocka_unit_test(test_keygen), cmocka_unit_test(test_duplicate_ini_key),
+               cmocka_unit_test(test_keygen), cmocka_unit_test(test_agent_key_mixups),
+               cmocka_unit_test(test_moeh_help), cmocka_unit_test(test_duplicate_ini_key),
                cmocka_unit_test(test_help_has_no_sentinel))

@@ -163,6 +163,65 @@ static void test_plain_round(void **state)
     assert_int_equal(n_calib, MOEH_N_TASKS);
 }
 
+/* Counts the log lines that mention --no-secagg (a moeh_log_fn). */
+static void count_no_secagg(void *ud, moeh_log_level_t lvl, const char *msg)
+{
+    (void)lvl;
+    if (strstr(msg, "--no-secagg")) ++*(int *)ud;
+}
+
+/* Without secure aggregation the coordinator warns once per round that it sees the updates in
+ * clear (it said it twice: two warnings of the same thing at the start of each TRAIN phase). */
+static void test_no_secagg_warned_once_per_round(void **state)
+{
+    fx_t *f = *state;
+    int n = 0;
+    moeh_log_level_t lvl = moeh_log_level();
+    moeh_log_configure(MOEH_LOG_WARN, NULL, count_no_secagg, &n);
+    fx_start(f, NULL); /* stats, then round 1's TRAIN phase opens */
+    moeh_log_configure(lvl, NULL, NULL, NULL);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
+    assert_int_equal(n, 1);
+}
+
+/* Counts the log lines that say a DP run is not expected to learn (a moeh_log_fn). */
+static void count_dp_swamped(void *ud, moeh_log_level_t lvl, const char *msg)
+{
+    if (lvl == MOEH_LOG_WARN && strstr(msg, "not expected to learn")) ++*(int *)ud;
+}
+
+static void dp_noise_1(moeh_coord_cfg_t *c)
+{
+    c->dp_clip = 2.5f, c->dp_noise = 1.0f;
+}
+
+static void dp_noise_001(moeh_coord_cfg_t *c)
+{
+    c->dp_clip = 2.5f, c->dp_noise = 0.01f;
+}
+
+/* --dp-clip 2.5 --dp-noise 1 with a few sites puts noise of std Z C / m (1.25 here) on every
+ * parameter each round (the test loss diverged to 1e7-1e8, as docs/security.md measured): the
+ * coordinator says so once, when it builds the model; at --dp-noise 0.01 it does not. */
+static void test_dp_swamping_noise_warned(void **state)
+{
+    fx_t *f = *state;
+    int n = 0;
+    moeh_log_level_t lvl = moeh_log_level();
+    moeh_log_configure(MOEH_LOG_WARN, NULL, count_dp_swamped, &n);
+    fx_start(f, dp_noise_1);
+    moeh_log_configure(lvl, NULL, NULL, NULL);
+    assert_int_equal(n, 1);
+    fx_teardown(state);
+    fx_setup(state);
+    f = *state;
+    n = 0;
+    moeh_log_configure(MOEH_LOG_WARN, NULL, count_dp_swamped, &n);
+    fx_start(f, dp_noise_001);
+    moeh_log_configure(lvl, NULL, NULL, NULL);
+    assert_int_equal(n, 0);
+}
+
 /* ---- quorum, deadline, retry ------------------------------------------------------------- */
 
 /* The "retry" lines of metrics.jsonl, as "phase:outcome:attempt" joined by spaces. */
@@ -612,6 +671,8 @@ static void test_replay_bad_files(void **state)
 MOEH_TEST_MAIN(
     NULL, NULL, cmocka_unit_test_setup_teardown(test_admission, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_plain_round, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_no_secagg_warned_once_per_round, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_dp_swamping_noise_warned, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_deadline_retry_and_failure, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_deadline_closes_with_quorum, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_outage_waits_without_retries, fx_setup, fx_teardown),

@@ -3,7 +3,8 @@
  * within a few seconds with a message naming the key problem: another key than the
  * coordinator's (the coordinator drops the handshake it cannot decrypt, seen by the socket
  * monitor), or the site's own public key (found before connecting). An agent pointed at a
- * plain ZeroMQ peer or at a TCP server that is not ZeroMQ says so. The coordinator logs failed
+ * plain ZeroMQ peer or at a TCP server that is not ZeroMQ (answering garbage, or nothing at
+ * all) says so. The coordinator logs failed
  * handshakes per peer address, once and then in summaries (proto/moeh_monitor.h); the table
  * behind that is tested with a fake clock. */
 #include <setjmp.h>
@@ -24,10 +25,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Starts site-1's agent with server_pub as --server-key, connecting to endpoint; returns its
- * log path in log. */
-static moeh_proc_t *agent_at(fixture_t *f, const char *endpoint, const char *server_pub, char *log,
-                             size_t cap)
+/* Starts site-1's agent with server_pub as --server-key, connecting to endpoint, with the
+ * options opts (NULL-terminated; NULL: --give-up-ms 30000); returns its log path in log. */
+static moeh_proc_t *agent_at_opts(fixture_t *f, const char *endpoint, const char *server_pub,
+                                  char **opts, char *log, size_t cap)
 {
     char ds[400], key[400], pub[400], out[400];
     snprintf(ds, sizeof ds, "%s/site-1", f->data);
@@ -35,14 +36,20 @@ static moeh_proc_t *agent_at(fixture_t *f, const char *endpoint, const char *ser
     snprintf(key, sizeof key, "%s/site-1.key", f->keys);
     snprintf(pub, sizeof pub, "%s/%s", f->keys, server_pub);
     snprintf(log, cap, "%s/agent.log", f->logs);
-    char *opts[] = {"--give-up-ms", "30000", NULL};
+    char *dflt[] = {"--give-up-ms", "30000", NULL};
     moeh_proc_t *p = &f->procs[f->n_procs++];
     moeh_err_t err = {0};
-    int rc = moeh_localfed_start_agent(p, f->bin, endpoint, "site-1", ds, out, key, pub, opts, log,
-                                       &err);
+    int rc = moeh_localfed_start_agent(p, f->bin, endpoint, "site-1", ds, out, key, pub,
+                                       opts ? opts : dflt, log, &err);
     if (rc) print_error("%s\n", err.msg);
     assert_int_equal(rc, 0);
     return p;
+}
+
+static moeh_proc_t *agent_at(fixture_t *f, const char *endpoint, const char *server_pub, char *log,
+                             size_t cap)
+{
+    return agent_at_opts(f, endpoint, server_pub, NULL, log, cap);
 }
 
 static moeh_proc_t *agent_with_server_key(fixture_t *f, const char *server_pub, char *log,
@@ -71,7 +78,7 @@ static void test_own_key_as_server_key_named(void **state)
     start_coordinator_ex(f, "1", "1", "1", NULL, "coordinator.log");
     moeh_proc_t *a = agent_with_server_key(f, "site-1.pub", log, sizeof log);
     wait_exit(a, 20000, MOEH_EXIT_REFUSED);
-    assert_true(file_contains(log, "site-1.pub is this site's own public key"));
+    assert_true(file_contains(log, "site-1.pub hold the same public key"));
 }
 
 /* A plain ZeroMQ ROUTER (no CURVE): the agent says the peer does not speak CURVE. */
@@ -147,6 +154,61 @@ static void test_not_zmq_peer_named(void **state)
                      MOEH_PROBE_UNREACHABLE);
     assert_int_equal(moeh_monitor_probe("ipc:///tmp/x", 1000, what, sizeof what),
                      MOEH_PROBE_UNSUPPORTED);
+}
+
+/* Accepts connections and keeps them open without sending a byte (a server that waits for its
+ * client to speak first, such as an HTTP server that has no full request line yet). */
+static void *silent_main(void *arg)
+{
+    garbage_srv_t *g = arg;
+    int held[64], n = 0;
+    while (!g->stop) {
+        struct pollfd p = {.fd = g->lfd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0) continue;
+        int c = accept(g->lfd, NULL, NULL);
+        if (c < 0) continue;
+        if (n < 64)
+            held[n++] = c;
+        else
+            close(c);
+    }
+    while (n > 0)
+        close(held[--n]);
+    return NULL;
+}
+
+/* A TCP server that accepts and never speaks: the probe says it is silent within its timeout,
+ * and the agent, which libzmq would keep in its 30 s handshake past every silence timeout (it
+ * logged "no word from the coordinator" for ever), names it and exits 3. */
+static void test_silent_peer_named(void **state)
+{
+    fixture_t *f = *state;
+    char log[400], ep[64], what[128];
+    garbage_srv_t g = {.lfd = socket(AF_INET, SOCK_STREAM, 0)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_true(g.lfd >= 0);
+    assert_int_equal(bind(g.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(g.lfd, 16), 0);
+    assert_int_equal(getsockname(g.lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%u", ntohs(sa.sin_port));
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, silent_main, &g), 0);
+    int64_t t0 = moeh_now_ms();
+    assert_int_equal(moeh_monitor_probe(ep, 1000, what, sizeof what), MOEH_PROBE_SILENT);
+    int64_t took = moeh_now_ms() - t0;
+    assert_true(took >= 900 && took < 3000);
+    assert_non_null(strstr(what, "no byte in"));
+    char *opts[] = {"--give-up-ms", "60000", "--silence-timeout-ms", "2000", NULL};
+    t0 = moeh_now_ms();
+    moeh_proc_t *a = agent_at_opts(f, ep, "coordinator.pub", opts, log, sizeof log);
+    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
+    assert_true(moeh_now_ms() - t0 < 30000); /* not the 60 s of --give-up-ms */
+    g.stop = 1;
+    pthread_join(th, NULL);
+    close(g.lfd);
+    assert_true(file_contains(log, "is not a ZeroMQ peer: it accepts connections and sends "
+                                   "nothing"));
 }
 
 /* Lines of path containing every one of the needles (NULL-terminated); *summed (if not NULL)
@@ -336,5 +398,5 @@ MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     cmocka_unit_test(test_monitor_decode), cmocka_unit_test(test_hslog_rate_limit),
                     FED_TEST(test_wrong_server_key_named),
                     FED_TEST(test_own_key_as_server_key_named), FED_TEST(test_plain_zmq_peer_named),
-                    FED_TEST(test_not_zmq_peer_named),
+                    FED_TEST(test_not_zmq_peer_named), FED_TEST(test_silent_peer_named),
                     FED_TEST(test_coordinator_logs_failed_handshakes))

@@ -74,6 +74,23 @@ static void test_edit_distance(void **state)
     assert_int_equal(moeh_edit_distance("kitten", "sitting"), 3);
 }
 
+/* The nearest name: within 2 edits and fewer than the typed length; of equal distances the
+ * longer common prefix, whichever comes first (rond is 2 edits from bind and from rounds). */
+static void test_nearest_name(void **state)
+{
+    (void)state;
+    static const char *const a[] = {"bind", "rounds", "connect"}, *const b[] = {"rounds", "bind"};
+    assert_string_equal(moeh_nearest_name("rond", a, 3), "rounds");
+    assert_string_equal(moeh_nearest_name("rond", b, 2), "rounds");
+    assert_string_equal(moeh_nearest_name("bnid", a, 3), "bind");
+    assert_null(moeh_nearest_name("xyzzy", a, 3));
+    assert_null(moeh_nearest_name("ab", a, 3)); /* 2 edits from nothing useful: none */
+    static const char *const cmds[] = {"run",   "synth",  "extract", "split",
+                                       "train", "report", "predict", "status"};
+    assert_string_equal(moeh_nearest_name("stats", cmds, 8), "status");
+    assert_string_equal(moeh_nearest_name("rnu", cmds, 8), "run");
+}
+
 static void test_did_you_mean(void **state)
 {
     (void)state;
@@ -211,6 +228,22 @@ static void test_endpoint_hints(void **state)
     assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://coord.example", "H", &err),
                      -EINVAL);
     assert_non_null(strstr(err.msg, "needs a port"));
+    /* a bad port is named, and the example keeps the host without it (it suggested
+     * tcp://127.0.0.1:7402x:7400) */
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://127.0.0.1:7402x", "H", &err),
+                     -EINVAL);
+    assert_non_null(strstr(err.msg, "'7402x' is not a port"));
+    assert_non_null(strstr(err.msg, "e.g. tcp://127.0.0.1:7400"));
+    assert_null(strstr(err.msg, "7402x:"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:", "H", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "no port after the ':'"));
+    assert_non_null(strstr(err.msg, "e.g. tcp://h:7400"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:70000", "H", &err), -EINVAL);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:0", "H", &err), -EINVAL);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://[::1]", "H", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "e.g. tcp://[::1]:7400"));
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://[::1]:7400", "H", &err), 0);
+    assert_int_equal(moeh_opts_check_endpoint("connect", "tcp://h:65535", "H", &err), 0);
 }
 
 static void test_help_has_no_sentinel(void **state)
@@ -340,7 +373,8 @@ static void test_table_with_duplicate_aborts(void **state)
     assert_int_equal(f.fd, 4);
 }
 
-MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance), cmocka_unit_test(test_positional),
+MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_edit_distance),
+               cmocka_unit_test(test_nearest_name), cmocka_unit_test(test_positional),
                cmocka_unit_test(test_table_with_duplicate_aborts),
                cmocka_unit_test(test_did_you_mean), cmocka_unit_test(test_no_prefix),
                cmocka_unit_test(test_bad_value_names_option_and_value),

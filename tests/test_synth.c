@@ -2,7 +2,8 @@
  * label masks and modality availability that the generator intended (truth.csv); the
  * generator is deterministic per seed; the lab binning agrees with tests/check_cohort.py;
  * the oracle AUROC is reported; each modality carries its latent signal (vitals h, labs k,
- * image m, notes n). */
+ * image m, notes n); truth.json is JSON holding the generator's counts and oracle AUROCs (for
+ * both profiles). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include "moeh_extract.h"
 #include "moeh_synth.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -95,6 +97,57 @@ static uint64_t file_hash(const char *dir, const char *rel)
     return h;
 }
 
+/* dir/truth.json parses and holds st's counts and (to 4 decimals) oracle AUROCs. */
+static void check_truth_json(const char *dir, const moeh_synth_stats_t *st, uint64_t seed, bool het)
+{
+    char p[400], *txt = NULL;
+    size_t len = 0;
+    moeh_err_t err = {0};
+    snprintf(p, sizeof p, "%s/truth.json", dir);
+    assert_int_equal(moeh_file_read_all(p, 1 << 20, &txt, &len, &err), 0);
+    assert_true(len > 0 && txt[len - 1] == '\n');
+    cJSON *j = cJSON_Parse(txt);
+    assert_non_null(j);
+#define NUM(o, k) cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, k))
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "generator")), "moeh synth");
+    assert_true(NUM(j, "seed") == (double)seed);
+    assert_true(NUM(j, "cohort") == (double)st->cohort);
+    assert_true(NUM(j, "subjects") == (double)st->subjects);
+    assert_true(NUM(j, "admissions") == (double)st->admissions);
+    const cJSON *pos = cJSON_GetObjectItem(j, "positives"),
+                *lab = cJSON_GetObjectItem(j, "labelled"),
+                *orc = cJSON_GetObjectItem(j, "oracle_auroc"),
+                *lim = cJSON_GetObjectItem(j, "limited_oracle_auroc"),
+                *mods = cJSON_GetObjectItem(j, "modalities");
+    for (int k = 0; k < MOEH_N_TASKS; k++) {
+        const char *t = moeh_task_names[k];
+        assert_true(NUM(pos, t) == (double)st->positives[k]);
+        assert_true(NUM(lab, t) == (double)st->labelled[k]);
+        if (isnan(st->oracle_auroc[k])) /* one class: no AUROC, and NaN is not JSON */
+            assert_true(cJSON_IsNull(cJSON_GetObjectItem(orc, t)));
+        else
+            assert_true(fabs(NUM(orc, t) - st->oracle_auroc[k]) <= 5e-5 + 1e-12);
+        if (het) assert_true(fabs(NUM(lim, t) - st->limited_auroc[k]) <= 5e-5 + 1e-12);
+    }
+    for (int k = 0; k < MOEH_N_MODS; k++)
+        assert_true(NUM(mods, moeh_mod_names[k]) == (double)st->avail[k]);
+    if (het) {
+        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "profile")),
+                            "heterogeneous");
+        const cJSON *h = cJSON_GetObjectItem(j, "hospitals");
+        assert_int_equal(cJSON_GetArraySize(h), 4);
+        for (int k = 0; k < 4; k++)
+            assert_true(cJSON_GetNumberValue(cJSON_GetArrayItem(h, k)) == (double)st->hosp_n[k]);
+        assert_true(NUM(cJSON_GetObjectItem(j, "kinds"), "R") == (double)st->kind_n[0]);
+    } else {
+        assert_null(lim);
+        assert_null(cJSON_GetObjectItem(j, "profile"));
+    }
+#undef NUM
+    cJSON_Delete(j);
+    free(txt);
+}
+
 #define N_ADM 400
 
 static void test_roundtrip(void **state)
@@ -114,6 +167,7 @@ static void test_roundtrip(void **state)
     assert_true(ss.admissions > N_ADM); /* excluded admissions exist */
     for (int k = 0; k < 3; k++)
         assert_true(ss.oracle_auroc[k] > 0.65 && ss.oracle_auroc[k] < 0.95);
+    check_truth_json(db, &ss, so.seed, false);
 
     moeh_extract_opts_t eo;
     moeh_extract_opts_default(&eo);
@@ -225,4 +279,36 @@ static void test_roundtrip(void **state)
     assert_true(file_hash(db, "truth.csv") != file_hash(db2, "truth.csv"));
 }
 
-MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip))
+/* truth.json of the heterogeneous profile (the limited oracle, the kinds and the hospitals),
+ * and of a one-admission cohort, whose oracle AUROCs are undefined (null; it said nan). */
+static void test_truth_json(void **state)
+{
+    (void)state;
+    char db[300];
+    snprintf(db, sizeof db, "%s/het", g_dir);
+    moeh_synth_opts_t so;
+    moeh_synth_opts_default(&so);
+    so.profile = MOEH_SYNTH_HETEROGENEOUS;
+    so.admissions = 200;
+    so.seed = 18446744073709551557ull; /* above 2^53: written exactly */
+    so.images = false;
+    moeh_synth_stats_t ss;
+    moeh_err_t err = {0};
+    if (moeh_synth(&so, db, &ss, &err)) fail_msg("%s", err.msg);
+    check_truth_json(db, &ss, so.seed, true);
+    char p[400], *txt = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/truth.json", db);
+    assert_int_equal(moeh_file_read_all(p, 1 << 20, &txt, &len, &err), 0);
+    assert_non_null(strstr(txt, "18446744073709551557"));
+    free(txt);
+    snprintf(db, sizeof db, "%s/one", g_dir);
+    moeh_synth_opts_default(&so);
+    so.admissions = 1;
+    so.images = false;
+    if (moeh_synth(&so, db, &ss, &err)) fail_msg("%s", err.msg);
+    assert_true(isnan(ss.oracle_auroc[0]));
+    check_truth_json(db, &ss, so.seed, false);
+}
+
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_truth_json))

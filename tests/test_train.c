@@ -4,7 +4,9 @@
  *  - centralised training on both sites reduces the training loss and beats 0.6 mean test
  *    AUROC; metrics.jsonl has the coordinator's eval/task/gate lines; the model is written;
  *  - a model trained on one site is evaluated on the pooled test set of both sites;
- *  - bad arguments exit 2 with a message, a missing dataset exits 1 naming the file. */
+ *  - bad arguments exit 2 with a message, a missing dataset exits 1 naming the file;
+ *  - the config line of metrics.jsonl is JSON for a dataset named with a quote and a
+ *    backslash. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static char g_dir[256], g_bin[1024], g_s1[320], g_s2[320];
 
@@ -215,6 +218,38 @@ static void test_eval_on_other_dataset(void **state)
     assert_int_equal(m.n_tasks_ok, 3);
 }
 
+/* The config line is JSON whatever the dataset's name: a quote and a backslash in it are
+ * escaped (it was printed with %s, and such a name made the line unreadable). */
+static void test_config_line_escaped(void **state)
+{
+    (void)state;
+    char link[400], out[300], p[512];
+    snprintf(link, sizeof link, "%s/c\"q\\", g_dir);
+    assert_int_equal(symlink(g_s2, link), 0);
+    snprintf(out, sizeof out, "%s/quoted", g_dir);
+    char args[1024];
+    snprintf(args, sizeof args,
+             "--dataset 'c\"q\\' --epochs 1 --warmup-epochs 0 --d-emb 8 --d-hidden 8 "
+             "--note-buckets 256 --seed 18446744073709551615 --out %s",
+             out);
+    assert_int_equal(run(args), 0);
+    metrics_t m;
+    read_metrics(out, &m); /* every line parses */
+    snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+    char *txt = slurp(p);
+    assert_non_null(txt);
+    *strchr(txt, '\n') = '\0';
+    cJSON *j = cJSON_Parse(txt);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "event")), "config");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "dataset")), "c\"q\\");
+    /* a float option as typed, not its double's 17 digits; a 64-bit seed exact */
+    assert_non_null(strstr(txt, "\"lr\":0.002,"));
+    assert_non_null(strstr(txt, "\"seed\":18446744073709551615,"));
+    cJSON_Delete(j);
+    free(txt);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -234,4 +269,5 @@ static void test_bad_arguments(void **state)
 
 MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_bad_arguments),
                cmocka_unit_test(test_centralised_learns),
-               cmocka_unit_test(test_eval_on_other_dataset))
+               cmocka_unit_test(test_eval_on_other_dataset),
+               cmocka_unit_test(test_config_line_escaped))

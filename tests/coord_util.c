@@ -60,7 +60,8 @@ const Moeh__Envelope *last_to(const fx_t *f, const char *rid, Moeh__MsgType type
 size_t last_frames_to(const fx_t *f, const char *rid, Moeh__MsgType type)
 {
     for (size_t i = f->n_sent; i-- > 0;)
-        if (!strcmp(f->sent[i].rid, rid) && f->sent[i].env->type == type) return f->sent[i].n_frames;
+        if (!strcmp(f->sent[i].rid, rid) && f->sent[i].env->type == type)
+            return f->sent[i].n_frames;
     fail_msg("nothing of type %d was sent to %s", (int)type, rid);
     return 0;
 }

@@ -574,18 +574,14 @@ def main():
             vals = [math.nan if v is None else v for v in vals]
             L.append(f"| {label} | {c} | {rows} | " + " | ".join(fmt(v) for v in vals)
                      + f" | {fmt(mean(vals))} |")
-    for c in COMBOS:
-        if c in orc_combo:
-            vals = [orc_combo[c][t] for t in TASKS]
-            n = sum(1 for v in test_ids.values() if v == c)
-            L.append(f"| (e) oracle (true risk) | {c} | {n} | "
-                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
-    for c in COMBOS:
-        if c in ach_combo:
-            vals = [ach_combo[c][t] for t in TASKS]
-            n = sum(1 for v in test_ids.values() if v == c)
-            L.append(f"| (e') modality-limited oracle | {c} | {n} | "
-                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
+    for label, by_combo in (("(e) oracle (true risk)", orc_combo),
+                            ("(e') modality-limited oracle", ach_combo)):
+        for c in COMBOS:
+            if c in by_combo:
+                vals = [by_combo[c][t] for t in TASKS]
+                n = sum(1 for v in test_ids.values() if v == c)
+                L.append(f"| {label} | {c} | {n} | "
+                         + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
     L.append("")
     if gate:
         L.append("Mean gate weight per expert (expert k = combination k+1: E, N, EN, I, EI, NI, "

@@ -80,6 +80,36 @@ static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w
     free(words);
 }
 
+/* The honest sites' run with opts (2 rounds, f->dir/clean; without VALIDATE, as the attacked
+ * run: fed_util.h rogue_opts), its directory into clean; then the attacked run (f->dir/attacked,
+ * opts) that site-x joins declaring n_train / n_eval (poison_join), up to its statistics phase
+ * (round and model version in *round, *version). Returns the coordinator; a: the agents. */
+static moeh_proc_t *clean_then_attacked(fixture_t *f, char **opts, char clean[300], rogue_t *r,
+                                        moeh_proc_t *a[N_SITES], uint64_t n_train, uint64_t n_eval,
+                                        uint32_t *round, uint64_t *version)
+{
+    char *nv[32];
+    run_all(f, "clean", "2", rogue_opts(opts, nv, 32));
+    snprintf(clean, 300, "%s", f->out);
+    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    moeh_proc_t *c = poison_join(f, r, opts, a, n_train, n_eval, NULL);
+    wait_task(r, MOEH__ROUND_TASK__STATS, round, version, NULL, NULL);
+    return c;
+}
+
+/* site-x leaves and the attacked run ends: the coordinator's log says `refused`, and the model
+ * is the clean run's, bit for bit. */
+static void attacked_run_ends(fixture_t *f, rogue_t *r, moeh_proc_t *c, moeh_proc_t *a[N_SITES],
+                              const char *clean, const char *refused)
+{
+    char log[400];
+    rogue_leave(r);
+    wait_run(c, a);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(log, refused));
+    assert_same_model(clean, f->out);
+}
+
 static double eval_metric(const char *out, int round, const char *key)
 {
     return metric(out, "eval", round, key);
@@ -92,26 +122,17 @@ static double eval_metric(const char *out, int round, const char *key)
 static void test_poisoned_stats_refused(void **state)
 {
     fixture_t *f = *state;
-    char clean[300], log[400];
-    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
-    run_all(f, "clean", "2", rogue_opts(NULL, nv, 32));
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    char clean[300];
     rogue_t r = {0};
     moeh_proc_t *a[N_SITES];
-    moeh_proc_t *c = poison_join(f, &r, NULL, a, 10, 5, NULL);
     uint32_t round;
     uint64_t version;
-    wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
+    moeh_proc_t *c = clean_then_attacked(f, NULL, clean, &r, a, 10, 5, &round, &version);
     const double f4[3] = {1, 0x1p52, 0x1p52}, big[3] = {1, 0x1p26, 0x1p52}, many[3] = {11, 11, 11};
     rogue_stats(&r, f4, -ERANGE, "is below sum^2 / count");
     rogue_stats(&r, big, -ERANGE, "beyond the plausible range");
     rogue_stats(&r, many, -ERANGE, "feature 0 counts 11 values");
-    rogue_leave(&r);
-    wait_run(c, a);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(log, "refused a message from site-x: stats: feature 0"));
-    assert_same_model(clean, f->out);
+    attacked_run_ends(f, &r, c, a, clean, "refused a message from site-x: stats: feature 0");
     for (int rd = 1; rd <= 2; rd++) {
         double tl = metric(f->out, "train", rd, "train_loss");
         assert_true(tl == metric(clean, "train", rd, "train_loss") && tl < 2.0);
@@ -223,18 +244,13 @@ static void test_poisoned_update_strategies(void **state)
 static void test_forged_eval_refused(void **state)
 {
     fixture_t *f = *state;
-    char clean[300], log[400];
     char *opts[] = {"--upload-slots", "0", NULL};
-    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
-    run_all(f, "clean", "2", rogue_opts(opts, nv, 32));
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    char clean[300];
     rogue_t r = {0};
     moeh_proc_t *a[N_SITES];
-    moeh_proc_t *c = poison_join(f, &r, opts, a, 0, 6000000, NULL);
     uint32_t round;
     uint64_t version;
-    wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
+    moeh_proc_t *c = clean_then_attacked(f, opts, clean, &r, a, 0, 6000000, &round, &version);
     rogue_send_zero_stats(&r);
     wait_task(&r, MOEH__ROUND_TASK__TRAIN, &round, &version, NULL, NULL);
     send_update(&r, round, version, 0, 0, 0, 0, NULL); /* weight 0: changes nothing */
@@ -260,11 +276,7 @@ static void test_forged_eval_refused(void **state)
                        "eval: task 0 has 2000000 labelled rows in slice 0");
     free(hist);
     free(gate);
-    rogue_leave(&r);
-    wait_run(c, a);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(log, "test rows declared (capped)"));
-    assert_same_model(clean, f->out);
+    attacked_run_ends(f, &r, c, a, clean, "test rows declared (capped)");
     for (int rd = 1; rd <= 2; rd++) {
         double au = eval_metric(f->out, rd, "auroc_mean");
         assert_true(isfinite(au) && au == eval_metric(clean, rd, "auroc_mean"));

@@ -18,6 +18,8 @@
 # round through the same wrappers: unlike the round time they do not depend on the 100 agents
 # sharing this machine's cores.
 set -euo pipefail
+# shellcheck source=bench/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 [ -x /usr/bin/time ] || { echo "bench/scale.sh: needs GNU time: apt-get install time" >&2; exit 1; }
 if [ -z "${MOEH_SCALE_NETNS:-}" ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -34,9 +36,7 @@ trap 'rm -rf "$work"' EXIT
 echo "# bench/scale.sh $(date -u +%Y-%m-%dT%H:%MZ); $(grep -m1 'model name' /proc/cpuinfo |
     cut -d: -f2 | sed 's/^ //'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure --secagg-k ${SECAGG_K:-auto}"
-"$bin/moeh" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
-"$bin/moeh" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
-    --out "$work/cohort" > /dev/null 2>&1
+bench_cohort "$bin" "$work" "$adm"
 # on loopback every byte is counted once sent and once received: the sent (tx) column
 lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $10 }' /proc/self/net/dev; }
 median_round() { # metrics.jsonl -> median "seconds" of the eval lines after round 1 (a median:
@@ -52,10 +52,7 @@ printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" sit
     secure_s ratio coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
     agent_scpu coord_cpu coord_scpu cpu_ratio
 for n in ${SITES_LIST:-10 20 40 100}; do
-    spec=""
-    for s in $(seq 1 "$n"); do spec="${spec:+$spec,}s$s:1:ehr+notes+img"; done
-    rm -rf "$work/sites"
-    "$bin/moeh" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
+    bench_sites "$bin" "$work" "$n"
     for mode in plain secure; do
         flag=--secagg=false
         [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"

@@ -8,14 +8,14 @@
 # Prints, per site count, the mean train+eval round time (rounds 2.., from metrics.jsonl)
 # with and without --secagg, their ratio, and the coordinator's peak RSS (GNU time).
 set -euo pipefail
+# shellcheck source=bench/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 [ -x /usr/bin/time ] || { echo "needs GNU time: apt-get install time" >&2; exit 1; }
 build=${1:-build}; adm=${2:-3000}; rounds=${3:-4}
 bin=$(cd "$build/bin" && pwd)
 work=$(mktemp -d /tmp/moeh_bench_secagg.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-"$bin/moeh" synth --admissions "$adm" --seed 1 --out "$work/raw" > /dev/null
-"$bin/moeh" extract --mimic "$work/raw/mimic" --note "$work/raw/note" --cxr "$work/raw/cxr" \
-    --out "$work/cohort" > /dev/null 2>&1
+bench_cohort "$bin" "$work" "$adm"
 mean_round() { # metrics.jsonl -> mean "seconds" of the eval lines after round 1
     python3 -c '
 import json, sys
@@ -25,10 +25,7 @@ print(f"{sum(s) / len(s):.3f}")' "$1"
 }
 printf "%6s %12s %12s %7s %14s %14s\n" sites plain_s secagg_s ratio plain_rss_MB secagg_rss_MB
 for n in ${SITES_LIST:-5 10 20}; do
-    spec=""
-    for k in $(seq 1 "$n"); do spec="${spec:+$spec,}s$k:1:ehr+notes+img"; done
-    rm -rf "$work/sites"
-    "$bin/moeh" split --dataset "$work/cohort" --sites "$spec" --out "$work/sites" > /dev/null
+    bench_sites "$bin" "$work" "$n"
     for mode in plain secagg; do
         flag=--secagg=false
         [ "$mode" = secagg ] && flag="--secagg --secagg-k ${SECAGG_K:-0}"

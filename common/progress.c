@@ -152,6 +152,15 @@ static int is_bytes(const char *unit)
     return !unit || !strcmp(unit, MOEH_PROGRESS_BYTES);
 }
 
+/* t seconds, 60 or more, after prefix: "4m05s" under an hour, else "1h02m". */
+static void fmt_minutes(char *out, size_t cap, const char *prefix, unsigned long t)
+{
+    if (t < 3600)
+        snprintf(out, cap, "%s%lum%02lus", prefix, t / 60, t % 60);
+    else
+        snprintf(out, cap, "%s%luh%02lum", prefix, t / 3600, t / 60 % 60);
+}
+
 char *moeh_progress_fmt_eta(char *out, size_t cap, double s)
 {
     if (!(s >= 0)) /* negative or NaN */
@@ -162,10 +171,8 @@ char *moeh_progress_fmt_eta(char *out, size_t cap, double s)
         unsigned long t = (unsigned long)(s + 0.5);
         if (t < 60)
             snprintf(out, cap, "ETA %lus", t);
-        else if (t < 3600)
-            snprintf(out, cap, "ETA %lum%02lus", t / 60, t % 60);
         else
-            snprintf(out, cap, "ETA %luh%02lum", t / 3600, t / 60 % 60);
+            fmt_minutes(out, cap, "ETA ", t);
     }
     return out;
 }
@@ -178,10 +185,8 @@ char *moeh_progress_fmt_elapsed(char *out, size_t cap, double s)
         snprintf(out, cap, "%.2f s", s);
     else if (s < 60)
         snprintf(out, cap, "%.1f s", s);
-    else if (t < 3600)
-        snprintf(out, cap, "%lum%02lus", t / 60, t % 60);
     else
-        snprintf(out, cap, "%luh%02lum", t / 3600, t / 60 % 60);
+        fmt_minutes(out, cap, "", t);
     return out;
 }
 
@@ -198,35 +203,30 @@ static void fmt_count(char *out, size_t cap, double v)
         snprintf(out, cap, "%.2f G", v / 1e9);
 }
 
-char *moeh_progress_fmt_amount(char *out, size_t cap, double v, const char *unit)
+/* An amount of unit followed by suffix ("" or "/s"). */
+static char *fmt_amount(char *out, size_t cap, double v, const char *unit, const char *suffix)
 {
     if (is_bytes(unit)) {
         if (v < 1048576.0)
-            snprintf(out, cap, "%.0f KiB", v / 1024.0);
+            snprintf(out, cap, "%.0f KiB%s", v / 1024.0, suffix);
         else
-            snprintf(out, cap, "%.1f MiB", v / 1048576.0);
+            snprintf(out, cap, "%.1f MiB%s", v / 1048576.0, suffix);
     } else {
         char n[32];
         fmt_count(n, sizeof n, v);
-        snprintf(out, cap, "%s %s", n, unit);
+        snprintf(out, cap, "%s %s%s", n, unit, suffix);
     }
     return out;
 }
 
+char *moeh_progress_fmt_amount(char *out, size_t cap, double v, const char *unit)
+{
+    return fmt_amount(out, cap, v, unit, "");
+}
+
 char *moeh_progress_fmt_rate(char *out, size_t cap, double per_s, const char *unit)
 {
-    if (!(per_s >= 0)) per_s = 0;
-    if (is_bytes(unit)) {
-        if (per_s < 1048576.0)
-            snprintf(out, cap, "%.0f KiB/s", per_s / 1024.0);
-        else
-            snprintf(out, cap, "%.1f MiB/s", per_s / 1048576.0);
-    } else {
-        char n[32];
-        fmt_count(n, sizeof n, per_s);
-        snprintf(out, cap, "%s %s/s", n, unit);
-    }
-    return out;
+    return fmt_amount(out, cap, per_s >= 0 ? per_s : 0, unit, "/s");
 }
 
 /* ---- meters ---------------------------------------------------------------------------------- */

@@ -197,26 +197,46 @@ static void share_ad(uint8_t ad[AD_BYTES], uint8_t nonce[12], uint64_t round, ui
     memset(nonce + 8, 0, 4);
 }
 
+/* Seals (seal: plain `in` -> ciphertext `out`) or opens (ciphertext `in` -> plain `out`, zeroed
+ * when refused) the share sent from -> to in round, under the direction's session key as the
+ * sender (seal) or the receiver (open) computes it. */
+static int share_crypt(int seal, uint8_t *out, const uint8_t *in, uint64_t round, uint32_t from,
+                       uint32_t to, const uint8_t my_c_pk[32], const uint8_t my_c_sk[32],
+                       const uint8_t peer_c_pk[32])
+{
+    uint8_t key[crypto_kx_SESSIONKEYBYTES], ad[AD_BYTES], nonce[12];
+    if (from == to) return -EINVAL;
+    int rc = dir_key(key, from, to, seal ? from : to, my_c_pk, my_c_sk, peer_c_pk);
+    if (rc == 0) {
+        share_ad(ad, nonce, round, from, to);
+        unsigned long long len = 0;
+        if (seal)
+            rc = crypto_aead_chacha20poly1305_ietf_encrypt(out, &len, in,
+                                                           MOEH_SECAGG_SHARE_PLAIN_BYTES, ad,
+                                                           sizeof ad, NULL, nonce, key) == 0 &&
+                         len == MOEH_SECAGG_SHARE_CT_BYTES
+                     ? 0
+                     : -EIO;
+        else {
+            rc = crypto_aead_chacha20poly1305_ietf_decrypt(out, &len, NULL, in,
+                                                           MOEH_SECAGG_SHARE_CT_BYTES, ad,
+                                                           sizeof ad, nonce, key) == 0 &&
+                         len == MOEH_SECAGG_SHARE_PLAIN_BYTES
+                     ? 0
+                     : -EBADMSG;
+            if (rc) sodium_memzero(out, MOEH_SECAGG_SHARE_PLAIN_BYTES);
+        }
+    }
+    sodium_memzero(key, sizeof key);
+    return rc;
+}
+
 int moeh_secagg_share_seal(uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES],
                            const uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], uint64_t round,
                            uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
                            const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
 {
-    uint8_t key[crypto_kx_SESSIONKEYBYTES], ad[AD_BYTES], nonce[12];
-    if (from == to) return -EINVAL;
-    int rc = dir_key(key, from, to, from, my_c_pk, my_c_sk, peer_c_pk);
-    if (rc == 0) {
-        share_ad(ad, nonce, round, from, to);
-        unsigned long long clen = 0;
-        rc = crypto_aead_chacha20poly1305_ietf_encrypt(ct, &clen, plain,
-                                                       MOEH_SECAGG_SHARE_PLAIN_BYTES, ad, sizeof ad,
-                                                       NULL, nonce, key) == 0 &&
-                     clen == MOEH_SECAGG_SHARE_CT_BYTES
-                 ? 0
-                 : -EIO;
-    }
-    sodium_memzero(key, sizeof key);
-    return rc;
+    return share_crypt(1, ct, plain, round, from, to, my_c_pk, my_c_sk, peer_c_pk);
 }
 
 int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
@@ -224,22 +244,7 @@ int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
                            uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
                            const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
 {
-    uint8_t key[crypto_kx_SESSIONKEYBYTES], ad[AD_BYTES], nonce[12];
-    if (from == to) return -EINVAL;
-    int rc = dir_key(key, from, to, to, my_c_pk, my_c_sk, peer_c_pk);
-    if (rc == 0) {
-        share_ad(ad, nonce, round, from, to);
-        unsigned long long mlen = 0;
-        rc = crypto_aead_chacha20poly1305_ietf_decrypt(plain, &mlen, NULL, ct,
-                                                       MOEH_SECAGG_SHARE_CT_BYTES, ad, sizeof ad,
-                                                       nonce, key) == 0 &&
-                     mlen == MOEH_SECAGG_SHARE_PLAIN_BYTES
-                 ? 0
-                 : -EBADMSG;
-        if (rc) sodium_memzero(plain, MOEH_SECAGG_SHARE_PLAIN_BYTES);
-    }
-    sodium_memzero(key, sizeof key);
-    return rc;
+    return share_crypt(0, plain, ct, round, from, to, my_c_pk, my_c_sk, peer_c_pk);
 }
 
 /* ---- GF(2^61 - 1) and Shamir ------------------------------------------------------------- */

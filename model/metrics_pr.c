@@ -1,45 +1,21 @@
 /* metrics_pr.c - AUPRC, F1 and the per-task / per-combination evaluation report
  * (see moeh_metrics.h). */
 #include "moeh_metrics.h"
+#include "metrics_int.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    float s;
-    uint8_t y;
-} sy_t;
-
 static int cmp_desc(const void *a, const void *b)
 {
-    float x = ((const sy_t *)a)->s, y = ((const sy_t *)b)->s;
+    float x = ((const scored_t *)a)->s, y = ((const scored_t *)b)->s;
     return (x < y) - (x > y);
 }
 
-/* Collects the masked pairs sorted by descending score; *m receives the count. */
-static sy_t *collect(const float *score, const float *label, const uint8_t *mask, size_t n,
-                     size_t stride, size_t *m, size_t *npos)
-{
-    sy_t *v = malloc((n ? n : 1) * sizeof *v);
-    if (!v) return NULL;
-    size_t k = 0, p = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (mask && !mask[i * stride]) continue;
-        v[k].s = score[i * stride];
-        v[k].y = label[i * stride] > 0.5f;
-        p += v[k].y;
-        k++;
-    }
-    qsort(v, k, sizeof *v, cmp_desc);
-    *m = k;
-    *npos = p;
-    return v;
-}
-
 /* Walks the distinct thresholds from the top; fills AP and the best F1. */
-static void sweep(const sy_t *v, size_t m, size_t npos, double *ap, double *f1b, double *thr)
+static void sweep(const scored_t *v, size_t m, size_t npos, double *ap, double *f1b, double *thr)
 {
     double tp = 0, fp = 0, prev_r = 0, a = 0, best = 0, bthr = NAN;
     for (size_t i = 0; i < m;) {
@@ -68,7 +44,7 @@ double moeh_auprc(const float *score, const float *label, const uint8_t *mask, s
                   size_t stride)
 {
     size_t m, npos;
-    sy_t *v = collect(score, label, mask, n, stride, &m, &npos);
+    scored_t *v = scored_collect(score, label, mask, n, stride, cmp_desc, &m, &npos);
     if (!v) return NAN;
     double ap = NAN, f1, thr;
     if (npos > 0) sweep(v, m, npos, &ap, &f1, &thr);
@@ -95,7 +71,7 @@ int moeh_bin_metrics(moeh_bin_metrics_t *out, const float *score, const float *l
                      const uint8_t *mask, size_t n, size_t stride)
 {
     size_t m, npos;
-    sy_t *v = collect(score, label, mask, n, stride, &m, &npos);
+    scored_t *v = scored_collect(score, label, mask, n, stride, cmp_desc, &m, &npos);
     if (!v) return -ENOMEM;
     out->n = m;
     out->n_pos = npos;

@@ -215,12 +215,34 @@ def auroc(scores, labels):
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+class Pooled:
+    """Scores and labels per task, over all rows and per modality combination. row(c) starts a
+    row of combination c (listed even when none of its labels counts); add() files a score."""
+
+    def __init__(self):
+        self.all = ({t: [] for t in TASKS}, {t: [] for t in TASKS})
+        self.by_combo = {}
+        self.bc = None
+
+    def row(self, c):
+        self.bc = self.by_combo.setdefault(c, ({t: [] for t in TASKS}, {t: [] for t in TASKS}))
+
+    def add(self, t, score, label):
+        for sc, lb in (self.all, self.bc):
+            sc[t].append(score)
+            lb[t].append(label)
+
+    def aurocs(self):
+        """({task: AUROC}, {combination: {task: AUROC}})."""
+        return ({t: auroc(self.all[0][t], self.all[1][t]) for t in TASKS},
+                {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
+                 for c, (sc, lb) in self.by_combo.items()})
+
+
 def oracle(truth_csv, test_ids):
     """Oracle AUROC per task (true risk as the score) on the given rows, the row count, and
     {combination: {task: AUROC}} on the rows of each modality combination."""
-    scores = {t: [] for t in TASKS}
-    labels = {t: [] for t in TASKS}
-    by_combo = {}
+    pooled = Pooled()
     found = 0
     with open(truth_csv, newline="") as f:
         for row in csv.DictReader(f):
@@ -228,18 +250,13 @@ def oracle(truth_csv, test_ids):
             if key not in test_ids:
                 continue
             found += 1
-            bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TASKS},
-                                                     {t: [] for t in TASKS}))
+            pooled.row(test_ids[key])
             for t in TASKS:
                 lab = row["label_" + t]
                 if lab in ("", "-1"):
                     continue
-                for sc, lb in ((scores, labels), bc):
-                    sc[t].append(float(row["risk_" + t]))
-                    lb[t].append(int(lab))
-    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
-    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
-             for c, (sc, lb) in by_combo.items()}
+                pooled.add(t, float(row["risk_" + t]), int(lab))
+    res, combo = pooled.aurocs()
     return res, found, combo
 
 
@@ -267,9 +284,7 @@ def achievable(truth_csv, test_ids):
     given survival (the Bayes score given the other latents and the label's existence).
     Returns ({task: AUROC}, {combination: {task: AUROC}}); exits if the formula above no longer
     reproduces truth.csv's risk columns (the generator changed)."""
-    scores = {t: [] for t in TASKS}
-    labels = {t: [] for t in TASKS}
-    by_combo = {}
+    pooled = Pooled()
     with open(truth_csv, newline="") as f:
         rd = csv.DictReader(f)
         if "risk_limited_mortality" in (rd.fieldnames or []):
@@ -283,8 +298,7 @@ def achievable(truth_csv, test_ids):
             lat = [float(row[x]) for x in ("severity", "hemodynamic", "renal", "notes_only",
                                           "lung")]
             a = (float(row["age"]) - 65.0) / 15.0
-            bc = by_combo.setdefault(c, ({t: [] for t in TASKS},
-                                         {t: [] for t in TASKS}))
+            pooled.row(c)
             for t in TASKS:
                 b = RISK_COEF[t]
                 eta = b[0] + sum(bi * z for bi, z in zip(b[1:6], lat)) + b[6] * a
@@ -309,21 +323,15 @@ def achievable(truth_csv, test_ids):
                     ws = [w * (1.0 - sigmoid(em0 + bm[4] * x)) for x, w in zip(N_GRID, N_WEIGHT)]
                     r = (sum(w * sigmoid(eta0 + b[4] * x) for x, w in zip(N_GRID, ws))
                          / sum(ws))
-                for sc, lb in ((scores, labels), bc):
-                    sc[t].append(r)
-                    lb[t].append(int(lab))
-    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
-    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
-             for c, (sc, lb) in by_combo.items()}
+                pooled.add(t, r, int(lab))
+    res, combo = pooled.aurocs()
     return res, combo
 
 
 def limited_from_truth(rd, truth_csv, test_ids):
     """(e') from truth.csv's risk_limited_<task> columns (the heterogeneous profile): the
     generator's risk given what the row's modalities can show. Same return as achievable()."""
-    scores = {t: [] for t in TASKS}
-    labels = {t: [] for t in TASKS}
-    by_combo = {}
+    pooled = Pooled()
     for n, row in enumerate(rd, 2):
         try:
             key = (int(row["subject_id"]), int(row["hadm_id"]))
@@ -331,8 +339,7 @@ def limited_from_truth(rd, truth_csv, test_ids):
             sys.exit(f"{truth_csv}:{n}: subject_id/hadm_id: expected integers")
         if key not in test_ids:
             continue
-        bc = by_combo.setdefault(test_ids[key], ({t: [] for t in TASKS},
-                                                 {t: [] for t in TASKS}))
+        pooled.row(test_ids[key])
         for t in TASKS:
             lab = row["label_" + t]
             if lab in ("", "-1"):
@@ -342,12 +349,8 @@ def limited_from_truth(rd, truth_csv, test_ids):
             except (TypeError, ValueError):
                 sys.exit(f"{truth_csv}:{n}: risk_limited_{t}/label_{t}: expected a number and "
                          f"0/1, got {row['risk_limited_' + t]!r}/{lab!r}")
-            for sc, lb in ((scores, labels), bc):
-                sc[t].append(r)
-                lb[t].append(y)
-    res = {t: auroc(scores[t], labels[t]) for t in TASKS}
-    combo = {c: {t: auroc(sc[t], lb[t]) for t in TASKS}
-             for c, (sc, lb) in by_combo.items()}
+            pooled.add(t, r, y)
+    res, combo = pooled.aurocs()
     return res, combo
 
 
@@ -571,18 +574,14 @@ def main():
             vals = [math.nan if v is None else v for v in vals]
             L.append(f"| {label} | {c} | {rows} | " + " | ".join(fmt(v) for v in vals)
                      + f" | {fmt(mean(vals))} |")
-    for c in COMBOS:
-        if c in orc_combo:
-            vals = [orc_combo[c][t] for t in TASKS]
-            n = sum(1 for v in test_ids.values() if v == c)
-            L.append(f"| (e) oracle (true risk) | {c} | {n} | "
-                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
-    for c in COMBOS:
-        if c in ach_combo:
-            vals = [ach_combo[c][t] for t in TASKS]
-            n = sum(1 for v in test_ids.values() if v == c)
-            L.append(f"| (e') modality-limited oracle | {c} | {n} | "
-                     + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
+    for label, by_combo in (("(e) oracle (true risk)", orc_combo),
+                            ("(e') modality-limited oracle", ach_combo)):
+        for c in COMBOS:
+            if c in by_combo:
+                vals = [by_combo[c][t] for t in TASKS]
+                n = sum(1 for v in test_ids.values() if v == c)
+                L.append(f"| {label} | {c} | {n} | "
+                         + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
     L.append("")
     if gate:
         L.append("Mean gate weight per expert (expert k = combination k+1: E, N, EN, I, EI, NI, "

@@ -5,6 +5,17 @@
 
 #include <string.h>
 
+static const char k_usage[] =
+    "usage: moeh extract --mimic DIR [--note DIR] [--cxr DIR] --out DATASET "
+    "[--note-embeddings X.npy] [--cxr-embeddings Y.npy] [OPTIONS]\n\nBuilds the "
+    "cohort of docs/data.md from MIMIC-IV as PhysioNet "
+    "publishes it and\nwrites a dataset directory (.npy arrays + meta.json). A "
+    "missing event table or modality\ndirectory is a warning and leaves that "
+    "modality absent. With --note-embeddings / --cxr-embeddings the\n"
+    "dataset also holds note_vec.npy / img_vec.npy for the model's precomputed-"
+    "vector inputs\n(docs/data.md section 5.1). Exit status: 0 ok, 1 failure,\n2 "
+    "usage error.";
+
 int moeh_sim_cmd_extract(int argc, char **argv)
 {
     moeh_extract_opts_t o;
@@ -36,19 +47,7 @@ int moeh_sim_cmd_extract(int argc, char **argv)
          "--cxr (metadata only: no JPEG is decoded); the mean over the window's AP/PA images"},
         {"log-level", MOEH_OPT_STR, &log_level, "debug, info, warn or error"},
     };
-    moeh_opts_t po = {
-        .prog = "moeh extract",
-        .synopsis = "usage: moeh extract --mimic DIR [--note DIR] [--cxr DIR] --out DATASET "
-                    "[--note-embeddings X.npy] [--cxr-embeddings Y.npy] [OPTIONS]\n\nBuilds the "
-                    "cohort of docs/data.md from MIMIC-IV as PhysioNet "
-                    "publishes it and\nwrites a dataset directory (.npy arrays + meta.json). A "
-                    "missing event table or modality\ndirectory is a warning and leaves that "
-                    "modality absent. With --note-embeddings / --cxr-embeddings the\n"
-                    "dataset also holds note_vec.npy / img_vec.npy for the model's precomputed-"
-                    "vector inputs\n(docs/data.md section 5.1). Exit status: 0 ok, 1 failure,\n2 "
-                    "usage error.",
-        .opts = opts,
-        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_opts_t po = MOEH_SIM_OPTS("moeh extract", k_usage, opts);
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
@@ -65,11 +64,7 @@ int moeh_sim_cmd_extract(int argc, char **argv)
     if (!rc && log_level && moeh_log_parse_level(log_level, &l))
         rc = moeh_errf(&err, -EINVAL, "--log-level %s: expected debug, info, warn or error",
                        log_level);
-    if (rc) {
-        fprintf(stderr, "moeh extract: %s\n", err.msg);
-        moeh_opts_free(&po);
-        return 2;
-    }
+    if (rc) return moeh_sim_usage_error(&po, &err);
     if (log_level) moeh_log_configure(l, "moeh", NULL, NULL);
     o.img_size = (size_t)img_size, o.strict = strict;
     moeh_dataset_t *ds = NULL;
@@ -77,11 +72,7 @@ int moeh_sim_cmd_extract(int argc, char **argv)
     rc = moeh_extract(&o, &ds, &st, &err);
     if (rc == 0) rc = moeh_dataset_write(ds, out, &err);
     moeh_dataset_destroy(&ds);
-    if (rc) {
-        fprintf(stderr, "moeh extract: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
-        moeh_opts_free(&po);
-        return 1;
-    }
+    if (rc) return moeh_sim_failed(&po, rc, &err);
     printf("cohort %zu admissions (%zu subjects) -> %s\n", st.cohort, st.subjects, out);
     for (int t = 0; t < MOEH_N_TASKS; t++)
         printf("  %-12s %zu positive of %zu labelled\n", moeh_task_names[t], st.positives[t],

@@ -199,6 +199,20 @@ out:
     return rc;
 }
 
+static const char k_usage[] =
+    "usage: moeh predict --model FILE --dataset DIR --out preds.csv [OPTIONS]\n\n"
+    "Scores every admission of DIR with the model file and writes one CSV row per\n"
+    "admission: admission_id (hadm_id), combo (E, N, EN, I, EI, NI, ENI or none),\n"
+    "p_mortality, p_los7, p_readmit30, gate_0..gate_{E-1} (the gate's weight per expert)\n"
+    "and expert (the largest weight). Refuses a dataset whose variables, image size or\n"
+    "schema differ from the model's. Progress on stderr when it is a terminal.\n"
+    "--with-labels adds split and label_<task>; --split keeps one split's rows; --drop\n"
+    "marks a modality absent (note emptied, image zeroed) for a fixed random P% of the\n"
+    "rows, chosen from (--drop-seed, hadm_id): the same rows for every model, and the\n"
+    "rows of a smaller P among those of a larger one.\n"
+    "Exit status: 0 ok, 1 failure (including a dataset that does not fit), 2 usage "
+    "error.";
+
 int moeh_sim_cmd_predict(int argc, char **argv)
 {
     const char *model = NULL, *data = NULL, *out = NULL;
@@ -227,23 +241,7 @@ int moeh_sim_cmd_predict(int argc, char **argv)
          "(robustness; e.g. notes:50 or notes+img:25)"},
         {"drop-seed", MOEH_OPT_U64, &drop_seed, "seed of the rows --drop removes"},
     };
-    moeh_opts_t po = {
-        .prog = "moeh predict",
-        .synopsis =
-            "usage: moeh predict --model FILE --dataset DIR --out preds.csv [OPTIONS]\n\n"
-            "Scores every admission of DIR with the model file and writes one CSV row per\n"
-            "admission: admission_id (hadm_id), combo (E, N, EN, I, EI, NI, ENI or none),\n"
-            "p_mortality, p_los7, p_readmit30, gate_0..gate_{E-1} (the gate's weight per expert)\n"
-            "and expert (the largest weight). Refuses a dataset whose variables, image size or\n"
-            "schema differ from the model's. Progress on stderr when it is a terminal.\n"
-            "--with-labels adds split and label_<task>; --split keeps one split's rows; --drop\n"
-            "marks a modality absent (note emptied, image zeroed) for a fixed random P% of the\n"
-            "rows, chosen from (--drop-seed, hadm_id): the same rows for every model, and the\n"
-            "rows of a smaller P among those of a larger one.\n"
-            "Exit status: 0 ok, 1 failure (including a dataset that does not fit), 2 usage "
-            "error.",
-        .opts = opts,
-        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_opts_t po = MOEH_SIM_OPTS("moeh predict", k_usage, opts);
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
@@ -257,11 +255,7 @@ int moeh_sim_cmd_predict(int argc, char **argv)
     if (!rc && split_opt && split < 0)
         rc = moeh_errf(&err, -EINVAL, "--split %s: expected train, val or test", split_opt);
     if (!rc && drop_opt) rc = parse_drops(drop_opt, drops, &n_drops, &err);
-    if (rc) {
-        fprintf(stderr, "moeh predict: %s\n", err.msg);
-        moeh_opts_free(&po);
-        return 2;
-    }
+    if (rc) return moeh_sim_usage_error(&po, &err);
     moeh_log_configure(MOEH_LOG_WARN, "moeh", NULL, NULL);
     moeh_modelfile_t *mf = NULL;
     moeh_dataset_t *ds = NULL;
@@ -311,10 +305,10 @@ int moeh_sim_cmd_predict(int argc, char **argv)
             n, secs, fsecs, fsecs > 0 ? (double)n / fsecs : 0.0, out);
 out:
     if (f && f != stdout) fclose(f);
-    if (rc) fprintf(stderr, "moeh predict: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
     moeh_trainer_destroy(&t);
     moeh_dataset_destroy(&ds);
     moeh_modelfile_destroy(&mf);
+    if (rc) return moeh_sim_failed(&po, rc, &err);
     moeh_opts_free(&po);
-    return rc ? 1 : 0;
+    return 0;
 }

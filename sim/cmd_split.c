@@ -7,6 +7,14 @@
 
 _Static_assert(MOEH_N_TASKS == 3, "--skew-by's message lists three tasks");
 
+static const char k_usage[] =
+    "usage: moeh split --dataset D (--sites SPEC | --hospitals TRUTH.csv) --out DIR "
+    "[OPTIONS]\n\n"
+    "Assigns whole subjects to sites and writes DIR/<site>/ (one dataset each, "
+    "with a\nsubject-grouped train/val/test split inside the site) and "
+    "DIR/summary.tsv (docs/data.md).\nExit status: 0 ok, 1 failure, 2 usage "
+    "error.";
+
 int moeh_sim_cmd_split(int argc, char **argv)
 {
     moeh_split_opts_t o;
@@ -36,17 +44,7 @@ int moeh_sim_cmd_split(int argc, char **argv)
         {"seed", MOEH_OPT_U64, &o.seed, "seed of the assignment and the splits"},
         {"no-verify", MOEH_OPT_BOOL, &no_verify, "do not check the input arrays' checksums"},
     };
-    moeh_opts_t po = {
-        .prog = "moeh split",
-        .synopsis =
-            "usage: moeh split --dataset D (--sites SPEC | --hospitals TRUTH.csv) --out DIR "
-            "[OPTIONS]\n\n"
-            "Assigns whole subjects to sites and writes DIR/<site>/ (one dataset each, "
-            "with a\nsubject-grouped train/val/test split inside the site) and "
-            "DIR/summary.tsv (docs/data.md).\nExit status: 0 ok, 1 failure, 2 usage "
-            "error.",
-        .opts = opts,
-        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_opts_t po = MOEH_SIM_OPTS("moeh split", k_usage, opts);
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
@@ -74,20 +72,15 @@ int moeh_sim_cmd_split(int argc, char **argv)
         rc = spec ? moeh_split_parse_sites(spec, &o, &err)
                   : moeh_split_load_hospitals(hospitals, &o, &err);
     if (rc) {
-        fprintf(stderr, "moeh split: %s\n", err.msg);
-        moeh_opts_free(&po);
         moeh_split_opts_free(&o);
-        return 2;
+        return moeh_sim_usage_error(&po, &err);
     }
     moeh_dataset_t *ds = NULL;
     rc = moeh_dataset_open(in, !no_verify, &ds, &err);
     if (!rc) rc = moeh_split_write(ds, &o, out, stdout, &err);
     moeh_dataset_destroy(&ds);
-    moeh_opts_free(&po);
     moeh_split_opts_free(&o);
-    if (rc) {
-        fprintf(stderr, "moeh split: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
-        return 1;
-    }
+    if (rc) return moeh_sim_failed(&po, rc, &err);
+    moeh_opts_free(&po);
     return 0;
 }

@@ -5,6 +5,15 @@
 #include "moeh_opts.h"
 #include <string.h>
 
+static const char k_usage[] =
+    "usage: moeh synth --out DIR [--admissions N] [--seed S] [OPTIONS]\n\n"
+    "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
+    "DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
+    "files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per admission)\n"
+    "and DIR/truth.json (counts, oracle AUROC per task).\n"
+    "Then: moeh extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n"
+    "Exit status: 0 ok, 1 failure, 2 usage error.";
+
 int moeh_sim_cmd_synth(int argc, char **argv)
 {
     moeh_synth_opts_t o;
@@ -28,18 +37,7 @@ int moeh_sim_cmd_synth(int argc, char **argv)
          "homogeneous (default) or heterogeneous: patient kinds with their own outcome "
          "functions, informative availability, site shift (docs/synthetic.md)"},
     };
-    moeh_opts_t po = {
-        .prog = "moeh synth",
-        .synopsis =
-            "usage: moeh synth --out DIR [--admissions N] [--seed S] [OPTIONS]\n\n"
-            "Writes a synthetic database in the raw MIMIC-IV layout (docs/synthetic.md):\n"
-            "DIR/mimic (hosp/, icu/), DIR/note (note/radiology.csv.gz), DIR/cxr (metadata +\n"
-            "files/.../DICOM.jpg), DIR/truth.csv (true risk, labels, latent state per admission)\n"
-            "and DIR/truth.json (counts, oracle AUROC per task).\n"
-            "Then: moeh extract --mimic DIR/mimic --note DIR/note --cxr DIR/cxr --out DS\n"
-            "Exit status: 0 ok, 1 failure, 2 usage error.",
-        .opts = opts,
-        .n_opts = sizeof opts / sizeof opts[0]};
+    moeh_opts_t po = MOEH_SIM_OPTS("moeh synth", k_usage, opts);
     moeh_err_t err = {0};
     int rc = moeh_opts_parse(&po, argc, argv, &err);
     if (rc == 1) return 0;
@@ -58,21 +56,13 @@ int moeh_sim_cmd_synth(int argc, char **argv)
     if (!rc && !strcmp(profile, "heterogeneous")) o.profile = MOEH_SYNTH_HETEROGENEOUS;
     if (!rc && (o.chart_days < 0 || o.chart_days > 365))
         rc = moeh_errf(&err, -EINVAL, "--chart-days %g: expected 0..365", o.chart_days);
-    if (rc) {
-        fprintf(stderr, "moeh synth: %s\n", err.msg);
-        moeh_opts_free(&po);
-        return 2;
-    }
+    if (rc) return moeh_sim_usage_error(&po, &err);
     o.admissions = (size_t)admissions, o.img_px = (size_t)img_px, o.gz_level = (int)gz_level;
     o.images = !no_images;
     moeh_synth_stats_t st;
     int64_t t = moeh_now_ms();
     rc = moeh_synth(&o, out, &st, &err);
-    if (rc) {
-        fprintf(stderr, "moeh synth: %s\n", err.msg[0] ? err.msg : moeh_strerror(rc));
-        moeh_opts_free(&po);
-        return 1;
-    }
+    if (rc) return moeh_sim_failed(&po, rc, &err);
     printf("synthetic MIMIC-IV in %s (%.1f s): %zu subjects, %zu admissions, %zu ICU stays, "
            "cohort %zu\n",
            out, (double)(moeh_now_ms() - t) / 1000, st.subjects, st.admissions, st.icu_stays,

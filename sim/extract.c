@@ -244,12 +244,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
         (rc = moeh_i64map_init(&c->pat_map, 1024)))
         goto out;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if ((++rows & 0xfff) == 0) table_tick(&m, r);
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, &rows, &e, err)) > 0) {
         int64_t sid, age, year;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &sid) ||
             moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &age) ||
@@ -271,6 +266,7 @@ static int load_patients(ctx_t *c, const char *dir, moeh_err_t *err)
                              (int8_t)moeh_csv_eq(moeh_csv_field(r, (size_t)ci[1]), "F")};
         if ((rc = moeh_i64map_put(&c->pat_map, sid, (uint32_t)n++))) goto out;
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
 out:
     moeh_progress_cancel(&m); /* after a failure: the line goes, without a summary */
@@ -302,12 +298,7 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
     if ((rc = cols(r, v1 ? names_v1 : names, ci, 9, err))) goto out;
     if ((rc = moeh_i64map_init(&c->adm_map, 1024))) goto out;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if ((++rows & 0xfff) == 0) table_tick(&m, r);
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, &rows, &e, err)) > 0) {
         adm_t a = {0};
         int64_t flag = 0;
         moeh_csv_field_t fa = moeh_csv_field(r, (size_t)ci[2]);
@@ -356,6 +347,7 @@ static int load_admissions(ctx_t *c, const char *dir, moeh_err_t *err)
         c->adms[c->n_adms] = a;
         if ((rc = moeh_i64map_put(&c->adm_map, a.hadm, (uint32_t)c->n_adms++))) goto out;
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
 out:
     moeh_progress_cancel(&m);
@@ -377,12 +369,7 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
         (rc = cols(r, names, ci, 3, err)))
         goto out;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if ((++rows & 0xfff) == 0) table_tick(&m, r);
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, &rows, &e, err)) > 0) {
         int64_t hadm, in;
         uint32_t ai;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[0]), &hadm) ||
@@ -400,6 +387,7 @@ static int load_icustays(ctx_t *c, const char *dir, moeh_err_t *err)
                 cat_index(moeh_csv_field(r, (size_t)ci[1]), k_careunits, N_UNITS, (int)N_UNITS - 1);
         }
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
 out:
     moeh_progress_cancel(&m);

@@ -123,6 +123,21 @@ static inline void table_done(moeh_progress_t *m, const moeh_csv_t *r, uint64_t 
     moeh_progress_end(m, note);
 }
 
+/* The next row of table r (meter m): 1 a row, 0 the end, or a negative code (the reader's
+ * message in e, or with --strict malformed()'s in err). A row the reader refuses as malformed
+ * is reported and skipped (malformed()). *rows counts every row read, refused ones too, and the
+ * meter moves every 4096; rows NULL: the caller counts (and moves the meter) itself. */
+static inline int table_next(ctx_t *c, moeh_csv_t *r, moeh_progress_t *m, uint64_t *rows,
+                             moeh_err_t *e, moeh_err_t *err)
+{
+    for (;;) {
+        int rc = moeh_csv_next(r, e);
+        if (rc != 0 && rows && (++*rows & 0xfff) == 0) table_tick(m, r);
+        if (rc != -EBADMSG) return rc;
+        if ((rc = malformed(c, rc, e, err))) return rc;
+    }
+}
+
 /* Passes 2 and 3 (extract_streams.c) over the cohort of pass 1 (c->ds created, c->cohort and
  * the maps filled): the hourly series from chartevents and labevents, then the notes and the
  * chest X-rays where their directories are given. 0 or a negative code (message in err);

@@ -117,11 +117,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
     const size_t F = c->vm.n_vars;
     uint64_t rows = 0;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, NULL, &e, err)) > 0) {
         if ((++rows & 0xfff) == 0) table_tick(&m, r);
         int64_t item, hadm = 0, subj = 0, t;
         if (moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[2]), &item)) {
@@ -163,6 +159,7 @@ static int stream_events(ctx_t *c, const char *path, bool lab, bool *present, mo
         }
         c->st->used_rows++;
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
     c->st->event_bytes += moeh_csv_bytes(r);
     if (lab)
@@ -260,11 +257,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
     c->st->have_notes = true;
     uint64_t rows = 0;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, NULL, &e, err)) > 0) {
         if ((++rows & 0xfff) == 0) table_tick(&m, r);
         int64_t subj, hadm = 0, t;
         int hr = moeh_csv_parse_i64(moeh_csv_field(r, (size_t)ci[1]), &hadm);
@@ -298,6 +291,7 @@ static int load_notes(ctx_t *c, moeh_err_t *err)
         }
         recs[nrec++] = (note_rec_t){j, t, (int64_t)rows, before, npool - before};
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
     qsort(recs, nrec, sizeof *recs, cmp_note);
     int32_t *tok = malloc(npool ? npool * sizeof *tok : 1);
@@ -366,12 +360,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
     c->st->have_cxr = true;
     uint64_t rows = 0;
     table_begin(&m, r);
-    while ((rc = moeh_csv_next(r, &e)) != 0) {
-        if ((++rows & 0xfff) == 0) table_tick(&m, r);
-        if (rc < 0) {
-            if (rc != -EBADMSG || (rc = malformed(c, rc, &e, err))) goto out;
-            continue;
-        }
+    while ((rc = table_next(c, r, &m, &rows, &e, err)) > 0) {
         moeh_csv_field_t vp = moeh_csv_field(r, (size_t)cv);
         if (!moeh_csv_eq(vp, "AP") && !moeh_csv_eq(vp, "PA")) continue;
         int64_t subj, study, date;
@@ -404,6 +393,7 @@ static int load_cxr(ctx_t *c, moeh_err_t *err)
             memcpy(pick[j].dicom, dicom, sizeof dicom);
         }
     }
+    if (rc < 0) goto out;
     table_done(&m, r, rows);
     if (c->emb[1].path) { /* emb_finish sets the availability */
         rc = 0;

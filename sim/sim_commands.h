@@ -5,6 +5,9 @@
 #define MOEH_SIM_COMMANDS_H
 
 #include "moeh_moe.h"
+#include "moeh_opts.h"
+
+#include <stdio.h>
 
 int moeh_sim_cmd_run(int argc, char **argv);     /* run.c: a whole federation on loopback */
 int moeh_sim_cmd_extract(int argc, char **argv); /* cmd_extract.c: MIMIC-IV -> dataset */
@@ -22,6 +25,32 @@ void moeh_sim_unknown_option(const char *cmd, const char *arg, const char *const
 
 /* Writes RUN_DIR's report.html (out_file NULL) or out_file; the report script's exit code. */
 int moeh_sim_report(const char *run_dir, const char *out_file);
+
+/* ---- the command line of a subcommand -------------------------------------------------------
+ * MOEH_SIM_OPTS: the parser's frame for the subcommand PROG ("moeh split"), USAGE (the start of
+ * its --help text) and OPTS (an array of moeh_opt_t, not a pointer); moeh_opts_parse it.
+ * moeh_sim_usage_error ends a subcommand whose command line was refused: "PROG: message" on
+ * stderr, po freed, MOEH_EXIT_USAGE (2) returned. moeh_sim_failed ends one that failed at its
+ * work: the same line (rc's text where err holds no message), MOEH_EXIT_ERROR (1) returned. */
+#define MOEH_SIM_OPTS(PROG, USAGE, OPTS)                                                           \
+    ((moeh_opts_t){.prog = (PROG),                                                                 \
+                   .synopsis = (USAGE),                                                            \
+                   .opts = (OPTS),                                                                 \
+                   .n_opts = sizeof(OPTS) / sizeof(OPTS)[0]})
+
+static inline int moeh_sim_usage_error(moeh_opts_t *po, const moeh_err_t *err)
+{
+    fprintf(stderr, "%s: %s\n", po->prog, err->msg);
+    moeh_opts_free(po);
+    return MOEH_EXIT_USAGE;
+}
+
+static inline int moeh_sim_failed(moeh_opts_t *po, int rc, const moeh_err_t *err)
+{
+    fprintf(stderr, "%s: %s\n", po->prog, err->msg[0] ? err->msg : moeh_strerror(rc));
+    moeh_opts_free(po);
+    return MOEH_EXIT_ERROR;
+}
 
 /* The model moeh trains by default (run and train alike): DESIGN's MoE-Health, narrower
  * (d = 64, 2^14 note buckets) to suit a laptop; data shapes 0 (the datasets give them). */

@@ -20,32 +20,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char dir[256], path[300];
+MOEH_TEST_FILE_FIXTURE("badckpt", "checkpoint.moeh")
 
-static int setup(void **state)
-{
-    (void)state;
-    if (moeh_test_tmpdir(dir, sizeof dir, "badckpt")) return -1;
-    snprintf(path, sizeof path, "%s/checkpoint.moeh", dir);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return moeh_test_rmtree(dir);
-}
-
-/* Loads path, expects a refusal whose message names the file and contains want. */
+/* Loads g_path, expects a refusal whose message names the file and contains want. */
 static void refused(const char *want)
 {
     moeh_ckpt_t c;
     moeh_err_t err = {0};
-    int rc = moeh_ckpt_load(path, &c, &err);
+    int rc = moeh_ckpt_load(g_path, &c, &err);
     if (rc == 0) moeh_ckpt_free(&c);
     assert_int_equal(rc, -EBADMSG);
-    if (!strstr(err.msg, path) || !strstr(err.msg, want))
-        fail_msg("message '%s' should name %s and say '%s'", err.msg, path, want);
+    if (!strstr(err.msg, g_path) || !strstr(err.msg, want))
+        fail_msg("message '%s' should name %s and say '%s'", err.msg, g_path, want);
     assert_int_equal(c.n_arrays, 0); /* nothing left allocated */
 }
 
@@ -53,10 +39,10 @@ static void test_honest_loads(void **state)
 {
     (void)state;
     const float d[8] = {0.5f, -1, 0, 1, 3, 2, 4, 0};
-    assert_int_equal(moeh_test_craft_ckpt(path, "7", d), 0);
+    assert_int_equal(moeh_test_craft_ckpt(g_path, "7", d), 0);
     moeh_ckpt_t c;
     moeh_err_t err = {0};
-    assert_int_equal(moeh_ckpt_load(path, &c, &err), 0);
+    assert_int_equal(moeh_ckpt_load(g_path, &c, &err), 0);
     assert_int_equal(c.round, 7);
     assert_int_equal(c.n_arrays, 3);
     moeh_ckpt_free(&c);
@@ -69,7 +55,7 @@ static void test_crafted_refused(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof moeh_test_bad_ckpts / sizeof moeh_test_bad_ckpts[0]; i++) {
         const moeh_test_bad_ckpt_t *k = &moeh_test_bad_ckpts[i];
-        assert_int_equal(moeh_test_craft_ckpt(path, k->round, k->d), 0);
+        assert_int_equal(moeh_test_craft_ckpt(g_path, k->round, k->d), 0);
         refused(k->want);
     }
 }
@@ -90,14 +76,14 @@ static void test_stale_tmp(void **state)
     assert_true(dead >= 0);
     if (dead == 0) _exit(0);
     assert_int_equal(waitpid(dead, NULL, 0), dead);
-    char stale[400], mine[400], other[400];
-    snprintf(stale, sizeof stale, "%s.tmp.%d", path, (int)dead);
-    snprintf(mine, sizeof mine, "%s.tmp.%d", path, (int)getpid());
-    snprintf(other, sizeof other, "%s.tmp.12x", path);
+    char stale[600], mine[600], other[600];
+    snprintf(stale, sizeof stale, "%s.tmp.%d", g_path, (int)dead);
+    snprintf(mine, sizeof mine, "%s.tmp.%d", g_path, (int)getpid());
+    snprintf(other, sizeof other, "%s.tmp.12x", g_path);
     touch(stale), touch(mine), touch(other);
     size_t n = 99;
     moeh_err_t err = {0};
-    assert_int_equal(moeh_ckpt_remove_stale(path, &n, &err), 0);
+    assert_int_equal(moeh_ckpt_remove_stale(g_path, &n, &err), 0);
     assert_int_equal(n, 1);
     struct stat st;
     assert_int_equal(stat(stale, &st), -1);

@@ -21,17 +21,7 @@
 #include <unistd.h>
 #include <math.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "common");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("common")
 
 static void test_npy_roundtrip(void **state)
 {

@@ -73,6 +73,25 @@ static const char *k_metrics =
     "{\"event\":\"eval\",\"round\":1}\n{\"event\":\"eval\",\"round\":2}\n";
 static const char *k_ckpt = "not a real checkpoint, but an earlier run's file all the same\n";
 
+/* DIR/name, made, holding an earlier run's metrics.jsonl (k_metrics) */
+static void earlier_run(const char *name)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", g_dir, name);
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/metrics.jsonl", name);
+    put(p, k_metrics);
+}
+
+/* DIR/rel holds exactly text */
+static void assert_file(const char *rel, const char *text)
+{
+    char *m = slurp(rel);
+    assert_non_null(m);
+    assert_string_equal(m, text);
+    free(m);
+}
+
 /* the one previous-run-* directory in DIR/run, or "" */
 static void previous_run(char *name, size_t cap)
 {
@@ -91,10 +110,7 @@ static void previous_run(char *name, size_t cap)
 static void test_existing_run_refused_then_moved(void **state)
 {
     (void)state;
-    char p[512];
-    snprintf(p, sizeof p, "%s/run", g_dir);
-    assert_int_equal(mkdir(p, 0755), 0);
-    put("run/metrics.jsonl", k_metrics);
+    earlier_run("run");
     put("run/checkpoint.moeh", k_ckpt);
 
     /* refused, untouched, and told what to do */
@@ -102,10 +118,7 @@ static void test_existing_run_refused_then_moved(void **state)
     assert_true(out_has("holds an earlier run"));
     assert_true(out_has("--resume to continue it"));
     assert_true(out_has("--new-run"));
-    char *m = slurp("run/metrics.jsonl");
-    assert_non_null(m);
-    assert_string_equal(m, k_metrics);
-    free(m);
+    assert_file("run/metrics.jsonl", k_metrics);
 
     /* --new-run: the old files move, byte for byte, into run/previous-run-<time>/ */
     assert_int_equal(coord("--out run --new-run"), 1); /* no site joins within 1 s */
@@ -113,15 +126,9 @@ static void test_existing_run_refused_then_moved(void **state)
     char prev[256], rel[400];
     previous_run(prev, sizeof prev);
     snprintf(rel, sizeof rel, "run/%s/metrics.jsonl", prev);
-    m = slurp(rel);
-    assert_non_null(m);
-    assert_string_equal(m, k_metrics);
-    free(m);
+    assert_file(rel, k_metrics);
     snprintf(rel, sizeof rel, "run/%s/checkpoint.moeh", prev);
-    m = slurp(rel);
-    assert_non_null(m);
-    assert_string_equal(m, k_ckpt);
-    free(m);
+    assert_file(rel, k_ckpt);
     snprintf(rel, sizeof rel, "%s/run/checkpoint.moeh", g_dir);
     struct stat st;
     assert_int_not_equal(stat(rel, &st), 0); /* moved, not copied */
@@ -130,10 +137,7 @@ static void test_existing_run_refused_then_moved(void **state)
 static void test_resume_keeps_metrics(void **state)
 {
     (void)state;
-    char p[512];
-    snprintf(p, sizeof p, "%s/resume", g_dir);
-    assert_int_equal(mkdir(p, 0755), 0);
-    put("resume/metrics.jsonl", k_metrics);
+    earlier_run("resume");
     /* without a checkpoint --resume fails, and whatever it says, the metrics stay */
     int rc = coord("--out resume --resume");
     assert_int_not_equal(rc, 0);

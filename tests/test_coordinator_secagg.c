@@ -312,6 +312,20 @@ static void free_words(uint32_t *x[N_SITES])
         free(x[k]);
 }
 
+/* Plays an attempt at a phase with the words x (then freed). A poisoned attempt must be
+ * refused: the phase (still `phase`) is opened again, a new session for every site. */
+static void play_attempt(fx_t *f, Moeh__RoundTask task, uint32_t round, uint32_t *x[N_SITES],
+                         int poisoned, moeh_coord_phase_t phase)
+{
+    size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
+    play_secagg(f, task, round, x, -1);
+    free_words(x);
+    if (poisoned) {
+        assert_int_equal(moeh_coord_core_phase(f->core), phase);
+        assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
+    }
+}
+
 /* The first normalisation mean is the pooled mean of every site's statistics. */
 static void assert_norm_of_sites(const fx_t *f)
 {
@@ -371,13 +385,7 @@ static void test_secagg_poisoned_sums_retried(void **state)
     uint32_t *x[N_SITES];
     for (int poisoned = 1; poisoned >= 0; poisoned--) {
         stats_words(f, x, poisoned ? 1 : -1);
-        size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
-        play_secagg(f, MOEH__ROUND_TASK__STATS, 0, x, -1);
-        free_words(x);
-        if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
-            assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_STATS);
-            assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
-        }
+        play_attempt(f, MOEH__ROUND_TASK__STATS, 0, x, poisoned, MOEH_COORD_STATS);
     }
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_TRAIN);
     assert_norm_of_sites(f);
@@ -596,15 +604,9 @@ static void test_secagg_validation_bounded_by_n_val(void **state)
     free_words(x);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
     for (int poisoned = 1; poisoned >= 0; poisoned--) {
-        size_t starts = count_sent(f, MOEH__MSG_TYPE__ROUND_START);
         for (int k = 0; k < N_SITES; k++)
             x[k] = val_words(lim, (uint32_t)n_val[k] + (poisoned && k == 2 ? 100 : 0));
-        play_secagg(f, MOEH__ROUND_TASK__VALIDATE, 1, x, -1);
-        free_words(x);
-        if (poisoned) { /* refused: the phase is opened again (a new session for every site) */
-            assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
-            assert_int_equal(count_sent(f, MOEH__MSG_TYPE__ROUND_START), starts + N_SITES);
-        }
+        play_attempt(f, MOEH__ROUND_TASK__VALIDATE, 1, x, poisoned, MOEH_COORD_VALIDATE);
     }
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
 }

@@ -235,6 +235,34 @@ static float *patience_rounds_1_to_3(fx_t *f)
     return w2;
 }
 
+/* patience_rounds_1_to_3, then the coordinator stops (f->core destroyed; its checkpoint of
+ * round 3 stays). Round 2's model (the caller frees it). */
+static float *interrupted_after_round_3(fx_t *f)
+{
+    float *w2 = patience_rounds_1_to_3(f);
+    moeh_coord_core_destroy(&f->core);
+    return w2;
+}
+
+/* After interrupted_after_round_3: a new process resumes from the checkpoint of round 3, its
+ * final table into f->table, and plays round 4 (validation AUROC 0.75): one more round without
+ * improvement, so --patience 2 ends the run. */
+static void resume_round_4(fx_t *f)
+{
+    f->cfg.resume = 1;
+    f->cfg.print_table = 1;
+    f->io.table = f->table = tmpfile();
+    assert_non_null(f->table);
+    moeh_err_t err = {0};
+    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    moeh_coord_core_start(f->core, 3, f->now);
+    join_all(f);
+    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
+    finish(f);
+}
+
 /* --patience 2: validation AUROC 0.7, 0.9, 0.8, 0.75: rounds 3 and 4 do not improve, so the
  * run ends after round 4 of 6, normally, with round 2 selected. */
 static void test_patience_stops_early(void **state)
@@ -260,21 +288,8 @@ static void test_patience_stops_early(void **state)
 static void test_resume_keeps_selection(void **state)
 {
     fx_t *f = *state;
-    float *w2 = patience_rounds_1_to_3(f);
-    /* the coordinator stops; a new process resumes from the checkpoint of round 3 */
-    moeh_coord_core_destroy(&f->core);
-    f->cfg.resume = 1;
-    f->cfg.print_table = 1; /* the final table of the resumed process */
-    f->io.table = f->table = tmpfile();
-    assert_non_null(f->table);
-    moeh_err_t err = {0};
-    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
-    if (rc) print_error("%s\n", err.msg);
-    assert_int_equal(rc, 0);
-    moeh_coord_core_start(f->core, 3, f->now);
-    join_all(f);
-    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
-    finish(f);
+    float *w2 = interrupted_after_round_3(f);
+    resume_round_4(f);
     assert_model_file(f, w2);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);
@@ -294,8 +309,7 @@ static void test_resume_keeps_selection(void **state)
 static void test_resume_older_checkpoint(void **state)
 {
     fx_t *f = *state;
-    float *w2 = patience_rounds_1_to_3(f);
-    moeh_coord_core_destroy(&f->core);
+    float *w2 = interrupted_after_round_3(f);
     char path[400];
     snprintf(path, sizeof path, "%s/checkpoint.moeh", f->dir);
     moeh_ckpt_t k;
@@ -308,17 +322,7 @@ static void test_resume_older_checkpoint(void **state)
     k.counts[i] -= 2 * MOEH_N_TASKS; /* the older layout: no validation calibration */
     assert_int_equal(moeh_ckpt_save(path, &k, &err), 0);
     moeh_ckpt_free(&k);
-    f->cfg.resume = 1;
-    f->cfg.print_table = 1;
-    f->io.table = f->table = tmpfile();
-    assert_non_null(f->table);
-    int rc = moeh_coord_core_create(&f->cfg, &f->io, &f->core, &err);
-    if (rc) print_error("%s\n", err.msg);
-    assert_int_equal(rc, 0);
-    moeh_coord_core_start(f->core, 3, f->now);
-    join_all(f);
-    play_round(f, 4, 0.75, 0.5, 0.6, NULL);
-    finish(f); /* one more round without improvement: --patience 2 ends the run */
+    resume_round_4(f);
     assert_model_file(f, w2);
     int n_cal, n_ev;
     cJSON *sel = read_selection(f, &n_cal, &n_ev);

@@ -17,17 +17,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "csv");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("csv")
 
 static void write_plain(const char *path, const char *s, size_t n)
 {

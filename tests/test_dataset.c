@@ -18,17 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "dataset");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("dataset")
 
 static moeh_dataset_t *make(size_t n)
 {

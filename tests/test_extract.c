@@ -21,17 +21,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "extract");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("extract")
 
 /* The default options for the database at mimic_dir. */
 static moeh_extract_opts_t opts_for(const char *mimic_dir)

@@ -20,17 +20,7 @@
 #include <turbojpeg.h>
 #include <unistd.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "image");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("image")
 
 static void test_resize(void **state)
 {

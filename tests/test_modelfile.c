@@ -20,7 +20,8 @@
 #include <math.h>
 #include <string.h>
 
-static char g_dir[256], g_path[512];
+MOEH_TEST_FILE_FIXTURE("modelfile", "model.safetensors")
+
 static const char *const k_static[3] = {"age", "sex_female", "bmi"};
 static const char *const k_ts[2] = {"hr", "sbp"};
 static const char *const k_units[2] = {"bpm", "mmHg"};
@@ -62,20 +63,6 @@ static void write_ref(int names)
     moeh_modelfile_info_t in = tiny_info(names);
     assert_int_equal(moeh_modelfile_write(g_path, m, &in, &err), 0);
     moeh_moe_destroy(&m);
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    if (moeh_test_tmpdir(g_dir, sizeof g_dir, "modelfile")) return -1;
-    snprintf(g_path, sizeof g_path, "%s/model.safetensors", g_dir);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    return moeh_test_rmtree(g_dir);
 }
 
 static void test_round_trip(void **state)
@@ -521,6 +508,5 @@ static void test_names_from_meta(void **state)
     assert_null(nm.static_names);
 }
 
-MOEH_TEST_MAIN(group_setup, group_teardown, cmocka_unit_test(test_round_trip),
-               cmocka_unit_test(test_corrupt), cmocka_unit_test(test_check_dataset),
-               cmocka_unit_test(test_names_from_meta))
+MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_round_trip), cmocka_unit_test(test_corrupt),
+               cmocka_unit_test(test_check_dataset), cmocka_unit_test(test_names_from_meta))

@@ -80,6 +80,42 @@ static void send_update(rogue_t *r, uint32_t round, uint64_t version, uint32_t w
     free(words);
 }
 
+/* A run that site-x attacks, beside the clean run of the honest sites alone. */
+typedef struct {
+    char clean[300];         /* the clean run's directory */
+    rogue_t r;               /* site-x */
+    moeh_proc_t *c;          /* the coordinator */
+    moeh_proc_t *a[N_SITES]; /* the honest agents */
+    uint32_t round;          /* the phase site-x was last told to start */
+    uint64_t version;
+} attack_t;
+
+/* The honest sites' run with opts (2 rounds, f->dir/clean; without VALIDATE, as the attacked
+ * run: fed_util.h rogue_opts), then the attacked run (f->dir/attacked, opts) that site-x joins
+ * declaring n_train / n_eval (poison_join), up to its statistics phase. x starts zeroed. */
+static void clean_then_attacked(fixture_t *f, char **opts, attack_t *x, uint64_t n_train,
+                                uint64_t n_eval)
+{
+    char *nv[32];
+    run_all(f, "clean", "2", rogue_opts(opts, nv, 32));
+    snprintf(x->clean, sizeof x->clean, "%s", f->out);
+    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
+    x->c = poison_join(f, &x->r, opts, x->a, n_train, n_eval, NULL);
+    wait_task(&x->r, MOEH__ROUND_TASK__STATS, &x->round, &x->version, NULL, NULL);
+}
+
+/* site-x leaves and the attacked run ends: the coordinator's log says `refused`, and the model
+ * is the clean run's, bit for bit. */
+static void attacked_run_ends(fixture_t *f, attack_t *x, const char *refused)
+{
+    char log[400];
+    rogue_leave(&x->r);
+    wait_run(x->c, x->a);
+    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
+    assert_true(file_contains(log, refused));
+    assert_same_model(x->clean, f->out);
+}
+
 static double eval_metric(const char *out, int round, const char *key)
 {
     return metric(out, "eval", round, key);
@@ -92,30 +128,18 @@ static double eval_metric(const char *out, int round, const char *key)
 static void test_poisoned_stats_refused(void **state)
 {
     fixture_t *f = *state;
-    char clean[300], log[400];
-    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
-    run_all(f, "clean", "2", rogue_opts(NULL, nv, 32));
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
-    rogue_t r = {0};
-    moeh_proc_t *a[N_SITES];
-    moeh_proc_t *c = poison_join(f, &r, NULL, a, 10, 5, NULL);
-    uint32_t round;
-    uint64_t version;
-    wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
+    attack_t x = {0};
+    clean_then_attacked(f, NULL, &x, 10, 5);
     const double f4[3] = {1, 0x1p52, 0x1p52}, big[3] = {1, 0x1p26, 0x1p52}, many[3] = {11, 11, 11};
-    rogue_stats(&r, f4, -ERANGE, "is below sum^2 / count");
-    rogue_stats(&r, big, -ERANGE, "beyond the plausible range");
-    rogue_stats(&r, many, -ERANGE, "feature 0 counts 11 values");
-    rogue_leave(&r);
-    wait_run(c, a);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(log, "refused a message from site-x: stats: feature 0"));
-    assert_same_model(clean, f->out);
+    rogue_stats(&x.r, f4, -ERANGE, "is below sum^2 / count");
+    rogue_stats(&x.r, big, -ERANGE, "beyond the plausible range");
+    rogue_stats(&x.r, many, -ERANGE, "feature 0 counts 11 values");
+    attacked_run_ends(f, &x, "refused a message from site-x: stats: feature 0");
     for (int rd = 1; rd <= 2; rd++) {
         double tl = metric(f->out, "train", rd, "train_loss");
-        assert_true(tl == metric(clean, "train", rd, "train_loss") && tl < 2.0);
-        assert_true(eval_metric(f->out, rd, "auroc_mean") == eval_metric(clean, rd, "auroc_mean"));
+        assert_true(tl == metric(x.clean, "train", rd, "train_loss") && tl < 2.0);
+        assert_true(eval_metric(f->out, rd, "auroc_mean") ==
+                    eval_metric(x.clean, rd, "auroc_mean"));
     }
 }
 
@@ -223,24 +247,15 @@ static void test_poisoned_update_strategies(void **state)
 static void test_forged_eval_refused(void **state)
 {
     fixture_t *f = *state;
-    char clean[300], log[400];
     char *opts[] = {"--upload-slots", "0", NULL};
-    char *nv[32]; /* as the attacked run: without VALIDATE (fed_util.h: rogue_opts) */
-    run_all(f, "clean", "2", rogue_opts(opts, nv, 32));
-    snprintf(clean, sizeof clean, "%s", f->out);
-    snprintf(f->out, sizeof f->out, "%s/attacked", f->dir);
-    rogue_t r = {0};
-    moeh_proc_t *a[N_SITES];
-    moeh_proc_t *c = poison_join(f, &r, opts, a, 0, 6000000, NULL);
-    uint32_t round;
-    uint64_t version;
-    wait_task(&r, MOEH__ROUND_TASK__STATS, &round, &version, NULL, NULL);
-    rogue_send_zero_stats(&r);
-    wait_task(&r, MOEH__ROUND_TASK__TRAIN, &round, &version, NULL, NULL);
-    send_update(&r, round, version, 0, 0, 0, 0, NULL); /* weight 0: changes nothing */
-    wait_task(&r, MOEH__ROUND_TASK__EVALUATE, &round, &version, NULL, NULL);
-    const size_t T = r.lim.n_tasks, nb = r.lim.eval_bins;
-    size_t nh = (size_t)MOEH_N_SLICES * T * 2 * nb, ng = (size_t)MOEH_N_COMBOS * r.lim.n_experts;
+    attack_t x = {0};
+    clean_then_attacked(f, opts, &x, 0, 6000000);
+    rogue_send_zero_stats(&x.r);
+    wait_task(&x.r, MOEH__ROUND_TASK__TRAIN, &x.round, &x.version, NULL, NULL);
+    send_update(&x.r, x.round, x.version, 0, 0, 0, 0, NULL); /* weight 0: changes nothing */
+    wait_task(&x.r, MOEH__ROUND_TASK__EVALUATE, &x.round, &x.version, NULL, NULL);
+    const size_t T = x.r.lim.n_tasks, nb = x.r.lim.eval_bins;
+    size_t nh = (size_t)MOEH_N_SLICES * T * 2 * nb, ng = (size_t)MOEH_N_COMBOS * x.r.lim.n_experts;
     uint32_t *hist = calloc(nh, sizeof(uint32_t));
     float *gate = calloc(ng + 1, sizeof(float));
     assert_true(hist && gate);
@@ -251,23 +266,19 @@ static void test_forged_eval_refused(void **state)
     uint32_t rows[MOEH_N_COMBOS] = {65};
     Moeh__Envelope ee;
     Moeh__EvalResult er = MOEH__EVAL_RESULT__INIT;
-    er.round = round, er.model_version = version, er.n_labels = 2000000 * T, er.n_tasks = T;
+    er.round = x.round, er.model_version = x.version, er.n_labels = 2000000 * T, er.n_tasks = T;
     er.n_bins = nb, er.combo_rows = rows, er.n_combo_rows = MOEH_N_COMBOS, er.loss_sum = 0;
     moeh_env_eval_result(&ee, &er);
     moeh_frame_t fr[2] = {{.name = "hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = nh},
                           {.name = "gate", .dtype = MOEH__DTYPE__F32, .data = gate, .count = ng}};
-    rogue_expect_reply(&r, &ee, fr, 2, -ERANGE,
+    rogue_expect_reply(&x.r, &ee, fr, 2, -ERANGE,
                        "eval: task 0 has 2000000 labelled rows in slice 0");
     free(hist);
     free(gate);
-    rogue_leave(&r);
-    wait_run(c, a);
-    snprintf(log, sizeof log, "%s/coordinator.log", f->logs);
-    assert_true(file_contains(log, "test rows declared (capped)"));
-    assert_same_model(clean, f->out);
+    attacked_run_ends(f, &x, "test rows declared (capped)");
     for (int rd = 1; rd <= 2; rd++) {
         double au = eval_metric(f->out, rd, "auroc_mean");
-        assert_true(isfinite(au) && au == eval_metric(clean, rd, "auroc_mean"));
+        assert_true(isfinite(au) && au == eval_metric(x.clean, rd, "auroc_mean"));
         assert_int_equal((int)eval_metric(f->out, rd, "sites"), 3);
     }
 }

@@ -95,26 +95,27 @@ static void test_formats(void **state)
     assert_string_equal(moeh_progress_fmt_elapsed(b, sizeof b, 3720), "1h02m");
 }
 
-/* 100 MiB at 10 MiB/s, an update every 50 ms. */
-static void run_step(moeh_progress_t *p, int log_in_between)
+/* What stderr shows (on a terminal or not) of a step over 100 MiB at 10 MiB/s, an update every
+ * 50 ms, with a log line halfway. The caller frees it. */
+static char *run_step(int terminal)
 {
     const uint64_t total = 100u << 20;
-    moeh_progress_begin(p, "hosp/labevents.csv.gz", total, MOEH_PROGRESS_BYTES);
+    moeh_progress_t p;
+    capture_begin(terminal);
+    moeh_progress_begin(&p, "hosp/labevents.csv.gz", total, MOEH_PROGRESS_BYTES);
     for (int i = 1; i <= 200; i++) {
         g_now += 50;
-        moeh_progress_update(p, (uint64_t)i * (total / 200));
-        if (log_in_between && i == 100) MOEH_WARN("a line from elsewhere");
+        moeh_progress_update(&p, (uint64_t)i * (total / 200));
+        if (i == 100) MOEH_WARN("a line from elsewhere");
     }
-    moeh_progress_end(p, "1000 rows");
+    moeh_progress_end(&p, "1000 rows");
+    return capture_end();
 }
 
 static void test_not_a_terminal_one_line(void **state)
 {
     (void)state;
-    moeh_progress_t p;
-    capture_begin(0);
-    run_step(&p, 1);
-    char *out = capture_end();
+    char *out = run_step(0);
     assert_null(strchr(out, '\r'));
     assert_null(strstr(out, "\033["));
     assert_int_equal(count(out, "\n"), 2); /* the warning and the summary, nothing else */
@@ -128,10 +129,7 @@ static void test_not_a_terminal_one_line(void **state)
 static void test_terminal_redraws(void **state)
 {
     (void)state;
-    moeh_progress_t p;
-    capture_begin(1);
-    run_step(&p, 1);
-    char *out = capture_end();
+    char *out = run_step(1);
     /* 10 s of updates every 50 ms: at most one redraw per 100 ms (+ the one after the log) */
     int draws = count(out, "\rhosp/labevents.csv.gz: ");
     assert_true(draws >= 50 && draws <= 102);

@@ -16,17 +16,7 @@
 #include <math.h>
 #include <string.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "split");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("split")
 
 #define NROWS 3000
 

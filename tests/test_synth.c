@@ -23,17 +23,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-static char g_dir[256];
-
-static int setup(void **state)
-{
-    return moeh_test_tmpdir(g_dir, sizeof g_dir, "synth");
-}
-
-static int teardown(void **state)
-{
-    return moeh_test_rmtree(g_dir);
-}
+MOEH_TEST_DIR_FIXTURE("synth")
 
 typedef struct {
     int64_t subj, hadm;

@@ -1,5 +1,6 @@
 /* test_util.h - helpers shared by the tests: a per-test temporary directory under /tmp and
- * its removal (without a shell), writing a small file, corrupting one byte of a file. */
+ * its removal (without a shell), the cmocka fixture of a test file's scratch directory, writing
+ * a small file, corrupting one byte of a file. */
 #ifndef MOEH_TEST_UTIL_H
 #define MOEH_TEST_UTIL_H
 
@@ -62,5 +63,25 @@ static inline int moeh_test_rmtree(const char *dir)
 {
     return nftw(dir, moeh_test_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+/* The scratch directory of a test file: MOEH_TEST_DIR_FIXTURE(NAME) defines g_dir and the group
+ * fixture functions setup / teardown (for MOEH_TEST_MAIN) that create /tmp/moeh_test_NAME_XXXXXX
+ * and remove it with all it holds. MOEH_TEST_FILE_FIXTURE(NAME, FILE) also sets g_path to
+ * g_dir/FILE, the file the tests work on. */
+#define MOEH_TEST_FILE_FIXTURE(NAME, FILE)                                                         \
+    static char g_dir[256], g_path[512] __attribute__((unused));                                   \
+    static int setup(void **state)                                                                 \
+    {                                                                                              \
+        (void)state;                                                                               \
+        if (moeh_test_tmpdir(g_dir, sizeof g_dir, NAME)) return -1;                                \
+        snprintf(g_path, sizeof g_path, "%s/%s", g_dir, FILE);                                     \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int teardown(void **state)                                                              \
+    {                                                                                              \
+        (void)state;                                                                               \
+        return moeh_test_rmtree(g_dir);                                                            \
+    }
+#define MOEH_TEST_DIR_FIXTURE(NAME) MOEH_TEST_FILE_FIXTURE(NAME, "")
 
 #endif

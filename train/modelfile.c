@@ -297,6 +297,19 @@ static int copy_names(const char *path, const char *key_prefix, const cJSON *st,
     return 0;
 }
 
+/* The __metadata__ list key into *out (the caller deletes it) and its length into *n: want
+ * entries (what they are: "names"), or none. 0, or -EINVAL with err. */
+static int meta_names(const char *path, const cJSON *meta, const char *key, size_t want,
+                      const char *what, cJSON **out, size_t *n, moeh_err_t *err)
+{
+    if (!(*out = meta_json(path, meta, key, err))) return -EINVAL;
+    *n = cJSON_IsArray(*out) ? (size_t)cJSON_GetArraySize(*out) : SIZE_MAX;
+    if (*n != 0 && *n != want)
+        return moeh_errf(err, -EINVAL, "%s: __metadata__.%s: expected %zu %s (or none)", path, key,
+                         want, what);
+    return 0;
+}
+
 /* Checks the metadata against the config and fills the names and provenance of mf. */
 static int read_meta(const char *path, const cJSON *meta, moeh_modelfile_t *mf, moeh_err_t *err)
 {
@@ -334,20 +347,10 @@ static int read_meta(const char *path, const cJSON *meta, moeh_modelfile_t *mf, 
             goto out;
         }
     }
-    if (!(names = meta_json(path, meta, "static_features", err))) goto out;
-    size_t ns = cJSON_IsArray(names) ? (size_t)cJSON_GetArraySize(names) : SIZE_MAX;
-    if (ns != 0 && ns != c->n_static) {
-        moeh_errf(err, rc, "%s: __metadata__.static_features: expected %zu names (or none)", path,
-                  c->n_static);
+    size_t ns, nt;
+    if (meta_names(path, meta, "static_features", c->n_static, "names", &names, &ns, err) ||
+        meta_names(path, meta, "ts_features", c->n_vars, "variables", &ts, &nt, err))
         goto out;
-    }
-    if (!(ts = meta_json(path, meta, "ts_features", err))) goto out;
-    size_t nt = cJSON_IsArray(ts) ? (size_t)cJSON_GetArraySize(ts) : SIZE_MAX;
-    if (nt != 0 && nt != c->n_vars) {
-        moeh_errf(err, rc, "%s: __metadata__.ts_features: expected %zu variables (or none)", path,
-                  c->n_vars);
-        goto out;
-    }
     rc = copy_names(path, "__metadata__.", names, ns, ts, nt, 0, &mf->static_names,
                     &mf->n_static_names, &mf->ts_names, &mf->ts_units, &mf->n_ts_names, err);
     if (rc == -ENOMEM) goto oom;

@@ -14,7 +14,6 @@
 #include "synth_het.h"
 #include "synth_io.h"
 
-#include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -800,65 +799,6 @@ void moeh_synth_opts_default(moeh_synth_opts_t *o)
     o->gz_level = 1;
 }
 
-/* An AUROC to 4 decimals, as truth.json has always shown it (NaN stays NaN: cJSON writes null). */
-static double dec4(double v)
-{
-    return round(v * 1e4) / 1e4;
-}
-
-/* Writes path (truth.json) from st with cJSON: the counts and oracle AUROCs per task (the
- * schema's names) and modality, and for the heterogeneous profile the modality-limited
- * oracle and the cohort per patient kind and hospital. 0 or a negative errno (err set). */
-static int write_truth_json(const char *path, const moeh_synth_opts_t *o,
-                            const moeh_synth_stats_t *st, bool het, moeh_err_t *err)
-{
-    static const char *const what[] = {"positives", "labelled", "oracle_auroc", "modalities"};
-    char seed[24];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed); /* exact, not 2^53 */
-    cJSON *j = cJSON_CreateObject();
-    bool ok = j && cJSON_AddStringToObject(j, "generator", "moeh synth") &&
-              cJSON_AddRawToObject(j, "seed", seed) &&
-              cJSON_AddNumberToObject(j, "cohort", (double)st->cohort) &&
-              cJSON_AddNumberToObject(j, "subjects", (double)st->subjects) &&
-              cJSON_AddNumberToObject(j, "admissions", (double)st->admissions);
-    for (int w = 0; ok && w < 4; w++) {
-        cJSON *x = cJSON_AddObjectToObject(j, what[w]);
-        ok = x != NULL;
-        for (int k = 0, nk = w == 3 ? MOEH_N_MODS : MOEH_N_TASKS; ok && k < nk; k++) {
-            double v = w == 0   ? (double)st->positives[k]
-                       : w == 1 ? (double)st->labelled[k]
-                       : w == 2 ? dec4(st->oracle_auroc[k])
-                                : (double)st->avail[k];
-            ok = cJSON_AddNumberToObject(x, w == 3 ? moeh_mod_names[k] : moeh_task_names[k], v);
-        }
-    }
-    if (ok && het) {
-        cJSON *lim = NULL, *kinds = NULL, *hosp = NULL;
-        ok = cJSON_AddStringToObject(j, "profile", "heterogeneous") &&
-             (lim = cJSON_AddObjectToObject(j, "limited_oracle_auroc")) &&
-             (kinds = cJSON_AddObjectToObject(j, "kinds")) &&
-             (hosp = cJSON_AddArrayToObject(j, "hospitals"));
-        for (int k = 0; ok && k < MOEH_N_TASKS; k++)
-            ok = cJSON_AddNumberToObject(lim, moeh_task_names[k], dec4(st->limited_auroc[k]));
-        for (int k = 0; ok && k < HET_N_KINDS; k++) {
-            char key[2] = {het_kind_letter[k], '\0'};
-            ok = cJSON_AddNumberToObject(kinds, key, (double)st->kind_n[k]);
-        }
-        for (int k = 0; ok && k < HET_N_HOSP; k++) {
-            cJSON *n = cJSON_CreateNumber((double)st->hosp_n[k]);
-            ok = n && cJSON_AddItemToArray(hosp, n);
-        }
-    }
-    char *txt = ok ? cJSON_Print(j) : NULL;
-    cJSON_Delete(j);
-    if (!txt) return moeh_errf(err, -ENOMEM, "synth: out of memory writing %s", path);
-    size_t len = strlen(txt);
-    txt[len] = '\n'; /* cJSON_Print's NUL becomes the final newline */
-    int rc = moeh_file_write_atomic(path, txt, len + 1, err);
-    cJSON_free(txt);
-    return rc;
-}
-
 int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *st, moeh_err_t *err)
 {
     gen_t g = {0};
@@ -990,7 +930,7 @@ int moeh_synth(const moeh_synth_opts_t *o, const char *dir, moeh_synth_stats_t *
         }
     }
     synth_pathf(d, sizeof d, "%s/truth.json", dir);
-    rc = write_truth_json(d, o, g.st, het, err);
+    rc = synth_write_truth(d, o, g.st, het, err);
 out : {
     moeh_progress_cancel(&meter); /* a failure: the line goes without a summary */
     moeh_err_t e2 = {0};

@@ -4,6 +4,7 @@
 #define MOEH_SYNTH_IO_H
 
 #include "moeh_common.h"
+#include "moeh_synth.h"
 
 #include <limits.h>
 #include <zlib.h>
@@ -24,5 +25,10 @@ int tw_open(tw_t *w, const char *dir, const char *name, int level, const char *h
 /* Appends one formatted row (rows must be < 64 KiB). */
 __attribute__((format(printf, 3, 4))) int tw_row(tw_t *w, moeh_err_t *err, const char *fmt, ...);
 int tw_close(tw_t *w, moeh_err_t *err);
+
+/* Writes path (truth.json) from st with cJSON (synth_io.c); het: the heterogeneous profile's
+ * extra fields. 0 or a negative errno (err set). */
+int synth_write_truth(const char *path, const moeh_synth_opts_t *o, const moeh_synth_stats_t *st,
+                      bool het, moeh_err_t *err);
 
 #endif

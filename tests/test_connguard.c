@@ -126,7 +126,7 @@ static void test_many_honest_connections_kept(void **state)
     for (int round = 0; round < 10; round++) {
         for (size_t i = 0; i < t.n; i++) {
             send_all(&t, i, 64 << 10);
-            char key[16];
+            char key[32];
             snprintf(key, sizeof key, "site-%zu", i);
             size_t got = read_all(&t, i);
             assert_int_equal(got, 64 << 10);

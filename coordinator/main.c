@@ -240,9 +240,9 @@ int main(int argc, char **argv)
     moeh_opts_free(&o);
     if (rc) {
         MOEH_ERROR("%s", err.msg);
-        return rc == -EINTR    ? MOEH_EXIT_INTERRUPTED
-               : rc == -EEXIST ? MOEH_EXIT_USAGE
-                               : MOEH_EXIT_ERROR;
+        return rc == -EINTR                     ? MOEH_EXIT_INTERRUPTED
+               : rc == -EEXIST || rc == -ENOKEY ? MOEH_EXIT_USAGE
+                                                : MOEH_EXIT_ERROR;
     }
     return MOEH_EXIT_FINISHED;
 }

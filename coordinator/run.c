@@ -323,6 +323,19 @@ static int open_socket(run_t *r, uint32_t *registered, moeh_err_t *err)
             moeh_registry_free(&reg);
             return rc;
         }
+        /* a site's key pair given as the coordinator's: every handshake would then fail as a
+         * wrong server key at the sites; say which file it is instead */
+        uint8_t own[32];
+        for (size_t i = 0; zmq_z85_decode(own, r->kp->public_z85) && i < reg.n; i++)
+            if (memcmp(own, reg.entries[i].key, sizeof own) == 0) {
+                moeh_errf(err, -ENOKEY,
+                          "--key %s holds the public key %s registers for site '%s': that is a "
+                          "site's key pair; the coordinator's own is made with moeh-keygen "
+                          "coordinator (coordinator.key)",
+                          cfg->key_path, cfg->registry_path, reg.entries[i].site_id);
+                moeh_registry_free(&reg);
+                return -ENOKEY;
+            }
         if ((rc = moeh_zap_start(r->zctx, &reg, &r->zap))) {
             moeh_registry_free(&reg);
             return moeh_errf(err, rc, "cannot start the ZAP handler: %s", moeh_strerror(rc));

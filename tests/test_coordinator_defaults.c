@@ -195,6 +195,37 @@ static void test_secagg_default_and_quorum(void **state)
     assert_int_equal(coord("--out q6 --strategy median --no-secagg"), 1);
 }
 
+/* a site's key pair given to the coordinator as its own: refused (exit 2), naming the site */
+static void test_site_key_as_coordinator_key(void **state)
+{
+    (void)state;
+    char kg[1024], reg[200], a[1024];
+    cli_bin(kg, sizeof kg, "moeh-keygen");
+    assert_int_equal(cli_run(g_dir, kg, "--site s1 s1"), 0);
+    assert_int_equal(cli_run(g_dir, kg, "--site s2 s2"), 0);
+    assert_int_equal(cli_run(g_dir, kg, "coordinator"), 0);
+    char *p1 = slurp("s1.pub"), *p2 = slurp("s2.pub");
+    assert_non_null(p1);
+    assert_non_null(p2);
+    const char *k1 = strstr(p1, "public-key = "), *k2 = strstr(p2, "public-key = ");
+    assert_non_null(k1);
+    assert_non_null(k2);
+    snprintf(reg, sizeof reg, "[sites]\ns1 = %.40s\ns2 = %.40s\n", k1 + 13, k2 + 13);
+    free(p1);
+    free(p2);
+    put("reg.ini", reg);
+    const char *base = "--bind 'tcp://127.0.0.1:*' --join-window 1s --no-table --no-secagg "
+                       "--registry reg.ini";
+    snprintf(a, sizeof a, "%s --key s2.key --out k1", base);
+    assert_int_equal(cli_run(g_dir, g_bin, a), 2);
+    assert_true(out_has("--key s2.key holds the public key reg.ini registers for site 's2'"));
+    assert_true(out_has("moeh-keygen coordinator"));
+    snprintf(a, sizeof a, "%s --key coordinator.key --out k2", base); /* its own: it runs */
+    assert_int_equal(cli_run(g_dir, g_bin, a), 1);
+    assert_true(out_has("only 0 of the 2 sites needed joined within 1 s"));
+}
+
 MOEH_TEST_MAIN(setup, teardown, cmocka_unit_test(test_existing_run_refused_then_moved),
                cmocka_unit_test(test_resume_keeps_metrics),
-               cmocka_unit_test(test_secagg_default_and_quorum))
+               cmocka_unit_test(test_secagg_default_and_quorum),
+               cmocka_unit_test(test_site_key_as_coordinator_key))

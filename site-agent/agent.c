@@ -143,13 +143,17 @@ static void probe_peer(agent_t *a)
         a->first_silent_at = moeh_now_ms();
     if (a->cfg->insecure && (p == MOEH_PROBE_CURVE || p == MOEH_PROBE_OTHER_MECH))
         return; /* the probe offers CURVE; an --insecure agent does not need it */
+    /* silent again: named, but not fatal. A proxy or firewall that holds the connection without
+     * forwarding it (a black hole) looks the same as a server that is not ZeroMQ, and a site
+     * restarted during such an outage must rejoin when it ends, not stop for good (systemd
+     * does not restart an agent that exits 3); --give-up-ms bounds the wait */
     if (p == MOEH_PROBE_SILENT && a->silent_probes >= 2)
-        moeh_agent_set_fatal(
-            a, -EACCES,
-            "the peer at %s is not a ZeroMQ peer: it accepts connections and sends nothing (%s, "
-            "and again %.1f s earlier), where a ZeroMQ peer greets at once (is --connect the "
-            "coordinator's address and port?)",
-            a->cfg->connect, what, (moeh_now_ms() - a->first_silent_at) / 1000.0);
+        MOEH_WARN("the peer at %s is not a ZeroMQ peer, or the coordinator is unreachable "
+                  "behind a proxy or firewall that holds connections without forwarding them: "
+                  "it accepts connections and sends nothing (%s, and again %.1f s earlier), "
+                  "where a ZeroMQ peer greets at once (is --connect the coordinator's address "
+                  "and port?); still trying (--give-up-ms)",
+                  a->cfg->connect, what, (moeh_now_ms() - a->first_silent_at) / 1000.0);
     else if (p == MOEH_PROBE_NOT_ZMTP)
         moeh_agent_set_fatal(
             a, -EACCES,

@@ -179,7 +179,9 @@ static void *silent_main(void *arg)
 
 /* A TCP server that accepts and never speaks: the probe says it is silent within its timeout,
  * and the agent, which libzmq would keep in its 30 s handshake past every silence timeout (it
- * logged "no word from the coordinator" for ever), names it and exits 3. */
+ * logged "no word from the coordinator" for ever), names it. It does not exit 3 for it: a
+ * black-holing proxy or firewall in front of a coordinator looks the same, and the site must
+ * rejoin once that ends; --give-up-ms ends the wait (exit 4). */
 static void test_silent_peer_named(void **state)
 {
     fixture_t *f = *state;
@@ -199,16 +201,17 @@ static void test_silent_peer_named(void **state)
     int64_t took = moeh_now_ms() - t0;
     assert_true(took >= 900 && took < 3000);
     assert_non_null(strstr(what, "no byte in"));
-    char *opts[] = {"--give-up-ms", "60000", "--silence-timeout-ms", "2000", NULL};
+    char *opts[] = {"--give-up-ms", "20000", "--silence-timeout-ms", "2000", NULL};
     t0 = moeh_now_ms();
     moeh_proc_t *a = agent_at_opts(f, ep, "coordinator.pub", opts, log, sizeof log);
-    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
-    assert_true(moeh_now_ms() - t0 < 30000); /* not the 60 s of --give-up-ms */
+    wait_exit(a, 60000, MOEH_EXIT_GAVE_UP);
+    assert_true(moeh_now_ms() - t0 >= 19000); /* it kept trying until --give-up-ms */
     g.stop = 1;
     pthread_join(th, NULL);
     close(g.lfd);
-    assert_true(file_contains(log, "is not a ZeroMQ peer: it accepts connections and sends "
-                                   "nothing"));
+    assert_true(file_contains(log, "is not a ZeroMQ peer, or the coordinator is unreachable "
+                                   "behind a proxy or firewall"));
+    assert_true(file_contains(log, "accepts connections and sends nothing"));
 }
 
 /* Lines of path containing every one of the needles (NULL-terminated); *summed (if not NULL)

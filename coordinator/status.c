@@ -3,6 +3,7 @@
 #include "coord_internal.h"
 #include "moeh_coord_status.h"
 #include "moeh_dp_ledger.h"
+#include "moeh_json_file.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -184,13 +185,9 @@ int moeh_coord_status_write(const moeh_coord_core_t *c, const char *run_id, cons
         return moeh_errf(err, -ENAMETOOLONG, "%s/%s: path too long", c->cfg->out_dir,
                          MOEH_STATUS_FILE);
     cJSON *j = build(c, run_id, state, reason, eta_s);
-    char *text = j ? cJSON_Print(j) : NULL;
+    int rc =
+        j ? moeh_json_write_file(path, j, err) : moeh_errf(err, -ENOMEM, "%s: out of memory", path);
     cJSON_Delete(j);
-    if (!text) return moeh_errf(err, -ENOMEM, "%s: out of memory", path);
-    size_t len = strlen(text);
-    text[len] = '\n'; /* cJSON_Print's NUL becomes the final newline */
-    int rc = moeh_file_write_atomic(path, text, len + 1, err);
-    free(text);
     return rc;
 }
 

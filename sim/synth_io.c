@@ -3,7 +3,8 @@
 #include "synth_io.h"
 #include "synth_het.h"
 
-#include <cjson/cJSON.h>
+#include "moeh_json_file.h"
+
 #include <math.h>
 
 #include <stdarg.h>
@@ -128,12 +129,8 @@ int synth_write_truth(const char *path, const moeh_synth_opts_t *o, const moeh_s
             ok = n && cJSON_AddItemToArray(hosp, n);
         }
     }
-    char *txt = ok ? cJSON_Print(j) : NULL;
+    int rc = ok ? moeh_json_write_file(path, j, err)
+                : moeh_errf(err, -ENOMEM, "synth: out of memory writing %s", path);
     cJSON_Delete(j);
-    if (!txt) return moeh_errf(err, -ENOMEM, "synth: out of memory writing %s", path);
-    size_t len = strlen(txt);
-    txt[len] = '\n'; /* cJSON_Print's NUL becomes the final newline */
-    int rc = moeh_file_write_atomic(path, txt, len + 1, err);
-    cJSON_free(txt);
     return rc;
 }

@@ -124,21 +124,29 @@ static void *garbage_main(void *arg)
     return NULL;
 }
 
+/* A TCP server on a free loopback port (its endpoint in ep), run by main_fn in thread *th. */
+static void serve_loopback(garbage_srv_t *g, void *(*main_fn)(void *), pthread_t *th, char *ep,
+                           size_t cap)
+{
+    *g = (garbage_srv_t){.lfd = socket(AF_INET, SOCK_STREAM, 0)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_true(g->lfd >= 0);
+    assert_int_equal(bind(g->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(g->lfd, 16), 0);
+    assert_int_equal(getsockname(g->lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(ep, cap, "tcp://127.0.0.1:%u", ntohs(sa.sin_port));
+    assert_int_equal(pthread_create(th, NULL, main_fn, g), 0);
+}
+
 /* A TCP server that is not ZeroMQ: the agent says so and quotes what it answered. */
 static void test_not_zmq_peer_named(void **state)
 {
     fixture_t *f = *state;
     char log[400], ep[64];
-    garbage_srv_t g = {.lfd = socket(AF_INET, SOCK_STREAM, 0)};
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    assert_true(g.lfd >= 0);
-    assert_int_equal(bind(g.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(g.lfd, 16), 0);
-    assert_int_equal(getsockname(g.lfd, (struct sockaddr *)&sa, &sl), 0);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%u", ntohs(sa.sin_port));
+    garbage_srv_t g;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, garbage_main, &g), 0);
+    serve_loopback(&g, garbage_main, &th, ep, sizeof ep);
     int64_t t0 = moeh_now_ms();
     moeh_proc_t *a = agent_at(f, ep, "coordinator.pub", log, sizeof log);
     wait_exit(a, 20000, MOEH_EXIT_REFUSED);
@@ -186,16 +194,9 @@ static void test_silent_peer_named(void **state)
 {
     fixture_t *f = *state;
     char log[400], ep[64], what[128];
-    garbage_srv_t g = {.lfd = socket(AF_INET, SOCK_STREAM, 0)};
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    assert_true(g.lfd >= 0);
-    assert_int_equal(bind(g.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(g.lfd, 16), 0);
-    assert_int_equal(getsockname(g.lfd, (struct sockaddr *)&sa, &sl), 0);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%u", ntohs(sa.sin_port));
+    garbage_srv_t g;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, silent_main, &g), 0);
+    serve_loopback(&g, silent_main, &th, ep, sizeof ep);
     int64_t t0 = moeh_now_ms();
     assert_int_equal(moeh_monitor_probe(ep, 1000, what, sizeof what), MOEH_PROBE_SILENT);
     int64_t took = moeh_now_ms() - t0;

@@ -602,6 +602,7 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal)
         MOEH_INFO("%s: secure aggregation: %zu masked %s, %zu sites dropped; asking the "
                   "survivors for their shares (n = %u, k = %u, t = %u)",
                   tag, ns, c->phase == PH_TRAIN ? "updates" : "vectors", nd, sc->n, sc->k, sc->t);
+    MOEH_DEBUG("%s: secure aggregation: %s step closed with %u sites", tag, k_step[step], got);
     moeh_err_t err = {0};
     int rc = moeh_sa_server_advance(c->sa, connected, sa_send, c, c->vsum, &err);
     if (rc < 0) {

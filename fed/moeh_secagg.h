@@ -81,9 +81,15 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
 
 /* out (len words) += PRG(seed) if sign > 0, -= PRG(seed) if sign < 0, mod 2^32.
  * PRG = ChaCha20 (IETF) keyed by seed, nonce = round (8 bytes LE) || "mask", counter from 0;
- * word w is keystream bytes 4w..4w+3 little-endian. Streams in 4 KiB blocks, allocates nothing. */
+ * word w is keystream bytes 4w..4w+3 little-endian. Streams in 4 KiB blocks. */
 void moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
                          uint64_t round, int sign);
+
+/* The same through libsodium's ChaCha20 (moeh_secagg_prg_add uses OpenSSL's, faster, and falls
+ * back to this one when OpenSSL has no ChaCha20): the tests' cross-check of the two. */
+void moeh_secagg_prg_add_sodium(uint32_t *out, size_t len,
+                                const uint8_t seed[MOEH_SECAGG_KEY_BYTES], uint64_t round,
+                                int sign);
 
 /* The pairwise seed of clients i != j: BLAKE2b-256 keyed by the X25519 secret
  * X25519(my_sk, peer_pk) of message "moeh-secagg-pair-v1" || round || min || max ||

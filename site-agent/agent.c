@@ -393,8 +393,7 @@ static void send_stats(agent_t *a, const Moeh__RoundStart *rs)
                        "secure aggregation (docs/secagg.md); not sent");
             moeh_agent_send_error(a, -ERANGE, "statistics out of range");
         } else {
-            moeh_agent_sa_begin(a, rs, a->svec,
-                                moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
+            moeh_agent_sa_input(a, a->svec, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__STATS));
         }
         free(st);
         return;
@@ -520,8 +519,7 @@ static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m
             moeh_agent_send_error(a, -ERANGE, "evaluation out of range");
             return;
         }
-        moeh_agent_sa_begin(a, rs, a->hist,
-                            moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
+        moeh_agent_sa_input(a, a->hist, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
         return;
     }
     Moeh__Envelope env;
@@ -585,6 +583,17 @@ static void on_bye(agent_t *a, const Moeh__Bye *b)
     }
 }
 
+void moeh_agent_run_phase(agent_t *a, const moeh_msg_t *m)
+{
+    const Moeh__RoundStart *rs = m->env->round_start;
+    if (rs->task == MOEH__ROUND_TASK__TRAIN)
+        train(a, rs, m);
+    else if (rs->task == MOEH__ROUND_TASK__EVALUATE || rs->task == MOEH__ROUND_TASK__VALIDATE)
+        evaluate(a, rs, m);
+    else
+        send_stats(a, rs);
+}
+
 static void handle_messages(agent_t *a)
 {
     for (int budget = 0; budget < 64 && a->sock && !a->done && !a->fatal_rc; budget++) {
@@ -618,14 +627,11 @@ static void handle_messages(agent_t *a)
             }
             moeh_agent_sa_end(a, NULL, NULL); /* a new phase or attempt: the old session is over */
             moeh_agent_lm_round(a, m.env->round_start->round); /* local_metrics.jsonl */
-            moeh_agent_upload_drop(a); /* and an update waiting or in flight is stale */
-            if (m.env->round_start->task == MOEH__ROUND_TASK__TRAIN)
-                train(a, m.env->round_start, &m);
-            else if (m.env->round_start->task == MOEH__ROUND_TASK__EVALUATE ||
-                     m.env->round_start->task == MOEH__ROUND_TASK__VALIDATE)
-                evaluate(a, m.env->round_start, &m);
+            moeh_agent_upload_drop(a);      /* and an update waiting or in flight is stale */
+            if (m.env->round_start->secagg) /* keys first; the work on the key list */
+                moeh_agent_sa_begin(a, m.env->round_start, &m);
             else
-                send_stats(a, m.env->round_start);
+                moeh_agent_run_phase(a, &m);
             break;
         case MOEH__MSG_TYPE__SECAGG_KEYS:
             moeh_agent_sa_on_keys(a, m.env->secagg_keys);
@@ -861,7 +867,7 @@ out:
     while (a.zctx && zmq_ctx_term(a.zctx) != 0) /* every socket is closed: only EINTR */
         MOEH_ASSERT(zmq_errno() == EINTR);
     moeh_keypair_destroy(&a.kp);
-    moeh_secagg_client_destroy(&a.sa);
+    moeh_agent_sa_end(&a, NULL, NULL); /* its secrets, and a RoundStart kept for the keys */
     free_model(&a);
     return rc;
 }

@@ -90,9 +90,12 @@ struct agent {
     uint64_t sa_session, sa_version;
     uint32_t sa_round, sa_n;
     Moeh__RoundTask sa_task;
-    uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place */
+    uint32_t *sa_vec; /* the phase's vector (upd, hist or svec), masked in place; NULL until
+                       * the phase's work made it */
     size_t sa_len;
-    int sa_grant; /* the session's RoundStart asked for granted uploads */
+    moeh_msg_t sa_work; /* the session's RoundStart, its work waiting for the key list (env NULL:
+                         * none waiting) */
+    int sa_grant;       /* the session's RoundStart asked for granted uploads */
     /* granted uploads: the phase's reply held until its grant (up_wait) */
     int up_wait;
     uint32_t up_round;
@@ -139,12 +142,22 @@ void moeh_agent_lm_close(agent_t *a);
 void moeh_agent_on_final(agent_t *a, const Moeh__FinalModel *fm, const moeh_msg_t *m);
 
 /* ---- agent_secagg.c: this site's side of secure aggregation (docs/secagg.md) ---------- */
-/* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
- * ends) is ready: fresh round keys, advertised to the coordinator. On failure the session is
- * ended and the coordinator told why. */
-void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len);
-/* Ends the secure-aggregation session (wipes its secrets, drops an upload held for it);
- * reports why to the log and the coordinator if `why` is set. Safe without a session. */
+/* With RoundStart.secagg, at once: a session for the phase's vector (its length known from the
+ * task), fresh round keys advertised to the coordinator. The phase's work (training, evaluation
+ * or the statistics, *m) waits for the key list: it is kept here (*m is moved, left empty) and
+ * run by moeh_agent_sa_on_keys once this site's shares are sent, so that the key and share
+ * exchanges happen before the work instead of after it and the masked vector leaves as soon as
+ * the work is done (docs/secagg.md, "Keys first"). On failure the session is ended, the
+ * coordinator told why, and *m left to the caller. */
+void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m);
+/* The phase's work made its vector (len words at vec, kept until the session ends): masked and
+ * sent once the forwarded shares are here. Nothing if the session has ended. */
+void moeh_agent_sa_input(agent_t *a, uint32_t *vec, size_t len);
+/* agent.c: the work of the RoundStart in *m (train, evaluate or statistics). */
+void moeh_agent_run_phase(agent_t *a, const moeh_msg_t *m);
+/* Ends the secure-aggregation session (wipes its secrets, drops an upload held for it and a
+ * RoundStart waiting for the key list); reports why to the log and the coordinator if `why` is set.
+ * Safe without a session. */
 void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail);
 /* SecaggKeys: encrypts this site's shares for its neighbours and sends them. */
 void moeh_agent_sa_on_keys(agent_t *a, const Moeh__SecaggKeys *k);

@@ -1,10 +1,11 @@
 /* agent_secagg.c - this site's side of secure aggregation, for every phase (docs/secagg.md;
  * agent_int.h).
  *
- * When a RoundStart (TRAIN, STATS or EVALUATE) carries secagg parameters, the agent computes the
- * phase's vector of words (fed/moeh_secsum.h) and, instead of sending it in clear: fresh round
- * keys (SecaggAdvertise) -> on SecaggKeys, encrypted shares (SecaggShares) -> on the forwarded
- * shares, the masked vector (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The
+ * When a RoundStart (TRAIN, STATS, VALIDATE or EVALUATE) carries secagg parameters, the phase's
+ * vector of words (fed/moeh_secsum.h) is not sent in clear. Keys first: at the RoundStart, fresh
+ * round keys (SecaggAdvertise) -> on SecaggKeys, encrypted shares (SecaggShares), then the
+ * phase's work, which makes the vector -> on the forwarded shares, the masked vector
+ * (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The
  * moeh_secagg_client_t holds the session's secrets and is destroyed at the next RoundStart, on
  * any failure, on a model rebuild and at exit. A message of another session is ignored. */
 #include "agent_int.h"
@@ -26,25 +27,29 @@ void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail)
     moeh_secagg_client_destroy(&a->sa);
     a->sa_session = 0;
     a->sa_vec = NULL, a->sa_len = 0;
-    if (a->up_session) { /* its masked vector, waiting or in flight, is of no use now */
+    moeh_msg_clear(&a->sa_work); /* a RoundStart whose key list never came */
+    if (a->up_session) {         /* its masked vector, waiting or in flight, is of no use now */
         moeh_agent_upload_drop(a);
         a->up_session = 0;
     }
 }
 
-/* With RoundStart.secagg, once the phase's vector (len words at vec, kept until the session
- * ends) is ready: fresh round keys, advertised to the coordinator. */
-void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, size_t len)
+/* With RoundStart.secagg: a session, fresh round keys advertised, the phase's work kept for the
+ * key list (moeh_agent_int.h). */
+void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m)
 {
     const Moeh__SecaggParams *sp = rs->secagg;
     moeh_err_t err = {0};
     int rc = moeh_crypto_init();
+    /* VALIDATE sums the same histograms as EVALUATE */
+    Moeh__RoundTask task =
+        rs->task == MOEH__ROUND_TASK__VALIDATE ? MOEH__ROUND_TASK__EVALUATE : rs->task;
     moeh_secagg_cfg_t cfg = {.round = sp->session,
                              .n = sp->n,
                              .t = sp->t,
                              .k = sp->k,
                              .graph_seed = sp->graph_seed,
-                             .len = len};
+                             .len = moeh_wire_secsum_len(&a->lim, task)};
     a->sa_round = rs->round;
     a->sa_task = rs->task;
     a->sa_grant = rs->grant_uploads;
@@ -56,7 +61,7 @@ void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, 
     a->sa_session = sp->session;
     a->sa_version = rs->model_version;
     a->sa_n = sp->n;
-    a->sa_vec = vec, a->sa_len = len;
+    a->sa_vec = NULL, a->sa_len = cfg.len;
     moeh_secagg_pubkeys_t pk;
     moeh_secagg_client_pubkeys(a->sa, &pk);
     Moeh__Envelope env;
@@ -65,8 +70,22 @@ void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, uint32_t *vec, 
     ad.c_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.c_pk};
     ad.s_pk = (ProtobufCBinaryData){MOEH_SECAGG_KEY_BYTES, pk.s_pk};
     moeh_env_secagg_advertise(&env, &ad);
-    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0)
+    if ((rc = moeh_wire_send(a->sock, NULL, 0, &env, NULL, 0)) != 0) {
         moeh_agent_sa_end(a, "cannot send the round keys", moeh_strerror(rc));
+        return;
+    }
+    a->sa_work = *m; /* moved: the work runs on the key list */
+    memset(m, 0, sizeof *m);
+}
+
+void moeh_agent_sa_input(agent_t *a, uint32_t *vec, size_t len)
+{
+    if (!a->sa) return;     /* the session ended while the work ran */
+    if (len != a->sa_len) { /* cannot happen: both lengths come from moeh_wire_secsum_len */
+        moeh_agent_sa_end(a, "internal error", "the phase's vector has another length");
+        return;
+    }
+    a->sa_vec = vec;
 }
 
 /* SecaggKeys (U1): encrypts this site's shares for every neighbour in U1 and sends them. */
@@ -128,12 +147,24 @@ out:
     free(cts);
     free(cs);
     free(cp);
+    if (!why && a->sa_work.env) { /* the shares are out: now the phase's work */
+        moeh_msg_t w = a->sa_work;
+        memset(&a->sa_work, 0, sizeof a->sa_work);
+        moeh_agent_run_phase(a, &w);
+        moeh_msg_clear(&w);
+        if (a->sa && !a->sa_vec) /* the work failed (and said so): nothing to mask */
+            moeh_agent_sa_end(a, NULL, NULL);
+    }
 }
 
 /* The shares addressed to this site and U2: masks the kept update and sends it. */
 void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
 {
     if (!a->sa || sh->session != a->sa_session) return;
+    if (!a->sa_vec) { /* shares forwarded before this site sent its own: out of order */
+        moeh_agent_sa_end(a, "the forwarded shares came before the key list", NULL);
+        return;
+    }
     uint32_t n = a->sa_n;
     moeh_err_t err = {0};
     uint8_t *u2 = calloc(n, 1);

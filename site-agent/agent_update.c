@@ -94,7 +94,7 @@ void moeh_agent_update_submit(agent_t *a, const Moeh__RoundStart *rs,
             moeh_agent_send_error(a, -ERANGE, "train loss out of range");
             return;
         }
-        moeh_agent_sa_begin(a, rs, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
+        moeh_agent_sa_input(a, a->upd, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__TRAIN));
         return;
     }
     moeh_agent_update_send(a, rs->round, rs->model_version, sent_loss, res->samples, res->steps,

@@ -77,6 +77,36 @@ static void test_prg_kat(void **state)
     free(w);
 }
 
+/* OpenSSL's ChaCha20 (moeh_secagg_prg_add) and libsodium's (the fallback) give the same words:
+ * lengths around the 16-word ChaCha20 block and the 1024-word block of the add loop, both signs,
+ * on a vector that is not zero, rounds that differ in every byte of the nonce. */
+static void test_prg_openssl_is_sodium(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {0, 1, 15, 16, 17, 1023, 1024, 1025, 2048, 5000, 100003};
+    const size_t max = 100003;
+    uint32_t *a = malloc(max * sizeof *a), *b = malloc(max * sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    uint8_t seed[32];
+    for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
+        randombytes_buf(seed, sizeof seed);
+        randombytes_buf(a, max * sizeof *a);
+        memcpy(b, a, max * sizeof *a);
+        uint64_t round = 0x0102030405060708ull * (t + 1);
+        int sign = t % 2 ? -1 : +1;
+        moeh_secagg_prg_add(a, lens[t], seed, round, sign);
+        moeh_secagg_prg_add_sodium(b, lens[t], seed, round, sign);
+        assert_memory_equal(a, b, max * sizeof *a); /* (and nothing past len moved) */
+        if (lens[t] >= 4) {                         /* it did add something */
+            moeh_secagg_prg_add_sodium(b, lens[t], seed, round, -sign);
+            assert_memory_not_equal(a, b, 4 * sizeof *a);
+        }
+    }
+    free(a);
+    free(b);
+}
+
 static void test_pair_seed_kat(void **state)
 {
     (void)state;
@@ -347,6 +377,15 @@ static void test_round_10(void **state)
     check_round(10, 6, 0, (1u << 3) | (1u << 7));
 }
 
+/* 40 clients, every pair masking: each mask sums 40 streams and the server's unmasking 40 or
+ * more, past the 32 the PRG expands at once. */
+static void test_round_40(void **state)
+{
+    (void)state;
+    check_round(40, 21, 0, 0);
+    check_round(40, 21, 0, (1ull << 0) | (1ull << 17) | (1ull << 39));
+}
+
 static void test_round_secagg_plus(void **state)
 {
     (void)state;
@@ -601,9 +640,10 @@ static void test_masked_uniform(void **state)
     free(y);
 }
 
-MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat), cmocka_unit_test(test_pair_seed_kat),
+MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat),
+               cmocka_unit_test(test_prg_openssl_is_sodium), cmocka_unit_test(test_pair_seed_kat),
                cmocka_unit_test(test_share_seal), cmocka_unit_test(test_shamir),
                cmocka_unit_test(test_round_5), cmocka_unit_test(test_round_10),
-               cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
-               cmocka_unit_test(test_refusals), cmocka_unit_test(test_phase_errors),
-               cmocka_unit_test(test_masked_uniform))
+               cmocka_unit_test(test_round_40), cmocka_unit_test(test_round_secagg_plus),
+               cmocka_unit_test(test_random_drops), cmocka_unit_test(test_refusals),
+               cmocka_unit_test(test_phase_errors), cmocka_unit_test(test_masked_uniform))

@@ -129,14 +129,22 @@ static void prg_nonce(uint8_t nonce[12], uint64_t round)
     memcpy(nonce + 8, "mask", 4);
 }
 
-static void add_signed(uint32_t *o, const uint32_t *buf, size_t nw, int8_t sign)
+/* An AVX2 clone besides the baseline x86-64 one, picked at load time (gcc ifunc), as for the
+ * model's elementwise kernels (model/layers.h): the baseline has 4-wide SSE2 only. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PRG_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PRG_CLONES
+#endif
+
+PRG_CLONES static void add_signed(uint32_t *o, const uint32_t *buf, size_t nw, int8_t sign)
 {
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     uint32_t *b = (uint32_t *)buf;
     for (size_t i = 0; i < nw; i++)
         b[i] = __builtin_bswap32(b[i]);
 #endif
-    /* 8 words at a time in a vector of the compiler's (two SSE2 adds where there is no AVX2):
+    /* 8 words at a time in a vector of the compiler's (one AVX2 add, or two SSE2 adds):
      * -O2 does not vectorise a loop of unknown length itself, and this one is a third of the
      * PRG's time when scalar */
     typedef uint32_t u32x8 __attribute__((vector_size(32)));

@@ -16,7 +16,8 @@
 # over the rounds. Peak RSS through GNU time wrappers around the coordinator and every agent.
 # Round time: median train+eval seconds of rounds 2.. from metrics.jsonl (each round's on stderr). CPU seconds per
 # round through the same wrappers: unlike the round time they do not depend on the 100 agents
-# sharing this machine's cores.
+# sharing this machine's cores. Per-site CPU per round (site_ms): each agent's own cpu_seconds
+# in local_metrics.jsonl, rounds 2..R-1, without start-up.
 set -euo pipefail
 # shellcheck source=bench/bench_lib.sh
 . "$(dirname "$0")/bench_lib.sh"
@@ -48,7 +49,21 @@ s = s[1:] or s
 print(sys.argv[2], " ".join(f"{x:.2f}" for x in s), file=sys.stderr)
 print(f"{statistics.median(s):.2f}")' "$1" "$2"
 }
-printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" sites k plain_s \
+site_cpu_ms() { # RUN -> median over rounds 2..R-1 of the sites' mean cpu_seconds of the round
+    # (local_metrics.jsonl: the agent process's CPU from one round's RoundStart to the next's,
+    # every thread; the first round has the start-up, the last the final model)
+    python3 -c '
+import glob, json, statistics, sys
+per = {}
+for f in glob.glob(sys.argv[1] + "/site-out/*/local_metrics.jsonl"):
+    for line in open(f):
+        j = json.loads(line)
+        if j.get("cpu_seconds") is not None:
+            per.setdefault(j["round"], []).append(j["cpu_seconds"])
+rs = sorted(per)[1:-1] or sorted(per)
+print(f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.0f}")' "$1"
+}
+printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" sites k plain_s \
     secure_s ratio coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
     agent_scpu coord_cpu coord_scpu cpu_ratio
 for n in ${SITES_LIST:-10 20 40 100}; do
@@ -79,14 +94,17 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         eval "cc_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk -v r=$rounds '{printf \"%.3f\", (\$2+\$3)/r}')"
         eval "ac_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | awk -v r=$rounds '{s+=\$2+\$3; n++} END {printf \"%.3f\", s/n/r}')"
         eval "b_$mode=\$(( (b1 - b0) / n / rounds / 1024 ))"
+        eval "sc_$mode=\$(site_cpu_ms $work/run-$mode-$n)"
     done
     k=$(grep -ho "SecAgg+ with k = [0-9]*" "$work/run-secure-$n/logs/"coordinator* | head -n1 |
         awk "{print \$NF}" || true)
-    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s\n" "$n" "${k:-all}" \
+    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" \
+        "$n" "${k:-all}" \
         "$t_plain" "$t_secure" "$(python3 -c "print(f'{$t_secure/$t_plain:.2f}')")" "$c_plain" \
         "$c_secure" "$a_plain" "$a_secure" "$b_plain" "$b_secure" "$ac_plain" "$ac_secure" \
         "$cc_plain" "$cc_secure" \
-        "$(python3 -c "print(f'{($ac_secure+$cc_secure)/($ac_plain+$cc_plain):.2f}')")"
+        "$(python3 -c "print(f'{($ac_secure+$cc_secure)/($ac_plain+$cc_plain):.2f}')")" \
+        "$sc_plain" "$sc_secure" "$(python3 -c "print(f'{$sc_secure/$sc_plain:.2f}')")"
 done
 echo "# k: SecAgg+ neighbours of the secure run (all: every pair masks); *_MB: peak RSS (agent:"
 echo "# the largest of the agents); KiB_site_rd: loopback bytes / sites / rounds (s: secure);"
@@ -94,3 +112,7 @@ echo "# agent_cpu / coord_cpu: CPU seconds (user + system) per round of the mean
 echo "# coordinator, start-up and statistics phase included (s: secure); cpu_ratio: (agent + coordinator"
 echo "# CPU per round) secure over plain: the round's compute when every site has its own host"
 echo "# (network latency and the extra message exchanges of secure aggregation not included)"
+echo "# site_ms / site_sms: CPU milliseconds one site spends per round (plain / secure; the sites'"
+echo "# mean, median of rounds 2..R-1, from each agent's local_metrics.jsonl cpu_seconds: training,"
+echo "# evaluation, masks, key agreement and CURVE, no start-up); site_ratio: secure over plain, what"
+echo "# secure aggregation costs a site on its own host"

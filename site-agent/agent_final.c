@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 /* ---- local metrics ------------------------------------------------------------------------ */
 
@@ -63,6 +64,16 @@ static void add_auroc(cJSON *o, const char *key, const double *auroc, uint32_t n
         add_num(t, moeh_task_names[k], auroc[k]);
 }
 
+/* CPU seconds (user + system) of this process so far, every thread (the ZeroMQ I/O thread's
+ * CURVE work included); NAN if unknown. */
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return NAN;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
 void moeh_agent_lm_flush(agent_t *a)
 {
     agent_lm_t *r = &a->lm;
@@ -95,6 +106,7 @@ void moeh_agent_lm_flush(agent_t *a)
     if (r->tested) add_auroc(o, "test_auroc", r->test_auroc, a->lim.n_tasks);
     cJSON_AddStringToObject(o, "test_histograms", sent_name(r->sent[2]));
     add_num(o, "eval_seconds", r->eval_s);
+    add_num(o, "cpu_seconds", process_cpu_s() - r->cpu0);
     char *line = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!line) goto oom;
@@ -115,6 +127,7 @@ void moeh_agent_lm_round(agent_t *a, uint32_t round)
     a->lm.round = round;
     a->lm.started = time(NULL);
     a->lm.eval_s = NAN;
+    a->lm.cpu0 = process_cpu_s();
 }
 
 void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_train_result_t *res,

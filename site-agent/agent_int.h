@@ -41,6 +41,7 @@ typedef struct {
     uint64_t val_rows, test_rows;
     double val_auroc[MOEH_N_TASKS], test_auroc[MOEH_N_TASKS];
     int sent[3]; /* update, validation, test histograms: 0 not sent, 1 masked, 2 unmasked */
+    double cpu0; /* this process's CPU seconds (all threads) when the round's line opened */
 } agent_lm_t;
 
 typedef struct agent agent_t;

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 void moeh_agent_cfg_defaults(moeh_agent_cfg_t *c)
@@ -586,6 +587,14 @@ static void on_bye(agent_t *a, const Moeh__Bye *b)
 void moeh_agent_run_phase(agent_t *a, const moeh_msg_t *m)
 {
     const Moeh__RoundStart *rs = m->env->round_start;
+    if (a->faults.kill_work_round && rs->round == a->faults.kill_work_round &&
+        rs->task == MOEH__ROUND_TASK__TRAIN) {
+        MOEH_WARN("fault injection: killing myself as round %u's training starts", rs->round);
+        /* a crash during training comes later than this: let ZeroMQ's I/O thread send what is
+         * queued (the shares), which a SIGKILL at once would lose */
+        usleep(300 * 1000);
+        raise(SIGKILL);
+    }
     if (rs->task == MOEH__ROUND_TASK__TRAIN)
         train(a, rs, m);
     else if (rs->task == MOEH__ROUND_TASK__EVALUATE || rs->task == MOEH__ROUND_TASK__VALIDATE)

@@ -40,6 +40,8 @@ int main(int argc, char **argv)
          "fail if not admitted within this long (0: keep trying)"},
         {"fault-kill-round", MOEH_OPT_U32, &faults.kill_round,
          "TESTS ONLY: SIGKILL this process when round N starts (0: off)"},
+        {"fault-kill-work-round", MOEH_OPT_U32, &faults.kill_work_round,
+         "TESTS ONLY: SIGKILL this process when its training of round N starts (0: off)"},
         {"fault-kill-secagg-round", MOEH_OPT_U32, &faults.kill_secagg_round,
          "TESTS ONLY: SIGKILL this process in round N's secure aggregation, after its shares "
          "went out and before its masked update (0: off)"},

@@ -13,6 +13,8 @@
 
 typedef struct {
     uint32_t kill_round;              /* on receiving the RoundStart{TRAIN} of this round */
+    uint32_t kill_work_round;         /* when this round's training starts (under secure
+                                       * aggregation after its shares went out: keys first) */
     uint32_t kill_secagg_round;       /* in this round's TRAIN secure aggregation, after sending
                                        * its shares and before its masked vector */
     Moeh__RoundTask kill_secagg_task; /* the same in the secure aggregation of this task ... */

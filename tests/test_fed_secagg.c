@@ -3,7 +3,8 @@
  * bit; a site killed after sharing its keys is unmasked from the survivors' shares; a site that
  * holds its masked update until the unmask request is refused; a masked vector for another
  * round, of another session, or sent twice is refused and the sum stays exact; too few
- * survivors abort; statistics and evaluation survive dropouts exactly; SecAgg+ (k neighbours). */
+ * survivors abort; statistics and evaluation survive dropouts exactly; SecAgg+ (k neighbours);
+ * keys first (a site shares its keys before it trains). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -475,6 +476,22 @@ static void test_secagg_dropout_unmasked(void **state)
     assert_false(log_contains(f, "coordinator.log", "retry"));
 }
 
+/* Keys first: a site advertises its keys and sends its shares before it trains. Killed as its
+ * round-2 training starts, it is therefore in U2 and dropped from U3 (its mask key is
+ * reconstructed from the survivors' shares), not missing from U1 as it would be if it trained
+ * first; the round completes at the first attempt with the two survivors' updates. */
+static void test_secagg_keys_first(void **state)
+{
+    fixture_t *f = *state;
+    char *sa[] = {"--secagg", "--secagg-allow-2", NULL}; /* dropouts leave 2 */
+    moeh_proc_t *c = start_coordinator_ex2(f, "3", "2", "3", NULL, "coordinator.log", sa);
+    run_with_victim(f, c, 2, "--fault-kill-work-round", "2", 0);
+    assert_true(log_contains(f, "coordinator.log",
+                             "round 2: secure aggregation: 2 masked updates, 1 sites dropped"));
+    assert_summed(f->out, "train", 2, 2, 3);
+    assert_false(log_contains(f, "coordinator.log", "retry"));
+}
+
 MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     FED_TEST(test_secagg_too_few_survivors_aborts),
                     FED_TEST(test_secagg_late_update_refused),
@@ -482,4 +499,5 @@ MOEH_TEST_MAIN_INIT(fed_main_init(), fed_group_setup, fed_group_teardown,
                     FED_TEST(test_secagg_run_is_bit_exact),
                     FED_TEST(test_secagg_stats_dropout_exact),
                     FED_TEST(test_secagg_eval_dropout_exact), FED_TEST(test_secagg_k_neighbours),
-                    FED_TEST(test_secagg_k_refused), FED_TEST(test_secagg_dropout_unmasked))
+                    FED_TEST(test_secagg_k_refused), FED_TEST(test_secagg_dropout_unmasked),
+                    FED_TEST(test_secagg_keys_first))

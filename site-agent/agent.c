@@ -447,6 +447,7 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
     moeh_train_result_t res;
     moeh_err_t err = {0};
     const int64_t t0 = moeh_now_ms();
+    const double c0 = moeh_agent_cpu_s();
     int e = moeh_trainer_train(a->trainer, &tc, &res, &err);
     for (size_t i = 0; !e && i < p->n; i++) {
         a->delta[i] = p->w[i] - a->global[i];
@@ -463,7 +464,8 @@ static void train(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
         moeh_agent_send_error(a, -ERANGE, why);
         return;
     }
-    moeh_agent_lm_train(a, rs, &res, (double)(moeh_now_ms() - t0) / 1000.0); /* agent_final.c */
+    moeh_agent_lm_train(a, rs, &res, (double)(moeh_now_ms() - t0) / 1000.0,
+                        moeh_agent_cpu_s() - c0); /* agent_final.c */
     moeh_agent_update_submit(a, rs, &res);
 }
 

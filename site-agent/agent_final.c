@@ -66,7 +66,7 @@ static void add_auroc(cJSON *o, const char *key, const double *auroc, uint32_t n
 
 /* CPU seconds (user + system) of this process so far, every thread (the ZeroMQ I/O thread's
  * CURVE work included); NAN if unknown. */
-static double process_cpu_s(void)
+double moeh_agent_cpu_s(void)
 {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return NAN;
@@ -106,7 +106,8 @@ void moeh_agent_lm_flush(agent_t *a)
     if (r->tested) add_auroc(o, "test_auroc", r->test_auroc, a->lim.n_tasks);
     cJSON_AddStringToObject(o, "test_histograms", sent_name(r->sent[2]));
     add_num(o, "eval_seconds", r->eval_s);
-    add_num(o, "cpu_seconds", process_cpu_s() - r->cpu0);
+    add_num(o, "train_cpu_seconds", r->train_cpu_s);
+    add_num(o, "cpu_seconds", moeh_agent_cpu_s() - r->cpu0);
     char *line = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!line) goto oom;
@@ -122,16 +123,23 @@ oom:
 void moeh_agent_lm_round(agent_t *a, uint32_t round)
 {
     if (a->lm.open && a->lm.round == round) return;
+    /* the round's first RoundStart opened it (started, cpu0); the first figure recorded for
+     * it (lm_train, lm_eval, lm_sent) comes here again and keeps them */
+    const int same = a->lm.begun && a->lm.round == round;
+    const time_t started = a->lm.started;
+    const double cpu0 = a->lm.cpu0;
     moeh_agent_lm_flush(a);
     memset(&a->lm, 0, sizeof a->lm);
     a->lm.round = round;
-    a->lm.started = time(NULL);
+    a->lm.begun = 1;
+    a->lm.started = same ? started : time(NULL);
+    a->lm.cpu0 = same ? cpu0 : moeh_agent_cpu_s();
     a->lm.eval_s = NAN;
-    a->lm.cpu0 = process_cpu_s();
+    a->lm.train_cpu_s = NAN;
 }
 
 void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_train_result_t *res,
-                         double seconds)
+                         double seconds, double cpu_s)
 {
     agent_lm_t *r = &a->lm;
     moeh_agent_lm_round(a, rs->round);
@@ -142,6 +150,7 @@ void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_trai
     r->train_rows = res->samples;
     r->steps = res->steps;
     r->train_s = seconds;
+    r->train_cpu_s = cpu_s;
 }
 
 void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es,

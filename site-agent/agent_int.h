@@ -40,8 +40,10 @@ typedef struct {
     double val_loss, test_loss, eval_s;
     uint64_t val_rows, test_rows;
     double val_auroc[MOEH_N_TASKS], test_auroc[MOEH_N_TASKS];
-    int sent[3]; /* update, validation, test histograms: 0 not sent, 1 masked, 2 unmasked */
-    double cpu0; /* this process's CPU seconds (all threads) when the round's line opened */
+    int sent[3];        /* update, validation, test histograms: 0 not sent, 1 masked, 2 unmasked */
+    int begun;          /* round's line was opened by its first RoundStart */
+    double cpu0;        /* this process's CPU seconds (all threads) then */
+    double train_cpu_s; /* the CPU seconds of its training (NAN: none) */
 } agent_lm_t;
 
 typedef struct agent agent_t;
@@ -127,14 +129,16 @@ void moeh_agent_set_fatal(agent_t *a, int rc, const char *fmt, ...)
 int moeh_agent_lm_open(agent_t *a, moeh_err_t *err) __attribute__((warn_unused_result));
 /* A phase of `round` starts: the line of an earlier round is written first. */
 void moeh_agent_lm_round(agent_t *a, uint32_t round);
-/* This round's local training (seconds: its wall time) and evaluations (VALIDATE or EVALUATE
- * sums, as computed here: loss, rows, AUROC per task). */
+/* This round's local training (seconds: its wall time; cpu_s: its CPU time) and evaluations
+ * (VALIDATE or EVALUATE sums, as computed here: loss, rows, AUROC per task). */
 void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_train_result_t *res,
-                         double seconds);
+                         double seconds, double cpu_s);
 void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es,
                         double seconds);
 /* The phase's result left the site, masked (secure aggregation) or in clear. */
 void moeh_agent_lm_sent(agent_t *a, Moeh__RoundTask task, uint32_t round, int masked);
+/* CPU seconds (user + system) of this process so far, every thread; NAN if unknown. */
+double moeh_agent_cpu_s(void);
 /* Writes the pending line (if any); close also closes the file. */
 void moeh_agent_lm_flush(agent_t *a);
 void moeh_agent_lm_close(agent_t *a);

@@ -35,7 +35,7 @@ void moeh_agent_sa_end(agent_t *a, const char *why, const char *detail)
 }
 
 /* With RoundStart.secagg: a session, fresh round keys advertised, the phase's work kept for the
- * key list (moeh_agent_int.h). */
+ * key list (agent_int.h). */
 void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m)
 {
     const Moeh__SecaggParams *sp = rs->secagg;

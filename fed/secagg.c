@@ -110,8 +110,8 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
  * of the whole update, bench/secagg.c), so it runs on OpenSSL's implementation, which has AVX2
  * and AVX-512 kernels: with the add loop below, masking takes half the time it took with
  * libsodium's on the AVX-512 machine of docs/secagg.md; the keystream is the same, byte for
- * byte (OpenSSL's 16-byte IV is the
- * 32-bit counter, little-endian, then the 12-byte nonce). libsodium's is the fallback when
+ * byte (OpenSSL's 16-byte IV is the 32-bit counter, little-endian, then the 12-byte nonce).
+ * libsodium's is the fallback when
  * OpenSSL cannot provide ChaCha20 (a FIPS-only configuration), and the tests' reference. */
 static EVP_CIPHER *g_chacha;
 static int g_chacha_state; /* 0 not tried, 1 fetched, -1 unavailable */

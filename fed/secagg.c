@@ -111,8 +111,8 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
  * and AVX-512 kernels: with the add loop below, masking takes half the time it took with
  * libsodium's on the AVX-512 machine of docs/secagg.md; the keystream is the same, byte for
  * byte (OpenSSL's 16-byte IV is the 32-bit counter, little-endian, then the 12-byte nonce).
- * libsodium's is the fallback when
- * OpenSSL cannot provide ChaCha20 (a FIPS-only configuration), and the tests' reference. */
+ * libsodium's is the fallback when OpenSSL cannot provide ChaCha20 (a FIPS-only configuration),
+ * and the tests' reference. */
 static EVP_CIPHER *g_chacha;
 static int g_chacha_state; /* 0 not tried, 1 fetched, -1 unavailable */
 static pthread_once_t g_chacha_once = PTHREAD_ONCE_INIT;
@@ -204,8 +204,9 @@ static int prg_ossl_many(uint32_t *out, size_t len, const uint8_t (*seeds)[MOEH_
     for (size_t s0 = 0; s0 < m && rc == 0; s0 += PRG_STREAMS) {
         size_t ms = m - s0 < PRG_STREAMS ? m - s0 : PRG_STREAMS;
         for (size_t s = 0; s < ms && s0 > 0; s++) { /* the first group was keyed above */
-            int ok = EVP_EncryptInit_ex2(ctx[s], g_chacha, seeds[s0 + s], iv, NULL);
-            MOEH_ASSERT(ok == 1); /* re-keying a working context allocates nothing */
+            /* no cipher: the context keeps its implementation's state, only key and IV change */
+            int ok = EVP_EncryptInit_ex2(ctx[s], NULL, seeds[s0 + s], iv, NULL);
+            MOEH_ASSERT(ok == 1);
         }
         for (size_t off = 0; off < len; off += PRG_BLOCK_WORDS) {
             size_t nw = len - off < PRG_BLOCK_WORDS ? len - off : PRG_BLOCK_WORDS;

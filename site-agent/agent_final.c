@@ -125,13 +125,12 @@ void moeh_agent_lm_round(agent_t *a, uint32_t round)
     if (a->lm.open && a->lm.round == round) return;
     /* the round's first RoundStart opened it (started, cpu0); the first figure recorded for
      * it (lm_train, lm_eval, lm_sent) comes here again and keeps them */
-    const int same = a->lm.begun && a->lm.round == round;
+    const int same = a->lm.started != 0 && a->lm.round == round;
     const time_t started = a->lm.started;
     const double cpu0 = a->lm.cpu0;
     moeh_agent_lm_flush(a);
     memset(&a->lm, 0, sizeof a->lm);
     a->lm.round = round;
-    a->lm.begun = 1;
     a->lm.started = same ? started : time(NULL);
     a->lm.cpu0 = same ? cpu0 : moeh_agent_cpu_s();
     a->lm.eval_s = NAN;

@@ -41,8 +41,8 @@ typedef struct {
     uint64_t val_rows, test_rows;
     double val_auroc[MOEH_N_TASKS], test_auroc[MOEH_N_TASKS];
     int sent[3];        /* update, validation, test histograms: 0 not sent, 1 masked, 2 unmasked */
-    int begun;          /* round's line was opened by its first RoundStart */
-    double cpu0;        /* this process's CPU seconds (all threads) then */
+    double cpu0;        /* this process's CPU seconds (all threads) when the round's first
+                         * RoundStart opened the line (at `started`; 0: not opened) */
     double train_cpu_s; /* the CPU seconds of its training (NAN: none) */
 } agent_lm_t;
 

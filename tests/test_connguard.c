@@ -108,6 +108,18 @@ static int was_shut(net_t *t, size_t i)
     return recv(t->client[i], &c, 1, MSG_DONTWAIT) == 0;
 }
 
+/* n loopback connections and a guard over them with this common bound, ticked once at now. */
+static moeh_connguard_t *guard_open(net_t *t, size_t n, uint64_t total_bytes, int64_t now)
+{
+    net_open(t, n);
+    moeh_connguard_cfg_t cfg = {.total_bytes = total_bytes, .interval_ms = 10};
+    moeh_connguard_t *g = NULL;
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_connguard_create(&cfg, t->endpoint, &g, &err), 0);
+    assert_int_equal(moeh_connguard_tick(g, now), 0);
+    return g;
+}
+
 /* 100 connections each sending 64 KiB a "round" of 3.5 s, read and noted as messages: 1.8 MB/s
  * together, over 3 times what a 4 MiB common bucket refilled over 8 s would allow, and never
  * more than 64 KiB held at once. None is shut down. */
@@ -115,13 +127,8 @@ static void test_many_honest_connections_kept(void **state)
 {
     (void)state;
     net_t t;
-    net_open(&t, 100);
-    moeh_connguard_cfg_t cfg = {.total_bytes = 4u << 20, .interval_ms = 10};
-    moeh_connguard_t *g = NULL;
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_connguard_create(&cfg, t.endpoint, &g, &err), 0);
     int64_t now = 1000;
-    assert_int_equal(moeh_connguard_tick(g, now), 0);
+    moeh_connguard_t *g = guard_open(&t, 100, 4u << 20, now);
     assert_int_equal(moeh_connguard_stats(g).conns, 100);
     for (int round = 0; round < 10; round++) {
         for (size_t i = 0; i < t.n; i++) {
@@ -153,13 +160,8 @@ static void test_most_unread_shut_first(void **state)
 {
     (void)state;
     net_t t;
-    net_open(&t, 4);
-    moeh_connguard_cfg_t cfg = {.total_bytes = 64u << 10, .interval_ms = 10};
-    moeh_connguard_t *g = NULL;
-    moeh_err_t err = {0};
-    assert_int_equal(moeh_connguard_create(&cfg, t.endpoint, &g, &err), 0);
     int64_t now = 1000;
-    assert_int_equal(moeh_connguard_tick(g, now), 0);
+    moeh_connguard_t *g = guard_open(&t, 4, 64u << 10, now);
     send_all(&t, 0, 30 << 10);
     send_all(&t, 1, 40 << 10);
     send_all(&t, 2, 20 << 10);

@@ -30,8 +30,6 @@ typedef struct {
     uint64_t n_train, n_eval, n_val; /* declared rows (Hello): train, test, validation */
     uint64_t w_phase; /* training samples counted into this TRAIN phase's weight bound */
     int sa_in;        /* in this attempt's secure-aggregation session, as id sa_id */
-    int val_late;     /* asked to VALIDATE, no reply before EVAL opened: its next EvalResult is
-                       * that late validation reply, not the test one (select.c) */
     uint32_t sa_id;
     uint64_t dp_seen; /* DP: plain (unmasked) updates received from this site by this process */
     uint64_t reg_train, reg_test, reg_val; /* registry [limits] (0: none), read when phases open */
@@ -243,12 +241,12 @@ int coord_sa_step(coord_t *c, moeh_err_t *fatal);
  * -ERANGE with what. */
 void coord_bounds_refresh(coord_t *c);
 uint64_t coord_cap_train(const coord_t *c, const site_t *s);
-/* the rows an EvalResult of the open phase may hold: the capped n_val in VALIDATE, n_eval
- * (test rows) otherwise */
-uint64_t coord_cap_eval(const coord_t *c, const site_t *s);
+/* the rows one split's figures may hold (val 1: the capped n_val, 0: the capped n_eval, the test
+ * rows) */
+uint64_t coord_cap_eval(const coord_t *c, const site_t *s, int val);
 int coord_check_stats(const coord_t *c, const site_t *s, const double *stats, char *what,
                       size_t what_len) __attribute__((warn_unused_result));
-int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
+int coord_check_eval(const coord_t *c, const site_t *s, int val, const void *hist_words,
                      const uint32_t *combo_rows, uint64_t n_labels, char *what, size_t what_len)
     __attribute__((warn_unused_result));
 int coord_check_update_header(const coord_t *c, const site_t *s, double train_loss,

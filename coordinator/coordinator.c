@@ -3,8 +3,10 @@
  *
  * Phases: WAIT (sites join) -> STATS (once: sums for the normalisation statistics) -> for
  * each round: TRAIN (RoundStart{TRAIN} + params to every
- * admitted site; Updates folded into a running per-group FedAvg sum) -> EVAL (RoundStart
- * {EVALUATE} with the new model; score histograms summed) -> next round or DONE.
+ * admitted site; Updates folded into a running per-group FedAvg sum) -> VALIDATE (RoundStart
+ * {VALIDATE} with the new model: the test and the validation splits' score histograms summed in
+ * one reply, protocol 9; EVAL, RoundStart{EVALUATE}, the test split only, with --no-validate)
+ * -> next round or DONE.
  * A phase closes when every live participant replied or at its deadline; it needs min_sites
  * replies, else it is retried (up to max_retries) and then the run fails with a clear message.
  * An attempt that fails while fewer than min_sites sites are connected is an outage: the phase
@@ -188,7 +190,7 @@ static void send_round_start(coord_t *c, site_t *s)
         rs.secagg = &sp;
     }
     /* the site holds this version (sent in this round's VALIDATE or EVALUATE): the model goes
-     * out once a round instead of three times (protocol 8) */
+     * out once a round instead of twice (protocol 8) */
     rs.model_held = c->phase != PH_STATS && s->held && s->held_version == c->model_version;
     moeh_env_round_start(&env, &rs);
     moeh_frame_t f[2] = {{.name = "params",
@@ -227,7 +229,6 @@ static uint32_t replay_missing(const coord_t *c, phase_t ph)
 static void open_phase(coord_t *c, phase_t ph)
 {
     const moeh_coord_cfg_t *cfg = c->cfg;
-    const int from_val = c->phase == PH_VAL && ph == PH_EVAL;
     c->phase = ph;
     if (replay_missing(c, ph) > 0) { /* outage_tick opens it once they are back */
         MOEH_INFO("round %u %s phase: replay: waiting for %u of the recorded sites", c->round,
@@ -282,10 +283,6 @@ static void open_phase(coord_t *c, phase_t ph)
     }
     for (size_t i = 0; i < c->n_sites; i++) {
         site_t *s = &c->sites[i];
-        /* one EvalResult answers VALIDATE and EVALUATE: a validation reply still on its way
-         * must not count as the test one (messages of a connection arrive in order) */
-        s->val_late = from_val && !cfg->secagg && !cfg->upload_slots && s->participant &&
-                      !s->replied; /* (granted: a held reply is dropped at the next phase) */
         s->participant = s->admitted && replay_admits(c, ph, s);
         s->replied = 0;
         c->n_participants += s->participant != 0;
@@ -382,8 +379,7 @@ static int handle_hello(coord_t *c, const moeh_msg_t *m, moeh_err_t *fatal)
     moeh_stream_rx_clear(&s->up_rx); /* its chunks came on the old connection */
     memcpy(s->rid, m->routing_id, m->routing_id_len);
     s->rid_len = m->routing_id_len;
-    s->val_late = 0; /* a new connection: nothing late on it */
-    s->held = 0;     /* nor a model it was sent (the agent may be a new process) */
+    s->held = 0; /* a new connection: no model it was sent (the agent may be a new process) */
     s->admitted = 1;
     s->last_seen = c->now;
     s->n_train = h->n_train;
@@ -633,10 +629,10 @@ static int step_phase(coord_t *c, moeh_err_t *fatal)
     } else if (c->phase == PH_TRAIN) {
         if ((rc = coord_finish_train(c, fatal)) != 0) return rc;
         open_phase(c, cfg->validate ? PH_VAL : PH_EVAL);
-    } else if (c->phase == PH_VAL) {
-        coord_finish_val(c); /* select.c: the best round so far */
-        open_phase(c, PH_EVAL);
     } else {
+        /* VALIDATE (protocol 9): the selection from the validation split's sums first, then
+         * the test split's metrics, which keep the test figures of a round just selected */
+        if (c->phase == PH_VAL) coord_finish_val(c); /* select.c: the best round so far */
         coord_finish_eval(c);
         /* a checkpoint that cannot be written (no descriptor left, disk full: the old one
          * stays) is written again after the next round; only the last round's is fatal */

@@ -56,7 +56,7 @@ int coord_build_model(coord_t *c, uint32_t n_static, uint32_t n_vars, uint32_t n
     c->gate_sum = calloc((size_t)MOEH_N_COMBOS * c->n_experts, sizeof(double));
     size_t lt = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__TRAIN),
            ls = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__STATS),
-           le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
+           le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__VALIDATE); /* >= EVALUATE */
     c->vsum_cap = lt > ls ? (lt > le ? lt : le) : (ls > le ? ls : le);
     c->vsum = calloc(c->vsum_cap, sizeof(uint32_t));
     c->vtmp = calloc(ls + moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)) +

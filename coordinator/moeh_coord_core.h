@@ -27,7 +27,8 @@ typedef enum {
     MOEH_COORD_TRAIN,
     MOEH_COORD_EVAL,
     MOEH_COORD_DONE,
-    MOEH_COORD_VALIDATE /* score histograms on the validation splits (model selection) */
+    MOEH_COORD_VALIDATE /* score histograms on the test and the validation splits (model
+                         * selection), one phase since protocol 9; EVAL without validation */
 } moeh_coord_phase_t;
 
 /* What the core needs from its surroundings. */

@@ -304,6 +304,10 @@ void coord_handle_update(coord_t *c, const moeh_msg_t *m, site_t *s)
     MOEH_DEBUG("round %u: update from %s (loss %.4f)", c->round, s->id, u->train_loss);
 }
 
+/* EvalResult: the test split's figures (frames "hist", "gate"), and in the VALIDATE phase the
+ * validation split's too (its `validation`, frames "val_hist", "val_gate"), each checked against
+ * the site's rows of that split before either goes into the phase's sum at its place in the
+ * VALIDATE vector (moeh_secsum.h: test, then validation). */
 void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
 {
     const Moeh__EvalResult *r = m->env->eval_result;
@@ -314,56 +318,71 @@ void coord_handle_eval(coord_t *c, const moeh_msg_t *m, site_t *s)
                           s->id);
         return;
     }
-    if (c->phase == PH_EVAL && s->val_late) { /* (coordinator.c: open_phase) */
-        s->val_late = 0;
-        coord_reply_error(c, m, -ESTALE,
-                          "eval_result: a validation reply that arrived after its phase closed "
-                          "(ignored; the test evaluation is still expected)",
-                          s->id);
-        return;
-    }
-    /* the same EvalResult answers EVALUATE and VALIDATE (the phase tells which) */
     if (!session_ok(c, m, s, c->phase == PH_VAL ? PH_VAL : PH_EVAL, r->round, r->model_version) ||
         !reply_take(c, m, s))
         return;
-    const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
-    const uint8_t *p = m->frames[0].data;
-    char what[300]; /* robust.c: no more rows than the site's (capped) test/validation rows */
-    if (coord_check_eval(c, s, p, r->combo_rows, r->n_labels, what, sizeof what) != 0) {
-        coord_reply_error(c, m, -ERANGE, what, s->id);
-        return;
-    }
-    size_t per_slice = (size_t)T * 2 * nb, n = MOEH_N_SLICES * per_slice;
-    /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */
-    const size_t V = MOEH_SECSUM_FIX_WORDS, at = n + MOEH_N_COMBOS * (c->n_experts + 1) * V;
-    if (moeh_secsum_fix_get(c->vsum + at + V) + (double)r->n_labels > 4294967295.0) {
-        coord_reply_error(c, m, -ERANGE, "eval_result: the round's labels would exceed 2^32 - 1",
+    const int val = c->phase == PH_VAL;
+    if ((r->validation != NULL) != val) {
+        coord_reply_error(c, m, -EBADMSG,
+                          val ? "eval_result: no validation figures: the answer to VALIDATE "
+                                "holds the test and the validation split's (protocol 9)"
+                              : "eval_result: validation figures in the answer to EVALUATE",
                           s->id);
         return;
     }
+    const Moeh__EvalResult *part[2] = {r, r->validation};
+    const moeh_secsum_dims_t d = moeh_wire_secsum_dims(&c->lim);
+    const uint32_t T = (uint32_t)c->cfg->model.n_tasks, nb = c->cfg->eval_bins;
+    const size_t le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE),
+                 nh = moeh_secsum_eval_hist_words(d), nv = moeh_secsum_eval_values_len(d);
+    /* the summed counts are 32-bit words, as under secure aggregation (docs/secagg.md) */
+    const size_t V = MOEH_SECSUM_FIX_WORDS, labels_at = nh + nv - V;
+    char what[300]; /* robust.c: no more rows than the site's (capped) test/validation rows */
+    for (int k = 0; k <= val; k++) {
+        if (coord_check_eval(c, s, k, m->frames[2 * k].data, part[k]->combo_rows, part[k]->n_labels,
+                             what, sizeof what) != 0) {
+            coord_reply_error(c, m, -ERANGE, what, s->id);
+            return;
+        }
+        if (moeh_secsum_fix_get(c->vsum + k * le + labels_at) + (double)part[k]->n_labels >
+            4294967295.0) {
+            coord_reply_error(c, m, -ERANGE,
+                              "eval_result: the round's labels would exceed 2^32 - 1", s->id);
+            return;
+        }
+    }
+    /* both splits' values encoded before either is added: all of the reply or none of it */
     float *gate = malloc((size_t)MOEH_N_COMBOS * c->n_experts * sizeof(float) + 1);
-    if (!gate || moeh_secsum_eval_put(c->vtmp, moeh_wire_secsum_dims(&c->lim),
-                                      memcpy(gate, m->frames[1].data, m->frames[1].len),
-                                      r->combo_rows, r->loss_sum, r->n_labels) != 0) {
-        free(gate);
-        coord_reply_error(c, m, gate ? -ERANGE : -ENOMEM,
-                          "eval_result: a sum is out of range (or out of memory)", s->id);
+    uint32_t *vals = malloc(2 * nv * sizeof(uint32_t));
+    int rc = gate && vals ? 0 : -ENOMEM;
+    for (int k = 0; !rc && k <= val; k++)
+        rc = moeh_secsum_eval_put(vals + k * nv, d,
+                                  memcpy(gate, m->frames[2 * k + 1].data, m->frames[2 * k + 1].len),
+                                  part[k]->combo_rows, part[k]->loss_sum, part[k]->n_labels);
+    free(gate);
+    if (rc) {
+        free(vals);
+        coord_reply_error(c, m, rc, "eval_result: a sum is out of range (or out of memory)", s->id);
         return;
     }
-    free(gate);
-    moeh_secsum_add(c->vsum, p, n);
-    moeh_secsum_add(c->vsum + n, c->vtmp,
-                    moeh_secsum_eval_values_len(moeh_wire_secsum_dims(&c->lim)));
-    /* this site's own AUROC per task (slice 0) */
+    for (int k = 0; k <= val; k++) {
+        moeh_secsum_add(c->vsum + k * le, m->frames[2 * k].data, nh);
+        moeh_secsum_add(c->vsum + k * le + nh, vals + k * nv, nv);
+    }
+    free(vals);
+    s->replied = 1;
+    c->n_replied++;
+    if (!c->cfg->per_site_metrics) return;
+    /* this site's own test AUROC per task (slice 0) */
+    const size_t per_slice = (size_t)T * 2 * nb;
     uint64_t *own = malloc(per_slice * sizeof(uint64_t));
+    const uint8_t *p = m->frames[0].data;
     for (size_t i = 0; own && i < per_slice; i++) {
         uint32_t v;
         memcpy(&v, p + 4 * i, 4);
         own[i] = v;
     }
-    s->replied = 1;
-    c->n_replied++;
-    if (own && c->cfg->per_site_metrics && c->phase == PH_EVAL) { /* test rows only */
+    if (own) {
         double auroc[MOEH_N_TASKS];
         for (uint32_t t = 0; t < T; t++)
             auroc[t] = moeh_eval_slice_auroc(own, T, nb, 0, t);

@@ -46,12 +46,11 @@ uint64_t coord_cap_train(const coord_t *c, const site_t *s)
     return moeh_bounds_count_cap(s->n_train, s->reg_train, c->med_train, c->cfg->count_cap);
 }
 
-uint64_t coord_cap_eval(const coord_t *c, const site_t *s)
+uint64_t coord_cap_eval(const coord_t *c, const site_t *s, int val)
 {
-    /* VALIDATE answers on the validation split, EVALUATE on the test split: each reply is
-     * bounded by the rows the site declared for its split (Hello n_val / n_eval), capped */
-    if (c->phase == PH_VAL)
-        return moeh_bounds_count_cap(s->n_val, s->reg_val, c->med_val, c->cfg->count_cap);
+    /* the validation figures are bounded by the rows the site declared for that split (Hello
+     * n_val), the test figures by its test rows (n_eval), capped */
+    if (val) return moeh_bounds_count_cap(s->n_val, s->reg_val, c->med_val, c->cfg->count_cap);
     return moeh_bounds_count_cap(s->n_eval, s->reg_test, c->med_eval, c->cfg->count_cap);
 }
 
@@ -71,7 +70,7 @@ int coord_check_stats(const coord_t *c, const site_t *s, const double *stats, ch
     return moeh_bounds_stats_check(stats, &b, what, what_len);
 }
 
-int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
+int coord_check_eval(const coord_t *c, const site_t *s, int val, const void *hist_words,
                      const uint32_t *combo_rows, uint64_t n_labels, char *what, size_t what_len)
 {
     uint64_t rows[MOEH_N_COMBOS];
@@ -79,8 +78,8 @@ int coord_check_eval(const coord_t *c, const site_t *s, const void *hist_words,
         rows[k] = combo_rows[k];
     const moeh_eval_bounds_t b = {.n_tasks = (size_t)c->mcfg.n_tasks,
                                   .bins = c->cfg->eval_bins,
-                                  .max_rows = coord_cap_eval(c, s),
-                                  .split = c->phase == PH_VAL ? "validation" : "test"};
+                                  .max_rows = coord_cap_eval(c, s, val),
+                                  .split = val ? "validation" : "test"};
     return moeh_bounds_eval_check(hist_words, rows, n_labels, &b, what, what_len);
 }
 
@@ -93,12 +92,13 @@ int coord_check_update_header(const coord_t *c, const site_t *s, double train_lo
 
 int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
 {
-    uint64_t train = 0, eval = 0, n = 0, weight = 0; /* eval: test or validation rows */
+    uint64_t train = 0, eval[2] = {0, 0}, n = 0, weight = 0; /* eval: test, validation rows */
     for (size_t i = 0; i < c->n_sites; i++) {
         const site_t *s = &c->sites[i];
         if (!s->sa_in || !s->replied) continue; /* survivors: their masked vector was summed */
         train += coord_cap_train(c, s);
-        eval += coord_cap_eval(c, s);
+        eval[0] += coord_cap_eval(c, s, 0);
+        eval[1] += coord_cap_eval(c, s, 1);
         weight += s->w_phase;
         n++;
     }
@@ -110,16 +110,21 @@ int coord_check_sa_sum(coord_t *c, char *what, size_t what_len)
     if (c->phase == PH_TRAIN)
         return moeh_bounds_weight_sum_check(c->vsum + c->p->n, c->p->n_groups,
                                             c->unit_weight ? n : weight, what, what_len);
-    if (c->phase == PH_EVAL || c->phase == PH_VAL) {
+    /* EVALUATE: the test split's vector; VALIDATE: then the validation split's (moeh_secsum.h) */
+    const size_t le = moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE);
+    const int splits = c->phase == PH_VAL ? 2 : c->phase == PH_EVAL ? 1 : 0;
+    for (int k = 0; k < splits; k++) {
         double loss;
         uint64_t n_labels;
-        moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
+        moeh_secsum_eval_get(c->vsum + k * le, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
                              c->combo_rows, &loss, &n_labels);
         const moeh_eval_bounds_t b = {.n_tasks = (size_t)c->mcfg.n_tasks,
                                       .bins = c->cfg->eval_bins,
-                                      .max_rows = eval,
-                                      .split = c->phase == PH_VAL ? "validation" : "test"};
-        return moeh_bounds_eval_check(c->vsum, c->combo_rows, n_labels, &b, what, what_len);
+                                      .max_rows = eval[k],
+                                      .split = k ? "validation" : "test"};
+        int rc =
+            moeh_bounds_eval_check(c->vsum + k * le, c->combo_rows, n_labels, &b, what, what_len);
+        if (rc) return rc;
     }
     return 0;
 }

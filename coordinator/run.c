@@ -168,8 +168,10 @@ static void progress_step(run_t *r, int before_tick)
     }
     r->pg = p;
     if (!moeh_progress_on_terminal()) return;
-    /* the round's table line goes to stdout when EVAL closes: not onto our line */
-    if (before_tick && p.phase == MOEH_COORD_EVAL && r->cfg->print_table && isatty(1))
+    /* the round's table line goes to stdout when its last phase (VALIDATE, or EVAL without
+     * validation) closes: not onto our line */
+    if (before_tick && (p.phase == MOEH_COORD_EVAL || p.phase == MOEH_COORD_VALIDATE) &&
+        r->cfg->print_table && isatty(1))
         moeh_progress_line_clear();
     if (before_tick) return;
     moeh_progress_fmt_eta(eta, sizeof eta,

@@ -1,6 +1,7 @@
 /* select.c - federated validation and model selection of the coordinator core
  * (coord_internal.h). Each round's VALIDATE phase sums the sites' score histograms on their
- * validation splits; the round with the best mean validation AUROC (or lowest validation loss,
+ * validation splits (with their test splits' in the same reply, protocol 9); the round with the
+ * best mean validation AUROC (or lowest validation loss,
  * --select-by loss) is the selected round: its parameters and its test metrics are kept, and
  * they are what the run reports and writes at the end. --patience N ends the run after N
  * rounds without improvement. The values compared are rounded to float, so that a run
@@ -20,8 +21,10 @@ void coord_finish_val(coord_t *c)
     const uint32_t T = (uint32_t)cfg->model.n_tasks, nb = cfg->eval_bins;
     double loss_sum;
     uint64_t n_labels;
-    moeh_secsum_eval_get(c->vsum, moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum,
-                         c->combo_rows, &loss_sum, &n_labels);
+    /* the validation split's half of the VALIDATE vector (moeh_secsum.h: test, then validation) */
+    moeh_secsum_eval_get(c->vsum + moeh_wire_secsum_len(&c->lim, MOEH__ROUND_TASK__EVALUATE),
+                         moeh_wire_secsum_dims(&c->lim), c->hist, c->gate_sum, c->combo_rows,
+                         &loss_sum, &n_labels);
     for (uint32_t t = 0; t < T; t++) {
         c->val_auroc[t] = moeh_eval_slice_auroc(c->hist, T, nb, 0, t);
         moeh_eval_slice_calib(c->hist, T, nb, 0, t, &c->val_calib[t]);

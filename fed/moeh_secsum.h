@@ -13,7 +13,10 @@
  *   STATS     for each normalisation feature, three values: count, sum, sum of squares;
  *   EVALUATE  the score histograms (MOEH_N_SLICES x n_tasks x 2 x eval_bins counts, one
  *             word each, summed as they are), then the values gate sums (MOEH_N_COMBOS x
- *             n_experts), rows per combination (MOEH_N_COMBOS), loss_sum and n_labels.
+ *             n_experts), rows per combination (MOEH_N_COMBOS), loss_sum and n_labels;
+ *   VALIDATE  the EVALUATE vector of the test split, then the EVALUATE vector of the
+ *             validation split (one phase evaluates both since protocol 9): an EVALUATE
+ *             vector is a prefix of it.
  *
  * A "value" is a real x with |x| < MOEH_SECSUM_FIX_LIMIT encoded in fixed point: the 128-bit
  * two's complement integer X = rint(x * 2^64), written as MOEH_SECSUM_FIX_WORDS words of 16-bit
@@ -49,11 +52,13 @@ typedef enum {
     MOEH_SECSUM_TRAIN,
     MOEH_SECSUM_STATS,
     MOEH_SECSUM_EVALUATE,
+    MOEH_SECSUM_VALIDATE,
 } moeh_secsum_phase_t;
 
 /* The dimensions that fix every phase's vector: a small value, passed by value. A zero field
  * means "not known yet": a phase that needs it has no vector (length 0). TRAIN needs n_params
- * and n_groups, STATS n_norm, EVALUATE n_tasks and eval_bins (n_experts 0: no gate sums). */
+ * and n_groups, STATS n_norm, EVALUATE and VALIDATE n_tasks and eval_bins (n_experts 0: no gate
+ * sums). */
 typedef struct {
     uint64_t n_params;  /* model parameters (TRAIN) */
     uint32_t n_groups;  /* aggregation groups, one weight word each (TRAIN) */

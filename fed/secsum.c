@@ -28,6 +28,8 @@ size_t moeh_secsum_len(moeh_secsum_dims_t d, moeh_secsum_phase_t phase)
     case MOEH_SECSUM_EVALUATE:
         if (!d.n_tasks || !d.eval_bins) return 0;
         return moeh_secsum_eval_hist_words(d) + moeh_secsum_eval_values_len(d);
+    case MOEH_SECSUM_VALIDATE: /* the test split's EVALUATE vector, then the validation's */
+        return 2 * moeh_secsum_len(d, MOEH_SECSUM_EVALUATE);
     default:
         return 0;
     }

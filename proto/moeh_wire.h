@@ -16,7 +16,8 @@
 #include "moeh_secsum.h"
 
 #define MOEH_PROTOCOL_VERSION                                                                      \
-    8u /* 6: Hello.n_val; 7: UploadChunk, UploadCredit; 8: RoundStart.model_held */
+    9u /* 6: Hello.n_val; 7: UploadChunk, UploadCredit; 8: RoundStart.model_held; 9: VALIDATE      \
+        * evaluates the test split too (EvalResult.validation) */
 /* Most rows a Hello may declare per split (n_train, n_eval, n_val): exact as a double, as the
  * registry's [limits] (moeh_keys.h) */
 #define MOEH_WIRE_MAX_ROWS ((1ull << 53) - 1)

@@ -171,8 +171,8 @@ uint64_t moeh_wire_max_tensor_bytes(const moeh_wire_limits_t *lim)
     if (!lim || lim->n_params == 0) return 0; /* nothing negotiated: no tensors yet */
     uint64_t words = lim->n_params + lim->n_groups + 2 * (uint64_t)lim->n_norm; /* RoundStart */
     uint64_t m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__TRAIN);
-    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE) > m)
-        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE);
+    if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__VALIDATE) > m) /* holds an EVALUATE's */
+        m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__VALIDATE);
     if (moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS) > m)
         m = moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__STATS);
     uint64_t stats = 3 * (uint64_t)lim->n_norm * 2; /* f64 sums in 4-byte words */

@@ -351,6 +351,57 @@ static int validate_secagg_params(const moeh_wire_limits_t *lim, const Moeh__Rou
     return 0;
 }
 
+/* One split's figures of an EvalResult (the test split, or its validation): its shape (tasks,
+ * bins, combinations), then (the frames' names and sizes checked by expect_frames) histograms
+ * that hold exactly n_labels labels and non-negative finite gate sums. */
+static int check_eval_shape(const moeh_wire_limits_t *lim, const Moeh__EvalResult *r,
+                            const char *what, moeh_err_t *err)
+{
+    if (lim->n_tasks == 0 || r->n_tasks != lim->n_tasks || r->n_bins != lim->eval_bins)
+        return moeh_errf(err, -EBADMSG, "%s: %u tasks x %u bins, expected %u x %u", what,
+                         r->n_tasks, r->n_bins, lim->n_tasks, lim->eval_bins);
+    if (r->n_combo_rows != MOEH_N_COMBOS)
+        return moeh_errf(err, -EBADMSG, "%s.combo_rows: %zu entries, expected %u", what,
+                         r->n_combo_rows, MOEH_N_COMBOS);
+    return 0;
+}
+
+static int check_eval_split(const Moeh__EvalResult *r, const char *what, const moeh_iov_t *hist,
+                            const moeh_iov_t *gate, moeh_err_t *err)
+{
+    int rc;
+    char field[64];
+    snprintf(field, sizeof field, "%s.loss_sum", what);
+    if ((rc = fin(r->loss_sum, field, err))) return rc;
+    if (r->loss_sum < 0) return moeh_errf(err, -EBADMSG, "%s: negative", field);
+    snprintf(field, sizeof field, "%s.gate", what);
+    if ((rc = check_finite_f32(gate, field, err))) return rc;
+    const uint64_t per_slice = (uint64_t)r->n_tasks * 2 * r->n_bins;
+    uint64_t total = 0, in_combos = 0;
+    const uint8_t *p = hist->data;
+    for (uint64_t i = 0; i < MOEH_N_SLICES * per_slice; i++) {
+        uint32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        if (i < per_slice)
+            total += x;
+        else
+            in_combos += x;
+    }
+    if (total != r->n_labels || in_combos > r->n_labels)
+        return moeh_errf(err, -EBADMSG,
+                         "%s: histograms hold %llu labels (%llu in combinations), n_labels "
+                         "says %llu",
+                         what, (unsigned long long)total, (unsigned long long)in_combos,
+                         (unsigned long long)r->n_labels);
+    const uint8_t *g = gate->data;
+    for (size_t i = 0; i < gate->len / 4; i++) {
+        float x;
+        memcpy(&x, g + 4 * i, 4);
+        if (x < 0) return moeh_errf(err, -EBADMSG, "%s: element %zu is negative", field, i);
+    }
+    return 0;
+}
+
 static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                          const moeh_iov_t *frames, size_t n_frames, moeh_err_t *err)
 {
@@ -487,46 +538,22 @@ static int validate_body(const moeh_wire_limits_t *lim, const Moeh__Envelope *e,
                             lim->n_params ? lim->n_params + lim->n_groups : 0, err);
     }
     case MOEH__MSG_TYPE__EVAL_RESULT: {
-        const Moeh__EvalResult *r = e->eval_result;
-        if (lim->n_tasks == 0 || r->n_tasks != lim->n_tasks || r->n_bins != lim->eval_bins)
-            return moeh_errf(err, -EBADMSG, "eval_result: %u tasks x %u bins, expected %u x %u",
-                             r->n_tasks, r->n_bins, lim->n_tasks, lim->eval_bins);
-        if (r->n_combo_rows != MOEH_N_COMBOS)
-            return moeh_errf(err, -EBADMSG, "eval_result.combo_rows: %zu entries, expected %u",
-                             r->n_combo_rows, MOEH_N_COMBOS);
-        if ((rc = fin(r->loss_sum, "eval_result.loss_sum", err))) return rc;
-        if (r->loss_sum < 0) return moeh_errf(err, -EBADMSG, "eval_result.loss_sum: negative");
-        uint64_t per_slice = (uint64_t)r->n_tasks * 2 * r->n_bins;
-        frame_spec_t want[2] = {
-            {"hist", MOEH__DTYPE__U32, MOEH_N_SLICES * per_slice},
-            {"gate", MOEH__DTYPE__F32, (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
-        if ((rc = expect_frames(e, n_frames, want, 2, err)) ||
-            (rc = check_finite_f32(&frames[1], "eval_result.gate", err)))
+        const Moeh__EvalResult *r = e->eval_result, *v = r->validation;
+        if (v && v->validation)
+            return moeh_errf(err, -EBADMSG, "eval_result.validation.validation: not allowed");
+        if ((rc = check_eval_shape(lim, r, "eval_result", err)) ||
+            (v && (rc = check_eval_shape(lim, v, "eval_result.validation", err))))
             return rc;
-        uint64_t total = 0, in_combos = 0;
-        const uint8_t *p = frames[0].data;
-        for (uint64_t i = 0; i < MOEH_N_SLICES * per_slice; i++) {
-            uint32_t v;
-            memcpy(&v, p + 4 * i, 4);
-            if (i < per_slice)
-                total += v;
-            else
-                in_combos += v;
-        }
-        if (total != r->n_labels || in_combos > r->n_labels)
-            return moeh_errf(err, -EBADMSG,
-                             "eval_result: histograms hold %llu labels (%llu in "
-                             "combinations), n_labels says %llu",
-                             (unsigned long long)total, (unsigned long long)in_combos,
-                             (unsigned long long)r->n_labels);
-        const uint8_t *g = frames[1].data;
-        for (size_t i = 0; i < frames[1].len / 4; i++) {
-            float x;
-            memcpy(&x, g + 4 * i, 4);
-            if (x < 0)
-                return moeh_errf(err, -EBADMSG, "eval_result.gate: element %zu is negative", i);
-        }
-        return 0;
+        const uint64_t hist = (uint64_t)MOEH_N_SLICES * lim->n_tasks * 2 * lim->eval_bins,
+                       gate = (uint64_t)MOEH_N_COMBOS * lim->n_experts;
+        frame_spec_t want[4] = {{"hist", MOEH__DTYPE__U32, hist},
+                                {"gate", MOEH__DTYPE__F32, gate},
+                                {"val_hist", MOEH__DTYPE__U32, hist},
+                                {"val_gate", MOEH__DTYPE__F32, gate}};
+        if ((rc = expect_frames(e, n_frames, want, v ? 4 : 2, err)) ||
+            (rc = check_eval_split(r, "eval_result", &frames[0], &frames[1], err)))
+            return rc;
+        return v ? check_eval_split(v, "eval_result.validation", &frames[2], &frames[3], err) : 0;
     }
     case MOEH__MSG_TYPE__STATS_RESULT: {
         if ((rc = expect_frame(e, frames, n_frames, "stats", MOEH__DTYPE__F64,

@@ -21,8 +21,9 @@ moeh_secsum_phase_t moeh_wire_secsum_phase(Moeh__RoundTask task)
     case MOEH__ROUND_TASK__STATS:
         return MOEH_SECSUM_STATS;
     case MOEH__ROUND_TASK__EVALUATE:
-    case MOEH__ROUND_TASK__VALIDATE: /* the same vector, on the validation split */
         return MOEH_SECSUM_EVALUATE;
+    case MOEH__ROUND_TASK__VALIDATE: /* the test split's vector, then the validation split's */
+        return MOEH_SECSUM_VALIDATE;
     default:
         return MOEH_SECSUM_NONE;
     }

@@ -301,9 +301,9 @@ static int build_model(agent_t *a, const Moeh__Welcome *w, const moeh_moe_cfg_t 
     a->delta = malloc(p->n * sizeof(float));
     a->norm = malloc(2 * (size_t)ms->n_norm * sizeof(float) + 1);
     a->upd = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__TRAIN) * sizeof(uint32_t));
-    a->hist = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE) * sizeof(uint32_t));
+    a->hist = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__VALIDATE) * sizeof(uint32_t));
     a->svec = malloc(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__STATS) * sizeof(uint32_t) + 1);
-    a->gate_sum = malloc((size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float));
+    a->gate_sum = malloc(2 * (size_t)MOEH_N_COMBOS * ms->n_experts * sizeof(float) + 1);
     if (!a->global || !a->delta || !a->norm || !a->upd || !a->hist || !a->svec || !a->gate_sum) {
         moeh_agent_set_fatal(a, -ENOMEM, "%s", "out of memory");
         return -ENOMEM;
@@ -495,60 +495,76 @@ static void log_own_metrics(agent_t *a, uint32_t round, int secure, const moeh_e
                   line);
 }
 
+/* EVALUATE: the figures of the test split. VALIDATE (protocol 9): the same, then the same on the
+ * validation split (model selection; a site without validation rows sends empty ones), in one
+ * reply: the secure vector is the two EVALUATE vectors one after the other (moeh_secsum.h), the
+ * plain EvalResult carries the validation split's in `validation`. */
 static void evaluate(agent_t *a, const Moeh__RoundStart *rs, const moeh_msg_t *m)
 {
     if (!load_round(a, rs, m)) return;
-    moeh_eval_sums_t es = {.hist = a->hist, .gate_sum = a->gate_sum};
-    moeh_err_t err = {0};
-    /* VALIDATE: the same sums on the validation split (model selection); a site without
-     * validation rows sends empty histograms */
     const int val = rs->task == MOEH__ROUND_TASK__VALIDATE;
-    const int64_t t0 = moeh_now_ms();
-    if (moeh_trainer_evaluate(a->trainer, val ? MOEH_SPLIT_VAL : MOEH_SPLIT_TEST, a->eval_bins, &es,
-                              service_cb, a, &err) != 0) {
-        MOEH_ERROR("round %u: evaluation failed: %s", rs->round, err.msg);
-        moeh_agent_send_error(a, -ERANGE, "evaluation failed");
-        return;
-    }
-    if (!val) log_own_metrics(a, rs->round, rs->secagg != NULL, &es);
-    moeh_agent_lm_eval(a, rs, &es, (double)(moeh_now_ms() - t0) / 1000.0); /* agent_final.c */
-    if (rs->secagg) { /* summed securely: the coordinator learns only the federation's sums */
-        if (moeh_secsum_eval_put(a->hist +
-                                     moeh_secsum_eval_hist_words(moeh_wire_secsum_dims(&a->lim)),
-                                 moeh_wire_secsum_dims(&a->lim), a->gate_sum, es.combo_rows,
-                                 es.loss_sum, es.n_labels) != 0) {
-            MOEH_ERROR("round %u: evaluation sums out of the fixed-point range; not sent",
-                       rs->round);
+    const moeh_secsum_dims_t d = moeh_wire_secsum_dims(&a->lim);
+    const size_t le = moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE),
+                 G = (size_t)MOEH_N_COMBOS * a->lim.n_experts;
+    moeh_eval_sums_t es[2] = {{.hist = a->hist, .gate_sum = a->gate_sum},
+                              {.hist = a->hist + le, .gate_sum = a->gate_sum + G}};
+    for (int k = 0; k <= val; k++) {
+        moeh_err_t err = {0};
+        const char *split = k ? "validation" : "test";
+        const int64_t t0 = moeh_now_ms();
+        if (moeh_trainer_evaluate(a->trainer, k ? MOEH_SPLIT_VAL : MOEH_SPLIT_TEST, a->eval_bins,
+                                  &es[k], service_cb, a, &err) != 0) {
+            MOEH_ERROR("round %u: evaluation on the %s split failed: %s", rs->round, split,
+                       err.msg);
+            moeh_agent_send_error(a, -ERANGE, "evaluation failed");
+            return;
+        }
+        moeh_agent_lm_eval(a, rs, &es[k], k, (double)(moeh_now_ms() - t0) / 1000.0);
+        /* summed securely: the coordinator learns only the federation's sums */
+        if (rs->secagg &&
+            moeh_secsum_eval_put(es[k].hist + moeh_secsum_eval_hist_words(d), d, es[k].gate_sum,
+                                 es[k].combo_rows, es[k].loss_sum, es[k].n_labels) != 0) {
+            MOEH_ERROR("round %u: %s evaluation sums out of the fixed-point range; not sent",
+                       rs->round, split);
             moeh_agent_send_error(a, -ERANGE, "evaluation out of range");
             return;
         }
-        moeh_agent_sa_input(a, a->hist, moeh_wire_secsum_len(&a->lim, MOEH__ROUND_TASK__EVALUATE));
+    }
+    log_own_metrics(a, rs->round, rs->secagg != NULL, &es[0]);
+    if (rs->secagg) {
+        moeh_agent_sa_input(a, a->hist, moeh_wire_secsum_len(&a->lim, rs->task));
         return;
     }
     Moeh__Envelope env;
-    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
-    r.round = rs->round;
-    r.model_version = rs->model_version;
-    r.loss_sum = es.loss_sum;
-    r.n_labels = es.n_labels;
-    r.n_tasks = a->lim.n_tasks;
-    r.n_bins = a->eval_bins;
-    r.n_combo_rows = MOEH_N_COMBOS;
-    r.combo_rows = es.combo_rows;
-    moeh_env_eval_result(&env, &r);
-    moeh_frame_t f[2] = {{.name = "hist",
-                          .dtype = MOEH__DTYPE__U32,
-                          .data = a->hist,
-                          .count = (uint64_t)MOEH_N_SLICES * a->lim.n_tasks * 2 * a->eval_bins},
-                         {.name = "gate",
-                          .dtype = MOEH__DTYPE__F32,
-                          .data = a->gate_sum,
-                          .count = (uint64_t)MOEH_N_COMBOS * a->lim.n_experts}};
+    Moeh__EvalResult r[2] = {MOEH__EVAL_RESULT__INIT, MOEH__EVAL_RESULT__INIT};
+    moeh_frame_t f[4];
+    static const char *const names[4] = {"hist", "gate", "val_hist", "val_gate"};
+    for (int k = 0; k <= val; k++) {
+        r[k].loss_sum = es[k].loss_sum;
+        r[k].n_labels = es[k].n_labels;
+        r[k].n_tasks = a->lim.n_tasks;
+        r[k].n_bins = a->eval_bins;
+        r[k].n_combo_rows = MOEH_N_COMBOS;
+        r[k].combo_rows = es[k].combo_rows;
+        f[2 * k] = (moeh_frame_t){.name = names[2 * k],
+                                  .dtype = MOEH__DTYPE__U32,
+                                  .data = es[k].hist,
+                                  .count = moeh_secsum_eval_hist_words(d)};
+        f[2 * k + 1] = (moeh_frame_t){.name = names[2 * k + 1],
+                                      .dtype = MOEH__DTYPE__F32,
+                                      .data = es[k].gate_sum,
+                                      .count = G};
+    }
+    r[0].round = rs->round;
+    r[0].model_version = rs->model_version;
+    if (val) r[0].validation = &r[1];
+    moeh_env_eval_result(&env, &r[0]);
+    const size_t nf = val ? 4 : 2;
     if (rs->grant_uploads) { /* packed (a copy) and held for the grant */
-        moeh_agent_upload_hold(a, &env, f, 2, rs->task, rs->round, rs->model_version, 0, 0);
+        moeh_agent_upload_hold(a, &env, f, nf, rs->task, rs->round, rs->model_version, 0, 0);
         return;
     }
-    int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, 2);
+    int rc = moeh_wire_send(a->sock, NULL, 0, &env, f, nf);
     if (rc) MOEH_WARN("round %u: could not send the evaluation: %s", rs->round, moeh_strerror(rc));
     if (!rc) moeh_agent_lm_sent(a, rs->task, rs->round, 0); /* local_metrics.jsonl */
 }

@@ -152,11 +152,10 @@ void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_trai
     r->train_cpu_s = cpu_s;
 }
 
-void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es,
+void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es, int val,
                         double seconds)
 {
     agent_lm_t *r = &a->lm;
-    const int val = rs->task == MOEH__ROUND_TASK__VALIDATE;
     const uint32_t T = a->lim.n_tasks, nb = a->eval_bins;
     moeh_agent_lm_round(a, rs->round);
     r->open = 1;
@@ -179,12 +178,12 @@ void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_
 
 void moeh_agent_lm_sent(agent_t *a, Moeh__RoundTask task, uint32_t round, int masked)
 {
-    int k = task == MOEH__ROUND_TASK__TRAIN      ? 0
-            : task == MOEH__ROUND_TASK__VALIDATE ? 1
-            : task == MOEH__ROUND_TASK__EVALUATE ? 2
-                                                 : -1;
-    if (k < 0 || !a->lm.open || a->lm.round != round) return;
-    a->lm.sent[k] = masked ? 1 : 2;
+    if (!a->lm.open || a->lm.round != round) return;
+    const int how = masked ? 1 : 2;
+    if (task == MOEH__ROUND_TASK__TRAIN) a->lm.sent[0] = how;
+    if (task == MOEH__ROUND_TASK__VALIDATE) a->lm.sent[1] = how; /* and the test split's */
+    if (task == MOEH__ROUND_TASK__VALIDATE || task == MOEH__ROUND_TASK__EVALUATE)
+        a->lm.sent[2] = how;
 }
 
 void moeh_agent_lm_close(agent_t *a)

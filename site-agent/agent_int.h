@@ -74,10 +74,11 @@ struct agent {
      * model_held of that version uses them (protocol 8) */
     int held;
     uint64_t held_version;
-    uint32_t *upd;  /* update words: n_params + n_groups, then the TRAIN values (moeh_secsum.h) */
-    uint32_t *hist; /* evaluation histograms, then the EVALUATE values (moeh_secsum.h) */
-    uint32_t *svec; /* the STATS vector (moeh_secsum.h) */
-    float *gate_sum;
+    uint32_t *upd;   /* update words: n_params + n_groups, then the TRAIN values (moeh_secsum.h) */
+    uint32_t *hist;  /* the VALIDATE vector: test split's histograms and values, then the
+                      * validation split's (moeh_secsum.h); EVALUATE uses the first half */
+    uint32_t *svec;  /* the STATS vector (moeh_secsum.h) */
+    float *gate_sum; /* the test split's gate sums, then the validation split's */
     moeh_wire_limits_t lim;
     int welcomed, ever_welcomed, done;
     int paused; /* a PAUSED bye arrived: reconnect for the resumed run */
@@ -130,10 +131,11 @@ int moeh_agent_lm_open(agent_t *a, moeh_err_t *err) __attribute__((warn_unused_r
 /* A phase of `round` starts: the line of an earlier round is written first. */
 void moeh_agent_lm_round(agent_t *a, uint32_t round);
 /* This round's local training (seconds: its wall time; cpu_s: its CPU time) and evaluations
- * (VALIDATE or EVALUATE sums, as computed here: loss, rows, AUROC per task). */
+ * (the sums of one split, val 1: validation, 0: test, as computed here: loss, rows, AUROC per
+ * task). */
 void moeh_agent_lm_train(agent_t *a, const Moeh__RoundStart *rs, const moeh_train_result_t *res,
                          double seconds, double cpu_s);
-void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es,
+void moeh_agent_lm_eval(agent_t *a, const Moeh__RoundStart *rs, const moeh_eval_sums_t *es, int val,
                         double seconds);
 /* The phase's result left the site, masked (secure aggregation) or in clear. */
 void moeh_agent_lm_sent(agent_t *a, Moeh__RoundTask task, uint32_t round, int masked);

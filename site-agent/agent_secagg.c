@@ -41,15 +41,12 @@ void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m)
     const Moeh__SecaggParams *sp = rs->secagg;
     moeh_err_t err = {0};
     int rc = moeh_crypto_init();
-    /* VALIDATE sums the same histograms as EVALUATE */
-    Moeh__RoundTask task =
-        rs->task == MOEH__ROUND_TASK__VALIDATE ? MOEH__ROUND_TASK__EVALUATE : rs->task;
     moeh_secagg_cfg_t cfg = {.round = sp->session,
                              .n = sp->n,
                              .t = sp->t,
                              .k = sp->k,
                              .graph_seed = sp->graph_seed,
-                             .len = moeh_wire_secsum_len(&a->lim, task)};
+                             .len = moeh_wire_secsum_len(&a->lim, rs->task)};
     a->sa_round = rs->round;
     a->sa_task = rs->task;
     a->sa_grant = rs->grant_uploads;
@@ -186,9 +183,12 @@ void moeh_agent_sa_on_shares(agent_t *a, const Moeh__SecaggShares *sh)
         }
         u2[sh->u2[i]] = 1;
     }
+    /* "eval:N" (EVALUATE) is the round's evaluation, with or without the validation split */
+    const Moeh__RoundTask kind =
+        a->sa_task == MOEH__ROUND_TASK__VALIDATE ? MOEH__ROUND_TASK__EVALUATE : a->sa_task;
     if ((a->faults.kill_secagg_round && a->sa_task == MOEH__ROUND_TASK__TRAIN &&
          a->sa_round == a->faults.kill_secagg_round) ||
-        (a->faults.kill_secagg_task && a->sa_task == a->faults.kill_secagg_task &&
+        (a->faults.kill_secagg_task && kind == a->faults.kill_secagg_task &&
          a->sa_round == a->faults.kill_secagg_at)) {
         MOEH_WARN("fault injection: killing myself after sharing keys in round %u (task %d)",
                   a->sa_round, (int)a->sa_task);

@@ -25,7 +25,8 @@ typedef struct {
 } moeh_agent_faults_t;
 
 /* Parses a --fault-kill-secagg-at value into f->kill_secagg_task and f->kill_secagg_at:
- * "stats" (round 0), "eval:N" or "train:N" (N >= 1, nothing after it). 0, or -EINVAL with f
+ * "stats" (round 0), "eval:N" (the round's EVALUATE or VALIDATE) or "train:N" (N >= 1, nothing
+ * after it). 0, or -EINVAL with f
  * unchanged. */
 int moeh_agent_faults_parse_secagg_at(moeh_agent_faults_t *f, const char *spec)
     __attribute__((warn_unused_result));

@@ -470,37 +470,51 @@ void assert_weighted_mean(const fx_t *f, const float *w0, unsigned mask, int unw
     assert_true(worst < 1e-5);
 }
 
-void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,
-                  uint32_t rows, double loss)
+void deliver_eval_splits(fx_t *f, int k, uint32_t round, uint64_t version, const fx_split_t *test,
+                         const fx_split_t *val)
 {
     const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
     float gate[MOEH_N_COMBOS * 16] = {0};
-    uint32_t combo_rows[MOEH_N_COMBOS] = {rows};
-    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
-    Moeh__EvalResult r = MOEH__EVAL_RESULT__INIT;
-    r.round = round;
-    r.model_version = version;
-    r.loss_sum = loss * rows * T;
-    r.n_labels = (uint64_t)rows * T;
-    r.n_tasks = T;
-    r.n_bins = nb;
-    r.n_combo_rows = MOEH_N_COMBOS;
-    r.combo_rows = combo_rows;
-    moeh_env_eval_result(&env, &r);
+    const fx_split_t *sp[2] = {test, val};
+    uint32_t combo_rows[2][MOEH_N_COMBOS] = {{0}};
+    Moeh__EvalResult r[2] = {MOEH__EVAL_RESULT__INIT, MOEH__EVAL_RESULT__INIT};
     const moeh_wire_limits_t *lim = moeh_coord_core_limits(f->core);
     assert_true(lim->n_experts <= 16);
-    moeh_frame_t fr[2] = {{.name = "hist",
-                           .dtype = MOEH__DTYPE__U32,
-                           .data = (void *)hist,
-                           .count = (uint64_t)MOEH_N_SLICES * T * 2 * nb},
-                          {.name = "gate",
-                           .dtype = MOEH__DTYPE__F32,
-                           .data = gate,
-                           .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts}};
-    assert_int_equal(deliver(f, k, &env, fr, 2), 0);
+    static const char *const names[4] = {"hist", "gate", "val_hist", "val_gate"};
+    moeh_frame_t fr[4];
+    for (int i = 0; i < 1 + (val != NULL); i++) {
+        combo_rows[i][0] = sp[i]->rows;
+        r[i].loss_sum = sp[i]->loss * sp[i]->rows * T;
+        r[i].n_labels = (uint64_t)sp[i]->rows * T;
+        r[i].n_tasks = T;
+        r[i].n_bins = nb;
+        r[i].n_combo_rows = MOEH_N_COMBOS;
+        r[i].combo_rows = combo_rows[i];
+        fr[2 * i] = (moeh_frame_t){.name = names[2 * i],
+                                   .dtype = MOEH__DTYPE__U32,
+                                   .data = (void *)sp[i]->hist,
+                                   .count = (uint64_t)MOEH_N_SLICES * T * 2 * nb};
+        fr[2 * i + 1] = (moeh_frame_t){.name = names[2 * i + 1],
+                                       .dtype = MOEH__DTYPE__F32,
+                                       .data = gate,
+                                       .count = (uint64_t)MOEH_N_COMBOS * lim->n_experts};
+    }
+    r[0].round = round;
+    r[0].model_version = version;
+    if (val) r[0].validation = &r[1];
+    Moeh__Envelope env = MOEH__ENVELOPE__INIT;
+    moeh_env_eval_result(&env, &r[0]);
+    assert_int_equal(deliver(f, k, &env, fr, val ? 4 : 2), 0);
 }
 
-void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
+void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,
+                  uint32_t rows, double loss)
+{
+    const fx_split_t test = {hist, rows, loss};
+    deliver_eval_splits(f, k, round, version, &test, NULL);
+}
+
+uint32_t *fx_separated_hist(const fx_t *f, uint32_t rows)
 {
     const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
     size_t per_slice = (size_t)T * 2 * nb;
@@ -512,6 +526,22 @@ void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
             neg[2] = rows / 2;
             neg[nb + 7] = rows - rows / 2;
         }
+    return hist;
+}
+
+void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
+{
+    uint32_t *hist = fx_separated_hist(f, rows);
     deliver_eval(f, k, round, version, hist, rows, 0.25);
     free(hist);
+}
+
+void send_validate(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t test_rows,
+                   uint32_t val_rows)
+{
+    uint32_t *th = fx_separated_hist(f, test_rows), *vh = fx_separated_hist(f, val_rows);
+    const fx_split_t test = {th, test_rows, 0.25}, val = {vh, val_rows, 0.25};
+    deliver_eval_splits(f, k, round, version, &test, &val);
+    free(th);
+    free(vh);
 }

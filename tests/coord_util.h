@@ -132,13 +132,28 @@ cJSON *fx_metrics(const fx_t *f);
 /* The number `key` of a metrics line (NAN when absent); its string (NULL when absent). */
 double jnum(const cJSON *j, const char *key);
 const char *jstr(const cJSON *j, const char *key);
-/* Site k's EvalResult of round/version: hist (MOEH_N_SLICES, tasks, 2, eval_bins) over `rows`
- * rows, `loss` per label, every row EHR-only, zero gate weights; delivered, asserted 0. */
+/* One split's figures of a fake site's evaluation: hist (MOEH_N_SLICES, tasks, 2, eval_bins)
+ * over `rows` rows, `loss` per label, every row EHR-only, zero gate weights. */
+typedef struct {
+    const uint32_t *hist;
+    uint32_t rows;
+    double loss;
+} fx_split_t;
+/* Site k's EvalResult of round/version: the test split's figures, and with val (not NULL) the
+ * validation split's, as the answer to VALIDATE carries them (protocol 9); delivered, asserted
+ * 0. deliver_eval: the test split only (the answer to EVALUATE). */
+void deliver_eval_splits(fx_t *f, int k, uint32_t round, uint64_t version, const fx_split_t *test,
+                         const fx_split_t *val);
 void deliver_eval(fx_t *f, int k, uint32_t round, uint64_t version, const uint32_t *hist,
                   uint32_t rows, double loss);
-/* Site k's evaluation: `rows` rows with every task perfectly separated (negatives in score bin
- * 2, positives in bin 7) in all rows and in combination E, loss 0.25 per label. */
+/* Histograms of `rows` rows with every task perfectly separated (negatives in score bin 2,
+ * positives in bin 7) in all rows and in combination E (the caller frees them). */
+uint32_t *fx_separated_hist(const fx_t *f, uint32_t rows);
+/* Site k's evaluation with fx_separated_hist's scores, loss 0.25 per label: send_eval the answer
+ * to EVALUATE (test rows), send_validate the answer to VALIDATE (test and validation rows). */
 void send_eval(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows);
+void send_validate(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t test_rows,
+                   uint32_t val_rows);
 
 /* The expected model after sites (mask) sent site_delta() with weights n_train: the
  * hand-computed weighted mean of their deltas added to w0. */

@@ -548,17 +548,17 @@ static void secagg_validate(moeh_coord_cfg_t *c)
     c->secagg = 1;
     c->validate = 1;
     c->rounds = 1;
+    c->max_retries = 2; /* two poisoned attempts, then the honest one */
 }
 
-/* Site k's masked-evaluation input: `rows` rows, every task with rows / 2 negatives in score
+/* One split's EVALUATE vector at x: `rows` rows, every task with rows / 2 negatives in score
  * bin 1 and the other positives in the top bin, every row EHR-only, loss 1. */
-static uint32_t *val_words(const moeh_wire_limits_t *lim, uint32_t rows)
+static void split_words(const moeh_wire_limits_t *lim, uint32_t *x, uint32_t rows)
 {
     const moeh_secsum_dims_t dims = moeh_wire_secsum_dims(lim);
     const size_t T = lim->n_tasks, nb = lim->eval_bins;
-    uint32_t *x = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__VALIDATE), sizeof *x);
     float *gate = calloc((size_t)MOEH_N_COMBOS * lim->n_experts + 1, sizeof(float));
-    assert_true(x && gate);
+    assert_non_null(gate);
     for (size_t t = 0; t < T; t++) {
         x[(t * 2 + 0) * nb + 1] = rows / 2;
         x[(t * 2 + 1) * nb + nb - 1] = rows - rows / 2;
@@ -568,6 +568,16 @@ static uint32_t *val_words(const moeh_wire_limits_t *lim, uint32_t rows)
                                           combo_rows, 1.0, (uint64_t)rows * T),
                      0);
     free(gate);
+}
+
+/* Site k's masked VALIDATE input (moeh_secsum.h): test_rows rows of the test split, then
+ * val_rows of the validation split. */
+static uint32_t *val_words(const moeh_wire_limits_t *lim, uint32_t test_rows, uint32_t val_rows)
+{
+    uint32_t *x = calloc(moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__VALIDATE), sizeof *x);
+    assert_non_null(x);
+    split_words(lim, x, test_rows);
+    split_words(lim, x + moeh_wire_secsum_len(lim, MOEH__ROUND_TASK__EVALUATE), val_rows);
     return x;
 }
 
@@ -575,7 +585,8 @@ static uint32_t *val_words(const moeh_wire_limits_t *lim, uint32_t rows)
  * rows (caps: the same, within 10 x the median 200). The honest validation sum, 1000 rows, is
  * more than the survivors' test plus training rows (570, the bound before Hello carried n_val)
  * and is taken; a sum of 1100 (site-3 claims 700 rows) exceeds the summed caps: refused, the
- * phase retried. */
+ * phase retried. The same for the test split in the same vector: 130 test rows (site-3 claims
+ * 50) exceed the 120 declared. */
 static void test_secagg_validation_bounded_by_n_val(void **state)
 {
     fx_t *f = *state;
@@ -603,12 +614,13 @@ static void test_secagg_validation_bounded_by_n_val(void **state)
     play_secagg(f, MOEH__ROUND_TASK__TRAIN, 1, x, -1);
     free_words(x);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
-    for (int poisoned = 1; poisoned >= 0; poisoned--) {
+    for (int poisoned = 2; poisoned >= 0; poisoned--) { /* 2: the test split, 1: validation */
         for (int k = 0; k < N_SITES; k++)
-            x[k] = val_words(lim, (uint32_t)n_val[k] + (poisoned && k == 2 ? 100 : 0));
-        play_attempt(f, MOEH__ROUND_TASK__VALIDATE, 1, x, poisoned, MOEH_COORD_VALIDATE);
+            x[k] = val_words(lim, 40 + (poisoned == 2 && k == 2 ? 10 : 0),
+                             (uint32_t)n_val[k] + (poisoned == 1 && k == 2 ? 100 : 0));
+        play_attempt(f, MOEH__ROUND_TASK__VALIDATE, 1, x, poisoned != 0, MOEH_COORD_VALIDATE);
     }
-    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
+    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_DONE);
 }
 
 MOEH_TEST_MAIN(

@@ -1,10 +1,12 @@
 /* test_coordinator_select.c - federated validation and model selection (coordinator/select.c)
- * driven in-process with the fixture of coord_util.h: each round is TRAIN -> VALIDATE -> EVAL;
- * the fake sites answer VALIDATE and EVAL with crafted score histograms whose AUROC and loss
- * are known, so the round the coordinator must select is known. Covers: the best round by
- * mean validation AUROC is kept (model.npy holds its parameters, the final test metrics are
- * its own), --select-by loss, --patience ending the run early, and a run resumed from its
- * checkpoint selecting exactly as an uninterrupted one. */
+ * driven in-process with the fixture of coord_util.h: each round is TRAIN -> VALIDATE, whose
+ * one reply carries the test and the validation splits' figures (protocol 9); the fake sites
+ * answer with crafted score histograms whose AUROC and loss are known, so the round the
+ * coordinator must select is known. Covers: the best round by mean validation AUROC is kept
+ * (model.npy holds its parameters, the final test metrics are its own), --select-by loss,
+ * --patience ending the run early, a run resumed from its checkpoint selecting exactly as an
+ * uninterrupted one, each split's figures bounded by that split's declared rows, and an answer
+ * missing the validation figures refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,10 +20,10 @@
 
 #define ROWS 20 /* per site and phase: within the 40 test rows each site declares */
 
-/* Site k's histograms over ROWS rows, every task alike: the negatives in score bin 2, a
- * fraction q of the positives in bin 7 (above them) and the rest in bin 1 (below): AUROC q.
- * The loss is `loss` per label. */
-static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double q, double loss)
+/* Histograms over ROWS rows, every task alike: the negatives in score bin 2, a fraction q of
+ * the positives in bin 7 (above them) and the rest in bin 1 (below): AUROC q (the caller frees
+ * them). */
+static uint32_t *scores(const fx_t *f, double q)
 {
     const uint32_t T = MOEH_N_TASKS, nb = f->cfg.eval_bins;
     size_t per_slice = (size_t)T * 2 * nb;
@@ -35,12 +37,24 @@ static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double
             neg[nb + 7] = hi;
             neg[nb + 1] = pos - hi;
         }
-    deliver_eval(f, k, round, version, hist, ROWS, loss);
-    free(hist);
+    return hist;
 }
 
-/* One round r: every site's update, then VALIDATE with (val_q, val_loss), then EVAL with
- * test_q. *params (if not NULL) receives the model the round produced (the one validated). */
+/* Site k's answer to VALIDATE: test AUROC test_q (loss 0.5 per label), validation AUROC val_q
+ * and loss val_loss. */
+static void send_scores(fx_t *f, int k, uint32_t round, uint64_t version, double val_q,
+                        double val_loss, double test_q)
+{
+    uint32_t *th = scores(f, test_q), *vh = scores(f, val_q);
+    const fx_split_t test = {th, ROWS, 0.5}, val = {vh, ROWS, val_loss};
+    deliver_eval_splits(f, k, round, version, &test, &val);
+    free(th);
+    free(vh);
+}
+
+/* One round r: every site's update, then VALIDATE with (val_q, val_loss) on the validation
+ * split and test_q on the test split. *params (if not NULL) receives the model the round
+ * produced (the one validated). */
 static void play_round(fx_t *f, uint32_t r, double val_q, double val_loss, double test_q,
                        float *params)
 {
@@ -55,13 +69,7 @@ static void play_round(fx_t *f, uint32_t r, double val_q, double val_loss, doubl
     if (params) memcpy(params, p->w, p->n * sizeof(float));
     for (int k = 0; k < N_SITES; k++) {
         round_start(f, k, r, MOEH__ROUND_TASK__VALIDATE);
-        send_scores(f, k, r, v + 1, val_q, val_loss);
-    }
-    tick(f, 10);
-    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
-    for (int k = 0; k < N_SITES; k++) {
-        round_start(f, k, r, MOEH__ROUND_TASK__EVALUATE);
-        send_scores(f, k, r, v + 1, test_q, 0.5);
+        send_scores(f, k, r, v + 1, val_q, val_loss, test_q);
     }
     tick(f, 10);
     assert_int_equal(f->saved_round, r);
@@ -355,10 +363,10 @@ static void one_round(moeh_coord_cfg_t *c)
     c->rounds = 1;
 }
 
-/* A site whose validation reply misses the VALIDATE deadline sends it while EVAL is open
- * (one EvalResult message answers both): it is refused as late, not taken as the test
- * evaluation, and the site's test reply that follows is taken. */
-static void test_late_validation_reply_refused(void **state)
+/* The answer to VALIDATE must carry both splits (protocol 9): an EvalResult with the test
+ * split's figures only is refused (-EBADMSG) and not counted; the site's full answer that
+ * follows is taken. */
+static void test_validate_needs_both_splits(void **state)
 {
     fx_t *f = *state;
     uint64_t v = fx_start(f, one_round);
@@ -366,15 +374,11 @@ static void test_late_validation_reply_refused(void **state)
         assert_int_equal(send_update(f, k, 1, v, (uint32_t)f->site[k].n_train), 0);
     tick(f, 10);
     assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_VALIDATE);
-    for (int k = 0; k < 2; k++)
-        send_scores(f, k, 1, v + 1, 0.9, 0.5);
-    tick(f, 2000); /* past the deadline: closes with 2 of 3 */
-    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
-    send_scores(f, 2, 1, v + 1, 0.9, 0.5); /* site-3's late validation reply */
-    assert_non_null(strstr(last_error(f, f->site[2].rid, -ESTALE), "validation reply"));
+    send_eval(f, 2, 1, v + 1, ROWS); /* the answer to EVALUATE */
+    assert_non_null(strstr(last_error(f, f->site[2].rid, -EBADMSG), "no validation figures"));
     assert_int_equal(moeh_coord_core_replied(f->core), 0);
     for (int k = 0; k < N_SITES; k++)
-        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+        send_scores(f, k, 1, v + 1, 0.9, 0.5, 0.6);
     assert_int_equal(moeh_coord_core_replied(f->core), 3);
     tick(f, 10);
     finish(f);
@@ -384,12 +388,13 @@ static void test_late_validation_reply_refused(void **state)
 
 /* ---- validation replies bounded by the declared validation rows (Hello n_val) ---------- */
 
-/* Site k's validation reply over `rows` rows (send_eval's perfectly separated scores): 1 if
- * the core took it, 0 if it refused it with an Error. */
-static int val_reply(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t rows)
+/* Site k's answer to VALIDATE over test_rows and val_rows rows (send_validate's perfectly
+ * separated scores): 1 if the core took it, 0 if it refused it with an Error. */
+static int val_reply(fx_t *f, int k, uint32_t round, uint64_t version, uint32_t test_rows,
+                     uint32_t val_rows)
 {
     size_t before = moeh_coord_core_replied(f->core);
-    send_eval(f, k, round, version, rows);
+    send_validate(f, k, round, version, test_rows, val_rows);
     return moeh_coord_core_replied(f->core) == before + 1;
 }
 
@@ -407,9 +412,11 @@ static uint64_t open_validate(fx_t *f)
 
 /* Every site declares 40 test rows and 100, 150, 200 training rows. site-3's validation split
  * (300 rows) is larger than its test split and than its test plus training splits (240): its
- * 260-row reply is taken (the bound was once test + training rows, which refused it). site-2
- * declares 30 validation rows and is refused a 40-row reply, with a message naming the
- * validation rows; the test bound stays n_eval: site-3's 260-row test reply is refused. */
+ * 260-row validation figures are taken (the bound was once test + training rows, which refused
+ * them). site-2 declares 30 validation rows and is refused 40 rows of them, with a message naming
+ * the validation rows; the test bound stays n_eval: 260 test rows from site-3 are refused. A
+ * refused answer adds nothing, not even its split within bounds: the sums hold the three taken
+ * answers' 40 test rows each. */
 static void test_validation_bounded_by_n_val(void **state)
 {
     fx_t *f = *state;
@@ -417,21 +424,29 @@ static void test_validation_bounded_by_n_val(void **state)
     f->site[1].n_val = 30;
     f->site[2].n_val = 300;
     uint64_t v = open_validate(f);
-    assert_true(val_reply(f, 2, 1, v, 260));
-    assert_false(val_reply(f, 1, 1, v, 40));
-    assert_non_null(strstr(last_error(f, f->site[1].rid, -ERANGE),
-                           "more than the 30 validation rows declared (capped)"));
-    assert_true(val_reply(f, 1, 1, v, 30));
-    assert_true(val_reply(f, 0, 1, v, 40));
-    tick(f, 10);
-    assert_int_equal(moeh_coord_core_phase(f->core), MOEH_COORD_EVAL);
-    assert_false(val_reply(f, 2, 1, v, 260));
+    assert_false(val_reply(f, 2, 1, v, 260, 40));
     assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
                            "more than the 40 test rows declared (capped)"));
-    for (int k = 0; k < N_SITES; k++)
-        assert_true(val_reply(f, k, 1, v, 40));
+    assert_true(val_reply(f, 2, 1, v, 40, 260));
+    assert_false(val_reply(f, 1, 1, v, 40, 40));
+    assert_non_null(strstr(last_error(f, f->site[1].rid, -ERANGE),
+                           "more than the 30 validation rows declared (capped)"));
+    assert_true(val_reply(f, 1, 1, v, 40, 30));
+    assert_true(val_reply(f, 0, 1, v, 40, 40));
     tick(f, 10);
     finish(f);
+    cJSON *lines = fx_metrics(f), *j;
+    int gates = 0;
+    cJSON_ArrayForEach(j, lines)
+    {
+        if (strcmp(jstr(j, "event"), "gate")) continue; /* the test rows per combination */
+        gates++;
+        const cJSON *ehr = cJSON_GetObjectItem(j, moeh_combo_names[0]);
+        assert_non_null(ehr);
+        assert_float_equal(jnum(ehr, "rows"), 3 * 40, 0);
+    }
+    cJSON_Delete(lines);
+    assert_int_equal(gates, 1);
 }
 
 /* A hostile site declares 2^40 validation rows: without registry limits its cap is --count-cap
@@ -442,10 +457,10 @@ static void test_absurd_n_val_capped(void **state)
     fx_create(f, one_round);
     f->site[2].n_val = 1ull << 40;
     uint64_t v = open_validate(f);
-    assert_false(val_reply(f, 2, 1, v, 401));
+    assert_false(val_reply(f, 2, 1, v, 40, 401));
     assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
                            "more than the 400 validation rows declared (capped)"));
-    assert_true(val_reply(f, 2, 1, v, 400));
+    assert_true(val_reply(f, 2, 1, v, 40, 400));
 }
 
 /* The registry's [limits] MAX_VAL (here 100 for site-3) caps n_val instead of the median. */
@@ -462,10 +477,10 @@ static void test_registered_val_limit(void **state)
     f->io.site_val_limit = fake_val_limit;
     f->site[2].n_val = 300;
     uint64_t v = open_validate(f);
-    assert_false(val_reply(f, 2, 1, v, 101));
+    assert_false(val_reply(f, 2, 1, v, 40, 101));
     assert_non_null(strstr(last_error(f, f->site[2].rid, -ERANGE),
                            "more than the 100 validation rows declared (capped)"));
-    assert_true(val_reply(f, 2, 1, v, 100));
+    assert_true(val_reply(f, 2, 1, v, 40, 100));
 }
 
 /* Site k's last RoundStart is round r's `task`, and carries the model (held 0: two frames) or
@@ -477,10 +492,10 @@ static void assert_model_sent(const fx_t *f, int k, uint32_t r, Moeh__RoundTask 
     assert_int_equal(last_frames_to(f, f->site[k].rid, MOEH__MSG_TYPE__ROUND_START), held ? 0 : 2);
 }
 
-/* Protocol 8: the model goes out once a round. VALIDATE carries the new model; EVALUATE and
- * the next TRAIN (the same version), to a site that was sent it and has not trained since, say
- * model_held and carry no frames. A site that answers Error{-ESTALE} (it does not hold it) or
- * says Hello again (a new connection, maybe a new process) is sent it in full. */
+/* Protocol 8: the model goes out once a round. VALIDATE carries the new model; the next TRAIN
+ * (the same version), to a site that was sent it and has not trained since, says model_held and
+ * carries no frames. A site that answers Error{-ESTALE} (it does not hold it) or says Hello
+ * again (a new connection, maybe a new process) is sent it in full. */
 static void test_model_sent_once_a_round(void **state)
 {
     fx_t *f = *state;
@@ -500,17 +515,12 @@ static void test_model_sent_once_a_round(void **state)
     moeh_wire_error_env(&env, &er, buf, -ESTALE, "model version not held: send it in full");
     assert_int_equal(deliver(f, 1, &env, NULL, 0), 0);
     for (int k = 0; k < N_SITES; k++)
-        send_scores(f, k, 1, v + 1, 0.6, 0.5);
-    tick(f, 10);
-    assert_model_sent(f, 0, 1, MOEH__ROUND_TASK__EVALUATE, 1);
-    assert_model_sent(f, 1, 1, MOEH__ROUND_TASK__EVALUATE, 0);
-    assert_model_sent(f, 2, 1, MOEH__ROUND_TASK__EVALUATE, 1);
-    for (int k = 0; k < N_SITES; k++)
-        send_scores(f, k, 1, v + 1, 0.6, 0.5);
+        send_scores(f, k, 1, v + 1, 0.6, 0.5, 0.6);
     tick(f, 10);
     assert_int_equal(moeh_coord_core_model_version(f->core), v + 1);
-    for (int k = 0; k < N_SITES; k++) /* site 1 holds the one it was sent in EVALUATE */
-        assert_model_sent(f, k, 2, MOEH__ROUND_TASK__TRAIN, 1);
+    assert_model_sent(f, 0, 2, MOEH__ROUND_TASK__TRAIN, 1);
+    assert_model_sent(f, 1, 2, MOEH__ROUND_TASK__TRAIN, 0);
+    assert_model_sent(f, 2, 2, MOEH__ROUND_TASK__TRAIN, 1);
     hello(f, 2); /* a new connection: the phase's RoundStart again, with the model */
     assert_model_sent(f, 2, 2, MOEH__ROUND_TASK__TRAIN, 0);
     /* having trained, every site is sent the next model in full */
@@ -527,7 +537,7 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_resume_older_checkpoint, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_patience_stops_early, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_resume_keeps_selection, fx_setup, fx_teardown),
-    cmocka_unit_test_setup_teardown(test_late_validation_reply_refused, fx_setup, fx_teardown),
+    cmocka_unit_test_setup_teardown(test_validate_needs_both_splits, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_validation_bounded_by_n_val, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_absurd_n_val_capped, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_registered_val_limit, fx_setup, fx_teardown),

@@ -203,6 +203,50 @@ static void test_roundtrip_eval_result(void **state)
     moeh__envelope__free_unpacked(e, NULL);
 }
 
+/* Protocol 9: the answer to VALIDATE nests the validation split's figures in `validation`, with
+ * four frames (hist, gate, val_hist, val_gate). The decoder checks the nested figures as the
+ * outer ones: frame count and names, labels against the histograms, non-negative gate sums, no
+ * deeper nesting. */
+static void test_eval_result_validate(void **state)
+{
+    (void)state;
+    msg_t m;
+    mk_eval_result(&m);
+    Moeh__EvalResult val = m.ev;
+    val.round = 0, val.model_version = 0, val.loss_sum = 2.0;
+    float vgate[N_GATE];
+    memcpy(vgate, m.gate, sizeof vgate);
+    m.ev.validation = &val;
+    m.frames[2] = (moeh_frame_t){"val_hist", MOEH__DTYPE__U32, m.hist, N_HIST, NULL};
+    m.frames[3] = (moeh_frame_t){"val_gate", MOEH__DTYPE__F32, vgate, N_GATE, NULL};
+    m.n_frames = 4;
+    moeh_err_t err = {{0}};
+    Moeh__Envelope *e = NULL;
+    assert_int_equal(roundtrip(&m, &k_lim, &e, &err), 0);
+    assert_non_null(e->eval_result->validation);
+    assert_true(e->eval_result->validation->loss_sum == 2.0);
+    assert_int_equal(e->n_frames, 4);
+    assert_string_equal(e->frames[3]->name, "val_gate");
+    moeh__envelope__free_unpacked(e, NULL);
+
+    m.n_frames = 2; /* the validation figures without their frames */
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result: expected 4 tensor frames");
+    m.n_frames = 4;
+    val.n_labels++; /* the validation histograms hold one label fewer than it says */
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result.validation: histograms hold");
+    val.n_labels--;
+    vgate[3] = -1.0f;
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result.validation.gate: element 3 is negative");
+    vgate[3] = 0.0f;
+    Moeh__EvalResult deeper = val;
+    val.validation = &deeper;
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result.validation.validation: not allowed");
+    val.validation = NULL;
+    check_accept(&m, &k_lim);
+    m.ev.validation = NULL; /* four frames without the validation figures */
+    check_reject(&m, &k_lim, -EBADMSG, "eval_result: expected 2 tensor frames");
+}
+
 static void test_roundtrip_simple(void **state)
 {
     msg_t m;
@@ -344,26 +388,32 @@ static void test_protocol_version(void **state)
              MOEH_PROTOCOL_VERSION);
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
-    /* protocol 7 (every RoundStart carries the model: a 7 agent would refuse a model_held one),
+    /* protocol 8 (VALIDATE and EVALUATE two phases: an 8 agent would answer VALIDATE with the
+     * validation split only, which the coordinator refuses),
+     * 7 (every RoundStart carries the model: a 7 agent would refuse a model_held one),
      * 6 (granted uploads in one multipart message, which libzmq holds whole before the
      * coordinator can refuse it), 5 (no Hello.n_val: the coordinator would bound the site's
      * validation replies by 0 rows) and 4 (no final model) are not spoken any more */
-    assert_int_equal(MOEH_PROTOCOL_VERSION, 8);
+    assert_int_equal(MOEH_PROTOCOL_VERSION, 9);
+    m.env.protocol_version = 8;
+    buf = pack_raw(&m.env, &len);
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 8, expected 9");
+    free(buf);
     m.env.protocol_version = 7;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 7, expected 8");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 7, expected 9");
     free(buf);
     m.env.protocol_version = 6;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 6, expected 8");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 6, expected 9");
     free(buf);
     m.env.protocol_version = 5;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 8");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 5, expected 9");
     free(buf);
     m.env.protocol_version = 4;
     buf = pack_raw(&m.env, &len);
-    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 8");
+    check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, "protocol version 4, expected 9");
     free(buf);
     m.env.protocol_version = 0; /* absent */
     buf = pack_raw(&m.env, &len);
@@ -572,15 +622,13 @@ static void test_hello_n_val(void **state)
     check_reject(&m, &k_lim, -EBADMSG, "n_eval 18446744073709551615");
 }
 
-MOEH_TEST_MAIN(NULL, NULL, cmocka_unit_test(test_roundtrip_hello),
-               cmocka_unit_test(test_roundtrip_welcome),
-               cmocka_unit_test(test_roundtrip_round_start),
-               cmocka_unit_test(test_roundtrip_stats_result),
-               cmocka_unit_test(test_roundtrip_update), cmocka_unit_test(test_unaligned_frame),
-               cmocka_unit_test(test_roundtrip_eval_result),
-               cmocka_unit_test(test_roundtrip_simple), cmocka_unit_test(test_truncated_headers),
-               cmocka_unit_test(test_empty_and_oversized_header),
-               cmocka_unit_test(test_too_many_frames), cmocka_unit_test(test_protocol_version),
-               cmocka_unit_test(test_type_body_mismatch), cmocka_unit_test(test_random_garbage),
-               cmocka_unit_test(test_names_and_site_ids), cmocka_unit_test(test_long_strings),
-               cmocka_unit_test(test_hello_n_val))
+MOEH_TEST_MAIN(
+    NULL, NULL, cmocka_unit_test(test_roundtrip_hello), cmocka_unit_test(test_roundtrip_welcome),
+    cmocka_unit_test(test_roundtrip_round_start), cmocka_unit_test(test_roundtrip_stats_result),
+    cmocka_unit_test(test_roundtrip_update), cmocka_unit_test(test_unaligned_frame),
+    cmocka_unit_test(test_roundtrip_eval_result), cmocka_unit_test(test_eval_result_validate),
+    cmocka_unit_test(test_roundtrip_simple), cmocka_unit_test(test_truncated_headers),
+    cmocka_unit_test(test_empty_and_oversized_header), cmocka_unit_test(test_too_many_frames),
+    cmocka_unit_test(test_protocol_version), cmocka_unit_test(test_type_body_mismatch),
+    cmocka_unit_test(test_random_garbage), cmocka_unit_test(test_names_and_site_ids),
+    cmocka_unit_test(test_long_strings), cmocka_unit_test(test_hello_n_val))

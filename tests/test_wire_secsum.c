@@ -34,12 +34,16 @@ static void test_dims_and_phases(void **state)
     assert_int_equal(moeh_wire_secsum_phase(MOEH__ROUND_TASK__TASK_UNSPECIFIED), MOEH_SECSUM_NONE);
     assert_int_equal(moeh_wire_secsum_phase((Moeh__RoundTask)99), MOEH_SECSUM_NONE);
 
+    assert_int_equal(moeh_wire_secsum_phase(MOEH__ROUND_TASK__VALIDATE), MOEH_SECSUM_VALIDATE);
     const Moeh__RoundTask tasks[] = {MOEH__ROUND_TASK__TRAIN, MOEH__ROUND_TASK__STATS,
-                                     MOEH__ROUND_TASK__EVALUATE};
+                                     MOEH__ROUND_TASK__EVALUATE, MOEH__ROUND_TASK__VALIDATE};
     const moeh_secsum_phase_t phases[] = {MOEH_SECSUM_TRAIN, MOEH_SECSUM_STATS,
-                                          MOEH_SECSUM_EVALUATE};
+                                          MOEH_SECSUM_EVALUATE, MOEH_SECSUM_VALIDATE};
     const moeh_wire_limits_t none = {0};
-    for (size_t k = 0; k < 3; k++) {
+    /* VALIDATE (protocol 9): the test split's EVALUATE vector, then the validation split's */
+    assert_int_equal(moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__VALIDATE),
+                     2 * moeh_wire_secsum_len(&lim, MOEH__ROUND_TASK__EVALUATE));
+    for (size_t k = 0; k < 4; k++) {
         size_t len = moeh_wire_secsum_len(&lim, tasks[k]);
         assert_true(len > 0);
         assert_int_equal(len, moeh_secsum_len(d, phases[k]));

@@ -161,6 +161,17 @@ int main(int argc, char **argv)
         {.name = "hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = 8 * 48},
         {.name = "gate", .dtype = MOEH__DTYPE__F32, .data = gate, .count = 7 * 7}};
     put_msg(dir, "eval_result", &e5, fh, 2);
+    /* the answer to VALIDATE (protocol 9): the validation split's figures nested, four frames */
+    Moeh__EvalResult evv = ev;
+    evv.round = 0, evv.model_version = 0;
+    ev.validation = &evv;
+    moeh_frame_t fv[4] = {
+        fh[0],
+        fh[1],
+        {.name = "val_hist", .dtype = MOEH__DTYPE__U32, .data = hist, .count = 8 * 48},
+        {.name = "val_gate", .dtype = MOEH__DTYPE__F32, .data = gate, .count = 7 * 7}};
+    put_msg(dir, "eval_result_validate", &e5, fv, 4);
+    ev.validation = NULL;
 
     Moeh__Envelope e9 = MOEH__ENVELOPE__INIT;
     Moeh__StatsResult sr = MOEH__STATS_RESULT__INIT;
@@ -325,10 +336,11 @@ int main(int argc, char **argv)
     const struct {
         const char *name;
         Moeh__RoundTask task;
-    } ph[3] = {{"secagg_masked_train", MOEH__ROUND_TASK__TRAIN},
+    } ph[4] = {{"secagg_masked_train", MOEH__ROUND_TASK__TRAIN},
                {"secagg_masked_stats", MOEH__ROUND_TASK__STATS},
-               {"secagg_masked_eval", MOEH__ROUND_TASK__EVALUATE}};
-    for (int k = 0; k < 3; k++) {
+               {"secagg_masked_eval", MOEH__ROUND_TASK__EVALUATE},
+               {"secagg_masked_validate", MOEH__ROUND_TASK__VALIDATE}};
+    for (int k = 0; k < 4; k++) {
         Moeh__Envelope e15 = MOEH__ENVELOPE__INIT;
         Moeh__SecaggMasked sm = MOEH__SECAGG_MASKED__INIT;
         sm.session = sp.session, sm.round = 3, sm.model_version = 8, sm.task = ph[k].task;

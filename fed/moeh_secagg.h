@@ -80,16 +80,12 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
 /* ---- building blocks (public for tests and known-answer vectors) ----------------------- */
 
 /* out (len words) += PRG(seed) if sign > 0, -= PRG(seed) if sign < 0, mod 2^32.
- * PRG = ChaCha20 (IETF) keyed by seed, nonce = round (8 bytes LE) || "mask", counter from 0;
- * word w is keystream bytes 4w..4w+3 little-endian. Streams in 4 KiB blocks. */
-void moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
-                         uint64_t round, int sign);
-
-/* The same through libsodium's ChaCha20 (moeh_secagg_prg_add uses OpenSSL's, faster, and falls
- * back to this one when OpenSSL has no ChaCha20): the tests' cross-check of the two. */
-void moeh_secagg_prg_add_sodium(uint32_t *out, size_t len,
-                                const uint8_t seed[MOEH_SECAGG_KEY_BYTES], uint64_t round,
-                                int sign);
+ * PRG = AES-256-CTR keyed by seed, IV = round (8 bytes LE) || "mask" || a 32-bit big-endian
+ * block counter from 0 (protocol 9; ChaCha20 before); word w is keystream bytes 4w..4w+3
+ * little-endian. Streams in 4 KiB blocks. 0, or -ENOMEM / -ENOSYS (OpenSSL provides no
+ * AES-256-CTR) with out untouched. */
+int moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
+                        uint64_t round, int sign) MOEH_SECAGG_WUR;
 
 /* The pairwise seed of clients i != j: BLAKE2b-256 keyed by the X25519 secret
  * X25519(my_sk, peer_pk) of message "moeh-secagg-pair-v1" || round || min || max ||
@@ -158,7 +154,8 @@ int moeh_secagg_client_receive_share(moeh_secagg_client_t *c, uint32_t from,
 /* Phase 2. u2[n] flags the clients whose shares reached everyone (the server's U2; it must
  * include this client, and every neighbour flagged must have delivered its share to this
  * client). y (cfg.len words) = x masked; y may equal x. Once per client.
- * 0, -EINVAL, -EALREADY or -ENOMEM. */
+ * 0, -EINVAL, -EALREADY, -ENOMEM or -ENOSYS (OpenSSL provides no AES-256-CTR); on an error y
+ * holds nothing masked (zeros, or x itself when y is x), which must not be sent. */
 int moeh_secagg_client_mask(moeh_secagg_client_t *c, uint32_t *y, const uint32_t *x,
                             const uint8_t *u2, moeh_err_t *err) MOEH_SECAGG_WUR;
 
@@ -183,7 +180,8 @@ int moeh_secagg_client_reveal(moeh_secagg_client_t *c, const uint32_t *survivors
  * dropped i, s_i needs t s-shares from distinct survivors in N(i). Fewer, fewer than t
  * survivors, or a share of the wrong kind: -EPERM with sum untouched. A reconstructed s key
  * that does not match the advertised public key: -EBADMSG with sum untouched.
- * 0, -EINVAL, -EPERM, -EBADMSG or -ENOMEM (message in err). */
+ * 0, -EINVAL, -EPERM, -EBADMSG, -ENOMEM or -ENOSYS (message in err); after -ENOMEM or -ENOSYS
+ * the sum may be partly unmasked: of no use. */
 int moeh_secagg_server_unmask(const moeh_secagg_cfg_t *cfg, const moeh_secagg_pubkeys_t *keys,
                               const uint32_t *survivors, size_t n_survivors,
                               const uint32_t *dropped, size_t n_dropped,

@@ -17,7 +17,7 @@
 
 #define MOEH_PROTOCOL_VERSION                                                                      \
     9u /* 6: Hello.n_val; 7: UploadChunk, UploadCredit; 8: RoundStart.model_held; 9: VALIDATE      \
-        * evaluates the test split too (EvalResult.validation) */
+        * evaluates the test split too (EvalResult.validation), masks from AES-256-CTR */
 /* Most rows a Hello may declare per split (n_train, n_eval, n_val): exact as a double, as the
  * registry's [limits] (moeh_keys.h) */
 #define MOEH_WIRE_MAX_ROWS ((1ull << 53) - 1)

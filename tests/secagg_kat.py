@@ -9,7 +9,7 @@ import hashlib
 import struct
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives import serialization
 
@@ -26,8 +26,9 @@ def x25519(sk, pk):
 
 
 def prg_words(seed, rnd, n):
-    nonce = struct.pack("<Q", rnd) + b"mask"
-    enc = Cipher(algorithms.ChaCha20(seed, struct.pack("<I", 0) + nonce), mode=None).encryptor()
+    # AES-256-CTR (protocol 9): IV = round (8 bytes LE) || "mask" || 32-bit big-endian counter 0
+    iv = struct.pack("<Q", rnd) + b"mask" + bytes(4)
+    enc = Cipher(algorithms.AES(seed), modes.CTR(iv)).encryptor()
     ks = enc.update(bytes(4 * n))
     return struct.unpack("<%dI" % n, ks)
 

@@ -27,6 +27,8 @@
 
 #include "moeh_secagg.h"
 
+#include <openssl/evp.h>
+
 #include <math.h>
 #include <sodium.h>
 #include <string.h>
@@ -55,9 +57,9 @@ static void test_prg_kat(void **state)
         seed[i] = (uint8_t)i;
     uint32_t *w = calloc(1030, sizeof *w);
     assert_non_null(w);
-    moeh_secagg_prg_add(w, 1030, seed, 7, +1);
-    static const uint32_t first[4] = {0x3d57c64b, 0x6a1f979d, 0xa0e95eb3, 0xd3bf46af};
-    static const uint32_t at1024[3] = {0x2784fe8e, 0x9cb59dbb, 0x6b657715};
+    assert_int_equal(moeh_secagg_prg_add(w, 1030, seed, 7, +1), 0);
+    static const uint32_t first[4] = {0x50584e27, 0xd81ad2fb, 0x3e4cb493, 0x8f607e04};
+    static const uint32_t at1024[3] = {0xd0e3c62a, 0xfb923b1a, 0x8c83e1a7};
     for (int i = 0; i < 4; i++)
         assert_int_equal(w[i], first[i]);
     for (int i = 0; i < 3; i++)
@@ -65,46 +67,61 @@ static void test_prg_kat(void **state)
     /* a shorter, odd length is a prefix of the same stream; subtracting restores zero */
     uint32_t *v = calloc(1027, sizeof *v);
     assert_non_null(v);
-    moeh_secagg_prg_add(v, 1027, seed, 7, +1);
+    assert_int_equal(moeh_secagg_prg_add(v, 1027, seed, 7, +1), 0);
     assert_memory_equal(v, w, 1027 * sizeof *v);
-    moeh_secagg_prg_add(w, 1030, seed, 7, -1);
+    assert_int_equal(moeh_secagg_prg_add(w, 1030, seed, 7, -1), 0);
     for (int i = 0; i < 1030; i++)
         assert_int_equal(w[i], 0);
     /* another round is another stream */
-    moeh_secagg_prg_add(w, 4, seed, 8, +1);
+    assert_int_equal(moeh_secagg_prg_add(w, 4, seed, 8, +1), 0);
     assert_int_not_equal(w[0], first[0]);
     free(v);
     free(w);
 }
 
-/* OpenSSL's ChaCha20 (moeh_secagg_prg_add) and libsodium's (the fallback) give the same words:
- * lengths around the 16-word ChaCha20 block and the 1024-word block of the add loop, both signs,
- * on a vector that is not zero, rounds that differ in every byte of the nonce. */
-static void test_prg_openssl_is_sodium(void **state)
+/* The PRG expands in 4 KiB blocks, up to 32 streams at a time: it adds the very words of one
+ * AES-256-CTR call over the whole length (OpenSSL's EVP, here): lengths around the 4-word AES
+ * block and the 1024-word block of the add loop, both signs, on a vector that is not zero,
+ * rounds that differ in every byte of the IV's first 8; nothing past len is touched. */
+static void test_prg_blocks_are_one_stream(void **state)
 {
     (void)state;
-    static const size_t lens[] = {0, 1, 15, 16, 17, 1023, 1024, 1025, 2048, 5000, 100003};
+    static const size_t lens[] = {0, 1, 3, 4, 5, 1023, 1024, 1025, 2048, 5000, 100003};
     const size_t max = 100003;
-    uint32_t *a = malloc(max * sizeof *a), *b = malloc(max * sizeof *b);
-    assert_non_null(a);
-    assert_non_null(b);
-    uint8_t seed[32];
+    uint32_t *a = malloc(max * sizeof *a), *b = malloc(max * sizeof *b), *ks = malloc(max * 4);
+    assert_true(a && b && ks);
+    uint8_t seed[32], iv[16], zero[64] = {0};
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    assert_non_null(ctx);
     for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
         randombytes_buf(seed, sizeof seed);
         randombytes_buf(a, max * sizeof *a);
         memcpy(b, a, max * sizeof *a);
         uint64_t round = 0x0102030405060708ull * (t + 1);
         int sign = t % 2 ? -1 : +1;
-        moeh_secagg_prg_add(a, lens[t], seed, round, sign);
-        moeh_secagg_prg_add_sodium(b, lens[t], seed, round, sign);
-        assert_memory_equal(a, b, max * sizeof *a); /* (and nothing past len moved) */
-        if (lens[t] >= 4) {                         /* it did add something */
-            moeh_secagg_prg_add_sodium(b, lens[t], seed, round, -sign);
-            assert_memory_not_equal(a, b, 4 * sizeof *a);
+        assert_int_equal(moeh_secagg_prg_add(a, lens[t], seed, round, sign), 0);
+        for (int i = 0; i < 8; i++) /* round (LE), "mask", counter 0 (BE) */
+            iv[i] = (uint8_t)(round >> (8 * i));
+        memcpy(iv + 8, "mask\0\0\0\0", 8);
+        assert_int_equal(EVP_EncryptInit_ex2(ctx, EVP_aes_256_ctr(), seed, iv, NULL), 1);
+        for (size_t off = 0; off < 4 * lens[t]; off += sizeof zero) {
+            int n = (int)(4 * lens[t] - off < sizeof zero ? 4 * lens[t] - off : sizeof zero), got;
+            assert_int_equal(EVP_EncryptUpdate(ctx, (uint8_t *)ks + off, &got, zero, n), 1);
+            assert_int_equal(got, n);
         }
+        for (size_t i = 0; i < lens[t]; i++) {
+            uint32_t w = (uint32_t)((uint8_t *)ks)[4 * i] |
+                         (uint32_t)((uint8_t *)ks)[4 * i + 1] << 8 |
+                         (uint32_t)((uint8_t *)ks)[4 * i + 2] << 16 |
+                         (uint32_t)((uint8_t *)ks)[4 * i + 3] << 24;
+            b[i] = sign > 0 ? b[i] + w : b[i] - w;
+        }
+        assert_memory_equal(a, b, max * sizeof *a); /* (and nothing past len moved) */
     }
+    EVP_CIPHER_CTX_free(ctx);
     free(a);
     free(b);
+    free(ks);
 }
 
 static void test_pair_seed_kat(void **state)
@@ -641,9 +658,10 @@ static void test_masked_uniform(void **state)
 }
 
 MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat),
-               cmocka_unit_test(test_prg_openssl_is_sodium), cmocka_unit_test(test_pair_seed_kat),
-               cmocka_unit_test(test_share_seal), cmocka_unit_test(test_shamir),
-               cmocka_unit_test(test_round_5), cmocka_unit_test(test_round_10),
-               cmocka_unit_test(test_round_40), cmocka_unit_test(test_round_secagg_plus),
-               cmocka_unit_test(test_random_drops), cmocka_unit_test(test_refusals),
-               cmocka_unit_test(test_phase_errors), cmocka_unit_test(test_masked_uniform))
+               cmocka_unit_test(test_prg_blocks_are_one_stream),
+               cmocka_unit_test(test_pair_seed_kat), cmocka_unit_test(test_share_seal),
+               cmocka_unit_test(test_shamir), cmocka_unit_test(test_round_5),
+               cmocka_unit_test(test_round_10), cmocka_unit_test(test_round_40),
+               cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
+               cmocka_unit_test(test_refusals), cmocka_unit_test(test_phase_errors),
+               cmocka_unit_test(test_masked_uniform))

@@ -13,9 +13,10 @@ struct moeh_sa_server {
     uint32_t need;                    /* max(t, min_sites): fewer at any step aborts the attempt */
     moeh_secagg_pubkeys_t *keys;      /* (n) advertised keys */
     uint8_t *u1, *u2, *u3, *revealed; /* (n) flags: advertised, shared, masked update, revealed */
-    uint8_t *cts;                     /* (n, n, CT bytes): from i to j at i * n + j */
-    uint8_t *ct_have;                 /* (n, n) */
-    moeh_secagg_reveal_t *reveals;    /* (n, n) at most */
+    uint32_t *pos, deg;               /* (n) the SecAgg+ graph; neighbours per site */
+    uint8_t *cts;                     /* (n, deg, CT bytes): from i to j at ct_at(i, j) */
+    uint8_t *ct_have;                 /* (n, deg) */
+    moeh_secagg_reveal_t *reveals;    /* (n, deg + 1) at most: shares of neighbours and self */
     size_t n_reveals;
 };
 
@@ -26,6 +27,7 @@ static void sa_free(moeh_sa_server_t *sa)
     free(sa->u2);
     free(sa->u3);
     free(sa->revealed);
+    free(sa->pos);
     free(sa->cts);
     free(sa->ct_have);
     free(sa->reveals);
@@ -54,15 +56,11 @@ int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k,
     sa->step = MOEH_SA_KEYS;
     *k_dropped = 0;
     if (n < 2 || n > MOEH_WIRE_SECAGG_MAX) return -ERANGE;
-    size_t nn = (size_t)n * n;
     sa->keys = calloc(n, sizeof *sa->keys);
     sa->u1 = calloc(n, 1), sa->u2 = calloc(n, 1), sa->u3 = calloc(n, 1);
     sa->revealed = calloc(n, 1);
-    sa->cts = malloc(nn * MOEH_SECAGG_SHARE_CT_BYTES);
-    sa->ct_have = calloc(nn, 1);
-    sa->reveals = malloc(nn * sizeof *sa->reveals);
-    if (!sa->keys || !sa->u1 || !sa->u2 || !sa->u3 || !sa->revealed || !sa->cts || !sa->ct_have ||
-        !sa->reveals) {
+    sa->pos = calloc(n, sizeof *sa->pos);
+    if (!sa->keys || !sa->u1 || !sa->u2 || !sa->u3 || !sa->revealed || !sa->pos) {
         sa_free(sa);
         sa->step = MOEH_SA_KEYS;
         return -ENOMEM;
@@ -93,7 +91,26 @@ int moeh_sa_server_open(moeh_sa_server_t *sa, uint32_t n, uint32_t k,
     sa->need = sa->cfg.t > min_sites ? sa->cfg.t : min_sites;
     moeh_err_t err = {0};
     MOEH_ASSERT(moeh_secagg_cfg_check(&sa->cfg, &err) == 0);
+    /* the graph once, and per site room for its neighbours only: n x k ciphertexts and
+     * reveals, not n x n (25 MB of ciphertexts at 512 sites) */
+    moeh_secagg_graph(&sa->cfg, sa->pos);
+    sa->deg = moeh_secagg_degree(&sa->cfg);
+    size_t nd = (size_t)n * sa->deg;
+    sa->cts = malloc(nd * MOEH_SECAGG_SHARE_CT_BYTES);
+    sa->ct_have = calloc(nd, 1);
+    sa->reveals = malloc((nd + n) * sizeof *sa->reveals);
+    if (!sa->cts || !sa->ct_have || !sa->reveals) {
+        sa_free(sa);
+        sa->step = MOEH_SA_KEYS;
+        return -ENOMEM;
+    }
     return 0;
+}
+
+/* j's slot among i's neighbours, -1 if j is not one */
+static int slot(const moeh_sa_server_t *sa, uint32_t i, uint32_t j)
+{
+    return moeh_secagg_neighbour_slot(&sa->cfg, sa->pos, i, j);
 }
 
 void moeh_sa_server_off(moeh_sa_server_t *sa)
@@ -185,18 +202,18 @@ int moeh_sa_server_shares(moeh_sa_server_t *sa, uint32_t i, const Moeh__SecaggSh
     /* exactly one ciphertext for every neighbour in U1 (peers arrive strictly increasing) */
     size_t want = 0;
     for (uint32_t j = 0; j < n; j++)
-        want += j != i && sa->u1[j] && moeh_secagg_neighbours(&sa->cfg, i, j);
+        want += sa->u1[j] && slot(sa, i, j) >= 0;
     int ok = sh->n_ciphers == want;
     for (size_t k = 0; ok && k < sh->n_ciphers; k++) {
         uint32_t j = sh->ciphers[k]->peer;
-        ok = j < n && j != i && sa->u1[j] && moeh_secagg_neighbours(&sa->cfg, i, j);
+        ok = j < n && sa->u1[j] && slot(sa, i, j) >= 0;
     }
     if (!ok) {
         *what = "secagg_shares: expected one ciphertext for each neighbour that advertised keys";
         return -EBADMSG;
     }
     for (size_t k = 0; k < sh->n_ciphers; k++) {
-        size_t at = (size_t)i * n + sh->ciphers[k]->peer;
+        size_t at = (size_t)i * sa->deg + (size_t)slot(sa, i, sh->ciphers[k]->peer);
         memcpy(sa->cts + at * MOEH_SECAGG_SHARE_CT_BYTES, sh->ciphers[k]->ct.data,
                MOEH_SECAGG_SHARE_CT_BYTES);
         sa->ct_have[at] = 1;
@@ -225,17 +242,23 @@ int moeh_sa_server_reveal(moeh_sa_server_t *sa, uint32_t h, const Moeh__SecaggRe
         *what = "secagg_reveal: duplicate, or from a site that was not asked";
         return -ESTALE;
     }
-    /* b shares of survivors, s shares of dropped clients only: never both of one owner */
+    /* b shares of survivors, s shares of dropped clients only: never both of one owner; and
+     * only of owners whose shares h holds (itself and its neighbours: owners are strictly
+     * increasing, so at most deg + 1 of them) */
     for (size_t k = 0; k < r->n_shares; k++) {
         const Moeh__SecaggShare *x = r->shares[k];
-        int want_b = x->owner < n && sa->u3[x->owner];
-        int want_s = x->owner < n && sa->u2[x->owner] && !sa->u3[x->owner];
+        if (x->owner >= n || (x->owner != h && slot(sa, x->owner, h) < 0)) {
+            *what = "secagg_reveal: a share of a site that is not the sender's neighbour";
+            return -EBADMSG;
+        }
+        int want_b = sa->u3[x->owner];
+        int want_s = sa->u2[x->owner] && !sa->u3[x->owner];
         if (!(x->kind == MOEH__SECAGG_KIND__SECAGG_B ? want_b : want_s)) {
             *what = "secagg_reveal: a share of a kind this session did not ask for";
             return -EBADMSG;
         }
     }
-    MOEH_ASSERT(sa->n_reveals + r->n_shares <= (size_t)n * n);
+    MOEH_ASSERT(sa->n_reveals + r->n_shares <= (size_t)n * (sa->deg + 1));
     for (size_t k = 0; k < r->n_shares; k++) {
         moeh_secagg_reveal_t *o = &sa->reveals[sa->n_reveals++];
         o->owner = r->shares[k]->owner;
@@ -299,8 +322,9 @@ static void forward_shares(moeh_sa_server_t *sa, const uint8_t *connected, moeh_
         if (!sa->u2[j] || !connected[j]) continue;
         size_t m = 0;
         for (uint32_t i = 0; i < n; i++) {
-            size_t at = (size_t)i * n + j;
-            if (i == j || !sa->u2[i] || !sa->ct_have[at]) continue;
+            int sl = slot(sa, i, j);
+            size_t at = (size_t)i * sa->deg + (size_t)(sl < 0 ? 0 : sl);
+            if (sl < 0 || !sa->u2[i] || !sa->ct_have[at]) continue;
             moeh__secagg_cipher__init(&cs[m]);
             cs[m].peer = i;
             cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES,

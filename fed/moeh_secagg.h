@@ -74,8 +74,18 @@ typedef struct {
 /* 0 or -EINVAL (message in err) if cfg is not a usable configuration. */
 int moeh_secagg_cfg_check(const moeh_secagg_cfg_t *cfg, moeh_err_t *err) MOEH_SECAGG_WUR;
 
-/* 1 if i and j (i != j) are mask partners (and hold each other's shares) under cfg. */
+/* 1 if i and j (i != j) are mask partners (and hold each other's shares) under cfg. O(n): it
+ * draws the graph; a caller that asks many times draws it once with moeh_secagg_graph. */
 int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j);
+/* The SecAgg+ graph of cfg: pos[id] (cfg.n entries) = id's place on the ring of the public
+ * graph seed (the identity with k = 0). */
+void moeh_secagg_graph(const moeh_secagg_cfg_t *cfg, uint32_t *pos);
+/* Each client's number of neighbours: k, or n - 1 with k = 0 (everyone). */
+uint32_t moeh_secagg_degree(const moeh_secagg_cfg_t *cfg);
+/* j's index among i's neighbours (0..moeh_secagg_degree - 1; each neighbour of i has its own),
+ * or -1 if j is not i's neighbour (i == j, or out of range); pos from moeh_secagg_graph. O(1). */
+int moeh_secagg_neighbour_slot(const moeh_secagg_cfg_t *cfg, const uint32_t *pos, uint32_t i,
+                               uint32_t j);
 
 /* ---- building blocks (public for tests and known-answer vectors) ----------------------- */
 

@@ -95,6 +95,34 @@ static int nbr_at(const moeh_secagg_cfg_t *cfg, const uint32_t *pos, uint32_t i,
     return d <= cfg->k / 2;
 }
 
+void moeh_secagg_graph(const moeh_secagg_cfg_t *cfg, uint32_t *pos)
+{
+    MOEH_ASSERT(cfg->n >= 2 && cfg->n <= MOEH_SECAGG_MAX_CLIENTS);
+    if (cfg->k == 0) {
+        for (uint32_t i = 0; i < cfg->n; i++)
+            pos[i] = i;
+        return;
+    }
+    graph_positions(cfg, pos);
+}
+
+uint32_t moeh_secagg_degree(const moeh_secagg_cfg_t *cfg)
+{
+    return cfg->k ? cfg->k : cfg->n - 1;
+}
+
+int moeh_secagg_neighbour_slot(const moeh_secagg_cfg_t *cfg, const uint32_t *pos, uint32_t i,
+                               uint32_t j)
+{
+    const uint32_t n = cfg->n, h = cfg->k / 2;
+    if (i == j || i >= n || j >= n) return -1;
+    if (cfg->k == 0) return (int)(j < i ? j : j - 1);
+    uint32_t off = (pos[j] + n - pos[i]) % n;          /* j's place after i's on the ring, 1..n-1 */
+    if (off <= h) return (int)(off - 1);               /* the k/2 after i */
+    if (off >= n - h) return (int)(h + (n - off) - 1); /* the k/2 before i (disjoint: k < n) */
+    return -1;
+}
+
 int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
 {
     uint32_t pos[MOEH_SECAGG_MAX_CLIENTS];

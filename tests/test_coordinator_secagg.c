@@ -541,6 +541,114 @@ static void test_secagg_k_auto(void **state)
     }
 }
 
+/* ---- the server keeps n x k ciphertexts, not n x n ------------------------------------------ */
+
+typedef struct {
+    uint32_t k;
+    int forwarded; /* SecaggShares messages checked */
+} fwd_check_t;
+
+/* Each forwarded ciphertext must be addressed to the recipient: byte 0 = sender, 1 = addressee
+ * (as the test wrote them), one from every neighbour of the recipient. */
+static int check_forward(void *ctx, uint32_t id, Moeh__Envelope *env)
+{
+    fwd_check_t *c = ctx;
+    if (env->type != MOEH__MSG_TYPE__SECAGG_SHARES) return 0;
+    const Moeh__SecaggShares *sh = env->secagg_shares;
+    assert_int_equal(sh->n_ciphers, c->k);
+    for (size_t m = 0; m < sh->n_ciphers; m++) {
+        const uint8_t *ct = sh->ciphers[m]->ct.data;
+        assert_int_equal(ct[0], sh->ciphers[m]->peer);
+        assert_int_equal(ct[1], id);
+    }
+    c->forwarded++;
+    return 0;
+}
+
+/* 60 sites, k = 8: each site's shares are kept in its 8 neighbours' slots and forwarded to the
+ * right addressees (every byte checked); the slots of one site's neighbours are 0..7, once each;
+ * a reveal of a share of a site that is not the sender's neighbour is refused before anything is
+ * kept (the store holds (k + 1) reveals per site, no more). */
+static void test_sa_server_neighbour_slots(void **state)
+{
+    (void)state;
+    const uint32_t n = 60, k = 8;
+    moeh_sa_server_t *sa = NULL;
+    const moeh_secagg_plan_cfg_t plan = MOEH_SECAGG_PLAN_DEFAULT;
+    int dropped = 0;
+    assert_int_equal(moeh_sa_server_create(&sa), 0);
+    assert_int_equal(moeh_sa_server_open(sa, n, k, &plan, 2, 16, &dropped), 0);
+    const moeh_secagg_cfg_t *cfg = moeh_sa_server_cfg(sa);
+    uint32_t pos[60];
+    moeh_secagg_graph(cfg, pos);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t seen[8] = {0};
+        for (uint32_t j = 0; j < n; j++) {
+            int sl = moeh_secagg_neighbour_slot(cfg, pos, i, j);
+            assert_int_equal(sl >= 0, moeh_secagg_neighbours(cfg, i, j));
+            if (sl < 0) continue;
+            assert_true(sl < (int)k && !seen[sl]);
+            seen[sl] = 1;
+        }
+    }
+    uint8_t pk[32] = {0}, conn[60];
+    memset(conn, 1, sizeof conn);
+    const char *what = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        Moeh__SecaggAdvertise a = MOEH__SECAGG_ADVERTISE__INIT;
+        a.session = cfg->round;
+        a.c_pk = a.s_pk = (ProtobufCBinaryData){32, pk};
+        assert_int_equal(moeh_sa_server_advertise(sa, i, &a, &what), 0);
+    }
+    fwd_check_t fc = {.k = k};
+    moeh_err_t err = {0};
+    assert_int_equal(moeh_sa_server_advance(sa, conn, check_forward, &fc, NULL, &err), 0);
+    static uint8_t ct[60][8][MOEH_SECAGG_SHARE_CT_BYTES];
+    for (uint32_t i = 0; i < n; i++) {
+        Moeh__SecaggCipher cs[8], *cp[8];
+        size_t m = 0;
+        for (uint32_t j = 0; j < n; j++) {
+            if (!moeh_secagg_neighbours(cfg, i, j)) continue;
+            moeh__secagg_cipher__init(&cs[m]);
+            memset(ct[i][m], 0xa5, MOEH_SECAGG_SHARE_CT_BYTES);
+            ct[i][m][0] = (uint8_t)i, ct[i][m][1] = (uint8_t)j;
+            cs[m].peer = j;
+            cs[m].ct = (ProtobufCBinaryData){MOEH_SECAGG_SHARE_CT_BYTES, ct[i][m]};
+            cp[m] = &cs[m];
+            m++;
+        }
+        assert_int_equal(m, k);
+        Moeh__SecaggShares sh = MOEH__SECAGG_SHARES__INIT;
+        sh.session = cfg->round;
+        sh.n_ciphers = m;
+        sh.ciphers = cp;
+        assert_int_equal(moeh_sa_server_shares(sa, i, &sh, &what), 0);
+    }
+    assert_int_equal(moeh_sa_server_advance(sa, conn, check_forward, &fc, NULL, &err), 0);
+    assert_int_equal(fc.forwarded, n);
+    for (uint32_t i = 0; i < n; i++)
+        moeh_sa_server_masked(sa, i);
+    assert_int_equal(moeh_sa_server_advance(sa, conn, check_forward, &fc, NULL, &err), 0);
+    uint32_t other = 0; /* a site that is not site 0's neighbour */
+    while (other == 0 || moeh_secagg_neighbours(cfg, 0, other))
+        other++;
+    Moeh__SecaggShare x = MOEH__SECAGG_SHARE__INIT, *xp = &x;
+    uint64_t y[MOEH_SECAGG_SHARE_ELEMS] = {0};
+    x.owner = other;
+    x.kind = MOEH__SECAGG_KIND__SECAGG_B;
+    x.n_y = MOEH_SECAGG_SHARE_ELEMS;
+    x.y = y;
+    Moeh__SecaggReveal r = MOEH__SECAGG_REVEAL__INIT;
+    r.session = cfg->round;
+    r.n_shares = 1;
+    r.shares = &xp;
+    assert_int_equal(moeh_sa_server_reveal(sa, 0, &r, &what), -EBADMSG);
+    assert_non_null(strstr(what, "not the sender's neighbour"));
+    x.owner = 0; /* its own b share is fine */
+    assert_int_equal(moeh_sa_server_reveal(sa, 0, &r, &what), 0);
+    moeh_sa_server_destroy(&sa);
+}
+
 /* ---- VALIDATE under secure aggregation: the sum bounded by the declared n_val --------------- */
 
 static void secagg_validate(moeh_coord_cfg_t *c)
@@ -629,5 +737,6 @@ MOEH_TEST_MAIN(
     cmocka_unit_test_setup_teardown(test_secagg_dropout, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_secagg_poisoned_sums_retried, fx_setup, fx_teardown),
     cmocka_unit_test(test_uploads_scheduler), cmocka_unit_test(test_secagg_k_auto),
+    cmocka_unit_test(test_sa_server_neighbour_slots),
     cmocka_unit_test_setup_teardown(test_secagg_outage_waits_for_three, fx_setup, fx_teardown),
     cmocka_unit_test_setup_teardown(test_secagg_validation_bounded_by_n_val, fx_setup, fx_teardown))

@@ -94,8 +94,21 @@ static double run_torch(const char *env, const char *threads, int steps)
 int main(int argc, char **argv)
 {
     int steps = argc > 1 && argv[1][0] != '-' ? atoi(argv[1]) : 20, no_torch = 0;
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: moeh-bench-train-step [STEPS] [--no-torch]\n"
+                   "  samples/s of one MoE-Health training step (batch 64, default model) "
+                   "against PyTorch\n  (MOEH_PYTHON, default /usr/bin/python3) in the same run; "
+                   "STEPS default 20\n");
+            return 0;
+        }
+        if (strcmp(argv[i], "--no-torch") && (i > 1 || argv[i][0] == '-' || steps <= 0)) {
+            fprintf(stderr, "moeh-bench-train-step: unexpected argument '%s' (see --help)\n",
+                    argv[i]);
+            return 2;
+        }
         no_torch |= strcmp(argv[i], "--no-torch") == 0;
+    }
     moeh_moe_cfg_t cfg = moeh_moe_defaults(F_STATIC, F_VARS);
     cfg.max_batch = B;
     cfg.threads = getenv("MOEH_THREADS") ? atoi(getenv("MOEH_THREADS")) : 1;

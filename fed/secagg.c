@@ -86,13 +86,10 @@ static void graph_positions(const moeh_secagg_cfg_t *cfg, uint32_t *pos)
         pos[perm[p]] = p;
 }
 
+/* i and j are neighbours: within k/2 places of each other on the ring (everyone with k = 0) */
 static int nbr_at(const moeh_secagg_cfg_t *cfg, const uint32_t *pos, uint32_t i, uint32_t j)
 {
-    if (i == j) return 0;
-    if (cfg->k == 0) return 1;
-    uint32_t d = pos[i] > pos[j] ? pos[i] - pos[j] : pos[j] - pos[i];
-    if (cfg->n - d < d) d = cfg->n - d;
-    return d <= cfg->k / 2;
+    return moeh_secagg_neighbour_slot(cfg, pos, i, j) >= 0;
 }
 
 void moeh_secagg_graph(const moeh_secagg_cfg_t *cfg, uint32_t *pos)

@@ -97,6 +97,15 @@ int moeh_secagg_neighbour_slot(const moeh_secagg_cfg_t *cfg, const uint32_t *pos
 int moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
                         uint64_t round, int sign) MOEH_SECAGG_WUR;
 
+/* The code that expands masks in this process: "vaes" (fed/aes_ctr.c: AES with the VAES
+ * instructions, the stream added as it is made; picked when the CPU has AES-NI, AVX2 and VAES)
+ * or "openssl" (EVP AES-256-CTR into a buffer, then added). Both give the same words.
+ * MOEH_NO_VAES=1 in the environment makes it "openssl" (CI runs the tests both ways). */
+const char *moeh_secagg_prg_engine(void);
+/* Tests and benchmarks: 1 forces "openssl" from now on, 0 returns to the CPU's choice. Not
+ * thread-safe: call it while no other thread expands masks. */
+void moeh_secagg_prg_set_portable(int on);
+
 /* The pairwise seed of clients i != j: BLAKE2b-256 keyed by the X25519 secret
  * X25519(my_sk, peer_pk) of message "moeh-secagg-pair-v1" || round || min || max ||
  * pk(min) || pk(max) (ids as 4 bytes LE). 0 or -EINVAL (peer key of low order). */

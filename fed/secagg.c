@@ -7,10 +7,13 @@
  * with sodium_memzero before the function returns, on every path. */
 #include "moeh_secagg.h"
 
+#include "aes_ctr.h"
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define P MOEH_SECAGG_PRIME
@@ -184,16 +187,77 @@ PRG_CLONES static void add_signed(uint32_t *o, const uint32_t *buf, size_t nw, i
         o[i] = sign > 0 ? o[i] + buf[i] : o[i] - buf[i];
 }
 
+#define PRG_STREAMS 32
+
+/* The engine: the VAES code where the CPU runs it and MOEH_NO_VAES is not set, decided once;
+ * g_prg_portable (moeh_secagg_prg_set_portable) overrides it. */
+static int g_vaes;
+static int g_prg_portable;
+static pthread_once_t g_vaes_once = PTHREAD_ONCE_INIT;
+
+static void vaes_probe(void)
+{
+#ifdef MOEH_HAVE_VAES_CTR
+    const char *off = getenv("MOEH_NO_VAES");
+    g_vaes = moeh_aes_ctr_vaes_cpu() && !(off && *off && strcmp(off, "0"));
+#endif
+}
+
+static int prg_vaes(void)
+{
+    pthread_once(&g_vaes_once, vaes_probe);
+    return g_vaes && !g_prg_portable;
+}
+
+const char *moeh_secagg_prg_engine(void)
+{
+    return prg_vaes() ? "vaes" : "openssl";
+}
+
+void moeh_secagg_prg_set_portable(int on)
+{
+    g_prg_portable = on != 0;
+}
+
+#ifdef MOEH_HAVE_VAES_CTR
+/* prg_add_many with the VAES code: the same blocking (PRG_STREAMS key schedules, each 4 KiB
+ * block of out in L1 while they are added to it), the stream added as it is made. Cannot fail. */
+static void prg_add_many_vaes(uint32_t *out, size_t len,
+                              const uint8_t (*seeds)[MOEH_SECAGG_KEY_BYTES], const int8_t *sign,
+                              size_t m, uint64_t round)
+{
+    moeh_aes256_key_t ks[PRG_STREAMS];
+    uint8_t iv[16];
+    prg_iv(iv, round);
+    for (size_t s0 = 0; s0 < m; s0 += PRG_STREAMS) {
+        size_t ms = m - s0 < PRG_STREAMS ? m - s0 : PRG_STREAMS;
+        for (size_t s = 0; s < ms; s++)
+            moeh_aes256_expand(&ks[s], seeds[s0 + s]);
+        for (size_t off = 0; off < len; off += PRG_BLOCK_WORDS) {
+            size_t nw = len - off < PRG_BLOCK_WORDS ? len - off : PRG_BLOCK_WORDS;
+            for (size_t s = 0; s < ms; s++)
+                moeh_aes256_ctr_add(out + off, nw, &ks[s], iv, (uint32_t)(off / 4), sign[s0 + s]);
+        }
+    }
+    sodium_memzero(ks, sizeof ks);
+}
+#endif
+
 /* out (len words) += sum_s sign[s] PRG(seeds[s]); the result is that of m moeh_secagg_prg_add()
  * calls. Up to PRG_STREAMS streams at once, each a cipher context that runs on from block to
  * block; each 4 KiB block of out stays in L1 while the streams are added to it, so out crosses
  * the memory bus once per PRG_STREAMS streams, not once per stream. 0, or -ENOMEM / -ENOSYS (no
  * AES-256-CTR) before anything is added; once keyed, a counter-mode cipher cannot fail. */
-#define PRG_STREAMS 32
 static int prg_add_many(uint32_t *out, size_t len, const uint8_t (*seeds)[MOEH_SECAGG_KEY_BYTES],
                         const int8_t *sign, size_t m, uint64_t round)
 {
     MOEH_ASSERT(len / 4 < UINT32_MAX); /* the 32-bit block counter must not wrap */
+#ifdef MOEH_HAVE_VAES_CTR
+    if (prg_vaes()) {
+        prg_add_many_vaes(out, len, seeds, sign, m, round);
+        return 0;
+    }
+#endif
     pthread_once(&g_aes_once, aes_fetch);
     if (!g_aes) return -ENOSYS;
     uint32_t buf[PRG_BLOCK_WORDS];

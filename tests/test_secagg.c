@@ -31,6 +31,8 @@
 
 #include <math.h>
 #include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int setup(void **state)
@@ -81,12 +83,13 @@ static void test_prg_kat(void **state)
 
 /* The PRG expands in 4 KiB blocks, up to 32 streams at a time: it adds the very words of one
  * AES-256-CTR call over the whole length (OpenSSL's EVP, here): lengths around the 4-word AES
- * block and the 1024-word block of the add loop, both signs, on a vector that is not zero,
- * rounds that differ in every byte of the IV's first 8; nothing past len is touched. */
-static void test_prg_blocks_are_one_stream(void **state)
+ * block, the 64-word step of the VAES loop and the 1024-word block of the add loop, both signs,
+ * on a vector that is not zero, rounds that differ in every byte of the IV's first 8; nothing
+ * past len is touched. Run once per engine (test_prg_engines_agree). */
+static void prg_one_stream(void)
 {
-    (void)state;
-    static const size_t lens[] = {0, 1, 3, 4, 5, 1023, 1024, 1025, 2048, 5000, 100003};
+    static const size_t lens[] = {0,  1,   3,    4,    5,    7,    8,    9,    63,    64,
+                                  65, 127, 1023, 1024, 1025, 1089, 2048, 5000, 100003};
     const size_t max = 100003;
     uint32_t *a = malloc(max * sizeof *a), *b = malloc(max * sizeof *b), *ks = malloc(max * 4);
     assert_true(a && b && ks);
@@ -122,6 +125,47 @@ static void test_prg_blocks_are_one_stream(void **state)
     free(a);
     free(b);
     free(ks);
+}
+
+static void test_prg_blocks_are_one_stream(void **state)
+{
+    (void)state;
+    prg_one_stream(); /* with the engine this CPU picks */
+    moeh_secagg_prg_set_portable(1);
+    assert_string_equal(moeh_secagg_prg_engine(), "openssl");
+    prg_one_stream();
+    moeh_secagg_prg_set_portable(0);
+}
+
+/* The VAES engine, where this CPU has it, and OpenSSL's add the same words over many streams at
+ * once (the 32-stream groups of prg_add_many, two of them and a part) to a vector whose length
+ * ends mid-block, and a masked sum unmasks the same either way. */
+static void test_prg_engines_agree(void **state)
+{
+    (void)state;
+    const char *engine = moeh_secagg_prg_engine();
+    printf("mask PRG engine on this machine: %s\n", engine);
+#ifdef __x86_64__
+    if (__builtin_cpu_supports("vaes") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("aes") && !getenv("MOEH_NO_VAES"))
+        assert_string_equal(engine, "vaes"); /* the fast path is not silently off */
+#endif
+    enum { LEN = 70001, M = 70 };
+    uint32_t *a = malloc(LEN * sizeof *a), *b = malloc(LEN * sizeof *b);
+    assert_true(a && b);
+    randombytes_buf(a, LEN * sizeof *a);
+    memcpy(b, a, LEN * sizeof *a);
+    uint8_t seed[M][32];
+    randombytes_buf(seed, sizeof seed);
+    for (int s = 0; s < M; s++)
+        assert_int_equal(moeh_secagg_prg_add(a, LEN, seed[s], 99, s % 3 ? +1 : -1), 0);
+    moeh_secagg_prg_set_portable(1);
+    for (int s = 0; s < M; s++)
+        assert_int_equal(moeh_secagg_prg_add(b, LEN, seed[s], 99, s % 3 ? +1 : -1), 0);
+    moeh_secagg_prg_set_portable(0);
+    assert_memory_equal(a, b, LEN * sizeof *a);
+    free(a);
+    free(b);
 }
 
 static void test_pair_seed_kat(void **state)
@@ -659,9 +703,9 @@ static void test_masked_uniform(void **state)
 
 MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat),
                cmocka_unit_test(test_prg_blocks_are_one_stream),
-               cmocka_unit_test(test_pair_seed_kat), cmocka_unit_test(test_share_seal),
-               cmocka_unit_test(test_shamir), cmocka_unit_test(test_round_5),
-               cmocka_unit_test(test_round_10), cmocka_unit_test(test_round_40),
-               cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
-               cmocka_unit_test(test_refusals), cmocka_unit_test(test_phase_errors),
-               cmocka_unit_test(test_masked_uniform))
+               cmocka_unit_test(test_prg_engines_agree), cmocka_unit_test(test_pair_seed_kat),
+               cmocka_unit_test(test_share_seal), cmocka_unit_test(test_shamir),
+               cmocka_unit_test(test_round_5), cmocka_unit_test(test_round_10),
+               cmocka_unit_test(test_round_40), cmocka_unit_test(test_round_secagg_plus),
+               cmocka_unit_test(test_random_drops), cmocka_unit_test(test_refusals),
+               cmocka_unit_test(test_phase_errors), cmocka_unit_test(test_masked_uniform))

@@ -9,8 +9,8 @@
  *            and with one dropped after sharing keys (n - 1 more PRG expansions).
  * Every phase is the best of 3 runs. Ratios are to plain summation of the same round. Clients run
  * in parallel in a deployment, so "mask per client" is the latency a site adds. The table is
- * measured with each mask PRG engine this machine has (moeh_secagg_prg_engine: "vaes" where the
- * CPU has it, then "openssl"), and the last lines give the openssl / vaes ratio of mask per client.
+ * measured with each mask PRG engine this machine has (moeh_secagg_prg_set_engine: "vaes512",
+ * "vaes", "openssl"), and the last lines give the ratio of mask per client, openssl over each.
  * Usage: bench_secagg [L] */
 #include "moeh_keys.h"
 #include "moeh_secagg.h"
@@ -104,7 +104,7 @@ int main(int argc, char **argv)
         printf("usage: bench_secagg [L]\n  secure aggregation of n = 5, 10, 20 clients against "
                "plain summation, L words per\n  vector (default 1252746, the default model's "
                "update); one core; times in ms;\n  with each mask PRG engine of this machine "
-               "(vaes, openssl)\n");
+               "(vaes512, vaes, openssl)\n");
         return 0;
     }
     char *end = NULL;
@@ -132,11 +132,10 @@ int main(int argc, char **argv)
            "plain-add");
     memset(y, 0, L * sizeof *y); /* touch every page before timing */
     memset(sum, 0, L * sizeof *sum);
-    double per_client[2][3] = {{0}};
-    int engines = strcmp(moeh_secagg_prg_engine(), "openssl") ? 2 : 1;
-    for (int e = 0; e < engines; e++)
-        for (int a = 0; a < 3; a++) {
-            moeh_secagg_prg_set_portable(e == 1);
+    static const char *const engines[3] = {"vaes512", "vaes", "openssl"};
+    double per_client[3][3] = {{0}};
+    for (int e = 0; e < 3; e++)
+        for (int a = 0; a < 3 && moeh_secagg_prg_set_engine(engines[e]) == 0; a++) {
             uint32_t n = ns[a];
             /* plain summation: best of 3 */
             double tp = 1e9;
@@ -170,10 +169,11 @@ int main(int argc, char **argv)
                    (t0.mask / n) / (tp / n));
             per_client[e][a] = t0.mask / n;
         }
-    moeh_secagg_prg_set_portable(0);
-    for (int a = 0; a < 3 && engines == 2; a++)
-        printf("n = %2u: mask per client, openssl / vaes = %.2f\n", ns[a],
-               per_client[1][a] / per_client[0][a]);
+    for (int e = 0; e < 2; e++)
+        for (int a = 0; a < 3 && per_client[e][a] > 0; a++)
+            printf("n = %2u: mask per client, openssl / %s = %.2f\n", ns[a], engines[e],
+                   per_client[2][a] / per_client[e][a]);
+    (void)moeh_secagg_prg_set_engine(NULL);
     free(x);
     free(y);
     free(sum);

@@ -1,8 +1,8 @@
 /* aes_ctr.h - private to fed/: AES-256 in counter mode, the stream added to (or subtracted from)
  * a vector of words in the same pass, with the VAES instructions (two AES blocks per
- * instruction, AVX2 registers) on the x86-64 CPUs that have them. It is the fast path of the
- * mask PRG of secagg.c (moeh_secagg.h); OpenSSL's EVP AES-256-CTR is the other, and both give
- * the very same words (tests/test_secagg.c compares them at every length class).
+ * instruction in AVX2 registers, four in AVX-512 ones) on the x86-64 CPUs that have them. It is the
+ * fast path of the mask PRG of secagg.c (moeh_secagg.h); OpenSSL's EVP AES-256-CTR is the other,
+ * and both give the very same words (tests/test_secagg.c compares them at every length class).
  *
  * Why a hand-written AES: expanding k + 1 masks of the whole update is most of what secure
  * aggregation costs a site, and OpenSSL 3.0 runs CTR with the 128-bit AES-NI instructions only,
@@ -28,17 +28,23 @@ typedef struct {
     uint8_t rk[15][16];
 } moeh_aes256_key_t;
 
-/* 1 if this CPU runs the VAES code (AES-NI, AVX2 and VAES, with the OS saving AVX state). */
+/* What of the VAES code this CPU runs: 0 none, 1 moeh_aes256_ctr_add (AES-NI, AVX2 and VAES,
+ * with the OS saving the AVX registers), 2 moeh_aes256_ctr_add512 as well (AVX-512 F and BW, the
+ * OS saving their registers). */
 int moeh_aes_ctr_vaes_cpu(void);
 
-/* The key schedule of `key`. Only on a CPU where moeh_aes_ctr_vaes_cpu() is 1. */
+/* The key schedule of `key`. Only on a CPU where moeh_aes_ctr_vaes_cpu() is not 0. */
 void moeh_aes256_expand(moeh_aes256_key_t *k, const uint8_t key[32]);
 
 /* out[i] += (sign > 0) or -= (sign < 0) word i of the stream of key k under iv[0..11] from block
  * `block0` on, for i < nw (the caller keeps block0 + (nw + 3) / 4 <= 2^32). Only on a CPU where
- * moeh_aes_ctr_vaes_cpu() is 1. */
+ * moeh_aes_ctr_vaes_cpu() is not 0. */
 void moeh_aes256_ctr_add(uint32_t *out, size_t nw, const moeh_aes256_key_t *k, const uint8_t iv[12],
                          uint32_t block0, int sign);
+/* The same with AVX-512 registers (four blocks per instruction). Only where
+ * moeh_aes_ctr_vaes_cpu() is 2. */
+void moeh_aes256_ctr_add512(uint32_t *out, size_t nw, const moeh_aes256_key_t *k,
+                            const uint8_t iv[12], uint32_t block0, int sign);
 #endif
 
 #endif

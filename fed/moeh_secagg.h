@@ -97,14 +97,16 @@ int moeh_secagg_neighbour_slot(const moeh_secagg_cfg_t *cfg, const uint32_t *pos
 int moeh_secagg_prg_add(uint32_t *out, size_t len, const uint8_t seed[MOEH_SECAGG_KEY_BYTES],
                         uint64_t round, int sign) MOEH_SECAGG_WUR;
 
-/* The code that expands masks in this process: "vaes" (fed/aes_ctr.c: AES with the VAES
- * instructions, the stream added as it is made; picked when the CPU has AES-NI, AVX2 and VAES)
- * or "openssl" (EVP AES-256-CTR into a buffer, then added). Both give the same words.
- * MOEH_NO_VAES=1 in the environment makes it "openssl" (CI runs the tests both ways). */
+/* The code that expands masks in this process, the fastest this CPU runs: "vaes512" (fed/aes_ctr.c:
+ * AES with the VAES instructions on AVX-512 registers, the stream added as it is made), "vaes"
+ * (the same on AVX2 registers) or "openssl" (EVP AES-256-CTR into a buffer, then added). All give
+ * the same words. MOEH_NO_VAES=1 in the environment makes it "openssl", MOEH_NO_AVX512=1 rules
+ * out "vaes512" (CI runs the tests both ways). */
 const char *moeh_secagg_prg_engine(void);
-/* Tests and benchmarks: 1 forces "openssl" from now on, 0 returns to the CPU's choice. Not
- * thread-safe: call it while no other thread expands masks. */
-void moeh_secagg_prg_set_portable(int on);
+/* Tests and benchmarks: expand with engine `name` from now on; NULL returns to the default.
+ * 0, or -ENOTSUP (this CPU does not run it, or unknown name; nothing changes). Not thread-safe:
+ * call it while no other thread expands masks. */
+int moeh_secagg_prg_set_engine(const char *name);
 
 /* The pairwise seed of clients i != j: BLAKE2b-256 keyed by the X25519 secret
  * X25519(my_sk, peer_pk) of message "moeh-secagg-pair-v1" || round || min || max ||

@@ -189,42 +189,67 @@ PRG_CLONES static void add_signed(uint32_t *o, const uint32_t *buf, size_t nw, i
 
 #define PRG_STREAMS 32
 
-/* The engine: the VAES code where the CPU runs it and MOEH_NO_VAES is not set, decided once;
- * g_prg_portable (moeh_secagg_prg_set_portable) overrides it. */
-static int g_vaes;
-static int g_prg_portable;
-static pthread_once_t g_vaes_once = PTHREAD_ONCE_INIT;
+/* The engines, fastest first; g_engine_cpu is the fastest this CPU runs (with MOEH_NO_VAES and
+ * MOEH_NO_AVX512 heard), decided once; g_engine_set (moeh_secagg_prg_set_engine) overrides it. */
+enum { ENGINE_OPENSSL, ENGINE_VAES, ENGINE_VAES512 };
+static const char *const k_engine_name[] = {"openssl", "vaes", "vaes512"};
+static int g_engine_cpu, g_engine_set = -1;
+static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
 
-static void vaes_probe(void)
+static int env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0");
+}
+
+static void engine_probe(void)
 {
 #ifdef MOEH_HAVE_VAES_CTR
-    const char *off = getenv("MOEH_NO_VAES");
-    g_vaes = moeh_aes_ctr_vaes_cpu() && !(off && *off && strcmp(off, "0"));
+    int cpu = moeh_aes_ctr_vaes_cpu();
+    if (env_on("MOEH_NO_VAES")) cpu = 0;
+    if (cpu == 2 && env_on("MOEH_NO_AVX512")) cpu = 1;
+    g_engine_cpu = cpu == 2 ? ENGINE_VAES512 : cpu == 1 ? ENGINE_VAES : ENGINE_OPENSSL;
 #endif
 }
 
-static int prg_vaes(void)
+static int prg_engine(void)
 {
-    pthread_once(&g_vaes_once, vaes_probe);
-    return g_vaes && !g_prg_portable;
+    pthread_once(&g_engine_once, engine_probe);
+    return g_engine_set >= 0 ? g_engine_set : g_engine_cpu;
 }
 
 const char *moeh_secagg_prg_engine(void)
 {
-    return prg_vaes() ? "vaes" : "openssl";
+    return k_engine_name[prg_engine()];
 }
 
-void moeh_secagg_prg_set_portable(int on)
+int moeh_secagg_prg_set_engine(const char *name)
 {
-    g_prg_portable = on != 0;
+    pthread_once(&g_engine_once, engine_probe);
+    if (!name) {
+        g_engine_set = -1;
+        return 0;
+    }
+    int e = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, k_engine_name[i])) e = i;
+#ifdef MOEH_HAVE_VAES_CTR
+    int cpu = moeh_aes_ctr_vaes_cpu(); /* what the CPU runs, whatever the environment says */
+    if (e < 0 || (e == ENGINE_VAES && cpu < 1) || (e == ENGINE_VAES512 && cpu < 2)) return -ENOTSUP;
+#else
+    if (e != ENGINE_OPENSSL) return -ENOTSUP;
+#endif
+    g_engine_set = e;
+    return 0;
 }
 
 #ifdef MOEH_HAVE_VAES_CTR
-/* prg_add_many with the VAES code: the same blocking (PRG_STREAMS key schedules, each 4 KiB
- * block of out in L1 while they are added to it), the stream added as it is made. Cannot fail. */
+/* prg_add_many with the VAES code (wide: on AVX-512 registers): the same blocking (PRG_STREAMS key
+ * schedules, each 4 KiB block of out in L1 while they are added to it), the stream added as it is
+ * made. Cannot fail. */
 static void prg_add_many_vaes(uint32_t *out, size_t len,
                               const uint8_t (*seeds)[MOEH_SECAGG_KEY_BYTES], const int8_t *sign,
-                              size_t m, uint64_t round)
+                              size_t m, uint64_t round, int wide)
 {
     moeh_aes256_key_t ks[PRG_STREAMS];
     uint8_t iv[16];
@@ -236,7 +261,8 @@ static void prg_add_many_vaes(uint32_t *out, size_t len,
         for (size_t off = 0; off < len; off += PRG_BLOCK_WORDS) {
             size_t nw = len - off < PRG_BLOCK_WORDS ? len - off : PRG_BLOCK_WORDS;
             for (size_t s = 0; s < ms; s++)
-                moeh_aes256_ctr_add(out + off, nw, &ks[s], iv, (uint32_t)(off / 4), sign[s0 + s]);
+                (wide ? moeh_aes256_ctr_add512 : moeh_aes256_ctr_add)(
+                    out + off, nw, &ks[s], iv, (uint32_t)(off / 4), sign[s0 + s]);
         }
     }
     sodium_memzero(ks, sizeof ks);
@@ -253,8 +279,9 @@ static int prg_add_many(uint32_t *out, size_t len, const uint8_t (*seeds)[MOEH_S
 {
     MOEH_ASSERT(len / 4 < UINT32_MAX); /* the 32-bit block counter must not wrap */
 #ifdef MOEH_HAVE_VAES_CTR
-    if (prg_vaes()) {
-        prg_add_many_vaes(out, len, seeds, sign, m, round);
+    int engine = prg_engine();
+    if (engine != ENGINE_OPENSSL) {
+        prg_add_many_vaes(out, len, seeds, sign, m, round, engine == ENGINE_VAES512);
         return 0;
     }
 #endif

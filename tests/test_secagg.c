@@ -127,45 +127,82 @@ static void prg_one_stream(void)
     free(ks);
 }
 
+static const char *const k_engines[] = {"vaes512", "vaes", "openssl"};
+
 static void test_prg_blocks_are_one_stream(void **state)
 {
     (void)state;
-    prg_one_stream(); /* with the engine this CPU picks */
-    moeh_secagg_prg_set_portable(1);
-    assert_string_equal(moeh_secagg_prg_engine(), "openssl");
-    prg_one_stream();
-    moeh_secagg_prg_set_portable(0);
+    for (int e = 0; e < 3; e++) {
+        if (moeh_secagg_prg_set_engine(k_engines[e]) != 0) {
+            printf("mask PRG engine %s: not on this CPU\n", k_engines[e]);
+            continue;
+        }
+        assert_string_equal(moeh_secagg_prg_engine(), k_engines[e]);
+        prg_one_stream();
+    }
+    assert_int_equal(moeh_secagg_prg_set_engine("openssl"), 0); /* every machine has it */
+    assert_int_equal(moeh_secagg_prg_set_engine("chacha"), -ENOTSUP);
+    assert_string_equal(moeh_secagg_prg_engine(), "openssl"); /* a refused name changes nothing */
+    assert_int_equal(moeh_secagg_prg_set_engine(NULL), 0);
 }
 
-/* The VAES engine, where this CPU has it, and OpenSSL's add the same words over many streams at
- * once (the 32-stream groups of prg_add_many, two of them and a part) to a vector whose length
- * ends mid-block, and a masked sum unmasks the same either way. */
+/* 1 if /proc/cpuinfo lists `flag` for the first CPU (0 where there is none): the kernel's word,
+ * independent of the library's own cpuid check */
+static int cpuinfo_has(const char *flag)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[8192];
+    int has = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "flags", 5)) {
+            char pat[64];
+            snprintf(pat, sizeof pat, " %s", flag);
+            for (char *p = strstr(line, pat); p && !has; p = strstr(p + 1, pat))
+                has = p[strlen(pat)] == ' ' || p[strlen(pat)] == '\n';
+            break;
+        }
+    if (f) fclose(f);
+    return has;
+}
+
+/* The default engine is the fastest the CPU has (so the fast path is not silently off), unless
+ * the environment says otherwise; every engine this CPU runs adds the same words as OpenSSL's
+ * over many streams at once (the 32-stream groups of prg_add_many, two of them and a part) to a
+ * vector whose length ends mid-block. */
 static void test_prg_engines_agree(void **state)
 {
     (void)state;
     const char *engine = moeh_secagg_prg_engine();
     printf("mask PRG engine on this machine: %s\n", engine);
-#ifdef __x86_64__
-    if (__builtin_cpu_supports("vaes") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("aes") && !getenv("MOEH_NO_VAES"))
-        assert_string_equal(engine, "vaes"); /* the fast path is not silently off */
-#endif
+    /* what the CPU runs (moeh_secagg_prg_set_engine), and what the environment leaves (default) */
+    int cpu_vaes = cpuinfo_has("vaes") && cpuinfo_has("avx2") && cpuinfo_has("aes");
+    int cpu_wide = cpu_vaes && cpuinfo_has("avx512f") && cpuinfo_has("avx512bw");
+    int vaes = cpu_vaes && !getenv("MOEH_NO_VAES");
+    int wide = cpu_wide && vaes && !getenv("MOEH_NO_AVX512");
+    assert_string_equal(engine, wide ? "vaes512" : vaes ? "vaes" : "openssl");
     enum { LEN = 70001, M = 70 };
-    uint32_t *a = malloc(LEN * sizeof *a), *b = malloc(LEN * sizeof *b);
-    assert_true(a && b);
-    randombytes_buf(a, LEN * sizeof *a);
-    memcpy(b, a, LEN * sizeof *a);
+    uint32_t *init = malloc(LEN * sizeof *init), *ref = malloc(LEN * sizeof *ref),
+             *x = malloc(LEN * sizeof *x);
+    assert_true(init && ref && x);
+    randombytes_buf(init, LEN * sizeof *init);
     uint8_t seed[M][32];
     randombytes_buf(seed, sizeof seed);
-    for (int s = 0; s < M; s++)
-        assert_int_equal(moeh_secagg_prg_add(a, LEN, seed[s], 99, s % 3 ? +1 : -1), 0);
-    moeh_secagg_prg_set_portable(1);
-    for (int s = 0; s < M; s++)
-        assert_int_equal(moeh_secagg_prg_add(b, LEN, seed[s], 99, s % 3 ? +1 : -1), 0);
-    moeh_secagg_prg_set_portable(0);
-    assert_memory_equal(a, b, LEN * sizeof *a);
-    free(a);
-    free(b);
+    int ran = 0;
+    for (int e = 2; e >= 0; e--) { /* openssl first: the reference */
+        if (moeh_secagg_prg_set_engine(k_engines[e]) != 0) continue;
+        uint32_t *v = e == 2 ? ref : x;
+        memcpy(v, init, LEN * sizeof *v);
+        for (int s = 0; s < M; s++)
+            assert_int_equal(moeh_secagg_prg_add(v, LEN, seed[s], 99, s % 3 ? +1 : -1), 0);
+        if (e != 2) assert_memory_equal(x, ref, LEN * sizeof *x);
+        ran++;
+    }
+    assert_int_equal(ran, 1 + cpu_vaes + cpu_wide);
+    assert_int_equal(moeh_secagg_prg_set_engine(NULL), 0);
+    assert_string_equal(moeh_secagg_prg_engine(), engine);
+    free(init);
+    free(ref);
+    free(x);
 }
 
 static void test_pair_seed_kat(void **state)

@@ -65,8 +65,10 @@ static void test_wrong_server_key_named(void **state)
     start_coordinator_ex(f, "1", "1", "1", NULL, "coordinator.log");
     int64_t t0 = moeh_now_ms();
     moeh_proc_t *a = agent_with_server_key(f, "site-2.pub", log, sizeof log);
-    wait_exit(a, 20000, MOEH_EXIT_REFUSED);
-    assert_true(moeh_now_ms() - t0 < 8000); /* not the 30 s of --give-up-ms */
+    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
+    /* well before the 30 s of --give-up-ms (the exit code says refused, not gave up); loose,
+     * as agents start slowly on a loaded CI machine (a bound of 8 s failed once under ctest -j2) */
+    assert_true(moeh_now_ms() - t0 < 25000);
     assert_true(file_contains(log, "closed the connection during the CURVE handshake"));
     assert_true(file_contains(log, "site-2.pub is not that coordinator's public key"));
 }
@@ -77,7 +79,7 @@ static void test_own_key_as_server_key_named(void **state)
     char log[400];
     start_coordinator_ex(f, "1", "1", "1", NULL, "coordinator.log");
     moeh_proc_t *a = agent_with_server_key(f, "site-1.pub", log, sizeof log);
-    wait_exit(a, 20000, MOEH_EXIT_REFUSED);
+    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
     assert_true(file_contains(log, "site-1.pub hold the same public key"));
 }
 
@@ -94,8 +96,8 @@ static void test_plain_zmq_peer_named(void **state)
     assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &len), 0);
     int64_t t0 = moeh_now_ms();
     moeh_proc_t *a = agent_at(f, ep, "coordinator.pub", log, sizeof log);
-    wait_exit(a, 20000, MOEH_EXIT_REFUSED);
-    assert_true(moeh_now_ms() - t0 < 8000);
+    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
+    assert_true(moeh_now_ms() - t0 < 25000);
     assert_true(file_contains(log, "does not speak CURVE"));
     assert_false(file_contains(log, "is not that coordinator's public key"));
     zmq_close(r);
@@ -149,8 +151,8 @@ static void test_not_zmq_peer_named(void **state)
     serve_loopback(&g, garbage_main, &th, ep, sizeof ep);
     int64_t t0 = moeh_now_ms();
     moeh_proc_t *a = agent_at(f, ep, "coordinator.pub", log, sizeof log);
-    wait_exit(a, 20000, MOEH_EXIT_REFUSED);
-    assert_true(moeh_now_ms() - t0 < 8000);
+    wait_exit(a, 40000, MOEH_EXIT_REFUSED);
+    assert_true(moeh_now_ms() - t0 < 25000);
     g.stop = 1;
     pthread_join(th, NULL);
     close(g.lfd);
@@ -200,7 +202,7 @@ static void test_silent_peer_named(void **state)
     int64_t t0 = moeh_now_ms();
     assert_int_equal(moeh_monitor_probe(ep, 1000, what, sizeof what), MOEH_PROBE_SILENT);
     int64_t took = moeh_now_ms() - t0;
-    assert_true(took >= 900 && took < 3000);
+    assert_true(took >= 900 && took < 10000); /* its 1 s timeout, not a hang */
     assert_non_null(strstr(what, "no byte in"));
     char *opts[] = {"--give-up-ms", "20000", "--silence-timeout-ms", "2000", NULL};
     t0 = moeh_now_ms();

@@ -8,6 +8,10 @@
 #        MODEL_ARGS  model options of both runs (default "--d-emb 16": the narrower model that
 #                    keeps 100 agents within a 24 GiB machine)
 #        SECAGG_K    --secagg-k of the secure runs (default auto: from the number of sites)
+#        REPEAT      plain/secure pairs per site count, run alternately (default 1): plain_s and
+#                    secure_s are then the medians over the pairs and ratio the median of the
+#                    pairs' ratios, ratio_range their spread (on a shared or noisy machine one
+#                    pair can be 15 % off); the other columns are from the last pair
 #
 # Every run is `moeh run` (real processes on loopback). The bench re-executes itself in a
 # network namespace of its own (root; `unshare -n`), so the loopback byte counters count this
@@ -63,15 +67,19 @@ for f in glob.glob(sys.argv[1] + "/site-out/*/local_metrics.jsonl"):
 rs = sorted(per)[1:-1] or sorted(per)
 print(f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.0f}")' "$1"
 }
-printf "%5s %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" sites k plain_s \
-    secure_s ratio coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
-    agent_scpu coord_cpu coord_scpu cpu_ratio
+printf "%5s %6s %9s %9s %6s %11s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" sites k plain_s \
+    secure_s ratio ratio_range coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
+    agent_scpu coord_cpu coord_scpu cpu_ratio site_ms site_sms site_ratio
 for n in ${SITES_LIST:-10 20 40 100}; do
     bench_sites "$bin" "$work" "$n"
+    pairs=""
+    for rep in $(seq 1 "${REPEAT:-1}"); do
     for mode in plain secure; do
         flag=--secagg=false
         [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"
-        wrap="$work/bin-$mode-$n"; mkdir -p "$wrap" "$work/rss-$mode-$n"
+        wrap="$work/bin-$mode-$n"
+        rm -rf "$work/run-$mode-$n" "$work/rss-$mode-$n" # (the pair before)
+        mkdir -p "$wrap" "$work/rss-$mode-$n"
         printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o %s/coordinator "%s" "$@"\n' \
             "$work/rss-$mode-$n" "$bin/moeh-coordinator" > "$wrap/moeh-coordinator"
         printf '#!/bin/sh\nexec /usr/bin/time -f "%%M %%U %%S" -o %s/agent.$$ "%s" "$@"\n' \
@@ -96,17 +104,27 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         eval "b_$mode=\$(( (b1 - b0) / n / rounds / 1024 ))"
         eval "sc_$mode=\$(site_cpu_ms $work/run-$mode-$n)"
     done
+    pairs="$pairs $t_plain:$t_secure"
+    done
+    # the medians over the pairs: plain, secure, ratio, and the ratios' range
+    read -r t_plain t_secure ratio range < <(python3 -c '
+import statistics, sys
+p = [tuple(map(float, x.split(":"))) for x in sys.argv[1:]]
+r = [s / q for q, s in p]
+print(f"{statistics.median(q for q, _ in p):.2f} {statistics.median(s for _, s in p):.2f}",
+      f"{statistics.median(r):.2f} {min(r):.2f}-{max(r):.2f}")' $pairs)
     k=$(grep -ho "SecAgg+ with k = [0-9]*" "$work/run-secure-$n/logs/"coordinator* | head -n1 |
         awk "{print \$NF}" || true)
-    printf "%5d %6s %9s %9s %6s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" \
+    printf "%5d %6s %9s %9s %6s %11s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" \
         "$n" "${k:-all}" \
-        "$t_plain" "$t_secure" "$(python3 -c "print(f'{$t_secure/$t_plain:.2f}')")" "$c_plain" \
+        "$t_plain" "$t_secure" "$ratio" "$range" "$c_plain" \
         "$c_secure" "$a_plain" "$a_secure" "$b_plain" "$b_secure" "$ac_plain" "$ac_secure" \
         "$cc_plain" "$cc_secure" \
         "$(python3 -c "print(f'{($ac_secure+$cc_secure)/($ac_plain+$cc_plain):.2f}')")" \
         "$sc_plain" "$sc_secure" "$(python3 -c "print(f'{$sc_secure/$sc_plain:.2f}')")"
 done
-echo "# k: SecAgg+ neighbours of the secure run (all: every pair masks); *_MB: peak RSS (agent:"
+echo "# ratio: secure_s / plain_s (with REPEAT > 1 the median of the pairs' ratios, ratio_range their"
+echo "# min-max); k: SecAgg+ neighbours of the secure run (all: every pair masks); *_MB: peak RSS (agent:"
 echo "# the largest of the agents); KiB_site_rd: loopback bytes / sites / rounds (s: secure);"
 echo "# agent_cpu / coord_cpu: CPU seconds (user + system) per round of the mean agent and of the"
 echo "# coordinator, start-up and statistics phase included (s: secure); cpu_ratio: (agent + coordinator"

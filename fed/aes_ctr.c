@@ -71,7 +71,6 @@ VAES_FN void moeh_aes256_expand(moeh_aes256_key_t *k, const uint8_t key[32])
     EXPAND_PAIR(10, 0x10);
     EXPAND_PAIR(12, 0x20);
     EXPAND_EVEN(14, 0x40);
-    a = b = _mm_setzero_si128();
 }
 
 /* out[0..7] +=/-= x's words, or only the first m < 8 */

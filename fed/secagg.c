@@ -139,7 +139,8 @@ int moeh_secagg_neighbours(const moeh_secagg_cfg_t *cfg, uint32_t i, uint32_t j)
  * with AES-NI runs at 8.1 GB/s on the AVX-512 machine of docs/secagg.md against 5.2 for ChaCha20
  * (the PRG until protocol 8; `openssl speed -evp`, 4 KiB blocks), and every OpenSSL
  * configuration, FIPS included, has it. (Without AES instructions OpenSSL falls back to
- * constant-time bit-sliced code, slower than ChaCha20 but not leaky.) */
+ * constant-time bit-sliced code, slower than ChaCha20 but not leaky.) Where the CPU has VAES,
+ * fed/aes_ctr.c computes the same stream faster and adds it as it goes (the engines below). */
 static EVP_CIPHER *g_aes;
 static pthread_once_t g_aes_once = PTHREAD_ONCE_INIT;
 

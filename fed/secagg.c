@@ -197,18 +197,15 @@ static const char *const k_engine_name[] = {"openssl", "vaes", "vaes512"};
 static int g_engine_cpu, g_engine_set = -1;
 static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
 
-static int env_on(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v && strcmp(v, "0");
-}
-
 static void engine_probe(void)
 {
 #ifdef MOEH_HAVE_VAES_CTR
+    const char *no_vaes = getenv("MOEH_NO_VAES"), *no_avx512 = getenv("MOEH_NO_AVX512");
+#define ENV_ON(v) ((v) && *(v) && strcmp((v), "0"))
     int cpu = moeh_aes_ctr_vaes_cpu();
-    if (env_on("MOEH_NO_VAES")) cpu = 0;
-    if (cpu == 2 && env_on("MOEH_NO_AVX512")) cpu = 1;
+    if (ENV_ON(no_vaes)) cpu = 0;
+    if (cpu == 2 && ENV_ON(no_avx512)) cpu = 1;
+#undef ENV_ON
     g_engine_cpu = cpu == 2 ? ENGINE_VAES512 : cpu == 1 ? ENGINE_VAES : ENGINE_OPENSSL;
 #endif
 }

@@ -31,6 +31,9 @@
 
 #include <math.h>
 #include <sodium.h>
+#ifdef __x86_64__
+#include <cpuid.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,23 +149,27 @@ static void test_prg_blocks_are_one_stream(void **state)
     assert_int_equal(moeh_secagg_prg_set_engine(NULL), 0);
 }
 
-/* 1 if /proc/cpuinfo lists `flag` for the first CPU (0 where there is none): the kernel's word,
- * independent of the library's own cpuid check */
-static int cpuinfo_has(const char *flag)
+/* The VAES engines this process's CPU runs: *vaes for AES + AVX + AVX2 + VAES with the AVX
+ * registers saved by the OS, *wide for AVX-512 F + BW as well with their registers saved. Read
+ * from CPUID here, apart from fed/aes_ctr.c's own check, and not from /proc/cpuinfo: under
+ * valgrind the process sees valgrind's virtual CPU (no VAES), not the host's. */
+static void cpu_engines(int *vaes, int *wide)
 {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[8192];
-    int has = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "flags", 5)) {
-            char pat[64];
-            snprintf(pat, sizeof pat, " %s", flag);
-            for (char *p = strstr(line, pat); p && !has; p = strstr(p + 1, pat))
-                has = p[strlen(pat)] == ' ' || p[strlen(pat)] == '\n';
-            break;
-        }
-    if (f) fclose(f);
-    return has;
+    *vaes = *wide = 0;
+#ifdef __x86_64__
+    unsigned l1[4], l7[4];
+    if (!__get_cpuid(1, &l1[0], &l1[1], &l1[2], &l1[3]) ||
+        !__get_cpuid_count(7, 0, &l7[0], &l7[1], &l7[2], &l7[3]))
+        return;
+    const unsigned aes = 1u << 25, osxsave = 1u << 27, avx = 1u << 28;
+    if ((l1[2] & (aes | osxsave | avx)) != (aes | osxsave | avx)) return;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const unsigned ymm_state = 0x6, zmm_state = 0xe0;
+    const unsigned avx2 = 1u << 5, avx512f = 1u << 16, avx512bw = 1u << 30, vaes_bit = 1u << 9;
+    *vaes = (lo & ymm_state) == ymm_state && (l7[1] & avx2) && (l7[2] & vaes_bit);
+    *wide = *vaes && (lo & zmm_state) == zmm_state && (l7[1] & avx512f) && (l7[1] & avx512bw);
+#endif
 }
 
 /* The default engine is the fastest the CPU has (so the fast path is not silently off), unless
@@ -175,8 +182,8 @@ static void test_prg_engines_agree(void **state)
     const char *engine = moeh_secagg_prg_engine();
     printf("mask PRG engine on this machine: %s\n", engine);
     /* what the CPU runs (moeh_secagg_prg_set_engine), and what the environment leaves (default) */
-    int cpu_vaes = cpuinfo_has("vaes") && cpuinfo_has("avx2") && cpuinfo_has("aes");
-    int cpu_wide = cpu_vaes && cpuinfo_has("avx512f") && cpuinfo_has("avx512bw");
+    int cpu_vaes, cpu_wide;
+    cpu_engines(&cpu_vaes, &cpu_wide);
     int vaes = cpu_vaes && !getenv("MOEH_NO_VAES");
     int wide = cpu_wide && vaes && !getenv("MOEH_NO_AVX512");
     assert_string_equal(engine, wide ? "vaes512" : vaes ? "vaes" : "openssl");

@@ -86,9 +86,9 @@ static void test_prg_kat(void **state)
 
 /* The PRG expands in 4 KiB blocks, up to 32 streams at a time: it adds the very words of one
  * AES-256-CTR call over the whole length (OpenSSL's EVP, here): lengths around the 4-word AES
- * block, the 64-word step of the VAES loop and the 1024-word block of the add loop, both signs,
- * on a vector that is not zero, rounds that differ in every byte of the IV's first 8; nothing
- * past len is touched. Run once per engine (test_prg_engines_agree). */
+ * block, the 64- and 128-word steps of the VAES loops and the 1024-word block of the add loop,
+ * both signs, on a vector that is not zero, rounds that differ in every byte of the IV's first 8;
+ * nothing past len is touched. Run once per engine (test_prg_blocks_are_one_stream). */
 static void prg_one_stream(void)
 {
     static const size_t lens[] = {0,  1,   3,    4,    5,    7,    8,    9,    63,    64,
@@ -172,6 +172,13 @@ static void cpu_engines(int *vaes, int *wide)
 #endif
 }
 
+/* 1 if the variable is set to something other than "" or "0" (the library's reading) */
+static int env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0");
+}
+
 /* The default engine is the fastest the CPU has (so the fast path is not silently off), unless
  * the environment says otherwise; every engine this CPU runs adds the same words as OpenSSL's
  * over many streams at once (the 32-stream groups of prg_add_many, two of them and a part) to a
@@ -184,8 +191,8 @@ static void test_prg_engines_agree(void **state)
     /* what the CPU runs (moeh_secagg_prg_set_engine), and what the environment leaves (default) */
     int cpu_vaes, cpu_wide;
     cpu_engines(&cpu_vaes, &cpu_wide);
-    int vaes = cpu_vaes && !getenv("MOEH_NO_VAES");
-    int wide = cpu_wide && vaes && !getenv("MOEH_NO_AVX512");
+    int vaes = cpu_vaes && !env_on("MOEH_NO_VAES");
+    int wide = cpu_wide && vaes && !env_on("MOEH_NO_AVX512");
     assert_string_equal(engine, wide ? "vaes512" : vaes ? "vaes" : "openssl");
     enum { LEN = 70001, M = 70 };
     uint32_t *init = malloc(LEN * sizeof *init), *ref = malloc(LEN * sizeof *ref),

@@ -92,7 +92,7 @@ VAES_FN static inline void add_words(uint32_t *out, __m256i x, int neg, size_t m
 VAES_FN void moeh_aes256_ctr_add(uint32_t *out, size_t nw, const moeh_aes256_key_t *k,
                                  const uint8_t iv[12], uint32_t block0, int sign)
 {
-    const int neg = sign < 0;
+    const int neg = sign <= 0; /* as secagg.c's add_signed: only sign > 0 adds */
     __m256i rk[15];
     for (int r = 0; r < 15; r++)
         rk[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)k->rk[r]));
@@ -148,6 +148,7 @@ VAES_FN void moeh_aes256_ctr_add(uint32_t *out, size_t nw, const moeh_aes256_key
             x = _mm256_aesenc_epi128(x, rk[r]);
         add_words(out + i, _mm256_aesenclast_epi128(x, rk[14]), neg, nw - i);
     }
+    _mm256_zeroall(); /* no round key or keystream left in a register (ymm0-15: all this uses) */
     sodium_memzero(rk, sizeof rk);
 }
 
@@ -155,7 +156,7 @@ VAES_FN void moeh_aes256_ctr_add(uint32_t *out, size_t nw, const moeh_aes256_key
 VAES512_FN void moeh_aes256_ctr_add512(uint32_t *out, size_t nw, const moeh_aes256_key_t *k,
                                        const uint8_t iv[12], uint32_t block0, int sign)
 {
-    const int neg = sign < 0;
+    const int neg = sign <= 0; /* as secagg.c's add_signed: only sign > 0 adds */
     __m512i rk[15];
     for (int r = 0; r < 15; r++)
         rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)k->rk[r]));
@@ -223,6 +224,21 @@ VAES512_FN void moeh_aes256_ctr_add512(uint32_t *out, size_t nw, const moeh_aes2
         v = neg ? _mm512_sub_epi32(v, x) : _mm512_add_epi32(v, x);
         _mm512_mask_storeu_epi32(out + i, m, v);
     }
+    /* no round key or keystream left in a register: vzeroall clears ymm0-15 (and the upper
+     * halves of zmm0-15), the xors zmm16-31, which the compiler uses here */
+    __asm__ volatile("vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+                     "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+                     "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+                     "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+                     "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
+                     "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+                     "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+                     "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31"
+                     :
+                     :
+                     : "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23",
+                       "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+    _mm256_zeroall();
     sodium_memzero(rk, sizeof rk);
 }
 

@@ -194,7 +194,8 @@ PRG_CLONES static void add_signed(uint32_t *o, const uint32_t *buf, size_t nw, i
  * MOEH_NO_AVX512 heard), decided once; g_engine_set (moeh_secagg_prg_set_engine) overrides it. */
 enum { ENGINE_OPENSSL, ENGINE_VAES, ENGINE_VAES512 };
 static const char *const k_engine_name[] = {"openssl", "vaes", "vaes512"};
-static int g_engine_cpu, g_engine_set = -1;
+static int g_engine_cpu;
+static _Atomic int g_engine_set = -1; /* (atomic: read while a test may set it) */
 static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
 
 static void engine_probe(void)
@@ -264,6 +265,11 @@ static void prg_add_many_vaes(uint32_t *out, size_t len,
         }
     }
     sodium_memzero(ks, sizeof ks);
+    /* The kernels wipe their round-key arrays and registers, but the compiler may spill a round
+     * key elsewhere in their frames, and a lazily bound call (sodium_memzero's first) saves the
+     * vector registers below them: clear the stack the kernels used (review of 2026-12-07 found
+     * seed bytes there without this). */
+    sodium_stackzero(16384);
 }
 #endif
 

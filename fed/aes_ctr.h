@@ -14,7 +14,11 @@
  *
  * The stream: block j (from 0) is AES-256_key(iv[0..11] || j as 32-bit big-endian), and word
  * i of the vector gets the little-endian word at bytes 4(i mod 4).. of block i / 4, which is
- * what OpenSSL's CTR gives as long as the 32-bit counter does not wrap (the caller's job). */
+ * what OpenSSL's CTR gives as long as the 32-bit counter does not wrap (the caller's job).
+ *
+ * Secrets: each call wipes its round-key array and clears the vector registers it used before
+ * returning; the compiler may still spill a round key elsewhere in its frame, so a caller clears
+ * the stack below it once done (secagg.c: sodium_stackzero). */
 #ifndef MOEH_AES_CTR_H
 #define MOEH_AES_CTR_H
 

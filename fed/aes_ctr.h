@@ -1,7 +1,7 @@
 /* aes_ctr.h - private to fed/: AES-256 in counter mode, the stream added to (or subtracted from)
  * a vector of words in the same pass, with the VAES instructions (two AES blocks per
  * instruction in AVX2 registers, four in AVX-512 ones) on the x86-64 CPUs that have them. It is
- * the fast path of the mask PRG of secagg.c (moeh_secagg.h); OpenSSL's EVP AES-256-CTR is the
+ * the fast path of the mask PRG of secagg_prg.c (moeh_secagg.h); OpenSSL's EVP AES-256-CTR is the
  * other, and both give the very same words (tests/test_secagg.c compares them at every length
  * class).
  *
@@ -18,7 +18,7 @@
  *
  * Secrets: each call wipes its round-key array and clears the vector registers it used before
  * returning; the compiler may still spill a round key elsewhere in its frame, so a caller clears
- * the stack below it once done (secagg.c: sodium_stackzero). */
+ * the stack below it once done (secagg_prg.c: sodium_stackzero). */
 #ifndef MOEH_AES_CTR_H
 #define MOEH_AES_CTR_H
 

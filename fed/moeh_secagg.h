@@ -3,8 +3,9 @@
  * docs/secagg.md describes the protocol, its parameters and what it does and does not protect.
  *
  * One round, n clients with ids 0..n-1 (their position in the round's participant list):
- *   0. advertise  each client creates fresh X25519 pairs c (share encryption) and s (masks)
- *                 and sends both public keys;                      moeh_secagg_client_pubkeys()
+ *   0. advertise  each client creates a fresh X25519 pair s (masks) and self-mask seed b_i;
+ *                 it sends s_pk and its site's share key c_pk (share encryption, kept
+ *                 across sessions: moeh_secagg_ident_t);           moeh_secagg_client_pubkeys()
  *   1. share      given everyone's public keys, each client Shamir-splits its self-mask seed
  *                 b_i and its s secret key t-of-|G(i)| and encrypts one share pair per peer;
  *                 the server forwards each ciphertext to its addressee.
@@ -115,21 +116,26 @@ int moeh_secagg_pair_seed(uint8_t seed[MOEH_SECAGG_KEY_BYTES], const uint8_t my_
                           const uint8_t my_pk[32], const uint8_t peer_pk[32], uint32_t me,
                           uint32_t peer, uint64_t round) MOEH_SECAGG_WUR;
 
-/* Encrypts a share pair from client `from` to client `to` with the crypto_kx session key of
- * their c keys (the lower id plays the kx client; each direction has its own key), ChaCha20-
- * Poly1305-IETF, nonce = round || 0, associated data "moeh-secagg-share-v1" || round || from ||
- * to. Keys are fresh each round and each direction carries one message, so the fixed nonce is
- * never reused. 0 or -EINVAL (bad peer key). */
+/* Share encryption (protocol 10). The pair keys of `from` and `to` are crypto_kx's on their c
+ * keys (the lower key, bytes compared, plays the kx client; the lower id if the keys are equal);
+ * the direction's session key is BLAKE2b-256 keyed by the pair key of that direction, of
+ * "moeh-secagg-share-v2" || round || from || to || s_pk(from) || s_pk(to); ChaCha20-Poly1305-IETF
+ * with nonce = round || 0 and associated data "moeh-secagg-share-v2" || round || from || to.
+ * The s keys are fresh each session and each direction carries one message, so no key meets a
+ * nonce twice even when c keys live across sessions and a session id repeats.
+ * Seal, run by `from` with its c secret key: 0 or -EINVAL (bad peer key). */
 int moeh_secagg_share_seal(uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES],
                            const uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], uint64_t round,
-                           uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
-                           const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32]) MOEH_SECAGG_WUR;
-/* The inverse, run by `to` (my keys) on a ciphertext claimed to come from `from` (peer key).
+                           uint32_t from, uint32_t to, const moeh_secagg_pubkeys_t *from_keys,
+                           const moeh_secagg_pubkeys_t *to_keys,
+                           const uint8_t from_c_sk[32]) MOEH_SECAGG_WUR;
+/* The inverse, run by `to` with its c secret key on a ciphertext claimed to come from `from`.
  * 0, or -EBADMSG if it was not sealed for exactly (round, from, to) with these keys. */
 int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
                            const uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES], uint64_t round,
-                           uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
-                           const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32]) MOEH_SECAGG_WUR;
+                           uint32_t from, uint32_t to, const moeh_secagg_pubkeys_t *from_keys,
+                           const moeh_secagg_pubkeys_t *to_keys,
+                           const uint8_t to_c_sk[32]) MOEH_SECAGG_WUR;
 
 /* t-of-n Shamir split of a 32-byte secret: out[h] is the share of point xs[h] (distinct, in
  * [1, 2^31)). Random coefficients from randombytes. 0, -EINVAL or -ENOMEM. */
@@ -144,8 +150,26 @@ int moeh_secagg_shamir_combine(uint8_t secret[32], const moeh_secagg_share_t *sh
 /* ---- client ------------------------------------------------------------------------------ */
 typedef struct moeh_secagg_client moeh_secagg_client_t;
 
-/* A client with fresh keys and self-mask seed. 0, -EINVAL or -ENOMEM (message in err).
- * Caller owns *out: moeh_secagg_client_destroy(&c). */
+/* A site's share key: the c key pair its clients advertise, kept across sessions (its secret is
+ * never revealed: only s keys and self-mask seeds are), with the crypto_kx keys agreed with each
+ * peer key met so far (up to MOEH_SECAGG_MAX_CLIENTS; then forgotten and agreed again), so that
+ * a session costs one X25519 per new peer key instead of a key pair and one per neighbour.
+ * sodium_malloc'd. Not thread-safe. 0, -EIO or -ENOMEM (message in err). */
+typedef struct moeh_secagg_ident moeh_secagg_ident_t;
+int moeh_secagg_ident_create(moeh_secagg_ident_t **out, moeh_err_t *err) MOEH_SECAGG_WUR;
+/* NULL-safe; wipes; sets *self_p = NULL. */
+void moeh_secagg_ident_destroy(moeh_secagg_ident_t **self_p);
+void moeh_secagg_ident_pk(const moeh_secagg_ident_t *ident, uint8_t pk[MOEH_SECAGG_KEY_BYTES]);
+/* The X25519 agreements the share key has run so far (tests, benchmarks). */
+uint64_t moeh_secagg_ident_agreements(const moeh_secagg_ident_t *ident);
+
+/* A client with a fresh s key pair and self-mask seed, and the share key `ident` (borrowed: it
+ * must outlive the client), or a share key of its own when ident is NULL. 0, -EINVAL or -ENOMEM
+ * (message in err). Caller owns *out: moeh_secagg_client_destroy(&c). */
+int moeh_secagg_client_create_with(const moeh_secagg_cfg_t *cfg, uint32_t id,
+                                   moeh_secagg_ident_t *ident, moeh_secagg_client_t **out,
+                                   moeh_err_t *err) MOEH_SECAGG_WUR;
+/* moeh_secagg_client_create_with(cfg, id, NULL, out, err): every key fresh. */
 int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_client_t **out,
                               moeh_err_t *err) MOEH_SECAGG_WUR;
 /* The same with keys and b derived from seed (BLAKE2b), for known-answer tests only: anybody

@@ -1,5 +1,6 @@
-/* secagg.c - secure aggregation: masks, Shamir shares, share encryption, unmasking (moeh_secagg.h,
- * docs/secagg.md). The mask PRG itself (AES-256-CTR, its engines) is in secagg_prg.c.
+/* secagg.c - secure aggregation: masks, Shamir shares, unmasking (moeh_secagg.h, docs/secagg.md).
+ * The mask PRG itself (AES-256-CTR, its engines) is in secagg_prg.c, share encryption and the
+ * share key in secagg_keys.c.
  *
  * Field arithmetic is GF(p), p = 2^61 - 1 (a Mersenne prime: reduction is a shift and an add),
  * 128-bit products. Every buffer that holds a secret (keys, b, shares, polynomial coefficients,
@@ -7,6 +8,7 @@
  * with sodium_memzero before the function returns, on every path. */
 #include "moeh_secagg.h"
 
+#include "secagg_keys.h"
 #include "secagg_prg.h"
 
 #include <pthread.h>
@@ -150,89 +152,6 @@ out:
     return rc;
 }
 
-/* ---- share encryption -------------------------------------------------------------------- */
-/* The session key for direction from -> to, computed by `me` (one of the two). */
-static int dir_key(uint8_t key[crypto_kx_SESSIONKEYBYTES], uint32_t from, uint32_t to, uint32_t me,
-                   const uint8_t my_pk[32], const uint8_t my_sk[32], const uint8_t peer_pk[32])
-{
-    uint8_t rx[crypto_kx_SESSIONKEYBYTES], tx[crypto_kx_SESSIONKEYBYTES];
-    uint32_t peer = me == from ? to : from;
-    int rc = me < peer ? crypto_kx_client_session_keys(rx, tx, my_pk, my_sk, peer_pk)
-                       : crypto_kx_server_session_keys(rx, tx, my_pk, my_sk, peer_pk);
-    if (rc == 0) memcpy(key, me == from ? tx : rx, crypto_kx_SESSIONKEYBYTES);
-    sodium_memzero(rx, sizeof rx);
-    sodium_memzero(tx, sizeof tx);
-    return rc == 0 ? 0 : -EINVAL;
-}
-
-#define AD_TAG "moeh-secagg-share-v1"
-#define AD_BYTES (sizeof AD_TAG - 1 + 8 + 4 + 4)
-
-static void share_ad(uint8_t ad[AD_BYTES], uint8_t nonce[12], uint64_t round, uint32_t from,
-                     uint32_t to)
-{
-    memcpy(ad, AD_TAG, sizeof AD_TAG - 1);
-    put_u64(ad + sizeof AD_TAG - 1, round);
-    put_u32(ad + sizeof AD_TAG - 1 + 8, from);
-    put_u32(ad + sizeof AD_TAG - 1 + 12, to);
-    put_u64(nonce, round);
-    memset(nonce + 8, 0, 4);
-}
-
-/* Seals (seal: plain `in` -> ciphertext `out`) or opens (ciphertext `in` -> plain `out`, zeroed
- * when refused) the share sent from -> to in round, under that direction's session key. */
-static int share_crypt_key(int seal, uint8_t *out, const uint8_t *in, uint64_t round, uint32_t from,
-                           uint32_t to, const uint8_t key[crypto_kx_SESSIONKEYBYTES])
-{
-    uint8_t ad[AD_BYTES], nonce[12];
-    unsigned long long len = 0;
-    int rc;
-    share_ad(ad, nonce, round, from, to);
-    if (seal)
-        return crypto_aead_chacha20poly1305_ietf_encrypt(out, &len, in,
-                                                         MOEH_SECAGG_SHARE_PLAIN_BYTES, ad,
-                                                         sizeof ad, NULL, nonce, key) == 0 &&
-                       len == MOEH_SECAGG_SHARE_CT_BYTES
-                   ? 0
-                   : -EIO;
-    rc = crypto_aead_chacha20poly1305_ietf_decrypt(out, &len, NULL, in, MOEH_SECAGG_SHARE_CT_BYTES,
-                                                   ad, sizeof ad, nonce, key) == 0 &&
-                 len == MOEH_SECAGG_SHARE_PLAIN_BYTES
-             ? 0
-             : -EBADMSG;
-    if (rc) sodium_memzero(out, MOEH_SECAGG_SHARE_PLAIN_BYTES);
-    return rc;
-}
-
-/* The same, with the session key as the sender (seal) or the receiver (open) computes it. */
-static int share_crypt(int seal, uint8_t *out, const uint8_t *in, uint64_t round, uint32_t from,
-                       uint32_t to, const uint8_t my_c_pk[32], const uint8_t my_c_sk[32],
-                       const uint8_t peer_c_pk[32])
-{
-    uint8_t key[crypto_kx_SESSIONKEYBYTES];
-    if (from == to) return -EINVAL;
-    int rc = dir_key(key, from, to, seal ? from : to, my_c_pk, my_c_sk, peer_c_pk);
-    if (rc == 0) rc = share_crypt_key(seal, out, in, round, from, to, key);
-    sodium_memzero(key, sizeof key);
-    return rc;
-}
-
-int moeh_secagg_share_seal(uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES],
-                           const uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], uint64_t round,
-                           uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
-                           const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
-{
-    return share_crypt(1, ct, plain, round, from, to, my_c_pk, my_c_sk, peer_c_pk);
-}
-
-int moeh_secagg_share_open(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES],
-                           const uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES], uint64_t round,
-                           uint32_t from, uint32_t to, const uint8_t my_c_pk[32],
-                           const uint8_t my_c_sk[32], const uint8_t peer_c_pk[32])
-{
-    return share_crypt(0, plain, ct, round, from, to, my_c_pk, my_c_sk, peer_c_pk);
-}
-
 /* ---- GF(2^61 - 1) and Shamir ------------------------------------------------------------- */
 static uint64_t f_add(uint64_t a, uint64_t b)
 {
@@ -363,10 +282,12 @@ struct moeh_secagg_client { /* sodium_malloc'd: it holds the secrets */
     moeh_secagg_cfg_t cfg;
     uint32_t id;
     int phase;
-    uint8_t c_pk[32], c_sk[32], s_pk[32], s_sk[32], b[32];
+    moeh_secagg_ident_t *ident; /* the share key: borrowed, or owned if own_ident */
+    int own_ident;
+    uint8_t s_pk[32], s_sk[32], b[32];
     held_pair_t *held; /* sodium_malloc'd, n: shares held, of each owner */
-    /* sodium_malloc'd, n: the key of the share each neighbour sends here, kept from the key
-     * exchange of phase 1 (one X25519 per neighbour gives both directions' keys) */
+    /* sodium_malloc'd, n: the session key of the share each neighbour sends here, drawn in
+     * phase 1 with the key this client seals its own share for it with */
     uint8_t (*rx)[crypto_kx_SESSIONKEYBYTES];
     /* public state, one malloc'd block */
     moeh_secagg_pubkeys_t *keys;            /* n advertised keys (copied in phase 1) */
@@ -411,16 +332,21 @@ static int client_alloc(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_c
     return 0;
 }
 
-int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_client_t **out,
-                              moeh_err_t *err)
+int moeh_secagg_client_create_with(const moeh_secagg_cfg_t *cfg, uint32_t id,
+                                   moeh_secagg_ident_t *ident, moeh_secagg_client_t **out,
+                                   moeh_err_t *err)
 {
     moeh_secagg_client_t *c = NULL;
     int rc = client_alloc(cfg, id, &c, err);
     if (rc) return rc;
-    if (crypto_kx_keypair(c->c_pk, c->c_sk) != 0) {
-        moeh_secagg_client_destroy(&c);
-        return moeh_errf(err, -EIO, "secagg: key generation failed");
-    }
+    if (!ident) {
+        if ((rc = moeh_secagg_ident_create(&c->ident, err)) != 0) {
+            moeh_secagg_client_destroy(&c);
+            return rc;
+        }
+        c->own_ident = 1;
+    } else
+        c->ident = ident;
     randombytes_buf(c->s_sk, sizeof c->s_sk);
     randombytes_buf(c->b, sizeof c->b);
     if (crypto_scalarmult_base(c->s_pk, c->s_sk) != 0) {
@@ -429,6 +355,12 @@ int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_se
     }
     *out = c;
     return 0;
+}
+
+int moeh_secagg_client_create(const moeh_secagg_cfg_t *cfg, uint32_t id, moeh_secagg_client_t **out,
+                              moeh_err_t *err)
+{
+    return moeh_secagg_client_create_with(cfg, id, NULL, out, err);
 }
 
 int moeh_secagg_client_create_seeded(const moeh_secagg_cfg_t *cfg, uint32_t id,
@@ -442,11 +374,11 @@ int moeh_secagg_client_create_seeded(const moeh_secagg_cfg_t *cfg, uint32_t id,
     if (crypto_generichash(cseed, sizeof cseed, (const uint8_t *)"c", 1, seed, 32) != 0 ||
         crypto_generichash(c->s_sk, 32, (const uint8_t *)"s", 1, seed, 32) != 0 ||
         crypto_generichash(c->b, 32, (const uint8_t *)"b", 1, seed, 32) != 0 ||
-        crypto_kx_seed_keypair(c->c_pk, c->c_sk, cseed) != 0 ||
-        crypto_scalarmult_base(c->s_pk, c->s_sk) != 0) {
+        crypto_scalarmult_base(c->s_pk, c->s_sk) != 0)
         rc = moeh_errf(err, -EIO, "secagg: key derivation failed");
-        moeh_secagg_client_destroy(&c);
-    }
+    else if ((rc = moeh_secagg_ident_create_seeded(&c->ident, cseed, err)) == 0)
+        c->own_ident = 1;
+    if (rc) moeh_secagg_client_destroy(&c);
     sodium_memzero(cseed, sizeof cseed);
     *out = c;
     return rc;
@@ -456,6 +388,7 @@ void moeh_secagg_client_destroy(moeh_secagg_client_t **self_p)
 {
     if (!self_p || !*self_p) return;
     moeh_secagg_client_t *c = *self_p;
+    if (c->own_ident) moeh_secagg_ident_destroy(&c->ident);
     sodium_free(c->held); /* NULL-safe; wipes */
     sodium_free(c->rx);
     free(c->keys);
@@ -465,7 +398,7 @@ void moeh_secagg_client_destroy(moeh_secagg_client_t **self_p)
 
 void moeh_secagg_client_pubkeys(const moeh_secagg_client_t *c, moeh_secagg_pubkeys_t *out)
 {
-    memcpy(out->c_pk, c->c_pk, 32);
+    moeh_secagg_ident_pk(c->ident, out->c_pk);
     memcpy(out->s_pk, c->s_pk, 32);
 }
 
@@ -489,7 +422,9 @@ int moeh_secagg_client_share_keys(moeh_secagg_client_t *c, const moeh_secagg_pub
     int rc = 0;
     if (c->phase != PH_CREATED)
         return moeh_errf(err, -EALREADY, "secagg: client %u has shared its keys already", me);
-    if (!present[me] || sodium_memcmp(keys[me].c_pk, c->c_pk, 32) != 0 ||
+    uint8_t my_c_pk[32];
+    moeh_secagg_ident_pk(c->ident, my_c_pk);
+    if (!present[me] || sodium_memcmp(keys[me].c_pk, my_c_pk, 32) != 0 ||
         sodium_memcmp(keys[me].s_pk, c->s_pk, 32) != 0)
         return moeh_errf(err, -EINVAL, "secagg: client %u's own keys are not in the key list", me);
     memset(sent, 0, n);
@@ -519,12 +454,11 @@ int moeh_secagg_client_share_keys(moeh_secagg_client_t *c, const moeh_secagg_pub
         }
         pack_pair(plain, &sh[h], &sh[nh + h]);
         uint8_t tx[crypto_kx_SESSIONKEYBYTES];
-        rc = (me < j ? crypto_kx_client_session_keys(c->rx[j], tx, c->c_pk, c->c_sk, keys[j].c_pk)
-                     : crypto_kx_server_session_keys(c->rx[j], tx, c->c_pk, c->c_sk,
-                                                     keys[j].c_pk)) == 0
-                 ? share_crypt_key(1, cts + (size_t)j * MOEH_SECAGG_SHARE_CT_BYTES, plain,
-                                   c->cfg.round, me, j, tx)
-                 : -EINVAL;
+        rc = moeh_secagg_ident_session_keys(c->ident, keys[j].c_pk, me, j, c->cfg.round, c->s_pk,
+                                            keys[j].s_pk, tx, c->rx[j]);
+        if (rc == 0)
+            rc = moeh_secagg_share_crypt_key(1, cts + (size_t)j * MOEH_SECAGG_SHARE_CT_BYTES, plain,
+                                             c->cfg.round, me, j, tx);
         sodium_memzero(tx, sizeof tx);
         if (rc) {
             rc = moeh_errf(err, rc, "secagg: client %u's c key is not usable", j);
@@ -556,7 +490,7 @@ int moeh_secagg_client_receive_share(moeh_secagg_client_t *c, uint32_t from,
     if (c->have[from])
         return moeh_errf(err, -EINVAL, "secagg: client %u has %u's share already", c->id, from);
     /* the key of phase 1 (from is a neighbour in U1, so its c key was usable there) */
-    rc = share_crypt_key(0, plain, ct, c->cfg.round, from, c->id, c->rx[from]);
+    rc = moeh_secagg_share_crypt_key(0, plain, ct, c->cfg.round, from, c->id, c->rx[from]);
     if (rc) {
         rc = moeh_errf(err, -EBADMSG, "secagg: the share from %u to %u does not authenticate", from,
                        c->id);

@@ -15,9 +15,10 @@
 #include "moeh_schema.h"
 #include "moeh_secsum.h"
 
-#define MOEH_PROTOCOL_VERSION                                                                      \
-    9u /* 6: Hello.n_val; 7: UploadChunk, UploadCredit; 8: RoundStart.model_held; 9: VALIDATE      \
-        * evaluates the test split too (EvalResult.validation), masks from AES-256-CTR */
+/* 6: Hello.n_val; 7: UploadChunk, UploadCredit; 8: RoundStart.model_held; 9: VALIDATE evaluates
+ * the test split too (EvalResult.validation), masks from AES-256-CTR; 10: shares sealed under
+ * session keys drawn from the sites' long-lived share keys (fed/moeh_secagg.h) */
+#define MOEH_PROTOCOL_VERSION 10u
 /* Most rows a Hello may declare per split (n_train, n_eval, n_val): exact as a double, as the
  * registry's [limits] (moeh_keys.h) */
 #define MOEH_WIRE_MAX_ROWS ((1ull << 53) - 1)

@@ -895,6 +895,7 @@ out:
         MOEH_ASSERT(zmq_errno() == EINTR);
     moeh_keypair_destroy(&a.kp);
     moeh_agent_sa_end(&a, NULL, NULL); /* its secrets, and a RoundStart kept for the keys */
+    moeh_secagg_ident_destroy(&a.sa_ident);
     free_model(&a);
     return rc;
 }

@@ -91,6 +91,9 @@ struct agent {
     int fatal_rc;
     /* secure aggregation of the current phase (sa == NULL: none in progress) */
     moeh_secagg_client_t *sa;
+    /* the share key every session's client advertises, made at the first session, kept until
+     * exit (fed/moeh_secagg.h: its secret is never revealed; its pair keys are kept) */
+    moeh_secagg_ident_t *sa_ident;
     uint64_t sa_session, sa_version;
     uint32_t sa_round, sa_n;
     Moeh__RoundTask sa_task;

@@ -2,10 +2,10 @@
  * agent_int.h).
  *
  * When a RoundStart (TRAIN, STATS, VALIDATE or EVALUATE) carries secagg parameters, the phase's
- * vector of words (fed/moeh_secsum.h) is not sent in clear. Keys first: at the RoundStart, fresh
- * round keys (SecaggAdvertise) -> on SecaggKeys, encrypted shares (SecaggShares), then the
- * phase's work, which makes the vector -> on the forwarded shares, the masked vector
- * (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The
+ * vector of words (fed/moeh_secsum.h) is not sent in clear. Keys first: at the RoundStart, a
+ * fresh s key and the process's share key (SecaggAdvertise) -> on SecaggKeys, encrypted shares
+ * (SecaggShares), then the phase's work, which makes the vector -> on the forwarded shares, the
+ * masked vector (SecaggMasked) -> on SecaggUnmask, its shares (SecaggReveal). The
  * moeh_secagg_client_t holds the session's secrets and is destroyed at the next RoundStart, on
  * any failure, on a model rebuild and at exit. A message of another session is ignored. */
 #include "agent_int.h"
@@ -50,9 +50,13 @@ void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m)
     a->sa_round = rs->round;
     a->sa_task = rs->task;
     a->sa_grant = rs->grant_uploads;
-    if (rc || (rc = moeh_secagg_client_create(&cfg, sp->id, &a->sa, &err)) != 0) {
-        moeh_agent_sa_end(a, "cannot start",
-                          rc == -EIO ? "libsodium failed to initialise" : err.msg);
+    if (rc) {
+        moeh_agent_sa_end(a, "cannot start", "libsodium failed to initialise");
+        return;
+    }
+    if ((!a->sa_ident && (rc = moeh_secagg_ident_create(&a->sa_ident, &err)) != 0) ||
+        (rc = moeh_secagg_client_create_with(&cfg, sp->id, a->sa_ident, &a->sa, &err)) != 0) {
+        moeh_agent_sa_end(a, "cannot start", err.msg);
         return;
     }
     a->sa_session = sp->session;

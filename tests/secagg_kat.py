@@ -41,15 +41,19 @@ def pair_seed(sk, pk_me, pk_peer, me, peer, rnd):
     return hashlib.blake2b(msg, key=q, digest_size=32).digest()
 
 
-def seal(plain, rnd, frm, to, sk_from, pk_from, pk_to):
-    q = x25519(sk_from, pk_to)
-    if frm < to:  # kx client: rx || tx = H(q || client_pk || server_pk); send with tx
-        key = hashlib.blake2b(q + pk_from + pk_to, digest_size=64).digest()[32:]
+def seal(plain, rnd, frm, to, c_sk_from, c_pk_from, c_pk_to, s_pk_from, s_pk_to):
+    # protocol 10: the crypto_kx pair key (the lower c key plays the kx client), then a session
+    # key hashing both sites' s keys of the session
+    q = x25519(c_sk_from, c_pk_to)
+    if c_pk_from < c_pk_to or (c_pk_from == c_pk_to and frm < to):
+        # kx client: rx || tx = H(q || client_pk || server_pk); send with tx
+        pair = hashlib.blake2b(q + c_pk_from + c_pk_to, digest_size=64).digest()[32:]
     else:  # kx server: tx || rx = H(q || client_pk || server_pk)
-        key = hashlib.blake2b(q + pk_to + pk_from, digest_size=64).digest()[:32]
-    ad = b"moeh-secagg-share-v1" + struct.pack("<QII", rnd, frm, to)
+        pair = hashlib.blake2b(q + c_pk_to + c_pk_from, digest_size=64).digest()[:32]
+    head = b"moeh-secagg-share-v2" + struct.pack("<QII", rnd, frm, to)
+    key = hashlib.blake2b(head + s_pk_from + s_pk_to, key=pair, digest_size=32).digest()
     nonce = struct.pack("<Q", rnd) + bytes(4)
-    return ChaCha20Poly1305(key).encrypt(nonce, plain, ad)
+    return ChaCha20Poly1305(key).encrypt(nonce, plain, head)
 
 
 def main():
@@ -65,10 +69,16 @@ def main():
     assert s_ab == s_ba
     print("pair seed (ids 3,1 round 42):", s_ab.hex())
     plain = bytes(range(80))
-    ct = seal(plain, 42, 3, 1, sk_a, pa, pb)
+    # site A (id 3): c key 0x11.., s key 0x44..; site B (id 1): c key 0x22.., s key 0x55..
+    sa, sb = pk_of(bytes([0x44] * 32)), pk_of(bytes([0x55] * 32))
+    print("A's c key is", "lower" if pa < pb else "higher", "than B's")
+    ct = seal(plain, 42, 3, 1, sk_a, pa, pb, sa, sb)
     print("seal 3->1 round 42 first 16 bytes:", ct[:16].hex(), "tag:", ct[-16:].hex())
-    ct2 = seal(plain, 42, 1, 3, sk_b, pb, pa)
+    ct2 = seal(plain, 42, 1, 3, sk_b, pb, pa, sb, sa)
     print("seal 1->3 round 42 first 16 bytes:", ct2[:16].hex())
+    # the same sites with their ids swapped: A (id 1, the higher c key) is still the kx server
+    ct3 = seal(plain, 42, 1, 3, sk_a, pa, pb, sa, sb)
+    print("seal A as 1 -> B as 3, round 42, first 16 bytes:", ct3[:16].hex())
 
 
 if __name__ == "__main__":

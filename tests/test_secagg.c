@@ -1,10 +1,9 @@
 /* test_secagg.c - secure aggregation (fed/secagg.c, docs/secagg.md).
  *
- * Known answers: the PRG's first words (and across the 4 KiB block boundary), a pairwise seed and
- * a sealed share equal the values tests/secagg_kat.py computes independently with Python's
- * `cryptography` and hashlib. Share encryption: a share sealed for (i, j) in round r opens only as
- * (i, j, r) by j: not as (i, k) with k's keys or j's keys, not in round r + 1, not reversed, not
- * tampered; clients refuse it from the wrong sender, at the wrong addressee, and twice. Shamir over
+ * Known answers: the PRG's first words (and across the 4 KiB block boundary) and a pairwise seed
+ * equal the values tests/secagg_kat.py computes independently with Python's `cryptography` and
+ * hashlib (share encryption and share keys: test_secagg_keys.c). Clients refuse a share from the
+ * wrong sender, at the wrong addressee, and twice. Shamir over
  * GF(2^61 - 1): every t-subset of n shares reconstructs, t - 1 shares are refused (-EPERM) and,
  * forced through as if t - 1 were the threshold, do not give the secret. Whole rounds with n = 5
  * and 10 clients (L = 10,000 random words) and SecAgg+ with n = 20, k = 6: the unmasked sum equals
@@ -348,46 +347,6 @@ static void test_pair_seed_kat(void **state)
     assert_memory_not_equal(s2, want, 32);
     /* a low-order peer key gives the all-zero secret: refused */
     assert_int_equal(moeh_secagg_pair_seed(s2, ska, pka, zero, 3, 1, 42), -EINVAL);
-}
-
-static void test_share_seal(void **state)
-{
-    (void)state;
-    uint8_t sk3[32], sk1[32], sk4[32], pk3[32], pk1[32], pk4[32], want[32];
-    uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], back[MOEH_SECAGG_SHARE_PLAIN_BYTES];
-    uint8_t ct[MOEH_SECAGG_SHARE_CT_BYTES], ct2[MOEH_SECAGG_SHARE_CT_BYTES];
-    memset(sk3, 0x11, 32);
-    memset(sk1, 0x22, 32);
-    memset(sk4, 0x33, 32);
-    assert_int_equal(crypto_scalarmult_base(pk3, sk3), 0);
-    assert_int_equal(crypto_scalarmult_base(pk1, sk1), 0);
-    assert_int_equal(crypto_scalarmult_base(pk4, sk4), 0);
-    for (int i = 0; i < (int)sizeof plain; i++)
-        plain[i] = (uint8_t)i;
-    assert_int_equal(moeh_secagg_share_seal(ct, plain, 42, 3, 1, pk3, sk3, pk1), 0);
-    hex_to(want, "c471816250bca01e236135024e7656af", 16);
-    hex_to(want + 16, "28448de13341d85d052142a7174fac0e", 16);
-    assert_memory_equal(ct, want, 16);
-    assert_memory_equal(ct + MOEH_SECAGG_SHARE_CT_BYTES - 16, want + 16, 16);
-    assert_int_equal(moeh_secagg_share_seal(ct2, plain, 42, 1, 3, pk1, sk1, pk3), 0);
-    hex_to(want, "946dd934bfa9651946b4a4a3fad8da70", 16);
-    assert_memory_equal(ct2, want, 16);
-
-    /* 1 opens what 3 sealed for (3, 1, round 42) */
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 1, pk1, sk1, pk3), 0);
-    assert_memory_equal(back, plain, sizeof plain);
-    /* not as (3, 4) by 4, nor as (3, 4) with 1's keys (the pair is in the data) */
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 4, pk4, sk4, pk3), -EBADMSG);
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 4, pk1, sk1, pk3), -EBADMSG);
-    /* not from another sender, not in another round, not the other direction */
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 4, 1, pk1, sk1, pk4), -EBADMSG);
-    assert_int_equal(moeh_secagg_share_open(back, ct, 43, 3, 1, pk1, sk1, pk3), -EBADMSG);
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 1, 3, pk3, sk3, pk1), -EBADMSG);
-    /* a wrong open leaves no plaintext behind */
-    for (size_t i = 0; i < sizeof back; i++)
-        assert_int_equal(back[i], 0);
-    ct[5] ^= 1;
-    assert_int_equal(moeh_secagg_share_open(back, ct, 42, 3, 1, pk1, sk1, pk3), -EBADMSG);
 }
 
 /* ---- Shamir -------------------------------------------------------------------------------- */
@@ -900,9 +859,9 @@ MOEH_TEST_MAIN(setup, NULL, cmocka_unit_test(test_prg_kat),
                cmocka_unit_test(test_prg_engines_agree),
                cmocka_unit_test(test_prg_leaves_no_seed_on_stack),
                cmocka_unit_test(test_aes_ctr_high_counters), cmocka_unit_test(test_pair_seed_kat),
-               cmocka_unit_test(test_share_seal), cmocka_unit_test(test_shamir),
-               cmocka_unit_test(test_round_5), cmocka_unit_test(test_round_10),
-               cmocka_unit_test(test_round_40), cmocka_unit_test(test_round_40_mixed_engines),
+               cmocka_unit_test(test_shamir), cmocka_unit_test(test_round_5),
+               cmocka_unit_test(test_round_10), cmocka_unit_test(test_round_40),
+               cmocka_unit_test(test_round_40_mixed_engines),
                cmocka_unit_test(test_round_secagg_plus), cmocka_unit_test(test_random_drops),
                cmocka_unit_test(test_refusals), cmocka_unit_test(test_phase_errors),
                cmocka_unit_test(test_masked_uniform))

@@ -54,8 +54,14 @@ void moeh_agent_sa_begin(agent_t *a, const Moeh__RoundStart *rs, moeh_msg_t *m)
         moeh_agent_sa_end(a, "cannot start", "libsodium failed to initialise");
         return;
     }
-    if ((!a->sa_ident && (rc = moeh_secagg_ident_create(&a->sa_ident, &err)) != 0) ||
-        (rc = moeh_secagg_client_create_with(&cfg, sp->id, a->sa_ident, &a->sa, &err)) != 0) {
+    if (!a->sa_ident) { /* once: kept for every session until exit (fed/moeh_secagg.h) */
+        if ((rc = moeh_secagg_ident_create(&a->sa_ident, &err)) != 0) {
+            moeh_agent_sa_end(a, "cannot start", err.msg);
+            return;
+        }
+        MOEH_INFO("secure aggregation: made this process's share key, kept for every session");
+    }
+    if ((rc = moeh_secagg_client_create_with(&cfg, sp->id, a->sa_ident, &a->sa, &err)) != 0) {
         moeh_agent_sa_end(a, "cannot start", err.msg);
         return;
     }

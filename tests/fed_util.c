@@ -360,6 +360,20 @@ int file_contains(const char *path, const char *needle)
     return found;
 }
 
+int log_count(const fixture_t *f, const char *log_name, const char *needle)
+{
+    char path[400], *buf = NULL;
+    size_t len;
+    moeh_err_t err = {0};
+    int n = 0;
+    snprintf(path, sizeof path, "%s/%s", f->logs, log_name);
+    if (moeh_file_read_all(path, 1 << 22, &buf, &len, &err) != 0) return 0;
+    for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle))
+        n++;
+    free(buf);
+    return n;
+}
+
 int log_contains(const fixture_t *f, const char *log_name, const char *needle)
 {
     char path[400];

@@ -113,6 +113,8 @@ void run_with_victim(fixture_t *f, moeh_proc_t *c, int victim, const char *opt, 
 int file_contains(const char *path, const char *needle);
 /* file_contains of f->logs/log_name. */
 int log_contains(const fixture_t *f, const char *log_name, const char *needle);
+/* How many times needle occurs in f->logs/log_name (0 if it cannot be read). */
+int log_count(const fixture_t *f, const char *log_name, const char *needle);
 
 /* The model options of every coordinator these tests start (small, fast), which a resumed
  * coordinator must repeat: a list of argv strings. */

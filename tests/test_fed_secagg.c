@@ -4,7 +4,8 @@
  * holds its masked update until the unmask request is refused; a masked vector for another
  * round, of another session, or sent twice is refused and the sum stays exact; too few
  * survivors abort; statistics and evaluation survive dropouts exactly; SecAgg+ (k neighbours);
- * keys first (a site shares its keys before it trains). */
+ * keys first (a site shares its keys before it trains); each site makes its share key once a
+ * run. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -265,6 +266,13 @@ static void test_secagg_run_is_bit_exact(void **state)
     assert_int_equal(unavailable, 3);
     /* each site logged its own evaluation instead */
     assert_true(log_contains(f, "site-1-as-site-1.log", "round 3: this site's test loss"));
+    /* and made its share key once for the run's seven sessions (STATS, then TRAIN and
+     * VALIDATE of three rounds): protocol 10 keeps it */
+    for (int k = 1; k <= N_SITES; k++) {
+        char log[64];
+        snprintf(log, sizeof log, "site-%d-as-site-%d.log", k, k);
+        assert_int_equal(log_count(f, log, "made this process's share key"), 1);
+    }
 }
 
 /* A site is SIGKILLed during the secure STATISTICS phase, after its shares went out and before

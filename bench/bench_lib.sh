@@ -19,3 +19,21 @@ bench_sites() {
     rm -rf "$2/sites"
     "$1/moeh" split --dataset "$2/cohort" --sites "$spec" --out "$2/sites" > /dev/null
 }
+
+# bench_site_cpu_ms RUN [DECIMALS]: the median over rounds 2..R-1 of the sites' mean CPU of the
+# round in milliseconds (each agent's local_metrics.jsonl cpu_seconds: the process's CPU from one
+# round's RoundStart to the next's, every thread; the first round has the start-up, the last the
+# final model), with DECIMALS decimals (default 0).
+bench_site_cpu_ms() {
+    python3 -c '
+import glob, json, statistics, sys
+per = {}
+for f in glob.glob(sys.argv[1] + "/site-out/*/local_metrics.jsonl"):
+    for line in open(f):
+        j = json.loads(line)
+        if j.get("cpu_seconds") is not None:
+            per.setdefault(j["round"], []).append(j["cpu_seconds"])
+rs = sorted(per)[1:-1] or sorted(per)
+print(f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.{int(sys.argv[2])}f}")' \
+        "$1" "${2:-0}"
+}

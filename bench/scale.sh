@@ -53,20 +53,6 @@ s = s[1:] or s
 print(sys.argv[2], " ".join(f"{x:.2f}" for x in s), file=sys.stderr)
 print(f"{statistics.median(s):.2f}")' "$1" "$2"
 }
-site_cpu_ms() { # RUN -> median over rounds 2..R-1 of the sites' mean cpu_seconds of the round
-    # (local_metrics.jsonl: the agent process's CPU from one round's RoundStart to the next's,
-    # every thread; the first round has the start-up, the last the final model)
-    python3 -c '
-import glob, json, statistics, sys
-per = {}
-for f in glob.glob(sys.argv[1] + "/site-out/*/local_metrics.jsonl"):
-    for line in open(f):
-        j = json.loads(line)
-        if j.get("cpu_seconds") is not None:
-            per.setdefault(j["round"], []).append(j["cpu_seconds"])
-rs = sorted(per)[1:-1] or sorted(per)
-print(f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.0f}")' "$1"
-}
 printf "%5s %6s %9s %9s %6s %11s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" sites k plain_s \
     secure_s ratio ratio_range coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
     agent_scpu coord_cpu coord_scpu cpu_ratio site_ms site_sms site_ratio
@@ -102,7 +88,7 @@ for n in ${SITES_LIST:-10 20 40 100}; do
         eval "cc_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk -v r=$rounds '{printf \"%.3f\", (\$2+\$3)/r}')"
         eval "ac_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | awk -v r=$rounds '{s+=\$2+\$3; n++} END {printf \"%.3f\", s/n/r}')"
         eval "b_$mode=\$(( (b1 - b0) / n / rounds / 1024 ))"
-        eval "sc_$mode=\$(site_cpu_ms $work/run-$mode-$n)"
+        eval "sc_$mode=\$(bench_site_cpu_ms $work/run-$mode-$n)"
     done
     pairs="$pairs $t_plain:$t_secure"
     done

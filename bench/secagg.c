@@ -32,6 +32,36 @@ typedef struct {
     double setup, mask, unmask;
 } times_t;
 
+/* Phases 0-1 of a session of cfg->n clients (share keys ids, or NULL: fresh ones): keys, Shamir
+ * sharing, share encryption and decryption. cts has room for n * n ciphertexts. 0 or a negative
+ * code (message in err); the clients made are in c either way. */
+static int setup_session(const moeh_secagg_cfg_t *cfg, moeh_secagg_ident_t **ids,
+                         moeh_secagg_client_t **c, moeh_secagg_pubkeys_t *keys, uint8_t *cts,
+                         moeh_err_t *err)
+{
+    const uint32_t n = cfg->n;
+    uint8_t present[32], sent[32];
+    int rc;
+    memset(present, 1, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if ((rc = moeh_secagg_client_create_with(cfg, i, ids ? ids[i] : NULL, &c[i], err)) != 0)
+            return rc;
+        moeh_secagg_client_pubkeys(c[i], &keys[i]);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = moeh_secagg_client_share_keys(c[i], keys, present,
+                                                cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
+                                                sent, err)) != 0)
+            return rc;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < n; j++)
+            if (i != j &&
+                (rc = moeh_secagg_client_receive_share(
+                     c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, err)) != 0)
+                return rc;
+    return 0;
+}
+
 /* One round with n clients, `drop` of them (the last ids) dropping after sharing keys.
  * Adds into sum; returns 0 or a negative code. */
 static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uint32_t *y,
@@ -42,30 +72,15 @@ static int one_round(uint32_t n, size_t L, uint32_t drop, const uint32_t *x, uin
     moeh_secagg_client_t *c[32] = {0};
     moeh_secagg_pubkeys_t keys[32];
     moeh_secagg_reveal_t *rev = calloc((size_t)n * n, sizeof *rev);
-    uint8_t present[32], sent[32], u2[32];
+    uint8_t u2[32];
     uint8_t *cts = malloc((size_t)n * n * MOEH_SECAGG_SHARE_CT_BYTES);
     uint32_t surv[32], dropped[32], ns = 0, nd = 0;
     size_t nrev = 0;
     int rc = -ENOMEM;
     if (!rev || !cts || n > 32) goto out;
-    memset(present, 1, n);
     memset(u2, 1, n);
     double t0 = now_s();
-    for (uint32_t i = 0; i < n; i++) {
-        if ((rc = moeh_secagg_client_create(&cfg, i, &c[i], &err)) != 0) goto out;
-        moeh_secagg_client_pubkeys(c[i], &keys[i]);
-    }
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = moeh_secagg_client_share_keys(c[i], keys, present,
-                                                cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
-                                                sent, &err)) != 0)
-            goto out;
-    for (uint32_t i = 0; i < n; i++)
-        for (uint32_t j = 0; j < n; j++)
-            if (i != j &&
-                (rc = moeh_secagg_client_receive_share(
-                     c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err)) != 0)
-                goto out;
+    if ((rc = setup_session(&cfg, NULL, c, keys, cts, &err)) != 0) goto out;
     double t1 = now_s(), tmask = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i >= n - drop) {
@@ -110,30 +125,11 @@ static double key_setup(uint32_t n, moeh_secagg_ident_t **ids, uint64_t round)
     moeh_err_t err = {{0}};
     moeh_secagg_client_t *c[32] = {0};
     moeh_secagg_pubkeys_t keys[32];
-    uint8_t present[32], sent[32];
     uint8_t *cts = malloc((size_t)n * n * MOEH_SECAGG_SHARE_CT_BYTES);
     int rc = -ENOMEM;
     double t0 = now_s(), dt = -1;
-    if (!cts || n > 32) goto out;
-    memset(present, 1, n);
-    for (uint32_t i = 0; i < n; i++) {
-        if ((rc = moeh_secagg_client_create_with(&cfg, i, ids ? ids[i] : NULL, &c[i], &err)) != 0)
-            goto out;
-        moeh_secagg_client_pubkeys(c[i], &keys[i]);
-    }
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = moeh_secagg_client_share_keys(c[i], keys, present,
-                                                cts + (size_t)i * n * MOEH_SECAGG_SHARE_CT_BYTES,
-                                                sent, &err)) != 0)
-            goto out;
-    for (uint32_t i = 0; i < n; i++)
-        for (uint32_t j = 0; j < n; j++)
-            if (i != j &&
-                (rc = moeh_secagg_client_receive_share(
-                     c[j], i, cts + ((size_t)i * n + j) * MOEH_SECAGG_SHARE_CT_BYTES, &err)) != 0)
-                goto out;
-    dt = now_s() - t0;
-out:
+    if (cts && n <= 32 && (rc = setup_session(&cfg, ids, c, keys, cts, &err)) == 0)
+        dt = now_s() - t0;
     if (rc) fprintf(stderr, "bench_secagg: %s (%s)\n", err.msg, moeh_strerror(rc));
     for (uint32_t i = 0; i < n && i < 32; i++)
         moeh_secagg_client_destroy(&c[i]);

@@ -39,7 +39,7 @@ for b in "$old" "$new"; do
 done
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/bench_lib.sh
-source "$here/bench_lib.sh" # bench_cohort, bench_sites (which sets spec)
+source "$here/bench_lib.sh" # bench_cohort, bench_sites (which sets spec), bench_site_cpu_ms
 spec=""
 work=$(mktemp -d /tmp/moeh-secure-ab.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -49,19 +49,10 @@ echo "# old $old, new $new; $sites sites, $adm admissions, $rounds rounds, $repe
 bench_cohort "$new" "$work" "$adm"
 bench_sites "$new" "$work" "$sites"
 stats() { # RUN -> "round_s site_cpu_ms"
-    python3 -c '
-import glob, json, statistics, sys
+    echo "$(python3 -c '
+import json, statistics, sys
 s = [json.loads(l)["seconds"] for l in open(sys.argv[1] + "/metrics.jsonl") if "\"eval\"" in l]
-s = s[1:] or s
-per = {}
-for f in glob.glob(sys.argv[1] + "/site-out/*/local_metrics.jsonl"):
-    for line in open(f):
-        j = json.loads(line)
-        if j.get("cpu_seconds") is not None:
-            per.setdefault(j["round"], []).append(j["cpu_seconds"])
-rs = sorted(per)[1:-1] or sorted(per)
-print(f"{statistics.median(s):.3f}",
-      f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.1f}")' "$1"
+print(f"{statistics.median(s[1:] or s):.3f}")' "$1") $(bench_site_cpu_ms "$1" 1)"
 }
 triples=""
 for rep in $(seq 1 "$repeat"); do

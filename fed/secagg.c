@@ -19,16 +19,6 @@
 #define NE MOEH_SECAGG_SHARE_ELEMS
 
 /* ---- little-endian helpers ----------------------------------------------------------------- */
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 static uint64_t get_u64(const uint8_t *p)
 {
     uint64_t v = 0;
@@ -139,9 +129,9 @@ int moeh_secagg_pair_seed(uint8_t seed[MOEH_SECAGG_KEY_BYTES], const uint8_t my_
     const uint8_t *pk_lo = me < peer ? my_pk : peer_pk, *pk_hi = me < peer ? peer_pk : my_pk;
     size_t o = 0;
     memcpy(msg, tag, sizeof tag - 1), o += sizeof tag - 1;
-    put_u64(msg + o, round), o += 8;
-    put_u32(msg + o, me < peer ? me : peer), o += 4;
-    put_u32(msg + o, me < peer ? peer : me), o += 4;
+    moeh_sa_put_u64(msg + o, round), o += 8;
+    moeh_sa_put_u32(msg + o, me < peer ? me : peer), o += 4;
+    moeh_sa_put_u32(msg + o, me < peer ? peer : me), o += 4;
     memcpy(msg + o, pk_lo, 32), o += 32;
     memcpy(msg + o, pk_hi, 32), o += 32;
     MOEH_ASSERT(o == sizeof msg);
@@ -406,8 +396,8 @@ static void pack_pair(uint8_t plain[MOEH_SECAGG_SHARE_PLAIN_BYTES], const moeh_s
                       const moeh_secagg_share_t *ss)
 {
     for (int e = 0; e < NE; e++) {
-        put_u64(plain + 8 * e, sb->y[e]);
-        put_u64(plain + 8 * (NE + e), ss->y[e]);
+        moeh_sa_put_u64(plain + 8 * e, sb->y[e]);
+        moeh_sa_put_u64(plain + 8 * (NE + e), ss->y[e]);
     }
 }
 

@@ -32,17 +32,6 @@ struct moeh_secagg_ident { /* sodium_malloc'd */
     uint64_t agreements;
 };
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static int ident_alloc(moeh_secagg_ident_t **out, moeh_err_t *err)
 {
     moeh_secagg_ident_t *id = sodium_malloc(sizeof *id);
@@ -161,9 +150,9 @@ static int session_key(uint8_t out[crypto_kx_SESSIONKEYBYTES],
     uint8_t msg[sizeof SK_TAG - 1 + 8 + 4 + 4 + 64];
     size_t o = 0;
     memcpy(msg, SK_TAG, sizeof SK_TAG - 1), o += sizeof SK_TAG - 1;
-    put_u64(msg + o, round), o += 8;
-    put_u32(msg + o, from), o += 4;
-    put_u32(msg + o, to), o += 4;
+    moeh_sa_put_u64(msg + o, round), o += 8;
+    moeh_sa_put_u32(msg + o, from), o += 4;
+    moeh_sa_put_u32(msg + o, to), o += 4;
     memcpy(msg + o, from_s_pk, 32), o += 32;
     memcpy(msg + o, to_s_pk, 32), o += 32;
     MOEH_ASSERT(o == sizeof msg);
@@ -209,10 +198,10 @@ int moeh_secagg_share_crypt_key(int seal, uint8_t *out, const uint8_t *in, uint6
     uint8_t ad[AD_BYTES], nonce[12] = {0};
     unsigned long long len = 0;
     memcpy(ad, AD_TAG, sizeof AD_TAG - 1);
-    put_u64(ad + sizeof AD_TAG - 1, round);
-    put_u32(ad + sizeof AD_TAG - 1 + 8, from);
-    put_u32(ad + sizeof AD_TAG - 1 + 12, to);
-    put_u64(nonce, round);
+    moeh_sa_put_u64(ad + sizeof AD_TAG - 1, round);
+    moeh_sa_put_u32(ad + sizeof AD_TAG - 1 + 8, from);
+    moeh_sa_put_u32(ad + sizeof AD_TAG - 1 + 12, to);
+    moeh_sa_put_u64(nonce, round);
     if (seal)
         return crypto_aead_chacha20poly1305_ietf_encrypt(out, &len, in,
                                                          MOEH_SECAGG_SHARE_PLAIN_BYTES, ad,

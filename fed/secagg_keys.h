@@ -8,6 +8,19 @@
 
 #include <sodium.h>
 
+/* Little-endian encoding, for the hashed and authenticated messages of secagg.c and
+ * secagg_keys.c. */
+static inline void moeh_sa_put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void moeh_sa_put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
 /* A share key derived from seed (crypto_kx_seed_keypair), for known-answer tests only. */
 int moeh_secagg_ident_create_seeded(moeh_secagg_ident_t **out,
                                     const uint8_t seed[crypto_kx_SEEDBYTES],

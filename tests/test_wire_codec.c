@@ -389,12 +389,12 @@ static void test_protocol_version(void **state)
     check_reject_raw(&k_lim, buf, len, NULL, 0, -EPROTO, want);
     free(buf);
     /* protocol 9 (shares sealed under per-session c keys: a 10 agent cannot open a 9 agent's
-     * shares, nor the reverse), 8 (VALIDATE and EVALUATE two phases: an 8 agent would answer VALIDATE with the
-     * validation split only, which the coordinator refuses),
-     * 7 (every RoundStart carries the model: a 7 agent would refuse a model_held one),
-     * 6 (granted uploads in one multipart message, which libzmq holds whole before the
-     * coordinator can refuse it), 5 (no Hello.n_val: the coordinator would bound the site's
-     * validation replies by 0 rows) and 4 (no final model) are not spoken any more */
+     * shares, nor the reverse), 8 (VALIDATE and EVALUATE two phases: an 8 agent would answer
+     * VALIDATE with the validation split only, which the coordinator refuses), 7 (every RoundStart
+     * carries the model: a 7 agent would refuse a model_held one), 6 (granted uploads in one
+     * multipart message, which libzmq holds whole before the coordinator can refuse it), 5 (no
+     * Hello.n_val: the coordinator would bound the site's validation replies by 0 rows) and 4 (no
+     * final model) are not spoken any more */
     assert_int_equal(MOEH_PROTOCOL_VERSION, 10);
     m.env.protocol_version = 9;
     buf = pack_raw(&m.env, &len);

@@ -37,3 +37,16 @@ rs = sorted(per)[1:-1] or sorted(per)
 print(f"{1000 * statistics.median(statistics.mean(per[r]) for r in rs):.{int(sys.argv[2])}f}")' \
         "$1" "${2:-0}"
 }
+
+# bench_median_round RUN [DECIMALS [LABEL]]: the median "seconds" of RUN/metrics.jsonl's eval lines
+# after round 1 (a median: 100 agents on 2 cores make single rounds 30 % slower at random), with
+# DECIMALS decimals (default 3); with LABEL, the rounds' times go to stderr after it.
+bench_median_round() {
+    python3 -c '
+import json, statistics, sys
+s = [json.loads(l)["seconds"] for l in open(sys.argv[1] + "/metrics.jsonl") if "\"eval\"" in l]
+s = s[1:] or s
+if sys.argv[3]:
+    print(sys.argv[3], " ".join(f"{x:.2f}" for x in s), file=sys.stderr)
+print(f"{statistics.median(s):.{int(sys.argv[2])}f}")' "$1" "${2:-3}" "${3:-}"
+}

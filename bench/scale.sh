@@ -44,22 +44,13 @@ echo "# $adm admissions, $rounds rounds, model ${MODEL_ARGS---d-emb 16}, secure 
 bench_cohort "$bin" "$work" "$adm"
 # on loopback every byte is counted once sent and once received: the sent (tx) column
 lo_bytes() { awk '$1 == "lo:" { printf "%.0f\n", $10 }' /proc/self/net/dev; }
-median_round() { # metrics.jsonl -> median "seconds" of the eval lines after round 1 (a median:
-    # 100 agents on 2 cores make single rounds 30 % slower at random; the list goes to stderr)
-    python3 -c '
-import json, statistics, sys
-s = [json.loads(l)["seconds"] for l in open(sys.argv[1]) if "\"eval\"" in l]
-s = s[1:] or s
-print(sys.argv[2], " ".join(f"{x:.2f}" for x in s), file=sys.stderr)
-print(f"{statistics.median(s):.2f}")' "$1" "$2"
-}
 printf "%5s %6s %9s %9s %6s %11s %9s %9s %9s %9s %10s %10s %8s %8s %8s %8s %6s %7s %8s %6s\n" sites k plain_s \
     secure_s ratio ratio_range coord_MB coord_sMB agent_MB agent_sMB KiB_site_rd sKiB_site_rd agent_cpu \
     agent_scpu coord_cpu coord_scpu cpu_ratio site_ms site_sms site_ratio
 for n in ${SITES_LIST:-10 20 40 100}; do
     bench_sites "$bin" "$work" "$n"
     pairs=""
-    for rep in $(seq 1 "${REPEAT:-1}"); do
+    for _ in $(seq 1 "${REPEAT:-1}"); do
     for mode in plain secure; do
         flag=--secagg=false
         [ "$mode" = secure ] && flag="--secagg --secagg-k ${SECAGG_K:-auto}"
@@ -81,7 +72,7 @@ for n in ${SITES_LIST:-10 20 40 100}; do
             exit 1
         fi
         b1=$(lo_bytes)
-        eval "t_$mode=\$(median_round $work/run-$mode-$n/metrics.jsonl '# $mode $n sites, rounds 2..:')"
+        eval "t_$mode=\$(bench_median_round $work/run-$mode-$n 2 '# $mode $n sites, rounds 2..:')"
         eval "c_$mode=\$(tail -n1 $work/rss-$mode-$n/coordinator | awk '{print int(\$1/1024)}')"
         eval "a_$mode=\$(tail -qn1 $work/rss-$mode-$n/agent.* | sort -n | tail -n1 | awk '{print int(\$1/1024)}')"
         # CPU seconds (user + system) per round: the coordinator's, and the mean agent's

@@ -39,7 +39,7 @@ for b in "$old" "$new"; do
 done
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/bench_lib.sh
-source "$here/bench_lib.sh" # bench_cohort, bench_sites (which sets spec), bench_site_cpu_ms
+source "$here/bench_lib.sh" # bench_cohort, bench_sites (sets spec), bench_*_round/_ms
 spec=""
 work=$(mktemp -d /tmp/moeh-secure-ab.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -48,12 +48,7 @@ echo "# bench/secure_ab.sh $(date -u +%Y-%m-%dT%H:%MZ); $(grep -m1 'model name' 
 echo "# old $old, new $new; $sites sites, $adm admissions, $rounds rounds, $repeat triples"
 bench_cohort "$new" "$work" "$adm"
 bench_sites "$new" "$work" "$sites"
-stats() { # RUN -> "round_s site_cpu_ms"
-    echo "$(python3 -c '
-import json, statistics, sys
-s = [json.loads(l)["seconds"] for l in open(sys.argv[1] + "/metrics.jsonl") if "\"eval\"" in l]
-print(f"{statistics.median(s[1:] or s):.3f}")' "$1") $(bench_site_cpu_ms "$1" 1)"
-}
+stats() { echo "$(bench_median_round "$1") $(bench_site_cpu_ms "$1" 1)"; } # round_s site_ms
 triples=""
 for rep in $(seq 1 "$repeat"); do
     line=""

@@ -25,6 +25,7 @@
 #include "cmocka_main.h"
 
 #include "moeh_secagg.h"
+#include "test_util.h"
 
 #include "aes_ctr.h" /* fed/'s private kernels: test_aes_ctr_high_counters */
 
@@ -43,15 +44,6 @@ static int setup(void **state)
 {
     (void)state;
     return sodium_init() < 0 ? -1 : 0; /* fed/ alone: no proto/ helper */
-}
-
-static void hex_to(uint8_t *out, const char *hex, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
-        out[i] = (uint8_t)v;
-    }
 }
 
 /* ---- known answers ------------------------------------------------------------------------ */
@@ -336,7 +328,9 @@ static void test_pair_seed_kat(void **state)
     memset(skb, 0x22, 32);
     assert_int_equal(crypto_scalarmult_base(pka, ska), 0);
     assert_int_equal(crypto_scalarmult_base(pkb, skb), 0);
-    hex_to(want, "84a26309c4dad9e543adb1834d75abccf85845c543272b943e610c3fe7efda40", 32);
+    assert_int_equal(
+        moeh_test_hex(want, "84a26309c4dad9e543adb1834d75abccf85845c543272b943e610c3fe7efda40", 32),
+        0);
     assert_int_equal(moeh_secagg_pair_seed(s1, ska, pka, pkb, 3, 1, 42), 0);
     assert_int_equal(moeh_secagg_pair_seed(s2, skb, pkb, pka, 1, 3, 42), 0);
     assert_memory_equal(s1, want, 32);

@@ -21,6 +21,7 @@
 #include "cmocka_main.h"
 
 #include "moeh_secagg.h"
+#include "test_util.h"
 
 #include "secagg_keys.h" /* fed/'s private session keys: the cache test */
 
@@ -33,15 +34,6 @@ static int setup(void **state)
 {
     (void)state;
     return sodium_init() < 0 ? -1 : 0;
-}
-
-static void hex_to(uint8_t *out, const char *hex, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
-        out[i] = (uint8_t)v;
-    }
 }
 
 static void keys_of(moeh_secagg_pubkeys_t *k, uint8_t c_sk[32], int c_byte, int s_byte)
@@ -69,15 +61,15 @@ static void test_share_seal_kat(void **state)
         plain[i] = (uint8_t)i;
     /* A as 3 -> B as 1; B as 1 -> A as 3; A as 1 -> B as 3 (A's c key is the higher) */
     assert_int_equal(moeh_secagg_share_seal(ct, plain, 42, 3, 1, &a, &b, ska), 0);
-    hex_to(want, "e3a3383e70fbdcd5a3107180854058ec", 16);
-    hex_to(want + 16, "a04abda1ec582501a8b6b0fa7e8038c6", 16);
+    assert_int_equal(moeh_test_hex(want, "e3a3383e70fbdcd5a3107180854058ec", 16), 0);
+    assert_int_equal(moeh_test_hex(want + 16, "a04abda1ec582501a8b6b0fa7e8038c6", 16), 0);
     assert_memory_equal(ct, want, 16);
     assert_memory_equal(ct + MOEH_SECAGG_SHARE_CT_BYTES - 16, want + 16, 16);
     assert_int_equal(moeh_secagg_share_seal(ct2, plain, 42, 1, 3, &b, &a, skb), 0);
-    hex_to(want, "7663785f4bdce2e87dbfbf00a3f8c5fe", 16);
+    assert_int_equal(moeh_test_hex(want, "7663785f4bdce2e87dbfbf00a3f8c5fe", 16), 0);
     assert_memory_equal(ct2, want, 16);
     assert_int_equal(moeh_secagg_share_seal(ct2, plain, 42, 1, 3, &a, &b, ska), 0);
-    hex_to(want, "b55bb0208266b6fe64577bd8376b8a1c", 16);
+    assert_int_equal(moeh_test_hex(want, "b55bb0208266b6fe64577bd8376b8a1c", 16), 0);
     assert_memory_equal(ct2, want, 16);
     assert_int_equal(moeh_secagg_share_open(back, ct2, 42, 1, 3, &a, &b, skb), 0);
     assert_memory_equal(back, plain, sizeof plain);

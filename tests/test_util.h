@@ -1,12 +1,23 @@
 /* test_util.h - helpers shared by the tests: a per-test temporary directory under /tmp and
  * its removal (without a shell), the cmocka fixture of a test file's scratch directory, writing
- * a small file, corrupting one byte of a file. */
+ * a small file, corrupting one byte of a file, decoding a hex known answer. */
 #ifndef MOEH_TEST_UTIL_H
 #define MOEH_TEST_UTIL_H
 
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+/* Decodes the first 2 n hex digits of hex into out (n bytes). 0 or -1 (not hex). */
+static inline int moeh_test_hex(unsigned char *out, const char *hex, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return -1;
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
 
 /* Creates /tmp/moeh_test_NAME_XXXXXX into buf (cap bytes). 0 or -1. */
 static inline int moeh_test_tmpdir(char *buf, size_t cap, const char *name)
